@@ -1,0 +1,1 @@
+"""fedintent: federated, differentially private intent classification for call centers."""

@@ -1,0 +1,223 @@
+"""The ``fedintent`` command line: a thin layer over the server, client and data packages."""
+
+import argparse
+import math
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+from fl_client.privacy_accounting import ACCOUNTANTS
+from fl_client.site_data import SiteDataError, list_site_dirs, read_labels
+from fl_server.run_config import DEFAULTS, RunConfigError, check_run_config
+from fl_server.strategy import STRATEGIES
+from models import model_family_names
+
+DEFAULT_SYNTHETIC_SITES = 4
+DEFAULT_OUT_ROOT = Path("fedintent-out")
+
+DATA_FORMAT_HELP = """\
+site data format: a data folder holds one folder per site plus labels.txt (the intent
+taxonomy, one label per line). A site folder holds train.jsonl/test.jsonl (one conversation
+per line: conversation_id, customer_id, timestamp, channel, language, turns [{speaker, text}],
+intent, and optionally intent_turn, the index of the customer turn that carries the intent;
+default: the first customer turn) or train.csv/test.csv with a header 'text,label' (optional
+customer_id). Without train.*, all *.jsonl/*.csv files are read and split 80/20 at the site.
+See docs/DATA_FORMAT.md."""
+
+
+class CliError(Exception):
+    """A problem with the user's input: printed as one line, exit code 2."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except (CliError, RunConfigError, SiteDataError) as err:
+        print(f"fedintent {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"fedintent {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fedintent",
+        description="Federated, differentially private intent classification for call centers.",
+        epilog=DATA_FORMAT_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    train = commands.add_parser(
+        "train",
+        help="train an intent classifier across simulated sites (Flower simulation, DP-SGD)",
+        description="Train across simulated sites with DP-SGD at each site. Without --data, "
+        "synthetic call-center sites are generated into OUT/data.",
+        epilog=DATA_FORMAT_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    train.add_argument("--data", type=Path, help="folder of site folders (default: synthetic)")
+    train.add_argument("--labels", type=Path, help="label file (default: DATA/labels.txt)")
+    train.add_argument("--sites", type=int, help="number of sites "
+                       f"(default: {DEFAULT_SYNTHETIC_SITES} synthetic, or every site in --data)")
+    train.add_argument("--rounds", type=int, default=DEFAULTS["num-rounds"],
+                       help="federated rounds (default: %(default)s)")
+    train.add_argument("--epsilon", type=float, default=DEFAULTS["target-epsilon"],
+                       help="per-site epsilon for the whole run; inf = no DP "
+                       "(default: %(default)s)")
+    train.add_argument("--delta", type=float, default=DEFAULTS["delta"],
+                       help="per-site delta (default: %(default)s)")
+    train.add_argument("--model", default=DEFAULTS["model"], choices=model_family_names(),
+                       help="model family (default: %(default)s)")
+    train.add_argument("--strategy", default=DEFAULTS["strategy"], choices=STRATEGIES,
+                       help="aggregation (default: %(default)s)")
+    train.add_argument("--accountant", default=DEFAULTS["accountant"], choices=ACCOUNTANTS,
+                       help="privacy accountant (default: %(default)s)")
+    train.add_argument("--local-epochs", type=int, default=DEFAULTS["local-epochs"],
+                       help="local epochs per round (default: %(default)s)")
+    train.add_argument("--batch-size", type=int, default=DEFAULTS["batch-size"],
+                       help="expected DP-SGD batch size (default: %(default)s)")
+    train.add_argument("--lr", type=float, default=DEFAULTS["learning-rate"],
+                       help="local learning rate (default: %(default)s)")
+    train.add_argument("--clip-norm", type=float, default=DEFAULTS["clip-norm"],
+                       help="per-example gradient clipping norm (default: %(default)s)")
+    train.add_argument("--state-dir", type=Path,
+                       help="root of the sites' state (ledger, caches); "
+                       "default: DATA/.fedintent-state")
+    train.add_argument("--out", type=Path,
+                       help=f"output folder (default: {DEFAULT_OUT_ROOT}/run-DATE-TIME)")
+    train.add_argument("--seed", type=int, default=DEFAULTS["seed"],
+                       help="seed for data, model and sampling (default: %(default)s)")
+    train.set_defaults(handler=_train)
+    return parser
+
+
+def _train(args: argparse.Namespace) -> int:
+    from fl_server.local_simulation import SimulationError, run_simulation
+
+    if args.sites is not None and args.sites < 1:
+        raise CliError(f"--sites must be >= 1, got {args.sites}")
+    tunables = {
+        "num-rounds": args.rounds,
+        "target-epsilon": args.epsilon,
+        "delta": args.delta,
+        "model": args.model,
+        "strategy": args.strategy,
+        "accountant": args.accountant,
+        "clip-norm": args.clip_norm,
+        "batch-size": args.batch_size,
+        "local-epochs": args.local_epochs,
+        "learning-rate": args.lr,
+        "seed": args.seed,
+    }
+    check_run_config(tunables)
+    if args.data is not None:
+        list_site_dirs(args.data)
+    out_dir = _fresh_out_dir(args.out)
+    if args.data is None:
+        from data_synth import write_sites
+
+        num_sites = args.sites or DEFAULT_SYNTHETIC_SITES
+        data_dir = out_dir / "data"
+        print(f"generating {num_sites} synthetic sites into {data_dir}")
+        write_sites(data_dir, n_sites=num_sites, seed=args.seed)
+    else:
+        data_dir = args.data.resolve()
+        available = len(list_site_dirs(data_dir))
+        num_sites = args.sites or available
+        if num_sites > available:
+            raise CliError(f"--sites {num_sites} but {data_dir} holds only {available} sites")
+    labels_file = (args.labels or data_dir / "labels.txt").resolve()
+    labels = read_labels(labels_file)
+
+    run_config = check_run_config(
+        {
+            "data-dir": str(data_dir),
+            "labels-file": str(labels_file),
+            "out-dir": str(out_dir),
+            "state-dir": str(args.state_dir.resolve()) if args.state_dir else "",
+            "min-sites": num_sites,
+        }
+        | tunables
+    )
+    privacy = (
+        f"DP-SGD, per-site target epsilon {args.epsilon:g} at delta {args.delta:g}"
+        if math.isfinite(args.epsilon)
+        else "no DP (epsilon = inf: no privacy guarantee)"
+    )
+    print(
+        f"training {args.model} on {num_sites} sites for {args.rounds} rounds "
+        f"({len(labels)} intents; {privacy}); output: {out_dir}"
+    )
+    started = time.monotonic()
+    try:
+        metrics = run_simulation(
+            run_config,
+            num_sites=num_sites,
+            metrics_path=out_dir / "metrics.json",
+            log_path=out_dir / "logs" / "flower.log",
+            on_round=lambda entry: _print_round(entry, args.rounds),
+        )
+    except SimulationError as err:
+        print(f"fedintent train: error: {err}", file=sys.stderr)
+        return 1
+    _print_summary(metrics, time.monotonic() - started)
+    return 0
+
+
+def _fresh_out_dir(requested: Path | None) -> Path:
+    if requested is None:
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        requested = DEFAULT_OUT_ROOT / f"run-{stamp}"
+    out_dir = requested.resolve()
+    if (out_dir / "metrics.json").exists():
+        raise CliError(f"{out_dir} already holds a run (metrics.json); choose another --out")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise CliError(f"--out {out_dir} exists and is not a folder")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return out_dir
+
+
+def _fmt_epsilon(value: float | None) -> str:
+    return "inf" if value is None else f"{value:.3f}"
+
+
+def _print_round(entry: dict, num_rounds: int) -> None:
+    trained = entry.get("sites_trained", 0)
+    asked = trained + entry.get("sites_failed", 0)
+    accuracy = entry.get("accuracy")
+    accuracy_text = "n/a" if accuracy is None else f"{accuracy:.4f}"
+    print(
+        f"round {entry['round']:>3}/{num_rounds}  sites trained {trained}/{asked}  "
+        f"eval accuracy {accuracy_text}  max epsilon {_fmt_epsilon(entry.get('max_epsilon'))}",
+        flush=True,
+    )
+    for failure in entry.get("failures", []):
+        print(f"  site {failure['node_id']} did not train: {failure['reason']}", flush=True)
+
+
+def _print_summary(metrics: dict, seconds: float) -> None:
+    final = metrics["final"]
+    accuracy = final.get("accuracy")
+    print(f"\nfinished in {seconds:.0f}s: {final['rounds_completed']} rounds")
+    print(f"final accuracy (example-weighted over the sites' test splits): "
+          f"{'n/a' if accuracy is None else f'{accuracy:.4f}'}")
+    print("privacy spent per site (this run; cumulative over all its rounds):")
+    for node, site in sorted(final["sites"].items()):
+        delta = site.get("delta")
+        print(
+            f"  site {node}: epsilon {_fmt_epsilon(site['epsilon'])}"
+            f"{'' if not delta else f' at delta {delta:g}'}, "
+            f"{site['rounds_trained']} rounds, {site['num_examples']} training examples"
+        )
+    out_dir = Path(metrics["config"]["out-dir"])
+    print(f"metrics: {out_dir / 'metrics.json'}")
+    print(f"model:   {final['model_dir']}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,116 @@
+"""Local training at a site: DP-SGD with Opacus, or plain SGD when DP is off.
+
+DP-SGD here is where the privacy guarantee is *enforced*: Opacus' Poisson-sampling data loader
+draws each training example independently with the planned sample rate, every per-example
+gradient is clipped to ``clip_norm``, and Gaussian noise of standard deviation
+``noise_multiplier * clip_norm`` is added to the summed gradients of every step. The number of
+steps and the sample rate must be exactly those charged to the ledger
+(``privacy_accounting.steps_per_round``); ``train_locally`` checks that they are.
+"""
+
+import warnings
+from dataclasses import dataclass
+
+import torch
+from opacus import PrivacyEngine
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from fl_client.privacy_accounting import steps_per_round
+
+
+@dataclass(frozen=True)
+class TrainingPlan:
+    """How one round of local training runs.
+
+    noise_multiplier: Gaussian noise std as a multiple of ``clip_norm``; ``None`` trains without
+        DP (no clipping, no noise, no privacy guarantee).
+    clip_norm: the largest L2 norm any one example's gradient can have; bounds each example's
+        influence on the update.
+    batch_size: expected Poisson batch size; sets the sample rate ``1 / ceil(n / batch_size)``.
+    local_epochs: passes over the site's data per round; more epochs cost more epsilon.
+    learning_rate: local SGD step size.
+    """
+
+    noise_multiplier: float | None
+    clip_norm: float
+    batch_size: int
+    local_epochs: int
+    learning_rate: float
+    momentum: float = 0.0
+
+
+def train_locally(
+    model: nn.Module,
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    plan: TrainingPlan,
+    seed: int,
+) -> tuple[float, int]:
+    """Train ``model`` in place; return (mean training loss, optimizer steps taken)."""
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    dataset = TensorDataset(features, labels)
+    loader = DataLoader(dataset, batch_size=plan.batch_size, shuffle=True, generator=generator)
+    optimizer = torch.optim.SGD(model.parameters(), lr=plan.learning_rate, momentum=plan.momentum)
+    model.train()
+    if plan.noise_multiplier is not None:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Secure RNG turned off")
+            engine = PrivacyEngine(accountant="prv")
+            dp_model, optimizer, loader = engine.make_private(
+                module=model,
+                optimizer=optimizer,
+                data_loader=loader,
+                noise_multiplier=plan.noise_multiplier,
+                max_grad_norm=plan.clip_norm,
+                poisson_sampling=True,
+                noise_generator=torch.Generator().manual_seed(seed + 1),
+            )
+        sample_rate, planned_steps = steps_per_round(len(dataset), plan.batch_size,
+                                                     plan.local_epochs)
+        if abs(loader.sample_rate - sample_rate) > 1e-12:
+            raise RuntimeError("Opacus sample rate differs from the rate charged to the ledger")
+        if len(loader) * plan.local_epochs != planned_steps:
+            raise RuntimeError("Opacus step count differs from the steps charged to the ledger")
+    else:
+        dp_model = model
+
+    criterion = nn.CrossEntropyLoss()
+    with warnings.catch_warnings():
+        # Opacus' hooks on a head over frozen features: the warning is expected and harmless.
+        warnings.filterwarnings("ignore", message="Full backward hook is firing")
+        total_loss, steps = _run_epochs(dp_model, loader, optimizer, criterion, plan.local_epochs)
+    if plan.noise_multiplier is not None:
+        dp_model.remove_hooks()
+    return total_loss, steps
+
+
+def _run_epochs(model, loader, optimizer, criterion, epochs: int) -> tuple[float, int]:
+    total_loss, total_seen, steps = 0.0, 0, 0
+    for _ in range(epochs):
+        for x, y in loader:
+            optimizer.zero_grad(set_to_none=True)
+            if len(y) == 0:
+                # An empty Poisson batch is still a DP step: zero gradients, then pure noise.
+                model(x).sum().backward()
+                optimizer.step()
+                steps += 1
+                continue
+            loss = criterion(model(x), y)
+            loss.backward()
+            optimizer.step()
+            total_loss += loss.item() * len(y)
+            total_seen += len(y)
+            steps += 1
+    return total_loss / max(total_seen, 1), steps
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, features: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
+    """(mean cross-entropy loss, accuracy) of the model on a site's held-out split."""
+    model.eval()
+    logits = model(features)
+    loss = nn.functional.cross_entropy(logits, labels).item()
+    accuracy = (logits.argmax(dim=1) == labels).float().mean().item()
+    return loss, accuracy

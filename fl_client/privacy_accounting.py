@@ -1,0 +1,72 @@
+"""Epsilon for a site: planning the noise up front and computing what has been spent.
+
+This is the one place where epsilon is computed. A site's guarantee is (epsilon, delta)-DP
+for one *privacy unit* of its training data (one utterance by default): every DP-SGD step
+samples units with Poisson sampling at rate ``q``, clips each unit's gradient to ``clip-norm``
+and adds Gaussian noise with standard deviation ``noise_multiplier * clip-norm``. Each step is a
+subsampled Gaussian mechanism; the accountant composes all of them.
+
+A round's release is recorded as ``(noise_multiplier, sample_rate, steps)``. The epsilon a site
+reports is the composition of *every* release in its history, never a fresh count per round.
+"""
+
+import math
+import warnings
+
+from opacus.accountants import create_accountant
+from opacus.accountants.utils import get_noise_multiplier
+
+ACCOUNTANTS = ("prv", "rdp")
+
+Release = tuple[float, float, int]
+"""One DP release: (noise multiplier, Poisson sample rate, number of DP-SGD steps)."""
+
+
+def check_accountant(name: str) -> str:
+    if name not in ACCOUNTANTS:
+        raise ValueError(f"unknown accountant {name!r}; choose one of {', '.join(ACCOUNTANTS)}")
+    return name
+
+
+def steps_per_round(num_units: int, batch_size: int, local_epochs: int) -> tuple[float, int]:
+    """Poisson sample rate and DP-SGD steps for one round of local training.
+
+    Matches Opacus' ``DPDataLoader``: an epoch is ``ceil(n / batch_size)`` steps, each drawing
+    every unit independently with probability ``1 / ceil(n / batch_size)``.
+    """
+    if num_units < 1:
+        raise ValueError("a site needs at least one training example")
+    batches = math.ceil(num_units / batch_size)
+    return 1.0 / batches, batches * local_epochs
+
+
+def plan_noise_multiplier(
+    target_epsilon: float, delta: float, sample_rate: float, total_steps: int, accountant: str
+) -> float:
+    """The smallest noise (within search tolerance) whose total epsilon stays below the target.
+
+    ``total_steps`` covers every round the run plans for this site, so that after the last round
+    the cumulative epsilon is at most ``target_epsilon``.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
+        sigma = get_noise_multiplier(
+            target_epsilon=target_epsilon,
+            target_delta=delta,
+            sample_rate=sample_rate,
+            steps=total_steps,
+            accountant=check_accountant(accountant),
+            epsilon_tolerance=0.005 * target_epsilon,
+        )
+    return float(sigma)
+
+
+def epsilon_spent(releases: list[Release], delta: float, accountant: str) -> float:
+    """Cumulative epsilon of all releases at the given delta (0.0 for an empty history)."""
+    if not releases:
+        return 0.0
+    acc = create_accountant(mechanism=check_accountant(accountant))
+    acc.history = [(float(s), float(q), int(n)) for s, q, n in releases]
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
+        return float(acc.get_epsilon(delta=delta))

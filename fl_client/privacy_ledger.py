@@ -1,0 +1,103 @@
+"""The site's privacy ledger: every DP release its training data has been part of.
+
+One JSON file per training-data fingerprint in the site's state folder. A release is written
+(atomically, fsync'd) *before* the model update that it pays for leaves the site, so a crash
+after charging can only over-count, never under-count. A ledger that cannot be parsed, or whose
+fingerprint does not match the data, stops the site with an error; it is never reset silently.
+"""
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+FORMAT = "fedintent-privacy-ledger/1"
+
+
+class LedgerError(RuntimeError):
+    """The ledger is unreadable or inconsistent; the site must not train until it is resolved."""
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    run_id: int
+    server_round: int
+    noise_multiplier: float
+    sample_rate: float
+    steps: int
+    clip_norm: float
+    delta: float
+    accountant: str
+    privacy_unit: str
+    time: str
+
+    @property
+    def release(self) -> tuple[float, float, int]:
+        return (self.noise_multiplier, self.sample_rate, self.steps)
+
+
+def ledger_path(state_dir: Path, data_fingerprint: str) -> Path:
+    return Path(state_dir) / f"privacy-ledger-{data_fingerprint[:16]}.json"
+
+
+def read_ledger(path: Path, data_fingerprint: str) -> list[LedgerEntry]:
+    """All recorded releases for this data; an absent file means nothing spent yet."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+        if document.get("format") != FORMAT:
+            raise LedgerError(f"{path}: not a fedintent privacy ledger (format {FORMAT!r})")
+        if document.get("data_fingerprint") != data_fingerprint:
+            raise LedgerError(f"{path}: ledger belongs to different training data")
+        entries = [LedgerEntry(**entry) for entry in document["releases"]]
+    except LedgerError:
+        raise
+    except (ValueError, TypeError, KeyError, AttributeError) as err:
+        raise LedgerError(
+            f"{path}: privacy ledger is corrupt ({err}); refusing to train. Restore it from a "
+            "backup: deleting it would forget privacy budget already spent."
+        ) from err
+    for entry in entries:
+        if not (entry.noise_multiplier > 0 and 0 < entry.sample_rate <= 1 and entry.steps > 0):
+            raise LedgerError(f"{path}: invalid release in ledger: {entry}")
+    return entries
+
+
+def append_entry(path: Path, data_fingerprint: str, entry: LedgerEntry) -> list[LedgerEntry]:
+    """Durably add one release and return the full history including it."""
+    path = Path(path)
+    entries = read_ledger(path, data_fingerprint) + [entry]
+    document = {
+        "format": FORMAT,
+        "data_fingerprint": data_fingerprint,
+        "releases": [asdict(e) for e in entries],
+    }
+    _write_durably(path, json.dumps(document, indent=1).encode("utf-8"))
+    return entries
+
+
+def now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _write_durably(path: Path, payload: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)

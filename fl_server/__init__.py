@@ -1,0 +1,1 @@
+"""The server side of fedintent: the ServerApp, strategy, run record and model store."""

@@ -1,0 +1,81 @@
+"""Accounting: the epsilon a site reports is the composition of everything it released."""
+
+import math
+
+import pytest
+import torch
+from opacus.accountants import PRVAccountant, RDPAccountant
+from opacus.data_loader import DPDataLoader
+from torch.utils.data import DataLoader, TensorDataset
+
+from fl_client.privacy_accounting import (
+    epsilon_spent,
+    plan_noise_multiplier,
+    steps_per_round,
+)
+
+
+@pytest.mark.parametrize("n,batch,epochs", [(100, 32, 1), (64, 32, 2), (7, 32, 1), (1000, 10, 3)])
+def test_steps_per_round_match_opacus_poisson_loader(n, batch, epochs):
+    loader = DataLoader(TensorDataset(torch.zeros(n, 2)), batch_size=batch)
+    dp_loader = DPDataLoader.from_data_loader(loader)
+    rate, steps = steps_per_round(n, batch, epochs)
+    assert rate == pytest.approx(dp_loader.sample_rate)
+    assert steps == len(dp_loader) * epochs
+
+
+def test_steps_per_round_rejects_empty_site():
+    with pytest.raises(ValueError):
+        steps_per_round(0, 32, 1)
+
+
+@pytest.mark.parametrize("accountant", ["prv", "rdp"])
+@pytest.mark.parametrize("target", [0.5, 2.0, 8.0])
+def test_planned_noise_meets_target_after_all_rounds(accountant, target):
+    rate, steps = steps_per_round(400, 32, 1)
+    rounds = 5
+    sigma = plan_noise_multiplier(target, 1e-5, rate, steps * rounds, accountant)
+    spent = epsilon_spent([(sigma, rate, steps)] * rounds, 1e-5, accountant)
+    assert spent <= target
+    assert spent >= 0.9 * target  # not wastefully noisy either
+
+
+def test_epsilon_grows_every_round_and_matches_an_independent_accountant():
+    rate, steps = steps_per_round(300, 32, 2)
+    sigma = plan_noise_multiplier(3.0, 1e-5, rate, steps * 4, "prv")
+    history, reported = [], []
+    for _ in range(4):
+        history.append((sigma, rate, steps))
+        reported.append(epsilon_spent(history, 1e-5, "prv"))
+    assert all(b > a for a, b in zip(reported, reported[1:], strict=False))
+
+    independent = PRVAccountant()
+    independent.history = [(sigma, rate, steps * 4)]
+    assert reported[-1] == pytest.approx(independent.get_epsilon(delta=1e-5), rel=0.02)
+
+    rdp = RDPAccountant()
+    for _ in range(4 * steps):
+        rdp.step(noise_multiplier=sigma, sample_rate=rate)
+    assert epsilon_spent(history, 1e-5, "rdp") == pytest.approx(rdp.get_epsilon(1e-5), rel=1e-6)
+
+
+def test_a_fresh_count_per_round_would_under_report():
+    """The bug this module exists to avoid: restarting the accountant every round."""
+    rate, steps = steps_per_round(200, 32, 1)
+    one_round = epsilon_spent([(1.0, rate, steps)], 1e-5, "prv")
+    five_rounds = epsilon_spent([(1.0, rate, steps)] * 5, 1e-5, "prv")
+    assert five_rounds > 1.5 * one_round
+
+
+def test_heterogeneous_history_composes():
+    rate, steps = steps_per_round(200, 32, 1)
+    low = epsilon_spent([(2.0, rate, steps)], 1e-5, "rdp")
+    mixed = epsilon_spent([(2.0, rate, steps), (0.8, rate, steps)], 1e-5, "rdp")
+    assert mixed > low
+    assert epsilon_spent([], 1e-5, "prv") == 0.0
+
+
+def test_unknown_accountant_is_refused():
+    with pytest.raises(ValueError, match="unknown accountant"):
+        epsilon_spent([(1.0, 0.1, 10)], 1e-5, "gdp-typo")
+    assert math.isfinite(epsilon_spent([(1.0, 0.1, 10)], 1e-5, "rdp"))
