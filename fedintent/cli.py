@@ -9,7 +9,12 @@ from pathlib import Path
 
 from fl_client.privacy_accounting import ACCOUNTANTS
 from fl_client.site_data import SiteDataError, list_site_dirs, read_labels
-from fl_server.run_config import DEFAULTS, RunConfigError, check_run_config
+from fl_server.run_config import (
+    DEFAULTS,
+    SYNTHETIC_SITE_SIZE,
+    RunConfigError,
+    check_run_config,
+)
 from fl_server.strategy import STRATEGIES
 from models import model_family_names
 
@@ -124,7 +129,7 @@ def _train(args: argparse.Namespace) -> int:
         num_sites = args.sites or DEFAULT_SYNTHETIC_SITES
         data_dir = out_dir / "data"
         print(f"generating {num_sites} synthetic sites into {data_dir}")
-        write_sites(data_dir, n_sites=num_sites, seed=args.seed)
+        write_sites(data_dir, n_sites=num_sites, seed=args.seed, size=SYNTHETIC_SITE_SIZE)
     else:
         data_dir = args.data.resolve()
         available = len(list_site_dirs(data_dir))

@@ -25,11 +25,14 @@ DEFAULTS: dict[str, str | int | float] = {
     "delta": 1e-5,
     "accountant": "prv",
     "clip-norm": 1.0,
-    "batch-size": 32,
-    "local-epochs": 1,
-    "learning-rate": 1.0,
+    "batch-size": 64,
+    "local-epochs": 3,
+    "learning-rate": 8.0,
     "seed": 0,
 }
+
+SYNTHETIC_SITE_SIZE = 600
+"""Mean conversations per generated site when a run is given no data."""
 
 
 class RunConfigError(ValueError):

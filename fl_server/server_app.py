@@ -14,6 +14,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from fl_client.site_data import read_labels
 from fl_server.model_store import save_model
+from fl_server.run_config import SYNTHETIC_SITE_SIZE
 from fl_server.run_record import RunRecord, final_summary
 from fl_server.strategy import build_strategy
 from models import get_model_family
@@ -79,7 +80,7 @@ def _simulation_data_dir(cfg: dict, grid: Grid, out_dir: Path) -> str:
 
     num_sites = max(len(list(grid.get_node_ids())), int(cfg["min-sites"]))
     data_dir = out_dir / "data"
-    write_sites(data_dir, n_sites=num_sites, seed=int(cfg["seed"]))
+    write_sites(data_dir, n_sites=num_sites, seed=int(cfg["seed"]), size=SYNTHETIC_SITE_SIZE)
     return str(data_dir)
 
 

@@ -1,0 +1,108 @@
+"""End to end: `fedintent train` runs a real Flower simulation on 127.0.0.1.
+
+These tests start a SuperLink, the simulation engine and one SuperNode per site through the CLI,
+exactly as a user would, and check what the user gets: progress, metrics, model, privacy spend,
+exit code, and no process left behind.
+"""
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from data_synth import write_sites
+
+FLOWER_PROCESSES = (
+    "flower-superlink", "flower-superexec", "flwr-simulation", "raylet", "gcs_server"
+)
+
+
+def flower_processes() -> set[str]:
+    found = set()
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            text = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if any(name in text for name in FLOWER_PROCESSES):
+            found.add(f"{cmdline.parent.name}: {text[:120]}")
+    return found
+
+
+def train(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "fedintent.cli", "train", *args],
+        capture_output=True, text=True, timeout=900, cwd=cwd,
+    )
+
+
+@pytest.fixture(scope="module")
+def sites(tmp_path_factory) -> Path:
+    data = tmp_path_factory.mktemp("sites") / "data"
+    write_sites(data, n_sites=3, seed=7, size=240)
+    return data
+
+
+@pytest.mark.parametrize("epsilon", ["3", "inf"])
+def test_federated_training_end_to_end(sites, tmp_path, epsilon):
+    before = flower_processes()
+    out = tmp_path / "out"
+    result = train("--data", str(sites), "--rounds", "3", "--epsilon", epsilon,
+                   "--state-dir", str(tmp_path / "state"), "--out", str(out), cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert flower_processes() <= before, "processes left behind"
+
+    for r in (1, 2, 3):
+        assert f"round   {r}/3  sites trained 3/3" in result.stdout
+    assert "final accuracy" in result.stdout
+
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["status"] == "completed"
+    labels = metrics["labels"]
+    chance = 1 / len(labels)
+    assert len(metrics["rounds"]) == 3
+    assert (out / "model" / "model.safetensors").is_file()
+    assert json.loads((out / "model" / "config.json").read_text())["labels"] == labels
+
+    final = metrics["final"]
+    assert len(final["sites"]) == 3
+    if epsilon == "inf":
+        assert final["accuracy"] > 0.5, final
+        assert all(site["epsilon"] is None for site in final["sites"].values())
+        return
+
+    assert final["accuracy"] > 4 * chance, final
+    target = float(epsilon)
+    per_site_history: dict[str, list[float]] = {}
+    for entry in metrics["rounds"]:
+        for node, site in entry["sites"].items():
+            assert 0 < site["epsilon"] <= target
+            assert site["delta"] == pytest.approx(1e-5)
+            per_site_history.setdefault(node, []).append(site["epsilon"])
+    for history in per_site_history.values():
+        assert len(history) == 3
+        assert history[0] < history[1] < history[2], history
+        assert history[2] > 0.9 * target  # the plan spends the budget, not a fraction of it
+    assert math.isclose(final["max_epsilon"], max(h[-1] for h in per_site_history.values()))
+    ledgers = list((tmp_path / "state").glob("site-*/privacy-ledger-*.json"))
+    assert len(ledgers) == 3
+    assert all(len(json.loads(p.read_text())["releases"]) == 3 for p in ledgers)
+
+
+def test_a_run_where_no_site_can_train_exits_non_zero(tmp_path):
+    data = tmp_path / "data"
+    for name in ("site-00", "site-01"):
+        (data / name).mkdir(parents=True)
+        (data / name / "train.csv").write_text("text,label\nhello,not_in_taxonomy\n")
+    (data / "labels.txt").write_text("a\nb\n")
+    before = flower_processes()
+    result = train("--data", str(data), "--rounds", "2", "--out", str(tmp_path / "out"),
+                   cwd=tmp_path)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "no valid training rows" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert json.loads((tmp_path / "out" / "metrics.json").read_text())["status"] == "failed"
+    assert flower_processes() <= before

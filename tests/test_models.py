@@ -1,0 +1,57 @@
+"""The default model family: offline encoder, on-disk feature cache, exchanged head."""
+
+import pytest
+import torch
+
+import models.minilm_head as minilm
+from fl_server.model_store import load_model, save_model
+from models import get_model_family, model_family_names
+
+
+def test_embeddings_are_normalised_and_meaningful():
+    features = minilm.featurize(
+        ["I lost my credit card", "my card is missing", "what is the weather today"], None
+    )
+    assert features.shape == (3, minilm.EMBEDDING_DIM)
+    assert torch.allclose(features.norm(dim=1), torch.ones(3), atol=1e-5)
+    assert features[0] @ features[1] > features[0] @ features[2]
+
+
+def test_features_are_cached_on_the_site_disk(tmp_path, monkeypatch):
+    texts = ["refund my order", "cancel my plan"]
+    first = minilm.featurize(texts, tmp_path)
+    assert len(list(tmp_path.glob("*.npy"))) == 1
+
+    def no_encoding(_texts):
+        raise AssertionError("cached texts must not be re-encoded")
+
+    monkeypatch.setattr(minilm, "embed", no_encoding)
+    assert torch.equal(minilm.featurize(texts, tmp_path), first)
+    with pytest.raises(AssertionError):
+        minilm.featurize(texts + ["a new text"], tmp_path)
+
+
+def test_only_the_head_is_exchanged():
+    family = get_model_family("minilm-head")
+    head = family.build_model(77)
+    assert {k: tuple(v.shape) for k, v in head.state_dict().items()} == {
+        "weight": (77, 384), "bias": (77,)
+    }
+
+
+def test_unknown_model_lists_known_ones():
+    with pytest.raises(ValueError, match="minilm-head"):
+        get_model_family("gpt-17")
+    assert "minilm-head" in model_family_names()
+
+
+def test_model_store_round_trip(tmp_path):
+    head = get_model_family("minilm-head").build_model(3)
+    out = save_model(tmp_path / "model", head.state_dict(), "minilm-head", ["a", "b", "c"],
+                     {"run_id": 1})
+    loaded, labels, config = load_model(out)
+    assert labels == ["a", "b", "c"] and config["run_id"] == 1
+    x = torch.randn(2, 384)
+    assert torch.equal(loaded(x), head(x))
+    save_model(tmp_path / "model", head.state_dict(), "minilm-head", ["a", "b", "c"], {})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
