@@ -13,11 +13,13 @@ Where the site's data lives:
 
 import math
 from functools import lru_cache
+from logging import WARNING
 from pathlib import Path
 
 import torch
 from flwr.app import ArrayRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.common.logger import log
 
 from fl_client.dp_training import TrainingPlan, evaluate, train_locally
 from fl_client.privacy_accounting import epsilon_spent, plan_noise_multiplier, steps_per_round
@@ -153,7 +155,13 @@ def _site_folders(msg: Message, context: Context) -> tuple[Path, Path]:
 
 @lru_cache(maxsize=4)
 def _load_site_cached(site_dir: str, labels: tuple[str, ...]) -> SiteData:
-    return load_site(Path(site_dir), labels)
+    """Load once per process; problems are logged here, at the site, never sent."""
+    site = load_site(Path(site_dir), labels)
+    for row in site.rejected:
+        log(WARNING, "site data %s: skipped %s", site_dir, row)
+    for label, count in site.unknown_labels.items():
+        log(WARNING, "site data %s: skipped %d rows with unknown label %r", site_dir, count, label)
+    return site
 
 
 def _features(

@@ -34,7 +34,12 @@ def main(grid: Grid, context: Context) -> None:
     torch.manual_seed(int(cfg["seed"]))
     model = family.build_model(len(labels))
 
-    record = RunRecord(out_dir / "metrics.json", context.run_id, _jsonable(cfg), labels)
+    record = RunRecord(
+        out_dir / "metrics.json",
+        context.run_id,
+        _jsonable(cfg | {"data-dir": data_dir, "out-dir": str(out_dir)}),
+        labels,
+    )
     strategy = build_strategy(
         str(cfg["strategy"]),
         record,

@@ -62,3 +62,31 @@ def test_help_documents_the_site_data_format():
     result = fedintent("--help")
     assert result.returncode == 0
     assert "train.jsonl" in result.stdout and "intent_turn" in result.stdout
+
+
+def test_synth_then_check_data(tmp_path):
+    out = tmp_path / "sites"
+    result = fedintent("synth", "--sites", "2", "--size", "60", "--lang", "en,zh",
+                       "--out", str(out), "--seed", "3")
+    assert result.returncode == 0, result.stderr
+    assert "wrote 2 sites" in result.stdout
+    assert (out / "labels.txt").is_file() and (out / "manifest.json").is_file()
+
+    checked = fedintent("check-data", str(out / "site-00"))
+    assert checked.returncode == 0, checked.stderr
+    assert "0 rejected" in checked.stdout and "label distribution" in checked.stdout
+
+    again = fedintent("synth", "--sites", "2", "--out", str(out))
+    assert again.returncode == 2 and "not empty" in again.stderr
+
+
+def test_check_data_reports_bad_rows_and_a_site_that_cannot_train(tmp_path):
+    site = tmp_path / "site-00"
+    site.mkdir()
+    (tmp_path / "labels.txt").write_text("card_lost\nrefund\n")
+    (site / "train.jsonl").write_text('{"text": "lost card", "label": "nope"}\n{broken\n')
+    result = fedintent("check-data", str(site))
+    assert result.returncode == 1
+    assert "train.jsonl:2: invalid JSON" in result.stdout
+    assert "unknown label 'nope': 1 rows" in result.stdout
+    assert "no valid training rows" in result.stderr
