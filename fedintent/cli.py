@@ -5,6 +5,7 @@ import math
 import os
 import sys
 import time
+import uuid
 from collections import Counter
 from datetime import datetime
 from pathlib import Path
@@ -244,6 +245,7 @@ def _train(args: argparse.Namespace) -> int:
             "data-dir": str(data_dir),
             "labels-file": str(labels_file),
             "out-dir": str(out_dir),
+            "run-name": f"{out_dir.name}-{uuid.uuid4().hex[:8]}",
             "state-dir": str(args.state_dir.resolve()) if args.state_dir else "",
             "min-sites": num_sites,
         }

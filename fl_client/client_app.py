@@ -53,6 +53,7 @@ def train(msg: Message, context: Context) -> Message:
 
     cfg = context.run_config
     server_round = int(msg.content["config"]["server-round"])
+    run_name = str(msg.content["config"]["run-name"])
     num_rounds = int(msg.content["config"]["num-rounds"])
     target_epsilon = float(cfg["target-epsilon"])
     delta = float(cfg["delta"])
@@ -68,7 +69,7 @@ def train(msg: Message, context: Context) -> Message:
             target_epsilon, delta, sample_rate, steps * num_rounds, accountant
         )
         entry = LedgerEntry(
-            run_id=context.run_id,
+            run=run_name,
             server_round=server_round,
             noise_multiplier=noise_multiplier,
             sample_rate=sample_rate,
@@ -84,7 +85,7 @@ def train(msg: Message, context: Context) -> Message:
             history = append_entry(ledger_path(state_dir, fingerprint), fingerprint, entry)
         except (LedgerError, OSError) as err:
             return Message(Error(code=SITE_ERROR, reason=f"privacy ledger: {err}"), reply_to=msg)
-        this_run = [e.release for e in history if e.run_id == context.run_id]
+        this_run = [e.release for e in history if e.run == run_name]
         metrics |= {
             "epsilon": epsilon_spent(this_run, delta, accountant),
             "epsilon-all-runs": epsilon_spent([e.release for e in history], delta, accountant),

@@ -22,7 +22,7 @@ class LedgerError(RuntimeError):
 
 @dataclass(frozen=True)
 class LedgerEntry:
-    run_id: int
+    run: str
     server_round: int
     noise_multiplier: float
     sample_rate: float

@@ -15,6 +15,7 @@ DEFAULTS: dict[str, str | int | float] = {
     "data-dir": "",
     "labels-file": "",
     "out-dir": "",
+    "run-name": "",
     "state-dir": "",
     "num-rounds": 10,
     "model": "minilm-head",

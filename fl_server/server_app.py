@@ -34,10 +34,11 @@ def main(grid: Grid, context: Context) -> None:
     torch.manual_seed(int(cfg["seed"]))
     model = family.build_model(len(labels))
 
+    run_name = str(cfg["run-name"]) or f"flwr-{context.run_id}"
     record = RunRecord(
         out_dir / "metrics.json",
         context.run_id,
-        _jsonable(cfg | {"data-dir": data_dir, "out-dir": str(out_dir)}),
+        _jsonable(cfg | {"data-dir": data_dir, "out-dir": str(out_dir), "run-name": run_name}),
         labels,
     )
     strategy = build_strategy(
@@ -47,7 +48,12 @@ def main(grid: Grid, context: Context) -> None:
         server_learning_rate=float(cfg["server-learning-rate"]),
     )
     site_config = ConfigRecord(
-        {"labels": labels, "num-rounds": num_rounds, "sim-data-dir": str(data_dir)}
+        {
+            "labels": labels,
+            "num-rounds": num_rounds,
+            "run-name": run_name,
+            "sim-data-dir": str(data_dir),
+        }
     )
     try:
         result = strategy.start(

@@ -16,9 +16,9 @@ from fl_client.privacy_ledger import (
 FINGERPRINT = "ab" * 32
 
 
-def entry(run_id: int = 1, server_round: int = 1, sigma: float = 1.1) -> LedgerEntry:
+def entry(run: str = "run-1", server_round: int = 1, sigma: float = 1.1) -> LedgerEntry:
     return LedgerEntry(
-        run_id=run_id, server_round=server_round, noise_multiplier=sigma, sample_rate=0.1,
+        run=run, server_round=server_round, noise_multiplier=sigma, sample_rate=0.1,
         steps=10, clip_norm=1.0, delta=1e-5, accountant="prv", privacy_unit="utterance",
         time=now(),
     )
@@ -30,10 +30,10 @@ def test_absent_ledger_means_nothing_spent(tmp_path):
 
 def test_entries_accumulate_across_runs(tmp_path):
     path = ledger_path(tmp_path, FINGERPRINT)
-    append_entry(path, FINGERPRINT, entry(run_id=1, server_round=1))
-    append_entry(path, FINGERPRINT, entry(run_id=1, server_round=2))
-    history = append_entry(path, FINGERPRINT, entry(run_id=2, server_round=1))
-    assert [(e.run_id, e.server_round) for e in history] == [(1, 1), (1, 2), (2, 1)]
+    append_entry(path, FINGERPRINT, entry(run="a", server_round=1))
+    append_entry(path, FINGERPRINT, entry(run="a", server_round=2))
+    history = append_entry(path, FINGERPRINT, entry(run="b", server_round=1))
+    assert [(e.run, e.server_round) for e in history] == [("a", 1), ("a", 2), ("b", 1)]
     assert read_ledger(path, FINGERPRINT) == history
     assert not list(tmp_path.glob("*.tmp"))
 
@@ -47,7 +47,7 @@ def test_entries_accumulate_across_runs(tmp_path):
         json.dumps({"format": "something-else", "data_fingerprint": FINGERPRINT, "releases": []}),
         json.dumps({"format": "fedintent-privacy-ledger/1", "data_fingerprint": FINGERPRINT}),
         json.dumps({"format": "fedintent-privacy-ledger/1", "data_fingerprint": FINGERPRINT,
-                    "releases": [{"run_id": 1}]}),
+                    "releases": [{"run": "x"}]}),
     ],
 )
 def test_corrupt_ledger_refuses_and_is_left_untouched(tmp_path, content):
