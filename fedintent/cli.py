@@ -11,6 +11,7 @@ from datetime import datetime
 from pathlib import Path
 
 from fl_client.privacy_accounting import ACCOUNTANTS
+from fl_client.privacy_units import PRIVACY_UNITS
 from fl_client.site_data import SiteDataError, list_site_dirs, read_labels
 from fl_server.run_config import (
     DEFAULTS,
@@ -82,7 +83,15 @@ def _parser() -> argparse.ArgumentParser:
                        help="per-site epsilon for the whole run; inf = no DP "
                        "(default: %(default)s)")
     train.add_argument("--delta", type=float, default=DEFAULTS["delta"],
-                       help="per-site delta (default: %(default)s)")
+                       help="per-site delta; 0 = each site's default, min(1e-5, "
+                       "1/(10 x its units)) (default: %(default)s)")
+    train.add_argument("--privacy-unit", default=DEFAULTS["privacy-unit"],
+                       choices=PRIVACY_UNITS,
+                       help="what one DP unit is: one utterance, or all of one customer's "
+                       "utterances at a site (default: %(default)s)")
+    train.add_argument("--site-max-epsilon", type=float, default=DEFAULTS["site-max-epsilon"],
+                       help="each simulated site's lifetime epsilon budget over all runs on its "
+                       "data; sites decline rounds beyond it (default: %(default)s)")
     train.add_argument("--model", default=DEFAULTS["model"], choices=model_family_names(),
                        help="model family (default: %(default)s)")
     train.add_argument("--strategy", default=DEFAULTS["strategy"], choices=STRATEGIES,
@@ -211,6 +220,8 @@ def _train(args: argparse.Namespace) -> int:
         "num-rounds": args.rounds,
         "target-epsilon": args.epsilon,
         "delta": args.delta,
+        "privacy-unit": args.privacy_unit,
+        "site-max-epsilon": args.site_max_epsilon,
         "model": args.model,
         "strategy": args.strategy,
         "accountant": args.accountant,
@@ -252,7 +263,9 @@ def _train(args: argparse.Namespace) -> int:
         | tunables
     )
     privacy = (
-        f"DP-SGD, per-site target epsilon {args.epsilon:g} at delta {args.delta:g}"
+        f"DP-SGD, per-site target epsilon {args.epsilon:g} per {args.privacy_unit}, "
+        f"delta {args.delta:g}{' (per-site default)' if args.delta == 0 else ''}, "
+        f"lifetime budget {args.site_max_epsilon:g}"
         if math.isfinite(args.epsilon)
         else "no DP (epsilon = inf: no privacy guarantee)"
     )

@@ -1,14 +1,12 @@
 """fedintent ClientApp: what runs at a call-center site.
 
-Per round the site reads only its own data folder, trains the exchanged part of the model with
-DP-SGD, charges the privacy ledger *before* replying, and replies with the model's exchanged
-parameters and a few numbers (example count, loss, epsilon, delta). Conversation text, labels
-and features never leave this process.
+Per round the site reads only its own data folder, checks its privacy budget, records the
+round's DP release in its privacy ledger, trains the exchanged part of the model with DP-SGD,
+and replies with the model's exchanged parameters and a few numbers (example count, loss,
+epsilon, delta). The egress guard checks every reply before it leaves. Conversation text,
+labels and features never leave this process.
 
-Where the site's data lives:
-
-* deployment: node config ``data-path`` (the site's folder) and ``state-dir`` (ledger, caches);
-* simulation: node config ``partition-id`` picks one site folder of the run's data folder.
+Where the site's data, state and budget come from: ``fl_client/site_folders.py``.
 """
 
 import math
@@ -22,77 +20,115 @@ from flwr.clientapp import ClientApp
 from flwr.common.logger import log
 
 from fl_client.dp_training import TrainingPlan, evaluate, train_locally
-from fl_client.privacy_accounting import epsilon_spent, plan_noise_multiplier, steps_per_round
+from fl_client.egress_guard import DECLINED, SITE_ERROR, egress_guard
+from fl_client.noise_seed import private_seed
+from fl_client.privacy_accounting import (
+    BudgetExhausted,
+    epsilon_spent,
+    plan_within_budget,
+    steps_per_round,
+)
 from fl_client.privacy_ledger import (
     LedgerEntry,
     LedgerError,
     append_entry,
     ledger_path,
     now,
+    read_ledger,
 )
-from fl_client.site_data import SiteData, SiteDataError, list_site_dirs, load_site
+from fl_client.privacy_units import check_privacy_unit, group_by_customer
+from fl_client.site_data import SiteData, SiteDataError, load_site
+from fl_client.site_folders import site_folders, site_max_epsilon
 from models import get_model_family
 
-PRIVACY_UNIT = "utterance"
-SITE_ERROR = 1001
+DELTA_UNITS_FACTOR = 10
+"""delta must stay below 1 / (DELTA_UNITS_FACTOR * units at the site)."""
 
 app = ClientApp()
 
 
-@app.train()
+@app.train(mods=[egress_guard])
 def train(msg: Message, context: Context) -> Message:
+    cfg = context.run_config
     try:
-        site_dir, state_dir = _site_folders(msg, context)
+        site_dir, state_dir = site_folders(msg, context)
         labels = list(msg.content["config"]["labels"])
         site = _load_site_cached(str(site_dir), tuple(labels))
         if len(site.train) == 0:
             raise SiteDataError(f"{site_dir}: no valid training rows; this site cannot train")
         features, targets = _features(site, "train", context, state_dir)
+        unit = check_privacy_unit(str(cfg["privacy-unit"]))
     except (SiteDataError, LedgerError, ValueError) as err:
         return Message(Error(code=SITE_ERROR, reason=str(err)), reply_to=msg)
 
-    cfg = context.run_config
+    if unit == "customer":
+        features, targets, dropped = group_by_customer(features, targets, site.train.units)
+        if dropped:
+            log(WARNING, "site %s: %d utterances over the per-customer cap not used", site_dir,
+                dropped)
+
     server_round = int(msg.content["config"]["server-round"])
     run_name = str(msg.content["config"]["run-name"])
     num_rounds = int(msg.content["config"]["num-rounds"])
     target_epsilon = float(cfg["target-epsilon"])
-    delta = float(cfg["delta"])
-    accountant = str(cfg["accountant"])
     batch_size, local_epochs = int(cfg["batch-size"]), int(cfg["local-epochs"])
-    private = math.isfinite(target_epsilon)
-
+    clip_norm = float(cfg["clip-norm"])
     metrics: dict[str, float | int] = {"num-examples": len(site.train)}
     noise_multiplier = None
-    if private:
-        sample_rate, steps = steps_per_round(len(site.train), batch_size, local_epochs)
-        noise_multiplier = _planned_noise(
-            target_epsilon, delta, sample_rate, steps * num_rounds, accountant
-        )
-        entry = LedgerEntry(
-            run=run_name,
-            server_round=server_round,
-            noise_multiplier=noise_multiplier,
-            sample_rate=sample_rate,
-            steps=steps,
-            clip_norm=float(cfg["clip-norm"]),
-            delta=delta,
-            accountant=accountant,
-            privacy_unit=PRIVACY_UNIT,
-            time=now(),
-        )
-        fingerprint = site.fingerprint()
+
+    if math.isfinite(target_epsilon):
+        units = len(targets)
         try:
-            history = append_entry(ledger_path(state_dir, fingerprint), fingerprint, entry)
+            delta = _site_delta(float(cfg["delta"]), units, unit)
+            accountant = str(cfg["accountant"])
+            sample_rate, steps = steps_per_round(units, batch_size, local_epochs)
+            fingerprint = site.fingerprint()
+            path = ledger_path(state_dir, fingerprint)
+            history = read_ledger(path, fingerprint)
+            mixed = {e.privacy_unit for e in history} - {unit}
+            if mixed:
+                raise ValueError(
+                    f"the privacy ledger of this data holds {sorted(mixed)} releases and this run "
+                    f"asks for privacy-unit={unit}; mixing units on the same data is refused"
+                )
+            max_epsilon = site_max_epsilon(context)
+            noise_multiplier = _planned_noise(
+                tuple(e.release for e in history if e.run != run_name),
+                target_epsilon, max_epsilon, delta, sample_rate, steps * num_rounds, accountant,
+            )
+            this_round = (noise_multiplier, sample_rate, steps)
+            after = epsilon_spent([e.release for e in history] + [this_round], delta, accountant)
+            if after > max_epsilon:
+                raise BudgetExhausted(
+                    f"declined: this round would bring the site to epsilon {after:.3f}, "
+                    f"above its max-epsilon {max_epsilon:g}"
+                )
+        except BudgetExhausted as err:
+            reason = str(err) if str(err).startswith("declined") else f"declined: {err}"
+            log(WARNING, "site %s: %s", site_dir, reason)
+            return Message(Error(code=DECLINED, reason=reason), reply_to=msg)
+        except (LedgerError, ValueError) as err:
+            return Message(Error(code=SITE_ERROR, reason=str(err)), reply_to=msg)
+
+        entry = LedgerEntry(
+            run=run_name, server_round=server_round, noise_multiplier=noise_multiplier,
+            sample_rate=sample_rate, steps=steps, clip_norm=clip_norm, delta=delta,
+            accountant=accountant, privacy_unit=unit, time=now(),
+        )
+        try:
+            history = append_entry(path, fingerprint, entry)  # charged before anything leaves
         except (LedgerError, OSError) as err:
             return Message(Error(code=SITE_ERROR, reason=f"privacy ledger: {err}"), reply_to=msg)
         this_run = [e.release for e in history if e.run == run_name]
         metrics |= {
             "epsilon": epsilon_spent(this_run, delta, accountant),
-            "epsilon-all-runs": epsilon_spent([e.release for e in history], delta, accountant),
+            "epsilon-all-runs": after,
+            "max-epsilon": max_epsilon,
             "delta": delta,
             "noise-multiplier": noise_multiplier,
             "sample-rate": sample_rate,
-            "clip-norm": float(cfg["clip-norm"]),
+            "clip-norm": clip_norm,
+            "privacy-units": units,
         }
     else:
         metrics |= {"epsilon": math.inf, "epsilon-all-runs": math.inf, "delta": 0.0}
@@ -100,12 +136,12 @@ def train(msg: Message, context: Context) -> Message:
     model = _model_from(msg, len(labels), cfg)
     plan = TrainingPlan(
         noise_multiplier=noise_multiplier,
-        clip_norm=float(cfg["clip-norm"]),
+        clip_norm=clip_norm,
         batch_size=batch_size,
         local_epochs=local_epochs,
         learning_rate=float(cfg["learning-rate"]),
     )
-    seed = int(cfg["seed"]) * 1_000_003 + server_round * 1009 + context.node_id % 1009
+    seed = private_seed(state_dir, run_name, server_round)
     loss, steps_taken = train_locally(model, features, targets, plan, seed=seed)
     metrics |= {"train-loss": loss, "steps": steps_taken}
 
@@ -115,10 +151,10 @@ def train(msg: Message, context: Context) -> Message:
     return Message(content=reply, reply_to=msg)
 
 
-@app.evaluate()
+@app.evaluate(mods=[egress_guard])
 def evaluate_on_site(msg: Message, context: Context) -> Message:
     try:
-        site_dir, state_dir = _site_folders(msg, context)
+        site_dir, state_dir = site_folders(msg, context)
         labels = list(msg.content["config"]["labels"])
         site = _load_site_cached(str(site_dir), tuple(labels))
         if len(site.test) == 0:
@@ -133,25 +169,21 @@ def evaluate_on_site(msg: Message, context: Context) -> Message:
     return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)
 
 
-def _site_folders(msg: Message, context: Context) -> tuple[Path, Path]:
-    """(site data folder, site state folder) from node config, or the simulated partition."""
-    node = context.node_config
-    if "data-path" in node:
-        site_dir = Path(str(node["data-path"]))
-        state_dir = Path(str(node.get("state-dir", site_dir / ".fedintent-state")))
-        return site_dir, state_dir
-    if "partition-id" not in node:
-        raise SiteDataError("node config has neither 'data-path' (deployment) nor 'partition-id'")
-    data_dir = Path(str(msg.content["config"]["sim-data-dir"]))
-    sites = list_site_dirs(data_dir)
-    partition = int(node["partition-id"])
-    if partition >= len(sites):
-        raise SiteDataError(
-            f"simulated site {partition} has no folder: {data_dir} holds {len(sites)} sites"
+def _site_delta(requested: float, units: int, unit: str) -> float:
+    """The run's delta, or (0 = auto) the site's default, refused if too large for the site.
+
+    delta is the probability that the epsilon guarantee fails outright; it must be small next to
+    1 / (number of units), or releasing one unit's data verbatim would fit inside it.
+    """
+    limit = 1.0 / (DELTA_UNITS_FACTOR * units)
+    if requested == 0:
+        return min(1e-5, 10 ** math.floor(math.log10(limit)))
+    if requested >= limit:
+        raise ValueError(
+            f"delta {requested:g} is too large for this site: it has {units} {unit} units, so "
+            f"delta must be below 1/({DELTA_UNITS_FACTOR} x {units}) = {limit:.2g}; refusing"
         )
-    site_dir = sites[partition]
-    state_root = str(context.run_config.get("state-dir", "")) or str(data_dir / ".fedintent-state")
-    return site_dir, Path(state_root) / site_dir.name
+    return requested
 
 
 @lru_cache(maxsize=4)
@@ -182,7 +214,15 @@ def _model_from(msg: Message, num_labels: int, cfg) -> torch.nn.Module:
 
 @lru_cache(maxsize=8)
 def _planned_noise(
-    target_epsilon: float, delta: float, sample_rate: float, total_steps: int, accountant: str
+    prior: tuple[tuple[float, float, int], ...],
+    target_epsilon: float,
+    max_epsilon: float,
+    delta: float,
+    sample_rate: float,
+    run_steps: int,
+    accountant: str,
 ) -> float:
-    """The run's noise multiplier, planned once so the run's total epsilon meets the target."""
-    return plan_noise_multiplier(target_epsilon, delta, sample_rate, total_steps, accountant)
+    """The run's noise multiplier, planned once from the run target and the remaining budget."""
+    return plan_within_budget(
+        list(prior), target_epsilon, max_epsilon, delta, sample_rate, run_steps, accountant
+    )

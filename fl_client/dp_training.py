@@ -17,6 +17,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from fl_client.privacy_accounting import steps_per_round
+from fl_client.privacy_units import PADDING_LABEL
 
 
 @dataclass(frozen=True)
@@ -76,7 +77,7 @@ def train_locally(
     else:
         dp_model = model
 
-    criterion = nn.CrossEntropyLoss()
+    criterion = unit_loss
     with warnings.catch_warnings():
         # Opacus' hooks on a head over frozen features: the warning is expected and harmless.
         warnings.filterwarnings("ignore", message="Full backward hook is firing")
@@ -104,6 +105,22 @@ def _run_epochs(model, loader, optimizer, criterion, epochs: int) -> tuple[float
             total_seen += len(y)
             steps += 1
     return total_loss / max(total_seen, 1), steps
+
+
+def unit_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean over the batch's privacy units of each unit's mean cross-entropy.
+
+    An utterance unit is one row; a customer unit is a padded group of rows (labels
+    ``PADDING_LABEL`` mark padding). Opacus treats the first dimension as the unit, so the
+    gradient it clips is exactly one unit's gradient.
+    """
+    if labels.dim() == 1:
+        return nn.functional.cross_entropy(logits, labels)
+    per_row = nn.functional.cross_entropy(
+        logits.flatten(0, 1), labels.flatten(), ignore_index=PADDING_LABEL, reduction="none"
+    ).view(labels.shape)
+    rows_per_unit = (labels != PADDING_LABEL).sum(dim=1).clamp(min=1)
+    return (per_row.sum(dim=1) / rows_per_unit).mean()
 
 
 @torch.no_grad()

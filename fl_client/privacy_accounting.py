@@ -18,8 +18,14 @@ from opacus.accountants.utils import get_noise_multiplier
 
 ACCOUNTANTS = ("prv", "rdp")
 
+MAX_NOISE_MULTIPLIER = 1e4
+
 Release = tuple[float, float, int]
 """One DP release: (noise multiplier, Poisson sample rate, number of DP-SGD steps)."""
+
+
+class BudgetExhausted(RuntimeError):
+    """Training would take the site past its own max-epsilon; the site declines."""
 
 
 def check_accountant(name: str) -> str:
@@ -59,6 +65,48 @@ def plan_noise_multiplier(
             epsilon_tolerance=0.005 * target_epsilon,
         )
     return float(sigma)
+
+
+def plan_within_budget(
+    prior: list[Release],
+    run_epsilon: float,
+    max_epsilon: float,
+    delta: float,
+    sample_rate: float,
+    run_steps: int,
+    accountant: str,
+) -> float:
+    """Noise for a run that respects both the run's target and the site's lifetime budget.
+
+    ``prior`` is every release of *earlier* runs on the same data. The returned noise multiplier
+    keeps (a) this run's own epsilon at most ``run_epsilon`` and (b) the composition of ``prior``
+    and the whole planned run at most ``max_epsilon``: the run is planned from the budget that
+    remains. Raises ``BudgetExhausted`` when nothing remains.
+    """
+    spent = epsilon_spent(prior, delta, accountant)
+    if spent >= max_epsilon:
+        raise BudgetExhausted(
+            f"privacy budget exhausted: {spent:.3f} of max-epsilon {max_epsilon:g} already spent"
+        )
+    sigma = plan_noise_multiplier(run_epsilon, delta, sample_rate, run_steps, accountant)
+
+    def total(noise: float) -> float:
+        return epsilon_spent(prior + [(noise, sample_rate, run_steps)], delta, accountant)
+
+    if total(sigma) <= max_epsilon:
+        return sigma
+    low, high = sigma, 2 * sigma
+    while total(high) > max_epsilon:
+        low, high = high, 2 * high
+        if high > MAX_NOISE_MULTIPLIER:
+            raise BudgetExhausted(
+                f"privacy budget too small: {max_epsilon - spent:.3g} epsilon left of "
+                f"max-epsilon {max_epsilon:g}"
+            )
+    while (high - low) / high > 1e-3:
+        middle = (low + high) / 2
+        low, high = (low, middle) if total(middle) <= max_epsilon else (middle, high)
+    return high
 
 
 def epsilon_spent(releases: list[Release], delta: float, accountant: str) -> float:

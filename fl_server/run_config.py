@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 
 from fl_client.privacy_accounting import ACCOUNTANTS
+from fl_client.privacy_units import PRIVACY_UNITS
 from fl_server.strategy import STRATEGIES
 from models import model_family_names
 
@@ -23,7 +24,9 @@ DEFAULTS: dict[str, str | int | float] = {
     "server-learning-rate": 0.05,
     "min-sites": 2,
     "target-epsilon": 8.0,
-    "delta": 1e-5,
+    "delta": 0.0,
+    "privacy-unit": "utterance",
+    "site-max-epsilon": 10.0,
     "accountant": "prv",
     "clip-norm": 1.0,
     "batch-size": 64,
@@ -51,8 +54,10 @@ def check_run_config(cfg: dict) -> dict:
         raise RunConfigError(
             f"target-epsilon must be > 0 (or inf for no DP), got {full['target-epsilon']}"
         )
-    if not 0 < float(full["delta"]) < 1:
-        raise RunConfigError(f"delta must be in (0, 1), got {full['delta']}")
+    if not 0 <= float(full["delta"]) < 1:
+        raise RunConfigError(f"delta must be in [0, 1) (0 = per-site default), got {full['delta']}")
+    if not float(full["site-max-epsilon"]) > 0:
+        raise RunConfigError(f"site-max-epsilon must be > 0, got {full['site-max-epsilon']}")
     for key in ("num-rounds", "min-sites", "batch-size", "local-epochs"):
         if int(full[key]) < 1 or int(full[key]) != full[key]:
             raise RunConfigError(f"{key} must be a whole number >= 1, got {full[key]}")
@@ -63,6 +68,7 @@ def check_run_config(cfg: dict) -> dict:
         "model": model_family_names(),
         "strategy": list(STRATEGIES),
         "accountant": list(ACCOUNTANTS),
+        "privacy-unit": list(PRIVACY_UNITS),
     }
     for key, allowed in choices.items():
         if full[key] not in allowed:

@@ -20,7 +20,7 @@ def fedintent(*args: str, cwd=None) -> subprocess.CompletedProcess:
         (["--epsilon", "0"], "target-epsilon must be > 0"),
         (["--sites", "0"], "--sites must be >= 1"),
         (["--rounds", "0"], "num-rounds must be"),
-        (["--delta", "2"], "delta must be in (0, 1)"),
+        (["--delta", "2"], "delta must be in [0, 1)"),
         (["--data", "/no/such/folder"], "data folder not found: /no/such/folder"),
     ],
 )
