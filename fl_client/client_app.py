@@ -21,7 +21,6 @@ from flwr.common.logger import log
 
 from fl_client.dp_training import TrainingPlan, evaluate, train_locally
 from fl_client.egress_guard import DECLINED, SITE_ERROR, egress_guard
-from fl_client.noise_seed import private_seed
 from fl_client.privacy_accounting import (
     BudgetExhausted,
     epsilon_spent,
@@ -39,6 +38,7 @@ from fl_client.privacy_ledger import (
 from fl_client.privacy_units import check_privacy_unit, group_by_customer
 from fl_client.site_data import SiteData, SiteDataError, load_site
 from fl_client.site_folders import site_folders, site_max_epsilon
+from fl_client.site_secret import SecretError, private_seed, site_secret
 from models import get_model_family
 
 DELTA_UNITS_FACTOR = 10
@@ -84,7 +84,8 @@ def train(msg: Message, context: Context) -> Message:
             sample_rate, steps = steps_per_round(units, batch_size, local_epochs)
             fingerprint = site.fingerprint()
             path = ledger_path(state_dir, fingerprint)
-            history = read_ledger(path, fingerprint)
+            secret = site_secret(state_dir)
+            history = read_ledger(path, fingerprint, secret)
             mixed = {e.privacy_unit for e in history} - {unit}
             if mixed:
                 raise ValueError(
@@ -107,7 +108,7 @@ def train(msg: Message, context: Context) -> Message:
             reason = str(err) if str(err).startswith("declined") else f"declined: {err}"
             log(WARNING, "site %s: %s", site_dir, reason)
             return Message(Error(code=DECLINED, reason=reason), reply_to=msg)
-        except (LedgerError, ValueError) as err:
+        except (LedgerError, SecretError, ValueError) as err:
             return Message(Error(code=SITE_ERROR, reason=str(err)), reply_to=msg)
 
         entry = LedgerEntry(
@@ -116,7 +117,7 @@ def train(msg: Message, context: Context) -> Message:
             accountant=accountant, privacy_unit=unit, time=now(),
         )
         try:
-            history = append_entry(path, fingerprint, entry)  # charged before anything leaves
+            history = append_entry(path, fingerprint, entry, secret)  # charged before it leaves
         except (LedgerError, OSError) as err:
             return Message(Error(code=SITE_ERROR, reason=f"privacy ledger: {err}"), reply_to=msg)
         this_run = [e.release for e in history if e.run == run_name]

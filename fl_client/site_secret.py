@@ -1,0 +1,70 @@
+"""The site's secret: a random key that never leaves the site's state folder.
+
+Two privacy mechanisms depend on something the server cannot know:
+
+* DP noise and Poisson sampling (``private_seed``). If the server could predict the Gaussian
+  noise a site adds, it could subtract it and the guarantee would be void; if it knew which
+  examples each batch drew, the amplification by subsampling the accountant relies on would not
+  hold. Both generators are seeded from the secret mixed with the run name and round, so the
+  same site replays the same randomness (a resumed run reproduces) while nothing the server
+  knows determines it.
+* The privacy ledger's MAC chain (``ledger_mac``), which makes an edited, reordered or
+  truncated ledger detectable by anyone without the secret.
+
+Limits: the generators are PyTorch's (Mersenne Twister), not a cryptographically secure RNG
+(Opacus' ``secure_mode`` needs torchcsprng, which is not available here); and whoever can read
+the state folder holds the secret, so the MAC chain detects accidents and casual edits, not an
+administrator determined to rewrite history.
+"""
+
+import hashlib
+import hmac
+import os
+from pathlib import Path
+
+SECRET_FILE = "site-secret"
+
+
+class SecretError(RuntimeError):
+    """The site secret is unreadable; the site must not train until it is restored."""
+
+
+def site_secret(state_dir: Path, create: bool = True) -> bytes:
+    """The site's secret, created with owner-only permissions on first use."""
+    path = Path(state_dir) / SECRET_FILE
+    if not path.exists():
+        if not create:
+            raise SecretError(f"{path} is missing")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{SECRET_FILE}.{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(os.urandom(32).hex())
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, path)  # never replaces a secret another process created meanwhile
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink()
+    try:
+        secret = bytes.fromhex(path.read_text().strip())
+    except (OSError, ValueError) as err:
+        raise SecretError(f"{path}: site secret is unreadable ({err})") from err
+    if len(secret) < 16:
+        raise SecretError(f"{path}: site secret is too short or corrupt")
+    return secret
+
+
+def private_seed(state_dir: Path, *parts: str | int) -> int:
+    """A 63-bit seed derived from the site secret and ``parts`` (run name, round, ...)."""
+    digest = hashlib.sha256(site_secret(state_dir))
+    for part in parts:
+        digest.update(b"\0" + str(part).encode())
+    return int.from_bytes(digest.digest()[:8], "big") >> 1
+
+
+def ledger_mac(secret: bytes, previous_mac: str, entry_json: str) -> str:
+    """MAC of one ledger entry, chained to the one before it."""
+    return hmac.new(secret, f"{previous_mac}\n{entry_json}".encode(), hashlib.sha256).hexdigest()
