@@ -145,7 +145,44 @@ def _parser() -> argparse.ArgumentParser:
                        help="label file (default: SITE_DIR/labels.txt, "
                        "else SITE_DIR/../labels.txt)")
     check.set_defaults(handler=_check_data)
+
+    report = commands.add_parser(
+        "privacy-report",
+        help="a site's cumulative epsilon, privacy unit and per-run history, from its ledgers",
+        description="Verify and summarise the privacy ledgers in a site's state folder.",
+    )
+    report.add_argument("state_dir", type=Path, metavar="STATE_DIR")
+    report.add_argument("--max-epsilon", type=float,
+                        help="the site's budget, to show what remains")
+    report.set_defaults(handler=_privacy_report)
     return parser
+
+
+def _privacy_report(args: argparse.Namespace) -> int:
+    from fl_client.privacy_ledger import LedgerError
+    from fl_client.privacy_report import site_privacy_report
+
+    try:
+        reports = site_privacy_report(args.state_dir)
+    except (FileNotFoundError, LedgerError) as err:
+        raise CliError(str(err)) from err
+    if not reports:
+        print(f"{args.state_dir}: no privacy ledger: this site has spent no privacy budget")
+        return 0
+    for report in reports:
+        print(f"ledger {report.path.name} (training data {report.data_fingerprint[:16]})")
+        print(f"  privacy unit: {report.privacy_unit}; accountant: {report.accountant}")
+        print(f"  cumulative epsilon over all runs: {report.epsilon:.3f} at delta "
+              f"{report.delta:g}")
+        if args.max_epsilon is not None:
+            print(f"  budget: max-epsilon {args.max_epsilon:g}, remaining "
+                  f"{max(args.max_epsilon - report.epsilon, 0.0):.3f}")
+        for run in report.runs:
+            print(f"  run {run.run}: {run.rounds} rounds, epsilon {run.epsilon:.3f}, noise "
+                  f"multiplier {run.noise_multiplier:.4g}, sample rate {run.sample_rate:.4g}, "
+                  f"{run.steps} steps/round, clip norm {run.clip_norm:g} ({run.first} .. "
+                  f"{run.last})")
+    return 0
 
 
 def _synth(args: argparse.Namespace) -> int:

@@ -90,3 +90,30 @@ def test_check_data_reports_bad_rows_and_a_site_that_cannot_train(tmp_path):
     assert "train.jsonl:2: invalid JSON" in result.stdout
     assert "unknown label 'nope': 1 rows" in result.stdout
     assert "no valid training rows" in result.stderr
+
+
+def test_privacy_report_reads_and_verifies_the_ledgers(tmp_path):
+    from fl_client.privacy_ledger import LedgerEntry, append_entry, ledger_path, now
+    from fl_client.site_secret import site_secret
+
+    state = tmp_path / "state"
+    secret = site_secret(state)
+    fingerprint = "f" * 64
+    for run, rounds in (("run-a", 2), ("run-b", 1)):
+        for r in range(1, rounds + 1):
+            append_entry(ledger_path(state, fingerprint), fingerprint, LedgerEntry(
+                run=run, server_round=r, noise_multiplier=1.0, sample_rate=0.1, steps=20,
+                clip_norm=1.0, delta=1e-5, accountant="rdp", privacy_unit="customer",
+                time=now()), secret)
+    result = fedintent("privacy-report", str(state), "--max-epsilon", "50")
+    assert result.returncode == 0, result.stderr
+    assert "privacy unit: customer" in result.stdout
+    assert "run run-a: 2 rounds" in result.stdout and "run run-b: 1 rounds" in result.stdout
+    assert "cumulative epsilon over all runs" in result.stdout and "remaining" in result.stdout
+
+    (state / "site-secret").unlink()
+    result = fedintent("privacy-report", str(state))
+    assert result.returncode == 2 and "cannot verify" in result.stderr
+
+    empty = fedintent("privacy-report", str(tmp_path))
+    assert empty.returncode == 0 and "no privacy ledger" in empty.stdout
