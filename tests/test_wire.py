@@ -1,0 +1,186 @@
+"""The wire test: nothing a site holds as text crosses the network, as text or as token ids.
+
+A real loopback deployment: one SuperLink, three SuperNodes that reach it only through a
+recording TCP proxy (the site's network egress), each with its own data folder in which canary
+sentences full of PII were planted next to the synthetic conversations. After a real DP
+training run, every byte the sites sent is searched for the canaries, the PII, and any run of
+their token ids.
+"""
+
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from data_synth import write_sites
+from fl_server.local_simulation import (
+    CONNECTION,
+    _flower_env,
+    _free_port,
+    _run_status,
+    _stop_all,
+    _wait_healthy,
+    _write_app,
+    _write_connection,
+)
+from models.minilm_head import load_encoder
+
+CANARY_TEXTS = [
+    "canary zebra quasar {site}: my card 4556 7375 8689 9855 was stolen, call 13912345678",
+    "canary walrus nebula {site}: email me at canary.{site}@example.org about order 99887766",
+    "canary heron pulsar {site}: my ID is 11010519491231002X and my IP is 203.0.113.77",
+]
+RUN_TIMEOUT_S = 420
+
+
+class RecordingProxy:
+    """Forwards TCP connections to the SuperLink and keeps every byte sent towards it."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        self.upstream = bytearray()
+        self.lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            except OSError:  # the SuperLink is gone (teardown): refuse the site too
+                client.close()
+                continue
+            threading.Thread(target=self._pipe, args=(client, upstream, True), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(upstream, client, False), daemon=True).start()
+
+    def _pipe(self, source: socket.socket, sink: socket.socket, record: bool) -> None:
+        try:
+            while chunk := source.recv(65536):
+                if record:
+                    with self.lock:
+                        self.upstream.extend(chunk)
+                sink.sendall(chunk)
+        except OSError:
+            pass
+        finally:
+            for s in (source, sink):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self.server.close()
+
+
+def plant_canaries(data: Path) -> tuple[list[str], list[str]]:
+    """Add canary conversations to every site; return (canary texts, every PII value)."""
+    labels = (data / "labels.txt").read_text().split()
+    canaries, pii = [], []
+    for site in sorted(p for p in data.iterdir() if p.is_dir()):
+        for line in (site / "train.jsonl").read_text().splitlines():
+            pii += [item["value"] for item in json.loads(line).get("pii", [])]
+        with open(site / "train.jsonl", "a", encoding="utf-8") as f:
+            for i, template in enumerate(CANARY_TEXTS):
+                text = template.format(site=site.name)
+                canaries.append(text)
+                f.write(json.dumps({
+                    "conversation_id": f"canary-{i}", "customer_id": f"canary-{site.name}-{i}",
+                    "timestamp": "2026-01-01T00:00:00Z", "channel": "chat", "language": "en",
+                    "turns": [{"speaker": "customer", "text": text}], "intent": labels[i],
+                }) + "\n")
+    pii += ["4556 7375 8689 9855", "4556737586899855", "13912345678", "11010519491231002X",
+            "203.0.113.77", "99887766"]
+    return canaries, pii
+
+
+def token_id_patterns(texts: list[str]) -> list[bytes]:
+    """Every run of 4 consecutive word-piece ids, packed the ways a tensor would hold them."""
+    tokenizer, _ = load_encoder()
+    patterns = []
+    for text in texts:
+        ids = tokenizer(text)["input_ids"][1:-1]
+        for start in range(len(ids) - 3):
+            window = ids[start : start + 4]
+            for dtype in ("<i8", "<i4", "<f4"):
+                patterns.append(np.asarray(window, dtype=dtype).tobytes())
+    return patterns
+
+
+@pytest.fixture
+def deployment(tmp_path):
+    data = tmp_path / "data"
+    write_sites(data, n_sites=3, seed=11, size=80)
+    canaries, pii = plant_canaries(data)
+    flwr_home = tmp_path / "flwr-home"
+    flwr_home.mkdir()
+    env = _flower_env(flwr_home)
+    processes: list[subprocess.Popen] = []
+    superlink_port = _free_port()
+    proxy = RecordingProxy(superlink_port)
+    with open(tmp_path / "flower.log", "ab") as log:
+        try:
+            superlink = subprocess.Popen(
+                ["flower-superlink", "--insecure", "--disable-runtime-dependency-installation",
+                 "--host", "127.0.0.1", "--port", str(superlink_port)],
+                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            processes.append(superlink)
+            _wait_healthy(superlink_port, superlink)
+            for site in ("site-00", "site-01", "site-02"):
+                node_config = (f"data-path='{data / site}' "
+                               f"state-dir='{tmp_path / 'state' / site}' max-epsilon=10.0")
+                processes.append(subprocess.Popen(
+                    ["flower-supernode", "--insecure", "--superlink", f"127.0.0.1:{proxy.port}",
+                     "--port", str(_free_port()), "--node-config", node_config],
+                    env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+            _write_connection(flwr_home, superlink_port)
+            yield {"data": data, "env": env, "flwr_home": flwr_home, "proxy": proxy,
+                   "canaries": canaries, "pii": pii, "out": tmp_path / "out"}
+        finally:
+            _stop_all(processes)
+            proxy.close()
+
+def test_no_text_pii_or_token_ids_cross_the_wire(deployment):
+    app_dir = _write_app(deployment["flwr_home"] / "app")
+    overrides = {
+        "data-dir": str(deployment["data"]), "out-dir": str(deployment["out"]),
+        "num-rounds": 2, "min-sites": 3, "target-epsilon": 4.0,
+    }
+    command = ["flwr", "run", str(app_dir), CONNECTION, "--stream"]
+    for key, value in overrides.items():
+        command += ["-c", f"{key}={json.dumps(value)}"]
+    subprocess.run(command, env=deployment["env"], cwd=deployment["flwr_home"],
+                   capture_output=True, timeout=RUN_TIMEOUT_S, check=False)
+    deadline = time.monotonic() + 60
+    while not _run_status(deployment["env"], deployment["flwr_home"]).startswith("finished"):
+        assert time.monotonic() < deadline, "the run did not finish"
+        time.sleep(1)
+    metrics = json.loads((deployment["out"] / "metrics.json").read_text())
+    assert metrics["status"] == "completed", metrics.get("error")
+    assert all(r["sites_trained"] == 3 for r in metrics["rounds"])
+
+    sent = bytes(deployment["proxy"].upstream)
+    # The capture really holds what the sites sent: metric names and the head's parameters.
+    assert b"num-examples" in sent and b"epsilon" in sent
+    assert len(sent) > 3 * 2 * 45 * 384 * 4
+
+    for canary in deployment["canaries"]:
+        for fragment in (canary, canary.split(":")[0], canary.split(":")[1].strip()):
+            assert fragment.encode() not in sent, fragment
+    for value in set(deployment["pii"]):
+        if len(value) >= 6:
+            assert value.encode() not in sent, value
+    leaked_ids = [p for p in token_id_patterns(deployment["canaries"]) if p in sent]
+    assert not leaked_ids
+    assert os.path.getsize(deployment["out"] / "model" / "model.safetensors") > 0
+
