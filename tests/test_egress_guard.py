@@ -16,21 +16,14 @@ from flwr.app import (
     MetricRecord,
     RecordDict,
 )
-from flwr.supercore.task_identity import TaskIdentity
 
 from fl_client.egress_guard import EGRESS_BLOCKED, SITE_ERROR, egress_guard
 from fl_server.run_config import DEFAULTS
 from models import get_model_family
 
+pytestmark = pytest.mark.usefixtures("task_identity")
+
 LABELS = ["a", "b", "c"]
-
-
-@pytest.fixture(autouse=True)
-def task_identity():
-    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 7, 1
-    yield
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = saved
 
 
 def head_state() -> dict[str, torch.Tensor]:

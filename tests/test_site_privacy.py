@@ -10,7 +10,6 @@ import math
 import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
 from opacus.accountants import PRVAccountant
 
 import fl_client.client_app as client_app
@@ -21,15 +20,9 @@ from fl_client.site_secret import site_secret
 from fl_server.run_config import DEFAULTS
 from models import get_model_family
 
+pytestmark = pytest.mark.usefixtures("task_identity")
+
 LABELS = ["card_lost", "refund"]
-
-
-@pytest.fixture(autouse=True)
-def task_identity():
-    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 7, 1
-    yield
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = saved
 
 
 @pytest.fixture
