@@ -3,6 +3,7 @@
 import argparse
 import math
 import os
+import signal
 import sys
 import time
 import uuid
@@ -42,6 +43,8 @@ class CliError(Exception):
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    # SIGTERM (a supervisor, `timeout`) unwinds like Ctrl-C, so started processes are stopped.
+    signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         return args.handler(args)
     except (CliError, RunConfigError, SiteDataError) as err:
@@ -54,6 +57,10 @@ def main(argv: list[str] | None = None) -> int:
         # Output piped into e.g. `head`, which has stopped reading: stop quietly.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -113,7 +120,26 @@ def _parser() -> argparse.ArgumentParser:
                        help=f"output folder (default: {DEFAULT_OUT_ROOT}/run-DATE-TIME)")
     train.add_argument("--seed", type=int, default=DEFAULTS["seed"],
                        help="seed for data, model and sampling (default: %(default)s)")
+    train.add_argument("--resume", type=Path, metavar="OUT",
+                       help="continue the interrupted run in OUT after its last checkpoint, with "
+                       "the settings recorded in OUT/metrics.json (give no other option)")
     train.set_defaults(handler=_train)
+
+    audit = commands.add_parser(
+        "audit",
+        help="check a run's audit log (OUT/audit.jsonl)",
+        description="Check the server's hash-chained audit log. See docs/FAULT_TOLERANCE.md.",
+    )
+    audit_actions = audit.add_subparsers(dest="audit_action", required=True, metavar="ACTION")
+    verify = audit_actions.add_parser(
+        "verify",
+        help="verify the hash chain and head: exit 0 intact, 1 broken, 2 unreadable",
+        description="Print OK with the entry count, or the first line where the chain breaks "
+        "(edited, deleted, reordered or truncated entries). Exit 0 intact, 1 broken, "
+        "2 unreadable.",
+    )
+    verify.add_argument("log", type=Path, metavar="LOG")
+    verify.set_defaults(handler=_audit_verify)
 
     synth = commands.add_parser(
         "synth",
@@ -251,6 +277,8 @@ def _check_data(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     from fl_server.local_simulation import SimulationError, run_simulation
 
+    if args.resume is not None:
+        return _resume_train(args)
     if args.sites is not None and args.sites < 1:
         raise CliError(f"--sites must be >= 1, got {args.sites}")
     tunables = {
@@ -324,6 +352,69 @@ def _train(args: argparse.Namespace) -> int:
         return 1
     _print_summary(metrics, time.monotonic() - started)
     return 0
+
+
+def _resume_train(args: argparse.Namespace) -> int:
+    """Continue an interrupted run with exactly the configuration it was started with."""
+    from fl_server.audit_log import AuditLogError, check_extendable
+    from fl_server.checkpoints import CheckpointError, latest_checkpoint
+    from fl_server.local_simulation import SimulationError, run_simulation
+    from fl_server.resume import read_metrics, recorded_run_config, resumed_run_config
+
+    defaults = vars(_parser().parse_args(["train"]))
+    given = sorted(f"--{key.replace('_', '-')}" for key, value in vars(args).items()
+                   if key != "resume" and value != defaults.get(key))
+    if given:
+        raise CliError(f"--resume uses the settings recorded in OUT/metrics.json; "
+                       f"drop {', '.join(given)}")
+    out_dir = args.resume.resolve()
+    doc = read_metrics(out_dir / "metrics.json")
+    run_config = check_run_config(resumed_run_config(
+        recorded_run_config(doc) | {"out-dir": str(out_dir), "resume": True,
+                                    "stop-after-round": 0},
+        doc,
+    ))
+    try:
+        checkpoint, warnings = latest_checkpoint(out_dir / "checkpoints")
+        check_extendable(out_dir / "audit.jsonl")
+    except (CheckpointError, AuditLogError) as err:
+        raise CliError(str(err)) from err
+    for warning in warnings:
+        print(f"fedintent train: warning: {warning}", file=sys.stderr)
+    done = checkpoint.server_round if checkpoint else 0
+    num_rounds = int(run_config["num-rounds"])
+    print(f"resuming run {run_config['run-name']} after round {done} of {num_rounds}; "
+          f"output: {out_dir}")
+    started = time.monotonic()
+    try:
+        metrics = run_simulation(
+            run_config,
+            num_sites=int(run_config["min-sites"]),
+            metrics_path=out_dir / "metrics.json",
+            log_path=out_dir / "logs" / "flower.log",
+            on_round=lambda entry: _print_round(entry, num_rounds),
+            reported_rounds=done,
+        )
+    except SimulationError as err:
+        print(f"fedintent train: error: {err}", file=sys.stderr)
+        return 1
+    _print_summary(metrics, time.monotonic() - started)
+    return 0
+
+
+def _audit_verify(args: argparse.Namespace) -> int:
+    from fl_server.audit_log import verify_log
+
+    try:
+        result = verify_log(args.log)
+    except OSError as err:
+        raise CliError(f"cannot read {args.log}: {err.strerror or err}") from err
+    if result.ok:
+        print(f"OK: {result.entries} entries, hash chain and head intact ({args.log})")
+        return 0
+    print(f"BROKEN at line {result.broken_line}: {result.problem} "
+          f"({result.entries} entries verify before it; {args.log})")
+    return 1
 
 
 def _fresh_out_dir(requested: Path | None) -> Path:
