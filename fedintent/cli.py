@@ -172,6 +172,29 @@ def _parser() -> argparse.ArgumentParser:
                        "else SITE_DIR/../labels.txt)")
     check.set_defaults(handler=_check_data)
 
+    partition = commands.add_parser(
+        "partition",
+        help="split a labeled train.csv/test.csv dataset into site folders",
+        description="Split a real labeled dataset (CSV_DIR/train.csv and test.csv with "
+        "text,label) into site folders plus labels.txt and manifest.json: Dirichlet label skew, "
+        "optional quantity skew, or IID. Each site's test rows follow its own label mix. "
+        "Deterministic from --seed. See docs/PARTITIONING.md.",
+    )
+    partition.add_argument("csv_dir", type=Path, metavar="CSV_DIR")
+    partition.add_argument("--sites", type=int, required=True, help="number of sites")
+    partition.add_argument("--out", type=Path, required=True, help="output folder (must be new)")
+    partition.add_argument("--seed", type=int, default=0, help="seed (default: %(default)s)")
+    skew = partition.add_mutually_exclusive_group()
+    skew.add_argument("--alpha", type=float, default=0.5, help="Dirichlet concentration of the "
+                      "label skew; smaller = more skewed (default: %(default)s)")
+    skew.add_argument("--iid", action="store_true", help="IID sites instead of label skew")
+    partition.add_argument("--quantity-skew", type=float, metavar="Q",
+                           help="make sites unequal in size: the largest is about Q times the "
+                           "smallest")
+    partition.add_argument("--min-site-size", type=int, default=10,
+                           help="fewest training rows a site may get (default: %(default)s)")
+    partition.set_defaults(handler=_partition)
+
     report = commands.add_parser(
         "privacy-report",
         help="a site's cumulative epsilon, privacy unit and per-run history, from its ledgers",
@@ -182,6 +205,28 @@ def _parser() -> argparse.ArgumentParser:
                         help="the site's budget, to show what remains")
     report.set_defaults(handler=_privacy_report)
     return parser
+
+
+def _partition(args: argparse.Namespace) -> int:
+    from data_synth.partition import partition_csv_dataset
+
+    if args.out.exists() and any(args.out.iterdir()):
+        raise CliError(f"--out {args.out} already exists and is not empty")
+    try:
+        manifest = partition_csv_dataset(
+            args.csv_dir, args.out, n_sites=args.sites, seed=args.seed,
+            alpha=None if args.iid else args.alpha, min_site_size=args.min_site_size,
+            quantity_skew=args.quantity_skew,
+        )
+    except (ValueError, FileNotFoundError) as err:
+        raise CliError(str(err)) from err
+    scheme = "IID" if args.iid else f"Dirichlet alpha {args.alpha:g}"
+    print(f"wrote {len(manifest['sites'])} sites ({scheme}), {len(manifest['labels'])} labels "
+          f"to {args.out}")
+    for name, site in manifest["sites"].items():
+        print(f"  {name}: {site['train']} train, {site['test']} test rows, "
+              f"{len(site['label_counts'])} labels")
+    return 0
 
 
 def _privacy_report(args: argparse.Namespace) -> int:

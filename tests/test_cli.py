@@ -117,3 +117,21 @@ def test_privacy_report_reads_and_verifies_the_ledgers(tmp_path):
 
     empty = fedintent("privacy-report", str(tmp_path))
     assert empty.returncode == 0 and "no privacy ledger" in empty.stdout
+
+
+def test_partition_command_writes_sites_that_load(tmp_path):
+    source = tmp_path / "csv"
+    source.mkdir()
+    rows = "\n".join(f"text number {i},label_{i % 4}" for i in range(200))
+    (source / "train.csv").write_text("text,label\n" + rows + "\n")
+    (source / "test.csv").write_text("text,label\n" + rows.replace("number", "test") + "\n")
+    out = tmp_path / "sites"
+    result = fedintent("partition", str(source), "--sites", "3", "--alpha", "0.5",
+                       "--out", str(out), "--seed", "1")
+    assert result.returncode == 0, result.stderr
+    assert "wrote 3 sites (Dirichlet alpha 0.5), 4 labels" in result.stdout
+    checked = fedintent("check-data", str(out / "site-00"))
+    assert checked.returncode == 0 and "0 rejected" in checked.stdout
+    bad = fedintent("partition", str(tmp_path / "nowhere"), "--sites", "3",
+                    "--out", str(tmp_path / "x"))
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr

@@ -1,0 +1,370 @@
+"""Split a real labeled dataset (``train.csv`` + ``test.csv``) into non-IID site folders.
+
+Training rows are divided with flwr-datasets' partitioners: Dirichlet label skew, or IID, with
+optional quantity skew. Test rows then follow each site's training label mix, so every site is
+evaluated on its own distribution. Everything is derived from ``seed``: same arguments, same
+bytes.
+"""
+
+import csv
+import io
+import json
+import math
+import os
+import tempfile
+import warnings
+from collections import Counter
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+from datasets import Dataset
+from flwr_datasets.partitioner import (
+    DirichletPartitioner,
+    IidPartitioner,
+    Partitioner,
+    SizePartitioner,
+)
+
+SITE_CSV_HEADER = ("text", "label")
+
+
+class Example(NamedTuple):
+    """One labeled row; ``line`` is where it ends in its source file, for error messages."""
+
+    text: str
+    label: str
+    line: int
+
+
+def partition_csv_dataset(
+    csv_dir: Path,
+    out_dir: Path,
+    n_sites: int,
+    seed: int,
+    alpha: float | None = 0.5,
+    min_site_size: int = 10,
+    quantity_skew: float | None = None,
+) -> dict:
+    """Write ``labels.txt``, ``site-NN/{train,test}.csv`` and ``manifest.json``; return the
+    manifest.
+
+    ``alpha`` is the Dirichlet concentration of each label's spread over the sites (smaller =
+    more skewed; None = IID). ``quantity_skew`` Q makes the largest site's expected size Q times
+    the smallest's, growing geometrically with the site number (None = equal sizes). Every site
+    gets at least ``min_site_size`` training rows.
+    """
+    csv_dir, out_dir = Path(csv_dir), Path(out_dir)
+    check_partition_args(n_sites, seed, alpha, min_site_size, quantity_skew)
+    train = read_labeled_csv(csv_dir / "train.csv")
+    test = read_labeled_csv(csv_dir / "test.csv")
+    if not train:
+        raise ValueError(f"{csv_dir / 'train.csv'}: no data rows")
+    if n_sites * min_site_size > len(train):
+        raise ValueError(
+            f"{csv_dir / 'train.csv'}: {len(train)} rows cannot give {n_sites} sites "
+            f"at least {min_site_size} rows each"
+        )
+    labels = sorted({example.label for example in train})
+    check_test_labels(test, set(labels), csv_dir / "test.csv")
+
+    rng = np.random.default_rng(seed)
+    train_labels = np.array([example.label for example in train], dtype=str)
+    train_sites = assign_train_rows(train_labels, n_sites, rng, alpha, min_site_size, quantity_skew)
+    test_labels = np.array([example.label for example in test], dtype=str)
+    test_sites = assign_test_rows(train_labels, train_sites, test_labels, n_sites, rng)
+
+    site_names = [site_name(index, n_sites) for index in range(n_sites)]
+    check_no_stale_sites(out_dir, site_names)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_atomic(out_dir / "labels.txt", "".join(f"{label}\n" for label in labels))
+    sites = {
+        name: write_site(
+            out_dir / name, site_rows(train, train_sites, index), site_rows(test, test_sites, index)
+        )
+        for index, name in enumerate(site_names)
+    }
+    manifest = {
+        "source": str(csv_dir),
+        "scheme": "iid" if alpha is None else "dirichlet",
+        "alpha": alpha,
+        "quantity_skew": quantity_skew,
+        "min_site_size": min_site_size,
+        "seed": seed,
+        "n_sites": n_sites,
+        "labels": labels,
+        "sites": sites,
+    }
+    manifest_text = json.dumps(manifest, ensure_ascii=False, indent=2) + "\n"
+    write_atomic(out_dir / "manifest.json", manifest_text)
+    return manifest
+
+
+def check_partition_args(
+    n_sites: int,
+    seed: int,
+    alpha: float | None,
+    min_site_size: int,
+    quantity_skew: float | None,
+) -> None:
+    """Reject arguments the partitioners would fail on later, or silently misread."""
+    if n_sites < 1:
+        raise ValueError(f"n_sites must be >= 1, got {n_sites}")
+    if seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed}")
+    if alpha is not None and not (alpha > 0 and math.isfinite(alpha)):
+        raise ValueError(f"alpha must be a finite number > 0 (or None for IID), got {alpha}")
+    if min_site_size < 1:
+        raise ValueError(f"min_site_size must be >= 1, got {min_site_size}")
+    if quantity_skew is not None and not (quantity_skew >= 1 and math.isfinite(quantity_skew)):
+        raise ValueError(
+            f"quantity_skew must be a finite number >= 1 (largest/smallest site size), "
+            f"got {quantity_skew}"
+        )
+
+
+def read_labeled_csv(path: Path) -> list[Example]:
+    """All rows of a CSV whose header names ``text`` and ``label`` (other columns are not kept).
+    A bad row stops the run with ``file:line``: skipping it would silently change which rows the
+    sites get."""
+    rows = csv.reader(io.StringIO(read_utf8(path), newline=""), strict=True)
+    examples: list[Example] = []
+    header: list[str] | None = None
+    try:
+        for row in rows:
+            if is_blank(row):
+                continue
+            if header is None:
+                header = [name.strip() for name in row]
+                check_header(header, path, rows.line_num)
+                continue
+            examples.append(example_from_row(row, header, path, rows.line_num))
+    except csv.Error as err:
+        raise ValueError(f"{path}:{rows.line_num}: malformed CSV ({err})") from err
+    if header is None:
+        raise ValueError(f"{path}: empty file, expected a header with 'text' and 'label'")
+    return examples
+
+
+def read_utf8(path: Path) -> str:
+    """The file's text (a leading BOM dropped), or an error naming the undecodable line."""
+    if not path.is_file():
+        raise ValueError(f"{path}: file not found")
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise ValueError(f"{path}:{line}: not valid UTF-8 ({err.reason})") from err
+
+
+def is_blank(row: list[str]) -> bool:
+    """An empty or whitespace-only line, which site loaders skip too."""
+    return len(row) <= 1 and not "".join(row).strip()
+
+
+def check_header(header: list[str], path: Path, line: int) -> None:
+    missing = [name for name in SITE_CSV_HEADER if name not in header]
+    if missing:
+        raise ValueError(
+            f"{path}:{line}: header must name columns 'text' and 'label'; missing {missing}, "
+            f"got {header}"
+        )
+
+
+def example_from_row(row: list[str], header: list[str], path: Path, line: int) -> Example:
+    """One validated row; the site loader reads one row per line, so line breaks are refused."""
+    if len(row) != len(header):
+        raise ValueError(f"{path}:{line}: expected {len(header)} fields, got {len(row)}")
+    text = row[header.index("text")]
+    label = row[header.index("label")].strip()
+    if not text.strip():
+        raise ValueError(f"{path}:{line}: empty text")
+    if not label:
+        raise ValueError(f"{path}:{line}: empty label")
+    if any(char in field for field in (text, label) for char in "\r\n"):
+        raise ValueError(
+            f"{path}:{line}: text or label contains a line break; "
+            "site folders hold one row per line"
+        )
+    return Example(text=text, label=label, line=line)
+
+
+def check_test_labels(test: list[Example], labels: set[str], path: Path) -> None:
+    """A test label unseen in training has no site mix to follow."""
+    for example in test:
+        if example.label not in labels:
+            raise ValueError(
+                f"{path}:{example.line}: label {example.label!r} does not occur in train.csv"
+            )
+
+
+def relative_site_sizes(n_sites: int, quantity_skew: float | None) -> np.ndarray:
+    """Expected site sizes relative to the mean: equal, or geometric from 1 to ``quantity_skew``
+    (so the largest is Q times the smallest), always averaging exactly 1."""
+    if quantity_skew is None:
+        return np.ones(n_sites)
+    raw = quantity_skew ** np.linspace(0.0, 1.0, n_sites)
+    return raw * (n_sites / raw.sum())
+
+
+def make_partitioner(
+    n_sites: int,
+    n_rows: int,
+    seed: int,
+    alpha: float | None,
+    min_site_size: int,
+    quantity_skew: float | None,
+) -> Partitioner:
+    """The flwr-datasets partitioner for the scheme.
+
+    With quantity skew, site k's Dirichlet concentration is ``alpha * relative size``: each
+    label's expected share at site k is then its relative size, and without skew this is the
+    plain symmetric Dirichlet(alpha).
+    """
+    sizes = relative_site_sizes(n_sites, quantity_skew)
+    if alpha is not None:
+        return DirichletPartitioner(
+            num_partitions=n_sites,
+            partition_by="label",
+            alpha=[alpha * size for size in sizes],
+            min_partition_size=min_site_size,
+            shuffle=False,
+            seed=seed,
+        )
+    if quantity_skew is None:
+        return IidPartitioner(num_partitions=n_sites)
+    return SizePartitioner(iid_site_sizes(sizes, n_rows, min_site_size))
+
+
+def iid_site_sizes(relative_sizes: np.ndarray, n_rows: int, min_site_size: int) -> list[int]:
+    """Row counts for the sizes, summing to ``n_rows`` (rounding leftovers go to the largest)."""
+    sizes = [int(size) for size in np.floor(relative_sizes * n_rows / len(relative_sizes))]
+    sizes[-1] += n_rows - sum(sizes)
+    if min(sizes) < min_site_size:
+        raise ValueError(
+            f"quantity skew leaves the smallest site {min(sizes)} rows, fewer than "
+            f"min_site_size={min_site_size}; lower quantity_skew or the number of sites"
+        )
+    return sizes
+
+
+def assign_train_rows(
+    labels: np.ndarray,
+    n_sites: int,
+    rng: np.random.Generator,
+    alpha: float | None,
+    min_site_size: int,
+    quantity_skew: float | None,
+) -> np.ndarray:
+    """The site of each training row. Rows are shuffled first, since the partitioners cut
+    contiguous runs and the file order may mean something (source, date, author)."""
+    order = rng.permutation(len(labels))
+    dataset = Dataset.from_dict({"row": order.tolist(), "label": labels[order].tolist()})
+    partitioner = make_partitioner(
+        n_sites, len(labels), int(rng.integers(2**32)), alpha, min_site_size, quantity_skew
+    )
+    partitioner.dataset = dataset
+    sites = np.empty(len(labels), dtype=np.int64)
+    try:
+        with warnings.catch_warnings():
+            # Each failed Dirichlet draw warns before retrying; the final failure is raised.
+            warnings.filterwarnings("ignore", message="The specified min_partition_size")
+            for site in range(n_sites):
+                sites[partitioner.load_partition(site)["row"]] = site
+    except ValueError as err:
+        raise ValueError(
+            f"could not give all {n_sites} sites at least {min_site_size} training rows with "
+            f"alpha={alpha}, quantity_skew={quantity_skew} ({err}); raise alpha, or lower "
+            "n_sites, quantity_skew or min_site_size"
+        ) from err
+    return sites
+
+
+def assign_test_rows(
+    train_labels: np.ndarray,
+    train_sites: np.ndarray,
+    test_labels: np.ndarray,
+    n_sites: int,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """The site of each test row. Site k gets its training share of label c's test rows (rows
+    drawn at random), so each site is tested on its own label mix."""
+    sites = np.empty(len(test_labels), dtype=np.int64)
+    for label in sorted(set(test_labels.tolist())):
+        in_train = np.bincount(train_sites[train_labels == label], minlength=n_sites)
+        rows = rng.permutation(np.flatnonzero(test_labels == label))
+        counts = apportion(in_train / in_train.sum(), len(rows), rng)
+        sites[rows] = np.repeat(np.arange(n_sites), counts)
+    return sites
+
+
+def apportion(shares: np.ndarray, total: int, rng: np.random.Generator) -> np.ndarray:
+    """Whole counts summing to ``total``, each within one of ``share * total``. Leftover units
+    go to sites drawn by their fractional parts, so ties do not favour low site numbers."""
+    quotas = shares * total
+    counts = np.floor(quotas).astype(np.int64)
+    leftover = total - int(counts.sum())
+    if leftover:
+        fractions = quotas - counts
+        lucky = rng.choice(len(shares), size=leftover, replace=False, p=fractions / fractions.sum())
+        counts[lucky] += 1
+    return counts
+
+
+def site_name(index: int, n_sites: int) -> str:
+    """``site-07``; wide enough that name order is site order for any number of sites."""
+    return f"site-{index:0{max(2, len(str(n_sites - 1)))}d}"
+
+
+def check_no_stale_sites(out_dir: Path, site_names: list[str]) -> None:
+    """Refuse to leave older site folders next to new ones: they would be trained on too."""
+    if not out_dir.is_dir():
+        return
+    stale = sorted(
+        p.name for p in out_dir.glob("site-*") if p.is_dir() and p.name not in site_names
+    )
+    if stale:
+        raise ValueError(
+            f"{out_dir} holds site folders this partition would not replace: {stale}; "
+            "use a fresh folder"
+        )
+
+
+def site_rows(examples: list[Example], sites: np.ndarray, site: int) -> list[Example]:
+    """A site's rows in their source-file order."""
+    return [examples[row] for row in np.flatnonzero(sites == site)]
+
+
+def write_site(site_dir: Path, train: list[Example], test: list[Example]) -> dict:
+    """Write one site folder; return its manifest entry (label counts are train + test, as in
+    the synthetic manifest)."""
+    site_dir.mkdir(exist_ok=True)
+    write_atomic(site_dir / "train.csv", site_csv(train))
+    write_atomic(site_dir / "test.csv", site_csv(test))
+    label_counts = Counter(example.label for example in train + test)
+    return {
+        "train": len(train),
+        "test": len(test),
+        "label_counts": dict(sorted(label_counts.items())),
+    }
+
+
+def site_csv(examples: list[Example]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(SITE_CSV_HEADER)
+    writer.writerows((example.text, example.label) for example in examples)
+    return buffer.getvalue()
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write via a temp file in the same folder so readers never see a half-written file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
