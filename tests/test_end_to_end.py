@@ -106,3 +106,21 @@ def test_a_run_where_no_site_can_train_exits_non_zero(tmp_path):
     assert "Traceback" not in result.stderr
     assert json.loads((tmp_path / "out" / "metrics.json").read_text())["status"] == "failed"
     assert flower_processes() <= before
+
+
+def test_a_site_without_valid_rows_declines_and_the_run_goes_on(tmp_path):
+    data = tmp_path / "data"
+    write_sites(data, n_sites=2, seed=3, size=60)
+    broken = data / "site-02"
+    broken.mkdir()
+    (broken / "train.jsonl").write_text('{"text": "hello", "label": "no_such_intent"}\n{oops\n')
+    (broken / "test.jsonl").write_text("")
+    result = train("--data", str(data), "--rounds", "1", "--epsilon", "inf",
+                   "--out", str(tmp_path / "out"), cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "sites trained 2/3" in result.stdout
+    assert "no valid training rows" in result.stdout
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["status"] == "completed"
+    [failure] = metrics["rounds"][0]["failures"]
+    assert "site-02: no valid training rows" in failure["reason"]
