@@ -10,6 +10,7 @@ Where the site's data, state and budget come from: ``fl_client/site_folders.py``
 """
 
 import math
+from dataclasses import replace
 from functools import lru_cache
 from logging import WARNING
 from pathlib import Path
@@ -21,24 +22,13 @@ from flwr.common.logger import log
 
 from fl_client.dp_training import TrainingPlan, evaluate, train_locally
 from fl_client.egress_guard import DECLINED, SITE_ERROR, egress_guard
-from fl_client.privacy_accounting import (
-    BudgetExhausted,
-    epsilon_spent,
-    plan_within_budget,
-    steps_per_round,
-)
-from fl_client.privacy_ledger import (
-    LedgerEntry,
-    LedgerError,
-    append_entry,
-    ledger_path,
-    now,
-    read_ledger,
-)
+from fl_client.privacy_accounting import BudgetExhausted
+from fl_client.privacy_budget import RoundRequest, charge_round
+from fl_client.privacy_ledger import LedgerError
 from fl_client.privacy_units import check_privacy_unit, group_by_customer
 from fl_client.site_data import SiteData, SiteDataError, load_site
 from fl_client.site_folders import site_folders, site_max_epsilon
-from fl_client.site_secret import SecretError, private_seed, site_secret
+from fl_client.site_secret import SecretError, private_seed
 from models import get_model_family
 
 DELTA_UNITS_FACTOR = 10
@@ -67,68 +57,42 @@ def train(msg: Message, context: Context) -> Message:
             log(WARNING, "site %s: %d utterances over the per-customer cap not used", site_dir,
                 dropped)
 
-    server_round = int(msg.content["config"]["server-round"])
-    run_name = str(msg.content["config"]["run-name"])
-    num_rounds = int(msg.content["config"]["num-rounds"])
-    target_epsilon = float(cfg["target-epsilon"])
-    batch_size, local_epochs = int(cfg["batch-size"]), int(cfg["local-epochs"])
-    clip_norm = float(cfg["clip-norm"])
+    config = msg.content["config"]
+    request = RoundRequest(
+        run_name=str(config["run-name"]),
+        server_round=int(config["server-round"]),
+        num_rounds=int(config["num-rounds"]),
+        target_epsilon=float(cfg["target-epsilon"]),
+        delta=0.0,
+        accountant=str(cfg["accountant"]),
+        privacy_unit=unit,
+        clip_norm=float(cfg["clip-norm"]),
+        batch_size=int(cfg["batch-size"]),
+        local_epochs=int(cfg["local-epochs"]),
+    )
     metrics: dict[str, float | int] = {"num-examples": len(site.train)}
     noise_multiplier = None
-
-    if math.isfinite(target_epsilon):
+    if math.isfinite(request.target_epsilon):
         units = len(targets)
         try:
-            delta = _site_delta(float(cfg["delta"]), units, unit)
-            accountant = str(cfg["accountant"])
-            sample_rate, steps = steps_per_round(units, batch_size, local_epochs)
-            fingerprint = site.fingerprint()
-            path = ledger_path(state_dir, fingerprint)
-            secret = site_secret(state_dir)
-            history = read_ledger(path, fingerprint, secret)
-            mixed = {e.privacy_unit for e in history} - {unit}
-            if mixed:
-                raise ValueError(
-                    f"the privacy ledger of this data holds {sorted(mixed)} releases and this run "
-                    f"asks for privacy-unit={unit}; mixing units on the same data is refused"
-                )
+            request = replace(request, delta=_site_delta(float(cfg["delta"]), units, unit))
             max_epsilon = site_max_epsilon(context)
-            noise_multiplier = _planned_noise(
-                tuple(e.release for e in history if e.run != run_name),
-                target_epsilon, max_epsilon, delta, sample_rate, steps * num_rounds, accountant,
-            )
-            this_round = (noise_multiplier, sample_rate, steps)
-            after = epsilon_spent([e.release for e in history] + [this_round], delta, accountant)
-            if after > max_epsilon:
-                raise BudgetExhausted(
-                    f"declined: this round would bring the site to epsilon {after:.3f}, "
-                    f"above its max-epsilon {max_epsilon:g}"
-                )
+            charge = charge_round(state_dir, site.fingerprint(), units, request, max_epsilon)
         except BudgetExhausted as err:
-            reason = str(err) if str(err).startswith("declined") else f"declined: {err}"
+            reason = f"declined: {err}"
             log(WARNING, "site %s: %s", site_dir, reason)
             return Message(Error(code=DECLINED, reason=reason), reply_to=msg)
-        except (LedgerError, SecretError, ValueError) as err:
-            return Message(Error(code=SITE_ERROR, reason=str(err)), reply_to=msg)
-
-        entry = LedgerEntry(
-            run=run_name, server_round=server_round, noise_multiplier=noise_multiplier,
-            sample_rate=sample_rate, steps=steps, clip_norm=clip_norm, delta=delta,
-            accountant=accountant, privacy_unit=unit, time=now(),
-        )
-        try:
-            history = append_entry(path, fingerprint, entry, secret)  # charged before it leaves
-        except (LedgerError, OSError) as err:
-            return Message(Error(code=SITE_ERROR, reason=f"privacy ledger: {err}"), reply_to=msg)
-        this_run = [e.release for e in history if e.run == run_name]
+        except (LedgerError, SecretError, ValueError, OSError) as err:
+            return Message(Error(code=SITE_ERROR, reason=f"privacy: {err}"), reply_to=msg)
+        noise_multiplier = charge.noise_multiplier
         metrics |= {
-            "epsilon": epsilon_spent(this_run, delta, accountant),
-            "epsilon-all-runs": after,
+            "epsilon": charge.epsilon_this_run,
+            "epsilon-all-runs": charge.epsilon_all_runs,
             "max-epsilon": max_epsilon,
-            "delta": delta,
-            "noise-multiplier": noise_multiplier,
-            "sample-rate": sample_rate,
-            "clip-norm": clip_norm,
+            "delta": request.delta,
+            "noise-multiplier": charge.noise_multiplier,
+            "sample-rate": charge.sample_rate,
+            "clip-norm": request.clip_norm,
             "privacy-units": units,
         }
     else:
@@ -137,12 +101,12 @@ def train(msg: Message, context: Context) -> Message:
     model = _model_from(msg, len(labels), cfg)
     plan = TrainingPlan(
         noise_multiplier=noise_multiplier,
-        clip_norm=clip_norm,
-        batch_size=batch_size,
-        local_epochs=local_epochs,
+        clip_norm=request.clip_norm,
+        batch_size=request.batch_size,
+        local_epochs=request.local_epochs,
         learning_rate=float(cfg["learning-rate"]),
     )
-    seed = private_seed(state_dir, run_name, server_round)
+    seed = private_seed(state_dir, request.run_name, request.server_round)
     loss, steps_taken = train_locally(model, features, targets, plan, seed=seed)
     metrics |= {"train-loss": loss, "steps": steps_taken}
 
@@ -211,19 +175,3 @@ def _model_from(msg: Message, num_labels: int, cfg) -> torch.nn.Module:
     model = get_model_family(str(cfg["model"])).build_model(num_labels)
     model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
     return model
-
-
-@lru_cache(maxsize=8)
-def _planned_noise(
-    prior: tuple[tuple[float, float, int], ...],
-    target_epsilon: float,
-    max_epsilon: float,
-    delta: float,
-    sample_rate: float,
-    run_steps: int,
-    accountant: str,
-) -> float:
-    """The run's noise multiplier, planned once from the run target and the remaining budget."""
-    return plan_within_budget(
-        list(prior), target_epsilon, max_epsilon, delta, sample_rate, run_steps, accountant
-    )
