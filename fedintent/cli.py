@@ -204,6 +204,7 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--max-epsilon", type=float,
                         help="the site's budget, to show what remains")
     report.set_defaults(handler=_privacy_report)
+    _add_deployment_commands(commands)
     return parser
 
 
@@ -510,6 +511,165 @@ def _print_summary(metrics: dict, seconds: float) -> None:
     out_dir = Path(metrics["config"]["out-dir"])
     print(f"metrics: {out_dir / 'metrics.json'}")
     print(f"model:   {final['model_dir']}")
+
+
+# --- Deployment: credentials and runs on a real SuperLink (docs/DEPLOYMENT.md) ---------------
+
+
+def _add_deployment_commands(commands: argparse._SubParsersAction) -> None:
+    certs = commands.add_parser(
+        "certs",
+        help="make development TLS credentials and site keys for a deployment",
+        description="Write a development CA, a SuperLink TLS certificate signed by it, and an "
+        "EC key pair (OpenSSH format) per site for SuperNode authentication. Private keys are "
+        "mode 0600; existing files are never overwritten. For production certificates see "
+        "docs/DEPLOYMENT.md.",
+    )
+    certs.add_argument("--out", type=Path, required=True, help="credentials folder")
+    certs.add_argument("--sites", type=int, required=True,
+                       help="number of site key pairs (site-00, site-01, ...)")
+    certs.add_argument("--host", action="append", metavar="IP",
+                       help="an IP address the SuperLink is reached at; repeatable "
+                       "(default: 127.0.0.1)")
+    certs.add_argument("--dns", action="append", metavar="NAME",
+                       help="a DNS name the SuperLink is reached at; repeatable "
+                       "(default: localhost)")
+    certs.set_defaults(handler=_certs)
+
+    deploy_run = commands.add_parser(
+        "deploy-run",
+        help="train on a deployed TLS SuperLink with real sites, and follow the run",
+        description="Submit a training run to a running SuperLink (TLS, authenticated sites) "
+        "and follow it like `fedintent train`. Run it on the SuperLink's machine: the ServerApp "
+        "reads --labels and writes --out there. Sites use their own data and budget "
+        "(node config). See docs/DEPLOYMENT.md.",
+    )
+    deploy_run.add_argument("--superlink", required=True, metavar="HOST:PORT",
+                            help="the SuperLink's address")
+    deploy_run.add_argument("--ca-cert", type=Path, required=True,
+                            help="the CA certificate that signed the SuperLink's certificate")
+    deploy_run.add_argument("--labels", type=Path, required=True,
+                            help="the intent taxonomy, one label per line")
+    deploy_run.add_argument("--min-sites", type=int, required=True,
+                            help="sites that must be connected before a round starts")
+    deploy_run.add_argument("--rounds", type=int, default=DEFAULTS["num-rounds"],
+                            help="federated rounds (default: %(default)s)")
+    deploy_run.add_argument("--epsilon", type=float, default=DEFAULTS["target-epsilon"],
+                            help="per-site epsilon for the whole run; inf = no DP "
+                            "(default: %(default)s)")
+    deploy_run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                            help="any other run-config key (README, 'Run configuration'), "
+                            "value in TOML syntax; repeatable")
+    deploy_run.add_argument("--out", type=Path,
+                            help=f"output folder (default: {DEFAULT_OUT_ROOT}/run-DATE-TIME)")
+    deploy_run.set_defaults(handler=_deploy_run)
+
+
+def _certs(args: argparse.Namespace) -> int:
+    import ipaddress
+
+    from fl_server.certificates import CredentialsExistError, site_names, write_dev_credentials
+
+    if args.sites < 1:
+        raise CliError(f"--sites must be >= 1, got {args.sites}")
+    hosts = args.host or ["127.0.0.1"]
+    dns_names = args.dns or ["localhost"]
+    for host in hosts:
+        try:
+            ipaddress.ip_address(host)
+        except ValueError as err:
+            raise CliError(f"--host takes an IP address, got {host!r}; use --dns for names") \
+                from err
+    try:
+        paths = write_dev_credentials(args.out, site_names(args.sites), hosts, dns_names)
+    except CredentialsExistError as err:
+        raise CliError(str(err)) from err
+    names = ", ".join([f"IP:{h}" for h in hosts] + [f"DNS:{d}" for d in dns_names])
+    print(f"wrote development credentials to {args.out}:")
+    print(f"  {paths.ca_cert.name:<14} CA certificate: give it to every site and to flwr users")
+    print(f"  {paths.ca_key.name:<14} CA private key (0600): keep it offline")
+    print(f"  {paths.server_cert.name:<14} SuperLink TLS certificate for {names}")
+    print(f"  {paths.server_key.name:<14} SuperLink TLS private key (0600)")
+    for site, key in paths.site_keys.items():
+        print(f"  {key.name:<14} {site}'s private key (0600): give it to {site} only")
+        print(f"  {paths.site_public_keys[site].name:<14} {site}'s public key: register it with "
+              f"`flwr supernode register`")
+    return 0
+
+
+def _deploy_run(args: argparse.Namespace) -> int:
+    import json
+    import shutil
+    import tempfile
+    import tomllib
+
+    from fl_server import deployment
+
+    if args.min_sites < 1:
+        raise CliError(f"--min-sites must be >= 1, got {args.min_sites}")
+    if not args.ca_cert.is_file():
+        raise CliError(f"--ca-cert {args.ca_cert} is not a file")
+    overrides = {}
+    for item in args.set:
+        key, sep, text = item.partition("=")
+        if not sep:
+            raise CliError(f"--set takes KEY=VALUE, got {item!r}")
+        try:
+            overrides[key.strip()] = tomllib.loads(f"v = {text}")["v"]
+        except tomllib.TOMLDecodeError:
+            overrides[key.strip()] = text
+    labels_file = args.labels.resolve()
+    labels = read_labels(labels_file)
+    out_dir = _fresh_out_dir(args.out)
+    run_config = check_run_config(
+        overrides
+        | {
+            # data-dir is simulation-only; pointing it at the labels' folder keeps the ServerApp
+            # from generating synthetic sites that no deployed site would read.
+            "data-dir": str(labels_file.parent),
+            "labels-file": str(labels_file),
+            "out-dir": str(out_dir),
+            "run-name": f"{out_dir.name}-{uuid.uuid4().hex[:8]}",
+            "min-sites": args.min_sites,
+            "num-rounds": args.rounds,
+            "target-epsilon": args.epsilon,
+        }
+    )
+    flwr_home = Path(tempfile.mkdtemp(prefix="fedintent-deploy-"))
+    try:
+        connection = deployment.write_connection(
+            flwr_home, "fedintent-deployment", args.superlink, args.ca_cert
+        )
+        app_dir = deployment.write_app(flwr_home / "app")
+        started = time.monotonic()
+        run_id = deployment.submit_run(app_dir, connection, run_config)
+        print(f"run {run_id} submitted to {args.superlink}: {args.rounds} rounds, at least "
+              f"{args.min_sites} sites, {len(labels)} intents; output: {out_dir}", flush=True)
+        try:
+            status = deployment.follow_run(
+                connection, run_id, out_dir / "metrics.json",
+                on_round=lambda entry: _print_round(entry, args.rounds),
+            )
+        except KeyboardInterrupt:
+            deployment.stop_run(connection, run_id)
+            raise
+    except deployment.DeploymentError as err:
+        print(f"fedintent deploy-run: error: {err}", file=sys.stderr)
+        return 1
+    finally:
+        shutil.rmtree(flwr_home, ignore_errors=True)
+    metrics_path = out_dir / "metrics.json"
+    if not metrics_path.exists():
+        print(f"fedintent deploy-run: error: run {run_id} ended {status} and wrote no "
+              f"{metrics_path} (is this the SuperLink's machine?)", file=sys.stderr)
+        return 1
+    metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
+    if status != "finished:completed" or metrics.get("status") != "completed":
+        reason = metrics.get("error") or f"run status {status}"
+        print(f"fedintent deploy-run: error: the run failed: {reason}", file=sys.stderr)
+        return 1
+    _print_summary(metrics, time.monotonic() - started)
+    return 0
 
 
 if __name__ == "__main__":

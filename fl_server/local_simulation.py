@@ -18,6 +18,7 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Callable
+from contextlib import contextmanager
 from pathlib import Path
 
 from fl_server.run_config import DEFAULTS, toml_value
@@ -37,10 +38,12 @@ def run_simulation(
     log_path: Path,
     on_round: Callable[[dict], None],
     poll_seconds: float = 0.5,
+    reported_rounds: int = 0,
 ) -> dict:
     """Run the app over ``num_sites`` simulated sites; return the final ``metrics.json``.
 
-    ``on_round`` is called once for every round as soon as ``metrics.json`` records it.
+    ``on_round`` is called once for every round after ``reported_rounds`` (the rounds a
+    resumed run already completed) as soon as ``metrics.json`` records it.
     """
     flwr_home = Path(tempfile.mkdtemp(prefix="fedintent-flwr-"))
     env = _flower_env(flwr_home)
@@ -66,7 +69,7 @@ def run_simulation(
             for override in overrides:
                 command += ["-c", override]
             runner = _start(command, env, log, processes, cwd=flwr_home)
-            seen = 0
+            seen = reported_rounds
             while True:
                 done = runner.poll() is not None
                 seen = _report_new_rounds(metrics_path, seen, on_round)
@@ -84,8 +87,9 @@ def run_simulation(
             raise SimulationError(f"the run failed: {reason} (log: {log_path})")
         return metrics
     finally:
-        _stop_all(processes)
-        shutil.rmtree(flwr_home, ignore_errors=True)
+        with _signals_held():
+            _stop_all(processes)
+            shutil.rmtree(flwr_home, ignore_errors=True)
 
 
 def _flower_env(flwr_home: Path) -> dict[str, str]:
@@ -165,13 +169,16 @@ def _wait_healthy(port: int, superlink: subprocess.Popen) -> None:
 
 
 def _report_new_rounds(metrics_path: Path, seen: int, on_round: Callable[[dict], None]) -> int:
+    """Report the rounds numbered above ``seen``; return the last round reported."""
     try:
         rounds = json.loads(metrics_path.read_text(encoding="utf-8"))["rounds"]
     except (OSError, ValueError, KeyError):
         return seen
-    for entry in rounds[seen:]:
-        on_round(entry)
-    return len(rounds)
+    for entry in rounds:
+        if entry["round"] > seen:
+            on_round(entry)
+            seen = entry["round"]
+    return seen
 
 
 def _run_status(env: dict, flwr_home: Path) -> str:
@@ -187,6 +194,19 @@ def _run_status(env: dict, flwr_home: Path) -> str:
     if not runs:
         return "not submitted"
     return str(runs[-1].get("status", "unknown"))
+
+
+@contextmanager
+def _signals_held():
+    """Hold Ctrl-C and SIGTERM so a second one cannot abort the clean-up half way.
+
+    They are delivered when the block ends, once every process is gone.
+    """
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
 
 def _stop_all(processes: list[subprocess.Popen]) -> None:

@@ -12,7 +12,7 @@ from fl_client.privacy_units import PRIVACY_UNITS
 from fl_server.strategy import STRATEGIES
 from models import model_family_names
 
-DEFAULTS: dict[str, str | int | float] = {
+DEFAULTS: dict[str, str | int | float | bool] = {
     "data-dir": "",
     "labels-file": "",
     "out-dir": "",
@@ -33,6 +33,10 @@ DEFAULTS: dict[str, str | int | float] = {
     "local-epochs": 3,
     "learning-rate": 8.0,
     "seed": 0,
+    "reply-timeout": 3600.0,
+    "max-update-norm": 0.0,
+    "resume": False,
+    "stop-after-round": 0,
 }
 
 SYNTHETIC_SITE_SIZE = 600
@@ -64,6 +68,17 @@ def check_run_config(cfg: dict) -> dict:
     for key in ("clip-norm", "learning-rate", "server-learning-rate"):
         if not float(full[key]) > 0:
             raise RunConfigError(f"{key} must be > 0, got {full[key]}")
+    if not float(full["reply-timeout"]) > 0:
+        raise RunConfigError(f"reply-timeout must be > 0 seconds, got {full['reply-timeout']}")
+    if not float(full["max-update-norm"]) >= 0:
+        raise RunConfigError(
+            f"max-update-norm must be >= 0 (0 = no bound), got {full['max-update-norm']}"
+        )
+    if not isinstance(full["resume"], bool):
+        raise RunConfigError(f"resume must be true or false, got {full['resume']!r}")
+    stop = full["stop-after-round"]
+    if int(stop) < 0 or int(stop) != stop:
+        raise RunConfigError(f"stop-after-round must be a whole number >= 0 (0 = off), got {stop}")
     choices = {
         "model": model_family_names(),
         "strategy": list(STRATEGIES),

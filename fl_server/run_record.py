@@ -1,21 +1,28 @@
 """The run's record: ``metrics.json``, rewritten atomically after every round.
 
-Per round it holds the sites that trained or failed (with the reason), the example-weighted
-evaluation accuracy and loss, and each site's cumulative epsilon and delta as the site reported
-them. ``fedintent train`` follows this file to print progress, so a round is only visible once
-it is complete on disk.
+Per round it holds the sites that trained, and those that failed, declined, did not reply or
+whose update the server rejected (with the reason), each accepted update's norm, the
+example-weighted evaluation accuracy and loss, and each site's cumulative epsilon and delta as
+the site reported them. ``fedintent train`` follows this file to print progress, so a round is
+only visible once it is complete on disk. A resumed run continues the same file.
 """
 
 import json
 import math
-import os
-import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
 from flwr.app import Message, MetricRecord
 
+from fl_client.egress_guard import DECLINED
+from fl_server.atomic_write import write_bytes_atomic
+
 FORMAT = "fedintent-metrics/1"
+REJECTED = 2001
+"""Error code of a reply the server refused to aggregate."""
+NO_REPLY = 2002
+"""Error code of a site that did not answer within the reply timeout."""
+FAILURE_KINDS = {DECLINED: "declined", REJECTED: "rejected", NO_REPLY: "no reply"}
 SITE_METRICS = {
     "num-examples": "num_examples",
     "train-loss": "train_loss",
@@ -32,9 +39,16 @@ SITE_METRICS = {
 class RunRecord:
     """Collects per-round results from the strategy and keeps ``metrics.json`` current."""
 
-    def __init__(self, path: Path, run_id: int, config: dict, labels: list[str]) -> None:
+    def __init__(self, path: Path, doc: dict) -> None:
         self.path = Path(path)
-        self.doc: dict = {
+        self.doc = doc
+        self._pending: dict[int, dict] = {}
+        self.write()
+
+    @classmethod
+    def start(cls, path: Path, run_id: int, config: dict, labels: list[str]) -> "RunRecord":
+        """The record of a new run."""
+        doc = {
             "format": FORMAT,
             "run_id": run_id,
             "status": "running",
@@ -43,16 +57,36 @@ class RunRecord:
             "labels": labels,
             "rounds": [],
         }
-        self._pending: dict[int, dict] = {}
-        self.write()
+        return cls(path, doc)
 
-    def record_train(self, server_round: int, replies: list[Message]) -> dict:
-        """Note which sites trained (and their privacy spend) and which failed, and why."""
+    @classmethod
+    def resume(
+        cls, path: Path, run_id: int, after_round: int, config: dict, details: dict
+    ) -> "RunRecord":
+        """Continue the record of an interrupted run after its last checkpointed round.
+
+        Rounds recorded after ``after_round`` were not checkpointed: they are dropped and
+        trained again. ``details`` (checkpoint, warnings, config changes) go into ``resumes``.
+        """
+        doc = json.loads(Path(path).read_text(encoding="utf-8"))
+        doc["rounds"] = [r for r in doc["rounds"] if r["round"] <= after_round]
+        for key in ("finished", "final", "error"):
+            doc.pop(key, None)
+        doc["status"] = "running"
+        doc["config"] = config
+        resumed = {"run_id": run_id, "time": _now(), "after_round": after_round} | details
+        doc.setdefault("resumes", []).append(resumed)
+        return cls(path, doc)
+
+    def record_train(
+        self, server_round: int, replies: list[Message], update_norms: dict[int, float]
+    ) -> dict:
+        """Note which sites trained (privacy spend, update norm) and which did not, and why."""
         sites, failures = {}, []
         for reply in replies:
             node = str(reply.metadata.src_node_id)
             if reply.has_error():
-                failures.append({"node_id": node, "reason": reply.error.reason})
+                failures.append(_failure(reply))
                 continue
             metrics = reply.content["metrics"]
             sites[node] = {
@@ -60,6 +94,8 @@ class RunRecord:
                 for key, name in SITE_METRICS.items()
                 if key in metrics
             }
+            if reply.metadata.src_node_id in update_norms:
+                sites[node]["update_norm"] = update_norms[reply.metadata.src_node_id]
         entry = {"round": server_round, "sites_trained": len(sites), "sites_failed": len(failures),
                  "failures": failures, "sites": sites}
         trained = [s for s in sites.values() if "num_examples" in s]
@@ -76,11 +112,7 @@ class RunRecord:
         """Complete the round with the example-weighted evaluation and write it out."""
         entry = self._pending.pop(server_round, {"round": server_round})
         entry["sites_evaluated"] = sum(1 for r in replies if not r.has_error())
-        entry["evaluation_failures"] = [
-            {"node_id": str(r.metadata.src_node_id), "reason": r.error.reason}
-            for r in replies
-            if r.has_error()
-        ]
+        entry["evaluation_failures"] = [_failure(r) for r in replies if r.has_error()]
         if aggregated is not None:
             entry["accuracy"] = float(aggregated["accuracy"])
             entry["loss"] = float(aggregated["loss"])
@@ -125,6 +157,14 @@ def final_summary(doc: dict) -> dict:
     }
 
 
+def _failure(reply: Message) -> dict:
+    return {
+        "node_id": str(reply.metadata.src_node_id),
+        "kind": FAILURE_KINDS.get(reply.error.code, "failed"),
+        "reason": reply.error.reason,
+    }
+
+
 def _max_epsilon(sites: list[dict]) -> float | None:
     values = [s.get("epsilon") for s in sites]
     if not values:
@@ -147,14 +187,4 @@ def _now() -> str:
 
 def write_json_atomic(path: Path, document: dict) -> None:
     """Write a JSON file so readers see either the old or the new version, never a torn one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(document, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_bytes_atomic(path, (json.dumps(document, indent=2) + "\n").encode("utf-8"))

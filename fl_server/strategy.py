@@ -1,25 +1,63 @@
-"""Aggregation strategies, with the run record hooked into every round.
+"""Aggregation strategies, with reply checks and the run record hooked into every round.
 
 FedAvg averages the sites' parameters weighted by their number of training examples; FedAdam
-applies the averaged update through a server-side Adam optimizer. Both are Flower's own; the
-only addition is that every reply (including failures) is handed to the run record.
+applies the averaged update through a server-side Adam optimizer; FedTrimmedAvg and FedMedian
+are robust to a minority of outlying updates. All four are Flower's own. What fedintent adds,
+before Flower's aggregation sees a reply:
+
+* every site asked gets exactly one outcome: a site that did not answer within the reply
+  timeout, or whose node the SuperLink reports unavailable, is recorded as a failure of *that*
+  node (the SuperLink's own error replies come from its own node id);
+* every update is checked (``update_validation.py``); a rejected one is recorded like a failure
+  and never aggregated;
+* accepted replies are aggregated in a canonical order (by a digest of their parameters), so
+  the result does not depend on the order replies arrived in, nor on the node ids.
 """
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
-from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
-from flwr.serverapp.strategy import FedAdam, FedAvg, Strategy
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAdam, FedAvg, FedMedian, FedTrimmedAvg
 
-from fl_server.run_record import RunRecord
+from fl_server.run_record import NO_REPLY, REJECTED, RunRecord
+from fl_server.tensor_digest import arrays_sha256
+from fl_server.update_validation import (
+    ARRAYS_KEY,
+    METRICS_KEY,
+    ArraySpec,
+    InvalidReply,
+    check_evaluate_reply,
+    check_train_reply,
+)
 
-STRATEGIES = ("fedavg", "fedadam")
+STRATEGIES = ("fedavg", "fedadam", "fedtrimmedavg", "fedmedian")
+BASES: dict[str, type[FedAvg]] = {
+    "fedavg": FedAvg,
+    "fedadam": FedAdam,
+    "fedtrimmedavg": FedTrimmedAvg,
+    "fedmedian": FedMedian,
+}
+STATE_ATTRIBUTES = ("m_t", "v_t")
+"""Strategy attributes that carry state from round to round (FedAdam's moments)."""
+
+AGGREGATED_TRAIN_METRICS = ("num-examples", "train-loss", "epsilon")
 
 
 def build_strategy(
-    name: str, record: RunRecord, min_sites: int, server_learning_rate: float
-) -> Strategy:
+    name: str,
+    record: RunRecord,
+    spec: ArraySpec,
+    min_sites: int,
+    server_learning_rate: float,
+    max_update_norm: float,
+    reply_timeout: float,
+) -> FedAvg:
     """A Flower strategy that trains and evaluates on every connected site each round."""
-    common = {
+    if name not in BASES:
+        raise ValueError(f"unknown strategy {name!r}; choose one of {', '.join(STRATEGIES)}")
+    options = {
         "fraction_train": 1.0,
         "fraction_evaluate": 1.0,
         "min_train_nodes": min_sites,
@@ -27,32 +65,97 @@ def build_strategy(
         "min_available_nodes": min_sites,
         "train_metrics_aggr_fn": aggregate_train_metrics,
     }
-    if name == "fedavg":
-        base: type[FedAvg] = FedAvg
-    elif name == "fedadam":
-        base = FedAdam
-        common |= {"eta": server_learning_rate, "eta_l": 1.0, "beta_1": 0.9, "beta_2": 0.99}
-    else:
-        raise ValueError(f"unknown strategy {name!r}; choose one of {', '.join(STRATEGIES)}")
+    if name == "fedadam":
+        options |= {"eta": server_learning_rate, "eta_l": 1.0, "beta_1": 0.9, "beta_2": 0.99}
+    base = BASES[name]
 
-    class Recorded(base):
+    class Checked(base):
+        def configure_train(
+            self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+        ) -> Iterable[Message]:
+            self.sent_arrays = {key: array.numpy() for key, array in arrays.items()}
+            self.asked_train = list(super().configure_train(server_round, arrays, config, grid))
+            return self.asked_train
+
         def aggregate_train(
             self, server_round: int, replies: Iterable[Message]
         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-            replies = list(replies)
-            record.record_train(server_round, replies)
-            return super().aggregate_train(server_round, replies)
+            update_norms: dict[int, float] = {}
+
+            def check(reply: Message) -> None:
+                update_norms[reply.metadata.src_node_id] = check_train_reply(
+                    reply.content, spec, self.sent_arrays, max_update_norm
+                )
+
+            checked = checked_replies(self.asked_train, replies, reply_timeout, check)
+            record.record_train(server_round, checked, update_norms)
+            accepted = [_lean(reply) for reply in checked if not reply.has_error()]
+            accepted.sort(key=lambda reply: arrays_sha256(_numpy(reply.content[ARRAYS_KEY])))
+            arrays, metrics = super().aggregate_train(server_round, accepted)
+            if arrays is not None:
+                arrays = _with_dtypes(arrays, spec)
+            return arrays, metrics
+
+        def configure_evaluate(
+            self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+        ) -> Iterable[Message]:
+            self.asked_evaluate = list(
+                super().configure_evaluate(server_round, arrays, config, grid)
+            )
+            return self.asked_evaluate
 
         def aggregate_evaluate(
             self, server_round: int, replies: Iterable[Message]
         ) -> MetricRecord | None:
-            replies = list(replies)
-            aggregated = super().aggregate_evaluate(server_round, replies)
-            record.record_evaluate(server_round, replies, aggregated)
+            checked = checked_replies(
+                self.asked_evaluate, replies, reply_timeout,
+                lambda reply: check_evaluate_reply(reply.content),
+            )
+            accepted = [reply for reply in checked if not reply.has_error()]
+            aggregated = super().aggregate_evaluate(server_round, accepted)
+            record.record_evaluate(server_round, checked, aggregated)
             return aggregated
 
-    Recorded.__name__ = base.__name__
-    return Recorded(**common)
+    Checked.__name__ = base.__name__
+    return Checked(**options)
+
+
+def checked_replies(
+    asked: list[Message],
+    replies: Iterable[Message],
+    reply_timeout: float,
+    check: Callable[[Message], None],
+) -> list[Message]:
+    """One reply per message sent, attributed to the node it was sent to, and checked.
+
+    Errors the SuperLink generates (node unavailable, reply expired) carry the SuperLink's own
+    node id, so they are re-issued from the node asked; a message without a reply becomes a
+    ``NO_REPLY`` error, and content that ``check`` refuses a ``REJECTED`` error.
+    """
+    by_message = {reply.metadata.reply_to_message_id: reply for reply in replies}
+    return [
+        _checked(sent, by_message.get(sent.metadata.message_id), reply_timeout, check)
+        for sent in asked
+    ]
+
+
+def strategy_state(strategy: FedAvg) -> dict[str, dict[str, np.ndarray]]:
+    """The state a strategy carries between rounds, for a checkpoint."""
+    return {
+        name: dict(getattr(strategy, name))
+        for name in STATE_ATTRIBUTES
+        if getattr(strategy, name, None)
+    }
+
+
+def restore_strategy_state(strategy: FedAvg, state: dict[str, dict[str, np.ndarray]]) -> None:
+    """Put checkpointed state back, so the next round continues as if never interrupted."""
+    unknown = sorted(set(state) - {n for n in STATE_ATTRIBUTES if hasattr(strategy, n)})
+    if unknown:
+        raise ValueError(f"checkpoint holds state {unknown} that {strategy.__class__.__name__} "
+                         "does not have: was it written by another strategy?")
+    for name, arrays in state.items():
+        setattr(strategy, name, dict(arrays))
 
 
 def aggregate_train_metrics(records: list[RecordDict], weight_key: str) -> MetricRecord:
@@ -65,4 +168,50 @@ def aggregate_train_metrics(records: list[RecordDict], weight_key: str) -> Metri
             / total,
             "max-epsilon": max(float(m["epsilon"]) for m in metrics),
         }
+    )
+
+
+def _checked(
+    sent: Message,
+    reply: Message | None,
+    reply_timeout: float,
+    check: Callable[[Message], None],
+) -> Message:
+    """The reply to ``sent`` if it passes ``check``, else an error from the node asked."""
+    if reply is None:
+        error = Error(code=NO_REPLY, reason=f"no reply within {reply_timeout:g}s")
+    elif reply.has_error():
+        error = reply.error
+    elif reply.metadata.src_node_id != sent.metadata.dst_node_id:
+        error = Error(code=REJECTED, reason=f"reply came from node {reply.metadata.src_node_id}, "
+                      f"not from node {sent.metadata.dst_node_id}")
+    else:
+        try:
+            check(reply)
+            return reply
+        except InvalidReply as err:
+            error = Error(code=REJECTED, reason=f"rejected by the server: {err}")
+    return Message(error, reply_to=sent)
+
+
+def _lean(reply: Message) -> Message:
+    """The reply with only what aggregation uses, so differing extra metrics cannot stop it."""
+    metrics = reply.content[METRICS_KEY]
+    reply.content = RecordDict(
+        {
+            ARRAYS_KEY: reply.content[ARRAYS_KEY],
+            METRICS_KEY: MetricRecord({k: metrics[k] for k in AGGREGATED_TRAIN_METRICS}),
+        }
+    )
+    return reply
+
+
+def _numpy(arrays: ArrayRecord) -> dict[str, np.ndarray]:
+    return {key: array.numpy() for key, array in arrays.items()}
+
+
+def _with_dtypes(arrays: ArrayRecord, spec: ArraySpec) -> ArrayRecord:
+    """The aggregate in the model's own dtypes (FedAdam's server step promotes to float64)."""
+    return ArrayRecord(
+        {key: Array(np.asarray(arrays[key].numpy(), dtype=spec[key][1])) for key in spec}
     )

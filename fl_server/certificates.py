@@ -1,0 +1,204 @@
+"""Development credentials for a TLS deployment with SuperNode authentication.
+
+A throwaway certificate authority signs the SuperLink's TLS certificate, so SuperNodes and the
+``flwr`` CLI can verify they talk to the real SuperLink; each site gets an EC key pair in
+OpenSSH format, whose public half the SuperLink operator registers so that only known sites
+can join. Private keys are created with mode 0600 and every file appears whole or not at all;
+existing credentials are never overwritten. For production, see docs/DEPLOYMENT.md.
+"""
+
+import contextlib
+import datetime
+import ipaddress
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+CA_CERT = "ca.crt"
+CA_KEY = "ca.key"
+SERVER_CERT = "superlink.crt"
+SERVER_KEY = "superlink.key"
+VALID_DAYS = 365
+
+
+class CredentialsExistError(FileExistsError):
+    """The output folder already holds credentials of the same name."""
+
+
+@dataclass(frozen=True)
+class DevCredentials:
+    """Paths of the files written by :func:`write_dev_credentials`."""
+
+    ca_cert: Path
+    ca_key: Path
+    server_cert: Path
+    server_key: Path
+    site_keys: dict[str, Path]
+    site_public_keys: dict[str, Path]
+
+
+def site_names(num_sites: int) -> list[str]:
+    """``site-00``, ``site-01``, ...: the names ``data_synth.write_sites`` gives its sites."""
+    return [f"site-{i:02d}" for i in range(num_sites)]
+
+
+def credential_paths(out_dir: Path, sites: list[str]) -> DevCredentials:
+    """Where each credential lives in ``out_dir``."""
+    return DevCredentials(
+        ca_cert=out_dir / CA_CERT,
+        ca_key=out_dir / CA_KEY,
+        server_cert=out_dir / SERVER_CERT,
+        server_key=out_dir / SERVER_KEY,
+        site_keys={site: out_dir / f"{site}.key" for site in sites},
+        site_public_keys={site: out_dir / f"{site}.pub" for site in sites},
+    )
+
+
+def write_dev_credentials(
+    out_dir: Path, sites: list[str], ip_addresses: list[str], dns_names: list[str]
+) -> DevCredentials:
+    """Write a CA, a SuperLink certificate for the given addresses, and one key per site.
+
+    Raises :class:`CredentialsExistError` before writing anything if any file already exists.
+    """
+    if not ip_addresses and not dns_names:
+        raise ValueError("the SuperLink certificate needs at least one IP address or DNS name")
+    paths = credential_paths(Path(out_dir), sites)
+    targets = [paths.ca_cert, paths.ca_key, paths.server_cert, paths.server_key,
+               *paths.site_keys.values(), *paths.site_public_keys.values()]
+    existing = [str(p) for p in targets if p.exists()]
+    if existing:
+        raise CredentialsExistError(f"refusing to overwrite {', '.join(existing)}")
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+
+    ca_key = ec.generate_private_key(ec.SECP384R1())
+    ca_cert = _ca_certificate(ca_key)
+    server_key = ec.generate_private_key(ec.SECP384R1())
+    server_cert = _server_certificate(server_key, ca_key, ca_cert, ip_addresses, dns_names)
+    _write_new_file(paths.ca_key, _pem_private_key(ca_key), 0o600)
+    _write_new_file(paths.ca_cert, ca_cert.public_bytes(serialization.Encoding.PEM), 0o644)
+    _write_new_file(paths.server_key, _pem_private_key(server_key), 0o600)
+    _write_new_file(paths.server_cert, server_cert.public_bytes(serialization.Encoding.PEM),
+                    0o644)
+    for site in sites:
+        private, public = site_key_pair(comment=site)
+        _write_new_file(paths.site_keys[site], private, 0o600)
+        _write_new_file(paths.site_public_keys[site], public, 0o644)
+    return paths
+
+
+def site_key_pair(comment: str) -> tuple[bytes, bytes]:
+    """(private, public) OpenSSH ECDSA P-384 keys, as ``ssh-keygen -t ecdsa -b 384`` makes.
+
+    Flower reads the private key with ``load_ssh_private_key`` and ``flwr supernode register``
+    accepts only NIST EC public keys in OpenSSH format.
+    """
+    key = ec.generate_private_key(ec.SECP384R1())
+    private = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.OpenSSH,
+        serialization.NoEncryption(),
+    )
+    public = key.public_key().public_bytes(
+        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+    )
+    return private, public + f" {comment}\n".encode()
+
+
+def _ca_certificate(key: ec.EllipticCurvePrivateKey) -> x509.Certificate:
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fedintent development CA")])
+    public = key.public_key()
+    return (
+        _builder(name, name, public)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(_key_usage(cert_sign=True), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
+        .sign(key, hashes.SHA384())
+    )
+
+
+def _server_certificate(
+    key: ec.EllipticCurvePrivateKey,
+    ca_key: ec.EllipticCurvePrivateKey,
+    ca_cert: x509.Certificate,
+    ip_addresses: list[str],
+    dns_names: list[str],
+) -> x509.Certificate:
+    common_name = (dns_names or ip_addresses)[0]
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    alt_names = [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ip_addresses]
+    alt_names += [x509.DNSName(name) for name in dns_names]
+    return (
+        _builder(subject, ca_cert.subject, key.public_key())
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(_key_usage(cert_sign=False), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.SubjectAlternativeName(alt_names), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA384())
+    )
+
+
+def _builder(subject: x509.Name, issuer: x509.Name, public_key) -> x509.CertificateBuilder:
+    now = datetime.datetime.now(datetime.UTC)
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=VALID_DAYS))
+    )
+
+
+def _key_usage(cert_sign: bool) -> x509.KeyUsage:
+    return x509.KeyUsage(
+        digital_signature=not cert_sign, content_commitment=False, key_encipherment=False,
+        data_encipherment=False, key_agreement=False, key_cert_sign=cert_sign,
+        crl_sign=cert_sign, encipher_only=False, decipher_only=False,
+    )
+
+
+def _pem_private_key(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def _write_new_file(path: Path, data: bytes, mode: int) -> None:
+    """Create ``path`` with ``data`` and ``mode``, atomically; fail if it already exists.
+
+    The bytes are written to a private temporary file (mode 0600 from the start) and
+    hard-linked to the final name, which fails rather than replaces an existing file.
+    """
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fchmod(f.fileno(), mode)
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError as err:
+            raise CredentialsExistError(f"refusing to overwrite {path}") from err
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        with contextlib.suppress(OSError):
+            os.fsync(folder)
+    finally:
+        os.close(folder)

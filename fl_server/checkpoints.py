@@ -1,0 +1,132 @@
+"""Checkpoints: the server's state after each completed round, so a run can be resumed.
+
+``OUT/checkpoints/round-NNNNN.safetensors`` holds the global model (``model/<name>``), the
+strategy's state between rounds (``state/<attribute>/<name>``, e.g. FedAdam's moments) and, as
+metadata, the round, strategy and run name, with a SHA-256 over all of it (tensors by
+``tensor_digest.py``), so a damaged file is detected rather than loaded. Each file is written
+atomically and fsync'd. The newest ``KEEP`` checkpoints are kept: when the newest is damaged,
+resuming falls back to the one before it and says so (the lost round is trained again).
+"""
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from safetensors import SafetensorError, safe_open
+from safetensors.numpy import save
+
+from fl_server.atomic_write import write_bytes_atomic
+from fl_server.tensor_digest import arrays_sha256
+
+FORMAT = "fedintent-checkpoint/1"
+KEEP = 2
+MODEL_PREFIX = "model/"
+STATE_PREFIX = "state/"
+FILE_PATTERN = re.compile(r"round-(\d+)\.safetensors")
+
+
+class CheckpointError(RuntimeError):
+    """No usable checkpoint; the message names the file(s) and what is wrong."""
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    path: Path
+    server_round: int
+    strategy: str
+    run_name: str
+    arrays: dict[str, np.ndarray]
+    state: dict[str, dict[str, np.ndarray]]
+
+
+def save_checkpoint(
+    folder: Path,
+    server_round: int,
+    strategy: str,
+    run_name: str,
+    arrays: dict[str, np.ndarray],
+    state: dict[str, dict[str, np.ndarray]],
+) -> Path:
+    """Write the checkpoint of ``server_round`` and drop all but the newest ``KEEP``."""
+    tensors = {MODEL_PREFIX + key: np.ascontiguousarray(a) for key, a in arrays.items()}
+    for attribute, values in state.items():
+        for key, array in values.items():
+            tensors[f"{STATE_PREFIX}{attribute}/{key}"] = np.ascontiguousarray(array)
+    fields = {"round": str(server_round), "strategy": strategy, "run-name": run_name}
+    metadata = {"format": FORMAT, **fields, "sha256": _checksum(tensors, fields)}
+    path = Path(folder) / f"round-{server_round:05d}.safetensors"
+    write_bytes_atomic(path, save(tensors, metadata=metadata))
+    for old in checkpoint_files(folder)[KEEP:]:
+        old.unlink(missing_ok=True)
+    return path
+
+
+def load_checkpoint(path: Path) -> Checkpoint:
+    """The checkpoint in ``path``, verified, or ``CheckpointError`` naming the file."""
+    try:
+        with safe_open(str(path), framework="np") as f:
+            metadata = f.metadata() or {}
+            names = f.keys()
+            tensors = {name: f.get_tensor(name) for name in names}
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"checkpoint {path} is unreadable: {err}") from err
+    if metadata.get("format") != FORMAT:
+        raise CheckpointError(f"checkpoint {path} is not a {FORMAT} file")
+    fields = {key: metadata.get(key, "") for key in ("round", "strategy", "run-name")}
+    if metadata.get("sha256") != _checksum(tensors, fields):
+        raise CheckpointError(f"checkpoint {path} is corrupt: its content does not match the "
+                              "SHA-256 recorded in it")
+    state: dict[str, dict[str, np.ndarray]] = {}
+    for key, array in tensors.items():
+        if key.startswith(STATE_PREFIX):
+            attribute, name = key[len(STATE_PREFIX):].split("/", 1)
+            state.setdefault(attribute, {})[name] = array
+    return Checkpoint(
+        path=Path(path),
+        server_round=int(metadata["round"]),
+        strategy=metadata["strategy"],
+        run_name=metadata["run-name"],
+        arrays={k[len(MODEL_PREFIX):]: a for k, a in tensors.items()
+                if k.startswith(MODEL_PREFIX)},
+        state=state,
+    )
+
+
+def latest_checkpoint(folder: Path) -> tuple[Checkpoint | None, list[str]]:
+    """The newest checkpoint that verifies, and a warning for every newer one that did not.
+
+    ``None`` when the run has no checkpoint at all (it stopped during round 1); raises
+    ``CheckpointError`` when there are checkpoints but none verifies.
+    """
+    problems = []
+    for path in checkpoint_files(folder):
+        try:
+            checkpoint = load_checkpoint(path)
+        except CheckpointError as err:
+            problems.append(str(err))
+            continue
+        warnings = [f"{problem}; falling back to {path.name} (round "
+                    f"{checkpoint.server_round}), the rounds after it are trained again"
+                    for problem in problems]
+        return checkpoint, warnings
+    if problems:
+        raise CheckpointError("no usable checkpoint: " + "; ".join(problems))
+    return None, []
+
+
+def checkpoint_files(folder: Path) -> list[Path]:
+    """Checkpoint files in ``folder``, newest round first."""
+    found = []
+    for path in Path(folder).glob("round-*.safetensors"):
+        match = FILE_PATTERN.fullmatch(path.name)
+        if match:
+            found.append((int(match.group(1)), path))
+    return [path for _, path in sorted(found, reverse=True)]
+
+
+def _checksum(tensors: dict[str, np.ndarray], fields: dict[str, str]) -> str:
+    text = arrays_sha256(tensors) + "\n" + json.dumps(fields, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()

@@ -1,0 +1,101 @@
+"""Checks on every site reply before it can reach aggregation.
+
+A training reply must carry exactly the model's exchanged parameters (same names, shapes and
+dtypes as the global model), only finite values, the metrics aggregation uses, and (when
+``max-update-norm`` > 0) an update whose L2 distance from the global model it was sent is
+within that bound. An evaluation reply must carry finite, in-range metrics. One bad reply is
+rejected and recorded; it never reaches the average, and never stops the round.
+"""
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+from flwr.app import ArrayRecord, RecordDict
+
+ArraySpec = dict[str, tuple[tuple[int, ...], str]]
+"""Parameter name -> (shape, numpy dtype string) of the exchanged model."""
+
+ARRAYS_KEY = "arrays"
+METRICS_KEY = "metrics"
+
+
+class InvalidReply(ValueError):
+    """A reply that must not be aggregated; the message says why."""
+
+
+def array_spec(arrays: ArrayRecord) -> ArraySpec:
+    """The names, shapes and dtypes every update must match."""
+    return {key: (tuple(array.shape), np.dtype(array.dtype).str) for key, array in arrays.items()}
+
+
+def check_train_reply(
+    content: RecordDict,
+    spec: ArraySpec,
+    global_arrays: dict[str, np.ndarray],
+    max_update_norm: float,
+) -> float:
+    """The reply's update norm ||reply - global||_2, or raise ``InvalidReply``."""
+    if set(content) != {ARRAYS_KEY, METRICS_KEY}:
+        raise InvalidReply(f"expected records {ARRAYS_KEY!r} and {METRICS_KEY!r}, "
+                           f"got {sorted(content)}")
+    arrays = content.array_records.get(ARRAYS_KEY)
+    if arrays is None:
+        raise InvalidReply(f"{ARRAYS_KEY!r} is not an ArrayRecord")
+    _check_metrics(content, {"num-examples": _positive, "train-loss": _finite,
+                             "epsilon": _not_nan})
+    missing, unexpected = sorted(set(spec) - set(arrays)), sorted(set(arrays) - set(spec))
+    if missing or unexpected:
+        raise InvalidReply(f"wrong parameter names: missing {missing}, unexpected {unexpected}")
+    squared = 0.0
+    for key, (shape, dtype) in spec.items():
+        if tuple(arrays[key].shape) != shape:
+            raise InvalidReply(f"{key}: shape {tuple(arrays[key].shape)}, expected {shape}")
+        if np.dtype(arrays[key].dtype).str != dtype:
+            raise InvalidReply(f"{key}: dtype {arrays[key].dtype}, expected {np.dtype(dtype)}")
+        try:
+            values = arrays[key].numpy()
+        except (ValueError, TypeError) as err:
+            raise InvalidReply(f"{key}: unreadable array ({err})") from err
+        if not np.isfinite(values).all():
+            raise InvalidReply(f"{key}: contains NaN or Inf")
+        difference = values.astype(np.float64) - global_arrays[key].astype(np.float64)
+        squared += float(np.sum(difference * difference))
+    norm = math.sqrt(squared)
+    if max_update_norm > 0 and norm > max_update_norm:
+        raise InvalidReply(f"update norm {norm:.4g} exceeds max-update-norm {max_update_norm:g}")
+    return norm
+
+
+def check_evaluate_reply(content: RecordDict) -> None:
+    """Raise ``InvalidReply`` unless the reply holds usable evaluation metrics."""
+    if set(content) != {METRICS_KEY}:
+        raise InvalidReply(f"expected only the record {METRICS_KEY!r}, got {sorted(content)}")
+    _check_metrics(content, {"num-examples": _positive, "loss": _finite, "accuracy": _fraction})
+
+
+def _check_metrics(content: RecordDict, required: dict[str, Callable[[float], bool]]) -> None:
+    metrics = content.metric_records.get(METRICS_KEY)
+    if metrics is None:
+        raise InvalidReply(f"{METRICS_KEY!r} is not a MetricRecord")
+    for key, valid in required.items():
+        value = metrics.get(key)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not valid(value):
+            raise InvalidReply(f"metric {key!r} is missing or out of range: {value!r}")
+
+
+def _positive(value: float) -> bool:
+    return math.isfinite(value) and value > 0
+
+
+def _finite(value: float) -> bool:
+    return math.isfinite(value)
+
+
+def _not_nan(value: float) -> bool:
+    """Epsilon may be inf (a run without DP), never NaN."""
+    return not math.isnan(value)
+
+
+def _fraction(value: float) -> bool:
+    return 0.0 <= value <= 1.0

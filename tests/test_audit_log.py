@@ -1,0 +1,112 @@
+"""The audit log: hash-chained, append-only, and every kind of tampering is found."""
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+
+from fl_server.audit_log import (
+    AuditLogError,
+    append_entry,
+    check_extendable,
+    head_path,
+    verify_log,
+)
+
+
+@pytest.fixture
+def log(tmp_path):
+    path = tmp_path / "audit.jsonl"
+    append_entry(path, "run-started", {"run_id": 7, "config": {"target-epsilon": math.inf}})
+    for server_round in (1, 2, 3):
+        append_entry(path, "round", {"round": server_round, "sites": {11: {"epsilon": 0.5}}})
+    append_entry(path, "run-completed", {"model_sha256": "ab" * 32})
+    return path
+
+
+def audit_verify(path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "fedintent.cli", "audit", "verify", str(path)],
+                          capture_output=True, text=True, timeout=120)
+
+
+def lines_of(path) -> list[bytes]:
+    return path.read_bytes().splitlines(keepends=True)
+
+
+def test_an_intact_log_verifies(log):
+    assert verify_log(log).ok and verify_log(log).entries == 5
+    entries = [json.loads(line) for line in lines_of(log)]
+    assert [e["seq"] for e in entries] == [1, 2, 3, 4, 5]
+    assert entries[0]["config"]["target-epsilon"] is None  # JSON has no infinity
+    assert entries[1]["sites"] == {"11": {"epsilon": 0.5}}
+    assert all(b["prev"] == a["hash"] for a, b in zip(entries, entries[1:], strict=False))
+    result = audit_verify(log)
+    assert result.returncode == 0 and result.stdout.startswith("OK: 5 entries"), result.stdout
+
+
+def test_a_one_byte_edit_is_found_at_its_line(log):
+    data = bytearray(log.read_bytes())
+    position = data.index(b'"epsilon":0.5', len(lines_of(log)[0]) + len(lines_of(log)[1]))
+    data[position + len('"epsilon":0.')] = ord("9")  # line 3: 0.5 -> 0.9
+    log.write_bytes(bytes(data))
+    assert verify_log(log).broken_line == 3
+    result = audit_verify(log)
+    assert result.returncode == 1
+    assert result.stdout.startswith("BROKEN at line 3: hash does not match"), result.stdout
+
+
+def test_a_deleted_line_is_found(log):
+    lines = lines_of(log)
+    log.write_bytes(b"".join(lines[:1] + lines[2:]))
+    result = audit_verify(log)
+    assert result.returncode == 1 and result.stdout.startswith("BROKEN at line 2"), result.stdout
+
+
+def test_a_swapped_pair_of_lines_is_found(log):
+    lines = lines_of(log)
+    lines[2], lines[3] = lines[3], lines[2]
+    log.write_bytes(b"".join(lines))
+    result = audit_verify(log)
+    assert result.returncode == 1 and result.stdout.startswith("BROKEN at line 3"), result.stdout
+
+
+def test_deleted_trailing_entries_are_found_against_the_head(log):
+    log.write_bytes(b"".join(lines_of(log)[:3]))
+    result = verify_log(log)
+    assert not result.ok and result.broken_line == 4
+    assert "trailing entries were deleted" in result.problem
+
+
+def test_a_missing_head_is_reported(log):
+    head_path(log).unlink()
+    assert "head file" in verify_log(log).problem
+
+
+def test_a_torn_last_line_is_found(log):
+    log.write_bytes(log.read_bytes()[:-10])
+    assert verify_log(log).broken_line == 5
+
+
+def test_one_entry_beyond_the_head_is_an_interrupted_append(log):
+    head = head_path(log).read_bytes()
+    append_entry(log, "round", {"round": 4})
+    head_path(log).write_bytes(head)  # as if the writer stopped before updating the head
+    assert verify_log(log).ok
+
+
+def test_a_broken_log_is_never_extended(log):
+    lines = lines_of(log)
+    log.write_bytes(b"".join(lines[:1] + lines[2:]))
+    with pytest.raises(AuditLogError, match="broken at line 2"):
+        check_extendable(log)
+    log.write_bytes(log.read_bytes()[:-1])
+    with pytest.raises(AuditLogError, match="does not end with a complete entry"):
+        append_entry(log, "round", {})
+
+
+def test_an_unreadable_log_exits_2(tmp_path):
+    result = audit_verify(tmp_path / "nope.jsonl")
+    assert result.returncode == 2 and "cannot read" in result.stderr
+    assert "Traceback" not in result.stderr

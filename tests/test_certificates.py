@@ -1,0 +1,75 @@
+"""Development credentials: what Flower needs, private keys private, nothing overwritten."""
+
+import ipaddress
+import stat
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import (
+    load_pem_private_key,
+    load_ssh_private_key,
+    load_ssh_public_key,
+)
+
+from fedintent.cli import main
+from fl_server.certificates import CredentialsExistError, site_names, write_dev_credentials
+
+SITES = site_names(2)
+
+
+@pytest.fixture
+def credentials(tmp_path):
+    return write_dev_credentials(tmp_path / "creds", SITES, ["127.0.0.1"], ["localhost"])
+
+
+def test_server_certificate_is_signed_by_the_ca_for_the_given_names(credentials):
+    ca = x509.load_pem_x509_certificate(credentials.ca_cert.read_bytes())
+    server = x509.load_pem_x509_certificate(credentials.server_cert.read_bytes())
+    server.verify_directly_issued_by(ca)
+    assert ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    names = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert names.get_values_for_type(x509.IPAddress) == [ipaddress.ip_address("127.0.0.1")]
+    assert names.get_values_for_type(x509.DNSName) == ["localhost"]
+    key = load_pem_private_key(credentials.server_key.read_bytes(), None)
+    assert key.public_key() == server.public_key()
+
+
+def test_site_keys_are_openssh_ec_pairs(credentials):
+    for site in SITES:
+        private = load_ssh_private_key(credentials.site_keys[site].read_bytes(), None)
+        public = load_ssh_public_key(credentials.site_public_keys[site].read_bytes())
+        assert isinstance(private, ec.EllipticCurvePrivateKey)
+        assert private.public_key() == public
+        assert credentials.site_public_keys[site].read_text().split()[2] == site
+
+
+def test_private_keys_are_owner_only_and_no_temporary_files_remain(credentials):
+    private = [credentials.ca_key, credentials.server_key, *credentials.site_keys.values()]
+    for path in private:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+    assert not [p for p in credentials.ca_cert.parent.iterdir() if p.name.startswith(".")]
+
+
+def test_existing_credentials_are_never_overwritten(credentials):
+    before = {p: p.read_bytes() for p in credentials.ca_cert.parent.iterdir()}
+    with pytest.raises(CredentialsExistError):
+        write_dev_credentials(credentials.ca_cert.parent, SITES, ["127.0.0.1"], [])
+    assert {p: p.read_bytes() for p in credentials.ca_cert.parent.iterdir()} == before
+
+
+def test_cli_writes_credentials_and_refuses_to_overwrite_them(tmp_path, capsys):
+    out = tmp_path / "creds"
+    assert main(["certs", "--out", str(out), "--sites", "3", "--host", "10.0.0.5",
+                 "--dns", "superlink.example.org"]) == 0
+    server = x509.load_pem_x509_certificate((out / "superlink.crt").read_bytes())
+    names = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert names.get_values_for_type(x509.DNSName) == ["superlink.example.org"]
+    assert sorted(p.name for p in out.glob("site-*.pub")) == [f"{s}.pub" for s in site_names(3)]
+    assert main(["certs", "--out", str(out), "--sites", "3"]) == 2
+    assert "refusing to overwrite" in capsys.readouterr().err
+
+
+def test_cli_rejects_a_name_given_as_host(tmp_path):
+    assert main(["certs", "--out", str(tmp_path / "c"), "--sites", "1", "--host", "example"]) == 2
+    assert not (tmp_path / "c").exists()

@@ -1,0 +1,203 @@
+"""Checkpoints and resume: an interrupted run continues to the same model.
+
+The unit tests cover the checkpoint files; the last test runs real Flower simulations on
+127.0.0.1: one uninterrupted run, and one stopped after round 2 whose newest checkpoint is then
+damaged, resumed with ``fedintent train --resume``. Both end with the same model, bit for bit.
+"""
+
+import json
+import math
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+from data_synth import write_sites
+from fl_server.audit_log import verify_log
+from fl_server.checkpoints import (
+    CheckpointError,
+    checkpoint_files,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
+from fl_server.local_simulation import SimulationError, run_simulation
+from fl_server.resume import resumed_run_config
+from fl_server.run_config import RunConfigError, check_run_config
+from fl_server.run_record import RunRecord
+from fl_server.strategy import build_strategy, restore_strategy_state, strategy_state
+
+MODEL = {"weight": np.arange(12, dtype=np.float32).reshape(3, 4),
+         "bias": np.array([1.0, -2.0, 0.5], np.float32)}
+MOMENTS = {"m_t": {k: v * 0.1 for k, v in MODEL.items()},
+           "v_t": {k: v * v for k, v in MODEL.items()}}
+
+
+def save(folder, server_round: int):
+    model = {k: v + server_round for k, v in MODEL.items()}
+    return save_checkpoint(folder, server_round, "fedadam", "run-x", model, MOMENTS)
+
+
+def flip_byte(path, from_end: int = 8) -> None:
+    data = bytearray(path.read_bytes())
+    data[-from_end] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_a_checkpoint_round_trips_model_and_strategy_state(tmp_path):
+    path = save(tmp_path, 3)
+    checkpoint = load_checkpoint(path)
+    assert (checkpoint.server_round, checkpoint.strategy, checkpoint.run_name) == (
+        3, "fedadam", "run-x")
+    for key, value in MODEL.items():
+        np.testing.assert_array_equal(checkpoint.arrays[key], value + 3)
+        for name in ("m_t", "v_t"):
+            np.testing.assert_array_equal(checkpoint.state[name][key], MOMENTS[name][key])
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_only_the_newest_two_are_kept(tmp_path):
+    for server_round in (1, 2, 3, 4):
+        save(tmp_path, server_round)
+    assert [p.name for p in checkpoint_files(tmp_path)] == [
+        "round-00004.safetensors", "round-00003.safetensors"]
+
+
+@pytest.mark.parametrize("damage", ["flip a tensor byte", "truncate", "edit the round"])
+def test_a_damaged_newest_checkpoint_falls_back_to_the_one_before(tmp_path, damage):
+    save(tmp_path, 1)
+    newest = save(tmp_path, 2)
+    if damage == "flip a tensor byte":
+        flip_byte(newest)
+    elif damage == "truncate":
+        newest.write_bytes(newest.read_bytes()[:100])
+    else:
+        newest.write_bytes(newest.read_bytes().replace(b'"round":"2"', b'"round":"7"'))
+    with pytest.raises(CheckpointError, match="round-00002.safetensors"):
+        load_checkpoint(newest)
+    checkpoint, warnings = latest_checkpoint(tmp_path)
+    assert checkpoint.server_round == 1
+    assert len(warnings) == 1 and "round-00002.safetensors" in warnings[0]
+    assert "falling back to round-00001.safetensors" in warnings[0]
+
+
+def test_no_usable_checkpoint_names_every_file(tmp_path):
+    for server_round in (1, 2):
+        flip_byte(save(tmp_path, server_round))
+    with pytest.raises(CheckpointError) as err:
+        latest_checkpoint(tmp_path)
+    assert "round-00001.safetensors" in str(err.value)
+    assert "round-00002.safetensors" in str(err.value)
+
+
+def test_a_run_without_checkpoints_restarts_from_round_one(tmp_path):
+    assert latest_checkpoint(tmp_path / "checkpoints") == (None, [])
+
+
+def test_fedadam_moments_survive_a_checkpoint(tmp_path):
+    def strategy(name: str):
+        record = RunRecord.start(tmp_path / f"{name}.json", 1, {}, ["a"])
+        return build_strategy(name, record, spec={}, min_sites=1, server_learning_rate=0.1,
+                              max_update_norm=0.0, reply_timeout=1.0)
+
+    before = strategy("fedadam")
+    before.m_t, before.v_t = MOMENTS["m_t"], MOMENTS["v_t"]
+    path = save_checkpoint(tmp_path, 1, "fedadam", "r", MODEL, strategy_state(before))
+    after = strategy("fedadam")
+    restore_strategy_state(after, load_checkpoint(path).state)
+    for name in ("m_t", "v_t"):
+        for key in MODEL:
+            np.testing.assert_array_equal(getattr(after, name)[key], MOMENTS[name][key])
+    fedavg = strategy("fedavg")
+    with pytest.raises(ValueError, match="another strategy"):
+        restore_strategy_state(fedavg, load_checkpoint(path).state)
+
+
+def test_a_resume_takes_the_recorded_configuration_and_refuses_changes():
+    recorded = check_run_config({"run-name": "r1", "data-dir": "/d", "target-epsilon": math.inf})
+    doc = {"status": "stopped", "rounds": [],
+           "config": recorded | {"target-epsilon": None}}  # as metrics.json holds infinity
+    asked = check_run_config({"resume": True, "min-sites": 1, "target-epsilon": math.inf})
+    resumed = resumed_run_config(asked, doc)
+    assert (resumed["run-name"], resumed["data-dir"], resumed["min-sites"]) == ("r1", "/d", 1)
+    with pytest.raises(RunConfigError, match="num-rounds=5 .recorded 10."):
+        resumed_run_config(asked | {"num-rounds": 5}, doc)
+    with pytest.raises(RunConfigError, match="completed"):
+        resumed_run_config(asked, doc | {"status": "completed"})
+    with pytest.raises(RunConfigError, match="resume must be true or false"):
+        check_run_config({"resume": 1})
+
+
+@pytest.mark.parametrize(
+    "extra,message",
+    [(["--rounds", "3"], "drop --rounds"), ([], "cannot resume: ")],
+)
+def test_resume_refuses_other_options_and_a_folder_without_a_run(tmp_path, extra, message):
+    result = subprocess.run(
+        [sys.executable, "-m", "fedintent.cli", "train", "--resume", str(tmp_path), *extra],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and message in result.stderr
+
+
+def copy_site_secrets(source, target) -> None:
+    """The same sites, fresh ledgers: the noise they draw is seeded from their secret."""
+    for site in sorted(source.iterdir()):
+        (target / site.name).mkdir(parents=True)
+        shutil.copy2(site / "site-secret", target / site.name / "site-secret")
+        shutil.copytree(site / "features", target / site.name / "features")
+
+
+def test_a_resumed_run_ends_with_the_same_model_as_an_uninterrupted_one(tmp_path):
+    data = tmp_path / "data"
+    write_sites(data, n_sites=3, seed=11, size=120)
+
+    def config(name: str, **overrides) -> dict:
+        return check_run_config({
+            "data-dir": str(data), "labels-file": str(data / "labels.txt"),
+            "out-dir": str(tmp_path / name), "state-dir": str(tmp_path / f"state-{name}"),
+            "run-name": "resume-test", "num-rounds": 3, "min-sites": 3, "strategy": "fedadam",
+            "target-epsilon": 4.0, "seed": 3,
+        } | overrides)
+
+    def simulate(name: str, **overrides) -> None:
+        run_simulation(config(name, **overrides), num_sites=3,
+                       metrics_path=tmp_path / name / "metrics.json",
+                       log_path=tmp_path / name / "flower.log", on_round=lambda entry: None)
+
+    simulate("whole")
+    copy_site_secrets(tmp_path / "state-whole", tmp_path / "state-resumed")
+    with pytest.raises(SimulationError, match="stopped after round 2"):
+        simulate("resumed", **{"stop-after-round": 2})
+    out = tmp_path / "resumed"
+    assert json.loads((out / "metrics.json").read_text())["status"] == "stopped"
+    flip_byte(out / "checkpoints" / "round-00002.safetensors", from_end=20)
+
+    result = subprocess.run(
+        [sys.executable, "-m", "fedintent.cli", "train", "--resume", str(out)],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "round-00002.safetensors is corrupt" in result.stderr
+    assert "resuming run resume-test after round 1 of 3" in result.stdout
+    assert "round   2/3" in result.stdout and "round   3/3" in result.stdout
+
+    whole = load_file(str(tmp_path / "whole" / "model" / "model.safetensors"))
+    resumed = load_file(str(out / "model" / "model.safetensors"))
+    assert whole.keys() == resumed.keys()
+    for key in whole:
+        np.testing.assert_array_equal(resumed[key], whole[key])
+
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["status"] == "completed"
+    assert [r["round"] for r in metrics["rounds"]] == [1, 2, 3]
+    assert metrics["resumes"][0]["after_round"] == 1
+    assert metrics["config"]["run-name"] == "resume-test"
+    events = [json.loads(line)["event"] for line in (out / "audit.jsonl").read_text().splitlines()]
+    assert events == ["run-started", "round", "round", "run-stopped", "run-resumed", "round",
+                      "round", "run-completed"]
+    assert verify_log(out / "audit.jsonl").ok

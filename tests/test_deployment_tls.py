@@ -1,0 +1,155 @@
+"""A real deployment on 127.0.0.1: a TLS SuperLink that admits only registered sites.
+
+The SuperLink and the sites are started with the scripts the deployment guide gives
+(``deploy/superlink.sh``, ``deploy/site-entrypoint.sh``, the site container's entrypoint),
+each site with its own key, data and state folder; the run is launched with
+``fedintent deploy-run``. An unregistered site and a plaintext client are refused. Every process
+is started and stopped here.
+"""
+
+import json
+import ssl
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from data_synth import write_sites
+from fl_server.certificates import site_names, write_dev_credentials
+from fl_server.deployment import (
+    flower_env,
+    register_site_key,
+    start_process,
+    stop_process_trees,
+    wait_superlink_healthy,
+    write_connection,
+)
+from fl_server.local_simulation import _alive, _descendants_of_all, _free_port
+
+REPO = Path(__file__).resolve().parent.parent
+REGISTERED = site_names(3)
+UNREGISTERED = "site-03"
+REFUSAL_TIMEOUT_S = 60
+RUN_TIMEOUT_S = 240
+
+
+def site_env(tmp: Path, site: str, superlink: str, data_dir: Path, key: Path, ca: Path) -> dict:
+    """What a site's IT team sets for the site container, here pointing at tmp folders."""
+    return flower_env(tmp / "site-homes" / site) | {
+        "SUPERLINK": superlink, "CA_CERT": str(ca), "SITE_KEY": str(key),
+        "DATA_DIR": str(data_dir), "STATE_DIR": str(tmp / "state" / site),
+        "MAX_EPSILON": "8.0", "SUPERNODE_PORT": str(_free_port()),
+    }
+
+
+def run_to_exit(command: list[str], env: dict, log_path: Path) -> int:
+    """Run a SuperNode expected to give up; return its exit code, leaving nothing behind.
+
+    Output goes to a file, not a pipe: the SuperExec a SuperNode starts outlives it for a
+    while and would hold a pipe open.
+    """
+    processes: list[subprocess.Popen] = []
+    with open(log_path, "wb") as log:
+        try:
+            return start_process(command, env, log, processes).wait(timeout=REFUSAL_TIMEOUT_S)
+        finally:
+            stop_process_trees(processes)
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("tls-deployment")
+    creds = write_dev_credentials(tmp / "creds", [*REGISTERED, UNREGISTERED],
+                                  ["127.0.0.1"], ["localhost"])
+    write_sites(tmp / "data", n_sites=3, seed=7, size=100)
+    port = _free_port()
+    superlink = f"127.0.0.1:{port}"
+    processes: list[subprocess.Popen] = []
+    started: set[int] = set()
+    with open(tmp / "flower.log", "ab") as log:
+        try:
+            env = flower_env(tmp / "superlink-home") | {
+                "CERT_DIR": str(creds.ca_cert.parent), "SUPERLINK_HOST": "127.0.0.1",
+                "SUPERLINK_PORT": str(port),
+            }
+            link = start_process([str(REPO / "deploy" / "superlink.sh")], env, log, processes)
+            wait_superlink_healthy("127.0.0.1", port, creds.ca_cert, link)
+            operator = write_connection(tmp / "operator-home", "fedintent", superlink,
+                                        creds.ca_cert)
+            for site in REGISTERED:
+                register_site_key(creds.site_public_keys[site], operator)
+                env = site_env(tmp, site, superlink, tmp / "data" / site, creds.site_keys[site],
+                               creds.ca_cert)
+                start_process([str(REPO / "deploy" / "site-entrypoint.sh")], env, log, processes)
+            yield {"tmp": tmp, "creds": creds, "port": port, "superlink": superlink,
+                   "log": tmp / "flower.log"}
+        finally:
+            started = {p.pid for p in processes} | _descendants_of_all({p.pid for p in processes})
+            stop_process_trees(processes)
+    assert not [pid for pid in started if _alive(pid)], "processes left behind"
+
+
+def test_plaintext_and_untrusted_clients_are_refused(deployment):
+    port = deployment["port"]
+    with pytest.raises(OSError):
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5)
+    with pytest.raises(urllib.error.URLError) as untrusted:
+        urllib.request.urlopen(f"https://127.0.0.1:{port}/health", timeout=5,
+                               context=ssl.create_default_context())
+    assert isinstance(untrusted.value.reason, ssl.SSLCertVerificationError)
+    tmp = deployment["tmp"]
+    log = tmp / "plaintext-supernode.log"
+    code = run_to_exit(
+        ["flower-supernode", "--insecure", "--max-wait-time", "5",
+         "--superlink", deployment["superlink"], "--port", str(_free_port()),
+         "--node-config", f"data-path='{tmp / 'data' / 'site-00'}'"],
+        flower_env(tmp / "plaintext-home"), log,
+    )
+    assert code != 0
+    assert "Exit Code: 305" in log.read_text()
+
+
+def test_an_unregistered_site_is_refused(deployment):
+    tmp, creds = deployment["tmp"], deployment["creds"]
+    env = site_env(tmp, UNREGISTERED, deployment["superlink"], tmp / "data" / "site-00",
+                   creds.site_keys[UNREGISTERED], creds.ca_cert)
+    log = tmp / "unregistered-site.log"
+    code = run_to_exit([str(REPO / "deploy" / "site-entrypoint.sh")], env, log)
+    output = log.read_text()
+    assert code != 0
+    assert "Exit Code: 305" in output and "Failed to activate SuperNode" in output
+    assert not (tmp / "state" / UNREGISTERED / "egress.jsonl").exists()
+
+
+def test_a_dp_training_run_over_tls_completes(deployment):
+    tmp, creds = deployment["tmp"], deployment["creds"]
+    out = tmp / "run"
+    run = subprocess.run(
+        [sys.executable, "-m", "fedintent.cli", "deploy-run",
+         "--superlink", deployment["superlink"], "--ca-cert", str(creds.ca_cert),
+         "--labels", str(tmp / "data" / "labels.txt"), "--min-sites", "3",
+         "--rounds", "2", "--epsilon", "4", "--set", "local-epochs=1", "--out", str(out)],
+        env=flower_env(tmp / "engineer-home"), capture_output=True, text=True,
+        timeout=RUN_TIMEOUT_S, check=False,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr + deployment["log"].read_text()[-3000:]
+    assert "round   2/2  sites trained 3/3" in run.stdout
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["status"] == "completed"
+    assert [r["sites_trained"] for r in metrics["rounds"]] == [3, 3]
+    sites = metrics["final"]["sites"]
+    assert len(sites) == 3
+    assert all(0 < site["epsilon"] <= 4.0 for site in sites.values())
+    assert (out / "model" / "model.safetensors").stat().st_size > 0
+    assert json.loads((out / "model" / "config.json").read_text())
+    for site in REGISTERED:
+        state = tmp / "state" / site
+        assert (state / "egress.jsonl").read_text().strip()
+        report = subprocess.run(
+            [sys.executable, "-m", "fedintent.cli", "privacy-report", str(state)],
+            capture_output=True, text=True, timeout=60, check=True,
+        )
+        assert "cumulative epsilon over all runs" in report.stdout

@@ -1,0 +1,126 @@
+"""A site that dies mid-run does not stop it: a real deployment on 127.0.0.1.
+
+One SuperLink (no simulation) and three SuperNodes, each with its own data and state folder,
+all started and stopped here. After round 1 one SuperNode is killed (SIGKILL, as a crash);
+round 2 completes with the other two, and the killed site's failure is in ``metrics.json`` and
+the audit log. It reuses the local launcher's helpers for the Flower environment, the app
+folder and process clean-up.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from data_synth import write_sites
+from fl_server.audit_log import verify_log
+from fl_server.local_simulation import (
+    CONNECTION,
+    _flower_env,
+    _free_port,
+    _stop_all,
+    _wait_healthy,
+    _write_app,
+    _write_connection,
+)
+from fl_server.run_config import toml_value
+
+RUN_TIMEOUT_S = 240
+
+
+def start(command: list[str], env: dict, log: Path, processes: list) -> subprocess.Popen:
+    with open(log, "ab") as out:
+        process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                   stdin=subprocess.DEVNULL, start_new_session=True)
+    processes.append(process)
+    return process
+
+
+def online_nodes(env: dict, cwd: Path) -> int:
+    listing = subprocess.run(["flwr", "supernode", "list", CONNECTION, "--format", "json"],
+                             env=env, cwd=cwd, capture_output=True, text=True, timeout=60)
+    try:
+        return sum(n["status"] == "online" for n in json.loads(listing.stdout)["nodes"])
+    except (ValueError, KeyError):
+        return 0
+
+
+def wait_for(condition, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(1)
+
+
+def read_metrics(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {"status": "not started", "rounds": []}
+
+
+def test_a_killed_site_is_recorded_and_the_run_completes_with_the_others(tmp_path):
+    data = tmp_path / "data"
+    write_sites(data, n_sites=3, seed=5, size=120)
+    home, out, logs = tmp_path / "flwr-home", tmp_path / "out", tmp_path / "logs"
+    home.mkdir()
+    logs.mkdir()
+    env = _flower_env(home)
+    port = _free_port()
+    _write_connection(home, port)
+    app_dir = _write_app(home / "app")
+    processes: list[subprocess.Popen] = []
+    try:
+        superlink = start(
+            ["flower-superlink", "--insecure", "--disable-runtime-dependency-installation",
+             "--host", "127.0.0.1", "--port", str(port)],
+            env, logs / "superlink.log", processes,
+        )
+        _wait_healthy(port, superlink)
+        nodes = [
+            start(
+                ["flower-supernode", "--insecure", "--superlink", f"127.0.0.1:{port}",
+                 "--port", str(_free_port()), "--node-config",
+                 f"data-path='{site}' state-dir='{tmp_path / 'state' / site.name}'"],
+                env, logs / f"{site.name}.log", processes,
+            )
+            for site in sorted(data.glob("site-*"))
+        ]
+        wait_for(lambda: online_nodes(env, home) == 3, 60, "three SuperNodes online")
+
+        run_config = {"data-dir": str(data), "labels-file": str(data / "labels.txt"),
+                      "out-dir": str(out), "num-rounds": 2, "min-sites": 2,
+                      "target-epsilon": 3.0, "reply-timeout": 120.0}
+        command = ["flwr", "run", str(app_dir), CONNECTION]
+        for key, value in run_config.items():
+            command += ["-c", f"{key}={toml_value(value)}"]
+        submitted = subprocess.run(command, env=env, cwd=home, capture_output=True, text=True,
+                                   timeout=120)
+        assert submitted.returncode == 0, submitted.stdout + submitted.stderr
+
+        metrics_path = out / "metrics.json"
+        wait_for(lambda: len(read_metrics(metrics_path)["rounds"]) >= 1, RUN_TIMEOUT_S,
+                 "round 1")
+        os.killpg(nodes[2].pid, signal.SIGKILL)  # the site's SuperNode and its ClientApp
+        nodes[2].wait(timeout=10)
+        wait_for(lambda: read_metrics(metrics_path)["status"] != "running", RUN_TIMEOUT_S,
+                 "the run to end")
+    finally:
+        _stop_all(processes)
+
+    metrics = read_metrics(metrics_path)
+    assert metrics["status"] == "completed", metrics.get("error")
+    first, second = metrics["rounds"]
+    assert first["sites_trained"] == 3
+    assert second["sites_trained"] == 2
+    all_sites = set(first["sites"])
+    failed = {f["node_id"] for f in second["failures"] + second["evaluation_failures"]}
+    assert len(failed) == 1 and failed <= all_sites - set(second["sites"]), second
+    assert (out / "model" / "model.safetensors").is_file()
+
+    assert verify_log(out / "audit.jsonl").ok
+    audited = [json.loads(line) for line in (out / "audit.jsonl").read_text().splitlines()]
+    assert audited[-1]["event"] == "run-completed"
+    assert [e for e in audited if e["event"] == "round"][1]["failures"] == second["failures"]
