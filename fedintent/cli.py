@@ -500,12 +500,18 @@ def _print_summary(metrics: dict, seconds: float) -> None:
     print(f"\nfinished in {seconds:.0f}s: {final['rounds_completed']} rounds")
     print(f"final accuracy (example-weighted over the sites' test splits): "
           f"{'n/a' if accuracy is None else f'{accuracy:.4f}'}")
-    print("privacy spent per site (this run; cumulative over all its rounds):")
-    for node, site in sorted(final["sites"].items()):
-        delta = site.get("delta")
+    print("privacy per site (epsilon: this run, all its rounds; lifetime: every run on the "
+          "site's data):")
+    for key, site in sorted(final["sites"].items()):
+        if site.get("epsilon") is None:
+            print(f"  {key}: no DP (no privacy guarantee), {site['rounds_trained']} rounds, "
+                  f"{site['num_examples']} training examples")
+            continue
         print(
-            f"  site {node}: epsilon {_fmt_epsilon(site['epsilon'])}"
-            f"{'' if not delta else f' at delta {delta:g}'}, "
+            f"  {key}: epsilon {_fmt_epsilon(site['epsilon'])} per {site['privacy_unit']} at "
+            f"delta {site['delta']:g} (lifetime {_fmt_epsilon(site['epsilon_all_runs'])} of "
+            f"budget {site['max_epsilon_budget']:g}); noise multiplier "
+            f"{site['noise_multiplier']:.3g}, clip norm {site['clip_norm']:g}, "
             f"{site['rounds_trained']} rounds, {site['num_examples']} training examples"
         )
     out_dir = Path(metrics["config"]["out-dir"])

@@ -28,7 +28,7 @@ from fl_client.privacy_ledger import LedgerError
 from fl_client.privacy_units import check_privacy_unit, group_by_customer
 from fl_client.site_data import SiteData, SiteDataError, load_site
 from fl_client.site_folders import site_folders, site_max_epsilon
-from fl_client.site_secret import SecretError, private_seed
+from fl_client.site_secret import SecretError, private_seed, site_key
 from models import get_model_family
 
 DELTA_UNITS_FACTOR = 10
@@ -70,7 +70,10 @@ def train(msg: Message, context: Context) -> Message:
         batch_size=int(cfg["batch-size"]),
         local_epochs=int(cfg["local-epochs"]),
     )
-    metrics: dict[str, float | int] = {"num-examples": len(site.train)}
+    metrics: dict[str, float | int] = {
+        "num-examples": len(site.train),
+        "site-key": site_key(state_dir),
+    }
     noise_multiplier = None
     if math.isfinite(request.target_epsilon):
         units = len(targets)

@@ -41,7 +41,7 @@ MAX_REASON_CHARS = 500
 
 TRAIN_METRICS = frozenset({
     "num-examples", "train-loss", "steps", "epsilon", "epsilon-all-runs", "max-epsilon",
-    "delta", "noise-multiplier", "sample-rate", "clip-norm", "privacy-units",
+    "delta", "noise-multiplier", "sample-rate", "clip-norm", "privacy-units", "site-key",
 })
 EVALUATE_METRICS = frozenset({"num-examples", "loss", "accuracy"})
 EGRESS_LOG = "egress.jsonl"

@@ -33,6 +33,8 @@ SITE_METRICS = {
     "sample-rate": "sample_rate",
     "clip-norm": "clip_norm",
     "steps": "steps",
+    "max-epsilon": "max_epsilon_budget",
+    "privacy-units": "privacy_units",
 }
 
 
@@ -89,11 +91,14 @@ class RunRecord:
                 failures.append(_failure(reply))
                 continue
             metrics = reply.content["metrics"]
+            if "site-key" in metrics:  # stable across restarts, unlike the node id
+                node = f"site-{int(metrics['site-key']):012x}"
             sites[node] = {
                 name: _json_number(metrics[key])
                 for key, name in SITE_METRICS.items()
                 if key in metrics
             }
+            sites[node]["node_id"] = str(reply.metadata.src_node_id)
             if reply.metadata.src_node_id in update_norms:
                 sites[node]["update_norm"] = update_norms[reply.metadata.src_node_id]
         entry = {"round": server_round, "sites_trained": len(sites), "sites_failed": len(failures),
@@ -133,19 +138,24 @@ class RunRecord:
 
 
 def final_summary(doc: dict) -> dict:
-    """Final accuracy and each site's latest privacy spend, from the recorded rounds."""
+    """Final accuracy and each site's privacy guarantee, from the recorded rounds."""
     evaluated = [r for r in doc["rounds"] if "accuracy" in r]
     last = evaluated[-1] if evaluated else {}
+    unit = doc["config"].get("privacy-unit", "utterance")
     sites: dict[str, dict] = {}
     for entry in doc["rounds"]:
-        for node, site in entry.get("sites", {}).items():
-            sites[node] = {
+        for key, site in entry.get("sites", {}).items():
+            sites[key] = {
                 "epsilon": site.get("epsilon"),
                 "epsilon_all_runs": site.get("epsilon_all_runs"),
                 "delta": site.get("delta"),
+                "privacy_unit": unit if site.get("epsilon") is not None else None,
+                "privacy_units": site.get("privacy_units"),
+                "max_epsilon_budget": site.get("max_epsilon_budget"),
                 "noise_multiplier": site.get("noise_multiplier"),
+                "sample_rate": site.get("sample_rate"),
                 "clip_norm": site.get("clip_norm"),
-                "rounds_trained": sites.get(node, {}).get("rounds_trained", 0) + 1,
+                "rounds_trained": sites.get(key, {}).get("rounds_trained", 0) + 1,
                 "num_examples": site.get("num_examples"),
             }
     return {

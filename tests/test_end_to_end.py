@@ -7,35 +7,43 @@ exit code, and no process left behind.
 
 import json
 import math
+import os
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
 
 from data_synth import write_sites
 
-FLOWER_PROCESSES = (
-    "flower-superlink", "flower-superexec", "flwr-simulation", "raylet", "gcs_server"
-)
 
+def processes_started_by(tag: str) -> list[str]:
+    """Live processes (not zombies) whose environment carries this test's tag.
 
-def flower_processes() -> set[str]:
-    found = set()
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+    Every process fedintent starts inherits the environment, so this finds the SuperLink,
+    SuperExec, simulation and Ray processes of one test, and nothing of another test running
+    on the same machine.
+    """
+    marker = f"FEDINTENT_TEST_TAG={tag}".encode()
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
         try:
-            text = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            environ = (proc / "environ").read_bytes()
+            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
         except OSError:
             continue
-        if any(name in text for name in FLOWER_PROCESSES):
-            found.add(f"{cmdline.parent.name}: {text[:120]}")
+        if marker in environ.split(b"\0") and state != "Z":
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ")
+            found.append(f"{proc.name}: {cmdline[:120].decode(errors='replace')}")
     return found
 
 
-def train(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+def train(*args: str, cwd: Path, tag: str = "") -> subprocess.CompletedProcess:
+    env = os.environ | {"FEDINTENT_TEST_TAG": tag or uuid.uuid4().hex}
     return subprocess.run(
         [sys.executable, "-m", "fedintent.cli", "train", *args],
-        capture_output=True, text=True, timeout=900, cwd=cwd,
+        capture_output=True, text=True, timeout=900, cwd=cwd, env=env,
     )
 
 
@@ -48,12 +56,13 @@ def sites(tmp_path_factory) -> Path:
 
 @pytest.mark.parametrize("epsilon", ["3", "inf"])
 def test_federated_training_end_to_end(sites, tmp_path, epsilon):
-    before = flower_processes()
+    tag = uuid.uuid4().hex
     out = tmp_path / "out"
     result = train("--data", str(sites), "--rounds", "3", "--epsilon", epsilon,
-                   "--state-dir", str(tmp_path / "state"), "--out", str(out), cwd=tmp_path)
+                   "--state-dir", str(tmp_path / "state"), "--out", str(out), cwd=tmp_path,
+                   tag=tag)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert flower_processes() <= before, "processes left behind"
+    assert not processes_started_by(tag), "processes left behind"
 
     for r in (1, 2, 3):
         assert f"round   {r}/3  sites trained 3/3" in result.stdout
@@ -98,14 +107,14 @@ def test_a_run_where_no_site_can_train_exits_non_zero(tmp_path):
         (data / name).mkdir(parents=True)
         (data / name / "train.csv").write_text("text,label\nhello,not_in_taxonomy\n")
     (data / "labels.txt").write_text("a\nb\n")
-    before = flower_processes()
+    tag = uuid.uuid4().hex
     result = train("--data", str(data), "--rounds", "2", "--out", str(tmp_path / "out"),
-                   cwd=tmp_path)
+                   cwd=tmp_path, tag=tag)
     assert result.returncode == 1, result.stdout + result.stderr
     assert "no valid training rows" in result.stderr
     assert "Traceback" not in result.stderr
     assert json.loads((tmp_path / "out" / "metrics.json").read_text())["status"] == "failed"
-    assert flower_processes() <= before
+    assert not processes_started_by(tag), "processes left behind"
 
 
 def test_a_site_without_valid_rows_declines_and_the_run_goes_on(tmp_path):
