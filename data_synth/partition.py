@@ -10,8 +10,6 @@ import csv
 import io
 import json
 import math
-import os
-import tempfile
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -25,6 +23,8 @@ from flwr_datasets.partitioner import (
     Partitioner,
     SizePartitioner,
 )
+
+from data_synth.sites import write_atomic
 
 SITE_CSV_HEADER = ("text", "label")
 
@@ -356,15 +356,3 @@ def site_csv(examples: list[Example]) -> str:
     writer.writerow(SITE_CSV_HEADER)
     writer.writerows((example.text, example.label) for example in examples)
     return buffer.getvalue()
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write via a temp file in the same folder so readers never see a half-written file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise

@@ -118,12 +118,13 @@ def split_by_customer(
     return train, test
 
 
-def _write_atomic(path: Path, text: str) -> None:
+def write_atomic(path: Path, text: str) -> None:
     """Write via a temp file in the same folder so readers never see a half-written file."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
             f.write(text)
+        os.chmod(tmp, 0o644)  # data files, readable by a site container's own user
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)
@@ -154,7 +155,7 @@ def write_sites(
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    _write_atomic(out_dir / "labels.txt", "".join(f"{label}\n" for label in LABELS))
+    write_atomic(out_dir / "labels.txt", "".join(f"{label}\n" for label in LABELS))
     sites: dict[str, dict] = {}
     for index, site_seed in enumerate(np.random.SeedSequence(seed).spawn(n_sites)):
         rng = np.random.default_rng(site_seed)
@@ -163,8 +164,8 @@ def write_sites(
         conversations = site_conversations(rng, site, profile, languages)
         train, test = split_by_customer(rng, conversations, test_fraction)
         (out_dir / site).mkdir(exist_ok=True)
-        _write_atomic(out_dir / site / "train.jsonl", _jsonl(train))
-        _write_atomic(out_dir / site / "test.jsonl", _jsonl(test))
+        write_atomic(out_dir / site / "train.jsonl", _jsonl(train))
+        write_atomic(out_dir / site / "test.jsonl", _jsonl(test))
         sites[site] = {
             "train": len(train),
             "test": len(test),
@@ -183,5 +184,5 @@ def write_sites(
         "labels": list(LABELS),
         "sites": sites,
     }
-    _write_atomic(out_dir / "manifest.json", json.dumps(manifest, ensure_ascii=False, indent=2))
+    write_atomic(out_dir / "manifest.json", json.dumps(manifest, ensure_ascii=False, indent=2))
     return manifest
