@@ -12,6 +12,7 @@ reports is the composition of *every* release in its history, never a fresh coun
 
 import math
 import warnings
+from functools import lru_cache
 
 from opacus.accountants import create_accountant
 from opacus.accountants.utils import get_noise_multiplier
@@ -67,8 +68,9 @@ def plan_noise_multiplier(
     return float(sigma)
 
 
+@lru_cache(maxsize=8)
 def plan_within_budget(
-    prior: list[Release],
+    prior: tuple[Release, ...],
     run_epsilon: float,
     max_epsilon: float,
     delta: float,
@@ -81,7 +83,8 @@ def plan_within_budget(
     ``prior`` is every release of *earlier* runs on the same data. The returned noise multiplier
     keeps (a) this run's own epsilon at most ``run_epsilon`` and (b) the composition of ``prior``
     and the whole planned run at most ``max_epsilon``: the run is planned from the budget that
-    remains. Raises ``BudgetExhausted`` when nothing remains.
+    remains. Raises ``BudgetExhausted`` when nothing remains. Cached: every round of a run asks
+    for the same plan, and a PRV search takes seconds.
     """
     spent = epsilon_spent(prior, delta, accountant)
     if spent >= max_epsilon:
@@ -91,7 +94,7 @@ def plan_within_budget(
     sigma = plan_noise_multiplier(run_epsilon, delta, sample_rate, run_steps, accountant)
 
     def total(noise: float) -> float:
-        return epsilon_spent(prior + [(noise, sample_rate, run_steps)], delta, accountant)
+        return epsilon_spent([*prior, (noise, sample_rate, run_steps)], delta, accountant)
 
     if total(sigma) <= max_epsilon:
         return sigma

@@ -8,7 +8,6 @@ so it is charged even if the site crashes before its reply is sent.
 """
 
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
 from fl_client.privacy_accounting import (
@@ -62,7 +61,7 @@ def charge_round(
             f"for privacy-unit={request.privacy_unit}; mixing units on the same data is refused"
         )
     sample_rate, steps = steps_per_round(units, request.batch_size, request.local_epochs)
-    noise = _planned_noise(
+    noise = plan_within_budget(
         tuple(e.release for e in history if e.run != request.run_name),
         request.target_epsilon, max_epsilon, request.delta, sample_rate,
         steps * request.num_rounds, request.accountant,
@@ -87,20 +86,4 @@ def charge_round(
         steps=steps,
         epsilon_this_run=epsilon_spent(this_run, request.delta, request.accountant),
         epsilon_all_runs=after,
-    )
-
-
-@lru_cache(maxsize=8)
-def _planned_noise(
-    prior: tuple[tuple[float, float, int], ...],
-    target_epsilon: float,
-    max_epsilon: float,
-    delta: float,
-    sample_rate: float,
-    run_steps: int,
-    accountant: str,
-) -> float:
-    """The run's noise multiplier: the same for every round of the run, computed once."""
-    return plan_within_budget(
-        list(prior), target_epsilon, max_epsilon, delta, sample_rate, run_steps, accountant
     )

@@ -13,13 +13,12 @@ the site with an error; it is never reset silently.
 
 import hmac
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
 
 from fl_client.site_secret import ledger_mac
+from fl_server.atomic_write import write_bytes_atomic
 
 FORMAT = "fedintent-privacy-ledger/2"
 
@@ -104,7 +103,7 @@ def append_entry(
         "releases": records,
         "mac": _document_mac(secret, entries, previous),
     }
-    _write_durably(path, json.dumps(document, indent=1).encode("utf-8"))
+    write_bytes_atomic(path, json.dumps(document, indent=1).encode("utf-8"))
     return entries
 
 
@@ -127,22 +126,3 @@ def _document_mac(secret: bytes, entries: list[LedgerEntry], last_mac: str) -> s
 
 def now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
-
-
-def _write_durably(path: Path, payload: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)

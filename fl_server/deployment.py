@@ -9,10 +9,8 @@ stopping whole process trees. docs/DEPLOYMENT.md shows the same steps as command
 """
 
 import json
-import os
 import ssl
 import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Callable
@@ -21,7 +19,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from fl_server.atomic_write import write_bytes_atomic
-from fl_server.local_simulation import _report_new_rounds, _stop_all, _write_app
+from fl_server.local_simulation import _report_new_rounds, _stop_all, _write_app, flower_env
 from fl_server.run_config import toml_value
 
 HEALTH_TIMEOUT_S = 60
@@ -42,22 +40,6 @@ class Connection:
     @property
     def env(self) -> dict[str, str]:
         return flower_env(self.flwr_home)
-
-
-def flower_env(flwr_home: Path) -> dict[str, str]:
-    """The environment for Flower commands: this ``FLWR_HOME``, no telemetry, nothing fetched."""
-    bin_dir = str(Path(sys.executable).parent)
-    return dict(os.environ) | {
-        "FLWR_HOME": str(flwr_home),
-        "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""),
-        "FLWR_TELEMETRY_ENABLED": "0",
-        "FLWR_DISABLE_UPDATE_CHECK": "1",
-        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-        "HF_HUB_OFFLINE": "1",
-        "TRANSFORMERS_OFFLINE": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-        "PYTHONUNBUFFERED": "1",
-    }
 
 
 def start_process(

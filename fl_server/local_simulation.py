@@ -46,7 +46,7 @@ def run_simulation(
     resumed run already completed) as soon as ``metrics.json`` records it.
     """
     flwr_home = Path(tempfile.mkdtemp(prefix="fedintent-flwr-"))
-    env = _flower_env(flwr_home)
+    env = flower_env(flwr_home)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     processes: list[subprocess.Popen] = []
     try:
@@ -92,7 +92,7 @@ def run_simulation(
             shutil.rmtree(flwr_home, ignore_errors=True)
 
 
-def _flower_env(flwr_home: Path) -> dict[str, str]:
+def flower_env(flwr_home: Path) -> dict[str, str]:
     env = dict(os.environ)
     bin_dir = str(Path(sys.executable).parent)
     env |= {

@@ -18,12 +18,12 @@ from data_synth import write_sites
 from fl_server.audit_log import verify_log
 from fl_server.local_simulation import (
     CONNECTION,
-    _flower_env,
     _free_port,
     _stop_all,
     _wait_healthy,
     _write_app,
     _write_connection,
+    flower_env,
 )
 from fl_server.run_config import toml_value
 
@@ -67,7 +67,7 @@ def test_a_killed_site_is_recorded_and_the_run_completes_with_the_others(tmp_pat
     home, out, logs = tmp_path / "flwr-home", tmp_path / "out", tmp_path / "logs"
     home.mkdir()
     logs.mkdir()
-    env = _flower_env(home)
+    env = flower_env(home)
     port = _free_port()
     _write_connection(home, port)
     app_dir = _write_app(home / "app")

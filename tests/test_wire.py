@@ -22,13 +22,13 @@ import pytest
 from data_synth import write_sites
 from fl_server.local_simulation import (
     CONNECTION,
-    _flower_env,
     _free_port,
     _run_status,
     _stop_all,
     _wait_healthy,
     _write_app,
     _write_connection,
+    flower_env,
 )
 from models.minilm_head import load_encoder
 
@@ -124,7 +124,7 @@ def deployment(tmp_path):
     canaries, pii = plant_canaries(data)
     flwr_home = tmp_path / "flwr-home"
     flwr_home.mkdir()
-    env = _flower_env(flwr_home)
+    env = flower_env(flwr_home)
     processes: list[subprocess.Popen] = []
     superlink_port = _free_port()
     proxy = RecordingProxy(superlink_port)
