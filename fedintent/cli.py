@@ -19,11 +19,13 @@ from fl_server.run_config import (
     SYNTHETIC_SITE_SIZE,
     RunConfigError,
     check_run_config,
+    tuned_settings,
 )
 from fl_server.strategy import STRATEGIES
 from models import model_family_names
 
 DEFAULT_SYNTHETIC_SITES = 4
+TUNED_HELP = "tuned for the epsilon, see docs/BENCHMARKS.md"
 DEFAULT_OUT_ROOT = Path("fedintent-out")
 
 DATA_FORMAT_HELP = """\
@@ -84,8 +86,8 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--labels", type=Path, help="label file (default: DATA/labels.txt)")
     train.add_argument("--sites", type=int, help="number of sites "
                        f"(default: {DEFAULT_SYNTHETIC_SITES} synthetic, or every site in --data)")
-    train.add_argument("--rounds", type=int, default=DEFAULTS["num-rounds"],
-                       help="federated rounds (default: %(default)s)")
+    train.add_argument("--rounds", type=int,
+                       help=f"federated rounds (default: {TUNED_HELP})")
     train.add_argument("--epsilon", type=float, default=DEFAULTS["target-epsilon"],
                        help="per-site epsilon for the whole run; inf = no DP "
                        "(default: %(default)s)")
@@ -105,12 +107,13 @@ def _parser() -> argparse.ArgumentParser:
                        help="aggregation (default: %(default)s)")
     train.add_argument("--accountant", default=DEFAULTS["accountant"], choices=ACCOUNTANTS,
                        help="privacy accountant (default: %(default)s)")
-    train.add_argument("--local-epochs", type=int, default=DEFAULTS["local-epochs"],
-                       help="local epochs per round (default: %(default)s)")
-    train.add_argument("--batch-size", type=int, default=DEFAULTS["batch-size"],
-                       help="expected DP-SGD batch size (default: %(default)s)")
-    train.add_argument("--lr", type=float, default=DEFAULTS["learning-rate"],
-                       help="local learning rate (default: %(default)s)")
+    train.add_argument("--local-epochs", type=int,
+                       help=f"local epochs per round (default: {TUNED_HELP})")
+    train.add_argument("--batch-size", type=int,
+                       help="expected DP-SGD batch size; above a site's size, every step uses "
+                       f"all its data (default: {TUNED_HELP})")
+    train.add_argument("--lr", type=float,
+                       help=f"local learning rate (default: {TUNED_HELP})")
     train.add_argument("--clip-norm", type=float, default=DEFAULTS["clip-norm"],
                        help="per-example gradient clipping norm (default: %(default)s)")
     train.add_argument("--state-dir", type=Path,
@@ -120,6 +123,9 @@ def _parser() -> argparse.ArgumentParser:
                        help=f"output folder (default: {DEFAULT_OUT_ROOT}/run-DATE-TIME)")
     train.add_argument("--seed", type=int, default=DEFAULTS["seed"],
                        help="seed for data, model and sampling (default: %(default)s)")
+    train.add_argument("--secure-aggregation", action="store_true",
+                       help="sum the site updates with SecAgg+, so the server never sees one "
+                       "site's update (needs 3+ sites; docs/PRIVACY.md)")
     train.add_argument("--resume", type=Path, metavar="OUT",
                        help="continue the interrupted run in OUT after its last checkpoint, with "
                        "the settings recorded in OUT/metrics.json (give no other option)")
@@ -205,6 +211,7 @@ def _parser() -> argparse.ArgumentParser:
                         help="the site's budget, to show what remains")
     report.set_defaults(handler=_privacy_report)
     _add_deployment_commands(commands)
+    _add_bench_command(commands)
     return parser
 
 
@@ -327,6 +334,11 @@ def _train(args: argparse.Namespace) -> int:
         return _resume_train(args)
     if args.sites is not None and args.sites < 1:
         raise CliError(f"--sites must be >= 1, got {args.sites}")
+    tuned = tuned_settings(args.epsilon)
+    args.rounds = tuned["num-rounds"] if args.rounds is None else args.rounds
+    args.local_epochs = tuned["local-epochs"] if args.local_epochs is None else args.local_epochs
+    args.batch_size = tuned["batch-size"] if args.batch_size is None else args.batch_size
+    args.lr = tuned["learning-rate"] if args.lr is None else args.lr
     tunables = {
         "num-rounds": args.rounds,
         "target-epsilon": args.epsilon,
@@ -345,6 +357,10 @@ def _train(args: argparse.Namespace) -> int:
     check_run_config(tunables)
     if args.data is not None:
         list_site_dirs(args.data)
+    if args.secure_aggregation:  # refused before any data is written; every site must train
+        sites = args.sites or (len(list_site_dirs(args.data)) if args.data is not None
+                               else DEFAULT_SYNTHETIC_SITES)
+        check_run_config(tunables | {"secure-aggregation": True, "min-sites": sites})
     out_dir = _fresh_out_dir(args.out)
     if args.data is None:
         from data_synth import write_sites
@@ -370,6 +386,7 @@ def _train(args: argparse.Namespace) -> int:
             "run-name": f"{out_dir.name}-{uuid.uuid4().hex[:8]}",
             "state-dir": str(args.state_dir.resolve()) if args.state_dir else "",
             "min-sites": num_sites,
+            "secure-aggregation": args.secure_aggregation,
         }
         | tunables
     )
@@ -382,7 +399,8 @@ def _train(args: argparse.Namespace) -> int:
     )
     print(
         f"training {args.model} on {num_sites} sites for {args.rounds} rounds "
-        f"({len(labels)} intents; {privacy}); output: {out_dir}"
+        f"({len(labels)} intents; {privacy}"
+        f"{'; SecAgg+ secure aggregation' if args.secure_aggregation else ''}); output: {out_dir}"
     )
     started = time.monotonic()
     try:
@@ -558,8 +576,8 @@ def _add_deployment_commands(commands: argparse._SubParsersAction) -> None:
                             help="the intent taxonomy, one label per line")
     deploy_run.add_argument("--min-sites", type=int, required=True,
                             help="sites that must be connected before a round starts")
-    deploy_run.add_argument("--rounds", type=int, default=DEFAULTS["num-rounds"],
-                            help="federated rounds (default: %(default)s)")
+    deploy_run.add_argument("--rounds", type=int,
+                            help=f"federated rounds (default: {TUNED_HELP})")
     deploy_run.add_argument("--epsilon", type=float, default=DEFAULTS["target-epsilon"],
                             help="per-site epsilon for the whole run; inf = no DP "
                             "(default: %(default)s)")
@@ -624,11 +642,15 @@ def _deploy_run(args: argparse.Namespace) -> int:
             overrides[key.strip()] = tomllib.loads(f"v = {text}")["v"]
         except tomllib.TOMLDecodeError:
             overrides[key.strip()] = text
+    tuned = tuned_settings(args.epsilon)
+    if args.rounds is None:
+        args.rounds = int(overrides.get("num-rounds", tuned["num-rounds"]))
     labels_file = args.labels.resolve()
     labels = read_labels(labels_file)
     out_dir = _fresh_out_dir(args.out)
     run_config = check_run_config(
-        overrides
+        tuned
+        | overrides
         | {
             # data-dir is simulation-only; pointing it at the labels' folder keeps the ServerApp
             # from generating synthetic sites that no deployed site would read.
@@ -675,6 +697,61 @@ def _deploy_run(args: argparse.Namespace) -> int:
         print(f"fedintent deploy-run: error: the run failed: {reason}", file=sys.stderr)
         return 1
     _print_summary(metrics, time.monotonic() - started)
+    return 0
+
+
+
+def _add_bench_command(commands: argparse._SubParsersAction) -> None:
+    bench = commands.add_parser(
+        "bench",
+        help="accuracy against epsilon: federated DP training versus baselines, over seeds",
+        description="Partition a labeled dataset (train.csv + test.csv) into sites, then for "
+        "every epsilon and seed run federated training (Flower simulation) and the baselines "
+        "(central non-private, central DP, local-only, TF-IDF). Test accuracy is measured on the "
+        "dataset's held-out test split. Resumable: finished cells in OUT are kept.",
+    )
+    bench.add_argument("--data", type=Path, required=True, metavar="CSV_DIR",
+                       help="folder with train.csv and test.csv (columns text,label)")
+    bench.add_argument("--out", type=Path, required=True, help="sweep folder (resumable)")
+    bench.add_argument("--sites", type=int, default=10, help="number of sites (default: 10)")
+    bench.add_argument("--alpha", type=float, default=0.5,
+                       help="Dirichlet label-skew concentration (default: 0.5)")
+    bench.add_argument("--epsilons", default="1,3,8,inf",
+                       help="comma-separated per-site epsilons; inf = no DP (default: 1,3,8,inf)")
+    bench.add_argument("--seeds", type=int, default=3, help="training seeds (default: 3)")
+    bench.add_argument("--partition-seed", type=int, default=0,
+                       help="seed of the site partition (default: 0)")
+    bench.add_argument("--rounds", type=int,
+                       help="override every epsilon's tuned number of rounds (quick looks)")
+    bench.set_defaults(handler=_bench)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from fedintent.bench.sweep import BenchSpec, run_bench
+    from fl_server.local_simulation import SimulationError
+
+    try:
+        epsilons = [float(value) for value in args.epsilons.split(",") if value.strip()]
+    except ValueError:
+        raise CliError(f"--epsilons must be numbers or inf, got {args.epsilons!r}") from None
+    if not epsilons or any(not eps > 0 for eps in epsilons):
+        raise CliError(f"--epsilons must be > 0 (inf = no DP), got {args.epsilons!r}")
+    if args.seeds < 1 or args.sites < 1 or (args.rounds is not None and args.rounds < 1):
+        raise CliError("--seeds, --sites and --rounds must be >= 1")
+    for name in ("train.csv", "test.csv"):
+        if not (args.data / name).is_file():
+            raise CliError(f"{args.data / name}: not found (bench needs train.csv and test.csv)")
+    spec = BenchSpec(
+        data=str(args.data.resolve()), sites=args.sites, alpha=args.alpha,
+        epsilons=sorted(set(epsilons)), seeds=args.seeds, partition_seed=args.partition_seed,
+        rounds=args.rounds,
+    )
+    try:
+        run_bench(spec, args.out)
+    except (ValueError, SimulationError) as err:
+        raise CliError(str(err)) from err
+    print(f"results: {args.out / 'report.md'}, {args.out / 'results.csv'}, "
+          f"{args.out / 'accuracy_vs_epsilon.png'}")
     return 0
 
 

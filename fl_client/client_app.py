@@ -4,7 +4,8 @@ Per round the site reads only its own data folder, checks its privacy budget, re
 round's DP release in its privacy ledger, trains the exchanged part of the model with DP-SGD,
 and replies with the model's exchanged parameters and a few numbers (example count, loss,
 epsilon, delta). The egress guard checks every reply before it leaves. Conversation text,
-labels and features never leave this process.
+labels and features never leave this process. With secure aggregation the same training runs
+inside a SecAgg+ round and only the masked update leaves (``secure_aggregation.py``).
 
 Where the site's data, state and budget come from: ``fl_client/site_folders.py``.
 """
@@ -26,6 +27,7 @@ from fl_client.privacy_accounting import BudgetExhausted
 from fl_client.privacy_budget import RoundRequest, charge_round
 from fl_client.privacy_ledger import LedgerError
 from fl_client.privacy_units import check_privacy_unit, group_by_customer
+from fl_client.secure_aggregation import secure_aggregation_mod
 from fl_client.site_data import SiteData, SiteDataError, load_site
 from fl_client.site_folders import site_folders, site_max_epsilon
 from fl_client.site_secret import SecretError, private_seed, site_key
@@ -37,7 +39,7 @@ DELTA_UNITS_FACTOR = 10
 app = ClientApp()
 
 
-@app.train(mods=[egress_guard])
+@app.train(mods=[egress_guard, secure_aggregation_mod])
 def train(msg: Message, context: Context) -> Message:
     cfg = context.run_config
     try:

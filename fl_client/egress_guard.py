@@ -9,7 +9,13 @@ A Flower client mod on both train and evaluate. Every reply is checked before it
 * metric values must be finite-or-infinite numbers (never strings, bytes or lists); array values
   must be finite;
 * an error reply may carry only an error code fedintent defines and a short reason; any
-  unexpected exception is replaced by a generic error (details stay in the site's log).
+  unexpected exception is replaced by a generic error (details stay in the site's log);
+* with secure aggregation, a reply to a SecAgg+ stage may carry only that stage's protocol
+  values (``SECAGG_REPLIES``): public keys, encrypted key shares, key shares, and the masked
+  update, whose arrays must have the model's shapes; the masked update goes with the same
+  ``metrics`` as a plain reply and Flower's legacy reply header (example count, empty status).
+  The plaintext update is checked like a plain reply before it is masked
+  (``secure_aggregation.py``).
 
 Anything else (a ``ConfigRecord``, an extra array, a string, a NaN) blocks the whole reply: it is
 replaced by an error and nothing of it is sent. Every outgoing message, sent or blocked, is
@@ -26,9 +32,12 @@ from logging import ERROR
 from pathlib import Path
 
 import numpy as np
-from flwr.app import ArrayRecord, Context, Error, Message, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord
 from flwr.clientapp.typing import ClientAppCallable
+from flwr.common import bytes_to_ndarray
 from flwr.common.logger import log
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
+from flwr.common.serde import recorddict_to_proto
 
 from fl_client.site_folders import site_folders
 from models import get_model_family
@@ -46,12 +55,24 @@ TRAIN_METRICS = frozenset({
 EVALUATE_METRICS = frozenset({"num-examples", "loss", "accuracy"})
 EGRESS_LOG = "egress.jsonl"
 
+SECAGG_REPLIES: dict[str, dict[str, type | list[type]]] = {
+    Stage.SETUP: {Key.PUBLIC_KEY_1: bytes, Key.PUBLIC_KEY_2: bytes},
+    Stage.SHARE_KEYS: {Key.DESTINATION_LIST: [int], Key.CIPHERTEXT_LIST: [bytes]},
+    Stage.COLLECT_MASKED_VECTORS: {Key.MASKED_PARAMETERS: [bytes]},
+    Stage.UNMASK: {Key.NODE_ID_LIST: [int], Key.SHARE_LIST: [bytes]},
+}
+"""SecAgg+ stage -> what its reply may carry in ``RECORD_KEY_CONFIGS``. Keys and shares are
+random (never derived from site data); only the masked update depends on the site's data."""
+LEGACY_HEADER = ("fitres.parameters", "fitres.num_examples", "fitres.metrics", "fitres.status")
+"""The records Flower's legacy reply format adds around a masked update."""
+
 
 class EgressViolation(ValueError):
     """A reply carries something that may not leave the site."""
 
 
 def egress_guard(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+    stage = secagg_stage(msg)  # read first: secaggplus_mod consumes it
     try:
         reply = call_next(msg, context)
     except Exception:
@@ -59,7 +80,10 @@ def egress_guard(msg: Message, context: Context, call_next: ClientAppCallable) -
         reply = Message(Error(code=SITE_ERROR, reason="site error (details in the site log)"),
                         reply_to=msg)
     try:
-        check_reply(msg, reply, str(context.run_config["model"]))
+        if stage is None or reply.has_error():
+            check_reply(msg, reply, str(context.run_config["model"]))
+        else:
+            check_secagg_reply(stage, msg, reply, str(context.run_config["model"]))
         verdict = "sent"
     except EgressViolation as err:
         verdict = f"blocked: {err}"
@@ -67,7 +91,7 @@ def egress_guard(msg: Message, context: Context, call_next: ClientAppCallable) -
         reply = Message(Error(code=EGRESS_BLOCKED, reason=f"egress guard: {err}"), reply_to=msg)
     try:
         _, state_dir = site_folders(msg, context)
-        append_egress_log(state_dir, msg, reply, verdict)
+        append_egress_log(state_dir, msg, reply, verdict, stage)
     except Exception as err:  # the log must never turn into a leak or a crash
         log(ERROR, "could not write the egress log: %s", err)
     return reply
@@ -99,6 +123,70 @@ def check_reply(msg: Message, reply: Message, model: str) -> None:
         _check_arrays(arrays, get_model_family(model).build_model(len(labels)).state_dict())
 
 
+def secagg_stage(msg: Message) -> str | None:
+    """The SecAgg+ stage a train message asks for; None for a plain message."""
+    if not msg.metadata.message_type.startswith("train"):
+        return None
+    configs = msg.content.config_records.get(RECORD_KEY_CONFIGS)
+    return None if configs is None else str(configs.get(Key.STAGE))
+
+
+def check_secagg_reply(stage: str, msg: Message, reply: Message, model: str) -> None:
+    """Raise ``EgressViolation`` unless the reply holds only what ``stage`` may send."""
+    if stage not in SECAGG_REPLIES:
+        raise EgressViolation(f"unknown secure aggregation stage {stage!r}")
+    content = reply.content
+    masked = stage == Stage.COLLECT_MASKED_VECTORS
+    expected = {RECORD_KEY_CONFIGS} | ({"metrics", *LEGACY_HEADER} if masked else set())
+    if set(content.keys()) != expected:
+        raise EgressViolation(f"{stage} reply has records {sorted(content.keys())}, "
+                              f"expected {sorted(expected)}")
+    protocol = content[RECORD_KEY_CONFIGS]
+    allowed = SECAGG_REPLIES[stage]
+    if not isinstance(protocol, ConfigRecord) or set(protocol.keys()) != set(allowed):
+        raise EgressViolation(f"{stage} reply carries {sorted(protocol.keys())}, "
+                              f"expected {sorted(allowed)}")
+    for key, kind in allowed.items():
+        value = protocol[key]
+        if isinstance(kind, list):
+            if not isinstance(value, list) or any(type(v) is not kind[0] for v in value):
+                raise EgressViolation(f"{stage} value {key!r} is not a list of {kind[0].__name__}")
+        elif type(value) is not kind:
+            raise EgressViolation(f"{stage} value {key!r} is not {kind.__name__}")
+    if masked:
+        _check_masked_update(msg, content, model)
+
+
+def _check_masked_update(msg: Message, content, model: str) -> None:
+    """The masked update: one integer array per model parameter plus the weight, nothing else;
+    the site's metrics, as in a plain reply; a legacy header that repeats the example count."""
+    metrics = content["metrics"]
+    if not isinstance(metrics, MetricRecord):
+        raise EgressViolation("'metrics' is not a MetricRecord")
+    _check_metrics(metrics, TRAIN_METRICS)
+    header = {name: content[name] for name in LEGACY_HEADER}
+    if (
+        not isinstance(header["fitres.parameters"], ArrayRecord)
+        or len(header["fitres.parameters"]) != 0
+        or dict(header["fitres.num_examples"]) != {"num_examples": metrics.get("num-examples")}
+        or len(header["fitres.metrics"]) != 0
+        or dict(header["fitres.status"]) != {"code": 0, "message": ""}
+    ):
+        raise EgressViolation("masked update: the legacy reply header carries more than the "
+                              "example count")
+    labels = list(msg.content["config"]["labels"])
+    shapes = [(1,)] + [tuple(t.shape) for t in
+                       get_model_family(model).build_model(len(labels)).state_dict().values()]
+    try:
+        sent = [bytes_to_ndarray(b) for b in content[RECORD_KEY_CONFIGS][Key.MASKED_PARAMETERS]]
+    except ValueError as err:
+        raise EgressViolation(f"masked update is unreadable ({err})") from err
+    if [tuple(a.shape) for a in sent] != shapes or any(a.dtype.kind not in "iu" for a in sent):
+        found = [f"{a.dtype}{list(a.shape)}" for a in sent]
+        raise EgressViolation(f"masked update has arrays {found}, expected integer arrays of "
+                              f"shapes {shapes}")
+
+
 def _check_metrics(metrics: MetricRecord, allowed: frozenset[str]) -> None:
     unexpected = sorted(set(metrics.keys()) - allowed)
     if unexpected:
@@ -127,7 +215,9 @@ def _check_arrays(arrays: ArrayRecord, expected: dict) -> None:
             raise EgressViolation(f"array {name!r} holds NaN or Inf")
 
 
-def append_egress_log(state_dir: Path, msg: Message, reply: Message, verdict: str) -> None:
+def append_egress_log(
+    state_dir: Path, msg: Message, reply: Message, verdict: str, stage: str | None = None
+) -> None:
     """Append one line describing what this reply sent (or why it was blocked)."""
     config = msg.content.get("config", {})
     entry: dict = {
@@ -137,10 +227,14 @@ def append_egress_log(state_dir: Path, msg: Message, reply: Message, verdict: st
         "message": msg.metadata.message_type,
         "verdict": verdict,
     }
+    if stage is not None:
+        entry["secure_aggregation_stage"] = stage
     if reply.has_error():
         entry["error"] = {"code": reply.error.code, "reason": reply.error.reason}
     else:
-        entry["metrics"] = {k: _json_number(v) for k, v in reply.content["metrics"].items()}
+        entry["bytes"] = recorddict_to_proto(reply.content).ByteSize()  # as serialized
+        if "metrics" in reply.content:
+            entry["metrics"] = {k: _json_number(v) for k, v in reply.content["metrics"].items()}
         if "arrays" in reply.content:
             sent = reply.content["arrays"]
             entry["arrays"] = [

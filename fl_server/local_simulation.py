@@ -219,7 +219,7 @@ def _stop_all(processes: list[subprocess.Popen]) -> None:
     for process in processes:
         pids |= {process.pid} | _descendants(process.pid)
     for sig, grace in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
-        pids = {pid for pid in pids | _descendants_of_all(pids) if _alive(pid)}
+        pids = {pid for pid in pids | descendants_of_all(pids) if _alive(pid)}
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
@@ -244,10 +244,10 @@ def _children_map() -> dict[int, list[int]]:
 
 
 def _descendants(pid: int) -> set[int]:
-    return _descendants_of_all({pid})
+    return descendants_of_all({pid})
 
 
-def _descendants_of_all(pids: set[int]) -> set[int]:
+def descendants_of_all(pids: set[int]) -> set[int]:
     children = _children_map()
     found: set[int] = set()
     stack = list(pids)

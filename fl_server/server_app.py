@@ -9,7 +9,9 @@ Each round trains on every connected site (waiting for at least ``min-sites``), 
 reply and aggregates the accepted ones, evaluates on every site, then records the round in
 ``metrics.json`` and the audit log and checkpoints it. A site that fails, declines, does not
 reply in time or sends an update the server rejects is recorded, and the round goes on without
-it. With ``resume = true`` the run in ``out-dir`` continues after its last checkpoint.
+it. With ``resume = true`` the run in ``out-dir`` continues after its last checkpoint. With
+``secure-aggregation = true`` each round's training goes through SecAgg+ and the server gets
+only the mean of the sites' updates (``secure_aggregation.py``).
 """
 
 import math
@@ -30,9 +32,10 @@ from fl_server.model_store import save_model
 from fl_server.resume import read_metrics, resumed_run_config
 from fl_server.run_config import SYNTHETIC_SITE_SIZE, RunConfigError
 from fl_server.run_record import RunRecord, final_summary
+from fl_server.secure_aggregation import incompatibility, secure_train_round
 from fl_server.strategy import build_strategy, restore_strategy_state, strategy_state
 from fl_server.tensor_digest import arrays_sha256
-from fl_server.update_validation import array_spec
+from fl_server.update_validation import ArraySpec, array_spec
 from models import get_model_family
 
 app = ServerApp()
@@ -46,6 +49,8 @@ def main(grid: Grid, context: Context) -> None:
     if previous:
         cfg = resumed_run_config(cfg, previous)
     num_rounds = int(cfg["num-rounds"])
+    if problem := incompatibility(cfg):
+        raise RunConfigError(problem)
     data_dir = _simulation_data_dir(cfg, grid, out_dir)
     labels = read_labels(Path(str(cfg["labels-file"]) or Path(data_dir) / "labels.txt"))
     if previous and previous["labels"] != labels:
@@ -53,7 +58,7 @@ def main(grid: Grid, context: Context) -> None:
 
     family = get_model_family(str(cfg["model"]))
     torch.manual_seed(int(cfg["seed"]))
-    initial = ArrayRecord(family.build_model(len(labels)).state_dict())
+    initial = ArrayRecord(family.initial_model(labels).state_dict())
     spec = array_spec(initial)
 
     run_name = str(cfg["run-name"]) or f"flwr-{context.run_id}"
@@ -92,8 +97,9 @@ def main(grid: Grid, context: Context) -> None:
     stop_after = int(cfg["stop-after-round"])
     try:
         for server_round in range(done + 1, num_rounds + 1):
-            arrays = _run_round(strategy, grid, server_round, arrays, site_config,
-                                float(cfg["reply-timeout"]))
+            arrays = _run_round(strategy, grid, context, server_round, arrays, site_config,
+                                float(cfg["reply-timeout"]),
+                                spec if cfg["secure-aggregation"] else None)
             model = {key: array.numpy() for key, array in arrays.items()}
             audit("round", **record.doc["rounds"][-1], model_sha256=arrays_sha256(model))
             save_checkpoint(out_dir / "checkpoints", server_round, str(cfg["strategy"]),
@@ -126,17 +132,24 @@ def main(grid: Grid, context: Context) -> None:
 def _run_round(
     strategy: Strategy,
     grid: Grid,
+    context: Context,
     server_round: int,
     arrays: ArrayRecord,
     site_config: ConfigRecord,
     reply_timeout: float,
+    secure_spec: ArraySpec | None,
 ) -> ArrayRecord:
     """One round as Flower's ``Strategy.start`` runs it, for any round number (a resumed run
-    continues at its next round); returns the new global model."""
-    replies = grid.send_and_receive(
-        strategy.configure_train(server_round, arrays, site_config, grid), timeout=reply_timeout
-    )
-    aggregated, _ = strategy.aggregate_train(server_round, replies)
+    continues at its next round); returns the new global model. With ``secure_spec`` (the
+    model's spec) training goes through SecAgg+."""
+    asked = list(strategy.configure_train(server_round, arrays, site_config, grid))
+    if secure_spec is not None:
+        secure = secure_train_round(grid, context, server_round, asked, secure_spec,
+                                    reply_timeout)
+        aggregated, _ = strategy.aggregate_secure_train(server_round, secure)
+    else:
+        replies = grid.send_and_receive(asked, timeout=reply_timeout)
+        aggregated, _ = strategy.aggregate_train(server_round, replies)
     if aggregated is not None:
         arrays = aggregated
     replies = grid.send_and_receive(

@@ -12,6 +12,10 @@ before Flower's aggregation sees a reply:
   and never aggregated;
 * accepted replies are aggregated in a canonical order (by a digest of their parameters), so
   the result does not depend on the order replies arrived in, nor on the node ids.
+
+With secure aggregation (``secure_aggregation.py``) the server gets the mean of the updates, not
+the updates: ``aggregate_secure_train`` checks and records each site's metrics and hands the mean
+to Flower's aggregation (FedAvg keeps it, FedAdam steps from it).
 """
 
 from collections.abc import Callable, Iterable
@@ -22,6 +26,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedMedian, FedTrimmedAvg
 
 from fl_server.run_record import NO_REPLY, REJECTED, RunRecord
+from fl_server.secure_aggregation import SecureRound
 from fl_server.tensor_digest import arrays_sha256
 from fl_server.update_validation import (
     ARRAYS_KEY,
@@ -29,6 +34,7 @@ from fl_server.update_validation import (
     ArraySpec,
     InvalidReply,
     check_evaluate_reply,
+    check_secure_train_reply,
     check_train_reply,
 )
 
@@ -95,6 +101,39 @@ def build_strategy(
             if arrays is not None:
                 arrays = _with_dtypes(arrays, spec)
             return arrays, metrics
+
+        def aggregate_secure_train(
+            self, server_round: int, secure: SecureRound
+        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+            """A SecAgg+ round: each reply holds only its site's metrics, ``secure.aggregate``
+            the example-weighted mean of the updates of the sites that trained.
+
+            A site whose metrics fail the check cannot be taken out of the sum, so then the
+            round's mean is dropped and the global model stays as it was.
+            """
+            checked = [
+                _checked(sent, reply, reply_timeout,
+                         lambda reply: check_secure_train_reply(reply.content))
+                for sent, reply in zip(self.asked_train, secure.replies, strict=True)
+            ]
+            entry = record.record_train(server_round, checked, {})
+            entry["secure_aggregation"] = secure.summary
+            if any(c.has_error() and not r.has_error()
+                   for c, r in zip(checked, secure.replies, strict=True)):
+                secure.summary["dropped"] = ("a site in the sum was rejected; its update cannot "
+                                             "be taken out of the sum, so the sum was dropped")
+                return None, None
+            if secure.aggregate is None:
+                return None, None
+            accepted = [
+                _lean(Message(RecordDict({ARRAYS_KEY: secure.aggregate,
+                                          METRICS_KEY: reply.content[METRICS_KEY]}),
+                              reply_to=sent))
+                for sent, reply in zip(self.asked_train, checked, strict=True)
+                if not reply.has_error()
+            ]
+            arrays, metrics = super().aggregate_train(server_round, accepted)
+            return _with_dtypes(arrays, spec) if arrays is not None else None, metrics
 
         def configure_evaluate(
             self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid

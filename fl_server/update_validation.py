@@ -4,7 +4,9 @@ A training reply must carry exactly the model's exchanged parameters (same names
 dtypes as the global model), only finite values, the metrics aggregation uses, and (when
 ``max-update-norm`` > 0) an update whose L2 distance from the global model it was sent is
 within that bound. An evaluation reply must carry finite, in-range metrics. One bad reply is
-rejected and recorded; it never reaches the average, and never stops the round.
+rejected and recorded; it never reaches the average, and never stops the round. With secure
+aggregation a training reply reaches the server as metrics only (its update is in the masked
+sum), and only those can be checked.
 """
 
 import math
@@ -42,8 +44,7 @@ def check_train_reply(
     arrays = content.array_records.get(ARRAYS_KEY)
     if arrays is None:
         raise InvalidReply(f"{ARRAYS_KEY!r} is not an ArrayRecord")
-    _check_metrics(content, {"num-examples": _positive, "train-loss": _finite,
-                             "epsilon": _not_nan})
+    _check_metrics(content, TRAIN_METRIC_CHECKS)
     missing, unexpected = sorted(set(spec) - set(arrays)), sorted(set(arrays) - set(spec))
     if missing or unexpected:
         raise InvalidReply(f"wrong parameter names: missing {missing}, unexpected {unexpected}")
@@ -65,6 +66,13 @@ def check_train_reply(
     if max_update_norm > 0 and norm > max_update_norm:
         raise InvalidReply(f"update norm {norm:.4g} exceeds max-update-norm {max_update_norm:g}")
     return norm
+
+
+def check_secure_train_reply(content: RecordDict) -> None:
+    """Raise ``InvalidReply`` unless a SecAgg+ site's reply holds exactly its usable metrics."""
+    if set(content) != {METRICS_KEY}:
+        raise InvalidReply(f"expected only the record {METRICS_KEY!r}, got {sorted(content)}")
+    _check_metrics(content, TRAIN_METRIC_CHECKS)
 
 
 def check_evaluate_reply(content: RecordDict) -> None:
@@ -99,3 +107,6 @@ def _not_nan(value: float) -> bool:
 
 def _fraction(value: float) -> bool:
     return 0.0 <= value <= 1.0
+
+
+TRAIN_METRIC_CHECKS = {"num-examples": _positive, "train-loss": _finite, "epsilon": _not_nan}

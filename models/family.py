@@ -6,6 +6,8 @@ A model family splits the classifier into two parts:
   It is never fitted on site text, so it carries no information about any site's data.
 * ``build_model``: the trainable module on top of the features. Its full ``state_dict`` is what
   is trained under DP-SGD and exchanged with the server; nothing else leaves a site.
+* ``initial_model``: the module the server starts a run from, built from public information
+  only (the label names), never from site data.
 """
 
 from collections.abc import Callable
@@ -24,6 +26,7 @@ class ModelFamily:
     description: str
     featurize: Callable[[list[str], Path | None], torch.Tensor]
     build_model: Callable[[int], nn.Module]
+    initial_model: Callable[[list[str]], nn.Module]
 
 
 _FAMILIES = {
@@ -32,6 +35,7 @@ _FAMILIES = {
         description="frozen packaged all-MiniLM-L6-v2 sentence embeddings + trainable linear head",
         featurize=minilm_head.featurize,
         build_model=minilm_head.build_head,
+        initial_model=minilm_head.initial_head,
     ),
 }
 

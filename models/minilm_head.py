@@ -8,6 +8,7 @@ exchanges only the head (384 x labels weights plus biases).
 
 import hashlib
 import os
+import re
 from functools import lru_cache
 from pathlib import Path
 
@@ -19,6 +20,8 @@ ENCODER_ID = "sentence-transformers/all-MiniLM-L6-v2"
 EMBEDDING_DIM = 384
 MAX_TOKENS = 128
 ENCODE_BATCH = 64
+LABEL_PRIOR_SCALE = 10.0
+"""Length of each intent's weight row in the initial head (logit scale of the zero-shot prior)."""
 
 
 @lru_cache(maxsize=1)
@@ -91,3 +94,25 @@ def featurize(texts: list[str], cache_dir: Path | None) -> torch.Tensor:
 def build_head(num_labels: int) -> nn.Module:
     """The trainable and exchanged part: one linear layer over the sentence embedding."""
     return nn.Linear(EMBEDDING_DIM, num_labels)
+
+
+def label_phrase(label: str) -> str:
+    """An intent label as words: ``card_arrival`` -> ``card arrival``, ``banking.card_lost`` ->
+    ``banking card lost``."""
+    return " ".join(re.split(r"[\s_.\-/:]+", label)).strip()
+
+
+def initial_head(labels: list[str]) -> nn.Module:
+    """The head every run starts from: intent k's weight row is the embedding of label k's name.
+
+    That is a zero-shot classifier built only from the taxonomy, which is public to the run (the
+    server owns it), so it costs no privacy budget. DP-SGD then learns corrections to it instead
+    of everything from zero, which matters most at small epsilon: on BANKING77 the prior alone
+    scores 62%, and at epsilon 1 it lifts the federated result from about 40% to about 65%
+    (docs/BENCHMARKS.md).
+    """
+    head = build_head(len(labels))
+    with torch.no_grad():
+        head.weight.copy_(LABEL_PRIOR_SCALE * embed([label_phrase(label) for label in labels]))
+        head.bias.zero_()
+    return head

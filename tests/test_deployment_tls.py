@@ -27,7 +27,7 @@ from fl_server.deployment import (
     wait_superlink_healthy,
     write_connection,
 )
-from fl_server.local_simulation import _alive, _descendants_of_all, _free_port
+from fl_server.local_simulation import _alive, _free_port, descendants_of_all
 
 REPO = Path(__file__).resolve().parent.parent
 REGISTERED = site_names(3)
@@ -87,7 +87,7 @@ def deployment(tmp_path_factory):
             yield {"tmp": tmp, "creds": creds, "port": port, "superlink": superlink,
                    "log": tmp / "flower.log"}
         finally:
-            started = {p.pid for p in processes} | _descendants_of_all({p.pid for p in processes})
+            started = {p.pid for p in processes} | descendants_of_all({p.pid for p in processes})
             stop_process_trees(processes)
     assert not [pid for pid in started if _alive(pid)], "processes left behind"
 

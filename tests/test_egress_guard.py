@@ -16,6 +16,9 @@ from flwr.app import (
     MetricRecord,
     RecordDict,
 )
+from flwr.common import Code, FitRes, Parameters, Status, ndarray_to_bytes
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
+from flwr.compat.common.recorddict_compat import fitres_to_recorddict
 
 from fl_client.egress_guard import EGRESS_BLOCKED, SITE_ERROR, egress_guard
 from fl_server.run_config import DEFAULTS
@@ -155,3 +158,73 @@ def test_errors_pass_only_with_known_codes_and_short_reasons(ctx):
     long = egress_guard(msg, ctx, lambda m, c: Message(Error(code=SITE_ERROR, reason="x" * 600),
                                                        reply_to=m))
     assert long.error.code == EGRESS_BLOCKED
+
+
+def secagg_incoming(stage: str) -> Message:
+    msg = incoming("train")
+    msg.content[RECORD_KEY_CONFIGS] = ConfigRecord({Key.STAGE: stage})
+    return msg
+
+
+def masked_reply(shapes=None, **extra) -> RecordDict:
+    """A collect-masked-vectors reply as secaggplus_mod builds it from a plaintext reply."""
+    fitres = FitRes(Status(Code.OK, ""), Parameters([], ""), 10, {})
+    content = fitres_to_recorddict(fitres, keep_input=False)
+    content["fitres.parameters"].clear()  # as secaggplus_mod leaves it
+    content["metrics"] = MetricRecord({"num-examples": 10, "train-loss": 0.5, "epsilon": 1.5})
+    shapes = shapes or [(1,)] + [tuple(t.shape) for t in head_state().values()]
+    content[RECORD_KEY_CONFIGS] = ConfigRecord(
+        {Key.MASKED_PARAMETERS: [ndarray_to_bytes(np.zeros(s, np.int64)) for s in shapes]})
+    for name, record in extra.items():
+        content[name] = record
+    return content
+
+
+def protocol(**values) -> RecordDict:
+    return RecordDict({RECORD_KEY_CONFIGS: ConfigRecord(values)})
+
+
+def test_a_secure_aggregation_stage_sends_only_its_protocol_values(ctx):
+    for stage, content in [
+        (Stage.SETUP, protocol(**{Key.PUBLIC_KEY_1: b"k1", Key.PUBLIC_KEY_2: b"k2"})),
+        (Stage.SHARE_KEYS, protocol(**{Key.DESTINATION_LIST: [3, 4],
+                                       Key.CIPHERTEXT_LIST: [b"c", b"d"]})),
+        (Stage.COLLECT_MASKED_VECTORS, masked_reply()),
+        (Stage.UNMASK, protocol(**{Key.NODE_ID_LIST: [3], Key.SHARE_LIST: [b"s"]})),
+    ]:
+        assert not send(secagg_incoming(stage), ctx, content).has_error(), stage
+    log = egress_log(ctx)
+    assert [e["secure_aggregation_stage"] for e in log] == [
+        Stage.SETUP, Stage.SHARE_KEYS, Stage.COLLECT_MASKED_VECTORS, Stage.UNMASK]
+    assert all(e["verdict"] == "sent" and e["bytes"] > 0 for e in log)
+    assert log[2]["metrics"]["epsilon"] == 1.5 and "arrays" not in log[2]
+
+
+FORBIDDEN_SECAGG_REPLIES = {
+    "text beside the public keys": (Stage.SETUP, lambda: protocol(
+        **{Key.PUBLIC_KEY_1: b"k1", Key.PUBLIC_KEY_2: b"k2", "note": "my card 4111"})),
+    "a public key as text": (Stage.SETUP, lambda: protocol(
+        **{Key.PUBLIC_KEY_1: "4111 1111", Key.PUBLIC_KEY_2: b"k2"})),
+    "another stage's values": (Stage.UNMASK, lambda: protocol(
+        **{Key.PUBLIC_KEY_1: b"k1", Key.PUBLIC_KEY_2: b"k2"})),
+    "the plaintext update beside the masked one": (Stage.COLLECT_MASKED_VECTORS, lambda:
+        masked_reply(arrays=ArrayRecord(head_state()))),
+    "an extra masked array": (Stage.COLLECT_MASKED_VECTORS, lambda: masked_reply(
+        shapes=[(1,), (3, 384), (3,), (12,)])),
+    "a masked array of another shape": (Stage.COLLECT_MASKED_VECTORS, lambda: masked_reply(
+        shapes=[(1,), (384, 3), (3,)])),
+    "text in the legacy metrics": (Stage.COLLECT_MASKED_VECTORS, lambda: masked_reply(
+        **{"fitres.metrics": ConfigRecord({"utterance": "I lost my card"})})),
+    "a metric off the allow-list": (Stage.COLLECT_MASKED_VECTORS, lambda: masked_reply(
+        metrics=MetricRecord({"num-examples": 10, "customer-phone": 13812345678}))),
+}
+
+
+@pytest.mark.parametrize("case", sorted(FORBIDDEN_SECAGG_REPLIES))
+def test_forbidden_secure_aggregation_content_is_blocked(ctx, case):
+    stage, content = FORBIDDEN_SECAGG_REPLIES[case]
+    reply = send(secagg_incoming(stage), ctx, content())
+    assert reply.has_error() and reply.error.code == EGRESS_BLOCKED, case
+    assert "4111" not in reply.error.reason
+    [entry] = egress_log(ctx)
+    assert entry["verdict"].startswith("blocked")

@@ -55,3 +55,16 @@ def test_model_store_round_trip(tmp_path):
     assert torch.equal(loaded(x), head(x))
     save_model(tmp_path / "model", head.state_dict(), "minilm-head", ["a", "b", "c"], {})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
+def test_the_initial_head_is_a_zero_shot_classifier_from_label_names():
+    labels = ["card_arrival", "banking.lost_card", "exchange-rate", "top_up_failed"]
+    head = minilm.initial_head(labels)
+    phrases = ["card arrival", "banking lost card", "exchange rate", "top up failed"]
+    assert [minilm.label_phrase(label) for label in labels] == phrases
+    embeddings = minilm.embed(phrases)
+    assert torch.allclose(head.weight, minilm.LABEL_PRIOR_SCALE * embeddings, atol=1e-6)
+    assert torch.count_nonzero(head.bias) == 0
+    queries = minilm.embed(["where is my new card", "i lost my card",
+                                 "what rate for euros", "my top-up did not work"])
+    assert head(queries).argmax(dim=1).tolist() == [0, 1, 2, 3]

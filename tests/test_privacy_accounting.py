@@ -9,6 +9,7 @@ from opacus.data_loader import DPDataLoader
 from torch.utils.data import DataLoader, TensorDataset
 
 from fl_client.privacy_accounting import (
+    coalesce,
     epsilon_spent,
     plan_noise_multiplier,
     steps_per_round,
@@ -73,6 +74,19 @@ def test_heterogeneous_history_composes():
     mixed = epsilon_spent([(2.0, rate, steps), (0.8, rate, steps)], 1e-5, "rdp")
     assert mixed > low
     assert epsilon_spent([], 1e-5, "prv") == 0.0
+
+
+@pytest.mark.parametrize("accountant", ["prv", "rdp"])
+def test_merging_equal_releases_changes_no_epsilon(accountant):
+    """Rounds of the same mechanism are merged before accounting: the result must be exactly
+    the composition of the unmerged history, as an accountant fed round by round computes it."""
+    history = [(3.8, 1.0, 1)] * 12 + [(1.2, 0.05, 20)] * 3 + [(3.8, 1.0, 2), (0.9, 0.05, 20)]
+    merged = coalesce(history)
+    assert sorted(merged) == [(0.9, 0.05, 20), (1.2, 0.05, 60), (3.8, 1.0, 14)]
+    independent = PRVAccountant() if accountant == "prv" else RDPAccountant()
+    independent.history = list(history)
+    assert epsilon_spent(history, 1e-5, accountant) == pytest.approx(
+        independent.get_epsilon(delta=1e-5), rel=1e-6)
 
 
 def test_unknown_accountant_is_refused():

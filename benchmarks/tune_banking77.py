@@ -1,0 +1,138 @@
+"""Choose the per-epsilon training settings without ever looking at a test split.
+
+Usage (about 30 minutes on 2 cores):
+
+    python benchmarks/tune_banking77.py ../shared/datasets/banking77 --out tuning.csv
+
+The dataset's ``train.csv`` is partitioned exactly as ``fedintent bench`` does (10 sites,
+Dirichlet alpha 0.5, partition seed 0); 15% of every site's training rows are held out as a
+validation split, and ``test.csv`` is never read. Each candidate is trained in-process with the
+project's own code: the model family's initial model, ``fl_client.dp_training.train_locally``
+(Opacus DP-SGD, noise planned per site by ``plan_noise_multiplier`` exactly as a site plans it)
+and example-weighted FedAvg, which is what Flower's FedAvg computes. Federated candidates are
+scored on the pooled validation rows, pooled-data (central DP) candidates the same way. The best
+candidate per epsilon becomes ``fl_server.run_config.TUNED_SETTINGS`` and
+``fedintent.bench.sweep.CENTRAL_DP_RECIPES``.
+"""
+
+import argparse
+import csv
+import math
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from data_synth.partition import partition_csv_dataset
+from fedintent.bench.baselines import DELTA, Recipe, train_and_score
+from fl_client.dp_training import TrainingPlan, evaluate, train_locally
+from fl_client.privacy_accounting import plan_noise_multiplier, steps_per_round
+from fl_client.site_data import list_site_dirs, load_site, read_labels
+from models import get_model_family
+
+MODEL = "minilm-head"
+VALIDATION_SHARE = 0.15
+FULL_BATCH = 4096
+FEDERATED_GRID = {
+    1.0: [(10, 1, FULL_BATCH, 16.0), (20, 1, FULL_BATCH, 24.0), (30, 1, FULL_BATCH, 16.0)],
+    3.0: [(40, 1, FULL_BATCH, 48.0), (40, 1, FULL_BATCH, 64.0), (60, 1, FULL_BATCH, 32.0)],
+    8.0: [(10, 3, 64, 8.0), (40, 1, FULL_BATCH, 64.0), (40, 1, FULL_BATCH, 96.0),
+          (60, 1, FULL_BATCH, 64.0)],
+    math.inf: [(20, 3, 64, 32.0), (40, 3, 64, 16.0)],
+}
+"""(rounds, local epochs, batch size, learning rate) candidates per epsilon; clip norm 1."""
+CENTRAL_DP_GRID = [Recipe(40, 1024, 16.0, 1.0), Recipe(40, 1024, 64.0, 1.0),
+                   Recipe(20, 1024, 32.0, 1.0), Recipe(40, 16384, 96.0, 1.0)]
+
+
+def federated_accuracy(sites, labels, val, epsilon, candidate, seed) -> float:
+    """Example-weighted FedAvg over in-process sites, each training with DP-SGD as in a run."""
+    rounds, local_epochs, batch_size, learning_rate = candidate
+    family = get_model_family(MODEL)
+    global_model = family.initial_model(labels)
+    plans = []
+    for _, targets in sites:
+        noise = None
+        if math.isfinite(epsilon):
+            rate, steps = steps_per_round(len(targets), batch_size, local_epochs)
+            noise = plan_noise_multiplier(epsilon, DELTA, rate, steps * rounds, "prv")
+        plans.append(TrainingPlan(noise, 1.0, batch_size, local_epochs, learning_rate))
+    for server_round in range(rounds):
+        total = sum(len(targets) for _, targets in sites)
+        averaged = {k: torch.zeros_like(v) for k, v in global_model.state_dict().items()}
+        for index, ((features, targets), plan) in enumerate(zip(sites, plans, strict=True)):
+            local = family.build_model(len(labels))
+            local.load_state_dict(global_model.state_dict())
+            train_locally(local, features, targets, plan, seed=seed * 100_000 + server_round * 100
+                          + index)
+            for key, value in local.state_dict().items():
+                averaged[key] += value * (len(targets) / total)
+        global_model.load_state_dict(averaged)
+    return evaluate(global_model, *val)[1]
+
+
+def split_sites(data_dir: Path, labels: list[str], seed: int):
+    """Each site's training rows minus a validation share; the pooled validation rows."""
+    family = get_model_family(MODEL)
+    rng = np.random.default_rng(seed)
+    sites, val_x, val_y = [], [], []
+    for site_dir in list_site_dirs(data_dir):
+        site = load_site(site_dir, labels)
+        features = family.featurize(site.train.texts, data_dir / ".features")
+        targets = torch.tensor(site.train.labels, dtype=torch.long)
+        order = torch.from_numpy(rng.permutation(len(targets)))
+        held = int(len(targets) * VALIDATION_SHARE)
+        sites.append((features[order[held:]], targets[order[held:]]))
+        val_x.append(features[order[:held]])
+        val_y.append(targets[order[:held]])
+    return sites, (torch.cat(val_x), torch.cat(val_y))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("data", type=Path, help="folder with train.csv (test.csv is not read)")
+    parser.add_argument("--out", type=Path, default=Path("tuning.csv"))
+    parser.add_argument("--sites", type=int, default=10)
+    parser.add_argument("--alpha", type=float, default=0.5)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory() as tmp:
+        train_only = Path(tmp) / "source"
+        train_only.mkdir()
+        (train_only / "train.csv").write_bytes((args.data / "train.csv").read_bytes())
+        (train_only / "test.csv").write_text("text,label\n", encoding="utf-8")
+        data_dir = Path(tmp) / "sites"
+        partition_csv_dataset(train_only, data_dir, args.sites, 0, alpha=args.alpha)
+        labels = read_labels(data_dir / "labels.txt")
+        sites, val = split_sites(data_dir, labels, args.seed)
+        rows = []
+        for epsilon, candidates in FEDERATED_GRID.items():
+            for candidate in candidates:
+                started = time.monotonic()
+                accuracy = federated_accuracy(sites, labels, val, epsilon, candidate, args.seed)
+                rows.append(("federated", epsilon, *candidate, accuracy))
+                print(f"federated eps={epsilon:g} rounds,epochs,batch,lr={candidate}: "
+                      f"val {accuracy:.4f} ({time.monotonic() - started:.0f} s)", flush=True)
+        pooled = (torch.cat([x for x, _ in sites]), torch.cat([y for _, y in sites]))
+        for epsilon in (1.0, 3.0, 8.0):
+            for recipe in CENTRAL_DP_GRID:
+                accuracy = train_and_score(MODEL, labels, *pooled, *val, epsilon, recipe,
+                                           args.seed)
+                rows.append(("central-dp", epsilon, recipe.epochs, "-", recipe.batch_size,
+                             recipe.learning_rate, accuracy))
+                print(f"central-dp eps={epsilon:g} {recipe}: val {accuracy:.4f}", flush=True)
+    with open(args.out, "w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(("method", "epsilon", "rounds_or_epochs", "local_epochs", "batch_size",
+                         "learning_rate", "val_accuracy"))
+        writer.writerows(rows)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

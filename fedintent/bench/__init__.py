@@ -1,0 +1,1 @@
+"""``fedintent bench``: accuracy against epsilon for federated DP training and its baselines."""

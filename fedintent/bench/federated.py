@@ -1,0 +1,178 @@
+"""One federated cell of the sweep: a real Flower simulation, scored on the held-out test split.
+
+The run goes through exactly the code path of ``fedintent train`` (private SuperLink, ``flwr
+run``, the project's ServerApp and ClientApp, DP-SGD and privacy ledgers at the sites), with
+fresh site state folders per cell, so every cell starts with an empty ledger. Only the feature
+cache is shared between cells: it holds embeddings of the sites' own text, computed by the same
+code every site runs.
+
+Performance figures recorded for every run:
+* wall time of the whole run and time per round (from the moment each round appears in
+  ``metrics.json``);
+* bytes uploaded per site per round: the exchanged arrays' payload, read back from the sites'
+  egress logs (what the egress guard let leave the site);
+* peak memory: the largest total resident memory of this process and all its descendants
+  (SuperLink, simulation, Ray workers), sampled every half second;
+* local training samples/s with and without DP on the same data (the largest site), timed
+  in-process with the run's own training plan.
+"""
+
+import json
+import math
+import os
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import torch
+
+from fl_client.dp_training import TrainingPlan, train_locally
+from fl_client.egress_guard import EGRESS_LOG
+from fl_server.local_simulation import descendants_of_all, run_simulation
+from fl_server.model_store import load_model
+from fl_server.run_config import check_run_config
+
+PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
+MIN_TIMING_SECONDS = 1.0
+
+
+def run_federated(
+    data_dir: Path,
+    cell_dir: Path,
+    feature_cache: Path,
+    num_sites: int,
+    settings: dict,
+    seed: int,
+    test_features: torch.Tensor,
+    test_labels: torch.Tensor,
+    largest_site: tuple[torch.Tensor, torch.Tensor],
+) -> dict:
+    """Train over ``num_sites`` simulated sites with the run config ``settings``; return the
+    test accuracy and the performance figures."""
+    state_root = cell_dir / "state"
+    for index in range(num_sites):
+        site_state = state_root / f"site-{index:02d}"
+        site_state.mkdir(parents=True, exist_ok=True)
+        if not (site_state / "features").exists():
+            (site_state / "features").symlink_to(feature_cache.resolve(), target_is_directory=True)
+    out_dir = cell_dir / "run"
+    run_config = check_run_config(
+        settings
+        | {
+            "data-dir": str(data_dir.resolve()),
+            "labels-file": str((data_dir / "labels.txt").resolve()),
+            "out-dir": str(out_dir.resolve()),
+            "run-name": f"bench-{cell_dir.name}-{uuid.uuid4().hex[:8]}",
+            "state-dir": str(state_root.resolve()),
+            "min-sites": num_sites,
+            "seed": seed,
+        }
+    )
+    round_times: list[float] = []
+    memory = _PeakMemory()
+    started = time.monotonic()
+    with memory:
+        metrics = run_simulation(
+            run_config,
+            num_sites=num_sites,
+            metrics_path=out_dir / "metrics.json",
+            log_path=out_dir / "logs" / "flower.log",
+            on_round=lambda entry: round_times.append(time.monotonic()),
+        )
+    wall = time.monotonic() - started
+    model, _, _ = load_model(out_dir / "model")
+    with torch.no_grad():
+        accuracy = (model(test_features).argmax(1) == test_labels).float().mean().item()
+    per_round = [b - a for a, b in zip([started, *round_times], round_times, strict=False)]
+    return {
+        "accuracy": accuracy,
+        "site_eval_accuracy": metrics["final"].get("accuracy"),
+        "max_site_epsilon": max(
+            (entry.get("max_epsilon") or 0.0) for entry in metrics["rounds"]
+        ) if math.isfinite(float(settings["target-epsilon"])) else math.inf,
+        "wall_seconds": wall,
+        "seconds_per_round": sum(per_round[1:]) / max(len(per_round) - 1, 1),
+        "first_round_seconds": per_round[0] if per_round else None,
+        "upload_bytes_per_site_round": _upload_bytes_per_site_round(state_root),
+        "peak_memory_mib": memory.peak_bytes / 2**20,
+        **_training_throughput(largest_site, settings, metrics, seed),
+    }
+
+
+def _upload_bytes_per_site_round(state_root: Path) -> float:
+    """Mean array payload of the train replies the sites' egress guards let out."""
+    sizes = []
+    for log in state_root.glob(f"*/{EGRESS_LOG}"):
+        for line in log.read_text(encoding="utf-8").splitlines():
+            entry = json.loads(line)
+            if entry.get("message") == "train" and entry.get("verdict") == "sent":
+                sizes.append(sum(array["bytes"] for array in entry.get("arrays", [])))
+    return sum(sizes) / len(sizes) if sizes else 0.0
+
+
+def _training_throughput(site: tuple[torch.Tensor, torch.Tensor], settings: dict,
+                         metrics: dict, seed: int) -> dict:
+    """Local training samples/s on one site's data, with the run's DP noise and without DP."""
+    features, labels = site
+    noise = _run_noise_multiplier(metrics)
+    result = {}
+    for name, noise_multiplier in (("dp", noise), ("no_dp", None)):
+        if name == "dp" and noise_multiplier is None:
+            result["samples_per_second_dp"] = None
+            continue
+        plan = TrainingPlan(
+            noise_multiplier=noise_multiplier,
+            clip_norm=float(settings["clip-norm"]),
+            batch_size=int(settings["batch-size"]),
+            local_epochs=int(settings["local-epochs"]),
+            learning_rate=float(settings["learning-rate"]),
+        )
+        seen, started = 0, time.perf_counter()
+        while time.perf_counter() - started < MIN_TIMING_SECONDS:
+            model = torch.nn.Linear(features.shape[1], int(labels.max()) + 1)
+            train_locally(model, features, labels, plan, seed=seed)
+            seen += len(labels) * plan.local_epochs
+        result[f"samples_per_second_{name}"] = seen / (time.perf_counter() - started)
+    return result
+
+
+def _run_noise_multiplier(metrics: dict) -> float | None:
+    """The noise multiplier the largest site trained with (None for a non-private run)."""
+    sites = [site for entry in metrics["rounds"] for site in entry.get("sites", {}).values()
+             if isinstance(site, dict) and site.get("noise_multiplier")]
+    if not sites:
+        return None
+    return float(max(sites, key=lambda site: site["num_examples"])["noise_multiplier"])
+
+
+class _PeakMemory:
+    """Samples the resident memory of this process tree in a background thread."""
+
+    def __init__(self, interval: float = 0.5) -> None:
+        self.interval = interval
+        self.peak_bytes = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def __enter__(self) -> "_PeakMemory":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _sample(self) -> None:
+        me = os.getpid()
+        while not self._stop.is_set():
+            total = sum(_rss(pid) for pid in {me} | descendants_of_all({me}))
+            self.peak_bytes = max(self.peak_bytes, total)
+            self._stop.wait(self.interval)
+
+
+def _rss(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE_BYTES
+    except (OSError, IndexError, ValueError):
+        return 0

@@ -1,0 +1,183 @@
+"""The ``fedintent bench`` sweep: partition once, then every (method, epsilon, seed) cell.
+
+Per epsilon, the federated runs use ``fedintent train``'s tuned settings for that epsilon
+(``fl_server.run_config.TUNED_SETTINGS``). Local-only sites train with the same settings for the
+same number of passes (rounds x local epochs); central DP and central non-private train on the
+pooled data with their own recipes below.
+Every method starts from the same label-name prior (``models``' ``initial_model``).
+"""
+
+import json
+import math
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from data_synth.partition import partition_csv_dataset
+from fedintent.bench.baselines import Recipe, tfidf_accuracy, train_and_score
+from fedintent.bench.cells import (
+    CENTRAL,
+    CENTRAL_DP,
+    FEDERATED,
+    LOCAL_ONLY,
+    TFIDF,
+    load_cell,
+    save_cell,
+    sweep_cells,
+)
+from fedintent.bench.federated import run_federated
+from fedintent.bench.report import write_outputs
+from fl_client.site_data import list_site_dirs, load_site, read_labels
+from fl_server.atomic_write import write_bytes_atomic
+from fl_server.run_config import DEFAULTS, tuned_epsilon, tuned_settings
+from models import get_model_family
+
+RUN_SETTINGS = (
+    "target-epsilon", "model", "strategy", "num-rounds", "local-epochs", "batch-size",
+    "learning-rate", "clip-norm", "accountant", "privacy-unit", "delta",
+)
+"""The run-config keys a sweep fixes per epsilon (recorded in bench.json and the report)."""
+
+CENTRAL_DP_RECIPES = {
+    1.0: Recipe(epochs=40, batch_size=16384, learning_rate=96.0, clip_norm=1.0),
+    3.0: Recipe(epochs=40, batch_size=1024, learning_rate=16.0, clip_norm=1.0),
+    8.0: Recipe(epochs=40, batch_size=1024, learning_rate=64.0, clip_norm=1.0),
+}
+CENTRAL_RECIPE = Recipe(epochs=30, batch_size=64, learning_rate=16.0, clip_norm=1.0)
+"""Pooled-data training, chosen like the federated settings on a validation split of
+BANKING77's training rows (docs/BENCHMARKS.md); an epsilon between rows uses the row below it."""
+
+
+@dataclass(frozen=True)
+class BenchSpec:
+    """What a sweep measures; a resumed sweep must have the same spec."""
+
+    data: str
+    sites: int
+    alpha: float
+    epsilons: list[float]
+    seeds: int
+    partition_seed: int
+    model: str = DEFAULTS["model"]
+    rounds: int | None = None
+    """Overrides every epsilon's tuned number of rounds (quick looks and tests)."""
+
+
+def run_bench(spec: BenchSpec, out_dir: Path) -> list[dict]:
+    """Run (or finish) the sweep in ``out_dir``; return every cell's result."""
+    out_dir = Path(out_dir)
+    settings = {_eps_key(eps): _federated_settings(eps, spec) for eps in spec.epsilons}
+    record = asdict(spec) | {"settings": settings}
+    _check_same_spec(out_dir, record)
+    data_dir = out_dir / "data"
+    if not (data_dir / "manifest.json").exists():
+        print(f"partitioning {spec.data} into {spec.sites} sites (alpha {spec.alpha:g})")
+        partition_csv_dataset(Path(spec.data), data_dir, spec.sites, spec.partition_seed,
+                              alpha=spec.alpha)
+    labels = read_labels(data_dir / "labels.txt")
+    cache = out_dir / "cache" / "features"
+    print("embedding every site's text (cached for later runs)")
+    sites = [load_site(site_dir, labels) for site_dir in list_site_dirs(data_dir)]
+    family = get_model_family(spec.model)
+    tensors = [_features(site.train, family, cache) for site in sites]
+    test_x, test_y = _pooled([_features(site.test, family, cache) for site in sites])
+    pooled = _pooled(tensors)
+    largest = max(tensors, key=lambda t: len(t[1]))
+
+    cells = sweep_cells(spec.epsilons, spec.seeds)
+    results = [r for r in (load_cell(out_dir, cell) for cell in cells) if r is not None]
+    todo = [cell for cell in cells if load_cell(out_dir, cell) is None]
+    if results:
+        print(f"resuming: {len(results)} of {len(cells)} cells already done")
+    progress = tqdm(todo, desc="bench", unit="cell", dynamic_ncols=True)
+    for cell in progress:
+        progress.set_postfix_str(cell.id)
+        started = time.monotonic()
+        settings_eps = settings[_eps_key(cell.epsilon)] if cell.method != TFIDF else {}
+        if cell.method == FEDERATED:
+            result = run_federated(
+                data_dir, out_dir / "runs" / cell.id, cache, len(sites), settings_eps, cell.seed,
+                test_x, test_y, largest,
+            )
+        elif cell.method in (CENTRAL, CENTRAL_DP):
+            recipe = (
+                CENTRAL_DP_RECIPES[tuned_epsilon(cell.epsilon, CENTRAL_DP_RECIPES)]
+                if cell.method == CENTRAL_DP else CENTRAL_RECIPE
+            )
+            result = {"accuracy": train_and_score(
+                spec.model, labels, *pooled, test_x, test_y, cell.epsilon, recipe, cell.seed)}
+        elif cell.method == LOCAL_ONLY:
+            per_site = [
+                train_and_score(spec.model, labels, x, y, test_x, test_y, cell.epsilon,
+                                _recipe(settings_eps), cell.seed)
+                for x, y in tensors
+            ]
+            result = {"accuracy": statistics.fmean(per_site), "site_accuracies": per_site}
+        else:
+            result = {"accuracy": tfidf_accuracy(
+                [t for site in sites for t in site.train.texts],
+                [y for site in sites for y in site.train.labels],
+                [t for site in sites for t in site.test.texts],
+                [y for site in sites for y in site.test.labels], cell.seed)}
+        result["seconds"] = time.monotonic() - started
+        save_cell(out_dir, cell, result)
+        results.append(load_cell(out_dir, cell))
+        write_outputs(out_dir, record, results)
+        tqdm.write(f"{cell.id}: accuracy {result['accuracy']:.4f} "
+                   f"({result['seconds']:.0f} s)")
+    write_outputs(out_dir, record, results)
+    return results
+
+
+def _federated_settings(epsilon: float, spec: BenchSpec) -> dict:
+    settings = DEFAULTS | tuned_settings(epsilon) | {"target-epsilon": epsilon, "model": spec.model}
+    if spec.rounds is not None:
+        settings["num-rounds"] = spec.rounds
+    return {key: settings[key] for key in RUN_SETTINGS}
+
+
+def _recipe(settings: dict) -> Recipe:
+    """The in-process equivalent of a federated run's per-site training."""
+    return Recipe(
+        epochs=int(settings["num-rounds"]) * int(settings["local-epochs"]),
+        batch_size=int(settings["batch-size"]),
+        learning_rate=float(settings["learning-rate"]),
+        clip_norm=float(settings["clip-norm"]),
+    )
+
+
+def _features(split, family, cache: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    return family.featurize(split.texts, cache), torch.tensor(split.labels, dtype=torch.long)
+
+
+def _pooled(parts: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.cat([x for x, _ in parts]), torch.cat([y for _, y in parts])
+
+
+def _eps_key(epsilon: float) -> str:
+    return "inf" if math.isinf(epsilon) else f"{epsilon:g}"
+
+
+def _check_same_spec(out_dir: Path, record: dict) -> None:
+    """A sweep folder holds one sweep: refuse to mix cells of different specs or settings."""
+    path = out_dir / "bench.json"
+    wanted = json.loads(json.dumps(record, default=str).replace("Infinity", '"inf"'))
+    if path.exists():
+        try:
+            existing = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as err:
+            raise ValueError(f"{path}: unreadable ({err})") from err
+        same = {k: existing.get(k) for k in ("data", "sites", "alpha", "partition_seed", "model",
+                                              "settings")}
+        if same != {k: wanted[k] for k in same}:
+            raise ValueError(
+                f"{out_dir} holds a sweep with different data, partition, model or settings "
+                f"({path}); use a new --out, or delete it"
+            )
+        wanted = existing | {"epsilons": wanted["epsilons"], "seeds": wanted["seeds"]}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_bytes_atomic(path, (json.dumps(wanted, indent=2) + "\n").encode())

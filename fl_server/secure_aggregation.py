@@ -1,0 +1,250 @@
+"""Secure aggregation (``secure-aggregation = true``): the server learns the example-weighted mean
+of a round's site updates, never one site's update.
+
+Flower 1.41 implements SecAgg+ only for its legacy strategy API: ``SecAggPlusWorkflow`` runs a
+round's four stages (setup, share keys, collect masked vectors, unmask) against a
+``LegacyContext`` holding a legacy ``Strategy``. fedintent keeps its own round loop: each
+training round runs one ``SecAggPlusWorkflow`` over the sites fedintent's strategy asked, with a
+stand-in legacy strategy that only selects those sites and keeps the unmasked mean, and hands
+the mean to fedintent's strategy (FedAvg takes it as the new model, FedAdam takes its server step
+from it). Evaluation, the run record, checkpoints and the audit log work as in a plain round.
+The site's side is ``fl_client/secure_aggregation.py``.
+
+What the server then cannot do is check or record anything about one site's update: the
+strategies that need every update (trimmed mean, median) and the per-update norm bound
+(``max-update-norm``) are refused, and ``metrics.json`` holds no per-site update norm.
+"""
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, RecordDict
+from flwr.common import FitIns, FitRes, Parameters, Scalar, parameters_to_ndarrays
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
+from flwr.server import LegacyContext
+from flwr.server.client_manager import ClientManager
+from flwr.server.client_proxy import ClientProxy
+from flwr.server.compat.grid_client_proxy import GridClientProxy
+from flwr.server.strategy import Strategy as LegacyStrategy
+from flwr.server.workflow import SecAggPlusWorkflow
+from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD
+from flwr.server.workflow.constant import Key as WorkflowKey
+from flwr.serverapp import Grid
+
+from fl_server.run_record import NO_REPLY
+from fl_server.update_validation import ARRAYS_KEY, METRICS_KEY, ArraySpec
+
+STRATEGIES = ("fedavg", "fedadam")
+"""Strategies that need only the mean of the updates."""
+MIN_SITES = 3
+"""Fewest sites in any unmasked sum: with two, each site learns the other's update from it."""
+CLIPPING_RANGE = 64.0
+MAX_WEIGHT = 10_000.0
+"""A site sends each parameter times its weight, ``num-examples / MAX_WEIGHT``, clipped to
+``CLIPPING_RANGE``; a site whose largest weighted parameter exceeds it refuses instead (it would
+be clipped): 10 000 examples with parameters up to 64, or 64 000 with parameters up to 10. The
+quantization error per coordinate grows with CLIPPING_RANGE x MAX_WEIGHT (about 0.3 / the mean
+number of examples per site); below MAX_WEIGHT examples, Flower does not warn a site of a
+possible overflow."""
+QUANTIZATION_RANGE = 2**22
+MODULUS_RANGE = 2**32
+"""Flower's defaults: values are quantized to 22 bits and masked modulo 2**32, so the sum holds
+at most 2**10 - 1 sites and 2**10 x MAX_WEIGHT training examples in all; beyond, it wraps."""
+MAX_SITES = MODULUS_RANGE // QUANTIZATION_RANGE - 1
+
+
+def incompatibility(cfg: dict) -> str | None:
+    """Why this run configuration cannot run with secure aggregation; None when it can."""
+    if not cfg["secure-aggregation"]:
+        return None
+    if cfg["strategy"] not in STRATEGIES:
+        return (f"secure-aggregation: strategy {cfg['strategy']!r} needs every site's update, "
+                f"which the server never sees with secure aggregation; use "
+                f"{' or '.join(STRATEGIES)}")
+    if float(cfg["max-update-norm"]) > 0:
+        return ("secure-aggregation: max-update-norm bounds each site's update, which the "
+                "server never sees with secure aggregation; set it to 0")
+    if int(cfg["min-sites"]) < MIN_SITES:
+        return (f"secure-aggregation needs at least {MIN_SITES} sites (min-sites >= "
+                f"{MIN_SITES}): with two, each site learns the other's update from the sum; "
+                f"got min-sites {cfg['min-sites']}")
+    return None
+
+
+def reconstruction_threshold(num_sites: int) -> int:
+    """Sites whose key shares unmask a round: two thirds of those asked, and at least
+    ``MIN_SITES``. Fewer than this many colluding with the server learn nothing more than the
+    sum; more than ``num_sites`` minus this many dropping out stops the round."""
+    return max(MIN_SITES, math.ceil(2 * num_sites / 3))
+
+
+@dataclass
+class SecureRound:
+    replies: list[Message]
+    """One per site asked: its metrics (it trained and its update is in the sum) or its error."""
+    aggregate: ArrayRecord | None
+    """The example-weighted mean of the summed updates; None when the protocol stopped."""
+    summary: dict
+    """Sites asked and summed, the reconstruction threshold, why the protocol stopped."""
+
+
+def secure_train_round(
+    grid: Grid,
+    context: Context,
+    server_round: int,
+    asked: list[Message],
+    spec: ArraySpec,
+    timeout: float,
+) -> SecureRound:
+    """Train on the sites ``asked`` (as fedintent's strategy configured them) through SecAgg+."""
+    by_node = {msg.metadata.dst_node_id: msg for msg in asked}
+    if len(by_node) > MAX_SITES:
+        raise RuntimeError(f"secure aggregation sums at most {MAX_SITES} sites in a round; "
+                           f"{len(by_node)} are connected")
+    threshold = reconstruction_threshold(len(by_node))
+    relay = _Relay(grid, by_node)
+    collector = _Collector([GridClientProxy(node, grid, context.run_id) for node in by_node])
+    legacy = LegacyContext(
+        Context(context.run_id, context.node_id, {}, RecordDict(), dict(context.run_config)),
+        strategy=collector,
+    )
+    legacy.state.config_records[MAIN_CONFIGS_RECORD] = ConfigRecord(
+        {WorkflowKey.CURRENT_ROUND: server_round}
+    )
+    legacy.state.array_records[MAIN_PARAMS_RECORD] = ArrayRecord()
+    SecAggPlusWorkflow(
+        num_shares=1.0,  # every site holds a share of every other site's keys
+        reconstruction_threshold=threshold / len(by_node),
+        max_weight=MAX_WEIGHT,
+        clipping_range=CLIPPING_RANGE,
+        quantization_range=QUANTIZATION_RANGE,
+        modulus_range=MODULUS_RANGE,
+        timeout=timeout,
+    )(relay, legacy)
+
+    aggregate = None
+    if collector.mean is not None:
+        names = list(next(iter(by_node.values())).content[ARRAYS_KEY].keys())
+        aggregate = ArrayRecord({
+            name: Array(np.asarray(values, dtype=spec[name][1]))
+            for name, values in zip(names, parameters_to_ndarrays(collector.mean), strict=True)
+        })
+    halted = None if aggregate is not None else relay.halted(threshold)
+    replies = [relay.outcome(node, sent, halted) for node, sent in by_node.items()]
+    summary = {
+        "sites_asked": len(by_node),
+        "reconstruction_threshold": threshold,
+        "sites_summed": len(relay.trained) if aggregate is not None else 0,
+        "halted": halted,
+    }
+    return SecureRound(replies, aggregate, summary)
+
+
+class _Relay:
+    """The grid as ``SecAggPlusWorkflow`` uses it, between the workflow and the sites.
+
+    Every message the workflow sends a site also carries the site config fedintent's strategy
+    gave that site (labels, run name, round, and in a simulation the data folder), and the
+    masked-update stage carries the global model as ``arrays``, as a plain train message does;
+    the workflow's own legacy copy of them goes. Every reply is kept, so each site's outcome
+    can be recorded.
+    """
+
+    def __init__(self, grid: Grid, asked: dict[int, Message]) -> None:
+        self.grid = grid
+        self.asked = asked
+        self.trained: dict[int, Message] = {}
+        self.errors: dict[int, Error] = {}
+        self.answered: dict[str, int] = {}
+
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]:
+        messages = list(messages)
+        stage = ""
+        for msg in messages:
+            sent = self.asked[msg.metadata.dst_node_id].content
+            protocol = msg.content[RECORD_KEY_CONFIGS]
+            stage = str(protocol[Key.STAGE])
+            content = {RECORD_KEY_CONFIGS: protocol, "config": sent["config"]}
+            if stage == Stage.COLLECT_MASKED_VECTORS:
+                content[ARRAYS_KEY] = sent[ARRAYS_KEY]
+            msg.content = RecordDict(content)
+        replies = list(self.grid.send_and_receive(messages, timeout=timeout))
+        by_id = {reply.metadata.reply_to_message_id: reply for reply in replies}
+        for msg in messages:
+            node, reply = msg.metadata.dst_node_id, by_id.get(msg.metadata.message_id)
+            if reply is None:
+                self.errors[node] = Error(NO_REPLY, f"no reply within {timeout:g}s "
+                                                    f"(secure aggregation stage {stage})")
+            elif reply.has_error():
+                self.errors[node] = reply.error
+            elif stage == Stage.COLLECT_MASKED_VECTORS:
+                self.trained[node] = reply
+        self.answered[stage] = sum(1 for reply in replies if not reply.has_error())
+        return replies
+
+    def halted(self, threshold: int) -> str:
+        """Why the workflow stopped without a sum."""
+        short = [stage for stage, count in self.answered.items() if count < threshold]
+        if short:
+            return (f"only {self.answered[short[0]]} sites answered secure aggregation stage "
+                    f"{short[0]}; {threshold} are needed to unmask the sum")
+        return "secure aggregation stopped without a sum (see the server log)"
+
+    def outcome(self, node: int, sent: Message, halted: str | None) -> Message:
+        """The site's reply as the run record takes it: its metrics, or why it has none."""
+        if node in self.trained:
+            metrics = self.trained[node].content[METRICS_KEY]
+            return Message(RecordDict({METRICS_KEY: metrics}), reply_to=sent)
+        error = self.errors.get(node) or Error(
+            NO_REPLY, f"did not train: {halted or 'secure aggregation went on without it'}"
+        )
+        return Message(error, reply_to=sent)
+
+
+class _Collector(LegacyStrategy):
+    """The legacy strategy ``SecAggPlusWorkflow`` needs: it selects the sites fedintent's
+    strategy asked and keeps the unmasked mean; fedintent's strategy does the rest."""
+
+    def __init__(self, proxies: list[ClientProxy]) -> None:
+        self.proxies = proxies
+        self.mean: Parameters | None = None
+
+    def initialize_parameters(self, client_manager: ClientManager) -> Parameters | None:
+        return None
+
+    def configure_fit(
+        self, server_round: int, parameters: Parameters, client_manager: ClientManager
+    ) -> list[tuple[ClientProxy, FitIns]]:
+        # the relay replaces these with fedintent's own train message content
+        return [(proxy, FitIns(Parameters([], ""), {})) for proxy in self.proxies]
+
+    def aggregate_fit(
+        self,
+        server_round: int,
+        results: list[tuple[ClientProxy, FitRes]],
+        failures: list[Any],
+    ) -> tuple[Parameters | None, dict[str, Scalar]]:
+        # SecAggPlusWorkflow has set every result's parameters to the unmasked weighted mean
+        if results:
+            self.mean = results[0][1].parameters
+        return self.mean, {}
+
+    def configure_evaluate(
+        self, server_round: int, parameters: Parameters, client_manager: ClientManager
+    ) -> list:
+        return []
+
+    def aggregate_evaluate(
+        self, server_round: int, results: list, failures: list
+    ) -> tuple[float | None, dict[str, Scalar]]:
+        return None, {}
+
+    def evaluate(
+        self, server_round: int, parameters: Parameters
+    ) -> tuple[float, dict[str, Scalar]] | None:
+        return None

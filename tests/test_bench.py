@@ -1,0 +1,196 @@
+"""`fedintent bench`: the sweep's cells, resumability, outputs, and the tuned settings."""
+
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from fedintent.bench.cells import (
+    CENTRAL,
+    CENTRAL_DP,
+    FEDERATED,
+    LOCAL_ONLY,
+    TFIDF,
+    Cell,
+    load_cell,
+    save_cell,
+    sweep_cells,
+)
+from fedintent.bench.report import markdown_report, plot_png, summarize
+from fedintent.bench.sweep import BenchSpec, run_bench
+from fl_server.run_config import DEFAULTS, TUNED_SETTINGS, tuned_settings
+
+LABELS = ["card_arrival", "lost_card", "exchange_rate", "top_up_failed"]
+PHRASES = {
+    "card_arrival": ["when will my new card arrive", "my card has not arrived yet",
+                     "how long does card delivery take", "still waiting for my card"],
+    "lost_card": ["i lost my card", "my card is missing", "someone stole my card",
+                  "i can't find my bank card"],
+    "exchange_rate": ["what exchange rate do you use", "the currency rate was wrong",
+                      "how much is the euro to dollar rate", "why was my exchange rate bad"],
+    "top_up_failed": ["my top up failed", "the top-up did not go through",
+                      "i tried to top up and it was declined", "top up not working"],
+}
+
+
+def write_dataset(folder: Path) -> Path:
+    folder.mkdir(parents=True)
+    for split, copies in (("train", 10), ("test", 3)):
+        with open(folder / f"{split}.csv", "w", encoding="utf-8", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(("text", "label"))
+            for label, phrases in PHRASES.items():
+                for i in range(copies):
+                    for phrase in phrases:
+                        writer.writerow((f"{phrase} ({split} {i})", label))
+    return folder
+
+
+def test_sweep_has_every_method_epsilon_and_seed_once():
+    cells = sweep_cells([1.0, 8.0, math.inf], seeds=2)
+    assert len({cell.id for cell in cells}) == len(cells)
+    by_method = {m: [c for c in cells if c.method == m] for m in {c.method for c in cells}}
+    assert len(by_method[FEDERATED]) == len(by_method[LOCAL_ONLY]) == 3 * 2
+    assert {c.epsilon for c in by_method[CENTRAL_DP]} == {1.0, 8.0}
+    assert {(c.epsilon, c.seed) for c in by_method[CENTRAL]} == {(math.inf, 0), (math.inf, 1)}
+    assert len(by_method[TFIDF]) == 2
+    assert cells[0].method == FEDERATED
+
+
+def test_cell_results_round_trip_and_a_corrupt_one_is_named(tmp_path):
+    cell = Cell(FEDERATED, math.inf, 2)
+    assert load_cell(tmp_path, cell) is None
+    save_cell(tmp_path, cell, {"accuracy": 0.5})
+    assert load_cell(tmp_path, cell) == {"method": FEDERATED, "epsilon": "inf", "seed": 2,
+                                          "accuracy": 0.5}
+    path = tmp_path / "cells" / "federated-epsinf-seed2.json"
+    path.write_text('{"accuracy": 0.5', encoding="utf-8")
+    with pytest.raises(ValueError, match="federated-epsinf-seed2.json"):
+        load_cell(tmp_path, cell)
+    path.write_text('{"loss": 1.0}', encoding="utf-8")
+    with pytest.raises(ValueError, match="no accuracy"):
+        load_cell(tmp_path, cell)
+
+
+def test_summary_is_mean_std_min_max_over_seeds():
+    perf = {"wall_seconds": 90.0, "seconds_per_round": 1.5, "samples_per_second_dp": 1e4,
+            "samples_per_second_no_dp": 1e5, "upload_bytes_per_site_round": 118836.0,
+            "peak_memory_mib": 3900.0, "max_site_epsilon": 7.97}
+    results = [
+        {"method": FEDERATED, "epsilon": 8.0, "seed": 0, "accuracy": 0.80} | perf,
+        {"method": FEDERATED, "epsilon": 8.0, "seed": 1, "accuracy": 0.90} | perf,
+        {"method": FEDERATED, "epsilon": "inf", "seed": 0, "accuracy": 0.95} | perf,
+        {"method": TFIDF, "epsilon": "inf", "seed": 0, "accuracy": 0.85},
+    ]
+    rows = summarize(results)
+    assert [(r["method"], r["epsilon"]) for r in rows] == [
+        (FEDERATED, 8.0), (FEDERATED, math.inf), (TFIDF, math.inf)]
+    assert rows[0]["mean"] == pytest.approx(0.85)
+    assert rows[0]["std"] == pytest.approx(0.0707107, rel=1e-5)
+    assert (rows[0]["min"], rows[0]["max"], rows[0]["seeds"]) == (0.80, 0.90, 2)
+    spec = {"data": "/x/banking77", "sites": 10, "alpha": 0.5, "seeds": 2, "partition_seed": 0,
+            "settings": {"8": {"num-rounds": 40}}}
+    assert plot_png(rows, spec).startswith(b"\x89PNG")
+    report = markdown_report(spec, rows, results)
+    assert "| federated (DP-SGD per site) | 8 | 0.8500 |" in report
+    assert "epsilon 8: num-rounds=40" in report
+    assert "| 8 | 1 | 90 | 1.50 | 10000 | 100000 | 118836 | 3900 | 7.970 |" in report
+
+
+@pytest.mark.parametrize(("epsilon", "row"), [
+    (8.0, 8.0), (5.0, 3.0), (3.0, 3.0), (0.5, 1.0), (100.0, 8.0), (math.inf, math.inf)])
+def test_tuned_settings_use_the_largest_tuned_epsilon_not_above_the_target(epsilon, row):
+    assert tuned_settings(epsilon) == TUNED_SETTINGS[row]
+
+
+def test_run_config_defaults_are_the_epsilon_8_settings():
+    assert DEFAULTS["target-epsilon"] == 8.0
+    assert {key: DEFAULTS[key] for key in TUNED_SETTINGS[8.0]} == TUNED_SETTINGS[8.0]
+
+
+def test_a_sweep_folder_refuses_a_different_spec(tmp_path):
+    data = write_dataset(tmp_path / "csv")
+    spec = BenchSpec(data=str(data), sites=2, alpha=0.5, epsilons=[8.0], seeds=1,
+                     partition_seed=0, rounds=1)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "bench.json").write_text(json.dumps(
+        {"data": str(data), "sites": 3, "alpha": 0.5, "partition_seed": 0,
+         "model": "minilm-head", "settings": {}}), encoding="utf-8")
+    with pytest.raises(ValueError, match="different data, partition, model or settings"):
+        run_bench(spec, tmp_path / "out")
+    assert not (tmp_path / "out" / "data").exists()
+
+
+def bench_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = os.environ | {"FEDINTENT_TEST_TAG": uuid.uuid4().hex}
+    return subprocess.run([sys.executable, "-m", "fedintent.cli", "bench", *args],
+                          capture_output=True, text=True, timeout=1200, cwd=cwd, env=env)
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--epsilons", "8,abc"], "--epsilons must be numbers"),
+    (["--epsilons", "0,8"], "--epsilons must be > 0"),
+    (["--seeds", "0"], "must be >= 1"),
+])
+def test_bad_bench_arguments_are_named(tmp_path, args, message):
+    data = write_dataset(tmp_path / "csv")
+    result = bench_cli("--data", str(data), "--out", str(tmp_path / "out"), *args, cwd=tmp_path)
+    assert result.returncode == 2
+    assert message in result.stderr
+
+
+def test_bench_without_a_test_split_says_which_file_is_missing(tmp_path):
+    data = write_dataset(tmp_path / "csv")
+    (data / "test.csv").unlink()
+    result = bench_cli("--data", str(data), "--out", str(tmp_path / "out"), cwd=tmp_path)
+    assert result.returncode == 2
+    assert "test.csv: not found" in result.stderr
+
+
+def test_bench_end_to_end_then_resumes_only_missing_cells(tmp_path):
+    data = write_dataset(tmp_path / "csv")
+    out = tmp_path / "out"
+    args = ("--data", str(data), "--out", str(out), "--sites", "2", "--alpha", "1.0",
+            "--epsilons", "8,inf", "--seeds", "1", "--rounds", "2")
+    first = bench_cli(*args, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+
+    with open(out / "results.csv", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted((r["method"], r["epsilon"]) for r in rows) == sorted([
+        (FEDERATED, "8.0"), (FEDERATED, "inf"), (CENTRAL_DP, "8.0"), (LOCAL_ONLY, "8.0"),
+        (LOCAL_ONLY, "inf"), (CENTRAL, "inf"), (TFIDF, "inf")])
+    for row in rows:
+        assert 0.0 <= float(row["accuracy"]) <= 1.0
+    federated = {r["epsilon"]: r for r in rows if r["method"] == FEDERATED}
+    assert float(federated["8.0"]["max_site_epsilon"]) <= 8.0
+    head_bytes = (len(LABELS) * 384 + len(LABELS)) * 4  # float32 weights and biases
+    for row in federated.values():
+        # the payload as serialised: the raw values plus each array's .npy header
+        assert head_bytes < float(row["upload_bytes_per_site_round"]) <= head_bytes + 2 * 256
+        assert float(row["wall_seconds"]) > 0 and float(row["peak_memory_mib"]) > 100
+        assert float(row["samples_per_second_no_dp"]) > 0
+    assert float(federated["8.0"]["samples_per_second_dp"]) > 0
+    assert federated["inf"]["samples_per_second_dp"] == ""
+    central = next(r for r in rows if r["method"] == CENTRAL)
+    assert float(central["accuracy"]) > 0.9  # an easy task: the pooled model must learn it
+    document = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    assert len(document["cells"]) == 7 and document["spec"]["sites"] == 2
+    assert (out / "accuracy_vs_epsilon.png").read_bytes().startswith(b"\x89PNG")
+    assert "| central, non-private | inf |" in (out / "report.md").read_text(encoding="utf-8")
+
+    kept = {p.name: p.stat().st_mtime_ns for p in (out / "cells").iterdir()}
+    (out / "cells" / "tfidf-epsinf-seed0.json").unlink()
+    second = bench_cli(*args, cwd=tmp_path)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "resuming: 6 of 7 cells already done" in second.stdout
+    after = {p.name: p.stat().st_mtime_ns for p in (out / "cells").iterdir()}
+    assert set(after) == set(kept)
+    changed = {name for name in after if after[name] != kept[name]}
+    assert changed == {"tfidf-epsinf-seed0.json"}

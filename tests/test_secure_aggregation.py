@@ -1,0 +1,225 @@
+"""Secure aggregation end to end: real Flower simulations on 127.0.0.1, with DP-SGD and the
+privacy ledger at every site.
+
+The same three sites train twice, once through SecAgg+ and once plainly, from identically seeded
+state folders (copies of the same site secrets, so the same DP noise and sampling; separate
+ledgers, so no site is charged twice) under the same run name. SecAgg+ then differs from the
+plain run only by its quantization, whose error has a bound the comparison checks.
+"""
+
+import json
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+from flwr.app import ConfigRecord, Context, RecordDict
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_STATE
+from safetensors.numpy import load_file
+from test_checkpoints import copy_site_secrets
+from test_cli import fedintent
+from test_end_to_end import processes_started_by
+from test_end_to_end import train as fedintent_train
+
+from data_synth import write_sites
+from fl_client.secure_aggregation import out_of_range
+from fl_server.audit_log import verify_log
+from fl_server.checkpoints import MODEL_PREFIX
+from fl_server.local_simulation import run_simulation
+from fl_server.run_config import DEFAULTS, RunConfigError, check_run_config
+from fl_server.secure_aggregation import (
+    CLIPPING_RANGE,
+    MAX_WEIGHT,
+    QUANTIZATION_RANGE,
+    reconstruction_threshold,
+)
+
+SITES = 3
+ROUNDS = 2
+EPSILON = 4.0
+STAGES = ["setup", "share_keys", "collect_masked_vectors", "unmask"]
+
+
+def processes_left_behind(tag: str, grace: float = 10.0) -> list[str]:
+    """The test's processes still alive after ``grace`` seconds: a Ray worker whose raylet
+    was stopped can take a moment to notice under load, and then exits on its own."""
+    deadline = time.monotonic() + grace
+    while (found := processes_started_by(tag)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return found
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ({"strategy": "fedmedian"}, "needs every site's update"),
+        ({"strategy": "fedtrimmedavg"}, "needs every site's update"),
+        ({"max-update-norm": 5.0}, "max-update-norm bounds each site's update"),
+        ({"min-sites": 2}, "min-sites >= 3"),
+    ],
+)
+def test_what_needs_one_sites_update_is_refused(override, message):
+    with pytest.raises(RunConfigError, match=message):
+        check_run_config({"secure-aggregation": True, "min-sites": 3} | override)
+
+
+def test_fedavg_and_fedadam_need_only_the_sum():
+    for strategy in ("fedavg", "fedadam"):
+        check_run_config({"secure-aggregation": True, "min-sites": 3, "strategy": strategy})
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [(["--sites", "2"], "min-sites >= 3"), (["--strategy", "fedmedian"], "every site's update")],
+)
+def test_the_cli_refuses_before_writing_anything(tmp_path, args, message):
+    result = fedintent("train", "--secure-aggregation", "--out", str(tmp_path / "out"), *args,
+                       cwd=tmp_path)
+    assert result.returncode == 2 and message in result.stderr, result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_any_unmasked_sum_holds_at_least_three_sites_and_two_thirds_of_them():
+    assert [reconstruction_threshold(n) for n in (3, 4, 5, 6, 10)] == [3, 3, 4, 4, 7]
+
+
+def test_a_site_refuses_an_update_secure_aggregation_would_clip():
+    state = RecordDict({RECORD_KEY_STATE: ConfigRecord({
+        "clipping_range": CLIPPING_RANGE, "max_weight": MAX_WEIGHT,
+        "target_range": QUANTIZATION_RANGE})})
+    context = Context(1, 7, {}, state, dict(DEFAULTS))
+    arrays = [np.full((3, 4), 10.0, np.float32), np.zeros(3, np.float32)]
+    assert out_of_range(arrays, 60_000, context) is None  # 10 x 60000 / 10000 <= 64
+    problem = out_of_range(arrays, 70_000, context)  # 10 x 70000 / 10000 > 64
+    assert problem and "not sent, rather than clipped" in problem
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("secagg")
+    data = root / "data"
+    write_sites(data, n_sites=SITES, seed=11, size=120)
+    tag = uuid.uuid4().hex
+
+    def simulate(name: str, secure: bool) -> Path:
+        out = root / name
+        config = check_run_config({
+            "data-dir": str(data), "labels-file": str(data / "labels.txt"),
+            "out-dir": str(out), "state-dir": str(root / f"state-{name}"),
+            "run-name": "secagg-test", "num-rounds": ROUNDS, "min-sites": SITES,
+            "target-epsilon": EPSILON, "seed": 5, "secure-aggregation": secure,
+        })
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("FEDINTENT_TEST_TAG", tag)
+            run_simulation(config, num_sites=SITES, metrics_path=out / "metrics.json",
+                           log_path=out / "flower.log", on_round=lambda entry: None)
+        return out
+
+    secure = simulate("secure", secure=True)
+    copy_site_secrets(root / "state-secure", root / "state-plain")
+    plain = simulate("plain", secure=False)
+    return {"secure": secure, "plain": plain, "root": root, "tag": tag}
+
+
+def test_a_secure_aggregation_run_completes_with_every_output(runs):
+    out = runs["secure"]
+    assert not processes_left_behind(runs["tag"])
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["status"] == "completed"
+    assert metrics["config"]["secure-aggregation"] is True
+    assert [r["round"] for r in metrics["rounds"]] == list(range(1, ROUNDS + 1))
+    for entry in metrics["rounds"]:
+        assert entry["sites_trained"] == SITES and entry["sites_evaluated"] == SITES
+        assert entry["secure_aggregation"] == {"sites_asked": SITES, "sites_summed": SITES,
+                                               "reconstruction_threshold": 3, "halted": None}
+        for site in entry["sites"].values():
+            assert "update_norm" not in site  # the server never saw the update
+            assert 0 < site["epsilon"] <= EPSILON
+    assert metrics["final"]["max_epsilon"] > 0.9 * EPSILON
+    assert (out / "model" / "model.safetensors").is_file()
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [
+        f"round-{r:05d}.safetensors" for r in range(1, ROUNDS + 1)]
+    assert verify_log(out / "audit.jsonl").ok
+    events = [json.loads(line) for line in (out / "audit.jsonl").read_text().splitlines()]
+    assert [e["event"] for e in events] == ["run-started"] + ["round"] * ROUNDS + ["run-completed"]
+    assert all(e["secure_aggregation"]["sites_summed"] == SITES for e in events[1:-1])
+
+    ledgers = list((runs["root"] / "state-secure").glob("site-*/privacy-ledger-*.json"))
+    assert len(ledgers) == SITES
+    assert all(len(json.loads(p.read_text())["releases"]) == ROUNDS for p in ledgers)
+
+
+def test_sites_send_only_masked_updates_and_their_metrics(runs):
+    for log in sorted((runs["root"] / "state-secure").glob("site-*/egress.jsonl")):
+        train = [json.loads(line) for line in log.read_text().splitlines()
+                 if json.loads(line)["message"].startswith("train")]
+        assert [e["secure_aggregation_stage"] for e in train] == STAGES * ROUNDS
+        assert all(e["verdict"] == "sent" for e in train)
+        assert not any("arrays" in e or "update_norm" in e for e in train)
+        masked = [e for e in train if e["secure_aggregation_stage"] == "collect_masked_vectors"]
+        assert all(0 < e["metrics"]["epsilon"] <= EPSILON for e in masked)
+
+
+def test_the_secure_model_matches_the_plain_one_within_the_quantization_error(runs):
+    """Both runs train from the same global model g with the same site updates p_i; they differ
+    only by how SecAgg+ encodes them.
+
+    Site i sends its weight as q_i = round(n_i / W * Q) (W = max weight, Q = quantization range)
+    and q_i / Q * p_i rounded stochastically to a grid of step 2c/Q (c = clipping range): less
+    than 2c/Q off per coordinate. The server divides the sum by sum(q) / Q. Per coordinate,
+    against the plain mean with weights n_i:
+        |secure - plain| <= N (2c/Q) / (sum(q) / Q)                  (quantization)
+                          + sum_i |q_i / sum(q) - n_i / sum(n)| |p_i - g|   (rounded weights)
+    and |p_i - g| is at most the L2 norm of site i's update, which the plain run records; plus
+    float32 rounding of both means (a few ulp of parameters below 10, under 1e-5). The final
+    model adds round 2's own error to round 1's as carried through round 2's local training,
+    which at these sizes does not amplify it more than that.
+    """
+    def model(name: str, server_round: int) -> dict:
+        path = runs[name] / "checkpoints" / f"round-{server_round:05d}.safetensors"
+        return {k: v for k, v in load_file(str(path)).items() if k.startswith(MODEL_PREFIX)}
+
+    tolerances = []
+    for entry in json.loads((runs["plain"] / "metrics.json").read_text())["rounds"]:
+        sites = list(entry["sites"].values())
+        assert len(sites) == SITES
+        n = [site["num_examples"] for site in sites]
+        q = [round(k / MAX_WEIGHT * QUANTIZATION_RANGE) for k in n]
+        quantization = SITES * 2 * CLIPPING_RANGE / sum(q)  # N (2c/Q) / (sum(q) / Q)
+        weights = sum(abs(qi / sum(q) - ni / sum(n)) * site["update_norm"]
+                      for qi, ni, site in zip(q, n, sites, strict=True))
+        tolerances.append(quantization + weights + 1e-5)
+    secure, plain = model("secure", 1), model("plain", 1)
+    for key in plain:
+        np.testing.assert_allclose(secure[key], plain[key], rtol=0, atol=tolerances[0])
+    # the bound is tight enough to mean something: a round moves parameters far more
+    assert max(float(np.abs(v).max()) for v in plain.values()) > 100 * tolerances[0]
+    secure, plain = model("secure", ROUNDS), model("plain", ROUNDS)
+    for key in plain:
+        np.testing.assert_allclose(secure[key], plain[key], rtol=0, atol=ROUNDS * tolerances[0]
+                                   + sum(tolerances[1:]))
+
+
+def test_a_site_that_drops_out_is_unmasked_around_and_recorded(tmp_path):
+    """Four sites, one with nothing to train on: it fails in the masked-update stage, SecAgg+
+    removes its masks from the others' sum (3 of 4 is the reconstruction threshold), and the
+    round goes on with the sum of three."""
+    data = tmp_path / "data"
+    write_sites(data, n_sites=3, seed=3, size=60)
+    broken = data / "site-03"
+    broken.mkdir()
+    (broken / "train.jsonl").write_text('{"text": "hello", "label": "no_such_intent"}\n')
+    (broken / "test.jsonl").write_text("")
+    tag = uuid.uuid4().hex
+    result = fedintent_train("--data", str(data), "--rounds", "1", "--epsilon", "inf",
+                             "--secure-aggregation", "--out", str(tmp_path / "out"),
+                             cwd=tmp_path, tag=tag)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "sites trained 3/4" in result.stdout and "SecAgg+" in result.stdout
+    assert not processes_left_behind(tag)
+    [entry] = json.loads((tmp_path / "out" / "metrics.json").read_text())["rounds"]
+    assert entry["secure_aggregation"] == {"sites_asked": 4, "sites_summed": 3,
+                                           "reconstruction_threshold": 3, "halted": None}
+    [failure] = entry["failures"]
+    assert "site-03: no valid training rows" in failure["reason"]
