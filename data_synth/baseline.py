@@ -2,7 +2,7 @@
 
 If this bag-of-n-grams baseline scored ~100%, the data would be too easy to tell federated or
 private training apart from anything else; if it scored near chance, the data would be noise.
-scikit-learn is imported lazily: it is a test/docs dependency, not a runtime one.
+scikit-learn is imported lazily, so only the commands that need it pay for the import.
 """
 
 import json

@@ -43,7 +43,7 @@ DEFAULTS: dict[str, str | int | float | bool] = {
 }
 
 TUNED_SETTINGS: dict[float, dict[str, int | float]] = {
-    1.0: {"num-rounds": 20, "local-epochs": 1, "batch-size": 4096, "learning-rate": 24.0},
+    1.0: {"num-rounds": 30, "local-epochs": 1, "batch-size": 4096, "learning-rate": 16.0},
     3.0: {"num-rounds": 40, "local-epochs": 1, "batch-size": 4096, "learning-rate": 48.0},
     8.0: {"num-rounds": 40, "local-epochs": 1, "batch-size": 4096, "learning-rate": 96.0},
     math.inf: {"num-rounds": 40, "local-epochs": 3, "batch-size": 64, "learning-rate": 16.0},

@@ -26,7 +26,7 @@ from fl_server.checkpoints import (
 )
 from fl_server.local_simulation import SimulationError, run_simulation
 from fl_server.resume import resumed_run_config
-from fl_server.run_config import RunConfigError, check_run_config
+from fl_server.run_config import DEFAULTS, RunConfigError, check_run_config
 from fl_server.run_record import RunRecord
 from fl_server.strategy import build_strategy, restore_strategy_state, strategy_state
 
@@ -123,7 +123,7 @@ def test_a_resume_takes_the_recorded_configuration_and_refuses_changes():
     asked = check_run_config({"resume": True, "min-sites": 1, "target-epsilon": math.inf})
     resumed = resumed_run_config(asked, doc)
     assert (resumed["run-name"], resumed["data-dir"], resumed["min-sites"]) == ("r1", "/d", 1)
-    with pytest.raises(RunConfigError, match="num-rounds=5 .recorded 10."):
+    with pytest.raises(RunConfigError, match=f"num-rounds=5 .recorded {DEFAULTS['num-rounds']}."):
         resumed_run_config(asked | {"num-rounds": 5}, doc)
     with pytest.raises(RunConfigError, match="completed"):
         resumed_run_config(asked, doc | {"status": "completed"})

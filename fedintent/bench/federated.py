@@ -14,7 +14,8 @@ Performance figures recorded for every run:
 * peak memory: the largest total resident memory of this process and all its descendants
   (SuperLink, simulation, Ray workers), sampled every half second;
 * local training samples/s with and without DP on the same data (the largest site), timed
-  in-process with the run's own training plan.
+  in-process with the run's own training plan: one round's passes over the site's data, best
+  of at least 3 repeats.
 """
 
 import json
@@ -34,7 +35,10 @@ from fl_server.model_store import load_model
 from fl_server.run_config import check_run_config
 
 PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
-MIN_TIMING_SECONDS = 1.0
+MIN_TIMING_SECONDS = 2.0
+MAX_TIMING_REPEATS = 20
+"""Throughput is the best of at least 3 timed rounds (as ``timeit`` does): on a shared machine
+the fastest repeat is the one least disturbed by other work."""
 
 
 def run_federated(
@@ -128,12 +132,15 @@ def _training_throughput(site: tuple[torch.Tensor, torch.Tensor], settings: dict
             local_epochs=int(settings["local-epochs"]),
             learning_rate=float(settings["learning-rate"]),
         )
-        seen, started = 0, time.perf_counter()
-        while time.perf_counter() - started < MIN_TIMING_SECONDS:
+        best, started = math.inf, time.perf_counter()
+        for repeat in range(MAX_TIMING_REPEATS):
             model = torch.nn.Linear(features.shape[1], int(labels.max()) + 1)
+            began = time.perf_counter()
             train_locally(model, features, labels, plan, seed=seed)
-            seen += len(labels) * plan.local_epochs
-        result[f"samples_per_second_{name}"] = seen / (time.perf_counter() - started)
+            best = min(best, time.perf_counter() - began)
+            if repeat >= 2 and time.perf_counter() - started > MIN_TIMING_SECONDS:
+                break
+        result[f"samples_per_second_{name}"] = len(labels) * plan.local_epochs / best
     return result
 
 
