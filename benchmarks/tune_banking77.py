@@ -28,7 +28,8 @@ import torch
 
 from data_synth.partition import partition_csv_dataset
 from fedintent.bench.baselines import DELTA, Recipe, train_and_score
-from fl_client.dp_training import TrainingPlan, evaluate, train_locally
+from fedintent.bench.inprocess import train_fedavg
+from fl_client.dp_training import TrainingPlan, evaluate
 from fl_client.privacy_accounting import plan_noise_multiplier, steps_per_round
 from fl_client.site_data import list_site_dirs, load_site, read_labels
 from models import get_model_family
@@ -60,17 +61,7 @@ def federated_accuracy(sites, labels, val, epsilon, candidate, seed) -> float:
             rate, steps = steps_per_round(len(targets), batch_size, local_epochs)
             noise = plan_noise_multiplier(epsilon, DELTA, rate, steps * rounds, "prv")
         plans.append(TrainingPlan(noise, 1.0, batch_size, local_epochs, learning_rate))
-    for server_round in range(rounds):
-        total = sum(len(targets) for _, targets in sites)
-        averaged = {k: torch.zeros_like(v) for k, v in global_model.state_dict().items()}
-        for index, ((features, targets), plan) in enumerate(zip(sites, plans, strict=True)):
-            local = family.build_model(len(labels))
-            local.load_state_dict(global_model.state_dict())
-            train_locally(local, features, targets, plan, seed=seed * 100_000 + server_round * 100
-                          + index)
-            for key, value in local.state_dict().items():
-                averaged[key] += value * (len(targets) / total)
-        global_model.load_state_dict(averaged)
+    train_fedavg(global_model, lambda: family.build_model(len(labels)), sites, plans, rounds, seed)
     return evaluate(global_model, *val)[1]
 
 

@@ -23,7 +23,7 @@ from flwr.common.logger import log
 
 from fl_client.dp_training import TrainingPlan, evaluate, train_locally
 from fl_client.egress_guard import DECLINED, SITE_ERROR, egress_guard
-from fl_client.privacy_accounting import BudgetExhausted
+from fl_client.privacy_accounting import DELTA_UNITS_FACTOR, BudgetExhausted, default_delta
 from fl_client.privacy_budget import RoundRequest, charge_round
 from fl_client.privacy_ledger import LedgerError
 from fl_client.privacy_units import check_privacy_unit, group_by_customer
@@ -32,9 +32,6 @@ from fl_client.site_data import SiteData, SiteDataError, load_site
 from fl_client.site_folders import site_folders, site_max_epsilon
 from fl_client.site_secret import SecretError, private_seed, site_key
 from models import get_model_family
-
-DELTA_UNITS_FACTOR = 10
-"""delta must stay below 1 / (DELTA_UNITS_FACTOR * units at the site)."""
 
 app = ClientApp()
 
@@ -147,7 +144,7 @@ def _site_delta(requested: float, units: int, unit: str) -> float:
     """
     limit = 1.0 / (DELTA_UNITS_FACTOR * units)
     if requested == 0:
-        return min(1e-5, 10 ** math.floor(math.log10(limit)))
+        return default_delta(units)
     if requested >= limit:
         raise ValueError(
             f"delta {requested:g} is too large for this site: it has {units} {unit} units, so "

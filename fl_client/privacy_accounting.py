@@ -21,6 +21,9 @@ ACCOUNTANTS = ("prv", "rdp")
 
 MAX_NOISE_MULTIPLIER = 1e4
 
+DELTA_UNITS_FACTOR = 10
+"""delta must stay below 1 / (DELTA_UNITS_FACTOR * units at the site)."""
+
 Release = tuple[float, float, int]
 """One DP release: (noise multiplier, Poisson sample rate, number of DP-SGD steps)."""
 
@@ -47,13 +50,23 @@ def steps_per_round(num_units: int, batch_size: int, local_epochs: int) -> tuple
     return 1.0 / batches, batches * local_epochs
 
 
+def default_delta(units: int) -> float:
+    """A site's delta when the run asks for none: min(1e-5, 1 / (10 x units)) rounded down to a
+    power of ten. Here so that everything that trains like a site (the ClientApp, the privacy
+    audit) uses the same delta."""
+    limit = 1.0 / (DELTA_UNITS_FACTOR * units)
+    return min(1e-5, 10 ** math.floor(math.log10(limit)))
+
+
+@lru_cache(maxsize=256)
 def plan_noise_multiplier(
     target_epsilon: float, delta: float, sample_rate: float, total_steps: int, accountant: str
 ) -> float:
     """The smallest noise (within search tolerance) whose total epsilon stays below the target.
 
     ``total_steps`` covers every round the run plans for this site, so that after the last round
-    the cumulative epsilon is at most ``target_epsilon``.
+    the cumulative epsilon is at most ``target_epsilon``. Cached: a PRV search takes seconds, and
+    sites of one run with full-batch steps all ask the same question.
     """
     with warnings.catch_warnings():
         _ignore_accountant_warnings()

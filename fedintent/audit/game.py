@@ -1,0 +1,239 @@
+"""The membership game: audit examples in and out at random, a target model and shadow models.
+
+One *model* of the game is one complete federated training run, done exactly as the sites do
+it (``fedintent.bench.inprocess.train_fedavg``: every site's own ``train_locally``, DP-SGD
+with the noise a fresh site plans for the run's epsilon and delta, then example-weighted
+FedAvg), starting from the model family's label-name prior. Before a model is trained, every
+audit example is put into its site's training data with probability 1/2, independently of
+everything else: the *membership* of that model.
+
+Audit examples are held-out utterances (the dataset's test rows, never part of any site's
+training data otherwise), each belonging to the site whose test split it came from:
+
+* canaries: given a random wrong label, the worst case for memorisation (nothing else in the
+  data teaches the model that label for that text);
+* natural: with their true label, what membership of an ordinary utterance looks like.
+
+Model 0 is the *target* (the model the one-run bound audits); models 1..S are the attacker's
+shadow models, trained the same way with their own random membership.
+"""
+
+import math
+import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fedintent.audit.attacks import confidence_scores
+from fedintent.bench.inprocess import train_fedavg
+from fl_client.dp_training import TrainingPlan
+from fl_client.privacy_accounting import (
+    default_delta,
+    epsilon_spent,
+    plan_within_budget,
+    steps_per_round,
+)
+from fl_server.atomic_write import write_bytes_atomic
+from fl_server.run_config import DEFAULTS
+
+CANARY = "canary"
+NATURAL = "natural"
+KINDS = (CANARY, NATURAL)
+ACCOUNTANT = str(DEFAULTS["accountant"])
+SITE_MAX_EPSILON = float(DEFAULTS["site-max-epsilon"])
+
+Site = tuple[torch.Tensor, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class AuditSet:
+    """The audit examples: features, the label they are trained with, their site, their kind."""
+
+    features: torch.Tensor
+    labels: torch.Tensor
+    site: np.ndarray
+    kind: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass(frozen=True)
+class Game:
+    """Everything needed to train any model of the game (picklable for worker processes)."""
+
+    sites: list[Site]
+    audit: AuditSet
+    holdout: Site
+    """Test rows that are not audit examples: the utility of each model."""
+    initial_state: dict[str, torch.Tensor]
+    build_model: Callable[[], torch.nn.Module]
+    seed: int
+
+
+def make_audit_set(test_sites: list[Site], num_labels: int, canaries: int, natural: int,
+                   seed: int) -> tuple[AuditSet, Site]:
+    """Draw the audit examples from the sites' test rows; return them and the unused rows."""
+    features = torch.cat([x for x, _ in test_sites])
+    labels = torch.cat([y for _, y in test_sites])
+    site = np.concatenate([np.full(len(y), k) for k, (_, y) in enumerate(test_sites)])
+    if canaries + natural > len(labels):
+        raise ValueError(f"{canaries} canaries + {natural} natural audit examples need that many "
+                         f"test rows; the data has {len(labels)}")
+    if canaries < 2 and natural < 2:
+        raise ValueError("the audit needs at least 2 canaries or 2 natural examples")
+    rng = np.random.default_rng([seed, 1])
+    order = rng.permutation(len(labels))
+    chosen, unused = order[: canaries + natural], order[canaries + natural:]
+    trained_labels = labels[chosen].clone()
+    # A canary's label: uniformly one of the other labels.
+    shift = torch.from_numpy(rng.integers(1, num_labels, size=canaries))
+    trained_labels[:canaries] = (trained_labels[:canaries] + shift) % num_labels
+    kind = np.array([CANARY] * canaries + [NATURAL] * natural)
+    audit = AuditSet(features[chosen], trained_labels, site[chosen], kind)
+    return audit, (features[unused], labels[unused])
+
+
+def membership(seed: int, model_index: int, size: int) -> np.ndarray:
+    """Which audit examples model ``model_index`` trains on: each with probability 1/2."""
+    return np.random.default_rng([seed, 2, model_index]).random(size) < 0.5
+
+
+def site_plans(sizes: list[int], epsilon: float, settings: dict) -> tuple[list[TrainingPlan],
+                                                                          list[dict]]:
+    """Each site's training plan and privacy: the noise a fresh site plans for this run (its
+    default delta, its default lifetime budget, the run's epsilon over all rounds) and the
+    epsilon its accountant reports after the last round."""
+    rounds, epochs = int(settings["num-rounds"]), int(settings["local-epochs"])
+    batch = int(settings["batch-size"])
+    plans, privacy = [], []
+    for units in sizes:
+        noise, info = None, {"epsilon": math.inf, "delta": default_delta(units)}
+        if math.isfinite(epsilon):
+            rate, steps = steps_per_round(units, batch, epochs)
+            noise = plan_within_budget((), epsilon, SITE_MAX_EPSILON, info["delta"], rate,
+                                       steps * rounds, ACCOUNTANT)
+            info = {"epsilon": _spent(noise, rate, steps * rounds, info["delta"]),
+                    "delta": info["delta"], "noise_multiplier": noise, "sample_rate": rate}
+        plans.append(TrainingPlan(noise, float(settings["clip-norm"]), batch, epochs,
+                                  float(settings["learning-rate"])))
+        privacy.append(info)
+    return plans, privacy
+
+
+_SPENT: dict[tuple, float] = {}
+
+
+def _spent(noise: float, rate: float, steps: int, delta: float) -> float:
+    key = (noise, rate, steps, delta)
+    if key not in _SPENT:
+        _SPENT[key] = epsilon_spent([(noise, rate, steps)], delta, ACCOUNTANT)
+    return _SPENT[key]
+
+
+def train_model(game: Game, model_index: int, epsilon: float, settings: dict) -> dict:
+    """Train model ``model_index`` of the game at ``epsilon``; return its scores on the audit
+    examples, its membership, its held-out accuracy and its sites' privacy."""
+    member = membership(game.seed, model_index, len(game.audit))
+    sites = []
+    for k, (features, labels) in enumerate(game.sites):
+        rows = np.flatnonzero(member & (game.audit.site == k))
+        sites.append((torch.cat([features, game.audit.features[rows]]),
+                      torch.cat([labels, game.audit.labels[rows]])))
+    plans, privacy = site_plans([len(y) for _, y in sites], epsilon, settings)
+    model = game.build_model()
+    model.load_state_dict(game.initial_state)
+    seed = game.seed * 1_000 + model_index
+    train_fedavg(model, game.build_model, sites, plans, int(settings["num-rounds"]), seed)
+    model.eval()
+    with torch.no_grad():
+        phi, loss = confidence_scores(model(game.audit.features), game.audit.labels)
+        holdout_x, holdout_y = game.holdout
+        accuracy = (model(holdout_x).argmax(1) == holdout_y).float().mean().item() \
+            if len(holdout_y) else math.nan
+    audited_sites = sorted(set(game.audit.site.tolist()))
+    return {
+        "phi": phi, "loss": loss, "member": member, "accuracy": accuracy,
+        "epsilon": max(privacy[k]["epsilon"] for k in audited_sites),
+        "delta": max(privacy[k]["delta"] for k in audited_sites),
+        "noise_multiplier": privacy[0].get("noise_multiplier"),
+    }
+
+
+def run_models(game: Game, epsilon: float, settings: dict, models: int, store: Path,
+               workers: int = 1, progress: Callable[[str], None] = print) -> list[dict]:
+    """Train (or load from ``store``) models 0..models-1 at ``epsilon``.
+
+    Each finished model's scores are written atomically to ``store/model-NNN.npz``, so an
+    interrupted audit keeps its models and a re-run trains only the missing ones.
+    """
+    store.mkdir(parents=True, exist_ok=True)
+    results: dict[int, dict] = {}
+    todo = []
+    for j in range(models):
+        path = store / f"model-{j:03d}.npz"
+        if path.exists():
+            results[j] = _load(path)
+        else:
+            todo.append(j)
+    if results:
+        progress(f"  {len(results)} of {models} models already trained, loaded from {store}")
+    started = time.monotonic()
+
+    def finished(j: int, result: dict) -> None:
+        _save(store / f"model-{j:03d}.npz", result)
+        results[j] = result
+        done = len(results)
+        role = "target" if j == 0 else f"shadow {j}"
+        progress(f"  model {done}/{models} ({role}) trained: held-out accuracy "
+                 f"{result['accuracy']:.3f}, {time.monotonic() - started:.0f} s elapsed")
+
+    if workers <= 1 or len(todo) <= 1:
+        for j in todo:
+            finished(j, train_model(game, j, epsilon, settings))
+    else:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"),
+                                 initializer=_init_worker, initargs=(game,)) as pool:
+            futures = {j: pool.submit(_train_in_worker, j, epsilon, settings) for j in todo}
+            for j in todo:
+                finished(j, futures[j].result())
+    return [results[j] for j in range(models)]
+
+
+_WORKER_GAME: Game | None = None
+
+
+def _init_worker(game: Game) -> None:
+    global _WORKER_GAME
+    torch.set_num_threads(1)
+    _WORKER_GAME = game
+
+
+def _train_in_worker(model_index: int, epsilon: float, settings: dict) -> dict:
+    assert _WORKER_GAME is not None
+    return train_model(_WORKER_GAME, model_index, epsilon, settings)
+
+
+def _save(path: Path, result: dict) -> None:
+    import io
+
+    buffer = io.BytesIO()
+    np.savez(buffer, phi=result["phi"], loss=result["loss"], member=result["member"],
+             accuracy=result["accuracy"], epsilon=result["epsilon"], delta=result["delta"],
+             noise_multiplier=np.nan if result["noise_multiplier"] is None
+             else result["noise_multiplier"])
+    write_bytes_atomic(path, buffer.getvalue())
+
+
+def _load(path: Path) -> dict:
+    with np.load(path) as data:
+        noise = float(data["noise_multiplier"])
+        return {"phi": data["phi"], "loss": data["loss"], "member": data["member"],
+                "accuracy": float(data["accuracy"]), "epsilon": float(data["epsilon"]),
+                "delta": float(data["delta"]),
+                "noise_multiplier": None if math.isnan(noise) else noise}

@@ -1,0 +1,173 @@
+"""``fedintent audit-privacy``: data, the game per epsilon, the analysis and the outputs.
+
+Per epsilon, the training settings are ``fedintent train``'s tuned settings for that epsilon
+(``fl_server.run_config.tuned_settings``), so the audited model is trained the way users'
+models are. The folder is resumable: trained models are kept in ``OUT/models``.
+"""
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from functools import partial
+from pathlib import Path
+
+import torch
+
+from data_synth.partition import partition_csv_dataset
+from fedintent.audit.analysis import analyse
+from fedintent.audit.bounds import DEFAULT_CONFIDENCE
+from fedintent.audit.game import Game, make_audit_set, run_models
+from fedintent.audit.report import write_outputs
+from fl_client.site_data import list_site_dirs, load_site, read_labels
+from fl_server.atomic_write import write_bytes_atomic
+from fl_server.run_config import DEFAULTS, tuned_settings
+from models import get_model_family
+
+SETTING_KEYS = ("num-rounds", "local-epochs", "batch-size", "learning-rate", "clip-norm")
+
+
+class AuditError(ValueError):
+    """Bad input for the audit (data, options, or an output folder of another audit)."""
+
+
+class BoundViolation(RuntimeError):
+    """An empirical lower bound came out above the accountant's epsilon: a privacy bug (or the
+    1 - confidence chance of a false alarm); the results are written before this is raised."""
+
+
+@dataclass(frozen=True)
+class AuditSpec:
+    data: str
+    sites: int | None
+    alpha: float
+    epsilons: list[float]
+    shadows: int
+    canaries: int
+    natural: int
+    seed: int
+    partition_seed: int = 0
+    rounds: int | None = None
+    confidence: float = DEFAULT_CONFIDENCE
+    model: str = str(DEFAULTS["model"])
+
+
+def settings_for(epsilon: float, rounds: int | None) -> dict:
+    settings = DEFAULTS | tuned_settings(epsilon)
+    if rounds is not None:
+        settings["num-rounds"] = rounds
+    return {key: settings[key] for key in SETTING_KEYS}
+
+
+def run_audit(spec: AuditSpec, out_dir: Path, workers: int = 1, progress=print) -> list[dict]:
+    """Run (or finish) the audit in ``out_dir``; return one result per epsilon."""
+    out_dir = Path(out_dir)
+    record = asdict(spec) | {"settings": {_key(e): settings_for(e, spec.rounds)
+                                          for e in spec.epsilons}}
+    _check_same_spec(out_dir, record)
+    game = prepare_game(spec, out_dir, progress)
+    results = []
+    for epsilon in spec.epsilons:
+        settings = settings_for(epsilon, spec.rounds)
+        progress(f"epsilon {_key(epsilon)}: training 1 target + {spec.shadows} shadow models "
+                 f"({settings['num-rounds']} rounds, {settings['local-epochs']} local epochs, "
+                 f"batch {settings['batch-size']}, lr {settings['learning-rate']:g})")
+        started = time.monotonic()
+        models = run_models(game, epsilon, settings, spec.shadows + 1,
+                            out_dir / "models" / f"eps-{_key(epsilon)}", workers, progress)
+        attacks = analyse(models, game.audit.kind, spec.confidence)
+        target = models[0]
+        results.append({
+            "epsilon": epsilon, "accountant_epsilon": target["epsilon"],
+            "delta": target["delta"], "noise_multiplier": target["noise_multiplier"],
+            "settings": settings, "models": len(models),
+            "target_accuracy": target["accuracy"],
+            "seconds": time.monotonic() - started, "attacks": attacks,
+        })
+        for kind, per_attack in attacks.items():
+            for attack, metrics in per_attack.items():
+                progress(f"  {kind:<7} {attack:<4} AUC {metrics['auc']:.3f}  TPR@0.1%FPR "
+                         f"{metrics['tpr_at_0.001_fpr']:.3f}  TPR@1%FPR "
+                         f"{metrics['tpr_at_0.01_fpr']:.3f}  epsilon >= "
+                         f"{metrics['bound']['epsilon_lb']:.2f} "
+                         f"({spec.confidence:.0%}; accountant {_key(target['epsilon'])})")
+        write_outputs(out_dir, record, results)
+    violations = [
+        f"epsilon {_key(r['epsilon'])}: {kind} {attack} lower bound "
+        f"{m['bound']['epsilon_lb']:.3f} > accountant {r['accountant_epsilon']:.3f}"
+        for r in results for kind, attacks in r["attacks"].items()
+        for attack, m in attacks.items() if m["bound"]["epsilon_lb"] > r["accountant_epsilon"]
+    ]
+    if violations:
+        raise BoundViolation("; ".join(violations))
+    return results
+
+
+def prepare_game(spec: AuditSpec, out_dir: Path, progress=print) -> Game:
+    """Sites' training features, the audit examples drawn from their test rows, the prior."""
+    source = Path(spec.data)
+    if (source / "labels.txt").is_file():
+        data_dir = source
+    elif (source / "train.csv").is_file() and (source / "test.csv").is_file():
+        data_dir = out_dir / "data"
+        if not (data_dir / "manifest.json").exists():
+            progress(f"partitioning {source} into {spec.sites} sites (alpha {spec.alpha:g})")
+            try:
+                partition_csv_dataset(source, data_dir, spec.sites, spec.partition_seed,
+                                      alpha=spec.alpha)
+            except ValueError as err:
+                raise AuditError(f"cannot partition {source}: {err}") from err
+    else:
+        raise AuditError(f"{source}: expected train.csv and test.csv, or site folders with "
+                         f"labels.txt")
+    labels = read_labels(data_dir / "labels.txt")
+    site_dirs = list_site_dirs(data_dir)
+    if spec.sites is not None:
+        if spec.sites > len(site_dirs):
+            raise AuditError(f"{data_dir} has {len(site_dirs)} sites, --sites asks for "
+                             f"{spec.sites}")
+        site_dirs = site_dirs[: spec.sites]
+    family = get_model_family(spec.model)
+    cache = out_dir / "cache" / "features"
+    progress(f"embedding {len(site_dirs)} sites' utterances (cached in {cache})")
+    train, test = [], []
+    for site_dir in site_dirs:
+        site = load_site(site_dir, labels)
+        if len(site.train) == 0:
+            raise AuditError(f"{site_dir}: no training rows")
+        for split, into in ((site.train, train), (site.test, test)):
+            into.append((family.featurize(split.texts, cache),
+                         torch.tensor(split.labels, dtype=torch.long)))
+    try:
+        audit, holdout = make_audit_set(test, len(labels), spec.canaries, spec.natural,
+                                        spec.seed)
+    except ValueError as err:
+        raise AuditError(str(err)) from err
+    initial = family.initial_model(labels).state_dict()
+    return Game(train, audit, holdout, {k: v.clone() for k, v in initial.items()},
+                partial(family.build_model, len(labels)), spec.seed)
+
+
+def _key(epsilon: float) -> str:
+    return "inf" if math.isinf(epsilon) else f"{epsilon:g}"
+
+
+def _check_same_spec(out_dir: Path, record: dict) -> None:
+    """An audit folder holds one audit: refuse to mix models of different games."""
+    path = out_dir / "audit.json"
+    wanted = json.loads(json.dumps(record, default=str).replace("Infinity", '"inf"'))
+    if path.exists():
+        try:
+            existing = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as err:
+            raise AuditError(f"{path}: unreadable ({err})") from err
+        fixed = [k for k in wanted if k != "epsilons" and k != "settings"]
+        same = all(existing.get(k) == wanted[k] for k in fixed) and all(
+            existing.get("settings", {}).get(e, s) == s for e, s in wanted["settings"].items())
+        if not same:
+            raise AuditError(f"{out_dir} holds an audit with other data or options ({path}); "
+                             f"use a new --out, or delete it")
+        wanted = existing | {"epsilons": wanted["epsilons"],
+                             "settings": existing.get("settings", {}) | wanted["settings"]}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_bytes_atomic(path, (json.dumps(wanted, indent=2) + "\n").encode())

@@ -1,0 +1,49 @@
+"""Federated training in this process: every site's own ``train_locally``, then weighted FedAvg.
+
+This is the loop that the tuning script (``benchmarks/tune_banking77.py``) and the privacy audit
+(``fedintent.audit``) both need: the same local DP-SGD code a site runs
+(``fl_client.dp_training.train_locally``: Opacus, Poisson sampling, clipping, noise) and the
+example-weighted mean that Flower's FedAvg computes on the server. Without the SuperLink, Ray
+and per-round messaging it costs only the sites' training, so a model can be retrained dozens of
+times (shadow models, hyperparameter candidates). What it leaves out on purpose: the privacy
+ledger, the egress guard and the site-secret seeds; the training itself is identical.
+"""
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+
+from fl_client.dp_training import TrainingPlan, train_locally
+
+Site = tuple[torch.Tensor, torch.Tensor]
+"""One site's training data: (features, labels)."""
+
+
+def train_fedavg(
+    global_model: nn.Module,
+    build_model: Callable[[], nn.Module],
+    sites: Sequence[Site],
+    plans: Sequence[TrainingPlan],
+    rounds: int,
+    seed: int,
+) -> nn.Module:
+    """Train ``global_model`` in place for ``rounds`` rounds of FedAvg and return it.
+
+    Every round, each site starts from the global model, trains with its own plan, and the new
+    global model is the mean of the sites' models weighted by their number of examples. The
+    seed of site ``i`` in round ``r`` is ``seed * 100_000 + r * 100 + i``: deterministic,
+    different for every (site, round), as the sites' secret seeds are in a real run.
+    """
+    total = sum(len(targets) for _, targets in sites)
+    for server_round in range(rounds):
+        averaged = {k: torch.zeros_like(v) for k, v in global_model.state_dict().items()}
+        for index, ((features, targets), plan) in enumerate(zip(sites, plans, strict=True)):
+            local = build_model()
+            local.load_state_dict(global_model.state_dict())
+            train_locally(local, features, targets, plan,
+                          seed=seed * 100_000 + server_round * 100 + index)
+            for key, value in local.state_dict().items():
+                averaged[key] += value * (len(targets) / total)
+        global_model.load_state_dict(averaged)
+    return global_model

@@ -1,0 +1,251 @@
+"""The privacy audit (``fedintent audit-privacy``, docs/PRIVACY_AUDIT.md): the attacks find
+memorisation where there is some, not where DP forbids it; the lower bound's arithmetic; the
+bound never above the accountant's epsilon; the command's errors."""
+
+import math
+from functools import partial
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import binom
+
+from fedintent.audit.analysis import analyse
+from fedintent.audit.attacks import confidence_scores, lira_leave_one_out, roc_metrics
+from fedintent.audit.bounds import (
+    audit_guesses,
+    choose_guess_counts,
+    epsilon_lower_bound,
+    guesses,
+    p_value,
+)
+from fedintent.audit.game import CANARY, NATURAL, Game, make_audit_set, run_models
+from fedintent.cli import main
+from models.minilm_head import EMBEDDING_DIM, build_head
+
+LABELS = 5
+SITES = 4
+
+
+def _game(seed: int = 0) -> Game:
+    """Four small sites of clustered 384-d "embeddings", 40 canaries and 40 natural examples."""
+    gen = torch.Generator().manual_seed(seed)
+    centres = torch.nn.functional.normalize(torch.randn(LABELS, EMBEDDING_DIM, generator=gen),
+                                            dim=1)
+
+    def rows(n: int):
+        y = torch.randint(0, LABELS, (n,), generator=gen)
+        x = centres[y] + 0.06 * torch.randn(n, EMBEDDING_DIM, generator=gen)
+        return torch.nn.functional.normalize(x, dim=1), y
+
+    train = [rows(60) for _ in range(SITES)]
+    test = [rows(25) for _ in range(SITES)]
+    audit, holdout = make_audit_set(test, LABELS, canaries=40, natural=40, seed=seed)
+    torch.manual_seed(seed)
+    initial = build_head(LABELS).state_dict()
+    return Game(train, audit, holdout, initial, partial(build_head, LABELS), seed)
+
+
+OVERFIT = {"num-rounds": 2, "local-epochs": 6, "batch-size": 32, "learning-rate": 4.0,
+           "clip-norm": 1.0}
+"""Non-private and far past convergence: the random-label canaries get memorised."""
+PRIVATE = {"num-rounds": 4, "local-epochs": 1, "batch-size": 4096, "learning-rate": 2.0,
+           "clip-norm": 1.0}
+"""Epsilon 0.3 with full-batch steps: membership should be invisible."""
+STRONG_EPSILON = 0.3
+MODELS = 8
+
+
+@pytest.fixture(scope="module")
+def overfit_results(tmp_path_factory):
+    game = _game()
+    models = run_models(game, math.inf, OVERFIT, MODELS, tmp_path_factory.mktemp("inf"),
+                        progress=lambda _: None)
+    return game, models, analyse(models, game.audit.kind, with_curves=False)
+
+
+@pytest.fixture(scope="module")
+def private_results(tmp_path_factory):
+    game = _game()
+    models = run_models(game, STRONG_EPSILON, PRIVATE, MODELS, tmp_path_factory.mktemp("eps1"),
+                        progress=lambda _: None)
+    return game, models, analyse(models, game.audit.kind, with_curves=False)
+
+
+def test_attacks_detect_memorisation_without_dp(overfit_results):
+    _, models, attacks = overfit_results
+    assert attacks[CANARY]["lira"]["auc"] > 0.8
+    assert attacks[CANARY]["loss"]["auc"] > 0.75
+    assert attacks[CANARY]["lira"]["tpr_at_0.01_fpr"] > 0.1
+    # The target alone, with guess counts chosen on the shadows, already proves epsilon > 0.
+    assert attacks[CANARY]["lira"]["bound"]["epsilon_lb"] > 0
+    assert math.isinf(models[0]["epsilon"])
+
+
+def test_attacks_find_nothing_under_strong_dp(private_results):
+    _, models, attacks = private_results
+    for kind in (CANARY, NATURAL):
+        for attack in ("lira", "loss"):
+            assert 0.35 < attacks[kind][attack]["auc"] < 0.65, (kind, attack)
+
+
+def test_lower_bound_never_exceeds_the_accountant(private_results):
+    _, models, attacks = private_results
+    accountant = models[0]["epsilon"]
+    assert 0 < accountant <= STRONG_EPSILON * 1.01
+    assert models[0]["noise_multiplier"] > 1
+    for per_attack in attacks.values():
+        for metrics in per_attack.values():
+            assert metrics["bound"]["epsilon_lb"] <= accountant
+
+
+def test_models_are_resumed_not_retrained(tmp_path):
+    game, quick = _game(), OVERFIT | {"num-rounds": 1, "local-epochs": 1}
+    first = run_models(game, math.inf, quick, 2, tmp_path, progress=lambda _: None)
+    lines: list[str] = []
+    again = run_models(game, math.inf, quick, 2, tmp_path, progress=lines.append)
+    assert lines == [f"  2 of 2 models already trained, loaded from {tmp_path}"]
+    for a, b in zip(first, again, strict=True):
+        np.testing.assert_array_equal(a["phi"], b["phi"])
+        np.testing.assert_array_equal(a["member"], b["member"])
+
+
+def test_membership_is_half_and_independent_of_the_model():
+    game = _game()
+    from fedintent.audit.game import membership
+    a, b = membership(0, 0, 4000), membership(0, 1, 4000)
+    assert abs(a.mean() - 0.5) < 0.03 and abs((a == b).mean() - 0.5) < 0.03
+    assert (game.audit.kind == CANARY).sum() == 40
+    # Canaries carry a label other than their true one.
+    assert len(game.audit) == 80
+
+
+# --- the bound's arithmetic, on hand-made guesses -------------------------------------------
+
+def test_p_value_is_the_binomial_tail_without_delta():
+    assert p_value(100, 20, 15, 0.0, 0.0) == pytest.approx(binom.sf(14, 20, 0.5))
+    q = 1 / (1 + math.exp(-2.0))
+    assert p_value(100, 20, 15, 2.0, 0.0) == pytest.approx(binom.sf(14, 20, q))
+    # delta only adds: a larger delta makes the null harder to reject.
+    assert p_value(100, 20, 15, 2.0, 1e-3) > p_value(100, 20, 15, 2.0, 0.0)
+
+
+def test_all_correct_guesses_have_a_closed_form_bound():
+    # r correct out of r with delta 0: p-value q^r = 0.05, so eps = log(q / (1 - q)).
+    for r in (10, 50, 200):
+        q = 0.05 ** (1 / r)
+        assert epsilon_lower_bound(1000, r, r, 0.0, 0.95) == pytest.approx(
+            math.log(q / (1 - q)), abs=1e-6)
+
+
+def test_chance_guessing_proves_nothing():
+    assert epsilon_lower_bound(1000, 100, 50, 1e-5) == 0.0
+    assert epsilon_lower_bound(1000, 100, 58, 1e-5) == 0.0  # within chance at 95%
+    assert epsilon_lower_bound(1000, 0, 0, 1e-5) == 0.0
+
+
+def test_bound_grows_with_evidence_and_shrinks_with_confidence_and_delta():
+    weak, strong = epsilon_lower_bound(1000, 100, 70, 1e-5), epsilon_lower_bound(1000, 400, 280,
+                                                                                   1e-5)
+    assert 0 < weak < strong
+    assert epsilon_lower_bound(1000, 400, 280, 1e-5, 0.99) < strong
+    assert epsilon_lower_bound(1000, 400, 280, 1e-3) < strong
+
+
+def test_bound_is_a_valid_test_under_randomized_response():
+    """Randomized response at eps=1 is exactly 1-DP: over many audits, the 95% bound exceeds 1
+    in at most about 5% of them, and never by much."""
+    rng = np.random.default_rng(0)
+    m, eps, above = 200, 1.0, 0
+    for _ in range(200):
+        member = rng.random(m) < 0.5
+        truthful = rng.random(m) < math.exp(eps) / (1 + math.exp(eps))
+        scores = np.where(member == truthful, 1.0, -1.0) + 1e-9 * rng.random(m)
+        bound = audit_guesses(scores, member, m // 2, m // 2, 0.0)["epsilon_lb"]
+        above += bound > eps
+    assert above <= 0.05 * 200 + 5
+
+
+def test_guesses_and_counts():
+    scores = np.array([0.9, 0.1, 0.5, 0.7, 0.3])
+    assert guesses(scores, 2, 1).tolist() == [1, -1, 0, 1, 0]
+    member = np.array([True, False, False, True, False])
+    result = audit_guesses(scores, member, 2, 1, 0.0)
+    assert (result["r"], result["v"]) == (3, 3)
+    with pytest.raises(ValueError):
+        guesses(scores, 4, 2)
+    # Calibration picks the counts that work on the shadows.
+    rng = np.random.default_rng(1)
+    calibration = []
+    for _ in range(4):
+        member = rng.random(200) < 0.5
+        calibration.append((np.where(member, 1.0, 0.0) + rng.random(200), member))
+    k_in, k_out = choose_guess_counts(calibration, 1e-5)
+    assert k_in + k_out >= 40
+
+
+def test_confidence_scores_are_stable_and_lira_separates_shifted_members():
+    logits = torch.tensor([[100.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
+    phi, loss = confidence_scores(logits, torch.tensor([0, 1]))
+    assert phi[0] == pytest.approx(100 - math.log(2)) and phi[1] == pytest.approx(-math.log(2))
+    assert loss[1] == pytest.approx(math.log(3))
+    rng = np.random.default_rng(0)
+    member = rng.random((20, 300)) < 0.5
+    difficulty = rng.normal(0, 3, 300)  # per-example offsets a global threshold cannot undo
+    phi = difficulty + 1.0 * member + rng.normal(0, 0.5, (20, 300))
+    lira = roc_metrics(lira_leave_one_out(phi, member), member)["auc"]
+    loss_only = roc_metrics(phi, member)["auc"]
+    assert lira > 0.8 > loss_only
+
+
+# --- the command -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("args, message", [
+    (["--epsilons", "1,x"], "--epsilons must be numbers"),
+    (["--epsilons", "0"], "--epsilons must be > 0"),
+    (["--shadows", "2"], "--shadows must be >= 4"),
+    (["--canaries", "1", "--natural", "0"], "--canaries and --natural"),
+    (["--confidence", "1.5"], "--confidence"),
+    (["--workers", "0"], "--workers must be >= 1"),
+])
+def test_cli_rejects_bad_options(tmp_path, capsys, args, message):
+    assert main(["audit-privacy", "--data", str(tmp_path), "--out", str(tmp_path / "o"),
+                 *args]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_cli_rejects_missing_or_wrong_data(tmp_path, capsys):
+    assert main(["audit-privacy", "--data", str(tmp_path / "nope"), "--out",
+                 str(tmp_path / "o")]) == 2
+    assert "not a folder" in capsys.readouterr().err
+    assert main(["audit-privacy", "--data", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    assert "expected train.csv and test.csv" in capsys.readouterr().err
+
+
+def test_cli_end_to_end_on_a_small_csv_dataset_then_resumes(tmp_path, capsys):
+    import csv as csv_module
+
+    from test_bench import write_dataset
+
+    data = write_dataset(tmp_path / "csv")
+    out = tmp_path / "audit"
+    args = ["audit-privacy", "--data", str(data), "--out", str(out), "--sites", "2",
+            "--epsilons", "inf,1", "--shadows", "4", "--canaries", "8", "--natural", "8",
+            "--rounds", "1"]
+    assert main(args) == 0
+    for name in ("results.json", "results.csv", "roc.png", "report.md", "audit.json"):
+        assert (out / name).stat().st_size > 0
+    with open(out / "results.csv", encoding="utf-8") as f:
+        rows = list(csv_module.DictReader(f))
+    assert {(r["epsilon"], r["kind"], r["attack"]) for r in rows} == {
+        (e, k, a) for e in ("1", "inf") for k in (CANARY, NATURAL) for a in ("lira", "loss")}
+    for row in rows:
+        assert float(row["epsilon_lb"]) <= float(row["accountant_epsilon"])
+        assert row["models"] == "5"
+    assert "| 1 |" in (out / "report.md").read_text(encoding="utf-8")
+    capsys.readouterr()
+    assert main(args) == 0
+    assert capsys.readouterr().out.count("5 of 5 models already trained") == 2
+    # Another game in the same folder is refused.
+    assert main([*args[:-2], "--rounds", "2"]) == 2
+    assert "holds an audit with other data or options" in capsys.readouterr().err
