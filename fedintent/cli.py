@@ -727,16 +727,22 @@ def _add_bench_command(commands: argparse._SubParsersAction) -> None:
     bench.set_defaults(handler=_bench)
 
 
+def _parse_epsilons(text: str) -> list[float]:
+    """``--epsilons`` of bench and audit-privacy: comma-separated numbers > 0, inf = no DP."""
+    try:
+        epsilons = [float(value) for value in text.split(",") if value.strip()]
+    except ValueError:
+        raise CliError(f"--epsilons must be numbers or inf, got {text!r}") from None
+    if not epsilons or any(not eps > 0 for eps in epsilons):
+        raise CliError(f"--epsilons must be > 0 (inf = no DP), got {text!r}")
+    return epsilons
+
+
 def _bench(args: argparse.Namespace) -> int:
     from fedintent.bench.sweep import BenchSpec, run_bench
     from fl_server.local_simulation import SimulationError
 
-    try:
-        epsilons = [float(value) for value in args.epsilons.split(",") if value.strip()]
-    except ValueError:
-        raise CliError(f"--epsilons must be numbers or inf, got {args.epsilons!r}") from None
-    if not epsilons or any(not eps > 0 for eps in epsilons):
-        raise CliError(f"--epsilons must be > 0 (inf = no DP), got {args.epsilons!r}")
+    epsilons = _parse_epsilons(args.epsilons)
     if args.seeds < 1 or args.sites < 1 or (args.rounds is not None and args.rounds < 1):
         raise CliError("--seeds, --sites and --rounds must be >= 1")
     for name in ("train.csv", "test.csv"):
@@ -796,12 +802,7 @@ def _add_audit_command(commands: argparse._SubParsersAction) -> None:
 def _audit_privacy(args: argparse.Namespace) -> int:
     from fedintent.audit.run import AuditError, AuditSpec, BoundViolation, run_audit
 
-    try:
-        epsilons = [float(value) for value in args.epsilons.split(",") if value.strip()]
-    except ValueError:
-        raise CliError(f"--epsilons must be numbers or inf, got {args.epsilons!r}") from None
-    if not epsilons or any(not eps > 0 for eps in epsilons):
-        raise CliError(f"--epsilons must be > 0 (inf = no DP), got {args.epsilons!r}")
+    epsilons = _parse_epsilons(args.epsilons)
     if args.shadows < 4:
         raise CliError(f"--shadows must be >= 4 (32 or more for a real audit), got {args.shadows}")
     natural = args.canaries if args.natural is None else args.natural

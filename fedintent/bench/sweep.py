@@ -89,8 +89,9 @@ def run_bench(spec: BenchSpec, out_dir: Path) -> list[dict]:
     largest = max(tensors, key=lambda t: len(t[1]))
 
     cells = sweep_cells(spec.epsilons, spec.seeds)
-    results = [r for r in (load_cell(out_dir, cell) for cell in cells) if r is not None]
-    todo = [cell for cell in cells if load_cell(out_dir, cell) is None]
+    done = {cell: load_cell(out_dir, cell) for cell in cells}
+    results = [result for result in done.values() if result is not None]
+    todo = [cell for cell, result in done.items() if result is None]
     if results:
         print(f"resuming: {len(results)} of {len(cells)} cells already done")
     progress = tqdm(todo, desc="bench", unit="cell", dynamic_ncols=True)
