@@ -33,6 +33,7 @@ from fl_client.dp_training import TrainingPlan, evaluate
 from fl_client.privacy_accounting import plan_noise_multiplier, steps_per_round
 from fl_client.site_data import list_site_dirs, load_site, read_labels
 from models import get_model_family
+from models.family import concat_features
 
 MODEL = "minilm-head"
 VALIDATION_SHARE = 0.15
@@ -79,7 +80,7 @@ def split_sites(data_dir: Path, labels: list[str], seed: int):
         sites.append((features[order[held:]], targets[order[held:]]))
         val_x.append(features[order[:held]])
         val_y.append(targets[order[:held]])
-    return sites, (torch.cat(val_x), torch.cat(val_y))
+    return sites, (concat_features(val_x), torch.cat(val_y))
 
 
 def main() -> int:
@@ -108,7 +109,7 @@ def main() -> int:
                 rows.append(("federated", epsilon, *candidate, accuracy))
                 print(f"federated eps={epsilon:g} rounds,epochs,batch,lr={candidate}: "
                       f"val {accuracy:.4f} ({time.monotonic() - started:.0f} s)", flush=True)
-        pooled = (torch.cat([x for x, _ in sites]), torch.cat([y for _, y in sites]))
+        pooled = (concat_features([x for x, _ in sites]), torch.cat([y for _, y in sites]))
         for epsilon in (1.0, 3.0, 8.0):
             for recipe in CENTRAL_DP_GRID:
                 accuracy = train_and_score(MODEL, labels, *pooled, *val, epsilon, recipe,

@@ -101,8 +101,10 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--site-max-epsilon", type=float, default=DEFAULTS["site-max-epsilon"],
                        help="each simulated site's lifetime epsilon budget over all runs on its "
                        "data; sites decline rounds beyond it (default: %(default)s)")
-    train.add_argument("--model", default=DEFAULTS["model"], choices=model_family_names(),
-                       help="model family (default: %(default)s)")
+    train.add_argument("--model", default=DEFAULTS["model"], metavar="MODEL",
+                       help=f"model family: {', '.join(model_family_names())}, or the folder of "
+                       "a local Hugging Face BERT checkpoint (frozen encoder + head); "
+                       "docs/MODELS.md compares them (default: %(default)s)")
     train.add_argument("--strategy", default=DEFAULTS["strategy"], choices=STRATEGIES,
                        help="aggregation (default: %(default)s)")
     train.add_argument("--accountant", default=DEFAULTS["accountant"], choices=ACCOUNTANTS,
@@ -213,6 +215,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_deployment_commands(commands)
     _add_bench_command(commands)
     _add_audit_command(commands)
+    _add_predict_command(commands)
     return parser
 
 
@@ -504,9 +507,12 @@ def _print_round(entry: dict, num_rounds: int) -> None:
     asked = trained + entry.get("sites_failed", 0)
     accuracy = entry.get("accuracy")
     accuracy_text = "n/a" if accuracy is None else f"{accuracy:.4f}"
+    upload = entry.get("upload_bytes_per_site")
+    upload_text = "" if upload is None else f"  upload {upload / 1e3:.1f} kB/site"
     print(
         f"round {entry['round']:>3}/{num_rounds}  sites trained {trained}/{asked}  "
-        f"eval accuracy {accuracy_text}  max epsilon {_fmt_epsilon(entry.get('max_epsilon'))}",
+        f"eval accuracy {accuracy_text}  max epsilon {_fmt_epsilon(entry.get('max_epsilon'))}"
+        f"{upload_text}",
         flush=True,
     )
     for failure in entry.get("failures", []):
@@ -837,6 +843,77 @@ def _audit_privacy(args: argparse.Namespace) -> int:
     print(f"done in {time.monotonic() - started:.0f} s; results: {args.out / 'report.md'}, "
           f"{args.out / 'results.csv'}, {args.out / 'results.json'}, {args.out / 'roc.png'}")
     return 0
+
+
+def _add_predict_command(commands: argparse._SubParsersAction) -> None:
+    predict = commands.add_parser(
+        "predict",
+        help="classify texts with an exported model (OUT/model of fedintent train)",
+        description="Classify texts with a model folder written by fedintent train (OUT/model; "
+        "docs/EXPORT.md). Each text is first PII-redacted exactly as sites redact their "
+        "training text (fl_client/redaction.py: phone numbers, IDs, card numbers, e-mail and "
+        "IP addresses, URLs become [PHONE], [ID], ...), so the model sees what it was trained "
+        "on. Prints one line per text: label, confidence (softmax probability), redacted text.",
+    )
+    predict.add_argument("model_dir", type=Path, metavar="MODEL_DIR")
+    predict.add_argument("texts", nargs="*", metavar="TEXT", help="texts to classify")
+    predict.add_argument("--file", type=Path,
+                         help="more texts: one per line (blank lines skipped), or a .csv file "
+                         "whose first row is a header: its 'text' column, else its first column")
+    predict.add_argument("--json", action="store_true",
+                         help="print JSON lines {text, label, confidence} instead")
+    predict.set_defaults(handler=_predict)
+
+
+def _predict(args: argparse.Namespace) -> int:
+    import json
+
+    from fl_client.redaction import redact
+    from models.export import load_exported
+
+    texts = list(args.texts) + (_read_predict_file(args.file) if args.file else [])
+    if not texts:
+        raise CliError("no texts given: pass TEXT arguments or --file PATH")
+    try:
+        model = load_exported(args.model_dir)
+    except (ValueError, OSError) as err:
+        raise CliError(str(err)) from err
+    redacted = [redact(text) for text in texts]
+    for text, (label, confidence) in zip(redacted, model.predict(redacted), strict=True):
+        if args.json:
+            print(json.dumps({"text": text, "label": label, "confidence": confidence},
+                             ensure_ascii=False))
+        else:
+            print(f"{label}\t{confidence:.4f}\t{' '.join(text.split())}")
+    return 0
+
+
+def _read_predict_file(path: Path) -> list[str]:
+    """Texts of a plain text file (one per line) or a CSV file's 'text' (else first) column."""
+    import csv
+
+    try:
+        content = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as err:
+        raise CliError(f"--file {path}: cannot read: {err}") from err
+    if path.suffix.lower() != ".csv":
+        return [line.strip() for line in content.splitlines() if line.strip()]
+    rows = csv.reader(content.splitlines(keepends=True))
+    header = next(rows, None)
+    if not header:
+        raise CliError(f"{path}: empty CSV file (it needs a header row)")
+    names = [name.strip().lower() for name in header]
+    column = names.index("text") if "text" in names else 0
+    texts = []
+    for row in rows:
+        if not any(cell.strip() for cell in row):
+            continue
+        if column >= len(row):
+            raise CliError(f"{path}:{rows.line_num}: no value in column {column + 1} "
+                           f"({header[column]!r})")
+        if row[column].strip():
+            texts.append(row[column].strip())
+    return texts
 
 
 if __name__ == "__main__":

@@ -107,6 +107,7 @@ def train(msg: Message, context: Context) -> Message:
         batch_size=request.batch_size,
         local_epochs=request.local_epochs,
         learning_rate=float(cfg["learning-rate"]),
+        grad_sample_mode=get_model_family(str(cfg["model"])).grad_sample_mode,
     )
     seed = private_seed(state_dir, request.run_name, request.server_round)
     loss, steps_taken = train_locally(model, features, targets, plan, seed=seed)

@@ -31,6 +31,9 @@ class TrainingPlan:
     batch_size: expected Poisson batch size; sets the sample rate ``1 / ceil(n / batch_size)``.
     local_epochs: passes over the site's data per round; more epochs cost more epsilon.
     learning_rate: local SGD step size.
+    grad_sample_mode: how Opacus gets each example's gradient norm for clipping ("hooks" or
+        "ghost", the model family's choice); the same clipping and noise either way, so the
+        guarantee does not depend on it.
     """
 
     noise_multiplier: float | None
@@ -39,6 +42,7 @@ class TrainingPlan:
     local_epochs: int
     learning_rate: float
     momentum: float = 0.0
+    grad_sample_mode: str = "hooks"
 
 
 def train_locally(
@@ -53,13 +57,17 @@ def train_locally(
     torch.manual_seed(seed)
     dataset = TensorDataset(features, labels)
     loader = DataLoader(dataset, batch_size=plan.batch_size, shuffle=True, generator=generator)
-    optimizer = torch.optim.SGD(model.parameters(), lr=plan.learning_rate, momentum=plan.momentum)
+    # A family may step its parts at different rates (``minilm-finetune``'s param_groups).
+    params = (model.param_groups(plan.learning_rate) if hasattr(model, "param_groups")
+              else model.parameters())
+    optimizer = torch.optim.SGD(params, lr=plan.learning_rate, momentum=plan.momentum)
     model.train()
+    criterion = UnitLoss()
     if plan.noise_multiplier is not None:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Secure RNG turned off")
             engine = PrivacyEngine(accountant="prv")
-            dp_model, optimizer, loader = engine.make_private(
+            private = engine.make_private(
                 module=model,
                 optimizer=optimizer,
                 data_loader=loader,
@@ -67,7 +75,13 @@ def train_locally(
                 max_grad_norm=plan.clip_norm,
                 poisson_sampling=True,
                 noise_generator=torch.Generator().manual_seed(seed + 1),
+                criterion=criterion,
+                grad_sample_mode=plan.grad_sample_mode,
             )
+        if plan.grad_sample_mode == "ghost":
+            dp_model, optimizer, criterion, loader = private
+        else:
+            dp_model, optimizer, loader = private
         sample_rate, planned_steps = steps_per_round(len(dataset), plan.batch_size,
                                                      plan.local_epochs)
         if abs(loader.sample_rate - sample_rate) > 1e-12:
@@ -77,24 +91,28 @@ def train_locally(
     else:
         dp_model = model
 
-    criterion = unit_loss
     with warnings.catch_warnings():
         # Opacus' hooks on a head over frozen features: the warning is expected and harmless.
         warnings.filterwarnings("ignore", message="Full backward hook is firing")
-        total_loss, steps = _run_epochs(dp_model, loader, optimizer, criterion, plan.local_epochs)
+        total_loss, steps = _run_epochs(dp_model, loader, optimizer, criterion, plan)
     if plan.noise_multiplier is not None:
         dp_model.remove_hooks()
     return total_loss, steps
 
 
-def _run_epochs(model, loader, optimizer, criterion, epochs: int) -> tuple[float, int]:
+def _run_epochs(model, loader, optimizer, criterion, plan: TrainingPlan) -> tuple[float, int]:
     total_loss, total_seen, steps = 0.0, 0, 0
-    for _ in range(epochs):
+    for _ in range(plan.local_epochs):
         for x, y in loader:
             optimizer.zero_grad(set_to_none=True)
             if len(y) == 0:
                 # An empty Poisson batch is still a DP step: zero gradients, then pure noise.
-                model(x).sum().backward()
+                if plan.grad_sample_mode == "ghost":  # the optimizer reads p.grad as is
+                    for param in model.parameters():
+                        if param.requires_grad:
+                            param.grad = torch.zeros_like(param)
+                else:  # the hooks record an empty batch of per-example gradients
+                    model(x).sum().backward()
                 optimizer.step()
                 steps += 1
                 continue
@@ -107,20 +125,30 @@ def _run_epochs(model, loader, optimizer, criterion, epochs: int) -> tuple[float
     return total_loss / max(total_seen, 1), steps
 
 
-def unit_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+class UnitLoss(nn.Module):
     """Mean over the batch's privacy units of each unit's mean cross-entropy.
 
     An utterance unit is one row; a customer unit is a padded group of rows (labels
     ``PADDING_LABEL`` mark padding). Opacus treats the first dimension as the unit, so the
-    gradient it clips is exactly one unit's gradient.
+    gradient it clips is exactly one unit's gradient. ``reduction = "none"`` gives the per-unit
+    losses that Opacus' ghost clipping asks for.
     """
-    if labels.dim() == 1:
-        return nn.functional.cross_entropy(logits, labels)
-    per_row = nn.functional.cross_entropy(
-        logits.flatten(0, 1), labels.flatten(), ignore_index=PADDING_LABEL, reduction="none"
-    ).view(labels.shape)
-    rows_per_unit = (labels != PADDING_LABEL).sum(dim=1).clamp(min=1)
-    return (per_row.sum(dim=1) / rows_per_unit).mean()
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reduction = "mean"
+
+    def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if labels.dim() == 1:
+            per_unit = nn.functional.cross_entropy(logits, labels, reduction="none")
+        else:
+            per_row = nn.functional.cross_entropy(
+                logits.flatten(0, 1), labels.flatten(), ignore_index=PADDING_LABEL,
+                reduction="none",
+            ).view(labels.shape)
+            rows_per_unit = (labels != PADDING_LABEL).sum(dim=1).clamp(min=1)
+            per_unit = per_row.sum(dim=1) / rows_per_unit
+        return per_unit if self.reduction == "none" else per_unit.mean()
 
 
 @torch.no_grad()

@@ -12,7 +12,7 @@ from fl_client.privacy_accounting import ACCOUNTANTS
 from fl_client.privacy_units import PRIVACY_UNITS
 from fl_server.secure_aggregation import incompatibility
 from fl_server.strategy import STRATEGIES
-from models import model_family_names
+from models import get_model_family
 
 DEFAULTS: dict[str, str | int | float | bool] = {
     "data-dir": "",
@@ -96,8 +96,15 @@ def check_run_config(cfg: dict) -> dict:
     stop = full["stop-after-round"]
     if int(stop) < 0 or int(stop) != stop:
         raise RunConfigError(f"stop-after-round must be a whole number >= 0 (0 = off), got {stop}")
+    try:
+        full["model"] = get_model_family(str(full["model"])).name  # a folder: its absolute path
+    except ValueError as err:
+        raise RunConfigError(f"model: {err}") from None
+    if full["model"] == "minilm-finetune" and full["privacy-unit"] == "customer":
+        raise RunConfigError("privacy-unit customer is not supported with minilm-finetune (a "
+                             "customer's utterances would need a second sequence dimension); "
+                             "use minilm-head or ngram")
     choices = {
-        "model": model_family_names(),
         "strategy": list(STRATEGIES),
         "accountant": list(ACCOUNTANTS),
         "privacy-unit": list(PRIVACY_UNITS),

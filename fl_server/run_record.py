@@ -1,10 +1,11 @@
 """The run's record: ``metrics.json``, rewritten atomically after every round.
 
 Per round it holds the sites that trained, and those that failed, declined, did not reply or
-whose update the server rejected (with the reason), each accepted update's norm, the
-example-weighted evaluation accuracy and loss, and each site's cumulative epsilon and delta as
-the site reported them. ``fedintent train`` follows this file to print progress, so a round is
-only visible once it is complete on disk. A resumed run continues the same file.
+whose update the server rejected (with the reason), each accepted update's norm, the example-
+weighted evaluation accuracy and loss, each site's cumulative epsilon and delta as the site
+reported them, and the size of each site's reply as serialized (its upload). ``fedintent train``
+follows this file to print progress, so a round is only visible once it is complete on disk. A
+resumed run continues the same file.
 """
 
 import json
@@ -13,6 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from flwr.app import Message, MetricRecord
+from flwr.common.serde import recorddict_to_proto
 
 from fl_client.egress_guard import DECLINED
 from fl_server.atomic_write import write_bytes_atomic
@@ -99,6 +101,8 @@ class RunRecord:
                 if key in metrics
             }
             sites[node]["node_id"] = str(reply.metadata.src_node_id)
+            if "arrays" in reply.content:  # with SecAgg+ the masked vectors come in stages
+                sites[node]["upload_bytes"] = recorddict_to_proto(reply.content).ByteSize()
             if reply.metadata.src_node_id in update_norms:
                 sites[node]["update_norm"] = update_norms[reply.metadata.src_node_id]
         entry = {"round": server_round, "sites_trained": len(sites), "sites_failed": len(failures),
@@ -108,6 +112,9 @@ class RunRecord:
             weight = sum(s["num_examples"] for s in trained)
             entry["train_loss"] = sum(s["train_loss"] * s["num_examples"] for s in trained) / weight
             entry["max_epsilon"] = _max_epsilon(trained)
+        uploads = [s["upload_bytes"] for s in sites.values() if "upload_bytes" in s]
+        if uploads:
+            entry["upload_bytes_per_site"] = sum(uploads) / len(uploads)
         self._pending[server_round] = entry
         return entry
 

@@ -118,7 +118,7 @@ def main(grid: Grid, context: Context) -> None:
             arrays.to_torch_state_dict(),
             family=family.name,
             labels=labels,
-            metadata={"run_id": context.run_id, "rounds": num_rounds},
+            run_doc=record.doc | {"final": final_summary(record.doc)},
         )
     except Exception as err:
         record.finish("failed", error=str(err))

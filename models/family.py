@@ -2,52 +2,142 @@
 
 A model family splits the classifier into two parts:
 
-* ``featurize``: a fixed function of the text, computed once at the site and cached on its disk.
-  It is never fitted on site text, so it carries no information about any site's data.
+* ``featurize``: a fixed function of the text, computed at the site (and cached on its disk when
+  it is expensive). It is never fitted on site text, so it carries no information about any
+  site's data, and it never leaves the site.
 * ``build_model``: the trainable module on top of the features. Its full ``state_dict`` is what
-  is trained under DP-SGD and exchanged with the server; nothing else leaves a site.
+  is trained under DP-SGD and exchanged with the server (``exchanged`` says what that is);
+  nothing else leaves a site.
 * ``initial_model``: the module the server starts a run from, built from public information
   only (the label names), never from site data.
+
+Families: ``minilm-head`` (default), ``minilm-finetune``, ``ngram``, or the path of a local
+Hugging Face BERT-style checkpoint folder (frozen encoder + head, like ``minilm-head``).
 """
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache, partial
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from models import minilm_head
+from models import encoder_head, minilm_finetune, ngram
+from models.encoder import check_encoder_folder, packaged_minilm
 
 
 @dataclass(frozen=True)
 class ModelFamily:
+    """name: the run-config ``model`` value (a family name or a checkpoint folder).
+    languages: what text the featurizer can read.
+    exchanged: the parameters a site uploads each round (all of ``build_model``'s state).
+    grad_sample_mode: how Opacus computes per-example gradient norms for DP-SGD ("hooks"
+        materialises per-example gradients; "ghost" computes the norms of Linear layers
+        without them, for models too large for that).
+    encoder_path: the Hugging Face encoder folder of BERT-based families, None for ``ngram``.
+    trained_layers: top encoder layers trained and exchanged (``minilm-finetune``).
+    """
+
     name: str
     description: str
+    languages: str
+    exchanged: str
     featurize: Callable[[list[str], Path | None], torch.Tensor]
     build_model: Callable[[int], nn.Module]
     initial_model: Callable[[list[str]], nn.Module]
+    grad_sample_mode: str = "hooks"
+    encoder_path: Path | None = None
+    trained_layers: int = 0
 
 
-_FAMILIES = {
-    "minilm-head": ModelFamily(
-        name="minilm-head",
-        description="frozen packaged all-MiniLM-L6-v2 sentence embeddings + trainable linear head",
-        featurize=minilm_head.featurize,
-        build_model=minilm_head.build_head,
-        initial_model=minilm_head.initial_head,
-    ),
+def _encoder_head(name: str, folder: Path, description: str, languages: str) -> ModelFamily:
+    return ModelFamily(
+        name=name,
+        description=description,
+        languages=languages,
+        exchanged="the linear head over the frozen encoder's sentence embedding "
+                  "(hidden x labels weights + labels biases)",
+        featurize=partial(encoder_head.featurize, folder=folder),
+        build_model=partial(encoder_head.build_head, folder=folder),
+        initial_model=partial(encoder_head.initial_head, folder=folder),
+        encoder_path=folder,
+    )
+
+
+def _minilm_finetune() -> ModelFamily:
+    folder, layers = packaged_minilm(), minilm_finetune.TRAINED_LAYERS
+    return ModelFamily(
+        name="minilm-finetune",
+        description=f"all-MiniLM-L6-v2 with its top {layers} encoder layer(s) and a linear head "
+                    "trained under DP (ghost clipping); slower, more accurate",
+        languages="English",
+        exchanged=f"the top {layers} MiniLM encoder layer(s) + the linear head",
+        featurize=partial(minilm_finetune.featurize, folder=folder, trained_layers=layers),
+        build_model=partial(minilm_finetune.build_model, folder=folder, trained_layers=layers),
+        initial_model=partial(minilm_finetune.initial_model, folder=folder,
+                              trained_layers=layers),
+        grad_sample_mode="ghost",
+        encoder_path=folder,
+        trained_layers=layers,
+    )
+
+
+def _ngram() -> ModelFamily:
+    dim = ngram.SETTINGS["dim"]
+    return ModelFamily(
+        name="ngram",
+        description="linear model over hashed character and word n-grams, trained from scratch "
+                    "(no pretrained weights, no learned vocabulary); for Chinese and any language",
+        languages="any (character n-grams)",
+        exchanged=f"the linear layer over {dim} hashed n-gram features",
+        featurize=ngram.featurize,
+        build_model=ngram.build_model,
+        initial_model=ngram.initial_model,
+        grad_sample_mode="ghost",
+    )
+
+
+_NAMED = {
+    "minilm-head": lambda: _encoder_head(
+        "minilm-head", packaged_minilm(),
+        "frozen packaged all-MiniLM-L6-v2 sentence embeddings + trainable linear head; "
+        "the fast default", "English"),
+    "minilm-finetune": _minilm_finetune,
+    "ngram": _ngram,
 }
 
 
+def concat_features(parts: list[torch.Tensor]) -> torch.Tensor:
+    """Stack feature tensors from separate ``featurize`` calls into one.
+
+    Token-state features (``minilm-finetune``) are padded to each call's longest text; shorter
+    parts are zero-padded along the token axis, which is padding to the model (mask 0).
+    """
+    if not parts or parts[0].dim() == 2:
+        return torch.cat(parts)
+    length = max(part.shape[1] for part in parts)
+    return torch.cat([nn.functional.pad(part, (0, 0, 0, length - part.shape[1]))
+                      for part in parts])
+
+
 def model_family_names() -> list[str]:
-    return sorted(_FAMILIES)
+    return sorted(_NAMED)
 
 
+@lru_cache(maxsize=8)
 def get_model_family(name: str) -> ModelFamily:
-    """Look a family up by name; the error lists the known ones."""
-    try:
-        return _FAMILIES[name]
-    except KeyError:
+    """A family by name, or a frozen-encoder family for a local checkpoint folder path.
+
+    Raises ValueError naming the known families, or what is wrong with the folder.
+    """
+    if name in _NAMED:
+        return _NAMED[name]()
+    if "/" not in name and not Path(name).exists():
         known = ", ".join(model_family_names())
-        raise ValueError(f"unknown model {name!r}; known models: {known}") from None
+        raise ValueError(f"unknown model {name!r}; known models: {known}, or the path of a "
+                         "local Hugging Face BERT checkpoint folder")
+    folder = check_encoder_folder(Path(name))
+    return _encoder_head(str(folder), folder,
+                         f"frozen local encoder {folder} + trainable linear head",
+                         "those of the checkpoint's tokenizer")

@@ -3,32 +3,35 @@
 import pytest
 import torch
 
-import models.minilm_head as minilm
+import models.encoder as encoder
+import models.encoder_head as minilm
 from fl_server.model_store import load_model, save_model
 from models import get_model_family, model_family_names
+
+MINILM = encoder.packaged_minilm()
 
 
 def test_embeddings_are_normalised_and_meaningful():
     features = minilm.featurize(
-        ["I lost my credit card", "my card is missing", "what is the weather today"], None
-    )
-    assert features.shape == (3, minilm.EMBEDDING_DIM)
+        ["I lost my credit card", "my card is missing", "what is the weather today"], None,
+        MINILM)
+    assert features.shape == (3, 384)
     assert torch.allclose(features.norm(dim=1), torch.ones(3), atol=1e-5)
     assert features[0] @ features[1] > features[0] @ features[2]
 
 
 def test_features_are_cached_on_the_site_disk(tmp_path, monkeypatch):
     texts = ["refund my order", "cancel my plan"]
-    first = minilm.featurize(texts, tmp_path)
+    first = minilm.featurize(texts, tmp_path, MINILM)
     assert len(list(tmp_path.glob("*.npy"))) == 1
 
-    def no_encoding(_texts):
+    def no_encoding(_texts, _folder):
         raise AssertionError("cached texts must not be re-encoded")
 
     monkeypatch.setattr(minilm, "embed", no_encoding)
-    assert torch.equal(minilm.featurize(texts, tmp_path), first)
+    assert torch.equal(minilm.featurize(texts, tmp_path, MINILM), first)
     with pytest.raises(AssertionError):
-        minilm.featurize(texts + ["a new text"], tmp_path)
+        minilm.featurize(texts + ["a new text"], tmp_path, MINILM)
 
 
 def test_only_the_head_is_exchanged():
@@ -59,12 +62,12 @@ def test_model_store_round_trip(tmp_path):
 
 def test_the_initial_head_is_a_zero_shot_classifier_from_label_names():
     labels = ["card_arrival", "banking.lost_card", "exchange-rate", "top_up_failed"]
-    head = minilm.initial_head(labels)
+    head = minilm.initial_head(labels, MINILM)
     phrases = ["card arrival", "banking lost card", "exchange rate", "top up failed"]
     assert [minilm.label_phrase(label) for label in labels] == phrases
-    embeddings = minilm.embed(phrases)
+    embeddings = encoder.embed(phrases, MINILM)
     assert torch.allclose(head.weight, minilm.LABEL_PRIOR_SCALE * embeddings, atol=1e-6)
     assert torch.count_nonzero(head.bias) == 0
-    queries = minilm.embed(["where is my new card", "i lost my card",
-                                 "what rate for euros", "my top-up did not work"])
+    queries = encoder.embed(["where is my new card", "i lost my card",
+                             "what rate for euros", "my top-up did not work"], MINILM)
     assert head(queries).argmax(dim=1).tolist() == [0, 1, 2, 3]

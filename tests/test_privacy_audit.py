@@ -21,9 +21,9 @@ from fedintent.audit.bounds import (
 )
 from fedintent.audit.game import CANARY, NATURAL, Game, make_audit_set, run_models
 from fedintent.cli import main
-from models.minilm_head import EMBEDDING_DIM, build_head
 
 LABELS = 5
+EMBEDDING_DIM = 384
 SITES = 4
 
 
@@ -42,8 +42,9 @@ def _game(seed: int = 0) -> Game:
     test = [rows(25) for _ in range(SITES)]
     audit, holdout = make_audit_set(test, LABELS, canaries=40, natural=40, seed=seed)
     torch.manual_seed(seed)
-    initial = build_head(LABELS).state_dict()
-    return Game(train, audit, holdout, initial, partial(build_head, LABELS), seed)
+    initial = torch.nn.Linear(EMBEDDING_DIM, LABELS).state_dict()
+    build = partial(torch.nn.Linear, EMBEDDING_DIM, LABELS)
+    return Game(train, audit, holdout, initial, build, seed)
 
 
 OVERFIT = {"num-rounds": 2, "local-epochs": 6, "batch-size": 32, "learning-rate": 4.0,

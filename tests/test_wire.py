@@ -30,7 +30,7 @@ from fl_server.local_simulation import (
     _write_connection,
     flower_env,
 )
-from models.minilm_head import load_encoder
+from models.encoder import load_encoder, packaged_minilm
 
 CANARY_TEXTS = [
     "canary zebra quasar {site}: my card 4556 7375 8689 9855 was stolen, call 13912345678",
@@ -106,7 +106,7 @@ def plant_canaries(data: Path) -> tuple[list[str], list[str]]:
 
 def token_id_patterns(texts: list[str]) -> list[bytes]:
     """Every run of 4 consecutive word-piece ids, packed the ways a tensor would hold them."""
-    tokenizer, _ = load_encoder()
+    tokenizer, _ = load_encoder(packaged_minilm())
     patterns = []
     for text in texts:
         ids = tokenizer(text)["input_ids"][1:-1]

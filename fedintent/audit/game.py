@@ -40,6 +40,7 @@ from fl_client.privacy_accounting import (
 )
 from fl_server.atomic_write import write_bytes_atomic
 from fl_server.run_config import DEFAULTS
+from models.family import concat_features
 
 CANARY = "canary"
 NATURAL = "natural"
@@ -79,7 +80,7 @@ class Game:
 def make_audit_set(test_sites: list[Site], num_labels: int, canaries: int, natural: int,
                    seed: int) -> tuple[AuditSet, Site]:
     """Draw the audit examples from the sites' test rows; return them and the unused rows."""
-    features = torch.cat([x for x, _ in test_sites])
+    features = concat_features([x for x, _ in test_sites])
     labels = torch.cat([y for _, y in test_sites])
     site = np.concatenate([np.full(len(y), k) for k, (_, y) in enumerate(test_sites)])
     if canaries + natural > len(labels):
@@ -143,7 +144,7 @@ def train_model(game: Game, model_index: int, epsilon: float, settings: dict) ->
     sites = []
     for k, (features, labels) in enumerate(game.sites):
         rows = np.flatnonzero(member & (game.audit.site == k))
-        sites.append((torch.cat([features, game.audit.features[rows]]),
+        sites.append((concat_features([features, game.audit.features[rows]]),
                       torch.cat([labels, game.audit.labels[rows]])))
     plans, privacy = site_plans([len(y) for _, y in sites], epsilon, settings)
     model = game.build_model()

@@ -47,6 +47,7 @@ def train_and_score(
 ) -> float:
     """Test accuracy of the model family's initial model trained on one pool of data with
     DP-SGD at ``epsilon`` (inf: plain SGD); the noise is planned for exactly this training."""
+    family = get_model_family(model_name)
     noise = None
     if math.isfinite(epsilon):
         sample_rate, steps = steps_per_round(len(labels), recipe.batch_size, recipe.epochs)
@@ -57,8 +58,9 @@ def train_and_score(
         batch_size=recipe.batch_size,
         local_epochs=recipe.epochs,
         learning_rate=recipe.learning_rate,
+        grad_sample_mode=family.grad_sample_mode,
     )
-    model = get_model_family(model_name).initial_model(label_names)
+    model = family.initial_model(label_names)
     train_locally(model, features, labels, plan, seed=seed)
     return evaluate(model, test_features, test_labels)[1]
 

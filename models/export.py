@@ -1,0 +1,248 @@
+"""The final model as a Hugging Face folder, and loading it back for inference.
+
+A BERT-based model (``minilm-head``, ``minilm-finetune``, a local checkpoint) is exported whole:
+the base encoder's weights with the trained top layers substituted, plus the classifier, as a
+``FedintentBertForSequenceClassification`` (``hf_classifier.py``, copied into the folder as
+``modeling_fedintent.py``) with its tokenizer, so ``transformers.pipeline`` runs it without
+fedintent. An ``ngram`` model is exported as its linear layer and featurizer settings: its
+features are hashed n-grams, not token ids from a tokenizer, so no transformers pipeline can
+feed it; ``load_exported`` runs it (and the BERT ones). ``fedintent.json`` names the family and
+labels, so fedintent can also rebuild the exchanged module (``load_exchanged``).
+
+The folder is written next to its destination and renamed into place; an earlier export at
+the destination is only removed once the new one is complete.
+"""
+
+import json
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch import nn
+from transformers import AutoConfig, AutoModelForSequenceClassification
+
+from models.encoder import MAX_TOKENS, load_encoder
+from models.family import ModelFamily, get_model_family
+from models.hf_classifier import FedintentBertConfig, FedintentBertForSequenceClassification
+
+# With the class registered, pipeline("text-classification", model=FOLDER) loads an export
+# without trust_remote_code in any process that imported this module (``fedintent predict``).
+# Registered here, not in ``models/__init__``: the BERT code costs seconds to import, and every
+# site process imports ``models``.
+AutoConfig.register(FedintentBertConfig.model_type, FedintentBertConfig, exist_ok=True)
+AutoModelForSequenceClassification.register(
+    FedintentBertConfig, FedintentBertForSequenceClassification, exist_ok=True
+)
+
+FRAMEWORK_FILE = "fedintent.json"
+WEIGHTS_FILE = "model.safetensors"
+MODEL_CODE_FILE = "modeling_fedintent.py"
+CARD_FILE = "README.md"
+NGRAM_MODEL_TYPE = "fedintent-ngram"
+AUTO_MAP = {
+    "AutoConfig": "modeling_fedintent.FedintentBertConfig",
+    "AutoModelForSequenceClassification":
+        "modeling_fedintent.FedintentBertForSequenceClassification",
+}
+PREDICT_BATCH = 64
+_ENCODER_CONFIG_KEYS_DROPPED = ("model_type", "architectures", "auto_map", "transformers_version")
+
+
+def export_model(out_dir: Path, family: ModelFamily, state_dict: dict[str, torch.Tensor],
+                 labels: list[str], card: str, metadata: dict | None = None) -> Path:
+    """Write the trained model (``state_dict``: the exchanged parameters) to ``out_dir``.
+
+    ``card`` becomes README.md; ``metadata`` (run id, rounds) goes into fedintent.json.
+    """
+    module = family.build_model(len(labels))
+    module.load_state_dict(state_dict)  # a clear error if the parameters are not this family's
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
+    try:
+        if family.encoder_path is None:
+            _write_ngram(tmp, module.state_dict(), labels)
+        else:
+            _write_bert(tmp, family, module.state_dict(), labels)
+        info = {"model_family": family.name, "labels": labels,
+                "trained_layers": family.trained_layers, **(metadata or {})}
+        (tmp / FRAMEWORK_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+        (tmp / CARD_FILE).write_text(card, encoding="utf-8")
+        _replace_folder(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def _write_ngram(folder: Path, exchanged: dict[str, torch.Tensor], labels: list[str]) -> None:
+    from models.ngram import SETTINGS
+
+    config = _label_config(labels) | {"model_type": NGRAM_MODEL_TYPE, "featurizer": SETTINGS}
+    (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    save_file({k: v.detach().contiguous() for k, v in exchanged.items()},
+              str(folder / WEIGHTS_FILE), metadata={"format": "pt"})
+
+
+def _write_bert(folder: Path, family: ModelFamily, exchanged: dict[str, torch.Tensor],
+                labels: list[str]) -> None:
+    from transformers import AutoTokenizer
+
+    encoder_path = Path(family.encoder_path)
+    raw = json.loads((encoder_path / "config.json").read_text(encoding="utf-8"))
+    settings = {k: v for k, v in raw.items() if k not in _ENCODER_CONFIG_KEYS_DROPPED}
+    config = FedintentBertConfig.from_dict(settings | _label_config(labels))
+    config.auto_map = AUTO_MAP
+    first_trained = config.num_hidden_layers - family.trained_layers
+    weights = {f"bert.{k}": v for k, v in load_encoder(encoder_path)[1].state_dict().items()
+               if not k.startswith("pooler.")}
+    weights |= {_export_key(k, first_trained): v for k, v in exchanged.items()}
+    model = FedintentBertForSequenceClassification(config)
+    model.load_state_dict(weights)
+    model.save_pretrained(folder)
+    tokenizer = AutoTokenizer.from_pretrained(encoder_path, local_files_only=True,
+                                              model_max_length=MAX_TOKENS)
+    tokenizer.save_pretrained(folder)
+    shutil.copyfile(Path(__file__).with_name("hf_classifier.py"), folder / MODEL_CODE_FILE)
+
+
+def _label_config(labels: list[str]) -> dict:
+    return {
+        "num_labels": len(labels),
+        "id2label": {str(i): label for i, label in enumerate(labels)},
+        "label2id": {label: i for i, label in enumerate(labels)},
+        "problem_type": "single_label_classification",
+    }
+
+
+def _export_key(key: str, first_trained: int) -> str:
+    """Where an exchanged parameter lives in the exported transformers model: trained layer i
+    replaces encoder layer ``first_trained + i``; the head is the classifier."""
+    if key.startswith("layers."):
+        _, index, rest = key.split(".", 2)
+        return f"bert.encoder.layer.{first_trained + int(index)}.{rest}"
+    return "classifier." + key.removeprefix("head.")
+
+
+def _replace_folder(new: Path, target: Path) -> None:
+    """Rename ``new`` to ``target``; an existing ``target`` is kept aside until that worked."""
+    if not target.exists():
+        new.rename(target)
+        return
+    old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.old."))
+    old.rmdir()
+    target.rename(old)
+    try:
+        new.rename(target)
+    except BaseException:
+        old.rename(target)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def read_export(model_dir: Path) -> tuple[dict, dict]:
+    """(fedintent.json, config.json) of an export; a clear error naming what is missing."""
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise ValueError(f"model folder not found: {model_dir}")
+    documents = []
+    for name in (FRAMEWORK_FILE, "config.json"):
+        path = model_dir / name
+        if not path.is_file():
+            raise ValueError(f"{model_dir}: not a fedintent model export (no {name})")
+        try:
+            documents.append(json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise ValueError(f"{path}: unreadable: {err}") from None
+    info, config = documents
+    if not isinstance(info.get("labels"), list) or "model_family" not in info:
+        raise ValueError(f"{model_dir / FRAMEWORK_FILE}: needs 'model_family' and 'labels'")
+    return info, config
+
+
+def _read_tensors(model_dir: Path, keys: list[str] | None = None) -> dict[str, torch.Tensor]:
+    """The named tensors (all when ``keys`` is None) of the export's weights file."""
+    path = Path(model_dir) / WEIGHTS_FILE
+    if not path.is_file():
+        raise ValueError(f"{Path(model_dir)}: not a fedintent model export (no {WEIGHTS_FILE})")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            missing = sorted(set(keys or []) - set(f.keys()))
+            if missing:
+                raise ValueError(f"{path}: missing tensors {missing[:5]}")
+            return {k: f.get_tensor(k) for k in (keys if keys is not None else f.keys())}
+    except SafetensorError as err:
+        raise ValueError(f"{path}: corrupt safetensors file: {err}") from None
+
+
+def load_exchanged(model_dir: Path) -> tuple[nn.Module, list[str], dict]:
+    """(exchanged module over the family's features, labels, fedintent.json) of an export.
+
+    This is the module the federation trained, for evaluation on features a site computed;
+    the family (for a local checkpoint: its folder) must exist on this machine.
+    """
+    info, config = read_export(model_dir)
+    module = get_model_family(info["model_family"]).build_model(len(info["labels"]))
+    first_trained = config.get("num_hidden_layers", 0) - info.get("trained_layers", 0)
+    keys = {k: k if config["model_type"] == NGRAM_MODEL_TYPE else _export_key(k, first_trained)
+            for k in module.state_dict()}
+    tensors = _read_tensors(model_dir, list(keys.values()))
+    module.load_state_dict({k: tensors[key] for k, key in keys.items()})
+    module.eval()
+    return module, info["labels"], info
+
+
+@dataclass(frozen=True)
+class ExportedModel:
+    """An exported model ready for inference on (already PII-redacted) text."""
+
+    labels: list[str]
+    logits: Callable[[list[str]], torch.Tensor]
+
+    @torch.no_grad()
+    def predict(self, texts: list[str]) -> list[tuple[str, float]]:
+        """(most likely label, its softmax probability) for each text."""
+        results = []
+        for start in range(0, len(texts), PREDICT_BATCH):
+            probs = torch.softmax(self.logits(texts[start : start + PREDICT_BATCH]), dim=-1)
+            confidence, index = probs.max(dim=-1)
+            results += [(self.labels[i], c) for i, c in zip(index.tolist(), confidence.tolist(),
+                                                            strict=True)]
+        return results
+
+
+def load_exported(model_dir: Path) -> ExportedModel:
+    """Any family's export, for ``predict``: the transformers model for BERT families, the
+    hashed n-gram featurizer and linear layer for ``ngram`` (which ``pipeline`` cannot run)."""
+    model_dir = Path(model_dir)
+    info, config = read_export(model_dir)
+    labels = info["labels"]
+    if config.get("model_type") == NGRAM_MODEL_TYPE:
+        from models.ngram import featurize_with
+
+        tensors = _read_tensors(model_dir)
+        if "weight" not in tensors:
+            raise ValueError(f"{model_dir / WEIGHTS_FILE}: no 'weight' tensor")
+        settings = config["featurizer"]
+        return ExportedModel(labels, lambda texts: nn.functional.linear(
+            featurize_with(texts, settings), tensors["weight"], tensors.get("bias")))
+    from transformers import AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    _read_tensors(model_dir, [])  # a clear error for a damaged weights file
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+    model = FedintentBertForSequenceClassification.from_pretrained(model_dir, local_files_only=True)
+    model.eval()
+
+    def logits(texts: list[str]) -> torch.Tensor:
+        batch = tokenizer(texts, padding=True, truncation=True, max_length=MAX_TOKENS,
+                          return_tensors="pt")
+        return model(**batch).logits
+
+    return ExportedModel(labels, logits)

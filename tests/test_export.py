@@ -1,0 +1,226 @@
+"""The exported model: transformers loads it and predicts what fedintent's own model predicts."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import pipeline
+
+import models.export as export
+from fl_server.model_store import load_model, save_model
+from models import get_model_family
+from models.export import export_model, load_exchanged, load_exported
+from models.model_card import model_card
+from models.ngram import SETTINGS
+
+LABELS = ["card_arrival", "lost_card", "exchange_rate", "top_up"]
+TRAIN = [
+    ("where is my new card", 0), ("my card has not arrived yet", 0),
+    ("i lost my card", 1), ("someone stole my card, call me on [PHONE]", 1),
+    ("what is the euro exchange rate", 2), ("how much is a dollar in pounds", 2),
+    ("my top-up failed", 3), ("add money to my account", 3),
+]
+QUERIES = ["when will the card come", "card lost yesterday", "rate for yen please",
+           "top up did not work", "a longer sentence about nothing in particular at all"]
+
+
+def trained(name: str) -> tuple[torch.nn.Module, torch.Tensor]:
+    """(the family's initial model after a few SGD steps on TRAIN, its QUERIES logits)."""
+    family = get_model_family(name)
+    torch.manual_seed(0)
+    model = family.initial_model(LABELS)
+    features = family.featurize([text for text, _ in TRAIN], None)
+    targets = torch.tensor([label for _, label in TRAIN])
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    for _ in range(5):
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(model(features), targets).backward()
+        optimizer.step()
+    model.eval()
+    with torch.no_grad():
+        return model, model(family.featurize(QUERIES, None))
+
+
+@pytest.fixture(scope="module", params=["minilm-head", "minilm-finetune"])
+def bert_export(request, tmp_path_factory):
+    """(family name, trained exchanged module, its QUERIES logits, export folder)."""
+    model, logits = trained(request.param)
+    out = export_model(tmp_path_factory.mktemp(request.param) / "model",
+                       get_model_family(request.param), model.state_dict(), LABELS, "card\n")
+    return request.param, model, logits, out
+
+
+def expected(logits: torch.Tensor) -> list[tuple[str, float]]:
+    confidence, index = torch.softmax(logits, dim=-1).max(dim=-1)
+    return [(LABELS[i], c) for i, c in zip(index.tolist(), confidence.tolist(), strict=True)]
+
+
+def assert_same(predictions: list[tuple[str, float]], logits: torch.Tensor) -> None:
+    wanted = expected(logits)
+    assert [label for label, _ in predictions] == [label for label, _ in wanted]
+    assert [c for _, c in predictions] == pytest.approx([c for _, c in wanted], abs=1e-4)
+
+
+def test_the_export_is_a_hugging_face_folder(bert_export):
+    name, _, _, out = bert_export
+    config = json.loads((out / "config.json").read_text())
+    assert config["model_type"] == "fedintent-bert"
+    assert config["id2label"] == {str(i): label for i, label in enumerate(LABELS)}
+    assert config["label2id"] == {label: i for i, label in enumerate(LABELS)}
+    assert config["problem_type"] == "single_label_classification"
+    assert config["auto_map"] == export.AUTO_MAP
+    assert (out / "modeling_fedintent.py").read_text() == (
+        Path(export.__file__).with_name("hf_classifier.py").read_text())
+    tokenizer = json.loads((out / "tokenizer_config.json").read_text())
+    assert tokenizer["model_max_length"] == 128
+    info = json.loads((out / "fedintent.json").read_text())
+    assert info["model_family"] == name and info["labels"] == LABELS
+
+
+def test_pipeline_predicts_what_the_framework_model_predicts(bert_export):
+    _, _, logits, out = bert_export
+    classify = pipeline("text-classification", model=str(out))  # registered by models.export
+    found = classify(QUERIES, truncation=True)
+    assert_same([(r["label"], r["score"]) for r in found], logits)
+    assert_same(load_exported(out).predict(QUERIES), logits)
+
+
+@pytest.mark.parametrize("bert_export", ["minilm-finetune"], indirect=True)
+def test_the_finetuned_layers_replace_the_encoders_top_layers(bert_export):
+    name, model, _, out = bert_export
+    family = get_model_family(name)
+    initial = family.initial_model(LABELS).state_dict()
+    changed = [k for k, v in model.state_dict().items()
+               if k.startswith("layers.") and not torch.equal(v, initial[k])]
+    assert changed  # the test would prove nothing if training left the layers as they were
+    rebuilt, labels, _ = load_exchanged(out)
+    assert labels == LABELS
+    for key, value in model.state_dict().items():
+        assert torch.equal(rebuilt.state_dict()[key], value), key
+
+
+def test_trust_remote_code_loads_it_without_fedintent(bert_export, tmp_path):
+    _, _, logits, out = bert_export
+    script = (
+        "import json, sys\n"
+        "from transformers import pipeline\n"
+        f"classify = pipeline('text-classification', model={str(out)!r}, "
+        "trust_remote_code=True)\n"
+        f"found = classify({QUERIES!r}, truncation=True)\n"
+        "assert 'models' not in sys.modules and 'fedintent' not in sys.modules\n"
+        "print(json.dumps([[r['label'], r['score']] for r in found]))\n"
+    )
+    env = os.environ | {"HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          cwd=tmp_path, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert_same([tuple(pair) for pair in json.loads(done.stdout)], logits)
+
+
+def test_ngram_exports_its_featurizer_settings_and_loads_with_fedintent(tmp_path):
+    model, logits = trained("ngram")
+    out = export_model(tmp_path / "model", get_model_family("ngram"), model.state_dict(),
+                       LABELS, "card\n")
+    config = json.loads((out / "config.json").read_text())
+    assert config["model_type"] == "fedintent-ngram" and config["featurizer"] == SETTINGS
+    assert config["id2label"]["2"] == "exchange_rate"
+    assert not (out / "modeling_fedintent.py").exists()
+    assert_same(load_exported(out).predict(QUERIES), logits)
+    rebuilt, labels, info = load_model(out)
+    assert labels == LABELS and info["model_family"] == "ngram"
+    assert rebuilt.state_dict().keys() == model.state_dict().keys()
+    assert all(torch.equal(rebuilt.state_dict()[k], v) for k, v in model.state_dict().items())
+
+
+def test_a_failed_export_leaves_the_previous_one_intact(tmp_path, monkeypatch):
+    family = get_model_family("ngram")
+    first = family.initial_model(LABELS).state_dict()
+    out = export_model(tmp_path / "model", family, first, LABELS, "first\n")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(export, "save_file", broken)
+    second = {k: v + 1 for k, v in first.items()}
+    with pytest.raises(OSError, match="disk full"):
+        export_model(tmp_path / "model", family, second, LABELS, "second\n")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]
+    monkeypatch.undo()
+    export_model(tmp_path / "model", family, second, LABELS, "second\n")
+    assert (out / "README.md").read_text() == "second\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]
+
+
+def test_parameters_of_another_family_are_refused_before_writing(tmp_path):
+    head = get_model_family("minilm-head").initial_model(LABELS).state_dict()
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        export_model(tmp_path / "model", get_model_family("ngram"), head, LABELS, "card\n")
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("damage,message", [
+    (lambda out: (out / "fedintent.json").unlink(), "not a fedintent model export"),
+    (lambda out: (out / "model.safetensors").write_bytes(b"\x10\x00garbage"),
+     "model.safetensors: corrupt safetensors file"),
+    (lambda out: (out / "config.json").write_text("{"), "config.json: unreadable"),
+])
+def test_a_damaged_export_gives_an_error_naming_the_file(tmp_path, damage, message):
+    family = get_model_family("ngram")
+    out = export_model(tmp_path / "model", family, family.initial_model(LABELS).state_dict(),
+                       LABELS, "card\n")
+    damage(out)
+    with pytest.raises(ValueError, match=message):
+        load_exported(out)
+
+
+RUN_DOC = {
+    "run_id": 42,
+    "config": {"run-name": "pilot-7", "num-rounds": 2, "strategy": "fedavg",
+               "accountant": "prv", "privacy-unit": "customer", "secure-aggregation": False},
+    "rounds": [
+        {"round": 1, "sites_trained": 2, "accuracy": 0.3125, "loss": 3.5, "max_epsilon": 5.2846},
+        {"round": 2, "sites_trained": 2, "accuracy": 0.4107, "loss": 2.9888,
+         "max_epsilon": 7.9741, "upload_bytes_per_site": 131512.0},
+    ],
+    "final": {
+        "accuracy": 0.4107, "loss": 2.9888, "rounds_completed": 2, "max_epsilon": 7.9741,
+        "sites": {
+            f"site-{key}": {"epsilon": epsilon, "epsilon_all_runs": 9.125, "delta": 1e-05,
+                            "privacy_unit": "customer", "max_epsilon_budget": 10.0,
+                            "noise_multiplier": 0.85205, "sample_rate": 0.0625,
+                            "clip_norm": 1.5, "rounds_trained": 2, "num_examples": examples}
+            for key, epsilon, examples in (("aaa", 7.9741, 86), ("bbb", 6.5, 63))
+        },
+    },
+}
+
+
+def test_the_model_card_reports_the_run():
+    card = model_card(RUN_DOC, get_model_family("ngram"), LABELS)
+    for text in ["pilot-7", "2 sites", "149 training examples", "not reported by sites",
+                 "`prv` accountant", "| site-aaa | 7.974 | 1e-05 | customer | 0.852 | 1.5 "
+                 "| 0.0625 | 9.125 | 10 |", "| site-bbb | 6.5 |", "| site-aaa | 86 | 2 |",
+                 "Final accuracy 0.4107, loss 2.989", "| 2 | 2 | 0.4107 | 2.989 | 7.974 |",
+                 "`ngram`", "hashed", "card_arrival", "PII-redacted",
+                 "Not for decisions about individuals", "cannot run this model",
+                 f"{SETTINGS['dim'] * len(LABELS):,} float32 parameters",
+                 "round 2: 131,512 bytes"]:
+        assert text in card, text
+
+
+def test_the_server_saves_the_export_with_its_card(tmp_path):
+    family = get_model_family("minilm-head")
+    head = family.initial_model(LABELS)
+    out = save_model(tmp_path / "model", head.state_dict(), "minilm-head", LABELS, RUN_DOC)
+    card = (out / "README.md").read_text()
+    assert "trust_remote_code=True" in card and "| site-bbb | 6.5 |" in card
+    assert json.loads((out / "fedintent.json").read_text())["run_id"] == 42
+    rebuilt, labels, _ = load_model(out)
+    x = torch.randn(3, 384)
+    assert labels == LABELS and torch.equal(rebuilt(x), head(x))

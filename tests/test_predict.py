@@ -1,0 +1,127 @@
+"""`fedintent predict`: texts from arguments, text files and CSV files, redacted like training."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from fedintent.cli import main
+from models import get_model_family
+from models.export import export_model, load_exported
+
+LABELS = ["card_lost", "callback", "exchange_rate"]
+TRAIN = [
+    ("i lost my card", 0), ("my card is gone", 0), ("card stolen last night", 0),
+    ("please call me back on [PHONE]", 1), ("ring me at [PHONE]", 1), ("call me [PHONE]", 1),
+    ("euro exchange rate", 2), ("how many yen for a pound", 2), ("dollar rate today", 2),
+]
+PHONE_TEXT = "my card is gone, call me on 13812345678"
+
+
+def fedintent(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "fedintent.cli", *args], capture_output=True,
+                          text=True, timeout=120, env=os.environ | {"HF_HUB_OFFLINE": "1"})
+
+
+def export_trained(name: str, out) -> object:
+    """Export the family's initial model after some SGD steps on TRAIN."""
+    family = get_model_family(name)
+    torch.manual_seed(0)
+    model = family.initial_model(LABELS)
+    features = family.featurize([text for text, _ in TRAIN], None)
+    targets = torch.tensor([label for _, label in TRAIN])
+    optimizer = torch.optim.SGD(model.parameters(), lr=2.0)
+    for _ in range(30):
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(model(features), targets).backward()
+        optimizer.step()
+    return export_model(out, family, model.state_dict(), LABELS, "card\n")
+
+
+@pytest.fixture(scope="module")
+def ngram_model(tmp_path_factory):
+    return export_trained("ngram", tmp_path_factory.mktemp("ngram") / "model")
+
+
+@pytest.fixture(scope="module")
+def minilm_model(tmp_path_factory):
+    return export_trained("minilm-head", tmp_path_factory.mktemp("minilm") / "model")
+
+
+def test_a_text_file_is_classified_line_by_line_after_redaction(ngram_model, tmp_path):
+    texts = tmp_path / "texts.txt"
+    texts.write_text("i lost my card\n\n  euro rate please  \n" + PHONE_TEXT + "\n")
+    done = fedintent("predict", str(ngram_model), "ring me back", "--file", str(texts), "--json")
+    assert done.returncode == 0, done.stderr
+    rows = [json.loads(line) for line in done.stdout.splitlines()]
+    redacted = ["ring me back", "i lost my card", "euro rate please",
+                "my card is gone, call me on [PHONE]"]
+    assert [row["text"] for row in rows] == redacted
+    model = load_exported(ngram_model)
+    expected = model.predict(redacted)
+    assert [row["label"] for row in rows] == [label for label, _ in expected]
+    assert [row["confidence"] for row in rows] == pytest.approx([c for _, c in expected])
+    # the redaction matters: the raw phone number would be classified differently
+    assert model.predict([PHONE_TEXT])[0][1] != pytest.approx(rows[3]["confidence"])
+
+
+def test_a_csv_file_is_read_from_its_text_column(minilm_model, tmp_path):
+    texts = tmp_path / "calls.csv"
+    texts.write_text('id,Text,agent\n1,"i lost my card, help",a\n2,dollar rate today,b\n'
+                     f'3,"{PHONE_TEXT}",c\n')
+    done = fedintent("predict", str(minilm_model), "--file", str(texts))
+    assert done.returncode == 0, done.stderr
+    redacted = ["i lost my card, help", "dollar rate today",
+                "my card is gone, call me on [PHONE]"]
+    expected = load_exported(minilm_model).predict(redacted)
+    assert done.stdout.splitlines() == [f"{label}\t{confidence:.4f}\t{text}"
+                                        for (label, confidence), text in zip(expected, redacted,
+                                                                             strict=True)]
+
+
+def test_a_csv_without_a_text_column_is_read_from_its_first_column(ngram_model, tmp_path,
+                                                                    capsys):
+    texts = tmp_path / "calls.csv"
+    texts.write_text("utterance,id\neuro exchange rate,1\n,2\ni lost my card,3\n")
+    assert main(["predict", str(ngram_model), "--file", str(texts)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split("\t")[2] for line in lines] == ["euro exchange rate", "i lost my card"]
+    assert [line.split("\t")[0] for line in lines] == ["exchange_rate", "card_lost"]
+
+
+def test_help_says_inputs_are_redacted(capsys):
+    with pytest.raises(SystemExit):
+        main(["predict", "--help"])
+    assert "PII-redacted exactly as sites redact their training text" in " ".join(
+        capsys.readouterr().out.split())
+
+
+@pytest.mark.parametrize("setup,args,message", [
+    (lambda model, tmp: None, ["{tmp}/missing", "hi"], "model folder not found: {tmp}/missing"),
+    (lambda model, tmp: None, ["{tmp}", "hi"],
+     "{tmp}: not a fedintent model export (no fedintent.json)"),
+    (lambda model, tmp: None, ["{model}"], "no texts given"),
+    (lambda model, tmp: (tmp / "bad.csv").write_text("id,text\n1,fine\n2\n"),
+     ["{model}", "--file", "{tmp}/bad.csv"], "{tmp}/bad.csv:3: no value in column 2 ('text')"),
+    (lambda model, tmp: None, ["{model}", "--file", "{tmp}/none.txt"],
+     "--file {tmp}/none.txt: cannot read"),
+])
+def test_bad_input_gives_one_clear_error(ngram_model, tmp_path, capsys, setup, args, message):
+    setup(ngram_model, tmp_path)
+    argv = [arg.format(tmp=tmp_path, model=ngram_model) for arg in args]
+    assert main(["predict", *argv]) == 2
+    assert message.format(tmp=tmp_path) in capsys.readouterr().err
+
+
+def test_a_damaged_weights_file_is_named(ngram_model, tmp_path, capsys):
+    damaged = tmp_path / "model"
+    damaged.mkdir()
+    for path in ngram_model.iterdir():
+        (damaged / path.name).write_bytes(path.read_bytes())
+    weights = damaged / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    assert main(["predict", str(damaged), "hi"]) == 2
+    assert f"{weights}: corrupt safetensors file" in capsys.readouterr().err
