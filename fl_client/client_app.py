@@ -101,13 +101,15 @@ def train(msg: Message, context: Context) -> Message:
         metrics |= {"epsilon": math.inf, "epsilon-all-runs": math.inf, "delta": 0.0}
 
     model = _model_from(msg, len(labels), cfg)
+    family = get_model_family(str(cfg["model"]))
     plan = TrainingPlan(
         noise_multiplier=noise_multiplier,
         clip_norm=request.clip_norm,
         batch_size=request.batch_size,
         local_epochs=request.local_epochs,
         learning_rate=float(cfg["learning-rate"]),
-        grad_sample_mode=get_model_family(str(cfg["model"])).grad_sample_mode,
+        grad_sample_mode=family.grad_sample_mode,
+        physical_batch_size=family.physical_batch_size,
     )
     seed = private_seed(state_dir, request.run_name, request.server_round)
     loss, steps_taken = train_locally(model, features, targets, plan, seed=seed)

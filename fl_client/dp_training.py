@@ -34,6 +34,10 @@ class TrainingPlan:
     grad_sample_mode: how Opacus gets each example's gradient norm for clipping ("hooks" or
         "ghost", the model family's choice); the same clipping and noise either way, so the
         guarantee does not depend on it.
+    physical_batch_size: for token-state features ([rows, tokens, hidden + mask]), split each
+        sampled batch into chunks of at most this many rows of similar length, so padding stays
+        short. The chunks' clipped gradients are summed and noised once (Opacus' skipped
+        steps): the same DP step as one pass over the batch. None: one pass.
     """
 
     noise_multiplier: float | None
@@ -43,6 +47,7 @@ class TrainingPlan:
     learning_rate: float
     momentum: float = 0.0
     grad_sample_mode: str = "hooks"
+    physical_batch_size: int | None = None
 
 
 def train_locally(
@@ -102,6 +107,7 @@ def train_locally(
 
 def _run_epochs(model, loader, optimizer, criterion, plan: TrainingPlan) -> tuple[float, int]:
     total_loss, total_seen, steps = 0.0, 0, 0
+    private = plan.noise_multiplier is not None
     for _ in range(plan.local_epochs):
         for x, y in loader:
             optimizer.zero_grad(set_to_none=True)
@@ -116,13 +122,32 @@ def _run_epochs(model, loader, optimizer, criterion, plan: TrainingPlan) -> tupl
                 optimizer.step()
                 steps += 1
                 continue
-            loss = criterion(model(x), y)
-            loss.backward()
-            optimizer.step()
-            total_loss += loss.item() * len(y)
-            total_seen += len(y)
+            chunks = _physical_batches(x, y, plan.physical_batch_size)
+            for index, (xc, yc) in enumerate(chunks):
+                last = index == len(chunks) - 1
+                loss = criterion(model(xc), yc)
+                if private:
+                    loss.backward()  # this chunk's per-example clipped gradients, summed
+                    optimizer.signal_skip_step(do_skip=not last)
+                    optimizer.step()  # noise and the update only after the last chunk
+                    optimizer.zero_grad(set_to_none=True)  # keeps the sum of skipped steps
+                else:
+                    (loss * (len(yc) / len(y))).backward()  # gradients add up over chunks
+                    if last:
+                        optimizer.step()
+                total_loss += loss.item() * len(yc)
+                total_seen += len(yc)
             steps += 1
     return total_loss / max(total_seen, 1), steps
+
+
+def _physical_batches(x: torch.Tensor, y: torch.Tensor,
+                      rows: int | None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The batch in chunks of at most ``rows`` rows, sorted by token count (the mask channel)."""
+    if rows is None or len(y) <= rows:
+        return [(x, y)]
+    order = torch.argsort(x[..., -1].sum(dim=1))
+    return [(x[idx], y[idx]) for idx in torch.split(order, rows)]
 
 
 class UnitLoss(nn.Module):

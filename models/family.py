@@ -35,6 +35,8 @@ class ModelFamily:
     grad_sample_mode: how Opacus computes per-example gradient norms for DP-SGD ("hooks"
         materialises per-example gradients; "ghost" computes the norms of Linear layers
         without them, for models too large for that).
+    physical_batch_size: rows per forward pass for token-state features (``minilm-finetune``:
+        a batch is split into chunks of similar length; see ``TrainingPlan``).
     encoder_path: the Hugging Face encoder folder of BERT-based families, None for ``ngram``.
     trained_layers: top encoder layers trained and exchanged (``minilm-finetune``).
     """
@@ -47,6 +49,7 @@ class ModelFamily:
     build_model: Callable[[int], nn.Module]
     initial_model: Callable[[list[str]], nn.Module]
     grad_sample_mode: str = "hooks"
+    physical_batch_size: int | None = None
     encoder_path: Path | None = None
     trained_layers: int = 0
 
@@ -78,6 +81,7 @@ def _minilm_finetune() -> ModelFamily:
         initial_model=partial(minilm_finetune.initial_model, folder=folder,
                               trained_layers=layers),
         grad_sample_mode="ghost",
+        physical_batch_size=minilm_finetune.PHYSICAL_BATCH_SIZE,
         encoder_path=folder,
         trained_layers=layers,
     )

@@ -79,7 +79,9 @@ def _data_section(sites: dict) -> str:
         "## Training data\n\n"
         f"{len(sites)} sites trained on their own customer-service utterances, "
         f"{total} training examples in all, PII-redacted at the site before any "
-        "featurization. Languages: not reported by sites.\n\n"
+        "featurization. Languages: not reported by sites (a site sends no statistics of its "
+        "text beyond its example count, so the language mix would be a release of its own); "
+        "the model reads the languages under Model.\n\n"
         "| site | training examples | rounds trained |\n|---|---|---|\n" + "\n".join(rows))
 
 

@@ -181,3 +181,32 @@ def test_each_family_trains_under_dp_in_a_real_run(sites, tmp_path, name):
     upload = metrics["rounds"][-1]["upload_bytes_per_site"]
     assert exchanged < upload < exchanged * 1.05 + 4096
     assert math.isfinite(metrics["final"]["accuracy"])
+
+
+def _without_dropout(model: torch.nn.Module) -> torch.nn.Module:
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    return model
+
+
+@pytest.mark.parametrize("noise", [None, 0.0, 1.0])
+def test_length_sorted_chunks_give_the_same_step_as_one_pass(noise):
+    """Splitting a sampled batch into physical chunks must not change the DP step: the same
+    clipped per-example gradients, summed, with one noise draw (and plain SGD without DP)."""
+    family = get_model_family("minilm-finetune")
+    features = family.featurize([*TEXTS, "a much longer message about a refund for a card I "
+                                 "ordered that never arrived at my home address"], None)
+    targets = torch.tensor([0, 0, 1, 1, 2, 2, 1])
+    results = []
+    for rows in (None, 2):
+        model = _without_dropout(family.initial_model(LABELS))
+        plan = TrainingPlan(noise_multiplier=noise, clip_norm=0.5, batch_size=4096,
+                            local_epochs=1, learning_rate=3.0, grad_sample_mode="ghost",
+                            physical_batch_size=rows)
+        loss, steps = train_locally(model, features, targets, plan, seed=4)
+        assert steps == 1
+        results.append((loss, torch.cat([p.detach().flatten() for p in model.parameters()])))
+    (loss_one, one), (loss_chunked, chunked) = results
+    assert loss_one == pytest.approx(loss_chunked, rel=1e-5)
+    torch.testing.assert_close(one, chunked, atol=2e-5, rtol=0)

@@ -59,6 +59,7 @@ def train_and_score(
         local_epochs=recipe.epochs,
         learning_rate=recipe.learning_rate,
         grad_sample_mode=family.grad_sample_mode,
+        physical_batch_size=family.physical_batch_size,
     )
     model = family.initial_model(label_names)
     train_locally(model, features, labels, plan, seed=seed)

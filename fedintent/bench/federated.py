@@ -134,6 +134,7 @@ def _training_throughput(site: tuple[torch.Tensor, torch.Tensor], settings: dict
             local_epochs=int(settings["local-epochs"]),
             learning_rate=float(settings["learning-rate"]),
             grad_sample_mode=family.grad_sample_mode,
+            physical_batch_size=family.physical_batch_size,
         )
         best, started = math.inf, time.perf_counter()
         for repeat in range(MAX_TIMING_REPEATS):
