@@ -3,6 +3,8 @@
 Usage:
 
     python benchmarks/model_families.py banking77 ../shared/datasets/banking77 --out fam-b77
+    python benchmarks/model_families.py banking77 ../shared/datasets/banking77 --out fam-b77-10 \
+        --models minilm-head,minilm-finetune --rounds 10
     python benchmarks/model_families.py chinese --out fam-zh [--size 2000]
 
 ``banking77``: partitions the dataset as ``fedintent bench`` does (10 sites, Dirichlet alpha 0.5,
@@ -36,8 +38,11 @@ def train(data: Path, out: Path, model: str, epsilon: str, extra: list[str]) -> 
         if out.exists():
             raise SystemExit(f"{out} holds an unfinished run: remove it and start again")
         started = time.monotonic()
+        # Each run gets fresh site ledgers: sharing them, a later run would find the sites'
+        # lifetime budget partly spent and train with more noise.
         fedintent("train", "--data", str(data), "--model", model, "--epsilon", epsilon,
-                  "--out", str(out), *extra)
+                  "--out", str(out), "--state-dir", str(out.with_name(out.name + "-state")),
+                  *extra)
         (out / "wall_seconds.txt").write_text(f"{time.monotonic() - started:.1f}\n")
     metrics = json.loads(metrics_path.read_text())
     rounds = metrics["rounds"]
@@ -60,7 +65,7 @@ def banking77(args: argparse.Namespace) -> list[str]:
     rows = ["| model | test accuracy | max site epsilon | rounds | training time | upload per "
             "site per round |", "| --- | --- | --- | --- | --- | --- |"]
     for model in args.models.split(","):
-        extra = ["--rounds", str(args.finetune_rounds)] if model == "minilm-finetune" else []
+        extra = ["--rounds", str(args.rounds)] if args.rounds else []
         r = train(data, args.out / model, model, "8", extra)
         rows.append(f"| `{model}` | {r['accuracy']:.4f} | {r['max_epsilon']:.3f} | {r['rounds']} "
                     f"| {r['wall_seconds']:.0f} s | {r['upload_bytes_per_site_round'] / 1e3:,.1f}"
@@ -93,7 +98,8 @@ def main() -> int:
     parser.add_argument("data", type=Path, nargs="?", help="BANKING77 folder (banking77 only)")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--models", default=",".join(FAMILIES))
-    parser.add_argument("--finetune-rounds", type=int, default=40)
+    parser.add_argument("--rounds", type=int, help="rounds for every model (default: the "
+                        "tuned number, 40 at epsilon 8)")
     parser.add_argument("--size", type=int, default=600,
                         help="mean conversations per synthetic site (chinese only)")
     args = parser.parse_args()

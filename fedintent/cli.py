@@ -216,6 +216,11 @@ def _parser() -> argparse.ArgumentParser:
     _add_bench_command(commands)
     _add_audit_command(commands)
     _add_predict_command(commands)
+    families = commands.add_parser(
+        "models", help="list the model families: what each reads, trains and uploads",
+        description="The model families for --model (docs/MODELS.md). A local Hugging Face "
+        "BERT checkpoint folder can also be given by path.")
+    families.set_defaults(handler=_list_models)
     return parser
 
 
@@ -885,6 +890,19 @@ def _predict(args: argparse.Namespace) -> int:
                              ensure_ascii=False))
         else:
             print(f"{label}\t{confidence:.4f}\t{' '.join(text.split())}")
+    return 0
+
+
+def _list_models(args: argparse.Namespace) -> int:
+    from models import get_model_family
+
+    for name in model_family_names():
+        family = get_model_family(name)
+        print(f"{name}{' (default)' if name == DEFAULTS['model'] else ''}\n"
+              f"  {family.description}\n  reads: {family.languages}\n"
+              f"  trained and uploaded each round: {family.exchanged}")
+    print("PATH\n  a local Hugging Face BERT checkpoint folder: frozen encoder + trainable "
+          "linear head, as minilm-head")
     return 0
 
 

@@ -12,6 +12,7 @@ import os
 from functools import lru_cache
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -125,8 +126,6 @@ def cached(kind: str, texts: list[str], cache_dir: Path | None, compute) -> torc
     """
     if cache_dir is None:
         return compute(texts)
-    import numpy as np
-
     digest = hashlib.sha256(kind.encode())
     for text in texts:
         digest.update(text.encode("utf-8") + b"\0")

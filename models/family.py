@@ -73,7 +73,7 @@ def _minilm_finetune() -> ModelFamily:
     return ModelFamily(
         name="minilm-finetune",
         description=f"all-MiniLM-L6-v2 with its top {layers} encoder layer(s) and a linear head "
-                    "trained under DP (ghost clipping); slower, more accurate",
+                    "trained under DP (ghost clipping); adapts the encoder, minutes per round",
         languages="English",
         exchanged=f"the top {layers} MiniLM encoder layer(s) + the linear head",
         featurize=partial(minilm_finetune.featurize, folder=folder, trained_layers=layers),
@@ -91,10 +91,12 @@ def _ngram() -> ModelFamily:
     dim = ngram.SETTINGS["dim"]
     return ModelFamily(
         name="ngram",
-        description="linear model over hashed character and word n-grams, trained from scratch "
-                    "(no pretrained weights, no learned vocabulary); for Chinese and any language",
-        languages="any (character n-grams)",
-        exchanged=f"the linear layer over {dim} hashed n-gram features",
+        description="linear model over hashed token and character n-grams, trained from "
+                    "scratch (no pretrained weights, no learned vocabulary); for Chinese and any "
+                    "language",
+        languages="any (a CJK character or a word is a token)",
+        exchanged=f"the linear layer over {dim} hashed n-gram features (labels x {dim} "
+                  "weights, no bias)",
         featurize=ngram.featurize,
         build_model=ngram.build_model,
         initial_model=ngram.initial_model,

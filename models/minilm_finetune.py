@@ -12,7 +12,6 @@ Exchanged each round: k BERT layers (1.78 M floats, 7.1 MB each for MiniLM) plus
 """
 
 import copy
-import os
 from pathlib import Path
 
 import torch
@@ -28,7 +27,7 @@ PHYSICAL_BATCH_SIZE = 128
 """Rows per forward pass: a site's batch is cut into length-sorted chunks of this many rows,
 so a short utterance is not padded to the longest one at the site (BANKING77: 16 tokens on
 average, 98 at most)."""
-LAYER_LEARNING_RATE_SCALE = float(os.environ.get("FT_SCALE", "0.01"))
+LAYER_LEARNING_RATE_SCALE = 0.01
 """The encoder layers' step size as a share of the head's. DP noise of the same standard
 deviation lands on every parameter; a step that suits the head (logit scale 10) would bury the
 pretrained layer weights (about 0.05 each) in noise."""

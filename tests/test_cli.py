@@ -33,10 +33,11 @@ def test_bad_train_options_fail_in_one_line(tmp_path, args, message):
     assert not (tmp_path / "out").exists()
 
 
-def test_unknown_model_is_an_argparse_error(tmp_path):
-    result = fedintent("train", "--model", "nope", cwd=tmp_path)
-    assert result.returncode == 2 and "invalid choice" in result.stderr
-    assert "Traceback" not in result.stderr
+def test_an_unknown_model_is_refused_with_the_known_ones(tmp_path):
+    result = fedintent("train", "--model", "nope", "--out", str(tmp_path / "out"), cwd=tmp_path)
+    assert result.returncode == 2 and "unknown model 'nope'" in result.stderr
+    assert "minilm-finetune, minilm-head, ngram" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "out").exists()
 
 
 def test_more_sites_than_the_data_holds(tmp_path):

@@ -74,7 +74,8 @@ def test_federated_training_end_to_end(sites, tmp_path, epsilon):
     chance = 1 / len(labels)
     assert len(metrics["rounds"]) == 3
     assert (out / "model" / "model.safetensors").is_file()
-    assert json.loads((out / "model" / "config.json").read_text())["labels"] == labels
+    config = json.loads((out / "model" / "config.json").read_text())
+    assert list(config["id2label"].values()) == labels  # the Hugging Face export
 
     final = metrics["final"]
     assert len(final["sites"]) == 3

@@ -28,21 +28,27 @@ QUERIES = ["when will the card come", "card lost yesterday", "rate for yen pleas
            "top up did not work", "a longer sentence about nothing in particular at all"]
 
 
-def trained(name: str) -> tuple[torch.nn.Module, torch.Tensor]:
-    """(the family's initial model after a few SGD steps on TRAIN, its QUERIES logits)."""
+def sgd_trained(name: str, labels: list[str], rows: list[tuple[str, int]], lr: float,
+                steps: int) -> torch.nn.Module:
+    """The family's initial model after ``steps`` plain SGD steps on ``rows`` (text, label)."""
     family = get_model_family(name)
     torch.manual_seed(0)
-    model = family.initial_model(LABELS)
-    features = family.featurize([text for text, _ in TRAIN], None)
-    targets = torch.tensor([label for _, label in TRAIN])
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
-    for _ in range(5):
+    model = family.initial_model(labels)
+    features = family.featurize([text for text, _ in rows], None)
+    targets = torch.tensor([label for _, label in rows])
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    for _ in range(steps):
         optimizer.zero_grad()
         torch.nn.functional.cross_entropy(model(features), targets).backward()
         optimizer.step()
-    model.eval()
+    return model.eval()
+
+
+def trained(name: str) -> tuple[torch.nn.Module, torch.Tensor]:
+    """(the family's initial model after a few SGD steps on TRAIN, its QUERIES logits)."""
+    model = sgd_trained(name, LABELS, TRAIN, lr=0.5, steps=5)
     with torch.no_grad():
-        return model, model(family.featurize(QUERIES, None))
+        return model, model(get_model_family(name).featurize(QUERIES, None))
 
 
 @pytest.fixture(scope="module", params=["minilm-head", "minilm-finetune"])

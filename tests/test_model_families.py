@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_cli import fedintent
 from test_end_to_end import processes_started_by
 from test_end_to_end import train as fedintent_train
 
@@ -33,6 +34,15 @@ def test_the_registry_lists_every_family():
     for name in model_family_names():
         family = get_model_family(name)
         assert family.name == name and family.exchanged and family.languages
+
+
+def test_the_models_command_says_what_each_family_uploads(tmp_path):
+    result = fedintent("models", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    for name in model_family_names():
+        assert name in result.stdout
+    assert "minilm-head (default)" in result.stdout
+    assert result.stdout.count("trained and uploaded each round:") == 3
 
 
 def test_ngram_features_are_a_fixed_function_of_each_text_alone():

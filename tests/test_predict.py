@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import pytest
-import torch
+from test_export import sgd_trained
 
 from fedintent.cli import main
 from models import get_model_family
@@ -28,17 +28,8 @@ def fedintent(*args: str) -> subprocess.CompletedProcess:
 
 def export_trained(name: str, out) -> object:
     """Export the family's initial model after some SGD steps on TRAIN."""
-    family = get_model_family(name)
-    torch.manual_seed(0)
-    model = family.initial_model(LABELS)
-    features = family.featurize([text for text, _ in TRAIN], None)
-    targets = torch.tensor([label for _, label in TRAIN])
-    optimizer = torch.optim.SGD(model.parameters(), lr=2.0)
-    for _ in range(30):
-        optimizer.zero_grad()
-        torch.nn.functional.cross_entropy(model(features), targets).backward()
-        optimizer.step()
-    return export_model(out, family, model.state_dict(), LABELS, "card\n")
+    model = sgd_trained(name, LABELS, TRAIN, lr=2.0, steps=30)
+    return export_model(out, get_model_family(name), model.state_dict(), LABELS, "card\n")
 
 
 @pytest.fixture(scope="module")
