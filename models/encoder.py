@@ -80,24 +80,32 @@ def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return nn.functional.normalize(pooled, dim=-1)
 
 
-@torch.no_grad()
-def token_states(texts: list[str], folder: Path, layer: int) -> torch.Tensor:
-    """Each text's token states after encoder layer ``layer`` (0 = the embeddings), padded to
-    the longest text, with the attention mask appended as one more channel: [n, L, hidden+1].
+def _encoded_batches(texts: list[str], folder: Path, layer: int):
+    """(row indices, token states after ``layer``, attention mask) per batch of texts.
 
     Texts are encoded in length-sorted batches so padding stays short while encoding.
     """
     tokenizer, encoder = load_encoder(folder)
-    batches, order = [], sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     for start in range(0, len(order), ENCODE_BATCH):
         idx = order[start : start + ENCODE_BATCH]
         batch = tokenizer([texts[i] for i in idx], padding=True, truncation=True,
                           max_length=MAX_TOKENS, return_tensors="pt")
         hidden = encoder(**batch, output_hidden_states=True).hidden_states[layer]
-        mask = batch["attention_mask"].to(hidden.dtype).unsqueeze(-1)
+        yield idx, hidden, batch["attention_mask"]
+
+
+@torch.no_grad()
+def token_states(texts: list[str], folder: Path, layer: int) -> torch.Tensor:
+    """Each text's token states after encoder layer ``layer`` (0 = the embeddings), padded to
+    the longest text, with the attention mask appended as one more channel: [n, L, hidden+1].
+    """
+    batches = []
+    for idx, hidden, mask in _encoded_batches(texts, folder, layer):
+        mask = mask.to(hidden.dtype).unsqueeze(-1)
         batches.append((idx, torch.cat([hidden * mask, mask], dim=-1)))
     length = max((states.shape[1] for _, states in batches), default=1)
-    out = torch.zeros(len(texts), length, encoder.config.hidden_size + 1)
+    out = torch.zeros(len(texts), length, hidden_size(folder) + 1)
     for idx, states in batches:
         out[idx, : states.shape[1]] = states
     return out
@@ -106,15 +114,15 @@ def token_states(texts: list[str], folder: Path, layer: int) -> torch.Tensor:
 @torch.no_grad()
 def embed(texts: list[str], folder: Path) -> torch.Tensor:
     """Mean-pooled, L2-normalised sentence embeddings: [n, hidden]."""
-    tokenizer, encoder = load_encoder(folder)
-    out = torch.empty(len(texts), encoder.config.hidden_size)
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    for start in range(0, len(order), ENCODE_BATCH):
-        idx = order[start : start + ENCODE_BATCH]
-        batch = tokenizer([texts[i] for i in idx], padding=True, truncation=True,
-                          max_length=MAX_TOKENS, return_tensors="pt")
-        out[idx] = mean_pool(encoder(**batch).last_hidden_state, batch["attention_mask"])
+    out = torch.empty(len(texts), hidden_size(folder))
+    for idx, hidden, mask in _encoded_batches(texts, folder, layer=-1):
+        out[idx] = mean_pool(hidden, mask)
     return out
+
+
+def hidden_size(folder: Path) -> int:
+    """Width of the encoder's token states and sentence embeddings."""
+    return int(load_encoder(folder)[1].config.hidden_size)
 
 
 def cached(kind: str, texts: list[str], cache_dir: Path | None, compute) -> torch.Tensor:

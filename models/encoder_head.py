@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from models.encoder import cached, embed, encoder_fingerprint, load_encoder
+from models.encoder import cached, embed, encoder_fingerprint, hidden_size
 
 LABEL_PRIOR_SCALE = 10.0
 """Length of each intent's weight row in the initial head (logit scale of the zero-shot prior)."""
@@ -21,10 +21,6 @@ def featurize(texts: list[str], cache_dir: Path | None, folder: Path) -> torch.T
     """Sentence embeddings of ``texts`` by the encoder in ``folder``, cached at the site."""
     kind = f"embed:{folder.name}:{encoder_fingerprint(folder)}"
     return cached(kind, texts, cache_dir, lambda batch: embed(batch, folder))
-
-
-def hidden_size(folder: Path) -> int:
-    return int(load_encoder(folder)[1].config.hidden_size)
 
 
 def build_head(num_labels: int, folder: Path) -> nn.Module:
