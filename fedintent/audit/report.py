@@ -8,6 +8,7 @@ import json
 import math
 from pathlib import Path
 
+from fedintent.bench.report import png_bytes
 from fl_server.atomic_write import write_bytes_atomic
 
 CSV_FIELDS = (
@@ -87,11 +88,7 @@ def plot_png(results: list[dict]) -> bytes:
                title=f"membership of {kind} utterances")
         ax.grid(True, which="major", alpha=0.3)
         ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    return buffer.getvalue()
+    return png_bytes(fig)
 
 
 def markdown(spec: dict, flat: list[dict]) -> str:

@@ -6,7 +6,6 @@ models are. The folder is resumable: trained models are kept in ``OUT/models``.
 """
 
 import json
-import math
 import time
 from dataclasses import asdict, dataclass
 from functools import partial
@@ -19,6 +18,7 @@ from fedintent.audit.analysis import analyse
 from fedintent.audit.bounds import DEFAULT_CONFIDENCE
 from fedintent.audit.game import Game, make_audit_set, run_models
 from fedintent.audit.report import write_outputs
+from fedintent.bench.cells import epsilon_label
 from fl_client.site_data import list_site_dirs, load_site, read_labels
 from fl_server.atomic_write import write_bytes_atomic
 from fl_server.run_config import DEFAULTS, tuned_settings
@@ -62,19 +62,20 @@ def settings_for(epsilon: float, rounds: int | None) -> dict:
 def run_audit(spec: AuditSpec, out_dir: Path, workers: int = 1, progress=print) -> list[dict]:
     """Run (or finish) the audit in ``out_dir``; return one result per epsilon."""
     out_dir = Path(out_dir)
-    record = asdict(spec) | {"settings": {_key(e): settings_for(e, spec.rounds)
+    record = asdict(spec) | {"settings": {epsilon_label(e): settings_for(e, spec.rounds)
                                           for e in spec.epsilons}}
     _check_same_spec(out_dir, record)
     game = prepare_game(spec, out_dir, progress)
     results = []
     for epsilon in spec.epsilons:
         settings = settings_for(epsilon, spec.rounds)
-        progress(f"epsilon {_key(epsilon)}: training 1 target + {spec.shadows} shadow models "
+        progress(f"epsilon {epsilon_label(epsilon)}: training 1 target + {spec.shadows} "
+                 f"shadow models "
                  f"({settings['num-rounds']} rounds, {settings['local-epochs']} local epochs, "
                  f"batch {settings['batch-size']}, lr {settings['learning-rate']:g})")
         started = time.monotonic()
         models = run_models(game, epsilon, settings, spec.shadows + 1,
-                            out_dir / "models" / f"eps-{_key(epsilon)}", workers, progress)
+                            out_dir / "models" / f"eps-{epsilon_label(epsilon)}", workers, progress)
         attacks = analyse(models, game.audit.kind, spec.confidence)
         target = models[0]
         results.append({
@@ -90,10 +91,10 @@ def run_audit(spec: AuditSpec, out_dir: Path, workers: int = 1, progress=print) 
                          f"{metrics['tpr_at_0.001_fpr']:.3f}  TPR@1%FPR "
                          f"{metrics['tpr_at_0.01_fpr']:.3f}  epsilon >= "
                          f"{metrics['bound']['epsilon_lb']:.2f} "
-                         f"({spec.confidence:.0%}; accountant {_key(target['epsilon'])})")
+                         f"({spec.confidence:.0%}; accountant {epsilon_label(target['epsilon'])})")
         write_outputs(out_dir, record, results)
     violations = [
-        f"epsilon {_key(r['epsilon'])}: {kind} {attack} lower bound "
+        f"epsilon {epsilon_label(r['epsilon'])}: {kind} {attack} lower bound "
         f"{m['bound']['epsilon_lb']:.3f} > accountant {r['accountant_epsilon']:.3f}"
         for r in results for kind, attacks in r["attacks"].items()
         for attack, m in attacks.items() if m["bound"]["epsilon_lb"] > r["accountant_epsilon"]
@@ -146,10 +147,6 @@ def prepare_game(spec: AuditSpec, out_dir: Path, progress=print) -> Game:
     initial = family.initial_model(labels).state_dict()
     return Game(train, audit, holdout, {k: v.clone() for k, v in initial.items()},
                 partial(family.build_model, len(labels)), spec.seed)
-
-
-def _key(epsilon: float) -> str:
-    return "inf" if math.isinf(epsilon) else f"{epsilon:g}"
 
 
 def _check_same_spec(out_dir: Path, record: dict) -> None:

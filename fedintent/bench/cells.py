@@ -32,8 +32,12 @@ class Cell:
 
     @property
     def id(self) -> str:
-        eps = "inf" if math.isinf(self.epsilon) else f"{self.epsilon:g}"
-        return f"{self.method}-eps{eps}-seed{self.seed}"
+        return f"{self.method}-eps{epsilon_label(self.epsilon)}-seed{self.seed}"
+
+
+def epsilon_label(epsilon: float) -> str:
+    """An epsilon as folder names, JSON keys and tables show it: ``8``, ``0.5``, ``inf``."""
+    return "inf" if math.isinf(epsilon) else f"{epsilon:g}"
 
 
 def sweep_cells(epsilons: list[float], seeds: int) -> list[Cell]:

@@ -8,7 +8,15 @@ import math
 import statistics
 from pathlib import Path
 
-from fedintent.bench.cells import CENTRAL, CENTRAL_DP, FEDERATED, LOCAL_ONLY, METHODS, TFIDF
+from fedintent.bench.cells import (
+    CENTRAL,
+    CENTRAL_DP,
+    FEDERATED,
+    LOCAL_ONLY,
+    METHODS,
+    TFIDF,
+    epsilon_label,
+)
 from fl_server.atomic_write import write_bytes_atomic
 
 CSV_FIELDS = (
@@ -96,6 +104,13 @@ def plot_png(summary: list[dict], spec: dict) -> bytes:
                  f"Dirichlet alpha {spec['alpha']:g}, {spec['seeds']} seeds")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
+    return png_bytes(fig)
+
+
+def png_bytes(fig) -> bytes:
+    """The figure as PNG bytes (to be written atomically), then closed."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
@@ -116,7 +131,7 @@ def markdown_report(spec: dict, summary: list[dict], results: list[dict]) -> str
     ]
     for row in summary:
         lines.append(
-            f"| {LABELS[row['method']]} | {_fmt_eps(row['epsilon'])} | {row['mean']:.4f} | "
+            f"| {LABELS[row['method']]} | {epsilon_label(row['epsilon'])} | {row['mean']:.4f} | "
             f"{row['std']:.4f} | {row['min']:.4f} | {row['max']:.4f} | {row['seeds']} |"
         )
     lines += ["", "![accuracy against epsilon](accuracy_vs_epsilon.png)", "",
@@ -127,7 +142,8 @@ def markdown_report(spec: dict, summary: list[dict], results: list[dict]) -> str
     for result in sorted((r for r in results if r["method"] == FEDERATED),
                          key=lambda r: (_epsilon(r), r["seed"])):
         lines.append(
-            f"| {_fmt_eps(_epsilon(result))} | {result['seed']} | {result['wall_seconds']:.0f} | "
+            f"| {epsilon_label(_epsilon(result))} | {result['seed']} | "
+            f"{result['wall_seconds']:.0f} | "
             f"{result['seconds_per_round']:.2f} | {_fmt(result.get('samples_per_second_dp'))} | "
             f"{_fmt(result.get('samples_per_second_no_dp'))} | "
             f"{result['upload_bytes_per_site_round']:.0f} | {result['peak_memory_mib']:.0f} | "
@@ -141,10 +157,6 @@ def markdown_report(spec: dict, summary: list[dict], results: list[dict]) -> str
 
 def _epsilon(result: dict) -> float:
     return float(result["epsilon"])
-
-
-def _fmt_eps(epsilon: float) -> str:
-    return "inf" if math.isinf(epsilon) else f"{epsilon:g}"
 
 
 def _fmt(value: float | None, spec: str = ".0f") -> str:

@@ -8,7 +8,6 @@ Every method starts from the same label-name prior (``models``' ``initial_model`
 """
 
 import json
-import math
 import statistics
 import time
 from dataclasses import asdict, dataclass
@@ -25,6 +24,7 @@ from fedintent.bench.cells import (
     FEDERATED,
     LOCAL_ONLY,
     TFIDF,
+    epsilon_label,
     load_cell,
     save_cell,
     sweep_cells,
@@ -71,7 +71,7 @@ class BenchSpec:
 def run_bench(spec: BenchSpec, out_dir: Path) -> list[dict]:
     """Run (or finish) the sweep in ``out_dir``; return every cell's result."""
     out_dir = Path(out_dir)
-    settings = {_eps_key(eps): _federated_settings(eps, spec) for eps in spec.epsilons}
+    settings = {epsilon_label(eps): _federated_settings(eps, spec) for eps in spec.epsilons}
     record = asdict(spec) | {"settings": settings}
     _check_same_spec(out_dir, record)
     data_dir = out_dir / "data"
@@ -99,7 +99,7 @@ def run_bench(spec: BenchSpec, out_dir: Path) -> list[dict]:
     for cell in progress:
         progress.set_postfix_str(cell.id)
         started = time.monotonic()
-        settings_eps = settings[_eps_key(cell.epsilon)] if cell.method != TFIDF else {}
+        settings_eps = settings[epsilon_label(cell.epsilon)] if cell.method != TFIDF else {}
         if cell.method == FEDERATED:
             result = run_federated(
                 data_dir, out_dir / "runs" / cell.id, cache, len(sites), settings_eps, cell.seed,
@@ -158,10 +158,6 @@ def _features(split, family, cache: Path) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _pooled(parts: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
     return concat_features([x for x, _ in parts]), torch.cat([y for _, y in parts])
-
-
-def _eps_key(epsilon: float) -> str:
-    return "inf" if math.isinf(epsilon) else f"{epsilon:g}"
 
 
 def _check_same_spec(out_dir: Path, record: dict) -> None:
