@@ -1,5 +1,6 @@
 # The site container: one call-center site's Flower SuperNode (docs/SITE_GUIDE.md).
-# No secrets inside: the site's key and the CA certificate are mounted at run time, read-only.
+# No secrets inside: the site's key, the CA certificate and trusted-entities.yaml (the operator's
+# release-signing key; the site refuses to start without it) are mounted at run time, read-only.
 #
 #   docker build -t fedintent-site .
 #   docker run --rm -e SUPERLINK=superlink.example.org:9093 -e MAX_EPSILON=8.0 \
@@ -48,6 +49,7 @@ ENV DATA_DIR=/data \
     STATE_DIR=/state \
     CA_CERT=/credentials/ca.crt \
     SITE_KEY=/credentials/site.key \
+    TRUSTED_ENTITIES=/credentials/trusted-entities.yaml \
     MAX_EPSILON=8.0 \
     SUPERNODE_PORT=9094
 VOLUME ["/data", "/state"]

@@ -1,33 +1,64 @@
 #!/bin/sh
 # Start this site's Flower SuperNode: TLS to the SuperLink, signed in with the site's own key,
-# data and budget from the site's own node config. The site container's entrypoint; also runs
-# as is outside a container. Every connection it makes is outbound, to SUPERLINK.
+# data and budget from the site's own node config, and only app bundles signed by a key in
+# TRUSTED_ENTITIES run here. The site container's entrypoint; also runs as is outside a
+# container. Every connection it makes is outbound, to SUPERLINK.
 #
-#   SUPERLINK       host:port of the SuperLink (required)
-#   CA_CERT         CA certificate that signed the SuperLink's certificate
-#                   (default /credentials/ca.crt)
-#   SITE_KEY        this site's private key, OpenSSH EC format (default /credentials/site.key)
-#   DATA_DIR        this site's data folder (default /data)
-#   STATE_DIR       privacy ledger, caches, egress log (default /state)
-#   MAX_EPSILON     this site's lifetime privacy budget (default 8.0)
-#   SUPERNODE_PORT  local port of the SuperNode's API for its ClientApp process (default 9094)
+#   SUPERLINK         host:port of the SuperLink (required)
+#   CA_CERT           CA certificate that signed the SuperLink's certificate
+#                     (default /credentials/ca.crt)
+#   SITE_KEY          this site's private key, OpenSSH EC format (default /credentials/site.key)
+#   TRUSTED_ENTITIES  the operator's release-signing public key(s), Flower's trusted-entities
+#                     YAML (default /credentials/trusted-entities.yaml); the site refuses to
+#                     start without it
+#   DATA_DIR          this site's data folder (default /data)
+#   STATE_DIR         privacy ledger, caches, egress log (default /state)
+#   MAX_EPSILON       this site's lifetime privacy budget (default 8.0)
+#   MAX_DELTA         the largest delta this site accepts (default: the ClientApp's, 1e-5)
+#   PRIVACY_UNIT      utterance or customer, to insist on one (default: any)
+#   SUPERNODE_PORT    local port of the SuperNode's API for its ClientApp process (default 9094)
 set -eu
 
 : "${SUPERLINK:?set SUPERLINK to the SuperLink address, host:port}"
 CA_CERT="${CA_CERT:-/credentials/ca.crt}"
 SITE_KEY="${SITE_KEY:-/credentials/site.key}"
+TRUSTED_ENTITIES="${TRUSTED_ENTITIES:-/credentials/trusted-entities.yaml}"
 DATA_DIR="${DATA_DIR:-/data}"
 STATE_DIR="${STATE_DIR:-/state}"
 MAX_EPSILON="${MAX_EPSILON:-8.0}"
 SUPERNODE_PORT="${SUPERNODE_PORT:-9094}"
 
-for file in "$CA_CERT" "$SITE_KEY"; do
+for file in "$CA_CERT" "$SITE_KEY" "$TRUSTED_ENTITIES"; do
     [ -r "$file" ] || { echo "site-entrypoint: cannot read $file" >&2; exit 2; }
 done
+# Flower verifies bundles only when the file names at least one key: an empty file would let
+# every bundle run, so refuse anything but a non-empty map of Ed25519 keys.
+python - "$TRUSTED_ENTITIES" <<'PY' || exit 2
+import sys
+
+import yaml
+
+path = sys.argv[1]
+try:
+    with open(path, encoding="utf-8") as f:
+        keys = yaml.safe_load(f)
+except (OSError, yaml.YAMLError) as err:
+    sys.exit(f"site-entrypoint: {path} is not readable YAML: {err}")
+if not isinstance(keys, dict) or not keys:
+    sys.exit(f"site-entrypoint: {path} names no trusted key; refusing to run unsigned code")
+bad = [k for k, v in keys.items() if not str(v).startswith("ssh-ed25519 ")]
+if bad:
+    sys.exit(f"site-entrypoint: {path}: {', '.join(map(str, bad))} is not an ssh-ed25519 key")
+print(f"site-entrypoint: running only app bundles signed by {', '.join(map(str, keys))}")
+PY
 [ -d "$DATA_DIR" ] || { echo "site-entrypoint: data folder $DATA_DIR does not exist" >&2; exit 2; }
-case "$DATA_DIR$STATE_DIR" in
-    *"'"*) echo "site-entrypoint: DATA_DIR and STATE_DIR cannot contain a single quote" >&2; exit 2;;
+case "$DATA_DIR$STATE_DIR${PRIVACY_UNIT:-}" in
+    *"'"*) echo "site-entrypoint: DATA_DIR, STATE_DIR and PRIVACY_UNIT cannot contain a single quote" >&2
+           exit 2;;
 esac
+node_config="data-path='$DATA_DIR' state-dir='$STATE_DIR' max-epsilon=$MAX_EPSILON"
+[ -z "${MAX_DELTA:-}" ] || node_config="$node_config max-delta=$MAX_DELTA"
+[ -z "${PRIVACY_UNIT:-}" ] || node_config="$node_config privacy-unit='$PRIVACY_UNIT'"
 mkdir -p "$STATE_DIR"
 
 export FLWR_TELEMETRY_ENABLED=0 FLWR_DISABLE_UPDATE_CHECK=1 \
@@ -37,6 +68,7 @@ export FLWR_TELEMETRY_ENABLED=0 FLWR_DISABLE_UPDATE_CHECK=1 \
 exec flower-supernode \
     --root-certificates "$CA_CERT" \
     --auth-supernode-private-key "$SITE_KEY" \
+    --trusted-entities "$TRUSTED_ENTITIES" \
     --superlink "$SUPERLINK" \
     --port "$SUPERNODE_PORT" \
-    --node-config "data-path='$DATA_DIR' state-dir='$STATE_DIR' max-epsilon=$MAX_EPSILON"
+    --node-config "$node_config"

@@ -2,9 +2,20 @@
 # Start the SuperLink: TLS on every API, only registered sites admitted, no dependency
 # installation at run time. The ServerApp runs here and writes each run's outputs here.
 #
+# Flower 1.41 serves the sites' Fleet API, the operator's Control API (`flwr run`, `flwr
+# supernode register`) and the ServerApp's Runtime API on one port, with no operator
+# authentication. So the SuperLink itself listens on 127.0.0.1:CONTROL_PORT only, and
+# deploy/fleet_gateway.py serves the public SUPERLINK_HOST:SUPERLINK_PORT, forwarding the Fleet
+# API and nothing else: submitting a run takes a login on this machine (docs/DEPLOYMENT.md).
+# Signed releases reach the SuperLink from `fedintent deploy-run` on 127.0.0.1:RELEASE_PORT.
+#
 #   CERT_DIR            folder with ca.crt, superlink.crt, superlink.key (required)
-#   SUPERLINK_HOST      address to listen on (default 0.0.0.0)
-#   SUPERLINK_PORT      the one port for sites, flwr and the ServerApp (default 9093)
+#   SUPERLINK_HOST      public address for the sites (default 0.0.0.0)
+#   SUPERLINK_PORT      public port for the sites, Fleet API only (default 9093)
+#   CONTROL_PORT        port on 127.0.0.1 for flwr, fedintent deploy-run and the ServerApp
+#                       (default 9091)
+#   RELEASE_PORT        port on 127.0.0.1 where deploy-run hands over a signed release
+#                       (default 9095)
 #   SUPERLINK_DATABASE  state file, so registered sites survive a restart (default: in memory)
 set -eu
 
@@ -12,10 +23,13 @@ set -eu
 for file in ca.crt superlink.crt superlink.key; do
     [ -r "$CERT_DIR/$file" ] || { echo "superlink: cannot read $CERT_DIR/$file" >&2; exit 2; }
 done
+here="$(cd "$(dirname "$0")" && pwd)"
+CONTROL_PORT="${CONTROL_PORT:-9091}"
 
 export FLWR_TELEMETRY_ENABLED=0 FLWR_DISABLE_UPDATE_CHECK=1 \
     FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 \
-    TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
+    TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1 \
+    FLWR_SUPERGRID_API_URL="http://127.0.0.1:${RELEASE_PORT:-9095}"
 
 set -- \
     --ssl-ca-certfile "$CERT_DIR/ca.crt" \
@@ -23,9 +37,25 @@ set -- \
     --ssl-keyfile "$CERT_DIR/superlink.key" \
     --enable-supernode-auth \
     --disable-runtime-dependency-installation \
-    --host "${SUPERLINK_HOST:-0.0.0.0}" \
-    --port "${SUPERLINK_PORT:-9093}"
+    --host 127.0.0.1 \
+    --port "$CONTROL_PORT"
 if [ -n "${SUPERLINK_DATABASE:-}" ]; then
     set -- "$@" --database "$SUPERLINK_DATABASE"
 fi
-exec flower-superlink "$@"
+flower-superlink "$@" &
+superlink=$!
+python "$here/fleet_gateway.py" \
+    --listen "${SUPERLINK_HOST:-0.0.0.0}:${SUPERLINK_PORT:-9093}" \
+    --upstream "127.0.0.1:$CONTROL_PORT" \
+    --ca-cert "$CERT_DIR/ca.crt" \
+    --certfile "$CERT_DIR/superlink.crt" \
+    --keyfile "$CERT_DIR/superlink.key" &
+gateway=$!
+# Stop both when either stops or this script is told to stop.
+trap 'kill "$superlink" "$gateway" 2>/dev/null || true' EXIT INT TERM
+while kill -0 "$superlink" 2>/dev/null && kill -0 "$gateway" 2>/dev/null; do
+    sleep 1
+done
+if kill -0 "$superlink" 2>/dev/null; then stopped="the Fleet gateway"; else stopped="flower-superlink"; fi
+echo "superlink: $stopped stopped; stopping the other" >&2
+exit 1

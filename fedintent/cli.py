@@ -98,9 +98,10 @@ def _parser() -> argparse.ArgumentParser:
                        choices=PRIVACY_UNITS,
                        help="what one DP unit is: one utterance, or all of one customer's "
                        "utterances at a site (default: %(default)s)")
-    train.add_argument("--site-max-epsilon", type=float, default=DEFAULTS["site-max-epsilon"],
-                       help="each simulated site's lifetime epsilon budget over all runs on its "
-                       "data; sites decline rounds beyond it (default: %(default)s)")
+    train.add_argument("--site-max-epsilon", type=float, default=None,
+                       help="each simulated site's lifetime epsilon budget per privacy unit, over "
+                       "all runs on its data; units at it sit out, sites with none left decline "
+                       f"(default: {DEFAULTS['site-max-epsilon']:g}, inf with --epsilon inf)")
     train.add_argument("--model", default=DEFAULTS["model"], metavar="MODEL",
                        help=f"model family: {', '.join(model_family_names())}, or the folder of "
                        "a local Hugging Face BERT checkpoint (frozen encoder + head); "
@@ -205,12 +206,14 @@ def _parser() -> argparse.ArgumentParser:
 
     report = commands.add_parser(
         "privacy-report",
-        help="a site's cumulative epsilon, privacy unit and per-run history, from its ledgers",
-        description="Verify and summarise the privacy ledgers in a site's state folder.",
+        help="a site's privacy spend: per-unit lifetime epsilon, exhausted units, every run",
+        description="Verify a site's privacy ledger and summarise it: how many privacy units "
+        "have spent how much epsilon over all runs, how many are exhausted, and each run.",
     )
     report.add_argument("state_dir", type=Path, metavar="STATE_DIR")
-    report.add_argument("--max-epsilon", type=float,
-                        help="the site's budget, to show what remains")
+    report.add_argument("--max-epsilon", type=float, default=DEFAULTS["site-max-epsilon"],
+                        help="the site's max-epsilon (its node config), to count exhausted units "
+                        "(default: %(default)s)")
     report.set_defaults(handler=_privacy_report)
     _add_deployment_commands(commands)
     _add_bench_command(commands)
@@ -248,28 +251,29 @@ def _partition(args: argparse.Namespace) -> int:
 
 def _privacy_report(args: argparse.Namespace) -> int:
     from fl_client.privacy_ledger import LedgerError
-    from fl_client.privacy_report import site_privacy_report
+    from fl_client.privacy_report import EXHAUSTED_SHARE, site_privacy_report
 
+    if not args.max_epsilon > 0:
+        raise CliError(f"--max-epsilon must be > 0, got {args.max_epsilon}")
     try:
-        reports = site_privacy_report(args.state_dir)
+        report = site_privacy_report(args.state_dir, args.max_epsilon)
     except (FileNotFoundError, LedgerError) as err:
         raise CliError(str(err)) from err
-    if not reports:
-        print(f"{args.state_dir}: no privacy ledger: this site has spent no privacy budget")
-        return 0
-    for report in reports:
-        print(f"ledger {report.path.name} (training data {report.data_fingerprint[:16]})")
-        print(f"  privacy unit: {report.privacy_unit}; accountant: {report.accountant}")
-        print(f"  cumulative epsilon over all runs: {report.epsilon:.3f} at delta "
-              f"{report.delta:g}")
-        if args.max_epsilon is not None:
-            print(f"  budget: max-epsilon {args.max_epsilon:g}, remaining "
-                  f"{max(args.max_epsilon - report.epsilon, 0.0):.3f}")
-        for run in report.runs:
-            print(f"  run {run.run}: {run.rounds} rounds, epsilon {run.epsilon:.3f}, noise "
-                  f"multiplier {run.noise_multiplier:.4g}, sample rate {run.sample_rate:.4g}, "
-                  f"{run.steps} steps/round, clip norm {run.clip_norm:g} ({run.first} .. "
-                  f"{run.last})")
+    print(f"site key {report.site_key} (as metrics.json shows it); ledger verified")
+    print(f"privacy unit: {report.privacy_unit}; {report.units} units have spent budget; "
+          f"lifetime epsilon at delta {report.delta:g} (Rényi order {report.order:g})")
+    for low, high, count in report.spend_bands:
+        print(f"  epsilon {low:5.2f} to {high:5.2f}: {count} units")
+    print(f"  exhausted (>= {EXHAUSTED_SHARE:.0%} of max-epsilon {report.max_epsilon:g}): "
+          f"{report.exhausted} units")
+    if report.non_private:
+        print(f"  trained without DP (no guarantee): {report.non_private} units")
+    print(f"  largest: {_fmt_epsilon(report.largest_epsilon)}")
+    for run in report.runs:
+        print(f"run {run.run}: {run.rounds} rounds, {run.units} units, epsilon "
+              f"{_fmt_epsilon(run.epsilon)} at delta {run.delta:g}, noise multiplier "
+              f"{run.noise_multiplier:.4g}, sample rate {run.sample_rate:.4g}, {run.steps} "
+              f"steps/round, clip norm {run.clip_norm:g} ({run.first} .. {run.last})")
     return 0
 
 
@@ -353,7 +357,6 @@ def _train(args: argparse.Namespace) -> int:
         "target-epsilon": args.epsilon,
         "delta": args.delta,
         "privacy-unit": args.privacy_unit,
-        "site-max-epsilon": args.site_max_epsilon,
         "model": args.model,
         "strategy": args.strategy,
         "accountant": args.accountant,
@@ -363,6 +366,8 @@ def _train(args: argparse.Namespace) -> int:
         "learning-rate": args.lr,
         "seed": args.seed,
     }
+    if args.site_max_epsilon is not None:
+        tunables["site-max-epsilon"] = args.site_max_epsilon
     check_run_config(tunables)
     if args.data is not None:
         list_site_dirs(args.data)
@@ -402,7 +407,7 @@ def _train(args: argparse.Namespace) -> int:
     privacy = (
         f"DP-SGD, per-site target epsilon {args.epsilon:g} per {args.privacy_unit}, "
         f"delta {args.delta:g}{' (per-site default)' if args.delta == 0 else ''}, "
-        f"lifetime budget {args.site_max_epsilon:g}"
+        f"lifetime budget {run_config['site-max-epsilon']:g} per unit"
         if math.isfinite(args.epsilon)
         else "no DP (epsilon = inf: no privacy guarantee)"
     )
@@ -556,10 +561,11 @@ def _add_deployment_commands(commands: argparse._SubParsersAction) -> None:
     certs = commands.add_parser(
         "certs",
         help="make development TLS credentials and site keys for a deployment",
-        description="Write a development CA, a SuperLink TLS certificate signed by it, and an "
-        "EC key pair (OpenSSH format) per site for SuperNode authentication. Private keys are "
-        "mode 0600; existing files are never overwritten. For production certificates see "
-        "docs/DEPLOYMENT.md.",
+        description="Write a development CA, a SuperLink TLS certificate signed by it, the "
+        "operator's Ed25519 release-signing key with the trusted-entities.yaml every site pins, "
+        "and an EC key pair (OpenSSH format) per site for SuperNode authentication. Private "
+        "keys are mode 0600; existing files are never overwritten. For production certificates "
+        "see docs/DEPLOYMENT.md.",
     )
     certs.add_argument("--out", type=Path, required=True, help="credentials folder")
     certs.add_argument("--sites", type=int, required=True,
@@ -572,6 +578,20 @@ def _add_deployment_commands(commands: argparse._SubParsersAction) -> None:
                        "(default: localhost)")
     certs.set_defaults(handler=_certs)
 
+    release = commands.add_parser(
+        "release",
+        help="build the fedintent app bundle and sign it with the operator's release key",
+        description="Write fedintent.fab (the app bundle the sites run) and "
+        "fedintent.fab.sig.json (its Ed25519 signature) to --out. Sites run a bundle only if "
+        "a key in their trusted-entities.yaml signed it. Keep the key off the SuperLink's "
+        "machine; `fedintent deploy-run --release` needs only the release folder.",
+    )
+    release.add_argument("--signing-key", type=Path, required=True,
+                         help="the operator's Ed25519 private key, OpenSSH format "
+                         "(release-signing.key from `fedintent certs`, or ssh-keygen -t ed25519)")
+    release.add_argument("--out", type=Path, required=True, help="release folder")
+    release.set_defaults(handler=_release)
+
     deploy_run = commands.add_parser(
         "deploy-run",
         help="train on a deployed TLS SuperLink with real sites, and follow the run",
@@ -581,7 +601,13 @@ def _add_deployment_commands(commands: argparse._SubParsersAction) -> None:
         "(node config). See docs/DEPLOYMENT.md.",
     )
     deploy_run.add_argument("--superlink", required=True, metavar="HOST:PORT",
-                            help="the SuperLink's address")
+                            help="the SuperLink's control address on this machine "
+                            "(127.0.0.1:CONTROL_PORT of deploy/superlink.sh)")
+    deploy_run.add_argument("--release", type=Path, required=True, metavar="DIR",
+                            help="the signed release to run (`fedintent release`)")
+    deploy_run.add_argument("--release-port", type=int, default=9095,
+                            help="the SuperLink's RELEASE_PORT, on 127.0.0.1, where the release "
+                            "is handed over (default: %(default)s)")
     deploy_run.add_argument("--ca-cert", type=Path, required=True,
                             help="the CA certificate that signed the SuperLink's certificate")
     deploy_run.add_argument("--labels", type=Path, required=True,
@@ -622,14 +648,33 @@ def _certs(args: argparse.Namespace) -> int:
         raise CliError(str(err)) from err
     names = ", ".join([f"IP:{h}" for h in hosts] + [f"DNS:{d}" for d in dns_names])
     print(f"wrote development credentials to {args.out}:")
-    print(f"  {paths.ca_cert.name:<14} CA certificate: give it to every site and to flwr users")
-    print(f"  {paths.ca_key.name:<14} CA private key (0600): keep it offline")
-    print(f"  {paths.server_cert.name:<14} SuperLink TLS certificate for {names}")
-    print(f"  {paths.server_key.name:<14} SuperLink TLS private key (0600)")
+    print(f"  {paths.ca_cert.name:<22} CA certificate: give it to every site and to flwr users")
+    print(f"  {paths.ca_key.name:<22} CA private key (0600): keep it offline")
+    print(f"  {paths.server_cert.name:<22} SuperLink TLS certificate for {names}")
+    print(f"  {paths.server_key.name:<22} SuperLink TLS private key (0600)")
+    print(f"  {paths.signing_key.name:<22} release-signing key (0600): the operator's only; "
+          f"`fedintent release --signing-key` signs bundles with it")
+    print(f"  {paths.trusted_entities.name:<22} the release key as sites pin it: give it to "
+          f"every site (TRUSTED_ENTITIES)")
     for site, key in paths.site_keys.items():
-        print(f"  {key.name:<14} {site}'s private key (0600): give it to {site} only")
-        print(f"  {paths.site_public_keys[site].name:<14} {site}'s public key: register it with "
+        print(f"  {key.name:<22} {site}'s private key (0600): give it to {site} only")
+        print(f"  {paths.site_public_keys[site].name:<22} {site}'s public key: register it with "
               f"`flwr supernode register`")
+    return 0
+
+
+def _release(args: argparse.Namespace) -> int:
+    import hashlib
+
+    from fl_server import deployment
+
+    try:
+        release = deployment.write_release(args.out, args.signing_key)
+    except deployment.DeploymentError as err:
+        raise CliError(str(err)) from err
+    print(f"wrote {release.app_spec} to {args.out}: {deployment.RELEASE_FAB} (sha256 "
+          f"{hashlib.sha256(release.fab).hexdigest()[:16]}...), {deployment.RELEASE_SIGNATURE} "
+          f"(signed by {release.key_id})")
     return 0
 
 
@@ -645,6 +690,10 @@ def _deploy_run(args: argparse.Namespace) -> int:
         raise CliError(f"--min-sites must be >= 1, got {args.min_sites}")
     if not args.ca_cert.is_file():
         raise CliError(f"--ca-cert {args.ca_cert} is not a file")
+    try:
+        release = deployment.read_release(args.release)
+    except deployment.DeploymentError as err:
+        raise CliError(str(err)) from err
     overrides = {}
     for item in args.set:
         key, sep, text = item.partition("=")
@@ -680,10 +729,15 @@ def _deploy_run(args: argparse.Namespace) -> int:
         connection = deployment.write_connection(
             flwr_home, "fedintent-deployment", args.superlink, args.ca_cert
         )
-        app_dir = deployment.write_app(flwr_home / "app")
         started = time.monotonic()
-        run_id = deployment.submit_run(app_dir, connection, run_config)
-        print(f"run {run_id} submitted to {args.superlink}: {args.rounds} rounds, at least "
+        try:
+            with deployment.serve_release(release, args.release_port):
+                run_id = deployment.submit_release_run(release, connection, run_config)
+        except OSError as err:
+            raise CliError(f"cannot hand over the release on 127.0.0.1:{args.release_port}: "
+                           f"{err.strerror}") from err
+        print(f"run {run_id} of {release.app_spec} (signed by {release.key_id}) submitted to "
+              f"{args.superlink}: {args.rounds} rounds, at least "
               f"{args.min_sites} sites, {len(labels)} intents; output: {out_dir}", flush=True)
         try:
             status = deployment.follow_run(

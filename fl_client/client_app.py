@@ -1,35 +1,50 @@
 """fedintent ClientApp: what runs at a call-center site.
 
-Per round the site reads only its own data folder, checks its privacy budget, records the
-round's DP release in its privacy ledger, trains the exchanged part of the model with DP-SGD,
-and replies with the model's exchanged parameters and a few numbers (example count, loss,
-epsilon, delta). The egress guard checks every reply before it leaves. Conversation text,
-labels and features never leave this process. With secure aggregation the same training runs
-inside a SecAgg+ round and only the masked update leaves (``secure_aggregation.py``).
+Per round, in this order, the site:
 
-Where the site's data, state and budget come from: ``fl_client/site_folders.py``.
+1. checks every privacy setting the server asks for against its own policy, its node config
+   (``site_policy.py``), before it reads anything;
+2. reads only its own data folder, validates and redacts it, and featurizes the redacted text;
+3. charges the round to every privacy unit that takes part in its ledger, leaving out units that
+   have spent their lifetime budget (``privacy_budget.py``), before training;
+4. trains the exchanged part of the model with DP-SGD on exactly those units (``dp_training.py``);
+5. replies with the exchanged parameters and a few numbers (example count, loss, epsilon, delta).
+
+The egress guard checks every reply before it leaves. A failure leaves only as one of the fixed
+``Reason`` values; its cause is logged here, at the site. Conversation text, labels and features
+never leave this process. With secure aggregation the same training runs inside a SecAgg+ round
+and only the masked update leaves (``secure_aggregation.py``).
+
+Where the site's data and state live: ``site_folders.py``.
 """
 
-import math
 from dataclasses import replace
 from functools import lru_cache
 from logging import WARNING
 from pathlib import Path
 
 import torch
-from flwr.app import ArrayRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.common.logger import log
 
 from fl_client.dp_training import TrainingPlan, evaluate, train_locally
-from fl_client.egress_guard import DECLINED, SITE_ERROR, egress_guard
-from fl_client.privacy_accounting import DELTA_UNITS_FACTOR, BudgetExhausted, default_delta
-from fl_client.privacy_budget import RoundRequest, charge_round
+from fl_client.egress_guard import Reason, egress_guard, error_reply
+from fl_client.privacy_accounting import BudgetExhausted
+from fl_client.privacy_budget import charge_round
 from fl_client.privacy_ledger import LedgerError
-from fl_client.privacy_units import check_privacy_unit, group_by_customer
+from fl_client.privacy_units import PADDING_LABEL, group_by_customer
 from fl_client.secure_aggregation import secure_aggregation_mod
 from fl_client.site_data import SiteData, SiteDataError, load_site
-from fl_client.site_folders import site_folders, site_max_epsilon
+from fl_client.site_folders import site_folders
+from fl_client.site_policy import (
+    PolicyRefusal,
+    SiteConfigError,
+    check_request,
+    round_request,
+    site_delta,
+    site_policy,
+)
 from fl_client.site_secret import SecretError, private_seed, site_key
 from models import get_model_family
 
@@ -40,70 +55,64 @@ app = ClientApp()
 def train(msg: Message, context: Context) -> Message:
     cfg = context.run_config
     try:
+        policy = site_policy(context)
+        request = round_request(msg, context)
+        check_request(policy, request)  # before anything is read or computed
         site_dir, state_dir = site_folders(msg, context)
         labels = list(msg.content["config"]["labels"])
         site = _load_site_cached(str(site_dir), tuple(labels))
         if len(site.train) == 0:
             raise SiteDataError(f"{site_dir}: no valid training rows; this site cannot train")
         features, targets = _features(site, "train", context, state_dir)
-        unit = check_privacy_unit(str(cfg["privacy-unit"]))
-    except (SiteDataError, LedgerError, ValueError) as err:
-        return Message(Error(code=SITE_ERROR, reason=str(err)), reply_to=msg)
+    except PolicyRefusal as refusal:
+        return _refuse(msg, refusal.reason, refusal)
+    except SiteConfigError as err:
+        return _refuse(msg, Reason.SITE_CONFIG_INVALID, err)
+    except (SiteDataError, ValueError, OSError) as err:
+        return _refuse(msg, Reason.DATA_UNUSABLE, err)
 
-    if unit == "customer":
-        features, targets, dropped = group_by_customer(features, targets, site.train.units)
+    if request.privacy_unit == "customer":
+        features, targets, units, dropped = group_by_customer(features, targets,
+                                                              site.train.units)
         if dropped:
             log(WARNING, "site %s: %d utterances over the per-customer cap not used", site_dir,
                 dropped)
+    else:
+        features, targets, units = _one_row_per_utterance(features, targets, site.train.ids)
 
-    config = msg.content["config"]
-    request = RoundRequest(
-        run_name=str(config["run-name"]),
-        server_round=int(config["server-round"]),
-        num_rounds=int(config["num-rounds"]),
-        target_epsilon=float(cfg["target-epsilon"]),
-        delta=0.0,
-        accountant=str(cfg["accountant"]),
-        privacy_unit=unit,
-        clip_norm=float(cfg["clip-norm"]),
-        batch_size=int(cfg["batch-size"]),
-        local_epochs=int(cfg["local-epochs"]),
-    )
-    metrics: dict[str, float | int] = {
-        "num-examples": len(site.train),
-        "site-key": site_key(state_dir),
+    metrics: dict[str, float | int] = {"site-key": site_key(state_dir)}
+    try:
+        request = replace(request, delta=site_delta(policy, request, len(units)))
+        charge = charge_round(state_dir, units, request, policy)
+    except PolicyRefusal as refusal:
+        return _refuse(msg, refusal.reason, refusal)
+    except BudgetExhausted as err:
+        return _refuse(msg, Reason.BUDGET_EXHAUSTED, err)
+    except (LedgerError, SecretError, OSError) as err:
+        return _refuse(msg, Reason.LEDGER_UNREADABLE, err)
+    if charge.excluded:
+        log(WARNING, "site %s: %d of %d %s units have spent their budget and sit this round out",
+            site_dir, charge.excluded, len(units), request.privacy_unit)
+    features, targets = features[charge.trained], targets[charge.trained]
+    metrics |= {
+        "num-examples": int((targets != PADDING_LABEL).sum()),
+        "epsilon": charge.epsilon_this_run,
+        "epsilon-all-runs": charge.epsilon_all_runs,
+        "delta": request.delta if request.private else 0.0,
     }
-    noise_multiplier = None
-    if math.isfinite(request.target_epsilon):
-        units = len(targets)
-        try:
-            request = replace(request, delta=_site_delta(float(cfg["delta"]), units, unit))
-            max_epsilon = site_max_epsilon(context)
-            charge = charge_round(state_dir, site.fingerprint(), units, request, max_epsilon)
-        except BudgetExhausted as err:
-            reason = f"declined: {err}"
-            log(WARNING, "site %s: %s", site_dir, reason)
-            return Message(Error(code=DECLINED, reason=reason), reply_to=msg)
-        except (LedgerError, SecretError, ValueError, OSError) as err:
-            return Message(Error(code=SITE_ERROR, reason=f"privacy: {err}"), reply_to=msg)
-        noise_multiplier = charge.noise_multiplier
+    if request.private:
         metrics |= {
-            "epsilon": charge.epsilon_this_run,
-            "epsilon-all-runs": charge.epsilon_all_runs,
-            "max-epsilon": max_epsilon,
-            "delta": request.delta,
+            "max-epsilon": policy.max_epsilon,
             "noise-multiplier": charge.noise_multiplier,
             "sample-rate": charge.sample_rate,
             "clip-norm": request.clip_norm,
-            "privacy-units": units,
+            "privacy-units": len(charge.trained),
         }
-    else:
-        metrics |= {"epsilon": math.inf, "epsilon-all-runs": math.inf, "delta": 0.0}
 
     model = _model_from(msg, len(labels), cfg)
     family = get_model_family(str(cfg["model"]))
     plan = TrainingPlan(
-        noise_multiplier=noise_multiplier,
+        noise_multiplier=charge.noise_multiplier if request.private else None,
         clip_norm=request.clip_norm,
         batch_size=request.batch_size,
         local_epochs=request.local_epochs,
@@ -130,8 +139,8 @@ def evaluate_on_site(msg: Message, context: Context) -> Message:
         if len(site.test) == 0:
             raise SiteDataError(f"{site_dir}: no valid test rows; this site cannot evaluate")
         features, targets = _features(site, "test", context, state_dir)
-    except (SiteDataError, ValueError) as err:
-        return Message(Error(code=SITE_ERROR, reason=str(err)), reply_to=msg)
+    except (SiteDataError, ValueError, OSError) as err:
+        return _refuse(msg, Reason.DATA_UNUSABLE, err)
 
     model = _model_from(msg, len(labels), context.run_config)
     loss, accuracy = evaluate(model, features, targets)
@@ -139,21 +148,25 @@ def evaluate_on_site(msg: Message, context: Context) -> Message:
     return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)
 
 
-def _site_delta(requested: float, units: int, unit: str) -> float:
-    """The run's delta, or (0 = auto) the site's default, refused if too large for the site.
+def _refuse(msg: Message, reason: Reason, cause: Exception) -> Message:
+    """Log the cause here, at the site; send the server only the fixed ``reason``."""
+    log(WARNING, "site not training: %s (%s)", reason.value, cause)
+    return error_reply(msg, reason)
 
-    delta is the probability that the epsilon guarantee fails outright; it must be small next to
-    1 / (number of units), or releasing one unit's data verbatim would fit inside it.
-    """
-    limit = 1.0 / (DELTA_UNITS_FACTOR * units)
-    if requested == 0:
-        return default_delta(units)
-    if requested >= limit:
-        raise ValueError(
-            f"delta {requested:g} is too large for this site: it has {units} {unit} units, so "
-            f"delta must be below 1/({DELTA_UNITS_FACTOR} x {units}) = {limit:.2g}; refusing"
-        )
-    return requested
+
+def _one_row_per_utterance(
+    features: torch.Tensor, targets: torch.Tensor, ids: list[str]
+) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """One row per utterance identity: a duplicated row would be one unit counted twice, with
+    twice the influence its clipping allows."""
+    first: dict[str, int] = {}
+    for index, uid in enumerate(ids):
+        first.setdefault(uid, index)
+    if len(first) < len(ids):
+        log(WARNING, "site data: %d duplicated utterances (same id) used once",
+            len(ids) - len(first))
+    keep = list(first.values())
+    return features[keep], targets[keep], list(first)
 
 
 @lru_cache(maxsize=4)

@@ -8,8 +8,9 @@ A Flower client mod on both train and evaluate. Every reply is checked before it
 * an evaluate reply may carry only ``metrics`` with keys in ``EVALUATE_METRICS``;
 * metric values must be finite-or-infinite numbers (never strings, bytes or lists); array values
   must be finite;
-* an error reply may carry only an error code fedintent defines and a short reason; any
-  unexpected exception is replaced by a generic error (details stay in the site's log);
+* an error reply may carry only one of the fixed ``Reason`` values below, with its code: never
+  free text, since an exception message can quote a row of site data. The details stay in the
+  site's own log and egress log; any unexpected exception becomes ``Reason.INTERNAL``;
 * with secure aggregation, a reply to a SecAgg+ stage may carry only that stage's protocol
   values (``SECAGG_REPLIES``): public keys, encrypted key shares, key shares, and the masked
   update, whose arrays must have the model's shapes; the masked update goes with the same
@@ -28,6 +29,7 @@ import math
 import os
 import traceback
 from datetime import UTC, datetime
+from enum import StrEnum
 from logging import ERROR
 from pathlib import Path
 
@@ -45,8 +47,38 @@ from models import get_model_family
 SITE_ERROR = 1001
 DECLINED = 1002
 EGRESS_BLOCKED = 1003
-ALLOWED_ERROR_CODES = (SITE_ERROR, DECLINED, EGRESS_BLOCKED)
-MAX_REASON_CHARS = 500
+
+
+class Reason(StrEnum):
+    """Every reason a site may give the server for not sending an update: a fixed vocabulary.
+
+    Each names a class of problem and what the operator can do about it, and carries no data.
+    The concrete cause (a file and line, a ledger path, an exception) is logged at the site.
+    """
+
+    DATA_UNUSABLE = "site data unusable (see the site's log)"
+    LEDGER_UNREADABLE = "privacy ledger unreadable, rolled back or missing; the site stopped"
+    SITE_CONFIG_INVALID = "site configuration invalid (see the site's log)"
+    INTERNAL = "internal site error (see the site's log)"
+    OUT_OF_RANGE = "update outside the secure-aggregation range; not sent"
+    BUDGET_EXHAUSTED = "declined: privacy budget exhausted"
+    NO_DP_REFUSED = "declined: the site's policy requires differential privacy"
+    SETTING_REFUSED = "declined: a privacy setting weaker than the site's policy"
+    ROUND_REFUSED = "declined: a round beyond the run's planned rounds"
+    UNIT_REFUSED = "declined: privacy unit differs from the site's"
+    EGRESS_BLOCKED = "blocked by the site's egress guard"
+
+
+REASON_CODES: dict[Reason, int] = {
+    reason: DECLINED if reason.value.startswith("declined") else SITE_ERROR for reason in Reason
+} | {Reason.EGRESS_BLOCKED: EGRESS_BLOCKED}
+"""The error code each reason goes with; no other (code, reason) pair leaves a site."""
+
+
+def error_reply(msg: Message, reason: Reason) -> Message:
+    """The reply that tells the server only ``reason``."""
+    return Message(Error(code=REASON_CODES[reason], reason=reason.value), reply_to=msg)
+
 
 TRAIN_METRICS = frozenset({
     "num-examples", "train-loss", "steps", "epsilon", "epsilon-all-runs", "max-epsilon",
@@ -77,18 +109,17 @@ def egress_guard(msg: Message, context: Context, call_next: ClientAppCallable) -
         reply = call_next(msg, context)
     except Exception:
         log(ERROR, "site error, not sent to the server:\n%s", traceback.format_exc())
-        reply = Message(Error(code=SITE_ERROR, reason="site error (details in the site log)"),
-                        reply_to=msg)
+        reply = error_reply(msg, Reason.INTERNAL)
     try:
         if stage is None or reply.has_error():
             check_reply(msg, reply, str(context.run_config["model"]))
         else:
             check_secagg_reply(stage, msg, reply, str(context.run_config["model"]))
         verdict = "sent"
-    except EgressViolation as err:
+    except Exception as err:  # a check that cannot run blocks the reply as surely as a violation
         verdict = f"blocked: {err}"
         log(ERROR, "egress guard blocked a reply: %s", err)
-        reply = Message(Error(code=EGRESS_BLOCKED, reason=f"egress guard: {err}"), reply_to=msg)
+        reply = error_reply(msg, Reason.EGRESS_BLOCKED)
     try:
         _, state_dir = site_folders(msg, context)
         append_egress_log(state_dir, msg, reply, verdict, stage)
@@ -100,10 +131,10 @@ def egress_guard(msg: Message, context: Context, call_next: ClientAppCallable) -
 def check_reply(msg: Message, reply: Message, model: str) -> None:
     """Raise ``EgressViolation`` unless the reply holds only what may leave the site."""
     if reply.has_error():
-        if reply.error.code not in ALLOWED_ERROR_CODES:
-            raise EgressViolation(f"unexpected error code {reply.error.code}")
-        if len(reply.error.reason or "") > MAX_REASON_CHARS:
-            raise EgressViolation("error reason too long")
+        reason = reply.error.reason
+        if reason not in set(Reason) or REASON_CODES[Reason(reason)] != reply.error.code:
+            raise EgressViolation("an error reply outside the fixed vocabulary (code "
+                                  f"{reply.error.code}, reason of {len(reason or '')} characters)")
         return
     is_train = msg.metadata.message_type.startswith("train")
     content = reply.content
@@ -243,8 +274,9 @@ def append_egress_log(
             ]
             entry["update_norm"] = _update_norm(msg.content["arrays"], sent)
     path = Path(state_dir) / EGRESS_LOG
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", encoding="utf-8") as f:
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)  # site-private
+    with os.fdopen(fd, "a", encoding="utf-8") as f:
         f.write(json.dumps(entry) + "\n")
         f.flush()
         os.fsync(f.fileno())

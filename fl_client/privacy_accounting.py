@@ -6,8 +6,23 @@ samples units with Poisson sampling at rate ``q``, clips each unit's gradient to
 and adds Gaussian noise with standard deviation ``noise_multiplier * clip-norm``. Each step is a
 subsampled Gaussian mechanism; the accountant composes all of them.
 
-A round's release is recorded as ``(noise_multiplier, sample_rate, steps)``. The epsilon a site
-reports is the composition of *every* release in its history, never a fresh count per round.
+A round's release is recorded as ``(noise_multiplier, sample_rate, steps)``. Two accounts use it:
+
+* **This run** (``plan_noise_multiplier``, ``epsilon_spent``): the run's noise is planned so that
+  all its planned rounds together stay within the run's target epsilon, composed with the run's
+  accountant (PRV by default, the tightest; or RDP).
+* **A unit's lifetime** (``rdp_budget``, ``release_rdp``, ``rdp_epsilon``): every privacy unit
+  carries its own spend across all runs and data versions, as Rényi DP at one order fixed when
+  the site's ledger is created. This is the individual Rényi filter of Feldman and Zrnic
+  ("Individual Privacy Accounting via a Rényi Filter", NeurIPS 2021), applied to each unit's own
+  losses with add/remove-one-unit neighbours: a unit takes part in a release only if its spend
+  plus the release's Rényi DP stays within the budget ``B``, so the whole adaptive sequence of
+  releases is (order, B)-RDP for that unit, and (max-epsilon, delta)-DP after conversion. The
+  filter is sound here because each release's per-unit loss is fixed before the release by
+  public values (noise multiplier, sample rate, steps: the worst case over all gradients, since
+  every unit is clipped to the same norm), and an excluded unit contributes nothing to it.
+  Composing at one fixed order is what the theorem requires; PRV composition has no such filter
+  result, so the lifetime account is RDP while the per-run plan may use PRV.
 """
 
 import math
@@ -15,6 +30,7 @@ import warnings
 from functools import lru_cache
 
 from opacus.accountants import create_accountant
+from opacus.accountants.analysis.rdp import compute_rdp
 from opacus.accountants.utils import get_noise_multiplier
 
 ACCOUNTANTS = ("prv", "rdp")
@@ -122,6 +138,73 @@ def plan_within_budget(
     while (high - low) / high > 1e-3:
         middle = (low + high) / 2
         low, high = (low, middle) if total(middle) <= max_epsilon else (middle, high)
+    return high
+
+
+FILTER_ORDERS = tuple([1 + x / 10 for x in range(1, 100)] + list(range(11, 64)))
+"""Rényi orders the lifetime filter may be fixed at (Opacus' default grid)."""
+
+
+def filter_order(max_epsilon: float, delta: float) -> float:
+    """The Rényi order a new ledger fixes for good: the one under which a unit's budget admits
+    the most Gaussian noise steps (the largest ``rdp_budget / order``). Depends only on the
+    site's policy, never on its data."""
+    return max(FILTER_ORDERS, key=lambda order: rdp_budget(max_epsilon, delta, order) / order)
+
+
+def rdp_budget(max_epsilon: float, delta: float, order: float) -> float:
+    """The Rényi DP at ``order`` that converts to exactly ``(max_epsilon, delta)``.
+
+    The inverse of the conversion Opacus' RDP accountant uses (Balle et al. 2020, Theorem 21):
+    ``epsilon = rdp + log((order - 1) / order) - (log(delta) + log(order)) / (order - 1)``.
+    ``inf`` for an unlimited budget; may be <= 0 when max-epsilon is too small for any release.
+    """
+    if math.isinf(max_epsilon):
+        return math.inf
+    return (max_epsilon + (math.log(delta) + math.log(order)) / (order - 1)
+            - math.log((order - 1) / order))
+
+
+def rdp_epsilon(rdp: float, order: float, delta: float) -> float:
+    """The (epsilon, delta) guarantee of a Rényi DP spend at ``order`` (0 for no spend)."""
+    if rdp == 0:
+        return 0.0
+    return rdp - (math.log(delta) + math.log(order)) / (order - 1) + math.log((order - 1) / order)
+
+
+def release_rdp(noise_multiplier: float, sample_rate: float, steps: int, order: float) -> float:
+    """Rényi DP at ``order`` of one release (``steps`` Poisson-subsampled Gaussian steps), the
+    most any one unit can lose in it; ``inf`` without noise."""
+    if noise_multiplier == 0:
+        return math.inf
+    return float(compute_rdp(q=sample_rate, noise_multiplier=noise_multiplier, steps=steps,
+                             orders=[order])[0])
+
+
+@lru_cache(maxsize=256)
+def noise_within_rdp(sample_rate: float, steps: int, order: float, budget: float) -> float:
+    """The smallest noise multiplier (within 0.1%, rounded up) whose ``steps`` steps cost at
+    most ``budget`` Rényi DP at ``order``; 0 for an unlimited budget. Raises
+    ``BudgetExhausted`` when no noise would do."""
+    if math.isinf(budget):
+        return 0.0
+    if not budget > 0:
+        raise BudgetExhausted("the site's max-epsilon is too small for any release at its delta")
+
+    def fits(noise: float) -> bool:
+        return release_rdp(noise, sample_rate, steps, order) <= budget
+
+    high = 1.0
+    while not fits(high):
+        high *= 2
+        if high > MAX_NOISE_MULTIPLIER:
+            raise BudgetExhausted("the site's max-epsilon is too small for any release")
+    low = high / 2
+    while low > 1e-3 and fits(low):
+        high, low = low, low / 2
+    while (high - low) / high > 1e-3:
+        middle = (low + high) / 2
+        low, high = (low, middle) if fits(middle) else (middle, high)
     return high
 
 

@@ -1,67 +1,126 @@
-"""The site's privacy ledger: every DP release its training data has been part of.
+"""The site's privacy ledger: every DP release, and every privacy unit's lifetime spend.
 
-One JSON file per training-data fingerprint in the site's state folder. A release is written
-(atomically, fsync'd) *before* the model update that it pays for leaves the site, so a crash
-after charging can only over-count, never under-count.
+One ledger per site (``privacy-ledger.json`` in its state folder), whatever its data looks like
+today: appending a day of conversations, fixing a row, reordering or renaming files changes
+nothing for the units already in it. It holds
 
-Each entry carries a MAC chained to the previous entry's, and the document a MAC over the entry
-count and the last entry's MAC, both keyed with the site secret (``site_secret.py``): an edited
-value, a deleted, reordered or appended entry, or a truncated ledger no longer verifies. A
-ledger that cannot be parsed or verified, or whose fingerprint does not match the data, stops
-the site with an error; it is never reset silently.
+* ``releases``: every round the site has sent an update for (run, round, noise multiplier,
+  sample rate, steps, how many units took part, and the Rényi DP each of them was charged);
+* ``spend``: for every privacy unit that ever took part, its cumulative Rényi DP at the ledger's
+  fixed ``order`` (``privacy_accounting``'s lifetime filter), keyed by ``unit_key``: a keyed hash
+  of the unit's stable identity (customer id, or conversation id and turn). The ledger holds no
+  text and nothing the server sends or could recompute.
+
+Integrity: each release carries a MAC chained to the one before it, and the document a MAC over
+the release count, the settings and a digest of ``spend``, all keyed with the site secret
+(``site_secret.py``): an edited, deleted, reordered or appended release, or an edited spend, no
+longer verifies. Rollback: the release count and document MAC are mirrored in
+``privacy-ledger.head`` beside it, so restoring an older copy of the ledger, or deleting it, is
+detected (and, with both files gone, a train reply in the site's egress log still shows that
+budget was spent). Every such case stops the site with ``LedgerError``; nothing is reset
+silently. What this cannot stop: someone who can write the state folder restoring the ledger,
+its head and the egress log together (docs/PRIVACY.md, "A site operator editing its files").
+
+Files are written atomically, fsync'd, owner-only (0600), *before* the update they pay for leaves.
 """
 
+import hashlib
 import hmac
 import json
-from dataclasses import asdict, dataclass, fields
+import math
+from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
 
+from fl_client.egress_guard import EGRESS_LOG
+from fl_client.privacy_accounting import rdp_epsilon
 from fl_client.site_secret import ledger_mac
 from fl_server.atomic_write import write_bytes_atomic
 
-FORMAT = "fedintent-privacy-ledger/2"
+FORMAT = "fedintent-privacy-ledger/3"
+LEDGER_FILE = "privacy-ledger.json"
+HEAD_FILE = "privacy-ledger.head"
+PRIVATE_FILE_MODE = 0o600
 
 
 class LedgerError(RuntimeError):
-    """The ledger is unreadable or inconsistent; the site must not train until it is resolved."""
+    """The ledger is unreadable, inconsistent or rolled back; the site must not train."""
 
 
 @dataclass(frozen=True)
-class LedgerEntry:
+class Release:
+    """One round's DP release: the mechanism, and what each unit in it was charged."""
+
     run: str
     server_round: int
+    num_rounds: int
     noise_multiplier: float
     sample_rate: float
     steps: int
     clip_norm: float
     delta: float
     accountant: str
-    privacy_unit: str
+    units: int
+    rdp: float
     time: str
 
     @property
-    def release(self) -> tuple[float, float, int]:
+    def mechanism(self) -> tuple[float, float, int]:
         return (self.noise_multiplier, self.sample_rate, self.steps)
 
 
-def ledger_path(state_dir: Path, data_fingerprint: str) -> Path:
-    return Path(state_dir) / f"privacy-ledger-{data_fingerprint[:16]}.json"
+@dataclass
+class Ledger:
+    """A site's whole privacy history.
+
+    privacy_unit: what one unit is (``utterance`` or ``customer``); fixed for the site's life,
+        since spends in one unit say nothing sound about the other.
+    order: the Rényi order the lifetime filter composes at; fixed when the ledger is created.
+    delta: the delta a unit's lifetime (epsilon, delta) guarantee is stated at; fixed likewise.
+    """
+
+    privacy_unit: str
+    order: float
+    delta: float
+    releases: list[Release] = field(default_factory=list)
+    spend: dict[str, float] = field(default_factory=dict)
 
 
-def read_ledger(path: Path, data_fingerprint: str, secret: bytes) -> list[LedgerEntry]:
-    """All recorded releases for this data, verified; an absent file means nothing spent yet."""
-    path = Path(path)
+def unit_key(secret: bytes, identity: str) -> str:
+    """The ledger's name for a unit: 96 bits of a keyed hash, so the ledger holds no customer
+    or conversation ids, and nobody without the site secret can match a key to a person."""
+    return hmac.new(secret, b"unit\0" + identity.encode(), hashlib.sha256).hexdigest()[:24]
+
+
+def read_ledger(state_dir: Path, secret: bytes) -> Ledger | None:
+    """The site's verified ledger; ``None`` only for a site that has never released anything."""
+    path = Path(state_dir) / LEDGER_FILE
+    head = _read_head(Path(state_dir))
     if not path.exists():
-        return []
+        if head is not None and head["releases"] > 0:
+            raise LedgerError(
+                f"{path} is missing but {HEAD_FILE} records {head['releases']} releases: the "
+                "ledger was deleted. Restore the state folder from a backup (docs/SITE_GUIDE.md)"
+            )
+        if _egress_shows_dp_releases(Path(state_dir)):
+            raise LedgerError(
+                f"{path} is missing but the egress log shows DP updates sent: the ledger was "
+                "deleted. Restore the state folder from a backup (docs/SITE_GUIDE.md)"
+            )
+        return None
     try:
         document = json.loads(path.read_text(encoding="utf-8"))
-        if document.get("format") != FORMAT:
+        if not isinstance(document, dict) or document.get("format") != FORMAT:
             raise LedgerError(f"{path}: not a fedintent privacy ledger (format {FORMAT!r})")
-        if document.get("data_fingerprint") != data_fingerprint:
-            raise LedgerError(f"{path}: ledger belongs to different training data")
         records = document["releases"]
-        entries = [_entry_from(record) for record in records]
+        releases = [_release_from(record) for record in records]
+        ledger = Ledger(
+            privacy_unit=str(document["privacy_unit"]),
+            order=float(document["order"]),
+            delta=float(document["delta"]),
+            releases=releases,
+            spend={str(k): float(v) for k, v in dict(document["spend"]).items()},
+        )
     except LedgerError:
         raise
     except (ValueError, TypeError, KeyError, AttributeError) as err:
@@ -70,58 +129,125 @@ def read_ledger(path: Path, data_fingerprint: str, secret: bytes) -> list[Ledger
             "backup: deleting it would forget privacy budget already spent."
         ) from err
     previous = ""
-    for number, (entry, record) in enumerate(zip(entries, records, strict=True), start=1):
-        expected = ledger_mac(secret, previous, _canonical(entry))
+    for number, (release, record) in enumerate(zip(releases, records, strict=True), start=1):
+        expected = ledger_mac(secret, previous, _canonical(asdict(release)))
         if not hmac.compare_digest(expected, str(record.get("mac", ""))):
             raise LedgerError(
                 f"{path}: release {number} does not verify (edited, reordered or inserted); "
                 "refusing to train"
             )
         previous = expected
-    if not hmac.compare_digest(_document_mac(secret, entries, previous),
-                               str(document.get("mac", ""))):
-        raise LedgerError(f"{path}: ledger was truncated or extended; refusing to train")
-    for entry in entries:
-        if not (entry.noise_multiplier > 0 and 0 < entry.sample_rate <= 1 and entry.steps > 0):
-            raise LedgerError(f"{path}: invalid release in ledger: {entry}")
-    return entries
+    document_mac = _document_mac(secret, ledger, previous)
+    if not hmac.compare_digest(document_mac, str(document.get("mac", ""))):
+        raise LedgerError(f"{path}: ledger was edited, truncated or extended; refusing to train")
+    _check_head(path, head, len(releases), document_mac)
+    for release in releases:
+        if not (release.noise_multiplier >= 0 and 0 < release.sample_rate <= 1
+                and release.steps > 0 and release.rdp > 0):
+            raise LedgerError(f"{path}: invalid release in ledger: {release}")
+    return ledger
 
 
-def append_entry(
-    path: Path, data_fingerprint: str, entry: LedgerEntry, secret: bytes
-) -> list[LedgerEntry]:
-    """Durably add one release and return the full, verified history including it."""
-    path = Path(path)
-    entries = read_ledger(path, data_fingerprint, secret) + [entry]
+def write_ledger(state_dir: Path, ledger: Ledger, secret: bytes) -> None:
+    """Durably replace the ledger (then its head) with ``ledger``."""
     records, previous = [], ""
-    for item in entries:
-        previous = ledger_mac(secret, previous, _canonical(item))
-        records.append(asdict(item) | {"mac": previous})
+    for release in ledger.releases:
+        previous = ledger_mac(secret, previous, _canonical(asdict(release)))
+        records.append(asdict(release) | {"mac": previous})
+    document_mac = _document_mac(secret, ledger, previous)
     document = {
         "format": FORMAT,
-        "data_fingerprint": data_fingerprint,
+        "privacy_unit": ledger.privacy_unit,
+        "order": ledger.order,
+        "delta": ledger.delta,
         "releases": records,
-        "mac": _document_mac(secret, entries, previous),
+        "spend": ledger.spend,
+        "mac": document_mac,
     }
-    write_bytes_atomic(path, json.dumps(document, indent=1).encode("utf-8"))
-    return entries
+    state_dir = Path(state_dir)
+    write_bytes_atomic(state_dir / LEDGER_FILE, json.dumps(document, indent=1).encode("utf-8"),
+                       mode=PRIVATE_FILE_MODE)
+    head = {"releases": len(ledger.releases), "mac": document_mac}
+    write_bytes_atomic(state_dir / HEAD_FILE, json.dumps(head).encode("utf-8"),
+                       mode=PRIVATE_FILE_MODE)
 
 
-def _entry_from(record: dict) -> LedgerEntry:
-    names = {f.name for f in fields(LedgerEntry)}
+def unit_epsilons(ledger: Ledger, keys: list[str] | None = None) -> list[float]:
+    """Each unit's lifetime epsilon at the ledger's delta (all units, or those in ``keys``)."""
+    spends = ledger.spend.values() if keys is None else (ledger.spend.get(k, 0.0) for k in keys)
+    return [rdp_epsilon(s, ledger.order, ledger.delta) for s in spends]
+
+
+def _read_head(state_dir: Path) -> dict | None:
+    path = state_dir / HEAD_FILE
+    if not path.exists():
+        return None
+    try:
+        head = json.loads(path.read_text(encoding="utf-8"))
+        if not (isinstance(head, dict) and isinstance(head.get("releases"), int)
+                and isinstance(head.get("mac"), str)):
+            raise ValueError("expected releases and mac")
+    except (OSError, ValueError) as err:
+        raise LedgerError(f"{path}: unreadable ledger head ({err}); refusing to train") from err
+    return head
+
+
+def _check_head(path: Path, head: dict | None, count: int, document_mac: str) -> None:
+    """The ledger must be the one the head last recorded, or (a crash between the two writes)
+    exactly one release newer."""
+    if head is None:
+        if count > 1:
+            raise LedgerError(f"{path}: {HEAD_FILE} is missing; the ledger cannot be shown to be "
+                              "the latest. Restore the state folder from a backup")
+        return
+    if count < head["releases"] or (count == head["releases"]
+                                    and not hmac.compare_digest(head["mac"], document_mac)):
+        raise LedgerError(
+            f"{path}: the ledger holds {count} releases but the site last recorded "
+            f"{head['releases']}: it was rolled back to an older copy; refusing to train. "
+            "Restore the newest copy (docs/SITE_GUIDE.md)"
+        )
+    if count > head["releases"] + 1:
+        raise LedgerError(f"{path}: {HEAD_FILE} is older than the ledger by "
+                          f"{count - head['releases']} releases; refusing to train")
+
+
+def _egress_shows_dp_releases(state_dir: Path) -> bool:
+    """Whether the egress log records a DP update sent (a finite epsilon in a train reply)."""
+    path = state_dir / EGRESS_LOG
+    if not path.exists():
+        return False
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            try:
+                entry = json.loads(line)
+                epsilon = entry["metrics"]["epsilon"]
+            except (ValueError, KeyError, TypeError):
+                continue
+            if entry.get("verdict") == "sent" and isinstance(epsilon, int | float) \
+                    and math.isfinite(epsilon):
+                return True
+    return False
+
+
+def _release_from(record: dict) -> Release:
+    names = {f.name for f in fields(Release)}
     if not isinstance(record, dict):
         raise ValueError(f"release is a {type(record).__name__}, not an object")
     if set(record) != names | {"mac"}:
         raise ValueError(f"release with fields {sorted(record)}")
-    return LedgerEntry(**{k: v for k, v in record.items() if k in names})
+    return Release(**{k: v for k, v in record.items() if k in names})
 
 
-def _canonical(entry: LedgerEntry) -> str:
-    return json.dumps(asdict(entry), sort_keys=True, separators=(",", ":"))
+def _canonical(value: object) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
 
-def _document_mac(secret: bytes, entries: list[LedgerEntry], last_mac: str) -> str:
-    return ledger_mac(secret, last_mac, f"count={len(entries)}")
+def _document_mac(secret: bytes, ledger: Ledger, last_release_mac: str) -> str:
+    spend_digest = hashlib.sha256(_canonical(ledger.spend).encode()).hexdigest()
+    summary = _canonical({"count": len(ledger.releases), "privacy_unit": ledger.privacy_unit,
+                          "order": ledger.order, "delta": ledger.delta, "spend": spend_digest})
+    return ledger_mac(secret, last_release_mac, summary)
 
 
 def now() -> str:

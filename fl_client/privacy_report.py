@@ -1,16 +1,26 @@
-"""What a site's privacy ledgers say: cumulative epsilon and the history of every run.
+"""What a site's privacy ledger says: how much each privacy unit has spent, and every run.
 
-Read-only: it verifies each ledger with the site secret (so a tampered ledger is reported, not
-trusted) and recomputes epsilon with the same accountant code training uses.
+Read-only: it verifies the ledger with the site secret (so a tampered or rolled-back ledger is
+reported, not trusted) and recomputes epsilon with the same accountant code training uses.
 """
 
-import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 from fl_client.privacy_accounting import epsilon_spent
-from fl_client.privacy_ledger import LedgerEntry, LedgerError, read_ledger
-from fl_client.site_secret import SecretError, site_secret
+from fl_client.privacy_ledger import (
+    HEAD_FILE,
+    LEDGER_FILE,
+    LedgerError,
+    Release,
+    read_ledger,
+    unit_epsilons,
+)
+from fl_client.site_secret import SecretError, site_key, site_secret
+
+EXHAUSTED_SHARE = 0.99
+"""A unit within 1% of the budget is counted as exhausted: no useful release fits any more."""
 
 
 @dataclass(frozen=True)
@@ -21,68 +31,87 @@ class RunSummary:
     sample_rate: float
     steps: int
     clip_norm: float
+    units: int
     epsilon: float
+    delta: float
     first: str
     last: str
 
 
 @dataclass(frozen=True)
-class LedgerReport:
-    path: Path
-    data_fingerprint: str
+class SiteReport:
+    """A site's spend. ``spend_bands`` are (low, high, units) with lifetime epsilon in
+    [low, high); ``exhausted`` units are at EXHAUSTED_SHARE of ``max_epsilon`` or more."""
+
+    state_dir: Path
+    site_key: int
     privacy_unit: str
-    accountant: str
+    order: float
     delta: float
-    epsilon: float
+    units: int
+    largest_epsilon: float
+    spend_bands: list[tuple[float, float, int]]
+    exhausted: int
+    non_private: int
+    max_epsilon: float
     runs: list[RunSummary]
 
 
-def site_privacy_report(state_dir: Path) -> list[LedgerReport]:
-    """One report per ledger (per distinct training data) in a site's state folder."""
+def site_privacy_report(state_dir: Path, max_epsilon: float, bands: int = 4) -> SiteReport:
+    """The verified report of the ledger in a site's state folder."""
     state_dir = Path(state_dir)
     if not state_dir.is_dir():
         raise FileNotFoundError(f"state folder not found: {state_dir}")
-    paths = sorted(state_dir.glob("privacy-ledger-*.json"))
-    if not paths:
-        return []
+    if not any((state_dir / name).exists() for name in (LEDGER_FILE, HEAD_FILE)):
+        raise LedgerError(f"{state_dir}: no privacy ledger ({LEDGER_FILE}): this is not a site's "
+                          "state folder, or the site has never trained")
     try:
         secret = site_secret(state_dir, create=False)
     except SecretError as err:
-        raise LedgerError(f"cannot verify the ledgers: {err}") from err
-    return [_report(path, secret) for path in paths]
-
-
-def _report(path: Path, secret: bytes) -> LedgerReport:
-    try:
-        fingerprint = json.loads(path.read_text(encoding="utf-8"))["data_fingerprint"]
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise LedgerError(f"{path}: unreadable privacy ledger ({err})") from err
-    entries = read_ledger(path, fingerprint, secret)
-    latest = entries[-1]
-    runs: dict[str, list[LedgerEntry]] = {}
-    for entry in entries:
-        runs.setdefault(entry.run, []).append(entry)
-    return LedgerReport(
-        path=path,
-        data_fingerprint=fingerprint,
-        privacy_unit=latest.privacy_unit,
-        accountant=latest.accountant,
-        delta=latest.delta,
-        epsilon=epsilon_spent([e.release for e in entries], latest.delta, latest.accountant),
-        runs=[_run_summary(name, run, latest) for name, run in runs.items()],
+        raise LedgerError(f"cannot verify the ledger: {err}") from err
+    ledger = read_ledger(state_dir, secret)
+    if ledger is None:
+        raise LedgerError(f"{state_dir}: no privacy ledger ({LEDGER_FILE})")
+    epsilons = unit_epsilons(ledger)
+    finite = [e for e in epsilons if math.isfinite(e)]
+    width = max_epsilon / bands
+    spend_bands = [(i * width, (i + 1) * width,
+                    sum(1 for e in finite if i * width <= e < (i + 1) * width
+                        and e < EXHAUSTED_SHARE * max_epsilon))
+                   for i in range(bands)]
+    runs: dict[str, list[Release]] = {}
+    for release in ledger.releases:
+        runs.setdefault(release.run, []).append(release)
+    return SiteReport(
+        state_dir=state_dir,
+        site_key=site_key(state_dir),
+        privacy_unit=ledger.privacy_unit,
+        order=ledger.order,
+        delta=ledger.delta,
+        units=len(epsilons),
+        largest_epsilon=max(epsilons, default=0.0),
+        spend_bands=spend_bands,
+        exhausted=sum(1 for e in finite if e >= EXHAUSTED_SHARE * max_epsilon),
+        non_private=len(epsilons) - len(finite),
+        max_epsilon=max_epsilon,
+        runs=[_run_summary(name, run) for name, run in runs.items()],
     )
 
 
-def _run_summary(name: str, entries: list[LedgerEntry], latest: LedgerEntry) -> RunSummary:
-    first = entries[0]
+def _run_summary(name: str, releases: list[Release]) -> RunSummary:
+    first = releases[0]
+    private = all(r.noise_multiplier > 0 for r in releases)
     return RunSummary(
         run=name,
-        rounds=len(entries),
+        rounds=len(releases),
         noise_multiplier=first.noise_multiplier,
         sample_rate=first.sample_rate,
         steps=first.steps,
         clip_norm=first.clip_norm,
-        epsilon=epsilon_spent([e.release for e in entries], latest.delta, latest.accountant),
+        units=max(r.units for r in releases),
+        epsilon=epsilon_spent([r.mechanism for r in releases], first.delta, first.accountant)
+        if private else math.inf,
+        delta=first.delta,
         first=first.time,
-        last=entries[-1].time,
+        last=releases[-1].time,
     )

@@ -28,12 +28,12 @@ def check_privacy_unit(name: str) -> str:
 
 def group_by_customer(
     features: torch.Tensor, labels: torch.Tensor, units: list[str]
-) -> tuple[torch.Tensor, torch.Tensor, int]:
+) -> tuple[torch.Tensor, torch.Tensor, list[str], int]:
     """Stack each customer's utterances into one padded training example.
 
     Returns features ``(customers, cap, dim)``, labels ``(customers, cap)`` padded with
-    ``PADDING_LABEL``, and how many utterances were dropped by the cap. Customers are ordered by
-    first appearance, so the grouping is deterministic.
+    ``PADDING_LABEL``, the customers in that order, and how many utterances were dropped by the
+    cap. Customers are ordered by first appearance, so the grouping is deterministic.
     """
     rows: dict[str, list[int]] = defaultdict(list)
     for index, unit in enumerate(units):
@@ -47,4 +47,4 @@ def group_by_customer(
         dropped += len(indices) - len(kept)
         grouped_x[position, : len(kept)] = features[kept]
         grouped_y[position, : len(kept)] = labels[kept]
-    return grouped_x, grouped_y, dropped
+    return grouped_x, grouped_y, list(rows), dropped

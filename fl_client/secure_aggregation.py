@@ -16,26 +16,29 @@ before quantizing it, which would corrupt the sum without anyone noticing. A ref
 drops out of the round like any other failed site.
 """
 
+from logging import WARNING
+
 import numpy as np
-from flwr.app import Context, Error, Message
+from flwr.app import Context, Message
 from flwr.client.mod import secaggplus_mod
 from flwr.clientapp.typing import ClientAppCallable
 from flwr.common import Code, FitRes, Status, ndarrays_to_parameters
+from flwr.common.logger import log
 from flwr.common.secure_aggregation.secaggplus_constants import (
     RECORD_KEY_CONFIGS,
     RECORD_KEY_STATE,
 )
 from flwr.compat.common.recorddict_compat import fitres_to_recorddict
 
-from fl_client.egress_guard import EGRESS_BLOCKED, SITE_ERROR, EgressViolation, check_reply
+from fl_client.egress_guard import EgressViolation, Reason, check_reply, error_reply
 
 
 class _Refused(Exception):
-    """The handler's reply may not be masked and sent; ``error`` goes to the server instead."""
+    """The handler's reply may not be masked and sent; ``reason`` goes to the server instead."""
 
-    def __init__(self, error: Error) -> None:
-        super().__init__(error.reason)
-        self.error = error
+    def __init__(self, reason: Reason) -> None:
+        super().__init__(reason.value)
+        self.reason = reason
 
 
 def secure_aggregation_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
@@ -45,24 +48,27 @@ def secure_aggregation_mod(msg: Message, context: Context, call_next: ClientAppC
     try:
         return secaggplus_mod(msg, context, lambda m, c: _update_to_mask(m, c, call_next))
     except _Refused as refused:
-        return Message(refused.error, reply_to=msg)
+        return error_reply(msg, refused.reason)
 
 
 def _update_to_mask(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
     """Train as in a plain round; return the update in the form ``secaggplus_mod`` masks."""
     reply = call_next(msg, context)
     if reply.has_error():
-        raise _Refused(reply.error)
+        reason = reply.error.reason
+        raise _Refused(Reason(reason) if reason in set(Reason) else Reason.INTERNAL)
     try:
         check_reply(msg, reply, str(context.run_config["model"]))
     except EgressViolation as err:
-        raise _Refused(Error(code=EGRESS_BLOCKED, reason=f"egress guard: {err}")) from err
+        log(WARNING, "egress guard blocked an update before masking: %s", err)
+        raise _Refused(Reason.EGRESS_BLOCKED) from err
     names = list(msg.content["arrays"].keys())  # the server's order, which it unmasks in
     arrays = [reply.content["arrays"][name].numpy() for name in names]
     num_examples = int(reply.content["metrics"]["num-examples"])
     problem = out_of_range(arrays, num_examples, context)
     if problem:
-        raise _Refused(Error(code=SITE_ERROR, reason=problem))
+        log(WARNING, "%s", problem)
+        raise _Refused(Reason.OUT_OF_RANGE)
     fitres = FitRes(Status(Code.OK, ""), ndarrays_to_parameters(arrays), num_examples, {})
     content = fitres_to_recorddict(fitres, keep_input=False)
     content["metrics"] = reply.content["metrics"]

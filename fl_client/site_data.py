@@ -15,6 +15,12 @@ straddle train and test).
 Bad rows never crash a site: each is skipped and reported with ``file:line`` and a reason. Rows
 whose label is not in the run's taxonomy are skipped and counted. Text is PII-redacted here,
 before any tokenizer or encoder sees it.
+
+Every row has a stable identity, so that the privacy ledger can charge the same utterance and
+the same customer across data versions (files appended, rows fixed, files reordered or renamed):
+``conversation_id`` and the intent turn's index for conversations, an ``id`` / ``conversation_id``
+field or column for flat rows, and otherwise a hash of the customer and the raw text (then an
+edited text is a new utterance). Its customer is ``customer_id``, or the utterance itself.
 """
 
 import csv
@@ -46,11 +52,13 @@ class RejectedRow:
 
 @dataclass
 class SiteSplit:
-    """One split of a site: redacted texts, label indices, and privacy units (customers)."""
+    """One split of a site: redacted texts, label indices, each row's stable utterance identity
+    (``ids``) and its customer (``units``)."""
 
     texts: list[str] = field(default_factory=list)
     labels: list[int] = field(default_factory=list)
     units: list[str] = field(default_factory=list)
+    ids: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -67,21 +75,13 @@ class SiteData:
     def label_counts(self, labels: Sequence[str]) -> Counter:
         return Counter(labels[i] for i in self.train.labels + self.test.labels)
 
-    def fingerprint(self) -> str:
-        """A digest of the training data; the privacy ledger is keyed by it."""
-        digest = hashlib.sha256()
-        for text, label, unit in zip(
-            self.train.texts, self.train.labels, self.train.units, strict=True
-        ):
-            digest.update(f"{unit}\0{label}\0{text}\n".encode())
-        return digest.hexdigest()
-
 
 @dataclass(frozen=True)
 class _Row:
     text: str
     label: str
     unit: str
+    uid: str
 
 
 def load_site(
@@ -152,6 +152,7 @@ def _to_split(
         split.texts.append(clean(row.text))
         split.labels.append(label_index[row.label])
         split.units.append(row.unit)
+        split.ids.append(row.uid)
     return split
 
 
@@ -184,7 +185,7 @@ def _read_jsonl(path: Path, rejected: list[RejectedRow]) -> list[_Row]:
         except json.JSONDecodeError as err:
             rejected.append(RejectedRow(path.name, number, f"invalid JSON ({err.msg})"))
             continue
-        row_or_reason = _row_from_record(record, default_unit=f"{path.name}:{number}")
+        row_or_reason = _row_from_record(record)
         if isinstance(row_or_reason, str):
             rejected.append(RejectedRow(path.name, number, row_or_reason))
         else:
@@ -192,21 +193,27 @@ def _read_jsonl(path: Path, rejected: list[RejectedRow]) -> list[_Row]:
     return rows
 
 
-def _row_from_record(record: object, default_unit: str) -> _Row | str:
+def _row_from_record(record: object) -> _Row | str:
     """A row, or the reason the record is not one."""
     if not isinstance(record, dict):
         return f"expected a JSON object, got {type(record).__name__}"
-    unit = record.get("customer_id", default_unit)
-    if not isinstance(unit, str | int) or isinstance(unit, bool) or unit == "":
+    customer = record.get("customer_id")
+    if customer is not None and (not isinstance(customer, str | int) or isinstance(customer, bool)
+                                 or customer == ""):
         return "customer_id must be a non-empty string"
     label = record.get("intent", record.get("label"))
     if not isinstance(label, str) or not label:
         return "missing or non-string intent"
+    row_id = record.get("conversation_id", record.get("id"))
+    if row_id is not None and (not isinstance(row_id, str | int) or isinstance(row_id, bool)
+                               or row_id == ""):
+        return "conversation_id must be a non-empty string"
     if "turns" in record:
         text = _intent_turn_text(record)
         if not isinstance(text, tuple):
             return text
-        text = text[0]
+        text, turn = text
+        row_id = None if row_id is None else f"{row_id}#{turn}"
     else:
         text = record.get("text")
         if text is None:
@@ -215,10 +222,16 @@ def _row_from_record(record: object, default_unit: str) -> _Row | str:
             return f"text must be a string, got {type(text).__name__}"
     if not text.strip():
         return "empty text"
-    return _Row(text=text, label=label, unit=str(unit))
+    if row_id is None:
+        digest = hashlib.sha256(f"{customer}\0{text}".encode()).hexdigest()[:32]
+        uid = f"text:{digest}"
+    else:
+        uid = f"id:{row_id}"
+    return _Row(text=text, label=label, unit=uid if customer is None else str(customer),
+                uid=uid)
 
 
-def _intent_turn_text(record: dict) -> tuple[str] | str:
+def _intent_turn_text(record: dict) -> tuple[str, int] | str:
     turns = record["turns"]
     if not isinstance(turns, list) or not turns:
         return "turns must be a non-empty list"
@@ -235,7 +248,7 @@ def _intent_turn_text(record: dict) -> tuple[str] | str:
         return f"intent_turn {index!r} is not an index into turns"
     if turns[index].get("speaker") != "customer":
         return f"intent_turn {index} is not a customer turn"
-    return (turns[index]["text"],)
+    return (turns[index]["text"], index)
 
 
 def _read_csv(path: Path, rejected: list[RejectedRow]) -> list[_Row]:
@@ -263,9 +276,10 @@ def _read_csv(path: Path, rejected: list[RejectedRow]) -> list[_Row]:
             continue
         record = dict(zip(header, fields, strict=True))
         record.setdefault("label", record.get("intent"))
-        if record.get("customer_id") == "":
-            record.pop("customer_id")
-        row_or_reason = _row_from_record(record, default_unit=f"{path.name}:{number}")
+        for optional in ("customer_id", "conversation_id", "id"):
+            if record.get(optional) == "":
+                record.pop(optional)
+        row_or_reason = _row_from_record(record)
         if isinstance(row_or_reason, str):
             rejected.append(RejectedRow(path.name, number, row_or_reason))
         else:

@@ -3,12 +3,16 @@
 A throwaway certificate authority signs the SuperLink's TLS certificate, so SuperNodes and the
 ``flwr`` CLI can verify they talk to the real SuperLink; each site gets an EC key pair in
 OpenSSH format, whose public half the SuperLink operator registers so that only known sites
-can join. Private keys are created with mode 0600 and every file appears whole or not at all;
-existing credentials are never overwritten. For production, see docs/DEPLOYMENT.md.
+can join; the operator gets an Ed25519 release-signing key, whose public half every site pins
+in ``trusted-entities.yaml`` so that it runs only app bundles the operator signed. Private
+keys are created with mode 0600 and every file appears whole or not at all; existing
+credentials are never overwritten. For production, see docs/DEPLOYMENT.md.
 """
 
+import base64
 import contextlib
 import datetime
+import hashlib
 import ipaddress
 import os
 import tempfile
@@ -17,13 +21,16 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 CA_CERT = "ca.crt"
 CA_KEY = "ca.key"
 SERVER_CERT = "superlink.crt"
 SERVER_KEY = "superlink.key"
+SIGNING_KEY = "release-signing.key"
+SIGNING_PUBLIC_KEY = "release-signing.pub"
+TRUSTED_ENTITIES = "trusted-entities.yaml"
 VALID_DAYS = 365
 
 
@@ -39,6 +46,9 @@ class DevCredentials:
     ca_key: Path
     server_cert: Path
     server_key: Path
+    signing_key: Path
+    signing_public_key: Path
+    trusted_entities: Path
     site_keys: dict[str, Path]
     site_public_keys: dict[str, Path]
 
@@ -55,6 +65,9 @@ def credential_paths(out_dir: Path, sites: list[str]) -> DevCredentials:
         ca_key=out_dir / CA_KEY,
         server_cert=out_dir / SERVER_CERT,
         server_key=out_dir / SERVER_KEY,
+        signing_key=out_dir / SIGNING_KEY,
+        signing_public_key=out_dir / SIGNING_PUBLIC_KEY,
+        trusted_entities=out_dir / TRUSTED_ENTITIES,
         site_keys={site: out_dir / f"{site}.key" for site in sites},
         site_public_keys={site: out_dir / f"{site}.pub" for site in sites},
     )
@@ -63,7 +76,8 @@ def credential_paths(out_dir: Path, sites: list[str]) -> DevCredentials:
 def write_dev_credentials(
     out_dir: Path, sites: list[str], ip_addresses: list[str], dns_names: list[str]
 ) -> DevCredentials:
-    """Write a CA, a SuperLink certificate for the given addresses, and one key per site.
+    """Write a CA, a SuperLink certificate for the given addresses, the operator's release-signing
+    key with the sites' ``trusted-entities.yaml`` for it, and one key per site.
 
     Raises :class:`CredentialsExistError` before writing anything if any file already exists.
     """
@@ -71,6 +85,7 @@ def write_dev_credentials(
         raise ValueError("the SuperLink certificate needs at least one IP address or DNS name")
     paths = credential_paths(Path(out_dir), sites)
     targets = [paths.ca_cert, paths.ca_key, paths.server_cert, paths.server_key,
+               paths.signing_key, paths.signing_public_key, paths.trusted_entities,
                *paths.site_keys.values(), *paths.site_public_keys.values()]
     existing = [str(p) for p in targets if p.exists()]
     if existing:
@@ -86,6 +101,10 @@ def write_dev_credentials(
     _write_new_file(paths.server_key, _pem_private_key(server_key), 0o600)
     _write_new_file(paths.server_cert, server_cert.public_bytes(serialization.Encoding.PEM),
                     0o644)
+    private, public = signing_key_pair(comment="fedintent release signing")
+    _write_new_file(paths.signing_key, private, 0o600)
+    _write_new_file(paths.signing_public_key, public, 0o644)
+    _write_new_file(paths.trusted_entities, trusted_entities_yaml([public]), 0o644)
     for site in sites:
         private, public = site_key_pair(comment=site)
         _write_new_file(paths.site_keys[site], private, 0o600)
@@ -99,7 +118,20 @@ def site_key_pair(comment: str) -> tuple[bytes, bytes]:
     Flower reads the private key with ``load_ssh_private_key`` and ``flwr supernode register``
     accepts only NIST EC public keys in OpenSSH format.
     """
-    key = ec.generate_private_key(ec.SECP384R1())
+    return _openssh_pair(ec.generate_private_key(ec.SECP384R1()), comment)
+
+
+def signing_key_pair(comment: str) -> tuple[bytes, bytes]:
+    """(private, public) OpenSSH Ed25519 keys, as ``ssh-keygen -t ed25519`` makes.
+
+    Flower's SuperNode verifies app bundles only against Ed25519 keys (``--trusted-entities``).
+    """
+    return _openssh_pair(ed25519.Ed25519PrivateKey.generate(), comment)
+
+
+def _openssh_pair(
+    key: ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey, comment: str
+) -> tuple[bytes, bytes]:
     private = key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.OpenSSH,
@@ -109,6 +141,29 @@ def site_key_pair(comment: str) -> tuple[bytes, bytes]:
         serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
     )
     return private, public + f" {comment}\n".encode()
+
+
+def signing_key_id(public_key: ed25519.Ed25519PublicKey) -> str:
+    """The key's id in ``trusted-entities.yaml``: its SHA256 fingerprint as ``ssh-keygen -lf``
+    prints it, so a site can compare it with the operator by phone."""
+    blob = base64.b64decode(
+        public_key.public_bytes(
+            serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+        ).split()[1]
+    )
+    return "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
+
+
+def trusted_entities_yaml(public_keys: list[bytes]) -> bytes:
+    """``flower-supernode --trusted-entities`` content: key id -> ``ssh-ed25519 ...`` line."""
+    lines = ["# Keys whose signature on an app bundle this site accepts (docs/SITE_GUIDE.md)."]
+    for line in public_keys:
+        key = serialization.load_ssh_public_key(line)
+        if not isinstance(key, ed25519.Ed25519PublicKey):
+            raise ValueError("a trusted entity must be an Ed25519 public key")
+        text = line.decode().strip()
+        lines.append(f'"{signing_key_id(key)}": "{text}"')
+    return ("\n".join(lines) + "\n").encode()
 
 
 def _ca_certificate(key: ec.EllipticCurvePrivateKey) -> x509.Certificate:

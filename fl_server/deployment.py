@@ -6,24 +6,49 @@ waiting for the SuperLink's health over TLS, a ``flwr`` connection that verifies
 against the CA, registering a site's public key, submitting a run and following it to its
 outcome (``flwr run`` returns at submission, so the outcome is read with ``flwr ls``), and
 stopping whole process trees. docs/DEPLOYMENT.md shows the same steps as commands.
+
+Sites run only app bundles signed by the operator's release key. Flower's SuperNode verifies a
+bundle (``--trusted-entities``) against signatures that reach it only with a bundle the
+SuperLink fetched from an app hub (a bundle uploaded with ``flwr run ./app`` reaches the sites
+unsigned and is refused). So a release is a bundle plus its Ed25519 signature, made once with
+the key (:func:`write_release`), and ``fedintent deploy-run`` answers the SuperLink's hub
+request for it from 127.0.0.1 while it submits the run (:func:`serve_release`).
 """
 
+import base64
+import hashlib
+import http.server
+import io
 import json
+import shutil
 import ssl
 import subprocess
+import tempfile
+import threading
 import time
+import tomllib
 import urllib.request
-from collections.abc import Callable
+import zipfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+from flwr.cli.build import build_fab_from_disk
+from flwr.supercore.primitives.asymmetric_ed25519 import create_message_to_sign
+
 from fl_server.atomic_write import write_bytes_atomic
+from fl_server.certificates import signing_key_id
 from fl_server.local_simulation import _report_new_rounds, _stop_all, _write_app, flower_env
 from fl_server.run_config import toml_value
 
 HEALTH_TIMEOUT_S = 60
 CLI_TIMEOUT_S = 120
+RELEASE_FAB = "fedintent.fab"
+RELEASE_SIGNATURE = "fedintent.fab.sig.json"
 
 
 class DeploymentError(RuntimeError):
@@ -108,9 +133,111 @@ def write_app(app_dir: Path) -> Path:
     return _write_app(app_dir)
 
 
+@dataclass(frozen=True)
+class Release:
+    """A signed app bundle: the exact bundle bytes and the operator's signature on them."""
+
+    fab: bytes
+    app_id: str
+    version: str
+    key_id: str
+    signature: str
+    signed_at: int
+
+    @property
+    def app_spec(self) -> str:
+        """What ``flwr run`` names to have the SuperLink fetch this release."""
+        return f"{self.app_id}=={self.version}"
+
+
+def load_signing_key(path: Path) -> ed25519.Ed25519PrivateKey:
+    """The operator's Ed25519 release-signing key (OpenSSH format, as ``ssh-keygen`` writes)."""
+    try:
+        key = serialization.load_ssh_private_key(Path(path).read_bytes(), password=None)
+    except OSError as err:
+        raise DeploymentError(f"cannot read the signing key {path}: {err.strerror}") from err
+    except ValueError as err:
+        raise DeploymentError(f"{path} is not an unencrypted OpenSSH private key") from err
+    if not isinstance(key, ed25519.Ed25519PrivateKey):
+        raise DeploymentError(f"{path} is not an Ed25519 key (Flower verifies only Ed25519)")
+    return key
+
+
+def sign_release(fab: bytes, key: ed25519.Ed25519PrivateKey) -> Release:
+    """Sign the bundle as Flower's SuperNode verifies it: time (8 bytes) + SHA-256 of the FAB."""
+    app_id, version = _fab_identity(fab)
+    signed_at = int(time.time())
+    signature = key.sign(create_message_to_sign(hashlib.sha256(fab).digest(), signed_at))
+    return Release(fab, app_id, version, signing_key_id(key.public_key()),
+                   _base64url(signature), signed_at)
+
+
+def write_release(out_dir: Path, signing_key: Path) -> Release:
+    """Build the fedintent app bundle, sign it, and write bundle and signature to ``out_dir``."""
+    key = load_signing_key(signing_key)
+    build_dir = Path(tempfile.mkdtemp(prefix="fedintent-release-"))
+    try:
+        fab = build_fab_from_disk(write_app(build_dir / "app"))
+    finally:
+        shutil.rmtree(build_dir, ignore_errors=True)
+    release = sign_release(fab, key)
+    write_bytes_atomic(Path(out_dir) / RELEASE_FAB, release.fab)
+    write_bytes_atomic(
+        Path(out_dir) / RELEASE_SIGNATURE,
+        json.dumps({"public_key_id": release.key_id, "signature": release.signature,
+                    "signed_at": release.signed_at,
+                    "fab_sha256": hashlib.sha256(release.fab).hexdigest()}, indent=2).encode(),
+    )
+    return release
+
+
+def read_release(release_dir: Path) -> Release:
+    """The bundle and signature that :func:`write_release` wrote (not verified: sites do that)."""
+    fab_path, sig_path = Path(release_dir) / RELEASE_FAB, Path(release_dir) / RELEASE_SIGNATURE
+    try:
+        fab = fab_path.read_bytes()
+        signature = json.loads(sig_path.read_text(encoding="utf-8"))
+        app_id, version = _fab_identity(fab)
+        return Release(fab, app_id, version, str(signature["public_key_id"]),
+                       str(signature["signature"]), int(signature["signed_at"]))
+    except OSError as err:
+        raise DeploymentError(f"cannot read the release: {err.filename}: {err.strerror}") \
+            from err
+    except (ValueError, KeyError, TypeError, zipfile.BadZipFile) as err:
+        raise DeploymentError(f"{release_dir} does not hold a release written by `fedintent "
+                              f"release` ({RELEASE_FAB}, {RELEASE_SIGNATURE})") from err
+
+
+@contextmanager
+def serve_release(release: Release, port: int) -> Iterator[None]:
+    """Answer the SuperLink's app-hub requests for ``release`` on ``127.0.0.1:port``.
+
+    The SuperLink asks ``POST /hub/fetch-fab`` for where to download the bundle and for its
+    signatures, then downloads it; both go to the address in its ``FLWR_SUPERGRID_API_URL``.
+    """
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), _release_handler(release, port))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def submit_release_run(release: Release, connection: Connection, run_config: dict) -> int:
+    """Submit a run of the signed release (fetched by the SuperLink); return its run id."""
+    return _submit(release.app_spec, connection, run_config)
+
+
 def submit_run(app_dir: Path, connection: Connection, run_config: dict) -> int:
-    """Submit a run of the app with these run-config overrides; return its run id."""
-    command = ["run", str(app_dir), connection.name]
+    """Submit a run of the app folder as an unsigned bundle; return its run id."""
+    return _submit(str(app_dir), connection, run_config)
+
+
+def _submit(app: str, connection: Connection, run_config: dict) -> int:
+    command = ["run", app, connection.name]
     for key, value in run_config.items():
         command += ["-c", f"{key}={toml_value(value)}"]
     return int(_flwr(command, connection)["run-id"])
@@ -145,6 +272,57 @@ def follow_run(
         if status.startswith("finished"):
             return status
         time.sleep(poll_seconds)
+
+
+def _fab_identity(fab: bytes) -> tuple[str, str]:
+    """``(@publisher/name, version)`` from the bundle's ``pyproject.toml``."""
+    with zipfile.ZipFile(io.BytesIO(fab)) as archive:
+        config = tomllib.loads(archive.read("pyproject.toml").decode("utf-8"))
+    publisher = config["tool"]["flwr"]["app"]["publisher"]
+    return f"@{publisher}/{config['project']['name']}", config["project"]["version"]
+
+
+def _base64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _release_handler(release: Release, port: int) -> type[http.server.BaseHTTPRequestHandler]:
+    fab_path = f"/fab/{hashlib.sha256(release.fab).hexdigest()}.fab"
+
+    class ReleaseHandler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+            length = int(self.headers.get("Content-Length", 0))
+            try:
+                request = json.loads(self.rfile.read(length))
+            except ValueError:
+                request = {}
+            if self.path != "/hub/fetch-fab" or (request.get("app_id"),
+                                                 request.get("app_version")) != (
+                                                     release.app_id, release.version):
+                self._reply(404, b'{"detail": "no such release"}')
+                return
+            verification = {"public_key_id": release.key_id, "signature": release.signature,
+                            "signed_at": release.signed_at}
+            self._reply(200, json.dumps({"fab_url": f"http://127.0.0.1:{port}{fab_path}",
+                                         "verifications": [verification]}).encode())
+
+        def do_GET(self) -> None:  # noqa: N802
+            if self.path == fab_path:
+                self._reply(200, release.fab, "application/octet-stream")
+            else:
+                self._reply(404, b'{"detail": "not found"}')
+
+        def _reply(self, code: int, body: bytes, kind: str = "application/json") -> None:
+            self.send_response(code)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+            pass
+
+    return ReleaseHandler
 
 
 def _flwr(args: list[str], connection: Connection) -> dict:

@@ -76,6 +76,11 @@ def check_run_config(cfg: dict) -> dict:
         )
     if not 0 <= float(full["delta"]) < 1:
         raise RunConfigError(f"delta must be in [0, 1) (0 = per-site default), got {full['delta']}")
+    if "site-max-epsilon" not in cfg and math.isinf(epsilon):
+        # The simulated sites' stand-in policy: a site accepts training without DP only when its
+        # own budget is unlimited; an operator who asks for no DP in simulation plays sites that
+        # agree. A deployed site decides this in its own node config (max-epsilon = inf).
+        full["site-max-epsilon"] = math.inf
     if not float(full["site-max-epsilon"]) > 0:
         raise RunConfigError(f"site-max-epsilon must be > 0, got {full['site-max-epsilon']}")
     for key in ("num-rounds", "min-sites", "batch-size", "local-epochs"):

@@ -14,9 +14,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from flwr.app import Message, MetricRecord
+from flwr.common.constant import ErrorCode
 from flwr.common.serde import recorddict_to_proto
 
-from fl_client.egress_guard import DECLINED
+from fl_client.egress_guard import DECLINED, Reason
 from fl_server.atomic_write import write_bytes_atomic
 
 FORMAT = "fedintent-metrics/1"
@@ -25,6 +26,11 @@ REJECTED = 2001
 NO_REPLY = 2002
 """Error code of a site that did not answer within the reply timeout."""
 FAILURE_KINDS = {DECLINED: "declined", REJECTED: "rejected", NO_REPLY: "no reply"}
+KEPT_REASON_CODES = (
+    REJECTED, NO_REPLY, ErrorCode.MESSAGE_UNAVAILABLE, ErrorCode.REPLY_MESSAGE_UNAVAILABLE,
+    ErrorCode.NODE_UNAVAILABLE, ErrorCode.INVALID_FAB,
+)
+"""Errors whose reason the server or Flower wrote (not the site's code): kept as they are."""
 SITE_METRICS = {
     "num-examples": "num_examples",
     "train-loss": "train_loss",
@@ -175,10 +181,16 @@ def final_summary(doc: dict) -> dict:
 
 
 def _failure(reply: Message) -> dict:
+    """A failed reply as recorded. A site's reason is kept only if it is one of fedintent's fixed
+    reasons: anything else (a foreign app, a Flower error quoting an exception) could carry site
+    data, and the record is kept, shared and audited."""
+    reason = reply.error.reason or ""
+    if reply.error.code not in KEPT_REASON_CODES and reason not in set(Reason):
+        reason = f"(a reason outside fedintent's vocabulary, {len(reason)} characters, not kept)"
     return {
         "node_id": str(reply.metadata.src_node_id),
         "kind": FAILURE_KINDS.get(reply.error.code, "failed"),
-        "reason": reply.error.reason,
+        "reason": reason,
     }
 
 

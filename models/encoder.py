@@ -146,9 +146,10 @@ def cached(kind: str, texts: list[str], cache_dir: Path | None, compute) -> torc
         except (OSError, ValueError):
             pass  # a damaged cache entry is recomputed and replaced
     features = compute(texts)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # derived from customer text
+    with os.fdopen(fd, "wb") as f:
         np.save(f, features.numpy())
     os.replace(tmp, path)
     return features

@@ -73,6 +73,8 @@ def export_model(out_dir: Path, family: ModelFamily, state_dict: dict[str, torch
                 "trained_layers": family.trained_layers, **(metadata or {})}
         (tmp / FRAMEWORK_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
         (tmp / CARD_FILE).write_text(card, encoding="utf-8")
+        for path in [tmp, *tmp.iterdir()]:  # mkdtemp and safetensors would make them owner-only
+            path.chmod(0o755 if path.is_dir() else 0o644)
         _replace_folder(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

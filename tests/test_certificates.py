@@ -1,19 +1,30 @@
 """Development credentials: what Flower needs, private keys private, nothing overwritten."""
 
+import hashlib
 import ipaddress
+import json
 import stat
 
 import pytest
+import yaml
 from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.serialization import (
     load_pem_private_key,
     load_ssh_private_key,
     load_ssh_public_key,
 )
+from flwr.supercore.fab import Fab
+from flwr.supernode.start_client_internal import _verify_fab
 
 from fedintent.cli import main
-from fl_server.certificates import CredentialsExistError, site_names, write_dev_credentials
+from fl_server.certificates import (
+    CredentialsExistError,
+    signing_key_id,
+    site_names,
+    write_dev_credentials,
+)
+from fl_server.deployment import read_release
 
 SITES = site_names(2)
 
@@ -45,7 +56,8 @@ def test_site_keys_are_openssh_ec_pairs(credentials):
 
 
 def test_private_keys_are_owner_only_and_no_temporary_files_remain(credentials):
-    private = [credentials.ca_key, credentials.server_key, *credentials.site_keys.values()]
+    private = [credentials.ca_key, credentials.server_key, credentials.signing_key,
+               *credentials.site_keys.values()]
     for path in private:
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
     assert not [p for p in credentials.ca_cert.parent.iterdir() if p.name.startswith(".")]
@@ -73,3 +85,36 @@ def test_cli_writes_credentials_and_refuses_to_overwrite_them(tmp_path, capsys):
 def test_cli_rejects_a_name_given_as_host(tmp_path):
     assert main(["certs", "--out", str(tmp_path / "c"), "--sites", "1", "--host", "example"]) == 2
     assert not (tmp_path / "c").exists()
+
+
+def test_release_signing_key_is_ed25519_and_pinned_in_trusted_entities(credentials):
+    private = load_ssh_private_key(credentials.signing_key.read_bytes(), None)
+    assert isinstance(private, ed25519.Ed25519PrivateKey)
+    assert stat.S_IMODE(credentials.signing_key.stat().st_mode) == 0o600
+    trusted = yaml.safe_load(credentials.trusted_entities.read_text())
+    assert trusted == {signing_key_id(private.public_key()):
+                       credentials.signing_public_key.read_text().strip()}
+    assert load_ssh_public_key(next(iter(trusted.values())).encode()) == private.public_key()
+
+
+def test_release_is_signed_as_flower_verifies_it(credentials, tmp_path, capsys):
+    assert main(["release", "--signing-key", str(credentials.signing_key),
+                 "--out", str(tmp_path / "release")]) == 0
+    release = read_release(tmp_path / "release")
+    verifications = {release.key_id: json.dumps(
+        {"signature": release.signature, "signed_at": release.signed_at})}
+    fab = Fab(hashlib.sha256(release.fab).hexdigest(), release.fab, verifications)
+    trusted = yaml.safe_load(credentials.trusted_entities.read_text())
+    assert _verify_fab(fab, trusted)
+    assert not _verify_fab(Fab(fab.hash_str, release.fab + b" ", verifications), trusted)
+    assert release.app_spec in capsys.readouterr().out
+
+
+def test_release_names_a_bad_signing_key(credentials, tmp_path, capsys):
+    assert main(["release", "--signing-key", str(credentials.site_keys[SITES[0]]),
+                 "--out", str(tmp_path / "release")]) == 2
+    assert f"{credentials.site_keys[SITES[0]]} is not an Ed25519 key" in capsys.readouterr().err
+    assert main(["release", "--signing-key", str(tmp_path / "nope.key"),
+                 "--out", str(tmp_path / "release")]) == 2
+    assert f"cannot read the signing key {tmp_path / 'nope.key'}" in capsys.readouterr().err
+    assert not (tmp_path / "release").exists()

@@ -93,31 +93,37 @@ def test_check_data_reports_bad_rows_and_a_site_that_cannot_train(tmp_path):
     assert "no valid training rows" in result.stderr
 
 
-def test_privacy_report_reads_and_verifies_the_ledgers(tmp_path):
-    from fl_client.privacy_ledger import LedgerEntry, append_entry, ledger_path, now
-    from fl_client.site_secret import site_secret
+def test_privacy_report_shows_per_unit_spend_and_verifies_the_ledger(tmp_path):
+    from fl_client.privacy_accounting import rdp_budget
+    from fl_client.privacy_ledger import Ledger, Release, now, unit_key, write_ledger
+    from fl_client.site_secret import site_key, site_secret
 
     state = tmp_path / "state"
     secret = site_secret(state)
-    fingerprint = "f" * 64
+    ledger = Ledger(privacy_unit="customer", order=4.0, delta=1e-5)
+    budget = rdp_budget(10.0, 1e-5, 4.0)
     for run, rounds in (("run-a", 2), ("run-b", 1)):
         for r in range(1, rounds + 1):
-            append_entry(ledger_path(state, fingerprint), fingerprint, LedgerEntry(
-                run=run, server_round=r, noise_multiplier=1.0, sample_rate=0.1, steps=20,
-                clip_norm=1.0, delta=1e-5, accountant="rdp", privacy_unit="customer",
-                time=now()), secret)
-    result = fedintent("privacy-report", str(state), "--max-epsilon", "50")
+            ledger.releases.append(Release(
+                run=run, server_round=r, num_rounds=rounds, noise_multiplier=2.0,
+                sample_rate=1.0, steps=1, clip_norm=1.0, delta=1e-5, accountant="rdp", units=3,
+                rdp=0.5, time=now()))
+    ledger.spend = {unit_key(secret, "a"): 0.5, unit_key(secret, "b"): 1.5,
+                    unit_key(secret, "c"): budget}
+    write_ledger(state, ledger, secret)
+    result = fedintent("privacy-report", str(state), "--max-epsilon", "10")
     assert result.returncode == 0, result.stderr
-    assert "privacy unit: customer" in result.stdout
+    assert f"site key {site_key(state)}" in result.stdout
+    assert "privacy unit: customer; 3 units" in result.stdout
+    assert "exhausted (>= 99% of max-epsilon 10): 1 units" in result.stdout
     assert "run run-a: 2 rounds" in result.stdout and "run run-b: 1 rounds" in result.stdout
-    assert "cumulative epsilon over all runs" in result.stdout and "remaining" in result.stdout
 
     (state / "site-secret").unlink()
     result = fedintent("privacy-report", str(state))
     assert result.returncode == 2 and "cannot verify" in result.stderr
 
     empty = fedintent("privacy-report", str(tmp_path))
-    assert empty.returncode == 0 and "no privacy ledger" in empty.stdout
+    assert empty.returncode == 2 and "no privacy ledger" in empty.stderr
 
 
 def test_partition_command_writes_sites_that_load(tmp_path):

@@ -2,8 +2,9 @@
 
 The SuperLink and the sites are started with the scripts the deployment guide gives
 (``deploy/superlink.sh``, ``deploy/site-entrypoint.sh``, the site container's entrypoint),
-each site with its own key, data and state folder; the run is launched with
-``fedintent deploy-run``. An unregistered site and a plaintext client are refused. Every process
+each site with its own key, data, state folder and the operator's release key as its trusted
+entity; the signed release is run with ``fedintent deploy-run`` on the SuperLink's control
+port. An unregistered site and a plaintext client are refused. Every process
 is started and stopped here.
 """
 
@@ -26,6 +27,7 @@ from fl_server.deployment import (
     stop_process_trees,
     wait_superlink_healthy,
     write_connection,
+    write_release,
 )
 from fl_server.local_simulation import _alive, _free_port, descendants_of_all
 
@@ -33,13 +35,14 @@ REPO = Path(__file__).resolve().parent.parent
 REGISTERED = site_names(3)
 UNREGISTERED = "site-03"
 REFUSAL_TIMEOUT_S = 60
-RUN_TIMEOUT_S = 240
+RUN_TIMEOUT_S = 900
 
 
 def site_env(tmp: Path, site: str, superlink: str, data_dir: Path, key: Path, ca: Path) -> dict:
     """What a site's IT team sets for the site container, here pointing at tmp folders."""
     return flower_env(tmp / "site-homes" / site) | {
         "SUPERLINK": superlink, "CA_CERT": str(ca), "SITE_KEY": str(key),
+        "TRUSTED_ENTITIES": str(ca.parent / "trusted-entities.yaml"),
         "DATA_DIR": str(data_dir), "STATE_DIR": str(tmp / "state" / site),
         "MAX_EPSILON": "8.0", "SUPERNODE_PORT": str(_free_port()),
     }
@@ -65,7 +68,7 @@ def deployment(tmp_path_factory):
     creds = write_dev_credentials(tmp / "creds", [*REGISTERED, UNREGISTERED],
                                   ["127.0.0.1"], ["localhost"])
     write_sites(tmp / "data", n_sites=3, seed=7, size=100)
-    port = _free_port()
+    port, control, release_port = _free_port(), _free_port(), _free_port()
     superlink = f"127.0.0.1:{port}"
     processes: list[subprocess.Popen] = []
     started: set[int] = set()
@@ -73,18 +76,22 @@ def deployment(tmp_path_factory):
         try:
             env = flower_env(tmp / "superlink-home") | {
                 "CERT_DIR": str(creds.ca_cert.parent), "SUPERLINK_HOST": "127.0.0.1",
-                "SUPERLINK_PORT": str(port),
+                "SUPERLINK_PORT": str(port), "CONTROL_PORT": str(control),
+                "RELEASE_PORT": str(release_port),
             }
             link = start_process([str(REPO / "deploy" / "superlink.sh")], env, log, processes)
+            wait_superlink_healthy("127.0.0.1", control, creds.ca_cert, link)
             wait_superlink_healthy("127.0.0.1", port, creds.ca_cert, link)
-            operator = write_connection(tmp / "operator-home", "fedintent", superlink,
-                                        creds.ca_cert)
+            operator = write_connection(tmp / "operator-home", "fedintent",
+                                        f"127.0.0.1:{control}", creds.ca_cert)
             for site in REGISTERED:
                 register_site_key(creds.site_public_keys[site], operator)
                 env = site_env(tmp, site, superlink, tmp / "data" / site, creds.site_keys[site],
                                creds.ca_cert)
                 start_process([str(REPO / "deploy" / "site-entrypoint.sh")], env, log, processes)
+            write_release(tmp / "release", creds.signing_key)
             yield {"tmp": tmp, "creds": creds, "port": port, "superlink": superlink,
+                   "control": f"127.0.0.1:{control}", "release_port": release_port,
                    "log": tmp / "flower.log"}
         finally:
             started = {p.pid for p in processes} | descendants_of_all({p.pid for p in processes})
@@ -129,7 +136,8 @@ def test_a_dp_training_run_over_tls_completes(deployment):
     out = tmp / "run"
     run = subprocess.run(
         [sys.executable, "-m", "fedintent.cli", "deploy-run",
-         "--superlink", deployment["superlink"], "--ca-cert", str(creds.ca_cert),
+         "--superlink", deployment["control"], "--ca-cert", str(creds.ca_cert),
+         "--release", str(tmp / "release"), "--release-port", str(deployment["release_port"]),
          "--labels", str(tmp / "data" / "labels.txt"), "--min-sites", "3",
          "--rounds", "2", "--epsilon", "4", "--set", "local-epochs=1", "--out", str(out)],
         env=flower_env(tmp / "engineer-home"), capture_output=True, text=True,
@@ -152,4 +160,4 @@ def test_a_dp_training_run_over_tls_completes(deployment):
             [sys.executable, "-m", "fedintent.cli", "privacy-report", str(state)],
             capture_output=True, text=True, timeout=60, check=True,
         )
-        assert "cumulative epsilon over all runs" in report.stdout
+        assert "ledger verified" in report.stdout

@@ -20,7 +20,15 @@ from flwr.common import Code, FitRes, Parameters, Status, ndarray_to_bytes
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
 from flwr.compat.common.recorddict_compat import fitres_to_recorddict
 
-from fl_client.egress_guard import EGRESS_BLOCKED, SITE_ERROR, egress_guard
+from fl_client.egress_guard import (
+    DECLINED,
+    EGRESS_BLOCKED,
+    REASON_CODES,
+    SITE_ERROR,
+    Reason,
+    egress_guard,
+    error_reply,
+)
 from fl_server.run_config import DEFAULTS
 from models import get_model_family
 
@@ -147,17 +155,32 @@ def test_an_exception_never_carries_its_message_out(ctx):
 
     reply = egress_guard(incoming("train"), ctx, crash)
     assert reply.has_error() and reply.error.code == SITE_ERROR
-    assert "4111" not in reply.error.reason and "stolen" not in reply.error.reason
+    assert reply.error.reason == Reason.INTERNAL.value
 
 
-def test_errors_pass_only_with_known_codes_and_short_reasons(ctx):
+@pytest.mark.parametrize(
+    ("code", "reason"),
+    [
+        (42, Reason.INTERNAL.value),                      # unknown code
+        (SITE_ERROR, "x"),                                # free text
+        (SITE_ERROR, "site data unusable: my card 4111"), # a known reason with data appended
+        (SITE_ERROR, Reason.BUDGET_EXHAUSTED.value),      # a known reason with the wrong code
+        (DECLINED, ""),
+    ],
+)
+def test_errors_pass_only_from_the_fixed_vocabulary(ctx, code, reason):
     msg = incoming("train")
-    unknown = egress_guard(msg, ctx, lambda m, c: Message(Error(code=42, reason="x"),
-                                                          reply_to=m))
-    assert unknown.error.code == EGRESS_BLOCKED
-    long = egress_guard(msg, ctx, lambda m, c: Message(Error(code=SITE_ERROR, reason="x" * 600),
-                                                       reply_to=m))
-    assert long.error.code == EGRESS_BLOCKED
+    reply = egress_guard(msg, ctx, lambda m, c: Message(Error(code=code, reason=reason),
+                                                        reply_to=m))
+    assert reply.error.code == EGRESS_BLOCKED
+    assert reply.error.reason == Reason.EGRESS_BLOCKED.value
+
+
+@pytest.mark.parametrize("reason", list(Reason))
+def test_every_fixed_reason_passes_with_its_code(ctx, reason):
+    msg = incoming("train")
+    reply = egress_guard(msg, ctx, lambda m, c: error_reply(m, reason))
+    assert reply.error.reason == reason.value and reply.error.code == REASON_CODES[reason]
 
 
 def secagg_incoming(stage: str) -> Message:
@@ -228,3 +251,95 @@ def test_forbidden_secure_aggregation_content_is_blocked(ctx, case):
     assert "4111" not in reply.error.reason
     [entry] = egress_log(ctx)
     assert entry["verdict"].startswith("blocked")
+
+
+# --- the guard on the real ClientApp's evaluate replies ---------------------------------------
+
+EVAL_LABELS = ["card_lost", "refund"]
+
+
+@pytest.fixture
+def evaluating_site(tmp_path) -> Context:
+    """A deployed site (node config with data-path, state-dir, max-epsilon) with a test split."""
+    site_dir = tmp_path / "site"
+    site_dir.mkdir()
+    (site_dir / "train.csv").write_text("text,label\nI lost my card,card_lost\n"
+                                        "please refund my order,refund\n")
+    (site_dir / "test.csv").write_text("text,label\nmy card is lost,card_lost\n"
+                                       "where is my refund,refund\nlost card again,card_lost\n")
+    node = {"data-path": str(site_dir), "state-dir": str(tmp_path / "state"),
+            "max-epsilon": 10.0}
+    return Context(run_id=1, node_id=7, node_config=node, state=RecordDict(),
+                   run_config=dict(DEFAULTS))
+
+
+def evaluate_message() -> Message:
+    model = get_model_family("minilm-head").initial_model(EVAL_LABELS)
+    config = ConfigRecord({"labels": EVAL_LABELS, "server-round": 3, "num-rounds": 3,
+                           "run-name": "eval-run"})
+    return Message(content=RecordDict({"arrays": ArrayRecord(model.state_dict()),
+                                       "config": config}),
+                   dst_node_id=7, message_type="evaluate")
+
+
+def test_the_real_evaluate_reply_passes_the_guard_and_is_logged(evaluating_site):
+    import fl_client.client_app as client_app
+
+    reply = client_app.app(evaluate_message(), evaluating_site)
+    assert not reply.has_error(), reply.error
+    assert set(reply.content.keys()) == {"metrics"}
+    metrics = reply.content["metrics"]
+    assert set(metrics.keys()) == {"num-examples", "loss", "accuracy"}
+    assert metrics["num-examples"] == 3
+    [entry] = egress_log(evaluating_site)
+    assert entry["message"] == "evaluate" and entry["verdict"] == "sent"
+    assert entry["round"] == 3 and entry["run"] == "eval-run"
+    assert entry["metrics"] == dict(metrics.items())
+    assert "arrays" not in entry and "error" not in entry
+
+
+LEAKED_PHONE = 13812345678
+LEAKY_EVALUATE_REPLIES = {
+    "a metric off the evaluate allow-list": "metric",
+    "a train-only metric": "train-metric",
+    "the model's parameters": "arrays",
+    "a config record with the test text": "config",
+}
+
+
+@pytest.mark.parametrize("case", sorted(LEAKY_EVALUATE_REPLIES))
+def test_the_real_evaluate_handler_cannot_send_more_than_its_allow_list(
+    evaluating_site, monkeypatch, case
+):
+    """The real app and the real guard; only the handler's reply is made to carry more, the way
+    a bug or a careless change in the handler would."""
+    import fl_client.client_app as client_app
+
+    kind = LEAKY_EVALUATE_REPLIES[case]
+    real_metric_record, real_record_dict = client_app.MetricRecord, client_app.RecordDict
+
+    def leaky_metrics(values):
+        extra = {"metric": {"customer-phone": LEAKED_PHONE},
+                 "train-metric": {"epsilon": 1.0}}.get(kind, {})
+        return real_metric_record(dict(values) | extra)
+
+    def leaky_content(records):
+        records = dict(records)
+        if kind == "arrays":
+            records["arrays"] = ArrayRecord(head_state())
+        if kind == "config":
+            records["config"] = ConfigRecord({"utterance": f"my number is {LEAKED_PHONE}"})
+        return real_record_dict(records)
+
+    monkeypatch.setattr(client_app, "MetricRecord", leaky_metrics)
+    monkeypatch.setattr(client_app, "RecordDict", leaky_content)
+    reply = client_app.app(evaluate_message(), evaluating_site)
+
+    assert reply.has_error() and reply.error.code == EGRESS_BLOCKED, case
+    assert str(LEAKED_PHONE) not in (reply.error.reason or "")
+    [entry] = egress_log(evaluating_site)
+    assert entry["message"] == "evaluate" and entry["verdict"].startswith("blocked")
+    assert entry["error"]["code"] == EGRESS_BLOCKED
+    assert "metrics" not in entry and "arrays" not in entry
+    with open(evaluating_site.node_config["state-dir"] + "/egress.jsonl") as f:
+        assert str(LEAKED_PHONE) not in f.read()

@@ -142,6 +142,20 @@ def test_ngram_exports_its_featurizer_settings_and_loads_with_fedintent(tmp_path
     assert all(torch.equal(rebuilt.state_dict()[k], v) for k, v in model.state_dict().items())
 
 
+def test_run_outputs_are_readable_by_the_serving_user(tmp_path):
+    """The model and metrics.json are outputs to share: ordinary permissions, unlike what a
+    site derives from customer data (tests/test_site_privacy.py)."""
+    from fl_server.run_record import RunRecord
+
+    model, _ = trained("ngram")
+    out = export_model(tmp_path / "model", get_model_family("ngram"), model.state_dict(),
+                       LABELS, "card\n")
+    assert out.stat().st_mode & 0o755 == 0o755
+    assert all(p.stat().st_mode & 0o644 == 0o644 for p in out.iterdir())
+    RunRecord.start(tmp_path / "metrics.json", 1, {"target-epsilon": 8.0}, LABELS)
+    assert (tmp_path / "metrics.json").stat().st_mode & 0o777 == 0o644
+
+
 def test_a_failed_export_leaves_the_previous_one_intact(tmp_path, monkeypatch):
     family = get_model_family("ngram")
     first = family.initial_model(LABELS).state_dict()

@@ -13,12 +13,14 @@ from pathlib import Path
 import pytest
 import torch
 from test_cli import fedintent
-from test_end_to_end import processes_started_by
+from test_end_to_end import processes_left_behind
 from test_end_to_end import train as fedintent_train
 
 from data_synth import write_sites
 from fl_client.dp_training import TrainingPlan, train_locally
+from fl_client.site_data import read_labels
 from fl_server.run_config import RunConfigError, check_run_config
+from fl_server.tensor_digest import arrays_sha256
 from models import get_model_family, model_family_names
 from models.encoder import packaged_minilm
 from models.ngram import SETTINGS, featurize_with
@@ -168,15 +170,18 @@ def sites(tmp_path_factory) -> Path:
     return data
 
 
+RUN_LR = 1.0
+
+
 @pytest.mark.parametrize("name", ["ngram", "minilm-finetune", "checkpoint"])
 def test_each_family_trains_under_dp_in_a_real_run(sites, tmp_path, name):
     model = str(packaged_minilm()) if name == "checkpoint" else name
     tag, out = uuid.uuid4().hex, tmp_path / "out"
     result = fedintent_train("--data", str(sites), "--model", model, "--rounds", "2",
-                             "--epsilon", "4", "--lr", "1", "--out", str(out), cwd=tmp_path,
+                             "--epsilon", "4", "--lr", str(RUN_LR), "--out", str(out), cwd=tmp_path,
                              tag=tag)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert not processes_started_by(tag)
+    assert not processes_left_behind(tag)
     assert "kB/site" in result.stdout
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["status"] == "completed"
@@ -186,6 +191,22 @@ def test_each_family_trains_under_dp_in_a_real_run(sites, tmp_path, name):
         for site in entry["sites"].values():
             assert 0 < site["epsilon"] <= 4 and site["noise_multiplier"] > 0
             assert site["upload_bytes"] > 0
+            # The noise is really there. Without it, DP-SGD moves the model by at most
+            # steps x lr x clip-norm (each full-batch step is the mean of gradients clipped to
+            # clip-norm; no parameter group steps faster than --lr), and a site that returned
+            # the model it received moves it by 0. The planned noise alone moves it by about
+            # lr x noise-multiplier x clip-norm x sqrt(parameters) / rows: several times that
+            # bound on these small sites, for every family.
+            assert site["sample_rate"] == 1.0  # full-batch steps: the bound above holds
+            no_noise_bound = site["steps"] * RUN_LR * site["clip_norm"]
+            assert site["update_norm"] > no_noise_bound, site
+    # The global model moved every round, starting from the model this family starts from.
+    audited = [json.loads(line) for line in (out / "audit.jsonl").read_text().splitlines()]
+    digests = [e["model_sha256"] for e in audited if e["event"] in ("run-started", "round")]
+    torch.manual_seed(0)
+    initial = family.initial_model(read_labels(sites / "labels.txt"))
+    assert digests[0] == arrays_sha256({k: v.numpy() for k, v in initial.state_dict().items()})
+    assert len(digests) == 3 and len(set(digests)) == 3, digests
     labels = len((sites / "labels.txt").read_text().split())
     exchanged = sum(v.numel() * 4 for v in family.build_model(labels).state_dict().values())
     upload = metrics["rounds"][-1]["upload_bytes_per_site"]

@@ -5,13 +5,20 @@ import math
 import pytest
 import torch
 from opacus.accountants import PRVAccountant, RDPAccountant
+from opacus.accountants.analysis.rdp import get_privacy_spent
 from opacus.data_loader import DPDataLoader
 from torch.utils.data import DataLoader, TensorDataset
 
 from fl_client.privacy_accounting import (
+    BudgetExhausted,
     coalesce,
     epsilon_spent,
+    filter_order,
+    noise_within_rdp,
     plan_noise_multiplier,
+    rdp_budget,
+    rdp_epsilon,
+    release_rdp,
     steps_per_round,
 )
 
@@ -93,3 +100,38 @@ def test_unknown_accountant_is_refused():
     with pytest.raises(ValueError, match="unknown accountant"):
         epsilon_spent([(1.0, 0.1, 10)], 1e-5, "gdp-typo")
     assert math.isfinite(epsilon_spent([(1.0, 0.1, 10)], 1e-5, "rdp"))
+
+
+# --- the lifetime filter's Rényi arithmetic -------------------------------------------------
+
+
+@pytest.mark.parametrize("max_epsilon", [1.0, 3.0, 8.0, 10.0])
+def test_the_rdp_budget_converts_back_to_max_epsilon_as_opacus_does(max_epsilon):
+    order = filter_order(max_epsilon, 1e-5)
+    budget = rdp_budget(max_epsilon, 1e-5, order)
+    assert budget > 0
+    assert rdp_epsilon(budget, order, 1e-5) == pytest.approx(max_epsilon)
+    epsilon, _ = get_privacy_spent(orders=[order], rdp=[budget], delta=1e-5)
+    assert epsilon == pytest.approx(max_epsilon)
+
+
+def test_a_full_batch_release_costs_the_gaussian_mechanisms_rdp():
+    # q = 1: each step is the Gaussian mechanism, whose Rényi DP is order / (2 sigma^2).
+    assert release_rdp(2.0, 1.0, 3, 4.0) == pytest.approx(3 * 4.0 / (2 * 2.0**2))
+    assert release_rdp(0.0, 1.0, 1, 4.0) == math.inf
+    assert release_rdp(2.0, 0.1, 3, 4.0) < release_rdp(2.0, 1.0, 3, 4.0)  # amplification
+
+
+@pytest.mark.parametrize(("rate", "steps"), [(1.0, 40), (0.25, 16), (0.01, 500)])
+def test_noise_within_rdp_is_the_smallest_that_fits(rate, steps):
+    order, budget = 4.0, 3.0
+    noise = noise_within_rdp(rate, steps, order, budget)
+    assert release_rdp(noise, rate, steps, order) <= budget
+    assert release_rdp(noise * 0.99, rate, steps, order) > budget
+
+
+def test_no_noise_fits_a_budget_that_is_too_small():
+    with pytest.raises(BudgetExhausted):
+        noise_within_rdp(1.0, 10, 4.0, 0.0)
+    assert rdp_budget(0.01, 1e-5, 4.0) < 0  # converting alone costs more than that
+    assert noise_within_rdp(1.0, 10, 4.0, math.inf) == 0.0

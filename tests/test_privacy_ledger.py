@@ -1,71 +1,101 @@
-"""The site's privacy ledger: durable, append-only, verified, and never silently reset."""
+"""The site's privacy ledger: durable, verified, per unit, never silently reset or rolled back."""
 
 import json
+import shutil
 
 import pytest
 
 from fl_client.privacy_ledger import (
-    LedgerEntry,
+    HEAD_FILE,
+    LEDGER_FILE,
+    Ledger,
     LedgerError,
-    append_entry,
-    ledger_path,
+    Release,
     now,
     read_ledger,
+    unit_key,
+    write_ledger,
 )
 from fl_client.site_secret import SecretError, site_secret
 
-FINGERPRINT = "ab" * 32
 SECRET = b"s" * 32
 
 
-def entry(run: str = "run-1", server_round: int = 1, sigma: float = 1.1) -> LedgerEntry:
-    return LedgerEntry(
-        run=run, server_round=server_round, noise_multiplier=sigma, sample_rate=0.1,
-        steps=10, clip_norm=1.0, delta=1e-5, accountant="prv", privacy_unit="utterance",
-        time=now(),
+def release(run: str = "run-1", server_round: int = 1, sigma: float = 1.1) -> Release:
+    return Release(
+        run=run, server_round=server_round, num_rounds=3, noise_multiplier=sigma,
+        sample_rate=0.1, steps=10, clip_norm=1.0, delta=1e-5, accountant="prv", units=2,
+        rdp=0.25, time=now(),
     )
 
 
+def charged(ledger: Ledger, rel: Release, units: list[str]) -> Ledger:
+    """``ledger`` with ``rel`` recorded and charged to ``units`` (as charge_round does)."""
+    for unit in units:
+        key = unit_key(SECRET, unit)
+        ledger.spend[key] = ledger.spend.get(key, 0.0) + rel.rdp
+    ledger.releases.append(rel)
+    return ledger
+
+
 @pytest.fixture
-def ledger(tmp_path):
-    path = ledger_path(tmp_path, FINGERPRINT)
+def state(tmp_path):
+    ledger = Ledger(privacy_unit="utterance", order=4.0, delta=1e-5)
     for run, server_round in (("a", 1), ("a", 2), ("b", 1)):
-        append_entry(path, FINGERPRINT, entry(run, server_round), SECRET)
-    return path
+        write_ledger(tmp_path, charged(ledger, release(run, server_round), ["u1", "u2"]), SECRET)
+    return tmp_path
 
 
 def test_absent_ledger_means_nothing_spent(tmp_path):
-    assert read_ledger(ledger_path(tmp_path, FINGERPRINT), FINGERPRINT, SECRET) == []
+    assert read_ledger(tmp_path, SECRET) is None
 
 
-def test_entries_accumulate_across_runs(ledger):
-    history = read_ledger(ledger, FINGERPRINT, SECRET)
-    assert [(e.run, e.server_round) for e in history] == [("a", 1), ("a", 2), ("b", 1)]
-    assert not list(ledger.parent.glob("*.tmp"))
+def test_releases_and_spend_accumulate_and_hold_no_identity(state):
+    ledger = read_ledger(state, SECRET)
+    assert [(r.run, r.server_round) for r in ledger.releases] == [("a", 1), ("a", 2), ("b", 1)]
+    assert ledger.spend == {unit_key(SECRET, "u1"): 0.75, unit_key(SECRET, "u2"): 0.75}
+    raw = (state / LEDGER_FILE).read_text()
+    assert "u1" not in raw and "u2" not in raw
+    assert not list(state.glob("*.tmp")) and not list(state.glob(".*.tmp"))
+
+
+def test_unit_keys_depend_on_the_site_secret():
+    assert unit_key(SECRET, "cust-1") != unit_key(b"t" * 32, "cust-1")
+    assert unit_key(SECRET, "cust-1") != unit_key(SECRET, "cust-2")
+
+
+def test_ledger_files_are_private(state):
+    for name in (LEDGER_FILE, HEAD_FILE):
+        assert (state / name).stat().st_mode & 0o777 == 0o600, name
+
+
+@pytest.mark.parametrize("invalid", [{"sample_rate": 0.0}, {"sample_rate": 1.5}, {"steps": 0},
+                                     {"rdp": 0.0}, {"noise_multiplier": -1.0}])
+def test_a_signed_but_impossible_release_is_refused(tmp_path, invalid):
+    """The MAC proves who wrote a release, not that it makes sense: a bug that recorded an
+    impossible release must stop the site, not undercount."""
+    ledger = Ledger(privacy_unit="utterance", order=4.0, delta=1e-5)
+    bad = Release(**{**release().__dict__, **invalid})
+    write_ledger(tmp_path, charged(ledger, bad, ["u1"]), SECRET)
+    with pytest.raises(LedgerError, match="invalid release"):
+        read_ledger(tmp_path, SECRET)
 
 
 @pytest.mark.parametrize(
     "content",
-    [
-        "{not json",
-        "",
-        "[]",
-        json.dumps({"format": "something-else", "data_fingerprint": FINGERPRINT, "releases": []}),
-        json.dumps({"format": "fedintent-privacy-ledger/2", "data_fingerprint": FINGERPRINT}),
-        json.dumps({"format": "fedintent-privacy-ledger/2", "data_fingerprint": FINGERPRINT,
-                    "releases": [{"run": "x"}]}),
-        json.dumps({"format": "fedintent-privacy-ledger/2", "data_fingerprint": FINGERPRINT,
-                    "releases": ["x"]}),
-    ],
+    ["{not json", "", "[]",
+     json.dumps({"format": "something-else", "releases": []}),
+     json.dumps({"format": "fedintent-privacy-ledger/3"}),
+     json.dumps({"format": "fedintent-privacy-ledger/3", "privacy_unit": "utterance",
+                 "order": 4, "delta": 1e-5, "spend": {}, "releases": [{"run": "x"}]}),
+     json.dumps({"format": "fedintent-privacy-ledger/3", "privacy_unit": "utterance",
+                 "order": 4, "delta": 1e-5, "spend": {}, "releases": ["x"]})],
 )
 def test_corrupt_ledger_refuses_and_is_left_untouched(tmp_path, content):
-    path = ledger_path(tmp_path, FINGERPRINT)
-    path.write_text(content)
+    (tmp_path / LEDGER_FILE).write_text(content)
     with pytest.raises(LedgerError):
-        read_ledger(path, FINGERPRINT, SECRET)
-    with pytest.raises(LedgerError):
-        append_entry(path, FINGERPRINT, entry(), SECRET)
-    assert path.read_text() == content
+        read_ledger(tmp_path, SECRET)
+    assert (tmp_path / LEDGER_FILE).read_text() == content
 
 
 def edit(path, change) -> None:
@@ -78,44 +108,72 @@ def edit(path, change) -> None:
     "tamper",
     [
         lambda d: d["releases"][0].update(noise_multiplier=50.0),  # looks cheaper: edited
-        lambda d: d["releases"][1].update(steps=1),
+        lambda d: d["releases"][1].update(rdp=0.01),
         lambda d: d["releases"].pop(0),                             # deleted first entry
         lambda d: d["releases"].pop(),                              # truncated
         lambda d: d["releases"].reverse(),                          # reordered
         lambda d: d["releases"].append(dict(d["releases"][0])),     # duplicated
         lambda d: d.update(releases=[]),                            # reset
+        lambda d: d["spend"].update({k: 0.0 for k in d["spend"]}),  # spend zeroed
+        lambda d: d["spend"].popitem(),                             # a unit forgotten
+        lambda d: d.update(order=64.0),                             # another Rényi order
         lambda d: d.pop("mac"),
     ],
 )
-def test_tampered_ledger_is_refused(ledger, tamper):
-    edit(ledger, tamper)
+def test_tampered_ledger_is_refused(state, tamper):
+    edit(state / LEDGER_FILE, tamper)
     with pytest.raises(LedgerError, match="refusing to train"):
-        read_ledger(ledger, FINGERPRINT, SECRET)
+        read_ledger(state, SECRET)
 
 
-def test_a_ledger_does_not_verify_under_another_site_secret(ledger):
+def test_a_ledger_does_not_verify_under_another_site_secret(state):
     with pytest.raises(LedgerError):
-        read_ledger(ledger, FINGERPRINT, b"t" * 32)
+        read_ledger(state, b"t" * 32)
 
 
-def test_a_one_byte_edit_is_refused(ledger):
-    raw = bytearray(ledger.read_bytes())
-    position = raw.index(b'"steps": 10') + len(b'"steps": 1')
-    raw[position] = ord("1")
-    ledger.write_bytes(bytes(raw))
-    with pytest.raises(LedgerError):
-        read_ledger(ledger, FINGERPRINT, SECRET)
+def test_a_rolled_back_ledger_is_refused(state, tmp_path_factory):
+    backup = tmp_path_factory.mktemp("backup")
+    shutil.copy(state / LEDGER_FILE, backup / LEDGER_FILE)
+    ledger = read_ledger(state, SECRET)
+    write_ledger(state, charged(ledger, release("c", 1), ["u1"]), SECRET)
+    shutil.copy(backup / LEDGER_FILE, state / LEDGER_FILE)  # an older, genuine copy
+    with pytest.raises(LedgerError, match="rolled back"):
+        read_ledger(state, SECRET)
 
 
-def test_ledger_of_other_data_is_refused(ledger):
-    with pytest.raises(LedgerError, match="different training data"):
-        read_ledger(ledger, "cd" * 32, SECRET)
+def test_a_deleted_ledger_is_refused(state):
+    (state / LEDGER_FILE).unlink()
+    with pytest.raises(LedgerError, match="deleted"):
+        read_ledger(state, SECRET)
+
+
+def test_a_deleted_ledger_and_head_are_refused_when_the_egress_log_shows_dp_updates(state):
+    (state / LEDGER_FILE).unlink()
+    (state / HEAD_FILE).unlink()
+    (state / "egress.jsonl").write_text(
+        json.dumps({"verdict": "sent", "metrics": {"epsilon": 1.5}}) + "\n")
+    with pytest.raises(LedgerError, match="deleted"):
+        read_ledger(state, SECRET)
+
+
+def test_a_missing_head_is_refused(state):
+    (state / HEAD_FILE).unlink()
+    with pytest.raises(LedgerError, match="missing"):
+        read_ledger(state, SECRET)
+
+
+def test_a_crash_between_ledger_and_head_writes_is_accepted(state):
+    head = (state / HEAD_FILE).read_bytes()
+    ledger = read_ledger(state, SECRET)
+    write_ledger(state, charged(ledger, release("c", 1), ["u1"]), SECRET)
+    (state / HEAD_FILE).write_bytes(head)  # as if the process died before the head was written
+    assert len(read_ledger(state, SECRET).releases) == 4
 
 
 def test_site_secret_is_created_once_private_and_checked(tmp_path):
     first = site_secret(tmp_path)
     assert site_secret(tmp_path) == first and len(first) == 32
-    assert (tmp_path / "site-secret").stat().st_mode & 0o077 == 0
+    assert (tmp_path / "site-secret").stat().st_mode & 0o777 == 0o600
     (tmp_path / "site-secret").write_text("zz")
     with pytest.raises(SecretError):
         site_secret(tmp_path)

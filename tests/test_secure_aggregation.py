@@ -145,15 +145,27 @@ def test_a_secure_aggregation_run_completes_with_every_output(runs):
     assert [e["event"] for e in events] == ["run-started"] + ["round"] * ROUNDS + ["run-completed"]
     assert all(e["secure_aggregation"]["sites_summed"] == SITES for e in events[1:-1])
 
-    ledgers = list((runs["root"] / "state-secure").glob("site-*/privacy-ledger-*.json"))
+    ledgers = list((runs["root"] / "state-secure").glob("site-*/privacy-ledger.json"))
     assert len(ledgers) == SITES
     assert all(len(json.loads(p.read_text())["releases"]) == ROUNDS for p in ledgers)
 
 
 def test_sites_send_only_masked_updates_and_their_metrics(runs):
-    for log in sorted((runs["root"] / "state-secure").glob("site-*/egress.jsonl")):
-        train = [json.loads(line) for line in log.read_text().splitlines()
-                 if json.loads(line)["message"].startswith("train")]
+    state = runs["root"] / "state-secure"
+    logs = sorted(state.glob("site-*/egress.jsonl"))
+    # Every site's log, and only those: a test that finds no log would check nothing.
+    assert [log.parent.name for log in logs] == [f"site-{i:02d}" for i in range(SITES)]
+    for log in logs:
+        entries = [json.loads(line) for line in log.read_text().splitlines()]
+        train = [e for e in entries if e["message"].startswith("train")]
+        evaluate = [e for e in entries if e["message"].startswith("evaluate")]
+        assert len(train) + len(evaluate) == len(entries), log
+        assert [e["round"] for e in train] == [r for r in range(1, ROUNDS + 1)
+                                               for _ in STAGES], log
+        assert [e["round"] for e in evaluate] == list(range(1, ROUNDS + 1)), log
+        assert all(e["verdict"] == "sent" and e["run"] == "secagg-test" for e in entries), log
+        assert all(set(e["metrics"]) == {"num-examples", "loss", "accuracy"}
+                   and "arrays" not in e for e in evaluate), log
         assert [e["secure_aggregation_stage"] for e in train] == STAGES * ROUNDS
         assert all(e["verdict"] == "sent" for e in train)
         assert not any("arrays" in e or "update_norm" in e for e in train)

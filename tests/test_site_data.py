@@ -112,11 +112,26 @@ def test_unsplit_site_is_split_by_customer_deterministically(tmp_path):
     assert not set(first.train.units) & set(first.test.units)
 
 
-def test_fingerprint_changes_with_training_data(tmp_path):
-    write_jsonl(tmp_path / "train.jsonl", [conversation()])
-    before = load_site(tmp_path, LABELS).fingerprint()
-    write_jsonl(tmp_path / "train.jsonl", [conversation(), conversation("again")])
-    assert load_site(tmp_path, LABELS).fingerprint() != before
+def test_rows_have_identities_that_survive_edits_reorders_and_file_changes(tmp_path):
+    first = conversation("my card is lost")
+    second = conversation("refund please")
+    first["conversation_id"], second["conversation_id"] = "c-1", "c-2"
+    write_jsonl(tmp_path / "train.jsonl", [first, second])
+    before = load_site(tmp_path, LABELS).train.ids
+    assert len(set(before)) == 2
+    first["turns"][0]["text"] = "my card is lost, fixed typo"
+    write_jsonl(tmp_path / "train.jsonl", [second, first])
+    assert load_site(tmp_path, LABELS).train.ids == [before[1], before[0]]
+    (tmp_path / "train.jsonl").rename(tmp_path / "conversations.jsonl")
+    renamed = load_site(tmp_path, LABELS)
+    assert set(renamed.train.ids + renamed.test.ids) == set(before)
+
+
+def test_rows_without_an_id_are_known_by_customer_and_text(tmp_path):
+    (tmp_path / "train.csv").write_text("text,label,customer_id\nhello,card_lost,c1\n"
+                                        "hello,card_lost,c2\nhello,card_lost,c1\n")
+    ids = load_site(tmp_path, LABELS).train.ids
+    assert ids[0] == ids[2] != ids[1]  # the same customer saying the same thing: one utterance
 
 
 def test_missing_and_empty_folders(tmp_path):

@@ -1,11 +1,14 @@
-"""The site's privacy promises, exercised through the real ClientApp (no Flower processes).
+"""The site's privacy promises, attacked through the real ClientApp (no Flower processes).
 
 Every test drives ``fl_client.client_app.app`` with hand-made train messages, the way a
-SuperNode would, and checks the ledger, the reply and the budget.
+SuperNode would, playing a hostile or careless server (run config, round numbers, labels) or a
+careless site (data edited, appended, reordered, re-exported; ledger restored, deleted), and
+checks the reply, the ledger and who trained.
 """
 
 import json
 import math
+import shutil
 
 import pytest
 import torch
@@ -13,9 +16,9 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from opacus.accountants import PRVAccountant
 
 import fl_client.client_app as client_app
-from fl_client.egress_guard import DECLINED, SITE_ERROR
-from fl_client.privacy_ledger import read_ledger
-from fl_client.site_data import load_site
+from fl_client.egress_guard import DECLINED, Reason
+from fl_client.privacy_accounting import rdp_budget, rdp_epsilon
+from fl_client.privacy_ledger import HEAD_FILE, LEDGER_FILE, read_ledger, unit_key
 from fl_client.site_secret import site_secret
 from fl_server.run_config import DEFAULTS
 from models import get_model_family
@@ -25,29 +28,44 @@ pytestmark = pytest.mark.usefixtures("task_identity")
 LABELS = ["card_lost", "refund"]
 
 
+def write_rows(site_dir, rows: list[tuple[str, str, str, str]], name="train.csv") -> None:
+    """(conversation id, text, label, customer) rows as the site's training file."""
+    lines = ["conversation_id,text,label,customer_id"]
+    lines += [f"{cid},{text},{label},{customer}" for cid, text, label, customer in rows]
+    (site_dir / name).write_text("\n".join(lines) + "\n")
+
+
+def rows(first: int, last: int) -> list[tuple[str, str, str, str]]:
+    out = []
+    for i in range(first, last):
+        label = LABELS[i % 2]
+        text = "I lost my card" if label == "card_lost" else "please refund my order"
+        out.append((f"conv-{i}", f"{text} number {i}", label, f"cust-{i // 3}"))
+    return out
+
+
 @pytest.fixture
 def site(tmp_path):
     site_dir = tmp_path / "site"
     site_dir.mkdir()
-    lines = ["text,label,customer_id"]
-    for i in range(60):
-        label = LABELS[i % 2]
-        text = "I lost my card" if label == "card_lost" else "please refund my order"
-        lines.append(f"{text} number {i},{label},cust-{i // 3}")
-    (site_dir / "train.csv").write_text("\n".join(lines) + "\n")
+    write_rows(site_dir, rows(0, 60))
     (site_dir / "test.csv").write_text("text,label\nlost card,card_lost\nrefund,refund\n")
     return site_dir
 
 
-def context(site_dir, state_dir, max_epsilon=10.0, **run_config) -> Context:
-    node = {"data-path": str(site_dir), "state-dir": str(state_dir), "max-epsilon": max_epsilon}
-    config = DEFAULTS | {"target-epsilon": 4.0, "batch-size": 16, "local-epochs": 1} | run_config
-    return Context(run_id=1, node_id=7, node_config=node, state=RecordDict(), run_config=config)
+def context(site_dir, state_dir, max_epsilon=10.0, node=None, **run_config) -> Context:
+    node_config = {"data-path": str(site_dir), "state-dir": str(state_dir)}
+    if max_epsilon is not None:
+        node_config["max-epsilon"] = max_epsilon
+    node_config |= node or {}
+    config = DEFAULTS | {"target-epsilon": 4.0, "batch-size": 4096, "local-epochs": 1} | run_config
+    return Context(run_id=1, node_id=7, node_config=node_config, state=RecordDict(),
+                   run_config=config)
 
 
-def train_message(run="run-a", server_round=1, num_rounds=3) -> Message:
-    head = get_model_family("minilm-head").build_model(len(LABELS))
-    config = ConfigRecord({"labels": LABELS, "server-round": server_round,
+def train_message(run="run-a", server_round=1, num_rounds=3, labels=LABELS) -> Message:
+    head = get_model_family("minilm-head").build_model(len(labels))
+    config = ConfigRecord({"labels": list(labels), "server-round": server_round,
                            "num-rounds": num_rounds, "run-name": run})
     return Message(content=RecordDict({"arrays": ArrayRecord(head.state_dict()),
                                        "config": config}), dst_node_id=7, message_type="train")
@@ -58,69 +76,255 @@ def run_rounds(ctx, run, rounds, num_rounds=None) -> list[Message]:
             for r in range(1, rounds + 1)]
 
 
-def ledger_releases(site_dir, state_dir):
-    data = load_site(site_dir, LABELS)
-    fingerprint = data.fingerprint()
-    path = next(state_dir.glob("privacy-ledger-*.json"))
-    return read_ledger(path, fingerprint, site_secret(state_dir))
+def ledger(state_dir):
+    return read_ledger(state_dir, site_secret(state_dir))
+
+
+def spend(state_dir, unit: str) -> float:
+    book = ledger(state_dir)
+    return book.spend.get(unit_key(site_secret(state_dir), f"{book.privacy_unit}\0{unit}"), 0.0)
+
+
+def refused_with(reply: Message, reason: Reason) -> bool:
+    return reply.has_error() and reply.error.reason == reason.value
+
+
+@pytest.fixture
+def trained_rows(monkeypatch):
+    """The training features every round actually used (one list per round)."""
+    seen: list[torch.Tensor] = []
+    real = client_app.train_locally
+
+    def recording(model, features, labels, plan, seed):
+        seen.append(features.clone())
+        return real(model, features, labels, plan, seed=seed)
+
+    monkeypatch.setattr(client_app, "train_locally", recording)
+    return seen
+
+
+# --- the accountant ------------------------------------------------------------------------
 
 
 def test_reported_epsilon_equals_an_independent_accountant(site, tmp_path):
     replies = run_rounds(context(site, tmp_path / "state"), "run-a", 3)
     epsilons = [r.content["metrics"]["epsilon"] for r in replies]
     assert epsilons[0] < epsilons[1] < epsilons[2] <= 4.0
-    releases = ledger_releases(site, tmp_path / "state")
+    releases = ledger(tmp_path / "state").releases
     assert len(releases) == 3
     independent = PRVAccountant()
     for release in releases:
-        independent.history.append(release.release)
+        independent.history.append(release.mechanism)
     assert epsilons[-1] == pytest.approx(independent.get_epsilon(delta=releases[0].delta),
                                          rel=1e-6)
 
 
-def test_two_runs_on_the_same_data_accumulate_and_stay_within_the_budget(site, tmp_path):
-    ctx = context(site, tmp_path / "state", max_epsilon=5.0)
-    first = run_rounds(ctx, "run-a", 3)[-1].content["metrics"]
-    second = run_rounds(ctx, "run-b", 3)[-1].content["metrics"]
-    assert first["epsilon-all-runs"] == pytest.approx(first["epsilon"])
-    assert second["epsilon-all-runs"] > first["epsilon-all-runs"]
-    assert 4.9 < second["epsilon-all-runs"] <= 5.0
-    assert second["epsilon"] < 4.0  # planned from the budget that remained, so noisier
-    assert second["noise-multiplier"] > first["noise-multiplier"]
-
-
-def test_budget_exactly_at_the_edge_then_declines(site, tmp_path):
+def test_every_unit_is_charged_each_release_and_its_lifetime_epsilon_is_reported(site, tmp_path):
     state = tmp_path / "state"
-    ctx = context(site, state, max_epsilon=4.0)
-    replies = run_rounds(ctx, "run-a", 3)
-    assert not any(r.has_error() for r in replies)
-    assert replies[-1].content["metrics"]["epsilon-all-runs"] <= 4.0
-    # A fourth round was never planned for: it would exceed the site's budget.
-    extra = client_app.app(train_message("run-a", 4, num_rounds=3), ctx)
-    assert extra.has_error() and extra.error.code == DECLINED
-    assert "declined" in extra.error.reason and "max-epsilon 4" in extra.error.reason
-    assert len(ledger_releases(site, state)) == 3  # nothing charged for a declined round
-    # A new run may only use the sliver of budget left: it is planned with far more noise.
-    again = client_app.app(train_message("run-b", 1), ctx).content["metrics"]
-    assert again["epsilon-all-runs"] <= 4.0
-    assert again["noise-multiplier"] > 5 * replies[0].content["metrics"]["noise-multiplier"]
+    replies = run_rounds(context(site, state), "run-a", 2)
+    book = ledger(state)
+    assert len(book.spend) == 60
+    assert list(book.spend.values()) == pytest.approx([sum(r.rdp for r in book.releases)] * 60)
+    lifetime = rdp_epsilon(book.releases[0].rdp * 2, book.order, book.delta)
+    assert replies[-1].content["metrics"]["epsilon-all-runs"] == pytest.approx(lifetime)
+    assert replies[-1].content["metrics"]["privacy-units"] == 60
 
 
-def test_an_exhausted_budget_declines_before_charging(site, tmp_path):
+# --- the lifetime budget belongs to the people, not to a file ------------------------------
+
+
+@pytest.mark.parametrize("change", ["append", "edit", "reorder", "re-export", "labels"])
+def test_spend_continues_across_data_versions(site, tmp_path, change):
     state = tmp_path / "state"
-    run_rounds(context(site, state, max_epsilon=10.0), "run-a", 3)
-    spent = ledger_releases(site, state)
-    lowered = context(site, state, max_epsilon=3.0)  # the site lowered its budget since
-    reply = client_app.app(train_message("run-b", 1), lowered)
-    assert reply.has_error() and reply.error.code == DECLINED
-    assert "exhausted" in reply.error.reason
-    assert ledger_releases(site, state) == spent
+    run_rounds(context(site, state), "run-a", 2)
+    before = spend(state, "id:conv-5")
+    labels = LABELS
+    if change == "append":
+        write_rows(site, rows(0, 75))
+    elif change == "edit":
+        edited = rows(0, 60)
+        edited[5] = ("conv-5", "I lost my credit card yesterday", "card_lost", "cust-1")
+        write_rows(site, edited)
+    elif change == "reorder":
+        write_rows(site, list(reversed(rows(0, 60))))
+    elif change == "re-export":  # new file name and format, same conversations
+        (site / "train.csv").unlink()
+        (site / "train.jsonl").write_text("".join(
+            json.dumps({"conversation_id": c, "text": t, "label": lb, "customer_id": cu}) + "\n"
+            for c, t, lb, cu in rows(0, 60)))
+    else:  # a hostile server reorders the label set: it must not key the ledger
+        labels = list(reversed(LABELS))
+    client_app._load_site_cached.cache_clear()
+    reply = client_app.app(train_message("run-b", 1, labels=labels), context(site, state))
+    assert not reply.has_error()
+    release = ledger(state).releases[-1]
+    assert spend(state, "id:conv-5") == pytest.approx(before + release.rdp)
+    if change == "append":
+        assert spend(state, "id:conv-70") == pytest.approx(release.rdp)  # fresh: starts at 0
+        assert len(ledger(state).spend) == 75
 
 
-def test_the_server_cannot_raise_the_site_budget(site, tmp_path):
+def test_a_unit_at_its_budget_never_trains_again_and_fresh_units_do(site, tmp_path,
+                                                                    trained_rows):
+    state = tmp_path / "state"
+    ctx = context(site, state, max_epsilon=3.0, **{"target-epsilon": 3.0})
+    first = run_rounds(ctx, "run-a", 3)
+    assert not any(r.has_error() for r in first)
+    book = ledger(state)
+    budget = rdp_budget(3.0, book.delta, book.order)
+    assert max(book.spend.values()) <= budget
+    # The same data again: nobody has budget left for a release of this run's size.
+    again = client_app.app(train_message("run-b", 1), ctx)
+    assert refused_with(again, Reason.BUDGET_EXHAUSTED) and again.error.code == DECLINED
+    assert len(ledger(state).releases) == 3  # nothing charged for a declined round
+    # A new day of conversations: only the new units train, the spent ones sit out.
+    write_rows(site, rows(0, 90))
+    client_app._load_site_cached.cache_clear()
+    trained_rows.clear()
+    fresh = client_app.app(train_message("run-c", 1), ctx)
+    assert not fresh.has_error(), fresh.error.reason if fresh.has_error() else ""
+    assert fresh.content["metrics"]["privacy-units"] == 30
+    [used] = trained_rows
+    site_data = client_app._load_site_cached(str(site), tuple(LABELS))
+    all_features, _ = client_app._features(site_data, "train", ctx, state)
+    spent_rows = all_features[:60]
+    for row in used:  # not one of the exhausted units' feature rows is in the batch
+        assert not torch.isclose(spent_rows, row).all(dim=1).any()
+    assert len(used) == 30
+    assert max(ledger(state).spend.values()) <= budget
+
+
+def test_units_are_charged_per_customer_with_the_customer_unit(site, tmp_path):
+    ctx = context(site, tmp_path / "state", **{"privacy-unit": "customer"})
+    reply = run_rounds(ctx, "run-a", 1)[0]
+    metrics = reply.content["metrics"]
+    assert metrics["privacy-units"] == 20 and metrics["num-examples"] == 60
+    assert len(ledger(tmp_path / "state").spend) == 20
+    mixed = client_app.app(train_message("run-b", 1), context(site, tmp_path / "state"))
+    assert refused_with(mixed, Reason.UNIT_REFUSED)
+
+
+def test_a_duplicated_utterance_trains_once(site, tmp_path):
+    write_rows(site, rows(0, 60) + rows(0, 10))
+    client_app._load_site_cached.cache_clear()
+    reply = run_rounds(context(site, tmp_path / "state"), "run-a", 1)[0]
+    assert reply.content["metrics"]["privacy-units"] == 60
+
+
+# --- a hostile server ----------------------------------------------------------------------
+
+
+def test_the_server_cannot_switch_dp_off_at_a_site_with_a_budget(site, tmp_path):
+    state = tmp_path / "state"
+    reply = client_app.app(train_message(),
+                           context(site, state, max_epsilon=1.0, **{"target-epsilon": math.inf}))
+    assert refused_with(reply, Reason.NO_DP_REFUSED) and reply.error.code == DECLINED
+    assert not (state / LEDGER_FILE).exists()
+
+
+def test_a_site_that_allows_no_dp_records_it_as_an_unlimited_spend(site, tmp_path):
+    state = tmp_path / "state"
+    ctx = context(site, state, max_epsilon=math.inf, **{"target-epsilon": math.inf})
+    reply = run_rounds(ctx, "run-a", 1)[0]
+    assert math.isinf(reply.content["metrics"]["epsilon"])
+    assert reply.content["arrays"].to_torch_state_dict()["weight"].shape == torch.Size([2, 384])
+    assert set(ledger(state).spend.values()) == {math.inf}
+    # Those units can never again be part of a DP release with a finite budget.
+    later = client_app.app(train_message("run-b", 1), context(site, state, max_epsilon=10.0))
+    assert refused_with(later, Reason.BUDGET_EXHAUSTED)
+
+
+@pytest.mark.parametrize(
+    ("run_config", "message", "reason"),
+    [
+        ({"clip-norm": math.inf}, {}, Reason.SETTING_REFUSED),
+        ({"clip-norm": -1.0}, {}, Reason.SETTING_REFUSED),
+        ({"target-epsilon": 0.0}, {}, Reason.SETTING_REFUSED),
+        ({"target-epsilon": "lots"}, {}, Reason.SETTING_REFUSED),
+        ({"delta": 0.5}, {}, Reason.SETTING_REFUSED),
+        ({"accountant": "trust-me"}, {}, Reason.SETTING_REFUSED),
+        ({"batch-size": 0}, {}, Reason.SETTING_REFUSED),
+        ({"privacy-unit": "session"}, {}, Reason.UNIT_REFUSED),
+        ({}, {"server_round": 4, "num_rounds": 3}, Reason.ROUND_REFUSED),
+        ({}, {"server_round": 0}, Reason.ROUND_REFUSED),
+    ],
+)
+def test_a_hostile_run_config_is_refused_before_anything_is_charged(site, tmp_path, run_config,
+                                                                     message, reason):
+    state = tmp_path / "state"
+    reply = client_app.app(train_message(**message), context(site, state, **run_config))
+    assert refused_with(reply, reason)
+    assert not (state / LEDGER_FILE).exists()
+
+
+def test_a_run_cannot_stretch_its_rounds_after_planning_its_noise(site, tmp_path):
+    state = tmp_path / "state"
+    ctx = context(site, state)
+    run_rounds(ctx, "run-a", 2, num_rounds=3)
+    stretched = client_app.app(train_message("run-a", 3, num_rounds=30), ctx)
+    assert refused_with(stretched, Reason.ROUND_REFUSED)
+    assert len(ledger(state).releases) == 2
+
+
+def test_the_site_policy_unit_wins_over_the_servers(site, tmp_path):
+    ctx = context(site, tmp_path / "state", node={"privacy-unit": "customer"})
+    reply = client_app.app(train_message(), ctx)
+    assert refused_with(reply, Reason.UNIT_REFUSED)
+
+
+def test_delta_default_and_refusal(site, tmp_path):
+    ok = run_rounds(context(site, tmp_path / "a"), "run-a", 1)[0]
+    assert ok.content["metrics"]["delta"] == pytest.approx(1e-5)  # min(1e-5, 1/(10 x 60))
+    too_large = client_app.app(train_message(), context(site, tmp_path / "b", delta=0.009))
+    assert refused_with(too_large, Reason.SETTING_REFUSED)
+    stricter = context(site, tmp_path / "c", node={"max-delta": 1e-7})
+    assert run_rounds(stricter, "run-a", 1)[0].content["metrics"]["delta"] == 1e-7
+    above = client_app.app(train_message(), context(site, tmp_path / "d", delta=1e-6,
+                                                    node={"max-delta": 1e-7}))
+    assert refused_with(above, Reason.SETTING_REFUSED)
+
+
+# --- where the budget comes from -----------------------------------------------------------
+
+
+def test_the_budget_is_the_node_configs_and_the_server_cannot_raise_it(site, tmp_path):
     ctx = context(site, tmp_path / "state", max_epsilon=2.0, **{"site-max-epsilon": 100.0})
     replies = run_rounds(ctx, "run-a", 2)
+    assert all(r.content["metrics"]["max-epsilon"] == 2.0 for r in replies)
     assert all(r.content["metrics"]["epsilon-all-runs"] <= 2.0 for r in replies)
+
+
+def test_without_a_budget_in_its_node_config_a_site_uses_the_default_not_the_servers(
+        site, tmp_path):
+    ctx = context(site, tmp_path / "state", max_epsilon=None,
+                  **{"site-max-epsilon": 1000.0, "target-epsilon": 20.0})
+    reply = run_rounds(ctx, "run-a", 1)[0]
+    assert reply.content["metrics"]["max-epsilon"] == 10.0
+    assert reply.content["metrics"]["epsilon-all-runs"] <= 10.0
+
+
+@pytest.mark.parametrize("bad", ["plenty", -1.0, 0.0])
+def test_an_invalid_budget_in_the_node_config_stops_the_site(site, tmp_path, bad):
+    reply = client_app.app(train_message(), context(site, tmp_path / "state", max_epsilon=bad))
+    assert refused_with(reply, Reason.SITE_CONFIG_INVALID)
+    assert not (tmp_path / "state" / LEDGER_FILE).exists()
+
+
+def test_simulated_sites_take_the_run_configs_stand_in(site, tmp_path):
+    data_dir = tmp_path / "sim"
+    shutil.copytree(site, data_dir / "site-0")
+    node = {"partition-id": 0, "num-partitions": 1}
+    ctx = Context(run_id=1, node_id=7, node_config=node, state=RecordDict(),
+                  run_config=DEFAULTS | {"target-epsilon": 2.0, "batch-size": 16,
+                                         "site-max-epsilon": 2.5,
+                                         "state-dir": str(tmp_path / "sim-state")})
+    message = train_message()
+    message.content["config"]["sim-data-dir"] = str(data_dir)
+    reply = client_app.app(message, ctx)
+    assert reply.content["metrics"]["max-epsilon"] == 2.5
+
+
+# --- the ledger cannot be lost, rolled back or edited --------------------------------------
 
 
 def test_a_crash_after_charging_over_counts_never_under_counts(site, tmp_path, monkeypatch):
@@ -133,9 +337,8 @@ def test_a_crash_after_charging_over_counts_never_under_counts(site, tmp_path, m
     with monkeypatch.context() as patched:
         patched.setattr(client_app, "train_locally", crash)
         crashed = client_app.app(train_message("run-a", 1), ctx)
-    assert crashed.has_error() and crashed.error.code == SITE_ERROR
-    assert "secret text" not in crashed.error.reason
-    assert len(ledger_releases(site, state)) == 1  # charged although nothing was sent
+    assert refused_with(crashed, Reason.INTERNAL)
+    assert len(ledger(state).releases) == 1  # charged although nothing was sent
 
     retried = client_app.app(train_message("run-a", 1), ctx)
     single = run_rounds(context(site, tmp_path / "fresh"), "run-a", 1, num_rounds=3)[0]
@@ -146,35 +349,57 @@ def test_a_tampered_ledger_stops_the_site(site, tmp_path):
     state = tmp_path / "state"
     ctx = context(site, state)
     run_rounds(ctx, "run-a", 2, num_rounds=3)
-    path = next(state.glob("privacy-ledger-*.json"))
-    document = json.loads(path.read_text())
-    document["releases"].pop()
-    path.write_text(json.dumps(document))
-    reply = client_app.app(train_message("run-a", 3), ctx)
-    assert reply.has_error() and "refusing to train" in reply.error.reason
+    document = json.loads((state / LEDGER_FILE).read_text())
+    document["spend"] = {key: 0.0 for key in document["spend"]}
+    (state / LEDGER_FILE).write_text(json.dumps(document))
+    assert refused_with(client_app.app(train_message("run-a", 3), ctx),
+                        Reason.LEDGER_UNREADABLE)
 
 
-def test_delta_default_and_refusal(site, tmp_path):
-    ok = run_rounds(context(site, tmp_path / "a"), "run-a", 1)[0]
-    assert ok.content["metrics"]["delta"] == pytest.approx(1e-5)  # min(1e-5, 1/(10 x 60))
-    refused = client_app.app(train_message(), context(site, tmp_path / "b", delta=0.01))
-    assert refused.has_error() and "delta 0.01 is too large" in refused.error.reason
+def test_a_restored_older_ledger_stops_the_site(site, tmp_path):
+    state = tmp_path / "state"
+    ctx = context(site, state, max_epsilon=10.0)
+    run_rounds(ctx, "run-a", 1, num_rounds=3)
+    early = (state / LEDGER_FILE).read_bytes()
+    client_app.app(train_message("run-a", 2), ctx)
+    (state / LEDGER_FILE).write_bytes(early)
+    assert refused_with(client_app.app(train_message("run-a", 3), ctx),
+                        Reason.LEDGER_UNREADABLE)
 
 
-def test_customer_privacy_unit_counts_customers(site, tmp_path):
-    ctx = context(site, tmp_path / "state", **{"privacy-unit": "customer"})
-    reply = run_rounds(ctx, "run-a", 1)[0]
-    metrics = reply.content["metrics"]
-    assert metrics["privacy-units"] == 20 and metrics["num-examples"] == 60
-    assert math.isfinite(metrics["epsilon"])
-    mixed = client_app.app(train_message("run-b", 1), context(site, tmp_path / "state"))
-    assert mixed.has_error() and "mixing units" in mixed.error.reason
+@pytest.mark.parametrize("deleted", [[LEDGER_FILE], [LEDGER_FILE, HEAD_FILE]])
+def test_a_deleted_ledger_stops_the_site(site, tmp_path, deleted):
+    state = tmp_path / "state"
+    ctx = context(site, state)
+    run_rounds(ctx, "run-a", 1, num_rounds=3)
+    (state / "egress.jsonl").write_text(json.dumps(
+        {"verdict": "sent", "metrics": {"epsilon": 1.0}}) + "\n")  # as the egress guard logs it
+    for name in deleted:
+        (state / name).unlink()
+    assert refused_with(client_app.app(train_message("run-a", 2), ctx),
+                        Reason.LEDGER_UNREADABLE)
+    assert not (state / LEDGER_FILE).exists()
 
 
-def test_training_without_dp_reports_infinite_epsilon_and_charges_nothing(site, tmp_path):
-    reply = run_rounds(context(site, tmp_path / "state", **{"target-epsilon": math.inf}),
-                       "run-a", 1)[0]
-    assert math.isinf(reply.content["metrics"]["epsilon"])
-    assert not list((tmp_path / "state").glob("privacy-ledger-*.json"))
-    head = reply.content["arrays"].to_torch_state_dict()
-    assert head["weight"].shape == torch.Size([2, 384])
+# --- what a site writes, and what its errors say -------------------------------------------
+
+
+def test_files_derived_from_customer_data_are_owner_only(site, tmp_path):
+    state = tmp_path / "state"
+    run_rounds(context(site, state), "run-a", 1)
+    assert state.stat().st_mode & 0o777 == 0o700
+    written = [p for p in state.rglob("*") if p.is_file()]
+    assert {p.name for p in written} >= {LEDGER_FILE, HEAD_FILE, "site-secret"}
+    assert any(p.suffix == ".npy" for p in written)  # the feature cache
+    for path in written:
+        assert path.stat().st_mode & 0o777 == 0o600, path
+
+
+def test_site_data_errors_reach_the_server_as_a_fixed_reason_only(tmp_path):
+    site_dir = tmp_path / "site"
+    site_dir.mkdir()
+    canary = "my card 4111 1111 1111 1111 was stolen CANARY-7731"
+    (site_dir / "train.csv").write_text(f"{canary},call me on 555-0100,card_lost\n")
+    reply = client_app.app(train_message(), context(site_dir, tmp_path / "state"))
+    assert refused_with(reply, Reason.DATA_UNUSABLE)
+    assert "CANARY" not in reply.error.reason and "4111" not in reply.error.reason

@@ -8,6 +8,7 @@ import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
+from fl_client.egress_guard import Reason
 from fl_server.run_record import RunRecord
 from fl_server.strategy import STRATEGIES, build_strategy
 from fl_server.update_validation import (
@@ -134,7 +135,7 @@ def test_strategy_aggregates_only_valid_replies_and_records_the_rest(tmp_path, s
         3: train_content({"weight": GLOBAL["weight"]}),
         4: train_content(GLOBAL | {"bias": np.array([0, np.nan, 0], np.float32)}),
         5: train_content({k: v + 100.0 for k, v in GLOBAL.items()}),
-        6: Error(code=1002, reason="declined: budget"),
+        6: Error(code=1002, reason=Reason.BUDGET_EXHAUSTED.value),
         7: None,  # never answers
     }
 
@@ -157,7 +158,7 @@ def test_strategy_aggregates_only_valid_replies_and_records_the_rest(tmp_path, s
     assert failures["3"][0] == "rejected" and "missing ['bias']" in failures["3"][1]
     assert failures["4"][0] == "rejected" and "NaN" in failures["4"][1]
     assert failures["5"][0] == "rejected" and "max-update-norm" in failures["5"][1]
-    assert failures["6"] == ("declined", "declined: budget")
+    assert failures["6"] == ("declined", Reason.BUDGET_EXHAUSTED.value)
     assert failures["7"] == ("no reply", "no reply within 7s")
     assert entry["sites_evaluated"] == 7 and entry["accuracy"] == pytest.approx(0.5)
 
@@ -184,3 +185,16 @@ def test_superlink_errors_are_attributed_to_the_node_asked(tmp_path, server_iden
     assert entry["failures"] == [{"node_id": "12", "kind": "failed", "reason": "Node Unavailable"}]
     assert entry["sites_trained"] == 1
     assert arrays["bias"].numpy().dtype == np.float32
+
+
+def test_a_site_reason_outside_the_vocabulary_is_not_kept(tmp_path, server_identity):
+    record = RunRecord.start(tmp_path / "metrics.json", 1, {}, ["a"])
+    asked = Message(RecordDict(), dst_node_id=8, message_type="train")
+    leaky = Message(Error(code=1001, reason="could not parse 'CANARY-91 card 4111 1111'"),
+                    reply_to=asked)
+    known = Message(Error(code=1001, reason=Reason.DATA_UNUSABLE.value), reply_to=asked)
+    entry = record.record_train(1, [leaky, known], {})
+    reasons = [f["reason"] for f in entry["failures"]]
+    assert "CANARY" not in reasons[0] and "4111" not in reasons[0]
+    assert "outside fedintent's vocabulary" in reasons[0]
+    assert reasons[1] == Reason.DATA_UNUSABLE.value

@@ -1,0 +1,185 @@
+"""The site's own privacy policy, and the check of every privacy setting the server asks for.
+
+A site never takes the server's word for anything that weakens its guarantee. Its policy comes
+from its own node config (``flower-supernode --node-config``, set by the site's IT team); the
+server's run config only *asks*. Each round, before any data is read, ``check_request`` holds
+what the server asks against the policy and refuses what would weaken it:
+
+=====================  ==========================================  ============================
+server asks (run)      site's policy (node config)                 refused when
+=====================  ==========================================  ============================
+target-epsilon         ``max-epsilon`` (default 10): each unit's   not > 0; ``inf`` (no DP)
+                       lifetime budget; ``inf`` allows no DP       unless max-epsilon is inf
+delta                  ``max-delta`` (default 1e-5), and below     above either
+                       1 / (10 x the site's units)
+privacy-unit           ``privacy-unit`` (optional), and the unit   differs from either
+                       the site's ledger was started with
+num-rounds, round      the run's first round in the ledger         a round beyond num-rounds,
+                                                                   or num-rounds changed
+clip-norm, batch-size, (none: any finite positive value keeps the  not finite and positive
+local-epochs           guarantee, since noise scales with clip)
+accountant             (prv or rdp: both sound)                    anything else
+=====================  ==========================================  ============================
+
+The rounds and unit checks against the ledger happen where the ledger is read
+(``privacy_budget.charge_round``). Simulation: one operator plays every site, so the run config's
+``site-max-epsilon`` (and ``privacy-unit``) stands in for each simulated site's node config.
+"""
+
+import math
+from dataclasses import dataclass
+
+from flwr.app import Context, Message
+
+from fl_client.egress_guard import Reason
+from fl_client.privacy_accounting import DELTA_UNITS_FACTOR, check_accountant, default_delta
+from fl_client.privacy_units import PRIVACY_UNITS
+
+DEFAULT_MAX_EPSILON = 10.0
+DEFAULT_MAX_DELTA = 1e-5
+
+
+class PolicyRefusal(Exception):
+    """The server asked for something the site's policy does not allow; ``reason`` is sent."""
+
+    def __init__(self, reason: Reason, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+
+
+class SiteConfigError(ValueError):
+    """The site's own node config is invalid; the site must be fixed by its operator."""
+
+
+@dataclass(frozen=True)
+class SitePolicy:
+    """What the site allows, from its own node config.
+
+    max_epsilon: the most epsilon any one privacy unit (utterance or customer) of this site may
+        ever lose, over every run and every version of its data, at the ledger's delta. Units
+        that reach it are left out of training from then on. ``inf`` means the site accepts
+        training without DP (and so no guarantee at all).
+    max_delta: the largest delta (probability that the epsilon bound fails) the site accepts.
+    privacy_unit: the unit the site insists on; ``None`` accepts the run's, after which the
+        ledger pins it.
+    """
+
+    max_epsilon: float
+    max_delta: float
+    privacy_unit: str | None
+
+
+@dataclass(frozen=True)
+class RoundRequest:
+    """What the server asks of the site this round; every field comes from the server."""
+
+    run_name: str
+    server_round: int
+    num_rounds: int
+    target_epsilon: float
+    delta: float
+    accountant: str
+    privacy_unit: str
+    clip_norm: float
+    batch_size: int
+    local_epochs: int
+
+    @property
+    def private(self) -> bool:
+        return math.isfinite(self.target_epsilon)
+
+
+def site_policy(context: Context) -> SitePolicy:
+    """The site's policy: its node config, or (simulation only) the run config's stand-in."""
+    node = context.node_config
+    simulated = "partition-id" in node and "data-path" not in node
+    source = context.run_config if simulated else node
+    epsilon_key = "site-max-epsilon" if simulated else "max-epsilon"
+    try:
+        max_epsilon = float(source.get(epsilon_key, DEFAULT_MAX_EPSILON))
+        max_delta = float(node.get("max-delta", DEFAULT_MAX_DELTA))
+    except (TypeError, ValueError) as err:
+        raise SiteConfigError(f"node config: {err}") from err
+    if not max_epsilon > 0:
+        raise SiteConfigError(f"{epsilon_key} must be > 0, got {max_epsilon}")
+    if not 0 < max_delta < 1:
+        raise SiteConfigError(f"max-delta must be in (0, 1), got {max_delta}")
+    unit = source.get("privacy-unit") if simulated else node.get("privacy-unit")
+    if unit is not None and str(unit) not in PRIVACY_UNITS:
+        raise SiteConfigError(f"privacy-unit must be one of {PRIVACY_UNITS}, got {unit!r}")
+    return SitePolicy(max_epsilon=max_epsilon, max_delta=max_delta,
+                      privacy_unit=None if unit is None else str(unit))
+
+
+def round_request(msg: Message, context: Context) -> RoundRequest:
+    """The server's asks for this round, typed; a malformed value is refused, not guessed."""
+    cfg, config = context.run_config, msg.content["config"]
+    try:
+        return RoundRequest(
+            run_name=str(config["run-name"]),
+            server_round=int(config["server-round"]),
+            num_rounds=int(config["num-rounds"]),
+            target_epsilon=float(cfg["target-epsilon"]),
+            delta=float(cfg["delta"]),
+            accountant=str(cfg["accountant"]),
+            privacy_unit=str(cfg["privacy-unit"]),
+            clip_norm=float(cfg["clip-norm"]),
+            batch_size=int(cfg["batch-size"]),
+            local_epochs=int(cfg["local-epochs"]),
+        )
+    except (KeyError, TypeError, ValueError) as err:
+        raise PolicyRefusal(Reason.SETTING_REFUSED, f"malformed privacy setting: {err}") from err
+
+
+def check_request(policy: SitePolicy, request: RoundRequest) -> None:
+    """Refuse (``PolicyRefusal``) anything in ``request`` that weakens ``policy``."""
+    if not request.target_epsilon > 0:
+        raise PolicyRefusal(Reason.SETTING_REFUSED,
+                            f"target-epsilon {request.target_epsilon} is not > 0")
+    if not request.private and math.isfinite(policy.max_epsilon):
+        raise PolicyRefusal(Reason.NO_DP_REFUSED,
+                            f"the server asked for training without DP; this site's max-epsilon "
+                            f"is {policy.max_epsilon:g} (set it to inf to allow no DP)")
+    if request.privacy_unit not in PRIVACY_UNITS:
+        raise PolicyRefusal(Reason.UNIT_REFUSED, f"unknown privacy unit {request.privacy_unit!r}")
+    if policy.privacy_unit is not None and request.privacy_unit != policy.privacy_unit:
+        raise PolicyRefusal(Reason.UNIT_REFUSED,
+                            f"the server asked for privacy-unit {request.privacy_unit}; this "
+                            f"site's policy is {policy.privacy_unit}")
+    if not 1 <= request.server_round <= request.num_rounds:
+        raise PolicyRefusal(Reason.ROUND_REFUSED,
+                            f"round {request.server_round} of {request.num_rounds}")
+    if not (math.isfinite(request.clip_norm) and request.clip_norm > 0):
+        raise PolicyRefusal(Reason.SETTING_REFUSED, f"clip-norm {request.clip_norm}")
+    if request.batch_size < 1 or request.local_epochs < 1:
+        raise PolicyRefusal(Reason.SETTING_REFUSED,
+                            f"batch-size {request.batch_size}, local-epochs "
+                            f"{request.local_epochs}")
+    if not (request.delta == 0 or 0 < request.delta <= policy.max_delta):
+        raise PolicyRefusal(Reason.SETTING_REFUSED,
+                            f"delta {request.delta:g} is above this site's max-delta "
+                            f"{policy.max_delta:g}")
+    try:
+        check_accountant(request.accountant)
+    except ValueError as err:
+        raise PolicyRefusal(Reason.SETTING_REFUSED, str(err)) from err
+
+
+def site_delta(policy: SitePolicy, request: RoundRequest, units: int) -> float:
+    """The round's delta: the run's, or (0 = auto) the site's default; refused when too large
+    for the site's size.
+
+    delta is the probability that the epsilon guarantee fails outright; it must be small next to
+    1 / (number of units), or releasing one unit's data verbatim would fit inside it.
+    """
+    limit = 1.0 / (DELTA_UNITS_FACTOR * units)
+    if request.delta == 0:
+        return min(policy.max_delta, default_delta(units))
+    if request.delta >= limit:
+        raise PolicyRefusal(
+            Reason.SETTING_REFUSED,
+            f"delta {request.delta:g} is too large for this site: it has {units} "
+            f"{request.privacy_unit} units, so delta must be below 1/({DELTA_UNITS_FACTOR} x "
+            f"{units}) = {limit:.2g}; refusing",
+        )
+    return request.delta

@@ -1,0 +1,235 @@
+"""Who may start code at a site: only the operator submits runs, and a site runs only bundles
+signed by the key it pins.
+
+One loopback deployment from the guide's scripts (``deploy/superlink.sh``: SuperLink on a
+private control port behind the Fleet-only public gateway; ``deploy/site-entrypoint.sh``: a
+site with ``trusted-entities.yaml``) serves every submission: the signed release runs; the
+same bundle with one changed line in ``fl_client/``, a bundle signed by another key and an
+unsigned bundle are refused by the site; runs sent to the public address are refused by the
+gateway. Every process is started and stopped here.
+"""
+
+import dataclasses
+import json
+import ssl
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.serialization import load_ssh_private_key
+from flwr.cli.build import build_fab_from_disk
+
+from data_synth import write_sites
+from fl_server.certificates import signing_key_pair, site_names, write_dev_credentials
+from fl_server.deployment import (
+    DeploymentError,
+    flower_env,
+    register_site_key,
+    run_status,
+    serve_release,
+    sign_release,
+    start_process,
+    stop_process_trees,
+    stop_run,
+    submit_release_run,
+    submit_run,
+    wait_superlink_healthy,
+    write_app,
+    write_connection,
+    write_release,
+)
+from fl_server.local_simulation import _alive, _free_port, descendants_of_all
+
+REPO = Path(__file__).resolve().parent.parent
+SITE = site_names(1)[0]
+RUN_TIMEOUT_S = 600
+REFUSAL_TIMEOUT_S = 300
+REFUSED = "FAB verification failed"
+UNSIGNED = "The FAB could not be verified"
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("trust-deployment")
+    creds = write_dev_credentials(tmp / "creds", [SITE], ["127.0.0.1"], ["localhost"])
+    write_sites(tmp / "data", n_sites=1, seed=11, size=60)
+    public, control, release_port = _free_port(), _free_port(), _free_port()
+    processes: list[subprocess.Popen] = []
+    started: set[int] = set()
+    with open(tmp / "flower.log", "ab") as link_log, open(tmp / "site.log", "ab") as site_log:
+        try:
+            env = flower_env(tmp / "superlink-home") | {
+                "CERT_DIR": str(creds.ca_cert.parent), "SUPERLINK_HOST": "127.0.0.1",
+                "SUPERLINK_PORT": str(public), "CONTROL_PORT": str(control),
+                "RELEASE_PORT": str(release_port),
+            }
+            link = start_process([str(REPO / "deploy" / "superlink.sh")], env, link_log,
+                                 processes)
+            wait_superlink_healthy("127.0.0.1", control, creds.ca_cert, link)
+            wait_superlink_healthy("127.0.0.1", public, creds.ca_cert, link)
+            operator = write_connection(tmp / "operator-home", "fedintent",
+                                        f"127.0.0.1:{control}", creds.ca_cert)
+            register_site_key(creds.site_public_keys[SITE], operator)
+            site_env = flower_env(tmp / "site-home") | {
+                "SUPERLINK": f"127.0.0.1:{public}", "CA_CERT": str(creds.ca_cert),
+                "SITE_KEY": str(creds.site_keys[SITE]),
+                "TRUSTED_ENTITIES": str(creds.trusted_entities),
+                "DATA_DIR": str(tmp / "data" / SITE), "STATE_DIR": str(tmp / "state"),
+                "SUPERNODE_PORT": str(_free_port()),
+            }
+            start_process([str(REPO / "deploy" / "site-entrypoint.sh")], site_env, site_log,
+                          processes)
+            yield {"tmp": tmp, "creds": creds, "public": public, "control": control,
+                   "release_port": release_port, "operator": operator,
+                   "release": write_release(tmp / "release", creds.signing_key)}
+        finally:
+            started = {p.pid for p in processes} | descendants_of_all({p.pid for p in processes})
+            stop_process_trees(processes)
+    assert not [pid for pid in started if _alive(pid)], "processes left behind"
+
+
+def run_config(deployment) -> dict:
+    """A one-round run on the one site, as ``fedintent deploy-run`` would configure it."""
+    tmp = deployment["tmp"]
+    return {"num-rounds": 1, "min-sites": 1, "data-dir": str(tmp / "data"),
+            "labels-file": str(tmp / "data" / "labels.txt"),
+            "out-dir": str(tmp / f"refused-{time.monotonic_ns()}")}
+
+
+def site_log_size(deployment) -> int:
+    return (deployment["tmp"] / "site.log").stat().st_size
+
+
+def wait_for_refusals(deployment, log_offset: int, run_ids: list[int], expected: str) -> None:
+    """Wait until the site logs one refusal per run after ``log_offset``; stop the runs."""
+    log = deployment["tmp"] / "site.log"
+    deadline = time.monotonic() + REFUSAL_TIMEOUT_S
+    try:
+        while time.monotonic() < deadline:
+            new = log.read_bytes()[log_offset:].decode(errors="replace")
+            if new.count(expected) >= len(run_ids):
+                return
+            time.sleep(1)
+        pytest.fail(f"runs {run_ids}: the site did not log {expected!r}:\n{new[-3000:]}")
+    finally:
+        for run_id in run_ids:
+            stop_if_running(deployment["operator"], run_id)
+
+
+def stop_if_running(operator, run_id: int) -> None:
+    """Stop a refused run unless its ServerApp already gave up on the refusing site."""
+    try:
+        stop_run(operator, run_id)
+    except DeploymentError:
+        if not run_status(operator, run_id).startswith("finished"):
+            raise
+
+
+def submit_bundle(deployment, release) -> int:
+    """Hand ``release`` to the SuperLink as deploy-run does; return the run id."""
+    with serve_release(release, deployment["release_port"]):
+        return submit_release_run(release, deployment["operator"], run_config(deployment))
+
+
+def egress_lines(deployment) -> int:
+    egress = deployment["tmp"] / "state" / "egress.jsonl"
+    return len(egress.read_text().splitlines()) if egress.exists() else 0
+
+
+def test_a_site_without_trusted_keys_refuses_to_start(tmp_path):
+    creds = write_dev_credentials(tmp_path / "creds", [SITE], ["127.0.0.1"], [])
+    (tmp_path / "data").mkdir()
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("# nobody\n")
+    site_key = tmp_path / "site-key.yaml"
+    site_key.write_text(f'site: "{creds.site_public_keys[SITE].read_text().strip()}"\n')
+    for trusted, message in [(tmp_path / "missing.yaml", "cannot read"),
+                             (empty, "names no trusted key"),
+                             (site_key, "is not an ssh-ed25519 key")]:
+        env = flower_env(tmp_path / "home") | {
+            "SUPERLINK": "127.0.0.1:9", "CA_CERT": str(creds.ca_cert),
+            "SITE_KEY": str(creds.site_keys[SITE]), "TRUSTED_ENTITIES": str(trusted),
+            "DATA_DIR": str(tmp_path / "data"), "STATE_DIR": str(tmp_path / "state"),
+        }
+        result = subprocess.run([str(REPO / "deploy" / "site-entrypoint.sh")], env=env,
+                                capture_output=True, text=True, timeout=60, check=False)
+        assert result.returncode == 2, result.stdout + result.stderr
+        assert message in result.stderr and str(trusted) in result.stderr
+    assert not (tmp_path / "state").exists()
+
+
+def test_the_public_address_serves_the_sites_only(deployment):
+    creds = deployment["creds"]
+    outsider = write_connection(deployment["tmp"] / "outsider-home", "fedintent",
+                                f"127.0.0.1:{deployment['public']}", creds.ca_cert)
+    with pytest.raises(DeploymentError, match="flwr run"):
+        submit_run(write_app(deployment["tmp"] / "outsider-app"), outsider, {})
+    with pytest.raises(DeploymentError, match="flwr supernode"):
+        register_site_key(creds.site_public_keys[SITE], outsider)
+    context = ssl.create_default_context(cafile=str(creds.ca_cert))
+    request = urllib.request.Request(
+        f"https://127.0.0.1:{deployment['public']}/v1/control/start-run", data=b"{}",
+        method="POST")
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, context=context, timeout=30)
+    assert refused.value.code == 404
+
+
+def test_the_site_runs_the_signed_release(deployment):
+    tmp, creds = deployment["tmp"], deployment["creds"]
+    out = tmp / "run"
+    run = subprocess.run(
+        [sys.executable, "-m", "fedintent.cli", "deploy-run",
+         "--superlink", f"127.0.0.1:{deployment['control']}", "--ca-cert", str(creds.ca_cert),
+         "--release", str(tmp / "release"), "--release-port", str(deployment["release_port"]),
+         "--labels", str(tmp / "data" / "labels.txt"), "--min-sites", "1", "--rounds", "1",
+         "--epsilon", "4", "--set", "local-epochs=1", "--out", str(out)],
+        env=flower_env(tmp / "engineer-home"), capture_output=True, text=True,
+        timeout=RUN_TIMEOUT_S, check=False,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr + (tmp / "site.log").read_text()[-3000:]
+    assert "round   1/1  sites trained 1/1" in run.stdout
+    assert json.loads((out / "metrics.json").read_text())["status"] == "completed"
+    assert egress_lines(deployment) > 0
+    assert REFUSED not in (tmp / "site.log").read_text()
+
+
+def test_the_site_refuses_the_release_with_one_changed_line_in_fl_client(deployment):
+    app = write_app(deployment["tmp"] / "tampered-app")
+    (app / "fl_client").mkdir()
+    for source in (REPO / "fl_client").glob("*.py"):
+        (app / "fl_client" / source.name).write_text(source.read_text())
+    client_app = app / "fl_client" / "client_app.py"
+    lines = client_app.read_text().splitlines(keepends=True)
+    lines[-1] = lines[-1].rstrip("\n") + "  # changed\n"
+    client_app.write_text("".join(lines))
+    signed = deployment["release"]
+    tampered = dataclasses.replace(signed, fab=build_fab_from_disk(app))
+    assert tampered.fab != signed.fab and len(tampered.fab) > len(signed.fab)
+    before, offset = egress_lines(deployment), site_log_size(deployment)
+    wait_for_refusals(deployment, offset, [submit_bundle(deployment, tampered)], REFUSED)
+    assert egress_lines(deployment) == before
+
+
+def test_the_site_refuses_a_bundle_signed_by_another_key(deployment):
+    other_key = load_ssh_private_key(signing_key_pair("someone else")[0], None)
+    signed = deployment["release"]
+    by_other = sign_release(signed.fab, other_key)
+    # The other key's signature, claimed under the trusted key's id.
+    claimed = dataclasses.replace(by_other, key_id=signed.key_id)
+    before, offset = egress_lines(deployment), site_log_size(deployment)
+    run_ids = [submit_bundle(deployment, release) for release in (by_other, claimed)]
+    wait_for_refusals(deployment, offset, run_ids, REFUSED)
+    assert egress_lines(deployment) == before
+
+
+def test_the_site_refuses_an_unsigned_bundle(deployment):
+    before, offset = egress_lines(deployment), site_log_size(deployment)
+    run_id = submit_run(write_app(deployment["tmp"] / "unsigned-app"), deployment["operator"],
+                        run_config(deployment))
+    wait_for_refusals(deployment, offset, [run_id], UNSIGNED)
+    assert egress_lines(deployment) == before
