@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from data_synth import write_sites
+from fl_client.egress_guard import Reason
 from fl_client.privacy_report import site_privacy_report
 from fl_client.site_data import list_site_dirs, load_site, read_labels
 from fl_server.run_config import DEFAULTS
@@ -188,7 +189,7 @@ def test_a_run_where_no_site_can_train_exits_non_zero(tmp_path):
     result = train("--data", str(data), "--rounds", "2", "--out", str(tmp_path / "out"),
                    cwd=tmp_path, tag=tag)
     assert result.returncode == 1, result.stdout + result.stderr
-    assert "no valid training rows" in result.stderr
+    assert Reason.DATA_UNUSABLE.value in result.stderr  # the server learns only the fixed reason
     assert "Traceback" not in result.stderr
     assert json.loads((tmp_path / "out" / "metrics.json").read_text())["status"] == "failed"
     assert not processes_left_behind(tag), "processes left behind"
@@ -205,8 +206,8 @@ def test_a_site_without_valid_rows_declines_and_the_run_goes_on(tmp_path):
                    "--out", str(tmp_path / "out"), cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "sites trained 2/3" in result.stdout
-    assert "no valid training rows" in result.stdout
+    assert Reason.DATA_UNUSABLE.value in result.stdout
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert metrics["status"] == "completed"
     [failure] = metrics["rounds"][0]["failures"]
-    assert "site-02: no valid training rows" in failure["reason"]
+    assert failure["reason"] == Reason.DATA_UNUSABLE.value  # the detail stays at the site

@@ -23,6 +23,7 @@ from test_end_to_end import processes_started_by
 from test_end_to_end import train as fedintent_train
 
 from data_synth import write_sites
+from fl_client.egress_guard import Reason
 from fl_client.secure_aggregation import out_of_range
 from fl_server.audit_log import verify_log
 from fl_server.checkpoints import MODEL_PREFIX
@@ -239,4 +240,4 @@ def test_a_site_that_drops_out_is_unmasked_around_and_recorded(tmp_path):
     assert entry["secure_aggregation"] == {"sites_asked": 4, "sites_summed": 3,
                                            "reconstruction_threshold": 3, "halted": None}
     [failure] = entry["failures"]
-    assert "site-03: no valid training rows" in failure["reason"]
+    assert failure["reason"] == Reason.DATA_UNUSABLE.value

@@ -19,6 +19,7 @@ import fl_client.client_app as client_app
 from fl_client.egress_guard import DECLINED, Reason
 from fl_client.privacy_accounting import rdp_budget, rdp_epsilon
 from fl_client.privacy_ledger import HEAD_FILE, LEDGER_FILE, read_ledger, unit_key
+from fl_client.privacy_report import site_privacy_report
 from fl_client.site_secret import site_secret
 from fl_server.run_config import DEFAULTS
 from models import get_model_family
@@ -229,6 +230,8 @@ def test_a_site_that_allows_no_dp_records_it_as_an_unlimited_spend(site, tmp_pat
     assert math.isinf(reply.content["metrics"]["epsilon"])
     assert reply.content["arrays"].to_torch_state_dict()["weight"].shape == torch.Size([2, 384])
     assert set(ledger(state).spend.values()) == {math.inf}
+    [run] = site_privacy_report(state, 10.0).runs
+    assert math.isinf(run.epsilon) and run.noise_multiplier == 0
     # Those units can never again be part of a DP release with a finite budget.
     later = client_app.app(train_message("run-b", 1), context(site, state, max_epsilon=10.0))
     assert refused_with(later, Reason.BUDGET_EXHAUSTED)
@@ -239,6 +242,7 @@ def test_a_site_that_allows_no_dp_records_it_as_an_unlimited_spend(site, tmp_pat
     [
         ({"clip-norm": math.inf}, {}, Reason.SETTING_REFUSED),
         ({"clip-norm": -1.0}, {}, Reason.SETTING_REFUSED),
+        ({"clip-norm": 0.0}, {}, Reason.SETTING_REFUSED),
         ({"target-epsilon": 0.0}, {}, Reason.SETTING_REFUSED),
         ({"target-epsilon": "lots"}, {}, Reason.SETTING_REFUSED),
         ({"delta": 0.5}, {}, Reason.SETTING_REFUSED),
@@ -255,6 +259,12 @@ def test_a_hostile_run_config_is_refused_before_anything_is_charged(site, tmp_pa
     reply = client_app.app(train_message(**message), context(site, state, **run_config))
     assert refused_with(reply, reason)
     assert not (state / LEDGER_FILE).exists()
+
+
+def test_a_strict_target_below_one_is_accepted(site, tmp_path):
+    reply = client_app.app(train_message(), context(site, tmp_path / "state",
+                                                    **{"target-epsilon": 0.5}))
+    assert not reply.has_error() and reply.content["metrics"]["epsilon"] <= 0.5
 
 
 def test_a_run_cannot_stretch_its_rounds_after_planning_its_noise(site, tmp_path):
@@ -276,8 +286,14 @@ def test_delta_default_and_refusal(site, tmp_path):
     ok = run_rounds(context(site, tmp_path / "a"), "run-a", 1)[0]
     assert ok.content["metrics"]["delta"] == pytest.approx(1e-5)  # min(1e-5, 1/(10 x 60))
     too_large = client_app.app(train_message(), context(site, tmp_path / "b", delta=0.009))
-    assert refused_with(too_large, Reason.SETTING_REFUSED)
-    stricter = context(site, tmp_path / "c", node={"max-delta": 1e-7})
+    assert refused_with(too_large, Reason.SETTING_REFUSED)  # above the default max-delta
+    # A site that allows a large delta still refuses one that is large for its size.
+    lenient = {"max-delta": 0.5}
+    for delta, refused in ((0.0017, True), (0.0016, False)):  # 1/(10 x 60) = 0.001667
+        reply = client_app.app(train_message(),
+                               context(site, tmp_path / f"c{delta}", delta=delta, node=lenient))
+        assert refused_with(reply, Reason.SETTING_REFUSED) == refused, delta
+    stricter = context(site, tmp_path / "strict", node={"max-delta": 1e-7})
     assert run_rounds(stricter, "run-a", 1)[0].content["metrics"]["delta"] == 1e-7
     above = client_app.app(train_message(), context(site, tmp_path / "d", delta=1e-6,
                                                     node={"max-delta": 1e-7}))
@@ -303,9 +319,11 @@ def test_without_a_budget_in_its_node_config_a_site_uses_the_default_not_the_ser
     assert reply.content["metrics"]["epsilon-all-runs"] <= 10.0
 
 
-@pytest.mark.parametrize("bad", ["plenty", -1.0, 0.0])
-def test_an_invalid_budget_in_the_node_config_stops_the_site(site, tmp_path, bad):
-    reply = client_app.app(train_message(), context(site, tmp_path / "state", max_epsilon=bad))
+@pytest.mark.parametrize("bad", [{"max-epsilon": "plenty"}, {"max-epsilon": -1.0},
+                                 {"max-epsilon": 0.0}, {"max-delta": 0.0}, {"max-delta": 1.0},
+                                 {"privacy-unit": "session"}])
+def test_an_invalid_policy_in_the_node_config_stops_the_site(site, tmp_path, bad):
+    reply = client_app.app(train_message(), context(site, tmp_path / "state", node=bad))
     assert refused_with(reply, Reason.SITE_CONFIG_INVALID)
     assert not (tmp_path / "state" / LEDGER_FILE).exists()
 
