@@ -90,9 +90,9 @@ def train(msg: Message, context: Context) -> Message:
         return _refuse(msg, Reason.BUDGET_EXHAUSTED, err)
     except (LedgerError, SecretError, OSError) as err:
         return _refuse(msg, Reason.LEDGER_UNREADABLE, err)
-    if charge.excluded:
+    if len(charge.trained) < len(units):
         log(WARNING, "site %s: %d of %d %s units have spent their budget and sit this round out",
-            site_dir, charge.excluded, len(units), request.privacy_unit)
+            site_dir, len(units) - len(charge.trained), len(units), request.privacy_unit)
     features, targets = features[charge.trained], targets[charge.trained]
     metrics |= {
         "num-examples": int((targets != PADDING_LABEL).sum()),

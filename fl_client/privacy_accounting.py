@@ -97,48 +97,23 @@ def plan_noise_multiplier(
     return float(sigma)
 
 
-@lru_cache(maxsize=256)
-def plan_within_budget(
-    prior: tuple[Release, ...],
-    run_epsilon: float,
-    max_epsilon: float,
+def plan_run_noise(
+    target_epsilon: float,
     delta: float,
     sample_rate: float,
     run_steps: int,
     accountant: str,
+    order: float,
+    budget: float,
 ) -> float:
-    """Noise for a run that respects both the run's target and the site's lifetime budget.
-
-    ``prior`` is every release of *earlier* runs on the same data. The returned noise multiplier
-    keeps (a) this run's own epsilon at most ``run_epsilon`` and (b) the composition of ``prior``
-    and the whole planned run at most ``max_epsilon``: the run is planned from the budget that
-    remains. Raises ``BudgetExhausted`` when nothing remains. Cached: every round of a run asks
-    for the same plan, and a PRV search takes seconds.
-    """
-    spent = epsilon_spent(prior, delta, accountant)
-    if spent >= max_epsilon:
-        raise BudgetExhausted(
-            f"privacy budget exhausted: {spent:.3f} of max-epsilon {max_epsilon:g} already spent"
-        )
-    sigma = plan_noise_multiplier(run_epsilon, delta, sample_rate, run_steps, accountant)
-
-    def total(noise: float) -> float:
-        return epsilon_spent([*prior, (noise, sample_rate, run_steps)], delta, accountant)
-
-    if total(sigma) <= max_epsilon:
-        return sigma
-    low, high = sigma, 2 * sigma
-    while total(high) > max_epsilon:
-        low, high = high, 2 * high
-        if high > MAX_NOISE_MULTIPLIER:
-            raise BudgetExhausted(
-                f"privacy budget too small: {max_epsilon - spent:.3g} epsilon left of "
-                f"max-epsilon {max_epsilon:g}"
-            )
-    while (high - low) / high > 1e-3:
-        middle = (low + high) / 2
-        low, high = (low, middle) if total(middle) <= max_epsilon else (middle, high)
-    return high
+    """The noise multiplier of a run: enough for the run's own ``target_epsilon`` over all its
+    planned steps, and never less than lets a unit new to the site finish the whole run within
+    its lifetime ``budget`` (Rényi DP at ``order``). Public values only, so the plan reveals
+    nothing about the site's data."""
+    return max(
+        plan_noise_multiplier(target_epsilon, delta, sample_rate, run_steps, accountant),
+        noise_within_rdp(sample_rate, run_steps, order, budget),
+    )
 
 
 FILTER_ORDERS = tuple([1 + x / 10 for x in range(1, 100)] + list(range(11, 64)))

@@ -4,9 +4,9 @@ This is where a site decides which of its privacy units may train this round, an
 round is charged to its ledger, *before* training, so a crash before the reply is sent can only
 over-count. Per round:
 
-1. The noise multiplier is planned for the whole run from public values only: the run's target
-   epsilon over all its planned rounds (``privacy_accounting.plan_noise_multiplier``), and never
-   less noise than lets a fresh unit finish the run within the site's lifetime budget.
+1. The noise multiplier is planned for the whole run from public values only
+   (``privacy_accounting.plan_run_noise``): the run's target epsilon over all its planned rounds,
+   and never less noise than lets a fresh unit finish the run within the site's lifetime budget.
 2. The lifetime filter (``privacy_accounting``, Feldman and Zrnic's individual Rényi filter): a
    unit takes part only if its spend plus this release's Rényi DP stays within the site's budget.
    Units at their budget are left out; new units start at zero. Since leaving units out can
@@ -27,14 +27,20 @@ from fl_client.privacy_accounting import (
     BudgetExhausted,
     epsilon_spent,
     filter_order,
-    noise_within_rdp,
-    plan_noise_multiplier,
+    plan_run_noise,
     rdp_budget,
-    rdp_epsilon,
     release_rdp,
     steps_per_round,
 )
-from fl_client.privacy_ledger import Ledger, Release, now, read_ledger, unit_key, write_ledger
+from fl_client.privacy_ledger import (
+    Ledger,
+    Release,
+    now,
+    read_ledger,
+    unit_epsilons,
+    unit_key,
+    write_ledger,
+)
 from fl_client.site_policy import PolicyRefusal, RoundRequest, SitePolicy
 from fl_client.site_secret import site_secret
 
@@ -52,7 +58,6 @@ class Charge:
     sample_rate: float
     steps: int
     trained: list[int]
-    excluded: int
     epsilon_this_run: float
     epsilon_all_runs: float
 
@@ -89,8 +94,7 @@ def charge_round(
     this_run = [r.mechanism for r in ledger.releases if r.run == request.run_name]
     if request.private:
         epsilon_this_run = epsilon_spent(this_run, request.delta, request.accountant)
-        epsilon_all_runs = max(rdp_epsilon(ledger.spend.get(k, 0.0), ledger.order, ledger.delta)
-                               for k in keys)
+        epsilon_all_runs = max(unit_epsilons(ledger, keys))
     else:
         epsilon_this_run = epsilon_all_runs = math.inf
     return Charge(
@@ -98,7 +102,6 @@ def charge_round(
         sample_rate=release.sample_rate,
         steps=release.steps,
         trained=trained,
-        excluded=len(keys) - len(trained),
         epsilon_this_run=epsilon_this_run,
         epsilon_all_runs=epsilon_all_runs,
     )
@@ -135,11 +138,8 @@ def _filtered_release(
             )
         rate, steps = steps_per_round(len(trained), request.batch_size, request.local_epochs)
         run_steps = steps * request.num_rounds
-        noise = max(
-            plan_noise_multiplier(request.target_epsilon, request.delta, rate, run_steps,
-                                  request.accountant),
-            noise_within_rdp(rate, run_steps, ledger.order, budget),
-        )
+        noise = plan_run_noise(request.target_epsilon, request.delta, rate, run_steps,
+                               request.accountant, ledger.order, budget)
         rdp = release_rdp(noise, rate, steps, ledger.order)
         fits = [i for i in trained if ledger.spend.get(keys[i], 0.0) + rdp <= budget]
         if len(fits) == len(trained):

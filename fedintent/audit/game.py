@@ -35,7 +35,9 @@ from fl_client.dp_training import TrainingPlan
 from fl_client.privacy_accounting import (
     default_delta,
     epsilon_spent,
-    plan_within_budget,
+    filter_order,
+    plan_run_noise,
+    rdp_budget,
     steps_per_round,
 )
 from fl_server.atomic_write import write_bytes_atomic
@@ -117,8 +119,9 @@ def site_plans(sizes: list[int], epsilon: float, settings: dict) -> tuple[list[T
         noise, info = None, {"epsilon": math.inf, "delta": default_delta(units)}
         if math.isfinite(epsilon):
             rate, steps = steps_per_round(units, batch, epochs)
-            noise = plan_within_budget((), epsilon, SITE_MAX_EPSILON, info["delta"], rate,
-                                       steps * rounds, ACCOUNTANT)
+            order = filter_order(SITE_MAX_EPSILON, info["delta"])
+            noise = plan_run_noise(epsilon, info["delta"], rate, steps * rounds, ACCOUNTANT,
+                                   order, rdp_budget(SITE_MAX_EPSILON, info["delta"], order))
             info = {"epsilon": _spent(noise, rate, steps * rounds, info["delta"]),
                     "delta": info["delta"], "noise_multiplier": noise, "sample_rate": rate}
         plans.append(TrainingPlan(noise, float(settings["clip-norm"]), batch, epochs,
