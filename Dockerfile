@@ -30,6 +30,7 @@ RUN pip install --index-url "${TORCH_INDEX_URL}" torch==2.13.0
 COPY pyproject.toml README.md ./
 COPY fedintent/ fedintent/
 COPY fl_client/ fl_client/
+COPY fl_protocol/ fl_protocol/
 COPY fl_server/ fl_server/
 COPY models/ models/
 COPY data_synth/ data_synth/

@@ -67,6 +67,8 @@ TARGETS = [
     "fl_client/secure_aggregation.py",
     "fl_client/client_app.py",
     "fl_client/site_secret.py",
+    "fl_protocol/wire.py",
+    "fl_protocol/durable_files.py",
 ]
 # New privacy modules are picked up by name, so that a module added under fl_client/ is
 # mutated without editing this list (privacy_report.py only formats: left out).
@@ -81,6 +83,8 @@ FAST_TESTS = [
     "tests/test_privacy_accounting.py",
     "tests/test_site_privacy.py",
     "tests/test_site_guarantee.py",
+    "tests/test_site_secure_aggregation.py",
+    "tests/test_wire_contract.py",
 ]
 SLOW_TESTS = ["tests/test_secure_aggregation.py"]
 

@@ -26,12 +26,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from data_synth.partition import partition_csv_dataset
 from fedintent.bench.baselines import DELTA, Recipe, train_and_score
-from fedintent.bench.inprocess import train_fedavg
-from fl_client.dp_training import TrainingPlan, evaluate
+from fedintent.inprocess import train_fedavg
+from fedintent.partition import partition_csv_dataset
+from fl_client.dp_training import evaluate, training_plan
 from fl_client.privacy_accounting import plan_noise_multiplier, steps_per_round
-from fl_client.site_data import list_site_dirs, load_site, read_labels
+from fl_client.site_data import list_site_dirs, load_site
+from fl_protocol.label_file import read_labels
 from models import get_model_family
 from models.family import concat_features
 
@@ -57,11 +58,12 @@ def federated_accuracy(sites, labels, val, epsilon, candidate, seed) -> float:
     global_model = family.initial_model(labels)
     plans = []
     for _, targets in sites:
-        noise = None
-        if math.isfinite(epsilon):
-            rate, steps = steps_per_round(len(targets), batch_size, local_epochs)
-            noise = plan_noise_multiplier(epsilon, DELTA, rate, steps * rounds, "prv")
-        plans.append(TrainingPlan(noise, 1.0, batch_size, local_epochs, learning_rate))
+        rate, steps = steps_per_round(len(targets), batch_size, local_epochs)
+        noise = (plan_noise_multiplier(epsilon, DELTA, rate, steps * rounds, "prv")
+                 if math.isfinite(epsilon) else None)
+        plans.append(training_plan(family, noise, (rate, steps), clip_norm=1.0,
+                                   batch_size=batch_size, local_epochs=local_epochs,
+                                   learning_rate=learning_rate))
     train_fedavg(global_model, lambda: family.build_model(len(labels)), sites, plans, rounds, seed)
     return evaluate(global_model, *val)[1]
 

@@ -244,14 +244,13 @@ def street_address(rng: np.random.Generator, language: str = "en") -> str:
 
 def order_number(rng: np.random.Generator) -> str:
     """An online-shop order reference in one of several common shapes."""
-    style = int(rng.integers(4))
-    if style == 0:
-        return f"{_digits(rng, 3)}-{_digits(rng, 7)}-{_digits(rng, 7)}"
-    if style == 1:
-        return f"ORD-2026{_digits(rng, 4)}-{_digits(rng, 5)}"
-    if style == 2:
-        return "#" + str(int(rng.integers(1, 10))) + _digits(rng, 9)
-    return str(int(rng.integers(1, 10))) + _digits(rng, 15)
+    shapes = (
+        lambda: f"{_digits(rng, 3)}-{_digits(rng, 7)}-{_digits(rng, 7)}",  # marketplace
+        lambda: f"ORD-2026{_digits(rng, 4)}-{_digits(rng, 5)}",
+        lambda: "#" + str(int(rng.integers(1, 10))) + _digits(rng, 9),
+        lambda: str(int(rng.integers(1, 10))) + _digits(rng, 15),  # Chinese platforms
+    )
+    return shapes[int(rng.integers(len(shapes)))]()
 
 
 def account_number(rng: np.random.Generator) -> str:

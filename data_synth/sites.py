@@ -6,8 +6,6 @@ no caller appears on both sides. Everything is derived from ``seed``: same argum
 """
 
 import json
-import os
-import tempfile
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,6 +16,7 @@ import numpy as np
 
 from data_synth.conversations import CHANNELS, Customer, Style, make_conversation, new_customer
 from data_synth.taxonomy import LABELS, LANGUAGES
+from fl_protocol.durable_files import write_text_atomic
 
 MIN_SITE_SIZE = 40
 _SIZE_SIGMA = 0.5
@@ -118,21 +117,19 @@ def split_by_customer(
     return train, test
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write via a temp file in the same folder so readers never see a half-written file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)  # data files, readable by a site container's own user
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def _jsonl(records: list[dict]) -> str:
     return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+
+
+SYNTHETIC_SITE_SIZE = 600
+"""Mean conversations per generated site when a run is given no data."""
+
+
+def write_run_sites(out_dir: Path, n_sites: int, seed: int) -> dict:
+    """The synthetic sites a training run without data uses (``fedintent train`` without
+    ``--data``, or the ServerApp when its ``data-dir`` is empty): ``SYNTHETIC_SITE_SIZE``
+    English conversations per site, from ``seed``."""
+    return write_sites(out_dir, n_sites=n_sites, seed=seed, size=SYNTHETIC_SITE_SIZE)
 
 
 def write_sites(
@@ -155,7 +152,7 @@ def write_sites(
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_atomic(out_dir / "labels.txt", "".join(f"{label}\n" for label in LABELS))
+    write_text_atomic(out_dir / "labels.txt", "".join(f"{label}\n" for label in LABELS))
     sites: dict[str, dict] = {}
     for index, site_seed in enumerate(np.random.SeedSequence(seed).spawn(n_sites)):
         rng = np.random.default_rng(site_seed)
@@ -164,8 +161,8 @@ def write_sites(
         conversations = site_conversations(rng, site, profile, languages)
         train, test = split_by_customer(rng, conversations, test_fraction)
         (out_dir / site).mkdir(exist_ok=True)
-        write_atomic(out_dir / site / "train.jsonl", _jsonl(train))
-        write_atomic(out_dir / site / "test.jsonl", _jsonl(test))
+        write_text_atomic(out_dir / site / "train.jsonl", _jsonl(train))
+        write_text_atomic(out_dir / site / "test.jsonl", _jsonl(test))
         sites[site] = {
             "train": len(train),
             "test": len(test),
@@ -184,5 +181,5 @@ def write_sites(
         "labels": list(LABELS),
         "sites": sites,
     }
-    write_atomic(out_dir / "manifest.json", json.dumps(manifest, ensure_ascii=False, indent=2))
+    write_text_atomic(out_dir / "manifest.json", json.dumps(manifest, ensure_ascii=False, indent=2))
     return manifest

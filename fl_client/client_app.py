@@ -18,24 +18,25 @@ and only the masked update leaves (``secure_aggregation.py``).
 Where the site's data and state live: ``site_folders.py``.
 """
 
+import hashlib
 from dataclasses import replace
 from functools import lru_cache
 from logging import WARNING
 from pathlib import Path
 
 import torch
-from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.common.logger import log
 
-from fl_client.dp_training import TrainingPlan, evaluate, train_locally
-from fl_client.egress_guard import Reason, egress_guard, error_reply
+from fl_client.dp_training import evaluate, train_locally, training_plan
+from fl_client.egress_guard import egress_guard
 from fl_client.privacy_accounting import BudgetExhausted
 from fl_client.privacy_budget import charge_round
 from fl_client.privacy_ledger import LedgerError
 from fl_client.privacy_units import PADDING_LABEL, group_by_customer
 from fl_client.secure_aggregation import secure_aggregation_mod
-from fl_client.site_data import SiteData, SiteDataError, load_site
+from fl_client.site_data import SiteData, SiteDataError, SiteSplit, load_site
 from fl_client.site_folders import site_folders
 from fl_client.site_policy import (
     PolicyRefusal,
@@ -46,7 +47,30 @@ from fl_client.site_policy import (
     site_policy,
 )
 from fl_client.site_secret import SecretError, private_seed, site_key
+from fl_protocol.wire import (
+    ARRAYS_KEY,
+    CONFIG_KEY,
+    EVALUATE_METRICS,
+    METRICS_KEY,
+    TRAIN_METRICS,
+    Reason,
+    error_reply,
+    metric_record,
+)
 from models import get_model_family
+
+Failures = tuple[tuple[type[Exception] | tuple[type[Exception], ...], Reason], ...]
+READ_FAILURES: Failures = (
+    (SiteConfigError, Reason.SITE_CONFIG_INVALID),
+    ((SiteDataError, ValueError, OSError), Reason.DATA_UNUSABLE),
+)
+"""Failures before anything is charged, and the fixed reason each is sent as (first match)."""
+CHARGE_FAILURES: Failures = (
+    (BudgetExhausted, Reason.BUDGET_EXHAUSTED),
+    ((LedgerError, SecretError, OSError), Reason.LEDGER_UNREADABLE),
+)
+"""Failures while charging the ledger, and their reasons: a ledger that cannot be read or
+written stops the site (it never trains on a budget it cannot account for)."""
 
 app = ClientApp()
 
@@ -58,98 +82,84 @@ def train(msg: Message, context: Context) -> Message:
         policy = site_policy(context)
         request = round_request(msg, context)
         check_request(policy, request)  # before anything is read or computed
-        site_dir, state_dir = site_folders(msg, context)
-        labels = list(msg.content["config"]["labels"])
-        site = _load_site_cached(str(site_dir), tuple(labels))
-        if len(site.train) == 0:
-            raise SiteDataError(f"{site_dir}: no valid training rows; this site cannot train")
-        features, targets = _features(site, "train", context, state_dir)
-    except PolicyRefusal as refusal:
-        return _refuse(msg, refusal.reason, refusal)
-    except SiteConfigError as err:
-        return _refuse(msg, Reason.SITE_CONFIG_INVALID, err)
-    except (SiteDataError, ValueError, OSError) as err:
-        return _refuse(msg, Reason.DATA_UNUSABLE, err)
+        site_dir, state_dir, rows, features, targets = _read_split(msg, context, "train")
+    except Exception as err:
+        return _refuse(msg, err, READ_FAILURES)
 
     if request.privacy_unit == "customer":
-        features, targets, units, dropped = group_by_customer(features, targets,
-                                                              site.train.units)
+        features, targets, units, dropped = group_by_customer(features, targets, rows.units)
         if dropped:
             log(WARNING, "site %s: %d utterances over the per-customer cap not used", site_dir,
                 dropped)
     else:
-        features, targets, units = _one_row_per_utterance(features, targets, site.train.ids)
+        features, targets, units = _one_row_per_utterance(features, targets, rows.ids)
 
-    metrics: dict[str, float | int] = {"site-key": site_key(state_dir)}
     try:
         request = replace(request, delta=site_delta(policy, request, len(units)))
         charge = charge_round(state_dir, units, request, policy)
-    except PolicyRefusal as refusal:
-        return _refuse(msg, refusal.reason, refusal)
-    except BudgetExhausted as err:
-        return _refuse(msg, Reason.BUDGET_EXHAUSTED, err)
-    except (LedgerError, SecretError, OSError) as err:
-        return _refuse(msg, Reason.LEDGER_UNREADABLE, err)
+    except Exception as err:
+        return _refuse(msg, err, CHARGE_FAILURES)
     if len(charge.trained) < len(units):
         log(WARNING, "site %s: %d of %d %s units have spent their budget and sit this round out",
             site_dir, len(units) - len(charge.trained), len(units), request.privacy_unit)
     features, targets = features[charge.trained], targets[charge.trained]
-    metrics |= {
-        "num-examples": int((targets != PADDING_LABEL).sum()),
-        "epsilon": charge.epsilon_this_run,
-        "epsilon-all-runs": charge.epsilon_all_runs,
-        "delta": request.delta if request.private else 0.0,
-    }
-    if request.private:
-        metrics |= {
-            "max-epsilon": policy.max_epsilon,
-            "noise-multiplier": charge.noise_multiplier,
-            "sample-rate": charge.sample_rate,
-            "clip-norm": request.clip_norm,
-            "privacy-units": len(charge.trained),
-        }
+    privacy = {
+        "max_epsilon": policy.max_epsilon,
+        "noise_multiplier": charge.noise_multiplier,
+        "sample_rate": charge.sample_rate,
+        "clip_norm": request.clip_norm,
+        "privacy_units": len(charge.trained),
+    } if request.private else {}
 
-    model = _model_from(msg, len(labels), cfg)
-    family = get_model_family(str(cfg["model"]))
-    plan = TrainingPlan(
+    model = _model_from(msg, cfg)
+    plan = training_plan(
+        get_model_family(str(cfg["model"])),
         noise_multiplier=charge.noise_multiplier if request.private else None,
+        charged=(charge.sample_rate, charge.steps),
         clip_norm=request.clip_norm,
         batch_size=request.batch_size,
         local_epochs=request.local_epochs,
         learning_rate=float(cfg["learning-rate"]),
-        grad_sample_mode=family.grad_sample_mode,
-        physical_batch_size=family.physical_batch_size,
     )
     seed = private_seed(state_dir, request.run_name, request.server_round)
     loss, steps_taken = train_locally(model, features, targets, plan, seed=seed)
-    metrics |= {"train-loss": loss, "steps": steps_taken}
-
-    reply = RecordDict(
-        {"arrays": ArrayRecord(model.state_dict()), "metrics": MetricRecord(metrics)}
+    metrics = metric_record(
+        TRAIN_METRICS,
+        site_key=site_key(state_dir),
+        num_examples=int((targets != PADDING_LABEL).sum()),
+        train_loss=loss,
+        steps=steps_taken,
+        epsilon=charge.epsilon_this_run,
+        epsilon_all_runs=charge.epsilon_all_runs,
+        delta=request.delta if request.private else 0.0,
+        **privacy,
     )
+    reply = RecordDict({ARRAYS_KEY: ArrayRecord(model.state_dict()), METRICS_KEY: metrics})
     return Message(content=reply, reply_to=msg)
 
 
 @app.evaluate(mods=[egress_guard])
 def evaluate_on_site(msg: Message, context: Context) -> Message:
     try:
-        site_dir, state_dir = site_folders(msg, context)
-        labels = list(msg.content["config"]["labels"])
-        site = _load_site_cached(str(site_dir), tuple(labels))
-        if len(site.test) == 0:
-            raise SiteDataError(f"{site_dir}: no valid test rows; this site cannot evaluate")
-        features, targets = _features(site, "test", context, state_dir)
-    except (SiteDataError, ValueError, OSError) as err:
-        return _refuse(msg, Reason.DATA_UNUSABLE, err)
+        _, _, rows, features, targets = _read_split(msg, context, "test")
+    except Exception as err:
+        return _refuse(msg, err, READ_FAILURES)
 
-    model = _model_from(msg, len(labels), context.run_config)
+    model = _model_from(msg, context.run_config)
     loss, accuracy = evaluate(model, features, targets)
-    metrics = MetricRecord({"num-examples": len(site.test), "loss": loss, "accuracy": accuracy})
-    return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)
+    metrics = metric_record(EVALUATE_METRICS, num_examples=len(rows), loss=loss,
+                            accuracy=accuracy)
+    return Message(content=RecordDict({METRICS_KEY: metrics}), reply_to=msg)
 
 
-def _refuse(msg: Message, reason: Reason, cause: Exception) -> Message:
-    """Log the cause here, at the site; send the server only the fixed ``reason``."""
+def _refuse(msg: Message, cause: Exception, failures: Failures) -> Message:
+    """Log the cause here, at the site; send the server only its fixed reason (a
+    ``PolicyRefusal`` carries its own). A cause outside ``failures`` is raised again: the egress
+    guard logs it and sends ``Reason.INTERNAL``."""
+    reason = cause.reason if isinstance(cause, PolicyRefusal) else next(
+        (reason for kinds, reason in failures if isinstance(cause, kinds)), None)
+    if reason is None:
+        raise cause
     log(WARNING, "site not training: %s (%s)", reason.value, cause)
     return error_reply(msg, reason)
 
@@ -169,9 +179,21 @@ def _one_row_per_utterance(
     return features[keep], targets[keep], list(first)
 
 
+def _data_digest(site_dir: Path) -> str:
+    """A digest of the site's data files (``*.jsonl``, ``*.csv``): new or changed conversations
+    are read again, unchanged ones come from the cache."""
+    digest = hashlib.sha256()
+    if site_dir.is_dir():
+        for path in sorted(p for p in site_dir.iterdir()
+                           if p.suffix in (".jsonl", ".csv") and p.is_file()):
+            digest.update(f"{path.name}\0{path.stat().st_size}\0".encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
 @lru_cache(maxsize=4)
-def _load_site_cached(site_dir: str, labels: tuple[str, ...]) -> SiteData:
-    """Load once per process; problems are logged here, at the site, never sent."""
+def _load_site_cached(site_dir: str, labels: tuple[str, ...], data_digest: str) -> SiteData:
+    """Load once per version of the data; problems are logged here, at the site, never sent."""
     site = load_site(Path(site_dir), labels)
     for row in site.rejected:
         log(WARNING, "site data %s: skipped %s", site_dir, row)
@@ -180,16 +202,26 @@ def _load_site_cached(site_dir: str, labels: tuple[str, ...]) -> SiteData:
     return site
 
 
-def _features(
-    site: SiteData, split: str, context: Context, state_dir: Path
-) -> tuple[torch.Tensor, torch.Tensor]:
+def _read_split(
+    msg: Message, context: Context, split: str
+) -> tuple[Path, Path, SiteSplit, torch.Tensor, torch.Tensor]:
+    """(site folder, state folder, rows, features, labels) of this site's ``split``: read,
+    validated and redacted (``load_site``), then featurized; a split without rows is an error."""
+    site_dir, state_dir = site_folders(msg, context)
+    labels = tuple(msg.content[CONFIG_KEY]["labels"])
+    rows = getattr(_load_site_cached(str(site_dir), labels, _data_digest(site_dir)), split)
+    if len(rows) == 0:
+        use = {"train": "training rows; this site cannot train",
+               "test": "test rows; this site cannot evaluate"}[split]
+        raise SiteDataError(f"{site_dir}: no valid {use}")
     family = get_model_family(str(context.run_config["model"]))
-    part = getattr(site, split)
-    features = family.featurize(part.texts, state_dir / "features")
-    return features, torch.tensor(part.labels, dtype=torch.long)
+    features = family.featurize(rows.texts, state_dir / "features")
+    return site_dir, state_dir, rows, features, torch.tensor(rows.labels, dtype=torch.long)
 
 
-def _model_from(msg: Message, num_labels: int, cfg) -> torch.nn.Module:
+def _model_from(msg: Message, cfg) -> torch.nn.Module:
+    """The model the server sent, in this run's model family."""
+    num_labels = len(msg.content[CONFIG_KEY]["labels"])
     model = get_model_family(str(cfg["model"])).build_model(num_labels)
-    model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    model.load_state_dict(msg.content[ARRAYS_KEY].to_torch_state_dict())
     return model

@@ -4,8 +4,9 @@ DP-SGD here is where the privacy guarantee is *enforced*: Opacus' Poisson-sampli
 draws each training example independently with the planned sample rate, every per-example
 gradient is clipped to ``clip_norm``, and Gaussian noise of standard deviation
 ``noise_multiplier * clip_norm`` is added to the summed gradients of every step. The number of
-steps and the sample rate must be exactly those charged to the ledger
-(``privacy_accounting.steps_per_round``); ``train_locally`` checks that they are.
+steps and the sample rate must be exactly those charged to the ledger: the plan carries them
+(``TrainingPlan.charged``, built by ``training_plan``) and ``train_locally`` checks that Opacus
+uses exactly these.
 """
 
 import warnings
@@ -16,8 +17,8 @@ from opacus import PrivacyEngine
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from fl_client.privacy_accounting import steps_per_round
 from fl_client.privacy_units import PADDING_LABEL
+from models.family import ModelFamily
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,9 @@ class TrainingPlan:
     batch_size: expected Poisson batch size; sets the sample rate ``1 / ceil(n / batch_size)``.
     local_epochs: passes over the site's data per round; more epochs cost more epsilon.
     learning_rate: local SGD step size.
+    charged: (Poisson sample rate, DP-SGD steps) the noise was planned and charged for; required
+        under DP: training refuses to run unless Opacus samples at exactly this rate for exactly
+        these steps, so the epsilon charged is the epsilon spent.
     grad_sample_mode: how Opacus gets each example's gradient norm for clipping ("hooks" or
         "ghost", the model family's choice); the same clipping and noise either way, so the
         guarantee does not depend on it.
@@ -45,9 +49,33 @@ class TrainingPlan:
     batch_size: int
     local_epochs: int
     learning_rate: float
+    charged: tuple[float, int] | None = None
     momentum: float = 0.0
     grad_sample_mode: str = "hooks"
     physical_batch_size: int | None = None
+
+
+def training_plan(
+    family: ModelFamily,
+    noise_multiplier: float | None,
+    charged: tuple[float, int],
+    clip_norm: float,
+    batch_size: int,
+    local_epochs: int,
+    learning_rate: float,
+) -> TrainingPlan:
+    """The plan for one of ``family``'s models: the family's clipping mode and physical batching,
+    and the (sample rate, steps) ``charged`` for the noise; the one way every caller builds it."""
+    return TrainingPlan(
+        noise_multiplier=noise_multiplier,
+        clip_norm=clip_norm,
+        batch_size=batch_size,
+        local_epochs=local_epochs,
+        learning_rate=learning_rate,
+        charged=charged,
+        grad_sample_mode=family.grad_sample_mode,
+        physical_batch_size=family.physical_batch_size,
+    )
 
 
 def train_locally(
@@ -69,6 +97,8 @@ def train_locally(
     model.train()
     criterion = UnitLoss()
     if plan.noise_multiplier is not None:
+        if plan.charged is None:
+            raise ValueError("a DP plan needs the sample rate and steps it was charged for")
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Secure RNG turned off")
             engine = PrivacyEngine(accountant="prv")
@@ -87,8 +117,7 @@ def train_locally(
             dp_model, optimizer, criterion, loader = private
         else:
             dp_model, optimizer, loader = private
-        sample_rate, planned_steps = steps_per_round(len(dataset), plan.batch_size,
-                                                     plan.local_epochs)
+        sample_rate, planned_steps = plan.charged
         if abs(loader.sample_rate - sample_rate) > 1e-12:
             raise RuntimeError("Opacus sample rate differs from the rate charged to the ledger")
         if len(loader) * plan.local_epochs != planned_steps:

@@ -4,13 +4,14 @@ A Flower client mod on both train and evaluate. Every reply is checked before it
 
 * a train reply may carry exactly one ``ArrayRecord`` named ``arrays`` whose names, shapes and
   dtypes are those of the model family's exchanged parameters, and one ``MetricRecord`` named
-  ``metrics`` whose keys are in ``TRAIN_METRICS``;
+  ``metrics`` whose keys are in the wire contract's ``TRAIN_METRICS`` (``fl_protocol/wire.py``);
 * an evaluate reply may carry only ``metrics`` with keys in ``EVALUATE_METRICS``;
 * metric values must be finite-or-infinite numbers (never strings, bytes or lists); array values
   must be finite;
-* an error reply may carry only one of the fixed ``Reason`` values below, with its code: never
-  free text, since an exception message can quote a row of site data. The details stay in the
-  site's own log and egress log; any unexpected exception becomes ``Reason.INTERNAL``;
+* an error reply may carry only one of the wire contract's fixed ``Reason`` values, with its
+  code: never free text, since an exception message can quote a row of site data. The details
+  stay in the site's own log and egress log; any unexpected exception becomes
+  ``Reason.INTERNAL``;
 * with secure aggregation, a reply to a SecAgg+ stage may carry only that stage's protocol
   values (``SECAGG_REPLIES``): public keys, encrypted key shares, key shares, and the masked
   update, whose arrays must have the model's shapes; the masked update goes with the same
@@ -26,15 +27,13 @@ norm, metric names and values) so the site's data protection officer can audit w
 
 import json
 import math
-import os
 import traceback
 from datetime import UTC, datetime
-from enum import StrEnum
 from logging import ERROR
 from pathlib import Path
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord
 from flwr.clientapp.typing import ClientAppCallable
 from flwr.common import bytes_to_ndarray
 from flwr.common.logger import log
@@ -42,61 +41,23 @@ from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFI
 from flwr.common.serde import recorddict_to_proto
 
 from fl_client.site_folders import site_folders
+from fl_protocol.durable_files import append_line, json_safe
+from fl_protocol.wire import (
+    ARRAYS_KEY,
+    CONFIG_KEY,
+    EVALUATE_METRICS,
+    LEGACY_HEADER,
+    METRICS_KEY,
+    SECAGG_REPLIES,
+    TRAIN_METRICS,
+    Reason,
+    error_reply,
+    is_site_reason,
+    metric_names,
+)
 from models import get_model_family
 
-SITE_ERROR = 1001
-DECLINED = 1002
-EGRESS_BLOCKED = 1003
-
-
-class Reason(StrEnum):
-    """Every reason a site may give the server for not sending an update: a fixed vocabulary.
-
-    Each names a class of problem and what the operator can do about it, and carries no data.
-    The concrete cause (a file and line, a ledger path, an exception) is logged at the site.
-    """
-
-    DATA_UNUSABLE = "site data unusable (see the site's log)"
-    LEDGER_UNREADABLE = "privacy ledger unreadable, rolled back or missing; the site stopped"
-    SITE_CONFIG_INVALID = "site configuration invalid (see the site's log)"
-    INTERNAL = "internal site error (see the site's log)"
-    OUT_OF_RANGE = "update outside the secure-aggregation range; not sent"
-    BUDGET_EXHAUSTED = "declined: privacy budget exhausted"
-    NO_DP_REFUSED = "declined: the site's policy requires differential privacy"
-    SETTING_REFUSED = "declined: a privacy setting weaker than the site's policy"
-    ROUND_REFUSED = "declined: a round beyond the run's planned rounds"
-    UNIT_REFUSED = "declined: privacy unit differs from the site's"
-    EGRESS_BLOCKED = "blocked by the site's egress guard"
-
-
-REASON_CODES: dict[Reason, int] = {
-    reason: DECLINED if reason.value.startswith("declined") else SITE_ERROR for reason in Reason
-} | {Reason.EGRESS_BLOCKED: EGRESS_BLOCKED}
-"""The error code each reason goes with; no other (code, reason) pair leaves a site."""
-
-
-def error_reply(msg: Message, reason: Reason) -> Message:
-    """The reply that tells the server only ``reason``."""
-    return Message(Error(code=REASON_CODES[reason], reason=reason.value), reply_to=msg)
-
-
-TRAIN_METRICS = frozenset({
-    "num-examples", "train-loss", "steps", "epsilon", "epsilon-all-runs", "max-epsilon",
-    "delta", "noise-multiplier", "sample-rate", "clip-norm", "privacy-units", "site-key",
-})
-EVALUATE_METRICS = frozenset({"num-examples", "loss", "accuracy"})
 EGRESS_LOG = "egress.jsonl"
-
-SECAGG_REPLIES: dict[str, dict[str, type | list[type]]] = {
-    Stage.SETUP: {Key.PUBLIC_KEY_1: bytes, Key.PUBLIC_KEY_2: bytes},
-    Stage.SHARE_KEYS: {Key.DESTINATION_LIST: [int], Key.CIPHERTEXT_LIST: [bytes]},
-    Stage.COLLECT_MASKED_VECTORS: {Key.MASKED_PARAMETERS: [bytes]},
-    Stage.UNMASK: {Key.NODE_ID_LIST: [int], Key.SHARE_LIST: [bytes]},
-}
-"""SecAgg+ stage -> what its reply may carry in ``RECORD_KEY_CONFIGS``. Keys and shares are
-random (never derived from site data); only the masked update depends on the site's data."""
-LEGACY_HEADER = ("fitres.parameters", "fitres.num_examples", "fitres.metrics", "fitres.status")
-"""The records Flower's legacy reply format adds around a masked update."""
 
 
 class EgressViolation(ValueError):
@@ -131,26 +92,26 @@ def egress_guard(msg: Message, context: Context, call_next: ClientAppCallable) -
 def check_reply(msg: Message, reply: Message, model: str) -> None:
     """Raise ``EgressViolation`` unless the reply holds only what may leave the site."""
     if reply.has_error():
-        reason = reply.error.reason
-        if reason not in set(Reason) or REASON_CODES[Reason(reason)] != reply.error.code:
+        reason = reply.error.reason or ""
+        if not is_site_reason(reply.error.code, reason):
             raise EgressViolation("an error reply outside the fixed vocabulary (code "
-                                  f"{reply.error.code}, reason of {len(reason or '')} characters)")
+                                  f"{reply.error.code}, reason of {len(reason)} characters)")
         return
     is_train = msg.metadata.message_type.startswith("train")
     content = reply.content
-    expected = {"arrays", "metrics"} if is_train else {"metrics"}
+    expected = {ARRAYS_KEY, METRICS_KEY} if is_train else {METRICS_KEY}
     names = set(content.keys())
     if names != expected:
         raise EgressViolation(f"records {sorted(names)}, expected {sorted(expected)}")
-    metrics = content["metrics"]
+    metrics = content[METRICS_KEY]
     if not isinstance(metrics, MetricRecord):
         raise EgressViolation("'metrics' is not a MetricRecord")
-    _check_metrics(metrics, TRAIN_METRICS if is_train else EVALUATE_METRICS)
+    _check_metrics(metrics, metric_names(TRAIN_METRICS if is_train else EVALUATE_METRICS))
     if is_train:
-        arrays = content["arrays"]
+        arrays = content[ARRAYS_KEY]
         if not isinstance(arrays, ArrayRecord):
             raise EgressViolation("'arrays' is not an ArrayRecord")
-        labels = list(msg.content["config"]["labels"])
+        labels = list(msg.content[CONFIG_KEY]["labels"])
         _check_arrays(arrays, get_model_family(model).build_model(len(labels)).state_dict())
 
 
@@ -168,7 +129,7 @@ def check_secagg_reply(stage: str, msg: Message, reply: Message, model: str) -> 
         raise EgressViolation(f"unknown secure aggregation stage {stage!r}")
     content = reply.content
     masked = stage == Stage.COLLECT_MASKED_VECTORS
-    expected = {RECORD_KEY_CONFIGS} | ({"metrics", *LEGACY_HEADER} if masked else set())
+    expected = {RECORD_KEY_CONFIGS} | ({METRICS_KEY, *LEGACY_HEADER} if masked else set())
     if set(content.keys()) != expected:
         raise EgressViolation(f"{stage} reply has records {sorted(content.keys())}, "
                               f"expected {sorted(expected)}")
@@ -191,10 +152,10 @@ def check_secagg_reply(stage: str, msg: Message, reply: Message, model: str) -> 
 def _check_masked_update(msg: Message, content, model: str) -> None:
     """The masked update: one integer array per model parameter plus the weight, nothing else;
     the site's metrics, as in a plain reply; a legacy header that repeats the example count."""
-    metrics = content["metrics"]
+    metrics = content[METRICS_KEY]
     if not isinstance(metrics, MetricRecord):
         raise EgressViolation("'metrics' is not a MetricRecord")
-    _check_metrics(metrics, TRAIN_METRICS)
+    _check_metrics(metrics, metric_names(TRAIN_METRICS))
     header = {name: content[name] for name in LEGACY_HEADER}
     if (
         not isinstance(header["fitres.parameters"], ArrayRecord)
@@ -205,7 +166,7 @@ def _check_masked_update(msg: Message, content, model: str) -> None:
     ):
         raise EgressViolation("masked update: the legacy reply header carries more than the "
                               "example count")
-    labels = list(msg.content["config"]["labels"])
+    labels = list(msg.content[CONFIG_KEY]["labels"])
     shapes = [(1,)] + [tuple(t.shape) for t in
                        get_model_family(model).build_model(len(labels)).state_dict().values()]
     try:
@@ -250,7 +211,7 @@ def append_egress_log(
     state_dir: Path, msg: Message, reply: Message, verdict: str, stage: str | None = None
 ) -> None:
     """Append one line describing what this reply sent (or why it was blocked)."""
-    config = msg.content.get("config", {})
+    config = msg.content.get(CONFIG_KEY, {})
     entry: dict = {
         "time": datetime.now(UTC).isoformat(timespec="seconds"),
         "run": str(config.get("run-name", "")),
@@ -264,22 +225,18 @@ def append_egress_log(
         entry["error"] = {"code": reply.error.code, "reason": reply.error.reason}
     else:
         entry["bytes"] = recorddict_to_proto(reply.content).ByteSize()  # as serialized
-        if "metrics" in reply.content:
-            entry["metrics"] = {k: _json_number(v) for k, v in reply.content["metrics"].items()}
-        if "arrays" in reply.content:
-            sent = reply.content["arrays"]
+        if METRICS_KEY in reply.content:
+            entry["metrics"] = json_safe(dict(reply.content[METRICS_KEY]))
+        if ARRAYS_KEY in reply.content:
+            sent = reply.content[ARRAYS_KEY]
             entry["arrays"] = [
                 {"name": name, "dtype": a.dtype, "shape": list(a.shape), "bytes": len(a.data)}
                 for name, a in sent.items()
             ]
-            entry["update_norm"] = _update_norm(msg.content["arrays"], sent)
+            entry["update_norm"] = _update_norm(msg.content[ARRAYS_KEY], sent)
     path = Path(state_dir) / EGRESS_LOG
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)  # site-private
-    with os.fdopen(fd, "a", encoding="utf-8") as f:
-        f.write(json.dumps(entry) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    append_line(path, json.dumps(entry), mode=0o600)  # site-private
 
 
 def _update_norm(received: ArrayRecord, sent: ArrayRecord) -> float:
@@ -289,7 +246,3 @@ def _update_norm(received: ArrayRecord, sent: ArrayRecord) -> float:
         for name in sent
     )
     return math.sqrt(squares)
-
-
-def _json_number(value: float | int) -> float | int | None:
-    return None if isinstance(value, float) and not math.isfinite(value) else value

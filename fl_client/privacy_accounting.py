@@ -33,7 +33,7 @@ from opacus.accountants import create_accountant
 from opacus.accountants.analysis.rdp import compute_rdp
 from opacus.accountants.utils import get_noise_multiplier
 
-ACCOUNTANTS = ("prv", "rdp")
+from fl_protocol.wire import ACCOUNTANTS
 
 MAX_NOISE_MULTIPLIER = 1e4
 

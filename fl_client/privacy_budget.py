@@ -22,7 +22,6 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from fl_client.egress_guard import Reason
 from fl_client.privacy_accounting import (
     BudgetExhausted,
     epsilon_spent,
@@ -43,6 +42,7 @@ from fl_client.privacy_ledger import (
 )
 from fl_client.site_policy import PolicyRefusal, RoundRequest, SitePolicy
 from fl_client.site_secret import site_secret
+from fl_protocol.wire import Reason
 
 
 @dataclass(frozen=True)

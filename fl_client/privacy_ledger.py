@@ -35,7 +35,7 @@ from pathlib import Path
 from fl_client.egress_guard import EGRESS_LOG
 from fl_client.privacy_accounting import rdp_epsilon
 from fl_client.site_secret import ledger_mac
-from fl_server.atomic_write import write_bytes_atomic
+from fl_protocol.durable_files import write_bytes_atomic
 
 FORMAT = "fedintent-privacy-ledger/3"
 LEDGER_FILE = "privacy-ledger.json"

@@ -99,19 +99,13 @@ def site_privacy_report(state_dir: Path, max_epsilon: float, bands: int = 4) -> 
 
 
 def _run_summary(name: str, releases: list[Release]) -> RunSummary:
+    """A run as its first release planned it (every round of a run plans the same noise), with
+    the epsilon of all its rounds composed."""
     first = releases[0]
     private = all(r.noise_multiplier > 0 for r in releases)
-    return RunSummary(
-        run=name,
-        rounds=len(releases),
-        noise_multiplier=first.noise_multiplier,
-        sample_rate=first.sample_rate,
-        steps=first.steps,
-        clip_norm=first.clip_norm,
-        units=max(r.units for r in releases),
-        epsilon=epsilon_spent([r.mechanism for r in releases], first.delta, first.accountant)
-        if private else math.inf,
-        delta=first.delta,
-        first=first.time,
-        last=releases[-1].time,
-    )
+    epsilon = (epsilon_spent([r.mechanism for r in releases], first.delta, first.accountant)
+               if private else math.inf)
+    planned = {key: getattr(first, key)
+               for key in ("noise_multiplier", "sample_rate", "steps", "clip_norm", "delta")}
+    return RunSummary(run=name, rounds=len(releases), units=max(r.units for r in releases),
+                      epsilon=epsilon, first=first.time, last=releases[-1].time, **planned)

@@ -15,7 +15,8 @@ from collections import defaultdict
 
 import torch
 
-PRIVACY_UNITS = ("utterance", "customer")
+from fl_protocol.wire import PRIVACY_UNITS
+
 MAX_UTTERANCES_PER_CUSTOMER = 16
 PADDING_LABEL = -100
 

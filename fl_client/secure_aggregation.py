@@ -30,7 +30,8 @@ from flwr.common.secure_aggregation.secaggplus_constants import (
 )
 from flwr.compat.common.recorddict_compat import fitres_to_recorddict
 
-from fl_client.egress_guard import EgressViolation, Reason, check_reply, error_reply
+from fl_client.egress_guard import EgressViolation, check_reply
+from fl_protocol.wire import ARRAYS_KEY, METRICS_KEY, Reason, error_reply
 
 
 class _Refused(Exception):
@@ -62,16 +63,16 @@ def _update_to_mask(msg: Message, context: Context, call_next: ClientAppCallable
     except EgressViolation as err:
         log(WARNING, "egress guard blocked an update before masking: %s", err)
         raise _Refused(Reason.EGRESS_BLOCKED) from err
-    names = list(msg.content["arrays"].keys())  # the server's order, which it unmasks in
-    arrays = [reply.content["arrays"][name].numpy() for name in names]
-    num_examples = int(reply.content["metrics"]["num-examples"])
+    names = list(msg.content[ARRAYS_KEY].keys())  # the server's order, which it unmasks in
+    arrays = [reply.content[ARRAYS_KEY][name].numpy() for name in names]
+    num_examples = int(reply.content[METRICS_KEY]["num-examples"])
     problem = out_of_range(arrays, num_examples, context)
     if problem:
         log(WARNING, "%s", problem)
         raise _Refused(Reason.OUT_OF_RANGE)
     fitres = FitRes(Status(Code.OK, ""), ndarrays_to_parameters(arrays), num_examples, {})
     content = fitres_to_recorddict(fitres, keep_input=False)
-    content["metrics"] = reply.content["metrics"]
+    content[METRICS_KEY] = reply.content[METRICS_KEY]
     return Message(content, reply_to=msg)
 
 

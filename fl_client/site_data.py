@@ -40,16 +40,6 @@ class SiteDataError(ValueError):
     """The site folder cannot be used at all (missing, empty, no valid rows)."""
 
 
-@dataclass(frozen=True)
-class RejectedRow:
-    file: str
-    line: int
-    reason: str
-
-    def __str__(self) -> str:
-        return f"{self.file}:{self.line}: {self.reason}"
-
-
 @dataclass
 class SiteSplit:
     """One split of a site: redacted texts, label indices, each row's stable utterance identity
@@ -62,6 +52,18 @@ class SiteSplit:
 
     def __len__(self) -> int:
         return len(self.texts)
+
+
+@dataclass(frozen=True)
+class RejectedRow:
+    """A row that was skipped, where and why; logged at the site, never sent."""
+
+    file: str
+    line: int
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}: {self.reason}"
 
 
 @dataclass
@@ -298,18 +300,3 @@ def list_site_dirs(data_dir: Path) -> list[Path]:
     if not sites:
         raise SiteDataError(f"no site folders in {data_dir}")
     return sites
-
-
-def read_labels(path: Path) -> list[str]:
-    """The intent taxonomy: one label per line, blank lines and duplicates rejected."""
-    path = Path(path)
-    if not path.is_file():
-        raise SiteDataError(f"label file not found: {path}")
-    labels = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
-    labels = [label for label in labels if label]
-    if len(labels) < 2:
-        raise SiteDataError(f"{path}: need at least 2 labels, found {len(labels)}")
-    duplicates = sorted({label for label in labels if labels.count(label) > 1})
-    if duplicates:
-        raise SiteDataError(f"{path}: duplicate labels {duplicates}")
-    return labels

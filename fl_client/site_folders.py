@@ -16,6 +16,7 @@ from pathlib import Path
 from flwr.app import Context, Message
 
 from fl_client.site_data import SiteDataError, list_site_dirs
+from fl_protocol.wire import CONFIG_KEY
 
 
 def site_folders(msg: Message, context: Context) -> tuple[Path, Path]:
@@ -34,7 +35,7 @@ def _locate(msg: Message, context: Context) -> tuple[Path, Path]:
         return site_dir, state_dir
     if "partition-id" not in node:
         raise SiteDataError("node config has neither 'data-path' (deployment) nor 'partition-id'")
-    data_dir = Path(str(msg.content["config"]["sim-data-dir"]))
+    data_dir = Path(str(msg.content[CONFIG_KEY]["sim-data-dir"]))
     sites = list_site_dirs(data_dir)
     partition = int(node["partition-id"])
     if partition >= len(sites):

@@ -31,9 +31,8 @@ from dataclasses import dataclass
 
 from flwr.app import Context, Message
 
-from fl_client.egress_guard import Reason
 from fl_client.privacy_accounting import DELTA_UNITS_FACTOR, check_accountant, default_delta
-from fl_client.privacy_units import PRIVACY_UNITS
+from fl_protocol.wire import CONFIG_KEY, PRIVACY_UNITS, Reason
 
 DEFAULT_MAX_EPSILON = 10.0
 DEFAULT_MAX_DELTA = 1e-5
@@ -113,7 +112,7 @@ def site_policy(context: Context) -> SitePolicy:
 
 def round_request(msg: Message, context: Context) -> RoundRequest:
     """The server's asks for this round, typed; a malformed value is refused, not guessed."""
-    cfg, config = context.run_config, msg.content["config"]
+    cfg, config = context.run_config, msg.content[CONFIG_KEY]
     try:
         return RoundRequest(
             run_name=str(config["run-name"]),

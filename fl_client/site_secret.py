@@ -17,10 +17,13 @@ the state folder holds the secret, so the MAC chain detects accidents and casual
 administrator determined to rewrite history.
 """
 
+import contextlib
 import hashlib
 import hmac
 import os
 from pathlib import Path
+
+from fl_protocol.durable_files import FileExistsRefusal, create_exclusive
 
 SECRET_FILE = "site-secret"
 
@@ -35,19 +38,8 @@ def site_secret(state_dir: Path, create: bool = True) -> bytes:
     if not path.exists():
         if not create:
             raise SecretError(f"{path} is missing")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{SECRET_FILE}.{os.getpid()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(os.urandom(32).hex())
-            f.flush()
-            os.fsync(f.fileno())
-        try:
-            os.link(tmp, path)  # never replaces a secret another process created meanwhile
-        except FileExistsError:
-            pass
-        finally:
-            tmp.unlink()
+        with contextlib.suppress(FileExistsRefusal):  # another process created it meanwhile
+            create_exclusive(path, os.urandom(32).hex().encode(), mode=0o600)
     try:
         secret = bytes.fromhex(path.read_text().strip())
     except (OSError, ValueError) as err:

@@ -16,13 +16,11 @@ somewhere the server cannot write (a ticket, a signed message) to anchor it.
 
 import hashlib
 import json
-import math
-import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from fl_server.atomic_write import write_bytes_atomic
+from fl_protocol.durable_files import append_line, json_safe, write_bytes_atomic
 
 GENESIS = "0" * 64
 
@@ -53,11 +51,7 @@ def append_entry(log_path: Path, event: str, fields: dict) -> dict:
     entry = {"seq": seq + 1, "time": datetime.now(UTC).isoformat(timespec="seconds"),
              "event": event, **json_safe(fields), "prev": previous}
     entry["hash"] = entry_hash(entry)
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "ab") as f:
-        f.write((canonical_json(entry) + "\n").encode("utf-8"))
-        f.flush()
-        os.fsync(f.fileno())
+    append_line(log_path, canonical_json(entry))
     head = {"entries": entry["seq"], "hash": entry["hash"]}
     write_bytes_atomic(head_path(log_path), (canonical_json(head) + "\n").encode("utf-8"))
     return entry
@@ -97,17 +91,6 @@ def entry_hash(entry: dict) -> str:
 def canonical_json(value: object) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
                       allow_nan=False)
-
-
-def json_safe(value: object) -> object:
-    """``value`` with non-finite floats as null (JSON has none) and every key a string."""
-    if isinstance(value, dict):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_safe(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 def _last_entry(log_path: Path) -> tuple[int, str]:

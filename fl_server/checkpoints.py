@@ -18,7 +18,7 @@ import numpy as np
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save
 
-from fl_server.atomic_write import write_bytes_atomic
+from fl_protocol.durable_files import write_bytes_atomic
 from fl_server.tensor_digest import arrays_sha256
 
 FORMAT = "fedintent-checkpoint/1"

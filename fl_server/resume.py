@@ -11,7 +11,8 @@ import json
 import math
 from pathlib import Path
 
-from fl_server.run_config import DEFAULTS, RunConfigError
+from fl_protocol.wire import RUN_CONFIG_DEFAULTS
+from fl_server.run_config import RunConfigError
 
 MAY_CHANGE_ON_RESUME = frozenset(
     {"resume", "stop-after-round", "reply-timeout", "min-sites", "out-dir"}
@@ -37,9 +38,9 @@ def recorded_run_config(doc: dict) -> dict:
     """The run configuration recorded in ``metrics.json`` (null floats were infinite)."""
     config = {}
     for key, value in doc["config"].items():
-        if key not in DEFAULTS:
+        if key not in RUN_CONFIG_DEFAULTS:
             continue
-        if value is None and isinstance(DEFAULTS[key], float):
+        if value is None and isinstance(RUN_CONFIG_DEFAULTS[key], float):
             value = math.inf
         config[key] = value
     return config

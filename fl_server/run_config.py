@@ -1,46 +1,16 @@
-"""The run configuration: every key, its default, and its check.
+"""The run configuration's checks, and the settings tuned per privacy budget.
 
-These defaults are also the ``[tool.flwr.app.config]`` of ``pyproject.toml`` (a test keeps the
-two equal), so ``flwr run .`` and ``fedintent train`` start from the same values.
+Every key and its default is in the wire contract (``fl_protocol.wire.RUN_CONFIG_DEFAULTS``,
+also the ``[tool.flwr.app.config]`` of ``pyproject.toml``), since the sites read the same keys.
 """
 
 import math
 from collections.abc import Iterable
-from pathlib import Path
 
-from fl_client.privacy_accounting import ACCOUNTANTS
-from fl_client.privacy_units import PRIVACY_UNITS
+from fl_protocol.wire import ACCOUNTANTS, PRIVACY_UNITS, RUN_CONFIG_DEFAULTS
 from fl_server.secure_aggregation import incompatibility
 from fl_server.strategy import STRATEGIES
 from models import get_model_family
-
-DEFAULTS: dict[str, str | int | float | bool] = {
-    "data-dir": "",
-    "labels-file": "",
-    "out-dir": "",
-    "run-name": "",
-    "state-dir": "",
-    "num-rounds": 40,
-    "model": "minilm-head",
-    "strategy": "fedavg",
-    "server-learning-rate": 0.05,
-    "min-sites": 2,
-    "target-epsilon": 8.0,
-    "delta": 0.0,
-    "privacy-unit": "utterance",
-    "site-max-epsilon": 10.0,
-    "accountant": "prv",
-    "clip-norm": 1.0,
-    "batch-size": 4096,
-    "local-epochs": 1,
-    "learning-rate": 96.0,
-    "seed": 0,
-    "reply-timeout": 3600.0,
-    "max-update-norm": 0.0,
-    "resume": False,
-    "stop-after-round": 0,
-    "secure-aggregation": False,
-}
 
 TUNED_SETTINGS: dict[float, dict[str, int | float]] = {
     1.0: {"num-rounds": 30, "local-epochs": 1, "batch-size": 4096, "learning-rate": 16.0},
@@ -53,10 +23,8 @@ training rows (10 sites, Dirichlet alpha 0.5), never its test split; docs/BENCHM
 procedure. Under DP a site takes one full-batch step per round (``batch-size`` above any site's
 size makes the Poisson sample rate 1): with per-site noise, the number of rounds and the step
 size matter, not the batch. ``fedintent train`` uses the row for the largest tuned epsilon at or
-below the requested one; the epsilon-8 row is also in ``DEFAULTS``."""
+below the requested one; the epsilon-8 row is also in ``RUN_CONFIG_DEFAULTS``."""
 
-SYNTHETIC_SITE_SIZE = 600
-"""Mean conversations per generated site when a run is given no data."""
 
 
 class RunConfigError(ValueError):
@@ -65,10 +33,10 @@ class RunConfigError(ValueError):
 
 def check_run_config(cfg: dict) -> dict:
     """Return ``cfg`` over the defaults, or raise naming the first bad key."""
-    unknown = sorted(set(cfg) - set(DEFAULTS))
+    unknown = sorted(set(cfg) - set(RUN_CONFIG_DEFAULTS))
     if unknown:
         raise RunConfigError(f"unknown run config key(s): {', '.join(unknown)}")
-    full = DEFAULTS | cfg
+    full = RUN_CONFIG_DEFAULTS | cfg
     epsilon = float(full["target-epsilon"])
     if math.isnan(epsilon) or epsilon <= 0:
         raise RunConfigError(
@@ -132,15 +100,3 @@ def tuned_epsilon(epsilon: float, tuned: Iterable[float]) -> float:
     conservative fit), or the smallest tuned one below them all."""
     tuned = list(tuned)
     return max([value for value in tuned if value <= epsilon] or [min(tuned)])
-
-
-def toml_value(value: str | int | float | Path) -> str:
-    """A run-config value in the TOML syntax that ``flwr run -c`` expects."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        return "inf" if math.isinf(value) else repr(value)
-    text = str(value).replace("\\", "\\\\").replace('"', '\\"')
-    return f'"{text}"'

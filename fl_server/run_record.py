@@ -9,7 +9,6 @@ resumed run continues the same file.
 """
 
 import json
-import math
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -17,33 +16,25 @@ from flwr.app import Message, MetricRecord
 from flwr.common.constant import ErrorCode
 from flwr.common.serde import recorddict_to_proto
 
-from fl_client.egress_guard import DECLINED, Reason
-from fl_server.atomic_write import write_bytes_atomic
+from fl_protocol.durable_files import json_safe, write_json_atomic
+from fl_protocol.wire import (
+    ARRAYS_KEY,
+    FAILURE_KINDS,
+    METRICS_KEY,
+    NO_REPLY,
+    REJECTED,
+    TRAIN_METRICS,
+    is_site_reason,
+)
 
 FORMAT = "fedintent-metrics/1"
-REJECTED = 2001
-"""Error code of a reply the server refused to aggregate."""
-NO_REPLY = 2002
-"""Error code of a site that did not answer within the reply timeout."""
-FAILURE_KINDS = {DECLINED: "declined", REJECTED: "rejected", NO_REPLY: "no reply"}
 KEPT_REASON_CODES = (
     REJECTED, NO_REPLY, ErrorCode.MESSAGE_UNAVAILABLE, ErrorCode.REPLY_MESSAGE_UNAVAILABLE,
     ErrorCode.NODE_UNAVAILABLE, ErrorCode.INVALID_FAB,
 )
 """Errors whose reason the server or Flower wrote (not the site's code): kept as they are."""
-SITE_METRICS = {
-    "num-examples": "num_examples",
-    "train-loss": "train_loss",
-    "epsilon": "epsilon",
-    "epsilon-all-runs": "epsilon_all_runs",
-    "delta": "delta",
-    "noise-multiplier": "noise_multiplier",
-    "sample-rate": "sample_rate",
-    "clip-norm": "clip_norm",
-    "steps": "steps",
-    "max-epsilon": "max_epsilon_budget",
-    "privacy-units": "privacy_units",
-}
+SITE_METRICS = {m.name: m.recorded_as for m in TRAIN_METRICS if m.recorded_as is not None}
+"""A training reply's metric -> its field in the round's per-site entry."""
 
 
 class RunRecord:
@@ -98,16 +89,16 @@ class RunRecord:
             if reply.has_error():
                 failures.append(_failure(reply))
                 continue
-            metrics = reply.content["metrics"]
+            metrics = reply.content[METRICS_KEY]
             if "site-key" in metrics:  # stable across restarts, unlike the node id
                 node = f"site-{int(metrics['site-key']):012x}"
             sites[node] = {
-                name: _json_number(metrics[key])
+                name: json_safe(metrics[key])
                 for key, name in SITE_METRICS.items()
                 if key in metrics
             }
             sites[node]["node_id"] = str(reply.metadata.src_node_id)
-            if "arrays" in reply.content:  # with SecAgg+ the masked vectors come in stages
+            if ARRAYS_KEY in reply.content:  # with SecAgg+ the masked vectors come in stages
                 sites[node]["upload_bytes"] = recorddict_to_proto(reply.content).ByteSize()
             if reply.metadata.src_node_id in update_norms:
                 sites[node]["update_norm"] = update_norms[reply.metadata.src_node_id]
@@ -185,7 +176,7 @@ def _failure(reply: Message) -> dict:
     reasons: anything else (a foreign app, a Flower error quoting an exception) could carry site
     data, and the record is kept, shared and audited."""
     reason = reply.error.reason or ""
-    if reply.error.code not in KEPT_REASON_CODES and reason not in set(Reason):
+    if reply.error.code not in KEPT_REASON_CODES and not is_site_reason(reply.error.code, reason):
         reason = f"(a reason outside fedintent's vocabulary, {len(reason)} characters, not kept)"
     return {
         "node_id": str(reply.metadata.src_node_id),
@@ -203,17 +194,5 @@ def _max_epsilon(sites: list[dict]) -> float | None:
     return max(values)
 
 
-def _json_number(value: float | int) -> float | int | None:
-    """JSON has no infinity: epsilon without DP is written as null."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
-
-
-def write_json_atomic(path: Path, document: dict) -> None:
-    """Write a JSON file so readers see either the old or the new version, never a torn one."""
-    write_bytes_atomic(path, (json.dumps(document, indent=2) + "\n").encode("utf-8"))

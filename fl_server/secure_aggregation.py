@@ -34,8 +34,8 @@ from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECOR
 from flwr.server.workflow.constant import Key as WorkflowKey
 from flwr.serverapp import Grid
 
-from fl_server.run_record import NO_REPLY
-from fl_server.update_validation import ARRAYS_KEY, METRICS_KEY, ArraySpec
+from fl_protocol.wire import ARRAYS_KEY, CONFIG_KEY, METRICS_KEY, NO_REPLY
+from fl_server.update_validation import ArraySpec
 
 STRATEGIES = ("fedavg", "fedadam")
 """Strategies that need only the mean of the updates."""
@@ -169,7 +169,7 @@ class _Relay:
             sent = self.asked[msg.metadata.dst_node_id].content
             protocol = msg.content[RECORD_KEY_CONFIGS]
             stage = str(protocol[Key.STAGE])
-            content = {RECORD_KEY_CONFIGS: protocol, "config": sent["config"]}
+            content = {RECORD_KEY_CONFIGS: protocol, CONFIG_KEY: sent[CONFIG_KEY]}
             if stage == Stage.COLLECT_MASKED_VECTORS:
                 content[ARRAYS_KEY] = sent[ARRAYS_KEY]
             msg.content = RecordDict(content)

@@ -14,7 +14,6 @@ it. With ``resume = true`` the run in ``out-dir`` continues after its last check
 only the mean of the sites' updates (``secure_aggregation.py``).
 """
 
-import math
 from collections.abc import Callable
 from logging import WARNING
 from pathlib import Path
@@ -25,12 +24,13 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Strategy
 
-from fl_client.site_data import read_labels
+from fl_protocol.durable_files import json_safe
+from fl_protocol.label_file import read_labels
 from fl_server.audit_log import append_entry, check_extendable
 from fl_server.checkpoints import CheckpointError, latest_checkpoint, save_checkpoint
 from fl_server.model_store import save_model
 from fl_server.resume import read_metrics, resumed_run_config
-from fl_server.run_config import SYNTHETIC_SITE_SIZE, RunConfigError
+from fl_server.run_config import RunConfigError
 from fl_server.run_record import RunRecord, final_summary
 from fl_server.secure_aggregation import incompatibility, secure_train_round
 from fl_server.strategy import build_strategy, restore_strategy_state, strategy_state
@@ -62,7 +62,7 @@ def main(grid: Grid, context: Context) -> None:
     spec = array_spec(initial)
 
     run_name = str(cfg["run-name"]) or f"flwr-{context.run_id}"
-    config = _jsonable(cfg | {"data-dir": data_dir, "out-dir": str(out_dir), "run-name": run_name})
+    config = json_safe(cfg | {"data-dir": data_dir, "out-dir": str(out_dir), "run-name": run_name})
     audit_path = out_dir / "audit.jsonl"
 
     def audit(event: str, **fields) -> None:
@@ -213,18 +213,13 @@ def _simulation_data_dir(cfg: dict, grid: Grid, out_dir: Path) -> str:
     """
     if str(cfg["data-dir"]):
         return str(cfg["data-dir"])
-    from data_synth import write_sites
+    from data_synth import write_run_sites
 
     num_sites = max(len(list(grid.get_node_ids())), int(cfg["min-sites"]))
     data_dir = out_dir / "data"
-    write_sites(data_dir, n_sites=num_sites, seed=int(cfg["seed"]), size=SYNTHETIC_SITE_SIZE)
+    write_run_sites(data_dir, n_sites=num_sites, seed=int(cfg["seed"]))
     return str(data_dir)
 
 
 def _sha256(arrays: ArrayRecord) -> str:
     return arrays_sha256({key: array.numpy() for key, array in arrays.items()})
-
-
-def _jsonable(cfg: dict) -> dict:
-    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
-            for k, v in cfg.items()}

@@ -1,9 +1,10 @@
-"""Aggregation strategies, with reply checks and the run record hooked into every round.
+"""Aggregation strategies, wrapped so that every round's replies are checked and recorded.
 
 FedAvg averages the sites' parameters weighted by their number of training examples; FedAdam
 applies the averaged update through a server-side Adam optimizer; FedTrimmedAvg and FedMedian
-are robust to a minority of outlying updates. All four are Flower's own. What fedintent adds,
-before Flower's aggregation sees a reply:
+are robust to a minority of outlying updates. All four are Flower's own. What fedintent adds
+(``CheckedRounds``, a wrapper like Flower's DP strategy wrappers), before Flower's aggregation
+sees a reply:
 
 * every site asked gets exactly one outcome: a site that did not answer within the reply
   timeout, or whose node the SuperLink reports unavailable, is recorded as a failure of *that*
@@ -23,14 +24,13 @@ from collections.abc import Callable, Iterable
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAdam, FedAvg, FedMedian, FedTrimmedAvg
+from flwr.serverapp.strategy import FedAdam, FedAvg, FedMedian, FedTrimmedAvg, Strategy
 
-from fl_server.run_record import NO_REPLY, REJECTED, RunRecord
+from fl_protocol.wire import ARRAYS_KEY, METRICS_KEY, NO_REPLY, REJECTED, TRAIN_METRICS
+from fl_server.run_record import RunRecord
 from fl_server.secure_aggregation import SecureRound
 from fl_server.tensor_digest import arrays_sha256
 from fl_server.update_validation import (
-    ARRAYS_KEY,
-    METRICS_KEY,
     ArraySpec,
     InvalidReply,
     check_evaluate_reply,
@@ -48,7 +48,7 @@ BASES: dict[str, type[FedAvg]] = {
 STATE_ATTRIBUTES = ("m_t", "v_t")
 """Strategy attributes that carry state from round to round (FedAdam's moments)."""
 
-AGGREGATED_TRAIN_METRICS = ("num-examples", "train-loss", "epsilon")
+AGGREGATED_TRAIN_METRICS = tuple(m.name for m in TRAIN_METRICS if m.aggregated)
 
 
 def build_strategy(
@@ -59,8 +59,9 @@ def build_strategy(
     server_learning_rate: float,
     max_update_norm: float,
     reply_timeout: float,
-) -> FedAvg:
-    """A Flower strategy that trains and evaluates on every connected site each round."""
+) -> "CheckedRounds":
+    """A Flower strategy that trains and evaluates on every connected site each round, wrapped
+    in ``CheckedRounds``."""
     if name not in BASES:
         raise ValueError(f"unknown strategy {name!r}; choose one of {', '.join(STRATEGIES)}")
     options = {
@@ -73,90 +74,118 @@ def build_strategy(
     }
     if name == "fedadam":
         options |= {"eta": server_learning_rate, "eta_l": 1.0, "beta_1": 0.9, "beta_2": 0.99}
-    base = BASES[name]
+    return CheckedRounds(BASES[name](**options), record, spec, max_update_norm, reply_timeout)
 
-    class Checked(base):
-        def configure_train(
-            self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-        ) -> Iterable[Message]:
-            self.sent_arrays = {key: array.numpy() for key, array in arrays.items()}
-            self.asked_train = list(super().configure_train(server_round, arrays, config, grid))
-            return self.asked_train
 
-        def aggregate_train(
-            self, server_round: int, replies: Iterable[Message]
-        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-            update_norms: dict[int, float] = {}
+class CheckedRounds(Strategy):
+    """A strategy wrapper, in the style of Flower's own DP wrappers: each round's replies are
+    attributed, checked and recorded before the wrapped strategy aggregates the accepted ones.
 
-            def check(reply: Message) -> None:
-                update_norms[reply.metadata.src_node_id] = check_train_reply(
-                    reply.content, spec, self.sent_arrays, max_update_norm
-                )
+    The wrapped ``strategy`` configures the rounds and aggregates; this wrapper keeps what it
+    sent (to check each update against the model it was sent), turns every reply into one
+    outcome per site asked (``checked_replies``), records the round (``RunRecord``) and orders
+    the accepted replies canonically.
+    """
 
-            checked = checked_replies(self.asked_train, replies, reply_timeout, check)
-            record.record_train(server_round, checked, update_norms)
-            accepted = [_lean(reply) for reply in checked if not reply.has_error()]
-            accepted.sort(key=lambda reply: arrays_sha256(_numpy(reply.content[ARRAYS_KEY])))
-            arrays, metrics = super().aggregate_train(server_round, accepted)
-            if arrays is not None:
-                arrays = _with_dtypes(arrays, spec)
-            return arrays, metrics
+    def __init__(
+        self,
+        strategy: FedAvg,
+        record: RunRecord,
+        spec: ArraySpec,
+        max_update_norm: float,
+        reply_timeout: float,
+    ) -> None:
+        super().__init__()
+        self.strategy = strategy
+        self.record = record
+        self.spec = spec
+        self.max_update_norm = max_update_norm
+        self.reply_timeout = reply_timeout
+        self.sent_arrays: dict[str, np.ndarray] = {}
+        self.asked_train: list[Message] = []
+        self.asked_evaluate: list[Message] = []
 
-        def aggregate_secure_train(
-            self, server_round: int, secure: SecureRound
-        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-            """A SecAgg+ round: each reply holds only its site's metrics, ``secure.aggregate``
-            the example-weighted mean of the updates of the sites that trained.
+    def summary(self) -> None:
+        self.strategy.summary()
 
-            A site whose metrics fail the check cannot be taken out of the sum, so then the
-            round's mean is dropped and the global model stays as it was.
-            """
-            checked = [
-                _checked(sent, reply, reply_timeout,
-                         lambda reply: check_secure_train_reply(reply.content))
-                for sent, reply in zip(self.asked_train, secure.replies, strict=True)
-            ]
-            entry = record.record_train(server_round, checked, {})
-            entry["secure_aggregation"] = secure.summary
-            if any(c.has_error() and not r.has_error()
-                   for c, r in zip(checked, secure.replies, strict=True)):
-                secure.summary["dropped"] = ("a site in the sum was rejected; its update cannot "
-                                             "be taken out of the sum, so the sum was dropped")
-                return None, None
-            if secure.aggregate is None:
-                return None, None
-            accepted = [
-                _lean(Message(RecordDict({ARRAYS_KEY: secure.aggregate,
-                                          METRICS_KEY: reply.content[METRICS_KEY]}),
-                              reply_to=sent))
-                for sent, reply in zip(self.asked_train, checked, strict=True)
-                if not reply.has_error()
-            ]
-            arrays, metrics = super().aggregate_train(server_round, accepted)
-            return _with_dtypes(arrays, spec) if arrays is not None else None, metrics
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        self.sent_arrays = {key: array.numpy() for key, array in arrays.items()}
+        self.asked_train = list(self.strategy.configure_train(server_round, arrays, config, grid))
+        return self.asked_train
 
-        def configure_evaluate(
-            self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-        ) -> Iterable[Message]:
-            self.asked_evaluate = list(
-                super().configure_evaluate(server_round, arrays, config, grid)
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        update_norms: dict[int, float] = {}
+
+        def check(reply: Message) -> None:
+            update_norms[reply.metadata.src_node_id] = check_train_reply(
+                reply.content, self.spec, self.sent_arrays, self.max_update_norm
             )
-            return self.asked_evaluate
 
-        def aggregate_evaluate(
-            self, server_round: int, replies: Iterable[Message]
-        ) -> MetricRecord | None:
-            checked = checked_replies(
-                self.asked_evaluate, replies, reply_timeout,
-                lambda reply: check_evaluate_reply(reply.content),
-            )
-            accepted = [reply for reply in checked if not reply.has_error()]
-            aggregated = super().aggregate_evaluate(server_round, accepted)
-            record.record_evaluate(server_round, checked, aggregated)
-            return aggregated
+        checked = checked_replies(self.asked_train, replies, self.reply_timeout, check)
+        self.record.record_train(server_round, checked, update_norms)
+        accepted = [_lean(reply) for reply in checked if not reply.has_error()]
+        accepted.sort(key=lambda reply: arrays_sha256(_numpy(reply.content[ARRAYS_KEY])))
+        arrays, metrics = self.strategy.aggregate_train(server_round, accepted)
+        if arrays is not None:
+            arrays = _with_dtypes(arrays, self.spec)
+        return arrays, metrics
 
-    Checked.__name__ = base.__name__
-    return Checked(**options)
+    def aggregate_secure_train(
+        self, server_round: int, secure: SecureRound
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """A SecAgg+ round: each reply holds only its site's metrics, ``secure.aggregate``
+        the example-weighted mean of the updates of the sites that trained.
+
+        A site whose metrics fail the check cannot be taken out of the sum, so then the
+        round's mean is dropped and the global model stays as it was.
+        """
+        checked = [
+            _checked(sent, reply, self.reply_timeout,
+                     lambda reply: check_secure_train_reply(reply.content))
+            for sent, reply in zip(self.asked_train, secure.replies, strict=True)
+        ]
+        entry = self.record.record_train(server_round, checked, {})
+        entry["secure_aggregation"] = secure.summary
+        if any(c.has_error() and not r.has_error()
+               for c, r in zip(checked, secure.replies, strict=True)):
+            secure.summary["dropped"] = ("a site in the sum was rejected; its update cannot "
+                                         "be taken out of the sum, so the sum was dropped")
+            return None, None
+        if secure.aggregate is None:
+            return None, None
+        accepted = [
+            _lean(Message(RecordDict({ARRAYS_KEY: secure.aggregate,
+                                      METRICS_KEY: reply.content[METRICS_KEY]}),
+                          reply_to=sent))
+            for sent, reply in zip(self.asked_train, checked, strict=True)
+            if not reply.has_error()
+        ]
+        arrays, metrics = self.strategy.aggregate_train(server_round, accepted)
+        return _with_dtypes(arrays, self.spec) if arrays is not None else None, metrics
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        self.asked_evaluate = list(
+            self.strategy.configure_evaluate(server_round, arrays, config, grid)
+        )
+        return self.asked_evaluate
+
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
+        checked = checked_replies(
+            self.asked_evaluate, replies, self.reply_timeout,
+            lambda reply: check_evaluate_reply(reply.content),
+        )
+        accepted = [reply for reply in checked if not reply.has_error()]
+        aggregated = self.strategy.aggregate_evaluate(server_round, accepted)
+        self.record.record_evaluate(server_round, checked, aggregated)
+        return aggregated
 
 
 def checked_replies(
@@ -178,17 +207,20 @@ def checked_replies(
     ]
 
 
-def strategy_state(strategy: FedAvg) -> dict[str, dict[str, np.ndarray]]:
-    """The state a strategy carries between rounds, for a checkpoint."""
+def strategy_state(checked: CheckedRounds) -> dict[str, dict[str, np.ndarray]]:
+    """The state the wrapped strategy carries between rounds, for a checkpoint."""
     return {
-        name: dict(getattr(strategy, name))
+        name: dict(getattr(checked.strategy, name))
         for name in STATE_ATTRIBUTES
-        if getattr(strategy, name, None)
+        if getattr(checked.strategy, name, None)
     }
 
 
-def restore_strategy_state(strategy: FedAvg, state: dict[str, dict[str, np.ndarray]]) -> None:
+def restore_strategy_state(
+    checked: CheckedRounds, state: dict[str, dict[str, np.ndarray]]
+) -> None:
     """Put checkpointed state back, so the next round continues as if never interrupted."""
+    strategy = checked.strategy
     unknown = sorted(set(state) - {n for n in STATE_ATTRIBUTES if hasattr(strategy, n)})
     if unknown:
         raise ValueError(f"checkpoint holds state {unknown} that {strategy.__class__.__name__} "

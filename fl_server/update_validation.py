@@ -10,16 +10,15 @@ sum), and only those can be checked.
 """
 
 import math
-from collections.abc import Callable
 
 import numpy as np
 from flwr.app import ArrayRecord, RecordDict
 
+from fl_protocol.wire import ARRAYS_KEY, EVALUATE_METRICS, METRICS_KEY, TRAIN_METRICS, Metric
+
 ArraySpec = dict[str, tuple[tuple[int, ...], str]]
 """Parameter name -> (shape, numpy dtype string) of the exchanged model."""
 
-ARRAYS_KEY = "arrays"
-METRICS_KEY = "metrics"
 
 
 class InvalidReply(ValueError):
@@ -44,7 +43,7 @@ def check_train_reply(
     arrays = content.array_records.get(ARRAYS_KEY)
     if arrays is None:
         raise InvalidReply(f"{ARRAYS_KEY!r} is not an ArrayRecord")
-    _check_metrics(content, TRAIN_METRIC_CHECKS)
+    _check_metrics(content, TRAIN_METRICS)
     missing, unexpected = sorted(set(spec) - set(arrays)), sorted(set(arrays) - set(spec))
     if missing or unexpected:
         raise InvalidReply(f"wrong parameter names: missing {missing}, unexpected {unexpected}")
@@ -72,41 +71,26 @@ def check_secure_train_reply(content: RecordDict) -> None:
     """Raise ``InvalidReply`` unless a SecAgg+ site's reply holds exactly its usable metrics."""
     if set(content) != {METRICS_KEY}:
         raise InvalidReply(f"expected only the record {METRICS_KEY!r}, got {sorted(content)}")
-    _check_metrics(content, TRAIN_METRIC_CHECKS)
+    _check_metrics(content, TRAIN_METRICS)
 
 
 def check_evaluate_reply(content: RecordDict) -> None:
     """Raise ``InvalidReply`` unless the reply holds usable evaluation metrics."""
     if set(content) != {METRICS_KEY}:
         raise InvalidReply(f"expected only the record {METRICS_KEY!r}, got {sorted(content)}")
-    _check_metrics(content, {"num-examples": _positive, "loss": _finite, "accuracy": _fraction})
+    _check_metrics(content, EVALUATE_METRICS)
 
 
-def _check_metrics(content: RecordDict, required: dict[str, Callable[[float], bool]]) -> None:
+def _check_metrics(content: RecordDict, contract: tuple[Metric, ...]) -> None:
+    """Every metric the contract requires is present and passes its check; the others are
+    optional here (the site's egress guard lets out no name outside the contract)."""
     metrics = content.metric_records.get(METRICS_KEY)
     if metrics is None:
         raise InvalidReply(f"{METRICS_KEY!r} is not a MetricRecord")
-    for key, valid in required.items():
-        value = metrics.get(key)
-        if isinstance(value, bool) or not isinstance(value, int | float) or not valid(value):
-            raise InvalidReply(f"metric {key!r} is missing or out of range: {value!r}")
-
-
-def _positive(value: float) -> bool:
-    return math.isfinite(value) and value > 0
-
-
-def _finite(value: float) -> bool:
-    return math.isfinite(value)
-
-
-def _not_nan(value: float) -> bool:
-    """Epsilon may be inf (a run without DP), never NaN."""
-    return not math.isnan(value)
-
-
-def _fraction(value: float) -> bool:
-    return 0.0 <= value <= 1.0
-
-
-TRAIN_METRIC_CHECKS = {"num-examples": _positive, "train-loss": _finite, "epsilon": _not_nan}
+    for metric in contract:
+        if metric.check is None:
+            continue
+        value = metrics.get(metric.name)
+        if (isinstance(value, bool) or not isinstance(value, int | float)
+                or not metric.check(value)):
+            raise InvalidReply(f"metric {metric.name!r} is missing or out of range: {value!r}")

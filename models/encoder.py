@@ -7,6 +7,7 @@ states, mean-pooled over the attention mask, then L2-normalised.
 """
 
 import hashlib
+import io
 import json
 import os
 from functools import lru_cache
@@ -15,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+
+from fl_protocol.durable_files import write_bytes_atomic
 
 MAX_TOKENS = 128
 ENCODE_BATCH = 64
@@ -147,9 +150,7 @@ def cached(kind: str, texts: list[str], cache_dir: Path | None, compute) -> torc
             pass  # a damaged cache entry is recomputed and replaced
     features = compute(texts)
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # derived from customer text
-    with os.fdopen(fd, "wb") as f:
-        np.save(f, features.numpy())
-    os.replace(tmp, path)
+    buffer = io.BytesIO()
+    np.save(buffer, features.numpy())
+    write_bytes_atomic(path, buffer.getvalue(), mode=0o600)  # derived from customer text
     return features

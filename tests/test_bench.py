@@ -24,7 +24,8 @@ from fedintent.bench.cells import (
 )
 from fedintent.bench.report import markdown_report, plot_png, summarize
 from fedintent.bench.sweep import BenchSpec, run_bench
-from fl_server.run_config import DEFAULTS, TUNED_SETTINGS, tuned_settings
+from fl_protocol.wire import RUN_CONFIG_DEFAULTS as DEFAULTS
+from fl_server.run_config import TUNED_SETTINGS, tuned_settings
 
 LABELS = ["card_arrival", "lost_card", "exchange_rate", "top_up_failed"]
 PHRASES = {

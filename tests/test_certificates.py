@@ -18,13 +18,13 @@ from flwr.supercore.fab import Fab
 from flwr.supernode.start_client_internal import _verify_fab
 
 from fedintent.cli import main
-from fl_server.certificates import (
+from fedintent.launch.certificates import (
     CredentialsExistError,
     signing_key_id,
     site_names,
     write_dev_credentials,
 )
-from fl_server.deployment import read_release
+from fedintent.launch.releases import read_release
 
 SITES = site_names(2)
 

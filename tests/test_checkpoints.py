@@ -16,6 +16,8 @@ import pytest
 from safetensors.numpy import load_file
 
 from data_synth import write_sites
+from fedintent.launch.simulation import SimulationError, run_simulation
+from fl_protocol.wire import RUN_CONFIG_DEFAULTS as DEFAULTS
 from fl_server.audit_log import verify_log
 from fl_server.checkpoints import (
     CheckpointError,
@@ -24,9 +26,8 @@ from fl_server.checkpoints import (
     load_checkpoint,
     save_checkpoint,
 )
-from fl_server.local_simulation import SimulationError, run_simulation
 from fl_server.resume import resumed_run_config
-from fl_server.run_config import DEFAULTS, RunConfigError, check_run_config
+from fl_server.run_config import RunConfigError, check_run_config
 from fl_server.run_record import RunRecord
 from fl_server.strategy import build_strategy, restore_strategy_state, strategy_state
 
@@ -104,13 +105,13 @@ def test_fedadam_moments_survive_a_checkpoint(tmp_path):
                               max_update_norm=0.0, reply_timeout=1.0)
 
     before = strategy("fedadam")
-    before.m_t, before.v_t = MOMENTS["m_t"], MOMENTS["v_t"]
+    before.strategy.m_t, before.strategy.v_t = MOMENTS["m_t"], MOMENTS["v_t"]
     path = save_checkpoint(tmp_path, 1, "fedadam", "r", MODEL, strategy_state(before))
     after = strategy("fedadam")
     restore_strategy_state(after, load_checkpoint(path).state)
     for name in ("m_t", "v_t"):
         for key in MODEL:
-            np.testing.assert_array_equal(getattr(after, name)[key], MOMENTS[name][key])
+            np.testing.assert_array_equal(getattr(after.strategy, name)[key], MOMENTS[name][key])
     fedavg = strategy("fedavg")
     with pytest.raises(ValueError, match="another strategy"):
         restore_strategy_state(fedavg, load_checkpoint(path).state)

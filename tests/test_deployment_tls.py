@@ -19,17 +19,21 @@ from pathlib import Path
 import pytest
 
 from data_synth import write_sites
-from fl_server.certificates import site_names, write_dev_credentials
-from fl_server.deployment import (
-    flower_env,
+from fedintent.launch.certificates import site_names, write_dev_credentials
+from fedintent.launch.deployment import (
     register_site_key,
-    start_process,
-    stop_process_trees,
     wait_superlink_healthy,
     write_connection,
-    write_release,
 )
-from fl_server.local_simulation import _alive, _free_port, descendants_of_all
+from fedintent.launch.flower_cli import flower_env
+from fedintent.launch.processes import (
+    descendants,
+    free_port,
+    is_alive,
+    start_process,
+    stop_process_trees,
+)
+from fedintent.launch.releases import write_release
 
 REPO = Path(__file__).resolve().parent.parent
 REGISTERED = site_names(3)
@@ -44,7 +48,7 @@ def site_env(tmp: Path, site: str, superlink: str, data_dir: Path, key: Path, ca
         "SUPERLINK": superlink, "CA_CERT": str(ca), "SITE_KEY": str(key),
         "TRUSTED_ENTITIES": str(ca.parent / "trusted-entities.yaml"),
         "DATA_DIR": str(data_dir), "STATE_DIR": str(tmp / "state" / site),
-        "MAX_EPSILON": "8.0", "SUPERNODE_PORT": str(_free_port()),
+        "MAX_EPSILON": "8.0", "SUPERNODE_PORT": str(free_port()),
     }
 
 
@@ -68,7 +72,7 @@ def deployment(tmp_path_factory):
     creds = write_dev_credentials(tmp / "creds", [*REGISTERED, UNREGISTERED],
                                   ["127.0.0.1"], ["localhost"])
     write_sites(tmp / "data", n_sites=3, seed=7, size=100)
-    port, control, release_port = _free_port(), _free_port(), _free_port()
+    port, control, release_port = free_port(), free_port(), free_port()
     superlink = f"127.0.0.1:{port}"
     processes: list[subprocess.Popen] = []
     started: set[int] = set()
@@ -94,9 +98,9 @@ def deployment(tmp_path_factory):
                    "control": f"127.0.0.1:{control}", "release_port": release_port,
                    "log": tmp / "flower.log"}
         finally:
-            started = {p.pid for p in processes} | descendants_of_all({p.pid for p in processes})
+            started = {p.pid for p in processes} | descendants({p.pid for p in processes})
             stop_process_trees(processes)
-    assert not [pid for pid in started if _alive(pid)], "processes left behind"
+    assert not [pid for pid in started if is_alive(pid)], "processes left behind"
 
 
 def test_plaintext_and_untrusted_clients_are_refused(deployment):
@@ -111,7 +115,7 @@ def test_plaintext_and_untrusted_clients_are_refused(deployment):
     log = tmp / "plaintext-supernode.log"
     code = run_to_exit(
         ["flower-supernode", "--insecure", "--max-wait-time", "5",
-         "--superlink", deployment["superlink"], "--port", str(_free_port()),
+         "--superlink", deployment["superlink"], "--port", str(free_port()),
          "--node-config", f"data-path='{tmp / 'data' / 'site-00'}'"],
         flower_env(tmp / "plaintext-home"), log,
     )

@@ -24,25 +24,30 @@ from cryptography.hazmat.primitives.serialization import load_ssh_private_key
 from flwr.cli.build import build_fab_from_disk
 
 from data_synth import write_sites
-from fl_server.certificates import signing_key_pair, site_names, write_dev_credentials
-from fl_server.deployment import (
+from fedintent.launch.certificates import signing_key_pair, site_names, write_dev_credentials
+from fedintent.launch.deployment import (
     DeploymentError,
-    flower_env,
     register_site_key,
     run_status,
-    serve_release,
-    sign_release,
-    start_process,
-    stop_process_trees,
     stop_run,
-    submit_release_run,
     submit_run,
     wait_superlink_healthy,
-    write_app,
     write_connection,
+)
+from fedintent.launch.flower_cli import flower_env, write_app
+from fedintent.launch.processes import (
+    descendants,
+    free_port,
+    is_alive,
+    start_process,
+    stop_process_trees,
+)
+from fedintent.launch.releases import (
+    serve_release,
+    sign_release,
+    submit_release_run,
     write_release,
 )
-from fl_server.local_simulation import _alive, _free_port, descendants_of_all
 
 REPO = Path(__file__).resolve().parent.parent
 SITE = site_names(1)[0]
@@ -57,7 +62,7 @@ def deployment(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("trust-deployment")
     creds = write_dev_credentials(tmp / "creds", [SITE], ["127.0.0.1"], ["localhost"])
     write_sites(tmp / "data", n_sites=1, seed=11, size=60)
-    public, control, release_port = _free_port(), _free_port(), _free_port()
+    public, control, release_port = free_port(), free_port(), free_port()
     processes: list[subprocess.Popen] = []
     started: set[int] = set()
     with open(tmp / "flower.log", "ab") as link_log, open(tmp / "site.log", "ab") as site_log:
@@ -79,7 +84,7 @@ def deployment(tmp_path_factory):
                 "SITE_KEY": str(creds.site_keys[SITE]),
                 "TRUSTED_ENTITIES": str(creds.trusted_entities),
                 "DATA_DIR": str(tmp / "data" / SITE), "STATE_DIR": str(tmp / "state"),
-                "SUPERNODE_PORT": str(_free_port()),
+                "SUPERNODE_PORT": str(free_port()),
             }
             start_process([str(REPO / "deploy" / "site-entrypoint.sh")], site_env, site_log,
                           processes)
@@ -87,9 +92,9 @@ def deployment(tmp_path_factory):
                    "release_port": release_port, "operator": operator,
                    "release": write_release(tmp / "release", creds.signing_key)}
         finally:
-            started = {p.pid for p in processes} | descendants_of_all({p.pid for p in processes})
+            started = {p.pid for p in processes} | descendants({p.pid for p in processes})
             stop_process_trees(processes)
-    assert not [pid for pid in started if _alive(pid)], "processes left behind"
+    assert not [pid for pid in started if is_alive(pid)], "processes left behind"
 
 
 def run_config(deployment) -> dict:

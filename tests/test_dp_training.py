@@ -1,5 +1,6 @@
 """Local DP-SGD: it learns, it clips, it adds noise, and it takes exactly the charged steps."""
 
+import pytest
 import torch
 from torch import nn
 
@@ -15,10 +16,12 @@ def separable_data(n: int = 200, dim: int = 16, classes: int = 4, seed: int = 0)
     return nn.functional.normalize(features, dim=1), labels
 
 
-def plan(noise: float | None, **overrides) -> TrainingPlan:
+def plan(noise: float | None, n: int = 200, **overrides) -> TrainingPlan:
+    """A plan for ``n`` examples, charged for the sample rate and steps they take."""
     values = {"noise_multiplier": noise, "clip_norm": 1.0, "batch_size": 32, "local_epochs": 3,
               "learning_rate": 2.0} | overrides
-    return TrainingPlan(**values)
+    charged = steps_per_round(n, values["batch_size"], values["local_epochs"])
+    return TrainingPlan(**values, charged=charged)
 
 
 def test_training_without_dp_learns():
@@ -44,7 +47,8 @@ def test_update_is_bounded_by_clipping():
     x = x * 1000  # huge gradients: clipping must bound them
     model = nn.Linear(16, 4)
     start = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
-    train_locally(model, x, y, plan(0.0, batch_size=64, local_epochs=1, learning_rate=1.0), seed=0)
+    train_locally(model, x, y, plan(0.0, 64, batch_size=64, local_epochs=1, learning_rate=1.0),
+                  seed=0)
     end = torch.cat([p.detach().flatten() for p in model.parameters()])
     # Poisson batch of at most 64 examples, expected size 64: bound lr * C * 64/64 with slack
     # for a larger-than-expected batch (never more than n = 64 here).
@@ -57,7 +61,7 @@ def test_noise_is_added_and_seeded():
     for seed in (1, 1, 2):
         model = nn.Linear(16, 4)
         model.load_state_dict({k: torch.zeros_like(v) for k, v in model.state_dict().items()})
-        train_locally(model, x, y, plan(5.0, local_epochs=1), seed=seed)
+        train_locally(model, x, y, plan(5.0, 64, local_epochs=1), seed=seed)
         results.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
     assert torch.equal(results[0], results[1])
     assert not torch.allclose(results[0], results[2])
@@ -66,6 +70,27 @@ def test_noise_is_added_and_seeded():
 def test_empty_poisson_batches_do_not_crash():
     x, y = separable_data(n=5)
     model = nn.Linear(16, 4)
-    loss, steps = train_locally(model, x, y, plan(1.0, batch_size=1, local_epochs=4), seed=3)
+    loss, steps = train_locally(model, x, y, plan(1.0, 5, batch_size=1, local_epochs=4), seed=3)
     assert steps == 20
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_training_refuses_to_spend_other_than_what_was_charged():
+    """A DP plan must carry the (sample rate, steps) charged to the ledger, and Opacus must
+    sample at exactly that rate for exactly those steps: otherwise the epsilon charged is not
+    the epsilon spent, and nothing is trained."""
+    x, y = separable_data(n=64)
+    rate, steps = steps_per_round(64, 32, 3)
+    refused = {
+        "no charge": (None, ValueError),
+        "another sample rate": ((rate / 2, steps), RuntimeError),
+        "fewer steps charged": ((rate, steps - 1), RuntimeError),
+    }
+    for charged, error in refused.values():
+        model = nn.Linear(16, 4)
+        before = [p.detach().clone() for p in model.parameters()]
+        bad = TrainingPlan(noise_multiplier=1.0, clip_norm=1.0, batch_size=32, local_epochs=3,
+                           learning_rate=2.0, charged=charged)
+        with pytest.raises(error, match="charged"):
+            train_locally(model, x, y, bad, seed=0)
+        assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))

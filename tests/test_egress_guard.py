@@ -20,16 +20,16 @@ from flwr.common import Code, FitRes, Parameters, Status, ndarray_to_bytes
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
 from flwr.compat.common.recorddict_compat import fitres_to_recorddict
 
-from fl_client.egress_guard import (
+from fl_client.egress_guard import egress_guard
+from fl_protocol.wire import (
     DECLINED,
     EGRESS_BLOCKED,
     REASON_CODES,
     SITE_ERROR,
     Reason,
-    egress_guard,
     error_reply,
 )
-from fl_server.run_config import DEFAULTS
+from fl_protocol.wire import RUN_CONFIG_DEFAULTS as DEFAULTS
 from models import get_model_family
 
 pytestmark = pytest.mark.usefixtures("task_identity")
@@ -45,13 +45,6 @@ def incoming(message_type: str) -> Message:
     config = ConfigRecord({"labels": LABELS, "server-round": 2, "run-name": "r"})
     return Message(content=RecordDict({"arrays": ArrayRecord(head_state()), "config": config}),
                    dst_node_id=7, message_type=message_type)
-
-
-@pytest.fixture
-def ctx(tmp_path) -> Context:
-    node = {"data-path": str(tmp_path / "data"), "state-dir": str(tmp_path / "state")}
-    return Context(run_id=1, node_id=7, node_config=node, state=RecordDict(),
-                   run_config=dict(DEFAULTS))
 
 
 def good_train_reply(msg: Message) -> RecordDict:
@@ -316,12 +309,12 @@ def test_the_real_evaluate_handler_cannot_send_more_than_its_allow_list(
     import fl_client.client_app as client_app
 
     kind = LEAKY_EVALUATE_REPLIES[case]
-    real_metric_record, real_record_dict = client_app.MetricRecord, client_app.RecordDict
+    real_metric_record, real_record_dict = client_app.metric_record, client_app.RecordDict
 
-    def leaky_metrics(values):
+    def leaky_metrics(contract, **values):
         extra = {"metric": {"customer-phone": LEAKED_PHONE},
                  "train-metric": {"epsilon": 1.0}}.get(kind, {})
-        return real_metric_record(dict(values) | extra)
+        return MetricRecord(dict(real_metric_record(contract, **values)) | extra)
 
     def leaky_content(records):
         records = dict(records)
@@ -331,7 +324,7 @@ def test_the_real_evaluate_handler_cannot_send_more_than_its_allow_list(
             records["config"] = ConfigRecord({"utterance": f"my number is {LEAKED_PHONE}"})
         return real_record_dict(records)
 
-    monkeypatch.setattr(client_app, "MetricRecord", leaky_metrics)
+    monkeypatch.setattr(client_app, "metric_record", leaky_metrics)
     monkeypatch.setattr(client_app, "RecordDict", leaky_content)
     reply = client_app.app(evaluate_message(), evaluating_site)
 

@@ -19,10 +19,11 @@ import pytest
 import torch
 
 from data_synth import write_sites
-from fl_client.egress_guard import Reason
 from fl_client.privacy_report import site_privacy_report
-from fl_client.site_data import list_site_dirs, load_site, read_labels
-from fl_server.run_config import DEFAULTS
+from fl_client.site_data import list_site_dirs, load_site
+from fl_protocol.label_file import read_labels
+from fl_protocol.wire import RUN_CONFIG_DEFAULTS as DEFAULTS
+from fl_protocol.wire import Reason
 from fl_server.tensor_digest import arrays_sha256
 from models import get_model_family
 
@@ -74,7 +75,7 @@ RUN_ARGS = {"3": ["--lr", "16"], "inf": []}
 MARGIN_OVER_PRIOR = {"3": 0.04, "inf": 0.10}
 """Accuracy the run must add to the untrained label-name prior's on the same test rows.
 
-Measured with the same local training in-process (``fedintent.bench.inprocess``), 6 seeds, on
+Measured with the same local training in-process (``fedintent.inprocess``), 6 seeds, on
 these sites (532 test rows, prior 0.562): epsilon 3 scored 0.639-0.647 (+0.077 at worst),
 no DP 0.761-0.773 (+0.199 at worst). A federation whose sites return the model they received
 scores the prior exactly, and fails both."""

@@ -55,22 +55,20 @@ from test_site_dropout import read_metrics, start, wait_for
 from test_wire import RecordingProxy
 
 import models.encoder_head
-from fl_client.egress_guard import EGRESS_LOG, Reason
+from fedintent.launch.flower_cli import flower_env, toml_value, write_app
+from fedintent.launch.processes import free_port, stop_process_trees
+from fedintent.launch.simulation import (
+    CONNECTION,
+    local_run_status,
+    wait_local_superlink,
+    write_local_connection,
+)
+from fl_client.egress_guard import EGRESS_LOG
 from fl_client.privacy_ledger import FORMAT as LEDGER_FORMAT
 from fl_client.privacy_ledger import HEAD_FILE, LEDGER_FILE
 from fl_client.site_data import load_site
 from fl_client.site_secret import SECRET_FILE
-from fl_server.local_simulation import (
-    CONNECTION,
-    _free_port,
-    _run_status,
-    _stop_all,
-    _wait_healthy,
-    _write_app,
-    _write_connection,
-    flower_env,
-)
-from fl_server.run_config import toml_value
+from fl_protocol.wire import Reason
 from models import get_model_family
 
 REPLY_TIMEOUT_S = 600.0
@@ -278,9 +276,9 @@ def run_deployment(
         folder.mkdir()
     (server_data / "labels.txt").write_text("\n".join(LABELS) + "\n")
     server_env, site_env = flower_env(server_home), flower_env(site_home)
-    port = _free_port()
-    _write_connection(server_home, port)
-    app_dir = _write_app(server_home / "app")
+    port = free_port()
+    write_local_connection(server_home, port)
+    app_dir = write_app(server_home / "app")
     proxy = RecordingProxy(port)
     processes: list[subprocess.Popen] = []
     try:
@@ -289,13 +287,13 @@ def run_deployment(
              "--host", "127.0.0.1", "--port", str(port)],
             server_env, logs / "superlink.log", processes,
         )
-        _wait_healthy(port, superlink)
+        wait_local_superlink(port, superlink)
         for site in sites.values():
             node_config = {"data-path": f"'{site.data}'", "state-dir": f"'{site.state}'",
                            "max-epsilon": "10.0"} | site.node_config
             start(
                 ["flower-supernode", "--insecure", "--superlink", f"127.0.0.1:{proxy.port}",
-                 "--port", str(_free_port()), "--node-config",
+                 "--port", str(free_port()), "--node-config",
                  " ".join(f"{k}={v}" for k, v in node_config.items())],
                 site_env, logs / f"site-{site.name}.log", processes,
             )
@@ -317,7 +315,7 @@ def run_deployment(
             if read_metrics(out / "metrics.json")["status"] not in ("running", "not started"):
                 return True
             polls += 1  # now and then ask the SuperLink, in case the ServerApp died early
-            return polls % 60 == 0 and _run_status(server_env, server_home).startswith(
+            return polls % 60 == 0 and local_run_status(server_env, server_home).startswith(
                 "finished")
 
         wait_for(run_ended, RUN_TIMEOUT_S, "the run to end")
@@ -328,7 +326,7 @@ def run_deployment(
                            env=server_env, cwd=server_home, stdout=run_log,
                            stderr=subprocess.STDOUT, timeout=120)
     finally:
-        _stop_all(processes)
+        stop_process_trees(processes)
         proxy.close()
     held = server_side_bytes([out, server_home, logs / "superlink.log", logs / "flwr-run.log",
                               logs / "flwr-log.log"])

@@ -18,7 +18,8 @@ from test_end_to_end import train as fedintent_train
 
 from data_synth import write_sites
 from fl_client.dp_training import TrainingPlan, train_locally
-from fl_client.site_data import read_labels
+from fl_client.privacy_accounting import steps_per_round
+from fl_protocol.label_file import read_labels
 from fl_server.run_config import RunConfigError, check_run_config
 from fl_server.tensor_digest import arrays_sha256
 from models import get_model_family, model_family_names
@@ -142,7 +143,8 @@ def test_one_example_moves_a_dp_step_by_at_most_its_clipped_share(name):
     outlier_targets = targets.clone()
     outlier_targets[0] = 2
     plan = TrainingPlan(noise_multiplier=0.0, clip_norm=0.5, batch_size=4096, local_epochs=1,
-                        learning_rate=3.0, grad_sample_mode=family.grad_sample_mode)
+                        learning_rate=3.0, grad_sample_mode=family.grad_sample_mode,
+                        charged=steps_per_round(len(targets), 4096, 1))
     if name == "minilm-finetune":  # one padded length for both datasets
         both = family.featurize(texts + outlier_texts[:1], None)
         features, outlier_features = both[: len(texts)], torch.cat([both[-1:], both[1:len(texts)]])
@@ -234,7 +236,8 @@ def test_length_sorted_chunks_give_the_same_step_as_one_pass(noise):
         model = _without_dropout(family.initial_model(LABELS))
         plan = TrainingPlan(noise_multiplier=noise, clip_norm=0.5, batch_size=4096,
                             local_epochs=1, learning_rate=3.0, grad_sample_mode="ghost",
-                            physical_batch_size=rows)
+                            physical_batch_size=rows,
+                            charged=steps_per_round(len(targets), 4096, 1))
         loss, steps = train_locally(model, features, targets, plan, seed=4)
         assert steps == 1
         results.append((loss, torch.cat([p.detach().flatten() for p in model.parameters()])))

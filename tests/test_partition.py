@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from data_synth.partition import partition_csv_dataset
-from fl_client.site_data import load_site, read_labels
+from fedintent.partition import partition_csv_dataset
+from fl_client.site_data import load_site
+from fl_protocol.label_file import read_labels
 
 BANKING77_SAMPLE = Path(__file__).parent / "data" / "banking77-sample"
 """4 train and 2 test rows of each BANKING77 intent (CC BY 4.0; README.md there)."""

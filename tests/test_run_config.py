@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from fl_server.run_config import DEFAULTS, RunConfigError, check_run_config, toml_value
+from fedintent.launch.flower_cli import toml_value
+from fl_protocol.wire import RUN_CONFIG_DEFAULTS as DEFAULTS
+from fl_server.run_config import RunConfigError, check_run_config
 
 ROOT = Path(__file__).resolve().parents[1]
 

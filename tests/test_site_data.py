@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from fl_client.site_data import SiteDataError, list_site_dirs, load_site, read_labels
+from fl_client.site_data import SiteDataError, list_site_dirs, load_site
+from fl_protocol.label_file import LabelFileError, read_labels
 
 LABELS = ["card_lost", "refund"]
 
@@ -154,8 +155,8 @@ def test_label_file_checks(tmp_path):
     path.write_text("a\nb\n\nc\n")
     assert read_labels(path) == ["a", "b", "c"]
     path.write_text("a\nb\na\n")
-    with pytest.raises(SiteDataError, match="duplicate"):
+    with pytest.raises(LabelFileError, match="duplicate"):
         read_labels(path)
     path.write_text("only\n")
-    with pytest.raises(SiteDataError, match="at least 2"):
+    with pytest.raises(LabelFileError, match="at least 2"):
         read_labels(path)

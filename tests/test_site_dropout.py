@@ -17,17 +17,10 @@ import time
 from pathlib import Path
 
 from data_synth import write_sites
+from fedintent.launch.flower_cli import flower_env, toml_value, write_app
+from fedintent.launch.processes import free_port, stop_process_trees
+from fedintent.launch.simulation import CONNECTION, wait_local_superlink, write_local_connection
 from fl_server.audit_log import verify_log
-from fl_server.local_simulation import (
-    CONNECTION,
-    _free_port,
-    _stop_all,
-    _wait_healthy,
-    _write_app,
-    _write_connection,
-    flower_env,
-)
-from fl_server.run_config import toml_value
 
 RUN_TIMEOUT_S = 900
 """Only an upper bound for a hung run: every wait below ends on a condition, not a clock. Round 1
@@ -88,9 +81,9 @@ def test_a_killed_site_is_recorded_and_the_run_completes_with_the_others(tmp_pat
     home.mkdir()
     logs.mkdir()
     env = flower_env(home)
-    port = _free_port()
-    _write_connection(home, port)
-    app_dir = _write_app(home / "app")
+    port = free_port()
+    write_local_connection(home, port)
+    app_dir = write_app(home / "app")
     processes: list[subprocess.Popen] = []
     try:
         superlink = start(
@@ -98,11 +91,11 @@ def test_a_killed_site_is_recorded_and_the_run_completes_with_the_others(tmp_pat
              "--host", "127.0.0.1", "--port", str(port)],
             env, logs / "superlink.log", processes,
         )
-        _wait_healthy(port, superlink)
+        wait_local_superlink(port, superlink)
         nodes = [
             start(
                 ["flower-supernode", "--insecure", "--superlink", f"127.0.0.1:{port}",
-                 "--port", str(_free_port()), "--node-config",
+                 "--port", str(free_port()), "--node-config",
                  f"data-path='{site}' state-dir='{tmp_path / 'state' / site.name}'"],
                 env, logs / f"{site.name}.log", processes,
             )
@@ -129,7 +122,7 @@ def test_a_killed_site_is_recorded_and_the_run_completes_with_the_others(tmp_pat
         wait_for(lambda: read_metrics(metrics_path)["status"] != "running", RUN_TIMEOUT_S,
                  "the run to end")
     finally:
-        _stop_all(processes)
+        stop_process_trees(processes)
 
     metrics = read_metrics(metrics_path)
     assert metrics["status"] == "completed", metrics.get("error")

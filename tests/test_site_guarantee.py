@@ -58,7 +58,7 @@ from torch import nn
 import fl_client.client_app as client_app
 from fl_client.redaction import redact
 from fl_client.site_secret import SECRET_FILE
-from fl_server.run_config import DEFAULTS
+from fl_protocol.wire import RUN_CONFIG_DEFAULTS as DEFAULTS
 from models import get_model_family
 from models.family import ModelFamily
 

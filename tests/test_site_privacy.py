@@ -16,12 +16,13 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from opacus.accountants import PRVAccountant
 
 import fl_client.client_app as client_app
-from fl_client.egress_guard import DECLINED, Reason
 from fl_client.privacy_accounting import rdp_budget, rdp_epsilon
 from fl_client.privacy_ledger import HEAD_FILE, LEDGER_FILE, read_ledger, unit_key
 from fl_client.privacy_report import site_privacy_report
+from fl_client.site_data import load_site
 from fl_client.site_secret import site_secret
-from fl_server.run_config import DEFAULTS
+from fl_protocol.wire import DECLINED, Reason
+from fl_protocol.wire import RUN_CONFIG_DEFAULTS as DEFAULTS
 from models import get_model_family
 
 pytestmark = pytest.mark.usefixtures("task_identity")
@@ -155,7 +156,6 @@ def test_spend_continues_across_data_versions(site, tmp_path, change):
             for c, t, lb, cu in rows(0, 60)))
     else:  # a hostile server reorders the label set: it must not key the ledger
         labels = list(reversed(LABELS))
-    client_app._load_site_cached.cache_clear()
     reply = client_app.app(train_message("run-b", 1, labels=labels), context(site, state))
     assert not reply.has_error()
     release = ledger(state).releases[-1]
@@ -180,14 +180,13 @@ def test_a_unit_at_its_budget_never_trains_again_and_fresh_units_do(site, tmp_pa
     assert len(ledger(state).releases) == 3  # nothing charged for a declined round
     # A new day of conversations: only the new units train, the spent ones sit out.
     write_rows(site, rows(0, 90))
-    client_app._load_site_cached.cache_clear()
     trained_rows.clear()
     fresh = client_app.app(train_message("run-c", 1), ctx)
     assert not fresh.has_error(), fresh.error.reason if fresh.has_error() else ""
     assert fresh.content["metrics"]["privacy-units"] == 30
     [used] = trained_rows
-    site_data = client_app._load_site_cached(str(site), tuple(LABELS))
-    all_features, _ = client_app._features(site_data, "train", ctx, state)
+    site_data = load_site(site, LABELS)
+    all_features = get_model_family(DEFAULTS["model"]).featurize(site_data.train.texts, None)
     spent_rows = all_features[:60]
     for row in used:  # not one of the exhausted units' feature rows is in the batch
         assert not torch.isclose(spent_rows, row).all(dim=1).any()
@@ -207,7 +206,6 @@ def test_units_are_charged_per_customer_with_the_customer_unit(site, tmp_path):
 
 def test_a_duplicated_utterance_trains_once(site, tmp_path):
     write_rows(site, rows(0, 60) + rows(0, 10))
-    client_app._load_site_cached.cache_clear()
     reply = run_rounds(context(site, tmp_path / "state"), "run-a", 1)[0]
     assert reply.content["metrics"]["privacy-units"] == 60
 

@@ -8,7 +8,7 @@ import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
-from fl_client.egress_guard import Reason
+from fl_protocol.wire import Reason
 from fl_server.run_record import RunRecord
 from fl_server.strategy import STRATEGIES, build_strategy
 from fl_server.update_validation import (

@@ -20,15 +20,13 @@ import numpy as np
 import pytest
 
 from data_synth import write_sites
-from fl_server.local_simulation import (
+from fedintent.launch.flower_cli import flower_env, write_app
+from fedintent.launch.processes import free_port, stop_process_trees
+from fedintent.launch.simulation import (
     CONNECTION,
-    _free_port,
-    _run_status,
-    _stop_all,
-    _wait_healthy,
-    _write_app,
-    _write_connection,
-    flower_env,
+    local_run_status,
+    wait_local_superlink,
+    write_local_connection,
 )
 from models.encoder import load_encoder, packaged_minilm
 
@@ -126,7 +124,7 @@ def deployment(tmp_path):
     flwr_home.mkdir()
     env = flower_env(flwr_home)
     processes: list[subprocess.Popen] = []
-    superlink_port = _free_port()
+    superlink_port = free_port()
     proxy = RecordingProxy(superlink_port)
     with open(tmp_path / "flower.log", "ab") as log:
         try:
@@ -135,23 +133,23 @@ def deployment(tmp_path):
                  "--host", "127.0.0.1", "--port", str(superlink_port)],
                 env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
             processes.append(superlink)
-            _wait_healthy(superlink_port, superlink)
+            wait_local_superlink(superlink_port, superlink)
             for site in ("site-00", "site-01", "site-02"):
                 node_config = (f"data-path='{data / site}' "
                                f"state-dir='{tmp_path / 'state' / site}' max-epsilon=10.0")
                 processes.append(subprocess.Popen(
                     ["flower-supernode", "--insecure", "--superlink", f"127.0.0.1:{proxy.port}",
-                     "--port", str(_free_port()), "--node-config", node_config],
+                     "--port", str(free_port()), "--node-config", node_config],
                     env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
-            _write_connection(flwr_home, superlink_port)
+            write_local_connection(flwr_home, superlink_port)
             yield {"data": data, "env": env, "flwr_home": flwr_home, "proxy": proxy,
                    "canaries": canaries, "pii": pii, "out": tmp_path / "out"}
         finally:
-            _stop_all(processes)
+            stop_process_trees(processes)
             proxy.close()
 
 def test_no_text_pii_or_token_ids_cross_the_wire(deployment):
-    app_dir = _write_app(deployment["flwr_home"] / "app")
+    app_dir = write_app(deployment["flwr_home"] / "app")
     overrides = {
         "data-dir": str(deployment["data"]), "out-dir": str(deployment["out"]),
         "num-rounds": 2, "min-sites": 3, "target-epsilon": 4.0,
@@ -162,7 +160,7 @@ def test_no_text_pii_or_token_ids_cross_the_wire(deployment):
     subprocess.run(command, env=deployment["env"], cwd=deployment["flwr_home"],
                    capture_output=True, timeout=RUN_TIMEOUT_S, check=False)
     deadline = time.monotonic() + 60
-    while not _run_status(deployment["env"], deployment["flwr_home"]).startswith("finished"):
+    while not local_run_status(deployment["env"], deployment["flwr_home"]).startswith("finished"):
         assert time.monotonic() < deadline, "the run did not finish"
         time.sleep(1)
     metrics = json.loads((deployment["out"] / "metrics.json").read_text())

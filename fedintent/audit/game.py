@@ -1,7 +1,7 @@
 """The membership game: audit examples in and out at random, a target model and shadow models.
 
 One *model* of the game is one complete federated training run, done exactly as the sites do
-it (``fedintent.bench.inprocess.train_fedavg``: every site's own ``train_locally``, DP-SGD
+it (``fedintent.inprocess.train_fedavg``: every site's own ``train_locally``, DP-SGD
 with the noise a fresh site plans for the run's epsilon and delta, then example-weighted
 FedAvg), starting from the model family's label-name prior. Before a model is trained, every
 audit example is put into its site's training data with probability 1/2, independently of
@@ -30,8 +30,8 @@ import numpy as np
 import torch
 
 from fedintent.audit.attacks import confidence_scores
-from fedintent.bench.inprocess import train_fedavg
-from fl_client.dp_training import TrainingPlan
+from fedintent.inprocess import train_fedavg
+from fl_client.dp_training import TrainingPlan, training_plan
 from fl_client.privacy_accounting import (
     default_delta,
     epsilon_spent,
@@ -40,15 +40,15 @@ from fl_client.privacy_accounting import (
     rdp_budget,
     steps_per_round,
 )
-from fl_server.atomic_write import write_bytes_atomic
-from fl_server.run_config import DEFAULTS
-from models.family import concat_features
+from fl_protocol.durable_files import write_bytes_atomic
+from fl_protocol.wire import RUN_CONFIG_DEFAULTS
+from models.family import ModelFamily, concat_features, get_model_family
 
 CANARY = "canary"
 NATURAL = "natural"
 KINDS = (CANARY, NATURAL)
-ACCOUNTANT = str(DEFAULTS["accountant"])
-SITE_MAX_EPSILON = float(DEFAULTS["site-max-epsilon"])
+ACCOUNTANT = str(RUN_CONFIG_DEFAULTS["accountant"])
+SITE_MAX_EPSILON = float(RUN_CONFIG_DEFAULTS["site-max-epsilon"])
 
 Site = tuple[torch.Tensor, torch.Tensor]
 
@@ -77,6 +77,8 @@ class Game:
     initial_state: dict[str, torch.Tensor]
     build_model: Callable[[], torch.nn.Module]
     seed: int
+    model: str = str(RUN_CONFIG_DEFAULTS["model"])
+    """The model family: how its training clips and batches (``training_plan``)."""
 
 
 def make_audit_set(test_sites: list[Site], num_labels: int, canaries: int, natural: int,
@@ -107,8 +109,8 @@ def membership(seed: int, model_index: int, size: int) -> np.ndarray:
     return np.random.default_rng([seed, 2, model_index]).random(size) < 0.5
 
 
-def site_plans(sizes: list[int], epsilon: float, settings: dict) -> tuple[list[TrainingPlan],
-                                                                          list[dict]]:
+def site_plans(sizes: list[int], epsilon: float, settings: dict,
+               family: ModelFamily) -> tuple[list[TrainingPlan], list[dict]]:
     """Each site's training plan and privacy: the noise a fresh site plans for this run (its
     default delta, its default lifetime budget, the run's epsilon over all rounds) and the
     epsilon its accountant reports after the last round."""
@@ -124,8 +126,10 @@ def site_plans(sizes: list[int], epsilon: float, settings: dict) -> tuple[list[T
                                    order, rdp_budget(SITE_MAX_EPSILON, info["delta"], order))
             info = {"epsilon": _spent(noise, rate, steps * rounds, info["delta"]),
                     "delta": info["delta"], "noise_multiplier": noise, "sample_rate": rate}
-        plans.append(TrainingPlan(noise, float(settings["clip-norm"]), batch, epochs,
-                                  float(settings["learning-rate"])))
+        plans.append(training_plan(family, noise, steps_per_round(units, batch, epochs),
+                                   clip_norm=float(settings["clip-norm"]), batch_size=batch,
+                                   local_epochs=epochs,
+                                   learning_rate=float(settings["learning-rate"])))
         privacy.append(info)
     return plans, privacy
 
@@ -149,7 +153,8 @@ def train_model(game: Game, model_index: int, epsilon: float, settings: dict) ->
         rows = np.flatnonzero(member & (game.audit.site == k))
         sites.append((concat_features([features, game.audit.features[rows]]),
                       torch.cat([labels, game.audit.labels[rows]])))
-    plans, privacy = site_plans([len(y) for _, y in sites], epsilon, settings)
+    plans, privacy = site_plans([len(y) for _, y in sites], epsilon, settings,
+                                get_model_family(game.model))
     model = game.build_model()
     model.load_state_dict(game.initial_state)
     seed = game.seed * 1_000 + model_index

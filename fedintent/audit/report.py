@@ -4,12 +4,11 @@ finished."""
 
 import csv
 import io
-import json
 import math
 from pathlib import Path
 
-from fedintent.bench.report import png_bytes
-from fl_server.atomic_write import write_bytes_atomic
+from fedintent.report_files import png_bytes, write_report_json
+from fl_protocol.durable_files import write_bytes_atomic
 
 CSV_FIELDS = (
     "epsilon", "accountant_epsilon", "delta", "noise_multiplier", "kind", "attack", "auc",
@@ -51,8 +50,7 @@ def write_outputs(out_dir: Path, spec: dict, results: list[dict]) -> None:
         writer.writerow({k: _csv(v) for k, v in row.items()})
     write_bytes_atomic(out_dir / "results.csv", text.getvalue().encode())
     document = {"spec": spec, "results": results}
-    write_bytes_atomic(out_dir / "results.json",
-                       (json.dumps(_jsonable(document), indent=1) + "\n").encode())
+    write_report_json(out_dir / "results.json", document)
     write_bytes_atomic(out_dir / "roc.png", plot_png(results))
     write_bytes_atomic(out_dir / "report.md", markdown(spec, flat).encode())
 
@@ -128,15 +126,3 @@ def _csv(value):
     if isinstance(value, float):
         return "inf" if math.isinf(value) else ("" if math.isnan(value) else f"{value:.6g}")
     return "" if value is None else value
-
-
-def _jsonable(value):
-    if isinstance(value, float):
-        return "inf" if math.isinf(value) else (None if math.isnan(value) else value)
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if hasattr(value, "item"):
-        return _jsonable(value.item())
-    return value

@@ -5,7 +5,6 @@ Per epsilon, the training settings are ``fedintent train``'s tuned settings for 
 models are. The folder is resumable: trained models are kept in ``OUT/models``.
 """
 
-import json
 import time
 from dataclasses import asdict, dataclass
 from functools import partial
@@ -13,15 +12,16 @@ from pathlib import Path
 
 import torch
 
-from data_synth.partition import partition_csv_dataset
 from fedintent.audit.analysis import analyse
 from fedintent.audit.bounds import DEFAULT_CONFIDENCE
 from fedintent.audit.game import Game, make_audit_set, run_models
 from fedintent.audit.report import write_outputs
-from fedintent.bench.cells import epsilon_label
-from fl_client.site_data import list_site_dirs, load_site, read_labels
-from fl_server.atomic_write import write_bytes_atomic
-from fl_server.run_config import DEFAULTS, tuned_settings
+from fedintent.partition import partition_csv_dataset
+from fedintent.report_files import FolderClaimed, claim_folder, epsilon_label
+from fl_client.site_data import list_site_dirs, load_site
+from fl_protocol.label_file import read_labels
+from fl_protocol.wire import RUN_CONFIG_DEFAULTS
+from fl_server.run_config import tuned_settings
 from models import get_model_family
 
 SETTING_KEYS = ("num-rounds", "local-epochs", "batch-size", "learning-rate", "clip-norm")
@@ -49,11 +49,11 @@ class AuditSpec:
     partition_seed: int = 0
     rounds: int | None = None
     confidence: float = DEFAULT_CONFIDENCE
-    model: str = str(DEFAULTS["model"])
+    model: str = str(RUN_CONFIG_DEFAULTS["model"])
 
 
 def settings_for(epsilon: float, rounds: int | None) -> dict:
-    settings = DEFAULTS | tuned_settings(epsilon)
+    settings = RUN_CONFIG_DEFAULTS | tuned_settings(epsilon)
     if rounds is not None:
         settings["num-rounds"] = rounds
     return {key: settings[key] for key in SETTING_KEYS}
@@ -64,7 +64,7 @@ def run_audit(spec: AuditSpec, out_dir: Path, workers: int = 1, progress=print) 
     out_dir = Path(out_dir)
     record = asdict(spec) | {"settings": {epsilon_label(e): settings_for(e, spec.rounds)
                                           for e in spec.epsilons}}
-    _check_same_spec(out_dir, record)
+    _claim_folder(out_dir, record)
     game = prepare_game(spec, out_dir, progress)
     results = []
     for epsilon in spec.epsilons:
@@ -146,25 +146,23 @@ def prepare_game(spec: AuditSpec, out_dir: Path, progress=print) -> Game:
         raise AuditError(str(err)) from err
     initial = family.initial_model(labels).state_dict()
     return Game(train, audit, holdout, {k: v.clone() for k, v in initial.items()},
-                partial(family.build_model, len(labels)), spec.seed)
+                partial(family.build_model, len(labels)), spec.seed, family.name)
 
 
-def _check_same_spec(out_dir: Path, record: dict) -> None:
+def _claim_folder(out_dir: Path, record: dict) -> None:
     """An audit folder holds one audit: refuse to mix models of different games."""
-    path = out_dir / "audit.json"
-    wanted = json.loads(json.dumps(record, default=str).replace("Infinity", '"inf"'))
-    if path.exists():
-        try:
-            existing = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as err:
-            raise AuditError(f"{path}: unreadable ({err})") from err
-        fixed = [k for k in wanted if k != "epsilons" and k != "settings"]
+
+    def merge(existing: dict, wanted: dict) -> dict | None:
+        fixed = [k for k in wanted if k not in ("epsilons", "settings")]
         same = all(existing.get(k) == wanted[k] for k in fixed) and all(
             existing.get("settings", {}).get(e, s) == s for e, s in wanted["settings"].items())
-        if not same:
-            raise AuditError(f"{out_dir} holds an audit with other data or options ({path}); "
-                             f"use a new --out, or delete it")
-        wanted = existing | {"epsilons": wanted["epsilons"],
-                             "settings": existing.get("settings", {}) | wanted["settings"]}
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_bytes_atomic(path, (json.dumps(wanted, indent=2) + "\n").encode())
+        return existing | {"epsilons": wanted["epsilons"],
+                           "settings": existing.get("settings", {}) | wanted["settings"]} \
+            if same else None
+
+    try:
+        claim_folder(out_dir / "audit.json", record, merge,
+                     f"{out_dir} holds an audit with other data or options "
+                     f"({out_dir / 'audit.json'}); use a new --out, or delete it")
+    except FolderClaimed as err:
+        raise AuditError(str(err)) from err

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from fl_client.dp_training import TrainingPlan, evaluate, train_locally
+from fl_client.dp_training import evaluate, train_locally, training_plan
 from fl_client.privacy_accounting import plan_noise_multiplier, steps_per_round
 from models import get_model_family
 
@@ -48,34 +48,12 @@ def train_and_score(
     """Test accuracy of the model family's initial model trained on one pool of data with
     DP-SGD at ``epsilon`` (inf: plain SGD); the noise is planned for exactly this training."""
     family = get_model_family(model_name)
-    noise = None
-    if math.isfinite(epsilon):
-        sample_rate, steps = steps_per_round(len(labels), recipe.batch_size, recipe.epochs)
-        noise = plan_noise_multiplier(epsilon, DELTA, sample_rate, steps, "prv")
-    plan = TrainingPlan(
-        noise_multiplier=noise,
-        clip_norm=recipe.clip_norm,
-        batch_size=recipe.batch_size,
-        local_epochs=recipe.epochs,
-        learning_rate=recipe.learning_rate,
-        grad_sample_mode=family.grad_sample_mode,
-        physical_batch_size=family.physical_batch_size,
-    )
+    charged = steps_per_round(len(labels), recipe.batch_size, recipe.epochs)
+    noise = (plan_noise_multiplier(epsilon, DELTA, *charged, "prv") if math.isfinite(epsilon)
+             else None)
+    plan = training_plan(family, noise, charged, clip_norm=recipe.clip_norm,
+                         batch_size=recipe.batch_size, local_epochs=recipe.epochs,
+                         learning_rate=recipe.learning_rate)
     model = family.initial_model(label_names)
     train_locally(model, features, labels, plan, seed=seed)
     return evaluate(model, test_features, test_labels)[1]
-
-
-def tfidf_accuracy(train_texts: list[str], train_labels: list[int], test_texts: list[str],
-                   test_labels: list[int], seed: int) -> float:
-    """TF-IDF word 1-2 grams + logistic regression, pooled, non-private."""
-    from sklearn.feature_extraction.text import TfidfVectorizer
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-
-    model = make_pipeline(
-        TfidfVectorizer(analyzer="word", ngram_range=(1, 2), sublinear_tf=True),
-        LogisticRegression(C=10.0, max_iter=2000, random_state=seed),
-    )
-    model.fit(train_texts, train_labels)
-    return float(model.score(test_texts, test_labels))

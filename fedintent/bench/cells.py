@@ -10,7 +10,8 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from fl_server.atomic_write import write_bytes_atomic
+from fedintent.report_files import epsilon_label
+from fl_protocol.durable_files import json_safe, write_bytes_atomic
 
 FEDERATED = "federated"
 CENTRAL = "central"
@@ -33,11 +34,6 @@ class Cell:
     @property
     def id(self) -> str:
         return f"{self.method}-eps{epsilon_label(self.epsilon)}-seed{self.seed}"
-
-
-def epsilon_label(epsilon: float) -> str:
-    """An epsilon as folder names, JSON keys and tables show it: ``8``, ``0.5``, ``inf``."""
-    return "inf" if math.isinf(epsilon) else f"{epsilon:g}"
 
 
 def sweep_cells(epsilons: list[float], seeds: int) -> list[Cell]:
@@ -74,11 +70,8 @@ def load_cell(out_dir: Path, cell: Cell) -> dict | None:
 
 
 def save_cell(out_dir: Path, cell: Cell, result: dict) -> None:
-    record = {"method": cell.method, "epsilon": _json_epsilon(cell.epsilon), "seed": cell.seed}
+    record = {"method": cell.method, "epsilon": json_safe(cell.epsilon, infinity="inf"),
+              "seed": cell.seed}
     path = cell_path(out_dir, cell)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_bytes_atomic(path, (json.dumps(record | result, indent=2) + "\n").encode())
-
-
-def _json_epsilon(epsilon: float) -> float | str:
-    return "inf" if math.isinf(epsilon) else epsilon

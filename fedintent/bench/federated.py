@@ -20,22 +20,21 @@ Performance figures recorded for every run:
 
 import json
 import math
-import os
 import threading
 import time
-import uuid
 from pathlib import Path
 
+import psutil
 import torch
 
-from fl_client.dp_training import TrainingPlan, train_locally
+from fedintent.launch.run_config import compose_run_config
+from fedintent.launch.simulation import run_simulation
+from fl_client.dp_training import train_locally, training_plan
 from fl_client.egress_guard import EGRESS_LOG
-from fl_server.local_simulation import descendants_of_all, run_simulation
+from fl_client.privacy_accounting import steps_per_round
 from fl_server.model_store import load_model
-from fl_server.run_config import check_run_config
 from models import get_model_family
 
-PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
 MIN_TIMING_SECONDS = 2.0
 MAX_TIMING_REPEATS = 20
 """Throughput is the best of at least 3 timed rounds (as ``timeit`` does): on a shared machine
@@ -62,17 +61,9 @@ def run_federated(
         if not (site_state / "features").exists():
             (site_state / "features").symlink_to(feature_cache.resolve(), target_is_directory=True)
     out_dir = cell_dir / "run"
-    run_config = check_run_config(
-        settings
-        | {
-            "data-dir": str(data_dir.resolve()),
-            "labels-file": str((data_dir / "labels.txt").resolve()),
-            "out-dir": str(out_dir.resolve()),
-            "run-name": f"bench-{cell_dir.name}-{uuid.uuid4().hex[:8]}",
-            "state-dir": str(state_root.resolve()),
-            "min-sites": num_sites,
-            "seed": seed,
-        }
+    run_config = compose_run_config(
+        settings | {"seed": seed}, data_dir=data_dir, labels_file=data_dir / "labels.txt",
+        out_dir=out_dir, min_sites=num_sites, name=f"bench-{cell_dir.name}", state_dir=state_root,
     )
     round_times: list[float] = []
     memory = _PeakMemory()
@@ -127,15 +118,10 @@ def _training_throughput(site: tuple[torch.Tensor, torch.Tensor], settings: dict
         if name == "dp" and noise_multiplier is None:
             result["samples_per_second_dp"] = None
             continue
-        plan = TrainingPlan(
-            noise_multiplier=noise_multiplier,
-            clip_norm=float(settings["clip-norm"]),
-            batch_size=int(settings["batch-size"]),
-            local_epochs=int(settings["local-epochs"]),
-            learning_rate=float(settings["learning-rate"]),
-            grad_sample_mode=family.grad_sample_mode,
-            physical_batch_size=family.physical_batch_size,
-        )
+        batch, epochs = int(settings["batch-size"]), int(settings["local-epochs"])
+        plan = training_plan(family, noise_multiplier, steps_per_round(len(labels), batch, epochs),
+                             clip_norm=float(settings["clip-norm"]), batch_size=batch,
+                             local_epochs=epochs, learning_rate=float(settings["learning-rate"]))
         best, started = math.inf, time.perf_counter()
         for repeat in range(MAX_TIMING_REPEATS):
             model = family.build_model(int(labels.max()) + 1)
@@ -175,15 +161,15 @@ class _PeakMemory:
         self._thread.join()
 
     def _sample(self) -> None:
-        me = os.getpid()
+        me = psutil.Process()
         while not self._stop.is_set():
-            total = sum(_rss(pid) for pid in {me} | descendants_of_all({me}))
+            total = sum(_rss(proc) for proc in [me, *me.children(recursive=True)])
             self.peak_bytes = max(self.peak_bytes, total)
             self._stop.wait(self.interval)
 
 
-def _rss(pid: int) -> int:
+def _rss(proc: psutil.Process) -> int:
     try:
-        return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE_BYTES
-    except (OSError, IndexError, ValueError):
+        return proc.memory_info().rss
+    except psutil.Error:  # ended between listing and reading
         return 0

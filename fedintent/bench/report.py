@@ -3,7 +3,6 @@
 
 import csv
 import io
-import json
 import math
 import statistics
 from pathlib import Path
@@ -15,9 +14,9 @@ from fedintent.bench.cells import (
     LOCAL_ONLY,
     METHODS,
     TFIDF,
-    epsilon_label,
 )
-from fl_server.atomic_write import write_bytes_atomic
+from fedintent.report_files import epsilon_label, png_bytes, write_report_json
+from fl_protocol.durable_files import write_bytes_atomic
 
 CSV_FIELDS = (
     "method", "epsilon", "seed", "accuracy", "max_site_epsilon", "wall_seconds",
@@ -64,9 +63,7 @@ def write_outputs(out_dir: Path, spec: dict, results: list[dict]) -> None:
         writer.writerow({key: _csv_value(result.get(key)) for key in CSV_FIELDS})
     write_bytes_atomic(out_dir / "results.csv", text.getvalue().encode())
     document = {"spec": spec, "summary": summary, "cells": results}
-    write_bytes_atomic(
-        out_dir / "results.json", (json.dumps(_jsonable(document), indent=2) + "\n").encode()
-    )
+    write_report_json(out_dir / "results.json", document)
     write_bytes_atomic(out_dir / "accuracy_vs_epsilon.png", plot_png(summary, spec))
     write_bytes_atomic(out_dir / "report.md", markdown_report(spec, summary, results).encode())
 
@@ -105,17 +102,6 @@ def plot_png(summary: list[dict], spec: dict) -> bytes:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     return png_bytes(fig)
-
-
-def png_bytes(fig) -> bytes:
-    """The figure as PNG bytes (to be written atomically), then closed."""
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    return buffer.getvalue()
 
 
 def markdown_report(spec: dict, summary: list[dict], results: list[dict]) -> str:
@@ -169,13 +155,3 @@ def _csv_value(value: object) -> object:
     if isinstance(value, float) and math.isinf(value):
         return "inf"
     return "" if value is None else value
-
-
-def _jsonable(value: object) -> object:
-    if isinstance(value, float) and math.isinf(value):
-        return "inf"
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_jsonable(v) for v in value]
-    return value

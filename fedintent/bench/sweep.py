@@ -7,7 +7,6 @@ pooled data with their own recipes below.
 Every method starts from the same label-name prior (``models``' ``initial_model``).
 """
 
-import json
 import statistics
 import time
 from dataclasses import asdict, dataclass
@@ -16,24 +15,26 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from data_synth.partition import partition_csv_dataset
-from fedintent.bench.baselines import Recipe, tfidf_accuracy, train_and_score
+from data_synth.baseline import tfidf_accuracy
+from fedintent.bench.baselines import Recipe, train_and_score
 from fedintent.bench.cells import (
     CENTRAL,
     CENTRAL_DP,
     FEDERATED,
     LOCAL_ONLY,
     TFIDF,
-    epsilon_label,
     load_cell,
     save_cell,
     sweep_cells,
 )
 from fedintent.bench.federated import run_federated
 from fedintent.bench.report import write_outputs
-from fl_client.site_data import list_site_dirs, load_site, read_labels
-from fl_server.atomic_write import write_bytes_atomic
-from fl_server.run_config import DEFAULTS, tuned_epsilon, tuned_settings
+from fedintent.partition import partition_csv_dataset
+from fedintent.report_files import claim_folder, epsilon_label
+from fl_client.site_data import list_site_dirs, load_site
+from fl_protocol.label_file import read_labels
+from fl_protocol.wire import RUN_CONFIG_DEFAULTS
+from fl_server.run_config import tuned_epsilon, tuned_settings
 from models import get_model_family
 from models.family import concat_features
 
@@ -63,7 +64,7 @@ class BenchSpec:
     epsilons: list[float]
     seeds: int
     partition_seed: int
-    model: str = DEFAULTS["model"]
+    model: str = RUN_CONFIG_DEFAULTS["model"]
     rounds: int | None = None
     """Overrides every epsilon's tuned number of rounds (quick looks and tests)."""
 
@@ -73,7 +74,7 @@ def run_bench(spec: BenchSpec, out_dir: Path) -> list[dict]:
     out_dir = Path(out_dir)
     settings = {epsilon_label(eps): _federated_settings(eps, spec) for eps in spec.epsilons}
     record = asdict(spec) | {"settings": settings}
-    _check_same_spec(out_dir, record)
+    _claim_folder(out_dir, record)
     data_dir = out_dir / "data"
     if not (data_dir / "manifest.json").exists():
         print(f"partitioning {spec.data} into {spec.sites} sites (alpha {spec.alpha:g})")
@@ -124,7 +125,7 @@ def run_bench(spec: BenchSpec, out_dir: Path) -> list[dict]:
                 [t for site in sites for t in site.train.texts],
                 [y for site in sites for y in site.train.labels],
                 [t for site in sites for t in site.test.texts],
-                [y for site in sites for y in site.test.labels], cell.seed)}
+                [y for site in sites for y in site.test.labels], seed=cell.seed)}
         result["seconds"] = time.monotonic() - started
         save_cell(out_dir, cell, result)
         results.append(load_cell(out_dir, cell))
@@ -136,7 +137,8 @@ def run_bench(spec: BenchSpec, out_dir: Path) -> list[dict]:
 
 
 def _federated_settings(epsilon: float, spec: BenchSpec) -> dict:
-    settings = DEFAULTS | tuned_settings(epsilon) | {"target-epsilon": epsilon, "model": spec.model}
+    settings = (RUN_CONFIG_DEFAULTS | tuned_settings(epsilon)
+                | {"target-epsilon": epsilon, "model": spec.model})
     if spec.rounds is not None:
         settings["num-rounds"] = spec.rounds
     return {key: settings[key] for key in RUN_SETTINGS}
@@ -160,22 +162,15 @@ def _pooled(parts: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tenso
     return concat_features([x for x, _ in parts]), torch.cat([y for _, y in parts])
 
 
-def _check_same_spec(out_dir: Path, record: dict) -> None:
+def _claim_folder(out_dir: Path, record: dict) -> None:
     """A sweep folder holds one sweep: refuse to mix cells of different specs or settings."""
-    path = out_dir / "bench.json"
-    wanted = json.loads(json.dumps(record, default=str).replace("Infinity", '"inf"'))
-    if path.exists():
-        try:
-            existing = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as err:
-            raise ValueError(f"{path}: unreadable ({err})") from err
-        same = {k: existing.get(k) for k in ("data", "sites", "alpha", "partition_seed", "model",
-                                              "settings")}
-        if same != {k: wanted[k] for k in same}:
-            raise ValueError(
-                f"{out_dir} holds a sweep with different data, partition, model or settings "
-                f"({path}); use a new --out, or delete it"
-            )
-        wanted = existing | {"epsilons": wanted["epsilons"], "seeds": wanted["seeds"]}
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_bytes_atomic(path, (json.dumps(wanted, indent=2) + "\n").encode())
+
+    def merge(existing: dict, wanted: dict) -> dict | None:
+        fixed = ("data", "sites", "alpha", "partition_seed", "model", "settings")
+        if any(existing.get(k) != wanted[k] for k in fixed):
+            return None
+        return existing | {"epsilons": wanted["epsilons"], "seeds": wanted["seeds"]}
+
+    claim_folder(out_dir / "bench.json", record, merge,
+                 f"{out_dir} holds a sweep with different data, partition, model or settings "
+                 f"({out_dir / 'bench.json'}); use a new --out, or delete it")

@@ -24,7 +24,7 @@ from flwr_datasets.partitioner import (
     SizePartitioner,
 )
 
-from data_synth.sites import write_atomic
+from fl_protocol.durable_files import write_text_atomic
 
 SITE_CSV_HEADER = ("text", "label")
 
@@ -77,7 +77,7 @@ def partition_csv_dataset(
     site_names = [site_name(index, n_sites) for index in range(n_sites)]
     check_no_stale_sites(out_dir, site_names)
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_atomic(out_dir / "labels.txt", "".join(f"{label}\n" for label in labels))
+    write_text_atomic(out_dir / "labels.txt", "".join(f"{label}\n" for label in labels))
     sites = {
         name: write_site(
             out_dir / name, site_rows(train, train_sites, index), site_rows(test, test_sites, index)
@@ -96,7 +96,7 @@ def partition_csv_dataset(
         "sites": sites,
     }
     manifest_text = json.dumps(manifest, ensure_ascii=False, indent=2) + "\n"
-    write_atomic(out_dir / "manifest.json", manifest_text)
+    write_text_atomic(out_dir / "manifest.json", manifest_text)
     return manifest
 
 
@@ -340,8 +340,8 @@ def write_site(site_dir: Path, train: list[Example], test: list[Example]) -> dic
     """Write one site folder; return its manifest entry (label counts are train + test, as in
     the synthetic manifest)."""
     site_dir.mkdir(exist_ok=True)
-    write_atomic(site_dir / "train.csv", site_csv(train))
-    write_atomic(site_dir / "test.csv", site_csv(test))
+    write_text_atomic(site_dir / "train.csv", site_csv(train))
+    write_text_atomic(site_dir / "test.csv", site_csv(test))
     label_counts = Counter(example.label for example in train + test)
     return {
         "train": len(train),

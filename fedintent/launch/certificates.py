@@ -10,12 +10,9 @@ credentials are never overwritten. For production, see docs/DEPLOYMENT.md.
 """
 
 import base64
-import contextlib
 import datetime
 import hashlib
 import ipaddress
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +20,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from fl_protocol.durable_files import FileExistsRefusal, create_exclusive
 
 CA_CERT = "ca.crt"
 CA_KEY = "ca.key"
@@ -233,27 +232,8 @@ def _pem_private_key(key: ec.EllipticCurvePrivateKey) -> bytes:
 
 
 def _write_new_file(path: Path, data: bytes, mode: int) -> None:
-    """Create ``path`` with ``data`` and ``mode``, atomically; fail if it already exists.
-
-    The bytes are written to a private temporary file (mode 0600 from the start) and
-    hard-linked to the final name, which fails rather than replaces an existing file.
-    """
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    """Create ``path`` whole, with ``mode``; never replace an existing credential."""
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fchmod(f.fileno(), mode)
-            os.fsync(f.fileno())
-        try:
-            os.link(tmp, path)
-        except FileExistsError as err:
-            raise CredentialsExistError(f"refusing to overwrite {path}") from err
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-    folder = os.open(path.parent, os.O_RDONLY)
-    try:
-        with contextlib.suppress(OSError):
-            os.fsync(folder)
-    finally:
-        os.close(folder)
+        create_exclusive(path, data, mode)
+    except FileExistsRefusal as err:
+        raise CredentialsExistError(f"refusing to overwrite {path}") from err

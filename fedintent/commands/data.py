@@ -1,0 +1,162 @@
+"""``synth``, ``check-data`` and ``partition``: making and checking site data folders."""
+
+import argparse
+import sys
+from collections import Counter
+from pathlib import Path
+
+from data_synth import SYNTHETIC_SITE_SIZE
+from fedintent.commands import CliError
+from fl_protocol.label_file import read_labels
+
+DEFAULT_SYNTHETIC_SITES = 4
+
+DATA_FORMAT_HELP = """\
+site data format: a data folder holds one folder per site plus labels.txt (the intent
+taxonomy, one label per line). A site folder holds train.jsonl/test.jsonl (one conversation
+per line: conversation_id, customer_id, timestamp, channel, language, turns [{speaker, text}],
+intent, and optionally intent_turn, the index of the customer turn that carries the intent;
+default: the first customer turn) or train.csv/test.csv with a header 'text,label' (optional
+customer_id). Without train.*, all *.jsonl/*.csv files are read and split 80/20 at the site.
+See docs/DATA_FORMAT.md."""
+
+
+def add_parsers(commands: argparse._SubParsersAction) -> None:
+    synth = commands.add_parser(
+        "synth",
+        help="generate synthetic call-center site folders",
+        description="Write synthetic, non-IID call-center sites (conversations with PII) plus "
+        "labels.txt and manifest.json. Deterministic from --seed.",
+    )
+    synth.add_argument("--sites", type=int, default=DEFAULT_SYNTHETIC_SITES,
+                       help="number of sites (default: %(default)s)")
+    synth.add_argument("--out", type=Path, required=True, help="output folder (must be new)")
+    synth.add_argument("--seed", type=int, default=0, help="seed (default: %(default)s)")
+    synth.add_argument("--lang", default="en", help="languages, comma-separated: en, zh or "
+                       "en,zh (default: %(default)s)")
+    synth.add_argument("--alpha", type=float, default=0.5, help="Dirichlet concentration of "
+                       "each site's intent mix; smaller = more skewed (default: %(default)s)")
+    synth.add_argument("--size", type=int, default=SYNTHETIC_SITE_SIZE,
+                       help="mean conversations per site (default: %(default)s)")
+    synth.set_defaults(handler=run_synth)
+
+    check = commands.add_parser(
+        "check-data",
+        help="validate a site folder: rows read, rejected rows with file:line, label counts",
+        description="Validate one site folder the way training reads it.",
+        epilog=DATA_FORMAT_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    check.set_defaults(handler=run_check_data)
+    check.add_argument("site_dir", type=Path, metavar="SITE_DIR")
+    check.add_argument("--labels", type=Path,
+                       help="label file (default: SITE_DIR/labels.txt, "
+                       "else SITE_DIR/../labels.txt)")
+
+    partition = commands.add_parser(
+        "partition",
+        help="split a labeled train.csv/test.csv dataset into site folders",
+        description="Split a real labeled dataset (CSV_DIR/train.csv and test.csv with "
+        "text,label) into site folders plus labels.txt and manifest.json: Dirichlet label skew, "
+        "optional quantity skew, or IID. Each site's test rows follow its own label mix. "
+        "Deterministic from --seed. See docs/PARTITIONING.md.",
+    )
+    partition.add_argument("csv_dir", type=Path, metavar="CSV_DIR")
+    partition.add_argument("--sites", type=int, required=True, help="number of sites")
+    partition.add_argument("--out", type=Path, required=True, help="output folder (must be new)")
+    partition.add_argument("--seed", type=int, default=0, help="seed (default: %(default)s)")
+    skew = partition.add_mutually_exclusive_group()
+    skew.add_argument("--alpha", type=float, default=0.5, help="Dirichlet concentration of the "
+                      "label skew; smaller = more skewed (default: %(default)s)")
+    skew.add_argument("--iid", action="store_true", help="IID sites instead of label skew")
+    partition.add_argument("--quantity-skew", type=float, metavar="Q",
+                           help="make sites unequal in size: the largest is about Q times the "
+                           "smallest")
+    partition.add_argument("--min-site-size", type=int, default=10,
+                           help="fewest training rows a site may get (default: %(default)s)")
+    partition.set_defaults(handler=run_partition)
+
+
+def run_synth(args: argparse.Namespace) -> int:
+    from data_synth import write_sites
+
+    languages = [lang.strip() for lang in args.lang.split(",") if lang.strip()]
+    if not languages or not set(languages) <= {"en", "zh"}:
+        raise CliError(f"--lang must be en, zh or en,zh; got {args.lang!r}")
+    if args.sites < 1:
+        raise CliError(f"--sites must be >= 1, got {args.sites}")
+    if not args.alpha > 0:
+        raise CliError(f"--alpha must be > 0, got {args.alpha}")
+    if args.size < 1:
+        raise CliError(f"--size must be >= 1, got {args.size}")
+    if args.out.exists() and any(args.out.iterdir()):
+        raise CliError(f"--out {args.out} already exists and is not empty")
+    manifest = write_sites(args.out, n_sites=args.sites, seed=args.seed, languages=languages,
+                           alpha=args.alpha, size=args.size)
+    print(f"wrote {len(manifest['sites'])} sites, {len(manifest['labels'])} intents "
+          f"to {args.out}")
+    for name, site in manifest["sites"].items():
+        langs = ", ".join(f"{k} {v}" for k, v in sorted(site["languages"].items()))
+        print(f"  {name}: {site['train']} train, {site['test']} test conversations ({langs})")
+    return 0
+
+
+def run_check_data(args: argparse.Namespace) -> int:
+    from fl_client.redaction import find_pii
+    from fl_client.site_data import load_site
+
+    site_dir = args.site_dir
+    labels_file = args.labels
+    if labels_file is None:
+        candidates = [site_dir / "labels.txt", site_dir.parent / "labels.txt"]
+        labels_file = next((p for p in candidates if p.is_file()), None)
+        if labels_file is None:
+            raise CliError(f"no labels.txt in {site_dir} or its parent; pass --labels FILE")
+    labels = read_labels(labels_file)
+    site = load_site(site_dir, labels, redact_pii=False)
+    valid = len(site.train) + len(site.test)
+    print(f"{site_dir}: {site.rows_read} rows read, {valid} valid "
+          f"({len(site.train)} train, {len(site.test)} test), {len(site.rejected)} rejected, "
+          f"{sum(site.unknown_labels.values())} with a label not in {labels_file}")
+    for row in site.rejected:
+        print(f"  rejected {row}")
+    for label, count in site.unknown_labels.most_common():
+        print(f"  unknown label {label!r}: {count} rows")
+    pii = Counter(span.kind for text in site.train.texts + site.test.texts
+                  for span in find_pii(text))
+    if pii:
+        found = ", ".join(f"{kind} {n}" for kind, n in pii.most_common())
+        print(f"PII found (redacted before training): {found}")
+    print("label distribution (train / test):")
+    train_counts = Counter(labels[i] for i in site.train.labels)
+    test_counts = Counter(labels[i] for i in site.test.labels)
+    for label in labels:
+        if train_counts[label] or test_counts[label]:
+            print(f"  {label:<40} {train_counts[label]:>6} / {test_counts[label]:<6}")
+    if len(site.train) == 0:
+        print(f"error: {site_dir} has no valid training rows; this site would decline to train",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+def run_partition(args: argparse.Namespace) -> int:
+    from fedintent.partition import partition_csv_dataset
+
+    if args.out.exists() and any(args.out.iterdir()):
+        raise CliError(f"--out {args.out} already exists and is not empty")
+    try:
+        manifest = partition_csv_dataset(
+            args.csv_dir, args.out, n_sites=args.sites, seed=args.seed,
+            alpha=None if args.iid else args.alpha, min_site_size=args.min_site_size,
+            quantity_skew=args.quantity_skew,
+        )
+    except (ValueError, FileNotFoundError) as err:
+        raise CliError(str(err)) from err
+    scheme = "IID" if args.iid else f"Dirichlet alpha {args.alpha:g}"
+    print(f"wrote {len(manifest['sites'])} sites ({scheme}), {len(manifest['labels'])} labels "
+          f"to {args.out}")
+    for name, site in manifest["sites"].items():
+        print(f"  {name}: {site['train']} train, {site['test']} test rows, "
+              f"{len(site['label_counts'])} labels")
+    return 0

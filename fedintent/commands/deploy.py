@@ -1,0 +1,220 @@
+"""``certs``, ``release`` and ``deploy-run``: credentials, signed releases and runs on a real
+TLS SuperLink with authenticated sites (docs/DEPLOYMENT.md)."""
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from fedintent.commands import CliError
+from fedintent.commands.options import DEFAULT_OUT_ROOT, TUNED_HELP, fresh_out_dir
+from fedintent.commands.progress import print_round, print_summary
+from fl_protocol.label_file import read_labels
+from fl_protocol.wire import RUN_CONFIG_DEFAULTS
+from fl_server.run_config import tuned_settings
+
+
+def add_parsers(commands: argparse._SubParsersAction) -> None:
+    certs = commands.add_parser(
+        "certs",
+        help="make development TLS credentials and site keys for a deployment",
+        description="Write a development CA, a SuperLink TLS certificate signed by it, the "
+        "operator's Ed25519 release-signing key with the trusted-entities.yaml every site pins, "
+        "and an EC key pair (OpenSSH format) per site for SuperNode authentication. Private "
+        "keys are mode 0600; existing files are never overwritten. For production certificates "
+        "see docs/DEPLOYMENT.md.",
+    )
+    certs.add_argument("--out", type=Path, required=True, help="credentials folder")
+    certs.add_argument("--sites", type=int, required=True,
+                       help="number of site key pairs (site-00, site-01, ...)")
+    certs.add_argument("--host", action="append", metavar="IP",
+                       help="an IP address the SuperLink is reached at; repeatable "
+                       "(default: 127.0.0.1)")
+    certs.add_argument("--dns", action="append", metavar="NAME",
+                       help="a DNS name the SuperLink is reached at; repeatable "
+                       "(default: localhost)")
+    certs.set_defaults(handler=run_certs)
+
+    release = commands.add_parser(
+        "release",
+        help="build the fedintent app bundle and sign it with the operator's release key",
+        description="Write fedintent.fab (the app bundle the sites run) and "
+        "fedintent.fab.sig.json (its Ed25519 signature) to --out. Sites run a bundle only if "
+        "a key in their trusted-entities.yaml signed it. Keep the key off the SuperLink's "
+        "machine; `fedintent deploy-run --release` needs only the release folder.",
+    )
+    release.add_argument("--signing-key", type=Path, required=True,
+                         help="the operator's Ed25519 private key, OpenSSH format "
+                         "(release-signing.key from `fedintent certs`, or ssh-keygen -t ed25519)")
+    release.add_argument("--out", type=Path, required=True, help="release folder")
+    release.set_defaults(handler=run_release)
+
+    deploy_run = commands.add_parser(
+        "deploy-run",
+        help="train on a deployed TLS SuperLink with real sites, and follow the run",
+        description="Submit a training run to a running SuperLink (TLS, authenticated sites) "
+        "and follow it like `fedintent train`. Run it on the SuperLink's machine: the ServerApp "
+        "reads --labels and writes --out there. Sites use their own data and budget "
+        "(node config). See docs/DEPLOYMENT.md.",
+    )
+    deploy_run.add_argument("--superlink", required=True, metavar="HOST:PORT",
+                            help="the SuperLink's control address on this machine "
+                            "(127.0.0.1:CONTROL_PORT of deploy/superlink.sh)")
+    deploy_run.add_argument("--release", type=Path, required=True, metavar="DIR",
+                            help="the signed release to run (`fedintent release`)")
+    deploy_run.add_argument("--release-port", type=int, default=9095,
+                            help="the SuperLink's RELEASE_PORT, on 127.0.0.1, where the release "
+                            "is handed over (default: %(default)s)")
+    deploy_run.add_argument("--ca-cert", type=Path, required=True,
+                            help="the CA certificate that signed the SuperLink's certificate")
+    deploy_run.add_argument("--labels", type=Path, required=True,
+                            help="the intent taxonomy, one label per line")
+    deploy_run.add_argument("--min-sites", type=int, required=True,
+                            help="sites that must be connected before a round starts")
+    deploy_run.add_argument("--rounds", type=int,
+                            help=f"federated rounds (default: {TUNED_HELP})")
+    deploy_run.add_argument("--epsilon", type=float, default=RUN_CONFIG_DEFAULTS["target-epsilon"],
+                            help="per-site epsilon for the whole run; inf = no DP "
+                            "(default: %(default)s)")
+    deploy_run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                            help="any other run-config key (README, 'Run configuration'), "
+                            "value in TOML syntax; repeatable")
+    deploy_run.add_argument("--out", type=Path,
+                            help=f"output folder (default: {DEFAULT_OUT_ROOT}/run-DATE-TIME)")
+    deploy_run.set_defaults(handler=run_deploy_run)
+
+
+def run_certs(args: argparse.Namespace) -> int:
+    import ipaddress
+
+    from fedintent.launch.certificates import (
+        CredentialsExistError,
+        site_names,
+        write_dev_credentials,
+    )
+
+    if args.sites < 1:
+        raise CliError(f"--sites must be >= 1, got {args.sites}")
+    hosts = args.host or ["127.0.0.1"]
+    dns_names = args.dns or ["localhost"]
+    for host in hosts:
+        try:
+            ipaddress.ip_address(host)
+        except ValueError as err:
+            raise CliError(f"--host takes an IP address, got {host!r}; use --dns for names") \
+                from err
+    try:
+        paths = write_dev_credentials(args.out, site_names(args.sites), hosts, dns_names)
+    except CredentialsExistError as err:
+        raise CliError(str(err)) from err
+    names = ", ".join([f"IP:{h}" for h in hosts] + [f"DNS:{d}" for d in dns_names])
+    print(f"wrote development credentials to {args.out}:")
+    print(f"  {paths.ca_cert.name:<22} CA certificate: give it to every site and to flwr users")
+    print(f"  {paths.ca_key.name:<22} CA private key (0600): keep it offline")
+    print(f"  {paths.server_cert.name:<22} SuperLink TLS certificate for {names}")
+    print(f"  {paths.server_key.name:<22} SuperLink TLS private key (0600)")
+    print(f"  {paths.signing_key.name:<22} release-signing key (0600): the operator's only; "
+          f"`fedintent release --signing-key` signs bundles with it")
+    print(f"  {paths.trusted_entities.name:<22} the release key as sites pin it: give it to "
+          f"every site (TRUSTED_ENTITIES)")
+    for site, key in paths.site_keys.items():
+        print(f"  {key.name:<22} {site}'s private key (0600): give it to {site} only")
+        print(f"  {paths.site_public_keys[site].name:<22} {site}'s public key: register it with "
+              f"`flwr supernode register`")
+    return 0
+
+
+def run_release(args: argparse.Namespace) -> int:
+    import hashlib
+
+    from fedintent.launch.deployment import DeploymentError
+    from fedintent.launch.releases import RELEASE_FAB, RELEASE_SIGNATURE, write_release
+
+    try:
+        release = write_release(args.out, args.signing_key)
+    except DeploymentError as err:
+        raise CliError(str(err)) from err
+    print(f"wrote {release.app_spec} to {args.out}: {RELEASE_FAB} (sha256 "
+          f"{hashlib.sha256(release.fab).hexdigest()[:16]}...), {RELEASE_SIGNATURE} "
+          f"(signed by {release.key_id})")
+    return 0
+
+
+def run_deploy_run(args: argparse.Namespace) -> int:
+    import shutil
+    import tempfile
+
+    from fedintent.launch import deployment
+    from fedintent.launch.releases import read_release, serve_release, submit_release_run
+    from fedintent.launch.run_config import compose_run_config
+    from fedintent.launch.run_outcome import RunFailedError, completed_run_metrics
+
+    if args.min_sites < 1:
+        raise CliError(f"--min-sites must be >= 1, got {args.min_sites}")
+    if not args.ca_cert.is_file():
+        raise CliError(f"--ca-cert {args.ca_cert} is not a file")
+    try:
+        release = read_release(args.release)
+    except deployment.DeploymentError as err:
+        raise CliError(str(err)) from err
+    overrides = _parse_settings(args.set)
+    tuned = tuned_settings(args.epsilon)
+    if args.rounds is None:
+        args.rounds = int(overrides.get("num-rounds", tuned["num-rounds"]))
+    labels_file = args.labels.resolve()
+    labels = read_labels(labels_file)
+    out_dir = fresh_out_dir(args.out)
+    run_config = compose_run_config(
+        tuned | overrides | {"num-rounds": args.rounds, "target-epsilon": args.epsilon},
+        # data-dir is simulation-only; pointing it at the labels' folder keeps the ServerApp
+        # from generating synthetic sites that no deployed site would read.
+        data_dir=labels_file.parent, labels_file=labels_file, out_dir=out_dir,
+        min_sites=args.min_sites,
+    )
+    flwr_home = Path(tempfile.mkdtemp(prefix="fedintent-deploy-"))
+    try:
+        connection = deployment.write_connection(
+            flwr_home, "fedintent-deployment", args.superlink, args.ca_cert
+        )
+        started = time.monotonic()
+        try:
+            with serve_release(release, args.release_port):
+                run_id = submit_release_run(release, connection, run_config)
+        except OSError as err:
+            raise CliError(f"cannot hand over the release on 127.0.0.1:{args.release_port}: "
+                           f"{err.strerror}") from err
+        print(f"run {run_id} of {release.app_spec} (signed by {release.key_id}) submitted to "
+              f"{args.superlink}: {args.rounds} rounds, at least "
+              f"{args.min_sites} sites, {len(labels)} intents; output: {out_dir}", flush=True)
+        try:
+            status = deployment.follow_run(
+                connection, run_id, out_dir / "metrics.json",
+                on_round=lambda entry: print_round(entry, args.rounds),
+            )
+        except KeyboardInterrupt:
+            deployment.stop_run(connection, run_id)
+            raise
+        metrics = completed_run_metrics(out_dir / "metrics.json", status)
+    except (deployment.DeploymentError, RunFailedError) as err:
+        print(f"fedintent deploy-run: error: {err}", file=sys.stderr)
+        return 1
+    finally:
+        shutil.rmtree(flwr_home, ignore_errors=True)
+    print_summary(metrics, time.monotonic() - started)
+    return 0
+
+
+def _parse_settings(items: list[str]) -> dict:
+    """``--set KEY=VALUE`` options as run-config values (TOML syntax, else the text)."""
+    import tomllib
+
+    settings = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep:
+            raise CliError(f"--set takes KEY=VALUE, got {item!r}")
+        try:
+            settings[key.strip()] = tomllib.loads(f"v = {text}")["v"]
+        except tomllib.TOMLDecodeError:
+            settings[key.strip()] = text
+    return settings

@@ -1,0 +1,97 @@
+"""``predict`` (classify texts with an exported model) and ``models`` (the model families)."""
+
+import argparse
+import csv
+import json
+from pathlib import Path
+
+from fedintent.commands import CliError
+from fl_protocol.wire import RUN_CONFIG_DEFAULTS
+from models import model_family_names
+
+
+def add_parsers(commands: argparse._SubParsersAction) -> None:
+    predict = commands.add_parser(
+        "predict",
+        help="classify texts with an exported model (OUT/model of fedintent train)",
+        description="Classify texts with a model folder written by fedintent train (OUT/model; "
+        "docs/EXPORT.md). Each text is first PII-redacted exactly as sites redact their "
+        "training text (fl_client/redaction.py: phone numbers, IDs, card numbers, e-mail and "
+        "IP addresses, URLs become [PHONE], [ID], ...), so the model sees what it was trained "
+        "on. Prints one line per text: label, confidence (softmax probability), redacted text.",
+    )
+    predict.add_argument("model_dir", type=Path, metavar="MODEL_DIR")
+    predict.add_argument("texts", nargs="*", metavar="TEXT", help="texts to classify")
+    predict.add_argument("--file", type=Path,
+                         help="more texts: one per line (blank lines skipped), or a .csv file "
+                         "whose first row is a header: its 'text' column, else its first column")
+    predict.add_argument("--json", action="store_true",
+                         help="print JSON lines {text, label, confidence} instead")
+    predict.set_defaults(handler=run_predict)
+
+    families = commands.add_parser(
+        "models", help="list the model families: what each reads, trains and uploads",
+        description="The model families for --model (docs/MODELS.md). A local Hugging Face "
+        "BERT checkpoint folder can also be given by path.")
+    families.set_defaults(handler=run_list_models)
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    from fl_client.redaction import redact
+    from models.export import load_exported
+
+    texts = list(args.texts) + (_read_texts_file(args.file) if args.file else [])
+    if not texts:
+        raise CliError("no texts given: pass TEXT arguments or --file PATH")
+    try:
+        model = load_exported(args.model_dir)
+    except (ValueError, OSError) as err:
+        raise CliError(str(err)) from err
+    redacted = [redact(text) for text in texts]
+    for text, (label, confidence) in zip(redacted, model.predict(redacted), strict=True):
+        if args.json:
+            print(json.dumps({"text": text, "label": label, "confidence": confidence},
+                             ensure_ascii=False))
+        else:
+            print(f"{label}\t{confidence:.4f}\t{' '.join(text.split())}")
+    return 0
+
+
+def run_list_models(args: argparse.Namespace) -> int:
+    from models import get_model_family
+
+    for name in model_family_names():
+        family = get_model_family(name)
+        default = " (default)" if name == RUN_CONFIG_DEFAULTS["model"] else ""
+        print(f"{name}{default}\n"
+              f"  {family.description}\n  reads: {family.languages}\n"
+              f"  trained and uploaded each round: {family.exchanged}")
+    print("PATH\n  a local Hugging Face BERT checkpoint folder: frozen encoder + trainable "
+          "linear head, as minilm-head")
+    return 0
+
+
+def _read_texts_file(path: Path) -> list[str]:
+    """Texts of a plain text file (one per line) or a CSV file's 'text' (else first) column."""
+    try:
+        content = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as err:
+        raise CliError(f"--file {path}: cannot read: {err}") from err
+    if path.suffix.lower() != ".csv":
+        return [line.strip() for line in content.splitlines() if line.strip()]
+    rows = csv.reader(content.splitlines(keepends=True))
+    header = next(rows, None)
+    if not header:
+        raise CliError(f"{path}: empty CSV file (it needs a header row)")
+    names = [name.strip().lower() for name in header]
+    column = names.index("text") if "text" in names else 0
+    texts = []
+    for row in rows:
+        if not any(cell.strip() for cell in row):
+            continue
+        if column >= len(row):
+            raise CliError(f"{path}:{rows.line_num}: no value in column {column + 1} "
+                           f"({header[column]!r})")
+        if row[column].strip():
+            texts.append(row[column].strip())
+    return texts

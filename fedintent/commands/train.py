@@ -1,0 +1,213 @@
+"""``train``: federated training over simulated sites (Flower simulation, DP-SGD), and
+``train --resume``, which continues an interrupted run."""
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+
+from fedintent.commands import CliError
+from fedintent.commands.data import DATA_FORMAT_HELP, DEFAULT_SYNTHETIC_SITES
+from fedintent.commands.options import DEFAULT_OUT_ROOT, TUNED_HELP, fresh_out_dir
+from fedintent.commands.progress import print_round, print_summary
+from fl_client.site_data import list_site_dirs
+from fl_protocol.label_file import read_labels
+from fl_protocol.wire import ACCOUNTANTS, PRIVACY_UNITS, RUN_CONFIG_DEFAULTS
+from fl_server.run_config import check_run_config, tuned_settings
+from fl_server.strategy import STRATEGIES
+from models import model_family_names
+
+
+def add_parsers(commands: argparse._SubParsersAction) -> None:
+    train = commands.add_parser(
+        "train",
+        help="train an intent classifier across simulated sites (Flower simulation, DP-SGD)",
+        description="Train across simulated sites with DP-SGD at each site. Without --data, "
+        "synthetic call-center sites are generated into OUT/data.",
+        epilog=DATA_FORMAT_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_train_options(train)
+    train.set_defaults(handler=run_train)
+
+
+def _add_train_options(train: argparse.ArgumentParser) -> None:
+    defaults = RUN_CONFIG_DEFAULTS
+    train.add_argument("--data", type=Path, help="folder of site folders (default: synthetic)")
+    train.add_argument("--labels", type=Path, help="label file (default: DATA/labels.txt)")
+    train.add_argument("--sites", type=int, help="number of sites "
+                       f"(default: {DEFAULT_SYNTHETIC_SITES} synthetic, or every site in --data)")
+    train.add_argument("--rounds", type=int,
+                       help=f"federated rounds (default: {TUNED_HELP})")
+    train.add_argument("--epsilon", type=float, default=defaults["target-epsilon"],
+                       help="per-site epsilon for the whole run; inf = no DP "
+                       "(default: %(default)s)")
+    train.add_argument("--delta", type=float, default=defaults["delta"],
+                       help="per-site delta; 0 = each site's default, min(1e-5, "
+                       "1/(10 x its units)) (default: %(default)s)")
+    train.add_argument("--privacy-unit", default=defaults["privacy-unit"],
+                       choices=PRIVACY_UNITS,
+                       help="what one DP unit is: one utterance, or all of one customer's "
+                       "utterances at a site (default: %(default)s)")
+    train.add_argument("--site-max-epsilon", type=float, default=None,
+                       help="each simulated site's lifetime epsilon budget per privacy unit, over "
+                       "all runs on its data; units at it sit out, sites with none left decline "
+                       f"(default: {defaults['site-max-epsilon']:g}, inf with --epsilon inf)")
+    train.add_argument("--model", default=defaults["model"], metavar="MODEL",
+                       help=f"model family: {', '.join(model_family_names())}, or the folder of "
+                       "a local Hugging Face BERT checkpoint (frozen encoder + head); "
+                       "docs/MODELS.md compares them (default: %(default)s)")
+    train.add_argument("--strategy", default=defaults["strategy"], choices=STRATEGIES,
+                       help="aggregation (default: %(default)s)")
+    train.add_argument("--accountant", default=defaults["accountant"], choices=ACCOUNTANTS,
+                       help="privacy accountant (default: %(default)s)")
+    train.add_argument("--local-epochs", type=int,
+                       help=f"local epochs per round (default: {TUNED_HELP})")
+    train.add_argument("--batch-size", type=int,
+                       help="expected DP-SGD batch size; above a site's size, every step uses "
+                       f"all its data (default: {TUNED_HELP})")
+    train.add_argument("--lr", type=float,
+                       help=f"local learning rate (default: {TUNED_HELP})")
+    train.add_argument("--clip-norm", type=float, default=defaults["clip-norm"],
+                       help="per-example gradient clipping norm (default: %(default)s)")
+    train.add_argument("--state-dir", type=Path,
+                       help="root of the sites' state (ledger, caches); "
+                       "default: DATA/.fedintent-state")
+    train.add_argument("--out", type=Path,
+                       help=f"output folder (default: {DEFAULT_OUT_ROOT}/run-DATE-TIME)")
+    train.add_argument("--seed", type=int, default=defaults["seed"],
+                       help="seed for data, model and sampling (default: %(default)s)")
+    train.add_argument("--secure-aggregation", action="store_true",
+                       help="sum the site updates with SecAgg+, so the server never sees one "
+                       "site's update (needs 3+ sites; docs/PRIVACY.md)")
+    train.add_argument("--resume", type=Path, metavar="OUT",
+                       help="continue the interrupted run in OUT after its last checkpoint, with "
+                       "the settings recorded in OUT/metrics.json (give no other option)")
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from data_synth import write_run_sites
+    from fedintent.launch.run_config import compose_run_config
+
+    if args.resume is not None:
+        return run_resume(args)
+    if args.sites is not None and args.sites < 1:
+        raise CliError(f"--sites must be >= 1, got {args.sites}")
+    tuned = tuned_settings(args.epsilon)
+    args.rounds = tuned["num-rounds"] if args.rounds is None else args.rounds
+    args.local_epochs = tuned["local-epochs"] if args.local_epochs is None else args.local_epochs
+    args.batch_size = tuned["batch-size"] if args.batch_size is None else args.batch_size
+    args.lr = tuned["learning-rate"] if args.lr is None else args.lr
+    tunables = {
+        "num-rounds": args.rounds,
+        "target-epsilon": args.epsilon,
+        "delta": args.delta,
+        "privacy-unit": args.privacy_unit,
+        "model": args.model,
+        "strategy": args.strategy,
+        "accountant": args.accountant,
+        "clip-norm": args.clip_norm,
+        "batch-size": args.batch_size,
+        "local-epochs": args.local_epochs,
+        "learning-rate": args.lr,
+        "seed": args.seed,
+    }
+    if args.site_max_epsilon is not None:
+        tunables["site-max-epsilon"] = args.site_max_epsilon
+    check_run_config(tunables)
+    if args.data is not None:
+        list_site_dirs(args.data)
+    if args.secure_aggregation:  # refused before any data is written; every site must train
+        sites = args.sites or (len(list_site_dirs(args.data)) if args.data is not None
+                               else DEFAULT_SYNTHETIC_SITES)
+        check_run_config(tunables | {"secure-aggregation": True, "min-sites": sites})
+    out_dir = fresh_out_dir(args.out)
+    if args.data is None:
+        num_sites = args.sites or DEFAULT_SYNTHETIC_SITES
+        data_dir = out_dir / "data"
+        print(f"generating {num_sites} synthetic sites into {data_dir}")
+        write_run_sites(data_dir, num_sites, args.seed)
+    else:
+        data_dir = args.data.resolve()
+        available = len(list_site_dirs(data_dir))
+        num_sites = args.sites or available
+        if num_sites > available:
+            raise CliError(f"--sites {num_sites} but {data_dir} holds only {available} sites")
+    labels_file = args.labels or data_dir / "labels.txt"
+    labels = read_labels(labels_file)
+    run_config = compose_run_config(
+        tunables | {"secure-aggregation": args.secure_aggregation},
+        data_dir=data_dir, labels_file=labels_file, out_dir=out_dir, min_sites=num_sites,
+        state_dir=args.state_dir,
+    )
+    privacy = (
+        f"DP-SGD, per-site target epsilon {args.epsilon:g} per {args.privacy_unit}, "
+        f"delta {args.delta:g}{' (per-site default)' if args.delta == 0 else ''}, "
+        f"lifetime budget {run_config['site-max-epsilon']:g} per unit"
+        if math.isfinite(args.epsilon)
+        else "no DP (epsilon = inf: no privacy guarantee)"
+    )
+    print(
+        f"training {args.model} on {num_sites} sites for {args.rounds} rounds "
+        f"({len(labels)} intents; {privacy}"
+        f"{'; SecAgg+ secure aggregation' if args.secure_aggregation else ''}); output: {out_dir}"
+    )
+    return _simulate(run_config, num_sites, int(args.rounds))
+
+
+def run_resume(args: argparse.Namespace) -> int:
+    """Continue an interrupted run with exactly the configuration it was started with."""
+    from fl_server.audit_log import AuditLogError, check_extendable
+    from fl_server.checkpoints import CheckpointError, latest_checkpoint
+    from fl_server.resume import read_metrics, recorded_run_config, resumed_run_config
+
+    options = argparse.ArgumentParser()
+    _add_train_options(options)
+    defaults = vars(options.parse_args([]))
+    given = sorted(f"--{key.replace('_', '-')}" for key, value in vars(args).items()
+                   if key != "resume" and key in defaults and value != defaults[key])
+    if given:
+        raise CliError(f"--resume uses the settings recorded in OUT/metrics.json; "
+                       f"drop {', '.join(given)}")
+    out_dir = args.resume.resolve()
+    doc = read_metrics(out_dir / "metrics.json")
+    run_config = check_run_config(resumed_run_config(
+        recorded_run_config(doc) | {"out-dir": str(out_dir), "resume": True,
+                                    "stop-after-round": 0},
+        doc,
+    ))
+    try:
+        checkpoint, warnings = latest_checkpoint(out_dir / "checkpoints")
+        check_extendable(out_dir / "audit.jsonl")
+    except (CheckpointError, AuditLogError) as err:
+        raise CliError(str(err)) from err
+    for warning in warnings:
+        print(f"fedintent train: warning: {warning}", file=sys.stderr)
+    done = checkpoint.server_round if checkpoint else 0
+    num_rounds = int(run_config["num-rounds"])
+    print(f"resuming run {run_config['run-name']} after round {done} of {num_rounds}; "
+          f"output: {out_dir}")
+    return _simulate(run_config, int(run_config["min-sites"]), num_rounds, reported_rounds=done)
+
+
+def _simulate(run_config: dict, num_sites: int, num_rounds: int, reported_rounds: int = 0) -> int:
+    """Run the simulation, printing each round as it completes and the summary at the end."""
+    from fedintent.launch.simulation import SimulationError, run_simulation
+
+    out_dir = Path(run_config["out-dir"])
+    started = time.monotonic()
+    try:
+        metrics = run_simulation(
+            run_config,
+            num_sites=num_sites,
+            metrics_path=out_dir / "metrics.json",
+            log_path=out_dir / "logs" / "flower.log",
+            on_round=lambda entry: print_round(entry, num_rounds),
+            reported_rounds=reported_rounds,
+        )
+    except SimulationError as err:
+        print(f"fedintent train: error: {err}", file=sys.stderr)
+        return 1
+    print_summary(metrics, time.monotonic() - started)
+    return 0

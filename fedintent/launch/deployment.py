@@ -1,0 +1,142 @@
+"""A real deployment: a TLS SuperLink that admits only registered sites, and runs on it.
+
+The SuperLink and each site are started by ``deploy/superlink.sh`` and
+``deploy/site-entrypoint.sh``; this module holds the steps around them as small functions:
+waiting for the SuperLink's health over TLS, a ``flwr`` connection that verifies the SuperLink
+against the CA, registering a site's public key, submitting a run and following it to its
+outcome (``flwr run`` returns at submission, so the outcome is read with ``flwr ls``).
+docs/DEPLOYMENT.md shows the same steps as commands; ``releases`` holds the signed bundles the
+sites run.
+"""
+
+import json
+import ssl
+import subprocess
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from fedintent.launch.flower_cli import config_overrides, flower_env, toml_value
+from fedintent.launch.run_outcome import report_new_rounds
+from fl_protocol.durable_files import write_bytes_atomic
+
+HEALTH_TIMEOUT_S = 60
+CLI_TIMEOUT_S = 120
+
+
+@dataclass(frozen=True)
+class Connection:
+    """A named ``flwr`` connection to a SuperLink, stored in its own ``FLWR_HOME``."""
+
+    flwr_home: Path
+    name: str
+
+    @property
+    def env(self) -> dict[str, str]:
+        return flower_env(self.flwr_home)
+
+
+class DeploymentError(RuntimeError):
+    """A deployment step failed; the message says which and why."""
+
+
+def wait_superlink_healthy(
+    host: str, port: int, ca_cert: Path, superlink: subprocess.Popen | None = None,
+    timeout_s: float = HEALTH_TIMEOUT_S,
+) -> None:
+    """Wait until ``https://HOST:PORT/health`` answers with a certificate ``ca_cert`` verifies."""
+    context = ssl.create_default_context(cafile=str(ca_cert))
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if superlink is not None and superlink.poll() is not None:
+            raise DeploymentError(f"the SuperLink exited at start-up (code {superlink.returncode})")
+        try:
+            with urllib.request.urlopen(
+                f"https://{host}:{port}/health", context=context, timeout=2
+            ):
+                return
+        except OSError as err:
+            reason = getattr(err, "reason", err)
+            if isinstance(reason, ssl.SSLCertVerificationError):
+                raise DeploymentError(
+                    f"the SuperLink's certificate does not verify against {ca_cert}: {reason}"
+                ) from err
+            time.sleep(0.3)
+    raise DeploymentError(f"the SuperLink at {host}:{port} was not healthy within {timeout_s}s")
+
+
+def write_connection(flwr_home: Path, name: str, address: str, ca_cert: Path) -> Connection:
+    """Write ``FLWR_HOME/config.toml`` with one TLS connection, the default, and return it."""
+    write_bytes_atomic(
+        flwr_home / "config.toml",
+        (
+            f'[superlink]\ndefault = "{name}"\n\n'
+            f"[superlink.{name}]\naddress = {toml_value(address)}\n"
+            f"root-certificates = {toml_value(ca_cert.resolve())}\n"
+        ).encode(),
+    )
+    return Connection(flwr_home, name)
+
+
+def register_site_key(public_key: Path, connection: Connection) -> int:
+    """Register a site's OpenSSH public key with the SuperLink; return the site's node id."""
+    reply = _flwr(["supernode", "register", str(public_key), connection.name], connection)
+    return int(reply["node-id"])
+
+
+def submit_run(app: Path | str, connection: Connection, run_config: dict) -> int:
+    """Submit a run; return its run id. ``app`` is an app folder (uploaded as an unsigned
+    bundle, which signature-checking sites refuse) or an app spec ``@publisher/name==version``
+    that the SuperLink fetches from its app hub."""
+    command = ["run", str(app), connection.name, *config_overrides(run_config)]
+    return int(_flwr(command, connection)["run-id"])
+
+
+def run_status(connection: Connection, run_id: int) -> str:
+    """``status`` of the run as the SuperLink reports it, e.g. ``finished:completed``."""
+    reply = _flwr(["ls", connection.name, "--run-id", str(run_id)], connection)
+    return str(reply["runs"][0]["status"])
+
+
+def stop_run(connection: Connection, run_id: int) -> None:
+    """Ask the SuperLink to stop the run (the SuperNodes keep running)."""
+    _flwr(["stop", str(run_id), connection.name], connection)
+
+
+def follow_run(
+    connection: Connection,
+    run_id: int,
+    metrics_path: Path,
+    on_round: Callable[[dict], None],
+    poll_seconds: float = 2.0,
+) -> str:
+    """Report each round as ``metrics.json`` records it, until the run finishes; return status.
+
+    ``metrics_path`` is read where the ServerApp writes it: on the SuperLink's machine.
+    """
+    seen = 0
+    while True:
+        status = run_status(connection, run_id)
+        seen = report_new_rounds(metrics_path, seen, on_round)
+        if status.startswith("finished"):
+            return status
+        time.sleep(poll_seconds)
+
+
+def _flwr(args: list[str], connection: Connection) -> dict:
+    """Run a ``flwr`` command with JSON output in the connection's ``FLWR_HOME``."""
+    result = subprocess.run(
+        ["flwr", *args, "--format", "json"], env=connection.env, cwd=connection.flwr_home,
+        capture_output=True, text=True, timeout=CLI_TIMEOUT_S, check=False,
+    )
+    try:
+        reply = json.loads(result.stdout)
+    except ValueError:
+        reply = {}
+    if result.returncode != 0 or not reply.get("success"):
+        detail = reply.get("error-message") or (result.stdout + result.stderr).strip()[-500:]
+        raise DeploymentError(f"flwr {args[0]} {args[1] if len(args) > 1 else ''} failed: "
+                              f"{detail}")
+    return reply

@@ -1,0 +1,124 @@
+"""Processes that fedintent starts (SuperLink, SuperNodes, ``flwr run``), and stopping them all.
+
+Flower starts its SuperExec, ServerApp and simulation (and Ray its workers) in sessions of
+their own, so a process group does not hold them: stopping walks the whole process tree, and
+every process that was started is gone afterwards, on success, failure or Ctrl-C.
+"""
+
+import contextlib
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import BinaryIO
+
+import psutil
+
+TERMINATE_GRACE_S = 10.0
+KILL_GRACE_S = 5.0
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_process(
+    command: list[str],
+    env: dict[str, str],
+    log: BinaryIO,
+    processes: list[subprocess.Popen],
+    cwd: Path | None = None,
+) -> subprocess.Popen:
+    """Start ``command`` in its own session, logging to ``log``; record it in ``processes``.
+
+    Recording it before anything else can fail is what lets :func:`stop_process_trees` stop it.
+    """
+    process = subprocess.Popen(
+        command, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        cwd=cwd, start_new_session=True,
+    )
+    processes.append(process)
+    return process
+
+
+def stop_process_trees(processes: list[subprocess.Popen]) -> None:
+    """Stop the processes and every process they spawned: terminate, then kill what is left.
+
+    The whole tree is collected before the first signal, since a child whose parent is gone
+    can no longer be found from it. ``psutil.wait_procs`` is not used: a zombie whose parent
+    never reaps it would hold it for the whole grace period, and it would reap the started
+    processes behind ``Popen``'s back, losing their exit codes.
+    """
+    tree = _tree(process.pid for process in processes)
+    for stop, grace in ((psutil.Process.terminate, TERMINATE_GRACE_S),
+                        (psutil.Process.kill, KILL_GRACE_S)):
+        tree = [proc for proc in _tree_of(tree) if _running(proc)]
+        for proc in tree:
+            with contextlib.suppress(psutil.Error):
+                stop(proc)
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and any(_running(proc) for proc in tree):
+            for process in processes:
+                process.poll()
+            time.sleep(0.1)
+    for process in processes:
+        process.poll()
+
+
+def descendants(pids: Iterable[int]) -> set[int]:
+    """The ids of every process spawned, directly or not, by the processes ``pids``."""
+    pids = set(pids)
+    return {proc.pid for proc in _tree(pids)} - pids
+
+
+def is_alive(pid: int) -> bool:
+    """True while the process exists and is not a zombie (a zombie has stopped running)."""
+    try:
+        return _running(psutil.Process(pid))
+    except psutil.Error:
+        return False
+
+
+@contextmanager
+def signals_held() -> Iterator[None]:
+    """Hold Ctrl-C and SIGTERM so a second one cannot abort a clean-up half way.
+
+    They are delivered when the block ends.
+    """
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+
+
+def _tree(pids: Iterable[int]) -> list[psutil.Process]:
+    """The processes ``pids`` that still exist, with all their descendants."""
+    roots = []
+    for pid in pids:
+        with contextlib.suppress(psutil.Error):
+            roots.append(psutil.Process(pid))
+    return _tree_of(roots)
+
+
+def _tree_of(roots: list[psutil.Process]) -> list[psutil.Process]:
+    """``roots`` and every descendant of those still running, each once."""
+    found = {proc.pid: proc for proc in roots}
+    for proc in roots:
+        with contextlib.suppress(psutil.Error):
+            for child in proc.children(recursive=True):
+                found.setdefault(child.pid, child)
+    return list(found.values())
+
+
+def _running(proc: psutil.Process) -> bool:
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False

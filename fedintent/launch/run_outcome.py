@@ -1,0 +1,47 @@
+"""Following a run through its ``metrics.json``, and reading how it ended.
+
+``flwr run`` exits 0 even when a run failed (with ``--stream`` too), and a ServerApp that stops
+on purpose still finishes without an error. A run completed only when both agree: the SuperLink
+reports ``finished:completed`` and the ServerApp recorded ``status: completed``.
+"""
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+COMPLETED = "finished:completed"
+
+
+class RunFailedError(RuntimeError):
+    """The run did not complete; the message says why."""
+
+
+def report_new_rounds(metrics_path: Path, seen: int, on_round: Callable[[dict], None]) -> int:
+    """Call ``on_round`` for each round numbered above ``seen``; return the last one reported.
+
+    ``metrics.json`` may be missing or being replaced: then nothing is reported this time.
+    """
+    try:
+        rounds = json.loads(metrics_path.read_text(encoding="utf-8"))["rounds"]
+    except (OSError, ValueError, KeyError):
+        return seen
+    for entry in rounds:
+        if entry["round"] > seen:
+            on_round(entry)
+            seen = entry["round"]
+    return seen
+
+
+def completed_run_metrics(metrics_path: Path, status: str) -> dict:
+    """The run record of a run that ended with SuperLink status ``status``, if it completed.
+
+    Raises :class:`RunFailedError` with the ServerApp's recorded error, else the status.
+    """
+    if not metrics_path.exists():
+        raise RunFailedError(f"the run ended {status} and wrote no {metrics_path} (the "
+                             f"ServerApp writes it on the SuperLink's machine)")
+    metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
+    if status != COMPLETED or metrics.get("status") != "completed":
+        reason = metrics.get("error") or f"run status {status}"
+        raise RunFailedError(f"the run failed: {reason}")
+    return metrics

@@ -1,0 +1,127 @@
+"""Running the Flower app as a local simulation, the way ``fedintent train`` does it.
+
+A private SuperLink is started on a free loopback port with its own throwaway ``FLWR_HOME``,
+the run is submitted with ``flwr run``, its outcome is read back from the SuperLink and the run
+record (``run_outcome``), and every process started here is stopped at the end, whatever
+happened. Runtime dependency installation is disabled, so nothing is downloaded.
+"""
+
+import json
+import shutil
+import subprocess
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+from fedintent.launch.flower_cli import config_overrides, flower_env, write_app
+from fedintent.launch.processes import (
+    free_port,
+    signals_held,
+    start_process,
+    stop_process_trees,
+)
+from fedintent.launch.run_outcome import RunFailedError, completed_run_metrics, report_new_rounds
+
+CONNECTION = "fedintent-local"
+SUPERLINK_START_TIMEOUT_S = 60
+
+
+class SimulationError(RuntimeError):
+    """The simulation could not be started, or the run did not complete."""
+
+
+def run_simulation(
+    run_config: dict,
+    num_sites: int,
+    metrics_path: Path,
+    log_path: Path,
+    on_round: Callable[[dict], None],
+    poll_seconds: float = 0.5,
+    reported_rounds: int = 0,
+) -> dict:
+    """Run the app over ``num_sites`` simulated sites; return the final ``metrics.json``.
+
+    ``on_round`` is called once for every round after ``reported_rounds`` (the rounds a
+    resumed run already completed) as soon as ``metrics.json`` records it.
+    """
+    flwr_home = Path(tempfile.mkdtemp(prefix="fedintent-flwr-"))
+    env = flower_env(flwr_home)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    processes: list[subprocess.Popen] = []
+    try:
+        with open(log_path, "ab") as log:
+            port = free_port()
+            write_local_connection(flwr_home, port)
+            app_dir = write_app(flwr_home / "app")
+            superlink = start_process(
+                [
+                    "flower-superlink", "--insecure", "--simulation",
+                    "--disable-runtime-dependency-installation",
+                    "--host", "127.0.0.1", "--port", str(port),
+                ],
+                env, log, processes,
+            )
+            wait_local_superlink(port, superlink)
+            command = ["flwr", "run", str(app_dir), CONNECTION, "--stream", "--federation-config",
+                       f"num-supernodes={num_sites} client-resources-num-cpus=1",
+                       *config_overrides(run_config)]
+            runner = start_process(command, env, log, processes, cwd=flwr_home)
+            seen = reported_rounds
+            while True:
+                done = runner.poll() is not None
+                seen = report_new_rounds(metrics_path, seen, on_round)
+                if done:
+                    break
+                if superlink.poll() is not None:
+                    raise SimulationError(f"the SuperLink stopped unexpectedly; see {log_path}")
+                time.sleep(poll_seconds)
+            status = local_run_status(env, flwr_home)
+        try:
+            return completed_run_metrics(metrics_path, status)
+        except RunFailedError as err:
+            raise SimulationError(f"{err} (log: {log_path})") from err
+    finally:
+        with signals_held():
+            stop_process_trees(processes)
+            shutil.rmtree(flwr_home, ignore_errors=True)
+
+
+def write_local_connection(flwr_home: Path, port: int) -> None:
+    """``FLWR_HOME/config.toml`` with the default connection, :data:`CONNECTION`: the
+    insecure SuperLink on ``127.0.0.1:port``."""
+    (flwr_home / "config.toml").write_text(
+        f'[superlink]\ndefault = "{CONNECTION}"\n\n'
+        f'[superlink.{CONNECTION}]\naddress = "127.0.0.1:{port}"\ninsecure = true\n',
+        encoding="utf-8",
+    )
+
+
+def wait_local_superlink(port: int, superlink: subprocess.Popen) -> None:
+    """Wait until the insecure SuperLink on ``127.0.0.1:port`` answers its health check."""
+    deadline = time.monotonic() + SUPERLINK_START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if superlink.poll() is not None:
+            raise SimulationError("the SuperLink exited at start-up")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
+                return
+        except OSError:
+            time.sleep(0.3)
+    raise SimulationError(f"the SuperLink did not become healthy in {SUPERLINK_START_TIMEOUT_S}s")
+
+
+def local_run_status(env: dict[str, str], flwr_home: Path) -> str:
+    """``status:sub-status`` of the last run on the SuperLink of :data:`CONNECTION`."""
+    listing = subprocess.run(
+        ["flwr", "ls", CONNECTION, "--format", "json"],
+        env=env, cwd=flwr_home, capture_output=True, text=True, timeout=60,
+    )
+    try:
+        runs = json.loads(listing.stdout)["runs"]
+    except (ValueError, KeyError):
+        return f"unknown ({listing.stdout.strip()[:200]} {listing.stderr.strip()[:200]})"
+    if not runs:
+        return "not submitted"
+    return str(runs[-1].get("status", "unknown"))

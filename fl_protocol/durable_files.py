@@ -1,0 +1,117 @@
+"""Files that a crash at any moment leaves whole: the old version or the new, never a torn one.
+
+Every file fedintent writes goes through here. ``write_bytes_atomic`` replaces a file (temporary
+file in the same folder, fsync, ``os.replace``, fsync of the folder); ``create_exclusive``
+creates one that must not exist yet (a site secret, a private key: never overwritten, even by a
+concurrent process); ``append_line`` appends one durable line (egress log, audit log). Each
+takes the file's ``mode``: 0644 for run outputs, 0600 for what a site derives from customer data
+or keeps secret. ``json_safe`` is the one rule for JSON's missing infinity.
+"""
+
+import contextlib
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+
+
+class FileExistsRefusal(FileExistsError):
+    """``create_exclusive`` found the file already there; nothing was written."""
+
+
+def write_bytes_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Replace ``path`` with ``data`` atomically and durably, with permissions ``mode``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _durable_temporary(path, data, mode)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_folder(path.parent)
+
+
+def write_text_atomic(path: Path, text: str, mode: int = 0o644) -> None:
+    """``write_bytes_atomic`` for UTF-8 text with ``\\n`` line ends."""
+    write_bytes_atomic(path, text.encode("utf-8"), mode)
+
+
+def write_json_atomic(
+    path: Path, document: object, mode: int = 0o644, infinity: object = None
+) -> None:
+    """``write_bytes_atomic`` for a strict JSON document, indented, ``json_safe`` first."""
+    text = json.dumps(json_safe(document, infinity), indent=2, allow_nan=False) + "\n"
+    write_bytes_atomic(path, text.encode("utf-8"), mode)
+
+
+def create_exclusive(path: Path, data: bytes, mode: int) -> None:
+    """Create ``path`` with ``data``, durably; raise ``FileExistsRefusal`` if it exists.
+
+    The bytes go to a private temporary file that is hard-linked to the final name: the link
+    fails rather than replaces, so two processes racing to create the file never overwrite
+    each other and a reader never sees it half-written.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _durable_temporary(path, data, mode)
+    try:
+        os.link(tmp, path)
+    except FileExistsError as err:
+        raise FileExistsRefusal(f"{path} already exists; refusing to overwrite it") from err
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    _fsync_folder(path.parent)
+
+
+def append_line(path: Path, line: str, mode: int = 0o644) -> None:
+    """Append ``line`` and a newline, fsync'd before returning; the file is created ``mode``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, mode)
+    with os.fdopen(fd, "ab") as f:
+        f.write((line + "\n").encode("utf-8"))
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def json_safe(value: object, infinity: object = None) -> object:
+    """``value`` ready for strict JSON: NaN as null, infinity as ``infinity`` (null in run
+    records, where it means "no bound"; "inf" in reports), numpy scalars as Python numbers,
+    tuples as lists, every key a string."""
+    if isinstance(value, dict):
+        return {str(k): json_safe(v, infinity) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v, infinity) for v in value]
+    if hasattr(value, "item") and not isinstance(value, int | float | str):
+        value = value.item()
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, float) and math.isinf(value):
+        return infinity
+    return value
+
+
+def _durable_temporary(path: Path, data: bytes, mode: int) -> str:
+    """A temporary file next to ``path`` holding ``data`` with ``mode``, flushed to disk."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), mode)
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return tmp
+
+
+def _fsync_folder(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        with contextlib.suppress(OSError):  # some file systems cannot fsync a folder
+            os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,212 @@
+"""The wire contract: every name, number and code a site and the server exchange, in one place.
+
+Site (``fl_client``) and server (``fl_server``) are peers that speak this protocol; neither imports
+the other. What is defined here, each side enforces on its own:
+
+* the records of a message (``ARRAYS_KEY``, ``METRICS_KEY``, ``CONFIG_KEY``) and the keys of the
+  round's ``config`` record the server sends (``ROUND_CONFIG_KEYS``);
+* the run configuration every site reads and its defaults (``RUN_CONFIG_DEFAULTS``; the server
+  checks a run against them in ``fl_server/run_config.py``), the privacy units and accountants
+  a run may name;
+* the metrics a site may send (``TRAIN_METRICS``, ``EVALUATE_METRICS``): the site's egress
+  guard lets out no other name, the server requires and checks those with a ``check`` and
+  rejects a reply that fails one, Flower's aggregation sees only the ``aggregated`` ones, and
+  ``metrics.json`` keeps each as ``recorded_as``;
+* what a SecAgg+ stage reply may carry (``SECAGG_REPLIES``);
+* the error codes and the fixed vocabulary of reasons a site may give (``Reason``): never free
+  text, since an exception message can quote a row of site data. The server keeps a site's
+  reason only if it is in this vocabulary.
+
+A test (``tests/test_wire_contract.py``) holds this module against what the egress guard lets
+out and what the server accepts.
+"""
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+
+from flwr.app import Error, Message, MetricRecord
+from flwr.common.secure_aggregation.secaggplus_constants import Key, Stage
+
+ARRAYS_KEY = "arrays"
+"""The model parameters (``ArrayRecord``): server to site, and site to server after training."""
+METRICS_KEY = "metrics"
+"""A site's numbers (``MetricRecord``): only the names below."""
+CONFIG_KEY = "config"
+"""The round's instructions (``ConfigRecord``), server to site."""
+
+ROUND_CONFIG_KEYS = ("labels", "num-rounds", "run-name", "sim-data-dir", "server-round")
+"""What the server's ``config`` record holds: the run's label set, its planned rounds and name,
+the simulation's data folder (deployed sites ignore it), and Flower's round number."""
+
+PRIVACY_UNITS = ("utterance", "customer")
+"""What one DP-SGD example is, and so what the guarantee protects (``fl_client/privacy_units``)."""
+ACCOUNTANTS = ("prv", "rdp")
+"""How a site converts its noise into epsilon for a run's plan; both are sound upper bounds."""
+
+RUN_CONFIG_DEFAULTS: dict[str, str | int | float | bool] = {
+    "data-dir": "",
+    "labels-file": "",
+    "out-dir": "",
+    "run-name": "",
+    "state-dir": "",
+    "num-rounds": 40,
+    "model": "minilm-head",
+    "strategy": "fedavg",
+    "server-learning-rate": 0.05,
+    "min-sites": 2,
+    "target-epsilon": 8.0,
+    "delta": 0.0,
+    "privacy-unit": "utterance",
+    "site-max-epsilon": 10.0,
+    "accountant": "prv",
+    "clip-norm": 1.0,
+    "batch-size": 4096,
+    "local-epochs": 1,
+    "learning-rate": 96.0,
+    "seed": 0,
+    "reply-timeout": 3600.0,
+    "max-update-norm": 0.0,
+    "resume": False,
+    "stop-after-round": 0,
+    "secure-aggregation": False,
+}
+"""Every run-config key and its default (also ``[tool.flwr.app.config]`` in pyproject.toml; a
+test keeps the two equal). The server sets the run config; a site reads the privacy settings
+from it only as *requests*, which it checks against its own policy (``fl_client/site_policy``)."""
+
+
+def _positive(value: float) -> bool:
+    return math.isfinite(value) and value > 0
+
+
+def _finite(value: float) -> bool:
+    return math.isfinite(value)
+
+
+def _not_nan(value: float) -> bool:
+    """Epsilon may be inf (a run without DP), never NaN."""
+    return not math.isnan(value)
+
+
+def _fraction(value: float) -> bool:
+    return 0.0 <= value <= 1.0
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One number a site may send.
+
+    check: ``None`` for an optional metric; otherwise the server requires it and rejects the
+        reply unless ``check(value)``.
+    aggregated: passed on to Flower's aggregation (the rest is recorded, not aggregated).
+    recorded_as: its field in ``metrics.json``'s per-site entry; ``None``: not recorded there.
+    """
+
+    name: str
+    check: Callable[[float], bool] | None = None
+    aggregated: bool = False
+    recorded_as: str | None = None
+
+
+TRAIN_METRICS: tuple[Metric, ...] = (
+    Metric("num-examples", _positive, aggregated=True, recorded_as="num_examples"),
+    Metric("train-loss", _finite, aggregated=True, recorded_as="train_loss"),
+    Metric("epsilon", _not_nan, aggregated=True, recorded_as="epsilon"),
+    Metric("epsilon-all-runs", recorded_as="epsilon_all_runs"),
+    Metric("delta", recorded_as="delta"),
+    Metric("noise-multiplier", recorded_as="noise_multiplier"),
+    Metric("sample-rate", recorded_as="sample_rate"),
+    Metric("clip-norm", recorded_as="clip_norm"),
+    Metric("steps", recorded_as="steps"),
+    Metric("max-epsilon", recorded_as="max_epsilon_budget"),
+    Metric("privacy-units", recorded_as="privacy_units"),
+    Metric("site-key"),
+)
+"""A training reply's numbers. ``site-key`` (a keyed hash of the site secret) names the site in
+the record across restarts instead of its node id; it is not recorded as a value."""
+EVALUATE_METRICS: tuple[Metric, ...] = (
+    Metric("num-examples", _positive),
+    Metric("loss", _finite),
+    Metric("accuracy", _fraction),
+)
+"""An evaluation reply's numbers, all required."""
+
+
+def metric_names(metrics: tuple[Metric, ...]) -> frozenset[str]:
+    return frozenset(metric.name for metric in metrics)
+
+
+def metric_record(metrics: tuple[Metric, ...], **values: float) -> MetricRecord:
+    """A ``MetricRecord`` of ``values`` (``num_examples=`` for ``num-examples``); a name outside
+    ``metrics`` raises ``KeyError`` at the site, before the egress guard would block it."""
+    allowed = metric_names(metrics)
+    record = {}
+    for key, value in values.items():
+        name = key.replace("_", "-")
+        if name not in allowed:
+            raise KeyError(f"{name!r} is not in the wire contract")
+        record[name] = value
+    return MetricRecord(record)
+
+
+SECAGG_REPLIES: dict[str, dict[str, type | list[type]]] = {
+    Stage.SETUP: {Key.PUBLIC_KEY_1: bytes, Key.PUBLIC_KEY_2: bytes},
+    Stage.SHARE_KEYS: {Key.DESTINATION_LIST: [int], Key.CIPHERTEXT_LIST: [bytes]},
+    Stage.COLLECT_MASKED_VECTORS: {Key.MASKED_PARAMETERS: [bytes]},
+    Stage.UNMASK: {Key.NODE_ID_LIST: [int], Key.SHARE_LIST: [bytes]},
+}
+"""SecAgg+ stage -> what its reply may carry in Flower's SecAgg+ record. Keys and shares are
+random (never derived from site data); only the masked update depends on the site's data."""
+LEGACY_HEADER = ("fitres.parameters", "fitres.num_examples", "fitres.metrics", "fitres.status")
+"""The records Flower's legacy reply format adds around a masked update."""
+
+SITE_ERROR = 1001
+"""A site could not train or evaluate (its data, ledger or configuration)."""
+DECLINED = 1002
+"""A site's policy refused what the server asked."""
+EGRESS_BLOCKED = 1003
+"""A site's egress guard blocked a reply."""
+REJECTED = 2001
+"""The server refused to aggregate a reply."""
+NO_REPLY = 2002
+"""A site did not answer within the reply timeout."""
+FAILURE_KINDS = {DECLINED: "declined", REJECTED: "rejected", NO_REPLY: "no reply"}
+"""How ``metrics.json`` names a failure by its code; any other code is "failed"."""
+
+
+class Reason(StrEnum):
+    """Every reason a site may give the server for not sending an update: a fixed vocabulary.
+
+    Each names a class of problem and what the operator can do about it, and carries no data.
+    The concrete cause (a file and line, a ledger path, an exception) is logged at the site.
+    """
+
+    DATA_UNUSABLE = "site data unusable (see the site's log)"
+    LEDGER_UNREADABLE = "privacy ledger unreadable, rolled back or missing; the site stopped"
+    SITE_CONFIG_INVALID = "site configuration invalid (see the site's log)"
+    INTERNAL = "internal site error (see the site's log)"
+    OUT_OF_RANGE = "update outside the secure-aggregation range; not sent"
+    BUDGET_EXHAUSTED = "declined: privacy budget exhausted"
+    NO_DP_REFUSED = "declined: the site's policy requires differential privacy"
+    SETTING_REFUSED = "declined: a privacy setting weaker than the site's policy"
+    ROUND_REFUSED = "declined: a round beyond the run's planned rounds"
+    UNIT_REFUSED = "declined: privacy unit differs from the site's"
+    EGRESS_BLOCKED = "blocked by the site's egress guard"
+
+
+REASON_CODES: dict[Reason, int] = {
+    reason: DECLINED if reason.value.startswith("declined") else SITE_ERROR for reason in Reason
+} | {Reason.EGRESS_BLOCKED: EGRESS_BLOCKED}
+"""The error code each reason goes with; no other (code, reason) pair leaves a site."""
+
+
+def error_reply(msg: Message, reason: Reason) -> Message:
+    """The reply that tells the server only ``reason``."""
+    return Message(Error(code=REASON_CODES[reason], reason=reason.value), reply_to=msg)
+
+
+def is_site_reason(code: int, reason: str) -> bool:
+    """Whether (code, reason) is one of the pairs a fedintent site may send."""
+    return reason in set(Reason) and REASON_CODES[Reason(reason)] == code

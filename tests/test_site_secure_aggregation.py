@@ -1,0 +1,135 @@
+"""The site's side of SecAgg+, in-process: what the site hands Flower's ``secaggplus_mod`` to
+mask is the guarded plaintext update in the server's order, and anything else (a failure, an
+update the egress guard would block, one SecAgg+ would clip) is refused with a fixed reason.
+
+Flower's own ``secaggplus_mod`` (the key exchange and masking) is replaced by a pass-through
+here, so these tests see exactly what it would be given; tests/test_secure_aggregation.py runs
+the real protocol end to end.
+"""
+
+import numpy as np
+import pytest
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Error,
+    Message,
+    MetricRecord,
+    RecordDict,
+)
+from flwr.common import parameters_to_ndarrays
+from flwr.common.secure_aggregation.secaggplus_constants import (
+    RECORD_KEY_CONFIGS,
+    RECORD_KEY_STATE,
+    Key,
+    Stage,
+)
+from flwr.compat.common.recorddict_compat import recorddict_to_fitres
+from test_egress_guard import LABELS, head_state
+
+import fl_client.secure_aggregation as secure_aggregation
+from fl_protocol.wire import REASON_CODES, RUN_CONFIG_DEFAULTS, Reason
+
+pytestmark = pytest.mark.usefixtures("task_identity")
+
+METRICS = {"num-examples": 40, "train-loss": 0.5, "epsilon": 1.0, "delta": 1e-5}
+
+
+def model_state(value: float = 0.0) -> dict[str, np.ndarray]:
+    return {name: np.full(tuple(t.shape), value, np.float32) for name, t in head_state().items()}
+
+
+def arrays(value: float = 0.0, order: tuple[str, ...] = ("weight", "bias")) -> ArrayRecord:
+    state = model_state(value)
+    return ArrayRecord({name: Array(state[name]) for name in order})
+
+
+@pytest.fixture
+def context() -> Context:
+    state = RecordDict({RECORD_KEY_STATE: ConfigRecord({
+        "clipping_range": 8.0, "max_weight": 1000.0, "target_range": 1 << 16})})
+    return Context(run_id=1, node_id=7, node_config={}, state=state,
+                   run_config=dict(RUN_CONFIG_DEFAULTS))
+
+
+@pytest.fixture(autouse=True)
+def unmasked(monkeypatch):
+    """Flower's masking replaced by a pass-through to the update it would mask."""
+    monkeypatch.setattr(secure_aggregation, "secaggplus_mod",
+                        lambda msg, context, call_next: call_next(msg, context))
+
+
+def secagg_message() -> Message:
+    config = ConfigRecord({"labels": LABELS, "server-round": 1, "run-name": "r"})
+    content = RecordDict({
+        "arrays": arrays(order=("bias", "weight")),  # the server's order
+        "config": config,
+        RECORD_KEY_CONFIGS: ConfigRecord({Key.STAGE: Stage.COLLECT_MASKED_VECTORS}),
+    })
+    return Message(content=content, dst_node_id=7, message_type="train")
+
+
+def handler(content: RecordDict | Error):
+    def train(msg: Message, context: Context) -> Message:
+        return Message(content, reply_to=msg)
+    return train
+
+
+def trained(value: float = 0.01, **metrics) -> RecordDict:
+    return RecordDict({"arrays": arrays(value), "metrics": MetricRecord(METRICS | metrics)})
+
+
+def test_a_plain_message_passes_through_untouched(context):
+    plain = Message(RecordDict({"config": ConfigRecord({"x": 1})}), dst_node_id=7,
+                    message_type="train")
+    reply = secure_aggregation.secure_aggregation_mod(plain, context, handler(trained()))
+    assert set(reply.content.keys()) == {"arrays", "metrics"}
+
+
+def test_the_guarded_update_is_handed_to_masking_in_the_servers_order(context):
+    reply = secure_aggregation.secure_aggregation_mod(secagg_message(), context,
+                                                      handler(trained(0.25)))
+    assert not reply.has_error()
+    fitres = recorddict_to_fitres(reply.content, keep_input=True)
+    arrays = parameters_to_ndarrays(fitres.parameters)
+    assert [a.shape for a in arrays] == [(3,), model_state()["weight"].shape]  # bias, weight
+    assert all(np.all(a == np.float32(0.25)) for a in arrays)
+    assert fitres.num_examples == 40
+    assert dict(reply.content["metrics"]) == METRICS
+
+
+@pytest.mark.parametrize("reason", list(Reason))
+def test_a_site_failure_keeps_its_fixed_reason(context, reason):
+    error = Error(code=REASON_CODES[reason], reason=reason.value)
+    reply = secure_aggregation.secure_aggregation_mod(secagg_message(), context, handler(error))
+    assert (reply.error.code, reply.error.reason) == (REASON_CODES[reason], reason.value)
+
+
+def test_a_failure_outside_the_vocabulary_leaves_as_internal(context):
+    error = Error(code=1001, reason="could not parse 'CANARY-73 card 4111 1111'")
+    reply = secure_aggregation.secure_aggregation_mod(secagg_message(), context, handler(error))
+    assert reply.error.reason == Reason.INTERNAL.value
+
+
+@pytest.mark.parametrize("bad", [
+    RecordDict({"arrays": arrays(),
+                "metrics": MetricRecord(METRICS | {"customer-phone": 13812345678})}),
+    RecordDict({"arrays": arrays(np.nan), "metrics": MetricRecord(METRICS)}),
+    RecordDict({"arrays": arrays(), "metrics": MetricRecord(METRICS),
+                "config": ConfigRecord({"utterance": "my card is 4111 1111 1111 1111"})}),
+], ids=["metric off the allow-list", "NaN parameter", "a config record"])
+def test_what_the_egress_guard_would_block_is_never_masked(context, bad):
+    reply = secure_aggregation.secure_aggregation_mod(secagg_message(), context, handler(bad))
+    assert reply.error.reason == Reason.EGRESS_BLOCKED.value
+
+
+def test_an_update_secure_aggregation_would_clip_is_refused(context):
+    # weight 40 / 1000: a parameter of 100 becomes 4 (fits 8), one of 300 becomes 12 (clipped)
+    fits = secure_aggregation.secure_aggregation_mod(secagg_message(), context,
+                                                     handler(trained(100.0)))
+    assert not fits.has_error()
+    clipped = secure_aggregation.secure_aggregation_mod(secagg_message(), context,
+                                                        handler(trained(300.0)))
+    assert clipped.error.reason == Reason.OUT_OF_RANGE.value

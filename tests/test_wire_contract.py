@@ -1,0 +1,159 @@
+"""The wire contract (``fl_protocol/wire.py``) against both sides: what the site's egress guard
+lets out is exactly what the contract names, and what the server requires, checks, aggregates
+and records is exactly what the contract says."""
+
+import math
+
+import pytest
+from flwr.app import ArrayRecord, Context, Error, Message, MetricRecord, RecordDict
+from test_egress_guard import LABELS, head_state, incoming
+
+from fl_client.egress_guard import egress_guard
+from fl_protocol.wire import (
+    EVALUATE_METRICS,
+    REASON_CODES,
+    TRAIN_METRICS,
+    Reason,
+    error_reply,
+    metric_names,
+    metric_record,
+)
+from fl_server.run_record import RunRecord
+from fl_server.strategy import AGGREGATED_TRAIN_METRICS
+from fl_server.update_validation import (
+    InvalidReply,
+    array_spec,
+    check_evaluate_reply,
+    check_train_reply,
+)
+
+pytestmark = pytest.mark.usefixtures("task_identity")
+
+VALID = {
+    "num-examples": 10, "train-loss": 0.5, "epsilon": 1.5, "epsilon-all-runs": 2.0,
+    "delta": 1e-5, "noise-multiplier": 1.1, "sample-rate": 1.0, "clip-norm": 1.0, "steps": 1,
+    "max-epsilon": 10.0, "privacy-units": 10, "site-key": 123456,
+    "loss": 0.7, "accuracy": 0.75,
+}
+"""A valid value for every metric either contract names."""
+INVALID = {"num-examples": 0, "train-loss": math.nan, "epsilon": math.nan, "loss": math.inf,
+           "accuracy": 1.5}
+"""A value each checked metric's check refuses."""
+
+
+def through_guard(ctx: Context, message_type: str, content: RecordDict) -> Message:
+    msg = incoming(message_type)
+    return egress_guard(msg, ctx, lambda m, c: Message(content=content, reply_to=m))
+
+
+def train_content(metrics: dict) -> RecordDict:
+    return RecordDict({"arrays": ArrayRecord(head_state()), "metrics": MetricRecord(metrics)})
+
+
+def server_accepts_train(content: RecordDict) -> None:
+    arrays = ArrayRecord(head_state())
+    check_train_reply(content, array_spec(arrays),
+                      {k: a.numpy() for k, a in arrays.items()}, max_update_norm=0.0)
+
+
+def every(contract) -> dict:
+    return {name: VALID[name] for name in metric_names(contract)}
+
+
+def test_a_reply_with_every_contract_metric_leaves_the_site_and_is_accepted(ctx):
+    train = train_content(every(TRAIN_METRICS))
+    assert not through_guard(ctx, "train", train).has_error()
+    server_accepts_train(train)
+    evaluate = RecordDict({"metrics": MetricRecord(every(EVALUATE_METRICS))})
+    assert not through_guard(ctx, "evaluate", evaluate).has_error()
+    check_evaluate_reply(evaluate)
+
+
+@pytest.mark.parametrize("message_type", ["train", "evaluate"])
+def test_a_name_outside_the_contract_never_leaves(ctx, message_type):
+    contract = TRAIN_METRICS if message_type == "train" else EVALUATE_METRICS
+    others = sorted(set(VALID) - metric_names(contract)) + ["customer-phone"]
+    for name in others:
+        metrics = every(contract) | {name: 1.0}
+        content = (train_content(metrics) if message_type == "train"
+                   else RecordDict({"metrics": MetricRecord(metrics)}))
+        reply = through_guard(ctx, message_type, content)
+        assert reply.has_error() and reply.error.reason == Reason.EGRESS_BLOCKED.value, name
+
+
+def test_the_server_requires_exactly_the_checked_metrics_and_applies_each_check():
+    required = {m.name for m in TRAIN_METRICS if m.check is not None}
+    assert required == {"num-examples", "train-loss", "epsilon"}
+    for metric in TRAIN_METRICS:
+        without = every(TRAIN_METRICS)
+        del without[metric.name]
+        if metric.check is None:
+            server_accepts_train(train_content(without))  # optional: a non-private site omits it
+            continue
+        with pytest.raises(InvalidReply, match=metric.name):
+            server_accepts_train(train_content(without))
+        with pytest.raises(InvalidReply, match=metric.name):
+            server_accepts_train(train_content(every(TRAIN_METRICS)
+                                               | {metric.name: INVALID[metric.name]}))
+    for metric in EVALUATE_METRICS:
+        bad = every(EVALUATE_METRICS) | {metric.name: INVALID[metric.name]}
+        with pytest.raises(InvalidReply, match=metric.name):
+            check_evaluate_reply(RecordDict({"metrics": MetricRecord(bad)}))
+
+
+def test_aggregation_sees_exactly_the_aggregated_metrics():
+    assert set(AGGREGATED_TRAIN_METRICS) == {m.name for m in TRAIN_METRICS if m.aggregated}
+    assert set(AGGREGATED_TRAIN_METRICS) == {"num-examples", "train-loss", "epsilon"}
+
+
+def test_the_run_record_keeps_every_recorded_metric_under_its_name(tmp_path):
+    record = RunRecord.start(tmp_path / "metrics.json", 1, {}, LABELS)
+    asked = Message(RecordDict(), dst_node_id=8, message_type="train")
+    reply = Message(train_content(every(TRAIN_METRICS) | {"epsilon": math.inf}), reply_to=asked)
+    entry = record.record_train(1, [reply], {})
+    [(name, site)] = entry["sites"].items()
+    assert name == f"site-{VALID['site-key']:012x}"
+    recorded = {m.recorded_as: m.name for m in TRAIN_METRICS if m.recorded_as is not None}
+    assert set(recorded) <= set(site)
+    for field, metric in recorded.items():
+        expected = None if metric == "epsilon" else VALID[metric]  # JSON has no infinity
+        assert site[field] == expected, field
+
+
+@pytest.mark.parametrize("reason", list(Reason))
+def test_every_fixed_reason_leaves_the_site_and_is_kept_by_the_server(ctx, reason, tmp_path):
+    msg = incoming("train")
+    reply = egress_guard(msg, ctx, lambda m, c: error_reply(m, reason))
+    assert (reply.error.code, reply.error.reason) == (REASON_CODES[reason], reason.value)
+    record = RunRecord.start(tmp_path / "metrics.json", 1, {}, LABELS)
+    asked = Message(RecordDict(), dst_node_id=8, message_type="train")
+    entry = record.record_train(1, [Message(reply.error, reply_to=asked)], {})
+    assert entry["failures"][0]["reason"] == reason.value
+
+
+def test_a_reason_with_another_code_is_neither_sent_nor_kept(ctx, tmp_path):
+    wrong = set(REASON_CODES.values()) - {REASON_CODES[Reason.BUDGET_EXHAUSTED]}
+    for code in sorted(wrong):
+        mislabelled = Error(code=code, reason=Reason.BUDGET_EXHAUSTED.value)
+        reply = egress_guard(incoming("train"), ctx,
+                             lambda m, c, e=mislabelled: Message(e, reply_to=m))
+        assert reply.error.reason == Reason.EGRESS_BLOCKED.value
+        record = RunRecord.start(tmp_path / "metrics.json", 1, {}, LABELS)
+        asked = Message(RecordDict(), dst_node_id=8, message_type="train")
+        entry = record.record_train(1, [Message(mislabelled, reply_to=asked)], {})
+        assert "outside fedintent's vocabulary" in entry["failures"][0]["reason"]
+
+
+def test_metric_record_refuses_a_name_outside_the_contract():
+    record = metric_record(TRAIN_METRICS, num_examples=3, epsilon_all_runs=1.0)
+    assert dict(record) == {"num-examples": 3, "epsilon-all-runs": 1.0}
+    with pytest.raises(KeyError, match="customer-phone"):
+        metric_record(TRAIN_METRICS, customer_phone=13812345678)
+    with pytest.raises(KeyError, match="epsilon-all-runs"):
+        metric_record(EVALUATE_METRICS, epsilon_all_runs=1.0)
+
+
+def test_the_contract_names_each_metric_once():
+    for contract in (TRAIN_METRICS, EVALUATE_METRICS):
+        names = [m.name for m in contract]
+        assert len(names) == len(set(names))
