@@ -85,6 +85,7 @@ FAST_TESTS = [
     "tests/test_site_guarantee.py",
     "tests/test_site_secure_aggregation.py",
     "tests/test_wire_contract.py",
+    "tests/test_durable_files.py",
 ]
 SLOW_TESTS = ["tests/test_secure_aggregation.py"]
 

@@ -15,16 +15,8 @@ from collections import defaultdict
 
 import torch
 
-from fl_protocol.wire import PRIVACY_UNITS
-
 MAX_UTTERANCES_PER_CUSTOMER = 16
 PADDING_LABEL = -100
-
-
-def check_privacy_unit(name: str) -> str:
-    if name not in PRIVACY_UNITS:
-        raise ValueError(f"privacy-unit must be one of {', '.join(PRIVACY_UNITS)}, got {name!r}")
-    return name
 
 
 def group_by_customer(

@@ -1,11 +1,17 @@
-"""Local DP-SGD: it learns, it clips, it adds noise, and it takes exactly the charged steps."""
+"""Local DP-SGD: it learns, it clips, it adds noise, it takes exactly the charged steps, and a
+customer's utterances form one example."""
 
 import pytest
 import torch
 from torch import nn
 
-from fl_client.dp_training import TrainingPlan, evaluate, train_locally
+from fl_client.dp_training import TrainingPlan, UnitLoss, evaluate, train_locally
 from fl_client.privacy_accounting import steps_per_round
+from fl_client.privacy_units import (
+    MAX_UTTERANCES_PER_CUSTOMER,
+    PADDING_LABEL,
+    group_by_customer,
+)
 
 
 def separable_data(n: int = 200, dim: int = 16, classes: int = 4, seed: int = 0):
@@ -94,3 +100,34 @@ def test_training_refuses_to_spend_other_than_what_was_charged():
         with pytest.raises(error, match="charged"):
             train_locally(model, x, y, bad, seed=0)
         assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+
+
+def test_a_customers_utterances_become_one_padded_example():
+    """With the customer unit, each customer's utterances (in first-appearance order, at most
+    MAX_UTTERANCES_PER_CUSTOMER) are stacked into one example, padded with PADDING_LABEL, so
+    that clipping bounds the whole customer's influence."""
+    features = torch.arange(10, dtype=torch.float32).reshape(5, 2)
+    labels = torch.tensor([0, 1, 2, 3, 0])
+    x, y, units, dropped = group_by_customer(features, labels, ["bo", "al", "bo", "bo", "al"])
+    assert units == ["bo", "al"] and dropped == 0
+    assert torch.equal(x[0], features[[0, 2, 3]])
+    assert torch.equal(x[1], torch.cat([features[[1, 4]], torch.zeros(1, 2)]))
+    assert y.tolist() == [[0, 2, 3], [1, 0, PADDING_LABEL]]
+    many = MAX_UTTERANCES_PER_CUSTOMER + 3
+    x, y, units, dropped = group_by_customer(torch.ones(many, 2), torch.zeros(many).long(),
+                                             ["cy"] * many)
+    assert x.shape == (1, MAX_UTTERANCES_PER_CUSTOMER, 2) and dropped == 3
+
+
+def test_a_customers_loss_is_the_mean_over_their_real_utterances():
+    """The loss clipped per customer is the mean cross-entropy over that customer's utterances;
+    padding rows count for nothing."""
+    logits = torch.randn(2, 3, 4, generator=torch.Generator().manual_seed(0))
+    labels = torch.tensor([[1, 2, PADDING_LABEL], [3, PADDING_LABEL, PADDING_LABEL]])
+    loss = UnitLoss()
+    loss.reduction = "none"
+    expected = torch.stack([
+        nn.functional.cross_entropy(logits[0, :2], labels[0, :2]),
+        nn.functional.cross_entropy(logits[1, :1], labels[1, :1]),
+    ])
+    torch.testing.assert_close(loss(logits, labels), expected)

@@ -2,6 +2,7 @@
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -233,6 +234,10 @@ FORBIDDEN_SECAGG_REPLIES = {
         **{"fitres.metrics": ConfigRecord({"utterance": "I lost my card"})})),
     "a metric off the allow-list": (Stage.COLLECT_MASKED_VECTORS, lambda: masked_reply(
         metrics=MetricRecord({"num-examples": 10, "customer-phone": 13812345678}))),
+    "key shares as text": (Stage.UNMASK, lambda: protocol(
+        **{Key.NODE_ID_LIST: [3], Key.SHARE_LIST: ["card 4111 1111 1111 1111"]})),
+    "node ids as a number, not a list": (Stage.UNMASK, lambda: protocol(
+        **{Key.NODE_ID_LIST: 3, Key.SHARE_LIST: [b"s"]})),
 }
 
 
@@ -336,3 +341,26 @@ def test_the_real_evaluate_handler_cannot_send_more_than_its_allow_list(
     assert "metrics" not in entry and "arrays" not in entry
     with open(evaluating_site.node_config["state-dir"] + "/egress.jsonl") as f:
         assert str(LEAKED_PHONE) not in f.read()
+
+
+def test_the_egress_log_is_private_to_the_site_and_exact(ctx):
+    """The log names what left and how far the update moved from the model received, for the
+    site's data protection officer; it sits in an owner-only folder, owner-only itself."""
+    msg = incoming("train")
+    received = {k: v.numpy() for k, v in msg.content["arrays"].items()}
+    moved = {k: v + 0.5 for k, v in received.items()}
+    content = RecordDict({"arrays": ArrayRecord({k: Array(v) for k, v in moved.items()}),
+                          "metrics": MetricRecord({"num-examples": 10, "train-loss": 0.5,
+                                                   "epsilon": math.inf, "delta": 1e-5})})
+    assert not send(msg, ctx, content).has_error()
+    refused = egress_guard(msg, ctx, lambda m, c: error_reply(m, Reason.BUDGET_EXHAUSTED))
+    assert refused.error.reason == Reason.BUDGET_EXHAUSTED.value
+    sent, declined = egress_log(ctx)
+    size = sum(v.size for v in received.values())
+    assert sent["update_norm"] == pytest.approx(0.5 * math.sqrt(size))
+    assert sent["metrics"]["epsilon"] is None  # no DP: JSON has no infinity
+    assert [a["shape"] for a in sent["arrays"]] == [list(v.shape) for v in received.values()]
+    assert declined["error"] == {"code": DECLINED, "reason": Reason.BUDGET_EXHAUSTED.value}
+    state = Path(ctx.node_config["state-dir"])
+    assert state.stat().st_mode & 0o777 == 0o700
+    assert (state / "egress.jsonl").stat().st_mode & 0o777 == 0o600

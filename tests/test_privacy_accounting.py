@@ -10,8 +10,10 @@ from opacus.data_loader import DPDataLoader
 from torch.utils.data import DataLoader, TensorDataset
 
 from fl_client.privacy_accounting import (
+    DELTA_UNITS_FACTOR,
     BudgetExhausted,
     coalesce,
+    default_delta,
     epsilon_spent,
     filter_order,
     noise_within_rdp,
@@ -127,11 +129,22 @@ def test_noise_within_rdp_is_the_smallest_that_fits(rate, steps):
     order, budget = 4.0, 3.0
     noise = noise_within_rdp(rate, steps, order, budget)
     assert release_rdp(noise, rate, steps, order) <= budget
-    assert release_rdp(noise * 0.99, rate, steps, order) > budget
+    assert release_rdp(noise * 0.998, rate, steps, order) > budget  # within 0.1%, rounded up
 
 
 def test_no_noise_fits_a_budget_that_is_too_small():
     with pytest.raises(BudgetExhausted):
         noise_within_rdp(1.0, 10, 4.0, 0.0)
+    with pytest.raises(BudgetExhausted, match="too small for any release"):
+        noise_within_rdp(1.0, 10, 4.0, 1e-12)  # would need noise beyond MAX_NOISE_MULTIPLIER
     assert rdp_budget(0.01, 1e-5, 4.0) < 0  # converting alone costs more than that
     assert noise_within_rdp(1.0, 10, 4.0, math.inf) == 0.0
+
+
+@pytest.mark.parametrize(("units", "delta"), [(1, 1e-5), (100, 1e-5), (10_000, 1e-5),
+                                                (10_001, 1e-6), (200_000, 1e-7)])
+def test_the_default_delta_stays_below_one_over_ten_times_the_units(units, delta):
+    """Without a delta from the run, a site takes min(1e-5, 1 / (10 x units)) rounded down to a
+    power of ten: small next to the chance of releasing any one unit verbatim."""
+    assert default_delta(units) == pytest.approx(delta, rel=1e-12)
+    assert default_delta(units) <= 1 / (DELTA_UNITS_FACTOR * units)

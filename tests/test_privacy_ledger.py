@@ -1,6 +1,7 @@
 """The site's privacy ledger: durable, verified, per unit, never silently reset or rolled back."""
 
 import json
+import math
 import shutil
 
 import pytest
@@ -16,7 +17,7 @@ from fl_client.privacy_ledger import (
     unit_key,
     write_ledger,
 )
-from fl_client.site_secret import SecretError, site_secret
+from fl_client.site_secret import SecretError, private_seed, site_key, site_secret
 
 SECRET = b"s" * 32
 
@@ -179,3 +180,94 @@ def test_site_secret_is_created_once_private_and_checked(tmp_path):
         site_secret(tmp_path)
     with pytest.raises(SecretError, match="missing"):
         site_secret(tmp_path / "elsewhere", create=False)
+
+
+def rewrite(state, edit) -> None:
+    """Edit the ledger document in place (what a careless script or an attacker would do)."""
+    document = json.loads((state / LEDGER_FILE).read_text())
+    edit(document)
+    (state / LEDGER_FILE).write_text(json.dumps(document))
+
+
+def test_a_ledger_of_another_format_is_refused(state):
+    rewrite(state, lambda doc: doc.update(format="fedintent-privacy-ledger/2"))
+    with pytest.raises(LedgerError, match="not a fedintent privacy ledger"):
+        read_ledger(state, SECRET)
+
+
+def test_a_release_with_a_field_the_mac_does_not_cover_is_refused(state):
+    rewrite(state, lambda doc: doc["releases"][0].update(note="CANARY"))
+    with pytest.raises(LedgerError, match="corrupt"):
+        read_ledger(state, SECRET)
+
+
+def test_a_non_private_release_reads_back_as_an_unlimited_spend(tmp_path):
+    ledger = Ledger(privacy_unit="utterance", order=4.0, delta=1e-5)
+    open_release = Release(**{**release().__dict__, "noise_multiplier": 0.0, "rdp": math.inf})
+    write_ledger(tmp_path, charged(ledger, open_release, ["u1"]), SECRET)
+    assert read_ledger(tmp_path, SECRET).spend == {unit_key(SECRET, "u1"): math.inf}
+
+
+def one_release_ledger(tmp_path):
+    ledger = Ledger(privacy_unit="utterance", order=4.0, delta=1e-5)
+    write_ledger(tmp_path, charged(ledger, release(), ["u1"]), SECRET)
+    return tmp_path
+
+
+def test_a_ledger_deleted_after_its_first_release_is_refused(tmp_path):
+    state = one_release_ledger(tmp_path)
+    (state / LEDGER_FILE).unlink()
+    with pytest.raises(LedgerError, match="deleted"):
+        read_ledger(state, SECRET)
+
+
+def test_without_a_head_only_a_first_release_is_accepted(tmp_path):
+    """A crash between the first ledger write and its head leaves one release and no head;
+    with two releases and no head, the ledger may be a rolled-back copy."""
+    state = one_release_ledger(tmp_path)
+    (state / HEAD_FILE).unlink()
+    assert len(read_ledger(state, SECRET).releases) == 1
+    write_ledger(state, charged(read_ledger(state, SECRET), release("b"), ["u1"]), SECRET)
+    (state / HEAD_FILE).unlink()
+    with pytest.raises(LedgerError, match="missing"):
+        read_ledger(state, SECRET)
+
+
+def test_a_head_two_releases_behind_is_refused(tmp_path):
+    state = one_release_ledger(tmp_path)
+    old_head = (state / HEAD_FILE).read_bytes()
+    for run in ("b", "c"):
+        write_ledger(state, charged(read_ledger(state, SECRET), release(run), ["u1"]), SECRET)
+    (state / HEAD_FILE).write_bytes(old_head)
+    with pytest.raises(LedgerError, match="older than the ledger"):
+        read_ledger(state, SECRET)
+
+
+@pytest.mark.parametrize("head", ['{"releases": "3", "mac": "x"}', '{"releases": 3}', "[3]"])
+def test_a_malformed_head_is_refused(state, head):
+    (state / HEAD_FILE).write_text(head)
+    with pytest.raises(LedgerError, match="unreadable ledger head"):
+        read_ledger(state, SECRET)
+
+
+def test_a_too_short_secret_is_refused(tmp_path):
+    (tmp_path / "site-secret").write_text("ab" * 8)  # 8 bytes: guessable
+    with pytest.raises(SecretError, match="too short"):
+        site_secret(tmp_path)
+
+
+def test_private_seeds_are_fresh_per_run_and_round_and_replayable(tmp_path):
+    """Noise and sampling seeds: the same round replays the same randomness (a resumed run),
+    every other round and run draws afresh (the accountant composes independent noise), and
+    another site's seeds differ."""
+    site, other = tmp_path / "a", tmp_path / "b"
+    seeds = {private_seed(site, run, rnd) for run in ("r", "s") for rnd in (1, 2, 3)}
+    assert len(seeds) == 6 and all(0 <= seed < 2**63 for seed in seeds)
+    assert private_seed(site, "r", 2) == private_seed(site, "r", 2)
+    assert private_seed(other, "r", 2) != private_seed(site, "r", 2)
+
+
+def test_site_keys_are_stable_per_site_and_fit_a_float_exactly(tmp_path):
+    first, second = site_key(tmp_path / "a"), site_key(tmp_path / "b")
+    assert first == site_key(tmp_path / "a") and first != second
+    assert all(0 < key < 2**48 and float(key) == key for key in (first, second))

@@ -1,0 +1,65 @@
+"""What a crash or a mistake can do to a file fedintent writes: nothing half-written, nothing
+overwritten that must not be, the permissions asked for, and strict JSON."""
+
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+
+from fl_protocol.durable_files import (
+    FileExistsRefusal,
+    append_line,
+    create_exclusive,
+    json_safe,
+    write_bytes_atomic,
+    write_json_atomic,
+)
+
+
+def test_a_failed_replace_keeps_the_old_file_and_leaves_no_temporary(tmp_path, monkeypatch):
+    path = tmp_path / "ledger.json"
+    write_bytes_atomic(path, b"old", mode=0o600)
+
+    def crash(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(OSError, match="disk full"):
+        write_bytes_atomic(path, b"new", mode=0o600)
+    assert path.read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ledger.json"]
+
+
+def test_files_get_the_mode_asked_for_and_folders_are_created(tmp_path):
+    write_bytes_atomic(tmp_path / "out" / "metrics.json", b"{}")
+    write_bytes_atomic(tmp_path / "state" / "ledger", b"x", mode=0o600)
+    append_line(tmp_path / "state" / "egress.jsonl", "{}", mode=0o600)
+    assert (tmp_path / "out" / "metrics.json").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "state" / "ledger").stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "state" / "egress.jsonl").stat().st_mode & 0o777 == 0o600
+
+
+def test_an_existing_file_is_never_replaced_by_create_exclusive(tmp_path):
+    path = tmp_path / "keys" / "site-secret"
+    create_exclusive(path, b"first", mode=0o600)
+    with pytest.raises(FileExistsRefusal, match="refusing to overwrite"):
+        create_exclusive(path, b"second", mode=0o600)
+    assert path.read_bytes() == b"first" and path.stat().st_mode & 0o777 == 0o600
+    assert sorted(p.name for p in path.parent.iterdir()) == ["site-secret"]
+
+
+def test_lines_are_appended_whole(tmp_path):
+    path = tmp_path / "audit.jsonl"
+    for n in range(3):
+        append_line(path, json.dumps({"n": n}))
+    assert [json.loads(line)["n"] for line in path.read_text().splitlines()] == [0, 1, 2]
+
+
+def test_json_has_no_infinity_and_no_nan(tmp_path):
+    value = {1: [math.inf, -math.inf, math.nan, np.float32(0.5), (np.int64(3), "a")]}
+    assert json_safe(value) == {"1": [None, None, None, 0.5, [3, "a"]]}
+    assert json_safe(value, infinity="inf")["1"][0] == "inf"
+    write_json_atomic(tmp_path / "r.json", {"epsilon": math.inf}, infinity="inf")
+    assert json.loads((tmp_path / "r.json").read_text()) == {"epsilon": "inf"}
