@@ -845,6 +845,33 @@ def markdown(report: dict) -> str:
     return "\n".join(out)
 
 
+def merge_reports(reports: list[dict]) -> dict:
+    """One report of several passes over the same commit: a later pass's result for a mutant
+    (say, its survivors run again with every covering test) replaces an earlier one's, and a
+    later whole pass over a module (no --only) replaces every earlier result for it."""
+    mutants: dict[str, dict] = {}
+    for report in reports:
+        if "--only" not in report["meta"]["command"]:  # a whole pass over its targets
+            whole = {target.split("::")[0] for target in report["meta"]["targets"]}
+            mutants = {i: m for i, m in mutants.items() if m["file"] not in whole}
+        mutants |= {m["id"]: m for m in report["mutants"]}
+    merged = [Mutant(**{k: v for k, v in m.items() if k != "id"}, source="")
+              for m in mutants.values()]
+    metas = [report["meta"] for report in reports]
+    skipped: dict[str, dict[str, int]] = {}
+    for meta in metas:
+        skipped |= meta["skipped"]
+    meta = {"date": metas[-1]["date"], "commit": ", ".join(dict.fromkeys(m["commit"]
+                                                                         for m in metas)),
+            "command": "; ".join(f"pass {n}: {m['command']}" for n, m in enumerate(metas, 1)),
+            "targets": sorted({t for m in metas for t in m["targets"]}),
+            "tests": sorted({t for m in metas for t in m["tests"]}),
+            "jobs": max(m["jobs"] for m in metas),
+            "seconds": sum(m["seconds"] for m in metas), "mutants": len(merged),
+            "baseline_seconds": max(m["baseline_seconds"] for m in metas), "skipped": skipped}
+    return {"meta": meta, "summary": summarize(merged), "mutants": list(mutants.values())}
+
+
 def git_commit() -> str:
     result = subprocess.run(["git", "-C", str(ROOT), "describe", "--always", "--dirty"],
                             capture_output=True, text=True, check=False)
@@ -901,6 +928,9 @@ def main() -> int:
     parser.add_argument("--out", type=Path, help="write the results as JSON")
     parser.add_argument("--markdown", type=Path, metavar="JSON",
                         help="print docs/TESTING.md's tables from a --out file and exit")
+    parser.add_argument("--merge", type=Path, nargs="+", metavar="JSON",
+                        help="merge --out files of passes over one commit (later ones win) "
+                        "into --out, and exit")
     parser.add_argument("--cache-dir", type=Path,
                         default=Path(tempfile.gettempdir()) / "fedintent-mutation",
                         help="where the baseline coverage is kept between runs")
@@ -908,6 +938,13 @@ def main() -> int:
 
     if args.markdown:
         print(markdown(json.loads(args.markdown.read_text(encoding="utf-8"))))
+        return 0
+    if args.merge:
+        if not args.out:
+            raise SystemExit("--merge needs --out")
+        reports = [json.loads(path.read_text(encoding="utf-8")) for path in args.merge]
+        args.out.write_text(json.dumps(merge_reports(reports), indent=1) + "\n",
+                            encoding="utf-8")
         return 0
     targets = args.targets or discover_targets(ROOT, TARGETS)
     tests = args.tests or [t for t in FAST_TESTS if (ROOT / t.split("::")[0]).exists()]

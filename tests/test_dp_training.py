@@ -1,6 +1,8 @@
 """Local DP-SGD: it learns, it clips, it adds noise, it takes exactly the charged steps, and a
 customer's utterances form one example."""
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -131,3 +133,22 @@ def test_a_customers_loss_is_the_mean_over_their_real_utterances():
         nn.functional.cross_entropy(logits[1, :1], labels[1, :1]),
     ])
     torch.testing.assert_close(loss(logits, labels), expected)
+
+
+def test_every_step_is_noised_even_when_the_poisson_batch_is_empty():
+    """An empty batch must still add the step's noise: a step without noise would show the
+    server that nobody was sampled. With zero features and no bias every gradient is zero, so
+    the weights are the sum of the noise of every step: per coordinate, standard deviation
+    sigma x C x lr / (expected batch 1) x sqrt(steps), here sqrt(40); a third of the steps have
+    empty batches, so skipping them would give about sqrt(27)."""
+    x, y = torch.zeros(4, 256), torch.zeros(4, dtype=torch.long)
+    model = nn.Linear(256, 16, bias=False)
+    nn.init.zeros_(model.weight)
+    charged = steps_per_round(4, 1, 10)
+    assert charged == (0.25, 40)
+    noisy = TrainingPlan(noise_multiplier=1.0, clip_norm=1.0, batch_size=1, local_epochs=10,
+                         learning_rate=1.0, charged=charged)
+    _, steps = train_locally(model, x, y, noisy, seed=5)
+    assert steps == 40
+    spread = model.weight.detach().std().item()
+    assert abs(spread / math.sqrt(40) - 1) < 0.06, spread  # 4,096 coordinates: about 1% error

@@ -58,8 +58,9 @@ def test_lines_are_appended_whole(tmp_path):
 
 
 def test_json_has_no_infinity_and_no_nan(tmp_path):
-    value = {1: [math.inf, -math.inf, math.nan, np.float32(0.5), (np.int64(3), "a")]}
-    assert json_safe(value) == {"1": [None, None, None, 0.5, [3, "a"]]}
+    value = {1: [math.inf, -math.inf, math.nan, np.float32(0.5), (np.int64(3), "a", None)]}
+    assert json_safe(value) == {"1": [None, None, None, 0.5, [3, "a", None]]}
+    assert json.loads(json.dumps(json_safe(value), allow_nan=False))["1"][3] == 0.5
     assert json_safe(value, infinity="inf")["1"][0] == "inf"
     write_json_atomic(tmp_path / "r.json", {"epsilon": math.inf}, infinity="inf")
     assert json.loads((tmp_path / "r.json").read_text()) == {"epsilon": "inf"}

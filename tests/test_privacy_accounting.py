@@ -128,6 +128,7 @@ def test_a_full_batch_release_costs_the_gaussian_mechanisms_rdp():
 def test_noise_within_rdp_is_the_smallest_that_fits(rate, steps):
     order, budget = 4.0, 3.0
     noise = noise_within_rdp(rate, steps, order, budget)
+    assert noise > 0
     assert release_rdp(noise, rate, steps, order) <= budget
     assert release_rdp(noise * 0.998, rate, steps, order) > budget  # within 0.1%, rounded up
 

@@ -157,3 +157,11 @@ def test_the_contract_names_each_metric_once():
     for contract in (TRAIN_METRICS, EVALUATE_METRICS):
         names = [m.name for m in contract]
         assert len(names) == len(set(names))
+
+
+@pytest.mark.parametrize("accuracy", [0.0, 1.0])
+def test_an_evaluation_at_either_end_of_the_accuracy_range_is_accepted(accuracy):
+    """A site whose held-out split is all wrong or all right is a valid result, not a bad
+    reply."""
+    check_evaluate_reply(RecordDict({"metrics": MetricRecord(
+        every(EVALUATE_METRICS) | {"accuracy": accuracy})}))

@@ -24,8 +24,8 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
         "(edited, deleted, reordered or truncated entries). Exit 0 intact, 1 broken, "
         "2 unreadable.",
     )
-    verify.add_argument("log", type=Path, metavar="LOG")
     verify.set_defaults(handler=run_audit_verify)
+    verify.add_argument("log", type=Path, metavar="LOG")
 
     privacy = commands.add_parser(
         "audit-privacy",
@@ -36,6 +36,7 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
         "members apart: ROC AUC, TPR at 0.1% and 1% FPR, and an empirical epsilon lower bound "
         "next to the accountant's epsilon. Resumable. See docs/PRIVACY_AUDIT.md.",
     )
+    privacy.set_defaults(handler=run_audit_privacy)
     privacy.add_argument("--data", type=Path, required=True, metavar="CSV_DIR",
                          help="folder with train.csv and test.csv (partitioned into sites), or "
                          "a folder of site folders with labels.txt")
@@ -60,7 +61,6 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
                          help="confidence of the lower bound (default: 0.95)")
     privacy.add_argument("--workers", type=int, default=1,
                          help="processes training models in parallel (default: 1)")
-    privacy.set_defaults(handler=run_audit_privacy)
 
 
 def run_audit_verify(args: argparse.Namespace) -> int:

@@ -16,6 +16,7 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
         "(central non-private, central DP, local-only, TF-IDF). Test accuracy is measured on the "
         "dataset's held-out test split. Resumable: finished cells in OUT are kept.",
     )
+    bench.set_defaults(handler=run_bench)
     bench.add_argument("--data", type=Path, required=True, metavar="CSV_DIR",
                        help="folder with train.csv and test.csv (columns text,label)")
     bench.add_argument("--out", type=Path, required=True, help="sweep folder (resumable)")
@@ -29,7 +30,6 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
                        help="seed of the site partition (default: 0)")
     bench.add_argument("--rounds", type=int,
                        help="override every epsilon's tuned number of rounds (quick looks)")
-    bench.set_defaults(handler=run_bench)
 
 
 def run_bench(args: argparse.Namespace) -> int:

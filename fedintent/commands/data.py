@@ -28,6 +28,7 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
         description="Write synthetic, non-IID call-center sites (conversations with PII) plus "
         "labels.txt and manifest.json. Deterministic from --seed.",
     )
+    synth.set_defaults(handler=run_synth)
     synth.add_argument("--sites", type=int, default=DEFAULT_SYNTHETIC_SITES,
                        help="number of sites (default: %(default)s)")
     synth.add_argument("--out", type=Path, required=True, help="output folder (must be new)")
@@ -38,7 +39,6 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
                        "each site's intent mix; smaller = more skewed (default: %(default)s)")
     synth.add_argument("--size", type=int, default=SYNTHETIC_SITE_SIZE,
                        help="mean conversations per site (default: %(default)s)")
-    synth.set_defaults(handler=run_synth)
 
     check = commands.add_parser(
         "check-data",
@@ -61,6 +61,7 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
         "optional quantity skew, or IID. Each site's test rows follow its own label mix. "
         "Deterministic from --seed. See docs/PARTITIONING.md.",
     )
+    partition.set_defaults(handler=run_partition)
     partition.add_argument("csv_dir", type=Path, metavar="CSV_DIR")
     partition.add_argument("--sites", type=int, required=True, help="number of sites")
     partition.add_argument("--out", type=Path, required=True, help="output folder (must be new)")
@@ -74,7 +75,6 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
                            "smallest")
     partition.add_argument("--min-site-size", type=int, default=10,
                            help="fewest training rows a site may get (default: %(default)s)")
-    partition.set_defaults(handler=run_partition)
 
 
 def run_synth(args: argparse.Namespace) -> int:

@@ -24,6 +24,7 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
         "keys are mode 0600; existing files are never overwritten. For production certificates "
         "see docs/DEPLOYMENT.md.",
     )
+    certs.set_defaults(handler=run_certs)
     certs.add_argument("--out", type=Path, required=True, help="credentials folder")
     certs.add_argument("--sites", type=int, required=True,
                        help="number of site key pairs (site-00, site-01, ...)")
@@ -33,7 +34,6 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     certs.add_argument("--dns", action="append", metavar="NAME",
                        help="a DNS name the SuperLink is reached at; repeatable "
                        "(default: localhost)")
-    certs.set_defaults(handler=run_certs)
 
     release = commands.add_parser(
         "release",
@@ -43,11 +43,11 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
         "a key in their trusted-entities.yaml signed it. Keep the key off the SuperLink's "
         "machine; `fedintent deploy-run --release` needs only the release folder.",
     )
+    release.set_defaults(handler=run_release)
     release.add_argument("--signing-key", type=Path, required=True,
                          help="the operator's Ed25519 private key, OpenSSH format "
                          "(release-signing.key from `fedintent certs`, or ssh-keygen -t ed25519)")
     release.add_argument("--out", type=Path, required=True, help="release folder")
-    release.set_defaults(handler=run_release)
 
     deploy_run = commands.add_parser(
         "deploy-run",
@@ -57,6 +57,7 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
         "reads --labels and writes --out there. Sites use their own data and budget "
         "(node config). See docs/DEPLOYMENT.md.",
     )
+    deploy_run.set_defaults(handler=run_deploy_run)
     deploy_run.add_argument("--superlink", required=True, metavar="HOST:PORT",
                             help="the SuperLink's control address on this machine "
                             "(127.0.0.1:CONTROL_PORT of deploy/superlink.sh)")
@@ -81,7 +82,6 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
                             "value in TOML syntax; repeatable")
     deploy_run.add_argument("--out", type=Path,
                             help=f"output folder (default: {DEFAULT_OUT_ROOT}/run-DATE-TIME)")
-    deploy_run.set_defaults(handler=run_deploy_run)
 
 
 def run_certs(args: argparse.Namespace) -> int:

@@ -20,6 +20,7 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
         "IP addresses, URLs become [PHONE], [ID], ...), so the model sees what it was trained "
         "on. Prints one line per text: label, confidence (softmax probability), redacted text.",
     )
+    predict.set_defaults(handler=run_predict)
     predict.add_argument("model_dir", type=Path, metavar="MODEL_DIR")
     predict.add_argument("texts", nargs="*", metavar="TEXT", help="texts to classify")
     predict.add_argument("--file", type=Path,
@@ -27,7 +28,6 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
                          "whose first row is a header: its 'text' column, else its first column")
     predict.add_argument("--json", action="store_true",
                          help="print JSON lines {text, label, confidence} instead")
-    predict.set_defaults(handler=run_predict)
 
     families = commands.add_parser(
         "models", help="list the model families: what each reads, trains and uploads",

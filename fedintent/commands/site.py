@@ -15,12 +15,12 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
         description="Verify a site's privacy ledger and summarise it: how many privacy units "
         "have spent how much epsilon over all runs, how many are exhausted, and each run.",
     )
+    report.set_defaults(handler=run_privacy_report)
     report.add_argument("state_dir", type=Path, metavar="STATE_DIR")
     report.add_argument("--max-epsilon", type=float,
                         default=RUN_CONFIG_DEFAULTS["site-max-epsilon"],
                         help="the site's max-epsilon (its node config), to count exhausted units "
                         "(default: %(default)s)")
-    report.set_defaults(handler=run_privacy_report)
 
 
 def run_privacy_report(args: argparse.Namespace) -> int:

@@ -28,8 +28,8 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
         epilog=DATA_FORMAT_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    _add_train_options(train)
     train.set_defaults(handler=run_train)
+    _add_train_options(train)
 
 
 def _add_train_options(train: argparse.ArgumentParser) -> None:
