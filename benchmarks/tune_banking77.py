@@ -27,12 +27,22 @@ import numpy as np
 import torch
 
 from fedintent.bench.baselines import DELTA, Recipe, train_and_score
-from fedintent.inprocess import train_fedavg
+from fedintent.inprocess import train_distributed, train_fedavg
 from fedintent.partition import partition_csv_dataset
+from fl_client.distributed_dp import dimension, l1_bound, rounding_bound
 from fl_client.dp_training import evaluate, training_plan
-from fl_client.privacy_accounting import plan_noise_multiplier, steps_per_round
+from fl_client.privacy_accounting import (
+    filter_order,
+    plan_noise_multiplier,
+    plan_skellam_mu,
+    rdp_budget,
+    skellam_mu_within_rdp,
+    steps_per_round,
+)
 from fl_client.site_data import list_site_dirs, load_site
+from fl_protocol.distributed_sum import integer_norm
 from fl_protocol.label_file import read_labels
+from fl_protocol.wire import RUN_CONFIG_DEFAULTS
 from models import get_model_family
 from models.family import concat_features
 
@@ -47,6 +57,13 @@ FEDERATED_GRID = {
     math.inf: [(20, 3, 64, 32.0), (40, 3, 64, 16.0)],
 }
 """(rounds, local epochs, batch size, learning rate) candidates per epsilon; clip norm 1."""
+DISTRIBUTED_GRID = {
+    1.0: [(30, 16.0), (40, 48.0), (40, 96.0)],
+    3.0: [(40, 48.0), (40, 96.0), (60, 96.0)],
+    8.0: [(40, 96.0), (60, 96.0), (40, 192.0)],
+}
+"""(rounds, learning rate) candidates per epsilon for distributed DP: one full-batch step per
+round; clip norm 1."""
 CENTRAL_DP_GRID = [Recipe(40, 1024, 16.0, 1.0), Recipe(40, 1024, 64.0, 1.0),
                    Recipe(20, 1024, 32.0, 1.0), Recipe(40, 16384, 96.0, 1.0)]
 
@@ -65,6 +82,23 @@ def federated_accuracy(sites, labels, val, epsilon, candidate, seed) -> float:
                                    batch_size=batch_size, local_epochs=local_epochs,
                                    learning_rate=learning_rate))
     train_fedavg(global_model, lambda: family.build_model(len(labels)), sites, plans, rounds, seed)
+    return evaluate(global_model, *val)[1]
+
+
+def distributed_accuracy(sites, labels, val, epsilon, candidate, seed, tolerated) -> float:
+    """Distributed DP over in-process sites, each adding its planned share of the noise."""
+    rounds, learning_rate = candidate
+    family = get_model_family(MODEL)
+    global_model = family.initial_model(labels)
+    dim = dimension(global_model)
+    l2 = rounding_bound(integer_norm(dim), dim)
+    l1 = l1_bound(l2, dim)
+    lifetime = float(RUN_CONFIG_DEFAULTS["site-max-epsilon"])
+    order = filter_order(lifetime, DELTA)
+    mu = max(plan_skellam_mu(epsilon, DELTA, l1, l2, rounds),
+             skellam_mu_within_rdp(l1, l2, rounds, order, rdp_budget(lifetime, DELTA, order)))
+    train_distributed(global_model, sites, mu / (len(sites) - tolerated), clip_norm=1.0,
+                      learning_rate=learning_rate, rounds=rounds, seed=seed)
     return evaluate(global_model, *val)[1]
 
 
@@ -92,6 +126,8 @@ def main() -> int:
     parser.add_argument("--sites", type=int, default=10)
     parser.add_argument("--alpha", type=float, default=0.5)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--privacy-model", choices=("local", "distributed"), default="local")
+    parser.add_argument("--tolerated-sites", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
@@ -104,7 +140,18 @@ def main() -> int:
         labels = read_labels(data_dir / "labels.txt")
         sites, val = split_sites(data_dir, labels, args.seed)
         rows = []
-        for epsilon, candidates in FEDERATED_GRID.items():
+        if args.privacy_model == "distributed":
+            for epsilon, candidates in DISTRIBUTED_GRID.items():
+                for candidate in candidates:
+                    started = time.monotonic()
+                    accuracy = distributed_accuracy(sites, labels, val, epsilon, candidate,
+                                                    args.seed, args.tolerated_sites)
+                    rows.append(("distributed", epsilon, candidate[0], 1, "full",
+                                 candidate[1], accuracy))
+                    print(f"distributed eps={epsilon:g} rounds,lr={candidate}: val "
+                          f"{accuracy:.4f} ({time.monotonic() - started:.0f} s)", flush=True)
+        for epsilon, candidates in (FEDERATED_GRID.items()
+                                    if args.privacy_model == "local" else []):
             for candidate in candidates:
                 started = time.monotonic()
                 accuracy = federated_accuracy(sites, labels, val, epsilon, candidate, args.seed)
@@ -112,7 +159,7 @@ def main() -> int:
                 print(f"federated eps={epsilon:g} rounds,epochs,batch,lr={candidate}: "
                       f"val {accuracy:.4f} ({time.monotonic() - started:.0f} s)", flush=True)
         pooled = (concat_features([x for x, _ in sites]), torch.cat([y for _, y in sites]))
-        for epsilon in (1.0, 3.0, 8.0):
+        for epsilon in ((1.0, 3.0, 8.0) if args.privacy_model == "local" else ()):
             for recipe in CENTRAL_DP_GRID:
                 accuracy = train_and_score(MODEL, labels, *pooled, *val, epsilon, recipe,
                                            args.seed)

@@ -16,6 +16,12 @@
 #   MAX_EPSILON       this site's lifetime privacy budget (default 8.0)
 #   MAX_DELTA         the largest delta this site accepts (default: the ClientApp's, 1e-5)
 #   PRIVACY_UNIT      utterance or customer, to insist on one (default: any)
+#   PRIVACY_MODELS    the privacy models this site takes part in: local, distributed, or
+#                     local,distributed (default: both)
+#   MIN_TOLERATED_SITES  distributed DP: fewest missing or colluding sites a run must tolerate
+#                     (default: the ClientApp's, 1)
+#   MAX_EPSILON_ALONE distributed DP: the most epsilon this site's own noise shares may amount
+#                     to, if every other site colluded (default: the ClientApp's, 50)
 #   SUPERNODE_PORT    local port of the SuperNode's API for its ClientApp process (default 9094)
 set -eu
 
@@ -52,13 +58,17 @@ if bad:
 print(f"site-entrypoint: running only app bundles signed by {', '.join(map(str, keys))}")
 PY
 [ -d "$DATA_DIR" ] || { echo "site-entrypoint: data folder $DATA_DIR does not exist" >&2; exit 2; }
-case "$DATA_DIR$STATE_DIR${PRIVACY_UNIT:-}" in
-    *"'"*) echo "site-entrypoint: DATA_DIR, STATE_DIR and PRIVACY_UNIT cannot contain a single quote" >&2
+case "$DATA_DIR$STATE_DIR${PRIVACY_UNIT:-}${PRIVACY_MODELS:-}" in
+    *"'"*) echo "site-entrypoint: DATA_DIR, STATE_DIR, PRIVACY_UNIT and PRIVACY_MODELS cannot contain a single quote" >&2
            exit 2;;
 esac
 node_config="data-path='$DATA_DIR' state-dir='$STATE_DIR' max-epsilon=$MAX_EPSILON"
 [ -z "${MAX_DELTA:-}" ] || node_config="$node_config max-delta=$MAX_DELTA"
 [ -z "${PRIVACY_UNIT:-}" ] || node_config="$node_config privacy-unit='$PRIVACY_UNIT'"
+[ -z "${PRIVACY_MODELS:-}" ] || node_config="$node_config privacy-models='$PRIVACY_MODELS'"
+[ -z "${MIN_TOLERATED_SITES:-}" ] || \
+    node_config="$node_config min-tolerated-sites=$MIN_TOLERATED_SITES"
+[ -z "${MAX_EPSILON_ALONE:-}" ] || node_config="$node_config max-epsilon-alone=$MAX_EPSILON_ALONE"
 mkdir -p "$STATE_DIR"
 
 export FLWR_TELEMETRY_ENABLED=0 FLWR_DISABLE_UPDATE_CHECK=1 \

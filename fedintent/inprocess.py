@@ -1,4 +1,5 @@
-"""Federated training in this process: every site's own ``train_locally``, then weighted FedAvg.
+"""Federated training in this process: every site's own ``train_locally``, then weighted FedAvg;
+or, under distributed DP, every site's own ``noisy_integer_sum``, summed, then the server's step.
 
 This is the loop that the tuning script (``benchmarks/tune_banking77.py``) and the privacy audit
 (``fedintent.audit``) both need: the same local DP-SGD code a site runs
@@ -6,7 +7,9 @@ This is the loop that the tuning script (``benchmarks/tune_banking77.py``) and t
 example-weighted mean that Flower's FedAvg computes on the server. Without the SuperLink, Ray
 and per-round messaging it costs only the sites' training, so a model can be retrained dozens of
 times (shadow models, hyperparameter candidates). What it leaves out on purpose: the privacy
-ledger, the egress guard and the site-secret seeds; the training itself is identical.
+ledger, the egress guard and the site-secret seeds; the training itself is identical. Under
+distributed DP it also leaves out SecAgg+, which carries the sites' integers exactly
+(tests/test_distributed_dp.py): the sum here is the sum the server decodes.
 """
 
 from collections.abc import Callable, Sequence
@@ -14,7 +17,10 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
+from fl_client.distributed_dp import dimension, noisy_integer_sum
 from fl_client.dp_training import TrainingPlan, train_locally
+from fl_protocol.distributed_sum import integer_norm
+from fl_server.secure_aggregation import distributed_step
 
 Site = tuple[torch.Tensor, torch.Tensor]
 """One site's training data: (features, labels)."""
@@ -46,4 +52,35 @@ def train_fedavg(
             for key, value in local.state_dict().items():
                 averaged[key] += value * (len(targets) / total)
         global_model.load_state_dict(averaged)
+    return global_model
+
+
+def train_distributed(
+    global_model: nn.Module,
+    sites: Sequence[Site],
+    mu_share: float,
+    clip_norm: float,
+    learning_rate: float,
+    rounds: int,
+    seed: int,
+) -> nn.Module:
+    """Train ``global_model`` in place for ``rounds`` rounds of distributed DP and return it.
+
+    Every round each site adds Skellam(``mu_share``) to its clipped, scaled and rounded gradient
+    sum at the global model (``fl_client.distributed_dp``), and the server steps along the sum
+    (``fl_server.secure_aggregation.distributed_step``). Seeds as in ``train_fedavg``.
+    """
+    norm = integer_norm(dimension(global_model))
+    examples = sum(len(targets) for _, targets in sites)
+    for server_round in range(rounds):
+        total = None
+        for index, (features, targets) in enumerate(sites):
+            ints = noisy_integer_sum(global_model, features, targets, clip_norm, norm, mu_share,
+                                     seed=seed * 100_000 + server_round * 100 + index)
+            total = ints if total is None else {k: total[k] + ints[k] for k in total}
+        state = {k: v.numpy() for k, v in global_model.state_dict().items()}
+        stepped = distributed_step(state, total, examples=examples, clip_norm=clip_norm,
+                                   learning_rate=learning_rate)
+        global_model.load_state_dict({k: torch.as_tensor(v, dtype=global_model.state_dict()[k]
+                                                         .dtype) for k, v in stepped.items()})
     return global_model

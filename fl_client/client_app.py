@@ -13,7 +13,9 @@ Per round, in this order, the site:
 The egress guard checks every reply before it leaves. A failure leaves only as one of the fixed
 ``Reason`` values; its cause is logged here, at the site. Conversation text, labels and features
 never leave this process. With secure aggregation the same training runs inside a SecAgg+ round
-and only the masked update leaves (``secure_aggregation.py``).
+and only the masked update leaves (``secure_aggregation.py``). Under distributed DP, step 4 is
+``distributed_dp.noisy_integer_sum`` (the site's clipped gradients and its share of the noise, as
+integers), and only inside a SecAgg+ round: the site refuses to send its share in the clear.
 
 Where the site's data and state live: ``site_folders.py``.
 """
@@ -25,11 +27,13 @@ from logging import WARNING
 from pathlib import Path
 
 import torch
-from flwr.app import ArrayRecord, Context, Message, RecordDict
+from flwr.app import Array, ArrayRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.common.logger import log
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
 
-from fl_client.dp_training import evaluate, train_locally, training_plan
+from fl_client.distributed_dp import dimension, noisy_integer_sum
+from fl_client.dp_training import UnitLoss, evaluate, train_locally, training_plan
 from fl_client.egress_guard import egress_guard
 from fl_client.privacy_accounting import BudgetExhausted
 from fl_client.privacy_budget import charge_round
@@ -47,6 +51,7 @@ from fl_client.site_policy import (
     site_policy,
 )
 from fl_client.site_secret import SecretError, private_seed, site_key
+from fl_protocol.distributed_sum import integer_norm
 from fl_protocol.wire import (
     ARRAYS_KEY,
     CONFIG_KEY,
@@ -82,6 +87,9 @@ def train(msg: Message, context: Context) -> Message:
         policy = site_policy(context)
         request = round_request(msg, context)
         check_request(policy, request)  # before anything is read or computed
+        if request.distributed and RECORD_KEY_CONFIGS not in msg.content.config_records:
+            raise PolicyRefusal(Reason.MODEL_REFUSED, "distributed DP asked outside a secure "
+                                "sum: the site's noise share alone would leave the site")
         site_dir, state_dir, rows, features, targets = _read_split(msg, context, "train")
     except Exception as err:
         return _refuse(msg, err, READ_FAILURES)
@@ -94,9 +102,10 @@ def train(msg: Message, context: Context) -> Message:
     else:
         features, targets, units = _one_row_per_utterance(features, targets, rows.ids)
 
+    model = _model_from(msg, cfg)
     try:
         request = replace(request, delta=site_delta(policy, request, len(units)))
-        charge = charge_round(state_dir, units, request, policy)
+        charge = charge_round(state_dir, units, request, policy, dimension(model))
     except Exception as err:
         return _refuse(msg, err, CHARGE_FAILURES)
     if len(charge.trained) < len(units):
@@ -111,7 +120,36 @@ def train(msg: Message, context: Context) -> Message:
         "privacy_units": len(charge.trained),
     } if request.private else {}
 
-    model = _model_from(msg, cfg)
+    seed = private_seed(state_dir, request.run_name, request.server_round)
+    if request.distributed:
+        with torch.no_grad():
+            loss = UnitLoss()(model(features), targets).item()
+        update = noisy_integer_sum(model, features, targets, request.clip_norm,
+                                   integer_norm(dimension(model)), charge.skellam_mu_share, seed)
+        arrays, steps_taken = ArrayRecord({k: Array(v) for k, v in update.items()}), 1
+    else:
+        loss, steps_taken = _train(model, features, targets, request, charge, cfg, seed)
+        arrays = ArrayRecord(model.state_dict())
+    metrics = metric_record(
+        TRAIN_METRICS,
+        site_key=site_key(state_dir),
+        num_examples=int((targets != PADDING_LABEL).sum()),
+        train_loss=loss,
+        steps=steps_taken,
+        epsilon=charge.epsilon_this_run,
+        epsilon_all_runs=charge.epsilon_all_runs,
+        epsilon_alone=charge.epsilon_alone_this_run,
+        epsilon_alone_all_runs=charge.epsilon_alone_all_runs,
+        delta=request.delta if request.private else 0.0,
+        **privacy,
+    )
+    reply = RecordDict({ARRAYS_KEY: arrays, METRICS_KEY: metrics})
+    return Message(content=reply, reply_to=msg)
+
+
+def _train(model: torch.nn.Module, features: torch.Tensor, targets: torch.Tensor,
+           request, charge, cfg, seed: int) -> tuple[float, int]:
+    """Local DP-SGD (or plain SGD) on exactly the units and release charged."""
     plan = training_plan(
         get_model_family(str(cfg["model"])),
         noise_multiplier=charge.noise_multiplier if request.private else None,
@@ -121,21 +159,7 @@ def train(msg: Message, context: Context) -> Message:
         local_epochs=request.local_epochs,
         learning_rate=float(cfg["learning-rate"]),
     )
-    seed = private_seed(state_dir, request.run_name, request.server_round)
-    loss, steps_taken = train_locally(model, features, targets, plan, seed=seed)
-    metrics = metric_record(
-        TRAIN_METRICS,
-        site_key=site_key(state_dir),
-        num_examples=int((targets != PADDING_LABEL).sum()),
-        train_loss=loss,
-        steps=steps_taken,
-        epsilon=charge.epsilon_this_run,
-        epsilon_all_runs=charge.epsilon_all_runs,
-        delta=request.delta if request.private else 0.0,
-        **privacy,
-    )
-    reply = RecordDict({ARRAYS_KEY: ArrayRecord(model.state_dict()), METRICS_KEY: metrics})
-    return Message(content=reply, reply_to=msg)
+    return train_locally(model, features, targets, plan, seed=seed)
 
 
 @app.evaluate(mods=[egress_guard])

@@ -15,9 +15,10 @@ A Flower client mod on both train and evaluate. Every reply is checked before it
 * with secure aggregation, a reply to a SecAgg+ stage may carry only that stage's protocol
   values (``SECAGG_REPLIES``): public keys, encrypted key shares, key shares, and the masked
   update, whose arrays must have the model's shapes; the masked update goes with the same
-  ``metrics`` as a plain reply and Flower's legacy reply header (example count, empty status).
-  The plaintext update is checked like a plain reply before it is masked
-  (``secure_aggregation.py``).
+  ``metrics`` as a plain reply and Flower's legacy reply header (example count, or under
+  distributed DP the fixed weight every site sends with; empty status). The plaintext update is
+  checked like a plain reply before it is masked (``secure_aggregation.py``); under distributed
+  DP its arrays are int64 (the site's integers), never float.
 
 Anything else (a ``ConfigRecord``, an extra array, a string, a NaN) blocks the whole reply: it is
 replaced by an error and nothing of it is sent. Every outgoing message, sent or blocked, is
@@ -41,6 +42,7 @@ from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFI
 from flwr.common.serde import recorddict_to_proto
 
 from fl_client.site_folders import site_folders
+from fl_protocol.distributed_sum import WEIGHT
 from fl_protocol.durable_files import append_line, json_safe
 from fl_protocol.wire import (
     ARRAYS_KEY,
@@ -75,7 +77,9 @@ def egress_guard(msg: Message, context: Context, call_next: ClientAppCallable) -
         if stage is None or reply.has_error():
             check_reply(msg, reply, str(context.run_config["model"]))
         else:
-            check_secagg_reply(stage, msg, reply, str(context.run_config["model"]))
+            distributed = context.run_config.get("privacy-model") == "distributed"
+            check_secagg_reply(stage, msg, reply, str(context.run_config["model"]),
+                               weight=WEIGHT if distributed else None)
         verdict = "sent"
     except Exception as err:  # a check that cannot run blocks the reply as surely as a violation
         verdict = f"blocked: {err}"
@@ -89,8 +93,10 @@ def egress_guard(msg: Message, context: Context, call_next: ClientAppCallable) -
     return reply
 
 
-def check_reply(msg: Message, reply: Message, model: str) -> None:
-    """Raise ``EgressViolation`` unless the reply holds only what may leave the site."""
+def check_reply(msg: Message, reply: Message, model: str, integers: bool = False) -> None:
+    """Raise ``EgressViolation`` unless the reply holds only what may leave the site.
+    ``integers``: a distributed-DP update before masking (int64 arrays of the model's shapes);
+    it never leaves unmasked, since only ``secure_aggregation.py`` passes it."""
     if reply.has_error():
         reason = reply.error.reason or ""
         if not is_site_reason(reply.error.code, reason):
@@ -112,7 +118,8 @@ def check_reply(msg: Message, reply: Message, model: str) -> None:
         if not isinstance(arrays, ArrayRecord):
             raise EgressViolation("'arrays' is not an ArrayRecord")
         labels = list(msg.content[CONFIG_KEY]["labels"])
-        _check_arrays(arrays, get_model_family(model).build_model(len(labels)).state_dict())
+        _check_arrays(arrays, get_model_family(model).build_model(len(labels)).state_dict(),
+                      integers)
 
 
 def secagg_stage(msg: Message) -> str | None:
@@ -123,8 +130,10 @@ def secagg_stage(msg: Message) -> str | None:
     return None if configs is None else str(configs.get(Key.STAGE))
 
 
-def check_secagg_reply(stage: str, msg: Message, reply: Message, model: str) -> None:
-    """Raise ``EgressViolation`` unless the reply holds only what ``stage`` may send."""
+def check_secagg_reply(stage: str, msg: Message, reply: Message, model: str,
+                       weight: float | None = None) -> None:
+    """Raise ``EgressViolation`` unless the reply holds only what ``stage`` may send;
+    ``weight``: the fixed weight of a distributed-DP update (None: its example count)."""
     if stage not in SECAGG_REPLIES:
         raise EgressViolation(f"unknown secure aggregation stage {stage!r}")
     content = reply.content
@@ -146,10 +155,10 @@ def check_secagg_reply(stage: str, msg: Message, reply: Message, model: str) -> 
         elif type(value) is not kind:
             raise EgressViolation(f"{stage} value {key!r} is not {kind.__name__}")
     if masked:
-        _check_masked_update(msg, content, model)
+        _check_masked_update(msg, content, model, weight)
 
 
-def _check_masked_update(msg: Message, content, model: str) -> None:
+def _check_masked_update(msg: Message, content, model: str, weight: float | None) -> None:
     """The masked update: one integer array per model parameter plus the weight, nothing else;
     the site's metrics, as in a plain reply; a legacy header that repeats the example count."""
     metrics = content[METRICS_KEY]
@@ -157,10 +166,11 @@ def _check_masked_update(msg: Message, content, model: str) -> None:
         raise EgressViolation("'metrics' is not a MetricRecord")
     _check_metrics(metrics, metric_names(TRAIN_METRICS))
     header = {name: content[name] for name in LEGACY_HEADER}
+    count = metrics.get("num-examples") if weight is None else int(weight)
     if (
         not isinstance(header["fitres.parameters"], ArrayRecord)
         or len(header["fitres.parameters"]) != 0
-        or dict(header["fitres.num_examples"]) != {"num_examples": metrics.get("num-examples")}
+        or dict(header["fitres.num_examples"]) != {"num_examples": count}
         or len(header["fitres.metrics"]) != 0
         or dict(header["fitres.status"]) != {"code": 0, "message": ""}
     ):
@@ -190,14 +200,14 @@ def _check_metrics(metrics: MetricRecord, allowed: frozenset[str]) -> None:
             raise EgressViolation(f"metric {key!r} is NaN")
 
 
-def _check_arrays(arrays: ArrayRecord, expected: dict) -> None:
+def _check_arrays(arrays: ArrayRecord, expected: dict, integers: bool = False) -> None:
     if set(arrays.keys()) != set(expected):
         raise EgressViolation(
             f"arrays {sorted(arrays.keys())}, expected the model's {sorted(expected)}"
         )
     for name, array in arrays.items():
         want = expected[name]
-        want_dtype = str(want.numpy().dtype)
+        want_dtype = "int64" if integers else str(want.numpy().dtype)
         if tuple(array.shape) != tuple(want.shape) or array.dtype != want_dtype:
             raise EgressViolation(
                 f"array {name!r} is {array.dtype}{list(array.shape)}, "

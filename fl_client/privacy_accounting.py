@@ -23,14 +23,26 @@ A round's release is recorded as ``(noise_multiplier, sample_rate, steps)``. Two
   every unit is clipped to the same norm), and an excluded unit contributes nothing to it.
   Composing at one fixed order is what the theorem requires; PRV composition has no such filter
   result, so the lifetime account is RDP while the per-run plan may use PRV.
+
+Distributed DP (Skellam) (``skellam_rdp``, ``skellam_epsilon``, ``plan_skellam_mu``,
+``skellam_mu_within_rdp``): with secure aggregation each site adds integer Skellam noise
+``Sk(mu) = Poisson(mu) - Poisson(mu)`` (variance ``2 mu`` per coordinate) to its integer-rounded
+sum of clipped per-example gradients, and only the sum over sites is revealed, whose noise is
+``Sk(sum of the mus)``. A release is one round: one full-batch gradient sum, no subsampling. Its
+Rényi DP is the closed form of Agarwal, Kairouz and Liu ("The Skellam Mechanism for
+Differentially Private Federated Learning", NeurIPS 2021, Theorem 3.5) for the L1 and L2
+sensitivities of the rounded sum; releases compose additively at each order and convert to
+epsilon with Opacus' own conversion over the filter's orders. For large ``mu`` it tends to the
+Gaussian mechanism with ``sigma**2 = 2 mu``, from above (a little looser).
 """
 
 import math
 import warnings
+from collections.abc import Callable
 from functools import lru_cache
 
 from opacus.accountants import create_accountant
-from opacus.accountants.analysis.rdp import compute_rdp
+from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
 from opacus.accountants.utils import get_noise_multiplier
 
 from fl_protocol.wire import ACCOUNTANTS
@@ -214,3 +226,118 @@ def _ignore_accountant_warnings() -> None:
     warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
     warnings.filterwarnings("ignore", message="divide by zero encountered in log",
                             category=RuntimeWarning)
+
+
+# --- Distributed DP: the Skellam mechanism -------------------------------------------------------
+
+SKELLAM_MU_TOLERANCE = 1e-3
+"""Relative tolerance of the Skellam searches: the mu found is at most 0.1% above the least."""
+
+
+def skellam_rdp(mu: float, l1: float, l2: float, order: float) -> float:
+    """Rényi DP at ``order`` of one release of the multidimensional Skellam mechanism ``Sk(mu)``
+    for an integer query with L1 sensitivity ``l1`` and L2 sensitivity ``l2`` (Agarwal et al.
+    2021, Theorem 3.5): the Gaussian term ``order * l2**2 / (4 mu)`` plus a correction for the
+    lattice that vanishes as ``mu`` grows. ``inf`` without noise."""
+    if not order > 1:
+        raise ValueError(f"Rényi order must exceed 1, got {order}")
+    if mu < 0:
+        raise ValueError(f"Skellam mu must be non-negative, got {mu}")
+    if mu == 0:
+        return math.inf
+    correction = min(((2 * order - 1) * l2**2 + 6 * l1) / (16 * mu**2), 3 * l1 / (4 * mu))
+    return order * l2**2 / (4 * mu) + correction
+
+
+def skellam_epsilon(mu: float, l1: float, l2: float, releases: int, delta: float) -> float:
+    """The (epsilon, delta) guarantee of ``releases`` identical Skellam releases: RDP composes
+    additively at each order, then Opacus' conversion picks the best order of the filter's grid
+    (the same conversion the Gaussian accounts use). 0.0 without releases."""
+    if releases == 0:
+        return 0.0
+    if mu == 0:
+        return math.inf
+    rdp = [releases * skellam_rdp(mu, l1, l2, order) for order in FILTER_ORDERS]
+    with warnings.catch_warnings():
+        _ignore_accountant_warnings()
+        epsilon, _ = get_privacy_spent(orders=list(FILTER_ORDERS), rdp=rdp, delta=delta)
+    return float(epsilon)
+
+
+@lru_cache(maxsize=256)
+def plan_skellam_mu(
+    target_epsilon: float, delta: float, l1: float, l2: float, releases: int
+) -> float:
+    """The smallest Skellam mu (within 0.1%, rounded up) whose ``releases`` releases stay within
+    ``target_epsilon``: the distributed counterpart of ``plan_noise_multiplier``. Public values
+    only. Raises ``BudgetExhausted`` when no noise would do."""
+    _check_skellam_query(l1, l2, releases)
+
+    def fits(mu: float) -> bool:
+        return skellam_epsilon(mu, l1, l2, releases, delta) <= target_epsilon
+
+    with warnings.catch_warnings():
+        # Far too little noise puts the best order at the grid's smallest; only probes do that.
+        warnings.filterwarnings("ignore", message="Optimal order is the smallest alpha")
+        return _least_skellam_mu(fits, l2, f"no Skellam noise reaches epsilon {target_epsilon}")
+
+
+@lru_cache(maxsize=256)
+def skellam_mu_within_rdp(
+    l1: float, l2: float, releases: int, order: float, budget: float
+) -> float:
+    """The smallest Skellam mu (within 0.1%, rounded up) whose ``releases`` releases cost at
+    most ``budget`` Rényi DP at ``order``, for the site's lifetime filter (as
+    ``noise_within_rdp``); 0 for an unlimited budget. Raises ``BudgetExhausted`` when no noise
+    would do."""
+    if math.isinf(budget):
+        return 0.0
+    if not budget > 0:
+        raise BudgetExhausted("the site's max-epsilon is too small for any release at its delta")
+    _check_skellam_query(l1, l2, releases)
+
+    def fits(mu: float) -> bool:
+        return releases * skellam_rdp(mu, l1, l2, order) <= budget
+
+    return _least_skellam_mu(fits, l2, "the site's max-epsilon is too small for any release")
+
+
+def skellam_releases_epsilon(releases: list[tuple[float, float, float]], delta: float) -> float:
+    """The (epsilon, delta) guarantee of Skellam releases that may differ, each ``(mu, l1, l2)``
+    (a run whose cohort, and so noise share, changed between rounds); 0.0 without releases."""
+    if not releases:
+        return 0.0
+    if any(mu == 0 for mu, _, _ in releases):
+        return math.inf
+    rdp = [sum(skellam_rdp(mu, l1, l2, order) for mu, l1, l2 in releases)
+           for order in FILTER_ORDERS]
+    with warnings.catch_warnings():
+        _ignore_accountant_warnings()
+        epsilon, _ = get_privacy_spent(orders=list(FILTER_ORDERS), rdp=rdp, delta=delta)
+    return float(epsilon)
+
+
+def _check_skellam_query(l1: float, l2: float, releases: int) -> None:
+    if not (l1 > 0 and l2 > 0):
+        raise ValueError(f"Skellam sensitivities must be positive, got l1={l1}, l2={l2}")
+    if releases < 1:
+        raise ValueError(f"a Skellam plan needs at least one release, got {releases}")
+
+
+def _least_skellam_mu(fits: Callable[[float], bool], l2: float, exhausted: str) -> float:
+    """Bisection in log space for the least mu that ``fits`` (monotone: more noise, less loss),
+    returning the upper end so the result always fits. Capped where the noise's standard
+    deviation ``sqrt(2 mu)`` is ``MAX_NOISE_MULTIPLIER`` times ``l2``, the Gaussian plan's cap."""
+    cap = (MAX_NOISE_MULTIPLIER * l2) ** 2 / 2
+    high = 1.0
+    while not fits(high):
+        high *= 2
+        if high > cap:
+            raise BudgetExhausted(exhausted)
+    low = high / 2
+    while low > 1e-6 and fits(low):
+        high, low = low, low / 2
+    while high / low > 1 + SKELLAM_MU_TOLERANCE:
+        middle = math.sqrt(low * high)
+        low, high = (low, middle) if fits(middle) else (middle, high)
+    return high

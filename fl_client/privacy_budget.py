@@ -16,19 +16,32 @@ over-count. Per round:
 
 A round without DP (only a site whose max-epsilon is inf accepts one) is recorded too, and
 charges every unit an infinite spend: none of them can be part of a DP guarantee afterwards.
+
+Distributed DP (``distributed_dp.py``) is charged the same way, with the Skellam mechanism's
+Rényi DP in place of the subsampled Gaussian's: the run's total noise ``mu`` is planned for the
+run's target epsilon and the lifetime filter, every unit is charged what the sum costs it when
+``mu`` is all the noise it carries (``epsilon``), and the site adds ``mu / (cohort -
+tolerated-sites)`` itself. What the site's own share alone would cost (``epsilon_alone``) is
+recorded in each release and held against the site's ``max-epsilon-alone`` before every round.
 """
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+from fl_client.distributed_dp import l1_bound, rounding_bound
 from fl_client.privacy_accounting import (
     BudgetExhausted,
     epsilon_spent,
     filter_order,
     plan_run_noise,
+    plan_skellam_mu,
     rdp_budget,
+    rdp_epsilon,
     release_rdp,
+    skellam_mu_within_rdp,
+    skellam_rdp,
+    skellam_releases_epsilon,
     steps_per_round,
 )
 from fl_client.privacy_ledger import (
@@ -42,6 +55,7 @@ from fl_client.privacy_ledger import (
 )
 from fl_client.site_policy import PolicyRefusal, RoundRequest, SitePolicy
 from fl_client.site_secret import site_secret
+from fl_protocol.distributed_sum import integer_norm
 from fl_protocol.wire import Reason
 
 
@@ -52,6 +66,9 @@ class Charge:
     trained: positions (in the ``units`` given to ``charge_round``) of the units that take part.
     epsilon_this_run: this run's releases composed with the run's accountant.
     epsilon_all_runs: the largest lifetime epsilon of any unit in the site's data now.
+    epsilon_alone_this_run, epsilon_alone_all_runs: the same from the site's own noise only
+        (equal to the two above under local DP).
+    skellam_mu_share: distributed DP: the Skellam noise this site adds (0 under local DP).
     """
 
     noise_multiplier: float
@@ -60,14 +77,19 @@ class Charge:
     trained: list[int]
     epsilon_this_run: float
     epsilon_all_runs: float
+    epsilon_alone_this_run: float
+    epsilon_alone_all_runs: float
+    skellam_mu_share: float = 0.0
 
 
 def charge_round(
-    state_dir: Path, units: list[str], request: RoundRequest, policy: SitePolicy
+    state_dir: Path, units: list[str], request: RoundRequest, policy: SitePolicy,
+    dimension: int = 0,
 ) -> Charge:
     """Charge this round to the ledger and say who trains, or raise (nothing charged).
 
-    ``units``: the stable identity of each training unit at the site (unique). Raises
+    ``units``: the stable identity of each training unit at the site (unique); ``dimension``:
+    the exchanged model's size (distributed DP: the sensitivity of its integer sum). Raises
     ``BudgetExhausted`` when no unit may take part, ``PolicyRefusal`` when the request contradicts
     the ledger (another privacy unit, a round beyond the run's plan), ``LedgerError``.
     """
@@ -79,7 +101,9 @@ def charge_round(
     )
     _check_against_ledger(ledger, request)
     keys = [unit_key(secret, f"{ledger.privacy_unit}\0{unit}") for unit in units]
-    if request.private:
+    if request.distributed:
+        release, trained = _distributed_release(ledger, keys, request, policy, dimension)
+    elif request.private:
         release, trained = _filtered_release(ledger, keys, request, policy)
     else:
         release = _release(request, 0.0, *steps_per_round(len(keys), request.batch_size,
@@ -91,12 +115,13 @@ def charge_round(
     ledger.releases.append(release)
     write_ledger(state_dir, ledger, secret)
 
-    this_run = [r.mechanism for r in ledger.releases if r.run == request.run_name]
+    this_run = [r for r in ledger.releases if r.run == request.run_name]
+    epsilon_this_run, alone_this_run = run_epsilons(this_run, request.delta)
     if request.private:
-        epsilon_this_run = epsilon_spent(this_run, request.delta, request.accountant)
         epsilon_all_runs = max(unit_epsilons(ledger, keys))
+        alone_all_runs = rdp_epsilon(alone_spend(ledger, keys), ledger.order, ledger.delta)
     else:
-        epsilon_this_run = epsilon_all_runs = math.inf
+        epsilon_all_runs = alone_all_runs = math.inf
     return Charge(
         noise_multiplier=release.noise_multiplier,
         sample_rate=release.sample_rate,
@@ -104,6 +129,9 @@ def charge_round(
         trained=trained,
         epsilon_this_run=epsilon_this_run,
         epsilon_all_runs=epsilon_all_runs,
+        epsilon_alone_this_run=alone_this_run,
+        epsilon_alone_all_runs=alone_all_runs,
+        skellam_mu_share=release.skellam_mu_share,
     )
 
 
@@ -113,6 +141,13 @@ def _check_against_ledger(ledger: Ledger, request: RoundRequest) -> None:
             Reason.UNIT_REFUSED,
             f"this site's ledger counts {ledger.privacy_unit} units and the run asks for "
             f"privacy-unit={request.privacy_unit}; mixing units on one site is refused",
+        )
+    models = {r.privacy_model for r in ledger.releases if r.run == request.run_name}
+    if models and models != {request.privacy_model}:
+        raise PolicyRefusal(
+            Reason.MODEL_REFUSED,
+            f"run {request.run_name} released under privacy-model {sorted(models)} and now asks "
+            f"for {request.privacy_model}: its noise was planned for one model",
         )
     planned = {r.num_rounds for r in ledger.releases if r.run == request.run_name}
     if planned and planned != {request.num_rounds}:
@@ -145,6 +180,66 @@ def _filtered_release(
         if len(fits) == len(trained):
             return _release(request, noise, rate, steps, units=len(fits), rdp=rdp), fits
         trained = fits
+
+
+def _distributed_release(
+    ledger: Ledger, keys: list[str], request: RoundRequest, policy: SitePolicy, dimension: int
+) -> tuple[Release, list[int]]:
+    """The round's Skellam release and the units in it. Every unit is in each full-batch sum,
+    so leaving units out changes nothing in the release: one pass of the filter is exact."""
+    l2 = rounding_bound(integer_norm(dimension), dimension)
+    l1 = l1_bound(l2, dimension)
+    budget = rdp_budget(policy.max_epsilon, ledger.delta, ledger.order)
+    mu = max(plan_skellam_mu(request.target_epsilon, request.delta, l1, l2, request.num_rounds),
+             skellam_mu_within_rdp(l1, l2, request.num_rounds, ledger.order, budget))
+    share = mu / (request.cohort_size - request.tolerated_sites)
+    rdp = skellam_rdp(mu, l1, l2, ledger.order)
+    rdp_alone = skellam_rdp(share, l1, l2, ledger.order)
+    trained = [i for i, key in enumerate(keys) if ledger.spend.get(key, 0.0) + rdp <= budget]
+    if not trained:
+        raise BudgetExhausted(f"every one of the site's {len(keys)} units has spent its budget "
+                              f"(max-epsilon {policy.max_epsilon:g})")
+    released = sum(1 for r in ledger.releases if r.run == request.run_name)
+    alone = rdp_epsilon(alone_spend(ledger, [keys[i] for i in trained])
+                        + (request.num_rounds - released) * rdp_alone, ledger.order, ledger.delta)
+    if alone > policy.max_epsilon_alone:
+        raise PolicyRefusal(
+            Reason.MODEL_REFUSED,
+            f"the run's noise share ({request.cohort_size} sites, {request.tolerated_sites} "
+            f"tolerated) would take this site's own-noise epsilon to {alone:.3g}, above its "
+            f"max-epsilon-alone {policy.max_epsilon_alone:g}",
+        )
+    release = replace(
+        _release(request, math.sqrt(2 * mu) / l2, 1.0, 1, units=len(trained), rdp=rdp),
+        accountant="rdp", privacy_model="distributed", skellam_mu=mu, skellam_mu_share=share,
+        l1=l1, l2=l2, rdp_alone=rdp_alone,
+    )
+    return release, trained
+
+
+def run_epsilons(releases: list[Release], delta: float) -> tuple[float, float]:
+    """(epsilon, epsilon alone) of one run's releases at ``delta``: composed with the run's
+    accountant (local DP, where the two are equal) or the Skellam mechanism's Rényi DP, for the
+    noise the guarantee counts on and for the site's own share (distributed DP)."""
+    if not releases:
+        return 0.0, 0.0
+    if any(r.noise_multiplier == 0 for r in releases):
+        return math.inf, math.inf
+    if releases[0].distributed:
+        return (skellam_releases_epsilon([(r.skellam_mu, r.l1, r.l2) for r in releases], delta),
+                skellam_releases_epsilon([(r.skellam_mu_share, r.l1, r.l2) for r in releases],
+                                         delta))
+    epsilon = epsilon_spent([r.mechanism for r in releases], delta, releases[0].accountant)
+    return epsilon, epsilon
+
+
+def alone_spend(ledger: Ledger, keys: list[str] | None = None) -> float:
+    """An upper bound on the Rényi DP any of ``keys`` has lost counting only this site's own
+    noise: its spend, plus what every distributed release the site made adds without the
+    other sites' shares (``keys`` None: every unit in the ledger)."""
+    extra = sum(r.rdp_alone - r.rdp for r in ledger.releases if r.distributed)
+    spends = ledger.spend.values() if keys is None else [ledger.spend.get(k, 0.0) for k in keys]
+    return max(spends, default=0.0) + extra
 
 
 def _release(request: RoundRequest, noise: float, rate: float, steps: int, units: int,

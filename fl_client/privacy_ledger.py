@@ -63,10 +63,30 @@ class Release:
     units: int
     rdp: float
     time: str
+    privacy_model: str = "local"
+    skellam_mu: float = 0.0
+    """Distributed DP: the Skellam noise the guarantee counts on (the sum of the shares of the
+    sites that are neither missing nor colluding), in the integer units of the sum."""
+    skellam_mu_share: float = 0.0
+    """Distributed DP: the share this site added itself."""
+    l1: float = 0.0
+    l2: float = 0.0
+    """Distributed DP: one unit's L1 and L2 sensitivity in the integer sum."""
+    rdp_alone: float = 0.0
+    """Distributed DP: the Rényi DP of this site's own share alone, at the ledger's order."""
 
     @property
     def mechanism(self) -> tuple[float, float, int]:
         return (self.noise_multiplier, self.sample_rate, self.steps)
+
+    @property
+    def distributed(self) -> bool:
+        return self.privacy_model == "distributed"
+
+    @property
+    def alone_rdp(self) -> float:
+        """What the release costs a unit if nobody else's noise counts."""
+        return self.rdp_alone if self.distributed else self.rdp
 
 
 @dataclass
@@ -130,7 +150,7 @@ def read_ledger(state_dir: Path, secret: bytes) -> Ledger | None:
         ) from err
     previous = ""
     for number, (release, record) in enumerate(zip(releases, records, strict=True), start=1):
-        expected = ledger_mac(secret, previous, _canonical(asdict(release)))
+        expected = ledger_mac(secret, previous, _canonical(_stored(release)))
         if not hmac.compare_digest(expected, str(record.get("mac", ""))):
             raise LedgerError(
                 f"{path}: release {number} does not verify (edited, reordered or inserted); "
@@ -143,7 +163,8 @@ def read_ledger(state_dir: Path, secret: bytes) -> Ledger | None:
     _check_head(path, head, len(releases), document_mac)
     for release in releases:
         if not (release.noise_multiplier >= 0 and 0 < release.sample_rate <= 1
-                and release.steps > 0 and release.rdp > 0):
+                and release.steps > 0 and release.rdp > 0
+                and (not release.distributed or release.rdp_alone >= release.rdp > 0)):
             raise LedgerError(f"{path}: invalid release in ledger: {release}")
     return ledger
 
@@ -152,8 +173,8 @@ def write_ledger(state_dir: Path, ledger: Ledger, secret: bytes) -> None:
     """Durably replace the ledger (then its head) with ``ledger``."""
     records, previous = [], ""
     for release in ledger.releases:
-        previous = ledger_mac(secret, previous, _canonical(asdict(release)))
-        records.append(asdict(release) | {"mac": previous})
+        previous = ledger_mac(secret, previous, _canonical(_stored(release)))
+        records.append(_stored(release) | {"mac": previous})
     document_mac = _document_mac(secret, ledger, previous)
     document = {
         "format": FORMAT,
@@ -230,11 +251,26 @@ def _egress_shows_dp_releases(state_dir: Path) -> bool:
     return False
 
 
+def _stored(release: Release) -> dict:
+    """A release as the ledger stores (and MACs) it: a local release without the distributed-DP
+    fields, so ledgers written before distributed DP existed verify unchanged."""
+    record = asdict(release)
+    if not release.distributed:
+        for name in _DISTRIBUTED_FIELDS:
+            del record[name]
+    return record
+
+
+_DISTRIBUTED_FIELDS = ("privacy_model", "skellam_mu", "skellam_mu_share", "l1", "l2", "rdp_alone")
+
+
 def _release_from(record: dict) -> Release:
     names = {f.name for f in fields(Release)}
     if not isinstance(record, dict):
         raise ValueError(f"release is a {type(record).__name__}, not an object")
-    if set(record) != names | {"mac"}:
+    distributed = record.get("privacy_model") == "distributed"
+    expected = names if distributed else names - set(_DISTRIBUTED_FIELDS)
+    if set(record) != expected | {"mac"}:
         raise ValueError(f"release with fields {sorted(record)}")
     return Release(**{k: v for k, v in record.items() if k in names})
 

@@ -8,7 +8,8 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from fl_client.privacy_accounting import epsilon_spent
+from fl_client.privacy_accounting import rdp_epsilon
+from fl_client.privacy_budget import alone_spend, run_epsilons
 from fl_client.privacy_ledger import (
     HEAD_FILE,
     LEDGER_FILE,
@@ -36,6 +37,9 @@ class RunSummary:
     delta: float
     first: str
     last: str
+    privacy_model: str = "local"
+    epsilon_alone: float = 0.0
+    """From the site's own noise only (distributed DP); equal to ``epsilon`` under local DP."""
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,8 @@ class SiteReport:
     delta: float
     units: int
     largest_epsilon: float
+    largest_epsilon_alone: float
+    """An upper bound on any unit's lifetime epsilon from this site's own noise only."""
     spend_bands: list[tuple[float, float, int]]
     exhausted: int
     non_private: int
@@ -90,6 +96,7 @@ def site_privacy_report(state_dir: Path, max_epsilon: float, bands: int = 4) -> 
         delta=ledger.delta,
         units=len(epsilons),
         largest_epsilon=max(epsilons, default=0.0),
+        largest_epsilon_alone=rdp_epsilon(alone_spend(ledger), ledger.order, ledger.delta),
         spend_bands=spend_bands,
         exhausted=sum(1 for e in finite if e >= EXHAUSTED_SHARE * max_epsilon),
         non_private=len(epsilons) - len(finite),
@@ -102,10 +109,9 @@ def _run_summary(name: str, releases: list[Release]) -> RunSummary:
     """A run as its first release planned it (every round of a run plans the same noise), with
     the epsilon of all its rounds composed."""
     first = releases[0]
-    private = all(r.noise_multiplier > 0 for r in releases)
-    epsilon = (epsilon_spent([r.mechanism for r in releases], first.delta, first.accountant)
-               if private else math.inf)
-    planned = {key: getattr(first, key)
-               for key in ("noise_multiplier", "sample_rate", "steps", "clip_norm", "delta")}
+    epsilon, alone = run_epsilons(releases, first.delta)
+    planned = {key: getattr(first, key) for key in (
+        "noise_multiplier", "sample_rate", "steps", "clip_norm", "delta", "privacy_model")}
     return RunSummary(run=name, rounds=len(releases), units=max(r.units for r in releases),
-                      epsilon=epsilon, first=first.time, last=releases[-1].time, **planned)
+                      epsilon=epsilon, epsilon_alone=alone, first=first.time,
+                      last=releases[-1].time, **planned)

@@ -14,6 +14,18 @@ Before masking, the site refuses to send an update that SecAgg+ would silently c
 clips each weighted parameter, ``num-examples / max_weight * value``, to ``clipping_range``
 before quantizing it, which would corrupt the sum without anyone noticing. A refusing site
 drops out of the round like any other failed site.
+
+Every mask comes from a cryptographic generator keyed with the whole secret
+(``fl_protocol/secagg_masks.py``), not Flower's 32-bit-seeded Mersenne Twister, and the masked
+values leave as 32-bit words (``fl_protocol/distributed_sum.compact``).
+
+Under distributed DP the handler's reply holds the site's integers (its clipped gradients and
+its noise share, ``distributed_dp.py``), which this mod wraps into the sum's range and sends at
+weight ``WEIGHT`` so that SecAgg+ carries them exactly (``fl_protocol/distributed_sum.py``).
+Before the keys are exchanged, and again before its share is masked, the site checks the
+secure sum against what its noise share was planned for (``secure_sum_problem``): a sum over
+exactly the announced cohort, that no fewer than ``cohort - tolerated-sites`` sites can unmask,
+carried exactly. Otherwise it refuses the round.
 """
 
 from logging import WARNING
@@ -22,15 +34,27 @@ import numpy as np
 from flwr.app import Context, Message
 from flwr.client.mod import secaggplus_mod
 from flwr.clientapp.typing import ClientAppCallable
-from flwr.common import Code, FitRes, Status, ndarrays_to_parameters
+from flwr.common import (
+    Code,
+    FitRes,
+    Status,
+    bytes_to_ndarray,
+    ndarray_to_bytes,
+    ndarrays_to_parameters,
+)
 from flwr.common.logger import log
 from flwr.common.secure_aggregation.secaggplus_constants import (
     RECORD_KEY_CONFIGS,
     RECORD_KEY_STATE,
+    Key,
+    Stage,
 )
 from flwr.compat.common.recorddict_compat import fitres_to_recorddict
 
 from fl_client.egress_guard import EgressViolation, check_reply
+from fl_client.site_policy import PolicyRefusal, RoundRequest, round_request
+from fl_protocol.distributed_sum import MODULUS, WEIGHT, compact, sum_range, wrap
+from fl_protocol.secagg_masks import use_cryptographic_masks
 from fl_protocol.wire import ARRAYS_KEY, METRICS_KEY, Reason, error_reply
 
 
@@ -46,26 +70,88 @@ def secure_aggregation_mod(msg: Message, context: Context, call_next: ClientAppC
     """Answer a SecAgg+ stage; pass any other message straight to ``call_next``."""
     if RECORD_KEY_CONFIGS not in msg.content.config_records:
         return call_next(msg, context)
+    use_cryptographic_masks()
+    stage = str(msg.content.config_records[RECORD_KEY_CONFIGS].get(Key.STAGE))
     try:
-        return secaggplus_mod(msg, context, lambda m, c: _update_to_mask(m, c, call_next))
+        if stage == Stage.SETUP:
+            _check_secure_sum(msg, context, msg.content.config_records[RECORD_KEY_CONFIGS])
+        reply = secaggplus_mod(msg, context, lambda m, c: _update_to_mask(m, c, call_next))
     except _Refused as refused:
         return error_reply(msg, refused.reason)
+    protocol = None if reply.has_error() else reply.content.config_records.get(RECORD_KEY_CONFIGS)
+    if stage == Stage.COLLECT_MASKED_VECTORS and protocol is not None:
+        masked = [bytes_to_ndarray(b) for b in protocol[Key.MASKED_PARAMETERS]]
+        protocol[Key.MASKED_PARAMETERS] = [ndarray_to_bytes(a) for a in compact(masked)]
+    return reply
+
+
+def secure_sum_problem(settings, request: RoundRequest | None) -> str | None:
+    """Why the secure sum set up with ``settings`` (SecAgg+'s setup values) may not carry this
+    site's update, or None. Every secure round: a modulus whose values fit the 32-bit words the
+    site sends. Distributed DP (``request`` given): a sum over exactly the cohort the noise share
+    is planned for, that fewer than ``cohort - tolerated-sites`` sites cannot unmask, and that
+    carries the site's integers exactly."""
+    if int(settings[Key.MOD_RANGE]) != MODULUS:
+        return f"modulus {settings[Key.MOD_RANGE]}, expected {MODULUS}"
+    if request is None:
+        return None
+    cohort, needed = request.cohort_size, request.cohort_size - request.tolerated_sites
+    if int(settings[Key.SAMPLE_NUMBER]) != cohort or int(settings[Key.SHARE_NUMBER]) != cohort:
+        return (f"a secure sum over {settings[Key.SAMPLE_NUMBER]} sites sharing keys with "
+                f"{settings[Key.SHARE_NUMBER]}; the noise share is planned for all {cohort}")
+    if int(settings[Key.THRESHOLD]) < needed:
+        return (f"threshold {settings[Key.THRESHOLD]}: fewer than {needed} sites (cohort "
+                f"{cohort} - tolerated {request.tolerated_sites}) could unmask the sum")
+    target = sum_range(cohort)
+    if (int(settings[Key.TARGET_RANGE]) != target
+            or float(settings[Key.CLIPPING_RANGE]) != target / 2
+            or float(settings[Key.MAX_WEIGHT]) != WEIGHT):
+        return (f"quantization (range {settings[Key.TARGET_RANGE]}, clipping "
+                f"{settings[Key.CLIPPING_RANGE]}, weight {settings[Key.MAX_WEIGHT]}) would not "
+                f"carry integers exactly; expected {target}, {target / 2:g}, {WEIGHT:g}")
+    return None
+
+
+def _check_secure_sum(msg: Message, context: Context, settings) -> None:
+    """Refuse (``_Refused``) a secure sum this site's update may not go into."""
+    request = None
+    if str(context.run_config["privacy-model"]) == "distributed":
+        try:
+            request = round_request(msg, context)
+        except PolicyRefusal as refusal:
+            log(WARNING, "secure aggregation: %s", refusal)
+            raise _Refused(refusal.reason) from refusal
+    problem = secure_sum_problem(settings, request)
+    if problem:
+        log(WARNING, "secure aggregation refused: %s", problem)
+        raise _Refused(Reason.OUT_OF_RANGE if request is None else Reason.MODEL_REFUSED)
 
 
 def _update_to_mask(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
     """Train as in a plain round; return the update in the form ``secaggplus_mod`` masks."""
+    settings = context.state.config_records[RECORD_KEY_STATE]  # as set up in this round
+    _check_secure_sum(msg, context, {
+        Key.MOD_RANGE: settings["mod_range"], Key.SAMPLE_NUMBER: settings["sample_num"],
+        Key.SHARE_NUMBER: settings["share_num"], Key.THRESHOLD: settings["threshold"],
+        Key.TARGET_RANGE: settings["target_range"], Key.CLIPPING_RANGE: settings["clipping_range"],
+        Key.MAX_WEIGHT: settings["max_weight"],
+    })
+    distributed = str(context.run_config["privacy-model"]) == "distributed"
     reply = call_next(msg, context)
     if reply.has_error():
         reason = reply.error.reason
         raise _Refused(Reason(reason) if reason in set(Reason) else Reason.INTERNAL)
     try:
-        check_reply(msg, reply, str(context.run_config["model"]))
+        check_reply(msg, reply, str(context.run_config["model"]), integers=distributed)
     except EgressViolation as err:
         log(WARNING, "egress guard blocked an update before masking: %s", err)
         raise _Refused(Reason.EGRESS_BLOCKED) from err
     names = list(msg.content[ARRAYS_KEY].keys())  # the server's order, which it unmasks in
     arrays = [reply.content[ARRAYS_KEY][name].numpy() for name in names]
     num_examples = int(reply.content[METRICS_KEY]["num-examples"])
+    if distributed:
+        arrays = [wrap(a, int(settings["target_range"])) for a in arrays]
+        num_examples = int(WEIGHT)
     problem = out_of_range(arrays, num_examples, context)
     if problem:
         log(WARNING, "%s", problem)

@@ -19,6 +19,17 @@ num-rounds, round      the run's first round in the ledger         a round beyon
 clip-norm, batch-size, (none: any finite positive value keeps the  not finite and positive
 local-epochs           guarantee, since noise scales with clip)
 accountant             (prv or rdp: both sound)                    anything else
+privacy-model          ``privacy-models`` (default both): the      not in the list
+                       models the site takes part in
+tolerated-sites        ``min-tolerated-sites`` (default 1): sites  below it, or leaving no
+(distributed)          missing or colluding the guarantee must     site to add the noise
+                       survive
+the secure sum's       (distributed) sum over exactly the cohort   threshold below cohort -
+setup (distributed)    the noise share was planned for             tolerated-sites, or another
+                                                                   cohort (``secure_aggregation``)
+epsilon alone          ``max-epsilon-alone`` (default 50): the     above it, over the site's
+(distributed)          epsilon of the site's own noise share,      whole history
+                       if all other sites collude
 =====================  ==========================================  ============================
 
 The rounds and unit checks against the ledger happen where the ledger is read
@@ -32,10 +43,14 @@ from dataclasses import dataclass
 from flwr.app import Context, Message
 
 from fl_client.privacy_accounting import DELTA_UNITS_FACTOR, check_accountant, default_delta
-from fl_protocol.wire import CONFIG_KEY, PRIVACY_UNITS, Reason
+from fl_protocol.wire import CONFIG_KEY, PRIVACY_MODELS, PRIVACY_UNITS, Reason
 
 DEFAULT_MAX_EPSILON = 10.0
 DEFAULT_MAX_DELTA = 1e-5
+DEFAULT_MAX_EPSILON_ALONE = 50.0
+"""Bounds what a site keeps if the server lies about the cohort or every other site colludes:
+the noise share it adds shrinks with the cohort the server announces."""
+DEFAULT_MIN_TOLERATED_SITES = 1
 
 
 class PolicyRefusal(Exception):
@@ -61,11 +76,22 @@ class SitePolicy:
     max_delta: the largest delta (probability that the epsilon bound fails) the site accepts.
     privacy_unit: the unit the site insists on; ``None`` accepts the run's, after which the
         ledger pins it.
+    privacy_models: the privacy models the site takes part in (``local``: it adds all the
+        noise itself; ``distributed``: it adds a share and relies on the secure sum).
+    min_tolerated_sites: under distributed DP, the fewest sites the run must allow to be
+        missing from the sum or colluding with the server while the sum still carries the full
+        planned noise; a run that tolerates fewer is refused.
+    max_epsilon_alone: under distributed DP, the most epsilon the site's own noise shares may
+        amount to over its whole history: the guarantee it keeps if every other site colludes
+        with the server (or the server lies about the cohort). Checked before every round.
     """
 
     max_epsilon: float
     max_delta: float
     privacy_unit: str | None
+    privacy_models: tuple[str, ...] = PRIVACY_MODELS
+    min_tolerated_sites: int = DEFAULT_MIN_TOLERATED_SITES
+    max_epsilon_alone: float = DEFAULT_MAX_EPSILON_ALONE
 
 
 @dataclass(frozen=True)
@@ -82,10 +108,18 @@ class RoundRequest:
     clip_norm: float
     batch_size: int
     local_epochs: int
+    privacy_model: str = "local"
+    tolerated_sites: int = 0
+    cohort_size: int = 0
+    """Distributed DP: the sites the round's secure sum is set up for (0 in a local round)."""
 
     @property
     def private(self) -> bool:
         return math.isfinite(self.target_epsilon)
+
+    @property
+    def distributed(self) -> bool:
+        return self.privacy_model == "distributed"
 
 
 def site_policy(context: Context) -> SitePolicy:
@@ -106,8 +140,26 @@ def site_policy(context: Context) -> SitePolicy:
     unit = source.get("privacy-unit") if simulated else node.get("privacy-unit")
     if unit is not None and str(unit) not in PRIVACY_UNITS:
         raise SiteConfigError(f"privacy-unit must be one of {PRIVACY_UNITS}, got {unit!r}")
+    models = tuple(m.strip() for m in str(node.get("privacy-models", ",".join(PRIVACY_MODELS)))
+                   .split(",") if m.strip())
+    if not models or set(models) - set(PRIVACY_MODELS):
+        raise SiteConfigError(f"privacy-models must be a comma-separated list of "
+                              f"{PRIVACY_MODELS}, got {node.get('privacy-models')!r}")
+    try:
+        tolerated = node.get("min-tolerated-sites", DEFAULT_MIN_TOLERATED_SITES)
+        max_alone = float(node.get("max-epsilon-alone", DEFAULT_MAX_EPSILON_ALONE))
+        if isinstance(tolerated, bool) or int(tolerated) != float(tolerated):
+            raise ValueError(f"min-tolerated-sites must be a whole number, got {tolerated!r}")
+    except (TypeError, ValueError) as err:
+        raise SiteConfigError(f"node config: {err}") from err
+    if int(tolerated) < 0:
+        raise SiteConfigError(f"min-tolerated-sites must be >= 0, got {tolerated}")
+    if not max_alone > 0:
+        raise SiteConfigError(f"max-epsilon-alone must be > 0, got {max_alone}")
     return SitePolicy(max_epsilon=max_epsilon, max_delta=max_delta,
-                      privacy_unit=None if unit is None else str(unit))
+                      privacy_unit=None if unit is None else str(unit),
+                      privacy_models=models, min_tolerated_sites=int(tolerated),
+                      max_epsilon_alone=max_alone)
 
 
 def round_request(msg: Message, context: Context) -> RoundRequest:
@@ -125,6 +177,9 @@ def round_request(msg: Message, context: Context) -> RoundRequest:
             clip_norm=float(cfg["clip-norm"]),
             batch_size=int(cfg["batch-size"]),
             local_epochs=int(cfg["local-epochs"]),
+            privacy_model=str(cfg["privacy-model"]),
+            tolerated_sites=int(cfg["tolerated-sites"]),
+            cohort_size=int(config.get("cohort-size", 0)),
         )
     except (KeyError, TypeError, ValueError) as err:
         raise PolicyRefusal(Reason.SETTING_REFUSED, f"malformed privacy setting: {err}") from err
@@ -162,6 +217,22 @@ def check_request(policy: SitePolicy, request: RoundRequest) -> None:
         check_accountant(request.accountant)
     except ValueError as err:
         raise PolicyRefusal(Reason.SETTING_REFUSED, str(err)) from err
+    if request.privacy_model not in policy.privacy_models:
+        raise PolicyRefusal(Reason.MODEL_REFUSED,
+                            f"the server asked for privacy-model {request.privacy_model!r}; "
+                            f"this site takes part in {', '.join(policy.privacy_models)}")
+    if request.distributed:
+        if not request.private:
+            raise PolicyRefusal(Reason.MODEL_REFUSED, "distributed DP without noise")
+        if request.tolerated_sites < policy.min_tolerated_sites:
+            raise PolicyRefusal(Reason.MODEL_REFUSED,
+                                f"the run tolerates {request.tolerated_sites} missing or "
+                                f"colluding sites; this site requires at least "
+                                f"{policy.min_tolerated_sites}")
+        if request.cohort_size - request.tolerated_sites < 1:
+            raise PolicyRefusal(Reason.MODEL_REFUSED,
+                                f"a secure sum over {request.cohort_size} sites tolerating "
+                                f"{request.tolerated_sites} leaves no site to add the noise")
 
 
 def site_delta(policy: SitePolicy, request: RoundRequest, units: int) -> float:

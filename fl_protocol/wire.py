@@ -36,12 +36,18 @@ METRICS_KEY = "metrics"
 CONFIG_KEY = "config"
 """The round's instructions (``ConfigRecord``), server to site."""
 
-ROUND_CONFIG_KEYS = ("labels", "num-rounds", "run-name", "sim-data-dir", "server-round")
+ROUND_CONFIG_KEYS = ("labels", "num-rounds", "run-name", "sim-data-dir", "server-round",
+                     "cohort-size")
 """What the server's ``config`` record holds: the run's label set, its planned rounds and name,
-the simulation's data folder (deployed sites ignore it), and Flower's round number."""
+the simulation's data folder (deployed sites ignore it), Flower's round number, and (only in a
+distributed-DP round) how many sites the round's secure sum is set up for."""
 
 PRIVACY_UNITS = ("utterance", "customer")
 """What one DP-SGD example is, and so what the guarantee protects (``fl_client/privacy_units``)."""
+PRIVACY_MODELS = ("local", "distributed")
+"""Who adds the noise a guarantee counts on: ``local``, each site all of it for its own update;
+``distributed``, each site a share, with only the secure sum leaving
+(``fl_client/distributed_dp.py``)."""
 ACCOUNTANTS = ("prv", "rdp")
 """How a site converts its noise into epsilon for a run's plan; both are sound upper bounds."""
 
@@ -71,6 +77,8 @@ RUN_CONFIG_DEFAULTS: dict[str, str | int | float | bool] = {
     "resume": False,
     "stop-after-round": 0,
     "secure-aggregation": False,
+    "privacy-model": "local",
+    "tolerated-sites": 2,
 }
 """Every run-config key and its default (also ``[tool.flwr.app.config]`` in pyproject.toml; a
 test keeps the two equal). The server sets the run config; a site reads the privacy settings
@@ -115,6 +123,8 @@ TRAIN_METRICS: tuple[Metric, ...] = (
     Metric("train-loss", _finite, aggregated=True, recorded_as="train_loss"),
     Metric("epsilon", _not_nan, aggregated=True, recorded_as="epsilon"),
     Metric("epsilon-all-runs", recorded_as="epsilon_all_runs"),
+    Metric("epsilon-alone", recorded_as="epsilon_alone"),
+    Metric("epsilon-alone-all-runs", recorded_as="epsilon_alone_all_runs"),
     Metric("delta", recorded_as="delta"),
     Metric("noise-multiplier", recorded_as="noise_multiplier"),
     Metric("sample-rate", recorded_as="sample_rate"),
@@ -125,7 +135,11 @@ TRAIN_METRICS: tuple[Metric, ...] = (
     Metric("site-key"),
 )
 """A training reply's numbers. ``site-key`` (a keyed hash of the site secret) names the site in
-the record across restarts instead of its node id; it is not recorded as a value."""
+the record across restarts instead of its node id; it is not recorded as a value. Under
+distributed DP, ``epsilon`` holds against a server that sees only the secure sum (with at most
+``tolerated-sites`` sites missing or colluding) and ``epsilon-alone`` from the site's own noise
+share only, what it keeps if every other site colludes with the server; under local DP the two
+are equal."""
 EVALUATE_METRICS: tuple[Metric, ...] = (
     Metric("num-examples", _positive),
     Metric("loss", _finite),
@@ -188,6 +202,7 @@ class Reason(StrEnum):
     SITE_CONFIG_INVALID = "site configuration invalid (see the site's log)"
     INTERNAL = "internal site error (see the site's log)"
     OUT_OF_RANGE = "update outside the secure-aggregation range; not sent"
+    MODEL_REFUSED = "declined: privacy model or secure sum weaker than the site's policy"
     BUDGET_EXHAUSTED = "declined: privacy budget exhausted"
     NO_DP_REFUSED = "declined: the site's policy requires differential privacy"
     SETTING_REFUSED = "declined: a privacy setting weaker than the site's policy"

@@ -25,6 +25,17 @@ size makes the Poisson sample rate 1): with per-site noise, the number of rounds
 size matter, not the batch. ``fedintent train`` uses the row for the largest tuned epsilon at or
 below the requested one; the epsilon-8 row is also in ``RUN_CONFIG_DEFAULTS``."""
 
+DISTRIBUTED_SETTINGS: dict[float, dict[str, int | float]] = {
+    1.0: {"num-rounds": 40, "local-epochs": 1, "batch-size": 4096, "learning-rate": 96.0},
+    3.0: {"num-rounds": 40, "local-epochs": 1, "batch-size": 4096, "learning-rate": 96.0},
+    8.0: {"num-rounds": 40, "local-epochs": 1, "batch-size": 4096, "learning-rate": 96.0},
+}
+"""The same under ``privacy-model = distributed``: one full-batch gradient step over all sites'
+data per round, with one noise instead of one per site, which is central DP's full-batch recipe
+(``fedintent.bench.sweep.CENTRAL_DP_RECIPES`` at epsilon 1: 40 passes at learning rate 96).
+``benchmarks/tune_banking77.py --privacy-model distributed`` scores candidates on validation
+rows; batch-size and local-epochs do not apply (each round is one full-batch step)."""
+
 
 
 class RunConfigError(ValueError):
@@ -90,9 +101,10 @@ def check_run_config(cfg: dict) -> dict:
     return full
 
 
-def tuned_settings(epsilon: float) -> dict[str, int | float]:
-    """The tuned settings for ``epsilon`` (see ``tuned_epsilon``)."""
-    return dict(TUNED_SETTINGS[tuned_epsilon(epsilon, TUNED_SETTINGS)])
+def tuned_settings(epsilon: float, privacy_model: str = "local") -> dict[str, int | float]:
+    """The tuned settings for ``epsilon`` (see ``tuned_epsilon``) under ``privacy_model``."""
+    table = DISTRIBUTED_SETTINGS if privacy_model == "distributed" else TUNED_SETTINGS
+    return dict(table[tuned_epsilon(epsilon, table)])
 
 
 def tuned_epsilon(epsilon: float, tuned: Iterable[float]) -> float:

@@ -109,6 +109,7 @@ class RunRecord:
             weight = sum(s["num_examples"] for s in trained)
             entry["train_loss"] = sum(s["train_loss"] * s["num_examples"] for s in trained) / weight
             entry["max_epsilon"] = _max_epsilon(trained)
+            entry["max_epsilon_alone"] = _max_epsilon(trained, "epsilon_alone")
         uploads = [s["upload_bytes"] for s in sites.values() if "upload_bytes" in s]
         if uploads:
             entry["upload_bytes_per_site"] = sum(uploads) / len(uploads)
@@ -152,6 +153,9 @@ def final_summary(doc: dict) -> dict:
             sites[key] = {
                 "epsilon": site.get("epsilon"),
                 "epsilon_all_runs": site.get("epsilon_all_runs"),
+                "epsilon_alone": site.get("epsilon_alone", site.get("epsilon")),
+                "epsilon_alone_all_runs": site.get("epsilon_alone_all_runs",
+                                                   site.get("epsilon_all_runs")),
                 "delta": site.get("delta"),
                 "privacy_unit": unit if site.get("epsilon") is not None else None,
                 "privacy_units": site.get("privacy_units"),
@@ -168,6 +172,8 @@ def final_summary(doc: dict) -> dict:
         "rounds_completed": len(doc["rounds"]),
         "sites": sites,
         "max_epsilon": _max_epsilon(list(sites.values())),
+        "max_epsilon_alone": _max_epsilon(list(sites.values()), "epsilon_alone"),
+        "privacy_model": doc["config"].get("privacy-model", "local"),
     }
 
 
@@ -185,8 +191,8 @@ def _failure(reply: Message) -> dict:
     }
 
 
-def _max_epsilon(sites: list[dict]) -> float | None:
-    values = [s.get("epsilon") for s in sites]
+def _max_epsilon(sites: list[dict], key: str = "epsilon") -> float | None:
+    values = [s.get(key, s.get("epsilon")) for s in sites]
     if not values:
         return None
     if any(v is None for v in values):

@@ -13,6 +13,19 @@ The site's side is ``fl_client/secure_aggregation.py``.
 What the server then cannot do is check or record anything about one site's update: the
 strategies that need every update (trimmed mean, median) and the per-update norm bound
 (``max-update-norm``) are refused, and ``metrics.json`` holds no per-site update norm.
+
+Masks come from a cryptographic generator (``fl_protocol/secagg_masks.py``), on this side too:
+the server regenerates the masks it removes. Sites send masked values as 32-bit words, which the
+server widens back to the int64 Flower sums (``fl_protocol/distributed_sum.py``).
+
+Under ``privacy-model = distributed`` (``fl_client/distributed_dp.py``) each site sends integers:
+its clipped gradient sum at the global model plus its share of the noise. The sum is set up to
+carry them exactly (``distributed_sum``) over the whole cohort, with a threshold of at least
+``cohort - tolerated-sites``: fewer surviving sites cannot unmask anything, so no sum with less
+than the planned noise is ever released. The server decodes the sum and takes the gradient
+step itself (``distributed_step``): the new model is the global model minus ``learning-rate``
+times the summed gradient over the summed sites' example count, the same step FedAvg of
+one full-batch DP-SGD step per site would take, with one noise instead of one per site.
 """
 
 import math
@@ -22,7 +35,15 @@ from typing import Any
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, RecordDict
-from flwr.common import FitIns, FitRes, Parameters, Scalar, parameters_to_ndarrays
+from flwr.common import (
+    FitIns,
+    FitRes,
+    Parameters,
+    Scalar,
+    bytes_to_ndarray,
+    ndarray_to_bytes,
+    parameters_to_ndarrays,
+)
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
 from flwr.server import LegacyContext
 from flwr.server.client_manager import ClientManager
@@ -34,6 +55,15 @@ from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECOR
 from flwr.server.workflow.constant import Key as WorkflowKey
 from flwr.serverapp import Grid
 
+from fl_protocol.distributed_sum import (
+    MODULUS,
+    WEIGHT,
+    decode,
+    expand,
+    integer_norm,
+    sum_range,
+)
+from fl_protocol.secagg_masks import use_cryptographic_masks
 from fl_protocol.wire import ARRAYS_KEY, CONFIG_KEY, METRICS_KEY, NO_REPLY
 from fl_server.update_validation import ArraySpec
 
@@ -50,14 +80,27 @@ quantization error per coordinate grows with CLIPPING_RANGE x MAX_WEIGHT (about 
 number of examples per site); below MAX_WEIGHT examples, Flower does not warn a site of a
 possible overflow."""
 QUANTIZATION_RANGE = 2**22
-MODULUS_RANGE = 2**32
-"""Flower's defaults: values are quantized to 22 bits and masked modulo 2**32, so the sum holds
-at most 2**10 - 1 sites and 2**10 x MAX_WEIGHT training examples in all; beyond, it wraps."""
-MAX_SITES = MODULUS_RANGE // QUANTIZATION_RANGE - 1
+"""Flower's default: values are quantized to 22 bits and masked modulo ``MODULUS`` (2**32), so
+the sum holds at most 2**10 - 1 sites and 2**10 x MAX_WEIGHT training examples in all; beyond,
+it wraps."""
+MAX_SITES = MODULUS // QUANTIZATION_RANGE - 1
 
 
 def incompatibility(cfg: dict) -> str | None:
     """Why this run configuration cannot run with secure aggregation; None when it can."""
+    tolerated = cfg["tolerated-sites"]
+    if isinstance(tolerated, bool) or int(tolerated) != tolerated or int(tolerated) < 0:
+        return f"tolerated-sites must be a whole number >= 0, got {tolerated!r}"
+    if cfg["privacy-model"] == "distributed":
+        if not cfg["secure-aggregation"]:
+            return ("privacy-model distributed needs secure-aggregation = true: each site adds "
+                    "only a share of the noise, so the server may see only the sum")
+        if int(cfg["min-sites"]) - int(tolerated) < 2:
+            return (f"privacy-model distributed: min-sites ({cfg['min-sites']}) must exceed "
+                    f"tolerated-sites ({tolerated}) by at least 2, so that the sites that add "
+                    f"the noise are more than one")
+        if not float(cfg["target-epsilon"]) < math.inf:
+            return "privacy-model distributed needs a finite target-epsilon"
     if not cfg["secure-aggregation"]:
         return None
     if cfg["strategy"] not in STRATEGIES:
@@ -79,6 +122,25 @@ def reconstruction_threshold(num_sites: int) -> int:
     ``MIN_SITES``. Fewer than this many colluding with the server learn nothing more than the
     sum; more than ``num_sites`` minus this many dropping out stops the round."""
     return max(MIN_SITES, math.ceil(2 * num_sites / 3))
+
+
+def distributed_step(
+    global_model: dict[str, np.ndarray],
+    integer_sum: dict[str, np.ndarray],
+    examples: int,
+    clip_norm: float,
+    learning_rate: float,
+) -> dict[str, np.ndarray]:
+    """The new model from the decoded secure sum of a distributed-DP round: the sites' summed
+    integers back in gradient units (``integer_norm / clip_norm`` per unit), averaged over the
+    summed sites' examples, one step of ``learning_rate``."""
+    dim = sum(value.size for value in global_model.values())
+    scale = integer_norm(dim) / clip_norm
+    return {
+        name: global_model[name].astype(np.float64)
+        - learning_rate * integer_sum[name].astype(np.float64) / scale / max(examples, 1)
+        for name in global_model
+    }
 
 
 @dataclass
@@ -104,7 +166,17 @@ def secure_train_round(
     if len(by_node) > MAX_SITES:
         raise RuntimeError(f"secure aggregation sums at most {MAX_SITES} sites in a round; "
                            f"{len(by_node)} are connected")
+    distributed = context.run_config["privacy-model"] == "distributed"
     threshold = reconstruction_threshold(len(by_node))
+    quantization = dict(max_weight=MAX_WEIGHT, clipping_range=CLIPPING_RANGE,
+                        quantization_range=QUANTIZATION_RANGE)
+    if distributed:
+        threshold = max(threshold, len(by_node) - int(context.run_config["tolerated-sites"]))
+        target = sum_range(len(by_node))
+        quantization = dict(max_weight=WEIGHT, clipping_range=target / 2,
+                            quantization_range=target)
+        for msg in by_node.values():
+            msg.content[CONFIG_KEY]["cohort-size"] = len(by_node)
     relay = _Relay(grid, by_node)
     collector = _Collector([GridClientProxy(node, grid, context.run_id) for node in by_node])
     legacy = LegacyContext(
@@ -115,22 +187,32 @@ def secure_train_round(
         {WorkflowKey.CURRENT_ROUND: server_round}
     )
     legacy.state.array_records[MAIN_PARAMS_RECORD] = ArrayRecord()
+    use_cryptographic_masks()
     SecAggPlusWorkflow(
         num_shares=1.0,  # every site holds a share of every other site's keys
         reconstruction_threshold=threshold / len(by_node),
-        max_weight=MAX_WEIGHT,
-        clipping_range=CLIPPING_RANGE,
-        quantization_range=QUANTIZATION_RANGE,
-        modulus_range=MODULUS_RANGE,
+        modulus_range=MODULUS,
         timeout=timeout,
+        **quantization,
     )(relay, legacy)
 
     aggregate = None
     if collector.mean is not None:
-        names = list(next(iter(by_node.values())).content[ARRAYS_KEY].keys())
+        sent = next(iter(by_node.values()))
+        names = list(sent.content[ARRAYS_KEY].keys())
+        mean = dict(zip(names, parameters_to_ndarrays(collector.mean), strict=True))
+        if distributed:
+            summed = [relay.trained[node].content[METRICS_KEY] for node in relay.trained]
+            mean = distributed_step(
+                {name: sent.content[ARRAYS_KEY][name].numpy() for name in names},
+                {name: decode(values, len(summed), quantization["quantization_range"])
+                 for name, values in mean.items()},
+                examples=sum(int(m["num-examples"]) for m in summed),
+                clip_norm=float(context.run_config["clip-norm"]),
+                learning_rate=float(context.run_config["learning-rate"]),
+            )
         aggregate = ArrayRecord({
-            name: Array(np.asarray(values, dtype=spec[name][1]))
-            for name, values in zip(names, parameters_to_ndarrays(collector.mean), strict=True)
+            name: Array(np.asarray(values, dtype=spec[name][1])) for name, values in mean.items()
         })
     halted = None if aggregate is not None else relay.halted(threshold)
     replies = [relay.outcome(node, sent, halted) for node, sent in by_node.items()]
@@ -174,6 +256,12 @@ class _Relay:
                 content[ARRAYS_KEY] = sent[ARRAYS_KEY]
             msg.content = RecordDict(content)
         replies = list(self.grid.send_and_receive(messages, timeout=timeout))
+        if stage == Stage.COLLECT_MASKED_VECTORS:
+            for reply in replies:
+                if not reply.has_error():  # sites send 32-bit words; Flower sums int64
+                    protocol = reply.content[RECORD_KEY_CONFIGS]
+                    protocol[Key.MASKED_PARAMETERS] = [ndarray_to_bytes(a) for a in expand(
+                        [bytes_to_ndarray(b) for b in protocol[Key.MASKED_PARAMETERS]])]
         by_id = {reply.metadata.reply_to_message_id: reply for reply in replies}
         for msg in messages:
             node, reply = msg.metadata.dst_node_id, by_id.get(msg.metadata.message_id)

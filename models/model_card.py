@@ -96,7 +96,23 @@ def _privacy_section(config: dict, sites: dict) -> str:
         "site's data: any outcome becomes at most e^epsilon times more likely, except with "
         "probability delta. Smaller epsilon means stronger protection; the guarantee covers "
         "this model, every checkpoint and every update the site sent.")
-    if config.get("secure-aggregation"):
+    distributed = config.get("privacy-model") == "distributed"
+    if distributed:
+        intro = (
+            "## Privacy\n\n"
+            "Distributed DP: every round, each site clipped each privacy unit's gradient, "
+            "rounded the sum to integers and added its share of Skellam noise; secure "
+            "aggregation (SecAgg+) revealed only the sum over the sites, which carries the full "
+            "noise as long as at most "
+            f"{config.get('tolerated-sites', MISSING)} sites were missing or colluded with the "
+            "server. A site's (epsilon, delta) bounds how much the model can change when one "
+            "privacy unit (one utterance, or all of one customer's utterances) is added to or "
+            "removed from that site's data: any outcome becomes at most e^epsilon times more "
+            "likely, except with probability delta. 'epsilon alone' is what the site's own "
+            "noise share guarantees if every other site colluded with the server. Smaller "
+            "epsilon means stronger protection; the guarantee covers this model, every "
+            "checkpoint and everything the site sent.")
+    elif config.get("secure-aggregation"):
         intro += (" Updates were summed with secure aggregation: the server saw only the "
                   "sites' mean update.")
     if not sites:
@@ -109,10 +125,13 @@ def _privacy_section(config: dict, sites: dict) -> str:
             f"| {_value(site.get('delta'))} | {site.get('privacy_unit') or MISSING} "
             f"| {_value(site.get('noise_multiplier'))} | {_value(site.get('clip_norm'))} "
             f"| {_value(site.get('sample_rate'))} | {_value(site.get('epsilon_all_runs'))} "
-            f"| {_value(site.get('max_epsilon_budget'))} |")
+            f"| {_value(site.get('max_epsilon_budget'))} |"
+            + (f" {_value(site.get('epsilon_alone'))} |" if distributed else ""))
+    alone = " epsilon alone (this run) |" if distributed else ""
     return (intro + "\n\n| site | epsilon (this run) | delta | privacy unit | noise multiplier "
-            "| clip norm | sample rate | epsilon over all runs on its data | lifetime budget "
-            "|\n|---|---|---|---|---|---|---|---|---|\n" + "\n".join(rows))
+            "| clip norm | sample rate | epsilon over all runs on its data | lifetime budget |"
+            + alone + "\n|---|---|---|---|---|---|---|---|---|" + ("---|" if distributed else "")
+            + "\n" + "\n".join(rows))
 
 
 def _evaluation_section(rounds: list[dict], final: dict) -> str:

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import uuid
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from fedintent.bench.cells import (
     CENTRAL,
     CENTRAL_DP,
     FEDERATED,
+    FEDERATED_DISTRIBUTED,
     LOCAL_ONLY,
     TFIDF,
     Cell,
@@ -23,7 +25,7 @@ from fedintent.bench.cells import (
     sweep_cells,
 )
 from fedintent.bench.report import markdown_report, plot_png, summarize
-from fedintent.bench.sweep import BenchSpec, run_bench
+from fedintent.bench.sweep import BenchSpec, claim_sweep_folder, run_bench
 from fl_protocol.wire import RUN_CONFIG_DEFAULTS as DEFAULTS
 from fl_server.run_config import TUNED_SETTINGS, tuned_settings
 
@@ -62,6 +64,19 @@ def test_sweep_has_every_method_epsilon_and_seed_once():
     assert {(c.epsilon, c.seed) for c in by_method[CENTRAL]} == {(math.inf, 0), (math.inf, 1)}
     assert len(by_method[TFIDF]) == 2
     assert cells[0].method == FEDERATED
+    assert FEDERATED_DISTRIBUTED not in by_method  # local DP only, unless asked
+
+
+def test_distributed_cells_come_once_per_finite_epsilon_and_seed_after_the_local_ones():
+    cells = sweep_cells([1.0, 8.0, math.inf], seeds=2, privacy_models=("local", "distributed"))
+    assert len({cell.id for cell in cells}) == len(cells)
+    methods = [cell.method for cell in cells]
+    assert methods[:10] == [FEDERATED] * 6 + [FEDERATED_DISTRIBUTED] * 4
+    distributed = [(c.epsilon, c.seed) for c in cells if c.method == FEDERATED_DISTRIBUTED]
+    assert sorted(distributed) == [(1.0, 0), (1.0, 1), (8.0, 0), (8.0, 1)]
+    only = sweep_cells([8.0, math.inf], seeds=1, privacy_models=("distributed",))
+    assert [c.method for c in only][:2] == [FEDERATED_DISTRIBUTED, CENTRAL_DP]
+    assert FEDERATED not in {c.method for c in only}
 
 
 def test_cell_results_round_trip_and_a_corrupt_one_is_named(tmp_path):
@@ -101,7 +116,39 @@ def test_summary_is_mean_std_min_max_over_seeds():
     report = markdown_report(spec, rows, results)
     assert "| federated (DP-SGD per site) | 8 | 0.8500 |" in report
     assert "epsilon 8: num-rounds=40" in report
-    assert "| 8 | 1 | 90 | 1.50 | 10000 | 100000 | 118836 | 3900 | 7.970 |" in report
+    assert "| local | 8 | 1 | 90 | 1.50 | 10000 | 100000 | 118836 | 3900 | 7.970 | - |" in report
+    assert "distributed DP" not in report
+
+
+def test_the_report_has_a_distributed_row_and_notes_epsilon_alone():
+    perf = {"wall_seconds": 95.0, "seconds_per_round": 1.6, "samples_per_second_dp": 2e4,
+            "samples_per_second_no_dp": 1e5, "upload_bytes_per_site_round": 60000.0,
+            "peak_memory_mib": 4000.0}
+    results = [
+        {"method": FEDERATED, "epsilon": 8.0, "seed": 0, "accuracy": 0.85,
+         "max_site_epsilon": 7.98, "max_site_epsilon_alone": 7.98} | perf,
+        {"method": FEDERATED_DISTRIBUTED, "epsilon": 8.0, "seed": 0, "accuracy": 0.88,
+         "max_site_epsilon": 7.99, "max_site_epsilon_alone": 31.5} | perf,
+        {"method": FEDERATED_DISTRIBUTED, "epsilon": 8.0, "seed": 1, "accuracy": 0.90,
+         "max_site_epsilon": 7.99, "max_site_epsilon_alone": 30.0} | perf,
+        {"method": CENTRAL_DP, "epsilon": 8.0, "seed": 0, "accuracy": 0.89},
+    ]
+    rows = summarize(results)
+    assert [r["method"] for r in rows] == [FEDERATED, FEDERATED_DISTRIBUTED, CENTRAL_DP]
+    assert rows[1]["mean"] == pytest.approx(0.89) and rows[1]["seeds"] == 2
+    spec = {"data": "/x/banking77", "sites": 10, "alpha": 0.5, "seeds": 2, "partition_seed": 0,
+            "settings": {"8": {"num-rounds": 40}}, "privacy_models": ["local", "distributed"],
+            "tolerated_sites": 2}
+    assert plot_png(rows, spec).startswith(b"\x89PNG")
+    report = markdown_report(spec, rows, results)
+    assert "| federated (distributed DP, SecAgg+) | 8 | 0.8900 |" in report
+    assert "at most 2 sites missing or colluding" in report
+    assert "epsilon_alone, at most 31.500 in these runs" in report
+    assert "| distributed | 8 | 0 | 95 | 1.60 | 20000 | 100000 | 60000 | 4000 | 7.990 | 31.500 |" \
+        in report
+    assert "| local | 8 | 0 |" in report
+    assert ("distributed DP runs: the same, plus privacy-model=distributed, "
+            "secure-aggregation=True, tolerated-sites=2") in report
 
 
 @pytest.mark.parametrize(("epsilon", "row"), [
@@ -123,9 +170,35 @@ def test_a_sweep_folder_refuses_a_different_spec(tmp_path):
     (tmp_path / "out" / "bench.json").write_text(json.dumps(
         {"data": str(data), "sites": 3, "alpha": 0.5, "partition_seed": 0,
          "model": "minilm-head", "settings": {}}), encoding="utf-8")
-    with pytest.raises(ValueError, match="different data, partition, model or settings"):
+    with pytest.raises(ValueError, match="different data, partition, model, settings"):
         run_bench(spec, tmp_path / "out")
     assert not (tmp_path / "out" / "data").exists()
+
+
+def test_a_sweep_folder_from_before_privacy_models_takes_a_default_sweep(tmp_path):
+    """A bench.json without privacy_models and tolerated_sites was a local-DP sweep with the
+    default tolerated sites: the same sweep resumes there, and may add distributed DP."""
+    spec = BenchSpec(data="/x/csv", sites=10, alpha=0.5, epsilons=[8.0], seeds=1,
+                     partition_seed=0, rounds=1)
+    old = claim_sweep_folder(tmp_path, spec)
+    del old["privacy_models"], old["tolerated_sites"]
+    (tmp_path / "bench.json").write_text(json.dumps(old), encoding="utf-8")
+    claim_sweep_folder(tmp_path, spec)
+    both = replace(spec, privacy_models=("local", "distributed"))
+    claim_sweep_folder(tmp_path, both)
+    recorded = json.loads((tmp_path / "bench.json").read_text(encoding="utf-8"))
+    assert (recorded["privacy_models"], recorded["tolerated_sites"]) == (
+        ["local", "distributed"], 2)
+    with pytest.raises(ValueError, match="tolerated sites"):
+        claim_sweep_folder(tmp_path, replace(both, tolerated_sites=3))
+
+
+def test_distributed_dp_needs_two_noise_adding_sites_before_any_cell_runs(tmp_path):
+    spec = BenchSpec(data="/x/csv", sites=3, alpha=0.5, epsilons=[8.0], seeds=1,
+                     partition_seed=0, privacy_models=("distributed",))
+    with pytest.raises(ValueError, match="must exceed tolerated-sites"):
+        claim_sweep_folder(tmp_path, spec)
+    assert not (tmp_path / "bench.json").exists()
 
 
 def bench_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -138,6 +211,9 @@ def bench_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     (["--epsilons", "8,abc"], "--epsilons must be numbers"),
     (["--epsilons", "0,8"], "--epsilons must be > 0"),
     (["--seeds", "0"], "must be >= 1"),
+    (["--privacy-model", "local,central"], "--privacy-model: unknown 'central'"),
+    (["--privacy-model", ","], "--privacy-model needs one of local, distributed"),
+    (["--tolerated-sites", "-1"], "--tolerated-sites must be >= 0"),
 ])
 def test_bad_bench_arguments_are_named(tmp_path, args, message):
     data = write_dataset(tmp_path / "csv")

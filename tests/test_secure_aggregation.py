@@ -104,14 +104,14 @@ def runs(tmp_path_factory) -> dict:
     write_sites(data, n_sites=SITES, seed=11, size=120)
     tag = uuid.uuid4().hex
 
-    def simulate(name: str, secure: bool) -> Path:
+    def simulate(name: str, secure: bool, **extra) -> Path:
         out = root / name
         config = check_run_config({
             "data-dir": str(data), "labels-file": str(data / "labels.txt"),
             "out-dir": str(out), "state-dir": str(root / f"state-{name}"),
             "run-name": "secagg-test", "num-rounds": ROUNDS, "min-sites": SITES,
             "target-epsilon": EPSILON, "seed": 5, "secure-aggregation": secure,
-        })
+        } | extra)
         with pytest.MonkeyPatch.context() as patch:
             patch.setenv("FEDINTENT_TEST_TAG", tag)
             run_simulation(config, num_sites=SITES, metrics_path=out / "metrics.json",
@@ -121,7 +121,11 @@ def runs(tmp_path_factory) -> dict:
     secure = simulate("secure", secure=True)
     copy_site_secrets(root / "state-secure", root / "state-plain")
     plain = simulate("plain", secure=False)
-    return {"secure": secure, "plain": plain, "root": root, "tag": tag}
+    copy_site_secrets(root / "state-secure", root / "state-distributed")
+    distributed = simulate("distributed", secure=True, **{"privacy-model": "distributed",
+                                                          "tolerated-sites": 1})
+    return {"secure": secure, "plain": plain, "distributed": distributed, "root": root,
+            "tag": tag}
 
 
 def test_a_secure_aggregation_run_completes_with_every_output(runs):
@@ -242,3 +246,46 @@ def test_a_site_that_drops_out_is_unmasked_around_and_recorded(tmp_path):
                                            "reconstruction_threshold": 3, "halted": None}
     [failure] = entry["failures"]
     assert failure["reason"] == Reason.DATA_UNUSABLE.value
+
+
+def test_a_distributed_dp_run_reports_both_guarantees_everywhere(runs):
+    out = runs["distributed"]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["status"] == "completed"
+    for entry in metrics["rounds"]:
+        assert entry["secure_aggregation"] == {"sites_asked": SITES, "sites_summed": SITES,
+                                               "reconstruction_threshold": 3, "halted": None}
+        for site in entry["sites"].values():
+            assert 0 < site["epsilon"] <= EPSILON and site["epsilon_alone"] > site["epsilon"]
+    final = metrics["final"]
+    assert final["privacy_model"] == "distributed"
+    assert 0.9 * EPSILON < final["max_epsilon"] <= EPSILON < final["max_epsilon_alone"]
+    card = (out / "model" / "README.md").read_text()
+    assert "Distributed DP" in card and "epsilon alone" in card
+    for ledger in (runs["root"] / "state-distributed").glob("site-*/privacy-ledger.json"):
+        releases = json.loads(ledger.read_text())["releases"]
+        assert [r["privacy_model"] for r in releases] == ["distributed"] * ROUNDS
+        assert all(r["rdp_alone"] > r["rdp"] > 0 and r["skellam_mu_share"] * 2 == r["skellam_mu"]
+                   for r in releases)  # 3 sites, 1 tolerated: each adds half the noise
+    report = fedintent("privacy-report", str(runs["root"] / "state-distributed" / "site-00"))
+    assert report.returncode == 0, report.stderr
+    assert "distributed DP; alone" in report.stdout and "own noise alone" in report.stdout
+
+
+def test_distributed_sites_send_only_masked_32_bit_words(runs):
+    """Every stage's reply passed the egress guard and none carried arrays; the masked update
+    is the same size as in a plain secure run's (both 32-bit words per coordinate)."""
+    sizes = {}
+    for name in ("secure", "distributed"):
+        masked = []
+        for log in sorted((runs["root"] / f"state-{name}").glob("site-*/egress.jsonl")):
+            entries = [json.loads(line) for line in log.read_text().splitlines()]
+            train = [e for e in entries if e["message"].startswith("train")]
+            assert [e["secure_aggregation_stage"] for e in train] == STAGES * ROUNDS
+            assert all(e["verdict"] == "sent" and "arrays" not in e for e in train)
+            masked += [e["bytes"] for e in train
+                       if e["secure_aggregation_stage"] == "collect_masked_vectors"]
+        sizes[name] = masked
+    parameters = 384 * 45 + 45  # the head over the synthetic sites' 45 intents
+    for size in sizes["distributed"] + sizes["secure"]:
+        assert 4 * parameters < size < 4.2 * parameters  # 32 bits a coordinate, not 64

@@ -148,12 +148,13 @@ def deployment(tmp_path):
             stop_process_trees(processes)
             proxy.close()
 
-def test_no_text_pii_or_token_ids_cross_the_wire(deployment):
+def run_deployed(deployment, **overrides) -> dict:
+    """A real run over the deployment; its metrics.json."""
     app_dir = write_app(deployment["flwr_home"] / "app")
     overrides = {
         "data-dir": str(deployment["data"]), "out-dir": str(deployment["out"]),
         "num-rounds": 2, "min-sites": 3, "target-epsilon": 4.0,
-    }
+    } | overrides
     command = ["flwr", "run", str(app_dir), CONNECTION, "--stream"]
     for key, value in overrides.items():
         command += ["-c", f"{key}={json.dumps(value)}"]
@@ -166,7 +167,11 @@ def test_no_text_pii_or_token_ids_cross_the_wire(deployment):
     metrics = json.loads((deployment["out"] / "metrics.json").read_text())
     assert metrics["status"] == "completed", metrics.get("error")
     assert all(r["sites_trained"] == 3 for r in metrics["rounds"])
+    return metrics
 
+
+def test_no_text_pii_or_token_ids_cross_the_wire(deployment):
+    run_deployed(deployment)
     sent = bytes(deployment["proxy"].upstream)
     # The capture really holds what the sites sent: metric names and the head's parameters.
     assert b"num-examples" in sent and b"epsilon" in sent
@@ -182,3 +187,21 @@ def test_no_text_pii_or_token_ids_cross_the_wire(deployment):
     assert not leaked_ids
     assert os.path.getsize(deployment["out"] / "model" / "model.safetensors") > 0
 
+
+
+def test_under_distributed_dp_no_unmasked_update_crosses_the_wire(deployment):
+    """Distributed DP over SecAgg+: what the sites sent holds their masked shares (32-bit words
+    in Flower's protocol record) and their metrics, and no array of any other kind: not the
+    plaintext integers (int64), not a float update, not an ``arrays`` record."""
+    metrics = run_deployed(deployment, **{"secure-aggregation": True,
+                                          "privacy-model": "distributed",
+                                          "tolerated-sites": 1})
+    assert all(r["secure_aggregation"]["sites_summed"] == 3 for r in metrics["rounds"])
+    sent = bytes(deployment["proxy"].upstream)
+    assert b"epsilon-alone" in sent  # the capture holds the sites' replies
+    masked = sent.count(b"'descr': '<u4'")
+    assert masked >= 3 * 2 * 3  # 3 sites x 2 rounds x (factor, weight, bias) as uint32 words
+    for forbidden in (b"<i8", b"<f4", b"<f8", b"int64", b"float32", b"arrays"):
+        assert forbidden not in sent, forbidden
+    for canary in deployment["canaries"]:
+        assert canary.encode() not in sent

@@ -31,6 +31,7 @@ pytestmark = pytest.mark.usefixtures("task_identity")
 
 VALID = {
     "num-examples": 10, "train-loss": 0.5, "epsilon": 1.5, "epsilon-all-runs": 2.0,
+    "epsilon-alone": 4.0, "epsilon-alone-all-runs": 5.0,
     "delta": 1e-5, "noise-multiplier": 1.1, "sample-rate": 1.0, "clip-norm": 1.0, "steps": 1,
     "max-epsilon": 10.0, "privacy-units": 10, "site-key": 123456,
     "loss": 0.7, "accuracy": 0.75,

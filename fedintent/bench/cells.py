@@ -13,16 +13,24 @@ from pathlib import Path
 from fedintent.report_files import epsilon_label
 from fl_protocol.durable_files import json_safe, write_bytes_atomic
 
+LOCAL_DP = "local"
+DISTRIBUTED_DP = "distributed"
+"""The privacy models of the federated runs (``fl_protocol.wire.PRIVACY_MODELS``)."""
+
 FEDERATED = "federated"
+FEDERATED_DISTRIBUTED = "federated-distributed"
 CENTRAL = "central"
 CENTRAL_DP = "central-dp"
 LOCAL_ONLY = "local-only"
 TFIDF = "tfidf"
-METHODS = (FEDERATED, CENTRAL_DP, LOCAL_ONLY, CENTRAL, TFIDF)
-"""federated: the Flower simulation with DP-SGD at every site; central-dp: the same model
-trained with DP-SGD on all sites' data pooled; local-only: every site trains alone (mean over
-sites); central: the same model, pooled and non-private; tfidf: TF-IDF + logistic regression,
-pooled and non-private."""
+METHODS = (FEDERATED, FEDERATED_DISTRIBUTED, CENTRAL_DP, LOCAL_ONLY, CENTRAL, TFIDF)
+"""federated: the Flower simulation with DP-SGD at every site (local DP: each site adds all the
+noise for its own update, so averaging K sites leaves sqrt(K) times the noise of one pooled
+release); federated-distributed: the same simulation under distributed DP, where each site adds
+only a share of the noise and SecAgg+ reveals only the sum, which removes that penalty (finite
+epsilons only: the shares are the noise); central-dp: the same model trained with DP-SGD on all
+sites' data pooled; local-only: every site trains alone (mean over sites); central: the same
+model, pooled and non-private; tfidf: TF-IDF + logistic regression, pooled and non-private."""
 
 
 @dataclass(frozen=True)
@@ -36,13 +44,21 @@ class Cell:
         return f"{self.method}-eps{epsilon_label(self.epsilon)}-seed{self.seed}"
 
 
-def sweep_cells(epsilons: list[float], seeds: int) -> list[Cell]:
+def sweep_cells(
+    epsilons: list[float], seeds: int, privacy_models: tuple[str, ...] = (LOCAL_DP,)
+) -> list[Cell]:
     """Every cell of a sweep, federated runs first so the headline numbers arrive early.
 
-    The non-private pooled baselines do not depend on epsilon and appear once per seed (at
-    epsilon inf); central DP at epsilon inf would be the non-private central model again.
+    ``privacy_models`` picks the federated runs: local DP, distributed DP, or both. The
+    non-private pooled baselines do not depend on epsilon and appear once per seed (at epsilon
+    inf); central DP and distributed DP at epsilon inf would be non-private runs again.
     """
-    cells = [Cell(FEDERATED, eps, seed) for seed in range(seeds) for eps in epsilons]
+    cells = []
+    if LOCAL_DP in privacy_models:
+        cells += [Cell(FEDERATED, eps, seed) for seed in range(seeds) for eps in epsilons]
+    if DISTRIBUTED_DP in privacy_models:
+        cells += [Cell(FEDERATED_DISTRIBUTED, eps, seed) for seed in range(seeds)
+                  for eps in epsilons if math.isfinite(eps)]
     cells += [Cell(CENTRAL_DP, eps, seed) for seed in range(seeds) for eps in epsilons
               if math.isfinite(eps)]
     cells += [Cell(LOCAL_ONLY, eps, seed) for seed in range(seeds) for eps in epsilons]

@@ -10,7 +10,10 @@ from pathlib import Path
 from fedintent.bench.cells import (
     CENTRAL,
     CENTRAL_DP,
+    DISTRIBUTED_DP,
     FEDERATED,
+    FEDERATED_DISTRIBUTED,
+    LOCAL_DP,
     LOCAL_ONLY,
     METHODS,
     TFIDF,
@@ -19,12 +22,15 @@ from fedintent.report_files import epsilon_label, png_bytes, write_report_json
 from fl_protocol.durable_files import write_bytes_atomic
 
 CSV_FIELDS = (
-    "method", "epsilon", "seed", "accuracy", "max_site_epsilon", "wall_seconds",
-    "seconds_per_round", "first_round_seconds", "samples_per_second_dp",
+    "method", "epsilon", "seed", "accuracy", "max_site_epsilon", "max_site_epsilon_alone",
+    "wall_seconds", "seconds_per_round", "first_round_seconds", "samples_per_second_dp",
     "samples_per_second_no_dp", "upload_bytes_per_site_round", "peak_memory_mib", "seconds",
 )
+FEDERATED_PRIVACY_MODELS = {FEDERATED: LOCAL_DP, FEDERATED_DISTRIBUTED: DISTRIBUTED_DP}
+"""The federated methods, by the privacy model each stands for."""
 LABELS = {
     FEDERATED: "federated (DP-SGD per site)",
+    FEDERATED_DISTRIBUTED: "federated (distributed DP, SecAgg+)",
     CENTRAL_DP: "central DP (pooled data)",
     LOCAL_ONLY: "local only (mean over sites)",
     CENTRAL: "central, non-private",
@@ -79,7 +85,9 @@ def plot_png(summary: list[dict], spec: dict) -> bytes:
     finite = sorted({row["epsilon"] for row in summary if math.isfinite(row["epsilon"])})
     inf_x = (max(finite) * 2.5) if finite else 1.0
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
-    for method, style in ((FEDERATED, "o-"), (CENTRAL_DP, "s--"), (LOCAL_ONLY, "^:")):
+    curves = ((FEDERATED, "o-"), (FEDERATED_DISTRIBUTED, "D-"), (CENTRAL_DP, "s--"),
+              (LOCAL_ONLY, "^:"))
+    for method, style in curves:
         rows = [row for row in summary if row["method"] == method]
         if not rows:
             continue
@@ -120,25 +128,48 @@ def markdown_report(spec: dict, summary: list[dict], results: list[dict]) -> str
             f"| {LABELS[row['method']]} | {epsilon_label(row['epsilon'])} | {row['mean']:.4f} | "
             f"{row['std']:.4f} | {row['min']:.4f} | {row['max']:.4f} | {row['seeds']} |"
         )
+    distributed = [r for r in results if r["method"] == FEDERATED_DISTRIBUTED]
+    if distributed:
+        lines += ["", _distributed_note(spec, distributed)]
     lines += ["", "![accuracy against epsilon](accuracy_vs_epsilon.png)", "",
               "## Federated runs: performance", "",
-              "| epsilon | seed | wall s | s/round | samples/s DP | samples/s no DP | "
-              "upload bytes/site/round | peak memory MiB | max site epsilon |",
-              "|---|---|---|---|---|---|---|---|---|"]
-    for result in sorted((r for r in results if r["method"] == FEDERATED),
-                         key=lambda r: (_epsilon(r), r["seed"])):
+              "| privacy model | epsilon | seed | wall s | s/round | samples/s DP | "
+              "samples/s no DP | upload bytes/site/round | peak memory MiB | max site epsilon | "
+              "max site epsilon alone |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for result in sorted((r for r in results if r["method"] in FEDERATED_PRIVACY_MODELS),
+                         key=lambda r: (METHODS.index(r["method"]), _epsilon(r), r["seed"])):
         lines.append(
-            f"| {epsilon_label(_epsilon(result))} | {result['seed']} | "
-            f"{result['wall_seconds']:.0f} | "
+            f"| {FEDERATED_PRIVACY_MODELS[result['method']]} | {epsilon_label(_epsilon(result))} | "
+            f"{result['seed']} | {result['wall_seconds']:.0f} | "
             f"{result['seconds_per_round']:.2f} | {_fmt(result.get('samples_per_second_dp'))} | "
             f"{_fmt(result.get('samples_per_second_no_dp'))} | "
             f"{result['upload_bytes_per_site_round']:.0f} | {result['peak_memory_mib']:.0f} | "
-            f"{_fmt(result.get('max_site_epsilon'), '.3f')} |"
+            f"{_fmt(result.get('max_site_epsilon'), '.3f')} | "
+            f"{_fmt(result.get('max_site_epsilon_alone'), '.3f')} |"
         )
     lines += ["", "Settings of each epsilon's federated runs:", ""]
     for epsilon, settings in sorted(spec["settings"].items(), key=lambda item: float(item[0])):
         lines.append(f"- epsilon {epsilon}: " + ", ".join(f"{k}={v}" for k, v in settings.items()))
+    if distributed:
+        lines.append(f"- distributed DP runs: the same, plus privacy-model={DISTRIBUTED_DP}, "
+                     f"secure-aggregation=True, tolerated-sites={spec['tolerated_sites']}")
     return "\n".join(lines) + "\n"
+
+
+def _distributed_note(spec: dict, distributed: list[dict]) -> str:
+    """What a distributed-DP epsilon promises, and what a site's own noise share alone gives:
+    the two differ, and a reader comparing rows must know which one the table shows."""
+    alone = max((r.get("max_site_epsilon_alone") or 0.0) for r in distributed)
+    tolerated = spec["tolerated_sites"]
+    return (
+        f"{LABELS[FEDERATED_DISTRIBUTED]}: each site adds a share of the noise and only the "
+        "SecAgg+ sum leaves the sites. Its epsilon holds against a server that sees only that "
+        f"sum, with at most {tolerated} site{'' if tolerated == 1 else 's'} missing or "
+        "colluding. Against every other site colluding with the server, a site has only its own "
+        f"noise share: epsilon_alone, at most {_fmt(alone, '.3f')} in these runs (max site "
+        "epsilon alone, below)."
+    )
 
 
 def _epsilon(result: dict) -> float:

@@ -1,12 +1,16 @@
 """The ``fedintent bench`` sweep: partition once, then every (method, epsilon, seed) cell.
 
 Per epsilon, the federated runs use ``fedintent train``'s tuned settings for that epsilon
-(``fl_server.run_config.TUNED_SETTINGS``). Local-only sites train with the same settings for the
-same number of passes (rounds x local epochs); central DP and central non-private train on the
-pooled data with their own recipes below.
+(``fl_server.run_config.TUNED_SETTINGS``); the distributed-DP runs use the settings tuned for
+distributed DP (``DISTRIBUTED_SETTINGS``) with the privacy model, SecAgg+ and the tolerated sites
+(``distributed_settings``).
+Local-only sites train with the same settings for the same number of passes (rounds x local
+epochs); central DP and central non-private train on the pooled data with their own recipes
+below.
 Every method starts from the same label-name prior (``models``' ``initial_model``).
 """
 
+import math
 import statistics
 import time
 from dataclasses import asdict, dataclass
@@ -20,7 +24,10 @@ from fedintent.bench.baselines import Recipe, train_and_score
 from fedintent.bench.cells import (
     CENTRAL,
     CENTRAL_DP,
+    DISTRIBUTED_DP,
     FEDERATED,
+    FEDERATED_DISTRIBUTED,
+    LOCAL_DP,
     LOCAL_ONLY,
     TFIDF,
     load_cell,
@@ -34,7 +41,7 @@ from fedintent.report_files import claim_folder, epsilon_label
 from fl_client.site_data import list_site_dirs, load_site
 from fl_protocol.label_file import read_labels
 from fl_protocol.wire import RUN_CONFIG_DEFAULTS
-from fl_server.run_config import tuned_epsilon, tuned_settings
+from fl_server.run_config import check_run_config, tuned_epsilon, tuned_settings
 from models import get_model_family
 from models.family import concat_features
 
@@ -67,14 +74,21 @@ class BenchSpec:
     model: str = RUN_CONFIG_DEFAULTS["model"]
     rounds: int | None = None
     """Overrides every epsilon's tuned number of rounds (quick looks and tests)."""
+    privacy_models: tuple[str, ...] = (LOCAL_DP,)
+    """The federated runs' privacy models: local DP, distributed DP (finite epsilons), or both."""
+    tolerated_sites: int = RUN_CONFIG_DEFAULTS["tolerated-sites"]
+    """Distributed DP: sites that may drop out of or collude in a round."""
+
+
+SPEC_DEFAULTS = {"tolerated_sites": BenchSpec.tolerated_sites}
+"""What a bench.json written before these fields existed measured."""
 
 
 def run_bench(spec: BenchSpec, out_dir: Path) -> list[dict]:
     """Run (or finish) the sweep in ``out_dir``; return every cell's result."""
     out_dir = Path(out_dir)
-    settings = {epsilon_label(eps): _federated_settings(eps, spec) for eps in spec.epsilons}
-    record = asdict(spec) | {"settings": settings}
-    _claim_folder(out_dir, record)
+    record = claim_sweep_folder(out_dir, spec)
+    settings = record["settings"]
     data_dir = out_dir / "data"
     if not (data_dir / "manifest.json").exists():
         print(f"partitioning {spec.data} into {spec.sites} sites (alpha {spec.alpha:g})")
@@ -90,7 +104,7 @@ def run_bench(spec: BenchSpec, out_dir: Path) -> list[dict]:
     pooled = _pooled(tensors)
     largest = max(tensors, key=lambda t: len(t[1]))
 
-    cells = sweep_cells(spec.epsilons, spec.seeds)
+    cells = sweep_cells(spec.epsilons, spec.seeds, spec.privacy_models)
     done = {cell: load_cell(out_dir, cell) for cell in cells}
     results = [result for result in done.values() if result is not None]
     todo = [cell for cell, result in done.items() if result is None]
@@ -101,10 +115,12 @@ def run_bench(spec: BenchSpec, out_dir: Path) -> list[dict]:
         progress.set_postfix_str(cell.id)
         started = time.monotonic()
         settings_eps = settings[epsilon_label(cell.epsilon)] if cell.method != TFIDF else {}
-        if cell.method == FEDERATED:
+        if cell.method in (FEDERATED, FEDERATED_DISTRIBUTED):
+            extra = (distributed_settings(spec, cell.epsilon)
+                     if cell.method == FEDERATED_DISTRIBUTED else {})
             result = run_federated(
-                data_dir, out_dir / "runs" / cell.id, cache, len(sites), settings_eps, cell.seed,
-                test_x, test_y, largest,
+                data_dir, out_dir / "runs" / cell.id, cache, len(sites), settings_eps | extra,
+                cell.seed, test_x, test_y, largest,
             )
         elif cell.method in (CENTRAL, CENTRAL_DP):
             recipe = (
@@ -134,6 +150,34 @@ def run_bench(spec: BenchSpec, out_dir: Path) -> list[dict]:
                    f"({result['seconds']:.0f} s)")
     write_outputs(out_dir, record, results)
     return results
+
+
+def claim_sweep_folder(out_dir: Path, spec: BenchSpec) -> dict:
+    """The sweep's record (its spec and each epsilon's settings), written to bench.json unless
+    the folder holds another sweep; distributed-DP settings are checked first, so that a bad
+    combination is refused before any cell runs rather than after the local ones."""
+    settings = {epsilon_label(eps): _federated_settings(eps, spec) for eps in spec.epsilons}
+    if DISTRIBUTED_DP in spec.privacy_models:
+        for eps in filter(math.isfinite, spec.epsilons):
+            check_run_config(settings[epsilon_label(eps)] | distributed_settings(spec, eps)
+                             | {"min-sites": spec.sites})
+    record = asdict(spec) | {"settings": settings}
+    if DISTRIBUTED_DP in spec.privacy_models:
+        record["distributed_settings"] = {
+            epsilon_label(eps): distributed_settings(spec, eps)
+            for eps in filter(math.isfinite, spec.epsilons)}
+    _claim_folder(out_dir, record)
+    return record
+
+
+def distributed_settings(spec: BenchSpec, epsilon: float) -> dict:
+    """What a distributed-DP cell changes in its epsilon's settings: the training settings tuned
+    for distributed DP, the privacy model, SecAgg+ and the tolerated sites."""
+    tuned = tuned_settings(epsilon, DISTRIBUTED_DP)
+    if spec.rounds is not None:
+        tuned["num-rounds"] = spec.rounds
+    return tuned | {"privacy-model": DISTRIBUTED_DP, "secure-aggregation": True,
+                    "tolerated-sites": spec.tolerated_sites}
 
 
 def _federated_settings(epsilon: float, spec: BenchSpec) -> dict:
@@ -166,11 +210,19 @@ def _claim_folder(out_dir: Path, record: dict) -> None:
     """A sweep folder holds one sweep: refuse to mix cells of different specs or settings."""
 
     def merge(existing: dict, wanted: dict) -> dict | None:
-        fixed = ("data", "sites", "alpha", "partition_seed", "model", "settings")
+        existing = SPEC_DEFAULTS | existing
+        fixed = ("data", "sites", "alpha", "partition_seed", "model", "settings", "tolerated_sites")
         if any(existing.get(k) != wanted[k] for k in fixed):
             return None
-        return existing | {"epsilons": wanted["epsilons"], "seeds": wanted["seeds"]}
+        before, now = existing.get("distributed_settings"), wanted.get("distributed_settings")
+        if before and now and any(before.get(k, v) != v for k, v in now.items()):
+            return None  # distributed cells of other settings
+        free = ("epsilons", "seeds", "privacy_models")  # cells are keyed by these: none mix
+        merged = existing | {k: wanted[k] for k in free}
+        if now:
+            merged["distributed_settings"] = (before or {}) | now
+        return merged
 
     claim_folder(out_dir / "bench.json", record, merge,
-                 f"{out_dir} holds a sweep with different data, partition, model or settings "
-                 f"({out_dir / 'bench.json'}); use a new --out, or delete it")
+                 f"{out_dir} holds a sweep with different data, partition, model, settings or "
+                 f"tolerated sites ({out_dir / 'bench.json'}); use a new --out, or delete it")

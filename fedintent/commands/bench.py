@@ -5,6 +5,7 @@ from pathlib import Path
 
 from fedintent.commands import CliError
 from fedintent.commands.options import parse_epsilons
+from fl_protocol.wire import PRIVACY_MODELS, RUN_CONFIG_DEFAULTS
 
 
 def add_parsers(commands: argparse._SubParsersAction) -> None:
@@ -12,7 +13,8 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
         "bench",
         help="accuracy against epsilon: federated DP training versus baselines, over seeds",
         description="Partition a labeled dataset (train.csv + test.csv) into sites, then for "
-        "every epsilon and seed run federated training (Flower simulation) and the baselines "
+        "every epsilon and seed run federated training (Flower simulation; local DP, and with "
+        "--privacy-model local,distributed also distributed DP over SecAgg+) and the baselines "
         "(central non-private, central DP, local-only, TF-IDF). Test accuracy is measured on the "
         "dataset's held-out test split. Resumable: finished cells in OUT are kept.",
     )
@@ -30,22 +32,34 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
                        help="seed of the site partition (default: 0)")
     bench.add_argument("--rounds", type=int,
                        help="override every epsilon's tuned number of rounds (quick looks)")
+    bench.add_argument("--privacy-model", default="local", metavar="MODELS",
+                       help="comma-separated privacy models of the federated runs: local (each "
+                       "site adds all the noise for its own update) and/or distributed (each "
+                       "site adds a share of it and only the SecAgg+ sum leaves; finite epsilons "
+                       "only; docs/PRIVACY.md) (default: %(default)s)")
+    bench.add_argument("--tolerated-sites", type=int,
+                       default=RUN_CONFIG_DEFAULTS["tolerated-sites"],
+                       help="distributed DP: sites that may drop out of or collude in a round, "
+                       "together, while the sum keeps the full noise (default: %(default)s)")
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    from fedintent.bench import sweep
-    from fedintent.launch.simulation import SimulationError
-
     epsilons = parse_epsilons(args.epsilons)
+    privacy_models = parse_privacy_models(args.privacy_model)
+    if args.tolerated_sites < 0:
+        raise CliError(f"--tolerated-sites must be >= 0, got {args.tolerated_sites}")
     if args.seeds < 1 or args.sites < 1 or (args.rounds is not None and args.rounds < 1):
         raise CliError("--seeds, --sites and --rounds must be >= 1")
     for name in ("train.csv", "test.csv"):
         if not (args.data / name).is_file():
             raise CliError(f"{args.data / name}: not found (bench needs train.csv and test.csv)")
+    from fedintent.bench import sweep  # torch and Flower: only once the arguments are good
+    from fedintent.launch.simulation import SimulationError
+
     spec = sweep.BenchSpec(
         data=str(args.data.resolve()), sites=args.sites, alpha=args.alpha,
         epsilons=sorted(set(epsilons)), seeds=args.seeds, partition_seed=args.partition_seed,
-        rounds=args.rounds,
+        rounds=args.rounds, privacy_models=privacy_models, tolerated_sites=args.tolerated_sites,
     )
     try:
         sweep.run_bench(spec, args.out)
@@ -54,3 +68,16 @@ def run_bench(args: argparse.Namespace) -> int:
     print(f"results: {args.out / 'report.md'}, {args.out / 'results.csv'}, "
           f"{args.out / 'accuracy_vs_epsilon.png'}")
     return 0
+
+
+def parse_privacy_models(text: str) -> tuple[str, ...]:
+    """``--privacy-model``: a comma list of local and distributed, in canonical order, so that
+    the same choice always records the same spec in a sweep folder."""
+    chosen = {value.strip() for value in text.split(",") if value.strip()}
+    unknown = sorted(chosen - set(PRIVACY_MODELS))
+    if unknown:
+        raise CliError(f"--privacy-model: unknown {', '.join(map(repr, unknown))} "
+                       f"(choose from {', '.join(PRIVACY_MODELS)})")
+    if not chosen:
+        raise CliError(f"--privacy-model needs one of {', '.join(PRIVACY_MODELS)}, got {text!r}")
+    return tuple(model for model in PRIVACY_MODELS if model in chosen)

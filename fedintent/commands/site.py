@@ -43,9 +43,14 @@ def run_privacy_report(args: argparse.Namespace) -> int:
     if report.non_private:
         print(f"  trained without DP (no guarantee): {report.non_private} units")
     print(f"  largest: {format_epsilon(report.largest_epsilon)}")
+    if report.largest_epsilon_alone != report.largest_epsilon:
+        print(f"  largest from this site's own noise alone (distributed DP, if every other "
+              f"site colluded): at most {format_epsilon(report.largest_epsilon_alone)}")
     for run in report.runs:
+        alone = ("" if run.privacy_model == "local" else
+                 f" (distributed DP; alone {format_epsilon(run.epsilon_alone)})")
         print(f"run {run.run}: {run.rounds} rounds, {run.units} units, epsilon "
-              f"{format_epsilon(run.epsilon)} at delta {run.delta:g}, noise multiplier "
+              f"{format_epsilon(run.epsilon)}{alone} at delta {run.delta:g}, noise multiplier "
               f"{run.noise_multiplier:.4g}, sample rate {run.sample_rate:.4g}, {run.steps} "
               f"steps/round, clip norm {run.clip_norm:g} ({run.first} .. {run.last})")
     return 0

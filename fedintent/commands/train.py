@@ -13,7 +13,7 @@ from fedintent.commands.options import DEFAULT_OUT_ROOT, TUNED_HELP, fresh_out_d
 from fedintent.commands.progress import print_round, print_summary
 from fl_client.site_data import list_site_dirs
 from fl_protocol.label_file import read_labels
-from fl_protocol.wire import ACCOUNTANTS, PRIVACY_UNITS, RUN_CONFIG_DEFAULTS
+from fl_protocol.wire import ACCOUNTANTS, PRIVACY_MODELS, PRIVACY_UNITS, RUN_CONFIG_DEFAULTS
 from fl_server.run_config import check_run_config, tuned_settings
 from fl_server.strategy import STRATEGIES
 from models import model_family_names
@@ -81,6 +81,15 @@ def _add_train_options(train: argparse.ArgumentParser) -> None:
     train.add_argument("--secure-aggregation", action="store_true",
                        help="sum the site updates with SecAgg+, so the server never sees one "
                        "site's update (needs 3+ sites; docs/PRIVACY.md)")
+    train.add_argument("--privacy-model", default=defaults["privacy-model"],
+                       choices=PRIVACY_MODELS,
+                       help="who adds the DP noise: each site all of it for its own update "
+                       "(local), or each site a share of it, with only the SecAgg+ sum leaving "
+                       "(distributed; implies --secure-aggregation, docs/PRIVACY.md) "
+                       "(default: %(default)s)")
+    train.add_argument("--tolerated-sites", type=int, default=defaults["tolerated-sites"],
+                       help="distributed DP: sites that may drop out of or collude in a round, "
+                       "together, while the sum keeps the full noise (default: %(default)s)")
     train.add_argument("--resume", type=Path, metavar="OUT",
                        help="continue the interrupted run in OUT after its last checkpoint, with "
                        "the settings recorded in OUT/metrics.json (give no other option)")
@@ -94,7 +103,7 @@ def run_train(args: argparse.Namespace) -> int:
         return run_resume(args)
     if args.sites is not None and args.sites < 1:
         raise CliError(f"--sites must be >= 1, got {args.sites}")
-    tuned = tuned_settings(args.epsilon)
+    tuned = tuned_settings(args.epsilon, args.privacy_model)
     args.rounds = tuned["num-rounds"] if args.rounds is None else args.rounds
     args.local_epochs = tuned["local-epochs"] if args.local_epochs is None else args.local_epochs
     args.batch_size = tuned["batch-size"] if args.batch_size is None else args.batch_size
@@ -113,6 +122,10 @@ def run_train(args: argparse.Namespace) -> int:
         "learning-rate": args.lr,
         "seed": args.seed,
     }
+    if args.privacy_model == "distributed":
+        args.secure_aggregation = True
+    secure = {"secure-aggregation": args.secure_aggregation,
+              "privacy-model": args.privacy_model, "tolerated-sites": args.tolerated_sites}
     if args.site_max_epsilon is not None:
         tunables["site-max-epsilon"] = args.site_max_epsilon
     check_run_config(tunables)
@@ -121,7 +134,7 @@ def run_train(args: argparse.Namespace) -> int:
     if args.secure_aggregation:  # refused before any data is written; every site must train
         sites = args.sites or (len(list_site_dirs(args.data)) if args.data is not None
                                else DEFAULT_SYNTHETIC_SITES)
-        check_run_config(tunables | {"secure-aggregation": True, "min-sites": sites})
+        check_run_config(tunables | secure | {"min-sites": sites})
     out_dir = fresh_out_dir(args.out)
     if args.data is None:
         num_sites = args.sites or DEFAULT_SYNTHETIC_SITES
@@ -137,7 +150,7 @@ def run_train(args: argparse.Namespace) -> int:
     labels_file = args.labels or data_dir / "labels.txt"
     labels = read_labels(labels_file)
     run_config = compose_run_config(
-        tunables | {"secure-aggregation": args.secure_aggregation},
+        tunables | secure,
         data_dir=data_dir, labels_file=labels_file, out_dir=out_dir, min_sites=num_sites,
         state_dir=args.state_dir,
     )
@@ -151,9 +164,17 @@ def run_train(args: argparse.Namespace) -> int:
     print(
         f"training {args.model} on {num_sites} sites for {args.rounds} rounds "
         f"({len(labels)} intents; {privacy}"
-        f"{'; SecAgg+ secure aggregation' if args.secure_aggregation else ''}); output: {out_dir}"
+        f"{'; SecAgg+ secure aggregation' if args.secure_aggregation else ''}"
+        f"{_distributed_note(args)}); output: {out_dir}"
     )
     return _simulate(run_config, num_sites, int(args.rounds))
+
+
+def _distributed_note(args: argparse.Namespace) -> str:
+    if args.privacy_model != "distributed":
+        return ""
+    return (f"; distributed DP: each site adds a share of the noise, the sum of all but "
+            f"{args.tolerated_sites} sites carries all of it")
 
 
 def run_resume(args: argparse.Namespace) -> int:

@@ -1,0 +1,406 @@
+"""Distributed DP: each site's integers and noise share, the secure sum that carries them, and
+the site's checks of the sum it is asked to join.
+
+The secure rounds here run in-process: the server's ``secure_train_round`` drives Flower's real
+``SecAggPlusWorkflow`` against sites that are the real ``egress_guard`` and
+``secure_aggregation_mod`` around Flower's real ``secaggplus_mod`` (key exchange, cryptographic
+masks, unmasking), connected by a loopback grid that can drop sites at any stage.
+tests/test_secure_aggregation.py runs distributed DP end to end with Flower processes.
+"""
+
+import copy
+import json
+import math
+import uuid
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Message,
+    MetricRecord,
+    RecordDict,
+)
+from flwr.common import bytes_to_ndarray
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
+from test_egress_guard import LABELS
+
+import fl_server.secure_aggregation as server_secagg
+from fedintent.commands.progress import print_round
+from fl_client.client_app import train
+from fl_client.distributed_dp import (
+    conditional_round,
+    dimension,
+    l1_bound,
+    noisy_integer_sum,
+    rounding_bound,
+)
+from fl_client.egress_guard import egress_guard
+from fl_client.privacy_accounting import skellam_releases_epsilon
+from fl_client.privacy_budget import charge_round
+from fl_client.privacy_ledger import read_ledger
+from fl_client.secure_aggregation import secure_aggregation_mod
+from fl_client.site_policy import (
+    PolicyRefusal,
+    RoundRequest,
+    SitePolicy,
+    check_request,
+    round_request,
+    site_policy,
+)
+from fl_client.site_secret import site_secret
+from fl_protocol.distributed_sum import WEIGHT, decode, integer_norm, sum_range, wrap
+from fl_protocol.wire import RUN_CONFIG_DEFAULTS, Reason
+from fl_server.run_config import RunConfigError, check_run_config
+from fl_server.update_validation import array_spec
+from models import get_model_family
+
+pytestmark = pytest.mark.usefixtures("task_identity")
+
+DISTRIBUTED = RUN_CONFIG_DEFAULTS | {"privacy-model": "distributed", "secure-aggregation": True,
+                                     "tolerated-sites": 1, "min-sites": 4}
+
+
+def head():
+    return get_model_family("minilm-head").build_model(len(LABELS))
+
+
+def global_arrays() -> ArrayRecord:
+    return ArrayRecord({k: Array(v.numpy()) for k, v in head().state_dict().items()})
+
+
+def site_integers(seed: int, scale: int = 10**5) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {k: rng.integers(-scale, scale, tuple(v.shape), dtype=np.int64)
+            for k, v in head().state_dict().items()}
+
+
+class LoopbackGrid:
+    """Flower's grid between the server and in-process sites; ``drop`` names, per SecAgg+ stage,
+    the sites that never answer it."""
+
+    def __init__(self, sites: dict[int, dict[str, np.ndarray]], run_config: dict,
+                 drop: dict[str, set[int]] | None = None) -> None:
+        self.sites = sites
+        self.contexts = {node: Context(run_id=1, node_id=node, node_config={},
+                                       state=RecordDict(), run_config=dict(run_config))
+                         for node in sites}
+        self.drop = drop or {}
+        self.replies: list[Message] = []
+
+    def send_and_receive(self, messages, *, timeout=None):
+        replies = []
+        for msg in messages:
+            msg.metadata.__dict__["_message_id"] = uuid.uuid4().hex  # as the real grid does
+            msg = copy.deepcopy(msg)  # as if serialized: nothing shared between sites
+            node = msg.metadata.dst_node_id
+            stage = str(msg.content.config_records[RECORD_KEY_CONFIGS][Key.STAGE])
+            if node in self.drop.get(stage, set()):
+                continue
+            site = self.handler(node)
+            reply = egress_guard(msg, self.contexts[node],
+                                 lambda m, c, site=site: secure_aggregation_mod(m, c, site))
+            reply.metadata.__dict__["_src_node_id"] = node
+            replies.append(reply)
+        self.replies += copy.deepcopy(replies)  # as they left the sites
+        return replies
+
+    def handler(self, node: int):
+        def handle(msg: Message, context: Context) -> Message:
+            metrics = MetricRecord({"num-examples": 100, "train-loss": 0.5, "epsilon": 1.0,
+                                    "epsilon-alone": 3.0, "delta": 1e-5})
+            arrays = ArrayRecord({k: Array(v) for k, v in self.sites[node].items()})
+            return Message(RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=msg)
+        return handle
+
+
+def secure_round(sites: dict[int, dict[str, np.ndarray]], drop=None, run_config=DISTRIBUTED):
+    grid = LoopbackGrid(sites, run_config, drop)
+    server = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(),
+                     run_config=dict(run_config))
+    config = ConfigRecord({"labels": LABELS, "num-rounds": 3, "run-name": "r",
+                           "server-round": 1})
+    asked = [Message(RecordDict({"arrays": global_arrays(), "config": config}),
+                     dst_node_id=node, message_type="train", group_id="1") for node in sites]
+    spec = array_spec(global_arrays())
+    return server_secagg.secure_train_round(grid, server, 1, asked, spec, timeout=10), grid
+
+
+@pytest.fixture
+def decoded(monkeypatch):
+    """The integer sum the server decodes, captured before it takes the step."""
+    seen = {}
+
+    def capture(global_model, integer_sum, **kwargs):
+        seen.update(integer_sum)
+        return global_model
+    monkeypatch.setattr(server_secagg, "distributed_step", capture)
+    return seen
+
+
+def test_the_server_decodes_exactly_the_sum_of_the_sites_integers(decoded):
+    sites = {101 + i: site_integers(i) for i in range(4)}
+    secure, grid = secure_round(sites)
+    assert secure.aggregate is not None
+    assert secure.summary["sites_summed"] == 4 and secure.summary["reconstruction_threshold"] == 3
+    for name in decoded:
+        np.testing.assert_array_equal(decoded[name], sum(s[name] for s in sites.values()))
+    # what left each site was masked, as 32-bit words, at the fixed weight
+    masked = [r for r in grid.replies if Key.MASKED_PARAMETERS in
+              r.content.config_records.get(RECORD_KEY_CONFIGS, {})]
+    assert len(masked) == 4
+    for reply in masked:
+        assert dict(reply.content["fitres.num_examples"]) == {"num_examples": int(WEIGHT)}
+        arrays = [bytes_to_ndarray(b)
+                  for b in reply.content[RECORD_KEY_CONFIGS][Key.MASKED_PARAMETERS]]
+        assert all(a.dtype == np.uint32 for a in arrays)
+        plain = sites[reply.metadata.src_node_id]
+        assert not any(np.array_equal(a, plain[k]) for a, k in zip(arrays[1:], plain,
+                                                                  strict=True))
+
+
+def test_a_site_that_drops_is_left_out_of_an_exact_sum(decoded):
+    sites = {101 + i: site_integers(i) for i in range(4)}
+    secure, _ = secure_round(sites, drop={Stage.COLLECT_MASKED_VECTORS: {104}})
+    assert secure.summary["sites_summed"] == 3
+    for name in decoded:
+        np.testing.assert_array_equal(decoded[name],
+                                      sum(sites[n][name] for n in (101, 102, 103)))
+
+
+@pytest.mark.parametrize("stage", [Stage.SETUP, Stage.SHARE_KEYS, Stage.COLLECT_MASKED_VECTORS,
+                                   Stage.UNMASK])
+def test_no_sum_is_released_below_cohort_minus_tolerated(decoded, stage, capsys):
+    """Two of four sites killed at any stage, one tolerated: three are needed to unmask, so no
+    sum (nor anything else) is released, and the operator is told why."""
+    sites = {101 + i: site_integers(i) for i in range(4)}
+    secure, _ = secure_round(sites, drop={stage: {103, 104}})
+    assert secure.aggregate is None and not decoded
+    assert secure.summary["sites_summed"] == 0
+    assert "3 are needed" in secure.summary["halted"]
+    print_round({"round": 1, "sites_trained": 2, "sites_failed": 2,
+                 "secure_aggregation": secure.summary}, 1)
+    assert "no sum released, the model stays as it was" in capsys.readouterr().out
+
+
+def test_sums_near_the_edge_of_the_range_decode_exactly():
+    target = sum_range(4)
+    values = np.array([target // 2 - 1, -(target // 2), 12345, -1], dtype=np.int64)
+    shares = [values // 4 + k for k in range(3)] + [values - sum(values // 4 + k for k in range(3))]
+    wrapped = [wrap(s, target) for s in shares]
+    mean = sum(w.astype(np.float64) for w in wrapped) / 4
+    np.testing.assert_array_equal(decode(mean, 4, target), values)
+
+
+def setup_message(sample: int, share: int, threshold: int, target: int, clipping: float,
+                  weight: float = WEIGHT, cohort: int = 4) -> Message:
+    protocol = ConfigRecord({
+        Key.STAGE: Stage.SETUP, Key.SAMPLE_NUMBER: sample, Key.SHARE_NUMBER: share,
+        Key.THRESHOLD: threshold, Key.CLIPPING_RANGE: clipping, Key.TARGET_RANGE: target,
+        Key.MOD_RANGE: 2**32, Key.MAX_WEIGHT: weight,
+    })
+    config = ConfigRecord({"labels": LABELS, "num-rounds": 3, "run-name": "r",
+                           "server-round": 1, "cohort-size": cohort})
+    return Message(RecordDict({RECORD_KEY_CONFIGS: protocol, "config": config}),
+                   dst_node_id=7, message_type="train")
+
+
+@pytest.mark.parametrize("setup", [
+    dict(sample=4, share=4, threshold=2),  # 2 < 4 - 1: three sites' noise not guaranteed
+    dict(sample=3, share=3, threshold=3),  # fewer sites than the noise share was planned for
+    dict(sample=4, share=3, threshold=3),  # a site left out of the key sharing
+    dict(sample=4, share=4, threshold=3, weight=1000.0),  # would scale, not carry, integers
+], ids=["low threshold", "smaller cohort", "partial shares", "scaled"])
+def test_a_site_refuses_a_secure_sum_weaker_than_its_noise_share_needs(setup):
+    target = sum_range(4)
+    msg = setup_message(target=target, clipping=target / 2, **setup)
+    context = Context(run_id=1, node_id=7, node_config={}, state=RecordDict(),
+                      run_config=dict(DISTRIBUTED))
+    reply = secure_aggregation_mod(msg, context, lambda m, c: None)
+    assert reply.error.reason == Reason.MODEL_REFUSED.value
+    good = setup_message(4, 4, 3, target, target / 2)
+    assert not secure_aggregation_mod(good, context, lambda m, c: None).has_error()
+
+
+def test_a_site_configured_local_refuses_a_distributed_round(ctx):
+    ctx.node_config["privacy-models"] = "local"
+    ctx.run_config.update(DISTRIBUTED)
+    msg = setup_message(4, 4, 3, sum_range(4), sum_range(4) / 2)
+    with pytest.raises(PolicyRefusal) as refused:
+        check_request(site_policy(ctx), round_request(msg, ctx))
+    assert refused.value.reason == Reason.MODEL_REFUSED
+
+
+@pytest.mark.parametrize("run", [{"tolerated-sites": 0}, {"tolerated-sites": 4}],
+                         ids=["tolerates fewer than the site's minimum", "no honest site left"])
+def test_a_site_refuses_a_run_tolerating_too_few_or_too_many(ctx, run):
+    ctx.run_config.update(DISTRIBUTED | run)
+    msg = setup_message(4, 4, 3, sum_range(4), sum_range(4) / 2)
+    with pytest.raises(PolicyRefusal) as refused:
+        check_request(site_policy(ctx), round_request(msg, ctx))
+    assert refused.value.reason == Reason.MODEL_REFUSED
+
+
+def test_a_site_never_sends_its_noise_share_outside_a_secure_sum(ctx):
+    """A server that asks for distributed DP in a plain round (even announcing a cohort) gets a
+    refusal, before the site reads its data."""
+    ctx.run_config.update(DISTRIBUTED)
+    config = ConfigRecord({"labels": LABELS, "num-rounds": 3, "run-name": "r",
+                           "server-round": 1, "cohort-size": 4})
+    msg = Message(RecordDict({"arrays": global_arrays(), "config": config}), dst_node_id=7,
+                  message_type="train")
+    reply = train(msg, ctx)
+    assert reply.error.reason == Reason.MODEL_REFUSED.value
+
+
+def units(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    features = torch.nn.functional.normalize(torch.randn(n, 384, generator=generator), dim=1)
+    return features, torch.randint(0, len(LABELS), (n,), generator=generator)
+
+
+def test_conditional_rounding_never_exceeds_its_bound_and_is_unbiased():
+    generator = torch.Generator().manual_seed(0)
+    dim, norm = 1155, 256.0
+    rows = torch.randn(400, dim, generator=generator)
+    rows *= norm / rows.norm(dim=1, keepdim=True)
+    bound = rounding_bound(norm, dim)
+    rounded = conditional_round(rows, bound, generator)
+    assert torch.equal(rounded, rounded.round())  # integers
+    assert float(rounded.double().norm(dim=1).max()) <= bound
+    assert float((rounded - rows).abs().max()) < 1  # each coordinate to a neighbouring integer
+    # unbiased: the mean rounding error of 400 x 1155 draws is ~0 (sd 0.0004; 6 sd allowed)
+    assert abs(float((rounded - rows).mean())) < 0.003
+    assert bound < 1.05 * norm
+    assert l1_bound(bound, dim) == pytest.approx(math.sqrt(dim) * bound)
+    # a bound the first draw often misses is still never exceeded: rows are drawn again
+    tight = math.sqrt(norm**2 + dim / 4)
+    assert float(conditional_round(rows, tight, generator).double().norm(dim=1).max()) <= tight
+
+
+def test_the_integers_are_the_clipped_scaled_gradient_sum_and_the_noise_has_the_planned_variance():
+    model = head()
+    features, labels = units(200, 1)
+    dim = dimension(model)
+    norm = integer_norm(dim)
+    clean = noisy_integer_sum(model, features, labels, 1.0, norm, 0.0, seed=5)
+    # the same sum in floats: per-example gradients clipped to 1, scaled to ``norm``
+    reference = torch.zeros(dim, dtype=torch.float64)
+    for x, y in zip(features, labels, strict=True):
+        model.zero_grad()
+        torch.nn.functional.cross_entropy(model(x[None]), y[None]).backward()
+        grad = torch.cat([p.grad.flatten() for p in model.parameters()]).double()
+        reference += grad * min(1.0, 1.0 / float(grad.norm())) * norm
+    flat = np.concatenate([clean[k].ravel() for k in model.state_dict()])
+    # randomized rounding of 200 units: within 200 of the float sum per coordinate, and close
+    assert np.abs(flat - reference.numpy()).max() <= 200
+    assert np.abs(flat - reference.numpy()).mean() < 8  # sd of the rounding sum <= sqrt(200)/2
+
+    # the noise: the same seed draws the same rounding, so the difference is the noise alone;
+    # 77 intents for a realistic dimension (29,645 draws per site)
+    model = get_model_family("minilm-head").build_model(77)
+    labels = torch.randint(0, 77, (len(labels),), generator=torch.Generator().manual_seed(2))
+    mu_share, sites = 5e6, 8
+    noise = sum(
+        np.concatenate([v.ravel() for v in noisy_integer_sum(
+            model, features, labels, 1.0, norm, mu_share, seed=s).values()])
+        - np.concatenate([v.ravel() for v in noisy_integer_sum(
+            model, features, labels, 1.0, norm, 0.0, seed=s).values()])
+        for s in range(sites)
+    )
+    planned = 2 * mu_share * sites  # Skellam(k mu): variance 2 k mu
+    # sample variance of n draws: relative sd sqrt(2 / n) (the Skellam's excess kurtosis,
+    # 1 / (2 k mu), is negligible). 6 sd: a false alarm once in 5e8 runs.
+    n = noise.size
+    assert abs(noise.var() / planned - 1) < 6 * math.sqrt(2 / n)
+    assert abs(noise.mean()) < 6 * math.sqrt(planned / n)
+
+
+def distributed_request(server_round: int, **changes) -> RoundRequest:
+    return RoundRequest(
+        run_name="run-d", server_round=server_round, num_rounds=3, target_epsilon=3.0,
+        delta=1e-5, accountant="prv", privacy_unit="utterance", clip_norm=1.0,
+        batch_size=4096, local_epochs=1, privacy_model="distributed", tolerated_sites=2,
+        cohort_size=10,
+    ) if not changes else replace(distributed_request(server_round), **changes)
+
+
+POLICY = SitePolicy(max_epsilon=10.0, max_delta=1e-5, privacy_unit=None)
+UNITS = [f"u{i}" for i in range(50)]
+HEAD_DIM = 77 * 385
+
+
+def test_a_distributed_run_is_charged_its_target_and_records_both_numbers(tmp_path):
+    charges = [charge_round(tmp_path, UNITS, distributed_request(r), POLICY, HEAD_DIM)
+               for r in (1, 2, 3)]
+    last = charges[-1]
+    assert 0.97 * 3.0 < last.epsilon_this_run <= 3.0  # the whole run within its target
+    assert [c.epsilon_this_run for c in charges] == sorted(c.epsilon_this_run for c in charges)
+    assert last.epsilon_alone_this_run > 2 * last.epsilon_this_run  # one share of eight
+    assert last.epsilon_all_runs >= last.epsilon_this_run
+    assert last.epsilon_alone_all_runs >= last.epsilon_alone_this_run
+    assert (last.sample_rate, last.steps, len(last.trained)) == (1.0, 1, len(UNITS))
+    ledger = read_ledger(tmp_path, site_secret(tmp_path))
+    [release] = {(r.skellam_mu, r.skellam_mu_share, r.l1, r.l2) for r in ledger.releases}
+    mu, share, l1, l2 = release
+    assert share == pytest.approx(mu / 8) and last.skellam_mu_share == share
+    norm = integer_norm(HEAD_DIM)
+    assert l2 == rounding_bound(norm, HEAD_DIM) and l1 == l1_bound(l2, HEAD_DIM)
+    # the reported numbers are the accountant's, recomputed from the ledger alone
+    assert last.epsilon_this_run == skellam_releases_epsilon([(mu, l1, l2)] * 3, 1e-5)
+    assert last.epsilon_alone_this_run == skellam_releases_epsilon([(share, l1, l2)] * 3, 1e-5)
+
+
+def test_a_noise_share_whose_epsilon_alone_exceeds_the_sites_bound_is_refused(tmp_path):
+    strict = replace(POLICY, max_epsilon_alone=5.0)
+    with pytest.raises(PolicyRefusal) as refused:  # 1/8 of the noise: alone far above 5
+        charge_round(tmp_path, UNITS, distributed_request(1), strict, HEAD_DIM)
+    assert refused.value.reason == Reason.MODEL_REFUSED
+    assert not (tmp_path / "privacy-ledger.json").exists()  # nothing charged
+    # a server announcing a huge cohort (so a tiny share) is caught the same way
+    with pytest.raises(PolicyRefusal):
+        charge_round(tmp_path, UNITS, distributed_request(1, cohort_size=1000), POLICY,
+                     HEAD_DIM)
+    # with fewer sites sharing the noise, the same bound is met
+    charge = charge_round(tmp_path, UNITS, distributed_request(1, cohort_size=3), strict,
+                          HEAD_DIM)
+    assert charge.epsilon_alone_this_run <= 5.0
+
+
+def test_a_run_cannot_switch_privacy_model_after_its_first_release(tmp_path):
+    charge_round(tmp_path, UNITS, distributed_request(1), POLICY, HEAD_DIM)
+    with pytest.raises(PolicyRefusal) as refused:
+        charge_round(tmp_path, UNITS, distributed_request(2, privacy_model="local"), POLICY,
+                     HEAD_DIM)
+    assert refused.value.reason == Reason.MODEL_REFUSED
+
+
+def test_local_releases_keep_their_ledger_format_beside_distributed_ones(tmp_path):
+    local = replace(distributed_request(1), run_name="run-l", privacy_model="local",
+                    cohort_size=0)
+    charge_round(tmp_path, UNITS, local, POLICY, HEAD_DIM)
+    charge_round(tmp_path, UNITS, distributed_request(1), POLICY, HEAD_DIM)
+    records = json.loads((tmp_path / "privacy-ledger.json").read_text())["releases"]
+    assert "privacy_model" not in records[0] and "rdp_alone" not in records[0]
+    assert records[1]["privacy_model"] == "distributed"
+    ledger = read_ledger(tmp_path, site_secret(tmp_path))  # both verify
+    assert [r.distributed for r in ledger.releases] == [False, True]
+    assert ledger.releases[0].alone_rdp == ledger.releases[0].rdp
+
+
+@pytest.mark.parametrize("override,message", [
+    ({"secure-aggregation": False}, "needs secure-aggregation = true"),
+    ({"min-sites": 3, "tolerated-sites": 2}, "must exceed tolerated-sites"),
+    ({"tolerated-sites": -1}, "tolerated-sites must be a whole number"),
+    ({"target-epsilon": math.inf}, "finite target-epsilon"),
+], ids=["no secure aggregation", "one noise-adding site", "negative", "no noise"])
+def test_the_server_refuses_a_distributed_run_that_cannot_carry_the_guarantee(override,
+                                                                              message):
+    with pytest.raises(RunConfigError, match=message):
+        check_run_config(DISTRIBUTED | override)
+    check_run_config(DISTRIBUTED)

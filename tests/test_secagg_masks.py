@@ -1,0 +1,124 @@
+"""SecAgg+ masks from ChaCha20 keyed with the whole seed, and their swap into Flower."""
+
+import hashlib
+import importlib
+import struct
+
+import numpy as np
+import pytest
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+from flwr.common.secure_aggregation.secaggplus_utils import pseudo_rand_gen
+
+from fl_protocol.secagg_masks import DOMAIN, mask_arrays, use_cryptographic_masks
+
+SEED = bytes(range(32))
+SHAPES = [(3,), (2, 2), ()]
+FLOWER_MODULES = (
+    "flwr.client.mod.secure_aggregation.secaggplus_mod",
+    "flwr.server.workflow.secure_aggregation.secaggplus_workflow",
+)
+
+
+def chacha20_words(seed: bytes, count: int) -> list[int]:
+    """The first ``count`` little-endian 32-bit keystream words, computed without the module."""
+    key = hashlib.sha256(b"fedintent/secagg+-mask/v1\x00" + seed).digest()
+    encryptor = Cipher(algorithms.ChaCha20(key, bytes(16)), mode=None).encryptor()
+    return list(struct.unpack(f"<{count}I", encryptor.update(bytes(4 * count))))
+
+
+def test_known_answer_pinned_and_matching_an_independent_chacha20():
+    masks = mask_arrays(SEED, 2**32, SHAPES)
+    pinned = [
+        [4011116735, 369672628, 2187921335],
+        [[3644569044, 2958636664], [972384759, 2923043432]],
+        1360898704,
+    ]
+    assert [m.tolist() for m in masks] == pinned
+    independent = chacha20_words(SEED, 8)
+    assert independent == [*pinned[0], *pinned[1][0], *pinned[1][1], pinned[2]]
+    assert DOMAIN == b"fedintent/secagg+-mask/v1\x00"
+
+
+def test_known_answer_for_a_small_range_keeps_the_low_bits():
+    masks = mask_arrays(SEED, 2**8, SHAPES)
+    flat = np.concatenate([m.ravel() for m in masks]).tolist()
+    assert flat == [w & 0xFF for w in chacha20_words(SEED, 8)]
+
+
+def test_seeds_that_collide_under_flowers_32_bit_fold_give_different_masks():
+    tweak = bytes([0x5A, 0xC3, 0x11, 0x7E])
+    words = [SEED[i : i + 4] for i in range(0, len(SEED), 4)]
+    words[2] = bytes(a ^ b for a, b in zip(words[2], tweak, strict=True))
+    words[5] = bytes(a ^ b for a, b in zip(words[5], tweak, strict=True))
+    other = b"".join(words)
+    assert other != SEED
+    shapes = [(1000,)]
+    flower_a, flower_b = pseudo_rand_gen(SEED, 2**32, shapes), pseudo_rand_gen(other, 2**32, shapes)
+    assert np.array_equal(flower_a[0], flower_b[0])
+    ours_a, ours_b = mask_arrays(SEED, 2**32, shapes), mask_arrays(other, 2**32, shapes)
+    assert not np.array_equal(ours_a[0], ours_b[0])
+
+
+@pytest.mark.parametrize("num_range", [2**32, 2**8])
+def test_values_lie_in_range_as_int64_arrays_of_the_asked_shapes(num_range):
+    shapes = [(5000,), (40, 25), (), (3, 0), (2, 3, 4)]
+    masks = mask_arrays(b"range-check-seed", num_range, shapes)
+    assert len(masks) == len(shapes)
+    for mask, shape in zip(masks, shapes, strict=True):
+        assert isinstance(mask, np.ndarray)
+        assert mask.dtype == np.int64
+        assert mask.shape == shape
+        if mask.size:
+            assert mask.min() >= 0
+            assert mask.max() < num_range
+    big = np.concatenate([m.ravel() for m in masks])
+    assert big.max() > num_range // 2  # the top bits are drawn too, not only the low ones
+
+
+@pytest.mark.parametrize("num_range", [2, 4])
+def test_the_top_value_occurs_which_flowers_generator_never_draws(num_range):
+    ours = mask_arrays(SEED, num_range, [(1000,)])[0]
+    flowers = pseudo_rand_gen(SEED, num_range, [(1000,)])[0]
+    assert set(ours.tolist()) == set(range(num_range))
+    assert num_range - 1 not in flowers.tolist()
+
+
+@pytest.mark.parametrize("num_range", [0, 1, 3, 1000, 2**32 + 1, 2**33, -4, True, 2.0**16])
+def test_a_range_that_is_not_a_power_of_two_up_to_2_32_is_refused(num_range):
+    with pytest.raises(ValueError, match="power of two"):
+        mask_arrays(SEED, num_range, [(3,)])
+
+
+def test_use_cryptographic_masks_swaps_both_flower_namespaces_idempotently(monkeypatch):
+    modules = [importlib.import_module(name) for name in FLOWER_MODULES]
+    for module in modules:  # Flower's own generator, as before any fedintent code ran
+        monkeypatch.setattr(module, "pseudo_rand_gen", pseudo_rand_gen)
+    use_cryptographic_masks()
+    use_cryptographic_masks()
+    for module in modules:
+        assert module.pseudo_rand_gen is mask_arrays
+
+
+def test_same_seed_same_masks_and_different_seeds_different_masks():
+    shapes = [(300,), (7, 11), ()]
+    first = mask_arrays(SEED, 2**32, shapes)
+    again = mask_arrays(bytes(SEED), 2**32, shapes)
+    other = mask_arrays(SEED[:-1] + b"\xff", 2**32, shapes)
+    assert all(np.array_equal(a, b) for a, b in zip(first, again, strict=True))
+    assert not any(np.array_equal(a, b) for a, b in zip(first, other, strict=True))
+
+
+def test_one_continuous_keystream_across_the_shapes():
+    split = mask_arrays(SEED, 2**32, [(10,), (5, 2), ()])
+    whole = mask_arrays(SEED, 2**32, [(21,)])[0]
+    assert np.array_equal(np.concatenate([m.ravel() for m in split]), whole)
+
+
+def test_values_are_roughly_uniform():
+    num_range = 2**16
+    values = mask_arrays(b"uniformity", num_range, [(100_000,)])[0]
+    midpoint = (num_range - 1) / 2
+    assert abs(values.mean() - midpoint) < 0.01 * midpoint
+    counts = np.bincount(values >> 12, minlength=16)  # 16 equal buckets of the range
+    assert counts.min() > 0.9 * 100_000 / 16
+    assert counts.max() < 1.1 * 100_000 / 16
