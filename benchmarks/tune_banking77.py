@@ -58,9 +58,9 @@ FEDERATED_GRID = {
 }
 """(rounds, local epochs, batch size, learning rate) candidates per epsilon; clip norm 1."""
 DISTRIBUTED_GRID = {
-    1.0: [(30, 16.0), (40, 48.0), (40, 96.0)],
-    3.0: [(40, 48.0), (40, 96.0), (60, 96.0)],
-    8.0: [(40, 96.0), (60, 96.0), (40, 192.0)],
+    1.0: [(40, 96.0), (40, 48.0), (30, 96.0)],
+    3.0: [(40, 96.0), (80, 64.0)],
+    8.0: [(40, 96.0), (80, 96.0), (80, 48.0)],
 }
 """(rounds, learning rate) candidates per epsilon for distributed DP: one full-batch step per
 round; clip norm 1."""

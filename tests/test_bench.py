@@ -138,7 +138,9 @@ def test_the_report_has_a_distributed_row_and_notes_epsilon_alone():
     assert rows[1]["mean"] == pytest.approx(0.89) and rows[1]["seeds"] == 2
     spec = {"data": "/x/banking77", "sites": 10, "alpha": 0.5, "seeds": 2, "partition_seed": 0,
             "settings": {"8": {"num-rounds": 40}}, "privacy_models": ["local", "distributed"],
-            "tolerated_sites": 2}
+            "tolerated_sites": 2,
+            "distributed_settings": {"8": {"learning-rate": 96.0, "privacy-model": "distributed",
+                                           "tolerated-sites": 2}}}
     assert plot_png(rows, spec).startswith(b"\x89PNG")
     report = markdown_report(spec, rows, results)
     assert "| federated (distributed DP, SecAgg+) | 8 | 0.8900 |" in report
@@ -147,8 +149,9 @@ def test_the_report_has_a_distributed_row_and_notes_epsilon_alone():
     assert "| distributed | 8 | 0 | 95 | 1.60 | 20000 | 100000 | 60000 | 4000 | 7.990 | 31.500 |" \
         in report
     assert "| local | 8 | 0 |" in report
-    assert ("distributed DP runs: the same, plus privacy-model=distributed, "
-            "secure-aggregation=True, tolerated-sites=2") in report
+    assert ("Settings of each epsilon's distributed-DP runs (the rest as above):\n\n"
+            "- epsilon 8: learning-rate=96.0, privacy-model=distributed, tolerated-sites=2"
+            ) in report
 
 
 @pytest.mark.parametrize(("epsilon", "row"), [

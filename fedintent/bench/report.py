@@ -152,8 +152,11 @@ def markdown_report(spec: dict, summary: list[dict], results: list[dict]) -> str
     for epsilon, settings in sorted(spec["settings"].items(), key=lambda item: float(item[0])):
         lines.append(f"- epsilon {epsilon}: " + ", ".join(f"{k}={v}" for k, v in settings.items()))
     if distributed:
-        lines.append(f"- distributed DP runs: the same, plus privacy-model={DISTRIBUTED_DP}, "
-                     f"secure-aggregation=True, tolerated-sites={spec['tolerated_sites']}")
+        lines += ["", "Settings of each epsilon's distributed-DP runs (the rest as above):", ""]
+        recorded = spec.get("distributed_settings", {})
+        for epsilon, settings in sorted(recorded.items(), key=lambda item: float(item[0])):
+            lines.append(f"- epsilon {epsilon}: "
+                         + ", ".join(f"{k}={v}" for k, v in settings.items()))
     return "\n".join(lines) + "\n"
 
 
