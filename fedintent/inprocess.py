@@ -17,9 +17,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from fl_client.distributed_dp import dimension, noisy_integer_sum
+from fl_client.distributed_dp import noisy_integer_sum
 from fl_client.dp_training import TrainingPlan, train_locally
-from fl_protocol.distributed_sum import integer_norm
 from fl_server.secure_aggregation import distributed_step
 
 Site = tuple[torch.Tensor, torch.Tensor]
@@ -70,12 +69,11 @@ def train_distributed(
     sum at the global model (``fl_client.distributed_dp``), and the server steps along the sum
     (``fl_server.secure_aggregation.distributed_step``). Seeds as in ``train_fedavg``.
     """
-    norm = integer_norm(dimension(global_model))
     examples = sum(len(targets) for _, targets in sites)
     for server_round in range(rounds):
         total = None
         for index, (features, targets) in enumerate(sites):
-            ints = noisy_integer_sum(global_model, features, targets, clip_norm, norm, mu_share,
+            ints = noisy_integer_sum(global_model, features, targets, clip_norm, mu_share,
                                      seed=seed * 100_000 + server_round * 100 + index)
             total = ints if total is None else {k: total[k] + ints[k] for k in total}
         state = {k: v.numpy() for k, v in global_model.state_dict().items()}

@@ -51,7 +51,6 @@ from fl_client.site_policy import (
     site_policy,
 )
 from fl_client.site_secret import SecretError, private_seed, site_key
-from fl_protocol.distributed_sum import integer_norm
 from fl_protocol.wire import (
     ARRAYS_KEY,
     CONFIG_KEY,
@@ -125,7 +124,7 @@ def train(msg: Message, context: Context) -> Message:
         with torch.no_grad():
             loss = UnitLoss()(model(features), targets).item()
         update = noisy_integer_sum(model, features, targets, request.clip_norm,
-                                   integer_norm(dimension(model)), charge.skellam_mu_share, seed)
+                                   charge.skellam_mu_share, seed)
         arrays, steps_taken = ArrayRecord({k: Array(v) for k, v in update.items()}), 1
     else:
         loss, steps_taken = _train(model, features, targets, request, charge, cfg, seed)

@@ -33,6 +33,7 @@ from opacus import GradSampleModule
 from torch import nn
 
 from fl_client.dp_training import UnitLoss
+from fl_protocol.distributed_sum import integer_norm
 
 ROUNDING_BETA = 1e-3
 """The chance one unit's first rounding exceeds ``rounding_bound`` and is drawn again."""
@@ -64,12 +65,13 @@ def noisy_integer_sum(
     features: torch.Tensor,
     labels: torch.Tensor,
     clip_norm: float,
-    norm: int,
     mu_share: float,
     seed: int,
 ) -> dict[str, np.ndarray]:
     """The site's integer vector for the secure sum, per exchanged array (int64): its units'
-    clipped, scaled and rounded gradients at ``model``, summed, plus Skellam(``mu_share``)."""
+    clipped, scaled and rounded gradients at ``model``, summed, plus Skellam(``mu_share``).
+    The scale is ``integer_norm`` of the model's size, the one the accountant's sensitivity
+    (``privacy_budget``) and the server's decoding assume."""
     named = dict(model.named_parameters())
     state = model.state_dict()
     if set(state) != set(named) or not all(p.requires_grad for p in named.values()):
@@ -77,6 +79,7 @@ def noisy_integer_sum(
                          "parameters")
     names = list(state)
     dim = sum(named[name].numel() for name in names)
+    norm = integer_norm(dim)
     bound = rounding_bound(norm, dim)
     rounding = torch.Generator().manual_seed(seed)
     total = torch.zeros(dim, dtype=torch.float64)  # sums of integers, exact below 2**53

@@ -288,7 +288,7 @@ def test_the_integers_are_the_clipped_scaled_gradient_sum_and_the_noise_has_the_
     features, labels = units(200, 1)
     dim = dimension(model)
     norm = integer_norm(dim)
-    clean = noisy_integer_sum(model, features, labels, 1.0, norm, 0.0, seed=5)
+    clean = noisy_integer_sum(model, features, labels, 1.0, 0.0, seed=5)
     # the same sum in floats: per-example gradients clipped to 1, scaled to ``norm``
     reference = torch.zeros(dim, dtype=torch.float64)
     for x, y in zip(features, labels, strict=True):
@@ -308,9 +308,9 @@ def test_the_integers_are_the_clipped_scaled_gradient_sum_and_the_noise_has_the_
     mu_share, sites = 5e6, 8
     noise = sum(
         np.concatenate([v.ravel() for v in noisy_integer_sum(
-            model, features, labels, 1.0, norm, mu_share, seed=s).values()])
+            model, features, labels, 1.0, mu_share, seed=s).values()])
         - np.concatenate([v.ravel() for v in noisy_integer_sum(
-            model, features, labels, 1.0, norm, 0.0, seed=s).values()])
+            model, features, labels, 1.0, 0.0, seed=s).values()])
         for s in range(sites)
     )
     planned = 2 * mu_share * sites  # Skellam(k mu): variance 2 k mu

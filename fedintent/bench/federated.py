@@ -172,7 +172,7 @@ def _distributed_round(family: ModelFamily, site: tuple[torch.Tensor, torch.Tens
     mu = (noise_multiplier * rounding_bound(norm, dim)) ** 2 / 2
     share = mu / (num_sites - int(settings["tolerated-sites"]))
     clip = float(settings["clip-norm"])
-    return lambda model: noisy_integer_sum(model, features, labels, clip, norm, share, seed)
+    return lambda model: noisy_integer_sum(model, features, labels, clip, share, seed)
 
 
 def _samples_per_second(family: ModelFamily, labels: torch.Tensor, passes: int,
