@@ -58,12 +58,12 @@ FEDERATED_GRID = {
 }
 """(rounds, local epochs, batch size, learning rate) candidates per epsilon; clip norm 1."""
 DISTRIBUTED_GRID = {
-    1.0: [(40, 96.0), (40, 48.0), (30, 96.0)],
-    3.0: [(40, 96.0), (80, 64.0)],
-    8.0: [(40, 96.0), (80, 96.0), (80, 48.0)],
+    1.0: [(40, 96.0, 0.0), (40, 48.0, 0.0), (30, 96.0, 0.0), (40, 12.0, 0.9)],
+    3.0: [(40, 96.0, 0.0), (80, 64.0, 0.0), (40, 24.0, 0.9), (40, 48.0, 0.8)],
+    8.0: [(40, 96.0, 0.0), (80, 96.0, 0.0), (80, 48.0, 0.0), (40, 24.0, 0.9), (40, 48.0, 0.8)],
 }
-"""(rounds, learning rate) candidates per epsilon for distributed DP: one full-batch step per
-round; clip norm 1."""
+"""(rounds, learning rate, server momentum) candidates per epsilon for distributed DP: one
+full-batch step per round; clip norm 1."""
 CENTRAL_DP_GRID = [Recipe(40, 1024, 16.0, 1.0), Recipe(40, 1024, 64.0, 1.0),
                    Recipe(20, 1024, 32.0, 1.0), Recipe(40, 16384, 96.0, 1.0)]
 
@@ -87,7 +87,7 @@ def federated_accuracy(sites, labels, val, epsilon, candidate, seed) -> float:
 
 def distributed_accuracy(sites, labels, val, epsilon, candidate, seed, tolerated) -> float:
     """Distributed DP over in-process sites, each adding its planned share of the noise."""
-    rounds, learning_rate = candidate
+    rounds, learning_rate, momentum = candidate
     family = get_model_family(MODEL)
     global_model = family.initial_model(labels)
     dim = dimension(global_model)
@@ -98,7 +98,8 @@ def distributed_accuracy(sites, labels, val, epsilon, candidate, seed, tolerated
     mu = max(plan_skellam_mu(epsilon, DELTA, l1, l2, rounds),
              skellam_mu_within_rdp(l1, l2, rounds, order, rdp_budget(lifetime, DELTA, order)))
     train_distributed(global_model, sites, mu / (len(sites) - tolerated), clip_norm=1.0,
-                      learning_rate=learning_rate, rounds=rounds, seed=seed)
+                      learning_rate=learning_rate, rounds=rounds, seed=seed,
+                      server_momentum=momentum)
     return evaluate(global_model, *val)[1]
 
 
@@ -147,15 +148,15 @@ def main() -> int:
                     accuracy = distributed_accuracy(sites, labels, val, epsilon, candidate,
                                                     args.seed, args.tolerated_sites)
                     rows.append(("distributed", epsilon, candidate[0], 1, "full",
-                                 candidate[1], accuracy))
-                    print(f"distributed eps={epsilon:g} rounds,lr={candidate}: val "
+                                 candidate[1], candidate[2], accuracy))
+                    print(f"distributed eps={epsilon:g} rounds,lr,momentum={candidate}: val "
                           f"{accuracy:.4f} ({time.monotonic() - started:.0f} s)", flush=True)
         for epsilon, candidates in (FEDERATED_GRID.items()
                                     if args.privacy_model == "local" else []):
             for candidate in candidates:
                 started = time.monotonic()
                 accuracy = federated_accuracy(sites, labels, val, epsilon, candidate, args.seed)
-                rows.append(("federated", epsilon, *candidate, accuracy))
+                rows.append(("federated", epsilon, *candidate, 0.0, accuracy))
                 print(f"federated eps={epsilon:g} rounds,epochs,batch,lr={candidate}: "
                       f"val {accuracy:.4f} ({time.monotonic() - started:.0f} s)", flush=True)
         pooled = (concat_features([x for x, _ in sites]), torch.cat([y for _, y in sites]))
@@ -164,12 +165,12 @@ def main() -> int:
                 accuracy = train_and_score(MODEL, labels, *pooled, *val, epsilon, recipe,
                                            args.seed)
                 rows.append(("central-dp", epsilon, recipe.epochs, "-", recipe.batch_size,
-                             recipe.learning_rate, accuracy))
+                             recipe.learning_rate, 0.0, accuracy))
                 print(f"central-dp eps={epsilon:g} {recipe}: val {accuracy:.4f}", flush=True)
     with open(args.out, "w", encoding="utf-8", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(("method", "epsilon", "rounds_or_epochs", "local_epochs", "batch_size",
-                         "learning_rate", "val_accuracy"))
+                         "learning_rate", "server_momentum", "val_accuracy"))
         writer.writerows(rows)
     print(f"wrote {args.out}")
     return 0

@@ -8,8 +8,10 @@ import argparse
 import os
 import signal
 import sys
+from importlib import metadata
 
 from fedintent.commands import CliError, audit, bench, data, deploy, predict, site, train
+from fl_client.redaction import redact
 from fl_client.site_data import SiteDataError
 from fl_protocol.label_file import LabelFileError
 from fl_server.run_config import RunConfigError
@@ -18,7 +20,7 @@ COMMAND_GROUPS = (train, data, site, deploy, bench, audit, predict)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    args = parse_args(parser(), sys.argv[1:] if argv is None else argv)
     # SIGTERM (a supervisor, `timeout`) unwinds like Ctrl-C, so started processes are stopped.
     signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
@@ -43,10 +45,34 @@ def parser() -> argparse.ArgumentParser:
         epilog=data.DATA_FORMAT_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    top.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for group in COMMAND_GROUPS:
         group.add_parsers(commands)
     return top
+
+
+def parse_args(top: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """``argv`` parsed. A command that sets ``intermixed`` (its own parser) takes its options
+    before or after its positional arguments (``predict DIR --json TEXT``): argparse gives a
+    ``nargs="*"`` positional nothing once an option follows it, so that command's arguments are
+    parsed again, intermixed. Arguments left over are named redacted, since they may be a
+    customer's text."""
+    args, rest = top.parse_known_args(argv)
+    if rest and getattr(args, "intermixed", None):
+        command = argparse.Namespace(command=args.command)
+        args, rest = args.intermixed.parse_known_intermixed_args(argv[1:], command)
+    if rest:
+        top.error(f"unrecognized arguments: {redact(' '.join(rest))}")
+    return args
+
+
+def package_version() -> str:
+    """fedintent's installed version (``pip install -e .`` installs it from a checkout)."""
+    try:
+        return metadata.version("fedintent")
+    except metadata.PackageNotFoundError:
+        return "(not installed)"
 
 
 def _raise_interrupt(signum: int, frame: object) -> None:

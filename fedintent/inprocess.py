@@ -14,6 +14,7 @@ distributed DP it also leaves out SecAgg+, which carries the sites' integers exa
 
 from collections.abc import Callable, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -62,14 +63,17 @@ def train_distributed(
     learning_rate: float,
     rounds: int,
     seed: int,
+    server_momentum: float = 0.0,
 ) -> nn.Module:
     """Train ``global_model`` in place for ``rounds`` rounds of distributed DP and return it.
 
     Every round each site adds Skellam(``mu_share``) to its clipped, scaled and rounded gradient
     sum at the global model (``fl_client.distributed_dp``), and the server steps along the sum
-    (``fl_server.secure_aggregation.distributed_step``). Seeds as in ``train_fedavg``.
+    (``fl_server.secure_aggregation.distributed_step``), with heavy-ball momentum as Flower's
+    FedAvgM applies it (``server_momentum``). Seeds as in ``train_fedavg``.
     """
     examples = sum(len(targets) for _, targets in sites)
+    velocity: dict[str, np.ndarray] = {}
     for server_round in range(rounds):
         total = None
         for index, (features, targets) in enumerate(sites):
@@ -79,6 +83,10 @@ def train_distributed(
         state = {k: v.numpy() for k, v in global_model.state_dict().items()}
         stepped = distributed_step(state, total, examples=examples, clip_norm=clip_norm,
                                    learning_rate=learning_rate)
-        global_model.load_state_dict({k: torch.as_tensor(v, dtype=global_model.state_dict()[k]
-                                                         .dtype) for k, v in stepped.items()})
+        for k in state:
+            step = state[k] - stepped[k]
+            velocity[k] = server_momentum * velocity[k] + step if k in velocity else step
+        global_model.load_state_dict({k: torch.as_tensor(state[k] - velocity[k],
+                                                         dtype=global_model.state_dict()[k].dtype)
+                                      for k in state})
     return global_model

@@ -36,12 +36,19 @@ def _locate(msg: Message, context: Context) -> tuple[Path, Path]:
     if "partition-id" not in node:
         raise SiteDataError("node config has neither 'data-path' (deployment) nor 'partition-id'")
     data_dir = Path(str(msg.content[CONFIG_KEY]["sim-data-dir"]))
-    sites = list_site_dirs(data_dir)
+    sites = simulated_site_folders(data_dir, str(context.run_config.get("state-dir", "")))
     partition = int(node["partition-id"])
     if partition >= len(sites):
         raise SiteDataError(
             f"simulated site {partition} has no folder: {data_dir} holds {len(sites)} sites"
         )
-    site_dir = sites[partition]
-    state_root = str(context.run_config.get("state-dir", "")) or str(data_dir / ".fedintent-state")
-    return site_dir, Path(state_root) / site_dir.name
+    return sites[partition]
+
+
+def simulated_site_folders(data_dir: Path, state_root: str = "") -> list[tuple[Path, Path]]:
+    """(data folder, state folder) of each simulated site, in partition-id order: the site
+    folders of ``data_dir``, each with its state under ``state_root`` (empty:
+    ``data_dir/.fedintent-state``) in a folder of its own name. The launcher of a simulation
+    reads them too (``fedintent.launch.simulated_sites``)."""
+    root = Path(state_root or Path(data_dir) / ".fedintent-state")
+    return [(site_dir, root / site_dir.name) for site_dir in list_site_dirs(Path(data_dir))]

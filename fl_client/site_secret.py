@@ -57,13 +57,14 @@ def private_seed(state_dir: Path, *parts: str | int) -> int:
     return int.from_bytes(digest.digest()[:8], "big") >> 1
 
 
-def site_key(state_dir: Path) -> int:
+def site_key(state_dir: Path, create: bool = True) -> int:
     """A stable pseudonym for the site, so the server can tell its rounds apart across restarts.
 
     Derived from the secret (48 bits, exact as a float); it reveals nothing about the data, and
-    no more about the site than its connection to the server already does.
+    no more about the site than its connection to the server already does. ``create=False``:
+    ``SecretError`` for a site without a secret yet (one that has never trained).
     """
-    digest = hashlib.sha256(site_secret(state_dir) + b"\0site-key").digest()
+    digest = hashlib.sha256(site_secret(state_dir, create) + b"\0site-key").digest()
     return int.from_bytes(digest[:6], "big")
 
 

@@ -37,11 +37,12 @@ def sum_range(num_sites: int) -> int:
 
 
 def integer_norm(dimension: int) -> int:
-    """The L2 norm one example's clipped gradient has after scaling to integers: the smallest
-    power of two of at least ``4 sqrt(dimension)`` (and 256), so that randomized rounding adds
-    well under 1% to the sensitivity (``fl_client/distributed_dp.rounding_bound``) while the
-    sum of thousands of examples stays far inside ``sum_range``."""
-    return max(256, 2 ** math.ceil(math.log2(4 * math.sqrt(dimension))))
+    """The L2 norm one unit's clipped gradient has after scaling to integers: the smallest
+    power of two of at least ``32 sqrt(dimension)`` (and 256), so that rounding a site's sum
+    (less than 1 per coordinate, ``sqrt(dimension)`` in L2) adds at most 1/32 to the
+    sensitivity (``fl_client/distributed_dp.rounding_bound``; 2% for the head, at 8192) while
+    the sum of many thousands of units stays inside ``sum_range``."""
+    return max(256, 2 ** math.ceil(math.log2(32 * math.sqrt(dimension))))
 
 
 def wrap(values: np.ndarray, modulus: int) -> np.ndarray:

@@ -61,6 +61,7 @@ RUN_CONFIG_DEFAULTS: dict[str, str | int | float | bool] = {
     "model": "minilm-head",
     "strategy": "fedavg",
     "server-learning-rate": 0.05,
+    "server-momentum": 0.0,
     "min-sites": 2,
     "target-epsilon": 8.0,
     "delta": 0.0,

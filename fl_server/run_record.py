@@ -91,7 +91,7 @@ class RunRecord:
                 continue
             metrics = reply.content[METRICS_KEY]
             if "site-key" in metrics:  # stable across restarts, unlike the node id
-                node = f"site-{int(metrics['site-key']):012x}"
+                node = site_pseudonym(int(metrics["site-key"]))
             sites[node] = {
                 name: json_safe(metrics[key])
                 for key, name in SITE_METRICS.items()
@@ -140,6 +140,12 @@ class RunRecord:
 
     def write(self) -> None:
         write_json_atomic(self.path, self.doc)
+
+
+def site_pseudonym(site_key: int) -> str:
+    """How the record names a site: by the key it sends (``fl_client.site_secret.site_key``),
+    which says nothing about where its data lives."""
+    return f"site-{site_key:012x}"
 
 
 def final_summary(doc: dict) -> dict:

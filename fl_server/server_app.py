@@ -12,10 +12,15 @@ reply in time or sends an update the server rejects is recorded, and the round g
 it. With ``resume = true`` the run in ``out-dir`` continues after its last checkpoint. With
 ``secure-aggregation = true`` each round's training goes through SecAgg+ and the server gets
 only the mean of the sites' updates (``secure_aggregation.py``).
+
+It logs its output folder, one line per round (``progress.py``, the lines ``fedintent train``
+prints) and how the run ended. A run that cannot start or go on for a reason its operator can
+fix (a bad run configuration, data folder or label file; no site trained) ends with ``status:
+failed`` and the reason in ``metrics.json``, and one log line, not a traceback.
 """
 
 from collections.abc import Callable
-from logging import WARNING
+from logging import ERROR, INFO, WARNING
 from pathlib import Path
 
 import torch
@@ -25,14 +30,15 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Strategy
 
 from fl_protocol.durable_files import json_safe
-from fl_protocol.label_file import read_labels
-from fl_server.audit_log import append_entry, check_extendable
+from fl_protocol.label_file import LabelFileError, read_labels
+from fl_server.audit_log import AuditLogError, append_entry, check_extendable
 from fl_server.checkpoints import CheckpointError, latest_checkpoint, save_checkpoint
 from fl_server.model_store import save_model
+from fl_server.progress import format_accuracy, round_lines
 from fl_server.resume import read_metrics, resumed_run_config
-from fl_server.run_config import RunConfigError
+from fl_server.run_config import RunConfigError, check_run_config
 from fl_server.run_record import RunRecord, final_summary
-from fl_server.secure_aggregation import incompatibility, secure_train_round
+from fl_server.secure_aggregation import secure_train_round
 from fl_server.strategy import build_strategy, restore_strategy_state, strategy_state
 from fl_server.tensor_digest import arrays_sha256
 from fl_server.update_validation import ArraySpec, array_spec
@@ -41,41 +47,60 @@ from models import get_model_family
 app = ServerApp()
 
 
+class RunFailed(RuntimeError):
+    """The run cannot go on, for a reason its operator can act on (not a bug)."""
+
+
+OPERATOR_ERRORS = (RunFailed, RunConfigError, LabelFileError, CheckpointError, AuditLogError)
+"""Failures recorded in ``metrics.json`` and logged in one line, without a traceback: the run
+then ends on purpose (Flower lists it as completed, as it does a stopped run), and
+``metrics.json`` says it failed and why. Any other exception is recorded the same way, then
+raised: it is a bug, and its traceback is wanted."""
+
+
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     cfg = dict(context.run_config)
     out_dir = Path(str(cfg["out-dir"]) or Path.home() / "fedintent-runs" / f"run-{context.run_id}")
-    previous = read_metrics(out_dir / "metrics.json") if cfg["resume"] else None
-    if previous:
-        cfg = resumed_run_config(cfg, previous)
-    num_rounds = int(cfg["num-rounds"])
-    if problem := incompatibility(cfg):
-        raise RunConfigError(problem)
-    data_dir = _simulation_data_dir(cfg, grid, out_dir)
-    labels = read_labels(Path(str(cfg["labels-file"]) or Path(data_dir) / "labels.txt"))
-    if previous and previous["labels"] != labels:
-        raise RunConfigError("cannot resume: the label file changed since the run started")
+    log(INFO, "fedintent run %s: output folder %s", context.run_id, out_dir)
+    previous = None
+    try:
+        previous = read_metrics(out_dir / "metrics.json") if cfg["resume"] else None
+        cfg = check_run_config(resumed_run_config(cfg, previous) if previous else cfg)
+        num_rounds = int(cfg["num-rounds"])
+        data_dir = _simulation_data_dir(cfg, grid, out_dir)
+        labels = read_labels(Path(str(cfg["labels-file"]) or Path(data_dir) / "labels.txt"))
+        if previous and previous["labels"] != labels:
+            raise RunConfigError("cannot resume: the label file changed since the run started")
 
-    family = get_model_family(str(cfg["model"]))
-    torch.manual_seed(int(cfg["seed"]))
-    initial = ArrayRecord(family.initial_model(labels).state_dict())
-    spec = array_spec(initial)
+        family = get_model_family(str(cfg["model"]))
+        torch.manual_seed(int(cfg["seed"]))
+        initial = ArrayRecord(family.initial_model(labels).state_dict())
+        spec = array_spec(initial)
 
-    run_name = str(cfg["run-name"]) or f"flwr-{context.run_id}"
-    config = json_safe(cfg | {"data-dir": data_dir, "out-dir": str(out_dir), "run-name": run_name})
-    audit_path = out_dir / "audit.jsonl"
+        run_name = str(cfg["run-name"]) or f"flwr-{context.run_id}"
+        config = json_safe(cfg | {"data-dir": data_dir, "out-dir": str(out_dir),
+                                  "run-name": run_name})
+        audit_path = out_dir / "audit.jsonl"
 
-    def audit(event: str, **fields) -> None:
-        append_entry(audit_path, event, {"run_id": context.run_id, "run_name": run_name} | fields)
+        def audit(event: str, **fields) -> None:
+            append_entry(audit_path, event,
+                         {"run_id": context.run_id, "run_name": run_name} | fields)
 
-    if previous:
-        record, arrays, state, done = _resume(
-            out_dir, context.run_id, config, previous["config"], initial, audit
-        )
-    else:
-        record = RunRecord.start(out_dir / "metrics.json", context.run_id, config, labels)
-        arrays, state, done = initial, {}, 0
-        audit("run-started", config=config, labels=labels, model_sha256=_sha256(initial))
+        if previous:
+            record, arrays, state, done = _resume(
+                out_dir, context.run_id, config, previous["config"], initial, audit
+            )
+        else:  # audited first: a log that cannot be extended fails the run before its record
+            audit("run-started", config=config, labels=labels, model_sha256=_sha256(initial))
+            record = RunRecord.start(out_dir / "metrics.json", context.run_id, config, labels)
+            arrays, state, done = initial, {}, 0
+    except Exception as err:
+        _record_failed_start(out_dir / "metrics.json", context.run_id, cfg, previous,
+                             _one_line(err))
+        if isinstance(err, OPERATOR_ERRORS):
+            return
+        raise
     strategy = build_strategy(
         str(cfg["strategy"]),
         record,
@@ -84,6 +109,7 @@ def main(grid: Grid, context: Context) -> None:
         server_learning_rate=float(cfg["server-learning-rate"]),
         max_update_norm=float(cfg["max-update-norm"]),
         reply_timeout=float(cfg["reply-timeout"]),
+        server_momentum=float(cfg["server-momentum"]),
     )
     restore_strategy_state(strategy, state)
     site_config = ConfigRecord(
@@ -104,15 +130,18 @@ def main(grid: Grid, context: Context) -> None:
             audit("round", **record.doc["rounds"][-1], model_sha256=arrays_sha256(model))
             save_checkpoint(out_dir / "checkpoints", server_round, str(cfg["strategy"]),
                             run_name, model, strategy_state(strategy))
+            for line in round_lines(record.doc["rounds"][-1], num_rounds):
+                log(INFO, "%s", line)
             if server_round == stop_after and server_round < num_rounds:
                 reason = (f"stopped after round {server_round} as asked (stop-after-round); "
                           f"continue with: fedintent train --resume {out_dir}")
                 record.finish("stopped", error=reason)
                 audit("run-stopped", reason=reason)
+                log(INFO, "%s", reason)
                 return
         if not any(r.get("sites_trained") for r in record.doc["rounds"]):
             reasons = {f["reason"] for r in record.doc["rounds"] for f in r.get("failures", [])}
-            raise RuntimeError(f"no site trained in any round; site errors: {sorted(reasons)}")
+            raise RunFailed(f"no site trained in any round; site errors: {sorted(reasons)}")
         model_dir = save_model(
             out_dir / "model",
             arrays.to_torch_state_dict(),
@@ -121,12 +150,18 @@ def main(grid: Grid, context: Context) -> None:
             run_doc=record.doc | {"final": final_summary(record.doc)},
         )
     except Exception as err:
-        record.finish("failed", error=str(err))
-        audit("run-failed", error=str(err))
+        reason = _one_line(err)
+        record.finish("failed", error=reason)
+        audit("run-failed", error=reason)
+        log(ERROR, "fedintent run failed: %s (recorded in %s)", reason, record.path)
+        if isinstance(err, OPERATOR_ERRORS):
+            return
         raise
     final = final_summary(record.doc) | {"model_dir": str(model_dir)}
     record.finish("completed", final=final)
     audit("run-completed", final=final, model_sha256=_sha256(arrays))
+    log(INFO, "fedintent run completed: final accuracy %s; metrics %s, model %s",
+        format_accuracy(final["accuracy"]), record.path, model_dir)
 
 
 def _run_round(
@@ -212,6 +247,9 @@ def _simulation_data_dir(cfg: dict, grid: Grid, out_dir: Path) -> str:
     Deployed sites ignore it: they read the ``data-path`` of their own node config.
     """
     if str(cfg["data-dir"]):
+        if not Path(str(cfg["data-dir"])).is_dir():
+            raise RunConfigError(f"data-dir {cfg['data-dir']} is not a folder (the folder of "
+                                 "site folders, for simulation; empty = synthetic sites)")
         return str(cfg["data-dir"])
     from data_synth import write_run_sites
 
@@ -219,6 +257,28 @@ def _simulation_data_dir(cfg: dict, grid: Grid, out_dir: Path) -> str:
     data_dir = out_dir / "data"
     write_run_sites(data_dir, n_sites=num_sites, seed=int(cfg["seed"]))
     return str(data_dir)
+
+
+def _record_failed_start(
+    path: Path, run_id: int, cfg: dict, previous: dict | None, reason: str
+) -> None:
+    """``metrics.json`` of a run that failed before its first round: ``status: failed`` and
+    ``reason``, logged in one line. The record of the run that ``resume`` asked for is marked
+    failed, and stays resumable; a completed run's record, or a file that is not a record, is
+    never replaced."""
+    log(ERROR, "fedintent run failed before round 1: %s", reason)
+    if previous is not None and previous.get("status") != "completed":
+        RunRecord(path, previous).finish("failed", error=reason)
+    elif previous is None and not path.exists():
+        RunRecord.start(path, run_id, json_safe(cfg), labels=[]).finish("failed", error=reason)
+    else:
+        log(ERROR, "fedintent: %s left as it was", path)
+
+
+def _one_line(err: Exception) -> str:
+    """An exception as the run record's ``error``: one line, never empty."""
+    text = " ".join(str(err).split())
+    return text if isinstance(err, OPERATOR_ERRORS) else f"{type(err).__name__}: {text}"
 
 
 def _sha256(arrays: ArrayRecord) -> str:

@@ -2,7 +2,8 @@
 
 FedAvg averages the sites' parameters weighted by their number of training examples; FedAdam
 applies the averaged update through a server-side Adam optimizer; FedTrimmedAvg and FedMedian
-are robust to a minority of outlying updates. All four are Flower's own. What fedintent adds
+are robust to a minority of outlying updates; FedAvg with ``server-momentum`` is FedAvgM
+(heavy-ball momentum on the averaged step). All are Flower's own. What fedintent adds
 (``CheckedRounds``, a wrapper like Flower's DP strategy wrappers), before Flower's aggregation
 sees a reply:
 
@@ -16,7 +17,7 @@ sees a reply:
 
 With secure aggregation (``secure_aggregation.py``) the server gets the mean of the updates, not
 the updates: ``aggregate_secure_train`` checks and records each site's metrics and hands the mean
-to Flower's aggregation (FedAvg keeps it, FedAdam steps from it).
+to Flower's aggregation (FedAvg keeps it, FedAvgM and FedAdam step from it).
 """
 
 from collections.abc import Callable, Iterable
@@ -24,7 +25,7 @@ from collections.abc import Callable, Iterable
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAdam, FedAvg, FedMedian, FedTrimmedAvg, Strategy
+from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM, FedMedian, FedTrimmedAvg, Strategy
 
 from fl_protocol.wire import ARRAYS_KEY, METRICS_KEY, NO_REPLY, REJECTED, TRAIN_METRICS
 from fl_server.run_record import RunRecord
@@ -45,8 +46,10 @@ BASES: dict[str, type[FedAvg]] = {
     "fedtrimmedavg": FedTrimmedAvg,
     "fedmedian": FedMedian,
 }
-STATE_ATTRIBUTES = ("m_t", "v_t")
-"""Strategy attributes that carry state from round to round (FedAdam's moments)."""
+STATE_ATTRIBUTES = ("m_t", "v_t", "momentum_vector")
+"""Strategy attributes that carry state from round to round: FedAdam's moments (by array name)
+and FedAvgM's momentum (a list, in the model's array order)."""
+LIST_STATE = ("momentum_vector",)
 
 AGGREGATED_TRAIN_METRICS = tuple(m.name for m in TRAIN_METRICS if m.aggregated)
 
@@ -59,9 +62,11 @@ def build_strategy(
     server_learning_rate: float,
     max_update_norm: float,
     reply_timeout: float,
+    server_momentum: float = 0.0,
 ) -> "CheckedRounds":
     """A Flower strategy that trains and evaluates on every connected site each round, wrapped
-    in ``CheckedRounds``."""
+    in ``CheckedRounds``. ``fedavg`` with ``server_momentum`` is Flower's FedAvgM: heavy-ball
+    momentum on the server's step, post-processing of what the sites sent (no privacy cost)."""
     if name not in BASES:
         raise ValueError(f"unknown strategy {name!r}; choose one of {', '.join(STRATEGIES)}")
     options = {
@@ -74,6 +79,9 @@ def build_strategy(
     }
     if name == "fedadam":
         options |= {"eta": server_learning_rate, "eta_l": 1.0, "beta_1": 0.9, "beta_2": 0.99}
+    if name == "fedavg" and server_momentum > 0:
+        base = FedAvgM(**options, server_learning_rate=1.0, server_momentum=server_momentum)
+        return CheckedRounds(base, record, spec, max_update_norm, reply_timeout)
     return CheckedRounds(BASES[name](**options), record, spec, max_update_norm, reply_timeout)
 
 
@@ -209,11 +217,13 @@ def checked_replies(
 
 def strategy_state(checked: CheckedRounds) -> dict[str, dict[str, np.ndarray]]:
     """The state the wrapped strategy carries between rounds, for a checkpoint."""
-    return {
-        name: dict(getattr(checked.strategy, name))
-        for name in STATE_ATTRIBUTES
-        if getattr(checked.strategy, name, None)
-    }
+    state = {}
+    for name in STATE_ATTRIBUTES:
+        value = getattr(checked.strategy, name, None)
+        if value is not None and len(value):
+            state[name] = dict(enumerate(value)) if name in LIST_STATE else dict(value)
+    return {name: {str(key): array for key, array in arrays.items()}
+            for name, arrays in state.items()}
 
 
 def restore_strategy_state(
@@ -226,7 +236,10 @@ def restore_strategy_state(
         raise ValueError(f"checkpoint holds state {unknown} that {strategy.__class__.__name__} "
                          "does not have: was it written by another strategy?")
     for name, arrays in state.items():
-        setattr(strategy, name, dict(arrays))
+        if name in LIST_STATE:
+            setattr(strategy, name, [arrays[key] for key in sorted(arrays, key=int)])
+        else:
+            setattr(strategy, name, dict(arrays))
 
 
 def aggregate_train_metrics(records: list[RecordDict], weight_key: str) -> MetricRecord:

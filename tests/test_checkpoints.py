@@ -13,6 +13,7 @@ import sys
 
 import numpy as np
 import pytest
+from flwr.serverapp.strategy import FedAvgM
 from safetensors.numpy import load_file
 
 from data_synth import write_sites
@@ -115,6 +116,26 @@ def test_fedadam_moments_survive_a_checkpoint(tmp_path):
     fedavg = strategy("fedavg")
     with pytest.raises(ValueError, match="another strategy"):
         restore_strategy_state(fedavg, load_checkpoint(path).state)
+
+
+def test_fedavgm_momentum_survives_a_checkpoint(tmp_path):
+    """FedAvg with server momentum is Flower's FedAvgM; its momentum is a list, in the model's
+    array order, and comes back as one."""
+    def strategy():
+        record = RunRecord.start(tmp_path / "m.json", 1, {}, ["a"])
+        return build_strategy("fedavg", record, spec={}, min_sites=1, server_learning_rate=0.1,
+                              max_update_norm=0.0, reply_timeout=1.0, server_momentum=0.8)
+
+    before = strategy()
+    assert isinstance(before.strategy, FedAvgM) and before.strategy.server_momentum == 0.8
+    momentum = [MODEL[key] * (i + 2) for i, key in enumerate(MODEL)]
+    before.strategy.momentum_vector = momentum
+    path = save_checkpoint(tmp_path, 1, "fedavg", "r", MODEL, strategy_state(before))
+    after = strategy()
+    restore_strategy_state(after, load_checkpoint(path).state)
+    assert isinstance(after.strategy.momentum_vector, list)
+    for restored, saved in zip(after.strategy.momentum_vector, momentum, strict=True):
+        np.testing.assert_array_equal(restored, saved)
 
 
 def test_a_resume_takes_the_recorded_configuration_and_refuses_changes():

@@ -142,3 +142,14 @@ def test_partition_command_writes_sites_that_load(tmp_path):
     bad = fedintent("partition", str(tmp_path / "nowhere"), "--sites", "3",
                     "--out", str(tmp_path / "x"))
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
+
+
+def test_version_is_the_installed_package_version(capsys):
+    from importlib import metadata
+
+    from fedintent.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out == f"fedintent {metadata.version('fedintent')}\n"

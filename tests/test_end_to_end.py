@@ -134,9 +134,15 @@ def test_federated_training_end_to_end(sites, prior, tmp_path, epsilon):
     for r in (1, 2, 3):
         assert f"round   {r}/3  sites trained 3/3" in result.stdout
     assert "final accuracy" in result.stdout
+    assert "warning" not in result.stderr  # fresh ledgers: every site can spend the target
 
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["status"] == "completed"
+    # The operator sees each pseudonym with its site folder, matched from the sites' state.
+    folders = metrics["site_folders"]
+    assert sorted(folders) == sorted(metrics["final"]["sites"])
+    assert sorted(folders.values()) == [d.name for d in list_site_dirs(sites)]
+    assert all(f"  {key} ({folder}): " in result.stdout for key, folder in folders.items())
     labels = metrics["labels"]
     assert len(metrics["rounds"]) == 3
     assert (out / "model" / "model.safetensors").is_file()

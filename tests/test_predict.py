@@ -116,3 +116,41 @@ def test_a_damaged_weights_file_is_named(ngram_model, tmp_path, capsys):
     weights.write_bytes(weights.read_bytes()[:1000])
     assert main(["predict", str(damaged), "hi"]) == 2
     assert f"{weights}: corrupt safetensors file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("order", [
+    ["--json", "i lost my card", PHONE_TEXT],
+    ["i lost my card", "--json", PHONE_TEXT],
+    ["i lost my card", PHONE_TEXT, "--json"],
+])
+def test_options_may_come_before_or_after_the_texts(ngram_model, capsys, order):
+    assert main(["predict", str(ngram_model), *order]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [row["text"] for row in rows] == ["i lost my card",
+                                             "my card is gone, call me on [PHONE]"]
+
+
+def test_an_empty_text_gets_no_label(ngram_model, capsys):
+    assert main(["predict", str(ngram_model), "", "i lost my card", "  ", "--json"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    skipped = {"label": None, "confidence": None, "skipped": "empty text"}
+    assert rows[0] == {"text": ""} | skipped and rows[2] == {"text": "  "} | skipped
+    assert rows[1]["label"] == "card_lost"
+    assert main(["predict", str(ngram_model), "", "i lost my card"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "-\t-\t(empty text: skipped)" and lines[1].startswith("card_lost\t")
+    assert main(["predict", str(ngram_model), " "]) == 0  # nothing to classify: no model call
+    assert capsys.readouterr().out == "-\t-\t(empty text: skipped)\n"
+
+
+def test_no_error_quotes_a_text_unredacted(ngram_model, capsys):
+    # the model folder forgotten: the first text is taken for it, and named redacted
+    assert main(["predict", PHONE_TEXT, "i lost my card"]) == 2
+    err = capsys.readouterr().err
+    assert "model folder not found: my card is gone, call me on [PHONE]" in err
+    assert "13812345678" not in err
+    with pytest.raises(SystemExit):
+        main(["predict", str(ngram_model), "hi", "--jsn", PHONE_TEXT])
+    err = capsys.readouterr().err
+    assert "unrecognized arguments: --jsn my card is gone, call me on [PHONE]" in err
+    assert "13812345678" not in err

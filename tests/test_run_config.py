@@ -37,6 +37,9 @@ def test_every_key_is_documented_in_the_readme():
         ({"model": "nope"}, "model"),
         ({"strategy": "fedsgd"}, "strategy"),
         ({"accountant": "moments"}, "accountant"),
+        ({"server-momentum": 1.0}, "server-momentum"),
+        ({"server-momentum": -0.1}, "server-momentum"),
+        ({"server-momentum": 0.8, "strategy": "fedadam"}, "server-momentum applies to"),
         ({"no-such-key": 1}, "no-such-key"),
     ],
 )

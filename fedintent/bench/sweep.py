@@ -47,7 +47,7 @@ from models.family import concat_features
 
 RUN_SETTINGS = (
     "target-epsilon", "model", "strategy", "num-rounds", "local-epochs", "batch-size",
-    "learning-rate", "clip-norm", "accountant", "privacy-unit", "delta",
+    "learning-rate", "server-momentum", "clip-norm", "accountant", "privacy-unit", "delta",
 )
 """The run-config keys a sweep fixes per epsilon (recorded in bench.json and the report)."""
 

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from fedintent.commands import CliError
+from fl_client.redaction import redact
 from fl_protocol.wire import RUN_CONFIG_DEFAULTS
 from models import model_family_names
 
@@ -18,16 +19,19 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
         "docs/EXPORT.md). Each text is first PII-redacted exactly as sites redact their "
         "training text (fl_client/redaction.py: phone numbers, IDs, card numbers, e-mail and "
         "IP addresses, URLs become [PHONE], [ID], ...), so the model sees what it was trained "
-        "on. Prints one line per text: label, confidence (softmax probability), redacted text.",
+        "on. Prints one line per text: label, confidence (softmax probability), redacted text; "
+        "an empty TEXT gets no label (skipped). Error messages are redacted too. Options may "
+        "come before or after the texts.",
     )
-    predict.set_defaults(handler=run_predict)
+    predict.set_defaults(handler=run_predict, intermixed=predict)
     predict.add_argument("model_dir", type=Path, metavar="MODEL_DIR")
     predict.add_argument("texts", nargs="*", metavar="TEXT", help="texts to classify")
     predict.add_argument("--file", type=Path,
                          help="more texts: one per line (blank lines skipped), or a .csv file "
                          "whose first row is a header: its 'text' column, else its first column")
     predict.add_argument("--json", action="store_true",
-                         help="print JSON lines {text, label, confidence} instead")
+                         help="print JSON lines {text, label, confidence} instead (an empty "
+                         "text: label and confidence null, skipped: \"empty text\")")
 
     families = commands.add_parser(
         "models", help="list the model families: what each reads, trains and uploads",
@@ -37,7 +41,15 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    from fl_client.redaction import redact
+    """Every line it prints, errors included, is redacted: a text taken for MODEL_DIR (the
+    folder left out) would otherwise be quoted as given."""
+    try:
+        return _predict(args)
+    except CliError as err:
+        raise CliError(redact(str(err))) from err
+
+
+def _predict(args: argparse.Namespace) -> int:
     from models.export import load_exported
 
     texts = list(args.texts) + (_read_texts_file(args.file) if args.file else [])
@@ -48,13 +60,25 @@ def run_predict(args: argparse.Namespace) -> int:
     except (ValueError, OSError) as err:
         raise CliError(str(err)) from err
     redacted = [redact(text) for text in texts]
-    for text, (label, confidence) in zip(redacted, model.predict(redacted), strict=True):
-        if args.json:
-            print(json.dumps({"text": text, "label": label, "confidence": confidence},
-                             ensure_ascii=False))
-        else:
-            print(f"{label}\t{confidence:.4f}\t{' '.join(text.split())}")
+    kept = [text for text in redacted if text.strip()]
+    predictions = iter(model.predict(kept) if kept else [])
+    for text in redacted:
+        print(_output_line(text, next(predictions) if text.strip() else None, args.json))
     return 0
+
+
+def _output_line(text: str, prediction: tuple[str, float] | None, as_json: bool) -> str:
+    """A redacted text's line: its label and confidence; an empty text gets none, and says so,
+    so that line N still answers text N."""
+    if as_json:
+        label, confidence = prediction or (None, None)
+        skipped = {} if prediction else {"skipped": "empty text"}
+        return json.dumps({"text": text, "label": label, "confidence": confidence} | skipped,
+                          ensure_ascii=False)
+    if prediction is None:
+        return "-\t-\t(empty text: skipped)"
+    label, confidence = prediction
+    return f"{label}\t{confidence:.4f}\t{' '.join(text.split())}"
 
 
 def run_list_models(args: argparse.Namespace) -> int:

@@ -4,8 +4,9 @@ import argparse
 from pathlib import Path
 
 from fedintent.commands import CliError
-from fedintent.commands.progress import format_epsilon
 from fl_protocol.wire import RUN_CONFIG_DEFAULTS
+from fl_server.progress import format_epsilon
+from fl_server.run_record import site_pseudonym
 
 
 def add_parsers(commands: argparse._SubParsersAction) -> None:
@@ -33,7 +34,8 @@ def run_privacy_report(args: argparse.Namespace) -> int:
         report = site_privacy_report(args.state_dir, args.max_epsilon)
     except (FileNotFoundError, LedgerError) as err:
         raise CliError(str(err)) from err
-    print(f"site key {report.site_key} (as metrics.json shows it); ledger verified")
+    print(f"site key {report.site_key} ({site_pseudonym(report.site_key)} in metrics.json); "
+          "ledger verified")
     print(f"privacy unit: {report.privacy_unit}; {report.units} units have spent budget; "
           f"lifetime epsilon at delta {report.delta:g} (Rényi order {report.order:g})")
     for low, high, count in report.spend_bands:

@@ -69,6 +69,9 @@ def _add_train_options(train: argparse.ArgumentParser) -> None:
                        f"all its data (default: {TUNED_HELP})")
     train.add_argument("--lr", type=float,
                        help=f"local learning rate (default: {TUNED_HELP})")
+    train.add_argument("--server-momentum", type=float,
+                       help="heavy-ball momentum of the server's step, fedavg only (FedAvgM; "
+                       f"default: {TUNED_HELP}, 0 = plain FedAvg)")
     train.add_argument("--clip-norm", type=float, default=defaults["clip-norm"],
                        help="per-example gradient clipping norm (default: %(default)s)")
     train.add_argument("--state-dir", type=Path,
@@ -98,6 +101,7 @@ def _add_train_options(train: argparse.ArgumentParser) -> None:
 def run_train(args: argparse.Namespace) -> int:
     from data_synth import write_run_sites
     from fedintent.launch.run_config import compose_run_config
+    from fedintent.launch.simulated_sites import budget_warnings, simulated_sites
 
     if args.resume is not None:
         return run_resume(args)
@@ -108,6 +112,9 @@ def run_train(args: argparse.Namespace) -> int:
     args.local_epochs = tuned["local-epochs"] if args.local_epochs is None else args.local_epochs
     args.batch_size = tuned["batch-size"] if args.batch_size is None else args.batch_size
     args.lr = tuned["learning-rate"] if args.lr is None else args.lr
+    if args.server_momentum is None:  # tuned for FedAvg's step only
+        fedavg = args.strategy == "fedavg"
+        args.server_momentum = tuned.get("server-momentum", 0.0) if fedavg else 0.0
     tunables = {
         "num-rounds": args.rounds,
         "target-epsilon": args.epsilon,
@@ -120,6 +127,7 @@ def run_train(args: argparse.Namespace) -> int:
         "batch-size": args.batch_size,
         "local-epochs": args.local_epochs,
         "learning-rate": args.lr,
+        "server-momentum": args.server_momentum,
         "seed": args.seed,
     }
     if args.privacy_model == "distributed":
@@ -167,6 +175,8 @@ def run_train(args: argparse.Namespace) -> int:
         f"{'; SecAgg+ secure aggregation' if args.secure_aggregation else ''}"
         f"{_distributed_note(args)}); output: {out_dir}"
     )
+    for warning in budget_warnings(simulated_sites(run_config, num_sites), run_config):
+        print(f"fedintent train: warning: {warning}", file=sys.stderr, flush=True)
     return _simulate(run_config, num_sites, int(args.rounds))
 
 
@@ -213,10 +223,19 @@ def run_resume(args: argparse.Namespace) -> int:
 
 
 def _simulate(run_config: dict, num_sites: int, num_rounds: int, reported_rounds: int = 0) -> int:
-    """Run the simulation, printing each round as it completes and the summary at the end."""
+    """Run the simulation, printing each round as it completes and the summary at the end;
+    sites are named by pseudonym and folder (``simulated_sites``)."""
+    from fedintent.launch.simulated_sites import record_site_folders, simulated_sites, site_names
     from fedintent.launch.simulation import SimulationError, run_simulation
 
     out_dir = Path(run_config["out-dir"])
+    sites = simulated_sites(run_config, num_sites)
+    rounds: list[dict] = []
+
+    def report(entry: dict) -> None:
+        rounds.append(entry)
+        print_round(entry, num_rounds, site_names(sites, rounds))
+
     started = time.monotonic()
     try:
         metrics = run_simulation(
@@ -224,11 +243,13 @@ def _simulate(run_config: dict, num_sites: int, num_rounds: int, reported_rounds
             num_sites=num_sites,
             metrics_path=out_dir / "metrics.json",
             log_path=out_dir / "logs" / "flower.log",
-            on_round=lambda entry: print_round(entry, num_rounds),
+            on_round=report,
             reported_rounds=reported_rounds,
         )
     except SimulationError as err:
         print(f"fedintent train: error: {err}", file=sys.stderr)
         return 1
-    print_summary(metrics, time.monotonic() - started)
+    names = site_names(sites, rounds)
+    metrics = record_site_folders(out_dir / "metrics.json", metrics, names)
+    print_summary(metrics, time.monotonic() - started, names)
     return 0

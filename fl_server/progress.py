@@ -1,0 +1,49 @@
+"""A run's progress as log lines, from its record (``metrics.json``).
+
+One wording wherever a run is followed: the ServerApp logs these lines (what ``flwr run .``
+shows), and fedintent's launchers print them (``fedintent train``, ``fedintent deploy-run``).
+"""
+
+from collections.abc import Mapping
+
+
+def format_epsilon(value: float | None) -> str:
+    """An epsilon as printed; ``None`` (JSON's stand-in for infinity) is ``inf``."""
+    return "inf" if value is None else f"{value:.3f}"
+
+
+def format_accuracy(value: float | None) -> str:
+    """An accuracy as printed; ``n/a`` before any site has evaluated."""
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def site_label(key: str, names: Mapping[str, str]) -> str:
+    """A site as the record names it (pseudonym or node id), with its folder's name where the
+    operator of a simulation knows it (``names``)."""
+    return f"{key} ({names[key]})" if key in names else key
+
+
+def round_lines(entry: dict, num_rounds: int, names: Mapping[str, str] | None = None) -> list[str]:
+    """One line for a round of ``metrics.json``, then one per site that did not train and one
+    when a secure round released no sum."""
+    trained = entry.get("sites_trained", 0)
+    asked = trained + entry.get("sites_failed", 0)
+    upload = entry.get("upload_bytes_per_site")
+    upload_text = "" if upload is None else f"  upload {upload / 1e3:.1f} kB/site"
+    alone = entry.get("max_epsilon_alone", entry.get("max_epsilon"))
+    alone_text = ("" if alone == entry.get("max_epsilon")
+                  else f" (alone {format_epsilon(alone)})")
+    # no site trained, no epsilon: "inf" would read as training without DP
+    epsilon = format_epsilon(entry["max_epsilon"]) if "max_epsilon" in entry else "n/a"
+    lines = [
+        f"round {entry['round']:>3}/{num_rounds}  sites trained {trained}/{asked}  "
+        f"eval accuracy {format_accuracy(entry.get('accuracy'))}  "
+        f"max epsilon {epsilon}{alone_text}{upload_text}"
+    ]
+    lines += [f"  site {site_label(failure['node_id'], names or {})} did not train: "
+              f"{failure['reason']}" for failure in entry.get("failures", [])]
+    secure = entry.get("secure_aggregation") or {}
+    if secure.get("halted") or secure.get("dropped"):
+        lines.append(f"  no sum released, the model stays as it was: "
+                     f"{secure.get('halted') or secure.get('dropped')}")
+    return lines
