@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fedintent.bench.baselines import DELTA, Recipe, train_and_score
+from fedintent.bench.baselines import DELTA, Recipe, train_and_evaluate
 from fedintent.inprocess import train_distributed, train_fedavg
 from fedintent.partition import partition_csv_dataset
 from fl_client.distributed_dp import dimension, l1_bound, rounding_bound
@@ -162,8 +162,8 @@ def main() -> int:
         pooled = (concat_features([x for x, _ in sites]), torch.cat([y for _, y in sites]))
         for epsilon in ((1.0, 3.0, 8.0) if args.privacy_model == "local" else ()):
             for recipe in CENTRAL_DP_GRID:
-                accuracy = train_and_score(MODEL, labels, *pooled, *val, epsilon, recipe,
-                                           args.seed)
+                accuracy = train_and_evaluate(MODEL, labels, *pooled, *val, epsilon, recipe,
+                                              args.seed).accuracy
                 rows.append(("central-dp", epsilon, recipe.epochs, "-", recipe.batch_size,
                              recipe.learning_rate, 0.0, accuracy))
                 print(f"central-dp eps={epsilon:g} {recipe}: val {accuracy:.4f}", flush=True)

@@ -169,9 +169,9 @@ def evaluate_on_site(msg: Message, context: Context) -> Message:
         return _refuse(msg, err, READ_FAILURES)
 
     model = _model_from(msg, context.run_config)
-    loss, accuracy = evaluate(model, features, targets)
-    metrics = metric_record(EVALUATE_METRICS, num_examples=len(rows), loss=loss,
-                            accuracy=accuracy)
+    scores = evaluate(model, features, targets)
+    metrics = metric_record(EVALUATE_METRICS, num_examples=len(rows), loss=scores.loss,
+                            accuracy=scores.accuracy, macro_f1=scores.macro_f1)
     return Message(content=RecordDict({METRICS_KEY: metrics}), reply_to=msg)
 
 

@@ -142,11 +142,14 @@ distributed DP, ``epsilon`` holds against a server that sees only the secure sum
 share only, what it keeps if every other site colludes with the server; under local DP the two
 are equal."""
 EVALUATE_METRICS: tuple[Metric, ...] = (
-    Metric("num-examples", _positive),
-    Metric("loss", _finite),
-    Metric("accuracy", _fraction),
+    Metric("num-examples", _positive, recorded_as="num_examples"),
+    Metric("loss", _finite, recorded_as="loss"),
+    Metric("accuracy", _fraction, recorded_as="accuracy"),
+    Metric("macro-f1", _fraction, recorded_as="macro_f1"),
 )
-"""An evaluation reply's numbers, all required."""
+"""An evaluation reply's numbers, all required, each recorded per site (``evaluation``). Each
+is one scalar over the site's held-out split: ``macro-f1`` is the mean of per-class F1 scores,
+computed at the site, so the per-class counts (the site's label histogram) never leave it."""
 
 
 def metric_names(metrics: tuple[Metric, ...]) -> frozenset[str]:

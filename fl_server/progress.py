@@ -37,7 +37,7 @@ def round_lines(entry: dict, num_rounds: int, names: Mapping[str, str] | None = 
     epsilon = format_epsilon(entry["max_epsilon"]) if "max_epsilon" in entry else "n/a"
     lines = [
         f"round {entry['round']:>3}/{num_rounds}  sites trained {trained}/{asked}  "
-        f"eval accuracy {format_accuracy(entry.get('accuracy'))}  "
+        f"eval accuracy {format_accuracy(entry.get('accuracy'))}{_site_scores(entry, names)}  "
         f"max epsilon {epsilon}{alone_text}{upload_text}"
     ]
     lines += [f"  site {site_label(failure['node_id'], names or {})} did not train: "
@@ -47,3 +47,13 @@ def round_lines(entry: dict, num_rounds: int, names: Mapping[str, str] | None = 
         lines.append(f"  no sum released, the model stays as it was: "
                      f"{secure.get('halted') or secure.get('dropped')}")
     return lines
+
+
+def _site_scores(entry: dict, names: Mapping[str, str] | None) -> str:
+    """Macro-F1 and the worst site's accuracy beside the example-weighted accuracy, which the
+    largest sites dominate; empty for a round recorded before sites sent them."""
+    if "worst_site" not in entry:
+        return ""
+    return (f"  macro-F1 {format_accuracy(entry['macro_f1'])}  worst site "
+            f"{format_accuracy(entry['worst_site_accuracy'])} "
+            f"({site_label(entry['worst_site'], names or {})})")

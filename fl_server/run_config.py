@@ -26,7 +26,7 @@ size matter, not the batch. ``fedintent train`` uses the row for the largest tun
 below the requested one; the epsilon-8 row is also in ``RUN_CONFIG_DEFAULTS``."""
 
 DISTRIBUTED_SETTINGS: dict[float, dict[str, int | float]] = {
-    1.0: {"num-rounds": 40, "local-epochs": 1, "batch-size": 4096, "learning-rate": 48.0,
+    1.0: {"num-rounds": 30, "local-epochs": 1, "batch-size": 4096, "learning-rate": 64.0,
           "server-momentum": 0.0},
     3.0: {"num-rounds": 40, "local-epochs": 1, "batch-size": 4096, "learning-rate": 48.0,
           "server-momentum": 0.8},

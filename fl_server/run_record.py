@@ -2,10 +2,14 @@
 
 Per round it holds the sites that trained, and those that failed, declined, did not reply or
 whose update the server rejected (with the reason), each accepted update's norm, the example-
-weighted evaluation accuracy and loss, each site's cumulative epsilon and delta as the site
-reported them, and the size of each site's reply as serialized (its upload). ``fedintent train``
-follows this file to print progress, so a round is only visible once it is complete on disk. A
-resumed run continues the same file.
+weighted evaluation accuracy, loss and macro-F1, each site's own evaluation (accuracy, macro-F1)
+and the worst site's accuracy, each site's cumulative epsilon and delta as the site reported
+them, and the size of each site's reply as serialized (its upload). The example-weighted
+accuracy is dominated by the largest sites; a model that fails a small site shows only in the
+per-site and worst-site figures. ``fedintent train`` follows this file to print progress, so a
+round is only visible once it is complete on disk. A resumed run continues the same file.
+``provenance`` says which code made the record (package versions, the git commit from a
+checkout); the data stays at the sites and is not described here.
 """
 
 import json
@@ -19,6 +23,7 @@ from flwr.common.serde import recorddict_to_proto
 from fl_protocol.durable_files import json_safe, write_json_atomic
 from fl_protocol.wire import (
     ARRAYS_KEY,
+    EVALUATE_METRICS,
     FAILURE_KINDS,
     METRICS_KEY,
     NO_REPLY,
@@ -26,6 +31,7 @@ from fl_protocol.wire import (
     TRAIN_METRICS,
     is_site_reason,
 )
+from fl_server.provenance import software_provenance
 
 FORMAT = "fedintent-metrics/1"
 KEPT_REASON_CODES = (
@@ -35,6 +41,11 @@ KEPT_REASON_CODES = (
 """Errors whose reason the server or Flower wrote (not the site's code): kept as they are."""
 SITE_METRICS = {m.name: m.recorded_as for m in TRAIN_METRICS if m.recorded_as is not None}
 """A training reply's metric -> its field in the round's per-site entry."""
+SITE_EVALUATION = {m.name: m.recorded_as for m in EVALUATE_METRICS if m.recorded_as is not None}
+"""An evaluation reply's metric -> its field in the round's per-site ``evaluation`` entry."""
+EVALUATION_SUMMARY = ("accuracy", "loss", "macro_f1", "worst_site_accuracy", "worst_site",
+                      "evaluation")
+"""The fields of a round's evaluation that the final summary repeats from the last round."""
 
 
 class RunRecord:
@@ -56,6 +67,7 @@ class RunRecord:
             "started": _now(),
             "config": config,
             "labels": labels,
+            "provenance": software_provenance(),
             "rounds": [],
         }
         return cls(path, doc)
@@ -67,7 +79,8 @@ class RunRecord:
         """Continue the record of an interrupted run after its last checkpointed round.
 
         Rounds recorded after ``after_round`` were not checkpointed: they are dropped and
-        trained again. ``details`` (checkpoint, warnings, config changes) go into ``resumes``.
+        trained again. ``details`` (checkpoint, warnings, config changes) and the resuming code's
+        provenance go into ``resumes``.
         """
         doc = json.loads(Path(path).read_text(encoding="utf-8"))
         doc["rounds"] = [r for r in doc["rounds"] if r["round"] <= after_round]
@@ -75,7 +88,8 @@ class RunRecord:
             doc.pop(key, None)
         doc["status"] = "running"
         doc["config"] = config
-        resumed = {"run_id": run_id, "time": _now(), "after_round": after_round} | details
+        resumed = ({"run_id": run_id, "time": _now(), "after_round": after_round} | details
+                   | {"provenance": software_provenance()})
         doc.setdefault("resumes", []).append(resumed)
         return cls(path, doc)
 
@@ -126,8 +140,18 @@ class RunRecord:
         if aggregated is not None:
             entry["accuracy"] = float(aggregated["accuracy"])
             entry["loss"] = float(aggregated["loss"])
+        entry |= _site_evaluations(replies, self._pseudonyms(entry))
         self.doc["rounds"].append(entry)
         self.write()
+
+    def _pseudonyms(self, entry: dict) -> dict[str, str]:
+        """Node id -> the site's pseudonym, from every training reply recorded so far: an
+        evaluation reply carries no ``site-key``, and node ids change across restarts."""
+        names = {}
+        for recorded in [*self.doc["rounds"], entry]:
+            for key, site in recorded.get("sites", {}).items():
+                names[site.get("node_id")] = key
+        return names
 
     def finish(self, status: str, final: dict | None = None, error: str | None = None) -> None:
         self.doc["status"] = status
@@ -173,13 +197,36 @@ def final_summary(doc: dict) -> dict:
                 "num_examples": site.get("num_examples"),
             }
     return {
-        "accuracy": last.get("accuracy"),
-        "loss": last.get("loss"),
+        **{key: last.get(key) for key in EVALUATION_SUMMARY},
         "rounds_completed": len(doc["rounds"]),
         "sites": sites,
         "max_epsilon": _max_epsilon(list(sites.values())),
         "max_epsilon_alone": _max_epsilon(list(sites.values()), "epsilon_alone"),
         "privacy_model": doc["config"].get("privacy-model", "local"),
+    }
+
+
+def _site_evaluations(replies: list[Message], pseudonyms: dict[str, str]) -> dict:
+    """Each site's evaluation (by pseudonym where known), the worst site's accuracy and the
+    example-weighted mean macro-F1 of the replies that evaluated."""
+    sites = {}
+    for reply in replies:
+        if reply.has_error():
+            continue
+        node = str(reply.metadata.src_node_id)
+        metrics = reply.content[METRICS_KEY]
+        sites[pseudonyms.get(node, node)] = {
+            name: json_safe(metrics[key]) for key, name in SITE_EVALUATION.items()
+            if key in metrics} | {"node_id": node}
+    if not sites:
+        return {}
+    worst = min(sites, key=lambda key: sites[key]["accuracy"])
+    weight = sum(site["num_examples"] for site in sites.values())
+    return {
+        "macro_f1": sum(s["macro_f1"] * s["num_examples"] for s in sites.values()) / weight,
+        "worst_site_accuracy": sites[worst]["accuracy"],
+        "worst_site": worst,
+        "evaluation": sites,
     }
 
 

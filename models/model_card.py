@@ -138,15 +138,33 @@ def _evaluation_section(rounds: list[dict], final: dict) -> str:
     if not rounds:
         return f"## Evaluation\n\nRounds: {MISSING}."
     rows = [f"| {r['round']} | {r.get('sites_trained', 0)} | {_value(r.get('accuracy'))} "
+            f"| {_value(r.get('macro_f1'))} | {_value(r.get('worst_site_accuracy'))} "
             f"| {_value(r.get('loss'))} | {_value(r.get('max_epsilon'))} |" for r in rounds]
     return (
         "## Evaluation\n\n"
         "Each round the global model was evaluated on every site's held-out test split; "
-        "accuracy and loss are weighted by the sites' test examples. Final accuracy "
-        f"{_value(final.get('accuracy'))}, loss {_value(final.get('loss'))}, after "
+        "accuracy, macro-F1 (the mean of per-class F1, computed at each site) and loss are "
+        "weighted by the sites' test examples, so the largest sites dominate them: the worst "
+        "site's accuracy and the per-site table show how the model does at a small site. "
+        f"Final accuracy {_value(final.get('accuracy'))}, macro-F1 "
+        f"{_value(final.get('macro_f1'))}, worst site accuracy "
+        f"{_value(final.get('worst_site_accuracy'))}, loss {_value(final.get('loss'))}, after "
         f"{len(rounds)} rounds.\n\n"
-        "| round | sites trained | accuracy | loss | largest site epsilon so far |\n"
-        "|---|---|---|---|---|\n" + "\n".join(rows))
+        + _site_evaluation_table(final.get("evaluation"))
+        + "| round | sites trained | accuracy | macro-F1 | worst site accuracy | loss "
+        "| largest site epsilon so far |\n"
+        "|---|---|---|---|---|---|---|\n" + "\n".join(rows))
+
+
+def _site_evaluation_table(sites: dict | None) -> str:
+    """The final model at each site, worst accuracy first; empty when not recorded."""
+    if not sites:
+        return ""
+    rows = [f"| {key} | {_value(site.get('num_examples'))} | {_value(site.get('accuracy'))} "
+            f"| {_value(site.get('macro_f1'))} |"
+            for key, site in sorted(sites.items(), key=lambda item: item[1].get("accuracy", 0))]
+    return ("Final model per site:\n\n| site | test examples | accuracy | macro-F1 |\n"
+            "|---|---|---|---|\n" + "\n".join(rows) + "\n\nPer round:\n\n")
 
 
 def _communication_section(family: ModelFamily, labels: list[str], config: dict,

@@ -136,10 +136,11 @@ def test_evaluate_replies_carry_no_parameters(ctx):
     blocked = send(msg, ctx, with_arrays(head_state()))
     assert blocked.has_error() and blocked.error.code == EGRESS_BLOCKED
     ok = send(msg, ctx, RecordDict({"metrics": MetricRecord(
-        {"num-examples": 5, "loss": 1.0, "accuracy": 0.8})}))
+        {"num-examples": 5, "loss": 1.0, "accuracy": 0.8, "macro-f1": 0.7})}))
     assert not ok.has_error()
     leaky = send(msg, ctx, RecordDict({"metrics": MetricRecord(
-        {"num-examples": 5, "loss": 1.0, "accuracy": 0.8, "epsilon": 1.0})}))
+        {"num-examples": 5, "loss": 1.0, "accuracy": 0.8, "macro-f1": 0.7,
+         "epsilon": 1.0})}))
     assert leaky.has_error()
 
 
@@ -287,7 +288,8 @@ def test_the_real_evaluate_reply_passes_the_guard_and_is_logged(evaluating_site)
     assert not reply.has_error(), reply.error
     assert set(reply.content.keys()) == {"metrics"}
     metrics = reply.content["metrics"]
-    assert set(metrics.keys()) == {"num-examples", "loss", "accuracy"}
+    assert set(metrics.keys()) == {"num-examples", "loss", "accuracy", "macro-f1"}
+    assert 0.0 <= metrics["macro-f1"] <= 1.0
     assert metrics["num-examples"] == 3
     [entry] = egress_log(evaluating_site)
     assert entry["message"] == "evaluate" and entry["verdict"] == "sent"

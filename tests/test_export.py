@@ -206,10 +206,14 @@ RUN_DOC = {
     "rounds": [
         {"round": 1, "sites_trained": 2, "accuracy": 0.3125, "loss": 3.5, "max_epsilon": 5.2846},
         {"round": 2, "sites_trained": 2, "accuracy": 0.4107, "loss": 2.9888,
-         "max_epsilon": 7.9741, "upload_bytes_per_site": 131512.0},
+         "max_epsilon": 7.9741, "upload_bytes_per_site": 131512.0, "macro_f1": 0.3551,
+         "worst_site_accuracy": 0.125},
     ],
     "final": {
         "accuracy": 0.4107, "loss": 2.9888, "rounds_completed": 2, "max_epsilon": 7.9741,
+        "macro_f1": 0.3551, "worst_site_accuracy": 0.125, "worst_site": "site-bbb",
+        "evaluation": {"site-aaa": {"num_examples": 48, "accuracy": 0.5, "macro_f1": 0.42},
+                       "site-bbb": {"num_examples": 8, "accuracy": 0.125, "macro_f1": 0.1}},
         "sites": {
             f"site-{key}": {"epsilon": epsilon, "epsilon_all_runs": 9.125, "delta": 1e-05,
                             "privacy_unit": "customer", "max_epsilon_budget": 10.0,
@@ -226,7 +230,10 @@ def test_the_model_card_reports_the_run():
     for text in ["pilot-7", "2 sites", "149 training examples", "not reported by sites",
                  "`prv` accountant", "| site-aaa | 7.974 | 1e-05 | customer | 0.852 | 1.5 "
                  "| 0.0625 | 9.125 | 10 |", "| site-bbb | 6.5 |", "| site-aaa | 86 | 2 |",
-                 "Final accuracy 0.4107, loss 2.989", "| 2 | 2 | 0.4107 | 2.989 | 7.974 |",
+                 "Final accuracy 0.4107, macro-F1 0.3551, worst site accuracy 0.125, "
+                 "loss 2.989", "| 2 | 2 | 0.4107 | 0.3551 | 0.125 | 2.989 | 7.974 |",
+                 "| 1 | 2 | 0.3125 | not recorded | not recorded | 3.5 | 5.285 |",
+                 "| site-bbb | 8 | 0.125 | 0.1 |\n| site-aaa | 48 | 0.5 | 0.42 |",
                  "`ngram`", "hashed", "card_arrival", "PII-redacted",
                  "Not for decisions about individuals", "cannot run this model",
                  f"{SETTINGS['dim'] * len(LABELS):,} float32 parameters",

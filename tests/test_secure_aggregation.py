@@ -170,7 +170,7 @@ def test_sites_send_only_masked_updates_and_their_metrics(runs):
                                                for _ in STAGES], log
         assert [e["round"] for e in evaluate] == list(range(1, ROUNDS + 1)), log
         assert all(e["verdict"] == "sent" and e["run"] == "secagg-test" for e in entries), log
-        assert all(set(e["metrics"]) == {"num-examples", "loss", "accuracy"}
+        assert all(set(e["metrics"]) == {"num-examples", "loss", "accuracy", "macro-f1"}
                    and "arrays" not in e for e in evaluate), log
         assert [e["secure_aggregation_stage"] for e in train] == STAGES * ROUNDS
         assert all(e["verdict"] == "sent" for e in train)

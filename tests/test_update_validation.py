@@ -79,8 +79,11 @@ def test_the_norm_is_measured_from_the_global_model_sent():
 
 @pytest.mark.parametrize(
     "metrics",
-    [{"loss": 1.0, "accuracy": 0.5}, {"num-examples": 5, "loss": math.inf, "accuracy": 0.5},
-     {"num-examples": 5, "loss": 1.0, "accuracy": 1.5}],
+    [{"loss": 1.0, "accuracy": 0.5, "macro-f1": 0.5},
+     {"num-examples": 5, "loss": math.inf, "accuracy": 0.5, "macro-f1": 0.5},
+     {"num-examples": 5, "loss": 1.0, "accuracy": 1.5, "macro-f1": 0.5},
+     {"num-examples": 5, "loss": 1.0, "accuracy": 0.5},
+     {"num-examples": 5, "loss": 1.0, "accuracy": 0.5, "macro-f1": -0.1}],
 )
 def test_bad_evaluation_metrics_are_rejected(metrics):
     with pytest.raises(InvalidReply):
@@ -115,7 +118,7 @@ class FakeGrid:
 
 def evaluate(strategy, grid: FakeGrid, arrays: ArrayRecord) -> None:
     """Complete the round: every site answers its evaluation."""
-    metrics = MetricRecord({"num-examples": 5, "loss": 1.0, "accuracy": 0.5})
+    metrics = MetricRecord({"num-examples": 5, "loss": 1.0, "accuracy": 0.5, "macro-f1": 0.4})
     messages = strategy.configure_evaluate(1, arrays, ConfigRecord({}), grid)
     replies = grid.send_and_receive(
         messages, lambda m: Message(RecordDict({"metrics": metrics}), reply_to=m)
@@ -161,6 +164,7 @@ def test_strategy_aggregates_only_valid_replies_and_records_the_rest(tmp_path, s
     assert failures["6"] == ("declined", Reason.BUDGET_EXHAUSTED.value)
     assert failures["7"] == ("no reply", "no reply within 7s")
     assert entry["sites_evaluated"] == 7 and entry["accuracy"] == pytest.approx(0.5)
+    assert entry["macro_f1"] == pytest.approx(0.4) and entry["worst_site_accuracy"] == 0.5
 
 
 @pytest.mark.parametrize("name", STRATEGIES)

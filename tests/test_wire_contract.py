@@ -34,11 +34,11 @@ VALID = {
     "epsilon-alone": 4.0, "epsilon-alone-all-runs": 5.0,
     "delta": 1e-5, "noise-multiplier": 1.1, "sample-rate": 1.0, "clip-norm": 1.0, "steps": 1,
     "max-epsilon": 10.0, "privacy-units": 10, "site-key": 123456,
-    "loss": 0.7, "accuracy": 0.75,
+    "loss": 0.7, "accuracy": 0.75, "macro-f1": 0.6,
 }
 """A valid value for every metric either contract names."""
 INVALID = {"num-examples": 0, "train-loss": math.nan, "epsilon": math.nan, "loss": math.inf,
-           "accuracy": 1.5}
+           "accuracy": 1.5, "macro-f1": 1.5}
 """A value each checked metric's check refuses."""
 
 
@@ -120,6 +120,19 @@ def test_the_run_record_keeps_every_recorded_metric_under_its_name(tmp_path):
         expected = None if metric == "epsilon" else VALID[metric]  # JSON has no infinity
         assert site[field] == expected, field
 
+
+
+def test_the_run_record_keeps_every_evaluation_metric_under_its_name(tmp_path):
+    record = RunRecord.start(tmp_path / "metrics.json", 1, {}, LABELS)
+    asked = Message(RecordDict(), dst_node_id=8, message_type="evaluate")
+    reply = Message(RecordDict({"metrics": MetricRecord(every(EVALUATE_METRICS))}),
+                    reply_to=asked)
+    record.record_evaluate(1, [reply], None)
+    site = record.doc["rounds"][0]["evaluation"]["8"]
+    recorded = {m.recorded_as: m.name for m in EVALUATE_METRICS if m.recorded_as is not None}
+    assert set(recorded) == {"num_examples", "loss", "accuracy", "macro_f1"}
+    assert {field: site[field] for field in recorded} == {
+        field: VALID[metric] for field, metric in recorded.items()}
 
 @pytest.mark.parametrize("reason", list(Reason))
 def test_every_fixed_reason_leaves_the_site_and_is_kept_by_the_server(ctx, reason, tmp_path):

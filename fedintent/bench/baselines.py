@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from fl_client.dp_training import evaluate, train_locally, training_plan
+from fl_client.dp_training import Evaluation, evaluate, train_locally, training_plan
 from fl_client.privacy_accounting import plan_noise_multiplier, steps_per_round
 from models import get_model_family
 
@@ -34,7 +34,7 @@ class Recipe:
     clip_norm: float
 
 
-def train_and_score(
+def train_and_evaluate(
     model_name: str,
     label_names: list[str],
     features: torch.Tensor,
@@ -44,8 +44,8 @@ def train_and_score(
     epsilon: float,
     recipe: Recipe,
     seed: int,
-) -> float:
-    """Test accuracy of the model family's initial model trained on one pool of data with
+) -> Evaluation:
+    """Test scores of the model family's initial model trained on one pool of data with
     DP-SGD at ``epsilon`` (inf: plain SGD); the noise is planned for exactly this training."""
     family = get_model_family(model_name)
     charged = steps_per_round(len(labels), recipe.batch_size, recipe.epochs)
@@ -56,4 +56,4 @@ def train_and_score(
                          learning_rate=recipe.learning_rate)
     model = family.initial_model(label_names)
     train_locally(model, features, labels, plan, seed=seed)
-    return evaluate(model, test_features, test_labels)[1]
+    return evaluate(model, test_features, test_labels)

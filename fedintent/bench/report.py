@@ -22,10 +22,14 @@ from fedintent.report_files import epsilon_label, png_bytes, write_report_json
 from fl_protocol.durable_files import write_bytes_atomic
 
 CSV_FIELDS = (
-    "method", "epsilon", "seed", "accuracy", "max_site_epsilon", "max_site_epsilon_alone",
-    "wall_seconds", "seconds_per_round", "first_round_seconds", "samples_per_second_dp",
-    "samples_per_second_no_dp", "upload_bytes_per_site_round", "peak_memory_mib", "seconds",
+    "method", "epsilon", "seed", "accuracy", "macro_f1", "worst_site_accuracy",
+    "max_site_epsilon", "max_site_epsilon_alone",
+    "wall_seconds", "seconds_per_round", "first_round_seconds", "upload_bytes_per_site_round",
+    "peak_memory_mib", "seconds",
 )
+PLOT_CURVES = ((FEDERATED, "o-"), (FEDERATED_DISTRIBUTED, "D-"), (CENTRAL_DP, "s--"),
+               (LOCAL_ONLY, "^:"))
+"""The epsilon-dependent methods and their line styles (marker first)."""
 FEDERATED_PRIVACY_MODELS = {FEDERATED: LOCAL_DP, FEDERATED_DISTRIBUTED: DISTRIBUTED_DP}
 """The federated methods, by the privacy model each stands for."""
 LABELS = {
@@ -39,14 +43,17 @@ LABELS = {
 
 
 def summarize(results: list[dict]) -> list[dict]:
-    """Mean, standard deviation, min and max accuracy per (method, epsilon) over seeds."""
-    groups: dict[tuple[str, float], list[float]] = {}
+    """Mean, standard deviation, min and max accuracy per (method, epsilon) over seeds, and the
+    mean macro-F1 (``None`` when a cell of the group has none: TF-IDF, or a cell from before)."""
+    groups: dict[tuple[str, float], list[dict]] = {}
     for result in results:
-        groups.setdefault((result["method"], _epsilon(result)), []).append(result["accuracy"])
+        groups.setdefault((result["method"], _epsilon(result)), []).append(result)
     rows = []
-    for (method, epsilon), accuracies in sorted(
+    for (method, epsilon), cells in sorted(
         groups.items(), key=lambda item: (METHODS.index(item[0][0]), item[0][1])
     ):
+        accuracies = [cell["accuracy"] for cell in cells]
+        f1s = [cell.get("macro_f1") for cell in cells]
         rows.append({
             "method": method,
             "epsilon": epsilon,
@@ -55,6 +62,7 @@ def summarize(results: list[dict]) -> list[dict]:
             "std": statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0,
             "min": min(accuracies),
             "max": max(accuracies),
+            "macro_f1": None if None in f1s else statistics.fmean(f1s),
         })
     return rows
 
@@ -76,40 +84,63 @@ def write_outputs(out_dir: Path, spec: dict, results: list[dict]) -> None:
 
 def plot_png(summary: list[dict], spec: dict) -> bytes:
     """Accuracy against epsilon: mean and min-max band over seeds for the epsilon-dependent
-    methods, the non-private references as horizontal lines, epsilon inf drawn at the right."""
+    methods, the non-private references as horizontal lines. A method's no-DP result (epsilon
+    inf) is its own marker right of a divider, never joined to the finite epsilons: no
+    continuum leads from epsilon 8 to no privacy. The legend sits outside the axes, so that it
+    hides no point."""
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
+    from matplotlib.patches import Patch
 
     finite = sorted({row["epsilon"] for row in summary if math.isfinite(row["epsilon"])})
     inf_x = (max(finite) * 2.5) if finite else 1.0
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
-    curves = ((FEDERATED, "o-"), (FEDERATED_DISTRIBUTED, "D-"), (CENTRAL_DP, "s--"),
-              (LOCAL_ONLY, "^:"))
-    for method, style in curves:
+    fig, ax = plt.subplots(figsize=(10, 4.5), dpi=120)
+    for method, style in PLOT_CURVES:
         rows = [row for row in summary if row["method"] == method]
-        if not rows:
-            continue
-        xs = [row["epsilon"] if math.isfinite(row["epsilon"]) else inf_x for row in rows]
-        ax.plot(xs, [row["mean"] for row in rows], style, label=LABELS[method])
-        ax.fill_between(xs, [row["min"] for row in rows], [row["max"] for row in rows], alpha=0.2)
+        if rows:
+            _plot_method(ax, method, style, rows, inf_x)
     for method, color in ((CENTRAL, "black"), (TFIDF, "grey")):
         rows = [row for row in summary if row["method"] == method]
         if rows:
             ax.axhline(rows[0]["mean"], color=color, linestyle="-.", linewidth=1,
                        label=f"{LABELS[method]} ({rows[0]['mean']:.3f})")
+    if finite:
+        ax.axvline(math.sqrt(max(finite) * inf_x), color="grey", linewidth=0.8, linestyle=":")
     ax.set_xscale("log")
     ticks = [*finite, inf_x] if finite else [inf_x]
-    ax.set_xticks(ticks, [f"{x:g}" for x in finite] + ["inf"])
+    ax.set_xticks(ticks, [f"{x:g}" for x in finite] + ["inf (no DP)"])
     ax.minorticks_off()
     ax.set_xlabel("per-site epsilon (delta 1e-5, one utterance)")
     ax.set_ylabel("test accuracy")
     ax.set_title(f"{Path(str(spec['data'])).name}: {spec['sites']} sites, "
                  f"Dirichlet alpha {spec['alpha']:g}, {spec['seeds']} seeds")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    handles, _ = ax.get_legend_handles_labels()
+    band = Patch(color="grey", alpha=0.2, label="shaded band / error bar: min-max over seeds")
+    ax.legend(handles=[*handles, band], fontsize=8, loc="upper left",
+              bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
     return png_bytes(fig)
+
+
+def _plot_method(ax, method: str, style: str, rows: list[dict], inf_x: float) -> None:
+    """One method: mean line and min-max band over its finite epsilons, and its no-DP result
+    as a lone marker with a min-max error bar at ``inf_x``."""
+    finite = [row for row in rows if math.isfinite(row["epsilon"])]
+    color = None
+    if finite:
+        xs = [row["epsilon"] for row in finite]
+        [line] = ax.plot(xs, [row["mean"] for row in finite], style, label=LABELS[method])
+        color = line.get_color()
+        ax.fill_between(xs, [row["min"] for row in finite], [row["max"] for row in finite],
+                        color=color, alpha=0.2)
+    for row in rows:
+        if not math.isfinite(row["epsilon"]):
+            ax.errorbar([inf_x], [row["mean"]], yerr=[[row["mean"] - row["min"]],
+                                                      [row["max"] - row["mean"]]],
+                        fmt=style[0], color=color, capsize=3,
+                        label=None if finite else LABELS[method])
 
 
 def markdown_report(spec: dict, summary: list[dict], results: list[dict]) -> str:
@@ -118,32 +149,39 @@ def markdown_report(spec: dict, summary: list[dict], results: list[dict]) -> str
         "",
         f"{spec['sites']} sites, Dirichlet alpha {spec['alpha']:g}, partition seed "
         f"{spec['partition_seed']}, {spec['seeds']} training seeds; per-site (epsilon, delta "
-        "1e-5) for one utterance; test accuracy on the dataset's held-out test split.",
+        "1e-5) for one utterance; test accuracy and macro-F1 (the unweighted mean of per-intent "
+        "F1: a rare intent counts as much as a common one) on the dataset's held-out test "
+        "split.",
         "",
-        "| method | epsilon | mean accuracy | std | min | max | seeds |",
-        "|---|---|---|---|---|---|---|",
+        *_provenance_lines(spec),
+        "| method | epsilon | mean accuracy | std | min | max | mean macro-F1 | seeds |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for row in summary:
         lines.append(
             f"| {LABELS[row['method']]} | {epsilon_label(row['epsilon'])} | {row['mean']:.4f} | "
-            f"{row['std']:.4f} | {row['min']:.4f} | {row['max']:.4f} | {row['seeds']} |"
+            f"{row['std']:.4f} | {row['min']:.4f} | {row['max']:.4f} | "
+            f"{_fmt(row.get('macro_f1'), '.4f')} | {row['seeds']} |"
         )
     distributed = [r for r in results if r["method"] == FEDERATED_DISTRIBUTED]
     if distributed:
         lines += ["", _distributed_note(spec, distributed)]
     lines += ["", "![accuracy against epsilon](accuracy_vs_epsilon.png)", "",
-              "## Federated runs: performance", "",
-              "| privacy model | epsilon | seed | wall s | s/round | samples/s DP | "
-              "samples/s no DP | upload bytes/site/round | peak memory MiB | max site epsilon | "
+              *_plot_table(summary), "", "## Federated runs: performance", "",
+              "Worst site accuracy: the final model on each site's own test split, as the sites "
+              "reported it; the lowest of them. The pooled accuracy above is dominated by the "
+              "largest sites.", "",
+              "| privacy model | epsilon | seed | worst site accuracy | wall s | s/round | "
+              "upload bytes/site/round | peak memory MiB | max site epsilon | "
               "max site epsilon alone |",
-              "|---|---|---|---|---|---|---|---|---|---|---|"]
+              "|---|---|---|---|---|---|---|---|---|---|"]
     for result in sorted((r for r in results if r["method"] in FEDERATED_PRIVACY_MODELS),
                          key=lambda r: (METHODS.index(r["method"]), _epsilon(r), r["seed"])):
         lines.append(
             f"| {FEDERATED_PRIVACY_MODELS[result['method']]} | {epsilon_label(_epsilon(result))} | "
-            f"{result['seed']} | {result['wall_seconds']:.0f} | "
-            f"{result['seconds_per_round']:.2f} | {_fmt(result.get('samples_per_second_dp'))} | "
-            f"{_fmt(result.get('samples_per_second_no_dp'))} | "
+            f"{result['seed']} | {_fmt(result.get('worst_site_accuracy'), '.4f')} | "
+            f"{result['wall_seconds']:.0f} | "
+            f"{result['seconds_per_round']:.2f} | "
             f"{result['upload_bytes_per_site_round']:.0f} | {result['peak_memory_mib']:.0f} | "
             f"{_fmt(result.get('max_site_epsilon'), '.3f')} | "
             f"{_fmt(result.get('max_site_epsilon_alone'), '.3f')} |"
@@ -158,6 +196,37 @@ def markdown_report(spec: dict, summary: list[dict], results: list[dict]) -> str
             lines.append(f"- epsilon {epsilon}: "
                          + ", ".join(f"{k}={v}" for k, v in settings.items()))
     return "\n".join(lines) + "\n"
+
+
+def _plot_table(summary: list[dict]) -> list[str]:
+    """The figure's points as a table: mean accuracy (min-max over seeds) per method and
+    epsilon; a method without a result at an epsilon shows ``-``."""
+    epsilons = sorted({row["epsilon"] for row in summary})
+    points = {(row["method"], row["epsilon"]): row for row in summary}
+    lines = ["The figure's points: mean test accuracy (min-max over seeds).", "",
+             "| method | " + " | ".join(epsilon_label(e) for e in epsilons) + " |",
+             "|---|" + "---|" * len(epsilons)]
+    for method in METHODS:
+        if not any(m == method for m, _ in points):
+            continue
+        cells = [f"{points[method, e]['mean']:.4f} ({points[method, e]['min']:.4f}-"
+                 f"{points[method, e]['max']:.4f})" if (method, e) in points else "-"
+                 for e in epsilons]
+        lines.append(f"| {LABELS[method]} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _provenance_lines(spec: dict) -> list[str]:
+    """Which data and code made these numbers (bench.json has each invocation's)."""
+    lines = [f"Data: `{name}` SHA-256 `{digest}`"
+             for name, digest in sorted(spec.get("dataset_sha256", {}).items())]
+    software = (spec.get("software") or [{}])[-1]
+    versions = ", ".join(f"{name} {version}" for name, version
+                         in software.get("versions", {}).items() if version is not None)
+    if versions:
+        lines.append(f"Software: {versions}; git commit "
+                     f"{software.get('git_commit', 'not recorded (not run from a checkout)')}")
+    return [f"- {line}" for line in lines] + [""] if lines else []
 
 
 def _distributed_note(spec: dict, distributed: list[dict]) -> str:

@@ -20,7 +20,7 @@ import torch
 from tqdm import tqdm
 
 from data_synth.baseline import tfidf_accuracy
-from fedintent.bench.baselines import Recipe, train_and_score
+from fedintent.bench.baselines import Recipe, train_and_evaluate
 from fedintent.bench.cells import (
     CENTRAL,
     CENTRAL_DP,
@@ -41,6 +41,7 @@ from fedintent.report_files import claim_folder, epsilon_label
 from fl_client.site_data import list_site_dirs, load_site
 from fl_protocol.label_file import read_labels
 from fl_protocol.wire import RUN_CONFIG_DEFAULTS
+from fl_server.provenance import file_sha256, software_provenance
 from fl_server.run_config import check_run_config, tuned_epsilon, tuned_settings
 from models import get_model_family
 from models.family import concat_features
@@ -50,6 +51,8 @@ RUN_SETTINGS = (
     "learning-rate", "server-momentum", "clip-norm", "accountant", "privacy-unit", "delta",
 )
 """The run-config keys a sweep fixes per epsilon (recorded in bench.json and the report)."""
+DATASET_FILES = ("train.csv", "test.csv")
+"""The dataset's files, each hashed into bench.json (``dataset_sha256``)."""
 
 CENTRAL_DP_RECIPES = {
     1.0: Recipe(epochs=40, batch_size=16384, learning_rate=96.0, clip_norm=1.0),
@@ -102,7 +105,6 @@ def run_bench(spec: BenchSpec, out_dir: Path) -> list[dict]:
     tensors = [_features(site.train, family, cache) for site in sites]
     test_x, test_y = _pooled([_features(site.test, family, cache) for site in sites])
     pooled = _pooled(tensors)
-    largest = max(tensors, key=lambda t: len(t[1]))
 
     cells = sweep_cells(spec.epsilons, spec.seeds, spec.privacy_models)
     done = {cell: load_cell(out_dir, cell) for cell in cells}
@@ -120,22 +122,25 @@ def run_bench(spec: BenchSpec, out_dir: Path) -> list[dict]:
                      if cell.method == FEDERATED_DISTRIBUTED else {})
             result = run_federated(
                 data_dir, out_dir / "runs" / cell.id, cache, len(sites), settings_eps | extra,
-                cell.seed, test_x, test_y, largest,
+                cell.seed, test_x, test_y,
             )
         elif cell.method in (CENTRAL, CENTRAL_DP):
             recipe = (
                 CENTRAL_DP_RECIPES[tuned_epsilon(cell.epsilon, CENTRAL_DP_RECIPES)]
                 if cell.method == CENTRAL_DP else CENTRAL_RECIPE
             )
-            result = {"accuracy": train_and_score(
-                spec.model, labels, *pooled, test_x, test_y, cell.epsilon, recipe, cell.seed)}
+            scores = train_and_evaluate(
+                spec.model, labels, *pooled, test_x, test_y, cell.epsilon, recipe, cell.seed)
+            result = {"accuracy": scores.accuracy, "macro_f1": scores.macro_f1}
         elif cell.method == LOCAL_ONLY:
             per_site = [
-                train_and_score(spec.model, labels, x, y, test_x, test_y, cell.epsilon,
-                                _recipe(settings_eps), cell.seed)
+                train_and_evaluate(spec.model, labels, x, y, test_x, test_y, cell.epsilon,
+                                   _recipe(settings_eps), cell.seed)
                 for x, y in tensors
             ]
-            result = {"accuracy": statistics.fmean(per_site), "site_accuracies": per_site}
+            result = {"accuracy": statistics.fmean(s.accuracy for s in per_site),
+                      "macro_f1": statistics.fmean(s.macro_f1 for s in per_site),
+                      "site_accuracies": [s.accuracy for s in per_site]}
         else:
             result = {"accuracy": tfidf_accuracy(
                 [t for site in sites for t in site.train.texts],
@@ -153,21 +158,29 @@ def run_bench(spec: BenchSpec, out_dir: Path) -> list[dict]:
 
 
 def claim_sweep_folder(out_dir: Path, spec: BenchSpec) -> dict:
-    """The sweep's record (its spec and each epsilon's settings), written to bench.json unless
-    the folder holds another sweep; distributed-DP settings are checked first, so that a bad
-    combination is refused before any cell runs rather than after the local ones."""
+    """The sweep's record (its spec, each epsilon's settings, the dataset's SHA-256 and, one
+    entry per invocation, the software that ran), written to bench.json unless the folder holds
+    another sweep; distributed-DP settings are checked first, so that a bad combination is
+    refused before any cell runs rather than after the local ones."""
     settings = {epsilon_label(eps): _federated_settings(eps, spec) for eps in spec.epsilons}
     if DISTRIBUTED_DP in spec.privacy_models:
         for eps in filter(math.isfinite, spec.epsilons):
             check_run_config(settings[epsilon_label(eps)] | distributed_settings(spec, eps)
                              | {"min-sites": spec.sites})
-    record = asdict(spec) | {"settings": settings}
+    record = asdict(spec) | {"settings": settings, "dataset_sha256": dataset_sha256(spec.data),
+                             "software": [software_provenance()]}
     if DISTRIBUTED_DP in spec.privacy_models:
         record["distributed_settings"] = {
             epsilon_label(eps): distributed_settings(spec, eps)
             for eps in filter(math.isfinite, spec.epsilons)}
     _claim_folder(out_dir, record)
     return record
+
+
+def dataset_sha256(data: str) -> dict[str, str]:
+    """SHA-256 of the dataset's splits: the same path can hold other data on another day."""
+    return {name: file_sha256(Path(data) / name) for name in DATASET_FILES
+            if (Path(data) / name).is_file()}
 
 
 def distributed_settings(spec: BenchSpec, epsilon: float) -> dict:
@@ -214,11 +227,15 @@ def _claim_folder(out_dir: Path, record: dict) -> None:
         fixed = ("data", "sites", "alpha", "partition_seed", "model", "settings", "tolerated_sites")
         if any(existing.get(k) != wanted[k] for k in fixed):
             return None
+        if existing.get("dataset_sha256", wanted["dataset_sha256"]) != wanted["dataset_sha256"]:
+            return None  # the same path, other data
         before, now = existing.get("distributed_settings"), wanted.get("distributed_settings")
         if before and now and any(before.get(k, v) != v for k, v in now.items()):
             return None  # distributed cells of other settings
         free = ("epsilons", "seeds", "privacy_models")  # cells are keyed by these: none mix
         merged = existing | {k: wanted[k] for k in free}
+        merged["dataset_sha256"] = wanted["dataset_sha256"]
+        merged["software"] = existing.get("software", []) + wanted["software"]
         if now:
             merged["distributed_settings"] = (before or {}) | now
         return merged

@@ -19,6 +19,11 @@ def print_summary(metrics: dict, seconds: float, names: Mapping[str, str] | None
     print(f"\nfinished in {seconds:.0f}s: {final['rounds_completed']} rounds")
     print(f"final accuracy (example-weighted over the sites' test splits): "
           f"{format_accuracy(final.get('accuracy'))}")
+    if final.get("worst_site") is not None:
+        print(f"macro-F1 (example-weighted mean of the sites'): "
+              f"{format_accuracy(final['macro_f1'])}; worst site accuracy "
+              f"{format_accuracy(final['worst_site_accuracy'])} "
+              f"({site_label(final['worst_site'], names or {})})")
     print("privacy per site (epsilon: this run, all its rounds; lifetime: every run on the "
           "site's data):")
     for key, site in sorted(final["sites"].items()):

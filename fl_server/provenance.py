@@ -1,0 +1,57 @@
+"""What produced a result: package versions and, from a checkout, the project's git commit.
+
+A number in ``metrics.json`` or a benchmark report is only comparable with another when both
+say which code made them. Nothing here may fail a run: a package that is not installed is
+``None``, and a commit that cannot be read (no git, not a checkout, the code installed from an
+app bundle) is left out.
+"""
+
+import hashlib
+import subprocess
+from importlib import metadata
+from pathlib import Path
+
+PACKAGES = ("fedintent", "flwr", "torch", "opacus", "transformers", "numpy")
+"""The packages whose versions decide what a run computes."""
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+GIT_TIMEOUT_SECONDS = 5.0
+
+
+def software_provenance() -> dict:
+    """Package versions, and ``git_commit`` when the code runs from a git checkout."""
+    record: dict = {"versions": {name: _version(name) for name in PACKAGES}}
+    commit = git_commit(PROJECT_ROOT)
+    if commit is not None:
+        record["git_commit"] = commit
+    return record
+
+
+def git_commit(root: Path) -> str | None:
+    """HEAD of the checkout whose top level is ``root``; ``None`` otherwise. A folder inside
+    some other repository (an app bundle unpacked under a checkout) is not ``root``'s commit."""
+    try:
+        result = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--show-toplevel", "HEAD"],
+            capture_output=True, text=True, timeout=GIT_TIMEOUT_SECONDS, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    lines = result.stdout.split()
+    if result.returncode != 0 or len(lines) != 2 or Path(lines[0]).resolve() != root.resolve():
+        return None
+    return lines[1]
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file's bytes, read in blocks (a dataset can be large)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _version(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None

@@ -1,0 +1,64 @@
+"""Provenance: which code made a ``metrics.json`` or a benchmark, and on which data; reading it
+never fails a run."""
+
+import hashlib
+import json
+import re
+
+import pytest
+
+from fedintent.bench.sweep import BenchSpec, claim_sweep_folder
+from fl_server.provenance import PACKAGES, file_sha256, git_commit, software_provenance
+from fl_server.run_record import RunRecord
+
+
+def test_software_provenance_names_every_package_and_the_checkouts_commit():
+    record = software_provenance()
+    assert set(record["versions"]) == set(PACKAGES)
+    assert record["versions"]["flwr"] == "1.41.0"
+    if "git_commit" in record:  # absent when the tests run from an installed copy
+        assert re.fullmatch(r"[0-9a-f]{40}", record["git_commit"])
+
+
+def test_no_commit_outside_a_checkout_or_without_git(tmp_path, monkeypatch):
+    assert git_commit(tmp_path) is None
+    monkeypatch.setenv("PATH", str(tmp_path))  # no git to run
+    assert git_commit(tmp_path) is None
+    assert "versions" in software_provenance()
+
+
+def test_metrics_json_records_the_software(tmp_path):
+    RunRecord.start(tmp_path / "metrics.json", 1, {}, ["a"])
+    doc = json.loads((tmp_path / "metrics.json").read_text())
+    assert doc["provenance"] == software_provenance()
+
+
+def test_bench_json_records_the_datasets_hashes_and_each_invocation(tmp_path):
+    data = tmp_path / "csv"
+    data.mkdir()
+    (data / "train.csv").write_text("text,label\nhi,greet\n", encoding="utf-8")
+    (data / "test.csv").write_text("text,label\nhello,greet\n", encoding="utf-8")
+    spec = BenchSpec(data=str(data), sites=2, alpha=0.5, epsilons=[8.0], seeds=1,
+                     partition_seed=0, rounds=1)
+    out = tmp_path / "out"
+    out.mkdir()
+    claim_sweep_folder(out, spec)
+    claim_sweep_folder(out, spec)
+    recorded = json.loads((out / "bench.json").read_text())
+    assert recorded["dataset_sha256"] == {
+        "train.csv": hashlib.sha256(b"text,label\nhi,greet\n").hexdigest(),
+        "test.csv": file_sha256(data / "test.csv")}
+    assert len(recorded["software"]) == 2
+    assert (recorded["sites"], recorded["alpha"], recorded["partition_seed"]) == (2, 0.5, 0)
+
+
+def test_a_sweep_folder_refuses_the_same_path_with_other_data(tmp_path):
+    data = tmp_path / "csv"
+    data.mkdir()
+    (data / "train.csv").write_text("text,label\nhi,greet\n", encoding="utf-8")
+    spec = BenchSpec(data=str(data), sites=2, alpha=0.5, epsilons=[8.0], seeds=1,
+                     partition_seed=0, rounds=1)
+    claim_sweep_folder(tmp_path, spec)
+    (data / "train.csv").write_text("text,label\nbye,farewell\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="different data"):
+        claim_sweep_folder(tmp_path, spec)
