@@ -103,20 +103,16 @@ def noisy_integer_sum(
     steps = GRID_RANGE // norm  # grid steps per integer
     grid_sums = clipped_grid_sum(model, features, labels, clip_norm)
     rounding = torch.Generator().manual_seed(seed)
-    rounded = torch.cat([
-        torch.div(grid_sums[name].flatten() + torch.randint(0, steps, (named[name].numel(),),
-                                                            generator=rounding),
-                  steps, rounding_mode="floor")
-        for name in names
-    ])
-    noise = np.random.default_rng([seed, 1])  # its own stream, after every rounding draw
+    noise = np.random.default_rng([seed, 1])  # a stream of its own, apart from the rounding's
     skellam = noise.poisson(mu_share, dim) - noise.poisson(mu_share, dim)
-    vector = rounded.numpy() + skellam
     out, offset = {}, 0
     for name in names:
-        size = state[name].numel()
-        out[name] = vector[offset:offset + size].reshape(tuple(state[name].shape))
-        offset += size
+        total = grid_sums[name].flatten()
+        up = torch.randint(0, steps, (len(total),), generator=rounding)
+        rounded = torch.div(total + up, steps, rounding_mode="floor").numpy()
+        noisy = rounded + skellam[offset:offset + len(total)]
+        out[name] = noisy.reshape(tuple(state[name].shape))
+        offset += len(total)
     return out
 
 

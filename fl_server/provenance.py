@@ -43,11 +43,8 @@ def git_commit(root: Path) -> str | None:
 
 def file_sha256(path: Path) -> str:
     """SHA-256 of a file's bytes, read in blocks (a dataset can be large)."""
-    digest = hashlib.sha256()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _version(name: str) -> str | None:

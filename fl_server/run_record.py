@@ -140,6 +140,7 @@ class RunRecord:
         if aggregated is not None:
             entry["accuracy"] = float(aggregated["accuracy"])
             entry["loss"] = float(aggregated["loss"])
+            entry["macro_f1"] = float(aggregated["macro-f1"])
         entry |= _site_evaluations(replies, self._pseudonyms(entry))
         self.doc["rounds"].append(entry)
         self.write()
@@ -207,8 +208,8 @@ def final_summary(doc: dict) -> dict:
 
 
 def _site_evaluations(replies: list[Message], pseudonyms: dict[str, str]) -> dict:
-    """Each site's evaluation (by pseudonym where known), the worst site's accuracy and the
-    example-weighted mean macro-F1 of the replies that evaluated."""
+    """Each site's evaluation (by pseudonym where known) and the worst site's accuracy, from the
+    replies that evaluated."""
     sites = {}
     for reply in replies:
         if reply.has_error():
@@ -221,9 +222,7 @@ def _site_evaluations(replies: list[Message], pseudonyms: dict[str, str]) -> dic
     if not sites:
         return {}
     worst = min(sites, key=lambda key: sites[key]["accuracy"])
-    weight = sum(site["num_examples"] for site in sites.values())
     return {
-        "macro_f1": sum(s["macro_f1"] * s["num_examples"] for s in sites.values()) / weight,
         "worst_site_accuracy": sites[worst]["accuracy"],
         "worst_site": worst,
         "evaluation": sites,

@@ -221,9 +221,9 @@ def strategy_state(checked: CheckedRounds) -> dict[str, dict[str, np.ndarray]]:
     for name in STATE_ATTRIBUTES:
         value = getattr(checked.strategy, name, None)
         if value is not None and len(value):
-            state[name] = dict(enumerate(value)) if name in LIST_STATE else dict(value)
-    return {name: {str(key): array for key, array in arrays.items()}
-            for name, arrays in state.items()}
+            items = enumerate(value) if name in LIST_STATE else value.items()
+            state[name] = {str(key): array for key, array in items}
+    return state
 
 
 def restore_strategy_state(

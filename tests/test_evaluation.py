@@ -63,7 +63,8 @@ def recorded(tmp_path) -> RunRecord:
     record.record_evaluate(1, [evaluation_reply(7, 90, 0.9, 0.8),
                                evaluation_reply(8, 10, 0.1, 0.05)], None)
     record.record_train(2, [train_reply(7, 0xAB)], {})
-    aggregated = MetricRecord({"accuracy": 0.82, "loss": 1.0})
+    # the example-weighted means, as Flower's FedAvg aggregates the two replies
+    aggregated = MetricRecord({"accuracy": 0.82, "loss": 1.0, "macro-f1": 0.725})
     record.record_evaluate(2, [evaluation_reply(7, 90, 0.9, 0.8),
                                evaluation_reply(8, 10, 0.1, 0.05)], aggregated)
     return record
