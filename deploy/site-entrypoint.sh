@@ -13,7 +13,8 @@
 #                     start without it
 #   DATA_DIR          this site's data folder (default /data)
 #   STATE_DIR         privacy ledger, caches, egress log (default /state)
-#   MAX_EPSILON       this site's lifetime privacy budget (default 8.0)
+#   MAX_EPSILON       this site's lifetime privacy budget per unit (default: the ClientApp's,
+#                     8; fl_protocol/wire.py DEFAULT_MAX_EPSILON)
 #   MAX_DELTA         the largest delta this site accepts (default: the ClientApp's, 1e-5)
 #   PRIVACY_UNIT      utterance or customer, to insist on one (default: any)
 #   PRIVACY_MODELS    the privacy models this site takes part in: local, distributed, or
@@ -23,6 +24,9 @@
 #   MAX_EPSILON_ALONE distributed DP: the most epsilon this site's own noise shares may amount
 #                     to, if every other site colluded (default: the ClientApp's, 50)
 #   SUPERNODE_PORT    local port of the SuperNode's API for its ClientApp process (default 9094)
+#   HEALTH_PORT       local port of the SuperNode's gRPC health service, on 127.0.0.1, which
+#                     deploy/site_healthcheck.py asks (default: none, no health service; the
+#                     site container sets 9096). Each SuperNode on one host needs its own
 set -eu
 
 : "${SUPERLINK:?set SUPERLINK to the SuperLink address, host:port}"
@@ -31,7 +35,6 @@ SITE_KEY="${SITE_KEY:-/credentials/site.key}"
 TRUSTED_ENTITIES="${TRUSTED_ENTITIES:-/credentials/trusted-entities.yaml}"
 DATA_DIR="${DATA_DIR:-/data}"
 STATE_DIR="${STATE_DIR:-/state}"
-MAX_EPSILON="${MAX_EPSILON:-8.0}"
 SUPERNODE_PORT="${SUPERNODE_PORT:-9094}"
 
 for file in "$CA_CERT" "$SITE_KEY" "$TRUSTED_ENTITIES"; do
@@ -62,7 +65,8 @@ case "$DATA_DIR$STATE_DIR${PRIVACY_UNIT:-}${PRIVACY_MODELS:-}" in
     *"'"*) echo "site-entrypoint: DATA_DIR, STATE_DIR, PRIVACY_UNIT and PRIVACY_MODELS cannot contain a single quote" >&2
            exit 2;;
 esac
-node_config="data-path='$DATA_DIR' state-dir='$STATE_DIR' max-epsilon=$MAX_EPSILON"
+node_config="data-path='$DATA_DIR' state-dir='$STATE_DIR'"
+[ -z "${MAX_EPSILON:-}" ] || node_config="$node_config max-epsilon=$MAX_EPSILON"
 [ -z "${MAX_DELTA:-}" ] || node_config="$node_config max-delta=$MAX_DELTA"
 [ -z "${PRIVACY_UNIT:-}" ] || node_config="$node_config privacy-unit='$PRIVACY_UNIT'"
 [ -z "${PRIVACY_MODELS:-}" ] || node_config="$node_config privacy-models='$PRIVACY_MODELS'"
@@ -75,10 +79,12 @@ export FLWR_TELEMETRY_ENABLED=0 FLWR_DISABLE_UPDATE_CHECK=1 \
     FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 \
     TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
 
-exec flower-supernode \
+set -- \
     --root-certificates "$CA_CERT" \
     --auth-supernode-private-key "$SITE_KEY" \
     --trusted-entities "$TRUSTED_ENTITIES" \
     --superlink "$SUPERLINK" \
     --port "$SUPERNODE_PORT" \
     --node-config "$node_config"
+[ -z "${HEALTH_PORT:-}" ] || set -- "$@" --health-server-address "127.0.0.1:$HEALTH_PORT"
+exec flower-supernode "$@"

@@ -8,7 +8,7 @@ what the server asks against the policy and refuses what would weaken it:
 =====================  ==========================================  ============================
 server asks (run)      site's policy (node config)                 refused when
 =====================  ==========================================  ============================
-target-epsilon         ``max-epsilon`` (default 10): each unit's   not > 0; ``inf`` (no DP)
+target-epsilon         ``max-epsilon`` (default 8): each unit's    not > 0; ``inf`` (no DP)
                        lifetime budget; ``inf`` allows no DP       unless max-epsilon is inf
 delta                  ``max-delta`` (default 1e-5), and below     above either
                        1 / (10 x the site's units)
@@ -43,9 +43,14 @@ from dataclasses import dataclass
 from flwr.app import Context, Message
 
 from fl_client.privacy_accounting import DELTA_UNITS_FACTOR, check_accountant, default_delta
-from fl_protocol.wire import CONFIG_KEY, PRIVACY_MODELS, PRIVACY_UNITS, Reason
+from fl_protocol.wire import (
+    CONFIG_KEY,
+    DEFAULT_MAX_EPSILON,
+    PRIVACY_MODELS,
+    PRIVACY_UNITS,
+    Reason,
+)
 
-DEFAULT_MAX_EPSILON = 10.0
 DEFAULT_MAX_DELTA = 1e-5
 DEFAULT_MAX_EPSILON_ALONE = 50.0
 """Bounds what a site keeps if the server lies about the cohort or every other site colludes:

@@ -51,6 +51,12 @@ PRIVACY_MODELS = ("local", "distributed")
 ACCOUNTANTS = ("prv", "rdp")
 """How a site converts its noise into epsilon for a run's plan; both are sound upper bounds."""
 
+DEFAULT_MAX_EPSILON = 8.0
+"""The one default privacy budget: a site's lifetime ``max-epsilon`` per unit when its node
+config sets none (``fl_client/site_policy``, and so the site container's), the simulated sites'
+stand-in ``site-max-epsilon``, and a run's ``target-epsilon``. Defined here, in the layer both
+sides share; a site's own node config overrides it, the server's run config cannot."""
+
 RUN_CONFIG_DEFAULTS: dict[str, str | int | float | bool] = {
     "data-dir": "",
     "labels-file": "",
@@ -63,10 +69,10 @@ RUN_CONFIG_DEFAULTS: dict[str, str | int | float | bool] = {
     "server-learning-rate": 0.05,
     "server-momentum": 0.0,
     "min-sites": 2,
-    "target-epsilon": 8.0,
+    "target-epsilon": DEFAULT_MAX_EPSILON,
     "delta": 0.0,
     "privacy-unit": "utterance",
-    "site-max-epsilon": 10.0,
+    "site-max-epsilon": DEFAULT_MAX_EPSILON,
     "accountant": "prv",
     "clip-norm": 1.0,
     "batch-size": 4096,

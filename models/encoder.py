@@ -22,6 +22,8 @@ from fl_protocol.durable_files import write_bytes_atomic
 MAX_TOKENS = 128
 ENCODE_BATCH = 64
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+MINILM_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
+"""The Hugging Face Hub model the packaged folder copies (Apache-2.0): an export's base model."""
 
 
 def packaged_minilm() -> Path:

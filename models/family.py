@@ -24,7 +24,10 @@ import torch
 from torch import nn
 
 from models import encoder_head, minilm_finetune, ngram
-from models.encoder import check_encoder_folder, packaged_minilm
+from models.encoder import MINILM_HUB_ID, check_encoder_folder, packaged_minilm
+
+PROJECT_LICENSE = "apache-2.0"
+"""fedintent's license (pyproject), as Hugging Face spells it: that of weights it trained."""
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,11 @@ class ModelFamily:
         a batch is split into chunks of similar length; see ``TrainingPlan``).
     encoder_path: the Hugging Face encoder folder of BERT-based families, None for ``ngram``.
     trained_layers: top encoder layers trained and exchanged (``minilm-finetune``).
+    base_model, language_code, license: the exported model card's metadata: the Hugging Face
+        Hub id of the pretrained model the family starts from, the ISO 639-1 code of the one
+        language its featurizer reads, and the license of the exported weights (fedintent's
+        and its base model's); None where there is none or fedintent cannot know it (a local
+        checkpoint's).
     """
 
     name: str
@@ -52,9 +60,13 @@ class ModelFamily:
     physical_batch_size: int | None = None
     encoder_path: Path | None = None
     trained_layers: int = 0
+    base_model: str | None = None
+    language_code: str | None = None
+    license: str | None = None
 
 
-def _encoder_head(name: str, folder: Path, description: str, languages: str) -> ModelFamily:
+def _encoder_head(name: str, folder: Path, description: str, languages: str,
+                  **card: str) -> ModelFamily:
     return ModelFamily(
         name=name,
         description=description,
@@ -65,6 +77,7 @@ def _encoder_head(name: str, folder: Path, description: str, languages: str) -> 
         build_model=partial(encoder_head.build_head, folder=folder),
         initial_model=partial(encoder_head.initial_head, folder=folder),
         encoder_path=folder,
+        **card,
     )
 
 
@@ -84,6 +97,9 @@ def _minilm_finetune() -> ModelFamily:
         physical_batch_size=minilm_finetune.PHYSICAL_BATCH_SIZE,
         encoder_path=folder,
         trained_layers=layers,
+        base_model=MINILM_HUB_ID,
+        language_code="en",
+        license=PROJECT_LICENSE,
     )
 
 
@@ -101,6 +117,7 @@ def _ngram() -> ModelFamily:
         build_model=ngram.build_model,
         initial_model=ngram.initial_model,
         grad_sample_mode="ghost",
+        license=PROJECT_LICENSE,
     )
 
 
@@ -108,7 +125,8 @@ _NAMED = {
     "minilm-head": lambda: _encoder_head(
         "minilm-head", packaged_minilm(),
         "frozen packaged all-MiniLM-L6-v2 sentence embeddings + trainable linear head; "
-        "the fast default", "English"),
+        "the fast default", "English", base_model=MINILM_HUB_ID, language_code="en",
+        license=PROJECT_LICENSE),
     "minilm-finetune": _minilm_finetune,
     "ngram": _ngram,
 }

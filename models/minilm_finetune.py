@@ -4,9 +4,10 @@ The bottom layers stay frozen, so a site runs them once per utterance and caches
 token states on its own disk (``encoder.token_states``); each round it trains only the top k
 layers and the head on those states. The frozen embeddings never need per-example gradients,
 which also sidesteps the ``position_ids`` trouble that trainable BERT position embeddings have
-under Opacus (STACK.md). Per-example gradients of the trained layers go through Opacus' ghost
-clipping (``grad_sample_mode="ghost"``): the Linear layers' norms are computed without
-materialising per-example gradients.
+under Opacus: their per-example gradients fail on transformers' BERT unless the model is given
+explicit, contiguous ``position_ids`` (docs/MODELS.md). Per-example gradients of the trained
+layers go through Opacus' ghost clipping (``grad_sample_mode="ghost"``): the Linear layers'
+norms are computed without materialising per-example gradients.
 
 Exchanged each round: k BERT layers (1.78 M floats, 7.1 MB each for MiniLM) plus the head.
 """

@@ -5,13 +5,29 @@ not be used for, what data it was trained on, which privacy guarantee each site'
 how well it did, and how to run it. Everything numeric comes from the run record
 (``metrics.json``: config, rounds, and the ``final`` summary); what the record lacks is said to
 be missing rather than guessed.
+
+The YAML header is Hugging Face's model card metadata (``huggingface_hub.ModelCardData``), so
+the Hub and its tools read the base model, license, task, the final accuracy and the privacy
+guarantee (a ``model-index`` of ``EvalResult`` entries, and ``differential_privacy``)
+without parsing the prose. Nothing here touches the network.
 """
 
 import math
+from collections.abc import Iterable
 
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+from fl_protocol.durable_files import json_safe
 from models.family import ModelFamily
 
 MISSING = "not recorded"
+TAGS = ["intent-classification", "federated-learning"]
+DP_TAG = "differential-privacy"
+EVALUATED_METRICS = (  # final summary key, metric type, metric config, metric name
+    ("accuracy", "accuracy", None, "Accuracy (example-weighted over the sites)"),
+    ("macro_f1", "f1", "macro", "Macro-F1 (example-weighted over the sites)"),
+    ("worst_site_accuracy", "accuracy", "worst-site", "Worst site accuracy"),
+)
 
 
 def model_card(run_doc: dict, family: ModelFamily, labels: list[str]) -> str:
@@ -19,13 +35,15 @@ def model_card(run_doc: dict, family: ModelFamily, labels: list[str]) -> str:
     config = run_doc.get("config", {})
     final = run_doc.get("final", {})
     sites = final.get("sites", {})
+    without_dp = _sites_without_dp(sites)
+    training = (f"each training on its own data, {len(without_dp)} of them without differential "
+                "privacy (no guarantee for their data, see Privacy)" if without_dp
+                else "each training with DP-SGD on its own data")
     sections = [
-        _front_matter(family),
-        f"# Intent classifier `{config.get('run-name', run_doc.get('run_id', 'fedintent'))}`\n\n"
+        f"# Intent classifier `{_run_name(run_doc)}`\n\n"
         f"A customer-service intent classifier over {len(labels)} intents, trained with "
-        f"fedintent: federated learning across {len(sites) or MISSING} sites, each training "
-        "with DP-SGD on its own data. No site's text left the site; each sent only model "
-        "updates.",
+        f"fedintent: federated learning across {len(sites) or MISSING} sites, {training}. No "
+        "site's text left the site; each sent only model updates.",
         _intended_use(),
         _model_section(family, labels),
         _data_section(sites),
@@ -34,13 +52,93 @@ def model_card(run_doc: dict, family: ModelFamily, labels: list[str]) -> str:
         _communication_section(family, labels, config, run_doc.get("rounds", [])),
         _usage_section(family),
     ]
-    return "\n\n".join(sections) + "\n"
+    metadata = _metadata(run_doc, family).to_yaml()
+    return str(ModelCard(f"---\n{metadata}\n---\n\n" + "\n\n".join(sections) + "\n"))
 
 
-def _front_matter(family: ModelFamily) -> str:
-    library = "transformers" if family.encoder_path is not None else "fedintent"
-    return (f"---\nlibrary_name: {library}\npipeline_tag: text-classification\ntags:\n"
-            "- intent-classification\n- federated-learning\n- differential-privacy\n---")
+def _run_name(run_doc: dict) -> str:
+    return str(run_doc.get("config", {}).get("run-name", run_doc.get("run_id", "fedintent")))
+
+
+def _metadata(run_doc: dict, family: ModelFamily) -> ModelCardData:
+    """The card's Hugging Face metadata; the privacy guarantee goes into the model-index next to
+    the accuracy it bought, and with its details into ``differential_privacy``."""
+    final = run_doc.get("final", {})
+    privacy = _privacy_metadata(run_doc.get("config", {}), final.get("sites", {}))
+    results = _eval_results(final, privacy)
+    return ModelCardData(
+        base_model=family.base_model,
+        language=family.language_code,
+        license=family.license,
+        library_name="transformers" if family.encoder_path is not None else "fedintent",
+        pipeline_tag="text-classification",
+        tags=TAGS + ([DP_TAG] if privacy and "epsilon" in privacy else []),
+        model_name=_run_name(run_doc) if results else None,
+        eval_results=results or None,
+        differential_privacy=privacy,
+    )
+
+
+def _privacy_metadata(config: dict, sites: dict) -> dict | None:
+    """The run's guarantee: the largest (epsilon, delta) over the sites, or which sites trained
+    without DP (then there is no run-wide epsilon). Never infinity: YAML would write ``.inf``,
+    which JSON, and so the Hub, cannot hold."""
+    if not sites:
+        return None
+    distributed = config.get("privacy-model") == "distributed"
+    meta = {"privacy_model": "distributed" if distributed else "local"}
+    without_dp = _sites_without_dp(sites)
+    if without_dp:
+        meta |= {"guarantee": "none for the data of the sites that trained without DP",
+                 "sites_without_dp": without_dp}
+    else:
+        meta |= {"privacy_unit": config.get("privacy-unit"),
+                 "accountant": config.get("accountant"),
+                 "epsilon": max(_finite(site["epsilon"]) for site in sites.values()),
+                 "delta": _largest(site.get("delta") for site in sites.values())}
+        if distributed:
+            meta["epsilon_alone"] = _largest(site.get("epsilon_alone") for site in sites.values())
+        meta["guarantee"] = (f"({_value(meta['epsilon'])}, {_value(meta['delta'])})-DP per "
+                             f"{meta['privacy_unit'] or MISSING} at each site, the largest over "
+                             "the sites, this run")
+    return {key: value for key, value in meta.items() if value is not None}
+
+
+def _eval_results(final: dict, privacy: dict | None) -> list[EvalResult]:
+    """The final model's scores on the sites' test splits, and the epsilon they cost."""
+    sites = final.get("sites", {})
+    where = {"task_type": "text-classification", "task_name": "Intent classification",
+             "dataset_type": "fedintent-site-test-splits", "dataset_split": "test",
+             "dataset_name": f"held-out test splits of the {len(sites) or MISSING} sites "
+                             "(private, evaluated at each site)"}
+    scores = {key: _finite(final.get(key)) for key, *_ in EVALUATED_METRICS}
+    results = [EvalResult(**where, metric_type=kind, metric_config=config, metric_name=name,
+                          metric_value=scores[key])
+               for key, kind, config, name in EVALUATED_METRICS if scores[key] is not None]
+    if privacy and "epsilon" in privacy:
+        details = {key: privacy[key] for key in ("delta", "privacy_unit", "privacy_model",
+                                                 "accountant", "epsilon_alone") if key in privacy}
+        results.append(EvalResult(**where, metric_type="epsilon", metric_value=privacy["epsilon"],
+                                  metric_name="DP epsilon (the largest over the sites, this run)",
+                                  metric_args=details))
+    return results
+
+
+def _sites_without_dp(sites: dict) -> list[str]:
+    """The sites whose epsilon is missing or infinite: they trained without DP."""
+    return sorted(key for key, site in sites.items() if _finite(site.get("epsilon")) is None)
+
+
+def _finite(value: object) -> float | None:
+    """A recorded number as a float; None when missing, NaN or infinite (epsilon: no DP)."""
+    value = json_safe(value)
+    return float(value) if isinstance(value, int | float) else None
+
+
+def _largest(values: Iterable[object]) -> float | None:
+    """The largest of finite ``values``; None if any is missing or infinite."""
+    numbers = [_finite(value) for value in values]
+    return None if not numbers or None in numbers else max(numbers)
 
 
 def _intended_use() -> str:
@@ -66,7 +164,18 @@ def _model_section(family: ModelFamily, labels: list[str]) -> str:
         f"- Family: `{family.name}`: {family.description}\n"
         f"- Reads: {family.languages}\n"
         f"- Trained and exchanged between sites and server: {family.exchanged}\n"
+        f"- {_license(family)} The sites' training data is not in this folder.\n"
         f"- Labels ({len(labels)}): " + ", ".join(f"`{label}`" for label in labels))
+
+
+def _license(family: ModelFamily) -> str:
+    if family.license is None:
+        return (f"License: {MISSING}: this folder holds the weights of the local checkpoint "
+                f"`{family.name}`, under that checkpoint's license.")
+    if family.base_model is None:
+        return f"License: {family.license} (fedintent's; no pretrained weights)."
+    return (f"Base model: `{family.base_model}`. License: {family.license} (the base model's "
+            "and fedintent's).")
 
 
 def _data_section(sites: dict) -> str:
@@ -115,11 +224,14 @@ def _privacy_section(config: dict, sites: dict) -> str:
     elif config.get("secure-aggregation"):
         intro += (" Updates were summed with secure aggregation: the server saw only the "
                   "sites' mean update.")
+    if without_dp := _sites_without_dp(sites):
+        intro += ("\n\nThese sites trained without DP, so the model gives their data no "
+                  "privacy guarantee: " + ", ".join(without_dp) + ".")
     if not sites:
         return intro + f"\n\nPer-site guarantees: {MISSING}."
     rows = []
     for key, site in sorted(sites.items()):
-        epsilon = site.get("epsilon")
+        epsilon = _finite(site.get("epsilon"))
         rows.append(
             f"| {key} | {_value(epsilon) if epsilon is not None else 'no DP (infinite)'} "
             f"| {_value(site.get('delta'))} | {site.get('privacy_unit') or MISSING} "

@@ -1,10 +1,27 @@
-"""Shared fixtures."""
+"""Shared fixtures, and each pytest-xdist worker's own range of ports."""
+
+import os
 
 import pytest
 from flwr.app import Context, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
+from fedintent.launch.processes import PORT_RANGE_VARIABLE
 from fl_protocol.wire import RUN_CONFIG_DEFAULTS
+
+# The ports between Ray's worker ports (up to 19999) and the kernel's ephemeral range (from
+# 32768), split among the workers: two workers' SuperLinks, SuperNodes and `fedintent`
+# subprocesses (which inherit the variable) never take the same port.
+LOW_PORT, HIGH_PORT = 20000, 32767
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    index = int(worker.removeprefix("gw"))
+    width = (HIGH_PORT - LOW_PORT + 1) // workers
+    low = LOW_PORT + index * width
+    os.environ[PORT_RANGE_VARIABLE] = f"{low}-{low + width - 1}"
 
 
 @pytest.fixture

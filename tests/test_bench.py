@@ -24,8 +24,15 @@ from fedintent.bench.cells import (
     save_cell,
     sweep_cells,
 )
+from fedintent.bench.federated import cell_lifetime_budget
 from fedintent.bench.report import markdown_report, plot_png, summarize
 from fedintent.bench.sweep import BenchSpec, claim_sweep_folder, run_bench
+from fl_client.privacy_accounting import (
+    filter_order,
+    noise_within_rdp,
+    plan_noise_multiplier,
+    rdp_budget,
+)
 from fl_protocol.wire import RUN_CONFIG_DEFAULTS as DEFAULTS
 from fl_server.run_config import TUNED_SETTINGS, tuned_settings
 
@@ -277,3 +284,17 @@ def test_bench_end_to_end_then_resumes_only_missing_cells(tmp_path):
     assert set(after) == set(kept)
     changed = {name for name in after if after[name] != kept[name]}
     assert changed == {"tfidf-epsinf-seed0.json"}
+
+
+@pytest.mark.parametrize("epsilon", [1.0, 3.0, 8.0])
+def test_a_cells_lifetime_budget_never_sets_its_noise(epsilon):
+    """Bench measures a run at its target epsilon: the fresh sites' lifetime budget leaves the
+    noise to the run's own plan (full-batch steps, the tuned rounds), so it spends the target."""
+    budget = cell_lifetime_budget(epsilon)["site-max-epsilon"]
+    assert budget > epsilon
+    rounds = int(TUNED_SETTINGS[epsilon]["num-rounds"])
+    delta = 1e-5
+    order = filter_order(budget, delta)
+    run_plan = plan_noise_multiplier(epsilon, delta, 1.0, rounds, "prv")
+    assert noise_within_rdp(1.0, rounds, order, rdp_budget(budget, delta, order)) < run_plan
+    assert cell_lifetime_budget(math.inf) == {}

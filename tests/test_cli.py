@@ -93,6 +93,66 @@ def test_check_data_reports_bad_rows_and_a_site_that_cannot_train(tmp_path):
     assert "no valid training rows" in result.stderr
 
 
+def test_check_data_works_on_a_bare_site_folder_and_names_unknown_labels_given_a_taxonomy(
+        tmp_path, capsys):
+    """A deployed site's folder holds no labels.txt: check-data still counts rows, rejects and
+    the labels found; given the run's taxonomy, it names the labels the run does not know."""
+    from fedintent.cli import main
+
+    site = tmp_path / "data"
+    site.mkdir()
+    rows = [f"conv-{i},my card is lost {i},card_lost" for i in range(6)]
+    rows += [f"conv-{i},refund order {i},refund" for i in range(6, 9)]
+    rows += ["conv-9,what is my balance,balance", "conv-10,,card_lost"]
+    (site / "train.csv").write_text("conversation_id,text,label\n" + "\n".join(rows) + "\n")
+
+    assert main(["check-data", str(site)]) == 0
+    out = capsys.readouterr().out
+    assert "11 rows read, 10 valid (10 train, 0 test), 1 rejected" in out
+    assert "no taxonomy given, 3 labels found" in out and "--labels" in out
+    assert "train.csv:12:" in out and "unknown label" not in out
+    counts = {line.split()[0]: line.split()[1] for line in out.split("(train / test):\n")[1]
+              .splitlines()}
+    assert counts == {"balance": "1", "card_lost": "6", "refund": "3"}
+
+    taxonomy = tmp_path / "run-labels.txt"
+    taxonomy.write_text("card_lost\nrefund\n")
+    assert main(["check-data", str(site), "--labels", str(taxonomy)]) == 0
+    out = capsys.readouterr().out
+    assert f"9 valid (9 train, 0 test), 1 rejected, 1 with a label not in {taxonomy}" in out
+    assert "unknown label 'balance': 1 rows" in out
+
+
+def test_check_data_on_a_bare_folder_without_a_usable_row_fails(tmp_path, capsys):
+    from fedintent.cli import main
+
+    site = tmp_path / "data"
+    site.mkdir()
+    (site / "train.jsonl").write_text("{broken\n")
+    assert main(["check-data", str(site)]) == 1
+    captured = capsys.readouterr()
+    assert "train.jsonl:1: invalid JSON" in captured.out
+    assert "no valid training rows" in captured.err
+
+
+@pytest.mark.parametrize("command", [["partition", "csv", "--sites", "2", "--out", "out"],
+                                     ["train"], ["bench", "--data", "csv", "--out", "out"],
+                                     ["audit-privacy", "--data", "csv", "--out", "out"]])
+def test_an_operator_command_on_a_site_install_names_the_extra_it_needs(
+        tmp_path, monkeypatch, capsys, command):
+    import fedintent.commands
+    from fedintent.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(fedintent.commands, "OPERATOR_MODULES", ("ray", "no_such_package_x"))
+    assert main(command) == 2
+    err = capsys.readouterr().err
+    assert err == (f"fedintent {command[0]}: error: this command needs the operator's packages, "
+                   "which a site install leaves out (missing: no_such_package_x): "
+                   "pip install 'fedintent[operator]'\n")
+    assert not (tmp_path / "out").exists()
+
+
 def test_privacy_report_shows_per_unit_spend_and_verifies_the_ledger(tmp_path):
     from fl_client.privacy_accounting import rdp_budget
     from fl_client.privacy_ledger import Ledger, Release, now, unit_key, write_ledger

@@ -3,12 +3,15 @@ per-site record, the worst site's accuracy and the example-weighted macro-F1, an
 line and the final summary show them. A model that fails a small site must show it even when
 the example-weighted accuracy looks fine."""
 
+from pathlib import Path
+
 import pytest
 import torch
 from flwr.app import Message, MetricRecord, RecordDict
 from sklearn.metrics import f1_score
 
 from fl_client.dp_training import evaluate, macro_f1
+from fl_protocol.wire import Reason
 from fl_server.progress import round_lines
 from fl_server.run_record import RunRecord, final_summary
 
@@ -100,3 +103,16 @@ def test_a_round_recorded_before_per_site_evaluation_prints_as_before():
              "max_epsilon": 1.0}
     assert round_lines(entry, 1) == [
         "round   1/1  sites trained 1/1  eval accuracy 0.5000  max epsilon 1.000"]
+
+
+def test_the_readmes_sample_progress_is_what_a_round_prints():
+    """README.md shows a round with one site declining; the lines are the code's, column for
+    column (upload included)."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    sample = readme.split("Progress looks like this:\n\n```\n", 1)[1].split("```", 1)[0]
+    worst, node = "site-4b2893d0ef09", "8035271513367297810"
+    entry = {"round": 3, "sites_trained": 3, "sites_failed": 1, "accuracy": 0.4714,
+             "macro_f1": 0.4102, "worst_site_accuracy": 0.3125, "worst_site": worst,
+             "max_epsilon": 4.4834, "upload_bytes_per_site": 69961.0,
+             "failures": [{"node_id": node, "kind": "declined", "reason": Reason.BUDGET_EXHAUSTED}]}
+    assert sample.splitlines() == round_lines(entry, 40, {worst: "site-02", node: "site-02"})

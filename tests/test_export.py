@@ -1,18 +1,22 @@
 """The exported model: transformers loads it and predicts what fedintent's own model predicts."""
 
+import copy
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from huggingface_hub import ModelCard, metadata_load
 from transformers import pipeline
 
 import models.export as export
 from fl_server.model_store import load_model, save_model
 from models import get_model_family
+from models.encoder import MINILM_HUB_ID
 from models.export import export_model, load_exchanged, load_exported
 from models.model_card import model_card
 from models.ngram import SETTINGS
@@ -241,12 +245,87 @@ def test_the_model_card_reports_the_run():
         assert text in card, text
 
 
+def card_metadata(run_doc: dict, family: str, folder: Path, monkeypatch) -> ModelCard:
+    """The card for ``run_doc`` written to ``folder`` and read back with Hugging Face's own
+    loader, with every network connection failing: writing and reading a card is offline."""
+    def offline(*args):
+        raise AssertionError(f"the model card touched the network: {args}")
+
+    monkeypatch.setattr(socket.socket, "connect", offline)
+    path = folder / "README.md"
+    path.write_text(model_card(run_doc, get_model_family(family), LABELS), encoding="utf-8")
+    return ModelCard.load(path)
+
+
+def test_the_card_metadata_follows_hugging_face(tmp_path, monkeypatch):
+    card = card_metadata(RUN_DOC, "minilm-head", tmp_path, monkeypatch)
+    data = card.data
+    assert (data.base_model, data.license, data.language, data.pipeline_tag,
+            data.library_name) == (MINILM_HUB_ID, "apache-2.0", "en", "text-classification",
+                                   "transformers")
+    assert "differential-privacy" in data.tags and data.model_name == "pilot-7"
+    scores = {(r.metric_type, r.metric_config): r for r in data.eval_results}
+    assert {key: r.metric_value for key, r in scores.items()} == {
+        ("accuracy", None): 0.4107, ("f1", "macro"): 0.3551, ("accuracy", "worst-site"): 0.125,
+        ("epsilon", None): 7.9741}
+    assert scores["epsilon", None].metric_args == {
+        "delta": 1e-05, "privacy_unit": "customer", "privacy_model": "local", "accountant": "prv"}
+    assert {r.task_type for r in data.eval_results} == {"text-classification"}
+    assert data.differential_privacy == {
+        "privacy_model": "local", "privacy_unit": "customer", "accountant": "prv",
+        "epsilon": 7.9741, "delta": 1e-05,
+        "guarantee": "(7.974, 1e-05)-DP per customer at each site, the largest over the sites, "
+                     "this run"}
+    assert "# Intent classifier `pilot-7`" in card.text and "| site-bbb | 6.5 |" in card.text
+
+
+def test_the_card_metadata_of_an_ngram_model_has_no_base_model(tmp_path, monkeypatch):
+    data = card_metadata(RUN_DOC, "ngram", tmp_path, monkeypatch).data
+    assert (data.base_model, data.language, data.license, data.library_name) == (
+        None, None, "apache-2.0", "fedintent")
+
+
+def test_the_card_of_a_distributed_dp_run_carries_epsilon_alone(tmp_path, monkeypatch):
+    run_doc = copy.deepcopy(RUN_DOC)
+    run_doc["config"] |= {"privacy-model": "distributed", "tolerated-sites": 1}
+    for alone, site in zip((21.5, 19.0), run_doc["final"]["sites"].values(), strict=True):
+        site["epsilon_alone"] = alone
+    card = card_metadata(run_doc, "ngram", tmp_path, monkeypatch)
+    epsilon = next(r for r in card.data.eval_results if r.metric_type == "epsilon")
+    assert epsilon.metric_value == 7.9741 and epsilon.metric_args["epsilon_alone"] == 21.5
+    assert card.data.differential_privacy["epsilon_alone"] == 21.5
+    assert "| site-aaa | 7.974 |" in card.text and "21.5 |" in card.text
+
+
+@pytest.mark.parametrize("no_dp", [None, float("inf")], ids=["recorded", "in-memory"])
+def test_the_card_of_a_run_without_dp_says_so(tmp_path, monkeypatch, no_dp):
+    """metrics.json records a site without DP as epsilon null; in memory it may be infinity,
+    which YAML would write as .inf and JSON (so the Hub) cannot read."""
+    run_doc = copy.deepcopy(RUN_DOC)
+    for site in run_doc["final"]["sites"].values():
+        site |= {"epsilon": no_dp, "epsilon_all_runs": no_dp, "delta": None,
+                 "privacy_unit": None}
+    card = card_metadata(run_doc, "minilm-head", tmp_path, monkeypatch)
+    raw = (tmp_path / "README.md").read_text()
+    assert ".inf" not in raw
+    assert card.data.differential_privacy == {
+        "privacy_model": "local", "guarantee": "none for the data of the sites that trained "
+        "without DP", "sites_without_dp": ["site-aaa", "site-bbb"]}
+    assert "differential-privacy" not in card.data.tags
+    assert [r.metric_type for r in card.data.eval_results] == ["accuracy", "f1", "accuracy"]
+    assert "2 of them without differential privacy" in card.text
+    assert "| site-aaa | no DP (infinite) |" in card.text
+    assert "no privacy guarantee: site-aaa, site-bbb." in card.text
+    assert json.loads(json.dumps(metadata_load(tmp_path / "README.md"), allow_nan=False))
+
+
 def test_the_server_saves_the_export_with_its_card(tmp_path):
     family = get_model_family("minilm-head")
     head = family.initial_model(LABELS)
     out = save_model(tmp_path / "model", head.state_dict(), "minilm-head", LABELS, RUN_DOC)
     card = (out / "README.md").read_text()
     assert "trust_remote_code=True" in card and "| site-bbb | 6.5 |" in card
+    assert metadata_load(out / "README.md")["base_model"] == MINILM_HUB_ID
     assert json.loads((out / "fedintent.json").read_text())["run_id"] == 42
     rebuilt, labels, _ = load_model(out)
     x = torch.randn(3, 384)

@@ -179,9 +179,11 @@ RUN_LR = 1.0
 def test_each_family_trains_under_dp_in_a_real_run(sites, tmp_path, name):
     model = str(packaged_minilm()) if name == "checkpoint" else name
     tag, out = uuid.uuid4().hex, tmp_path / "out"
+    # Each family's run has state of its own: on shared state the three runs would spend the
+    # same units' lifetime budget (8) twice over, and the third would find them exhausted.
     result = fedintent_train("--data", str(sites), "--model", model, "--rounds", "2",
-                             "--epsilon", "4", "--lr", str(RUN_LR), "--out", str(out), cwd=tmp_path,
-                             tag=tag)
+                             "--epsilon", "4", "--lr", str(RUN_LR), "--out", str(out),
+                             "--state-dir", str(tmp_path / "state"), cwd=tmp_path, tag=tag)
     assert result.returncode == 0, result.stdout + result.stderr
     assert not processes_left_behind(tag)
     assert "kB/site" in result.stdout

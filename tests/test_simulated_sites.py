@@ -90,8 +90,8 @@ def test_a_site_whose_units_spent_most_of_their_budget_is_named_with_what_to_do(
 
 
 @pytest.mark.parametrize("prepare,message", [
-    (lambda state: None, "its lifetime budget (--site-max-epsilon 10) is below the target "
-                         "epsilon 12, so this run spends at most 10 there"),
+    (lambda state: None, "its lifetime budget (--site-max-epsilon 8) is below the target "
+                         "epsilon 12, so this run spends at most 8 there"),
     (lambda state: spend(state, [1.0], privacy_unit="customer"),
      "will not train: its ledger ({state}) counts customer units and this run asks for "
      "--privacy-unit utterance"),

@@ -21,7 +21,7 @@ from fl_client.privacy_ledger import HEAD_FILE, LEDGER_FILE, read_ledger, unit_k
 from fl_client.privacy_report import site_privacy_report
 from fl_client.site_data import load_site
 from fl_client.site_secret import site_secret
-from fl_protocol.wire import DECLINED, Reason
+from fl_protocol.wire import DECLINED, DEFAULT_MAX_EPSILON, Reason
 from fl_protocol.wire import RUN_CONFIG_DEFAULTS as DEFAULTS
 from models import get_model_family
 
@@ -313,8 +313,8 @@ def test_without_a_budget_in_its_node_config_a_site_uses_the_default_not_the_ser
     ctx = context(site, tmp_path / "state", max_epsilon=None,
                   **{"site-max-epsilon": 1000.0, "target-epsilon": 20.0})
     reply = run_rounds(ctx, "run-a", 1)[0]
-    assert reply.content["metrics"]["max-epsilon"] == 10.0
-    assert reply.content["metrics"]["epsilon-all-runs"] <= 10.0
+    assert reply.content["metrics"]["max-epsilon"] == DEFAULT_MAX_EPSILON == 8.0
+    assert reply.content["metrics"]["epsilon-all-runs"] <= DEFAULT_MAX_EPSILON
 
 
 @pytest.mark.parametrize("bad", [{"max-epsilon": "plenty"}, {"max-epsilon": -1.0},

@@ -6,7 +6,7 @@ import sys
 import time
 from pathlib import Path
 
-from fedintent.commands import CliError
+from fedintent.commands import CliError, require_operator_extra
 from fedintent.commands.options import parse_epsilons
 
 
@@ -79,6 +79,7 @@ def run_audit_verify(args: argparse.Namespace) -> int:
 
 
 def run_audit_privacy(args: argparse.Namespace) -> int:
+    require_operator_extra()
     from fedintent.audit.run import AuditError, AuditSpec, BoundViolation, run_audit
 
     epsilons = parse_epsilons(args.epsilons)

@@ -3,7 +3,7 @@
 import argparse
 from pathlib import Path
 
-from fedintent.commands import CliError
+from fedintent.commands import CliError, require_operator_extra
 from fedintent.commands.options import parse_epsilons
 from fl_protocol.wire import PRIVACY_MODELS, RUN_CONFIG_DEFAULTS
 
@@ -44,6 +44,7 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
 
 
 def run_bench(args: argparse.Namespace) -> int:
+    require_operator_extra()
     epsilons = parse_epsilons(args.epsilons)
     privacy_models = parse_privacy_models(args.privacy_model)
     if args.tolerated_sites < 0:

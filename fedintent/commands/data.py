@@ -6,7 +6,7 @@ from collections import Counter
 from pathlib import Path
 
 from data_synth import SYNTHETIC_SITE_SIZE
-from fedintent.commands import CliError
+from fedintent.commands import CliError, require_operator_extra
 from fl_protocol.label_file import read_labels
 
 DEFAULT_SYNTHETIC_SITES = 4
@@ -43,15 +43,18 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     check = commands.add_parser(
         "check-data",
         help="validate a site folder: rows read, rejected rows with file:line, label counts",
-        description="Validate one site folder the way training reads it.",
+        description="Validate one site folder the way training reads it. Without a taxonomy "
+        "(a deployed site's bare folder) it counts every label found; with one it also names "
+        "the labels the run does not know.",
         epilog=DATA_FORMAT_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     check.set_defaults(handler=run_check_data)
     check.add_argument("site_dir", type=Path, metavar="SITE_DIR")
     check.add_argument("--labels", type=Path,
-                       help="label file (default: SITE_DIR/labels.txt, "
-                       "else SITE_DIR/../labels.txt)")
+                       help="the run's taxonomy, one label per line (default: "
+                       "SITE_DIR/labels.txt, else SITE_DIR/../labels.txt, else none: every "
+                       "label found is counted, none is called unknown)")
 
     partition = commands.add_parser(
         "partition",
@@ -110,14 +113,23 @@ def run_check_data(args: argparse.Namespace) -> int:
     if labels_file is None:
         candidates = [site_dir / "labels.txt", site_dir.parent / "labels.txt"]
         labels_file = next((p for p in candidates if p.is_file()), None)
-        if labels_file is None:
-            raise CliError(f"no labels.txt in {site_dir} or its parent; pass --labels FILE")
-    labels = read_labels(labels_file)
+    if labels_file is None:
+        # A deployed site's folder holds no taxonomy (the run brings it): every label the
+        # rows carry is taken as known, so rows, rejects and label counts are still checked.
+        labels = sorted(load_site(site_dir, [], redact_pii=False).unknown_labels)
+    else:
+        labels = read_labels(labels_file)
     site = load_site(site_dir, labels, redact_pii=False)
     valid = len(site.train) + len(site.test)
-    print(f"{site_dir}: {site.rows_read} rows read, {valid} valid "
-          f"({len(site.train)} train, {len(site.test)} test), {len(site.rejected)} rejected, "
-          f"{sum(site.unknown_labels.values())} with a label not in {labels_file}")
+    summary = (f"{site_dir}: {site.rows_read} rows read, {valid} valid "
+               f"({len(site.train)} train, {len(site.test)} test), {len(site.rejected)} rejected")
+    if labels_file is None:
+        print(f"{summary}; no taxonomy given, {len(labels)} labels found")
+        print("  to see which labels the run does not know, pass --labels with the run's "
+              "labels.txt (from the operator; docs/SITE_GUIDE.md)")
+    else:
+        print(f"{summary}, {sum(site.unknown_labels.values())} with a label not in "
+              f"{labels_file}")
     for row in site.rejected:
         print(f"  rejected {row}")
     for label, count in site.unknown_labels.most_common():
@@ -141,6 +153,7 @@ def run_check_data(args: argparse.Namespace) -> int:
 
 
 def run_partition(args: argparse.Namespace) -> int:
+    require_operator_extra()
     from fedintent.partition import partition_csv_dataset
 
     if args.out.exists() and any(args.out.iterdir()):

@@ -6,7 +6,7 @@ import sys
 import time
 from pathlib import Path
 
-from fedintent.commands import CliError
+from fedintent.commands import CliError, require_operator_extra
 from fedintent.commands.options import DEFAULT_OUT_ROOT, TUNED_HELP, fresh_out_dir
 from fedintent.commands.progress import print_round, print_summary
 from fl_protocol.label_file import read_labels
@@ -141,6 +141,7 @@ def run_release(args: argparse.Namespace) -> int:
 
 
 def run_deploy_run(args: argparse.Namespace) -> int:
+    require_operator_extra()
     import shutil
     import tempfile
 

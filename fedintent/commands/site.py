@@ -4,7 +4,7 @@ import argparse
 from pathlib import Path
 
 from fedintent.commands import CliError
-from fl_protocol.wire import RUN_CONFIG_DEFAULTS
+from fl_protocol.wire import DEFAULT_MAX_EPSILON
 from fl_server.progress import format_epsilon
 from fl_server.run_record import site_pseudonym
 
@@ -18,10 +18,10 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     )
     report.set_defaults(handler=run_privacy_report)
     report.add_argument("state_dir", type=Path, metavar="STATE_DIR")
-    report.add_argument("--max-epsilon", type=float,
-                        default=RUN_CONFIG_DEFAULTS["site-max-epsilon"],
-                        help="the site's max-epsilon (its node config), to count exhausted units "
-                        "(default: %(default)s)")
+    report.add_argument("--max-epsilon", type=float, default=DEFAULT_MAX_EPSILON,
+                        help="the site's max-epsilon (its node config, MAX_EPSILON in the "
+                        "container), to count exhausted units (default: the site default, "
+                        "%(default)s)")
 
 
 def run_privacy_report(args: argparse.Namespace) -> int:

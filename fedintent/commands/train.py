@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from fedintent.commands import CliError
+from fedintent.commands import CliError, require_operator_extra
 from fedintent.commands.data import DATA_FORMAT_HELP, DEFAULT_SYNTHETIC_SITES
 from fedintent.commands.options import DEFAULT_OUT_ROOT, TUNED_HELP, fresh_out_dir
 from fedintent.commands.progress import print_round, print_summary
@@ -99,6 +99,7 @@ def _add_train_options(train: argparse.ArgumentParser) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    require_operator_extra()
     from data_synth import write_run_sites
     from fedintent.launch.run_config import compose_run_config
     from fedintent.launch.simulated_sites import budget_warnings, simulated_sites

@@ -6,6 +6,8 @@ every process that was started is gone afterwards, on success, failure or Ctrl-C
 """
 
 import contextlib
+import os
+import random
 import signal
 import socket
 import subprocess
@@ -21,11 +23,52 @@ TERMINATE_GRACE_S = 10.0
 KILL_GRACE_S = 5.0
 
 
+PORT_RANGE_VARIABLE = "FEDINTENT_PORT_RANGE"
+"""Environment variable ``LOW-HIGH`` (for example ``20000-25999``): the ports :func:`free_port`
+takes from. Unset, the kernel picks one from its ephemeral range. Give two launchers on one host
+(parallel test workers, two operators) disjoint ranges below the ephemeral range, and neither
+can take the port the other chose before its server has bound it."""
+
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    """A TCP port on 127.0.0.1 that nothing listens on right now (and not handed out before
+    by this process, which may not have bound it yet)."""
+    span = os.environ.get(PORT_RANGE_VARIABLE, "").strip()
+    if not span:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+    low, high = _port_range(span)
+    start = random.SystemRandom().randrange(low, high + 1)
+    for offset in range(high - low + 1):
+        port = low + (start - low + offset) % (high - low + 1)
+        if port not in _handed_out and _bindable(port):
+            _handed_out.add(port)
+            return port
+    raise OSError(f"no free port left in {PORT_RANGE_VARIABLE}={span}")
+
+
+def _port_range(span: str) -> tuple[int, int]:
+    """``LOW-HIGH`` as two ports, or a ValueError that names the variable."""
+    try:
+        low, high = (int(part) for part in span.split("-"))
+    except ValueError:
+        low = high = -1
+    if not 1024 <= low <= high <= 65535:
+        raise ValueError(f"{PORT_RANGE_VARIABLE}={span!r}: expected LOW-HIGH with "
+                         "1024 <= LOW <= HIGH <= 65535")
+    return low, high
+
+
+def _bindable(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def start_process(
