@@ -81,9 +81,8 @@ def run_federated(
     out_dir = cell_dir / "run"
     run_config = compose_run_config(
         settings | {"seed": seed} | cell_lifetime_budget(float(settings["target-epsilon"])),
-        data_dir=data_dir,
-        labels_file=data_dir / "labels.txt", out_dir=out_dir, min_sites=num_sites,
-        name=f"bench-{cell_dir.name}", state_dir=state_root,
+        data_dir=data_dir, labels_file=data_dir / "labels.txt", out_dir=out_dir,
+        min_sites=num_sites, name=f"bench-{cell_dir.name}", state_dir=state_root,
     )
     round_times: list[float] = []
     memory = _PeakMemory()
