@@ -23,6 +23,8 @@
 #                     (default: the ClientApp's, 1)
 #   MAX_EPSILON_ALONE distributed DP: the most epsilon this site's own noise shares may amount
 #                     to, if every other site colluded (default: the ClientApp's, 50)
+#   MAX_NOISE_RATIO   the most this site's noise may exceed the run's planned noise before it
+#                     declines the round, charging nothing (default: the ClientApp's, 2)
 #   SUPERNODE_PORT    local port of the SuperNode's API for its ClientApp process (default 9094)
 #   HEALTH_PORT       local port of the SuperNode's gRPC health service, on 127.0.0.1, which
 #                     deploy/site_healthcheck.py asks (default: none, no health service; the
@@ -73,6 +75,7 @@ node_config="data-path='$DATA_DIR' state-dir='$STATE_DIR'"
 [ -z "${MIN_TOLERATED_SITES:-}" ] || \
     node_config="$node_config min-tolerated-sites=$MIN_TOLERATED_SITES"
 [ -z "${MAX_EPSILON_ALONE:-}" ] || node_config="$node_config max-epsilon-alone=$MAX_EPSILON_ALONE"
+[ -z "${MAX_NOISE_RATIO:-}" ] || node_config="$node_config max-noise-ratio=$MAX_NOISE_RATIO"
 mkdir -p "$STATE_DIR"
 
 export FLWR_TELEMETRY_ENABLED=0 FLWR_DISABLE_UPDATE_CHECK=1 \

@@ -204,13 +204,18 @@ def _one_row_per_utterance(
 
 def _data_digest(site_dir: Path) -> str:
     """A digest of the site's data files (``*.jsonl``, ``*.csv``): new or changed conversations
-    are read again, unchanged ones come from the cache."""
+    are read again, unchanged ones come from the cache. A file that cannot be read counts by its
+    name only; the loader reports it and goes on with the others."""
     digest = hashlib.sha256()
     if site_dir.is_dir():
         for path in sorted(p for p in site_dir.iterdir()
                            if p.suffix in (".jsonl", ".csv") and p.is_file()):
-            digest.update(f"{path.name}\0{path.stat().st_size}\0".encode())
-            digest.update(path.read_bytes())
+            digest.update(f"{path.name}\0".encode())
+            try:
+                with open(path, "rb") as data:
+                    digest.update(hashlib.file_digest(data, "sha256").digest())
+            except OSError as err:
+                digest.update(f"unreadable: {err.errno}\0".encode())
     return digest.hexdigest()
 
 

@@ -45,7 +45,7 @@ from opacus.accountants import create_accountant
 from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
 from opacus.accountants.utils import get_noise_multiplier
 
-from fl_protocol.wire import ACCOUNTANTS
+from fl_protocol.wire import ACCOUNTANTS, MAX_AUTO_DELTA
 
 MAX_NOISE_MULTIPLIER = 1e4
 
@@ -81,9 +81,9 @@ def steps_per_round(num_units: int, batch_size: int, local_epochs: int) -> tuple
 def default_delta(units: int) -> float:
     """A site's delta when the run asks for none: min(1e-5, 1 / (10 x units)) rounded down to a
     power of ten. Here so that everything that trains like a site (the ClientApp, the privacy
-    audit) uses the same delta."""
+    audit) uses the same delta; the server holds a reported delta to the same 1e-5."""
     limit = 1.0 / (DELTA_UNITS_FACTOR * units)
-    return min(1e-5, 10 ** math.floor(math.log10(limit)))
+    return min(MAX_AUTO_DELTA, 10 ** math.floor(math.log10(limit)))
 
 
 @lru_cache(maxsize=256)

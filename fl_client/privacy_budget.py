@@ -7,6 +7,9 @@ over-count. Per round:
 1. The noise multiplier is planned for the whole run from public values only
    (``privacy_accounting.plan_run_noise``): the run's target epsilon over all its planned rounds,
    and never less noise than lets a fresh unit finish the run within the site's lifetime budget.
+   When the budget forces more than ``max-noise-ratio`` times the run's own plan
+   (``site_policy.check_noise``), the update would be mostly noise: the site declines the round
+   and charges nothing.
 2. The lifetime filter (``privacy_accounting``, Feldman and Zrnic's individual Rényi filter): a
    unit takes part only if its spend plus this release's Rényi DP stays within the site's budget.
    Units at their budget are left out; new units start at zero. Since leaving units out can
@@ -23,6 +26,8 @@ run's target epsilon and the lifetime filter, every unit is charged what the sum
 ``mu`` is all the noise it carries (``epsilon``), and the site adds ``mu / (cohort -
 tolerated-sites)`` itself. What the site's own share alone would cost (``epsilon_alone``) is
 recorded in each release and held against the site's ``max-epsilon-alone`` before every round.
+The noise check compares the standard deviation of the sum's noise, ``sqrt(2 mu)``, with that of
+the ``mu`` planned for the target alone; the site's share scales with both alike.
 """
 
 import math
@@ -34,6 +39,7 @@ from fl_client.privacy_accounting import (
     BudgetExhausted,
     epsilon_spent,
     filter_order,
+    plan_noise_multiplier,
     plan_run_noise,
     plan_skellam_mu,
     rdp_budget,
@@ -53,7 +59,7 @@ from fl_client.privacy_ledger import (
     unit_key,
     write_ledger,
 )
-from fl_client.site_policy import PolicyRefusal, RoundRequest, SitePolicy
+from fl_client.site_policy import PolicyRefusal, RoundRequest, SitePolicy, check_noise
 from fl_client.site_secret import site_secret
 from fl_protocol.distributed_sum import integer_norm
 from fl_protocol.wire import Reason
@@ -90,8 +96,9 @@ def charge_round(
 
     ``units``: the stable identity of each training unit at the site (unique); ``dimension``:
     the exchanged model's size (distributed DP: the sensitivity of its integer sum). Raises
-    ``BudgetExhausted`` when no unit may take part, ``PolicyRefusal`` when the request contradicts
-    the ledger (another privacy unit, a round beyond the run's plan), ``LedgerError``.
+    ``BudgetExhausted`` when no unit may take part or no noise fits the budget,
+    ``PolicyRefusal`` when the request contradicts the ledger (another privacy unit, a round
+    beyond the run's plan) or the budget needs noise far above the run's plan, ``LedgerError``.
     """
     secret = site_secret(state_dir)
     ledger = read_ledger(state_dir, secret) or Ledger(
@@ -178,6 +185,9 @@ def _filtered_release(
         rdp = release_rdp(noise, rate, steps, ledger.order)
         fits = [i for i in trained if ledger.spend.get(keys[i], 0.0) + rdp <= budget]
         if len(fits) == len(trained):
+            planned = plan_noise_multiplier(request.target_epsilon, request.delta, rate,
+                                            run_steps, request.accountant)
+            check_noise(policy, request, noise, planned, _budget_text(ledger, policy, budget))
             return _release(request, noise, rate, steps, units=len(fits), rdp=rdp), fits
         trained = fits
 
@@ -190,8 +200,8 @@ def _distributed_release(
     l2 = rounding_bound(integer_norm(dimension), dimension)
     l1 = l1_bound(l2, dimension)
     budget = rdp_budget(policy.max_epsilon, ledger.delta, ledger.order)
-    mu = max(plan_skellam_mu(request.target_epsilon, request.delta, l1, l2, request.num_rounds),
-             skellam_mu_within_rdp(l1, l2, request.num_rounds, ledger.order, budget))
+    planned = plan_skellam_mu(request.target_epsilon, request.delta, l1, l2, request.num_rounds)
+    mu = max(planned, skellam_mu_within_rdp(l1, l2, request.num_rounds, ledger.order, budget))
     share = mu / (request.cohort_size - request.tolerated_sites)
     rdp = skellam_rdp(mu, l1, l2, ledger.order)
     rdp_alone = skellam_rdp(share, l1, l2, ledger.order)
@@ -199,6 +209,8 @@ def _distributed_release(
     if not trained:
         raise BudgetExhausted(f"every one of the site's {len(keys)} units has spent its budget "
                               f"(max-epsilon {policy.max_epsilon:g})")
+    check_noise(policy, request, math.sqrt(2 * mu) / l2, math.sqrt(2 * planned) / l2,
+                _budget_text(ledger, policy, budget))
     released = sum(1 for r in ledger.releases if r.run == request.run_name)
     alone = rdp_epsilon(alone_spend(ledger, [keys[i] for i in trained])
                         + (request.num_rounds - released) * rdp_alone, ledger.order, ledger.delta)
@@ -215,6 +227,13 @@ def _distributed_release(
         l1=l1, l2=l2, rdp_alone=rdp_alone,
     )
     return release, trained
+
+
+def _budget_text(ledger: Ledger, policy: SitePolicy, budget: float) -> str:
+    """The lifetime budget a fresh unit has, for the site's log."""
+    return (f"this site's lifetime budget (max-epsilon {policy.max_epsilon:g} per "
+            f"{ledger.privacy_unit} at delta {ledger.delta:g}: Rényi DP {budget:.3g} at order "
+            f"{ledger.order:g})")
 
 
 def run_epsilons(releases: list[Release], delta: float) -> tuple[float, float]:

@@ -12,9 +12,23 @@ Without a ``train.*`` file, every ``*.jsonl`` and ``*.csv`` file in the folder i
 deterministically at the site (by a hash of the customer, so one customer's conversations never
 straddle train and test).
 
-Bad rows never crash a site: each is skipped and reported with ``file:line`` and a reason. Rows
-whose label is not in the run's taxonomy are skipped and counted. Text is PII-redacted here,
-before any tokenizer or encoder sees it.
+Site data never takes a site down: whatever makes a row unusable (bytes that are not UTF-8, a
+line over ``MAX_LINE_BYTES``, malformed JSON or CSV, JSON nested past the recursion limit or
+holding an integer past Python's digit limit, a missing or mistyped field, text that is not valid
+Unicode) skips that row, reported as ``file:line: reason``. A file that cannot be read is
+reported the same way (line 0: the whole file), and a CSV file whose header is unusable has each
+of its rows reported. ``load_site`` raises only when there is no folder or no data file; a site
+with no usable rows is for its caller to refuse, saying so. Rows whose label is not in the run's
+taxonomy are skipped and counted. Text is PII-redacted here, before any tokenizer or encoder
+sees it.
+
+So that no later stage (redaction, tokenizers, encoders, feature caches, a terminal) can choke on
+a text that loaded, text follows fixed rules here: a lone surrogate (which only a JSON
+``"\\ud800"`` escape can produce) cannot be encoded, so it rejects its row, in any field used; a
+label holding a control character rejects its row; in a text, control characters other than tab,
+line feed and carriage return become spaces (after the row's identity is taken, so identities
+stay stable); and a text over ``MAX_TEXT_CHARS`` rejects its row (redaction time grows with
+length, and an utterance is not a document).
 
 Every row has a stable identity, so that the privacy ledger can charge the same utterance and
 the same customer across data versions (files appended, rows fixed, files reordered or renamed):
@@ -26,14 +40,26 @@ edited text is a new utterance). Its customer is ``customer_id``, or the utteran
 import csv
 import hashlib
 import json
+import re
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
+from typing import BinaryIO, TypeVar
 
 from fl_client.redaction import redact
 
 TEST_SHARE_WHEN_UNSPLIT = 0.2
+MAX_LINE_BYTES = 1 << 20
+"""A longer line (line break included) is rejected unread, so one line cannot exhaust memory."""
+MAX_TEXT_CHARS = 10_000
+"""A longer text is rejected: redaction takes about a second per 10,000 digit-heavy characters."""
+
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_CONTROL_IN_TEXT = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+_Parsed = TypeVar("_Parsed")
 
 
 class SiteDataError(ValueError):
@@ -56,13 +82,16 @@ class SiteSplit:
 
 @dataclass(frozen=True)
 class RejectedRow:
-    """A row that was skipped, where and why; logged at the site, never sent."""
+    """A row that was skipped, where and why; logged at the site, never sent. Line 0 stands for
+    the whole file (one that could not be opened)."""
 
     file: str
     line: int
     reason: str
 
     def __str__(self) -> str:
+        if self.line == 0:
+            return f"{self.file}: {self.reason}"
         return f"{self.file}:{self.line}: {self.reason}"
 
 
@@ -103,9 +132,7 @@ def load_site(
         train_rows = _read_files(train_files, rejected)
         test_rows = _read_files(test_files, rejected)
     else:
-        other = sorted(
-            p for p in site_dir.iterdir() if p.suffix in (".jsonl", ".csv") and p.is_file()
-        )
+        other = _data_files(site_dir)
         if not other:
             raise SiteDataError(
                 f"no data files in {site_dir}: expected train.jsonl/test.jsonl, "
@@ -129,6 +156,15 @@ def load_site(
 
 def _identity(text: str) -> str:
     return text
+
+
+def _data_files(site_dir: Path) -> list[Path]:
+    try:
+        return sorted(
+            p for p in site_dir.iterdir() if p.suffix in (".jsonl", ".csv") and p.is_file()
+        )
+    except OSError as err:
+        raise SiteDataError(f"cannot list {site_dir}: {err.strerror or err}") from err
 
 
 def _split_files(site_dir: Path, split: str) -> list[Path]:
@@ -166,33 +202,80 @@ def _read_files(paths: list[Path], rejected: list[RejectedRow]) -> list[_Row]:
     return rows
 
 
-def _decoded_lines(path: Path, rejected: list[RejectedRow]):
-    """Yield (line number, text) for each non-blank line that is valid UTF-8."""
-    with open(path, "rb") as f:
-        for number, raw in enumerate(f, start=1):
-            try:
-                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
-            except UnicodeDecodeError as err:
-                rejected.append(RejectedRow(path.name, number, f"undecodable bytes ({err.reason})"))
-                continue
-            if line.strip():
-                yield number, line
+def _shown_name(path: Path) -> str:
+    """The file's name as printable text, even when it is not UTF-8 on disk."""
+    return path.name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _decoded_lines(path: Path, rejected: list[RejectedRow]) -> Iterator[tuple[int, str]]:
+    """Yield (line number, text) for each non-blank line. A line that is not UTF-8 or is over
+    ``MAX_LINE_BYTES`` is reported; so is a file that cannot be read, from where reading stopped."""
+    name = _shown_name(path)
+    number = 0
+    try:
+        with open(path, "rb") as f:
+            while raw := f.readline(MAX_LINE_BYTES + 1):
+                number += 1
+                if len(raw) > MAX_LINE_BYTES:
+                    _skip_rest_of_line(f, raw)
+                    rejected.append(
+                        RejectedRow(name, number, f"line longer than {MAX_LINE_BYTES} bytes")
+                    )
+                    continue
+                try:
+                    line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+                except UnicodeDecodeError as err:
+                    rejected.append(RejectedRow(name, number, f"undecodable bytes ({err.reason})"))
+                    continue
+                if line.strip():
+                    yield number, line
+    except OSError as err:
+        problem = err.strerror or str(err)
+        if number == 0:
+            rejected.append(RejectedRow(name, 0, f"unreadable file ({problem})"))
+        else:
+            rejected.append(RejectedRow(name, number + 1, f"read failed ({problem}); the rest "
+                                        "of the file is skipped"))
+
+
+def _skip_rest_of_line(f: BinaryIO, start: bytes) -> None:
+    """Read past an over-long line a bounded chunk at a time, never holding all of it."""
+    chunk = start
+    while chunk and not chunk.endswith(b"\n"):
+        chunk = f.readline(MAX_LINE_BYTES)
+
+
+def _parsed(parse: Callable[[str], _Parsed | str], line: str) -> _Parsed | str:
+    """``parse(line)``, or the reason the line is unusable: whatever malformed data makes the
+    parsers raise (bad JSON or CSV, nesting past the recursion limit, an integer past Python's
+    digit limit, text that cannot be encoded) costs one row, never the site. Other exceptions
+    are bugs in this module and propagate."""
+    try:
+        return parse(line)
+    except json.JSONDecodeError as err:
+        return f"invalid JSON ({err.msg})"
+    except csv.Error as err:
+        return f"malformed CSV ({err})"
+    except RecursionError:
+        return "nested too deeply to parse"
+    except ValueError as err:
+        return f"unusable value ({type(err).__name__}: {str(err).split(';')[0][:120]})"
 
 
 def _read_jsonl(path: Path, rejected: list[RejectedRow]) -> list[_Row]:
     rows = []
+    name = _shown_name(path)
     for number, line in _decoded_lines(path, rejected):
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            rejected.append(RejectedRow(path.name, number, f"invalid JSON ({err.msg})"))
-            continue
-        row_or_reason = _row_from_record(record)
+        row_or_reason = _parsed(_jsonl_row, line)
         if isinstance(row_or_reason, str):
-            rejected.append(RejectedRow(path.name, number, row_or_reason))
+            rejected.append(RejectedRow(name, number, row_or_reason))
         else:
             rows.append(row_or_reason)
     return rows
+
+
+def _jsonl_row(line: str) -> _Row | str:
+    return _row_from_record(json.loads(line))
 
 
 def _row_from_record(record: object) -> _Row | str:
@@ -206,6 +289,8 @@ def _row_from_record(record: object) -> _Row | str:
     label = record.get("intent", record.get("label"))
     if not isinstance(label, str) or not label:
         return "missing or non-string intent"
+    if _CONTROL.search(label):
+        return "intent holds a control character"
     row_id = record.get("conversation_id", record.get("id"))
     if row_id is not None and (not isinstance(row_id, str | int) or isinstance(row_id, bool)
                                or row_id == ""):
@@ -222,13 +307,20 @@ def _row_from_record(record: object) -> _Row | str:
             return "missing text (no 'turns' and no 'text')"
         if not isinstance(text, str):
             return f"text must be a string, got {type(text).__name__}"
-    if not text.strip():
-        return "empty text"
+    for name, value in (("text", text), ("intent", label), ("customer_id", customer),
+                        ("conversation_id", row_id)):
+        if isinstance(value, str) and _SURROGATE.search(value):
+            return f"{name} holds a lone surrogate (not valid Unicode)"
     if row_id is None:
         digest = hashlib.sha256(f"{customer}\0{text}".encode()).hexdigest()[:32]
         uid = f"text:{digest}"
     else:
         uid = f"id:{row_id}"
+    text = _CONTROL_IN_TEXT.sub(" ", text)
+    if not text.strip():
+        return "empty text"
+    if len(text) > MAX_TEXT_CHARS:
+        return f"text longer than {MAX_TEXT_CHARS} characters"
     return _Row(text=text, label=label, unit=uid if customer is None else str(customer),
                 uid=uid)
 
@@ -247,49 +339,66 @@ def _intent_turn_text(record: dict) -> tuple[str, int] | str:
             return "no customer turn to carry the intent"
         index = customer[0]
     if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < len(turns):
-        return f"intent_turn {index!r} is not an index into turns"
+        return f"intent_turn {_shown(index)} is not an index into turns"
     if turns[index].get("speaker") != "customer":
         return f"intent_turn {index} is not a customer turn"
     return (turns[index]["text"], index)
 
 
+def _shown(value: object) -> str:
+    """A short, printable rendering of a value from the data, for a reason."""
+    if not isinstance(value, str | int | float | None):
+        return type(value).__name__
+    text = ascii(value) if isinstance(value, str) else str(value)
+    return text if len(text) <= 40 else f"{text[:37]}..."
+
+
 def _read_csv(path: Path, rejected: list[RejectedRow]) -> list[_Row]:
-    """One row per line; the header must name ``text`` and ``label`` (or ``intent``)."""
+    """One row per line; the first line is the header, which must name ``text`` and ``label``
+    (or ``intent``). Without a usable header every row of the file is reported."""
     rows = []
-    header: list[str] | None = None
+    name = _shown_name(path)
+    header: list[str] | str | None = None
+    header_line = 0
     for number, line in _decoded_lines(path, rejected):
-        try:
-            fields = next(csv.reader([line]))
-        except csv.Error as err:
-            rejected.append(RejectedRow(path.name, number, f"malformed CSV ({err})"))
-            continue
         if header is None:
-            header = [h.strip() for h in fields]
-            label_col = "label" if "label" in header else "intent"
-            if "text" not in header or label_col not in header:
-                raise SiteDataError(
-                    f"{path}:{number}: CSV header must contain 'text' and 'label', got {header}"
-                )
+            header, header_line = _parsed(_csv_header, line), number
+            if isinstance(header, str):
+                rejected.append(RejectedRow(name, number, header))
             continue
-        if len(fields) != len(header):
-            rejected.append(
-                RejectedRow(path.name, number, f"expected {len(header)} fields, got {len(fields)}")
-            )
-            continue
-        record = dict(zip(header, fields, strict=True))
-        record.setdefault("label", record.get("intent"))
-        for optional in ("customer_id", "conversation_id", "id"):
-            if record.get(optional) == "":
-                record.pop(optional)
-        row_or_reason = _row_from_record(record)
+        if isinstance(header, str):
+            row_or_reason = f"skipped: the file's header (line {header_line}) is unusable"
+        else:
+            row_or_reason = _parsed(partial(_csv_row, header), line)
         if isinstance(row_or_reason, str):
-            rejected.append(RejectedRow(path.name, number, row_or_reason))
+            rejected.append(RejectedRow(name, number, row_or_reason))
         else:
             rows.append(row_or_reason)
-    if header is None:
-        raise SiteDataError(f"{path}: empty CSV file (no header)")
     return rows
 
+
+def _csv_fields(line: str) -> list[str]:
+    return next(csv.reader([line]), [])
+
+
+def _csv_header(line: str) -> list[str] | str:
+    header = [h.strip() for h in _csv_fields(line)]
+    label_col = "label" if "label" in header else "intent"
+    if "text" not in header or label_col not in header:
+        return f"CSV header must name 'text' and 'label', got {_shown(','.join(header))}"
+    return header
+
+
+def _csv_row(header: list[str], line: str) -> _Row | str:
+    fields = _csv_fields(line)
+    if len(fields) != len(header):
+        return f"expected {len(header)} fields, got {len(fields)}"
+    record = dict(zip(header, fields, strict=True))
+    record.setdefault("label", record.get("intent"))
+    for optional in ("customer_id", "conversation_id", "id"):
+        if record.get(optional) == "":
+            record.pop(optional)
+    return _row_from_record(record)
 
 def list_site_dirs(data_dir: Path) -> list[Path]:
     """The site folders of a simulation data folder, in a stable order (hidden folders skipped)."""

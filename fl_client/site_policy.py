@@ -30,11 +30,15 @@ setup (distributed)    the noise share was planned for             tolerated-sit
 epsilon alone          ``max-epsilon-alone`` (default 50): the     above it, over the site's
 (distributed)          epsilon of the site's own noise share,      whole history
                        if all other sites collude
+target-epsilon vs the  ``max-noise-ratio`` (default 2): the most   the noise the budget needs
+site's budget          noise the site adds relative to the run's   is above it (the round would
+                       plan for its target-epsilon                 be mostly noise)
 =====================  ==========================================  ============================
 
-The rounds and unit checks against the ledger happen where the ledger is read
-(``privacy_budget.charge_round``). Simulation: one operator plays every site, so the run config's
-``site-max-epsilon`` (and ``privacy-unit``) stands in for each simulated site's node config.
+The rounds, unit and noise checks against the ledger happen where the ledger is read
+(``privacy_budget.charge_round``), before anything is charged. Simulation: one operator plays
+every site, so the run config's ``site-max-epsilon`` (and ``privacy-unit``) stands in for each
+simulated site's node config.
 """
 
 import math
@@ -56,6 +60,20 @@ DEFAULT_MAX_EPSILON_ALONE = 50.0
 """Bounds what a site keeps if the server lies about the cohort or every other site colludes:
 the noise share it adds shrinks with the cohort the server announces."""
 DEFAULT_MIN_TOLERATED_SITES = 1
+DEFAULT_MAX_NOISE_RATIO = 2.0
+"""The most a site's noise (its standard deviation, the noise multiplier) may exceed the noise the
+run planned for its target-epsilon before the site declines the round. The lifetime filter
+raises the noise above the plan when the site's budget is below what the run asks: a little at
+the defaults (its Rényi account is looser than a PRV plan: 4.04 vs 3.81, 1.06x), about
+target-epsilon / max-epsilon for a smaller budget, and without bound as the budget left tends to
+nothing. Such an update soon costs the model more than it brings: in an average of n equal
+sites with the same expected update, a site whose noise is r times the others' lowers the
+average's noise only while r**2 < (2n - 1) / (n - 1) (r < 1.73 for two sites, towards 1.41 for
+many), and the run's learning rate was chosen for the planned noise. 2 leaves room for a site
+whose data differ from the others' (worth more than that count says) and for budgets down to
+about half the run's target; beyond it the round is declined and charged nothing, so the budget
+is kept for a run that plans for it. Node config ``max-noise-ratio`` (>= 1; inf: never decline)
+overrides it."""
 
 
 class PolicyRefusal(Exception):
@@ -89,6 +107,9 @@ class SitePolicy:
     max_epsilon_alone: under distributed DP, the most epsilon the site's own noise shares may
         amount to over its whole history: the guarantee it keeps if every other site colludes
         with the server (or the server lies about the cohort). Checked before every round.
+    max_noise_ratio: the most the noise the site's budget needs may exceed the run's planned
+        noise (both as standard deviations) before the site declines the round, charging nothing
+        (``DEFAULT_MAX_NOISE_RATIO``).
     """
 
     max_epsilon: float
@@ -97,6 +118,7 @@ class SitePolicy:
     privacy_models: tuple[str, ...] = PRIVACY_MODELS
     min_tolerated_sites: int = DEFAULT_MIN_TOLERATED_SITES
     max_epsilon_alone: float = DEFAULT_MAX_EPSILON_ALONE
+    max_noise_ratio: float = DEFAULT_MAX_NOISE_RATIO
 
 
 @dataclass(frozen=True)
@@ -153,6 +175,7 @@ def site_policy(context: Context) -> SitePolicy:
     try:
         tolerated = node.get("min-tolerated-sites", DEFAULT_MIN_TOLERATED_SITES)
         max_alone = float(node.get("max-epsilon-alone", DEFAULT_MAX_EPSILON_ALONE))
+        max_noise_ratio = float(node.get("max-noise-ratio", DEFAULT_MAX_NOISE_RATIO))
         if isinstance(tolerated, bool) or int(tolerated) != float(tolerated):
             raise ValueError(f"min-tolerated-sites must be a whole number, got {tolerated!r}")
     except (TypeError, ValueError) as err:
@@ -161,10 +184,12 @@ def site_policy(context: Context) -> SitePolicy:
         raise SiteConfigError(f"min-tolerated-sites must be >= 0, got {tolerated}")
     if not max_alone > 0:
         raise SiteConfigError(f"max-epsilon-alone must be > 0, got {max_alone}")
+    if not max_noise_ratio >= 1:
+        raise SiteConfigError(f"max-noise-ratio must be >= 1, got {max_noise_ratio}")
     return SitePolicy(max_epsilon=max_epsilon, max_delta=max_delta,
                       privacy_unit=None if unit is None else str(unit),
                       privacy_models=models, min_tolerated_sites=int(tolerated),
-                      max_epsilon_alone=max_alone)
+                      max_epsilon_alone=max_alone, max_noise_ratio=max_noise_ratio)
 
 
 def round_request(msg: Message, context: Context) -> RoundRequest:
@@ -238,6 +263,23 @@ def check_request(policy: SitePolicy, request: RoundRequest) -> None:
             raise PolicyRefusal(Reason.MODEL_REFUSED,
                                 f"a secure sum over {request.cohort_size} sites tolerating "
                                 f"{request.tolerated_sites} leaves no site to add the noise")
+
+
+def check_noise(policy: SitePolicy, request: RoundRequest, noise: float, planned: float,
+                budget: str) -> None:
+    """Decline (``PolicyRefusal``, before anything is charged) a round whose noise multiplier
+    ``noise``, forced by the site's ``budget`` (described for the site's log), is more than
+    ``max_noise_ratio`` times the ``planned`` one the run's target-epsilon asks for: its update
+    would be mostly noise. Sent as a budget decline: the budget cannot buy a useful round."""
+    ratio = noise / planned
+    if ratio > policy.max_noise_ratio:
+        raise PolicyRefusal(
+            Reason.NOISE_REFUSED,
+            f"{budget} needs noise multiplier {noise:.4g}, {ratio:.3g}x the {planned:.4g} the run "
+            f"planned for target-epsilon {request.target_epsilon:g} over {request.num_rounds} "
+            f"rounds; above this site's max-noise-ratio {policy.max_noise_ratio:g} the update "
+            f"would be mostly noise, so the round is declined and nothing charged",
+        )
 
 
 def site_delta(policy: SitePolicy, request: RoundRequest, units: int) -> float:

@@ -89,7 +89,13 @@ RUN_CONFIG_DEFAULTS: dict[str, str | int | float | bool] = {
 }
 """Every run-config key and its default (also ``[tool.flwr.app.config]`` in pyproject.toml; a
 test keeps the two equal). The server sets the run config; a site reads the privacy settings
-from it only as *requests*, which it checks against its own policy (``fl_client/site_policy``)."""
+from it only as *requests*, which it checks against its own policy (``fl_client/site_policy``).
+``max-update-norm`` (server only): 0 bounds each DP update by what its clip norm, learning rate
+and noise allow (``fl_server/update_validation.derived_update_bound``; no bound without DP),
+a positive number is a fixed bound, ``inf`` none."""
+MAX_AUTO_DELTA = 1e-5
+"""The largest delta a site picks when the run's ``delta`` is 0 (its default, at most this
+and below 1 / (10 x its units)); the server holds a site's reported delta to it."""
 
 
 def _positive(value: float) -> bool:
@@ -100,9 +106,9 @@ def _finite(value: float) -> bool:
     return math.isfinite(value)
 
 
-def _not_nan(value: float) -> bool:
-    """Epsilon may be inf (a run without DP), never NaN."""
-    return not math.isnan(value)
+def _epsilon(value: float) -> bool:
+    """Epsilon may be inf (a run without DP), never NaN or negative."""
+    return value >= 0
 
 
 def _fraction(value: float) -> bool:
@@ -128,7 +134,7 @@ class Metric:
 TRAIN_METRICS: tuple[Metric, ...] = (
     Metric("num-examples", _positive, aggregated=True, recorded_as="num_examples"),
     Metric("train-loss", _finite, aggregated=True, recorded_as="train_loss"),
-    Metric("epsilon", _not_nan, aggregated=True, recorded_as="epsilon"),
+    Metric("epsilon", _epsilon, aggregated=True, recorded_as="epsilon"),
     Metric("epsilon-all-runs", recorded_as="epsilon_all_runs"),
     Metric("epsilon-alone", recorded_as="epsilon_alone"),
     Metric("epsilon-alone-all-runs", recorded_as="epsilon_alone_all_runs"),
@@ -214,6 +220,7 @@ class Reason(StrEnum):
     OUT_OF_RANGE = "update outside the secure-aggregation range; not sent"
     MODEL_REFUSED = "declined: privacy model or secure sum weaker than the site's policy"
     BUDGET_EXHAUSTED = "declined: privacy budget exhausted"
+    NOISE_REFUSED = "declined: the site's budget allows only noise far above the run's plan"
     NO_DP_REFUSED = "declined: the site's policy requires differential privacy"
     SETTING_REFUSED = "declined: a privacy setting weaker than the site's policy"
     ROUND_REFUSED = "declined: a round beyond the run's planned rounds"

@@ -83,6 +83,42 @@ def check_extendable(log_path: Path) -> None:
                             "head file, to start a new one)")
 
 
+def vouched_models(log_path: Path, run_name: str) -> dict[int, tuple[str, str | None]]:
+    """Round -> the SHA-256 of the global model and of the strategy state the log records for
+    it (``None`` if it records none), as the run stands now.
+
+    The log must exist, verify, and start with the ``run-started`` entry of ``run_name``. A
+    round's last ``round`` entry counts; a ``run-resumed`` entry drops the rounds after its
+    ``after_round``, since they were trained again. A resumed run loads only a checkpoint whose
+    round and model digest are in this map: a checkpoint file alone is not evidence, since its
+    own digest can be recomputed by whoever edits it. ``AuditLogError`` otherwise.
+    """
+    try:
+        result = verify_log(log_path)
+        entries = [json.loads(line) for line in Path(log_path).read_bytes().splitlines()]
+    except OSError as err:
+        raise AuditLogError(f"audit log {log_path} is missing or unreadable ({err.strerror}); "
+                            "a run can be resumed only from checkpoints its audit log records"
+                            ) from err
+    if not result.ok:
+        raise AuditLogError(f"audit log {log_path} is broken at line {result.broken_line}: "
+                            f"{result.problem}")
+    first = entries[0] if entries else {}
+    if first.get("event") != "run-started" or first.get("run_name") != run_name:
+        raise AuditLogError(f"audit log {log_path} does not start with the run-started entry "
+                            f"of run {run_name!r}")
+    rounds: dict[int, tuple[str, str | None]] = {}
+    for entry in entries:
+        if entry.get("event") == "round" and isinstance(entry.get("round"), int):
+            state = entry.get("state_sha256")
+            rounds[entry["round"]] = (str(entry.get("model_sha256")),
+                                      None if state is None else str(state))
+        elif entry.get("event") == "run-resumed" and isinstance(entry.get("after_round"), int):
+            rounds = {number: digest for number, digest in rounds.items()
+                      if number <= entry["after_round"]}
+    return rounds
+
+
 def entry_hash(entry: dict) -> str:
     body = {key: value for key, value in entry.items() if key != "hash"}
     return hashlib.sha256(canonical_json(body).encode("utf-8")).hexdigest()

@@ -3,7 +3,9 @@
 ``OUT/checkpoints/round-NNNNN.safetensors`` holds the global model (``model/<name>``), the
 strategy's state between rounds (``state/<attribute>/<name>``, e.g. FedAdam's moments) and, as
 metadata, the round, strategy and run name, with a SHA-256 over all of it (tensors by
-``tensor_digest.py``), so a damaged file is detected rather than loaded. Each file is written
+``tensor_digest.py``), so a damaged file is detected rather than loaded. That digest is no
+defence against an edit (it can be recomputed), nor is the file name: a resumed run loads only
+a checkpoint whose round and model SHA-256 the hash-chained audit log records. Each file is written
 atomically and fsync'd. The newest ``KEEP`` checkpoints are kept: when the newest is damaged,
 resuming falls back to the one before it and says so (the lost round is trained again).
 """
@@ -79,6 +81,10 @@ def load_checkpoint(path: Path) -> Checkpoint:
     if metadata.get("sha256") != _checksum(tensors, fields):
         raise CheckpointError(f"checkpoint {path} is corrupt: its content does not match the "
                               "SHA-256 recorded in it")
+    named = FILE_PATTERN.fullmatch(Path(path).name)
+    if named and int(named.group(1)) != int(fields["round"]):
+        raise CheckpointError(f"checkpoint {path} holds round {fields['round']}, not the round "
+                              "its name says (renamed)")
     state: dict[str, dict[str, np.ndarray]] = {}
     for key, array in tensors.items():
         if key.startswith(STATE_PREFIX):
@@ -95,16 +101,28 @@ def load_checkpoint(path: Path) -> Checkpoint:
     )
 
 
-def latest_checkpoint(folder: Path) -> tuple[Checkpoint | None, list[str]]:
-    """The newest checkpoint that verifies, and a warning for every newer one that did not.
+def state_sha256(state: dict[str, dict[str, np.ndarray]]) -> str:
+    """One SHA-256 over a strategy's state between rounds (``tensor_digest.arrays_sha256`` of
+    its tensors named ``attribute/name``); the audit log records it beside the model's."""
+    return arrays_sha256({f"{attribute}/{key}": array for attribute, values in state.items()
+                          for key, array in values.items()})
+
+
+def latest_checkpoint(
+    folder: Path, vouched: dict[int, tuple[str, str | None]]
+) -> tuple[Checkpoint | None, list[str]]:
+    """The newest checkpoint that verifies and that ``vouched`` (round -> the SHA-256 of its
+    model and of its strategy state, from the audit log: ``audit_log.vouched_models``) records,
+    and a warning for every newer one that did not.
 
     ``None`` when the run has no checkpoint at all (it stopped during round 1); raises
-    ``CheckpointError`` when there are checkpoints but none verifies.
+    ``CheckpointError`` when there are checkpoints but none is usable.
     """
     problems = []
     for path in checkpoint_files(folder):
         try:
             checkpoint = load_checkpoint(path)
+            _check_vouched(checkpoint, vouched)
         except CheckpointError as err:
             problems.append(str(err))
             continue
@@ -115,6 +133,22 @@ def latest_checkpoint(folder: Path) -> tuple[Checkpoint | None, list[str]]:
     if problems:
         raise CheckpointError("no usable checkpoint: " + "; ".join(problems))
     return None, []
+
+
+def _check_vouched(checkpoint: Checkpoint, vouched: dict[int, tuple[str, str | None]]) -> None:
+    """A checkpoint's own digest only detects damage (whoever edits it can recompute it): its
+    model and strategy state (momentum, FedAdam's moments) must be the ones the audit log
+    records for its round. A log written before state digests were recorded has none."""
+    model, state = vouched.get(checkpoint.server_round, (None, None))
+    if model != arrays_sha256(checkpoint.arrays):
+        part = "model"
+    elif state is not None and state != state_sha256(checkpoint.state):
+        part = "strategy state"
+    else:
+        return
+    raise CheckpointError(f"checkpoint {checkpoint.path} is not vouched for by the audit log: "
+                          f"its {part} is not the one the log records for round "
+                          f"{checkpoint.server_round} (forged, or from another run)")
 
 
 def checkpoint_files(folder: Path) -> list[Path]:

@@ -12,7 +12,10 @@ import math
 from pathlib import Path
 
 from fl_protocol.wire import RUN_CONFIG_DEFAULTS
-from fl_server.run_config import RunConfigError
+from fl_server.audit_log import vouched_models
+from fl_server.checkpoints import Checkpoint, CheckpointError, latest_checkpoint
+from fl_server.run_config import RunConfigError, check_run_config
+from fl_server.run_record import FORMAT, STATUSES
 
 MAY_CHANGE_ON_RESUME = frozenset(
     {"resume", "stop-after-round", "reply-timeout", "min-sites", "out-dir"}
@@ -23,15 +26,59 @@ FILLED_FROM_RECORD = ("run-name", "data-dir")
 
 
 def read_metrics(path: Path) -> dict:
-    """The ``metrics.json`` of an earlier run, or ``RunConfigError`` saying why it cannot be."""
+    """The ``metrics.json`` of an earlier run, checked down to the run configuration it records
+    (``check_run_config``), or ``RunConfigError`` saying why it cannot be resumed."""
     try:
         doc = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
         raise RunConfigError(f"cannot resume: {path} is missing or unreadable ({err})") from err
-    if not (isinstance(doc, dict) and isinstance(doc.get("config"), dict)
-            and isinstance(doc.get("rounds"), list)):
-        raise RunConfigError(f"cannot resume: {path} is not a fedintent metrics.json")
+    if isinstance(doc, dict) and doc.get("status") == "completed":
+        raise RunConfigError("cannot resume: the run completed all its rounds already")
+    if problem := _record_problem(doc):
+        raise RunConfigError(f"cannot resume: {path} is not the record of a fedintent run: "
+                             f"{problem}")
+    try:
+        check_run_config(recorded_run_config(doc))
+    except RunConfigError as err:
+        raise RunConfigError(f"cannot resume: {path} records a run configuration that is not "
+                             f"valid: {err}") from None
     return doc
+
+
+def _record_problem(doc: object) -> str:
+    """What makes ``doc`` not a run record that can be resumed; empty if nothing."""
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        return f"format is not {FORMAT}"
+    if doc.get("status") not in STATUSES:
+        return f"status {doc.get('status')!r} is not one of {', '.join(STATUSES)}"
+    labels, config, rounds = doc.get("labels"), doc.get("config"), doc.get("rounds")
+    if not (isinstance(labels, list) and labels and all(isinstance(x, str) for x in labels)):
+        return "it records no labels (the run never started)"
+    if not isinstance(config, dict):
+        return "it records no run configuration"
+    for key in FILLED_FROM_RECORD:
+        if not (isinstance(config.get(key), str) and config[key]):
+            return f"its run configuration has no {key}"
+    if not (isinstance(rounds, list)
+            and all(isinstance(r, dict) and isinstance(r.get("round"), int) for r in rounds)):
+        return "its rounds are not a list of numbered rounds"
+    return ""
+
+
+def resume_point(out_dir: Path, run_name: str) -> tuple[Checkpoint | None, list[str]]:
+    """The checkpoint a resumed run of ``run_name`` in ``out_dir`` continues from (``None``:
+    from the initial model), and warnings about the newer ones it skipped.
+
+    Only a checkpoint the audit log vouches for is taken (``audit_log.vouched_models``). Raises
+    ``AuditLogError`` when the log is missing or broken, ``CheckpointError`` when there are
+    checkpoints but none is vouched for, or there is none though the log records a round.
+    """
+    vouched = vouched_models(out_dir / "audit.jsonl", run_name)
+    checkpoint, warnings = latest_checkpoint(out_dir / "checkpoints", vouched)
+    if checkpoint is None and vouched:
+        raise CheckpointError(f"cannot resume: the audit log records round {max(vouched)} but "
+                              f"{out_dir / 'checkpoints'} holds no checkpoint")
+    return checkpoint, warnings
 
 
 def recorded_run_config(doc: dict) -> dict:
@@ -48,8 +95,6 @@ def recorded_run_config(doc: dict) -> dict:
 
 def resumed_run_config(run_config: dict, doc: dict) -> dict:
     """``run_config`` completed from the record; ``RunConfigError`` naming any key that differs."""
-    if doc.get("status") == "completed":
-        raise RunConfigError("cannot resume: the run completed all its rounds already")
     recorded = recorded_run_config(doc)
     config = dict(run_config)
     for key in FILLED_FROM_RECORD:

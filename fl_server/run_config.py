@@ -5,9 +5,10 @@ also the ``[tool.flwr.app.config]`` of ``pyproject.toml``), since the sites read
 """
 
 import math
+import numbers
 from collections.abc import Iterable
 
-from fl_protocol.wire import ACCOUNTANTS, PRIVACY_UNITS, RUN_CONFIG_DEFAULTS
+from fl_protocol.wire import ACCOUNTANTS, PRIVACY_MODELS, PRIVACY_UNITS, RUN_CONFIG_DEFAULTS
 from fl_server.secure_aggregation import incompatibility
 from fl_server.strategy import STRATEGIES
 from models import get_model_family
@@ -43,53 +44,87 @@ batch-size and local-epochs do not apply (each round is one full-batch step)."""
 
 
 
+EPSILON_RANGES: dict[str, tuple[float, float]] = {"prv": (0.1, 100.0), "rdp": (0.5, 100.0)}
+"""A finite ``target-epsilon`` per accountant: where its noise search plans (measured down to
+delta 1e-10, up to 1000 rounds of full-batch steps). The RDP conversion cannot reach below about
+0.45 at delta 1e-10; PRV fails below 0.01 and above 100 (and slows down there)."""
+SITE_EPSILON_RANGE = (0.5, 10_000.0)
+"""A finite ``site-max-epsilon`` (lifetime budget): below it the ledger's Rényi filter has no
+budget at any order; above it a budget no longer limits anything (use inf)."""
+DELTA_RANGE = (1e-10, 0.1)
+"""A nonzero ``delta``: smaller breaks the accountants' floors above, larger is no guarantee."""
+WHOLE_RANGES: dict[str, tuple[int, int]] = {
+    "num-rounds": (1, 10_000),
+    "min-sites": (1, 10_000),
+    "batch-size": (1, 1_000_000_000),
+    "local-epochs": (1, 1_000),
+    "seed": (0, 2**32 - 1),
+    "stop-after-round": (0, 10_000),
+    "tolerated-sites": (0, 10_000),
+}
+"""Whole-number keys and their inclusive ranges (``seed``: numpy's ``RandomState`` range)."""
+NUMBER_RANGES: dict[str, tuple[float, float]] = {
+    "clip-norm": (1e-6, 100.0),
+    "learning-rate": (1e-8, 10_000.0),
+    "server-learning-rate": (1e-8, 100.0),
+    "reply-timeout": (1.0, 7 * 24 * 3600.0),
+}
+"""Finite number keys and their inclusive ranges: far outside them an update is noise or
+overflows, and every site's update is rejected while the sites still spend their budget."""
+
+
 class RunConfigError(ValueError):
     """A run configuration value is out of range; the message names the key."""
 
 
 def check_run_config(cfg: dict) -> dict:
-    """Return ``cfg`` over the defaults, or raise naming the first bad key."""
+    """Return ``cfg`` over the defaults, or raise naming the first bad key, its value and the
+    allowed range. The one check of every key: ``fedintent train``, ``deploy-run``, bench and
+    the ServerApp (``flwr run -c``) all call it before anything starts or is written."""
     unknown = sorted(set(cfg) - set(RUN_CONFIG_DEFAULTS))
     if unknown:
         raise RunConfigError(f"unknown run config key(s): {', '.join(unknown)}")
     full = RUN_CONFIG_DEFAULTS | cfg
-    epsilon = float(full["target-epsilon"])
-    if math.isnan(epsilon) or epsilon <= 0:
-        raise RunConfigError(
-            f"target-epsilon must be > 0 (or inf for no DP), got {full['target-epsilon']}"
-        )
-    if not 0 <= float(full["delta"]) < 1:
-        raise RunConfigError(f"delta must be in [0, 1) (0 = per-site default), got {full['delta']}")
-    if "site-max-epsilon" not in cfg and math.isinf(epsilon):
+    _check_types(full)
+    choices = {
+        "strategy": list(STRATEGIES),
+        "accountant": list(ACCOUNTANTS),
+        "privacy-unit": list(PRIVACY_UNITS),
+        "privacy-model": list(PRIVACY_MODELS),
+    }
+    for key, allowed in choices.items():
+        if full[key] not in allowed:
+            raise RunConfigError(f"{key} must be one of {', '.join(allowed)}, got {full[key]!r}")
+    for key, (low, high) in WHOLE_RANGES.items():
+        full[key] = check_whole(key, full[key], low, high)
+    for key, (low, high) in NUMBER_RANGES.items():
+        full[key] = check_number(key, full[key], low, high)
+    full["target-epsilon"] = check_epsilon("target-epsilon", full["target-epsilon"],
+                                           str(full["accountant"]))
+    full["delta"] = float(full["delta"])
+    low, high = DELTA_RANGE
+    if full["delta"] != 0 and not low <= full["delta"] <= high:
+        raise RunConfigError(f"delta must be 0 (each site's default) or in [{low:g}, {high:g}], "
+                             f"got {full['delta']!r}")
+    if "site-max-epsilon" not in cfg and math.isinf(full["target-epsilon"]):
         # The simulated sites' stand-in policy: a site accepts training without DP only when its
         # own budget is unlimited; an operator who asks for no DP in simulation plays sites that
         # agree. A deployed site decides this in its own node config (max-epsilon = inf).
         full["site-max-epsilon"] = math.inf
-    if not float(full["site-max-epsilon"]) > 0:
-        raise RunConfigError(f"site-max-epsilon must be > 0, got {full['site-max-epsilon']}")
-    for key in ("num-rounds", "min-sites", "batch-size", "local-epochs"):
-        if int(full[key]) < 1 or int(full[key]) != full[key]:
-            raise RunConfigError(f"{key} must be a whole number >= 1, got {full[key]}")
-    for key in ("clip-norm", "learning-rate", "server-learning-rate"):
-        if not float(full[key]) > 0:
-            raise RunConfigError(f"{key} must be > 0, got {full[key]}")
-    if not 0 <= float(full["server-momentum"]) < 1:
+    full["site-max-epsilon"] = float(full["site-max-epsilon"])
+    low, high = SITE_EPSILON_RANGE
+    if not (full["site-max-epsilon"] == math.inf or low <= full["site-max-epsilon"] <= high):
+        raise RunConfigError(f"site-max-epsilon must be inf (no limit) or in [{low:g}, "
+                             f"{high:g}], got {full['site-max-epsilon']!r}")
+    full["server-momentum"] = float(full["server-momentum"])
+    if not 0 <= full["server-momentum"] < 1:
         raise RunConfigError(f"server-momentum must be in [0, 1), got {full['server-momentum']}")
-    if float(full["server-momentum"]) > 0 and full["strategy"] != "fedavg":
+    if full["server-momentum"] > 0 and full["strategy"] != "fedavg":
         raise RunConfigError(f"server-momentum applies to strategy fedavg (FedAvgM), not "
                              f"{full['strategy']!r}; set it to 0")
-    if not float(full["reply-timeout"]) > 0:
-        raise RunConfigError(f"reply-timeout must be > 0 seconds, got {full['reply-timeout']}")
     if not float(full["max-update-norm"]) >= 0:
-        raise RunConfigError(
-            f"max-update-norm must be >= 0 (0 = no bound), got {full['max-update-norm']}"
-        )
-    for key in ("resume", "secure-aggregation"):
-        if not isinstance(full[key], bool):
-            raise RunConfigError(f"{key} must be true or false, got {full[key]!r}")
-    stop = full["stop-after-round"]
-    if int(stop) < 0 or int(stop) != stop:
-        raise RunConfigError(f"stop-after-round must be a whole number >= 0 (0 = off), got {stop}")
+        raise RunConfigError(f"max-update-norm must be >= 0 (0 = derived from the DP settings, "
+                             f"inf = no bound), got {full['max-update-norm']}")
     try:
         full["model"] = get_model_family(str(full["model"])).name  # a folder: its absolute path
     except ValueError as err:
@@ -98,17 +133,57 @@ def check_run_config(cfg: dict) -> dict:
         raise RunConfigError("privacy-unit customer is not supported with minilm-finetune (a "
                              "customer's utterances would need a second sequence dimension); "
                              "use minilm-head or ngram")
-    choices = {
-        "strategy": list(STRATEGIES),
-        "accountant": list(ACCOUNTANTS),
-        "privacy-unit": list(PRIVACY_UNITS),
-    }
-    for key, allowed in choices.items():
-        if full[key] not in allowed:
-            raise RunConfigError(f"{key} must be one of {', '.join(allowed)}, got {full[key]!r}")
     if problem := incompatibility(full):
         raise RunConfigError(problem)
     return full
+
+
+def check_whole(key: str, value: object, low: int, high: int) -> int:
+    """``value`` as an int in ``[low, high]``, or ``RunConfigError`` naming ``key`` and the
+    range (a bool or a float is not a whole number, even 3.0: the key is typed)."""
+    if (isinstance(value, bool) or not isinstance(value, numbers.Integral)
+            or not low <= value <= high):
+        raise RunConfigError(f"{key} must be a whole number >= {low} and <= {high}, "
+                             f"got {value!r}")
+    return int(value)
+
+
+def check_number(key: str, value: object, low: float, high: float) -> float:
+    """``value`` as a finite float in ``[low, high]``, or ``RunConfigError`` naming ``key``."""
+    if not _is_number(value) or not low <= value <= high:
+        raise RunConfigError(f"{key} must be a finite number in [{low:g}, {high:g}], "
+                             f"got {value!r}")
+    return float(value)
+
+
+def check_epsilon(key: str, value: object, accountant: str = "prv") -> float:
+    """A target epsilon: inf (no DP), or where ``accountant`` can plan its noise
+    (``EPSILON_RANGES``); ``key`` names the option or key in the message."""
+    low, high = EPSILON_RANGES[accountant]
+    if not _is_number(value) or not (value == math.inf or low <= value <= high):
+        raise RunConfigError(f"{key} must be > 0: inf (no DP) or in [{low:g}, {high:g}] with "
+                             f"accountant {accountant}, got {value!r}")
+    return float(value)
+
+
+def _check_types(full: dict) -> None:
+    """Each value of the type of its key's default: text, true/false, or a number (the keys
+    with a range are typed where their range is checked, so that the message gives it)."""
+    for key, default in RUN_CONFIG_DEFAULTS.items():
+        value = full[key]
+        if isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise RunConfigError(f"{key} must be true or false, got {value!r}")
+        elif isinstance(default, str):
+            if not isinstance(value, str):
+                raise RunConfigError(f"{key} must be text, got {value!r}")
+        elif key not in WHOLE_RANGES | NUMBER_RANGES and not _is_number(value):
+            raise RunConfigError(f"{key} must be a number, got {value!r}")
+
+
+def _is_number(value: object) -> bool:
+    """A real number (int or float; NaN included, which every range refuses), not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def tuned_settings(epsilon: float, privacy_model: str = "local") -> dict[str, int | float]:

@@ -34,6 +34,11 @@ from fl_protocol.wire import (
 from fl_server.provenance import software_provenance
 
 FORMAT = "fedintent-metrics/1"
+STATUSES = ("running", "stopped", "interrupted", "failed", "completed")
+"""A run's ``status``: ``interrupted`` when a signal (Ctrl-C, SIGTERM) stopped it; every status
+but ``completed`` can be resumed."""
+INTERRUPTED = "interrupted by a signal (Ctrl-C or SIGTERM); it can be resumed"
+"""The ``error`` of an interrupted run."""
 KEPT_REASON_CODES = (
     REJECTED, NO_REPLY, ErrorCode.MESSAGE_UNAVAILABLE, ErrorCode.REPLY_MESSAGE_UNAVAILABLE,
     ErrorCode.NODE_UNAVAILABLE, ErrorCode.INVALID_FAB,
@@ -83,15 +88,23 @@ class RunRecord:
         provenance go into ``resumes``.
         """
         doc = json.loads(Path(path).read_text(encoding="utf-8"))
+        dropped = sum(1 for r in doc["rounds"] if r["round"] > after_round)
         doc["rounds"] = [r for r in doc["rounds"] if r["round"] <= after_round]
         for key in ("finished", "final", "error"):
             doc.pop(key, None)
         doc["status"] = "running"
         doc["config"] = config
-        resumed = ({"run_id": run_id, "time": _now(), "after_round": after_round} | details
+        resumed = ({"run_id": run_id, "time": _now(), "after_round": after_round,
+                    "rounds_dropped": dropped} | details
                    | {"provenance": software_provenance()})
         doc.setdefault("resumes", []).append(resumed)
         return cls(path, doc)
+
+    def retrained_rounds(self) -> int:
+        """The most rounds this run's resumes train again, and so its sites charge twice: the
+        rounds each resume dropped, and the one a crash may have cut off before it was
+        recorded."""
+        return sum(entry.get("rounds_dropped", 0) + 1 for entry in self.doc.get("resumes", []))
 
     def record_train(
         self, server_round: int, replies: list[Message], update_norms: dict[int, float]
@@ -165,6 +178,19 @@ class RunRecord:
 
     def write(self) -> None:
         write_json_atomic(self.path, self.doc)
+
+
+def record_interrupted(path: Path) -> None:
+    """Mark the run recorded in ``path`` ``interrupted`` (atomically) if it still says
+    ``running``: the ServerApp was stopped by a signal before it could say so itself. Call it
+    only once the ServerApp is gone, or it may write ``running`` again. A missing or unreadable
+    record is left as it is."""
+    try:
+        doc = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    if isinstance(doc, dict) and doc.get("status") == "running":
+        RunRecord(path, doc).finish("interrupted", error=INTERRUPTED)
 
 
 def site_pseudonym(site_key: int) -> str:

@@ -11,8 +11,12 @@ from it). Evaluation, the run record, checkpoints and the audit log work as in a
 The site's side is ``fl_client/secure_aggregation.py``.
 
 What the server then cannot do is check or record anything about one site's update: the
-strategies that need every update (trimmed mean, median) and the per-update norm bound
-(``max-update-norm``) are refused, and ``metrics.json`` holds no per-site update norm.
+strategies that need every update (trimmed mean, median) and a fixed per-update norm bound
+(``max-update-norm`` > 0) are refused, the derived one (0) does not apply, and ``metrics.json``
+holds no per-site update norm. Each site's metrics are checked as in a plain round: its privacy
+claims, and its ``num-examples`` (its weight in the masked sum, ``num-examples / MAX_WEIGHT``,
+and under distributed DP the step's divisor) against the other sites'; one rejected site
+drops the round's sum (``strategy.CheckedRounds.aggregate_secure_train``).
 
 Masks come from a cryptographic generator (``fl_protocol/secagg_masks.py``), on this side too:
 the server regenerates the masks it removes. Sites send masked values as 32-bit words, which the
@@ -107,9 +111,9 @@ def incompatibility(cfg: dict) -> str | None:
         return (f"secure-aggregation: strategy {cfg['strategy']!r} needs every site's update, "
                 f"which the server never sees with secure aggregation; use "
                 f"{' or '.join(STRATEGIES)}")
-    if float(cfg["max-update-norm"]) > 0:
+    if 0 < float(cfg["max-update-norm"]) < math.inf:
         return ("secure-aggregation: max-update-norm bounds each site's update, which the "
-                "server never sees with secure aggregation; set it to 0")
+                "server never sees with secure aggregation; set it to 0 or inf")
     if int(cfg["min-sites"]) < MIN_SITES:
         return (f"secure-aggregation needs at least {MIN_SITES} sites (min-sites >= "
                 f"{MIN_SITES}): with two, each site learns the other's update from the sum; "

@@ -31,17 +31,17 @@ from flwr.serverapp.strategy import Strategy
 
 from fl_protocol.durable_files import json_safe
 from fl_protocol.label_file import LabelFileError, read_labels
-from fl_server.audit_log import AuditLogError, append_entry, check_extendable
-from fl_server.checkpoints import CheckpointError, latest_checkpoint, save_checkpoint
+from fl_server.audit_log import AuditLogError, append_entry
+from fl_server.checkpoints import CheckpointError, save_checkpoint, state_sha256
 from fl_server.model_store import save_model
 from fl_server.progress import format_accuracy, round_lines
-from fl_server.resume import read_metrics, resumed_run_config
+from fl_server.resume import read_metrics, resume_point, resumed_run_config
 from fl_server.run_config import RunConfigError, check_run_config
-from fl_server.run_record import RunRecord, final_summary
+from fl_server.run_record import INTERRUPTED, RunRecord, final_summary
 from fl_server.secure_aggregation import secure_train_round
 from fl_server.strategy import build_strategy, restore_strategy_state, strategy_state
 from fl_server.tensor_digest import arrays_sha256
-from fl_server.update_validation import ArraySpec, array_spec
+from fl_server.update_validation import ArraySpec, RunPlan, array_spec
 from models import get_model_family
 
 app = ServerApp()
@@ -88,7 +88,7 @@ def main(grid: Grid, context: Context) -> None:
                          {"run_id": context.run_id, "run_name": run_name} | fields)
 
         if previous:
-            record, arrays, state, done = _resume(
+            record, arrays, state, done = resume_run(
                 out_dir, context.run_id, config, previous["config"], initial, audit
             )
         else:  # audited first: a log that cannot be extended fails the run before its record
@@ -110,6 +110,7 @@ def main(grid: Grid, context: Context) -> None:
         max_update_norm=float(cfg["max-update-norm"]),
         reply_timeout=float(cfg["reply-timeout"]),
         server_momentum=float(cfg["server-momentum"]),
+        plan=RunPlan.from_run_config(cfg, record.retrained_rounds()),
     )
     restore_strategy_state(strategy, state)
     site_config = ConfigRecord(
@@ -127,9 +128,11 @@ def main(grid: Grid, context: Context) -> None:
                                 float(cfg["reply-timeout"]),
                                 spec if cfg["secure-aggregation"] else None)
             model = {key: array.numpy() for key, array in arrays.items()}
-            audit("round", **record.doc["rounds"][-1], model_sha256=arrays_sha256(model))
+            state = strategy_state(strategy)
+            audit("round", **record.doc["rounds"][-1], model_sha256=arrays_sha256(model),
+                  state_sha256=state_sha256(state))
             save_checkpoint(out_dir / "checkpoints", server_round, str(cfg["strategy"]),
-                            run_name, model, strategy_state(strategy))
+                            run_name, model, state)
             for line in round_lines(record.doc["rounds"][-1], num_rounds):
                 log(INFO, "%s", line)
             if server_round == stop_after and server_round < num_rounds:
@@ -149,6 +152,12 @@ def main(grid: Grid, context: Context) -> None:
             labels=labels,
             run_doc=record.doc | {"final": final_summary(record.doc)},
         )
+    except (KeyboardInterrupt, SystemExit):
+        record.finish("interrupted", error=INTERRUPTED)
+        audit("run-interrupted", reason=INTERRUPTED)
+        log(WARNING, "fedintent run interrupted; continue with: fedintent train --resume %s",
+            out_dir)
+        raise
     except Exception as err:
         reason = _one_line(err)
         record.finish("failed", error=reason)
@@ -195,7 +204,7 @@ def _run_round(
     return arrays
 
 
-def _resume(
+def resume_run(
     out_dir: Path,
     run_id: int,
     config: dict,
@@ -206,9 +215,10 @@ def _resume(
     """(record, global model, strategy state, rounds done) of the interrupted run in out_dir.
 
     Without any checkpoint (the run stopped during round 1) it starts again from the initial
-    model, under the same run name.
+    model, under the same run name. Only a checkpoint the audit log vouches for is loaded
+    (``resume_point``), and nothing is written before it is chosen.
     """
-    checkpoint, warnings = latest_checkpoint(out_dir / "checkpoints")
+    checkpoint, warnings = resume_point(out_dir, str(config["run-name"]))
     for warning in warnings:
         log(WARNING, "resume: %s", warning)
     arrays, state, done = initial, {}, 0
@@ -228,7 +238,6 @@ def _resume(
             raise CheckpointError(f"checkpoint {checkpoint.path} is not from this run: "
                                   + "; ".join(problems))
         state, done = checkpoint.state, checkpoint.server_round
-    check_extendable(out_dir / "audit.jsonl")
     details = {
         "checkpoint": str(checkpoint.path) if checkpoint else None,
         "warnings": warnings,

@@ -10,8 +10,10 @@ sees a reply:
 * every site asked gets exactly one outcome: a site that did not answer within the reply
   timeout, or whose node the SuperLink reports unavailable, is recorded as a failure of *that*
   node (the SuperLink's own error replies come from its own node id);
-* every update is checked (``update_validation.py``); a rejected one is recorded like a failure
-  and never aggregated;
+* every update is checked (``update_validation.py``): its arrays, its norm, its privacy claims
+  against the run's plan, and its example count against the round's other sites; a rejected
+  one is recorded like a failure (``REJECTED``, in ``metrics.json`` and the audit log) and never
+  aggregated;
 * accepted replies are aggregated in a canonical order (by a digest of their parameters), so
   the result does not depend on the order replies arrived in, nor on the node ids.
 
@@ -34,9 +36,11 @@ from fl_server.tensor_digest import arrays_sha256
 from fl_server.update_validation import (
     ArraySpec,
     InvalidReply,
+    RunPlan,
     check_evaluate_reply,
     check_secure_train_reply,
     check_train_reply,
+    oversized_claims,
 )
 
 STRATEGIES = ("fedavg", "fedadam", "fedtrimmedavg", "fedmedian")
@@ -63,10 +67,13 @@ def build_strategy(
     max_update_norm: float,
     reply_timeout: float,
     server_momentum: float = 0.0,
+    plan: RunPlan | None = None,
 ) -> "CheckedRounds":
     """A Flower strategy that trains and evaluates on every connected site each round, wrapped
     in ``CheckedRounds``. ``fedavg`` with ``server_momentum`` is Flower's FedAvgM: heavy-ball
-    momentum on the server's step, post-processing of what the sites sent (no privacy cost)."""
+    momentum on the server's step, post-processing of what the sites sent (no privacy cost).
+    ``plan``: the run's settings, that sites' privacy claims and derived update bounds are held
+    against (``update_validation.RunPlan``)."""
     if name not in BASES:
         raise ValueError(f"unknown strategy {name!r}; choose one of {', '.join(STRATEGIES)}")
     options = {
@@ -81,8 +88,9 @@ def build_strategy(
         options |= {"eta": server_learning_rate, "eta_l": 1.0, "beta_1": 0.9, "beta_2": 0.99}
     if name == "fedavg" and server_momentum > 0:
         base = FedAvgM(**options, server_learning_rate=1.0, server_momentum=server_momentum)
-        return CheckedRounds(base, record, spec, max_update_norm, reply_timeout)
-    return CheckedRounds(BASES[name](**options), record, spec, max_update_norm, reply_timeout)
+        return CheckedRounds(base, record, spec, max_update_norm, reply_timeout, plan)
+    return CheckedRounds(BASES[name](**options), record, spec, max_update_norm, reply_timeout,
+                         plan)
 
 
 class CheckedRounds(Strategy):
@@ -102,6 +110,7 @@ class CheckedRounds(Strategy):
         spec: ArraySpec,
         max_update_norm: float,
         reply_timeout: float,
+        plan: RunPlan | None = None,
     ) -> None:
         super().__init__()
         self.strategy = strategy
@@ -109,6 +118,7 @@ class CheckedRounds(Strategy):
         self.spec = spec
         self.max_update_norm = max_update_norm
         self.reply_timeout = reply_timeout
+        self.plan = plan
         self.sent_arrays: dict[str, np.ndarray] = {}
         self.asked_train: list[Message] = []
         self.asked_evaluate: list[Message] = []
@@ -130,10 +140,12 @@ class CheckedRounds(Strategy):
 
         def check(reply: Message) -> None:
             update_norms[reply.metadata.src_node_id] = check_train_reply(
-                reply.content, self.spec, self.sent_arrays, self.max_update_norm
+                reply.content, self.spec, self.sent_arrays, self.max_update_norm, self.plan
             )
 
-        checked = checked_replies(self.asked_train, replies, self.reply_timeout, check)
+        checked = _cohort_checked(
+            self.asked_train, checked_replies(self.asked_train, replies, self.reply_timeout, check)
+        )
         self.record.record_train(server_round, checked, update_norms)
         accepted = [_lean(reply) for reply in checked if not reply.has_error()]
         accepted.sort(key=lambda reply: arrays_sha256(_numpy(reply.content[ARRAYS_KEY])))
@@ -151,11 +163,11 @@ class CheckedRounds(Strategy):
         A site whose metrics fail the check cannot be taken out of the sum, so then the
         round's mean is dropped and the global model stays as it was.
         """
-        checked = [
+        checked = _cohort_checked(self.asked_train, [
             _checked(sent, reply, self.reply_timeout,
-                     lambda reply: check_secure_train_reply(reply.content))
+                     lambda reply: check_secure_train_reply(reply.content, self.plan))
             for sent, reply in zip(self.asked_train, secure.replies, strict=True)
-        ]
+        ])
         entry = self.record.record_train(server_round, checked, {})
         entry["secure_aggregation"] = secure.summary
         if any(c.has_error() and not r.has_error()
@@ -276,6 +288,19 @@ def _checked(
         except InvalidReply as err:
             error = Error(code=REJECTED, reason=f"rejected by the server: {err}")
     return Message(error, reply_to=sent)
+
+
+def _cohort_checked(asked: list[Message], checked: list[Message]) -> list[Message]:
+    """``checked`` (one reply per message ``asked``) with every accepted reply whose example
+    count is out of proportion to the others' (``oversized_claims``) turned into a rejection."""
+    claims = {index: float(reply.content[METRICS_KEY]["num-examples"])
+              for index, reply in enumerate(checked) if not reply.has_error()}
+    oversized = oversized_claims(claims)
+    return [
+        Message(Error(code=REJECTED, reason=f"rejected by the server: {oversized[index]}"),
+                reply_to=sent) if index in oversized else reply
+        for index, (sent, reply) in enumerate(zip(asked, checked, strict=True))
+    ]
 
 
 def _lean(reply: Message) -> Message:

@@ -13,24 +13,28 @@ import sys
 
 import numpy as np
 import pytest
+from flwr.app import Array, ArrayRecord
 from flwr.serverapp.strategy import FedAvgM
 from safetensors.numpy import load_file
 
 from data_synth import write_sites
 from fedintent.launch.simulation import SimulationError, run_simulation
 from fl_protocol.wire import RUN_CONFIG_DEFAULTS as DEFAULTS
-from fl_server.audit_log import verify_log
+from fl_server.audit_log import AuditLogError, append_entry, verify_log
 from fl_server.checkpoints import (
     CheckpointError,
     checkpoint_files,
     latest_checkpoint,
     load_checkpoint,
     save_checkpoint,
+    state_sha256,
 )
-from fl_server.resume import resumed_run_config
+from fl_server.resume import read_metrics, resume_point, resumed_run_config
 from fl_server.run_config import RunConfigError, check_run_config
 from fl_server.run_record import RunRecord
+from fl_server.server_app import resume_run
 from fl_server.strategy import build_strategy, restore_strategy_state, strategy_state
+from fl_server.tensor_digest import arrays_sha256
 
 MODEL = {"weight": np.arange(12, dtype=np.float32).reshape(3, 4),
          "bias": np.array([1.0, -2.0, 0.5], np.float32)}
@@ -38,9 +42,18 @@ MOMENTS = {"m_t": {k: v * 0.1 for k, v in MODEL.items()},
            "v_t": {k: v * v for k, v in MODEL.items()}}
 
 
-def save(folder, server_round: int):
-    model = {k: v + server_round for k, v in MODEL.items()}
-    return save_checkpoint(folder, server_round, "fedadam", "run-x", model, MOMENTS)
+def model_of(server_round: int) -> dict:
+    return {k: v + server_round for k, v in MODEL.items()}
+
+
+VOUCHED = {server_round: (arrays_sha256(model_of(server_round)), state_sha256(MOMENTS))
+           for server_round in range(1, 9)}
+"""What an audit log records for the models ``save`` writes (``audit_log.vouched_models``)."""
+
+
+def save(folder, server_round: int, model: dict | None = None):
+    return save_checkpoint(folder, server_round, "fedadam", "run-x",
+                           model or model_of(server_round), MOMENTS)
 
 
 def flip_byte(path, from_end: int = 8) -> None:
@@ -80,7 +93,7 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_one_before(tmp_path, dama
         newest.write_bytes(newest.read_bytes().replace(b'"round":"2"', b'"round":"7"'))
     with pytest.raises(CheckpointError, match="round-00002.safetensors"):
         load_checkpoint(newest)
-    checkpoint, warnings = latest_checkpoint(tmp_path)
+    checkpoint, warnings = latest_checkpoint(tmp_path, VOUCHED)
     assert checkpoint.server_round == 1
     assert len(warnings) == 1 and "round-00002.safetensors" in warnings[0]
     assert "falling back to round-00001.safetensors" in warnings[0]
@@ -90,13 +103,101 @@ def test_no_usable_checkpoint_names_every_file(tmp_path):
     for server_round in (1, 2):
         flip_byte(save(tmp_path, server_round))
     with pytest.raises(CheckpointError) as err:
-        latest_checkpoint(tmp_path)
+        latest_checkpoint(tmp_path, VOUCHED)
     assert "round-00001.safetensors" in str(err.value)
     assert "round-00002.safetensors" in str(err.value)
 
 
 def test_a_run_without_checkpoints_restarts_from_round_one(tmp_path):
-    assert latest_checkpoint(tmp_path / "checkpoints") == (None, [])
+    assert latest_checkpoint(tmp_path / "checkpoints", {}) == (None, [])
+
+
+def stopped_run(out, rounds: int = 3) -> dict:
+    """A run folder as a run stopped after ``rounds`` leaves it: record, audit log (each round
+    with its model's SHA-256) and the newest two checkpoints. Returns its recorded config."""
+    config = {"strategy": "fedadam", "run-name": "run-x"}
+    append_entry(out / "audit.jsonl", "run-started", {"run_name": "run-x", "config": config})
+    for server_round in range(1, rounds + 1):
+        model, state = VOUCHED[server_round]
+        append_entry(out / "audit.jsonl", "round",
+                     {"run_name": "run-x", "round": server_round, "model_sha256": model,
+                      "state_sha256": state})
+        save(out / "checkpoints", server_round)
+    RunRecord.start(out / "metrics.json", 1, config, ["a"]).finish("stopped")
+    return config
+
+
+def resume_in(out, config: dict) -> int:
+    """The round the ServerApp's resume continues after, and the model it loaded."""
+    initial = ArrayRecord({k: Array(v) for k, v in MODEL.items()})
+    _, arrays, _, done = resume_run(out, 2, config, config, initial, lambda *a, **k: None)
+    if done:
+        loaded = {key: array.numpy() for key, array in arrays.items()}
+        assert arrays_sha256(loaded) == VOUCHED[done][0]
+    return done
+
+
+def test_a_checkpoint_forged_with_a_recomputed_digest_is_not_loaded(tmp_path):
+    config = stopped_run(tmp_path)
+    forged = {k: v * 0 + 42 for k, v in MODEL.items()}
+    save(tmp_path / "checkpoints", 3, forged)  # a valid file: its own digest is recomputed
+    assert load_checkpoint(tmp_path / "checkpoints" / "round-00003.safetensors")
+    assert resume_in(tmp_path, config) == 2
+    [resumed] = json.loads((tmp_path / "metrics.json").read_text())["resumes"]
+    assert "round-00003.safetensors is not vouched for by the audit log" in resumed["warnings"][0]
+
+
+def test_a_checkpoint_with_forged_strategy_state_is_not_loaded(tmp_path):
+    """FedAdam's moments (or FedAvgM's momentum) steer every later round: a forged state with
+    the right model and a recomputed file digest is refused like a forged model."""
+    config = stopped_run(tmp_path)
+    forged = {name: {k: v * 100 for k, v in values.items()} for name, values in MOMENTS.items()}
+    save_checkpoint(tmp_path / "checkpoints", 3, "fedadam", "run-x", model_of(3), forged)
+    assert resume_in(tmp_path, config) == 2
+    [resumed] = json.loads((tmp_path / "metrics.json").read_text())["resumes"]
+    assert "its strategy state is not the one the log records for round 3" in resumed["warnings"][0]
+
+
+def test_a_checkpoint_renamed_to_a_later_round_is_not_taken(tmp_path):
+    config = stopped_run(tmp_path)
+    folder = tmp_path / "checkpoints"
+    (folder / "round-00002.safetensors").rename(folder / "round-00005.safetensors")
+    with pytest.raises(CheckpointError, match="renamed"):
+        load_checkpoint(folder / "round-00005.safetensors")
+    assert resume_in(tmp_path, config) == 3
+
+
+def test_resume_takes_only_what_the_audit_log_vouches_for(tmp_path):
+    stopped_run(tmp_path)
+    checkpoint, warnings = resume_point(tmp_path, "run-x")
+    assert checkpoint.server_round == 3 and not warnings
+    for server_round in (2, 3):  # every checkpoint forged: refused, naming each file
+        save(tmp_path / "checkpoints", server_round, {k: v - 1 for k, v in MODEL.items()})
+    with pytest.raises(CheckpointError, match="no usable checkpoint.*not vouched"):
+        resume_point(tmp_path, "run-x")
+    with pytest.raises(AuditLogError, match="does not start with the run-started entry"):
+        resume_point(tmp_path, "another-run")
+    for checkpoint_file in checkpoint_files(tmp_path / "checkpoints"):
+        checkpoint_file.unlink()
+    with pytest.raises(CheckpointError, match="records round 3 but .* holds no checkpoint"):
+        resume_point(tmp_path, "run-x")
+    (tmp_path / "audit.jsonl").unlink()
+    with pytest.raises(AuditLogError, match="missing"):
+        resume_point(tmp_path, "run-x")
+
+
+def test_after_a_resume_only_the_rounds_trained_since_are_vouched_for(tmp_path):
+    stopped_run(tmp_path)
+    log = tmp_path / "audit.jsonl"
+    append_entry(log, "run-resumed", {"run_name": "run-x", "after_round": 2})
+    checkpoint, warnings = resume_point(tmp_path, "run-x")  # round 3 is trained again
+    assert checkpoint.server_round == 2 and "round-00003.safetensors" in warnings[0]
+    retrained = {k: v + 0.5 for k, v in MODEL.items()}
+    append_entry(log, "round", {"run_name": "run-x", "round": 3,
+                                "model_sha256": arrays_sha256(retrained)})
+    assert resume_point(tmp_path, "run-x")[0].server_round == 2  # its checkpoint not saved yet
+    save(tmp_path / "checkpoints", 3, retrained)
+    assert resume_point(tmp_path, "run-x")[0].server_round == 3
 
 
 def test_fedadam_moments_survive_a_checkpoint(tmp_path):
@@ -138,7 +239,7 @@ def test_fedavgm_momentum_survives_a_checkpoint(tmp_path):
         np.testing.assert_array_equal(restored, saved)
 
 
-def test_a_resume_takes_the_recorded_configuration_and_refuses_changes():
+def test_a_resume_takes_the_recorded_configuration_and_refuses_changes(tmp_path):
     recorded = check_run_config({"run-name": "r1", "data-dir": "/d", "target-epsilon": math.inf})
     doc = {"status": "stopped", "rounds": [],
            "config": recorded | {"target-epsilon": None}}  # as metrics.json holds infinity
@@ -147,8 +248,9 @@ def test_a_resume_takes_the_recorded_configuration_and_refuses_changes():
     assert (resumed["run-name"], resumed["data-dir"], resumed["min-sites"]) == ("r1", "/d", 1)
     with pytest.raises(RunConfigError, match=f"num-rounds=5 .recorded {DEFAULTS['num-rounds']}."):
         resumed_run_config(asked | {"num-rounds": 5}, doc)
-    with pytest.raises(RunConfigError, match="completed"):
-        resumed_run_config(asked, doc | {"status": "completed"})
+    (tmp_path / "metrics.json").write_text(json.dumps(doc | {"status": "completed"}))
+    with pytest.raises(RunConfigError, match="completed all its rounds"):
+        read_metrics(tmp_path / "metrics.json")
     with pytest.raises(RunConfigError, match="resume must be true or false"):
         check_run_config({"resume": 1})
 

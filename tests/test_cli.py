@@ -18,9 +18,9 @@ def fedintent(*args: str, cwd=None) -> subprocess.CompletedProcess:
     [
         (["--epsilon", "-1"], "target-epsilon must be > 0"),
         (["--epsilon", "0"], "target-epsilon must be > 0"),
-        (["--sites", "0"], "--sites must be >= 1"),
+        (["--sites", "0"], "--sites must be a whole number >= 1"),
         (["--rounds", "0"], "num-rounds must be"),
-        (["--delta", "2"], "delta must be in [0, 1)"),
+        (["--delta", "2"], "delta must be 0 (each site's default) or in [1e-10, 0.1], got 2.0"),
         (["--data", "/no/such/folder"], "data folder not found: /no/such/folder"),
     ],
 )

@@ -193,8 +193,8 @@ def test_a_run_where_no_site_can_train_exits_non_zero(tmp_path):
         (data / name / "train.csv").write_text("text,label\nhello,not_in_taxonomy\n")
     (data / "labels.txt").write_text("a\nb\n")
     tag = uuid.uuid4().hex
-    result = train("--data", str(data), "--rounds", "2", "--out", str(tmp_path / "out"),
-                   cwd=tmp_path, tag=tag)
+    result = train("--data", str(data), "--rounds", "1", "--model", "ngram",
+                   "--out", str(tmp_path / "out"), cwd=tmp_path, tag=tag)
     assert result.returncode == 1, result.stdout + result.stderr
     assert Reason.DATA_UNUSABLE.value in result.stderr  # the server learns only the fixed reason
     assert "Traceback" not in result.stderr
@@ -209,7 +209,7 @@ def test_a_site_without_valid_rows_declines_and_the_run_goes_on(tmp_path):
     broken.mkdir()
     (broken / "train.jsonl").write_text('{"text": "hello", "label": "no_such_intent"}\n{oops\n')
     (broken / "test.jsonl").write_text("")
-    result = train("--data", str(data), "--rounds", "1", "--epsilon", "inf",
+    result = train("--data", str(data), "--rounds", "1", "--epsilon", "inf", "--model", "ngram",
                    "--out", str(tmp_path / "out"), cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "sites trained 2/3" in result.stdout

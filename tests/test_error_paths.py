@@ -171,7 +171,7 @@ def build_sites(root: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Site]:
     (s.data / "train.csv").write_text(
         f'"{pii_sentence(s.canary)}",card_lost\n"what is my balance",check_balance\n',
         encoding="utf-8")
-    s.logged = [s.canary, CARD]
+    s.logged = [s.canary]  # the header is shown cut to 40 characters: the card is not in it
 
     s = site("missing", Reason.DATA_UNUSABLE)  # data-path names a folder never created
     s.logged = [s.canary]

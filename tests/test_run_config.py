@@ -8,7 +8,12 @@ import pytest
 
 from fedintent.launch.flower_cli import toml_value
 from fl_protocol.wire import RUN_CONFIG_DEFAULTS as DEFAULTS
-from fl_server.run_config import RunConfigError, check_run_config
+from fl_server.run_config import (
+    NUMBER_RANGES,
+    WHOLE_RANGES,
+    RunConfigError,
+    check_run_config,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,6 +36,21 @@ def test_every_key_is_documented_in_the_readme():
         ({"target-epsilon": 0.0}, "target-epsilon"),
         ({"target-epsilon": math.nan}, "target-epsilon"),
         ({"delta": 1.0}, "delta"),
+        ({"delta": 1e-300}, "delta"),
+        ({"delta": math.inf}, "delta"),
+        ({"target-epsilon": 1e-300}, "target-epsilon"),
+        ({"target-epsilon": 1e308}, "target-epsilon"),
+        ({"target-epsilon": -math.inf}, "target-epsilon"),
+        ({"target-epsilon": 0.2, "accountant": "rdp"}, r"target-epsilon .* \[0.5, 100\]"),
+        ({"site-max-epsilon": 1e-300}, "site-max-epsilon"),
+        ({"site-max-epsilon": math.nan}, "site-max-epsilon"),
+        ({"privacy-model": "central"}, "privacy-model"),
+        ({"seed": -1}, "seed"),
+        ({"seed": 2**32}, "seed"),
+        ({"clip-norm": math.inf}, "clip-norm"),
+        ({"learning-rate": math.inf}, "learning-rate"),
+        ({"server-learning-rate": 1e300}, "server-learning-rate"),
+        ({"reply-timeout": math.inf}, "reply-timeout"),
         ({"num-rounds": 0}, "num-rounds"),
         ({"batch-size": 2.5}, "batch-size"),
         ({"clip-norm": 0.0}, "clip-norm"),
@@ -56,3 +76,35 @@ def test_infinite_epsilon_means_no_dp_and_is_allowed():
 def test_toml_values_round_trip(value):
     parsed = tomllib.loads(f"x = {toml_value(value)}")["x"]
     assert parsed == value
+
+
+@pytest.mark.parametrize("key", sorted(DEFAULTS))
+def test_every_key_refuses_a_value_of_another_type_naming_the_key(key):
+    bad = 1.5 if isinstance(DEFAULTS[key], str | bool) else "12"
+    with pytest.raises(RunConfigError, match=f"^{key} must be"):
+        check_run_config({key: bad})
+
+
+@pytest.mark.parametrize("key", sorted(WHOLE_RANGES))
+def test_every_whole_number_key_takes_only_ints_in_its_range(key):
+    low, high = WHOLE_RANGES[key]
+    for bad in (low - 1, high + 1, float(low), True, math.inf, math.nan):
+        with pytest.raises(RunConfigError, match=f"^{key} must be a whole number >= {low} "
+                                                 f"and <= {high}, got"):
+            check_run_config({key: bad})
+    assert check_run_config({key: high})[key] == high
+
+
+@pytest.mark.parametrize("key", sorted(NUMBER_RANGES))
+def test_every_number_key_is_finite_and_within_its_range(key):
+    low, high = NUMBER_RANGES[key]
+    for bad in (0.0, -1.0, high * 10, math.inf, -math.inf, math.nan, 1e308):
+        with pytest.raises(RunConfigError, match=f"^{key} must be a finite number in "):
+            check_run_config({key: bad})
+    for good in (low, high):
+        assert check_run_config({key: good})[key] == good
+
+
+@pytest.mark.parametrize("epsilon", [0.1, 1.0, 100.0, math.inf])
+def test_epsilons_the_accountant_can_plan_for_are_accepted(epsilon):
+    assert check_run_config({"target-epsilon": epsilon})["target-epsilon"] == epsilon

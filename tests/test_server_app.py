@@ -10,6 +10,8 @@ from flwr.app import Context, Message, RecordDict
 
 from fl_protocol.wire import RUN_CONFIG_DEFAULTS, Reason, error_reply
 from fl_server import server_app
+from fl_server.run_config import check_run_config
+from fl_server.run_record import RunRecord, json_safe
 from fl_server.server_app import main
 
 
@@ -96,11 +98,21 @@ def test_a_failed_resume_keeps_the_record_it_could_not_resume(tmp_path, logged):
     assert run_server(tmp_path, **{"data-dir": str(data), "resume": True}) == completed
     assert "cannot resume: the run completed all its rounds already" in logged.text
 
-    stopped = completed | {"status": "stopped", "config": {"num-rounds": 3}}
-    (out / "metrics.json").write_text(json.dumps(stopped))
-    metrics = run_server(tmp_path, **{"data-dir": str(data), "resume": True})
-    assert metrics["status"] == "failed" and metrics["config"] == {"num-rounds": 3}
+    # A run stopped after its first round, resumed with a different configuration: refused,
+    # and its record marked failed, keeping what it recorded, so it can be resumed as it was.
+    config = check_run_config(RUN_CONFIG_DEFAULTS | {
+        "out-dir": str(out), "model": "ngram", "min-sites": 2, "data-dir": str(data),
+        "num-rounds": 3, "run-name": "stopped-run"})
+    record = RunRecord.start(out / "metrics.json", 8, json_safe(config), ["card_lost", "refund"])
+    record.finish("stopped", error="stopped after round 1")
+    metrics = run_server(tmp_path, **{"data-dir": str(data), "resume": True, "num-rounds": 5})
+    assert metrics["status"] == "failed" and metrics["config"]["num-rounds"] == 3
     assert metrics["error"].startswith("cannot resume with a different configuration")
+
+    # A file that is not a run's record is refused and left exactly as it was.
+    bare = completed | {"status": "stopped", "config": {"num-rounds": 3}}
+    (out / "metrics.json").write_text(json.dumps(bare))
+    assert run_server(tmp_path, **{"data-dir": str(data), "resume": True}) == bare
 
 
 def test_a_bug_before_round_one_is_recorded_then_raised(tmp_path, monkeypatch):

@@ -106,6 +106,14 @@ def test_a_site_that_cannot_reach_the_target_says_why(tmp_path, prepare, message
     assert message.format(state=site.state_dir) in warning
 
 
+def test_a_site_whose_budget_is_under_half_the_target_is_said_to_decline(tmp_path):
+    config = sites_in(tmp_path, 1) | {"target-epsilon": 20.0}
+    [site] = simulated_sites(config, 1)
+    [warning] = budget_warnings([site], config)
+    assert warning.startswith("site site-00: will decline every round: its lifetime budget "
+                              "(--site-max-epsilon 8) is under 1/2 of the target epsilon 20")
+
+
 def test_train_warns_before_round_one(tmp_path, monkeypatch, capsys):
     data = tmp_path / "data"
     config = sites_in(tmp_path, 2)

@@ -1,10 +1,14 @@
 """Site data: every kind of bad row is skipped with file:line and a reason, never a crash."""
 
+import errno
+import io
 import json
 
 import pytest
 
-from fl_client.site_data import SiteDataError, list_site_dirs, load_site
+import fl_client.site_data
+from fedintent.cli import main
+from fl_client.site_data import MAX_TEXT_CHARS, SiteDataError, list_site_dirs, load_site
 from fl_protocol.label_file import LabelFileError, read_labels
 
 LABELS = ["card_lost", "refund"]
@@ -87,10 +91,17 @@ def test_csv_rows_and_bad_csv_rows(tmp_path):
     assert site.unknown_labels == {"not_a_label": 1}
 
 
-def test_csv_without_text_and_label_header_names_the_file(tmp_path):
-    (tmp_path / "train.csv").write_text("utterance,intent_name\nhello,refund\n")
-    with pytest.raises(SiteDataError, match="train.csv:1"):
-        load_site(tmp_path, LABELS)
+def test_a_csv_without_a_usable_header_costs_its_rows_not_the_site(tmp_path):
+    (tmp_path / "train.csv").write_text("text,label\nrefund now,refund\n")
+    (tmp_path / "test.csv").write_text("utterance,intent_name\nhello,refund\n\nbye,refund\n")
+    site = load_site(tmp_path, LABELS)
+    assert site.train.texts == ["refund now"] and len(site.test) == 0
+    assert [str(row) for row in site.rejected] == [
+        "test.csv:1: CSV header must name 'text' and 'label', got 'utterance,intent_name'",
+        "test.csv:2: skipped: the file's header (line 1) is unusable",
+        "test.csv:4: skipped: the file's header (line 1) is unusable",
+    ]
+    assert site.rows_read == 4
 
 
 def test_pii_is_redacted_before_anything_else_sees_the_text(tmp_path):
@@ -160,3 +171,193 @@ def test_label_file_checks(tmp_path):
     path.write_text("only\n")
     with pytest.raises(LabelFileError, match="at least 2"):
         read_labels(path)
+
+
+DEEP_ARRAY = "[" * 100_000 + "]" * 100_000
+DEEP_OBJECT = '{"a":' * 100_000 + "1" + "}" * 100_000
+HUGE_INT = "9" * 5_000
+
+
+@pytest.mark.parametrize("line,reason", [
+    (DEEP_ARRAY, "nested too deeply"),
+    (DEEP_OBJECT, "nested too deeply"),
+    ('{"text": "hi", "label": "refund", "customer_id": ' + HUGE_INT + "}", "digits"),
+    ('{"text": "hi", "label": "refund", "extra": [-' + HUGE_INT + "]}", "digits"),
+    (json.dumps(conversation(intent_turn=int(HUGE_INT[:4000]))), "is not an index"),
+])
+def test_json_the_parser_cannot_take_costs_one_row_not_the_site(tmp_path, line, reason):
+    """Nesting past the recursion limit and integers past Python's digit limit raise from the
+    JSON parser itself: each is one rejected row, whatever its shape."""
+    write_jsonl(tmp_path / "train.jsonl", [line, conversation()])
+    site = load_site(tmp_path, LABELS)
+    assert site.train.texts == ["I lost my card"]
+    [rejected] = site.rejected
+    assert rejected.line == 1 and reason in rejected.reason and len(rejected.reason) < 120
+
+
+@pytest.mark.parametrize("template", [
+    '{"text": "refund SUR", "label": "refund", "id": "r1"}',
+    '{"text": "refund SUR", "label": "refund"}',
+    '{"turns": [{"speaker": "customer", "text": "SUR"}], "intent": "refund", "id": "r1"}',
+    '{"text": "refund", "label": "refundSUR", "id": "r1"}',
+    '{"text": "refund", "label": "refund", "customer_id": "cSUR", "id": "r1"}',
+    '{"text": "refund", "label": "refund", "conversation_id": "SUR"}',
+])
+@pytest.mark.parametrize("surrogate", ["\\ud800", "\\udfff", "\\ude00x\\ud83d"])
+def test_a_lone_surrogate_in_any_field_used_rejects_the_row_at_load(tmp_path, template,
+                                                                    surrogate):
+    """Valid JSON, invalid Unicode: it cannot be encoded, so it would fail the site later (in a
+    hash, a tokenizer, a cache); check-data and training reject it at load instead."""
+    write_jsonl(tmp_path / "train.jsonl", [template.replace("SUR", surrogate), conversation()])
+    site = load_site(tmp_path, LABELS)
+    assert site.train.texts == ["I lost my card"], site.rejected
+    [rejected] = site.rejected
+    assert rejected.line == 1 and "lone surrogate" in rejected.reason
+    assert not site.unknown_labels
+
+
+def test_control_characters_become_spaces_in_text_and_reject_a_label(tmp_path):
+    """NUL is the redactor's mask and other controls upset tokenizers and terminals: a text keeps
+    tab and line breaks, every other control character becomes a space; a label with one can
+    never be in a taxonomy, so its row is rejected."""
+    (tmp_path / "train.csv").write_bytes(
+        b"text,label,id\nlost\x00my\x1bcard\x7f\xc2\x85now\t!,card_lost,a\n"
+        b"\x00\x01\x02,refund,b\nhello,ref\x01und,c\n"
+    )
+    write_jsonl(tmp_path / "test.jsonl", [{"text": "two\nlines\r\u0000", "label": "refund"}])
+    site = load_site(tmp_path, LABELS)
+    assert site.train.texts == ["lost my card  now\t!"]
+    assert site.test.texts == ["two\nlines\r "]
+    reasons = {row.line: row.reason for row in site.rejected}
+    assert reasons == {3: "empty text", 4: "intent holds a control character"}
+
+
+def test_overlong_lines_and_texts_are_rejected_by_stated_limits(tmp_path, monkeypatch):
+    monkeypatch.setattr(fl_client.site_data, "MAX_LINE_BYTES", 100)
+    long_line = json.dumps({"text": "x" * 300, "label": "refund"})
+    write_jsonl(tmp_path / "train.jsonl", [long_line, {"text": "refund", "label": "refund"},
+                                           "y" * 250])
+    (tmp_path / "test.csv").write_text("text,label\n" + "z" * 92 + ",refund\n")  # 100 bytes
+    site = load_site(tmp_path, LABELS)
+    assert site.train.texts == ["refund"] and site.test.texts == ["z" * 92]
+    assert [str(row) for row in site.rejected] == [
+        "train.jsonl:1: line longer than 100 bytes", "train.jsonl:3: line longer than 100 bytes"]
+
+    monkeypatch.undo()
+    write_jsonl(tmp_path / "train.jsonl", [{"text": "1-" * MAX_TEXT_CHARS, "label": "refund"},
+                                           {"text": "x" * MAX_TEXT_CHARS, "label": "refund"}])
+    site = load_site(tmp_path, LABELS)
+    assert len(site.train) == 1
+    assert [str(row) for row in site.rejected] == [
+        f"train.jsonl:1: text longer than {MAX_TEXT_CHARS} characters"]
+
+
+def test_a_file_that_cannot_be_read_is_reported_and_the_others_still_load(tmp_path, monkeypatch):
+    write_jsonl(tmp_path / "train.jsonl", [conversation()])
+    write_jsonl(tmp_path / "test.jsonl", [conversation(customer="c2")] * 3)
+
+    def unreadable(path, mode):
+        if path.name == "train.jsonl":
+            raise PermissionError(errno.EACCES, "Permission denied")
+        return FailingAfterOneLine(path.read_bytes())
+
+    monkeypatch.setattr(fl_client.site_data, "open", unreadable, raising=False)
+    site = load_site(tmp_path, LABELS)
+    assert len(site.train) == 0 and len(site.test) == 1
+    assert [str(row) for row in site.rejected] == [
+        "train.jsonl: unreadable file (Permission denied)",
+        "test.jsonl:2: read failed (Input/output error); the rest of the file is skipped",
+    ]
+
+
+class FailingAfterOneLine(io.BytesIO):
+    """A file whose disk fails after its first line."""
+
+    def readline(self, size=-1):
+        if self.tell():
+            raise OSError(errno.EIO, "Input/output error")
+        return super().readline(size)
+
+
+def test_a_bug_in_the_loader_is_not_taken_for_bad_data(tmp_path, monkeypatch):
+    """Only what data can make the parsers raise is a rejected row; a programming error must
+    surface, not silently drop every row."""
+    def broken(line):
+        raise TypeError("bug")
+
+    monkeypatch.setattr(json, "loads", broken)
+    write_jsonl(tmp_path / "train.jsonl", [conversation()])
+    with pytest.raises(TypeError, match="bug"):
+        load_site(tmp_path, LABELS)
+
+
+def test_label_file_with_a_byte_order_mark_keeps_its_first_label(tmp_path):
+    path = tmp_path / "labels.txt"
+    path.write_bytes("\ufeffcard_lost\r\nrefund\r\n".encode())
+    assert read_labels(path) == ["card_lost", "refund"]
+
+
+@pytest.mark.parametrize("data,problem", [
+    ("退款\n挂失\n".encode("gbk"), "not UTF-8 text (byte 0xcd at offset 0)"),
+    ("card_lost\nrefund\n".encode("utf-16"), "not UTF-8 text (byte 0xff at offset 0)"),
+    (bytes(range(256)), "not UTF-8 text (byte 0x80 at offset 128)"),
+    (b"card_lost\nref\x00und\n", "2: control character '\\x00' in a label"),
+])
+def test_label_file_that_is_not_utf8_text_is_one_clear_error(tmp_path, data, problem):
+    path = tmp_path / "labels.txt"
+    path.write_bytes(data)
+    with pytest.raises(LabelFileError) as raised:
+        read_labels(path)
+    assert str(raised.value).startswith(f"{path}") and problem in str(raised.value)
+    assert "\n" not in str(raised.value)
+
+
+def test_unreadable_label_file_is_one_clear_error(tmp_path, monkeypatch):
+    path = tmp_path / "labels.txt"
+    path.write_text("card_lost\nrefund\n")
+
+    def unreadable(self):
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(type(path), "read_bytes", unreadable)
+    with pytest.raises(LabelFileError, match="labels.txt: cannot be read \\(Permission denied\\)"):
+        read_labels(path)
+
+
+def test_check_data_reports_rows_the_parser_cannot_take_instead_of_a_traceback(tmp_path, capsys):
+    site = tmp_path / "site-00"
+    site.mkdir()
+    (tmp_path / "labels.txt").write_bytes("\ufeffcard_lost\nrefund\n".encode())
+    write_jsonl(site / "train.jsonl", [
+        DEEP_ARRAY,
+        '{"text": "hi", "label": "refund", "n": ' + HUGE_INT + "}",
+        '{"text": "refund \\ud800", "label": "refund", "id": "r1"}',
+        conversation(),
+    ])
+    assert main(["check-data", str(site)]) == 0
+    out = capsys.readouterr().out
+    assert "4 rows read, 1 valid (1 train, 0 test), 3 rejected, 0 with a label not in" in out
+    assert "train.jsonl:1: nested too deeply" in out
+    assert "train.jsonl:2: unusable value" in out
+    assert "train.jsonl:3: text holds a lone surrogate" in out
+    assert "card_lost" in out.split("(train / test):")[1]
+
+
+def test_check_data_with_a_label_file_that_is_not_utf8_fails_in_one_line(tmp_path, capsys):
+    site = tmp_path / "site-00"
+    site.mkdir()
+    write_jsonl(site / "train.jsonl", [conversation()])
+    (tmp_path / "labels.txt").write_bytes("退款\n挂失\n".encode("gbk"))
+    assert main(["check-data", str(site)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "labels.txt: not UTF-8 text" in err
+
+
+def test_check_data_says_why_a_site_without_usable_rows_cannot_train(tmp_path, capsys):
+    site = tmp_path / "site-00"
+    site.mkdir()
+    (tmp_path / "labels.txt").write_text("card_lost\nrefund\n")
+    write_jsonl(site / "train.jsonl", [DEEP_ARRAY, conversation(intent="other")])
+    assert main(["check-data", str(site)]) == 1
+    err = capsys.readouterr().err
+    assert "no valid training rows (2 read: 1 rejected, 1 with an unknown label)" in err

@@ -6,9 +6,13 @@ careless site (data edited, appended, reordered, re-exported; ledger restored, d
 checks the reply, the ledger and who trained.
 """
 
+import builtins
+import errno
+import io
 import json
 import math
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -311,7 +315,7 @@ def test_the_budget_is_the_node_configs_and_the_server_cannot_raise_it(site, tmp
 def test_without_a_budget_in_its_node_config_a_site_uses_the_default_not_the_servers(
         site, tmp_path):
     ctx = context(site, tmp_path / "state", max_epsilon=None,
-                  **{"site-max-epsilon": 1000.0, "target-epsilon": 20.0})
+                  **{"site-max-epsilon": 1000.0, "target-epsilon": 12.0})
     reply = run_rounds(ctx, "run-a", 1)[0]
     assert reply.content["metrics"]["max-epsilon"] == DEFAULT_MAX_EPSILON == 8.0
     assert reply.content["metrics"]["epsilon-all-runs"] <= DEFAULT_MAX_EPSILON
@@ -319,7 +323,7 @@ def test_without_a_budget_in_its_node_config_a_site_uses_the_default_not_the_ser
 
 @pytest.mark.parametrize("bad", [{"max-epsilon": "plenty"}, {"max-epsilon": -1.0},
                                  {"max-epsilon": 0.0}, {"max-delta": 0.0}, {"max-delta": 1.0},
-                                 {"privacy-unit": "session"}])
+                                 {"privacy-unit": "session"}, {"max-noise-ratio": 0.5}])
 def test_an_invalid_policy_in_the_node_config_stops_the_site(site, tmp_path, bad):
     reply = client_app.app(train_message(), context(site, tmp_path / "state", node=bad))
     assert refused_with(reply, Reason.SITE_CONFIG_INVALID)
@@ -419,3 +423,20 @@ def test_site_data_errors_reach_the_server_as_a_fixed_reason_only(tmp_path):
     reply = client_app.app(train_message(), context(site_dir, tmp_path / "state"))
     assert refused_with(reply, Reason.DATA_UNUSABLE)
     assert "CANARY" not in reply.error.reason and "4111" not in reply.error.reason
+
+
+def test_an_unreadable_extra_data_file_is_skipped_and_the_site_still_trains(site, tmp_path,
+                                                                            monkeypatch):
+    (site / "export-2026-11.csv").write_text("text,label\nlost card,card_lost\n")
+
+    real_open = io.open
+
+    def unreadable(path, *args, **kwargs):
+        if isinstance(path, str | Path) and Path(path).name == "export-2026-11.csv":
+            raise PermissionError(errno.EACCES, "Permission denied")
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", unreadable)
+    monkeypatch.setattr(io, "open", unreadable)
+    [reply] = run_rounds(context(site, tmp_path / "state"), "run-a", 1)
+    assert not reply.has_error(), reply.error

@@ -77,6 +77,11 @@ class RecordingProxy:
                 with contextlib.suppress(OSError):
                     s.shutdown(socket.SHUT_RDWR)
 
+    def forget(self) -> None:
+        """Start a new capture: what one run sent is not searched in the next."""
+        with self.lock:
+            self.upstream.clear()
+
     def close(self) -> None:
         self.server.close()
 
@@ -115,8 +120,10 @@ def token_id_patterns(texts: list[str]) -> list[bytes]:
     return patterns
 
 
-@pytest.fixture
-def deployment(tmp_path):
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory):
+    """One deployment for both runs: starting three SuperNodes and embedding their data once."""
+    tmp_path = tmp_path_factory.mktemp("wire")
     data = tmp_path / "data"
     write_sites(data, n_sites=3, seed=11, size=80)
     canaries, pii = plant_canaries(data)
@@ -136,23 +143,25 @@ def deployment(tmp_path):
             wait_local_superlink(superlink_port, superlink)
             for site in ("site-00", "site-01", "site-02"):
                 node_config = (f"data-path='{data / site}' "
-                               f"state-dir='{tmp_path / 'state' / site}' max-epsilon=10.0")
+                               f"state-dir='{tmp_path / 'state' / site}' max-epsilon=20.0")
                 processes.append(subprocess.Popen(
                     ["flower-supernode", "--insecure", "--superlink", f"127.0.0.1:{proxy.port}",
                      "--port", str(free_port()), "--node-config", node_config],
                     env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
             write_local_connection(flwr_home, superlink_port)
             yield {"data": data, "env": env, "flwr_home": flwr_home, "proxy": proxy,
-                   "canaries": canaries, "pii": pii, "out": tmp_path / "out"}
+                   "canaries": canaries, "pii": pii}
         finally:
             stop_process_trees(processes)
             proxy.close()
 
-def run_deployed(deployment, **overrides) -> dict:
-    """A real run over the deployment; its metrics.json."""
-    app_dir = write_app(deployment["flwr_home"] / "app")
+def run_deployed(deployment, out: Path, **overrides) -> dict:
+    """A real run over the deployment, writing to ``out``; its metrics.json. The proxy's capture
+    holds what the sites sent during this run only."""
+    deployment["proxy"].forget()
+    app_dir = write_app(out.parent / "app")
     overrides = {
-        "data-dir": str(deployment["data"]), "out-dir": str(deployment["out"]),
+        "data-dir": str(deployment["data"]), "out-dir": str(out),
         "num-rounds": 2, "min-sites": 3, "target-epsilon": 4.0,
     } | overrides
     command = ["flwr", "run", str(app_dir), CONNECTION, "--stream"]
@@ -164,14 +173,14 @@ def run_deployed(deployment, **overrides) -> dict:
     while not local_run_status(deployment["env"], deployment["flwr_home"]).startswith("finished"):
         assert time.monotonic() < deadline, "the run did not finish"
         time.sleep(1)
-    metrics = json.loads((deployment["out"] / "metrics.json").read_text())
+    metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["status"] == "completed", metrics.get("error")
     assert all(r["sites_trained"] == 3 for r in metrics["rounds"])
     return metrics
 
 
-def test_no_text_pii_or_token_ids_cross_the_wire(deployment):
-    run_deployed(deployment)
+def test_no_text_pii_or_token_ids_cross_the_wire(deployment, tmp_path):
+    run_deployed(deployment, tmp_path / "out")
     sent = bytes(deployment["proxy"].upstream)
     # The capture really holds what the sites sent: metric names and the head's parameters.
     assert b"num-examples" in sent and b"epsilon" in sent
@@ -185,17 +194,17 @@ def test_no_text_pii_or_token_ids_cross_the_wire(deployment):
             assert value.encode() not in sent, value
     leaked_ids = [p for p in token_id_patterns(deployment["canaries"]) if p in sent]
     assert not leaked_ids
-    assert os.path.getsize(deployment["out"] / "model" / "model.safetensors") > 0
+    assert os.path.getsize(tmp_path / "out" / "model" / "model.safetensors") > 0
 
 
 
-def test_under_distributed_dp_no_unmasked_update_crosses_the_wire(deployment):
+def test_under_distributed_dp_no_unmasked_update_crosses_the_wire(deployment, tmp_path):
     """Distributed DP over SecAgg+: what the sites sent holds their masked shares (32-bit words
     in Flower's protocol record) and their metrics, and no array of any other kind: not the
     plaintext integers (int64), not a float update, not an ``arrays`` record."""
-    metrics = run_deployed(deployment, **{"secure-aggregation": True, "num-rounds": 1,
-                                          "privacy-model": "distributed",
-                                          "tolerated-sites": 1})
+    metrics = run_deployed(deployment, tmp_path / "out", **{
+        "secure-aggregation": True, "num-rounds": 1, "privacy-model": "distributed",
+        "tolerated-sites": 1})
     assert [r["secure_aggregation"]["sites_summed"] for r in metrics["rounds"]] == [3]
     sent = bytes(deployment["proxy"].upstream)
     assert b"epsilon-alone" in sent  # the capture holds the sites' replies

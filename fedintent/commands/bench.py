@@ -4,8 +4,13 @@ import argparse
 from pathlib import Path
 
 from fedintent.commands import CliError, require_operator_extra
-from fedintent.commands.options import parse_epsilons
+from fedintent.commands.options import parse_epsilons, writable_folder
 from fl_protocol.wire import PRIVACY_MODELS, RUN_CONFIG_DEFAULTS
+from fl_server.run_config import WHOLE_RANGES, check_number, check_whole
+
+MAX_SEEDS = 1_000
+ALPHA_RANGE = (1e-3, 1e3)
+"""Dirichlet concentrations from nearly one label per site to nearly IID."""
 
 
 def add_parsers(commands: argparse._SubParsersAction) -> None:
@@ -51,6 +56,8 @@ def run_bench(args: argparse.Namespace) -> int:
         raise CliError(f"--tolerated-sites must be >= 0, got {args.tolerated_sites}")
     if args.seeds < 1 or args.sites < 1 or (args.rounds is not None and args.rounds < 1):
         raise CliError("--seeds, --sites and --rounds must be >= 1")
+    check_bench_numbers(args)
+    writable_folder("--out", args.out)
     for name in ("train.csv", "test.csv"):
         if not (args.data / name).is_file():
             raise CliError(f"{args.data / name}: not found (bench needs train.csv and test.csv)")
@@ -69,6 +76,18 @@ def run_bench(args: argparse.Namespace) -> int:
     print(f"results: {args.out / 'report.md'}, {args.out / 'results.csv'}, "
           f"{args.out / 'accuracy_vs_epsilon.png'}")
     return 0
+
+
+def check_bench_numbers(args: argparse.Namespace) -> None:
+    """Every number option within the range its run-config key (or the partition) takes, so
+    that no cell fails on it hours into a sweep."""
+    check_whole("--sites", args.sites, *WHOLE_RANGES["min-sites"])
+    check_whole("--seeds", args.seeds, 1, MAX_SEEDS)
+    check_whole("--partition-seed", args.partition_seed, *WHOLE_RANGES["seed"])
+    check_whole("--tolerated-sites", args.tolerated_sites, *WHOLE_RANGES["tolerated-sites"])
+    if args.rounds is not None:
+        check_whole("--rounds", args.rounds, *WHOLE_RANGES["num-rounds"])
+    check_number("--alpha", args.alpha, *ALPHA_RANGE)
 
 
 def parse_privacy_models(text: str) -> tuple[str, ...]:

@@ -146,8 +146,10 @@ def run_check_data(args: argparse.Namespace) -> int:
         if train_counts[label] or test_counts[label]:
             print(f"  {label:<40} {train_counts[label]:>6} / {test_counts[label]:<6}")
     if len(site.train) == 0:
-        print(f"error: {site_dir} has no valid training rows; this site would decline to train",
-              file=sys.stderr)
+        unknown = sum(site.unknown_labels.values())
+        print(f"error: {site_dir} has no valid training rows ({site.rows_read} read: "
+              f"{len(site.rejected)} rejected, {unknown} with an unknown label); this site "
+              "would decline to train", file=sys.stderr)
         return 1
     return 0
 

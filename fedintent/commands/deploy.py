@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from fedintent.commands import CliError, require_operator_extra
-from fedintent.commands.options import DEFAULT_OUT_ROOT, TUNED_HELP, fresh_out_dir
+from fedintent.commands.options import DEFAULT_OUT_ROOT, TUNED_HELP, created_folder, new_out_dir
 from fedintent.commands.progress import print_round, print_summary
 from fl_protocol.label_file import read_labels
 from fl_protocol.wire import RUN_CONFIG_DEFAULTS
@@ -149,9 +149,12 @@ def run_deploy_run(args: argparse.Namespace) -> int:
     from fedintent.launch.releases import read_release, serve_release, submit_release_run
     from fedintent.launch.run_config import compose_run_config
     from fedintent.launch.run_outcome import RunFailedError, completed_run_metrics
+    from fl_server.run_record import record_interrupted
 
     if args.min_sites < 1:
         raise CliError(f"--min-sites must be >= 1, got {args.min_sites}")
+    if not 1 <= args.release_port <= 65535:
+        raise CliError(f"--release-port must be a port in [1, 65535], got {args.release_port}")
     if not args.ca_cert.is_file():
         raise CliError(f"--ca-cert {args.ca_cert} is not a file")
     try:
@@ -164,8 +167,8 @@ def run_deploy_run(args: argparse.Namespace) -> int:
         args.rounds = int(overrides.get("num-rounds", tuned["num-rounds"]))
     labels_file = args.labels.resolve()
     labels = read_labels(labels_file)
-    out_dir = fresh_out_dir(args.out)
-    run_config = compose_run_config(
+    out_dir = new_out_dir(args.out)
+    run_config = compose_run_config(  # every key checked before the folder is made
         tuned | overrides | {"num-rounds": args.rounds, "target-epsilon": args.epsilon},
         # data-dir is simulation-only; pointing it at the labels' folder keeps the ServerApp
         # from generating synthetic sites that no deployed site would read.
@@ -179,7 +182,7 @@ def run_deploy_run(args: argparse.Namespace) -> int:
         )
         started = time.monotonic()
         try:
-            with serve_release(release, args.release_port):
+            with created_folder(out_dir), serve_release(release, args.release_port):
                 run_id = submit_release_run(release, connection, run_config)
         except OSError as err:
             raise CliError(f"cannot hand over the release on 127.0.0.1:{args.release_port}: "
@@ -194,6 +197,8 @@ def run_deploy_run(args: argparse.Namespace) -> int:
             )
         except KeyboardInterrupt:
             deployment.stop_run(connection, run_id)
+            if deployment.wait_run_finished(connection, run_id):
+                record_interrupted(out_dir / "metrics.json")
             raise
         metrics = completed_run_metrics(out_dir / "metrics.json", status)
     except (deployment.DeploymentError, RunFailedError) as err:

@@ -1,35 +1,88 @@
 """Options that several commands share, with their checks and their help."""
 
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
 from fedintent.commands import CliError
+from fl_server.run_config import RunConfigError, check_epsilon
 
 TUNED_HELP = "tuned for the epsilon, see docs/BENCHMARKS.md"
 DEFAULT_OUT_ROOT = Path("fedintent-out")
+NO_FILES_HERE = (Path("/proc"), Path("/sys"))
+"""Kernel file systems: writable-looking to root, yet no folder of results can live there."""
 
 
-def fresh_out_dir(requested: Path | None) -> Path:
-    """The absolute output folder of a new run (default: a dated one), created; never one that
-    already holds a run."""
+def writable_folder(option: str, requested: Path) -> Path:
+    """The absolute path of the folder ``requested`` (``option`` names it in the message),
+    checked to be one this process can create or write: not under a file, a kernel file system
+    or a folder it may not write. Nothing is created."""
+    path = requested.expanduser().resolve()
+    for root in NO_FILES_HERE:
+        if path.is_relative_to(root):
+            raise CliError(f"{option} {path} is under {root}, which holds no files; choose a "
+                           "folder on a disk")
+    existing = path
+    try:
+        while not existing.exists():
+            existing = existing.parent
+    except OSError as err:
+        raise CliError(f"{option} {path}: {existing} cannot be read ({err.strerror})") from None
+    if not existing.is_dir():
+        raise CliError(f"{option} {path}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise CliError(f"{option} {path}: {existing} is not writable")
+    return path
+
+
+def new_out_dir(requested: Path | None) -> Path:
+    """The absolute output folder of a new run (default: a dated one), checked, not created;
+    never one that already holds a run."""
     if requested is None:
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
         requested = DEFAULT_OUT_ROOT / f"run-{stamp}"
-    out_dir = requested.resolve()
+    out_dir = writable_folder("--out", requested)
     if (out_dir / "metrics.json").exists():
         raise CliError(f"{out_dir} already holds a run (metrics.json); choose another --out")
-    if out_dir.exists() and not out_dir.is_dir():
-        raise CliError(f"--out {out_dir} exists and is not a folder")
-    out_dir.mkdir(parents=True, exist_ok=True)
     return out_dir
 
 
+@contextmanager
+def created_folder(folder: Path) -> Iterator[Path]:
+    """Create ``folder`` (and missing parents) for the block; if the block raises, remove what
+    was created here, so a refused or failed start leaves the folder as it was, or none."""
+    first_new = folder
+    while not first_new.parent.exists():
+        first_new = first_new.parent
+    before = set(folder.iterdir()) if folder.is_dir() else None
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise CliError(f"cannot create {folder}: {err.strerror}") from None
+    try:
+        yield folder
+    except BaseException:
+        for new in [first_new] if before is None else set(folder.iterdir()) - before:
+            if new.is_dir() and not new.is_symlink():
+                shutil.rmtree(new, ignore_errors=True)
+            else:
+                new.unlink(missing_ok=True)
+        raise
+
+
 def parse_epsilons(text: str) -> list[float]:
-    """``--epsilons`` of bench and audit-privacy: comma-separated numbers > 0, inf = no DP."""
+    """``--epsilons`` of bench and audit-privacy: comma-separated epsilons, each inf (no DP) or
+    in the range the default accountant plans for (``run_config.EPSILON_RANGES``)."""
     try:
         epsilons = [float(value) for value in text.split(",") if value.strip()]
     except ValueError:
         raise CliError(f"--epsilons must be numbers or inf, got {text!r}") from None
-    if not epsilons or any(not eps > 0 for eps in epsilons):
+    if not epsilons:
         raise CliError(f"--epsilons must be > 0 (inf = no DP), got {text!r}")
-    return epsilons
+    try:
+        return [check_epsilon("--epsilons", epsilon) for epsilon in epsilons]
+    except RunConfigError as err:
+        raise CliError(str(err)) from None

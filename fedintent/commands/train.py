@@ -9,12 +9,18 @@ from pathlib import Path
 
 from fedintent.commands import CliError, require_operator_extra
 from fedintent.commands.data import DATA_FORMAT_HELP, DEFAULT_SYNTHETIC_SITES
-from fedintent.commands.options import DEFAULT_OUT_ROOT, TUNED_HELP, fresh_out_dir
+from fedintent.commands.options import (
+    DEFAULT_OUT_ROOT,
+    TUNED_HELP,
+    created_folder,
+    new_out_dir,
+    writable_folder,
+)
 from fedintent.commands.progress import print_round, print_summary
 from fl_client.site_data import list_site_dirs
 from fl_protocol.label_file import read_labels
 from fl_protocol.wire import ACCOUNTANTS, PRIVACY_MODELS, PRIVACY_UNITS, RUN_CONFIG_DEFAULTS
-from fl_server.run_config import check_run_config, tuned_settings
+from fl_server.run_config import WHOLE_RANGES, check_run_config, check_whole, tuned_settings
 from fl_server.strategy import STRATEGIES
 from models import model_family_names
 
@@ -74,6 +80,11 @@ def _add_train_options(train: argparse.ArgumentParser) -> None:
                        f"default: {TUNED_HELP}, 0 = plain FedAvg)")
     train.add_argument("--clip-norm", type=float, default=defaults["clip-norm"],
                        help="per-example gradient clipping norm (default: %(default)s)")
+    train.add_argument("--max-update-norm", type=float, default=defaults["max-update-norm"],
+                       help="reject a site update whose L2 distance from the global model "
+                       "exceeds this; 0 = the bound the run's DP settings allow (clip norm, "
+                       "learning rate, noise; none without DP), inf = no bound "
+                       "(default: %(default)s)")
     train.add_argument("--state-dir", type=Path,
                        help="root of the sites' state (ledger, caches); "
                        "default: DATA/.fedintent-state")
@@ -99,6 +110,8 @@ def _add_train_options(train: argparse.ArgumentParser) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    """Check every option, then make the output folder and run; a refused option leaves no
+    folder behind, and one that fails while it is being set up is removed again."""
     require_operator_extra()
     from data_synth import write_run_sites
     from fedintent.launch.run_config import compose_run_config
@@ -106,8 +119,8 @@ def run_train(args: argparse.Namespace) -> int:
 
     if args.resume is not None:
         return run_resume(args)
-    if args.sites is not None and args.sites < 1:
-        raise CliError(f"--sites must be >= 1, got {args.sites}")
+    if args.sites is not None:
+        check_whole("--sites", args.sites, 1, WHOLE_RANGES["min-sites"][1])
     tuned = tuned_settings(args.epsilon, args.privacy_model)
     args.rounds = tuned["num-rounds"] if args.rounds is None else args.rounds
     args.local_epochs = tuned["local-epochs"] if args.local_epochs is None else args.local_epochs
@@ -125,6 +138,7 @@ def run_train(args: argparse.Namespace) -> int:
         "strategy": args.strategy,
         "accountant": args.accountant,
         "clip-norm": args.clip_norm,
+        "max-update-norm": args.max_update_norm,
         "batch-size": args.batch_size,
         "local-epochs": args.local_epochs,
         "learning-rate": args.lr,
@@ -138,18 +152,12 @@ def run_train(args: argparse.Namespace) -> int:
     if args.site_max_epsilon is not None:
         tunables["site-max-epsilon"] = args.site_max_epsilon
     check_run_config(tunables)
-    if args.data is not None:
-        list_site_dirs(args.data)
-    if args.secure_aggregation:  # refused before any data is written; every site must train
-        sites = args.sites or (len(list_site_dirs(args.data)) if args.data is not None
-                               else DEFAULT_SYNTHETIC_SITES)
-        check_run_config(tunables | secure | {"min-sites": sites})
-    out_dir = fresh_out_dir(args.out)
+    out_dir = new_out_dir(args.out)
+    if args.state_dir is not None:
+        writable_folder("--state-dir", args.state_dir)
     if args.data is None:
         num_sites = args.sites or DEFAULT_SYNTHETIC_SITES
         data_dir = out_dir / "data"
-        print(f"generating {num_sites} synthetic sites into {data_dir}")
-        write_run_sites(data_dir, num_sites, args.seed)
     else:
         data_dir = args.data.resolve()
         available = len(list_site_dirs(data_dir))
@@ -157,12 +165,19 @@ def run_train(args: argparse.Namespace) -> int:
         if num_sites > available:
             raise CliError(f"--sites {num_sites} but {data_dir} holds only {available} sites")
     labels_file = args.labels or data_dir / "labels.txt"
-    labels = read_labels(labels_file)
-    run_config = compose_run_config(
+    if args.data is not None or args.labels is not None:
+        read_labels(labels_file)
+    run_config = compose_run_config(  # every key checked, before any folder is made
         tunables | secure,
         data_dir=data_dir, labels_file=labels_file, out_dir=out_dir, min_sites=num_sites,
         state_dir=args.state_dir,
     )
+    with created_folder(out_dir):
+        if args.data is None:
+            print(f"generating {num_sites} synthetic sites into {data_dir}")
+            write_run_sites(data_dir, num_sites, args.seed)
+        labels = read_labels(labels_file)
+        warnings = budget_warnings(simulated_sites(run_config, num_sites), run_config)
     privacy = (
         f"DP-SGD, per-site target epsilon {args.epsilon:g} per {args.privacy_unit}, "
         f"delta {args.delta:g}{' (per-site default)' if args.delta == 0 else ''}, "
@@ -176,7 +191,7 @@ def run_train(args: argparse.Namespace) -> int:
         f"{'; SecAgg+ secure aggregation' if args.secure_aggregation else ''}"
         f"{_distributed_note(args)}); output: {out_dir}"
     )
-    for warning in budget_warnings(simulated_sites(run_config, num_sites), run_config):
+    for warning in warnings:
         print(f"fedintent train: warning: {warning}", file=sys.stderr, flush=True)
     return _simulate(run_config, num_sites, int(args.rounds))
 
@@ -189,10 +204,19 @@ def _distributed_note(args: argparse.Namespace) -> str:
 
 
 def run_resume(args: argparse.Namespace) -> int:
-    """Continue an interrupted run with exactly the configuration it was started with."""
-    from fl_server.audit_log import AuditLogError, check_extendable
-    from fl_server.checkpoints import CheckpointError, latest_checkpoint
-    from fl_server.resume import read_metrics, recorded_run_config, resumed_run_config
+    """Continue an interrupted run with exactly the configuration it was started with.
+
+    Everything is checked before any process starts: the record and the run configuration it
+    holds, the audit log, the checkpoint it vouches for, and the data and label file.
+    """
+    from fl_server.audit_log import AuditLogError
+    from fl_server.checkpoints import CheckpointError
+    from fl_server.resume import (
+        read_metrics,
+        recorded_run_config,
+        resume_point,
+        resumed_run_config,
+    )
 
     options = argparse.ArgumentParser()
     _add_train_options(options)
@@ -202,7 +226,7 @@ def run_resume(args: argparse.Namespace) -> int:
     if given:
         raise CliError(f"--resume uses the settings recorded in OUT/metrics.json; "
                        f"drop {', '.join(given)}")
-    out_dir = args.resume.resolve()
+    out_dir = writable_folder("--resume", args.resume)
     doc = read_metrics(out_dir / "metrics.json")
     run_config = check_run_config(resumed_run_config(
         recorded_run_config(doc) | {"out-dir": str(out_dir), "resume": True,
@@ -210,10 +234,13 @@ def run_resume(args: argparse.Namespace) -> int:
         doc,
     ))
     try:
-        checkpoint, warnings = latest_checkpoint(out_dir / "checkpoints")
-        check_extendable(out_dir / "audit.jsonl")
+        checkpoint, warnings = resume_point(out_dir, str(run_config["run-name"]))
     except (CheckpointError, AuditLogError) as err:
         raise CliError(str(err)) from err
+    list_site_dirs(Path(run_config["data-dir"]))
+    labels_file = Path(run_config["labels-file"] or Path(run_config["data-dir"]) / "labels.txt")
+    if read_labels(labels_file) != doc["labels"]:
+        raise CliError(f"cannot resume: {labels_file} changed since the run started")
     for warning in warnings:
         print(f"fedintent train: warning: {warning}", file=sys.stderr)
     done = checkpoint.server_round if checkpoint else 0

@@ -24,6 +24,7 @@ from fl_protocol.durable_files import write_bytes_atomic
 
 HEALTH_TIMEOUT_S = 60
 CLI_TIMEOUT_S = 120
+STOP_TIMEOUT_S = 30
 
 
 @dataclass(frozen=True)
@@ -103,6 +104,20 @@ def run_status(connection: Connection, run_id: int) -> str:
 def stop_run(connection: Connection, run_id: int) -> None:
     """Ask the SuperLink to stop the run (the SuperNodes keep running)."""
     _flwr(["stop", str(run_id), connection.name], connection)
+
+
+def wait_run_finished(
+    connection: Connection, run_id: int, timeout_s: float = STOP_TIMEOUT_S,
+    poll_seconds: float = 1.0,
+) -> bool:
+    """Whether the run finished within ``timeout_s`` (after ``stop_run``: its ServerApp is gone
+    and writes nothing more)."""
+    deadline = time.monotonic() + timeout_s
+    while not run_status(connection, run_id).startswith("finished"):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(poll_seconds)
+    return True
 
 
 def follow_run(

@@ -2,7 +2,9 @@
 
 Flower starts its SuperExec, ServerApp and simulation (and Ray its workers) in sessions of
 their own, so a process group does not hold them: stopping walks the whole process tree, and
-every process that was started is gone afterwards, on success, failure or Ctrl-C.
+every process that was started is gone afterwards, on success, failure or Ctrl-C. Should the
+launcher itself be killed before it can stop them, its watchdog (:mod:`fedintent.launch.watchdog`)
+does.
 """
 
 import contextlib
@@ -11,8 +13,9 @@ import random
 import signal
 import socket
 import subprocess
+import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
@@ -78,7 +81,8 @@ def start_process(
     processes: list[subprocess.Popen],
     cwd: Path | None = None,
 ) -> subprocess.Popen:
-    """Start ``command`` in its own session, logging to ``log``; record it in ``processes``.
+    """Start ``command`` in its own session, logging to ``log``; record it in ``processes`` and
+    with the watchdog.
 
     Recording it before anything else can fail is what lets :func:`stop_process_trees` stop it.
     """
@@ -87,18 +91,38 @@ def start_process(
         cwd=cwd, start_new_session=True,
     )
     processes.append(process)
+    with contextlib.suppress(psutil.Error):
+        _tell_watchdog(f"+ {process.pid} {psutil.Process(process.pid).create_time()!r}")
     return process
 
 
 def stop_process_trees(processes: list[subprocess.Popen]) -> None:
-    """Stop the processes and every process they spawned: terminate, then kill what is left.
+    """Stop the processes and every process they spawned: terminate, then kill what is left."""
+    roots = []
+    for process in processes:
+        with contextlib.suppress(psutil.Error):
+            roots.append(psutil.Process(process.pid))
+
+    def reap() -> None:
+        for process in processes:
+            process.poll()
+
+    stop_trees(roots, reap)
+    reap()
+    for process in processes:
+        _tell_watchdog(f"- {process.pid}")
+
+
+def stop_trees(roots: list[psutil.Process], reap: Callable[[], None] = lambda: None) -> None:
+    """Stop ``roots`` and all their descendants: terminate, then kill what is left; ``reap``
+    collects the exit status of those that are this process's own children.
 
     The whole tree is collected before the first signal, since a child whose parent is gone
     can no longer be found from it. ``psutil.wait_procs`` is not used: a zombie whose parent
     never reaps it would hold it for the whole grace period, and it would reap the started
     processes behind ``Popen``'s back, losing their exit codes.
     """
-    tree = _tree(process.pid for process in processes)
+    tree = _tree_of(roots)
     for stop, grace in ((psutil.Process.terminate, TERMINATE_GRACE_S),
                         (psutil.Process.kill, KILL_GRACE_S)):
         tree = [proc for proc in _tree_of(tree) if _running(proc)]
@@ -107,11 +131,43 @@ def stop_process_trees(processes: list[subprocess.Popen]) -> None:
                 stop(proc)
         deadline = time.monotonic() + grace
         while time.monotonic() < deadline and any(_running(proc) for proc in tree):
-            for process in processes:
-                process.poll()
+            reap()
             time.sleep(0.1)
-    for process in processes:
-        process.poll()
+
+
+_watchdog: subprocess.Popen | None = None
+_watched: dict[int, str] = {}
+
+
+def _tell_watchdog(line: str) -> None:
+    """Send ``line`` to this launcher's watchdog, starting it (again) if it is not running; a
+    new one is first told every process still started. Once no started process is left, the
+    watchdog is let go: it lives exactly as long as something it may have to stop."""
+    global _watchdog
+    kind, pid = line.split()[:2]
+    if kind == "+":
+        _watched[int(pid)] = line
+    else:
+        _watched.pop(int(pid), None)
+    if _watchdog is not None:
+        try:
+            _watchdog.stdin.write(f"{line}\n".encode())
+            _watchdog.stdin.flush()
+        except OSError:  # it is gone: a new one takes over what is still started
+            _watchdog = None
+    if _watchdog is None and _watched:
+        _watchdog = subprocess.Popen(
+            [sys.executable, "-m", "fedintent.launch.watchdog"], stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL, start_new_session=True,
+        )
+        _watchdog.stdin.write("".join(f"{started}\n" for started in _watched.values()).encode())
+        _watchdog.stdin.flush()
+    if not _watched and _watchdog is not None:
+        with contextlib.suppress(OSError):
+            _watchdog.stdin.close()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            _watchdog.wait(timeout=TERMINATE_GRACE_S)
+        _watchdog = None
 
 
 def descendants(pids: Iterable[int]) -> set[int]:

@@ -16,6 +16,7 @@ from pathlib import Path
 from fl_client.privacy_ledger import HEAD_FILE, LEDGER_FILE, LedgerError
 from fl_client.privacy_report import SiteReport, site_privacy_report
 from fl_client.site_folders import simulated_site_folders
+from fl_client.site_policy import DEFAULT_MAX_NOISE_RATIO
 from fl_client.site_secret import SecretError, site_key
 from fl_protocol.durable_files import write_json_atomic
 from fl_server.progress import format_epsilon
@@ -80,6 +81,11 @@ def _shortfall(state_dir: Path, target: float, run_config: dict) -> str | None:
     if not any((state_dir / name).exists() for name in (LEDGER_FILE, HEAD_FILE)):
         if budget >= target:
             return None
+        if target > DEFAULT_MAX_NOISE_RATIO * budget:
+            return (f"will decline every round: its lifetime budget (--site-max-epsilon "
+                    f"{budget:g}) is under 1/{DEFAULT_MAX_NOISE_RATIO:g} of the target epsilon "
+                    f"{target:g}, so it would need more than {DEFAULT_MAX_NOISE_RATIO:g}x the "
+                    "run's planned noise; raise --site-max-epsilon or lower --epsilon")
         return (f"its lifetime budget (--site-max-epsilon {budget:g}) is below the target "
                 f"epsilon {target:g}, so this run spends at most {budget:g} there; raise "
                 "--site-max-epsilon or lower --epsilon")

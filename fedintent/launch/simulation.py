@@ -23,6 +23,7 @@ from fedintent.launch.processes import (
     stop_process_trees,
 )
 from fedintent.launch.run_outcome import RunFailedError, completed_run_metrics, report_new_rounds
+from fl_server.run_record import record_interrupted
 
 CONNECTION = "fedintent-local"
 SUPERLINK_START_TIMEOUT_S = 60
@@ -44,12 +45,15 @@ def run_simulation(
     """Run the app over ``num_sites`` simulated sites; return the final ``metrics.json``.
 
     ``on_round`` is called once for every round after ``reported_rounds`` (the rounds a
-    resumed run already completed) as soon as ``metrics.json`` records it.
+    resumed run already completed) as soon as ``metrics.json`` records it. On Ctrl-C or
+    SIGTERM (``KeyboardInterrupt``) every process is stopped, then ``metrics.json`` says
+    ``interrupted`` if the ServerApp was killed before it could say so itself.
     """
     flwr_home = Path(tempfile.mkdtemp(prefix="fedintent-flwr-"))
     env = flower_env(flwr_home)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     processes: list[subprocess.Popen] = []
+    interrupted = False
     try:
         with open(log_path, "ab") as log:
             port = free_port()
@@ -82,9 +86,14 @@ def run_simulation(
             return completed_run_metrics(metrics_path, status)
         except RunFailedError as err:
             raise SimulationError(f"{err} (log: {log_path})") from err
+    except KeyboardInterrupt:
+        interrupted = True
+        raise
     finally:
         with signals_held():
             stop_process_trees(processes)
+            if interrupted:
+                record_interrupted(metrics_path)
             shutil.rmtree(flwr_home, ignore_errors=True)
 
 

@@ -1,0 +1,230 @@
+"""The server trusts no number a site claims: its example count (its weight in the average),
+the size of its update (bounded by what its DP settings allow) and its privacy numbers (held
+against the run's plan). One class of lie per test, each on a site that is otherwise honest."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from test_update_validation import FakeGrid, evaluate
+
+from fl_client.dp_training import TrainingPlan, train_locally
+from fl_client.privacy_accounting import epsilon_spent, plan_noise_multiplier, steps_per_round
+from fl_protocol.wire import RUN_CONFIG_DEFAULTS
+from fl_server.run_config import RunConfigError, check_run_config
+from fl_server.run_record import RunRecord
+from fl_server.secure_aggregation import SecureRound, incompatibility
+from fl_server.strategy import build_strategy
+from fl_server.update_validation import (
+    InvalidReply,
+    RunPlan,
+    array_spec,
+    check_privacy_claims,
+    check_train_reply,
+)
+
+pytestmark = pytest.mark.usefixtures("task_identity")
+
+FEATURES, LABELS = 16, 5
+CONFIG = RUN_CONFIG_DEFAULTS | {"num-rounds": 3, "learning-rate": 96.0, "target-epsilon": 8.0}
+PLAN = RunPlan.from_run_config(CONFIG)
+
+
+def dp_reply(units: int = 40, seed: int = 0, plan: RunPlan = PLAN) -> tuple[dict, dict, dict]:
+    """(global model, honest update, honest metrics) of one round of local DP-SGD, trained the
+    way a site trains, with the noise planned for the run's target epsilon."""
+    torch.manual_seed(seed)
+    model = torch.nn.Linear(FEATURES, LABELS)
+    start = {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
+    features = torch.randn(units, FEATURES) * 3
+    labels = torch.randint(0, LABELS, (units,))
+    rate, steps = steps_per_round(units, plan.batch_size, plan.local_epochs)
+    sigma = plan_noise_multiplier(plan.target_epsilon, 1e-5, rate, steps * plan.num_rounds, "rdp")
+    loss, _ = train_locally(model, features, labels, TrainingPlan(
+        noise_multiplier=sigma, clip_norm=plan.clip_norm, batch_size=plan.batch_size,
+        local_epochs=plan.local_epochs, learning_rate=plan.learning_rate,
+        charged=(rate, steps)), seed=seed)
+    metrics = {
+        "num-examples": units, "train-loss": loss, "steps": steps, "delta": 1e-5,
+        "epsilon": epsilon_spent([(sigma, rate, steps)], 1e-5, "rdp"),
+        "noise-multiplier": sigma, "sample-rate": rate, "clip-norm": plan.clip_norm,
+        "privacy-units": units, "max-epsilon": 8.0,
+    }
+    return start, {k: v.detach().numpy() for k, v in model.state_dict().items()}, metrics
+
+
+def content(arrays: dict, metrics: dict) -> RecordDict:
+    return RecordDict({"arrays": ArrayRecord({k: Array(np.asarray(v)) for k, v in arrays.items()}),
+                       "metrics": MetricRecord(metrics)})
+
+
+def check(start: dict, arrays: dict, metrics: dict, plan: RunPlan = PLAN) -> float:
+    spec = array_spec(ArrayRecord({k: Array(v) for k, v in start.items()}))
+    return check_train_reply(content(arrays, metrics), spec, start, max_update_norm=0.0,
+                             plan=plan)
+
+
+@pytest.mark.parametrize("units,epochs,batch", [(1, 1, 4096), (3, 1, 4096), (40, 1, 4096),
+                                                (50, 2, 8), (7, 3, 2)])
+def test_an_honest_dp_update_is_never_rejected(units, epochs, batch):
+    plan = RunPlan.from_run_config(CONFIG | {"local-epochs": epochs, "batch-size": batch})
+    for seed in range(3):
+        start, update, metrics = dp_reply(units, seed, plan)
+        check(start, update, metrics, plan)
+
+
+@pytest.mark.parametrize("boost", [100.0, 3e38])
+def test_an_update_beyond_what_dp_allows_is_rejected_by_default(boost):
+    start, update, metrics = dp_reply()
+    boosted = {k: start[k] + (update[k] - start[k]) * boost if boost < 1e30
+               else np.full_like(update[k], boost) for k in start}
+    with pytest.raises(InvalidReply, match="derived from the run's DP settings"):
+        check(start, boosted, metrics)
+
+
+def test_a_site_cannot_widen_its_bound_by_overstating_its_noise():
+    start, update, metrics = dp_reply()
+    with pytest.raises(InvalidReply, match="noise-multiplier"):
+        check(start, update, metrics | {"noise-multiplier": 1e30})
+
+
+def test_max_update_norm_encodings():
+    start, update, metrics = dp_reply()
+    boosted = {k: start[k] + (update[k] - start[k]) * 100 for k in start}
+    spec = array_spec(ArrayRecord({k: Array(v) for k, v in start.items()}))
+    reply = content(boosted, metrics)
+    norm = check_train_reply(reply, spec, start, max_update_norm=math.inf, plan=PLAN)  # off
+    with pytest.raises(InvalidReply, match=r"\(set\)"):
+        check_train_reply(reply, spec, start, max_update_norm=norm / 2, plan=PLAN)
+    for value in (0.0, 5.0, math.inf):
+        assert check_run_config({"max-update-norm": value})["max-update-norm"] == value
+    with pytest.raises(RunConfigError, match="max-update-norm must be >= 0"):
+        check_run_config({"max-update-norm": -1.0})
+    secure = CONFIG | {"secure-aggregation": True, "min-sites": 3}
+    assert incompatibility(secure | {"max-update-norm": 0.0}) is None
+    assert incompatibility(secure | {"max-update-norm": math.inf}) is None
+    assert "max-update-norm" in incompatibility(secure | {"max-update-norm": 5.0})
+
+
+@pytest.mark.parametrize("claims,reason", [
+    ({"epsilon": -7.0}, "epsilon"),
+    ({"epsilon": math.inf}, "above the run's target-epsilon"),
+    ({"epsilon": 9.0}, "above the run's target-epsilon"),
+    ({"delta": 0.9}, "delta"),
+    ({"delta": 0.0}, "delta"),
+    ({"delta": 2e-5}, "delta"),
+    ({"clip-norm": 5.0}, "clip-norm"),
+    ({"steps": 3}, "steps"),
+    ({"sample-rate": 0.5}, "sample-rate"),
+    ({"privacy-units": 4}, "units"),
+    ({"noise-multiplier": math.inf}, "noise-multiplier"),
+])
+def test_privacy_claims_inconsistent_with_the_plan_are_rejected(claims, reason):
+    start, update, metrics = dp_reply()
+    check(start, update, metrics)
+    with pytest.raises(InvalidReply, match=reason):
+        check(start, update, metrics | claims)
+
+
+def test_a_resumed_run_allows_the_epsilon_of_the_rounds_it_trains_again():
+    """Rounds a resume trains again are charged twice by the sites: 4 charges of a 3-round plan
+    at target 8 may reach 8 x 4 / 3, and no more."""
+    start, update, metrics = dp_reply()
+    resumed = RunPlan.from_run_config(CONFIG, retrained_rounds=1)
+    check(start, update, metrics | {"epsilon": 10.0}, resumed)
+    with pytest.raises(InvalidReply, match="with the 1 rounds a resume trains again"):
+        check(start, update, metrics | {"epsilon": 11.0}, resumed)
+    with pytest.raises(InvalidReply, match="above the run's target-epsilon"):
+        check(start, update, metrics | {"epsilon": 10.0})
+
+
+def test_privacy_claims_of_runs_without_dp_and_with_a_run_delta():
+    no_dp = RunPlan.from_run_config(CONFIG | {"target-epsilon": math.inf})
+    check_privacy_claims(MetricRecord({"num-examples": 5, "epsilon": math.inf, "delta": 0.0}),
+                         no_dp)
+    with pytest.raises(InvalidReply, match="delta"):
+        check_privacy_claims(MetricRecord({"num-examples": 5, "epsilon": math.inf,
+                                           "delta": 0.9}), no_dp)
+    run_delta = RunPlan.from_run_config(CONFIG | {"delta": 1e-3})
+    _, _, metrics = dp_reply()
+    check_privacy_claims(MetricRecord(metrics | {"delta": 1e-3}), run_delta)
+    with pytest.raises(InvalidReply, match="delta"):
+        check_privacy_claims(MetricRecord(metrics | {"delta": 2e-3}), run_delta)
+
+
+def train_round(tmp_path, answers: dict, plan: RunPlan = PLAN) -> tuple[ArrayRecord | None, dict]:
+    """One plain round over sites that answer ``answers[node]`` (update, metrics)."""
+    start, _, _ = dp_reply()
+    record = RunRecord.start(tmp_path / "metrics.json", 1, {}, ["a"])
+    spec = array_spec(ArrayRecord({k: Array(v) for k, v in start.items()}))
+    strategy = build_strategy("fedavg", record, spec, min_sites=1, server_learning_rate=1.0,
+                              max_update_norm=0.0, reply_timeout=5.0, plan=plan)
+    grid = FakeGrid(list(answers))
+    begin = ArrayRecord({k: Array(v) for k, v in start.items()})
+    messages = strategy.configure_train(1, begin, ConfigRecord({}), grid)
+    arrays, _ = strategy.aggregate_train(1, grid.send_and_receive(
+        messages, lambda m: Message(content(*answers[m.metadata.dst_node_id]), reply_to=m)))
+    evaluate(strategy, grid, arrays if arrays is not None else begin)
+    return arrays, json.loads((tmp_path / "metrics.json").read_text())["rounds"][0]
+
+
+def test_a_site_claiming_far_more_examples_than_the_others_is_rejected_and_recorded(tmp_path):
+    _, update, _ = dp_reply()
+    metrics = {"num-examples": 40, "train-loss": 0.5, "epsilon": math.inf, "delta": 0.0}
+    inflated = metrics | {"num-examples": 1e9}
+    no_dp = RunPlan.from_run_config(CONFIG | {"target-epsilon": math.inf})
+    arrays, entry = train_round(tmp_path, {1: (update, metrics), 2: (update, inflated),
+                                           3: (update, metrics | {"num-examples": 500})}, no_dp)
+    failures = {f["node_id"]: (f["kind"], f["reason"]) for f in entry["failures"]}
+    assert entry["sites_trained"] == 2 and failures["2"][0] == "rejected"
+    assert "num-examples 1e+09 is above 20 x the other sites' median 270" in failures["2"][1]
+    np.testing.assert_allclose(arrays["weight"].numpy(), update["weight"], rtol=1e-6)
+
+
+def test_a_boosted_update_and_a_false_epsilon_are_rejected_and_recorded(tmp_path):
+    start, update, metrics = dp_reply()
+    boosted = {k: start[k] + (update[k] - start[k]) * 100 for k in start}
+    _, entry = train_round(tmp_path, {1: (update, metrics), 2: (boosted, metrics),
+                                      3: (update, metrics | {"epsilon": -7.0})})
+    failures = {f["node_id"]: (f["kind"], f["reason"]) for f in entry["failures"]}
+    assert entry["sites_trained"] == 1 and set(failures) == {"2", "3"}
+    assert "max-update-norm" in failures["2"][1] and "epsilon" in failures["3"][1]
+
+
+def test_a_secure_round_with_an_inflated_claim_is_dropped_and_recorded(tmp_path):
+    start, _, _ = dp_reply()
+    metrics = {"num-examples": 40, "train-loss": 0.5, "epsilon": math.inf, "delta": 0.0}
+    no_dp = RunPlan.from_run_config(CONFIG | {"target-epsilon": math.inf})
+    record = RunRecord.start(tmp_path / "metrics.json", 1, {}, ["a"])
+    spec = array_spec(ArrayRecord({k: Array(v) for k, v in start.items()}))
+    strategy = build_strategy("fedavg", record, spec, min_sites=1, server_learning_rate=1.0,
+                              max_update_norm=0.0, reply_timeout=5.0, plan=no_dp)
+    grid = FakeGrid([1, 2, 3])
+    begin = ArrayRecord({k: Array(v) for k, v in start.items()})
+    asked = list(strategy.configure_train(1, begin, ConfigRecord({}), grid))
+    for number, message in enumerate(asked):
+        message.metadata.__dict__["_message_id"] = f"m{number}"
+    claims = {1: metrics, 2: metrics, 3: metrics | {"num-examples": 1e9}}
+    replies = [Message(RecordDict({"metrics": MetricRecord(claims[m.metadata.dst_node_id])}),
+                       reply_to=m) for m in asked]
+    secure = SecureRound(replies, begin, {"sites_asked": 3})
+    assert strategy.aggregate_secure_train(1, secure) == (None, None)
+    evaluate(strategy, grid, begin)
+    entry = json.loads((tmp_path / "metrics.json").read_text())["rounds"][0]
+    assert [f["node_id"] for f in entry["failures"]] == ["3"]
+    assert "num-examples 1e+09 is above 20 x" in entry["failures"][0]["reason"]
+    assert "dropped" in entry["secure_aggregation"]
+
+
+def test_the_record_counts_the_rounds_each_resume_trains_again(tmp_path):
+    path = tmp_path / "metrics.json"
+    RunRecord.start(path, 1, CONFIG, ["a", "b"])
+    doc = json.loads(path.read_text())
+    path.write_text(json.dumps(doc | {"status": "failed", "rounds": [{"round": 1}, {"round": 2}]}))
+    # Resumed from the round-1 checkpoint: round 2 is dropped, and a round the crash cut off
+    # before it was recorded may have been charged too.
+    assert RunRecord.resume(path, 2, 1, CONFIG, {}).retrained_rounds() == 2
+    assert RunRecord.start(tmp_path / "fresh.json", 3, CONFIG, ["a"]).retrained_rounds() == 0

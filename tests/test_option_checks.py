@@ -1,0 +1,267 @@
+"""Every option is checked before anything starts or is written, a resumed run is checked down
+to its record, audit log and checkpoints, and a run stopped by a signal says ``interrupted``.
+
+All in-process: ``fedintent.cli.main`` with the parts that would start Flower replaced, so that
+a check that is missing shows as a test failure, not as a simulation that runs."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from flwr.app import Context, RecordDict
+
+import fedintent.launch.simulation as simulation
+from fedintent.cli import main
+from fedintent.commands import train
+from fedintent.launch.processes import is_alive
+from fl_protocol.wire import RUN_CONFIG_DEFAULTS
+from fl_server.audit_log import append_entry
+from fl_server.checkpoints import save_checkpoint
+from fl_server.run_config import check_run_config
+from fl_server.run_record import RunRecord
+from fl_server.server_app import main as server_main
+from fl_server.tensor_digest import arrays_sha256
+
+
+@pytest.fixture
+def nothing_starts(monkeypatch):
+    """Fail the test if a simulation would be started."""
+    def started(*args, **kwargs):
+        raise AssertionError("a simulation was started")
+
+    monkeypatch.setattr(simulation, "run_simulation", started)
+
+
+def refused(capsys, *args: str) -> str:
+    """The one error line of a command that must exit 2."""
+    assert main(list(args)) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    return err
+
+
+def tree(folder) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--clip-norm", "inf"], "clip-norm must be a finite number in [1e-06, 100], got inf"),
+    (["--clip-norm", "1e300"], "clip-norm must be a finite number"),
+    (["--lr", "inf"], "learning-rate must be a finite number in [1e-08, 10000], got inf"),
+    (["--lr", "nan"], "learning-rate must be a finite number"),
+    (["--epsilon", "1e-300"], "target-epsilon must be > 0: inf (no DP) or in [0.1, 100]"),
+    (["--epsilon", "1e308"], "target-epsilon must be > 0: inf (no DP) or in [0.1, 100]"),
+    (["--epsilon", "0.3", "--accountant", "rdp"], "in [0.5, 100] with accountant rdp, got 0.3"),
+    (["--seed", "-1"], "seed must be a whole number >= 0 and <= 4294967295, got -1"),
+    (["--seed", str(2**40)], "seed must be a whole number >= 0"),
+    (["--delta", "1e-300"], "delta must be 0 (each site's default) or in [1e-10, 0.1]"),
+    (["--site-max-epsilon", "1e-300"], "site-max-epsilon must be inf (no limit) or in"),
+    (["--rounds", "1000000"], "num-rounds must be a whole number >= 1 and <= 10000"),
+    (["--batch-size", "0"], "batch-size must be a whole number >= 1"),
+    (["--local-epochs", "100000"], "local-epochs must be a whole number"),
+    (["--server-momentum", "nan"], "server-momentum must be in [0, 1)"),
+    (["--tolerated-sites", "-1"], "tolerated-sites must be a whole number >= 0"),
+    (["--sites", "0"], "--sites must be a whole number >= 1 and <= 10000, got 0"),
+    (["--max-update-norm", "-1"], "max-update-norm must be >= 0 (0 = derived"),
+    (["--max-update-norm", "nan"], "max-update-norm must be >= 0"),
+])
+def test_a_bad_option_is_refused_before_any_folder_is_made(tmp_path, capsys, nothing_starts,
+                                                           monkeypatch, args, message):
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "out"
+    err = refused(capsys, "train", "--out", str(out), *args)
+    assert message in err
+    assert not out.exists() and tree(tmp_path) == []
+
+
+@pytest.mark.parametrize("where,message", [
+    ("{file}/out", "is a file, not a folder"),
+    ("{file}", "is a file, not a folder"),
+    ("/proc/fedintent-out", "is under /proc, which holds no files"),
+    ("/sys/kernel/fedintent-out", "is under /sys"),
+])
+def test_an_output_folder_that_cannot_be_written_is_refused(tmp_path, capsys, nothing_starts,
+                                                            where, message):
+    file = tmp_path / "file"
+    file.write_text("x")
+    err = refused(capsys, "train", "--out", where.format(file=file))
+    assert err.startswith("fedintent train: error: --out ") and message in err
+    assert tree(tmp_path) == ["file"] and file.read_text() == "x"
+
+
+def test_a_state_dir_under_a_file_is_refused(tmp_path, capsys, nothing_starts):
+    (tmp_path / "file").write_text("x")
+    err = refused(capsys, "train", "--out", str(tmp_path / "out"),
+                  "--state-dir", str(tmp_path / "file" / "state"))
+    assert "--state-dir" in err and "is a file, not a folder" in err
+    assert tree(tmp_path) == ["file"]
+
+
+def test_a_failure_while_setting_up_leaves_the_output_folder_as_it_was(
+        tmp_path, nothing_starts, monkeypatch):
+    import data_synth
+
+    def no_space(data_dir, *args):
+        (data_dir / "site-00").mkdir(parents=True)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(data_synth, "write_run_sites", no_space)
+    (tmp_path / "existing").mkdir()
+    for out in (tmp_path / "existing", tmp_path / "new" / "out"):
+        with pytest.raises(OSError):
+            main(["train", "--out", str(out)])
+        assert tree(tmp_path) == ["existing"]
+
+
+def test_bench_and_deploy_options_are_checked_too(tmp_path, capsys):
+    for name in ("train.csv", "test.csv"):
+        (tmp_path / name).write_text("text,label\n")
+    bench = ["bench", "--data", str(tmp_path), "--out", str(tmp_path / "b")]
+    assert "--epsilons must be > 0: inf (no DP) or in [0.1, 100]" in refused(
+        capsys, *bench, "--epsilons", "8,1e308")
+    assert "--partition-seed must be a whole number >= 0" in refused(
+        capsys, *bench, "--partition-seed", "-1")
+    assert "--alpha must be a finite number" in refused(capsys, *bench, "--alpha", "inf")
+    assert "is under /proc" in refused(capsys, "bench", "--data", str(tmp_path),
+                                       "--out", "/proc/b")
+    assert tree(tmp_path) == ["test.csv", "train.csv"]
+
+
+# --- resume ----------------------------------------------------------------------------------
+
+MODEL = {"w": np.ones((2, 3), np.float32)}
+
+
+def interrupted_run(tmp_path):
+    """A run folder as ``fedintent train`` leaves it when interrupted after round 2."""
+    data, out = tmp_path / "data", tmp_path / "out"
+    (data / "site-00").mkdir(parents=True)
+    (data / "labels.txt").write_text("a\nb\n")
+    config = check_run_config({"data-dir": str(data), "out-dir": str(out), "run-name": "r-1",
+                               "model": "ngram", "target-epsilon": 3.0})
+    append_entry(out / "audit.jsonl", "run-started", {"run_name": "r-1", "config": config})
+    for server_round in (1, 2):
+        model = {k: v * server_round for k, v in MODEL.items()}
+        append_entry(out / "audit.jsonl", "round", {"run_name": "r-1", "round": server_round,
+                                                     "model_sha256": arrays_sha256(model)})
+        save_checkpoint(out / "checkpoints", server_round, "fedavg", "r-1", model, {})
+    record = RunRecord.start(out / "metrics.json", 1, config, ["a", "b"])
+    record.doc["rounds"] = [{"round": 1}, {"round": 2}]
+    record.finish("interrupted")
+    return out
+
+
+@pytest.mark.parametrize("damage,message", [
+    ("minimal", "not the record of a fedintent run: format is not fedintent-metrics/1"),
+    ("no labels", "records no labels"),
+    ("bad config", "records a run configuration that is not valid: seed must be"),
+    ("no audit log", "audit.jsonl is missing or unreadable"),
+    ("forged", "not vouched for by the audit log"),
+    ("labels changed", "changed since the run started"),
+])
+def test_resume_checks_the_run_folder_before_anything_starts(tmp_path, capsys, nothing_starts,
+                                                             damage, message):
+    out = interrupted_run(tmp_path)
+    metrics = json.loads((out / "metrics.json").read_text())
+    if damage == "minimal":
+        metrics = {"config": {}, "rounds": []}
+    elif damage == "no labels":
+        metrics["labels"] = []
+    elif damage == "bad config":
+        metrics["config"]["seed"] = -1
+    elif damage == "no audit log":
+        (out / "audit.jsonl").unlink()
+    elif damage == "forged":
+        for server_round in (1, 2):
+            save_checkpoint(out / "checkpoints", server_round, "fedavg", "r-1",
+                            {"w": np.zeros((2, 3), np.float32)}, {})
+    else:
+        (tmp_path / "data" / "labels.txt").write_text("a\nc\n")
+    (out / "metrics.json").write_text(json.dumps(metrics))
+    before = {path: path.read_bytes() for path in out.rglob("*") if path.is_file()}
+    assert message in refused(capsys, "train", "--resume", str(out))
+    assert {path: path.read_bytes() for path in out.rglob("*") if path.is_file()} == before
+
+
+def test_an_interrupted_run_can_be_resumed(tmp_path, capsys, monkeypatch):
+    out = interrupted_run(tmp_path)
+    started = []
+    monkeypatch.setattr(train, "_simulate", lambda config, sites, rounds, reported_rounds:
+                        started.append((config, reported_rounds)) or 0)
+    assert main(["train", "--resume", str(out)]) == 0
+    [(config, done)] = started
+    assert config["resume"] is True and config["run-name"] == "r-1" and done == 2
+    assert "resuming run r-1 after round 2 of 40" in capsys.readouterr().out
+
+
+# --- interrupted -----------------------------------------------------------------------------
+
+def test_ctrl_c_stops_every_process_and_records_interrupted(tmp_path, monkeypatch):
+    """The launcher's handler: whatever the ServerApp managed to write, the record says
+    ``interrupted`` once the processes are stopped, and the run can be resumed."""
+    metrics = tmp_path / "metrics.json"
+    RunRecord.start(metrics, 1, check_run_config({}), ["a"])
+    started = []
+    real_start = simulation.start_process
+
+    def start_sleeper(command, env, log, processes, cwd=None):
+        started.append(real_start([sys.executable, "-c", "import time; time.sleep(120)"],
+                                  env, log, processes, cwd))
+        return started[-1]
+
+    def ctrl_c(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(simulation, "start_process", start_sleeper)
+    monkeypatch.setattr(simulation, "wait_local_superlink", lambda port, superlink: None)
+    monkeypatch.setattr(simulation, "report_new_rounds", ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        simulation.run_simulation(check_run_config({}), 2, metrics, tmp_path / "flower.log",
+                                  on_round=lambda entry: None)
+    assert len(started) == 2 and not any(is_alive(p.pid) for p in started)
+    doc = json.loads(metrics.read_text())
+    assert doc["status"] == "interrupted" and "interrupted by a signal" in doc["error"]
+
+
+class InterruptedGrid:
+    """The ServerApp's side: a signal arrives while it waits for the sites (Flower turns
+    SIGTERM into ``SystemExit``, a terminal's Ctrl-C is ``KeyboardInterrupt``)."""
+
+    def __init__(self, signal_error: type[BaseException]) -> None:
+        self.signal_error = signal_error
+
+    def get_node_ids(self) -> list[int]:
+        return [1, 2]
+
+    def send_and_receive(self, messages, timeout: float):
+        raise self.signal_error()
+
+
+@pytest.mark.parametrize("signal_error", [KeyboardInterrupt, SystemExit])
+def test_the_server_app_records_a_signal_as_interrupted(tmp_path, task_identity, signal_error):
+    data = tmp_path / "data"
+    (data / "site-00").mkdir(parents=True)
+    (data / "labels.txt").write_text("a\nb\n")
+    out = tmp_path / "out"
+    config = RUN_CONFIG_DEFAULTS | {"out-dir": str(out), "data-dir": str(data), "model": "ngram"}
+    context = Context(run_id=3, node_id=0, node_config={}, state=RecordDict(),
+                      run_config=config)
+    with pytest.raises(signal_error):
+        server_main(InterruptedGrid(signal_error), context)
+    assert json.loads((out / "metrics.json").read_text())["status"] == "interrupted"
+    events = [json.loads(line)["event"] for line in (out / "audit.jsonl").read_text().splitlines()]
+    assert events == ["run-started", "run-interrupted"]
+
+
+def test_the_one_line_error_is_printed_for_a_refused_resume_from_the_shell(tmp_path):
+    """The same check from a real command line: exit code 2 and one line."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "metrics.json").write_text(json.dumps({"config": {}, "rounds": []}))
+    result = subprocess.run([sys.executable, "-m", "fedintent.cli", "train", "--resume",
+                             str(out)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "cannot resume" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert tree(out) == ["metrics.json"]
