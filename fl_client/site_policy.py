@@ -270,7 +270,7 @@ def check_noise(policy: SitePolicy, request: RoundRequest, noise: float, planned
     """Decline (``PolicyRefusal``, before anything is charged) a round whose noise multiplier
     ``noise``, forced by the site's ``budget`` (described for the site's log), is more than
     ``max_noise_ratio`` times the ``planned`` one the run's target-epsilon asks for: its update
-    would be mostly noise. Sent as a budget decline: the budget cannot buy a useful round."""
+    would be mostly noise. Sent as its own decline, ``Reason.NOISE_REFUSED``."""
     ratio = noise / planned
     if ratio > policy.max_noise_ratio:
         raise PolicyRefusal(

@@ -92,25 +92,21 @@ def start_process(
     )
     processes.append(process)
     with contextlib.suppress(psutil.Error):
-        _tell_watchdog(f"+ {process.pid} {psutil.Process(process.pid).create_time()!r}")
+        _watch(process.pid, psutil.Process(process.pid).create_time())
     return process
 
 
 def stop_process_trees(processes: list[subprocess.Popen]) -> None:
     """Stop the processes and every process they spawned: terminate, then kill what is left."""
-    roots = []
-    for process in processes:
-        with contextlib.suppress(psutil.Error):
-            roots.append(psutil.Process(process.pid))
 
     def reap() -> None:
         for process in processes:
             process.poll()
 
-    stop_trees(roots, reap)
+    stop_trees(_tree(process.pid for process in processes), reap)
     reap()
     for process in processes:
-        _tell_watchdog(f"- {process.pid}")
+        _unwatch(process.pid)
 
 
 def stop_trees(roots: list[psutil.Process], reap: Callable[[], None] = lambda: None) -> None:
@@ -137,6 +133,19 @@ def stop_trees(roots: list[psutil.Process], reap: Callable[[], None] = lambda: N
 
 _watchdog: subprocess.Popen | None = None
 _watched: dict[int, str] = {}
+"""pid -> the watchdog's line for each process started and not yet stopped."""
+
+
+def _watch(pid: int, created: float) -> None:
+    """Tell the watchdog that process ``pid``, created at ``created``, was started."""
+    _watched[pid] = f"+ {pid} {created!r}"
+    _tell_watchdog(_watched[pid])
+
+
+def _unwatch(pid: int) -> None:
+    """Tell the watchdog that process ``pid`` was stopped here."""
+    if _watched.pop(pid, None) is not None:
+        _tell_watchdog(f"- {pid}")
 
 
 def _tell_watchdog(line: str) -> None:
@@ -144,11 +153,6 @@ def _tell_watchdog(line: str) -> None:
     new one is first told every process still started. Once no started process is left, the
     watchdog is let go: it lives exactly as long as something it may have to stop."""
     global _watchdog
-    kind, pid = line.split()[:2]
-    if kind == "+":
-        _watched[int(pid)] = line
-    else:
-        _watched.pop(int(pid), None)
     if _watchdog is not None:
         try:
             _watchdog.stdin.write(f"{line}\n".encode())
