@@ -25,6 +25,12 @@
 #                     to, if every other site colluded (default: the ClientApp's, 50)
 #   MAX_NOISE_RATIO   the most this site's noise may exceed the run's planned noise before it
 #                     declines the round, charging nothing (default: the ClientApp's, 2)
+#   RETENTION_DAYS    how long this site uses a conversation after its timestamp: older rows
+#                     (and, under a limit, undated ones) are never used and their derived data
+#                     are purged (default: the ClientApp's, 30; inf: no limit)
+#   PURGE_INTERVAL_HOURS  how often `fedintent purge` applies RETENTION_DAYS and recorded
+#                     erasures while the site waits for rounds, starting now (default 24; 0:
+#                     only the ClientApp's purge before every training round)
 #   SUPERNODE_PORT    local port of the SuperNode's API for its ClientApp process (default 9094)
 #   HEALTH_PORT       local port of the SuperNode's gRPC health service, on 127.0.0.1, which
 #                     deploy/site_healthcheck.py asks (default: none, no health service; the
@@ -67,6 +73,19 @@ case "$DATA_DIR$STATE_DIR${PRIVACY_UNIT:-}${PRIVACY_MODELS:-}" in
     *"'"*) echo "site-entrypoint: DATA_DIR, STATE_DIR, PRIVACY_UNIT and PRIVACY_MODELS cannot contain a single quote" >&2
            exit 2;;
 esac
+if [ -n "${RETENTION_DAYS:-}" ]; then
+    case "$RETENTION_DAYS" in
+        *[!0-9.inf]*) RETENTION_DAYS=invalid;;
+    esac
+    python -c 'import sys; sys.exit(0 if float(sys.argv[1]) > 0 else 1)' "$RETENTION_DAYS" \
+        2>/dev/null || {
+        echo "site-entrypoint: RETENTION_DAYS must be a number of days > 0, or inf" >&2; exit 2; }
+fi
+PURGE_INTERVAL_HOURS="${PURGE_INTERVAL_HOURS:-24}"
+case "$PURGE_INTERVAL_HOURS" in
+    ''|*[!0-9]*) echo "site-entrypoint: PURGE_INTERVAL_HOURS must be a whole number of hours" >&2
+                 exit 2;;
+esac
 node_config="data-path='$DATA_DIR' state-dir='$STATE_DIR'"
 [ -z "${MAX_EPSILON:-}" ] || node_config="$node_config max-epsilon=$MAX_EPSILON"
 [ -z "${MAX_DELTA:-}" ] || node_config="$node_config max-delta=$MAX_DELTA"
@@ -76,11 +95,26 @@ node_config="data-path='$DATA_DIR' state-dir='$STATE_DIR'"
     node_config="$node_config min-tolerated-sites=$MIN_TOLERATED_SITES"
 [ -z "${MAX_EPSILON_ALONE:-}" ] || node_config="$node_config max-epsilon-alone=$MAX_EPSILON_ALONE"
 [ -z "${MAX_NOISE_RATIO:-}" ] || node_config="$node_config max-noise-ratio=$MAX_NOISE_RATIO"
+[ -z "${RETENTION_DAYS:-}" ] || node_config="$node_config retention-days=$RETENTION_DAYS"
 mkdir -p "$STATE_DIR"
 
 export FLWR_TELEMETRY_ENABLED=0 FLWR_DISABLE_UPDATE_CHECK=1 \
     FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 \
     TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
+
+if [ "$PURGE_INTERVAL_HOURS" -gt 0 ]; then
+    # The retention policy between rounds (the ClientApp also purges before each training
+    # round); it lives as long as the SuperNode this shell becomes.
+    set -- "$DATA_DIR" --state-dir "$STATE_DIR"
+    [ -z "${RETENTION_DAYS:-}" ] || set -- "$@" --retention-days "$RETENTION_DAYS"
+    (
+        while :; do
+            fedintent purge "$@" || echo "site-entrypoint: scheduled purge failed (see above);" \
+                "next try in $PURGE_INTERVAL_HOURS h" >&2
+            sleep $((PURGE_INTERVAL_HOURS * 3600))
+        done
+    ) &
+fi
 
 set -- \
     --root-certificates "$CA_CERT" \

@@ -4,7 +4,9 @@ Per round, in this order, the site:
 
 1. checks every privacy setting the server asks for against its own policy, its node config
    (``site_policy.py``), before it reads anything;
-2. reads only its own data folder, validates and redacts it, and featurizes the redacted text;
+2. reads only its own data folder, validates and redacts it, leaves out what its retention policy
+   and erasures have ended (and purges their derived copies, ``retention.py``), and featurizes
+   the redacted text;
 3. charges the round to every privacy unit that takes part in its ledger, leaving out units that
    have spent their lifetime budget (``privacy_budget.py``), before training;
 4. trains the exchanged part of the model with DP-SGD on exactly those units (``dp_training.py``);
@@ -39,6 +41,14 @@ from fl_client.privacy_accounting import BudgetExhausted
 from fl_client.privacy_budget import charge_round
 from fl_client.privacy_ledger import LedgerError
 from fl_client.privacy_units import PADDING_LABEL, group_by_customer
+from fl_client.retention import (
+    FEATURES,
+    RowPolicy,
+    prune_features,
+    row_policy,
+    state_lock,
+    who_deletes,
+)
 from fl_client.secure_aggregation import secure_aggregation_mod
 from fl_client.site_data import SiteData, SiteDataError, SiteSplit, load_site
 from fl_client.site_folders import site_folders
@@ -220,13 +230,18 @@ def _data_digest(site_dir: Path) -> str:
 
 
 @lru_cache(maxsize=4)
-def _load_site_cached(site_dir: str, labels: tuple[str, ...], data_digest: str) -> SiteData:
-    """Load once per version of the data; problems are logged here, at the site, never sent."""
-    site = load_site(Path(site_dir), labels)
+def _load_site_cached(site_dir: str, labels: tuple[str, ...], data_digest: str,
+                      policy: RowPolicy) -> SiteData:
+    """Load once per version of the data and of the retention policy (its hourly cut-off, its
+    erasures); problems are logged here, at the site, never sent."""
+    site = load_site(Path(site_dir), labels, keep=policy)
     for row in site.rejected:
         log(WARNING, "site data %s: skipped %s", site_dir, row)
     for label, count in site.unknown_labels.items():
         log(WARNING, "site data %s: skipped %d rows with unknown label %r", site_dir, count, label)
+    for reason, count in site.excluded.items():
+        log(WARNING, "site data %s: %d rows not used (%s; the site's retention policy)",
+            site_dir, count, reason)
     return site
 
 
@@ -234,16 +249,27 @@ def _read_split(
     msg: Message, context: Context, split: str
 ) -> tuple[Path, Path, SiteSplit, torch.Tensor, torch.Tensor]:
     """(site folder, state folder, rows, features, labels) of this site's ``split``: read,
-    validated and redacted (``load_site``), then featurized; a split without rows is an error."""
+    validated and redacted (``load_site``), without the rows the site's retention policy and
+    erasures leave out, then featurized; a split without rows is an error. Before a training
+    round, the feature store is pruned to the rows in use (``retention.py``)."""
     site_dir, state_dir = site_folders(msg, context)
     labels = tuple(msg.content[CONFIG_KEY]["labels"])
-    rows = getattr(_load_site_cached(str(site_dir), labels, _data_digest(site_dir)), split)
-    if len(rows) == 0:
-        use = {"train": "training rows; this site cannot train",
-               "test": "test rows; this site cannot evaluate"}[split]
-        raise SiteDataError(f"{site_dir}: no valid {use}")
-    family = get_model_family(str(context.run_config["model"]))
-    features = family.featurize(rows.texts, state_dir / "features")
+    retention_days = site_policy(context).retention_days
+    with state_lock(state_dir):
+        policy = row_policy(state_dir, retention_days)
+        site = _load_site_cached(str(site_dir), labels, _data_digest(site_dir), policy)
+        if split == "train":
+            prune_features(state_dir, site.train.texts + site.test.texts, site.excluded,
+                           who_deletes(f"fedintent ClientApp, before round "
+                                 f"{msg.content[CONFIG_KEY]['server-round']} of run "
+                                 f"{msg.content[CONFIG_KEY]['run-name']}"), retention_days)
+        rows = getattr(site, split)
+        if len(rows) == 0:
+            use = {"train": "training rows; this site cannot train",
+                   "test": "test rows; this site cannot evaluate"}[split]
+            raise SiteDataError(f"{site_dir}: no valid {use}")
+        family = get_model_family(str(context.run_config["model"]))
+        features = family.featurize(rows.texts, state_dir / FEATURES)
     return site_dir, state_dir, rows, features, torch.tensor(rows.labels, dtype=torch.long)
 
 

@@ -35,6 +35,12 @@ the same customer across data versions (files appended, rows fixed, files reorde
 ``conversation_id`` and the intent turn's index for conversations, an ``id`` / ``conversation_id``
 field or column for flat rows, and otherwise a hash of the customer and the raw text (then an
 edited text is a new utterance). Its customer is ``customer_id``, or the utterance itself.
+
+A row may carry a ``timestamp`` (field or column): an ISO 8601 date-time, UTC unless it names
+another offset; one that does not parse rejects its row. The site's retention policy and erasure
+requests decide, by customer and timestamp, which rows may still be used: ``load_site`` takes
+that decision as ``keep`` (``fl_client/retention.py`` makes it) and counts the rows it leaves
+out by reason, without reading their text any further.
 """
 
 import csv
@@ -43,12 +49,14 @@ import json
 import re
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import BinaryIO, TypeVar
 
 from fl_client.redaction import redact
+from fl_protocol.durable_files import write_bytes_atomic
 
 TEST_SHARE_WHEN_UNSPLIT = 0.2
 MAX_LINE_BYTES = 1 << 20
@@ -60,6 +68,8 @@ _SURROGATE = re.compile(r"[\ud800-\udfff]")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _CONTROL_IN_TEXT = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 _Parsed = TypeVar("_Parsed")
+RowFilter = Callable[[str | None, datetime | None], str | None]
+"""(customer id, timestamp) -> why the row may not be used (``None``: it may)."""
 
 
 class SiteDataError(ValueError):
@@ -102,30 +112,61 @@ class SiteData:
     rows_read: int
     rejected: list[RejectedRow]
     unknown_labels: Counter
+    excluded: Counter = field(default_factory=Counter)
+    """Rows left out by ``keep`` (the site's retention and erasures), by reason."""
 
     def label_counts(self, labels: Sequence[str]) -> Counter:
         return Counter(labels[i] for i in self.train.labels + self.test.labels)
 
 
 @dataclass(frozen=True)
-class _Row:
+class Row:
+    """One valid row as read, before redaction; where it is (``file``, ``line``) so that an
+    erasure can remove it from the data folder."""
+
     text: str
     label: str
     unit: str
     uid: str
+    customer: str | None = None
+    when: datetime | None = None
+    file: Path | None = None
+    line: int = 0
 
 
 def load_site(
-    site_dir: Path, labels: Sequence[str], redact_pii: bool = True
+    site_dir: Path, labels: Sequence[str], redact_pii: bool = True, keep: RowFilter | None = None
 ) -> SiteData:
-    """Read, validate and (by default) redact one site folder against the run's label set."""
+    """Read, validate and (by default) redact one site folder against the run's label set,
+    leaving out the rows ``keep`` names a reason for."""
+    rejected: list[RejectedRow] = []
+    train_rows, test_rows = read_rows(site_dir, rejected)
+    excluded: Counter = Counter()
+    if keep is not None:
+        train_rows, train_out = filter_rows(train_rows, keep)
+        test_rows, test_out = filter_rows(test_rows, keep)
+        excluded.update(reason for _, reason in train_out + test_out)
+    label_index = {label: i for i, label in enumerate(labels)}
+    clean = redact if redact_pii else _identity
+    unknown: Counter = Counter()
+    train = _to_split(train_rows, label_index, unknown, clean)
+    test = _to_split(test_rows, label_index, unknown, clean)
+    return SiteData(
+        train=train,
+        test=test,
+        rows_read=len(train_rows) + len(test_rows) + len(rejected) + sum(excluded.values()),
+        rejected=rejected,
+        unknown_labels=unknown,
+        excluded=excluded,
+    )
+
+
+def read_rows(site_dir: Path, rejected: list[RejectedRow]) -> tuple[list[Row], list[Row]]:
+    """(train rows, test rows) of a site folder, every label, unredacted; problems are added to
+    ``rejected``."""
     site_dir = Path(site_dir)
     if not site_dir.is_dir():
         raise SiteDataError(f"site data folder not found: {site_dir}")
-    label_index = {label: i for i, label in enumerate(labels)}
-    rejected: list[RejectedRow] = []
-    clean = redact if redact_pii else _identity
-
     train_files = _split_files(site_dir, "train")
     test_files = _split_files(site_dir, "test")
     if train_files:
@@ -141,17 +182,31 @@ def load_site(
         all_rows = _read_files(other, rejected)
         train_rows = [r for r in all_rows if not _is_test_unit(r.unit)]
         test_rows = [r for r in all_rows if _is_test_unit(r.unit)]
+    return train_rows, test_rows
 
-    unknown: Counter = Counter()
-    train = _to_split(train_rows, label_index, unknown, clean)
-    test = _to_split(test_rows, label_index, unknown, clean)
-    return SiteData(
-        train=train,
-        test=test,
-        rows_read=len(train_rows) + len(test_rows) + len(rejected),
-        rejected=rejected,
-        unknown_labels=unknown,
-    )
+
+def remove_lines(path: Path, lines: set[int]) -> None:
+    """Rewrite a data file without the given line numbers (as ``RejectedRow`` and ``Row`` count
+    them), atomically and with its permissions kept: the file is whole, old or new, at every
+    moment."""
+    kept = []
+    with open(path, "rb") as f:
+        for number, raw in enumerate(iter(f.readline, b""), start=1):
+            if number not in lines:
+                kept.append(raw)
+    write_bytes_atomic(path, b"".join(kept), mode=path.stat().st_mode & 0o7777)
+
+
+def filter_rows(rows: list[Row], keep: RowFilter) -> tuple[list[Row], list[tuple[Row, str]]]:
+    """(the rows ``keep`` lets through, and each row it leaves out with its reason)."""
+    kept, left_out = [], []
+    for row in rows:
+        reason = keep(row.customer, row.when)
+        if reason is None:
+            kept.append(row)
+        else:
+            left_out.append((row, reason))
+    return kept, left_out
 
 
 def _identity(text: str) -> str:
@@ -177,7 +232,7 @@ def _is_test_unit(unit: str) -> bool:
 
 
 def _to_split(
-    rows: list[_Row],
+    rows: list[Row],
     label_index: dict[str, int],
     unknown: Counter,
     clean: Callable[[str], str],
@@ -194,8 +249,8 @@ def _to_split(
     return split
 
 
-def _read_files(paths: list[Path], rejected: list[RejectedRow]) -> list[_Row]:
-    rows: list[_Row] = []
+def _read_files(paths: list[Path], rejected: list[RejectedRow]) -> list[Row]:
+    rows: list[Row] = []
     for path in paths:
         read = _read_jsonl if path.suffix == ".jsonl" else _read_csv
         rows.extend(read(path, rejected))
@@ -262,7 +317,7 @@ def _parsed(parse: Callable[[str], _Parsed | str], line: str) -> _Parsed | str:
         return f"unusable value ({type(err).__name__}: {str(err).split(';')[0][:120]})"
 
 
-def _read_jsonl(path: Path, rejected: list[RejectedRow]) -> list[_Row]:
+def _read_jsonl(path: Path, rejected: list[RejectedRow]) -> list[Row]:
     rows = []
     name = _shown_name(path)
     for number, line in _decoded_lines(path, rejected):
@@ -270,15 +325,15 @@ def _read_jsonl(path: Path, rejected: list[RejectedRow]) -> list[_Row]:
         if isinstance(row_or_reason, str):
             rejected.append(RejectedRow(name, number, row_or_reason))
         else:
-            rows.append(row_or_reason)
+            rows.append(replace(row_or_reason, file=path, line=number))
     return rows
 
 
-def _jsonl_row(line: str) -> _Row | str:
+def _jsonl_row(line: str) -> Row | str:
     return _row_from_record(json.loads(line))
 
 
-def _row_from_record(record: object) -> _Row | str:
+def _row_from_record(record: object) -> Row | str:
     """A row, or the reason the record is not one."""
     if not isinstance(record, dict):
         return f"expected a JSON object, got {type(record).__name__}"
@@ -307,6 +362,9 @@ def _row_from_record(record: object) -> _Row | str:
             return "missing text (no 'turns' and no 'text')"
         if not isinstance(text, str):
             return f"text must be a string, got {type(text).__name__}"
+    when = _timestamp(record.get("timestamp"))
+    if isinstance(when, str):
+        return when
     for name, value in (("text", text), ("intent", label), ("customer_id", customer),
                         ("conversation_id", row_id)):
         if isinstance(value, str) and _SURROGATE.search(value):
@@ -321,8 +379,21 @@ def _row_from_record(record: object) -> _Row | str:
         return "empty text"
     if len(text) > MAX_TEXT_CHARS:
         return f"text longer than {MAX_TEXT_CHARS} characters"
-    return _Row(text=text, label=label, unit=uid if customer is None else str(customer),
-                uid=uid)
+    return Row(text=text, label=label, unit=uid if customer is None else str(customer), uid=uid,
+               customer=None if customer is None else str(customer), when=when)
+
+
+def _timestamp(value: object) -> datetime | None | str:
+    """The row's time (UTC when it names no offset), ``None`` without one, or why it is bad."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        return f"timestamp must be a string, got {type(value).__name__}"
+    try:
+        when = datetime.fromisoformat(value.strip())
+    except ValueError:
+        return f"timestamp {_shown(value)} is not an ISO 8601 date-time"
+    return when.replace(tzinfo=UTC) if when.tzinfo is None else when
 
 
 def _intent_turn_text(record: dict) -> tuple[str, int] | str:
@@ -353,7 +424,7 @@ def _shown(value: object) -> str:
     return text if len(text) <= 40 else f"{text[:37]}..."
 
 
-def _read_csv(path: Path, rejected: list[RejectedRow]) -> list[_Row]:
+def _read_csv(path: Path, rejected: list[RejectedRow]) -> list[Row]:
     """One row per line; the first line is the header, which must name ``text`` and ``label``
     (or ``intent``). Without a usable header every row of the file is reported."""
     rows = []
@@ -373,7 +444,7 @@ def _read_csv(path: Path, rejected: list[RejectedRow]) -> list[_Row]:
         if isinstance(row_or_reason, str):
             rejected.append(RejectedRow(name, number, row_or_reason))
         else:
-            rows.append(row_or_reason)
+            rows.append(replace(row_or_reason, file=path, line=number))
     return rows
 
 
@@ -389,13 +460,13 @@ def _csv_header(line: str) -> list[str] | str:
     return header
 
 
-def _csv_row(header: list[str], line: str) -> _Row | str:
+def _csv_row(header: list[str], line: str) -> Row | str:
     fields = _csv_fields(line)
     if len(fields) != len(header):
         return f"expected {len(header)} fields, got {len(fields)}"
     record = dict(zip(header, fields, strict=True))
     record.setdefault("label", record.get("intent"))
-    for optional in ("customer_id", "conversation_id", "id"):
+    for optional in ("customer_id", "conversation_id", "id", "timestamp"):
         if record.get(optional) == "":
             record.pop(optional)
     return _row_from_record(record)

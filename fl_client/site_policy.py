@@ -39,6 +39,10 @@ The rounds, unit and noise checks against the ledger happen where the ledger is 
 (``privacy_budget.charge_round``), before anything is charged. Simulation: one operator plays
 every site, so the run config's ``site-max-epsilon`` (and ``privacy-unit``) stands in for each
 simulated site's node config.
+
+The site's retention policy (``retention-days``, default 30; simulation: ``site-retention-days``,
+default inf) is read here with the rest of its node config and applied where its data are read
+(``retention.py``): the server never asks for it, and nothing about it is sent.
 """
 
 import math
@@ -50,6 +54,7 @@ from fl_client.privacy_accounting import DELTA_UNITS_FACTOR, check_accountant, d
 from fl_protocol.wire import (
     CONFIG_KEY,
     DEFAULT_MAX_EPSILON,
+    DEFAULT_RETENTION_DAYS,
     PRIVACY_MODELS,
     PRIVACY_UNITS,
     Reason,
@@ -110,6 +115,10 @@ class SitePolicy:
     max_noise_ratio: the most the noise the site's budget needs may exceed the run's planned
         noise (both as standard deviations) before the site declines the round, charging nothing
         (``DEFAULT_MAX_NOISE_RATIO``).
+    retention_days: how long the site may use a conversation after its timestamp (``inf``:
+        without limit); older rows are never used and are purged from every derived store
+        (``retention.py``). Not a DP parameter: it bounds how long data is kept, not what a
+        release reveals.
     """
 
     max_epsilon: float
@@ -119,6 +128,7 @@ class SitePolicy:
     min_tolerated_sites: int = DEFAULT_MIN_TOLERATED_SITES
     max_epsilon_alone: float = DEFAULT_MAX_EPSILON_ALONE
     max_noise_ratio: float = DEFAULT_MAX_NOISE_RATIO
+    retention_days: float = DEFAULT_RETENTION_DAYS
 
 
 @dataclass(frozen=True)
@@ -155,11 +165,17 @@ def site_policy(context: Context) -> SitePolicy:
     simulated = "partition-id" in node and "data-path" not in node
     source = context.run_config if simulated else node
     epsilon_key = "site-max-epsilon" if simulated else "max-epsilon"
+    retention_key = "site-retention-days" if simulated else "retention-days"
     try:
         max_epsilon = float(source.get(epsilon_key, DEFAULT_MAX_EPSILON))
         max_delta = float(node.get("max-delta", DEFAULT_MAX_DELTA))
+        retention_days = float(source.get(retention_key, math.inf if simulated
+                                          else DEFAULT_RETENTION_DAYS))
     except (TypeError, ValueError) as err:
         raise SiteConfigError(f"node config: {err}") from err
+    if not retention_days > 0:
+        raise SiteConfigError(f"{retention_key} must be > 0 (inf: keep without limit), got "
+                              f"{retention_days}")
     if not max_epsilon > 0:
         raise SiteConfigError(f"{epsilon_key} must be > 0, got {max_epsilon}")
     if not 0 < max_delta < 1:
@@ -189,7 +205,8 @@ def site_policy(context: Context) -> SitePolicy:
     return SitePolicy(max_epsilon=max_epsilon, max_delta=max_delta,
                       privacy_unit=None if unit is None else str(unit),
                       privacy_models=models, min_tolerated_sites=int(tolerated),
-                      max_epsilon_alone=max_alone, max_noise_ratio=max_noise_ratio)
+                      max_epsilon_alone=max_alone, max_noise_ratio=max_noise_ratio,
+                      retention_days=retention_days)
 
 
 def round_request(msg: Message, context: Context) -> RoundRequest:

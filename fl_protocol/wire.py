@@ -57,6 +57,11 @@ config sets none (``fl_client/site_policy``, and so the site container's), the s
 stand-in ``site-max-epsilon``, and a run's ``target-epsilon``. Defined here, in the layer both
 sides share; a site's own node config overrides it, the server's run config cannot."""
 
+DEFAULT_RETENTION_DAYS = 30.0
+"""How long a deployed site uses a text conversation after its timestamp when its node config
+sets no ``retention-days`` (the figure privacy practice for call-center text records gives):
+the ClientApp's default, and so the container's and ``fedintent purge``'s."""
+
 RUN_CONFIG_DEFAULTS: dict[str, str | int | float | bool] = {
     "data-dir": "",
     "labels-file": "",
@@ -73,6 +78,7 @@ RUN_CONFIG_DEFAULTS: dict[str, str | int | float | bool] = {
     "delta": 0.0,
     "privacy-unit": "utterance",
     "site-max-epsilon": DEFAULT_MAX_EPSILON,
+    "site-retention-days": math.inf,
     "accountant": "prv",
     "clip-norm": 1.0,
     "batch-size": 4096,

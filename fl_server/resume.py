@@ -70,7 +70,7 @@ def resume_point(out_dir: Path, run_name: str) -> tuple[Checkpoint | None, list[
     from the initial model), and warnings about the newer ones it skipped.
 
     Only a checkpoint the audit log vouches for is taken (``audit_log.vouched_models``). Raises
-    ``AuditLogError`` when the log is missing or broken, ``CheckpointError`` when there are
+    ``ChainError`` when the log is missing or broken, ``CheckpointError`` when there are
     checkpoints but none is vouched for, or there is none though the log records a round.
     """
     vouched = vouched_models(out_dir / "audit.jsonl", run_name)

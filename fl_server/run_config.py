@@ -63,6 +63,9 @@ WHOLE_RANGES: dict[str, tuple[int, int]] = {
     "tolerated-sites": (0, 10_000),
 }
 """Whole-number keys and their inclusive ranges (``seed``: numpy's ``RandomState`` range)."""
+RETENTION_DAYS_RANGE = (0.01, 36_500.0)
+"""``site-retention-days``, the simulated sites' stand-in for their retention policy: from about
+a quarter of an hour to a hundred years, or inf."""
 NUMBER_RANGES: dict[str, tuple[float, float]] = {
     "clip-norm": (1e-6, 100.0),
     "learning-rate": (1e-8, 10_000.0),
@@ -116,6 +119,12 @@ def check_run_config(cfg: dict) -> dict:
     if not (full["site-max-epsilon"] == math.inf or low <= full["site-max-epsilon"] <= high):
         raise RunConfigError(f"site-max-epsilon must be inf (no limit) or in [{low:g}, "
                              f"{high:g}], got {full['site-max-epsilon']!r}")
+    full["site-retention-days"] = float(full["site-retention-days"])
+    if not (full["site-retention-days"] == math.inf
+            or RETENTION_DAYS_RANGE[0] <= full["site-retention-days"] <= RETENTION_DAYS_RANGE[1]):
+        raise RunConfigError(f"site-retention-days must be inf (keep without limit) or in "
+                             f"[{RETENTION_DAYS_RANGE[0]:g}, {RETENTION_DAYS_RANGE[1]:g}], got "
+                             f"{full['site-retention-days']!r}")
     full["server-momentum"] = float(full["server-momentum"])
     if not 0 <= full["server-momentum"] < 1:
         raise RunConfigError(f"server-momentum must be in [0, 1), got {full['server-momentum']}")

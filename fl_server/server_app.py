@@ -30,8 +30,8 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Strategy
 
 from fl_protocol.durable_files import json_safe
+from fl_protocol.hash_chain import ChainError, append_entry
 from fl_protocol.label_file import LabelFileError, read_labels
-from fl_server.audit_log import AuditLogError, append_entry
 from fl_server.checkpoints import CheckpointError, save_checkpoint, state_sha256
 from fl_server.model_store import save_model
 from fl_server.progress import format_accuracy, round_lines
@@ -51,7 +51,7 @@ class RunFailed(RuntimeError):
     """The run cannot go on, for a reason its operator can act on (not a bug)."""
 
 
-OPERATOR_ERRORS = (RunFailed, RunConfigError, LabelFileError, CheckpointError, AuditLogError)
+OPERATOR_ERRORS = (RunFailed, RunConfigError, LabelFileError, CheckpointError, ChainError)
 """Failures recorded in ``metrics.json`` and logged in one line, without a traceback: the run
 then ends on purpose (Flower lists it as completed, as it does a stopped run), and
 ``metrics.json`` says it failed and why. Any other exception is recorded the same way, then

@@ -7,17 +7,13 @@ states, mean-pooled over the attention mask, then L2-normalised.
 """
 
 import hashlib
-import io
 import json
 import os
 from functools import lru_cache
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
-
-from fl_protocol.durable_files import write_bytes_atomic
 
 MAX_TOKENS = 128
 ENCODE_BATCH = 64
@@ -128,31 +124,3 @@ def embed(texts: list[str], folder: Path) -> torch.Tensor:
 def hidden_size(folder: Path) -> int:
     """Width of the encoder's token states and sentence embeddings."""
     return int(load_encoder(folder)[1].config.hidden_size)
-
-
-def cached(kind: str, texts: list[str], cache_dir: Path | None, compute) -> torch.Tensor:
-    """``compute(texts)``, reusing the site's on-disk copy when the exact same texts and
-    ``kind`` (encoder id and settings) were seen before.
-
-    The key hashes ``kind`` and every text, so any change to the data (or to redaction) makes a
-    new entry instead of stale features. Features never leave the site.
-    """
-    if cache_dir is None:
-        return compute(texts)
-    digest = hashlib.sha256(kind.encode())
-    for text in texts:
-        digest.update(text.encode("utf-8") + b"\0")
-    path = Path(cache_dir) / f"features-{digest.hexdigest()[:24]}.npy"
-    if path.exists():
-        try:
-            cached_features = np.load(path)
-            if len(cached_features) == len(texts):
-                return torch.from_numpy(cached_features)
-        except (OSError, ValueError):
-            pass  # a damaged cache entry is recomputed and replaced
-    features = compute(texts)
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    buffer = io.BytesIO()
-    np.save(buffer, features.numpy())
-    write_bytes_atomic(path, buffer.getvalue(), mode=0o600)  # derived from customer text
-    return features

@@ -11,7 +11,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from models.encoder import cached, embed, encoder_fingerprint, hidden_size
+from models.encoder import embed, encoder_fingerprint, hidden_size
+from models.feature_store import cached
 
 LABEL_PRIOR_SCALE = 10.0
 """Length of each intent's weight row in the initial head (logit scale of the zero-shot prior)."""

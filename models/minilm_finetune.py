@@ -18,8 +18,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from models.encoder import cached, encoder_fingerprint, load_encoder, mean_pool, token_states
+from models.encoder import encoder_fingerprint, load_encoder, mean_pool, token_states
 from models.encoder_head import label_prior
+from models.feature_store import cached
 
 TRAINED_LAYERS = 1
 """Top encoder layers trained and exchanged (of MiniLM's 6). Each layer adds 7.1 MB of upload

@@ -1,5 +1,6 @@
 """Shared fixtures, and each pytest-xdist worker's own range of ports."""
 
+import math
 import os
 
 import pytest
@@ -37,6 +38,7 @@ def task_identity():
 def ctx(tmp_path) -> Context:
     """A deployed site's context outside Flower: data and state folders under ``tmp_path``, the
     default run config."""
-    node = {"data-path": str(tmp_path / "data"), "state-dir": str(tmp_path / "state")}
+    node = {"data-path": str(tmp_path / "data"), "state-dir": str(tmp_path / "state"),
+            "retention-days": math.inf}
     return Context(run_id=1, node_id=7, node_config=node, state=RecordDict(),
                    run_config=dict(RUN_CONFIG_DEFAULTS))

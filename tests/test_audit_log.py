@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from fl_server.audit_log import (
-    AuditLogError,
+from fl_protocol.hash_chain import (
+    ChainError,
     append_entry,
     check_extendable,
     head_path,
@@ -99,10 +99,10 @@ def test_one_entry_beyond_the_head_is_an_interrupted_append(log):
 def test_a_broken_log_is_never_extended(log):
     lines = lines_of(log)
     log.write_bytes(b"".join(lines[:1] + lines[2:]))
-    with pytest.raises(AuditLogError, match="broken at line 2"):
+    with pytest.raises(ChainError, match="broken at line 2"):
         check_extendable(log)
     log.write_bytes(log.read_bytes()[:-1])
-    with pytest.raises(AuditLogError, match="does not end with a complete entry"):
+    with pytest.raises(ChainError, match="does not end with a complete entry"):
         append_entry(log, "round", {})
 
 

@@ -19,8 +19,8 @@ from safetensors.numpy import load_file
 
 from data_synth import write_sites
 from fedintent.launch.simulation import SimulationError, run_simulation
+from fl_protocol.hash_chain import ChainError, append_entry, verify_log
 from fl_protocol.wire import RUN_CONFIG_DEFAULTS as DEFAULTS
-from fl_server.audit_log import AuditLogError, append_entry, verify_log
 from fl_server.checkpoints import (
     CheckpointError,
     checkpoint_files,
@@ -175,14 +175,14 @@ def test_resume_takes_only_what_the_audit_log_vouches_for(tmp_path):
         save(tmp_path / "checkpoints", server_round, {k: v - 1 for k, v in MODEL.items()})
     with pytest.raises(CheckpointError, match="no usable checkpoint.*not vouched"):
         resume_point(tmp_path, "run-x")
-    with pytest.raises(AuditLogError, match="does not start with the run-started entry"):
+    with pytest.raises(ChainError, match="does not start with the run-started entry"):
         resume_point(tmp_path, "another-run")
     for checkpoint_file in checkpoint_files(tmp_path / "checkpoints"):
         checkpoint_file.unlink()
     with pytest.raises(CheckpointError, match="records round 3 but .* holds no checkpoint"):
         resume_point(tmp_path, "run-x")
     (tmp_path / "audit.jsonl").unlink()
-    with pytest.raises(AuditLogError, match="missing"):
+    with pytest.raises(ChainError, match="missing"):
         resume_point(tmp_path, "run-x")
 
 

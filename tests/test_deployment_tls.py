@@ -116,7 +116,7 @@ def test_plaintext_and_untrusted_clients_are_refused(deployment):
     code = run_to_exit(
         ["flower-supernode", "--insecure", "--max-wait-time", "5",
          "--superlink", deployment["superlink"], "--port", str(free_port()),
-         "--node-config", f"data-path='{tmp / 'data' / 'site-00'}'"],
+         "--node-config", f"data-path='{tmp / 'data' / 'site-00'}' retention-days=inf"],
         flower_env(tmp / "plaintext-home"), log,
     )
     assert code != 0

@@ -84,7 +84,8 @@ def deployment(tmp_path_factory):
                 "SITE_KEY": str(creds.site_keys[SITE]),
                 "TRUSTED_ENTITIES": str(creds.trusted_entities),
                 "DATA_DIR": str(tmp / "data" / SITE), "STATE_DIR": str(tmp / "state"),
-                "SUPERNODE_PORT": str(free_port()),
+                "SUPERNODE_PORT": str(free_port()), "RETENTION_DAYS": "inf",
+                "PURGE_INTERVAL_HOURS": "0",
             }
             start_process([str(REPO / "deploy" / "site-entrypoint.sh")], site_env, site_log,
                           processes)
@@ -164,6 +165,26 @@ def test_a_site_without_trusted_keys_refuses_to_start(tmp_path):
                                 capture_output=True, text=True, timeout=60, check=False)
         assert result.returncode == 2, result.stdout + result.stderr
         assert message in result.stderr and str(trusted) in result.stderr
+    assert not (tmp_path / "state").exists()
+
+
+@pytest.mark.parametrize("setting, value", [
+    ("RETENTION_DAYS", "30 max-epsilon=inf"),  # would smuggle a weaker policy into node config
+    ("RETENTION_DAYS", "0"), ("RETENTION_DAYS", "nan"), ("RETENTION_DAYS", "-5"),
+    ("PURGE_INTERVAL_HOURS", "daily"), ("PURGE_INTERVAL_HOURS", "1.5"),
+])
+def test_a_site_with_a_malformed_retention_setting_refuses_to_start(tmp_path, setting, value):
+    creds = write_dev_credentials(tmp_path / "creds", [SITE], ["127.0.0.1"], [])
+    (tmp_path / "data").mkdir()
+    env = flower_env(tmp_path / "home") | {
+        "SUPERLINK": "127.0.0.1:9", "CA_CERT": str(creds.ca_cert),
+        "SITE_KEY": str(creds.site_keys[SITE]), "TRUSTED_ENTITIES": str(creds.trusted_entities),
+        "DATA_DIR": str(tmp_path / "data"), "STATE_DIR": str(tmp_path / "state"), setting: value,
+    }
+    result = subprocess.run([str(REPO / "deploy" / "site-entrypoint.sh")], env=env,
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert setting in result.stderr
     assert not (tmp_path / "state").exists()
 
 

@@ -267,7 +267,7 @@ def evaluating_site(tmp_path) -> Context:
     (site_dir / "test.csv").write_text("text,label\nmy card is lost,card_lost\n"
                                        "where is my refund,refund\nlost card again,card_lost\n")
     node = {"data-path": str(site_dir), "state-dir": str(tmp_path / "state"),
-            "max-epsilon": 10.0}
+            "max-epsilon": 10.0, "retention-days": math.inf}
     return Context(run_id=1, node_id=7, node_config=node, state=RecordDict(),
                    run_config=dict(DEFAULTS))
 

@@ -290,7 +290,7 @@ def run_deployment(
         wait_local_superlink(port, superlink)
         for site in sites.values():
             node_config = {"data-path": f"'{site.data}'", "state-dir": f"'{site.state}'",
-                           "max-epsilon": "10.0"} | site.node_config
+                           "max-epsilon": "10.0", "retention-days": "inf"} | site.node_config
             start(
                 ["flower-supernode", "--insecure", "--superlink", f"127.0.0.1:{proxy.port}",
                  "--port", str(free_port()), "--node-config",
@@ -400,7 +400,7 @@ def test_a_site_that_never_answers_is_recorded_as_no_reply(tmp_path: Path):
 
     def blocked() -> bool:
         """Its features cached, the site's next step is to read its secret: it is blocked."""
-        return any((site.state / "features").glob("features-*.npy"))
+        return any((site.state / "features").glob("*/chunk-*.npz"))
 
     outcome = run_deployment(tmp_path, sites, {"reply-timeout": TIMEOUT_RUN_REPLY_TIMEOUT_S},
                              also_wait_for=blocked)

@@ -20,18 +20,24 @@ def test_embeddings_are_normalised_and_meaningful():
     assert features[0] @ features[1] > features[0] @ features[2]
 
 
-def test_features_are_cached_on_the_site_disk(tmp_path, monkeypatch):
+def test_features_are_cached_on_the_site_disk_and_only_new_texts_are_encoded(tmp_path,
+                                                                             monkeypatch):
     texts = ["refund my order", "cancel my plan"]
     first = minilm.featurize(texts, tmp_path, MINILM)
-    assert len(list(tmp_path.glob("*.npy"))) == 1
+    assert len(list(tmp_path.glob("*/chunk-*.npz"))) == 1
+    real_embed, encoded = minilm.embed, []
 
-    def no_encoding(_texts, _folder):
-        raise AssertionError("cached texts must not be re-encoded")
+    def recording(batch, folder):
+        encoded.append(list(batch))
+        return real_embed(batch, folder)
 
-    monkeypatch.setattr(minilm, "embed", no_encoding)
+    monkeypatch.setattr(minilm, "embed", recording)
     assert torch.equal(minilm.featurize(texts, tmp_path, MINILM), first)
-    with pytest.raises(AssertionError):
-        minilm.featurize(texts + ["a new text"], tmp_path, MINILM)
+    assert encoded == []  # every text came from the store
+    grown = minilm.featurize(["a new text", *texts], tmp_path, MINILM)
+    assert encoded == [["a new text"]]  # a new day of data encodes only its new rows
+    assert torch.equal(grown[1:], first)
+    assert torch.allclose(grown[0], real_embed(["a new text"], MINILM)[0])
 
 
 def test_only_the_head_is_exchanged():

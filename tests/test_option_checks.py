@@ -16,8 +16,8 @@ import fedintent.launch.simulation as simulation
 from fedintent.cli import main
 from fedintent.commands import train
 from fedintent.launch.processes import is_alive
+from fl_protocol.hash_chain import append_entry
 from fl_protocol.wire import RUN_CONFIG_DEFAULTS
-from fl_server.audit_log import append_entry
 from fl_server.checkpoints import save_checkpoint
 from fl_server.run_config import check_run_config
 from fl_server.run_record import RunRecord
@@ -58,6 +58,7 @@ def tree(folder) -> list[str]:
     (["--seed", str(2**40)], "seed must be a whole number >= 0"),
     (["--delta", "1e-300"], "delta must be 0 (each site's default) or in [1e-10, 0.1]"),
     (["--site-max-epsilon", "1e-300"], "site-max-epsilon must be inf (no limit) or in"),
+    (["--site-retention-days", "0"], "site-retention-days must be inf (keep without limit) or"),
     (["--rounds", "1000000"], "num-rounds must be a whole number >= 1 and <= 10000"),
     (["--batch-size", "0"], "batch-size must be a whole number >= 1"),
     (["--local-epochs", "100000"], "local-epochs must be a whole number"),

@@ -25,9 +25,9 @@ from test_end_to_end import train as fedintent_train
 from data_synth import write_sites
 from fedintent.launch.simulation import run_simulation
 from fl_client.secure_aggregation import out_of_range
+from fl_protocol.hash_chain import verify_log
 from fl_protocol.wire import RUN_CONFIG_DEFAULTS as DEFAULTS
 from fl_protocol.wire import Reason
-from fl_server.audit_log import verify_log
 from fl_server.checkpoints import MODEL_PREFIX
 from fl_server.run_config import RunConfigError, check_run_config
 from fl_server.secure_aggregation import (

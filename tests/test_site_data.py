@@ -360,4 +360,5 @@ def test_check_data_says_why_a_site_without_usable_rows_cannot_train(tmp_path, c
     write_jsonl(site / "train.jsonl", [DEEP_ARRAY, conversation(intent="other")])
     assert main(["check-data", str(site)]) == 1
     err = capsys.readouterr().err
-    assert "no valid training rows (2 read: 1 rejected, 1 with an unknown label)" in err
+    assert ("no valid training rows (2 read: 1 rejected, 1 with an unknown label, 0 not used "
+            "under the retention policy)") in err

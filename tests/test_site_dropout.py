@@ -20,7 +20,7 @@ from data_synth import write_sites
 from fedintent.launch.flower_cli import flower_env, toml_value, write_app
 from fedintent.launch.processes import free_port, stop_process_trees
 from fedintent.launch.simulation import CONNECTION, wait_local_superlink, write_local_connection
-from fl_server.audit_log import verify_log
+from fl_protocol.hash_chain import verify_log
 
 RUN_TIMEOUT_S = 900
 """Only an upper bound for a hung run: every wait below ends on a condition, not a clock. Round 1
@@ -96,7 +96,8 @@ def test_a_killed_site_is_recorded_and_the_run_completes_with_the_others(tmp_pat
             start(
                 ["flower-supernode", "--insecure", "--superlink", f"127.0.0.1:{port}",
                  "--port", str(free_port()), "--node-config",
-                 f"data-path='{site}' state-dir='{tmp_path / 'state' / site.name}'"],
+                 f"data-path='{site}' state-dir='{tmp_path / 'state' / site.name}' "
+                 "retention-days=inf"],
                 env, logs / f"{site.name}.log", processes,
             )
             for site in sorted(data.glob("site-*"))

@@ -132,7 +132,8 @@ def seed_site_secret(state_dir: Path, seed: int) -> None:
 
 
 def site_context(site_dir: Path, state_dir: Path, **run_config) -> Context:
-    node = {"data-path": str(site_dir), "state-dir": str(state_dir), "max-epsilon": 100.0}
+    node = {"data-path": str(site_dir), "state-dir": str(state_dir), "max-epsilon": 100.0,
+            "retention-days": math.inf}  # the synthetic conversations are dated early 2026
     config = DEFAULTS | {
         "target-epsilon": EPSILON, "delta": DELTA, "accountant": "prv",
         "batch-size": BATCH_SIZE, "local-epochs": 1, "learning-rate": LEARNING_RATE,

@@ -60,7 +60,8 @@ def site(tmp_path):
 
 
 def context(site_dir, state_dir, max_epsilon=10.0, node=None, **run_config) -> Context:
-    node_config = {"data-path": str(site_dir), "state-dir": str(state_dir)}
+    node_config = {"data-path": str(site_dir), "state-dir": str(state_dir),
+                   "retention-days": math.inf}  # undated rows: no retention policy here
     if max_epsilon is not None:
         node_config["max-epsilon"] = max_epsilon
     node_config |= node or {}
@@ -410,7 +411,7 @@ def test_files_derived_from_customer_data_are_owner_only(site, tmp_path):
     assert state.stat().st_mode & 0o777 == 0o700
     written = [p for p in state.rglob("*") if p.is_file()]
     assert {p.name for p in written} >= {LEDGER_FILE, HEAD_FILE, "site-secret"}
-    assert any(p.suffix == ".npy" for p in written)  # the feature cache
+    assert any(p.suffix == ".npz" for p in written)  # the feature store
     for path in written:
         assert path.stat().st_mode & 0o777 == 0o600, path
 

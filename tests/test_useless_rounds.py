@@ -164,7 +164,8 @@ def test_a_site_may_accept_more_noise_in_its_node_config(tmp_path):
 
 def node_context(node: dict) -> Context:
     return Context(run_id=1, node_id=7, state=RecordDict(), run_config=dict(DEFAULTS),
-                   node_config={"data-path": "/site", "state-dir": "/state"} | node)
+                   node_config={"data-path": "/site", "state-dir": "/state",
+                                "retention-days": math.inf} | node)
 
 
 @pytest.mark.parametrize("node,ratio", [

@@ -143,7 +143,8 @@ def deployment(tmp_path_factory):
             wait_local_superlink(superlink_port, superlink)
             for site in ("site-00", "site-01", "site-02"):
                 node_config = (f"data-path='{data / site}' "
-                               f"state-dir='{tmp_path / 'state' / site}' max-epsilon=20.0")
+                               f"state-dir='{tmp_path / 'state' / site}' max-epsilon=20.0 "
+                               "retention-days=inf")  # the test data are dated 2026-01-01
                 processes.append(subprocess.Popen(
                     ["flower-supernode", "--insecure", "--superlink", f"127.0.0.1:{proxy.port}",
                      "--port", str(free_port()), "--node-config", node_config],

@@ -1,5 +1,6 @@
-"""``audit verify`` (the server's hash-chained audit log) and ``audit-privacy`` (an empirical
-membership-inference audit of the federated model)."""
+"""``audit verify`` (a hash-chained log: the server's audit log, or a site's deletion log, whose
+MACs it checks with the site secret) and ``audit-privacy`` (an empirical membership-inference
+audit of the federated model)."""
 
 import argparse
 import sys
@@ -13,19 +14,24 @@ from fedintent.commands.options import parse_epsilons
 def add_parsers(commands: argparse._SubParsersAction) -> None:
     audit = commands.add_parser(
         "audit",
-        help="check a run's audit log (OUT/audit.jsonl)",
-        description="Check the server's hash-chained audit log. See docs/FAULT_TOLERANCE.md.",
+        help="check a run's audit log (OUT/audit.jsonl) or a site's deletion log",
+        description="Check a hash-chained log: the server's audit log (OUT/audit.jsonl, see "
+        "docs/FAULT_TOLERANCE.md) or a site's deletion log (STATE_DIR/deletions.jsonl, see "
+        "docs/SITE_GUIDE.md), whose entries and head are also MACed with the site secret.",
     )
     audit_actions = audit.add_subparsers(dest="audit_action", required=True, metavar="ACTION")
     verify = audit_actions.add_parser(
         "verify",
         help="verify the hash chain and head: exit 0 intact, 1 broken, 2 unreadable",
         description="Print OK with the entry count, or the first line where the chain breaks "
-        "(edited, deleted, reordered or truncated entries). Exit 0 intact, 1 broken, "
-        "2 unreadable.",
+        "(edited, deleted, reordered or truncated entries, or, in a site's keyed log, a MAC "
+        "that does not match). Exit 0 intact, 1 broken, 2 unreadable.",
     )
     verify.set_defaults(handler=run_audit_verify)
     verify.add_argument("log", type=Path, metavar="LOG")
+    verify.add_argument("--state-dir", type=Path,
+                        help="a site's keyed log: the state folder holding the site secret "
+                        "(default: the log's own folder)")
 
     privacy = commands.add_parser(
         "audit-privacy",
@@ -64,18 +70,31 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
 
 
 def run_audit_verify(args: argparse.Namespace) -> int:
-    from fl_server.audit_log import verify_log
+    from fl_protocol.hash_chain import is_keyed, verify_log
 
     try:
-        result = verify_log(args.log)
+        key = _site_key(args) if is_keyed(args.log) else None
+        result = verify_log(args.log, key)
     except OSError as err:
         raise CliError(f"cannot read {args.log}: {err.strerror or err}") from err
     if result.ok:
-        print(f"OK: {result.entries} entries, hash chain and head intact ({args.log})")
+        checked = "hash chain, head and MACs" if key else "hash chain and head"
+        print(f"OK: {result.entries} entries, {checked} intact ({args.log})")
         return 0
     print(f"BROKEN at line {result.broken_line}: {result.problem} "
           f"({result.entries} entries verify before it; {args.log})")
     return 1
+
+
+def _site_key(args: argparse.Namespace) -> bytes:
+    """The site secret a keyed log's MACs are checked with."""
+    from fl_client.site_secret import SecretError, site_secret
+
+    try:
+        return site_secret(args.state_dir or args.log.parent, create=False)
+    except SecretError as err:
+        raise CliError(f"{args.log} is a site's keyed log, and its MACs need the site secret: "
+                       f"{err} (--state-dir names the site's state folder)") from err
 
 
 def run_audit_privacy(args: argparse.Namespace) -> int:

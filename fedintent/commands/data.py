@@ -8,6 +8,7 @@ from pathlib import Path
 from data_synth import SYNTHETIC_SITE_SIZE
 from fedintent.commands import CliError, require_operator_extra
 from fl_protocol.label_file import read_labels
+from fl_protocol.wire import DEFAULT_RETENTION_DAYS
 
 DEFAULT_SYNTHETIC_SITES = 4
 
@@ -55,6 +56,10 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
                        help="the run's taxonomy, one label per line (default: "
                        "SITE_DIR/labels.txt, else SITE_DIR/../labels.txt, else none: every "
                        "label found is counted, none is called unknown)")
+    check.add_argument("--retention-days", type=float, metavar="DAYS",
+                       help="apply the site's retention policy as training does: rows dated "
+                       "more than DAYS days ago, undated and future-dated rows are counted "
+                       "as not used (default: none applied; the rows' dates are summarised)")
 
     partition = commands.add_parser(
         "partition",
@@ -106,9 +111,12 @@ def run_synth(args: argparse.Namespace) -> int:
 
 def run_check_data(args: argparse.Namespace) -> int:
     from fl_client.redaction import find_pii
+    from fl_client.retention import RowPolicy, retention_window
     from fl_client.site_data import load_site
 
     site_dir = args.site_dir
+    if args.retention_days is not None and not args.retention_days > 0:
+        raise CliError(f"--retention-days must be > 0 (inf: no limit), got {args.retention_days}")
     labels_file = args.labels
     if labels_file is None:
         candidates = [site_dir / "labels.txt", site_dir.parent / "labels.txt"]
@@ -119,7 +127,15 @@ def run_check_data(args: argparse.Namespace) -> int:
         labels = sorted(load_site(site_dir, [], redact_pii=False).unknown_labels)
     else:
         labels = read_labels(labels_file)
-    site = load_site(site_dir, labels, redact_pii=False)
+    times: list = []
+    policy = (None if args.retention_days is None
+              else RowPolicy(*retention_window(args.retention_days)))
+
+    def keep(customer: str | None, when) -> str | None:
+        times.append(when)
+        return None if policy is None else policy(customer, when)
+
+    site = load_site(site_dir, labels, redact_pii=False, keep=keep)
     valid = len(site.train) + len(site.test)
     summary = (f"{site_dir}: {site.rows_read} rows read, {valid} valid "
                f"({len(site.train)} train, {len(site.test)} test), {len(site.rejected)} rejected")
@@ -134,6 +150,7 @@ def run_check_data(args: argparse.Namespace) -> int:
         print(f"  rejected {row}")
     for label, count in site.unknown_labels.most_common():
         print(f"  unknown label {label!r}: {count} rows")
+    _print_timestamps(times, site.excluded, args.retention_days)
     pii = Counter(span.kind for text in site.train.texts + site.test.texts
                   for span in find_pii(text))
     if pii:
@@ -148,10 +165,27 @@ def run_check_data(args: argparse.Namespace) -> int:
     if len(site.train) == 0:
         unknown = sum(site.unknown_labels.values())
         print(f"error: {site_dir} has no valid training rows ({site.rows_read} read: "
-              f"{len(site.rejected)} rejected, {unknown} with an unknown label); this site "
+              f"{len(site.rejected)} rejected, {unknown} with an unknown label, "
+              f"{sum(site.excluded.values())} not used under the retention policy); this site "
               "would decline to train", file=sys.stderr)
         return 1
     return 0
+
+
+def _print_timestamps(times: list, excluded: Counter, retention_days: float | None) -> None:
+    """The rows' dates, and what a retention policy leaves of them (docs/SITE_GUIDE.md)."""
+    from fl_client.retention import RowPolicy, retention_window
+
+    dated = [when for when in times if when is not None]
+    span = f" ({min(dated):%Y-%m-%d} to {max(dated):%Y-%m-%d})" if dated else ""
+    print(f"timestamps: {len(dated)} rows dated{span}, {len(times) - len(dated)} undated")
+    if retention_days is None:
+        default = RowPolicy(*retention_window(DEFAULT_RETENTION_DAYS))
+        usable = sum(default(None, when) is None for when in times)
+        print(f"  a site at the default retention-days ({DEFAULT_RETENTION_DAYS:g}) would use "
+              f"{usable} of these {len(times)} rows; --retention-days DAYS applies your policy")
+    for reason, count in sorted(excluded.items()):
+        print(f"  not used under retention-days {retention_days:g}: {count} rows {reason}")
 
 
 def run_partition(args: argparse.Namespace) -> int:

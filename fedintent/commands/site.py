@@ -1,10 +1,13 @@
-"""``privacy-report``: what a site's privacy ledger says it has spent, verified."""
+"""A site's own commands: ``privacy-report`` (what its ledger says it has spent, verified),
+``purge`` (its retention policy, applied to every derived store) and ``forget`` (one customer's
+erasure). They read and write only the site's folders."""
 
 import argparse
+import math
 from pathlib import Path
 
 from fedintent.commands import CliError
-from fl_protocol.wire import DEFAULT_MAX_EPSILON
+from fl_protocol.wire import DEFAULT_MAX_EPSILON, DEFAULT_RETENTION_DAYS
 from fl_server.progress import format_epsilon
 from fl_server.run_record import site_pseudonym
 
@@ -22,6 +25,106 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
                         help="the site's max-epsilon (its node config, MAX_EPSILON in the "
                         "container), to count exhausted units (default: the site default, "
                         "%(default)s)")
+
+
+    purge = commands.add_parser(
+        "purge",
+        help="apply the site's retention policy: purge expired and erased rows' derived data",
+        description="Remove from the site's state folder (its feature store) every row the "
+        "retention policy has expired or an erasure has ended, and record what was removed in "
+        "the site's deletion log (STATE_DIR/deletions.jsonl). The ClientApp does the same "
+        "before every training round; run this on a schedule (the site container does) for "
+        "the time between runs. See docs/SITE_GUIDE.md.",
+    )
+    purge.set_defaults(handler=run_purge)
+    purge.add_argument("site_dir", type=Path, metavar="SITE_DIR", help="the site's data folder")
+    _site_options(purge)
+
+    forget = commands.add_parser(
+        "forget",
+        help="erase one customer at the site: every derived copy, logged; the ledger keeps "
+        "their spend",
+        description="Record an erasure request for one customer in the site's deletion log "
+        "(as a keyed hash), so that no later run uses their rows dated up to now, and remove "
+        "their rows from every derived store (and, with --delete-from-data, from the data "
+        "folder). The privacy ledger keeps their spend: a customer who returns is not a fresh "
+        "privacy unit. See docs/SITE_GUIDE.md.",
+    )
+    forget.set_defaults(handler=run_forget)
+    forget.add_argument("--site", type=Path, required=True, metavar="SITE_DIR",
+                        help="the site's data folder")
+    forget.add_argument("--customer", required=True, metavar="ID",
+                        help="the customer's customer_id, exactly as in the data")
+    _site_options(forget)
+
+
+def _site_options(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--state-dir", type=Path,
+                         help="the site's state folder (its node config's state-dir; the "
+                         "container's STATE_DIR; default: SITE_DIR/.fedintent-state)")
+    command.add_argument("--retention-days", type=float, default=DEFAULT_RETENTION_DAYS,
+                         help="the site's retention-days (node config; RETENTION_DAYS in the "
+                         "container); inf keeps rows without limit (default: %(default)g)")
+    command.add_argument("--delete-from-data", action="store_true",
+                         help="also remove the expired or erased rows from the data files "
+                         "(rewritten atomically); by default the data folder is only read")
+
+
+def run_purge(args: argparse.Namespace) -> int:
+    from fl_client.retention import purge, who_deletes
+
+    state_dir = _state_dir(args, args.site_dir)
+    deletion = purge(args.site_dir, state_dir, args.retention_days, who_deletes("fedintent purge"),
+                     delete_from_data=args.delete_from_data)
+    policy = ("no retention limit" if math.isinf(args.retention_days)
+              else f"retention {args.retention_days:g} days")
+    print(f"purged {args.site_dir} ({policy}; state {state_dir})")
+    _print_deletion(deletion, args.delete_from_data, state_dir)
+    return 0
+
+
+def run_forget(args: argparse.Namespace) -> int:
+    from fl_client.retention import forget, who_deletes
+
+    state_dir = _state_dir(args, args.site)
+    try:
+        erasure = forget(args.site, state_dir, args.customer, args.retention_days,
+                         who_deletes("fedintent forget"), delete_from_data=args.delete_from_data)
+    except ValueError as err:
+        raise CliError(f"--customer: {err}") from err
+    print(f"erasure recorded: {erasure.rows_found} rows of this customer in {args.site}; no run "
+          "uses their rows dated up to now")
+    _print_deletion(erasure.deletion, args.delete_from_data, state_dir)
+    if erasure.ledger_units:
+        print(f"privacy ledger: keeps the spend of their {erasure.ledger_units} privacy unit(s) "
+              f"(largest lifetime epsilon {erasure.ledger_epsilon:.3g}); a returning customer "
+              "is not a fresh unit")
+    else:
+        print("privacy ledger: holds no spend of theirs (never trained on)")
+    return 0
+
+
+def _state_dir(args: argparse.Namespace, site_dir: Path) -> Path:
+    if not args.retention_days > 0:
+        raise CliError(f"--retention-days must be > 0 (inf: no limit), got {args.retention_days}")
+    if not site_dir.is_dir():
+        raise CliError(f"site data folder not found: {site_dir}")
+    return args.state_dir or site_dir / ".fedintent-state"
+
+
+def _print_deletion(deletion, delete_from_data: bool, state_dir: Path) -> None:
+    not_used = ", ".join(f"{count} {reason}" for reason, count in
+                         sorted(deletion.not_used.items())) or "none"
+    print(f"  rows not used under the policy: {not_used}")
+    print(f"  removed: {deletion.feature_rows} cached feature rows, {deletion.files} files from "
+          f"the feature store")
+    if delete_from_data:
+        print(f"  removed from the data folder: {deletion.data_rows} rows")
+    else:
+        print("  data folder: only read (--delete-from-data removes expired and erased rows "
+              "from it)")
+    print(f"  logged: entry {deletion.log_entry} of {state_dir / 'deletions.jsonl'} (check it "
+          "with `fedintent audit verify`)")
 
 
 def run_privacy_report(args: argparse.Namespace) -> int:

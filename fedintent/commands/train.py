@@ -60,6 +60,11 @@ def _add_train_options(train: argparse.ArgumentParser) -> None:
                        help="each simulated site's lifetime epsilon budget per privacy unit, over "
                        "all runs on its data; units at it sit out, sites with none left decline "
                        f"(default: {defaults['site-max-epsilon']:g}, inf with --epsilon inf)")
+    train.add_argument("--site-retention-days", type=float,
+                       default=defaults["site-retention-days"], metavar="DAYS",
+                       help="each simulated site's retention policy: rows dated more than DAYS "
+                       "days ago, and undated rows, are not used (a deployed site's "
+                       "retention-days; default: %(default)g, keep every row)")
     train.add_argument("--model", default=defaults["model"], metavar="MODEL",
                        help=f"model family: {', '.join(model_family_names())}, or the folder of "
                        "a local Hugging Face BERT checkpoint (frozen encoder + head); "
@@ -144,6 +149,7 @@ def run_train(args: argparse.Namespace) -> int:
         "learning-rate": args.lr,
         "server-momentum": args.server_momentum,
         "seed": args.seed,
+        "site-retention-days": args.site_retention_days,
     }
     if args.privacy_model == "distributed":
         args.secure_aggregation = True
@@ -209,7 +215,7 @@ def run_resume(args: argparse.Namespace) -> int:
     Everything is checked before any process starts: the record and the run configuration it
     holds, the audit log, the checkpoint it vouches for, and the data and label file.
     """
-    from fl_server.audit_log import AuditLogError
+    from fl_protocol.hash_chain import ChainError
     from fl_server.checkpoints import CheckpointError
     from fl_server.resume import (
         read_metrics,
@@ -235,7 +241,7 @@ def run_resume(args: argparse.Namespace) -> int:
     ))
     try:
         checkpoint, warnings = resume_point(out_dir, str(run_config["run-name"]))
-    except (CheckpointError, AuditLogError) as err:
+    except (CheckpointError, ChainError) as err:
         raise CliError(str(err)) from err
     list_site_dirs(Path(run_config["data-dir"]))
     labels_file = Path(run_config["labels-file"] or Path(run_config["data-dir"]) / "labels.txt")

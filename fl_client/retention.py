@@ -1,0 +1,324 @@
+"""Retention and erasure at the site: which rows may still be used, and removing the rest from
+every store the site derives from them. The server never sees any of it.
+
+The policy is the site's own (node config, set by its IT team):
+
+* ``retention-days`` (default 30; ``inf``: keep forever). A row dated more than this many days
+  ago is *expired*: never used, for training or evaluation, and purged from the derived stores.
+  The cut-off is rounded up to the next whole hour, so a row expires up to an hour early, never
+  late. Simulation: the run config's ``site-retention-days`` stands in (default ``inf``: the
+  built-in synthetic and public benchmark data are historical).
+* Under a finite retention, a row without a ``timestamp`` is not used (*undated*: nothing shows
+  it is within the policy; dating it by its file's time would keep old rows of a file that is
+  appended to), nor is a row dated more than a day ahead (*dated in the future*: it would outlive
+  the policy).
+* An erasure request (``fedintent forget``) is recorded in the deletion log: the customer as a
+  keyed hash, and the time. From then on every row of that customer dated at or before the
+  request, or undated, is *erased*: never used again, wherever it still is. A customer who
+  returns later brings new rows, dated after the request, and is the same privacy unit in the
+  ledger: their lifetime spend did not reset.
+
+What the site derives from rows, and how each copy goes:
+
+* the feature store (``STATE/features``): ``models.feature_store.prune`` keeps only the rows
+  still in use; everything else in it is deleted;
+* the ClientApp's in-memory copy of the rows: keyed by this policy, so it is reloaded when a row
+  expires or a customer is erased;
+* the privacy ledger: per unit a keyed hash and its spend, no text; it is kept, since the spend
+  is the guarantee;
+* the egress log: sizes, norms and epsilons; nothing per row;
+* the data folder: the site's own records. fedintent reads them and removes rows from them only
+  when the site asks (``--delete-from-data``).
+
+Every purge and erasure appends to the deletion log (``STATE/deletions.jsonl``): the run audit
+log's hash chain, with each entry and the head MACed with the site secret
+(``fl_protocol/hash_chain.py``). An entry records the actor, the time, each record kind and its
+count; never text, and a customer only as a keyed hash. ``fedintent audit verify`` checks it.
+The ClientApp purges before every training round; ``fedintent purge`` (the site container runs
+it on a schedule) covers the time between runs.
+"""
+
+import fcntl
+import getpass
+import hashlib
+import hmac
+import math
+import os
+import socket
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from functools import cached_property
+from pathlib import Path
+
+from fl_client.privacy_ledger import read_ledger, unit_epsilons, unit_key
+from fl_client.redaction import redact
+from fl_client.site_data import (
+    RejectedRow,
+    Row,
+    SiteDataError,
+    filter_rows,
+    read_rows,
+    remove_lines,
+)
+from fl_client.site_secret import site_secret
+from fl_protocol.hash_chain import ChainError, append_entry, read_entries
+from models.feature_store import prune
+
+DELETION_LOG = "deletions.jsonl"
+LOCK_FILE = "retention.lock"
+FEATURES = "features"
+FUTURE_SLACK = timedelta(days=1)
+"""How far ahead a row may be dated (clock skew between the site's systems)."""
+EXPIRED, UNDATED, FUTURE, ERASED = "expired", "undated", "dated in the future", "erased"
+DELETED_FROM_DATA = (EXPIRED, ERASED)
+"""The rows ``--delete-from-data`` removes from the data folder: those the policy has ended.
+Undated and future-dated rows stay there for the site to fix."""
+
+
+class RetentionError(SiteDataError):
+    """The site's deletion records are unusable (a broken deletion log): it must not use its
+    data until they are restored, or it could use rows it promised to forget."""
+
+
+@dataclass(frozen=True)
+class RowPolicy:
+    """Which rows may be used now: called with a row's customer id and timestamp, it returns
+    why the row may not be (``None``: it may). Hashable, so a loaded copy of the data can be
+    keyed by it."""
+
+    not_before: datetime | None
+    """Rows dated earlier are expired (``None``: no retention limit)."""
+    not_after: datetime
+    erased: tuple[tuple[str, datetime], ...] = ()
+    """(keyed hash of the customer id, time of the erasure request), from the deletion log."""
+    secret: bytes = field(default=b"", repr=False)
+
+    def __call__(self, customer: str | None, when: datetime | None) -> str | None:
+        if customer is not None and self.erased:
+            erased_at = self._erased_at.get(customer_key(self.secret, customer))
+            if erased_at is not None and (when is None or when <= erased_at):
+                return ERASED
+        if self.not_before is None:
+            return None
+        if when is None:
+            return UNDATED
+        if when < self.not_before:
+            return EXPIRED
+        if when > self.not_after:
+            return FUTURE
+        return None
+
+    @cached_property
+    def _erased_at(self) -> dict[str, datetime]:
+        latest: dict[str, datetime] = {}
+        for key, when in self.erased:
+            latest[key] = max(when, latest.get(key, when))
+        return latest
+
+
+@dataclass(frozen=True)
+class Deletion:
+    """What one purge or erasure did; the same numbers are in its deletion-log entry."""
+
+    not_used: Counter
+    """Rows in the data folder the policy leaves out, by reason."""
+    feature_rows: int
+    """Rows removed from the feature store."""
+    files: int
+    """Files removed from the feature store."""
+    data_rows: int
+    """Rows removed from the data folder (``delete_from_data`` only)."""
+    log_entry: int
+    """The deletion log's entry number for this deletion."""
+
+
+def customer_key(secret: bytes, customer: str) -> str:
+    """How the deletion log names a customer: a keyed hash (its own domain, so it matches no
+    ledger key), 128 bits."""
+    return hmac.new(secret, b"erasure\0" + customer.encode(), hashlib.sha256).hexdigest()[:32]
+
+
+def row_policy(state_dir: Path, retention_days: float, now: datetime | None = None) -> RowPolicy:
+    """The policy now: the retention cut-off, and every erasure the deletion log records."""
+    now = now or datetime.now(UTC)
+    secret = site_secret(state_dir)
+    erased = tuple(sorted(
+        (str(entry["customer"]), datetime.fromisoformat(str(entry["erased_at"])))
+        for entry in _log_entries(state_dir, secret) if entry.get("event") == "erasure"
+    ))
+    not_before, not_after = retention_window(retention_days, now)
+    return RowPolicy(not_before=not_before, not_after=not_after, erased=erased, secret=secret)
+
+
+def retention_window(retention_days: float,
+                     now: datetime | None = None) -> tuple[datetime | None, datetime]:
+    """(earliest, latest) timestamp a row may have now; ``None``: no earliest. Whole hours, so
+    a loaded copy of the data keyed by the policy stays valid for up to an hour."""
+    now = now or datetime.now(UTC)
+    not_before = None
+    if math.isfinite(retention_days):
+        not_before = _next_hour(now - timedelta(days=retention_days))
+    return not_before, now.replace(minute=0, second=0, microsecond=0) + FUTURE_SLACK
+
+
+@contextmanager
+def state_lock(state_dir: Path) -> Iterator[None]:
+    """Held by whatever writes or prunes the site's derived stores (a ClientApp round,
+    ``fedintent purge``, ``fedintent forget``), so a purge never races a write."""
+    state_dir = Path(state_dir)
+    state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(state_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def prune_features(state_dir: Path, live_texts: list[str], not_used: Counter,
+                   actor: str, retention_days: float) -> Deletion:
+    """Keep in the feature store only ``live_texts`` (the redacted texts in use), and log what
+    was removed, if anything (a ClientApp does this every training round; the scheduled
+    ``fedintent purge`` logs every run, removed or not). The caller holds ``state_lock``."""
+    pruned = prune(Path(state_dir) / FEATURES, live_texts)
+    if not (pruned.rows or pruned.files):
+        return Deletion(not_used=not_used, feature_rows=0, files=0, data_rows=0, log_entry=0)
+    return _logged(state_dir, "purge", actor, not_used, pruned.rows, pruned.files, 0,
+                   {"retention_days": retention_days})
+
+
+def purge(site_dir: Path, state_dir: Path, retention_days: float, actor: str,
+          delete_from_data: bool = False, now: datetime | None = None) -> Deletion:
+    """Apply the retention policy and the recorded erasures to every derived store at the site
+    (and, if asked, to the data folder), and log what was removed."""
+    with state_lock(state_dir):
+        policy = row_policy(state_dir, retention_days, now)
+        rejected: list[RejectedRow] = []
+        train, test = read_rows(site_dir, rejected)
+        live, ended, not_used = _partition(train + test, policy)
+        data_rows = _delete_rows(ended) if delete_from_data else 0
+        pruned = prune(Path(state_dir) / FEATURES, [redact(row.text) for row in live])
+        return _logged(state_dir, "purge", actor, not_used, pruned.rows, pruned.files,
+                       data_rows, {"retention_days": retention_days,
+                                   "delete_from_data": delete_from_data})
+
+
+@dataclass(frozen=True)
+class Erasure:
+    """What ``forget`` found and did for one customer."""
+
+    rows_found: int
+    deletion: Deletion
+    ledger_units: int
+    """The customer's privacy units the ledger holds a spend for (kept)."""
+    ledger_epsilon: float
+    """The largest lifetime epsilon among them (0 if none)."""
+
+
+def forget(site_dir: Path, state_dir: Path, customer: str, retention_days: float, actor: str,
+           delete_from_data: bool = False, now: datetime | None = None) -> Erasure:
+    """Erase one customer at the site: record the request first (from then on no load uses
+    their rows, even if this is interrupted), then remove their rows from every derived store
+    (and, if asked, the data folder), and log what was removed. The ledger keeps their spend."""
+    now = now or datetime.now(UTC)
+    if not customer.strip():
+        raise ValueError("the customer id is empty")
+    with state_lock(state_dir):
+        secret = site_secret(state_dir)
+        _log_entries(state_dir, secret)  # refuse to extend a broken log
+        rejected: list[RejectedRow] = []
+        train, test = read_rows(site_dir, rejected)
+        rows = train + test
+        theirs = [row for row in rows if row.customer == customer]
+        try:
+            append_entry(Path(state_dir) / DELETION_LOG, "erasure",
+                         {"actor": actor, "customer": customer_key(secret, customer),
+                          "erased_at": now.isoformat(),
+                          "rows_found": len(theirs)}, key=secret)
+        except ChainError as err:
+            raise RetentionError(f"deletion log: {err}") from err
+        policy = row_policy(state_dir, retention_days, now)
+        live, ended, not_used = _partition(rows, policy)
+        gone = [row for row in ended if row.customer == customer] if delete_from_data else []
+        data_rows = _delete_rows(gone)
+        pruned = prune(Path(state_dir) / FEATURES, [redact(row.text) for row in live])
+        deletion = _logged(state_dir, "erasure-done", actor, not_used, pruned.rows,
+                           pruned.files, data_rows,
+                           {"customer": customer_key(secret, customer),
+                            "delete_from_data": delete_from_data})
+        units, epsilon = _ledger_spend(state_dir, secret, customer, theirs)
+        return Erasure(rows_found=len(theirs), deletion=deletion, ledger_units=units,
+                       ledger_epsilon=epsilon)
+
+
+def who_deletes(what: str) -> str:
+    """Who deletes: the program, the account and the host (for the deletion log)."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = f"uid {os.getuid()}"
+    return f"{what} (user {user} on {socket.gethostname()})"
+
+
+def _partition(rows: list[Row], policy: RowPolicy) -> tuple[list[Row], list[Row], Counter]:
+    """(rows in use, rows the policy has ended, counts of rows not used by reason)."""
+    live, left_out = filter_rows(rows, policy)
+    ended = [row for row, reason in left_out if reason in DELETED_FROM_DATA]
+    return live, ended, Counter(reason for _, reason in left_out)
+
+
+def _delete_rows(rows: list[Row]) -> int:
+    by_file: dict[Path, set[int]] = {}
+    for row in rows:
+        if row.file is not None:
+            by_file.setdefault(row.file, set()).add(row.line)
+    for path, lines in sorted(by_file.items()):
+        try:
+            remove_lines(path, lines)
+        except OSError as err:
+            raise SiteDataError(f"cannot remove rows from {path}: {err.strerror or err} (is the "
+                                "data folder mounted read-only?)") from err
+    return sum(len(lines) for lines in by_file.values())
+
+
+def _logged(state_dir: Path, event: str, who: str, not_used: Counter, feature_rows: int,
+            files: int, data_rows: int, details: dict) -> Deletion:
+    try:
+        entry = append_entry(
+            Path(state_dir) / DELETION_LOG, event,
+            {"actor": who, **details, "rows_not_used": dict(sorted(not_used.items())),
+             "deleted": {"feature rows": feature_rows, "feature files": files,
+                         "data rows": data_rows}},
+            key=site_secret(state_dir))
+    except ChainError as err:
+        raise RetentionError(f"deletion log: {err}") from err
+    return Deletion(not_used=not_used, feature_rows=feature_rows, files=files,
+                    data_rows=data_rows, log_entry=int(entry["seq"]))
+
+
+def _log_entries(state_dir: Path, secret: bytes) -> list[dict]:
+    try:
+        return read_entries(Path(state_dir) / DELETION_LOG, key=secret)
+    except ChainError as err:
+        raise RetentionError(f"deletion log: {err}; the site does not use its data until the "
+                             "log is restored from a backup (it records which customers were "
+                             "erased)") from err
+
+
+def _ledger_spend(state_dir: Path, secret: bytes, customer: str,
+                  rows: list[Row]) -> tuple[int, float]:
+    ledger = read_ledger(Path(state_dir), secret)
+    if ledger is None:
+        return 0, 0.0
+    identities = {customer} if ledger.privacy_unit == "customer" else {r.uid for r in rows}
+    keys = [key for key in (unit_key(secret, f"{ledger.privacy_unit}\0{identity}")
+                            for identity in sorted(identities)) if key in ledger.spend]
+    return len(keys), max(unit_epsilons(ledger, keys), default=0.0)
+
+
+def _next_hour(when: datetime) -> datetime:
+    hour = when.replace(minute=0, second=0, microsecond=0)
+    return hour if hour == when else hour + timedelta(hours=1)

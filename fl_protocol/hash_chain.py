@@ -1,0 +1,197 @@
+"""Append-only, hash-chained JSONL logs: the server's audit log and the site's deletion log.
+
+Each line is the canonical JSON of one entry (sorted keys, no spaces, UTF-8) holding ``seq`` (its
+line number), ``time``, ``event``, ``prev`` (the previous entry's hash; 64 zeros for the first)
+and ``hash``, the SHA-256 of the entry's canonical JSON without ``hash`` (and ``mac``). A head
+file next to it (``LOG.head``) holds the entry count and the last hash, replaced atomically after
+every append.
+
+``verify_log`` detects an edited byte, a deleted, inserted or reordered entry, and deleted
+trailing entries (against the head). An unkeyed chain cannot detect a log rewritten from some
+entry on with freshly computed hashes and a matching head. A keyed log (``key``: the site's
+secret) adds ``mac``, an HMAC-SHA256 of each entry's hash, and one of the head: then rewriting
+history takes the key, not just a SHA-256 implementation.
+"""
+
+import hashlib
+import hmac
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from fl_protocol.durable_files import append_line, json_safe, write_bytes_atomic
+
+GENESIS = "0" * 64
+
+
+class ChainError(RuntimeError):
+    """The log cannot be read or extended safely; the message names the file."""
+
+
+@dataclass(frozen=True)
+class Verification:
+    entries: int
+    broken_line: int | None = None
+    problem: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.broken_line is None
+
+
+def head_path(log_path: Path) -> Path:
+    return Path(log_path).with_name(Path(log_path).name + ".head")
+
+
+def append_entry(log_path: Path, event: str, fields: dict, key: bytes | None = None) -> dict:
+    """Append one entry, chained to the last one (and MACed with ``key``), durably; return it."""
+    log_path = Path(log_path)
+    seq, previous = _last_entry(log_path)
+    entry = {"seq": seq + 1, "time": datetime.now(UTC).isoformat(timespec="seconds"),
+             "event": event, **json_safe(fields), "prev": previous}
+    entry["hash"] = entry_hash(entry)
+    if key is not None:
+        entry["mac"] = _mac(key, "entry", entry["hash"])
+    append_line(log_path, canonical_json(entry), mode=0o600 if key is not None else 0o644)
+    head = {"entries": entry["seq"], "hash": entry["hash"]}
+    if key is not None:
+        head["mac"] = _mac(key, "head", f"{entry['seq']}:{entry['hash']}")
+    write_bytes_atomic(head_path(log_path), (canonical_json(head) + "\n").encode("utf-8"),
+                       mode=0o600 if key is not None else 0o644)
+    return entry
+
+
+def verify_log(log_path: Path, key: bytes | None = None) -> Verification:
+    """Check the whole chain and the head, and every MAC when ``key`` is given; ``OSError``
+    when the log cannot be read at all."""
+    lines = Path(log_path).read_bytes().split(b"\n")
+    if lines[-1]:
+        return Verification(len(lines) - 1, len(lines), "last line is incomplete (torn or edited)")
+    lines.pop()
+    previous = GENESIS
+    for number, raw in enumerate(lines, start=1):
+        problem = _entry_problem(raw, number, previous, key)
+        if problem:
+            return Verification(number - 1, number, problem)
+        previous = json.loads(raw)["hash"]
+    return _check_head(log_path, lines, key)
+
+
+def read_entries(log_path: Path, key: bytes | None = None) -> list[dict]:
+    """The entries of a log that verifies (none if there is no log); ``ChainError`` otherwise."""
+    log_path = Path(log_path)
+    if not log_path.exists() and not head_path(log_path).exists():
+        return []
+    try:
+        result = verify_log(log_path, key)
+        entries = [json.loads(line) for line in log_path.read_bytes().splitlines()]
+    except OSError as err:
+        raise ChainError(f"{log_path} is missing or unreadable ({err.strerror or err})") from err
+    if not result.ok:
+        raise ChainError(f"{log_path} is broken at line {result.broken_line}: {result.problem}")
+    return entries
+
+
+def check_extendable(log_path: Path, key: bytes | None = None) -> None:
+    """Raise ``ChainError`` unless the log is absent or verifies: never extend a broken chain."""
+    if not Path(log_path).exists():
+        return
+    result = verify_log(log_path, key)
+    if not result.ok:
+        raise ChainError(f"{log_path} is broken at line {result.broken_line}: "
+                         f"{result.problem}; refusing to extend it (move it aside, with its "
+                         "head file, to start a new one)")
+
+
+def is_keyed(log_path: Path) -> bool:
+    """Whether the log's first entry carries a MAC (a site's log, checked with its secret)."""
+    with open(log_path, "rb") as f:
+        first = f.readline()
+    try:
+        return "mac" in json.loads(first)
+    except (ValueError, TypeError):
+        return False
+
+
+def entry_hash(entry: dict) -> str:
+    body = {key: value for key, value in entry.items() if key not in ("hash", "mac")}
+    return hashlib.sha256(canonical_json(body).encode("utf-8")).hexdigest()
+
+
+def canonical_json(value: object) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                      allow_nan=False)
+
+
+def _mac(key: bytes, kind: str, message: str) -> str:
+    return hmac.new(key, f"{kind}\0{message}".encode(), hashlib.sha256).hexdigest()
+
+
+def _last_entry(log_path: Path) -> tuple[int, str]:
+    """(seq, hash) of the last entry; (0, GENESIS) for a new log."""
+    if not log_path.exists():
+        return 0, GENESIS
+    lines = log_path.read_bytes().split(b"\n")
+    if lines[-1] or len(lines) < 2:
+        raise ChainError(f"{log_path} does not end with a complete entry; refusing to extend "
+                         "it (check it with `fedintent audit verify`)")
+    try:
+        last = json.loads(lines[-2])
+        return int(last["seq"]), str(last["hash"])
+    except (ValueError, KeyError, TypeError) as err:
+        raise ChainError(f"{log_path}: last entry is unreadable ({err}); refusing to extend "
+                         "it") from err
+
+
+def _entry_problem(raw: bytes, number: int, previous: str, key: bytes | None) -> str:
+    try:
+        text = raw.decode("utf-8")
+        entry = json.loads(text)
+    except ValueError:
+        return "not a valid JSON entry (edited or torn)"
+    if not isinstance(entry, dict):
+        return "not a JSON object"
+    if canonical_json(entry) != text:
+        return "not in canonical form (edited)"
+    if entry.get("seq") != number:
+        return (f"sequence number {entry.get('seq')!r} on line {number} "
+                "(entries deleted, inserted or reordered)")
+    if entry.get("prev") != previous:
+        return "does not chain to the entry before it (entries deleted, inserted or reordered)"
+    if entry.get("hash") != entry_hash(entry):
+        return "hash does not match the entry's content (edited)"
+    if key is not None and not hmac.compare_digest(str(entry.get("mac", "")),
+                                                   _mac(key, "entry", entry["hash"])):
+        return "MAC does not match (rewritten without the site's secret, or another site's log)"
+    return ""
+
+
+def _check_head(log_path: Path, lines: list[bytes], key: bytes | None) -> Verification:
+    """Deleted trailing entries leave an intact chain: the head still names the last one.
+
+    One entry more than the head records is accepted: the writer stopped between appending an
+    entry and updating the head.
+    """
+    count = len(lines)
+    path = head_path(log_path)
+    try:
+        head = json.loads(path.read_text(encoding="utf-8"))
+        recorded, last_hash = int(head["entries"]), str(head["hash"])
+    except FileNotFoundError:
+        return Verification(count, count + 1, f"head file {path} is missing, so deleted "
+                            "trailing entries could not be detected")
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        return Verification(count, count + 1, f"head file {path} is unreadable ({err})")
+    if recorded > count:
+        return Verification(count, count + 1, f"the log ends after {count} entries but its head "
+                            f"records {recorded}: trailing entries were deleted")
+    if recorded not in (count, count - 1) or recorded < 1:
+        return Verification(count, count, f"{count} entries but the head records {recorded}")
+    if json.loads(lines[recorded - 1])["hash"] != last_hash:
+        return Verification(count, recorded, "entry does not match the hash in the head file")
+    if key is not None and not hmac.compare_digest(
+            str(head.get("mac", "")), _mac(key, "head", f"{recorded}:{last_hash}")):
+        return Verification(count, count + 1, f"head file {path}: MAC does not match "
+                            "(rewritten without the site's secret)")
+    return Verification(count)

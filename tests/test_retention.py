@@ -1,0 +1,360 @@
+"""Retention and erasure at the site, attacked through the real ClientApp and the site's
+commands: expired and erased rows never train, no derived copy of them survives a purge (every
+file under the state folder is searched for their cached vectors), the ledger keeps the spend,
+and the deletion log is tamper-evident."""
+
+import json
+import math
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+
+import fl_client.client_app as client_app
+from fedintent.cli import main as fedintent
+from fl_client.privacy_ledger import read_ledger, unit_key
+from fl_client.retention import (
+    DELETION_LOG,
+    ERASED,
+    EXPIRED,
+    FUTURE,
+    UNDATED,
+    RowPolicy,
+    customer_key,
+    forget,
+    purge,
+    row_policy,
+)
+from fl_client.site_data import load_site
+from fl_client.site_secret import site_secret
+from fl_protocol.hash_chain import canonical_json, entry_hash, head_path
+from fl_protocol.wire import RUN_CONFIG_DEFAULTS, Reason
+from models import feature_store, get_model_family
+
+pytestmark = pytest.mark.usefixtures("task_identity")
+
+LABELS = ["card_lost", "refund"]
+NOW = datetime.now(UTC)
+FRESH, OLD = 20, 10
+"""Rows dated yesterday, and rows dated 40 days ago (past a 30-day policy)."""
+
+
+def row(i: int, days_ago: float, customer: str | None = None) -> dict:
+    label = LABELS[i % 2]
+    text = (f"I lost my card at shop {i}" if label == "card_lost"
+            else f"please refund order {i} today")
+    return {"conversation_id": f"conv-{i}", "text": text, "label": label,
+            "customer_id": customer or f"cust-{i}",
+            "timestamp": (NOW - timedelta(days=days_ago)).isoformat()}
+
+
+def write_site(site_dir, rows: list[dict]) -> None:
+    site_dir.mkdir(exist_ok=True)
+    (site_dir / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def site_rows() -> list[dict]:
+    return ([row(i, 1) for i in range(FRESH)]
+            + [row(i, 40) for i in range(FRESH, FRESH + OLD)])
+
+
+def context(site_dir, state_dir, retention) -> Context:
+    node = {"data-path": str(site_dir), "state-dir": str(state_dir), "max-epsilon": 20.0,
+            "retention-days": retention}
+    config = RUN_CONFIG_DEFAULTS | {"target-epsilon": 4.0, "batch-size": 4096}
+    return Context(run_id=1, node_id=7, node_config=node, state=RecordDict(), run_config=config)
+
+
+def train(ctx, run="run-a", server_round=1) -> Message:
+    head = get_model_family("minilm-head").build_model(len(LABELS))
+    config = ConfigRecord({"labels": LABELS, "server-round": server_round, "num-rounds": 3,
+                           "run-name": run})
+    msg = Message(content=RecordDict({"arrays": ArrayRecord(head.state_dict()),
+                                      "config": config}), dst_node_id=7, message_type="train")
+    return client_app.app(msg, ctx)
+
+
+def spend(state_dir, conversation: str) -> float:
+    secret = site_secret(state_dir)
+    book = read_ledger(state_dir, secret)
+    return book.spend.get(unit_key(secret, f"utterance\0id:{conversation}"), 0.0)
+
+
+def stored_vectors(state_dir, texts: list[str]) -> list[bytes]:
+    """The exact bytes the feature store holds for ``texts`` (read back through the store)."""
+    kinds = [p for p in (state_dir / "features").iterdir() if p.is_dir()]
+    assert len(kinds) == 1
+    found = {}
+    for chunk in kinds[0].glob("chunk-*.npz"):
+        with np.load(chunk) as data:
+            for key, vector in zip(data["keys"], data["features"], strict=True):
+                found[bytes(key)] = vector.astype(np.float32).tobytes()
+    return [found[feature_store.text_key(text)] for text in texts]
+
+
+def files_holding(state_dir, needles: list[bytes]) -> list[str]:
+    """Every file under the state folder that holds any of ``needles``."""
+    return sorted(str(path) for path in state_dir.rglob("*") if path.is_file()
+                  and any(needle in path.read_bytes() for needle in needles))
+
+
+def log_entries(state_dir) -> list[dict]:
+    return [json.loads(line) for line in (state_dir / DELETION_LOG).read_text().splitlines()]
+
+
+# --- the policy ------------------------------------------------------------------------------
+
+
+def test_the_policy_expires_old_undated_and_future_rows_and_erases_up_to_the_request():
+    secret = b"s" * 32
+    erased_at = NOW - timedelta(days=2)
+    policy = RowPolicy(not_before=NOW - timedelta(days=30), not_after=NOW + timedelta(days=1),
+                       erased=((customer_key(secret, "alice"), erased_at),), secret=secret)
+    assert policy("bob", NOW - timedelta(days=29)) is None
+    assert policy("bob", NOW - timedelta(days=31)) == EXPIRED
+    assert policy("bob", None) == UNDATED
+    assert policy("bob", NOW + timedelta(days=3)) == FUTURE
+    assert policy("alice", NOW - timedelta(days=3)) == ERASED
+    assert policy("alice", None) == ERASED
+    assert policy("alice", NOW - timedelta(days=1)) is None  # came back after the request
+    assert policy(None, NOW) is None  # a row without a customer is its own unit
+    unlimited = RowPolicy(not_before=None, not_after=NOW, secret=secret)
+    assert unlimited("bob", None) is None and unlimited("bob", NOW - timedelta(days=9999)) is None
+
+
+def test_the_cut_off_is_rounded_so_rows_expire_early_never_late(tmp_path):
+    now = datetime(2026, 12, 1, 10, 20, tzinfo=UTC)
+    policy = row_policy(tmp_path, 30, now)
+    assert policy.not_before == datetime(2026, 11, 1, 11, 0, tzinfo=UTC)
+    assert policy("c", now - timedelta(days=30)) == EXPIRED  # 40 minutes early, not late
+    assert row_policy(tmp_path, math.inf, now).not_before is None
+
+
+def test_timestamps_are_read_in_any_offset_and_a_bad_one_rejects_its_row(tmp_path):
+    site = tmp_path / "site"
+    write_site(site, [row(0, 1) | {"timestamp": "2026-11-30T10:00:00+08:00"},
+                      row(1, 1) | {"timestamp": "2026-11-30 10:00:00"},
+                      row(2, 1) | {"timestamp": "yesterday"},
+                      row(3, 1) | {"timestamp": 1764000000}])
+    seen = []
+    data = load_site(site, LABELS, keep=lambda customer, when: seen.append(when))
+    assert seen == [datetime(2026, 11, 30, 2, tzinfo=UTC), datetime(2026, 11, 30, 10, tzinfo=UTC)]
+    assert [str(r) for r in data.rejected] == [
+        "train.jsonl:3: timestamp 'yesterday' is not an ISO 8601 date-time",
+        "train.jsonl:4: timestamp must be a string, got int"]
+
+
+def test_load_site_counts_the_rows_the_policy_leaves_out(tmp_path):
+    site = tmp_path / "site"
+    write_site(site, site_rows() + [{k: v for k, v in row(99, 1).items() if k != "timestamp"}])
+    data = load_site(site, LABELS, keep=row_policy(tmp_path / "state", 30))
+    assert len(data.train) + len(data.test) == FRESH
+    assert data.excluded == {EXPIRED: OLD, UNDATED: 1}
+    assert data.rows_read == FRESH + OLD + 1
+
+
+# --- the feature store -----------------------------------------------------------------------
+
+
+def fake_features(texts: list[str]) -> torch.Tensor:
+    return torch.tensor([[float(len(t)), float(sum(map(ord, t)))] for t in texts])
+
+
+def test_the_store_prunes_rows_no_longer_in_use_and_every_file_it_does_not_know(tmp_path):
+    store = tmp_path / "features"
+    feature_store.cached("kind", ["a", "b", "c"], store, fake_features)
+    feature_store.cached("kind", ["d"], store, fake_features)
+    (store / "features-0123.npy").write_bytes(b"an older version's whole-split cache")
+    pruned = feature_store.prune(store, ["a", "d"])
+    assert (pruned.rows, pruned.files) == (2, 1)
+    computed = []
+    result = feature_store.cached("kind", ["a", "d"], store,
+                                  lambda t: computed.append(t) or fake_features(t))
+    assert computed == [] and torch.equal(result, fake_features(["a", "d"]))
+    assert not (store / "features-0123.npy").exists()
+    assert feature_store.prune(store, []).rows == 2
+    assert not list(store.rglob("*.npz"))
+
+
+def test_many_small_chunks_are_merged_and_sequence_rows_padded(tmp_path, monkeypatch):
+    monkeypatch.setattr(feature_store, "MAX_CHUNKS", 2)
+    store = tmp_path / "features"
+
+    def sequences(texts: list[str]) -> torch.Tensor:  # zero-padded like token states
+        out = torch.zeros(len(texts), max(len(t) for t in texts), 2)
+        for i, text in enumerate(texts):
+            out[i, : len(text)] = 1.0 + i
+        return out
+
+    first = feature_store.cached("seq", ["ab"], store, sequences)
+    feature_store.cached("seq", ["abcd"], store, sequences)
+    feature_store.cached("seq", ["x"], store, sequences)  # third write: merged into one
+    assert len(list(store.rglob("chunk-*.npz"))) == 1
+    both = feature_store.cached("seq", ["ab", "abcd"], store, lambda t: pytest.fail(str(t)))
+    assert both.shape == (2, 4, 2)
+    assert torch.equal(both[0, :2], first[0]) and not both[0, 2:].any()
+
+
+# --- through the ClientApp -------------------------------------------------------------------
+
+
+def test_expired_rows_never_train_and_no_derived_copy_survives_the_purge(tmp_path):
+    site, state = tmp_path / "site", tmp_path / "state"
+    write_site(site, site_rows())
+    old_conversations = [f"conv-{i}" for i in range(FRESH, FRESH + OLD)]
+    # Before the policy: a run without retention trains on (and caches) every row.
+    assert not train(context(site, state, math.inf), "run-a").has_error()
+    old_spend = [spend(state, c) for c in old_conversations]
+    assert min(old_spend) > 0
+    old_texts = load_site(site, LABELS).train.texts[FRESH:]
+    vectors = stored_vectors(state, old_texts)
+    assert len(files_holding(state, vectors)) == 1  # the search finds them where they are
+
+    reply = train(context(site, state, 30), "run-b")
+
+    assert not reply.has_error()
+    assert reply.content["metrics"]["privacy-units"] == FRESH
+    assert [spend(state, c) for c in old_conversations] == old_spend  # never trained again
+    assert spend(state, "conv-0") > 0
+    assert files_holding(state, vectors) == []  # purged before the round, from every file
+    [entry] = log_entries(state)
+    assert entry["event"] == "purge" and entry["retention_days"] == 30
+    assert entry["rows_not_used"] == {EXPIRED: OLD}
+    assert entry["deleted"]["feature rows"] == OLD
+    assert "ClientApp, before round 1 of run run-b" in entry["actor"]
+
+
+def test_an_erased_customer_is_removed_everywhere_and_the_ledger_keeps_their_spend(
+        tmp_path, capsys):
+    site, state = tmp_path / "site", tmp_path / "state"
+    rows = site_rows()
+    rows[3]["customer_id"] = rows[5]["customer_id"] = "alice@example"
+    rows[4]["text"] += ", call me on 415-555-0134"  # stored redacted: kept, not pruned
+    write_site(site, rows)
+    assert not train(context(site, state, math.inf), "run-a").has_error()
+    spent = {c: spend(state, c) for c in ("conv-3", "conv-5", "conv-4")}
+    texts = load_site(site, LABELS).train.texts
+    vectors = stored_vectors(state, [texts[3], texts[5]])
+
+    code = fedintent(["forget", "--site", str(site), "--customer", "alice@example",
+                      "--state-dir", str(state), "--retention-days", "inf",
+                      "--delete-from-data"])
+
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "2 rows of this customer" in out and "removed from the data folder: 2 rows" in out
+    assert "keeps the spend of their 2 privacy unit(s)" in out
+    assert "alice" not in (site / "train.jsonl").read_text()
+    assert len((site / "train.jsonl").read_text().splitlines()) == len(rows) - 2
+    assert files_holding(state, vectors) == []
+    assert files_holding(state, [b"alice"]) == []  # the log names the customer only keyed
+    request, done = log_entries(state)
+    assert request["event"] == "erasure" and request["rows_found"] == 2
+    assert request["customer"] == customer_key(site_secret(state), "alice@example")
+    assert done["event"] == "erasure-done" and done["deleted"]["feature rows"] == 2
+    assert "fedintent forget" in request["actor"]
+    # The next round trains without them; their spend stays, the others' grows.
+    assert not train(context(site, state, math.inf), "run-b").has_error()
+    assert spend(state, "conv-3") == spent["conv-3"] and spend(state, "conv-5") == spent["conv-5"]
+    assert spend(state, "conv-4") > spent["conv-4"]
+    assert audit_verify(capsys, state / DELETION_LOG)[0] == 0
+
+
+def test_an_erasure_binds_every_later_load_even_with_the_rows_still_in_the_data(tmp_path):
+    site, state = tmp_path / "site", tmp_path / "state"
+    rows = site_rows()
+    rows[0]["customer_id"] = "bob"
+    write_site(site, rows)
+    erasure = forget(site, state, "bob", math.inf, "test")
+    assert erasure.rows_found == 1 and erasure.deletion.data_rows == 0
+    assert erasure.ledger_units == 0  # never trained on
+    returning = row(77, -0.01, customer="bob")  # a new call, after the request
+    write_site(site, rows + [returning])
+    data = load_site(site, LABELS, keep=row_policy(state, math.inf))
+    assert data.excluded == {ERASED: 1}
+    assert "conv-0" not in str(data.train.ids + data.test.ids)
+    assert "id:conv-77" in data.train.ids + data.test.ids
+
+
+def test_purge_applies_the_policy_to_the_data_folder_when_asked(tmp_path, capsys):
+    site, state = tmp_path / "site", tmp_path / "state"
+    write_site(site, site_rows())
+    (site / "train.jsonl").chmod(0o640)
+    code = fedintent(["purge", str(site), "--state-dir", str(state), "--delete-from-data"])
+    out = capsys.readouterr().out
+    assert code == 0 and f"{OLD} expired" in out and f"data folder: {OLD} rows" in out
+    lines = (site / "train.jsonl").read_text().splitlines()
+    assert [json.loads(line)["conversation_id"] for line in lines] == [
+        f"conv-{i}" for i in range(FRESH)]
+    assert (site / "train.jsonl").stat().st_mode & 0o777 == 0o640
+    [entry] = log_entries(state)  # the scheduled purge logs every run
+    assert entry["deleted"]["data rows"] == OLD and entry["delete_from_data"] is True
+    again = purge(site, state, 30, "test")
+    assert (again.data_rows, again.feature_rows, again.log_entry) == (0, 0, 2)
+
+
+# --- the deletion log ------------------------------------------------------------------------
+
+
+def audit_verify(capsys, path, *extra: str) -> tuple[int, str, str]:
+    """``fedintent audit verify``: (exit code, stdout, stderr)."""
+    code = fedintent(["audit", "verify", str(path), *extra])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture
+def deletion_log(tmp_path):
+    site, state = tmp_path / "site", tmp_path / "state"
+    write_site(site, site_rows())
+    purge(site, state, 30, "test")
+    forget(site, state, "cust-3", 30, "test")
+    return state / DELETION_LOG
+
+
+def test_a_one_byte_edit_of_the_deletion_log_is_detected(deletion_log, capsys):
+    assert "hash chain, head and MACs intact" in audit_verify(capsys, deletion_log)[1]
+    data = bytearray(deletion_log.read_bytes())
+    data[data.index(b'"feature rows":') + 15] ^= 1  # one digit of a count
+    deletion_log.write_bytes(bytes(data))
+    code, out, _ = audit_verify(capsys, deletion_log)
+    assert code == 1 and "BROKEN at line 1" in out
+
+
+def test_a_deletion_log_rewritten_without_the_site_secret_is_detected(deletion_log, tmp_path,
+                                                                      capsys):
+    """Hashes and head recomputed: an unkeyed chain would pass; the MACs do not."""
+    entries = [json.loads(line) for line in deletion_log.read_text().splitlines()]
+    del entries[1]  # the erasure request: its customer's rows would be used again
+    previous = "0" * 64
+    for seq, entry in enumerate(entries, start=1):
+        entry |= {"seq": seq, "prev": previous}
+        entry["hash"] = previous = entry_hash(entry)
+    deletion_log.write_text("".join(canonical_json(e) + "\n" for e in entries))
+    head = json.loads(head_path(deletion_log).read_text())
+    head_path(deletion_log).write_text(canonical_json(head | {
+        "entries": len(entries), "hash": previous}) + "\n")
+    code, out, _ = audit_verify(capsys, deletion_log)
+    assert code == 1 and "MAC does not match" in out
+    reply = train(context(tmp_path / "site", tmp_path / "state", 30))
+    assert reply.has_error() and reply.error.reason == Reason.DATA_UNUSABLE.value
+
+
+def test_a_forged_entry_appended_past_the_head_is_detected(deletion_log, capsys):
+    """One entry beyond the head passes as an interrupted append; only its MAC tells a forged
+    one (here: a purge that never ran) from a real one."""
+    last = json.loads(deletion_log.read_text().splitlines()[-1])
+    forged = last | {"seq": last["seq"] + 1, "prev": last["hash"], "event": "purge",
+                     "actor": "fedintent purge (scheduled)"}
+    forged["hash"] = entry_hash(forged)
+    with open(deletion_log, "a") as log:
+        log.write(canonical_json(forged) + "\n")
+    code, out, _ = audit_verify(capsys, deletion_log)
+    assert code == 1 and "BROKEN at line 4: MAC does not match" in out
+
+
+def test_a_keyed_log_without_its_secret_cannot_be_called_intact(deletion_log, tmp_path, capsys):
+    code, _, err = audit_verify(capsys, deletion_log, "--state-dir", str(tmp_path / "elsewhere"))
+    assert code == 2 and "MACs need the site secret" in err
