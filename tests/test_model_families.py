@@ -33,7 +33,7 @@ TARGETS = torch.tensor([0, 0, 1, 1, 2, 2])
 
 
 def test_the_registry_lists_every_family():
-    assert model_family_names() == ["minilm-finetune", "minilm-head", "ngram"]
+    assert model_family_names() == ["minilm-finetune", "minilm-head", "ngram", "use-multilingual"]
     for name in model_family_names():
         family = get_model_family(name)
         assert family.name == name and family.exchanged and family.languages
@@ -45,7 +45,7 @@ def test_the_models_command_says_what_each_family_uploads(tmp_path):
     for name in model_family_names():
         assert name in result.stdout
     assert "minilm-head (default)" in result.stdout
-    assert result.stdout.count("trained and uploaded each round:") == 3
+    assert result.stdout.count("trained and uploaded each round:") == 4
 
 
 def test_ngram_features_are_a_fixed_function_of_each_text_alone():

@@ -358,3 +358,11 @@ def test_a_forged_entry_appended_past_the_head_is_detected(deletion_log, capsys)
 def test_a_keyed_log_without_its_secret_cannot_be_called_intact(deletion_log, tmp_path, capsys):
     code, _, err = audit_verify(capsys, deletion_log, "--state-dir", str(tmp_path / "elsewhere"))
     assert code == 2 and "MACs need the site secret" in err
+
+
+@pytest.mark.parametrize("days", ["thirty", 0, -1.0, math.nan])
+def test_a_malformed_retention_policy_stops_the_site(tmp_path, days):
+    site, state = tmp_path / "site", tmp_path / "state"
+    write_site(site, site_rows())
+    reply = train(context(site, state, days))
+    assert reply.has_error() and reply.error.reason == Reason.SITE_CONFIG_INVALID.value

@@ -88,7 +88,8 @@ def _log_normal(x: np.ndarray, mean: np.ndarray, sd: float) -> np.ndarray:
 
 
 def roc_metrics(scores: np.ndarray, member: np.ndarray) -> dict:
-    """ROC AUC and the TPR at 0.1% and 1% FPR (the largest TPR whose FPR is at most that).
+    """ROC AUC, the membership advantage (the largest TPR - FPR of any threshold, Yeom et al.
+    2018) and the TPR at 0.1% and 1% FPR (the largest TPR whose FPR is at most that).
 
     Low-FPR TPR is what matters for privacy: an attack that confidently identifies a few
     members is a real leak even when its AUC is near 0.5 (Carlini et al. 2022).
@@ -98,8 +99,8 @@ def roc_metrics(scores: np.ndarray, member: np.ndarray) -> dict:
     if member.all() or not member.any():
         raise ValueError("ROC metrics need both members and non-members")
     fpr, tpr, _ = roc_curve(member, scores)
-    result = {"auc": float(roc_auc_score(member, scores)), "members": int(member.sum()),
-              "non_members": int((~member).sum())}
+    result = {"auc": float(roc_auc_score(member, scores)), "advantage": float((tpr - fpr).max()),
+              "members": int(member.sum()), "non_members": int((~member).sum())}
     for low in LOW_FPRS:
         result[f"tpr_at_{low:g}_fpr"] = float(tpr[fpr <= low].max())
     return result

@@ -16,6 +16,10 @@ training data otherwise), each belonging to the site whose test split it came fr
 
 Model 0 is the *target* (the model the one-run bound audits); models 1..S are the attacker's
 shadow models, trained the same way with their own random membership.
+
+The game after an erasure (``Game.after_erasure``, ``benchmarks/forget_mia.py``): every model is
+retrained, as the next run at the sites would be, on the same data without its *forgotten*
+audit examples (``forgotten``: a random half of its members), with fresh training noise.
 """
 
 import math
@@ -79,6 +83,9 @@ class Game:
     seed: int
     model: str = str(RUN_CONFIG_DEFAULTS["model"])
     """The model family: how its training clips and batches (``training_plan``)."""
+    after_erasure: bool = False
+    """Train each model as its retrain after an erasure: without its ``forgotten`` examples,
+    with a training seed of its own (the next run draws fresh noise)."""
 
 
 def make_audit_set(test_sites: list[Site], num_labels: int, canaries: int, natural: int,
@@ -107,6 +114,19 @@ def make_audit_set(test_sites: list[Site], num_labels: int, canaries: int, natur
 def membership(seed: int, model_index: int, size: int) -> np.ndarray:
     """Which audit examples model ``model_index`` trains on: each with probability 1/2."""
     return np.random.default_rng([seed, 2, model_index]).random(size) < 0.5
+
+
+RETRAIN_SEED = 1 << 30
+"""Added to a model's training seed when it is retrained after an erasure."""
+
+
+def forgotten(seed: int, model_index: int, member: np.ndarray) -> np.ndarray:
+    """Which of model ``model_index``'s members an erasure removes: each with probability 1/2.
+
+    Only half, so that the retrain still trains on the other half: an attack that finds those
+    in the retrain shows it can still see membership there.
+    """
+    return member & (np.random.default_rng([seed, 3, model_index]).random(len(member)) < 0.5)
 
 
 def site_plans(sizes: list[int], epsilon: float, settings: dict,
@@ -146,8 +166,13 @@ def _spent(noise: float, rate: float, steps: int, delta: float) -> float:
 
 def train_model(game: Game, model_index: int, epsilon: float, settings: dict) -> dict:
     """Train model ``model_index`` of the game at ``epsilon``; return its scores on the audit
-    examples, its membership, its held-out accuracy and its sites' privacy."""
+    examples, its membership (what it trained on), its held-out accuracy and its sites'
+    privacy."""
     member = membership(game.seed, model_index, len(game.audit))
+    seed = game.seed * 1_000 + model_index
+    if game.after_erasure:
+        member = member & ~forgotten(game.seed, model_index, member)
+        seed += RETRAIN_SEED
     sites = []
     for k, (features, labels) in enumerate(game.sites):
         rows = np.flatnonzero(member & (game.audit.site == k))
@@ -157,7 +182,6 @@ def train_model(game: Game, model_index: int, epsilon: float, settings: dict) ->
                                 get_model_family(game.model))
     model = game.build_model()
     model.load_state_dict(game.initial_state)
-    seed = game.seed * 1_000 + model_index
     train_fedavg(model, game.build_model, sites, plans, int(settings["num-rounds"]), seed)
     model.eval()
     with torch.no_grad():

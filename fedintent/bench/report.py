@@ -20,6 +20,7 @@ from fedintent.bench.cells import (
 )
 from fedintent.report_files import epsilon_label, png_bytes, write_report_json
 from fl_protocol.durable_files import write_bytes_atomic
+from fl_protocol.wire import RUN_CONFIG_DEFAULTS
 
 CSV_FIELDS = (
     "method", "epsilon", "seed", "accuracy", "macro_f1", "worst_site_accuracy",
@@ -147,6 +148,7 @@ def markdown_report(spec: dict, summary: list[dict], results: list[dict]) -> str
     lines = [
         f"# Accuracy against epsilon: {Path(str(spec['data'])).name}",
         "",
+        f"Model family `{spec.get('model', RUN_CONFIG_DEFAULTS['model'])}` (every method). "
         f"{spec['sites']} sites, Dirichlet alpha {spec['alpha']:g}, partition seed "
         f"{spec['partition_seed']}, {spec['seeds']} training seeds; per-site (epsilon, delta "
         "1e-5) for one utterance; test accuracy and macro-F1 (the unweighted mean of per-intent "

