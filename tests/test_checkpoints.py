@@ -268,9 +268,10 @@ def test_resume_refuses_other_options_and_a_folder_without_a_run(tmp_path, extra
     assert len(result.stderr.strip().splitlines()) == 1 and message in result.stderr
 
 
-def copy_site_secrets(source, target) -> None:
-    """The same sites, fresh ledgers: the noise they draw is seeded from their secret."""
-    for site in sorted(source.iterdir()):
+def copy_site_secrets(source, target, names=None) -> None:
+    """The same sites (``names``, or every one in ``source``), fresh ledgers: the noise they draw
+    is seeded from their secret."""
+    for site in sorted(source / name for name in names) if names else sorted(source.iterdir()):
         (target / site.name).mkdir(parents=True)
         shutil.copy2(site / "site-secret", target / site.name / "site-secret")
         shutil.copytree(site / "features", target / site.name / "features")

@@ -2,7 +2,9 @@
 
 These tests start a SuperLink, the simulation engine and one SuperNode per site through the CLI,
 exactly as a user would, and check what the user gets: progress, metrics, model, privacy spend,
-exit code, and no process left behind.
+exit code, and no process left behind. Each simulation costs about a minute of CPU before it
+trains anything, so the run without DP also has a site without one valid row, and two tests
+read it: the training test, and the test that such a site declines while the run goes on.
 """
 
 import json
@@ -120,19 +122,56 @@ def seed_feature_caches(prior: dict, state_dir: Path) -> None:
         shutil.copytree(cached, state_dir / cached.name / "features")
 
 
-@pytest.mark.parametrize("epsilon", ["3", "inf"])
-def test_federated_training_end_to_end(sites, prior, tmp_path, epsilon):
-    tag = uuid.uuid4().hex
-    out, state = tmp_path / "out", tmp_path / "state"
-    seed_feature_caches(prior, state)
-    result = train("--data", str(sites), "--rounds", "3", "--epsilon", epsilon,
-                   *RUN_ARGS[epsilon], "--state-dir", str(state), "--out", str(out),
-                   cwd=tmp_path, tag=tag)
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert not processes_left_behind(tag), "processes left behind"
+UNUSABLE_SITE = "site-03"
+"""The site without valid rows that the run without DP has beside the three of ``sites``."""
 
+
+def with_an_unusable_site(sites: Path, root: Path) -> Path:
+    """A copy of ``sites`` plus :data:`UNUSABLE_SITE`: a training row with a label outside the
+    taxonomy, a line that is not JSON, and an empty test split."""
+    data = root / "data"
+    shutil.copytree(sites, data)
+    unusable = data / UNUSABLE_SITE
+    unusable.mkdir()
+    (unusable / "train.jsonl").write_text('{"text": "hello", "label": "no_such_intent"}\n'
+                                          "{oops\n")
+    (unusable / "test.jsonl").write_text("")
+    return data
+
+
+@pytest.fixture(scope="module")
+def runs(sites, prior, tmp_path_factory):
+    """``runs(epsilon)``: the 3-round ``fedintent train`` run at ``epsilon``, started the first
+    time a test asks for it; the run without DP also has :data:`UNUSABLE_SITE`."""
+    done: dict[str, dict] = {}
+
+    def run(epsilon: str) -> dict:
+        if epsilon not in done:
+            root = tmp_path_factory.mktemp(f"run-epsilon-{epsilon}")
+            data = with_an_unusable_site(sites, root) if epsilon == "inf" else sites
+            tag = uuid.uuid4().hex
+            out, state = root / "out", root / "state"
+            seed_feature_caches(prior, state)
+            result = train("--data", str(data), "--rounds", "3", "--epsilon", epsilon,
+                           *RUN_ARGS[epsilon], "--state-dir", str(state), "--out", str(out),
+                           cwd=root, tag=tag)
+            done[epsilon] = {"result": result, "out": out, "state": state,
+                             "left_behind": processes_left_behind(tag)}
+        return done[epsilon]
+
+    return run
+
+
+@pytest.mark.parametrize("epsilon", ["3", "inf"])
+def test_federated_training_end_to_end(runs, sites, prior, epsilon):
+    run = runs(epsilon)
+    result, out, state = run["result"], run["out"], run["state"]
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert not run["left_behind"], "processes left behind"
+
+    asked = 4 if epsilon == "inf" else 3  # UNUSABLE_SITE is asked too, and declines
     for r in (1, 2, 3):
-        assert f"round   {r}/3  sites trained 3/3" in result.stdout
+        assert f"round   {r}/3  sites trained 3/{asked}" in result.stdout
     assert "final accuracy" in result.stdout
     assert "warning" not in result.stderr  # fresh ledgers: every site can spend the target
 
@@ -156,8 +195,8 @@ def test_federated_training_end_to_end(sites, prior, tmp_path, epsilon):
     assert len(final["sites"]) == 3
     assert metrics["rounds"][-1]["sites_evaluated"] == 3
     evaluated = [json.loads(line)["metrics"]["num-examples"]
-                 for log in state.glob("site-*/egress.jsonl")
-                 for line in log.read_text().splitlines()
+                 for site_dir in list_site_dirs(sites)
+                 for line in (state / site_dir.name / "egress.jsonl").read_text().splitlines()
                  if json.loads(line)["message"].startswith("evaluate")
                  and json.loads(line)["round"] == 3]
     assert sum(evaluated) == prior["test_rows"]
@@ -202,19 +241,25 @@ def test_a_run_where_no_site_can_train_exits_non_zero(tmp_path):
     assert not processes_left_behind(tag), "processes left behind"
 
 
-def test_a_site_without_valid_rows_declines_and_the_run_goes_on(tmp_path):
-    data = tmp_path / "data"
-    write_sites(data, n_sites=2, seed=3, size=60)
-    broken = data / "site-02"
-    broken.mkdir()
-    (broken / "train.jsonl").write_text('{"text": "hello", "label": "no_such_intent"}\n{oops\n')
-    (broken / "test.jsonl").write_text("")
-    result = train("--data", str(data), "--rounds", "1", "--epsilon", "inf", "--model", "ngram",
-                   "--out", str(tmp_path / "out"), cwd=tmp_path)
+def test_a_site_without_valid_rows_declines_and_the_run_goes_on(runs):
+    """The run without DP of ``test_federated_training_end_to_end`` has :data:`UNUSABLE_SITE`
+    beside the three usable sites: it declines every round and the run completes without it."""
+    run = runs("inf")
+    result = run["result"]
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "sites trained 2/3" in result.stdout
+    assert "sites trained 3/4" in result.stdout
     assert Reason.DATA_UNUSABLE.value in result.stdout
-    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    metrics = json.loads((run["out"] / "metrics.json").read_text())
     assert metrics["status"] == "completed"
-    [failure] = metrics["rounds"][0]["failures"]
-    assert failure["reason"] == Reason.DATA_UNUSABLE.value  # the detail stays at the site
+    assert len(metrics["rounds"]) == 3
+    for entry in metrics["rounds"]:
+        [failure] = entry["failures"]
+        assert failure["reason"] == Reason.DATA_UNUSABLE.value  # the detail stays at the site
+    # What left the site: the fixed reason, for every message, and nothing else.
+    log = run["state"] / UNUSABLE_SITE / "egress.jsonl"
+    sent = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [(e["message"], e["round"]) for e in sent] == [
+        (message, r) for r in (1, 2, 3) for message in ("train", "evaluate")]
+    for entry in sent:
+        assert entry["error"]["reason"] == Reason.DATA_UNUSABLE.value, entry
+        assert not {"metrics", "arrays", "update_norm"} & set(entry), entry

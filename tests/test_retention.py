@@ -267,10 +267,10 @@ def test_an_erasure_binds_every_later_load_even_with_the_rows_still_in_the_data(
     rows = site_rows()
     rows[0]["customer_id"] = "bob"
     write_site(site, rows)
-    erasure = forget(site, state, "bob", math.inf, "test")
+    erasure = forget(site, state, "bob", math.inf, "test", now=NOW - timedelta(hours=12))
     assert erasure.rows_found == 1 and erasure.deletion.data_rows == 0
     assert erasure.ledger_units == 0  # never trained on
-    returning = row(77, -0.01, customer="bob")  # a new call, after the request
+    returning = row(77, 0, customer="bob")  # a new call, after the request
     write_site(site, rows + [returning])
     data = load_site(site, LABELS, keep=row_policy(state, math.inf))
     assert data.excluded == {ERASED: 1}

@@ -1,10 +1,13 @@
 """Secure aggregation end to end: real Flower simulations on 127.0.0.1, with DP-SGD and the
 privacy ledger at every site.
 
-The same three sites train twice, once through SecAgg+ and once plainly, from identically seeded
-state folders (copies of the same site secrets, so the same DP noise and sampling; separate
-ledgers, so no site is charged twice) under the same run name. SecAgg+ then differs from the
-plain run only by its quantization, whose error has a bound the comparison checks.
+The same three sites train twice, once through SecAgg+ (``fedintent train
+--secure-aggregation``) and once plainly, from identically seeded state folders (copies of the
+same site secrets, so the same DP noise and sampling; separate ledgers, so no site is charged
+twice) with the same recorded configuration and run name. SecAgg+ then differs from the plain
+run only by its quantization, whose error has a bound the comparison checks. Both runs also
+have a fourth site with nothing to train on, which drops out of every round: SecAgg+ must
+unmask the others' sum around it.
 """
 
 import json
@@ -19,7 +22,7 @@ from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_STATE
 from safetensors.numpy import load_file
 from test_checkpoints import copy_site_secrets
 from test_cli import fedintent
-from test_end_to_end import processes_started_by
+from test_end_to_end import UNUSABLE_SITE, processes_started_by, with_an_unusable_site
 from test_end_to_end import train as fedintent_train
 
 from data_synth import write_sites
@@ -29,6 +32,7 @@ from fl_protocol.hash_chain import verify_log
 from fl_protocol.wire import RUN_CONFIG_DEFAULTS as DEFAULTS
 from fl_protocol.wire import Reason
 from fl_server.checkpoints import MODEL_PREFIX
+from fl_server.resume import recorded_run_config
 from fl_server.run_config import RunConfigError, check_run_config
 from fl_server.secure_aggregation import (
     CLIPPING_RANGE,
@@ -38,9 +42,11 @@ from fl_server.secure_aggregation import (
 )
 
 SITES = 3
+"""Sites that train; the secure and the plain run also ask :data:`UNUSABLE_SITE`."""
 ROUNDS = 2
 EPSILON = 4.0
 STAGES = ["setup", "share_keys", "collect_masked_vectors", "unmask"]
+USABLE = [f"site-{i:02d}" for i in range(SITES)]
 
 
 def processes_left_behind(tag: str, grace: float = 10.0) -> list[str]:
@@ -99,33 +105,44 @@ def test_a_site_refuses_an_update_secure_aggregation_would_clip():
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict:
+    """Three runs of the same three sites: through SecAgg+ with ``fedintent train``, plainly
+    with the configuration the first recorded, and under distributed DP. The first two also
+    ask :data:`UNUSABLE_SITE`, which drops out."""
     root = tmp_path_factory.mktemp("secagg")
     data = root / "data"
     write_sites(data, n_sites=SITES, seed=11, size=120)
     tag = uuid.uuid4().hex
 
-    def simulate(name: str, secure: bool, **extra) -> Path:
+    def simulate(name: str, config: dict) -> Path:
         out = root / name
-        config = check_run_config({
-            "data-dir": str(data), "labels-file": str(data / "labels.txt"),
-            "out-dir": str(out), "state-dir": str(root / f"state-{name}"),
-            "run-name": "secagg-test", "num-rounds": ROUNDS, "min-sites": SITES,
-            "target-epsilon": EPSILON, "seed": 5, "secure-aggregation": secure,
-        } | extra)
+        config = check_run_config(config | {"out-dir": str(out),
+                                            "state-dir": str(root / f"state-{name}")})
         with pytest.MonkeyPatch.context() as patch:
             patch.setenv("FEDINTENT_TEST_TAG", tag)
-            run_simulation(config, num_sites=SITES, metrics_path=out / "metrics.json",
-                           log_path=out / "flower.log", on_round=lambda entry: None)
+            run_simulation(config, num_sites=int(config["min-sites"]),
+                           metrics_path=out / "metrics.json", log_path=out / "flower.log",
+                           on_round=lambda entry: None)
         return out
 
-    secure = simulate("secure", secure=True)
-    copy_site_secrets(root / "state-secure", root / "state-plain")
-    plain = simulate("plain", secure=False)
-    copy_site_secrets(root / "state-secure", root / "state-distributed")
-    distributed = simulate("distributed", secure=True, **{"privacy-model": "distributed",
-                                                          "tolerated-sites": 1})
+    secure = root / "secure"
+    result = fedintent_train(
+        "--data", str(with_an_unusable_site(data, root / "with-dropout")),
+        "--rounds", str(ROUNDS), "--epsilon", str(EPSILON), "--seed", "5",
+        "--lr", str(DEFAULTS["learning-rate"]),  # not the tuned rate of epsilon 3
+        "--secure-aggregation", "--state-dir", str(root / "state-secure"), "--out", str(secure),
+        cwd=root, tag=tag)
+    assert result.returncode == 0, result.stdout + result.stderr
+    recorded = recorded_run_config(json.loads((secure / "metrics.json").read_text()))
+    copy_site_secrets(root / "state-secure", root / "state-plain", USABLE)
+    plain = simulate("plain", recorded | {"secure-aggregation": False})
+    copy_site_secrets(root / "state-secure", root / "state-distributed", USABLE)
+    distributed = simulate("distributed", {
+        "data-dir": str(data), "labels-file": str(data / "labels.txt"),
+        "run-name": "secagg-test", "num-rounds": ROUNDS, "min-sites": SITES,
+        "target-epsilon": EPSILON, "seed": 5, "secure-aggregation": True,
+        "privacy-model": "distributed", "tolerated-sites": 1})
     return {"secure": secure, "plain": plain, "distributed": distributed, "root": root,
-            "tag": tag}
+            "tag": tag, "result": result, "run_name": recorded["run-name"]}
 
 
 def test_a_secure_aggregation_run_completes_with_every_output(runs):
@@ -137,7 +154,7 @@ def test_a_secure_aggregation_run_completes_with_every_output(runs):
     assert [r["round"] for r in metrics["rounds"]] == list(range(1, ROUNDS + 1))
     for entry in metrics["rounds"]:
         assert entry["sites_trained"] == SITES and entry["sites_evaluated"] == SITES
-        assert entry["secure_aggregation"] == {"sites_asked": SITES, "sites_summed": SITES,
+        assert entry["secure_aggregation"] == {"sites_asked": SITES + 1, "sites_summed": SITES,
                                                "reconstruction_threshold": 3, "halted": None}
         for site in entry["sites"].values():
             assert "update_norm" not in site  # the server never saw the update
@@ -152,7 +169,7 @@ def test_a_secure_aggregation_run_completes_with_every_output(runs):
     assert all(e["secure_aggregation"]["sites_summed"] == SITES for e in events[1:-1])
 
     ledgers = list((runs["root"] / "state-secure").glob("site-*/privacy-ledger.json"))
-    assert len(ledgers) == SITES
+    assert len(ledgers) == SITES  # UNUSABLE_SITE charged nothing
     assert all(len(json.loads(p.read_text())["releases"]) == ROUNDS for p in ledgers)
 
 
@@ -160,8 +177,8 @@ def test_sites_send_only_masked_updates_and_their_metrics(runs):
     state = runs["root"] / "state-secure"
     logs = sorted(state.glob("site-*/egress.jsonl"))
     # Every site's log, and only those: a test that finds no log would check nothing.
-    assert [log.parent.name for log in logs] == [f"site-{i:02d}" for i in range(SITES)]
-    for log in logs:
+    assert [log.parent.name for log in logs] == [*USABLE, UNUSABLE_SITE]
+    for log in logs[:SITES]:
         entries = [json.loads(line) for line in log.read_text().splitlines()]
         train = [e for e in entries if e["message"].startswith("train")]
         evaluate = [e for e in entries if e["message"].startswith("evaluate")]
@@ -169,7 +186,7 @@ def test_sites_send_only_masked_updates_and_their_metrics(runs):
         assert [e["round"] for e in train] == [r for r in range(1, ROUNDS + 1)
                                                for _ in STAGES], log
         assert [e["round"] for e in evaluate] == list(range(1, ROUNDS + 1)), log
-        assert all(e["verdict"] == "sent" and e["run"] == "secagg-test" for e in entries), log
+        assert all(e["verdict"] == "sent" and e["run"] == runs["run_name"] for e in entries), log
         assert all(set(e["metrics"]) == {"num-examples", "loss", "accuracy", "macro-f1"}
                    and "arrays" not in e for e in evaluate), log
         assert [e["secure_aggregation_stage"] for e in train] == STAGES * ROUNDS
@@ -177,6 +194,18 @@ def test_sites_send_only_masked_updates_and_their_metrics(runs):
         assert not any("arrays" in e or "update_norm" in e for e in train)
         masked = [e for e in train if e["secure_aggregation_stage"] == "collect_masked_vectors"]
         assert all(0 < e["metrics"]["epsilon"] <= EPSILON for e in masked)
+    # The site that dropped out sent its keys, then only the fixed reason: no masked update.
+    dropped = [json.loads(line) for line in logs[SITES].read_text().splitlines()]
+    train = [e for e in dropped if e["message"].startswith("train")]
+    assert [e["secure_aggregation_stage"] for e in train] == STAGES[:3] * ROUNDS
+    assert [e["secure_aggregation_stage"] for e in train if "error" in e] == [
+        "collect_masked_vectors"] * ROUNDS
+    assert [e["round"] for e in dropped if e["message"].startswith("evaluate")] == list(
+        range(1, ROUNDS + 1))
+    for entry in dropped:
+        assert not {"metrics", "arrays", "update_norm"} & set(entry), entry
+        assert entry.get("error", {}).get("reason", Reason.DATA_UNUSABLE.value) == (
+            Reason.DATA_UNUSABLE.value), entry
 
 
 def test_the_secure_model_matches_the_plain_one_within_the_quantization_error(runs):
@@ -224,28 +253,23 @@ def test_the_secure_model_matches_the_plain_one_within_the_quantization_error(ru
     assert final_tolerance < later_change
 
 
-def test_a_site_that_drops_out_is_unmasked_around_and_recorded(tmp_path):
+def test_a_site_that_drops_out_is_unmasked_around_and_recorded(runs):
     """Four sites, one with nothing to train on: it fails in the masked-update stage, SecAgg+
     removes its masks from the others' sum (3 of 4 is the reconstruction threshold), and the
     round goes on with the sum of three."""
-    data = tmp_path / "data"
-    write_sites(data, n_sites=3, seed=3, size=60)
-    broken = data / "site-03"
-    broken.mkdir()
-    (broken / "train.jsonl").write_text('{"text": "hello", "label": "no_such_intent"}\n')
-    (broken / "test.jsonl").write_text("")
-    tag = uuid.uuid4().hex
-    result = fedintent_train("--data", str(data), "--rounds", "1", "--epsilon", "inf",
-                             "--secure-aggregation", "--out", str(tmp_path / "out"),
-                             cwd=tmp_path, tag=tag)
+    result = runs["result"]
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "sites trained 3/4" in result.stdout and "SecAgg+" in result.stdout
-    assert not processes_left_behind(tag)
-    [entry] = json.loads((tmp_path / "out" / "metrics.json").read_text())["rounds"]
-    assert entry["secure_aggregation"] == {"sites_asked": 4, "sites_summed": 3,
-                                           "reconstruction_threshold": 3, "halted": None}
-    [failure] = entry["failures"]
-    assert failure["reason"] == Reason.DATA_UNUSABLE.value
+    assert "SecAgg+" in result.stdout
+    for r in range(1, ROUNDS + 1):
+        assert f"round   {r}/{ROUNDS}  sites trained 3/4" in result.stdout
+    assert not processes_left_behind(runs["tag"])
+    rounds = json.loads((runs["secure"] / "metrics.json").read_text())["rounds"]
+    assert len(rounds) == ROUNDS
+    for entry in rounds:
+        assert entry["secure_aggregation"] == {"sites_asked": 4, "sites_summed": 3,
+                                               "reconstruction_threshold": 3, "halted": None}
+        [failure] = entry["failures"]
+        assert failure["reason"] == Reason.DATA_UNUSABLE.value
 
 
 def test_a_distributed_dp_run_reports_both_guarantees_everywhere(runs):
@@ -278,7 +302,8 @@ def test_distributed_sites_send_only_masked_32_bit_words(runs):
     sizes = {}
     for name in ("secure", "distributed"):
         masked = []
-        for log in sorted((runs["root"] / f"state-{name}").glob("site-*/egress.jsonl")):
+        for site in USABLE:
+            log = runs["root"] / f"state-{name}" / site / "egress.jsonl"
             entries = [json.loads(line) for line in log.read_text().splitlines()]
             train = [e for e in entries if e["message"].startswith("train")]
             assert [e["secure_aggregation_stage"] for e in train] == STAGES * ROUNDS

@@ -3,8 +3,8 @@
 The run goes through exactly the code path of ``fedintent train`` (private SuperLink, ``flwr
 run``, the project's ServerApp and ClientApp, DP-SGD and privacy ledgers at the sites), with
 fresh site state folders per cell, so every cell starts with an empty ledger. Only the feature
-cache is shared between cells: it holds embeddings of the sites' own text, computed by the same
-code every site runs.
+cache is shared between cells (each site's store starts as hard links to it): it holds
+embeddings of the sites' own text, computed by the same code every site runs.
 
 Besides the test accuracy and macro-F1 of the final model on the pooled test split, each run
 records what the sites themselves measured on their own test splits: the example-weighted
@@ -29,6 +29,8 @@ it varied up to 100x between seeds of one setting, so it said nothing about the 
 
 import json
 import math
+import os
+import shutil
 import statistics
 import threading
 import time
@@ -77,7 +79,10 @@ def run_federated(
         site_state = state_root / f"site-{index:02d}"
         site_state.mkdir(parents=True, exist_ok=True)
         if not (site_state / "features").exists():
-            (site_state / "features").symlink_to(feature_cache.resolve(), target_is_directory=True)
+            # Each site's own store, hard-linked from the shared cache: a site prunes its store
+            # to its own rows (fl_client/retention.py), which must not touch the other sites'
+            # or the cache; the store never rewrites a file in place, only adds and unlinks.
+            shutil.copytree(feature_cache, site_state / "features", copy_function=os.link)
     out_dir = cell_dir / "run"
     run_config = compose_run_config(
         settings | {"seed": seed} | cell_lifetime_budget(float(settings["target-epsilon"])),
