@@ -2,8 +2,9 @@
 
 Detectors run in a fixed order and each later one only sees text the earlier ones left
 unclaimed: URL, email, IPv6, IPv4, then digit runs (resident ID, phone, bank card, and a
-``[NUMBER]`` fallback for any other run of six or more digits). docs/REDACTION.md explains
-the order, the validity rules and what a regex redactor cannot find.
+``[NUMBER]`` fallback for any other run of six or more digits), then Chinese addresses and
+names (``fl_client.redaction_zh``). docs/REDACTION.md explains the order, the validity
+rules and what a rule-based redactor cannot find.
 """
 
 from __future__ import annotations
@@ -15,12 +16,14 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Literal
 
-PiiKind = Literal["PHONE", "ID", "CARD", "EMAIL", "IP", "URL", "NUMBER"]
+from fl_client.redaction_zh import PII_MASK, find_zh_pii
+
+PiiKind = Literal["PHONE", "ID", "CARD", "EMAIL", "IP", "URL", "NUMBER", "NAME", "ADDRESS"]
 
 _MIN_NUMBER_DIGITS = 6
 _MIN_TYPED_DIGITS = 8
 _MAX_TYPED_DIGITS = 19
-_MASK = "\x00"
+_MASK = PII_MASK
 
 _ID_WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
 _ID_CHECK_CHARS = "10X98765432"
@@ -115,7 +118,11 @@ def find_pii(text: str) -> list[PiiSpan]:
         if found:
             spans.extend(found)
             unclaimed = _mask(unclaimed, found)
-    spans.extend(_find_digit_pii(unclaimed))
+    digit_spans = _find_digit_pii(unclaimed)
+    spans.extend(digit_spans)
+    if digit_spans:
+        unclaimed = _mask(unclaimed, digit_spans)
+    spans.extend(PiiSpan(start, end, kind) for start, end, kind in find_zh_pii(unclaimed))
     spans.sort()
     return spans
 
