@@ -72,14 +72,17 @@ RUN mkdir -p /data /state /credentials && chown 10001:10001 /state
 USER 10001:10001
 WORKDIR /home/fedintent
 # MAX_EPSILON is not set here: unless the site sets it, the site's default budget applies
-# (8, fl_protocol/wire.py DEFAULT_MAX_EPSILON).
+# (8, fl_protocol/wire.py DEFAULT_MAX_EPSILON). OPENBLAS_NUM_THREADS=1: numpy's BLAS (the
+# use-multilingual encoder) on one thread, whose threaded path can hang in a process with other
+# threads (models/use_multilingual.py, load_encoder).
 ENV DATA_DIR=/data \
     STATE_DIR=/state \
     CA_CERT=/credentials/ca.crt \
     SITE_KEY=/credentials/site.key \
     TRUSTED_ENTITIES=/credentials/trusted-entities.yaml \
     SUPERNODE_PORT=9094 \
-    HEALTH_PORT=9096
+    HEALTH_PORT=9096 \
+    OPENBLAS_NUM_THREADS=1
 VOLUME ["/data", "/state"]
 # The SuperNode's gRPC health service, inside the container only (nothing is published).
 HEALTHCHECK --interval=60s --timeout=10s --start-period=60s --retries=3 CMD ["python", "/usr/local/bin/site_healthcheck.py"]

