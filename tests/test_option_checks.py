@@ -266,3 +266,41 @@ def test_the_one_line_error_is_printed_for_a_refused_resume_from_the_shell(tmp_p
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "cannot resume" in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert tree(out) == ["metrics.json"]
+
+
+@pytest.mark.parametrize("languages,model", [
+    (["en"], "minilm-head"),
+    (["zh"], "use-multilingual"),
+    (["en", "zh"], "use-multilingual"),
+])
+def test_the_default_model_reads_the_sites_languages(tmp_path, monkeypatch, languages, model):
+    """Without --model, sites holding anything but English train the multilingual family:
+    minilm-head would see most Chinese characters as [UNK]."""
+    from data_synth import write_sites
+
+    write_sites(tmp_path / "data", n_sites=2, seed=3, languages=languages, size=20)
+    started = []
+
+    def run_simulation(run_config, **kwargs):
+        started.append(run_config["model"])
+        raise simulation.SimulationError("stopped by the test")
+
+    monkeypatch.setattr(simulation, "run_simulation", run_simulation)
+    args = ["train", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "out")]
+    assert main(args) == 1
+    assert started == [model]
+    assert main([*args[:-1], str(tmp_path / "out2"), "--model", "ngram"]) == 1
+    assert started == [model, "ngram"]
+
+
+def test_csv_sites_and_unreadable_lines_keep_the_english_default(tmp_path):
+    site = tmp_path / "site-00"
+    site.mkdir()
+    (site / "train.csv").write_text("text,label\nhello,a\n", encoding="utf-8")
+    (site / "extra.jsonl").write_text('not json\n[1]\n{"language": 7}\n{"language": "EN-gb"}\n',
+                                      encoding="utf-8")
+    assert train.data_languages(tmp_path) == {"en"}
+    assert train.default_model(train.data_languages(tmp_path)) == "minilm-head"
+    assert train.data_languages(tmp_path / "missing") == set()
+    (site / "more.jsonl").write_text('{"language": "zh-TW"}\n', encoding="utf-8")
+    assert train.default_model(train.data_languages(tmp_path)) == "use-multilingual"
