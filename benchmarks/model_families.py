@@ -6,7 +6,7 @@ Usage:
     python benchmarks/model_families.py banking77 ../shared/datasets/banking77 --out fam-b77-10 \
         --models minilm-head,minilm-finetune --rounds 10
     python benchmarks/model_families.py chinese --out fam-zh [--size 2000] \
-        [--models ngram,use-multilingual] [--epsilons 8,inf]
+        [--models ngram,use-multilingual] [--epsilons 8,inf] [--chinese-label-names]
     python benchmarks/model_families.py speed --out fam-speed [--sentences 1000]
     python benchmarks/model_families.py mixed --out fam-mixed [--epsilons 8] [--size 600]
 
@@ -15,7 +15,9 @@ partition seed 0) and runs ``fedintent train --model M --epsilon 8`` for each fa
 Flower simulation; settings as ``fedintent train`` chooses them). ``chinese``: generates
 synthetic Chinese call-center sites (``fedintent synth --lang zh``), trains each family that
 reads Chinese at each epsilon (inf: no DP), and scores the centralized non-private TF-IDF +
-logistic-regression baseline on the same train/test splits. ``speed``: featurizes the intent
+logistic-regression baseline on the same train/test splits; with ``--chinese-label-names`` the
+same sites carry Chinese intent names (``CHINESE_LABELS``), so the label-name prior is built
+from Chinese text instead of English. ``speed``: featurizes the intent
 utterances of synthetic English and Chinese sites with each family in this process (the
 encoder loaded first, no feature cache) and reports sentences per second and the load average.
 ``mixed``: generates sites that hold both English and Chinese conversations (``fedintent synth
@@ -42,6 +44,33 @@ FAMILIES = {"banking77": ["minilm-head", "ngram", "minilm-finetune"],
             "speed": ["minilm-head", "use-multilingual", "ngram"],
             "mixed": ["use-multilingual"]}
 LANGUAGES = ("en", "zh")
+CHINESE_LABELS = {
+    "banking.account_closure": "银行.销户", "banking.account_opening": "银行.开户",
+    "banking.balance_inquiry": "银行.查询余额", "banking.card_activation": "银行.激活银行卡",
+    "banking.card_blocked": "银行.银行卡被冻结", "banking.card_lost": "银行.银行卡丢失",
+    "banking.card_stolen": "银行.银行卡被盗", "banking.credit_limit_increase": "银行.提高信用额度",
+    "banking.exchange_rate": "银行.汇率", "banking.loan_inquiry": "银行.贷款咨询",
+    "banking.pin_reset": "银行.重置密码", "banking.statement_request": "银行.申请对账单",
+    "banking.transfer_failed": "银行.转账失败", "banking.transfer_limit": "银行.转账限额",
+    "banking.unrecognized_transaction": "银行.不明交易",
+    "ecommerce.account_login": "电商.账号登录", "ecommerce.cancel_order": "电商.取消订单",
+    "ecommerce.change_address": "电商.修改收货地址", "ecommerce.coupon_issue": "电商.优惠券问题",
+    "ecommerce.damaged_item": "电商.商品损坏", "ecommerce.delivery_delayed": "电商.配送延误",
+    "ecommerce.exchange_item": "电商.换货", "ecommerce.invoice_request": "电商.开发票",
+    "ecommerce.missing_item": "电商.少件漏发", "ecommerce.order_status": "电商.订单状态",
+    "ecommerce.payment_failed": "电商.支付失败", "ecommerce.refund_request": "电商.申请退款",
+    "ecommerce.refund_status": "电商.退款进度", "ecommerce.return_item": "电商.退货",
+    "ecommerce.wrong_item": "电商.发错商品", "telecom.bill_dispute": "电信.账单争议",
+    "telecom.bill_inquiry": "电信.账单查询", "telecom.broadband_installation": "电信.宽带安装",
+    "telecom.contract_cancellation": "电信.解约", "telecom.data_addon_purchase": "电信.购买流量包",
+    "telecom.data_plan_change": "电信.更改套餐", "telecom.international_calling": "电信.国际通话",
+    "telecom.network_outage": "电信.网络中断", "telecom.number_porting": "电信.携号转网",
+    "telecom.phone_upgrade": "电信.换购手机", "telecom.roaming_activation": "电信.开通漫游",
+    "telecom.roaming_charges": "电信.漫游费用", "telecom.sim_replacement": "电信.补换SIM卡",
+    "telecom.slow_internet": "电信.网速慢", "telecom.top_up": "电信.充值",
+}
+"""The synthetic taxonomy's intents in Chinese (``--chinese-label-names``), written for this
+measurement: what a Chinese call center's own taxonomy would call them."""
 """Each suite's families: MiniLM cannot read Chinese (most characters are [UNK] to it)."""
 
 
@@ -105,6 +134,8 @@ def chinese(args: argparse.Namespace) -> list[str]:
     if not data.exists():
         fedintent("synth", "--lang", "zh", "--sites", "10", "--seed", "1", "--size",
                   str(args.size), "--out", str(data))
+    if args.chinese_label_names:
+        data = relabelled(data, CHINESE_LABELS, args.out / "sites-chinese-labels")
     rows = ["| method | test accuracy | training time |", "| --- | --- | --- |"]
     extra = ["--rounds", str(args.rounds)] if args.rounds else []
     for model in args.models:
@@ -123,6 +154,31 @@ def chinese(args: argparse.Namespace) -> list[str]:
     tfidf = tfidf_baseline_accuracy(data, "zh")
     return rows + [f"| centralized TF-IDF (char 1-3 grams) + logistic regression, no DP | "
                    f"{tfidf:.4f} | |"]
+
+
+def relabelled(data: Path, names: dict[str, str], out: Path) -> Path:
+    """A copy of ``data`` whose labels, in ``labels.txt`` and every conversation's ``intent``,
+    are renamed by ``names``."""
+    if out.exists():
+        return out
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    labels = (data / "labels.txt").read_text(encoding="utf-8").split()
+    (tmp / "labels.txt").write_text("\n".join(names[label] for label in labels) + "\n",
+                                    encoding="utf-8")
+    for site in sorted(data.glob("site-*")):
+        (tmp / site.name).mkdir()
+        for split in ("train.jsonl", "test.jsonl"):
+            rows = [json.loads(line) for line in
+                    (site / split).read_text(encoding="utf-8").splitlines() if line.strip()]
+            for row in rows:
+                row["intent"] = names[row["intent"]]
+            (tmp / site.name / split).write_text(
+                "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows),
+                encoding="utf-8")
+    tmp.rename(out)
+    return out
 
 
 def pooled_scores(data: Path, model: str, cache: Path) -> tuple[float, float]:
@@ -273,6 +329,9 @@ def main() -> int:
                         "tuned number, 40 at epsilon 8)")
     parser.add_argument("--size", type=int, default=600,
                         help="mean conversations per synthetic site (chinese and mixed)")
+    parser.add_argument("--chinese-label-names", action="store_true",
+                        help="chinese only: the sites' intents renamed to Chinese names, so the "
+                        "label-name prior reads Chinese")
     parser.add_argument("--sentences", type=int, default=1000,
                         help="utterances per language to featurize (speed only)")
     args = parser.parse_args()
