@@ -35,6 +35,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from models import get_model_family
@@ -43,6 +44,7 @@ FAMILIES = {"banking77": ["minilm-head", "ngram", "minilm-finetune"],
             "chinese": ["ngram", "use-multilingual"],
             "speed": ["minilm-head", "use-multilingual", "ngram"],
             "mixed": ["use-multilingual"]}
+"""Each suite's families: MiniLM cannot read Chinese (most characters are [UNK] to it)."""
 LANGUAGES = ("en", "zh")
 CHINESE_LABELS = {
     "banking.account_closure": "银行.销户", "banking.account_opening": "银行.开户",
@@ -71,7 +73,6 @@ CHINESE_LABELS = {
 }
 """The synthetic taxonomy's intents in Chinese (``--chinese-label-names``), written for this
 measurement: what a Chinese call center's own taxonomy would call them."""
-"""Each suite's families: MiniLM cannot read Chinese (most characters are [UNK] to it)."""
 
 
 def fedintent(*args: str) -> None:
@@ -159,24 +160,33 @@ def chinese(args: argparse.Namespace) -> list[str]:
 def relabelled(data: Path, names: dict[str, str], out: Path) -> Path:
     """A copy of ``data`` whose labels, in ``labels.txt`` and every conversation's ``intent``,
     are renamed by ``names``."""
+    return derived_sites(data, out, names.__getitem__,
+                         lambda row: row | {"intent": names[row["intent"]]})
+
+
+def derived_sites(data: Path, out: Path, label: Callable[[str], str],
+                  row: Callable[[dict], dict | None]) -> Path:
+    """A copy of ``data`` (written once, then reused) with every label renamed by ``label`` and
+    every conversation replaced by ``row``'s (None: left out); a site left with no training or
+    no test rows is dropped."""
     if out.exists():
         return out
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     labels = (data / "labels.txt").read_text(encoding="utf-8").split()
-    (tmp / "labels.txt").write_text("\n".join(names[label] for label in labels) + "\n",
+    (tmp / "labels.txt").write_text("".join(f"{label(name)}\n" for name in labels),
                                     encoding="utf-8")
     for site in sorted(data.glob("site-*")):
-        (tmp / site.name).mkdir()
-        for split in ("train.jsonl", "test.jsonl"):
-            rows = [json.loads(line) for line in
-                    (site / split).read_text(encoding="utf-8").splitlines() if line.strip()]
-            for row in rows:
-                row["intent"] = names[row["intent"]]
-            (tmp / site.name / split).write_text(
-                "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows),
-                encoding="utf-8")
+        kept = {split: [new for line in (site / split).read_text(encoding="utf-8").splitlines()
+                        if line.strip() and (new := row(json.loads(line))) is not None]
+                for split in ("train.jsonl", "test.jsonl")}
+        if all(kept.values()):
+            (tmp / site.name).mkdir()
+            for split, rows in kept.items():
+                (tmp / site.name / split).write_text(
+                    "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
+                    encoding="utf-8")
     tmp.rename(out)
     return out
 
@@ -216,9 +226,9 @@ def mixed(args: argparse.Namespace) -> list[str]:
     extra = ["--rounds", str(args.rounds)] if args.rounds else []
     rows = ["| model | epsilon per site | trained on | sites | English test | Chinese test | "
             "training time |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    tests = {lang: test_rows(folder) for lang, folder in apart.items()}
     for model in args.models:
         cache = args.out / f"features-{model}"
-        tests = {lang: test_rows(folder) for lang, folder in apart.items()}
         embed_all(data, model, cache)
         for epsilon in args.epsilons.split(","):
             runs = {"both languages": data} | {f"{lang} only": apart[lang] for lang in LANGUAGES}
@@ -237,22 +247,7 @@ def mixed(args: argparse.Namespace) -> list[str]:
 def one_language(data: Path, lang: str, out: Path) -> Path:
     """A copy of ``data`` whose sites keep only ``lang``'s conversations (sites left with no
     training or no test rows are dropped)."""
-    if out.exists():
-        return out
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    shutil.copyfile(data / "labels.txt", tmp / "labels.txt")
-    for site in sorted(data.glob("site-*")):
-        kept = {split: [line for line in (site / split).read_text(encoding="utf-8").splitlines()
-                        if line.strip() and json.loads(line).get("language") == lang]
-                for split in ("train.jsonl", "test.jsonl")}
-        if all(kept.values()):
-            (tmp / site.name).mkdir()
-            for split, lines in kept.items():
-                (tmp / site.name / split).write_text("\n".join(lines) + "\n", encoding="utf-8")
-    tmp.rename(out)
-    return out
+    return derived_sites(data, out, str, lambda row: row if row.get("language") == lang else None)
 
 
 def embed_all(data: Path, model: str, cache: Path) -> None:

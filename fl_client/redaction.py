@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Literal
 
-from fl_client.redaction_zh import PII_MASK, find_zh_pii
+from fl_client.redaction_zh import PII_MASK, blank_spans, find_zh_pii
 
 PiiKind = Literal["PHONE", "ID", "CARD", "EMAIL", "IP", "URL", "NUMBER", "NAME", "ADDRESS"]
 
@@ -120,8 +120,7 @@ def find_pii(text: str) -> list[PiiSpan]:
             unclaimed = _mask(unclaimed, found)
     digit_spans = _find_digit_pii(unclaimed)
     spans.extend(digit_spans)
-    if digit_spans:
-        unclaimed = _mask(unclaimed, digit_spans)
+    unclaimed = _mask(unclaimed, digit_spans)
     spans.extend(PiiSpan(start, end, kind) for start, end, kind in find_zh_pii(unclaimed))
     spans.sort()
     return spans
@@ -183,14 +182,7 @@ def _normalize_digits(token: str) -> str:
 
 def _mask(text: str, spans: list[PiiSpan]) -> str:
     """Blank out found spans, keeping offsets, so later detectors cannot match inside them."""
-    parts = []
-    position = 0
-    for span in spans:
-        parts.append(text[position : span.start])
-        parts.append(_MASK * (span.end - span.start))
-        position = span.end
-    parts.append(text[position:])
-    return "".join(parts)
+    return blank_spans(text, [(span.start, span.end) for span in spans], _MASK)
 
 
 def _find_urls(text: str) -> list[PiiSpan]:

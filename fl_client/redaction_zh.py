@@ -174,17 +174,19 @@ def find_zh_pii(text: str) -> list[tuple[int, int, str]]:
     found: list[tuple[int, int, str]] = []
     for _ in range(_MAX_ROUNDS):
         addresses = _find_addresses(work)
-        work = _blank(work, addresses, PII_MASK)
+        work = blank_spans(work, addresses, PII_MASK)
         names = _find_names(work)
-        work = _blank(work, names, _NAME_MASK)
+        work = blank_spans(work, names, _NAME_MASK)
         found += [(s, e, "ADDRESS") for s, e in addresses] + [(s, e, "NAME") for s, e in names]
         if not addresses and not names:
             break
     return sorted(found)
 
 
-def _blank(text: str, spans: list[tuple[int, int]], mask: str) -> str:
-    """Mask sorted, non-overlapping spans, keeping offsets; one pass, so linear in the text."""
+def blank_spans(text: str, spans: list[tuple[int, int]], mask: str) -> str:
+    """Mask sorted, non-overlapping (start, end) spans, keeping offsets, so later detectors
+    cannot match inside them; one pass, so linear in the text. ``fl_client.redaction`` masks
+    its own findings with it too."""
     if not spans:
         return text
     parts, position = [], 0
