@@ -83,7 +83,7 @@ RUN_CONFIG_DEFAULTS: dict[str, str | int | float | bool] = {
     "clip-norm": 1.0,
     "batch-size": 4096,
     "local-epochs": 1,
-    "learning-rate": 96.0,
+    "learning-rate": 48.0,
     "seed": 0,
     "reply-timeout": 3600.0,
     "max-update-norm": 0.0,

@@ -15,16 +15,19 @@ import torch
 from torch import nn
 
 from models.encoder import embed, encoder_fingerprint, hidden_size
+from models.feature_scale import FEATURE_SCALE
 from models.feature_store import cached
 
 LABEL_PRIOR_SCALE = 10.0
-"""Length of each intent's weight row in the initial head (logit scale of the zero-shot prior)."""
+"""The zero-shot prior's logit scale: an intent's initial logit is this times the cosine between
+the utterance's embedding and the embedding of the intent's name."""
 
 
 def featurize(texts: list[str], cache_dir: Path | None, folder: Path) -> torch.Tensor:
-    """Sentence embeddings of ``texts`` by the encoder in ``folder``, cached at the site."""
+    """Sentence embeddings of ``texts`` by the encoder in ``folder`` (cached at the site, unit
+    length), times FEATURE_SCALE."""
     kind = f"embed:{folder.name}:{encoder_fingerprint(folder)}"
-    return cached(kind, texts, cache_dir, lambda batch: embed(batch, folder))
+    return FEATURE_SCALE * cached(kind, texts, cache_dir, lambda batch: embed(batch, folder))
 
 
 def build_head(num_labels: int, folder: Path) -> nn.Module:
@@ -63,8 +66,9 @@ def scaled_label_embeddings(labels: list[str],
 
 
 def prior_head(head: nn.Linear, prior: torch.Tensor) -> nn.Linear:
-    """``head`` with the label-name prior as its weights and zero biases."""
+    """``head`` with the label-name prior as its weights (over features FEATURE_SCALE long, so
+    divided by it) and zero biases."""
     with torch.no_grad():
-        head.weight.copy_(prior)
+        head.weight.copy_(prior / FEATURE_SCALE)
         head.bias.zero_()
     return head

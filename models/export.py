@@ -16,6 +16,7 @@ the destination is only removed once the new one is complete.
 """
 
 import json
+import math
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -31,6 +32,7 @@ from transformers import AutoConfig, AutoModelForSequenceClassification
 
 from models.encoder import MAX_TOKENS, load_encoder
 from models.family import ModelFamily, get_model_family
+from models.feature_scale import FEATURE_SCALE
 from models.hf_classifier import FedintentBertConfig, FedintentBertForSequenceClassification
 
 # With the class registered, pipeline("text-classification", model=FOLDER) loads an export
@@ -72,7 +74,8 @@ def export_model(out_dir: Path, family: ModelFamily, state_dict: dict[str, torch
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
     try:
         if family.encoder_path is None:
-            _write_linear(tmp, _featurizer_config(family), module.state_dict(), labels)
+            _write_linear(tmp, _featurizer_config(family) | {"feature_scale": FEATURE_SCALE},
+                          module.state_dict(), labels)
         else:
             _write_bert(tmp, family, module.state_dict(), labels)
         info = {"model_family": family.name, "labels": labels,
@@ -118,7 +121,8 @@ def _write_bert(folder: Path, family: ModelFamily, exchanged: dict[str, torch.Te
     encoder_path = Path(family.encoder_path)
     raw = json.loads((encoder_path / "config.json").read_text(encoding="utf-8"))
     settings = {k: v for k, v in raw.items() if k not in _ENCODER_CONFIG_KEYS_DROPPED}
-    config = FedintentBertConfig.from_dict(settings | _label_config(labels))
+    config = FedintentBertConfig.from_dict(settings | _label_config(labels)
+                                           | {"feature_scale": FEATURE_SCALE})
     config.auto_map = AUTO_MAP
     first_trained = config.num_hidden_layers - family.trained_layers
     weights = {f"bert.{k}": v for k, v in load_encoder(encoder_path)[1].state_dict().items()
@@ -214,7 +218,12 @@ def load_exchanged(model_dir: Path) -> tuple[nn.Module, list[str], dict]:
     keys = {k: k if config["model_type"] in LINEAR_MODEL_TYPES else _export_key(k, first_trained)
             for k in module.state_dict()}
     tensors = _read_tensors(model_dir, list(keys.values()))
-    module.load_state_dict({k: tensors[key] for k, key in keys.items()})
+    state = {k: tensors[key] for k, key in keys.items()}
+    ratio = feature_scale(model_dir, config) / FEATURE_SCALE
+    if ratio != 1.0:  # exported by a version whose features had another length
+        head = "head.weight" if "head.weight" in state else "weight"
+        state[head] = state[head] * ratio
+    module.load_state_dict(state)
     module.eval()
     return module, info["labels"], info
 
@@ -236,6 +245,16 @@ class ExportedModel:
             results += [(self.labels[i], c) for i, c in zip(index.tolist(), confidence.tolist(),
                                                             strict=True)]
         return results
+
+
+def feature_scale(model_dir: Path, config: dict) -> float:
+    """The length the export's head reads a unit-length embedding at (1 for exports made before
+    fedintent scaled features, which do not record it)."""
+    scale = config.get("feature_scale", 1.0)
+    if isinstance(scale, bool) or not isinstance(scale, int | float) or not 0 < scale < math.inf:
+        raise ValueError(f"{Path(model_dir) / 'config.json'}: feature_scale must be a positive "
+                         f"number, not {scale!r}")
+    return float(scale)
 
 
 def _exported_featurizer(model_dir: Path, config: dict) -> Callable[[list[str]], torch.Tensor]:
@@ -268,13 +287,15 @@ def load_exported(model_dir: Path) -> ExportedModel:
         if "weight" not in tensors:
             raise ValueError(f"{model_dir / WEIGHTS_FILE}: no 'weight' tensor")
         featurize = _exported_featurizer(model_dir, config)
+        scale = feature_scale(model_dir, config)
         return ExportedModel(labels, lambda texts: nn.functional.linear(
-            featurize(texts), tensors["weight"], tensors.get("bias")))
+            scale * featurize(texts), tensors["weight"], tensors.get("bias")))
     from transformers import AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
     _read_tensors(model_dir, [])  # a clear error for a damaged weights file
+    feature_scale(model_dir, config)
     tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
     model = FedintentBertForSequenceClassification.from_pretrained(model_dir, local_files_only=True)
     model.eval()

@@ -1,7 +1,9 @@
 """A fedintent intent classifier as a Hugging Face transformers model.
 
 The classifier is a BERT encoder, the mean of its last layer's token states over the attention
-mask, L2-normalised (the all-MiniLM-L6-v2 sentence-embedding recipe), then one linear layer.
+mask, L2-normalised (the all-MiniLM-L6-v2 sentence-embedding recipe), times the config's
+``feature_scale`` (the length the head was trained to read; 1 when absent), then one linear
+layer.
 No standard transformers architecture pools that way over a BERT encoder (BERT's own
 classification head uses the [CLS] pooler), so this is custom model code.
 
@@ -24,7 +26,7 @@ class FedintentBertConfig(BertConfig):
 
 
 class FedintentBertForSequenceClassification(BertPreTrainedModel):
-    """BERT encoder, masked mean pooling, L2 normalisation, linear classifier."""
+    """BERT encoder, masked mean pooling, L2 normalisation and scale, linear classifier."""
 
     config_class = FedintentBertConfig
 
@@ -58,7 +60,8 @@ class FedintentBertForSequenceClassification(BertPreTrainedModel):
             attention_mask = torch.ones(hidden.shape[:2], device=hidden.device)
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-        logits = self.classifier(nn.functional.normalize(pooled, dim=-1))
+        scale = getattr(self.config, "feature_scale", 1.0)
+        logits = self.classifier(scale * nn.functional.normalize(pooled, dim=-1))
         loss = None
         if labels is not None:
             loss = nn.functional.cross_entropy(logits.view(-1, self.num_labels), labels.view(-1))

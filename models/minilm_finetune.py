@@ -19,7 +19,8 @@ import torch
 from torch import nn
 
 from models.encoder import encoder_fingerprint, load_encoder, mean_pool, token_states
-from models.encoder_head import label_prior
+from models.encoder_head import label_prior, prior_head
+from models.feature_scale import FEATURE_SCALE
 from models.feature_store import cached
 
 TRAINED_LAYERS = 1
@@ -36,7 +37,8 @@ pretrained layer weights (about 0.05 each) in noise."""
 
 
 class TopLayersClassifier(nn.Module):
-    """The top ``len(layers)`` encoder layers, mean pooling and a linear head.
+    """The top ``len(layers)`` encoder layers, mean pooling (scaled to FEATURE_SCALE) and a
+    linear head.
 
     Input: token states after the frozen layers with the attention mask as the last channel,
     [batch, tokens, hidden + 1] (what ``featurize`` returns).
@@ -62,7 +64,7 @@ class TopLayersClassifier(nn.Module):
         additive = (1.0 - mask[:, None, None, :]) * torch.finfo(hidden.dtype).min
         for layer in self.layers:
             hidden = layer(hidden, attention_mask=additive)
-        return self.head(mean_pool(hidden, mask))
+        return self.head(FEATURE_SCALE * mean_pool(hidden, mask))
 
 
 def featurize(texts: list[str], cache_dir: Path | None, folder: Path,
@@ -92,9 +94,7 @@ def initial_model(labels: list[str], folder: Path,
                   trained_layers: int = TRAINED_LAYERS) -> TopLayersClassifier:
     """The pretrained top layers and the label-name prior head (see ``encoder_head``)."""
     model = build_model(len(labels), folder, trained_layers)
-    with torch.no_grad():
-        model.head.weight.copy_(label_prior(labels, folder))
-        model.head.bias.zero_()
+    prior_head(model.head, label_prior(labels, folder))
     return model
 
 

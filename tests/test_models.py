@@ -7,16 +7,18 @@ import models.encoder as encoder
 import models.encoder_head as minilm
 from fl_server.model_store import load_model, save_model
 from models import get_model_family, model_family_names
+from models.feature_scale import FEATURE_SCALE
 
 MINILM = encoder.packaged_minilm()
 
 
-def test_embeddings_are_normalised_and_meaningful():
+def test_features_are_scaled_embeddings_and_meaningful():
     features = minilm.featurize(
         ["I lost my credit card", "my card is missing", "what is the weather today"], None,
         MINILM)
     assert features.shape == (3, 384)
-    assert torch.allclose(features.norm(dim=1), torch.ones(3), atol=1e-5)
+    assert torch.allclose(features.norm(dim=1), torch.full((3,), FEATURE_SCALE),
+                          atol=1e-5)
     assert features[0] @ features[1] > features[0] @ features[2]
 
 
@@ -37,7 +39,7 @@ def test_features_are_cached_on_the_site_disk_and_only_new_texts_are_encoded(tmp
     grown = minilm.featurize(["a new text", *texts], tmp_path, MINILM)
     assert encoded == [["a new text"]]  # a new day of data encodes only its new rows
     assert torch.equal(grown[1:], first)
-    assert torch.allclose(grown[0], real_embed(["a new text"], MINILM)[0])
+    assert torch.allclose(grown[0], FEATURE_SCALE * real_embed(["a new text"], MINILM)[0])
 
 
 def test_only_the_head_is_exchanged():
@@ -71,9 +73,10 @@ def test_the_initial_head_is_a_zero_shot_classifier_from_label_names():
     head = minilm.initial_head(labels, MINILM)
     phrases = ["card arrival", "banking lost card", "exchange rate", "top up failed"]
     assert [minilm.label_phrase(label) for label in labels] == phrases
-    embeddings = encoder.embed(phrases, MINILM)
-    assert torch.allclose(head.weight, minilm.LABEL_PRIOR_SCALE * embeddings, atol=1e-6)
     assert torch.count_nonzero(head.bias) == 0
-    queries = encoder.embed(["where is my new card", "i lost my card",
-                             "what rate for euros", "my top-up did not work"], MINILM)
+    label_features = minilm.featurize(phrases, None, MINILM)
+    cosines = encoder.embed(phrases, MINILM) @ encoder.embed(phrases, MINILM).T
+    assert torch.allclose(head(label_features), minilm.LABEL_PRIOR_SCALE * cosines, atol=1e-4)
+    queries = minilm.featurize(["where is my new card", "i lost my card",
+                                "what rate for euros", "my top-up did not work"], None, MINILM)
     assert head(queries).argmax(dim=1).tolist() == [0, 1, 2, 3]

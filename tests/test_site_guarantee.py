@@ -61,6 +61,7 @@ from fl_client.site_secret import SECRET_FILE
 from fl_protocol.wire import RUN_CONFIG_DEFAULTS as DEFAULTS
 from models import get_model_family
 from models.family import ModelFamily
+from models.feature_scale import FEATURE_SCALE
 
 pytestmark = pytest.mark.usefixtures("task_identity")
 
@@ -182,13 +183,15 @@ def recording_featurize(family: ModelFamily) -> Iterator[list[str]]:
 
 def received_model(family: ModelFamily) -> nn.Module:
     """The run's public starting model; all-zero tensors (``ngram``'s weights, head biases) get
-    seeded random values so that per-example gradient norms differ and clipping matters."""
+    seeded random values, logits of about 3 (weights read features FEATURE_SCALE long), so that
+    per-example gradient norms differ and clipping matters."""
     model = family.initial_model(LABELS)
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for param in model.parameters():
             if not param.any():
-                param.copy_(3.0 * torch.randn(param.shape, generator=generator))
+                size = 3.0 / FEATURE_SCALE if param.dim() > 1 else 3.0
+                param.copy_(size * torch.randn(param.shape, generator=generator))
     return model
 
 

@@ -13,6 +13,7 @@ from fl_client.privacy_accounting import steps_per_round
 from models import get_model_family, use_multilingual
 from models.encoder_head import LABEL_PRIOR_SCALE
 from models.export import export_model, load_exchanged, load_exported
+from models.feature_scale import FEATURE_SCALE
 from models.model_card import model_card
 
 LABELS = ["banking.card_lost", "banking.refund_status", "general.greeting"]
@@ -54,9 +55,10 @@ def test_a_chinese_sentence_lands_next_to_its_english_meaning(offline_encoder):
 
 def test_english_label_names_classify_chinese_text_before_any_training(offline_encoder):
     head = get_model_family("use-multilingual").initial_model(LABELS)
-    assert torch.allclose(head.weight.norm(dim=1), torch.full((3,), LABEL_PRIOR_SCALE), atol=1e-4)
+    assert torch.allclose(FEATURE_SCALE * head.weight.norm(dim=1),
+                          torch.full((3,), LABEL_PRIOR_SCALE), atol=1e-4)
     assert torch.count_nonzero(head.bias) == 0
-    assert head(offline_encoder[:3]).argmax(dim=1).tolist() == [0, 1, 2]
+    assert head(FEATURE_SCALE * offline_encoder[:3]).argmax(dim=1).tolist() == [0, 1, 2]
 
 
 def test_the_site_encodes_each_utterance_once(tmp_path, monkeypatch, offline_encoder):
@@ -99,7 +101,7 @@ def test_the_head_trains_one_dp_step_exports_and_predicts(tmp_path, offline_enco
     assert labels == LABELS and info["model_family"] == "use-multilingual"
     assert all(torch.equal(rebuilt.state_dict()[k], v) for k, v in model.state_dict().items())
     with torch.no_grad():
-        expected = torch.softmax(model(use_multilingual.embed(ZH)), dim=-1).max(dim=-1)
+        expected = torch.softmax(model(use_multilingual.featurize(ZH, None)), dim=-1).max(dim=-1)
     predictions = load_exported(out).predict(ZH)
     assert [label for label, _ in predictions] == [LABELS[i] for i in expected.indices]
     assert [c for _, c in predictions] == pytest.approx(expected.values.tolist(), abs=1e-5)
