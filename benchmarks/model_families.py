@@ -6,7 +6,8 @@ Usage:
     python benchmarks/model_families.py banking77 ../shared/datasets/banking77 --out fam-b77-10 \
         --models minilm-head,minilm-finetune --rounds 10
     python benchmarks/model_families.py chinese --out fam-zh [--size 2000] \
-        [--models ngram,use-multilingual] [--epsilons 8,inf] [--chinese-label-names]
+        [--models ngram,use-multilingual] [--epsilons 8,inf] [--chinese-label-names] \
+        [--privacy-model distributed]
     python benchmarks/model_families.py speed --out fam-speed [--sentences 1000]
     python benchmarks/model_families.py mixed --out fam-mixed [--epsilons 8] [--size 600]
 
@@ -17,9 +18,11 @@ synthetic Chinese call-center sites (``fedintent synth --lang zh``), trains each
 reads Chinese at each epsilon (inf: no DP), and scores the centralized non-private TF-IDF +
 logistic-regression baseline on the same train/test splits; with ``--chinese-label-names`` the
 same sites carry Chinese intent names (``CHINESE_LABELS``), so the label-name prior is built
-from Chinese text instead of English. ``speed``: featurizes the intent
-utterances of synthetic English and Chinese sites with each family in this process (the
-encoder loaded first, no feature cache) and reports sentences per second and the load average.
+from Chinese text instead of English; with ``--privacy-model distributed`` the DP runs use
+distributed DP over SecAgg+ (``fedintent train --privacy-model distributed``). ``speed``:
+featurizes the intent utterances of synthetic English and Chinese sites with each family in
+this process (the encoder loaded first, no feature cache) and reports sentences per second and
+the load average.
 ``mixed``: generates sites that hold both English and Chinese conversations (``fedintent synth
 --lang en,zh``), trains one federation over all of them, then each language apart (the same
 sites keeping only that language's conversations), and scores every model on each language's
@@ -108,7 +111,8 @@ def train(data: Path, out: Path, model: str, epsilon: str, extra: list[str],
         "max_epsilon": metrics["final"]["max_epsilon"],
         "rounds": len(rounds),
         "wall_seconds": float((out / "wall_seconds.txt").read_text()),
-        "upload_bytes_per_site_round": sum(uploads) / len(uploads),
+        # None under SecAgg+: the masked vectors are in the sites' egress logs instead
+        "upload_bytes_per_site_round": sum(uploads) / len(uploads) if uploads else None,
     }
 
 
@@ -139,11 +143,18 @@ def chinese(args: argparse.Namespace) -> list[str]:
         data = relabelled(data, CHINESE_LABELS, args.out / "sites-chinese-labels")
     rows = ["| method | test accuracy | training time |", "| --- | --- | --- |"]
     extra = ["--rounds", str(args.rounds)] if args.rounds else []
+    distributed = args.privacy_model == "distributed"
     for model in args.models:
         for epsilon in args.epsilons.split(","):
             name = f"{model}-inf" if epsilon == "inf" else f"{model}-eps{epsilon}"
-            r = train(data, args.out / name, model, epsilon, extra)
-            privacy = "no DP" if epsilon == "inf" else f"epsilon {epsilon} per site"
+            if distributed and epsilon != "inf":
+                name += "-distributed"
+                privacy = f"distributed DP, epsilon {epsilon} per site"
+                r = train(data, args.out / name, model, epsilon,
+                          [*extra, "--privacy-model", "distributed"])
+            else:
+                privacy = "no DP" if epsilon == "inf" else f"epsilon {epsilon} per site"
+                r = train(data, args.out / name, model, epsilon, extra)
             rows.append(f"| federated `{model}`, {privacy} | {r['accuracy']:.4f} | "
                         f"{r['wall_seconds']:.0f} s |")
         if get_model_family(model).base_model is not None:
@@ -327,6 +338,9 @@ def main() -> int:
     parser.add_argument("--chinese-label-names", action="store_true",
                         help="chinese only: the sites' intents renamed to Chinese names, so the "
                         "label-name prior reads Chinese")
+    parser.add_argument("--privacy-model", choices=("local", "distributed"), default="local",
+                        help="chinese only: how the DP runs add noise (distributed: over "
+                        "SecAgg+, the run's tolerated sites as fedintent train sets them)")
     parser.add_argument("--sentences", type=int, default=1000,
                         help="utterances per language to featurize (speed only)")
     args = parser.parse_args()
