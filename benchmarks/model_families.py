@@ -143,18 +143,15 @@ def chinese(args: argparse.Namespace) -> list[str]:
         data = relabelled(data, CHINESE_LABELS, args.out / "sites-chinese-labels")
     rows = ["| method | test accuracy | training time |", "| --- | --- | --- |"]
     extra = ["--rounds", str(args.rounds)] if args.rounds else []
-    distributed = args.privacy_model == "distributed"
     for model in args.models:
         for epsilon in args.epsilons.split(","):
             name = f"{model}-inf" if epsilon == "inf" else f"{model}-eps{epsilon}"
-            if distributed and epsilon != "inf":
-                name += "-distributed"
-                privacy = f"distributed DP, epsilon {epsilon} per site"
-                r = train(data, args.out / name, model, epsilon,
-                          [*extra, "--privacy-model", "distributed"])
-            else:
-                privacy = "no DP" if epsilon == "inf" else f"epsilon {epsilon} per site"
-                r = train(data, args.out / name, model, epsilon, extra)
+            privacy = "no DP" if epsilon == "inf" else f"epsilon {epsilon} per site"
+            run_extra = extra
+            if args.privacy_model == "distributed" and epsilon != "inf":
+                name, privacy = f"{name}-distributed", f"distributed DP, {privacy}"
+                run_extra = [*extra, "--privacy-model", "distributed"]
+            r = train(data, args.out / name, model, epsilon, run_extra)
             rows.append(f"| federated `{model}`, {privacy} | {r['accuracy']:.4f} | "
                         f"{r['wall_seconds']:.0f} s |")
         if get_model_family(model).base_model is not None:

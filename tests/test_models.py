@@ -75,7 +75,8 @@ def test_the_initial_head_is_a_zero_shot_classifier_from_label_names():
     assert [minilm.label_phrase(label) for label in labels] == phrases
     assert torch.count_nonzero(head.bias) == 0
     label_features = minilm.featurize(phrases, None, MINILM)
-    cosines = encoder.embed(phrases, MINILM) @ encoder.embed(phrases, MINILM).T
+    embeddings = encoder.embed(phrases, MINILM)
+    cosines = embeddings @ embeddings.T
     assert torch.allclose(head(label_features), minilm.LABEL_PRIOR_SCALE * cosines, atol=1e-4)
     queries = minilm.featurize(["where is my new card", "i lost my card",
                                 "what rate for euros", "my top-up did not work"], None, MINILM)
