@@ -69,6 +69,7 @@ TARGETS = [
     "fl_client/site_secret.py",
     "fl_protocol/wire.py",
     "fl_protocol/durable_files.py",
+    "fl_protocol/secret_sharing.py",
 ]
 # New privacy modules are picked up by name, so that a module added under fl_client/ is
 # mutated without editing this list (privacy_report.py only formats: left out).
@@ -86,12 +87,15 @@ FAST_TESTS = [
     "tests/test_site_secure_aggregation.py",
     "tests/test_wire_contract.py",
     "tests/test_durable_files.py",
+    "tests/test_secret_sharing.py",
 ]
 SLOW_TESTS = ["tests/test_secure_aggregation.py"]
 
 COPY_IGNORE = shutil.ignore_patterns(".venv", ".git", "__pycache__", ".pytest_cache",
                                      ".ruff_cache", ".mypy_cache", "*.egg-info", "mutants")
-PYTEST_ARGS = ["-x", "-q", "-p", "no:cacheprovider"]
+PYTEST_ARGS = ["-x", "-q", "-p", "no:cacheprovider", "-n", "0"]
+"""``-n 0``: in-process, not on the suite's pytest-xdist workers (``addopts``), so that the line
+tracer and the forked mutant server see the tests run."""
 
 LOG_FUNCTIONS = {"log", "print"}
 LOG_METHODS = {"debug", "info", "warning", "warn", "error", "exception", "critical", "log"}
@@ -672,7 +676,7 @@ def baseline(copy: Path, tests: list[str], files: list[str], cache_dir: Path,
         "MUTATION_TRACE_FILES": os.pathsep.join(str(copy / f) for f in files),
         "MUTATION_TRACE_OUT": str(out), "MUTATION_COPY": str(copy)})
     print(f"baseline: running {len(tests)} test files with the line tracer ...", flush=True)
-    code, output, seconds = run_pytest(copy, ["-q", "-p", "no:cacheprovider", "-p",
+    code, output, seconds = run_pytest(copy, ["-q", "-p", "no:cacheprovider", "-n", "0", "-p",
                                               "mutation_trace",
                                               "--continue-on-collection-errors", *tests],
                                        7200, env)

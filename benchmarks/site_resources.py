@@ -9,21 +9,27 @@ and train the head with DP-SGD, at the run defaults (``minilm-head``, target eps
 cached embeddings (warm), as every later round and run on unchanged data does.
 
     nice -n 10 python benchmarks/site_resources.py --utterances 10000
+    python benchmarks/site_resources.py --utterances 1000,3000,10000,30000 --out site-scaling
 
 Reports, per round: wall and CPU seconds and the process's peak resident memory (``getrusage``,
 so imports, the encoder and the data are all counted), and the disk taken by the site's data
 and its state folder (ledger, feature cache). The synthetic site (``data_synth``, English) is
-sized to about N conversations, one intent utterance each.
+sized to about N conversations, one intent utterance each. With several sizes and ``--out``,
+``OUT/site_resources.json``, a table (``.md``) and the curves (``.png``: CPU time and peak memory
+of a cold and a warm round against the site's size) are written too.
 """
 
 import argparse
 import json
+import math
 import multiprocessing
 import resource
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from fl_protocol.durable_files import write_bytes_atomic
 
 
 def disk_bytes(folder: Path) -> int:
@@ -61,7 +67,9 @@ def one_round(site_dir: str, state_dir: str, server_round: int, queue) -> None:
                            "num-rounds": 2, "run-name": "site-resources"})
     msg = Message(content=RecordDict({"arrays": ArrayRecord(head.state_dict()),
                                       "config": config}), dst_node_id=7, message_type="train")
-    ctx = Context(run_id=1, node_id=7, node_config={"data-path": site_dir, "state-dir": state_dir},
+    # The synthetic conversations are dated early 2026: keep them whatever today's date.
+    node = {"data-path": site_dir, "state-dir": state_dir, "retention-days": math.inf}
+    ctx = Context(run_id=1, node_id=7, node_config=node,
                   state=RecordDict(), run_config=dict(RUN_CONFIG_DEFAULTS))
     reply = client_app.app(msg, ctx)
     if reply.has_error():
@@ -97,15 +105,63 @@ def measure(utterances: int, seed: int) -> dict:
                 "cpus": multiprocessing.cpu_count()}
 
 
+def write_report(out: Path, results: list[dict]) -> None:
+    """``site_resources.md`` and ``site_resources.png``: cost against the site's size."""
+    lines = ["| utterances | data MiB | state MiB | cold round: CPU s, wall s, peak MiB "
+             "| warm round: CPU s, wall s, peak MiB |", "| ---: | ---: | ---: | ---: | ---: |"]
+    for row in results:
+        cold, warm = row["cold_round"], row["warm_round"]
+        lines.append(f"| {row['utterances']} | {row['data_mib']} | {row['state_mib']} "
+                     f"| {cold['cpu_s']}, {cold['wall_s']}, {cold['peak_rss_mib']} "
+                     f"| {warm['cpu_s']}, {warm['wall_s']}, {warm['peak_rss_mib']} |")
+    write_bytes_atomic(out / "site_resources.md", ("\n".join(lines) + "\n").encode())
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    sizes = [row["utterances"] for row in results]
+    fig, (cpu_ax, memory_ax) = plt.subplots(1, 2, figsize=(9, 3.5))
+    for key, label in (("cold_round", "first round (embeds)"), ("warm_round", "later round")):
+        cpu_ax.plot(sizes, [row[key]["cpu_s"] for row in results], "o-", label=label)
+        memory_ax.plot(sizes, [row[key]["peak_rss_mib"] / 1024 for row in results], "o-",
+                       label=label)
+    cpu_ax.set(xlabel="utterances at the site", ylabel="CPU seconds", title="CPU time per round")
+    memory_ax.set(xlabel="utterances at the site", ylabel="GiB", ylim=(0, None),
+                  title="peak memory of the ClientApp")
+    for ax in (cpu_ax, memory_ax):
+        ax.set_xscale("log")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "site_resources.png", dpi=120)
+    plt.close(fig)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--utterances", type=int, default=10_000,
-                        help="size of the synthetic site (default: %(default)s)")
+    parser.add_argument("--utterances", default="10000",
+                        help="size of the synthetic site, or comma-separated sizes "
+                        "(default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="seed (default: %(default)s)")
+    parser.add_argument("--out", type=Path, help="folder for the JSON, table and plot")
     args = parser.parse_args()
-    if args.utterances < 100:
-        parser.error(f"--utterances must be >= 100, got {args.utterances}")
-    print(json.dumps(measure(args.utterances, args.seed), indent=2))
+    try:
+        sizes = sorted({int(size) for size in args.utterances.split(",")})
+    except ValueError:
+        parser.error(f"--utterances: comma-separated integers, got {args.utterances!r}")
+    if sizes[0] < 100:
+        parser.error(f"--utterances must be >= 100, got {sizes[0]}")
+    results = []
+    for size in sizes:
+        results.append(measure(size, args.seed))
+        print(json.dumps(results[-1], indent=2), flush=True)
+        if args.out is not None:
+            args.out.mkdir(parents=True, exist_ok=True)
+            write_bytes_atomic(args.out / "site_resources.json",
+                               json.dumps(results, indent=1).encode())
+            write_report(args.out, results)
 
 
 if __name__ == "__main__":

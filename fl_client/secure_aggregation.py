@@ -16,7 +16,8 @@ before quantizing it, which would corrupt the sum without anyone noticing. A ref
 drops out of the round like any other failed site.
 
 Every mask comes from a cryptographic generator keyed with the whole secret
-(``fl_protocol/secagg_masks.py``), not Flower's 32-bit-seeded Mersenne Twister, and the masked
+(``fl_protocol/secagg_masks.py``), not Flower's 32-bit-seeded Mersenne Twister, the site's
+secrets are shared over a prime field (``fl_protocol/secret_sharing.py``), and the masked
 values leave as 32-bit words (``fl_protocol/distributed_sum.compact``).
 
 Under distributed DP the handler's reply holds the site's integers (its clipped gradients and
@@ -55,6 +56,7 @@ from fl_client.egress_guard import EgressViolation, check_reply
 from fl_client.site_policy import PolicyRefusal, RoundRequest, round_request
 from fl_protocol.distributed_sum import MODULUS, WEIGHT, compact, sum_range, wrap
 from fl_protocol.secagg_masks import use_cryptographic_masks
+from fl_protocol.secret_sharing import use_prime_field_sharing
 from fl_protocol.wire import ARRAYS_KEY, METRICS_KEY, Reason, error_reply
 
 
@@ -71,6 +73,7 @@ def secure_aggregation_mod(msg: Message, context: Context, call_next: ClientAppC
     if RECORD_KEY_CONFIGS not in msg.content.config_records:
         return call_next(msg, context)
     use_cryptographic_masks()
+    use_prime_field_sharing()
     stage = str(msg.content.config_records[RECORD_KEY_CONFIGS].get(Key.STAGE))
     try:
         if stage == Stage.SETUP:

@@ -19,8 +19,10 @@ and under distributed DP the step's divisor) against the other sites'; one rejec
 drops the round's sum (``strategy.CheckedRounds.aggregate_secure_train``).
 
 Masks come from a cryptographic generator (``fl_protocol/secagg_masks.py``), on this side too:
-the server regenerates the masks it removes. Sites send masked values as 32-bit words, which the
-server widens back to the int64 Flower sums (``fl_protocol/distributed_sum.py``).
+the server regenerates the masks it removes; and it rebuilds the sites' secrets from their
+shares over the same prime field the sites split them in (``fl_protocol/secret_sharing.py``).
+Sites send masked values as 32-bit words, which the server widens back to the int64 Flower
+sums (``fl_protocol/distributed_sum.py``).
 
 Under ``privacy-model = distributed`` (``fl_client/distributed_dp.py``) each site sends integers:
 its clipped gradient sum at the global model plus its share of the noise. The sum is set up to
@@ -68,6 +70,7 @@ from fl_protocol.distributed_sum import (
     sum_range,
 )
 from fl_protocol.secagg_masks import use_cryptographic_masks
+from fl_protocol.secret_sharing import use_prime_field_sharing
 from fl_protocol.wire import ARRAYS_KEY, CONFIG_KEY, METRICS_KEY, NO_REPLY
 from fl_server.update_validation import ArraySpec
 
@@ -192,6 +195,7 @@ def secure_train_round(
     )
     legacy.state.array_records[MAIN_PARAMS_RECORD] = ArrayRecord()
     use_cryptographic_masks()
+    use_prime_field_sharing()
     SecAggPlusWorkflow(
         num_shares=1.0,  # every site holds a share of every other site's keys
         reconstruction_threshold=threshold / len(by_node),

@@ -90,7 +90,7 @@ def run_federated(
         min_sites=num_sites, name=f"bench-{cell_dir.name}", state_dir=state_root,
     )
     round_times: list[float] = []
-    memory = _PeakMemory()
+    memory = PeakMemory()
     started = time.monotonic()
     with memory:
         metrics = run_simulation(
@@ -116,7 +116,7 @@ def run_federated(
         "wall_seconds": wall,
         "seconds_per_round": sum(per_round[1:]) / max(len(per_round) - 1, 1),
         "first_round_seconds": per_round[0] if per_round else None,
-        "upload_bytes_per_site_round": _upload_bytes_per_site_round(state_root),
+        "upload_bytes_per_site_round": upload_bytes_per_site_round(state_root),
         "peak_memory_mib": memory.peak_bytes / 2**20,
     }
 
@@ -128,7 +128,7 @@ def _max_over_rounds(metrics: dict, key: str, settings: dict) -> float:
     return max((entry.get(key) or 0.0) for entry in metrics["rounds"])
 
 
-def _upload_bytes_per_site_round(state_root: Path) -> float:
+def upload_bytes_per_site_round(state_root: Path) -> float:
     """Mean upload of a site in a round, over the train replies its egress guard let out."""
     per_site_round: dict[tuple, int] = {}
     for log in state_root.glob(f"*/{EGRESS_LOG}"):
@@ -146,16 +146,22 @@ def _upload_bytes(entry: dict) -> int:
     return sum(array["bytes"] for array in entry.get("arrays", []))
 
 
-class _PeakMemory:
-    """Samples the resident memory of this process tree in a background thread."""
+class PeakMemory:
+    """The peak resident memory of process trees, each one and all together, sampled in a
+    background thread: ``trees`` names each tree's root processes (default: this process
+    and all its descendants, as ``"all"``)."""
 
-    def __init__(self, interval: float = 0.5) -> None:
+    def __init__(self, trees: dict[str, list[int]] | None = None,
+                 interval: float = 0.5) -> None:
         self.interval = interval
+        self.trees = {name: [psutil.Process(pid) for pid in pids]
+                      for name, pids in (trees or {"all": [os.getpid()]}).items()}
+        self.peaks = dict.fromkeys(self.trees, 0)
         self.peak_bytes = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
 
-    def __enter__(self) -> "_PeakMemory":
+    def __enter__(self) -> "PeakMemory":
         self._thread.start()
         return self
 
@@ -164,14 +170,28 @@ class _PeakMemory:
         self._thread.join()
 
     def _sample(self) -> None:
-        me = psutil.Process()
-        while not self._stop.is_set():
-            total = sum(_rss(proc) for proc in [me, *me.children(recursive=True)])
+        """Sample until stopped, at least once however short the watch."""
+        while True:
+            total = 0
+            for name, roots in self.trees.items():
+                size = sum(_tree_bytes(root) for root in roots)
+                self.peaks[name] = max(self.peaks[name], size)
+                total += size
             self.peak_bytes = max(self.peak_bytes, total)
-            self._stop.wait(self.interval)
+            if self._stop.wait(self.interval):
+                return
 
 
-def _rss(proc: psutil.Process) -> int:
+def _tree_bytes(root: psutil.Process) -> int:
+    try:
+        procs = [root, *root.children(recursive=True)]
+    except psutil.Error:  # the whole tree has ended
+        return 0
+    return sum(resident_bytes(proc) for proc in procs)
+
+
+def resident_bytes(proc: psutil.Process) -> int:
+    """A process's resident memory; 0 if it has ended."""
     try:
         return proc.memory_info().rss
     except psutil.Error:  # ended between listing and reading

@@ -1,0 +1,31 @@
+"""benchmarks/encoder_speed.py compares every option with fedintent's own embedding: its loop,
+given fedintent's encoder and batch size, must give exactly fedintent's embeddings, or every
+cosine it reports would measure the loop as well as the option."""
+
+import importlib.util
+from pathlib import Path
+
+import torch
+
+from models.encoder import ENCODE_BATCH, embed, load_encoder, packaged_minilm
+
+TEXTS = ["I lost my card", "when will my card arrive?", "top up failed", "hi",
+         "my transfer to a friend has not arrived after three days, what happened?"] * 3
+
+
+def _benchmark():
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "encoder_speed.py"
+    spec = importlib.util.spec_from_file_location("encoder_speed", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_benchmarks_loop_reproduces_fedintents_embeddings() -> None:
+    bench = _benchmark()
+    folder = packaged_minilm()
+    tokenizer, model = load_encoder(folder)
+    reference = embed(TEXTS, folder)
+    for batch_size in (ENCODE_BATCH, 4):
+        ours = bench.embed_with(TEXTS, tokenizer, bench.torch_encoder(model), batch_size)
+        assert torch.allclose(ours, reference, atol=1e-5)
