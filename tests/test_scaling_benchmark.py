@@ -162,3 +162,46 @@ def test_secagg_times_come_from_the_server_log_after_the_first_round(tmp_path: P
                                            "secagg_server_unmask_seconds": 2.0}
     log.write_text("12/02/2026 10:00:00:INFO:round   1/5\n")
     assert scaling.secagg_seconds(log) == {}
+
+
+def test_recorded_runs_every_measurement_of_the_docs_into_its_own_folder(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--recorded`` is the one command behind docs/SCALING.md: each preset with its own
+    settings and folder, the per-site curve last."""
+    scaling = _benchmark()
+    data = tmp_path / "banking77"
+    data.mkdir()
+    for name in ("train.csv", "test.csv"):
+        (data / name).write_text("text,label\n")
+    runs: list[tuple[str, int, dict, bool]] = []
+
+    def fake_measure(args, num_sites: int, settings: dict) -> dict:
+        runs.append((args.out.name, num_sites, settings, args.synthetic))
+        return _result(num_sites, 1.0) | {"site_peak_memory_mib_max": 1.0,
+                                          "site_peak_memory_mib_mean": 1.0,
+                                          "superlink_peak_memory_mib": 1.0}
+
+    commands = []
+    monkeypatch.setattr(scaling, "measure", fake_measure)
+    monkeypatch.setattr(scaling, "measure_deployment", fake_measure)
+    monkeypatch.setattr(scaling.subprocess, "run", lambda cmd, check: commands.append(cmd))
+    monkeypatch.setattr(sys, "argv", ["scaling.py", str(data), "--recorded",
+                                      "--out", str(tmp_path / "out")])
+    assert scaling.main() == 0
+    by_folder: dict[str, list] = {}
+    for folder, sites, settings, synthetic in runs:
+        by_folder.setdefault(folder, []).append((sites, settings, synthetic))
+    assert {folder: [s for s, _, _ in rows] for folder, rows in by_folder.items()} == {
+        "banking77": [10, 50, 100], "synthetic": [10, 50, 100], "secagg": [10, 20, 50, 100],
+        "distributed": [10, 20, 50], "deployment": [20]}
+    assert all(synthetic == (folder == "synthetic")
+               for folder, rows in by_folder.items() for _, _, synthetic in rows)
+    assert by_folder["secagg"][0][1]["secure-aggregation"] is True
+    assert by_folder["distributed"][0][1]["privacy-model"] == "distributed"
+    assert by_folder["distributed"][0][1]["target-epsilon"] == 3.0
+    assert by_folder["banking77"][0][1]["num-rounds"] == 40
+    mode = json.loads((tmp_path / "out" / "deployment" / "scaling.json").read_text())["mode"]
+    assert mode == "deployment"
+    [command] = commands
+    assert command[1].endswith("site_resources.py")
+    assert command[-2:] == ["--out", str(tmp_path / "out" / "site")]
