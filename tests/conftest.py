@@ -1,7 +1,11 @@
 """Shared fixtures, and each pytest-xdist worker's own range of ports."""
 
+import importlib.util
 import math
 import os
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
 
 import pytest
 from flwr.app import Context, RecordDict
@@ -23,6 +27,21 @@ def pytest_configure(config: pytest.Config) -> None:
     width = (HIGH_PORT - LOW_PORT + 1) // workers
     low = LOW_PORT + index * width
     os.environ[PORT_RANGE_VARIABLE] = f"{low}-{low + width - 1}"
+
+
+@pytest.fixture
+def benchmark_script() -> Callable[[str], ModuleType]:
+    """``benchmark_script(name)``: ``benchmarks/<name>.py`` imported as a module (the folder is
+    scripts, not a package), so that tests can call its functions."""
+
+    def load(name: str) -> ModuleType:
+        path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load
 
 
 @pytest.fixture

@@ -2,8 +2,6 @@
 given fedintent's encoder and batch size, must give exactly fedintent's embeddings, or every
 cosine it reports would measure the loop as well as the option."""
 
-import importlib.util
-from pathlib import Path
 
 import torch
 
@@ -13,16 +11,8 @@ TEXTS = ["I lost my card", "when will my card arrive?", "top up failed", "hi",
          "my transfer to a friend has not arrived after three days, what happened?"] * 3
 
 
-def _benchmark():
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "encoder_speed.py"
-    spec = importlib.util.spec_from_file_location("encoder_speed", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_the_benchmarks_loop_reproduces_fedintents_embeddings() -> None:
-    bench = _benchmark()
+def test_the_benchmarks_loop_reproduces_fedintents_embeddings(benchmark_script) -> None:
+    bench = benchmark_script("encoder_speed")
     folder = packaged_minilm()
     tokenizer, model = load_encoder(folder)
     reference = embed(TEXTS, folder)

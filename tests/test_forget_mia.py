@@ -2,11 +2,9 @@
 the attack's bookkeeping tells forgotten from never-seen (a model that memorises shows it before
 the erasure, not after it, and still shows the members it kept)."""
 
-import importlib.util
 import math
 from dataclasses import replace
 from functools import partial
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,14 +16,6 @@ LABELS, DIM, MODELS = 5, 384, 6
 OVERFIT = {"num-rounds": 2, "local-epochs": 6, "batch-size": 32, "learning-rate": 4.0,
            "clip-norm": 1.0}
 """Non-private and far past convergence: random-label canaries get memorised."""
-
-
-def _benchmark():
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "forget_mia.py"
-    spec = importlib.util.spec_from_file_location("forget_mia", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _game(seed: int = 0) -> Game:
@@ -70,10 +60,11 @@ def test_the_retrain_trains_on_the_members_minus_the_forgotten(trained):
         assert not np.array_equal(b["phi"], a["phi"])
 
 
-def test_memorised_canaries_are_found_before_the_erasure_not_after(trained):
+def test_memorised_canaries_are_found_before_the_erasure_not_after(trained, benchmark_script):
     game, before, after = trained
+    forget_mia = benchmark_script("forget_mia")
     rows = {(r["kind"], r["attack"], r["phase"]): r
-            for r in _benchmark().forget_rows(before, after, game.audit.kind, game.seed)}
+            for r in forget_mia.forget_rows(before, after, game.audit.kind, game.seed)}
     lira = {phase: rows[CANARY, "lira", phase] for phase in ("before", "after", "after, kept")}
     assert lira["before"]["auc"] > 0.8 and lira["after, kept"]["auc"] > 0.8
     assert 0.35 < lira["after"]["auc"] < 0.65

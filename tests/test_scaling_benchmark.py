@@ -2,7 +2,6 @@
 count is kept and never mixed with runs of other settings, and the report lists what was
 measured. The runs themselves are the end-to-end tests' simulation; not repeated here."""
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -13,14 +12,10 @@ import pytest
 from fedintent.bench.federated import PeakMemory
 from fl_server.run_config import check_run_config, tuned_settings
 
-ROOT = Path(__file__).resolve().parents[1]
 
-
-def _benchmark():
-    spec = importlib.util.spec_from_file_location("scaling", ROOT / "benchmarks" / "scaling.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+@pytest.fixture
+def scaling(benchmark_script):
+    return benchmark_script("scaling")
 
 
 def _result(sites: int, seconds: float) -> dict:
@@ -33,8 +28,7 @@ def _result(sites: int, seconds: float) -> dict:
 @pytest.mark.parametrize(("privacy_model", "secure_aggregation"),
                          [("local", False), ("local", True), ("distributed", False)])
 def test_runs_use_the_tuned_settings_and_pass_the_run_config_check(
-        privacy_model: str, secure_aggregation: bool) -> None:
-    scaling = _benchmark()
+        scaling, privacy_model: str, secure_aggregation: bool) -> None:
     settings = scaling.run_settings(8.0, 40, privacy_model, secure_aggregation)
     check_run_config(settings | {"min-sites": 10})
     assert settings["num-rounds"] == 40
@@ -48,8 +42,7 @@ def test_runs_use_the_tuned_settings_and_pass_the_run_config_check(
         assert settings["tolerated-sites"] == scaling.TOLERATED_SITES
 
 
-def test_report_lists_every_site_count_in_order(tmp_path: Path) -> None:
-    scaling = _benchmark()
+def test_report_lists_every_site_count_in_order(scaling, tmp_path: Path) -> None:
     record = {"data": "synthetic", "mode": "simulation", "settings": {"num-rounds": 40},
               "results": [_result(100, 6.5), _result(10, 2.5)]}
     scaling.write_report(tmp_path, record)
@@ -60,8 +53,7 @@ def test_report_lists_every_site_count_in_order(tmp_path: Path) -> None:
     assert (tmp_path / "scaling.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_a_deployment_report_gives_each_sites_memory(tmp_path: Path) -> None:
-    scaling = _benchmark()
+def test_a_deployment_report_gives_each_sites_memory(scaling, tmp_path: Path) -> None:
     row = _result(20, 9.0) | {"site_peak_memory_mib_max": 812.4, "site_peak_memory_mib_mean": 640.2,
                               "superlink_peak_memory_mib": 402.0}
     scaling.write_report(tmp_path, {"data": "synthetic", "mode": "deployment",
@@ -73,8 +65,8 @@ def test_a_deployment_report_gives_each_sites_memory(tmp_path: Path) -> None:
 
 
 def test_a_folder_of_other_settings_is_refused_and_left_alone(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
-    scaling = _benchmark()
+        scaling, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture) -> None:
     kept = {"data": "synthetic", "mode": "simulation",
             "settings": scaling.run_settings(8.0, 40, "local", False),
             "results": [_result(10, 2.5)]}
@@ -90,8 +82,7 @@ def test_a_folder_of_other_settings_is_refused_and_left_alone(
 
 
 def test_a_measured_site_count_is_not_run_again(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    scaling = _benchmark()
+        scaling, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     kept = {"data": "synthetic", "mode": "simulation",
             "settings": scaling.run_settings(8.0, 40, "local", False),
             "results": [_result(10, 2.5)]}
@@ -117,8 +108,7 @@ def test_a_measured_site_count_is_not_run_again(
     ["--recorded", "--synthetic"],
 ])
 def test_bad_arguments_are_refused_before_anything_is_written(
-        argv: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    scaling = _benchmark()
+        scaling, argv: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "out"
     monkeypatch.setattr(sys, "argv", ["scaling.py", *argv, "--out", str(out)])
     with pytest.raises(SystemExit) as exit_info:
@@ -144,10 +134,10 @@ def test_peak_memory_counts_each_named_process_tree() -> None:
     assert memory.peak_bytes == memory.peaks["child"] < 1024 * 2**20
 
 
-def test_secagg_times_come_from_the_server_log_after_the_first_round(tmp_path: Path) -> None:
+def test_secagg_times_come_from_the_server_log_after_the_first_round(
+        scaling, tmp_path: Path) -> None:
     """Round 1 (actors starting) is left out; a site's log line and one past midnight count
     right."""
-    scaling = _benchmark()
     stamps = [("23:59:50", "23:59:58", "23:59:59"), ("23:59:59", "00:00:04", "00:00:05"),
               ("00:00:05", "00:00:11", "00:00:14")]
     lines = []
@@ -165,10 +155,9 @@ def test_secagg_times_come_from_the_server_log_after_the_first_round(tmp_path: P
 
 
 def test_recorded_runs_every_measurement_of_the_docs_into_its_own_folder(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        scaling, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """``--recorded`` is the one command behind docs/SCALING.md: each preset with its own
     settings and folder, the per-site curve last."""
-    scaling = _benchmark()
     data = tmp_path / "banking77"
     data.mkdir()
     for name in ("train.csv", "test.csv"):
