@@ -54,6 +54,7 @@ from data_synth import write_sites
 from fedintent.bench.federated import (
     PeakMemory,
     cell_lifetime_budget,
+    round_seconds,
     run_federated,
     upload_bytes_per_site_round,
 )
@@ -236,12 +237,10 @@ def measure_deployment(args: argparse.Namespace, num_sites: int, settings: dict)
         finally:
             stop_process_trees(processes)
     model, _, _ = load_model(root / "run" / "model")
-    per_round = [b - a for a, b in zip([started, *round_times], round_times, strict=False)]
     site_peaks = [memory.peaks[f"site{i}"] / 2**20 for i in range(len(site_processes))]
     return {
         "sites": num_sites, "train_utterances": train_rows, "wall_seconds": wall,
-        "seconds_per_round": sum(per_round[1:]) / max(len(per_round) - 1, 1),
-        "first_round_seconds": per_round[0],
+        **round_seconds(started, round_times),
         "peak_memory_mib": memory.peak_bytes / 2**20,
         "site_peak_memory_mib_max": max(site_peaks),
         "site_peak_memory_mib_mean": sum(site_peaks) / len(site_peaks),

@@ -104,7 +104,6 @@ def run_federated(
     model, _, _ = load_model(out_dir / "model")
     scores = evaluate(model, test_features, test_labels)
     final = metrics["final"]
-    per_round = [b - a for a, b in zip([started, *round_times], round_times, strict=False)]
     return {
         "accuracy": scores.accuracy,
         "macro_f1": scores.macro_f1,
@@ -114,11 +113,18 @@ def run_federated(
         "max_site_epsilon": _max_over_rounds(metrics, "max_epsilon", settings),
         "max_site_epsilon_alone": _max_over_rounds(metrics, "max_epsilon_alone", settings),
         "wall_seconds": wall,
-        "seconds_per_round": sum(per_round[1:]) / max(len(per_round) - 1, 1),
-        "first_round_seconds": per_round[0] if per_round else None,
+        **round_seconds(started, round_times),
         "upload_bytes_per_site_round": upload_bytes_per_site_round(state_root),
         "peak_memory_mib": memory.peak_bytes / 2**20,
     }
+
+
+def round_seconds(started: float, round_times: list[float]) -> dict:
+    """``seconds_per_round`` (the mean after the first round, which starts the processes) and
+    ``first_round_seconds`` (None without a round), from the start and each round's end."""
+    per_round = [b - a for a, b in zip([started, *round_times], round_times, strict=False)]
+    return {"seconds_per_round": sum(per_round[1:]) / max(len(per_round) - 1, 1),
+            "first_round_seconds": per_round[0] if per_round else None}
 
 
 def _max_over_rounds(metrics: dict, key: str, settings: dict) -> float:
