@@ -304,3 +304,45 @@ def test_csv_sites_and_unreadable_lines_keep_the_english_default(tmp_path):
     assert train.data_languages(tmp_path / "missing") == set()
     (site / "more.jsonl").write_text('{"language": "zh-TW"}\n', encoding="utf-8")
     assert train.default_model(train.data_languages(tmp_path)) == "use-multilingual"
+
+
+def test_the_tuned_dp_learning_rate_scales_down_with_the_sites_size(tmp_path, monkeypatch,
+                                                                   capsys):
+    """Small sites take noisier full-batch steps, so a tuned DP learning rate shrinks with their
+    mean size; an --lr given, or a run without DP, is kept as it is."""
+    from fl_server.run_config import MIN_SITE_SIZE_SCALE, TUNING_SITE_ROWS, tuned_settings
+
+    for index, rows in enumerate((100, 700)):
+        site = tmp_path / "data" / f"site-{index:02d}"
+        site.mkdir(parents=True)
+        lines = "".join(f"row {i},a\n" for i in range(rows))
+        (site / "train.csv").write_text("text,label\n" + lines, encoding="utf-8")
+        (site / "test.csv").write_text("text,label\nx,a\n", encoding="utf-8")
+    (tmp_path / "data" / "labels.txt").write_text("a\nb\n", encoding="utf-8")
+    assert train.mean_training_rows(tmp_path / "data", 2) == 400
+    assert train.mean_training_rows(tmp_path / "data", 1) == 100
+    assert train.mean_training_rows(tmp_path / "missing", 2) is None
+    started = []
+
+    def run_simulation(run_config, **kwargs):
+        started.append(run_config["learning-rate"])
+        raise simulation.SimulationError("stopped by the test")
+
+    monkeypatch.setattr(simulation, "run_simulation", run_simulation)
+
+    def run(out: str, *extra: str) -> None:
+        assert main(["train", "--data", str(tmp_path / "data"), "--out", str(tmp_path / out),
+                     "--model", "ngram", *extra]) == 1
+
+    run("eps8", "--epsilon", "8")
+    tuned = tuned_settings(8.0)["learning-rate"]
+    assert started[-1] == pytest.approx(tuned * 400 / TUNING_SITE_ROWS, rel=1e-3)
+    assert "scaled to sites of 400 training rows" in capsys.readouterr().out
+    run("one-site", "--epsilon", "8", "--sites", "1")
+    assert started[-1] == pytest.approx(tuned * MIN_SITE_SIZE_SCALE)
+    run("given", "--epsilon", "8", "--lr", "7")
+    assert started[-1] == 7
+    capsys.readouterr()
+    run("no-dp", "--epsilon", "inf")
+    assert started[-1] == tuned_settings(float("inf"))["learning-rate"]
+    assert "scaled" not in capsys.readouterr().out

@@ -9,10 +9,13 @@ import pytest
 from fedintent.launch.flower_cli import toml_value
 from fl_protocol.wire import RUN_CONFIG_DEFAULTS as DEFAULTS
 from fl_server.run_config import (
+    MIN_SITE_SIZE_SCALE,
     NUMBER_RANGES,
+    TUNING_SITE_ROWS,
     WHOLE_RANGES,
     RunConfigError,
     check_run_config,
+    site_size_scale,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -112,3 +115,14 @@ def test_every_number_key_is_finite_and_within_its_range(key):
 @pytest.mark.parametrize("epsilon", [0.1, 1.0, 100.0, math.inf])
 def test_epsilons_the_accountant_can_plan_for_are_accepted(epsilon):
     assert check_run_config({"target-epsilon": epsilon})["target-epsilon"] == epsilon
+
+
+@pytest.mark.parametrize("rows,epsilon,scale", [
+    (TUNING_SITE_ROWS, 8.0, 1.0),
+    (10 * TUNING_SITE_ROWS, 3.0, 1.0),
+    (TUNING_SITE_ROWS / 2, 1.0, 0.5),
+    (TUNING_SITE_ROWS / 2, math.inf, 1.0),
+    (1, 8.0, MIN_SITE_SIZE_SCALE),
+])
+def test_a_dp_learning_rate_scales_with_the_sites_size_down_only(rows, epsilon, scale):
+    assert site_size_scale(rows, epsilon) == pytest.approx(scale)

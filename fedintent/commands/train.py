@@ -18,10 +18,17 @@ from fedintent.commands.options import (
     writable_folder,
 )
 from fedintent.commands.progress import print_round, print_summary
-from fl_client.site_data import SiteDataError, list_site_dirs
+from fl_client.site_data import SiteDataError, list_site_dirs, read_rows
 from fl_protocol.label_file import read_labels
 from fl_protocol.wire import ACCOUNTANTS, PRIVACY_MODELS, PRIVACY_UNITS, RUN_CONFIG_DEFAULTS
-from fl_server.run_config import WHOLE_RANGES, check_run_config, check_whole, tuned_settings
+from fl_server.run_config import (
+    TUNING_SITE_ROWS,
+    WHOLE_RANGES,
+    check_run_config,
+    check_whole,
+    site_size_scale,
+    tuned_settings,
+)
 from fl_server.strategy import STRATEGIES
 from models import model_family_names
 
@@ -49,6 +56,18 @@ def data_languages(data: Path | None) -> set[str]:
                 if isinstance(language, str) and language.strip():
                     found.add(language.strip().lower().split("-")[0])
     return found
+
+
+def mean_training_rows(data_dir: Path, num_sites: int) -> float | None:
+    """The mean number of training rows (before any check) of the first ``num_sites`` site
+    folders, the ones a simulation plays; ``None`` for data that does not read (the sites
+    report the problem themselves)."""
+    try:
+        sites = list_site_dirs(data_dir)[:num_sites]
+        counts = [len(read_rows(site, [])[0]) for site in sites]
+    except (SiteDataError, OSError):
+        return None
+    return sum(counts) / len(counts) if counts else None
 
 
 def default_model(languages: set[str]) -> str:
@@ -115,7 +134,9 @@ def _add_train_options(train: argparse.ArgumentParser) -> None:
                        help="expected DP-SGD batch size; above a site's size, every step uses "
                        f"all its data (default: {TUNED_HELP})")
     train.add_argument("--lr", type=float,
-                       help=f"local learning rate (default: {TUNED_HELP})")
+                       help=f"local learning rate (default: {TUNED_HELP}; with DP, scaled "
+                       f"down for sites of fewer than {TUNING_SITE_ROWS} training rows on "
+                       "average)")
     train.add_argument("--server-momentum", type=float,
                        help="heavy-ball momentum of the server's step, fedavg only (FedAvgM; "
                        f"default: {TUNED_HELP}, 0 = plain FedAvg)")
@@ -168,7 +189,8 @@ def run_train(args: argparse.Namespace) -> int:
     args.rounds = tuned["num-rounds"] if args.rounds is None else args.rounds
     args.local_epochs = tuned["local-epochs"] if args.local_epochs is None else args.local_epochs
     args.batch_size = tuned["batch-size"] if args.batch_size is None else args.batch_size
-    args.lr = tuned["learning-rate"] if args.lr is None else args.lr
+    lr_tuned = args.lr is None
+    args.lr = tuned["learning-rate"] if lr_tuned else args.lr
     if args.server_momentum is None:  # tuned for FedAvg's step only
         fedavg = args.strategy == "fedavg"
         args.server_momentum = tuned.get("server-momentum", 0.0) if fedavg else 0.0
@@ -222,6 +244,13 @@ def run_train(args: argparse.Namespace) -> int:
             write_run_sites(data_dir, num_sites, args.seed)
         labels = read_labels(labels_file)
         warnings = budget_warnings(simulated_sites(run_config, num_sites), run_config)
+        mean_rows = mean_training_rows(data_dir, num_sites) if lr_tuned else None
+    if mean_rows is not None and site_size_scale(mean_rows, args.epsilon) < 1:
+        args.lr = run_config["learning-rate"] = round(
+            args.lr * site_size_scale(mean_rows, args.epsilon), 4)
+        print(f"learning rate {args.lr:g}: the tuned {tuned['learning-rate']:g} scaled to "
+              f"sites of {mean_rows:.0f} training rows on average (tuned on "
+              f"{TUNING_SITE_ROWS}; smaller sites take noisier steps; --lr sets it)")
     privacy = (
         f"DP-SGD, per-site target epsilon {args.epsilon:g} per {args.privacy_unit}, "
         f"delta {args.delta:g}{' (per-site default)' if args.delta == 0 else ''}, "
