@@ -25,6 +25,9 @@
 #                     to, if every other site colluded (default: the ClientApp's, 50)
 #   MAX_NOISE_RATIO   the most this site's noise may exceed the run's planned noise before it
 #                     declines the round, charging nothing (default: the ClientApp's, 2)
+#   LANGUAGES         the languages this site's conversations are in, comma-separated codes
+#                     (en, zh, ...; fl_protocol/wire.py LANGUAGES), named in the model card
+#                     (default: none declared, nothing sent)
 #   RETENTION_DAYS    how long this site uses a conversation after its timestamp: older rows
 #                     (and, under a limit, undated ones) are never used and their derived data
 #                     are purged (default: the ClientApp's, 30; inf: no limit)
@@ -95,6 +98,7 @@ node_config="data-path='$DATA_DIR' state-dir='$STATE_DIR'"
     node_config="$node_config min-tolerated-sites=$MIN_TOLERATED_SITES"
 [ -z "${MAX_EPSILON_ALONE:-}" ] || node_config="$node_config max-epsilon-alone=$MAX_EPSILON_ALONE"
 [ -z "${MAX_NOISE_RATIO:-}" ] || node_config="$node_config max-noise-ratio=$MAX_NOISE_RATIO"
+[ -z "${LANGUAGES:-}" ] || node_config="$node_config languages='$LANGUAGES'"
 [ -z "${RETENTION_DAYS:-}" ] || node_config="$node_config retention-days=$RETENTION_DAYS"
 mkdir -p "$STATE_DIR"
 

@@ -59,6 +59,7 @@ from fl_client.site_policy import (
     retention_days,
     round_request,
     site_delta,
+    site_languages,
     site_policy,
 )
 from fl_client.site_secret import SecretError, private_seed, site_key
@@ -70,6 +71,7 @@ from fl_protocol.wire import (
     TRAIN_METRICS,
     Reason,
     error_reply,
+    language_mask,
     metric_record,
 )
 from models import get_model_family
@@ -101,6 +103,7 @@ def train(msg: Message, context: Context) -> Message:
             raise PolicyRefusal(Reason.MODEL_REFUSED, "distributed DP asked outside a secure "
                                 "sum: the site's noise share alone would leave the site")
         site_dir, state_dir, rows, features, targets = _read_split(msg, context, "train")
+        languages = site_languages(context, site_dir)
     except Exception as err:
         return _refuse(msg, err, READ_FAILURES)
 
@@ -152,6 +155,7 @@ def train(msg: Message, context: Context) -> Message:
         epsilon_alone_all_runs=charge.epsilon_alone_all_runs,
         delta=request.delta if request.private else 0.0,
         **privacy,
+        **({"languages": language_mask(languages)} if languages else {}),
     )
     reply = RecordDict({ARRAYS_KEY: arrays, METRICS_KEY: metrics})
     return Message(content=reply, reply_to=msg)

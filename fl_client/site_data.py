@@ -480,3 +480,20 @@ def list_site_dirs(data_dir: Path) -> list[Path]:
     if not sites:
         raise SiteDataError(f"no site folders in {data_dir}")
     return sites
+
+
+def record_languages(site_dir: Path) -> set[str]:
+    """The languages a site folder's JSONL conversations name in their ``language`` field, as
+    base codes (``zh`` for ``zh-TW``); lines that do not parse are skipped (loading reports
+    them). What the synthetic generator writes, and what a simulated site declares."""
+    found = set()
+    for path in sorted(Path(site_dir).glob("*.jsonl")):
+        with open(path, encoding="utf-8", errors="replace") as lines:
+            for line in lines:
+                try:
+                    language = json.loads(line).get("language")
+                except (ValueError, AttributeError):
+                    continue
+                if isinstance(language, str) and language.strip():
+                    found.add(language.strip().lower().split("-")[0])
+    return found

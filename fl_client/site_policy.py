@@ -47,14 +47,17 @@ default inf) is read here with the rest of its node config and applied where its
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 from flwr.app import Context, Message
 
 from fl_client.privacy_accounting import DELTA_UNITS_FACTOR, check_accountant, default_delta
+from fl_client.site_data import record_languages
 from fl_protocol.wire import (
     CONFIG_KEY,
     DEFAULT_MAX_EPSILON,
     DEFAULT_RETENTION_DAYS,
+    LANGUAGES,
     PRIVACY_MODELS,
     PRIVACY_UNITS,
     Reason,
@@ -214,6 +217,23 @@ def retention_days(context: Context) -> float:
     if not days > 0:
         raise SiteConfigError(f"{key} must be > 0 (inf: keep without limit), got {days}")
     return days
+
+
+def site_languages(context: Context, site_dir: Path) -> tuple[str, ...]:
+    """The languages the site declares its conversations are in, sent with each update so the
+    model card can name the training languages: its node config ``languages`` (comma-separated
+    codes from ``wire.LANGUAGES``; none set: nothing declared, nothing sent). The operator's
+    statement, never measured from the text. Simulation: the ``language`` its own conversation
+    records name, the synthetic data's stand-in for that statement."""
+    node = context.node_config
+    if "partition-id" in node and "data-path" not in node:
+        return tuple(sorted(record_languages(site_dir) & set(LANGUAGES)))
+    codes = {code.strip().lower() for code in str(node.get("languages", "")).split(",")}
+    codes.discard("")
+    if codes - set(LANGUAGES):
+        raise SiteConfigError(f"languages: {', '.join(sorted(codes - set(LANGUAGES)))} not "
+                              f"among {', '.join(LANGUAGES)}")
+    return tuple(sorted(codes))
 
 
 def round_request(msg: Message, context: Context) -> RoundRequest:

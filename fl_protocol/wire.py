@@ -22,7 +22,7 @@ out and what the server accepts.
 """
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -152,13 +152,15 @@ TRAIN_METRICS: tuple[Metric, ...] = (
     Metric("max-epsilon", recorded_as="max_epsilon_budget"),
     Metric("privacy-units", recorded_as="privacy_units"),
     Metric("site-key"),
+    Metric("languages"),
 )
 """A training reply's numbers. ``site-key`` (a keyed hash of the site secret) names the site in
 the record across restarts instead of its node id; it is not recorded as a value. Under
 distributed DP, ``epsilon`` holds against a server that sees only the secure sum (with at most
 ``tolerated-sites`` sites missing or colluding) and ``epsilon-alone`` from the site's own noise
 share only, what it keeps if every other site colludes with the server; under local DP the two
-are equal."""
+are equal. ``languages`` (optional) is what the site declares its conversations are in, as a
+``language_mask``: recorded decoded, as the codes."""
 EVALUATE_METRICS: tuple[Metric, ...] = (
     Metric("num-examples", _positive, recorded_as="num_examples"),
     Metric("loss", _finite, recorded_as="loss"),
@@ -168,6 +170,29 @@ EVALUATE_METRICS: tuple[Metric, ...] = (
 """An evaluation reply's numbers, all required, each recorded per site (``evaluation``). Each
 is one scalar over the site's held-out split: ``macro-f1`` is the mean of per-class F1 scores,
 computed at the site, so the per-class counts (the site's label histogram) never leave it."""
+
+
+LANGUAGES = ("ar", "de", "en", "es", "fr", "it", "ja", "ko", "nl", "pl", "pt", "ru", "th", "tr",
+             "zh")
+"""The languages a site may declare its conversations are in (node config ``languages``; ISO
+639-1, ``zh`` for Simplified and Traditional Chinese alike): those ``use-multilingual`` reads. A
+fixed vocabulary sent as one number with a bit per language, so a declaration can carry nothing
+but the choice of languages; the model card lists them."""
+
+
+def language_mask(codes: Iterable[str]) -> int:
+    """The number a site sends for its declared ``codes`` (each in ``LANGUAGES``)."""
+    return sum(1 << LANGUAGES.index(code) for code in set(codes))
+
+
+def mask_languages(mask: object) -> list[str] | None:
+    """The codes a ``language_mask`` stands for; ``None`` for a number that is not one, which
+    the server does not record."""
+    if isinstance(mask, bool) or not isinstance(mask, int | float) or not math.isfinite(mask):
+        return None
+    if mask != int(mask) or not 0 < mask < 1 << len(LANGUAGES):
+        return None
+    return [code for bit, code in enumerate(LANGUAGES) if int(mask) >> bit & 1]
 
 
 def metric_names(metrics: tuple[Metric, ...]) -> frozenset[str]:

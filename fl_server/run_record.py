@@ -30,6 +30,7 @@ from fl_protocol.wire import (
     REJECTED,
     TRAIN_METRICS,
     is_site_reason,
+    mask_languages,
 )
 from fl_server.provenance import software_provenance
 
@@ -125,6 +126,9 @@ class RunRecord:
                 if key in metrics
             }
             sites[node]["node_id"] = str(reply.metadata.src_node_id)
+            languages = mask_languages(metrics["languages"]) if "languages" in metrics else None
+            if languages is not None:
+                sites[node]["languages"] = languages
             if ARRAYS_KEY in reply.content:  # with SecAgg+ the masked vectors come in stages
                 sites[node]["upload_bytes"] = recorddict_to_proto(reply.content).ByteSize()
             if reply.metadata.src_node_id in update_norms:
@@ -222,6 +226,7 @@ def final_summary(doc: dict) -> dict:
                 "clip_norm": site.get("clip_norm"),
                 "rounds_trained": sites.get(key, {}).get("rounds_trained", 0) + 1,
                 "num_examples": site.get("num_examples"),
+                "languages": site.get("languages"),
             }
     return {
         **{key: last.get(key) for key in EVALUATION_SUMMARY},

@@ -68,7 +68,7 @@ def _metadata(run_doc: dict, family: ModelFamily) -> ModelCardData:
     results = _eval_results(final, privacy)
     return ModelCardData(
         base_model=_hub_id(family.base_model),
-        language=family.language_code,
+        language=declared_languages(final.get("sites", {})) or family.language_code,
         license=family.license,
         library_name="transformers" if family.encoder_path is not None else "fedintent",
         pipeline_tag="text-classification",
@@ -195,10 +195,30 @@ def _data_section(sites: dict) -> str:
         "## Training data\n\n"
         f"{len(sites)} sites trained on their own customer-service utterances, "
         f"{total} training examples in all, PII-redacted at the site before any "
-        "featurization. Languages: not reported by sites (a site sends no statistics of its "
-        "text beyond its example count, so the language mix would be a release of its own); "
-        "the model reads the languages under Model.\n\n"
+        f"featurization. {_languages_sentence(sites)}\n\n"
         "| site | training examples | rounds trained |\n|---|---|---|\n" + "\n".join(rows))
+
+
+def _languages_sentence(sites: dict) -> str:
+    """The training languages as the sites declared them (their node config ``languages``): a
+    site's choice from a fixed list, never measured from its text."""
+    counts: dict[str, int] = {}
+    for site in sites.values():
+        for code in site.get("languages") or ():
+            counts[code] = counts.get(code, 0) + 1
+    if not counts:
+        return ("Languages: no site declared its languages (a site's node config "
+                "`languages`); the model reads the languages under Model.")
+    silent = sum(1 for site in sites.values() if not site.get("languages"))
+    listed = ", ".join(f"{code} ({count} site{'s' if count > 1 else ''})"
+                       for code, count in sorted(counts.items()))
+    return (f"Languages, as the sites declared them: {listed}"
+            + (f"; {silent} site{'s' if silent > 1 else ''} declared none." if silent else "."))
+
+
+def declared_languages(sites: dict) -> list[str]:
+    """Every language some site declared, sorted."""
+    return sorted({code for site in sites.values() for code in site.get("languages") or ()})
 
 
 def _privacy_section(config: dict, sites: dict) -> str:

@@ -257,7 +257,7 @@ RUN_DOC = {
 
 def test_the_model_card_reports_the_run():
     card = model_card(RUN_DOC, get_model_family("ngram"), LABELS)
-    for text in ["pilot-7", "2 sites", "149 training examples", "not reported by sites",
+    for text in ["pilot-7", "2 sites", "149 training examples", "no site declared its languages",
                  "`prv` accountant", "| site-aaa | 7.974 | 1e-05 | customer | 0.852 | 1.5 "
                  "| 0.0625 | 9.125 | 10 |", "| site-bbb | 6.5 |", "| site-aaa | 86 | 2 |",
                  "Final accuracy 0.4107, macro-F1 0.3551, worst site accuracy 0.125, "
@@ -321,6 +321,18 @@ def test_the_card_of_a_distributed_dp_run_carries_epsilon_alone(tmp_path, monkey
     assert epsilon.metric_value == 7.9741 and epsilon.metric_args["epsilon_alone"] == 21.5
     assert card.data.differential_privacy["epsilon_alone"] == 21.5
     assert "| site-aaa | 7.974 |" in card.text and "21.5 |" in card.text
+
+
+def test_the_card_names_the_languages_the_sites_declared(tmp_path, monkeypatch):
+    run_doc = copy.deepcopy(RUN_DOC)
+    run_doc["final"]["sites"]["site-aaa"]["languages"] = ["en", "zh"]
+    card = card_metadata(run_doc, "use-multilingual", tmp_path, monkeypatch)
+    assert "Languages, as the sites declared them: en (1 site), zh (1 site); 1 site declared " \
+           "none." in card.text
+    assert card.data.language == ["en", "zh"]
+    run_doc["final"]["sites"]["site-bbb"]["languages"] = ["zh"]
+    card = card_metadata(run_doc, "use-multilingual", tmp_path, monkeypatch)
+    assert "declared them: en (1 site), zh (2 sites)." in card.text
 
 
 @pytest.mark.parametrize("no_dp", [None, float("inf")], ids=["recorded", "in-memory"])

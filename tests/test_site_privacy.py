@@ -25,7 +25,7 @@ from fl_client.privacy_ledger import HEAD_FILE, LEDGER_FILE, read_ledger, unit_k
 from fl_client.privacy_report import site_privacy_report
 from fl_client.site_data import load_site
 from fl_client.site_secret import site_secret
-from fl_protocol.wire import DECLINED, DEFAULT_MAX_EPSILON, Reason
+from fl_protocol.wire import DECLINED, DEFAULT_MAX_EPSILON, Reason, language_mask
 from fl_protocol.wire import RUN_CONFIG_DEFAULTS as DEFAULTS
 from models import get_model_family
 
@@ -324,7 +324,8 @@ def test_without_a_budget_in_its_node_config_a_site_uses_the_default_not_the_ser
 
 @pytest.mark.parametrize("bad", [{"max-epsilon": "plenty"}, {"max-epsilon": -1.0},
                                  {"max-epsilon": 0.0}, {"max-delta": 0.0}, {"max-delta": 1.0},
-                                 {"privacy-unit": "session"}, {"max-noise-ratio": 0.5}])
+                                 {"privacy-unit": "session"}, {"max-noise-ratio": 0.5},
+                                 {"languages": "en,klingon"}])
 def test_an_invalid_policy_in_the_node_config_stops_the_site(site, tmp_path, bad):
     reply = client_app.app(train_message(), context(site, tmp_path / "state", node=bad))
     assert refused_with(reply, Reason.SITE_CONFIG_INVALID)
@@ -343,6 +344,29 @@ def test_simulated_sites_take_the_run_configs_stand_in(site, tmp_path):
     message.content["config"]["sim-data-dir"] = str(data_dir)
     reply = client_app.app(message, ctx)
     assert reply.content["metrics"]["max-epsilon"] == 2.5
+
+
+def test_a_site_sends_the_languages_it_declares_and_nothing_when_it_declares_none(site, tmp_path):
+    """The declaration is the operator's, from its node config, as a mask of a fixed list."""
+    declared = context(site, tmp_path / "a", node={"languages": " ZH, en"})
+    assert client_app.app(train_message(), declared).content["metrics"]["languages"] == \
+        language_mask(["en", "zh"])
+    silent = client_app.app(train_message(), context(site, tmp_path / "b"))
+    assert not silent.has_error() and "languages" not in silent.content["metrics"]
+
+
+def test_a_simulated_site_declares_the_languages_its_records_name(tmp_path):
+    from data_synth import write_sites
+
+    write_sites(tmp_path / "sim", n_sites=1, seed=4, languages=("zh",), size=20)
+    labels = (tmp_path / "sim" / "labels.txt").read_text(encoding="utf-8").split()
+    ctx = Context(run_id=1, node_id=7, node_config={"partition-id": 0, "num-partitions": 1},
+                  state=RecordDict(), run_config=DEFAULTS | {
+                      "model": "minilm-head", "state-dir": str(tmp_path / "sim-state")})
+    message = train_message(labels=labels)
+    message.content["config"]["sim-data-dir"] = str(tmp_path / "sim")
+    reply = client_app.app(message, ctx)
+    assert reply.content["metrics"]["languages"] == language_mask(["zh"])
 
 
 # --- the ledger cannot be lost, rolled back or edited --------------------------------------

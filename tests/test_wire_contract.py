@@ -11,10 +11,13 @@ from test_egress_guard import LABELS, head_state, incoming
 from fl_client.egress_guard import egress_guard
 from fl_protocol.wire import (
     EVALUATE_METRICS,
+    LANGUAGES,
     REASON_CODES,
     TRAIN_METRICS,
     Reason,
     error_reply,
+    language_mask,
+    mask_languages,
     metric_names,
     metric_record,
 )
@@ -33,7 +36,7 @@ VALID = {
     "num-examples": 10, "train-loss": 0.5, "epsilon": 1.5, "epsilon-all-runs": 2.0,
     "epsilon-alone": 4.0, "epsilon-alone-all-runs": 5.0,
     "delta": 1e-5, "noise-multiplier": 1.1, "sample-rate": 1.0, "clip-norm": 1.0, "steps": 1,
-    "max-epsilon": 10.0, "privacy-units": 10, "site-key": 123456,
+    "max-epsilon": 10.0, "privacy-units": 10, "site-key": 123456, "languages": 4,
     "loss": 0.7, "accuracy": 0.75, "macro-f1": 0.6,
 }
 """A valid value for every metric either contract names."""
@@ -120,6 +123,22 @@ def test_the_run_record_keeps_every_recorded_metric_under_its_name(tmp_path):
         expected = None if metric == "epsilon" else VALID[metric]  # JSON has no infinity
         assert site[field] == expected, field
 
+
+
+@pytest.mark.parametrize("sent,recorded", [
+    (language_mask(["zh", "en"]), ["en", "zh"]), (0, None), (2**15, None), (-4, None),
+    (4.5, None), (math.nan, None), ([4], None),
+])
+def test_the_run_record_keeps_declared_languages_as_codes_and_nothing_else(tmp_path, sent,
+                                                                         recorded):
+    record = RunRecord.start(tmp_path / "metrics.json", 1, {}, LABELS)
+    asked = Message(RecordDict(), dst_node_id=8, message_type="train")
+    reply = Message(train_content(every(TRAIN_METRICS) | {"languages": sent}), reply_to=asked)
+    [site] = record.record_train(1, [reply], {})["sites"].values()
+    assert site.get("languages") == recorded
+    assert mask_languages(sent) == recorded
+    assert language_mask(LANGUAGES) == 2**len(LANGUAGES) - 1
+    assert mask_languages(True) is None and mask_languages("4") is None
 
 
 def test_the_run_record_keeps_every_evaluation_metric_under_its_name(tmp_path):

@@ -2,7 +2,6 @@
 ``train --resume``, which continues an interrupted run."""
 
 import argparse
-import json
 import math
 import sys
 import time
@@ -18,7 +17,7 @@ from fedintent.commands.options import (
     writable_folder,
 )
 from fedintent.commands.progress import print_round, print_summary
-from fl_client.site_data import SiteDataError, list_site_dirs, read_rows
+from fl_client.site_data import SiteDataError, list_site_dirs, read_rows, record_languages
 from fl_protocol.label_file import read_labels
 from fl_protocol.wire import ACCOUNTANTS, PRIVACY_MODELS, PRIVACY_UNITS, RUN_CONFIG_DEFAULTS
 from fl_server.run_config import (
@@ -41,21 +40,11 @@ def data_languages(data: Path | None) -> set[str]:
     (the data checks that follow report it)."""
     if data is None:
         return set()
-    found = set()
     try:
         sites = list_site_dirs(data)
     except SiteDataError:
         return set()
-    for path in (path for site in sites for path in sorted(site.glob("*.jsonl"))):
-        with open(path, encoding="utf-8", errors="replace") as lines:
-            for line in lines:
-                try:
-                    language = json.loads(line).get("language")
-                except (ValueError, AttributeError):
-                    continue
-                if isinstance(language, str) and language.strip():
-                    found.add(language.strip().lower().split("-")[0])
-    return found
+    return set().union(*(record_languages(site) for site in sites))
 
 
 def mean_training_rows(data_dir: Path, num_sites: int) -> float | None:
