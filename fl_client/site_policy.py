@@ -37,8 +37,8 @@ site's budget          noise the site adds relative to the run's   is above it (
 
 The rounds, unit and noise checks against the ledger happen where the ledger is read
 (``privacy_budget.charge_round``), before anything is charged. Simulation: one operator plays
-every site, so the run config's ``site-max-epsilon`` (and ``privacy-unit``) stands in for each
-simulated site's node config.
+every site, so the run config's ``site-max-epsilon``, ``site-max-epsilon-alone`` (and
+``privacy-unit``) stand in for each simulated site's node config.
 
 The site's retention policy (``retention-days``, default 30; simulation: ``site-retention-days``,
 default inf) is read here with the rest of its node config and applied where its data are read
@@ -56,6 +56,7 @@ from fl_client.site_data import record_languages
 from fl_protocol.wire import (
     CONFIG_KEY,
     DEFAULT_MAX_EPSILON,
+    DEFAULT_MAX_EPSILON_ALONE,
     DEFAULT_RETENTION_DAYS,
     LANGUAGES,
     PRIVACY_MODELS,
@@ -64,9 +65,6 @@ from fl_protocol.wire import (
 )
 
 DEFAULT_MAX_DELTA = 1e-5
-DEFAULT_MAX_EPSILON_ALONE = 50.0
-"""Bounds what a site keeps if the server lies about the cohort or every other site colludes:
-the noise share it adds shrinks with the cohort the server announces."""
 DEFAULT_MIN_TOLERATED_SITES = 1
 DEFAULT_MAX_NOISE_RATIO = 2.0
 """The most a site's noise (its standard deviation, the noise multiplier) may exceed the noise the
@@ -182,7 +180,8 @@ def site_policy(context: Context) -> SitePolicy:
                               f"{PRIVACY_MODELS}, got {node.get('privacy-models')!r}")
     try:
         tolerated = node.get("min-tolerated-sites", DEFAULT_MIN_TOLERATED_SITES)
-        max_alone = float(node.get("max-epsilon-alone", DEFAULT_MAX_EPSILON_ALONE))
+        alone_key = "site-max-epsilon-alone" if simulated else "max-epsilon-alone"
+        max_alone = float(source.get(alone_key, DEFAULT_MAX_EPSILON_ALONE))
         max_noise_ratio = float(node.get("max-noise-ratio", DEFAULT_MAX_NOISE_RATIO))
         if isinstance(tolerated, bool) or int(tolerated) != float(tolerated):
             raise ValueError(f"min-tolerated-sites must be a whole number, got {tolerated!r}")
@@ -191,7 +190,7 @@ def site_policy(context: Context) -> SitePolicy:
     if int(tolerated) < 0:
         raise SiteConfigError(f"min-tolerated-sites must be >= 0, got {tolerated}")
     if not max_alone > 0:
-        raise SiteConfigError(f"max-epsilon-alone must be > 0, got {max_alone}")
+        raise SiteConfigError(f"{alone_key} must be > 0, got {max_alone}")
     if not max_noise_ratio >= 1:
         raise SiteConfigError(f"max-noise-ratio must be >= 1, got {max_noise_ratio}")
     return SitePolicy(max_epsilon=max_epsilon, max_delta=max_delta,

@@ -57,6 +57,12 @@ config sets none (``fl_client/site_policy``, and so the site container's), the s
 stand-in ``site-max-epsilon``, and a run's ``target-epsilon``. Defined here, in the layer both
 sides share; a site's own node config overrides it, the server's run config cannot."""
 
+DEFAULT_MAX_EPSILON_ALONE = 50.0
+"""A site's default bound on ``epsilon-alone`` under distributed DP (node config
+``max-epsilon-alone``; simulation: the run config's ``site-max-epsilon-alone``): what it keeps if
+the server lies about the cohort or every other site colludes, since the noise share it adds
+shrinks with the cohort the server announces."""
+
 DEFAULT_RETENTION_DAYS = 30.0
 """How long a deployed site uses a text conversation after its timestamp when its node config
 sets no ``retention-days`` (the figure privacy practice for call-center text records gives):
@@ -78,6 +84,7 @@ RUN_CONFIG_DEFAULTS: dict[str, str | int | float | bool] = {
     "delta": 0.0,
     "privacy-unit": "utterance",
     "site-max-epsilon": DEFAULT_MAX_EPSILON,
+    "site-max-epsilon-alone": DEFAULT_MAX_EPSILON_ALONE,
     "site-retention-days": math.inf,
     "accountant": "prv",
     "clip-norm": 1.0,

@@ -124,6 +124,11 @@ def check_run_config(cfg: dict) -> dict:
     if not (full["site-max-epsilon"] == math.inf or low <= full["site-max-epsilon"] <= high):
         raise RunConfigError(f"site-max-epsilon must be inf (no limit) or in [{low:g}, "
                              f"{high:g}], got {full['site-max-epsilon']!r}")
+    full["site-max-epsilon-alone"] = float(full["site-max-epsilon-alone"])
+    if not (full["site-max-epsilon-alone"] == math.inf
+            or low <= full["site-max-epsilon-alone"] <= high):
+        raise RunConfigError(f"site-max-epsilon-alone must be inf (no limit) or in [{low:g}, "
+                             f"{high:g}], got {full['site-max-epsilon-alone']!r}")
     full["site-retention-days"] = float(full["site-retention-days"])
     if not (full["site-retention-days"] == math.inf
             or RETENTION_DAYS_RANGE[0] <= full["site-retention-days"] <= RETENTION_DAYS_RANGE[1]):

@@ -24,8 +24,15 @@ from fl_client.privacy_accounting import rdp_budget, rdp_epsilon
 from fl_client.privacy_ledger import HEAD_FILE, LEDGER_FILE, read_ledger, unit_key
 from fl_client.privacy_report import site_privacy_report
 from fl_client.site_data import load_site
+from fl_client.site_policy import site_policy
 from fl_client.site_secret import site_secret
-from fl_protocol.wire import DECLINED, DEFAULT_MAX_EPSILON, Reason, language_mask
+from fl_protocol.wire import (
+    DECLINED,
+    DEFAULT_MAX_EPSILON,
+    DEFAULT_MAX_EPSILON_ALONE,
+    Reason,
+    language_mask,
+)
 from fl_protocol.wire import RUN_CONFIG_DEFAULTS as DEFAULTS
 from models import get_model_family
 
@@ -320,6 +327,20 @@ def test_without_a_budget_in_its_node_config_a_site_uses_the_default_not_the_ser
     reply = run_rounds(ctx, "run-a", 1)[0]
     assert reply.content["metrics"]["max-epsilon"] == DEFAULT_MAX_EPSILON == 8.0
     assert reply.content["metrics"]["epsilon-all-runs"] <= DEFAULT_MAX_EPSILON
+
+
+def test_the_bound_on_epsilon_alone_is_the_node_configs_and_in_simulation_the_run_configs(
+        site, tmp_path):
+    """A server cannot raise what a deployed site keeps if every other site colludes; only a
+    simulation's operator, playing every site, sets it through the run config."""
+    hostile = {"site-max-epsilon-alone": 10_000.0}
+    assert site_policy(context(site, tmp_path, **hostile)).max_epsilon_alone == \
+        DEFAULT_MAX_EPSILON_ALONE == 50.0
+    own = context(site, tmp_path, node={"max-epsilon-alone": 20.0}, **hostile)
+    assert site_policy(own).max_epsilon_alone == 20.0
+    simulated = Context(run_id=1, node_id=7, node_config={"partition-id": 0, "num-partitions": 1},
+                        state=RecordDict(), run_config=DEFAULTS | {"site-max-epsilon-alone": 200.0})
+    assert site_policy(simulated).max_epsilon_alone == 200.0
 
 
 @pytest.mark.parametrize("bad", [{"max-epsilon": "plenty"}, {"max-epsilon": -1.0},

@@ -102,6 +102,12 @@ def _add_train_options(train: argparse.ArgumentParser) -> None:
                        help="each simulated site's lifetime epsilon budget per privacy unit, over "
                        "all runs on its data; units at it sit out, sites with none left decline "
                        f"(default: {defaults['site-max-epsilon']:g}, inf with --epsilon inf)")
+    train.add_argument("--site-max-epsilon-alone", type=float,
+                       default=defaults["site-max-epsilon-alone"], metavar="E",
+                       help="distributed DP: the most epsilon each simulated site's own noise "
+                       "shares may amount to, what it keeps if every other site colluded (a "
+                       "deployed site's max-epsilon-alone); the share shrinks with the cohort, "
+                       "so large cohorts at a high --epsilon need more (default: %(default)g)")
     train.add_argument("--site-retention-days", type=float,
                        default=defaults["site-retention-days"], metavar="DAYS",
                        help="each simulated site's retention policy: rows dated more than DAYS "
@@ -199,6 +205,7 @@ def run_train(args: argparse.Namespace) -> int:
         "server-momentum": args.server_momentum,
         "seed": args.seed,
         "site-retention-days": args.site_retention_days,
+        "site-max-epsilon-alone": args.site_max_epsilon_alone,
     }
     if args.privacy_model == "distributed":
         args.secure_aggregation = True
