@@ -48,7 +48,6 @@ MIN_SITE_SIZE_SCALE = 0.25
 """The least ``site_size_scale`` gives: the smallest sites measured averaged 467 rows (0.55)."""
 
 
-
 EPSILON_RANGES: dict[str, tuple[float, float]] = {"prv": (0.1, 100.0), "rdp": (0.5, 100.0)}
 """A finite ``target-epsilon`` per accountant: where its noise search plans (measured down to
 delta 1e-10, up to 1000 rounds of full-batch steps). The RDP conversion cannot reach below about
