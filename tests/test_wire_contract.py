@@ -126,9 +126,9 @@ def test_the_run_record_keeps_every_recorded_metric_under_its_name(tmp_path):
 
 
 @pytest.mark.parametrize("sent,recorded", [
-    (language_mask(["zh", "en"]), ["en", "zh"]), (0, None), (2**15, None), (-4, None),
-    (4.5, None), (math.nan, None), ([4], None),
-])
+    (language_mask(["zh", "en"]), ["en", "zh"]), (1, ["ar"]), (2**15 - 1, list(LANGUAGES)),
+    (0, None), (2**15, None), (-4, None), (4.5, None), (math.nan, None), ([4], None),
+], ids=["en-zh", "first", "all", "none", "too-large", "negative", "fraction", "nan", "list"])
 def test_the_run_record_keeps_declared_languages_as_codes_and_nothing_else(tmp_path, sent,
                                                                          recorded):
     record = RunRecord.start(tmp_path / "metrics.json", 1, {}, LABELS)
