@@ -60,7 +60,7 @@ from fedintent.bench.federated import (
 )
 from fedintent.bench.sweep import DISTRIBUTED_DP, LOCAL_DP, RUN_SETTINGS
 from fedintent.launch.certificates import write_dev_credentials
-from fedintent.launch.deployment import register_site_key, wait_superlink_healthy, write_connection
+from fedintent.launch.deployment import register_site_key, start_loopback_superlink
 from fedintent.launch.flower_cli import flower_env
 from fedintent.launch.processes import free_port, start_process, stop_process_trees
 from fedintent.launch.releases import write_release
@@ -190,16 +190,9 @@ def measure_deployment(args: argparse.Namespace, num_sites: int, settings: dict)
     site_processes: list[subprocess.Popen] = []
     with open(root / "flower.log", "ab") as log:
         try:
-            env = flower_env(root / "superlink-home") | {
-                "CERT_DIR": str(creds.ca_cert.parent), "SUPERLINK_HOST": "127.0.0.1",
-                "SUPERLINK_PORT": str(port), "CONTROL_PORT": str(control),
-                "RELEASE_PORT": str(release_port)}
-            superlink = start_process([str(REPO / "deploy" / "superlink.sh")], env, log,
-                                      processes)
-            wait_superlink_healthy("127.0.0.1", control, creds.ca_cert, superlink)
-            wait_superlink_healthy("127.0.0.1", port, creds.ca_cert, superlink)
-            operator = write_connection(root / "operator-home", "fedintent",
-                                        f"127.0.0.1:{control}", creds.ca_cert)
+            superlink, operator = start_loopback_superlink(
+                REPO / "deploy" / "superlink.sh", root, creds.ca_cert,
+                (port, control, release_port), log, processes)
             print(f"{num_sites} sites: starting {num_sites} SuperNodes", flush=True)
             for site in sites:
                 register_site_key(creds.site_public_keys[site.name], operator)

@@ -20,11 +20,7 @@ import pytest
 
 from data_synth import write_sites
 from fedintent.launch.certificates import site_names, write_dev_credentials
-from fedintent.launch.deployment import (
-    register_site_key,
-    wait_superlink_healthy,
-    write_connection,
-)
+from fedintent.launch.deployment import register_site_key, start_loopback_superlink
 from fedintent.launch.flower_cli import flower_env
 from fedintent.launch.processes import (
     descendants,
@@ -80,16 +76,9 @@ def deployment(tmp_path_factory):
     started: set[int] = set()
     with open(tmp / "flower.log", "ab") as log:
         try:
-            env = flower_env(tmp / "superlink-home") | {
-                "CERT_DIR": str(creds.ca_cert.parent), "SUPERLINK_HOST": "127.0.0.1",
-                "SUPERLINK_PORT": str(port), "CONTROL_PORT": str(control),
-                "RELEASE_PORT": str(release_port),
-            }
-            link = start_process([str(REPO / "deploy" / "superlink.sh")], env, log, processes)
-            wait_superlink_healthy("127.0.0.1", control, creds.ca_cert, link)
-            wait_superlink_healthy("127.0.0.1", port, creds.ca_cert, link)
-            operator = write_connection(tmp / "operator-home", "fedintent",
-                                        f"127.0.0.1:{control}", creds.ca_cert)
+            _, operator = start_loopback_superlink(
+                REPO / "deploy" / "superlink.sh", tmp, creds.ca_cert,
+                (port, control, release_port), log, processes)
             for site in REGISTERED:
                 register_site_key(creds.site_public_keys[site], operator)
                 env = site_env(tmp, site, superlink, tmp / "data" / site, creds.site_keys[site],

@@ -33,9 +33,9 @@ from fedintent.launch.deployment import (
     DeploymentError,
     register_site_key,
     run_status,
+    start_loopback_superlink,
     stop_run,
     submit_run,
-    wait_superlink_healthy,
     write_connection,
 )
 from fedintent.launch.flower_cli import flower_env, write_app
@@ -71,17 +71,9 @@ def deployment(tmp_path_factory):
     started: set[int] = set()
     with open(tmp / "flower.log", "ab") as link_log, open(tmp / "site.log", "ab") as site_log:
         try:
-            env = flower_env(tmp / "superlink-home") | {
-                "CERT_DIR": str(creds.ca_cert.parent), "SUPERLINK_HOST": "127.0.0.1",
-                "SUPERLINK_PORT": str(public), "CONTROL_PORT": str(control),
-                "RELEASE_PORT": str(release_port),
-            }
-            link = start_process([str(REPO / "deploy" / "superlink.sh")], env, link_log,
-                                 processes)
-            wait_superlink_healthy("127.0.0.1", control, creds.ca_cert, link)
-            wait_superlink_healthy("127.0.0.1", public, creds.ca_cert, link)
-            operator = write_connection(tmp / "operator-home", "fedintent",
-                                        f"127.0.0.1:{control}", creds.ca_cert)
+            _, operator = start_loopback_superlink(
+                REPO / "deploy" / "superlink.sh", tmp, creds.ca_cert,
+                (public, control, release_port), link_log, processes)
             register_site_key(creds.site_public_keys[SITE], operator)
             site_env = flower_env(tmp / "site-home") | {
                 "SUPERLINK": f"127.0.0.1:{public}", "CA_CERT": str(creds.ca_cert),

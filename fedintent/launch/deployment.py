@@ -17,8 +17,10 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from fedintent.launch.flower_cli import config_overrides, flower_env, toml_value
+from fedintent.launch.processes import start_process
 from fedintent.launch.run_outcome import report_new_rounds
 from fl_protocol.durable_files import write_bytes_atomic
 
@@ -79,6 +81,27 @@ def write_connection(flwr_home: Path, name: str, address: str, ca_cert: Path) ->
         ).encode(),
     )
     return Connection(flwr_home, name)
+
+
+def start_loopback_superlink(
+    script: Path, home: Path, ca_cert: Path, ports: tuple[int, int, int], log: BinaryIO,
+    processes: list[subprocess.Popen],
+) -> tuple[subprocess.Popen, Connection]:
+    """A whole deployment's SuperLink on this machine, for tests and benchmarks: start
+    ``deploy/superlink.sh`` (``script``) on 127.0.0.1 with the certificates beside ``ca_cert``
+    and its (fleet, control, release) ``ports``, wait until both APIs answer over TLS, and
+    return it with the operator's connection to its control API (``home/operator-home``)."""
+    port, control, release_port = ports
+    env = flower_env(home / "superlink-home") | {
+        "CERT_DIR": str(ca_cert.parent), "SUPERLINK_HOST": "127.0.0.1",
+        "SUPERLINK_PORT": str(port), "CONTROL_PORT": str(control),
+        "RELEASE_PORT": str(release_port)}
+    superlink = start_process([str(script)], env, log, processes)
+    wait_superlink_healthy("127.0.0.1", control, ca_cert, superlink)
+    wait_superlink_healthy("127.0.0.1", port, ca_cert, superlink)
+    operator = write_connection(home / "operator-home", "fedintent", f"127.0.0.1:{control}",
+                                ca_cert)
+    return superlink, operator
 
 
 def register_site_key(public_key: Path, connection: Connection) -> int:
