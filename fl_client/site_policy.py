@@ -155,10 +155,17 @@ class RoundRequest:
         return self.privacy_model == "distributed"
 
 
+def is_simulated(context: Context) -> bool:
+    """Whether this site is played by a simulation (Flower gives it a ``partition-id`` and no
+    ``data-path``), so the run config's ``site-*`` keys stand in for its node config."""
+    node = context.node_config
+    return "partition-id" in node and "data-path" not in node
+
+
 def site_policy(context: Context) -> SitePolicy:
     """The site's policy: its node config, or (simulation only) the run config's stand-in."""
     node = context.node_config
-    simulated = "partition-id" in node and "data-path" not in node
+    simulated = is_simulated(context)
     source = context.run_config if simulated else node
     epsilon_key = "site-max-epsilon" if simulated else "max-epsilon"
     try:
@@ -206,7 +213,7 @@ def retention_days(context: Context) -> float:
     (``retention.py``). Not a DP parameter: it bounds how long data is kept, not what a release
     reveals; so it is read apart from ``site_policy``, and evaluation needs only it."""
     node = context.node_config
-    simulated = "partition-id" in node and "data-path" not in node
+    simulated = is_simulated(context)
     key = "site-retention-days" if simulated else "retention-days"
     source = context.run_config if simulated else node
     try:
@@ -225,7 +232,7 @@ def site_languages(context: Context, site_dir: Path) -> tuple[str, ...]:
     statement, never measured from the text. Simulation: the ``language`` its own conversation
     records name, the synthetic data's stand-in for that statement."""
     node = context.node_config
-    if "partition-id" in node and "data-path" not in node:
+    if is_simulated(context):
         return tuple(sorted(record_languages(site_dir) & set(LANGUAGES)))
     codes = {code.strip().lower() for code in str(node.get("languages", "")).split(",")}
     codes.discard("")
