@@ -28,12 +28,16 @@ Distributed DP (Skellam) (``skellam_rdp``, ``skellam_epsilon``, ``plan_skellam_m
 ``skellam_mu_within_rdp``): with secure aggregation each site adds integer Skellam noise
 ``Sk(mu) = Poisson(mu) - Poisson(mu)`` (variance ``2 mu`` per coordinate) to its integer-rounded
 sum of clipped per-example gradients, and only the sum over sites is revealed, whose noise is
-``Sk(sum of the mus)``. A release is one round: one full-batch gradient sum, no subsampling. Its
-Rényi DP is the closed form of Agarwal, Kairouz and Liu ("The Skellam Mechanism for
-Differentially Private Federated Learning", NeurIPS 2021, Theorem 3.5) for the L1 and L2
-sensitivities of the rounded sum; releases compose additively at each order and convert to
-epsilon with Opacus' own conversion over the filter's orders. For large ``mu`` it tends to the
-Gaussian mechanism with ``sigma**2 = 2 mu``, from above (a little looser).
+``Sk(sum of the mus)``. A release is one round: one full-batch gradient sum, no subsampling. Two
+accounts hold for it, and a run's epsilon is the smaller:
+
+* its Rényi DP, the closed form of Agarwal, Kairouz and Liu ("The Skellam Mechanism for
+  Differentially Private Federated Learning", NeurIPS 2021, Theorem 3.5) for the L1 and L2
+  sensitivities of the rounded sum, composed additively at each order and converted with
+  Opacus' conversion over the filter's orders. The lifetime filter uses it.
+* its Gaussian DP (``fl_client/skellam_gdp.py``, with its proof), composed and converted
+  exactly. For the noise of real runs it is the Gaussian mechanism's own account within 0.1%,
+  and needs 6 to 8% less noise than the Rényi one for the same run epsilon.
 """
 
 import math
@@ -45,6 +49,7 @@ from opacus.accountants import create_accountant
 from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
 from opacus.accountants.utils import get_noise_multiplier
 
+from fl_client.skellam_gdp import skellam_gdp_epsilon
 from fl_protocol.wire import ACCOUNTANTS, MAX_AUTO_DELTA
 
 MAX_NOISE_MULTIPLIER = 1e4
@@ -250,18 +255,10 @@ def skellam_rdp(mu: float, l1: float, l2: float, order: float) -> float:
 
 
 def skellam_epsilon(mu: float, l1: float, l2: float, releases: int, delta: float) -> float:
-    """The (epsilon, delta) guarantee of ``releases`` identical Skellam releases: RDP composes
-    additively at each order, then Opacus' conversion picks the best order of the filter's grid
-    (the same conversion the Gaussian accounts use). 0.0 without releases."""
-    if releases == 0:
-        return 0.0
-    if mu == 0:
-        return math.inf
-    rdp = [releases * skellam_rdp(mu, l1, l2, order) for order in FILTER_ORDERS]
-    with warnings.catch_warnings():
-        _ignore_accountant_warnings()
-        epsilon, _ = get_privacy_spent(orders=list(FILTER_ORDERS), rdp=rdp, delta=delta)
-    return float(epsilon)
+    """The (epsilon, delta) guarantee of ``releases`` identical Skellam releases: the smaller of
+    the Gaussian-DP and the Rényi-DP accounts (``skellam_releases_epsilon``). 0.0 without
+    releases."""
+    return skellam_releases_epsilon([(mu, l1, l2)] * releases, delta)
 
 
 @lru_cache(maxsize=256)
@@ -304,7 +301,14 @@ def skellam_mu_within_rdp(
 
 def skellam_releases_epsilon(releases: list[tuple[float, float, float]], delta: float) -> float:
     """The (epsilon, delta) guarantee of Skellam releases that may differ, each ``(mu, l1, l2)``
-    (a run whose cohort, and so noise share, changed between rounds); 0.0 without releases."""
+    (a run whose cohort, and so noise share, changed between rounds): each account holds, so the
+    smaller does. 0.0 without releases."""
+    return min(skellam_rdp_epsilon(releases, delta), skellam_gdp_epsilon(releases, delta))
+
+
+def skellam_rdp_epsilon(releases: list[tuple[float, float, float]], delta: float) -> float:
+    """The Rényi account of Skellam releases ``(mu, l1, l2)``: Theorem 3.5 summed at each order
+    of the filter's grid, then Opacus' conversion at the best order. 0.0 without releases."""
     if not releases:
         return 0.0
     if any(mu == 0 for mu, _, _ in releases):

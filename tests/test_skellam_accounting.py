@@ -18,7 +18,9 @@ from fl_client.privacy_accounting import (
     skellam_epsilon,
     skellam_mu_within_rdp,
     skellam_rdp,
+    skellam_rdp_epsilon,
 )
+from fl_client.skellam_gdp import skellam_gdp_epsilon
 
 ORDERS = (1.5, 2, 4, 8, 16, 32)
 SHIFTS = (1, 3, 10)
@@ -113,7 +115,7 @@ def test_skellam_rdp_without_noise_is_infinite_and_orders_exceed_one():
 
 
 @pytest.mark.parametrize("delta", [1e-5, 1e-7])
-def test_skellam_epsilon_matches_opacus_gaussian_for_large_mu(delta):
+def test_skellam_rdp_epsilon_matches_opacus_gaussian_for_large_mu(delta):
     sigma, l2 = 5.0, 1000.0
     mu = (sigma * l2) ** 2 / 2
     accountant = RDPAccountant()
@@ -121,15 +123,25 @@ def test_skellam_epsilon_matches_opacus_gaussian_for_large_mu(delta):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         gaussian = accountant.get_epsilon(delta=delta)
-    epsilon = skellam_epsilon(mu, l2**2, l2, 40, delta)
+    epsilon = skellam_rdp_epsilon([(mu, l2**2, l2)] * 40, delta)
     assert gaussian <= epsilon <= 1.01 * gaussian
 
 
-def test_skellam_epsilon_is_the_best_order_of_the_filter_grid():
+def test_skellam_rdp_epsilon_is_the_best_order_of_the_filter_grid():
     mu, l1, l2, releases, delta = 3e6, 1030.0**2, 1030.0, 40, 1e-5
     expected = min(rdp_epsilon(releases * skellam_rdp(mu, l1, l2, order), order, delta)
                    for order in FILTER_ORDERS)
-    assert skellam_epsilon(mu, l1, l2, releases, delta) == pytest.approx(expected, rel=1e-12)
+    assert skellam_rdp_epsilon([(mu, l1, l2)] * releases, delta) == pytest.approx(expected,
+                                                                              rel=1e-12)
+
+
+@pytest.mark.filterwarnings("ignore:Optimal order is the smallest alpha")
+@pytest.mark.parametrize("mu", [2.0, 3e3, 3e6, 3e9])
+def test_skellam_epsilon_is_the_tighter_of_its_two_accounts(mu):
+    l2, releases, delta = 1030.0, 40, 1e-5
+    query = [(mu, l2**2, l2)] * releases
+    both = (skellam_rdp_epsilon(query, delta), skellam_gdp_epsilon(query, delta))
+    assert skellam_epsilon(mu, l2**2, l2, releases, delta) == min(both)
 
 
 def test_skellam_epsilon_without_releases_or_noise():
