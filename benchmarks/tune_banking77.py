@@ -3,6 +3,8 @@
 Usage (about 40 minutes on 2 cores for the local grid, 25 for the distributed one):
 
     python benchmarks/tune_banking77.py ../shared/datasets/banking77 --out tuning.csv
+    python benchmarks/tune_banking77.py ../shared/datasets/banking77 --privacy-model distributed \
+        --epsilons 1 --noise-seeds 0,1,2 --out tuning-eps1.csv
 
 The dataset's ``train.csv`` is partitioned exactly as ``fedintent bench`` does (10 sites,
 Dirichlet alpha 0.5, partition seed 0); 15% of every site's training rows are held out as a
@@ -13,7 +15,9 @@ and example-weighted FedAvg, which is what Flower's FedAvg computes. Federated c
 scored on the pooled validation rows, pooled-data (central DP) candidates the same way. The best
 candidate per epsilon becomes ``fl_server.run_config.TUNED_SETTINGS`` and
 ``fedintent.bench.sweep.CENTRAL_DP_RECIPES`` (``CENTRAL_RECIPE`` without DP); with
-``--privacy-model distributed``, ``DISTRIBUTED_SETTINGS``.
+``--privacy-model distributed``, ``DISTRIBUTED_SETTINGS``. At small epsilon one training run's
+noise moves validation accuracy by about a point, so ``--noise-seeds`` scores each candidate as
+the mean over several runs' noise and sampling on the same split.
 """
 
 import argparse
@@ -63,7 +67,8 @@ learning rates sit around a quarter to a half of those tuned for unit-length fea
 ``models.feature_scale``."""
 DISTRIBUTED_GRID = {
     1.0: [(30, 8.0, 0.8), (30, 16.0, 0.0), (30, 24.0, 0.0), (30, 32.0, 0.0), (30, 48.0, 0.0),
-          (40, 32.0, 0.0)],
+          (40, 32.0, 0.0), (40, 24.0, 0.0), (40, 16.0, 0.0), (35, 20.0, 0.0), (30, 16.0, 0.5),
+          (40, 12.0, 0.5)],
     3.0: [(30, 12.0, 0.8), (30, 24.0, 0.8), (30, 36.0, 0.8), (30, 24.0, 0.0)],
     8.0: [(30, 16.0, 0.8), (30, 32.0, 0.8), (30, 48.0, 0.8), (30, 64.0, 0.8), (30, 48.0, 0.0)],
 }
@@ -145,7 +150,22 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--privacy-model", choices=("local", "distributed"), default="local")
     parser.add_argument("--tolerated-sites", type=int, default=2)
+    parser.add_argument("--epsilons", help="comma-separated epsilons of the grids to run "
+                        "(inf: no DP; default: every one)")
+    parser.add_argument("--noise-seeds", default=None,
+                        help="comma-separated training seeds; each candidate scores the mean "
+                        "(default: --seed alone)")
     args = parser.parse_args()
+    wanted = None if args.epsilons is None else {float(e) for e in args.epsilons.split(",")}
+    seeds = ([int(s) for s in args.noise_seeds.split(",")] if args.noise_seeds
+             else [args.seed])
+
+    def grid(table: dict) -> list:
+        return [(e, c) for e, c in table.items() if wanted is None or e in wanted]
+
+    def mean_over_seeds(score) -> float:
+        return float(np.mean([score(seed) for seed in seeds]))
+
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
         train_only = Path(tmp) / "source"
@@ -158,29 +178,31 @@ def main() -> int:
         sites, val = split_sites(data_dir, labels, args.seed)
         rows = []
         if args.privacy_model == "distributed":
-            for epsilon, candidates in DISTRIBUTED_GRID.items():
+            for epsilon, candidates in grid(DISTRIBUTED_GRID):
                 for candidate in candidates:
                     started = time.monotonic()
-                    accuracy = distributed_accuracy(sites, labels, val, epsilon, candidate,
-                                                    args.seed, args.tolerated_sites)
+                    accuracy = mean_over_seeds(lambda seed, e=epsilon, c=candidate:
+                                               distributed_accuracy(sites, labels, val, e, c,
+                                                                    seed, args.tolerated_sites))
                     rows.append(("distributed", epsilon, candidate[0], 1, "full",
                                  candidate[1], candidate[2], accuracy))
                     print(f"distributed eps={epsilon:g} rounds,lr,momentum={candidate}: val "
                           f"{accuracy:.4f} ({time.monotonic() - started:.0f} s)", flush=True)
-        for epsilon, candidates in (FEDERATED_GRID.items()
+        for epsilon, candidates in (grid(FEDERATED_GRID)
                                     if args.privacy_model == "local" else []):
             for candidate in candidates:
                 started = time.monotonic()
-                accuracy = federated_accuracy(sites, labels, val, epsilon, candidate, args.seed)
+                accuracy = mean_over_seeds(lambda seed, e=epsilon, c=candidate:
+                                           federated_accuracy(sites, labels, val, e, c, seed))
                 rows.append(("federated", epsilon, *candidate, 0.0, accuracy))
                 print(f"federated eps={epsilon:g} rounds,epochs,batch,lr={candidate}: "
                       f"val {accuracy:.4f} ({time.monotonic() - started:.0f} s)", flush=True)
         pooled = (concat_features([x for x, _ in sites]), torch.cat([y for _, y in sites]))
-        for epsilon, recipes in (CENTRAL_DP_GRID.items() if args.privacy_model == "local"
+        for epsilon, recipes in (grid(CENTRAL_DP_GRID) if args.privacy_model == "local"
                                  else ()):
             for recipe in recipes:
-                accuracy = train_and_evaluate(MODEL, labels, *pooled, *val, epsilon, recipe,
-                                              args.seed).accuracy
+                accuracy = mean_over_seeds(lambda seed, e=epsilon, r=recipe: train_and_evaluate(
+                    MODEL, labels, *pooled, *val, e, r, seed).accuracy)
                 method = "central-dp" if math.isfinite(epsilon) else "central"
                 rows.append((method, epsilon, recipe.epochs, "-", recipe.batch_size,
                              recipe.learning_rate, 0.0, accuracy))
@@ -188,8 +210,8 @@ def main() -> int:
     with open(args.out, "w", encoding="utf-8", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(("method", "epsilon", "rounds_or_epochs", "local_epochs", "batch_size",
-                         "learning_rate", "server_momentum", "val_accuracy"))
-        writer.writerows(rows)
+                         "learning_rate", "server_momentum", "val_accuracy", "noise_seeds"))
+        writer.writerows(row + (" ".join(map(str, seeds)),) for row in rows)
     print(f"wrote {args.out}")
     return 0
 

@@ -31,8 +31,9 @@ def write_report_json(path: Path, document: object) -> None:
 
 def claim_folder(
     spec_path: Path, spec: dict, merge: Callable[[dict, dict], dict | None], conflict: str
-) -> None:
-    """Write ``spec`` to ``spec_path`` unless the folder holds another experiment.
+) -> dict:
+    """Write ``spec`` to ``spec_path`` unless the folder holds another experiment; return what
+    was written (JSON-safe: infinities as ``"inf"``).
 
     ``merge(existing, spec)`` returns the spec to keep when the existing one is compatible (say,
     the same data with more epsilons), or ``None`` to refuse with ``conflict``.
@@ -47,6 +48,7 @@ def claim_folder(
         if wanted is None:
             raise FolderClaimed(conflict)
     write_report_json(spec_path, wanted)
+    return wanted
 
 
 def png_bytes(fig) -> bytes:

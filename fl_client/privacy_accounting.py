@@ -1,10 +1,11 @@
 """Epsilon for a site: planning the noise up front and computing what has been spent.
 
-This is the one place where epsilon is computed. A site's guarantee is (epsilon, delta)-DP
-for one *privacy unit* of its training data (one utterance by default): every DP-SGD step
-samples units with Poisson sampling at rate ``q``, clips each unit's gradient to ``clip-norm``
-and adds Gaussian noise with standard deviation ``noise_multiplier * clip-norm``. Each step is a
-subsampled Gaussian mechanism; the accountant composes all of them.
+This is the one place where epsilon is computed (the Skellam sum's Gaussian-DP account, with
+its proof, is ``fl_client/skellam_gdp.py``, used only from here). A site's guarantee is
+(epsilon, delta)-DP for one *privacy unit* of its training data (one utterance by default):
+every DP-SGD step samples units with Poisson sampling at rate ``q``, clips each unit's gradient
+to ``clip-norm`` and adds Gaussian noise with standard deviation ``noise_multiplier *
+clip-norm``. Each step is a subsampled Gaussian mechanism; the accountant composes all of them.
 
 A round's release is recorded as ``(noise_multiplier, sample_rate, steps)``. Two accounts use it:
 

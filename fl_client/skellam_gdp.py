@@ -11,7 +11,8 @@ Gaussian's at the same standard deviation ``s``, which converts exactly.
 integer vector ``k`` with ``||k||_2 <= l2`` (``||k||_1 <= l1``). Change the law of the noise on
 each coordinate where ``k_i != 0`` by at most ``eta`` in total variation (``shift_gdp``): the
 release is then ``(D l2)``-GDP. Over releases, GDP composes as ``sqrt(sum (D_r l2_r)**2)``, and
-the coupling costs ``(1 + e**epsilon) * sum(l1_r * eta_r)`` of delta (``gdp_epsilon`` counts it).
+the coupling costs ``(1 + e**epsilon) * sum(l1_r * eta_r)`` of delta
+(``skellam_gdp_epsilon`` counts it).
 
 **Proof.** ``p(t) = e**-x I_t(x)`` is the noise's probability of ``t``. For any law on the
 integers, ``F`` is its CDF, ``a_t = Phi^-1(F(t))`` and ``d_t = a_t - a_(t-1)`` its steps in

@@ -165,6 +165,22 @@ def test_the_report_has_a_distributed_row_and_notes_epsilon_alone():
             ) in report
 
 
+def test_the_report_names_every_commit_a_resumed_sweep_ran():
+    results = [{"method": CENTRAL_DP, "epsilon": 8.0, "seed": 0, "accuracy": 0.89}]
+    versions = {"fedintent": "0.1.0", "flwr": "1.41.0"}
+    spec = {"data": "/x/banking77", "sites": 10, "alpha": 0.5, "seeds": 1, "partition_seed": 0,
+            "settings": {}, "software": [{"versions": versions, "git_commit": "aaa"}]}
+    one = markdown_report(spec, summarize(results), results)
+    assert "Software: fedintent 0.1.0, flwr 1.41.0; git commit aaa\n" in one
+    spec["software"] += [{"versions": versions, "git_commit": "aaa"},
+                         {"versions": versions, "git_commit": "bbb"}]
+    resumed = markdown_report(spec, summarize(results), results)
+    assert ("git commits aaa, then bbb (a resumed sweep: each later commit ran only the cells "
+            "still missing)") in resumed
+    spec["software"] = [{"versions": versions}]
+    assert "git commit not recorded" in markdown_report(spec, summarize(results), results)
+
+
 @pytest.mark.parametrize(("epsilon", "row"), [
     (8.0, 8.0), (5.0, 3.0), (3.0, 3.0), (0.5, 1.0), (100.0, 8.0), (math.inf, math.inf)])
 def test_tuned_settings_use_the_largest_tuned_epsilon_not_above_the_target(epsilon, row):
@@ -205,6 +221,20 @@ def test_a_sweep_folder_from_before_privacy_models_takes_a_default_sweep(tmp_pat
         ["local", "distributed"], 2)
     with pytest.raises(ValueError, match="tolerated sites"):
         claim_sweep_folder(tmp_path, replace(both, tolerated_sites=3))
+
+
+def test_a_resumed_sweep_keeps_every_invocations_software(tmp_path, monkeypatch):
+    """The report names each commit that ran cells, so a resumed sweep's record carries every
+    invocation's software, not only the last."""
+    spec = BenchSpec(data="/x/csv", sites=10, alpha=0.5, epsilons=[8.0], seeds=1,
+                     partition_seed=0, rounds=1)
+    for commit in ("aaa", "bbb"):
+        monkeypatch.setattr("fedintent.bench.sweep.software_provenance",
+                            lambda commit=commit: {"versions": {}, "git_commit": commit})
+        record = claim_sweep_folder(tmp_path, spec)
+    assert [run["git_commit"] for run in record["software"]] == ["aaa", "bbb"]
+    recorded = json.loads((tmp_path / "bench.json").read_text(encoding="utf-8"))
+    assert recorded["software"] == record["software"]
 
 
 def test_distributed_dp_needs_two_noise_adding_sites_before_any_cell_runs(tmp_path):

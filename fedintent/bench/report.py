@@ -222,12 +222,18 @@ def _provenance_lines(spec: dict) -> list[str]:
     """Which data and code made these numbers (bench.json has each invocation's)."""
     lines = [f"Data: `{name}` SHA-256 `{digest}`"
              for name, digest in sorted(spec.get("dataset_sha256", {}).items())]
-    software = (spec.get("software") or [{}])[-1]
+    invocations = spec.get("software") or [{}]
+    software = invocations[-1]
     versions = ", ".join(f"{name} {version}" for name, version
                          in software.get("versions", {}).items() if version is not None)
+    commits = list(dict.fromkeys(run["git_commit"] for run in invocations if "git_commit" in run))
+    if len(commits) > 1:
+        commit = (f"commits {', then '.join(commits)} (a resumed sweep: each later commit ran "
+                  "only the cells still missing)")
+    else:
+        commit = f"commit {commits[0] if commits else 'not recorded (not run from a checkout)'}"
     if versions:
-        lines.append(f"Software: {versions}; git commit "
-                     f"{software.get('git_commit', 'not recorded (not run from a checkout)')}")
+        lines.append(f"Software: {versions}; git {commit}")
     return [f"- {line}" for line in lines] + [""] if lines else []
 
 

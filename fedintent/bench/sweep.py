@@ -173,7 +173,7 @@ def claim_sweep_folder(out_dir: Path, spec: BenchSpec) -> dict:
         record["distributed_settings"] = {
             epsilon_label(eps): distributed_settings(spec, eps)
             for eps in filter(math.isfinite, spec.epsilons)}
-    _claim_folder(out_dir, record)
+    record["software"] = _claim_folder(out_dir, record)["software"]  # every invocation's
     return record
 
 
@@ -219,8 +219,9 @@ def _pooled(parts: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tenso
     return concat_features([x for x, _ in parts]), torch.cat([y for _, y in parts])
 
 
-def _claim_folder(out_dir: Path, record: dict) -> None:
-    """A sweep folder holds one sweep: refuse to mix cells of different specs or settings."""
+def _claim_folder(out_dir: Path, record: dict) -> dict:
+    """A sweep folder holds one sweep: refuse to mix cells of different specs or settings.
+    Returns the record kept in bench.json."""
 
     def merge(existing: dict, wanted: dict) -> dict | None:
         existing = SPEC_DEFAULTS | existing
@@ -240,6 +241,6 @@ def _claim_folder(out_dir: Path, record: dict) -> None:
             merged["distributed_settings"] = (before or {}) | now
         return merged
 
-    claim_folder(out_dir / "bench.json", record, merge,
+    return claim_folder(out_dir / "bench.json", record, merge,
                  f"{out_dir} holds a sweep with different data, partition, model, settings or "
                  f"tolerated sites ({out_dir / 'bench.json'}); use a new --out, or delete it")
