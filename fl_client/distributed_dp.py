@@ -30,6 +30,9 @@ way). The server divides it by ``integer_norm / clip-norm`` and by the number of
 takes the step. The noise share is planned so that the sites that are neither missing nor
 colluding, at least ``cohort - tolerated-sites`` of them, together add the full noise
 (``privacy_budget.charge_round``). Every draw comes from the site's secret round seed.
+
+Opacus is imported inside ``noisy_integer_sum``: the import takes about 2 s, and Flower starts
+a fresh ClientApp process for every message, most of which never train.
 """
 
 import math
@@ -37,7 +40,6 @@ import warnings
 
 import numpy as np
 import torch
-from opacus import GradSampleModule
 from torch import nn
 
 from fl_client.dp_training import UnitLoss
@@ -131,6 +133,8 @@ def clipped_grid_sum(
     sums = {name: torch.zeros(param.shape, dtype=torch.float64) for name, param in named.items()}
     dim = sum(p.numel() for p in named.values())
     per_chunk = max(1, CHUNK_VALUES // dim // BLOCK_ROWS) * BLOCK_ROWS
+    from opacus import GradSampleModule
+
     sampled = GradSampleModule(model, loss_reduction="sum")
     criterion = UnitLoss()
     criterion.reduction = "none"

@@ -39,16 +39,16 @@ accounts hold for it, and a run's epsilon is the smaller:
 * its Gaussian DP (``fl_client/skellam_gdp.py``, with its proof), composed and converted
   exactly. For the noise of real runs it is the Gaussian mechanism's own account within 0.1%,
   and needs 6 to 8% less noise than the Rényi one for the same run epsilon.
+
+Opacus is imported inside the functions that use it: the import takes about 2 s, and Flower
+starts a fresh ClientApp process for every message, most of which never train (evaluation,
+three of SecAgg+'s four stages).
 """
 
 import math
 import warnings
 from collections.abc import Callable
 from functools import lru_cache
-
-from opacus.accountants import create_accountant
-from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
-from opacus.accountants.utils import get_noise_multiplier
 
 from fl_client.skellam_gdp import skellam_gdp_epsilon
 from fl_protocol.wire import ACCOUNTANTS, MAX_AUTO_DELTA
@@ -102,6 +102,8 @@ def plan_noise_multiplier(
     the cumulative epsilon is at most ``target_epsilon``. Cached: a PRV search takes seconds, and
     sites of one run with full-batch steps all ask the same question.
     """
+    from opacus.accountants.utils import get_noise_multiplier
+
     with warnings.catch_warnings():
         _ignore_accountant_warnings()
         sigma = get_noise_multiplier(
@@ -170,6 +172,8 @@ def release_rdp(noise_multiplier: float, sample_rate: float, steps: int, order: 
     most any one unit can lose in it; ``inf`` without noise."""
     if noise_multiplier == 0:
         return math.inf
+    from opacus.accountants.analysis.rdp import compute_rdp
+
     return float(compute_rdp(q=sample_rate, noise_multiplier=noise_multiplier, steps=steps,
                              orders=[order])[0])
 
@@ -205,6 +209,8 @@ def epsilon_spent(releases: list[Release], delta: float, accountant: str) -> flo
     """Cumulative epsilon of all releases at the given delta (0.0 for an empty history)."""
     if not releases:
         return 0.0
+    from opacus.accountants import create_accountant
+
     acc = create_accountant(mechanism=check_accountant(accountant))
     acc.history = coalesce(releases)
     with warnings.catch_warnings():
@@ -314,6 +320,8 @@ def skellam_rdp_epsilon(releases: list[tuple[float, float, float]], delta: float
         return 0.0
     if any(mu == 0 for mu, _, _ in releases):
         return math.inf
+    from opacus.accountants.analysis.rdp import get_privacy_spent
+
     rdp = [sum(skellam_rdp(mu, l1, l2, order) for mu, l1, l2 in releases)
            for order in FILTER_ORDERS]
     with warnings.catch_warnings():

@@ -7,6 +7,8 @@ module or test imports another module's private (underscore) name.
 """
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -161,3 +163,14 @@ def test_the_operator_extra_holds_every_operator_only_package():
                         "scipy", "psutil"):
         assert f'"{requirement}' in operator and f'"{requirement}' not in base, requirement
     assert '"fedintent[operator]"' in text.split("\ndev = [", 1)[1].split("]\n", 1)[0]
+
+
+def test_loading_the_client_app_does_not_import_opacus():
+    """Flower starts a fresh ClientApp process for every message, and most never train
+    (evaluation, three of SecAgg+'s four stages): Opacus' 2 s import is paid only by those
+    that do, where the training and accounting functions import it."""
+    loaded = subprocess.run(
+        [sys.executable, "-c", "import sys, fl_client.client_app; "
+         "print(sorted(m for m in sys.modules if m.split('.')[0] == 'opacus'))"],
+        capture_output=True, text=True, timeout=300, cwd=ROOT, check=True)
+    assert loaded.stdout.strip() == "[]", loaded.stdout

@@ -9,7 +9,7 @@ import mpmath
 import numpy as np
 import pytest
 from opacus.accountants import PRVAccountant
-from scipy.special import ive, ndtri
+from scipy.special import ive, log_ndtr, ndtri
 
 from fl_client.distributed_dp import l1_bound, rounding_bound
 from fl_client.privacy_accounting import plan_skellam_mu, skellam_rdp_epsilon
@@ -19,6 +19,7 @@ from fl_client.skellam_gdp import (
     gdp_delta,
     gdp_epsilon,
     largest_increment,
+    log_normal_cdf,
     shift_gdp,
     skellam_gdp_epsilon,
 )
@@ -128,6 +129,12 @@ def test_gdp_epsilon_is_opacus_prv_account_of_full_batch_gaussian_steps(sigma, s
         warnings.simplefilter("ignore")
         prv = accountant.get_epsilon(delta=delta, eps_error=1e-3)
     assert gdp_epsilon(math.sqrt(steps) / sigma, delta) == pytest.approx(prv, abs=2e-3)
+
+
+@pytest.mark.parametrize("z", [-1e5, -60.0, -20.001, -20.0, -19.999, -8.0, -1.0, 0.0, 0.5, 4.0,
+                               9.0])
+def test_log_normal_cdf_is_scipys_far_into_both_tails(z):
+    assert log_normal_cdf(z) == pytest.approx(float(log_ndtr(z)), rel=1e-9, abs=1e-15)
 
 
 def test_gdp_delta_and_epsilon_are_inverse_and_exact_at_zero():
