@@ -31,7 +31,7 @@ takes the step. The noise share is planned so that the sites that are neither mi
 colluding, at least ``cohort - tolerated-sites`` of them, together add the full noise
 (``privacy_budget.charge_round``). Every draw comes from the site's secret round seed.
 
-Opacus is imported inside ``noisy_integer_sum``: the import takes about 2 s, and Flower starts
+Opacus is imported inside ``clipped_grid_sum``: the import takes about 2 s, and Flower starts
 a fresh ClientApp process for every message, most of which never train.
 """
 

@@ -31,7 +31,6 @@ HEAD_DIM = 29_645
 def _bessel_ratios(x: float, largest: int) -> list[mpmath.mpf]:
     """I_(n+1)(x) / I_n(x) for n = 0 .. largest, by backward recurrence in 40 digits (Miller's
     algorithm: started far enough beyond, the error dies out long before it reaches ``largest``)."""
-    mpmath.mp.dps = 40
     xm = mpmath.mpf(x)
     ratio, ratios = mpmath.mpf(0), [None] * (largest + 1)
     for n in range(int(largest + x + 60 * math.sqrt(x + 1) + 200), -1, -1):
@@ -44,7 +43,11 @@ def _bessel_ratios(x: float, largest: int) -> list[mpmath.mpf]:
 @pytest.mark.parametrize("x", [1e-3, 0.5, 2.0, 10.0, 100.0, 1e3, 3e4])
 def test_the_bessel_ratio_bounds_of_step_3_hold(x):
     orders = [0, 1, 2, 3, 5, 10, 30, 100, 1000, 10_000, 30_000]
-    ratios = _bessel_ratios(x, max(orders))
+    with mpmath.workdps(40):  # mpmath's precision is process-wide: set it for this test only
+        _check_ratio_bounds(x, orders, _bessel_ratios(x, max(orders)))
+
+
+def _check_ratio_bounds(x: float, orders: list[int], ratios: list) -> None:
     for n in orders:
         xm, nm = mpmath.mpf(x), mpmath.mpf(n)
         below = xm / (nm + 0.5 + mpmath.sqrt((nm + 1.5) ** 2 + xm**2))
