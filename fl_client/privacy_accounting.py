@@ -47,6 +47,7 @@ three of SecAgg+'s four stages).
 
 import math
 import warnings
+from collections import Counter
 from collections.abc import Callable
 from functools import lru_cache
 
@@ -322,7 +323,8 @@ def skellam_rdp_epsilon(releases: list[tuple[float, float, float]], delta: float
         return math.inf
     from opacus.accountants.analysis.rdp import get_privacy_spent
 
-    rdp = [sum(skellam_rdp(mu, l1, l2, order) for mu, l1, l2 in releases)
+    counts = Counter(releases)  # a run's rounds are mostly one release repeated
+    rdp = [sum(count * skellam_rdp(mu, l1, l2, order) for (mu, l1, l2), count in counts.items())
            for order in FILTER_ORDERS]
     with warnings.catch_warnings():
         _ignore_accountant_warnings()

@@ -61,6 +61,7 @@ against high-precision values, and the largest increment of the exact Skellam CD
 """
 
 import math
+from collections import Counter
 from functools import lru_cache
 
 TAIL_MARGIN = 200.0
@@ -161,10 +162,10 @@ def skellam_gdp_epsilon(releases: list[tuple[float, float, float]], delta: float
     if not releases:
         return 0.0
     squares, coupling = 0.0, 0.0
-    for mu, l1, l2 in releases:
+    for (mu, l1, l2), count in Counter(releases).items():
         increment, eta = shift_gdp(mu, delta)
-        squares += (increment * l2) ** 2
-        coupling += l1 * eta
+        squares += count * (increment * l2) ** 2
+        coupling += count * l1 * eta
     epsilon = gdp_epsilon(math.sqrt(squares), delta * (1 - 1e-9))
     if not math.isfinite(epsilon) or (1 + math.exp(min(epsilon, 700.0))) * coupling > 1e-9 * delta:
         return math.inf
