@@ -85,7 +85,7 @@ def shift_gdp(mu: float, delta: float) -> tuple[float, float]:
     log_eta_limit = math.log(delta) - TAIL_MARGIN
     tail = _least_tail(x, log_eta_limit)
     kappa = (1 + (2 * tail + 1) / x) / x
-    lowest_ratio = x / (tail - 0.5 + math.sqrt((tail + 0.5) ** 2 + x * x)) * math.exp(-kappa)
+    lowest_ratio = bessel_ratio_bounds(x, tail - 1)[0] * math.exp(-kappa)  # step 5
     if not (kappa < 0.35 and lowest_ratio >= MIN_RATIO):
         return math.inf, 0.0
     return largest_increment(kappa), math.exp(_log_eta(x, tail))
@@ -97,10 +97,16 @@ def largest_increment(kappa: float) -> float:
     return math.sqrt(2 * kappa / (1 + math.sqrt(1 - kappa)))
 
 
+def bessel_ratio_bounds(x: float, n: int) -> tuple[float, float]:
+    """Step 3's bounds on ``I_(n+1)(x) / I_n(x)`` for ``n >= 0``: the ratio of the noise's
+    probabilities of ``n + 1`` and ``n``."""
+    return (x / (n + 0.5 + math.sqrt((n + 1.5) ** 2 + x * x)),
+            x / (n + 0.5 + math.sqrt((n + 0.5) ** 2 + x * x)))
+
+
 def _log_eta(x: float, tail: int) -> float:
     """Step 4's bound on the log of the total-variation change for tail ``tail``."""
-    n = tail - 1
-    ratio_above = x / (n + 0.5 + math.sqrt((n + 0.5) ** 2 + x * x))
+    ratio_above = bessel_ratio_bounds(x, tail - 1)[1]
     b = tail / x
     chernoff = b * math.asinh(b) - b * b / (1 + math.sqrt(1 + b * b))
     return math.log(2) + math.log1p(1 / (1 - ratio_above)) - x * chernoff

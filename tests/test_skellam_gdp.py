@@ -16,6 +16,7 @@ from fl_client.privacy_accounting import plan_skellam_mu, skellam_rdp_epsilon
 from fl_client.skellam_gdp import (
     MIN_RATIO,
     TAIL_MARGIN,
+    bessel_ratio_bounds,
     gdp_delta,
     gdp_epsilon,
     largest_increment,
@@ -53,6 +54,8 @@ def _check_ratio_bounds(x: float, orders: list[int], ratios: list) -> None:
         below = xm / (nm + 0.5 + mpmath.sqrt((nm + 1.5) ** 2 + xm**2))
         above = xm / (nm + 0.5 + mpmath.sqrt((nm + 0.5) ** 2 + xm**2))
         assert below <= ratios[n] <= above, (x, n)
+        assert bessel_ratio_bounds(x, n) == pytest.approx((float(below), float(above)),
+                                                          rel=1e-12)  # the code's, too
 
 
 def _skellam(x: float, half: int) -> tuple[np.ndarray, np.ndarray]:
