@@ -34,7 +34,7 @@ import torch
 from fedintent.bench.baselines import DELTA, Recipe, train_and_evaluate
 from fedintent.inprocess import train_distributed, train_fedavg
 from fedintent.partition import partition_csv_dataset
-from fl_client.distributed_dp import dimension, l1_bound, rounding_bound
+from fl_client.distributed_dp import dimension
 from fl_client.dp_training import evaluate, training_plan
 from fl_client.privacy_accounting import (
     filter_order,
@@ -44,8 +44,8 @@ from fl_client.privacy_accounting import (
     skellam_mu_within_rdp,
     steps_per_round,
 )
+from fl_client.privacy_budget import skellam_sensitivity
 from fl_client.site_data import list_site_dirs, load_site
-from fl_protocol.distributed_sum import integer_norm
 from fl_protocol.label_file import read_labels
 from fl_protocol.wire import RUN_CONFIG_DEFAULTS
 from models import get_model_family
@@ -112,11 +112,10 @@ def distributed_accuracy(sites, labels, val, epsilon, candidate, seed, tolerated
     family = get_model_family(MODEL)
     global_model = family.initial_model(labels)
     dim = dimension(global_model)
-    l2 = rounding_bound(integer_norm(dim), dim)
-    l1 = l1_bound(l2, dim)
+    l1, l2, likely = skellam_sensitivity(dim)
     lifetime = float(RUN_CONFIG_DEFAULTS["site-max-epsilon"])
     order = filter_order(lifetime, DELTA)
-    mu = max(plan_skellam_mu(epsilon, DELTA, l1, l2, rounds),
+    mu = max(plan_skellam_mu(epsilon, DELTA, l1, l2, rounds, likely),
              skellam_mu_within_rdp(l1, l2, rounds, order, rdp_budget(lifetime, DELTA, order)))
     train_distributed(global_model, sites, mu / (len(sites) - tolerated), clip_norm=1.0,
                       learning_rate=learning_rate, rounds=rounds, seed=seed,

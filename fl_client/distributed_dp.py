@@ -14,13 +14,17 @@ the site
    shape can move its last bit (one grid step; ``tests/test_distributed_dp.py`` measures it);
 2. rounds the sum to integers with randomized rounding (each coordinate up with probability
    its fractional part, from uniform offsets drawn once per round). With the offsets shared
-   between two neighbouring data sets, each coordinate of the two rounded sums differs by less
-   than the unit's coordinate plus 1, so by at most ``rounding_bound`` = norm + sqrt(dimension)
-   in L2 (and ``l1_bound`` in L1) whatever the offsets; the Renyi divergence of a mixture over
-   shared offsets is at most its largest term (joint quasi-convexity), so these are the
-   sensitivities the accountant uses. Rounding once per site instead of once per unit (as in
-   Kairouz, Liu and Steinke's conditional rounding, ICML 2021) costs 2% more sensitivity at
-   the head's ``integer_norm`` and no per-unit random draws;
+   between two neighbouring data sets, the two rounded sums differ by ``k = floor(v) + B``,
+   where ``v`` is the unit's scaled vector and the ``B_i`` are independent Bernoulli draws of
+   mean ``frac(v_i)``: exactly the unit's own randomized rounding, as in Kairouz, Liu and
+   Steinke's conditional rounding (ICML 2021), but drawn once per site. Whatever the offsets,
+   ``||k||_2 <= rounding_bound`` = norm + sqrt(dimension) (2% above the norm for the head), the
+   sensitivity of the Rényi account; except with probability ``ROUNDING_FAILURE`` (e**-200)
+   over the offsets, ``||k||_2 <= likely_rounding_bound`` (0.13% above it, by Hoeffding's
+   inequality), the sensitivity of the Gaussian-DP account, which pays that probability in
+   delta (``skellam_gdp``). A mixture over shared offsets is no less private than its worst
+   component (joint convexity of every hockey-stick and Rényi divergence), so these are
+   sensitivities of the mechanism itself;
 3. adds Skellam noise ``Poisson(mu_share) - Poisson(mu_share)`` to every coordinate (Agarwal,
    Kairouz and Liu, NeurIPS 2021). Skellams add up: the secure sum of ``k`` sites' vectors
    carries ``Skellam(k x mu_share)``.
@@ -37,6 +41,7 @@ a fresh ClientApp process for every message, most of which never train.
 
 import math
 import warnings
+from collections.abc import Iterable
 
 import numpy as np
 import torch
@@ -52,6 +57,16 @@ BLOCK_ROWS = 2**24 // (2 * GRID_RANGE)
 """Units whose grid vectors float32 sums exactly: every partial sum an integer below 2**24."""
 CHUNK_VALUES = 2**24
 """Per-unit gradients processed at once (units x dimension): 64 MiB of float32."""
+NORM_BLOCK = 64
+"""A unit's squared gradient coordinates are summed in float32 blocks of this many, the blocks in
+float64, so the norm the clipping reads is exact to ``NORM_ERROR`` whatever the dimension."""
+NORM_ERROR = 2**-18
+"""A bound on the relative error of a clipped, scaled unit's norm: ``(NORM_BLOCK + 1) u`` on its
+squared norm (sums of positive float32 terms, ``u = 2**-24``), so half that on the norm, plus
+the float32 roundings of the scale and of the product (``36 u`` in all, below ``2**-18``)."""
+ROUNDING_FAILURE = math.exp(-200)
+"""The probability, over one round's rounding offsets, that one unit moves the rounded sum by
+more than ``likely_rounding_bound``."""
 
 
 def dimension(model: nn.Module) -> int:
@@ -65,12 +80,33 @@ def grid_step(norm: float) -> float:
     return norm / GRID_RANGE
 
 
+def unit_bound(norm: float, dim: int) -> float:
+    """The L2 norm of one unit's vector before the sum is rounded, in integers: its clipped
+    gradient scaled to ``norm`` (relative error below ``NORM_ERROR``) on the grid, plus half a
+    grid step per coordinate."""
+    return norm * (1 + NORM_ERROR) + math.sqrt(dim) * grid_step(norm) / 2
+
+
 def rounding_bound(norm: float, dim: int) -> float:
     """The L2 norm by which one unit can move a site's rounded integer vector, whatever the
-    rounding draws: its vector on the grid, at most ``norm`` (the clipping reads a float32
-    norm, relative error below ``dim x 2**-24``, and scales in float32) plus half a grid step
-    per coordinate, and less than 1 per coordinate from rounding the sum."""
-    return norm * (1 + dim * 2**-24 + 2**-20) + math.sqrt(dim) * (1 + grid_step(norm) / 2)
+    rounding draws: ``unit_bound``, plus less than 1 per coordinate from rounding the sum."""
+    return unit_bound(norm, dim) + math.sqrt(dim)
+
+
+def likely_rounding_bound(norm: float, dim: int, failure: float = ROUNDING_FAILURE) -> float:
+    """The L2 norm by which one unit moves a site's rounded integer vector except with
+    probability ``failure`` over the round's rounding offsets. The move is ``k = v + e`` for the
+    unit's vector ``v`` (``||v||_2 <= c``, ``unit_bound``) and independent ``e_i = B_i -
+    frac(v_i)``, ``B_i`` Bernoulli of mean ``frac(v_i)``. So ``||k||**2 - ||v||**2`` is at most
+    ``sum frac (1 - frac) <= dim / 4`` in mean, and its terms ``2 v_i e_i + e_i**2`` each range
+    over ``|2 floor(v_i) + 1|``, whose squares sum to at most ``(2 c + sqrt(dim))**2``: by
+    Hoeffding's inequality it exceeds its mean by ``(2 c + sqrt(dim)) sqrt(log(1 / failure) / 2)``
+    with probability at most ``failure``."""
+    if not 0 < failure < 1:
+        raise ValueError(f"a failure probability is in (0, 1), got {failure}")
+    c = unit_bound(norm, dim)
+    spread = (2 * c + math.sqrt(dim)) * math.sqrt(math.log(1 / failure) / 2)
+    return math.sqrt(c**2 + dim / 4 + spread)
 
 
 def l1_bound(l2: float, dim: int) -> float:
@@ -150,16 +186,32 @@ def clipped_grid_sum(
         with torch.no_grad():
             samples = {name: param.grad_sample.reshape(len(y), -1)
                        for name, param in named.items()}
-            norms = sum(torch.einsum("ij,ij->i", g, g) for g in samples.values()).sqrt_()
+            norms = unit_norms(samples.values())
             if not torch.isfinite(norms).all():
                 raise ValueError("a unit's gradient is not finite: the model or its features "
                                  "hold NaN or infinity")
-            scale = (GRID_RANGE / clip_norm) * (clip_norm / norms.clamp(min=1e-30)).clamp(max=1)
+            ratio = (clip_norm / norms.clamp(min=1e-300)).clamp(max=1)
+            scale = ((GRID_RANGE / clip_norm) * ratio).float()
             for name, grads in samples.items():
                 on_grid = grads.mul_(scale[:, None]).round_()
                 sums[name] += exact_column_sum(on_grid).view(sums[name].shape)
     sampled.remove_hooks()
     return {name: total.to(torch.int64) for name, total in sums.items()}
+
+
+def unit_norms(grads: Iterable[torch.Tensor]) -> torch.Tensor:
+    """Each unit's gradient norm (float64) over its per-parameter rows (units x width, float32):
+    squares summed in float32 blocks of ``NORM_BLOCK``, the blocks in float64, so the relative
+    error stays below ``(NORM_BLOCK + 1) 2**-24`` on the squared norm where a plain float32 sum's
+    grows with the dimension."""
+    total = 0
+    for rows in grads:
+        squares = rows.square()
+        whole = squares.shape[1] // NORM_BLOCK * NORM_BLOCK
+        blocks = squares[:, :whole].reshape(len(rows), -1, NORM_BLOCK).sum(dim=2)
+        total = (total + blocks.sum(dim=1, dtype=torch.float64)
+                 + squares[:, whole:].sum(dim=1, dtype=torch.float64))
+    return torch.as_tensor(total, dtype=torch.float64).sqrt()
 
 
 def exact_column_sum(rows: torch.Tensor) -> torch.Tensor:

@@ -35,10 +35,13 @@ accounts hold for it, and a run's epsilon is the smaller:
 * its Rényi DP, the closed form of Agarwal, Kairouz and Liu ("The Skellam Mechanism for
   Differentially Private Federated Learning", NeurIPS 2021, Theorem 3.5) for the L1 and L2
   sensitivities of the rounded sum, composed additively at each order and converted with
-  Opacus' conversion over the filter's orders. The lifetime filter uses it.
+  Opacus' conversion over the filter's orders, with the sensitivities that hold whatever the
+  rounding draws (``SkellamRelease.l1``, ``l2``). The lifetime filter uses it.
 * its Gaussian DP (``fl_client/skellam_gdp.py``, with its proof), composed and converted
-  exactly. For the noise of real runs it is the Gaussian mechanism's own account within 0.1%,
-  and needs 6 to 8% less noise than the Rényi one for the same run epsilon.
+  exactly, with the sensitivities that hold except with probability e**-200 over the rounding
+  draws (``likely_l1``, ``likely_l2``; 2% smaller), that probability paid in delta. For the
+  noise of real runs it is the Gaussian mechanism's own account within 0.1%, and needs 8 to 10%
+  less noise than the Rényi one for the same run epsilon.
 
 Opacus is imported inside the functions that use it: the import takes about 2 s, and Flower
 starts a fresh ClientApp process for every message, most of which never train (evaluation,
@@ -50,6 +53,7 @@ import warnings
 from collections import Counter
 from collections.abc import Callable
 from functools import lru_cache
+from typing import NamedTuple
 
 from fl_client.skellam_gdp import skellam_gdp_epsilon
 from fl_protocol.wire import ACCOUNTANTS, MAX_AUTO_DELTA
@@ -262,16 +266,47 @@ def skellam_rdp(mu: float, l1: float, l2: float, order: float) -> float:
     return order * l2**2 / (4 * mu) + correction
 
 
-def skellam_epsilon(mu: float, l1: float, l2: float, releases: int, delta: float) -> float:
-    """The (epsilon, delta) guarantee of ``releases`` identical Skellam releases: the smaller of
-    the Gaussian-DP and the Rényi-DP accounts (``skellam_releases_epsilon``). 0.0 without
-    releases."""
-    return skellam_releases_epsilon([(mu, l1, l2)] * releases, delta)
+class SkellamRelease(NamedTuple):
+    """One release of the Skellam sum, as the two accounts read it.
+
+    mu: the noise ``Sk(mu)`` per coordinate of the sum that the guarantee counts on.
+    l1, l2: one unit's L1 and L2 sensitivity in the integer sum, whatever the rounding draws:
+        the Rényi account's.
+    likely_l1, likely_l2: the same, except with probability ``failure`` over the rounding draws
+        (``distributed_dp.likely_rounding_bound``): the Gaussian-DP account's, which pays
+        ``failure`` in delta.
+    """
+
+    mu: float
+    l1: float
+    l2: float
+    likely_l1: float
+    likely_l2: float
+    failure: float
+
+
+def skellam_release(
+    mu: float, l1: float, l2: float, likely: tuple[float, float, float] | None = None
+) -> SkellamRelease:
+    """A release of sensitivities ``l1``, ``l2`` that always hold, and ``likely`` = (L1, L2,
+    failure probability); without ``likely``, the Gaussian-DP account uses ``l1``, ``l2``."""
+    return SkellamRelease(mu, l1, l2, *(likely or (l1, l2, 0.0)))
+
+
+def skellam_epsilon(
+    mu: float, l1: float, l2: float, releases: int, delta: float,
+    likely: tuple[float, float, float] | None = None,
+) -> float:
+    """The (epsilon, delta) guarantee of ``releases`` identical Skellam releases
+    (``skellam_release``): the smaller of the Gaussian-DP and the Rényi-DP accounts
+    (``skellam_releases_epsilon``). 0.0 without releases."""
+    return skellam_releases_epsilon([skellam_release(mu, l1, l2, likely)] * releases, delta)
 
 
 @lru_cache(maxsize=256)
 def plan_skellam_mu(
-    target_epsilon: float, delta: float, l1: float, l2: float, releases: int
+    target_epsilon: float, delta: float, l1: float, l2: float, releases: int,
+    likely: tuple[float, float, float] | None = None,
 ) -> float:
     """The smallest Skellam mu (within 0.1%, rounded up) whose ``releases`` releases stay within
     ``target_epsilon``: the distributed counterpart of ``plan_noise_multiplier``. Public values
@@ -279,7 +314,7 @@ def plan_skellam_mu(
     _check_skellam_query(l1, l2, releases)
 
     def fits(mu: float) -> bool:
-        return skellam_epsilon(mu, l1, l2, releases, delta) <= target_epsilon
+        return skellam_epsilon(mu, l1, l2, releases, delta, likely) <= target_epsilon
 
     with warnings.catch_warnings():
         # Far too little noise puts the best order at the grid's smallest; only probes do that.
@@ -307,11 +342,13 @@ def skellam_mu_within_rdp(
     return _least_skellam_mu(fits, l2, "the site's max-epsilon is too small for any release")
 
 
-def skellam_releases_epsilon(releases: list[tuple[float, float, float]], delta: float) -> float:
-    """The (epsilon, delta) guarantee of Skellam releases that may differ, each ``(mu, l1, l2)``
-    (a run whose cohort, and so noise share, changed between rounds): each account holds, so the
-    smaller does. 0.0 without releases."""
-    return min(skellam_rdp_epsilon(releases, delta), skellam_gdp_epsilon(releases, delta))
+def skellam_releases_epsilon(releases: list[SkellamRelease], delta: float) -> float:
+    """The (epsilon, delta) guarantee of Skellam releases that may differ (a run whose cohort,
+    and so noise share, changed between rounds): each account holds, so the smaller does. 0.0
+    without releases."""
+    return min(skellam_rdp_epsilon([(r.mu, r.l1, r.l2) for r in releases], delta),
+               skellam_gdp_epsilon([(r.mu, r.likely_l1, r.likely_l2, r.failure)
+                                    for r in releases], delta))
 
 
 def skellam_rdp_epsilon(releases: list[tuple[float, float, float]], delta: float) -> float:

@@ -34,9 +34,15 @@ import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from fl_client.distributed_dp import l1_bound, rounding_bound
+from fl_client.distributed_dp import (
+    ROUNDING_FAILURE,
+    l1_bound,
+    likely_rounding_bound,
+    rounding_bound,
+)
 from fl_client.privacy_accounting import (
     BudgetExhausted,
+    SkellamRelease,
     epsilon_spent,
     filter_order,
     plan_noise_multiplier,
@@ -192,15 +198,26 @@ def _filtered_release(
         trained = fits
 
 
+def skellam_sensitivity(dimension: int) -> tuple[float, float, tuple[float, float, float]]:
+    """One unit's L1 and L2 sensitivity in the integer sum of a model of ``dimension`` numbers,
+    whatever the rounding draws, and (L1, L2, failure probability) of the likely bound: what
+    ``plan_skellam_mu`` and the two accounts take."""
+    norm = integer_norm(dimension)
+    l2 = rounding_bound(norm, dimension)
+    likely_l2 = likely_rounding_bound(norm, dimension)
+    return (l1_bound(l2, dimension), l2,
+            (l1_bound(likely_l2, dimension), likely_l2, ROUNDING_FAILURE))
+
+
 def _distributed_release(
     ledger: Ledger, keys: list[str], request: RoundRequest, policy: SitePolicy, dimension: int
 ) -> tuple[Release, list[int]]:
     """The round's Skellam release and the units in it. Every unit is in each full-batch sum,
     so leaving units out changes nothing in the release: one pass of the filter is exact."""
-    l2 = rounding_bound(integer_norm(dimension), dimension)
-    l1 = l1_bound(l2, dimension)
+    l1, l2, likely = skellam_sensitivity(dimension)
     budget = rdp_budget(policy.max_epsilon, ledger.delta, ledger.order)
-    planned = plan_skellam_mu(request.target_epsilon, request.delta, l1, l2, request.num_rounds)
+    planned = plan_skellam_mu(request.target_epsilon, request.delta, l1, l2, request.num_rounds,
+                              likely)
     mu = max(planned, skellam_mu_within_rdp(l1, l2, request.num_rounds, ledger.order, budget))
     share = mu / (request.cohort_size - request.tolerated_sites)
     rdp = skellam_rdp(mu, l1, l2, ledger.order)
@@ -224,7 +241,8 @@ def _distributed_release(
     release = replace(
         _release(request, math.sqrt(2 * mu) / l2, 1.0, 1, units=len(trained), rdp=rdp),
         accountant="rdp", privacy_model="distributed", skellam_mu=mu, skellam_mu_share=share,
-        l1=l1, l2=l2, rdp_alone=rdp_alone,
+        l1=l1, l2=l2, rdp_alone=rdp_alone, likely_l1=likely[0], likely_l2=likely[1],
+        rounding_failure=likely[2],
     )
     return release, trained
 
@@ -245,9 +263,10 @@ def run_epsilons(releases: list[Release], delta: float) -> tuple[float, float]:
     if any(r.noise_multiplier == 0 for r in releases):
         return math.inf, math.inf
     if releases[0].distributed:
-        return (skellam_releases_epsilon([(r.skellam_mu, r.l1, r.l2) for r in releases], delta),
-                skellam_releases_epsilon([(r.skellam_mu_share, r.l1, r.l2) for r in releases],
-                                         delta))
+        summed = [SkellamRelease(r.skellam_mu, r.l1, r.l2, r.likely_l1, r.likely_l2,
+                                 r.rounding_failure) for r in releases]
+        alone = [s._replace(mu=r.skellam_mu_share) for s, r in zip(summed, releases, strict=True)]
+        return skellam_releases_epsilon(summed, delta), skellam_releases_epsilon(alone, delta)
     epsilon = epsilon_spent([r.mechanism for r in releases], delta, releases[0].accountant)
     return epsilon, epsilon
 

@@ -74,6 +74,12 @@ class Release:
     """Distributed DP: one unit's L1 and L2 sensitivity in the integer sum."""
     rdp_alone: float = 0.0
     """Distributed DP: the Rényi DP of this site's own share alone, at the ledger's order."""
+    likely_l1: float = 0.0
+    likely_l2: float = 0.0
+    rounding_failure: float = 0.0
+    """Distributed DP: one unit's sensitivity except with probability ``rounding_failure`` over
+    the round's rounding draws (the Gaussian-DP account's). A release recorded before these
+    existed reads them as ``l1``, ``l2`` and 0."""
 
     @property
     def mechanism(self) -> tuple[float, float, int]:
@@ -253,15 +259,19 @@ def _egress_shows_dp_releases(state_dir: Path) -> bool:
 
 def _stored(release: Release) -> dict:
     """A release as the ledger stores (and MACs) it: a local release without the distributed-DP
-    fields, so ledgers written before distributed DP existed verify unchanged."""
+    fields, and a distributed release without a rounding failure (one recorded before the
+    likely sensitivities existed) without those, so older ledgers verify unchanged."""
     record = asdict(release)
-    if not release.distributed:
-        for name in _DISTRIBUTED_FIELDS:
-            del record[name]
+    omitted = (_DISTRIBUTED_FIELDS if not release.distributed
+               else _LIKELY_FIELDS if release.rounding_failure == 0 else ())
+    for name in omitted:
+        del record[name]
     return record
 
 
-_DISTRIBUTED_FIELDS = ("privacy_model", "skellam_mu", "skellam_mu_share", "l1", "l2", "rdp_alone")
+_DISTRIBUTED_FIELDS = ("privacy_model", "skellam_mu", "skellam_mu_share", "l1", "l2", "rdp_alone",
+                       "likely_l1", "likely_l2", "rounding_failure")
+_LIKELY_FIELDS = ("likely_l1", "likely_l2", "rounding_failure")
 
 
 def _release_from(record: dict) -> Release:
@@ -270,8 +280,14 @@ def _release_from(record: dict) -> Release:
         raise ValueError(f"release is a {type(record).__name__}, not an object")
     distributed = record.get("privacy_model") == "distributed"
     expected = names if distributed else names - set(_DISTRIBUTED_FIELDS)
-    if set(record) != expected | {"mac"}:
+    older = expected - set(_LIKELY_FIELDS)  # a distributed release recorded before them
+    if set(record) not in (expected | {"mac"}, older | {"mac"}):
         raise ValueError(f"release with fields {sorted(record)}")
+    if distributed and "likely_l2" in record and record["rounding_failure"] == 0:
+        raise ValueError("release with likely sensitivities that never fail")  # not MAC'd
+    if distributed and "likely_l2" not in record:
+        record = {**record, "likely_l1": record["l1"], "likely_l2": record["l2"],
+                  "rounding_failure": 0.0}
     return Release(**{k: v for k, v in record.items() if k in names})
 
 

@@ -8,10 +8,11 @@ Gaussian's at the same standard deviation ``s``, which converts exactly.
 
 **Claim.** Let every coordinate of the released integer sum carry independent noise
 ``Sk(mu)`` (variance ``x = 2 mu``), and let two neighbouring data sets move the sum by an
-integer vector ``k`` with ``||k||_2 <= l2`` (``||k||_1 <= l1``). Change the law of the noise on
-each coordinate where ``k_i != 0`` by at most ``eta`` in total variation (``shift_gdp``): the
-release is then ``(D l2)``-GDP. Over releases, GDP composes as ``sqrt(sum (D_r l2_r)**2)``, and
-the coupling costs ``(1 + e**epsilon) * sum(l1_r * eta_r)`` of delta
+integer vector ``k`` with ``||k||_2 <= l2`` (``||k||_1 <= l1``), except with probability ``f``
+over rounding draws common to both. Change the law of the noise on each coordinate where
+``k_i != 0`` by at most ``eta`` in total variation (``shift_gdp``): the release is then
+``(D l2)``-GDP. Over releases, GDP composes as ``sqrt(sum (D_r l2_r)**2)``, and the coupling
+and the rounding together cost ``(1 + e**epsilon) * sum(l1_r * eta_r + f_r)`` of delta
 (``skellam_gdp_epsilon`` counts it).
 
 **Proof.** ``p(t) = e**-x I_t(x)`` is the noise's probability of ``t``. For any law on the
@@ -25,7 +26,12 @@ Gaussian quantiles.
    are chords above that convex curve. A product of coordinates is then ``D ||k||_2``-GDP (the
    tensor product of Gaussian trade-offs, Dong et al.); coordinates with ``k_i = 0`` change
    nothing. The rounding draws are common to both data sets, and a mixture of pairs that each
-   lie above a convex trade-off lies above it too.
+   lie above a convex trade-off lies above it too. Where the sensitivity holds only except with
+   probability ``f_r`` over round ``r``'s draws, compare with an imagined run whose draws are
+   taken conditioned on it, each round given everything before: that run composes as above,
+   and each real run (either data set) leaves it only when some round's draws fall outside,
+   with probability at most ``sum f_r``. Total variation ``F`` on each side moves every
+   hockey-stick divergence at ``e**epsilon`` by at most ``(1 + e**epsilon) F``.
 2. *Log-concavity no stronger than a Gaussian's bounds the steps.* Let
    ``log p(t)**2 / (p(t-1) p(t+1)) <= kappa`` for every ``t``, and let ``D = d_t`` be a local
    maximum of the steps, ``A = a_(t-1)``. Then ``p(t) = J(A)``, ``p(t-1) <= J(A - D)`` and
@@ -162,16 +168,17 @@ def gdp_epsilon(mu: float, delta: float) -> float:
     return high
 
 
-def skellam_gdp_epsilon(releases: list[tuple[float, float, float]], delta: float) -> float:
-    """The (epsilon, delta) guarantee of Skellam releases ``(mu, l1, l2)`` composed as GDP, the
-    coupling's cost included; ``inf`` where the proof claims nothing."""
+def skellam_gdp_epsilon(releases: list[tuple[float, float, float, float]], delta: float) -> float:
+    """The (epsilon, delta) guarantee of Skellam releases ``(mu, l1, l2, f)`` composed as GDP, the
+    sensitivities holding except with probability ``f`` over the rounding draws; the coupling's
+    cost and that probability included. ``inf`` where the proof claims nothing."""
     if not releases:
         return 0.0
     squares, coupling = 0.0, 0.0
-    for (mu, l1, l2), count in Counter(releases).items():
+    for (mu, l1, l2, failure), count in Counter(releases).items():
         increment, eta = shift_gdp(mu, delta)
         squares += count * (increment * l2) ** 2
-        coupling += count * l1 * eta
+        coupling += count * (l1 * eta + failure)
     epsilon = gdp_epsilon(math.sqrt(squares), delta * (1 - 1e-9))
     if not math.isfinite(epsilon) or (1 + math.exp(min(epsilon, 700.0))) * coupling > 1e-9 * delta:
         return math.inf

@@ -271,3 +271,36 @@ def test_site_keys_are_stable_per_site_and_fit_a_float_exactly(tmp_path):
     first, second = site_key(tmp_path / "a"), site_key(tmp_path / "b")
     assert first == site_key(tmp_path / "a") and first != second
     assert all(0 < key < 2**48 and float(key) == key for key in (first, second))
+
+
+def distributed(**likely) -> Release:
+    return Release(**{**release().__dict__, "accountant": "rdp", "privacy_model": "distributed",
+                      "skellam_mu": 4e9, "skellam_mu_share": 5e8, "l1": 1.4e6, "l2": 8367.0,
+                      "rdp_alone": 2.0, **likely})
+
+
+def test_a_distributed_release_keeps_its_likely_sensitivity_under_the_mac(tmp_path):
+    ledger = Ledger(privacy_unit="utterance", order=4.0, delta=1e-5)
+    likely = {"likely_l1": 1.41e6, "likely_l2": 8205.3, "rounding_failure": math.exp(-200)}
+    write_ledger(tmp_path, charged(ledger, distributed(**likely), ["u1"]), SECRET)
+    [back] = read_ledger(tmp_path, SECRET).releases
+    assert (back.likely_l1, back.likely_l2, back.rounding_failure) == tuple(likely.values())
+    rewrite(tmp_path, lambda doc: doc["releases"][0].update(likely_l2=1.0))  # looks cheaper
+    with pytest.raises(LedgerError, match="refusing to train"):
+        read_ledger(tmp_path, SECRET)
+
+
+def test_a_distributed_release_recorded_before_likely_sensitivities_reads_its_sure_ones(tmp_path):
+    """A ledger written before the likely sensitivities existed has no such fields; it verifies
+    unchanged and its releases count the sensitivities that hold whatever the draws."""
+    ledger = Ledger(privacy_unit="utterance", order=4.0, delta=1e-5)
+    write_ledger(tmp_path, charged(ledger, distributed(), ["u1"]), SECRET)
+    [record] = json.loads((tmp_path / LEDGER_FILE).read_text())["releases"]
+    assert not {"likely_l1", "likely_l2", "rounding_failure"} & set(record)
+    [back] = read_ledger(tmp_path, SECRET).releases
+    assert (back.likely_l1, back.likely_l2, back.rounding_failure) == (1.4e6, 8367.0, 0.0)
+    for failure in (0.5, 0.0):  # 0: the fields a release without failure is stored without
+        rewrite(tmp_path, lambda doc, f=failure: doc["releases"][0].update(
+            likely_l2=1.0, likely_l1=1.0, rounding_failure=f))
+        with pytest.raises(LedgerError, match="refusing to train"):
+            read_ledger(tmp_path, SECRET)

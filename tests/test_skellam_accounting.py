@@ -140,8 +140,14 @@ def test_skellam_rdp_epsilon_is_the_best_order_of_the_filter_grid():
 def test_skellam_epsilon_is_the_tighter_of_its_two_accounts(mu):
     l2, releases, delta = 1030.0, 40, 1e-5
     query = [(mu, l2**2, l2)] * releases
-    both = (skellam_rdp_epsilon(query, delta), skellam_gdp_epsilon(query, delta))
+    both = (skellam_rdp_epsilon(query, delta),
+            skellam_gdp_epsilon([(mu, l2**2, l2, 0.0)] * releases, delta))
     assert skellam_epsilon(mu, l2**2, l2, releases, delta) == min(both)
+    # a likely sensitivity is the Gaussian-DP account's alone; the Rényi one keeps the sure one
+    likely = (1000.0**2, 1000.0, 1e-90)
+    both = (skellam_rdp_epsilon(query, delta),
+            skellam_gdp_epsilon([(mu, *likely)] * releases, delta))
+    assert skellam_epsilon(mu, l2**2, l2, releases, delta, likely) == min(both)
 
 
 def test_skellam_epsilon_without_releases_or_noise():

@@ -11,8 +11,9 @@ import pytest
 from opacus.accountants import PRVAccountant
 from scipy.special import ive, log_ndtr, ndtri
 
-from fl_client.distributed_dp import l1_bound, rounding_bound
+from fl_client.distributed_dp import ROUNDING_FAILURE
 from fl_client.privacy_accounting import plan_skellam_mu, skellam_rdp_epsilon
+from fl_client.privacy_budget import skellam_sensitivity
 from fl_client.skellam_gdp import (
     MIN_RATIO,
     TAIL_MARGIN,
@@ -24,7 +25,6 @@ from fl_client.skellam_gdp import (
     shift_gdp,
     skellam_gdp_epsilon,
 )
-from fl_protocol.distributed_sum import integer_norm
 
 HEAD_DIM = 29_645
 
@@ -121,7 +121,7 @@ def test_shift_gdp_is_a_little_above_the_gaussian_and_its_tail_is_negligible(mu)
 def test_shift_gdp_claims_nothing_for_little_noise():
     assert shift_gdp(0.0, 1e-5) == (math.inf, 0.0)
     assert shift_gdp(0.9, 1e-5) == (math.inf, 0.0)
-    assert skellam_gdp_epsilon([(0.9, 1.0, 1.0)], 1e-5) == math.inf
+    assert skellam_gdp_epsilon([(0.9, 1.0, 1.0, 0.0)], 1e-5) == math.inf
     by_mu = [shift_gdp(mu, 1e-5)[0] * math.sqrt(2 * mu) for mu in (30.0, 1e3, 1e5, 1e8)]
     assert all(a > b for a, b in zip(by_mu, by_mu[1:], strict=False))
 
@@ -154,11 +154,11 @@ def test_gdp_delta_and_epsilon_are_inverse_and_exact_at_zero():
 @pytest.mark.parametrize("target", [1.0, 3.0, 8.0])
 def test_a_run_plans_the_gaussian_noise_within_a_fraction_of_a_percent(target):
     """30 full-batch releases of the head: the planned Skellam noise is within 0.2% of what
-    the Gaussian mechanism needs under its exact account, and below the Rényi account's."""
-    l2 = rounding_bound(integer_norm(HEAD_DIM), HEAD_DIM)
-    l1 = l1_bound(l2, HEAD_DIM)
-    mu = plan_skellam_mu(target, 1e-5, l1, l2, 30)
-    planned = math.sqrt(2 * mu) / l2
+    the Gaussian mechanism needs under its exact account at the likely sensitivity, and below
+    the Rényi account's."""
+    l1, l2, likely = skellam_sensitivity(HEAD_DIM)
+    mu = plan_skellam_mu(target, 1e-5, l1, l2, 30, likely)
+    planned = math.sqrt(2 * mu) / likely[1]
     low, high = 0.1, 100.0
     while high / low > 1 + 1e-6:
         middle = math.sqrt(low * high)
@@ -170,8 +170,8 @@ def test_a_run_plans_the_gaussian_noise_within_a_fraction_of_a_percent(target):
 
 def test_the_account_composes_releases_that_differ():
     l2 = 8000.0
-    releases = [(1e10, l2**2, l2), (4e10, l2**2, l2)]
-    shifts = [shift_gdp(mu, 1e-5)[0] * l2 for mu, _, _ in releases]
+    releases = [(1e10, l2**2, l2, 0.0), (4e10, l2**2, l2, 0.0)]
+    shifts = [shift_gdp(mu, 1e-5)[0] * l2 for mu, _, _, _ in releases]
     expected = gdp_epsilon(math.sqrt(sum(m * m for m in shifts)), 1e-5 * (1 - 1e-9))
     assert skellam_gdp_epsilon(releases, 1e-5) == pytest.approx(expected, rel=1e-9)
     assert skellam_gdp_epsilon(releases[:1], 1e-5) < skellam_gdp_epsilon(releases, 1e-5)
@@ -184,3 +184,12 @@ def test_the_constants_of_step_5():
     assert math.exp(-1.9 * math.sqrt(2 / math.pi)) < MIN_RATIO / (1 + MIN_RATIO)
     assert 2 * ndtri((1 + 0.65) / 2) < 1.9
     assert ive(0, 2.0) < 0.65  # p(0) at the least variance shift_gdp accepts, x = 2
+
+
+def test_the_rounding_failure_is_paid_in_delta():
+    """A sensitivity that fails with probability f per release costs (1 + e**eps) f of delta:
+    e**-200 changes nothing; a probability near delta's budget leaves no claim at all."""
+    l2 = 8000.0
+    sure = skellam_gdp_epsilon([(1e10, l2**2, l2, 0.0)] * 30, 1e-5)
+    assert skellam_gdp_epsilon([(1e10, l2**2, l2, ROUNDING_FAILURE)] * 30, 1e-5) == sure
+    assert skellam_gdp_epsilon([(1e10, l2**2, l2, 1e-12)] * 30, 1e-5) == math.inf

@@ -15,7 +15,6 @@ from test_site_privacy import LABELS, context, refused_with, train_message, writ
 from test_site_privacy import rows as site_rows
 
 import fl_client.client_app as client_app
-from fl_client.distributed_dp import l1_bound, rounding_bound
 from fl_client.privacy_accounting import (
     BudgetExhausted,
     filter_order,
@@ -23,7 +22,7 @@ from fl_client.privacy_accounting import (
     plan_skellam_mu,
     rdp_budget,
 )
-from fl_client.privacy_budget import charge_round
+from fl_client.privacy_budget import charge_round, skellam_sensitivity
 from fl_client.privacy_ledger import HEAD_FILE, LEDGER_FILE
 from fl_client.site_policy import (
     DEFAULT_MAX_NOISE_RATIO,
@@ -33,7 +32,6 @@ from fl_client.site_policy import (
     SitePolicy,
     site_policy,
 )
-from fl_protocol.distributed_sum import integer_norm
 from fl_protocol.wire import DECLINED, Reason
 from fl_protocol.wire import RUN_CONFIG_DEFAULTS as DEFAULTS
 from fl_server.progress import round_lines
@@ -136,8 +134,8 @@ def test_a_declined_round_leaves_the_ledger_byte_for_byte(tmp_path, model):
 def test_the_distributed_plan_is_compared_as_noise_standard_deviations(tmp_path):
     """Under distributed DP the sum's noise is Skellam(mu), standard deviation sqrt(2 mu): the
     bound holds sqrt(mu / planned mu), so a mu 3.5x the plan (1.87x the deviation) trains."""
-    l2 = rounding_bound(integer_norm(HEAD_DIM), HEAD_DIM)
-    planned = plan_skellam_mu(8.0, DELTA, l1_bound(l2, HEAD_DIM), l2, 3)
+    l1, l2, likely = skellam_sensitivity(HEAD_DIM)
+    planned = plan_skellam_mu(8.0, DELTA, l1, l2, 3, likely)
     charge = charge_round(tmp_path, UNITS, distributed(), policy(4.0), HEAD_DIM)
     mu = charge.skellam_mu_share * 8
     assert mu / planned > 2.0 and math.sqrt(mu / planned) <= DEFAULT_MAX_NOISE_RATIO
