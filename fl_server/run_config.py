@@ -227,6 +227,12 @@ def site_size_scale(mean_site_rows: float, epsilon: float) -> float:
     return min(1.0, max(MIN_SITE_SIZE_SCALE, mean_site_rows / TUNING_SITE_ROWS))
 
 
+def site_size_rate(learning_rate: float, mean_site_rows: float, epsilon: float) -> float:
+    """A tuned learning rate scaled by ``site_size_scale``, as ``fedintent train`` and
+    ``fedintent bench`` both run it."""
+    return round(learning_rate * site_size_scale(mean_site_rows, epsilon), 4)
+
+
 def tuned_epsilon(epsilon: float, tuned: Iterable[float]) -> float:
     """The largest tuned epsilon not above ``epsilon`` (settings tuned for more noise are the
     conservative fit), or the smallest tuned one below them all."""

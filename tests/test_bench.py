@@ -26,7 +26,7 @@ from fedintent.bench.cells import (
 )
 from fedintent.bench.federated import cell_lifetime_budget
 from fedintent.bench.report import markdown_report, plot_png, summarize
-from fedintent.bench.sweep import BenchSpec, claim_sweep_folder, run_bench
+from fedintent.bench.sweep import BenchSpec, claim_sweep_folder, mean_site_rows, run_bench
 from fl_client.privacy_accounting import (
     filter_order,
     noise_within_rdp,
@@ -205,11 +205,37 @@ def test_a_sweep_folder_refuses_a_different_spec(tmp_path):
     assert not (tmp_path / "out" / "data").exists()
 
 
+def test_bench_scales_the_tuned_learning_rates_to_the_sites_size_as_train_does(tmp_path):
+    """160 training rows over 4 sites is 40 a site, far below the 850 the rates were tuned on:
+    every DP rate (per-site and distributed) is scaled as ``fedintent train`` scales it, down to
+    a quarter; without DP it is not. 10 sites of BANKING77's size keep the tuned rates."""
+    data = write_dataset(tmp_path / "csv")
+    spec = BenchSpec(data=str(data), sites=4, alpha=0.5, epsilons=[1.0, 8.0, math.inf],
+                     seeds=1, partition_seed=0, privacy_models=("local", "distributed"))
+    (tmp_path / "out").mkdir()
+    record = claim_sweep_folder(tmp_path / "out", spec)
+    assert mean_site_rows(spec) == 40
+    for label, epsilon in (("1", 1.0), ("8", 8.0)):
+        assert record["settings"][label]["learning-rate"] == pytest.approx(
+            tuned_settings(epsilon)["learning-rate"] / 4)
+        assert record["distributed_settings"][label]["learning-rate"] == pytest.approx(
+            tuned_settings(epsilon, "distributed")["learning-rate"] / 4)
+    assert record["settings"]["inf"]["learning-rate"] == tuned_settings(math.inf)["learning-rate"]
+    big = tmp_path / "big"
+    big.mkdir()
+    rows = "".join(f"utterance {i},label{i % 7}\n" for i in range(8500))
+    (big / "train.csv").write_text("text,label\n" + rows, encoding="utf-8")
+    (big / "test.csv").write_text("text,label\nutterance,label0\n", encoding="utf-8")
+    (tmp_path / "out-big").mkdir()
+    record = claim_sweep_folder(tmp_path / "out-big", replace(spec, data=str(big), sites=10))
+    assert record["settings"]["8"]["learning-rate"] == tuned_settings(8.0)["learning-rate"]
+
+
 def test_a_sweep_folder_from_before_privacy_models_takes_a_default_sweep(tmp_path):
     """A bench.json without privacy_models and tolerated_sites was a local-DP sweep with the
     default tolerated sites: the same sweep resumes there, and may add distributed DP."""
-    spec = BenchSpec(data="/x/csv", sites=10, alpha=0.5, epsilons=[8.0], seeds=1,
-                     partition_seed=0, rounds=1)
+    spec = BenchSpec(data=str(write_dataset(tmp_path / "csv")), sites=10, alpha=0.5,
+                     epsilons=[8.0], seeds=1, partition_seed=0, rounds=1)
     old = claim_sweep_folder(tmp_path, spec)
     del old["privacy_models"], old["tolerated_sites"]
     (tmp_path / "bench.json").write_text(json.dumps(old), encoding="utf-8")
@@ -226,8 +252,8 @@ def test_a_sweep_folder_from_before_privacy_models_takes_a_default_sweep(tmp_pat
 def test_a_resumed_sweep_keeps_every_invocations_software(tmp_path, monkeypatch):
     """The report names each commit that ran cells, so a resumed sweep's record carries every
     invocation's software, not only the last."""
-    spec = BenchSpec(data="/x/csv", sites=10, alpha=0.5, epsilons=[8.0], seeds=1,
-                     partition_seed=0, rounds=1)
+    spec = BenchSpec(data=str(write_dataset(tmp_path / "csv")), sites=10, alpha=0.5,
+                     epsilons=[8.0], seeds=1, partition_seed=0, rounds=1)
     for commit in ("aaa", "bbb"):
         monkeypatch.setattr("fedintent.bench.sweep.software_provenance",
                             lambda commit=commit: {"versions": {}, "git_commit": commit})
@@ -238,8 +264,8 @@ def test_a_resumed_sweep_keeps_every_invocations_software(tmp_path, monkeypatch)
 
 
 def test_distributed_dp_needs_two_noise_adding_sites_before_any_cell_runs(tmp_path):
-    spec = BenchSpec(data="/x/csv", sites=3, alpha=0.5, epsilons=[8.0], seeds=1,
-                     partition_seed=0, privacy_models=("distributed",))
+    spec = BenchSpec(data=str(write_dataset(tmp_path / "csv")), sites=3, alpha=0.5,
+                     epsilons=[8.0], seeds=1, partition_seed=0, privacy_models=("distributed",))
     with pytest.raises(ValueError, match="must exceed tolerated-sites"):
         claim_sweep_folder(tmp_path, spec)
     assert not (tmp_path / "bench.json").exists()

@@ -36,13 +36,18 @@ from fedintent.bench.cells import (
 )
 from fedintent.bench.federated import run_federated
 from fedintent.bench.report import write_outputs
-from fedintent.partition import partition_csv_dataset
+from fedintent.partition import partition_csv_dataset, read_labeled_csv
 from fedintent.report_files import claim_folder, epsilon_label
 from fl_client.site_data import list_site_dirs, load_site
 from fl_protocol.label_file import read_labels
 from fl_protocol.wire import RUN_CONFIG_DEFAULTS
 from fl_server.provenance import file_sha256, software_provenance
-from fl_server.run_config import check_run_config, tuned_epsilon, tuned_settings
+from fl_server.run_config import (
+    check_run_config,
+    site_size_rate,
+    tuned_epsilon,
+    tuned_settings,
+)
 from models import get_model_family
 from models.family import concat_features
 
@@ -185,17 +190,27 @@ def dataset_sha256(data: str) -> dict[str, str]:
 
 def distributed_settings(spec: BenchSpec, epsilon: float) -> dict:
     """What a distributed-DP cell changes in its epsilon's settings: the training settings tuned
-    for distributed DP, the privacy model, SecAgg+ and the tolerated sites."""
+    for distributed DP (the learning rate scaled to the sites' size as ``fedintent train`` scales
+    it), the privacy model, SecAgg+ and the tolerated sites."""
     tuned = tuned_settings(epsilon, DISTRIBUTED_DP)
+    tuned["learning-rate"] = site_size_rate(tuned["learning-rate"], mean_site_rows(spec), epsilon)
     if spec.rounds is not None:
         tuned["num-rounds"] = spec.rounds
     return tuned | {"privacy-model": DISTRIBUTED_DP, "secure-aggregation": True,
                     "tolerated-sites": spec.tolerated_sites}
 
 
+def mean_site_rows(spec: BenchSpec) -> float:
+    """The sites' mean training rows: the partition gives every row of ``train.csv`` to one
+    site."""
+    return len(read_labeled_csv(Path(spec.data) / "train.csv")) / spec.sites
+
+
 def _federated_settings(epsilon: float, spec: BenchSpec) -> dict:
     settings = (RUN_CONFIG_DEFAULTS | tuned_settings(epsilon)
                 | {"target-epsilon": epsilon, "model": spec.model})
+    settings["learning-rate"] = site_size_rate(settings["learning-rate"], mean_site_rows(spec),
+                                               epsilon)
     if spec.rounds is not None:
         settings["num-rounds"] = spec.rounds
     return {key: settings[key] for key in RUN_SETTINGS}

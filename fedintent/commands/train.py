@@ -25,6 +25,7 @@ from fl_server.run_config import (
     WHOLE_RANGES,
     check_run_config,
     check_whole,
+    site_size_rate,
     site_size_scale,
     tuned_settings,
 )
@@ -242,8 +243,7 @@ def run_train(args: argparse.Namespace) -> int:
         warnings = budget_warnings(simulated_sites(run_config, num_sites), run_config)
         mean_rows = mean_training_rows(data_dir, num_sites) if lr_tuned else None
     if mean_rows is not None and site_size_scale(mean_rows, args.epsilon) < 1:
-        args.lr = run_config["learning-rate"] = round(
-            args.lr * site_size_scale(mean_rows, args.epsilon), 4)
+        args.lr = run_config["learning-rate"] = site_size_rate(args.lr, mean_rows, args.epsilon)
         print(f"learning rate {args.lr:g}: the tuned {tuned['learning-rate']:g} scaled to "
               f"sites of {mean_rows:.0f} training rows on average (tuned on "
               f"{TUNING_SITE_ROWS}; smaller sites take noisier steps; --lr sets it)")
