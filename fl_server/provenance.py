@@ -26,6 +26,19 @@ def software_provenance() -> dict:
     return record
 
 
+def provenance_changes(recorded: dict, now: dict) -> list[str]:
+    """What differs between two ``software_provenance`` records, one line per package version
+    or commit (``None``: not installed, or not read); a key one record lacks is not compared."""
+    versions, current = recorded.get("versions", {}), now.get("versions", {})
+    changes = [f"{name} {versions[name]} -> {current[name]}"
+               for name in sorted(versions.keys() & current.keys())
+               if versions[name] != current[name]]
+    if "git_commit" in recorded and "git_commit" in now \
+            and recorded["git_commit"] != now["git_commit"]:
+        changes.append(f"git commit {recorded['git_commit'][:12]} -> {now['git_commit'][:12]}")
+    return changes
+
+
 def git_commit(root: Path) -> str | None:
     """HEAD of the checkout whose top level is ``root``; ``None`` otherwise. A folder inside
     some other repository (an app bundle unpacked under a checkout) is not ``root``'s commit."""

@@ -301,6 +301,9 @@ def test_a_resumed_run_ends_with_the_same_model_as_an_uninterrupted_one(tmp_path
     out = tmp_path / "resumed"
     assert json.loads((out / "metrics.json").read_text())["status"] == "stopped"
     flip_byte(out / "checkpoints" / "round-00002.safetensors", from_end=20)
+    record = json.loads((out / "metrics.json").read_text())
+    record["provenance"]["versions"]["numpy"] = "0.0-older"  # as if numpy was upgraded since
+    (out / "metrics.json").write_text(json.dumps(record))
 
     result = subprocess.run(
         [sys.executable, "-m", "fedintent.cli", "train", "--resume", str(out)],
@@ -308,6 +311,8 @@ def test_a_resumed_run_ends_with_the_same_model_as_an_uninterrupted_one(tmp_path
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "round-00002.safetensors is corrupt" in result.stderr
+    assert ("the code differs from the last that ran this run (numpy 0.0-older -> "
+            f"{np.__version__}): rounds after 1 are trained by it") in result.stderr
     assert "resuming run resume-test after round 1 of 3" in result.stdout
     assert "round   2/3" in result.stdout and "round   3/3" in result.stdout
 

@@ -8,7 +8,13 @@ import re
 import pytest
 
 from fedintent.bench.sweep import BenchSpec, claim_sweep_folder
-from fl_server.provenance import PACKAGES, file_sha256, git_commit, software_provenance
+from fl_server.provenance import (
+    PACKAGES,
+    file_sha256,
+    git_commit,
+    provenance_changes,
+    software_provenance,
+)
 from fl_server.run_record import RunRecord
 
 
@@ -62,3 +68,14 @@ def test_a_sweep_folder_refuses_the_same_path_with_other_data(tmp_path):
     (data / "train.csv").write_text("text,label\nbye,farewell\n", encoding="utf-8")
     with pytest.raises(ValueError, match="different data"):
         claim_sweep_folder(tmp_path, spec)
+
+
+def test_provenance_changes_name_each_version_and_the_commit_that_differ():
+    before = {"versions": {"torch": "2.13.0", "numpy": "2.4.6", "flwr": None},
+              "git_commit": "a" * 40}
+    assert provenance_changes(before, before) == []
+    after = {"versions": {"torch": "2.14.0", "numpy": "2.4.6", "flwr": "1.41.0"},
+             "git_commit": "b" * 40}
+    assert provenance_changes(before, after) == [
+        "flwr None -> 1.41.0", "torch 2.13.0 -> 2.14.0", f"git commit {'a' * 12} -> {'b' * 12}"]
+    assert provenance_changes(before, {"versions": {"torch": "2.13.0"}}) == []  # nothing to compare

@@ -280,6 +280,7 @@ def run_resume(args: argparse.Namespace) -> int:
     """
     from fl_protocol.hash_chain import ChainError
     from fl_server.checkpoints import CheckpointError
+    from fl_server.provenance import provenance_changes, software_provenance
     from fl_server.resume import (
         read_metrics,
         recorded_run_config,
@@ -310,9 +311,14 @@ def run_resume(args: argparse.Namespace) -> int:
     labels_file = Path(run_config["labels-file"] or Path(run_config["data-dir"]) / "labels.txt")
     if read_labels(labels_file) != doc["labels"]:
         raise CliError(f"cannot resume: {labels_file} changed since the run started")
+    done = checkpoint.server_round if checkpoint else 0
+    last = (doc.get("resumes") or [doc])[-1].get("provenance", {})
+    changed = provenance_changes(last, software_provenance())
+    if changed:
+        warnings.append(f"the code differs from the last that ran this run ({'; '.join(changed)}): "
+                        f"rounds after {done} are trained by it, and metrics.json records both")
     for warning in warnings:
         print(f"fedintent train: warning: {warning}", file=sys.stderr)
-    done = checkpoint.server_round if checkpoint else 0
     num_rounds = int(run_config["num-rounds"])
     print(f"resuming run {run_config['run-name']} after round {done} of {num_rounds}; "
           f"output: {out_dir}")
