@@ -20,7 +20,7 @@ the site
    Steinke's conditional rounding (ICML 2021), but drawn once per site. Whatever the offsets,
    ``||k||_2 <= rounding_bound`` = norm + sqrt(dimension) (2% above the norm for the head), the
    sensitivity of the Rényi account; except with probability ``ROUNDING_FAILURE`` (e**-200)
-   over the offsets, ``||k||_2 <= likely_rounding_bound`` (0.13% above it, by Hoeffding's
+   over the offsets, ``||k||_2 <= likely_rounding_bound`` (0.16% above the norm, by Hoeffding's
    inequality), the sensitivity of the Gaussian-DP account, which pays that probability in
    delta (``skellam_gdp``). A mixture over shared offsets is no less private than its worst
    component (joint convexity of every hockey-stick and Rényi divergence), so these are

@@ -269,9 +269,9 @@ def _stored(release: Release) -> dict:
     return record
 
 
-_DISTRIBUTED_FIELDS = ("privacy_model", "skellam_mu", "skellam_mu_share", "l1", "l2", "rdp_alone",
-                       "likely_l1", "likely_l2", "rounding_failure")
 _LIKELY_FIELDS = ("likely_l1", "likely_l2", "rounding_failure")
+_DISTRIBUTED_FIELDS = ("privacy_model", "skellam_mu", "skellam_mu_share", "l1", "l2", "rdp_alone",
+                       *_LIKELY_FIELDS)
 
 
 def _release_from(record: dict) -> Release:

@@ -123,7 +123,7 @@ def run_bench(spec: BenchSpec, out_dir: Path) -> list[dict]:
         started = time.monotonic()
         settings_eps = settings[epsilon_label(cell.epsilon)] if cell.method != TFIDF else {}
         if cell.method in (FEDERATED, FEDERATED_DISTRIBUTED):
-            extra = (distributed_settings(spec, cell.epsilon)
+            extra = (record["distributed_settings"][epsilon_label(cell.epsilon)]
                      if cell.method == FEDERATED_DISTRIBUTED else {})
             result = run_federated(
                 data_dir, out_dir / "runs" / cell.id, cache, len(sites), settings_eps | extra,
@@ -167,17 +167,18 @@ def claim_sweep_folder(out_dir: Path, spec: BenchSpec) -> dict:
     entry per invocation, the software that ran), written to bench.json unless the folder holds
     another sweep; distributed-DP settings are checked first, so that a bad combination is
     refused before any cell runs rather than after the local ones."""
-    settings = {epsilon_label(eps): _federated_settings(eps, spec) for eps in spec.epsilons}
-    if DISTRIBUTED_DP in spec.privacy_models:
-        for eps in filter(math.isfinite, spec.epsilons):
-            check_run_config(settings[epsilon_label(eps)] | distributed_settings(spec, eps)
-                             | {"min-sites": spec.sites})
+    site_rows = mean_site_rows(spec)
+    settings = {epsilon_label(eps): _federated_settings(eps, spec, site_rows)
+                for eps in spec.epsilons}
+    distributed = ({epsilon_label(eps): distributed_settings(spec, eps, site_rows)
+                    for eps in filter(math.isfinite, spec.epsilons)}
+                   if DISTRIBUTED_DP in spec.privacy_models else {})
+    for label, extra in distributed.items():
+        check_run_config(settings[label] | extra | {"min-sites": spec.sites})
     record = asdict(spec) | {"settings": settings, "dataset_sha256": dataset_sha256(spec.data),
                              "software": [software_provenance()]}
     if DISTRIBUTED_DP in spec.privacy_models:
-        record["distributed_settings"] = {
-            epsilon_label(eps): distributed_settings(spec, eps)
-            for eps in filter(math.isfinite, spec.epsilons)}
+        record["distributed_settings"] = distributed
     record["software"] = _claim_folder(out_dir, record)["software"]  # every invocation's
     return record
 
@@ -188,12 +189,12 @@ def dataset_sha256(data: str) -> dict[str, str]:
             if (Path(data) / name).is_file()}
 
 
-def distributed_settings(spec: BenchSpec, epsilon: float) -> dict:
+def distributed_settings(spec: BenchSpec, epsilon: float, site_rows: float) -> dict:
     """What a distributed-DP cell changes in its epsilon's settings: the training settings tuned
     for distributed DP (the learning rate scaled to the sites' size as ``fedintent train`` scales
-    it), the privacy model, SecAgg+ and the tolerated sites."""
+    it for sites of ``site_rows``), the privacy model, SecAgg+ and the tolerated sites."""
     tuned = tuned_settings(epsilon, DISTRIBUTED_DP)
-    tuned["learning-rate"] = site_size_rate(tuned["learning-rate"], mean_site_rows(spec), epsilon)
+    tuned["learning-rate"] = site_size_rate(tuned["learning-rate"], site_rows, epsilon)
     if spec.rounds is not None:
         tuned["num-rounds"] = spec.rounds
     return tuned | {"privacy-model": DISTRIBUTED_DP, "secure-aggregation": True,
@@ -206,11 +207,10 @@ def mean_site_rows(spec: BenchSpec) -> float:
     return len(read_labeled_csv(Path(spec.data) / "train.csv")) / spec.sites
 
 
-def _federated_settings(epsilon: float, spec: BenchSpec) -> dict:
+def _federated_settings(epsilon: float, spec: BenchSpec, site_rows: float) -> dict:
     settings = (RUN_CONFIG_DEFAULTS | tuned_settings(epsilon)
                 | {"target-epsilon": epsilon, "model": spec.model})
-    settings["learning-rate"] = site_size_rate(settings["learning-rate"], mean_site_rows(spec),
-                                               epsilon)
+    settings["learning-rate"] = site_size_rate(settings["learning-rate"], site_rows, epsilon)
     if spec.rounds is not None:
         settings["num-rounds"] = spec.rounds
     return {key: settings[key] for key in RUN_SETTINGS}
