@@ -5,6 +5,7 @@ All in-process: ``fedintent.cli.main`` with the parts that would start Flower re
 a check that is missing shows as a test failure, not as a simulation that runs."""
 
 import json
+import math
 import subprocess
 import sys
 
@@ -14,12 +15,13 @@ from flwr.app import Context, RecordDict
 
 import fedintent.launch.simulation as simulation
 from fedintent.cli import main
-from fedintent.commands import train
+from fedintent.commands import CliError, train
+from fedintent.commands.deploy import deploy_settings
 from fedintent.launch.processes import is_alive
 from fl_protocol.hash_chain import append_entry
 from fl_protocol.wire import RUN_CONFIG_DEFAULTS
 from fl_server.checkpoints import save_checkpoint
-from fl_server.run_config import check_run_config
+from fl_server.run_config import check_run_config, tuned_settings
 from fl_server.run_record import RunRecord
 from fl_server.server_app import main as server_main
 from fl_server.tensor_digest import arrays_sha256
@@ -128,6 +130,21 @@ def test_bench_and_deploy_options_are_checked_too(tmp_path, capsys):
     assert "is under /proc" in refused(capsys, "bench", "--data", str(tmp_path),
                                        "--out", "/proc/b")
     assert tree(tmp_path) == ["test.csv", "train.csv"]
+
+
+def test_deploy_run_scales_the_tuned_rate_to_the_sites_it_is_told_of(capsys):
+    tuned = tuned_settings(8.0)["learning-rate"]
+    assert deploy_settings(8.0, None, {})["learning-rate"] == tuned
+    assert deploy_settings(8.0, 425, {})["learning-rate"] == pytest.approx(tuned / 2)
+    assert f"the tuned {tuned:g} scaled to sites of 425 training rows" in capsys.readouterr().out
+    assert deploy_settings(8.0, 5000, {})["learning-rate"] == tuned
+    assert (deploy_settings(math.inf, 425, {})["learning-rate"]
+            == tuned_settings(math.inf)["learning-rate"])
+    assert deploy_settings(8.0, 425, {"learning-rate": 7.0})["learning-rate"] == 7.0
+    assert "--site-rows ignored" in capsys.readouterr().out
+    for bad in (0.0, -3.0, math.nan):
+        with pytest.raises(CliError, match="--site-rows must be a positive number"):
+            deploy_settings(8.0, bad, {})
 
 
 # --- resume ----------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from fedintent.commands.options import DEFAULT_OUT_ROOT, TUNED_HELP, created_fol
 from fedintent.commands.progress import print_round, print_summary
 from fl_protocol.label_file import read_labels
 from fl_protocol.wire import RUN_CONFIG_DEFAULTS
-from fl_server.run_config import tuned_settings
+from fl_server.run_config import TUNING_SITE_ROWS, site_size_rate, tuned_settings
 
 
 def add_parsers(commands: argparse._SubParsersAction) -> None:
@@ -77,6 +77,11 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     deploy_run.add_argument("--epsilon", type=float, default=RUN_CONFIG_DEFAULTS["target-epsilon"],
                             help="per-site epsilon for the whole run; inf = no DP "
                             "(default: %(default)s)")
+    deploy_run.add_argument("--site-rows", type=float, metavar="N",
+                            help="the sites' mean number of training conversations, as their "
+                            "operators report it: under DP the tuned learning rate is scaled "
+                            f"down for sites under {TUNING_SITE_ROWS}, as `fedintent train` "
+                            "scales it (default: not scaled)")
     deploy_run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                             help="any other run-config key (README, 'Run configuration'), "
                             "value in TOML syntax; repeatable")
@@ -162,14 +167,14 @@ def run_deploy_run(args: argparse.Namespace) -> int:
     except deployment.DeploymentError as err:
         raise CliError(str(err)) from err
     overrides = _parse_settings(args.set)
-    tuned = tuned_settings(args.epsilon)
+    settings = deploy_settings(args.epsilon, args.site_rows, overrides)
     if args.rounds is None:
-        args.rounds = int(overrides.get("num-rounds", tuned["num-rounds"]))
+        args.rounds = int(settings["num-rounds"])
     labels_file = args.labels.resolve()
     labels = read_labels(labels_file)
     out_dir = new_out_dir(args.out)
     run_config = compose_run_config(  # every key checked before the folder is made
-        tuned | overrides | {"num-rounds": args.rounds, "target-epsilon": args.epsilon},
+        settings | {"num-rounds": args.rounds, "target-epsilon": args.epsilon},
         # data-dir is simulation-only; pointing it at the labels' folder keeps the ServerApp
         # from generating synthetic sites that no deployed site would read.
         data_dir=labels_file.parent, labels_file=labels_file, out_dir=out_dir,
@@ -208,6 +213,27 @@ def run_deploy_run(args: argparse.Namespace) -> int:
         shutil.rmtree(flwr_home, ignore_errors=True)
     print_summary(metrics, time.monotonic() - started)
     return 0
+
+
+def deploy_settings(epsilon: float, site_rows: float | None, overrides: dict) -> dict:
+    """The tuned settings for ``epsilon`` under the ``--set`` overrides, the learning rate
+    scaled to sites of ``site_rows`` training rows as ``fedintent train`` scales it to the sites
+    it counts (a deployment's server cannot count them: the sites' data stays at the sites)."""
+    settings = tuned_settings(epsilon) | overrides
+    if site_rows is None:
+        return settings
+    if not site_rows > 0:
+        raise CliError(f"--site-rows must be a positive number of rows, got {site_rows:g}")
+    if "learning-rate" in overrides:
+        print("--site-rows ignored: --set learning-rate sets the rate", flush=True)
+        return settings
+    tuned = float(settings["learning-rate"])
+    scaled = site_size_rate(tuned, site_rows, epsilon)
+    if scaled != tuned:
+        print(f"learning rate {scaled:g}: the tuned {tuned:g} scaled to sites of {site_rows:g} "
+              f"training rows (tuned on {TUNING_SITE_ROWS}; --set learning-rate=X sets it)",
+              flush=True)
+    return settings | {"learning-rate": scaled}
 
 
 def _parse_settings(items: list[str]) -> dict:
