@@ -42,7 +42,6 @@ from fl_client.distributed_dp import (
 )
 from fl_client.privacy_accounting import (
     BudgetExhausted,
-    SkellamRelease,
     epsilon_spent,
     filter_order,
     plan_noise_multiplier,
@@ -263,9 +262,8 @@ def run_epsilons(releases: list[Release], delta: float) -> tuple[float, float]:
     if any(r.noise_multiplier == 0 for r in releases):
         return math.inf, math.inf
     if releases[0].distributed:
-        summed = [SkellamRelease(r.skellam_mu, r.l1, r.l2, r.likely_l1, r.likely_l2,
-                                 r.rounding_failure) for r in releases]
-        alone = [s._replace(mu=r.skellam_mu_share) for s, r in zip(summed, releases, strict=True)]
+        summed = [r.skellam for r in releases]
+        alone = [r.skellam._replace(mu=r.skellam_mu_share) for r in releases]
         return skellam_releases_epsilon(summed, delta), skellam_releases_epsilon(alone, delta)
     epsilon = epsilon_spent([r.mechanism for r in releases], delta, releases[0].accountant)
     return epsilon, epsilon

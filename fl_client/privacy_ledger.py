@@ -33,7 +33,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from fl_client.egress_guard import EGRESS_LOG
-from fl_client.privacy_accounting import rdp_epsilon
+from fl_client.privacy_accounting import SkellamRelease, rdp_epsilon
 from fl_client.site_secret import ledger_mac
 from fl_protocol.durable_files import write_bytes_atomic
 
@@ -84,6 +84,12 @@ class Release:
     @property
     def mechanism(self) -> tuple[float, float, int]:
         return (self.noise_multiplier, self.sample_rate, self.steps)
+
+    @property
+    def skellam(self) -> SkellamRelease:
+        """A distributed release as the Skellam accounts read it, counting every site's noise."""
+        return SkellamRelease(self.skellam_mu, self.l1, self.l2, self.likely_l1, self.likely_l2,
+                              self.rounding_failure)
 
     @property
     def distributed(self) -> bool:
