@@ -26,7 +26,6 @@ from fl_server.run_config import (
     check_run_config,
     check_whole,
     site_size_rate,
-    site_size_scale,
     tuned_settings,
 )
 from fl_server.strategy import STRATEGIES
@@ -242,8 +241,9 @@ def run_train(args: argparse.Namespace) -> int:
         labels = read_labels(labels_file)
         warnings = budget_warnings(simulated_sites(run_config, num_sites), run_config)
         mean_rows = mean_training_rows(data_dir, num_sites) if lr_tuned else None
-    if mean_rows is not None and site_size_scale(mean_rows, args.epsilon) < 1:
-        args.lr = run_config["learning-rate"] = site_size_rate(args.lr, mean_rows, args.epsilon)
+    scaled = args.lr if mean_rows is None else site_size_rate(args.lr, mean_rows, args.epsilon)
+    if scaled != args.lr:
+        args.lr = run_config["learning-rate"] = scaled
         print(f"learning rate {args.lr:g}: the tuned {tuned['learning-rate']:g} scaled to "
               f"sites of {mean_rows:.0f} training rows on average (tuned on "
               f"{TUNING_SITE_ROWS}; smaller sites take noisier steps; --lr sets it)")
