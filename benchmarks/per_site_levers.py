@@ -1,0 +1,217 @@
+"""What else could lift per-site DP on small sites? Each candidate, scored on validation rows.
+
+Usage (about 15 minutes on 2 cores at one epsilon):
+
+    fedintent synth --lang zh --sites 10 --seed 2 --size 600 --out zh-val
+    python benchmarks/per_site_levers.py zh-val --public ../shared/datasets/banking77/train.csv \
+        --epsilon 8
+
+Per-site DP adds each site's noise for its own rows, so on sites of a few hundred rows the head
+learns from updates that are mostly noise (docs/MODELS.md, "Chinese with the learning rate
+scaled to the sites' size"). This script measures the levers the literature offers for that,
+beside the settings ``fedintent train`` runs, so a claim that none helps can be checked:
+
+* ``settings``: what ``fedintent train`` runs (``use-multilingual``, 40 full-batch rounds, the
+  tuned epsilon-8 rate scaled to the sites' size);
+* ``rounds-20`` / ``rounds-80``: fewer or more rounds, the same total noise;
+* ``minibatch-128``: Poisson batches of 128 (amplification by sampling), learning rate 8;
+* ``average-iterates``: the mean of the last quarter of the rounds' global models (the server's
+  post-processing, free of privacy cost);
+* ``random-128`` / ``label-span``: the head reads the features projected onto 128 random
+  directions, or onto the span of the label names' embeddings (public, so free): fewer noised
+  weights, at the price of signal;
+* ``public-whitening``: features whitened by the within-intent covariance of a public labelled
+  set (``--public``, a ``text,label`` CSV such as BANKING77's), which is free, the way DP image
+  classifiers use public data to shape their features;
+* ``class-sums``: one Gaussian release per site of its per-intent feature sums (sensitivity 1:
+  one unit-length utterance moves one sum by its feature), all the epsilon spent at once, summed
+  over sites; the head is the cosine to each noisy sum.
+
+The data is split as ``benchmarks/tune_banking77.py`` splits it (15% of every site's training
+rows held out, seed 0), so the test split is never read; each candidate is the mean over noise
+seeds 0, 1 and 2, one printed line each.
+"""
+
+import argparse
+import csv
+import sys
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from fedintent.inprocess import train_fedavg
+from fl_client.dp_training import evaluate, training_plan
+from fl_client.privacy_accounting import plan_noise_multiplier, steps_per_round
+from fl_client.site_data import list_site_dirs, load_site
+from fl_protocol.label_file import read_labels
+from fl_server.run_config import site_size_rate, tuned_settings
+from models import get_model_family
+from models.feature_scale import FEATURE_SCALE
+
+MODEL = "use-multilingual"
+DELTA = 1e-5
+VALIDATION_SHARE = 0.15
+FULL_BATCH = 4096
+NOISE_SEEDS = (0, 1, 2)
+LEVERS = ("settings", "rounds-20", "rounds-80", "minibatch-128", "average-iterates",
+          "random-128", "label-span", "public-whitening", "class-sums")
+
+Sites = list[tuple[torch.Tensor, torch.Tensor]]
+
+
+def split_sites(data: Path) -> tuple[list[str], Sites, torch.Tensor, torch.Tensor]:
+    """Labels, each site's training rows (unit-length features), and the pooled held-out rows."""
+    labels = read_labels(data / "labels.txt")
+    family = get_model_family(MODEL)
+    rng = np.random.default_rng(0)
+    sites, held_x, held_y = [], [], []
+    for site_dir in list_site_dirs(data):
+        site = load_site(site_dir, labels)
+        features = family.featurize(site.train.texts, data / ".features") / FEATURE_SCALE
+        targets = torch.tensor(site.train.labels)
+        order = torch.from_numpy(rng.permutation(len(targets)))
+        held = int(len(targets) * VALIDATION_SHARE)
+        sites.append((features[order[held:]], targets[order[held:]]))
+        held_x.append(features[order[:held]])
+        held_y.append(targets[order[:held]])
+    return labels, sites, torch.cat(held_x), torch.cat(held_y)
+
+
+def label_prior(labels: list[str]) -> torch.Tensor:
+    """The family's label-name prior as weights over unit-length features."""
+    return get_model_family(MODEL).initial_model(labels).weight.detach() * FEATURE_SCALE
+
+
+def public_whitening(public_csv: Path, cache_dir: Path) -> torch.Tensor:
+    """(S + mean eigenvalue x I)^-1/2 of the public set's within-intent covariance S."""
+    with public_csv.open(encoding="utf-8", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    family = get_model_family(MODEL)
+    features = family.featurize([r["text"] for r in rows], cache_dir)
+    features = features.double() / FEATURE_SCALE
+    names = [r["label"] for r in rows]
+    index = {name: i for i, name in enumerate(sorted(set(names)))}
+    codes = torch.tensor([index[name] for name in names])
+    means = torch.stack([features[codes == i].mean(0) for i in range(len(index))])
+    within = features - means[codes]
+    values, vectors = torch.linalg.eigh(within.T @ within / len(features))
+    return (vectors @ torch.diag((values + values.mean()) ** -0.5) @ vectors.T).float()
+
+
+def projection(lever: str, prior: torch.Tensor, public_csv: Path | None,
+               cache_dir: Path) -> torch.Tensor:
+    """The public (dim, r) map the head reads the features through."""
+    dim = prior.shape[1]
+    generator = torch.Generator().manual_seed(7)
+    if lever == "random-128":
+        return torch.linalg.qr(torch.randn(dim, 128, generator=generator))[0]
+    if lever == "label-span":
+        return torch.linalg.svd(prior.T, full_matrices=False)[0]
+    if lever == "public-whitening":
+        if public_csv is None:
+            raise SystemExit("public-whitening needs --public (a text,label CSV)")
+        return public_whitening(public_csv, cache_dir)
+    return torch.eye(dim)
+
+
+def through(features: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
+    """Features mapped by ``matrix`` and set back to FEATURE_SCALE's length."""
+    mapped = features @ matrix
+    return FEATURE_SCALE * mapped / mapped.norm(dim=1, keepdim=True)
+
+
+def trained_head(sites: Sites, prior: torch.Tensor, epsilon: float, rounds: int, rate: float,
+                 batch: int, seed: int, average_last: float) -> nn.Linear:
+    """Per-site DP-SGD FedAvg as ``fedintent train`` runs it; the global models of the last
+    ``average_last`` share of rounds averaged (0: the last model alone)."""
+    head = nn.Linear(prior.shape[1], prior.shape[0])
+    with torch.no_grad():
+        head.weight.copy_(prior / FEATURE_SCALE)
+        head.bias.zero_()
+    family = get_model_family(MODEL)
+    plans = []
+    for _, targets in sites:
+        sample_rate, steps = steps_per_round(len(targets), batch, 1)
+        noise = plan_noise_multiplier(epsilon, DELTA, sample_rate, steps * rounds, "prv")
+        plans.append(training_plan(family, noise, (sample_rate, steps), clip_norm=1.0,
+                                   batch_size=batch, local_epochs=1, learning_rate=rate))
+    kept = []
+    for server_round in range(rounds):
+        train_fedavg(head, lambda: nn.Linear(prior.shape[1], prior.shape[0]), sites, plans, 1,
+                     seed * 1000 + server_round)
+        if server_round >= rounds - max(1, round(rounds * average_last)):
+            kept.append({k: v.clone() for k, v in head.state_dict().items()})
+    head.load_state_dict({k: sum(state[k] for state in kept) / len(kept) for k in kept[0]})
+    return head
+
+
+def class_sums_accuracy(sites: Sites, held_x: torch.Tensor, held_y: torch.Tensor,
+                        labels: list[str], epsilon: float, seed: int) -> float:
+    """Each site's per-intent feature sums, released once with Gaussian noise for (epsilon,
+    DELTA), summed over sites; held-out rows go to the nearest sum by cosine."""
+    sigma = plan_noise_multiplier(epsilon, DELTA, 1.0, 1, "prv")
+    generator = torch.Generator().manual_seed(seed)
+    total = torch.zeros(len(labels), held_x.shape[1])
+    for features, targets in sites:
+        sums = torch.zeros_like(total).index_add_(0, targets, features)
+        total += sums + sigma * torch.randn(sums.shape, generator=generator)
+    scores = held_x @ (total / total.norm(dim=1, keepdim=True)).T
+    return float((scores.argmax(1) == held_y).float().mean())
+
+
+def lever_accuracy(lever: str, labels: list[str], sites: Sites, held_x: torch.Tensor,
+                   held_y: torch.Tensor, epsilon: float, public_csv: Path | None,
+                   cache_dir: Path, seed: int) -> float:
+    """Held-out accuracy of ``lever`` trained with noise seed ``seed``."""
+    if lever == "class-sums":
+        return class_sums_accuracy(sites, held_x, held_y, labels, epsilon, seed)
+    prior = label_prior(labels)
+    mapped = partial(through, matrix=projection(lever, prior, public_csv, cache_dir))
+    mean_rows = sum(len(t) for _, t in sites) / len(sites)
+    settings = tuned_settings(epsilon)
+    rate = site_size_rate(float(settings["learning-rate"]), mean_rows / (1 - VALIDATION_SHARE),
+                          epsilon)
+    rounds, batch, average_last = int(settings["num-rounds"]), FULL_BATCH, 0.0
+    if lever.startswith("rounds-"):
+        rounds = int(lever.split("-")[1])
+    if lever == "minibatch-128":
+        batch, rate = 128, 8.0
+    if lever == "average-iterates":
+        average_last = 0.25
+    prior_mapped = (mapped(prior / prior.norm(dim=1, keepdim=True)) / FEATURE_SCALE
+                    * prior.norm(dim=1, keepdim=True))
+    head = trained_head([(mapped(x), y) for x, y in sites], prior_mapped, epsilon, rounds,
+                        rate, batch, seed, average_last)
+    return evaluate(head, mapped(held_x), held_y)[1]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("data", type=Path, help="a synthetic site folder (fedintent synth --out)")
+    parser.add_argument("--epsilon", type=float, default=8.0, help="per site, per utterance")
+    parser.add_argument("--public", type=Path, help="a public text,label CSV for whitening")
+    parser.add_argument("--levers", default=",".join(LEVERS),
+                        help=f"comma-separated, from: {', '.join(LEVERS)}")
+    args = parser.parse_args(argv)
+    levers = [lever for lever in args.levers.split(",") if lever]
+    unknown = sorted(set(levers) - set(LEVERS))
+    if unknown:
+        parser.error(f"unknown lever(s) {unknown}; known: {', '.join(LEVERS)}")
+    torch.set_num_threads(1)
+    labels, sites, held_x, held_y = split_sites(args.data)
+    print(f"{len(sites)} sites, {sum(len(t) for _, t in sites)} training rows, "
+          f"{len(held_y)} held out, {len(labels)} intents; epsilon {args.epsilon}", flush=True)
+    for lever in levers:
+        accuracies = [lever_accuracy(lever, labels, sites, held_x, held_y, args.epsilon,
+                                     args.public, args.data / ".public-features", seed)
+                      for seed in NOISE_SEEDS]
+        shown = " / ".join(f"{100 * a:.1f}" for a in accuracies)
+        print(f"{lever:18s} {100 * np.mean(accuracies):5.1f}%  ({shown})", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
