@@ -1,6 +1,6 @@
 """What else could lift per-site DP on small sites? Each candidate, scored on validation rows.
 
-Usage (about 15 minutes on 2 cores at one epsilon):
+Usage (about 8 minutes on 2 cores for every lever at one epsilon):
 
     fedintent synth --lang zh --sites 10 --seed 2 --size 600 --out zh-val
     python benchmarks/per_site_levers.py zh-val --public ../shared/datasets/banking77/train.csv \
