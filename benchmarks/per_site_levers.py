@@ -42,13 +42,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from fedintent.inprocess import train_fedavg
-from fl_client.dp_training import evaluate, training_plan
-from fl_client.privacy_accounting import plan_noise_multiplier, steps_per_round
-from fl_client.site_data import list_site_dirs, load_site
+from fedintent.inprocess import Site, site_plans, train_fedavg, validation_split
+from fl_client.dp_training import evaluate
+from fl_client.privacy_accounting import plan_noise_multiplier
 from fl_protocol.label_file import read_labels
 from fl_server.run_config import site_size_rate, tuned_settings
 from models import get_model_family
+from models.encoder_head import prior_head
 from models.feature_scale import FEATURE_SCALE
 
 MODEL = "use-multilingual"
@@ -59,25 +59,15 @@ NOISE_SEEDS = (0, 1, 2)
 LEVERS = ("settings", "rounds-20", "rounds-80", "minibatch-128", "average-iterates",
           "random-128", "label-span", "public-whitening", "class-sums")
 
-Sites = list[tuple[torch.Tensor, torch.Tensor]]
 
-
-def split_sites(data: Path) -> tuple[list[str], Sites, torch.Tensor, torch.Tensor]:
-    """Labels, each site's training rows (unit-length features), and the pooled held-out rows."""
+def split_sites(data: Path) -> tuple[list[str], list[Site], torch.Tensor, torch.Tensor]:
+    """Labels, each site's training rows (unit-length features), and the pooled held-out rows,
+    split as ``benchmarks/tune_banking77.py`` splits them."""
     labels = read_labels(data / "labels.txt")
-    family = get_model_family(MODEL)
-    rng = np.random.default_rng(0)
-    sites, held_x, held_y = [], [], []
-    for site_dir in list_site_dirs(data):
-        site = load_site(site_dir, labels)
-        features = family.featurize(site.train.texts, data / ".features") / FEATURE_SCALE
-        targets = torch.tensor(site.train.labels)
-        order = torch.from_numpy(rng.permutation(len(targets)))
-        held = int(len(targets) * VALIDATION_SHARE)
-        sites.append((features[order[held:]], targets[order[held:]]))
-        held_x.append(features[order[:held]])
-        held_y.append(targets[order[:held]])
-    return labels, sites, torch.cat(held_x), torch.cat(held_y)
+    sites, (held_x, held_y) = validation_split(data, labels, get_model_family(MODEL),
+                                               VALIDATION_SHARE, seed=0)
+    unit = [(features / FEATURE_SCALE, targets) for features, targets in sites]
+    return labels, unit, held_x / FEATURE_SCALE, held_y
 
 
 def label_prior(labels: list[str]) -> torch.Tensor:
@@ -123,21 +113,12 @@ def through(features: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
     return FEATURE_SCALE * mapped / mapped.norm(dim=1, keepdim=True)
 
 
-def trained_head(sites: Sites, prior: torch.Tensor, epsilon: float, rounds: int, rate: float,
+def trained_head(sites: list[Site], prior: torch.Tensor, epsilon: float, rounds: int, rate: float,
                  batch: int, seed: int, average_last: float) -> nn.Linear:
     """Per-site DP-SGD FedAvg as ``fedintent train`` runs it; the global models of the last
     ``average_last`` share of rounds averaged (0: the last model alone)."""
-    head = nn.Linear(prior.shape[1], prior.shape[0])
-    with torch.no_grad():
-        head.weight.copy_(prior / FEATURE_SCALE)
-        head.bias.zero_()
-    family = get_model_family(MODEL)
-    plans = []
-    for _, targets in sites:
-        sample_rate, steps = steps_per_round(len(targets), batch, 1)
-        noise = plan_noise_multiplier(epsilon, DELTA, sample_rate, steps * rounds, "prv")
-        plans.append(training_plan(family, noise, (sample_rate, steps), clip_norm=1.0,
-                                   batch_size=batch, local_epochs=1, learning_rate=rate))
+    head = prior_head(nn.Linear(prior.shape[1], prior.shape[0]), prior)
+    plans = site_plans(get_model_family(MODEL), sites, epsilon, DELTA, rounds, batch, 1, rate)
     kept = []
     for server_round in range(rounds):
         train_fedavg(head, lambda: nn.Linear(prior.shape[1], prior.shape[0]), sites, plans, 1,
@@ -148,7 +129,7 @@ def trained_head(sites: Sites, prior: torch.Tensor, epsilon: float, rounds: int,
     return head
 
 
-def class_sums_accuracy(sites: Sites, held_x: torch.Tensor, held_y: torch.Tensor,
+def class_sums_accuracy(sites: list[Site], held_x: torch.Tensor, held_y: torch.Tensor,
                         labels: list[str], epsilon: float, seed: int) -> float:
     """Each site's per-intent feature sums, released once with Gaussian noise for (epsilon,
     DELTA), summed over sites; held-out rows go to the nearest sum by cosine."""
@@ -162,12 +143,13 @@ def class_sums_accuracy(sites: Sites, held_x: torch.Tensor, held_y: torch.Tensor
     return float((scores.argmax(1) == held_y).float().mean())
 
 
-def lever_accuracy(lever: str, labels: list[str], sites: Sites, held_x: torch.Tensor,
-                   held_y: torch.Tensor, epsilon: float, public_csv: Path | None,
-                   cache_dir: Path, seed: int) -> float:
-    """Held-out accuracy of ``lever`` trained with noise seed ``seed``."""
+def lever_accuracies(lever: str, labels: list[str], sites: list[Site], held_x: torch.Tensor,
+                     held_y: torch.Tensor, epsilon: float, public_csv: Path | None,
+                     cache_dir: Path) -> list[float]:
+    """Held-out accuracy of ``lever`` trained with each of ``NOISE_SEEDS``."""
     if lever == "class-sums":
-        return class_sums_accuracy(sites, held_x, held_y, labels, epsilon, seed)
+        return [class_sums_accuracy(sites, held_x, held_y, labels, epsilon, seed)
+                for seed in NOISE_SEEDS]
     prior = label_prior(labels)
     mapped = partial(through, matrix=projection(lever, prior, public_csv, cache_dir))
     mean_rows = sum(len(t) for _, t in sites) / len(sites)
@@ -183,9 +165,10 @@ def lever_accuracy(lever: str, labels: list[str], sites: Sites, held_x: torch.Te
         average_last = 0.25
     prior_mapped = (mapped(prior / prior.norm(dim=1, keepdim=True)) / FEATURE_SCALE
                     * prior.norm(dim=1, keepdim=True))
-    head = trained_head([(mapped(x), y) for x, y in sites], prior_mapped, epsilon, rounds,
-                        rate, batch, seed, average_last)
-    return evaluate(head, mapped(held_x), held_y)[1]
+    mapped_sites = [(mapped(x), y) for x, y in sites]
+    return [evaluate(trained_head(mapped_sites, prior_mapped, epsilon, rounds, rate, batch, seed,
+                                  average_last), mapped(held_x), held_y)[1]
+            for seed in NOISE_SEEDS]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -205,9 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(sites)} sites, {sum(len(t) for _, t in sites)} training rows, "
           f"{len(held_y)} held out, {len(labels)} intents; epsilon {args.epsilon}", flush=True)
     for lever in levers:
-        accuracies = [lever_accuracy(lever, labels, sites, held_x, held_y, args.epsilon,
-                                     args.public, args.data / ".public-features", seed)
-                      for seed in NOISE_SEEDS]
+        accuracies = lever_accuracies(lever, labels, sites, held_x, held_y, args.epsilon,
+                                      args.public, args.data / ".public-features")
         shown = " / ".join(f"{100 * a:.1f}" for a in accuracies)
         print(f"{lever:18s} {100 * np.mean(accuracies):5.1f}%  ({shown})", flush=True)
     return 0

@@ -32,20 +32,17 @@ import numpy as np
 import torch
 
 from fedintent.bench.baselines import DELTA, Recipe, train_and_evaluate
-from fedintent.inprocess import train_distributed, train_fedavg
+from fedintent.inprocess import site_plans, train_distributed, train_fedavg, validation_split
 from fedintent.partition import partition_csv_dataset
 from fl_client.distributed_dp import dimension
-from fl_client.dp_training import evaluate, training_plan
+from fl_client.dp_training import evaluate
 from fl_client.privacy_accounting import (
     filter_order,
-    plan_noise_multiplier,
     plan_skellam_mu,
     rdp_budget,
     skellam_mu_within_rdp,
-    steps_per_round,
 )
 from fl_client.privacy_budget import skellam_sensitivity
-from fl_client.site_data import list_site_dirs, load_site
 from fl_protocol.label_file import read_labels
 from fl_protocol.wire import RUN_CONFIG_DEFAULTS
 from models import get_model_family
@@ -94,14 +91,8 @@ def federated_accuracy(sites, labels, val, epsilon, candidate, seed) -> float:
     rounds, local_epochs, batch_size, learning_rate = candidate
     family = get_model_family(MODEL)
     global_model = family.initial_model(labels)
-    plans = []
-    for _, targets in sites:
-        rate, steps = steps_per_round(len(targets), batch_size, local_epochs)
-        noise = (plan_noise_multiplier(epsilon, DELTA, rate, steps * rounds, "prv")
-                 if math.isfinite(epsilon) else None)
-        plans.append(training_plan(family, noise, (rate, steps), clip_norm=1.0,
-                                   batch_size=batch_size, local_epochs=local_epochs,
-                                   learning_rate=learning_rate))
+    plans = site_plans(family, sites, epsilon, DELTA, rounds, batch_size, local_epochs,
+                       learning_rate)
     train_fedavg(global_model, lambda: family.build_model(len(labels)), sites, plans, rounds, seed)
     return evaluate(global_model, *val)[1]
 
@@ -121,23 +112,6 @@ def distributed_accuracy(sites, labels, val, epsilon, candidate, seed, tolerated
                       learning_rate=learning_rate, rounds=rounds, seed=seed,
                       server_momentum=momentum)
     return evaluate(global_model, *val)[1]
-
-
-def split_sites(data_dir: Path, labels: list[str], seed: int):
-    """Each site's training rows minus a validation share; the pooled validation rows."""
-    family = get_model_family(MODEL)
-    rng = np.random.default_rng(seed)
-    sites, val_x, val_y = [], [], []
-    for site_dir in list_site_dirs(data_dir):
-        site = load_site(site_dir, labels)
-        features = family.featurize(site.train.texts, data_dir / ".features")
-        targets = torch.tensor(site.train.labels, dtype=torch.long)
-        order = torch.from_numpy(rng.permutation(len(targets)))
-        held = int(len(targets) * VALIDATION_SHARE)
-        sites.append((features[order[held:]], targets[order[held:]]))
-        val_x.append(features[order[:held]])
-        val_y.append(targets[order[:held]])
-    return sites, (concat_features(val_x), torch.cat(val_y))
 
 
 def main() -> int:
@@ -174,7 +148,8 @@ def main() -> int:
         data_dir = Path(tmp) / "sites"
         partition_csv_dataset(train_only, data_dir, args.sites, 0, alpha=args.alpha)
         labels = read_labels(data_dir / "labels.txt")
-        sites, val = split_sites(data_dir, labels, args.seed)
+        sites, val = validation_split(data_dir, labels, get_model_family(MODEL),
+                                      VALIDATION_SHARE, args.seed)
         rows = []
         if args.privacy_model == "distributed":
             for epsilon, candidates in grid(DISTRIBUTED_GRID):

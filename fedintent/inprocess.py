@@ -1,29 +1,69 @@
 """Federated training in this process: every site's own ``train_locally``, then weighted FedAvg;
 or, under distributed DP, every site's own ``noisy_integer_sum``, summed, then the server's step.
 
-This is the loop that the tuning script (``benchmarks/tune_banking77.py``) and the privacy audit
-(``fedintent.audit``) both need: the same local DP-SGD code a site runs
-(``fl_client.dp_training.train_locally``: Opacus, Poisson sampling, clipping, noise) and the
-example-weighted mean that Flower's FedAvg computes on the server. Without the SuperLink, Ray
-and per-round messaging it costs only the sites' training, so a model can be retrained dozens of
-times (shadow models, hyperparameter candidates). What it leaves out on purpose: the privacy
-ledger, the egress guard and the site-secret seeds; the training itself is identical. Under
-distributed DP it also leaves out SecAgg+, which carries the sites' integers exactly
-(tests/test_distributed_dp.py): the sum here is the sum the server decodes.
+This is the loop that the tuning scripts (``benchmarks/tune_banking77.py``,
+``benchmarks/per_site_levers.py``) and the privacy audit (``fedintent.audit``) need: the same
+local DP-SGD code a site runs (``fl_client.dp_training.train_locally``: Opacus, Poisson
+sampling, clipping, noise) and the example-weighted mean that Flower's FedAvg computes on the
+server. Without the SuperLink, Ray and per-round messaging it costs only the sites' training, so
+a model can be retrained dozens of times (shadow models, hyperparameter candidates). What it
+leaves out on purpose: the privacy ledger, the egress guard and the site-secret seeds; the
+training itself is identical. Under distributed DP it also leaves out SecAgg+, which carries the
+sites' integers exactly (tests/test_distributed_dp.py): the sum here is the sum the server
+decodes.
 """
 
+import math
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
 from fl_client.distributed_dp import noisy_integer_sum
-from fl_client.dp_training import TrainingPlan, train_locally
+from fl_client.dp_training import TrainingPlan, train_locally, training_plan
+from fl_client.privacy_accounting import plan_noise_multiplier, steps_per_round
+from fl_client.site_data import list_site_dirs, load_site
 from fl_server.secure_aggregation import distributed_step
+from models.family import ModelFamily, concat_features
 
 Site = tuple[torch.Tensor, torch.Tensor]
 """One site's training data: (features, labels)."""
+
+
+def validation_split(data_dir: Path, labels: list[str], family: ModelFamily, share: float,
+                     seed: int) -> tuple[list[Site], Site]:
+    """Each site's training rows less a ``share`` held out at random (``seed``), and the pooled
+    held-out rows: what tuning scores candidates on, so that no test split is ever read."""
+    rng = np.random.default_rng(seed)
+    sites, held_x, held_y = [], [], []
+    for site_dir in list_site_dirs(data_dir):
+        site = load_site(site_dir, labels)
+        features = family.featurize(site.train.texts, data_dir / ".features")
+        targets = torch.tensor(site.train.labels, dtype=torch.long)
+        order = torch.from_numpy(rng.permutation(len(targets)))
+        held = int(len(targets) * share)
+        sites.append((features[order[held:]], targets[order[held:]]))
+        held_x.append(features[order[:held]])
+        held_y.append(targets[order[:held]])
+    return sites, (concat_features(held_x), torch.cat(held_y))
+
+
+def site_plans(family: ModelFamily, sites: Sequence[Site], epsilon: float, delta: float,
+               rounds: int, batch_size: int, local_epochs: int,
+               learning_rate: float) -> list[TrainingPlan]:
+    """Each site's plan, its noise planned (PRV accountant) for ``epsilon`` at ``delta`` over all
+    ``rounds`` as a site plans it; no noise where ``epsilon`` is infinite. Clip norm 1."""
+    plans = []
+    for _, targets in sites:
+        rate, steps = steps_per_round(len(targets), batch_size, local_epochs)
+        noise = (plan_noise_multiplier(epsilon, delta, rate, steps * rounds, "prv")
+                 if math.isfinite(epsilon) else None)
+        plans.append(training_plan(family, noise, (rate, steps), clip_norm=1.0,
+                                   batch_size=batch_size, local_epochs=local_epochs,
+                                   learning_rate=learning_rate))
+    return plans
 
 
 def train_fedavg(
