@@ -233,6 +233,14 @@ def site_size_rate(learning_rate: float, mean_site_rows: float, epsilon: float) 
     return round(learning_rate * site_size_scale(mean_site_rows, epsilon), 4)
 
 
+def site_size_message(scaled: float, tuned: float, mean_site_rows: float, override: str) -> str:
+    """What ``fedintent train`` and ``deploy-run`` print when they scale the tuned rate, naming
+    the option (``override``) that sets it outright."""
+    return (f"learning rate {scaled:g}: the tuned {tuned:g} scaled to sites of "
+            f"{mean_site_rows:.0f} training rows on average (tuned on {TUNING_SITE_ROWS}; "
+            f"smaller sites take noisier steps; {override} sets it)")
+
+
 def tuned_epsilon(epsilon: float, tuned: Iterable[float]) -> float:
     """The largest tuned epsilon not above ``epsilon`` (settings tuned for more noise are the
     conservative fit), or the smallest tuned one below them all."""

@@ -11,7 +11,12 @@ from fedintent.commands.options import DEFAULT_OUT_ROOT, TUNED_HELP, created_fol
 from fedintent.commands.progress import print_round, print_summary
 from fl_protocol.label_file import read_labels
 from fl_protocol.wire import RUN_CONFIG_DEFAULTS
-from fl_server.run_config import TUNING_SITE_ROWS, site_size_rate, tuned_settings
+from fl_server.run_config import (
+    TUNING_SITE_ROWS,
+    site_size_message,
+    site_size_rate,
+    tuned_settings,
+)
 
 
 def add_parsers(commands: argparse._SubParsersAction) -> None:
@@ -230,9 +235,7 @@ def deploy_settings(epsilon: float, site_rows: float | None, overrides: dict) ->
     tuned = float(settings["learning-rate"])
     scaled = site_size_rate(tuned, site_rows, epsilon)
     if scaled != tuned:
-        print(f"learning rate {scaled:g}: the tuned {tuned:g} scaled to sites of {site_rows:g} "
-              f"training rows (tuned on {TUNING_SITE_ROWS}; --set learning-rate=X sets it)",
-              flush=True)
+        print(site_size_message(scaled, tuned, site_rows, "--set learning-rate=X"), flush=True)
     return settings | {"learning-rate": scaled}
 
 

@@ -25,6 +25,7 @@ from fl_server.run_config import (
     WHOLE_RANGES,
     check_run_config,
     check_whole,
+    site_size_message,
     site_size_rate,
     tuned_settings,
 )
@@ -244,9 +245,7 @@ def run_train(args: argparse.Namespace) -> int:
     scaled = args.lr if mean_rows is None else site_size_rate(args.lr, mean_rows, args.epsilon)
     if scaled != args.lr:
         args.lr = run_config["learning-rate"] = scaled
-        print(f"learning rate {args.lr:g}: the tuned {tuned['learning-rate']:g} scaled to "
-              f"sites of {mean_rows:.0f} training rows on average (tuned on "
-              f"{TUNING_SITE_ROWS}; smaller sites take noisier steps; --lr sets it)")
+        print(site_size_message(args.lr, tuned["learning-rate"], mean_rows, "--lr"))
     privacy = (
         f"DP-SGD, per-site target epsilon {args.epsilon:g} per {args.privacy_unit}, "
         f"delta {args.delta:g}{' (per-site default)' if args.delta == 0 else ''}, "
