@@ -84,6 +84,10 @@ if [ -n "${RETENTION_DAYS:-}" ]; then
         2>/dev/null || {
         echo "site-entrypoint: RETENTION_DAYS must be a number of days > 0, or inf" >&2; exit 2; }
 fi
+case "${EVALUATION:-exact}" in
+    exact|off) ;;
+    *) echo "site-entrypoint: EVALUATION must be exact or off" >&2; exit 2;;
+esac
 PURGE_INTERVAL_HOURS="${PURGE_INTERVAL_HOURS:-24}"
 case "$PURGE_INTERVAL_HOURS" in
     ''|*[!0-9]*) echo "site-entrypoint: PURGE_INTERVAL_HOURS must be a whole number of hours" >&2
@@ -100,6 +104,7 @@ node_config="data-path='$DATA_DIR' state-dir='$STATE_DIR'"
 [ -z "${MAX_NOISE_RATIO:-}" ] || node_config="$node_config max-noise-ratio=$MAX_NOISE_RATIO"
 [ -z "${LANGUAGES:-}" ] || node_config="$node_config languages='$LANGUAGES'"
 [ -z "${RETENTION_DAYS:-}" ] || node_config="$node_config retention-days=$RETENTION_DAYS"
+[ -z "${EVALUATION:-}" ] || node_config="$node_config evaluation='$EVALUATION'"
 mkdir -p "$STATE_DIR"
 
 export FLWR_TELEMETRY_ENABLED=0 FLWR_DISABLE_UPDATE_CHECK=1 \

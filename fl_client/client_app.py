@@ -12,6 +12,9 @@ Per round, in this order, the site:
 4. trains the exchanged part of the model with DP-SGD on exactly those units (``dp_training.py``);
 5. replies with the exchanged parameters and a few numbers (example count, loss, epsilon, delta).
 
+An evaluate message gets the test split's exact metrics, unless the site's node config sets
+``evaluation = "off"`` (``site_policy.evaluation_policy``): then it is declined unread.
+
 The egress guard checks every reply before it leaves. A failure leaves only as one of the fixed
 ``Reason`` values; its cause is logged here, at the site. Conversation text, labels and features
 never leave this process. With secure aggregation the same training runs inside a SecAgg+ round
@@ -56,6 +59,7 @@ from fl_client.site_policy import (
     PolicyRefusal,
     SiteConfigError,
     check_request,
+    evaluation_policy,
     retention_days,
     round_request,
     site_delta,
@@ -179,6 +183,8 @@ def _train(model: torch.nn.Module, features: torch.Tensor, targets: torch.Tensor
 @app.evaluate(mods=[egress_guard])
 def evaluate_on_site(msg: Message, context: Context) -> Message:
     try:
+        if evaluation_policy(context) == "off":
+            raise PolicyRefusal(Reason.EVALUATION_REFUSED, "the site's evaluation policy is off")
         _, _, rows, features, targets = _read_split(msg, context, "test")
     except Exception as err:
         return _refuse(msg, err, READ_FAILURES)

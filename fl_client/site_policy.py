@@ -40,6 +40,9 @@ The rounds, unit and noise checks against the ledger happen where the ledger is 
 every site, so the run config's ``site-max-epsilon``, ``site-max-epsilon-alone`` (and
 ``privacy-unit``) stand in for each simulated site's node config.
 
+Evaluation is the site's policy too: its node config ``evaluation`` (``exact`` or ``off``,
+``EVALUATION_POLICIES``) says whether it answers evaluate messages at all.
+
 The site's retention policy (``retention-days``, default 30; simulation: ``site-retention-days``,
 default inf) is read here with the rest of its node config and applied where its data are read
 (``retention.py``): the server never asks for it, and nothing about it is sent.
@@ -223,6 +226,27 @@ def retention_days(context: Context) -> float:
     if not days > 0:
         raise SiteConfigError(f"{key} must be > 0 (inf: keep without limit), got {days}")
     return days
+
+
+EVALUATION_POLICIES = ("exact", "off")
+"""A site's ``evaluation`` node config. ``exact`` (the default) answers every evaluate message
+with exact metrics of its test split (example count, loss, accuracy, macro-F1), which no DP
+covers. A hostile server can use them as an oracle: it chooses the model, and each reply counts
+the test rows that model gets right, so crafted models, one message after another, can learn
+the test rows' labels and, query by query, where their features lie. ``off`` declines every
+evaluate message before any data is read: only DP-protected training updates leave the site."""
+
+
+def evaluation_policy(context: Context) -> str:
+    """The site's ``evaluation`` node config (``EVALUATION_POLICIES``). Simulation: ``exact``,
+    since one operator plays every site and the server."""
+    if is_simulated(context):
+        return "exact"
+    policy = str(context.node_config.get("evaluation", "exact")).strip().lower()
+    if policy not in EVALUATION_POLICIES:
+        raise SiteConfigError(f"node config: evaluation: {policy!r} is not one of "
+                              f"{', '.join(EVALUATION_POLICIES)}")
+    return policy
 
 
 def site_languages(context: Context, site_dir: Path) -> tuple[str, ...]:

@@ -263,6 +263,7 @@ class Reason(StrEnum):
     SETTING_REFUSED = "declined: a privacy setting weaker than the site's policy"
     ROUND_REFUSED = "declined: a round beyond the run's planned rounds"
     UNIT_REFUSED = "declined: privacy unit differs from the site's"
+    EVALUATION_REFUSED = "declined: the site's policy sends no evaluation of its data"
     EGRESS_BLOCKED = "blocked by the site's egress guard"
 
 

@@ -168,8 +168,9 @@ def test_a_site_without_trusted_keys_refuses_to_start(tmp_path):
     ("RETENTION_DAYS", "30 max-epsilon=inf"),  # would smuggle a weaker policy into node config
     ("RETENTION_DAYS", "0"), ("RETENTION_DAYS", "nan"), ("RETENTION_DAYS", "-5"),
     ("PURGE_INTERVAL_HOURS", "daily"), ("PURGE_INTERVAL_HOURS", "1.5"),
+    ("EVALUATION", "exact' max-epsilon=inf '"), ("EVALUATION", "dp"),
 ])
-def test_a_site_with_a_malformed_retention_setting_refuses_to_start(tmp_path, setting, value):
+def test_a_site_with_a_malformed_policy_setting_refuses_to_start(tmp_path, setting, value):
     creds = write_dev_credentials(tmp_path / "creds", [SITE], ["127.0.0.1"], [])
     (tmp_path / "data").mkdir()
     env = flower_env(tmp_path / "home") | {

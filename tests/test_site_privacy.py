@@ -367,6 +367,37 @@ def test_simulated_sites_take_the_run_configs_stand_in(site, tmp_path):
     assert reply.content["metrics"]["max-epsilon"] == 2.5
 
 
+def evaluate_message(labels=LABELS) -> Message:
+    message = train_message(labels=labels)
+    return Message(content=message.content, dst_node_id=7, message_type="evaluate")
+
+
+def test_a_site_whose_evaluation_is_off_answers_no_evaluation_but_trains(site, tmp_path,
+                                                                         monkeypatch):
+    """A hostile server chooses the model it asks a site to evaluate, so exact test metrics are
+    an oracle on the test rows; ``evaluation=off`` declines before any data is read."""
+    ctx = context(site, tmp_path / "state", node={"evaluation": " OFF"})
+    read = []
+    real_load = client_app.load_site
+    monkeypatch.setattr(client_app, "load_site",
+                        lambda *args, **kwargs: read.append(args) or real_load(*args, **kwargs))
+    reply = client_app.app(evaluate_message(), ctx)
+    assert refused_with(reply, Reason.EVALUATION_REFUSED)
+    assert reply.error.code == DECLINED and not read
+    trained = client_app.app(train_message(), ctx)
+    assert not trained.has_error() and read
+
+
+def test_a_site_evaluates_exactly_by_default_and_refuses_an_unknown_evaluation_policy(
+        site, tmp_path):
+    exact = client_app.app(evaluate_message(), context(site, tmp_path / "a"))
+    assert not exact.has_error()
+    assert set(exact.content["metrics"]) == {"num-examples", "loss", "accuracy", "macro-f1"}
+    unknown = client_app.app(evaluate_message(),
+                             context(site, tmp_path / "b", node={"evaluation": "noisy"}))
+    assert refused_with(unknown, Reason.SITE_CONFIG_INVALID)
+
+
 def test_a_site_sends_the_languages_it_declares_and_nothing_when_it_declares_none(site, tmp_path):
     """The declaration is the operator's, from its node config, as a mask of a fixed list."""
     declared = context(site, tmp_path / "a", node={"languages": " ZH, en"})
