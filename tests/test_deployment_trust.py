@@ -52,6 +52,7 @@ from fedintent.launch.releases import (
     submit_release_run,
     write_release,
 )
+from fl_protocol.wire import Reason
 
 REPO = Path(__file__).resolve().parent.parent
 SITE = site_names(1)[0]
@@ -81,7 +82,7 @@ def deployment(tmp_path_factory):
                 "TRUSTED_ENTITIES": str(creds.trusted_entities),
                 "DATA_DIR": str(tmp / "data" / SITE), "STATE_DIR": str(tmp / "state"),
                 "SUPERNODE_PORT": str(free_port()), "RETENTION_DAYS": "inf",
-                "PURGE_INTERVAL_HOURS": "0",
+                "PURGE_INTERVAL_HOURS": "0", "EVALUATION": "off",
             }
             start_process([str(REPO / "deploy" / "site-entrypoint.sh")], site_env, site_log,
                           processes)
@@ -250,7 +251,12 @@ def test_the_site_runs_the_signed_release(deployment):
     )
     assert run.returncode == 0, run.stdout + run.stderr + (tmp / "site.log").read_text()[-3000:]
     assert "round   1/1  sites trained 1/1" in run.stdout
-    assert json.loads((out / "metrics.json").read_text())["status"] == "completed"
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["status"] == "completed"
+    # the site's EVALUATION=off reaches its ClientApp: it trains, and declines to evaluate
+    assert [failure["reason"] for failure in metrics["rounds"][0]["evaluation_failures"]] == \
+        [Reason.EVALUATION_REFUSED.value]
+    assert "accuracy" not in metrics["rounds"][0]
     assert egress_lines(deployment) > 0
     assert REFUSED not in (tmp / "site.log").read_text()
 
