@@ -1,13 +1,17 @@
 """What a site's privacy ledger says: how much each privacy unit has spent, and every run.
 
 Read-only: it verifies the ledger with the site secret (so a tampered or rolled-back ledger is
-reported, not trusted) and recomputes epsilon with the same accountant code training uses.
+reported, not trusted) and recomputes epsilon with the same accountant code training uses. Next
+to the spend it counts, from the egress log, the evaluate replies that left the site: exact
+metrics of its test split, which no epsilon covers.
 """
 
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from fl_client.egress_guard import EGRESS_LOG
 from fl_client.privacy_accounting import rdp_epsilon
 from fl_client.privacy_budget import alone_spend, run_epsilons
 from fl_client.privacy_ledger import (
@@ -43,6 +47,19 @@ class RunSummary:
 
 
 @dataclass(frozen=True)
+class Evaluations:
+    """The evaluate requests the site's egress log records. ``sent``: replies that left with
+    exact test-split metrics (no DP covers them, ``site_policy.EVALUATION_POLICIES``), in
+    ``runs`` runs; ``declined``: requests answered with a reason only (``evaluation = "off"``,
+    unusable data); ``unreadable``: log lines that are not an entry, counted, not guessed."""
+
+    sent: int = 0
+    runs: int = 0
+    declined: int = 0
+    unreadable: int = 0
+
+
+@dataclass(frozen=True)
 class SiteReport:
     """A site's spend. ``spend_bands`` are (low, high, units) with lifetime epsilon in
     [low, high); ``exhausted`` units are at EXHAUSTED_SHARE of ``max_epsilon`` or more."""
@@ -61,6 +78,7 @@ class SiteReport:
     non_private: int
     max_epsilon: float
     runs: list[RunSummary]
+    evaluations: Evaluations
 
 
 def site_privacy_report(state_dir: Path, max_epsilon: float, bands: int = 4) -> SiteReport:
@@ -102,7 +120,33 @@ def site_privacy_report(state_dir: Path, max_epsilon: float, bands: int = 4) -> 
         non_private=len(epsilons) - len(finite),
         max_epsilon=max_epsilon,
         runs=[_run_summary(name, run) for name, run in runs.items()],
+        evaluations=evaluations_sent(state_dir),
     )
+
+
+def evaluations_sent(state_dir: Path) -> Evaluations:
+    """What the egress log says left the site in answer to evaluate requests."""
+    path = Path(state_dir) / EGRESS_LOG
+    if not path.exists():
+        return Evaluations()
+    sent = declined = unreadable = 0
+    runs: set[str] = set()
+    with open(path, encoding="utf-8", errors="replace") as log:
+        for line in log:
+            try:
+                entry = json.loads(line)
+                message = entry["message"]
+            except (ValueError, KeyError, TypeError):
+                unreadable += 1
+                continue
+            if message != "evaluate":
+                continue
+            if "error" in entry:
+                declined += 1
+            elif entry.get("verdict") == "sent":
+                sent += 1
+                runs.add(str(entry.get("run", "")))
+    return Evaluations(sent=sent, runs=len(runs), declined=declined, unreadable=unreadable)
 
 
 def _run_summary(name: str, releases: list[Release]) -> RunSummary:

@@ -156,3 +156,4 @@ def test_a_dp_training_run_over_tls_completes(deployment):
             capture_output=True, text=True, timeout=60, check=True,
         )
         assert "ledger verified" in report.stdout
+        assert "evaluate replies sent: 2 in 1 runs" in report.stdout

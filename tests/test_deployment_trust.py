@@ -257,6 +257,11 @@ def test_the_site_runs_the_signed_release(deployment):
     assert [failure["reason"] for failure in metrics["rounds"][0]["evaluation_failures"]] == \
         [Reason.EVALUATION_REFUSED.value]
     assert "accuracy" not in metrics["rounds"][0]
+    report = subprocess.run([sys.executable, "-m", "fedintent.cli", "privacy-report",
+                             str(tmp / "state")], capture_output=True, text=True, timeout=60,
+                            check=True)
+    assert "evaluate replies sent: 0 in 0 runs" in report.stdout
+    assert "declined: 1 (egress log)" in report.stdout
     assert egress_lines(deployment) > 0
     assert REFUSED not in (tmp / "site.log").read_text()
 

@@ -386,13 +386,23 @@ def test_a_site_whose_evaluation_is_off_answers_no_evaluation_but_trains(site, t
     assert reply.error.code == DECLINED and not read
     trained = client_app.app(train_message(), ctx)
     assert not trained.has_error() and read
+    evaluations = site_privacy_report(tmp_path / "state", 10.0).evaluations
+    assert (evaluations.sent, evaluations.runs, evaluations.declined) == (0, 0, 1)
 
 
 def test_a_site_evaluates_exactly_by_default_and_refuses_an_unknown_evaluation_policy(
         site, tmp_path):
-    exact = client_app.app(evaluate_message(), context(site, tmp_path / "a"))
+    ctx = context(site, tmp_path / "a")
+    client_app.app(train_message(), ctx)
+    exact = client_app.app(evaluate_message(), ctx)
     assert not exact.has_error()
     assert set(exact.content["metrics"]) == {"num-examples", "loss", "accuracy", "macro-f1"}
+    client_app.app(evaluate_message(), ctx)
+    with open(tmp_path / "a" / "egress.jsonl", "a") as log:
+        log.write("{torn line\n")
+    evaluations = site_privacy_report(tmp_path / "a", 10.0).evaluations
+    assert (evaluations.sent, evaluations.runs, evaluations.declined,
+            evaluations.unreadable) == (2, 1, 0, 1)
     unknown = client_app.app(evaluate_message(),
                              context(site, tmp_path / "b", node={"evaluation": "noisy"}))
     assert refused_with(unknown, Reason.SITE_CONFIG_INVALID)

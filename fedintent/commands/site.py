@@ -158,4 +158,12 @@ def run_privacy_report(args: argparse.Namespace) -> int:
               f"{format_epsilon(run.epsilon)}{alone} at delta {run.delta:g}, noise multiplier "
               f"{run.noise_multiplier:.4g}, sample rate {run.sample_rate:.4g}, {run.steps} "
               f"steps/round, clip norm {run.clip_norm:g} ({run.first} .. {run.last})")
+    evaluations = report.evaluations
+    print(f"evaluate replies sent: {evaluations.sent} in {evaluations.runs} runs, each with the "
+          "test split's exact metrics, which no epsilon above covers; declined: "
+          f"{evaluations.declined} (egress log)")
+    if evaluations.sent:
+        print('  node config evaluation = "off" (EVALUATION=off in the site container) sends none')
+    if evaluations.unreadable:
+        print(f"  {evaluations.unreadable} egress log lines unreadable, not counted")
     return 0
