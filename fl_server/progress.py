@@ -24,8 +24,9 @@ def site_label(key: str, names: Mapping[str, str]) -> str:
 
 
 def round_lines(entry: dict, num_rounds: int, names: Mapping[str, str] | None = None) -> list[str]:
-    """One line for a round of ``metrics.json``, then one per site that did not train and one
-    when a secure round released no sum."""
+    """One line for a round of ``metrics.json``, then one per site that did not train, one per
+    site that did not evaluate for another reason than it did not train (a site whose policy
+    sends no evaluation), and one when a secure round released no sum."""
     trained = entry.get("sites_trained", 0)
     asked = trained + entry.get("sites_failed", 0)
     upload = entry.get("upload_bytes_per_site")
@@ -42,6 +43,10 @@ def round_lines(entry: dict, num_rounds: int, names: Mapping[str, str] | None = 
     ]
     lines += [f"  site {site_label(failure['node_id'], names or {})} did not train: "
               f"{failure['reason']}" for failure in entry.get("failures", [])]
+    not_trained = {(failure["node_id"], failure["reason"]) for failure in entry.get("failures", [])}
+    lines += [f"  site {site_label(failure['node_id'], names or {})} did not evaluate: "
+              f"{failure['reason']}" for failure in entry.get("evaluation_failures", [])
+              if (failure["node_id"], failure["reason"]) not in not_trained]
     secure = entry.get("secure_aggregation") or {}
     if secure.get("halted") or secure.get("dropped"):
         lines.append(f"  no sum released, the model stays as it was: "

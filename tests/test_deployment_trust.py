@@ -257,6 +257,7 @@ def test_the_site_runs_the_signed_release(deployment):
     assert [failure["reason"] for failure in metrics["rounds"][0]["evaluation_failures"]] == \
         [Reason.EVALUATION_REFUSED.value]
     assert "accuracy" not in metrics["rounds"][0]
+    assert f"did not evaluate: {Reason.EVALUATION_REFUSED.value}" in run.stdout
     report = subprocess.run([sys.executable, "-m", "fedintent.cli", "privacy-report",
                              str(tmp / "state")], capture_output=True, text=True, timeout=60,
                             check=True)

@@ -105,6 +105,17 @@ def test_a_round_recorded_before_per_site_evaluation_prints_as_before():
         "round   1/1  sites trained 1/1  eval accuracy 0.5000  max epsilon 1.000"]
 
 
+def test_a_site_that_declines_evaluation_gets_a_line_and_one_that_did_not_train_no_second():
+    crashed = {"node_id": "7", "kind": "failed", "reason": Reason.INTERNAL.value}
+    declined = {"node_id": "8", "kind": "declined", "reason": Reason.EVALUATION_REFUSED.value}
+    entry = {"round": 1, "sites_trained": 1, "sites_failed": 1, "max_epsilon": 1.0,
+             "failures": [crashed], "evaluation_failures": [crashed, declined]}
+    assert round_lines(entry, 1, {"8": "site-08"})[1:] == [
+        f"  site 7 did not train: {Reason.INTERNAL.value}",
+        f"  site 8 (site-08) did not evaluate: {Reason.EVALUATION_REFUSED.value}",
+    ]
+
+
 def test_the_readmes_sample_progress_is_what_a_round_prints():
     """README.md shows a round with one site declining; the lines are the code's, column for
     column (upload included)."""
