@@ -29,6 +29,7 @@ norm, metric names and values) so the site's data protection officer can audit w
 import json
 import math
 import traceback
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from logging import ERROR
 from pathlib import Path
@@ -247,6 +248,22 @@ def append_egress_log(
     path = Path(state_dir) / EGRESS_LOG
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     append_line(path, json.dumps(entry), mode=0o600)  # site-private
+
+
+def egress_entries(state_dir: Path) -> Iterator[dict | None]:
+    """Each line of the site's egress log, oldest first, as ``append_egress_log`` wrote it;
+    ``None`` for a line that is not an entry (torn, edited, undecodable), so readers count it
+    rather than guess. Nothing when the site has sent nothing."""
+    path = Path(state_dir) / EGRESS_LOG
+    if not path.exists():
+        return
+    with open(path, encoding="utf-8", errors="replace") as log_file:
+        for line in log_file:
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                entry = None
+            yield entry if isinstance(entry, dict) else None
 
 
 def _update_norm(received: ArrayRecord, sent: ArrayRecord) -> float:

@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
 
-from fl_client.egress_guard import EGRESS_LOG
+from fl_client.egress_guard import egress_entries
 from fl_client.privacy_accounting import SkellamRelease, rdp_epsilon
 from fl_client.site_secret import ledger_mac
 from fl_protocol.durable_files import write_bytes_atomic
@@ -247,19 +247,14 @@ def _check_head(path: Path, head: dict | None, count: int, document_mac: str) ->
 
 def _egress_shows_dp_releases(state_dir: Path) -> bool:
     """Whether the egress log records a DP update sent (a finite epsilon in a train reply)."""
-    path = state_dir / EGRESS_LOG
-    if not path.exists():
-        return False
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for line in f:
-            try:
-                entry = json.loads(line)
-                epsilon = entry["metrics"]["epsilon"]
-            except (ValueError, KeyError, TypeError):
-                continue
-            if entry.get("verdict") == "sent" and isinstance(epsilon, int | float) \
-                    and math.isfinite(epsilon):
-                return True
+    for entry in egress_entries(state_dir):
+        try:
+            epsilon = entry["metrics"]["epsilon"]
+        except (KeyError, TypeError):
+            continue
+        if entry.get("verdict") == "sent" and isinstance(epsilon, int | float) \
+                and math.isfinite(epsilon):
+            return True
     return False
 
 

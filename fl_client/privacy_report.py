@@ -6,12 +6,11 @@ to the spend it counts, from the egress log, the evaluate replies that left the 
 metrics of its test split, which no epsilon covers.
 """
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from fl_client.egress_guard import EGRESS_LOG
+from fl_client.egress_guard import egress_entries
 from fl_client.privacy_accounting import rdp_epsilon
 from fl_client.privacy_budget import alone_spend, run_epsilons
 from fl_client.privacy_ledger import (
@@ -126,26 +125,18 @@ def site_privacy_report(state_dir: Path, max_epsilon: float, bands: int = 4) -> 
 
 def evaluations_sent(state_dir: Path) -> Evaluations:
     """What the egress log says left the site in answer to evaluate requests."""
-    path = Path(state_dir) / EGRESS_LOG
-    if not path.exists():
-        return Evaluations()
     sent = declined = unreadable = 0
     runs: set[str] = set()
-    with open(path, encoding="utf-8", errors="replace") as log:
-        for line in log:
-            try:
-                entry = json.loads(line)
-                message = entry["message"]
-            except (ValueError, KeyError, TypeError):
-                unreadable += 1
-                continue
-            if message != "evaluate":
-                continue
-            if "error" in entry:
-                declined += 1
-            elif entry.get("verdict") == "sent":
-                sent += 1
-                runs.add(str(entry.get("run", "")))
+    for entry in egress_entries(state_dir):
+        if entry is None or "message" not in entry:
+            unreadable += 1
+        elif entry["message"] != "evaluate":
+            continue
+        elif "error" in entry:
+            declined += 1
+        elif entry.get("verdict") == "sent":
+            sent += 1
+            runs.add(str(entry.get("run", "")))
     return Evaluations(sent=sent, runs=len(runs), declined=declined, unreadable=unreadable)
 
 
