@@ -49,12 +49,11 @@ from fl_client.retention import (
     RowPolicy,
     prune_features,
     row_policy,
-    state_lock,
     who_deletes,
 )
 from fl_client.secure_aggregation import secure_aggregation_mod
 from fl_client.site_data import SiteData, SiteDataError, SiteSplit, load_site
-from fl_client.site_folders import site_folders
+from fl_client.site_folders import site_folders, state_lock
 from fl_client.site_policy import (
     PolicyRefusal,
     SiteConfigError,
@@ -137,7 +136,9 @@ def train(msg: Message, context: Context) -> Message:
         "privacy_units": len(charge.trained),
     } if request.private else {}
 
-    seed = private_seed(state_dir, request.run_name, request.server_round)
+    # never the same for two releases (``Charge.release_number``), never known to the server
+    seed = private_seed(state_dir, request.run_name, request.server_round,
+                        charge.release_number)
     if request.distributed:
         with torch.no_grad():
             loss = UnitLoss()(model(features), targets).item()

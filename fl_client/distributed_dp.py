@@ -33,7 +33,7 @@ Only the secure sum leaves (``secure_aggregation.py`` refuses to send these inte
 way). The server divides it by ``integer_norm / clip-norm`` and by the number of examples and
 takes the step. The noise share is planned so that the sites that are neither missing nor
 colluding, at least ``cohort - tolerated-sites`` of them, together add the full noise
-(``privacy_budget.charge_round``). Every draw comes from the site's secret round seed.
+(``privacy_budget.charge_round``). Every draw comes from the site's secret seed for the release.
 
 Opacus is imported inside ``clipped_grid_sum``: the import takes about 2 s, and Flower starts
 a fresh ClientApp process for every message, most of which never train.

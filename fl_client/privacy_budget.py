@@ -64,6 +64,7 @@ from fl_client.privacy_ledger import (
     unit_key,
     write_ledger,
 )
+from fl_client.site_folders import state_lock
 from fl_client.site_policy import PolicyRefusal, RoundRequest, SitePolicy, check_noise
 from fl_client.site_secret import site_secret
 from fl_protocol.distributed_sum import integer_norm
@@ -80,6 +81,11 @@ class Charge:
     epsilon_alone_this_run, epsilon_alone_all_runs: the same from the site's own noise only
         (equal to the two above under local DP).
     skellam_mu_share: distributed DP: the Skellam noise this site adds (0 under local DP).
+    release_number: this release's place in the site's ledger (1 for its first ever). The
+        ledger never holds two releases at one place, so noise and sampling seeded from it are
+        never drawn twice: a round the server asks for again (a replay, or a resumed run
+        training a round once more) gets fresh noise and is charged again. Noise drawn twice
+        for two different models would cancel in the difference of the two updates.
     """
 
     noise_multiplier: float
@@ -91,6 +97,7 @@ class Charge:
     epsilon_alone_this_run: float
     epsilon_alone_all_runs: float
     skellam_mu_share: float = 0.0
+    release_number: int = 0
 
 
 def charge_round(
@@ -104,7 +111,15 @@ def charge_round(
     ``BudgetExhausted`` when no unit may take part or no noise fits the budget,
     ``PolicyRefusal`` when the request contradicts the ledger (another privacy unit, a round
     beyond the run's plan) or the budget needs noise far above the run's plan, ``LedgerError``.
+    The ledger is read, charged and written under the state folder's lock: rounds charged at
+    once (two runs on one site) are both recorded.
     """
+    with state_lock(state_dir):
+        return _charge_round(state_dir, units, request, policy, dimension)
+
+
+def _charge_round(state_dir: Path, units: list[str], request: RoundRequest, policy: SitePolicy,
+                  dimension: int) -> Charge:
     secret = site_secret(state_dir)
     ledger = read_ledger(state_dir, secret) or Ledger(
         privacy_unit=request.privacy_unit,
@@ -144,6 +159,7 @@ def charge_round(
         epsilon_alone_this_run=alone_this_run,
         epsilon_alone_all_runs=alone_all_runs,
         skellam_mu_share=release.skellam_mu_share,
+        release_number=len(ledger.releases),
     )
 
 
@@ -228,8 +244,9 @@ def _distributed_release(
     check_noise(policy, request, math.sqrt(2 * mu) / l2, math.sqrt(2 * planned) / l2,
                 _budget_text(ledger, policy, budget))
     released = sum(1 for r in ledger.releases if r.run == request.run_name)
-    alone = rdp_epsilon(alone_spend(ledger, [keys[i] for i in trained])
-                        + (request.num_rounds - released) * rdp_alone, ledger.order, ledger.delta)
+    to_come = max(request.num_rounds - released, 1)  # this release counts, even past the plan
+    alone = rdp_epsilon(alone_spend(ledger, [keys[i] for i in trained]) + to_come * rdp_alone,
+                        ledger.order, ledger.delta)
     if alone > policy.max_epsilon_alone:
         raise PolicyRefusal(
             Reason.MODEL_REFUSED,

@@ -16,8 +16,9 @@ the release count, the settings and a digest of ``spend``, all keyed with the si
 (``site_secret.py``): an edited, deleted, reordered or appended release, or an edited spend, no
 longer verifies. Rollback: the release count and document MAC are mirrored in
 ``privacy-ledger.head`` beside it, so restoring an older copy of the ledger, or deleting it, is
-detected (and, with both files gone, a train reply in the site's egress log still shows that
-budget was spent). Every such case stops the site with ``LedgerError``; nothing is reset
+detected; and the ledger must hold at least as many DP releases as the site's egress log shows
+DP updates sent (each is charged before it leaves), so restoring an older ledger together with
+its head is detected too. Every such case stops the site with ``LedgerError``; nothing is reset
 silently. What this cannot stop: someone who can write the state folder restoring the ledger,
 its head and the egress log together (docs/PRIVACY.md, "A site operator editing its files").
 
@@ -134,14 +135,14 @@ def read_ledger(state_dir: Path, secret: bytes) -> Ledger | None:
                 f"{path} is missing but {HEAD_FILE} records {head['releases']} releases: the "
                 "ledger was deleted. Restore the state folder from a backup (docs/SITE_GUIDE.md)"
             )
-        if _egress_shows_dp_releases(Path(state_dir)):
+        if _dp_updates_sent(Path(state_dir)):
             raise LedgerError(
                 f"{path} is missing but the egress log shows DP updates sent: the ledger was "
                 "deleted. Restore the state folder from a backup (docs/SITE_GUIDE.md)"
             )
         return None
     try:
-        document = json.loads(path.read_text(encoding="utf-8"))
+        document = json.loads(_read_text(path))
         if not isinstance(document, dict) or document.get("format") != FORMAT:
             raise LedgerError(f"{path}: not a fedintent privacy ledger (format {FORMAT!r})")
         records = document["releases"]
@@ -155,7 +156,7 @@ def read_ledger(state_dir: Path, secret: bytes) -> Ledger | None:
         )
     except LedgerError:
         raise
-    except (ValueError, TypeError, KeyError, AttributeError) as err:
+    except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as err:
         raise LedgerError(
             f"{path}: privacy ledger is corrupt ({err}); refusing to train. Restore it from a "
             "backup: deleting it would forget privacy budget already spent."
@@ -173,6 +174,14 @@ def read_ledger(state_dir: Path, secret: bytes) -> Ledger | None:
     if not hmac.compare_digest(document_mac, str(document.get("mac", ""))):
         raise LedgerError(f"{path}: ledger was edited, truncated or extended; refusing to train")
     _check_head(path, head, len(releases), document_mac)
+    sent = _dp_updates_sent(Path(state_dir))
+    charged = sum(1 for release in releases if release.noise_multiplier > 0)
+    if sent > charged:
+        raise LedgerError(
+            f"{path}: the ledger holds {charged} DP releases but the site's egress log shows "
+            f"{sent} DP updates sent: the ledger and its head were restored from an older copy; "
+            "refusing to train. Restore the newest copy (docs/SITE_GUIDE.md)"
+        )
     for release in releases:
         if not (release.noise_multiplier >= 0 and 0 < release.sample_rate <= 1
                 and release.steps > 0 and release.rdp > 0
@@ -220,7 +229,7 @@ def _read_head(state_dir: Path) -> dict | None:
         if not (isinstance(head, dict) and isinstance(head.get("releases"), int)
                 and isinstance(head.get("mac"), str)):
             raise ValueError("expected releases and mac")
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, RecursionError) as err:
         raise LedgerError(f"{path}: unreadable ledger head ({err}); refusing to train") from err
     return head
 
@@ -245,17 +254,31 @@ def _check_head(path: Path, head: dict | None, count: int, document_mac: str) ->
                           f"{count - head['releases']} releases; refusing to train")
 
 
-def _egress_shows_dp_releases(state_dir: Path) -> bool:
-    """Whether the egress log records a DP update sent (a finite epsilon in a train reply)."""
-    for entry in egress_entries(state_dir):
-        try:
-            epsilon = entry["metrics"]["epsilon"]
-        except (KeyError, TypeError):
-            continue
-        if entry.get("verdict") == "sent" and isinstance(epsilon, int | float) \
-                and math.isfinite(epsilon):
-            return True
-    return False
+def _dp_updates_sent(state_dir: Path) -> int:
+    """How many DP updates the egress log records sent (train replies with a finite epsilon):
+    each was charged to the ledger before it left."""
+    sent = 0
+    try:
+        for entry in egress_entries(state_dir):
+            try:
+                epsilon = entry["metrics"]["epsilon"]
+            except (KeyError, TypeError):
+                continue
+            if entry.get("verdict") == "sent" and isinstance(epsilon, int | float) \
+                    and math.isfinite(epsilon):
+                sent += 1
+    except OSError as err:
+        raise LedgerError(f"{state_dir}: the egress log is unreadable ({err}); it shows whether "
+                          "the ledger was rolled back, so the site does not train") from err
+    return sent
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise LedgerError(f"{path}: privacy ledger is unreadable ({err.strerror or err}); "
+                          "refusing to train") from err
 
 
 def _stored(release: Release) -> dict:

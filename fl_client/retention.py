@@ -38,7 +38,6 @@ The ClientApp purges before every training round; ``fedintent purge`` (the site 
 it on a schedule) covers the time between runs.
 """
 
-import fcntl
 import getpass
 import hashlib
 import hmac
@@ -46,8 +45,6 @@ import math
 import os
 import socket
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
@@ -63,12 +60,12 @@ from fl_client.site_data import (
     read_rows,
     remove_lines,
 )
+from fl_client.site_folders import state_lock
 from fl_client.site_secret import site_secret
 from fl_protocol.hash_chain import ChainError, append_entry, head_path, read_entries
 from models.feature_store import prune
 
 DELETION_LOG = "deletions.jsonl"
-LOCK_FILE = "retention.lock"
 FEATURES = "features"
 FUTURE_SLACK = timedelta(days=1)
 """How far ahead a row may be dated (clock skew between the site's systems)."""
@@ -164,20 +161,6 @@ def retention_window(retention_days: float,
     if math.isfinite(retention_days):
         not_before = _next_hour(now - timedelta(days=retention_days))
     return not_before, now.replace(minute=0, second=0, microsecond=0) + FUTURE_SLACK
-
-
-@contextmanager
-def state_lock(state_dir: Path) -> Iterator[None]:
-    """Held by whatever writes or prunes the site's derived stores (a ClientApp round,
-    ``fedintent purge``, ``fedintent forget``), so a purge never races a write."""
-    state_dir = Path(state_dir)
-    state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd = os.open(state_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
 
 
 def prune_features(state_dir: Path, live_texts: list[str], not_used: Counter,

@@ -27,6 +27,19 @@ Before the keys are exchanged, and again before its share is masked, the site ch
 secure sum against what its noise share was planned for (``secure_sum_problem``): a sum over
 exactly the announced cohort, that no fewer than ``cohort - tolerated-sites`` sites can unmask,
 carried exactly. Otherwise it refuses the round.
+
+SecAgg+ hides one site's update only while the server never holds both secrets of that site:
+the seed of its self-mask (whose shares the other sites give for a site that sent its masked
+vector) and its pairwise-mask key (whose shares they give for a site that dropped out). Flower's
+mod gives whatever the server's lists ask for, so the site checks them first
+(``share_problem``, ``unmask_problem``): a threshold above half the sites sharing keys, so that
+a server telling some sites one site survived and the others that it dropped cannot gather a
+threshold of both; no more peers than the round set up, each named once; a site either survived
+or dropped, never both; only peers it shared keys with; itself among the survivors. Since the
+survivors must reach the threshold, at most ``cohort - threshold`` (under distributed DP, at
+most ``tolerated-sites``) can be named as dropped. Otherwise it declines with
+``Reason.UNMASK_REFUSED``, giving no share. What no site can check alone: that the public keys
+it is sent are the other sites' and not the server's own (docs/PRIVACY.md).
 """
 
 from logging import WARNING
@@ -78,6 +91,8 @@ def secure_aggregation_mod(msg: Message, context: Context, call_next: ClientAppC
     try:
         if stage == Stage.SETUP:
             _check_secure_sum(msg, context, msg.content.config_records[RECORD_KEY_CONFIGS])
+        if stage in (Stage.SETUP, Stage.SHARE_KEYS, Stage.UNMASK):
+            _check_shares_asked(stage, msg, context)
         reply = secaggplus_mod(msg, context, lambda m, c: _update_to_mask(m, c, call_next))
     except _Refused as refused:
         return error_reply(msg, refused.reason)
@@ -128,6 +143,68 @@ def _check_secure_sum(msg: Message, context: Context, settings) -> None:
     if problem:
         log(WARNING, "secure aggregation refused: %s", problem)
         raise _Refused(Reason.OUT_OF_RANGE if request is None else Reason.MODEL_REFUSED)
+
+
+def threshold_problem(threshold: int, share_num: int) -> str | None:
+    """Why a round whose secrets are split ``share_num`` ways, ``threshold`` shares rebuilding
+    one, may not be joined, or None: at most half, and a server could ask half the sites for
+    one site's self-mask shares and the other half for its key shares, and rebuild both."""
+    if 2 * threshold <= share_num:
+        return f"threshold {threshold} of {share_num}: at most half the sites sharing keys"
+    return None
+
+
+def share_problem(peers: list[str], own_id: int, share_num: int) -> str | None:
+    """Why this site may not share its secrets with ``peers`` (the node ids whose public keys
+    the share-keys stage sends), or None: more peers than the round set up, a node id written
+    two ways (Flower reads ``"07"`` and ``"7"`` as one), or a list without this site."""
+    if any(not peer.isdigit() or str(int(peer)) != peer for peer in peers):
+        return "a peer id that is not a plain node id"
+    if len(peers) > share_num:
+        return f"{len(peers)} peers for a round set up to share with {share_num}"
+    if str(own_id) not in peers:
+        return "a peer list without this site"
+    return None
+
+
+def unmask_problem(active: list[int], dead: list[int], peers: list[int],
+                   own_id: int) -> str | None:
+    """Why this site may not give the shares the unmask stage asks for, or None: a site named
+    twice, named both as survived (``active``: the share of its self-mask seed) and as dropped
+    (``dead``: the share of its pairwise-mask key), which together unmask its update; a site it
+    shared no keys with; or this site, which sent its masked vector, missing from the
+    survivors."""
+    if len(set(active)) < len(active) or len(set(dead)) < len(dead):
+        return "a site named twice in one list"
+    both = set(active) & set(dead)
+    if both:
+        return f"{len(both)} site(s) named as both survived and dropped"
+    if not set(active) | set(dead) <= set(peers):
+        return "a site this site shared no keys with"
+    if own_id not in active:
+        return "this site, which sent its masked vector, not among the survivors"
+    return None
+
+
+def _check_shares_asked(stage: str, msg: Message, context: Context) -> None:
+    """Refuse (``_Refused``) a setup, share-keys or unmask request that could reveal one
+    site's update (module docstring)."""
+    state = context.state.config_records.get(RECORD_KEY_STATE)
+    configs = msg.content.config_records[RECORD_KEY_CONFIGS]
+    if stage == Stage.SETUP:
+        problem = threshold_problem(int(configs[Key.THRESHOLD]), int(configs[Key.SHARE_NUMBER]))
+    elif state is None:
+        problem = "no secure-aggregation round set up"
+    elif stage == Stage.SHARE_KEYS:
+        problem = share_problem([k for k in configs if k != Key.STAGE], int(state["nid"]),
+                                int(state["share_num"]))
+    else:
+        problem = unmask_problem(list(configs.get(Key.ACTIVE_NODE_ID_LIST, [])),
+                                 list(configs.get(Key.DEAD_NODE_ID_LIST, [])),
+                                 list(state.get("public_keys_dict:K", [])), int(state["nid"]))
+    if problem:
+        log(WARNING, "secure aggregation: %s refused: %s", stage, problem)
+        raise _Refused(Reason.UNMASK_REFUSED)
 
 
 def _update_to_mask(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:

@@ -8,15 +8,22 @@ Simulation: node config holds only ``partition-id``; the site folder is that ent
 data folder (in a simulation one engineer plays every site).
 
 The state folder holds what the site derives from customer data (ledger, feature cache, egress
-log): it is created owner-only (0700).
+log): it is created owner-only (0700). Whatever reads and then rewrites a file in it holds
+``state_lock``.
 """
 
+import fcntl
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from flwr.app import Context, Message
 
 from fl_client.site_data import SiteDataError, list_site_dirs
 from fl_protocol.wire import CONFIG_KEY
+
+LOCK_FILE = "state.lock"
 
 
 def site_folders(msg: Message, context: Context) -> tuple[Path, Path]:
@@ -52,3 +59,19 @@ def simulated_site_folders(data_dir: Path, state_root: str = "") -> list[tuple[P
     reads them too (``fedintent.launch.simulated_sites``)."""
     root = Path(state_root or Path(data_dir) / ".fedintent-state")
     return [(site_dir, root / site_dir.name) for site_dir in list_site_dirs(Path(data_dir))]
+
+
+@contextmanager
+def state_lock(state_dir: Path) -> Iterator[None]:
+    """The state folder's one lock, held by whatever reads and then rewrites what is in it: a
+    ledger charge (two rounds charged at once would each write the ledger they read, and one
+    charge would vanish), a ClientApp's feature store, ``fedintent purge`` and ``forget``. Not
+    reentrant: a holder must not take it again."""
+    state_dir = Path(state_dir)
+    state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(state_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)

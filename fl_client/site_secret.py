@@ -5,9 +5,10 @@ Two privacy mechanisms depend on something the server cannot know:
 * DP noise and Poisson sampling (``private_seed``). If the server could predict the Gaussian
   noise a site adds, it could subtract it and the guarantee would be void; if it knew which
   examples each batch drew, the amplification by subsampling the accountant relies on would not
-  hold. Both generators are seeded from the secret mixed with the run name and round, so the
-  same site replays the same randomness (a resumed run reproduces) while nothing the server
-  knows determines it.
+  hold. Both generators are seeded from the secret mixed with the run name, the round and the
+  release's place in the site's ledger: nothing the server knows determines the randomness,
+  and no two releases share it (a round asked twice gets fresh noise), while a site with the
+  same secret and a fresh ledger draws the same (the tests compare runs that way).
 * The privacy ledger's MAC chain (``ledger_mac``), which makes an edited, reordered or
   truncated ledger detectable by anyone without the secret.
 
@@ -50,7 +51,7 @@ def site_secret(state_dir: Path, create: bool = True) -> bytes:
 
 
 def private_seed(state_dir: Path, *parts: str | int) -> int:
-    """A 63-bit seed derived from the site secret and ``parts`` (run name, round, ...)."""
+    """A 63-bit seed derived from the site secret and ``parts`` (run name, round, release)."""
     digest = hashlib.sha256(site_secret(state_dir))
     for part in parts:
         digest.update(b"\0" + str(part).encode())

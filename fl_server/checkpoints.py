@@ -81,6 +81,10 @@ def load_checkpoint(path: Path) -> Checkpoint:
     if metadata.get("sha256") != _checksum(tensors, fields):
         raise CheckpointError(f"checkpoint {path} is corrupt: its content does not match the "
                               "SHA-256 recorded in it")
+    if not re.fullmatch(r"[0-9]{1,9}", fields["round"]) or any(
+            "/" not in key[len(STATE_PREFIX):] for key in tensors if key.startswith(STATE_PREFIX)):
+        raise CheckpointError(f"checkpoint {path} has a round or state names no fedintent "
+                              "version writes (forged)")
     named = FILE_PATTERN.fullmatch(Path(path).name)
     if named and int(named.group(1)) != int(fields["round"]):
         raise CheckpointError(f"checkpoint {path} holds round {fields['round']}, not the round "

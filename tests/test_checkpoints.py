@@ -16,13 +16,20 @@ import pytest
 from flwr.app import Array, ArrayRecord
 from flwr.serverapp.strategy import FedAvgM
 from safetensors.numpy import load_file
+from safetensors.numpy import save as safetensors_save
 
 from data_synth import write_sites
 from fedintent.launch.simulation import SimulationError, run_simulation
+from fl_client.privacy_ledger import read_ledger
+from fl_client.site_secret import site_secret
 from fl_protocol.hash_chain import ChainError, append_entry, verify_log
 from fl_protocol.wire import RUN_CONFIG_DEFAULTS as DEFAULTS
 from fl_server.checkpoints import (
+    FORMAT,
+    MODEL_PREFIX,
+    STATE_PREFIX,
     CheckpointError,
+    _checksum,
     checkpoint_files,
     latest_checkpoint,
     load_checkpoint,
@@ -158,6 +165,21 @@ def test_a_checkpoint_with_forged_strategy_state_is_not_loaded(tmp_path):
     assert "its strategy state is not the one the log records for round 3" in resumed["warnings"][0]
 
 
+@pytest.mark.parametrize("server_round,state_key", [
+    ("abc", "momentum/w"), ("\u00b2", "momentum/w"), ("3", "momentum")])
+def test_a_checkpoint_with_forged_metadata_is_refused_by_name(tmp_path, server_round,
+                                                               state_key):
+    """A file whose digest the forger recomputed, with a round or a state name no fedintent
+    writes: a ``CheckpointError`` naming it (which resume reports and skips), not a traceback."""
+    tensors = {MODEL_PREFIX + "w": np.zeros(2), STATE_PREFIX + state_key: np.zeros(2)}
+    fields = {"round": server_round, "strategy": "fedavgm", "run-name": "run-x"}
+    path = tmp_path / "forged.safetensors"
+    path.write_bytes(safetensors_save(tensors, metadata={
+        "format": FORMAT, **fields, "sha256": _checksum(tensors, fields)}))
+    with pytest.raises(CheckpointError, match="forged.safetensors has a round or state names"):
+        load_checkpoint(path)
+
+
 def test_a_checkpoint_renamed_to_a_later_round_is_not_taken(tmp_path):
     config = stopped_run(tmp_path)
     folder = tmp_path / "checkpoints"
@@ -277,7 +299,11 @@ def copy_site_secrets(source, target, names=None) -> None:
         shutil.copytree(site / "features", target / site.name / "features")
 
 
-def test_a_resumed_run_ends_with_the_same_model_as_an_uninterrupted_one(tmp_path):
+def test_a_resumed_run_trains_its_lost_rounds_again_with_fresh_noise_charged_again(tmp_path):
+    """The sites of a resumed run and of an uninterrupted one hold the same secrets (before this
+    rule, the two ended with the same model). The round trained again (its checkpoint is
+    damaged) draws fresh noise, since the same noise for two different models would cancel in
+    the difference of the two updates; the sites charge it again, and the runs end apart."""
     data = tmp_path / "data"
     write_sites(data, n_sites=3, seed=11, size=120)
 
@@ -316,12 +342,6 @@ def test_a_resumed_run_ends_with_the_same_model_as_an_uninterrupted_one(tmp_path
     assert "resuming run resume-test after round 1 of 3" in result.stdout
     assert "round   2/3" in result.stdout and "round   3/3" in result.stdout
 
-    whole = load_file(str(tmp_path / "whole" / "model" / "model.safetensors"))
-    resumed = load_file(str(out / "model" / "model.safetensors"))
-    assert whole.keys() == resumed.keys()
-    for key in whole:
-        np.testing.assert_array_equal(resumed[key], whole[key])
-
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["status"] == "completed"
     assert [r["round"] for r in metrics["rounds"]] == [1, 2, 3]
@@ -331,3 +351,15 @@ def test_a_resumed_run_ends_with_the_same_model_as_an_uninterrupted_one(tmp_path
     assert events == ["run-started", "round", "round", "run-stopped", "run-resumed", "round",
                       "round", "run-completed"]
     assert verify_log(out / "audit.jsonl").ok
+
+    for site in sorted((tmp_path / "state-resumed").iterdir()):
+        ledger = read_ledger(site, site_secret(site))
+        assert [r.server_round for r in ledger.releases] == [1, 2, 2, 3]
+        whole_ledger = read_ledger(tmp_path / "state-whole" / site.name,
+                                   site_secret(tmp_path / "state-whole" / site.name))
+        assert ledger.spend.keys() == whole_ledger.spend.keys()
+        assert all(ledger.spend[k] > whole_ledger.spend[k] for k in ledger.spend)
+    whole = load_file(str(tmp_path / "whole" / "model" / "model.safetensors"))
+    resumed = load_file(str(out / "model" / "model.safetensors"))
+    assert whole.keys() == resumed.keys()
+    assert any(not np.array_equal(resumed[key], whole[key]) for key in whole)

@@ -127,8 +127,9 @@ class LoopbackGrid:
         return handle
 
 
-def secure_round(sites: dict[int, dict[str, np.ndarray]], drop=None, run_config=DISTRIBUTED):
-    grid = LoopbackGrid(sites, run_config, drop)
+def secure_round(sites: dict[int, dict[str, np.ndarray]], drop=None, run_config=DISTRIBUTED,
+                 grid: LoopbackGrid | None = None):
+    grid = grid or LoopbackGrid(sites, run_config, drop)
     server = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(),
                      run_config=dict(run_config))
     config = ConfigRecord({"labels": LABELS, "num-rounds": 3, "run-name": "r",
@@ -514,3 +515,111 @@ def test_the_server_refuses_a_distributed_run_that_cannot_carry_the_guarantee(ov
     with pytest.raises(RunConfigError, match=message):
         check_run_config(DISTRIBUTED | override)
     check_run_config(DISTRIBUTED)
+
+
+def test_a_round_asked_past_its_plan_still_counts_against_max_epsilon_alone(tmp_path):
+    """A run's releases past its planned rounds (a replay, or rounds a resume trains again) add
+    the site's own-noise spend like any other: a bound the planned rounds just met refuses one
+    more release."""
+    small = distributed_request(1, cohort_size=3, tolerated_sites=1)
+    charges = [charge_round(tmp_path, UNITS, replace(small, server_round=r), POLICY, HEAD_DIM)
+               for r in (1, 2, 3)]
+    met = replace(POLICY, max_epsilon_alone=charges[-1].epsilon_alone_all_runs * 1.001)
+    with pytest.raises(PolicyRefusal) as refused:
+        charge_round(tmp_path, UNITS, replace(small, server_round=3), met, HEAD_DIM)
+    assert refused.value.reason == Reason.MODEL_REFUSED
+    assert len(read_ledger(tmp_path, site_secret(tmp_path)).releases) == 3
+
+
+class HostileGrid(LoopbackGrid):
+    """A server that rewrites, per site, what one SecAgg+ stage asks (``rewrite(stage,
+    configs, node)`` edits the configs in place); every reply that left a site is kept."""
+
+    def __init__(self, sites, run_config, rewrite) -> None:
+        super().__init__(sites, run_config)
+        self.rewrite = rewrite
+        self.answered: dict[str, list[Message]] = {}
+
+    def send_and_receive(self, messages, *, timeout=None):
+        stage = str(messages[0].content.config_records[RECORD_KEY_CONFIGS][Key.STAGE])
+        for msg in messages:
+            self.rewrite(stage, msg.content.config_records[RECORD_KEY_CONFIGS],
+                         msg.metadata.dst_node_id)
+        replies = super().send_and_receive(messages, timeout=timeout)
+        self.answered[stage] = copy.deepcopy(replies)
+        return replies
+
+
+def in_both_lists(stage, configs, node):
+    """Site 101 named as survived and dropped: its self-mask share and its key share."""
+    if stage == Stage.UNMASK:
+        configs[Key.DEAD_NODE_ID_LIST] = [*configs[Key.DEAD_NODE_ID_LIST], 101]
+
+
+def named_twice(stage, configs, node):
+    if stage == Stage.UNMASK:
+        configs[Key.ACTIVE_NODE_ID_LIST] = [*configs[Key.ACTIVE_NODE_ID_LIST], 101]
+
+
+def unknown_peer(stage, configs, node):
+    if stage == Stage.UNMASK:
+        configs[Key.DEAD_NODE_ID_LIST] = [*configs[Key.DEAD_NODE_ID_LIST], 999]
+
+
+def itself_dropped(stage, configs, node):
+    """Each site told it dropped (its own key share) although it sent its masked vector."""
+    if stage == Stage.UNMASK:
+        configs[Key.ACTIVE_NODE_ID_LIST] = [n for n in configs[Key.ACTIVE_NODE_ID_LIST]
+                                            if n != node]
+        configs[Key.DEAD_NODE_ID_LIST] = [*configs[Key.DEAD_NODE_ID_LIST], node]
+
+
+def extra_peer(stage, configs, node):
+    """One more site than the round set up: a sybil whose keys the server holds."""
+    if stage == Stage.SHARE_KEYS:
+        configs["999"] = [b"k" * 32, b"l" * 32]
+
+
+def peer_written_twice(stage, configs, node):
+    """Site 102's keys again under "0102" (Flower reads both as node 102)."""
+    if stage == Stage.SHARE_KEYS and "102" in configs:
+        configs["0102"] = [b"k" * 32, b"l" * 32]
+
+
+@pytest.mark.parametrize("rewrite", [in_both_lists, named_twice, unknown_peer, itself_dropped,
+                                     extra_peer, peer_written_twice])
+@pytest.mark.parametrize("privacy_model", ["distributed", "local"])
+def test_a_site_gives_no_share_to_a_server_that_could_unmask_one_update(decoded, rewrite,
+                                                                        privacy_model):
+    """Each rewrite would give a hostile server both secrets of one site (its self-mask seed and
+    its pairwise-mask key), or a share of them to a peer it invented. Every site asked declines
+    with the fixed reason and gives no share; no sum is released."""
+    if privacy_model == "distributed":
+        run_config, sites = DISTRIBUTED, {101 + i: site_integers(i) for i in range(4)}
+    else:  # DP-SGD updates, masked as they are
+        run_config = RUN_CONFIG_DEFAULTS | {"secure-aggregation": True, "min-sites": 4}
+        sites = {101 + i: {k: (v / 10**6).astype(np.float32)
+                           for k, v in site_integers(i).items()} for i in range(4)}
+    secure, grid = secure_round(sites, run_config=run_config,
+                                grid=HostileGrid(sites, run_config, rewrite))
+    assert secure.aggregate is None and not decoded
+    stage = Stage.SHARE_KEYS if rewrite in (extra_peer, peer_written_twice) else Stage.UNMASK
+    answers = grid.answered[stage]
+    assert len(answers) == 4 and all(r.has_error() for r in answers)
+    assert {r.error.reason for r in answers} == {Reason.UNMASK_REFUSED.value}
+    assert Stage.UNMASK not in grid.answered or stage == Stage.UNMASK
+
+
+@pytest.mark.parametrize("privacy_model", ["distributed", "local"])
+def test_a_site_refuses_a_threshold_of_half_the_sites_or_fewer(privacy_model):
+    """With 3 of 6, a server could ask three sites for one site's self-mask shares and the
+    other three for its key shares: a threshold of each."""
+    run_config = DISTRIBUTED | {"privacy-model": privacy_model, "tolerated-sites": 3}
+    target = sum_range(6)
+    context = Context(run_id=1, node_id=7, node_config={}, state=RecordDict(),
+                      run_config=run_config)
+    half = setup_message(6, 6, 3, target, target / 2, cohort=6)
+    assert secure_aggregation_mod(half, context, lambda m, c: None).error.reason == \
+        Reason.UNMASK_REFUSED.value
+    majority = setup_message(6, 6, 4, target, target / 2, cohort=6)
+    assert not secure_aggregation_mod(majority, context, lambda m, c: None).has_error()

@@ -3,9 +3,12 @@
 import json
 import math
 import shutil
+import threading
 
 import pytest
 
+import fl_client.privacy_budget as privacy_budget
+from fl_client.privacy_budget import charge_round
 from fl_client.privacy_ledger import (
     HEAD_FILE,
     LEDGER_FILE,
@@ -17,6 +20,7 @@ from fl_client.privacy_ledger import (
     unit_key,
     write_ledger,
 )
+from fl_client.site_policy import RoundRequest, SitePolicy
 from fl_client.site_secret import SecretError, private_seed, site_key, site_secret
 
 SECRET = b"s" * 32
@@ -97,6 +101,23 @@ def test_corrupt_ledger_refuses_and_is_left_untouched(tmp_path, content):
     with pytest.raises(LedgerError):
         read_ledger(tmp_path, SECRET)
     assert (tmp_path / LEDGER_FILE).read_text() == content
+
+
+def test_a_ledger_nested_too_deep_or_unreadable_is_a_ledger_error(tmp_path):
+    (tmp_path / LEDGER_FILE).write_text("[" * 100_000)
+    with pytest.raises(LedgerError, match="corrupt"):
+        read_ledger(tmp_path, SECRET)
+    (tmp_path / LEDGER_FILE).unlink()
+    (tmp_path / LEDGER_FILE).mkdir()
+    with pytest.raises(LedgerError, match=f"{LEDGER_FILE}: privacy ledger is unreadable"):
+        read_ledger(tmp_path, SECRET)
+
+
+def test_an_unreadable_egress_log_stops_the_site(state):
+    """The egress log shows whether the ledger was rolled back: unread, the site cannot tell."""
+    (state / "egress.jsonl").mkdir()
+    with pytest.raises(LedgerError, match="egress log is unreadable"):
+        read_ledger(state, SECRET)
 
 
 def edit(path, change) -> None:
@@ -256,15 +277,16 @@ def test_a_too_short_secret_is_refused(tmp_path):
         site_secret(tmp_path)
 
 
-def test_private_seeds_are_fresh_per_run_and_round_and_replayable(tmp_path):
-    """Noise and sampling seeds: the same round replays the same randomness (a resumed run),
-    every other round and run draws afresh (the accountant composes independent noise), and
-    another site's seeds differ."""
+def test_private_seeds_are_fresh_per_run_round_and_release_and_replayable(tmp_path):
+    """Noise and sampling seeds: every run, round and release draws afresh (the accountant
+    composes independent noise; a round released twice must not repeat its noise), the same
+    parts give the same seed, and another site's seeds differ."""
     site, other = tmp_path / "a", tmp_path / "b"
-    seeds = {private_seed(site, run, rnd) for run in ("r", "s") for rnd in (1, 2, 3)}
-    assert len(seeds) == 6 and all(0 <= seed < 2**63 for seed in seeds)
-    assert private_seed(site, "r", 2) == private_seed(site, "r", 2)
-    assert private_seed(other, "r", 2) != private_seed(site, "r", 2)
+    seeds = {private_seed(site, run, rnd, release) for run in ("r", "s") for rnd in (1, 2, 3)
+             for release in (1, 2)}
+    assert len(seeds) == 12 and all(0 <= seed < 2**63 for seed in seeds)
+    assert private_seed(site, "r", 2, 1) == private_seed(site, "r", 2, 1)
+    assert private_seed(other, "r", 2, 1) != private_seed(site, "r", 2, 1)
 
 
 def test_site_keys_are_stable_per_site_and_fit_a_float_exactly(tmp_path):
@@ -304,3 +326,44 @@ def test_a_distributed_release_recorded_before_likely_sensitivities_reads_its_su
             likely_l2=1.0, likely_l1=1.0, rounding_failure=f))
         with pytest.raises(LedgerError, match="refusing to train"):
             read_ledger(tmp_path, SECRET)
+
+
+def test_rounds_charged_at_once_are_both_recorded(tmp_path, monkeypatch):
+    """Two runs at one site charge at once (a SuperNode may run two apps side by side). Were the
+    ledger read by the second before the first had written it, the last writer would erase the
+    other's release and spend. While run-a writes, run-b is started and given up to 2 s to read:
+    under the state folder's lock it cannot read until run-a is done, so both are recorded."""
+    policy = SitePolicy(max_epsilon=10.0, max_delta=1e-5, privacy_unit=None)
+    units = [f"u{i}" for i in range(40)]
+    b_read, errors = threading.Event(), []
+
+    def charge(run: str) -> None:
+        try:
+            charge_round(tmp_path, units, RoundRequest(
+                run_name=run, server_round=1, num_rounds=3, target_epsilon=4.0, delta=1e-5,
+                accountant="rdp", privacy_unit="utterance", clip_norm=1.0, batch_size=4096,
+                local_epochs=1), policy)
+        except Exception as err:  # noqa: BLE001 - reported by the assertion below
+            errors.append(err)
+
+    other = threading.Thread(target=charge, args=("run-b",), name="run-b")
+
+    def reading(state_dir, secret):
+        if threading.current_thread() is other:
+            b_read.set()
+        return read_ledger(state_dir, secret)
+
+    def writing(state_dir, ledger, secret):
+        if threading.current_thread() is not other and not other.is_alive():
+            other.start()
+            b_read.wait(timeout=2)
+        write_ledger(state_dir, ledger, secret)
+
+    monkeypatch.setattr(privacy_budget, "read_ledger", reading)
+    monkeypatch.setattr(privacy_budget, "write_ledger", writing)
+    charge("run-a")
+    other.join()
+    assert not errors
+    ledger = read_ledger(tmp_path, site_secret(tmp_path))
+    assert sorted(r.run for r in ledger.releases) == ["run-a", "run-b"]
+    assert set(ledger.spend.values()) == {2 * ledger.releases[0].rdp}

@@ -474,6 +474,54 @@ def test_a_restored_older_ledger_stops_the_site(site, tmp_path):
                         Reason.LEDGER_UNREADABLE)
 
 
+def test_a_ledger_restored_with_its_head_stops_the_site(site, tmp_path):
+    """An older ledger and its head, restored together, verify against each other; the egress
+    log, which records every DP update sent, shows the ledger is missing releases."""
+    state = tmp_path / "state"
+    ctx = context(site, state, max_epsilon=10.0)
+    run_rounds(ctx, "run-a", 1, num_rounds=3)
+    early = {name: (state / name).read_bytes() for name in (LEDGER_FILE, HEAD_FILE)}
+    client_app.app(train_message("run-a", 2), ctx)
+    for name, content in early.items():
+        (state / name).write_bytes(content)
+    assert refused_with(client_app.app(train_message("run-a", 3), ctx),
+                        Reason.LEDGER_UNREADABLE)
+    assert len(ledger_file_releases(state)) == 1  # nothing charged on top of the old copy
+
+
+def ledger_file_releases(state_dir) -> list:
+    return json.loads((state_dir / LEDGER_FILE).read_text())["releases"]
+
+
+def test_a_round_asked_again_gets_fresh_noise_and_is_charged_again(site, tmp_path):
+    """A hostile server asks round 1 twice, with models A and B. Were the same noise drawn
+    twice, the difference of the two updates would be the noiseless difference of A's and B's.
+    Twin sites (the same secret, fresh ledgers) each answer one model as their first release:
+    the twin asked A answers exactly as the site did (the noise is seeded, not arbitrary), the
+    twin asked B does not, since the site's answer to B was its second release."""
+    state = tmp_path / "state"
+    ctx = context(site, state)
+
+    def asked(model_seed: int) -> Message:
+        torch.manual_seed(model_seed)  # the model the server sends
+        return train_message("run-a", 1)
+
+    def twin_answer(name: str, model_seed: int) -> Message:
+        (tmp_path / name).mkdir()
+        shutil.copy2(state / "site-secret", tmp_path / name / "site-secret")
+        return client_app.app(asked(model_seed), context(site, tmp_path / name))
+
+    def update(reply: Message) -> torch.Tensor:
+        arrays = reply.content["arrays"].to_torch_state_dict()
+        return torch.cat([v.flatten() for v in arrays.values()])
+
+    first, again = client_app.app(asked(1), ctx), client_app.app(asked(2), ctx)
+    assert torch.equal(update(first), update(twin_answer("twin-a", 1)))
+    assert (update(again) - update(twin_answer("twin-b", 2))).abs().max() > 1e-3
+    assert [(r.run, r.server_round) for r in ledger(state).releases] == [("run-a", 1)] * 2
+    assert again.content["metrics"]["epsilon"] > first.content["metrics"]["epsilon"]
+
+
 @pytest.mark.parametrize("deleted", [[LEDGER_FILE], [LEDGER_FILE, HEAD_FILE]])
 def test_a_deleted_ledger_stops_the_site(site, tmp_path, deleted):
     state = tmp_path / "state"
