@@ -52,7 +52,7 @@ from fl_client.retention import (
     who_deletes,
 )
 from fl_client.secure_aggregation import secure_aggregation_mod
-from fl_client.site_data import SiteData, SiteDataError, SiteSplit, load_site
+from fl_client.site_data import SiteData, SiteDataError, SiteSplit, load_site, shown
 from fl_client.site_folders import site_folders, state_lock
 from fl_client.site_policy import (
     PolicyRefusal,
@@ -250,7 +250,8 @@ def _load_site_cached(site_dir: str, labels: tuple[str, ...], data_digest: str,
     for row in site.rejected:
         log(WARNING, "site data %s: skipped %s", site_dir, row)
     for label, count in site.unknown_labels.items():
-        log(WARNING, "site data %s: skipped %d rows with unknown label %r", site_dir, count, label)
+        log(WARNING, "site data %s: skipped %d rows with unknown label %s", site_dir, count,
+            shown(label))
     for reason, count in site.excluded.items():
         log(WARNING, "site data %s: %d rows not used (%s; the site's retention policy)",
             site_dir, count, reason)

@@ -392,7 +392,7 @@ def _timestamp(value: object) -> datetime | None | str:
     try:
         when = datetime.fromisoformat(value.strip())
     except ValueError:
-        return f"timestamp {_shown(value)} is not an ISO 8601 date-time"
+        return f"timestamp {shown(value)} is not an ISO 8601 date-time"
     return when.replace(tzinfo=UTC) if when.tzinfo is None else when
 
 
@@ -410,17 +410,19 @@ def _intent_turn_text(record: dict) -> tuple[str, int] | str:
             return "no customer turn to carry the intent"
         index = customer[0]
     if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < len(turns):
-        return f"intent_turn {_shown(index)} is not an index into turns"
+        return f"intent_turn {shown(index)} is not an index into turns"
     if turns[index].get("speaker") != "customer":
         return f"intent_turn {index} is not a customer turn"
     return (turns[index]["text"], index)
 
 
-def _shown(value: object) -> str:
-    """A short, printable rendering of a value from the data, for a reason."""
+def shown(value: object) -> str:
+    """A value from the data as a message may quote it (a reason, a warning, ``check-data``):
+    PII-redacted, ASCII, at most 40 characters. A mis-columned file can put a customer's words
+    in a label or a header, and a site's log and terminal must never hold a whole row."""
     if not isinstance(value, str | int | float | None):
         return type(value).__name__
-    text = ascii(value) if isinstance(value, str) else str(value)
+    text = ascii(redact(value[:200])) if isinstance(value, str) else str(value)
     return text if len(text) <= 40 else f"{text[:37]}..."
 
 
@@ -456,7 +458,7 @@ def _csv_header(line: str) -> list[str] | str:
     header = [h.strip() for h in _csv_fields(line)]
     label_col = "label" if "label" in header else "intent"
     if "text" not in header or label_col not in header:
-        return f"CSV header must name 'text' and 'label', got {_shown(','.join(header))}"
+        return f"CSV header must name 'text' and 'label', got {shown(','.join(header))}"
     return header
 
 
@@ -488,12 +490,17 @@ def record_languages(site_dir: Path) -> set[str]:
     them). What the synthetic generator writes, and what a simulated site declares."""
     found = set()
     for path in sorted(Path(site_dir).glob("*.jsonl")):
-        with open(path, encoding="utf-8", errors="replace") as lines:
-            for line in lines:
-                try:
-                    language = json.loads(line).get("language")
-                except (ValueError, AttributeError):
-                    continue
-                if isinstance(language, str) and language.strip():
-                    found.add(language.strip().lower().split("-")[0])
+        for _, line in _decoded_lines(path, rejected=[]):  # the loader's guards, its reports
+            language = _parsed(_record_language, line)
+            if isinstance(language, tuple):
+                found.update(language)
     return found
+
+
+def _record_language(line: str) -> tuple[str, ...]:
+    """The base code a JSONL line's ``language`` names, as a 0- or 1-tuple."""
+    record = json.loads(line)
+    language = record.get("language") if isinstance(record, dict) else None
+    if not isinstance(language, str) or not language.strip():
+        return ()
+    return (language.strip().lower().split("-")[0],)

@@ -84,13 +84,14 @@ def read_entries(log_path: Path, key: bytes | None = None) -> list[dict]:
     if not log_path.exists() and not head_path(log_path).exists():
         return []
     try:
+        lines = log_path.read_bytes()
         result = verify_log(log_path, key)
-        entries = [json.loads(line) for line in log_path.read_bytes().splitlines()]
     except OSError as err:
         raise ChainError(f"{log_path} is missing or unreadable ({err.strerror or err})") from err
     if not result.ok:
         raise ChainError(f"{log_path} is broken at line {result.broken_line}: {result.problem}")
-    return entries
+    entries = lines.splitlines()[:result.entries]  # verified; a line appended since is not
+    return [json.loads(line) for line in entries]
 
 
 def check_extendable(log_path: Path, key: bytes | None = None) -> None:
@@ -148,7 +149,7 @@ def _entry_problem(raw: bytes, number: int, previous: str, key: bytes | None) ->
     try:
         text = raw.decode("utf-8")
         entry = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         return "not a valid JSON entry (edited or torn)"
     if not isinstance(entry, dict):
         return "not a JSON object"

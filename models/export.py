@@ -183,11 +183,17 @@ def read_export(model_dir: Path) -> tuple[dict, dict]:
             raise ValueError(f"{model_dir}: not a fedintent model export (no {name})")
         try:
             documents.append(json.loads(path.read_text(encoding="utf-8")))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
             raise ValueError(f"{path}: unreadable: {err}") from None
+        if not isinstance(documents[-1], dict):
+            raise ValueError(f"{path}: expected a JSON object")
     info, config = documents
-    if not isinstance(info.get("labels"), list) or "model_family" not in info:
-        raise ValueError(f"{model_dir / FRAMEWORK_FILE}: needs 'model_family' and 'labels'")
+    labels = info.get("labels")
+    if (not isinstance(labels, list) or len(labels) < 2
+            or not all(isinstance(label, str) and label for label in labels)
+            or "model_family" not in info):
+        raise ValueError(f"{model_dir / FRAMEWORK_FILE}: needs 'model_family' and 'labels' (at "
+                         "least two label names)")
     return info, config
 
 
@@ -275,6 +281,22 @@ def _exported_featurizer(model_dir: Path, config: dict) -> Callable[[list[str]],
     return embed
 
 
+def _check_linear(model_dir: Path, tensors: dict[str, torch.Tensor], num_labels: int,
+                  featurize: Callable[[list[str]], torch.Tensor]) -> None:
+    """A linear export's weights must map its featurizer's output to one score per label."""
+    try:
+        width = featurize(["a probe sentence"]).shape[-1]
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        raise ValueError(f"{model_dir / 'config.json'}: the featurizer settings are unusable "
+                         f"({type(err).__name__}: {err})") from None
+    weight, bias = tensors["weight"], tensors.get("bias")
+    if tuple(weight.shape) != (num_labels, width) or (
+            bias is not None and tuple(bias.shape) != (num_labels,)):
+        found = [tuple(weight.shape)] + ([] if bias is None else [tuple(bias.shape)])
+        raise ValueError(f"{model_dir / WEIGHTS_FILE}: weights of shapes {found} do not map "
+                         f"{width} features to the {num_labels} labels of {FRAMEWORK_FILE}")
+
+
 def load_exported(model_dir: Path) -> ExportedModel:
     """Any family's export, for ``predict``: the transformers model for BERT families, the
     featurizer and linear layer for ``ngram`` and ``use-multilingual`` (which ``pipeline``
@@ -287,6 +309,7 @@ def load_exported(model_dir: Path) -> ExportedModel:
         if "weight" not in tensors:
             raise ValueError(f"{model_dir / WEIGHTS_FILE}: no 'weight' tensor")
         featurize = _exported_featurizer(model_dir, config)
+        _check_linear(model_dir, tensors, len(labels), featurize)
         scale = feature_scale(model_dir, config)
         return ExportedModel(labels, lambda texts: nn.functional.linear(
             scale * featurize(texts), tensors["weight"], tensors.get("bias")))
@@ -298,6 +321,9 @@ def load_exported(model_dir: Path) -> ExportedModel:
     feature_scale(model_dir, config)
     tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
     model = FedintentBertForSequenceClassification.from_pretrained(model_dir, local_files_only=True)
+    if model.config.num_labels != len(labels):
+        raise ValueError(f"{model_dir / 'config.json'}: {model.config.num_labels} labels, but "
+                         f"{FRAMEWORK_FILE} names {len(labels)}")
     model.eval()
 
     def logits(texts: list[str]) -> torch.Tensor:

@@ -14,6 +14,8 @@ text the site still holds (``fl_client/retention.py``). Features never leave the
 
 import hashlib
 import io
+import zipfile
+import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -117,7 +119,7 @@ def _read_chunk(path: Path) -> tuple[list[bytes], np.ndarray] | None:
     try:
         with np.load(path, allow_pickle=False) as chunk:
             keys, features = chunk["keys"], chunk["features"]
-    except (OSError, ValueError, KeyError, EOFError):
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error):
         return None
     if keys.ndim != 2 or keys.shape[1] != 32 or len(keys) != len(features):
         return None

@@ -12,6 +12,7 @@ from fl_protocol.hash_chain import (
     append_entry,
     check_extendable,
     head_path,
+    read_entries,
     verify_log,
 )
 
@@ -110,3 +111,16 @@ def test_an_unreadable_log_exits_2(tmp_path):
     result = audit_verify(tmp_path / "nope.jsonl")
     assert result.returncode == 2 and "cannot read" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("damage", [
+    lambda data: data[:-10],  # a torn last line
+    lambda data: data[:-1] + b"\xff\xfe\n",  # bytes that are not UTF-8
+    lambda data: data + b"[" * 100_000 + b"\n",  # nested deeper than a parser recurses
+])
+def test_reading_a_damaged_log_names_the_file_and_line(log, damage):
+    """``read_entries`` (``purge``, ``forget``, ``train --resume``) says what is wrong where,
+    with a ``ChainError``, never a JSON or Unicode traceback."""
+    log.write_bytes(damage(log.read_bytes()))
+    with pytest.raises(ChainError, match=f"{log.name} is broken at line [56]"):
+        read_entries(log)

@@ -1,5 +1,6 @@
 """The command line: bad input gives one line naming the problem and a non-zero exit."""
 
+import json
 import subprocess
 import sys
 
@@ -93,6 +94,26 @@ def test_check_data_reports_bad_rows_and_a_site_that_cannot_train(tmp_path):
     assert "no valid training rows" in result.stderr
 
 
+def test_check_data_quotes_values_from_rows_redacted_and_cut_short(tmp_path, capsys):
+    """A mis-columned file puts a customer's words where a label or a timestamp belongs: the
+    terminal shows them PII-redacted and cut to 40 characters, never whole."""
+    from fedintent.cli import main
+
+    site = tmp_path / "site"
+    site.mkdir()
+    words = "call me on +1 415 555 0199 about card 4111 1111 1111 1111, " + "tail " * 40
+    rows = [{"text": "lost card", "label": "card_lost"},
+            {"text": "lost card", "label": words},
+            {"text": "lost card", "label": "card_lost", "timestamp": words}]
+    (site / "train.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    (tmp_path / "labels.txt").write_text("card_lost\nrefund\n")
+    main(["check-data", str(site)])
+    out = capsys.readouterr().out
+    assert "unknown label 'call me on [PHONE] about card [CARD]...: 1 rows" in out
+    assert "train.jsonl:3: timestamp 'call me on [PHONE] about card [CARD]..." in out
+    assert "415 555" not in out and "4111" not in out and "tail" not in out
+
+
 def test_check_data_works_on_a_bare_site_folder_and_names_unknown_labels_given_a_taxonomy(
         tmp_path, capsys):
     """A deployed site's folder holds no labels.txt: check-data still counts rows, rejects and
@@ -113,7 +134,7 @@ def test_check_data_works_on_a_bare_site_folder_and_names_unknown_labels_given_a
     assert "train.csv:12:" in out and "unknown label" not in out
     counts = {line.split()[0]: line.split()[1] for line in out.split("(train / test):\n")[1]
               .splitlines()}
-    assert counts == {"balance": "1", "card_lost": "6", "refund": "3"}
+    assert counts == {"'balance'": "1", "'card_lost'": "6", "'refund'": "3"}  # as read
 
     taxonomy = tmp_path / "run-labels.txt"
     taxonomy.write_text("card_lost\nrefund\n")

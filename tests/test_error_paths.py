@@ -105,6 +105,7 @@ class Site:
     expected: Reason | None  # the reason the server should record; None: trains or times out
     node_config: dict[str, str] = field(default_factory=dict)
     logged: list[str] = field(default_factory=list)  # must be in the site's own log
+    not_logged: list[str] = field(default_factory=list)  # must not be, even there
 
 
 def pii_sentence(canary: str) -> str:
@@ -189,7 +190,9 @@ def build_sites(root: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Site]:
     ])
     with open(s.data / "train.jsonl", "a", encoding="utf-8") as f:
         f.write(f'{{"text": "{pii_sentence(s.canary)}", "label": \n')  # truncated JSON
-    s.logged = [f"{s.canary} {CARD}", f"{s.canary}-refund"]
+    # the unknown labels are named, redacted and cut short: the card number is not in the log
+    s.logged = ["skipped 1 rows with unknown label 'CANARY-"]
+    s.not_logged = [CARD, CARD_DIGITS]
 
     s = site("corrupt-ledger", Reason.LEDGER_UNREADABLE)
     write_usable_data(s)
@@ -385,6 +388,8 @@ def test_no_failure_detail_reaches_the_server(tmp_path: Path, monkeypatch: pytes
         log = (outcome.logs / f"site-{name}.log").read_text(errors="replace")
         for text in site.logged:
             assert text in log, (name, text)
+        for text in site.not_logged:
+            assert text not in log, (name, text)
         train = egress_entries(site, "train")
         if site.expected is not None:
             assert [e["error"]["reason"] for e in train] == [site.expected.value], name

@@ -219,6 +219,18 @@ def test_parameters_of_another_family_are_refused_before_writing(tmp_path):
     (lambda out: (out / "config.json").write_text(json.dumps(
         json.loads((out / "config.json").read_text()) | {"feature_scale": -3})),
      "config.json: feature_scale must be a positive number, not -3"),
+    (lambda out: (out / "fedintent.json").write_text("[" * 100_000),
+     "fedintent.json: unreadable"),
+    (lambda out: (out / "fedintent.json").write_text(json.dumps(
+        {"model_family": "ngram", "labels": ["card_lost", {"x": 2}]})),
+     "fedintent.json: needs 'model_family' and 'labels'"),
+    (lambda out: (out / "fedintent.json").write_text(json.dumps(
+        {"model_family": "ngram", "labels": LABELS + ["one_more"]})),
+     r"model.safetensors: weights of shapes \[\(4, 8192\)\] do not map 8192 features to the "
+     "5 labels"),
+    (lambda out: (out / "config.json").write_text(json.dumps(
+        json.loads((out / "config.json").read_text()) | {"featurizer": "oops"})),
+     "config.json: the featurizer settings are unusable"),
 ])
 def test_a_damaged_export_gives_an_error_naming_the_file(tmp_path, damage, message):
     family = get_model_family("ngram")

@@ -5,6 +5,7 @@ import torch
 
 import models.encoder as encoder
 import models.encoder_head as minilm
+import models.feature_store as feature_store
 from fl_server.model_store import load_model, save_model
 from models import get_model_family, model_family_names
 from models.feature_scale import FEATURE_SCALE
@@ -81,3 +82,23 @@ def test_the_initial_head_is_a_zero_shot_classifier_from_label_names():
     queries = minilm.featurize(["where is my new card", "i lost my card",
                                 "what rate for euros", "my top-up did not work"], None, MINILM)
     assert head(queries).argmax(dim=1).tolist() == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize("damage", [
+    lambda data: data[: len(data) // 2],  # a torn write, a full disk
+    lambda data: data[:-30],  # the zip directory's end cut off
+    lambda data: b"PK\x03\x04" + bytes(200),  # a zip header over zeros
+])
+def test_a_damaged_feature_chunk_is_computed_again_and_pruned(tmp_path, damage):
+    def compute(texts: list[str]) -> torch.Tensor:
+        return torch.tensor([[float(len(text)), 1.0] for text in texts])
+
+    first = feature_store.cached("kind", ["refund", "card"], tmp_path, compute)
+    [chunk] = tmp_path.glob("*/chunk-*.npz")
+    chunk.write_bytes(damage(chunk.read_bytes()))
+    # read: the damaged chunk is dropped and its rows computed again, into a new chunk
+    assert torch.equal(feature_store.cached("kind", ["refund", "card"], tmp_path, compute), first)
+    [chunk] = tmp_path.glob("*/chunk-*.npz")
+    chunk.write_bytes(damage(chunk.read_bytes()))
+    assert feature_store.prune(tmp_path, ["refund", "card"]).files == 1
+    assert not list(tmp_path.glob("*/chunk-*.npz"))

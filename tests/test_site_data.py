@@ -8,7 +8,14 @@ import pytest
 
 import fl_client.site_data
 from fedintent.cli import main
-from fl_client.site_data import MAX_TEXT_CHARS, SiteDataError, list_site_dirs, load_site
+from fl_client.site_data import (
+    MAX_LINE_BYTES,
+    MAX_TEXT_CHARS,
+    SiteDataError,
+    list_site_dirs,
+    load_site,
+    record_languages,
+)
 from fl_protocol.label_file import LabelFileError, read_labels
 
 LABELS = ["card_lost", "refund"]
@@ -362,3 +369,17 @@ def test_check_data_says_why_a_site_without_usable_rows_cannot_train(tmp_path, c
     err = capsys.readouterr().err
     assert ("no valid training rows (2 read: 1 rejected, 1 with an unknown label, 0 not used "
             "under the retention policy)") in err
+
+
+def test_the_languages_a_site_names_are_read_past_whatever_the_loader_skips(tmp_path):
+    """What a simulated site declares (and ``train`` picks its model by) is read with the
+    loader's guards: a folder named like a data file, nesting past the recursion limit, bytes
+    that are not UTF-8 and an over-long line cost a line, never the run."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "a.jsonl").write_text('{"language": "zh-TW"}\n' + "[" * 100_000 + "\n[1]\n"
+                                  '{"language": 5}\n', encoding="utf-8")
+    (site / "b.jsonl").mkdir()
+    (site / "c.jsonl").write_bytes(b'\xff\xfe{"language": "fr"}\n{"language": "'
+                                   + b"x" * MAX_LINE_BYTES + b'"}\n{"language": " EN "}\n')
+    assert record_languages(site) == {"zh", "en"}

@@ -112,7 +112,7 @@ def run_synth(args: argparse.Namespace) -> int:
 def run_check_data(args: argparse.Namespace) -> int:
     from fl_client.redaction import find_pii
     from fl_client.retention import RowPolicy, retention_window
-    from fl_client.site_data import load_site
+    from fl_client.site_data import load_site, shown
 
     site_dir = args.site_dir
     if args.retention_days is not None and not args.retention_days > 0:
@@ -149,7 +149,7 @@ def run_check_data(args: argparse.Namespace) -> int:
     for row in site.rejected:
         print(f"  rejected {row}")
     for label, count in site.unknown_labels.most_common():
-        print(f"  unknown label {label!r}: {count} rows")
+        print(f"  unknown label {shown(label)}: {count} rows")
     _print_timestamps(times, site.excluded, args.retention_days)
     pii = Counter(span.kind for text in site.train.texts + site.test.texts
                   for span in find_pii(text))
@@ -161,7 +161,8 @@ def run_check_data(args: argparse.Namespace) -> int:
     test_counts = Counter(labels[i] for i in site.test.labels)
     for label in labels:
         if train_counts[label] or test_counts[label]:
-            print(f"  {label:<40} {train_counts[label]:>6} / {test_counts[label]:<6}")
+            name = label if labels_file else shown(label)  # read from the rows
+            print(f"  {name:<40} {train_counts[label]:>6} / {test_counts[label]:<6}")
     if len(site.train) == 0:
         unknown = sum(site.unknown_labels.values())
         print(f"error: {site_dir} has no valid training rows ({site.rows_read} read: "
