@@ -10,7 +10,7 @@ Per round, in this order, the site:
 3. charges the round to every privacy unit that takes part in its ledger, leaving out units that
    have spent their lifetime budget (``privacy_budget.py``), before training;
 4. trains the exchanged part of the model with DP-SGD on exactly those units (``dp_training.py``);
-5. replies with the exchanged parameters and a few numbers (example count, loss, epsilon, delta).
+5. replies with the exchanged parameters and a few numbers (example count, epsilon, delta).
 
 An evaluate message gets the test split's exact metrics, unless the site's node config sets
 ``evaluation = "off"`` (``site_policy.evaluation_policy``): then it is declined unread.
@@ -38,7 +38,7 @@ from flwr.common.logger import log
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
 
 from fl_client.distributed_dp import dimension, noisy_integer_sum
-from fl_client.dp_training import UnitLoss, evaluate, train_locally, training_plan
+from fl_client.dp_training import evaluate, train_locally, training_plan
 from fl_client.egress_guard import egress_guard
 from fl_client.privacy_accounting import BudgetExhausted
 from fl_client.privacy_budget import charge_round
@@ -140,19 +140,16 @@ def train(msg: Message, context: Context) -> Message:
     seed = private_seed(state_dir, request.run_name, request.server_round,
                         charge.release_number)
     if request.distributed:
-        with torch.no_grad():
-            loss = UnitLoss()(model(features), targets).item()
         update = noisy_integer_sum(model, features, targets, request.clip_norm,
                                    charge.skellam_mu_share, seed)
         arrays, steps_taken = ArrayRecord({k: Array(v) for k, v in update.items()}), 1
     else:
-        loss, steps_taken = _train(model, features, targets, request, charge, cfg, seed)
+        steps_taken = _train(model, features, targets, request, charge, cfg, seed)
         arrays = ArrayRecord(model.state_dict())
     metrics = metric_record(
         TRAIN_METRICS,
         site_key=site_key(state_dir),
         num_examples=int((targets != PADDING_LABEL).sum()),
-        train_loss=loss,
         steps=steps_taken,
         epsilon=charge.epsilon_this_run,
         epsilon_all_runs=charge.epsilon_all_runs,
@@ -167,8 +164,10 @@ def train(msg: Message, context: Context) -> Message:
 
 
 def _train(model: torch.nn.Module, features: torch.Tensor, targets: torch.Tensor,
-           request, charge, cfg, seed: int) -> tuple[float, int]:
-    """Local DP-SGD (or plain SGD) on exactly the units and release charged."""
+           request, charge, cfg, seed: int) -> int:
+    """Local DP-SGD (or plain SGD) on exactly the units and release charged; the optimizer
+    steps taken. Its training loss stays here: an exact statistic of the training rows under a
+    model the server chose, which no DP covers (``wire.TRAIN_METRICS``)."""
     plan = training_plan(
         get_model_family(str(cfg["model"])),
         noise_multiplier=charge.noise_multiplier if request.private else None,
@@ -178,7 +177,8 @@ def _train(model: torch.nn.Module, features: torch.Tensor, targets: torch.Tensor
         local_epochs=request.local_epochs,
         learning_rate=float(cfg["learning-rate"]),
     )
-    return train_locally(model, features, targets, plan, seed=seed)
+    _, steps = train_locally(model, features, targets, plan, seed=seed)
+    return steps
 
 
 @app.evaluate(mods=[egress_guard])

@@ -146,7 +146,6 @@ class Metric:
 
 TRAIN_METRICS: tuple[Metric, ...] = (
     Metric("num-examples", _positive, aggregated=True, recorded_as="num_examples"),
-    Metric("train-loss", _finite, aggregated=True, recorded_as="train_loss"),
     Metric("epsilon", _epsilon, aggregated=True, recorded_as="epsilon"),
     Metric("epsilon-all-runs", recorded_as="epsilon_all_runs"),
     Metric("epsilon-alone", recorded_as="epsilon_alone"),
@@ -167,7 +166,9 @@ distributed DP, ``epsilon`` holds against a server that sees only the secure sum
 ``tolerated-sites`` sites missing or colluding) and ``epsilon-alone`` from the site's own noise
 share only, what it keeps if every other site colludes with the server; under local DP the two
 are equal. ``languages`` (optional) is what the site declares its conversations are in, as a
-``language_mask``: recorded decoded, as the codes."""
+``language_mask``: recorded decoded, as the codes. No training loss: the loss of the training
+rows under the model the server sent is an exact statistic of them, outside every epsilon, and
+a server choosing that model could use it as an oracle, round after round."""
 EVALUATE_METRICS: tuple[Metric, ...] = (
     Metric("num-examples", _positive, recorded_as="num_examples"),
     Metric("loss", _finite, recorded_as="loss"),

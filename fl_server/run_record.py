@@ -137,8 +137,6 @@ class RunRecord:
                  "failures": failures, "sites": sites}
         trained = [s for s in sites.values() if "num_examples" in s]
         if trained:
-            weight = sum(s["num_examples"] for s in trained)
-            entry["train_loss"] = sum(s["train_loss"] * s["num_examples"] for s in trained) / weight
             entry["max_epsilon"] = _max_epsilon(trained)
             entry["max_epsilon_alone"] = _max_epsilon(trained, "epsilon_alone")
         uploads = [s["upload_bytes"] for s in sites.values() if "upload_bytes" in s]

@@ -255,16 +255,9 @@ def restore_strategy_state(
 
 
 def aggregate_train_metrics(records: list[RecordDict], weight_key: str) -> MetricRecord:
-    """Example-weighted training loss, and the largest epsilon any site has reached."""
+    """The largest epsilon any site has reached (``weight_key``: Flower's, unused)."""
     metrics = [next(iter(r.metric_records.values())) for r in records]
-    total = sum(float(m[weight_key]) for m in metrics)
-    return MetricRecord(
-        {
-            "train-loss": sum(float(m["train-loss"]) * float(m[weight_key]) for m in metrics)
-            / total,
-            "max-epsilon": max(float(m["epsilon"]) for m in metrics),
-        }
-    )
+    return MetricRecord({"max-epsilon": max(float(m["epsilon"]) for m in metrics)})
 
 
 def _checked(

@@ -43,12 +43,12 @@ def dp_reply(units: int = 40, seed: int = 0, plan: RunPlan = PLAN) -> tuple[dict
     labels = torch.randint(0, LABELS, (units,))
     rate, steps = steps_per_round(units, plan.batch_size, plan.local_epochs)
     sigma = plan_noise_multiplier(plan.target_epsilon, 1e-5, rate, steps * plan.num_rounds, "rdp")
-    loss, _ = train_locally(model, features, labels, TrainingPlan(
+    train_locally(model, features, labels, TrainingPlan(
         noise_multiplier=sigma, clip_norm=plan.clip_norm, batch_size=plan.batch_size,
         local_epochs=plan.local_epochs, learning_rate=plan.learning_rate,
         charged=(rate, steps)), seed=seed)
     metrics = {
-        "num-examples": units, "train-loss": loss, "steps": steps, "delta": 1e-5,
+        "num-examples": units, "steps": steps, "delta": 1e-5,
         "epsilon": epsilon_spent([(sigma, rate, steps)], 1e-5, "rdp"),
         "noise-multiplier": sigma, "sample-rate": rate, "clip-norm": plan.clip_norm,
         "privacy-units": units, "max-epsilon": 8.0,
@@ -173,7 +173,7 @@ def train_round(tmp_path, answers: dict, plan: RunPlan = PLAN) -> tuple[ArrayRec
 
 def test_a_site_claiming_far_more_examples_than_the_others_is_rejected_and_recorded(tmp_path):
     _, update, _ = dp_reply()
-    metrics = {"num-examples": 40, "train-loss": 0.5, "epsilon": math.inf, "delta": 0.0}
+    metrics = {"num-examples": 40, "epsilon": math.inf, "delta": 0.0}
     inflated = metrics | {"num-examples": 1e9}
     no_dp = RunPlan.from_run_config(CONFIG | {"target-epsilon": math.inf})
     arrays, entry = train_round(tmp_path, {1: (update, metrics), 2: (update, inflated),
@@ -196,7 +196,7 @@ def test_a_boosted_update_and_a_false_epsilon_are_rejected_and_recorded(tmp_path
 
 def test_a_secure_round_with_an_inflated_claim_is_dropped_and_recorded(tmp_path):
     start, _, _ = dp_reply()
-    metrics = {"num-examples": 40, "train-loss": 0.5, "epsilon": math.inf, "delta": 0.0}
+    metrics = {"num-examples": 40, "epsilon": math.inf, "delta": 0.0}
     no_dp = RunPlan.from_run_config(CONFIG | {"target-epsilon": math.inf})
     record = RunRecord.start(tmp_path / "metrics.json", 1, {}, ["a"])
     spec = array_spec(ArrayRecord({k: Array(v) for k, v in start.items()}))

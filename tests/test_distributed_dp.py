@@ -120,7 +120,7 @@ class LoopbackGrid:
 
     def handler(self, node: int):
         def handle(msg: Message, context: Context) -> Message:
-            metrics = MetricRecord({"num-examples": 100, "train-loss": 0.5, "epsilon": 1.0,
+            metrics = MetricRecord({"num-examples": 100, "epsilon": 1.0,
                                     "epsilon-alone": 3.0, "delta": 1e-5})
             arrays = ArrayRecord({k: Array(v) for k, v in self.sites[node].items()})
             return Message(RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=msg)

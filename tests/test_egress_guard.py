@@ -50,7 +50,7 @@ def incoming(message_type: str) -> Message:
 
 def good_train_reply(msg: Message) -> RecordDict:
     return RecordDict({"arrays": ArrayRecord(head_state()),
-                       "metrics": MetricRecord({"num-examples": 10, "train-loss": 0.5,
+                       "metrics": MetricRecord({"num-examples": 10,
                                                 "epsilon": 1.5, "delta": 1e-5})})
 
 
@@ -107,10 +107,10 @@ FORBIDDEN_TRAIN_REPLIES = {
         "metrics": MetricRecord({"num-examples": 1, "customer-phone": 13812345678})}),
     "a list metric": lambda: RecordDict({
         "arrays": ArrayRecord(head_state()),
-        "metrics": MetricRecord({"num-examples": 1, "train-loss": [0.1, 0.2]})}),
+        "metrics": MetricRecord({"num-examples": 1, "epsilon": [0.1, 0.2]})}),
     "a NaN metric": lambda: RecordDict({
         "arrays": ArrayRecord(head_state()),
-        "metrics": MetricRecord({"num-examples": 1, "train-loss": math.nan})}),
+        "metrics": MetricRecord({"num-examples": 1, "epsilon": math.nan})}),
     "a second metric record": lambda: RecordDict({
         "arrays": ArrayRecord(head_state()), "metrics": MetricRecord({"num-examples": 1}),
         "more": MetricRecord({"x": 1.0})}),
@@ -189,7 +189,7 @@ def masked_reply(shapes=None, **extra) -> RecordDict:
     fitres = FitRes(Status(Code.OK, ""), Parameters([], ""), 10, {})
     content = fitres_to_recorddict(fitres, keep_input=False)
     content["fitres.parameters"].clear()  # as secaggplus_mod leaves it
-    content["metrics"] = MetricRecord({"num-examples": 10, "train-loss": 0.5, "epsilon": 1.5})
+    content["metrics"] = MetricRecord({"num-examples": 10, "epsilon": 1.5})
     shapes = shapes or [(1,)] + [tuple(t.shape) for t in head_state().values()]
     content[RECORD_KEY_CONFIGS] = ConfigRecord(
         {Key.MASKED_PARAMETERS: [ndarray_to_bytes(np.zeros(s, np.int64)) for s in shapes]})
@@ -352,7 +352,7 @@ def test_the_egress_log_is_private_to_the_site_and_exact(ctx):
     received = {k: v.numpy() for k, v in msg.content["arrays"].items()}
     moved = {k: v + 0.5 for k, v in received.items()}
     content = RecordDict({"arrays": ArrayRecord({k: Array(v) for k, v in moved.items()}),
-                          "metrics": MetricRecord({"num-examples": 10, "train-loss": 0.5,
+                          "metrics": MetricRecord({"num-examples": 10,
                                                    "epsilon": math.inf, "delta": 1e-5})})
     assert not send(msg, ctx, content).has_error()
     refused = egress_guard(msg, ctx, lambda m, c: error_reply(m, Reason.BUDGET_EXHAUSTED))

@@ -53,7 +53,7 @@ def evaluation_reply(node: int, examples: int, accuracy: float, f1: float) -> Me
 
 def train_reply(node: int, site_key: int) -> Message:
     asked = Message(RecordDict(), dst_node_id=node, message_type="train")
-    metrics = {"num-examples": 10, "train-loss": 0.5, "epsilon": 1.0, "site-key": site_key}
+    metrics = {"num-examples": 10, "epsilon": 1.0, "site-key": site_key}
     return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=asked)
 
 

@@ -34,7 +34,7 @@ from fl_protocol.wire import REASON_CODES, RUN_CONFIG_DEFAULTS, Reason
 
 pytestmark = pytest.mark.usefixtures("task_identity")
 
-METRICS = {"num-examples": 40, "train-loss": 0.5, "epsilon": 1.0, "delta": 1e-5}
+METRICS = {"num-examples": 40, "epsilon": 1.0, "delta": 1e-5}
 
 
 def model_state(value: float = 0.0) -> dict[str, np.ndarray]:

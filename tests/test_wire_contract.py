@@ -33,14 +33,14 @@ from fl_server.update_validation import (
 pytestmark = pytest.mark.usefixtures("task_identity")
 
 VALID = {
-    "num-examples": 10, "train-loss": 0.5, "epsilon": 1.5, "epsilon-all-runs": 2.0,
+    "num-examples": 10, "epsilon": 1.5, "epsilon-all-runs": 2.0,
     "epsilon-alone": 4.0, "epsilon-alone-all-runs": 5.0,
     "delta": 1e-5, "noise-multiplier": 1.1, "sample-rate": 1.0, "clip-norm": 1.0, "steps": 1,
     "max-epsilon": 10.0, "privacy-units": 10, "site-key": 123456, "languages": 4,
     "loss": 0.7, "accuracy": 0.75, "macro-f1": 0.6,
 }
 """A valid value for every metric either contract names."""
-INVALID = {"num-examples": 0, "train-loss": math.nan, "epsilon": math.nan, "loss": math.inf,
+INVALID = {"num-examples": 0, "epsilon": math.nan, "loss": math.inf,
            "accuracy": 1.5, "macro-f1": 1.5}
 """A value each checked metric's check refuses."""
 
@@ -87,7 +87,7 @@ def test_a_name_outside_the_contract_never_leaves(ctx, message_type):
 
 def test_the_server_requires_exactly_the_checked_metrics_and_applies_each_check():
     required = {m.name for m in TRAIN_METRICS if m.check is not None}
-    assert required == {"num-examples", "train-loss", "epsilon"}
+    assert required == {"num-examples", "epsilon"}
     for metric in TRAIN_METRICS:
         without = every(TRAIN_METRICS)
         del without[metric.name]
@@ -107,7 +107,7 @@ def test_the_server_requires_exactly_the_checked_metrics_and_applies_each_check(
 
 def test_aggregation_sees_exactly_the_aggregated_metrics():
     assert set(AGGREGATED_TRAIN_METRICS) == {m.name for m in TRAIN_METRICS if m.aggregated}
-    assert set(AGGREGATED_TRAIN_METRICS) == {"num-examples", "train-loss", "epsilon"}
+    assert set(AGGREGATED_TRAIN_METRICS) == {"num-examples", "epsilon"}
 
 
 def test_the_run_record_keeps_every_recorded_metric_under_its_name(tmp_path):
