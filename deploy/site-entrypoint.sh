@@ -28,6 +28,10 @@
 #   LANGUAGES         the languages this site's conversations are in, comma-separated codes
 #                     (en, zh, ...; fl_protocol/wire.py LANGUAGES), named in the model card
 #                     (default: none declared, nothing sent)
+#   LABELS_FILE       this site's taxonomy, one label per line: the site answers only runs
+#                     whose label set is exactly this one (default: any run's; a server could
+#                     then leave intents out and learn from the counts how many rows carry
+#                     the others)
 #   RETENTION_DAYS    how long this site uses a conversation after its timestamp: older rows
 #                     (and, under a limit, undated ones) are never used and their derived data
 #                     are purged (default: the ClientApp's, 30; inf: no limit)
@@ -84,6 +88,15 @@ if [ -n "${RETENTION_DAYS:-}" ]; then
         2>/dev/null || {
         echo "site-entrypoint: RETENTION_DAYS must be a number of days > 0, or inf" >&2; exit 2; }
 fi
+if [ -n "${LABELS_FILE:-}" ]; then
+    case "$LABELS_FILE" in
+        *"'"*) echo "site-entrypoint: LABELS_FILE cannot contain a single quote" >&2; exit 2;;
+    esac
+    python -c 'import sys; from fl_protocol.label_file import read_labels; read_labels(sys.argv[1])' \
+        "$LABELS_FILE" 2>/dev/null || {
+        echo "site-entrypoint: LABELS_FILE $LABELS_FILE is not a readable label file (one label per line, at least two)" >&2
+        exit 2; }
+fi
 case "${EVALUATION:-exact}" in
     exact|off) ;;
     *) echo "site-entrypoint: EVALUATION must be exact or off" >&2; exit 2;;
@@ -105,6 +118,7 @@ node_config="data-path='$DATA_DIR' state-dir='$STATE_DIR'"
 [ -z "${LANGUAGES:-}" ] || node_config="$node_config languages='$LANGUAGES'"
 [ -z "${RETENTION_DAYS:-}" ] || node_config="$node_config retention-days=$RETENTION_DAYS"
 [ -z "${EVALUATION:-}" ] || node_config="$node_config evaluation='$EVALUATION'"
+[ -z "${LABELS_FILE:-}" ] || node_config="$node_config labels-file='$LABELS_FILE'"
 mkdir -p "$STATE_DIR"
 
 export FLWR_TELEMETRY_ENABLED=0 FLWR_DISABLE_UPDATE_CHECK=1 \

@@ -13,7 +13,8 @@ Per round, in this order, the site:
 5. replies with the exchanged parameters and a few numbers (example count, epsilon, delta).
 
 An evaluate message gets the test split's exact metrics, unless the site's node config sets
-``evaluation = "off"`` (``site_policy.evaluation_policy``): then it is declined unread.
+``evaluation = "off"`` (``site_policy.evaluation_policy``): then it is declined unread. A site
+with a ``labels-file`` answers either message only for a run with exactly that label set.
 
 The egress guard checks every reply before it leaves. A failure leaves only as one of the fixed
 ``Reason`` values; its cause is logged here, at the site. Conversation text, labels and features
@@ -57,6 +58,7 @@ from fl_client.site_folders import site_folders, state_lock
 from fl_client.site_policy import (
     PolicyRefusal,
     SiteConfigError,
+    check_labels,
     check_request,
     evaluation_policy,
     retention_days,
@@ -64,6 +66,7 @@ from fl_client.site_policy import (
     site_delta,
     site_languages,
     site_policy,
+    site_taxonomy,
 )
 from fl_client.site_secret import SecretError, private_seed, site_key
 from fl_protocol.wire import (
@@ -102,6 +105,7 @@ def train(msg: Message, context: Context) -> Message:
         policy = site_policy(context)
         request = round_request(msg, context)
         check_request(policy, request)  # before anything is read or computed
+        check_labels(site_taxonomy(context), msg)
         if request.distributed and RECORD_KEY_CONFIGS not in msg.content.config_records:
             raise PolicyRefusal(Reason.MODEL_REFUSED, "distributed DP asked outside a secure "
                                 "sum: the site's noise share alone would leave the site")
@@ -186,6 +190,7 @@ def evaluate_on_site(msg: Message, context: Context) -> Message:
     try:
         if evaluation_policy(context) == "off":
             raise PolicyRefusal(Reason.EVALUATION_REFUSED, "the site's evaluation policy is off")
+        check_labels(site_taxonomy(context), msg)
         _, _, rows, features, targets = _read_split(msg, context, "test")
     except Exception as err:
         return _refuse(msg, err, READ_FAILURES)

@@ -43,6 +43,12 @@ every site, so the run config's ``site-max-epsilon``, ``site-max-epsilon-alone``
 Evaluation is the site's policy too: its node config ``evaluation`` (``exact`` or ``off``,
 ``EVALUATION_POLICIES``) says whether it answers evaluate messages at all.
 
+So is the label set. Rows with a label outside the run's are not used, and every count the site
+sends (``num-examples``, ``privacy-units``) then counts only the rest: a server choosing the
+label set would learn, run by run, how many of the site's rows carry each intent. A site whose
+node config names ``labels-file`` (its taxonomy, one label per line) answers only runs whose
+label set is exactly that one (``check_labels``), in training and evaluation alike.
+
 The site's retention policy (``retention-days``, default 30; simulation: ``site-retention-days``,
 default inf) is read here with the rest of its node config and applied where its data are read
 (``retention.py``): the server never asks for it, and nothing about it is sent.
@@ -56,6 +62,7 @@ from flwr.app import Context, Message
 
 from fl_client.privacy_accounting import DELTA_UNITS_FACTOR, check_accountant, default_delta
 from fl_client.site_data import record_languages
+from fl_protocol.label_file import LabelFileError, read_labels
 from fl_protocol.wire import (
     CONFIG_KEY,
     DEFAULT_MAX_EPSILON,
@@ -247,6 +254,33 @@ def evaluation_policy(context: Context) -> str:
         raise SiteConfigError(f"node config: evaluation: {policy!r} is not one of "
                               f"{', '.join(EVALUATION_POLICIES)}")
     return policy
+
+
+def site_taxonomy(context: Context) -> frozenset[str] | None:
+    """The label set the site answers runs for: its node config ``labels-file``, read each
+    round (``None``: not set, any run's; simulation: always ``None``, one operator plays every
+    site and chooses the labels)."""
+    path = context.node_config.get("labels-file")
+    if path is None or is_simulated(context):
+        return None
+    try:
+        return frozenset(read_labels(Path(str(path))))
+    except LabelFileError as err:
+        raise SiteConfigError(f"node config: labels-file: {err}") from err
+
+
+def check_labels(taxonomy: frozenset[str] | None, msg: Message) -> None:
+    """Refuse (``PolicyRefusal``) a message whose label set is not ``taxonomy``, before any data
+    is read: a subset of it would make the counts the site sends count chosen intents only."""
+    if taxonomy is None:
+        return
+    labels = msg.content[CONFIG_KEY]["labels"]
+    asked = [str(label) for label in labels] if isinstance(labels, list) else []
+    if len(set(asked)) != len(asked) or set(asked) != taxonomy:
+        missing, extra = sorted(taxonomy - set(asked)), sorted(set(asked) - taxonomy)
+        raise PolicyRefusal(Reason.LABELS_REFUSED,
+                            f"the run's {len(asked)} labels are not the site's labels-file "
+                            f"({len(taxonomy)}): missing {missing[:5]}, extra {extra[:5]}")
 
 
 def site_languages(context: Context, site_dir: Path) -> tuple[str, ...]:

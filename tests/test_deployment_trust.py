@@ -83,6 +83,7 @@ def deployment(tmp_path_factory):
                 "DATA_DIR": str(tmp / "data" / SITE), "STATE_DIR": str(tmp / "state"),
                 "SUPERNODE_PORT": str(free_port()), "RETENTION_DAYS": "inf",
                 "PURGE_INTERVAL_HOURS": "0", "EVALUATION": "off",
+                "LABELS_FILE": str(tmp / "data" / "labels.txt"),
             }
             start_process([str(REPO / "deploy" / "site-entrypoint.sh")], site_env, site_log,
                           processes)
@@ -170,6 +171,7 @@ def test_a_site_without_trusted_keys_refuses_to_start(tmp_path):
     ("RETENTION_DAYS", "0"), ("RETENTION_DAYS", "nan"), ("RETENTION_DAYS", "-5"),
     ("PURGE_INTERVAL_HOURS", "daily"), ("PURGE_INTERVAL_HOURS", "1.5"),
     ("EVALUATION", "exact' max-epsilon=inf '"), ("EVALUATION", "dp"),
+    ("LABELS_FILE", "/nonexistent/labels.txt"), ("LABELS_FILE", "x' max-epsilon=inf '"),
 ])
 def test_a_site_with_a_malformed_policy_setting_refuses_to_start(tmp_path, setting, value):
     creds = write_dev_credentials(tmp_path / "creds", [SITE], ["127.0.0.1"], [])

@@ -408,6 +408,31 @@ def test_a_site_evaluates_exactly_by_default_and_refuses_an_unknown_evaluation_p
     assert refused_with(unknown, Reason.SITE_CONFIG_INVALID)
 
 
+def test_a_site_with_a_labels_file_answers_only_runs_with_exactly_that_label_set(
+        site, tmp_path, monkeypatch):
+    """A server sending a label set without some intents would learn from ``num-examples`` how
+    many rows carry the others. With ``labels-file`` the site declines any other set (fewer,
+    more or repeated labels), training and evaluation alike, before reading or charging
+    anything; the same labels in another order are the same taxonomy."""
+    taxonomy = tmp_path / "taxonomy.txt"
+    taxonomy.write_text("refund\ncard_lost\n")
+    ctx = context(site, tmp_path / "state", node={"labels-file": str(taxonomy)})
+    read = []
+    real_load = client_app.load_site
+    monkeypatch.setattr(client_app, "load_site",
+                        lambda *args, **kwargs: read.append(args) or real_load(*args, **kwargs))
+    for labels in (["card_lost", "other"], ["card_lost", "refund", "balance"],
+                   ["card_lost", "refund", "refund"]):
+        for message in (train_message(labels=labels), evaluate_message(labels=labels)):
+            reply = client_app.app(message, ctx)
+            assert refused_with(reply, Reason.LABELS_REFUSED) and reply.error.code == DECLINED
+    assert not read and not (tmp_path / "state" / LEDGER_FILE).exists()
+    assert not client_app.app(train_message(labels=["refund", "card_lost"]), ctx).has_error()
+    assert not client_app.app(evaluate_message(labels=["card_lost", "refund"]), ctx).has_error()
+    taxonomy.write_text("refund\n")  # the site's own file is broken: the site stops
+    assert refused_with(client_app.app(train_message(), ctx), Reason.SITE_CONFIG_INVALID)
+
+
 def test_a_site_sends_the_languages_it_declares_and_nothing_when_it_declares_none(site, tmp_path):
     """The declaration is the operator's, from its node config, as a mask of a fixed list."""
     declared = context(site, tmp_path / "a", node={"languages": " ZH, en"})
