@@ -32,6 +32,8 @@
 #                     whose label set is exactly this one (default: any run's; a server could
 #                     then leave intents out and learn from the counts how many rows carry
 #                     the others)
+#   LOCAL_MODELS      checkpoint folders on this machine a run may name as its model,
+#                     comma-separated (default: none; fedintent's named families only)
 #   RETENTION_DAYS    how long this site uses a conversation after its timestamp: older rows
 #                     (and, under a limit, undated ones) are never used and their derived data
 #                     are purged (default: the ClientApp's, 30; inf: no limit)
@@ -76,8 +78,8 @@ if bad:
 print(f"site-entrypoint: running only app bundles signed by {', '.join(map(str, keys))}")
 PY
 [ -d "$DATA_DIR" ] || { echo "site-entrypoint: data folder $DATA_DIR does not exist" >&2; exit 2; }
-case "$DATA_DIR$STATE_DIR${PRIVACY_UNIT:-}${PRIVACY_MODELS:-}" in
-    *"'"*) echo "site-entrypoint: DATA_DIR, STATE_DIR, PRIVACY_UNIT and PRIVACY_MODELS cannot contain a single quote" >&2
+case "$DATA_DIR$STATE_DIR${PRIVACY_UNIT:-}${PRIVACY_MODELS:-}${LOCAL_MODELS:-}" in
+    *"'"*) echo "site-entrypoint: DATA_DIR, STATE_DIR, PRIVACY_UNIT, PRIVACY_MODELS and LOCAL_MODELS cannot contain a single quote" >&2
            exit 2;;
 esac
 if [ -n "${RETENTION_DAYS:-}" ]; then
@@ -119,6 +121,7 @@ node_config="data-path='$DATA_DIR' state-dir='$STATE_DIR'"
 [ -z "${RETENTION_DAYS:-}" ] || node_config="$node_config retention-days=$RETENTION_DAYS"
 [ -z "${EVALUATION:-}" ] || node_config="$node_config evaluation='$EVALUATION'"
 [ -z "${LABELS_FILE:-}" ] || node_config="$node_config labels-file='$LABELS_FILE'"
+[ -z "${LOCAL_MODELS:-}" ] || node_config="$node_config local-models='$LOCAL_MODELS'"
 mkdir -p "$STATE_DIR"
 
 export FLWR_TELEMETRY_ENABLED=0 FLWR_DISABLE_UPDATE_CHECK=1 \

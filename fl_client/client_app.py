@@ -59,6 +59,7 @@ from fl_client.site_policy import (
     PolicyRefusal,
     SiteConfigError,
     check_labels,
+    check_model,
     check_request,
     evaluation_policy,
     retention_days,
@@ -105,6 +106,7 @@ def train(msg: Message, context: Context) -> Message:
         policy = site_policy(context)
         request = round_request(msg, context)
         check_request(policy, request)  # before anything is read or computed
+        check_model(context)
         check_labels(site_taxonomy(context), msg)
         if request.distributed and RECORD_KEY_CONFIGS not in msg.content.config_records:
             raise PolicyRefusal(Reason.MODEL_REFUSED, "distributed DP asked outside a secure "
@@ -190,6 +192,7 @@ def evaluate_on_site(msg: Message, context: Context) -> Message:
     try:
         if evaluation_policy(context) == "off":
             raise PolicyRefusal(Reason.EVALUATION_REFUSED, "the site's evaluation policy is off")
+        check_model(context)
         check_labels(site_taxonomy(context), msg)
         _, _, rows, features, targets = _read_split(msg, context, "test")
     except Exception as err:

@@ -43,6 +43,10 @@ every site, so the run config's ``site-max-epsilon``, ``site-max-epsilon-alone``
 Evaluation is the site's policy too: its node config ``evaluation`` (``exact`` or ``off``,
 ``EVALUATION_POLICIES``) says whether it answers evaluate messages at all.
 
+So is the run's ``model`` when it is not one of fedintent's named families but a folder path:
+the site would load whatever checkpoint that path holds on its own machine. It answers only for a
+folder its node config ``local-models`` lists (``check_model``).
+
 So is the label set. Rows with a label outside the run's are not used, and every count the site
 sends (``num-examples``, ``privacy-units``) then counts only the rest: a server choosing the
 label set would learn, run by run, how many of the site's rows carry each intent. A site whose
@@ -73,6 +77,7 @@ from fl_protocol.wire import (
     PRIVACY_UNITS,
     Reason,
 )
+from models import model_family_names
 
 DEFAULT_MAX_DELTA = 1e-5
 DEFAULT_MIN_TOLERATED_SITES = 1
@@ -254,6 +259,25 @@ def evaluation_policy(context: Context) -> str:
         raise SiteConfigError(f"node config: evaluation: {policy!r} is not one of "
                               f"{', '.join(EVALUATION_POLICIES)}")
     return policy
+
+
+def check_model(context: Context) -> None:
+    """Refuse (``PolicyRefusal``) a run whose ``model`` is a folder the site's node config
+    ``local-models`` (comma-separated folders) does not list, before anything is loaded; a named
+    family is always allowed, and a simulation takes any (its operator chose the model)."""
+    name = str(context.run_config["model"])
+    if name in model_family_names() or is_simulated(context):
+        return
+    listed = {_folder(path) for path in str(context.node_config.get("local-models", ""))
+              .split(",") if path.strip()}
+    if _folder(name) not in listed:
+        raise PolicyRefusal(Reason.MODEL_FOLDER_REFUSED,
+                            f"the run's model {name!r} is not a fedintent model family and not "
+                            f"a folder this site's local-models lists ({sorted(listed)})")
+
+
+def _folder(path: str) -> str:
+    return str(Path(path.strip()).expanduser().resolve())
 
 
 def site_taxonomy(context: Context) -> frozenset[str] | None:

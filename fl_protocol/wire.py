@@ -265,6 +265,7 @@ class Reason(StrEnum):
     ROUND_REFUSED = "declined: a round beyond the run's planned rounds"
     UNIT_REFUSED = "declined: privacy unit differs from the site's"
     EVALUATION_REFUSED = "declined: the site's policy sends no evaluation of its data"
+    MODEL_FOLDER_REFUSED = "declined: a model folder the site's policy does not list"
     LABELS_REFUSED = "declined: the run's label set is not the site's taxonomy"
     UNMASK_REFUSED = "declined: a secure-aggregation request that could unmask one site's update"
     EGRESS_BLOCKED = "blocked by the site's egress guard"

@@ -172,6 +172,7 @@ def test_a_site_without_trusted_keys_refuses_to_start(tmp_path):
     ("PURGE_INTERVAL_HOURS", "daily"), ("PURGE_INTERVAL_HOURS", "1.5"),
     ("EVALUATION", "exact' max-epsilon=inf '"), ("EVALUATION", "dp"),
     ("LABELS_FILE", "/nonexistent/labels.txt"), ("LABELS_FILE", "x' max-epsilon=inf '"),
+    ("LOCAL_MODELS", "/models/x' max-epsilon=inf '"),
 ])
 def test_a_site_with_a_malformed_policy_setting_refuses_to_start(tmp_path, setting, value):
     creds = write_dev_credentials(tmp_path / "creds", [SITE], ["127.0.0.1"], [])

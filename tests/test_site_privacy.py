@@ -35,6 +35,7 @@ from fl_protocol.wire import (
 )
 from fl_protocol.wire import RUN_CONFIG_DEFAULTS as DEFAULTS
 from models import get_model_family
+from models.encoder import packaged_minilm
 
 pytestmark = pytest.mark.usefixtures("task_identity")
 
@@ -431,6 +432,28 @@ def test_a_site_with_a_labels_file_answers_only_runs_with_exactly_that_label_set
     assert not client_app.app(evaluate_message(labels=["card_lost", "refund"]), ctx).has_error()
     taxonomy.write_text("refund\n")  # the site's own file is broken: the site stops
     assert refused_with(client_app.app(train_message(), ctx), Reason.SITE_CONFIG_INVALID)
+
+
+def test_a_run_model_that_is_a_folder_runs_only_where_the_site_lists_it(site, tmp_path,
+                                                                          monkeypatch):
+    """A run's ``model`` may name a checkpoint folder: the site would load whatever that path
+    holds on its own machine. It does so only for a folder its ``local-models`` lists."""
+    folder = packaged_minilm()  # a real BERT checkpoint folder on this machine
+    read = []
+    real_load = client_app.load_site
+    monkeypatch.setattr(client_app, "load_site",
+                        lambda *args, **kwargs: read.append(args) or real_load(*args, **kwargs))
+    unlisted = context(site, tmp_path / "a", model=str(folder),
+                       node={"local-models": str(tmp_path / "elsewhere")})
+    for message in (train_message(), evaluate_message()):
+        reply = client_app.app(message, unlisted)
+        assert refused_with(reply, Reason.MODEL_FOLDER_REFUSED) and reply.error.code == DECLINED
+    assert not read
+    listed = context(site, tmp_path / "b", model=str(folder),
+                     node={"local-models": f"{tmp_path / 'elsewhere'}, {folder}/"})
+    assert not client_app.app(train_message(), listed).has_error()
+    named = context(site, tmp_path / "c", model="minilm-head")  # a named family: no listing
+    assert not client_app.app(train_message(), named).has_error()
 
 
 def test_a_site_sends_the_languages_it_declares_and_nothing_when_it_declares_none(site, tmp_path):
