@@ -58,7 +58,7 @@ def save_checkpoint(
         for key, array in values.items():
             tensors[f"{STATE_PREFIX}{attribute}/{key}"] = np.ascontiguousarray(array)
     fields = {"round": str(server_round), "strategy": strategy, "run-name": run_name}
-    metadata = {"format": FORMAT, **fields, "sha256": _checksum(tensors, fields)}
+    metadata = {"format": FORMAT, **fields, "sha256": checkpoint_sha256(tensors, fields)}
     path = Path(folder) / f"round-{server_round:05d}.safetensors"
     write_bytes_atomic(path, save(tensors, metadata=metadata))
     for old in checkpoint_files(folder)[KEEP:]:
@@ -78,7 +78,7 @@ def load_checkpoint(path: Path) -> Checkpoint:
     if metadata.get("format") != FORMAT:
         raise CheckpointError(f"checkpoint {path} is not a {FORMAT} file")
     fields = {key: metadata.get(key, "") for key in ("round", "strategy", "run-name")}
-    if metadata.get("sha256") != _checksum(tensors, fields):
+    if metadata.get("sha256") != checkpoint_sha256(tensors, fields):
         raise CheckpointError(f"checkpoint {path} is corrupt: its content does not match the "
                               "SHA-256 recorded in it")
     if not re.fullmatch(r"[0-9]{1,9}", fields["round"]) or any(
@@ -165,6 +165,8 @@ def checkpoint_files(folder: Path) -> list[Path]:
     return [path for _, path in sorted(found, reverse=True)]
 
 
-def _checksum(tensors: dict[str, np.ndarray], fields: dict[str, str]) -> str:
+def checkpoint_sha256(tensors: dict[str, np.ndarray], fields: dict[str, str]) -> str:
+    """The SHA-256 a checkpoint file records over its tensors and metadata ``fields``: it
+    detects damage, not a forger, who can recompute it (the audit log vouches instead)."""
     text = arrays_sha256(tensors) + "\n" + json.dumps(fields, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()

@@ -29,8 +29,8 @@ from fl_server.checkpoints import (
     MODEL_PREFIX,
     STATE_PREFIX,
     CheckpointError,
-    _checksum,
     checkpoint_files,
+    checkpoint_sha256,
     latest_checkpoint,
     load_checkpoint,
     save_checkpoint,
@@ -175,7 +175,7 @@ def test_a_checkpoint_with_forged_metadata_is_refused_by_name(tmp_path, server_r
     fields = {"round": server_round, "strategy": "fedavgm", "run-name": "run-x"}
     path = tmp_path / "forged.safetensors"
     path.write_bytes(safetensors_save(tensors, metadata={
-        "format": FORMAT, **fields, "sha256": _checksum(tensors, fields)}))
+        "format": FORMAT, **fields, "sha256": checkpoint_sha256(tensors, fields)}))
     with pytest.raises(CheckpointError, match="forged.safetensors has a round or state names"):
         load_checkpoint(path)
 

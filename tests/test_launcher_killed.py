@@ -21,7 +21,6 @@ from test_end_to_end import processes_left_behind, processes_started_by
 from test_site_dropout import wait_for
 
 from data_synth import write_sites
-from fedintent.launch.processes import start_process, stop_process_trees
 from fedintent.launch.watchdog import read_started
 from fl_client.privacy_report import site_privacy_report
 
@@ -34,15 +33,32 @@ def test_the_watchdog_forgets_the_processes_the_launcher_stopped_itself():
     assert read_started(lines) == {12: 101.25, 13: 102.0}
 
 
-def test_the_watchdog_lives_only_while_a_started_process_does(tmp_path):
-    processes: list[subprocess.Popen] = []
-    with open(tmp_path / "sleep.log", "ab") as log:
+WATCHED = textwrap.dedent("""
+    import subprocess, sys
+    import psutil
+    from fedintent.launch.processes import start_process, stop_process_trees
+
+    def watchdogs():
+        return [child for child in psutil.Process().children()
+                if "fedintent.launch.watchdog" in child.cmdline()]
+
+    processes = []
+    with open(sys.argv[1], "ab") as log:
         start_process([sys.executable, "-c", "import time; time.sleep(600)"], {}, log, processes)
-    try:
-        assert len(_watchdogs()) == 1
-    finally:
-        stop_process_trees(processes)
-    assert _watchdogs() == []
+    print(len(watchdogs()), flush=True)
+    stop_process_trees(processes)
+    _, alive = psutil.wait_procs(watchdogs(), timeout=120)
+    print(len(alive), flush=True)
+""")
+
+
+def test_the_watchdog_lives_only_while_a_started_process_does(tmp_path):
+    """In a launcher of its own (a test worker may still hold another test's watchdog): one
+    watchdog while a process is started, none once it is stopped."""
+    result = subprocess.run([sys.executable, "-c", WATCHED, str(tmp_path / "sleep.log")],
+                            capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["1", "0"]
 
 
 LAUNCHER = textwrap.dedent("""
@@ -125,12 +141,6 @@ def _completed_rounds(out: Path) -> int:
         return len(json.loads((out / "metrics.json").read_text())["rounds"])
     except (OSError, ValueError, KeyError):
         return 0
-
-
-def _watchdogs() -> list[psutil.Process]:
-    """This process's watchdogs that are still running."""
-    return [child for child in psutil.Process().children()
-            if "fedintent.launch.watchdog" in child.cmdline() and _running(child.pid)]
 
 
 def _running(pid: int) -> bool:
