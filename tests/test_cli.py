@@ -198,6 +198,7 @@ def test_privacy_report_shows_per_unit_spend_and_verifies_the_ledger(tmp_path):
     assert "privacy unit: customer; 3 units" in result.stdout
     assert "exhausted (>= 99% of max-epsilon 10): 1 units" in result.stdout
     assert "run run-a: 2 rounds" in result.stdout and "run run-b: 1 rounds" in result.stdout
+    assert "warning: delta" not in result.stdout  # 1e-5 is small next to 1/3
 
     (state / "site-secret").unlink()
     result = fedintent("privacy-report", str(state))
@@ -205,6 +206,26 @@ def test_privacy_report_shows_per_unit_spend_and_verifies_the_ledger(tmp_path):
 
     empty = fedintent("privacy-report", str(tmp_path))
     assert empty.returncode == 2 and "no privacy ledger" in empty.stderr
+
+
+def test_privacy_report_warns_when_the_site_outgrew_its_ledgers_delta(tmp_path, capsys):
+    """The ledger's delta is fixed when the site first trains; a site that has grown since
+    is told when it is no longer small next to 1 / units."""
+    from fedintent.cli import main
+    from fl_client.privacy_ledger import Ledger, Release, now, unit_key, write_ledger
+    from fl_client.site_secret import site_secret
+
+    state = tmp_path / "state"
+    secret = site_secret(state)
+    ledger = Ledger(privacy_unit="utterance", order=4.0, delta=1e-3)  # fine for 50 units
+    ledger.releases.append(Release(
+        run="r", server_round=1, num_rounds=1, noise_multiplier=2.0, sample_rate=1.0, steps=1,
+        clip_norm=1.0, delta=1e-3, accountant="rdp", units=200, rdp=0.5, time=now()))
+    ledger.spend = {unit_key(secret, f"u{i}"): 0.5 for i in range(200)}
+    write_ledger(state, ledger, secret)
+    assert main(["privacy-report", str(state)]) == 0
+    assert ("warning: delta 0.001 was fixed when this ledger began; with 200 units it is not "
+            "small next to 1/200") in capsys.readouterr().out
 
 
 def test_partition_command_writes_sites_that_load(tmp_path):

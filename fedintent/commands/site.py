@@ -141,6 +141,10 @@ def run_privacy_report(args: argparse.Namespace) -> int:
           "ledger verified")
     print(f"privacy unit: {report.privacy_unit}; {report.units} units have spent budget; "
           f"lifetime epsilon at delta {report.delta:g} (Rényi order {report.order:g})")
+    if report.delta_too_large:
+        print(f"  warning: delta {report.delta:g} was fixed when this ledger began; with "
+              f"{report.units} units it is not small next to 1/{report.units}, so each unit's "
+              "guarantee may fail outright with that probability (docs/PRIVACY.md)")
     for low, high, count in report.spend_bands:
         print(f"  epsilon {low:5.2f} to {high:5.2f}: {count} units")
     print(f"  exhausted (>= {EXHAUSTED_SHARE:.0%} of max-epsilon {report.max_epsilon:g}): "
