@@ -78,8 +78,8 @@ if bad:
 print(f"site-entrypoint: running only app bundles signed by {', '.join(map(str, keys))}")
 PY
 [ -d "$DATA_DIR" ] || { echo "site-entrypoint: data folder $DATA_DIR does not exist" >&2; exit 2; }
-case "$DATA_DIR$STATE_DIR${PRIVACY_UNIT:-}${PRIVACY_MODELS:-}${LOCAL_MODELS:-}" in
-    *"'"*) echo "site-entrypoint: DATA_DIR, STATE_DIR, PRIVACY_UNIT, PRIVACY_MODELS and LOCAL_MODELS cannot contain a single quote" >&2
+case "$DATA_DIR$STATE_DIR${PRIVACY_UNIT:-}${PRIVACY_MODELS:-}${LOCAL_MODELS:-}${LABELS_FILE:-}" in
+    *"'"*) echo "site-entrypoint: DATA_DIR, STATE_DIR, PRIVACY_UNIT, PRIVACY_MODELS, LOCAL_MODELS and LABELS_FILE cannot contain a single quote" >&2
            exit 2;;
 esac
 if [ -n "${RETENTION_DAYS:-}" ]; then
@@ -91,9 +91,6 @@ if [ -n "${RETENTION_DAYS:-}" ]; then
         echo "site-entrypoint: RETENTION_DAYS must be a number of days > 0, or inf" >&2; exit 2; }
 fi
 if [ -n "${LABELS_FILE:-}" ]; then
-    case "$LABELS_FILE" in
-        *"'"*) echo "site-entrypoint: LABELS_FILE cannot contain a single quote" >&2; exit 2;;
-    esac
     python -c 'import sys; from fl_protocol.label_file import read_labels; read_labels(sys.argv[1])' \
         "$LABELS_FILE" 2>/dev/null || {
         echo "site-entrypoint: LABELS_FILE $LABELS_FILE is not a readable label file (one label per line, at least two)" >&2

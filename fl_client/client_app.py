@@ -67,7 +67,6 @@ from fl_client.site_policy import (
     site_delta,
     site_languages,
     site_policy,
-    site_taxonomy,
 )
 from fl_client.site_secret import SecretError, private_seed, site_key
 from fl_protocol.wire import (
@@ -107,7 +106,7 @@ def train(msg: Message, context: Context) -> Message:
         request = round_request(msg, context)
         check_request(policy, request)  # before anything is read or computed
         check_model(context)
-        check_labels(site_taxonomy(context), msg)
+        check_labels(context, msg)
         if request.distributed and RECORD_KEY_CONFIGS not in msg.content.config_records:
             raise PolicyRefusal(Reason.MODEL_REFUSED, "distributed DP asked outside a secure "
                                 "sum: the site's noise share alone would leave the site")
@@ -193,7 +192,7 @@ def evaluate_on_site(msg: Message, context: Context) -> Message:
         if evaluation_policy(context) == "off":
             raise PolicyRefusal(Reason.EVALUATION_REFUSED, "the site's evaluation policy is off")
         check_model(context)
-        check_labels(site_taxonomy(context), msg)
+        check_labels(context, msg)
         _, _, rows, features, targets = _read_split(msg, context, "test")
     except Exception as err:
         return _refuse(msg, err, READ_FAILURES)

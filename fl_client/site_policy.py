@@ -280,24 +280,18 @@ def _folder(path: str) -> str:
     return str(Path(path.strip()).expanduser().resolve())
 
 
-def site_taxonomy(context: Context) -> frozenset[str] | None:
-    """The label set the site answers runs for: its node config ``labels-file``, read each
-    round (``None``: not set, any run's; simulation: always ``None``, one operator plays every
-    site and chooses the labels)."""
+def check_labels(context: Context, msg: Message) -> None:
+    """Refuse (``PolicyRefusal``) a message whose label set is not the site's node config
+    ``labels-file``, read each message, before any data is read: a subset of it would make the
+    counts the site sends count chosen intents only. Without the setting any label set is
+    answered; a simulation answers any (one operator plays every site and chooses the labels)."""
     path = context.node_config.get("labels-file")
     if path is None or is_simulated(context):
-        return None
+        return
     try:
-        return frozenset(read_labels(Path(str(path))))
+        taxonomy = frozenset(read_labels(Path(str(path))))
     except LabelFileError as err:
         raise SiteConfigError(f"node config: labels-file: {err}") from err
-
-
-def check_labels(taxonomy: frozenset[str] | None, msg: Message) -> None:
-    """Refuse (``PolicyRefusal``) a message whose label set is not ``taxonomy``, before any data
-    is read: a subset of it would make the counts the site sends count chosen intents only."""
-    if taxonomy is None:
-        return
     labels = msg.content[CONFIG_KEY]["labels"]
     asked = [str(label) for label in labels] if isinstance(labels, list) else []
     if len(set(asked)) != len(asked) or set(asked) != taxonomy:

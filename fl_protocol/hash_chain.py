@@ -65,7 +65,12 @@ def append_entry(log_path: Path, event: str, fields: dict, key: bytes | None = N
 def verify_log(log_path: Path, key: bytes | None = None) -> Verification:
     """Check the whole chain and the head, and every MAC when ``key`` is given; ``OSError``
     when the log cannot be read at all."""
-    lines = Path(log_path).read_bytes().split(b"\n")
+    return _verified(Path(log_path), Path(log_path).read_bytes(), key)
+
+
+def _verified(log_path: Path, data: bytes, key: bytes | None) -> Verification:
+    """``verify_log`` of the log's content ``data``."""
+    lines = data.split(b"\n")
     if lines[-1]:
         return Verification(len(lines) - 1, len(lines), "last line is incomplete (torn or edited)")
     lines.pop()
@@ -84,14 +89,13 @@ def read_entries(log_path: Path, key: bytes | None = None) -> list[dict]:
     if not log_path.exists() and not head_path(log_path).exists():
         return []
     try:
-        lines = log_path.read_bytes()
-        result = verify_log(log_path, key)
+        data = log_path.read_bytes()
+        result = _verified(log_path, data, key)
     except OSError as err:
         raise ChainError(f"{log_path} is missing or unreadable ({err.strerror or err})") from err
     if not result.ok:
         raise ChainError(f"{log_path} is broken at line {result.broken_line}: {result.problem}")
-    entries = lines.splitlines()[:result.entries]  # verified; a line appended since is not
-    return [json.loads(line) for line in entries]
+    return [json.loads(line) for line in data.splitlines()]  # the lines just verified
 
 
 def check_extendable(log_path: Path, key: bytes | None = None) -> None:
