@@ -255,13 +255,32 @@ def skellam_rdp(mu: float, l1: float, l2: float, order: float) -> float:
     """Rényi DP at ``order`` of one release of the multidimensional Skellam mechanism ``Sk(mu)``
     for an integer query with L1 sensitivity ``l1`` and L2 sensitivity ``l2`` (Agarwal et al.
     2021, Theorem 3.5): the Gaussian term ``order * l2**2 / (4 mu)`` plus a correction for the
-    lattice that vanishes as ``mu`` grows. ``inf`` without noise."""
+    lattice that vanishes as ``mu`` grows. ``inf`` without noise.
+
+    The theorem's proof works at integer orders. Between two integers ``k < order < k + 1`` the
+    bound is interpolated: ``(order - 1) x`` the Rényi divergence is the cumulant generating
+    function of the privacy loss, convex in the order (van Erven and Harremoës 2014, Theorem
+    11), so it lies below the chord through the theorem's values at ``k`` and ``k + 1`` (at
+    ``k = 1`` that value is 0). Sound whatever the theorem's range, and within a few percent of
+    the theorem's formula at the order itself (3.93 against 3.9 at order 3.9)."""
     if not order > 1:
         raise ValueError(f"Rényi order must exceed 1, got {order}")
     if mu < 0:
         raise ValueError(f"Skellam mu must be non-negative, got {mu}")
     if mu == 0:
         return math.inf
+    low = math.floor(order)
+    if low == order:
+        return _skellam_rdp_at_integer(mu, l1, l2, low)
+    weight = order - low
+    chord = (weight * low * _skellam_rdp_at_integer(mu, l1, l2, low + 1)
+             + (1 - weight) * (low - 1) * (_skellam_rdp_at_integer(mu, l1, l2, low)
+                                           if low > 1 else 0.0))
+    return chord / (order - 1)
+
+
+def _skellam_rdp_at_integer(mu: float, l1: float, l2: float, order: int) -> float:
+    """Theorem 3.5 of Agarwal et al. at an integer ``order`` > 1, for ``mu`` > 0."""
     correction = min(((2 * order - 1) * l2**2 + 6 * l1) / (16 * mu**2), 3 * l1 / (4 * mu))
     return order * l2**2 / (4 * mu) + correction
 
