@@ -32,6 +32,12 @@
 #                     whose label set is exactly this one (default: any run's; a server could
 #                     then leave intents out and learn from the counts how many rows carry
 #                     the others)
+#   EVALUATION        what this site answers evaluate messages with: exact (the test split's
+#                     exact metrics, outside every epsilon), dp (accuracy and loss estimated
+#                     from one Gaussian release per round, charged to the ledger) or off
+#                     (default: the ClientApp's, exact)
+#   EVALUATION_EPSILON  with EVALUATION=dp: what one run's evaluations may cost a test unit,
+#                     all its rounds together (default: the ClientApp's, 8)
 #   LOCAL_MODELS      checkpoint folders on this machine a run may name as its model,
 #                     comma-separated (default: none; fedintent's named families only)
 #   RETENTION_DAYS    how long this site uses a conversation after its timestamp: older rows
@@ -97,9 +103,14 @@ if [ -n "${LABELS_FILE:-}" ]; then
         exit 2; }
 fi
 case "${EVALUATION:-exact}" in
-    exact|off) ;;
-    *) echo "site-entrypoint: EVALUATION must be exact or off" >&2; exit 2;;
+    exact|dp|off) ;;
+    *) echo "site-entrypoint: EVALUATION must be exact, dp or off" >&2; exit 2;;
 esac
+if [ -n "${EVALUATION_EPSILON:-}" ]; then
+    python -c 'import math, sys; e = float(sys.argv[1]); sys.exit(0 if math.isfinite(e) and e > 0 else 1)' \
+        "$EVALUATION_EPSILON" 2>/dev/null || {
+        echo "site-entrypoint: EVALUATION_EPSILON must be a number > 0" >&2; exit 2; }
+fi
 PURGE_INTERVAL_HOURS="${PURGE_INTERVAL_HOURS:-24}"
 case "$PURGE_INTERVAL_HOURS" in
     ''|*[!0-9]*) echo "site-entrypoint: PURGE_INTERVAL_HOURS must be a whole number of hours" >&2
@@ -117,6 +128,8 @@ node_config="data-path='$DATA_DIR' state-dir='$STATE_DIR'"
 [ -z "${LANGUAGES:-}" ] || node_config="$node_config languages='$LANGUAGES'"
 [ -z "${RETENTION_DAYS:-}" ] || node_config="$node_config retention-days=$RETENTION_DAYS"
 [ -z "${EVALUATION:-}" ] || node_config="$node_config evaluation='$EVALUATION'"
+[ -z "${EVALUATION_EPSILON:-}" ] || \
+    node_config="$node_config evaluation-epsilon=$EVALUATION_EPSILON"
 [ -z "${LABELS_FILE:-}" ] || node_config="$node_config labels-file='$LABELS_FILE'"
 [ -z "${LOCAL_MODELS:-}" ] || node_config="$node_config local-models='$LOCAL_MODELS'"
 mkdir -p "$STATE_DIR"

@@ -13,8 +13,10 @@ Per round, in this order, the site:
 5. replies with the exchanged parameters and a few numbers (example count, epsilon, delta).
 
 An evaluate message gets the test split's exact metrics, unless the site's node config sets
-``evaluation = "off"`` (``site_policy.evaluation_policy``): then it is declined unread. A site
-with a ``labels-file`` answers either message only for a run with exactly that label set.
+``evaluation = "dp"`` (``site_policy.evaluation_policy``): then accuracy, loss and unit count
+from one Gaussian release of the test split, charged to the ledger like a round of training
+(``dp_evaluation.py``); or ``"off"``: then it is declined unread. A site with a ``labels-file``
+answers either message only for a run with exactly that label set.
 
 The egress guard checks every reply before it leaves. A failure leaves only as one of the fixed
 ``Reason`` values; its cause is logged here, at the site. Conversation text, labels and features
@@ -39,6 +41,7 @@ from flwr.common.logger import log
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
 
 from fl_client.distributed_dp import dimension, noisy_integer_sum
+from fl_client.dp_evaluation import noisy_scores, unit_contributions
 from fl_client.dp_training import evaluate, train_locally, training_plan
 from fl_client.egress_guard import egress_guard
 from fl_client.privacy_accounting import BudgetExhausted
@@ -57,11 +60,14 @@ from fl_client.site_data import SiteData, SiteDataError, SiteSplit, load_site, s
 from fl_client.site_folders import site_folders, state_lock
 from fl_client.site_policy import (
     PolicyRefusal,
+    RoundRequest,
     SiteConfigError,
+    SitePolicy,
     check_labels,
     check_model,
     check_request,
     evaluation_policy,
+    evaluation_request,
     retention_days,
     round_request,
     site_delta,
@@ -189,18 +195,49 @@ def _train(model: torch.nn.Module, features: torch.Tensor, targets: torch.Tensor
 @app.evaluate(mods=[egress_guard])
 def evaluate_on_site(msg: Message, context: Context) -> Message:
     try:
-        if evaluation_policy(context) == "off":
+        evaluation = evaluation_policy(context)
+        if evaluation == "off":
             raise PolicyRefusal(Reason.EVALUATION_REFUSED, "the site's evaluation policy is off")
         check_model(context)
         check_labels(context, msg)
-        _, _, rows, features, targets = _read_split(msg, context, "test")
+        if evaluation == "dp":  # before anything is read, as for training
+            policy = site_policy(context)
+            request = evaluation_request(msg, context, policy)
+        _, state_dir, rows, features, targets = _read_split(msg, context, "test")
     except Exception as err:
         return _refuse(msg, err, READ_FAILURES)
 
     model = _model_from(msg, context.run_config)
+    if evaluation == "dp":
+        return _evaluate_with_dp(msg, state_dir, policy, request, model, rows, features, targets)
     scores = evaluate(model, features, targets)
     metrics = metric_record(EVALUATE_METRICS, num_examples=len(rows), loss=scores.loss,
                             accuracy=scores.accuracy, macro_f1=scores.macro_f1)
+    return Message(content=RecordDict({METRICS_KEY: metrics}), reply_to=msg)
+
+
+def _evaluate_with_dp(msg: Message, state_dir: Path, policy: SitePolicy, request: RoundRequest,
+                      model: torch.nn.Module, rows: SiteSplit, features: torch.Tensor,
+                      targets: torch.Tensor) -> Message:
+    """The test split's scores as one Gaussian release (``dp_evaluation.py``), charged before
+    anything is computed from the rows, over the units the lifetime filter lets take part."""
+    units = rows.units if request.privacy_unit == "customer" else rows.ids
+    distinct = list(dict.fromkeys(units))
+    try:  # one release of the whole split: sample rate 1, one step
+        request = replace(request, batch_size=len(distinct),
+                          delta=site_delta(policy, request, len(distinct)))
+        charge = charge_round(state_dir, distinct, request, policy)
+    except Exception as err:
+        return _refuse(msg, err, CHARGE_FAILURES)
+    kept = {distinct[index] for index in charge.trained}
+    in_release = [row for row, unit in enumerate(units) if unit in kept]
+    contributions = unit_contributions(model, features[in_release], targets[in_release],
+                                       [units[row] for row in in_release])
+    seed = private_seed(state_dir, request.run_name, request.server_round,
+                        charge.release_number)
+    scores = noisy_scores(contributions, charge.noise_multiplier, seed)
+    metrics = metric_record(EVALUATE_METRICS, num_examples=scores.units, loss=scores.loss,
+                            accuracy=scores.accuracy, epsilon=charge.epsilon_this_run)
     return Message(content=RecordDict({METRICS_KEY: metrics}), reply_to=msg)
 
 

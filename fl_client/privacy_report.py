@@ -3,7 +3,8 @@
 Read-only: it verifies the ledger with the site secret (so a tampered or rolled-back ledger is
 reported, not trusted) and recomputes epsilon with the same accountant code training uses. Next
 to the spend it counts, from the egress log, the evaluate replies that left the site: exact
-metrics of its test split, which no epsilon covers.
+metrics of its test split, which no epsilon covers, apart from DP estimates, which the ledger
+counts.
 """
 
 import math
@@ -48,14 +49,17 @@ class RunSummary:
 @dataclass(frozen=True)
 class Evaluations:
     """The evaluate requests the site's egress log records. ``sent``: replies that left with
-    exact test-split metrics (no DP covers them, ``site_policy.EVALUATION_POLICIES``), in
-    ``runs`` runs; ``declined``: requests answered with a reason only (``evaluation = "off"``,
-    unusable data); ``unreadable``: log lines that are not an entry, counted, not guessed."""
+    exact test-split metrics (no DP covers them, ``site_policy.evaluation_policy``), in
+    ``runs`` runs; ``dp``: replies that left with DP estimates (they carry their ``epsilon``;
+    each is a release in the ledger, its run named ``<run> (evaluation)``); ``declined``:
+    requests answered with a reason only (``evaluation = "off"``, unusable data, no budget);
+    ``unreadable``: log lines that are not an entry, counted, not guessed."""
 
     sent: int = 0
     runs: int = 0
     declined: int = 0
     unreadable: int = 0
+    dp: int = 0
 
 
 @dataclass(frozen=True)
@@ -132,7 +136,7 @@ def site_privacy_report(state_dir: Path, max_epsilon: float, bands: int = 4) -> 
 
 def evaluations_sent(state_dir: Path) -> Evaluations:
     """What the egress log says left the site in answer to evaluate requests."""
-    sent = declined = unreadable = 0
+    sent = declined = unreadable = dp = 0
     runs: set[str] = set()
     for entry in egress_entries(state_dir):
         if entry is None or "message" not in entry:
@@ -141,10 +145,15 @@ def evaluations_sent(state_dir: Path) -> Evaluations:
             continue
         elif "error" in entry:
             declined += 1
-        elif entry.get("verdict") == "sent":
+        elif entry.get("verdict") != "sent":
+            continue
+        elif isinstance(entry.get("metrics"), dict) and "epsilon" in entry["metrics"]:
+            dp += 1
+        else:
             sent += 1
             runs.add(str(entry.get("run", "")))
-    return Evaluations(sent=sent, runs=len(runs), declined=declined, unreadable=unreadable)
+    return Evaluations(sent=sent, runs=len(runs), declined=declined, unreadable=unreadable,
+                       dp=dp)
 
 
 def _run_summary(name: str, releases: list[Release]) -> RunSummary:

@@ -40,8 +40,11 @@ The rounds, unit and noise checks against the ledger happen where the ledger is 
 every site, so the run config's ``site-max-epsilon``, ``site-max-epsilon-alone`` (and
 ``privacy-unit``) stand in for each simulated site's node config.
 
-Evaluation is the site's policy too: its node config ``evaluation`` (``exact`` or ``off``,
-``EVALUATION_POLICIES``) says whether it answers evaluate messages at all.
+Evaluation is the site's policy too: its node config ``evaluation`` (``exact``, ``dp`` or
+``off``, ``EVALUATION_POLICIES``) says whether it answers evaluate messages and how. Under ``dp``
+the epsilon is the site's own ``evaluation-epsilon``, never the server's, and the rest of the
+request (delta, accountant, privacy unit, round) is checked as for training
+(``evaluation_request``).
 
 So is the run's ``model`` when it is not one of fedintent's named families but a folder path:
 the site would load whatever checkpoint that path holds on its own machine. It answers only for a
@@ -59,7 +62,7 @@ default inf) is read here with the rest of its node config and applied where its
 """
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from flwr.app import Context, Message
@@ -69,9 +72,11 @@ from fl_client.site_data import record_languages
 from fl_protocol.label_file import LabelFileError, read_labels
 from fl_protocol.wire import (
     CONFIG_KEY,
+    DEFAULT_EVALUATION_EPSILON,
     DEFAULT_MAX_EPSILON,
     DEFAULT_MAX_EPSILON_ALONE,
     DEFAULT_RETENTION_DAYS,
+    EVALUATION_POLICIES,
     LANGUAGES,
     PRIVACY_MODELS,
     PRIVACY_UNITS,
@@ -240,25 +245,63 @@ def retention_days(context: Context) -> float:
     return days
 
 
-EVALUATION_POLICIES = ("exact", "off")
-"""A site's ``evaluation`` node config. ``exact`` (the default) answers every evaluate message
-with exact metrics of its test split (example count, loss, accuracy, macro-F1), which no DP
-covers. A hostile server can use them as an oracle: it chooses the model, and each reply counts
-the test rows that model gets right, so crafted models, one message after another, can learn
-the test rows' labels and, query by query, where their features lie. ``off`` declines every
-evaluate message before any data is read: only DP-protected training updates leave the site."""
-
-
 def evaluation_policy(context: Context) -> str:
-    """The site's ``evaluation`` node config (``EVALUATION_POLICIES``). Simulation: ``exact``,
-    since one operator plays every site and the server."""
-    if is_simulated(context):
-        return "exact"
-    policy = str(context.node_config.get("evaluation", "exact")).strip().lower()
+    """The site's ``evaluation`` node config (``EVALUATION_POLICIES``); simulation: the run
+    config's ``site-evaluation`` (default ``exact``).
+
+    * ``exact`` (the default) answers every evaluate message with exact metrics of its test
+      split (example count, loss, accuracy, macro-F1), which no DP covers. A hostile server can
+      use them as an oracle: it chooses the model, and each reply counts the test rows that
+      model gets right, so crafted models, one message after another, can learn the test rows'
+      labels and, query by query, where their features lie.
+    * ``dp`` answers with accuracy, loss and unit count estimated from one Gaussian release of
+      the test split per round (``dp_evaluation.py``), charged to the ledger for the site's
+      ``evaluation-epsilon`` over the run's rounds: the oracle is bounded like training is.
+    * ``off`` declines every evaluate message before any data is read: only DP-protected
+      training updates leave the site.
+    """
+    simulated = is_simulated(context)
+    key = "site-evaluation" if simulated else "evaluation"
+    source = context.run_config if simulated else context.node_config
+    policy = str(source.get(key, "exact")).strip().lower()
     if policy not in EVALUATION_POLICIES:
-        raise SiteConfigError(f"node config: evaluation: {policy!r} is not one of "
+        raise SiteConfigError(f"node config: {key}: {policy!r} is not one of "
                               f"{', '.join(EVALUATION_POLICIES)}")
     return policy
+
+
+def evaluation_epsilon(context: Context) -> float:
+    """The site's ``evaluation-epsilon`` (simulation: the run config's
+    ``site-evaluation-epsilon``): what one run's DP evaluations may cost a test unit, all its
+    rounds together (``DEFAULT_EVALUATION_EPSILON``). Finite and > 0."""
+    simulated = is_simulated(context)
+    key = "site-evaluation-epsilon" if simulated else "evaluation-epsilon"
+    source = context.run_config if simulated else context.node_config
+    try:
+        epsilon = float(source.get(key, DEFAULT_EVALUATION_EPSILON))
+    except (TypeError, ValueError) as err:
+        raise SiteConfigError(f"node config: {key}: {err}") from err
+    if not (math.isfinite(epsilon) and epsilon > 0):
+        raise SiteConfigError(f"{key} must be finite and > 0, got {epsilon}")
+    return epsilon
+
+
+def evaluation_request(msg: Message, context: Context, policy: SitePolicy) -> RoundRequest:
+    """A DP evaluation as the round of a run of its own, ``<run> (evaluation)``: the site's
+    ``evaluation-epsilon`` over the run's planned rounds, one Gaussian release of the test split
+    per round (sample rate 1, one step, sensitivity 1: ``dp_evaluation.py``; its batch size is
+    set to the test units once they are read). The run's delta, accountant, privacy unit and
+    round are the server's asks, checked here as for training; the noise is all the site's own,
+    so it is a local release whatever the run's privacy model."""
+    asked = round_request(msg, context)
+    request = RoundRequest(
+        run_name=f"{asked.run_name} (evaluation)", server_round=asked.server_round,
+        num_rounds=asked.num_rounds, target_epsilon=evaluation_epsilon(context),
+        delta=asked.delta, accountant=asked.accountant, privacy_unit=asked.privacy_unit,
+        clip_norm=1.0, batch_size=1, local_epochs=1,
+    )
+    check_request(replace(policy, privacy_models=("local",)), request)
+    return request
 
 
 def check_model(context: Context) -> None:

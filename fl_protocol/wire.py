@@ -63,6 +63,16 @@ DEFAULT_MAX_EPSILON_ALONE = 50.0
 the server lies about the cohort or every other site colludes, since the noise share it adds
 shrinks with the cohort the server announces."""
 
+EVALUATION_POLICIES = ("exact", "dp", "off")
+"""What a site's ``evaluation`` node config may say (simulation: the run config's
+``site-evaluation``): exact metrics, DP estimates, or none (``fl_client/site_policy``)."""
+
+DEFAULT_EVALUATION_EPSILON = DEFAULT_MAX_EPSILON
+"""A site's ``evaluation-epsilon`` when its node config sets none, and the simulated sites'
+stand-in ``site-evaluation-epsilon``: what one run's DP evaluations may cost a test unit, all
+its rounds together. The run's target epsilon by default, so a test utterance is protected as a
+training utterance is; less leaves the per-round estimates noisier (docs/PRIVACY.md)."""
+
 DEFAULT_RETENTION_DAYS = 30.0
 """How long a deployed site uses a text conversation after its timestamp when its node config
 sets no ``retention-days`` (the figure privacy practice for call-center text records gives):
@@ -86,6 +96,8 @@ RUN_CONFIG_DEFAULTS: dict[str, str | int | float | bool] = {
     "site-max-epsilon": DEFAULT_MAX_EPSILON,
     "site-max-epsilon-alone": DEFAULT_MAX_EPSILON_ALONE,
     "site-retention-days": math.inf,
+    "site-evaluation": "exact",
+    "site-evaluation-epsilon": DEFAULT_EVALUATION_EPSILON,
     "accountant": "prv",
     "clip-norm": 1.0,
     "batch-size": 4096,
@@ -132,9 +144,11 @@ def _fraction(value: float) -> bool:
 class Metric:
     """One number a site may send.
 
-    check: ``None`` for an optional metric; otherwise the server requires it and rejects the
-        reply unless ``check(value)``.
-    aggregated: passed on to Flower's aggregation (the rest is recorded, not aggregated).
+    check: the server rejects a reply carrying this metric unless ``check(value)``; ``None``:
+        not checked, and optional.
+    optional: with a ``check``, the reply may leave the metric out; without ``optional`` the
+        server requires it.
+    aggregated: passed on to the aggregation (the rest is recorded, not aggregated).
     recorded_as: its field in ``metrics.json``'s per-site entry; ``None``: not recorded there.
     """
 
@@ -142,6 +156,7 @@ class Metric:
     check: Callable[[float], bool] | None = None
     aggregated: bool = False
     recorded_as: str | None = None
+    optional: bool = False
 
 
 TRAIN_METRICS: tuple[Metric, ...] = (
@@ -171,13 +186,18 @@ rows under the model the server sent is an exact statistic of them, outside ever
 a server choosing that model could use it as an oracle, round after round."""
 EVALUATE_METRICS: tuple[Metric, ...] = (
     Metric("num-examples", _positive, recorded_as="num_examples"),
-    Metric("loss", _finite, recorded_as="loss"),
-    Metric("accuracy", _fraction, recorded_as="accuracy"),
-    Metric("macro-f1", _fraction, recorded_as="macro_f1"),
+    Metric("loss", _finite, aggregated=True, recorded_as="loss"),
+    Metric("accuracy", _fraction, aggregated=True, recorded_as="accuracy"),
+    Metric("macro-f1", _fraction, aggregated=True, recorded_as="macro_f1", optional=True),
+    Metric("epsilon", _positive, recorded_as="epsilon", optional=True),
 )
-"""An evaluation reply's numbers, all required, each recorded per site (``evaluation``). Each
-is one scalar over the site's held-out split: ``macro-f1`` is the mean of per-class F1 scores,
-computed at the site, so the per-class counts (the site's label histogram) never leave it."""
+"""An evaluation reply's numbers, each recorded per site (``evaluation``), each one scalar over
+the site's held-out split. An exact evaluation sends the first four: ``macro-f1`` is the mean of
+per-class F1 scores, computed at the site, so the per-class counts (the site's label histogram)
+never leave it. A DP evaluation (``fl_client/dp_evaluation.py``) sends estimates of the first
+three from one Gaussian release and ``epsilon``, what this run's evaluations have cost the
+site's test units so far; no macro-F1. The aggregated ones are example-weighted over the
+replies that carry them."""
 
 
 LANGUAGES = ("ar", "de", "en", "es", "fr", "it", "ja", "ko", "nl", "pl", "pt", "ru", "th", "tr",

@@ -56,9 +56,12 @@ def round_lines(entry: dict, num_rounds: int, names: Mapping[str, str] | None = 
 
 def _site_scores(entry: dict, names: Mapping[str, str] | None) -> str:
     """Macro-F1 and the worst site's accuracy beside the example-weighted accuracy, which the
-    largest sites dominate; empty for a round recorded before sites sent them."""
+    largest sites dominate; how many sites sent DP estimates (no macro-F1: ``n/a`` when none
+    sent it); empty for a round recorded before sites sent them."""
     if "worst_site" not in entry:
         return ""
-    return (f"  macro-F1 {format_accuracy(entry['macro_f1'])}  worst site "
+    dp = entry.get("sites_evaluated_with_dp", 0)
+    return (f"{f' (DP estimates from {dp} sites)' if dp else ''}"
+            f"  macro-F1 {format_accuracy(entry.get('macro_f1'))}  worst site "
             f"{format_accuracy(entry['worst_site_accuracy'])} "
             f"({site_label(entry['worst_site'], names or {})})")

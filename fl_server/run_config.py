@@ -8,7 +8,13 @@ import math
 import numbers
 from collections.abc import Iterable
 
-from fl_protocol.wire import ACCOUNTANTS, PRIVACY_MODELS, PRIVACY_UNITS, RUN_CONFIG_DEFAULTS
+from fl_protocol.wire import (
+    ACCOUNTANTS,
+    EVALUATION_POLICIES,
+    PRIVACY_MODELS,
+    PRIVACY_UNITS,
+    RUN_CONFIG_DEFAULTS,
+)
 from fl_server.secure_aggregation import incompatibility
 from fl_server.strategy import STRATEGIES
 from models import get_model_family
@@ -98,6 +104,7 @@ def check_run_config(cfg: dict) -> dict:
         "accountant": list(ACCOUNTANTS),
         "privacy-unit": list(PRIVACY_UNITS),
         "privacy-model": list(PRIVACY_MODELS),
+        "site-evaluation": list(EVALUATION_POLICIES),
     }
     for key, allowed in choices.items():
         if full[key] not in allowed:
@@ -134,6 +141,10 @@ def check_run_config(cfg: dict) -> dict:
         raise RunConfigError(f"site-retention-days must be inf (keep without limit) or in "
                              f"[{RETENTION_DAYS_RANGE[0]:g}, {RETENTION_DAYS_RANGE[1]:g}], got "
                              f"{full['site-retention-days']!r}")
+    full["site-evaluation-epsilon"] = float(full["site-evaluation-epsilon"])
+    if not low <= full["site-evaluation-epsilon"] <= high:
+        raise RunConfigError(f"site-evaluation-epsilon must be in [{low:g}, {high:g}], got "
+                             f"{full['site-evaluation-epsilon']!r}")
     full["server-momentum"] = float(full["server-momentum"])
     if not 0 <= full["server-momentum"] < 1:
         raise RunConfigError(f"server-momentum must be in [0, 1), got {full['server-momentum']}")

@@ -4,9 +4,11 @@ Per round it holds the sites that trained, and those that failed, declined, did 
 whose update the server rejected (with the reason), each accepted update's norm, the example-
 weighted evaluation accuracy, loss and macro-F1, each site's own evaluation (accuracy, macro-F1)
 and the worst site's accuracy, each site's cumulative epsilon and delta as the site reported
-them, and the size of each site's reply as serialized (its upload). The example-weighted
-accuracy is dominated by the largest sites; a model that fails a small site shows only in the
-per-site and worst-site figures. ``fedintent train`` follows this file to print progress, so a
+them, and the size of each site's reply as serialized (its upload). A site evaluating under DP
+sends noisy estimates of accuracy and loss with their ``epsilon`` and no macro-F1
+(``sites_evaluated_with_dp`` counts them). The example-weighted accuracy is dominated by the
+largest sites; a model that fails a small site shows only in the per-site and worst-site
+figures. ``fedintent train`` follows this file to print progress, so a
 round is only visible once it is complete on disk. A resumed run continues the same file.
 ``provenance`` says which code made the record (package versions, the git commit from a
 checkout); the data stays at the sites and is not described here.
@@ -153,9 +155,11 @@ class RunRecord:
         entry["sites_evaluated"] = sum(1 for r in replies if not r.has_error())
         entry["evaluation_failures"] = [_failure(r) for r in replies if r.has_error()]
         if aggregated is not None:
-            entry["accuracy"] = float(aggregated["accuracy"])
-            entry["loss"] = float(aggregated["loss"])
-            entry["macro_f1"] = float(aggregated["macro-f1"])
+            entry |= {name.replace("-", "_"): float(aggregated[name])
+                      for name in ("accuracy", "loss", "macro-f1") if name in aggregated}
+        dp = sum(1 for r in replies if not r.has_error() and "epsilon" in r.content[METRICS_KEY])
+        if dp:
+            entry["sites_evaluated_with_dp"] = dp
         entry |= _site_evaluations(replies, self._pseudonyms(entry))
         self.doc["rounds"].append(entry)
         self.write()

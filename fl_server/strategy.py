@@ -29,7 +29,14 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRec
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM, FedMedian, FedTrimmedAvg, Strategy
 
-from fl_protocol.wire import ARRAYS_KEY, METRICS_KEY, NO_REPLY, REJECTED, TRAIN_METRICS
+from fl_protocol.wire import (
+    ARRAYS_KEY,
+    EVALUATE_METRICS,
+    METRICS_KEY,
+    NO_REPLY,
+    REJECTED,
+    TRAIN_METRICS,
+)
 from fl_server.run_record import RunRecord
 from fl_server.secure_aggregation import SecureRound
 from fl_server.tensor_digest import arrays_sha256
@@ -56,6 +63,7 @@ and FedAvgM's momentum (a list, in the model's array order)."""
 LIST_STATE = ("momentum_vector",)
 
 AGGREGATED_TRAIN_METRICS = tuple(m.name for m in TRAIN_METRICS if m.aggregated)
+AGGREGATED_EVALUATE_METRICS = tuple(m.name for m in EVALUATE_METRICS if m.aggregated)
 
 
 def build_strategy(
@@ -202,8 +210,8 @@ class CheckedRounds(Strategy):
             self.asked_evaluate, replies, self.reply_timeout,
             lambda reply: check_evaluate_reply(reply.content),
         )
-        accepted = [reply for reply in checked if not reply.has_error()]
-        aggregated = self.strategy.aggregate_evaluate(server_round, accepted)
+        accepted = [reply.content for reply in checked if not reply.has_error()]
+        aggregated = aggregate_evaluate_metrics(accepted) if accepted else None
         self.record.record_evaluate(server_round, checked, aggregated)
         return aggregated
 
@@ -258,6 +266,21 @@ def aggregate_train_metrics(records: list[RecordDict], weight_key: str) -> Metri
     """The largest epsilon any site has reached (``weight_key``: Flower's, unused)."""
     metrics = [next(iter(r.metric_records.values())) for r in records]
     return MetricRecord({"max-epsilon": max(float(m["epsilon"]) for m in metrics)})
+
+
+def aggregate_evaluate_metrics(records: list[RecordDict]) -> MetricRecord:
+    """Each aggregated evaluation metric, example-weighted over the replies that carry it: an
+    exact evaluation sends macro-F1 and a DP one does not, so Flower's aggregation, which needs
+    every reply to carry the same metrics, cannot take a round where both answered."""
+    metrics = [r[METRICS_KEY] for r in records]
+    aggregated = MetricRecord()
+    for name in AGGREGATED_EVALUATE_METRICS:
+        carrying = [m for m in metrics if name in m]
+        total = sum(float(m["num-examples"]) for m in carrying)
+        if carrying:
+            aggregated[name] = sum(float(m[name]) * float(m["num-examples"])
+                                   for m in carrying) / total
+    return aggregated
 
 
 def _checked(

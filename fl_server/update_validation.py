@@ -263,13 +263,14 @@ def check_evaluate_reply(content: RecordDict) -> None:
 
 
 def _check_metrics(content: RecordDict, contract: tuple[Metric, ...]) -> MetricRecord:
-    """Every metric the contract requires is present and passes its check; the others are
-    optional here (the site's egress guard lets out no name outside the contract)."""
+    """Every metric the contract requires is present, and every checked one that is present
+    passes its check; the others are optional here (the site's egress guard lets out no name
+    outside the contract)."""
     metrics = content.metric_records.get(METRICS_KEY)
     if metrics is None:
         raise InvalidReply(f"{METRICS_KEY!r} is not a MetricRecord")
     for metric in contract:
-        if metric.check is None:
+        if metric.check is None or (metric.optional and metric.name not in metrics):
             continue
         value = metrics.get(metric.name)
         if (isinstance(value, bool) or not isinstance(value, int | float)

@@ -300,10 +300,22 @@ def _site_evaluation_table(sites: dict | None) -> str:
     if not sites:
         return ""
     rows = [f"| {key} | {_value(site.get('num_examples'))} | {_value(site.get('accuracy'))} "
-            f"| {_value(site.get('macro_f1'))} |"
+            f"| {_value(site.get('macro_f1'))} | {_how_evaluated(site)} |"
             for key, site in sorted(sites.items(), key=lambda item: item[1].get("accuracy", 0))]
-    return ("Final model per site:\n\n| site | test examples | accuracy | macro-F1 |\n"
-            "|---|---|---|---|\n" + "\n".join(rows) + "\n\nPer round:\n\n")
+    dp_note = ("Sites that evaluate under DP sent estimates from one Gaussian release of their "
+               "test split per round (accuracy, loss and a noisy count of test units; no "
+               "macro-F1), so their figures carry noise.\n\n"
+               if any("epsilon" in site for site in sites.values()) else "")
+    return ("Final model per site:\n\n| site | test examples | accuracy | macro-F1 "
+            "| evaluation |\n|---|---|---|---|---|\n" + "\n".join(rows) + "\n\n" + dp_note
+            + "Per round:\n\n")
+
+
+def _how_evaluated(site: dict) -> str:
+    """``exact``, or DP with what the run's evaluations had cost the site's test units."""
+    if "epsilon" not in site:
+        return "exact"
+    return f"DP, epsilon {_value(site['epsilon'])}"
 
 
 def _communication_section(family: ModelFamily, labels: list[str], config: dict,

@@ -170,7 +170,9 @@ def test_a_site_without_trusted_keys_refuses_to_start(tmp_path):
     ("RETENTION_DAYS", "30 max-epsilon=inf"),  # would smuggle a weaker policy into node config
     ("RETENTION_DAYS", "0"), ("RETENTION_DAYS", "nan"), ("RETENTION_DAYS", "-5"),
     ("PURGE_INTERVAL_HOURS", "daily"), ("PURGE_INTERVAL_HOURS", "1.5"),
-    ("EVALUATION", "exact' max-epsilon=inf '"), ("EVALUATION", "dp"),
+    ("EVALUATION", "exact' max-epsilon=inf '"), ("EVALUATION", "noisy"),
+    ("EVALUATION_EPSILON", "1 max-epsilon=inf"), ("EVALUATION_EPSILON", "0"),
+    ("EVALUATION_EPSILON", "inf"), ("EVALUATION_EPSILON", "nan"),
     ("LABELS_FILE", "/nonexistent/labels.txt"), ("LABELS_FILE", "x' max-epsilon=inf '"),
     ("LOCAL_MODELS", "/models/x' max-epsilon=inf '"),
 ])

@@ -72,8 +72,11 @@ def train(*args: str, cwd: Path, tag: str = "") -> subprocess.CompletedProcess:
 SITE_SIZE = 800
 """Mean conversations per site: enough rows that 3 rounds of DP-SGD at epsilon 3 learn beyond
 the label-name prior (at 240 they do not: the per-site noise undoes as much as it learns)."""
-RUN_ARGS = {"3": ["--lr", "16"], "inf": []}
-"""3 rounds; at epsilon 3 a smaller step than the tuned 48, which is tuned for 40 rounds."""
+RUN_ARGS = {"3": ["--lr", "16", "--site-evaluation", "dp"], "inf": []}
+"""3 rounds; at epsilon 3 a smaller step than the tuned 48, which is tuned for 40 rounds. The
+run with DP also evaluates with DP (each site's default evaluation epsilon, 8 over the 3 rounds:
+noise of standard deviation 1.04 on sums of about 100 per site, so the final accuracy estimate
+is within about 0.01 of the exact one); the run without DP evaluates exactly."""
 MARGIN_OVER_PRIOR = {"3": 0.04, "inf": 0.10}
 """Accuracy the run must add to the untrained label-name prior's on the same test rows.
 
@@ -194,12 +197,22 @@ def test_federated_training_end_to_end(runs, sites, prior, epsilon):
     final = metrics["final"]
     assert len(final["sites"]) == 3
     assert metrics["rounds"][-1]["sites_evaluated"] == 3
-    evaluated = [json.loads(line)["metrics"]["num-examples"]
+    evaluated = [json.loads(line)["metrics"]
                  for site_dir in list_site_dirs(sites)
                  for line in (state / site_dir.name / "egress.jsonl").read_text().splitlines()
                  if json.loads(line)["message"].startswith("evaluate")
                  and json.loads(line)["round"] == 3]
-    assert sum(evaluated) == prior["test_rows"]
+    if epsilon == "inf":
+        assert sum(m["num-examples"] for m in evaluated) == prior["test_rows"]
+    else:  # DP estimates: a noisy count, no macro-F1, and each release in the site's ledger
+        assert all(set(m) == {"num-examples", "loss", "accuracy", "epsilon"} for m in evaluated)
+        assert all(e["sites_evaluated_with_dp"] == 3 and "macro_f1" not in e
+                   for e in metrics["rounds"])
+        assert "(DP estimates from 3 sites)" in result.stdout
+        released = [r.units for site_dir in list_site_dirs(sites)
+                    for r in site_privacy_report(state / site_dir.name, 8.0).runs
+                    if r.run.endswith("(evaluation)")]
+        assert sum(released) == prior["test_rows"]
     # It learned: clearly above what the untrained prior already scores.
     assert final["accuracy"] > prior["accuracy"] + MARGIN_OVER_PRIOR[epsilon], (final, prior)
     if epsilon == "inf":
@@ -222,7 +235,11 @@ def test_federated_training_end_to_end(runs, sites, prior, epsilon):
     # privacy report, not by file name).
     for site_state in sorted(state.glob("site-*")):
         report = site_privacy_report(site_state, float(DEFAULTS["site-max-epsilon"]))
-        assert [run.rounds for run in report.runs] == [3], site_state
+        assert [(run.run.endswith("(evaluation)"), run.rounds) for run in report.runs] == [
+            (False, 3), (True, 3)], site_state
+        evaluation = report.runs[1]
+        assert evaluation.epsilon <= float(DEFAULTS["site-evaluation-epsilon"])
+        assert report.evaluations.dp == 3 and report.evaluations.sent == 0
 
 
 def test_a_run_where_no_site_can_train_exits_non_zero(tmp_path):

@@ -81,7 +81,7 @@ def test_the_norm_is_measured_from_the_global_model_sent():
     [{"loss": 1.0, "accuracy": 0.5, "macro-f1": 0.5},
      {"num-examples": 5, "loss": math.inf, "accuracy": 0.5, "macro-f1": 0.5},
      {"num-examples": 5, "loss": 1.0, "accuracy": 1.5, "macro-f1": 0.5},
-     {"num-examples": 5, "loss": 1.0, "accuracy": 0.5},
+     {"num-examples": 5, "loss": 1.0, "accuracy": 0.5, "epsilon": -1.0},
      {"num-examples": 5, "loss": 1.0, "accuracy": 0.5, "macro-f1": -0.1}],
 )
 def test_bad_evaluation_metrics_are_rejected(metrics):

@@ -149,7 +149,7 @@ def test_the_run_record_keeps_every_evaluation_metric_under_its_name(tmp_path):
     record.record_evaluate(1, [reply], None)
     site = record.doc["rounds"][0]["evaluation"]["8"]
     recorded = {m.recorded_as: m.name for m in EVALUATE_METRICS if m.recorded_as is not None}
-    assert set(recorded) == {"num_examples", "loss", "accuracy", "macro_f1"}
+    assert set(recorded) == {"num_examples", "loss", "accuracy", "macro_f1", "epsilon"}
     assert {field: site[field] for field in recorded} == {
         field: VALID[metric] for field, metric in recorded.items()}
 

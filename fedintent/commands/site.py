@@ -166,8 +166,12 @@ def run_privacy_report(args: argparse.Namespace) -> int:
     print(f"evaluate replies sent: {evaluations.sent} in {evaluations.runs} runs, each with the "
           "test split's exact metrics, which no epsilon above covers; declined: "
           f"{evaluations.declined} (egress log)")
+    if evaluations.dp:
+        print(f"  and {evaluations.dp} with DP estimates, counted above as the runs named "
+              "'(evaluation)'")
     if evaluations.sent:
-        print('  node config evaluation = "off" (EVALUATION=off in the site container) sends none')
+        print('  node config evaluation = "dp" (EVALUATION=dp in the site container) sends DP '
+              'estimates instead, "off" none')
     if evaluations.unreadable:
         print(f"  {evaluations.unreadable} egress log lines unreadable, not counted")
     return 0

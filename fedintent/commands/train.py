@@ -19,7 +19,13 @@ from fedintent.commands.options import (
 from fedintent.commands.progress import print_round, print_summary
 from fl_client.site_data import SiteDataError, list_site_dirs, read_rows, record_languages
 from fl_protocol.label_file import read_labels
-from fl_protocol.wire import ACCOUNTANTS, PRIVACY_MODELS, PRIVACY_UNITS, RUN_CONFIG_DEFAULTS
+from fl_protocol.wire import (
+    ACCOUNTANTS,
+    EVALUATION_POLICIES,
+    PRIVACY_MODELS,
+    PRIVACY_UNITS,
+    RUN_CONFIG_DEFAULTS,
+)
 from fl_server.run_config import (
     TUNING_SITE_ROWS,
     WHOLE_RANGES,
@@ -114,6 +120,17 @@ def _add_train_options(train: argparse.ArgumentParser) -> None:
                        help="each simulated site's retention policy: rows dated more than DAYS "
                        "days ago, and undated rows, are not used (a deployed site's "
                        "retention-days; default: %(default)g, keep every row)")
+    train.add_argument("--site-evaluation", default=defaults["site-evaluation"],
+                       choices=EVALUATION_POLICIES,
+                       help="what each simulated site answers evaluate messages with: exact "
+                       "test-split metrics (outside DP), dp (accuracy and loss estimated from "
+                       "one Gaussian release per round, charged to the site's ledger), or off "
+                       "(a deployed site's evaluation; default: %(default)s)")
+    train.add_argument("--site-evaluation-epsilon", type=float,
+                       default=defaults["site-evaluation-epsilon"], metavar="E",
+                       help="with --site-evaluation dp: what the run's evaluations may cost "
+                       "each test unit, all rounds together (a deployed site's "
+                       "evaluation-epsilon; default: %(default)g)")
     train.add_argument("--model", metavar="MODEL",
                        help=f"model family: {', '.join(model_family_names())}, or the folder of "
                        "a local Hugging Face BERT checkpoint (frozen encoder + head); "
@@ -206,6 +223,8 @@ def run_train(args: argparse.Namespace) -> int:
         "server-momentum": args.server_momentum,
         "seed": args.seed,
         "site-retention-days": args.site_retention_days,
+        "site-evaluation": args.site_evaluation,
+        "site-evaluation-epsilon": args.site_evaluation_epsilon,
         "site-max-epsilon-alone": args.site_max_epsilon_alone,
     }
     if args.privacy_model == "distributed":

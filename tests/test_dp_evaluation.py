@@ -1,0 +1,326 @@
+"""Evaluation under DP (node config ``evaluation = "dp"``): the release's sensitivity, its noise,
+what leaves, and how it is charged, attacked through the real ClientApp by a server that
+chooses the model, the run name, the round and the run config; then the server's side (checks,
+aggregation, record, round line, model card) of a round where some sites answer with DP."""
+
+import copy
+import math
+
+import pytest
+import torch
+from flwr.app import Message, MetricRecord, RecordDict
+from test_export import LABELS as EXPORTED_LABELS
+from test_export import RUN_DOC
+from test_site_privacy import (
+    LABELS,
+    context,
+    evaluate_message,
+    ledger,
+    refused_with,
+    rows,
+    spend,
+    train_message,
+    write_rows,
+)
+
+import fl_client.client_app as client_app
+from fedintent.cli import main
+from fl_client.dp_evaluation import LOSS_CAP, noisy_scores, unit_contributions
+from fl_client.privacy_accounting import rdp_budget, rdp_epsilon
+from fl_client.privacy_report import site_privacy_report
+from fl_protocol.wire import EVALUATE_METRICS, Reason
+from fl_server.progress import round_lines
+from fl_server.run_record import RunRecord
+from fl_server.strategy import aggregate_evaluate_metrics
+from fl_server.update_validation import InvalidReply, check_evaluate_reply
+from models import get_model_family
+from models.model_card import model_card
+
+pytestmark = pytest.mark.usefixtures("task_identity")
+
+DP = {"evaluation": "dp"}
+TEST_ROWS = 40
+
+
+@pytest.fixture
+def site(tmp_path):
+    """60 training and 40 test utterances: enough test units that an estimate is a continuous
+    number, not an estimate clipped into range, at the noise these tests plan."""
+    site_dir = tmp_path / "site"
+    site_dir.mkdir()
+    write_rows(site_dir, rows(0, 60))
+    write_rows(site_dir, rows(100, 100 + TEST_ROWS), name="test.csv")
+    return site_dir
+
+
+def scripted_model(logits: torch.Tensor) -> torch.nn.Module:
+    """A "model" that answers the given logits whatever its input: what a hostile server could
+    make a linear head do for chosen rows."""
+
+    class Scripted(torch.nn.Module):
+        def forward(self, features: torch.Tensor) -> torch.Tensor:
+            return logits[: len(features)]
+
+    return Scripted()
+
+
+# --- the release ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("scale", [1e-3, 1.0, 1e6])
+def test_every_units_contribution_has_norm_at_most_one_whatever_the_model(scale):
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(50, 5, generator=generator) * scale  # 1e6: losses far above the cap
+    labels = torch.randint(0, 5, (50,), generator=generator)
+    units = [f"customer-{i % 7}" for i in range(50)]
+    contributions = unit_contributions(scripted_model(logits), torch.zeros(50, 2), labels, units)
+    assert contributions.shape == (7, 3)
+    assert contributions.norm(dim=1).max() <= 1 + 1e-12
+    assert contributions.min() >= 0
+    # the count component is exactly 1 / sqrt(3) for every unit, however many rows it has
+    assert torch.allclose(contributions[:, 2], torch.full((7,), 1 / math.sqrt(3),
+                                                          dtype=torch.float64))
+
+
+def test_a_customer_weighs_as_one_whatever_their_number_of_rows():
+    # customer a: 3 rows all right; customer b: 1 row wrong. Per customer: accuracy 1/2.
+    logits = torch.tensor([[5.0, 0.0]] * 4)
+    labels = torch.tensor([0, 0, 0, 1])
+    contributions = unit_contributions(scripted_model(logits), torch.zeros(4, 1), labels,
+                                       ["a", "a", "a", "b"])
+    scores = noisy_scores(contributions, 0.0, seed=0)
+    assert scores.accuracy == pytest.approx(0.5) and scores.units == 2
+    wrong_loss = float(torch.nn.functional.cross_entropy(logits[3:], labels[3:]))
+    right_loss = float(torch.nn.functional.cross_entropy(logits[:1], labels[:1]))
+    assert scores.loss == pytest.approx((wrong_loss + right_loss) / 2)
+
+
+def test_without_noise_the_scores_are_exact_and_a_loss_above_the_cap_counts_as_the_cap():
+    logits = torch.tensor([[100.0, 0.0], [100.0, 0.0], [0.0, 3.0]])  # row 1: loss 100 > cap
+    labels = torch.tensor([0, 1, 1])
+    contributions = unit_contributions(scripted_model(logits), torch.zeros(3, 1), labels,
+                                       ["x", "y", "z"])
+    scores = noisy_scores(contributions, 0.0, seed=0)
+    assert scores.accuracy == pytest.approx(2 / 3) and scores.units == 3
+    third = float(torch.nn.functional.cross_entropy(logits[2:], labels[2:]))
+    assert scores.loss == pytest.approx((0.0 + LOSS_CAP + third) / 3, abs=1e-6)
+
+
+def test_the_noise_is_the_planned_gaussian_and_fresh_for_every_seed():
+    """The noise on each sum has the standard deviation the ledger was charged for: read back
+    from the count estimate over many seeds (a unit count of n is n / sqrt(3) in the sum)."""
+    contributions = torch.full((300, 3), 1 / math.sqrt(3), dtype=torch.float64)
+    counts = torch.tensor([noisy_scores(contributions, 4.0, seed).units
+                           for seed in range(2000)], dtype=torch.float64)
+    spread = (counts / math.sqrt(3)).std().item()
+    assert spread == pytest.approx(4.0, rel=0.06)  # 2000 draws: 1.6% standard error
+    assert counts.mean().item() == pytest.approx(300, abs=1)
+    assert noisy_scores(contributions, 4.0, 1) != noisy_scores(contributions, 4.0, 2)
+    assert noisy_scores(contributions, 4.0, 1) == noisy_scores(contributions, 4.0, 1)
+
+
+def test_scores_from_noise_that_swamps_the_count_stay_in_range():
+    contributions = torch.full((2, 3), 1 / math.sqrt(3), dtype=torch.float64)
+    for seed in range(200):
+        scores = noisy_scores(contributions, 50.0, seed)
+        assert 0 <= scores.accuracy <= 1 and 0 <= scores.loss <= LOSS_CAP and scores.units >= 1
+
+
+# --- the site, attacked ----------------------------------------------------------------------
+
+
+def evaluation_releases(state_dir, run="run-a"):
+    return [r for r in ledger(state_dir).releases if r.run == f"{run} (evaluation)"]
+
+
+def test_a_dp_site_sends_estimates_and_epsilon_only_and_charges_its_ledger(site, tmp_path,
+                                                                           capsys):
+    state = tmp_path / "state"
+    ctx = context(site, state, node=DP | {"evaluation-epsilon": 2.0})
+    assert not client_app.app(train_message(num_rounds=3), ctx).has_error()
+    replies = [client_app.app(evaluate_message(), ctx) for _ in range(3)]
+    for reply in replies:
+        assert not reply.has_error(), reply.error
+        assert set(reply.content["metrics"]) == {"num-examples", "loss", "accuracy", "epsilon"}
+        check_evaluate_reply(reply.content)  # and the server accepts it
+    epsilons = [reply.content["metrics"]["epsilon"] for reply in replies]
+    assert epsilons[0] < epsilons[1] < epsilons[2] <= 2.0
+    assert epsilons[2] > 0.9 * 2.0  # planned over the run's 3 rounds, all of it spent by then
+    released = evaluation_releases(state)
+    assert len(released) == 3
+    assert {(r.sample_rate, r.steps, r.clip_norm, r.units) for r in released} == {
+        (1.0, 1, 1.0, TEST_ROWS)}
+    report = site_privacy_report(state, 10.0)
+    assert [(run.run, run.rounds) for run in report.runs] == [("run-a", 1),
+                                                              ("run-a (evaluation)", 3)]
+    evaluations = report.evaluations
+    assert (evaluations.dp, evaluations.sent, evaluations.declined) == (3, 0, 0)
+    assert main(["privacy-report", str(state), "--max-epsilon", "10"]) == 0
+    printed = capsys.readouterr().out
+    assert "evaluate replies sent: 0 in 0 runs" in printed
+    assert "and 3 with DP estimates, counted above as the runs named '(evaluation)'" in printed
+
+
+def test_the_server_cannot_raise_the_evaluation_epsilon(site, tmp_path):
+    """The epsilon is the site's ``evaluation-epsilon``: a run asking for a huge target-epsilon
+    (which training holds against max-epsilon) gets the same evaluation noise as a modest one."""
+    noise = []
+    for name, target in (("modest", 1.0), ("greedy", 1e4)):
+        ctx = context(site, tmp_path / name, max_epsilon=math.inf, node=DP,
+                      **{"target-epsilon": target})
+        assert not client_app.app(evaluate_message(), ctx).has_error()
+        noise.append(evaluation_releases(tmp_path / name)[0].noise_multiplier)
+    assert noise[0] == noise[1] > 0
+
+
+def test_the_same_model_asked_again_gets_fresh_noise_and_is_charged_again(site, tmp_path):
+    state = tmp_path / "state"
+    ctx = context(site, state, node=DP | {"evaluation-epsilon": 8.0})
+    asked = evaluate_message()
+    estimates = set()
+    for _ in range(2):
+        again = Message(content=asked.content, dst_node_id=7, message_type="evaluate")
+        metrics = client_app.app(again, ctx).content["metrics"]
+        estimates.add((metrics["accuracy"], metrics["loss"], metrics["num-examples"]))
+    assert len(estimates) == 2  # the second answer is a second draw, not the first repeated
+    assert len(evaluation_releases(state)) == 2
+
+
+def test_a_server_averaging_the_noise_away_runs_into_the_lifetime_budget(site, tmp_path):
+    """Asking again and again under new run names, each with a fresh evaluation epsilon, is the
+    oracle attack: every answer is charged to the same test units, so once their lifetime budget
+    is spent the site declines, and no unit's lifetime epsilon ever passes max-epsilon."""
+    state = tmp_path / "state"
+    ctx = context(site, state, max_epsilon=3.0, node=DP | {"evaluation-epsilon": 1.0,
+                                                         "max-noise-ratio": math.inf})
+    declined = None
+    for attempt in range(40):
+        message = evaluate_message()
+        message.content["config"]["run-name"] = f"probe-{attempt}"
+        message.content["config"]["num-rounds"] = 1
+        reply = client_app.app(message, ctx)
+        if reply.has_error():
+            declined = attempt
+            break
+    assert declined is not None and declined >= 3, declined
+    assert refused_with(reply, Reason.BUDGET_EXHAUSTED)
+    book = ledger(state)
+    budget = rdp_budget(3.0, book.delta, book.order)
+    assert book.spend and max(book.spend.values()) <= budget
+    assert max(rdp_epsilon(s, book.order, book.delta) for s in book.spend.values()) <= 3.0
+
+
+def test_an_evaluation_beyond_the_runs_rounds_or_with_a_weaker_delta_is_declined_unread(
+        site, tmp_path, monkeypatch):
+    ctx = context(site, tmp_path / "state", node=DP | {"max-delta": 1e-6})
+    read = []
+    real_load = client_app.load_site
+    monkeypatch.setattr(client_app, "load_site",
+                        lambda *args, **kwargs: read.append(args) or real_load(*args, **kwargs))
+    beyond = evaluate_message()
+    beyond.content["config"]["server-round"] = 4
+    beyond.content["config"]["num-rounds"] = 3
+    assert refused_with(client_app.app(beyond, ctx), Reason.ROUND_REFUSED)
+    weak = context(site, tmp_path / "state", node=DP | {"max-delta": 1e-6}, delta=1e-5)
+    assert refused_with(client_app.app(evaluate_message(), weak), Reason.SETTING_REFUSED)
+    assert not read and not (tmp_path / "state" / "ledger.json").exists()
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "inf", "nan", "lots"])
+def test_an_unusable_evaluation_epsilon_stops_the_site(site, tmp_path, value):
+    ctx = context(site, tmp_path / "state", node=DP | {"evaluation-epsilon": value})
+    assert refused_with(client_app.app(evaluate_message(), ctx), Reason.SITE_CONFIG_INVALID)
+
+
+def test_a_customer_in_both_splits_composes_both_spends(tmp_path):
+    site_dir = tmp_path / "site"
+    site_dir.mkdir()
+    write_rows(site_dir, rows(0, 60))
+    write_rows(site_dir, [("t-1", "lost my card again", "card_lost", "cust-0"),
+                          ("t-2", "refund please", "refund", "cust-99")], name="test.csv")
+    state = tmp_path / "state"
+    ctx = context(site_dir, state, node=DP, **{"privacy-unit": "customer"})
+    assert not client_app.app(train_message(), ctx).has_error()
+    trained_only = spend(state, "cust-0")
+    assert not client_app.app(evaluate_message(), ctx).has_error()
+    [release] = evaluation_releases(state)
+    assert release.units == 2
+    assert spend(state, "cust-0") == pytest.approx(trained_only + release.rdp)
+    assert spend(state, "cust-99") == pytest.approx(release.rdp)
+
+
+def test_exact_evaluation_is_unchanged_and_charges_nothing(site, tmp_path):
+    state = tmp_path / "state"
+    ctx = context(site, state)
+    reply = client_app.app(evaluate_message(labels=LABELS), ctx)
+    assert set(reply.content["metrics"]) == {"num-examples", "loss", "accuracy", "macro-f1"}
+    assert not (state / "ledger.json").exists()
+
+
+# --- the server ------------------------------------------------------------------------------
+
+
+def reply_of(node: int, metrics: dict) -> Message:
+    asked = Message(RecordDict(), dst_node_id=node, message_type="evaluate")
+    return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=asked)
+
+
+EXACT = {"num-examples": 30, "loss": 1.0, "accuracy": 0.9, "macro-f1": 0.8}
+NOISY = {"num-examples": 10, "loss": 2.0, "accuracy": 0.5, "epsilon": 0.7}
+
+
+@pytest.mark.parametrize("metrics", [
+    {k: v for k, v in NOISY.items() if k != "accuracy"},
+    NOISY | {"epsilon": 0.0}, NOISY | {"epsilon": math.nan}, NOISY | {"epsilon": math.inf},
+    EXACT | {"macro-f1": 1.5}, NOISY | {"accuracy": -0.1},
+])
+def test_the_server_checks_an_optional_metric_when_it_is_there(metrics):
+    with pytest.raises(InvalidReply):
+        check_evaluate_reply(reply_of(1, metrics).content)
+
+
+def test_each_metric_is_averaged_over_the_replies_that_carry_it():
+    aggregated = aggregate_evaluate_metrics([reply_of(1, EXACT).content,
+                                             reply_of(2, NOISY).content])
+    assert aggregated["accuracy"] == pytest.approx((30 * 0.9 + 10 * 0.5) / 40)
+    assert aggregated["loss"] == pytest.approx((30 * 1.0 + 10 * 2.0) / 40)
+    assert aggregated["macro-f1"] == pytest.approx(0.8)  # the exact site's alone
+    assert "epsilon" not in aggregated
+    only_dp = aggregate_evaluate_metrics([reply_of(2, NOISY).content])
+    assert set(only_dp) == {"accuracy", "loss"}
+    assert {m.name for m in EVALUATE_METRICS if m.optional} == {"macro-f1", "epsilon"}
+
+
+def test_the_record_the_round_line_and_the_model_card_say_which_sites_sent_dp_estimates(
+        tmp_path):
+    record = RunRecord.start(tmp_path / "metrics.json", 1, {}, ["a", "b"])
+    replies = [reply_of(7, NOISY), reply_of(8, NOISY | {"accuracy": 0.7})]
+    record.record_evaluate(1, replies, aggregate_evaluate_metrics([r.content for r in replies]))
+    entry = record.doc["rounds"][0]
+    assert entry["sites_evaluated_with_dp"] == 2 and "macro_f1" not in entry
+    assert entry["evaluation"]["7"]["epsilon"] == 0.7
+    [line] = round_lines(entry, 3)
+    assert "eval accuracy 0.6000 (DP estimates from 2 sites)  macro-F1 n/a" in line
+    doc = copy.deepcopy(RUN_DOC)
+    doc["final"]["evaluation"]["site-aaa"] = {"num_examples": 48, "accuracy": 0.5,
+                                              "epsilon": 0.7}
+    card = model_card(doc, get_model_family("ngram"), EXPORTED_LABELS)
+    assert "| site-aaa | 48 | 0.5 | not recorded | DP, epsilon 0.7 |" in card
+    assert "| site-bbb | 8 | 0.125 | 0.1 | exact |" in card and "carry noise" in card
+
+
+def test_the_benchmark_measures_the_estimates_error_the_noise_predicts(benchmark_script):
+    """``benchmarks/dp_evaluation.py``: without noise its errors are 0; with noise, a site's
+    measured error agrees with the formula docs/PRIVACY.md gives, and averaging sites shrinks it."""
+    bench = benchmark_script("dp_evaluation")
+    generator = torch.Generator().manual_seed(0)
+    sites = []
+    for units in (60, 100, 140):
+        correct = (torch.rand(units, generator=generator) < 0.8).double()
+        sites.append(torch.stack([correct, correct * 0.1, torch.ones(units, dtype=torch.float64)],
+                                 dim=1) / math.sqrt(3))
+    exact = bench.estimate_errors(sites, [0.0] * 3, draws=3)
+    assert exact["site_error"] == exact["federation_error"] == 0.0
+    noisy = bench.estimate_errors(sites, [2.0] * 3, draws=600)
+    assert noisy["site_error"] == pytest.approx(noisy["site_error_predicted"], rel=0.1)
+    assert noisy["federation_error"] < noisy["site_error"]
