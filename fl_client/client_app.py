@@ -65,6 +65,7 @@ from fl_client.site_policy import (
     SitePolicy,
     check_labels,
     check_model,
+    check_parameters,
     check_request,
     evaluation_policy,
     evaluation_request,
@@ -113,6 +114,7 @@ def train(msg: Message, context: Context) -> Message:
         check_request(policy, request)  # before anything is read or computed
         check_model(context)
         check_labels(context, msg)
+        check_parameters(msg)
         if request.distributed and RECORD_KEY_CONFIGS not in msg.content.config_records:
             raise PolicyRefusal(Reason.MODEL_REFUSED, "distributed DP asked outside a secure "
                                 "sum: the site's noise share alone would leave the site")
@@ -200,6 +202,7 @@ def evaluate_on_site(msg: Message, context: Context) -> Message:
             raise PolicyRefusal(Reason.EVALUATION_REFUSED, "the site's evaluation policy is off")
         check_model(context)
         check_labels(context, msg)
+        check_parameters(msg)
         if evaluation == "dp":  # before anything is read, as for training
             policy = site_policy(context)
             request = evaluation_request(msg, context, policy)

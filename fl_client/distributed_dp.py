@@ -187,12 +187,13 @@ def clipped_grid_sum(
             samples = {name: param.grad_sample.reshape(len(y), -1)
                        for name, param in named.items()}
             norms = unit_norms(samples.values())
-            if not torch.isfinite(norms).all():
-                raise ValueError("a unit's gradient is not finite: the model or its features "
-                                 "hold NaN or infinity")
-            ratio = (clip_norm / norms.clamp(min=1e-300)).clamp(max=1)
+            # A unit whose gradient is not finite adds the zero vector, as in DP-SGD
+            # (``dp_training``): refusing would tell the server that such a unit exists.
+            finite = torch.isfinite(norms)
+            ratio = torch.where(finite, (clip_norm / norms.clamp(min=1e-300)).clamp(max=1), 0.0)
             scale = ((GRID_RANGE / clip_norm) * ratio).float()
             for name, grads in samples.items():
+                grads[~finite] = 0.0
                 on_grid = grads.mul_(scale[:, None]).round_()
                 sums[name] += exact_column_sum(on_grid).view(sums[name].shape)
     sampled.remove_hooks()

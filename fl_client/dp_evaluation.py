@@ -60,8 +60,10 @@ def unit_contributions(
         logits = model(features)
         losses = nn.functional.cross_entropy(logits, labels, reduction="none")
         correct = (logits.argmax(dim=1) == labels).double()
-    per_row = torch.stack([correct, losses.double().clamp(max=LOSS_CAP) / LOSS_CAP,
-                           torch.ones_like(correct)], dim=1)
+    # a loss that is not finite (a model that overflows on this row) counts as the cap: the
+    # bound on what one unit adds must hold whatever the model does
+    capped = torch.nan_to_num(losses.double(), nan=LOSS_CAP, posinf=LOSS_CAP).clamp(0, LOSS_CAP)
+    per_row = torch.stack([correct, capped / LOSS_CAP, torch.ones_like(correct)], dim=1)
     index: dict[str, int] = {}
     positions = torch.tensor([index.setdefault(unit, len(index)) for unit in units])
     sums = torch.zeros(len(index), COMPONENTS, dtype=torch.float64).index_add_(0, positions,

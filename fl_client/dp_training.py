@@ -8,6 +8,17 @@ steps and the sample rate must be exactly those charged to the ledger: the plan 
 (``TrainingPlan.charged``, built by ``training_plan``) and ``train_locally`` checks that Opacus
 uses exactly these.
 
+A unit whose gradient is not finite contributes the zero vector. The server chooses the model,
+and a model can be made to overflow on some inputs only (weights that reach float32's limit
+along a chosen direction): left alone, one such unit would turn the whole noisy update into NaN,
+and whether the update is finite (sent, or blocked by the egress guard) would tell the server,
+outside every epsilon, whether any sampled row lies in that direction. Zero is still a
+gradient of norm at most ``clip_norm`` that depends on that unit alone, so the guarantee is
+unchanged and the update is finite whatever the rows. Under Opacus' hooks the non-finite
+per-example gradients are zeroed (``_zero_non_finite_units``); under ghost clipping, which never
+holds them, a unit whose loss is not finite is left out of the step (``_units_with_finite_loss``)
+and a non-finite clipping factor is 0 (``_finite_clipping``).
+
 Opacus is imported inside the functions that use it: the import takes about 2 s, and Flower
 starts a fresh ClientApp process for every message, most of which never train (evaluation,
 three of SecAgg+'s four stages).
@@ -121,6 +132,7 @@ def train_locally(
             )
         if plan.grad_sample_mode == "ghost":
             dp_model, optimizer, criterion, loader = private
+            _finite_clipping(dp_model)
         else:
             dp_model, optimizer, loader = private
         sample_rate, planned_steps = plan.charged
@@ -148,23 +160,28 @@ def _run_epochs(model, loader, optimizer, criterion, plan: TrainingPlan) -> tupl
             optimizer.zero_grad(set_to_none=True)
             if len(y) == 0:
                 # An empty Poisson batch is still a DP step: zero gradients, then pure noise.
-                if plan.grad_sample_mode == "ghost":  # the optimizer reads p.grad as is
-                    for param in model.parameters():
-                        if param.requires_grad:
-                            param.grad = torch.zeros_like(param)
-                else:  # the hooks record an empty batch of per-example gradients
-                    model(x).sum().backward()
+                _zero_gradients(model, x, plan)
                 optimizer.step()
                 steps += 1
                 continue
             chunks = _physical_batches(x, y, plan.physical_batch_size)
             for index, (xc, yc) in enumerate(chunks):
                 last = index == len(chunks) - 1
+                if private and plan.grad_sample_mode == "ghost":
+                    xc, yc = _units_with_finite_loss(model, xc, yc)
+                if private and len(yc) == 0:  # every unit of the chunk left out: it adds 0
+                    _zero_gradients(model, xc, plan)
+                    optimizer.signal_skip_step(do_skip=not last)
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    continue
                 loss = criterion(model(xc), yc)
                 if private:
-                    loss.backward()  # this chunk's per-example clipped gradients, summed
+                    loss.backward()  # this chunk's per-example gradients
+                    if plan.grad_sample_mode != "ghost":
+                        _zero_non_finite_units(model)
                     optimizer.signal_skip_step(do_skip=not last)
-                    optimizer.step()  # noise and the update only after the last chunk
+                    optimizer.step()  # clipped and summed; noise and the update after the last
                     optimizer.zero_grad(set_to_none=True)  # keeps the sum of skipped steps
                 else:
                     (loss * (len(yc) / len(y))).backward()  # gradients add up over chunks
@@ -174,6 +191,50 @@ def _run_epochs(model, loader, optimizer, criterion, plan: TrainingPlan) -> tupl
                 total_seen += len(yc)
             steps += 1
     return total_loss / max(total_seen, 1), steps
+
+
+def _zero_gradients(model: nn.Module, x: torch.Tensor, plan: TrainingPlan) -> None:
+    """A DP step's gradients when no unit takes part: zero, for the noise to be added to."""
+    if plan.grad_sample_mode == "ghost":  # the optimizer reads p.grad as is
+        for param in model.parameters():
+            if param.requires_grad:
+                param.grad = torch.zeros_like(param)
+    else:  # the hooks record an empty batch of per-example gradients
+        model(x[:0]).sum().backward()
+
+
+def _zero_non_finite_units(model: nn.Module) -> None:
+    """Opacus' hooks: zero every per-example gradient that holds NaN or infinity in any
+    parameter, before it is clipped (each unit's gradient is computed on its own rows only, so
+    one unit's overflow cannot reach another's)."""
+    samples = [p.grad_sample for p in model.parameters()
+               if p.requires_grad and p.grad_sample is not None]
+    if not samples:
+        return
+    finite = torch.stack([g.reshape(len(g), -1).isfinite().all(dim=1) for g in samples]).all(0)
+    if not finite.all():
+        for grads in samples:
+            grads[~finite] = 0.0
+
+
+def _units_with_finite_loss(model: nn.Module, x: torch.Tensor,
+                            y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ghost clipping: the chunk without the units whose loss is not finite. Ghost clipping sums
+    the units' clipped gradients in one backward pass, where one unit's NaN would reach the
+    sum even at a clipping factor of 0; a unit left out contributes the zero vector. Without
+    gradients, so Opacus records nothing."""
+    criterion = UnitLoss()
+    criterion.reduction = "none"
+    with torch.no_grad():
+        finite = torch.isfinite(criterion(model(x), y))
+    return (x, y) if finite.all() else (x[finite], y[finite])
+
+
+def _finite_clipping(model: nn.Module) -> None:
+    """Ghost clipping: a unit whose gradient norm is not finite (its loss was, its backward pass
+    overflowed) is clipped by the factor 0, not NaN."""
+    clipping_coef = model.get_clipping_coef
+    model.get_clipping_coef = lambda: torch.nan_to_num(clipping_coef(), nan=0.0, posinf=0.0)
 
 
 def _physical_batches(x: torch.Tensor, y: torch.Tensor,

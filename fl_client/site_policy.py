@@ -65,12 +65,14 @@ import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
 from flwr.app import Context, Message
 
 from fl_client.privacy_accounting import DELTA_UNITS_FACTOR, check_accountant, default_delta
 from fl_client.site_data import record_languages
 from fl_protocol.label_file import LabelFileError, read_labels
 from fl_protocol.wire import (
+    ARRAYS_KEY,
     CONFIG_KEY,
     DEFAULT_EVALUATION_EPSILON,
     DEFAULT_MAX_EPSILON,
@@ -321,6 +323,21 @@ def check_model(context: Context) -> None:
 
 def _folder(path: str) -> str:
     return str(Path(path.strip()).expanduser().resolve())
+
+
+def check_parameters(msg: Message) -> None:
+    """Refuse (``PolicyRefusal``) a model whose parameters hold NaN or infinity, before anything
+    is read: training on it could only send back non-finite numbers, whatever the data
+    (``dp_training`` keeps a unit's non-finite gradient out of the sum, so this is a clear
+    error, not the guarantee's defence)."""
+    arrays = msg.content.array_records.get(ARRAYS_KEY)
+    if arrays is None:
+        raise PolicyRefusal(Reason.PARAMETERS_REFUSED, "the message carries no model")
+    for name, array in arrays.items():
+        values = array.numpy()
+        if values.dtype.kind in "fc" and not np.isfinite(values).all():
+            raise PolicyRefusal(Reason.PARAMETERS_REFUSED,
+                                f"the model's {name!r} holds NaN or infinity")
 
 
 def check_labels(context: Context, msg: Message) -> None:

@@ -1,0 +1,156 @@
+"""A model that overflows on chosen rows only must not tell the server whether such rows exist.
+
+The server chooses the model a site trains. Weights at float32's limit along one direction make
+the loss, and so the gradient, of a row lying far enough along it NaN or infinite, and of no
+other row. Left alone, that one unit turned the site's whole noisy update into NaN, which the
+egress guard then blocked: whether a site answered told the server, outside every epsilon,
+whether any of its rows lay in that direction (for ``ngram``: whether any row holds a chosen
+word). Each path that sums units' gradients or scores must give such a unit the zero vector
+instead, so that the reply is the same whether or not the row is there.
+"""
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import Array, ArrayRecord, Message
+from test_site_privacy import context, refused_with, rows, train_message, write_rows
+
+import fl_client.client_app as client_app
+from fl_client.distributed_dp import noisy_integer_sum
+from fl_client.dp_evaluation import unit_contributions
+from fl_client.dp_training import TrainingPlan, train_locally, training_plan
+from fl_protocol.wire import Reason
+from models import get_model_family
+
+pytestmark = pytest.mark.usefixtures("task_identity")
+
+ROWS = 40
+
+
+def overflowing_model(family_name: str, features: torch.Tensor):
+    """A model of ``family_name`` whose logit 0 overflows exactly on rows with feature 5 set."""
+    family = get_model_family(family_name)
+    model = family.build_model(2)
+    state = {key: torch.zeros_like(value) for key, value in model.state_dict().items()}
+    state["weight"][0, 5] = 3.0e38  # 3e38 x 1 + 1e38 x 1 overflows; 1e38 alone does not
+    state["weight"][0, 0] = 1.0e38
+    model.load_state_dict(state)
+    with torch.no_grad():
+        logits = model(features)
+    return family, model, logits
+
+
+def rows_with(marker: float | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``ROWS`` rows with feature 0 set; row 3 also has feature 5 at ``marker`` (if not None)
+    and then the other label."""
+    features = torch.zeros(ROWS, 384)
+    features[:, 0] = 1.0
+    labels = torch.arange(ROWS) % 2
+    if marker is not None:
+        features[3, 5] = marker
+        labels[3] = 1 - labels[3]
+    return features, labels
+
+
+@pytest.mark.parametrize("family_name", ["minilm-head", "ngram"])  # Opacus hooks; ghost clipping
+def test_dp_sgd_gives_an_overflowing_unit_the_zero_gradient(family_name):
+    """With or without the overflowing row the update is finite (so the site answers either
+    way), and what that row holds changes nothing: two different such rows give the same
+    update (the same noise seed, the same other rows)."""
+    updates = []
+    for marker in (None, 1.0, 2.0):
+        features, labels = rows_with(marker)
+        if family_name == "ngram":
+            features = torch.nn.functional.pad(features, (0, 8192 - 384))
+        family, model, logits = overflowing_model(family_name, features)
+        assert torch.isfinite(logits).all() == (marker is None)  # the attack's premise
+        plan = training_plan(family, 2.0, (1.0, 1), clip_norm=1.0, batch_size=4096,
+                             local_epochs=1, learning_rate=1.0)
+        train_locally(model, features, labels, plan, seed=7)
+        updates.append({k: v[1:] for k, v in model.state_dict().items()})  # row 0 is 1e38
+    for name in updates[0]:
+        assert all(torch.isfinite(update[name]).all() for update in updates)
+        torch.testing.assert_close(updates[2][name], updates[1][name])
+    # and the row is not simply ignored: a finite row 3 (the first run) does move the model
+    assert not torch.equal(updates[1]["weight"], updates[0]["weight"])
+
+
+class TokenHead(torch.nn.Module):
+    """A head over token states ``[rows, tokens, hidden + mask]``, the shape ``minilm-finetune``
+    trains on with ghost clipping and physical batches, without its encoder layer."""
+
+    def __init__(self, hidden: int) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(hidden, 2, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x[..., :-1]).mean(dim=1)
+
+
+def test_a_chunk_whose_every_unit_overflows_still_takes_its_noisy_step():
+    """Ghost clipping with physical batches: the overflowing rows fill a chunk of their own
+    (chunks are sorted by token count), which is left out whole; the step is still taken and
+    noised, and its update is the same as with other overflowing rows there."""
+    weights = []
+    for marker in (1.0, 2.0):
+        features = torch.zeros(ROWS, 3, 17)
+        features[..., 0] = 1.0
+        features[:, :2, -1] = 1.0  # two tokens per row ...
+        features[:8, :, -1] = 1.0  # ... and three for rows 0-7, the last chunk after sorting
+        features[:8, :, 5] = marker
+        labels = torch.arange(ROWS) % 2
+        model = TokenHead(16)
+        with torch.no_grad():
+            model.linear.weight.zero_()
+            model.linear.weight[0, 5] = 3.0e38
+            model.linear.weight[0, 0] = 1.0e38
+            logits = model(features)
+        assert (~torch.isfinite(logits[:8])).any(dim=1).all() and torch.isfinite(logits[8:]).all()
+        plan = TrainingPlan(noise_multiplier=2.0, clip_norm=1.0, batch_size=4096, local_epochs=1,
+                            learning_rate=1.0, charged=(1.0, 1), grad_sample_mode="ghost",
+                            physical_batch_size=8)
+        _, steps = train_locally(model, features, labels, plan, seed=7)
+        assert steps == 1
+        weights.append(model.linear.weight.detach()[1])
+    assert torch.isfinite(weights[0]).all()
+    torch.testing.assert_close(weights[1], weights[0])
+
+
+def test_the_distributed_sum_gives_an_overflowing_unit_the_zero_vector():
+    sums = []
+    for marker in (1.0, 2.0):
+        features, labels = rows_with(marker)
+        _, model, logits = overflowing_model("minilm-head", features)
+        assert not torch.isfinite(logits[3]).all()
+        sums.append(noisy_integer_sum(model, features, labels, clip_norm=1.0, mu_share=10.0,
+                                      seed=3))
+    for name in sums[0]:
+        np.testing.assert_array_equal(sums[1][name], sums[0][name])
+
+
+def test_dp_evaluation_counts_an_overflowing_row_at_the_loss_cap():
+    features, labels = rows_with(1.0)
+    _, model, logits = overflowing_model("minilm-head", features)
+    assert not torch.isfinite(logits[3]).all()
+    contributions = unit_contributions(model, features, labels, [str(i) for i in range(ROWS)])
+    assert torch.isfinite(contributions).all() and contributions.norm(dim=1).max() <= 1 + 1e-12
+    assert contributions[3, 1] * 3**0.5 == pytest.approx(1.0)  # its loss counted as the cap
+
+
+@pytest.mark.parametrize("message_type", ["train", "evaluate"])
+def test_a_model_holding_nan_or_infinity_is_declined_before_anything_is_read(
+        tmp_path, monkeypatch, message_type):
+    site_dir = tmp_path / "site"
+    site_dir.mkdir()
+    write_rows(site_dir, rows(0, 20))
+    read = []
+    monkeypatch.setattr(client_app, "load_site", lambda *args, **kwargs: read.append(args))
+    message = train_message()
+    arrays = message.content["arrays"]
+    weight = arrays["weight"].numpy().copy()
+    weight[0, 0] = np.inf
+    message.content["arrays"] = ArrayRecord({"weight": Array(weight), "bias": arrays["bias"]})
+    asked = Message(content=message.content, dst_node_id=7, message_type=message_type)
+    reply = client_app.app(asked, context(site_dir, tmp_path / "state"))
+    assert refused_with(reply, Reason.PARAMETERS_REFUSED)
+    assert not read and not (tmp_path / "state" / "ledger.json").exists()
