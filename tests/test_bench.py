@@ -24,7 +24,7 @@ from fedintent.bench.cells import (
     save_cell,
     sweep_cells,
 )
-from fedintent.bench.federated import cell_lifetime_budget
+from fedintent.bench.federated import cell_lifetime_budget, upload_bytes_per_site_round
 from fedintent.bench.report import markdown_report, plot_png, summarize
 from fedintent.bench.sweep import BenchSpec, claim_sweep_folder, mean_site_rows, run_bench
 from fl_client.privacy_accounting import (
@@ -354,3 +354,16 @@ def test_a_cells_lifetime_budget_never_sets_its_noise(epsilon):
     run_plan = plan_noise_multiplier(epsilon, delta, 1.0, rounds, "prv")
     assert noise_within_rdp(1.0, rounds, order, rdp_budget(budget, delta, order)) < run_plan
     assert cell_lifetime_budget(math.inf) == {}
+
+
+def test_the_upload_per_site_and_round_skips_a_torn_egress_log_line(tmp_path):
+    """A site killed mid-write leaves a torn last line: the benchmark reads the rest."""
+    for site, sizes in (("site-00", (100, 300)), ("site-01", (200,))):
+        (tmp_path / site).mkdir()
+        lines = [json.dumps({"message": "train", "verdict": "sent", "run": "r", "round": number,
+                             "arrays": [{"bytes": size}]})
+                 for number, size in enumerate(sizes, start=1)]
+        lines.append(json.dumps({"message": "evaluate", "verdict": "sent", "run": "r",
+                                 "round": 1}))
+        (tmp_path / site / "egress.jsonl").write_text("\n".join(lines) + '\n{"message": "tra')
+    assert upload_bytes_per_site_round(tmp_path) == pytest.approx(200.0)

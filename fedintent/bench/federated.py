@@ -27,7 +27,6 @@ Local training throughput (samples/s) is not measured: timed in-process on this 
 it varied up to 100x between seeds of one setting, so it said nothing about the code.
 """
 
-import json
 import math
 import os
 import shutil
@@ -42,7 +41,7 @@ import torch
 from fedintent.launch.run_config import compose_run_config
 from fedintent.launch.simulation import run_simulation
 from fl_client.dp_training import evaluate
-from fl_client.egress_guard import EGRESS_LOG
+from fl_client.egress_guard import EGRESS_LOG, egress_entries
 from fl_server.model_store import load_model
 
 CELL_BUDGET_FACTOR = 1.25
@@ -135,12 +134,12 @@ def _max_over_rounds(metrics: dict, key: str, settings: dict) -> float:
 
 
 def upload_bytes_per_site_round(state_root: Path) -> float:
-    """Mean upload of a site in a round, over the train replies its egress guard let out."""
+    """Mean upload of a site in a round, over the train replies its egress guard let out; a
+    line that is not an entry (a site killed mid-write) is left out."""
     per_site_round: dict[tuple, int] = {}
     for log in state_root.glob(f"*/{EGRESS_LOG}"):
-        for line in log.read_text(encoding="utf-8").splitlines():
-            entry = json.loads(line)
-            if entry.get("message") == "train" and entry.get("verdict") == "sent":
+        for entry in egress_entries(log.parent):
+            if entry and entry.get("message") == "train" and entry.get("verdict") == "sent":
                 key = (log, entry.get("run"), entry.get("round"))
                 per_site_round[key] = per_site_round.get(key, 0) + _upload_bytes(entry)
     return statistics.fmean(per_site_round.values()) if per_site_round else 0.0
