@@ -24,6 +24,7 @@ starts a fresh ClientApp process for every message, most of which never train (e
 three of SecAgg+'s four stages).
 """
 
+import hashlib
 import warnings
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -126,7 +127,7 @@ def train_locally(
                 noise_multiplier=plan.noise_multiplier,
                 max_grad_norm=plan.clip_norm,
                 poisson_sampling=True,
-                noise_generator=torch.Generator().manual_seed(seed + 1),
+                noise_generator=torch.Generator().manual_seed(stream_seed(seed, "noise")),
                 criterion=criterion,
                 grad_sample_mode=plan.grad_sample_mode,
             )
@@ -191,6 +192,14 @@ def _run_epochs(model, loader, optimizer, criterion, plan: TrainingPlan) -> tupl
                 total_seen += len(yc)
             steps += 1
     return total_loss / max(total_seen, 1), steps
+
+
+def stream_seed(seed: int, stream: str) -> int:
+    """A seed of its own for one random stream drawn from ``seed`` (a 63-bit hash of both): the
+    noise must be independent of the Poisson sampling that ``seed`` itself drives, which the
+    accounting assumes, and no offset of ``seed`` can make the two streams meet."""
+    digest = hashlib.sha256(f"{seed}\0{stream}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1
 
 
 def _zero_gradients(model: nn.Module, x: torch.Tensor, plan: TrainingPlan) -> None:

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from fl_client.dp_training import TrainingPlan, UnitLoss, evaluate, train_locally
+from fl_client.dp_training import TrainingPlan, UnitLoss, evaluate, stream_seed, train_locally
 from fl_client.privacy_accounting import steps_per_round
 from fl_client.privacy_units import (
     MAX_UTTERANCES_PER_CUSTOMER,
@@ -152,3 +152,14 @@ def test_every_step_is_noised_even_when_the_poisson_batch_is_empty():
     assert steps == 40
     spread = model.weight.detach().std().item()
     assert abs(spread / math.sqrt(40) - 1) < 0.06, spread  # 4,096 coordinates: about 1% error
+
+
+def test_the_noise_stream_never_shares_the_sampling_streams_seed():
+    """Poisson sampling draws from ``seed`` and the noise from ``stream_seed(seed, "noise")``:
+    no seed, and no nearby seed another round or site gets, seeds both streams alike."""
+    seeds = range(0, 2**62, 2**62 // 5000)
+    noise_seeds = {stream_seed(seed, "noise") for seed in seeds}
+    assert len(noise_seeds) == len(seeds)
+    for seed in seeds:
+        assert not noise_seeds & {seed - 1, seed, seed + 1}
+    assert stream_seed(5, "noise") == stream_seed(5, "noise") != stream_seed(5, "other")
