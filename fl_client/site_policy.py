@@ -33,6 +33,7 @@ epsilon alone          ``max-epsilon-alone`` (default 50): the     above it, ove
 target-epsilon vs the  ``max-noise-ratio`` (default 2): the most   the noise the budget needs
 site's budget          noise the site adds relative to the run's   is above it (the round would
                        plan for its target-epsilon                 be mostly noise)
+the model's values     (none: any finite values)                   NaN or infinity
 =====================  ==========================================  ============================
 
 The rounds, unit and noise checks against the ledger happen where the ledger is read
