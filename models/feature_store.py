@@ -123,6 +123,8 @@ def _read_chunk(path: Path) -> tuple[list[bytes], np.ndarray] | None:
         return None
     if keys.ndim != 2 or keys.shape[1] != 32 or len(keys) != len(features):
         return None
+    if features.dtype.kind in "fc" and not np.isfinite(features).all():
+        return None  # no encoder writes NaN or infinity: the file was damaged
     return [bytes(key) for key in keys], features
 
 

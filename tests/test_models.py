@@ -84,6 +84,19 @@ def test_the_initial_head_is_a_zero_shot_classifier_from_label_names():
     assert head(queries).argmax(dim=1).tolist() == [0, 1, 2, 3]
 
 
+def test_a_feature_chunk_holding_nan_is_computed_again(tmp_path):
+    """NaN features would reach training, where each such unit adds nothing: a store that
+    holds them was damaged, and its rows are computed again."""
+    def compute(texts: list[str]) -> torch.Tensor:
+        return torch.tensor([[float(len(text)), 1.0] for text in texts])
+
+    feature_store.cached("kind", ["refund", "card"], tmp_path,
+                         lambda texts: torch.full((len(texts), 2), float("nan")))
+    assert torch.equal(feature_store.cached("kind", ["refund", "card"], tmp_path, compute),
+                       compute(["refund", "card"]))
+    assert feature_store.prune(tmp_path, ["refund", "card"]).files == 0
+
+
 @pytest.mark.parametrize("damage", [
     lambda data: data[: len(data) // 2],  # a torn write, a full disk
     lambda data: data[:-30],  # the zip directory's end cut off
