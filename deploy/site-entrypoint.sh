@@ -32,10 +32,10 @@
 #                     whose label set is exactly this one (default: any run's; a server could
 #                     then leave intents out and learn from the counts how many rows carry
 #                     the others)
-#   EVALUATION        what this site answers evaluate messages with: exact (the test split's
-#                     exact metrics, outside every epsilon), dp (accuracy and loss estimated
-#                     from one Gaussian release per round, charged to the ledger) or off
-#                     (default: the ClientApp's, exact)
+#   EVALUATION        what this site answers evaluate messages with: dp (accuracy and loss
+#                     estimated from one Gaussian release per round, charged to the ledger),
+#                     exact (the test split's exact metrics, outside every epsilon: only for a
+#                     server this site trusts with them) or off (default: the ClientApp's, dp)
 #   EVALUATION_EPSILON  with EVALUATION=dp: what one run's evaluations may cost a test unit,
 #                     all its rounds together (default: the ClientApp's, 8)
 #   LOCAL_MODELS      checkpoint folders on this machine a run may name as its model,
@@ -102,9 +102,9 @@ if [ -n "${LABELS_FILE:-}" ]; then
         echo "site-entrypoint: LABELS_FILE $LABELS_FILE is not a readable label file (one label per line, at least two)" >&2
         exit 2; }
 fi
-case "${EVALUATION:-exact}" in
-    exact|dp|off) ;;
-    *) echo "site-entrypoint: EVALUATION must be exact, dp or off" >&2; exit 2;;
+case "${EVALUATION:-dp}" in
+    dp|exact|off) ;;
+    *) echo "site-entrypoint: EVALUATION must be dp, exact or off" >&2; exit 2;;
 esac
 if [ -n "${EVALUATION_EPSILON:-}" ]; then
     python -c 'import math, sys; e = float(sys.argv[1]); sys.exit(0 if math.isfinite(e) and e > 0 else 1)' \

@@ -12,11 +12,11 @@ Per round, in this order, the site:
 4. trains the exchanged part of the model with DP-SGD on exactly those units (``dp_training.py``);
 5. replies with the exchanged parameters and a few numbers (example count, epsilon, delta).
 
-An evaluate message gets the test split's exact metrics, unless the site's node config sets
-``evaluation = "dp"`` (``site_policy.evaluation_policy``): then accuracy, loss and unit count
-from one Gaussian release of the test split, charged to the ledger like a round of training
-(``dp_evaluation.py``); or ``"off"``: then it is declined unread. A site with a ``labels-file``
-answers either message only for a run with exactly that label set.
+An evaluate message gets accuracy, loss and unit count from one Gaussian release of the test
+split, charged to the ledger like a round of training (``dp_evaluation.py``); or, as the site's
+node config ``evaluation`` says (``site_policy.evaluation_policy``), its exact metrics
+(``"exact"``, the simulation's default) or nothing, declined unread (``"off"``). A site with
+a ``labels-file`` answers either message only for a run with exactly that label set.
 
 The egress guard checks every reply before it leaves. A failure leaves only as one of the fixed
 ``Reason`` values; its cause is logged here, at the site. Conversation text, labels and features

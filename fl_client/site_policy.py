@@ -41,8 +41,9 @@ The rounds, unit and noise checks against the ledger happen where the ledger is 
 every site, so the run config's ``site-max-epsilon``, ``site-max-epsilon-alone`` (and
 ``privacy-unit``) stand in for each simulated site's node config.
 
-Evaluation is the site's policy too: its node config ``evaluation`` (``exact``, ``dp`` or
-``off``, ``EVALUATION_POLICIES``) says whether it answers evaluate messages and how. Under ``dp``
+Evaluation is the site's policy too: its node config ``evaluation`` (``dp`` by default,
+``exact`` or ``off``, ``EVALUATION_POLICIES``) says whether it answers evaluate messages and
+how. Under ``dp``
 the epsilon is the site's own ``evaluation-epsilon``, never the server's, and the rest of the
 request (delta, accountant, privacy unit, round) is checked as for training
 (``evaluation_request``).
@@ -249,24 +250,25 @@ def retention_days(context: Context) -> float:
 
 
 def evaluation_policy(context: Context) -> str:
-    """The site's ``evaluation`` node config (``EVALUATION_POLICIES``); simulation: the run
-    config's ``site-evaluation`` (default ``exact``).
+    """The site's ``evaluation`` node config (``EVALUATION_POLICIES``; default ``dp``, so that a
+    site need not trust the server with its test rows); simulation: the run config's
+    ``site-evaluation`` (default ``exact``: one operator plays every site and the server).
 
-    * ``exact`` (the default) answers every evaluate message with exact metrics of its test
-      split (example count, loss, accuracy, macro-F1), which no DP covers. A hostile server can
-      use them as an oracle: it chooses the model, and each reply counts the test rows that
-      model gets right, so crafted models, one message after another, can learn the test rows'
-      labels and, query by query, where their features lie.
     * ``dp`` answers with accuracy, loss and unit count estimated from one Gaussian release of
       the test split per round (``dp_evaluation.py``), charged to the ledger for the site's
       ``evaluation-epsilon`` over the run's rounds: the oracle is bounded like training is.
+    * ``exact`` answers every evaluate message with exact metrics of its test split (example
+      count, loss, accuracy, macro-F1), which no DP covers. A hostile server can use them as an
+      oracle: it chooses the model, and each reply counts the test rows that model gets right,
+      so crafted models, one message after another, can learn the test rows' labels and, query
+      by query, where their features lie. For a server the site trusts with that.
     * ``off`` declines every evaluate message before any data is read: only DP-protected
       training updates leave the site.
     """
     simulated = is_simulated(context)
     key = "site-evaluation" if simulated else "evaluation"
     source = context.run_config if simulated else context.node_config
-    policy = str(source.get(key, "exact")).strip().lower()
+    policy = str(source.get(key, "exact" if simulated else "dp")).strip().lower()
     if policy not in EVALUATION_POLICIES:
         raise SiteConfigError(f"node config: {key}: {policy!r} is not one of "
                               f"{', '.join(EVALUATION_POLICIES)}")

@@ -251,7 +251,7 @@ def test_a_customer_in_both_splits_composes_both_spends(tmp_path):
 
 def test_exact_evaluation_is_unchanged_and_charges_nothing(site, tmp_path):
     state = tmp_path / "state"
-    ctx = context(site, state)
+    ctx = context(site, state, node={"evaluation": "exact"})
     reply = client_app.app(evaluate_message(labels=LABELS), ctx)
     assert set(reply.content["metrics"]) == {"num-examples", "loss", "accuracy", "macro-f1"}
     assert not (state / "ledger.json").exists()

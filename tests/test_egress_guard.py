@@ -262,7 +262,8 @@ EVAL_LABELS = ["card_lost", "refund"]
 
 @pytest.fixture
 def evaluating_site(tmp_path) -> Context:
-    """A deployed site (node config with data-path, state-dir, max-epsilon) with a test split."""
+    """A deployed site (node config with data-path, state-dir, max-epsilon) with a test split,
+    evaluating exactly (its node config's choice: a site evaluates under DP by default)."""
     site_dir = tmp_path / "site"
     site_dir.mkdir()
     (site_dir / "train.csv").write_text("text,label\nI lost my card,card_lost\n"
@@ -270,7 +271,7 @@ def evaluating_site(tmp_path) -> Context:
     (site_dir / "test.csv").write_text("text,label\nmy card is lost,card_lost\n"
                                        "where is my refund,refund\nlost card again,card_lost\n")
     node = {"data-path": str(site_dir), "state-dir": str(tmp_path / "state"),
-            "max-epsilon": 10.0, "retention-days": math.inf}
+            "max-epsilon": 10.0, "retention-days": math.inf, "evaluation": "exact"}
     return Context(run_id=1, node_id=7, node_config=node, state=RecordDict(),
                    run_config=dict(DEFAULTS))
 

@@ -374,9 +374,11 @@ def test_no_failure_detail_reaches_the_server(tmp_path: Path, monkeypatch: pytes
         if site.expected is not None:
             assert failures[ids[name]] == {"node_id": ids[name], "kind": "failed",
                                            "reason": site.expected.value}, name
-    unusable = {ids[n] for n in ("no-header", "missing", "bad-rows")}
-    assert {f["node_id"] for f in entry["evaluation_failures"]} == unusable
-    assert {f["reason"] for f in entry["evaluation_failures"]} == {Reason.DATA_UNUSABLE.value}
+    # Evaluation is under DP (a deployed site's default), so it needs the ledger and the policy
+    # too: the sites that cannot read their data, ledger or node config cannot evaluate either.
+    cannot_evaluate = {ids[name]: site.expected.value for name, site in sites.items()
+                       if site.expected is not None and name != "bad-cache"}
+    assert {f["node_id"]: f["reason"] for f in entry["evaluation_failures"]} == cannot_evaluate
     audit = [json.loads(line) for line in (tmp_path / "out" / "audit.jsonl").read_text()
              .splitlines()]
     assert [e for e in audit if e["event"] == "round"][0]["failures"] == entry["failures"]

@@ -34,17 +34,27 @@ def test_the_watchdog_forgets_the_processes_the_launcher_stopped_itself():
 
 
 WATCHED = textwrap.dedent("""
-    import subprocess, sys
+    import subprocess, sys, time
     import psutil
     from fedintent.launch.processes import start_process, stop_process_trees
 
     def watchdogs():
-        return [child for child in psutil.Process().children()
-                if "fedintent.launch.watchdog" in child.cmdline()]
+        found = []
+        for child in psutil.Process().children():
+            try:
+                if "fedintent.launch.watchdog" in child.cmdline():
+                    found.append(child)
+            except psutil.Error:
+                pass
+        return found
 
     processes = []
     with open(sys.argv[1], "ab") as log:
         start_process([sys.executable, "-c", "import time; time.sleep(600)"], {}, log, processes)
+    # Until the watchdog's exec completes, its command line is still this interpreter's.
+    deadline = time.monotonic() + 120
+    while not watchdogs() and time.monotonic() < deadline:
+        time.sleep(0.1)
     print(len(watchdogs()), flush=True)
     stop_process_trees(processes)
     _, alive = psutil.wait_procs(watchdogs(), timeout=120)

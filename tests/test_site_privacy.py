@@ -391,19 +391,23 @@ def test_a_site_whose_evaluation_is_off_answers_no_evaluation_but_trains(site, t
     assert (evaluations.sent, evaluations.runs, evaluations.declined) == (0, 0, 1)
 
 
-def test_a_site_evaluates_exactly_by_default_and_refuses_an_unknown_evaluation_policy(
+def test_a_site_evaluates_with_dp_by_default_exactly_on_request_and_refuses_an_unknown_policy(
         site, tmp_path):
+    """A site need not trust the server with its test rows: unless its node config says
+    ``evaluation = "exact"``, what it sends is a DP estimate, charged to its ledger."""
     ctx = context(site, tmp_path / "a")
     client_app.app(train_message(), ctx)
-    exact = client_app.app(evaluate_message(), ctx)
-    assert not exact.has_error()
+    default = client_app.app(evaluate_message(), ctx)
+    assert set(default.content["metrics"]) == {"num-examples", "loss", "accuracy", "epsilon"}
+    exact_ctx = context(site, tmp_path / "a", node={"evaluation": "exact"})
+    exact = client_app.app(evaluate_message(), exact_ctx)
     assert set(exact.content["metrics"]) == {"num-examples", "loss", "accuracy", "macro-f1"}
-    client_app.app(evaluate_message(), ctx)
+    client_app.app(evaluate_message(), exact_ctx)
     with open(tmp_path / "a" / "egress.jsonl", "a") as log:
         log.write("{torn line\n")
     evaluations = site_privacy_report(tmp_path / "a", 10.0).evaluations
-    assert (evaluations.sent, evaluations.runs, evaluations.declined,
-            evaluations.unreadable) == (2, 1, 0, 1)
+    assert (evaluations.sent, evaluations.runs, evaluations.dp, evaluations.declined,
+            evaluations.unreadable) == (2, 1, 1, 0, 1)
     unknown = client_app.app(evaluate_message(),
                              context(site, tmp_path / "b", node={"evaluation": "noisy"}))
     assert refused_with(unknown, Reason.SITE_CONFIG_INVALID)
