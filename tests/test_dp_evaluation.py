@@ -25,7 +25,7 @@ from test_site_privacy import (
 
 import fl_client.client_app as client_app
 from fedintent.cli import main
-from fl_client.dp_evaluation import LOSS_CAP, noisy_scores, unit_contributions
+from fl_client.dp_evaluation import LOSS_CAP, NoisyScores, noisy_scores, unit_contributions
 from fl_client.privacy_accounting import rdp_budget, rdp_epsilon
 from fl_client.privacy_report import site_privacy_report
 from fl_protocol.wire import EVALUATE_METRICS, Reason
@@ -104,6 +104,29 @@ def test_without_noise_the_scores_are_exact_and_a_loss_above_the_cap_counts_as_t
     assert scores.accuracy == pytest.approx(2 / 3) and scores.units == 3
     third = float(torch.nn.functional.cross_entropy(logits[2:], labels[2:]))
     assert scores.loss == pytest.approx((0.0 + LOSS_CAP + third) / 3, abs=1e-6)
+
+
+def test_one_confident_right_unit_reads_back_exactly():
+    """The smallest split: one unit, a loss far below 1, no noise; each reading is its own."""
+    logits = torch.tensor([[8.0, 0.0]])
+    contributions = unit_contributions(scripted_model(logits), torch.zeros(1, 1),
+                                       torch.tensor([0]), ["only"])
+    scores = noisy_scores(contributions, 0.0, seed=0)
+    assert (scores.accuracy, scores.units) == (1.0, 1)
+    assert scores.loss == pytest.approx(float(torch.nn.functional.cross_entropy(
+        logits, torch.tensor([0]))), rel=1e-6)
+
+
+def test_a_count_the_noise_drove_to_zero_or_below_reads_as_nothing_learned():
+    """When the noisy count is not positive no ratio means anything: the reply is accuracy 0,
+    the loss cap and one unit, the same whatever the sums held."""
+    contributions = torch.full((2, 3), 1 / math.sqrt(3), dtype=torch.float64)
+    swamped = [seed for seed in range(200)
+               if torch.normal(0.0, 50.0, size=(3,), generator=torch.Generator().manual_seed(seed),
+                               dtype=torch.float64)[2] + 2 / math.sqrt(3) <= 0]
+    assert swamped
+    for seed in swamped[:5]:
+        assert noisy_scores(contributions, 50.0, seed) == NoisyScores(0.0, LOSS_CAP, 1)
 
 
 def test_the_noise_is_the_planned_gaussian_and_fresh_for_every_seed():
