@@ -172,24 +172,22 @@ def _run_epochs(model, loader, optimizer, criterion, plan: TrainingPlan) -> tupl
                     xc, yc = _units_with_finite_loss(model, xc, yc)
                 if private and len(yc) == 0:  # every unit of the chunk left out: it adds 0
                     _zero_gradients(model, xc, plan)
-                    optimizer.signal_skip_step(do_skip=not last)
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
-                    continue
-                loss = criterion(model(xc), yc)
+                else:
+                    loss = criterion(model(xc), yc)
+                    if private:
+                        loss.backward()  # this chunk's per-example gradients
+                        if plan.grad_sample_mode != "ghost":
+                            _zero_non_finite_units(model)
+                    else:
+                        (loss * (len(yc) / len(y))).backward()  # gradients add up over chunks
+                    total_loss += loss.item() * len(yc)
+                    total_seen += len(yc)
                 if private:
-                    loss.backward()  # this chunk's per-example gradients
-                    if plan.grad_sample_mode != "ghost":
-                        _zero_non_finite_units(model)
                     optimizer.signal_skip_step(do_skip=not last)
                     optimizer.step()  # clipped and summed; noise and the update after the last
                     optimizer.zero_grad(set_to_none=True)  # keeps the sum of skipped steps
-                else:
-                    (loss * (len(yc) / len(y))).backward()  # gradients add up over chunks
-                    if last:
-                        optimizer.step()
-                total_loss += loss.item() * len(yc)
-                total_seen += len(yc)
+                elif last:
+                    optimizer.step()
             steps += 1
     return total_loss / max(total_seen, 1), steps
 

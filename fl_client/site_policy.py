@@ -186,14 +186,25 @@ def is_simulated(context: Context) -> bool:
     return "partition-id" in node and "data-path" not in node
 
 
+def _setting(context: Context, name: str, default: object,
+             simulated_default: object = None) -> tuple[str, object]:
+    """(the key as its operator sets it, its value): the node config's ``name``, or in a
+    simulation the run config's stand-in ``site-<name>``; unset, ``default`` (in a simulation
+    ``simulated_default``, where one is given)."""
+    if is_simulated(context):
+        key = f"site-{name}"
+        return key, context.run_config.get(
+            key, default if simulated_default is None else simulated_default)
+    return name, context.node_config.get(name, default)
+
+
 def site_policy(context: Context) -> SitePolicy:
     """The site's policy: its node config, or (simulation only) the run config's stand-in."""
     node = context.node_config
-    simulated = is_simulated(context)
-    source = context.run_config if simulated else node
-    epsilon_key = "site-max-epsilon" if simulated else "max-epsilon"
+    source = context.run_config if is_simulated(context) else node  # privacy-unit's stand-in
+    epsilon_key, epsilon = _setting(context, "max-epsilon", DEFAULT_MAX_EPSILON)
     try:
-        max_epsilon = float(source.get(epsilon_key, DEFAULT_MAX_EPSILON))
+        max_epsilon = float(epsilon)
         max_delta = float(node.get("max-delta", DEFAULT_MAX_DELTA))
     except (TypeError, ValueError) as err:
         raise SiteConfigError(f"node config: {err}") from err
@@ -201,7 +212,7 @@ def site_policy(context: Context) -> SitePolicy:
         raise SiteConfigError(f"{epsilon_key} must be > 0, got {max_epsilon}")
     if not 0 < max_delta < 1:
         raise SiteConfigError(f"max-delta must be in (0, 1), got {max_delta}")
-    unit = source.get("privacy-unit") if simulated else node.get("privacy-unit")
+    unit = source.get("privacy-unit")
     if unit is not None and str(unit) not in PRIVACY_UNITS:
         raise SiteConfigError(f"privacy-unit must be one of {PRIVACY_UNITS}, got {unit!r}")
     models = tuple(m.strip() for m in str(node.get("privacy-models", ",".join(PRIVACY_MODELS)))
@@ -211,8 +222,8 @@ def site_policy(context: Context) -> SitePolicy:
                               f"{PRIVACY_MODELS}, got {node.get('privacy-models')!r}")
     try:
         tolerated = node.get("min-tolerated-sites", DEFAULT_MIN_TOLERATED_SITES)
-        alone_key = "site-max-epsilon-alone" if simulated else "max-epsilon-alone"
-        max_alone = float(source.get(alone_key, DEFAULT_MAX_EPSILON_ALONE))
+        alone_key, alone = _setting(context, "max-epsilon-alone", DEFAULT_MAX_EPSILON_ALONE)
+        max_alone = float(alone)
         max_noise_ratio = float(node.get("max-noise-ratio", DEFAULT_MAX_NOISE_RATIO))
         if isinstance(tolerated, bool) or int(tolerated) != float(tolerated):
             raise ValueError(f"min-tolerated-sites must be a whole number, got {tolerated!r}")
@@ -236,12 +247,9 @@ def retention_days(context: Context) -> float:
     are never used, for training or evaluation, and are purged from every derived store
     (``retention.py``). Not a DP parameter: it bounds how long data is kept, not what a release
     reveals; so it is read apart from ``site_policy``, and evaluation needs only it."""
-    node = context.node_config
-    simulated = is_simulated(context)
-    key = "site-retention-days" if simulated else "retention-days"
-    source = context.run_config if simulated else node
+    key, value = _setting(context, "retention-days", DEFAULT_RETENTION_DAYS, math.inf)
     try:
-        days = float(source.get(key, math.inf if simulated else DEFAULT_RETENTION_DAYS))
+        days = float(value)
     except (TypeError, ValueError) as err:
         raise SiteConfigError(f"node config: {key}: {err}") from err
     if not days > 0:
@@ -265,10 +273,8 @@ def evaluation_policy(context: Context) -> str:
     * ``off`` declines every evaluate message before any data is read: only DP-protected
       training updates leave the site.
     """
-    simulated = is_simulated(context)
-    key = "site-evaluation" if simulated else "evaluation"
-    source = context.run_config if simulated else context.node_config
-    policy = str(source.get(key, "exact" if simulated else "dp")).strip().lower()
+    key, value = _setting(context, "evaluation", "dp", "exact")
+    policy = str(value).strip().lower()
     if policy not in EVALUATION_POLICIES:
         raise SiteConfigError(f"node config: {key}: {policy!r} is not one of "
                               f"{', '.join(EVALUATION_POLICIES)}")
@@ -279,11 +285,9 @@ def evaluation_epsilon(context: Context) -> float:
     """The site's ``evaluation-epsilon`` (simulation: the run config's
     ``site-evaluation-epsilon``): what one run's DP evaluations may cost a test unit, all its
     rounds together (``DEFAULT_EVALUATION_EPSILON``). Finite and > 0."""
-    simulated = is_simulated(context)
-    key = "site-evaluation-epsilon" if simulated else "evaluation-epsilon"
-    source = context.run_config if simulated else context.node_config
+    key, value = _setting(context, "evaluation-epsilon", DEFAULT_EVALUATION_EPSILON)
     try:
-        epsilon = float(source.get(key, DEFAULT_EVALUATION_EPSILON))
+        epsilon = float(value)
     except (TypeError, ValueError) as err:
         raise SiteConfigError(f"node config: {key}: {err}") from err
     if not (math.isfinite(epsilon) and epsilon > 0):

@@ -155,8 +155,7 @@ class RunRecord:
         entry["sites_evaluated"] = sum(1 for r in replies if not r.has_error())
         entry["evaluation_failures"] = [_failure(r) for r in replies if r.has_error()]
         if aggregated is not None:
-            entry |= {name.replace("-", "_"): float(aggregated[name])
-                      for name in ("accuracy", "loss", "macro-f1") if name in aggregated}
+            entry |= {name.replace("-", "_"): float(value) for name, value in aggregated.items()}
         dp = sum(1 for r in replies if not r.has_error() and "epsilon" in r.content[METRICS_KEY])
         if dp:
             entry["sites_evaluated_with_dp"] = dp

@@ -276,10 +276,9 @@ def aggregate_evaluate_metrics(records: list[RecordDict]) -> MetricRecord:
     aggregated = MetricRecord()
     for name in AGGREGATED_EVALUATE_METRICS:
         carrying = [m for m in metrics if name in m]
-        total = sum(float(m["num-examples"]) for m in carrying)
         if carrying:
-            aggregated[name] = sum(float(m[name]) * float(m["num-examples"])
-                                   for m in carrying) / total
+            aggregated[name] = (sum(float(m[name]) * float(m["num-examples"]) for m in carrying)
+                                / sum(float(m["num-examples"]) for m in carrying))
     return aggregated
 
 
