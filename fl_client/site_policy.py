@@ -85,6 +85,8 @@ from fl_protocol.wire import (
     PRIVACY_MODELS,
     PRIVACY_UNITS,
     Reason,
+    evaluation_count,
+    evaluation_number,
 )
 from models import model_family_names
 
@@ -297,15 +299,29 @@ def evaluation_epsilon(context: Context) -> float:
 
 def evaluation_request(msg: Message, context: Context, policy: SitePolicy) -> RoundRequest:
     """A DP evaluation as the round of a run of its own, ``<run> (evaluation)``: the site's
-    ``evaluation-epsilon`` over the run's planned rounds, one Gaussian release of the test split
-    per round (sample rate 1, one step, sensitivity 1: ``dp_evaluation.py``; its batch size is
-    set to the test units once they are read). The run's delta, accountant, privacy unit and
-    round are the server's asks, checked here as for training; the noise is all the site's own,
-    so it is a local release whatever the run's privacy model."""
+    ``evaluation-epsilon`` over the run's planned evaluations (its rounds, every
+    ``evaluate-every``-th and the last: ``wire.evaluation_number``; any other round is declined),
+    one Gaussian release of the test split per evaluation (sample rate 1, one step, sensitivity
+    1: ``dp_evaluation.py``; its batch size is set to the test units once they are read). The
+    run's delta, accountant, privacy unit and rounds are the server's asks, checked here as for
+    training; the noise is all the site's own, so it is a local release whatever the run's
+    privacy model."""
     asked = round_request(msg, context)
+    try:
+        every = int(context.run_config["evaluate-every"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise PolicyRefusal(Reason.SETTING_REFUSED, f"malformed evaluate-every: {err}") from err
+    if every < 1:
+        raise PolicyRefusal(Reason.SETTING_REFUSED, f"evaluate-every {every} is not >= 1")
+    number = evaluation_number(asked.server_round, asked.num_rounds, every)
+    if number is None:
+        raise PolicyRefusal(Reason.ROUND_REFUSED,
+                            f"round {asked.server_round} of {asked.num_rounds} is not an "
+                            f"evaluation round of the run (every {every} and the last)")
     request = RoundRequest(
-        run_name=f"{asked.run_name} (evaluation)", server_round=asked.server_round,
-        num_rounds=asked.num_rounds, target_epsilon=evaluation_epsilon(context),
+        run_name=f"{asked.run_name} (evaluation)", server_round=number,
+        num_rounds=evaluation_count(asked.num_rounds, every),
+        target_epsilon=evaluation_epsilon(context),
         delta=asked.delta, accountant=asked.accountant, privacy_unit=asked.privacy_unit,
         clip_norm=1.0, batch_size=1, local_epochs=1,
     )

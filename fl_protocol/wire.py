@@ -98,6 +98,7 @@ RUN_CONFIG_DEFAULTS: dict[str, str | int | float | bool] = {
     "site-retention-days": math.inf,
     "site-evaluation": "exact",
     "site-evaluation-epsilon": DEFAULT_EVALUATION_EPSILON,
+    "evaluate-every": 1,
     "accountant": "prv",
     "clip-norm": 1.0,
     "batch-size": 4096,
@@ -118,6 +119,27 @@ from it only as *requests*, which it checks against its own policy (``fl_client/
 ``max-update-norm`` (server only): 0 bounds each DP update by what its clip norm, learning rate
 and noise allow (``fl_server/update_validation.derived_update_bound``; no bound without DP),
 a positive number is a fixed bound, ``inf`` none."""
+
+
+def evaluation_number(server_round: int, num_rounds: int, evaluate_every: int) -> int | None:
+    """Which of a run's evaluations round ``server_round`` holds (1 for the first), or None: the
+    sites evaluate the global model in every ``evaluate-every``-th round and always in the last,
+    so the final model is always evaluated. The server asks in these rounds only; a site
+    evaluating under DP plans its evaluation epsilon over exactly ``evaluation_count`` of them
+    and declines any other round (``fl_client/site_policy.evaluation_request``), so fewer
+    evaluations each carry less noise. Arithmetic only: the numbers are the server's."""
+    if not 1 <= server_round <= num_rounds:
+        return None
+    if server_round % evaluate_every == 0:
+        return server_round // evaluate_every
+    return evaluation_count(num_rounds, evaluate_every) if server_round == num_rounds else None
+
+
+def evaluation_count(num_rounds: int, evaluate_every: int) -> int:
+    """How many rounds of a run of ``num_rounds`` evaluate (``evaluation_number``)."""
+    return -(-num_rounds // evaluate_every)
+
+
 MAX_AUTO_DELTA = 1e-5
 """The largest delta a site picks when the run's ``delta`` is 0 (its default, at most this
 and below 1 / (10 x its units)); the server holds a site's reported delta to it."""

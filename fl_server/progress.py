@@ -38,7 +38,7 @@ def round_lines(entry: dict, num_rounds: int, names: Mapping[str, str] | None = 
     epsilon = format_epsilon(entry["max_epsilon"]) if "max_epsilon" in entry else "n/a"
     lines = [
         f"round {entry['round']:>3}/{num_rounds}  sites trained {trained}/{asked}  "
-        f"eval accuracy {format_accuracy(entry.get('accuracy'))}{_site_scores(entry, names)}  "
+        f"{_evaluation_text(entry, names)}  "
         f"max epsilon {epsilon}{alone_text}{upload_text}"
     ]
     lines += [f"  site {site_label(failure['node_id'], names or {})} did not train: "
@@ -52,6 +52,12 @@ def round_lines(entry: dict, num_rounds: int, names: Mapping[str, str] | None = 
         lines.append(f"  no sum released, the model stays as it was: "
                      f"{secure.get('halted') or secure.get('dropped')}")
     return lines
+
+
+def _evaluation_text(entry: dict, names: Mapping[str, str] | None) -> str:
+    if entry.get("evaluated") is False:
+        return "not evaluated (evaluate-every)"
+    return f"eval accuracy {format_accuracy(entry.get('accuracy'))}{_site_scores(entry, names)}"
 
 
 def _site_scores(entry: dict, names: Mapping[str, str] | None) -> str:

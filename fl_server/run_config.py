@@ -71,6 +71,7 @@ WHOLE_RANGES: dict[str, tuple[int, int]] = {
     "seed": (0, 2**32 - 1),
     "stop-after-round": (0, 10_000),
     "tolerated-sites": (0, 10_000),
+    "evaluate-every": (1, 10_000),
 }
 """Whole-number keys and their inclusive ranges (``seed``: numpy's ``RandomState`` range)."""
 RETENTION_DAYS_RANGE = (0.01, 36_500.0)

@@ -8,7 +8,8 @@ them, and the size of each site's reply as serialized (its upload). A site evalu
 sends noisy estimates of accuracy and loss with their ``epsilon`` and no macro-F1
 (``sites_evaluated_with_dp`` counts them). The example-weighted accuracy is dominated by the
 largest sites; a model that fails a small site shows only in the per-site and worst-site
-figures. ``fedintent train`` follows this file to print progress, so a
+figures. A round outside the run's ``evaluate-every`` holds no evaluation (``evaluated``
+false). ``fedintent train`` follows this file to print progress, so a
 round is only visible once it is complete on disk. A resumed run continues the same file.
 ``provenance`` says which code made the record (package versions, the git commit from a
 checkout); the data stays at the sites and is not described here.
@@ -161,6 +162,13 @@ class RunRecord:
             entry["sites_evaluated_with_dp"] = dp
         entry |= _site_evaluations(replies, self._pseudonyms(entry))
         self.doc["rounds"].append(entry)
+        self.write()
+
+    def record_unevaluated(self, server_round: int) -> None:
+        """Complete a round in which no site was asked to evaluate (the run's
+        ``evaluate-every``) and write it out: ``evaluated`` false, no evaluation figures."""
+        entry = self._pending.pop(server_round, {"round": server_round})
+        self.doc["rounds"].append(entry | {"evaluated": False})
         self.write()
 
     def _pseudonyms(self, entry: dict) -> dict[str, str]:

@@ -6,7 +6,8 @@ final model. It never sees site data: each site replies with its trained paramet
 numbers, and privacy is accounted at the sites.
 
 Each round trains on every connected site (waiting for at least ``min-sites``), checks every
-reply and aggregates the accepted ones, evaluates on every site, then records the round in
+reply and aggregates the accepted ones, evaluates on every site (in every ``evaluate-every``-th
+round and the last), then records the round in
 ``metrics.json`` and the audit log and checkpoints it. A site that fails, declines, does not
 reply in time or sends an update the server rejects is recorded, and the round goes on without
 it. With ``resume = true`` the run in ``out-dir`` continues after its last checkpoint. With
@@ -32,6 +33,7 @@ from flwr.serverapp.strategy import Strategy
 from fl_protocol.durable_files import json_safe
 from fl_protocol.hash_chain import ChainError, append_entry
 from fl_protocol.label_file import LabelFileError, read_labels
+from fl_protocol.wire import evaluation_number
 from fl_server.checkpoints import CheckpointError, save_checkpoint, state_sha256
 from fl_server.model_store import save_model
 from fl_server.progress import format_accuracy, round_lines
@@ -126,7 +128,9 @@ def main(grid: Grid, context: Context) -> None:
         for server_round in range(done + 1, num_rounds + 1):
             arrays = _run_round(strategy, grid, context, server_round, arrays, site_config,
                                 float(cfg["reply-timeout"]),
-                                spec if cfg["secure-aggregation"] else None)
+                                spec if cfg["secure-aggregation"] else None,
+                                evaluate=evaluation_number(server_round, num_rounds,
+                                                           int(cfg["evaluate-every"])) is not None)
             model = {key: array.numpy() for key, array in arrays.items()}
             state = strategy_state(strategy)
             audit("round", **record.doc["rounds"][-1], model_sha256=arrays_sha256(model),
@@ -182,10 +186,12 @@ def _run_round(
     site_config: ConfigRecord,
     reply_timeout: float,
     secure_spec: ArraySpec | None,
+    evaluate: bool = True,
 ) -> ArrayRecord:
     """One round as Flower's ``Strategy.start`` runs it, for any round number (a resumed run
     continues at its next round); returns the new global model. With ``secure_spec`` (the
-    model's spec) training goes through SecAgg+."""
+    model's spec) training goes through SecAgg+; without ``evaluate`` (not one of the run's
+    evaluation rounds, ``evaluation_number``) no site is asked to evaluate."""
     asked = list(strategy.configure_train(server_round, arrays, site_config, grid))
     if secure_spec is not None:
         secure = secure_train_round(grid, context, server_round, asked, secure_spec,
@@ -196,6 +202,9 @@ def _run_round(
         aggregated, _ = strategy.aggregate_train(server_round, replies)
     if aggregated is not None:
         arrays = aggregated
+    if not evaluate:
+        strategy.skip_evaluate(server_round)
+        return arrays
     replies = grid.send_and_receive(
         strategy.configure_evaluate(server_round, arrays, site_config, grid),
         timeout=reply_timeout,

@@ -203,6 +203,11 @@ class CheckedRounds(Strategy):
         )
         return self.asked_evaluate
 
+    def skip_evaluate(self, server_round: int) -> None:
+        """Record the round as one in which no site was asked to evaluate."""
+        self.asked_evaluate = []
+        self.record.record_unevaluated(server_round)
+
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]
     ) -> MetricRecord | None:

@@ -276,12 +276,14 @@ def _privacy_section(config: dict, sites: dict) -> str:
 def _evaluation_section(rounds: list[dict], final: dict) -> str:
     if not rounds:
         return f"## Evaluation\n\nRounds: {MISSING}."
-    rows = [f"| {r['round']} | {r.get('sites_trained', 0)} | {_value(r.get('accuracy'))} "
+    rows = [f"| {r['round']} | {r.get('sites_trained', 0)} | "
+            f"{'not evaluated' if r.get('evaluated') is False else _value(r.get('accuracy'))} "
             f"| {_value(r.get('macro_f1'))} | {_value(r.get('worst_site_accuracy'))} "
             f"| {_value(r.get('loss'))} | {_value(r.get('max_epsilon'))} |" for r in rounds]
     return (
         "## Evaluation\n\n"
-        "Each round the global model was evaluated on every site's held-out test split; "
+        f"{_evaluated_when(rounds)} the global model was evaluated on every site's held-out "
+        "test split; "
         "accuracy, macro-F1 (the mean of per-class F1, computed at each site) and loss are "
         "weighted by the sites' test examples, so the largest sites dominate them: the worst "
         "site's accuracy and the per-site table show how the model does at a small site. "
@@ -293,6 +295,14 @@ def _evaluation_section(rounds: list[dict], final: dict) -> str:
         + "| round | sites trained | accuracy | macro-F1 | worst site accuracy | loss "
         "| largest site epsilon so far |\n"
         "|---|---|---|---|---|---|---|\n" + "\n".join(rows))
+
+
+def _evaluated_when(rounds: list[dict]) -> str:
+    skipped = sum(1 for r in rounds if r.get("evaluated") is False)
+    if not skipped:
+        return "Each round"
+    return (f"In {len(rounds) - skipped} of the {len(rounds)} rounds (the run's evaluate-every, "
+            f"and always the last)")
 
 
 def _site_evaluation_table(sites: dict | None) -> str:

@@ -272,6 +272,77 @@ def test_a_customer_in_both_splits_composes_both_spends(tmp_path):
     assert spend(state, "cust-99") == pytest.approx(release.rdp)
 
 
+def evaluation_at(server_round: int, num_rounds: int, run: str = "run-a") -> Message:
+    message = evaluate_message()
+    message.content["config"]["server-round"] = server_round
+    message.content["config"]["num-rounds"] = num_rounds
+    message.content["config"]["run-name"] = run
+    return message
+
+
+def test_evaluating_every_k_rounds_plans_over_those_evaluations_and_declines_the_others(
+        site, tmp_path, monkeypatch):
+    """``evaluate-every`` 5 over 12 rounds: the site evaluates in rounds 5, 10 and 12 only,
+    plans its evaluation epsilon over those 3 releases (less noise each than over 12), and
+    declines round 3 unread and uncharged."""
+    state = tmp_path / "state"
+    ctx = context(site, state, node=DP, **{"evaluate-every": 5})
+    read = []
+    real_load = client_app.load_site
+    monkeypatch.setattr(client_app, "load_site",
+                        lambda *args, **kwargs: read.append(args) or real_load(*args, **kwargs))
+    assert refused_with(client_app.app(evaluation_at(3, 12), ctx), Reason.ROUND_REFUSED)
+    assert not read and not (state / "ledger.json").exists()
+    replies = [client_app.app(evaluation_at(r, 12), ctx) for r in (5, 10, 12)]
+    assert not any(reply.has_error() for reply in replies)
+    released = evaluation_releases(state)
+    assert [(r.server_round, r.num_rounds) for r in released] == [(1, 3), (2, 3), (3, 3)]
+    assert replies[-1].content["metrics"]["epsilon"] == pytest.approx(8.0, rel=0.05)
+    every_round = tmp_path / "every-round"
+    assert not client_app.app(evaluation_at(5, 12), context(site, every_round, node=DP)).has_error()
+    assert evaluation_releases(every_round)[0].num_rounds == 12
+    ratio = released[0].noise_multiplier / evaluation_releases(every_round)[0].noise_multiplier
+    assert 0.4 < ratio < 0.6  # about sqrt(3 / 12): the epsilon goes to fewer releases
+
+
+def test_a_server_changing_evaluate_every_within_a_run_is_declined(site, tmp_path):
+    """The evaluation run's noise was planned for the evaluations it first announced: a run of
+    the same name announcing more (evaluate-every 5, then 1) is declined, nothing charged."""
+    state = tmp_path / "state"
+    sparse = context(site, state, node=DP, **{"evaluate-every": 5})
+    assert not client_app.app(evaluation_at(5, 12), sparse).has_error()
+    dense = context(site, state, node=DP, **{"evaluate-every": 1})
+    assert refused_with(client_app.app(evaluation_at(6, 12), dense), Reason.ROUND_REFUSED)
+    assert len(evaluation_releases(state)) == 1
+
+
+@pytest.mark.parametrize("value", [0, -3, "often", None])
+def test_an_unusable_evaluate_every_is_declined(site, tmp_path, value):
+    run_config = {} if value is None else {"evaluate-every": value}
+    ctx = context(site, tmp_path / "state", node=DP, **run_config)
+    if value is None:
+        del ctx.run_config["evaluate-every"]
+    assert refused_with(client_app.app(evaluate_message(), ctx), Reason.SETTING_REFUSED)
+    assert not (tmp_path / "state" / "ledger.json").exists()
+
+
+def test_a_server_skipping_evaluations_records_and_prints_them_as_not_evaluated(tmp_path):
+    record = RunRecord.start(tmp_path / "metrics.json", 1, {}, ["a", "b"])
+    record.record_unevaluated(1)
+    replies = [reply_of(7, NOISY)]
+    record.record_evaluate(2, replies, aggregate_evaluate_metrics([r.content for r in replies]))
+    first, second = record.doc["rounds"]
+    assert first == {"round": 1, "evaluated": False}
+    assert "evaluated" not in second and second["accuracy"] == pytest.approx(0.5)
+    [line] = round_lines(first, 2)
+    assert "not evaluated (evaluate-every)" in line and "eval accuracy" not in line
+    doc = copy.deepcopy(RUN_DOC)
+    doc["rounds"][0] = {"round": 1, "sites_trained": 2, "evaluated": False}
+    card = model_card(doc, get_model_family("ngram"), EXPORTED_LABELS)
+    assert "In 1 of the 2 rounds (the run's evaluate-every, and always the last)" in card
+    assert "| 1 | 2 | not evaluated |" in card
+
+
 def test_exact_evaluation_is_unchanged_and_charges_nothing(site, tmp_path):
     state = tmp_path / "state"
     ctx = context(site, state, node={"evaluation": "exact"})

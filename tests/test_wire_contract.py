@@ -16,6 +16,8 @@ from fl_protocol.wire import (
     TRAIN_METRICS,
     Reason,
     error_reply,
+    evaluation_count,
+    evaluation_number,
     language_mask,
     mask_languages,
     metric_names,
@@ -198,3 +200,19 @@ def test_an_evaluation_at_either_end_of_the_accuracy_range_is_accepted(accuracy)
     reply."""
     check_evaluate_reply(RecordDict({"metrics": MetricRecord(
         every(EVALUATE_METRICS) | {"accuracy": accuracy})}))
+
+
+@pytest.mark.parametrize("num_rounds", [1, 2, 7, 12, 40])
+@pytest.mark.parametrize("every", [1, 2, 5, 12, 50])
+def test_the_evaluation_rounds_are_every_kth_and_the_last_numbered_without_gaps(num_rounds,
+                                                                                 every):
+    numbers = {r: evaluation_number(r, num_rounds, every) for r in range(-1, num_rounds + 3)}
+    evaluated = [r for r, number in numbers.items() if number is not None]
+    assert evaluated == sorted({*range(every, num_rounds + 1, every), num_rounds})
+    assert [numbers[r] for r in evaluated] == list(range(1, evaluation_count(num_rounds, every)
+                                                         + 1))
+
+
+def test_a_huge_announced_run_is_numbered_without_enumerating_it():
+    assert evaluation_number(10**15, 10**15, 1) == evaluation_count(10**15, 1) == 10**15
+    assert evaluation_number(10**15 - 1, 10**15, 10**14) is None

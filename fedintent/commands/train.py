@@ -131,6 +131,12 @@ def _add_train_options(train: argparse.ArgumentParser) -> None:
                        help="with --site-evaluation dp: what the run's evaluations may cost "
                        "each test unit, all rounds together (a deployed site's "
                        "evaluation-epsilon; default: %(default)g)")
+    train.add_argument("--evaluate-every", type=int, default=defaults["evaluate-every"],
+                       metavar="K",
+                       help="the sites evaluate the global model every K rounds and after the "
+                       "last; sites evaluating under DP spread their evaluation epsilon over "
+                       "those evaluations only, so each carries about sqrt(K) times less noise "
+                       "(default: %(default)s, every round)")
     train.add_argument("--model", metavar="MODEL",
                        help=f"model family: {', '.join(model_family_names())}, or the folder of "
                        "a local Hugging Face BERT checkpoint (frozen encoder + head); "
@@ -225,6 +231,7 @@ def run_train(args: argparse.Namespace) -> int:
         "site-retention-days": args.site_retention_days,
         "site-evaluation": args.site_evaluation,
         "site-evaluation-epsilon": args.site_evaluation_epsilon,
+        "evaluate-every": args.evaluate_every,
         "site-max-epsilon-alone": args.site_max_epsilon_alone,
     }
     if args.privacy_model == "distributed":
