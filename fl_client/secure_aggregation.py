@@ -37,8 +37,12 @@ a server telling some sites one site survived and the others that it dropped can
 threshold of both; no more peers than the round set up, each named once; a site either survived
 or dropped, never both; only peers it shared keys with; itself among the survivors. Since the
 survivors must reach the threshold, at most ``cohort - threshold`` (under distributed DP, at
-most ``tolerated-sites``) can be named as dropped. Otherwise it declines with
-``Reason.UNMASK_REFUSED``, giving no share. What no site can check alone: that the public keys
+most ``tolerated-sites``) can be named as dropped. Those checks hold each site's lists on their
+own; a server telling each site a different story could still rebuild one site's pairwise masks
+from its *partners'* keys, if it had made it mask with few of them, so at the collect stage the
+site masks only with enough partners that no such stories add up (``partners_problem``). And no
+threshold below ``MIN_SECURE_SITES``. Otherwise it declines with ``Reason.UNMASK_REFUSED``,
+giving no share and training nothing. What no site can check alone: that the public keys
 it is sent are the other sites' and not the server's own (docs/PRIVACY.md).
 """
 
@@ -70,7 +74,7 @@ from fl_client.site_policy import PolicyRefusal, RoundRequest, round_request
 from fl_protocol.distributed_sum import MODULUS, WEIGHT, compact, sum_range, wrap
 from fl_protocol.secagg_masks import use_cryptographic_masks
 from fl_protocol.secret_sharing import use_prime_field_sharing
-from fl_protocol.wire import ARRAYS_KEY, METRICS_KEY, Reason, error_reply
+from fl_protocol.wire import ARRAYS_KEY, METRICS_KEY, MIN_SECURE_SITES, Reason, error_reply
 
 
 class _Refused(Exception):
@@ -91,7 +95,7 @@ def secure_aggregation_mod(msg: Message, context: Context, call_next: ClientAppC
     try:
         if stage == Stage.SETUP:
             _check_secure_sum(msg, context, msg.content.config_records[RECORD_KEY_CONFIGS])
-        if stage in (Stage.SETUP, Stage.SHARE_KEYS, Stage.UNMASK):
+        if stage in (Stage.SETUP, Stage.SHARE_KEYS, Stage.COLLECT_MASKED_VECTORS, Stage.UNMASK):
             _check_shares_asked(stage, msg, context)
         reply = secaggplus_mod(msg, context, lambda m, c: _update_to_mask(m, c, call_next))
     except _Refused as refused:
@@ -148,9 +152,38 @@ def _check_secure_sum(msg: Message, context: Context, settings) -> None:
 def threshold_problem(threshold: int, share_num: int) -> str | None:
     """Why a round whose secrets are split ``share_num`` ways, ``threshold`` shares rebuilding
     one, may not be joined, or None: at most half, and a server could ask half the sites for
-    one site's self-mask shares and the other half for its key shares, and rebuild both."""
+    one site's self-mask shares and the other half for its key shares, and rebuild both; below
+    ``MIN_SECURE_SITES``, and a sum of two sites could be unmasked, from which each learns the
+    other's update."""
     if 2 * threshold <= share_num:
         return f"threshold {threshold} of {share_num}: at most half the sites sharing keys"
+    if threshold < MIN_SECURE_SITES:
+        return (f"threshold {threshold}: a sum of fewer than {MIN_SECURE_SITES} sites could be "
+                f"unmasked")
+    return None
+
+
+def partners_problem(sources: list[int], sample_num: int, share_num: int,
+                     threshold: int) -> str | None:
+    """Why this site may not mask its update with the pairwise masks of ``sources`` only (the
+    peers whose key shares the collect stage forwards it), or None.
+
+    A server that forwards a site few of its peers' shares makes it mask with those few
+    partners; then it can tell each other site a different story at the unmask stage: that the
+    site survived (a share of its self-mask seed) and that each of its partners dropped (a share
+    of that partner's pairwise-mask key, which with the site's public key rebuilds their mask).
+    Each site's lists are consistent on their own; together they unmask the one site. Each
+    partner's key needs ``threshold`` shares, and no site names more than ``share_num -
+    threshold`` peers as dropped (the survivors it is told of reach the threshold), so over all
+    ``sample_num`` sites the server gathers at most ``sample_num * (share_num - threshold)`` key
+    shares: fewer than ``len(sources) * threshold`` cannot rebuild every partner's key, and
+    without one of them the site's update stays masked."""
+    if len(set(sources)) < len(sources):
+        return "a peer's key shares forwarded twice"
+    if len(sources) * threshold <= sample_num * (share_num - threshold):
+        return (f"masking with {len(sources)} of its peers only: with threshold {threshold} "
+                f"of {share_num} over {sample_num} sites, the others' dropped lists could "
+                f"rebuild every partner's key")
     return None
 
 
@@ -187,8 +220,8 @@ def unmask_problem(active: list[int], dead: list[int], peers: list[int],
 
 
 def _check_shares_asked(stage: str, msg: Message, context: Context) -> None:
-    """Refuse (``_Refused``) a setup, share-keys or unmask request that could reveal one
-    site's update (module docstring)."""
+    """Refuse (``_Refused``) a request of any stage that could reveal one site's update (module
+    docstring), before Flower's mod answers it (at the collect stage: before training)."""
     state = context.state.config_records.get(RECORD_KEY_STATE)
     configs = msg.content.config_records[RECORD_KEY_CONFIGS]
     if stage == Stage.SETUP:
@@ -198,6 +231,10 @@ def _check_shares_asked(stage: str, msg: Message, context: Context) -> None:
     elif stage == Stage.SHARE_KEYS:
         problem = share_problem([k for k in configs if k != Key.STAGE], int(state["nid"]),
                                 int(state["share_num"]))
+    elif stage == Stage.COLLECT_MASKED_VECTORS:
+        problem = partners_problem(list(configs.get(Key.SOURCE_LIST, [])),
+                                   int(state["sample_num"]), int(state["share_num"]),
+                                   int(state["threshold"]))
     else:
         problem = unmask_problem(list(configs.get(Key.ACTIVE_NODE_ID_LIST, [])),
                                  list(configs.get(Key.DEAD_NODE_ID_LIST, [])),

@@ -140,6 +140,12 @@ def evaluation_count(num_rounds: int, evaluate_every: int) -> int:
     return -(-num_rounds // evaluate_every)
 
 
+MIN_SECURE_SITES = 3
+"""Fewest sites in any unmasked secure sum: with two, each site learns the other's update from
+it (the sum, less its own). The server sets no lower reconstruction threshold
+(``fl_server/secure_aggregation``) and a site joins no round set up with one
+(``fl_client/secure_aggregation``)."""
+
 MAX_AUTO_DELTA = 1e-5
 """The largest delta a site picks when the run's ``delta`` is 0 (its default, at most this
 and below 1 / (10 x its units)); the server holds a site's reported delta to it."""

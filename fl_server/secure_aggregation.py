@@ -71,13 +71,11 @@ from fl_protocol.distributed_sum import (
 )
 from fl_protocol.secagg_masks import use_cryptographic_masks
 from fl_protocol.secret_sharing import use_prime_field_sharing
-from fl_protocol.wire import ARRAYS_KEY, CONFIG_KEY, METRICS_KEY, NO_REPLY
+from fl_protocol.wire import ARRAYS_KEY, CONFIG_KEY, METRICS_KEY, MIN_SECURE_SITES, NO_REPLY
 from fl_server.update_validation import ArraySpec
 
 STRATEGIES = ("fedavg", "fedadam")
 """Strategies that need only the mean of the updates."""
-MIN_SITES = 3
-"""Fewest sites in any unmasked sum: with two, each site learns the other's update from it."""
 CLIPPING_RANGE = 64.0
 MAX_WEIGHT = 10_000.0
 """A site sends each parameter times its weight, ``num-examples / MAX_WEIGHT``, clipped to
@@ -117,18 +115,18 @@ def incompatibility(cfg: dict) -> str | None:
     if 0 < float(cfg["max-update-norm"]) < math.inf:
         return ("secure-aggregation: max-update-norm bounds each site's update, which the "
                 "server never sees with secure aggregation; set it to 0 or inf")
-    if int(cfg["min-sites"]) < MIN_SITES:
-        return (f"secure-aggregation needs at least {MIN_SITES} sites (min-sites >= "
-                f"{MIN_SITES}): with two, each site learns the other's update from the sum; "
-                f"got min-sites {cfg['min-sites']}")
+    if int(cfg["min-sites"]) < MIN_SECURE_SITES:
+        return (f"secure-aggregation needs at least {MIN_SECURE_SITES} sites (min-sites >= "
+                f"{MIN_SECURE_SITES}): with two, each site learns the other's update from the "
+                f"sum; got min-sites {cfg['min-sites']}")
     return None
 
 
 def reconstruction_threshold(num_sites: int) -> int:
     """Sites whose key shares unmask a round: two thirds of those asked, and at least
-    ``MIN_SITES``. Fewer than this many colluding with the server learn nothing more than the
-    sum; more than ``num_sites`` minus this many dropping out stops the round."""
-    return max(MIN_SITES, math.ceil(2 * num_sites / 3))
+    ``MIN_SECURE_SITES``. Fewer than this many colluding with the server learn nothing more than
+    the sum; more than ``num_sites`` minus this many dropping out stops the round."""
+    return max(MIN_SECURE_SITES, math.ceil(2 * num_sites / 3))
 
 
 def distributed_step(

@@ -623,3 +623,66 @@ def test_a_site_refuses_a_threshold_of_half_the_sites_or_fewer(privacy_model):
         Reason.UNMASK_REFUSED.value
     majority = setup_message(6, 6, 4, target, target / 2, cohort=6)
     assert not secure_aggregation_mod(majority, context, lambda m, c: None).has_error()
+
+
+def test_a_site_refuses_a_threshold_that_could_unmask_a_sum_of_two():
+    """2 of 3 is a majority, but a sum of two sites could then be unmasked, and each of the two
+    learns the other's update from it."""
+    target = sum_range(3)
+    context = Context(run_id=1, node_id=7, node_config={}, state=RecordDict(),
+                      run_config=RUN_CONFIG_DEFAULTS | {"secure-aggregation": True})
+    two = setup_message(3, 3, 2, target, target / 2, cohort=3)
+    assert secure_aggregation_mod(two, context, lambda m, c: None).error.reason == \
+        Reason.UNMASK_REFUSED.value
+    three = setup_message(3, 3, 3, target, target / 2, cohort=3)
+    assert not secure_aggregation_mod(three, context, lambda m, c: None).has_error()
+
+
+VICTIM, PARTNERS = 101, (102, 103)
+
+
+def few_partners(stage, configs, node):
+    """Threshold 3 of 5 (the least that 5 sites tolerating 2 allow), and at the collect stage
+    the victim is forwarded the key shares of two peers only (Flower's mod asks for threshold -
+    1): it would mask with those two, whose keys the other sites' dropped lists could rebuild
+    (each list consistent on its own), unmasking the victim alone."""
+    if stage == Stage.SETUP:
+        configs[Key.THRESHOLD] = 3
+    if stage == Stage.COLLECT_MASKED_VECTORS and node == VICTIM:
+        kept = [i for i, src in enumerate(configs[Key.SOURCE_LIST]) if src in PARTNERS]
+        configs[Key.SOURCE_LIST] = [configs[Key.SOURCE_LIST][i] for i in kept]
+        configs[Key.CIPHERTEXT_LIST] = [configs[Key.CIPHERTEXT_LIST][i] for i in kept]
+
+
+def repeated_partner(stage, configs, node):
+    """One peer's key shares forwarded twice, to count as two partners."""
+    if stage == Stage.COLLECT_MASKED_VECTORS and node == VICTIM:
+        configs[Key.SOURCE_LIST] = [*configs[Key.SOURCE_LIST], configs[Key.SOURCE_LIST][0]]
+        configs[Key.CIPHERTEXT_LIST] = [*configs[Key.CIPHERTEXT_LIST],
+                                        configs[Key.CIPHERTEXT_LIST][0]]
+
+
+@pytest.mark.parametrize("rewrite", [few_partners, repeated_partner])
+@pytest.mark.parametrize("privacy_model", ["distributed", "local"])
+def test_a_site_masks_with_too_few_partners_for_no_update_and_trains_nothing(decoded, rewrite,
+                                                                             privacy_model):
+    """The victim declines the collect stage with the fixed reason before its train handler
+    runs (nothing trained, charged or masked); the other sites, forwarded every peer's shares,
+    answer as usual."""
+    run_config = DISTRIBUTED | {"privacy-model": privacy_model, "tolerated-sites": 2,
+                                "min-sites": 5}
+    sites = {101 + i: site_integers(i) for i in range(5)}
+    if privacy_model == "local":  # DP-SGD updates, masked as they are
+        sites = {node: {k: (v / 10**6).astype(np.float32) for k, v in update.items()}
+                 for node, update in sites.items()}
+    grid = HostileGrid(sites, run_config, rewrite)
+    trained = []
+    honest_handler = grid.handler
+    grid.handler = lambda node: (lambda m, c: trained.append(node) or honest_handler(node)(m, c))
+    secure_round(sites, run_config=run_config, grid=grid)
+    answers = {r.metadata.src_node_id: r for r in grid.answered[Stage.COLLECT_MASKED_VECTORS]}
+    assert answers[VICTIM].has_error()
+    assert answers[VICTIM].error.reason == Reason.UNMASK_REFUSED.value
+    assert VICTIM not in trained and sorted(trained) == [102, 103, 104, 105]
+    assert not any(answers[node].has_error() for node in (102, 103, 104, 105))
+

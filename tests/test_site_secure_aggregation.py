@@ -50,7 +50,7 @@ def arrays(value: float = 0.0, order: tuple[str, ...] = ("weight", "bias")) -> A
 def context() -> Context:
     state = RecordDict({RECORD_KEY_STATE: ConfigRecord({
         "clipping_range": 8.0, "max_weight": 1000.0, "target_range": 1 << 16,
-        "mod_range": 2**32, "sample_num": 3, "share_num": 3, "threshold": 2})})
+        "mod_range": 2**32, "sample_num": 3, "share_num": 3, "threshold": 3})})
     return Context(run_id=1, node_id=7, node_config={}, state=state,
                    run_config=dict(RUN_CONFIG_DEFAULTS))
 
@@ -67,7 +67,9 @@ def secagg_message() -> Message:
     content = RecordDict({
         "arrays": arrays(order=("bias", "weight")),  # the server's order
         "config": config,
-        RECORD_KEY_CONFIGS: ConfigRecord({Key.STAGE: Stage.COLLECT_MASKED_VECTORS}),
+        RECORD_KEY_CONFIGS: ConfigRecord({Key.STAGE: Stage.COLLECT_MASKED_VECTORS,
+                                          Key.SOURCE_LIST: [8, 9],  # both peers' key shares
+                                          Key.CIPHERTEXT_LIST: [b"", b""]}),
     })
     return Message(content=content, dst_node_id=7, message_type="train")
 
