@@ -177,7 +177,10 @@ def partners_problem(sources: list[int], sample_num: int, share_num: int,
     threshold`` peers as dropped (the survivors it is told of reach the threshold), so over all
     ``sample_num`` sites the server gathers at most ``sample_num * (share_num - threshold)`` key
     shares: fewer than ``len(sources) * threshold`` cannot rebuild every partner's key, and
-    without one of them the site's update stays masked."""
+    without one of them the site's update stays masked. The count takes the round's size on
+    trust: more real sites than ``sample_num``, each given its own peers, is a lie about the
+    cohort that no site sees alone (docs/PRIVACY.md: the guarantee falls back to the site's own
+    noise)."""
     if len(set(sources)) < len(sources):
         return "a peer's key shares forwarded twice"
     if len(sources) * threshold <= sample_num * (share_num - threshold):
