@@ -67,6 +67,7 @@ from fl_client.site_policy import (
     check_model,
     check_parameters,
     check_request,
+    evaluation_delta,
     evaluation_policy,
     evaluation_request,
     retention_days,
@@ -223,13 +224,19 @@ def _evaluate_with_dp(msg: Message, state_dir: Path, policy: SitePolicy, request
                       model: torch.nn.Module, rows: SiteSplit, features: torch.Tensor,
                       targets: torch.Tensor) -> Message:
     """The test split's scores as one Gaussian release (``dp_evaluation.py``), charged before
-    anything is computed from the rows, over the units the lifetime filter lets take part."""
+    anything is computed from the rows, over the units the lifetime filter lets take part.
+
+    Which test units are there never decides whether the site answers: its delta is the site's
+    own (``evaluation_delta``), and when every unit is at its budget the same release is made
+    over no unit, noise alone, charging nobody; a decline would tell the server, outside DP,
+    when a new test unit arrived. (A split with no row at all for the run's labels is declined,
+    as for training: with a ``labels-file``, the one fact that the site has no test rows.)"""
     units = rows.units if request.privacy_unit == "customer" else rows.ids
     distinct = list(dict.fromkeys(units))
     try:  # one release of the whole split: sample rate 1, one step
         request = replace(request, batch_size=len(distinct),
-                          delta=site_delta(policy, request, len(distinct)))
-        charge = charge_round(state_dir, distinct, request, policy)
+                          delta=evaluation_delta(policy, request, len(distinct)))
+        charge = charge_round(state_dir, distinct, request, policy, empty_ok=True)
     except Exception as err:
         return _refuse(msg, err, CHARGE_FAILURES)
     kept = {distinct[index] for index in charge.trained}

@@ -55,6 +55,8 @@ def unit_contributions(
 ) -> torch.Tensor:
     """One row per distinct unit in ``units`` (one entry per test row, in order of first
     appearance): the mean of its rows' (correct, capped loss / cap, 1), scaled to norm <= 1."""
+    if not units:  # nothing in the release: its sum is the zero vector
+        return torch.zeros(0, COMPONENTS, dtype=torch.float64)
     model.eval()
     with torch.no_grad():
         logits = model(features)

@@ -102,12 +102,16 @@ class Charge:
 
 def charge_round(
     state_dir: Path, units: list[str], request: RoundRequest, policy: SitePolicy,
-    dimension: int = 0,
+    dimension: int = 0, empty_ok: bool = False,
 ) -> Charge:
     """Charge this round to the ledger and say who trains, or raise (nothing charged).
 
     ``units``: the stable identity of each training unit at the site (unique); ``dimension``:
-    the exchanged model's size (distributed DP: the sensitivity of its integer sum). Raises
+    the exchanged model's size (distributed DP: the sensitivity of its integer sum);
+    ``empty_ok`` (a local release whose noise does not depend on the units taking part, as a DP
+    evaluation's): when no unit may take part, the release is still made and recorded, over no
+    unit, charging nobody, instead of raising ``BudgetExhausted``: a decline would tell the
+    server, outside DP, whether any unit with budget left is there. Raises
     ``BudgetExhausted`` when no unit may take part or no noise fits the budget,
     ``PolicyRefusal`` when the request contradicts the ledger (another privacy unit, a round
     beyond the run's plan) or the budget needs noise far above the run's plan, ``LedgerError``.
@@ -115,11 +119,11 @@ def charge_round(
     once (two runs on one site) are both recorded.
     """
     with state_lock(state_dir):
-        return _charge_round(state_dir, units, request, policy, dimension)
+        return _charge_round(state_dir, units, request, policy, dimension, empty_ok)
 
 
 def _charge_round(state_dir: Path, units: list[str], request: RoundRequest, policy: SitePolicy,
-                  dimension: int) -> Charge:
+                  dimension: int, empty_ok: bool) -> Charge:
     secret = site_secret(state_dir)
     ledger = read_ledger(state_dir, secret) or Ledger(
         privacy_unit=request.privacy_unit,
@@ -131,7 +135,7 @@ def _charge_round(state_dir: Path, units: list[str], request: RoundRequest, poli
     if request.distributed:
         release, trained = _distributed_release(ledger, keys, request, policy, dimension)
     elif request.private:
-        release, trained = _filtered_release(ledger, keys, request, policy)
+        release, trained = _filtered_release(ledger, keys, request, policy, empty_ok)
     else:
         release = _release(request, 0.0, *steps_per_round(len(keys), request.batch_size,
                                                            request.local_epochs),
@@ -145,7 +149,7 @@ def _charge_round(state_dir: Path, units: list[str], request: RoundRequest, poli
     this_run = [r for r in ledger.releases if r.run == request.run_name]
     epsilon_this_run, alone_this_run = run_epsilons(this_run, request.delta)
     if request.private:
-        epsilon_all_runs = max(unit_epsilons(ledger, keys))
+        epsilon_all_runs = max(unit_epsilons(ledger, keys), default=0.0)
         alone_all_runs = rdp_epsilon(alone_spend(ledger, keys), ledger.order, ledger.delta)
     else:
         epsilon_all_runs = alone_all_runs = math.inf
@@ -187,19 +191,22 @@ def _check_against_ledger(ledger: Ledger, request: RoundRequest) -> None:
 
 
 def _filtered_release(
-    ledger: Ledger, keys: list[str], request: RoundRequest, policy: SitePolicy
+    ledger: Ledger, keys: list[str], request: RoundRequest, policy: SitePolicy,
+    empty_ok: bool = False,
 ) -> tuple[Release, list[int]]:
     """The round's release and the units in it: repeated until the units that fit the budget
-    are exactly those the release's sample rate was computed for."""
+    are exactly those the release's sample rate was computed for (``empty_ok``: possibly
+    none, planned as for one unit)."""
     budget = rdp_budget(policy.max_epsilon, ledger.delta, ledger.order)
     trained = list(range(len(keys)))
     while True:
-        if not trained:
+        if not trained and not empty_ok:
             raise BudgetExhausted(
                 f"every one of the site's {len(keys)} units has spent its budget "
                 f"(max-epsilon {policy.max_epsilon:g})"
             )
-        rate, steps = steps_per_round(len(trained), request.batch_size, request.local_epochs)
+        rate, steps = steps_per_round(max(len(trained), 1), request.batch_size,
+                                      request.local_epochs)
         run_steps = steps * request.num_rounds
         noise = plan_run_noise(request.target_epsilon, request.delta, rate, run_steps,
                                request.accountant, ledger.order, budget)

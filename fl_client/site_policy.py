@@ -65,10 +65,12 @@ default inf) is read here with the rest of its node config and applied where its
 
 import math
 from dataclasses import dataclass, replace
+from logging import WARNING
 from pathlib import Path
 
 import numpy as np
 from flwr.app import Context, Message
+from flwr.common.logger import log
 
 from fl_client.privacy_accounting import DELTA_UNITS_FACTOR, check_accountant, default_delta
 from fl_client.site_data import record_languages
@@ -91,6 +93,10 @@ from fl_protocol.wire import (
 from models import model_family_names
 
 DEFAULT_MAX_DELTA = 1e-5
+MIN_DELTA = 1e-10
+"""The smallest nonzero delta a site accepts (the server's own floor too): the ledger keeps the
+Rényi order its first release's delta gives, and a delta far below this would fix an order whose
+lifetime budget is a fraction of the site's max-epsilon, for good."""
 DEFAULT_MIN_TOLERATED_SITES = 1
 DEFAULT_MAX_NOISE_RATIO = 2.0
 """The most a site's noise (its standard deviation, the noise multiplier) may exceed the noise the
@@ -448,10 +454,10 @@ def check_request(policy: SitePolicy, request: RoundRequest) -> None:
         raise PolicyRefusal(Reason.SETTING_REFUSED,
                             f"batch-size {request.batch_size}, local-epochs "
                             f"{request.local_epochs}")
-    if not (request.delta == 0 or 0 < request.delta <= policy.max_delta):
+    if not (request.delta == 0 or MIN_DELTA <= request.delta <= policy.max_delta):
         raise PolicyRefusal(Reason.SETTING_REFUSED,
-                            f"delta {request.delta:g} is above this site's max-delta "
-                            f"{policy.max_delta:g}")
+                            f"delta {request.delta:g} is not 0 (auto) or in [{MIN_DELTA:g}, "
+                            f"{policy.max_delta:g}] (this site's max-delta)")
     try:
         check_accountant(request.accountant)
     except ValueError as err:
@@ -489,6 +495,19 @@ def check_noise(policy: SitePolicy, request: RoundRequest, noise: float, planned
             f"rounds; above this site's max-noise-ratio {policy.max_noise_ratio:g} the update "
             f"would be mostly noise, so the round is declined and nothing charged",
         )
+
+
+def evaluation_delta(policy: SitePolicy, request: RoundRequest, units: int) -> float:
+    """A DP evaluation's delta: the run's, or (0 = auto) the site's ``max-delta``; never a
+    function of the test split, whose size it would show (a refusal, or the ``epsilon`` sent,
+    would say where the count lies). A split too large for it (``site_delta``'s rule) is only
+    warned of here, at the site: its operator can lower ``max-delta``."""
+    delta = request.delta or policy.max_delta
+    if units and delta >= 1.0 / (DELTA_UNITS_FACTOR * units):
+        log(WARNING, "DP evaluation: delta %g is not below 1/(%d x %d test units); set the "
+            "node config max-delta lower for a guarantee that fits this test split", delta,
+            DELTA_UNITS_FACTOR, units)
+    return delta
 
 
 def site_delta(policy: SitePolicy, request: RoundRequest, units: int) -> float:

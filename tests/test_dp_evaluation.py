@@ -28,6 +28,7 @@ from fedintent.cli import main
 from fl_client.dp_evaluation import LOSS_CAP, NoisyScores, noisy_scores, unit_contributions
 from fl_client.privacy_accounting import rdp_budget, rdp_epsilon
 from fl_client.privacy_report import site_privacy_report
+from fl_client.site_policy import MIN_DELTA
 from fl_protocol.wire import EVALUATE_METRICS, Reason
 from fl_server.progress import round_lines
 from fl_server.run_record import RunRecord
@@ -209,28 +210,83 @@ def test_the_same_model_asked_again_gets_fresh_noise_and_is_charged_again(site, 
     assert len(evaluation_releases(state)) == 2
 
 
+def probe(ctx, attempt: int, labels=LABELS) -> Message:
+    """A DP evaluation under a new run name, planned for one round: each a fresh epsilon."""
+    message = evaluate_message(labels)
+    message.content["config"]["run-name"] = f"probe-{attempt}"
+    message.content["config"]["num-rounds"] = 1
+    return client_app.app(message, ctx)
+
+
 def test_a_server_averaging_the_noise_away_runs_into_the_lifetime_budget(site, tmp_path):
     """Asking again and again under new run names, each with a fresh evaluation epsilon, is the
     oracle attack: every answer is charged to the same test units, so once their lifetime budget
-    is spent the site declines, and no unit's lifetime epsilon ever passes max-epsilon."""
+    is spent they are left out of the release, and no unit's lifetime epsilon ever passes
+    max-epsilon. The site still answers (noise alone, charging nobody): a decline would say
+    that no unit with budget is there."""
     state = tmp_path / "state"
     ctx = context(site, state, max_epsilon=3.0, node=DP | {"evaluation-epsilon": 1.0,
                                                          "max-noise-ratio": math.inf})
-    declined = None
-    for attempt in range(40):
-        message = evaluate_message()
-        message.content["config"]["run-name"] = f"probe-{attempt}"
-        message.content["config"]["num-rounds"] = 1
-        reply = client_app.app(message, ctx)
-        if reply.has_error():
-            declined = attempt
-            break
-    assert declined is not None and declined >= 3, declined
-    assert refused_with(reply, Reason.BUDGET_EXHAUSTED)
+    replies = [probe(ctx, attempt) for attempt in range(12)]
+    assert not any(reply.has_error() for reply in replies)
+    released = [r.units for r in ledger(state).releases]
+    assert released[0] == TEST_ROWS and released[-1] == 0  # spent, then left out
     book = ledger(state)
     budget = rdp_budget(3.0, book.delta, book.order)
     assert book.spend and max(book.spend.values()) <= budget
     assert max(rdp_epsilon(s, book.order, book.delta) for s in book.spend.values()) <= 3.0
+
+
+def test_whether_a_test_unit_is_there_does_not_decide_whether_the_site_answers(site, tmp_path):
+    """Once every test unit's budget is spent, a new test utterance arriving must not turn
+    declines into answers (which would say, outside DP, that it arrived): the site answered
+    before it came and answers after, the new unit alone charged."""
+    state = tmp_path / "state"
+    ctx = context(site, state, max_epsilon=3.0, node=DP | {"evaluation-epsilon": 1.0,
+                                                         "max-noise-ratio": math.inf})
+    attempt = 0
+    while ledger(state) is None or ledger(state).releases[-1].units:
+        assert not probe(ctx, attempt).has_error()
+        attempt += 1
+    spent = dict(ledger(state).spend)
+    assert not probe(ctx, attempt).has_error()
+    assert ledger(state).spend == spent and ledger(state).releases[-1].units == 0
+    write_rows(site, rows(100, 100 + TEST_ROWS + 1), name="test.csv")
+    assert not probe(ctx, attempt + 1).has_error()
+    assert ledger(state).releases[-1].units == 1
+    after = ledger(state).spend
+    assert len(after) == len(spent) + 1 and all(after[key] == spent[key] for key in spent)
+
+
+def test_the_evaluation_delta_never_depends_on_the_number_of_test_units(tmp_path):
+    """Under the run's delta 0 the evaluation's delta is the site's max-delta whatever its test
+    split (a delta chosen from the count would show it in the epsilon sent), and a delta the
+    run asks for is never refused for being large next to the count (a server could search
+    deltas and read the count off the refusals)."""
+    answers = {}
+    for tests in (4, 40):
+        site_dir = tmp_path / f"site-{tests}"
+        site_dir.mkdir()
+        write_rows(site_dir, rows(0, 60))
+        write_rows(site_dir, rows(100, 100 + tests), name="test.csv")
+        ctx = context(site_dir, tmp_path / f"state-{tests}", node=DP | {"max-delta": 1e-2})
+        assert not client_app.app(evaluate_message(), ctx).has_error()
+        [release] = ledger(tmp_path / f"state-{tests}").releases
+        asked = context(site_dir, tmp_path / f"asked-{tests}", node=DP | {"max-delta": 1e-2},
+                        delta=5e-3)  # above 1 / (10 x 40): refused before, whatever the count
+        answers[tests] = (release.delta, release.noise_multiplier,
+                          client_app.app(evaluate_message(), asked).has_error())
+    assert answers[4] == answers[40] == (1e-2, answers[4][1], False)
+
+
+def test_a_delta_below_the_sites_floor_is_refused_before_a_ledger_is_started(site, tmp_path):
+    """A first release at delta 1e-100 would fix the ledger's Rényi order, and with it a
+    lifetime budget far below max-epsilon, for good."""
+    ctx = context(site, tmp_path / "state", delta=1e-100)
+    assert refused_with(client_app.app(train_message(), ctx), Reason.SETTING_REFUSED)
+    assert not (tmp_path / "state" / "ledger.json").exists()
+    floor = context(site, tmp_path / "floor", delta=MIN_DELTA)
+    assert not client_app.app(train_message(), floor).has_error()
 
 
 def test_an_evaluation_beyond_the_runs_rounds_or_with_a_weaker_delta_is_declined_unread(
