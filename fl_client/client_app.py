@@ -318,7 +318,7 @@ def _read_split(
     """(site folder, state folder, rows, features, labels) of this site's ``split``: read,
     validated and redacted (``load_site``), without the rows the site's retention policy and
     erasures leave out, then featurized; a split without rows is an error. Before a training
-    round, the feature store is pruned to the rows in use (``retention.py``)."""
+    round, the feature store is pruned to the rows the policy keeps (``retention.py``)."""
     site_dir, state_dir = site_folders(msg, context)
     labels = tuple(msg.content[CONFIG_KEY]["labels"])
     days = retention_days(context)
@@ -326,10 +326,15 @@ def _read_split(
         policy = row_policy(state_dir, days)
         site = _load_site_cached(str(site_dir), labels, _data_digest(site_dir), policy)
         if split == "train":
-            prune_features(state_dir, site.train.texts + site.test.texts, site.excluded,
+            # every row the policy keeps, whatever the run's labels: the server's label set
+            # must not decide what the site's store deletes
+            prune_features(state_dir,
+                           site.train.texts + site.test.texts + site.other_label_texts,
+                           site.excluded,
                            who_deletes(f"fedintent ClientApp, before round "
-                                 f"{msg.content[CONFIG_KEY]['server-round']} of run "
-                                 f"{msg.content[CONFIG_KEY]['run-name']}"), days)
+                                       f"{shown(msg.content[CONFIG_KEY]['server-round'])} of "
+                                       f"run {shown(msg.content[CONFIG_KEY]['run-name'])}"),
+                           days)
         rows = getattr(site, split)
         if len(rows) == 0:
             use = {"train": "training rows; this site cannot train",

@@ -114,6 +114,9 @@ class SiteData:
     unknown_labels: Counter
     excluded: Counter = field(default_factory=Counter)
     """Rows left out by ``keep`` (the site's retention and erasures), by reason."""
+    other_label_texts: list[str] = field(default_factory=list)
+    """The redacted texts of valid rows whose label is not in the run's label set: not used by
+    this run, still the site's data (a derived store keeps their features for the next run)."""
 
     def label_counts(self, labels: Sequence[str]) -> Counter:
         return Counter(labels[i] for i in self.train.labels + self.test.labels)
@@ -149,8 +152,9 @@ def load_site(
     label_index = {label: i for i, label in enumerate(labels)}
     clean = redact if redact_pii else _identity
     unknown: Counter = Counter()
-    train = _to_split(train_rows, label_index, unknown, clean)
-    test = _to_split(test_rows, label_index, unknown, clean)
+    other: list[str] = []
+    train = _to_split(train_rows, label_index, unknown, other, clean)
+    test = _to_split(test_rows, label_index, unknown, other, clean)
     return SiteData(
         train=train,
         test=test,
@@ -158,6 +162,7 @@ def load_site(
         rejected=rejected,
         unknown_labels=unknown,
         excluded=excluded,
+        other_label_texts=other,
     )
 
 
@@ -235,12 +240,14 @@ def _to_split(
     rows: list[Row],
     label_index: dict[str, int],
     unknown: Counter,
+    other: list[str],
     clean: Callable[[str], str],
 ) -> SiteSplit:
     split = SiteSplit()
     for row in rows:
         if row.label not in label_index:
             unknown[row.label] += 1
+            other.append(clean(row.text))
             continue
         split.texts.append(clean(row.text))
         split.labels.append(label_index[row.label])

@@ -67,9 +67,9 @@ def context(site_dir, state_dir, retention) -> Context:
     return Context(run_id=1, node_id=7, node_config=node, state=RecordDict(), run_config=config)
 
 
-def train(ctx, run="run-a", server_round=1) -> Message:
-    head = get_model_family("minilm-head").build_model(len(LABELS))
-    config = ConfigRecord({"labels": LABELS, "server-round": server_round, "num-rounds": 3,
+def train(ctx, run="run-a", server_round=1, labels=LABELS) -> Message:
+    head = get_model_family("minilm-head").build_model(len(labels))
+    config = ConfigRecord({"labels": labels, "server-round": server_round, "num-rounds": 3,
                            "run-name": run})
     msg = Message(content=RecordDict({"arrays": ArrayRecord(head.state_dict()),
                                       "config": config}), dst_node_id=7, message_type="train")
@@ -223,7 +223,29 @@ def test_expired_rows_never_train_and_no_derived_copy_survives_the_purge(tmp_pat
     assert entry["event"] == "purge" and entry["retention_days"] == 30
     assert entry["rows_not_used"] == {EXPIRED: OLD}
     assert entry["deleted"]["feature rows"] == OLD
-    assert "ClientApp, before round 1 of run run-b" in entry["actor"]
+    assert "ClientApp, before round 1 of run 'run-b'" in entry["actor"]
+
+
+def test_the_servers_label_set_never_decides_what_the_store_deletes(tmp_path):
+    """A run asking for one intent (a site without labels-file answers it) trains on that
+    intent's rows only, but the other intents' rows are still the site's data: their features
+    stay cached, and no purge is logged that the retention policy did not make."""
+    site, state = tmp_path / "site", tmp_path / "state"
+    write_site(site, [row(i, 1) for i in range(FRESH)])
+    assert not train(context(site, state, 30), "run-a").has_error()
+    refund_texts = [text for text, label in zip(*_texts_and_labels(site), strict=True)
+                    if label == "refund"]
+    vectors = stored_vectors(state, refund_texts)
+    reply = train(context(site, state, 30), "run-b", labels=["card_lost", "no_such_intent"])
+    assert not reply.has_error()
+    assert reply.content["metrics"]["num-examples"] == FRESH // 2
+    assert stored_vectors(state, refund_texts) == vectors
+    assert not (state / DELETION_LOG).exists()
+
+
+def _texts_and_labels(site) -> tuple[list[str], list[str]]:
+    split = load_site(site, LABELS).train
+    return split.texts, [LABELS[i] for i in split.labels]
 
 
 def test_an_erased_customer_is_removed_everywhere_and_the_ledger_keeps_their_spend(
