@@ -40,10 +40,13 @@ survivors must reach the threshold, at most ``cohort - threshold`` (under distri
 most ``tolerated-sites``) can be named as dropped. Those checks hold each site's lists on their
 own; a server telling each site a different story could still rebuild one site's pairwise masks
 from its *partners'* keys, if it had made it mask with few of them, so at the collect stage the
-site masks only with enough partners that no such stories add up (``partners_problem``). And no
+site masks with every peer it shared keys with or not at all (``partners_problem``). And no
 threshold below ``MIN_SECURE_SITES``. Otherwise it declines with ``Reason.UNMASK_REFUSED``,
-giving no share and training nothing. What no site can check alone: that the public keys
-it is sent are the other sites' and not the server's own (docs/PRIVACY.md).
+giving no share and training nothing. What these checks cannot stop, without a consistency
+round (signed survivor lists, which Flower's SecAgg+ lacks): a server telling the sites
+different stories can still unmask a partial sum of a few sites, or one site using more real
+sites than that site shared keys with (docs/PRIVACY.md). What no site can check alone: that the
+public keys it is sent are the other sites' and not the server's own (docs/PRIVACY.md).
 """
 
 from logging import WARNING
@@ -163,30 +166,26 @@ def threshold_problem(threshold: int, share_num: int) -> str | None:
     return None
 
 
-def partners_problem(sources: list[int], sample_num: int, share_num: int,
-                     threshold: int) -> str | None:
-    """Why this site may not mask its update with the pairwise masks of ``sources`` only (the
-    peers whose key shares the collect stage forwards it), or None.
+def partners_problem(sources: list[int], peers: list[int], own_id: int) -> str | None:
+    """Why this site may not mask its update with the pairwise masks of ``sources`` (the peers
+    whose key shares the collect stage forwards it), or None: anything but every peer it shared
+    keys with, each once.
 
-    A server that forwards a site few of its peers' shares makes it mask with those few
-    partners; then it can tell each other site a different story at the unmask stage: that the
-    site survived (a share of its self-mask seed) and that each of its partners dropped (a share
-    of that partner's pairwise-mask key, which with the site's public key rebuilds their mask).
-    Each site's lists are consistent on their own; together they unmask the one site. Each
-    partner's key needs ``threshold`` shares, and no site names more than ``share_num -
-    threshold`` peers as dropped (the survivors it is told of reach the threshold), so over all
-    ``sample_num`` sites the server gathers at most ``sample_num * (share_num - threshold)`` key
-    shares: fewer than ``len(sources) * threshold`` cannot rebuild every partner's key, and
-    without one of them the site's update stays masked. The count takes the round's size on
-    trust: more real sites than ``sample_num``, each given its own peers, is a lie about the
-    cohort that no site sees alone (docs/PRIVACY.md: the guarantee falls back to the site's own
-    noise)."""
+    A site masked with few partners can be unmasked by a server that tells each other site a
+    different, self-consistent story at the unmask stage: that the site survived (shares of its
+    self-mask seed) and that each partner dropped (shares of the partner's pairwise-mask key,
+    which with the site's public key rebuild their mask). Masking with every peer makes that
+    need more key shares than the sites this site shared keys with can give (each names at most
+    its threshold - 1 peers as dropped, and its threshold is above half its peers), whatever
+    thresholds the server told each of them. It costs an honest round nothing: a peer missing
+    here dropped out while keys were shared, and Flower 1.41 completes no such round (the
+    unmask stage then asks for shares no site holds)."""
     if len(set(sources)) < len(sources):
         return "a peer's key shares forwarded twice"
-    if len(sources) * threshold <= sample_num * (share_num - threshold):
-        return (f"masking with {len(sources)} of its peers only: with threshold {threshold} "
-                f"of {share_num} over {sample_num} sites, the others' dropped lists could "
-                f"rebuild every partner's key")
+    missing = set(peers) - {own_id} - set(sources)
+    if missing or not set(sources) <= set(peers) - {own_id}:
+        return (f"masking with {len(sources)} of its {len(set(peers) - {own_id})} peers: "
+                f"only every peer it shared keys with hides its update")
     return None
 
 
@@ -236,8 +235,7 @@ def _check_shares_asked(stage: str, msg: Message, context: Context) -> None:
                                 int(state["share_num"]))
     elif stage == Stage.COLLECT_MASKED_VECTORS:
         problem = partners_problem(list(configs.get(Key.SOURCE_LIST, [])),
-                                   int(state["sample_num"]), int(state["share_num"]),
-                                   int(state["threshold"]))
+                                   list(state.get("public_keys_dict:K", [])), int(state["nid"]))
     else:
         problem = unmask_problem(list(configs.get(Key.ACTIVE_NODE_ID_LIST, [])),
                                  list(configs.get(Key.DEAD_NODE_ID_LIST, [])),

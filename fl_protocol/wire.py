@@ -141,8 +141,8 @@ def evaluation_count(num_rounds: int, evaluate_every: int) -> int:
 
 
 MIN_SECURE_SITES = 3
-"""Fewest sites in any unmasked secure sum: with two, each site learns the other's update from
-it (the sum, less its own). The server sets no lower reconstruction threshold
+"""Fewest sites in a secure sum the protocol unmasks: with two, each site learns the other's
+update from it (the sum, less its own). The server sets no lower reconstruction threshold
 (``fl_server/secure_aggregation``) and a site joins no round set up with one
 (``fl_client/secure_aggregation``)."""
 

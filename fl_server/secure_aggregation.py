@@ -27,11 +27,13 @@ sums (``fl_protocol/distributed_sum.py``).
 Under ``privacy-model = distributed`` (``fl_client/distributed_dp.py``) each site sends integers:
 its clipped gradient sum at the global model plus its share of the noise. The sum is set up to
 carry them exactly (``distributed_sum``) over the whole cohort, with a threshold of at least
-``cohort - tolerated-sites``: fewer surviving sites cannot unmask anything, so no sum with less
-than the planned noise is ever released. The server decodes the sum and takes the gradient
-step itself (``distributed_step``): the new model is the global model minus ``learning-rate``
-times the summed gradient over the summed sites' example count, the same step FedAvg of
-one full-batch DP-SGD step per site would take, with one noise instead of one per site.
+``cohort - tolerated-sites``: fewer surviving sites cannot unmask anything, so this server
+releases no sum with less than the planned noise (a server telling the sites different survivor
+stories could; docs/PRIVACY.md, "What a lying server can and cannot get"). The server decodes
+the sum and takes the gradient step itself (``distributed_step``): the new model is the global
+model minus ``learning-rate`` times the summed gradient over the summed sites' example count,
+the same step FedAvg of one full-batch DP-SGD step per site would take, with one noise instead
+of one per site.
 """
 
 import math

@@ -654,6 +654,15 @@ def few_partners(stage, configs, node):
         configs[Key.CIPHERTEXT_LIST] = [configs[Key.CIPHERTEXT_LIST][i] for i in kept]
 
 
+def all_but_one_partner(stage, configs, node):
+    """The server's own threshold (4 of 5), the victim forwarded all its peers' shares but one:
+    with other thresholds told to the other sites (which a site cannot see), few partners are
+    enough to rebuild every partner's key, so only all of them hide the update."""
+    if stage == Stage.COLLECT_MASKED_VECTORS and node == VICTIM:
+        configs[Key.SOURCE_LIST] = configs[Key.SOURCE_LIST][:-1]
+        configs[Key.CIPHERTEXT_LIST] = configs[Key.CIPHERTEXT_LIST][:-1]
+
+
 def repeated_partner(stage, configs, node):
     """One peer's key shares forwarded twice, to count as two partners."""
     if stage == Stage.COLLECT_MASKED_VECTORS and node == VICTIM:
@@ -662,7 +671,7 @@ def repeated_partner(stage, configs, node):
                                         configs[Key.CIPHERTEXT_LIST][0]]
 
 
-@pytest.mark.parametrize("rewrite", [few_partners, repeated_partner])
+@pytest.mark.parametrize("rewrite", [few_partners, all_but_one_partner, repeated_partner])
 @pytest.mark.parametrize("privacy_model", ["distributed", "local"])
 def test_a_site_masks_with_too_few_partners_for_no_update_and_trains_nothing(decoded, rewrite,
                                                                              privacy_model):

@@ -50,7 +50,8 @@ def arrays(value: float = 0.0, order: tuple[str, ...] = ("weight", "bias")) -> A
 def context() -> Context:
     state = RecordDict({RECORD_KEY_STATE: ConfigRecord({
         "clipping_range": 8.0, "max_weight": 1000.0, "target_range": 1 << 16,
-        "mod_range": 2**32, "sample_num": 3, "share_num": 3, "threshold": 3})})
+        "mod_range": 2**32, "sample_num": 3, "share_num": 3, "threshold": 3, "nid": 7,
+        "public_keys_dict:K": [7, 8, 9]})})
     return Context(run_id=1, node_id=7, node_config={}, state=state,
                    run_config=dict(RUN_CONFIG_DEFAULTS))
 
