@@ -150,9 +150,10 @@ def train(msg: Message, context: Context) -> Message:
         "privacy_units": len(charge.trained),
     } if request.private else {}
 
-    # never the same for two releases (``Charge.release_number``), never known to the server
+    # never the same for two releases (``Charge.release_number``, ``nonce``), never known to
+    # the server
     seed = private_seed(state_dir, request.run_name, request.server_round,
-                        charge.release_number)
+                        charge.release_number, charge.nonce)
     if request.distributed:
         update = noisy_integer_sum(model, features, targets, request.clip_norm,
                                    charge.skellam_mu_share, seed)
@@ -244,7 +245,7 @@ def _evaluate_with_dp(msg: Message, state_dir: Path, policy: SitePolicy, request
     contributions = unit_contributions(model, features[in_release], targets[in_release],
                                        [units[row] for row in in_release])
     seed = private_seed(state_dir, request.run_name, request.server_round,
-                        charge.release_number)
+                        charge.release_number, charge.nonce)
     scores = noisy_scores(contributions, charge.noise_multiplier, seed)
     metrics = metric_record(EVALUATE_METRICS, num_examples=scores.units, loss=scores.loss,
                             accuracy=scores.accuracy, epsilon=charge.epsilon_this_run)

@@ -66,7 +66,7 @@ from fl_client.privacy_ledger import (
 )
 from fl_client.site_folders import state_lock
 from fl_client.site_policy import PolicyRefusal, RoundRequest, SitePolicy, check_noise
-from fl_client.site_secret import site_secret
+from fl_client.site_secret import release_nonce, site_secret
 from fl_protocol.distributed_sum import integer_norm
 from fl_protocol.wire import Reason
 
@@ -81,11 +81,13 @@ class Charge:
     epsilon_alone_this_run, epsilon_alone_all_runs: the same from the site's own noise only
         (equal to the two above under local DP).
     skellam_mu_share: distributed DP: the Skellam noise this site adds (0 under local DP).
-    release_number: this release's place in the site's ledger (1 for its first ever). The
-        ledger never holds two releases at one place, so noise and sampling seeded from it are
-        never drawn twice: a round the server asks for again (a replay, or a resumed run
-        training a round once more) gets fresh noise and is charged again. Noise drawn twice
-        for two different models would cancel in the difference of the two updates.
+    release_number, nonce: this release's place in the site's ledger (1 for its first ever)
+        and the fresh randomness recorded with it (``Release.nonce``). The ledger never holds
+        two releases at one place, and a restored ledger, whose places repeat, draws new
+        nonces, so noise and sampling seeded from both are never drawn twice: a round the server
+        asks for again (a replay, or a resumed run training a round once more) gets fresh noise
+        and is charged again. Noise drawn twice for two different models would cancel in the
+        difference of the two updates.
     """
 
     noise_multiplier: float
@@ -98,6 +100,7 @@ class Charge:
     epsilon_alone_all_runs: float
     skellam_mu_share: float = 0.0
     release_number: int = 0
+    nonce: str = ""
 
 
 def charge_round(
@@ -164,6 +167,7 @@ def _charge_round(state_dir: Path, units: list[str], request: RoundRequest, poli
         epsilon_alone_all_runs=alone_all_runs,
         skellam_mu_share=release.skellam_mu_share,
         release_number=len(ledger.releases),
+        nonce=release.nonce,
     )
 
 
@@ -308,4 +312,5 @@ def _release(request: RoundRequest, noise: float, rate: float, steps: int, units
         run=request.run_name, server_round=request.server_round, num_rounds=request.num_rounds,
         noise_multiplier=noise, sample_rate=rate, steps=steps, clip_norm=request.clip_norm,
         delta=request.delta, accountant=request.accountant, units=units, rdp=rdp, time=now(),
+        nonce=release_nonce(),
     )

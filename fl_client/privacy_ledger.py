@@ -81,6 +81,10 @@ class Release:
     """Distributed DP: one unit's sensitivity except with probability ``rounding_failure`` over
     the round's rounding draws (the Gaussian-DP account's). A release recorded before these
     existed reads them as ``l1``, ``l2`` and 0."""
+    nonce: str = ""
+    """Fresh randomness in the release's noise seed (``site_secret.release_nonce``), so that a
+    state folder restored from a backup, whose release numbers repeat, never draws the same
+    noise twice. Empty in a release recorded before it existed."""
 
     @property
     def mechanism(self) -> tuple[float, float, int]:
@@ -283,12 +287,13 @@ def _read_text(path: Path) -> str:
 
 def _stored(release: Release) -> dict:
     """A release as the ledger stores (and MACs) it: a local release without the distributed-DP
-    fields, and a distributed release without a rounding failure (one recorded before the
-    likely sensitivities existed) without those, so older ledgers verify unchanged."""
+    fields, a distributed release without a rounding failure (one recorded before the likely
+    sensitivities existed) without those, and one without a nonce without it, so older ledgers
+    verify unchanged."""
     record = asdict(release)
     omitted = (_DISTRIBUTED_FIELDS if not release.distributed
                else _LIKELY_FIELDS if release.rounding_failure == 0 else ())
-    for name in omitted:
+    for name in (*omitted, *(() if release.nonce else ("nonce",))):
         del record[name]
     return record
 
@@ -305,10 +310,13 @@ def _release_from(record: dict) -> Release:
     distributed = record.get("privacy_model") == "distributed"
     expected = names if distributed else names - set(_DISTRIBUTED_FIELDS)
     older = expected - set(_LIKELY_FIELDS)  # a distributed release recorded before them
-    if set(record) not in (expected | {"mac"}, older | {"mac"}):
+    forms = [form | {"mac"} for form in (expected, older)]
+    if set(record) not in forms + [form - {"nonce"} for form in forms]:
         raise ValueError(f"release with fields {sorted(record)}")
     if distributed and "likely_l2" in record and record["rounding_failure"] == 0:
         raise ValueError("release with likely sensitivities that never fail")  # not MAC'd
+    if "nonce" in record and not (isinstance(record["nonce"], str) and record["nonce"]):
+        raise ValueError("release with an empty nonce")  # not MAC'd
     if distributed and "likely_l2" not in record:
         record = {**record, "likely_l1": record["l1"], "likely_l2": record["l2"],
                   "rounding_failure": 0.0}

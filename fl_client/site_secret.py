@@ -6,9 +6,10 @@ Two privacy mechanisms depend on something the server cannot know:
   noise a site adds, it could subtract it and the guarantee would be void; if it knew which
   examples each batch drew, the amplification by subsampling the accountant relies on would not
   hold. Both generators are seeded from the secret mixed with the run name, the round and the
-  release's place in the site's ledger: nothing the server knows determines the randomness,
-  and no two releases share it (a round asked twice gets fresh noise), while a site with the
-  same secret and a fresh ledger draws the same (the tests compare runs that way).
+  release's place in the site's ledger and with a fresh random nonce the ledger records
+  (``release_nonce``): nothing the server knows determines the randomness, and no two releases
+  share it, not a round asked twice, nor a round asked again after the state folder was
+  restored from a backup (its ledger is shorter, so release numbers repeat; the nonces do not).
 * The privacy ledger's MAC chain (``ledger_mac``), which makes an edited, reordered or
   truncated ledger detectable by anyone without the secret.
 
@@ -56,6 +57,13 @@ def private_seed(state_dir: Path, *parts: str | int) -> int:
     for part in parts:
         digest.update(b"\0" + str(part).encode())
     return int.from_bytes(digest.digest()[:8], "big") >> 1
+
+
+def release_nonce() -> str:
+    """Fresh randomness for one release's seed, recorded with the release: the one input a
+    restored or copied state folder cannot draw again (tests that compare twin sites replace
+    it with a constant)."""
+    return os.urandom(16).hex()
 
 
 def site_key(state_dir: Path, create: bool = True) -> int:

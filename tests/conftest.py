@@ -45,6 +45,16 @@ def benchmark_script() -> Callable[[str], ModuleType]:
 
 
 @pytest.fixture
+def twin_noise(monkeypatch):
+    """Twin sites (one secret copied, fresh ledgers) draw the same noise: each release's fresh
+    nonce (``site_secret.release_nonce``) replaced by a constant, the one thing a real site
+    never repeats."""
+    import fl_client.privacy_budget as privacy_budget
+
+    monkeypatch.setattr(privacy_budget, "release_nonce", lambda: "twin")
+
+
+@pytest.fixture
 def task_identity():
     """Messages made outside a Flower process need a run, node and task identity."""
     saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)

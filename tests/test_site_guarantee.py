@@ -347,7 +347,7 @@ def test_update_noise_is_the_planned_gaussian(family_name: str, tmp_path: Path) 
 
 @pytest.mark.parametrize("family_name", ["minilm-head", "ngram"])
 def test_one_outlier_moves_the_update_by_at_most_its_clipped_share(
-    family_name: str, tmp_path: Path
+    family_name: str, tmp_path: Path, twin_noise
 ) -> None:
     """Sites A (n rows) and B (the same rows plus one outlier) with the same secret draw the
     same noise z, so u_B - n/(n+1) u_A = -lr clip(g_outlier) / (n+1): the outlier's influence,

@@ -545,12 +545,13 @@ def ledger_file_releases(state_dir) -> list:
     return json.loads((state_dir / LEDGER_FILE).read_text())["releases"]
 
 
-def test_a_round_asked_again_gets_fresh_noise_and_is_charged_again(site, tmp_path):
+def test_a_round_asked_again_gets_fresh_noise_and_is_charged_again(site, tmp_path, twin_noise):
     """A hostile server asks round 1 twice, with models A and B. Were the same noise drawn
     twice, the difference of the two updates would be the noiseless difference of A's and B's.
-    Twin sites (the same secret, fresh ledgers) each answer one model as their first release:
-    the twin asked A answers exactly as the site did (the noise is seeded, not arbitrary), the
-    twin asked B does not, since the site's answer to B was its second release."""
+    Twin sites (the same secret, fresh ledgers, the nonce fixed) each answer one model as their
+    first release: the twin asked A answers exactly as the site did (the noise is seeded, not
+    arbitrary), the twin asked B does not, since the site's answer to B was its second
+    release."""
     state = tmp_path / "state"
     ctx = context(site, state)
 
@@ -572,6 +573,26 @@ def test_a_round_asked_again_gets_fresh_noise_and_is_charged_again(site, tmp_pat
     assert (update(again) - update(twin_answer("twin-b", 2))).abs().max() > 1e-3
     assert [(r.run, r.server_round) for r in ledger(state).releases] == [("run-a", 1)] * 2
     assert again.content["metrics"]["epsilon"] > first.content["metrics"]["epsilon"]
+
+
+def test_a_state_folder_restored_from_a_backup_never_draws_the_same_noise_again(site, tmp_path):
+    """The backup holds a shorter ledger, so the round asked after the restore is again the
+    ledger's release 1, with the same secret: without the release's fresh nonce it would draw
+    the first answer's noise, and two models' answers would differ by a noiseless difference."""
+    state, backup = tmp_path / "state", tmp_path / "backup"
+    ctx = context(site, state)
+    site_secret(state)
+    shutil.copytree(state, backup)
+    torch.manual_seed(1)
+    asked = train_message("run-a", 1)
+    first = client_app.app(asked, ctx)
+    shutil.rmtree(state)
+    shutil.copytree(backup, state)  # restored whole: nothing left says a release was made
+    again = client_app.app(asked, ctx)
+    assert [r.server_round for r in ledger(state).releases] == [1]
+    updates = [torch.cat([v.flatten() for v in reply.content["arrays"].to_torch_state_dict()
+                          .values()]) for reply in (first, again)]
+    assert (updates[0] - updates[1]).abs().max() > 1e-3
 
 
 @pytest.mark.parametrize("deleted", [[LEDGER_FILE], [LEDGER_FILE, HEAD_FILE]])
