@@ -84,6 +84,8 @@ from fl_protocol.wire import (
     DEFAULT_RETENTION_DAYS,
     EVALUATION_POLICIES,
     LANGUAGES,
+    MAX_AUTO_DELTA,
+    MIN_DELTA,
     PRIVACY_MODELS,
     PRIVACY_UNITS,
     Reason,
@@ -93,10 +95,6 @@ from fl_protocol.wire import (
 from models import model_family_names
 
 DEFAULT_MAX_DELTA = 1e-5
-MIN_DELTA = 1e-10
-"""The smallest nonzero delta a site accepts (the server's own floor too): the ledger keeps the
-Rényi order its first release's delta gives, and a delta far below this would fix an order whose
-lifetime budget is a fraction of the site's max-epsilon, for good."""
 DEFAULT_MIN_TOLERATED_SITES = 1
 DEFAULT_MAX_NOISE_RATIO = 2.0
 """The most a site's noise (its standard deviation, the noise multiplier) may exceed the noise the
@@ -498,11 +496,12 @@ def check_noise(policy: SitePolicy, request: RoundRequest, noise: float, planned
 
 
 def evaluation_delta(policy: SitePolicy, request: RoundRequest, units: int) -> float:
-    """A DP evaluation's delta: the run's, or (0 = auto) the site's ``max-delta``; never a
-    function of the test split, whose size it would show (a refusal, or the ``epsilon`` sent,
-    would say where the count lies). A split too large for it (``site_delta``'s rule) is only
-    warned of here, at the site: its operator can lower ``max-delta``."""
-    delta = request.delta or policy.max_delta
+    """A DP evaluation's delta: the run's, or (0 = auto) the largest automatic delta
+    (``MAX_AUTO_DELTA``, or the site's ``max-delta`` if lower); never a function of the test
+    split, whose size it would show (a refusal, or the ``epsilon`` sent, would say where the
+    count lies). A split too large for it (``site_delta``'s rule) is only warned of here, at
+    the site: its operator can lower ``max-delta``."""
+    delta = request.delta or min(policy.max_delta, MAX_AUTO_DELTA)
     if units and delta >= 1.0 / (DELTA_UNITS_FACTOR * units):
         log(WARNING, "DP evaluation: delta %g is not below 1/(%d x %d test units); set the "
             "node config max-delta lower for a guarantee that fits this test split", delta,

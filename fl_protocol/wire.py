@@ -146,6 +146,11 @@ update from it (the sum, less its own). The server sets no lower reconstruction 
 (``fl_server/secure_aggregation``) and a site joins no round set up with one
 (``fl_client/secure_aggregation``)."""
 
+MIN_DELTA = 1e-10
+"""The smallest nonzero delta a run may ask for: the server's check and each site's floor. Below
+it the accountants' conversions lose their footing, and a site's ledger keeps the Rényi order its
+first release's delta gives, so a far smaller one would fix, for good, an order whose lifetime
+budget is a fraction of the site's max-epsilon."""
 MAX_AUTO_DELTA = 1e-5
 """The largest delta a site picks when the run's ``delta`` is 0 (its default, at most this
 and below 1 / (10 x its units)); the server holds a site's reported delta to it."""

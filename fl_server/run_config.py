@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from fl_protocol.wire import (
     ACCOUNTANTS,
     EVALUATION_POLICIES,
+    MIN_DELTA,
     PRIVACY_MODELS,
     PRIVACY_UNITS,
     RUN_CONFIG_DEFAULTS,
@@ -61,7 +62,7 @@ delta 1e-10, up to 1000 rounds of full-batch steps). The RDP conversion cannot r
 SITE_EPSILON_RANGE = (0.5, 10_000.0)
 """A finite ``site-max-epsilon`` (lifetime budget): below it the ledger's Rényi filter has no
 budget at any order; above it a budget no longer limits anything (use inf)."""
-DELTA_RANGE = (1e-10, 0.1)
+DELTA_RANGE = (MIN_DELTA, 0.1)
 """A nonzero ``delta``: smaller breaks the accountants' floors above, larger is no guarantee."""
 WHOLE_RANGES: dict[str, tuple[int, int]] = {
     "num-rounds": (1, 10_000),

@@ -28,8 +28,7 @@ from fedintent.cli import main
 from fl_client.dp_evaluation import LOSS_CAP, NoisyScores, noisy_scores, unit_contributions
 from fl_client.privacy_accounting import rdp_budget, rdp_epsilon
 from fl_client.privacy_report import site_privacy_report
-from fl_client.site_policy import MIN_DELTA
-from fl_protocol.wire import EVALUATE_METRICS, Reason
+from fl_protocol.wire import EVALUATE_METRICS, MIN_DELTA, Reason
 from fl_server.progress import round_lines
 from fl_server.run_record import RunRecord
 from fl_server.strategy import aggregate_evaluate_metrics
@@ -259,10 +258,10 @@ def test_whether_a_test_unit_is_there_does_not_decide_whether_the_site_answers(s
 
 
 def test_the_evaluation_delta_never_depends_on_the_number_of_test_units(tmp_path):
-    """Under the run's delta 0 the evaluation's delta is the site's max-delta whatever its test
-    split (a delta chosen from the count would show it in the epsilon sent), and a delta the
-    run asks for is never refused for being large next to the count (a server could search
-    deltas and read the count off the refusals)."""
+    """Under the run's delta 0 the evaluation's delta is 1e-5 (the site's max-delta if lower)
+    whatever its test split (a delta chosen from the count would show it in the epsilon sent),
+    and a delta the run asks for is never refused for being large next to the count (a server
+    could search deltas and read the count off the refusals)."""
     answers = {}
     for tests in (4, 40):
         site_dir = tmp_path / f"site-{tests}"
@@ -276,7 +275,7 @@ def test_the_evaluation_delta_never_depends_on_the_number_of_test_units(tmp_path
                         delta=5e-3)  # above 1 / (10 x 40): refused before, whatever the count
         answers[tests] = (release.delta, release.noise_multiplier,
                           client_app.app(evaluate_message(), asked).has_error())
-    assert answers[4] == answers[40] == (1e-2, answers[4][1], False)
+    assert answers[4] == answers[40] == (1e-5, answers[4][1], False)
 
 
 def test_a_delta_below_the_sites_floor_is_refused_before_a_ledger_is_started(site, tmp_path):
