@@ -70,6 +70,7 @@ from fl_client.site_policy import (
     evaluation_delta,
     evaluation_policy,
     evaluation_request,
+    is_simulated,
     retention_days,
     round_request,
     site_delta,
@@ -135,7 +136,8 @@ def train(msg: Message, context: Context) -> Message:
     model = _model_from(msg, cfg)
     try:
         request = replace(request, delta=site_delta(policy, request, len(units)))
-        charge = charge_round(state_dir, units, request, policy, dimension(model))
+        charge = charge_round(state_dir, units, request, policy, dimension(model),
+                              fresh_nonce=not is_simulated(context))
     except Exception as err:
         return _refuse(msg, err, CHARGE_FAILURES)
     if len(charge.trained) < len(units):
@@ -214,7 +216,8 @@ def evaluate_on_site(msg: Message, context: Context) -> Message:
 
     model = _model_from(msg, context.run_config)
     if evaluation == "dp":
-        return _evaluate_with_dp(msg, state_dir, policy, request, model, rows, features, targets)
+        return _evaluate_with_dp(msg, state_dir, policy, request, model, rows, features, targets,
+                                 fresh_nonce=not is_simulated(context))
     scores = evaluate(model, features, targets)
     metrics = metric_record(EVALUATE_METRICS, num_examples=len(rows), loss=scores.loss,
                             accuracy=scores.accuracy, macro_f1=scores.macro_f1)
@@ -223,7 +226,7 @@ def evaluate_on_site(msg: Message, context: Context) -> Message:
 
 def _evaluate_with_dp(msg: Message, state_dir: Path, policy: SitePolicy, request: RoundRequest,
                       model: torch.nn.Module, rows: SiteSplit, features: torch.Tensor,
-                      targets: torch.Tensor) -> Message:
+                      targets: torch.Tensor, fresh_nonce: bool) -> Message:
     """The test split's scores as one Gaussian release (``dp_evaluation.py``), charged before
     anything is computed from the rows, over the units the lifetime filter lets take part.
 
@@ -237,7 +240,8 @@ def _evaluate_with_dp(msg: Message, state_dir: Path, policy: SitePolicy, request
     try:  # one release of the whole split: sample rate 1, one step
         request = replace(request, batch_size=len(distinct),
                           delta=evaluation_delta(policy, request, len(distinct)))
-        charge = charge_round(state_dir, distinct, request, policy, empty_ok=True)
+        charge = charge_round(state_dir, distinct, request, policy, empty_ok=True,
+                              fresh_nonce=fresh_nonce)
     except Exception as err:
         return _refuse(msg, err, CHARGE_FAILURES)
     kept = {distinct[index] for index in charge.trained}

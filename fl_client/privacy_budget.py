@@ -105,7 +105,7 @@ class Charge:
 
 def charge_round(
     state_dir: Path, units: list[str], request: RoundRequest, policy: SitePolicy,
-    dimension: int = 0, empty_ok: bool = False,
+    dimension: int = 0, empty_ok: bool = False, fresh_nonce: bool = True,
 ) -> Charge:
     """Charge this round to the ledger and say who trains, or raise (nothing charged).
 
@@ -114,7 +114,10 @@ def charge_round(
     ``empty_ok`` (a local release whose noise does not depend on the units taking part, as a DP
     evaluation's): when no unit may take part, the release is still made and recorded, over no
     unit, charging nobody, instead of raising ``BudgetExhausted``: a decline would tell the
-    server, outside DP, whether any unit with budget left is there. Raises
+    server, outside DP, whether any unit with budget left is there; ``fresh_nonce`` False (a
+    simulated site, whose state folder only its own operator could restore): the release
+    records no nonce, so twin sites (one secret, fresh ledgers) draw the same noise, which is
+    how tests compare two runs. Raises
     ``BudgetExhausted`` when no unit may take part or no noise fits the budget,
     ``PolicyRefusal`` when the request contradicts the ledger (another privacy unit, a round
     beyond the run's plan) or the budget needs noise far above the run's plan, ``LedgerError``.
@@ -122,11 +125,12 @@ def charge_round(
     once (two runs on one site) are both recorded.
     """
     with state_lock(state_dir):
-        return _charge_round(state_dir, units, request, policy, dimension, empty_ok)
+        return _charge_round(state_dir, units, request, policy, dimension, empty_ok,
+                             fresh_nonce)
 
 
 def _charge_round(state_dir: Path, units: list[str], request: RoundRequest, policy: SitePolicy,
-                  dimension: int, empty_ok: bool) -> Charge:
+                  dimension: int, empty_ok: bool, fresh_nonce: bool) -> Charge:
     secret = site_secret(state_dir)
     ledger = read_ledger(state_dir, secret) or Ledger(
         privacy_unit=request.privacy_unit,
@@ -144,6 +148,7 @@ def _charge_round(state_dir: Path, units: list[str], request: RoundRequest, poli
                                                            request.local_epochs),
                            units=len(keys), rdp=math.inf)
         trained = list(range(len(keys)))
+    release = replace(release, nonce=release_nonce() if fresh_nonce else "")
     for index in trained:
         ledger.spend[keys[index]] = ledger.spend.get(keys[index], 0.0) + release.rdp
     ledger.releases.append(release)
@@ -239,13 +244,25 @@ def _distributed_release(
     ledger: Ledger, keys: list[str], request: RoundRequest, policy: SitePolicy, dimension: int
 ) -> tuple[Release, list[int]]:
     """The round's Skellam release and the units in it. Every unit is in each full-batch sum,
-    so leaving units out changes nothing in the release: one pass of the filter is exact."""
+    so leaving units out changes nothing in the release: one pass of the filter is exact.
+
+    Every site plans the same common noise from public values (the run's target, its planned
+    delta, rounds and the model's size) and adds its share of it; a site whose own budget, or
+    the target at its own delta, needs more adds the difference itself. What the site counts
+    on (``mu``) is its own share plus the common shares of the other ``cohort - tolerated - 1``
+    sites, never its own plan for them: sites with other budgets or deltas plan other totals
+    (found in review: the site with the largest plan then charged less than the sum gave it)."""
     l1, l2, likely = skellam_sensitivity(dimension)
     budget = rdp_budget(policy.max_epsilon, ledger.delta, ledger.order)
-    planned = plan_skellam_mu(request.target_epsilon, request.delta, l1, l2, request.num_rounds,
-                              likely)
-    mu = max(planned, skellam_mu_within_rdp(l1, l2, request.num_rounds, ledger.order, budget))
-    share = mu / (request.cohort_size - request.tolerated_sites)
+    counted = request.cohort_size - request.tolerated_sites
+    planned = plan_skellam_mu(request.target_epsilon, request.plan_delta or request.delta, l1, l2,
+                              request.num_rounds, likely)
+    others = (counted - 1) * planned / counted  # what the other sites that count add, at least
+    needed = max(skellam_mu_within_rdp(l1, l2, request.num_rounds, ledger.order, budget),
+                 plan_skellam_mu(request.target_epsilon, request.delta, l1, l2,
+                                 request.num_rounds, likely))  # the target at its own delta
+    share = max(planned / counted, needed - others)
+    mu = share + others
     rdp = skellam_rdp(mu, l1, l2, ledger.order)
     rdp_alone = skellam_rdp(share, l1, l2, ledger.order)
     trained = [i for i, key in enumerate(keys) if ledger.spend.get(key, 0.0) + rdp <= budget]
@@ -312,5 +329,4 @@ def _release(request: RoundRequest, noise: float, rate: float, steps: int, units
         run=request.run_name, server_round=request.server_round, num_rounds=request.num_rounds,
         noise_multiplier=noise, sample_rate=rate, steps=steps, clip_norm=request.clip_norm,
         delta=request.delta, accountant=request.accountant, units=units, rdp=rdp, time=now(),
-        nonce=release_nonce(),
     )

@@ -175,6 +175,10 @@ class RoundRequest:
     tolerated_sites: int = 0
     cohort_size: int = 0
     """Distributed DP: the sites the round's secure sum is set up for (0 in a local round)."""
+    plan_delta: float = 0.0
+    """Distributed DP: the delta the sum's common noise is planned at, the same at every site
+    (the run's delta, or ``MAX_AUTO_DELTA`` when the run leaves it to the sites), so that each
+    site can count on the others adding at least that noise; ``delta`` is the site's own."""
 
     @property
     def private(self) -> bool:
@@ -423,6 +427,7 @@ def round_request(msg: Message, context: Context) -> RoundRequest:
             privacy_model=str(cfg["privacy-model"]),
             tolerated_sites=int(cfg["tolerated-sites"]),
             cohort_size=int(config.get("cohort-size", 0)),
+            plan_delta=float(cfg["delta"]) or MAX_AUTO_DELTA,
         )
     except (KeyError, TypeError, ValueError) as err:
         raise PolicyRefusal(Reason.SETTING_REFUSED, f"malformed privacy setting: {err}") from err

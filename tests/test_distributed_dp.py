@@ -467,6 +467,37 @@ def test_a_distributed_run_is_charged_its_target_and_records_both_numbers(tmp_pa
         [SkellamRelease(share, l1, l2, *likely)] * 3, 1e-5)
 
 
+def test_a_site_needing_more_noise_adds_it_itself_and_counts_only_the_others_common_shares(
+        tmp_path):
+    """Two sites of one run: B at the default budget adds the common share; A, whose smaller
+    lifetime budget needs more noise than the run's plan, adds the difference itself. A counts
+    on its own share plus the other 7 counted sites' common shares (what B adds), never on its
+    own larger plan for them: had every site planned A's total, the sum would hold more noise
+    than it does and A would be charged less than the sum gives it."""
+    tight = replace(POLICY, max_epsilon=2.0, max_noise_ratio=math.inf)
+    a = charge_round(tmp_path / "a", UNITS, distributed_request(1), tight, HEAD_DIM)
+    b = charge_round(tmp_path / "b", UNITS, distributed_request(1), POLICY, HEAD_DIM)
+    [release_a] = read_ledger(tmp_path / "a", site_secret(tmp_path / "a")).releases
+    [release_b] = read_ledger(tmp_path / "b", site_secret(tmp_path / "b")).releases
+    assert release_b.skellam_mu == pytest.approx(8 * b.skellam_mu_share)
+    assert a.skellam_mu_share > b.skellam_mu_share
+    assert release_a.skellam_mu == pytest.approx(a.skellam_mu_share + 7 * b.skellam_mu_share)
+    assert release_a.skellam_mu < 8 * a.skellam_mu_share
+
+
+def test_every_site_plans_the_common_noise_at_the_runs_delta_not_its_own(tmp_path):
+    """A site large enough for a smaller automatic delta still adds the common share planned
+    at the run's (public) delta, and makes up the rest of its own target at its delta itself."""
+    small = charge_round(tmp_path / "small", UNITS, distributed_request(1, plan_delta=1e-5),
+                         POLICY, HEAD_DIM)
+    large = charge_round(tmp_path / "large", UNITS,
+                         distributed_request(1, delta=1e-6, plan_delta=1e-5), POLICY, HEAD_DIM)
+    [release] = read_ledger(tmp_path / "large", site_secret(tmp_path / "large")).releases
+    assert large.skellam_mu_share > small.skellam_mu_share
+    assert release.skellam_mu == pytest.approx(large.skellam_mu_share
+                                               + 7 * small.skellam_mu_share)
+
+
 def test_a_noise_share_whose_epsilon_alone_exceeds_the_sites_bound_is_refused(tmp_path):
     strict = replace(POLICY, max_epsilon_alone=5.0)
     with pytest.raises(PolicyRefusal) as refused:  # 1/8 of the noise: alone far above 5
