@@ -23,6 +23,9 @@ MAY_CHANGE_ON_RESUME = frozenset(
 """How long to wait, for how many sites, and where the (possibly moved) run folder is."""
 FILLED_FROM_RECORD = ("run-name", "data-dir")
 """Keys whose empty value means "as recorded" on resume (they default to per-run values)."""
+RECORDED_BEFORE_THEY_EXISTED = {"evaluate-every": 1}
+"""Keys newer than some run records, with the value a run recorded without them ran with: a
+resume must keep it (a DP-evaluating site planned its evaluations for it)."""
 
 
 def read_metrics(path: Path) -> dict:
@@ -82,8 +85,9 @@ def resume_point(out_dir: Path, run_name: str) -> tuple[Checkpoint | None, list[
 
 
 def recorded_run_config(doc: dict) -> dict:
-    """The run configuration recorded in ``metrics.json`` (null floats were infinite)."""
-    config = {}
+    """The run configuration recorded in ``metrics.json`` (null floats were infinite; a key the
+    record predates, as the run ran without it)."""
+    config = dict(RECORDED_BEFORE_THEY_EXISTED)
     for key, value in doc["config"].items():
         if key not in RUN_CONFIG_DEFAULTS:
             continue

@@ -270,6 +270,9 @@ def test_a_resume_takes_the_recorded_configuration_and_refuses_changes(tmp_path)
     assert (resumed["run-name"], resumed["data-dir"], resumed["min-sites"]) == ("r1", "/d", 1)
     with pytest.raises(RunConfigError, match=f"num-rounds=5 .recorded {DEFAULTS['num-rounds']}."):
         resumed_run_config(asked | {"num-rounds": 5}, doc)
+    older = doc | {"config": {k: v for k, v in doc["config"].items() if k != "evaluate-every"}}
+    with pytest.raises(RunConfigError, match="evaluate-every=5 .recorded 1."):
+        resumed_run_config(asked | {"evaluate-every": 5}, older)  # it ran before the key existed
     (tmp_path / "metrics.json").write_text(json.dumps(doc | {"status": "completed"}))
     with pytest.raises(RunConfigError, match="completed all its rounds"):
         read_metrics(tmp_path / "metrics.json")
