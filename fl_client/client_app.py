@@ -35,7 +35,7 @@ from logging import WARNING
 from pathlib import Path
 
 import torch
-from flwr.app import Array, ArrayRecord, Context, Message, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.common.logger import log
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
@@ -43,9 +43,9 @@ from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFI
 from fl_client.distributed_dp import dimension, noisy_integer_sum
 from fl_client.dp_evaluation import noisy_scores, unit_contributions
 from fl_client.dp_training import evaluate, train_locally, training_plan
-from fl_client.egress_guard import egress_guard
+from fl_client.egress_guard import PAID_RELEASE, egress_guard
 from fl_client.privacy_accounting import BudgetExhausted
-from fl_client.privacy_budget import charge_round
+from fl_client.privacy_budget import Charge, charge_round
 from fl_client.privacy_ledger import LedgerError
 from fl_client.privacy_units import PADDING_LABEL, group_by_customer
 from fl_client.retention import (
@@ -140,6 +140,7 @@ def train(msg: Message, context: Context) -> Message:
                               fresh_nonce=not is_simulated(context))
     except Exception as err:
         return _refuse(msg, err, CHARGE_FAILURES)
+    _note_paid_release(context, charge)
     if len(charge.trained) < len(units):
         log(WARNING, "site %s: %d of %d %s units have spent their budget and sit this round out",
             site_dir, len(units) - len(charge.trained), len(units), request.privacy_unit)
@@ -216,17 +217,17 @@ def evaluate_on_site(msg: Message, context: Context) -> Message:
 
     model = _model_from(msg, context.run_config)
     if evaluation == "dp":
-        return _evaluate_with_dp(msg, state_dir, policy, request, model, rows, features, targets,
-                                 fresh_nonce=not is_simulated(context))
+        return _evaluate_with_dp(msg, context, state_dir, policy, request, model, rows, features,
+                                 targets)
     scores = evaluate(model, features, targets)
     metrics = metric_record(EVALUATE_METRICS, num_examples=len(rows), loss=scores.loss,
                             accuracy=scores.accuracy, macro_f1=scores.macro_f1)
     return Message(content=RecordDict({METRICS_KEY: metrics}), reply_to=msg)
 
 
-def _evaluate_with_dp(msg: Message, state_dir: Path, policy: SitePolicy, request: RoundRequest,
-                      model: torch.nn.Module, rows: SiteSplit, features: torch.Tensor,
-                      targets: torch.Tensor, fresh_nonce: bool) -> Message:
+def _evaluate_with_dp(msg: Message, context: Context, state_dir: Path, policy: SitePolicy,
+                      request: RoundRequest, model: torch.nn.Module, rows: SiteSplit,
+                      features: torch.Tensor, targets: torch.Tensor) -> Message:
     """The test split's scores as one Gaussian release (``dp_evaluation.py``), charged before
     anything is computed from the rows, over the units the lifetime filter lets take part.
 
@@ -241,9 +242,10 @@ def _evaluate_with_dp(msg: Message, state_dir: Path, policy: SitePolicy, request
         request = replace(request, batch_size=len(distinct),
                           delta=evaluation_delta(policy, request, len(distinct)))
         charge = charge_round(state_dir, distinct, request, policy, empty_ok=True,
-                              fresh_nonce=fresh_nonce)
+                              fresh_nonce=not is_simulated(context))
     except Exception as err:
         return _refuse(msg, err, CHARGE_FAILURES)
+    _note_paid_release(context, charge)
     kept = {distinct[index] for index in charge.trained}
     in_release = [row for row, unit in enumerate(units) if unit in kept]
     contributions = unit_contributions(model, features[in_release], targets[in_release],
@@ -254,6 +256,13 @@ def _evaluate_with_dp(msg: Message, state_dir: Path, policy: SitePolicy, request
     metrics = metric_record(EVALUATE_METRICS, num_examples=scores.units, loss=scores.loss,
                             accuracy=scores.accuracy, epsilon=charge.epsilon_this_run)
     return Message(content=RecordDict({METRICS_KEY: metrics}), reply_to=msg)
+
+
+def _note_paid_release(context: Context, charge: Charge) -> None:
+    """Tell the egress guard which ledger release this reply paid for (``PAID_RELEASE``): its
+    egress-log entry records it, so a ledger restored without it is found out."""
+    context.state.config_records[PAID_RELEASE] = ConfigRecord(
+        {"number": charge.release_number, "nonce": charge.nonce})
 
 
 def _refuse(msg: Message, cause: Exception, failures: Failures) -> Message:

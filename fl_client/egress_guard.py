@@ -61,6 +61,11 @@ from fl_protocol.wire import (
 from models import get_model_family
 
 EGRESS_LOG = "egress.jsonl"
+PAID_RELEASE = "fedintent.paid-release"
+"""Where a handler leaves, in the site's own ``context.state``, the ledger release (its number
+and nonce) that the reply it returns paid for: the guard writes it into that reply's egress-log
+entry, so that a ledger restored from an older copy, together with its head, is found missing it
+(``privacy_ledger.read_ledger``). Never sent."""
 
 
 class EgressViolation(ValueError):
@@ -69,6 +74,7 @@ class EgressViolation(ValueError):
 
 def egress_guard(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
     stage = secagg_stage(msg)  # read first: secaggplus_mod consumes it
+    context.state.config_records.pop(PAID_RELEASE, None)
     try:
         reply = call_next(msg, context)
     except Exception:
@@ -86,9 +92,11 @@ def egress_guard(msg: Message, context: Context, call_next: ClientAppCallable) -
         verdict = f"blocked: {err}"
         log(ERROR, "egress guard blocked a reply: %s", err)
         reply = error_reply(msg, Reason.EGRESS_BLOCKED)
+    paid = context.state.config_records.pop(PAID_RELEASE, None)
     try:
         _, state_dir = site_folders(msg, context)
-        append_egress_log(state_dir, msg, reply, verdict, stage)
+        append_egress_log(state_dir, msg, reply, verdict, stage,
+                          dict(paid) if paid is not None else None)
     except Exception as err:  # the log must never turn into a leak or a crash
         log(ERROR, "could not write the egress log: %s", err)
     return reply
@@ -219,9 +227,11 @@ def _check_arrays(arrays: ArrayRecord, expected: dict, integers: bool = False) -
 
 
 def append_egress_log(
-    state_dir: Path, msg: Message, reply: Message, verdict: str, stage: str | None = None
+    state_dir: Path, msg: Message, reply: Message, verdict: str, stage: str | None = None,
+    release: dict | None = None,
 ) -> None:
-    """Append one line describing what this reply sent (or why it was blocked)."""
+    """Append one line describing what this reply sent (or why it was blocked), with the ledger
+    ``release`` it paid for, if any (site-private, like the whole log)."""
     config = msg.content.get(CONFIG_KEY, {})
     entry: dict = {
         "time": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -232,6 +242,8 @@ def append_egress_log(
     }
     if stage is not None:
         entry["secure_aggregation_stage"] = stage
+    if release is not None:
+        entry["release"] = release
     if reply.has_error():
         entry["error"] = {"code": reply.error.code, "reason": reply.error.reason}
     else:

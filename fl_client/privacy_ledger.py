@@ -17,10 +17,12 @@ the release count, the settings and a digest of ``spend``, all keyed with the si
 longer verifies. Rollback: the release count and document MAC are mirrored in
 ``privacy-ledger.head`` beside it, so restoring an older copy of the ledger, or deleting it, is
 detected; and the ledger must hold at least as many DP releases as the site's egress log shows
-DP updates sent (each is charged before it leaves), so restoring an older ledger together with
-its head is detected too. Every such case stops the site with ``LedgerError``; nothing is reset
-silently. What this cannot stop: someone who can write the state folder restoring the ledger,
-its head and the egress log together (docs/PRIVACY.md, "A site operator editing its files").
+DP updates sent (each is charged before it leaves), and every release the log records a reply
+paid for (its number and nonce), so restoring an older ledger together with its head is
+detected too, even behind releases that were charged but never sent. Every such case stops
+the site with ``LedgerError``; nothing is reset silently. What this cannot stop: someone who can
+write the state folder restoring the ledger, its head and the egress log together
+(docs/PRIVACY.md, "A site operator editing its files").
 
 Files are written atomically, fsync'd, owner-only (0600), *before* the update they pay for leaves.
 """
@@ -139,7 +141,7 @@ def read_ledger(state_dir: Path, secret: bytes) -> Ledger | None:
                 f"{path} is missing but {HEAD_FILE} records {head['releases']} releases: the "
                 "ledger was deleted. Restore the state folder from a backup (docs/SITE_GUIDE.md)"
             )
-        if _dp_updates_sent(Path(state_dir)):
+        if _egress_record(Path(state_dir))[0]:
             raise LedgerError(
                 f"{path} is missing but the egress log shows DP updates sent: the ledger was "
                 "deleted. Restore the state folder from a backup (docs/SITE_GUIDE.md)"
@@ -178,7 +180,7 @@ def read_ledger(state_dir: Path, secret: bytes) -> Ledger | None:
     if not hmac.compare_digest(document_mac, str(document.get("mac", ""))):
         raise LedgerError(f"{path}: ledger was edited, truncated or extended; refusing to train")
     _check_head(path, head, len(releases), document_mac)
-    sent = _dp_updates_sent(Path(state_dir))
+    sent, paid = _egress_record(Path(state_dir))
     charged = sum(1 for release in releases if release.noise_multiplier > 0)
     if sent > charged:
         raise LedgerError(
@@ -186,6 +188,13 @@ def read_ledger(state_dir: Path, secret: bytes) -> Ledger | None:
             f"{sent} DP updates sent: the ledger and its head were restored from an older copy; "
             "refusing to train. Restore the newest copy (docs/SITE_GUIDE.md)"
         )
+    for number, nonce in paid:
+        if not (1 <= number <= len(releases) and releases[number - 1].nonce == nonce):
+            raise LedgerError(
+                f"{path}: the site's egress log records a reply paid for by release {number}, "
+                f"which this ledger does not hold: the ledger and its head were restored from an "
+                f"older copy; refusing to train. Restore the newest copy (docs/SITE_GUIDE.md)"
+            )
     for release in releases:
         if not (release.noise_multiplier >= 0 and 0 < release.sample_rate <= 1
                 and release.steps > 0 and release.rdp > 0
@@ -258,12 +267,19 @@ def _check_head(path: Path, head: dict | None, count: int, document_mac: str) ->
                           f"{count - head['releases']} releases; refusing to train")
 
 
-def _dp_updates_sent(state_dir: Path) -> int:
-    """How many DP updates the egress log records sent (train replies with a finite epsilon):
-    each was charged to the ledger before it left."""
-    sent = 0
+def _egress_record(state_dir: Path) -> tuple[int, list[tuple[int, str]]]:
+    """What the egress log shows of the ledger: how many DP replies it records sent (a finite
+    epsilon; each was charged before it left), and the (number, nonce) of every release a
+    reply recorded it paid for (``egress_guard.PAID_RELEASE``; none in a simulation or before
+    the nonce existed), which the ledger must still hold: a count alone would miss a restore
+    hidden behind releases charged but never sent."""
+    sent, paid = 0, []
     try:
         for entry in egress_entries(state_dir):
+            release = entry.get("release") if isinstance(entry, dict) else None
+            if (isinstance(release, dict) and isinstance(release.get("number"), int)
+                    and isinstance(release.get("nonce"), str) and release["nonce"]):
+                paid.append((release["number"], release["nonce"]))
             try:
                 epsilon = entry["metrics"]["epsilon"]
             except (KeyError, TypeError):
@@ -274,7 +290,7 @@ def _dp_updates_sent(state_dir: Path) -> int:
     except OSError as err:
         raise LedgerError(f"{state_dir}: the egress log is unreadable ({err}); it shows whether "
                           "the ledger was rolled back, so the site does not train") from err
-    return sent
+    return sent, paid
 
 
 def _read_text(path: Path) -> str:

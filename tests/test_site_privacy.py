@@ -541,6 +541,26 @@ def test_a_ledger_restored_with_its_head_stops_the_site(site, tmp_path):
     assert len(ledger_file_releases(state)) == 1  # nothing charged on top of the old copy
 
 
+def test_a_ledger_restored_behind_releases_never_sent_stops_the_site(site, tmp_path):
+    """Releases charged but never sent (here a learning rate the site cannot read, which it
+    reads after charging; a server can cause such failures) outnumber the updates sent after
+    the backup, so a count of sent updates would accept the restored copy: the egress log
+    records which release each sent reply paid for, and the restored ledger does not hold it."""
+    state = tmp_path / "state"
+    ctx = context(site, state, max_epsilon=10.0)
+    broken = context(site, state, max_epsilon=10.0, **{"learning-rate": "fast"})
+    for server_round in (1, 2):
+        assert client_app.app(train_message("probe", server_round), broken).has_error()
+    assert len(ledger_file_releases(state)) == 2
+    early = {name: (state / name).read_bytes() for name in (LEDGER_FILE, HEAD_FILE)}
+    assert not client_app.app(train_message("run-a", 1), ctx).has_error()
+    for name, content in early.items():
+        (state / name).write_bytes(content)
+    assert refused_with(client_app.app(train_message("run-a", 2), ctx),
+                        Reason.LEDGER_UNREADABLE)
+    assert len(ledger_file_releases(state)) == 2
+
+
 def ledger_file_releases(state_dir) -> list:
     return json.loads((state_dir / LEDGER_FILE).read_text())["releases"]
 

@@ -23,7 +23,7 @@ from fl_client.privacy_accounting import (
     rdp_budget,
 )
 from fl_client.privacy_budget import charge_round, skellam_sensitivity
-from fl_client.privacy_ledger import HEAD_FILE, LEDGER_FILE
+from fl_client.privacy_ledger import HEAD_FILE, LEDGER_FILE, read_ledger
 from fl_client.site_policy import (
     DEFAULT_MAX_NOISE_RATIO,
     PolicyRefusal,
@@ -32,6 +32,7 @@ from fl_client.site_policy import (
     SitePolicy,
     site_policy,
 )
+from fl_client.site_secret import site_secret
 from fl_protocol.wire import DECLINED, Reason
 from fl_protocol.wire import RUN_CONFIG_DEFAULTS as DEFAULTS
 from fl_server.progress import round_lines
@@ -136,8 +137,9 @@ def test_the_distributed_plan_is_compared_as_noise_standard_deviations(tmp_path)
     bound holds sqrt(mu / planned mu), so a mu 3.5x the plan (1.87x the deviation) trains."""
     l1, l2, likely = skellam_sensitivity(HEAD_DIM)
     planned = plan_skellam_mu(8.0, DELTA, l1, l2, 3, likely)
-    charge = charge_round(tmp_path, UNITS, distributed(), policy(4.0), HEAD_DIM)
-    mu = charge.skellam_mu_share * 8
+    charge_round(tmp_path, UNITS, distributed(), policy(4.0), HEAD_DIM)
+    [release] = read_ledger(tmp_path, site_secret(tmp_path)).releases
+    mu = release.skellam_mu
     assert mu / planned > 2.0 and math.sqrt(mu / planned) <= DEFAULT_MAX_NOISE_RATIO
 
 
