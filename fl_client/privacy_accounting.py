@@ -89,12 +89,17 @@ def steps_per_round(num_units: int, batch_size: int, local_epochs: int) -> tuple
     return 1.0 / batches, batches * local_epochs
 
 
+def delta_limit(units: int) -> float:
+    """The bound a site's delta must stay below for ``units`` units (> 0): small next to
+    1 / units, or releasing one unit's data verbatim would fit inside the guarantee."""
+    return 1.0 / (DELTA_UNITS_FACTOR * units)
+
+
 def default_delta(units: int) -> float:
     """A site's delta when the run asks for none: min(1e-5, 1 / (10 x units)) rounded down to a
     power of ten. Here so that everything that trains like a site (the ClientApp, the privacy
     audit) uses the same delta; the server holds a reported delta to the same 1e-5."""
-    limit = 1.0 / (DELTA_UNITS_FACTOR * units)
-    return min(MAX_AUTO_DELTA, 10 ** math.floor(math.log10(limit)))
+    return min(MAX_AUTO_DELTA, 10 ** math.floor(math.log10(delta_limit(units))))
 
 
 @lru_cache(maxsize=256)

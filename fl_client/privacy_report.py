@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fl_client.egress_guard import egress_entries
-from fl_client.privacy_accounting import DELTA_UNITS_FACTOR, rdp_epsilon
+from fl_client.privacy_accounting import delta_limit, rdp_epsilon
 from fl_client.privacy_budget import alone_spend, run_epsilons
 from fl_client.privacy_ledger import (
     HEAD_FILE,
@@ -88,7 +88,7 @@ class SiteReport:
         """Whether the ledger's delta, fixed when the site's first round began, is no longer
         small next to 1 / units: the site has grown, and the probability that a unit's
         guarantee fails outright is no longer negligible for a site this size."""
-        return self.units > 0 and self.delta >= 1 / (DELTA_UNITS_FACTOR * self.units)
+        return self.units > 0 and self.delta >= delta_limit(self.units)
 
 
 def site_privacy_report(state_dir: Path, max_epsilon: float, bands: int = 4) -> SiteReport:

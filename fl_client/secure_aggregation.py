@@ -182,10 +182,10 @@ def partners_problem(sources: list[int], peers: list[int], own_id: int) -> str |
     unmask stage then asks for shares no site holds)."""
     if len(set(sources)) < len(sources):
         return "a peer's key shares forwarded twice"
-    missing = set(peers) - {own_id} - set(sources)
-    if missing or not set(sources) <= set(peers) - {own_id}:
-        return (f"masking with {len(sources)} of its {len(set(peers) - {own_id})} peers: "
-                f"only every peer it shared keys with hides its update")
+    others = set(peers) - {own_id}
+    if set(sources) != others:
+        return (f"masking with {len(sources)} of its {len(others)} peers: only every peer it "
+                f"shared keys with hides its update")
     return None
 
 

@@ -72,7 +72,12 @@ import numpy as np
 from flwr.app import Context, Message
 from flwr.common.logger import log
 
-from fl_client.privacy_accounting import DELTA_UNITS_FACTOR, check_accountant, default_delta
+from fl_client.privacy_accounting import (
+    DELTA_UNITS_FACTOR,
+    check_accountant,
+    default_delta,
+    delta_limit,
+)
 from fl_client.site_data import record_languages
 from fl_protocol.label_file import LabelFileError, read_labels
 from fl_protocol.wire import (
@@ -507,7 +512,7 @@ def evaluation_delta(policy: SitePolicy, request: RoundRequest, units: int) -> f
     count lies). A split too large for it (``site_delta``'s rule) is only warned of here, at
     the site: its operator can lower ``max-delta``."""
     delta = request.delta or min(policy.max_delta, MAX_AUTO_DELTA)
-    if units and delta >= 1.0 / (DELTA_UNITS_FACTOR * units):
+    if units and delta >= delta_limit(units):
         log(WARNING, "DP evaluation: delta %g is not below 1/(%d x %d test units); set the "
             "node config max-delta lower for a guarantee that fits this test split", delta,
             DELTA_UNITS_FACTOR, units)
@@ -521,7 +526,7 @@ def site_delta(policy: SitePolicy, request: RoundRequest, units: int) -> float:
     delta is the probability that the epsilon guarantee fails outright; it must be small next to
     1 / (number of units), or releasing one unit's data verbatim would fit inside it.
     """
-    limit = 1.0 / (DELTA_UNITS_FACTOR * units)
+    limit = delta_limit(units)
     if request.delta == 0:
         return min(policy.max_delta, default_delta(units))
     if request.delta >= limit:
