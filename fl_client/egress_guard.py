@@ -23,7 +23,10 @@ A Flower client mod on both train and evaluate. Every reply is checked before it
 Anything else (a ``ConfigRecord``, an extra array, a string, a NaN) blocks the whole reply: it is
 replaced by an error and nothing of it is sent. Every outgoing message, sent or blocked, is
 appended to ``egress.jsonl`` in the site's state folder (array names, shapes and sizes, update
-norm, metric names and values) so the site's data protection officer can audit what left.
+norm, metric names and values) so the site's data protection officer can audit what left. The
+log fails closed: a reply whose entry cannot be written (a full disk, a read-only folder) is
+replaced by the egress-blocked error, so nothing leaves that the log does not show, and no
+release the ledger's rollback check needs to find there goes unrecorded.
 """
 
 import json
@@ -97,8 +100,9 @@ def egress_guard(msg: Message, context: Context, call_next: ClientAppCallable) -
         _, state_dir = site_folders(msg, context)
         append_egress_log(state_dir, msg, reply, verdict, stage,
                           dict(paid) if paid is not None else None)
-    except Exception as err:  # the log must never turn into a leak or a crash
-        log(ERROR, "could not write the egress log: %s", err)
+    except Exception as err:  # fail closed: nothing leaves that the log does not show
+        log(ERROR, "could not write the egress log, so the reply is not sent: %s", err)
+        return error_reply(msg, Reason.EGRESS_BLOCKED)
     return reply
 
 

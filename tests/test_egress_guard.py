@@ -370,3 +370,14 @@ def test_the_egress_log_is_private_to_the_site_and_exact(ctx):
     state = Path(ctx.node_config["state-dir"])
     assert state.stat().st_mode & 0o777 == 0o700
     assert (state / "egress.jsonl").stat().st_mode & 0o777 == 0o600
+
+
+def test_a_reply_whose_log_entry_cannot_be_written_is_not_sent(ctx):
+    """The log fails closed: what the site's officer cannot see in it never left, and no paid
+    release that the ledger's rollback check looks for there is missing from it."""
+    Path(ctx.node_config["state-dir"], "egress.jsonl").mkdir(parents=True)  # cannot be appended
+    msg = incoming("train")
+    reply = send(msg, ctx, good_train_reply(msg))
+    assert reply.has_error() and reply.error.code == EGRESS_BLOCKED
+    assert reply.error.reason == Reason.EGRESS_BLOCKED.value
+    assert not reply.has_content()
