@@ -71,6 +71,7 @@ from fl_client.site_policy import (
     evaluation_policy,
     evaluation_request,
     is_simulated,
+    learning_rate,
     retention_days,
     round_request,
     site_delta,
@@ -114,6 +115,7 @@ def train(msg: Message, context: Context) -> Message:
         policy = site_policy(context)
         request = round_request(msg, context)
         check_request(policy, request)  # before anything is read or computed
+        rate = learning_rate(context)
         check_model(context)
         check_labels(context, msg)
         check_parameters(msg)
@@ -162,7 +164,7 @@ def train(msg: Message, context: Context) -> Message:
                                    charge.skellam_mu_share, seed)
         arrays, steps_taken = ArrayRecord({k: Array(v) for k, v in update.items()}), 1
     else:
-        steps_taken = _train(model, features, targets, request, charge, cfg, seed)
+        steps_taken = _train(model, features, targets, request, charge, cfg, rate, seed)
         arrays = ArrayRecord(model.state_dict())
     metrics = metric_record(
         TRAIN_METRICS,
@@ -182,7 +184,7 @@ def train(msg: Message, context: Context) -> Message:
 
 
 def _train(model: torch.nn.Module, features: torch.Tensor, targets: torch.Tensor,
-           request, charge, cfg, seed: int) -> int:
+           request, charge, cfg, rate: float, seed: int) -> int:
     """Local DP-SGD (or plain SGD) on exactly the units and release charged; the optimizer
     steps taken. Its training loss stays here: an exact statistic of the training rows under a
     model the server chose, which no DP covers (``wire.TRAIN_METRICS``)."""
@@ -193,7 +195,7 @@ def _train(model: torch.nn.Module, features: torch.Tensor, targets: torch.Tensor
         clip_norm=request.clip_norm,
         batch_size=request.batch_size,
         local_epochs=request.local_epochs,
-        learning_rate=float(cfg["learning-rate"]),
+        learning_rate=rate,
     )
     _, steps = train_locally(model, features, targets, plan, seed=seed)
     return steps

@@ -438,6 +438,20 @@ def round_request(msg: Message, context: Context) -> RoundRequest:
         raise PolicyRefusal(Reason.SETTING_REFUSED, f"malformed privacy setting: {err}") from err
 
 
+def learning_rate(context: Context) -> float:
+    """The run's local step size. Not a privacy setting (DP-SGD's guarantee holds at any rate),
+    but read with the round's asks, before anything is charged: a malformed one is refused, not
+    paid for with a release the site then cannot train."""
+    try:
+        rate = float(context.run_config["learning-rate"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise PolicyRefusal(Reason.SETTING_REFUSED, f"malformed learning-rate: {err}") from err
+    if not (math.isfinite(rate) and rate > 0):
+        raise PolicyRefusal(Reason.SETTING_REFUSED, f"learning-rate {rate} is not a finite "
+                            "number > 0")
+    return rate
+
+
 def check_request(policy: SitePolicy, request: RoundRequest) -> None:
     """Refuse (``PolicyRefusal``) anything in ``request`` that weakens ``policy``."""
     if not request.target_epsilon > 0:

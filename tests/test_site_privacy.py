@@ -259,6 +259,9 @@ def test_a_site_that_allows_no_dp_records_it_as_an_unlimited_spend(site, tmp_pat
         ({"delta": 0.5}, {}, Reason.SETTING_REFUSED),
         ({"accountant": "trust-me"}, {}, Reason.SETTING_REFUSED),
         ({"batch-size": 0}, {}, Reason.SETTING_REFUSED),
+        ({"learning-rate": "fast"}, {}, Reason.SETTING_REFUSED),
+        ({"learning-rate": math.nan}, {}, Reason.SETTING_REFUSED),
+        ({"learning-rate": -1.0}, {}, Reason.SETTING_REFUSED),
         ({"privacy-unit": "session"}, {}, Reason.UNIT_REFUSED),
         ({}, {"server_round": 4, "num_rounds": 3}, Reason.ROUND_REFUSED),
         ({}, {"server_round": 0}, Reason.ROUND_REFUSED),
@@ -541,16 +544,22 @@ def test_a_ledger_restored_with_its_head_stops_the_site(site, tmp_path):
     assert len(ledger_file_releases(state)) == 1  # nothing charged on top of the old copy
 
 
-def test_a_ledger_restored_behind_releases_never_sent_stops_the_site(site, tmp_path):
-    """Releases charged but never sent (here a learning rate the site cannot read, which it
-    reads after charging; a server can cause such failures) outnumber the updates sent after
-    the backup, so a count of sent updates would accept the restored copy: the egress log
-    records which release each sent reply paid for, and the restored ledger does not hold it."""
+def test_a_ledger_restored_behind_releases_never_sent_stops_the_site(site, tmp_path,
+                                                                      monkeypatch):
+    """Releases charged but never sent (here training crashes after the charge; an update
+    SecAgg+ would clip is another way) outnumber the updates sent after the backup, so a count
+    of sent updates would accept the restored copy: the egress log records which release each
+    sent reply paid for, and the restored ledger does not hold it."""
     state = tmp_path / "state"
     ctx = context(site, state, max_epsilon=10.0)
-    broken = context(site, state, max_epsilon=10.0, **{"learning-rate": "fast"})
-    for server_round in (1, 2):
-        assert client_app.app(train_message("probe", server_round), broken).has_error()
+
+    def crash(*args, **kwargs):
+        raise MemoryError
+
+    with monkeypatch.context() as crashing:
+        crashing.setattr(client_app, "train_locally", crash)
+        for server_round in (1, 2):
+            assert client_app.app(train_message("probe", server_round), ctx).has_error()
     assert len(ledger_file_releases(state)) == 2
     early = {name: (state / name).read_bytes() for name in (LEDGER_FILE, HEAD_FILE)}
     assert not client_app.app(train_message("run-a", 1), ctx).has_error()
