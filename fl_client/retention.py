@@ -13,10 +13,13 @@ The policy is the site's own (node config, set by its IT team):
   appended to), nor is a row dated more than a day ahead (*dated in the future*: it would outlive
   the policy).
 * An erasure request (``fedintent forget``) is recorded in the deletion log: the customer as a
-  keyed hash, and the time. From then on every row of that customer dated at or before the
-  request, or undated, is *erased*: never used again, wherever it still is. A customer who
-  returns later brings new rows, dated after the request, and is the same privacy unit in the
-  ledger: their lifetime spend did not reset.
+  keyed hash, and its cut-off: the request's time plus the day of clock skew a row may be dated
+  ahead, or the customer's newest row if that is later (a row exported in local time without
+  an offset reads as UTC, so it can lie hours "ahead"; found in review: those rows survived the
+  erasure). From then on every row of that customer dated up to the cut-off, or undated, is
+  *erased*: never used again, wherever it still is. A customer who returns later brings new
+  rows, dated after it, and is the same privacy unit in the ledger: their lifetime spend did
+  not reset.
 
 What the site derives from rows, and how each copy goes:
 
@@ -196,6 +199,8 @@ class Erasure:
     """What ``forget`` found and did for one customer."""
 
     rows_found: int
+    erased_until: datetime
+    """The cut-off recorded: no run uses their rows dated up to it (or undated)."""
     deletion: Deletion
     ledger_units: int
     """The customer's privacy units the ledger holds a spend for (kept)."""
@@ -218,10 +223,12 @@ def forget(site_dir: Path, state_dir: Path, customer: str, retention_days: float
         train, test = read_rows(site_dir, rejected)
         rows = train + test
         theirs = [row for row in rows if row.customer == customer]
+        # every row present now, whatever clock or time zone dated it
+        cut_off = max([now + FUTURE_SLACK, *(row.when for row in theirs if row.when is not None)])
         try:
             append_entry(Path(state_dir) / DELETION_LOG, "erasure",
                          {"actor": actor, "customer": customer_key(secret, customer),
-                          "erased_at": now.isoformat(),
+                          "requested_at": now.isoformat(), "erased_at": cut_off.isoformat(),
                           "rows_found": len(theirs)}, key=secret)
         except ChainError as err:
             raise RetentionError(f"deletion log: {err}") from err
@@ -235,8 +242,8 @@ def forget(site_dir: Path, state_dir: Path, customer: str, retention_days: float
                            {"customer": customer_key(secret, customer),
                             "delete_from_data": delete_from_data})
         units, epsilon = _ledger_spend(state_dir, secret, customer, theirs)
-        return Erasure(rows_found=len(theirs), deletion=deletion, ledger_units=units,
-                       ledger_epsilon=epsilon)
+        return Erasure(rows_found=len(theirs), erased_until=cut_off, deletion=deletion,
+                       ledger_units=units, ledger_epsilon=epsilon)
 
 
 def who_deletes(what: str) -> str:

@@ -289,15 +289,36 @@ def test_an_erasure_binds_every_later_load_even_with_the_rows_still_in_the_data(
     rows = site_rows()
     rows[0]["customer_id"] = "bob"
     write_site(site, rows)
-    erasure = forget(site, state, "bob", math.inf, "test", now=NOW - timedelta(hours=12))
+    erasure = forget(site, state, "bob", math.inf, "test", now=NOW - timedelta(days=3))
     assert erasure.rows_found == 1 and erasure.deletion.data_rows == 0
     assert erasure.ledger_units == 0  # never trained on
-    returning = row(77, 0, customer="bob")  # a new call, after the request
+    returning = row(77, 0, customer="bob")  # a new call, after the request and its cut-off
     write_site(site, rows + [returning])
     data = load_site(site, LABELS, keep=row_policy(state, math.inf))
     assert data.excluded == {ERASED: 1}
     assert "conv-0" not in str(data.train.ids + data.test.ids)
     assert "id:conv-77" in data.train.ids + data.test.ids
+
+
+def test_an_erasure_covers_every_row_present_whatever_clock_or_time_zone_dated_it(tmp_path):
+    """Found in review: the cut-off was the request's time, so a row exported in local time
+    without an offset (read as UTC, hours "ahead" at a UTC+8 site), or from a clock running
+    ahead, survived the erasure it was counted in."""
+    site, state = tmp_path / "site", tmp_path / "state"
+    local = row(90, 0, customer="carol")
+    local["timestamp"] = (NOW + timedelta(hours=8) - timedelta(minutes=5)).replace(
+        tzinfo=None).isoformat()  # 5 minutes ago, in UTC+8 local time without an offset
+    skewed = row(91, -0.5, customer="carol")  # a clock 12 hours ahead
+    far = row(92, -3, customer="carol")  # dated 3 days ahead
+    write_site(site, site_rows() + [local, skewed, far])
+    erasure = forget(site, state, "carol", math.inf, "test", now=NOW)
+    assert erasure.rows_found == 3
+    assert erasure.erased_until == datetime.fromisoformat(far["timestamp"])
+    data = load_site(site, LABELS, keep=row_policy(state, math.inf))
+    assert data.excluded == {ERASED: 3}
+    assert not {"id:conv-90", "id:conv-91", "id:conv-92"} & set(data.train.ids + data.test.ids)
+    [request] = [e for e in log_entries(state) if e["event"] == "erasure"]
+    assert request["requested_at"] == NOW.isoformat()
 
 
 def test_purge_applies_the_policy_to_the_data_folder_when_asked(tmp_path, capsys):

@@ -45,7 +45,8 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
         help="erase one customer at the site: every derived copy, logged; the ledger keeps "
         "their spend",
         description="Record an erasure request for one customer in the site's deletion log "
-        "(as a keyed hash), so that no later run uses their rows dated up to now, and remove "
+        "(as a keyed hash), so that no later run uses their rows dated up to now (plus a day "
+        "of clock skew, or their newest row), and remove "
         "their rows from every derived store (and, with --delete-from-data, from the data "
         "folder). The privacy ledger keeps their spend: a customer who returns is not a fresh "
         "privacy unit. See docs/SITE_GUIDE.md.",
@@ -93,7 +94,8 @@ def run_forget(args: argparse.Namespace) -> int:
     except ValueError as err:
         raise CliError(f"--customer: {err}") from err
     print(f"erasure recorded: {erasure.rows_found} rows of this customer in {args.site}; no run "
-          "uses their rows dated up to now")
+          f"uses their rows dated up to {erasure.erased_until.isoformat(timespec='seconds')} "
+          "(now plus a day of clock skew, or their newest row) or undated")
     _print_deletion(erasure.deletion, args.delete_from_data, state_dir)
     if erasure.ledger_units:
         print(f"privacy ledger: keeps the spend of their {erasure.ledger_units} privacy unit(s) "
