@@ -28,6 +28,10 @@ from pathlib import Path
 from fl_protocol.durable_files import FileExistsRefusal, create_exclusive
 
 SECRET_FILE = "site-secret"
+KEYED_FILES = ("privacy-ledger.json", "privacy-ledger.head", "deletions.jsonl",
+               "deletions.jsonl.head")
+"""Files the secret signs (the ledger, the deletion log, their heads): beside any of them, a
+missing secret was lost, not never made, and a new one would only make them fail to verify."""
 
 
 class SecretError(RuntimeError):
@@ -35,9 +39,16 @@ class SecretError(RuntimeError):
 
 
 def site_secret(state_dir: Path, create: bool = True) -> bytes:
-    """The site's secret, created with owner-only permissions on first use."""
+    """The site's secret, created with owner-only permissions on first use: only in a state
+    folder that holds nothing it signed (``KEYED_FILES``)."""
     path = Path(state_dir) / SECRET_FILE
     if not path.exists():
+        signed = [name for name in KEYED_FILES if (Path(state_dir) / name).exists()]
+        if signed:
+            raise SecretError(f"{path} is missing, and {', '.join(signed)} beside it were "
+                              "signed with it: restore the secret from your backup of the "
+                              "state folder (docs/SITE_GUIDE.md); a new one would verify none "
+                              "of them")
         if not create:
             raise SecretError(f"{path} is missing")
         with contextlib.suppress(FileExistsRefusal):  # another process created it meanwhile

@@ -4,6 +4,7 @@ import json
 import math
 import shutil
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -20,8 +21,10 @@ from fl_client.privacy_ledger import (
     unit_key,
     write_ledger,
 )
+from fl_client.retention import DELETION_LOG
 from fl_client.site_policy import RoundRequest, SitePolicy
-from fl_client.site_secret import SecretError, private_seed, site_key, site_secret
+from fl_client.site_secret import KEYED_FILES, SecretError, private_seed, site_key, site_secret
+from fl_protocol.hash_chain import head_path
 
 SECRET = b"s" * 32
 
@@ -190,6 +193,21 @@ def test_a_crash_between_ledger_and_head_writes_is_accepted(state):
     write_ledger(state, charged(ledger, release("c", 1), ["u1"]), SECRET)
     (state / HEAD_FILE).write_bytes(head)  # as if the process died before the head was written
     assert len(read_ledger(state, SECRET).releases) == 4
+
+
+@pytest.mark.parametrize("signed", KEYED_FILES)
+def test_a_lost_secret_is_not_made_again_beside_what_it_signed(tmp_path, signed):
+    """Found in review: a deleted secret was silently made anew, and the site then reported
+    its ledger edited; the new secret also hid the cause and changed the site's key."""
+    (tmp_path / signed).write_text("{}")
+    with pytest.raises(SecretError, match=f"missing, and {signed}"):
+        site_secret(tmp_path)
+    assert not (tmp_path / "site-secret").exists()
+
+
+def test_the_signed_files_are_the_ledgers_and_the_deletion_logs():
+    assert set(KEYED_FILES) == {LEDGER_FILE, HEAD_FILE, DELETION_LOG,
+                                head_path(Path(DELETION_LOG)).name}
 
 
 def test_site_secret_is_created_once_private_and_checked(tmp_path):
