@@ -95,6 +95,7 @@ from models import get_model_family
 Failures = tuple[tuple[type[Exception] | tuple[type[Exception], ...], Reason], ...]
 READ_FAILURES: Failures = (
     (SiteConfigError, Reason.SITE_CONFIG_INVALID),
+    (SecretError, Reason.LEDGER_UNREADABLE),  # the deletion log's, read with the data
     ((SiteDataError, ValueError, OSError), Reason.DATA_UNUSABLE),
 )
 """Failures before anything is charged, and the fixed reason each is sent as (first match)."""

@@ -23,6 +23,7 @@ import fl_client.client_app as client_app
 from fl_client.privacy_accounting import rdp_budget, rdp_epsilon
 from fl_client.privacy_ledger import HEAD_FILE, LEDGER_FILE, read_ledger, unit_key
 from fl_client.privacy_report import site_privacy_report
+from fl_client.retention import forget
 from fl_client.site_data import load_site
 from fl_client.site_policy import site_policy
 from fl_client.site_secret import site_secret
@@ -568,6 +569,18 @@ def test_a_ledger_restored_behind_releases_never_sent_stops_the_site(site, tmp_p
     assert refused_with(client_app.app(train_message("run-a", 2), ctx),
                         Reason.LEDGER_UNREADABLE)
     assert len(ledger_file_releases(state)) == 2
+
+
+@pytest.mark.parametrize("erasures", [False, True])
+def test_a_site_whose_secret_was_lost_stops_and_makes_no_new_one(site, tmp_path, erasures):
+    state = tmp_path / "state"
+    ctx = context(site, state)
+    assert not client_app.app(train_message("run-a", 1), ctx).has_error()
+    if erasures:  # the deletion log is read with the data, before the ledger
+        forget(site, state, "nobody", math.inf, "test")
+    (state / "site-secret").unlink()
+    assert refused_with(client_app.app(train_message("run-a", 2), ctx), Reason.LEDGER_UNREADABLE)
+    assert not (state / "site-secret").exists()
 
 
 def ledger_file_releases(state_dir) -> list:
