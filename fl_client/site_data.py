@@ -193,7 +193,14 @@ def read_rows(site_dir: Path, rejected: list[RejectedRow]) -> tuple[list[Row], l
 def remove_lines(path: Path, lines: set[int]) -> None:
     """Rewrite a data file without the given line numbers (as ``RejectedRow`` and ``Row`` count
     them), atomically and with its permissions kept: the file is whole, old or new, at every
-    moment."""
+    moment. A symbolic link's target is rewritten, not the link (replacing the link would
+    leave the rows in the exporter's file); a file with other hard links is refused, since
+    they would keep the rows."""
+    path = Path(path).resolve(strict=True)
+    if path.stat().st_nlink > 1:
+        raise SiteDataError(f"{path} has {path.stat().st_nlink - 1} other hard link(s), which "
+                            "would keep the rows removed from this name; remove the links, or "
+                            "delete the rows in the files they name, then run this again")
     kept = []
     with open(path, "rb") as f:
         for number, raw in enumerate(iter(f.readline, b""), start=1):

@@ -27,7 +27,7 @@ from fl_client.retention import (
     purge,
     row_policy,
 )
-from fl_client.site_data import load_site
+from fl_client.site_data import SiteDataError, load_site
 from fl_client.site_secret import site_secret
 from fl_protocol.hash_chain import canonical_json, entry_hash, head_path
 from fl_protocol.wire import RUN_CONFIG_DEFAULTS, Reason
@@ -319,6 +319,30 @@ def test_an_erasure_covers_every_row_present_whatever_clock_or_time_zone_dated_i
     assert not {"id:conv-90", "id:conv-91", "id:conv-92"} & set(data.train.ids + data.test.ids)
     [request] = [e for e in log_entries(state) if e["event"] == "erasure"]
     assert request["requested_at"] == NOW.isoformat()
+
+
+def test_deleting_from_data_rewrites_a_linked_files_target_or_refuses(tmp_path):
+    """Found in review: the rewrite replaced a symbolic link by a new file, so the exporter's
+    file it named kept the erased row; a hard link's other name keeps it too."""
+    site, state, exports = tmp_path / "site", tmp_path / "state", tmp_path / "exports"
+    rows = site_rows()
+    rows[2]["customer_id"] = "dave"
+    write_site(exports, rows)
+    site.mkdir()
+    (site / "train.jsonl").symlink_to(exports / "train.jsonl")
+    erasure = forget(site, state, "dave", math.inf, "test", delete_from_data=True)
+    assert erasure.deletion.data_rows == 1 and (site / "train.jsonl").is_symlink()
+    assert "dave" not in (exports / "train.jsonl").read_text()
+
+    rows[4]["customer_id"] = "erin"
+    write_site(exports, rows)
+    (site / "train.jsonl").unlink()
+    (site / "train.jsonl").hardlink_to(exports / "train.jsonl")
+    with pytest.raises(SiteDataError, match="1 other hard link"):
+        forget(site, state, "erin", math.inf, "test", delete_from_data=True)
+    assert "erin" in (exports / "train.jsonl").read_text()  # refused, nothing half-done
+    data = load_site(site, LABELS, keep=row_policy(state, math.inf))
+    assert "id:conv-4" not in data.train.ids + data.test.ids  # the erasure itself holds
 
 
 def test_purge_applies_the_policy_to_the_data_folder_when_asked(tmp_path, capsys):
