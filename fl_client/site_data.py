@@ -6,7 +6,8 @@ A site folder holds either
   the turn that carries the intent is ``turns[intent_turn]``, or the first customer turn when
   ``intent_turn`` is absent. A flat ``{"text": ..., "label": ...}`` line is accepted too.
 * ``train.csv`` / ``test.csv``: a header with ``text,label`` (optionally ``customer_id``), one
-  row per line.
+  row per line: a quoted field may not span lines (a line with an odd number of ``"`` is
+  rejected, with the reason), and a label's surrounding spaces are dropped.
 
 Without a ``train.*`` file, every ``*.jsonl`` and ``*.csv`` file in the folder is read and split
 deterministically at the site (by a hash of the customer, so one customer's conversations never
@@ -477,11 +478,16 @@ def _csv_header(line: str) -> list[str] | str:
 
 
 def _csv_row(header: list[str], line: str) -> Row | str:
+    if line.count('"') % 2:  # RFC 4180 doubles a quote inside a field: the count is even
+        return ("an odd number of double quotes: a quoted field spanning lines (one row per "
+                "line here), or a stray quote (write a quote inside a field as \"\")")
     fields = _csv_fields(line)
     if len(fields) != len(header):
         return f"expected {len(header)} fields, got {len(fields)}"
     record = dict(zip(header, fields, strict=True))
     record.setdefault("label", record.get("intent"))
+    if isinstance(record["label"], str):
+        record["label"] = record["label"].strip()  # "text, label" spacing, as in the header
     for optional in ("customer_id", "conversation_id", "id", "timestamp"):
         if record.get(optional) == "":
             record.pop(optional)

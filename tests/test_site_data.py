@@ -98,6 +98,21 @@ def test_csv_rows_and_bad_csv_rows(tmp_path):
     assert site.unknown_labels == {"not_a_label": 1}
 
 
+def test_a_quoted_csv_field_spanning_lines_rejects_both_halves(tmp_path):
+    """Found in review: read a line at a time, the head was rejected for its field count and
+    the tail accepted as a row of truncated text."""
+    (tmp_path / "train.csv").write_text(
+        'text,label,customer_id\n"my card,\nI lost my card",card_lost,C9\n'
+        '"he said ""stop""",refund,C8\n'
+        'refund now, refund ,C7\n'
+    )
+    site = load_site(tmp_path, LABELS)
+    assert site.train.texts == ['he said "stop"', "refund now"]
+    assert {r.line for r in site.rejected} == {2, 3}
+    assert all("quoted field spanning lines" in r.reason for r in site.rejected)
+    assert site.train.labels == [1, 1]  # " refund " is the label refund
+
+
 def test_a_csv_without_a_usable_header_costs_its_rows_not_the_site(tmp_path):
     (tmp_path / "train.csv").write_text("text,label\nrefund now,refund\n")
     (tmp_path / "test.csv").write_text("utterance,intent_name\nhello,refund\n\nbye,refund\n")
