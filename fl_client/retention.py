@@ -6,8 +6,10 @@ The policy is the site's own (node config, set by its IT team):
 * ``retention-days`` (default 30; ``inf``: keep forever). A row dated more than this many days
   ago is *expired*: never used, for training or evaluation, and purged from the derived stores.
   The cut-off is rounded up to the next whole hour, so a row expires up to an hour early, never
-  late. Simulation: the run config's ``site-retention-days`` stands in (default ``inf``: the
-  built-in synthetic and public benchmark data are historical).
+  late, and "now" is never earlier than the deletion log's last entry, so a clock set back
+  does not make expired rows usable again. Simulation: the run config's
+  ``site-retention-days`` stands in (default ``inf``: the built-in synthetic and public
+  benchmark data are historical).
 * Under a finite retention, a row without a ``timestamp`` is not used (*undated*: nothing shows
   it is within the policy; dating it by its file's time would keep old rows of a file that is
   appended to), nor is a row dated more than a day ahead (*dated in the future*: it would outlive
@@ -142,15 +144,21 @@ def customer_key(secret: bytes, customer: str) -> str:
 
 
 def row_policy(state_dir: Path, retention_days: float, now: datetime | None = None) -> RowPolicy:
-    """The policy now: the retention cut-off, and every erasure the deletion log records."""
+    """The policy now: the retention cut-off, and every erasure the deletion log records. "Now"
+    is never earlier than the log's last entry: a clock set back must not make rows usable
+    again that a purge already ended (found in review)."""
     erased: tuple[tuple[str, datetime], ...] = ()
     secret = b""
+    now = now or datetime.now(UTC)
     if _has_log(state_dir):  # a site that never deleted anything needs no secret to read
         secret = site_secret(state_dir)
+        entries = _log_entries(state_dir, secret)
         erased = tuple(sorted(
             (str(entry["customer"]), datetime.fromisoformat(str(entry["erased_at"])))
-            for entry in _log_entries(state_dir, secret) if entry.get("event") == "erasure"
+            for entry in entries if entry.get("event") == "erasure"
         ))
+        if entries:
+            now = max(now, datetime.fromisoformat(str(entries[-1]["time"])))
     not_before, not_after = retention_window(retention_days, now)
     return RowPolicy(not_before=not_before, not_after=not_after, erased=erased, secret=secret)
 

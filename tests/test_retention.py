@@ -345,6 +345,15 @@ def test_deleting_from_data_rewrites_a_linked_files_target_or_refuses(tmp_path):
     assert "id:conv-4" not in data.train.ids + data.test.ids  # the erasure itself holds
 
 
+def test_a_clock_set_back_does_not_bring_expired_rows_back(tmp_path):
+    site, state = tmp_path / "site", tmp_path / "state"
+    write_site(site, site_rows())
+    purge(site, state, 30, "test")
+    behind = row_policy(state, 30, now=NOW - timedelta(days=40))
+    data = load_site(site, LABELS, keep=behind)
+    assert data.excluded == {EXPIRED: OLD}
+
+
 def test_purge_applies_the_policy_to_the_data_folder_when_asked(tmp_path, capsys):
     site, state = tmp_path / "site", tmp_path / "state"
     write_site(site, site_rows())
