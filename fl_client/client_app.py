@@ -40,7 +40,7 @@ from flwr.clientapp import ClientApp
 from flwr.common.logger import log
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
 
-from fl_client.distributed_dp import dimension, noisy_integer_sum
+from fl_client.distributed_dp import dimension, noisy_integer_sum, summable_dimension
 from fl_client.dp_evaluation import noisy_scores, unit_contributions
 from fl_client.dp_training import evaluate, train_locally, training_plan
 from fl_client.egress_guard import PAID_RELEASE, egress_guard
@@ -138,8 +138,9 @@ def train(msg: Message, context: Context) -> Message:
 
     model = _model_from(msg, cfg)
     try:
+        size = summable_dimension(model) if request.distributed else dimension(model)
         request = replace(request, delta=site_delta(policy, request, len(units)))
-        charge = charge_round(state_dir, units, request, policy, dimension(model),
+        charge = charge_round(state_dir, units, request, policy, size,
                               fresh_nonce=not is_simulated(context))
     except Exception as err:
         return _refuse(msg, err, CHARGE_FAILURES)

@@ -48,7 +48,9 @@ import torch
 from torch import nn
 
 from fl_client.dp_training import UnitLoss
+from fl_client.site_policy import PolicyRefusal
 from fl_protocol.distributed_sum import integer_norm
+from fl_protocol.wire import Reason
 
 GRID_RANGE = 2**18
 """One unit's clipped gradient, scaled to ``integer_norm`` and put on the grid, has L2 norm at
@@ -72,6 +74,22 @@ more than ``likely_rounding_bound``."""
 def dimension(model: nn.Module) -> int:
     """How many numbers the exchanged model (and so a site's integer vector) has."""
     return sum(value.numel() for value in model.state_dict().values())
+
+
+def summable_dimension(model: nn.Module) -> int:
+    """``dimension`` of a model the integer sum can carry, checked before the round is charged
+    (found in review: a model too large for the grid was charged, then refused): every
+    exchanged array a trained parameter, at most ``(GRID_RANGE // 32) ** 2`` numbers."""
+    named = dict(model.named_parameters())
+    state = model.state_dict()
+    if set(state) != set(named) or not all(p.requires_grad for p in named.values()):
+        raise PolicyRefusal(Reason.MODEL_REFUSED, "distributed DP needs a model whose exchanged "
+                            "arrays are all trained parameters")
+    dim = dimension(model)
+    if integer_norm(dim) > GRID_RANGE:
+        raise PolicyRefusal(Reason.MODEL_REFUSED, f"distributed DP supports models of up to "
+                            f"{(GRID_RANGE // 32) ** 2:,} exchanged numbers, not {dim:,}")
+    return dim
 
 
 def grid_step(norm: float) -> float:
@@ -127,17 +145,10 @@ def noisy_integer_sum(
     clipped, scaled gradients at ``model``, summed exactly, rounded at random, plus
     Skellam(``mu_share``). The scale is ``integer_norm`` of the model's size, the one the
     accountant's sensitivity (``privacy_budget``) and the server's decoding assume."""
-    named = dict(model.named_parameters())
     state = model.state_dict()
-    if set(state) != set(named) or not all(p.requires_grad for p in named.values()):
-        raise ValueError("distributed DP needs a model whose exchanged arrays are all trained "
-                         "parameters")
     names = list(state)
-    dim = sum(named[name].numel() for name in names)
+    dim = summable_dimension(model)
     norm = integer_norm(dim)
-    if norm > GRID_RANGE:
-        raise ValueError(f"distributed DP supports models of up to {(GRID_RANGE // 32) ** 2:,} "
-                         f"exchanged numbers, not {dim:,}")
     steps = GRID_RANGE // norm  # grid steps per integer
     grid_sums = clipped_grid_sum(model, features, labels, clip_norm)
     rounding = torch.Generator().manual_seed(seed)

@@ -13,6 +13,7 @@ import json
 import math
 import uuid
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -30,6 +31,7 @@ from flwr.common import bytes_to_ndarray
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
 from test_egress_guard import LABELS
 
+import fl_client.distributed_dp
 import fl_server.secure_aggregation as server_secagg
 from fedintent.commands.progress import print_round
 from fl_client.client_app import train
@@ -45,6 +47,7 @@ from fl_client.distributed_dp import (
     likely_rounding_bound,
     noisy_integer_sum,
     rounding_bound,
+    summable_dimension,
     unit_bound,
     unit_norms,
 )
@@ -265,6 +268,35 @@ def test_a_site_never_sends_its_noise_share_outside_a_secure_sum(ctx):
                   message_type="train")
     reply = train(msg, ctx)
     assert reply.error.reason == Reason.MODEL_REFUSED.value
+
+
+def test_a_model_the_integer_sum_cannot_carry_is_refused_before_the_charge(ctx, monkeypatch):
+    """Found in review: the grid's size limit was checked only in training, after the charge,
+    so a server could burn the site's budget with a model too large for the sum."""
+    data = Path(ctx.node_config["data-path"])
+    data.mkdir()
+    (data / "train.jsonl").write_text("".join(
+        json.dumps({"id": f"r{i}", "text": f"row {i} about {label}", "label": label}) + "\n"
+        for i, label in enumerate(LABELS * 4)))
+    ctx.run_config.update(DISTRIBUTED)
+    config = ConfigRecord({"labels": LABELS, "num-rounds": 3, "run-name": "r",
+                           "server-round": 1, "cohort-size": 4})
+    stage = ConfigRecord({Key.STAGE: Stage.COLLECT_MASKED_VECTORS})
+    msg = Message(RecordDict({"arrays": global_arrays(), "config": config,
+                              RECORD_KEY_CONFIGS: stage}), dst_node_id=7, message_type="train")
+    monkeypatch.setattr(fl_client.distributed_dp, "GRID_RANGE", 2**10)  # the head is too large
+    reply = train(msg, ctx)
+    assert reply.error.reason == Reason.MODEL_REFUSED.value
+    assert not (Path(ctx.node_config["state-dir"]) / "privacy-ledger.json").exists()
+
+
+def test_only_a_model_of_trained_parameters_within_the_grid_is_summable():
+    assert summable_dimension(head()) == dimension(head())
+    with pytest.raises(PolicyRefusal, match="up to 67,108,864 exchanged numbers"):
+        summable_dimension(torch.nn.Linear(8192, 8193, bias=False, device="meta"))
+    with_buffer = torch.nn.BatchNorm1d(4)
+    with pytest.raises(PolicyRefusal, match="all trained parameters"):
+        summable_dimension(with_buffer)
 
 
 def units(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
