@@ -82,6 +82,7 @@ from fl_client.site_data import record_languages
 from fl_protocol.label_file import LabelFileError, read_labels
 from fl_protocol.wire import (
     ARRAYS_KEY,
+    CLIP_NORM_RANGE,
     CONFIG_KEY,
     DEFAULT_EVALUATION_EPSILON,
     DEFAULT_MAX_EPSILON,
@@ -89,6 +90,7 @@ from fl_protocol.wire import (
     DEFAULT_RETENTION_DAYS,
     EVALUATION_POLICIES,
     LANGUAGES,
+    LEARNING_RATE_RANGE,
     MAX_AUTO_DELTA,
     MIN_DELTA,
     PRIVACY_MODELS,
@@ -446,9 +448,10 @@ def learning_rate(context: Context) -> float:
         rate = float(context.run_config["learning-rate"])
     except (KeyError, TypeError, ValueError) as err:
         raise PolicyRefusal(Reason.SETTING_REFUSED, f"malformed learning-rate: {err}") from err
-    if not (math.isfinite(rate) and rate > 0):
-        raise PolicyRefusal(Reason.SETTING_REFUSED, f"learning-rate {rate} is not a finite "
-                            "number > 0")
+    low, high = LEARNING_RATE_RANGE
+    if not low <= rate <= high:
+        raise PolicyRefusal(Reason.SETTING_REFUSED, f"learning-rate {rate} is outside "
+                            f"[{low:g}, {high:g}]")
     return rate
 
 
@@ -470,8 +473,10 @@ def check_request(policy: SitePolicy, request: RoundRequest) -> None:
     if not 1 <= request.server_round <= request.num_rounds:
         raise PolicyRefusal(Reason.ROUND_REFUSED,
                             f"round {request.server_round} of {request.num_rounds}")
-    if not (math.isfinite(request.clip_norm) and request.clip_norm > 0):
-        raise PolicyRefusal(Reason.SETTING_REFUSED, f"clip-norm {request.clip_norm}")
+    if not CLIP_NORM_RANGE[0] <= request.clip_norm <= CLIP_NORM_RANGE[1]:
+        raise PolicyRefusal(Reason.SETTING_REFUSED,
+                            f"clip-norm {request.clip_norm} is outside [{CLIP_NORM_RANGE[0]:g}, "
+                            f"{CLIP_NORM_RANGE[1]:g}]")
     if request.batch_size < 1 or request.local_epochs < 1:
         raise PolicyRefusal(Reason.SETTING_REFUSED,
                             f"batch-size {request.batch_size}, local-epochs "
@@ -534,20 +539,22 @@ def evaluation_delta(policy: SitePolicy, request: RoundRequest, units: int) -> f
 
 
 def site_delta(policy: SitePolicy, request: RoundRequest, units: int) -> float:
-    """The round's delta: the run's, or (0 = auto) the site's default; refused when too large
-    for the site's size.
+    """The round's delta: the run's, or (0 = auto) the site's default; a delta too large for
+    the site's size is lowered to that default, never refused.
 
     delta is the probability that the epsilon guarantee fails outright; it must be small next to
-    1 / (number of units), or releasing one unit's data verbatim would fit inside it.
+    1 / (number of units), or releasing one unit's data verbatim would fit inside it. A refusal
+    would tell the server, for nothing charged, on which side of ``1 / (10 x delta)`` the count
+    of the site's units lies (found in review: a search over delta read the count exactly, even
+    after every unit's budget was spent); the lowered delta appears only in a reply that
+    carries the count anyway (``num-examples``).
     """
-    limit = delta_limit(units)
+    own = min(policy.max_delta, default_delta(units))
     if request.delta == 0:
-        return min(policy.max_delta, default_delta(units))
-    if request.delta >= limit:
-        raise PolicyRefusal(
-            Reason.SETTING_REFUSED,
-            f"delta {request.delta:g} is too large for this site: it has {units} "
-            f"{request.privacy_unit} units, so delta must be below 1/({DELTA_UNITS_FACTOR} x "
-            f"{units}) = {limit:.2g}; refusing",
-        )
+        return own
+    if request.delta >= delta_limit(units):
+        log(WARNING, "delta %g is too large for this site's %d %s units (it must be below "
+            "1/(%d x %d)); using %g instead", request.delta, units, request.privacy_unit,
+            DELTA_UNITS_FACTOR, units, own)
+        return own
     return request.delta

@@ -151,6 +151,14 @@ MIN_DELTA = 1e-10
 it the accountants' conversions lose their footing, and a site's ledger keeps the Rényi order its
 first release's delta gives, so a far smaller one would fix, for good, an order whose lifetime
 budget is a fraction of the site's max-epsilon."""
+CLIP_NORM_RANGE = (1e-6, 100.0)
+"""The clip-norms a run may ask for: the server's check and each site's. Far below it, the
+noise's standard deviation (noise multiplier x clip-norm) rounds to zero in float32 while
+clipping still holds (found in review: at 7e-46 a site sent updates with no noise at all, its
+ledger charging the planned epsilon); far above it, the update overflows after the charge."""
+LEARNING_RATE_RANGE = (1e-8, 10_000.0)
+"""The local learning rates a run may ask for, checked by the server and before anything is
+charged by each site: above float32's range the optimizer fails after the charge."""
 MAX_AUTO_DELTA = 1e-5
 """The largest delta a site picks when the run's ``delta`` is 0 (its default, at most this
 and below 1 / (10 x its units)); the server holds a site's reported delta to it."""

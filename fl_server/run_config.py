@@ -10,7 +10,9 @@ from collections.abc import Iterable
 
 from fl_protocol.wire import (
     ACCOUNTANTS,
+    CLIP_NORM_RANGE,
     EVALUATION_POLICIES,
+    LEARNING_RATE_RANGE,
     MIN_DELTA,
     PRIVACY_MODELS,
     PRIVACY_UNITS,
@@ -79,8 +81,8 @@ RETENTION_DAYS_RANGE = (0.01, 36_500.0)
 """``site-retention-days``, the simulated sites' stand-in for their retention policy: from about
 a quarter of an hour to a hundred years, or inf."""
 NUMBER_RANGES: dict[str, tuple[float, float]] = {
-    "clip-norm": (1e-6, 100.0),
-    "learning-rate": (1e-8, 10_000.0),
+    "clip-norm": CLIP_NORM_RANGE,
+    "learning-rate": LEARNING_RATE_RANGE,
     "server-learning-rate": (1e-8, 100.0),
     "reply-timeout": (1.0, 7 * 24 * 3600.0),
 }

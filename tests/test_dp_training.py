@@ -154,6 +154,14 @@ def test_every_step_is_noised_even_when_the_poisson_batch_is_empty():
     assert abs(spread / math.sqrt(40) - 1) < 0.06, spread  # 4,096 coordinates: about 1% error
 
 
+@pytest.mark.parametrize("n", [49, 98, 103])  # n x (1/n) < 1 in floating point
+def test_a_batch_of_one_trains_at_any_unit_count(n):
+    x, y = separable_data(n)
+    model = nn.Linear(16, 4)
+    train_locally(model, x, y, plan(1.0, n=n, batch_size=1, local_epochs=1), seed=0)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
 def test_the_noise_stream_never_shares_the_sampling_streams_seed():
     """Poisson sampling draws from ``seed`` and the noise from ``stream_seed(seed, "noise")``:
     no seed, and no nearby seed another round or site gets, seeds both streams alike."""
