@@ -66,7 +66,7 @@ from fl_client.site_policy import (
 )
 from fl_client.site_secret import site_secret
 from fl_protocol.distributed_sum import WEIGHT, decode, integer_norm, sum_range, wrap
-from fl_protocol.wire import RUN_CONFIG_DEFAULTS, Reason
+from fl_protocol.wire import MAX_AUTO_DELTA, RUN_CONFIG_DEFAULTS, Reason
 from fl_server.run_config import RunConfigError, check_run_config
 from fl_server.update_validation import array_spec
 from models import get_model_family
@@ -256,6 +256,14 @@ def test_a_site_refuses_a_run_tolerating_too_few_or_too_many(ctx, run):
     with pytest.raises(PolicyRefusal) as refused:
         check_request(site_policy(ctx), round_request(msg, ctx))
     assert refused.value.reason == Reason.MODEL_REFUSED
+
+
+def test_the_common_noise_is_planned_at_the_runs_delta_or_the_largest_automatic_one(ctx):
+    msg = setup_message(4, 4, 3, sum_range(4), sum_range(4) / 2)
+    ctx.run_config.update(DISTRIBUTED | {"delta": 1e-7})
+    assert round_request(msg, ctx).plan_delta == 1e-7
+    ctx.run_config["delta"] = 0.0
+    assert round_request(msg, ctx).plan_delta == MAX_AUTO_DELTA
 
 
 def test_a_site_never_sends_its_noise_share_outside_a_secure_sum(ctx):

@@ -27,6 +27,7 @@ import fl_client.client_app as client_app
 from fedintent.cli import main
 from fl_client.dp_evaluation import LOSS_CAP, NoisyScores, noisy_scores, unit_contributions
 from fl_client.privacy_accounting import rdp_budget, rdp_epsilon
+from fl_client.privacy_ledger import LEDGER_FILE
 from fl_client.privacy_report import site_privacy_report
 from fl_protocol.wire import EVALUATE_METRICS, MIN_DELTA, Reason
 from fl_server.progress import round_lines
@@ -278,12 +279,19 @@ def test_the_evaluation_delta_never_depends_on_the_number_of_test_units(tmp_path
     assert answers[4] == answers[40] == (1e-5, answers[4][1], False)
 
 
+@pytest.mark.parametrize("every", [0, -3, "often"])
+def test_a_malformed_evaluate_every_is_refused_before_a_ledger_is_started(site, tmp_path, every):
+    ctx = context(site, tmp_path / "state", node=DP, **{"evaluate-every": every})
+    assert refused_with(client_app.app(evaluate_message(), ctx), Reason.SETTING_REFUSED)
+    assert not (tmp_path / "state" / LEDGER_FILE).exists()
+
+
 def test_a_delta_below_the_sites_floor_is_refused_before_a_ledger_is_started(site, tmp_path):
     """A first release at delta 1e-100 would fix the ledger's Rényi order, and with it a
     lifetime budget far below max-epsilon, for good."""
     ctx = context(site, tmp_path / "state", delta=1e-100)
     assert refused_with(client_app.app(train_message(), ctx), Reason.SETTING_REFUSED)
-    assert not (tmp_path / "state" / "ledger.json").exists()
+    assert not (tmp_path / "state" / LEDGER_FILE).exists()
     floor = context(site, tmp_path / "floor", delta=MIN_DELTA)
     assert not client_app.app(train_message(), floor).has_error()
 
@@ -301,7 +309,7 @@ def test_an_evaluation_beyond_the_runs_rounds_or_with_a_weaker_delta_is_declined
     assert refused_with(client_app.app(beyond, ctx), Reason.ROUND_REFUSED)
     weak = context(site, tmp_path / "state", node=DP | {"max-delta": 1e-6}, delta=1e-5)
     assert refused_with(client_app.app(evaluate_message(), weak), Reason.SETTING_REFUSED)
-    assert not read and not (tmp_path / "state" / "ledger.json").exists()
+    assert not read and not (tmp_path / "state" / LEDGER_FILE).exists()
 
 
 @pytest.mark.parametrize("value", ["0", "-1", "inf", "nan", "lots"])
@@ -347,7 +355,7 @@ def test_evaluating_every_k_rounds_plans_over_those_evaluations_and_declines_the
     monkeypatch.setattr(client_app, "load_site",
                         lambda *args, **kwargs: read.append(args) or real_load(*args, **kwargs))
     assert refused_with(client_app.app(evaluation_at(3, 12), ctx), Reason.ROUND_REFUSED)
-    assert not read and not (state / "ledger.json").exists()
+    assert not read and not (state / LEDGER_FILE).exists()
     replies = [client_app.app(evaluation_at(r, 12), ctx) for r in (5, 10, 12)]
     assert not any(reply.has_error() for reply in replies)
     released = evaluation_releases(state)
@@ -378,7 +386,7 @@ def test_an_unusable_evaluate_every_is_declined(site, tmp_path, value):
     if value is None:
         del ctx.run_config["evaluate-every"]
     assert refused_with(client_app.app(evaluate_message(), ctx), Reason.SETTING_REFUSED)
-    assert not (tmp_path / "state" / "ledger.json").exists()
+    assert not (tmp_path / "state" / LEDGER_FILE).exists()
 
 
 def test_a_server_skipping_evaluations_records_and_prints_them_as_not_evaluated(tmp_path):
@@ -403,7 +411,7 @@ def test_exact_evaluation_is_unchanged_and_charges_nothing(site, tmp_path):
     ctx = context(site, state, node={"evaluation": "exact"})
     reply = client_app.app(evaluate_message(labels=LABELS), ctx)
     assert set(reply.content["metrics"]) == {"num-examples", "loss", "accuracy", "macro-f1"}
-    assert not (state / "ledger.json").exists()
+    assert not (state / LEDGER_FILE).exists()
 
 
 # --- the server ------------------------------------------------------------------------------

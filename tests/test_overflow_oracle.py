@@ -19,6 +19,7 @@ import fl_client.client_app as client_app
 from fl_client.distributed_dp import noisy_integer_sum
 from fl_client.dp_evaluation import unit_contributions
 from fl_client.dp_training import TrainingPlan, train_locally, training_plan
+from fl_client.privacy_ledger import LEDGER_FILE
 from fl_protocol.wire import Reason
 from models import get_model_family
 
@@ -153,4 +154,4 @@ def test_a_model_holding_nan_or_infinity_is_declined_before_anything_is_read(
     asked = Message(content=message.content, dst_node_id=7, message_type=message_type)
     reply = client_app.app(asked, context(site_dir, tmp_path / "state"))
     assert refused_with(reply, Reason.PARAMETERS_REFUSED)
-    assert not read and not (tmp_path / "state" / "ledger.json").exists()
+    assert not read and not (tmp_path / "state" / LEDGER_FILE).exists()

@@ -214,9 +214,12 @@ def test_site_secret_is_created_once_private_and_checked(tmp_path):
     first = site_secret(tmp_path)
     assert site_secret(tmp_path) == first and len(first) == 32
     assert (tmp_path / "site-secret").stat().st_mode & 0o777 == 0o600
-    (tmp_path / "site-secret").write_text("zz")
-    with pytest.raises(SecretError):
-        site_secret(tmp_path)
+    (tmp_path / "site-secret").write_text("ab" * 16)  # 16 bytes: the shortest taken
+    assert site_secret(tmp_path) == b"\xab" * 16
+    for short in ("ab" * 15, "zz"):
+        (tmp_path / "site-secret").write_text(short)
+        with pytest.raises(SecretError):
+            site_secret(tmp_path)
     with pytest.raises(SecretError, match="missing"):
         site_secret(tmp_path / "elsewhere", create=False)
 

@@ -279,6 +279,15 @@ def test_a_hostile_run_config_is_refused_before_anything_is_charged(site, tmp_pa
     assert not (state / LEDGER_FILE).exists()
 
 
+def test_the_smallest_settings_in_range_are_accepted(site, tmp_path):
+    """The boundaries of the checks above: a batch of one (which Opacus' rounding once turned
+    into a division by zero at some unit counts), the smallest clip-norm and learning rate."""
+    for name, config in {"batch": {"batch-size": 1}, "clip": {"clip-norm": 1e-6},
+                         "rate": {"learning-rate": 1e-8}}.items():
+        reply = client_app.app(train_message(), context(site, tmp_path / name, **config))
+        assert not reply.has_error(), name
+
+
 def test_a_strict_target_below_one_is_accepted(site, tmp_path):
     reply = client_app.app(train_message(), context(site, tmp_path / "state",
                                                     **{"target-epsilon": 0.5}))
