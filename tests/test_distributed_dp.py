@@ -71,7 +71,12 @@ from fl_server.run_config import RunConfigError, check_run_config
 from fl_server.update_validation import array_spec
 from models import get_model_family
 
-pytestmark = pytest.mark.usefixtures("task_identity")
+pytestmark = pytest.mark.usefixtures("task_identity", "grid_root")
+
+
+@pytest.fixture
+def grid_root(tmp_path, monkeypatch):
+    monkeypatch.setattr(LoopbackGrid, "root", tmp_path)
 
 DISTRIBUTED = RUN_CONFIG_DEFAULTS | {"privacy-model": "distributed", "secure-aggregation": True,
                                      "tolerated-sites": 1, "min-sites": 4}
@@ -93,14 +98,18 @@ def site_integers(seed: int, scale: int = 10**5) -> dict[str, np.ndarray]:
 
 class LoopbackGrid:
     """Flower's grid between the server and in-process sites; ``drop`` names, per SecAgg+ stage,
-    the sites that never answer it."""
+    the sites that never answer it. Each site's state folder (its egress log) is under
+    ``root``, a test's own folder (``grid_root``)."""
+
+    root = Path()
 
     def __init__(self, sites: dict[int, dict[str, np.ndarray]], run_config: dict,
                  drop: dict[str, set[int]] | None = None) -> None:
         self.sites = sites
-        self.contexts = {node: Context(run_id=1, node_id=node, node_config={},
-                                       state=RecordDict(), run_config=dict(run_config))
-                         for node in sites}
+        self.contexts = {node: Context(run_id=1, node_id=node, node_config={
+            "data-path": str(self.root / f"data-{node}"),
+            "state-dir": str(self.root / f"state-{node}")},
+            state=RecordDict(), run_config=dict(run_config)) for node in sites}
         self.drop = drop or {}
         self.replies: list[Message] = []
 
