@@ -47,7 +47,7 @@ from fl_client.egress_guard import PAID_RELEASE, egress_guard
 from fl_client.privacy_accounting import BudgetExhausted
 from fl_client.privacy_budget import Charge, charge_round
 from fl_client.privacy_ledger import LedgerError
-from fl_client.privacy_units import PADDING_LABEL, group_by_customer
+from fl_client.privacy_units import PADDING_LABEL, group_by_customer, unit_aliases
 from fl_client.retention import (
     FEATURES,
     RowPolicy,
@@ -141,7 +141,9 @@ def train(msg: Message, context: Context) -> Message:
         size = summable_dimension(model) if request.distributed else dimension(model)
         request = replace(request, delta=site_delta(policy, request, len(units)))
         charge = charge_round(state_dir, units, request, policy, size,
-                              fresh_nonce=not is_simulated(context))
+                              fresh_nonce=not is_simulated(context),
+                              aliases=unit_aliases(request.privacy_unit, rows.units, rows.ids,
+                                                   rows.aliases))
     except Exception as err:
         return _refuse(msg, err, CHARGE_FAILURES)
     _note_paid_release(context, charge)
@@ -246,7 +248,9 @@ def _evaluate_with_dp(msg: Message, context: Context, state_dir: Path, policy: S
         request = replace(request, batch_size=len(distinct),
                           delta=evaluation_delta(policy, request, len(distinct)))
         charge = charge_round(state_dir, distinct, request, policy, empty_ok=True,
-                              fresh_nonce=not is_simulated(context))
+                              fresh_nonce=not is_simulated(context),
+                              aliases=unit_aliases(request.privacy_unit, rows.units, rows.ids,
+                                                   rows.aliases))
     except Exception as err:
         return _refuse(msg, err, CHARGE_FAILURES)
     _note_paid_release(context, charge)

@@ -31,6 +31,7 @@ the ``mu`` planned for the target alone; the site's share scales with both alike
 """
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -106,10 +107,14 @@ class Charge:
 def charge_round(
     state_dir: Path, units: list[str], request: RoundRequest, policy: SitePolicy,
     dimension: int = 0, empty_ok: bool = False, fresh_nonce: bool = True,
+    aliases: Mapping[str, tuple[str, ...]] | None = None,
 ) -> Charge:
     """Charge this round to the ledger and say who trains, or raise (nothing charged).
 
-    ``units``: the stable identity of each training unit at the site (unique); ``dimension``:
+    ``units``: the stable identity of each training unit at the site (unique); ``aliases``: a
+    unit's other identities (``privacy_units.unit_aliases``): a unit starts from the largest
+    spend the ledger holds under any of them, and all of them record what it spends, so that
+    the same unit written another way keeps its budget; ``dimension``:
     the exchanged model's size (distributed DP: the sensitivity of its integer sum);
     ``empty_ok`` (a local release whose noise does not depend on the units taking part, as a DP
     evaluation's): when no unit may take part, the release is still made and recorded, over no
@@ -126,11 +131,12 @@ def charge_round(
     """
     with state_lock(state_dir):
         return _charge_round(state_dir, units, request, policy, dimension, empty_ok,
-                             fresh_nonce)
+                             fresh_nonce, aliases or {})
 
 
 def _charge_round(state_dir: Path, units: list[str], request: RoundRequest, policy: SitePolicy,
-                  dimension: int, empty_ok: bool, fresh_nonce: bool) -> Charge:
+                  dimension: int, empty_ok: bool, fresh_nonce: bool,
+                  aliases: Mapping[str, tuple[str, ...]]) -> Charge:
     secret = site_secret(state_dir)
     ledger = read_ledger(state_dir, secret) or Ledger(
         privacy_unit=request.privacy_unit,
@@ -139,6 +145,9 @@ def _charge_round(state_dir: Path, units: list[str], request: RoundRequest, poli
     )
     _check_against_ledger(ledger, request)
     keys = [unit_key(secret, f"{ledger.privacy_unit}\0{unit}") for unit in units]
+    others = [[unit_key(secret, f"{ledger.privacy_unit}\0{alias}")
+               for alias in aliases.get(unit, ())] for unit in units]
+    _carry_over(ledger, keys, others)
     if request.distributed:
         release, trained = _distributed_release(ledger, keys, request, policy, dimension)
     elif request.private:
@@ -151,6 +160,9 @@ def _charge_round(state_dir: Path, units: list[str], request: RoundRequest, poli
     release = replace(release, nonce=release_nonce() if fresh_nonce else "")
     for index in trained:
         ledger.spend[keys[index]] = ledger.spend.get(keys[index], 0.0) + release.rdp
+    for key, aliases in zip(keys, others, strict=True):
+        for alias in aliases if ledger.spend.get(key, 0.0) > 0 else ():
+            ledger.aliases[alias] = max(ledger.aliases.get(alias, 0.0), ledger.spend[key])
     ledger.releases.append(release)
     write_ledger(state_dir, ledger, secret)
 
@@ -174,6 +186,17 @@ def _charge_round(state_dir: Path, units: list[str], request: RoundRequest, poli
         release_number=len(ledger.releases),
         nonce=release.nonce,
     )
+
+
+def _carry_over(ledger: Ledger, keys: list[str], others: list[list[str]]) -> None:
+    """Start each unit from the largest spend the ledger holds for it under any identity: its
+    own, or an alias (a spend recorded under another name, or under the one a unit had before
+    its rows got a ``customer_id``). Only in memory until the release is written."""
+    for key, aliases in zip(keys, others, strict=True):
+        carried = max((max(ledger.spend.get(a, 0.0), ledger.aliases.get(a, 0.0))
+                       for a in aliases), default=0.0)
+        if carried > ledger.spend.get(key, 0.0):
+            ledger.spend[key] = carried
 
 
 def _check_against_ledger(ledger: Ledger, request: RoundRequest) -> None:

@@ -8,8 +8,12 @@ nothing for the units already in it. It holds
   sample rate, steps, how many units took part, and the Rényi DP each of them was charged);
 * ``spend``: for every privacy unit that ever took part, its cumulative Rényi DP at the ledger's
   fixed ``order`` (``privacy_accounting``'s lifetime filter), keyed by ``unit_key``: a keyed hash
-  of the unit's stable identity (customer id, or conversation id and turn). The ledger holds no
-  text and nothing the server sends or could recompute.
+  of the unit's stable identity (customer id, or conversation id and turn);
+* ``aliases``: the same spend under the unit's other identities (its conversation, its customer
+  and text: ``privacy_units.unit_aliases``), so that a unit whose rows come back written another
+  way (conversations exported as CSV, ids added) is found with its spend
+  (``privacy_budget.charge_round``). The ledger holds no text and nothing the server sends or
+  could recompute.
 
 Integrity: each release carries a MAC chained to the one before it, and the document a MAC over
 the release count, the settings and a digest of ``spend``, all keyed with the site secret
@@ -40,7 +44,9 @@ from fl_client.privacy_accounting import SkellamRelease, rdp_epsilon
 from fl_client.site_secret import ledger_mac
 from fl_protocol.durable_files import write_bytes_atomic
 
-FORMAT = "fedintent-privacy-ledger/3"
+FORMAT = "fedintent-privacy-ledger/4"
+READ_FORMATS = ("fedintent-privacy-ledger/3", FORMAT)
+"""Version 3 had no ``aliases``; it is read as having none and written back as version 4."""
 LEDGER_FILE = "privacy-ledger.json"
 HEAD_FILE = "privacy-ledger.head"
 PRIVATE_FILE_MODE = 0o600
@@ -123,6 +129,7 @@ class Ledger:
     delta: float
     releases: list[Release] = field(default_factory=list)
     spend: dict[str, float] = field(default_factory=dict)
+    aliases: dict[str, float] = field(default_factory=dict)
 
 
 def unit_key(secret: bytes, identity: str) -> str:
@@ -149,8 +156,10 @@ def read_ledger(state_dir: Path, secret: bytes) -> Ledger | None:
         return None
     try:
         document = json.loads(_read_text(path))
-        if not isinstance(document, dict) or document.get("format") != FORMAT:
+        if not isinstance(document, dict) or document.get("format") not in READ_FORMATS:
             raise LedgerError(f"{path}: not a fedintent privacy ledger (format {FORMAT!r})")
+        if document["format"] != FORMAT and "aliases" in document:
+            raise LedgerError(f"{path}: a version 3 ledger cannot hold aliases (edited)")
         records = document["releases"]
         releases = [_release_from(record) for record in records]
         ledger = Ledger(
@@ -159,6 +168,7 @@ def read_ledger(state_dir: Path, secret: bytes) -> Ledger | None:
             delta=float(document["delta"]),
             releases=releases,
             spend={str(k): float(v) for k, v in dict(document["spend"]).items()},
+            aliases={str(k): float(v) for k, v in dict(document.get("aliases", {})).items()},
         )
     except LedgerError:
         raise
@@ -217,6 +227,7 @@ def write_ledger(state_dir: Path, ledger: Ledger, secret: bytes) -> None:
         "delta": ledger.delta,
         "releases": records,
         "spend": ledger.spend,
+        "aliases": ledger.aliases,
         "mac": document_mac,
     }
     state_dir = Path(state_dir)
@@ -344,10 +355,15 @@ def _canonical(value: object) -> str:
 
 
 def _document_mac(secret: bytes, ledger: Ledger, last_release_mac: str) -> str:
+    """A MAC over the ledger's settings and a digest of its spends; with the aliases' digest
+    once it has any (a version 3 ledger, which has none, verifies unchanged; deleting a version
+    4 ledger's aliases changes the MAC)."""
     spend_digest = hashlib.sha256(_canonical(ledger.spend).encode()).hexdigest()
-    summary = _canonical({"count": len(ledger.releases), "privacy_unit": ledger.privacy_unit,
-                          "order": ledger.order, "delta": ledger.delta, "spend": spend_digest})
-    return ledger_mac(secret, last_release_mac, summary)
+    summary = {"count": len(ledger.releases), "privacy_unit": ledger.privacy_unit,
+               "order": ledger.order, "delta": ledger.delta, "spend": spend_digest}
+    if ledger.aliases:
+        summary["aliases"] = hashlib.sha256(_canonical(ledger.aliases).encode()).hexdigest()
+    return ledger_mac(secret, last_release_mac, _canonical(summary))
 
 
 def now() -> str:

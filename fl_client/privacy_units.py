@@ -9,9 +9,14 @@
   site. It does not cover a customer who also calls another site: each site's guarantee is
   separate. At most ``MAX_UTTERANCES_PER_CUSTOMER`` utterances per customer are used (the rest
   are dropped and counted), which bounds memory and compute, not the privacy loss: clipping does.
+
+A unit is known by its identity (``site_data``), which depends on how its rows are written; its
+*aliases* are the identities it keeps however they are written (``unit_aliases``), and the ledger
+charges both, so the same unit written another way keeps the budget it spent.
 """
 
 from collections import defaultdict
+from collections.abc import Sequence
 
 import torch
 
@@ -41,3 +46,22 @@ def group_by_customer(
         grouped_x[position, : len(kept)] = features[kept]
         grouped_y[position, : len(kept)] = labels[kept]
     return grouped_x, grouped_y, list(rows), dropped
+
+
+def unit_aliases(
+    privacy_unit: str, customers: Sequence[str], ids: Sequence[str],
+    aliases: Sequence[tuple[str, ...]],
+) -> dict[str, tuple[str, ...]]:
+    """Each unit's other identities, from its rows' (``customers``, ``ids`` and ``aliases`` per
+    row, as ``SiteSplit`` holds them). An utterance's are its row's aliases (its conversation, its
+    customer and text); a customer's are every alias of its rows and each row's own identity,
+    which was the unit while the rows had no ``customer_id``."""
+    found: dict[str, dict[str, None]] = {}
+    by_customer = privacy_unit == "customer"
+    for customer, uid, row_aliases in zip(customers, ids, aliases, strict=True):
+        unit = customer if by_customer else uid
+        others = found.setdefault(unit, {})
+        for identity in ((uid, *row_aliases) if by_customer else row_aliases):
+            if identity != unit:
+                others[identity] = None
+    return {unit: tuple(others) for unit, others in found.items()}

@@ -86,6 +86,8 @@ class SiteSplit:
     labels: list[int] = field(default_factory=list)
     units: list[str] = field(default_factory=list)
     ids: list[str] = field(default_factory=list)
+    aliases: list[tuple[str, ...]] = field(default_factory=list)
+    """Each row's ``Row.aliases``."""
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -136,6 +138,8 @@ class Row:
     when: datetime | None = None
     file: Path | None = None
     line: int = 0
+    aliases: tuple[str, ...] = ()
+    """The identities the same utterance has when written another way (``identity_aliases``)."""
 
 
 def load_site(
@@ -261,6 +265,7 @@ def _to_split(
         split.labels.append(label_index[row.label])
         split.units.append(row.unit)
         split.ids.append(row.uid)
+        split.aliases.append(row.aliases)
     return split
 
 
@@ -365,6 +370,7 @@ def _row_from_record(record: object) -> Row | str:
     if row_id is not None and (not isinstance(row_id, str | int) or isinstance(row_id, bool)
                                or row_id == ""):
         return "conversation_id must be a non-empty string"
+    conversation = row_id
     if "turns" in record:
         text = _intent_turn_text(record)
         if not isinstance(text, tuple):
@@ -384,18 +390,26 @@ def _row_from_record(record: object) -> Row | str:
                         ("conversation_id", row_id)):
         if isinstance(value, str) and _SURROGATE.search(value):
             return f"{name} holds a lone surrogate (not valid Unicode)"
-    if row_id is None:
-        digest = hashlib.sha256(f"{customer}\0{text}".encode()).hexdigest()[:32]
-        uid = f"text:{digest}"
-    else:
-        uid = f"id:{row_id}"
+    digest = hashlib.sha256(f"{customer}\0{text}".encode()).hexdigest()[:32]
+    uid = f"text:{digest}" if row_id is None else f"id:{row_id}"
     text = _CONTROL_IN_TEXT.sub(" ", text)
     if not text.strip():
         return "empty text"
     if len(text) > MAX_TEXT_CHARS:
         return f"text longer than {MAX_TEXT_CHARS} characters"
     return Row(text=text, label=label, unit=uid if customer is None else str(customer), uid=uid,
-               customer=None if customer is None else str(customer), when=when)
+               customer=None if customer is None else str(customer), when=when,
+               aliases=identity_aliases(conversation, digest))
+
+
+def identity_aliases(conversation: str | int | None, content_digest: str) -> tuple[str, ...]:
+    """The identities an utterance keeps however its row is written, which the ledger charges
+    beside its own (``privacy_budget.charge_round``): its conversation (a conversation line's
+    ``conversation_id`` without the turn, a flat row's ``conversation_id`` or ``id``), and its
+    customer and raw text. Exported as CSV instead of conversations, or given ids it lacked,
+    the same utterance is then known by one of them and keeps the budget it spent."""
+    content = (f"content:{content_digest}",)
+    return content if conversation is None else (f"conversation:{conversation}", *content)
 
 
 def _timestamp(value: object) -> datetime | None | str:

@@ -187,6 +187,27 @@ def test_a_missing_head_is_refused(state):
         read_ledger(state, SECRET)
 
 
+def test_a_version_3_ledger_reads_as_one_without_aliases_and_aliases_are_macd(state):
+    path = state / LEDGER_FILE
+    document = json.loads(path.read_text())
+    assert document["format"] == "fedintent-privacy-ledger/4" and document["aliases"] == {}
+    older = {k: v for k, v in document.items() if k != "aliases"} | {
+        "format": "fedintent-privacy-ledger/3"}
+    path.write_text(json.dumps(older))
+    assert read_ledger(state, SECRET).aliases == {}
+    ledger = read_ledger(state, SECRET)
+    ledger.aliases["k"] = 0.25
+    write_ledger(state, charged(ledger, release("c", 1), ["u1"]), SECRET)
+    assert read_ledger(state, SECRET).aliases == {"k": 0.25}
+    document = json.loads(path.read_text())
+    for edited in ({**document, "aliases": {}}, {**document, "aliases": {"k": 0.0}},
+                   {**{k: v for k, v in document.items() if k != "aliases"},
+                    "format": "fedintent-privacy-ledger/3"}):
+        path.write_text(json.dumps(edited))
+        with pytest.raises(LedgerError, match="edited"):
+            read_ledger(state, SECRET)
+
+
 def test_a_crash_between_ledger_and_head_writes_is_accepted(state):
     head = (state / HEAD_FILE).read_bytes()
     ledger = read_ledger(state, SECRET)

@@ -161,6 +161,22 @@ def test_rows_have_identities_that_survive_edits_reorders_and_file_changes(tmp_p
     assert set(renamed.train.ids + renamed.test.ids) == set(before)
 
 
+def test_an_utterance_keeps_its_aliases_however_its_row_is_written(tmp_path):
+    line = conversation("my card is lost")
+    write_jsonl(tmp_path / "train.jsonl", [line])
+    as_conversation = load_site(tmp_path, LABELS).train
+    (tmp_path / "train.jsonl").unlink()
+    (tmp_path / "train.csv").write_text(
+        "conversation_id,text,label,customer_id\nx,my card is lost,card_lost,c1\n")
+    as_row = load_site(tmp_path, LABELS).train
+    (tmp_path / "train.csv").write_text("text,label,customer_id\nmy card is lost,card_lost,c1\n")
+    without_id = load_site(tmp_path, LABELS).train
+    assert as_conversation.ids == ["id:x#1"] and as_row.ids == ["id:x"]
+    assert as_conversation.aliases == as_row.aliases
+    assert set(as_row.aliases[0]) & set(without_id.aliases[0])  # its customer and text
+    assert "conversation:x" in as_row.aliases[0]
+
+
 def test_rows_without_an_id_are_known_by_customer_and_text(tmp_path):
     (tmp_path / "train.csv").write_text("text,label,customer_id\nhello,card_lost,c1\n"
                                         "hello,card_lost,c2\nhello,card_lost,c1\n")

@@ -12,6 +12,7 @@ import io
 import json
 import math
 import shutil
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -286,6 +287,47 @@ def test_the_smallest_settings_in_range_are_accepted(site, tmp_path):
                          "rate": {"learning-rate": 1e-8}}.items():
         reply = client_app.app(train_message(), context(site, tmp_path / name, **config))
         assert not reply.has_error(), name
+
+
+def conversation_lines(site_dir, customers: bool = True) -> None:
+    """The fixture's rows as conversation lines (``train.jsonl``) instead of CSV rows."""
+    (site_dir / "train.csv").unlink()
+    (site_dir / "train.jsonl").write_text("".join(
+        json.dumps({"conversation_id": cid, "intent": label,
+                    "turns": [{"speaker": "agent", "text": "How can I help?"},
+                              {"speaker": "customer", "text": text}]}
+                   | ({"customer_id": customer} if customers else {})) + "\n"
+        for cid, text, label, customer in rows(0, 60)))
+
+
+def csv_with_ids(site_dir) -> None:
+    """The fixture's rows as CSV rows with their conversation ids, and nothing else."""
+    (site_dir / "train.jsonl").unlink(missing_ok=True)
+    write_rows(site_dir, rows(0, 60))
+
+
+def csv_without_ids(site_dir) -> None:
+    (site_dir / "train.csv").write_text("text,label,customer_id\n" + "".join(
+        f"{text},{label},{customer}\n" for _, text, label, customer in rows(0, 60)))
+
+
+@pytest.mark.parametrize(("unit", "before", "after"), [
+    ("utterance", conversation_lines, csv_with_ids),  # conversations exported as CSV rows
+    ("utterance", csv_without_ids, csv_with_ids),  # ids added to rows that had none
+    ("customer", partial(conversation_lines, customers=False), csv_with_ids),  # customers added
+], ids=["conversations-as-csv", "ids-added", "customer-ids-added"])
+def test_a_unit_written_another_way_keeps_the_budget_it_spent(site, tmp_path, unit, before,
+                                                              after):
+    """Found in review: a unit's identity depends on how its row is written, and a new
+    identity had a fresh budget. Its aliases (its conversation; its customer and text; for a
+    customer, the identities its rows had as units before) carry its spend over."""
+    state = tmp_path / "state"
+    ctx = context(site, state, **{"privacy-unit": unit})
+    before(site)
+    spent = run_rounds(ctx, "run-a", 2)[-1].content["metrics"]["epsilon-all-runs"]
+    after(site)
+    again = client_app.app(train_message("run-b", 1, 2), ctx).content["metrics"]
+    assert again["epsilon-all-runs"] > spent
 
 
 def test_a_strict_target_below_one_is_accepted(site, tmp_path):
