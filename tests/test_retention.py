@@ -21,6 +21,7 @@ from fl_client.retention import (
     EXPIRED,
     FUTURE,
     UNDATED,
+    RetentionError,
     RowPolicy,
     customer_key,
     forget,
@@ -397,6 +398,34 @@ def test_a_one_byte_edit_of_the_deletion_log_is_detected(deletion_log, capsys):
     deletion_log.write_bytes(bytes(data))
     code, out, _ = audit_verify(capsys, deletion_log)
     assert code == 1 and "BROKEN at line 1" in out
+
+
+def test_an_erasure_is_never_appended_to_a_broken_log_nor_made_for_no_one(deletion_log,
+                                                                         tmp_path):
+    site, state = tmp_path / "site", tmp_path / "state"
+    data = bytearray(deletion_log.read_bytes())
+    data[data.index(b'"feature rows":') + 15] ^= 1  # an edit in the first entry
+    deletion_log.write_bytes(bytes(data))
+    with pytest.raises(RetentionError, match="deletion log"):
+        forget(site, state, "cust-4", 30, "test")
+    assert deletion_log.read_bytes() == bytes(data)
+    deletion_log.write_bytes(deletion_log.read_bytes()[:-1])  # a torn last line
+    with pytest.raises(RetentionError, match="deletion log"):
+        forget(site, state, "cust-4", 30, "test")
+    with pytest.raises(ValueError, match="empty"):
+        forget(site, state, "  ", 30, "test")
+
+
+def test_a_row_exported_after_the_request_but_dated_within_a_day_of_it_stays_erased(tmp_path):
+    """A call before the request, exported later by a system whose clock runs ahead: the
+    cut-off's day of slack covers it."""
+    site, state = tmp_path / "site", tmp_path / "state"
+    write_site(site, site_rows())
+    forget(site, state, "dana", math.inf, "test", now=NOW)
+    late = row(95, -0.25, customer="dana")  # dated 6 hours after the request
+    write_site(site, site_rows() + [late])
+    data = load_site(site, LABELS, keep=row_policy(state, math.inf))
+    assert data.excluded == {ERASED: 1}
 
 
 def test_a_deletion_log_rewritten_without_the_site_secret_is_detected(deletion_log, tmp_path,
