@@ -70,7 +70,7 @@ from fl_client.egress_guard import EGRESS_LOG
 from fl_client.privacy_ledger import FORMAT as LEDGER_FORMAT
 from fl_client.privacy_ledger import HEAD_FILE, LEDGER_FILE
 from fl_client.site_data import load_site
-from fl_client.site_secret import SECRET_FILE
+from fl_client.site_secret import SECRET_FILE, site_secret
 from fl_protocol.wire import Reason
 from models import get_model_family
 
@@ -200,6 +200,7 @@ def build_sites(root: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Site]:
     s = site("corrupt-ledger", Reason.LEDGER_UNREADABLE)
     write_usable_data(s)
     s.state.mkdir(parents=True)
+    site_secret(s.state)  # the secret that signed it is there; the ledger is what is damaged
     (s.state / LEDGER_FILE).write_text(json.dumps({
         "format": LEDGER_FORMAT, "privacy_unit": "utterance", "order": 8.0, "delta": 1e-5,
         "releases": [{f"{s.canary} {CARD}": f"{PHONE} {EMAIL}"}],  # quoted by the error
@@ -210,6 +211,7 @@ def build_sites(root: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Site]:
     s = site("deleted-ledger", Reason.LEDGER_UNREADABLE)
     write_usable_data(s)
     s.state.mkdir(parents=True)
+    site_secret(s.state)
     (s.state / HEAD_FILE).write_text(json.dumps({"releases": 3, "mac": "0" * 64}))
     s.logged = [f"{s.state / LEDGER_FILE} is missing"]
 
