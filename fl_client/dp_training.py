@@ -17,7 +17,17 @@ gradient of norm at most ``clip_norm`` that depends on that unit alone, so the g
 unchanged and the update is finite whatever the rows. Under Opacus' hooks the non-finite
 per-example gradients are zeroed (``_zero_non_finite_units``); under ghost clipping, which never
 holds them, a unit whose loss is not finite is left out of the step (``_units_with_finite_loss``)
-and a non-finite clipping factor is 0 (``_finite_clipping``).
+and a non-finite clipping factor is 0 (``_finite_clipping``). DP-SGD trains with dropout off
+(``_without_dropout``): with it, that screen and the pass that is trained drew different masks,
+so a model crafted to overflow only when a dropout element is kept reached the trained pass
+anyway, and whether the update was blocked depended on the rows (found in review).
+
+The noise is Opacus' floating-point-robust draw (``secure_mode`` on the optimizer: the sum of
+four float32 normals, halved). One float32 normal comes from 24-bit uniforms and never exceeds
+5.77 standard deviations; an output beyond that could only come from a unit being there, an
+unbounded privacy loss with probability up to 2e4 x delta at the smallest deltas (found in
+review). The four-draw sum reaches 11.5. (Its generator is this module's seeded one, not a
+cryptographic one: see ``site_secret``.)
 
 Opacus is imported inside the functions that use it: the import takes about 2 s, and Flower
 starts a fresh ClientApp process for every message, most of which never train (evaluation,
@@ -103,7 +113,7 @@ def train_locally(
 ) -> tuple[float, int]:
     """Train ``model`` in place; return (mean training loss, optimizer steps taken)."""
     generator = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
+    torch.manual_seed(stream_seed(seed, "model"))  # apart from the sampling's stream
     dataset = TensorDataset(features, labels)
     loader = DataLoader(dataset, batch_size=plan.batch_size, shuffle=True, generator=generator)
     # A family may step its parts at different rates (``minilm-finetune``'s param_groups).
@@ -136,6 +146,10 @@ def train_locally(
             _finite_clipping(dp_model)
         else:
             dp_model, optimizer, loader = private
+        _without_dropout(dp_model)
+        # Opacus' sampler runs int(1 / rate) steps, one short for some step counts
+        # (int(1 / (1/93)) = 92): each such round failed after its charge (found in review)
+        loader.batch_sampler.steps = round(1 / loader.sample_rate)
         sample_rate, planned_steps = plan.charged
         if abs(loader.sample_rate - sample_rate) > 1e-12:
             raise RuntimeError("Opacus sample rate differs from the rate charged to the ledger")
@@ -145,6 +159,7 @@ def train_locally(
         # (49 x (1/49) < 1): at a batch of one, a division by zero after the charge (found in
         # review). A scale of the noisy sum only: the guarantee is the same.
         optimizer.expected_batch_size = max(1, int(len(dataset) * sample_rate + 1e-9))
+        optimizer.secure_mode = True  # the four-draw noise (module docstring)
     else:
         dp_model = model
 
@@ -226,6 +241,15 @@ def _zero_non_finite_units(model: nn.Module) -> None:
     if not finite.all():
         for grads in samples:
             grads[~finite] = 0.0
+
+
+def _without_dropout(model: nn.Module) -> None:
+    """Every dropout layer in eval mode, the rest still training: each forward pass is then
+    the same function of the rows, so the non-finite screens see the pass that is trained."""
+    for module in model.modules():
+        if isinstance(module, nn.Dropout | nn.Dropout1d | nn.Dropout2d | nn.Dropout3d
+                      | nn.AlphaDropout | nn.FeatureAlphaDropout):
+            module.eval()
 
 
 def _units_with_finite_loss(model: nn.Module, x: torch.Tensor,

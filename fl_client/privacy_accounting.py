@@ -59,6 +59,11 @@ from fl_client.skellam_gdp import skellam_gdp_epsilon
 from fl_protocol.wire import ACCOUNTANTS, MAX_AUTO_DELTA
 
 MAX_NOISE_MULTIPLIER = 1e4
+MAX_SKELLAM_MU = 2.0**40
+"""The most Skellam noise a site plans: numpy's Poisson sampler is exact to its precision up to
+about there (variance within 0.1% at 1e12); from about 5e13 its double-precision acceptance test
+loses unit precision (variance 0.8 to 1.3 times the planned), and above 2**53 its draws lie on a
+lattice whose low bits carry no noise at all (found in review: a small target reached both)."""
 
 DELTA_UNITS_FACTOR = 10
 """delta must stay below 1 / (DELTA_UNITS_FACTOR * units at the site)."""
@@ -403,8 +408,9 @@ def _check_skellam_query(l1: float, l2: float, releases: int) -> None:
 def _least_skellam_mu(fits: Callable[[float], bool], l2: float, exhausted: str) -> float:
     """Bisection in log space for the least mu that ``fits`` (monotone: more noise, less loss),
     returning the upper end so the result always fits. Capped where the noise's standard
-    deviation ``sqrt(2 mu)`` is ``MAX_NOISE_MULTIPLIER`` times ``l2``, the Gaussian plan's cap."""
-    cap = (MAX_NOISE_MULTIPLIER * l2) ** 2 / 2
+    deviation ``sqrt(2 mu)`` is ``MAX_NOISE_MULTIPLIER`` times ``l2``, the Gaussian plan's cap,
+    and at ``MAX_SKELLAM_MU``, the most the sampler draws exactly."""
+    cap = min((MAX_NOISE_MULTIPLIER * l2) ** 2 / 2, MAX_SKELLAM_MU)
     high = 1.0
     while not fits(high):
         high *= 2

@@ -52,7 +52,12 @@ from fl_client.distributed_dp import (
     unit_norms,
 )
 from fl_client.egress_guard import egress_guard
-from fl_client.privacy_accounting import SkellamRelease, skellam_releases_epsilon
+from fl_client.privacy_accounting import (
+    MAX_SKELLAM_MU,
+    BudgetExhausted,
+    SkellamRelease,
+    skellam_releases_epsilon,
+)
 from fl_client.privacy_budget import charge_round
 from fl_client.privacy_ledger import read_ledger
 from fl_client.secure_aggregation import secure_aggregation_mod
@@ -514,6 +519,19 @@ def test_a_distributed_run_is_charged_its_target_and_records_both_numbers(tmp_pa
         [SkellamRelease(mu, l1, l2, *likely)] * 3, 1e-5)
     assert last.epsilon_alone_this_run == skellam_releases_epsilon(
         [SkellamRelease(share, l1, l2, *likely)] * 3, 1e-5)
+
+
+def test_no_plan_asks_the_sampler_for_more_noise_than_it_draws_exactly(tmp_path):
+    """Found in review: a tiny target planned a Skellam mu of 5.7e14, where numpy's Poisson
+    draws are neither of the planned variance nor Poisson, and past 2**53 on a lattice whose
+    low bits carry no noise. The plan stops at MAX_SKELLAM_MU: such a round is declined,
+    uncharged; the defaults plan far below it."""
+    with pytest.raises(BudgetExhausted):
+        charge_round(tmp_path, UNITS, distributed_request(1, target_epsilon=0.02, cohort_size=3),
+                     POLICY, HEAD_DIM)
+    assert read_ledger(tmp_path, site_secret(tmp_path)) is None
+    default = charge_round(tmp_path, UNITS, distributed_request(1), POLICY, HEAD_DIM)
+    assert 0 < default.skellam_mu_share < MAX_SKELLAM_MU / 1000
 
 
 def test_a_site_needing_more_noise_adds_it_itself_and_counts_only_the_others_common_shares(

@@ -162,6 +162,45 @@ def test_a_batch_of_one_trains_at_any_unit_count(n):
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
+def test_dp_steps_run_with_dropout_off_so_every_forward_pass_is_the_one_trained():
+    """Found in review: the ghost-clipping screen and the trained pass drew different dropout
+    masks, so a unit the screen let through could still turn the update into NaN."""
+    seen = []
+    model = nn.Sequential(nn.Dropout(0.5), nn.Linear(16, 4))
+    model[0].register_forward_hook(lambda module, args, out: seen.append(module.training))
+    x, y = separable_data(50)
+    train_locally(model, x, y, plan(1.0, n=50), seed=0)
+    assert seen and not any(seen)
+    plain = nn.Sequential(nn.Dropout(0.5), nn.Linear(16, 4))
+    plain[0].register_forward_hook(lambda module, args, out: seen.append(module.training))
+    seen.clear()
+    train_locally(plain, x, y, plan(None, n=50), seed=0)
+    assert seen and all(seen)  # without DP, dropout as usual
+
+
+@pytest.mark.parametrize("units", [93, 99])  # int(1 / (1/k)) = k - 1 in floating point
+def test_every_charged_step_runs_whatever_the_step_count(units):
+    x, y = separable_data(units)
+    _, steps = train_locally(nn.Linear(16, 4), x, y,
+                             plan(1.0, n=units, batch_size=1, local_epochs=1), seed=0)
+    assert steps == units
+
+
+def test_the_noise_is_the_sum_of_four_draws_not_one():
+    """One float32 normal never exceeds 5.77 standard deviations, a cut-off an output beyond
+    it would give away (found in review); the site uses Opacus' four-draw noise, read back here
+    exactly: zero features, one full-batch step, so the weights are -lr x noise."""
+    x, y = torch.zeros(4, 8), torch.zeros(4, dtype=torch.long)
+    model = nn.Linear(8, 3, bias=False)
+    nn.init.zeros_(model.weight)
+    train_locally(model, x, y, plan(2.0, n=4, batch_size=4, local_epochs=1, learning_rate=1.0),
+                  seed=11)
+    noise = torch.Generator().manual_seed(stream_seed(11, "noise"))
+    torch.normal(0, 2.0, (1, 1), generator=noise)  # Opacus discards a first draw
+    four = sum(torch.normal(0, 2.0, (3, 8), generator=noise) for _ in range(4)) / 2
+    assert torch.allclose(model.weight.detach(), -four / 4)  # averaged over the 4 units
+
+
 def test_the_noise_stream_never_shares_the_sampling_streams_seed():
     """Poisson sampling draws from ``seed`` and the noise from ``stream_seed(seed, "noise")``:
     no seed, and no nearby seed another round or site gets, seeds both streams alike."""
