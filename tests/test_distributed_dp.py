@@ -59,7 +59,7 @@ from fl_client.privacy_accounting import (
     skellam_releases_epsilon,
 )
 from fl_client.privacy_budget import charge_round
-from fl_client.privacy_ledger import read_ledger
+from fl_client.privacy_ledger import read_ledger, unit_epsilons
 from fl_client.secure_aggregation import secure_aggregation_mod
 from fl_client.site_policy import (
     PolicyRefusal,
@@ -627,6 +627,34 @@ def test_a_round_asked_past_its_plan_still_counts_against_max_epsilon_alone(tmp_
         charge_round(tmp_path, UNITS, replace(small, server_round=3), met, HEAD_DIM)
     assert refused.value.reason == Reason.MODEL_REFUSED
     assert len(read_ledger(tmp_path, site_secret(tmp_path)).releases) == 3
+
+
+def test_a_bound_the_planned_rounds_just_meet_lets_each_of_them_through(tmp_path):
+    """The other side of the test above: the bound counts this run's releases to come, not
+    more (a site counting its past rounds again would refuse the last of them)."""
+    small = distributed_request(1, cohort_size=3, tolerated_sites=1)
+    probe = [charge_round(tmp_path / "probe", UNITS, replace(small, server_round=r), POLICY,
+                          HEAD_DIM) for r in (1, 2, 3)]
+    met = replace(POLICY, max_epsilon_alone=probe[-1].epsilon_alone_all_runs * 1.001)
+    for server_round in (1, 2, 3):
+        charge_round(tmp_path / "site", UNITS, replace(small, server_round=server_round), met,
+                     HEAD_DIM)
+    assert len(read_ledger(tmp_path / "site", site_secret(tmp_path / "site")).releases) == 3
+    # and a bound just short of them refuses the second round, counting the two to come
+    charge_round(tmp_path / "short", UNITS, small, POLICY, HEAD_DIM)
+    short = replace(POLICY, max_epsilon_alone=probe[-1].epsilon_alone_all_runs * 0.999)
+    with pytest.raises(PolicyRefusal):
+        charge_round(tmp_path / "short", UNITS, replace(small, server_round=2), short, HEAD_DIM)
+
+
+def test_a_distributed_round_leaves_out_the_units_whose_budget_is_spent(tmp_path):
+    policy = replace(POLICY, max_epsilon=3.5)
+    for server_round in (1, 2, 3):
+        charge_round(tmp_path, UNITS[:25], distributed_request(server_round), policy, HEAD_DIM)
+    later = charge_round(tmp_path, UNITS, replace(distributed_request(1), run_name="run-e"),
+                         policy, HEAD_DIM)
+    assert later.trained == list(range(25, 50))
+    assert max(unit_epsilons(read_ledger(tmp_path, site_secret(tmp_path)))) <= 3.5
 
 
 class HostileGrid(LoopbackGrid):
