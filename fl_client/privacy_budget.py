@@ -58,6 +58,7 @@ from fl_client.privacy_accounting import (
 )
 from fl_client.privacy_ledger import (
     Ledger,
+    LedgerError,
     Release,
     now,
     read_ledger,
@@ -65,6 +66,7 @@ from fl_client.privacy_ledger import (
     unit_key,
     write_ledger,
 )
+from fl_client.retention import deletion_log_length, deletion_log_problem
 from fl_client.site_folders import state_lock
 from fl_client.site_policy import PolicyRefusal, RoundRequest, SitePolicy, check_noise
 from fl_client.site_secret import release_nonce, site_secret
@@ -144,6 +146,11 @@ def _charge_round(state_dir: Path, units: list[str], request: RoundRequest, poli
         delta=request.delta,
     )
     _check_against_ledger(ledger, request)
+    problem = deletion_log_problem(state_dir, secret, ledger.deletion_log)
+    if problem:
+        raise LedgerError(f"{state_dir}: {problem}; refusing to train. Restore the deletion log "
+                          "and its head from the newest copy (docs/SITE_GUIDE.md)")
+    ledger.deletion_log = deletion_log_length(state_dir, secret)
     keys = [unit_key(secret, f"{ledger.privacy_unit}\0{unit}") for unit in units]
     others = [[unit_key(secret, f"{ledger.privacy_unit}\0{alias}")
                for alias in aliases.get(unit, ())] for unit in units]

@@ -12,8 +12,11 @@ nothing for the units already in it. It holds
 * ``aliases``: the same spend under the unit's other identities (its conversation, its customer
   and text: ``privacy_units.unit_aliases``), so that a unit whose rows come back written another
   way (conversations exported as CSV, ids added) is found with its spend
-  (``privacy_budget.charge_round``). The ledger holds no text and nothing the server sends or
-  could recompute.
+  (``privacy_budget.charge_round``);
+* ``deletion_log``: how long the site's deletion log was at the last charge (its entry count and
+  last hash), so that a deletion log deleted or restored from an older copy, which would use
+  erased customers' rows again, stops the site as a rolled-back ledger does.
+The ledger holds no text and nothing the server sends or could recompute.
 
 Integrity: each release carries a MAC chained to the one before it, and the document a MAC over
 the release count, the settings and a digest of ``spend``, all keyed with the site secret
@@ -130,6 +133,8 @@ class Ledger:
     releases: list[Release] = field(default_factory=list)
     spend: dict[str, float] = field(default_factory=dict)
     aliases: dict[str, float] = field(default_factory=dict)
+    deletion_log: dict[str, int | str] = field(default_factory=dict)
+    """``{"entries": n, "hash": h}`` of the deletion log at the last charge; empty before any."""
 
 
 def unit_key(secret: bytes, identity: str) -> str:
@@ -158,8 +163,10 @@ def read_ledger(state_dir: Path, secret: bytes) -> Ledger | None:
         document = json.loads(_read_text(path))
         if not isinstance(document, dict) or document.get("format") not in READ_FORMATS:
             raise LedgerError(f"{path}: not a fedintent privacy ledger (format {FORMAT!r})")
-        if document["format"] != FORMAT and "aliases" in document:
-            raise LedgerError(f"{path}: a version 3 ledger cannot hold aliases (edited)")
+        if document["format"] != FORMAT and ("aliases" in document
+                                             or "deletion_log" in document):
+            raise LedgerError(f"{path}: a version 3 ledger cannot hold aliases or a deletion "
+                              "log's length (edited)")
         records = document["releases"]
         releases = [_release_from(record) for record in records]
         ledger = Ledger(
@@ -169,6 +176,7 @@ def read_ledger(state_dir: Path, secret: bytes) -> Ledger | None:
             releases=releases,
             spend={str(k): float(v) for k, v in dict(document["spend"]).items()},
             aliases={str(k): float(v) for k, v in dict(document.get("aliases", {})).items()},
+            deletion_log=_deletion_log_from(document.get("deletion_log", {})),
         )
     except LedgerError:
         raise
@@ -228,6 +236,7 @@ def write_ledger(state_dir: Path, ledger: Ledger, secret: bytes) -> None:
         "releases": records,
         "spend": ledger.spend,
         "aliases": ledger.aliases,
+        "deletion_log": ledger.deletion_log,
         "mac": document_mac,
     }
     state_dir = Path(state_dir)
@@ -312,6 +321,16 @@ def _read_text(path: Path) -> str:
                           "refusing to train") from err
 
 
+def _deletion_log_from(record: object) -> dict[str, int | str]:
+    if record == {}:
+        return {}
+    if not (isinstance(record, dict) and set(record) == {"entries", "hash"}
+            and isinstance(record["entries"], int) and record["entries"] > 0
+            and isinstance(record["hash"], str)):
+        raise ValueError(f"deletion_log {record!r} is not an entry count and a hash")
+    return {"entries": record["entries"], "hash": record["hash"]}
+
+
 def _stored(release: Release) -> dict:
     """A release as the ledger stores (and MACs) it: a local release without the distributed-DP
     fields, a distributed release without a rounding failure (one recorded before the likely
@@ -363,6 +382,8 @@ def _document_mac(secret: bytes, ledger: Ledger, last_release_mac: str) -> str:
                "order": ledger.order, "delta": ledger.delta, "spend": spend_digest}
     if ledger.aliases:
         summary["aliases"] = hashlib.sha256(_canonical(ledger.aliases).encode()).hexdigest()
+    if ledger.deletion_log:
+        summary["deletion_log"] = ledger.deletion_log
     return ledger_mac(secret, last_release_mac, _canonical(summary))
 
 

@@ -191,7 +191,7 @@ def test_a_version_3_ledger_reads_as_one_without_aliases_and_aliases_are_macd(st
     path = state / LEDGER_FILE
     document = json.loads(path.read_text())
     assert document["format"] == "fedintent-privacy-ledger/4" and document["aliases"] == {}
-    older = {k: v for k, v in document.items() if k != "aliases"} | {
+    older = {k: v for k, v in document.items() if k not in ("aliases", "deletion_log")} | {
         "format": "fedintent-privacy-ledger/3"}
     path.write_text(json.dumps(older))
     assert read_ledger(state, SECRET).aliases == {}
@@ -201,11 +201,27 @@ def test_a_version_3_ledger_reads_as_one_without_aliases_and_aliases_are_macd(st
     assert read_ledger(state, SECRET).aliases == {"k": 0.25}
     document = json.loads(path.read_text())
     for edited in ({**document, "aliases": {}}, {**document, "aliases": {"k": 0.0}},
-                   {**{k: v for k, v in document.items() if k != "aliases"},
+                   {**{k: v for k, v in document.items() if k not in ("aliases", "deletion_log")},
                     "format": "fedintent-privacy-ledger/3"}):
         path.write_text(json.dumps(edited))
         with pytest.raises(LedgerError, match="edited"):
             read_ledger(state, SECRET)
+
+
+def test_the_recorded_deletion_log_length_is_macd(state):
+    ledger = read_ledger(state, SECRET)
+    ledger.deletion_log = {"entries": 4, "hash": "ab" * 32}
+    write_ledger(state, charged(ledger, release("c", 1), ["u1"]), SECRET)
+    assert read_ledger(state, SECRET).deletion_log == {"entries": 4, "hash": "ab" * 32}
+    path = state / LEDGER_FILE
+    document = json.loads(path.read_text())
+    for edited in ({"entries": 2, "hash": "ab" * 32}, {}):
+        path.write_text(json.dumps(document | {"deletion_log": edited}))
+        with pytest.raises(LedgerError, match="edited"):
+            read_ledger(state, SECRET)
+    path.write_text(json.dumps(document | {"deletion_log": {"entries": "4", "hash": "x"}}))
+    with pytest.raises(LedgerError, match="corrupt"):
+        read_ledger(state, SECRET)
 
 
 def test_a_crash_between_ledger_and_head_writes_is_accepted(state):

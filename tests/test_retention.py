@@ -428,6 +428,33 @@ def test_a_row_exported_after_the_request_but_dated_within_a_day_of_it_stays_era
     assert data.excluded == {ERASED: 1}
 
 
+@pytest.mark.parametrize("damage", ["deleted", "older copy"])
+def test_a_deletion_log_deleted_or_restored_behind_the_ledger_stops_the_site(tmp_path, damage):
+    """Found in review: deleting the log with its head (or restoring an older copy) was not
+    detected, and every customer erased since was used again. The ledger records the log's
+    length at each charge; a log shorter than that, or another one, stops the site."""
+    site, state = tmp_path / "site", tmp_path / "state"
+    rows = site_rows()
+    rows[2]["customer_id"] = "erin"
+    write_site(site, rows)
+    forget(site, state, "someone-else", math.inf, "test")
+    log = state / DELETION_LOG
+    older = {p.name: p.read_bytes() for p in (log, head_path(log))}
+    forget(site, state, "erin", math.inf, "test")
+    assert not train(context(site, state, math.inf), "run-a").has_error()
+    forget(site, state, "nobody", math.inf, "test")  # a log longer than recorded is fine
+    assert not train(context(site, state, math.inf), "run-a", 2).has_error()
+    if damage == "deleted":
+        log.unlink()
+        head_path(log).unlink()
+    else:
+        for name, data in older.items():
+            (state / name).write_bytes(data)
+    reply = train(context(site, state, math.inf), "run-a", 3)
+    assert reply.has_error() and reply.error.reason == Reason.LEDGER_UNREADABLE.value
+    assert len(read_ledger(state, site_secret(state)).releases) == 2
+
+
 def test_a_deletion_log_rewritten_without_the_site_secret_is_detected(deletion_log, tmp_path,
                                                                       capsys):
     """Hashes and head recomputed: an unkeyed chain would pass; the MACs do not."""

@@ -96,11 +96,11 @@ def test_a_budget_half_the_target_still_trains(tmp_path):
     assert len(charge.trained) == len(UNITS)
 
 
-@pytest.mark.parametrize("model", ["local", "distributed"])
-@pytest.mark.parametrize("max_epsilon,least_ratio", [
-    (2.0, DEFAULT_MAX_NOISE_RATIO),  # a quarter of the run's target: 3.4-3.6x the noise
-    (tiny_budget_epsilon(1e-4), 100.0),  # allows only a tiny epsilon: 900x the noise
-], ids=["quarter-of-target", "tiny-budget"])
+@pytest.mark.parametrize("model,max_epsilon,least_ratio", [
+    ("local", 2.0, DEFAULT_MAX_NOISE_RATIO),  # a quarter of the run's target: 3.4-3.6x the noise
+    ("distributed", 2.0, DEFAULT_MAX_NOISE_RATIO),
+    ("local", tiny_budget_epsilon(1e-4), 100.0),  # allows only a tiny epsilon: 900x the noise
+], ids=["quarter-of-target-local", "quarter-of-target-distributed", "tiny-budget-local"])
 def test_a_round_whose_noise_is_far_above_the_plan_is_declined_and_not_charged(
         tmp_path, model, max_epsilon, least_ratio):
     req = request() if model == "local" else distributed()
@@ -114,6 +114,15 @@ def test_a_round_whose_noise_is_far_above_the_plan_is_declined_and_not_charged(
     for number in (f"max-epsilon {max_epsilon:g} per utterance", "target-epsilon 8 over 3 rounds",
                    "needs noise multiplier", "max-noise-ratio 2"):
         assert number in detail, detail
+
+
+def test_a_distributed_budget_too_small_for_noise_the_sampler_draws_exactly_is_exhausted(
+        tmp_path):
+    """The tiny budget above needs a Skellam mu past MAX_SKELLAM_MU, which no plan asks the
+    sampler for: declined as exhausted, nothing charged."""
+    with pytest.raises(BudgetExhausted):
+        charge_round(tmp_path, UNITS, distributed(), policy(tiny_budget_epsilon(1e-4)), HEAD_DIM)
+    assert ledger_files(tmp_path) == {}
 
 
 @pytest.mark.parametrize("model", ["local", "distributed"])
