@@ -244,11 +244,14 @@ def _zero_non_finite_units(model: nn.Module) -> None:
 
 
 def _without_dropout(model: nn.Module) -> None:
-    """Every dropout layer in eval mode, the rest still training: each forward pass is then
-    the same function of the rows, so the non-finite screens see the pass that is trained."""
+    """Every dropout layer at rate 0 and in eval mode, the rest still training: each forward
+    pass is then the same function of the rows, so the non-finite screens see the pass that is
+    trained. The rate too: BERT's attention reads its dropout layer's ``p`` under its own
+    training flag, not the layer's (found in review: eval mode alone left it on)."""
     for module in model.modules():
         if isinstance(module, nn.Dropout | nn.Dropout1d | nn.Dropout2d | nn.Dropout3d
                       | nn.AlphaDropout | nn.FeatureAlphaDropout):
+            module.p = 0.0
             module.eval()
 
 

@@ -273,8 +273,8 @@ def _partition(rows: list[Row], policy: RowPolicy) -> tuple[list[Row], list[Row]
 def _delete_rows(rows: list[Row]) -> int:
     by_file: dict[Path, set[int]] = {}
     for row in rows:
-        if row.file is not None:
-            by_file.setdefault(row.file, set()).add(row.line)
+        if row.file is not None:  # one file under two names (a link) is rewritten once
+            by_file.setdefault(Path(row.file).resolve(), set()).add(row.line)
     for path, lines in sorted(by_file.items()):
         try:
             remove_lines(path, lines)

@@ -500,8 +500,9 @@ def _csv_row(header: list[str], line: str) -> Row | str:
         return f"expected {len(header)} fields, got {len(fields)}"
     record = dict(zip(header, fields, strict=True))
     record.setdefault("label", record.get("intent"))
-    if isinstance(record["label"], str):
-        record["label"] = record["label"].strip()  # "text, label" spacing, as in the header
+    for name in ("label", "intent"):  # "text, label" spacing, as in the header
+        if isinstance(record.get(name), str):
+            record[name] = record[name].strip()
     for optional in ("customer_id", "conversation_id", "id", "timestamp"):
         if record.get(optional) == "":
             record.pop(optional)

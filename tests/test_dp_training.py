@@ -7,13 +7,21 @@ import pytest
 import torch
 from torch import nn
 
-from fl_client.dp_training import TrainingPlan, UnitLoss, evaluate, stream_seed, train_locally
+from fl_client.dp_training import (
+    TrainingPlan,
+    UnitLoss,
+    evaluate,
+    stream_seed,
+    train_locally,
+    training_plan,
+)
 from fl_client.privacy_accounting import steps_per_round
 from fl_client.privacy_units import (
     MAX_UTTERANCES_PER_CUSTOMER,
     PADDING_LABEL,
     group_by_customer,
 )
+from models import get_model_family
 
 
 def separable_data(n: int = 200, dim: int = 16, classes: int = 4, seed: int = 0):
@@ -176,6 +184,21 @@ def test_dp_steps_run_with_dropout_off_so_every_forward_pass_is_the_one_trained(
     seen.clear()
     train_locally(plain, x, y, plan(None, n=50), seed=0)
     assert seen and all(seen)  # without DP, dropout as usual
+
+
+def test_every_forward_pass_of_a_dp_step_of_minilm_finetune_is_the_same():
+    """The family the screen is for: BERT's attention dropout follows the attention module's
+    training flag, so eval mode on the dropout layers alone left it on (found in review). Each
+    pass of a DP step (the screen's, the trained one) must give the same logits."""
+    family = get_model_family("minilm-finetune")
+    model = family.build_model(3)
+    features = family.featurize(["my card is lost", "refund my order please"], None)
+    outputs = []
+    model.register_forward_hook(lambda module, args, out: outputs.append(out.detach().clone()))
+    train_locally(model, features, torch.tensor([0, 1]),
+                  training_plan(family, noise_multiplier=1.0, charged=(1.0, 1), clip_norm=1.0,
+                                batch_size=2, local_epochs=1, learning_rate=0.0), seed=3)
+    assert len(outputs) >= 2 and all(torch.equal(outputs[0], out) for out in outputs[1:])
 
 
 @pytest.mark.parametrize("units", [93, 99])  # int(1 / (1/k)) = k - 1 in floating point
