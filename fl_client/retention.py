@@ -95,7 +95,7 @@ class RowPolicy:
     """Rows dated earlier are expired (``None``: no retention limit)."""
     not_after: datetime
     erased: tuple[tuple[str, datetime], ...] = ()
-    """(keyed hash of the customer id, time of the erasure request), from the deletion log."""
+    """(keyed hash of the customer id, the erasure's cut-off), from the deletion log."""
     secret: bytes = field(default=b"", repr=False)
 
     def __call__(self, customer: str | None, when: datetime | None) -> str | None:

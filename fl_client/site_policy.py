@@ -10,13 +10,17 @@ server asks (run)      site's policy (node config)                 refused when
 =====================  ==========================================  ============================
 target-epsilon         ``max-epsilon`` (default 8): each unit's    not > 0; ``inf`` (no DP)
                        lifetime budget; ``inf`` allows no DP       unless max-epsilon is inf
-delta                  ``max-delta`` (default 1e-5), and below     above either
-                       1 / (10 x the site's units)
+delta                  ``max-delta`` (default 1e-5), and below     above max-delta (at or above
+                       1 / (10 x the site's units)                 the other, lowered to the
+                                                                   site's own default instead)
 privacy-unit           ``privacy-unit`` (optional), and the unit   differs from either
                        the site's ledger was started with
 num-rounds, round      the run's first round in the ledger         a round beyond num-rounds,
                                                                    or num-rounds changed
-clip-norm, batch-size, (none: any finite positive value keeps the  not finite and positive
+clip-norm,             the wire contract's ``CLIP_NORM_RANGE`` and  outside them (far outside,
+learning-rate          ``LEARNING_RATE_RANGE``                     float32 loses the noise or
+                                                                   overflows after the charge)
+batch-size,            (none: any positive value keeps the         not a positive whole number
 local-epochs           guarantee, since noise scales with clip)
 accountant             (prv or rdp: both sound)                    anything else
 privacy-model          ``privacy-models`` (default both): the      not in the list
