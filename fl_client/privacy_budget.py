@@ -66,7 +66,7 @@ from fl_client.privacy_ledger import (
     unit_key,
     write_ledger,
 )
-from fl_client.retention import deletion_log_length, deletion_log_problem
+from fl_client.retention import deletion_log_check
 from fl_client.site_folders import state_lock
 from fl_client.site_policy import PolicyRefusal, RoundRequest, SitePolicy, check_noise
 from fl_client.site_secret import release_nonce, site_secret
@@ -146,11 +146,10 @@ def _charge_round(state_dir: Path, units: list[str], request: RoundRequest, poli
         delta=request.delta,
     )
     _check_against_ledger(ledger, request)
-    problem = deletion_log_problem(state_dir, secret, ledger.deletion_log)
+    ledger.deletion_log, problem = deletion_log_check(state_dir, secret, ledger.deletion_log)
     if problem:
         raise LedgerError(f"{state_dir}: {problem}; refusing to train. Restore the deletion log "
                           "and its head from the newest copy (docs/SITE_GUIDE.md)")
-    ledger.deletion_log = deletion_log_length(state_dir, secret)
     keys = [unit_key(secret, f"{ledger.privacy_unit}\0{unit}") for unit in units]
     others = [[unit_key(secret, f"{ledger.privacy_unit}\0{alias}")
                for alias in aliases.get(unit, ())] for unit in units]
@@ -167,9 +166,10 @@ def _charge_round(state_dir: Path, units: list[str], request: RoundRequest, poli
     release = replace(release, nonce=release_nonce() if fresh_nonce else "")
     for index in trained:
         ledger.spend[keys[index]] = ledger.spend.get(keys[index], 0.0) + release.rdp
-    for key, aliases in zip(keys, others, strict=True):
-        for alias in aliases if ledger.spend.get(key, 0.0) > 0 else ():
-            ledger.aliases[alias] = max(ledger.aliases.get(alias, 0.0), ledger.spend[key])
+    for key, alias_keys in zip(keys, others, strict=True):
+        if ledger.spend.get(key, 0.0) > 0:
+            for alias in alias_keys:
+                ledger.aliases[alias] = max(ledger.aliases.get(alias, 0.0), ledger.spend[key])
     ledger.releases.append(release)
     write_ledger(state_dir, ledger, secret)
 

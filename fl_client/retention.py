@@ -313,26 +313,20 @@ def _log_entries(state_dir: Path, secret: bytes) -> list[dict]:
                              "erased)") from err
 
 
-def deletion_log_problem(state_dir: Path, secret: bytes, recorded: dict) -> str | None:
-    """Why the site's deletion log is not the one a ledger ``recorded`` (``{"entries",
-    "hash"}`` at its last charge) or a later one, or None: deleted, or restored from an older
-    copy, it no longer names every erased customer, whose rows would be used again."""
-    if not recorded:
-        return None
-    entries = _log_entries(state_dir, secret)
-    count = int(recorded["entries"])
-    if len(entries) < count or entries[count - 1]["hash"] != recorded["hash"]:
-        return (f"the deletion log holds {len(entries)} entries, but the privacy ledger recorded "
-                f"{count} at its last charge: it was deleted or restored from an older copy, "
-                "and customers erased since would be used again")
-    return None
-
-
-def deletion_log_length(state_dir: Path, secret: bytes) -> dict:
-    """``{"entries", "hash"}`` of the site's deletion log now (empty without one), for the
-    ledger to record."""
+def deletion_log_check(state_dir: Path, secret: bytes,
+                       recorded: dict) -> tuple[dict, str | None]:
+    """(``{"entries", "hash"}`` of the site's deletion log now, empty without one; why it is not
+    the log a ledger ``recorded`` at its last charge or a later one, or None), from one read:
+    deleted, or restored from an older copy, it no longer names every erased customer, whose
+    rows would be used again."""
     entries = _log_entries(state_dir, secret) if _has_log(state_dir) else []
-    return {"entries": len(entries), "hash": entries[-1]["hash"]} if entries else {}
+    now = {"entries": len(entries), "hash": entries[-1]["hash"]} if entries else {}
+    count = int(recorded.get("entries", 0))
+    if count and (len(entries) < count or entries[count - 1]["hash"] != recorded["hash"]):
+        return now, (f"the deletion log holds {len(entries)} entries, but the privacy ledger "
+                     f"recorded {count} at its last charge: it was deleted or restored from an "
+                     "older copy, and customers erased since would be used again")
+    return now, None
 
 
 def _ledger_spend(state_dir: Path, secret: bytes, customer: str,
