@@ -51,6 +51,7 @@ from fl_client.privacy_units import PADDING_LABEL, group_by_customer, unit_alias
 from fl_client.retention import (
     FEATURES,
     RowPolicy,
+    check_deletion_log,
     prune_features,
     row_policy,
     who_deletes,
@@ -95,7 +96,7 @@ from models import get_model_family
 Failures = tuple[tuple[type[Exception] | tuple[type[Exception], ...], Reason], ...]
 READ_FAILURES: Failures = (
     (SiteConfigError, Reason.SITE_CONFIG_INVALID),
-    (SecretError, Reason.LEDGER_UNREADABLE),  # the deletion log's, read with the data
+    ((SecretError, LedgerError), Reason.LEDGER_UNREADABLE),  # checked before the data is read
     ((SiteDataError, ValueError, OSError), Reason.DATA_UNUSABLE),
 )
 """Failures before anything is charged, and the fixed reason each is sent as (first match)."""
@@ -340,11 +341,13 @@ def _read_split(
     """(site folder, state folder, rows, features, labels) of this site's ``split``: read,
     validated and redacted (``load_site``), without the rows the site's retention policy and
     erasures leave out, then featurized; a split without rows is an error. Before a training
-    round, the feature store is pruned to the rows the policy keeps (``retention.py``)."""
+    round, the feature store is pruned to the rows the policy keeps (``retention.py``). A
+    deletion log older than the ledger recorded stops the site before any row is read."""
     site_dir, state_dir = site_folders(msg, context)
     labels = tuple(msg.content[CONFIG_KEY]["labels"])
     days = retention_days(context)
     with state_lock(state_dir):
+        check_deletion_log(state_dir)
         policy = row_policy(state_dir, days)
         site = _load_site_cached(str(site_dir), labels, _data_digest(site_dir), policy)
         if split == "train":

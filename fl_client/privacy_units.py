@@ -49,16 +49,17 @@ def group_by_customer(
 
 
 def unit_aliases(
-    privacy_unit: str, customers: Sequence[str], ids: Sequence[str],
+    privacy_unit: str, customer_units: Sequence[str], ids: Sequence[str],
     aliases: Sequence[tuple[str, ...]],
 ) -> dict[str, tuple[str, ...]]:
-    """Each unit's other identities, from its rows' (``customers``, ``ids`` and ``aliases`` per
-    row, as ``SiteSplit`` holds them). An utterance's are its row's aliases (its conversation, its
-    customer and text); a customer's are every alias of its rows and each row's own identity,
-    which was the unit while the rows had no ``customer_id``."""
+    """Each unit's other identities, from its rows' (``customer_units``: the row's customer, or
+    the row itself without one; ``ids`` and ``aliases``, per row, as ``SiteSplit`` holds them).
+    An utterance's are its row's aliases (its conversation, its customer and text); a
+    customer's are every alias of its rows and each row's own identity, which was the unit
+    while the rows had no ``customer_id``."""
     found: dict[str, dict[str, None]] = {}
     by_customer = privacy_unit == "customer"
-    for customer, uid, row_aliases in zip(customers, ids, aliases, strict=True):
+    for customer, uid, row_aliases in zip(customer_units, ids, aliases, strict=True):
         unit = customer if by_customer else uid
         others = found.setdefault(unit, {})
         for identity in ((uid, *row_aliases) if by_customer else row_aliases):

@@ -55,7 +55,14 @@ from datetime import UTC, datetime, timedelta
 from functools import cached_property
 from pathlib import Path
 
-from fl_client.privacy_ledger import read_ledger, unit_epsilons, unit_key
+from fl_client.privacy_ledger import (
+    HEAD_FILE,
+    LEDGER_FILE,
+    LedgerError,
+    read_ledger,
+    unit_epsilons,
+    unit_key,
+)
 from fl_client.redaction import redact
 from fl_client.site_data import (
     RejectedRow,
@@ -327,6 +334,22 @@ def deletion_log_check(state_dir: Path, secret: bytes,
                      f"recorded {count} at its last charge: it was deleted or restored from an "
                      "older copy, and customers erased since would be used again")
     return now, None
+
+
+def check_deletion_log(state_dir: Path) -> None:
+    """Raise ``LedgerError`` when the deletion log is not the one the privacy ledger recorded at
+    its last charge (or a later one), before any row is read: under a log deleted or restored
+    from an older copy, customers erased since would be read, featurized into the feature store
+    and scored by an exact evaluation, none of which is charged (found in review: the check ran
+    only at the charge)."""
+    if not any((Path(state_dir) / name).exists() for name in (LEDGER_FILE, HEAD_FILE)):
+        return  # nothing charged yet, so nothing recorded
+    secret = site_secret(state_dir)
+    ledger = read_ledger(Path(state_dir), secret)
+    _, problem = deletion_log_check(state_dir, secret, ledger.deletion_log if ledger else {})
+    if problem:
+        raise LedgerError(f"{state_dir}: {problem}; the site does not use its data. Restore the "
+                          "deletion log and its head from the newest copy (docs/SITE_GUIDE.md)")
 
 
 def _ledger_spend(state_dir: Path, secret: bytes, customer: str,

@@ -15,6 +15,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 import fl_client.client_app as client_app
 from fedintent.cli import main as fedintent
 from fl_client.privacy_ledger import read_ledger, unit_key
+from fl_client.redaction import redact
 from fl_client.retention import (
     DELETION_LOG,
     ERASED,
@@ -68,13 +69,16 @@ def context(site_dir, state_dir, retention) -> Context:
     return Context(run_id=1, node_id=7, node_config=node, state=RecordDict(), run_config=config)
 
 
-def train(ctx, run="run-a", server_round=1, labels=LABELS) -> Message:
+def train_message(labels=LABELS, run="run-a", server_round=1) -> Message:
     head = get_model_family("minilm-head").build_model(len(labels))
     config = ConfigRecord({"labels": labels, "server-round": server_round, "num-rounds": 3,
                            "run-name": run})
-    msg = Message(content=RecordDict({"arrays": ArrayRecord(head.state_dict()),
-                                      "config": config}), dst_node_id=7, message_type="train")
-    return client_app.app(msg, ctx)
+    return Message(content=RecordDict({"arrays": ArrayRecord(head.state_dict()),
+                                       "config": config}), dst_node_id=7, message_type="train")
+
+
+def train(ctx, run="run-a", server_round=1, labels=LABELS) -> Message:
+    return client_app.app(train_message(labels, run, server_round), ctx)
 
 
 def spend(state_dir, conversation: str) -> float:
@@ -93,6 +97,16 @@ def stored_vectors(state_dir, texts: list[str]) -> list[bytes]:
             for key, vector in zip(data["keys"], data["features"], strict=True):
                 found[bytes(key)] = vector.astype(np.float32).tobytes()
     return [found[feature_store.text_key(text)] for text in texts]
+
+
+def cached_texts(state_dir, texts: list[str]) -> set[str]:
+    """Those of ``texts`` (redacted as a site redacts them) the feature store holds a vector
+    for."""
+    keys = set()
+    for chunk in (state_dir / "features").rglob("chunk-*.npz"):
+        with np.load(chunk) as data:
+            keys |= {bytes(key) for key in data["keys"]}
+    return {text for text in texts if feature_store.text_key(redact(text)) in keys}
 
 
 def files_holding(state_dir, needles: list[bytes]) -> list[str]:
@@ -372,6 +386,27 @@ def test_purge_applies_the_policy_to_the_data_folder_when_asked(tmp_path, capsys
     assert (again.data_rows, again.feature_rows, again.log_entry) == (0, 0, 2)
 
 
+def test_purge_and_forget_on_a_state_folder_that_lost_its_secret_say_so_without_a_traceback(
+        tmp_path, capsys):
+    """Found in review: the commands did not catch the lost-secret error and printed a
+    traceback; nothing is deleted or logged without the secret that signs the log."""
+    site, state = tmp_path / "site", tmp_path / "state"
+    write_site(site, site_rows())
+    assert fedintent(["purge", str(site), "--state-dir", str(state)]) == 0
+    (state / "site-secret").unlink()
+    capsys.readouterr()
+    logged = (state / DELETION_LOG).read_bytes()
+    for command in (["purge", str(site)], ["forget", "--site", str(site), "--customer", "cust-1"]):
+        code = fedintent([*command, "--state-dir", str(state), "--delete-from-data"])
+        out, err = capsys.readouterr()
+        assert code == 2 and "site-secret" in err and "Traceback" not in out + err
+    assert (state / DELETION_LOG).read_bytes() == logged
+    assert len((site / "train.jsonl").read_text().splitlines()) == FRESH + OLD
+    assert fedintent(["forget", "--site", str(site), "--customer", " ", "--state-dir",
+                      str(state)]) == 2
+    assert "--customer: the customer id is empty" in capsys.readouterr().err
+
+
 # --- the deletion log ------------------------------------------------------------------------
 
 
@@ -436,6 +471,7 @@ def test_a_deletion_log_deleted_or_restored_behind_the_ledger_stops_the_site(tmp
     site, state = tmp_path / "site", tmp_path / "state"
     rows = site_rows()
     rows[2]["customer_id"] = "erin"
+    erin_text = rows[2]["text"]
     write_site(site, rows)
     forget(site, state, "someone-else", math.inf, "test")
     log = state / DELETION_LOG
@@ -453,6 +489,15 @@ def test_a_deletion_log_deleted_or_restored_behind_the_ledger_stops_the_site(tmp
     reply = train(context(site, state, math.inf), "run-a", 3)
     assert reply.has_error() and reply.error.reason == Reason.LEDGER_UNREADABLE.value
     assert len(read_ledger(state, site_secret(state)).releases) == 2
+    # stopped before the rows were read (found in review: the check ran only at the charge):
+    # erin's text was not featurized again, and an exact evaluation, never charged, is refused
+    assert erin_text not in cached_texts(state, [r["text"] for r in rows])
+    ctx = context(site, state, math.inf)
+    ctx.node_config["evaluation"] = "exact"
+    asked = train_message(["card_lost", "refund"])
+    reply = client_app.app(Message(content=asked.content, dst_node_id=7,
+                                   message_type="evaluate"), ctx)
+    assert reply.has_error() and reply.error.reason == Reason.LEDGER_UNREADABLE.value
 
 
 def test_a_deletion_log_rewritten_without_the_site_secret_is_detected(deletion_log, tmp_path,

@@ -4,6 +4,8 @@ erasure). They read and write only the site's folders."""
 
 import argparse
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from fedintent.commands import CliError
@@ -75,8 +77,9 @@ def run_purge(args: argparse.Namespace) -> int:
     from fl_client.retention import purge, who_deletes
 
     state_dir = _state_dir(args, args.site_dir)
-    deletion = purge(args.site_dir, state_dir, args.retention_days, who_deletes("fedintent purge"),
-                     delete_from_data=args.delete_from_data)
+    with _state_errors():
+        deletion = purge(args.site_dir, state_dir, args.retention_days,
+                         who_deletes("fedintent purge"), delete_from_data=args.delete_from_data)
     policy = ("no retention limit" if math.isinf(args.retention_days)
               else f"retention {args.retention_days:g} days")
     print(f"purged {args.site_dir} ({policy}; state {state_dir})")
@@ -88,11 +91,11 @@ def run_forget(args: argparse.Namespace) -> int:
     from fl_client.retention import forget, who_deletes
 
     state_dir = _state_dir(args, args.site)
-    try:
+    if not args.customer.strip():
+        raise CliError("--customer: the customer id is empty")
+    with _state_errors():
         erasure = forget(args.site, state_dir, args.customer, args.retention_days,
                          who_deletes("fedintent forget"), delete_from_data=args.delete_from_data)
-    except ValueError as err:
-        raise CliError(f"--customer: {err}") from err
     print(f"erasure recorded: {erasure.rows_found} rows of this customer in {args.site}; no run "
           f"uses their rows dated up to {erasure.erased_until.isoformat(timespec='seconds')} "
           "(now plus a day of clock skew, or their newest row) or undated")
@@ -104,6 +107,19 @@ def run_forget(args: argparse.Namespace) -> int:
     else:
         print("privacy ledger: holds no spend of theirs (never trained on)")
     return 0
+
+
+@contextmanager
+def _state_errors() -> Iterator[None]:
+    """A state folder the site cannot use (its secret lost, its ledger damaged) is an error
+    message that says how to recover, not a traceback (found in review)."""
+    from fl_client.privacy_ledger import LedgerError
+    from fl_client.site_secret import SecretError
+
+    try:
+        yield
+    except (SecretError, LedgerError) as err:
+        raise CliError(str(err)) from err
 
 
 def _state_dir(args: argparse.Namespace, site_dir: Path) -> Path:
