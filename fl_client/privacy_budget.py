@@ -71,7 +71,7 @@ from fl_client.site_folders import state_lock
 from fl_client.site_policy import PolicyRefusal, RoundRequest, SitePolicy, check_noise
 from fl_client.site_secret import release_nonce, site_secret
 from fl_protocol.distributed_sum import integer_norm
-from fl_protocol.wire import Reason
+from fl_protocol.wire import MAX_AUTO_DELTA, Reason
 
 
 @dataclass(frozen=True)
@@ -237,6 +237,7 @@ def _filtered_release(
     are exactly those the release's sample rate was computed for (``empty_ok``: possibly
     none, planned as for one unit)."""
     budget = rdp_budget(policy.max_epsilon, ledger.delta, ledger.order)
+    _check_useful_noise(ledger, request, policy, budget)
     trained = list(range(len(keys)))
     while True:
         if not trained and not empty_ok:
@@ -252,11 +253,24 @@ def _filtered_release(
         rdp = release_rdp(noise, rate, steps, ledger.order)
         fits = [i for i in trained if ledger.spend.get(keys[i], 0.0) + rdp <= budget]
         if len(fits) == len(trained):
-            planned = plan_noise_multiplier(request.target_epsilon, request.delta, rate,
-                                            run_steps, request.accountant)
-            check_noise(policy, request, noise, planned, _budget_text(ledger, policy, budget))
             return _release(request, noise, rate, steps, units=len(fits), rdp=rdp), fits
         trained = fits
+
+
+def _check_useful_noise(ledger: Ledger, request: RoundRequest, policy: SitePolicy,
+                        budget: float) -> None:
+    """``check_noise`` for a local-DP round, at a reference made of public values only: full
+    batch, the run's planned delta. At the round's own sample rate and delta, both functions of
+    how many units fit, a server that chose the batch size could read from the decline, free of
+    charge, on which side of it the count lay (found in review: a 60-unit site declined where
+    a 61-unit site trained)."""
+    steps = request.local_epochs * request.num_rounds
+    delta = request.plan_delta or MAX_AUTO_DELTA
+    noise = plan_run_noise(request.target_epsilon, delta, 1.0, steps, request.accountant,
+                           ledger.order, budget)
+    planned = plan_noise_multiplier(request.target_epsilon, delta, 1.0, steps,
+                                    request.accountant)
+    check_noise(policy, request, noise, planned, _budget_text(ledger, policy, budget))
 
 
 def skellam_sensitivity(dimension: int) -> tuple[float, float, tuple[float, float, float]]:
@@ -288,9 +302,9 @@ def _distributed_release(
     planned = plan_skellam_mu(request.target_epsilon, request.plan_delta or request.delta, l1, l2,
                               request.num_rounds, likely)
     others = (counted - 1) * planned / counted  # what the other sites that count add, at least
-    needed = max(skellam_mu_within_rdp(l1, l2, request.num_rounds, ledger.order, budget),
-                 plan_skellam_mu(request.target_epsilon, request.delta, l1, l2,
-                                 request.num_rounds, likely))  # the target at its own delta
+    within_budget = skellam_mu_within_rdp(l1, l2, request.num_rounds, ledger.order, budget)
+    needed = max(within_budget, plan_skellam_mu(request.target_epsilon, request.delta, l1, l2,
+                                                request.num_rounds, likely))  # at its own delta
     share = max(planned / counted, needed - others)
     mu = share + others
     rdp = skellam_rdp(mu, l1, l2, ledger.order)
@@ -299,12 +313,17 @@ def _distributed_release(
     if not trained:
         raise BudgetExhausted(f"every one of the site's {len(keys)} units has spent its budget "
                               f"(max-epsilon {policy.max_epsilon:g})")
-    check_noise(policy, request, math.sqrt(2 * mu) / l2, math.sqrt(2 * planned) / l2,
+    # compared at the run's planned delta, not the site's own (a function of its unit count),
+    # so that the decline, charged nothing, says nothing of the count (as ``_check_useful_noise``)
+    reference = max(planned / counted, max(within_budget, planned) - others) + others
+    check_noise(policy, request, math.sqrt(2 * reference) / l2, math.sqrt(2 * planned) / l2,
                 _budget_text(ledger, policy, budget))
     released = sum(1 for r in ledger.releases if r.run == request.run_name)
     to_come = max(request.num_rounds - released, 1)  # this release counts, even past the plan
-    alone = rdp_epsilon(alone_spend(ledger, [keys[i] for i in trained]) + to_come * rdp_alone,
-                        ledger.order, ledger.delta)
+    # the most any unit the ledger ever charged has lost, present or not: the units present
+    # now would let a server read from the decline, free, whether its oldest unit was still
+    # there (found in review)
+    alone = rdp_epsilon(alone_spend(ledger) + to_come * rdp_alone, ledger.order, ledger.delta)
     if alone > policy.max_epsilon_alone:
         raise PolicyRefusal(
             Reason.MODEL_REFUSED,

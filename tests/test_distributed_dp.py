@@ -11,6 +11,7 @@ tests/test_secure_aggregation.py runs distributed DP end to end with Flower proc
 import copy
 import json
 import math
+import shutil
 import uuid
 from dataclasses import replace
 from pathlib import Path
@@ -627,6 +628,35 @@ def test_a_round_asked_past_its_plan_still_counts_against_max_epsilon_alone(tmp_
         charge_round(tmp_path, UNITS, replace(small, server_round=3), met, HEAD_DIM)
     assert refused.value.reason == Reason.MODEL_REFUSED
     assert len(read_ledger(tmp_path, site_secret(tmp_path)).releases) == 3
+
+
+def test_the_max_epsilon_alone_decline_does_not_tell_whether_the_oldest_unit_is_still_there(
+        tmp_path):
+    """Found in review: the bound counted the spend of the units present, so a run just past it
+    was declined, charged nothing, while the longest-present unit remained and charged once it
+    had been erased: a free probe, repeatable, of an erasure or an expiry. It counts the most
+    any unit the ledger charged has spent, present or not."""
+    small = distributed_request(1, cohort_size=4, tolerated_sites=1)
+    for server_round in (1, 2, 3):
+        charge_round(tmp_path / "before", ["old"], replace(small, server_round=server_round),
+                     POLICY, HEAD_DIM)
+    later, newcomers = replace(small, run_name="run-later"), UNITS[:10]
+    unbounded = replace(POLICY, max_epsilon=1e3)
+    shutil.copytree(tmp_path / "before", tmp_path / "measure")
+    for server_round in (1, 2, 3):  # what the run costs the newcomers alone, own noise only
+        reached = charge_round(tmp_path / "measure", newcomers,
+                               replace(later, server_round=server_round), unbounded, HEAD_DIM)
+    bound = replace(unbounded, max_epsilon_alone=reached.epsilon_alone_all_runs * 1.001)
+    outcomes = []
+    for present in (["old", *newcomers], newcomers):  # "old" still there, or erased
+        state = tmp_path / f"after-{len(present)}"
+        shutil.copytree(tmp_path / "before", state)
+        try:
+            charge_round(state, present, later, bound, HEAD_DIM)
+            outcomes.append("charged")
+        except PolicyRefusal as refused:
+            outcomes.append(refused.reason)
+    assert outcomes == [Reason.MODEL_REFUSED] * 2
 
 
 def test_a_bound_the_planned_rounds_just_meet_lets_each_of_them_through(tmp_path):

@@ -30,6 +30,7 @@ from fl_client.site_policy import (
     RoundRequest,
     SiteConfigError,
     SitePolicy,
+    site_delta,
     site_policy,
 )
 from fl_client.site_secret import site_secret
@@ -123,6 +124,28 @@ def test_a_distributed_budget_too_small_for_noise_the_sampler_draws_exactly_is_e
     with pytest.raises(BudgetExhausted):
         charge_round(tmp_path, UNITS, distributed(), policy(tiny_budget_epsilon(1e-4)), HEAD_DIM)
     assert ledger_files(tmp_path) == {}
+
+
+@pytest.mark.parametrize("model", ["local", "distributed"])
+@pytest.mark.parametrize("target", [20.0, 12.0])
+def test_whether_a_round_is_declined_for_its_noise_never_depends_on_the_unit_count(
+        tmp_path, model, target):
+    """Found in review: the check ran at the round's own sample rate, 1 / ceil(units / batch),
+    so with the batch size at 60 a site of 60 units declined (noise 2.2x the plan) and one of
+    61 trained (2.0x): a free probe of the count, even with every budget spent. Now public
+    values alone decide, whatever the count and the delta that follows from it."""
+    req = (request(target_epsilon=target, batch_size=60, delta=0.0, accountant="rdp")
+           if model == "local" else distributed(target_epsilon=target, batch_size=60))
+    outcomes = set()
+    for count in (60, 61, 12_000):
+        req_at_count = replace(req, delta=site_delta(policy(8.0), req, count))
+        try:
+            charge_round(tmp_path / str(count), [f"u{i}" for i in range(count)], req_at_count,
+                         policy(8.0), HEAD_DIM)
+            outcomes.add("trained")
+        except PolicyRefusal as refused:
+            outcomes.add(refused.reason)
+    assert len(outcomes) == 1, outcomes
 
 
 @pytest.mark.parametrize("model", ["local", "distributed"])
