@@ -181,6 +181,23 @@ def _fraction(value: float) -> bool:
     return 0.0 <= value <= 1.0
 
 
+def _nonnegative(value: float) -> bool:
+    return math.isfinite(value) and value >= 0
+
+
+def _rate(value: float) -> bool:
+    return 0.0 < value <= 1.0
+
+
+def _count(value: float) -> bool:
+    return math.isfinite(value) and value >= 0 and value == int(value)
+
+
+def _site_key(value: float) -> bool:
+    """``fl_client.site_secret.site_key``: 48 bits, exact as a float."""
+    return _count(value) and value < 1 << 48
+
+
 @dataclass(frozen=True)
 class Metric:
     """One number a site may send.
@@ -203,17 +220,18 @@ class Metric:
 TRAIN_METRICS: tuple[Metric, ...] = (
     Metric("num-examples", _positive, aggregated=True, recorded_as="num_examples"),
     Metric("epsilon", _epsilon, aggregated=True, recorded_as="epsilon"),
-    Metric("epsilon-all-runs", recorded_as="epsilon_all_runs"),
-    Metric("epsilon-alone", recorded_as="epsilon_alone"),
-    Metric("epsilon-alone-all-runs", recorded_as="epsilon_alone_all_runs"),
-    Metric("delta", recorded_as="delta"),
-    Metric("noise-multiplier", recorded_as="noise_multiplier"),
-    Metric("sample-rate", recorded_as="sample_rate"),
-    Metric("clip-norm", recorded_as="clip_norm"),
-    Metric("steps", recorded_as="steps"),
-    Metric("max-epsilon", recorded_as="max_epsilon_budget"),
-    Metric("privacy-units", recorded_as="privacy_units"),
-    Metric("site-key"),
+    Metric("epsilon-all-runs", _epsilon, recorded_as="epsilon_all_runs", optional=True),
+    Metric("epsilon-alone", _epsilon, recorded_as="epsilon_alone", optional=True),
+    Metric("epsilon-alone-all-runs", _epsilon, recorded_as="epsilon_alone_all_runs",
+           optional=True),
+    Metric("delta", _nonnegative, recorded_as="delta", optional=True),
+    Metric("noise-multiplier", _nonnegative, recorded_as="noise_multiplier", optional=True),
+    Metric("sample-rate", _rate, recorded_as="sample_rate", optional=True),
+    Metric("clip-norm", _positive, recorded_as="clip_norm", optional=True),
+    Metric("steps", _count, recorded_as="steps", optional=True),
+    Metric("max-epsilon", _epsilon, recorded_as="max_epsilon_budget", optional=True),
+    Metric("privacy-units", _count, recorded_as="privacy_units", optional=True),
+    Metric("site-key", _site_key, optional=True),
     Metric("languages"),
 )
 """A training reply's numbers. ``site-key`` (a keyed hash of the site secret) names the site in

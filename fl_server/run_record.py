@@ -121,14 +121,19 @@ class RunRecord:
                 failures.append(_failure(reply))
                 continue
             metrics = reply.content[METRICS_KEY]
-            if "site-key" in metrics:  # stable across restarts, unlike the node id
-                node = site_pseudonym(int(metrics["site-key"]))
+            claimed = site_pseudonym(int(metrics["site-key"])) if "site-key" in metrics else None
+            if claimed is not None and claimed not in sites:  # stable across restarts
+                node = claimed
             sites[node] = {
                 name: json_safe(metrics[key])
                 for key, name in SITE_METRICS.items()
                 if key in metrics
             }
             sites[node]["node_id"] = str(reply.metadata.src_node_id)
+            if claimed is not None and node != claimed:
+                # two replies claimed one site's key: each is kept, the second by its node id
+                # (found in review: it overwrote the first, hiding one update from the record)
+                sites[node]["duplicate_site_key"] = claimed
             languages = mask_languages(metrics["languages"]) if "languages" in metrics else None
             if languages is not None:
                 sites[node]["languages"] = languages

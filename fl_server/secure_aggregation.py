@@ -73,7 +73,14 @@ from fl_protocol.distributed_sum import (
 )
 from fl_protocol.secagg_masks import use_cryptographic_masks
 from fl_protocol.secret_sharing import use_prime_field_sharing
-from fl_protocol.wire import ARRAYS_KEY, CONFIG_KEY, METRICS_KEY, MIN_SECURE_SITES, NO_REPLY
+from fl_protocol.wire import (
+    ARRAYS_KEY,
+    CONFIG_KEY,
+    METRICS_KEY,
+    MIN_SECURE_SITES,
+    NO_REPLY,
+    REJECTED,
+)
 from fl_server.update_validation import ArraySpec
 
 STRATEGIES = ("fedavg", "fedadam")
@@ -265,11 +272,9 @@ class _Relay:
             msg.content = RecordDict(content)
         replies = list(self.grid.send_and_receive(messages, timeout=timeout))
         if stage == Stage.COLLECT_MASKED_VECTORS:
-            for reply in replies:
-                if not reply.has_error():  # sites send 32-bit words; Flower sums int64
-                    protocol = reply.content[RECORD_KEY_CONFIGS]
-                    protocol[Key.MASKED_PARAMETERS] = [ndarray_to_bytes(a) for a in expand(
-                        [bytes_to_ndarray(b) for b in protocol[Key.MASKED_PARAMETERS]])]
+            by_message = {msg.metadata.message_id: msg for msg in messages}
+            replies = [self._expanded(reply, by_message.get(reply.metadata.reply_to_message_id))
+                       for reply in replies]
         by_id = {reply.metadata.reply_to_message_id: reply for reply in replies}
         for msg in messages:
             node, reply = msg.metadata.dst_node_id, by_id.get(msg.metadata.message_id)
@@ -282,6 +287,30 @@ class _Relay:
                 self.trained[node] = reply
         self.answered[stage] = sum(1 for reply in replies if not reply.has_error())
         return replies
+
+    def _expanded(self, reply: Message, msg: Message | None) -> Message:
+        """A masked-vector reply with its 32-bit words as the int64 arrays Flower sums, or, for
+        vectors that are unreadable or not the model's shapes, or an example count that is not
+        a positive number, a rejection: the workflow then unmasks the sum without the site, as
+        for one that dropped out (found in review: such a reply stopped the whole run)."""
+        if reply.has_error() or msg is None:
+            return reply
+        try:
+            protocol = reply.content[RECORD_KEY_CONFIGS]
+            masked = [bytes_to_ndarray(b) for b in protocol[Key.MASKED_PARAMETERS]]
+            shapes = [tuple(array.shape) for array in masked]
+            sent = self.asked[msg.metadata.dst_node_id].content[ARRAYS_KEY]
+            model = [tuple(array.shape) for array in sent.values()]
+            if shapes != [(1,), *model]:  # SecAgg+'s masked weight, then the model's arrays
+                raise ValueError(f"masked vectors of shapes {shapes}, the model's are {model}")
+            examples = reply.content[METRICS_KEY]["num-examples"]
+            if isinstance(examples, bool) or not (isinstance(examples, int | float)
+                                                  and math.isfinite(examples) and examples > 0):
+                raise ValueError(f"num-examples {examples!r} is not a positive number")
+            protocol[Key.MASKED_PARAMETERS] = [ndarray_to_bytes(a) for a in expand(masked)]
+        except (ValueError, TypeError, KeyError) as err:
+            return Message(Error(REJECTED, f"rejected by the server: {err}"), reply_to=msg)
+        return reply
 
     def halted(self, threshold: int) -> str:
         """Why the workflow stopped without a sum."""

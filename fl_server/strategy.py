@@ -211,10 +211,10 @@ class CheckedRounds(Strategy):
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]
     ) -> MetricRecord | None:
-        checked = checked_replies(
+        checked = _cohort_checked(self.asked_evaluate, checked_replies(
             self.asked_evaluate, replies, self.reply_timeout,
             lambda reply: check_evaluate_reply(reply.content),
-        )
+        ))  # each reply weighs in the round's accuracy by its claimed count
         accepted = [reply.content for reply in checked if not reply.has_error()]
         aggregated = aggregate_evaluate_metrics(accepted) if accepted else None
         self.record.record_evaluate(server_round, checked, aggregated)
@@ -305,7 +305,8 @@ def _checked(
         try:
             check(reply)
             return reply
-        except InvalidReply as err:
+        except (InvalidReply, ArithmeticError, LookupError, TypeError, ValueError) as err:
+            # a reply no check foresaw is still one site's reply: rejected, never the run's end
             error = Error(code=REJECTED, reason=f"rejected by the server: {err}")
     return Message(error, reply_to=sent)
 

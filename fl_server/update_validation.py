@@ -44,6 +44,13 @@ BOUND_SAFETY = 2.0
 """A further factor on the derived update bound, for float32 rounding and Opacus' batch size."""
 EPSILON_SLACK = 1.01
 """Relative slack on epsilon and clip-norm comparisons, for accountants' numerical error."""
+MAX_NOISE_RATIO = 10.0
+"""The most noise a local-DP site may claim, as a multiple of a noise that suffices for the run's
+target epsilon over its planned steps at the site's delta (``sufficient_noise``). The claim sets
+the site's own update bound (``derived_update_bound``), so an unbounded one let a site claiming
+noise 1e150 at epsilon 0 send any finite update (found in review). An honest site's noise is at
+most its ``max-noise-ratio`` (default 2) times the run's plan, which is below the sufficient
+noise; a site that accepts more than this ratio has its update rejected."""
 
 
 @dataclass(frozen=True)
@@ -227,11 +234,28 @@ def check_privacy_claims(metrics: MetricRecord, plan: RunPlan) -> None:
         raise InvalidReply(f"sample-rate {rate:g} and {steps:g} steps, the plan's are "
                            f"{planned[0]:g} and {planned[1]} for {units:g} units")
     if plan.privacy_model == "local":
+        most_noise = MAX_NOISE_RATIO * sufficient_noise(plan.target_epsilon, delta,
+                                                        planned[1] * plan.num_rounds)
+        if sigma > most_noise:
+            raise InvalidReply(f"noise-multiplier {sigma:.4g} is above {MAX_NOISE_RATIO:g} x "
+                               f"the {most_noise / MAX_NOISE_RATIO:.4g} that suffices for the "
+                               f"run's target-epsilon {plan.target_epsilon:g}")
         most = 2 * plan.charged_rounds * planned[1]
         ceiling = most / (2 * sigma**2) + math.sqrt(2 * most * math.log(1 / delta)) / sigma
         if epsilon > 2 * ceiling:
             raise InvalidReply(f"noise-multiplier {sigma:g} allows at most epsilon "
                                f"{ceiling:.3g} over the run's planned steps, not {epsilon:g}")
+
+
+def sufficient_noise(target_epsilon: float, delta: float, steps: int) -> float:
+    """A noise multiplier that makes ``steps`` full-batch Gaussian steps (epsilon, delta)-DP at
+    ``target_epsilon``: by the zero-concentrated DP bound, ``rho + 2 sqrt(rho ln(1/delta))``
+    with ``rho = steps / (2 sigma^2)``. Any accountant's plan for the same target needs less
+    (subsampling only lowers the noise needed); a closed form, so checking a reply costs
+    nothing."""
+    log_term = math.log(1 / delta)
+    mu = math.sqrt(2 * log_term + 2 * target_epsilon) - math.sqrt(2 * log_term)
+    return math.sqrt(steps) / mu
 
 
 def oversized_claims(claims: dict[int, float]) -> dict[int, str]:

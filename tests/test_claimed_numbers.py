@@ -24,6 +24,7 @@ from fl_server.update_validation import (
     array_spec,
     check_privacy_claims,
     check_train_reply,
+    sufficient_noise,
 )
 
 pytestmark = pytest.mark.usefixtures("task_identity")
@@ -228,3 +229,97 @@ def test_the_record_counts_the_rounds_each_resume_trains_again(tmp_path):
     # before it was recorded may have been charged too.
     assert RunRecord.resume(path, 2, 1, CONFIG, {}).retrained_rounds() == 2
     assert RunRecord.start(tmp_path / "fresh.json", 3, CONFIG, ["a"]).retrained_rounds() == 0
+
+
+@pytest.mark.parametrize("noise", [1e150, 1e200])
+def test_a_site_cannot_widen_its_bound_by_claiming_huge_noise_at_epsilon_zero(noise):
+    """Found in review: an epsilon no larger than the noise allows passed, however small, so
+    noise 1e150 at epsilon 0 widened the site's own bound until any finite update fit (and 1e200
+    overflowed the check). The noise claimed is held to ``MAX_NOISE_RATIO`` times a noise that
+    suffices for the run's target."""
+    start, update, metrics = dp_reply()
+    poison = {k: np.full_like(v, 1e30) for k, v in start.items()}
+    with pytest.raises(InvalidReply, match="noise-multiplier .* is above 10 x"):
+        check(start, poison, metrics | {"noise-multiplier": noise, "epsilon": 0.0})
+
+
+def test_the_noise_cap_lets_an_honest_site_through_at_ten_times_its_plan():
+    """A site whose budget needs far more noise than the run planned (its ``max-noise-ratio``
+    raised) still passes while its noise is within the cap: the sufficient noise is above any
+    accountant's plan."""
+    start, update, metrics = dp_reply()
+    sigma = metrics["noise-multiplier"]
+    bound = sufficient_noise(PLAN.target_epsilon, metrics["delta"],
+                             metrics["steps"] * PLAN.num_rounds)
+    assert sigma < bound < 1.5 * sigma
+    check(start, update, metrics | {"noise-multiplier": 9.9 * sigma, "epsilon": 0.5})
+    with pytest.raises(InvalidReply, match="noise-multiplier"):
+        check(start, update, metrics | {"noise-multiplier": 10.01 * bound, "epsilon": 0.5})
+
+
+@pytest.mark.parametrize("claims", [
+    {"privacy-units": math.inf}, {"privacy-units": math.nan}, {"steps": 1.5},
+    {"site-key": math.inf}, {"site-key": -1}, {"site-key": 2.0**49},
+    {"sample-rate": 0.0}, {"epsilon-all-runs": math.nan}, {"epsilon-alone": -1.0},
+    {"max-epsilon": math.nan}, {"delta": math.inf}, {"clip-norm": math.inf},
+], ids=lambda claims: "-".join(f"{k}={v}" for k, v in claims.items()))
+def test_every_number_a_site_sends_is_checked_before_anything_uses_it(claims):
+    """Found in review: unchecked numbers (an infinite unit count or site key) raised outside
+    the reply check, and one site's reply ended the whole run."""
+    start, update, metrics = dp_reply()
+    with pytest.raises(InvalidReply):
+        check(start, update, metrics | claims)
+
+
+def test_malformed_and_poisoned_replies_are_rejected_and_the_round_goes_on(tmp_path):
+    start, honest, metrics = dp_reply(40, 0)
+    _, other, other_metrics = dp_reply(40, 1)
+    poison = {k: np.full_like(v, 1e30) for k, v in start.items()}
+    arrays, entry = train_round(tmp_path, {
+        1: (honest, metrics | {"site-key": 1234}),
+        2: (other, other_metrics | {"site-key": 99}),
+        3: (poison, metrics | {"noise-multiplier": 1e150, "epsilon": 0.0}),
+        4: (honest, metrics | {"noise-multiplier": 1e200}),
+        5: (honest, metrics | {"site-key": math.inf}),
+        6: (honest, metrics | {"privacy-units": math.nan}),
+    })
+    failures = {f["node_id"]: f["kind"] for f in entry["failures"]}
+    assert failures == {"3": "rejected", "4": "rejected", "5": "rejected", "6": "rejected"}
+    assert entry["sites_trained"] == 2
+    assert max(np.abs(arrays[k].numpy()).max() for k in arrays) < 100
+
+
+def test_a_site_claiming_another_sites_key_is_recorded_beside_it_not_over_it(tmp_path):
+    """Found in review: the record keyed sites by the key they claim, so a second claim of one
+    key overwrote the first: three updates averaged, two recorded."""
+    start, honest, metrics = dp_reply(40, 0)
+    _, other, other_metrics = dp_reply(40, 1)
+    _, entry = train_round(tmp_path, {1: (honest, metrics | {"site-key": 1234}),
+                                      2: (other, other_metrics | {"site-key": 99}),
+                                      3: (other, other_metrics | {"site-key": 1234})})
+    assert entry["sites_trained"] == 3
+    by_node = {site["node_id"]: site for site in entry["sites"].values()}
+    assert set(by_node) == {"1", "2", "3"}
+    flagged = {node for node, site in by_node.items() if "duplicate_site_key" in site}
+    assert len(flagged) == 1 and flagged <= {"1", "3"}  # the second of the two, in reply order
+
+
+def test_one_site_cannot_set_the_rounds_accuracy_by_claiming_a_huge_test_split(tmp_path):
+    """Found in review: evaluation replies weigh in by their claimed count, which had no bound,
+    so one site claiming 1e12 test rows at accuracy 1.0 set the run's reported accuracy."""
+    start, update, metrics = dp_reply()
+    record = RunRecord.start(tmp_path / "metrics.json", 1, {}, ["a"])
+    spec = array_spec(ArrayRecord({k: Array(v) for k, v in start.items()}))
+    strategy = build_strategy("fedavg", record, spec, min_sites=1, server_learning_rate=1.0,
+                              max_update_norm=0.0, reply_timeout=5.0, plan=PLAN)
+    grid = FakeGrid([1, 2, 3, 4])
+    begin = ArrayRecord({k: Array(v) for k, v in start.items()})
+    strategy.configure_train(1, begin, ConfigRecord({}), grid)
+    honest = {"num-examples": 200, "loss": 2.0, "accuracy": 0.31, "macro-f1": 0.2}
+    answers = {1: honest, 2: honest, 3: honest,
+               4: {"num-examples": 1e12, "loss": 0.01, "accuracy": 1.0, "macro-f1": 1.0}}
+    messages = strategy.configure_evaluate(1, begin, ConfigRecord({}), grid)
+    replies = grid.send_and_receive(messages, lambda m: Message(
+        RecordDict({"metrics": MetricRecord(answers[m.metadata.dst_node_id])}), reply_to=m))
+    aggregated = strategy.aggregate_evaluate(1, replies)
+    assert aggregated["accuracy"] == pytest.approx(0.31)

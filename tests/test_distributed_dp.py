@@ -72,7 +72,7 @@ from fl_client.site_policy import (
 )
 from fl_client.site_secret import site_secret
 from fl_protocol.distributed_sum import WEIGHT, decode, integer_norm, sum_range, wrap
-from fl_protocol.wire import MAX_AUTO_DELTA, RUN_CONFIG_DEFAULTS, Reason
+from fl_protocol.wire import MAX_AUTO_DELTA, REJECTED, RUN_CONFIG_DEFAULTS, Reason
 from fl_server.run_config import RunConfigError, check_run_config
 from fl_server.update_validation import array_spec
 from models import get_model_family
@@ -198,6 +198,42 @@ def test_a_site_that_drops_is_left_out_of_an_exact_sum(decoded):
     for name in decoded:
         np.testing.assert_array_equal(decoded[name],
                                       sum(sites[n][name] for n in (101, 102, 103)))
+
+
+class MalformedMaskGrid(LoopbackGrid):
+    """Site 104's masked-vector reply rewritten on the way: ``damage(configs, metrics)``."""
+
+    def __init__(self, sites, run_config, damage) -> None:
+        super().__init__(sites, run_config)
+        self.damage = damage
+
+    def send_and_receive(self, messages, *, timeout=None):
+        replies = super().send_and_receive(messages, timeout=timeout)
+        for reply in replies:
+            configs = reply.content.config_records.get(RECORD_KEY_CONFIGS)
+            if reply.metadata.src_node_id == 104 and configs and Key.MASKED_PARAMETERS in configs:
+                self.damage(configs, reply.content["metrics"])
+        return replies
+
+
+@pytest.mark.parametrize("damage", [
+    lambda configs, metrics: configs.__setitem__(Key.MASKED_PARAMETERS, [b"not an npy file"]),
+    lambda configs, metrics: configs.__setitem__(Key.MASKED_PARAMETERS,
+                                                 configs[Key.MASKED_PARAMETERS][:-1]),
+    lambda configs, metrics: metrics.__setitem__("num-examples", math.inf),
+], ids=["junk bytes", "an array short", "infinite examples"])
+def test_a_malformed_masked_reply_is_rejected_and_the_others_are_summed(decoded, damage):
+    """Found in review: one site's unreadable masked vectors (or an example count the sum step
+    divides by) raised in the server and ended the run. The site is rejected and the sum
+    unmasked without it, as for a site that dropped out."""
+    sites = {101 + i: site_integers(i) for i in range(4)}
+    secure, _ = secure_round(sites, grid=MalformedMaskGrid(sites, DISTRIBUTED, damage))
+    assert secure.summary["sites_summed"] == 3
+    for name in decoded:
+        np.testing.assert_array_equal(decoded[name],
+                                      sum(sites[n][name] for n in (101, 102, 103)))
+    [rejected] = [r for r in secure.replies if r.has_error()]
+    assert rejected.error.code == REJECTED and "rejected by the server" in rejected.error.reason
 
 
 @pytest.mark.parametrize("stage", [Stage.SETUP, Stage.SHARE_KEYS, Stage.COLLECT_MASKED_VECTORS,
