@@ -51,18 +51,24 @@ def group_by_customer(
 def unit_aliases(
     privacy_unit: str, customer_units: Sequence[str], ids: Sequence[str],
     aliases: Sequence[tuple[str, ...]],
-) -> dict[str, tuple[str, ...]]:
-    """Each unit's other identities, from its rows' (``customer_units``: the row's customer, or
-    the row itself without one; ``ids`` and ``aliases``, per row, as ``SiteSplit`` holds them).
-    An utterance's are its row's aliases (its conversation, its customer and text); a
-    customer's are every alias of its rows and each row's own identity, which was the unit
-    while the rows had no ``customer_id``."""
-    found: dict[str, dict[str, None]] = {}
+) -> dict[str, tuple[tuple[str, ...], ...]]:
+    """Each unit's other identities, grouped by the unit they were: from its rows'
+    (``customer_units``: the row's customer, or the row itself without one; ``ids`` and
+    ``aliases``, per row, as ``SiteSplit`` holds them).
+
+    An utterance has one group, its row's aliases (its conversation, its customer and text),
+    all names of the one utterance. A customer has a group per row: the row's own identity,
+    which was a unit of its own while the row had no ``customer_id``, and its aliases. Rows
+    that were units apart are a group of people to the releases they took part in, so their
+    spends add up when they become one customer (``privacy_budget.charge_round``)."""
+    found: dict[str, dict[str, tuple[str, ...]]] = {}
     by_customer = privacy_unit == "customer"
     for customer, uid, row_aliases in zip(customer_units, ids, aliases, strict=True):
         unit = customer if by_customer else uid
-        others = found.setdefault(unit, {})
-        for identity in ((uid, *row_aliases) if by_customer else row_aliases):
-            if identity != unit:
-                others[identity] = None
-    return {unit: tuple(others) for unit, others in found.items()}
+        groups = found.setdefault(unit, {})
+        names = (uid, *row_aliases) if by_customer else row_aliases
+        group = uid if by_customer else ""
+        groups[group] = tuple(dict.fromkeys(
+            (*groups.get(group, ()), *(name for name in names if name != unit))))
+    return {unit: tuple(group for group in groups.values() if group)
+            for unit, groups in found.items()}

@@ -326,8 +326,40 @@ def test_a_unit_written_another_way_keeps_the_budget_it_spent(site, tmp_path, un
     before(site)
     spent = run_rounds(ctx, "run-a", 2)[-1].content["metrics"]["epsilon-all-runs"]
     after(site)
-    again = client_app.app(train_message("run-b", 1, 2), ctx).content["metrics"]
-    assert again["epsilon-all-runs"] > spent
+    again = client_app.app(train_message("run-b", 1, 2), ctx)
+    if unit == "customer":  # 3 rows apart were a group of 3: 9 times a row's spend, too much
+        assert refused_with(again, Reason.BUDGET_EXHAUSTED)
+    else:
+        assert again.content["metrics"]["epsilon-all-runs"] > spent
+
+
+@pytest.mark.parametrize("batch_size", [4096, 16], ids=["full-batch", "sampled"])
+def test_rows_that_were_units_apart_start_as_one_customer_from_their_spends_as_a_group(
+        site, tmp_path, batch_size):
+    """Found in review: rows without a ``customer_id`` are a unit each under the customer
+    unit, so a customer's 3 rows were 3 units in every release: a group of 3, whose Rényi DP in
+    a full-batch release is 9 times a unit's. Starting from the largest row's spend, a customer
+    of 4 rows reached epsilon 9.2 where the ledger said 8.0. It starts from 3 x the sum of its
+    rows' spends; after a sampled release, which no group bound covers, from the whole
+    budget."""
+    state = tmp_path / "state"
+    ctx = context(site, state, max_epsilon=50.0, **{"privacy-unit": "customer",
+                                                    "batch-size": batch_size})
+    conversation_lines(site, customers=False)
+    run_rounds(ctx, "run-a", 2)
+    row_spend = max(ledger(state).spend.values())
+    assert len(set(ledger(state).spend.values())) == 1  # every row trained in both rounds
+    csv_with_ids(site)  # each customer's 3 rows now carry its customer_id
+    reply = client_app.app(train_message("run-b", 1, 2), ctx)
+    if batch_size != 4096:  # every customer was rows apart: none has budget left
+        assert refused_with(reply, Reason.BUDGET_EXHAUSTED)
+        return
+    assert not reply.has_error()
+    assert spend(state, "cust-0") >= 3 * (3 * row_spend) * 0.999999
+    # and a customer already in the ledger is not charged its rows again in later rounds
+    before = spend(state, "cust-0")
+    client_app.app(train_message("run-b", 2, 2), ctx)
+    assert spend(state, "cust-0") < 1.5 * before
 
 
 def test_a_strict_target_below_one_is_accepted(site, tmp_path):
