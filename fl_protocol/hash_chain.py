@@ -157,7 +157,11 @@ def _entry_problem(raw: bytes, number: int, previous: str, key: bytes | None) ->
         return "not a valid JSON entry (edited or torn)"
     if not isinstance(entry, dict):
         return "not a JSON object"
-    if canonical_json(entry) != text:
+    try:
+        canonical = canonical_json(entry)
+    except ValueError:  # NaN or Infinity, which no writer puts there
+        return "not in canonical form (edited)"
+    if canonical != text:
         return "not in canonical form (edited)"
     if entry.get("seq") != number:
         return (f"sequence number {entry.get('seq')!r} on line {number} "
@@ -186,7 +190,7 @@ def _check_head(log_path: Path, lines: list[bytes], key: bytes | None) -> Verifi
     except FileNotFoundError:
         return Verification(count, count + 1, f"head file {path} is missing, so deleted "
                             "trailing entries could not be detected")
-    except (OSError, ValueError, KeyError, TypeError) as err:
+    except (OSError, ValueError, KeyError, TypeError, OverflowError) as err:
         return Verification(count, count + 1, f"head file {path} is unreadable ({err})")
     if recorded > count:
         return Verification(count, count + 1, f"the log ends after {count} entries but its head "

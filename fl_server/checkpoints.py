@@ -73,7 +73,7 @@ def load_checkpoint(path: Path) -> Checkpoint:
             metadata = f.metadata() or {}
             names = f.keys()
             tensors = {name: f.get_tensor(name) for name in names}
-    except (SafetensorError, OSError, ValueError) as err:
+    except (SafetensorError, OSError, ValueError, TypeError) as err:  # TypeError: bf16
         raise CheckpointError(f"checkpoint {path} is unreadable: {err}") from err
     if metadata.get("format") != FORMAT:
         raise CheckpointError(f"checkpoint {path} is not a {FORMAT} file")

@@ -58,6 +58,21 @@ def test_a_one_byte_edit_is_found_at_its_line(log):
     assert result.stdout.startswith("BROKEN at line 3: hash does not match"), result.stdout
 
 
+@pytest.mark.parametrize("edit,found", [
+    (lambda log: log.write_bytes(log.read_bytes().replace(b'"epsilon":0.5', b'"epsilon":NaN', 1)),
+     "BROKEN at line 2: not in canonical form"),
+    (lambda log: head_path(log).write_text('{"entries": 1e400, "hash": "x"}'),
+     "is unreadable"),
+], ids=["NaN in an entry", "an infinite count in the head"])
+def test_values_json_cannot_hold_are_found_not_raised(log, edit, found):
+    """Found in review: a NaN in an entry and 1e400 in the head raised outside the checks, and
+    `audit verify` (and a resume) printed a traceback."""
+    edit(log)
+    result = audit_verify(log)
+    assert result.returncode == 1 and found in result.stdout, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_a_deleted_line_is_found(log):
     lines = lines_of(log)
     log.write_bytes(b"".join(lines[:1] + lines[2:]))

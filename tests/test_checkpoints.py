@@ -13,6 +13,8 @@ import sys
 
 import numpy as np
 import pytest
+import safetensors.torch
+import torch
 from flwr.app import Array, ArrayRecord
 from flwr.serverapp.strategy import FedAvgM
 from safetensors.numpy import load_file
@@ -88,7 +90,8 @@ def test_only_the_newest_two_are_kept(tmp_path):
         "round-00004.safetensors", "round-00003.safetensors"]
 
 
-@pytest.mark.parametrize("damage", ["flip a tensor byte", "truncate", "edit the round"])
+@pytest.mark.parametrize("damage", ["flip a tensor byte", "truncate", "edit the round",
+                                    "a bf16 tensor"])
 def test_a_damaged_newest_checkpoint_falls_back_to_the_one_before(tmp_path, damage):
     save(tmp_path, 1)
     newest = save(tmp_path, 2)
@@ -96,6 +99,9 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_one_before(tmp_path, dama
         flip_byte(newest)
     elif damage == "truncate":
         newest.write_bytes(newest.read_bytes()[:100])
+    elif damage == "a bf16 tensor":  # numpy cannot read it (found in review: a traceback)
+        safetensors.torch.save_file({"model/w": torch.zeros(2, dtype=torch.bfloat16)},
+                                    str(newest), metadata={"format": "fedintent-checkpoint/1"})
     else:
         newest.write_bytes(newest.read_bytes().replace(b'"round":"2"', b'"round":"7"'))
     with pytest.raises(CheckpointError, match="round-00002.safetensors"):
