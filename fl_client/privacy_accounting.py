@@ -101,10 +101,16 @@ def delta_limit(units: int) -> float:
 
 
 def default_delta(units: int) -> float:
-    """A site's delta when the run asks for none: min(1e-5, 1 / (10 x units)) rounded down to a
-    power of ten. Here so that everything that trains like a site (the ClientApp, the privacy
-    audit) uses the same delta; the server holds a reported delta to the same 1e-5."""
-    return min(MAX_AUTO_DELTA, 10 ** math.floor(math.log10(delta_limit(units))))
+    """A site's delta when the run asks for none: the largest power of ten strictly below
+    1 / (10 x units), at most 1e-5 (at 10**4 units, 1e-6: found in review, the limit itself,
+    which the site's own checks then called too large). Here so that everything that trains
+    like a site (the ClientApp, the privacy audit) uses the same delta; the server holds a
+    reported delta to the same 1e-5."""
+    limit = delta_limit(units)
+    power = math.floor(math.log10(limit))
+    if 10.0**power >= limit:
+        power -= 1
+    return min(MAX_AUTO_DELTA, 10.0**power)
 
 
 @lru_cache(maxsize=256)

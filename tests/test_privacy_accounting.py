@@ -142,10 +142,12 @@ def test_no_noise_fits_a_budget_that_is_too_small():
     assert noise_within_rdp(1.0, 10, 4.0, math.inf) == 0.0
 
 
-@pytest.mark.parametrize(("units", "delta"), [(1, 1e-5), (100, 1e-5), (10_000, 1e-5),
-                                                (10_001, 1e-6), (200_000, 1e-7)])
+@pytest.mark.parametrize(("units", "delta"), [(1, 1e-5), (100, 1e-5), (9_999, 1e-5),
+                                                (10_000, 1e-6), (10_001, 1e-6),
+                                                (100_000, 1e-7), (200_000, 1e-7)])
 def test_the_default_delta_stays_below_one_over_ten_times_the_units(units, delta):
-    """Without a delta from the run, a site takes min(1e-5, 1 / (10 x units)) rounded down to a
-    power of ten: small next to the chance of releasing any one unit verbatim."""
+    """Without a delta from the run, a site takes the largest power of ten strictly below
+    1 / (10 x units), at most 1e-5: small next to the chance of releasing any one unit verbatim
+    (found in review: at a power of ten of units it was the limit itself)."""
     assert default_delta(units) == pytest.approx(delta, rel=1e-12)
-    assert default_delta(units) <= 1 / (DELTA_UNITS_FACTOR * units)
+    assert default_delta(units) < 1 / (DELTA_UNITS_FACTOR * units)
