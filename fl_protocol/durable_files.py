@@ -93,6 +93,23 @@ def json_safe(value: object, infinity: object = None) -> object:
     return value
 
 
+def sync_tree(folder: Path) -> None:
+    """Flush every file under ``folder``, and the folders themselves, to disk: a folder written
+    file by file and then renamed into place is durable only after this."""
+    for path in sorted(Path(folder).rglob("*"), reverse=True):
+        if path.is_file() and not path.is_symlink():
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())
+        elif path.is_dir():
+            sync_folder(path)
+    sync_folder(Path(folder))
+
+
+def sync_folder(folder: Path) -> None:
+    """Flush ``folder``'s entries (a rename into it, a file created in it) to disk."""
+    _fsync_folder(Path(folder))
+
+
 def _durable_temporary(path: Path, data: bytes, mode: int) -> str:
     """A temporary file next to ``path`` holding ``data`` with ``mode``, flushed to disk."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")

@@ -30,6 +30,7 @@ from safetensors.torch import save_file
 from torch import nn
 from transformers import AutoConfig, AutoModelForSequenceClassification
 
+from fl_protocol.durable_files import sync_folder, sync_tree
 from models.encoder import MAX_TOKENS, load_encoder
 from models.family import ModelFamily, get_model_family
 from models.feature_scale import FEATURE_SCALE
@@ -84,6 +85,7 @@ def export_model(out_dir: Path, family: ModelFamily, state_dict: dict[str, torch
         (tmp / CARD_FILE).write_text(card, encoding="utf-8")
         for path in [tmp, *tmp.iterdir()]:  # mkdtemp and safetensors would make them owner-only
             path.chmod(0o755 if path.is_dir() else 0o644)
+        sync_tree(tmp)  # on disk before it takes the export's name (found in review)
         _replace_folder(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -156,9 +158,11 @@ def _export_key(key: str, first_trained: int) -> str:
 
 
 def _replace_folder(new: Path, target: Path) -> None:
-    """Rename ``new`` to ``target``; an existing ``target`` is kept aside until that worked."""
+    """Rename ``new`` to ``target``; an existing ``target`` is kept aside until the rename is on
+    disk, so a power loss leaves one of the two."""
     if not target.exists():
         new.rename(target)
+        sync_folder(target.parent)
         return
     old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.old."))
     old.rmdir()
@@ -168,6 +172,7 @@ def _replace_folder(new: Path, target: Path) -> None:
     except BaseException:
         old.rename(target)
         raise
+    sync_folder(target.parent)
     shutil.rmtree(old, ignore_errors=True)
 
 

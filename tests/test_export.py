@@ -204,6 +204,26 @@ def test_a_failed_export_leaves_the_previous_one_intact(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["model"]
 
 
+def test_every_exported_file_is_on_disk_before_the_old_export_is_removed(tmp_path, monkeypatch):
+    """Found in review: the export was renamed into place with nothing fsync'd, and the one it
+    replaced deleted, so a power loss could leave neither. Every file and folder is synced
+    before the rename, and the rename before the old export goes."""
+    family = get_model_family("ngram")
+    first = family.initial_model(LABELS).state_dict()
+    export_model(tmp_path / "model", family, first, LABELS, "first\n")
+    events = []
+    real_fsync, real_rmtree = os.fsync, shutil.rmtree
+    monkeypatch.setattr(os, "fsync", lambda fd: events.append(
+        ("fsync", os.readlink(f"/proc/self/fd/{fd}"))) or real_fsync(fd))
+    monkeypatch.setattr(shutil, "rmtree", lambda path, **kw: events.append(
+        ("rmtree", str(path))) or real_rmtree(path, **kw))
+    out = export_model(tmp_path / "model", family, first, LABELS, "second\n")
+    synced = [Path(path).name for kind, path in events if kind == "fsync"]
+    assert {p.name for p in out.iterdir()} <= set(synced)
+    removed = next(i for i, (kind, _) in enumerate(events) if kind == "rmtree")
+    assert ("fsync", str(tmp_path)) in events[:removed]  # the rename, on disk first
+
+
 def test_parameters_of_another_family_are_refused_before_writing(tmp_path):
     head = get_model_family("minilm-head").initial_model(LABELS).state_dict()
     with pytest.raises(RuntimeError, match="size mismatch"):
