@@ -21,6 +21,20 @@ from pathlib import Path
 from fl_protocol.hash_chain import ChainError, read_entries
 
 
+def started_run(log_path: Path, run_name: str) -> dict:
+    """The verified ``run-started`` entry of ``run_name`` (its ``config`` and ``labels``), the
+    first of its audit log; ``ChainError`` as ``vouched_models``."""
+    if not Path(log_path).exists():
+        raise ChainError(f"audit log {log_path} is missing or unreadable; a run can be resumed "
+                         "only from checkpoints its audit log records")
+    entries = read_entries(log_path)
+    first = entries[0] if entries else {}
+    if first.get("event") != "run-started" or first.get("run_name") != run_name:
+        raise ChainError(f"audit log {log_path} does not start with the run-started entry "
+                         f"of run {run_name!r}")
+    return first
+
+
 def vouched_models(log_path: Path, run_name: str) -> dict[int, tuple[str, str | None]]:
     """Round -> the SHA-256 of the global model and of the strategy state the log records for
     it (``None`` if it records none), as the run stands now.
@@ -31,14 +45,8 @@ def vouched_models(log_path: Path, run_name: str) -> dict[int, tuple[str, str | 
     round and model digest are in this map: a checkpoint file alone is not evidence, since its
     own digest can be recomputed by whoever edits it. ``ChainError`` otherwise.
     """
-    if not Path(log_path).exists():
-        raise ChainError(f"audit log {log_path} is missing or unreadable; a run can be resumed "
-                         "only from checkpoints its audit log records")
+    started_run(log_path, run_name)
     entries = read_entries(log_path)
-    first = entries[0] if entries else {}
-    if first.get("event") != "run-started" or first.get("run_name") != run_name:
-        raise ChainError(f"audit log {log_path} does not start with the run-started entry "
-                         f"of run {run_name!r}")
     rounds: dict[int, tuple[str, str | None]] = {}
     for entry in entries:
         if entry.get("event") == "round" and isinstance(entry.get("round"), int):

@@ -12,7 +12,7 @@ import math
 from pathlib import Path
 
 from fl_protocol.wire import RUN_CONFIG_DEFAULTS
-from fl_server.audit_log import vouched_models
+from fl_server.audit_log import started_run, vouched_models
 from fl_server.checkpoints import Checkpoint, CheckpointError, latest_checkpoint
 from fl_server.run_config import RunConfigError, check_run_config
 from fl_server.run_record import FORMAT, STATUSES
@@ -82,6 +82,30 @@ def resume_point(out_dir: Path, run_name: str) -> tuple[Checkpoint | None, list[
         raise CheckpointError(f"cannot resume: the audit log records round {max(vouched)} but "
                               f"{out_dir / 'checkpoints'} holds no checkpoint")
     return checkpoint, warnings
+
+
+def check_audited_start(out_dir: Path, config: dict, labels: list[str]) -> None:
+    """``RunConfigError`` unless the run resumed with ``config`` (JSON-safe, as recorded) and
+    ``labels`` is the one its audit log's ``run-started`` entry records, but for the keys that
+    may change on resume. ``metrics.json``, which the resume reads its settings from, is not
+    protected; the audit log is (found in review: a record edited to target-epsilon 50 and 9
+    rounds was resumed without a word)."""
+    started = started_run(out_dir / "audit.jsonl", str(config["run-name"]))
+    audited = started.get("config")
+    if not isinstance(audited, dict):
+        raise RunConfigError(f"cannot resume: the audit log's run-started entry in {out_dir} "
+                             "records no run configuration")
+    differing = sorted(key for key, value in audited.items()
+                       if key not in MAY_CHANGE_ON_RESUME and key in config
+                       and config[key] != value)
+    if differing:
+        changes = ", ".join(f"{key}={config[key]!r} (the audit log: {audited[key]!r})"
+                            for key in differing)
+        raise RunConfigError(f"cannot resume: metrics.json's run configuration differs from "
+                             f"the one the audit log recorded when the run started: {changes}")
+    if started.get("labels") != labels:
+        raise RunConfigError("cannot resume: the labels differ from those the audit log "
+                             "recorded when the run started")
 
 
 def recorded_run_config(doc: dict) -> dict:

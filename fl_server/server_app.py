@@ -37,7 +37,12 @@ from fl_protocol.wire import evaluation_number
 from fl_server.checkpoints import CheckpointError, save_checkpoint, state_sha256
 from fl_server.model_store import save_model
 from fl_server.progress import format_accuracy, round_lines
-from fl_server.resume import read_metrics, resume_point, resumed_run_config
+from fl_server.resume import (
+    check_audited_start,
+    read_metrics,
+    resume_point,
+    resumed_run_config,
+)
 from fl_server.run_config import RunConfigError, check_run_config
 from fl_server.run_record import INTERRUPTED, RunRecord, final_summary
 from fl_server.secure_aggregation import secure_train_round
@@ -90,6 +95,7 @@ def main(grid: Grid, context: Context) -> None:
                          {"run_id": context.run_id, "run_name": run_name} | fields)
 
         if previous:
+            check_audited_start(out_dir, config, labels)
             record, arrays, state, done = resume_run(
                 out_dir, context.run_id, config, previous["config"], initial, audit
             )

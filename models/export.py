@@ -196,9 +196,10 @@ def read_export(model_dir: Path) -> tuple[dict, dict]:
     labels = info.get("labels")
     if (not isinstance(labels, list) or len(labels) < 2
             or not all(isinstance(label, str) and label for label in labels)
+            or len(set(labels)) < len(labels)
             or "model_family" not in info):
         raise ValueError(f"{model_dir / FRAMEWORK_FILE}: needs 'model_family' and 'labels' (at "
-                         "least two label names)")
+                         "least two distinct label names)")
     return info, config
 
 
@@ -273,12 +274,16 @@ def _exported_featurizer(model_dir: Path, config: dict) -> Callable[[list[str]],
     encoder version it was trained with: another version's embeddings are not what its head
     learned, so a mismatch is an error, not a silently worse model."""
     if config["model_type"] == NGRAM_MODEL_TYPE:
-        from models.ngram import featurize_with
+        from models.ngram import SETTINGS, featurize_with
 
-        return partial(featurize_with, settings=config["featurizer"])
+        if config.get("featurizer") != SETTINGS:  # an edited one could ask for 4 TB, or hang
+            raise ValueError(f"{model_dir / 'config.json'}: its featurizer settings are not the "
+                             f"ones fedintent's ngram family trains with ({SETTINGS})")
+        return partial(featurize_with, settings=SETTINGS)
     from models.use_multilingual import DISTRIBUTION, embed, encoder_version
 
-    wanted = config.get("encoder", {}).get("version")
+    encoder = config.get("encoder")
+    wanted = encoder.get("version") if isinstance(encoder, dict) else None
     if wanted != encoder_version():
         raise ValueError(f"{model_dir / 'config.json'}: trained on {DISTRIBUTION} {wanted}, "
                          f"but {encoder_version()} is installed: pip install "
@@ -309,10 +314,17 @@ def load_exported(model_dir: Path) -> ExportedModel:
     model_dir = Path(model_dir)
     info, config = read_export(model_dir)
     labels = info["labels"]
-    if config.get("model_type") in LINEAR_MODEL_TYPES:
+    if config.get("model_type") not in (*LINEAR_MODEL_TYPES, FedintentBertConfig.model_type):
+        raise ValueError(f"{model_dir / 'config.json'}: model_type "
+                         f"{config.get('model_type')!r} is not one fedintent exports "
+                         f"({', '.join((*LINEAR_MODEL_TYPES, FedintentBertConfig.model_type))})")
+    if config["model_type"] in LINEAR_MODEL_TYPES:
         tensors = _read_tensors(model_dir)
         if "weight" not in tensors:
             raise ValueError(f"{model_dir / WEIGHTS_FILE}: no 'weight' tensor")
+        if not all(tensor.is_floating_point() for tensor in tensors.values()):
+            raise ValueError(f"{model_dir / WEIGHTS_FILE}: weights must be floating point, not "
+                             f"{sorted({str(t.dtype) for t in tensors.values()})}")
         featurize = _exported_featurizer(model_dir, config)
         _check_linear(model_dir, tensors, len(labels), featurize)
         scale = feature_scale(model_dir, config)
@@ -324,8 +336,13 @@ def load_exported(model_dir: Path) -> ExportedModel:
     hf_logging.disable_progress_bar()
     _read_tensors(model_dir, [])  # a clear error for a damaged weights file
     feature_scale(model_dir, config)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
-    model = FedintentBertForSequenceClassification.from_pretrained(model_dir, local_files_only=True)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+        model = FedintentBertForSequenceClassification.from_pretrained(model_dir,
+                                                                       local_files_only=True)
+    except (OSError, ValueError, ImportError, KeyError, TypeError) as err:
+        raise ValueError(f"{model_dir}: its {FedintentBertConfig.model_type} tokenizer or "
+                         f"weights cannot be loaded ({type(err).__name__}: {err})") from None
     if model.config.num_labels != len(labels):
         raise ValueError(f"{model_dir / 'config.json'}: {model.config.num_labels} labels, but "
                          f"{FRAMEWORK_FILE} names {len(labels)}")

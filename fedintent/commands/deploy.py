@@ -2,12 +2,19 @@
 TLS SuperLink with authenticated sites (docs/DEPLOYMENT.md)."""
 
 import argparse
+import re
 import sys
 import time
 from pathlib import Path
 
 from fedintent.commands import CliError, require_operator_extra
-from fedintent.commands.options import DEFAULT_OUT_ROOT, TUNED_HELP, created_folder, new_out_dir
+from fedintent.commands.options import (
+    DEFAULT_OUT_ROOT,
+    TUNED_HELP,
+    created_folder,
+    new_out_dir,
+    writable_folder,
+)
 from fedintent.commands.progress import print_round, print_summary
 from fl_protocol.label_file import read_labels
 from fl_protocol.wire import RUN_CONFIG_DEFAULTS
@@ -94,6 +101,12 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
                             help=f"output folder (default: {DEFAULT_OUT_ROOT}/run-DATE-TIME)")
 
 
+DNS_NAME = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*\.?")
+"""A DNS name a certificate can carry: dot-separated labels of 1 to 63 ASCII letters, digits
+and inner hyphens (found in review: a non-ASCII or empty name raised, after the folder was
+made)."""
+
+
 def run_certs(args: argparse.Namespace) -> int:
     import ipaddress
 
@@ -113,6 +126,12 @@ def run_certs(args: argparse.Namespace) -> int:
         except ValueError as err:
             raise CliError(f"--host takes an IP address, got {host!r}; use --dns for names") \
                 from err
+    for name in dns_names:
+        if not DNS_NAME.fullmatch(name) or len(name) > 253:
+            raise CliError(f"--dns takes a DNS name (ASCII letters, digits, '-' and '.', at most "
+                           f"253 characters; an internationalised name in its xn-- form), got "
+                           f"{name!r}")
+    args.out = writable_folder("--out", args.out)
     try:
         paths = write_dev_credentials(args.out, site_names(args.sites), hosts, dns_names)
     except CredentialsExistError as err:
@@ -140,6 +159,7 @@ def run_release(args: argparse.Namespace) -> int:
     from fedintent.launch.deployment import DeploymentError
     from fedintent.launch.releases import RELEASE_FAB, RELEASE_SIGNATURE, write_release
 
+    args.out = writable_folder("--out", args.out)
     try:
         release = write_release(args.out, args.signing_key)
     except DeploymentError as err:

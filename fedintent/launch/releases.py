@@ -108,7 +108,7 @@ def read_release(release_dir: Path) -> Release:
     except OSError as err:
         raise DeploymentError(f"cannot read the release: {err.filename}: {err.strerror}") \
             from err
-    except (ValueError, KeyError, TypeError, zipfile.BadZipFile) as err:
+    except (ValueError, KeyError, TypeError, OverflowError, zipfile.BadZipFile) as err:
         raise DeploymentError(f"{release_dir} does not hold a release written by `fedintent "
                               f"release` ({RELEASE_FAB}, {RELEASE_SIGNATURE})") from err
 
