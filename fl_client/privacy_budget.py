@@ -155,10 +155,13 @@ def _charge_round(state_dir: Path, units: list[str], request: RoundRequest, poli
     keys = [unit_key(secret, f"{ledger.privacy_unit}\0{unit}") for unit in units]
     former = [[[unit_key(secret, f"{ledger.privacy_unit}\0{alias}") for alias in group]
                for group in aliases.get(unit, ())] for unit in units]
+    most_lost_alone = alone_spend(ledger)  # as read: before this round's units carry over
     _carry_over(ledger, keys, former, rdp_budget(policy.max_epsilon, ledger.delta, ledger.order))
-    others = [[alias for group in groups for alias in group] for groups in former]
+    others = [[alias for group in groups for alias in group if alias != key]
+              for key, groups in zip(keys, former, strict=True)]
     if request.distributed:
-        release, trained = _distributed_release(ledger, keys, request, policy, dimension)
+        release, trained = _distributed_release(ledger, keys, request, policy, dimension,
+                                                most_lost_alone)
     elif request.private:
         release, trained = _filtered_release(ledger, keys, request, policy, empty_ok)
     else:
@@ -200,15 +203,19 @@ def _charge_round(state_dir: Path, units: list[str], request: RoundRequest, poli
 
 def _carry_over(ledger: Ledger, keys: list[str], former: list[list[list[str]]],
                 budget: float) -> None:
-    """Start each unit from what the ledger holds for it under its other identities
-    (``former``: per unit, the names of each unit it was): the largest spend under any of them
-    (a spend recorded under another name, or under the one a unit had before its rows got a
-    ``customer_id``). Only in memory until the release is written.
+    """Start each unit from what the ledger holds for it under its other identities (``former``:
+    per unit, the names of each unit it was, the first a row's own identity for a customer): the
+    largest spend under any of them (a spend recorded under another name, or under the one a
+    unit had before its rows got a ``customer_id``). Only in memory until the release is
+    written.
 
-    A unit new to the ledger that was two or more units, rows without a ``customer_id`` that
-    now name one customer, starts from their spends as a group (found in review: the largest of
-    them alone let a customer of 4 rows reach epsilon 9.2 where the ledger said 8.0). In a
-    release without sampling (full batch, an evaluation, a Skellam sum), ``k`` units that are
+    A customer whose rows were units of their own starts from its spend and theirs as a group
+    (found in review: the largest of them alone let a customer of 4 rows reach epsilon 9.2 where
+    the ledger said 8.0). For a customer new to the ledger, each row with a spend under any of
+    its names was such a unit; for one already in it (rows of the other split, or given its id
+    later), each row whose own spend is above what any customer recorded under its name. Every
+    charge records the customer's spend under all its rows' names, so a row is absorbed once. In
+    a release without sampling (full batch, an evaluation, a Skellam sum), ``k`` units that are
     one person move it by up to ``k`` clip norms, so its Rényi DP is at most ``k**2`` times a
     unit's, and over releases at most ``k`` times the sum of the ``k`` spends; a sampled release
     has no such bound, so after one such a group starts from the whole ``budget``."""
@@ -217,11 +224,17 @@ def _carry_over(ledger: Ledger, keys: list[str], former: list[list[list[str]]],
         spends = [max((max(ledger.spend.get(a, 0.0), ledger.aliases.get(a, 0.0)) for a in group),
                       default=0.0) for group in groups]
         carried = max(spends, default=0.0)
-        was = [spend for spend in spends if spend > 0]
-        if key not in ledger.spend and len(was) > 1:
-            group_spend = len(was) * sum(was)
-            carried = group_spend if full_batch or not math.isfinite(budget) else max(
-                budget, group_spend)
+        if key not in ledger.spend:  # new: each row that spent under any name was a unit
+            parts = [spend for spend in spends if spend > 0]
+        else:  # rows whose own spend no charge of this customer has recorded yet
+            parts = [ledger.spend[key]] + [
+                ledger.spend[group[0]] for group in groups
+                if ledger.privacy_unit == "customer" and group[0] != key
+                and ledger.spend.get(group[0], 0.0) > ledger.aliases.get(group[0], 0.0)]
+        if len(parts) > 1:
+            together = len(parts) * sum(parts)
+            carried = max(carried, together if full_batch or not math.isfinite(budget)
+                          else max(budget, together))
         if carried > ledger.spend.get(key, 0.0):
             ledger.spend[key] = carried
 
@@ -277,17 +290,27 @@ def _filtered_release(
         trained = fits
 
 
+def _reference_budget(policy: SitePolicy, request: RoundRequest) -> tuple[float, float, float]:
+    """(delta, order, Rényi budget) of a fresh unit at the run's planned delta: what the noise
+    checks compare at, public values only. The ledger's own delta and order follow from the
+    site's unit count when it was made (found in review: with them, a 10,000-unit site declined
+    where a 9,999-unit one trained, and large honest sites were declined)."""
+    delta = request.plan_delta or MAX_AUTO_DELTA
+    order = filter_order(min(policy.max_epsilon, 1e6), delta)
+    return delta, order, rdp_budget(policy.max_epsilon, delta, order)
+
+
 def _check_useful_noise(ledger: Ledger, request: RoundRequest, policy: SitePolicy,
                         budget: float) -> None:
     """``check_noise`` for a local-DP round, at a reference made of public values only: full
-    batch, the run's planned delta. At the round's own sample rate and delta, both functions of
-    how many units fit, a server that chose the batch size could read from the decline, free of
-    charge, on which side of it the count lay (found in review: a 60-unit site declined where
-    a 61-unit site trained)."""
+    batch, the run's planned delta (``_reference_budget``). At the round's own sample rate and
+    delta, both functions of how many units fit, a server that chose the batch size could read
+    from the decline, free of charge, on which side of it the count lay (found in review: a
+    60-unit site declined where a 61-unit site trained)."""
     steps = request.local_epochs * request.num_rounds
-    delta = request.plan_delta or MAX_AUTO_DELTA
+    delta, order, reference = _reference_budget(policy, request)
     noise = plan_run_noise(request.target_epsilon, delta, 1.0, steps, request.accountant,
-                           ledger.order, budget)
+                           order, reference)
     planned = plan_noise_multiplier(request.target_epsilon, delta, 1.0, steps,
                                     request.accountant)
     check_noise(policy, request, noise, planned, _budget_text(ledger, policy, budget))
@@ -305,9 +328,11 @@ def skellam_sensitivity(dimension: int) -> tuple[float, float, tuple[float, floa
 
 
 def _distributed_release(
-    ledger: Ledger, keys: list[str], request: RoundRequest, policy: SitePolicy, dimension: int
+    ledger: Ledger, keys: list[str], request: RoundRequest, policy: SitePolicy, dimension: int,
+    most_lost_alone: float,
 ) -> tuple[Release, list[int]]:
-    """The round's Skellam release and the units in it. Every unit is in each full-batch sum,
+    """The round's Skellam release and the units in it (``most_lost_alone``: ``alone_spend``
+    of the ledger as read, for the max-epsilon-alone bound). Every unit is in each full-batch sum,
     so leaving units out changes nothing in the release: one pass of the filter is exact.
 
     Every site plans the same common noise from public values (the run's target, its planned
@@ -322,9 +347,9 @@ def _distributed_release(
     planned = plan_skellam_mu(request.target_epsilon, request.plan_delta or request.delta, l1, l2,
                               request.num_rounds, likely)
     others = (counted - 1) * planned / counted  # what the other sites that count add, at least
-    within_budget = skellam_mu_within_rdp(l1, l2, request.num_rounds, ledger.order, budget)
-    needed = max(within_budget, plan_skellam_mu(request.target_epsilon, request.delta, l1, l2,
-                                                request.num_rounds, likely))  # at its own delta
+    needed = max(skellam_mu_within_rdp(l1, l2, request.num_rounds, ledger.order, budget),
+                 plan_skellam_mu(request.target_epsilon, request.delta, l1, l2,
+                                 request.num_rounds, likely))  # the target at its own delta
     share = max(planned / counted, needed - others)
     mu = share + others
     rdp = skellam_rdp(mu, l1, l2, ledger.order)
@@ -335,15 +360,18 @@ def _distributed_release(
                               f"(max-epsilon {policy.max_epsilon:g})")
     # compared at the run's planned delta, not the site's own (a function of its unit count),
     # so that the decline, charged nothing, says nothing of the count (as ``_check_useful_noise``)
-    reference = max(planned / counted, max(within_budget, planned) - others) + others
+    _, order, reference_budget = _reference_budget(policy, request)
+    within_reference = skellam_mu_within_rdp(l1, l2, request.num_rounds, order, reference_budget)
+    reference = max(planned / counted, max(within_reference, planned) - others) + others
     check_noise(policy, request, math.sqrt(2 * reference) / l2, math.sqrt(2 * planned) / l2,
                 _budget_text(ledger, policy, budget))
     released = sum(1 for r in ledger.releases if r.run == request.run_name)
     to_come = max(request.num_rounds - released, 1)  # this release counts, even past the plan
-    # the most any unit the ledger ever charged has lost, present or not: the units present
-    # now would let a server read from the decline, free, whether its oldest unit was still
-    # there (found in review)
-    alone = rdp_epsilon(alone_spend(ledger) + to_come * rdp_alone, ledger.order, ledger.delta)
+    # the most any unit the ledger ever charged has lost, present or not, as read before this
+    # round's units carried their spends over: the units present would let a server read from
+    # the decline, free, whether its oldest unit (or a merged customer) was still there (found
+    # in review); a customer merged this round counts from its first charge on
+    alone = rdp_epsilon(most_lost_alone + to_come * rdp_alone, ledger.order, ledger.delta)
     if alone > policy.max_epsilon_alone:
         raise PolicyRefusal(
             Reason.MODEL_REFUSED,

@@ -57,18 +57,19 @@ def unit_aliases(
     ``aliases``, per row, as ``SiteSplit`` holds them).
 
     An utterance has one group, its row's aliases (its conversation, its customer and text),
-    all names of the one utterance. A customer has a group per row: the row's own identity,
-    which was a unit of its own while the row had no ``customer_id``, and its aliases. Rows
-    that were units apart are a group of people to the releases they took part in, so their
-    spends add up when they become one customer (``privacy_budget.charge_round``)."""
+    all names of the one utterance. A customer has a group per row: first the row's own
+    identity, which was a unit of its own while the row had no ``customer_id`` (the customer
+    itself for such a row now), then its aliases. Rows that were units apart are a group of
+    people to the releases they took part in, so their spends add up when they become one
+    customer (``privacy_budget.charge_round``)."""
     found: dict[str, dict[str, tuple[str, ...]]] = {}
     by_customer = privacy_unit == "customer"
     for customer, uid, row_aliases in zip(customer_units, ids, aliases, strict=True):
         unit = customer if by_customer else uid
         groups = found.setdefault(unit, {})
-        names = (uid, *row_aliases) if by_customer else row_aliases
         group = uid if by_customer else ""
-        groups[group] = tuple(dict.fromkeys(
-            (*groups.get(group, ()), *(name for name in names if name != unit))))
+        names = [name for name in row_aliases if name != unit]
+        groups[group] = tuple(dict.fromkeys((*((uid,) if by_customer else ()),
+                                              *groups.get(group, ()), *names)))
     return {unit: tuple(group for group in groups.values() if group)
             for unit, groups in found.items()}

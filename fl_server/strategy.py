@@ -44,6 +44,7 @@ from fl_server.update_validation import (
     ArraySpec,
     InvalidReply,
     RunPlan,
+    capped_claims,
     check_evaluate_reply,
     check_secure_train_reply,
     check_train_reply,
@@ -211,10 +212,10 @@ class CheckedRounds(Strategy):
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]
     ) -> MetricRecord | None:
-        checked = _cohort_checked(self.asked_evaluate, checked_replies(
+        checked = checked_replies(
             self.asked_evaluate, replies, self.reply_timeout,
             lambda reply: check_evaluate_reply(reply.content),
-        ))  # each reply weighs in the round's accuracy by its claimed count
+        )
         accepted = [reply.content for reply in checked if not reply.has_error()]
         aggregated = aggregate_evaluate_metrics(accepted) if accepted else None
         self.record.record_evaluate(server_round, checked, aggregated)
@@ -276,14 +277,20 @@ def aggregate_train_metrics(records: list[RecordDict], weight_key: str) -> Metri
 def aggregate_evaluate_metrics(records: list[RecordDict]) -> MetricRecord:
     """Each aggregated evaluation metric, example-weighted over the replies that carry it: an
     exact evaluation sends macro-F1 and a DP one does not, so Flower's aggregation, which needs
-    every reply to carry the same metrics, cannot take a round where both answered."""
+    every reply to carry the same metrics, cannot take a round where both answered.
+
+    A reply weighs at most ``EXAMPLES_RATIO`` times the others' median count
+    (``capped_claims``): one site claiming 1e12 test rows set the run's accuracy (found in
+    review). Capped, not rejected: a DP evaluation's counts are noisy, and rejecting the
+    largest honest site's reply would drop it from the round."""
     metrics = [r[METRICS_KEY] for r in records]
+    weights = capped_claims({index: float(m["num-examples"]) for index, m in enumerate(metrics)})
     aggregated = MetricRecord()
     for name in AGGREGATED_EVALUATE_METRICS:
-        carrying = [m for m in metrics if name in m]
+        carrying = [index for index, m in enumerate(metrics) if name in m]
         if carrying:
-            aggregated[name] = (sum(float(m[name]) * float(m["num-examples"]) for m in carrying)
-                                / sum(float(m["num-examples"]) for m in carrying))
+            aggregated[name] = (sum(float(metrics[i][name]) * weights[i] for i in carrying)
+                                / sum(weights[i] for i in carrying))
     return aggregated
 
 

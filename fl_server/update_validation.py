@@ -270,6 +270,16 @@ def oversized_claims(claims: dict[int, float]) -> dict[int, str]:
     return rejected
 
 
+def capped_claims(claims: dict[int, float]) -> dict[int, float]:
+    """Node -> its ``num-examples`` claim, at most ``EXAMPLES_RATIO`` times the median of the
+    other claims (a site alone keeps its claim): a weight no site can inflate past that."""
+    capped = {}
+    for node, claim in claims.items():
+        others = [value for other, value in claims.items() if other != node]
+        capped[node] = min(claim, EXAMPLES_RATIO * statistics.median(others)) if others else claim
+    return capped
+
+
 def check_secure_train_reply(content: RecordDict, plan: RunPlan | None = None) -> None:
     """Raise ``InvalidReply`` unless a SecAgg+ site's reply holds exactly its usable metrics."""
     if set(content) != {METRICS_KEY}:

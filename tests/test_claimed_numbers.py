@@ -17,7 +17,7 @@ from fl_protocol.wire import RUN_CONFIG_DEFAULTS
 from fl_server.run_config import RunConfigError, check_run_config
 from fl_server.run_record import RunRecord
 from fl_server.secure_aggregation import SecureRound, incompatibility
-from fl_server.strategy import build_strategy
+from fl_server.strategy import aggregate_evaluate_metrics, build_strategy
 from fl_server.update_validation import (
     InvalidReply,
     RunPlan,
@@ -322,4 +322,13 @@ def test_one_site_cannot_set_the_rounds_accuracy_by_claiming_a_huge_test_split(t
     replies = grid.send_and_receive(messages, lambda m: Message(
         RecordDict({"metrics": MetricRecord(answers[m.metadata.dst_node_id])}), reply_to=m))
     aggregated = strategy.aggregate_evaluate(1, replies)
-    assert aggregated["accuracy"] == pytest.approx(0.31)
+    # capped at 20 x the others' median, not rejected (a DP evaluation's counts are noisy, so
+    # the largest honest site would be dropped: found in review of the first fix)
+    assert aggregated["accuracy"] == pytest.approx((3 * 200 * 0.31 + 20 * 200 * 1.0)
+                                                   / (3 * 200 + 20 * 200))
+    entry = json.loads((tmp_path / "metrics.json").read_text())["rounds"][0]
+    assert not any(f["kind"] == "rejected" for f in entry.get("failures", []))
+    honest_alone = aggregate_evaluate_metrics(
+        [RecordDict({"metrics": MetricRecord(m)}) for m in (honest, honest | {"num-examples": 400},
+                                                             honest | {"num-examples": 9})])
+    assert honest_alone["accuracy"] == pytest.approx(0.31)  # every weight kept or capped

@@ -250,7 +250,7 @@ def test_parameters_of_another_family_are_refused_before_writing(tmp_path):
      "5 labels"),
     (lambda out: (out / "config.json").write_text(json.dumps(
         json.loads((out / "config.json").read_text()) | {"featurizer": "oops"})),
-     "config.json: the featurizer settings are unusable"),
+     "config.json: its featurizer settings are not the ones fedintent.s ngram family"),
 ])
 def test_a_damaged_export_gives_an_error_naming_the_file(tmp_path, damage, message):
     family = get_model_family("ngram")

@@ -22,11 +22,13 @@ from opacus.accountants import PRVAccountant
 
 import fl_client.client_app as client_app
 from fl_client.privacy_accounting import rdp_budget, rdp_epsilon
+from fl_client.privacy_budget import charge_round
 from fl_client.privacy_ledger import HEAD_FILE, LEDGER_FILE, read_ledger, unit_key
 from fl_client.privacy_report import site_privacy_report
+from fl_client.privacy_units import unit_aliases
 from fl_client.retention import forget
 from fl_client.site_data import load_site
-from fl_client.site_policy import site_policy
+from fl_client.site_policy import RoundRequest, SitePolicy, site_policy
 from fl_client.site_secret import site_secret
 from fl_protocol.wire import (
     DECLINED,
@@ -360,6 +362,36 @@ def test_rows_that_were_units_apart_start_as_one_customer_from_their_spends_as_a
     before = spend(state, "cust-0")
     client_app.app(train_message("run-b", 2, 2), ctx)
     assert spend(state, "cust-0") < 1.5 * before
+
+
+def test_rows_joining_a_customer_already_in_the_ledger_add_their_spends_once(tmp_path):
+    """Found in review of the fix above: only a customer new to the ledger took its rows as a
+    group, so rows given an existing customer's id later (or its rows of the other split, which
+    a DP evaluation charges apart) joined it at the largest spend. Each row whose own spend no
+    charge of the customer has recorded joins the group, once: the next round does not add it
+    again."""
+    policy = SitePolicy(max_epsilon=50.0, max_delta=1e-5, privacy_unit="customer")
+    others = [f"other-{i}" for i in range(30)]
+
+    def charge(server_round: int, customers: list[str]):
+        ids = ["id:r1", "id:r2", "id:r3", *others]
+        request = RoundRequest(
+            run_name="run-a", server_round=server_round, num_rounds=6, target_epsilon=4.0,
+            delta=1e-5, accountant="rdp", privacy_unit="customer", clip_norm=1.0,
+            batch_size=4096, local_epochs=1)
+        units = [*customers, *others]
+        return charge_round(tmp_path, list(dict.fromkeys(units)), request, policy,
+                            aliases=unit_aliases("customer", units, ids, [()] * len(ids)))
+
+    for server_round in (1, 2):  # c's row r1; rows r2 and r3 without a customer_id
+        charge(server_round, ["c", "id:r2", "id:r3"])
+    c, r2, r3 = (spend(tmp_path, unit) for unit in ("c", "id:r2", "id:r3"))
+    assert c == r2 == r3 > 0
+    charge(3, ["c", "c", "c"])  # r2 and r3 now carry c's id
+    joined = spend(tmp_path, "c")
+    assert joined >= 3 * (c + r2 + r3) * 0.999999
+    charge(4, ["c", "c", "c"])
+    assert spend(tmp_path, "c") < joined + c  # one more release, not the group again
 
 
 def test_a_strict_target_below_one_is_accepted(site, tmp_path):

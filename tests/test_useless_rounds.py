@@ -127,17 +127,18 @@ def test_a_distributed_budget_too_small_for_noise_the_sampler_draws_exactly_is_e
 
 
 @pytest.mark.parametrize("model", ["local", "distributed"])
-@pytest.mark.parametrize("target", [20.0, 12.0])
+@pytest.mark.parametrize("target", [20.0, 17.1, 12.0])
 def test_whether_a_round_is_declined_for_its_noise_never_depends_on_the_unit_count(
         tmp_path, model, target):
     """Found in review: the check ran at the round's own sample rate, 1 / ceil(units / batch),
     so with the batch size at 60 a site of 60 units declined (noise 2.2x the plan) and one of
-    61 trained (2.0x): a free probe of the count, even with every budget spent. Now public
-    values alone decide, whatever the count and the delta that follows from it."""
+    61 trained (2.0x): a free probe of the count, even with every budget spent. And at the
+    ledger's delta, which a fresh site takes from its count, 9,999 units trained where 10,000
+    declined (target 17.1). Now public values alone decide."""
     req = (request(target_epsilon=target, batch_size=60, delta=0.0, accountant="rdp")
            if model == "local" else distributed(target_epsilon=target, batch_size=60))
     outcomes = set()
-    for count in (60, 61, 12_000):
+    for count in (60, 61, 9_999, 10_000):  # and the delta falls from 1e-5 to 1e-6 at 10,000
         req_at_count = replace(req, delta=site_delta(policy(8.0), req, count))
         try:
             charge_round(tmp_path / str(count), [f"u{i}" for i in range(count)], req_at_count,
