@@ -62,14 +62,13 @@ def unit_aliases(
     itself for such a row now), then its aliases. Rows that were units apart are a group of
     people to the releases they took part in, so their spends add up when they become one
     customer (``privacy_budget.charge_round``)."""
-    found: dict[str, dict[str, tuple[str, ...]]] = {}
+    found: dict[str, dict[str, dict[str, None]]] = {}  # unit -> group -> its names, in order
     by_customer = privacy_unit == "customer"
     for customer, uid, row_aliases in zip(customer_units, ids, aliases, strict=True):
         unit = customer if by_customer else uid
-        groups = found.setdefault(unit, {})
-        group = uid if by_customer else ""
-        names = [name for name in row_aliases if name != unit]
-        groups[group] = tuple(dict.fromkeys((*((uid,) if by_customer else ()),
-                                              *groups.get(group, ()), *names)))
-    return {unit: tuple(group for group in groups.values() if group)
+        names = found.setdefault(unit, {}).setdefault(uid if by_customer else "", {})
+        if by_customer:
+            names[uid] = None
+        names.update(dict.fromkeys(name for name in row_aliases if name != unit))
+    return {unit: tuple(tuple(names) for names in groups.values() if names)
             for unit, groups in found.items()}

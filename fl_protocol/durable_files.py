@@ -30,7 +30,7 @@ def write_bytes_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    _fsync_folder(path.parent)
+    sync_folder(path.parent)
 
 
 def write_text_atomic(path: Path, text: str, mode: int = 0o644) -> None:
@@ -62,7 +62,7 @@ def create_exclusive(path: Path, data: bytes, mode: int) -> None:
         raise FileExistsRefusal(f"{path} already exists; refusing to overwrite it") from err
     finally:
         Path(tmp).unlink(missing_ok=True)
-    _fsync_folder(path.parent)
+    sync_folder(path.parent)
 
 
 def append_line(path: Path, line: str, mode: int = 0o644) -> None:
@@ -105,11 +105,6 @@ def sync_tree(folder: Path) -> None:
     sync_folder(Path(folder))
 
 
-def sync_folder(folder: Path) -> None:
-    """Flush ``folder``'s entries (a rename into it, a file created in it) to disk."""
-    _fsync_folder(Path(folder))
-
-
 def _durable_temporary(path: Path, data: bytes, mode: int) -> str:
     """A temporary file next to ``path`` holding ``data`` with ``mode``, flushed to disk."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -125,7 +120,8 @@ def _durable_temporary(path: Path, data: bytes, mode: int) -> str:
     return tmp
 
 
-def _fsync_folder(folder: Path) -> None:
+def sync_folder(folder: Path) -> None:
+    """Flush ``folder``'s entries (a rename into it, a file created in it) to disk."""
     fd = os.open(folder, os.O_RDONLY)
     try:
         with contextlib.suppress(OSError):  # some file systems cannot fsync a folder

@@ -24,6 +24,12 @@ from fl_protocol.hash_chain import ChainError, read_entries
 def started_run(log_path: Path, run_name: str) -> dict:
     """The verified ``run-started`` entry of ``run_name`` (its ``config`` and ``labels``), the
     first of its audit log; ``ChainError`` as ``vouched_models``."""
+    return _run_entries(log_path, run_name)[0]
+
+
+def _run_entries(log_path: Path, run_name: str) -> list[dict]:
+    """The verified entries of ``run_name``'s audit log, which starts with its ``run-started``
+    entry; ``ChainError`` otherwise."""
     if not Path(log_path).exists():
         raise ChainError(f"audit log {log_path} is missing or unreadable; a run can be resumed "
                          "only from checkpoints its audit log records")
@@ -32,7 +38,7 @@ def started_run(log_path: Path, run_name: str) -> dict:
     if first.get("event") != "run-started" or first.get("run_name") != run_name:
         raise ChainError(f"audit log {log_path} does not start with the run-started entry "
                          f"of run {run_name!r}")
-    return first
+    return entries
 
 
 def vouched_models(log_path: Path, run_name: str) -> dict[int, tuple[str, str | None]]:
@@ -45,10 +51,8 @@ def vouched_models(log_path: Path, run_name: str) -> dict[int, tuple[str, str | 
     round and model digest are in this map: a checkpoint file alone is not evidence, since its
     own digest can be recomputed by whoever edits it. ``ChainError`` otherwise.
     """
-    started_run(log_path, run_name)
-    entries = read_entries(log_path)
     rounds: dict[int, tuple[str, str | None]] = {}
-    for entry in entries:
+    for entry in _run_entries(log_path, run_name):
         if entry.get("event") == "round" and isinstance(entry.get("round"), int):
             state = entry.get("state_sha256")
             rounds[entry["round"]] = (str(entry.get("model_sha256")),

@@ -261,23 +261,26 @@ def sufficient_noise(target_epsilon: float, delta: float, steps: int) -> float:
 def oversized_claims(claims: dict[int, float]) -> dict[int, str]:
     """Node -> why its ``num-examples`` claim is rejected: above ``EXAMPLES_RATIO`` times the
     median of the other claims (with one site alone, its weight is irrelevant)."""
-    rejected = {}
-    for node, claim in claims.items():
-        others = [value for other, value in claims.items() if other != node]
-        if others and claim > EXAMPLES_RATIO * statistics.median(others):
-            rejected[node] = (f"num-examples {claim:g} is above {EXAMPLES_RATIO:g} x the other "
-                              f"sites' median {statistics.median(others):g}")
-    return rejected
+    return {node: (f"num-examples {claim:g} is above {EXAMPLES_RATIO:g} x the other sites' "
+                   f"median {median:g}")
+            for node, (claim, median) in _claims_and_medians(claims).items()
+            if median is not None and claim > EXAMPLES_RATIO * median}
 
 
 def capped_claims(claims: dict[int, float]) -> dict[int, float]:
     """Node -> its ``num-examples`` claim, at most ``EXAMPLES_RATIO`` times the median of the
     other claims (a site alone keeps its claim): a weight no site can inflate past that."""
-    capped = {}
+    return {node: claim if median is None else min(claim, EXAMPLES_RATIO * median)
+            for node, (claim, median) in _claims_and_medians(claims).items()}
+
+
+def _claims_and_medians(claims: dict[int, float]) -> dict[int, tuple[float, float | None]]:
+    """Node -> (its claim, the median of the other nodes' claims; ``None`` when it is alone)."""
+    out = {}
     for node, claim in claims.items():
         others = [value for other, value in claims.items() if other != node]
-        capped[node] = min(claim, EXAMPLES_RATIO * statistics.median(others)) if others else claim
-    return capped
+        out[node] = (claim, statistics.median(others) if others else None)
+    return out
 
 
 def check_secure_train_reply(content: RecordDict, plan: RunPlan | None = None) -> None:
