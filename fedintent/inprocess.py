@@ -23,8 +23,9 @@ from torch import nn
 
 from fl_client.distributed_dp import noisy_integer_sum
 from fl_client.dp_training import TrainingPlan, train_locally, training_plan
-from fl_client.privacy_accounting import plan_noise_multiplier, steps_per_round
+from fl_client.privacy_accounting import fresh_site_noise, steps_per_round
 from fl_client.site_data import list_site_dirs, load_site
+from fl_protocol.wire import DEFAULT_MAX_EPSILON
 from fl_server.secure_aggregation import distributed_step
 from models.family import ModelFamily, concat_features
 
@@ -52,13 +53,15 @@ def validation_split(data_dir: Path, labels: list[str], family: ModelFamily, sha
 
 def site_plans(family: ModelFamily, sites: Sequence[Site], epsilon: float, delta: float,
                rounds: int, batch_size: int, local_epochs: int,
-               learning_rate: float) -> list[TrainingPlan]:
+               learning_rate: float,
+               max_epsilon: float = DEFAULT_MAX_EPSILON) -> list[TrainingPlan]:
     """Each site's plan, its noise planned (PRV accountant) for ``epsilon`` at ``delta`` over all
-    ``rounds`` as a site plans it; no noise where ``epsilon`` is infinite. Clip norm 1."""
+    ``rounds`` as a site with a new ledger and lifetime budget ``max_epsilon`` (a site's
+    default) plans it; no noise where ``epsilon`` is infinite. Clip norm 1."""
     plans = []
     for _, targets in sites:
         rate, steps = steps_per_round(len(targets), batch_size, local_epochs)
-        noise = (plan_noise_multiplier(epsilon, delta, rate, steps * rounds, "prv")
+        noise = (fresh_site_noise(epsilon, delta, rate, steps * rounds, "prv", max_epsilon)
                  if math.isfinite(epsilon) else None)
         plans.append(training_plan(family, noise, (rate, steps), clip_norm=1.0,
                                    batch_size=batch_size, local_epochs=local_epochs,

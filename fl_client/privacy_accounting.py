@@ -157,6 +157,24 @@ def plan_run_noise(
     )
 
 
+def fresh_site_noise(
+    target_epsilon: float,
+    delta: float,
+    sample_rate: float,
+    run_steps: int,
+    accountant: str,
+    max_epsilon: float,
+) -> float:
+    """The noise multiplier a site with a new ledger plans for a run: ``plan_run_noise`` under
+    the lifetime filter that ledger fixes for ``max_epsilon`` (the site's lifetime budget per
+    unit) at ``delta``. What a simulation of sites must train with (the privacy audit, the
+    tuning scripts): the run's own plan alone is up to 6% less noise than real sites add when
+    the run's target is their whole budget, so it scored settings above what they deliver."""
+    order = filter_order(min(max_epsilon, 1e6), delta)
+    return plan_run_noise(target_epsilon, delta, sample_rate, run_steps, accountant, order,
+                          rdp_budget(max_epsilon, delta, order))
+
+
 FILTER_ORDERS = tuple([1 + x / 10 for x in range(1, 100)] + list(range(11, 64)))
 """Rényi orders the lifetime filter may be fixed at (Opacus' default grid)."""
 

@@ -10,11 +10,13 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import torch
 from flwr.app import Context, RecordDict
 from test_site_privacy import LABELS, context, refused_with, train_message, write_rows
 from test_site_privacy import rows as site_rows
 
 import fl_client.client_app as client_app
+from fedintent.inprocess import site_plans
 from fl_client.privacy_accounting import (
     BudgetExhausted,
     filter_order,
@@ -38,6 +40,7 @@ from fl_protocol.wire import DECLINED, Reason
 from fl_protocol.wire import RUN_CONFIG_DEFAULTS as DEFAULTS
 from fl_server.progress import round_lines
 from fl_server.run_record import RunRecord
+from models import get_model_family
 
 pytestmark = pytest.mark.usefixtures("task_identity")
 
@@ -87,6 +90,22 @@ def test_the_default_run_trains_at_its_lifetime_noise(tmp_path):
     assert planned == pytest.approx(3.81, abs=0.01)
     assert 1.0 < charge.noise_multiplier / planned < 1.1
     assert len(charge.trained) == len(UNITS)
+
+
+@pytest.mark.parametrize("target,max_epsilon,batch_size", [
+    (8.0, 8.0, 4096), (3.0, 8.0, 4096), (8.0, 8.0, 16), (4.0, 4.0, 4096)])
+def test_simulated_sites_plan_the_noise_real_sites_add(tmp_path, target, max_epsilon,
+                                                         batch_size):
+    """The in-process sites that tuning and the privacy audit train (``fedintent.inprocess``)
+    add what a site with a new ledger adds, lifetime filter included; planned for the run's
+    target alone they had 6% less noise at the defaults, so settings were tuned for it."""
+    charge = charge_round(tmp_path, UNITS, request(num_rounds=40, target_epsilon=target,
+                                                   batch_size=batch_size),
+                          policy(max_epsilon), HEAD_DIM)
+    sites = [(torch.zeros(len(UNITS), 4), torch.zeros(len(UNITS), dtype=torch.long))]
+    simulated = site_plans(get_model_family("ngram"), sites, target, DELTA, 40, batch_size, 1,
+                           1.0, max_epsilon=max_epsilon)[0]
+    assert simulated.noise_multiplier == charge.noise_multiplier
 
 
 def test_a_budget_half_the_target_still_trains(tmp_path):

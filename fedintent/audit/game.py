@@ -39,9 +39,7 @@ from fl_client.dp_training import TrainingPlan, training_plan
 from fl_client.privacy_accounting import (
     default_delta,
     epsilon_spent,
-    filter_order,
-    plan_run_noise,
-    rdp_budget,
+    fresh_site_noise,
     steps_per_round,
 )
 from fl_protocol.durable_files import write_bytes_atomic
@@ -141,9 +139,8 @@ def site_plans(sizes: list[int], epsilon: float, settings: dict,
         noise, info = None, {"epsilon": math.inf, "delta": default_delta(units)}
         if math.isfinite(epsilon):
             rate, steps = steps_per_round(units, batch, epochs)
-            order = filter_order(SITE_MAX_EPSILON, info["delta"])
-            noise = plan_run_noise(epsilon, info["delta"], rate, steps * rounds, ACCOUNTANT,
-                                   order, rdp_budget(SITE_MAX_EPSILON, info["delta"], order))
+            noise = fresh_site_noise(epsilon, info["delta"], rate, steps * rounds, ACCOUNTANT,
+                                     SITE_MAX_EPSILON)
             info = {"epsilon": _spent(noise, rate, steps * rounds, info["delta"]),
                     "delta": info["delta"], "noise_multiplier": noise, "sample_rate": rate}
         plans.append(training_plan(family, noise, steps_per_round(units, batch, epochs),
