@@ -67,7 +67,7 @@ RUN echo "torch==2.13.0" > /tmp/constraints.txt \
 
 COPY deploy/site-entrypoint.sh /usr/local/bin/site-entrypoint.sh
 COPY deploy/site_healthcheck.py /usr/local/bin/site_healthcheck.py
-RUN mkdir -p /data /state /credentials && chown 10001:10001 /state
+RUN mkdir -p /data /state /credentials && chown 10001:10001 /state && chmod 700 /state
 
 USER 10001:10001
 WORKDIR /home/fedintent

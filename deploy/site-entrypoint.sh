@@ -2,7 +2,9 @@
 # Start this site's Flower SuperNode: TLS to the SuperLink, signed in with the site's own key,
 # data and budget from the site's own node config, and only app bundles signed by a key in
 # TRUSTED_ENTITIES run here. The site container's entrypoint; also runs as is outside a
-# container. Every connection it makes is outbound, to SUPERLINK.
+# container. Every connection it makes is outbound, to SUPERLINK: the SuperNode is Flower's,
+# started as fedintent-supernode, which refuses redirects (fl_client/supernode.py). Configured by
+# the environment only; it takes no arguments.
 #
 #   SUPERLINK         host:port of the SuperLink (required)
 #   CA_CERT           CA certificate that signed the SuperLink's certificate
@@ -12,7 +14,11 @@
 #                     YAML (default /credentials/trusted-entities.yaml); the site refuses to
 #                     start without it
 #   DATA_DIR          this site's data folder (default /data)
-#   STATE_DIR         privacy ledger, caches, egress log (default /state)
+#   STATE_DIR         privacy ledger, caches, egress log (default /state). It must persist:
+#                     a state folder without a site secret is refused unless INIT_STATE=1
+#   INIT_STATE        1 on a new site's first start only: make its state folder. Without it an
+#                     empty STATE_DIR is taken for a lost or unmounted one (the ledger and every
+#                     unit's spent budget would start again from zero) and refused
 #   MAX_EPSILON       this site's lifetime privacy budget per unit (default: the ClientApp's,
 #                     8; fl_protocol/wire.py DEFAULT_MAX_EPSILON)
 #   MAX_DELTA         the largest delta this site accepts (default: the ClientApp's, 1e-5)
@@ -51,7 +57,11 @@
 #                     deploy/site_healthcheck.py asks (default: none, no health service; the
 #                     site container sets 9096). Each SuperNode on one host needs its own
 set -eu
+umask 077
 
+[ $# -eq 0 ] || {
+    echo "site-entrypoint: takes no arguments (got: $*); configure it with environment variables" >&2
+    exit 2; }
 : "${SUPERLINK:?set SUPERLINK to the SuperLink address, host:port}"
 CA_CERT="${CA_CERT:-/credentials/ca.crt}"
 SITE_KEY="${SITE_KEY:-/credentials/site.key}"
@@ -64,13 +74,18 @@ for file in "$CA_CERT" "$SITE_KEY" "$TRUSTED_ENTITIES"; do
     [ -r "$file" ] || { echo "site-entrypoint: cannot read $file" >&2; exit 2; }
 done
 # Flower verifies bundles only when the file names at least one key: an empty file would let
-# every bundle run, so refuse anything but a non-empty map of Ed25519 keys.
-python - "$TRUSTED_ENTITIES" <<'PY' || exit 2
+# every bundle run, so refuse anything but a non-empty map of Ed25519 keys. The CA certificate
+# and the site's key are read here too, so that a wrong file is named, not a Flower traceback.
+python - "$TRUSTED_ENTITIES" "$CA_CERT" "$SITE_KEY" <<'PY' || exit 2
+import ssl
 import sys
 
 import yaml
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from cryptography.hazmat.primitives.serialization import load_ssh_private_key, load_ssh_public_key
 
-path = sys.argv[1]
+path, ca_cert, site_key = sys.argv[1:]
 try:
     with open(path, encoding="utf-8") as f:
         keys = yaml.safe_load(f)
@@ -81,26 +96,75 @@ if not isinstance(keys, dict) or not keys:
 bad = [k for k, v in keys.items() if not str(v).startswith("ssh-ed25519 ")]
 if bad:
     sys.exit(f"site-entrypoint: {path}: {', '.join(map(str, bad))} is not an ssh-ed25519 key")
+for name, value in keys.items():
+    try:
+        key = load_ssh_public_key(str(value).encode())
+    except (ValueError, UnsupportedAlgorithm) as err:
+        sys.exit(f"site-entrypoint: {path}: {name} is not a readable ssh-ed25519 key ({err})")
+    if not isinstance(key, ed25519.Ed25519PublicKey):
+        sys.exit(f"site-entrypoint: {path}: {name} is not an ssh-ed25519 key")
+try:
+    ssl.create_default_context(cafile=ca_cert)
+except (OSError, ssl.SSLError) as err:
+    sys.exit(f"site-entrypoint: CA_CERT {ca_cert} is not a PEM CA certificate ({err})")
+try:
+    with open(site_key, "rb") as f:
+        own = load_ssh_private_key(f.read(), None)
+except (OSError, ValueError, TypeError, UnsupportedAlgorithm) as err:
+    sys.exit(f"site-entrypoint: SITE_KEY {site_key} is not an unencrypted OpenSSH private key "
+             f"({err})")
+if not isinstance(own, ec.EllipticCurvePrivateKey):
+    sys.exit(f"site-entrypoint: SITE_KEY {site_key} is not an EC key (fedintent certs writes one)")
 print(f"site-entrypoint: running only app bundles signed by {', '.join(map(str, keys))}")
 PY
 [ -d "$DATA_DIR" ] || { echo "site-entrypoint: data folder $DATA_DIR does not exist" >&2; exit 2; }
-case "$DATA_DIR$STATE_DIR${PRIVACY_UNIT:-}${PRIVACY_MODELS:-}${LOCAL_MODELS:-}${LABELS_FILE:-}" in
-    *"'"*) echo "site-entrypoint: DATA_DIR, STATE_DIR, PRIVACY_UNIT, PRIVACY_MODELS, LOCAL_MODELS and LABELS_FILE cannot contain a single quote" >&2
+case "$DATA_DIR$STATE_DIR${PRIVACY_UNIT:-}${PRIVACY_MODELS:-}${LOCAL_MODELS:-}${LABELS_FILE:-}${LANGUAGES:-}" in
+    *"'"*) echo "site-entrypoint: DATA_DIR, STATE_DIR, PRIVACY_UNIT, PRIVACY_MODELS, LOCAL_MODELS, LABELS_FILE and LANGUAGES cannot contain a single quote" >&2
            exit 2;;
 esac
+# A number as Flower's node-config parser reads it back exactly (found in review: " 4" was
+# dropped without a word, so the site ran at the default budget; "07" and ".5" crashed Flower
+# with a traceback naming no variable; dash read "010" hours as octal 8). Prints the canonical
+# form, or exits 2 naming the variable.
+number() {  # number NAME VALUE int|float
+    python - "$1" "$2" "$3" <<'PY' || exit 2
+import math
+import sys
+
+name, text, kind = sys.argv[1:]
+try:
+    value = int(text.strip(), 10) if kind == "int" else float(text.strip())
+except ValueError:
+    sys.exit(f"site-entrypoint: {name} must be {'a whole number' if kind == 'int' else 'a number'}"
+             f", not {text!r}")
+if kind == "float" and math.isnan(value):
+    sys.exit(f"site-entrypoint: {name} must be a number, not {text!r}")
+print(value if kind == "int" else ("inf" if value == math.inf else repr(value)))
+PY
+}
+for name in MAX_EPSILON MAX_DELTA MAX_EPSILON_ALONE MAX_NOISE_RATIO RETENTION_DAYS \
+        EVALUATION_EPSILON; do
+    eval "value=\${$name:-}"
+    [ -z "$value" ] || eval "$name=\$(number $name \"\$value\" float)"
+done
+[ -z "${MIN_TOLERATED_SITES:-}" ] || \
+    MIN_TOLERATED_SITES=$(number MIN_TOLERATED_SITES "$MIN_TOLERATED_SITES" int)
 if [ -n "${RETENTION_DAYS:-}" ]; then
-    case "$RETENTION_DAYS" in
-        *[!0-9.inf]*) RETENTION_DAYS=invalid;;
-    esac
-    python -c 'import sys; sys.exit(0 if float(sys.argv[1]) > 0 else 1)' "$RETENTION_DAYS" \
-        2>/dev/null || {
+    python -c 'import sys; sys.exit(0 if float(sys.argv[1]) > 0 else 1)' "$RETENTION_DAYS" || {
         echo "site-entrypoint: RETENTION_DAYS must be a number of days > 0, or inf" >&2; exit 2; }
 fi
 if [ -n "${LABELS_FILE:-}" ]; then
-    python -c 'import sys; from fl_protocol.label_file import read_labels; read_labels(sys.argv[1])' \
-        "$LABELS_FILE" 2>/dev/null || {
-        echo "site-entrypoint: LABELS_FILE $LABELS_FILE is not a readable label file (one label per line, at least two)" >&2
-        exit 2; }
+    python - "$LABELS_FILE" <<'PY' || exit 2
+import sys
+
+from fl_protocol.label_file import LabelFileError, read_labels
+
+try:
+    read_labels(sys.argv[1])
+except (OSError, LabelFileError) as err:
+    sys.exit(f"site-entrypoint: LABELS_FILE is not a usable label file (one label per line, at "
+             f"least two): {err}")
+PY
 fi
 case "${EVALUATION:-dp}" in
     dp|exact|off) ;;
@@ -108,31 +172,73 @@ case "${EVALUATION:-dp}" in
 esac
 if [ -n "${EVALUATION_EPSILON:-}" ]; then
     python -c 'import math, sys; e = float(sys.argv[1]); sys.exit(0 if math.isfinite(e) and e > 0 else 1)' \
-        "$EVALUATION_EPSILON" 2>/dev/null || {
+        "$EVALUATION_EPSILON" || {
         echo "site-entrypoint: EVALUATION_EPSILON must be a number > 0" >&2; exit 2; }
 fi
-PURGE_INTERVAL_HOURS="${PURGE_INTERVAL_HOURS:-24}"
-case "$PURGE_INTERVAL_HOURS" in
-    ''|*[!0-9]*) echo "site-entrypoint: PURGE_INTERVAL_HOURS must be a whole number of hours" >&2
-                 exit 2;;
-esac
-node_config="data-path='$DATA_DIR' state-dir='$STATE_DIR'"
-[ -z "${MAX_EPSILON:-}" ] || node_config="$node_config max-epsilon=$MAX_EPSILON"
-[ -z "${MAX_DELTA:-}" ] || node_config="$node_config max-delta=$MAX_DELTA"
-[ -z "${PRIVACY_UNIT:-}" ] || node_config="$node_config privacy-unit='$PRIVACY_UNIT'"
-[ -z "${PRIVACY_MODELS:-}" ] || node_config="$node_config privacy-models='$PRIVACY_MODELS'"
-[ -z "${MIN_TOLERATED_SITES:-}" ] || \
-    node_config="$node_config min-tolerated-sites=$MIN_TOLERATED_SITES"
-[ -z "${MAX_EPSILON_ALONE:-}" ] || node_config="$node_config max-epsilon-alone=$MAX_EPSILON_ALONE"
-[ -z "${MAX_NOISE_RATIO:-}" ] || node_config="$node_config max-noise-ratio=$MAX_NOISE_RATIO"
-[ -z "${LANGUAGES:-}" ] || node_config="$node_config languages='$LANGUAGES'"
-[ -z "${RETENTION_DAYS:-}" ] || node_config="$node_config retention-days=$RETENTION_DAYS"
-[ -z "${EVALUATION:-}" ] || node_config="$node_config evaluation='$EVALUATION'"
-[ -z "${EVALUATION_EPSILON:-}" ] || \
-    node_config="$node_config evaluation-epsilon=$EVALUATION_EPSILON"
-[ -z "${LABELS_FILE:-}" ] || node_config="$node_config labels-file='$LABELS_FILE'"
-[ -z "${LOCAL_MODELS:-}" ] || node_config="$node_config local-models='$LOCAL_MODELS'"
-mkdir -p "$STATE_DIR"
+PURGE_INTERVAL_HOURS=$(number PURGE_INTERVAL_HOURS "${PURGE_INTERVAL_HOURS:-24}" int)
+[ "$PURGE_INTERVAL_HOURS" -ge 0 ] && [ "$PURGE_INTERVAL_HOURS" -le 8760 ] || {
+    echo "site-entrypoint: PURGE_INTERVAL_HOURS must be a whole number of hours from 0 to 8760" >&2
+    exit 2; }
+node_config="" node_keys=""
+setting() {  # setting KEY VALUE [quoted]: KEY=VALUE into the node config, when VALUE is set
+    [ -n "$2" ] || return 0
+    if [ "${3:-}" = quoted ]; then
+        node_config="$node_config $1='$2'"
+    else
+        node_config="$node_config $1=$2"
+    fi
+    node_keys="$node_keys $1"
+}
+setting data-path "$DATA_DIR" quoted
+setting state-dir "$STATE_DIR" quoted
+setting max-epsilon "${MAX_EPSILON:-}"
+setting max-delta "${MAX_DELTA:-}"
+setting privacy-unit "${PRIVACY_UNIT:-}" quoted
+setting privacy-models "${PRIVACY_MODELS:-}" quoted
+setting min-tolerated-sites "${MIN_TOLERATED_SITES:-}"
+setting max-epsilon-alone "${MAX_EPSILON_ALONE:-}"
+setting max-noise-ratio "${MAX_NOISE_RATIO:-}"
+setting languages "${LANGUAGES:-}" quoted
+setting retention-days "${RETENTION_DAYS:-}"
+setting evaluation "${EVALUATION:-}" quoted
+setting evaluation-epsilon "${EVALUATION_EPSILON:-}"
+setting labels-file "${LABELS_FILE:-}" quoted
+setting local-models "${LOCAL_MODELS:-}" quoted
+# What Flower will read must be what was set: every variable given is a key of the node config.
+python - "$node_config" $node_keys <<'PY' || exit 2
+import sys
+
+from flwr.common.config import parse_config_args
+
+read = parse_config_args([sys.argv[1]])
+if sorted(read) != sorted(sys.argv[2:]):
+    sys.exit(f"site-entrypoint: the node config would hold {sorted(read)}, not the settings given "
+             f"({sorted(sys.argv[2:])}); check the variables for stray characters")
+PY
+if [ ! -e "$STATE_DIR/site-secret" ]; then
+    if [ "${INIT_STATE:-}" != 1 ]; then
+        echo "site-entrypoint: STATE_DIR $STATE_DIR holds no site secret. Either this is a new" \
+            "site (start it once with INIT_STATE=1), or its state folder was lost or is not" \
+            "mounted: the privacy ledger and every unit's spent budget would start again from" \
+            "zero. Mount the site's persistent state folder, or restore it from a backup" \
+            "(docs/SITE_GUIDE.md, \"Back up and restore\")" >&2
+        exit 2
+    fi
+    mkdir -p "$STATE_DIR"
+    python - "$STATE_DIR" <<'PY' || exit 2
+import sys
+
+from fl_client.site_secret import SecretError, site_secret
+
+try:
+    site_secret(sys.argv[1])
+except SecretError as err:
+    sys.exit(f"site-entrypoint: {err}")
+PY
+    echo "site-entrypoint: INIT_STATE=1: a new state folder at $STATE_DIR, its site secret made;" \
+        "unset INIT_STATE from now on"
+fi
+chmod 700 "$STATE_DIR"
 
 export FLWR_TELEMETRY_ENABLED=0 FLWR_DISABLE_UPDATE_CHECK=1 \
     FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 \
@@ -160,4 +266,4 @@ set -- \
     --port "$SUPERNODE_PORT" \
     --node-config "$node_config"
 [ -z "${HEALTH_PORT:-}" ] || set -- "$@" --health-server-address "127.0.0.1:$HEALTH_PORT"
-exec flower-supernode "$@"
+exec fedintent-supernode "$@"

@@ -46,7 +46,7 @@ def site_env(tmp: Path, site: str, superlink: str, data_dir: Path, key: Path, ca
         "DATA_DIR": str(data_dir), "STATE_DIR": str(tmp / "state" / site),
         "MAX_EPSILON": "8.0", "SUPERNODE_PORT": str(free_port()),
         # The synthetic conversations are dated early 2026; the scheduled purge has its own test.
-        "RETENTION_DAYS": "inf", "PURGE_INTERVAL_HOURS": "0",
+        "RETENTION_DAYS": "inf", "PURGE_INTERVAL_HOURS": "0", "INIT_STATE": "1",
     }
 
 

@@ -15,6 +15,7 @@ import json
 import os
 import signal
 import ssl
+import stat
 import subprocess
 import sys
 import time
@@ -26,9 +27,15 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.serialization import load_ssh_private_key
 from flwr.cli.build import build_fab_from_disk
+from flwr.common.config import parse_config_args
 
 from data_synth import write_sites
-from fedintent.launch.certificates import signing_key_pair, site_names, write_dev_credentials
+from fedintent.launch.certificates import (
+    credential_paths,
+    signing_key_pair,
+    site_names,
+    write_dev_credentials,
+)
 from fedintent.launch.deployment import (
     DeploymentError,
     register_site_key,
@@ -82,7 +89,7 @@ def deployment(tmp_path_factory):
                 "TRUSTED_ENTITIES": str(creds.trusted_entities),
                 "DATA_DIR": str(tmp / "data" / SITE), "STATE_DIR": str(tmp / "state"),
                 "SUPERNODE_PORT": str(free_port()), "RETENTION_DAYS": "inf",
-                "PURGE_INTERVAL_HOURS": "0", "EVALUATION": "off",
+                "PURGE_INTERVAL_HOURS": "0", "EVALUATION": "off", "INIT_STATE": "1",
                 "LABELS_FILE": str(tmp / "data" / "labels.txt"),
             }
             start_process([str(REPO / "deploy" / "site-entrypoint.sh")], site_env, site_log,
@@ -175,6 +182,9 @@ def test_a_site_without_trusted_keys_refuses_to_start(tmp_path):
     ("EVALUATION_EPSILON", "inf"), ("EVALUATION_EPSILON", "nan"),
     ("LABELS_FILE", "/nonexistent/labels.txt"), ("LABELS_FILE", "x' max-epsilon=inf '"),
     ("LOCAL_MODELS", "/models/x' max-epsilon=inf '"),
+    ("LANGUAGES", "en' max-epsilon=inf x='"), ("MAX_EPSILON", "4 max-delta=0.5"),
+    ("MAX_DELTA", "1e-7,"), ("MIN_TOLERATED_SITES", "1.5"), ("PURGE_INTERVAL_HOURS", "9999"),
+    ("PURGE_INTERVAL_HOURS", "-1"),
 ])
 def test_a_site_with_a_malformed_policy_setting_refuses_to_start(tmp_path, setting, value):
     creds = write_dev_credentials(tmp_path / "creds", [SITE], ["127.0.0.1"], [])
@@ -191,9 +201,90 @@ def test_a_site_with_a_malformed_policy_setting_refuses_to_start(tmp_path, setti
     assert not (tmp_path / "state").exists()
 
 
+def entrypoint(tmp_path: Path, args: tuple[str, ...] = (), **settings: str
+               ) -> tuple[subprocess.CompletedProcess, dict | None]:
+    """The entrypoint with a stand-in ``fedintent-supernode`` that prints its node config; the
+    result, and the node config as Flower parses it (None if it never started)."""
+    if not (tmp_path / "creds").exists():
+        write_dev_credentials(tmp_path / "creds", [SITE], ["127.0.0.1"], [])
+    creds = credential_paths(tmp_path / "creds", [SITE])
+    stand_ins = tmp_path / "bin"
+    (tmp_path / "data").mkdir(exist_ok=True)
+    stand_ins.mkdir(exist_ok=True)
+    supernode = stand_ins / "fedintent-supernode"
+    supernode.write_text('#!/bin/sh\nwhile [ "$1" != --node-config ]; do shift; done\n'
+                         'echo "NODE CONFIG:$2"\n')
+    supernode.chmod(0o755)
+    env = flower_env(tmp_path / "home") | {
+        "SUPERLINK": "127.0.0.1:9", "CA_CERT": str(creds.ca_cert),
+        "SITE_KEY": str(creds.site_keys[SITE]), "TRUSTED_ENTITIES": str(creds.trusted_entities),
+        "DATA_DIR": str(tmp_path / "data"), "STATE_DIR": str(tmp_path / "state"),
+        "PURGE_INTERVAL_HOURS": "0",
+    } | settings
+    env["PATH"] = f"{stand_ins}{os.pathsep}{env['PATH']}"
+    result = subprocess.run([str(REPO / "deploy" / "site-entrypoint.sh"), *args], env=env,
+                            capture_output=True, text=True, timeout=120, check=False)
+    [line] = [line for line in result.stdout.splitlines() if line.startswith("NODE CONFIG:")] \
+        or [None]
+    return result, parse_config_args([line.removeprefix("NODE CONFIG:")]) if line else None
+
+
+def test_every_policy_value_reaches_the_node_config_as_the_number_set(tmp_path):
+    """Found in review: Flower's parser dropped `max-epsilon= 4` without a word (the site ran at
+    the default budget of 8), `07` days crashed it, and dash read `010` hours as octal."""
+    result, config = entrypoint(tmp_path, INIT_STATE="1", MAX_EPSILON=" 4", MAX_DELTA="1e-7 ",
+                                RETENTION_DAYS="07", MIN_TOLERATED_SITES="02",
+                                MAX_NOISE_RATIO=".5", EVALUATION_EPSILON="3.",
+                                LANGUAGES="en,zh")
+    assert result.returncode == 0, result.stderr
+    assert config == {"data-path": str(tmp_path / "data"), "state-dir": str(tmp_path / "state"),
+                      "max-epsilon": 4.0, "max-delta": 1e-7, "retention-days": 7.0,
+                      "min-tolerated-sites": 2, "max-noise-ratio": 0.5,
+                      "evaluation-epsilon": 3.0, "languages": "en,zh"}
+
+
+def test_a_state_folder_without_its_secret_is_refused_unless_the_site_is_new(tmp_path):
+    """A missing or mistyped /state mount gives an empty state folder: starting on it would
+    begin a new ledger, every unit's spent budget forgotten. Only INIT_STATE=1 makes one."""
+    state = tmp_path / "state"
+    result, config = entrypoint(tmp_path)
+    assert result.returncode == 2 and config is None
+    assert f"STATE_DIR {state} holds no site secret" in result.stderr
+    assert not state.exists()
+    result, config = entrypoint(tmp_path, INIT_STATE="1")
+    assert result.returncode == 0 and config is not None, result.stderr
+    assert (state / "site-secret").is_file() and stat.S_IMODE(state.stat().st_mode) == 0o700
+    secret = (state / "site-secret").read_bytes()
+    result, config = entrypoint(tmp_path)  # from now on without INIT_STATE
+    assert result.returncode == 0 and config is not None, result.stderr
+    assert (state / "site-secret").read_bytes() == secret
+    (state / "site-secret").unlink()  # lost beside what it signed: never made anew
+    (state / "deletions.jsonl.head").write_text("x")
+    result, config = entrypoint(tmp_path, INIT_STATE="1")
+    assert result.returncode == 2 and config is None
+    assert "site-secret is missing" in result.stderr and not (state / "site-secret").exists()
+
+
+@pytest.mark.parametrize("setting", ["CA_CERT", "SITE_KEY", "TRUSTED_ENTITIES"])
+def test_a_malformed_credential_is_named_before_flower_starts(tmp_path, setting):
+    """Found in review: these gave a Flower traceback, and a bad CA a SuperNode that hung."""
+    bad = tmp_path / "bad"
+    bad.write_text("key: ssh-ed25519 AAAAnotakey\n" if setting == "TRUSTED_ENTITIES"
+                   else "dummy\n")
+    result, config = entrypoint(tmp_path, INIT_STATE="1", **{setting: str(bad)})
+    assert result.returncode == 2 and config is None
+    assert str(bad) in result.stderr and "Traceback" not in result.stderr
+
+
+def test_arguments_to_the_entrypoint_are_refused(tmp_path):
+    result, config = entrypoint(tmp_path, ("--insecure",), INIT_STATE="1")
+    assert result.returncode == 2 and config is None
+    assert "takes no arguments (got: --insecure)" in result.stderr
+
+
 def test_the_site_container_purges_on_schedule_from_the_start(tmp_path):
     """The entrypoint starts `fedintent purge` in the background before the SuperNode. Here a
-    stand-in `flower-supernode` on PATH waits for the purge's deletion-log entry, then exits."""
+    stand-in `fedintent-supernode` on PATH waits for the purge's deletion-log entry, then exits."""
     creds = write_dev_credentials(tmp_path / "creds", [SITE], ["127.0.0.1"], [])
     data, state, stand_ins = tmp_path / "data", tmp_path / "state", tmp_path / "bin"
     data.mkdir()
@@ -202,7 +293,7 @@ def test_the_site_container_purges_on_schedule_from_the_start(tmp_path):
     (data / "train.jsonl").write_text("".join(json.dumps(
         {"conversation_id": f"c{age}", "text": f"lost my card {age}", "label": "card_lost",
          "timestamp": (now - timedelta(days=age)).isoformat()}) + "\n" for age in (1, 40)))
-    supernode = stand_ins / "flower-supernode"
+    supernode = stand_ins / "fedintent-supernode"
     supernode.write_text('#!/bin/sh\nwhile [ ! -s "$STATE_DIR/deletions.jsonl" ]; do sleep 0.2; '
                          "done\n")
     supernode.chmod(0o755)
@@ -210,6 +301,7 @@ def test_the_site_container_purges_on_schedule_from_the_start(tmp_path):
         "SUPERLINK": "127.0.0.1:9", "CA_CERT": str(creds.ca_cert),
         "SITE_KEY": str(creds.site_keys[SITE]), "TRUSTED_ENTITIES": str(creds.trusted_entities),
         "DATA_DIR": str(data), "STATE_DIR": str(state), "RETENTION_DAYS": "30",
+        "INIT_STATE": "1",
     }
     env["PATH"] = f"{stand_ins}{os.pathsep}{env['PATH']}"
     with open(tmp_path / "site.log", "wb") as log:
