@@ -381,6 +381,20 @@ def test_the_site_refuses_the_release_with_one_changed_line_in_fl_client(deploym
     assert egress_lines(deployment) == before
 
 
+def test_the_site_refuses_code_in_a_bundle_the_operator_signed(deployment):
+    """The operator's key signs it, so Flower alone would run its modules in place of the
+    image's; the site's SuperNode runs only the ClientApp installed in its image."""
+    app = write_app(deployment["tmp"] / "operator-code-app")
+    (app / "fl_client").mkdir()
+    (app / "fl_client" / "egress_guard.py").write_text("def check_reply(*args): pass\n")
+    key = load_ssh_private_key(deployment["creds"].signing_key.read_bytes(), None)
+    with_code = sign_release(build_fab_from_disk(app), key)
+    before, offset = egress_lines(deployment), site_log_size(deployment)
+    wait_for_refusals(deployment, offset, [submit_bundle(deployment, with_code)],
+                      "carries files besides its pyproject.toml: fl_client/egress_guard.py")
+    assert egress_lines(deployment) == before
+
+
 def test_the_site_refuses_a_bundle_signed_by_another_key(deployment):
     other_key = load_ssh_private_key(signing_key_pair("someone else")[0], None)
     signed = deployment["release"]

@@ -1,21 +1,31 @@
 """The site's SuperNode (``fedintent-supernode``) sends only to the SuperLink it was given: a
 SuperLink answering with a redirect to another address gets an error, and that address nothing
-(Flower's own client follows it, from https to plain http, with the site's signed headers)."""
+(Flower's own client follows it, from https to plain http, with the site's signed headers).
+And it runs only its image's own ClientApp: a bundle with code, or naming another ClientApp, is
+refused even when the trusted key signed it."""
 
+import hashlib
 import http.server
+import json
 import ssl
 import threading
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import load_ssh_private_key
+from flwr.cli.build import build_fab_from_disk
 from flwr.proto.fleet_pb2 import PushMessagesRequest
 from flwr.proto.node_pb2 import Node
+from flwr.supercore.fab import Fab
 from flwr.supercore.protobuf.client import ProtobufClient
+from flwr.supernode import start_client_internal
 from flwr.supernode.fleet_http_client import FleetHttpClient
 from flwr.supernode.node_auth_http_interceptor import NodeAuthHttpInterceptor
 
-from fedintent.launch.certificates import write_dev_credentials
-from fl_client.supernode import refuse_redirects
+from fedintent.launch.certificates import signing_key_id, signing_key_pair, write_dev_credentials
+from fedintent.launch.flower_cli import write_app
+from fedintent.launch.releases import sign_release
+from fl_client.supernode import bundle_problem, refuse_foreign_bundles, refuse_redirects
 
 
 def serve(handler: type, context: ssl.SSLContext | None = None) -> http.server.HTTPServer:
@@ -92,3 +102,55 @@ def test_the_site_supernode_refuses_a_redirect_that_flower_would_follow(redirect
     error = push(address, ca)
     assert error is not None and "307" in str(error)
     assert received == []
+
+
+def bundle(tmp_path, clientapp: str = "fl_client.client_app:app",
+           extra: dict[str, str] | None = None) -> bytes:
+    """The release's app bundle (``write_app``), its ClientApp or files changed."""
+    app = write_app(tmp_path / f"app-{len(list(tmp_path.iterdir()))}")
+    project = app / "pyproject.toml"
+    project.write_text(project.read_text().replace('"fl_client.client_app:app"',
+                                                   f'"{clientapp}"'))
+    for name, text in (extra or {}).items():
+        (app / name).parent.mkdir(parents=True, exist_ok=True)
+        (app / name).write_text(text)
+    return build_fab_from_disk(app)
+
+
+def signed(content: bytes, key) -> Fab:
+    """``content`` as the SuperNode receives it, with a valid signature by ``key``."""
+    release = sign_release(content, key)
+    verification = json.dumps({"signature": release.signature, "signed_at": release.signed_at})
+    return Fab(hashlib.sha256(content).hexdigest(), content,
+               {release.key_id: verification, "valid_license": "yes"})
+
+
+def test_only_a_code_free_bundle_naming_the_sites_clientapp_may_run(tmp_path):
+    assert bundle_problem(bundle(tmp_path)) == ""
+    problem = bundle_problem(bundle(tmp_path, extra={"fl_client/client_app.py": "app = 1\n"}))
+    assert "carries files besides its pyproject.toml: fl_client/client_app.py" in problem
+    assert "carries files" in bundle_problem(bundle(tmp_path, extra={"sitecustomize.py": ""}))
+    assert "not this site's" in bundle_problem(bundle(tmp_path, "fl_server.server_app:app"))
+    assert "not a readable app bundle" in bundle_problem(b"not a zip")
+
+
+def test_the_site_supernode_refuses_code_the_operator_signed(tmp_path, monkeypatch):
+    """Flower runs any bundle the trusted key signed, modules in it shadowing the image's own
+    (the egress guard, the ledger); the site's SuperNode runs only its image's ClientApp."""
+    private, public = signing_key_pair("operator")
+    key = load_ssh_private_key(private, None)
+    trusted = {signing_key_id(key.public_key()): public.decode().strip()}
+    own = signed(bundle(tmp_path), key)
+    foreign = signed(bundle(tmp_path, extra={"fl_client/egress_guard.py": "def check(*a): 0\n"}),
+                     key)
+    other_app = signed(bundle(tmp_path, "fl_server.server_app:app"), key)
+    verify = start_client_internal._verify_fab
+    assert verify(own, trusted) and verify(foreign, trusted) and verify(other_app, trusted)
+    monkeypatch.setattr(start_client_internal, "_verify_fab", verify)  # restored after
+    refuse_foreign_bundles()
+    refuse_foreign_bundles()  # idempotent
+    assert start_client_internal._verify_fab(own, trusted)
+    assert not start_client_internal._verify_fab(foreign, trusted)
+    assert not start_client_internal._verify_fab(other_app, trusted)
+    unsigned = Fab(own.hash_str, own.content, {"valid_license": "yes"})
+    assert not start_client_internal._verify_fab(unsigned, trusted)
