@@ -221,6 +221,9 @@ class Erasure:
     """The customer's privacy units the ledger holds a spend for (kept)."""
     ledger_epsilon: float
     """The largest lifetime epsilon among them (0 if none)."""
+    ledger_problem: str = ""
+    """Why the ledger could not be read for the two numbers above ("" if it was): the erasure
+    is recorded and done either way (found in review: it was reported as a failure)."""
 
 
 def forget(site_dir: Path, state_dir: Path, customer: str, retention_days: float, actor: str,
@@ -256,9 +259,13 @@ def forget(site_dir: Path, state_dir: Path, customer: str, retention_days: float
                            pruned.files, data_rows,
                            {"customer": customer_key(secret, customer),
                             "delete_from_data": delete_from_data})
-        units, epsilon = _ledger_spend(state_dir, secret, customer, theirs)
+        try:
+            units, epsilon = _ledger_spend(state_dir, secret, customer, theirs)
+            problem = ""
+        except LedgerError as err:
+            units, epsilon, problem = 0, 0.0, str(err)
         return Erasure(rows_found=len(theirs), erased_until=cut_off, deletion=deletion,
-                       ledger_units=units, ledger_epsilon=epsilon)
+                       ledger_units=units, ledger_epsilon=epsilon, ledger_problem=problem)
 
 
 def who_deletes(what: str) -> str:

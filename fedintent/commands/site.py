@@ -100,6 +100,10 @@ def run_forget(args: argparse.Namespace) -> int:
           f"uses their rows dated up to {erasure.erased_until.isoformat(timespec='seconds')} "
           "(now plus a day of clock skew, or their newest row) or undated")
     _print_deletion(erasure.deletion, args.delete_from_data, state_dir)
+    if erasure.ledger_problem:
+        raise CliError(f"the erasure above is recorded and done, but the privacy ledger could "
+                       f"not be read to report the spend it keeps of theirs: "
+                       f"{erasure.ledger_problem}")
     if erasure.ledger_units:
         print(f"privacy ledger: keeps the spend of their {erasure.ledger_units} privacy unit(s) "
               f"(largest lifetime epsilon {erasure.ledger_epsilon:.3g}); a returning customer "
