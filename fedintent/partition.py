@@ -164,11 +164,14 @@ def is_blank(row: list[str]) -> bool:
 
 
 def check_header(header: list[str], path: Path, line: int) -> None:
+    """The column names are not quoted: a file without a header line has a customer's row
+    there, and the error may end up in a CI log."""
     missing = [name for name in SITE_CSV_HEADER if name not in header]
     if missing:
         raise ValueError(
-            f"{path}:{line}: header must name columns 'text' and 'label'; missing {missing}, "
-            f"got {header}"
+            f"{path}:{line}: header must name columns 'text' and 'label'; missing {missing} "
+            f"among its {len(header)} columns (a file without a header line has its first row "
+            "read as the header)"
         )
 
 
@@ -191,11 +194,13 @@ def example_from_row(row: list[str], header: list[str], path: Path, line: int) -
 
 
 def check_test_labels(test: list[Example], labels: set[str], path: Path) -> None:
-    """A test label unseen in training has no site mix to follow."""
+    """A test label unseen in training has no site mix to follow. The label is not quoted: a
+    mis-columned row can hold a customer's words there."""
     for example in test:
         if example.label not in labels:
             raise ValueError(
-                f"{path}:{example.line}: label {example.label!r} does not occur in train.csv"
+                f"{path}:{example.line}: the label (a string of length {len(example.label)}) "
+                "does not occur in train.csv"
             )
 
 

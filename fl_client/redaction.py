@@ -1,7 +1,8 @@
 """PII redaction run on every utterance before a site tokenizes or encodes it.
 
 Detectors run in a fixed order and each later one only sees text the earlier ones left
-unclaimed: URL, email, IPv6, IPv4, then digit runs (resident ID, phone, bank card, and a
+unclaimed: URL, email, IPv6, IPv4, digit groups joined by a comma, 、 or slash (typed shapes
+only), then digit runs (resident ID, phone, bank card, and a
 ``[NUMBER]`` fallback for any other run of six or more digits), then Chinese addresses and
 names (``fl_client.redaction_zh``). docs/REDACTION.md explains the order, the validity
 rules and what a rule-based redactor cannot find.
@@ -67,6 +68,25 @@ _NEXT_GROUP = rf"(?:[(（]\d{{1,4}}[)）]|\d+{_ID_CHECK_X})"
 _DIGIT_RUN = re.compile(rf"{_FIRST_GROUP}(?:{_SEPARATOR}{_NEXT_GROUP})*")
 _DIGIT_GROUP = re.compile(r"[(（][+＋]?\d+[)）]|[+＋]?\d+[XxＸｘ]?")
 
+# Groups joined by a comma, 、, a middle dot, a slash, an underscore or a soft hyphen: ASR
+# punctuation and typists write pauses in a number this way ("138，1234，5678"), but amounts
+# (1,250,000), dates (2026/03/04) and lists are written this way too. So such a run is not a
+# digit run: a window of it is claimed only when its group lengths are a typed identifier's
+# written shape (_JOINED_SHAPES) and its digits pass that type's rule, never as [NUMBER].
+_JOIN = r"[,，、·・/／_\u00ad]"
+_JOINED_SEPARATOR = rf"(?:{_SPACE}{{0,2}}(?:{_JOIN}|{_DASH}){_SPACE}{{0,2}}|{_SPACE}{{1,2}})"
+_JOINED_RUN = re.compile(rf"(?<!\d)\d+(?:{_JOINED_SEPARATOR}\d+)+{_ID_CHECK_X}")
+_JOINED_GROUP = re.compile(r"\d+[XxＸｘ]?")
+_JOIN_CHAR = re.compile(_JOIN)
+_JOINED_SHAPES: tuple[tuple[tuple[int, ...], PiiKind], ...] = (
+    ((4, 4, 4, 4, 3), "CARD"),
+    ((6, 8, 4), "ID"),
+    ((6, 4, 4, 4), "ID"),
+    ((4, 4, 4, 4), "CARD"),
+    ((4, 6, 5), "CARD"),
+    ((3, 4, 4), "PHONE"),
+)
+
 _CN_MOBILE = re.compile(r"(?:0086|86)?1[3-9]\d{9}")
 _CN_LANDLINE_AREA = re.compile(r"0\d{2,3}")
 _CN_LANDLINE_LOCAL = re.compile(r"[2-9]\d{6,7}")
@@ -113,7 +133,7 @@ def find_pii(text: str) -> list[PiiSpan]:
     """Sorted, non-overlapping PII spans; earlier detectors win, so the order is the policy."""
     spans: list[PiiSpan] = []
     unclaimed = text
-    for find in (_find_urls, _find_emails, _find_ipv6, _find_ipv4):
+    for find in (_find_urls, _find_emails, _find_ipv6, _find_ipv4, _find_joined_numbers):
         found = find(unclaimed)
         if found:
             spans.extend(found)
@@ -225,6 +245,58 @@ def _find_ipv4(text: str) -> list[PiiSpan]:
     if "." not in text:
         return []
     return [PiiSpan(m.start(), m.end(), "IP") for m in _IPV4.finditer(text)]
+
+
+def _find_joined_numbers(text: str) -> list[PiiSpan]:
+    """Phones, IDs and cards whose groups are joined by a comma, 、, slash, ... (_JOIN).
+
+    Runs before the digit-run rules, which would otherwise claim a part ("1234 5678" of
+    "138，1234 5678") and leave the rest readable; a window is taken only if a _JOIN
+    character is inside it, so every number the digit-run rules handle stays theirs.
+    """
+    if _JOIN_CHAR.search(text) is None:
+        return []
+    spans = []
+    for run in _JOINED_RUN.finditer(text):
+        groups = list(_JOINED_GROUP.finditer(text, run.start(), run.end()))
+        index = 0
+        while index < len(groups):
+            found = _joined_window(text, groups, index)
+            if found is None:
+                index += 1
+                continue
+            end, kind = found
+            spans.append(PiiSpan(groups[index].start(), groups[end - 1].end(), kind))
+            index = end
+    return spans
+
+
+def _joined_window(
+    text: str, groups: list[re.Match[str]], start: int
+) -> tuple[int, PiiKind] | None:
+    """(end, kind) of the typed shape that starts at ``groups[start]``, or None."""
+    for shape, kind in _JOINED_SHAPES:
+        end = start + len(shape)
+        window = groups[start:end]
+        if tuple(len(group.group()) for group in window) != shape:
+            continue
+        joined = _JOIN_CHAR.search(text, window[0].end(), window[-1].start()) is not None
+        if joined and _is_joined_kind("".join(g.group() for g in window), kind):
+            return end, kind
+    return None
+
+
+def _is_joined_kind(token: str, kind: PiiKind) -> bool:
+    """The type's own rule: a 1[3-9] mobile, a valid resident ID, or a Luhn-valid card
+    from a card network (first digit 3-6: a list of years starts with 1 or 2)."""
+    digits = _normalize_digits(token)
+    if kind == "ID":
+        return resident_id_valid(token)
+    if not digits.isdecimal():
+        return False
+    if kind == "PHONE":
+        return _CN_MOBILE.fullmatch(digits) is not None
+    return digits[0] in "3456" and luhn_valid(digits)
 
 
 def _find_digit_pii(text: str) -> list[PiiSpan]:

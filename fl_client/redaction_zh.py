@@ -97,7 +97,7 @@ _SIGN_OFF_MARKERS = _words("敬上 谨上 拜上 收")
 _STRONG_CUES = _words(
     "我叫 名叫 叫做 姓名 名字 全名 本人 机主 户主 户名 持卡人 联系人 收件人 "
     "收货人 寄件人 签收人 申请人 开户人 投保人 被保险人 被保人 受益人 监护人 "
-    "经办人 代理人 客户 用户 业主 车主 持有人 代办人 办理人 账户人"
+    "经办人 代理人 客户 用户 业主 车主 持有人 代办人 办理人 账户人 收款人 付款人 转账给"
 )
 # Cues that introduce a name and nothing else ("客户" may precede "高考完了").
 _NAMING_CUES = _words("我叫 名叫 叫做 姓名 名字 全名 户名")
@@ -109,7 +109,9 @@ _KIN_CUES = _words(
     "我女儿 我哥 我姐 我弟 我妹 我哥哥 我姐姐 我弟弟 我妹妹 我朋友 我同事 我外婆 我外公 "
     "我奶奶 我爷爷 我婆婆 我公公 我岳母 我岳父"
 )
-_CUE_LINKS = ("是", "为", "叫", "：", ":", " ")
+_CUE_LINKS = ("是", "为", "叫", "：", ":")
+# Spaces may follow a cue and its link, as forms and CRM notes write it: "姓名: 张伟".
+_CUE_SPACES = "[ \t\u3000]*"
 _SIGN_OFF_BEFORE = _words("此致 敬礼 谢谢 多谢 感谢 祝好 盼复 商祺 顺颂")
 _FIELD_WORDS = _words("身份证 证件 手机 电话 联系方式 卡号 账号 帐号 邮箱 地址 住址 微信")
 
@@ -267,7 +269,7 @@ _CUE_PATTERN = re.compile(
     "(?P<cue>"
     + "|".join(sorted(_STRONG_CUES + _WEAK_CUES + _KIN_CUES, key=len, reverse=True))
     + ")"
-    "(?:" + "|".join(map(re.escape, _CUE_LINKS)) + ")?"
+    "(?:" + "|".join(map(re.escape, _CUE_LINKS)) + ")?" + _CUE_SPACES
 )
 _TITLE_PATTERN = re.compile("|".join(sorted(_TITLES, key=len, reverse=True)))
 _SURNAME_WORD = re.compile("姓")

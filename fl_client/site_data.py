@@ -68,6 +68,9 @@ MAX_TEXT_CHARS = 10_000
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _CONTROL_IN_TEXT = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+_LABEL_SHAPED = re.compile(r"[A-Za-z][A-Za-z0-9_.:/\-]{0,39}")
+_SHOWN_INT_LIMIT = 100_000
+"""Smaller integers (a round number) are shown: below the redactor's six-digit floor."""
 _Parsed = TypeVar("_Parsed")
 RowFilter = Callable[[str | None, datetime | None], str | None]
 """(customer id, timestamp) -> why the row may not be used (``None``: it may)."""
@@ -421,7 +424,7 @@ def _timestamp(value: object) -> datetime | None | str:
     try:
         when = datetime.fromisoformat(value.strip())
     except ValueError:
-        return f"timestamp {shown(value)} is not an ISO 8601 date-time"
+        return f"timestamp is not an ISO 8601 date-time ({_described(value)})"
     return when.replace(tzinfo=UTC) if when.tzinfo is None else when
 
 
@@ -438,21 +441,35 @@ def _intent_turn_text(record: dict) -> tuple[str, int] | str:
         if not customer:
             return "no customer turn to carry the intent"
         index = customer[0]
-    if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < len(turns):
-        return f"intent_turn {shown(index)} is not an index into turns"
+    if not isinstance(index, int) or isinstance(index, bool):
+        return f"intent_turn is not an index into turns ({_described(index)})"
+    if not 0 <= index < len(turns):
+        return f"intent_turn is not an index into turns (outside 0 to {len(turns) - 1})"
     if turns[index].get("speaker") != "customer":
         return f"intent_turn {index} is not a customer turn"
     return (turns[index]["text"], index)
 
 
 def shown(value: object) -> str:
-    """A value from the data as a message may quote it (a reason, a warning, ``check-data``):
-    PII-redacted, ASCII, at most 40 characters. A mis-columned file can put a customer's words
-    in a label or a header, and a site's log and terminal must never hold a whole row."""
-    if not isinstance(value, str | int | float | None):
-        return type(value).__name__
-    text = ascii(redact(value[:200])) if isinstance(value, str) else str(value)
-    return text if len(text) <= 40 else f"{text[:37]}..."
+    """A label (or a run setting) as a log line or ``check-data`` may name it: quoted when it is
+    shaped like a taxonomy label (ASCII letters, digits and ``_ . : / -``, starting with a
+    letter, at most 40 characters, nothing the redactor finds in it), else only its shape. A
+    mis-columned file can put a customer's words or number where a label belongs, and quoting
+    them redacted would be only as good as the redactor."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) < _SHOWN_INT_LIMIT:
+        return str(value)
+    if isinstance(value, str) and _LABEL_SHAPED.fullmatch(value) and redact(value) == value:
+        return repr(value)
+    return f"<{_described(value)}, not shown>"
+
+
+def _described(value: object) -> str:
+    """What a value from the data is, without any of its content: messages about rows say
+    this, never the value itself."""
+    if isinstance(value, str):
+        return f"a string of length {len(value)}"
+    name = type(value).__name__
+    return f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
 
 
 def _read_csv(path: Path, rejected: list[RejectedRow]) -> list[Row]:
@@ -485,9 +502,13 @@ def _csv_fields(line: str) -> list[str]:
 
 def _csv_header(line: str) -> list[str] | str:
     header = [h.strip() for h in _csv_fields(line)]
-    label_col = "label" if "label" in header else "intent"
-    if "text" not in header or label_col not in header:
-        return f"CSV header must name 'text' and 'label', got {shown(','.join(header))}"
+    columns = set(header)
+    missing = [name for name, names in (("text", {"text"}), ("label", {"label", "intent"}))
+               if not names & columns]
+    if missing:
+        return (f"CSV header must name 'text' and 'label' (or 'intent'); its {len(header)} "
+                f"columns lack {' and '.join(map(repr, missing))} (a file without a header "
+                "line has its first row read as the header)")
     return header
 
 

@@ -178,7 +178,7 @@ def build_sites(root: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Site]:
     (s.data / "train.csv").write_text(
         f'"{pii_sentence(s.canary)}",card_lost\n"what is my balance",check_balance\n',
         encoding="utf-8")
-    s.logged = [s.canary]  # the header is shown cut to 40 characters: the card is not in it
+    s.logged = [s.canary]  # in the folder's path; the header is described, never quoted
 
     s = site("missing", Reason.DATA_UNUSABLE)  # data-path names a folder never created
     s.logged = [s.canary]
@@ -186,15 +186,16 @@ def build_sites(root: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Site]:
     s = site("bad-rows", Reason.DATA_UNUSABLE)
     write_jsonl(s.data / "train.jsonl", [
         {"text": pii_sentence(s.canary), "label": f"{s.canary} {CARD}"},  # unknown label
-        {"text": f"refund {PHONE}", "label": f"{s.canary}-refund"},  # unknown label
+        {"text": f"refund {PHONE}", "label": "refund_later"},  # unknown label
         {"text": "", "label": "card_lost"},  # empty text
         {"text": ["not", "a", "string", s.canary], "label": "card_lost"},
         {"turns": [{"speaker": "agent", "text": pii_sentence(s.canary)}], "intent": "card_lost"},
     ])
     with open(s.data / "train.jsonl", "a", encoding="utf-8") as f:
         f.write(f'{{"text": "{pii_sentence(s.canary)}", "label": \n')  # truncated JSON
-    # the unknown labels are named, redacted and cut short: the card number is not in the log
-    s.logged = ["skipped 1 rows with unknown label 'CANARY-"]
+    # a label-shaped unknown label is named; one holding a customer's words only described
+    s.logged = ["skipped 1 rows with unknown label 'refund_later'",
+                "skipped 1 rows with unknown label <a "]
     s.not_logged = [CARD, CARD_DIGITS]
 
     s = site("corrupt-ledger", Reason.LEDGER_UNREADABLE)

@@ -3,11 +3,13 @@
 import csv
 import json
 import math
+import re
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
+from fedintent.cli import main
 from fedintent.partition import partition_csv_dataset
 from fl_client.site_data import load_site
 from fl_protocol.label_file import read_labels
@@ -200,7 +202,7 @@ GOOD_TEST = "text,label\nx,l0\ny,l1\n"
         ("train.csv", 'text,label\n"quoted"junk,a\n', "train.csv:2: malformed CSV"),
         ("train.csv", "", "train.csv: empty file"),
         ("train.csv", "text,label\n", "train.csv: no data rows"),
-        ("test.csv", "text,label\nx,l0\ny,unseen\n", "test.csv:3: label 'unseen' does not occur"),
+        ("test.csv", "text,label\nx,l0\ny,unseen\n", r"test.csv:3: the label \(a string of"),
     ],
 )
 def test_malformed_csv_names_file_line_and_problem(tmp_path, name, content, message):
@@ -219,6 +221,37 @@ def test_undecodable_and_missing_files_are_named(tmp_path):
     (tmp_path / "train.csv").write_text(GOOD_TRAIN, encoding="utf-8")
     with pytest.raises(ValueError, match=r"test.csv: file not found"):
         partition_csv_dataset(tmp_path, tmp_path / "out", n_sites=2, seed=0)
+
+
+CANARY_NAME = "张伟"
+CANARY_PHONE = "13812345678"
+CANARY = f"我叫{CANARY_NAME}，电话{CANARY_PHONE}，卡丢了"
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("train.csv", f"{CANARY},banking.card_lost\n" + GOOD_TRAIN,
+         r"train.csv:1: header must name columns 'text' and 'label'; missing \['text', 'label'\] "
+         "among its 2 columns"),
+        ("test.csv", f"text,label\nx,l0\ny,{CANARY}\n",
+         r"test.csv:3: the label \(a string of length 22\) does not occur in train.csv"),
+    ],
+)
+def test_errors_never_quote_a_row(tmp_path, capsys, name, content, message):
+    """A headerless file or a mis-columned label puts a customer's words in the error, which
+    ends up in CI logs: the error names the file, line and problem, never the row."""
+    files = {"train.csv": GOOD_TRAIN, "test.csv": GOOD_TEST, name: content}
+    for file_name, text in files.items():
+        (tmp_path / file_name).write_text(text, encoding="utf-8")
+    with pytest.raises(ValueError, match=message) as raised:
+        partition_csv_dataset(tmp_path, tmp_path / "out", n_sites=2, seed=0)
+    assert main(["partition", str(tmp_path), "--sites", "2", "--out", str(tmp_path / "o")]) == 2
+    terminal = capsys.readouterr()
+    assert re.search(message, terminal.err), terminal.err
+    for text in (str(raised.value), terminal.out, terminal.err):
+        for canary in (CANARY_NAME, CANARY_PHONE, ascii(CANARY_NAME)[1:-1]):
+            assert canary not in text, (canary, text)
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,7 @@
 """Tests for fl_client.redaction: every detector, its validity rule, and attempts to break it.
 
 The planted-corpus test prints the precision and recall quoted in docs/REDACTION.md:
-    python -m pytest tests/test_redaction.py -s -k corpus
+    python -m pytest tests/test_redaction.py -s -n 0 -k corpus
 Throughput is a benchmark, not a test (a wall-clock floor fails on a loaded machine):
     python benchmarks/redaction_on_synthetic.py --throughput
 """
@@ -460,6 +460,65 @@ def test_legacy_15_digit_id_is_a_long_number() -> None:
 )
 def test_bank_cards(text: str, expected: str) -> None:
     assert redact(text) == expected
+
+
+def joined(number: str, sizes: tuple[int, ...], separator: str) -> str:
+    """``number`` cut into groups of ``sizes``, joined by ``separator``."""
+    cuts = [sum(sizes[:i]) for i in range(len(sizes) + 1)]
+    return separator.join(number[a:b] for a, b in zip(cuts, cuts[1:], strict=False))
+
+
+@pytest.mark.parametrize("separator", ["，", "、", "·", "/", "／", "_", "\u00ad", ",", ", "])
+@pytest.mark.parametrize(
+    ("number", "sizes", "kind"),
+    [
+        ("13812345678", (3, 4, 4), "PHONE"),
+        ("6225882914177768", (4, 4, 4, 4), "CARD"),
+        (UNIONPAY_19, (4, 4, 4, 4, 3), "CARD"),
+        (AMEX, (4, 6, 5), "CARD"),
+        (VALID_ID, (6, 8, 4), "ID"),
+        (VALID_DIGIT_ID, (6, 4, 4, 4), "ID"),
+    ],
+)
+def test_groups_joined_by_commas_slashes_and_dots_are_redacted_whole(
+    number: str, sizes: tuple[int, ...], kind: str, separator: str
+) -> None:
+    """ASR punctuation and Chinese typists write pauses in a number as ，or 、."""
+    assert redact(f"号码：{joined(number, sizes, separator)}，谢谢") == f"号码：[{kind}]，谢谢"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("手机138，1234 5678", "手机[PHONE]"),
+        ("６２２５，８８２９，１４１７，７７６８", "[CARD]"),
+        ("+86，138，1234，5678", "+86，[PHONE]"),
+        ("13812345678，13912345678", "[PHONE]，[PHONE]"),
+        ("110105，19491231，0021", "[NUMBER]，[NUMBER]，0021"),  # wrong ID check character
+    ],
+)
+def test_joined_groups_mixed_with_other_separators(text: str, expected: str) -> None:
+    assert redact(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "1,000,000",
+        "¥1,250,000.00",
+        "12,345,678,901元",
+        "2026/03/04",
+        "2026/03/04/2027",
+        "03/04/2026, 04/05/2026",
+        "2019、2020、2021、2022年",
+        "价格128，1234，5678",  # not a 1[3-9] mobile
+        "4111，1111，1111，1112",  # fails Luhn
+        "2017、2018、2019、2020年",  # Luhn-valid, but a card starting with 2 is not taken
+        "1、2、3、4、5、6、7、8",
+    ],
+)
+def test_joined_groups_in_no_typed_shape_are_left_alone(text: str) -> None:
+    assert redact(text) == text
 
 
 @pytest.mark.parametrize(

@@ -495,6 +495,38 @@ def test_names_and_addresses_are_redacted(text: str, expected: str) -> None:
     assert redact(text) == expected
 
 
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("姓名: 张伟", "姓名: [NAME]"),
+        ("姓名： 张伟", "姓名： [NAME]"),
+        ("姓名:  张伟", "姓名:  [NAME]"),
+        ("姓名：\u3000张伟", "姓名：\u3000[NAME]"),
+        ("户名: 李娜", "户名: [NAME]"),
+        ("联系人： 王芳，13812345678", "联系人： [NAME]，[PHONE]"),
+    ],
+)
+def test_a_space_after_a_cue_and_its_colon_still_finds_the_name(text: str, expected: str) -> None:
+    """Form-like chat and CRM notes write "姓名: 张伟"; the colon alone was the whole link."""
+    assert redact(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("收款人：王芳", "收款人：[NAME]"),
+        ("付款人王芳", "付款人[NAME]"),
+        ("付款人是张伟，钱没到", "付款人是[NAME]，钱没到"),
+        ("转账给王芳100元", "转账给[NAME]100元"),
+        ("转账给他了", "转账给他了"),
+        ("转账给支付宝", "转账给支付宝"),
+        ("转账给余额宝", "转账给余额宝"),
+    ],
+)
+def test_banking_role_cues(text: str, expected: str) -> None:
+    assert redact(text) == expected
+
+
 # Known over-reach: 家 is allowed inside place names (李家村), so 老家 lends its 家.
 KNOWN_OVERREACH = ("我老家{A:四川省南充市仪陇县马鞍镇}的。",)
 

@@ -157,7 +157,7 @@ def test_timestamps_are_read_in_any_offset_and_a_bad_one_rejects_its_row(tmp_pat
     data = load_site(site, LABELS, keep=lambda customer, when: seen.append(when))
     assert seen == [datetime(2026, 11, 30, 2, tzinfo=UTC), datetime(2026, 11, 30, 10, tzinfo=UTC)]
     assert [str(r) for r in data.rejected] == [
-        "train.jsonl:3: timestamp 'yesterday' is not an ISO 8601 date-time",
+        "train.jsonl:3: timestamp is not an ISO 8601 date-time (a string of length 9)",
         "train.jsonl:4: timestamp must be a string, got int"]
 
 
@@ -405,6 +405,24 @@ def test_purge_and_forget_on_a_state_folder_that_lost_its_secret_say_so_without_
     assert fedintent(["forget", "--site", str(site), "--customer", " ", "--state-dir",
                       str(state)]) == 2
     assert "--customer: the customer id is empty" in capsys.readouterr().err
+
+
+def test_forget_with_an_unreadable_ledger_reports_the_erasure_done_and_the_ledger_apart(
+        tmp_path, capsys):
+    """Found in review: the erasure was recorded and done, yet the command only printed the
+    ledger's error, so the operator took the erasure for failed."""
+    site, state = tmp_path / "site", tmp_path / "state"
+    write_site(site, site_rows())
+    assert fedintent(["purge", str(site), "--state-dir", str(state)]) == 0
+    (state / "privacy-ledger.json").write_text('{"garbage": 1}')
+    capsys.readouterr()
+    code = fedintent(["forget", "--site", str(site), "--customer", "cust-1", "--state-dir",
+                      str(state)])
+    out, err = capsys.readouterr()
+    assert code == 2 and "Traceback" not in out + err
+    assert "erasure recorded:" in out
+    assert "the erasure above is recorded and done" in err and "privacy-ledger.json" in err
+    assert [entry["event"] for entry in log_entries(state)][-2:] == ["erasure", "erasure-done"]
 
 
 # --- the deletion log ------------------------------------------------------------------------

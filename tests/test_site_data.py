@@ -119,7 +119,8 @@ def test_a_csv_without_a_usable_header_costs_its_rows_not_the_site(tmp_path):
     site = load_site(tmp_path, LABELS)
     assert site.train.texts == ["refund now"] and len(site.test) == 0
     assert [str(row) for row in site.rejected] == [
-        "test.csv:1: CSV header must name 'text' and 'label', got 'utterance,intent_name'",
+        "test.csv:1: CSV header must name 'text' and 'label' (or 'intent'); its 2 columns lack "
+        "'text' and 'label' (a file without a header line has its first row read as the header)",
         "test.csv:2: skipped: the file's header (line 1) is unusable",
         "test.csv:4: skipped: the file's header (line 1) is unusable",
     ]
@@ -414,3 +415,75 @@ def test_the_languages_a_site_names_are_read_past_whatever_the_loader_skips(tmp_
     (site / "c.jsonl").write_bytes(b'\xff\xfe{"language": "fr"}\n{"language": "'
                                    + b"x" * MAX_LINE_BYTES + b'"}\n{"language": " EN "}\n')
     assert record_languages(site) == {"zh", "en"}
+
+
+CANARY_NAME = "张伟"
+CANARY_PHONE = "13812345678"
+CANARY = f"我叫{CANARY_NAME}，电话{CANARY_PHONE}"
+CANARY_FORMS = (CANARY_NAME, CANARY_PHONE, ascii(CANARY_NAME)[1:-1])
+"""The canary as written, and as an ``ascii()`` escape, which reads back trivially."""
+
+
+def write_canary_site(site) -> None:
+    """One row per message that once quoted a value, with a name and a phone number there."""
+    site.mkdir()
+    write_jsonl(site / "train.jsonl", [
+        conversation(),
+        conversation(timestamp=CANARY),
+        conversation(intent_turn=CANARY),
+        conversation(intent_turn=int(CANARY_PHONE)),
+        conversation(intent=CANARY),
+        conversation(intent=CANARY_NAME),
+        conversation(intent=CANARY_PHONE),
+    ])
+    (site / "train.csv").write_text(f"{CANARY},card_lost\nlost card,card_lost\n")  # no header
+    (site / "test.csv").write_text(f"text,label,timestamp\nlost card,card_lost,{CANARY}\n")
+
+
+def test_no_message_about_a_row_quotes_its_values(tmp_path, capsys):
+    """A name and a phone number where a timestamp, an intent_turn, a header or a label belongs
+    reach neither the rejection reasons (the site's log), the unknown-label warnings nor
+    ``check-data``'s output: each message says what is wrong and where, never the value."""
+    site = tmp_path / "site"
+    write_canary_site(site)
+    data = load_site(site, LABELS)
+    reasons = [str(row) for row in data.rejected]
+    assert reasons == [
+        "train.jsonl:2: timestamp is not an ISO 8601 date-time (a string of length 18)",
+        "train.jsonl:3: intent_turn is not an index into turns (a string of length 18)",
+        "train.jsonl:4: intent_turn is not an index into turns (outside 0 to 1)",
+        "train.csv:1: CSV header must name 'text' and 'label' (or 'intent'); its 2 columns lack "
+        "'text' and 'label' (a file without a header line has its first row read as the header)",
+        "train.csv:2: skipped: the file's header (line 1) is unusable",
+        "test.csv:2: timestamp is not an ISO 8601 date-time (a string of length 18)",
+    ]
+    warnings = [fl_client.site_data.shown(label) for label in data.unknown_labels]
+    assert warnings == ["<a string of length 18, not shown>", "<a string of length 2, not shown>",
+                        "<a string of length 11, not shown>"]
+
+    assert main(["check-data", str(site)]) == 0  # labels as read from the rows
+    (tmp_path / "labels.txt").write_text("card_lost\nrefund\n")
+    assert main(["check-data", str(site)]) == 0  # labels the taxonomy does not know
+    captured = capsys.readouterr()
+    assert "unknown label <a string of length 2, not shown>: 1 rows" in captured.out
+    for text in [*reasons, *warnings, captured.out, captured.err]:
+        for canary in CANARY_FORMS:
+            assert canary not in text, (canary, text)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("banking.card_lost", "'banking.card_lost'"),
+        ("run-2026-01-01", "'run-2026-01-01'"),
+        (3, "3"),
+        ("John Smith", "<a string of length 10, not shown>"),
+        ("zhangwei13812345678", "<a string of length 19, not shown>"),
+        ("www.example.com", "<a string of length 15, not shown>"),
+        ("x" * 41, "<a string of length 41, not shown>"),
+        (13812345678, "<an int, not shown>"),
+        (["a", "list"], "<a list, not shown>"),
+    ],
+)
+def test_only_label_shaped_values_are_shown(value, expected):
+    assert fl_client.site_data.shown(value) == expected
