@@ -37,8 +37,12 @@ _URL = re.compile(
 )
 # Length caps are RFC 5321's (64 for the local part, 63 per label); they also keep the
 # backtracking linear on long runs of letters.
+# Full-width letters, digits and dots too, and 。 between domain labels: a Chinese keyboard
+# types them (found in review: zhang.wei＠163．com was left whole).
 _EMAIL = re.compile(
-    r"[A-Za-z0-9._%+\-]{1,64}[@＠][A-Za-z0-9\-]{1,63}(?:\.[A-Za-z0-9\-]{1,63})*\.[A-Za-z]{2,63}"
+    r"[A-Za-z0-9._%+\-Ａ-Ｚａ-ｚ０-９．]{1,64}[@＠]"
+    r"[A-Za-z0-9\-Ａ-Ｚａ-ｚ０-９]{1,63}(?:[.．。][A-Za-z0-9\-Ａ-Ｚａ-ｚ０-９]{1,63})*"
+    r"[.．。][A-Za-zＡ-Ｚａ-ｚ]{2,63}"
 )
 _IPV6_CANDIDATE = re.compile(
     r"(?<![0-9A-Za-z\]])"

@@ -531,6 +531,11 @@ def test_joined_groups_in_no_typed_shape_are_left_alone(text: str) -> None:
         ("我的邮箱是li.si＠qq.com谢谢", "我的邮箱是[EMAIL]谢谢"),
         ("john@www.example.com", "[EMAIL]"),
         ("reply to @support please", "reply to @support please"),
+        # typed on a Chinese keyboard (found in review: each was left whole)
+        ("zhang.wei＠163．com 谢谢", "[EMAIL] 谢谢"),
+        ("我的邮箱zhangwei@qq。com。", "我的邮箱[EMAIL]。"),
+        ("ｚｈａｎｇｗｅｉ＠１６３．ｃｏｍ", "[EMAIL]"),
+        ("价格@5。00元", "价格@5。00元"),
     ],
 )
 def test_emails(text: str, expected: str) -> None:
