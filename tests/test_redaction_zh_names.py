@@ -489,6 +489,9 @@ def found(text: str) -> list[tuple[str, str]]:
         ("建设路12号那个营业厅还开吗", "[ADDRESS]那个营业厅还开吗"),
         ("老家是河南省周口市鹿邑县的", "老家是[ADDRESS]的"),
         ("南宁市青秀区民族大道136号，收件人黎国华。", "[ADDRESS]，收件人[NAME]。"),
+        # a numbered road section and a 甲 house number (found in review: 四段27号, 甲8号 were left)
+        ("成都市武侯区人民南路四段27号", "[ADDRESS]"),
+        ("寄到朝阳区建国门外大街甲8号。", "寄到[ADDRESS]。"),
     ],
 )
 def test_names_and_addresses_are_redacted(text: str, expected: str) -> None:
@@ -575,6 +578,9 @@ def test_ordinary_words_starting_with_a_surname_are_not_names(text: str) -> None
         "谢谢，辛苦了",
         "我在北京市朝阳区",
         "你们营业厅在人民路吗",
+        "第四段路程很长",
+        "乙方3号条款",
+        "甲等奖8个",
         "营业厅在2楼3号窗口",
         "地铁2号线",
         "My name is John Smith and I live at 221B Baker Street",
