@@ -1,4 +1,4 @@
-"""Chinese personal names and street addresses, found by rules (standard library only).
+"""Chinese personal names and street addresses, found by rules.
 
 A Chinese name has no checkable structure, and most surnames are also ordinary characters
 (周末, 马上, 高兴, 余额), so a surname alone is never enough: a name is found only with a
@@ -8,6 +8,9 @@ given characters common in names ("我是路人" stays). Addresses are found as 
 of at least two components (省/市/区/县, 镇/街道/村, 路/街/巷, 小区/大厦, 号/栋/单元/室).
 docs/REDACTION.md lists the rules, the measured precision and recall, and the known misses.
 
+The rules hold Simplified characters; Traditional text (Taiwan, Hong Kong) is read through
+``simplified``, one character for one, so the spans found point into the text as written.
+
 ``find_zh_pii`` is called by ``fl_client.redaction.find_pii`` on text in which earlier
 detectors' findings are already blanked with ``PII_MASK``.
 """
@@ -15,6 +18,9 @@ detectors' findings are already blanked with ``PII_MASK``.
 from __future__ import annotations
 
 import re
+from functools import lru_cache
+
+from opencc import OpenCC
 
 PII_MASK = "\x00"
 _NAME_MASK = "\x01"
@@ -22,6 +28,25 @@ _MAX_ROUNDS = 4
 
 _HAN = "\u3400-\u4dbf\u4e00-\u9fff"
 _HAN_CHAR = re.compile(f"[{_HAN}]")
+
+
+@lru_cache(maxsize=1)
+def _traditional_to_simplified() -> OpenCC:
+    return OpenCC("t2s")
+
+
+@lru_cache(maxsize=65536)
+def _simplified_char(char: str) -> str:
+    converted = _traditional_to_simplified().convert(char)
+    return converted if len(converted) == 1 else char
+
+
+def simplified(text: str) -> str:
+    """``text`` with each Traditional Han character replaced by its Simplified form (OpenCC's
+    table), character for character: the same length, so every offset found in it is an offset
+    into ``text`` (found in review: 陳先生 and 台北市大安區... were left as written)."""
+    return "".join(_simplified_char(char) if "\u3400" <= char <= "\u9fff" else char
+                   for char in text)
 
 
 def _words(text: str) -> tuple[str, ...]:
@@ -169,7 +194,7 @@ def find_zh_pii(text: str) -> list[tuple[int, int, str]]:
     """
     if not _HAN_CHAR.search(text):
         return []
-    work = text
+    work = simplified(text)
     if "[" in work:
         work = _PII_TOKEN.sub(lambda m: PII_MASK * len(m.group()), work)
         work = _NAME_TOKEN.sub(lambda m: _NAME_MASK * len(m.group()), work)

@@ -24,6 +24,7 @@ from collections import Counter
 import pytest
 
 from fl_client.redaction import find_pii, redact
+from fl_client.redaction_zh import simplified
 
 SIX_DIGITS = re.compile(r"\d{6}")
 MARK = re.compile(r"\{([NA]):([^}]*)\}")
@@ -492,6 +493,11 @@ def found(text: str) -> list[tuple[str, str]]:
         # a numbered road section and a 甲 house number (found in review: 四段27号, 甲8号 were left)
         ("成都市武侯区人民南路四段27号", "[ADDRESS]"),
         ("寄到朝阳区建国门外大街甲8号。", "寄到[ADDRESS]。"),
+        # Traditional Chinese, read through OpenCC's table; the rest stays as written
+        ("請聯繫陳先生", "請聯繫[NAME]先生"),
+        ("我叫陳志明，卡不見了", "我叫[NAME]，卡不見了"),
+        ("姓名：黃美玲", "姓名：[NAME]"),
+        ("寄到台北市大安區忠孝東路四段100號5樓謝謝", "寄到[ADDRESS]謝謝"),
     ],
 )
 def test_names_and_addresses_are_redacted(text: str, expected: str) -> None:
@@ -579,6 +585,8 @@ def test_ordinary_words_starting_with_a_surname_are_not_names(text: str) -> None
         "我在北京市朝阳区",
         "你们营业厅在人民路吗",
         "第四段路程很长",
+        "我的卡不見了，請幫我凍結",
+        "乾淨的房間",
         "乙方3号条款",
         "甲等奖8个",
         "营业厅在2楼3号窗口",
@@ -675,3 +683,11 @@ def test_held_out_recall_and_precision_do_not_regress(sentences, floors) -> None
     for kind, (min_gone, max_false) in floors.items():
         assert scores[kind].get("gone", 0) >= min_gone, (kind, scores[kind])
         assert scores[kind].get("false", 0) <= max_false, (kind, scores[kind])
+
+
+def test_traditional_text_is_read_character_for_character():
+    """Offsets found in the Simplified reading must point into the text as written."""
+    han = "".join(chr(code) for code in range(0x3400, 0xA000, 7))
+    assert len(simplified(han)) == len(han)
+    assert simplified("陳黃區號樓縣鎮") == "陈黄区号楼县镇"
+    assert simplified("abc [PHONE] 123") == "abc [PHONE] 123"
