@@ -15,10 +15,11 @@
 #                     start without it
 #   DATA_DIR          this site's data folder (default /data)
 #   STATE_DIR         privacy ledger, caches, egress log (default /state). It must persist:
-#                     a state folder without a site secret is refused unless INIT_STATE=1
-#   INIT_STATE        1 on a new site's first start only: make its state folder. Without it an
-#                     empty STATE_DIR is taken for a lost or unmounted one (the ledger and every
-#                     unit's spent budget would start again from zero) and refused
+#                     a state folder without a site secret is refused
+#   INIT_STATE        1: make a new site's state folder and its site secret, then exit (a
+#                     one-off run before the site's first start). The site itself refuses an
+#                     empty STATE_DIR, taking it for a lost or unmounted one (the ledger and
+#                     every unit's spent budget would start again from zero)
 #   MAX_EPSILON       this site's lifetime privacy budget per unit (default: the ClientApp's,
 #                     8; fl_protocol/wire.py DEFAULT_MAX_EPSILON)
 #   MAX_DELTA         the largest delta this site accepts (default: the ClientApp's, 1e-5)
@@ -62,12 +63,35 @@ umask 077
 [ $# -eq 0 ] || {
     echo "site-entrypoint: takes no arguments (got: $*); configure it with environment variables" >&2
     exit 2; }
+STATE_DIR="${STATE_DIR:-/state}"
+if [ "${INIT_STATE:-}" = 1 ]; then
+    # A new site's state folder, made by a one-off run that exits: INIT_STATE is never set on
+    # the long-running site, which therefore always refuses a lost or unmounted state folder.
+    if [ -e "$STATE_DIR/site-secret" ]; then
+        echo "site-entrypoint: INIT_STATE=1: $STATE_DIR already holds a site secret; nothing done"
+        exit 0
+    fi
+    mkdir -p "$STATE_DIR"
+    chmod 700 "$STATE_DIR"
+    python - "$STATE_DIR" <<'PY' || exit 2
+import sys
+
+from fl_client.site_secret import SecretError, site_secret
+
+try:
+    site_secret(sys.argv[1])
+except SecretError as err:
+    sys.exit(f"site-entrypoint: {err}")
+PY
+    echo "site-entrypoint: INIT_STATE=1: made the state folder $STATE_DIR and its site secret;" \
+        "now start the site without INIT_STATE"
+    exit 0
+fi
 : "${SUPERLINK:?set SUPERLINK to the SuperLink address, host:port}"
 CA_CERT="${CA_CERT:-/credentials/ca.crt}"
 SITE_KEY="${SITE_KEY:-/credentials/site.key}"
 TRUSTED_ENTITIES="${TRUSTED_ENTITIES:-/credentials/trusted-entities.yaml}"
 DATA_DIR="${DATA_DIR:-/data}"
-STATE_DIR="${STATE_DIR:-/state}"
 SUPERNODE_PORT="${SUPERNODE_PORT:-9094}"
 
 for file in "$CA_CERT" "$SITE_KEY" "$TRUSTED_ENTITIES"; do
@@ -216,29 +240,17 @@ if sorted(read) != sorted(sys.argv[2:]):
              f"({sorted(sys.argv[2:])}); check the variables for stray characters")
 PY
 if [ ! -e "$STATE_DIR/site-secret" ]; then
-    if [ "${INIT_STATE:-}" != 1 ]; then
-        echo "site-entrypoint: STATE_DIR $STATE_DIR holds no site secret. Either this is a new" \
-            "site (start it once with INIT_STATE=1), or its state folder was lost or is not" \
-            "mounted: the privacy ledger and every unit's spent budget would start again from" \
-            "zero. Mount the site's persistent state folder, or restore it from a backup" \
-            "(docs/SITE_GUIDE.md, \"Back up and restore\")" >&2
-        exit 2
-    fi
-    mkdir -p "$STATE_DIR"
-    python - "$STATE_DIR" <<'PY' || exit 2
-import sys
-
-from fl_client.site_secret import SecretError, site_secret
-
-try:
-    site_secret(sys.argv[1])
-except SecretError as err:
-    sys.exit(f"site-entrypoint: {err}")
-PY
-    echo "site-entrypoint: INIT_STATE=1: a new state folder at $STATE_DIR, its site secret made;" \
-        "unset INIT_STATE from now on"
+    echo "site-entrypoint: STATE_DIR $STATE_DIR holds no site secret. Either this is a new" \
+        "site (make its state folder once with INIT_STATE=1, a run that makes it and exits)," \
+        "or its state folder was lost or is not mounted: the privacy ledger and every unit's" \
+        "spent budget would start again from zero. Mount the site's persistent state folder," \
+        "or restore it from a backup (docs/SITE_GUIDE.md, \"Back up and restore\")" >&2
+    exit 2
 fi
-chmod 700 "$STATE_DIR"
+chmod 700 "$STATE_DIR" || {
+    echo "site-entrypoint: cannot make STATE_DIR $STATE_DIR owner-only (0700): it must belong" \
+        "to the user this runs as (uid $(id -u))" >&2
+    exit 2; }
 
 export FLWR_TELEMETRY_ENABLED=0 FLWR_DISABLE_UPDATE_CHECK=1 \
     FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 \

@@ -12,19 +12,30 @@
   a site must not need to trust the operator with its data, so a bundle runs here only if it
   holds nothing but its ``pyproject.toml`` and names this image's ClientApp
   (``SITE_CLIENTAPP``): the code that runs is the code installed in the site's image, whoever
-  signed the bundle. Its signature is still checked, as before.
+  signed the bundle. Its signature is still checked, as before. Flower's ClientApp process
+  loads the bundle from ``FLWR_HOME/apps/<publisher>.<name>.<version>.<8 hex of its hash>``,
+  named from the SuperLink's run record, and reuses a folder already there (found in review: a
+  run naming a cached folder with code, or a path, ran that code). So a run is refused unless
+  its publisher, name, version and hash are its bundle's own (``run_problem``), and the
+  SuperNode does not start while an installed app there holds anything but its
+  ``pyproject.toml`` (``cached_app_problem``).
 
 Everything else is ``flower-supernode``, with the same arguments (deploy/site-entrypoint.sh
 passes them).
 """
 
+import hashlib
 import io
 import sys
 import tomllib
 import zipfile
 from logging import ERROR
+from pathlib import Path
 
+from flwr.common.config import get_flwr_home
+from flwr.common.constant import APP_DIR
 from flwr.common.logger import log
+from flwr.supercore.fab import Fab
 from flwr.supercore.protobuf import client as protobuf_client
 from flwr.supernode import start_client_internal
 from flwr.supernode.cli import flower_supernode
@@ -37,8 +48,8 @@ BUNDLE_FILES = frozenset({"pyproject.toml", ".info/CONTENT"})
 
 REFUSED = ("fedintent-supernode: Flower's SuperNode is not the one this site was built for "
            "(flwr.supercore.protobuf.client.ProtobufClient, "
-           "flwr.supernode.start_client_internal._verify_fab), so it cannot be made to refuse "
-           "redirects and foreign code; refusing to start")
+           "flwr.supernode.start_client_internal._verify_fab and _pull_and_store_message), so "
+           "it cannot be made to refuse redirects and foreign code; refusing to start")
 
 
 def bundle_problem(content: bytes) -> str:
@@ -57,6 +68,43 @@ def bundle_problem(content: bytes) -> str:
     clientapp = components.get("clientapp") if isinstance(components, dict) else None
     if clientapp != SITE_CLIENTAPP:
         return f"its ClientApp is {clientapp!r}, not this site's {SITE_CLIENTAPP!r}"
+    return ""
+
+
+def _identity(content: bytes) -> tuple[str, str] | None:
+    """(``publisher/name``, version) from a bundle's ``pyproject.toml``; None if unreadable."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(content)) as bundle:
+            project = tomllib.loads(bundle.read("pyproject.toml").decode("utf-8"))
+        return (f"{project['tool']['flwr']['app']['publisher']}/{project['project']['name']}",
+                str(project["project"]["version"]))
+    except (zipfile.BadZipFile, KeyError, TypeError, UnicodeDecodeError,
+            tomllib.TOMLDecodeError):
+        return None
+
+
+def run_problem(fab_id: str, fab_version: str, fab_hash: str, content: bytes) -> str:
+    """Why a run must not load this bundle ("" if it may): Flower's ClientApp process loads
+    the folder the run's own publisher, name and version name, and a hash prefix, so they must
+    be the bundle's, and the bundle the one whose hash the run names. What the bundle holds is
+    ``bundle_problem``'s, checked with its signature."""
+    if hashlib.sha256(content).hexdigest() != fab_hash:
+        return "the run names another bundle's hash"
+    if _identity(content) != (fab_id, fab_version):
+        return (f"the run names app {fab_id!r} version {fab_version!r}, not the bundle's "
+                f"{_identity(content)}")
+    return ""
+
+
+def cached_app_problem(apps: Path) -> str:
+    """Why the SuperNode must not start with this apps folder ("" if it may): an installed app
+    holding more than its ``pyproject.toml`` would be loaded by a run naming it."""
+    for app in sorted(apps.iterdir()) if apps.is_dir() else []:
+        files = {f.relative_to(app).as_posix() for f in app.rglob("*") if not f.is_dir()}
+        if not app.is_dir() or files - BUNDLE_FILES:
+            return (f"{app} holds files besides its pyproject.toml (an app bundle installed "
+                    "before this site refused code in bundles); remove it: an app is installed "
+                    "again from its verified bundle when a run needs it")
     return ""
 
 
@@ -106,9 +154,47 @@ def refuse_foreign_bundles() -> None:
 
     verify.refuses_foreign_bundles = True
     start_client_internal._verify_fab = verify
+    bind_runs_to_their_bundles()
+
+
+def bind_runs_to_their_bundles() -> None:
+    """Make the SuperNode hand a run's bundle on only if the run names it (``run_problem``);
+    otherwise the bundle goes on without its signatures, so Flower's own check refuses the run
+    with its verification error and nothing of it runs."""
+    original = getattr(start_client_internal, "_pull_and_store_message", None)
+    if original is None:
+        raise SystemExit(REFUSED)
+    if getattr(original, "binds_runs", False):
+        return
+
+    def pull(*, get_run, get_fab, **rest):
+        runs = {}
+
+        def remembered(run_id: int):
+            runs[run_id] = get_run(run_id)
+            return runs[run_id]
+
+        def checked(fab_hash: str, run_id: int) -> Fab:
+            fab = get_fab(fab_hash, run_id)
+            run = runs.get(run_id)
+            problem = ("its run was not read first" if run is None else
+                       run_problem(run.fab_id, run.fab_version, run.fab_hash, fab.content))
+            if problem:
+                log(ERROR, "This site runs only the ClientApp installed in its image; refusing "
+                    "run %s: %s", run_id, problem)
+                return Fab(fab.hash_str, fab.content, {})
+            return fab
+
+        return original(get_run=remembered, get_fab=checked, **rest)
+
+    pull.binds_runs = True
+    start_client_internal._pull_and_store_message = pull
 
 
 def main() -> None:
+    problem = cached_app_problem(get_flwr_home() / APP_DIR)
+    if problem:
+        raise SystemExit(f"fedintent-supernode: {problem}")
     refuse_redirects()
     refuse_foreign_bundles()
     sys.exit(flower_supernode())

@@ -39,15 +39,19 @@ RUN_TIMEOUT_S = 900
 
 
 def site_env(tmp: Path, site: str, superlink: str, data_dir: Path, key: Path, ca: Path) -> dict:
-    """What a site's IT team sets for the site container, here pointing at tmp folders."""
-    return flower_env(tmp / "site-homes" / site) | {
+    """What a site's IT team sets for the site container, here pointing at tmp folders; its
+    state folder made as a new site makes it, by a one-off run with INIT_STATE=1."""
+    env = flower_env(tmp / "site-homes" / site) | {
         "SUPERLINK": superlink, "CA_CERT": str(ca), "SITE_KEY": str(key),
         "TRUSTED_ENTITIES": str(ca.parent / "trusted-entities.yaml"),
         "DATA_DIR": str(data_dir), "STATE_DIR": str(tmp / "state" / site),
         "MAX_EPSILON": "8.0", "SUPERNODE_PORT": str(free_port()),
         # The synthetic conversations are dated early 2026; the scheduled purge has its own test.
-        "RETENTION_DAYS": "inf", "PURGE_INTERVAL_HOURS": "0", "INIT_STATE": "1",
+        "RETENTION_DAYS": "inf", "PURGE_INTERVAL_HOURS": "0",
     }
+    subprocess.run([str(REPO / "deploy" / "site-entrypoint.sh")], env=env | {"INIT_STATE": "1"},
+                   check=True, capture_output=True, timeout=120)
+    return env
 
 
 def run_to_exit(command: list[str], env: dict, log_path: Path) -> int:

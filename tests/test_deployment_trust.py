@@ -89,9 +89,10 @@ def deployment(tmp_path_factory):
                 "TRUSTED_ENTITIES": str(creds.trusted_entities),
                 "DATA_DIR": str(tmp / "data" / SITE), "STATE_DIR": str(tmp / "state"),
                 "SUPERNODE_PORT": str(free_port()), "RETENTION_DAYS": "inf",
-                "PURGE_INTERVAL_HOURS": "0", "EVALUATION": "off", "INIT_STATE": "1",
+                "PURGE_INTERVAL_HOURS": "0", "EVALUATION": "off",
                 "LABELS_FILE": str(tmp / "data" / "labels.txt"),
             }
+            initialise_state(site_env)
             start_process([str(REPO / "deploy" / "site-entrypoint.sh")], site_env, site_log,
                           processes)
             yield {"tmp": tmp, "creds": creds, "public": public, "control": control,
@@ -101,6 +102,14 @@ def deployment(tmp_path_factory):
             started = {p.pid for p in processes} | descendants({p.pid for p in processes})
             stop_process_trees(processes)
     assert not [pid for pid in started if is_alive(pid)], "processes left behind"
+
+
+def initialise_state(env: dict) -> None:
+    """Make a new site's state folder as its operator does: a one-off run with INIT_STATE=1."""
+    result = subprocess.run([str(REPO / "deploy" / "site-entrypoint.sh")],
+                            env=env | {"INIT_STATE": "1"}, capture_output=True, text=True,
+                            timeout=120, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def run_config(deployment) -> dict:
@@ -201,10 +210,11 @@ def test_a_site_with_a_malformed_policy_setting_refuses_to_start(tmp_path, setti
     assert not (tmp_path / "state").exists()
 
 
-def entrypoint(tmp_path: Path, args: tuple[str, ...] = (), **settings: str
-               ) -> tuple[subprocess.CompletedProcess, dict | None]:
-    """The entrypoint with a stand-in ``fedintent-supernode`` that prints its node config; the
-    result, and the node config as Flower parses it (None if it never started)."""
+def entrypoint(tmp_path: Path, args: tuple[str, ...] = (), initialised: bool = True,
+               **settings: str) -> tuple[subprocess.CompletedProcess, dict | None]:
+    """The entrypoint with a stand-in ``fedintent-supernode`` that prints its node config, on
+    a state folder made by INIT_STATE=1 first unless not ``initialised``; the result, and the
+    node config as Flower parses it (None if it never started)."""
     if not (tmp_path / "creds").exists():
         write_dev_credentials(tmp_path / "creds", [SITE], ["127.0.0.1"], [])
     creds = credential_paths(tmp_path / "creds", [SITE])
@@ -222,6 +232,8 @@ def entrypoint(tmp_path: Path, args: tuple[str, ...] = (), **settings: str
         "PURGE_INTERVAL_HOURS": "0",
     } | settings
     env["PATH"] = f"{stand_ins}{os.pathsep}{env['PATH']}"
+    if initialised:
+        initialise_state(env)
     result = subprocess.run([str(REPO / "deploy" / "site-entrypoint.sh"), *args], env=env,
                             capture_output=True, text=True, timeout=120, check=False)
     [line] = [line for line in result.stdout.splitlines() if line.startswith("NODE CONFIG:")] \
@@ -232,7 +244,7 @@ def entrypoint(tmp_path: Path, args: tuple[str, ...] = (), **settings: str
 def test_every_policy_value_reaches_the_node_config_as_the_number_set(tmp_path):
     """Found in review: Flower's parser dropped `max-epsilon= 4` without a word (the site ran at
     the default budget of 8), `07` days crashed it, and dash read `010` hours as octal."""
-    result, config = entrypoint(tmp_path, INIT_STATE="1", MAX_EPSILON=" 4", MAX_DELTA="1e-7 ",
+    result, config = entrypoint(tmp_path, MAX_EPSILON=" 4", MAX_DELTA="1e-7 ",
                                 RETENTION_DAYS="07", MIN_TOLERATED_SITES="02",
                                 MAX_NOISE_RATIO=".5", EVALUATION_EPSILON="3.",
                                 LANGUAGES="en,zh")
@@ -243,24 +255,30 @@ def test_every_policy_value_reaches_the_node_config_as_the_number_set(tmp_path):
                       "evaluation-epsilon": 3.0, "languages": "en,zh"}
 
 
-def test_a_state_folder_without_its_secret_is_refused_unless_the_site_is_new(tmp_path):
+def test_a_state_folder_without_its_secret_is_refused_and_only_a_one_off_run_makes_one(
+        tmp_path):
     """A missing or mistyped /state mount gives an empty state folder: starting on it would
-    begin a new ledger, every unit's spent budget forgotten. Only INIT_STATE=1 makes one."""
+    begin a new ledger, every unit's spent budget forgotten. INIT_STATE=1 makes one and exits,
+    so it is never set on the running site (found in review: set on a restarting container,
+    it would have made a new ledger after every lost mount)."""
     state = tmp_path / "state"
-    result, config = entrypoint(tmp_path)
+    result, config = entrypoint(tmp_path, initialised=False)
     assert result.returncode == 2 and config is None
     assert f"STATE_DIR {state} holds no site secret" in result.stderr
     assert not state.exists()
-    result, config = entrypoint(tmp_path, INIT_STATE="1")
-    assert result.returncode == 0 and config is not None, result.stderr
+    result, config = entrypoint(tmp_path, initialised=False, INIT_STATE="1")
+    assert result.returncode == 0 and config is None, result.stderr  # made, not started
+    assert "made the state folder" in result.stdout
     assert (state / "site-secret").is_file() and stat.S_IMODE(state.stat().st_mode) == 0o700
     secret = (state / "site-secret").read_bytes()
-    result, config = entrypoint(tmp_path)  # from now on without INIT_STATE
+    result, config = entrypoint(tmp_path, initialised=False)
     assert result.returncode == 0 and config is not None, result.stderr
+    result, config = entrypoint(tmp_path, initialised=False, INIT_STATE="1")
+    assert result.returncode == 0 and config is None and "nothing done" in result.stdout
     assert (state / "site-secret").read_bytes() == secret
     (state / "site-secret").unlink()  # lost beside what it signed: never made anew
     (state / "deletions.jsonl.head").write_text("x")
-    result, config = entrypoint(tmp_path, INIT_STATE="1")
+    result, config = entrypoint(tmp_path, initialised=False, INIT_STATE="1")
     assert result.returncode == 2 and config is None
     assert "site-secret is missing" in result.stderr and not (state / "site-secret").exists()
 
@@ -271,13 +289,13 @@ def test_a_malformed_credential_is_named_before_flower_starts(tmp_path, setting)
     bad = tmp_path / "bad"
     bad.write_text("key: ssh-ed25519 AAAAnotakey\n" if setting == "TRUSTED_ENTITIES"
                    else "dummy\n")
-    result, config = entrypoint(tmp_path, INIT_STATE="1", **{setting: str(bad)})
+    result, config = entrypoint(tmp_path, **{setting: str(bad)})
     assert result.returncode == 2 and config is None
     assert str(bad) in result.stderr and "Traceback" not in result.stderr
 
 
 def test_arguments_to_the_entrypoint_are_refused(tmp_path):
-    result, config = entrypoint(tmp_path, ("--insecure",), INIT_STATE="1")
+    result, config = entrypoint(tmp_path, ("--insecure",))
     assert result.returncode == 2 and config is None
     assert "takes no arguments (got: --insecure)" in result.stderr
 
@@ -301,9 +319,9 @@ def test_the_site_container_purges_on_schedule_from_the_start(tmp_path):
         "SUPERLINK": "127.0.0.1:9", "CA_CERT": str(creds.ca_cert),
         "SITE_KEY": str(creds.site_keys[SITE]), "TRUSTED_ENTITIES": str(creds.trusted_entities),
         "DATA_DIR": str(data), "STATE_DIR": str(state), "RETENTION_DAYS": "30",
-        "INIT_STATE": "1",
     }
     env["PATH"] = f"{stand_ins}{os.pathsep}{env['PATH']}"
+    initialise_state(env)
     with open(tmp_path / "site.log", "wb") as log:
         site = subprocess.Popen([str(REPO / "deploy" / "site-entrypoint.sh")], env=env,
                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)

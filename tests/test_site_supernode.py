@@ -9,6 +9,7 @@ import http.server
 import json
 import ssl
 import threading
+from types import SimpleNamespace
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -25,7 +26,14 @@ from flwr.supernode.node_auth_http_interceptor import NodeAuthHttpInterceptor
 from fedintent.launch.certificates import signing_key_id, signing_key_pair, write_dev_credentials
 from fedintent.launch.flower_cli import write_app
 from fedintent.launch.releases import sign_release
-from fl_client.supernode import bundle_problem, refuse_foreign_bundles, refuse_redirects
+from fl_client.supernode import (
+    bind_runs_to_their_bundles,
+    bundle_problem,
+    cached_app_problem,
+    refuse_foreign_bundles,
+    refuse_redirects,
+    run_problem,
+)
 
 
 def serve(handler: type, context: ssl.SSLContext | None = None) -> http.server.HTTPServer:
@@ -154,3 +162,59 @@ def test_the_site_supernode_refuses_code_the_operator_signed(tmp_path, monkeypat
     assert not start_client_internal._verify_fab(other_app, trusted)
     unsigned = Fab(own.hash_str, own.content, {"valid_license": "yes"})
     assert not start_client_internal._verify_fab(unsigned, trusted)
+
+
+def test_a_run_may_load_only_the_bundle_it_names_under_that_bundles_own_name(tmp_path):
+    """Flower's ClientApp process loads ``apps/<publisher>.<name>.<version>.<hash[:8]>`` from
+    the run's record and reuses a folder already there (found in review: a run naming a cached
+    folder with code, or a path as its version, loaded that code)."""
+    content = bundle(tmp_path)
+    digest = hashlib.sha256(content).hexdigest()
+    assert run_problem("fedintent/fedintent", "0.1.0", digest, content) == ""
+    assert "another bundle's hash" in run_problem("fedintent/fedintent", "0.1.0", "0" * 64,
+                                                  content)
+    for fab_id, version in [("evil/pkg", "0.1.0"), ("fedintent/fedintent", "9.9.9"),
+                            ("fedintent/fedintent", "../../../../tmp/x")]:
+        assert "not the bundle's" in run_problem(fab_id, version, digest, content)
+    assert "not the bundle's None" in run_problem("fedintent/fedintent", "0.1.0",
+                                                  hashlib.sha256(b"junk").hexdigest(), b"junk")
+
+
+def test_the_supernode_does_not_start_beside_an_installed_app_with_code(tmp_path):
+    apps = tmp_path / "apps"
+    assert cached_app_problem(apps) == ""  # none installed yet
+    own = apps / "fedintent.fedintent.0.1.0.f649a055"
+    (own / ".info").mkdir(parents=True)
+    (own / "pyproject.toml").write_text("")
+    (own / ".info" / "CONTENT").write_text("")
+    assert cached_app_problem(apps) == ""
+    code = apps / "evil.pkg.9.9.9.f649a055" / "fl_client"
+    code.mkdir(parents=True)
+    (code / "client_app.py").write_text("")
+    assert "evil.pkg.9.9.9.f649a055 holds files besides its pyproject.toml" in \
+        cached_app_problem(apps)
+
+
+def test_the_supernode_withholds_the_signatures_of_a_bundle_its_run_does_not_name(
+        tmp_path, monkeypatch):
+    """Stands in for Flower's message pull: it reads the run, then its bundle, as Flower does;
+    a bundle handed on without signatures fails Flower's own verification."""
+    content = bundle(tmp_path)
+    good = SimpleNamespace(run_id=1, fab_id="fedintent/fedintent", fab_version="0.1.0",
+                           fab_hash=hashlib.sha256(content).hexdigest())
+    renamed = SimpleNamespace(**vars(good) | {"run_id": 2, "fab_version": "../../x"})
+
+    def flower_pull(*, get_run, get_fab, **rest):
+        run = get_run(rest["run_id"])
+        return get_fab(run.fab_hash, run.run_id)
+
+    monkeypatch.setattr(start_client_internal, "_pull_and_store_message", flower_pull)
+    bind_runs_to_their_bundles()
+    bind_runs_to_their_bundles()  # idempotent
+    runs = {1: good, 2: renamed}
+    verifications = {"key": "signature", "valid_license": "yes"}
+    for run_id, kept in [(1, verifications), (2, {})]:
+        fab = start_client_internal._pull_and_store_message(
+            get_run=runs.__getitem__, get_fab=lambda h, r: Fab(h, content, dict(verifications)),
+            run_id=run_id)
+        assert fab.content == content and fab.verifications == kept
