@@ -89,6 +89,8 @@ _JOINED_SHAPES: tuple[tuple[tuple[int, ...], PiiKind], ...] = (
     ((4, 4, 4, 4), "CARD"),
     ((4, 6, 5), "CARD"),
     ((3, 4, 4), "PHONE"),
+    ((7, 4), "PHONE"),
+    ((3, 8), "PHONE"),
 )
 
 _CN_MOBILE = re.compile(r"(?:0086|86)?1[3-9]\d{9}")
@@ -292,7 +294,8 @@ def _joined_window(
 
 def _is_joined_kind(token: str, kind: PiiKind) -> bool:
     """The type's own rule: a 1[3-9] mobile, a valid resident ID, or a Luhn-valid card
-    from a card network (first digit 3-6: a list of years starts with 1 or 2)."""
+    from a card network (first digit 3-6 or 9, any for 19 digits: a list of years starts
+    with 1 or 2)."""
     digits = _normalize_digits(token)
     if kind == "ID":
         return resident_id_valid(token)
@@ -300,7 +303,8 @@ def _is_joined_kind(token: str, kind: PiiKind) -> bool:
         return False
     if kind == "PHONE":
         return _CN_MOBILE.fullmatch(digits) is not None
-    return digits[0] in "3456" and luhn_valid(digits)
+    # 19 digits: no list of years is that long, and 9558 cards (ICBC) start with a 9
+    return (len(digits) == 19 or digits[0] in "34569") and luhn_valid(digits)
 
 
 def _find_digit_pii(text: str) -> list[PiiSpan]:

@@ -495,6 +495,10 @@ def test_groups_joined_by_commas_slashes_and_dots_are_redacted_whole(
         ("+86，138，1234，5678", "+86，[PHONE]"),
         ("13812345678，13912345678", "[PHONE]，[PHONE]"),
         ("110105，19491231，0021", "[NUMBER]，[NUMBER]，0021"),  # wrong ID check character
+        # found in review: a 19-digit 9558 card and a mobile split 7 + 4 or 3 + 8
+        ("卡号9558、8012、3456、7890、128", "卡号[CARD]"),
+        ("手机1381234，5678", "手机[PHONE]"),
+        ("电话138，12345678", "电话[PHONE]"),
     ],
 )
 def test_joined_groups_mixed_with_other_separators(text: str, expected: str) -> None:
