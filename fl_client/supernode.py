@@ -68,6 +68,9 @@ def bundle_problem(content: bytes) -> str:
     clientapp = components.get("clientapp") if isinstance(components, dict) else None
     if clientapp != SITE_CLIENTAPP:
         return f"its ClientApp is {clientapp!r}, not this site's {SITE_CLIENTAPP!r}"
+    others = sorted(set(components) - {"clientapp", "serverapp"})
+    if others:  # another kind of app (an AgentApp, ...) would name a module of the image
+        return f"it names components besides a ServerApp and this ClientApp: {others}"
     return ""
 
 

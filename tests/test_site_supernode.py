@@ -140,6 +140,9 @@ def test_only_a_code_free_bundle_naming_the_sites_clientapp_may_run(tmp_path):
     assert "carries files" in bundle_problem(bundle(tmp_path, extra={"sitecustomize.py": ""}))
     assert "not this site's" in bundle_problem(bundle(tmp_path, "fl_server.server_app:app"))
     assert "not a readable app bundle" in bundle_problem(b"not a zip")
+    agent = bundle(tmp_path, 'fl_client.client_app:app"\nagentapp = "fl_server.server_app:app')
+    assert "components besides a ServerApp and this ClientApp: ['agentapp']" in \
+        bundle_problem(agent)
 
 
 def test_the_site_supernode_refuses_code_the_operator_signed(tmp_path, monkeypatch):
