@@ -37,9 +37,8 @@ from fedintent.partition import partition_csv_dataset
 from fl_client.distributed_dp import dimension
 from fl_client.dp_training import evaluate
 from fl_client.privacy_accounting import (
-    filter_order,
+    lifetime_filter,
     plan_skellam_mu,
-    rdp_budget,
     skellam_mu_within_rdp,
 )
 from fl_client.privacy_budget import skellam_sensitivity
@@ -105,9 +104,8 @@ def distributed_accuracy(sites, labels, val, epsilon, candidate, seed, tolerated
     dim = dimension(global_model)
     l1, l2, likely = skellam_sensitivity(dim)
     lifetime = float(RUN_CONFIG_DEFAULTS["site-max-epsilon"])
-    order = filter_order(lifetime, DELTA)
     mu = max(plan_skellam_mu(epsilon, DELTA, l1, l2, rounds, likely),
-             skellam_mu_within_rdp(l1, l2, rounds, order, rdp_budget(lifetime, DELTA, order)))
+             skellam_mu_within_rdp(l1, l2, rounds, *lifetime_filter(lifetime, DELTA)))
     train_distributed(global_model, sites, mu / (len(sites) - tolerated), clip_norm=1.0,
                       learning_rate=learning_rate, rounds=rounds, seed=seed,
                       server_momentum=momentum)

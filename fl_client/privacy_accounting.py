@@ -170,9 +170,8 @@ def fresh_site_noise(
     unit) at ``delta``. What a simulation of sites must train with (the privacy audit, the
     tuning scripts): the run's own plan alone is up to 6% less noise than real sites add when
     the run's target is their whole budget, so it scored settings above what they deliver."""
-    order = filter_order(min(max_epsilon, 1e6), delta)
-    return plan_run_noise(target_epsilon, delta, sample_rate, run_steps, accountant, order,
-                          rdp_budget(max_epsilon, delta, order))
+    return plan_run_noise(target_epsilon, delta, sample_rate, run_steps, accountant,
+                          *lifetime_filter(max_epsilon, delta))
 
 
 FILTER_ORDERS = tuple([1 + x / 10 for x in range(1, 100)] + list(range(11, 64)))
@@ -182,8 +181,17 @@ FILTER_ORDERS = tuple([1 + x / 10 for x in range(1, 100)] + list(range(11, 64)))
 def filter_order(max_epsilon: float, delta: float) -> float:
     """The Rényi order a new ledger fixes for good: the one under which a unit's budget admits
     the most Gaussian noise steps (the largest ``rdp_budget / order``). Depends only on the
-    site's policy, never on its data."""
-    return max(FILTER_ORDERS, key=lambda order: rdp_budget(max_epsilon, delta, order) / order)
+    site's policy, never on its data. An unlimited budget has no best order; it takes that of
+    a budget of 10**6."""
+    bounded = min(max_epsilon, 1e6)
+    return max(FILTER_ORDERS, key=lambda order: rdp_budget(bounded, delta, order) / order)
+
+
+def lifetime_filter(max_epsilon: float, delta: float) -> tuple[float, float]:
+    """(order, Rényi budget) of the lifetime filter a new ledger fixes for ``max_epsilon`` at
+    ``delta``: what a unit new to the site may spend."""
+    order = filter_order(max_epsilon, delta)
+    return order, rdp_budget(max_epsilon, delta, order)
 
 
 def rdp_budget(max_epsilon: float, delta: float, order: float) -> float:

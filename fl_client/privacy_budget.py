@@ -45,6 +45,7 @@ from fl_client.privacy_accounting import (
     BudgetExhausted,
     epsilon_spent,
     filter_order,
+    lifetime_filter,
     plan_noise_multiplier,
     plan_run_noise,
     plan_skellam_mu,
@@ -144,7 +145,7 @@ def _charge_round(state_dir: Path, units: list[str], request: RoundRequest, poli
     secret = site_secret(state_dir)
     ledger = read_ledger(state_dir, secret) or Ledger(
         privacy_unit=request.privacy_unit,
-        order=filter_order(min(policy.max_epsilon, 1e6), request.delta),
+        order=filter_order(policy.max_epsilon, request.delta),
         delta=request.delta,
     )
     _check_against_ledger(ledger, request)
@@ -296,8 +297,7 @@ def _reference_budget(policy: SitePolicy, request: RoundRequest) -> tuple[float,
     site's unit count when it was made (found in review: with them, a 10,000-unit site declined
     where a 9,999-unit one trained, and large honest sites were declined)."""
     delta = request.plan_delta or MAX_AUTO_DELTA
-    order = filter_order(min(policy.max_epsilon, 1e6), delta)
-    return delta, order, rdp_budget(policy.max_epsilon, delta, order)
+    return delta, *lifetime_filter(policy.max_epsilon, delta)
 
 
 def _check_useful_noise(ledger: Ledger, request: RoundRequest, policy: SitePolicy,
