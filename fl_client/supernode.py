@@ -52,18 +52,27 @@ REFUSED = ("fedintent-supernode: Flower's SuperNode is not the one this site was
            "it cannot be made to refuse redirects and foreign code; refusing to start")
 
 
+_UNREADABLE = (zipfile.BadZipFile, UnicodeDecodeError, tomllib.TOMLDecodeError)
+
+
+def _read_bundle(content: bytes) -> tuple[set[str], dict]:
+    """A bundle's file names and its parsed ``pyproject.toml`` ({} if it has none)."""
+    with zipfile.ZipFile(io.BytesIO(content)) as bundle:
+        names = set(bundle.namelist())
+        text = bundle.read("pyproject.toml").decode("utf-8") if "pyproject.toml" in names else ""
+    return names, tomllib.loads(text)
+
+
 def bundle_problem(content: bytes) -> str:
     """Why an app bundle must not run at this site whoever signed it ("" if it may): it carries
     files besides its ``pyproject.toml``, or names a ClientApp other than ``SITE_CLIENTAPP``."""
     try:
-        with zipfile.ZipFile(io.BytesIO(content)) as bundle:
-            names = set(bundle.namelist())
-            if "pyproject.toml" not in names or not names <= BUNDLE_FILES:
-                extra = sorted(names - BUNDLE_FILES)
-                return f"it carries files besides its pyproject.toml: {', '.join(extra[:5])}"
-            project = tomllib.loads(bundle.read("pyproject.toml").decode("utf-8"))
-    except (zipfile.BadZipFile, UnicodeDecodeError, tomllib.TOMLDecodeError) as err:
+        names, project = _read_bundle(content)
+    except _UNREADABLE as err:
         return f"it is not a readable app bundle ({err})"
+    if "pyproject.toml" not in names or not names <= BUNDLE_FILES:
+        extra = sorted(names - BUNDLE_FILES)
+        return f"it carries files besides its pyproject.toml: {', '.join(extra[:5])}"
     components = project.get("tool", {}).get("flwr", {}).get("app", {}).get("components", {})
     clientapp = components.get("clientapp") if isinstance(components, dict) else None
     if clientapp != SITE_CLIENTAPP:
@@ -77,12 +86,10 @@ def bundle_problem(content: bytes) -> str:
 def _identity(content: bytes) -> tuple[str, str] | None:
     """(``publisher/name``, version) from a bundle's ``pyproject.toml``; None if unreadable."""
     try:
-        with zipfile.ZipFile(io.BytesIO(content)) as bundle:
-            project = tomllib.loads(bundle.read("pyproject.toml").decode("utf-8"))
+        _, project = _read_bundle(content)
         return (f"{project['tool']['flwr']['app']['publisher']}/{project['project']['name']}",
                 str(project["project"]["version"]))
-    except (zipfile.BadZipFile, KeyError, TypeError, UnicodeDecodeError,
-            tomllib.TOMLDecodeError):
+    except (*_UNREADABLE, KeyError, TypeError):
         return None
 
 
@@ -93,9 +100,9 @@ def run_problem(fab_id: str, fab_version: str, fab_hash: str, content: bytes) ->
     ``bundle_problem``'s, checked with its signature."""
     if hashlib.sha256(content).hexdigest() != fab_hash:
         return "the run names another bundle's hash"
-    if _identity(content) != (fab_id, fab_version):
-        return (f"the run names app {fab_id!r} version {fab_version!r}, not the bundle's "
-                f"{_identity(content)}")
+    identity = _identity(content)
+    if identity != (fab_id, fab_version):
+        return f"the run names app {fab_id!r} version {fab_version!r}, not the bundle's {identity}"
     return ""
 
 
@@ -157,7 +164,6 @@ def refuse_foreign_bundles() -> None:
 
     verify.refuses_foreign_bundles = True
     start_client_internal._verify_fab = verify
-    bind_runs_to_their_bundles()
 
 
 def bind_runs_to_their_bundles() -> None:
@@ -200,4 +206,5 @@ def main() -> None:
         raise SystemExit(f"fedintent-supernode: {problem}")
     refuse_redirects()
     refuse_foreign_bundles()
+    bind_runs_to_their_bundles()
     sys.exit(flower_supernode())

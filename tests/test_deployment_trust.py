@@ -210,28 +210,34 @@ def test_a_site_with_a_malformed_policy_setting_refuses_to_start(tmp_path, setti
     assert not (tmp_path / "state").exists()
 
 
-def entrypoint(tmp_path: Path, args: tuple[str, ...] = (), initialised: bool = True,
-               **settings: str) -> tuple[subprocess.CompletedProcess, dict | None]:
-    """The entrypoint with a stand-in ``fedintent-supernode`` that prints its node config, on
-    a state folder made by INIT_STATE=1 first unless not ``initialised``; the result, and the
-    node config as Flower parses it (None if it never started)."""
+def stand_in_site(tmp_path: Path, supernode: str, **settings: str) -> dict:
+    """The environment of a site whose ``fedintent-supernode`` is the shell ``supernode``
+    (on PATH), with dev credentials and a data folder under ``tmp_path``."""
     if not (tmp_path / "creds").exists():
         write_dev_credentials(tmp_path / "creds", [SITE], ["127.0.0.1"], [])
     creds = credential_paths(tmp_path / "creds", [SITE])
     stand_ins = tmp_path / "bin"
     (tmp_path / "data").mkdir(exist_ok=True)
     stand_ins.mkdir(exist_ok=True)
-    supernode = stand_ins / "fedintent-supernode"
-    supernode.write_text('#!/bin/sh\nwhile [ "$1" != --node-config ]; do shift; done\n'
-                         'echo "NODE CONFIG:$2"\n')
-    supernode.chmod(0o755)
+    (stand_ins / "fedintent-supernode").write_text(f"#!/bin/sh\n{supernode}")
+    (stand_ins / "fedintent-supernode").chmod(0o755)
     env = flower_env(tmp_path / "home") | {
         "SUPERLINK": "127.0.0.1:9", "CA_CERT": str(creds.ca_cert),
         "SITE_KEY": str(creds.site_keys[SITE]), "TRUSTED_ENTITIES": str(creds.trusted_entities),
         "DATA_DIR": str(tmp_path / "data"), "STATE_DIR": str(tmp_path / "state"),
-        "PURGE_INTERVAL_HOURS": "0",
     } | settings
     env["PATH"] = f"{stand_ins}{os.pathsep}{env['PATH']}"
+    return env
+
+
+def entrypoint(tmp_path: Path, args: tuple[str, ...] = (), initialised: bool = True,
+               **settings: str) -> tuple[subprocess.CompletedProcess, dict | None]:
+    """The entrypoint with a stand-in ``fedintent-supernode`` that prints its node config, on
+    a state folder made by INIT_STATE=1 first unless not ``initialised``; the result, and the
+    node config as Flower parses it (None if it never started)."""
+    env = stand_in_site(tmp_path, 'while [ "$1" != --node-config ]; do shift; done\n'
+                                  'echo "NODE CONFIG:$2"\n',
+                        PURGE_INTERVAL_HOURS="0", **settings)
     if initialised:
         initialise_state(env)
     result = subprocess.run([str(REPO / "deploy" / "site-entrypoint.sh"), *args], env=env,
@@ -303,24 +309,13 @@ def test_arguments_to_the_entrypoint_are_refused(tmp_path):
 def test_the_site_container_purges_on_schedule_from_the_start(tmp_path):
     """The entrypoint starts `fedintent purge` in the background before the SuperNode. Here a
     stand-in `fedintent-supernode` on PATH waits for the purge's deletion-log entry, then exits."""
-    creds = write_dev_credentials(tmp_path / "creds", [SITE], ["127.0.0.1"], [])
-    data, state, stand_ins = tmp_path / "data", tmp_path / "state", tmp_path / "bin"
-    data.mkdir()
-    stand_ins.mkdir()
+    env = stand_in_site(tmp_path, 'while [ ! -s "$STATE_DIR/deletions.jsonl" ]; do sleep 0.2; '
+                                  "done\n", RETENTION_DAYS="30")
+    data, state = tmp_path / "data", tmp_path / "state"
     now = datetime.now(UTC)
     (data / "train.jsonl").write_text("".join(json.dumps(
         {"conversation_id": f"c{age}", "text": f"lost my card {age}", "label": "card_lost",
          "timestamp": (now - timedelta(days=age)).isoformat()}) + "\n" for age in (1, 40)))
-    supernode = stand_ins / "fedintent-supernode"
-    supernode.write_text('#!/bin/sh\nwhile [ ! -s "$STATE_DIR/deletions.jsonl" ]; do sleep 0.2; '
-                         "done\n")
-    supernode.chmod(0o755)
-    env = flower_env(tmp_path / "home") | {
-        "SUPERLINK": "127.0.0.1:9", "CA_CERT": str(creds.ca_cert),
-        "SITE_KEY": str(creds.site_keys[SITE]), "TRUSTED_ENTITIES": str(creds.trusted_entities),
-        "DATA_DIR": str(data), "STATE_DIR": str(state), "RETENTION_DAYS": "30",
-    }
-    env["PATH"] = f"{stand_ins}{os.pathsep}{env['PATH']}"
     initialise_state(env)
     with open(tmp_path / "site.log", "wb") as log:
         site = subprocess.Popen([str(REPO / "deploy" / "site-entrypoint.sh")], env=env,
