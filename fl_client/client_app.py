@@ -73,6 +73,7 @@ from fl_client.site_policy import (
     evaluation_request,
     is_simulated,
     learning_rate,
+    lifetime_delta,
     retention_days,
     round_request,
     site_delta,
@@ -143,6 +144,7 @@ def train(msg: Message, context: Context) -> Message:
         request = replace(request, delta=site_delta(policy, request, len(units)))
         charge = charge_round(state_dir, units, request, policy, size,
                               fresh_nonce=not is_simulated(context),
+                              lifetime_delta=lifetime_delta(policy, len(units)),
                               aliases=unit_aliases(request.privacy_unit, rows.units, rows.ids,
                                                    rows.aliases))
     except Exception as err:

@@ -33,7 +33,10 @@ the ``mu`` planned for the target alone; the site's share scales with both alike
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from logging import INFO, WARNING
 from pathlib import Path
+
+from flwr.common.logger import log
 
 from fl_client.distributed_dp import (
     ROUNDING_FAILURE,
@@ -43,6 +46,7 @@ from fl_client.distributed_dp import (
 )
 from fl_client.privacy_accounting import (
     BudgetExhausted,
+    delta_limit,
     epsilon_spent,
     filter_order,
     lifetime_filter,
@@ -111,6 +115,7 @@ def charge_round(
     state_dir: Path, units: list[str], request: RoundRequest, policy: SitePolicy,
     dimension: int = 0, empty_ok: bool = False, fresh_nonce: bool = True,
     aliases: Mapping[str, tuple[tuple[str, ...], ...]] | None = None,
+    lifetime_delta: float | None = None,
 ) -> Charge:
     """Charge this round to the ledger and say who trains, or raise (nothing charged).
 
@@ -127,7 +132,11 @@ def charge_round(
     server, outside DP, whether any unit with budget left is there; ``fresh_nonce`` False (a
     simulated site, whose state folder only its own operator could restore): the release
     records no nonce, so twin sites (one secret, fresh ledgers) draw the same noise, which is
-    how tests compare two runs. Raises
+    how tests compare two runs; ``lifetime_delta`` (training rounds: the site's own delta for
+    the units it holds now, ``site_policy.lifetime_delta``): the ledger's lifetime delta is
+    lowered to it when the site has outgrown the one it was fixed at, that is when it is no
+    longer below ``delta_limit`` of the units (``_tighten_delta``).
+    Raises
     ``BudgetExhausted`` when no unit may take part or no noise fits the budget,
     ``PolicyRefusal`` when the request contradicts the ledger (another privacy unit, a round
     beyond the run's plan) or the budget needs noise far above the run's plan, ``LedgerError``.
@@ -136,12 +145,13 @@ def charge_round(
     """
     with state_lock(state_dir):
         return _charge_round(state_dir, units, request, policy, dimension, empty_ok,
-                             fresh_nonce, aliases or {})
+                             fresh_nonce, aliases or {}, lifetime_delta)
 
 
 def _charge_round(state_dir: Path, units: list[str], request: RoundRequest, policy: SitePolicy,
                   dimension: int, empty_ok: bool, fresh_nonce: bool,
-                  aliases: Mapping[str, tuple[tuple[str, ...], ...]]) -> Charge:
+                  aliases: Mapping[str, tuple[tuple[str, ...], ...]],
+                  lifetime_delta: float | None) -> Charge:
     secret = site_secret(state_dir)
     ledger = read_ledger(state_dir, secret) or Ledger(
         privacy_unit=request.privacy_unit,
@@ -149,6 +159,8 @@ def _charge_round(state_dir: Path, units: list[str], request: RoundRequest, poli
         delta=request.delta,
     )
     _check_against_ledger(ledger, request)
+    if lifetime_delta is not None and ledger.delta >= delta_limit(len(units)):
+        _tighten_delta(ledger, min(lifetime_delta, ledger.delta), policy)
     ledger.deletion_log, problem = deletion_log_check(state_dir, secret, ledger.deletion_log)
     if problem:
         raise LedgerError(f"{state_dir}: {problem}; refusing to train. Restore the deletion log "
@@ -261,6 +273,34 @@ def _check_against_ledger(ledger: Ledger, request: RoundRequest) -> None:
             f"run {request.run_name} was planned for {sorted(planned)} rounds and now asks for "
             f"{request.num_rounds}: its noise was planned for the rounds it first announced",
         )
+
+
+def _tighten_delta(ledger: Ledger, delta: float, policy: SitePolicy) -> None:
+    """Lower the ledger's lifetime delta to ``delta`` if every unit's spend fits the budget
+    there; otherwise keep it, and say so in the site's log.
+
+    The delta is fixed when the ledger begins, from the units the site held then (or, when its
+    first release was a DP evaluation, the evaluation's delta, 1e-5): a site that grows past
+    1 / (10 x delta) units would state every guarantee at a delta its size makes too large. A
+    Rényi filter stays sound when its budget shrinks, as long as no unit has spent past the new
+    one: the order is kept, and from here on every unit stays within ``max-epsilon`` at the
+    lower delta. Spends without DP (infinite, no guarantee at any delta) do not count.
+    """
+    budget = rdp_budget(policy.max_epsilon, delta, ledger.order)
+    finite = [spend for spend in ledger.spend.values() if math.isfinite(spend)]
+    alone = rdp_epsilon(alone_spend(ledger), ledger.order, delta)
+    if max(finite, default=0.0) <= budget and (
+            not any(r.distributed for r in ledger.releases)
+            or alone <= policy.max_epsilon_alone):
+        log(INFO, "this site's units outgrew its ledger's delta %g: lifetime guarantees are "
+            "stated at delta %g from now on (every unit's spend fits max-epsilon %g there)",
+            ledger.delta, delta, policy.max_epsilon)
+        ledger.delta = delta
+        return
+    log(WARNING, "this site's units outgrew its ledger's delta %g (delta %g would suit them), "
+        "but some unit has spent more than max-epsilon %g allows at delta %g: guarantees stay "
+        "stated at %g (docs/PRIVACY.md, \"The lifetime delta\")", ledger.delta, delta,
+        policy.max_epsilon, delta, ledger.delta)
 
 
 def _filtered_release(

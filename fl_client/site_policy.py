@@ -542,6 +542,13 @@ def evaluation_delta(policy: SitePolicy, request: RoundRequest, units: int) -> f
     return delta
 
 
+def lifetime_delta(policy: SitePolicy, units: int) -> float:
+    """The site's own delta for ``units`` training units: its default for that many
+    (``default_delta``), or its ``max-delta`` if lower. Never the request's: the ledger states
+    every unit's lifetime guarantee at it (``privacy_budget._tighten_delta``)."""
+    return min(policy.max_delta, default_delta(units))
+
+
 def site_delta(policy: SitePolicy, request: RoundRequest, units: int) -> float:
     """The round's delta: the run's, or (0 = auto) the site's default; a delta too large for
     the site's size is lowered to that default, never refused.
@@ -553,7 +560,7 @@ def site_delta(policy: SitePolicy, request: RoundRequest, units: int) -> float:
     after every unit's budget was spent); the lowered delta appears only in a reply that
     carries the count anyway (``num-examples``).
     """
-    own = min(policy.max_delta, default_delta(units))
+    own = lifetime_delta(policy, units)
     if request.delta == 0:
         return own
     if request.delta >= delta_limit(units):

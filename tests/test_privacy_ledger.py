@@ -1,6 +1,7 @@
 """The site's privacy ledger: durable, verified, per unit, never silently reset or rolled back."""
 
 import json
+import logging
 import math
 import shutil
 import threading
@@ -18,11 +19,12 @@ from fl_client.privacy_ledger import (
     Release,
     now,
     read_ledger,
+    unit_epsilons,
     unit_key,
     write_ledger,
 )
 from fl_client.retention import DELETION_LOG
-from fl_client.site_policy import RoundRequest, SitePolicy
+from fl_client.site_policy import RoundRequest, SitePolicy, lifetime_delta
 from fl_client.site_secret import KEYED_FILES, SecretError, private_seed, site_key, site_secret
 from fl_protocol.hash_chain import head_path
 
@@ -425,3 +427,46 @@ def test_rounds_charged_at_once_are_both_recorded(tmp_path, monkeypatch):
     ledger = read_ledger(tmp_path, site_secret(tmp_path))
     assert sorted(r.run for r in ledger.releases) == ["run-a", "run-b"]
     assert set(ledger.spend.values()) == {2 * ledger.releases[0].rdp}
+
+
+def train_request(delta: float, target_epsilon: float = 4.0, run: str = "run-1") -> RoundRequest:
+    return RoundRequest(run_name=run, server_round=1, num_rounds=1, target_epsilon=target_epsilon,
+                        delta=delta, accountant="rdp", privacy_unit="utterance", clip_norm=1.0,
+                        batch_size=100_000, local_epochs=1)
+
+
+def test_a_site_that_outgrows_its_ledgers_delta_states_its_guarantees_at_its_own(tmp_path):
+    """A ledger begun by a DP evaluation (delta 1e-5, whatever the site's size) or on a small
+    site keeps the delta it began with; on a site of 20,000 units that delta is not small next
+    to 1 / units. The next training round lowers it to the site's own, and every unit's
+    lifetime epsilon is stated there, within max-epsilon."""
+    policy = SitePolicy(max_epsilon=8.0, max_delta=1e-5, privacy_unit=None)
+    charge_round(tmp_path, [f"t{i}" for i in range(50)], train_request(1e-5, 1.0, "eval"),
+                 policy, empty_ok=True)
+    units = [f"u{i}" for i in range(20_000)]
+    own = lifetime_delta(policy, len(units))
+    assert own == 1e-6
+    charge = charge_round(tmp_path, units, train_request(own), policy, lifetime_delta=own)
+    book = read_ledger(tmp_path, site_secret(tmp_path))
+    assert book.delta == own
+    assert charge.epsilon_all_runs == pytest.approx(max(unit_epsilons(book)))
+    assert max(unit_epsilons(book)) <= 8.0
+    charge_round(tmp_path, units[:10], train_request(own, run="run-2"), policy,
+                 lifetime_delta=lifetime_delta(policy, 10))  # a smaller site: never raised
+    assert read_ledger(tmp_path, site_secret(tmp_path)).delta == own
+
+
+def test_a_ledger_whose_spends_do_not_fit_the_lower_delta_keeps_its_own_and_says_so(
+        tmp_path, caplog):
+    """Lowering the delta shrinks the Rényi budget; a unit already past the smaller one would
+    be stated above max-epsilon, so the ledger keeps its delta and the site's log says why."""
+    caplog.set_level(logging.WARNING, logger="flwr")
+    policy = SitePolicy(max_epsilon=8.0, max_delta=0.5, privacy_unit=None)
+    units = [f"u{i}" for i in range(100)]
+    charge_round(tmp_path, units, train_request(2e-3, 7.9), policy)  # near the budget at 2e-3
+    charge_round(tmp_path, units + ["new"], train_request(1e-5, run="run-2"), policy,
+                 lifetime_delta=1e-5)
+    book = read_ledger(tmp_path, site_secret(tmp_path))
+    assert book.delta == 2e-3
+    assert max(unit_epsilons(book)) <= 8.0
+    assert "some unit has spent more than max-epsilon 8 allows at delta 1e-05" in caplog.text

@@ -810,3 +810,19 @@ def test_an_unreadable_extra_data_file_is_skipped_and_the_site_still_trains(site
     monkeypatch.setattr(io, "open", unreadable)
     [reply] = run_rounds(context(site, tmp_path / "state"), "run-a", 1)
     assert not reply.has_error(), reply.error
+
+
+def test_a_ledger_begun_by_a_dp_evaluation_takes_the_sites_own_delta_when_it_trains(
+        site, tmp_path):
+    """A DP evaluation's delta is never a function of the test split, so a ledger it begins
+    holds the run's delta (here 0.002, which this site's max-delta allows), too large for the
+    60 training units that train next (1 / (10 x 60) = 0.00167). Training lowers the ledger's
+    delta to the site's own for its units, not to anything the run sent."""
+    ctx = context(site, tmp_path / "state", delta=0.002, node={"max-delta": 0.5})
+    assert not client_app.app(evaluate_message(), ctx).has_error()
+    assert ledger(tmp_path / "state").delta == 0.002
+    reply = client_app.app(train_message(), ctx)
+    assert not reply.has_error() and reply.content["metrics"]["delta"] == 1e-5
+    assert ledger(tmp_path / "state").delta == 1e-5
+    report = site_privacy_report(tmp_path / "state", 10.0)
+    assert report.delta == 1e-5 and not report.delta_too_large
