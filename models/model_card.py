@@ -47,7 +47,7 @@ def model_card(run_doc: dict, family: ModelFamily, labels: list[str]) -> str:
         _intended_use(),
         _model_section(family, labels),
         _data_section(sites),
-        _privacy_section(config, sites),
+        _privacy_section(config, sites, run_doc.get("rounds", [])),
         _evaluation_section(run_doc.get("rounds", []), final),
         _communication_section(family, labels, config, run_doc.get("rounds", [])),
         _usage_section(family),
@@ -86,6 +86,17 @@ def _hub_id(model: str | None) -> str | None:
     return model if model and model.count("/") == 1 else None
 
 
+COVERAGE = ("Each site's figures are those of its last update the server accepted, and count "
+            "everything the site sent in this run up to that round.")
+"""What a site's epsilon (this run) covers: the site reports it cumulatively with each update,
+so an update the server rejected after the site's last accepted one is not in it."""
+
+SKELLAM_ACCOUNTANT = "skellam-rdp-gdp"
+"""How sites account a distributed-DP run, whatever the run's ``accountant`` says (it sets only
+local DP's): the Skellam sum's Rényi and Gaussian-DP accounts, the smaller
+(``privacy_accounting.skellam_releases_epsilon``)."""
+
+
 def _privacy_metadata(config: dict, sites: dict) -> dict | None:
     """The run's guarantee: the largest (epsilon, delta) over the sites, or which sites trained
     without DP (then there is no run-wide epsilon). Never infinity: YAML would write ``.inf``,
@@ -100,7 +111,7 @@ def _privacy_metadata(config: dict, sites: dict) -> dict | None:
                  "sites_without_dp": without_dp}
     else:
         meta |= {"privacy_unit": config.get("privacy-unit"),
-                 "accountant": config.get("accountant"),
+                 "accountant": SKELLAM_ACCOUNTANT if distributed else config.get("accountant"),
                  "epsilon": max(_finite(site["epsilon"]) for site in sites.values()),
                  "delta": _largest(site.get("delta") for site in sites.values())}
         if distributed:
@@ -221,7 +232,7 @@ def declared_languages(sites: dict) -> list[str]:
     return sorted({code for site in sites.values() for code in site.get("languages") or ()})
 
 
-def _privacy_section(config: dict, sites: dict) -> str:
+def _privacy_section(config: dict, sites: dict, rounds: list[dict]) -> str:
     accountant = config.get("accountant", MISSING)
     intro = (
         "## Privacy\n\n"
@@ -231,7 +242,7 @@ def _privacy_section(config: dict, sites: dict) -> str:
         "utterance, or all of one customer's utterances) is added to or removed from that "
         "site's data: any outcome becomes at most e^epsilon times more likely, except with "
         "probability delta. Smaller epsilon means stronger protection; the guarantee covers "
-        "this model, every checkpoint and every update the site sent.")
+        f"this model and every checkpoint. {COVERAGE}")
     distributed = config.get("privacy-model") == "distributed"
     if distributed:
         intro = (
@@ -246,11 +257,17 @@ def _privacy_section(config: dict, sites: dict) -> str:
             "removed from that site's data: any outcome becomes at most e^epsilon times more "
             "likely, except with probability delta. 'epsilon alone' is what the site's own "
             "noise share guarantees if every other site colluded with the server. Smaller "
-            "epsilon means stronger protection; the guarantee covers this model, every "
-            "checkpoint and everything the site sent.")
+            "epsilon means stronger protection; the guarantee covers this model and every "
+            f"checkpoint. {COVERAGE}")
     elif config.get("secure-aggregation"):
         intro += (" Updates were summed with secure aggregation: the server saw only the "
                   "sites' mean update.")
+    if rejected := sum(1 for entry in rounds for failure in entry.get("failures", [])
+                       if failure.get("kind") == "rejected"):
+        intro += (f"\n\nThe server rejected {rejected} update(s) in this run (metrics.json, "
+                  "each round's `failures`). They are not in this model; what they cost their "
+                  "sites is in each site's own ledger (`fedintent privacy-report`), and in the "
+                  "table below only where the site had an update accepted after them.")
     if without_dp := _sites_without_dp(sites):
         intro += ("\n\nThese sites trained without DP, so the model gives their data no "
                   "privacy guarantee: " + ", ".join(without_dp) + ".")

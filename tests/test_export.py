@@ -353,7 +353,25 @@ def test_the_card_of_a_distributed_dp_run_carries_epsilon_alone(tmp_path, monkey
     epsilon = next(r for r in card.data.eval_results if r.metric_type == "epsilon")
     assert epsilon.metric_value == 7.9741 and epsilon.metric_args["epsilon_alone"] == 21.5
     assert card.data.differential_privacy["epsilon_alone"] == 21.5
+    # the sites account a distributed run with the Skellam sum's own accounts, not the run's
+    assert card.data.differential_privacy["accountant"] == "skellam-rdp-gdp"
+    assert epsilon.metric_args["accountant"] == "skellam-rdp-gdp"
     assert "| site-aaa | 7.974 |" in card.text and "21.5 |" in card.text
+
+
+def test_the_card_says_which_updates_its_figures_do_not_cover():
+    """A site's epsilon (this run) is from its last accepted update; one the server rejected
+    later was still charged and sent, so the card must not claim to cover it."""
+    card = model_card(RUN_DOC, get_model_family("ngram"), LABELS)
+    assert "every update the site sent" not in card
+    assert "last update the server accepted" in card and "rejected" not in card
+    run_doc = copy.deepcopy(RUN_DOC)
+    run_doc["rounds"][1]["failures"] = [
+        {"node_id": "7", "kind": "rejected", "reason": "rejected by the server: oversized"},
+        {"node_id": "8", "kind": "declined", "reason": "declined: privacy budget exhausted"}]
+    card = model_card(run_doc, get_model_family("ngram"), LABELS)
+    assert "The server rejected 1 update(s) in this run" in card
+    assert "`fedintent privacy-report`" in card
 
 
 def test_the_card_names_the_languages_the_sites_declared(tmp_path, monkeypatch):
