@@ -12,6 +12,7 @@ gateway. Every process is started and stopped here.
 import contextlib
 import dataclasses
 import json
+import math
 import os
 import signal
 import ssl
@@ -259,6 +260,16 @@ def test_every_policy_value_reaches_the_node_config_as_the_number_set(tmp_path):
                       "max-epsilon": 4.0, "max-delta": 1e-7, "retention-days": 7.0,
                       "min-tolerated-sites": 2, "max-noise-ratio": 0.5,
                       "evaluation-epsilon": 3.0, "languages": "en,zh"}
+
+
+def test_a_budget_too_large_for_a_number_is_refused_and_inf_means_no_limit(tmp_path):
+    """1e309 overflows to infinity, which for max-epsilon means no limit at all (rounds without
+    DP accepted): only a budget written as inf may mean that (found in review)."""
+    result, config = entrypoint(tmp_path, MAX_EPSILON="1e309")
+    assert result.returncode == 2 and config is None
+    assert "MAX_EPSILON '1e309' is too large for a number; write inf" in result.stderr
+    result, config = entrypoint(tmp_path, MAX_EPSILON=" Inf")
+    assert result.returncode == 0 and config["max-epsilon"] == math.inf, result.stderr
 
 
 def test_a_state_folder_without_its_secret_is_refused_and_only_a_one_off_run_makes_one(
