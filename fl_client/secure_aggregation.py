@@ -114,7 +114,10 @@ def secure_sum_problem(settings, request: RoundRequest | None) -> str | None:
     """Why the secure sum set up with ``settings`` (SecAgg+'s setup values) may not carry this
     site's update, or None. Every secure round: a modulus whose values fit the 32-bit words the
     site sends. Distributed DP (``request`` given): a sum over exactly the cohort the noise share
-    is planned for, that fewer than ``cohort - tolerated-sites`` sites cannot unmask, and that
+    is planned for, that fewer than ``cohort - tolerated-sites`` sites cannot unmask, whose
+    threshold is above half of ``cohort + tolerated-sites`` (a colluding site gives up both its
+    shares of a site's two secrets, an honest one only the one its survivor list asks for, so
+    k colluders rebuild both when ``2 x threshold <= cohort + k``; found in review), and that
     carries the site's integers exactly."""
     if int(settings[Key.MOD_RANGE]) != MODULUS:
         return f"modulus {settings[Key.MOD_RANGE]}, expected {MODULUS}"
@@ -127,6 +130,11 @@ def secure_sum_problem(settings, request: RoundRequest | None) -> str | None:
     if int(settings[Key.THRESHOLD]) < needed:
         return (f"threshold {settings[Key.THRESHOLD]}: fewer than {needed} sites (cohort "
                 f"{cohort} - tolerated {request.tolerated_sites}) could unmask the sum")
+    if 2 * int(settings[Key.THRESHOLD]) <= cohort + request.tolerated_sites:
+        return (f"threshold {settings[Key.THRESHOLD]} of {cohort}: {request.tolerated_sites} "
+                "colluding sites (the tolerated number), each handing over both its shares of "
+                "one site's secrets while the honest sites are shown differing survivor lists, "
+                "could rebuild both and unmask that site")
     target = sum_range(cohort)
     if (int(settings[Key.TARGET_RANGE]) != target
             or float(settings[Key.CLIPPING_RANGE]) != target / 2

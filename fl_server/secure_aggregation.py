@@ -133,9 +133,21 @@ def incompatibility(cfg: dict) -> str | None:
 
 def reconstruction_threshold(num_sites: int) -> int:
     """Sites whose key shares unmask a round: two thirds of those asked, and at least
-    ``MIN_SECURE_SITES``. Fewer than this many colluding with the server learn nothing more than
-    the sum; more than ``num_sites`` minus this many dropping out stops the round."""
+    ``MIN_SECURE_SITES``. More than ``num_sites`` minus this many dropping out stops the round.
+    A server that shows the honest sites differing survivor lists needs ``2 x threshold -
+    num_sites`` colluding sites to unmask one site (each colluder gives up both its shares of
+    that site's two secrets, an honest site one of them): a third of the sites."""
     return max(MIN_SECURE_SITES, math.ceil(2 * num_sites / 3))
+
+
+def distributed_threshold(num_sites: int, tolerated_sites: int) -> int:
+    """The threshold of a distributed-DP round: at least ``num_sites - tolerated_sites`` (the
+    sum must hold the noise shares the sites count on), and above half of ``num_sites +
+    tolerated_sites``, so that the ``tolerated_sites`` colluders the guarantee survives cannot
+    unmask one site however the survivor lists are told (``reconstruction_threshold``). Each
+    site refuses a lower one (``fl_client.secure_aggregation.secure_sum_problem``)."""
+    return max(reconstruction_threshold(num_sites), num_sites - tolerated_sites,
+               (num_sites + tolerated_sites) // 2 + 1)
 
 
 def distributed_step(
@@ -185,7 +197,7 @@ def secure_train_round(
     quantization = dict(max_weight=MAX_WEIGHT, clipping_range=CLIPPING_RANGE,
                         quantization_range=QUANTIZATION_RANGE)
     if distributed:
-        threshold = max(threshold, len(by_node) - int(context.run_config["tolerated-sites"]))
+        threshold = distributed_threshold(len(by_node), int(context.run_config["tolerated-sites"]))
         target = sum_range(len(by_node))
         quantization = dict(max_weight=WEIGHT, clipping_range=target / 2,
                             quantization_range=target)

@@ -74,6 +74,7 @@ from fl_client.site_secret import site_secret
 from fl_protocol.distributed_sum import WEIGHT, decode, integer_norm, sum_range, wrap
 from fl_protocol.wire import MAX_AUTO_DELTA, REJECTED, RUN_CONFIG_DEFAULTS, Reason
 from fl_server.run_config import RunConfigError, check_run_config
+from fl_server.secure_aggregation import distributed_threshold
 from fl_server.update_validation import array_spec
 from models import get_model_family
 
@@ -811,10 +812,31 @@ def test_a_site_refuses_a_threshold_of_half_the_sites_or_fewer(privacy_model):
     context = Context(run_id=1, node_id=7, node_config={}, state=RecordDict(),
                       run_config=run_config)
     half = setup_message(6, 6, 3, target, target / 2, cohort=6)
-    assert secure_aggregation_mod(half, context, lambda m, c: None).error.reason == \
-        Reason.UNMASK_REFUSED.value
-    majority = setup_message(6, 6, 4, target, target / 2, cohort=6)
+    assert secure_aggregation_mod(half, context, lambda m, c: None).error.reason == (
+        Reason.MODEL_REFUSED if privacy_model == "distributed" else Reason.UNMASK_REFUSED).value
+    majority = setup_message(6, 6, distributed_threshold(6, 3) if privacy_model == "distributed"
+                             else 4, target, target / 2, cohort=6)
     assert not secure_aggregation_mod(majority, context, lambda m, c: None).has_error()
+
+
+def test_a_site_refuses_a_threshold_its_tolerated_colluders_could_unmask_it_under():
+    """Found in review: at 9 sites tolerating 3, threshold 6 (two thirds, and 9 - 3) let the 3
+    colluders the guarantee survives hand over both their shares of one site's two secrets
+    while the honest sites, shown differing survivor lists, gave 3 of each: 6 and 6, the site
+    unmasked with only its own noise share. 2 x threshold must exceed 9 + 3."""
+    run_config = DISTRIBUTED | {"tolerated-sites": 3, "min-sites": 9}
+    target = sum_range(9)
+    context = Context(run_id=1, node_id=7, node_config={}, state=RecordDict(),
+                      run_config=run_config)
+    six = setup_message(9, 9, 6, target, target / 2, cohort=9)
+    assert secure_aggregation_mod(six, context, lambda m, c: None).error.reason == \
+        Reason.MODEL_REFUSED.value
+    assert distributed_threshold(9, 3) == 7
+    seven = setup_message(9, 9, 7, target, target / 2, cohort=9)
+    assert not secure_aggregation_mod(seven, context, lambda m, c: None).has_error()
+    # below a third of the cohort tolerated, cohort - tolerated already suffices
+    assert [distributed_threshold(n, t) for n, t in ((5, 1), (10, 2), (10, 3), (10, 4))] == \
+        [4, 8, 7, 8]
 
 
 def test_a_site_refuses_a_threshold_that_could_unmask_a_sum_of_two():
@@ -834,12 +856,12 @@ VICTIM, PARTNERS = 101, (102, 103)
 
 
 def few_partners(stage, configs, node):
-    """Threshold 3 of 5 (the least that 5 sites tolerating 2 allow), and at the collect stage
+    """Threshold 4 of 5 (the least that 5 sites tolerating 2 allow), and at the collect stage
     the victim is forwarded the key shares of two peers only (Flower's mod asks for threshold -
     1): it would mask with those two, whose keys the other sites' dropped lists could rebuild
     (each list consistent on its own), unmasking the victim alone."""
     if stage == Stage.SETUP:
-        configs[Key.THRESHOLD] = 3
+        configs[Key.THRESHOLD] = 4
     if stage == Stage.COLLECT_MASKED_VECTORS and node == VICTIM:
         kept = [i for i, src in enumerate(configs[Key.SOURCE_LIST]) if src in PARTNERS]
         configs[Key.SOURCE_LIST] = [configs[Key.SOURCE_LIST][i] for i in kept]
