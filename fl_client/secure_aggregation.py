@@ -74,7 +74,7 @@ from flwr.compat.common.recorddict_compat import fitres_to_recorddict
 
 from fl_client.egress_guard import EgressViolation, check_reply
 from fl_client.site_policy import PolicyRefusal, RoundRequest, round_request
-from fl_protocol.distributed_sum import MODULUS, WEIGHT, compact, sum_range, wrap
+from fl_protocol.distributed_sum import MODULUS, WEIGHT, compact, hide_wraps, sum_range, wrap
 from fl_protocol.secagg_masks import use_cryptographic_masks
 from fl_protocol.secret_sharing import use_prime_field_sharing
 from fl_protocol.wire import ARRAYS_KEY, METRICS_KEY, MIN_SECURE_SITES, Reason, error_reply
@@ -106,6 +106,9 @@ def secure_aggregation_mod(msg: Message, context: Context, call_next: ClientAppC
     protocol = None if reply.has_error() else reply.content.config_records.get(RECORD_KEY_CONFIGS)
     if stage == Stage.COLLECT_MASKED_VECTORS and protocol is not None:
         masked = [bytes_to_ndarray(b) for b in protocol[Key.MASKED_PARAMETERS]]
+        if str(context.run_config["privacy-model"]) == "distributed":
+            target = int(context.state.config_records[RECORD_KEY_STATE]["target_range"])
+            masked = masked[:1] + hide_wraps(masked[1:], target)
         protocol[Key.MASKED_PARAMETERS] = [ndarray_to_bytes(a) for a in compact(masked)]
     return reply
 

@@ -8,9 +8,14 @@ value ``x`` it is given as ``round((clip(x * w / max_weight, -c, c) + c) * T / 2
 modulo ``modulus``. Each site therefore sends with weight ``w = max_weight`` and the server sets
 ``c = T / 2``: the quantization is then the identity on integers in ``[-T/2, T/2)``. A site first
 wraps its vector into that range modulo ``T`` (``wrap``), so nothing is ever clipped, and the
-server gets the sum modulo ``T`` (``decode``): the true sum whenever it lies in ``[-T/2, T/2)``.
-Wrapping is applied to each site's own integers and the sum is taken modulo ``T``, which is a
-function of the true sum: privacy does not depend on the range, only exactness does.
+server decodes the sum modulo ``T`` (``decode``): the true sum whenever it lies in
+``[-T/2, T/2)``. The sum modulo ``T`` is a function of the true sum, but what SecAgg+ unmasks is
+the sum modulo ``2**32``, which is ``T x (sites + 1)`` or more: on its own it would also show how
+many sites' values wrapped, each wrap a threshold on one site's value under its own noise share
+alone (found in review). So every site adds a secret uniform multiple of ``T`` to each masked
+value (``hide_wraps``): the unmasked sum's bits above ``T`` are then uniform and independent of
+the data, and only the sum modulo ``T`` is revealed. Privacy does not depend on the range, only
+exactness does.
 
 Flower also adds each site's weight ``T`` as one more summed value, so ``T x sites`` must stay
 below the modulus (``sum_range``). With ``MODULUS = 2**32`` every masked value fits in 32 bits,
@@ -19,6 +24,7 @@ update of a plain round.
 """
 
 import math
+import secrets
 
 import numpy as np
 
@@ -56,6 +62,21 @@ def decode(mean: np.ndarray, num_sites: int, modulus: int) -> np.ndarray:
     divided by ``num_sites``), modulo ``modulus`` in ``[-modulus/2, modulus/2)``."""
     total = np.rint(np.asarray(mean, dtype=np.float64) * num_sites).astype(np.int64)
     return wrap(total, modulus)
+
+
+def hide_wraps(masked: list[np.ndarray], modulus: int) -> list[np.ndarray]:
+    """Masked values (in ``[0, MODULUS)``) plus a uniform multiple of ``modulus`` each, modulo
+    ``MODULUS``, drawn from the operating system's cryptographic generator: the sum of all sites'
+    values keeps its residue modulo ``modulus`` (a power of two dividing ``MODULUS``) and
+    nothing above it. Only for the parameters: Flower's summed weight is read whole."""
+    high = np.uint32(MODULUS - modulus)  # the bits above the modulus
+    out = []
+    for array in masked:
+        array = np.asarray(array, dtype=np.int64)
+        words = np.frombuffer(secrets.token_bytes(4 * array.size), dtype="<u4")
+        offsets = (words & high).astype(np.int64).reshape(array.shape)
+        out.append(np.mod(array + offsets, MODULUS))
+    return out
 
 
 def compact(masked: list[np.ndarray]) -> list[np.ndarray]:

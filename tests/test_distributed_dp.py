@@ -71,7 +71,14 @@ from fl_client.site_policy import (
     site_policy,
 )
 from fl_client.site_secret import site_secret
-from fl_protocol.distributed_sum import WEIGHT, decode, integer_norm, sum_range, wrap
+from fl_protocol.distributed_sum import (
+    WEIGHT,
+    decode,
+    hide_wraps,
+    integer_norm,
+    sum_range,
+    wrap,
+)
 from fl_protocol.wire import MAX_AUTO_DELTA, REJECTED, RUN_CONFIG_DEFAULTS, Reason
 from fl_server.run_config import RunConfigError, check_run_config
 from fl_server.secure_aggregation import distributed_threshold
@@ -190,6 +197,53 @@ def test_the_server_decodes_exactly_the_sum_of_the_sites_integers(decoded):
         plain = sites[reply.metadata.src_node_id]
         assert not any(np.array_equal(a, plain[k]) for a, k in zip(arrays[1:], plain,
                                                                   strict=True))
+
+
+def test_the_unmasked_sum_shows_nothing_above_its_range(monkeypatch):
+    """Found in review: SecAgg+ unmasks the sum modulo 2**32, at least T x (sites + 1); had each
+    site sent its wrapped values as they are, the bits above T would count the sites whose
+    value wrapped, each wrap a threshold on one site's value under its own noise share alone.
+    One site's values sit just past T/2 and wrap, the others' bring the true sum back to 2: the
+    server must still decode 2 exactly, while what it unmasks above T is the sites' random
+    offsets, not the one wrap (-T before the fix, in every coordinate; the chance that the
+    offsets of all 1,155 coordinates agree is below 2**-3000)."""
+    target = sum_range(4)
+    base = head().state_dict()
+    values = (target // 2 + 5, -target // 4, -target // 4, -3)
+    sites = {101 + i: {k: np.full(tuple(v.shape), value, dtype=np.int64)
+                       for k, v in base.items()} for i, value in enumerate(values)}
+    unmasked = {}
+    real_decode = server_secagg.decode
+
+    def capture(mean, num_sites, modulus):
+        raw = np.rint(np.asarray(mean, dtype=np.float64) * num_sites).astype(np.int64)
+        unmasked.setdefault("raw", []).append(raw.ravel())
+        return real_decode(mean, num_sites, modulus)
+
+    monkeypatch.setattr(server_secagg, "decode", capture)
+    summed = {}
+    monkeypatch.setattr(server_secagg, "distributed_step",
+                        lambda global_model, integer_sum, **kwargs: summed.update(integer_sum)
+                        or global_model)
+    secure, _ = secure_round(sites)
+    assert secure.aggregate is not None
+    for name in summed:
+        np.testing.assert_array_equal(summed[name], sum(site[name] for site in sites.values()))
+    raw = np.concatenate(unmasked["raw"])
+    truth = np.concatenate([sum(site[k] for site in sites.values()).ravel() for k in summed])
+    unhidden = np.concatenate([sum(wrap(site[k], target) for site in sites.values()).ravel()
+                               for k in summed])  # what the server unmasked before the fix
+    assert raw.size > 1000 and np.all(np.mod(raw - truth, target) == 0)
+    assert len(np.unique(raw - truth)) > 1 and not np.array_equal(raw, unhidden)
+
+
+def test_hiding_wraps_keeps_each_value_modulo_the_range_and_spreads_what_is_above():
+    values = [np.arange(1000, dtype=np.int64), np.zeros((10, 10), dtype=np.int64)]
+    hidden = hide_wraps(values, 2**29)
+    for before, after in zip(values, hidden, strict=True):
+        assert after.shape == before.shape and after.min() >= 0 and after.max() < 2**32
+        np.testing.assert_array_equal(np.mod(after, 2**29), np.mod(before, 2**29))
+        assert len(np.unique(after // 2**29)) == 8  # all 8 multiples drawn among 100+ values
 
 
 def test_a_site_that_drops_is_left_out_of_an_exact_sum(decoded):
