@@ -75,7 +75,7 @@ from flwr.compat.common.recorddict_compat import fitres_to_recorddict
 from fl_client.egress_guard import EgressViolation, check_reply
 from fl_client.site_policy import PolicyRefusal, RoundRequest, round_request
 from fl_protocol.distributed_sum import MODULUS, WEIGHT, compact, hide_wraps, sum_range, wrap
-from fl_protocol.secagg_masks import use_cryptographic_masks
+from fl_protocol.secagg_masks import masks_bound_to, plan_binding, use_cryptographic_masks
 from fl_protocol.secret_sharing import use_prime_field_sharing
 from fl_protocol.wire import ARRAYS_KEY, METRICS_KEY, MIN_SECURE_SITES, Reason, error_reply
 
@@ -100,7 +100,8 @@ def secure_aggregation_mod(msg: Message, context: Context, call_next: ClientAppC
             _check_secure_sum(msg, context, msg.content.config_records[RECORD_KEY_CONFIGS])
         if stage in (Stage.SETUP, Stage.SHARE_KEYS, Stage.COLLECT_MASKED_VECTORS, Stage.UNMASK):
             _check_shares_asked(stage, msg, context)
-        reply = secaggplus_mod(msg, context, lambda m, c: _update_to_mask(m, c, call_next))
+        with masks_bound_to(_plan(msg, context, stage)):
+            reply = secaggplus_mod(msg, context, lambda m, c: _update_to_mask(m, c, call_next))
     except _Refused as refused:
         return error_reply(msg, refused.reason)
     protocol = None if reply.has_error() else reply.content.config_records.get(RECORD_KEY_CONFIGS)
@@ -146,6 +147,23 @@ def secure_sum_problem(settings, request: RoundRequest | None) -> str | None:
                 f"{settings[Key.CLIPPING_RANGE]}, weight {settings[Key.MAX_WEIGHT]}) would not "
                 f"carry integers exactly; expected {target}, {target / 2:g}, {WEIGHT:g}")
     return None
+
+
+def _plan(msg: Message, context: Context, stage: str) -> bytes:
+    """What the masks of a distributed-DP round are bound to (``plan_binding``): the plan this
+    site reads from the message and run config that it plans its noise share by, so that sites
+    told different plans produce a sum that is noise. Only the collect stage draws masks."""
+    if stage != Stage.COLLECT_MASKED_VECTORS or str(context.run_config["privacy-model"]) != \
+            "distributed":
+        return b""
+    try:
+        request = round_request(msg, context)
+    except PolicyRefusal as refusal:
+        log(WARNING, "secure aggregation: %s", refusal)
+        raise _Refused(refusal.reason) from refusal
+    return plan_binding(request.run_name, request.server_round, request.num_rounds,
+                        request.cohort_size, request.target_epsilon, request.delta,
+                        request.tolerated_sites)
 
 
 def _check_secure_sum(msg: Message, context: Context, settings) -> None:

@@ -15,17 +15,33 @@ ChaCha20). ``use_cryptographic_masks`` swaps it into Flower; it must run on ever
 the server, because the server regenerates the same masks from the recovered seeds to unmask the
 sum: one side patched and the other not gives a garbage aggregate. This module is the one place
 where the swap happens.
+
+Under distributed DP the masks are also keyed with the round's plan (``plan_binding``): every
+value from which a site plans its noise share and counts on the others' (run, round, rounds,
+cohort, target epsilon, delta, tolerated sites). A server that told sites different plans (one
+site 40 rounds, the others 1, so that they add a fortieth of the noise it counts on; found in
+review) gets pairwise masks that do not cancel, and a sum that is uniform noise.
 """
 
 import hashlib
 import importlib
+import json
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 
 import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 
 DOMAIN = b"fedintent/secagg+-mask/v1\x00"
 """Prefix of the seed before hashing: these keys derive from no other use of the same seed."""
+
+BOUND_DOMAIN = b"fedintent/secagg+-mask/plan-bound/v1\x00"
+"""The prefix instead, followed by the plan's digest, for masks bound to a plan."""
+
+_PLAN: ContextVar[bytes] = ContextVar("fedintent_secagg_plan", default=b"")
+"""The digest of the plan the masks being drawn are bound to (empty: unbound)."""
 
 _NONCE = bytes(16)
 """ChaCha20's counter and nonce; zero is safe because every seed gets its own key."""
@@ -56,7 +72,8 @@ def mask_arrays(
             "then is word & (num_range - 1) of a uniform 32-bit word exactly uniform"
         )
     sizes = [math.prod(shape) for shape in dimensions_list]
-    key = hashlib.sha256(DOMAIN + seed).digest()
+    plan = _PLAN.get()
+    key = hashlib.sha256((BOUND_DOMAIN + plan if plan else DOMAIN) + seed).digest()
     encryptor = Cipher(algorithms.ChaCha20(key, _NONCE), mode=None).encryptor()
     keystream = encryptor.update(bytes(4 * sum(sizes)))
     words = np.frombuffer(keystream, dtype="<u4") & np.uint32(num_range - 1)
@@ -78,3 +95,23 @@ def use_cryptographic_masks() -> None:
         # import_module, not attribute access: the client package's ``secaggplus_mod`` attribute
         # is the mod function, which shadows the module of the same name.
         importlib.import_module(name).pseudo_rand_gen = mask_arrays
+
+
+def plan_binding(run_name: str, server_round: int, num_rounds: int, cohort_size: int,
+                 target_epsilon: float, delta: float, tolerated_sites: int) -> bytes:
+    """The digest of a distributed-DP round's plan, as the site reads it
+    (``fl_client.site_policy.round_request``) and the server sends it: floats exactly, by
+    their hexadecimal form."""
+    plan = [run_name, server_round, num_rounds, cohort_size, float(target_epsilon).hex(),
+            float(delta).hex(), tolerated_sites]
+    return hashlib.sha256(json.dumps(plan).encode("utf-8")).digest()
+
+
+@contextmanager
+def masks_bound_to(plan: bytes) -> Iterator[None]:
+    """Draw every mask in this block (this thread or task only) keyed with ``plan`` as well."""
+    token = _PLAN.set(plan)
+    try:
+        yield
+    finally:
+        _PLAN.reset(token)

@@ -71,7 +71,7 @@ from fl_protocol.distributed_sum import (
     integer_norm,
     sum_range,
 )
-from fl_protocol.secagg_masks import use_cryptographic_masks
+from fl_protocol.secagg_masks import masks_bound_to, plan_binding, use_cryptographic_masks
 from fl_protocol.secret_sharing import use_prime_field_sharing
 from fl_protocol.wire import (
     ARRAYS_KEY,
@@ -129,6 +129,16 @@ def incompatibility(cfg: dict) -> str | None:
                 f"{MIN_SECURE_SITES}): with two, each site learns the other's update from the "
                 f"sum; got min-sites {cfg['min-sites']}")
     return None
+
+
+def _plan(context: Context, sent: Message) -> bytes:
+    """The plan the round's masks are bound to, as every site was sent it (the sites bind
+    theirs to what they read: ``fl_client.secure_aggregation``)."""
+    config, cfg = sent.content[CONFIG_KEY], context.run_config
+    return plan_binding(str(config["run-name"]), int(config["server-round"]),
+                        int(config["num-rounds"]), int(config["cohort-size"]),
+                        float(cfg["target-epsilon"]), float(cfg["delta"]),
+                        int(cfg["tolerated-sites"]))
 
 
 def reconstruction_threshold(num_sites: int) -> int:
@@ -215,13 +225,14 @@ def secure_train_round(
     legacy.state.array_records[MAIN_PARAMS_RECORD] = ArrayRecord()
     use_cryptographic_masks()
     use_prime_field_sharing()
-    SecAggPlusWorkflow(
-        num_shares=1.0,  # every site holds a share of every other site's keys
-        reconstruction_threshold=threshold / len(by_node),
-        modulus_range=MODULUS,
-        timeout=timeout,
-        **quantization,
-    )(relay, legacy)
+    with masks_bound_to(_plan(context, next(iter(by_node.values()))) if distributed else b""):
+        SecAggPlusWorkflow(
+            num_shares=1.0,  # every site holds a share of every other site's keys
+            reconstruction_threshold=threshold / len(by_node),
+            modulus_range=MODULUS,
+            timeout=timeout,
+            **quantization,
+        )(relay, legacy)
 
     aggregate = None
     if collector.mean is not None:

@@ -237,6 +237,40 @@ def test_the_unmasked_sum_shows_nothing_above_its_range(monkeypatch):
     assert len(np.unique(raw - truth)) > 1 and not np.array_equal(raw, unhidden)
 
 
+@pytest.mark.parametrize("told", [{"num-rounds": 40}, {"run-name": "other"}, {"server-round": 2}],
+                         ids=["rounds", "run", "round"])
+def test_sites_told_different_plans_give_the_server_only_noise(decoded, told):
+    """Found in review: a site counts on the noise shares the other sites plan from the same
+    values; told 40 rounds while the others were told 1, it would count on forty times the
+    noise they add. The masks are bound to the plan each site read, so the sum unmasks as noise
+    and the server learns nothing from a split plan."""
+    sites = {101 + i: site_integers(i) for i in range(4)}
+    grid = HostileGrid(sites, DISTRIBUTED, lambda stage, configs, node: None)
+    real_send = grid.send_and_receive
+
+    def send(messages, *, timeout=None):
+        for msg in messages:
+            if (msg.metadata.dst_node_id == 101 and "config" in msg.content.config_records
+                    and str(msg.content.config_records[RECORD_KEY_CONFIGS][Key.STAGE])
+                    == Stage.COLLECT_MASKED_VECTORS):
+                msg.content["config"] = ConfigRecord(dict(msg.content["config"]) | told)
+        return real_send(messages, timeout=timeout)
+
+    grid.send_and_receive = send
+    secure, _ = secure_round(sites, grid=grid)
+    assert secure.aggregate is not None  # nothing a site can see is wrong, but the sum is noise
+    assert not any(r.has_error() for r in grid.answered[Stage.COLLECT_MASKED_VECTORS])
+    true_sum = {k: sum(s[k] for s in sites.values()) for k in decoded}
+    assert all(not np.array_equal(decoded[k], true_sum[k]) for k in decoded)
+
+
+def test_sites_told_one_plan_sum_exactly(decoded):
+    sites = {101 + i: site_integers(i) for i in range(4)}
+    secure, _ = secure_round(sites)
+    for name in decoded:
+        np.testing.assert_array_equal(decoded[name], sum(s[name] for s in sites.values()))
+
+
 def test_hiding_wraps_keeps_each_value_modulo_the_range_and_spreads_what_is_above():
     values = [np.arange(1000, dtype=np.int64), np.zeros((10, 10), dtype=np.int64)]
     hidden = hide_wraps(values, 2**29)
