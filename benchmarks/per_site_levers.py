@@ -20,6 +20,11 @@ beside the settings ``fedintent train`` runs, so a claim that none helps can be 
   the noise, so this is ``settings``;
 * ``rounds-20`` / ``rounds-80``: fewer or more rounds, the same total noise;
 * ``minibatch-128``: Poisson batches of 128 (amplification by sampling), learning rate 8;
+* ``size-squared-weights``: the server weighs each site's model by its rows squared, not its
+  rows: a full-batch site's noise on its mean gradient has standard deviation proportional to
+  1 / rows, so this is the inverse-variance weighting: on these sites' sizes the average's
+  noise has a fifth less standard deviation (0.79 times), at the price of leaning on the
+  largest sites (one holds 31% of the rows and gets 60% of the weight);
 * ``average-iterates``: the mean of the last quarter of the rounds' global models (the server's
   post-processing, free of privacy cost);
 * ``random-128`` / ``label-span``: the head reads the features projected onto 128 random
@@ -64,7 +69,8 @@ VALIDATION_SHARE = 0.15
 FULL_BATCH = 4096
 NOISE_SEEDS = (0, 1, 2)
 LEVERS = ("settings", "run-plan-noise", "rounds-20", "rounds-80", "minibatch-128",
-          "average-iterates", "random-128", "label-span", "public-whitening", "class-sums")
+          "size-squared-weights", "average-iterates", "random-128", "label-span",
+          "public-whitening", "class-sums")
 
 
 def split_sites(data: Path) -> tuple[list[str], list[Site], torch.Tensor, torch.Tensor]:
@@ -121,7 +127,8 @@ def through(features: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
 
 
 def trained_head(sites: list[Site], prior: torch.Tensor, epsilon: float, rounds: int, rate: float,
-                 batch: int, seed: int, average_last: float, max_epsilon: float) -> nn.Linear:
+                 batch: int, seed: int, average_last: float, max_epsilon: float,
+                 weight_power: float) -> nn.Linear:
     """Per-site DP-SGD FedAvg as ``fedintent train`` runs it; the global models of the last
     ``average_last`` share of rounds averaged (0: the last model alone)."""
     head = prior_head(nn.Linear(prior.shape[1], prior.shape[0]), prior)
@@ -130,7 +137,7 @@ def trained_head(sites: list[Site], prior: torch.Tensor, epsilon: float, rounds:
     kept = []
     for server_round in range(rounds):
         train_fedavg(head, lambda: nn.Linear(prior.shape[1], prior.shape[0]), sites, plans, 1,
-                     seed * 1000 + server_round)
+                     seed * 1000 + server_round, weight_power)
         if server_round >= rounds - max(1, round(rounds * average_last)):
             kept.append({k: v.clone() for k, v in head.state_dict().items()})
     head.load_state_dict({k: sum(state[k] for state in kept) / len(kept) for k in kept[0]})
@@ -165,6 +172,7 @@ def lever_accuracies(lever: str, labels: list[str], sites: list[Site], held_x: t
     rate = site_size_rate(float(settings["learning-rate"]), mean_rows / (1 - VALIDATION_SHARE),
                           epsilon)
     rounds, batch, average_last = int(settings["num-rounds"]), FULL_BATCH, 0.0
+    weight_power = 2.0 if lever == "size-squared-weights" else 1.0
     max_epsilon = math.inf if lever == "run-plan-noise" else DEFAULT_MAX_EPSILON
     if lever.startswith("rounds-"):
         rounds = int(lever.split("-")[1])
@@ -176,7 +184,8 @@ def lever_accuracies(lever: str, labels: list[str], sites: list[Site], held_x: t
                     * prior.norm(dim=1, keepdim=True))
     mapped_sites = [(mapped(x), y) for x, y in sites]
     return [evaluate(trained_head(mapped_sites, prior_mapped, epsilon, rounds, rate, batch, seed,
-                                  average_last, max_epsilon), mapped(held_x), held_y)[1]
+                                  average_last, max_epsilon, weight_power), mapped(held_x),
+                          held_y)[1]
             for seed in NOISE_SEEDS]
 
 
@@ -200,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         accuracies = lever_accuracies(lever, labels, sites, held_x, held_y, args.epsilon,
                                       args.public, args.data / ".public-features")
         shown = " / ".join(f"{100 * a:.1f}" for a in accuracies)
-        print(f"{lever:18s} {100 * np.mean(accuracies):5.1f}%  ({shown})", flush=True)
+        print(f"{lever:20s} {100 * np.mean(accuracies):5.1f}%  ({shown})", flush=True)
     return 0
 
 

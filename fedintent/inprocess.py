@@ -76,15 +76,18 @@ def train_fedavg(
     plans: Sequence[TrainingPlan],
     rounds: int,
     seed: int,
+    weight_power: float = 1.0,
 ) -> nn.Module:
     """Train ``global_model`` in place for ``rounds`` rounds of FedAvg and return it.
 
     Every round, each site starts from the global model, trains with its own plan, and the new
-    global model is the mean of the sites' models weighted by their number of examples. The
+    global model is the mean of the sites' models weighted by their number of examples
+    (``weight_power`` 1, FedAvg; 2 weighs each site by the inverse of its DP noise's variance,
+    for benchmarks/per_site_levers.py). The
     seed of site ``i`` in round ``r`` is ``seed * 100_000 + r * 100 + i``: deterministic,
     different for every (site, round), as the sites' secret seeds are in a real run.
     """
-    total = sum(len(targets) for _, targets in sites)
+    total = sum(len(targets) ** weight_power for _, targets in sites)
     for server_round in range(rounds):
         averaged = {k: torch.zeros_like(v) for k, v in global_model.state_dict().items()}
         for index, ((features, targets), plan) in enumerate(zip(sites, plans, strict=True)):
@@ -93,7 +96,7 @@ def train_fedavg(
             train_locally(local, features, targets, plan,
                           seed=seed * 100_000 + server_round * 100 + index)
             for key, value in local.state_dict().items():
-                averaged[key] += value * (len(targets) / total)
+                averaged[key] += value * (len(targets) ** weight_power / total)
         global_model.load_state_dict(averaged)
     return global_model
 
