@@ -44,6 +44,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from fl_client.privacy_units import PADDING_LABEL
+from models.encoder import padding_free_chunks
 from models.family import ModelFamily
 
 
@@ -65,9 +66,10 @@ class TrainingPlan:
         "ghost", the model family's choice); the same clipping and noise either way, so the
         guarantee does not depend on it.
     physical_batch_size: for token-state features ([rows, tokens, hidden + mask]), split each
-        sampled batch into chunks of at most this many rows of similar length, so padding stays
-        short. The chunks' clipped gradients are summed and noised once (Opacus' skipped
-        steps): the same DP step as one pass over the batch. None: one pass.
+        sampled batch into chunks of at most this many rows of one token count, so no row is
+        padded for another's sake (``models.encoder.padding_free_chunks``). The chunks' clipped
+        gradients are summed and noised once (Opacus' skipped steps): the same DP step as one
+        pass over the batch. None: one pass.
     """
 
     noise_multiplier: float | None
@@ -277,11 +279,12 @@ def _finite_clipping(model: nn.Module) -> None:
 
 def _physical_batches(x: torch.Tensor, y: torch.Tensor,
                       rows: int | None) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """The batch in chunks of at most ``rows`` rows, sorted by token count (the mask channel)."""
-    if rows is None or len(y) <= rows:
+    """The batch in chunks of at most ``rows`` rows of token states, each of one token count
+    (``padding_free_chunks``: no row's pass may depend on another row); features of other
+    families (``rows`` None) whole."""
+    if rows is None:
         return [(x, y)]
-    order = torch.argsort(x[..., -1].sum(dim=1))
-    return [(x[idx], y[idx]) for idx in torch.split(order, rows)]
+    return [(x[idx], y[idx]) for idx in padding_free_chunks(x, rows)]
 
 
 class UnitLoss(nn.Module):

@@ -96,6 +96,23 @@ def _encoded_batches(texts: list[str], folder: Path, layer: int):
         yield idx, hidden, batch["attention_mask"]
 
 
+def padding_free_chunks(states: torch.Tensor, rows: int) -> list[torch.Tensor]:
+    """Row indices of token states ([n, tokens, hidden + 1], the mask channel last) in chunks
+    of at most ``rows`` rows that all have the same token count, so that no row in a forward
+    pass is padded.
+
+    The trained layers cut a pass to its longest row. A shorter row's padded keys then exist
+    or not depending on the other rows in the pass, and are hidden only by a finite mask: a
+    server's crafted layer made one row's loss finite or NaN depending on whether a longer row
+    shared its pass, so one unit changed another's gradient, and DP-SGD's, DP evaluation's and
+    the distributed sum's per-unit bounds failed (found in review). Without padding, each row's
+    pass is a function of that row alone."""
+    lengths = states[..., -1].sum(dim=1).round().long()
+    order = torch.argsort(lengths, stable=True)
+    counts = torch.unique_consecutive(lengths[order], return_counts=True)[1].tolist()
+    return [chunk for group in torch.split(order, counts) for chunk in torch.split(group, rows)]
+
+
 @torch.no_grad()
 def token_states(texts: list[str], folder: Path, layer: int) -> torch.Tensor:
     """Each text's token states after encoder layer ``layer`` (0 = the embeddings), padded to

@@ -16,12 +16,13 @@ from flwr.app import Array, ArrayRecord, Message
 from test_site_privacy import context, refused_with, rows, train_message, write_rows
 
 import fl_client.client_app as client_app
-from fl_client.distributed_dp import noisy_integer_sum
+from fl_client.distributed_dp import GRID_RANGE, clipped_grid_sum, noisy_integer_sum
 from fl_client.dp_evaluation import unit_contributions
 from fl_client.dp_training import TrainingPlan, train_locally, training_plan
 from fl_client.privacy_ledger import LEDGER_FILE
 from fl_protocol.wire import Reason
 from models import get_model_family
+from models.encoder import load_encoder
 
 pytestmark = pytest.mark.usefixtures("task_identity")
 
@@ -155,3 +156,69 @@ def test_a_model_holding_nan_or_infinity_is_declined_before_anything_is_read(
     reply = client_app.app(asked, context(site_dir, tmp_path / "state"))
     assert refused_with(reply, Reason.PARAMETERS_REFUSED)
     assert not read and not (tmp_path / "state" / LEDGER_FILE).exists()
+
+
+PADDING_LABELS = ["card_lost", "refund"]
+
+
+def padding_crafted_model():
+    """``minilm-finetune`` whose trained layer gives every real key the score -inf and every
+    padded key (hidden state 0) a finite one (found in review): a row attends only to padding,
+    so it is finite exactly when a longer row shares its pass. Built from no data: the layer
+    below ends in a LayerNorm, so sum_d h_d / gamma_d is the same for every real token."""
+    family = get_model_family("minilm-finetune")
+    model = family.initial_model(PADDING_LABELS)
+    gamma = load_encoder(family.encoder_path)[1].encoder.layer[-2].output.LayerNorm.weight
+    attention = model.layers[0].attention.self
+    with torch.no_grad():
+        attention.key.weight.copy_((1e20 / gamma).expand_as(attention.key.weight))
+        attention.key.bias.zero_()
+        attention.query.weight.zero_()
+        attention.query.bias.fill_(1e20)
+        attention.value.weight.zero_()
+    return model
+
+
+@pytest.fixture(scope="module")
+def padding_rows():
+    """Six rows of one token count, and a seventh, longer row."""
+    family = get_model_family("minilm-finetune")
+    texts = [f"I lost my card number {i}" for i in range(6)]
+    texts.append("please refund my order because it never arrived at my house")
+    with torch.no_grad():
+        features = family.featurize(texts, None).detach()
+    tokens = features[..., -1].sum(dim=1)
+    assert len(set(tokens[:6].tolist())) == 1 and tokens[6] > tokens[0]
+    return features, torch.tensor([0] * 6 + [1])
+
+
+def test_no_units_result_depends_on_a_longer_unit_in_its_pass(padding_rows):
+    """DP evaluation, DP-SGD and the distributed sum each run units through the model together;
+    with one longer unit added, the other units' contributions must not change (before the
+    fix: DP evaluation's sum moved by 2.9 for one unit, and DP-SGD's update went from NaN,
+    blocked, to finite, sent: the site's answer told whether the longer row was there)."""
+    features, labels = padding_rows
+    rows = get_model_family("minilm-finetune").physical_batch_size
+    units = [str(i) for i in range(7)]
+    alone = unit_contributions(padding_crafted_model(), features[:6], labels[:6], units[:6],
+                               rows)
+    joined = unit_contributions(padding_crafted_model(), features, labels, units, rows)
+    torch.testing.assert_close(joined[:6], alone, rtol=0, atol=0)
+    assert (joined.sum(0) - alone.sum(0)).norm() <= 1 + 1e-12
+
+    def finite_update(x, y) -> bool:
+        model = padding_crafted_model()
+        plan = training_plan(get_model_family("minilm-finetune"), noise_multiplier=1.0,
+                             charged=(1.0, 1), clip_norm=1.0, batch_size=4096, local_epochs=1,
+                             learning_rate=1.0)
+        train_locally(model, x, y, plan, seed=11)
+        return all(torch.isfinite(v).all() for v in model.state_dict().values())
+
+    assert finite_update(features[:6], labels[:6]) == finite_update(features, labels)
+
+    def grid_sum(x, y) -> torch.Tensor:
+        sums = clipped_grid_sum(padding_crafted_model(), x, y, 1.0, rows)
+        return torch.cat([total.flatten() for total in sums.values()]).double()
+
+    moved = (grid_sum(features, labels) - grid_sum(features[:6], labels[:6])).norm()
+    assert moved <= GRID_RANGE * (1 + 1e-6)  # one unit's clipped gradient, on the grid
