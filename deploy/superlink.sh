@@ -17,6 +17,8 @@
 #   RELEASE_PORT        port on 127.0.0.1 where deploy-run hands over a signed release
 #                       (default 9095)
 #   SUPERLINK_DATABASE  state file, so registered sites survive a restart (default: in memory)
+#   FLEET_MAX_BODY_MIB  largest request body the gateway forwards, in MiB (default 64: see
+#                       MAX_BODY_MIB in deploy/fleet_gateway.py)
 set -eu
 
 : "${CERT_DIR:?set CERT_DIR to the folder holding ca.crt, superlink.crt and superlink.key}"
@@ -49,7 +51,8 @@ python "$here/fleet_gateway.py" \
     --upstream "127.0.0.1:$CONTROL_PORT" \
     --ca-cert "$CERT_DIR/ca.crt" \
     --certfile "$CERT_DIR/superlink.crt" \
-    --keyfile "$CERT_DIR/superlink.key" &
+    --keyfile "$CERT_DIR/superlink.key" \
+    ${FLEET_MAX_BODY_MIB:+--max-body-mib "$FLEET_MAX_BODY_MIB"} &
 gateway=$!
 # Stop both when either stops or this script is told to stop.
 trap 'kill "$superlink" "$gateway" 2>/dev/null || true' EXIT INT TERM

@@ -51,9 +51,10 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
         "release",
         help="build the fedintent app bundle and sign it with the operator's release key",
         description="Write fedintent.fab (the app bundle the sites run) and "
-        "fedintent.fab.sig.json (its Ed25519 signature) to --out. Sites run a bundle only if "
-        "a key in their trusted-entities.yaml signed it. Keep the key off the SuperLink's "
-        "machine; `fedintent deploy-run --release` needs only the release folder.",
+        "fedintent.fab.sig.json (its Ed25519 signature, with the key's public half) to --out. "
+        "Sites run a bundle only if a key in their trusted-entities.yaml signed it. Keep the "
+        "key off the SuperLink's machine; `fedintent deploy-run --release` needs only the "
+        "release folder.",
     )
     release.set_defaults(handler=run_release)
     release.add_argument("--signing-key", type=Path, required=True,
@@ -96,10 +97,24 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
                             "scales it (default: not scaled)")
     deploy_run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                             help="any other run-config key (README, 'Run configuration'), "
-                            "value in TOML syntax; repeatable")
+                            "value in TOML syntax; repeatable. Keys set by the options above "
+                            f"({', '.join(OWN_OPTIONS)}) are refused")
     deploy_run.add_argument("--out", type=Path,
                             help=f"output folder (default: {DEFAULT_OUT_ROOT}/run-DATE-TIME)")
 
+
+OWN_OPTIONS = {
+    "target-epsilon": "use --epsilon",
+    "num-rounds": "use --rounds",
+    "min-sites": "use --min-sites",
+    "labels-file": "use --labels",
+    "out-dir": "use --out",
+    "run-name": "use --out: the run is named after its folder",
+    "data-dir": "deploy-run sets it to --labels' folder; deployed sites read their own data",
+}
+"""Run-config keys that ``deploy-run`` sets itself, each with what to do instead of ``--set``
+(found in review: ``--set target-epsilon=1`` was replaced by ``--epsilon``'s default 8 without
+a word, so every site was asked for 8)."""
 
 DNS_NAME = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*\.?")
 """A DNS name a certificate can carry: dot-separated labels of 1 to 63 ASCII letters, digits
@@ -187,11 +202,11 @@ def run_deploy_run(args: argparse.Namespace) -> int:
         raise CliError(f"--release-port must be a port in [1, 65535], got {args.release_port}")
     if not args.ca_cert.is_file():
         raise CliError(f"--ca-cert {args.ca_cert} is not a file")
+    overrides = _parse_settings(args.set)
     try:
         release = read_release(args.release)
     except deployment.DeploymentError as err:
         raise CliError(str(err)) from err
-    overrides = _parse_settings(args.set)
     settings = deploy_settings(args.epsilon, args.site_rows, overrides)
     if args.rounds is None:
         args.rounds = int(settings["num-rounds"])
@@ -217,9 +232,11 @@ def run_deploy_run(args: argparse.Namespace) -> int:
         except OSError as err:
             raise CliError(f"cannot hand over the release on 127.0.0.1:{args.release_port}: "
                            f"{err.strerror}") from err
-        print(f"run {run_id} of {release.app_spec} (signed by {release.key_id}) submitted to "
-              f"{args.superlink}: {args.rounds} rounds, at least "
-              f"{args.min_sites} sites, {len(labels)} intents; output: {out_dir}", flush=True)
+        print(f"run {run_id} of {release.app_spec} (signature by key {release.key_id} checked "
+              f"here; each site runs it only if it trusts that key) submitted to "
+              f"{args.superlink}: {args.rounds} rounds, at least {args.min_sites} sites, "
+              f"{len(labels)} intents, {privacy_settings(run_config)}; output: {out_dir}",
+              flush=True)
         try:
             status = deployment.follow_run(
                 connection, run_id, out_dir / "metrics.json",
@@ -259,17 +276,30 @@ def deploy_settings(epsilon: float, site_rows: float | None, overrides: dict) ->
     return settings | {"learning-rate": scaled}
 
 
+def privacy_settings(run_config: dict) -> str:
+    """The privacy settings the run asks the sites for, as the submitted line prints them: the
+    operator sees what was submitted before any site spends budget on it."""
+    delta = float(run_config["delta"])
+    return (f"target-epsilon {float(run_config['target-epsilon']):g}, delta "
+            f"{f'{delta:g}' if delta else 'per-site default'}, privacy-unit "
+            f"{run_config['privacy-unit']}, privacy-model {run_config['privacy-model']}")
+
+
 def _parse_settings(items: list[str]) -> dict:
-    """``--set KEY=VALUE`` options as run-config values (TOML syntax, else the text)."""
+    """``--set KEY=VALUE`` options as run-config values (TOML syntax, else the text); a key in
+    :data:`OWN_OPTIONS` is refused."""
     import tomllib
 
     settings = {}
     for item in items:
         key, sep, text = item.partition("=")
+        key = key.strip()
         if not sep:
             raise CliError(f"--set takes KEY=VALUE, got {item!r}")
+        if key in OWN_OPTIONS:
+            raise CliError(f"--set {key} is refused: {OWN_OPTIONS[key]}")
         try:
-            settings[key.strip()] = tomllib.loads(f"v = {text}")["v"]
+            settings[key] = tomllib.loads(f"v = {text}")["v"]
         except tomllib.TOMLDecodeError:
-            settings[key.strip()] = text
+            settings[key] = text
     return settings

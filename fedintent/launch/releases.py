@@ -5,7 +5,9 @@ bundle (``--trusted-entities``) against signatures that reach it only with a bun
 SuperLink fetched from an app hub (a bundle uploaded with ``flwr run ./app`` reaches the sites
 unsigned and is refused). So a release is a bundle plus its Ed25519 signature, made once with
 the key (:func:`write_release`), and ``fedintent deploy-run`` answers the SuperLink's hub
-request for it from 127.0.0.1 while it submits the run (:func:`serve_release`).
+request for it from 127.0.0.1 while it submits the run (:func:`serve_release`). The release
+folder carries the key's public half too, so that ``deploy-run`` checks the signature before it
+names the key (:func:`read_release`); whether that key may start runs, each site decides.
 """
 
 import base64
@@ -27,7 +29,11 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from flwr.cli.build import build_fab_from_disk
-from flwr.supercore.primitives.asymmetric_ed25519 import create_message_to_sign
+from flwr.supercore.primitives.asymmetric_ed25519 import (
+    create_message_to_sign,
+    decode_base64url,
+    verify_signature,
+)
 
 from fedintent.launch.certificates import signing_key_id
 from fedintent.launch.deployment import Connection, DeploymentError, submit_run
@@ -40,7 +46,8 @@ RELEASE_SIGNATURE = "fedintent.fab.sig.json"
 
 @dataclass(frozen=True)
 class Release:
-    """A signed app bundle: the exact bundle bytes and the operator's signature on them."""
+    """A signed app bundle: the exact bundle bytes, the operator's signature on them, and the
+    signing key's public half (OpenSSH line) whose fingerprint ``key_id`` is."""
 
     fab: bytes
     app_id: str
@@ -48,6 +55,7 @@ class Release:
     key_id: str
     signature: str
     signed_at: int
+    public_key: str
 
     @property
     def app_spec(self) -> str:
@@ -73,8 +81,10 @@ def sign_release(fab: bytes, key: ed25519.Ed25519PrivateKey) -> Release:
     app_id, version = _fab_identity(fab)
     signed_at = int(time.time())
     signature = key.sign(create_message_to_sign(hashlib.sha256(fab).digest(), signed_at))
+    public_key = key.public_key().public_bytes(serialization.Encoding.OpenSSH,
+                                               serialization.PublicFormat.OpenSSH)
     return Release(fab, app_id, version, signing_key_id(key.public_key()),
-                   _base64url(signature), signed_at)
+                   _base64url(signature), signed_at, public_key.decode("ascii"))
 
 
 def write_release(out_dir: Path, signing_key: Path) -> Release:
@@ -89,28 +99,63 @@ def write_release(out_dir: Path, signing_key: Path) -> Release:
     write_bytes_atomic(Path(out_dir) / RELEASE_FAB, release.fab)
     write_bytes_atomic(
         Path(out_dir) / RELEASE_SIGNATURE,
-        json.dumps({"public_key_id": release.key_id, "signature": release.signature,
-                    "signed_at": release.signed_at,
+        json.dumps({"public_key_id": release.key_id, "public_key": release.public_key,
+                    "signature": release.signature, "signed_at": release.signed_at,
                     "fab_sha256": hashlib.sha256(release.fab).hexdigest()}, indent=2).encode(),
     )
     return release
 
 
 def read_release(release_dir: Path) -> Release:
-    """The bundle and signature that :func:`write_release` wrote (not verified: sites do that)."""
+    """The bundle and signature that :func:`write_release` wrote, checked: the signature file is
+    this bundle's, and its signature verifies under the public key whose id it names (found in
+    review: deploy-run printed "signed by" any key id the file claimed). Whether that key may
+    start runs, each site decides from its own trusted keys."""
     fab_path, sig_path = Path(release_dir) / RELEASE_FAB, Path(release_dir) / RELEASE_SIGNATURE
     try:
         fab = fab_path.read_bytes()
         signature = json.loads(sig_path.read_text(encoding="utf-8"))
         app_id, version = _fab_identity(fab)
-        return Release(fab, app_id, version, str(signature["public_key_id"]),
-                       str(signature["signature"]), int(signature["signed_at"]))
+        release = Release(fab, app_id, version, str(signature["public_key_id"]),
+                          str(signature["signature"]), int(signature["signed_at"]),
+                          str(signature["public_key"]))
+        signed_sha256 = str(signature["fab_sha256"])
     except OSError as err:
         raise DeploymentError(f"cannot read the release: {err.filename}: {err.strerror}") \
             from err
     except (ValueError, KeyError, TypeError, OverflowError, zipfile.BadZipFile) as err:
         raise DeploymentError(f"{release_dir} does not hold a release written by `fedintent "
-                              f"release` ({RELEASE_FAB}, {RELEASE_SIGNATURE})") from err
+                              f"release` ({RELEASE_FAB}, and {RELEASE_SIGNATURE} with "
+                              f"public_key_id, public_key, signature, signed_at and fab_sha256): "
+                              f"run `fedintent release` again") from err
+    fab_sha256 = hashlib.sha256(fab).hexdigest()
+    if signed_sha256 != fab_sha256:
+        raise DeploymentError(f"{sig_path} is for a bundle with SHA-256 {signed_sha256}, but "
+                              f"{fab_path} has SHA-256 {fab_sha256}: copy both files from the "
+                              f"same `fedintent release`")
+    _check_signature(release, sig_path)
+    return release
+
+
+def _check_signature(release: Release, sig_path: Path) -> None:
+    """Raise DeploymentError unless ``release``'s signature verifies, as a site verifies it,
+    under its public key, and that key's fingerprint is its ``key_id``."""
+    try:
+        public_key = serialization.load_ssh_public_key(release.public_key.encode("ascii"))
+        signature = decode_base64url(release.signature)
+        message = create_message_to_sign(hashlib.sha256(release.fab).digest(), release.signed_at)
+    except (ValueError, OverflowError) as err:  # binascii and Unicode errors are ValueErrors
+        raise DeploymentError(f"{sig_path}: public_key, signature or signed_at is malformed") \
+            from err
+    if not isinstance(public_key, ed25519.Ed25519PublicKey):
+        raise DeploymentError(f"{sig_path}: public_key is not an Ed25519 key")
+    if signing_key_id(public_key) != release.key_id:
+        raise DeploymentError(f"{sig_path}: public_key_id {release.key_id} is not the id of its "
+                              f"public_key ({signing_key_id(public_key)})")
+    if not verify_signature(public_key, message, signature):
+        raise DeploymentError(f"{sig_path}: the signature does not verify under key "
+                              f"{release.key_id}: sign the release again with `fedintent "
+                              f"release`")
 
 
 @contextmanager

@@ -1,0 +1,373 @@
+"""The operator's side of a deployment: what ``fedintent deploy-run`` submits and says it
+submitted, the release it reads, and the Fleet gateway's limit on what anyone may send it.
+
+``deploy-run`` runs in-process with the parts that reach a SuperLink replaced (the submitted
+run config is recorded); the gateway is driven through ASGI calls, and once as its own process
+on 127.0.0.1.
+"""
+
+import asyncio
+import base64
+import contextlib
+import http.client
+import importlib.util
+import json
+import os
+import re
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.serialization import load_ssh_private_key
+
+from fedintent.cli import main
+from fedintent.commands.deploy import OWN_OPTIONS
+from fedintent.launch import deployment, releases
+from fedintent.launch.certificates import signing_key_pair, site_names, write_dev_credentials
+from fedintent.launch.flower_cli import flower_env
+from fedintent.launch.processes import free_port
+from fedintent.launch.releases import (
+    RELEASE_FAB,
+    RELEASE_SIGNATURE,
+    read_release,
+    sign_release,
+    write_release,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+MIB = 2**20
+
+
+@pytest.fixture(scope="module")
+def signed(tmp_path_factory):
+    """Development credentials and a release signed with their key."""
+    tmp = tmp_path_factory.mktemp("operator")
+    creds = write_dev_credentials(tmp / "creds", site_names(1), ["127.0.0.1"], ["localhost"])
+    write_release(tmp / "release", creds.signing_key)
+    (tmp / "labels.txt").write_text("card_lost\nrefund\n")
+    return {"tmp": tmp, "creds": creds, "release": tmp / "release"}
+
+
+def copied_release(signed, into: Path) -> Path:
+    into.mkdir()
+    for name in (RELEASE_FAB, RELEASE_SIGNATURE):
+        (into / name).write_bytes((signed["release"] / name).read_bytes())
+    return into
+
+
+@pytest.fixture
+def nothing_reaches_a_superlink(monkeypatch):
+    """deploy-run with the release handover and the run's submission recorded, not made; the
+    run then fails as if the SuperLink had gone, so the command exits 1 after submitting."""
+    submitted = []
+
+    @contextlib.contextmanager
+    def serve(release, port):
+        yield
+
+    def submit(release, connection, run_config):
+        submitted.append(run_config)
+        return 7
+
+    def follow(*args, **kwargs):
+        raise deployment.DeploymentError("the test stops here")
+
+    monkeypatch.setattr(deployment, "write_connection", lambda *args: None)
+    monkeypatch.setattr(deployment, "follow_run", follow)
+    monkeypatch.setattr(releases, "serve_release", serve)
+    monkeypatch.setattr(releases, "submit_release_run", submit)
+    return submitted
+
+
+def deploy_run(signed, tmp_path, *args: str, release: Path | None = None) -> int:
+    return main(["deploy-run", "--superlink", "127.0.0.1:9", "--release",
+                 str(release or signed["release"]), "--ca-cert", str(signed["creds"].ca_cert),
+                 "--labels", str(signed["tmp"] / "labels.txt"), "--min-sites", "2",
+                 "--rounds", "3", "--out", str(tmp_path / "run"), *args])
+
+
+# --- deploy-run: --set and what it says it submitted ----------------------------------------
+
+@pytest.mark.parametrize("key", sorted(OWN_OPTIONS))
+def test_deploy_run_refuses_set_for_a_key_it_sets_itself(signed, tmp_path, capsys, key,
+                                                         nothing_reaches_a_superlink):
+    """Found in review: --set target-epsilon=1 was replaced by --epsilon's default 8, without a
+    word, and the others by what deploy-run sets."""
+    assert deploy_run(signed, tmp_path, "--set", f"{key}=1") == 2
+    err = capsys.readouterr().err
+    assert f"--set {key} is refused: {OWN_OPTIONS[key]}" in err
+    assert nothing_reaches_a_superlink == []
+
+
+def test_deploy_run_names_the_option_to_use_instead(signed, tmp_path, capsys,
+                                                    nothing_reaches_a_superlink):
+    assert deploy_run(signed, tmp_path, "--set", " target-epsilon = 1") == 2
+    assert "--set target-epsilon is refused: use --epsilon" in capsys.readouterr().err
+
+
+def test_deploy_run_prints_the_privacy_settings_it_submitted(signed, tmp_path, capsys,
+                                                             nothing_reaches_a_superlink):
+    assert deploy_run(signed, tmp_path, "--epsilon", "1", "--set", "privacy-unit=customer",
+                      "--set", "delta=1e-6") == 1
+    [config] = nothing_reaches_a_superlink
+    assert (config["target-epsilon"], config["delta"], config["privacy-unit"]) == \
+        (1.0, 1e-6, "customer")
+    out = capsys.readouterr().out
+    assert "3 rounds, at least 2 sites, 2 intents, target-epsilon 1, delta 1e-06, " \
+        "privacy-unit customer, privacy-model local; output:" in out
+    assert deploy_run(signed, tmp_path / "again", "--min-sites", "4", "--set",
+                      "privacy-model=distributed", "--set", "secure-aggregation=true") == 1
+    assert "target-epsilon 8, delta per-site default, privacy-unit utterance, " \
+        "privacy-model distributed;" in capsys.readouterr().out
+
+
+# --- the release deploy-run reads -----------------------------------------------------------
+
+def rewrite_signature(folder: Path, **changes) -> None:
+    path = folder / RELEASE_SIGNATURE
+    path.write_text(json.dumps(json.loads(path.read_text()) | changes))
+
+
+def test_deploy_run_names_the_key_whose_signature_it_checked(signed, tmp_path, capsys,
+                                                             nothing_reaches_a_superlink):
+    release = read_release(signed["release"])
+    trusted = signed["creds"].trusted_entities.read_text()
+    assert f'"{release.key_id}": "{release.public_key}' in trusted
+    assert deploy_run(signed, tmp_path) == 1
+    assert (f"run 7 of {release.app_spec} (signature by key {release.key_id} checked here; "
+            "each site runs it only if it trusts that key) submitted to") in \
+        capsys.readouterr().out
+
+
+def test_a_release_whose_signature_does_not_verify_is_refused(signed, tmp_path, capsys,
+                                                              nothing_reaches_a_superlink):
+    """Found in review: with its signature replaced by 64 zero bytes, deploy-run still printed
+    "signed by" the trusted key's id."""
+    folder = copied_release(signed, tmp_path / "zeroed")
+    rewrite_signature(folder, signature=base64.urlsafe_b64encode(bytes(64)).decode())
+    assert deploy_run(signed, tmp_path, release=folder) == 2
+    key_id = read_release(signed["release"]).key_id
+    assert (f"{folder / RELEASE_SIGNATURE}: the signature does not verify under key {key_id}"
+            in capsys.readouterr().err)
+    assert nothing_reaches_a_superlink == []
+
+
+def test_a_signature_by_another_key_claiming_the_trusted_id_is_refused(signed, tmp_path):
+    genuine = read_release(signed["release"])
+    other = sign_release(genuine.fab, load_ssh_private_key(signing_key_pair("other")[0], None))
+    folder = copied_release(signed, tmp_path / "claimed")
+    rewrite_signature(folder, signature=other.signature, signed_at=other.signed_at)
+    with pytest.raises(deployment.DeploymentError, match="does not verify under key"):
+        read_release(folder)
+    rewrite_signature(folder, public_key=other.public_key)
+    with pytest.raises(deployment.DeploymentError, match=re.escape(
+            f"public_key_id {genuine.key_id} is not the id of its public_key ({other.key_id})")):
+        read_release(folder)
+
+
+def test_a_bundle_from_another_release_is_named_with_both_files(signed, tmp_path):
+    folder = copied_release(signed, tmp_path / "mixed")
+    fab = (folder / RELEASE_FAB).read_bytes()
+    (folder / RELEASE_FAB).write_bytes(fab + b"\0")
+    with pytest.raises(deployment.DeploymentError) as refused:
+        read_release(folder)
+    message = str(refused.value)
+    assert f"{folder / RELEASE_SIGNATURE} is for a bundle with SHA-256" in message
+    assert f"but {folder / RELEASE_FAB} has SHA-256" in message
+
+
+def test_a_signature_file_without_its_public_key_is_refused(signed, tmp_path):
+    folder = copied_release(signed, tmp_path / "keyless")
+    signature = json.loads((folder / RELEASE_SIGNATURE).read_text())
+    del signature["public_key"]
+    (folder / RELEASE_SIGNATURE).write_text(json.dumps(signature))
+    with pytest.raises(deployment.DeploymentError, match="run `fedintent release` again"):
+        read_release(folder)
+
+
+# --- the Fleet gateway's body limit ---------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def gateway():
+    """``deploy/fleet_gateway.py`` as a module (the folder is scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location("fleet_gateway",
+                                                  REPO / "deploy" / "fleet_gateway.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class Upload:
+    """An ASGI request's body, ``chunk`` bytes per message, up to ``total`` bytes; ``read``
+    counts what the app took. With ``hold`` set, it stops after ``total`` bytes, until that
+    event is set, without saying the body is complete."""
+
+    def __init__(self, total: int, chunk: int = 64 * 1024, hold: asyncio.Event | None = None):
+        self.left, self.chunk, self.hold, self.read = total, chunk, hold, 0
+
+    async def receive(self) -> dict:
+        if self.left == 0 and self.hold is not None:
+            await self.hold.wait()
+            self.hold = None
+        size = min(self.chunk, self.left)
+        self.left -= size
+        self.read += size
+        return {"type": "http.request", "body": b"\0" * size,
+                "more_body": self.left > 0 or self.hold is not None}
+
+
+async def post(app, upload: Upload, content_length: int | None = None) -> int:
+    """POST ``upload`` to the gateway's push-object call; the status it answered."""
+    headers = [(b"content-type", b"application/protobuf")]
+    if content_length is not None:
+        headers.append((b"content-length", str(content_length).encode()))
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+             "method": "POST", "scheme": "https", "path": "/v1/fleet/push-object",
+             "raw_path": b"/v1/fleet/push-object", "query_string": b"", "root_path": "",
+             "headers": headers, "client": ("127.0.0.1", 5000), "server": ("127.0.0.1", 443)}
+    statuses = []
+
+    async def send(message: dict) -> None:
+        if message["type"] == "http.response.start":
+            statuses.append(message["status"])
+
+    await app(scope, upload.receive, send)
+    return statuses[0]
+
+
+def gateway_app(gateway, signed, max_body_mib: float):
+    """The gateway before a SuperLink nobody runs (forwarded requests get 502)."""
+    return gateway.make_app(f"127.0.0.1:{free_port()}", str(signed["creds"].ca_cert),
+                            max_body_mib)
+
+
+def test_a_declared_body_over_the_limit_is_refused_unread(gateway, signed):
+    app = gateway_app(gateway, signed, 1)
+
+    async def run() -> tuple[int, int]:
+        async with app.router.lifespan_context(app):
+            upload = Upload(2 * MIB)
+            return await post(app, upload, content_length=2 * MIB), upload.read
+
+    assert asyncio.run(run()) == (413, 0)
+
+
+def test_a_streamed_body_is_refused_once_it_passes_the_limit(gateway, signed):
+    """Found in review: a chunked 1.5 GB upload, no credentials, took the gateway from 42 MB to
+    2.8 GB before the SuperLink could refuse it."""
+    app = gateway_app(gateway, signed, 1)
+
+    async def run() -> tuple[int, int, int]:
+        async with app.router.lifespan_context(app):
+            over = Upload(64 * MIB)
+            within = Upload(MIB)
+            return await post(app, over), over.read, await post(app, within)
+
+    status, read, within = asyncio.run(run())
+    assert status == 413 and read <= MIB + 64 * 1024
+    assert within == 502  # forwarded: at the limit is allowed
+
+
+def test_bodies_held_together_are_bounded_too(gateway, signed):
+    """Many connections, each within the limit, would add up to any amount of memory: past
+    BUFFERED_BODIES bodies of the largest size the gateway answers 503 (SuperNodes retry)."""
+    app = gateway_app(gateway, signed, 1)
+    held = gateway.BUFFERED_BODIES
+
+    async def run() -> tuple[list[int], int, int]:
+        async with app.router.lifespan_context(app):
+            release = asyncio.Event()
+            uploads = [Upload(MIB, hold=release) for _ in range(held)]
+            pending = [asyncio.create_task(post(app, upload)) for upload in uploads]
+            while sum(upload.read for upload in uploads) < held * MIB:
+                await asyncio.sleep(0)
+            refused = await post(app, Upload(1))
+            release.set()
+            return await asyncio.gather(*pending), refused, await post(app, Upload(MIB))
+
+    statuses, refused, after = asyncio.run(run())
+    assert refused == 503
+    assert statuses == [502] * held and after == 502  # all forwarded; the budget is free again
+
+
+def wait_until_listening(port: int, process: subprocess.Popen, log: Path) -> None:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        assert process.poll() is None, log.read_text()
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=5).close()
+            return
+        except OSError:
+            time.sleep(0.2)
+    pytest.fail(f"the gateway did not listen on {port}:\n{log.read_text()}")
+
+
+def test_the_gateway_process_refuses_a_body_over_max_body_mib(signed, tmp_path):
+    creds, port = signed["creds"], free_port()
+    log = tmp_path / "gateway.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, str(REPO / "deploy" / "fleet_gateway.py"),
+             "--listen", f"127.0.0.1:{port}", "--upstream", f"127.0.0.1:{free_port()}",
+             "--ca-cert", str(creds.ca_cert), "--certfile", str(creds.server_cert),
+             "--keyfile", str(creds.server_key), "--max-body-mib", "0.5"],
+            stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_until_listening(port, process, log)
+        context = ssl.create_default_context(cafile=str(creds.ca_cert))
+        connection = http.client.HTTPSConnection("127.0.0.1", port, context=context,
+                                                 timeout=60)
+        connection.putrequest("POST", "/v1/fleet/push-object")
+        connection.putheader("Content-Length", str(MIB))
+        connection.endheaders()  # the body is never sent: the answer comes without it
+        reply = connection.getresponse()
+        assert reply.status == 413
+        assert f"limit of {MIB // 2} bytes" in json.loads(reply.read())["detail"]
+        connection.close()
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+
+
+def test_the_gateway_refuses_a_body_limit_that_is_not_positive(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(REPO / "deploy" / "fleet_gateway.py"), "--listen", "127.0.0.1:9",
+         "--upstream", "127.0.0.1:9", "--ca-cert", "x", "--certfile", "x", "--keyfile", "x",
+         "--max-body-mib", "0"], capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 2
+    assert "--max-body-mib must be a number of MiB in (0, 1048576], got 0" in result.stderr
+
+
+@pytest.mark.parametrize("setting, passed", [(None, []), ("16", ["--max-body-mib", "16"])])
+def test_superlink_sh_passes_fleet_max_body_mib_to_the_gateway(signed, tmp_path, setting,
+                                                               passed):
+    """Stand-ins on PATH: ``flower-superlink`` waits, ``python`` prints its arguments and
+    exits, so the script stops the stand-in SuperLink and exits 1."""
+    stand_ins = tmp_path / "bin"
+    stand_ins.mkdir()
+    (stand_ins / "flower-superlink").write_text("#!/bin/sh\nexec sleep 600\n")
+    (stand_ins / "python").write_text('#!/bin/sh\nprintf "ARG:%s\\n" "$@"\n')
+    for stand_in in stand_ins.iterdir():
+        stand_in.chmod(0o755)
+    env = flower_env(tmp_path / "home") | {"CERT_DIR": str(signed["creds"].ca_cert.parent)}
+    env["PATH"] = f"{stand_ins}{os.pathsep}{env['PATH']}"
+    env.pop("FLEET_MAX_BODY_MIB", None)
+    if setting is not None:
+        env["FLEET_MAX_BODY_MIB"] = setting
+    script = subprocess.Popen([str(REPO / "deploy" / "superlink.sh")], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              start_new_session=True)
+    try:
+        out, err = script.communicate(timeout=120)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(script.pid, signal.SIGKILL)
+    assert script.returncode == 1 and "the Fleet gateway stopped" in err, err
+    args = [line.removeprefix("ARG:") for line in out.splitlines() if line.startswith("ARG:")]
+    assert args[0].endswith("fleet_gateway.py")
+    assert args[-len(passed) - 1:] == [str(signed["creds"].server_key), *passed]
