@@ -199,8 +199,8 @@ def test_every_forward_pass_of_a_dp_step_of_minilm_finetune_is_the_same():
                   training_plan(family, noise_multiplier=1.0, charged=(1.0, 1), clip_norm=1.0,
                                 batch_size=2, local_epochs=1, learning_rate=0.0), seed=3)
     # two token counts, so two chunks (``padding_free_chunks``), each screened then trained
-    assert len(outputs) == 4 and all(torch.equal(screened, trained)
-                                     for screened, trained in zip(outputs[::2], outputs[1::2]))
+    pairs = zip(outputs[::2], outputs[1::2], strict=True)
+    assert len(outputs) == 4 and all(torch.equal(screened, trained) for screened, trained in pairs)
 
 
 @pytest.mark.parametrize("units", [93, 99])  # int(1 / (1/k)) = k - 1 in floating point
