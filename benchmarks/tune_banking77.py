@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fedintent.bench.baselines import DELTA, Recipe, train_and_evaluate
+from fedintent.bench.baselines import Recipe, baseline_delta, train_and_evaluate
 from fedintent.inprocess import site_plans, train_distributed, train_fedavg, validation_split
 from fedintent.partition import partition_csv_dataset
 from fl_client.distributed_dp import dimension
@@ -48,6 +48,9 @@ from models import get_model_family
 from models.family import concat_features
 
 MODEL = "minilm-head"
+DELTA = 1e-5
+"""The delta BANKING77's tuning sites plan at: ``default_delta`` of each site's rows (all under
+10,000)."""
 VALIDATION_SHARE = 0.15
 FULL_BATCH = 4096
 FEDERATED_GRID = {
@@ -174,7 +177,8 @@ def main() -> int:
                                  else ()):
             for recipe in recipes:
                 accuracy = mean_over_seeds(lambda seed, e=epsilon, r=recipe: train_and_evaluate(
-                    MODEL, labels, *pooled, *val, e, r, seed).accuracy)
+                    MODEL, labels, *pooled, *val, e, r, seed,
+                    delta=baseline_delta([len(y) for _, y in sites])).accuracy)
                 method = "central-dp" if math.isfinite(epsilon) else "central"
                 rows.append((method, epsilon, recipe.epochs, "-", recipe.batch_size,
                              recipe.learning_rate, 0.0, accuracy))

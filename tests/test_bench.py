@@ -11,7 +11,9 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import torch
 
+from fedintent.bench.baselines import Recipe, train_and_evaluate
 from fedintent.bench.cells import (
     CENTRAL,
     CENTRAL_DP,
@@ -20,14 +22,24 @@ from fedintent.bench.cells import (
     LOCAL_ONLY,
     TFIDF,
     Cell,
+    cell_lifetime_budget,
     load_cell,
     save_cell,
     sweep_cells,
 )
-from fedintent.bench.federated import cell_lifetime_budget, upload_bytes_per_site_round
-from fedintent.bench.report import markdown_report, plot_png, summarize
-from fedintent.bench.sweep import BenchSpec, claim_sweep_folder, mean_site_rows, run_bench
+from fedintent.bench.federated import site_deltas, upload_bytes_per_site_round
+from fedintent.bench.report import epsilon_axis_label, markdown_report, plot_png, summarize
+from fedintent.bench.sweep import (
+    BenchSpec,
+    claim_sweep_folder,
+    local_only_cell,
+    mean_site_rows,
+    pooled_cell,
+    run_bench,
+)
+from fl_client.dp_training import Evaluation
 from fl_client.privacy_accounting import (
+    default_delta,
     filter_order,
     noise_within_rdp,
     plan_noise_multiplier,
@@ -121,9 +133,9 @@ def test_summary_is_mean_std_min_max_over_seeds():
             "settings": {"8": {"num-rounds": 40}}}
     assert plot_png(rows, spec).startswith(b"\x89PNG")
     report = markdown_report(spec, rows, results)
-    assert ("| federated (DP-SGD per site) | 8 | 0.8500 | 0.0707 | 0.8000 | 0.9000 | 0.7500 | 2 |"
-            in report)
-    assert "| TF-IDF + logistic regression, non-private | inf | 0.8500 |" in report
+    assert ("| federated (DP-SGD per site) | 8 | not recorded | 0.8500 | 0.0707 | 0.8000 | 0.9000 "
+            "| 0.7500 | 2 |" in report)
+    assert "| TF-IDF + logistic regression, non-private | inf | - | 0.8500 |" in report
     assert "epsilon 8: num-rounds=40" in report
     assert "| local | 8 | 1 | 0.5000 | 90 | 1.50 | 118836 | 3900 | 7.970 | - |" in report
     assert "samples/s" not in report
@@ -155,7 +167,7 @@ def test_the_report_has_a_distributed_row_and_notes_epsilon_alone():
                                            "tolerated-sites": 2}}}
     assert plot_png(rows, spec).startswith(b"\x89PNG")
     report = markdown_report(spec, rows, results)
-    assert "| federated (distributed DP, SecAgg+) | 8 | 0.8900 |" in report
+    assert "| federated (distributed DP, SecAgg+) | 8 | not recorded | 0.8900 |" in report
     assert "at most 2 sites missing or colluding" in report
     assert "epsilon_alone, at most 31.500 in these runs" in report
     assert "| distributed | 8 | 0 | - | 95 | 1.60 | 60000 | 4000 | 7.990 | 31.500 |" in report
@@ -317,6 +329,9 @@ def test_bench_end_to_end_then_resumes_only_missing_cells(tmp_path):
         assert 0.0 <= float(row["accuracy"]) <= 1.0
     federated = {r["epsilon"]: r for r in rows if r["method"] == FEDERATED}
     assert float(federated["8.0"]["max_site_epsilon"]) <= 8.0
+    # each site (under 10,000 rows) reported delta 1e-5, and the DP baselines planned at it
+    assert {r["deltas"] for r in rows if r["epsilon"] == "8.0"} == {"1e-05"}
+    assert {r["deltas"] for r in rows if r["epsilon"] == "inf"} == {""}
     head_bytes = (len(LABELS) * 384 + len(LABELS)) * 4  # float32 weights and biases
     for row in federated.values():
         # the payload as serialised: the raw values plus each array's .npy header
@@ -367,3 +382,100 @@ def test_the_upload_per_site_and_round_skips_a_torn_egress_log_line(tmp_path):
                                  "round": 1}))
         (tmp_path / site / "egress.jsonl").write_text("\n".join(lines) + '\n{"message": "tra')
     assert upload_bytes_per_site_round(tmp_path) == pytest.approx(200.0)
+
+
+def test_the_report_prints_the_deltas_the_cells_ran_at_not_a_constant():
+    """Each site picks its delta by its size (1e-6 from 10,000 rows): the report and the plot
+    show the deltas the cells recorded, and say so where a cell from before recorded none."""
+    results = [
+        {"method": FEDERATED, "epsilon": 8.0, "seed": 0, "accuracy": 0.8, "deltas": [1e-6, 1e-5],
+         "wall_seconds": 1.0, "seconds_per_round": 1.0, "upload_bytes_per_site_round": 1.0,
+         "peak_memory_mib": 1.0},
+        {"method": CENTRAL_DP, "epsilon": 8.0, "seed": 0, "accuracy": 0.9, "deltas": [1e-6]},
+        {"method": CENTRAL, "epsilon": "inf", "seed": 0, "accuracy": 0.95, "deltas": []},
+    ]
+    rows = summarize(results)
+    assert [row["deltas"] for row in rows] == [[1e-6, 1e-5], [1e-6], []]
+    spec = {"data": "/x/big", "sites": 2, "alpha": 0.5, "seeds": 1, "partition_seed": 0,
+            "settings": {}}
+    report = markdown_report(spec, rows, results)
+    assert "| federated (DP-SGD per site) | 8 | 1e-06, 1e-05 | 0.8000 |" in report
+    assert "| central DP (pooled data) | 8 | 1e-06 | 0.9000 |" in report
+    assert "| central, non-private | inf | - | 0.9500 |" in report
+    assert "1e-5" not in report
+    assert epsilon_axis_label(rows) == "per-site epsilon (delta 1e-06, 1e-05, one utterance)"
+    before = summarize([{"method": CENTRAL_DP, "epsilon": 8.0, "seed": 0, "accuracy": 0.9}])
+    assert epsilon_axis_label(before) == "per-site epsilon (delta not recorded, one utterance)"
+
+
+def test_a_federated_cell_records_the_deltas_its_sites_reported():
+    metrics = {"rounds": [
+        {"sites": {"site-a": {"delta": 1e-5}, "site-b": {"delta": 1e-6}}},
+        {"sites": {"site-a": {"delta": 1e-5}, "site-c": {"declined": True}}},
+        {"round": 3},
+    ]}
+    assert site_deltas(metrics) == [1e-6, 1e-5]
+    assert site_deltas({"rounds": [{"sites": {"site-a": {"delta": 0.0}}}]}) == []
+
+
+@pytest.fixture
+def planned(monkeypatch):
+    """The deltas the sweep's baselines train at, recorded instead of training."""
+    calls = []
+
+    def fake(*args, delta):
+        calls.append((len(args[3]), delta))
+        return Evaluation(loss=0.0, accuracy=0.5, macro_f1=0.5)
+
+    monkeypatch.setattr("fedintent.bench.sweep.train_and_evaluate", fake)
+    return calls
+
+
+def _sites(*rows: int) -> list[tuple]:
+    return [(torch.zeros(n, 1), torch.zeros(n, dtype=torch.long)) for n in rows]
+
+
+def test_central_dp_plans_at_the_delta_the_federated_sites_plan_at(planned):
+    """BANKING77's 10 sites of about 1,000 rows each plan at 1e-5, so central DP on their
+    10,000 rows pooled does too (the same guarantee per utterance, not default_delta(10,000) =
+    1e-6); one site of 12,000 rows plans at 1e-6, and central DP on it with it."""
+    test = _sites(3)[0]
+    result = pooled_cell(Cell(CENTRAL_DP, 8.0, 0), "minilm-head", LABELS, _sites(*[1000] * 10),
+                         test)
+    assert planned == [(10000, 1e-5)] and result["deltas"] == [1e-5]
+    assert default_delta(10000) == 1e-6
+    planned.clear()
+    result = pooled_cell(Cell(CENTRAL_DP, 8.0, 0), "minilm-head", LABELS, _sites(12000), test)
+    assert planned == [(12000, 1e-6)] and result["deltas"] == [1e-6]
+    planned.clear()
+    result = pooled_cell(Cell(CENTRAL_DP, 8.0, 0), "minilm-head", LABELS, _sites(500, 12000),
+                         test)
+    assert planned == [(12500, 1e-6)]  # no utterance's guarantee weaker than its site's
+    assert pooled_cell(Cell(CENTRAL, math.inf, 0), "minilm-head", LABELS, _sites(500),
+                       test)["deltas"] == []
+
+
+def test_a_local_only_site_plans_at_its_own_federated_delta(planned):
+    recipe = Recipe(epochs=1, batch_size=64, learning_rate=1.0, clip_norm=1.0)
+    result = local_only_cell(Cell(LOCAL_ONLY, 8.0, 0), "minilm-head", LABELS,
+                             _sites(500, 20000), _sites(3)[0], recipe)
+    assert planned == [(500, 1e-5), (20000, 1e-6)]
+    assert result["deltas"] == [1e-6, 1e-5]
+    assert local_only_cell(Cell(LOCAL_ONLY, math.inf, 0), "minilm-head", LABELS, _sites(500),
+                           _sites(3)[0], recipe)["deltas"] == []
+
+
+def test_a_baseline_plans_its_noise_at_the_delta_it_is_given(monkeypatch):
+    asked = []
+
+    def plan(epsilon, delta, *rest):
+        asked.append(delta)
+        raise RuntimeError("planned")
+
+    monkeypatch.setattr("fedintent.bench.baselines.plan_noise_multiplier", plan)
+    x, y = _sites(4)[0]
+    with pytest.raises(RuntimeError, match="planned"):
+        train_and_evaluate("minilm-head", LABELS, x, y, x, y, 8.0,
+                           Recipe(epochs=1, batch_size=4, learning_rate=1.0, clip_norm=1.0), 0,
+                           delta=1e-7)
+    assert asked == [1e-7]

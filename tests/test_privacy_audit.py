@@ -2,7 +2,9 @@
 memorisation where there is some, not where DP forbids it; the lower bound's arithmetic; the
 bound never above the accountant's epsilon; the command's errors."""
 
+import json
 import math
+from dataclasses import asdict
 from functools import partial
 
 import numpy as np
@@ -19,8 +21,19 @@ from fedintent.audit.bounds import (
     guesses,
     p_value,
 )
-from fedintent.audit.game import CANARY, NATURAL, Game, make_audit_set, run_models
+from fedintent.audit.game import (
+    CANARY,
+    NATURAL,
+    Game,
+    audited_privacy,
+    make_audit_set,
+    run_models,
+    site_plans,
+)
+from fedintent.audit.report import markdown, rows
+from fedintent.audit.run import AuditError, AuditSpec, run_audit, settings_for
 from fedintent.cli import main
+from models import get_model_family
 
 LABELS = 5
 EMBEDDING_DIM = 384
@@ -48,10 +61,10 @@ def _game(seed: int = 0) -> Game:
 
 
 OVERFIT = {"num-rounds": 2, "local-epochs": 6, "batch-size": 32, "learning-rate": 4.0,
-           "clip-norm": 1.0}
+           "clip-norm": 1.0, "site-max-epsilon": 10.0}
 """Non-private and far past convergence: the random-label canaries get memorised."""
 PRIVATE = {"num-rounds": 4, "local-epochs": 1, "batch-size": 4096, "learning-rate": 2.0,
-           "clip-norm": 1.0}
+           "clip-norm": 1.0, "site-max-epsilon": 10.0}
 """Epsilon 0.3 with full-batch steps: membership should be invisible."""
 STRONG_EPSILON = 0.3
 MODELS = 8
@@ -111,7 +124,7 @@ def test_lower_bound_never_exceeds_the_accountant(overfit_results, overfit_priva
     _, models, attacks = overfit_private_results
     accountant = models[0]["epsilon"]
     assert 0 < accountant <= AUDITED_EPSILON * 1.01
-    assert models[0]["noise_multiplier"] > 1
+    assert min(models[0]["noise_multiplier"]) > 1
     assert math.isinf(plain_models[0]["epsilon"])
     plain_bounds = [m["bound"]["epsilon_lb"] for m in plain_attacks[CANARY].values()]
     assert min(plain_bounds) > 0, plain_bounds
@@ -140,6 +153,70 @@ def test_membership_is_half_and_independent_of_the_model():
     assert (game.audit.kind == CANARY).sum() == 40
     # Canaries carry a label other than their true one.
     assert len(game.audit) == 80
+
+
+@pytest.mark.parametrize("epsilon", [16.0, 32.0])
+def test_a_requested_epsilon_above_the_default_lifetime_budget_is_the_epsilon_audited(epsilon):
+    """The audited sites' lifetime budget must not set their noise: under the default budget of
+    8 every epsilon from about 8 up planned the same noise (PRV epsilon 7.44 at 40 rounds), and
+    an audit labelled 16 or 32 audited that. Here the accountant reports the requested epsilon,
+    within the planner's tolerance, and 32 plans less noise than 16."""
+    settings = settings_for(epsilon, rounds=5)
+    assert settings["site-max-epsilon"] > epsilon
+    _, privacy = site_plans([900, 1100], epsilon, settings, get_model_family("minilm-head"))
+    for site in privacy:
+        assert 0.99 * epsilon <= site["epsilon"] <= epsilon
+    _, half = site_plans([900], epsilon / 2, settings_for(epsilon / 2, rounds=5),
+                         get_model_family("minilm-head"))
+    assert privacy[0]["noise_multiplier"] < half[0]["noise_multiplier"]
+
+
+def test_the_audited_sites_noise_is_their_range_not_the_first_sites():
+    """Sites of other sizes plan other noise (here the delta: 1e-5 below 10,000 rows, 1e-6 at or
+    above); what the audit reports is every audited site's, as a range."""
+    settings = settings_for(8.0, rounds=3) | {"batch-size": 100_000}  # full batch for both
+    _, privacy = site_plans([1000, 20000], 8.0, settings, get_model_family("minilm-head"))
+    small, large = (site["noise_multiplier"] for site in privacy)
+    assert small < large
+    assert audited_privacy(privacy) == {
+        "epsilon": max(site["epsilon"] for site in privacy), "delta": 1e-5,
+        "noise_multiplier": (small, large)}
+    assert audited_privacy(privacy[1:])["noise_multiplier"] == (large, large)
+    assert audited_privacy([{"epsilon": math.inf, "delta": 1e-5}])["noise_multiplier"] is None
+
+
+def test_report_rows_are_labelled_by_the_epsilon_audited():
+    """A row says what the accountant audited, next to the epsilon that was asked for, and the
+    audited sites' noise range."""
+    bound = {"epsilon_lb": 0.1, "confidence": 0.95, "k_in": 5, "k_out": 5, "r": 10, "v": 6,
+             "m": 40}
+    metrics = {"auc": 0.55, "tpr_at_0.001_fpr": 0.0, "tpr_at_0.01_fpr": 0.02, "bound": bound}
+    results = [{"epsilon": 16.0, "accountant_epsilon": 7.443, "delta": 1e-5,
+                "noise_multiplier": (4.035, 4.2), "models": 5, "target_accuracy": 0.8,
+                "seconds": 1.0, "attacks": {CANARY: {"lira": metrics}}},
+               {"epsilon": math.inf, "accountant_epsilon": math.inf, "delta": 1e-5,
+                "noise_multiplier": None, "models": 5, "target_accuracy": 0.9,
+                "seconds": 1.0, "attacks": {CANARY: {"lira": metrics}}}]
+    spec = {"data": "d", "sites": 2, "shadows": 4, "canaries": 8, "natural": 8, "seed": 0}
+    report = markdown(spec, rows(results))
+    assert "| accountant epsilon (delta) | requested epsilon | noise multiplier |" in report
+    assert "\n| 7.44 (1e-05) | 16 | 4.04-4.2 | canary | lira | 0.550 |" in report
+    assert "\n| inf (1e-05) | inf | - | canary | lira |" in report
+
+
+def test_an_audit_folder_from_before_the_lifetime_budget_is_refused(tmp_path):
+    """Models trained under the default budget of 8 are not the models this audit trains at
+    the same epsilon: a folder whose settings lack the budget is another audit."""
+    spec = AuditSpec(data=str(tmp_path / "data"), sites=2, alpha=0.5, epsilons=[16.0],
+                     shadows=4, canaries=8, natural=8, seed=0)
+    old = {key: value for key, value in settings_for(16.0, None).items()
+           if key != "site-max-epsilon"}
+    out = tmp_path / "audit"
+    out.mkdir()
+    (out / "audit.json").write_text(json.dumps(asdict(spec) | {"settings": {"16": old}}),
+                                    encoding="utf-8")
+    with pytest.raises(AuditError, match="holds an audit with other data or options"):
+        run_audit(spec, out, progress=lambda _: None)
 
 
 # --- the bound's arithmetic, on hand-made guesses -------------------------------------------

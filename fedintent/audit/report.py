@@ -11,9 +11,9 @@ from fedintent.report_files import png_bytes, write_report_json
 from fl_protocol.durable_files import write_bytes_atomic
 
 CSV_FIELDS = (
-    "epsilon", "accountant_epsilon", "delta", "noise_multiplier", "kind", "attack", "auc",
-    "tpr_at_0.001_fpr", "tpr_at_0.01_fpr", "target_auc", "epsilon_lb", "confidence", "k_in",
-    "k_out", "r", "v", "m", "models", "target_accuracy", "seconds",
+    "epsilon", "accountant_epsilon", "delta", "noise_multiplier_min", "noise_multiplier_max",
+    "kind", "attack", "auc", "tpr_at_0.001_fpr", "tpr_at_0.01_fpr", "target_auc", "epsilon_lb",
+    "confidence", "k_in", "k_out", "r", "v", "m", "models", "target_accuracy", "seconds",
 )
 
 
@@ -21,13 +21,14 @@ def rows(results: list[dict]) -> list[dict]:
     """One flat row per (epsilon, example kind, attack)."""
     flat = []
     for result in results:
+        low, high = result["noise_multiplier"] or (None, None)
         for kind, attacks in result["attacks"].items():
             for attack, metrics in attacks.items():
                 bound = metrics["bound"]
                 flat.append({
                     "epsilon": result["epsilon"], "accountant_epsilon":
                     result["accountant_epsilon"], "delta": result["delta"],
-                    "noise_multiplier": result["noise_multiplier"], "kind": kind,
+                    "noise_multiplier_min": low, "noise_multiplier_max": high, "kind": kind,
                     "attack": attack, "auc": metrics["auc"],
                     "tpr_at_0.001_fpr": metrics["tpr_at_0.001_fpr"],
                     "tpr_at_0.01_fpr": metrics["tpr_at_0.01_fpr"],
@@ -57,7 +58,8 @@ def write_outputs(out_dir: Path, spec: dict, results: list[dict]) -> None:
 
 def plot_png(results: list[dict]) -> bytes:
     """ROC curves on log-log axes (the low-FPR corner is where privacy is lost), one panel per
-    kind of audit example, LiRA solid and loss threshold dashed, one colour per epsilon."""
+    kind of audit example, LiRA solid and loss threshold dashed, one colour per epsilon, each
+    labelled by the epsilon audited (the accountant's)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -78,7 +80,7 @@ def plot_png(results: list[dict]) -> bytes:
                 if not curve:
                     continue
                 ax.plot(curve["fpr"], curve["tpr"], style, color=colour,
-                        label=f"eps {_eps(result['epsilon'])} {attack} "
+                        label=f"eps {_eps(result['accountant_epsilon'])} {attack} "
                         f"(AUC {metrics['auc']:.3f})")
         ax.plot([1e-5, 1], [1e-5, 1], ":", color="grey", label="chance")
         ax.set(xscale="log", yscale="log", xlim=(1e-4, 1), ylim=(1e-4, 1),
@@ -101,21 +103,34 @@ def markdown(spec: dict, flat: list[dict]) -> str:
         "shadows). The lower bound audits the target model alone (one-run test, Steinke et al. "
         "2023), guess counts chosen on the shadows.",
         "",
-        "| epsilon | accountant epsilon (delta) | examples | attack | AUC | TPR @ 0.1% FPR | "
-        "TPR @ 1% FPR | empirical epsilon lower bound | guesses r, correct v | "
-        "target accuracy |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "Each row is labelled by the epsilon audited: what the audited sites' accountant "
+        "reports after the last round (the largest over them). The requested epsilon chose the "
+        "settings, and the sites planned their noise for it.",
+        "",
+        "| accountant epsilon (delta) | requested epsilon | noise multiplier | examples | attack | "
+        "AUC | TPR @ 0.1% FPR | TPR @ 1% FPR | empirical epsilon lower bound | "
+        "guesses r, correct v | target accuracy |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for row in flat:
         lines.append(
-            f"| {_eps(row['epsilon'])} | {_eps(row['accountant_epsilon'])} "
-            f"({row['delta']:.0e}) | {row['kind']} | {row['attack']} | {row['auc']:.3f} | "
+            f"| {_eps(row['accountant_epsilon'])} ({row['delta']:.0e}) | {_eps(row['epsilon'])} "
+            f"| {noise_text(row['noise_multiplier_min'], row['noise_multiplier_max'])} | "
+            f"{row['kind']} | {row['attack']} | {row['auc']:.3f} | "
             f"{row['tpr_at_0.001_fpr']:.3f} | {row['tpr_at_0.01_fpr']:.3f} | "
             f"{row['epsilon_lb']:.2f} ({row['confidence']:.0%}) | {row['r']}, {row['v']} | "
             f"{row['target_accuracy']:.3f} |"
         )
     lines += ["", "![ROC curves](roc.png)", ""]
     return "\n".join(lines)
+
+
+def noise_text(low: float | None, high: float | None) -> str:
+    """The audited sites' noise multiplier: one number when they all add the same, else the
+    range; ``-`` without DP."""
+    if low is None or high is None:
+        return "-"
+    return f"{low:.3g}" if low == high else f"{low:.3g}-{high:.3g}"
 
 
 def _eps(value: float) -> str:

@@ -2,7 +2,9 @@
 
 Per epsilon, the training settings are ``fedintent train``'s tuned settings for that epsilon
 (``fl_server.run_config.tuned_settings``), so the audited model is trained the way users'
-models are. The folder is resumable: trained models are kept in ``OUT/models``.
+models are, and the sites' lifetime budget is one that does not set their noise (``fedintent
+bench``'s ``cell_lifetime_budget``), so that the epsilon audited is the one asked for. The
+folder is resumable: trained models are kept in ``OUT/models``.
 """
 
 import time
@@ -15,7 +17,8 @@ import torch
 from fedintent.audit.analysis import analyse
 from fedintent.audit.bounds import DEFAULT_CONFIDENCE
 from fedintent.audit.game import Game, make_audit_set, run_models
-from fedintent.audit.report import write_outputs
+from fedintent.audit.report import noise_text, write_outputs
+from fedintent.bench.cells import cell_lifetime_budget
 from fedintent.partition import partition_csv_dataset
 from fedintent.report_files import FolderClaimed, claim_folder, epsilon_label
 from fl_client.site_data import list_site_dirs, load_site
@@ -24,7 +27,8 @@ from fl_protocol.wire import RUN_CONFIG_DEFAULTS
 from fl_server.run_config import tuned_settings
 from models import get_model_family
 
-SETTING_KEYS = ("num-rounds", "local-epochs", "batch-size", "learning-rate", "clip-norm")
+SETTING_KEYS = ("num-rounds", "local-epochs", "batch-size", "learning-rate", "clip-norm",
+                "site-max-epsilon")
 
 
 class AuditError(ValueError):
@@ -53,7 +57,10 @@ class AuditSpec:
 
 
 def settings_for(epsilon: float, rounds: int | None) -> dict:
-    settings = RUN_CONFIG_DEFAULTS | tuned_settings(epsilon)
+    """The audited sites' settings at ``epsilon``: the tuned ones, and a lifetime budget that
+    leaves the noise to the run's plan (recorded in audit.json, so that models trained under
+    another budget are never mixed in)."""
+    settings = RUN_CONFIG_DEFAULTS | tuned_settings(epsilon) | cell_lifetime_budget(epsilon)
     if rounds is not None:
         settings["num-rounds"] = rounds
     return {key: settings[key] for key in SETTING_KEYS}
@@ -69,15 +76,19 @@ def run_audit(spec: AuditSpec, out_dir: Path, workers: int = 1, progress=print) 
     results = []
     for epsilon in spec.epsilons:
         settings = settings_for(epsilon, spec.rounds)
-        progress(f"epsilon {epsilon_label(epsilon)}: training 1 target + {spec.shadows} "
+        progress(f"requested epsilon {epsilon_label(epsilon)}: training 1 target + {spec.shadows} "
                  f"shadow models "
                  f"({settings['num-rounds']} rounds, {settings['local-epochs']} local epochs, "
-                 f"batch {settings['batch-size']}, lr {settings['learning-rate']:g})")
+                 f"batch {settings['batch-size']}, lr {settings['learning-rate']:g}, site "
+                 f"lifetime budget {settings['site-max-epsilon']:g})")
         started = time.monotonic()
         models = run_models(game, epsilon, settings, spec.shadows + 1,
                             out_dir / "models" / f"eps-{epsilon_label(epsilon)}", workers, progress)
         attacks = analyse(models, game.audit.kind, spec.confidence)
         target = models[0]
+        progress(f"  audited: accountant epsilon {epsilon_label(target['epsilon'])} (delta "
+                 f"{target['delta']:g}), noise multiplier "
+                 f"{noise_text(*(target['noise_multiplier'] or (None, None)))}")
         results.append({
             "epsilon": epsilon, "accountant_epsilon": target["epsilon"],
             "delta": target["delta"], "noise_multiplier": target["noise_multiplier"],

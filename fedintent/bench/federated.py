@@ -21,7 +21,8 @@ Performance figures recorded for every run:
 * peak memory: the largest total resident memory of this process and all its descendants
   (SuperLink, simulation, Ray workers), sampled every half second;
 * the largest epsilon any site reached (``max_site_epsilon``) and, from its own noise alone,
-  ``max_site_epsilon_alone`` (larger under distributed DP, equal under local DP).
+  ``max_site_epsilon_alone`` (larger under distributed DP, equal under local DP);
+* the deltas the sites reported (``deltas``).
 
 Local training throughput (samples/s) is not measured: timed in-process on this shared machine
 it varied up to 100x between seeds of one setting, so it said nothing about the code.
@@ -38,26 +39,12 @@ from pathlib import Path
 import psutil
 import torch
 
+from fedintent.bench.cells import cell_lifetime_budget
 from fedintent.launch.run_config import compose_run_config
 from fedintent.launch.simulation import run_simulation
 from fl_client.dp_training import evaluate
 from fl_client.egress_guard import EGRESS_LOG, egress_entries
 from fl_server.model_store import load_model
-
-CELL_BUDGET_FACTOR = 1.25
-"""A cell's sites get a lifetime budget this many times the cell's epsilon (at least 10)."""
-
-
-def cell_lifetime_budget(target_epsilon: float) -> dict:
-    """The ``site-max-epsilon`` of a cell's fresh, once-used sites: room above the target, so
-    their lifetime filter (Rényi DP, looser than the run's PRV plan) never sets the noise and
-    the cell runs at exactly its target epsilon. 10 (what every recorded sweep ran with) did
-    not bind at epsilon 1, 3 or 8, for per-site or distributed DP (docs/BENCHMARKS.md). A
-    finite budget, not inf: a site's Rényi order, and with it the epsilon-alone it reports
-    under distributed DP, is fixed by its budget. Nothing for a no-DP cell (inf already)."""
-    if math.isinf(target_epsilon):
-        return {}
-    return {"site-max-epsilon": max(10.0, CELL_BUDGET_FACTOR * target_epsilon)}
 
 
 def run_federated(
@@ -111,6 +98,7 @@ def run_federated(
         "worst_site_accuracy": final.get("worst_site_accuracy"),
         "max_site_epsilon": _max_over_rounds(metrics, "max_epsilon", settings),
         "max_site_epsilon_alone": _max_over_rounds(metrics, "max_epsilon_alone", settings),
+        "deltas": site_deltas(metrics),
         "wall_seconds": wall,
         **round_seconds(started, round_times),
         "upload_bytes_per_site_round": upload_bytes_per_site_round(state_root),
@@ -131,6 +119,14 @@ def _max_over_rounds(metrics: dict, key: str, settings: dict) -> float:
     if not math.isfinite(float(settings["target-epsilon"])):
         return math.inf
     return max((entry.get(key) or 0.0) for entry in metrics["rounds"])
+
+
+def site_deltas(metrics: dict) -> list[float]:
+    """Every delta a site reported for a round it trained, distinct and sorted: each site picks
+    its own (``default_delta`` of its size when the run leaves delta to the sites), so the
+    report prints these rather than assume one; empty for a run without DP (delta 0)."""
+    return sorted({float(site["delta"]) for entry in metrics["rounds"]
+                   for site in entry.get("sites", {}).values() if site.get("delta")})
 
 
 def upload_bytes_per_site_round(state_root: Path) -> float:

@@ -23,7 +23,7 @@ from fl_protocol.durable_files import write_bytes_atomic
 from fl_protocol.wire import RUN_CONFIG_DEFAULTS
 
 CSV_FIELDS = (
-    "method", "epsilon", "seed", "accuracy", "macro_f1", "worst_site_accuracy",
+    "method", "epsilon", "seed", "deltas", "accuracy", "macro_f1", "worst_site_accuracy",
     "max_site_epsilon", "max_site_epsilon_alone",
     "wall_seconds", "seconds_per_round", "first_round_seconds", "upload_bytes_per_site_round",
     "peak_memory_mib", "seconds",
@@ -44,8 +44,10 @@ LABELS = {
 
 
 def summarize(results: list[dict]) -> list[dict]:
-    """Mean, standard deviation, min and max accuracy per (method, epsilon) over seeds, and the
-    mean macro-F1 (``None`` when a cell of the group has none: TF-IDF, or a cell from before)."""
+    """Mean, standard deviation, min and max accuracy per (method, epsilon) over seeds, the
+    mean macro-F1 (``None`` when a cell of the group has none: TF-IDF, or a cell from before)
+    and every delta its cells ran at (``None`` when a cell of the group has no record of its
+    deltas: a cell from before they were recorded)."""
     groups: dict[tuple[str, float], list[dict]] = {}
     for result in results:
         groups.setdefault((result["method"], _epsilon(result)), []).append(result)
@@ -55,6 +57,7 @@ def summarize(results: list[dict]) -> list[dict]:
     ):
         accuracies = [cell["accuracy"] for cell in cells]
         f1s = [cell.get("macro_f1") for cell in cells]
+        deltas = [cell.get("deltas") for cell in cells]
         rows.append({
             "method": method,
             "epsilon": epsilon,
@@ -64,6 +67,7 @@ def summarize(results: list[dict]) -> list[dict]:
             "min": min(accuracies),
             "max": max(accuracies),
             "macro_f1": None if None in f1s else statistics.fmean(f1s),
+            "deltas": None if None in deltas else sorted({d for ds in deltas for d in ds}),
         })
     return rows
 
@@ -113,7 +117,7 @@ def plot_png(summary: list[dict], spec: dict) -> bytes:
     ticks = [*finite, inf_x] if finite else [inf_x]
     ax.set_xticks(ticks, [f"{x:g}" for x in finite] + ["inf (no DP)"])
     ax.minorticks_off()
-    ax.set_xlabel("per-site epsilon (delta 1e-5, one utterance)")
+    ax.set_xlabel(epsilon_axis_label(summary))
     ax.set_ylabel("test accuracy")
     ax.set_title(f"{Path(str(spec['data'])).name}: {spec['sites']} sites, "
                  f"Dirichlet alpha {spec['alpha']:g}, {spec['seeds']} seeds")
@@ -123,6 +127,21 @@ def plot_png(summary: list[dict], spec: dict) -> bytes:
     ax.legend(handles=[*handles, band], fontsize=8, loc="upper left",
               bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
     return png_bytes(fig)
+
+
+def epsilon_axis_label(summary: list[dict]) -> str:
+    """The plot's epsilon axis, with the deltas the DP rows ran at: the sites choose theirs by
+    their size, so no one delta can be assumed."""
+    return f"per-site epsilon (delta {_deltas_text(sweep_deltas(summary))}, one utterance)"
+
+
+def sweep_deltas(summary: list[dict]) -> list[float] | None:
+    """Every delta the sweep's DP rows ran at; None when one of them has no record of its
+    deltas."""
+    rows = [row for row in summary if math.isfinite(row["epsilon"])]
+    if any(row.get("deltas") is None for row in rows):
+        return None
+    return sorted({delta for row in rows for delta in row["deltas"]})
 
 
 def _plot_method(ax, method: str, style: str, rows: list[dict], inf_x: float) -> None:
@@ -150,18 +169,21 @@ def markdown_report(spec: dict, summary: list[dict], results: list[dict]) -> str
         "",
         f"Model family `{spec.get('model', RUN_CONFIG_DEFAULTS['model'])}` (every method). "
         f"{spec['sites']} sites, Dirichlet alpha {spec['alpha']:g}, partition seed "
-        f"{spec['partition_seed']}, {spec['seeds']} training seeds; per-site (epsilon, delta "
-        "1e-5) for one utterance; test accuracy and macro-F1 (the unweighted mean of per-intent "
-        "F1: a rare intent counts as much as a common one) on the dataset's held-out test "
-        "split.",
+        f"{spec['partition_seed']}, {spec['seeds']} training seeds; per-site (epsilon, delta) "
+        "for one utterance, delta as each row ran at it (the federated sites' as they reported "
+        "it, each site's default for its size; the DP baselines plan at the sites' delta); test "
+        "accuracy and macro-F1 (the unweighted mean of per-intent F1: a rare intent counts as "
+        "much as a common one) on the dataset's held-out test split.",
         "",
         *_provenance_lines(spec),
-        "| method | epsilon | mean accuracy | std | min | max | mean macro-F1 | seeds |",
-        "|---|---|---|---|---|---|---|---|",
+        "| method | epsilon | delta | mean accuracy | std | min | max | mean macro-F1 | seeds |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in summary:
         lines.append(
-            f"| {LABELS[row['method']]} | {epsilon_label(row['epsilon'])} | {row['mean']:.4f} | "
+            f"| {LABELS[row['method']]} | {epsilon_label(row['epsilon'])} | "
+            f"{_deltas_text(row.get('deltas')) if math.isfinite(row['epsilon']) else '-'} | "
+            f"{row['mean']:.4f} | "
             f"{row['std']:.4f} | {row['min']:.4f} | {row['max']:.4f} | "
             f"{_fmt(row.get('macro_f1'), '.4f')} | {row['seeds']} |"
         )
@@ -252,6 +274,12 @@ def _distributed_note(spec: dict, distributed: list[dict]) -> str:
     )
 
 
+def _deltas_text(deltas: list[float] | None) -> str:
+    if deltas is None:
+        return "not recorded"
+    return ", ".join(f"{delta:g}" for delta in deltas) or "-"
+
+
 def _epsilon(result: dict) -> float:
     return float(result["epsilon"])
 
@@ -265,4 +293,6 @@ def _fmt(value: float | None, spec: str = ".0f") -> str:
 def _csv_value(value: object) -> object:
     if isinstance(value, float) and math.isinf(value):
         return "inf"
+    if isinstance(value, list):
+        return " ".join(f"{item:g}" for item in value)
     return "" if value is None else value

@@ -6,7 +6,7 @@ distributed DP (``DISTRIBUTED_SETTINGS``) with the privacy model, SecAgg+ and th
 (``distributed_settings``).
 Local-only sites train with the same settings for the same number of passes (rounds x local
 epochs); central DP and central non-private train on the pooled data with their own recipes
-below.
+below. Both DP baselines plan at the delta the federated sites plan at (``baseline_delta``).
 Every method starts from the same label-name prior (``models``' ``initial_model``).
 """
 
@@ -20,7 +20,7 @@ import torch
 from tqdm import tqdm
 
 from data_synth.baseline import tfidf_accuracy
-from fedintent.bench.baselines import Recipe, train_and_evaluate
+from fedintent.bench.baselines import Recipe, baseline_delta, train_and_evaluate
 from fedintent.bench.cells import (
     CENTRAL,
     CENTRAL_DP,
@@ -30,6 +30,7 @@ from fedintent.bench.cells import (
     LOCAL_DP,
     LOCAL_ONLY,
     TFIDF,
+    Cell,
     load_cell,
     save_cell,
     sweep_cells,
@@ -56,6 +57,8 @@ RUN_SETTINGS = (
     "learning-rate", "server-momentum", "clip-norm", "accountant", "privacy-unit", "delta",
 )
 """The run-config keys a sweep fixes per epsilon (recorded in bench.json and the report)."""
+Rows = tuple[torch.Tensor, torch.Tensor]
+"""A site's (or the pooled test split's) features and labels."""
 DATASET_FILES = ("train.csv", "test.csv")
 """The dataset's files, each hashed into bench.json (``dataset_sha256``)."""
 
@@ -109,7 +112,6 @@ def run_bench(spec: BenchSpec, out_dir: Path) -> list[dict]:
     family = get_model_family(spec.model)
     tensors = [_features(site.train, family, cache) for site in sites]
     test_x, test_y = _pooled([_features(site.test, family, cache) for site in sites])
-    pooled = _pooled(tensors)
 
     cells = sweep_cells(spec.epsilons, spec.seeds, spec.privacy_models)
     done = {cell: load_cell(out_dir, cell) for cell in cells}
@@ -130,22 +132,10 @@ def run_bench(spec: BenchSpec, out_dir: Path) -> list[dict]:
                 cell.seed, test_x, test_y,
             )
         elif cell.method in (CENTRAL, CENTRAL_DP):
-            recipe = (
-                CENTRAL_DP_RECIPES[tuned_epsilon(cell.epsilon, CENTRAL_DP_RECIPES)]
-                if cell.method == CENTRAL_DP else CENTRAL_RECIPE
-            )
-            scores = train_and_evaluate(
-                spec.model, labels, *pooled, test_x, test_y, cell.epsilon, recipe, cell.seed)
-            result = {"accuracy": scores.accuracy, "macro_f1": scores.macro_f1}
+            result = pooled_cell(cell, spec.model, labels, tensors, (test_x, test_y))
         elif cell.method == LOCAL_ONLY:
-            per_site = [
-                train_and_evaluate(spec.model, labels, x, y, test_x, test_y, cell.epsilon,
-                                   _recipe(settings_eps), cell.seed)
-                for x, y in tensors
-            ]
-            result = {"accuracy": statistics.fmean(s.accuracy for s in per_site),
-                      "macro_f1": statistics.fmean(s.macro_f1 for s in per_site),
-                      "site_accuracies": [s.accuracy for s in per_site]}
+            result = local_only_cell(cell, spec.model, labels, tensors, (test_x, test_y),
+                                     _recipe(settings_eps))
         else:
             result = {"accuracy": tfidf_accuracy(
                 [t for site in sites for t in site.train.texts],
@@ -160,6 +150,38 @@ def run_bench(spec: BenchSpec, out_dir: Path) -> list[dict]:
                    f"({result['seconds']:.0f} s)")
     write_outputs(out_dir, record, results)
     return results
+
+
+def pooled_cell(cell: Cell, model: str, labels: list[str], sites: list[Rows], test: Rows) -> dict:
+    """Central DP or central non-private: every site's rows pooled, trained with the pooled
+    recipe, DP at the sites' delta (``baseline_delta``)."""
+    recipe = (CENTRAL_DP_RECIPES[tuned_epsilon(cell.epsilon, CENTRAL_DP_RECIPES)]
+              if cell.method == CENTRAL_DP else CENTRAL_RECIPE)
+    delta = baseline_delta([len(y) for _, y in sites])
+    scores = train_and_evaluate(model, labels, *_pooled(sites), *test, cell.epsilon, recipe,
+                                cell.seed, delta=delta)
+    return {"accuracy": scores.accuracy, "macro_f1": scores.macro_f1,
+            "deltas": planned_deltas(cell.epsilon, [delta])}
+
+
+def local_only_cell(cell: Cell, model: str, labels: list[str], sites: list[Rows], test: Rows,
+                    recipe: Recipe) -> dict:
+    """Every site alone, at the delta it plans at in the federated run; scores are the mean
+    over sites."""
+    deltas = [baseline_delta([len(y)]) for _, y in sites]
+    per_site = [train_and_evaluate(model, labels, x, y, *test, cell.epsilon, recipe, cell.seed,
+                                   delta=delta)
+                for (x, y), delta in zip(sites, deltas, strict=True)]
+    return {"accuracy": statistics.fmean(s.accuracy for s in per_site),
+            "macro_f1": statistics.fmean(s.macro_f1 for s in per_site),
+            "site_accuracies": [s.accuracy for s in per_site],
+            "deltas": planned_deltas(cell.epsilon, deltas)}
+
+
+def planned_deltas(epsilon: float, deltas: list[float]) -> list[float]:
+    """The distinct deltas a baseline's DP ran at, as a federated cell records its sites'
+    (``site_deltas``); none without DP."""
+    return sorted(set(deltas)) if math.isfinite(epsilon) else []
 
 
 def claim_sweep_folder(out_dir: Path, spec: BenchSpec) -> dict:
