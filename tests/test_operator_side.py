@@ -190,6 +190,15 @@ def test_a_signature_file_without_its_public_key_is_refused(signed, tmp_path):
         read_release(folder)
 
 
+def test_a_signature_file_naming_an_unknown_key_type_is_refused_by_name(signed, tmp_path):
+    """Found in review: a key type cryptography does not know escaped as a traceback."""
+    folder = copied_release(signed, tmp_path / "unknown-type")
+    rewrite_signature(folder, public_key="ecdsa-sha2-nistp999 AAAA")
+    with pytest.raises(deployment.DeploymentError, match="public_key, signature or signed_at "
+                       "is malformed"):
+        read_release(folder)
+
+
 # --- the Fleet gateway's body limit ---------------------------------------------------------
 
 @pytest.fixture(scope="module")

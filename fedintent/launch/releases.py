@@ -26,6 +26,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from flwr.cli.build import build_fab_from_disk
@@ -144,7 +145,7 @@ def _check_signature(release: Release, sig_path: Path) -> None:
         public_key = serialization.load_ssh_public_key(release.public_key.encode("ascii"))
         signature = decode_base64url(release.signature)
         message = create_message_to_sign(hashlib.sha256(release.fab).digest(), release.signed_at)
-    except (ValueError, OverflowError) as err:  # binascii and Unicode errors are ValueErrors
+    except (ValueError, OverflowError, UnsupportedAlgorithm) as err:  # an unknown key type too
         raise DeploymentError(f"{sig_path}: public_key, signature or signed_at is malformed") \
             from err
     if not isinstance(public_key, ed25519.Ed25519PublicKey):
