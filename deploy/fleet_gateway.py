@@ -10,18 +10,20 @@ SuperLink. Anyone who wants to submit a run must first log in to the SuperLink's
 
 The SuperLink authenticates a site only once the gateway has forwarded its request, so the
 gateway holds request bodies from anyone: it refuses one over ``--max-body-mib`` (413) and
-answers 503 while the bodies it holds together would pass ``BUFFERED_BODIES`` times that.
+answers 503 while the bodies it holds together would pass ``BUFFERED_BODIES`` times that, or
+one address's ``PEER_BODIES`` times; a body that stalls for ``BODY_IDLE_S`` gets 408.
 
     usage: python deploy/fleet_gateway.py --listen HOST:PORT --upstream 127.0.0.1:PORT \
         --ca-cert ca.crt --certfile superlink.crt --keyfile superlink.key [--max-body-mib N]
 """
 
 import argparse
+import asyncio
 import contextlib
 import re
 import ssl
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import httpx
 import uvicorn
@@ -45,6 +47,15 @@ update as one record of 32-bit words: 6.9 MiB for ``minilm-finetune`` on BANKING
 (1.8 M weights), the largest family. 64 MiB is nine times that, enough for ``ngram`` (8192
 weights per intent) with 2,000 intents; a larger taxonomy needs a larger limit."""
 
+BODY_IDLE_S = 30.0
+"""The longest a request body may go without a new byte (408 after it): a stalled sender lets
+go of what it held (found in review: eight senders stalling one byte short of the limit held the
+whole budget, and every site got 503, for as long as they kept their sockets open)."""
+
+PEER_BODIES = 2
+"""Bodies of the largest size one client address may have held at once (503 past it), so that
+one address cannot take the whole budget."""
+
 BUFFERED_BODIES = 8
 """How many bodies of the largest size the gateway holds at once, all requests together: past
 that it answers 503, which Flower's SuperNodes retry with backoff. Without it, many connections,
@@ -63,15 +74,20 @@ class BodyRefused(Exception):
 
 @dataclass
 class BodyBudget:
-    """Bytes of request bodies held now (``held``), against one body's ``limit`` and all
-    bodies' ``total``; one event loop updates it, so it needs no lock."""
+    """Bytes of request bodies held now (``held``; ``peers``: by client address), against one
+    body's ``limit``, all bodies' ``total`` and ``PEER_BODIES`` bodies per address, each body
+    read with at most ``idle_s`` between its bytes; one event loop updates it, so it needs no
+    lock."""
 
     limit: int
     total: int
+    idle_s: float = BODY_IDLE_S
     held: int = 0
+    peers: dict[str, int] = field(default_factory=dict)
 
 
-def make_app(upstream: str, ca_cert: str, max_body_mib: float = MAX_BODY_MIB) -> Starlette:
+def make_app(upstream: str, ca_cert: str, max_body_mib: float = MAX_BODY_MIB,
+             body_idle_s: float = BODY_IDLE_S) -> Starlette:
     """The gateway: Fleet calls and the health check go to ``upstream``; all else gets 404."""
     # The SuperLink on loopback is verified against the CA, not by name: its certificate names
     # the public address, which need not include 127.0.0.1.
@@ -80,7 +96,7 @@ def make_app(upstream: str, ca_cert: str, max_body_mib: float = MAX_BODY_MIB) ->
     client = httpx.AsyncClient(base_url=f"https://{upstream}", verify=context,
                                timeout=UPSTREAM_TIMEOUT_S)
     limit = int(max_body_mib * MIB)
-    budget = BodyBudget(limit=limit, total=BUFFERED_BODIES * limit)
+    budget = BodyBudget(limit=limit, total=BUFFERED_BODIES * limit, idle_s=body_idle_s)
 
     async def fleet(request: Request) -> Response:
         call = request.path_params["call"]
@@ -125,19 +141,31 @@ async def _forward(client: httpx.AsyncClient, method: str, path: str, request: R
 async def _held_body(request: Request, budget: BodyBudget) -> AsyncIterator[bytes]:
     """The request's body, read as it arrives and counted in ``budget`` while it is held:
     refused (:class:`BodyRefused`) as soon as it passes the limit, whatever its
-    ``Content-Length`` says, or while all held bodies would pass the total."""
+    ``Content-Length`` says (413), when it stalls for ``budget.idle_s`` (408), or while all
+    held bodies, or its address's, would pass their share (503)."""
     declared = request.headers.get("content-length", "")
     if declared.isdecimal() and int(declared) > budget.limit:
         raise _too_large(budget)
+    peer = request.client.host if request.client else ""
     chunks: list[bytes] = []
     size = 0
+    stream = aiter(request.stream())
     try:
-        async for chunk in request.stream():
+        while True:
+            try:
+                async with asyncio.timeout(budget.idle_s):
+                    chunk = await anext(stream)
+            except StopAsyncIteration:
+                break
+            except TimeoutError:
+                raise BodyRefused(408, f"no byte of the request body for {budget.idle_s:g} "
+                                  "s") from None
             size += len(chunk)
             budget.held += len(chunk)
+            budget.peers[peer] = budget.peers.get(peer, 0) + len(chunk)
             if size > budget.limit:
                 raise _too_large(budget)
-            if budget.held > budget.total:
+            if budget.held > budget.total or budget.peers[peer] > PEER_BODIES * budget.limit:
                 raise BodyRefused(503, "the gateway holds too many request bodies; retry later")
             chunks.append(chunk)
         body = b"".join(chunks)
@@ -145,6 +173,9 @@ async def _held_body(request: Request, budget: BodyBudget) -> AsyncIterator[byte
         yield body
     finally:
         budget.held -= size
+        budget.peers[peer] = budget.peers.get(peer, 0) - size
+        if budget.peers[peer] <= 0:
+            del budget.peers[peer]
 
 
 def _too_large(budget: BodyBudget) -> BodyRefused:

@@ -230,15 +230,17 @@ class Upload:
                 "more_body": self.left > 0 or self.hold is not None}
 
 
-async def post(app, upload: Upload, content_length: int | None = None) -> int:
-    """POST ``upload`` to the gateway's push-object call; the status it answered."""
+async def post(app, upload: Upload, content_length: int | None = None,
+               client: str = "127.0.0.1") -> int:
+    """POST ``upload`` from ``client`` to the gateway's push-object call; the status it
+    answered."""
     headers = [(b"content-type", b"application/protobuf")]
     if content_length is not None:
         headers.append((b"content-length", str(content_length).encode()))
     scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
              "method": "POST", "scheme": "https", "path": "/v1/fleet/push-object",
              "raw_path": b"/v1/fleet/push-object", "query_string": b"", "root_path": "",
-             "headers": headers, "client": ("127.0.0.1", 5000), "server": ("127.0.0.1", 443)}
+             "headers": headers, "client": (client, 5000), "server": ("127.0.0.1", 443)}
     statuses = []
 
     async def send(message: dict) -> None:
@@ -249,10 +251,10 @@ async def post(app, upload: Upload, content_length: int | None = None) -> int:
     return statuses[0]
 
 
-def gateway_app(gateway, signed, max_body_mib: float):
+def gateway_app(gateway, signed, max_body_mib: float, body_idle_s: float = 3600.0):
     """The gateway before a SuperLink nobody runs (forwarded requests get 502)."""
     return gateway.make_app(f"127.0.0.1:{free_port()}", str(signed["creds"].ca_cert),
-                            max_body_mib)
+                            max_body_mib, body_idle_s)
 
 
 def test_a_declared_body_over_the_limit_is_refused_unread(gateway, signed):
@@ -292,7 +294,8 @@ def test_bodies_held_together_are_bounded_too(gateway, signed):
         async with app.router.lifespan_context(app):
             release = asyncio.Event()
             uploads = [Upload(MIB, hold=release) for _ in range(held)]
-            pending = [asyncio.create_task(post(app, upload)) for upload in uploads]
+            pending = [asyncio.create_task(post(app, upload, client=f"10.0.0.{i}"))
+                       for i, upload in enumerate(uploads)]
             while sum(upload.read for upload in uploads) < held * MIB:
                 await asyncio.sleep(0)
             refused = await post(app, Upload(1))
@@ -302,6 +305,44 @@ def test_bodies_held_together_are_bounded_too(gateway, signed):
     statuses, refused, after = asyncio.run(run())
     assert refused == 503
     assert statuses == [502] * held and after == 502  # all forwarded; the budget is free again
+
+
+def test_one_address_holds_at_most_its_share_of_the_bodies(gateway, signed):
+    """Found in review: eight senders stalling one byte short of the limit held the whole budget
+    for as long as they kept their sockets open, and every site got 503. One address now holds
+    at most PEER_BODIES bodies of the largest size."""
+    app = gateway_app(gateway, signed, 1)
+    share = gateway.PEER_BODIES
+
+    async def run() -> tuple[list[int], int, int, int]:
+        async with app.router.lifespan_context(app):
+            release = asyncio.Event()
+            uploads = [Upload(MIB, hold=release) for _ in range(share)]
+            held = [asyncio.create_task(post(app, upload, client="10.9.9.9"))
+                    for upload in uploads]
+            while sum(upload.read for upload in uploads) < share * MIB:
+                await asyncio.sleep(0)
+            same_address = await post(app, Upload(MIB), client="10.9.9.9")
+            other_address = await post(app, Upload(MIB), client="10.0.0.1")
+            release.set()
+            return await asyncio.gather(*held), same_address, other_address, \
+                await post(app, Upload(MIB), client="10.9.9.9")
+
+    held, same_address, other_address, after = asyncio.run(run())
+    assert same_address == 503 and other_address == 502
+    assert held == [502] * share and after == 502  # forwarded; the address's share is free
+
+
+def test_a_stalled_body_is_let_go(gateway, signed):
+    """A body without a new byte for the idle limit gets 408, and what it held is free again."""
+    app = gateway_app(gateway, signed, 1, body_idle_s=0.05)
+
+    async def run() -> tuple[int, int]:
+        async with app.router.lifespan_context(app):
+            stalled = await post(app, Upload(MIB // 2, hold=asyncio.Event()), client="10.9.9.9")
+            return stalled, await post(app, Upload(MIB), client="10.9.9.9")
+
+    assert asyncio.run(run()) == (408, 502)
 
 
 def wait_until_listening(port: int, process: subprocess.Popen, log: Path) -> None:
