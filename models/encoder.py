@@ -105,8 +105,9 @@ def padding_free_chunks(states: torch.Tensor, rows: int) -> list[torch.Tensor]:
     or not depending on the other rows in the pass, and are hidden only by a finite mask: a
     server's crafted layer made one row's loss finite or NaN depending on whether a longer row
     shared its pass, so one unit changed another's gradient, and DP-SGD's, DP evaluation's and
-    the distributed sum's per-unit bounds failed (found in review). Without padding, each row's
-    pass is a function of that row alone."""
+    the distributed sum's per-unit bounds failed (found in review). Without padding, a row's
+    pass depends on the others only in the last bits of its matrix products, through how many
+    rows share the chunk (docs/PRIVACY.md, "Known limit: floating point")."""
     lengths = states[..., -1].sum(dim=1).round().long()
     order = torch.argsort(lengths, stable=True)
     counts = torch.unique_consecutive(lengths[order], return_counts=True)[1].tolist()
