@@ -149,18 +149,25 @@ def secure_sum_problem(settings, request: RoundRequest | None) -> str | None:
     return None
 
 
+def _distributed_request(msg: Message, context: Context) -> RoundRequest | None:
+    """The round's asks under distributed DP (None under local DP), or ``_Refused``."""
+    if str(context.run_config["privacy-model"]) != "distributed":
+        return None
+    try:
+        return round_request(msg, context)
+    except PolicyRefusal as refusal:
+        log(WARNING, "secure aggregation: %s", refusal)
+        raise _Refused(refusal.reason) from refusal
+
+
 def _plan(msg: Message, context: Context, stage: str) -> bytes:
     """What the masks of a distributed-DP round are bound to (``plan_binding``): the plan this
     site reads from the message and run config that it plans its noise share by, so that sites
     told different plans produce a sum that is noise. Only the collect stage draws masks."""
-    if stage != Stage.COLLECT_MASKED_VECTORS or str(context.run_config["privacy-model"]) != \
-            "distributed":
+    request = _distributed_request(msg, context) if stage == Stage.COLLECT_MASKED_VECTORS \
+        else None
+    if request is None:
         return b""
-    try:
-        request = round_request(msg, context)
-    except PolicyRefusal as refusal:
-        log(WARNING, "secure aggregation: %s", refusal)
-        raise _Refused(refusal.reason) from refusal
     return plan_binding(request.run_name, request.server_round, request.num_rounds,
                         request.cohort_size, request.target_epsilon, request.delta,
                         request.tolerated_sites)
@@ -168,13 +175,7 @@ def _plan(msg: Message, context: Context, stage: str) -> bytes:
 
 def _check_secure_sum(msg: Message, context: Context, settings) -> None:
     """Refuse (``_Refused``) a secure sum this site's update may not go into."""
-    request = None
-    if str(context.run_config["privacy-model"]) == "distributed":
-        try:
-            request = round_request(msg, context)
-        except PolicyRefusal as refusal:
-            log(WARNING, "secure aggregation: %s", refusal)
-            raise _Refused(refusal.reason) from refusal
+    request = _distributed_request(msg, context)
     problem = secure_sum_problem(settings, request)
     if problem:
         log(WARNING, "secure aggregation refused: %s", problem)
