@@ -60,7 +60,7 @@ def site_contributions(data: Path, model_name: str, train_epsilon: float,
           f"{rate:g}", file=sys.stderr, flush=True)
     model = train_fedavg(family.initial_model(labels), lambda: family.build_model(len(labels)),
                          train, plans, rounds, seed)
-    return [unit_contributions(model, features, targets, ids)
+    return [unit_contributions(model, features, targets, ids, family.passes)
             for features, targets, ids in tests]
 
 

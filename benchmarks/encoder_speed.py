@@ -5,11 +5,11 @@ up cost in fidelity.
 
 Every option embeds the same sentences (the first ``--sentences`` texts of the CSV's ``text``
 column) after one warm-up batch, and is compared with ``models.encoder.embed`` as it runs in
-fedintent (length-sorted batches of 64, two torch threads, float32): sentences per second (wall
-clock), CPU seconds per 1,000 sentences (all threads of this process), and the lowest and mean
-cosine between its embedding and fedintent's for each sentence. The options:
+fedintent (passes of 8 texts of one token count, two torch threads, float32): sentences per
+second (wall clock), CPU seconds per 1,000 sentences (all threads of this process), and the
+lowest and mean cosine between its embedding and fedintent's for each sentence. The options:
 
-* ``batch 16`` and ``batch 256``: other batch sizes, same length-sorted batches;
+* ``passes of 4`` and ``passes of 64``: other pass sizes, texts of one token count a pass;
 * ``one thread``: ``torch.set_num_threads(1)``;
 * ``int8 dynamic``: ``torch.ao.quantization.quantize_dynamic`` of every linear layer;
 * ``onnx float32`` and ``onnx int8``: ONNX Runtime on the exported encoder, if ``onnxruntime``
@@ -31,7 +31,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from models.encoder import ENCODE_BATCH, MAX_TOKENS, embed, load_encoder, mean_pool, packaged_minilm
+from models.encoder import (
+    ENCODE_ROWS,
+    embed,
+    load_encoder,
+    mean_pool,
+    packaged_minilm,
+    token_passes,
+)
 
 Encode = Callable[[dict], torch.Tensor]
 """Token states of a tokenized batch (``input_ids``, ``attention_mask``, ``token_type_ids``)."""
@@ -45,19 +52,15 @@ def read_texts(path: Path, count: int) -> list[str]:
     return texts[:count]
 
 
-def embed_with(texts: list[str], tokenizer, encode: Encode, batch_size: int) -> torch.Tensor:
-    """``models.encoder.embed``'s loop (length-sorted batches, mean pooling, unit length) over
-    another encoder or batch size."""
-    rows: list[torch.Tensor] = [torch.empty(0)] * len(texts)
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
-        batch = tokenizer([texts[i] for i in idx], padding=True, truncation=True,
-                          max_length=MAX_TOKENS, return_tensors="pt")
-        for i, row in zip(idx, mean_pool(encode(dict(batch)), batch["attention_mask"]),
-                          strict=True):
-            rows[i] = row
-    return torch.stack(rows)
+def embed_with(texts: list[str], tokenizer, encode: Encode, rows: int) -> torch.Tensor:
+    """``models.encoder.embed``'s loop (passes of ``rows`` texts of one token count, mean
+    pooling, unit length) over another encoder or pass size."""
+    out: list[torch.Tensor] = [torch.empty(0)] * len(texts)
+    for chunk, batch in token_passes(texts, tokenizer, rows):
+        pooled = mean_pool(encode(batch), batch["attention_mask"])
+        for i, row in zip(chunk.index[: chunk.real].tolist(), pooled[: chunk.real], strict=True):
+            out[i] = row
+    return torch.stack(out)
 
 
 def timed(run: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, float, float]:
@@ -126,26 +129,26 @@ def main() -> int:
     parser.add_argument("csv", type=Path, help="a CSV with a text column")
     parser.add_argument("--sentences", type=int, default=1000)
     args = parser.parse_args()
-    if args.sentences < ENCODE_BATCH:
-        parser.error(f"--sentences must be at least {ENCODE_BATCH}")
+    if args.sentences < ENCODE_ROWS:
+        parser.error(f"--sentences must be at least {ENCODE_ROWS}")
     texts = read_texts(args.csv, args.sentences)
     folder = packaged_minilm()
     tokenizer, model = load_encoder(folder)
     threads = torch.get_num_threads()
-    embed(texts[:ENCODE_BATCH], folder)  # warm-up
+    embed(texts[:ENCODE_ROWS], folder)  # warm-up
     reference, wall, cpu = timed(lambda: embed(texts, folder))
     rows = [("fedintent today", wall, cpu, 1.0, 1.0)]
 
-    def measure(name: str, encode: Encode, batch_size: int = ENCODE_BATCH) -> None:
-        embed_with(texts[:batch_size], tokenizer, encode, batch_size)  # warm-up
-        output, wall, cpu = timed(lambda: embed_with(texts, tokenizer, encode, batch_size))
+    def measure(name: str, encode: Encode, pass_rows: int = ENCODE_ROWS) -> None:
+        embed_with(texts[:pass_rows], tokenizer, encode, pass_rows)  # warm-up
+        output, wall, cpu = timed(lambda: embed_with(texts, tokenizer, encode, pass_rows))
         cosine = (output * reference).sum(dim=1)
         rows.append((name, wall, cpu, float(cosine.min()), float(cosine.mean())))
         print(f"{name}: {len(texts) / wall:.0f} sentences/s", file=sys.stderr, flush=True)
 
     plain = torch_encoder(model)
-    measure("batch 16", plain, 16)
-    measure("batch 256", plain, 256)
+    measure("passes of 4", plain, 4)
+    measure("passes of 64", plain, 64)
     torch.set_num_threads(1)
     measure("one thread", plain)
     torch.set_num_threads(threads)

@@ -93,6 +93,7 @@ from fl_protocol.wire import (
     metric_record,
 )
 from models import get_model_family
+from models.fixed_shape import PassShape
 
 Failures = tuple[tuple[type[Exception] | tuple[type[Exception], ...], Reason], ...]
 READ_FAILURES: Failures = (
@@ -168,7 +169,7 @@ def train(msg: Message, context: Context) -> Message:
                         charge.release_number, charge.nonce)
     if request.distributed:
         update = noisy_integer_sum(model, features, targets, request.clip_norm,
-                                   charge.skellam_mu_share, seed, _chunk_rows(cfg))
+                                   charge.skellam_mu_share, seed, _passes(cfg))
         arrays, steps_taken = ArrayRecord({k: Array(v) for k, v in update.items()}), 1
     else:
         steps_taken = _train(model, features, targets, request, charge, cfg, rate, seed)
@@ -261,7 +262,7 @@ def _evaluate_with_dp(msg: Message, context: Context, state_dir: Path, policy: S
     in_release = [row for row, unit in enumerate(units) if unit in kept]
     contributions = unit_contributions(model, features[in_release], targets[in_release],
                                        [units[row] for row in in_release],
-                                       _chunk_rows(context.run_config))
+                                       _passes(context.run_config))
     seed = private_seed(state_dir, request.run_name, request.server_round,
                         charge.release_number, charge.nonce)
     scores = noisy_scores(contributions, charge.noise_multiplier, seed)
@@ -373,10 +374,10 @@ def _read_split(
     return site_dir, state_dir, rows, features, torch.tensor(rows.labels, dtype=torch.long)
 
 
-def _chunk_rows(cfg) -> int | None:
-    """The run's family's rows per pass over token states (None for per-row features): DP
-    passes go in padding-free chunks of it, so that no unit's result depends on another."""
-    return get_model_family(str(cfg["model"])).physical_batch_size
+def _passes(cfg) -> PassShape:
+    """The run's family's pass shape: every DP pass holds exactly that many rows
+    (``models.fixed_shape``), so that no unit's result depends on another."""
+    return get_model_family(str(cfg["model"])).passes
 
 
 def _model_from(msg: Message, cfg) -> torch.nn.Module:

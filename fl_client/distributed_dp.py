@@ -51,7 +51,7 @@ from fl_client.dp_training import UnitLoss
 from fl_client.site_policy import PolicyRefusal
 from fl_protocol.distributed_sum import integer_norm
 from fl_protocol.wire import Reason
-from models.encoder import padding_free_chunks
+from models.fixed_shape import FIXED_WIDTH, PassShape, feature_chunks
 
 GRID_RANGE = 2**18
 """One unit's clipped gradient, scaled to ``integer_norm`` and put on the grid, has L2 norm at
@@ -141,20 +141,19 @@ def noisy_integer_sum(
     clip_norm: float,
     mu_share: float,
     seed: int,
-    chunk_rows: int | None = None,
+    passes: PassShape = FIXED_WIDTH,
 ) -> dict[str, np.ndarray]:
     """The site's integer vector for the secure sum, per exchanged array (int64): its units'
     clipped, scaled gradients at ``model``, summed exactly, rounded at random, plus
     Skellam(``mu_share``). The scale is ``integer_norm`` of the model's size, the one the
     accountant's sensitivity (``privacy_budget``) and the server's decoding assume.
-    ``chunk_rows``: for token-state features, the family's ``physical_batch_size``
-    (``clipped_grid_sum``)."""
+    ``passes``: the family's pass shape (``clipped_grid_sum``)."""
     state = model.state_dict()
     names = list(state)
     dim = summable_dimension(model)
     norm = integer_norm(dim)
     steps = GRID_RANGE // norm  # grid steps per integer
-    grid_sums = clipped_grid_sum(model, features, labels, clip_norm, chunk_rows)
+    grid_sums = clipped_grid_sum(model, features, labels, clip_norm, passes)
     rounding = torch.Generator().manual_seed(seed)
     noise = np.random.default_rng([seed, 1])  # a stream of its own, apart from the rounding's
     skellam = noise.poisson(mu_share, dim) - noise.poisson(mu_share, dim)
@@ -174,15 +173,15 @@ def clipped_grid_sum(
     features: torch.Tensor,
     labels: torch.Tensor,
     clip_norm: float,
-    chunk_rows: int | None = None,
+    passes: PassShape = FIXED_WIDTH,
 ) -> dict[str, torch.Tensor]:
     """Per parameter, the exact sum over units of each unit's gradient clipped to ``clip_norm``
     and scaled to ``GRID_RANGE``, rounded to integers: ``integer_norm`` in grid steps. Exact
     because float32 sums blocks of ``BLOCK_ROWS`` such integers (every partial sum an integer
     below 2**24) and float64 the blocks: removing a unit changes the sum by exactly that unit's
-    term, whatever the order of the additions. ``chunk_rows`` (token-state features): units go
-    through the model in padding-free chunks of at most that many (``padding_free_chunks``),
-    so that no unit's gradient depends on another unit."""
+    term, whatever the order of the additions. Units go through the model in passes of one
+    fixed shape (``passes``, at most as many rows as exactness allows; ``models.fixed_shape``),
+    so that no unit's gradient depends on another unit; a pass's padding adds the zero vector."""
     named = dict(model.named_parameters())
     sums = {name: torch.zeros(param.shape, dtype=torch.float64) for name, param in named.items()}
     dim = sum(p.numel() for p in named.values())
@@ -193,10 +192,8 @@ def clipped_grid_sum(
     criterion = UnitLoss()
     criterion.reduction = "none"
     model.train()
-    chunks = (torch.split(torch.arange(len(labels)), per_chunk) if chunk_rows is None
-              else padding_free_chunks(features, min(per_chunk, chunk_rows)))
-    for rows in chunks:
-        x, y = features[rows], labels[rows]
+    for chunk in feature_chunks(features, passes._replace(rows=min(per_chunk, passes.rows))):
+        x, y = features[chunk.index], labels[chunk.index]
         sampled.zero_grad(set_to_none=True)
         for param in named.values():
             param.grad_sample = None
@@ -210,6 +207,7 @@ def clipped_grid_sum(
             # A unit whose gradient is not finite adds the zero vector, as in DP-SGD
             # (``dp_training``): refusing would tell the server that such a unit exists.
             finite = torch.isfinite(norms)
+            finite[chunk.real:] = False  # the pass's padding
             ratio = torch.where(finite, (clip_norm / norms.clamp(min=1e-300)).clamp(max=1), 0.0)
             scale = ((GRID_RANGE / clip_norm) * ratio).float()
             for name, grads in samples.items():

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from models.encoder import padding_free_chunks
+from models.fixed_shape import FIXED_WIDTH, PassShape, feature_chunks
 
 LOSS_CAP = 10.0
 """The cross-entropy (nats) above which a row's loss counts as this: it bounds what one unit adds
@@ -54,23 +54,20 @@ class NoisyScores:
 
 def unit_contributions(
     model: nn.Module, features: torch.Tensor, labels: torch.Tensor, units: list[str],
-    chunk_rows: int | None = None,
+    passes: PassShape = FIXED_WIDTH,
 ) -> torch.Tensor:
     """One row per distinct unit in ``units`` (one entry per test row, in order of first
     appearance): the mean of its rows' (correct, capped loss / cap, 1), scaled to norm <= 1.
-    ``chunk_rows`` (token-state features: the family's ``physical_batch_size``): rows are scored
-    in padding-free chunks, so that no row's score depends on another row."""
+    Rows are scored in passes of the family's fixed shape (``passes``, ``models.fixed_shape``),
+    so that no row's score depends on another row."""
     if not units:  # nothing in the release: its sum is the zero vector
         return torch.zeros(0, COMPONENTS, dtype=torch.float64)
     model.eval()
     with torch.no_grad():
-        if chunk_rows is None:
-            logits = model(features)
-        else:
-            chunks = padding_free_chunks(features, chunk_rows)
-            scored = torch.cat([model(features[rows]) for rows in chunks])
-            logits = torch.empty_like(scored)
-            logits[torch.cat(chunks)] = scored
+        chunks = feature_chunks(features, passes)
+        scored = torch.cat([model(features[chunk.index])[: chunk.real] for chunk in chunks])
+        logits = torch.empty_like(scored)
+        logits[torch.cat([chunk.index[: chunk.real] for chunk in chunks])] = scored
         losses = nn.functional.cross_entropy(logits, labels, reduction="none")
         correct = (logits.argmax(dim=1) == labels).double()
     # a loss that is not finite (a model that overflows on this row) counts as the cap: the

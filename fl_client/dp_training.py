@@ -15,12 +15,12 @@ and whether the update is finite (sent, or blocked by the egress guard) would te
 outside every epsilon, whether any sampled row lies in that direction. Zero is still a
 gradient of norm at most ``clip_norm`` that depends on that unit alone, so the guarantee is
 unchanged and the update is finite whatever the rows. Under Opacus' hooks the non-finite
-per-example gradients are zeroed (``_zero_non_finite_units``); under ghost clipping, which never
-holds them, a unit whose loss is not finite is left out of the step (``_units_with_finite_loss``)
-and a non-finite clipping factor is 0 (``_finite_clipping``). DP-SGD trains with dropout off
-(``_without_dropout``): with it, that screen and the pass that is trained drew different masks,
-so a model crafted to overflow only when a dropout element is kept reached the trained pass
-anyway, and whether the update was blocked depended on the rows (found in review).
+per-example gradients are zeroed (``_zero_left_out_units``); under ghost clipping, which never
+holds them, a unit whose loss is not finite is replaced in its pass by a copy that adds nothing
+(``_finite_units``) and a non-finite clipping factor is 0 (``_finite_clipping``). DP-SGD trains
+with dropout off (``_without_dropout``): with it, that screen and the pass that is trained drew
+different masks, so a model crafted to overflow only when a dropout element is kept reached the
+trained pass anyway, and whether the update was blocked depended on the rows (found in review).
 
 The noise is Opacus' floating-point-robust draw (``secure_mode`` on the optimizer: the sum of
 four float32 normals, halved). One float32 normal comes from 24-bit uniforms and never exceeds
@@ -44,8 +44,8 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from fl_client.privacy_units import PADDING_LABEL
-from models.encoder import padding_free_chunks
 from models.family import ModelFamily
+from models.fixed_shape import FIXED_WIDTH, PassShape, feature_chunks
 
 
 @dataclass(frozen=True)
@@ -65,11 +65,11 @@ class TrainingPlan:
     grad_sample_mode: how Opacus gets each example's gradient norm for clipping ("hooks" or
         "ghost", the model family's choice); the same clipping and noise either way, so the
         guarantee does not depend on it.
-    physical_batch_size: for token-state features ([rows, tokens, hidden + mask]), split each
-        sampled batch into chunks of at most this many rows of one token count, so no row is
-        padded for another's sake (``models.encoder.padding_free_chunks``). The chunks' clipped
-        gradients are summed and noised once (Opacus' skipped steps): the same DP step as one
-        pass over the batch. None: one pass.
+    passes: the family's pass shape (``models.fixed_shape``): each sampled batch goes through
+        the model in passes of exactly ``passes.rows`` rows (token states: of one token count),
+        the last one filled with padding that adds nothing, so that no unit's gradient depends
+        on how many others share its pass. The passes' clipped gradients are summed and noised
+        once (Opacus' skipped steps): the same DP step as one pass over the batch.
     """
 
     noise_multiplier: float | None
@@ -80,7 +80,7 @@ class TrainingPlan:
     charged: tuple[float, int] | None = None
     momentum: float = 0.0
     grad_sample_mode: str = "hooks"
-    physical_batch_size: int | None = None
+    passes: PassShape = FIXED_WIDTH
 
 
 def training_plan(
@@ -102,7 +102,7 @@ def training_plan(
         learning_rate=learning_rate,
         charged=charged,
         grad_sample_mode=family.grad_sample_mode,
-        physical_batch_size=family.physical_batch_size,
+        passes=family.passes,
     )
 
 
@@ -186,23 +186,23 @@ def _run_epochs(model, loader, optimizer, criterion, plan: TrainingPlan) -> tupl
                 optimizer.step()
                 steps += 1
                 continue
-            chunks = _physical_batches(x, y, plan.physical_batch_size)
-            for index, (xc, yc) in enumerate(chunks):
+            chunks = _physical_batches(x, y, plan.passes)
+            for index, (xc, yc, real) in enumerate(chunks):
                 last = index == len(chunks) - 1
                 if private and plan.grad_sample_mode == "ghost":
-                    xc, yc = _units_with_finite_loss(model, xc, yc)
-                if private and len(yc) == 0:  # every unit of the chunk left out: it adds 0
+                    xc, yc, real = _finite_units(model, xc, yc, real)
+                if private and real == 0:  # every unit of the pass left out: it adds 0
                     _zero_gradients(model, xc, plan)
                 else:
-                    loss = criterion(model(xc), yc)
+                    loss = criterion(model(xc), yc)  # the mean over the pass, padding adding 0
                     if private:
-                        loss.backward()  # this chunk's per-example gradients
+                        loss.backward()  # this pass's per-example gradients
                         if plan.grad_sample_mode != "ghost":
-                            _zero_non_finite_units(model)
+                            _zero_left_out_units(model, real)
                     else:
-                        (loss * (len(yc) / len(y))).backward()  # gradients add up over chunks
+                        (loss * (len(yc) / len(y))).backward()  # gradients add up over passes
                     total_loss += loss.item() * len(yc)
-                    total_seen += len(yc)
+                    total_seen += real
                 if private:
                     optimizer.signal_skip_step(do_skip=not last)
                     optimizer.step()  # clipped and summed; noise and the update after the last
@@ -231,18 +231,20 @@ def _zero_gradients(model: nn.Module, x: torch.Tensor, plan: TrainingPlan) -> No
         model(x[:0]).sum().backward()
 
 
-def _zero_non_finite_units(model: nn.Module) -> None:
-    """Opacus' hooks: zero every per-example gradient that holds NaN or infinity in any
-    parameter, before it is clipped (each unit's gradient is computed on its own rows only, so
-    one unit's overflow cannot reach another's)."""
+def _zero_left_out_units(model: nn.Module, real: int) -> None:
+    """Opacus' hooks: zero the per-example gradients of the pass's padding (the rows past
+    ``real``) and every one that holds NaN or infinity in any parameter, before they are
+    clipped (each unit's gradient is computed on its own rows only, so one unit's overflow
+    cannot reach another's)."""
     samples = [p.grad_sample for p in model.parameters()
                if p.requires_grad and p.grad_sample is not None]
     if not samples:
         return
-    finite = torch.stack([g.reshape(len(g), -1).isfinite().all(dim=1) for g in samples]).all(0)
-    if not finite.all():
+    kept = torch.stack([g.reshape(len(g), -1).isfinite().all(dim=1) for g in samples]).all(0)
+    kept[real:] = False
+    if not kept.all():
         for grads in samples:
-            grads[~finite] = 0.0
+            grads[~kept] = 0.0
 
 
 def _without_dropout(model: nn.Module) -> None:
@@ -257,17 +259,26 @@ def _without_dropout(model: nn.Module) -> None:
             module.eval()
 
 
-def _units_with_finite_loss(model: nn.Module, x: torch.Tensor,
-                            y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Ghost clipping: the chunk without the units whose loss is not finite. Ghost clipping sums
-    the units' clipped gradients in one backward pass, where one unit's NaN would reach the
-    sum even at a clipping factor of 0; a unit left out contributes the zero vector. Without
-    gradients, so Opacus records nothing."""
+def _finite_units(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                  real: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Ghost clipping: the pass with every unit whose loss is not finite, and the padding,
+    replaced by copies of its first unit whose loss is, labelled ``PADDING_LABEL``; and how many
+    units are left (0: none). Ghost clipping sums the units' clipped gradients in one backward
+    pass, where one unit's NaN would reach the sum even at a clipping factor of 0; a copy adds
+    no loss and the zero gradient, and the pass keeps its shape (``models.fixed_shape``).
+    Without gradients, so Opacus records nothing."""
     criterion = UnitLoss()
     criterion.reduction = "none"
     with torch.no_grad():
-        finite = torch.isfinite(criterion(model(x), y))
-    return (x, y) if finite.all() else (x[finite], y[finite])
+        kept = torch.isfinite(criterion(model(x), y))
+    kept[real:] = False
+    if not kept.any():
+        return x, y, 0
+    rows = torch.arange(len(y))
+    source = torch.where(kept, rows, rows[kept][0])
+    labels = y[source].clone()
+    labels[~kept] = PADDING_LABEL
+    return x[source], labels, int(kept.sum())
 
 
 def _finite_clipping(model: nn.Module) -> None:
@@ -278,13 +289,16 @@ def _finite_clipping(model: nn.Module) -> None:
 
 
 def _physical_batches(x: torch.Tensor, y: torch.Tensor,
-                      rows: int | None) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """The batch in chunks of at most ``rows`` rows of token states, each of one token count
-    (``padding_free_chunks``: no row's pass may depend on another row); features of other
-    families (``rows`` None) whole."""
-    if rows is None:
-        return [(x, y)]
-    return [(x[idx], y[idx]) for idx in padding_free_chunks(x, rows)]
+                      passes: PassShape) -> list[tuple[torch.Tensor, torch.Tensor, int]]:
+    """The batch in passes of exactly ``passes.rows`` rows (``models.fixed_shape``), each with
+    how many of its rows are real; the padding's labels are ``PADDING_LABEL``, so it adds no
+    loss, and its per-example gradients are zeroed besides."""
+    batches = []
+    for chunk in feature_chunks(x, passes):
+        labels = y[chunk.index].clone()
+        labels[chunk.real:] = PADDING_LABEL
+        batches.append((x[chunk.index], labels, chunk.real))
+    return batches
 
 
 class UnitLoss(nn.Module):
@@ -302,7 +316,8 @@ class UnitLoss(nn.Module):
 
     def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         if labels.dim() == 1:
-            per_unit = nn.functional.cross_entropy(logits, labels, reduction="none")
+            per_unit = nn.functional.cross_entropy(logits, labels, ignore_index=PADDING_LABEL,
+                                                   reduction="none")
         else:
             per_row = nn.functional.cross_entropy(
                 logits.flatten(0, 1), labels.flatten(), ignore_index=PADDING_LABEL,

@@ -36,7 +36,9 @@ def group_by_customer(
     rows: dict[str, list[int]] = defaultdict(list)
     for index, unit in enumerate(units):
         rows[unit].append(index)
-    cap = min(MAX_UTTERANCES_PER_CUSTOMER, max(len(r) for r in rows.values()))
+    # always the cap, never the most any customer has: a pass's shape (and so the last bits of
+    # every customer's result) must not depend on one customer's count (``models.fixed_shape``)
+    cap = MAX_UTTERANCES_PER_CUSTOMER
     grouped_x = torch.zeros(len(rows), cap, features.shape[1], dtype=features.dtype)
     grouped_y = torch.full((len(rows), cap), PADDING_LABEL, dtype=torch.long)
     dropped = 0

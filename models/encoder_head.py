@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from models.encoder import embed, encoder_fingerprint, hidden_size
+from models.encoder import ENCODE_ROWS, embed, encoder_fingerprint, hidden_size
 from models.feature_scale import FEATURE_SCALE
 from models.feature_store import cached
 
@@ -26,7 +26,7 @@ the utterance's embedding and the embedding of the intent's name."""
 def featurize(texts: list[str], cache_dir: Path | None, folder: Path) -> torch.Tensor:
     """Sentence embeddings of ``texts`` by the encoder in ``folder`` (cached at the site, unit
     length), times FEATURE_SCALE."""
-    kind = f"embed:{folder.name}:{encoder_fingerprint(folder)}"
+    kind = f"embed:{folder.name}:{encoder_fingerprint(folder)}:rows{ENCODE_ROWS}"
     return FEATURE_SCALE * cached(kind, texts, cache_dir, lambda batch: embed(batch, folder))
 
 

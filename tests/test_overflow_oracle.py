@@ -23,6 +23,7 @@ from fl_client.privacy_ledger import LEDGER_FILE
 from fl_protocol.wire import Reason
 from models import get_model_family
 from models.encoder import load_encoder
+from models.fixed_shape import PassShape
 
 pytestmark = pytest.mark.usefixtures("task_identity")
 
@@ -110,7 +111,7 @@ def test_a_chunk_whose_every_unit_overflows_still_takes_its_noisy_step():
         assert (~torch.isfinite(logits[:8])).any(dim=1).all() and torch.isfinite(logits[8:]).all()
         plan = TrainingPlan(noise_multiplier=2.0, clip_norm=1.0, batch_size=4096, local_epochs=1,
                             learning_rate=1.0, charged=(1.0, 1), grad_sample_mode="ghost",
-                            physical_batch_size=8)
+                            passes=PassShape(8, token_states=True))
         _, steps = train_locally(model, features, labels, plan, seed=7)
         assert steps == 1
         weights.append(model.linear.weight.detach()[1])
@@ -198,11 +199,11 @@ def test_no_units_result_depends_on_a_longer_unit_in_its_pass(padding_rows):
     fix: DP evaluation's sum moved by 2.9 for one unit, and DP-SGD's update went from NaN,
     blocked, to finite, sent: the site's answer told whether the longer row was there)."""
     features, labels = padding_rows
-    rows = get_model_family("minilm-finetune").physical_batch_size
+    passes = get_model_family("minilm-finetune").passes
     units = [str(i) for i in range(7)]
     alone = unit_contributions(padding_crafted_model(), features[:6], labels[:6], units[:6],
-                               rows)
-    joined = unit_contributions(padding_crafted_model(), features, labels, units, rows)
+                               passes)
+    joined = unit_contributions(padding_crafted_model(), features, labels, units, passes)
     torch.testing.assert_close(joined[:6], alone, rtol=0, atol=0)
     assert (joined.sum(0) - alone.sum(0)).norm() <= 1 + 1e-12
 
@@ -217,7 +218,7 @@ def test_no_units_result_depends_on_a_longer_unit_in_its_pass(padding_rows):
     assert finite_update(features[:6], labels[:6]) == finite_update(features, labels)
 
     def grid_sum(x, y) -> torch.Tensor:
-        sums = clipped_grid_sum(padding_crafted_model(), x, y, 1.0, rows)
+        sums = clipped_grid_sum(padding_crafted_model(), x, y, 1.0, passes)
         return torch.cat([total.flatten() for total in sums.values()]).double()
 
     moved = (grid_sum(features, labels) - grid_sum(features[:6], labels[:6])).norm()
