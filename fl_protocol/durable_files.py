@@ -66,14 +66,27 @@ def create_exclusive(path: Path, data: bytes, mode: int) -> None:
 
 
 def append_line(path: Path, line: str, mode: int = 0o644) -> None:
-    """Append ``line`` and a newline, fsync'd before returning; the file is created ``mode``."""
+    """Append ``line`` and a newline, fsync'd before returning; the file is created ``mode``.
+
+    A write that fails part-way (a full disk) is undone: the file is cut back to its length
+    before it and the error raised, so no torn line is left for a reader to take for tampering
+    (found in review: a hash-chained log torn so could never be extended or resumed again)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    data = (line + "\n").encode("utf-8")
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, mode)
-    with os.fdopen(fd, "ab") as f:
-        f.write((line + "\n").encode("utf-8"))
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        before = os.fstat(fd).st_size
+        try:
+            written = 0
+            while written < len(data):
+                written += os.write(fd, data[written:])
+            os.fsync(fd)
+        except BaseException:
+            os.ftruncate(fd, before)
+            raise
+    finally:
+        os.close(fd)
 
 
 def json_safe(value: object, infinity: object = None) -> object:

@@ -20,7 +20,9 @@ def save_model(out_dir: Path, state_dict: dict[str, torch.Tensor], family: str,
     (``metrics.json``'s content with its ``final`` summary)."""
     model_family = get_model_family(family)
     card = model_card(run_doc, model_family, labels)
-    metadata = {"run_id": run_doc.get("run_id"), "rounds": len(run_doc.get("rounds", []))}
+    rounds = run_doc.get("rounds", [])
+    metadata = {"run_id": run_doc.get("run_id"), "rounds": len(rounds),
+                "rounds_trained": sum(1 for r in rounds if r.get("sites_trained"))}
     return export_model(out_dir, model_family, state_dict, labels, card, metadata)
 
 

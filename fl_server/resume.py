@@ -99,13 +99,18 @@ def check_audited_start(out_dir: Path, config: dict, labels: list[str]) -> None:
                        if key not in MAY_CHANGE_ON_RESUME and key in config
                        and config[key] != value)
     if differing:
-        changes = ", ".join(f"{key}={config[key]!r} (the audit log: {audited[key]!r})"
-                            for key in differing)
+        changes = ", ".join(f"{key}={_shown(config[key])} (the audit log: "
+                            f"{_shown(audited[key])})" for key in differing)
         raise RunConfigError(f"cannot resume: metrics.json's run configuration differs from "
                              f"the one the audit log recorded when the run started: {changes}")
     if started.get("labels") != labels:
         raise RunConfigError("cannot resume: the labels differ from those the audit log "
                              "recorded when the run started")
+
+
+def _shown(value: object) -> str:
+    """A recorded run-config value as the operator wrote it: null is an infinite float."""
+    return "inf" if value is None else repr(value)
 
 
 def recorded_run_config(doc: dict) -> dict:

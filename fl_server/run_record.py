@@ -41,6 +41,10 @@ FORMAT = "fedintent-metrics/1"
 STATUSES = ("running", "stopped", "interrupted", "failed", "completed")
 """A run's ``status``: ``interrupted`` when a signal (Ctrl-C, SIGTERM) stopped it; every status
 but ``completed`` can be resumed."""
+RUN_FILES = ("metrics.json", "audit.jsonl", "audit.jsonl.head", "checkpoints", "model")
+"""What a run writes in its output folder: a new run refuses a folder holding any of them (found
+in review: a second run there replaced the first's record and model, chained onto its audit
+log, so neither could be resumed, and mixed their checkpoints)."""
 INTERRUPTED = "interrupted by a signal (Ctrl-C or SIGTERM); it can be resumed"
 """The ``error`` of an interrupted run."""
 KEPT_REASON_CODES = (
@@ -211,6 +215,11 @@ def record_interrupted(path: Path) -> None:
         RunRecord(path, doc).finish("interrupted", error=INTERRUPTED)
 
 
+def run_files_in(out_dir: Path) -> list[str]:
+    """The ``RUN_FILES`` that ``out_dir`` holds: another run's, to a new run."""
+    return [name for name in RUN_FILES if (Path(out_dir) / name).exists()]
+
+
 def site_pseudonym(site_key: int) -> str:
     """How the record names a site: by the key it sends (``fl_client.site_secret.site_key``),
     which says nothing about where its data lives."""
@@ -245,6 +254,9 @@ def final_summary(doc: dict) -> dict:
     return {
         **{key: last.get(key) for key in EVALUATION_SUMMARY},
         "rounds_completed": len(doc["rounds"]),
+        # the model is the last trained round's: a round where no site trained left it as it was
+        "rounds_without_training": [r["round"] for r in doc["rounds"]
+                                    if not r.get("sites_trained")],
         "sites": sites,
         "max_epsilon": _max_epsilon(list(sites.values())),
         "max_epsilon_alone": _max_epsilon(list(sites.values()), "epsilon_alone"),

@@ -44,7 +44,7 @@ from fl_server.resume import (
     resumed_run_config,
 )
 from fl_server.run_config import RunConfigError, check_run_config
-from fl_server.run_record import INTERRUPTED, RunRecord, final_summary
+from fl_server.run_record import INTERRUPTED, RunRecord, final_summary, run_files_in
 from fl_server.secure_aggregation import secure_train_round
 from fl_server.strategy import build_strategy, restore_strategy_state, strategy_state
 from fl_server.tensor_digest import arrays_sha256
@@ -56,6 +56,10 @@ app = ServerApp()
 
 class RunFailed(RuntimeError):
     """The run cannot go on, for a reason its operator can act on (not a bug)."""
+
+
+class OutDirHoldsRun(RunFailed):
+    """A new run's folder holds another run's files: nothing is written there."""
 
 
 OPERATOR_ERRORS = (RunFailed, RunConfigError, LabelFileError, CheckpointError, ChainError)
@@ -100,6 +104,9 @@ def main(grid: Grid, context: Context) -> None:
                 out_dir, context.run_id, config, previous["config"], initial, audit
             )
         else:  # audited first: a log that cannot be extended fails the run before its record
+            if held := run_files_in(out_dir):
+                raise OutDirHoldsRun(f"{out_dir} already holds a run ({', '.join(held)}); "
+                                     "resume it (resume=true) or choose another out-dir")
             audit("run-started", config=config, labels=labels, model_sha256=_sha256(initial))
             record = RunRecord.start(out_dir / "metrics.json", context.run_id, config, labels)
             arrays, state, done = initial, {}, 0
@@ -168,11 +175,13 @@ def main(grid: Grid, context: Context) -> None:
         log(WARNING, "fedintent run interrupted; continue with: fedintent train --resume %s",
             out_dir)
         raise
+    except OSError as err:  # a full disk, a file where a folder goes: the operator's to fix
+        reason = (f"cannot write the run's files: {_os_error(err)}; fix that, then continue "
+                  f"with: fedintent train --resume {out_dir}")
+        _record_failure(record, audit, reason)
+        return
     except Exception as err:
-        reason = _one_line(err)
-        record.finish("failed", error=reason)
-        audit("run-failed", error=reason)
-        log(ERROR, "fedintent run failed: %s (recorded in %s)", reason, record.path)
+        _record_failure(record, audit, _one_line(err))
         if isinstance(err, OPERATOR_ERRORS):
             return
         raise
@@ -181,6 +190,26 @@ def main(grid: Grid, context: Context) -> None:
     audit("run-completed", final=final, model_sha256=_sha256(arrays))
     log(INFO, "fedintent run completed: final accuracy %s; metrics %s, model %s",
         format_accuracy(final["accuracy"]), record.path, model_dir)
+    if idle := final["rounds_without_training"]:
+        log(WARNING, "no site trained in %d of the %d rounds (%s): the model is the last "
+            "trained round's", len(idle), num_rounds, ", ".join(map(str, idle)))
+
+
+def _record_failure(record: RunRecord, audit: Callable[..., None], reason: str) -> None:
+    """The run's failure in its record and audit log, as far as they can still be written (a
+    full disk may refuse them too), and in the log in any case."""
+    log(ERROR, "fedintent run failed: %s (recorded in %s)", reason, record.path)
+    try:
+        record.finish("failed", error=reason)
+        audit("run-failed", error=reason)
+    except OSError as err:
+        log(ERROR, "fedintent: the failure could not be recorded: %s", _os_error(err))
+
+
+def _os_error(err: OSError) -> str:
+    """An ``OSError`` in one line, with the file it concerns when it names one."""
+    where = f"{err.filename}: " if err.filename else ""
+    return f"{where}{err.strerror or err}"
 
 
 def _run_round(
@@ -289,9 +318,11 @@ def _record_failed_start(
     """``metrics.json`` of a run that failed before its first round: ``status: failed`` and
     ``reason``, logged in one line. The record of the run that ``resume`` asked for is marked
     failed, and stays resumable; a completed run's record, or a file that is not a record, is
-    never replaced."""
+    never replaced, and nothing is written in a folder that holds another run's files."""
     log(ERROR, "fedintent run failed before round 1: %s", reason)
-    if previous is not None and previous.get("status") != "completed":
+    if previous is None and run_files_in(path.parent):
+        log(ERROR, "fedintent: %s left as it was", path.parent)
+    elif previous is not None and previous.get("status") != "completed":
         RunRecord(path, previous).finish("failed", error=reason)
     elif previous is None and not path.exists():
         RunRecord.start(path, run_id, json_safe(cfg), labels=[]).finish("failed", error=reason)

@@ -307,11 +307,20 @@ def _evaluation_section(rounds: list[dict], final: dict) -> str:
         f"Final accuracy {_value(final.get('accuracy'))}, macro-F1 "
         f"{_value(final.get('macro_f1'))}, worst site accuracy "
         f"{_value(final.get('worst_site_accuracy'))}, loss {_value(final.get('loss'))}, after "
-        f"{len(rounds)} rounds.\n\n"
+        f"{len(rounds)} rounds{_idle_rounds(rounds)}.\n\n"
         + _site_evaluation_table(final.get("evaluation"))
         + "| round | sites trained | accuracy | macro-F1 | worst site accuracy | loss "
         "| largest site epsilon so far |\n"
         "|---|---|---|---|---|---|---|\n" + "\n".join(rows))
+
+
+def _idle_rounds(rounds: list[dict]) -> str:
+    """The rounds in which no site trained (the model stayed as it was), if any."""
+    idle = [str(r["round"]) for r in rounds if not r.get("sites_trained")]
+    if not idle:
+        return ""
+    return (f", {len(idle)} of which trained no site (round {', '.join(idle)}), so the model is "
+            "the last trained round's")
 
 
 def _evaluated_when(rounds: list[dict]) -> str:

@@ -51,13 +51,29 @@ def test_more_sites_than_the_data_holds(tmp_path):
     assert "holds only 1 sites" in result.stderr
 
 
-def test_an_existing_run_is_never_overwritten(tmp_path):
+@pytest.mark.parametrize("left", ["metrics.json", "audit.jsonl", "checkpoints/round-00002"])
+def test_an_existing_run_is_never_overwritten(tmp_path, left):
+    """Any file a run writes marks the folder as a run's: found in review, a folder holding an
+    old run's audit log and checkpoints but no metrics.json was taken, and the new run chained
+    onto that log and pruned among those checkpoints."""
+    out = tmp_path / "out"
+    (out / left).parent.mkdir(parents=True, exist_ok=True)
+    (out / left).write_text("{}")
+    result = fedintent("train", "--out", str(out), cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert f"already holds a run ({left.split('/')[0]})" in result.stderr
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == sorted(
+        {left, left.split("/")[0]})
+
+
+def test_a_file_where_the_run_writes_a_folder_is_refused_before_anything_starts(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
-    (out / "metrics.json").write_text("{}")
+    (out / "logs").write_text("not a folder")
     result = fedintent("train", "--out", str(out), cwd=tmp_path)
-    assert result.returncode == 2 and "already holds a run" in result.stderr
-    assert (out / "metrics.json").read_text() == "{}"
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"{out / 'logs'} is a file" in result.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["logs"]
 
 
 def test_help_documents_the_site_data_format():

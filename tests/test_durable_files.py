@@ -1,6 +1,7 @@
 """What a crash or a mistake can do to a file fedintent writes: nothing half-written, nothing
 overwritten that must not be, the permissions asked for, and strict JSON."""
 
+import errno
 import json
 import math
 import os
@@ -16,6 +17,7 @@ from fl_protocol.durable_files import (
     write_bytes_atomic,
     write_json_atomic,
 )
+from fl_protocol.hash_chain import append_entry, verify_log
 
 
 def test_a_failed_replace_keeps_the_old_file_and_leaves_no_temporary(tmp_path, monkeypatch):
@@ -55,6 +57,28 @@ def test_lines_are_appended_whole(tmp_path):
     for n in range(3):
         append_line(path, json.dumps({"n": n}))
     assert [json.loads(line)["n"] for line in path.read_text().splitlines()] == [0, 1, 2]
+
+
+def test_a_line_the_disk_fills_part_way_through_is_undone_and_the_log_still_extends(
+        tmp_path, monkeypatch):
+    """Before the fix, half an audit entry stayed in the file: the chain then read as torn or
+    edited, and the run could never be resumed or extended (found in review)."""
+    path = tmp_path / "audit.jsonl"
+    append_entry(path, "run-started", {"run_name": "r"})
+    before = path.read_bytes()
+    real_write = os.write
+
+    def half_then_full(fd: int, data: bytes) -> int:
+        real_write(fd, data[: len(data) // 2])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "write", half_then_full)
+    with pytest.raises(OSError, match="No space left"):
+        append_entry(path, "round", {"run_name": "r", "round": 1})
+    monkeypatch.undo()
+    assert path.read_bytes() == before
+    append_entry(path, "round", {"run_name": "r", "round": 1})  # space freed: it extends
+    assert verify_log(path).ok and len(path.read_text().splitlines()) == 2
 
 
 def test_json_has_no_infinity_and_no_nan(tmp_path):

@@ -159,7 +159,8 @@ def interrupted_run(tmp_path):
     (data / "labels.txt").write_text("a\nb\n")
     config = check_run_config({"data-dir": str(data), "out-dir": str(out), "run-name": "r-1",
                                "model": "ngram", "target-epsilon": 3.0})
-    append_entry(out / "audit.jsonl", "run-started", {"run_name": "r-1", "config": config})
+    append_entry(out / "audit.jsonl", "run-started", {"run_name": "r-1", "config": config,
+                                                       "labels": ["a", "b"]})
     for server_round in (1, 2):
         model = {k: v * server_round for k, v in MODEL.items()}
         append_entry(out / "audit.jsonl", "round", {"run_name": "r-1", "round": server_round,

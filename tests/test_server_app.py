@@ -146,3 +146,94 @@ def test_a_resume_refuses_a_record_whose_settings_were_edited_after_the_run_star
     assert ("differs from the one the audit log recorded when the run started: "
             "num-rounds=9 (the audit log: 3), target-epsilon=50.0 (the audit log: 8.0)"
             in metrics["error"]), metrics["error"]
+
+
+def test_a_new_run_never_writes_into_a_folder_holding_another_run(tmp_path, logged,
+                                                                  task_identity):
+    """Found in review: a second run in the same out-dir replaced the first's metrics.json and
+    model, chained onto its audit log (so neither could be resumed) and mixed their checkpoints.
+    Refused now, with nothing written, also where only the audit log and checkpoints are left."""
+    data = write_data(tmp_path / "data")
+    run_server(tmp_path, **{"data-dir": str(data), "num-rounds": 2, "stop-after-round": 1,
+                            "run-name": "first"})
+    out = tmp_path / "out"
+    before = {path: path.read_bytes() for path in out.rglob("*") if path.is_file()}
+    assert {"metrics.json", "audit.jsonl", "checkpoints"} <= {path.name for path in out.iterdir()}
+    run_server(tmp_path, **{"data-dir": str(data), "num-rounds": 1, "run-name": "second"})
+    assert f"{out} already holds a run (metrics.json, audit.jsonl" in logged.text
+    (out / "metrics.json").unlink()
+    del before[out / "metrics.json"]
+    main(DecliningGrid([1, 2]), Context(
+        run_id=10, node_id=0, node_config={}, state=RecordDict(),
+        run_config=RUN_CONFIG_DEFAULTS | {"out-dir": str(out), "model": "ngram", "min-sites": 2,
+                                          "data-dir": str(data), "run-name": "third"}))
+    assert {path: path.read_bytes() for path in out.rglob("*") if path.is_file()} == before
+    assert not any(record.exc_info for record in logged.records)
+
+
+def test_a_write_that_fails_mid_run_names_the_file_and_how_to_continue(tmp_path, logged,
+                                                                        monkeypatch,
+                                                                        task_identity):
+    """Found in review: a full disk ended the run with a bare ``OSError: [Errno 28]``, logged as
+    a bug with its traceback, naming no file and not saying the run can be resumed."""
+    def disk_full(folder, *args):
+        raise OSError(28, "No space left on device", str(folder / "round-00001.safetensors"))
+
+    monkeypatch.setattr(server_app, "save_checkpoint", disk_full)
+    metrics = run_server(tmp_path, **{"data-dir": str(write_data(tmp_path / "data")),
+                                      "num-rounds": 2})
+    out = tmp_path / "out"
+    assert metrics["status"] == "failed"
+    assert metrics["error"] == (
+        f"cannot write the run's files: {out}/checkpoints/round-00001.safetensors: No space "
+        f"left on device; fix that, then continue with: fedintent train --resume {out}")
+    assert not any(record.exc_info for record in logged.records)
+
+
+def test_rounds_no_site_trained_in_are_named_in_the_summary_and_the_model_card():
+    """Found in review: a run whose sites all stopped after round 1 said "5 rounds" and its card
+    "after 5 rounds", with round 1's model and accuracy."""
+    from fedintent.commands.progress import print_summary
+    from fl_server.run_record import final_summary
+    from models import get_model_family
+    from models.model_card import model_card
+
+    rounds = [{"round": 1, "sites_trained": 2, "accuracy": 0.5},
+              *({"round": n, "sites_trained": 0} for n in range(2, 6))]
+    doc = {"config": {"out-dir": "/out"}, "rounds": rounds}
+    final = final_summary(doc) | {"model_dir": "/out/model"}
+    assert final["rounds_without_training"] == [2, 3, 4, 5]
+    card = model_card(doc | {"final": final}, get_model_family("ngram"), ["a", "b"])
+    assert "after 5 rounds, 4 of which trained no site (round 2, 3, 4, 5)" in card
+    import contextlib
+    import io
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        print_summary(doc | {"final": final}, 25.0)
+    assert "warning: no site trained in 4 of the 5 rounds (round 2, 3, 4, 5)" in printed.getvalue()
+
+
+def test_train_resume_checks_the_audited_settings_before_anything_starts(tmp_path,
+                                                                         task_identity):
+    """Found in review: ``fedintent train --resume`` started the simulation on a record edited
+    to 9 rounds, printed that plan, and only the ServerApp refused (exit 1, the record rewritten);
+    infinity read as None in the message."""
+    import subprocess
+    import sys
+
+    data = write_data(tmp_path / "data")
+    run_server(tmp_path, **{"data-dir": str(data), "num-rounds": 3, "stop-after-round": 1,
+                            "run-name": "edited"})
+    path = tmp_path / "out" / "metrics.json"
+    doc = json.loads(path.read_text())
+    doc["config"] |= {"site-retention-days": 5.0, "num-rounds": 9}
+    doc["status"] = "stopped"
+    path.write_text(json.dumps(doc))
+    edited = path.read_bytes()
+    result = subprocess.run(
+        [sys.executable, "-m", "fedintent.cli", "train", "--resume", str(tmp_path / "out")],
+        capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert ("num-rounds=9 (the audit log: 3), site-retention-days=5.0 (the audit log: inf)"
+            in result.stderr), result.stderr
+    assert "resuming" not in result.stdout and path.read_bytes() == edited

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from fedintent.commands import CliError
 from fl_server.run_config import RunConfigError, check_epsilon
+from fl_server.run_record import run_files_in
 
 TUNED_HELP = "tuned for the epsilon, see docs/BENCHMARKS.md"
 DEFAULT_OUT_ROOT = Path("fedintent-out")
@@ -45,8 +46,13 @@ def new_out_dir(requested: Path | None) -> Path:
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
         requested = DEFAULT_OUT_ROOT / f"run-{stamp}"
     out_dir = writable_folder("--out", requested)
-    if (out_dir / "metrics.json").exists():
-        raise CliError(f"{out_dir} already holds a run (metrics.json); choose another --out")
+    if held := run_files_in(out_dir):
+        raise CliError(f"{out_dir} already holds a run ({', '.join(held)}); choose another --out "
+                       f"(or continue it: fedintent train --resume {out_dir})")
+    for name in ("logs", "data"):
+        if (out_dir / name).exists() and not (out_dir / name).is_dir():
+            raise CliError(f"--out {out_dir}: {out_dir / name} is a file; the run writes a "
+                           "folder there")
     return out_dir
 
 

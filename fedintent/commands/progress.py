@@ -17,6 +17,10 @@ def print_summary(metrics: dict, seconds: float, names: Mapping[str, str] | None
     """The run's outcome: accuracy, each site's privacy guarantee, where the results are."""
     final = metrics["final"]
     print(f"\nfinished in {seconds:.0f}s: {final['rounds_completed']} rounds")
+    if idle := final.get("rounds_without_training"):
+        print(f"warning: no site trained in {len(idle)} of the {final['rounds_completed']} rounds "
+              f"(round {', '.join(map(str, idle))}): the model is the last trained round's; "
+              "each round's line above says why its sites did not train")
     print(f"final accuracy (example-weighted over the sites' test splits): "
           f"{format_accuracy(final.get('accuracy'))}")
     if final.get("worst_site") is not None:

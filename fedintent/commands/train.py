@@ -18,6 +18,7 @@ from fedintent.commands.options import (
 )
 from fedintent.commands.progress import print_round, print_summary
 from fl_client.site_data import SiteDataError, list_site_dirs, read_rows, record_languages
+from fl_protocol.durable_files import json_safe
 from fl_protocol.label_file import read_labels
 from fl_protocol.wire import (
     ACCOUNTANTS,
@@ -29,6 +30,7 @@ from fl_protocol.wire import (
 from fl_server.run_config import (
     TUNING_SITE_ROWS,
     WHOLE_RANGES,
+    RunConfigError,
     check_run_config,
     check_whole,
     site_size_message,
@@ -307,6 +309,7 @@ def run_resume(args: argparse.Namespace) -> int:
     from fl_server.checkpoints import CheckpointError
     from fl_server.provenance import provenance_changes, software_provenance
     from fl_server.resume import (
+        check_audited_start,
         read_metrics,
         recorded_run_config,
         resume_point,
@@ -330,7 +333,8 @@ def run_resume(args: argparse.Namespace) -> int:
     ))
     try:
         checkpoint, warnings = resume_point(out_dir, str(run_config["run-name"]))
-    except (CheckpointError, ChainError) as err:
+        check_audited_start(out_dir, json_safe(run_config), doc["labels"])
+    except (CheckpointError, ChainError, RunConfigError) as err:
         raise CliError(str(err)) from err
     list_site_dirs(Path(run_config["data-dir"]))
     labels_file = Path(run_config["labels-file"] or Path(run_config["data-dir"]) / "labels.txt")
