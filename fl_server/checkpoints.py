@@ -52,7 +52,11 @@ def save_checkpoint(
     arrays: dict[str, np.ndarray],
     state: dict[str, dict[str, np.ndarray]],
 ) -> Path:
-    """Write the checkpoint of ``server_round`` and drop all but the newest ``KEEP``."""
+    """Write the checkpoint of ``server_round`` and drop all but the newest ``KEEP``, and the
+    temporary files of writes a crash cut short (one run writes here, one checkpoint at a
+    time: found in review, each crash left up to hundreds of MB behind for good)."""
+    for leftover in Path(folder).glob(".round-*.safetensors.*.tmp"):
+        leftover.unlink(missing_ok=True)
     tensors = {MODEL_PREFIX + key: np.ascontiguousarray(a) for key, a in arrays.items()}
     for attribute, values in state.items():
         for key, array in values.items():

@@ -292,12 +292,23 @@ def _failure(reply: Message) -> dict:
     data, and the record is kept, shared and audited."""
     reason = reply.error.reason or ""
     if reply.error.code not in KEPT_REASON_CODES and not is_site_reason(reply.error.code, reason):
-        reason = f"(a reason outside fedintent's vocabulary, {len(reason)} characters, not kept)"
+        reason = (f"({_error_code_name(reply.error.code)}: a reason outside fedintent's "
+                  f"vocabulary, {len(reason)} characters, not kept; the site's own log holds "
+                  "it)")
     return {
         "node_id": str(reply.metadata.src_node_id),
         "kind": FAILURE_KINDS.get(reply.error.code, "failed"),
         "reason": reason,
     }
+
+
+def _error_code_name(code: int) -> str:
+    """Flower's name for an error code (``CLIENT_APP_RAISED_EXCEPTION``: the site's app raised,
+    ``CLIENT_APP_CRASHED``: its process died): a fixed word that tells an operator a crash from
+    a refusal and carries nothing of the site's; a code Flower does not define as a number."""
+    names = {value: name for name, value in vars(ErrorCode).items()
+             if not name.startswith("_") and isinstance(value, int)}
+    return names.get(code, f"error code {code}") if isinstance(code, int) else "error code ?"
 
 
 def _max_epsilon(sites: list[dict], key: str = "epsilon") -> float | None:

@@ -90,6 +90,12 @@ def test_only_the_newest_two_are_kept(tmp_path):
         "round-00004.safetensors", "round-00003.safetensors"]
 
 
+def test_the_next_checkpoint_clears_what_a_crashed_write_left(tmp_path):
+    (tmp_path / ".round-00003.safetensors.k2j4x9.tmp").write_bytes(b"half a checkpoint")
+    save(tmp_path, 3)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["round-00003.safetensors"]
+
+
 @pytest.mark.parametrize("damage", ["flip a tensor byte", "truncate", "edit the round",
                                     "a bf16 tensor"])
 def test_a_damaged_newest_checkpoint_falls_back_to_the_one_before(tmp_path, damage):

@@ -225,3 +225,19 @@ def test_the_evaluation_rounds_are_every_kth_and_the_last_numbered_without_gaps(
 def test_a_huge_announced_run_is_numbered_without_enumerating_it():
     assert evaluation_number(10**15, 10**15, 1) == evaluation_count(10**15, 1) == 10**15
     assert evaluation_number(10**15 - 1, 10**15, 10**14) is None
+
+
+@pytest.mark.parametrize("code,name", [(2, "CLIENT_APP_RAISED_EXCEPTION"),
+                                       (8, "CLIENT_APP_CRASHED"), (77, "error code 77")])
+def test_a_crashed_site_is_told_from_a_refusal_by_flowers_code_name_and_its_text_is_not_kept(
+        tmp_path, code, name):
+    """Found in review: a site killed mid-round showed only "a reason outside fedintent's
+    vocabulary", so an operator could not tell a crash from a refusal. Flower's name for the
+    code is a fixed word; the exception's text (which may quote site data) is still dropped."""
+    canary = "Traceback ... ValueError: row 'CANARY-Q7X3 my card 4111 1111 1111 1111'"
+    record = RunRecord.start(tmp_path / "metrics.json", 1, {}, LABELS)
+    asked = Message(RecordDict(), dst_node_id=8, message_type="train")
+    entry = record.record_train(1, [Message(Error(code=code, reason=canary), reply_to=asked)], {})
+    reason = entry["failures"][0]["reason"]
+    assert reason.startswith(f"({name}: a reason outside fedintent's vocabulary, {len(canary)} ")
+    assert "CANARY" not in (tmp_path / "metrics.json").read_text() and "CANARY" not in reason
