@@ -17,10 +17,12 @@ import uuid
 from pathlib import Path
 
 import psutil
+import pytest
 from test_end_to_end import processes_left_behind, processes_started_by
 from test_site_dropout import wait_for
 
 from data_synth import write_sites
+from fedintent.launch.run_outcome import RunFailedError, completed_run_metrics
 from fedintent.launch.watchdog import read_started
 from fl_client.privacy_report import site_privacy_report
 
@@ -158,3 +160,16 @@ def _running(pid: int) -> bool:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.Error:
         return False
+
+
+def test_a_server_that_died_mid_run_is_reported_with_the_way_to_continue(tmp_path):
+    """Found in review: a killed ServerApp left metrics.json saying ``running`` and the launcher
+    said only "run status finished:failed"."""
+    path = tmp_path / "metrics.json"
+    path.write_text(json.dumps({"status": "running", "rounds": [{"round": 1}]}))
+    with pytest.raises(RunFailedError) as err:
+        completed_run_metrics(path, "finished:failed")
+    assert str(err.value) == (
+        "the run failed: the server process ended (finished:failed) without recording how the "
+        f"run ended; {path} still says running; continue with: fedintent train --resume "
+        f"{tmp_path}")

@@ -41,6 +41,11 @@ def completed_run_metrics(metrics_path: Path, status: str) -> dict:
         raise RunFailedError(f"the run ended {status} and wrote no {metrics_path} (the "
                              f"ServerApp writes it on the SuperLink's machine)")
     metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
+    if metrics.get("status") == "running":  # the ServerApp's process ended before it could say
+        raise RunFailedError(
+            f"the run failed: the server process ended ({status}) without recording how the run "
+            f"ended; {metrics_path} still says running; continue with: fedintent train "
+            f"--resume {metrics_path.parent}")
     if status != COMPLETED or metrics.get("status") != "completed":
         reason = metrics.get("error") or f"run status {status}"
         raise RunFailedError(f"the run failed: {reason}")
