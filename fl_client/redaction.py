@@ -77,11 +77,16 @@ _DIGIT_GROUP = re.compile(r"[(（][+＋]?\d+[)）]|[+＋]?\d+[XxＸｘ]?")
 # (1,250,000), dates (2026/03/04) and lists are written this way too. So such a run is not a
 # digit run: a window of it is claimed only when its group lengths are a typed identifier's
 # written shape (_JOINED_SHAPES) and its digits pass that type's rule, never as [NUMBER].
-_JOIN = r"[,，、·・/／_\u00ad]"
-_JOINED_SEPARATOR = rf"(?:{_SPACE}{{0,2}}(?:{_JOIN}|{_DASH}){_SPACE}{{0,2}}|{_SPACE}{{1,2}})"
+# Wider gaps go the same way (found in review: a card or mobile left whole when its groups were
+# on separate lines, three spaces apart, or split by |, *, 。 or ". "): transcripts keep their
+# line breaks, and tables and masked forms write numbers so, but so are lists of figures.
+_JOIN = r"[,，、·・/／_\u00ad|｜*＊。]"
+_WIDE_GAP = rf"(?:{_SPACE}{{3,8}}|{_SPACE}{{0,3}}\r?\n{_SPACE}{{0,3}}|\.{_SPACE}{{1,2}})"
+_JOINED_SEPARATOR = (rf"(?:{_SPACE}{{0,2}}(?:{_JOIN}|{_DASH}){_SPACE}{{0,2}}|{_WIDE_GAP}"
+                     rf"|{_SPACE}{{1,2}})")
 _JOINED_RUN = re.compile(rf"(?<!\d)\d+(?:{_JOINED_SEPARATOR}\d+)+{_ID_CHECK_X}")
 _JOINED_GROUP = re.compile(r"\d+[XxＸｘ]?")
-_JOIN_CHAR = re.compile(_JOIN)
+_JOIN_CHAR = re.compile(rf"{_JOIN}|{_WIDE_GAP}")
 _JOINED_SHAPES: tuple[tuple[tuple[int, ...], PiiKind], ...] = (
     ((4, 4, 4, 4, 3), "CARD"),
     ((6, 8, 4), "ID"),

@@ -156,6 +156,28 @@ def test_an_exception_never_carries_its_message_out(ctx):
     assert reply.error.reason == Reason.INTERNAL.value
 
 
+class PanicException(BaseException):
+    """What PyO3 raises when a Rust extension (the fast tokenizer) panics: no ``Exception``."""
+
+
+def test_a_panic_outside_exception_is_caught_logged_and_never_carries_its_message_out(ctx):
+    """Found in review: a BaseException that is no Exception passed the guard, left no egress
+    log entry, and only Flower's crash handling stood between its text and the wire."""
+    def panic(msg, context):
+        raise PanicException("tokenizer panicked on 'CANARY-Q7X3 my card 4111 1111 1111 1111'")
+
+    reply = egress_guard(incoming("train"), ctx, panic)
+    assert reply.has_error() and reply.error.reason == Reason.INTERNAL.value
+    [entry] = egress_log(ctx)
+    assert entry["verdict"] == "sent" and "CANARY" not in json.dumps(entry)
+
+    def interrupted(msg, context):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        egress_guard(incoming("train"), ctx, interrupted)
+
+
 @pytest.mark.parametrize(
     ("code", "reason"),
     [

@@ -499,6 +499,16 @@ def test_groups_joined_by_commas_slashes_and_dots_are_redacted_whole(
         ("卡号9558、8012、3456、7890、128", "卡号[CARD]"),
         ("手机1381234，5678", "手机[PHONE]"),
         ("电话138，12345678", "电话[PHONE]"),
+        # found in review: groups on separate lines, three spaces apart, or split by |, *, 。
+        # or ". " were left whole
+        ("card 4111   1111   1111   1111 thanks", "card [CARD] thanks"),
+        ("card 4111\n1111\n1111\n1111 thanks", "card [CARD] thanks"),
+        ("card 4111\r\n1111\r\n1111\r\n1111", "card [CARD]"),
+        ("card 4111|1111|1111|1111", "card [CARD]"),
+        ("卡号 4111*1111*1111*1111", "卡号 [CARD]"),
+        ("card 4111. 1111. 1111. 1111.", "card [CARD]."),
+        ("call 139   1234   5678", "call [PHONE]"),
+        ("手机139。1234。5678", "手机[PHONE]"),
     ],
 )
 def test_joined_groups_mixed_with_other_separators(text: str, expected: str) -> None:
@@ -519,6 +529,10 @@ def test_joined_groups_mixed_with_other_separators(text: str, expected: str) -> 
         "4111，1111，1111，1112",  # fails Luhn
         "2017、2018、2019、2020年",  # Luhn-valid, but a card starting with 2 is not taken
         "1、2、3、4、5、6、7、8",
+        "2019   2020   2021   2022",
+        "1000\n2000\n3000\n4000",
+        "第1页\n第2页",
+        "4111|1111|1111|1112",  # fails Luhn
     ],
 )
 def test_joined_groups_in_no_typed_shape_are_left_alone(text: str) -> None:
