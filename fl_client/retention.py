@@ -48,6 +48,7 @@ import hashlib
 import hmac
 import math
 import os
+import re
 import socket
 from collections import Counter
 from dataclasses import dataclass, field
@@ -224,6 +225,10 @@ class Erasure:
     ledger_problem: str = ""
     """Why the ledger could not be read for the two numbers above ("" if it was): the erasure
     is recorded and done either way (found in review: it was reported as a failure)."""
+    rejected_mentions: tuple[str, ...] = ()
+    """The data lines that failed validation and name the customer (``file:line``), or a file
+    that could not be read and so searched: left in the data folder, which only a person can
+    settle (found in review: ``--delete-from-data`` left them and reported success)."""
 
 
 def forget(site_dir: Path, state_dir: Path, customer: str, retention_days: float, actor: str,
@@ -254,6 +259,9 @@ def forget(site_dir: Path, state_dir: Path, customer: str, retention_days: float
         live, ended, not_used = _partition(rows, policy)
         gone = [row for row in ended if row.customer == customer] if delete_from_data else []
         data_rows = _delete_rows(gone)
+        if data_rows:  # the lines after those removed moved up: name them as they are now
+            rejected = []
+            read_rows(site_dir, rejected)
         pruned = prune(Path(state_dir) / FEATURES, [redact(row.text) for row in live])
         deletion = _logged(state_dir, "erasure-done", actor, not_used, pruned.rows,
                            pruned.files, data_rows,
@@ -265,7 +273,30 @@ def forget(site_dir: Path, state_dir: Path, customer: str, retention_days: float
         except LedgerError as err:
             units, epsilon, problem = 0, 0.0, str(err)
         return Erasure(rows_found=len(theirs), erased_until=cut_off, deletion=deletion,
-                       ledger_units=units, ledger_epsilon=epsilon, ledger_problem=problem)
+                       ledger_units=units, ledger_epsilon=epsilon, ledger_problem=problem,
+                       rejected_mentions=_mentions(site_dir, rejected, customer))
+
+
+def _mentions(site_dir: Path, rejected: list[RejectedRow], customer: str) -> tuple[str, ...]:
+    """Each rejected line whose raw bytes hold ``customer`` as a whole token, and each file that
+    could not be read at all: where the loader could not tell whose a row is, the id decides."""
+    token = re.compile(rb"(?<![\w-])" + re.escape(customer.encode("utf-8")) + rb"(?![\w-])")
+    lines: dict[str, set[int]] = {}
+    found = []
+    for row in rejected:
+        if row.line == 0:
+            found.append(f"{row.file} (unreadable: not searched)")
+        else:
+            lines.setdefault(row.file, set()).add(row.line)
+    for file, wanted in sorted(lines.items()):
+        try:
+            with open(Path(site_dir) / file, "rb") as f:
+                for number, raw in enumerate(iter(f.readline, b""), start=1):
+                    if number in wanted and token.search(raw):
+                        found.append(f"{file}:{number}")
+        except OSError as err:
+            found.append(f"{file} (unreadable: {err.strerror or err})")
+    return tuple(found)
 
 
 def who_deletes(what: str) -> str:

@@ -425,6 +425,32 @@ def test_forget_with_an_unreadable_ledger_reports_the_erasure_done_and_the_ledge
     assert [entry["event"] for entry in log_entries(state)][-2:] == ["erasure", "erasure-done"]
 
 
+def test_forget_names_the_broken_lines_that_hold_the_customer_and_fails_if_asked_to_delete(
+        tmp_path, capsys):
+    """Found in review: ``forget --delete-from-data`` left the customer's rows that failed
+    validation (a bad timestamp, no label, broken JSON) in the data file, raw text and all, and
+    reported success."""
+    site, state = tmp_path / "site", tmp_path / "state"
+    broken = [json.dumps(row(90, 1, "cust-Q7X3") | {"timestamp": "yesterday"}),
+              '{"conversation_id": "conv-91", "customer_id": "cust-Q7X3", "text": "my card',
+              json.dumps(row(92, 1, "cust-Q7X30"))[:-1]]  # another customer, broken too
+    write_site(site, [row(0, 1, "cust-Q7X3"), *site_rows()])
+    with open(site / "train.jsonl", "a") as f:
+        f.write("".join(line + "\n" for line in broken))
+    total = len(site_rows()) + 1
+    base = ["forget", "--site", str(site), "--customer", "cust-Q7X3", "--state-dir", str(state)]
+    assert fedintent(base) == 0
+    assert (f"note: lines that failed validation name this customer (never used, left as they "
+            f"are): train.jsonl:{total + 1}, train.jsonl:{total + 2}"
+            in capsys.readouterr().out)
+    assert fedintent([*base, "--delete-from-data"]) == 2
+    out, err = capsys.readouterr()
+    assert "removed from the data folder: 1 rows" in out
+    assert (f"lines that failed validation name this customer and were left in the data folder "
+            f"(the loader cannot tell whose a broken row is): train.jsonl:{total}, "
+            f"train.jsonl:{total + 1}; delete or fix them by hand") in err
+
+
 # --- the deletion log ------------------------------------------------------------------------
 
 

@@ -110,6 +110,17 @@ def run_forget(args: argparse.Namespace) -> int:
               "is not a fresh unit")
     else:
         print("privacy ledger: holds no spend of theirs (never trained on)")
+    if erasure.rejected_mentions:
+        shown = ", ".join(erasure.rejected_mentions[:10])
+        more = len(erasure.rejected_mentions) - 10
+        where = f"{shown}{f' and {more} more' if more > 0 else ''}"
+        if args.delete_from_data:
+            raise CliError(f"the erasure above is recorded and done, but lines that failed "
+                           f"validation name this customer and were left in the data folder "
+                           f"(the loader cannot tell whose a broken row is): {where}; delete or "
+                           "fix them by hand")
+        print(f"note: lines that failed validation name this customer (never used, left as "
+              f"they are): {where}")
     return 0
 
 
