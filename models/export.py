@@ -12,14 +12,19 @@ implementation. ``load_exported`` runs both (and the BERT ones). ``fedintent.jso
 family and labels, so fedintent can also rebuild the exchanged module (``load_exchanged``).
 
 The folder is written next to its destination and renamed into place; an earlier export at
-the destination is only removed once the new one is complete.
+the destination is only removed once the new one is complete. ``fedintent.json`` records the
+SHA-256 of each weights file, and loading refuses a weights file that does not match it, one
+with NaN or infinite values, and (BERT families) one whose tensors are not exactly the model's.
 """
 
+import hashlib
 import json
 import math
+import re
 import shutil
+import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -47,6 +52,8 @@ AutoModelForSequenceClassification.register(
 
 FRAMEWORK_FILE = "fedintent.json"
 WEIGHTS_FILE = "model.safetensors"
+WEIGHTS_DIGESTS = "weights_sha256"
+"""fedintent.json's key: each weights file's name and the SHA-256 (hex) of its bytes."""
 MODEL_CODE_FILE = "modeling_fedintent.py"
 CARD_FILE = "README.md"
 NGRAM_MODEL_TYPE = "fedintent-ngram"
@@ -80,7 +87,8 @@ def export_model(out_dir: Path, family: ModelFamily, state_dict: dict[str, torch
         else:
             _write_bert(tmp, family, module.state_dict(), labels)
         info = {"model_family": family.name, "labels": labels,
-                "trained_layers": family.trained_layers, **(metadata or {})}
+                "trained_layers": family.trained_layers, **(metadata or {}),
+                WEIGHTS_DIGESTS: _weights_digests(tmp)}
         (tmp / FRAMEWORK_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
         (tmp / CARD_FILE).write_text(card, encoding="utf-8")
         for path in [tmp, *tmp.iterdir()]:  # mkdtemp and safetensors would make them owner-only
@@ -137,6 +145,17 @@ def _write_bert(folder: Path, family: ModelFamily, exchanged: dict[str, torch.Te
                                               model_max_length=MAX_TOKENS)
     tokenizer.save_pretrained(folder)
     shutil.copyfile(Path(__file__).with_name("hf_classifier.py"), folder / MODEL_CODE_FILE)
+
+
+def _sha256(path: Path) -> str:
+    with path.open("rb") as file:
+        return hashlib.file_digest(file, "sha256").hexdigest()
+
+
+def _weights_digests(folder: Path) -> dict[str, str]:
+    """The digest of each weights file written, so that loading can tell bit rot, a partial copy
+    or an edit from the weights exported: they load without error and predict wrongly."""
+    return {path.name: _sha256(path) for path in sorted(folder.glob("*.safetensors"))}
 
 
 def _label_config(labels: list[str]) -> dict:
@@ -200,7 +219,39 @@ def read_export(model_dir: Path) -> tuple[dict, dict]:
             or "model_family" not in info):
         raise ValueError(f"{model_dir / FRAMEWORK_FILE}: needs 'model_family' and 'labels' (at "
                          "least two distinct label names)")
+    _verify_weights(model_dir, info.get(WEIGHTS_DIGESTS))
     return info, config
+
+
+def _verify_weights(model_dir: Path, digests: object) -> None:
+    """Each weights file must be the one exported. An export written before fedintent recorded
+    digests loads with a warning: it cannot be re-made without training again (docs/EXPORT.md)."""
+    if digests is None:
+        print(f"warning: {model_dir / FRAMEWORK_FILE} records no SHA-256 of {WEIGHTS_FILE} (an "
+              "export from before fedintent recorded one): damage to its weights cannot be "
+              "detected", file=sys.stderr)
+        return
+    if not _well_formed_digests(digests):
+        raise ValueError(f"{model_dir / FRAMEWORK_FILE}: {WEIGHTS_DIGESTS} must map "
+                         f"{WEIGHTS_FILE} (and any other weights file in the folder) to its "
+                         "SHA-256 in lower-case hex")
+    for name, digest in digests.items():
+        path = model_dir / name
+        if not path.is_file():
+            raise ValueError(f"{model_dir}: not a fedintent model export (no {name})")
+        if _sha256(path) != digest:
+            raise ValueError(f"{path} does not match the SHA-256 recorded in {FRAMEWORK_FILE}: "
+                             "damaged or edited")
+
+
+def _well_formed_digests(digests: object) -> bool:
+    """A map from file names in the folder (no path: an edited record must not hash files
+    elsewhere) to hex SHA-256 digests, naming the weights file."""
+    return (isinstance(digests, dict) and WEIGHTS_FILE in digests
+            and all(isinstance(name, str) and name.endswith(".safetensors")
+                    and Path(name).name == name for name in digests)
+            and all(isinstance(digest, str) and re.fullmatch(r"[0-9a-f]{64}", digest)
+                    for digest in digests.values()))
 
 
 def _read_tensors(model_dir: Path, keys: list[str] | None = None) -> dict[str, torch.Tensor]:
@@ -230,6 +281,7 @@ def load_exchanged(model_dir: Path) -> tuple[nn.Module, list[str], dict]:
     keys = {k: k if config["model_type"] in LINEAR_MODEL_TYPES else _export_key(k, first_trained)
             for k in module.state_dict()}
     tensors = _read_tensors(model_dir, list(keys.values()))
+    _check_finite(model_dir, tensors)
     state = {k: tensors[key] for k, key in keys.items()}
     ratio = feature_scale(model_dir, config) / FEATURE_SCALE
     if ratio != 1.0:  # exported by a version whose features had another length
@@ -238,6 +290,15 @@ def load_exchanged(model_dir: Path) -> tuple[nn.Module, list[str], dict]:
     module.load_state_dict(state)
     module.eval()
     return module, info["labels"], info
+
+
+def _check_finite(model_dir: Path, tensors: Mapping[str, torch.Tensor]) -> None:
+    """NaN or infinite weights (a flipped exponent bit, a run that diverged) give ``nan`` or one
+    label for every text, with no error."""
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise ValueError(f"{model_dir / WEIGHTS_FILE}: tensor {name!r} holds NaN or infinite "
+                             "values")
 
 
 @dataclass(frozen=True)
@@ -325,24 +386,25 @@ def load_exported(model_dir: Path) -> ExportedModel:
         if not all(tensor.is_floating_point() for tensor in tensors.values()):
             raise ValueError(f"{model_dir / WEIGHTS_FILE}: weights must be floating point, not "
                              f"{sorted({str(t.dtype) for t in tensors.values()})}")
+        _check_finite(model_dir, tensors)
         featurize = _exported_featurizer(model_dir, config)
         _check_linear(model_dir, tensors, len(labels), featurize)
         scale = feature_scale(model_dir, config)
         return ExportedModel(labels, lambda texts: nn.functional.linear(
             scale * featurize(texts), tensors["weight"], tensors.get("bias")))
     from transformers import AutoTokenizer
-    from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()
     _read_tensors(model_dir, [])  # a clear error for a damaged weights file
     feature_scale(model_dir, config)
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
-        model = FedintentBertForSequenceClassification.from_pretrained(model_dir,
-                                                                       local_files_only=True)
-    except (OSError, ValueError, ImportError, KeyError, TypeError) as err:
+        model, loading = _from_pretrained(model_dir)
+    except (OSError, ValueError, ImportError, KeyError, TypeError, RuntimeError) as err:
         raise ValueError(f"{model_dir}: its {FedintentBertConfig.model_type} tokenizer or "
-                         f"weights cannot be loaded ({type(err).__name__}: {err})") from None
+                         f"weights cannot be loaded ({type(err).__name__}: "
+                         f"{' '.join(str(err).split())})") from None
+    _check_loading(model_dir, loading)
+    _check_finite(model_dir, model.state_dict())
     if model.config.num_labels != len(labels):
         raise ValueError(f"{model_dir / 'config.json'}: {model.config.num_labels} labels, but "
                          f"{FRAMEWORK_FILE} names {len(labels)}")
@@ -354,3 +416,36 @@ def load_exported(model_dir: Path) -> ExportedModel:
         return model(**batch).logits
 
     return ExportedModel(labels, logits)
+
+
+def _from_pretrained(model_dir: Path) -> tuple[FedintentBertForSequenceClassification, dict]:
+    """The export's model and what loading found. ``from_pretrained`` gives a tensor missing
+    from the weights file, or of another shape than config.json's, random values and says so
+    only in a table on stderr: silenced here, as the caller refuses the model naming them."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        return FedintentBertForSequenceClassification.from_pretrained(
+            model_dir, local_files_only=True, output_loading_info=True,
+            ignore_mismatched_sizes=True)  # listed in the loading info, not raised without names
+    finally:
+        hf_logging.set_verbosity(verbosity)
+
+
+def _check_loading(model_dir: Path, loading: dict) -> None:
+    """Every tensor of the model must come from the weights file, at config.json's shape, and
+    every tensor there must be the model's."""
+    mismatched = [f"{key} {tuple(found)} (config.json: {tuple(wanted)})"
+                  for key, found, wanted in sorted(loading["mismatched_keys"])]
+    found = [("missing tensors", sorted(loading["missing_keys"])),
+             ("unexpected tensors", sorted(loading["unexpected_keys"])),
+             ("tensors of another shape", mismatched)]
+    problems = [f"{kind}: {', '.join(keys[:5])}" + (f" and {len(keys) - 5} more"
+                                                    if len(keys) > 5 else "")
+                for kind, keys in found if keys]
+    if problems:
+        raise ValueError(f"{model_dir / WEIGHTS_FILE} does not hold the model config.json "
+                         f"describes: {'; '.join(problems)}")

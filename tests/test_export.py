@@ -1,6 +1,7 @@
 """The exported model: transformers loads it and predicts what fedintent's own model predicts."""
 
 import copy
+import hashlib
 import json
 import os
 import shutil
@@ -92,6 +93,8 @@ def test_the_export_is_a_hugging_face_folder(bert_export):
     assert tokenizer["model_max_length"] == 128
     info = json.loads((out / "fedintent.json").read_text())
     assert info["model_family"] == name and info["labels"] == LABELS
+    assert info["weights_sha256"] == {  # what loading checks the weights file against
+        "model.safetensors": hashlib.sha256((out / "model.safetensors").read_bytes()).hexdigest()}
 
 
 def test_pipeline_predicts_what_the_framework_model_predicts(bert_export):
@@ -137,10 +140,14 @@ def test_trust_remote_code_loads_it_without_fedintent(bert_export, tmp_path):
 @pytest.mark.parametrize("bert_export", ["minilm-head"], indirect=True)
 def test_an_export_from_before_scaled_features_predicts_as_it_did(bert_export, tmp_path):
     """Exports made before features were FEATURE_SCALE long record no scale: their head reads
-    unit-length embeddings, and fedintent still runs them as trained."""
+    unit-length embeddings, and fedintent still runs them as trained. They record no digest of
+    their weights either (fedintent.json's weights_sha256 came later)."""
     name, _, logits, out = bert_export
     old = tmp_path / "old"
     shutil.copytree(out, old)
+    info = json.loads((old / "fedintent.json").read_text())
+    del info["weights_sha256"]
+    (old / "fedintent.json").write_text(json.dumps(info))
     config = json.loads((old / "config.json").read_text())
     scale = config.pop("feature_scale")
     assert scale == FEATURE_SCALE
@@ -234,7 +241,7 @@ def test_parameters_of_another_family_are_refused_before_writing(tmp_path):
 @pytest.mark.parametrize("damage,message", [
     (lambda out: (out / "fedintent.json").unlink(), "not a fedintent model export"),
     (lambda out: (out / "model.safetensors").write_bytes(b"\x10\x00garbage"),
-     "model.safetensors: corrupt safetensors file"),
+     "model.safetensors does not match the SHA-256 recorded in fedintent.json: damaged"),
     (lambda out: (out / "config.json").write_text("{"), "config.json: unreadable"),
     (lambda out: (out / "config.json").write_text(json.dumps(
         json.loads((out / "config.json").read_text()) | {"feature_scale": -3})),

@@ -1,17 +1,21 @@
 """`fedintent predict`: texts from arguments, text files and CSV files, redacted like training."""
 
+import hashlib
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 from test_export import sgd_trained
 
 from fedintent.cli import main
 from models import get_model_family
-from models.export import export_model, load_exported
+from models.export import export_model, load_exchanged, load_exported
 
 LABELS = ["card_lost", "callback", "exchange_rate"]
 TRAIN = [
@@ -108,15 +112,9 @@ def test_bad_input_gives_one_clear_error(ngram_model, tmp_path, capsys, setup, a
     assert message.format(tmp=tmp_path) in capsys.readouterr().err
 
 
-def test_a_damaged_weights_file_is_named(ngram_model, tmp_path, capsys):
-    damaged = tmp_path / "model"
-    damaged.mkdir()
-    for path in ngram_model.iterdir():
-        (damaged / path.name).write_bytes(path.read_bytes())
-    weights = damaged / "model.safetensors"
-    weights.write_bytes(weights.read_bytes()[:1000])
-    assert main(["predict", str(damaged), "hi"]) == 2
-    assert f"{weights}: corrupt safetensors file" in capsys.readouterr().err
+def copied(model, tmp_path):
+    """A copy of the export ``model`` to damage."""
+    return shutil.copytree(model, tmp_path / "model")
 
 
 def edited(document: str, edit):
@@ -127,10 +125,118 @@ def edited(document: str, edit):
     return apply
 
 
+def sha256(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def record_digest(folder):
+    """fedintent.json made to record the weights file as it is now, as if exported so."""
+    edited("fedintent.json", lambda info: info.__setitem__(
+        "weights_sha256", {"model.safetensors": sha256(folder / "model.safetensors")}))(folder)
+
+
+def edited_tensors(edit):
+    """An edit of the weights file's tensors, its digest recorded again: what loading then
+    finds is the edit, not a digest mismatch."""
+    def apply(folder):
+        tensors = load_file(folder / "model.safetensors")
+        edit(tensors)
+        save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
+        record_digest(folder)
+    return apply
+
+
+@pytest.mark.parametrize("digest,message", [
+    (True, "{weights} does not match the SHA-256 recorded in fedintent.json: damaged or edited"),
+    (False, "{weights}: corrupt safetensors file"),
+], ids=["recorded", "from before digests"])
+def test_a_damaged_weights_file_is_named(ngram_model, tmp_path, capsys, digest, message):
+    damaged = copied(ngram_model, tmp_path)
+    if not digest:
+        edited("fedintent.json", lambda info: info.pop("weights_sha256"))(damaged)
+    weights = damaged / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    assert main(["predict", str(damaged), "hi"]) == 2
+    assert message.format(weights=weights) in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("family", ["ngram", "minilm"])
+def test_a_flipped_bit_in_the_weights_is_refused(request, tmp_path, capsys, family):
+    """Found in review: bit rot loaded silently, and an exponent bit flipped in some ngram weights
+    gave every text the same label at confidence 1.0, exit 0."""
+    damaged = copied(request.getfixturevalue(f"{family}_model"), tmp_path)
+    weights = damaged / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0x40  # the last float32's top exponent bit: the file still parses
+    weights.write_bytes(bytes(data))
+    assert main(["predict", str(damaged), "i lost my card"]) == 2
+    err = capsys.readouterr().err
+    assert (f"{weights} does not match the SHA-256 recorded in fedintent.json: damaged or edited"
+            in err)
+
+
+QUERY = "bert.encoder.layer.5.attention.self.query.weight"
+
+
+def five_labels(config):
+    config |= {"num_labels": 5, "id2label": {str(i): f"l{i}" for i in range(5)},
+               "label2id": {f"l{i}": i for i in range(5)}}
+
+
+@pytest.mark.parametrize("edit,message", [
+    (edited_tensors(lambda t: [t.pop(key) for key in ("classifier.weight", QUERY)]),
+     f"missing tensors: {QUERY}, classifier.weight"),
+    (edited_tensors(lambda t: t.__setitem__("extra.weight", torch.zeros(2))),
+     "unexpected tensors: extra.weight"),
+    (edited("config.json", five_labels),
+     "tensors of another shape: classifier.bias (3,) (config.json: (5,)), classifier.weight "
+     "(3, 384) (config.json: (5, 384))"),
+], ids=["tensors missing", "a tensor too many", "num_labels edited"])
+def test_a_bert_export_whose_tensors_are_not_its_models_is_refused(minilm_model, tmp_path,
+                                                                    capsys, edit, message):
+    """Found in review: transformers gave missing tensors random values (a different answer each
+    call, exit 0), and a num_labels edit raised a bare RuntimeError."""
+    damaged = copied(minilm_model, tmp_path)
+    edit(damaged)
+    assert main(["predict", str(damaged), "i lost my card"]) == 2
+    err = capsys.readouterr().err
+    assert f"{damaged}/model.safetensors does not hold the model config.json describes: " in err
+    assert message in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("name,key,value", [
+    ("ngram", "weight", float("nan")), ("minilm-head", "weight", float("inf")),
+])
+def test_non_finite_weights_are_refused_naming_the_tensor(tmp_path, capsys, name, key, value):
+    """Found in review: NaN weights printed confidence nan, exit 0. A run that diverged exports
+    them with a valid digest, so only a look at the values finds them."""
+    family = get_model_family(name)
+    weights = family.initial_model(LABELS).state_dict()
+    weights[key][0, 0] = value
+    out = export_model(tmp_path / "model", family, weights, LABELS, "card\n")
+    assert main(["predict", str(out), "i lost my card"]) == 2
+    tensor = "weight" if name == "ngram" else "classifier.weight"
+    message = f"{out}/model.safetensors: tensor {tensor!r} holds NaN or infinite values"
+    assert message in capsys.readouterr().err
+    with pytest.raises(ValueError, match=re.escape(message)):
+        load_exchanged(out)  # the module the benchmarks evaluate
+
+
+def test_an_export_from_before_weight_digests_loads_with_a_warning(ngram_model, tmp_path,
+                                                                   capsys):
+    old = copied(ngram_model, tmp_path)
+    edited("fedintent.json", lambda info: info.pop("weights_sha256"))(old)
+    assert main(["predict", str(old), "i lost my card"]) == 0
+    done = capsys.readouterr()
+    assert (f"warning: {old}/fedintent.json records no SHA-256 of model.safetensors"
+            in done.err)
+    assert done.out.startswith("card_lost\t")
+
+
 def int_weights(folder):
-    from safetensors.torch import load_file, save_file
     tensors = load_file(folder / "model.safetensors")
     save_file({k: v.to(torch.int64) for k, v in tensors.items()}, folder / "model.safetensors")
+    record_digest(folder)
 
 
 @pytest.mark.parametrize("edit,message", [
@@ -148,15 +254,16 @@ def int_weights(folder):
     (edited("fedintent.json", lambda c: c.__setitem__("labels", ["a", "a", "c"])),
      "at least two distinct label names"),
     (int_weights, "weights must be floating point"),
+    (edited("fedintent.json", lambda c: c.__setitem__("weights_sha256", {
+        "../../elsewhere.safetensors": "0" * 64})),
+     "fedintent.json: weights_sha256 must map model.safetensors"),
 ], ids=["a 4 TB featurizer", "a featurizer that never ends", "no model type",
-        "another model type", "an encoder that is a number", "a label twice", "int weights"])
+        "another model type", "an encoder that is a number", "a label twice", "int weights",
+        "a digest of a file elsewhere"])
 def test_a_hand_edited_export_is_refused_naming_the_problem(ngram_model, tmp_path, capsys, edit,
                                                             message):
     """Found in review: each of these tracebacked, hung, or asked for 4 TB of memory."""
-    damaged = tmp_path / "model"
-    damaged.mkdir()
-    for path in ngram_model.iterdir():
-        (damaged / path.name).write_bytes(path.read_bytes())
+    damaged = copied(ngram_model, tmp_path)
     edit(damaged)
     assert main(["predict", str(damaged), "hi"]) == 2
     err = capsys.readouterr().err
