@@ -57,7 +57,14 @@ from fl_client.retention import (
     who_deletes,
 )
 from fl_client.secure_aggregation import secure_aggregation_mod
-from fl_client.site_data import SiteData, SiteDataError, SiteSplit, load_site, shown
+from fl_client.site_data import (
+    SiteData,
+    SiteDataError,
+    SiteSplit,
+    load_site,
+    one_row_per_id,
+    shown,
+)
 from fl_client.site_folders import site_folders, state_lock
 from fl_client.site_policy import (
     PolicyRefusal,
@@ -128,16 +135,21 @@ def train(msg: Message, context: Context) -> Message:
                                 "sum: the site's noise share alone would leave the site")
         site_dir, state_dir, rows, features, targets = _read_split(msg, context, "train")
         languages = site_languages(context, site_dir)
+        first = _one_row_per_utterance(rows, site_dir)
+        if request.privacy_unit == "customer":
+            _check_customers(site_dir, [rows.has_customer[index] for index in first], "training")
     except Exception as err:
         return _refuse(msg, err, READ_FAILURES)
 
+    features, targets = features[first], targets[first]
     if request.privacy_unit == "customer":
-        features, targets, units, dropped = group_by_customer(features, targets, rows.units)
+        features, targets, units, dropped = group_by_customer(
+            features, targets, [rows.units[index] for index in first])
         if dropped:
             log(WARNING, "site %s: %d utterances over the per-customer cap not used", site_dir,
                 dropped)
     else:
-        features, targets, units = _one_row_per_utterance(features, targets, rows.ids)
+        units = [rows.ids[index] for index in first]
 
     model = _model_from(msg, cfg)
     try:
@@ -221,7 +233,9 @@ def evaluate_on_site(msg: Message, context: Context) -> Message:
         if evaluation == "dp":  # before anything is read, as for training
             policy = site_policy(context)
             request = evaluation_request(msg, context, policy)
-        _, state_dir, rows, features, targets = _read_split(msg, context, "test")
+        site_dir, state_dir, rows, features, targets = _read_split(msg, context, "test")
+        if evaluation == "dp" and request.privacy_unit == "customer":
+            _check_customers(site_dir, rows.has_customer, "test")
     except Exception as err:
         return _refuse(msg, err, READ_FAILURES)
 
@@ -290,19 +304,39 @@ def _refuse(msg: Message, cause: Exception, failures: Failures) -> Message:
     return error_reply(msg, reason)
 
 
-def _one_row_per_utterance(
-    features: torch.Tensor, targets: torch.Tensor, ids: list[str]
-) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    """One row per utterance identity: a duplicated row would be one unit counted twice, with
-    twice the influence its clipping allows."""
-    first: dict[str, int] = {}
-    for index, uid in enumerate(ids):
-        first.setdefault(uid, index)
-    if len(first) < len(ids):
-        log(WARNING, "site data: %d duplicated utterances (same id) used once",
-            len(ids) - len(first))
-    keep = list(first.values())
-    return features[keep], targets[keep], list(first)
+def _check_customers(site_dir: Path, has_customer: list[bool], split: str) -> None:
+    """Under the customer unit, a row without a ``customer_id`` is a unit of its own, and its
+    customer is protected per utterance only: warn with their count, and refuse a split where
+    no row has one (most likely a column the loader does not read, ``customer`` for
+    ``customer_id``), since the site cannot give the customer-level protection it was asked
+    for. Like a split without rows, that refusal tells the server one fact about the data
+    outside DP: that none of its rows names a customer."""
+    missing = has_customer.count(False)
+    if missing == len(has_customer):
+        raise SiteDataError(f"{site_dir}: none of the {missing} {split} rows has a customer_id "
+                            "and the privacy unit is customer, so each would be a unit of its "
+                            "own; a customer column under another name is not read "
+                            "(fedintent check-data names it; docs/DATA_FORMAT.md)")
+    if missing:
+        log(WARNING, "site %s: %d of the %d %s rows have no customer_id: under privacy-unit "
+            "customer each is a unit of its own, its customer protected per utterance only "
+            "(docs/DATA_FORMAT.md)", site_dir, missing, len(has_customer), split)
+
+
+SHOWN_DUPLICATES = 5
+"""How many rows with a duplicated id a round's log line names (``check-data`` names all)."""
+
+
+def _one_row_per_utterance(rows: SiteSplit, site_dir: Path) -> list[int]:
+    """The index of the first row of each utterance identity (``site_data.one_row_per_id``),
+    logging the others as ``file:line``, so that the site can find and fix them."""
+    first, duplicates = one_row_per_id(rows)
+    for row in duplicates[:SHOWN_DUPLICATES]:
+        log(WARNING, "site data %s: skipped %s", site_dir, row)
+    if len(duplicates) > SHOWN_DUPLICATES:
+        log(WARNING, "site data %s: skipped %d more rows with a duplicated id (fedintent "
+            "check-data names them all)", site_dir, len(duplicates) - SHOWN_DUPLICATES)
+    return first
 
 
 def _data_digest(site_dir: Path) -> str:

@@ -35,7 +35,10 @@ Every row has a stable identity, so that the privacy ledger can charge the same 
 the same customer across data versions (files appended, rows fixed, files reordered or renamed):
 ``conversation_id`` and the intent turn's index for conversations, an ``id`` / ``conversation_id``
 field or column for flat rows, and otherwise a hash of the customer and the raw text (then an
-edited text is a new utterance). Its customer is ``customer_id``, or the utterance itself.
+edited text is a new utterance). Its customer is ``customer_id``, or the utterance itself;
+``unread_customer_keys`` names the columns and keys that look like a customer's but are not
+read. Training uses one row per identity: ``one_row_per_id`` names the others as
+``file:line``.
 
 A row may carry a ``timestamp`` (field or column): an ISO 8601 date-time, UTC unless it names
 another offset; one that does not parse rejects its row. The site's retention policy and erasure
@@ -71,6 +74,10 @@ _CONTROL_IN_TEXT = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 _LABEL_SHAPED = re.compile(r"[A-Za-z][A-Za-z0-9_.:/\-]{0,39}")
 _SHOWN_INT_LIMIT = 100_000
 """Smaller integers (a round number) are shown: below the redactor's six-digit floor."""
+_KEY_SHAPED = re.compile(r"[A-Za-z][A-Za-z _.\-]{0,39}")
+_CUSTOMER_LIKE = re.compile(r"(customer|cust|caller|client|user|member|subscriber|account|"
+                            r"contact)(id|no|num|number|key|ref|code)?")
+"""A column or key name, lower-cased and without separators, that may name the customer."""
 _Parsed = TypeVar("_Parsed")
 RowFilter = Callable[[str | None, datetime | None], str | None]
 """(customer id, timestamp) -> why the row may not be used (``None``: it may)."""
@@ -91,6 +98,11 @@ class SiteSplit:
     ids: list[str] = field(default_factory=list)
     aliases: list[tuple[str, ...]] = field(default_factory=list)
     """Each row's ``Row.aliases``."""
+    places: list[tuple[str, int]] = field(default_factory=list)
+    """Each row's file name and line, so that a row left out later can be named."""
+    has_customer: list[bool] = field(default_factory=list)
+    """Whether each row has a ``customer_id``: under the customer unit, one without is a unit of
+    its own."""
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -269,7 +281,25 @@ def _to_split(
         split.units.append(row.unit)
         split.ids.append(row.uid)
         split.aliases.append(row.aliases)
+        split.places.append((_shown_name(row.file), row.line))
+        split.has_customer.append(row.customer is not None)
     return split
+
+
+def one_row_per_id(split: SiteSplit) -> tuple[list[int], list[RejectedRow]]:
+    """(the index of each id's first row, and each later row with that id, reported where it
+    is and where the row used is): training takes one row per identity, since a duplicated row
+    would be one utterance counted twice, with twice the influence its clipping allows."""
+    first: dict[str, int] = {}
+    later = []
+    for index, uid in enumerate(split.ids):
+        used = first.setdefault(uid, index)
+        if used != index:
+            name, line = split.places[index]
+            used_name, used_line = split.places[used]
+            later.append(RejectedRow(name, line, "duplicated id, used once (the row used is "
+                                     f"{used_name}:{used_line})"))
+    return list(first.values()), later
 
 
 def _read_files(paths: list[Path], rejected: list[RejectedRow]) -> list[Row]:
@@ -560,3 +590,47 @@ def _record_language(line: str) -> tuple[str, ...]:
     if not isinstance(language, str) or not language.strip():
         return ()
     return (language.strip().lower().split("-")[0],)
+
+
+def unread_customer_keys(site_dir: Path) -> list[tuple[str, str]]:
+    """(file name, column or key) for each CSV column and JSON key of the files the loader
+    reads that looks like a customer key (``customer``, ``customerId``, ``caller_id``) but is
+    not ``customer_id``, the only one read: under the customer unit each row of such a file is a
+    unit of its own, without a word from the loader. The names returned are letters and
+    separators only (a name holding anything else is never one), so they can be shown."""
+    found: dict[tuple[str, str], None] = {}
+    for path in _files_read(Path(site_dir)):
+        keys = _csv_header_keys if path.suffix == ".csv" else _jsonl_keys
+        found.update(((_shown_name(path), key), None) for key in keys(path)
+                     if _looks_like_a_customer_key(key))
+    return list(found)
+
+
+def _files_read(site_dir: Path) -> list[Path]:
+    """The data files ``read_rows`` reads, in its order."""
+    given = _split_files(site_dir, "train")
+    return given + _split_files(site_dir, "test") if given else _data_files(site_dir)
+
+
+def _looks_like_a_customer_key(key: str) -> bool:
+    if key == "customer_id" or not _KEY_SHAPED.fullmatch(key):
+        return False
+    return bool(_CUSTOMER_LIKE.fullmatch(re.sub(r"[ _.\-]", "", key.lower())))
+
+
+def _csv_header_keys(path: Path) -> list[str]:
+    """The columns a CSV file's first line names (the loader's guards, its reports)."""
+    for _, line in _decoded_lines(path, rejected=[]):
+        header = _parsed(_csv_fields, line)
+        return [] if isinstance(header, str) else [name.strip() for name in header]
+    return []
+
+
+def _jsonl_keys(path: Path) -> list[str]:
+    """The top-level keys of a JSONL file's objects, in order of first appearance."""
+    keys: dict[str, None] = {}
+    for _, line in _decoded_lines(path, rejected=[]):
+        record = _parsed(json.loads, line)
+        if isinstance(record, dict):
+            keys.update(dict.fromkeys(record))
+    return list(keys)

@@ -403,6 +403,55 @@ def test_check_data_says_why_a_site_without_usable_rows_cannot_train(tmp_path, c
             "under the retention policy)") in err
 
 
+def test_check_data_names_unread_customer_columns_and_counts_rows_without_a_customer_id(
+        tmp_path, capsys):
+    """Found in review: the loader reads only ``customer_id``, so a column named ``caller_id``
+    left every row a unit of its own under privacy-unit customer, and check-data said nothing.
+    It counts those rows and names the columns and keys that look like a customer's; a key
+    holding anything but letters and separators is never shown."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "train.csv").write_text("text,label,caller_id,channel\n" + "".join(
+        f"lost card {i},card_lost,c{i % 2},phone\n" for i in range(4)))
+    write_jsonl(site / "test.jsonl", [
+        conversation(customer="c9"),
+        {"text": "refund", "label": "refund", "customerId": "c8", "Customer Number": "c8",
+         f"customer {CANARY_PHONE}": 1, f"client{CANARY_NAME}": 1},
+    ])
+    assert main(["check-data", str(site)]) == 0
+    out = capsys.readouterr().out
+    assert "customer_id: 5 rows without one (each its own privacy unit under privacy-unit " \
+        "customer)" in out
+    named = [line.split(":")[0:2] for line in out.splitlines() if "looks like a customer" in line]
+    assert named == [["  train.csv", " 'caller_id' looks like a customer key but is not read"],
+                     ["  test.jsonl", " 'customerId' looks like a customer key but is not read"],
+                     ["  test.jsonl",
+                      " 'Customer Number' looks like a customer key but is not read"]]
+    assert "this site would decline to train: no training row has a customer_id" in out
+    assert "decline a DP evaluation" not in out
+    assert all(canary not in out for canary in CANARY_FORMS)
+
+
+def test_check_data_reports_rows_with_a_duplicated_id_as_used_once_not_as_valid(tmp_path, capsys):
+    """Found in review: training uses the first row of each id, but check-data counted the
+    others as valid, with their PII: it names them and leaves them out of its counts."""
+    site = tmp_path / "site"
+    site.mkdir()
+    write_jsonl(site / "train.jsonl", [
+        {"id": "c1", "text": "lost card", "label": "card_lost", "customer_id": "a"},
+        {"id": "c2", "text": "refund please", "label": "refund", "customer_id": "b"},
+        {"id": "c1", "text": f"call me on {CANARY_PHONE}", "label": "refund"},
+    ])
+    assert main(["check-data", str(site)]) == 0
+    out = capsys.readouterr().out
+    assert ("3 rows read, 2 valid (2 train, 0 test), 0 rejected, 1 with a duplicated id (used "
+            "once)") in out
+    assert "  skipped train.jsonl:3: duplicated id, used once (the row used is train.jsonl:1)" \
+        in out
+    assert "PII found" not in out and "customer_id:" not in out
+    assert "'refund'                                      1 /" in out
+
+
 def test_the_languages_a_site_names_are_read_past_whatever_the_loader_skips(tmp_path):
     """What a simulated site declares (and ``train`` picks its model by) is read with the
     loader's guards: a folder named like a data file, nesting past the recursion limit, bytes

@@ -10,9 +10,9 @@ import builtins
 import errno
 import io
 import json
+import logging
 import math
 import shutil
-from functools import partial
 from pathlib import Path
 
 import pytest
@@ -221,10 +221,64 @@ def test_units_are_charged_per_customer_with_the_customer_unit(site, tmp_path):
     assert refused_with(mixed, Reason.UNIT_REFUSED)
 
 
-def test_a_duplicated_utterance_trains_once(site, tmp_path):
-    write_rows(site, rows(0, 60) + rows(0, 10))
-    reply = run_rounds(context(site, tmp_path / "state"), "run-a", 1)[0]
-    assert reply.content["metrics"]["privacy-units"] == 60
+@pytest.mark.parametrize(("unit", "units"), [("utterance", 60), ("customer", 20)])
+def test_a_duplicated_utterance_trains_once_and_the_log_names_where(site, tmp_path, caplog, unit,
+                                                                    units):
+    """Found in review: the duplicates were dropped with a log line naming no site, file or
+    line (and under the customer unit they trained twice in their customer's group). The
+    first 5 are named as ``file:line`` with the row used, the others counted."""
+    caplog.set_level(logging.WARNING, logger="flwr")
+    write_rows(site, rows(0, 60) + rows(0, 7))  # lines 62 to 68 repeat lines 2 to 8
+    reply = run_rounds(context(site, tmp_path / "state", **{"privacy-unit": unit}), "run-a", 1)[0]
+    assert reply.content["metrics"]["privacy-units"] == units
+    assert reply.content["metrics"]["num-examples"] == 60
+    for line in range(62, 67):
+        assert (f"site data {site}: skipped train.csv:{line}: duplicated id, used once (the row "
+                f"used is train.csv:{line - 60})") in caplog.text
+    assert "train.csv:67" not in caplog.text
+    assert f"site data {site}: skipped 2 more rows with a duplicated id" in caplog.text
+
+
+def test_a_site_without_any_customer_id_declines_the_customer_unit_and_says_why(site, tmp_path,
+                                                                               caplog):
+    """Found in review: a customer column under another name (``customer``) is not read, and
+    under the customer unit every row became a unit of its own, without a word: a customer of k
+    rows protected at about k x epsilon while the report says per customer. The site declines,
+    its log says why, and the server gets the fixed reason only."""
+    caplog.set_level(logging.WARNING, logger="flwr")
+    train = site / "train.csv"
+    train.write_text(train.read_text().replace("customer_id", "customer", 1))
+    state = tmp_path / "state"
+    reply = client_app.app(train_message(), context(site, state, **{"privacy-unit": "customer"}))
+    assert refused_with(reply, Reason.DATA_UNUSABLE)
+    assert "none of the 60 training rows has a customer_id" in caplog.text
+    assert not (state / LEDGER_FILE).exists()
+    assert not client_app.app(train_message(), context(site, tmp_path / "other")).has_error()
+
+
+def test_rows_without_a_customer_id_train_as_units_of_their_own_and_the_log_counts_them(
+        site, tmp_path, caplog):
+    """A mix trains, as documented (docs/DATA_FORMAT.md): each row without a customer_id is a
+    unit of its own, and the site's log says how many there are."""
+    caplog.set_level(logging.WARNING, logger="flwr")
+    write_rows(site, [(cid, text, label, "" if i < 6 else customer)
+                      for i, (cid, text, label, customer) in enumerate(rows(0, 60))])
+    reply = client_app.app(train_message(), context(site, tmp_path / "state",
+                                                    **{"privacy-unit": "customer"}))
+    assert reply.content["metrics"]["privacy-units"] == 18 + 6  # cust-0 and cust-1 lost theirs
+    assert "6 of the 60 training rows have no customer_id" in caplog.text
+
+
+def test_a_dp_evaluation_of_test_rows_without_any_customer_id_declines_the_customer_unit(
+        site, tmp_path, caplog):
+    caplog.set_level(logging.WARNING, logger="flwr")
+    ctx = context(site, tmp_path / "state", node={"evaluation": "dp"},
+                  **{"privacy-unit": "customer"})
+    assert refused_with(client_app.app(evaluate_message(), ctx), Reason.DATA_UNUSABLE)
+    assert "none of the 2 test rows has a customer_id" in caplog.text
+    write_rows(site, [("t-1", "lost card", "card_lost", "cust-90"),
+                      ("t-2", "refund", "refund", "cust-91")], name="test.csv")
+    assert not client_app.app(evaluate_message(), ctx).has_error()
 
 
 # --- a hostile server ----------------------------------------------------------------------
@@ -302,6 +356,17 @@ def conversation_lines(site_dir, customers: bool = True) -> None:
         for cid, text, label, customer in rows(0, 60)))
 
 
+def rows_apart(site_dir) -> None:
+    """The fixture's rows as conversation lines without their ``customer_id``, each a unit of
+    its own under the customer unit, beside one conversation of a customer who has one: a
+    site where no row names a customer declines the customer unit."""
+    conversation_lines(site_dir, customers=False)
+    with open(site_dir / "train.jsonl", "a", encoding="utf-8") as lines:
+        lines.write(json.dumps({"conversation_id": "conv-named", "customer_id": "cust-named",
+                                "intent": "refund", "turns": [{"speaker": "customer",
+                                                               "text": "refund it"}]}) + "\n")
+
+
 def csv_with_ids(site_dir) -> None:
     """The fixture's rows as CSV rows with their conversation ids, and nothing else."""
     (site_dir / "train.jsonl").unlink(missing_ok=True)
@@ -316,7 +381,7 @@ def csv_without_ids(site_dir) -> None:
 @pytest.mark.parametrize(("unit", "before", "after"), [
     ("utterance", conversation_lines, csv_with_ids),  # conversations exported as CSV rows
     ("utterance", csv_without_ids, csv_with_ids),  # ids added to rows that had none
-    ("customer", partial(conversation_lines, customers=False), csv_with_ids),  # customers added
+    ("customer", rows_apart, csv_with_ids),  # customers added
 ], ids=["conversations-as-csv", "ids-added", "customer-ids-added"])
 def test_a_unit_written_another_way_keeps_the_budget_it_spent(site, tmp_path, unit, before,
                                                               after):
@@ -347,7 +412,7 @@ def test_rows_that_were_units_apart_start_as_one_customer_from_their_spends_as_a
     state = tmp_path / "state"
     ctx = context(site, state, max_epsilon=50.0, **{"privacy-unit": "customer",
                                                     "batch-size": batch_size})
-    conversation_lines(site, customers=False)
+    rows_apart(site)
     run_rounds(ctx, "run-a", 2)
     row_spend = max(ledger(state).spend.values())
     assert len(set(ledger(state).spend.values())) == 1  # every row trained in both rounds

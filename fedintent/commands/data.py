@@ -112,7 +112,7 @@ def run_synth(args: argparse.Namespace) -> int:
 def run_check_data(args: argparse.Namespace) -> int:
     from fl_client.redaction import find_pii
     from fl_client.retention import RowPolicy, retention_window
-    from fl_client.site_data import load_site, shown
+    from fl_client.site_data import load_site, one_row_per_id, shown
 
     site_dir = args.site_dir
     if args.retention_days is not None and not args.retention_days > 0:
@@ -136,9 +136,14 @@ def run_check_data(args: argparse.Namespace) -> int:
         return None if policy is None else policy(customer, when)
 
     site = load_site(site_dir, labels, redact_pii=False, keep=keep)
-    valid = len(site.train) + len(site.test)
+    first, duplicates = one_row_per_id(site.train)  # training uses one row per id
+    train_texts = [site.train.texts[index] for index in first]
+    train_labels = [site.train.labels[index] for index in first]
+    valid = len(first) + len(site.test)
     summary = (f"{site_dir}: {site.rows_read} rows read, {valid} valid "
-               f"({len(site.train)} train, {len(site.test)} test), {len(site.rejected)} rejected")
+               f"({len(first)} train, {len(site.test)} test), {len(site.rejected)} rejected")
+    if duplicates:
+        summary += f", {len(duplicates)} with a duplicated id (used once)"
     if labels_file is None:
         print(f"{summary}; no taxonomy given, {len(labels)} labels found")
         print("  to see which labels the run does not know, pass --labels with the run's "
@@ -148,16 +153,20 @@ def run_check_data(args: argparse.Namespace) -> int:
               f"{labels_file}")
     for row in site.rejected:
         print(f"  rejected {row}")
+    for row in duplicates:
+        print(f"  skipped {row}")
     for label, count in site.unknown_labels.most_common():
         print(f"  unknown label {shown(label)}: {count} rows")
     _print_timestamps(times, site.excluded, args.retention_days)
-    pii = Counter(span.kind for text in site.train.texts + site.test.texts
+    _print_customers(site_dir, [site.train.has_customer[index] for index in first],
+                     site.test.has_customer)
+    pii = Counter(span.kind for text in train_texts + site.test.texts
                   for span in find_pii(text))
     if pii:
         found = ", ".join(f"{kind} {n}" for kind, n in pii.most_common())
         print(f"PII found (redacted before training): {found}")
     print("label distribution (train / test):")
-    train_counts = Counter(labels[i] for i in site.train.labels)
+    train_counts = Counter(labels[i] for i in train_labels)
     test_counts = Counter(labels[i] for i in site.test.labels)
     for label in labels:
         if train_counts[label] or test_counts[label]:
@@ -171,6 +180,28 @@ def run_check_data(args: argparse.Namespace) -> int:
               "would decline to train", file=sys.stderr)
         return 1
     return 0
+
+
+def _print_customers(site_dir: Path, train: list[bool], test: list[bool]) -> None:
+    """The rows without a ``customer_id`` and the columns that look like one but are not read:
+    under privacy-unit customer each such row is a unit of its own, protected per utterance
+    only, and a site with no customer_id at all declines (docs/DATA_FORMAT.md)."""
+    from fl_client.site_data import unread_customer_keys
+
+    missing = train.count(False) + test.count(False)
+    unread = unread_customer_keys(site_dir)
+    if not missing and not unread:
+        return
+    print(f"customer_id: {missing} rows without one (each its own privacy unit under "
+          "privacy-unit customer)")
+    for name, key in unread:
+        print(f"  {name}: {key!r} looks like a customer key but is not read: only "
+              "'customer_id' names a customer")
+    for rows, split, declined in ((train, "training", "to train"),
+                                  (test, "test", "a DP evaluation")):
+        if rows and not any(rows):
+            print(f"  under privacy-unit customer this site would decline {declined}: no "
+                  f"{split} row has a customer_id")
 
 
 def _print_timestamps(times: list, excluded: Counter, retention_days: float | None) -> None:
