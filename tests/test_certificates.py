@@ -1,9 +1,11 @@
 """Development credentials: what Flower needs, private keys private, nothing overwritten."""
 
+import contextlib
 import hashlib
 import ipaddress
 import json
 import stat
+from pathlib import Path
 
 import pytest
 import yaml
@@ -138,3 +140,87 @@ def test_release_names_a_bad_signing_key(credentials, tmp_path, capsys):
                  "--out", str(tmp_path / "release")]) == 2
     assert f"cannot read the signing key {tmp_path / 'nope.key'}" in capsys.readouterr().err
     assert not (tmp_path / "release").exists()
+
+
+def tls_server(cert: Path, key: Path):
+    """A TLS listener on 127.0.0.1 that completes handshakes with ``cert``: (port, stop)."""
+    import socket
+    import ssl
+    import threading
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.2)
+    stopped = threading.Event()
+
+    def serve() -> None:
+        while not stopped.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                continue
+            with contextlib.suppress(OSError), context.wrap_socket(conn, server_side=True):
+                pass
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+
+    def stop() -> None:
+        stopped.set()
+        thread.join()
+        listener.close()
+
+    return listener.getsockname()[1], stop
+
+
+def expired_server_certificate(credentials, folder: Path) -> tuple[Path, Path]:
+    """The SuperLink's key with a certificate from the same CA that expired in 2021."""
+    import datetime
+
+    from cryptography.hazmat.primitives import hashes, serialization
+
+    ca_key = load_pem_private_key(credentials.ca_key.read_bytes(), None)
+    ca_cert = x509.load_pem_x509_certificate(credentials.ca_cert.read_bytes())
+    key = load_pem_private_key(credentials.server_key.read_bytes(), None)
+    start = datetime.datetime(2020, 1, 1, tzinfo=datetime.UTC)
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "superlink")]))
+            .issuer_name(ca_cert.subject).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(start).not_valid_after(start + datetime.timedelta(days=365))
+            .add_extension(x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    path = folder / "expired.crt"
+    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return path, credentials.server_key
+
+
+@pytest.mark.parametrize("case,reason", [("foreign CA", "unable to get local issuer certificate"),
+                                         ("expired", "certificate has expired")])
+def test_a_superlink_certificate_that_does_not_verify_is_named_not_taken_for_the_network(
+        credentials, tmp_path, case, reason):
+    """Found in review: deploy-run reported an expired SuperLink certificate, or a --ca-cert from
+    another CA, as Flower's "Connection to the SuperLink is unavailable... check your network"."""
+    from fedintent.launch.deployment import DeploymentError, check_superlink_certificate
+
+    if case == "expired":
+        cert, key = expired_server_certificate(credentials, tmp_path)
+        ca_cert = credentials.ca_cert
+    else:
+        cert, key = credentials.server_cert, credentials.server_key
+        ca_cert = write_dev_credentials(tmp_path / "other", SITES, ["127.0.0.1"], []).ca_cert
+    port, stop = tls_server(cert, key)
+    try:
+        with pytest.raises(DeploymentError) as err:
+            check_superlink_certificate(f"127.0.0.1:{port}", ca_cert)
+        assert str(err.value) == (f"the SuperLink at 127.0.0.1:{port} presents a certificate that "
+                                  f"--ca-cert {ca_cert} does not verify: {reason}")
+    finally:
+        stop()
+    port, stop = tls_server(credentials.server_cert, credentials.server_key)
+    try:
+        check_superlink_certificate(f"127.0.0.1:{port}", credentials.ca_cert)  # verifies: silent
+    finally:
+        stop()

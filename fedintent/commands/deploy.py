@@ -220,6 +220,10 @@ def run_deploy_run(args: argparse.Namespace) -> int:
         data_dir=labels_file.parent, labels_file=labels_file, out_dir=out_dir,
         min_sites=args.min_sites,
     )
+    try:
+        deployment.check_superlink_certificate(args.superlink, args.ca_cert)
+    except deployment.DeploymentError as err:
+        raise CliError(str(err)) from err
     flwr_home = Path(tempfile.mkdtemp(prefix="fedintent-deploy-"))
     try:
         connection = deployment.write_connection(

@@ -10,6 +10,7 @@ sites run.
 """
 
 import json
+import socket
 import ssl
 import subprocess
 import time
@@ -68,6 +69,28 @@ def wait_superlink_healthy(
                 ) from err
             time.sleep(0.3)
     raise DeploymentError(f"the SuperLink at {host}:{port} was not healthy within {timeout_s}s")
+
+
+def check_superlink_certificate(address: str, ca_cert: Path, timeout_s: float = 10.0) -> None:
+    """``DeploymentError`` naming ``ca_cert`` and the reason if the SuperLink at ``address``
+    (HOST:PORT) presents a certificate that ``ca_cert`` does not verify (expired, another CA's,
+    for another name). Flower reports those as an unreachable SuperLink ("check your network",
+    found in review); a SuperLink that cannot be reached at all is left to Flower to report."""
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+    if not host or not port.isdecimal():
+        return  # not HOST:PORT: Flower's own message names the address
+    context = ssl.create_default_context(cafile=str(ca_cert))
+    context.set_alpn_protocols(["h2"])  # gRPC's; the handshake verifies before anything else
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout_s) as raw, \
+                context.wrap_socket(raw, server_hostname=host):
+            return
+    except ssl.SSLCertVerificationError as err:
+        raise DeploymentError(f"the SuperLink at {address} presents a certificate that --ca-cert "
+                              f"{ca_cert} does not verify: {err.verify_message}") from err
+    except OSError:
+        return
 
 
 def write_connection(flwr_home: Path, name: str, address: str, ca_cert: Path) -> Connection:
