@@ -438,6 +438,7 @@ def test_forget_names_the_broken_lines_that_hold_the_customer_and_fails_if_asked
     with open(site / "train.jsonl", "a") as f:
         f.write("".join(line + "\n" for line in broken))
     total = len(site_rows()) + 1
+    assert fedintent(["purge", str(site), "--state-dir", str(state)]) == 0  # the site has run
     base = ["forget", "--site", str(site), "--customer", "cust-Q7X3", "--state-dir", str(state)]
     assert fedintent(base) == 0
     assert (f"note: lines that failed validation name this customer (never used, left as they "
@@ -449,6 +450,20 @@ def test_forget_names_the_broken_lines_that_hold_the_customer_and_fails_if_asked
     assert (f"lines that failed validation name this customer and were left in the data folder "
             f"(the loader cannot tell whose a broken row is): train.jsonl:{total}, "
             f"train.jsonl:{total + 1}; delete or fix them by hand") in err
+
+
+def test_forget_refuses_a_state_folder_no_site_has_run_in(tmp_path, capsys):
+    """Found in review: without --state-dir (or with a mistyped one) forget made a new folder,
+    secret and deletion log, printed "erasure recorded" and exited 0, while the site kept
+    training on the customer from its real state folder."""
+    site, state = tmp_path / "site", tmp_path / "state"
+    write_site(site, site_rows())
+    assert fedintent(["purge", str(site), "--state-dir", str(state)]) == 0
+    capsys.readouterr()
+    assert fedintent(["forget", "--site", str(site), "--customer", "cust-1"]) == 2
+    err = capsys.readouterr().err
+    assert f"{site / '.fedintent-state'} holds no site secret" in err
+    assert not (site / ".fedintent-state").exists()
 
 
 # --- the deletion log ------------------------------------------------------------------------

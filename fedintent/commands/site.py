@@ -89,10 +89,17 @@ def run_purge(args: argparse.Namespace) -> int:
 
 def run_forget(args: argparse.Namespace) -> int:
     from fl_client.retention import forget, who_deletes
+    from fl_client.site_secret import KEYED_FILES, SECRET_FILE
 
     state_dir = _state_dir(args, args.site)
     if not args.customer.strip():
         raise CliError("--customer: the customer id is empty")
+    if not any((state_dir / name).exists() for name in (SECRET_FILE, *KEYED_FILES)):
+        # found in review: the erasure was recorded in a stray folder, and success printed
+        raise CliError(f"{state_dir} holds no site secret, so it is not the state folder of a "
+                       "site that has run: the erasure would bind nothing the site reads; give "
+                       "--state-dir as the site's node config names it (a site that never ran "
+                       "has no derived store: delete the customer's rows from its data files)")
     with _state_errors():
         erasure = forget(args.site, state_dir, args.customer, args.retention_days,
                          who_deletes("fedintent forget"), delete_from_data=args.delete_from_data)
