@@ -46,6 +46,7 @@ it on a schedule) covers the time between runs.
 import getpass
 import hashlib
 import hmac
+import json
 import math
 import os
 import re
@@ -280,7 +281,8 @@ def forget(site_dir: Path, state_dir: Path, customer: str, retention_days: float
 def _mentions(site_dir: Path, rejected: list[RejectedRow], customer: str) -> tuple[str, ...]:
     """Each rejected line whose raw bytes hold ``customer`` as a whole token, and each file that
     could not be read at all: where the loader could not tell whose a row is, the id decides."""
-    token = re.compile(rb"(?<![\w-])" + re.escape(customer.encode("utf-8")) + rb"(?![\w-])")
+    forms = {customer.encode("utf-8"), json.dumps(customer)[1:-1].encode("ascii")}  # \u escapes
+    token = re.compile(rb"(?<![\w-])(?:" + b"|".join(map(re.escape, forms)) + rb")(?![\w-])")
     lines: dict[str, set[int]] = {}
     found = []
     for row in rejected:

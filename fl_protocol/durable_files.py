@@ -9,6 +9,7 @@ or keeps secret. ``json_safe`` is the one rule for JSON's missing infinity.
 """
 
 import contextlib
+import fcntl
 import json
 import math
 import os
@@ -76,6 +77,8 @@ def append_line(path: Path, line: str, mode: int = 0o644) -> None:
     data = (line + "\n").encode("utf-8")
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, mode)
     try:
+        # every appender holds the lock, so the undo never cuts another process's finished line
+        fcntl.flock(fd, fcntl.LOCK_EX)
         before = os.fstat(fd).st_size
         try:
             written = 0

@@ -79,6 +79,9 @@ def main(grid: Grid, context: Context) -> None:
         previous = read_metrics(out_dir / "metrics.json") if cfg["resume"] else None
         cfg = check_run_config(resumed_run_config(cfg, previous) if previous else cfg)
         num_rounds = int(cfg["num-rounds"])
+        if not previous and (held := run_files_in(out_dir)):  # before any file is written
+            raise OutDirHoldsRun(f"{out_dir} already holds a run ({', '.join(held)}); "
+                                 "resume it (resume=true) or choose another out-dir")
         data_dir = _simulation_data_dir(cfg, grid, out_dir)
         labels = read_labels(Path(str(cfg["labels-file"]) or Path(data_dir) / "labels.txt"))
         if previous and previous["labels"] != labels:
@@ -104,9 +107,6 @@ def main(grid: Grid, context: Context) -> None:
                 out_dir, context.run_id, config, previous["config"], initial, audit
             )
         else:  # audited first: a log that cannot be extended fails the run before its record
-            if held := run_files_in(out_dir):
-                raise OutDirHoldsRun(f"{out_dir} already holds a run ({', '.join(held)}); "
-                                     "resume it (resume=true) or choose another out-dir")
             audit("run-started", config=config, labels=labels, model_sha256=_sha256(initial))
             record = RunRecord.start(out_dir / "metrics.json", context.run_id, config, labels)
             arrays, state, done = initial, {}, 0
@@ -176,6 +176,9 @@ def main(grid: Grid, context: Context) -> None:
             out_dir)
         raise
     except OSError as err:  # a full disk, a file where a folder goes: the operator's to fix
+        if isinstance(err, ConnectionError | TimeoutError):
+            _record_failure(record, audit, _one_line(err))
+            raise
         reason = (f"cannot write the run's files: {_os_error(err)}; fix that, then continue "
                   f"with: fedintent train --resume {out_dir}")
         _record_failure(record, audit, reason)
