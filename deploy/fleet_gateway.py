@@ -13,20 +13,33 @@ gateway holds request bodies from anyone: it refuses one over ``--max-body-mib``
 answers 503 while the bodies it holds together would pass ``BUFFERED_BODIES`` times that, or
 one address's ``PEER_BODIES`` times; a body that stalls for ``BODY_IDLE_S`` gets 408.
 
+Before serving, it refuses a certificate and key it cannot serve, or would serve in vain
+(unreadable, not PEM, not one pair, expired), with one line naming both files; with
+``--check-certificate`` it does only that, so ``deploy/superlink.sh`` refuses before starting
+anything. It warns when the certificate expires within ``EXPIRY_WARNING_DAYS``.
+
     usage: python deploy/fleet_gateway.py --listen HOST:PORT --upstream 127.0.0.1:PORT \
-        --ca-cert ca.crt --certfile superlink.crt --keyfile superlink.key [--max-body-mib N]
+        --ca-cert ca.crt --certfile superlink.crt --keyfile superlink.key [--max-body-mib N] \
+        [--check-certificate]
 """
 
 import argparse
 import asyncio
 import contextlib
+import datetime
 import re
 import ssl
+import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import httpx
 import uvicorn
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -61,6 +74,15 @@ BUFFERED_BODIES = 8
 that it answers 503, which Flower's SuperNodes retry with backoff. Without it, many connections,
 each within the limit, would add up to any amount of memory (found in review: one 1.5 GB upload
 took the gateway from 42 MB to 2.8 GB, and the SuperLink stops when the gateway does)."""
+
+EXPIRY_WARNING_DAYS = 30
+"""Warn at start when the SuperLink's certificate expires within this many days: past that date
+every site and ``fedintent deploy-run`` refuses the SuperLink, and a site's Flower reports that
+as a network problem."""
+
+
+class CertificateRefused(Exception):
+    """The SuperLink's certificate and key cannot be served; the message names both files."""
 
 
 class BodyRefused(Exception):
@@ -188,6 +210,69 @@ def _not_here() -> Response:
                          "operator submits runs on the SuperLink's machine"}, status_code=404)
 
 
+def check_server_certificate(certfile: str, keyfile: str,
+                             now: datetime.datetime | None = None) -> str | None:
+    """Refuse (:class:`CertificateRefused`) a certificate and key that are unreadable, not PEM,
+    not one pair, or expired at ``now``; return a warning when the certificate expires within
+    ``EXPIRY_WARNING_DAYS``. uvicorn had refused the first with a traceback naming neither file
+    (``PEM lib``, ``KEY_VALUES_MISMATCH``), and served an expired one without a word (found in
+    review)."""
+    pair = f"cannot use {certfile} and {keyfile}"
+    try:
+        cert = _leaf_certificate(Path(certfile))
+        public_key = _public_key(Path(keyfile))
+    except CertificateRefused as err:
+        raise CertificateRefused(f"{pair}: {err}") from None
+    if _spki(cert.public_key()) != public_key:
+        raise CertificateRefused(f"{pair}: the key is not the certificate's (their public keys "
+                                 "differ)")
+    now = now or datetime.datetime.now(datetime.UTC)
+    expires = cert.not_valid_after_utc
+    if expires <= now:
+        raise CertificateRefused(f"cannot use {certfile}: it expired on {expires:%Y-%m-%d %H:%M} "
+                                 "UTC; renew it and start the SuperLink again")
+    if expires - now <= datetime.timedelta(days=EXPIRY_WARNING_DAYS):
+        return (f"warning: {certfile} expires on {expires:%Y-%m-%d %H:%M} UTC, in "
+                f"{(expires - now).days} days: renew it and restart the SuperLink before then")
+    return None
+
+
+def _leaf_certificate(path: Path) -> x509.Certificate:
+    """The first certificate of a PEM file: the SuperLink's own (a chain may follow it)."""
+    try:
+        return x509.load_pem_x509_certificates(path.read_bytes())[0]
+    except OSError as err:
+        raise CertificateRefused(f"cannot read {path}: {err.strerror}") from None
+    except ValueError:
+        raise CertificateRefused("the certificate is not a PEM certificate") from None
+
+
+def _public_key(path: Path) -> bytes:
+    """The public half of a PEM private key file, as SubjectPublicKeyInfo bytes."""
+    try:
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except OSError as err:
+        raise CertificateRefused(f"cannot read {path}: {err.strerror}") from None
+    except (ValueError, TypeError, UnsupportedAlgorithm):  # TypeError: it has a passphrase
+        raise CertificateRefused("the key is not a PEM private key without a passphrase"
+                                 ) from None
+    return _spki(key.public_key())
+
+
+def _spki(public_key: PublicKeyTypes) -> bytes:
+    return public_key.public_bytes(serialization.Encoding.DER,
+                                   serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def _checked_certificate(certfile: str, keyfile: str) -> str | None:
+    """:func:`check_server_certificate`'s warning; a refusal is one line and exit status 2."""
+    try:
+        return check_server_certificate(certfile, keyfile)
+    except CertificateRefused as err:
+        print(f"superlink: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--listen", required=True, metavar="HOST:PORT")
@@ -197,10 +282,17 @@ def main() -> None:
     parser.add_argument("--keyfile", required=True)
     parser.add_argument("--max-body-mib", type=float, default=MAX_BODY_MIB,
                         help="largest request body forwarded, in MiB (default: %(default)s)")
+    parser.add_argument("--check-certificate", action="store_true",
+                        help="only check --certfile and --keyfile, as before serving, and exit")
     args = parser.parse_args()
     if not 0 < args.max_body_mib <= 2**20:
         parser.error(f"--max-body-mib must be a number of MiB in (0, {2**20}], got "
                      f"{args.max_body_mib:g}")
+    warning = _checked_certificate(args.certfile, args.keyfile)
+    if args.check_certificate:
+        return  # the warning comes once, when the gateway starts
+    if warning:
+        print(f"superlink: {warning}", file=sys.stderr)
     host, _, port = args.listen.rpartition(":")
     uvicorn.run(make_app(args.upstream, args.ca_cert, args.max_body_mib), host=host.strip("[]"),
                 port=int(port), ssl_certfile=args.certfile, ssl_keyfile=args.keyfile,

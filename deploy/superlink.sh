@@ -10,6 +10,8 @@
 # Signed releases reach the SuperLink from `fedintent deploy-run` on 127.0.0.1:RELEASE_PORT.
 #
 #   CERT_DIR            folder with ca.crt, superlink.crt, superlink.key (required)
+#                       (refused, exit 2, if superlink.crt is not superlink.key's or has
+#                       expired; a warning within 30 days of its expiry)
 #   SUPERLINK_HOST      public address for the sites (default 0.0.0.0)
 #   SUPERLINK_PORT      public port for the sites, Fleet API only (default 9093)
 #   CONTROL_PORT        port on 127.0.0.1 for flwr, fedintent deploy-run and the ServerApp
@@ -27,6 +29,22 @@ for file in ca.crt superlink.crt superlink.key; do
 done
 here="$(cd "$(dirname "$0")" && pwd)"
 CONTROL_PORT="${CONTROL_PORT:-9091}"
+
+# The Fleet gateway on the public address, with these arguments added; it replaces the shell
+# that calls it, so its process id is the one to stop.
+fleet_gateway() {
+    exec python "$here/fleet_gateway.py" \
+        --listen "${SUPERLINK_HOST:-0.0.0.0}:${SUPERLINK_PORT:-9093}" \
+        --upstream "127.0.0.1:$CONTROL_PORT" \
+        --ca-cert "$CERT_DIR/ca.crt" \
+        --certfile "$CERT_DIR/superlink.crt" \
+        --keyfile "$CERT_DIR/superlink.key" \
+        ${FLEET_MAX_BODY_MIB:+--max-body-mib "$FLEET_MAX_BODY_MIB"} "$@"
+}
+# Before anything starts: a certificate and key that are garbage, not one pair or expired are
+# refused in one line naming the files (Flower would serve an expired one, and the sites report
+# it as a network problem).
+(fleet_gateway --check-certificate) || exit 2
 
 export FLWR_TELEMETRY_ENABLED=0 FLWR_DISABLE_UPDATE_CHECK=1 \
     FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 \
@@ -46,13 +64,7 @@ if [ -n "${SUPERLINK_DATABASE:-}" ]; then
 fi
 flower-superlink "$@" &
 superlink=$!
-python "$here/fleet_gateway.py" \
-    --listen "${SUPERLINK_HOST:-0.0.0.0}:${SUPERLINK_PORT:-9093}" \
-    --upstream "127.0.0.1:$CONTROL_PORT" \
-    --ca-cert "$CERT_DIR/ca.crt" \
-    --certfile "$CERT_DIR/superlink.crt" \
-    --keyfile "$CERT_DIR/superlink.key" \
-    ${FLEET_MAX_BODY_MIB:+--max-body-mib "$FLEET_MAX_BODY_MIB"} &
+fleet_gateway &
 gateway=$!
 # Stop both when either stops or this script is told to stop.
 trap 'kill "$superlink" "$gateway" 2>/dev/null || true' EXIT INT TERM

@@ -1,14 +1,16 @@
 """The operator's side of a deployment: what ``fedintent deploy-run`` submits and says it
-submitted, the release it reads, and the Fleet gateway's limit on what anyone may send it.
+submitted, the release it reads, the Fleet gateway's limit on what anyone may send it, and the
+SuperLink certificates that ``deploy/superlink.sh`` and ``deploy-run`` refuse.
 
 ``deploy-run`` runs in-process with the parts that reach a SuperLink replaced (the submitted
 run config is recorded); the gateway is driven through ASGI calls, and once as its own process
-on 127.0.0.1.
+on 127.0.0.1; ``deploy/superlink.sh`` and ``flower-superlink`` run as processes on 127.0.0.1.
 """
 
 import asyncio
 import base64
 import contextlib
+import datetime
 import http.client
 import importlib.util
 import json
@@ -23,14 +25,17 @@ import time
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives.serialization import load_ssh_private_key
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import load_pem_private_key, load_ssh_private_key
 
 from fedintent.cli import main
 from fedintent.commands.deploy import OWN_OPTIONS
 from fedintent.launch import deployment, releases
 from fedintent.launch.certificates import signing_key_pair, site_names, write_dev_credentials
 from fedintent.launch.flower_cli import flower_env
-from fedintent.launch.processes import free_port
+from fedintent.launch.processes import free_port, start_process, stop_process_trees
 from fedintent.launch.releases import (
     RELEASE_FAB,
     RELEASE_SIGNATURE,
@@ -84,9 +89,11 @@ def nothing_reaches_a_superlink(monkeypatch):
     return submitted
 
 
-def deploy_run(signed, tmp_path, *args: str, release: Path | None = None) -> int:
-    return main(["deploy-run", "--superlink", "127.0.0.1:9", "--release",
-                 str(release or signed["release"]), "--ca-cert", str(signed["creds"].ca_cert),
+def deploy_run(signed, tmp_path, *args: str, release: Path | None = None,
+               superlink: str = "127.0.0.1:9", ca_cert: Path | None = None) -> int:
+    return main(["deploy-run", "--superlink", superlink, "--release",
+                 str(release or signed["release"]), "--ca-cert",
+                 str(ca_cert or signed["creds"].ca_cert),
                  "--labels", str(signed["tmp"] / "labels.txt"), "--min-sites", "2",
                  "--rounds", "3", "--out", str(tmp_path / "run"), *args])
 
@@ -421,3 +428,133 @@ def test_superlink_sh_passes_fleet_max_body_mib_to_the_gateway(signed, tmp_path,
     args = [line.removeprefix("ARG:") for line in out.splitlines() if line.startswith("ARG:")]
     assert args[0].endswith("fleet_gateway.py")
     assert args[-len(passed) - 1:] == [str(signed["creds"].server_key), *passed]
+
+
+# --- the SuperLink's certificate --------------------------------------------------------------
+
+def expired_certificate(creds) -> bytes:
+    """The SuperLink's certificate re-issued by its CA for the same key and names, valid in
+    2020 only."""
+    ca_key = load_pem_private_key(creds.ca_key.read_bytes(), None)
+    ca_cert = x509.load_pem_x509_certificate(creds.ca_cert.read_bytes())
+    current = x509.load_pem_x509_certificate(creds.server_cert.read_bytes())
+    builder = (x509.CertificateBuilder().subject_name(current.subject)
+               .issuer_name(ca_cert.subject).public_key(current.public_key())
+               .serial_number(x509.random_serial_number())
+               .not_valid_before(datetime.datetime(2020, 1, 1, tzinfo=datetime.UTC))
+               .not_valid_after(datetime.datetime(2021, 1, 1, tzinfo=datetime.UTC)))
+    for extension in current.extensions:
+        builder = builder.add_extension(extension.value, extension.critical)
+    return builder.sign(ca_key, hashes.SHA384()).public_bytes(serialization.Encoding.PEM)
+
+
+def cert_dir(creds, folder: Path, certificate: bytes | None = None,
+             key: bytes | None = None) -> Path:
+    """A ``CERT_DIR`` for superlink.sh: ``creds``' files, with ``certificate`` and ``key`` as
+    superlink.crt and superlink.key where given."""
+    folder.mkdir()
+    (folder / "ca.crt").write_bytes(creds.ca_cert.read_bytes())
+    (folder / "superlink.crt").write_bytes(certificate or creds.server_cert.read_bytes())
+    (folder / "superlink.key").write_bytes(key or creds.server_key.read_bytes())
+    return folder
+
+
+@pytest.fixture(scope="module")
+def expired_superlink(signed):
+    """A real ``flower-superlink`` on 127.0.0.1 serving a certificate from the right CA that
+    expired in 2021 (Flower serves it; superlink.sh refuses it): its address."""
+    tmp = signed["tmp"]
+    certs = cert_dir(signed["creds"], tmp / "expired", expired_certificate(signed["creds"]))
+    port, log_path, processes = free_port(), tmp / "expired-superlink.log", []
+    with open(log_path, "wb") as log:
+        try:
+            superlink = start_process(
+                ["flower-superlink", "--ssl-ca-certfile", str(certs / "ca.crt"),
+                 "--ssl-certfile", str(certs / "superlink.crt"),
+                 "--ssl-keyfile", str(certs / "superlink.key"), "--host", "127.0.0.1",
+                 "--port", str(port)], flower_env(tmp / "expired-home"), log, processes)
+            wait_until_listening(port, superlink, log_path)
+            yield f"127.0.0.1:{port}"
+        finally:
+            stop_process_trees(processes)
+
+
+@pytest.mark.parametrize("ca, reason", [("its own", "certificate has expired"),
+                                        ("another", "unable to get local issuer certificate")])
+def test_deploy_run_names_a_superlink_certificate_that_its_ca_cert_does_not_verify(
+        signed, tmp_path, capsys, expired_superlink, nothing_reaches_a_superlink, ca, reason):
+    """Found in review: Flower reported an expired SuperLink certificate, or a --ca-cert from
+    another CA, as "Connection to the SuperLink is unavailable. Please check your network"."""
+    ca_cert = signed["creds"].ca_cert if ca == "its own" else write_dev_credentials(
+        tmp_path / "other", site_names(1), ["127.0.0.1"], []).ca_cert
+    assert deploy_run(signed, tmp_path, superlink=expired_superlink, ca_cert=ca_cert) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"fedintent deploy-run: error: the SuperLink at {expired_superlink} presents a "
+        f"certificate that --ca-cert {ca_cert} does not verify: {reason}"]
+    assert nothing_reaches_a_superlink == []
+    assert not (tmp_path / "run").exists()
+
+
+def test_deploy_run_names_a_ca_cert_that_holds_no_certificate(signed, tmp_path, capsys,
+                                                              nothing_reaches_a_superlink):
+    garbage = tmp_path / "ca.crt"
+    garbage.write_text("not a certificate\n")
+    assert deploy_run(signed, tmp_path, ca_cert=garbage) == 2
+    assert f"error: {garbage} is not a PEM CA certificate" in capsys.readouterr().err
+    assert nothing_reaches_a_superlink == []
+
+
+def run_superlink_sh(certs: Path, home: Path) -> tuple[int, str]:
+    """deploy/superlink.sh on free 127.0.0.1 ports, run until it exits: (status, output)."""
+    env = flower_env(home) | {
+        "CERT_DIR": str(certs), "SUPERLINK_HOST": "127.0.0.1",
+        "SUPERLINK_PORT": str(free_port()), "CONTROL_PORT": str(free_port()),
+        "RELEASE_PORT": str(free_port())}
+    script = subprocess.Popen([str(REPO / "deploy" / "superlink.sh")], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              start_new_session=True)
+    try:
+        output, _ = script.communicate(timeout=120)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(script.pid, signal.SIGKILL)
+    return script.returncode, output
+
+
+@pytest.mark.parametrize("case", ["garbage", "mismatched", "expired"])
+def test_superlink_sh_refuses_a_certificate_it_cannot_serve_before_starting(signed, tmp_path,
+                                                                            case):
+    """Found in review: a garbage or mismatched pair was a traceback from the gateway naming
+    neither file, and an expired certificate was served without a word."""
+    creds = signed["creds"]
+    other_key = ec.generate_private_key(ec.SECP384R1()).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption())
+    certificate, key = {"garbage": (b"not a certificate\n", None),
+                        "mismatched": (None, other_key),
+                        "expired": (expired_certificate(creds), None)}[case]
+    certs = cert_dir(creds, tmp_path / "certs", certificate, key)
+    crt, pem = certs / "superlink.crt", certs / "superlink.key"
+    refusal = {"garbage": f"cannot use {crt} and {pem}: the certificate is not a PEM certificate",
+               "mismatched": f"cannot use {crt} and {pem}: the key is not the certificate's "
+                             "(their public keys differ)",
+               "expired": f"cannot use {crt}: it expired on 2021-01-01 00:00 UTC; renew it and "
+                          "start the SuperLink again"}[case]
+    assert run_superlink_sh(certs, tmp_path / "home") == (2, f"superlink: {refusal}\n")
+
+
+def test_the_gateway_warns_within_30_days_of_the_certificate_expiring(gateway, signed):
+    creds = signed["creds"]
+    expires = x509.load_pem_x509_certificate(creds.server_cert.read_bytes()).not_valid_after_utc
+
+    def check(days_left: float) -> str | None:
+        return gateway.check_server_certificate(
+            str(creds.server_cert), str(creds.server_key),
+            now=expires - datetime.timedelta(days=days_left))
+
+    assert check(31) is None
+    assert check(10) == (f"warning: {creds.server_cert} expires on {expires:%Y-%m-%d %H:%M} UTC, "
+                         "in 10 days: renew it and restart the SuperLink before then")
+    with pytest.raises(gateway.CertificateRefused, match=re.escape(
+            f"cannot use {creds.server_cert}: it expired on {expires:%Y-%m-%d %H:%M} UTC")):
+        check(0)

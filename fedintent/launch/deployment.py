@@ -26,6 +26,7 @@ from fedintent.launch.run_outcome import report_new_rounds
 from fl_protocol.durable_files import write_bytes_atomic
 
 HEALTH_TIMEOUT_S = 60
+CERTIFICATE_CHECK_TIMEOUT_S = 10
 CLI_TIMEOUT_S = 120
 STOP_TIMEOUT_S = 30
 
@@ -51,7 +52,7 @@ def wait_superlink_healthy(
     timeout_s: float = HEALTH_TIMEOUT_S,
 ) -> None:
     """Wait until ``https://HOST:PORT/health`` answers with a certificate ``ca_cert`` verifies."""
-    context = ssl.create_default_context(cafile=str(ca_cert))
+    context = _superlink_tls_context(ca_cert)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if superlink is not None and superlink.poll() is not None:
@@ -64,33 +65,52 @@ def wait_superlink_healthy(
         except OSError as err:
             reason = getattr(err, "reason", err)
             if isinstance(reason, ssl.SSLCertVerificationError):
-                raise DeploymentError(
-                    f"the SuperLink's certificate does not verify against {ca_cert}: {reason}"
-                ) from err
+                raise _not_verified(f"{host}:{port}", str(ca_cert), reason) from err
             time.sleep(0.3)
     raise DeploymentError(f"the SuperLink at {host}:{port} was not healthy within {timeout_s}s")
 
 
-def check_superlink_certificate(address: str, ca_cert: Path, timeout_s: float = 10.0) -> None:
+def check_superlink_certificate(address: str, ca_cert: Path,
+                                timeout_s: float = CERTIFICATE_CHECK_TIMEOUT_S) -> None:
     """``DeploymentError`` naming ``ca_cert`` and the reason if the SuperLink at ``address``
     (HOST:PORT) presents a certificate that ``ca_cert`` does not verify (expired, another CA's,
     for another name). Flower reports those as an unreachable SuperLink ("check your network",
     found in review); a SuperLink that cannot be reached at all is left to Flower to report."""
+    context = _superlink_tls_context(ca_cert)
     host, _, port = address.rpartition(":")
     host = host.strip("[]")
-    if not host or not port.isdecimal():
+    if not host or not port.isdecimal() or not 0 < int(port) < 65536:
         return  # not HOST:PORT: Flower's own message names the address
-    context = ssl.create_default_context(cafile=str(ca_cert))
-    context.set_alpn_protocols(["h2"])  # gRPC's; the handshake verifies before anything else
     try:
         with socket.create_connection((host, int(port)), timeout=timeout_s) as raw, \
                 context.wrap_socket(raw, server_hostname=host):
             return
     except ssl.SSLCertVerificationError as err:
-        raise DeploymentError(f"the SuperLink at {address} presents a certificate that --ca-cert "
-                              f"{ca_cert} does not verify: {err.verify_message}") from err
+        raise _not_verified(address, f"--ca-cert {ca_cert}", err) from err
     except OSError:
-        return
+        return  # unreachable, not TLS, too slow: Flower's message says so as before
+
+
+def _superlink_tls_context(ca_cert: Path) -> ssl.SSLContext:
+    """A client context that verifies the SuperLink as Flower's CLI does (against ``ca_cert``
+    alone, and by name); ``DeploymentError`` naming the file when it holds no certificate, which
+    had escaped as a traceback."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    try:
+        context.load_verify_locations(cafile=str(ca_cert))
+    except ssl.SSLError as err:
+        raise DeploymentError(f"{ca_cert} is not a PEM CA certificate ({err.reason or err})"
+                              ) from err
+    except OSError as err:
+        raise DeploymentError(f"cannot read {ca_cert}: {err.strerror}") from err
+    return context
+
+
+def _not_verified(address: str, ca: str, err: ssl.SSLCertVerificationError) -> DeploymentError:
+    """The one message for a SuperLink certificate that ``ca`` does not verify, with OpenSSL's
+    reason ("certificate has expired", "unable to get local issuer certificate", ...)."""
+    return DeploymentError(f"the SuperLink at {address} presents a certificate that {ca} does "
+                           f"not verify: {err.verify_message}")
 
 
 def write_connection(flwr_home: Path, name: str, address: str, ca_cert: Path) -> Connection:
