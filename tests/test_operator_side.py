@@ -416,6 +416,16 @@ def test_superlink_sh_passes_fleet_max_body_mib_to_the_gateway(signed, tmp_path,
     env.pop("FLEET_MAX_BODY_MIB", None)
     if setting is not None:
         env["FLEET_MAX_BODY_MIB"] = setting
+    code, out, err = superlink_sh(env)
+    assert code == 1 and "the Fleet gateway stopped" in err, err
+    args = [line.removeprefix("ARG:") for line in out.splitlines() if line.startswith("ARG:")]
+    assert args[0].endswith("fleet_gateway.py")
+    assert args[-len(passed) - 1:] == [str(signed["creds"].server_key), *passed]
+
+
+def superlink_sh(env: dict) -> tuple[int, str, str]:
+    """deploy/superlink.sh with ``env``, run until it exits (its process group killed after):
+    (status, stdout, stderr)."""
     script = subprocess.Popen([str(REPO / "deploy" / "superlink.sh")], env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                               start_new_session=True)
@@ -424,10 +434,7 @@ def test_superlink_sh_passes_fleet_max_body_mib_to_the_gateway(signed, tmp_path,
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(script.pid, signal.SIGKILL)
-    assert script.returncode == 1 and "the Fleet gateway stopped" in err, err
-    args = [line.removeprefix("ARG:") for line in out.splitlines() if line.startswith("ARG:")]
-    assert args[0].endswith("fleet_gateway.py")
-    assert args[-len(passed) - 1:] == [str(signed["creds"].server_key), *passed]
+    return script.returncode, out, err
 
 
 # --- the SuperLink's certificate --------------------------------------------------------------
@@ -510,15 +517,8 @@ def run_superlink_sh(certs: Path, home: Path) -> tuple[int, str]:
         "CERT_DIR": str(certs), "SUPERLINK_HOST": "127.0.0.1",
         "SUPERLINK_PORT": str(free_port()), "CONTROL_PORT": str(free_port()),
         "RELEASE_PORT": str(free_port())}
-    script = subprocess.Popen([str(REPO / "deploy" / "superlink.sh")], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              start_new_session=True)
-    try:
-        output, _ = script.communicate(timeout=120)
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(script.pid, signal.SIGKILL)
-    return script.returncode, output
+    code, out, err = superlink_sh(env)
+    return code, out + err
 
 
 @pytest.mark.parametrize("case", ["garbage", "mismatched", "expired"])
