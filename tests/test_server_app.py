@@ -3,16 +3,21 @@ that cannot start or go on (``status: failed`` and one line, never a traceback).
 
 import json
 import logging
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from flwr.app import Context, Message, RecordDict
 
+from fedintent.commands.progress import print_summary
 from fl_protocol.wire import RUN_CONFIG_DEFAULTS, Reason, error_reply
 from fl_server import server_app
 from fl_server.run_config import check_run_config
-from fl_server.run_record import RunRecord, json_safe
+from fl_server.run_record import RunRecord, final_summary, json_safe
 from fl_server.server_app import main
+from models import get_model_family
+from models.model_card import model_card
 
 
 class DecliningGrid:
@@ -190,14 +195,9 @@ def test_a_write_that_fails_mid_run_names_the_file_and_how_to_continue(tmp_path,
     assert not any(record.exc_info for record in logged.records)
 
 
-def test_rounds_no_site_trained_in_are_named_in_the_summary_and_the_model_card():
+def test_rounds_no_site_trained_in_are_named_in_the_summary_and_the_model_card(capsys):
     """Found in review: a run whose sites all stopped after round 1 said "5 rounds" and its card
     "after 5 rounds", with round 1's model and accuracy."""
-    from fedintent.commands.progress import print_summary
-    from fl_server.run_record import final_summary
-    from models import get_model_family
-    from models.model_card import model_card
-
     rounds = [{"round": 1, "sites_trained": 2, "accuracy": 0.5},
               *({"round": n, "sites_trained": 0} for n in range(2, 6))]
     doc = {"config": {"out-dir": "/out"}, "rounds": rounds}
@@ -205,12 +205,9 @@ def test_rounds_no_site_trained_in_are_named_in_the_summary_and_the_model_card()
     assert final["rounds_without_training"] == [2, 3, 4, 5]
     card = model_card(doc | {"final": final}, get_model_family("ngram"), ["a", "b"])
     assert "after 5 rounds, 4 of which trained no site (round 2, 3, 4, 5)" in card
-    import contextlib
-    import io
-    printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):
-        print_summary(doc | {"final": final}, 25.0)
-    assert "warning: no site trained in 4 of the 5 rounds (round 2, 3, 4, 5)" in printed.getvalue()
+    print_summary(doc | {"final": final}, 25.0)
+    assert ("warning: no site trained in 4 of the 5 rounds (round 2, 3, 4, 5)"
+            in capsys.readouterr().out)
 
 
 def test_train_resume_checks_the_audited_settings_before_anything_starts(tmp_path,
@@ -218,9 +215,6 @@ def test_train_resume_checks_the_audited_settings_before_anything_starts(tmp_pat
     """Found in review: ``fedintent train --resume`` started the simulation on a record edited
     to 9 rounds, printed that plan, and only the ServerApp refused (exit 1, the record rewritten);
     infinity read as None in the message."""
-    import subprocess
-    import sys
-
     data = write_data(tmp_path / "data")
     run_server(tmp_path, **{"data-dir": str(data), "num-rounds": 3, "stop-after-round": 1,
                             "run-name": "edited"})
