@@ -15,12 +15,15 @@ and whether the update is finite (sent, or blocked by the egress guard) would te
 outside every epsilon, whether any sampled row lies in that direction. Zero is still a
 gradient of norm at most ``clip_norm`` that depends on that unit alone, so the guarantee is
 unchanged and the update is finite whatever the rows. Under Opacus' hooks the non-finite
-per-example gradients are zeroed (``_zero_left_out_units``); under ghost clipping, which never
-holds them, a unit whose loss is not finite is replaced in its pass by a copy that adds nothing
-(``_finite_units``) and a non-finite clipping factor is 0 (``_finite_clipping``). DP-SGD trains
-with dropout off (``_without_dropout``): with it, that screen and the pass that is trained drew
-different masks, so a model crafted to overflow only when a dropout element is kept reached the
-trained pass anyway, and whether the update was blocked depended on the rows (found in review).
+per-example gradients are zeroed (``_zero_left_out_units``). Ghost clipping never holds them: it
+sums the units' clipped gradients inside one backward pass, where a unit's NaN reaches the sum
+even at a clipping factor of 0, and a unit's loss can be finite while its gradient is not (an
+attention key at infinity scored -inf: weight 0 forward, 0 x inf backward; found in review). So
+a pass whose clipped sum is not finite is done again one unit at a time, each alone in a pass of
+the same shape, and only the finite ones are summed (``_clipped_sum_of_finite_units``): what a
+unit adds depends on that unit alone. DP-SGD trains with dropout off (``_without_dropout``):
+with it, the pass and the unit's own pass drew different masks, so a model crafted to overflow
+only when a dropout element is kept made what a unit added depend on the pass it was in.
 
 The noise is Opacus' floating-point-robust draw (``secure_mode`` on the optimizer: the sum of
 four float32 normals, halved). One float32 normal comes from 24-bit uniforms and never exceeds
@@ -35,6 +38,7 @@ three of SecAgg+'s four stages).
 """
 
 import hashlib
+import math
 import warnings
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -145,7 +149,6 @@ def train_locally(
             )
         if plan.grad_sample_mode == "ghost":
             dp_model, optimizer, criterion, loader = private
-            _finite_clipping(dp_model)
         else:
             dp_model, optimizer, loader = private
         _without_dropout(dp_model)
@@ -190,18 +193,17 @@ def _run_epochs(model, loader, optimizer, criterion, plan: TrainingPlan) -> tupl
             for index, (xc, yc, real) in enumerate(chunks):
                 last = index == len(chunks) - 1
                 if private and plan.grad_sample_mode == "ghost":
-                    xc, yc, real = _finite_units(model, xc, yc, real)
-                if private and real == 0:  # every unit of the pass left out: it adds 0
-                    _zero_gradients(model, xc, plan)
+                    loss = _clipped_sum_of_finite_units(model, criterion, xc, yc, real)
                 else:
                     loss = criterion(model(xc), yc)  # the mean over the pass, padding adding 0
                     if private:
                         loss.backward()  # this pass's per-example gradients
-                        if plan.grad_sample_mode != "ghost":
-                            _zero_left_out_units(model, real)
+                        _zero_left_out_units(model, real)
                     else:
                         (loss * (len(yc) / len(y))).backward()  # gradients add up over passes
-                    total_loss += loss.item() * len(yc)
+                    loss = loss.item()
+                if math.isfinite(loss):
+                    total_loss += loss * len(yc)
                     total_seen += real
                 if private:
                     optimizer.signal_skip_step(do_skip=not last)
@@ -259,33 +261,39 @@ def _without_dropout(model: nn.Module) -> None:
             module.eval()
 
 
-def _finite_units(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                  real: int) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Ghost clipping: the pass with every unit whose loss is not finite, and the padding,
-    replaced by copies of its first unit whose loss is, labelled ``PADDING_LABEL``; and how many
-    units are left (0: none). Ghost clipping sums the units' clipped gradients in one backward
-    pass, where one unit's NaN would reach the sum even at a clipping factor of 0; a copy adds
-    no loss and the zero gradient, and the pass keeps its shape (``models.fixed_shape``).
-    Without gradients, so Opacus records nothing."""
-    criterion = UnitLoss()
-    criterion.reduction = "none"
-    with torch.no_grad():
-        kept = torch.isfinite(criterion(model(x), y))
-    kept[real:] = False
-    if not kept.any():
-        return x, y, 0
-    rows = torch.arange(len(y))
-    source = torch.where(kept, rows, rows[kept][0])
-    labels = y[source].clone()
-    labels[~kept] = PADDING_LABEL
-    return x[source], labels, int(kept.sum())
+def _clipped_sum_of_finite_units(model: nn.Module, criterion, x: torch.Tensor,
+                                 y: torch.Tensor, real: int) -> float:
+    """Ghost clipping: leave in the gradients the sum of the pass's clipped unit gradients, a
+    unit whose clipped gradient is not finite adding zero; return the pass's mean loss.
 
-
-def _finite_clipping(model: nn.Module) -> None:
-    """Ghost clipping: a unit whose gradient norm is not finite (its loss was, its backward pass
-    overflowed) is clipped by the factor 0, not NaN."""
-    clipping_coef = model.get_clipping_coef
-    model.get_clipping_coef = lambda: torch.nan_to_num(clipping_coef(), nan=0.0, posinf=0.0)
+    The pass as a whole first (one forward, Opacus' two backward passes). A sum that is not
+    finite means some unit's term is not, and ghost clipping cannot say which: then each real
+    unit runs alone, in a pass of the same shape filled with copies of itself labelled
+    ``PADDING_LABEL`` (no loss; their zero upstream gradient meets only the finite Jacobian a
+    finite unit has), and only the finite results are summed. Which units add zero is decided
+    by each unit alone, never by what shares its pass.
+    """
+    loss = criterion(model(x), y)
+    loss.backward()
+    trained = [p for p in model.parameters() if p.requires_grad]
+    if all(p.grad is None or torch.isfinite(p.grad).all() for p in trained):
+        return loss.item()
+    total = [torch.zeros_like(p) for p in trained]
+    losses = []
+    for unit in range(real):
+        alone = torch.full((len(y),), unit)
+        labels = y[alone].clone()
+        labels[1:] = PADDING_LABEL
+        unit_loss = criterion(model(x[alone]), labels)
+        unit_loss.backward()
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in trained]
+        if all(torch.isfinite(g).all() for g in grads):
+            for summed, grad in zip(total, grads, strict=True):
+                summed += grad
+            losses.append(unit_loss.item() * len(y))
+    for param, summed in zip(trained, total, strict=True):
+        param.grad = summed
+    return sum(losses) / len(y) if losses else math.nan
 
 
 def _physical_batches(x: torch.Tensor, y: torch.Tensor,

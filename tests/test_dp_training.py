@@ -191,21 +191,25 @@ def test_dp_steps_run_with_dropout_off_so_every_forward_pass_is_the_one_trained(
     assert seen and all(seen)  # without DP, dropout as usual
 
 
-def test_every_forward_pass_of_a_dp_step_of_minilm_finetune_is_the_same():
-    """The family the screen is for: BERT's attention dropout follows the attention module's
-    training flag, so eval mode on the dropout layers alone left it on (found in review). Each
-    pass of a DP step (the screen's, the trained one) must give the same logits."""
+def test_every_forward_pass_of_a_dp_step_of_minilm_finetune_is_without_dropout():
+    """BERT's attention dropout follows the attention module's training flag, so eval mode on
+    the dropout layers alone left it on (found in review). A DP step's passes (the pass, and
+    each unit's own when the pass is not finite) must be one function of the rows: the logits
+    the model gives in eval mode."""
     family = get_model_family("minilm-finetune")
     model = family.build_model(3)
     features = family.featurize(["my card is lost", "refund my order please"], None)
-    outputs = []
-    model.register_forward_hook(lambda module, args, out: outputs.append(out.detach().clone()))
+    passes = []
+    hook = model.register_forward_hook(
+        lambda module, args, out: passes.append((args[0].detach().clone(), out.detach().clone())))
     train_locally(model, features, torch.tensor([0, 1]),
                   training_plan(family, noise_multiplier=1.0, charged=(1.0, 1), clip_norm=1.0,
                                 batch_size=2, local_epochs=1, learning_rate=0.0), seed=3)
-    # two token counts, so two passes (``models.fixed_shape``), each screened then trained
-    pairs = zip(outputs[::2], outputs[1::2], strict=True)
-    assert len(outputs) == 4 and all(torch.equal(screened, trained) for screened, trained in pairs)
+    assert len(passes) == 2  # two token counts, so two passes (``models.fixed_shape``)
+    hook.remove()
+    model.eval()
+    with torch.no_grad():
+        assert all(torch.equal(model(rows), logits) for rows, logits in passes)
 
 
 @pytest.mark.parametrize("units", [93, 99])  # int(1 / (1/k)) = k - 1 in floating point

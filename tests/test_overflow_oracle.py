@@ -223,3 +223,86 @@ def test_no_units_result_depends_on_a_longer_unit_in_its_pass(padding_rows):
 
     moved = (grid_sum(features, labels) - grid_sum(features[:6], labels[:6])).norm()
     assert moved <= GRID_RANGE * (1 + 1e-6)  # one unit's clipped gradient, on the grid
+
+
+class ZeroTimesInfinity(torch.nn.Module):
+    """A finite loss over an infinite gradient: rows with feature 5 set add ``exp(-inf) = 0`` to
+    a logit, so their loss is finite, but the backward pass multiplies that 0 by infinity."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = torch.nn.Linear(384, 1)
+        self.head = torch.nn.Linear(384, 2)
+        with torch.no_grad():
+            self.gate.weight.zero_()
+            self.gate.bias.fill_(-1.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scale = torch.where(x[..., 5:6] != 0, torch.tensor(float("inf")), torch.tensor(1.0))
+        return self.head(x) + torch.exp(self.gate(x) * scale)
+
+
+@pytest.mark.parametrize("mode", ["hooks", "ghost"])
+def test_a_unit_with_a_finite_loss_and_an_infinite_gradient_adds_zero(mode):
+    """Found in review: ghost clipping screened units by their loss only; such a unit's clipping
+    factor of 0 met the infinity again in the second backward pass, and the update was NaN
+    (blocked) exactly when the row was sampled. With it, the update is finite and the same
+    whatever that row holds."""
+    updates = []
+    for marker, flipped in ((1.0, False), (2.0, False), (2.0, True)):
+        features, labels = rows_with(marker)
+        labels[0] = 1 - labels[0] if flipped else labels[0]
+        torch.manual_seed(0)
+        model = ZeroTimesInfinity()
+        loss = torch.nn.functional.cross_entropy(model(features), labels, reduction="none")
+        assert torch.isfinite(loss).all()  # the attack's premise
+        plan = TrainingPlan(noise_multiplier=2.0, clip_norm=1.0, batch_size=4096, local_epochs=1,
+                            learning_rate=1.0, charged=(1.0, 1), grad_sample_mode=mode)
+        train_locally(model, features, labels, plan, seed=7)
+        updates.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+    assert torch.isfinite(updates[0]).all()
+    torch.testing.assert_close(updates[1], updates[0], rtol=0, atol=0)
+    assert not torch.equal(updates[2], updates[1])  # the other rows still count
+
+
+def test_minilm_finetune_answers_the_same_whether_a_sampled_utterance_holds_a_word():
+    """The review's attack on the trained BERT layer: one key dimension at c x (a word's token
+    state) overflows to +inf for that word only, and the matching query dimension is -1, so
+    every query scores that key -inf: attention weight 0, the loss finite, and 0 x inf in the
+    backward pass. The row holding the word must add zero: the update is finite, and the same
+    whichever label that row carries (while another row's label does change it)."""
+    family = get_model_family("minilm-finetune")
+    texts = ["please block my card", "i lost my wallet yesterday", "how do i change my pin",
+             "transfer money to my savings", "why was i charged twice", "my card is not working",
+             "where is my new card", "cancel my last payment", "my zebra ate the card"]
+    with torch.no_grad():
+        features = family.featurize(texts, None).detach()
+    states, mask = features[..., :-1], features[..., -1] > 0
+    target, others = states[-1][mask[-1]], states[:-1][mask[:-1]]
+    directions = target / target.norm(dim=1, keepdim=True)
+    ratios = (target @ directions.T).diagonal() / (others @ directions.T).max(dim=0).values
+    word = int(ratios.argmax())
+    assert ratios[word] > 1.5  # the word's state stands apart from every other token's
+    reach = float(target[word] @ directions[word] + (others @ directions[word]).max()) / 2
+    model = family.initial_model(PADDING_LABELS)
+    attention = model.layers[0].attention.self
+    with torch.no_grad():
+        attention.key.weight[0] = torch.finfo(torch.float32).max / reach * directions[word]
+        attention.key.bias[0] = 0.0
+        attention.query.weight[0] = 0.0
+        attention.query.bias[0] = -1.0
+    state = {key: value.clone() for key, value in model.state_dict().items()}
+    updates = []
+    for first_label, last_label in ((0, 0), (0, 1), (1, 1)):
+        labels = torch.tensor([first_label, 1, 0, 1, 0, 1, 0, 1, last_label])
+        model.load_state_dict(state)
+        with torch.no_grad():
+            model.eval()
+            assert torch.isfinite(model(features)).all()  # the attack's premise
+        plan = training_plan(family, noise_multiplier=1.0, charged=(1.0, 1), clip_norm=1.0,
+                             batch_size=4096, local_epochs=1, learning_rate=0.1)
+        train_locally(model, features, labels, plan, seed=11)
+        updates.append(torch.cat([v.flatten() for v in model.state_dict().values()]))
+    assert torch.isfinite(updates[0]).all()
+    torch.testing.assert_close(updates[1], updates[0], rtol=0, atol=0)
+    assert not torch.equal(updates[2], updates[1])
