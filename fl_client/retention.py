@@ -238,7 +238,8 @@ def forget(site_dir: Path, state_dir: Path, customer: str, retention_days: float
     their rows, even if this is interrupted), then remove their rows from every derived store
     (and, if asked, the data folder), and log what was removed. The ledger keeps their spend."""
     now = now or datetime.now(UTC)
-    if not customer.strip():
+    customer = customer.strip()  # as rows name their customer (``site_data._identity_field``)
+    if not customer:
         raise ValueError("the customer id is empty")
     with state_lock(state_dir):
         secret = site_secret(state_dir)

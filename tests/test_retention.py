@@ -602,3 +602,22 @@ def test_a_malformed_retention_policy_stops_the_site(tmp_path, days):
     write_site(site, site_rows())
     reply = train(context(site, state, days))
     assert reply.has_error() and reply.error.reason == Reason.SITE_CONFIG_INVALID.value
+
+
+def test_an_erasure_binds_the_customer_however_its_id_is_spaced(tmp_path):
+    """Identities are read without surrounding white space (found in review: a CSV exported
+    with ", " between fields gave every unit a fresh budget). The same holds for erasure: a
+    request for " cust-1 " covers rows naming "cust-1", and one recorded under the form a row
+    was written in ("  cust-2", as before the strip) still covers that row."""
+    site, state = tmp_path / "site", tmp_path / "state"
+    write_site(site, [row(1, 1, "cust-1"), row(2, 1, "  cust-2"), row(3, 1, "cust-3")])
+    assert fedintent(["purge", str(site), "--state-dir", str(state)]) == 0  # the site has run
+    erasure = forget(site, state, " cust-1 ", math.inf, "test")
+    assert erasure.rows_found == 1
+    secret = site_secret(state)
+    policy = row_policy(state, math.inf)
+    policy = RowPolicy(policy.not_before, policy.not_after,
+                       (*policy.erased, (customer_key(secret, "  cust-2"), NOW)), secret)
+    data = load_site(site, LABELS, keep=policy)
+    assert data.excluded == {ERASED: 2}
+    assert data.train.units + data.test.units == ["cust-3"]

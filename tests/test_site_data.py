@@ -178,6 +178,38 @@ def test_an_utterance_keeps_its_aliases_however_its_row_is_written(tmp_path):
     assert "conversation:x" in as_row.aliases[0]
 
 
+@pytest.mark.parametrize("id_column", ["conversation_id", None])
+def test_a_csv_written_with_spaces_after_its_commas_names_the_same_units(tmp_path, id_column):
+    """Found in review: the same CSV exported with ", " between fields gave every id, customer
+    and text a leading space, so every unit a new identity and a fresh budget. Identities are
+    taken without surrounding white space; the written forms stay aliases, so a spend recorded
+    under them is still found."""
+    fields = [name for name in ("text", id_column, "label", "customer_id") if name]
+    values = [value for value in ("my card is lost", "x-1" if id_column else None, "card_lost",
+                                  "c1") if value]
+    (tmp_path / "train.csv").write_text(f"{','.join(fields)}\n{','.join(values)}\n")
+    tight = load_site(tmp_path, LABELS).train
+    (tmp_path / "train.csv").write_text(f"{', '.join(fields)}\n{', '.join(values)} \n")
+    spaced = load_site(tmp_path, LABELS).train
+    assert spaced.ids == tight.ids and spaced.units == tight.units == ["c1"]
+    assert spaced.texts == tight.texts
+    assert set(tight.aliases[0]) < set(spaced.aliases[0])  # and the forms it was read as
+    if id_column:
+        assert "conversation: x-1" in spaced.aliases[0]
+
+
+def test_ids_in_json_lines_are_taken_without_surrounding_white_space(tmp_path):
+    write_jsonl(tmp_path / "train.jsonl", [conversation(customer="c1", conversation_id="x")])
+    tight = load_site(tmp_path, LABELS).train
+    write_jsonl(tmp_path / "train.jsonl", [conversation(customer=" c1\t",
+                                                        conversation_id="x ")])
+    spaced = load_site(tmp_path, LABELS).train
+    assert (spaced.ids, spaced.units) == (tight.ids, tight.units) == (["id:x#1"], ["c1"])
+    write_jsonl(tmp_path / "train.jsonl", [conversation(customer="  ")])
+    rejected = load_site(tmp_path, LABELS).rejected
+    assert rejected[0].reason == "customer_id must be a non-empty string"
+
+
 def test_rows_without_an_id_are_known_by_customer_and_text(tmp_path):
     (tmp_path / "train.csv").write_text("text,label,customer_id\nhello,card_lost,c1\n"
                                         "hello,card_lost,c2\nhello,card_lost,c1\n")

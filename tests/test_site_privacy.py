@@ -373,6 +373,14 @@ def csv_with_ids(site_dir) -> None:
     write_rows(site_dir, rows(0, 60))
 
 
+def csv_with_spaces(site_dir) -> None:
+    """The fixture's CSV exported with ", " between fields (every id, customer and text with a
+    leading space)."""
+    (site_dir / "train.jsonl").unlink(missing_ok=True)
+    (site_dir / "train.csv").write_text("text, conversation_id, label, customer_id\n" + "".join(
+        f"{text}, {cid}, {label}, {customer}\n" for cid, text, label, customer in rows(0, 60)))
+
+
 def csv_without_ids(site_dir) -> None:
     (site_dir / "train.csv").write_text("text,label,customer_id\n" + "".join(
         f"{text},{label},{customer}\n" for _, text, label, customer in rows(0, 60)))
@@ -382,7 +390,10 @@ def csv_without_ids(site_dir) -> None:
     ("utterance", conversation_lines, csv_with_ids),  # conversations exported as CSV rows
     ("utterance", csv_without_ids, csv_with_ids),  # ids added to rows that had none
     ("customer", rows_apart, csv_with_ids),  # customers added
-], ids=["conversations-as-csv", "ids-added", "customer-ids-added"])
+    ("utterance", csv_with_ids, csv_with_spaces),  # re-exported with ", " between fields
+    ("customer", csv_with_ids, csv_with_spaces),
+], ids=["conversations-as-csv", "ids-added", "customer-ids-added", "spaced-csv-utterance",
+        "spaced-csv-customer"])
 def test_a_unit_written_another_way_keeps_the_budget_it_spent(site, tmp_path, unit, before,
                                                               after):
     """Found in review: a unit's identity depends on how its row is written, and a new
@@ -392,9 +403,13 @@ def test_a_unit_written_another_way_keeps_the_budget_it_spent(site, tmp_path, un
     ctx = context(site, state, **{"privacy-unit": unit})
     before(site)
     spent = run_rounds(ctx, "run-a", 2)[-1].content["metrics"]["epsilon-all-runs"]
+    one_unit = "cust-0" if unit == "customer" else "id:conv-0"
+    unit_spent = spend(state, one_unit)
     after(site)
     again = client_app.app(train_message("run-b", 1, 2), ctx)
-    if unit == "customer":  # 3 rows apart were a group of 3: 9 times a row's spend, too much
+    if after is csv_with_spaces:  # the very same identity, charged on
+        assert spend(state, one_unit) > unit_spent > 0
+    if before is rows_apart:  # 3 rows apart were a group of 3: 9 times a row's spend, too much
         assert refused_with(again, Reason.BUDGET_EXHAUSTED)
     else:
         assert again.content["metrics"]["epsilon-all-runs"] > spent
