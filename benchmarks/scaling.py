@@ -67,6 +67,7 @@ from fedintent.launch.releases import write_release
 from fedintent.partition import partition_csv_dataset
 from fl_client.dp_training import evaluate
 from fl_client.site_data import list_site_dirs, load_site
+from fl_client.site_secret import create_site_secret
 from fl_protocol.durable_files import write_bytes_atomic
 from fl_protocol.label_file import read_labels
 from fl_protocol.wire import RUN_CONFIG_DEFAULTS
@@ -197,7 +198,7 @@ def measure_deployment(args: argparse.Namespace, num_sites: int, settings: dict)
             for site in sites:
                 register_site_key(creds.site_public_keys[site.name], operator)
                 state = root / "state" / site.name
-                state.mkdir(parents=True, exist_ok=True)
+                create_site_secret(state)  # as INIT_STATE=1 does: the entrypoint refuses none
                 # The site's own store, hard links to the cache (as fedintent bench does).
                 shutil.copytree(cache, state / "features", copy_function=os.link)
                 site_env = flower_env(root / "site-homes" / site.name) | {

@@ -29,6 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from fl_client.site_secret import create_site_secret
 from fl_protocol.durable_files import write_bytes_atomic
 
 
@@ -87,6 +88,7 @@ def measure(utterances: int, seed: int) -> dict:
     with tempfile.TemporaryDirectory(prefix="site-resources-") as tmp:
         site_dir = write_site(Path(tmp) / "data", utterances, seed)
         state_dir = Path(tmp) / "state"
+        create_site_secret(state_dir)  # the site set up, as ``fedintent init-site`` does
         rows = sum(1 for path in site_dir.glob("*.jsonl") for _ in path.open(encoding="utf-8"))
         rounds = []
         for server_round in (1, 2):

@@ -71,20 +71,8 @@ if [ "${INIT_STATE:-}" = 1 ]; then
         echo "site-entrypoint: INIT_STATE=1: $STATE_DIR already holds a site secret; nothing done"
         exit 0
     fi
-    mkdir -p "$STATE_DIR"
-    chmod 700 "$STATE_DIR"
-    python - "$STATE_DIR" <<'PY' || exit 2
-import sys
-
-from fl_client.site_secret import SecretError, site_secret
-
-try:
-    site_secret(sys.argv[1])
-except SecretError as err:
-    sys.exit(f"site-entrypoint: {err}")
-PY
-    echo "site-entrypoint: INIT_STATE=1: made the state folder $STATE_DIR and its site secret;" \
-        "now start the site without INIT_STATE"
+    fedintent init-site --state-dir "$STATE_DIR" || exit 2
+    echo "site-entrypoint: INIT_STATE=1: now start the site without INIT_STATE"
     exit 0
 fi
 : "${SUPERLINK:?set SUPERLINK to the SuperLink address, host:port}"

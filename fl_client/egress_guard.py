@@ -100,7 +100,7 @@ def egress_guard(msg: Message, context: Context, call_next: ClientAppCallable) -
         reply = error_reply(msg, Reason.EGRESS_BLOCKED)
     paid = context.state.config_records.pop(PAID_RELEASE, None)
     try:
-        _, state_dir = site_folders(msg, context)
+        _, state_dir = site_folders(msg, context, secret_required=False)
         append_egress_log(state_dir, msg, reply, verdict, stage,
                           dict(paid) if paid is not None else None)
     except Exception as err:  # fail closed: nothing leaves that the log does not show

@@ -100,7 +100,7 @@ def site_privacy_report(state_dir: Path, max_epsilon: float, bands: int = 4) -> 
         raise LedgerError(f"{state_dir}: no privacy ledger ({LEDGER_FILE}): this is not a site's "
                           "state folder, or the site has never trained")
     try:
-        secret = site_secret(state_dir, create=False)
+        secret = site_secret(state_dir)
     except SecretError as err:
         raise LedgerError(f"cannot verify the ledger: {err}") from err
     ledger = read_ledger(state_dir, secret)

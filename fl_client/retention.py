@@ -154,8 +154,10 @@ def customer_key(secret: bytes, customer: str) -> str:
 
 def row_policy(state_dir: Path, retention_days: float, now: datetime | None = None) -> RowPolicy:
     """The policy now: the retention cut-off, and every erasure the deletion log records. "Now"
-    is never earlier than the log's last entry: a clock set back must not make rows usable
-    again that a purge already ended (found in review)."""
+    is never earlier than any entry of the log: a clock set back must not make rows usable
+    again that a purge already ended (found in review). Any entry, not the last: the entries
+    are stamped by the same clock, so a purge run after it was set back logs the earlier time
+    (found in review: the next load then used the purged rows again)."""
     erased: tuple[tuple[str, datetime], ...] = ()
     secret = b""
     now = now or datetime.now(UTC)
@@ -166,8 +168,7 @@ def row_policy(state_dir: Path, retention_days: float, now: datetime | None = No
             (str(entry["customer"]), datetime.fromisoformat(str(entry["erased_at"])))
             for entry in entries if entry.get("event") == "erasure"
         ))
-        if entries:
-            now = max(now, datetime.fromisoformat(str(entries[-1]["time"])))
+        now = max([now, *(datetime.fromisoformat(str(entry["time"])) for entry in entries)])
     not_before, not_after = retention_window(retention_days, now)
     return RowPolicy(not_before=not_before, not_after=not_after, erased=erased, secret=secret)
 
@@ -199,6 +200,7 @@ def purge(site_dir: Path, state_dir: Path, retention_days: float, actor: str,
           delete_from_data: bool = False, now: datetime | None = None) -> Deletion:
     """Apply the retention policy and the recorded erasures to every derived store at the site
     (and, if asked, to the data folder), and log what was removed."""
+    site_secret(state_dir)  # a site's state folder, set up: never a stray or lost one remade
     with state_lock(state_dir):
         policy = row_policy(state_dir, retention_days, now)
         rejected: list[RejectedRow] = []
@@ -241,6 +243,7 @@ def forget(site_dir: Path, state_dir: Path, customer: str, retention_days: float
     customer = customer.strip()  # as rows name their customer (``site_data._identity_field``)
     if not customer:
         raise ValueError("the customer id is empty")
+    site_secret(state_dir)  # a site's state folder, set up: never a stray or lost one remade
     with state_lock(state_dir):
         secret = site_secret(state_dir)
         _log_entries(state_dir, secret)  # refuse to extend a broken log

@@ -21,15 +21,26 @@ from pathlib import Path
 from flwr.app import Context, Message
 
 from fl_client.site_data import SiteDataError, list_site_dirs
+from fl_client.site_secret import create_site_secret, site_secret
 from fl_protocol.wire import CONFIG_KEY
 
 LOCK_FILE = "state.lock"
 
 
-def site_folders(msg: Message, context: Context) -> tuple[Path, Path]:
-    """(site data folder, site state folder); the state folder is made owner-only."""
+def site_folders(msg: Message, context: Context,
+                 secret_required: bool = True) -> tuple[Path, Path]:
+    """(site data folder, site state folder), the state folder owner-only. A deployed site's
+    state folder must hold its site secret already (``SecretError`` otherwise): it is set up
+    once, on purpose (``fedintent init-site``), never here, since one lost, moved aside or not
+    mounted would otherwise come back empty, with every unit's budget unspent (found in
+    review). ``secret_required`` False (the egress guard, which logs even a refusal): a
+    deployed site's folder as it is, never made. A simulated site's is made on first use: one
+    engineer plays every site."""
     site_dir, state_dir = _locate(msg, context)
-    state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if "data-path" not in context.node_config:
+        create_site_secret(state_dir)
+    elif secret_required:
+        site_secret(state_dir)
     state_dir.chmod(0o700)
     return site_dir, state_dir
 

@@ -19,7 +19,6 @@ the state folder holds the secret, so the MAC chain detects accidents and casual
 administrator determined to rewrite history.
 """
 
-import contextlib
 import hashlib
 import hmac
 import os
@@ -38,9 +37,11 @@ class SecretError(RuntimeError):
     """The site secret is unreadable; the site must not train until it is restored."""
 
 
-def site_secret(state_dir: Path, create: bool = True) -> bytes:
-    """The site's secret, created with owner-only permissions on first use: only in a state
-    folder that holds nothing it signed (``KEYED_FILES``)."""
+def site_secret(state_dir: Path) -> bytes:
+    """The site's secret. Never made here: a state folder without one is either a new site's,
+    which ``create_site_secret`` sets up once, on purpose, or one that was lost, moved or not
+    mounted, where a new secret and an empty ledger would start every unit's spent budget
+    again from zero (found in review: the ClientApp rebuilt a lost state folder silently)."""
     path = Path(state_dir) / SECRET_FILE
     if not path.exists():
         signed = [name for name in KEYED_FILES if (Path(state_dir) / name).exists()]
@@ -49,10 +50,12 @@ def site_secret(state_dir: Path, create: bool = True) -> bytes:
                               "signed with it: restore the secret from your backup of the "
                               "state folder (docs/SITE_GUIDE.md); a new one would verify none "
                               "of them")
-        if not create:
-            raise SecretError(f"{path} is missing")
-        with contextlib.suppress(FileExistsRefusal):  # another process created it meanwhile
-            create_exclusive(path, os.urandom(32).hex().encode(), mode=0o600)
+        raise SecretError(
+            f"{state_dir} holds no site secret. A new site makes its state folder once with "
+            f"'fedintent init-site --state-dir {state_dir}' (the site container: INIT_STATE=1); "
+            "a site that has run has lost its state folder, or it is not mounted: mount it or "
+            "restore it from a backup (docs/SITE_GUIDE.md), or every unit's spent budget would "
+            "start again from zero")
     try:
         secret = bytes.fromhex(path.read_text().strip())
     except (OSError, ValueError) as err:
@@ -60,6 +63,29 @@ def site_secret(state_dir: Path, create: bool = True) -> bytes:
     if len(secret) < 16:
         raise SecretError(f"{path}: site secret is too short or corrupt")
     return secret
+
+
+def create_site_secret(state_dir: Path) -> bool:
+    """Set up a new site's state folder: made owner-only (0700), with a new secret (0600);
+    False when it holds a secret already (nothing changed). Refused beside files the secret
+    signed (``KEYED_FILES``): there the secret was lost, not never made. Called by
+    ``fedintent init-site`` and for simulated sites only, never by a deployed site's ClientApp
+    or its scheduled commands."""
+    path = Path(state_dir) / SECRET_FILE
+    if path.exists():
+        return False
+    signed = [name for name in KEYED_FILES if (Path(state_dir) / name).exists()]
+    if signed:
+        raise SecretError(f"{path} is missing, and {', '.join(signed)} beside it were signed "
+                          "with it: restore the secret from your backup of the state folder "
+                          "(docs/SITE_GUIDE.md); a new one would verify none of them")
+    Path(state_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
+    Path(state_dir).chmod(0o700)
+    try:
+        create_exclusive(path, os.urandom(32).hex().encode(), mode=0o600)
+    except FileExistsRefusal:  # another process made it meanwhile
+        return False
+    return True
 
 
 def private_seed(state_dir: Path, *parts: str | int) -> int:
@@ -77,14 +103,13 @@ def release_nonce() -> str:
     return os.urandom(16).hex()
 
 
-def site_key(state_dir: Path, create: bool = True) -> int:
+def site_key(state_dir: Path) -> int:
     """A stable pseudonym for the site, so the server can tell its rounds apart across restarts.
 
     Derived from the secret (48 bits, exact as a float); it reveals nothing about the data, and
-    no more about the site than its connection to the server already does. ``create=False``:
-    ``SecretError`` for a site without a secret yet (one that has never trained).
+    no more about the site than its connection to the server already does.
     """
-    digest = hashlib.sha256(site_secret(state_dir, create) + b"\0site-key").digest()
+    digest = hashlib.sha256(site_secret(state_dir) + b"\0site-key").digest()
     return int.from_bytes(digest[:6], "big")
 
 

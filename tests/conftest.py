@@ -12,6 +12,7 @@ from flwr.app import Context, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
 from fedintent.launch.processes import PORT_RANGE_VARIABLE
+from fl_client.site_secret import create_site_secret
 from fl_protocol.wire import RUN_CONFIG_DEFAULTS
 
 # The ports between Ray's worker ports (up to 19999) and the kernel's ephemeral range (from
@@ -69,5 +70,6 @@ def ctx(tmp_path) -> Context:
     default run config."""
     node = {"data-path": str(tmp_path / "data"), "state-dir": str(tmp_path / "state"),
             "retention-days": math.inf}
+    create_site_secret(tmp_path / "state")  # as ``fedintent init-site`` does
     return Context(run_id=1, node_id=7, node_config=node, state=RecordDict(),
                    run_config=dict(RUN_CONFIG_DEFAULTS))

@@ -193,9 +193,10 @@ def test_an_operator_command_on_a_site_install_names_the_extra_it_needs(
 def test_privacy_report_shows_per_unit_spend_and_verifies_the_ledger(tmp_path):
     from fl_client.privacy_accounting import rdp_budget
     from fl_client.privacy_ledger import Ledger, Release, now, unit_key, write_ledger
-    from fl_client.site_secret import site_key, site_secret
+    from fl_client.site_secret import create_site_secret, site_key, site_secret
 
     state = tmp_path / "state"
+    create_site_secret(state)
     secret = site_secret(state)
     ledger = Ledger(privacy_unit="customer", order=4.0, delta=1e-5)
     budget = rdp_budget(10.0, 1e-5, 4.0)
@@ -229,9 +230,10 @@ def test_privacy_report_warns_when_the_site_outgrew_its_ledgers_delta(tmp_path, 
     is told when it is no longer small next to 1 / units."""
     from fedintent.cli import main
     from fl_client.privacy_ledger import Ledger, Release, now, unit_key, write_ledger
-    from fl_client.site_secret import site_secret
+    from fl_client.site_secret import create_site_secret, site_secret
 
     state = tmp_path / "state"
+    create_site_secret(state)
     secret = site_secret(state)
     ledger = Ledger(privacy_unit="utterance", order=4.0, delta=1e-3)  # fine for 50 units
     ledger.releases.append(Release(

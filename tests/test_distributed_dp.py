@@ -70,7 +70,7 @@ from fl_client.site_policy import (
     round_request,
     site_policy,
 )
-from fl_client.site_secret import site_secret
+from fl_client.site_secret import create_site_secret, site_secret
 from fl_protocol.distributed_sum import (
     WEIGHT,
     decode,
@@ -86,6 +86,13 @@ from fl_server.update_validation import array_spec
 from models import get_model_family
 
 pytestmark = pytest.mark.usefixtures("task_identity", "grid_root")
+
+@pytest.fixture(autouse=True)
+def site_state(tmp_path):
+    """``tmp_path`` set up as a site's state folder (``fedintent init-site``): the ledger
+    functions here charge it directly."""
+    create_site_secret(tmp_path)
+
 
 
 @pytest.fixture
@@ -120,6 +127,8 @@ class LoopbackGrid:
     def __init__(self, sites: dict[int, dict[str, np.ndarray]], run_config: dict,
                  drop: dict[str, set[int]] | None = None) -> None:
         self.sites = sites
+        for node in sites:  # each set up as ``fedintent init-site`` does
+            create_site_secret(self.root / f"state-{node}")
         self.contexts = {node: Context(run_id=1, node_id=node, node_config={
             "data-path": str(self.root / f"data-{node}"),
             "state-dir": str(self.root / f"state-{node}")},
@@ -668,6 +677,8 @@ def test_a_site_needing_more_noise_adds_it_itself_and_counts_only_the_others_com
     own larger plan for them: had every site planned A's total, the sum would hold more noise
     than it does and A would be charged less than the sum gives it."""
     tight = replace(POLICY, max_epsilon=2.0, max_noise_ratio=math.inf)
+    for site in ("a", "b"):
+        create_site_secret(tmp_path / site)
     a = charge_round(tmp_path / "a", UNITS, distributed_request(1), tight, HEAD_DIM)
     b = charge_round(tmp_path / "b", UNITS, distributed_request(1), POLICY, HEAD_DIM)
     [release_a] = read_ledger(tmp_path / "a", site_secret(tmp_path / "a")).releases
@@ -681,6 +692,8 @@ def test_a_site_needing_more_noise_adds_it_itself_and_counts_only_the_others_com
 def test_every_site_plans_the_common_noise_at_the_runs_delta_not_its_own(tmp_path):
     """A site large enough for a smaller automatic delta still adds the common share planned
     at the run's (public) delta, and makes up the rest of its own target at its delta itself."""
+    for site in ("small", "large"):
+        create_site_secret(tmp_path / site)
     small = charge_round(tmp_path / "small", UNITS, distributed_request(1, plan_delta=1e-5),
                          POLICY, HEAD_DIM)
     large = charge_round(tmp_path / "large", UNITS,
@@ -762,6 +775,7 @@ def test_the_max_epsilon_alone_decline_does_not_tell_whether_the_oldest_unit_is_
     had been erased: a free probe, repeatable, of an erasure or an expiry. It counts the most
     any unit the ledger charged has spent, present or not."""
     small = distributed_request(1, cohort_size=4, tolerated_sites=1)
+    create_site_secret(tmp_path / "before")
     for server_round in (1, 2, 3):
         charge_round(tmp_path / "before", ["old"], replace(small, server_round=server_round),
                      POLICY, HEAD_DIM)
@@ -788,6 +802,8 @@ def test_a_bound_the_planned_rounds_just_meet_lets_each_of_them_through(tmp_path
     """The other side of the test above: the bound counts this run's releases to come, not
     more (a site counting its past rounds again would refuse the last of them)."""
     small = distributed_request(1, cohort_size=3, tolerated_sites=1)
+    for site in ("probe", "site", "short"):
+        create_site_secret(tmp_path / site)
     probe = [charge_round(tmp_path / "probe", UNITS, replace(small, server_round=r), POLICY,
                           HEAD_DIM) for r in (1, 2, 3)]
     met = replace(POLICY, max_epsilon_alone=probe[-1].epsilon_alone_all_runs * 1.001)

@@ -22,6 +22,7 @@ from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFI
 from flwr.compat.common.recorddict_compat import fitres_to_recorddict
 
 from fl_client.egress_guard import egress_guard
+from fl_client.site_secret import create_site_secret
 from fl_protocol.wire import (
     DECLINED,
     EGRESS_BLOCKED,
@@ -294,6 +295,7 @@ def evaluating_site(tmp_path) -> Context:
                                        "where is my refund,refund\nlost card again,card_lost\n")
     node = {"data-path": str(site_dir), "state-dir": str(tmp_path / "state"),
             "max-epsilon": 10.0, "retention-days": math.inf, "evaluation": "exact"}
+    create_site_secret(tmp_path / "state")  # as ``fedintent init-site`` does
     return Context(run_id=1, node_id=7, node_config=node, state=RecordDict(),
                    run_config=dict(DEFAULTS))
 

@@ -70,7 +70,7 @@ from fl_client.egress_guard import EGRESS_LOG
 from fl_client.privacy_ledger import FORMAT as LEDGER_FORMAT
 from fl_client.privacy_ledger import HEAD_FILE, LEDGER_FILE
 from fl_client.site_data import load_site
-from fl_client.site_secret import SECRET_FILE, site_secret
+from fl_client.site_secret import SECRET_FILE, create_site_secret
 from fl_protocol.wire import Reason
 from models import get_model_family
 
@@ -200,8 +200,7 @@ def build_sites(root: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Site]:
 
     s = site("corrupt-ledger", Reason.LEDGER_UNREADABLE)
     write_usable_data(s)
-    s.state.mkdir(parents=True)
-    site_secret(s.state)  # the secret that signed it is there; the ledger is what is damaged
+    create_site_secret(s.state)  # the secret that signed it is there; the ledger is damaged
     (s.state / LEDGER_FILE).write_text(json.dumps({
         "format": LEDGER_FORMAT, "privacy_unit": "utterance", "order": 8.0, "delta": 1e-5,
         "releases": [{f"{s.canary} {CARD}": f"{PHONE} {EMAIL}"}],  # quoted by the error
@@ -211,8 +210,7 @@ def build_sites(root: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Site]:
 
     s = site("deleted-ledger", Reason.LEDGER_UNREADABLE)
     write_usable_data(s)
-    s.state.mkdir(parents=True)
-    site_secret(s.state)
+    create_site_secret(s.state)
     (s.state / HEAD_FILE).write_text(json.dumps({"releases": 3, "mac": "0" * 64}))
     s.logged = [f"{s.state / LEDGER_FILE} is missing"]
 
@@ -296,6 +294,7 @@ def run_deployment(
         )
         wait_local_superlink(port, superlink)
         for site in sites.values():
+            create_site_secret(site.state)  # as ``fedintent init-site``; kept where it is
             node_config = {"data-path": f"'{site.data}'", "state-dir": f"'{site.state}'",
                            "max-epsilon": "10.0", "retention-days": "inf"} | site.node_config
             start(
@@ -409,8 +408,9 @@ def test_a_site_that_never_answers_is_recorded_as_no_reply(tmp_path: Path):
     sites = {TIMEOUT: site}
 
     def blocked() -> bool:
-        """Its features cached, the site's next step is to read its secret: it is blocked."""
-        return any((site.state / "features").glob("*/chunk-*.npz"))
+        """Given the message, the site's first step is to read its secret: it is blocked."""
+        log = tmp_path / "logs" / f"site-{TIMEOUT}.log"
+        return log.exists() and "Receiving: train message" in log.read_text(errors="replace")
 
     outcome = run_deployment(tmp_path, sites, {"reply-timeout": TIMEOUT_RUN_REPLY_TIMEOUT_S},
                              also_wait_for=blocked)

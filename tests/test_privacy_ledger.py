@@ -25,7 +25,14 @@ from fl_client.privacy_ledger import (
 )
 from fl_client.retention import DELETION_LOG
 from fl_client.site_policy import RoundRequest, SitePolicy, lifetime_delta
-from fl_client.site_secret import KEYED_FILES, SecretError, private_seed, site_key, site_secret
+from fl_client.site_secret import (
+    KEYED_FILES,
+    SecretError,
+    create_site_secret,
+    private_seed,
+    site_key,
+    site_secret,
+)
 from fl_protocol.hash_chain import head_path
 
 SECRET = b"s" * 32
@@ -239,8 +246,9 @@ def test_a_lost_secret_is_not_made_again_beside_what_it_signed(tmp_path, signed)
     """Found in review: a deleted secret was silently made anew, and the site then reported
     its ledger edited; the new secret also hid the cause and changed the site's key."""
     (tmp_path / signed).write_text("{}")
-    with pytest.raises(SecretError, match=f"missing, and {signed}"):
-        site_secret(tmp_path)
+    for read_or_create in (site_secret, create_site_secret):
+        with pytest.raises(SecretError, match=f"missing, and {signed}"):
+            read_or_create(tmp_path)
     assert not (tmp_path / "site-secret").exists()
 
 
@@ -250,6 +258,9 @@ def test_the_signed_files_are_the_ledgers_and_the_deletion_logs():
 
 
 def test_site_secret_is_created_once_private_and_checked(tmp_path):
+    with pytest.raises(SecretError, match="holds no site secret.*fedintent init-site"):
+        site_secret(tmp_path)  # never made on reading: a lost state folder must not be remade
+    assert create_site_secret(tmp_path) and not create_site_secret(tmp_path)
     first = site_secret(tmp_path)
     assert site_secret(tmp_path) == first and len(first) == 32
     assert (tmp_path / "site-secret").stat().st_mode & 0o777 == 0o600
@@ -259,8 +270,6 @@ def test_site_secret_is_created_once_private_and_checked(tmp_path):
         (tmp_path / "site-secret").write_text(short)
         with pytest.raises(SecretError):
             site_secret(tmp_path)
-    with pytest.raises(SecretError, match="missing"):
-        site_secret(tmp_path / "elsewhere", create=False)
 
 
 def rewrite(state, edit) -> None:
@@ -342,6 +351,8 @@ def test_private_seeds_are_fresh_per_run_round_and_release_and_replayable(tmp_pa
     composes independent noise; a round released twice must not repeat its noise), the same
     parts give the same seed, and another site's seeds differ."""
     site, other = tmp_path / "a", tmp_path / "b"
+    create_site_secret(site)
+    create_site_secret(other)
     seeds = {private_seed(site, run, rnd, release) for run in ("r", "s") for rnd in (1, 2, 3)
              for release in (1, 2)}
     assert len(seeds) == 12 and all(0 <= seed < 2**63 for seed in seeds)
@@ -350,6 +361,8 @@ def test_private_seeds_are_fresh_per_run_round_and_release_and_replayable(tmp_pa
 
 
 def test_site_keys_are_stable_per_site_and_fit_a_float_exactly(tmp_path):
+    create_site_secret(tmp_path / "a")
+    create_site_secret(tmp_path / "b")
     first, second = site_key(tmp_path / "a"), site_key(tmp_path / "b")
     assert first == site_key(tmp_path / "a") and first != second
     assert all(0 < key < 2**48 and float(key) == key for key in (first, second))
@@ -393,6 +406,7 @@ def test_rounds_charged_at_once_are_both_recorded(tmp_path, monkeypatch):
     ledger read by the second before the first had written it, the last writer would erase the
     other's release and spend. While run-a writes, run-b is started and given up to 2 s to read:
     under the state folder's lock it cannot read until run-a is done, so both are recorded."""
+    create_site_secret(tmp_path)  # the site's state folder, set up (``fedintent init-site``)
     policy = SitePolicy(max_epsilon=10.0, max_delta=1e-5, privacy_unit=None)
     units = [f"u{i}" for i in range(40)]
     b_read, errors = threading.Event(), []
@@ -440,6 +454,7 @@ def test_a_site_that_outgrows_its_ledgers_delta_states_its_guarantees_at_its_own
     site keeps the delta it began with; on a site of 20,000 units that delta is not small next
     to 1 / units. The next training round lowers it to the site's own, and every unit's
     lifetime epsilon is stated there, within max-epsilon."""
+    create_site_secret(tmp_path)  # the site's state folder, set up (``fedintent init-site``)
     policy = SitePolicy(max_epsilon=8.0, max_delta=1e-5, privacy_unit=None)
     charge_round(tmp_path, [f"t{i}" for i in range(50)], train_request(1e-5, 1.0, "eval"),
                  policy, empty_ok=True)
@@ -460,6 +475,7 @@ def test_a_ledger_whose_spends_do_not_fit_the_lower_delta_keeps_its_own_and_says
         tmp_path, caplog):
     """Lowering the delta shrinks the Rényi budget; a unit already past the smaller one would
     be stated above max-epsilon, so the ledger keeps its delta and the site's log says why."""
+    create_site_secret(tmp_path)  # the site's state folder, set up (``fedintent init-site``)
     caplog.set_level(logging.WARNING, logger="flwr")
     policy = SitePolicy(max_epsilon=8.0, max_delta=0.5, privacy_unit=None)
     units = [f"u{i}" for i in range(100)]

@@ -30,7 +30,8 @@ from fl_client.retention import (
     row_policy,
 )
 from fl_client.site_data import SiteDataError, load_site
-from fl_client.site_secret import site_secret
+from fl_client.site_secret import create_site_secret, site_secret
+from fl_protocol import hash_chain
 from fl_protocol.hash_chain import canonical_json, entry_hash, head_path
 from fl_protocol.wire import RUN_CONFIG_DEFAULTS, Reason
 from models import feature_store, get_model_family
@@ -41,6 +42,13 @@ LABELS = ["card_lost", "refund"]
 NOW = datetime.now(UTC)
 FRESH, OLD = 20, 10
 """Rows dated yesterday, and rows dated 40 days ago (past a 30-day policy)."""
+
+
+@pytest.fixture(autouse=True)
+def site_state(tmp_path):
+    """``tmp_path / "state"``, the state folder of these tests' site, set up as ``fedintent
+    init-site`` does."""
+    create_site_secret(tmp_path / "state")
 
 
 def row(i: int, days_ago: float, customer: str | None = None) -> dict:
@@ -63,6 +71,7 @@ def site_rows() -> list[dict]:
 
 
 def context(site_dir, state_dir, retention) -> Context:
+    create_site_secret(state_dir)  # as ``fedintent init-site`` does
     node = {"data-path": str(site_dir), "state-dir": str(state_dir), "max-epsilon": 20.0,
             "retention-days": retention}
     config = RUN_CONFIG_DEFAULTS | {"target-epsilon": 4.0, "batch-size": 4096}
@@ -369,6 +378,27 @@ def test_a_clock_set_back_does_not_bring_expired_rows_back(tmp_path):
     assert data.excluded == {EXPIRED: OLD}
 
 
+def test_a_purge_run_after_the_clock_was_set_back_does_not_bring_expired_rows_back(
+        tmp_path, monkeypatch):
+    """Found in review: "now" was the deletion log's last entry at the earliest, and that entry
+    is stamped by the same clock: one scheduled purge after the clock was set back logged the
+    earlier time, and from then on the purged rows were used again."""
+    site, state = tmp_path / "site", tmp_path / "state"
+    write_site(site, site_rows())
+    purge(site, state, 30, "test")
+
+    class Behind(datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return NOW - timedelta(days=40)
+
+    monkeypatch.setattr(hash_chain, "datetime", Behind)
+    purge(site, state, 30, "test", now=NOW - timedelta(days=40))
+    assert log_entries(state)[-1]["time"] < log_entries(state)[0]["time"]  # the premise
+    behind = row_policy(state, 30, now=NOW - timedelta(days=40))
+    assert load_site(site, LABELS, keep=behind).excluded == {EXPIRED: OLD}
+
+
 def test_purge_applies_the_policy_to_the_data_folder_when_asked(tmp_path, capsys):
     site, state = tmp_path / "site", tmp_path / "state"
     write_site(site, site_rows())
@@ -621,3 +651,13 @@ def test_an_erasure_binds_the_customer_however_its_id_is_spaced(tmp_path):
     data = load_site(site, LABELS, keep=policy)
     assert data.excluded == {ERASED: 2}
     assert data.train.units + data.test.units == ["cust-3"]
+
+
+def test_a_scheduled_purge_on_a_lost_state_folder_refuses_and_makes_none(tmp_path, capsys):
+    """Found in review: the container's scheduled purge on a state folder not mounted would have
+    made a new secret there, and the site then trained on an empty ledger."""
+    site, lost = tmp_path / "site", tmp_path / "unmounted"
+    write_site(site, site_rows())
+    assert fedintent(["purge", str(site), "--state-dir", str(lost)]) == 2
+    assert "holds no site secret" in capsys.readouterr().err
+    assert not lost.exists()

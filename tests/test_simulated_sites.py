@@ -16,7 +16,7 @@ from fedintent.launch.simulated_sites import (
 )
 from fl_client.privacy_accounting import rdp_budget
 from fl_client.privacy_ledger import Ledger, Release, now, unit_key, write_ledger
-from fl_client.site_secret import site_key, site_secret
+from fl_client.site_secret import create_site_secret, site_key, site_secret
 from fl_protocol.wire import RUN_CONFIG_DEFAULTS
 from fl_server.run_record import site_pseudonym
 
@@ -34,6 +34,7 @@ def sites_in(tmp_path, count: int = 3) -> dict:
 
 def spend(state, epsilons: list[float], privacy_unit: str = "utterance") -> None:
     """A verified ledger in ``state`` whose units have spent ``epsilons`` over earlier runs."""
+    create_site_secret(state)
     secret = site_secret(state)
     ledger = Ledger(privacy_unit=privacy_unit, order=ORDER, delta=DELTA)
     ledger.releases.append(Release(
@@ -53,6 +54,7 @@ def test_sites_are_named_by_folder_once_they_have_a_pseudonym(tmp_path):
     assert site_names(sites, []) == {}  # no site has trained: no secret, and none is created
     assert not (tmp_path / "state").exists()
 
+    create_site_secret(sites[1].state_dir)  # as its first round does
     pseudonym = site_pseudonym(site_key(sites[1].state_dir))
     rounds = [{"sites": {pseudonym: {"node_id": "77"}}, "failures": []}]
     names = site_names(sites, rounds)

@@ -20,6 +20,7 @@ from data_synth import write_sites
 from fedintent.launch.flower_cli import flower_env, toml_value, write_app
 from fedintent.launch.processes import free_port, stop_process_trees
 from fedintent.launch.simulation import CONNECTION, wait_local_superlink, write_local_connection
+from fl_client.site_secret import create_site_secret
 from fl_protocol.hash_chain import verify_log
 
 RUN_TIMEOUT_S = 900
@@ -92,6 +93,8 @@ def test_a_killed_site_is_recorded_and_the_run_completes_with_the_others(tmp_pat
             env, logs / "superlink.log", processes,
         )
         wait_local_superlink(port, superlink)
+        for site in data.glob("site-*"):  # each set up as ``fedintent init-site`` does
+            create_site_secret(tmp_path / "state" / site.name)
         nodes = [
             start(
                 ["flower-supernode", "--insecure", "--superlink", f"127.0.0.1:{port}",

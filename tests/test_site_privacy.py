@@ -21,6 +21,8 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from opacus.accountants import PRVAccountant
 
 import fl_client.client_app as client_app
+from fedintent.cli import main as fedintent
+from fl_client.egress_guard import EGRESS_LOG
 from fl_client.privacy_accounting import rdp_budget, rdp_epsilon
 from fl_client.privacy_budget import charge_round
 from fl_client.privacy_ledger import HEAD_FILE, LEDGER_FILE, read_ledger, unit_key
@@ -29,7 +31,7 @@ from fl_client.privacy_units import unit_aliases
 from fl_client.retention import forget
 from fl_client.site_data import load_site
 from fl_client.site_policy import RoundRequest, SitePolicy, site_policy
-from fl_client.site_secret import site_secret
+from fl_client.site_secret import SECRET_FILE, create_site_secret, site_secret
 from fl_protocol.wire import (
     DECLINED,
     DEFAULT_MAX_EPSILON,
@@ -72,6 +74,8 @@ def site(tmp_path):
 
 
 def context(site_dir, state_dir, max_epsilon=10.0, node=None, **run_config) -> Context:
+    """A deployed site's context, its state folder set up as ``fedintent init-site`` does."""
+    create_site_secret(state_dir)
     node_config = {"data-path": str(site_dir), "state-dir": str(state_dir),
                    "retention-days": math.inf}  # undated rows: no retention policy here
     if max_epsilon is not None:
@@ -450,6 +454,7 @@ def test_rows_joining_a_customer_already_in_the_ledger_add_their_spends_once(tmp
     a DP evaluation charges apart) joined it at the largest spend. Each row whose own spend no
     charge of the customer has recorded joins the group, once: the next round does not add it
     again."""
+    create_site_secret(tmp_path)  # the site's state folder, set up (``fedintent init-site``)
     policy = SitePolicy(max_epsilon=50.0, max_delta=1e-5, privacy_unit="customer")
     others = [f"other-{i}" for i in range(30)]
 
@@ -906,3 +911,39 @@ def test_a_ledger_begun_by_a_dp_evaluation_takes_the_sites_own_delta_when_it_tra
     assert ledger(tmp_path / "state").delta == 1e-5
     report = site_privacy_report(tmp_path / "state", 10.0)
     assert report.delta == 1e-5 and not report.delta_too_large
+
+
+@pytest.mark.parametrize("lost", ["moved-aside", "not-mounted"])
+def test_a_deployed_site_whose_state_folder_is_gone_refuses_and_makes_none(site, tmp_path, lost):
+    """Found in review: a state folder lost while the node ran (moved aside, its volume not
+    mounted: an empty folder) was rebuilt with a new secret and an empty ledger, every unit's
+    spent budget forgotten. The ClientApp never makes a deployed site's state folder: it is set
+    up once, on purpose (``fedintent init-site``)."""
+    state = tmp_path / "state"
+    ctx = context(site, state)
+    run_rounds(ctx, "run-a", 1)
+    shutil.move(state, tmp_path / "aside")
+    if lost == "not-mounted":
+        state.mkdir()
+    reply = client_app.app(train_message("run-a", 2), ctx)
+    if lost == "moved-aside":  # no egress log to record even the refusal: the guard blocks it
+        assert refused_with(reply, Reason.EGRESS_BLOCKED) and not state.exists()
+    else:  # the refusal, recorded in an egress log, and nothing else made
+        assert refused_with(reply, Reason.LEDGER_UNREADABLE)
+        assert [path.name for path in state.iterdir()] == [EGRESS_LOG]
+
+
+def test_init_site_sets_up_a_state_folder_once(tmp_path, capsys):
+    state = tmp_path / "state"
+    assert fedintent(["init-site", "--state-dir", str(state)]) == 0
+    assert "made the state folder" in capsys.readouterr().out
+    secret = site_secret(state)
+    assert state.stat().st_mode & 0o777 == 0o700
+    assert (state / SECRET_FILE).stat().st_mode & 0o777 == 0o600
+    assert fedintent(["init-site", "--state-dir", str(state)]) == 0
+    assert "nothing done" in capsys.readouterr().out and site_secret(state) == secret
+    (state / SECRET_FILE).unlink()  # lost beside the ledger it signed: not made again
+    (state / LEDGER_FILE).write_text("{}")
+    assert fedintent(["init-site", "--state-dir", str(state)]) == 2
+    assert "restore the secret" in capsys.readouterr().err
+    assert not (state / SECRET_FILE).exists()

@@ -35,7 +35,7 @@ from fl_client.site_policy import (
     site_delta,
     site_policy,
 )
-from fl_client.site_secret import site_secret
+from fl_client.site_secret import create_site_secret, site_secret
 from fl_protocol.wire import DECLINED, Reason
 from fl_protocol.wire import RUN_CONFIG_DEFAULTS as DEFAULTS
 from fl_server.progress import round_lines
@@ -47,6 +47,13 @@ pytestmark = pytest.mark.usefixtures("task_identity")
 UNITS = [f"u{i}" for i in range(60)]
 HEAD_DIM = 77 * 385
 DELTA = 1e-5
+
+@pytest.fixture(autouse=True)
+def site_state(tmp_path):
+    """``tmp_path`` set up as a site's state folder (``fedintent init-site``): the ledger
+    functions here charge it directly."""
+    create_site_secret(tmp_path)
+
 
 
 def request(**changes) -> RoundRequest:
@@ -159,6 +166,7 @@ def test_whether_a_round_is_declined_for_its_noise_never_depends_on_the_unit_cou
     outcomes = set()
     for count in (60, 61, 9_999, 10_000):  # and the delta falls from 1e-5 to 1e-6 at 10,000
         req_at_count = replace(req, delta=site_delta(policy(8.0), req, count))
+        create_site_secret(tmp_path / str(count))
         try:
             charge_round(tmp_path / str(count), [f"u{i}" for i in range(count)], req_at_count,
                          policy(8.0), HEAD_DIM)

@@ -28,6 +28,7 @@ from fedintent.launch.simulation import (
     wait_local_superlink,
     write_local_connection,
 )
+from fl_client.site_secret import create_site_secret
 from models.encoder import load_encoder, packaged_minilm
 
 CANARY_TEXTS = [
@@ -142,6 +143,7 @@ def deployment(tmp_path_factory):
             processes.append(superlink)
             wait_local_superlink(superlink_port, superlink)
             for site in ("site-00", "site-01", "site-02"):
+                create_site_secret(tmp_path / "state" / site)  # as ``fedintent init-site`` does
                 node_config = (f"data-path='{data / site}' "
                                f"state-dir='{tmp_path / 'state' / site}' max-epsilon=20.0 "
                                "retention-days=inf")  # the test data are dated 2026-01-01

@@ -91,7 +91,7 @@ def _site_key(args: argparse.Namespace) -> bytes:
     from fl_client.site_secret import SecretError, site_secret
 
     try:
-        return site_secret(args.state_dir or args.log.parent, create=False)
+        return site_secret(args.state_dir or args.log.parent)
     except SecretError as err:
         raise CliError(f"{args.log} is a site's keyed log, and its MACs need the site secret: "
                        f"{err} (--state-dir names the site's state folder)") from err

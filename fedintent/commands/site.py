@@ -1,6 +1,6 @@
-"""A site's own commands: ``privacy-report`` (what its ledger says it has spent, verified),
-``purge`` (its retention policy, applied to every derived store) and ``forget`` (one customer's
-erasure). They read and write only the site's folders."""
+"""A site's own commands: ``init-site`` (its state folder, once), ``privacy-report`` (what its
+ledger says it has spent, verified), ``purge`` (its retention policy, applied to every derived
+store) and ``forget`` (one customer's erasure). They read and write only the site's folders."""
 
 import argparse
 import math
@@ -28,6 +28,20 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
                         "container), to count exhausted units (default: the site default, "
                         "%(default)s)")
 
+    init = commands.add_parser(
+        "init-site",
+        help="set up a new site's state folder and its site secret, once, before its first run",
+        description="Make a new site's state folder (owner-only) and its site secret, which "
+        "seeds its DP noise and signs its privacy ledger. A deployed site's ClientApp never "
+        "makes one: a state folder that was lost, moved aside or not mounted would come back "
+        "empty, with every unit's spent budget starting again from zero. Run this once per "
+        "site (the container: INIT_STATE=1); on a folder that holds a secret it changes "
+        "nothing. See docs/SITE_GUIDE.md.",
+    )
+    init.set_defaults(handler=run_init_site)
+    init.add_argument("--state-dir", type=Path, required=True,
+                      help="the site's state folder (its node config's state-dir; the "
+                      "container's STATE_DIR)")
 
     purge = commands.add_parser(
         "purge",
@@ -71,6 +85,22 @@ def _site_options(command: argparse.ArgumentParser) -> None:
     command.add_argument("--delete-from-data", action="store_true",
                          help="also remove the expired or erased rows from the data files "
                          "(rewritten atomically); by default the data folder is only read")
+
+
+def run_init_site(args: argparse.Namespace) -> int:
+    from fl_client.site_secret import create_site_secret
+
+    with _state_errors():
+        try:
+            made = create_site_secret(args.state_dir)
+        except OSError as err:
+            raise CliError(f"cannot make the state folder {args.state_dir}: {err}") from err
+    if made:
+        print(f"made the state folder {args.state_dir} and its site secret; keep the folder "
+              "persistent and back it up (docs/SITE_GUIDE.md)")
+    else:
+        print(f"{args.state_dir} already holds a site secret; nothing done")
+    return 0
 
 
 def run_purge(args: argparse.Namespace) -> int:

@@ -43,7 +43,7 @@ def site_names(sites: list[SimulatedSite], rounds: Iterable[dict]) -> dict[str, 
     names = {}
     for site in sites:
         try:
-            names[site_pseudonym(site_key(site.state_dir, create=False))] = site.name
+            names[site_pseudonym(site_key(site.state_dir))] = site.name
         except SecretError:
             continue
     for entry in rounds:
