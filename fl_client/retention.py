@@ -243,9 +243,8 @@ def forget(site_dir: Path, state_dir: Path, customer: str, retention_days: float
     customer = customer.strip()  # as rows name their customer (``site_data._identity_field``)
     if not customer:
         raise ValueError("the customer id is empty")
-    site_secret(state_dir)  # a site's state folder, set up: never a stray or lost one remade
+    secret = site_secret(state_dir)  # a site's state folder, set up: never a stray one remade
     with state_lock(state_dir):
-        secret = site_secret(state_dir)
         _log_entries(state_dir, secret)  # refuse to extend a broken log
         rejected: list[RejectedRow] = []
         train, test = read_rows(site_dir, rejected)

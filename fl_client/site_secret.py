@@ -44,12 +44,7 @@ def site_secret(state_dir: Path) -> bytes:
     again from zero (found in review: the ClientApp rebuilt a lost state folder silently)."""
     path = Path(state_dir) / SECRET_FILE
     if not path.exists():
-        signed = [name for name in KEYED_FILES if (Path(state_dir) / name).exists()]
-        if signed:
-            raise SecretError(f"{path} is missing, and {', '.join(signed)} beside it were "
-                              "signed with it: restore the secret from your backup of the "
-                              "state folder (docs/SITE_GUIDE.md); a new one would verify none "
-                              "of them")
+        _refuse_a_lost_secret(state_dir)
         raise SecretError(
             f"{state_dir} holds no site secret. A new site makes its state folder once with "
             f"'fedintent init-site --state-dir {state_dir}' (the site container: INIT_STATE=1); "
@@ -74,11 +69,7 @@ def create_site_secret(state_dir: Path) -> bool:
     path = Path(state_dir) / SECRET_FILE
     if path.exists():
         return False
-    signed = [name for name in KEYED_FILES if (Path(state_dir) / name).exists()]
-    if signed:
-        raise SecretError(f"{path} is missing, and {', '.join(signed)} beside it were signed "
-                          "with it: restore the secret from your backup of the state folder "
-                          "(docs/SITE_GUIDE.md); a new one would verify none of them")
+    _refuse_a_lost_secret(state_dir)
     Path(state_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
     Path(state_dir).chmod(0o700)
     try:
@@ -86,6 +77,17 @@ def create_site_secret(state_dir: Path) -> bool:
     except FileExistsRefusal:  # another process made it meanwhile
         return False
     return True
+
+
+def _refuse_a_lost_secret(state_dir: Path) -> None:
+    """``SecretError`` when the folder holds files the secret signed: a secret missing beside
+    them was lost, and a new one would verify none of them."""
+    signed = [name for name in KEYED_FILES if (Path(state_dir) / name).exists()]
+    if signed:
+        raise SecretError(f"{Path(state_dir) / SECRET_FILE} is missing, and "
+                          f"{', '.join(signed)} beside it were signed with it: restore the "
+                          "secret from your backup of the state folder (docs/SITE_GUIDE.md); "
+                          "a new one would verify none of them")
 
 
 def private_seed(state_dir: Path, *parts: str | int) -> int:
