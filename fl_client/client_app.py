@@ -29,8 +29,9 @@ Where the site's data and state live: ``site_folders.py``.
 """
 
 import hashlib
+import threading
+from collections import OrderedDict
 from dataclasses import replace
-from functools import lru_cache
 from logging import WARNING
 from pathlib import Path
 
@@ -356,11 +357,34 @@ def _data_digest(site_dir: Path) -> str:
     return digest.hexdigest()
 
 
-@lru_cache(maxsize=4)
+_LOADED: OrderedDict[str, tuple[tuple, SiteData]] = OrderedDict()
+"""The newest load of each of the last ``_LOADED_SITES`` sites this process served, by site
+folder: (what it was loaded under, the rows)."""
+_LOADED_SITES = 4
+_LOADED_LOCK = threading.Lock()
+
+
 def _load_site_cached(site_dir: str, labels: tuple[str, ...], data_digest: str,
                       policy: RowPolicy) -> SiteData:
     """Load once per version of the data and of the retention policy (its hourly cut-off, its
-    erasures); problems are logged here, at the site, never sent."""
+    erasures). Only a site's newest load is kept: an older one, which may hold the text of rows
+    since erased or expired, is dropped the moment another replaces it (found in review: a
+    cache of the last four loads kept an erased customer's text in memory)."""
+    version = (labels, data_digest, policy)
+    with _LOADED_LOCK:
+        held = _LOADED.pop(site_dir, None)
+    if held is None or held[0] != version:
+        del held  # never two versions of one site's rows alive at once
+        held = (version, _load_site_logged(site_dir, labels, policy))
+    with _LOADED_LOCK:
+        _LOADED[site_dir] = held
+        while len(_LOADED) > _LOADED_SITES:
+            _LOADED.popitem(last=False)
+    return held[1]
+
+
+def _load_site_logged(site_dir: str, labels: tuple[str, ...], policy: RowPolicy) -> SiteData:
+    """The site's rows; problems are logged here, at the site, never sent."""
     site = load_site(Path(site_dir), labels, keep=policy)
     for row in site.rejected:
         log(WARNING, "site data %s: skipped %s", site_dir, row)

@@ -13,23 +13,27 @@ nothing for the units already in it. It holds
   and text: ``privacy_units.unit_aliases``), so that a unit whose rows come back written another
   way (conversations exported as CSV, ids added) is found with its spend
   (``privacy_budget.charge_round``);
-* ``deletion_log``: how long the site's deletion log was at the last charge (its entry count and
-  last hash), so that a deletion log deleted or restored from an older copy, which would use
-  erased customers' rows again, stops the site as a rolled-back ledger does.
+* ``deletion_log``: how long the site's deletion log was when it last grew (its entry count and
+  last hash; recorded at every charge, purge and erasure), so that a deletion log deleted or
+  restored from an older copy, which would use erased customers' rows again, stops the site as
+  a rolled-back ledger does;
+* ``version``: how many times the ledger was written.
 The ledger holds no text and nothing the server sends or could recompute.
 
 Integrity: each release carries a MAC chained to the one before it, and the document a MAC over
-the release count, the settings and a digest of ``spend``, all keyed with the site secret
-(``site_secret.py``): an edited, deleted, reordered or appended release, or an edited spend, no
-longer verifies. Rollback: the release count and document MAC are mirrored in
+the release count, the version, the settings and a digest of ``spend``, all keyed with the site
+secret (``site_secret.py``): an edited, deleted, reordered or appended release, or an edited
+spend, no longer verifies. Rollback: the release count, version and document MAC are mirrored in
 ``privacy-ledger.head`` beside it, so restoring an older copy of the ledger, or deleting it, is
-detected; and the ledger must hold at least as many DP releases as the site's egress log shows
-DP updates sent (each is charged before it leaves), and every release the log records a reply
-paid for (its number and nonce), so restoring an older ledger together with its head is
-detected too, even behind releases that were charged but never sent. Every such case stops
-the site with ``LedgerError``; nothing is reset silently. What this cannot stop: someone who can
-write the state folder restoring the ledger, its head and the egress log together
-(docs/PRIVACY.md, "A site operator editing its files").
+detected (a head one write behind is a crash or a full disk between the two writes, and is
+brought up to date before the next write, so it never falls two behind); and the ledger must
+hold at least as many DP releases as the site's egress log shows DP updates sent (each is
+charged before it leaves), and every release the log records a reply paid for (its number and
+nonce), so restoring an older ledger together with its head is detected too, even behind
+releases that were charged but never sent. Every such case stops the site with ``LedgerError``;
+nothing is reset silently. What this cannot stop: someone who can write the state folder
+restoring the ledger, its head and the egress log together (docs/PRIVACY.md, "A site operator
+editing its files").
 
 Files are written atomically, fsync'd, owner-only (0600), *before* the update they pay for leaves.
 """
@@ -136,7 +140,11 @@ class Ledger:
     spend: dict[str, float] = field(default_factory=dict)
     aliases: dict[str, float] = field(default_factory=dict)
     deletion_log: dict[str, int | str] = field(default_factory=dict)
-    """``{"entries": n, "hash": h}`` of the deletion log at the last charge; empty before any."""
+    """``{"entries": n, "hash": h}`` of the deletion log when it last grew; empty before any."""
+    version: int = 0
+    """How many times the ledger was written (0: never); ``write_ledger`` adds one. Every write
+    before versions were recorded added a release, so a ledger without one is at its release
+    count."""
 
 
 def unit_key(secret: bytes, identity: str) -> str:
@@ -171,6 +179,9 @@ def read_ledger(state_dir: Path, secret: bytes) -> Ledger | None:
                               "log's length (edited)")
         records = document["releases"]
         releases = [_release_from(record) for record in records]
+        version = document.get("version", len(releases))
+        if not (type(version) is int and version >= len(releases)):
+            raise ValueError(f"version {version!r} with {len(releases)} releases")
         ledger = Ledger(
             privacy_unit=str(document["privacy_unit"]),
             order=float(document["order"]),
@@ -179,6 +190,7 @@ def read_ledger(state_dir: Path, secret: bytes) -> Ledger | None:
             spend={str(k): float(v) for k, v in dict(document["spend"]).items()},
             aliases={str(k): float(v) for k, v in dict(document.get("aliases", {})).items()},
             deletion_log=_deletion_log_from(document.get("deletion_log", {})),
+            version=version,
         )
     except LedgerError:
         raise
@@ -199,7 +211,7 @@ def read_ledger(state_dir: Path, secret: bytes) -> Ledger | None:
     document_mac = _document_mac(secret, ledger, previous)
     if not hmac.compare_digest(document_mac, str(document.get("mac", ""))):
         raise LedgerError(f"{path}: ledger was edited, truncated or extended; refusing to train")
-    _check_head(path, head, len(releases), document_mac)
+    _check_head(path, head, ledger, document_mac)
     sent, paid = _egress_record(Path(state_dir))
     charged = sum(1 for release in releases if release.noise_multiplier > 0)
     if sent > charged:
@@ -224,7 +236,11 @@ def read_ledger(state_dir: Path, secret: bytes) -> Ledger | None:
 
 
 def write_ledger(state_dir: Path, ledger: Ledger, secret: bytes) -> None:
-    """Durably replace the ledger (then its head) with ``ledger``."""
+    """Durably replace the ledger (then its head) with ``ledger``, one version on from the one
+    read. The caller holds ``site_folders.state_lock`` and read the ledger under it."""
+    state_dir = Path(state_dir)
+    _catch_up_head(state_dir)
+    ledger.version = max(ledger.version + 1, len(ledger.releases))  # never below its releases
     records, previous = [], ""
     for release in ledger.releases:
         previous = ledger_mac(secret, previous, _canonical(_stored(release)))
@@ -239,14 +255,34 @@ def write_ledger(state_dir: Path, ledger: Ledger, secret: bytes) -> None:
         "spend": ledger.spend,
         "aliases": ledger.aliases,
         "deletion_log": ledger.deletion_log,
+        "version": ledger.version,
         "mac": document_mac,
     }
-    state_dir = Path(state_dir)
     write_bytes_atomic(state_dir / LEDGER_FILE, json.dumps(document, indent=1).encode("utf-8"),
                        mode=PRIVATE_FILE_MODE)
-    head = {"releases": len(ledger.releases), "mac": document_mac}
+    _write_head(state_dir, len(ledger.releases), ledger.version, document_mac)
+
+
+def _write_head(state_dir: Path, releases: int, version: int, document_mac: str) -> None:
+    head = {"releases": releases, "version": version, "mac": document_mac}
     write_bytes_atomic(state_dir / HEAD_FILE, json.dumps(head).encode("utf-8"),
                        mode=PRIVATE_FILE_MODE)
+
+
+def _catch_up_head(state_dir: Path) -> None:
+    """Bring a head one write behind its ledger (the last head write failed: a crash, a full
+    disk) up to the ledger before it is replaced, so that another failure leaves the head one
+    behind again, not two (found in review: two failed head writes stopped the site for good,
+    with a message that blamed an edited ledger). The ledger was verified under the same lock."""
+    path = state_dir / LEDGER_FILE
+    if not path.exists():
+        return
+    head = _read_head(state_dir)
+    document = json.loads(_read_text(path))
+    releases = len(document["releases"])
+    version = document.get("version", releases)
+    if head is None or version == head["version"] + 1:
+        _write_head(state_dir, releases, version, document["mac"])
 
 
 def unit_epsilons(ledger: Ledger, keys: list[str] | None = None) -> list[float]:
@@ -262,31 +298,33 @@ def _read_head(state_dir: Path) -> dict | None:
     try:
         head = json.loads(path.read_text(encoding="utf-8"))
         if not (isinstance(head, dict) and isinstance(head.get("releases"), int)
+                and isinstance(head.setdefault("version", head["releases"]), int)
                 and isinstance(head.get("mac"), str)):
-            raise ValueError("expected releases and mac")
+            raise ValueError("expected releases, version and mac")
     except (OSError, ValueError, RecursionError) as err:
         raise LedgerError(f"{path}: unreadable ledger head ({err}); refusing to train") from err
     return head
 
 
-def _check_head(path: Path, head: dict | None, count: int, document_mac: str) -> None:
+def _check_head(path: Path, head: dict | None, ledger: Ledger, document_mac: str) -> None:
     """The ledger must be the one the head last recorded, or (a crash between the two writes)
-    exactly one release newer."""
+    exactly one version newer."""
+    count, version = len(ledger.releases), ledger.version
     if head is None:
-        if count > 1:
+        if version > 1:
             raise LedgerError(f"{path}: {HEAD_FILE} is missing; the ledger cannot be shown to be "
                               "the latest. Restore the state folder from a backup")
         return
-    if count < head["releases"] or (count == head["releases"]
-                                    and not hmac.compare_digest(head["mac"], document_mac)):
+    if count < head["releases"] or version < head["version"] or (
+            version == head["version"] and not hmac.compare_digest(head["mac"], document_mac)):
         raise LedgerError(
-            f"{path}: the ledger holds {count} releases but the site last recorded "
-            f"{head['releases']}: it was rolled back to an older copy; refusing to train. "
-            "Restore the newest copy (docs/SITE_GUIDE.md)"
+            f"{path}: the ledger holds {count} releases (version {version}) but the site last "
+            f"recorded {head['releases']} (version {head['version']}): it was rolled back to an "
+            "older copy; refusing to train. Restore the newest copy (docs/SITE_GUIDE.md)"
         )
-    if count > head["releases"] + 1:
+    if version > head["version"] + 1:
         raise LedgerError(f"{path}: {HEAD_FILE} is older than the ledger by "
-                          f"{count - head['releases']} releases; refusing to train")
+                          f"{version - head['version']} writes; refusing to train")
 
 
 def _egress_record(state_dir: Path) -> tuple[int, list[tuple[int, str]]]:
@@ -378,7 +416,8 @@ def _canonical(value: object) -> str:
 def _document_mac(secret: bytes, ledger: Ledger, last_release_mac: str) -> str:
     """A MAC over the ledger's settings and a digest of its spends; with the aliases' digest
     once it has any (a version 3 ledger, which has none, verifies unchanged; deleting a version
-    4 ledger's aliases changes the MAC)."""
+    4 ledger's aliases changes the MAC), and its version once that is not its release count (a
+    ledger written before versions verifies unchanged; deleting the field changes the MAC)."""
     spend_digest = hashlib.sha256(_canonical(ledger.spend).encode()).hexdigest()
     summary = {"count": len(ledger.releases), "privacy_unit": ledger.privacy_unit,
                "order": ledger.order, "delta": ledger.delta, "spend": spend_digest}
@@ -386,6 +425,8 @@ def _document_mac(secret: bytes, ledger: Ledger, last_release_mac: str) -> str:
         summary["aliases"] = hashlib.sha256(_canonical(ledger.aliases).encode()).hexdigest()
     if ledger.deletion_log:
         summary["deletion_log"] = ledger.deletion_log
+    if ledger.version != len(ledger.releases):
+        summary["version"] = ledger.version
     return ledger_mac(secret, last_release_mac, _canonical(summary))
 
 

@@ -6,7 +6,7 @@ The policy is the site's own (node config, set by its IT team):
 * ``retention-days`` (default 30; ``inf``: keep forever). A row dated more than this many days
   ago is *expired*: never used, for training or evaluation, and purged from the derived stores.
   The cut-off is rounded up to the next whole hour, so a row expires up to an hour early, never
-  late, and "now" is never earlier than the deletion log's last entry, so a clock set back
+  late, and "now" is never earlier than any entry of the deletion log, so a clock set back
   does not make expired rows usable again. Simulation: the run config's
   ``site-retention-days`` stands in (default ``inf``: the built-in synthetic and public
   benchmark data are historical).
@@ -28,9 +28,10 @@ What the site derives from rows, and how each copy goes:
 * the feature store (``STATE/features``): ``models.feature_store.prune`` keeps only the rows
   still in use; everything else in it is deleted;
 * the ClientApp's in-memory copy of the rows: keyed by this policy, so it is reloaded when a row
-  expires or a customer is erased;
+  expires or a customer is erased, and the copy from before is dropped;
 * the privacy ledger: per unit a keyed hash and its spend, no text; it is kept, since the spend
-  is the guarantee;
+  is the guarantee. It records the deletion log's length after every entry, so a log restored
+  from an older copy stops the site (``check_deletion_log``);
 * the egress log: sizes, norms and epsilons; nothing per row;
 * the data folder: the site's own records. fedintent reads them and removes rows from them only
   when the site asks (``--delete-from-data``).
@@ -64,6 +65,7 @@ from fl_client.privacy_ledger import (
     read_ledger,
     unit_epsilons,
     unit_key,
+    write_ledger,
 )
 from fl_client.redaction import redact
 from fl_client.site_data import (
@@ -77,7 +79,7 @@ from fl_client.site_data import (
 from fl_client.site_folders import state_lock
 from fl_client.site_secret import site_secret
 from fl_protocol.hash_chain import ChainError, append_entry, head_path, read_entries
-from models.feature_store import prune
+from models.feature_store import Pruned, prune
 
 DELETION_LOG = "deletions.jsonl"
 FEATURES = "features"
@@ -144,6 +146,10 @@ class Deletion:
     """Rows removed from the data folder (``delete_from_data`` only)."""
     log_entry: int
     """The deletion log's entry number for this deletion."""
+    ledger_problem: str = ""
+    """Why the privacy ledger could not record the deletion log's new length ("" if it did, or
+    the site has none yet): the deletion is done either way, and the site does not train until
+    its ledger reads again."""
 
 
 def customer_key(secret: bytes, customer: str) -> str:
@@ -197,20 +203,26 @@ def prune_features(state_dir: Path, live_texts: list[str], not_used: Counter,
 
 
 def purge(site_dir: Path, state_dir: Path, retention_days: float, actor: str,
-          delete_from_data: bool = False, now: datetime | None = None) -> Deletion:
+          delete_from_data: bool = False, now: datetime | None = None,
+          default_retention: bool = False) -> Deletion:
     """Apply the retention policy and the recorded erasures to every derived store at the site
-    (and, if asked, to the data folder), and log what was removed."""
+    (and, if asked, to the data folder), and log what was removed. ``default_retention``: the
+    caller did not know the site's retention and applied a default, which the log says, so that
+    it is never taken for the site's (``recorded_retention_days``)."""
     site_secret(state_dir)  # a site's state folder, set up: never a stray or lost one remade
     with state_lock(state_dir):
         policy = row_policy(state_dir, retention_days, now)
         rejected: list[RejectedRow] = []
         train, test = read_rows(site_dir, rejected)
         live, ended, not_used = _partition(train + test, policy)
-        data_rows = _delete_rows(ended) if delete_from_data else 0
         pruned = prune(Path(state_dir) / FEATURES, [redact(row.text) for row in live])
+        details = {"retention_days": retention_days, "delete_from_data": delete_from_data}
+        if default_retention:
+            details["retention_default"] = True
+        data_rows = _delete_rows_logged(state_dir, ended if delete_from_data else [], "purge",
+                                        actor, not_used, pruned, details)
         return _logged(state_dir, "purge", actor, not_used, pruned.rows, pruned.files,
-                       data_rows, {"retention_days": retention_days,
-                                   "delete_from_data": delete_from_data})
+                       data_rows, details)
 
 
 @dataclass(frozen=True)
@@ -252,25 +264,23 @@ def forget(site_dir: Path, state_dir: Path, customer: str, retention_days: float
         theirs = [row for row in rows if row.customer == customer]
         # every row present now, whatever clock or time zone dated it
         cut_off = max([now + FUTURE_SLACK, *(row.when for row in theirs if row.when is not None)])
-        try:
-            append_entry(Path(state_dir) / DELETION_LOG, "erasure",
-                         {"actor": actor, "customer": customer_key(secret, customer),
-                          "requested_at": now.isoformat(), "erased_at": cut_off.isoformat(),
-                          "rows_found": len(theirs)}, key=secret)
-        except ChainError as err:
-            raise RetentionError(f"deletion log: {err}") from err
+        _append(state_dir, secret, "erasure",
+                {"actor": actor, "customer": customer_key(secret, customer),
+                 "requested_at": now.isoformat(), "erased_at": cut_off.isoformat(),
+                 "rows_found": len(theirs)})
         policy = row_policy(state_dir, retention_days, now)
         live, ended, not_used = _partition(rows, policy)
+        pruned = prune(Path(state_dir) / FEATURES, [redact(row.text) for row in live])
+        details = {"customer": customer_key(secret, customer),
+                   "delete_from_data": delete_from_data}
         gone = [row for row in ended if row.customer == customer] if delete_from_data else []
-        data_rows = _delete_rows(gone)
+        data_rows = _delete_rows_logged(state_dir, gone, "erasure-done", actor, not_used,
+                                        pruned, details)
         if data_rows:  # the lines after those removed moved up: name them as they are now
             rejected = []
             read_rows(site_dir, rejected)
-        pruned = prune(Path(state_dir) / FEATURES, [redact(row.text) for row in live])
         deletion = _logged(state_dir, "erasure-done", actor, not_used, pruned.rows,
-                           pruned.files, data_rows,
-                           {"customer": customer_key(secret, customer),
-                            "delete_from_data": delete_from_data})
+                           pruned.files, data_rows, details)
         try:
             units, epsilon = _ledger_spend(state_dir, secret, customer, theirs)
             problem = ""
@@ -334,19 +344,50 @@ def _delete_rows(rows: list[Row]) -> int:
     return sum(len(lines) for lines in by_file.values())
 
 
+def _delete_rows_logged(state_dir: Path, rows: list[Row], event: str, who: str,
+                        not_used: Counter, pruned: Pruned, details: dict) -> int:
+    """``_delete_rows``; when the data folder refuses, what was already done (the erasure
+    recorded, the derived copies removed) is logged and said first (found in review: the
+    error read as if nothing had been done, and nothing logged the features removed)."""
+    try:
+        return _delete_rows(rows)
+    except SiteDataError as err:
+        _logged(state_dir, event, who, not_used, pruned.rows, pruned.files, 0,
+                details | {"delete_from_data": "failed"})
+        raise SiteDataError(f"the site's derived copies of the rows are removed and logged "
+                            f"({pruned.rows} feature rows; an erasure stays recorded), but "
+                            f"their lines are still in the data folder: {err}") from err
+
+
 def _logged(state_dir: Path, event: str, who: str, not_used: Counter, feature_rows: int,
             files: int, data_rows: int, details: dict) -> Deletion:
+    entry, problem = _append(
+        state_dir, site_secret(state_dir), event,
+        {"actor": who, **details, "rows_not_used": dict(sorted(not_used.items())),
+         "deleted": {"feature rows": feature_rows, "feature files": files,
+                     "data rows": data_rows}})
+    return Deletion(not_used=not_used, feature_rows=feature_rows, files=files,
+                    data_rows=data_rows, log_entry=int(entry["seq"]), ledger_problem=problem)
+
+
+def _append(state_dir: Path, secret: bytes, event: str, fields: dict) -> tuple[dict, str]:
+    """Append one entry to the deletion log, then record the log's new length in the privacy
+    ledger, if the site has one: a log later restored from a copy older than this entry stops
+    the site before any row is read (found in review: the ledger recorded it only at charges,
+    so erasures made after the last charge were lost, unnoticed, when the log was restored as
+    the guide said). Returns (the entry, why the ledger could not record it, or "")."""
     try:
-        entry = append_entry(
-            Path(state_dir) / DELETION_LOG, event,
-            {"actor": who, **details, "rows_not_used": dict(sorted(not_used.items())),
-             "deleted": {"feature rows": feature_rows, "feature files": files,
-                         "data rows": data_rows}},
-            key=site_secret(state_dir))
+        entry = append_entry(Path(state_dir) / DELETION_LOG, event, fields, key=secret)
     except ChainError as err:
         raise RetentionError(f"deletion log: {err}") from err
-    return Deletion(not_used=not_used, feature_rows=feature_rows, files=files,
-                    data_rows=data_rows, log_entry=int(entry["seq"]))
+    try:
+        ledger = read_ledger(Path(state_dir), secret)
+    except LedgerError as err:  # the site does not train until it reads; the entry stands
+        return entry, str(err)
+    if ledger is not None:
+        ledger.deletion_log = {"entries": int(entry["seq"]), "hash": str(entry["hash"])}
+        write_ledger(Path(state_dir), ledger, secret)
+    return entry, ""
 
 
 def _has_log(state_dir: Path) -> bool:
@@ -366,7 +407,7 @@ def _log_entries(state_dir: Path, secret: bytes) -> list[dict]:
 def deletion_log_check(state_dir: Path, secret: bytes,
                        recorded: dict) -> tuple[dict, str | None]:
     """(``{"entries", "hash"}`` of the site's deletion log now, empty without one; why it is not
-    the log a ledger ``recorded`` at its last charge or a later one, or None), from one read:
+    the log a ledger ``recorded`` when it last grew, or a later one, or None), from one read:
     deleted, or restored from an older copy, it no longer names every erased customer, whose
     rows would be used again."""
     entries = _log_entries(state_dir, secret) if _has_log(state_dir) else []
@@ -374,14 +415,29 @@ def deletion_log_check(state_dir: Path, secret: bytes,
     count = int(recorded.get("entries", 0))
     if count and (len(entries) < count or entries[count - 1]["hash"] != recorded["hash"]):
         return now, (f"the deletion log holds {len(entries)} entries, but the privacy ledger "
-                     f"recorded {count} at its last charge: it was deleted or restored from an "
+                     f"recorded {count} when it last grew: it was deleted or restored from an "
                      "older copy, and customers erased since would be used again")
     return now, None
 
 
+def recorded_retention_days(state_dir: Path) -> float | None:
+    """The retention the site's deletion log last recorded (every purge records the one it
+    applied; so does a ClientApp's, from the node config), or None without one: what a purge
+    run by hand should apply when it is not told (found in review: it applied a default of 30
+    days, and with ``--delete-from-data`` deleted rows a 365-day site still keeps)."""
+    if not _has_log(state_dir):
+        return None
+    recorded = [entry["retention_days"] for entry in _log_entries(state_dir,
+                                                                  site_secret(state_dir))
+                if "retention_days" in entry and not entry.get("retention_default")]
+    if not recorded:
+        return None
+    return math.inf if recorded[-1] is None else float(recorded[-1])  # JSON's null: no limit
+
+
 def check_deletion_log(state_dir: Path) -> None:
-    """Raise ``LedgerError`` when the deletion log is not the one the privacy ledger recorded at
-    its last charge (or a later one), before any row is read: under a log deleted or restored
+    """Raise ``LedgerError`` when the deletion log is not the one the privacy ledger recorded
+    when it last grew (or a later one), before any row is read: under a log deleted or restored
     from an older copy, customers erased since would be read, featurized into the feature store
     and scored by an exact evaluation, none of which is charged (found in review: the check ran
     only at the charge)."""

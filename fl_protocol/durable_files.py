@@ -66,8 +66,9 @@ def create_exclusive(path: Path, data: bytes, mode: int) -> None:
     sync_folder(path.parent)
 
 
-def append_line(path: Path, line: str, mode: int = 0o644) -> None:
+def append_line(path: Path, line: str, mode: int = 0o644) -> int:
     """Append ``line`` and a newline, fsync'd before returning; the file is created ``mode``.
+    Returns the offset the line starts at.
 
     A write that fails part-way (a full disk) is undone: the file is cut back to its length
     before it and the error raised, so no torn line is left for a reader to take for tampering
@@ -90,6 +91,7 @@ def append_line(path: Path, line: str, mode: int = 0o644) -> None:
             raise
     finally:
         os.close(fd)
+    return before
 
 
 def json_safe(value: object, infinity: object = None) -> object:

@@ -16,6 +16,7 @@ history takes the key, not just a SHA-256 implementation.
 import hashlib
 import hmac
 import json
+import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -45,21 +46,55 @@ def head_path(log_path: Path) -> Path:
 
 
 def append_entry(log_path: Path, event: str, fields: dict, key: bytes | None = None) -> dict:
-    """Append one entry, chained to the last one (and MACed with ``key``), durably; return it."""
+    """Append one entry, chained to the last one (and MACed with ``key``), durably; return it.
+
+    The log is never left more than one entry past its head: a head one behind (a crash between
+    the two writes) is brought up to date first, once the log verifies, and an entry whose head
+    cannot be written (a full disk) is cut off again before the error is raised (found in
+    review: two failed head writes left a log two past its head, which reads as deleted
+    entries, so the site stopped using its data for good)."""
     log_path = Path(log_path)
     seq, previous = _last_entry(log_path)
+    _catch_up_head(log_path, seq, previous, key)
     entry = {"seq": seq + 1, "time": datetime.now(UTC).isoformat(timespec="seconds"),
              "event": event, **json_safe(fields), "prev": previous}
     entry["hash"] = entry_hash(entry)
     if key is not None:
         entry["mac"] = _mac(key, "entry", entry["hash"])
-    append_line(log_path, canonical_json(entry), mode=0o600 if key is not None else 0o644)
-    head = {"entries": entry["seq"], "hash": entry["hash"]}
+    start = append_line(log_path, canonical_json(entry), mode=0o600 if key is not None else 0o644)
+    try:
+        _write_head(log_path, entry["seq"], entry["hash"], key)
+    except BaseException:
+        if start:
+            os.truncate(log_path, start)
+        else:  # the log this entry began: without a head it would read as deleted entries
+            log_path.unlink()
+        raise
+    return entry
+
+
+def _write_head(log_path: Path, entries: int, last_hash: str, key: bytes | None) -> None:
+    head: dict = {"entries": entries, "hash": last_hash}
     if key is not None:
-        head["mac"] = _mac(key, "head", f"{entry['seq']}:{entry['hash']}")
+        head["mac"] = _mac(key, "head", f"{entries}:{last_hash}")
     write_bytes_atomic(head_path(log_path), (canonical_json(head) + "\n").encode("utf-8"),
                        mode=0o600 if key is not None else 0o644)
-    return entry
+
+
+def _catch_up_head(log_path: Path, seq: int, last_hash: str, key: bytes | None) -> None:
+    """Point a head that records one entry fewer than the log holds at its last entry, if the
+    log verifies. Any other head is left for ``verify_log`` to report."""
+    try:
+        recorded = json.loads(head_path(log_path).read_text(encoding="utf-8"))["entries"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    if seq == 0 or recorded != seq - 1:
+        return
+    result = verify_log(log_path, key)
+    if not result.ok:
+        raise ChainError(f"{log_path} is broken at line {result.broken_line}: "
+                         f"{result.problem}; refusing to extend it")
+    _write_head(log_path, seq, last_hash, key)
 
 
 def verify_log(log_path: Path, key: bytes | None = None) -> Verification:

@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+from fl_protocol import hash_chain
 from fl_protocol.hash_chain import (
     ChainError,
     append_entry,
@@ -139,3 +140,23 @@ def test_reading_a_damaged_log_names_the_file_and_line(log, damage):
     log.write_bytes(damage(log.read_bytes()))
     with pytest.raises(ChainError, match=f"{log.name} is broken at line [56]"):
         read_entries(log)
+
+
+def test_an_entry_whose_head_cannot_be_written_is_cut_off_again(log, tmp_path, monkeypatch):
+    """A full disk between an entry and its head: the log is left as it was, so it still
+    verifies and can be extended; a log whose first entry fails so is not left behind as an
+    empty file without a head, which would read as broken."""
+    before = log.read_bytes()
+    write = hash_chain.write_bytes_atomic
+
+    def disk_full(path, data, mode=0o644):
+        raise OSError(28, "No space left on device", str(path))
+
+    monkeypatch.setattr(hash_chain, "write_bytes_atomic", disk_full)
+    for path in (log, tmp_path / "new.jsonl"):
+        with pytest.raises(OSError, match="No space"):
+            append_entry(path, "round", {"round": 4})
+    assert log.read_bytes() == before and not (tmp_path / "new.jsonl").exists()
+    monkeypatch.setattr(hash_chain, "write_bytes_atomic", write)
+    append_entry(log, "round", {"round": 4})
+    assert verify_log(log).ok and verify_log(log).entries == 6

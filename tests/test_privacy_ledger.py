@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 import fl_client.privacy_budget as privacy_budget
+import fl_client.privacy_ledger as privacy_ledger
 from fl_client.privacy_budget import charge_round
 from fl_client.privacy_ledger import (
     HEAD_FILE,
@@ -486,3 +487,49 @@ def test_a_ledger_whose_spends_do_not_fit_the_lower_delta_keeps_its_own_and_says
     assert book.delta == 2e-3
     assert max(unit_epsilons(book)) <= 8.0
     assert "some unit has spent more than max-epsilon 8 allows at delta 1e-05" in caplog.text
+
+
+def test_two_failed_head_writes_in_a_row_leave_the_ledger_readable(state, monkeypatch):
+    """Found in review: a charge whose head write failed (a full disk) left the head one release
+    behind, accepted; a second one left it two behind, and the site stopped for good with a
+    message that blamed an edited ledger. The head is brought up before each write now."""
+    write = privacy_ledger.write_bytes_atomic
+
+    def disk_full(path, data, mode=0o644):
+        if path.name == HEAD_FILE:
+            raise OSError(28, "No space left on device", str(path))
+        write(path, data, mode)
+
+    for run in ("c", "d"):
+        monkeypatch.setattr(privacy_ledger, "write_bytes_atomic", disk_full)
+        with pytest.raises(OSError):
+            write_ledger(state, charged(read_ledger(state, SECRET), release(run), ["u1"]), SECRET)
+        monkeypatch.setattr(privacy_ledger, "write_bytes_atomic", write)
+        read_ledger(state, SECRET)
+    write_ledger(state, charged(read_ledger(state, SECRET), release("e"), ["u1"]), SECRET)
+    # c's head failed after its ledger was written: kept, so counted; d's failed before it
+    assert [r.run for r in read_ledger(state, SECRET).releases] == ["a", "a", "b", "c", "e"]
+
+
+def test_a_ledger_rewritten_without_a_release_is_still_versioned_against_its_head(state):
+    """A write that adds no release (the deletion log's new length after an erasure) moves the
+    version: the copy from before it, restored with or without its head, is refused, and a
+    version edited out or down no longer verifies."""
+    before = {name: (state / name).read_bytes() for name in (LEDGER_FILE, HEAD_FILE)}
+    ledger = read_ledger(state, SECRET)
+    ledger.deletion_log = {"entries": 7, "hash": "cd" * 32}
+    write_ledger(state, ledger, SECRET)
+    assert read_ledger(state, SECRET).version == 4 and len(ledger.releases) == 3
+    after = (state / LEDGER_FILE).read_bytes()
+    (state / LEDGER_FILE).write_bytes(before[LEDGER_FILE])
+    with pytest.raises(LedgerError, match="rolled back"):
+        read_ledger(state, SECRET)
+    for edit in (lambda doc: doc.pop("version"), lambda doc: doc.update(version=3)):
+        (state / LEDGER_FILE).write_bytes(after)
+        rewrite(state, edit)
+        with pytest.raises(LedgerError, match="edited"):
+            read_ledger(state, SECRET)
+    (state / LEDGER_FILE).write_bytes(after)
+    rewrite(state, lambda doc: doc.update(version=2))  # fewer writes than releases
+    with pytest.raises(LedgerError, match="corrupt"):
+        read_ledger(state, SECRET)

@@ -3,6 +3,7 @@ commands: expired and erased rows never train, no derived copy of them survives 
 file under the state folder is searched for their cached vectors), the ledger keeps the spend,
 and the deletion log is tamper-evident."""
 
+import gc
 import json
 import math
 from datetime import UTC, datetime, timedelta
@@ -13,6 +14,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 
 import fl_client.client_app as client_app
+import fl_client.retention as retention
 from fedintent.cli import main as fedintent
 from fl_client.privacy_ledger import read_ledger, unit_key
 from fl_client.redaction import redact
@@ -29,7 +31,7 @@ from fl_client.retention import (
     purge,
     row_policy,
 )
-from fl_client.site_data import SiteDataError, load_site
+from fl_client.site_data import SiteData, SiteDataError, load_site
 from fl_client.site_secret import create_site_secret, site_secret
 from fl_protocol import hash_chain
 from fl_protocol.hash_chain import canonical_json, entry_hash, head_path
@@ -403,7 +405,8 @@ def test_purge_applies_the_policy_to_the_data_folder_when_asked(tmp_path, capsys
     site, state = tmp_path / "site", tmp_path / "state"
     write_site(site, site_rows())
     (site / "train.jsonl").chmod(0o640)
-    code = fedintent(["purge", str(site), "--state-dir", str(state), "--delete-from-data"])
+    code = fedintent(["purge", str(site), "--state-dir", str(state), "--delete-from-data",
+                      "--retention-days", "30"])
     out = capsys.readouterr().out
     assert code == 0 and f"{OLD} expired" in out and f"data folder: {OLD} rows" in out
     lines = (site / "train.jsonl").read_text().splitlines()
@@ -661,3 +664,162 @@ def test_a_scheduled_purge_on_a_lost_state_folder_refuses_and_makes_none(tmp_pat
     assert fedintent(["purge", str(site), "--state-dir", str(lost)]) == 2
     assert "holds no site secret" in capsys.readouterr().err
     assert not lost.exists()
+
+
+@pytest.mark.parametrize("deletion", ["erasure", "purge"])
+def test_a_deletion_log_restored_from_before_a_deletion_made_after_the_last_charge_stops_the_site(
+        tmp_path, deletion):
+    """Found in review: the ledger recorded the log's length only at charges, so a log restored
+    from a copy taken after the last charge (as the guide said) lost the erasures and purges
+    made since, and nothing noticed: the erased customer's rows were used again."""
+    site, state = tmp_path / "site", tmp_path / "state"
+    rows = site_rows()
+    rows[2]["customer_id"] = "erin"
+    write_site(site, rows)
+    forget(site, state, "someone-else", math.inf, "test")
+    assert not train(context(site, state, math.inf), "run-a").has_error()
+    log = state / DELETION_LOG
+    older = {p.name: p.read_bytes() for p in (log, head_path(log))}
+    if deletion == "erasure":
+        forget(site, state, "erin", math.inf, "test")
+    else:
+        purge(site, state, 30, "test")
+    for name, data in older.items():
+        (state / name).write_bytes(data)
+    reply = train(context(site, state, math.inf), "run-a", 2)
+    assert reply.has_error() and reply.error.reason == Reason.LEDGER_UNREADABLE.value
+    assert len(read_ledger(state, site_secret(state)).releases) == 1
+
+
+def test_a_full_disk_under_the_deletion_logs_head_never_locks_the_log(tmp_path, capsys,
+                                                                      monkeypatch):
+    """Found in review: an entry appended while its head could not be written (a full disk)
+    was kept, so two such erasures left the log two past its head, which reads as deleted
+    entries: the site stopped using its data for good, and ``forget`` printed a traceback."""
+    site, state = tmp_path / "site", tmp_path / "state"
+    write_site(site, site_rows())
+    forget(site, state, "cust-1", math.inf, "test")
+    write_head = hash_chain.write_bytes_atomic
+
+    def disk_full(path, data, mode=0o644):
+        if str(path).endswith(".head"):
+            raise OSError(28, "No space left on device", str(path))
+        write_head(path, data, mode)
+
+    monkeypatch.setattr(hash_chain, "write_bytes_atomic", disk_full)
+    capsys.readouterr()
+    for customer in ("cust-2", "cust-3"):
+        code = fedintent(["forget", "--site", str(site), "--customer", customer,
+                          "--state-dir", str(state), "--retention-days", "inf"])
+        out, err = capsys.readouterr()
+        assert code == 2 and "Traceback" not in out + err
+        assert "No space left on device" in err and "deletions.jsonl.head" in err
+    monkeypatch.setattr(hash_chain, "write_bytes_atomic", write_head)
+    assert audit_verify(capsys, state / DELETION_LOG)[0] == 0
+    assert [e["event"] for e in log_entries(state)] == ["erasure", "erasure-done"]
+    forget(site, state, "cust-2", math.inf, "test")  # the disk freed: it records again
+    data = load_site(site, LABELS, keep=row_policy(state, math.inf))
+    assert data.excluded == {ERASED: 2}
+
+
+def test_a_head_left_one_behind_by_a_crash_is_brought_up_before_the_next_entry(tmp_path,
+                                                                               monkeypatch):
+    """A crash between an entry and its head leaves the head one behind, which reads as an
+    interrupted append; an append after it whose own head then fails must not leave it two
+    behind."""
+    site, state = tmp_path / "site", tmp_path / "state"
+    write_site(site, site_rows())
+    forget(site, state, "cust-1", math.inf, "test")
+    log = state / DELETION_LOG
+    head = head_path(log).read_bytes()
+    purge(site, state, math.inf, "test")
+    head_path(log).write_bytes(head)  # as if the process died before the last head write
+    write_head = hash_chain.write_bytes_atomic
+    writes = []
+
+    def second_head_write_fails(path, data, mode=0o644):
+        writes.append(path)
+        if len(writes) == 2:
+            raise OSError(28, "No space left on device", str(path))
+        write_head(path, data, mode)
+
+    monkeypatch.setattr(hash_chain, "write_bytes_atomic", second_head_write_fails)
+    with pytest.raises(OSError):
+        forget(site, state, "cust-3", math.inf, "test")
+    monkeypatch.undo()
+    assert hash_chain.verify_log(log, site_secret(state)).ok
+    assert json.loads(head_path(log).read_text())["entries"] == len(log_entries(state)) == 3
+
+
+def test_forget_on_a_read_only_data_folder_removes_the_derived_copies_and_says_what_is_left(
+        tmp_path, capsys, monkeypatch):
+    """Found in review: the data folder was rewritten before the feature store was pruned, so
+    a read-only one stopped the erasure with the customer's features still cached, nothing
+    logged after the request, and an error that read as if nothing had been done."""
+    site, state = tmp_path / "site", tmp_path / "state"
+    rows = site_rows()
+    rows[3]["customer_id"] = "dana"
+    write_site(site, rows)
+    assert not train(context(site, state, math.inf), "run-a").has_error()
+    texts = [r["text"] for r in rows]
+    assert rows[3]["text"] in cached_texts(state, texts)
+
+    def read_only(path, lines):
+        raise OSError(30, "Read-only file system", str(path))
+
+    monkeypatch.setattr(retention, "remove_lines", read_only)  # as root, chmod would not do
+    capsys.readouterr()
+    code = fedintent(["forget", "--site", str(site), "--customer", "dana", "--state-dir",
+                      str(state), "--retention-days", "inf", "--delete-from-data"])
+    err = capsys.readouterr().err
+    assert code == 2 and "derived copies of the rows are removed and logged" in err
+    assert "still in the data folder" in err
+    assert rows[3]["text"] not in cached_texts(state, texts)
+    done = log_entries(state)[-1]
+    assert done["event"] == "erasure-done" and done["delete_from_data"] == "failed"
+    assert done["deleted"]["feature rows"] == 1 and done["deleted"]["data rows"] == 0
+    assert "dana" in (site / "train.jsonl").read_text()
+
+
+def test_an_erased_customers_text_is_not_kept_in_the_clientapps_memory(tmp_path):
+    """Found in review: the ClientApp cached its last four loads of the site, so the load from
+    before an erasure, with the customer's text, stayed in memory after it."""
+    site, state = tmp_path / "site", tmp_path / "state"
+    rows = site_rows()
+    rows[3]["customer_id"] = "dana"
+    rows[3]["text"] = "my card was stolen at the canary shop"
+    write_site(site, rows)
+    assert not train(context(site, state, math.inf), "run-a").has_error()
+    forget(site, state, "dana", math.inf, "test")
+    assert not train(context(site, state, math.inf), "run-a", 2).has_error()
+    gc.collect()
+    held = [obj for obj in gc.get_objects() if type(obj) is SiteData]
+    assert held and not any("canary shop" in text for data in held
+                            for text in data.train.texts + data.test.texts)
+
+
+def test_purge_without_retention_days_applies_the_sites_own_and_never_deletes_under_a_default(
+        tmp_path, capsys):
+    """Found in review: ``purge --delete-from-data`` without ``--retention-days`` applied 30
+    days, so a site that keeps rows 365 days lost every row older than 30 for good."""
+    site, state = tmp_path / "site", tmp_path / "state"
+    write_site(site, site_rows())
+    rows = FRESH + OLD
+
+    def purge_data(*days: str) -> tuple[int, str]:
+        code = fedintent(["purge", str(site), "--state-dir", str(state), "--delete-from-data",
+                          *days])
+        out, err = capsys.readouterr()
+        return code, out + err
+
+    assert fedintent(["purge", str(site), "--state-dir", str(state)]) == 0  # derived stores
+    assert "the default: the deletion log records none yet" in capsys.readouterr().out
+    code, said = purge_data()  # a default applied once is not the site's
+    assert code == 2 and "records no retention policy yet" in said
+    assert len((site / "train.jsonl").read_text().splitlines()) == rows
+    assert purge_data("--retention-days", "365")[0] == 0  # as the container's schedule runs it
+    code, out = purge_data()
+    assert code == 0 and "retention 365 days, as the site last applied it" in out
+    assert len((site / "train.jsonl").read_text().splitlines()) == rows
+    assert purge_data("--retention-days", "30")[0] == 0
+    assert len((site / "train.jsonl").read_text().splitlines()) == FRESH

@@ -79,9 +79,12 @@ def _site_options(command: argparse.ArgumentParser) -> None:
     command.add_argument("--state-dir", type=Path,
                          help="the site's state folder (its node config's state-dir; the "
                          "container's STATE_DIR; default: SITE_DIR/.fedintent-state)")
-    command.add_argument("--retention-days", type=float, default=DEFAULT_RETENTION_DAYS,
+    command.add_argument("--retention-days", type=float,
                          help="the site's retention-days (node config; RETENTION_DAYS in the "
-                         "container); inf keeps rows without limit (default: %(default)g)")
+                         "container); inf keeps rows without limit (default: the one the "
+                         "deletion log last recorded, else "
+                         f"{DEFAULT_RETENTION_DAYS:g}; with --delete-from-data it must be "
+                         "given when the log records none)")
     command.add_argument("--delete-from-data", action="store_true",
                          help="also remove the expired or erased rows from the data files "
                          "(rewritten atomically); by default the data folder is only read")
@@ -108,12 +111,18 @@ def run_purge(args: argparse.Namespace) -> int:
 
     state_dir = _state_dir(args, args.site_dir)
     with _state_errors():
+        args.retention_days, source = _retention_days(args, state_dir)
         deletion = purge(args.site_dir, state_dir, args.retention_days,
-                         who_deletes("fedintent purge"), delete_from_data=args.delete_from_data)
+                         who_deletes("fedintent purge"), delete_from_data=args.delete_from_data,
+                         default_retention=source.startswith("the default"))
     policy = ("no retention limit" if math.isinf(args.retention_days)
               else f"retention {args.retention_days:g} days")
+    policy += f", {source}" if source else ""
     print(f"purged {args.site_dir} ({policy}; state {state_dir})")
     _print_deletion(deletion, args.delete_from_data, state_dir)
+    if deletion.ledger_problem:
+        raise CliError(f"the purge above is done and logged, but the privacy ledger could not "
+                       f"record the deletion log's new length: {deletion.ledger_problem}")
     return 0
 
 
@@ -131,6 +140,9 @@ def run_forget(args: argparse.Namespace) -> int:
                        "--state-dir as the site's node config names it (a site that never ran "
                        "has no derived store: delete the customer's rows from its data files)")
     with _state_errors():
+        # the customer's rows go whatever their age: the retention decides only which other
+        # rows' cached features stay
+        args.retention_days, _ = _retention_days(args, state_dir, deletes_by_age=False)
         erasure = forget(args.site, state_dir, args.customer, args.retention_days,
                          who_deletes("fedintent forget"), delete_from_data=args.delete_from_data)
     print(f"erasure recorded: {erasure.rows_found} rows of this customer in {args.site}; no run "
@@ -163,8 +175,8 @@ def run_forget(args: argparse.Namespace) -> int:
 
 @contextmanager
 def _state_errors() -> Iterator[None]:
-    """A state folder the site cannot use (its secret lost, its ledger damaged) is an error
-    message that says how to recover, not a traceback (found in review)."""
+    """A state folder the site cannot use (its secret lost, its ledger damaged, its disk full)
+    is an error message that says how to recover, not a traceback (found in review)."""
     from fl_client.privacy_ledger import LedgerError
     from fl_client.site_secret import SecretError
 
@@ -172,10 +184,35 @@ def _state_errors() -> Iterator[None]:
         yield
     except (SecretError, LedgerError) as err:
         raise CliError(str(err)) from err
+    except OSError as err:  # a full disk, a folder mounted read-only (found in review)
+        where = f"{err.filename}: " if err.filename else ""
+        raise CliError(f"{where}{err.strerror or err}; the deletion log shows what was done "
+                       "before it (`fedintent audit verify`); run the command again once this "
+                       "is fixed") from err
+
+
+def _retention_days(args: argparse.Namespace, state_dir: Path,
+                    deletes_by_age: bool = True) -> tuple[float, str]:
+    """(``--retention-days``, or the site's as its deletion log last recorded it, and where it
+    came from when not given): a default must never decide which rows are deleted from the
+    data folder."""
+    from fl_client.retention import recorded_retention_days
+
+    if args.retention_days is not None:
+        return args.retention_days, ""
+    recorded = recorded_retention_days(state_dir) if state_dir.is_dir() else None
+    if recorded is not None:
+        return recorded, "as the site last applied it"
+    if args.delete_from_data and deletes_by_age:
+        raise CliError(f"--retention-days: {state_dir} records no retention policy yet (the "
+                       "site has not purged); give the site's retention-days (node config; "
+                       "RETENTION_DAYS in the container), so that no row is deleted from the "
+                       "data folder under a default")
+    return DEFAULT_RETENTION_DAYS, "the default: the deletion log records none yet"
 
 
 def _state_dir(args: argparse.Namespace, site_dir: Path) -> Path:
-    if not args.retention_days > 0:
+    if args.retention_days is not None and not args.retention_days > 0:
         raise CliError(f"--retention-days must be > 0 (inf: no limit), got {args.retention_days}")
     if not site_dir.is_dir():
         raise CliError(f"site data folder not found: {site_dir}")
