@@ -80,10 +80,18 @@ _DIGIT_GROUP = re.compile(r"[(（][+＋]?\d+[)）]|[+＋]?\d+[XxＸｘ]?")
 # Wider gaps go the same way (found in review: a card or mobile left whole when its groups were
 # on separate lines, three spaces apart, or split by |, *, 。 or ". "): transcripts keep their
 # line breaks, and tables and masked forms write numbers so, but so are lists of figures.
+# Any line break counts (found in review: \r alone, a blank line, \u2028, a join character or a
+# period at a line's end, a bullet at the next one's start and nine spaces left a card whole).
+# Every separator holds a non-digit and is bounded, so matching stays linear. ";" is not one:
+# it separates the values of a list ("...166; 3767-1233-...": a mobile taken across it left
+# part of the card after it whole).
 _JOIN = r"[,，、·・/／_\u00ad|｜*＊。]"
-_WIDE_GAP = rf"(?:{_SPACE}{{3,8}}|{_SPACE}{{0,3}}\r?\n{_SPACE}{{0,3}}|\.{_SPACE}{{1,2}})"
-_JOINED_SEPARATOR = (rf"(?:{_SPACE}{{0,2}}(?:{_JOIN}|{_DASH}){_SPACE}{{0,2}}|{_WIDE_GAP}"
-                     rf"|{_SPACE}{{1,2}})")
+_BREAK = r"[\r\n\v\f\x85\u2028\u2029]"
+_LINE_SPACE = rf"(?:{_SPACE}|{_BREAK})"
+_WIDE_GAP = (rf"(?:{_SPACE}{{3,16}}|{_SPACE}{{0,3}}{_BREAK}{_LINE_SPACE}{{0,8}}"
+             rf"|\.{_LINE_SPACE}{{1,8}})")
+_JOINED_SEPARATOR = (rf"(?:{_LINE_SPACE}{{0,8}}(?:{_JOIN}|{_DASH}){_LINE_SPACE}{{0,8}}"
+                     rf"|{_WIDE_GAP}|{_SPACE}{{1,2}})")
 _JOINED_RUN = re.compile(rf"(?<!\d)\d+(?:{_JOINED_SEPARATOR}\d+)+{_ID_CHECK_X}")
 _JOINED_GROUP = re.compile(r"\d+[XxＸｘ]?")
 _JOIN_CHAR = re.compile(rf"{_JOIN}|{_WIDE_GAP}")

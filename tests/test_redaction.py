@@ -509,6 +509,17 @@ def test_groups_joined_by_commas_slashes_and_dots_are_redacted_whole(
         ("card 4111. 1111. 1111. 1111.", "card [CARD]."),
         ("call 139   1234   5678", "call [PHONE]"),
         ("手机139。1234。5678", "手机[PHONE]"),
+        # found in review: \r alone, a blank line, a paragraph separator, a join or a period at
+        # a line's end, a bullet at the next line's start and nine spaces left them whole
+        ("card 4111\r1111\r1111\r1111", "card [CARD]"),
+        ("card 4111\n\n1111\n\n1111\n\n1111", "card [CARD]"),
+        ("card 4111 \n \n 1111 \n \n 1111 \n \n 1111", "card [CARD]"),
+        ("card 4111\u20281111\u20291111\u20281111", "card [CARD]"),
+        ("card 4111.\n1111.\n1111.\n1111", "card [CARD]"),
+        ("手机138，\n1234，\n5678", "手机[PHONE]"),
+        ("card\n- 4111\n- 1111\n- 1111\n- 1111", "card\n- [CARD]"),
+        ("card\n* 4111\n* 1111\n* 1111\n* 1111", "card\n* [CARD]"),
+        ("card " + (" " * 9).join(["4111", "1111", "1111", "1111"]), "card [CARD]"),
     ],
 )
 def test_joined_groups_mixed_with_other_separators(text: str, expected: str) -> None:
@@ -533,6 +544,9 @@ def test_joined_groups_mixed_with_other_separators(text: str, expected: str) -> 
         "1000\n2000\n3000\n4000",
         "第1页\n第2页",
         "4111|1111|1111|1112",  # fails Luhn
+        "2019;2020;2021;2022",
+        "12:30; 13:45",
+        "1000\n\n2000\n\n3000\n\n4000",
     ],
 )
 def test_joined_groups_in_no_typed_shape_are_left_alone(text: str) -> None:
