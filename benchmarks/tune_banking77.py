@@ -111,7 +111,7 @@ def distributed_accuracy(sites, labels, val, epsilon, candidate, seed, tolerated
              skellam_mu_within_rdp(l1, l2, rounds, *lifetime_filter(lifetime, DELTA)))
     train_distributed(global_model, sites, mu / (len(sites) - tolerated), clip_norm=1.0,
                       learning_rate=learning_rate, rounds=rounds, seed=seed,
-                      server_momentum=momentum)
+                      passes=family.passes, server_momentum=momentum)
     return evaluate(global_model, *val)[1]
 
 

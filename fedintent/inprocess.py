@@ -28,6 +28,7 @@ from fl_client.site_data import list_site_dirs, load_site
 from fl_protocol.wire import DEFAULT_MAX_EPSILON
 from fl_server.secure_aggregation import distributed_step
 from models.family import ModelFamily, concat_features
+from models.fixed_shape import PassShape
 
 Site = tuple[torch.Tensor, torch.Tensor]
 """One site's training data: (features, labels)."""
@@ -109,6 +110,7 @@ def train_distributed(
     learning_rate: float,
     rounds: int,
     seed: int,
+    passes: PassShape,
     server_momentum: float = 0.0,
 ) -> nn.Module:
     """Train ``global_model`` in place for ``rounds`` rounds of distributed DP and return it.
@@ -116,7 +118,9 @@ def train_distributed(
     Every round each site adds Skellam(``mu_share``) to its clipped, scaled and rounded gradient
     sum at the global model (``fl_client.distributed_dp``), and the server steps along the sum
     (``fl_server.secure_aggregation.distributed_step``), with heavy-ball momentum as Flower's
-    FedAvgM applies it (``server_momentum``). Seeds as in ``train_fedavg``.
+    FedAvgM applies it (``server_momentum``). Seeds as in ``train_fedavg``. ``passes``: the
+    family's pass shape, as a site runs it (found in review: the default fixed width mixed
+    token counts for ``minilm-finetune``, so the figures were not those of the site's path).
     """
     examples = sum(len(targets) for _, targets in sites)
     velocity: dict[str, np.ndarray] = {}
@@ -124,7 +128,8 @@ def train_distributed(
         total = None
         for index, (features, targets) in enumerate(sites):
             ints = noisy_integer_sum(global_model, features, targets, clip_norm, mu_share,
-                                     seed=seed * 100_000 + server_round * 100 + index)
+                                     seed=seed * 100_000 + server_round * 100 + index,
+                                     passes=passes)
             total = ints if total is None else {k: total[k] + ints[k] for k in total}
         state = {k: v.numpy() for k, v in global_model.state_dict().items()}
         stepped = distributed_step(state, total, examples=examples, clip_norm=clip_norm,
