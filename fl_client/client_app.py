@@ -259,8 +259,11 @@ def _evaluate_with_dp(msg: Message, context: Context, state_dir: Path, policy: S
     Which test units are there never decides whether the site answers: its delta is the site's
     own (``evaluation_delta``), and when every unit is at its budget the same release is made
     over no unit, noise alone, charging nobody; a decline would tell the server, outside DP,
-    when a new test unit arrived. (A split with no row at all for the run's labels is declined,
-    as for training: with a ``labels-file``, the one fact that the site has no test rows.)"""
+    when a new test unit arrived. Two facts about the split do decide it, as for training: a
+    split with no row at all for the run's labels is declined (with a ``labels-file``, the one
+    fact that the site has no test rows), and under the customer unit so is one where no row
+    names a customer (``_check_customers``): the first such row to arrive turns the decline
+    into an answer."""
     units = rows.units if request.privacy_unit == "customer" else rows.ids
     distinct = list(dict.fromkeys(units))
     try:  # one release of the whole split: sample rate 1, one step
