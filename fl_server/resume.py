@@ -4,7 +4,8 @@ A resumed run must train exactly as the interrupted one would have: same data, m
 privacy settings, and the same ``run-name``, so that each site's privacy ledger charges the new
 rounds to the same run and keeps planning its noise for ``num-rounds`` rounds in total. Only
 keys that change how the server waits, not what is trained, may differ (and ``out-dir``: a run
-folder may have been moved).
+folder may have been moved; a ``data-dir`` or ``labels-file`` inside it, the synthetic sites a
+run wrote there, moves with it).
 """
 
 import json
@@ -22,6 +23,9 @@ MAY_CHANGE_ON_RESUME = frozenset(
 )
 """How long to wait, for how many sites, and where the (possibly moved) run folder is."""
 FILLED_FROM_RECORD = ("run-name", "data-dir")
+MOVED_WITH_THE_RUN = ("data-dir", "labels-file", "state-dir")
+"""Paths a run may keep inside its ``out-dir`` (the synthetic sites it wrote, their labels,
+their state)."""
 """Keys whose empty value means "as recorded" on resume (they default to per-run values)."""
 RECORDED_BEFORE_THEY_EXISTED = {"evaluate-every": 1}
 """Keys newer than some run records, with the value a run recorded without them ran with: a
@@ -95,6 +99,7 @@ def check_audited_start(out_dir: Path, config: dict, labels: list[str]) -> None:
     if not isinstance(audited, dict):
         raise RunConfigError(f"cannot resume: the audit log's run-started entry in {out_dir} "
                              "records no run configuration")
+    audited = moved_with_the_run(audited, str(config.get("out-dir", "")))
     differing = sorted(key for key, value in audited.items()
                        if key not in MAY_CHANGE_ON_RESUME and key in config
                        and config[key] != value)
@@ -126,10 +131,33 @@ def recorded_run_config(doc: dict) -> dict:
     return config
 
 
+def moved_with_the_run(recorded: dict, out_dir: str) -> dict:
+    """``recorded`` (a run configuration as recorded) with each folder of ``MOVED_WITH_THE_RUN``
+    that lay inside its ``out-dir`` moved into ``out_dir`` alike: a run folder moved with the
+    sites it wrote is resumed on them, and on their ledgers (found in review: the old path was
+    looked for, and the resume refused)."""
+    old_out = str(recorded.get("out-dir", ""))
+    if not (old_out and out_dir) or Path(old_out) == Path(out_dir):
+        return recorded
+    moved = dict(recorded)
+    for key in MOVED_WITH_THE_RUN:
+        try:
+            inside = Path(str(recorded.get(key) or "")).relative_to(old_out)
+        except ValueError:
+            continue
+        if recorded.get(key):
+            moved[key] = str(Path(out_dir) / inside)
+    return moved
+
+
 def resumed_run_config(run_config: dict, doc: dict) -> dict:
     """``run_config`` completed from the record; ``RunConfigError`` naming any key that differs."""
-    recorded = recorded_run_config(doc)
+    original = recorded_run_config(doc)
+    recorded = moved_with_the_run(original, str(run_config.get("out-dir", "")))
     config = dict(run_config)
+    for key in MOVED_WITH_THE_RUN:
+        if key in original and config.get(key) == original[key]:
+            config[key] = recorded.get(key)  # the record's own, moved with the run
     for key in FILLED_FROM_RECORD:
         if not str(config.get(key, "")):
             config[key] = recorded.get(key, "")

@@ -24,6 +24,7 @@ from data_synth import write_sites
 from fedintent.launch.simulation import SimulationError, run_simulation
 from fl_client.privacy_ledger import read_ledger
 from fl_client.site_secret import site_secret
+from fl_protocol.durable_files import json_safe
 from fl_protocol.hash_chain import ChainError, append_entry, verify_log
 from fl_protocol.wire import RUN_CONFIG_DEFAULTS as DEFAULTS
 from fl_server.checkpoints import (
@@ -38,7 +39,7 @@ from fl_server.checkpoints import (
     save_checkpoint,
     state_sha256,
 )
-from fl_server.resume import read_metrics, resume_point, resumed_run_config
+from fl_server.resume import check_audited_start, read_metrics, resume_point, resumed_run_config
 from fl_server.run_config import RunConfigError, check_run_config
 from fl_server.run_record import RunRecord
 from fl_server.server_app import resume_run
@@ -290,6 +291,36 @@ def test_a_resume_takes_the_recorded_configuration_and_refuses_changes(tmp_path)
         read_metrics(tmp_path / "metrics.json")
     with pytest.raises(RunConfigError, match="resume must be true or false"):
         check_run_config({"resume": 1})
+
+
+def test_a_run_folder_moved_with_its_sites_inside_resumes_on_them(tmp_path):
+    """Found in review: the synthetic sites a run wrote into its folder were looked for at the
+    old path after the folder was moved, and the resume refused; a folder outside the run's
+    stays where it was, and the audit log still binds every other key."""
+    old, new = tmp_path / "old", tmp_path / "new"
+    recorded = check_run_config({"run-name": "r1", "out-dir": str(old),
+                                 "data-dir": str(old / "data"),
+                                 "labels-file": str(old / "data" / "labels.txt"),
+                                 "state-dir": str(tmp_path / "state")})
+    doc = {"status": "stopped", "rounds": [], "config": json_safe(recorded)}
+    labels = ["a", "b"]
+    new.mkdir()
+    append_entry(new / "audit.jsonl", "run-started",
+                 {"run_name": "r1", "config": doc["config"], "labels": labels})
+    for asked in (check_run_config({"resume": True, "out-dir": str(new),  # flwr run
+                                    "labels-file": str(new / "data" / "labels.txt"),
+                                    "state-dir": str(tmp_path / "state")}),
+                  recorded | {"out-dir": str(new), "resume": True}):  # fedintent train --resume
+        resumed = resumed_run_config(asked, doc)
+        assert resumed["data-dir"] == str(new / "data")
+        assert resumed["labels-file"] == str(new / "data" / "labels.txt")
+        assert resumed["state-dir"] == str(tmp_path / "state")
+        check_audited_start(new, json_safe(resumed), labels)
+    with pytest.raises(RunConfigError, match="data-dir"):
+        check_audited_start(new, json_safe(resumed | {"data-dir": str(tmp_path / "other")}),
+                            labels)
+    with pytest.raises(RunConfigError, match="seed"):
+        check_audited_start(new, json_safe(resumed | {"seed": 99}), labels)
 
 
 @pytest.mark.parametrize(
