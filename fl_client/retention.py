@@ -385,6 +385,10 @@ def _append(state_dir: Path, secret: bytes, event: str, fields: dict) -> tuple[d
     except LedgerError as err:  # the site does not train until it reads; the entry stands
         return entry, str(err)
     if ledger is not None:
+        # never over a log older than the one recorded: that would bless it (found in review)
+        _, problem = deletion_log_check(state_dir, secret, ledger.deletion_log)
+        if problem:
+            return entry, problem
         ledger.deletion_log = {"entries": int(entry["seq"]), "hash": str(entry["hash"])}
         write_ledger(Path(state_dir), ledger, secret)
     return entry, ""
