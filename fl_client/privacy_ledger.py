@@ -51,9 +51,12 @@ from fl_client.privacy_accounting import SkellamRelease, rdp_epsilon
 from fl_client.site_secret import ledger_mac
 from fl_protocol.durable_files import write_bytes_atomic
 
-FORMAT = "fedintent-privacy-ledger/4"
-READ_FORMATS = ("fedintent-privacy-ledger/3", FORMAT)
-"""Version 3 had no ``aliases``; it is read as having none and written back as version 4."""
+FORMAT = "fedintent-privacy-ledger/5"
+READ_FORMATS = ("fedintent-privacy-ledger/3", "fedintent-privacy-ledger/4", FORMAT)
+"""Version 3 had no ``aliases`` and no deletion log's length; version 4 added them (and, from
+ceb9819, the ``version`` its MAC covers); version 5 is version 4 under a name that a release
+which cannot verify a ``version`` refuses as a newer format rather than as an edited ledger.
+Every older version is read and written back as the current one."""
 LEDGER_FILE = "privacy-ledger.json"
 HEAD_FILE = "privacy-ledger.head"
 PRIVATE_FILE_MODE = 0o600
@@ -172,9 +175,9 @@ def read_ledger(state_dir: Path, secret: bytes) -> Ledger | None:
     try:
         document = json.loads(_read_text(path))
         if not isinstance(document, dict) or document.get("format") not in READ_FORMATS:
-            raise LedgerError(f"{path}: not a fedintent privacy ledger (format {FORMAT!r})")
-        if document["format"] != FORMAT and ("aliases" in document
-                                             or "deletion_log" in document):
+            raise LedgerError(_unknown_format(path, document))
+        if document["format"] == READ_FORMATS[0] and ("aliases" in document
+                                                      or "deletion_log" in document):
             raise LedgerError(f"{path}: a version 3 ledger cannot hold aliases or a deletion "
                               "log's length (edited)")
         records = document["releases"]
@@ -233,6 +236,19 @@ def read_ledger(state_dir: Path, secret: bytes) -> Ledger | None:
                 and (not release.distributed or release.rdp_alone >= release.rdp > 0)):
             raise LedgerError(f"{path}: invalid release in ledger: {release}")
     return ledger
+
+
+def _unknown_format(path: Path, document: object) -> str:
+    """Name a newer release's ledger as such: an image rolled back after a newer one wrote the
+    ledger must say so, not that the ledger is damaged."""
+    found = document.get("format") if isinstance(document, dict) else None
+    prefix, current = FORMAT.rsplit("/", 1)
+    number = found.removeprefix(prefix + "/") if isinstance(found, str) else ""
+    if number.isdigit() and int(number) > int(current):
+        return (f"{path}: privacy ledger format {found!r} was written by a newer fedintent "
+                f"release; this one reads up to {FORMAT!r}. Run that release again (an image "
+                "rolled back after it ran cannot read its ledger); refusing to train")
+    return f"{path}: not a fedintent privacy ledger (format {FORMAT!r})"
 
 
 def write_ledger(state_dir: Path, ledger: Ledger, secret: bytes) -> None:

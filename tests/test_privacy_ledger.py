@@ -200,7 +200,7 @@ def test_a_missing_head_is_refused(state):
 def test_a_version_3_ledger_reads_as_one_without_aliases_and_aliases_are_macd(state):
     path = state / LEDGER_FILE
     document = json.loads(path.read_text())
-    assert document["format"] == "fedintent-privacy-ledger/4" and document["aliases"] == {}
+    assert document["format"] == "fedintent-privacy-ledger/5" and document["aliases"] == {}
     older = {k: v for k, v in document.items() if k not in ("aliases", "deletion_log")} | {
         "format": "fedintent-privacy-ledger/3"}
     path.write_text(json.dumps(older))
@@ -284,6 +284,26 @@ def test_a_ledger_of_another_format_is_refused(state):
     rewrite(state, lambda doc: doc.update(format="fedintent-privacy-ledger/2"))
     with pytest.raises(LedgerError, match="not a fedintent privacy ledger"):
         read_ledger(state, SECRET)
+    rewrite(state, lambda doc: doc.update(format="fedintent-privacy-ledger/6"))
+    with pytest.raises(LedgerError, match="written by a newer fedintent release"):
+        read_ledger(state, SECRET)
+
+
+def test_a_version_4_ledger_with_a_rewrite_count_reads_and_is_written_as_version_5(state):
+    """Releases from ceb9819 wrote ``version`` (covered by the MAC) under format 4; the format
+    moved to 5 so that a release which cannot verify it names a newer format instead."""
+    ledger = read_ledger(state, SECRET)
+    ledger.deletion_log = {"entries": 1, "hash": "cd" * 32}
+    write_ledger(state, ledger, SECRET)
+    document = json.loads((state / LEDGER_FILE).read_text())
+    assert document["format"] == "fedintent-privacy-ledger/5"
+    assert document["version"] != len(document["releases"])
+    rewrite(state, lambda doc: doc.update(format="fedintent-privacy-ledger/4"))
+    ledger = read_ledger(state, SECRET)
+    assert ledger.version == document["version"]
+    write_ledger(state, charged(ledger, release("c", 1), ["u1"]), SECRET)
+    assert json.loads((state / LEDGER_FILE).read_text())["format"] == "fedintent-privacy-ledger/5"
+    assert read_ledger(state, SECRET).version == document["version"] + 1
 
 
 def test_a_release_with_a_field_the_mac_does_not_cover_is_refused(state):
