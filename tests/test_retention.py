@@ -430,7 +430,8 @@ def test_purge_and_forget_on_a_state_folder_that_lost_its_secret_say_so_without_
     capsys.readouterr()
     logged = (state / DELETION_LOG).read_bytes()
     for command in (["purge", str(site)], ["forget", "--site", str(site), "--customer", "cust-1"]):
-        code = fedintent([*command, "--state-dir", str(state), "--delete-from-data"])
+        code = fedintent([*command, "--state-dir", str(state), "--delete-from-data",
+                          "--retention-days", "1"])
         out, err = capsys.readouterr()
         assert code == 2 and "site-secret" in err and "Traceback" not in out + err
     assert (state / DELETION_LOG).read_bytes() == logged
@@ -799,28 +800,31 @@ def test_an_erased_customers_text_is_not_kept_in_the_clientapps_memory(tmp_path)
                             for text in data.train.texts + data.test.texts)
 
 
-def test_purge_without_retention_days_applies_the_sites_own_and_never_deletes_under_a_default(
+def test_purge_without_retention_days_applies_the_last_one_and_never_deletes_data_under_it(
         tmp_path, capsys):
     """Found in review: ``purge --delete-from-data`` without ``--retention-days`` applied 30
-    days, so a site that keeps rows 365 days lost every row older than 30 for good."""
+    days, so a site that keeps rows 365 days lost every row older than 30 for good; and later
+    the retention an earlier purge recorded, so a one-off ``--retention-days 1`` for the derived
+    stores deleted every row of the data folder on the next run."""
     site, state = tmp_path / "site", tmp_path / "state"
     write_site(site, site_rows())
     rows = FRESH + OLD
 
-    def purge_data(*days: str) -> tuple[int, str]:
-        code = fedintent(["purge", str(site), "--state-dir", str(state), "--delete-from-data",
-                          *days])
+    def purge(*args: str) -> tuple[int, str]:
+        code = fedintent(["purge", str(site), "--state-dir", str(state), *args])
         out, err = capsys.readouterr()
         return code, out + err
 
-    assert fedintent(["purge", str(site), "--state-dir", str(state)]) == 0  # derived stores
-    assert "the default: the deletion log records none yet" in capsys.readouterr().out
-    code, said = purge_data()  # a default applied once is not the site's
-    assert code == 2 and "records no retention policy yet" in said
-    assert len((site / "train.jsonl").read_text().splitlines()) == rows
-    assert purge_data("--retention-days", "365")[0] == 0  # as the container's schedule runs it
-    code, out = purge_data()
+    code, out = purge()  # derived stores
+    assert code == 0 and "the default: the deletion log records none yet" in out
+    assert purge("--retention-days", "365")[0] == 0
+    code, out = purge()
     assert code == 0 and "retention 365 days, as the site last applied it" in out
+    assert purge("--retention-days", "1")[0] == 0  # a one-off, for the derived stores
+    code, said = purge("--delete-from-data")
+    assert code == 2 and "--delete-from-data needs --retention-days" in said
     assert len((site / "train.jsonl").read_text().splitlines()) == rows
-    assert purge_data("--retention-days", "30")[0] == 0
+    assert purge("--delete-from-data", "--retention-days", "365")[0] == 0
+    assert len((site / "train.jsonl").read_text().splitlines()) == rows
+    assert purge("--delete-from-data", "--retention-days", "30")[0] == 0
     assert len((site / "train.jsonl").read_text().splitlines()) == FRESH

@@ -83,8 +83,8 @@ def _site_options(command: argparse.ArgumentParser) -> None:
                          help="the site's retention-days (node config; RETENTION_DAYS in the "
                          "container); inf keeps rows without limit (default: the one the "
                          "deletion log last recorded, else "
-                         f"{DEFAULT_RETENTION_DAYS:g}; with --delete-from-data it must be "
-                         "given when the log records none)")
+                         f"{DEFAULT_RETENTION_DAYS:g}; purge --delete-from-data needs it "
+                         "given)")
     command.add_argument("--delete-from-data", action="store_true",
                          help="also remove the expired or erased rows from the data files "
                          "(rewritten atomically); by default the data folder is only read")
@@ -194,20 +194,21 @@ def _state_errors() -> Iterator[None]:
 def _retention_days(args: argparse.Namespace, state_dir: Path,
                     deletes_by_age: bool = True) -> tuple[float, str]:
     """(``--retention-days``, or the site's as its deletion log last recorded it, and where it
-    came from when not given): a default must never decide which rows are deleted from the
-    data folder."""
+    came from when not given): only a retention given on this command line decides which rows
+    are deleted from the data folder (found in review: a one-off ``--retention-days 1``,
+    recorded, then deleted every row of a 365-day site on the next run without the flag)."""
     from fl_client.retention import recorded_retention_days
 
     if args.retention_days is not None:
         return args.retention_days, ""
+    if args.delete_from_data and deletes_by_age:
+        raise CliError("--delete-from-data needs --retention-days: give the site's "
+                       "retention-days (node config; RETENTION_DAYS in the container), so that "
+                       "no row is deleted from the data folder under a default or under an "
+                       "earlier purge's retention")
     recorded = recorded_retention_days(state_dir) if state_dir.is_dir() else None
     if recorded is not None:
         return recorded, "as the site last applied it"
-    if args.delete_from_data and deletes_by_age:
-        raise CliError(f"--retention-days: {state_dir} records no retention policy yet (the "
-                       "site has not purged); give the site's retention-days (node config; "
-                       "RETENTION_DAYS in the container), so that no row is deleted from the "
-                       "data folder under a default")
     return DEFAULT_RETENTION_DAYS, "the default: the deletion log records none yet"
 
 
