@@ -13,6 +13,7 @@ secret) adds ``mac``, an HMAC-SHA256 of each entry's hash, and one of the head: 
 history takes the key, not just a SHA-256 implementation.
 """
 
+import fcntl
 import hashlib
 import hmac
 import json
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from fl_protocol.durable_files import append_line, json_safe, write_bytes_atomic
+from fl_protocol.durable_files import append_line, json_safe, sync_folder, write_bytes_atomic
 
 GENESIS = "0" * 64
 
@@ -50,9 +51,11 @@ def append_entry(log_path: Path, event: str, fields: dict, key: bytes | None = N
 
     The log is never left more than one entry past its head: a head one behind (a crash between
     the two writes) is brought up to date first, once the log verifies, and an entry whose head
-    cannot be written (a full disk) is cut off again before the error is raised (found in
-    review: two failed head writes left a log two past its head, which reads as deleted
-    entries, so the site stopped using its data for good)."""
+    cannot be written (a full disk) is cut off again, durably, before the error is raised (found
+    in review: two failed head writes left a log two past its head, which reads as deleted
+    entries, so the site stopped using its data for good). An entry the head already names (the
+    head replaced, then its folder's flush failed) stays: cutting it would leave a head past the
+    log, which reads as deleted entries too."""
     log_path = Path(log_path)
     seq, previous = _last_entry(log_path)
     _catch_up_head(log_path, seq, previous, key)
@@ -65,12 +68,33 @@ def append_entry(log_path: Path, event: str, fields: dict, key: bytes | None = N
     try:
         _write_head(log_path, entry["seq"], entry["hash"], key)
     except BaseException:
-        if start:
-            os.truncate(log_path, start)
-        else:  # the log this entry began: without a head it would read as deleted entries
-            log_path.unlink()
+        if not _head_names(log_path, entry["seq"], entry["hash"]):
+            _cut_back(log_path, start)
         raise
     return entry
+
+
+def _head_names(log_path: Path, entries: int, last_hash: str) -> bool:
+    try:
+        head = json.loads(head_path(log_path).read_text(encoding="utf-8"))
+        return head["entries"] == entries and head["hash"] == last_hash
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def _cut_back(log_path: Path, start: int) -> None:
+    """Durably remove what was appended from byte ``start`` on: a cut lost to a power failure
+    would bring back an entry its caller was told had failed. Nothing was appended after it:
+    each log's appenders are serialised above ``append_line``'s lock (the state lock for the
+    deletion log, the one server process for the audit log)."""
+    if start:
+        with open(log_path, "r+b") as f:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+            f.truncate(start)
+            os.fsync(f.fileno())
+    else:  # the log this entry began: without a head it would read as deleted entries
+        log_path.unlink()
+        sync_folder(log_path.parent)
 
 
 def _write_head(log_path: Path, entries: int, last_hash: str, key: bytes | None) -> None:

@@ -160,3 +160,21 @@ def test_an_entry_whose_head_cannot_be_written_is_cut_off_again(log, tmp_path, m
     monkeypatch.setattr(hash_chain, "write_bytes_atomic", write)
     append_entry(log, "round", {"round": 4})
     assert verify_log(log).ok and verify_log(log).entries == 6
+
+
+def test_an_entry_whose_head_was_replaced_before_the_write_failed_stays(log, tmp_path,
+                                                                        monkeypatch):
+    """Found in review: a head replaced, then its folder's flush failing, had the entry the
+    head names cut off, leaving a log its head reads as truncated: the site refused it for
+    good. The error is still raised (the entry may not be durable), and the log verifies."""
+    write = hash_chain.write_bytes_atomic
+
+    def flush_fails(path, data, mode=0o644):
+        write(path, data, mode)
+        raise OSError(5, "Input/output error", str(path.parent))
+
+    monkeypatch.setattr(hash_chain, "write_bytes_atomic", flush_fails)
+    for path, entries in ((log, 6), (tmp_path / "new.jsonl", 1)):
+        with pytest.raises(OSError, match="Input/output"):
+            append_entry(path, "round", {"round": 4})
+        assert verify_log(path).ok and verify_log(path).entries == entries
