@@ -10,6 +10,7 @@ run wrote there, moves with it).
 
 import json
 import math
+import os
 from pathlib import Path
 
 from fl_protocol.wire import RUN_CONFIG_DEFAULTS
@@ -135,18 +136,20 @@ def moved_with_the_run(recorded: dict, out_dir: str) -> dict:
     """``recorded`` (a run configuration as recorded) with each folder of ``MOVED_WITH_THE_RUN``
     that lay inside its ``out-dir`` moved into ``out_dir`` alike: a run folder moved with the
     sites it wrote is resumed on them, and on their ledgers (found in review: the old path was
-    looked for, and the resume refused)."""
-    old_out = str(recorded.get("out-dir", ""))
-    if not (old_out and out_dir) or Path(old_out) == Path(out_dir):
+    looked for, and the resume refused). Paths are compared with ``..`` collapsed, so a folder
+    beside the run's, named through it (``run/../shared``), is not taken for one inside it."""
+    old_out = os.path.normpath(str(recorded.get("out-dir") or "."))
+    if not (recorded.get("out-dir") and out_dir) or old_out == os.path.normpath(out_dir):
         return recorded
     moved = dict(recorded)
     for key in MOVED_WITH_THE_RUN:
+        if not recorded.get(key):
+            continue
         try:
-            inside = Path(str(recorded.get(key) or "")).relative_to(old_out)
+            inside = Path(os.path.normpath(str(recorded[key]))).relative_to(old_out)
         except ValueError:
             continue
-        if recorded.get(key):
-            moved[key] = str(Path(out_dir) / inside)
+        moved[key] = str(Path(os.path.normpath(out_dir)) / inside)
     return moved
 
 

@@ -39,7 +39,13 @@ from fl_server.checkpoints import (
     save_checkpoint,
     state_sha256,
 )
-from fl_server.resume import check_audited_start, read_metrics, resume_point, resumed_run_config
+from fl_server.resume import (
+    check_audited_start,
+    moved_with_the_run,
+    read_metrics,
+    resume_point,
+    resumed_run_config,
+)
 from fl_server.run_config import RunConfigError, check_run_config
 from fl_server.run_record import RunRecord
 from fl_server.server_app import resume_run
@@ -321,6 +327,19 @@ def test_a_run_folder_moved_with_its_sites_inside_resumes_on_them(tmp_path):
                             labels)
     with pytest.raises(RunConfigError, match="seed"):
         check_audited_start(new, json_safe(resumed | {"seed": 99}), labels)
+
+
+def test_a_folder_named_through_the_run_folder_but_outside_it_does_not_move(tmp_path):
+    """Found in review: paths were compared as text, so ``old/../shared`` counted as inside
+    ``old`` and became ``new/../shared``, another folder, after the move."""
+    old, new = tmp_path / "old", tmp_path / "new"
+    recorded = {"out-dir": str(old), "data-dir": f"{old}/../shared",
+                "state-dir": f"{old}/./sites/../state", "labels-file": f"{tmp_path}/x/../old/l"}
+    moved = moved_with_the_run(recorded, f"{new}/")
+    assert moved["data-dir"] == recorded["data-dir"]
+    assert moved["state-dir"] == str(new / "state")
+    assert moved["labels-file"] == str(new / "l")
+    assert moved_with_the_run(recorded, f"{old}/.") == recorded
 
 
 @pytest.mark.parametrize(
