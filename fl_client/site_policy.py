@@ -99,6 +99,7 @@ from fl_protocol.wire import (
     MIN_DELTA,
     PRIVACY_MODELS,
     PRIVACY_UNITS,
+    ROUND_CONFIG_KEYS,
     Reason,
     evaluation_count,
     evaluation_number,
@@ -421,8 +422,15 @@ def site_languages(context: Context, site_dir: Path) -> tuple[str, ...]:
 
 
 def round_request(msg: Message, context: Context) -> RoundRequest:
-    """The server's asks for this round, typed; a malformed value is refused, not guessed."""
+    """The server's asks for this round, typed; a malformed value is refused, not guessed, and
+    so is a setting the site does not know (a server of another release may mean by it what
+    this site cannot honour, and a round run as if it were absent would not be what it asked)."""
     cfg, config = context.run_config, msg.content[CONFIG_KEY]
+    unknown = sorted(set(config) - set(ROUND_CONFIG_KEYS))
+    if unknown:
+        names = ", ".join(map(repr, unknown))
+        raise PolicyRefusal(Reason.SETTING_REFUSED, f"round settings this site does not know: "
+                            f"{names[:200]}; known: {', '.join(ROUND_CONFIG_KEYS)}")
     try:
         return RoundRequest(
             run_name=str(config["run-name"]),

@@ -40,7 +40,8 @@ ROUND_CONFIG_KEYS = ("labels", "num-rounds", "run-name", "sim-data-dir", "server
                      "cohort-size")
 """What the server's ``config`` record holds: the run's label set, its planned rounds and name,
 the simulation's data folder (deployed sites ignore it), Flower's round number, and (only in a
-distributed-DP round) how many sites the round's secure sum is set up for."""
+distributed-DP round) how many sites the round's secure sum is set up for. A site declines a
+round whose record holds any other key (``fl_client/site_policy.round_request``)."""
 
 PRIVACY_UNITS = ("utterance", "customer")
 """What one DP-SGD example is, and so what the guarantee protects (``fl_client/privacy_units``)."""

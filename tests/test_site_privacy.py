@@ -340,6 +340,20 @@ def test_a_hostile_run_config_is_refused_before_anything_is_charged(site, tmp_pa
     assert not (state / LEDGER_FILE).exists()
 
 
+@pytest.mark.parametrize("kind", ["train", "evaluate"])
+def test_a_round_setting_the_site_does_not_know_is_refused(site, tmp_path, caplog, kind):
+    """A server of another release (or a hostile one) may mean by a new key what this site
+    cannot honour; the round is declined, not run as if the key were absent."""
+    state = tmp_path / "state"
+    message = train_message()
+    message.content["config"]["noise-multiplier"] = 0.0
+    reply = client_app.app(Message(content=message.content, dst_node_id=7, message_type=kind),
+                           context(site, state))
+    assert refused_with(reply, Reason.SETTING_REFUSED)
+    assert "round settings this site does not know: 'noise-multiplier'" in caplog.text
+    assert not (state / LEDGER_FILE).exists()
+
+
 def test_the_smallest_settings_in_range_are_accepted(site, tmp_path):
     """The boundaries of the checks above: a batch of one (which Opacus' rounding once turned
     into a division by zero at some unit counts), the smallest clip-norm and learning rate."""
