@@ -1691,7 +1691,6 @@ TEMPLATES: dict[str, dict[str, tuple[str, ...]]] = {
 }
 LABELS: tuple[str, ...] = tuple(sorted(TEMPLATES))
 LANGUAGES: tuple[str, ...] = ("en", "zh")
-DOMAINS: tuple[str, ...] = ("banking", "telecom", "ecommerce")
 
 
 def domain_of(label: str) -> str:

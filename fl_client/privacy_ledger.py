@@ -118,11 +118,6 @@ class Release:
     def distributed(self) -> bool:
         return self.privacy_model == "distributed"
 
-    @property
-    def alone_rdp(self) -> float:
-        """What the release costs a unit if nobody else's noise counts."""
-        return self.rdp_alone if self.distributed else self.rdp
-
 
 @dataclass
 class Ledger:

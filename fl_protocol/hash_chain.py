@@ -157,17 +157,6 @@ def read_entries(log_path: Path, key: bytes | None = None) -> list[dict]:
     return [json.loads(line) for line in data.splitlines()]  # the lines just verified
 
 
-def check_extendable(log_path: Path, key: bytes | None = None) -> None:
-    """Raise ``ChainError`` unless the log is absent or verifies: never extend a broken chain."""
-    if not Path(log_path).exists():
-        return
-    result = verify_log(log_path, key)
-    if not result.ok:
-        raise ChainError(f"{log_path} is broken at line {result.broken_line}: "
-                         f"{result.problem}; refusing to extend it (move it aside, with its "
-                         "head file, to start a new one)")
-
-
 def is_keyed(log_path: Path) -> bool:
     """Whether the log's first entry carries a MAC (a site's log, checked with its secret)."""
     with open(log_path, "rb") as f:

@@ -11,7 +11,6 @@ from fl_protocol import hash_chain
 from fl_protocol.hash_chain import (
     ChainError,
     append_entry,
-    check_extendable,
     head_path,
     read_entries,
     verify_log,
@@ -114,10 +113,13 @@ def test_one_entry_beyond_the_head_is_an_interrupted_append(log):
 
 
 def test_a_broken_log_is_never_extended(log):
+    """Every writer reads the log through ``read_entries`` before it appends (the server at a
+    resume, the site's purge, forget and ClientApp); a torn last line stops ``append_entry``
+    itself."""
     lines = lines_of(log)
     log.write_bytes(b"".join(lines[:1] + lines[2:]))
     with pytest.raises(ChainError, match="broken at line 2"):
-        check_extendable(log)
+        read_entries(log)
     log.write_bytes(log.read_bytes()[:-1])
     with pytest.raises(ChainError, match="does not end with a complete entry"):
         append_entry(log, "round", {})

@@ -738,7 +738,6 @@ def test_local_releases_keep_their_ledger_format_beside_distributed_ones(tmp_pat
     assert records[1]["privacy_model"] == "distributed"
     ledger = read_ledger(tmp_path, site_secret(tmp_path))  # both verify
     assert [r.distributed for r in ledger.releases] == [False, True]
-    assert ledger.releases[0].alone_rdp == ledger.releases[0].rdp
 
 
 @pytest.mark.parametrize("override,message", [

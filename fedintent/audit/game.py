@@ -48,7 +48,6 @@ from models.family import ModelFamily, concat_features, get_model_family
 
 CANARY = "canary"
 NATURAL = "natural"
-KINDS = (CANARY, NATURAL)
 ACCOUNTANT = str(RUN_CONFIG_DEFAULTS["accountant"])
 
 Site = tuple[torch.Tensor, torch.Tensor]
