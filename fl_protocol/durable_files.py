@@ -9,6 +9,7 @@ or keeps secret. ``json_safe`` is the one rule for JSON's missing infinity.
 """
 
 import contextlib
+import errno
 import fcntl
 import json
 import math
@@ -88,6 +89,8 @@ def append_line(path: Path, line: str, mode: int = 0o644) -> int:
             os.fsync(fd)
         except BaseException:
             os.ftruncate(fd, before)
+            with contextlib.suppress(OSError):  # the write's own error is the one to report
+                os.fsync(fd)  # else a power loss could bring the torn line back
             raise
     finally:
         os.close(fd)
@@ -142,7 +145,9 @@ def sync_folder(folder: Path) -> None:
     """Flush ``folder``'s entries (a rename into it, a file created in it) to disk."""
     fd = os.open(folder, os.O_RDONLY)
     try:
-        with contextlib.suppress(OSError):  # some file systems cannot fsync a folder
-            os.fsync(fd)
+        os.fsync(fd)
+    except OSError as err:
+        if err.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EBADF):
+            raise  # an I/O error: the rename may not be on disk
     finally:
         os.close(fd)

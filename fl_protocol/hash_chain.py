@@ -55,9 +55,14 @@ def append_entry(log_path: Path, event: str, fields: dict, key: bytes | None = N
     in review: two failed head writes left a log two past its head, which reads as deleted
     entries, so the site stopped using its data for good). An entry the head already names (the
     head replaced, then its folder's flush failed) stays: cutting it would leave a head past the
-    log, which reads as deleted entries too."""
+    log, which reads as deleted entries too: the line is cut only while the head still names
+    the entry before it. A new log gets a head naming no entries before its first line, so a
+    process killed between the two leaves a log one past its head, not one without a head
+    (found in review: that read as broken for good, and no backup could hold the first entry)."""
     log_path = Path(log_path)
     seq, previous = _last_entry(log_path)
+    if seq == 0 and not head_path(log_path).exists():
+        _write_head(log_path, 0, GENESIS, key)
     _catch_up_head(log_path, seq, previous, key)
     entry = {"seq": seq + 1, "time": datetime.now(UTC).isoformat(timespec="seconds"),
              "event": event, **json_safe(fields), "prev": previous}
@@ -68,13 +73,15 @@ def append_entry(log_path: Path, event: str, fields: dict, key: bytes | None = N
     try:
         _write_head(log_path, entry["seq"], entry["hash"], key)
     except BaseException:
-        if not _head_names(log_path, entry["seq"], entry["hash"]):
+        if _head_names(log_path, seq, previous):
             _cut_back(log_path, start)
         raise
     return entry
 
 
 def _head_names(log_path: Path, entries: int, last_hash: str) -> bool:
+    """Whether the head can be read and names exactly this entry; a head that cannot be read
+    says nothing, and a log one past its head is a state every reader accepts."""
     try:
         head = json.loads(head_path(log_path).read_text(encoding="utf-8"))
         return head["entries"] == entries and head["hash"] == last_hash
@@ -92,7 +99,7 @@ def _cut_back(log_path: Path, start: int) -> None:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX)
             f.truncate(start)
             os.fsync(f.fileno())
-    else:  # the log this entry began: without a head it would read as deleted entries
+    else:  # the log this entry began: its head names no entries
         log_path.unlink()
         sync_folder(log_path.parent)
 
@@ -124,7 +131,15 @@ def _catch_up_head(log_path: Path, seq: int, last_hash: str, key: bytes | None) 
 def verify_log(log_path: Path, key: bytes | None = None) -> Verification:
     """Check the whole chain and the head, and every MAC when ``key`` is given; ``OSError``
     when the log cannot be read at all."""
-    return _verified(Path(log_path), Path(log_path).read_bytes(), key)
+    return _verified(Path(log_path), _log_bytes(Path(log_path)), key)
+
+
+def _log_bytes(log_path: Path) -> bytes:
+    """The log's content; none for a log whose head exists without it (a head is written
+    before a log's first line, so the head then has to name no entries to verify)."""
+    if not log_path.exists() and head_path(log_path).exists():
+        return b""
+    return log_path.read_bytes()
 
 
 def _verified(log_path: Path, data: bytes, key: bytes | None) -> Verification:
@@ -148,7 +163,7 @@ def read_entries(log_path: Path, key: bytes | None = None) -> list[dict]:
     if not log_path.exists() and not head_path(log_path).exists():
         return []
     try:
-        data = log_path.read_bytes()
+        data = _log_bytes(log_path)
         result = _verified(log_path, data, key)
     except OSError as err:
         raise ChainError(f"{log_path} is missing or unreadable ({err.strerror or err})") from err
@@ -183,9 +198,10 @@ def _mac(key: bytes, kind: str, message: str) -> str:
 
 def _last_entry(log_path: Path) -> tuple[int, str]:
     """(seq, hash) of the last entry; (0, GENESIS) for a new log."""
-    if not log_path.exists():
+    data = log_path.read_bytes() if log_path.exists() else b""
+    if not data:  # none yet, or only its head
         return 0, GENESIS
-    lines = log_path.read_bytes().split(b"\n")
+    lines = data.split(b"\n")
     if lines[-1] or len(lines) < 2:
         raise ChainError(f"{log_path} does not end with a complete entry; refusing to extend "
                          "it (check it with `fedintent audit verify`)")
@@ -228,7 +244,8 @@ def _check_head(log_path: Path, lines: list[bytes], key: bytes | None) -> Verifi
     """Deleted trailing entries leave an intact chain: the head still names the last one.
 
     One entry more than the head records is accepted: the writer stopped between appending an
-    entry and updating the head.
+    entry and updating the head. A head of no entries (written before a log's first line) names
+    the genesis hash.
     """
     count = len(lines)
     path = head_path(log_path)
@@ -243,9 +260,9 @@ def _check_head(log_path: Path, lines: list[bytes], key: bytes | None) -> Verifi
     if recorded > count:
         return Verification(count, count + 1, f"the log ends after {count} entries but its head "
                             f"records {recorded}: trailing entries were deleted")
-    if recorded not in (count, count - 1) or recorded < 1:
+    if recorded not in (count, count - 1) or recorded < 0:
         return Verification(count, count, f"{count} entries but the head records {recorded}")
-    if json.loads(lines[recorded - 1])["hash"] != last_hash:
+    if (json.loads(lines[recorded - 1])["hash"] if recorded else GENESIS) != last_hash:
         return Verification(count, recorded, "entry does not match the hash in the head file")
     if key is not None and not hmac.compare_digest(
             str(head.get("mac", "")), _mac(key, "head", f"{recorded}:{last_hash}")):

@@ -4,6 +4,7 @@ import json
 import math
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -164,6 +165,73 @@ def test_an_entry_whose_head_cannot_be_written_is_cut_off_again(log, tmp_path, m
     assert verify_log(log).ok and verify_log(log).entries == 6
 
 
+@pytest.mark.parametrize("key", [None, b"k" * 32], ids=["audit", "keyed"])
+def test_a_process_killed_between_a_new_logs_first_line_and_its_head_leaves_a_log_that_reads(
+        tmp_path, monkeypatch, key):
+    """Found in review: a kill (SIGKILL, the OOM killer, docker stop) after a new log's first
+    line and before its first head left a log without a head, refused for good: the deletion
+    log would stop the site, the audit log any resume. A head naming no entries comes first."""
+    path = tmp_path / "deletions.jsonl"
+    append = hash_chain.append_line
+
+    def killed_after(*args, **kwargs):
+        append(*args, **kwargs)
+        raise KeyboardInterrupt  # nothing after the line runs, as under SIGKILL
+
+    monkeypatch.setattr(hash_chain, "append_line", killed_after)
+    with pytest.raises(KeyboardInterrupt):
+        append_entry(path, "purge", {"n": 1}, key=key)
+    assert json.loads(head_path(path).read_text())["entries"] == 0
+    assert [e["n"] for e in read_entries(path, key=key)] == [1]
+    monkeypatch.setattr(hash_chain, "append_line", append)
+    append_entry(path, "purge", {"n": 2}, key=key)
+    assert verify_log(path, key).ok and [e["n"] for e in read_entries(path, key=key)] == [1, 2]
+
+
+def test_a_head_naming_no_entries_verifies_only_as_a_new_log(tmp_path):
+    path = tmp_path / "audit.jsonl"
+    append_entry(path, "run-started", {})
+    head = head_path(path).read_bytes()
+    path.unlink()
+    with pytest.raises(ChainError, match="head records 1: trailing entries were deleted"):
+        read_entries(path)
+    head_path(path).write_text(json.dumps({"entries": 0, "hash": "0" * 64}))
+    assert read_entries(path) == [] and verify_log(path).ok
+    head_path(path).write_text(json.dumps({"entries": 0, "hash": "ab" * 32}))
+    with pytest.raises(ChainError, match="hash in the head"):
+        read_entries(path)
+    head_path(path).write_bytes(head)
+    path.write_bytes(b"")
+    with pytest.raises(ChainError, match="trailing entries were deleted"):
+        read_entries(path)
+
+
+def test_an_entry_is_kept_when_its_head_cannot_be_read_after_a_failed_write(tmp_path,
+                                                                            monkeypatch):
+    """Found in review: a head that could not be read back (no file descriptors left) was taken
+    for an old one, and the entry it named cut off. Only a head that names the entry before is
+    grounds to cut."""
+    path = tmp_path / "audit.jsonl"
+    append_entry(path, "run-started", {})
+    write, read_text = hash_chain.write_bytes_atomic, Path.read_text
+
+    def flush_fails(target, data, mode=0o644):
+        write(target, data, mode)
+        monkeypatch.setattr(Path, "read_text", no_descriptors)
+        raise OSError(24, "Too many open files", str(target))
+
+    def no_descriptors(self, *args, **kwargs):
+        if self.name.endswith(".head"):
+            raise OSError(24, "Too many open files", str(self))
+        return read_text(self, *args, **kwargs)
+
+    monkeypatch.setattr(hash_chain, "write_bytes_atomic", flush_fails)
+    with pytest.raises(OSError, match="Too many open files"):
+        append_entry(path, "round", {"round": 1})
+    monkeypatch.undo()
+    assert verify_log(path).ok and verify_log(path).entries == 2
+
+
 def test_an_entry_whose_head_was_replaced_before_the_write_failed_stays(log, tmp_path,
                                                                         monkeypatch):
     """Found in review: a head replaced, then its folder's flush failing, had the entry the
@@ -176,7 +244,8 @@ def test_an_entry_whose_head_was_replaced_before_the_write_failed_stays(log, tmp
         raise OSError(5, "Input/output error", str(path.parent))
 
     monkeypatch.setattr(hash_chain, "write_bytes_atomic", flush_fails)
-    for path, entries in ((log, 6), (tmp_path / "new.jsonl", 1)):
+    # a new log's first write is its head of no entries: the error comes before any line
+    for path, entries in ((log, 6), (tmp_path / "new.jsonl", 0)):
         with pytest.raises(OSError, match="Input/output"):
             append_entry(path, "round", {"round": 4})
         assert verify_log(path).ok and verify_log(path).entries == entries

@@ -14,6 +14,7 @@ from fl_protocol.durable_files import (
     append_line,
     create_exclusive,
     json_safe,
+    sync_folder,
     write_bytes_atomic,
     write_json_atomic,
 )
@@ -32,6 +33,38 @@ def test_a_failed_replace_keeps_the_old_file_and_leaves_no_temporary(tmp_path, m
         write_bytes_atomic(path, b"new", mode=0o600)
     assert path.read_bytes() == b"old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ledger.json"]
+
+
+def test_an_undone_line_is_flushed_and_only_a_folder_that_cannot_be_flushed_is_let_pass(
+        tmp_path, monkeypatch):
+    """Found in review: the cut-back of a torn line was never flushed (a power loss could bring
+    the line back), and a folder's flush failing with an I/O error passed as if done."""
+    path = tmp_path / "audit.jsonl"
+    calls = []
+    real_fsync, real_ftruncate = os.fsync, os.ftruncate
+    monkeypatch.setattr(os, "ftruncate", lambda fd, n: calls.append("ftruncate")
+                        or real_ftruncate(fd, n))
+
+    def fsync_fails_once(fd):
+        calls.append("fsync")
+        if calls.count("fsync") == 1:
+            raise OSError(errno.EIO, "Input/output error")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync_fails_once)
+    with pytest.raises(OSError, match="Input/output"):
+        append_line(path, "{}")
+    assert calls == ["fsync", "ftruncate", "fsync"] and path.read_bytes() == b""
+    for code, raised in ((errno.EIO, True), (errno.EINVAL, False), (errno.ENOTSUP, False)):
+        def fails(fd, code=code):
+            raise OSError(code, os.strerror(code))
+
+        monkeypatch.setattr(os, "fsync", fails)
+        if raised:
+            with pytest.raises(OSError, match=os.strerror(code)):
+                sync_folder(tmp_path)
+        else:
+            sync_folder(tmp_path)
 
 
 def test_files_get_the_mode_asked_for_and_folders_are_created(tmp_path):
