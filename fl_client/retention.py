@@ -53,7 +53,7 @@ import os
 import re
 import socket
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
 from pathlib import Path
@@ -208,7 +208,11 @@ def purge(site_dir: Path, state_dir: Path, retention_days: float, actor: str,
     """Apply the retention policy and the recorded erasures to every derived store at the site
     (and, if asked, to the data folder), and log what was removed. ``default_retention``: the
     caller did not know the site's retention and applied a default, which the log says, so that
-    it is never taken for the site's (``recorded_retention_days``)."""
+    it is never taken for the site's (``recorded_retention_days``).
+
+    A row leaves the data folder only if it has expired by this clock too: "now" for use is
+    never earlier than the log's newest entry, and one purge stamped while the clock ran ahead
+    would otherwise delete, for good, rows still within the retention (found in review)."""
     site_secret(state_dir)  # a site's state folder, set up: never a stray or lost one remade
     with state_lock(state_dir):
         policy = row_policy(state_dir, retention_days, now)
@@ -219,8 +223,11 @@ def purge(site_dir: Path, state_dir: Path, retention_days: float, actor: str,
         details = {"retention_days": retention_days, "delete_from_data": delete_from_data}
         if default_retention:
             details["retention_default"] = True
-        data_rows = _delete_rows_logged(state_dir, ended if delete_from_data else [], "purge",
-                                        actor, not_used, pruned, details)
+        by_this_clock = replace(policy, not_before=retention_window(retention_days, now)[0])
+        gone = [row for row, reason in filter_rows(ended, by_this_clock)[1]
+                if reason in DELETED_FROM_DATA] if delete_from_data else []
+        data_rows = _delete_rows_logged(state_dir, gone, "purge", actor, not_used, pruned,
+                                        details)
         return _logged(state_dir, "purge", actor, not_used, pruned.rows, pruned.files,
                        data_rows, details)
 

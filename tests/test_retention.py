@@ -419,6 +419,33 @@ def test_purge_applies_the_policy_to_the_data_folder_when_asked(tmp_path, capsys
     assert (again.data_rows, again.feature_rows, again.log_entry) == (0, 0, 2)
 
 
+def test_a_purge_logged_while_the_clock_ran_ahead_deletes_no_row_still_within_the_retention(
+        tmp_path, monkeypatch, capsys):
+    """Found in review: "now" for use is never earlier than the deletion log's newest entry, so
+    one purge stamped two years ahead (a clock glitch) made every later ``--delete-from-data``
+    delete rows of the last 200 days for good. They stay unused until the log's time passes,
+    and leave the data folder only once this clock, too, has them expired."""
+    site, state = tmp_path / "site", tmp_path / "state"
+    write_site(site, site_rows())
+
+    class Ahead(datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return datetime.now(tz) + timedelta(days=730)
+
+    monkeypatch.setattr(hash_chain, "datetime", Ahead)
+    assert fedintent(["purge", str(site), "--state-dir", str(state), "--retention-days",
+                      "365"]) == 0
+    monkeypatch.setattr(hash_chain, "datetime", datetime)
+    assert fedintent(["purge", str(site), "--state-dir", str(state), "--retention-days", "365",
+                      "--delete-from-data"]) == 0
+    assert "removed from the data folder: 0 rows" in capsys.readouterr().out
+    assert len((site / "train.jsonl").read_text().splitlines()) == FRESH + OLD
+    assert fedintent(["purge", str(site), "--state-dir", str(state), "--retention-days", "30",
+                      "--delete-from-data"]) == 0
+    assert len((site / "train.jsonl").read_text().splitlines()) == FRESH
+
+
 def test_purge_and_forget_on_a_state_folder_that_lost_its_secret_say_so_without_a_traceback(
         tmp_path, capsys):
     """Found in review: the commands did not catch the lost-secret error and printed a
