@@ -10,7 +10,6 @@ run wrote there, moves with it).
 
 import json
 import math
-import os
 from pathlib import Path
 
 from fl_protocol.wire import RUN_CONFIG_DEFAULTS
@@ -79,13 +78,20 @@ def resume_point(out_dir: Path, run_name: str) -> tuple[Checkpoint | None, list[
 
     Only a checkpoint the audit log vouches for is taken (``audit_log.vouched_models``). Raises
     ``ChainError`` when the log is missing or broken, ``CheckpointError`` when there are
-    checkpoints but none is vouched for, or there is none though the log records a round.
+    checkpoints but none is vouched for, or there is none though the log records a round after
+    the first. Round 1 audited without its checkpoint (the server stopped, or its disk failed,
+    between the two writes) is trained again from the initial model (found in review: the run
+    could never be resumed); a later round falls back to the one before, kept beside it.
     """
     vouched = vouched_models(out_dir / "audit.jsonl", run_name)
     checkpoint, warnings = latest_checkpoint(out_dir / "checkpoints", vouched)
-    if checkpoint is None and vouched:
+    if checkpoint is None and vouched and max(vouched) > 1:
         raise CheckpointError(f"cannot resume: the audit log records round {max(vouched)} but "
                               f"{out_dir / 'checkpoints'} holds no checkpoint")
+    if checkpoint is None and vouched:
+        warnings = [f"the audit log records round 1 but {out_dir / 'checkpoints'} holds no "
+                    "checkpoint of it (the server stopped between the two); round 1 is "
+                    "trained again from the initial model"]
     return checkpoint, warnings
 
 
@@ -136,20 +142,22 @@ def moved_with_the_run(recorded: dict, out_dir: str) -> dict:
     """``recorded`` (a run configuration as recorded) with each folder of ``MOVED_WITH_THE_RUN``
     that lay inside its ``out-dir`` moved into ``out_dir`` alike: a run folder moved with the
     sites it wrote is resumed on them, and on their ledgers (found in review: the old path was
-    looked for, and the resume refused). Paths are compared with ``..`` collapsed, so a folder
-    beside the run's, named through it (``run/../shared``), is not taken for one inside it."""
-    old_out = os.path.normpath(str(recorded.get("out-dir") or "."))
-    if not (recorded.get("out-dir") and out_dir) or old_out == os.path.normpath(out_dir):
+    looked for, and the resume refused). A path with a ``..`` in it never moves: through a
+    link, ``run/link/..`` is not inside ``run``, and the old folder is gone to resolve it."""
+    old_out = Path(str(recorded.get("out-dir") or ""))
+    if not (recorded.get("out-dir") and out_dir) or ".." in old_out.parts:
+        return recorded
+    if old_out == Path(out_dir):
         return recorded
     moved = dict(recorded)
     for key in MOVED_WITH_THE_RUN:
-        if not recorded.get(key):
+        path = Path(str(recorded.get(key) or ""))
+        if not recorded.get(key) or ".." in path.parts:
             continue
         try:
-            inside = Path(os.path.normpath(str(recorded[key]))).relative_to(old_out)
+            moved[key] = str(Path(out_dir) / path.relative_to(old_out))
         except ValueError:
             continue
-        moved[key] = str(Path(os.path.normpath(out_dir)) / inside)
     return moved
 
 

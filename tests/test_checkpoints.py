@@ -227,6 +227,17 @@ def test_resume_takes_only_what_the_audit_log_vouches_for(tmp_path):
         resume_point(tmp_path, "run-x")
 
 
+def test_round_one_audited_without_its_checkpoint_is_trained_again(tmp_path):
+    """Found in review: the server stopped (or its disk failed) between round 1's audit entry
+    and its checkpoint, and the run could never be resumed."""
+    config = stopped_run(tmp_path, rounds=1)
+    for checkpoint_file in checkpoint_files(tmp_path / "checkpoints"):
+        checkpoint_file.unlink()
+    checkpoint, [warning] = resume_point(tmp_path, "run-x")
+    assert checkpoint is None and "round 1 is trained again from the initial model" in warning
+    assert resume_in(tmp_path, config) == 0
+
+
 def test_after_a_resume_only_the_rounds_trained_since_are_vouched_for(tmp_path):
     stopped_run(tmp_path)
     log = tmp_path / "audit.jsonl"
@@ -331,15 +342,18 @@ def test_a_run_folder_moved_with_its_sites_inside_resumes_on_them(tmp_path):
 
 def test_a_folder_named_through_the_run_folder_but_outside_it_does_not_move(tmp_path):
     """Found in review: paths were compared as text, so ``old/../shared`` counted as inside
-    ``old`` and became ``new/../shared``, another folder, after the move."""
+    ``old`` and became ``new/../shared``, another folder, after the move; and collapsing the
+    ``..`` as text took ``old/link/../shared`` (a link out of the run) for ``old/shared``."""
     old, new = tmp_path / "old", tmp_path / "new"
     recorded = {"out-dir": str(old), "data-dir": f"{old}/../shared",
-                "state-dir": f"{old}/./sites/../state", "labels-file": f"{tmp_path}/x/../old/l"}
+                "state-dir": f"{old}/./sites//state", "labels-file": f"{old}/link/../l"}
     moved = moved_with_the_run(recorded, f"{new}/")
     assert moved["data-dir"] == recorded["data-dir"]
-    assert moved["state-dir"] == str(new / "state")
-    assert moved["labels-file"] == str(new / "l")
+    assert moved["labels-file"] == recorded["labels-file"]
+    assert moved["state-dir"] == str(new / "sites" / "state")
     assert moved_with_the_run(recorded, f"{old}/.") == recorded
+    assert moved_with_the_run(recorded | {"out-dir": f"{tmp_path}/x/../old"}, str(new)) == (
+        recorded | {"out-dir": f"{tmp_path}/x/../old"})
 
 
 @pytest.mark.parametrize(
