@@ -234,15 +234,19 @@ def read_ledger(state_dir: Path, secret: bytes) -> Ledger | None:
 
 
 def _unknown_format(path: Path, document: object) -> str:
-    """Name a newer release's ledger as such: an image rolled back after a newer one wrote the
-    ledger must say so, not that the ledger is damaged."""
+    """Name another release's ledger as such: an image rolled back after a newer one wrote the
+    ledger must say so, not that the ledger is damaged. (The format is not MACed: relabelling
+    a ledger changes only which refusal is given, never what is accepted.)"""
     found = document.get("format") if isinstance(document, dict) else None
     prefix, current = FORMAT.rsplit("/", 1)
     number = found.removeprefix(prefix + "/") if isinstance(found, str) else ""
-    if number.isdigit() and int(number) > int(current):
+    if number.isascii() and number.isdigit() and int(number) > int(current):
         return (f"{path}: privacy ledger format {found!r} was written by a newer fedintent "
                 f"release; this one reads up to {FORMAT!r}. Run that release again (an image "
                 "rolled back after it ran cannot read its ledger); refusing to train")
+    if number.isascii() and number.isdigit():
+        return (f"{path}: privacy ledger format {found!r} is older than this release reads "
+                f"({', '.join(map(repr, READ_FORMATS))}); refusing to train")
     return f"{path}: not a fedintent privacy ledger (format {FORMAT!r})"
 
 

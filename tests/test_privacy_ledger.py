@@ -281,12 +281,13 @@ def rewrite(state, edit) -> None:
 
 
 def test_a_ledger_of_another_format_is_refused(state):
-    rewrite(state, lambda doc: doc.update(format="fedintent-privacy-ledger/2"))
-    with pytest.raises(LedgerError, match="not a fedintent privacy ledger"):
-        read_ledger(state, SECRET)
-    rewrite(state, lambda doc: doc.update(format="fedintent-privacy-ledger/6"))
-    with pytest.raises(LedgerError, match="written by a newer fedintent release"):
-        read_ledger(state, SECRET)
+    for found, said in (("fedintent-privacy-ledger/2", "is older than this release reads"),
+                        ("fedintent-privacy-ledger/6", "written by a newer fedintent release"),
+                        ("fedintent-privacy-ledger/\u0666", "not a fedintent privacy ledger"),
+                        ("another-ledger/9", "not a fedintent privacy ledger")):
+        rewrite(state, lambda doc, found=found: doc.update(format=found))
+        with pytest.raises(LedgerError, match=said):
+            read_ledger(state, SECRET)
 
 
 def test_a_version_4_ledger_with_a_rewrite_count_reads_and_is_written_as_version_5(state):

@@ -86,8 +86,9 @@ def _site_options(command: argparse.ArgumentParser) -> None:
                          f"{DEFAULT_RETENTION_DAYS:g}; purge --delete-from-data needs it "
                          "given)")
     command.add_argument("--delete-from-data", action="store_true",
-                         help="also remove the expired or erased rows from the data files "
-                         "(rewritten atomically); by default the data folder is only read")
+                         help="also remove from the data files the rows this command ends "
+                         "(purge: expired or erased; forget: the customer's), each file "
+                         "rewritten atomically; by default the data folder is only read")
 
 
 def run_init_site(args: argparse.Namespace) -> int:
