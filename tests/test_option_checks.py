@@ -147,6 +147,18 @@ def test_deploy_run_scales_the_tuned_rate_to_the_sites_it_is_told_of(capsys):
             deploy_settings(8.0, bad, {})
 
 
+def test_deploy_run_takes_the_tuned_settings_of_the_privacy_model_it_is_set_to():
+    """Found in review: a distributed-DP deployment ran the local-DP table (40 rounds, no
+    server momentum) while ``fedintent train`` ran the distributed one."""
+    distributed = {"privacy-model": "distributed"}
+    assert deploy_settings(8.0, None, distributed) == (tuned_settings(8.0, "distributed")
+                                                       | distributed)
+    assert deploy_settings(8.0, None, distributed)["server-momentum"] == 0.8
+    assert "server-momentum" not in deploy_settings(8.0, None, distributed
+                                                    | {"strategy": "fedadam"})
+    assert deploy_settings(8.0, None, {}) == tuned_settings(8.0)
+
+
 # --- resume ----------------------------------------------------------------------------------
 
 MODEL = {"w": np.ones((2, 3), np.float32)}

@@ -262,10 +262,16 @@ def run_deploy_run(args: argparse.Namespace) -> int:
 
 
 def deploy_settings(epsilon: float, site_rows: float | None, overrides: dict) -> dict:
-    """The tuned settings for ``epsilon`` under the ``--set`` overrides, the learning rate
-    scaled to sites of ``site_rows`` training rows as ``fedintent train`` scales it to the sites
-    it counts (a deployment's server cannot count them: the sites' data stays at the sites)."""
-    settings = tuned_settings(epsilon) | overrides
+    """The tuned settings for ``epsilon`` and the privacy model ``--set`` asks for, under the
+    ``--set`` overrides, the learning rate scaled to sites of ``site_rows`` training rows as
+    ``fedintent train`` scales it to the sites it counts (a deployment's server cannot count
+    them: the sites' data stays at the sites). Found in review: a distributed-DP deployment
+    ran the local-DP table (40 rounds, no server momentum)."""
+    privacy_model = str(overrides.get("privacy-model", RUN_CONFIG_DEFAULTS["privacy-model"]))
+    settings = tuned_settings(epsilon, privacy_model)
+    if str(overrides.get("strategy", RUN_CONFIG_DEFAULTS["strategy"])) != "fedavg":
+        settings.pop("server-momentum", None)  # tuned for FedAvg's step only, as train has it
+    settings |= overrides
     if site_rows is None:
         return settings
     if not site_rows > 0:
