@@ -101,8 +101,10 @@ def _add_train_options(train: argparse.ArgumentParser) -> None:
                        help="per-site epsilon for the whole run; inf = no DP "
                        "(default: %(default)s)")
     train.add_argument("--delta", type=float, default=defaults["delta"],
-                       help="per-site delta; 0 = each site's default, min(1e-5, "
-                       "1/(10 x its units)) (default: %(default)s)")
+                       help="per-site delta; 0 = each site's default, the largest power of "
+                       "ten below 1/(10 x its units), at most 1e-5; a site refuses one above its "
+                       "max-delta and lowers one at or above 1/(10 x its units) to its default "
+                       "(default: %(default)s)")
     train.add_argument("--privacy-unit", default=defaults["privacy-unit"],
                        choices=PRIVACY_UNITS,
                        help="what one DP unit is: one utterance, or all of one customer's "
