@@ -240,14 +240,14 @@ def _unknown_format(path: Path, document: object) -> str:
     found = document.get("format") if isinstance(document, dict) else None
     prefix, current = FORMAT.rsplit("/", 1)
     number = found.removeprefix(prefix + "/") if isinstance(found, str) else ""
-    if number.isascii() and number.isdigit() and int(number) > int(current):
+    if not (number.isascii() and number.isdigit()):
+        return f"{path}: not a fedintent privacy ledger (format {FORMAT!r})"
+    if int(number) > int(current):
         return (f"{path}: privacy ledger format {found!r} was written by a newer fedintent "
                 f"release; this one reads up to {FORMAT!r}. Run that release again (an image "
                 "rolled back after it ran cannot read its ledger); refusing to train")
-    if number.isascii() and number.isdigit():
-        return (f"{path}: privacy ledger format {found!r} is older than this release reads "
-                f"({', '.join(map(repr, READ_FORMATS))}); refusing to train")
-    return f"{path}: not a fedintent privacy ledger (format {FORMAT!r})"
+    return (f"{path}: privacy ledger format {found!r} is older than this release reads "
+            f"({', '.join(map(repr, READ_FORMATS))}); refusing to train")
 
 
 def write_ledger(state_dir: Path, ledger: Ledger, secret: bytes) -> None:

@@ -82,11 +82,18 @@ def append_entry(log_path: Path, event: str, fields: dict, key: bytes | None = N
 def _head_names(log_path: Path, entries: int, last_hash: str) -> bool:
     """Whether the head can be read and names exactly this entry; a head that cannot be read
     says nothing, and a log one past its head is a state every reader accepts."""
+    head = _read_head(log_path)
+    return head.get("entries") == entries and head.get("hash") == last_hash
+
+
+def _read_head(log_path: Path) -> dict:
+    """The head as written, or empty when it cannot be read: what the writer checks before it
+    acts on the head (``verify_log`` is what reports a bad one)."""
     try:
         head = json.loads(head_path(log_path).read_text(encoding="utf-8"))
-        return head["entries"] == entries and head["hash"] == last_hash
-    except (OSError, ValueError, KeyError, TypeError):
-        return False
+    except (OSError, ValueError):
+        return {}
+    return head if isinstance(head, dict) else {}
 
 
 def _cut_back(log_path: Path, start: int) -> None:
@@ -115,11 +122,7 @@ def _write_head(log_path: Path, entries: int, last_hash: str, key: bytes | None)
 def _catch_up_head(log_path: Path, seq: int, last_hash: str, key: bytes | None) -> None:
     """Point a head that records one entry fewer than the log holds at its last entry, if the
     log verifies. Any other head is left for ``verify_log`` to report."""
-    try:
-        recorded = json.loads(head_path(log_path).read_text(encoding="utf-8"))["entries"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return
-    if seq == 0 or recorded != seq - 1:
+    if seq == 0 or _read_head(log_path).get("entries") != seq - 1:
         return
     result = verify_log(log_path, key)
     if not result.ok:

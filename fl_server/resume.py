@@ -145,19 +145,14 @@ def moved_with_the_run(recorded: dict, out_dir: str) -> dict:
     looked for, and the resume refused). A path with a ``..`` in it never moves: through a
     link, ``run/link/..`` is not inside ``run``, and the old folder is gone to resolve it."""
     old_out = Path(str(recorded.get("out-dir") or ""))
-    if not (recorded.get("out-dir") and out_dir) or ".." in old_out.parts:
-        return recorded
-    if old_out == Path(out_dir):
+    if not (recorded.get("out-dir") and out_dir) or ".." in old_out.parts \
+            or old_out == Path(out_dir):
         return recorded
     moved = dict(recorded)
-    for key in MOVED_WITH_THE_RUN:
-        path = Path(str(recorded.get(key) or ""))
-        if not recorded.get(key) or ".." in path.parts:
-            continue
-        try:
+    for key in (key for key in MOVED_WITH_THE_RUN if recorded.get(key)):
+        path = Path(str(recorded[key]))
+        if ".." not in path.parts and path.is_relative_to(old_out):
             moved[key] = str(Path(out_dir) / path.relative_to(old_out))
-        except ValueError:
-            continue
     return moved
 
 
