@@ -61,6 +61,7 @@ def append_entry(log_path: Path, event: str, fields: dict, key: bytes | None = N
     (found in review: that read as broken for good, and no backup could hold the first entry)."""
     log_path = Path(log_path)
     seq, previous = _last_entry(log_path)
+    _refuse_a_head_past_the_log(log_path, seq)
     if seq == 0 and not head_path(log_path).exists():
         _write_head(log_path, 0, GENESIS, key)
     _catch_up_head(log_path, seq, previous, key)
@@ -77,6 +78,16 @@ def append_entry(log_path: Path, event: str, fields: dict, key: bytes | None = N
             _cut_back(log_path, start)
         raise
     return entry
+
+
+def _refuse_a_head_past_the_log(log_path: Path, seq: int) -> None:
+    """A head recording more entries than the log holds means entries (or the whole log) were
+    deleted: a new entry and head written over that would hide it (found in review: an emptied
+    deletion log became a valid one-entry log on its next append)."""
+    recorded = _read_head(log_path).get("entries")
+    if isinstance(recorded, int) and recorded > seq:
+        raise ChainError(f"{log_path} holds {seq} entries but its head records {recorded}: "
+                         "entries were deleted; refusing to extend it")
 
 
 def _head_names(log_path: Path, entries: int, last_hash: str) -> bool:
@@ -176,13 +187,15 @@ def read_entries(log_path: Path, key: bytes | None = None) -> list[dict]:
 
 
 def is_keyed(log_path: Path) -> bool:
-    """Whether the log's first entry carries a MAC (a site's log, checked with its secret)."""
+    """Whether the log's first entry or its head carries a MAC (a site's log, checked with its
+    secret): an emptied keyed log still has a MACed head."""
     with open(log_path, "rb") as f:
         first = f.readline()
     try:
-        return "mac" in json.loads(first)
-    except (ValueError, TypeError):
-        return False
+        first_entry = json.loads(first)
+    except ValueError:
+        first_entry = None
+    return (isinstance(first_entry, dict) and "mac" in first_entry) or "mac" in _read_head(log_path)
 
 
 def entry_hash(entry: dict) -> str:

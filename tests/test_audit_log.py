@@ -126,6 +126,22 @@ def test_a_broken_log_is_never_extended(log):
         append_entry(log, "round", {})
 
 
+@pytest.mark.parametrize("damage", ["emptied", "cut", "deleted"])
+def test_a_log_its_head_is_past_is_never_extended(log, damage):
+    """Extending it would write a head over the evidence that entries were deleted (found in
+    review: an emptied log with its head kept became a valid one-entry log)."""
+    kept = {"emptied": b"", "cut": b"".join(lines_of(log)[:2])}
+    if damage == "deleted":
+        log.unlink()
+    else:
+        log.write_bytes(kept[damage])
+    with pytest.raises(ChainError, match="its head records 5: entries were deleted"):
+        append_entry(log, "round", {"round": 4})
+    assert json.loads(head_path(log).read_text())["entries"] == 5
+    if damage != "deleted":
+        assert "entries were deleted" in verify_log(log).problem
+
+
 def test_an_unreadable_log_exits_2(tmp_path):
     result = audit_verify(tmp_path / "nope.jsonl")
     assert result.returncode == 2 and "cannot read" in result.stderr
