@@ -653,6 +653,23 @@ def test_a_forged_entry_appended_past_the_head_is_detected(deletion_log, capsys)
     assert code == 1 and "BROKEN at line 4: MAC does not match" in out
 
 
+@pytest.mark.parametrize("forgery", ["emptied", "rewritten without MACs"])
+def test_a_site_log_stripped_of_its_macs_is_still_checked_with_the_secret(deletion_log, capsys,
+                                                                          forgery):
+    """Found in review: the command decided from the first line whether a log had MACs, so an
+    emptied deletion log with a forged head lacking one verified as an intact log without
+    them."""
+    entries = [json.loads(line) for line in deletion_log.read_text().splitlines()]
+    if forgery == "emptied":
+        entries = []
+    deletion_log.write_text("".join(
+        canonical_json({k: v for k, v in e.items() if k != "mac"}) + "\n" for e in entries))
+    head_path(deletion_log).write_text(canonical_json(
+        {"entries": len(entries), "hash": entries[-1]["hash"] if entries else "0" * 64}) + "\n")
+    code, out, _ = audit_verify(capsys, deletion_log)
+    assert code == 1 and out.startswith("BROKEN") and "MAC" in out
+
+
 def test_a_keyed_log_without_its_secret_cannot_be_called_intact(deletion_log, tmp_path, capsys):
     code, _, err = audit_verify(capsys, deletion_log, "--state-dir", str(tmp_path / "elsewhere"))
     assert code == 2 and "MACs need the site secret" in err

@@ -70,10 +70,10 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
 
 
 def run_audit_verify(args: argparse.Namespace) -> int:
-    from fl_protocol.hash_chain import is_keyed, verify_log
+    from fl_protocol.hash_chain import verify_log
 
     try:
-        key = _site_key(args) if is_keyed(args.log) else None
+        key = _site_key(args) if _is_site_log(args) else None
         result = verify_log(args.log, key)
     except OSError as err:
         raise CliError(f"cannot read {args.log}: {err.strerror or err}") from err
@@ -84,6 +84,17 @@ def run_audit_verify(args: argparse.Namespace) -> int:
     print(f"BROKEN at line {result.broken_line}: {result.problem} "
           f"({result.entries} entries verify before it; {args.log})")
     return 1
+
+
+def _is_site_log(args: argparse.Namespace) -> bool:
+    """A site's log is checked with its secret whenever one is in play: a state folder named, a
+    secret beside the log, or MACs in the log or its head (found in review: an emptied deletion
+    log with a forged head lacking a MAC verified as an intact log without MACs)."""
+    from fl_client.site_secret import SECRET_FILE
+    from fl_protocol.hash_chain import is_keyed
+
+    return (args.state_dir is not None or (args.log.parent / SECRET_FILE).exists()
+            or is_keyed(args.log))
 
 
 def _site_key(args: argparse.Namespace) -> bytes:
