@@ -78,6 +78,7 @@ from fl_client.site_data import (
 )
 from fl_client.site_folders import state_lock
 from fl_client.site_secret import site_secret
+from fl_protocol.durable_files import ReplacedNotFlushed
 from fl_protocol.hash_chain import ChainError, append_entry, head_path, read_entries
 from models.feature_store import Pruned, prune
 
@@ -98,7 +99,7 @@ class RetentionError(SiteDataError):
 
 @dataclass(frozen=True)
 class RowPolicy:
-    """Which rows may be used now: called with a row's customer id and timestamp, it returns
+    """Which rows may be used now: called with a row's customer ids and timestamp, it returns
     why the row may not be (``None``: it may). Hashable, so a loaded copy of the data can be
     keyed by it."""
 
@@ -109,8 +110,8 @@ class RowPolicy:
     """(keyed hash of the customer id, the erasure's cut-off), from the deletion log."""
     secret: bytes = field(default=b"", repr=False)
 
-    def __call__(self, customer: str | None, when: datetime | None) -> str | None:
-        if customer is not None and self.erased:
+    def __call__(self, customers: tuple[str, ...], when: datetime | None) -> str | None:
+        for customer in customers if self.erased else ():
             erased_at = self._erased_at.get(customer_key(self.secret, customer))
             if erased_at is not None and (when is None or when <= erased_at):
                 return ERASED
@@ -337,33 +338,45 @@ def _partition(rows: list[Row], policy: RowPolicy) -> tuple[list[Row], list[Row]
     return live, ended, Counter(reason for _, reason in left_out)
 
 
-def _delete_rows(rows: list[Row]) -> int:
+def _delete_rows(rows: list[Row]) -> tuple[int, str]:
+    """(lines removed from the data folder, why it stopped before the rest: "" when it did
+    not). A file replaced whose folder could not be flushed counts as removed: every reader
+    already sees it without those lines."""
     by_file: dict[Path, set[int]] = {}
     for row in rows:
         if row.file is not None:  # one file under two names (a link) is rewritten once
             by_file.setdefault(Path(row.file).resolve(), set()).add(row.line)
+    removed = 0
     for path, lines in sorted(by_file.items()):
         try:
             remove_lines(path, lines)
+        except ReplacedNotFlushed as err:
+            return removed + len(lines), (f"{err.strerror}; check the disk: until the folder "
+                                          "is flushed, a power loss could bring those rows back")
         except OSError as err:
-            raise SiteDataError(f"cannot remove rows from {path}: {err.strerror or err} (is the "
-                                "data folder mounted read-only?)") from err
-    return sum(len(lines) for lines in by_file.values())
+            return removed, (f"cannot remove rows from {path}: {err.strerror or err} (is the "
+                             "data folder mounted read-only?)")
+        except SiteDataError as err:
+            return removed, str(err)
+        removed += len(lines)
+    return removed, ""
 
 
 def _delete_rows_logged(state_dir: Path, rows: list[Row], event: str, who: str,
                         not_used: Counter, pruned: Pruned, details: dict) -> int:
     """``_delete_rows``; when the data folder refuses, what was already done (the erasure
-    recorded, the derived copies removed) is logged and said first (found in review: the
-    error read as if nothing had been done, and nothing logged the features removed)."""
-    try:
-        return _delete_rows(rows)
-    except SiteDataError as err:
-        _logged(state_dir, event, who, not_used, pruned.rows, pruned.files, 0,
+    recorded, the derived copies and any data-folder lines removed) is logged and said first
+    (found in review: the error read as if nothing had been done, and nothing logged the
+    features removed, nor the lines of a file rewritten before its folder's flush failed)."""
+    removed, problem = _delete_rows(rows)
+    if problem:
+        _logged(state_dir, event, who, not_used, pruned.rows, pruned.files, removed,
                 details | {"delete_from_data": "failed"})
         raise SiteDataError(f"the site's derived copies of the rows are removed and logged "
-                            f"({pruned.rows} feature rows; an erasure stays recorded), but "
-                            f"their lines are still in the data folder: {err}") from err
+                            f"({pruned.rows} feature rows; an erasure stays recorded), and "
+                            f"{removed} of their lines in the data folder, but the data folder "
+                            f"could not be brought up to date: {problem}")
+    return removed
 
 
 def _logged(state_dir: Path, event: str, who: str, not_used: Counter, feature_rows: int,

@@ -22,6 +22,12 @@ class FileExistsRefusal(FileExistsError):
     """``create_exclusive`` found the file already there; nothing was written."""
 
 
+class ReplacedNotFlushed(OSError):
+    """The file was replaced, and every reader now sees the new version, but its folder could
+    not be flushed: a power loss before the disk recovers could bring the old one back (found
+    in review: a purge took this for "nothing rewritten" and logged no rows removed)."""
+
+
 def write_bytes_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
     """Replace ``path`` with ``data`` atomically and durably, with permissions ``mode``."""
     path = Path(path)
@@ -32,7 +38,11 @@ def write_bytes_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    sync_folder(path.parent)
+    try:
+        sync_folder(path.parent)
+    except OSError as err:
+        raise ReplacedNotFlushed(err.errno, f"{path} was replaced, but its folder could not "
+                                 f"be flushed: {err.strerror or err}") from err
 
 
 def write_text_atomic(path: Path, text: str, mode: int = 0o644) -> None:

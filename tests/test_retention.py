@@ -3,10 +3,12 @@ commands: expired and erased rows never train, no derived copy of them survives 
 file under the state folder is searched for their cached vectors), the ledger keeps the spend,
 and the deletion log is tamper-evident."""
 
+import errno
 import gc
 import json
 import math
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -33,7 +35,7 @@ from fl_client.retention import (
 )
 from fl_client.site_data import SiteData, SiteDataError, load_site
 from fl_client.site_secret import create_site_secret, site_secret
-from fl_protocol import hash_chain
+from fl_protocol import durable_files, hash_chain
 from fl_protocol.hash_chain import canonical_json, entry_hash, head_path
 from fl_protocol.wire import RUN_CONFIG_DEFAULTS, Reason
 from models import feature_store, get_model_family
@@ -138,23 +140,38 @@ def test_the_policy_expires_old_undated_and_future_rows_and_erases_up_to_the_req
     erased_at = NOW - timedelta(days=2)
     policy = RowPolicy(not_before=NOW - timedelta(days=30), not_after=NOW + timedelta(days=1),
                        erased=((customer_key(secret, "alice"), erased_at),), secret=secret)
-    assert policy("bob", NOW - timedelta(days=29)) is None
-    assert policy("bob", NOW - timedelta(days=31)) == EXPIRED
-    assert policy("bob", None) == UNDATED
-    assert policy("bob", NOW + timedelta(days=3)) == FUTURE
-    assert policy("alice", NOW - timedelta(days=3)) == ERASED
-    assert policy("alice", None) == ERASED
-    assert policy("alice", NOW - timedelta(days=1)) is None  # came back after the request
-    assert policy(None, NOW) is None  # a row without a customer is its own unit
+    assert policy(("bob",), NOW - timedelta(days=29)) is None
+    assert policy(("bob",), NOW - timedelta(days=31)) == EXPIRED
+    assert policy(("bob",), None) == UNDATED
+    assert policy(("bob",), NOW + timedelta(days=3)) == FUTURE
+    assert policy(("alice",), NOW - timedelta(days=3)) == ERASED
+    assert policy(("alice",), None) == ERASED
+    assert policy(("alice",), NOW - timedelta(days=1)) is None  # came back after the request
+    assert policy((), NOW) is None  # a row without a customer is its own unit
     unlimited = RowPolicy(not_before=None, not_after=NOW, secret=secret)
-    assert unlimited("bob", None) is None and unlimited("bob", NOW - timedelta(days=9999)) is None
+    assert unlimited(("bob",), None) is None
+    assert unlimited(("bob",), NOW - timedelta(days=9999)) is None
+
+
+def test_an_erasure_recorded_under_the_id_as_written_covers_undated_and_future_rows(tmp_path):
+    """Found in review: the id as written was asked only when the stripped one let a row
+    through, so an erasure recorded under it (as older releases did) lost to "undated" and
+    "future", and ``--delete-from-data`` left those rows in the data folder."""
+    site, secret = tmp_path / "site", b"s" * 32
+    undated = {k: v for k, v in row(1, 1, " dana ").items() if k != "timestamp"}
+    future = row(2, -1.25, " dana ")  # 30 hours ahead: past not_after, covered by the erasure
+    write_site(site, [row(0, 1, " dana "), undated, future, row(3, 1)])
+    policy = RowPolicy(not_before=NOW - timedelta(days=30), not_after=NOW + timedelta(days=1),
+                       erased=((customer_key(secret, " dana "), NOW + timedelta(days=2)),),
+                       secret=secret)
+    assert load_site(site, LABELS, keep=policy).excluded == {ERASED: 3}
 
 
 def test_the_cut_off_is_rounded_so_rows_expire_early_never_late(tmp_path):
     now = datetime(2026, 12, 1, 10, 20, tzinfo=UTC)
     policy = row_policy(tmp_path, 30, now)
     assert policy.not_before == datetime(2026, 11, 1, 11, 0, tzinfo=UTC)
-    assert policy("c", now - timedelta(days=30)) == EXPIRED  # 40 minutes early, not late
+    assert policy(("c",), now - timedelta(days=30)) == EXPIRED  # 40 minutes early, not late
     assert row_policy(tmp_path, math.inf, now).not_before is None
 
 
@@ -165,7 +182,7 @@ def test_timestamps_are_read_in_any_offset_and_a_bad_one_rejects_its_row(tmp_pat
                       row(2, 1) | {"timestamp": "yesterday"},
                       row(3, 1) | {"timestamp": 1764000000}])
     seen = []
-    data = load_site(site, LABELS, keep=lambda customer, when: seen.append(when))
+    data = load_site(site, LABELS, keep=lambda customers, when: seen.append(when))
     assert seen == [datetime(2026, 11, 30, 2, tzinfo=UTC), datetime(2026, 11, 30, 10, tzinfo=UTC)]
     assert [str(r) for r in data.rejected] == [
         "train.jsonl:3: timestamp is not an ISO 8601 date-time (a string of length 9)",
@@ -819,12 +836,39 @@ def test_forget_on_a_read_only_data_folder_removes_the_derived_copies_and_says_w
                       str(state), "--retention-days", "inf", "--delete-from-data"])
     err = capsys.readouterr().err
     assert code == 2 and "derived copies of the rows are removed and logged" in err
-    assert "still in the data folder" in err
+    assert "0 of their lines in the data folder" in err and "mounted read-only" in err
     assert rows[3]["text"] not in cached_texts(state, texts)
     done = log_entries(state)[-1]
     assert done["event"] == "erasure-done" and done["delete_from_data"] == "failed"
     assert done["deleted"]["feature rows"] == 1 and done["deleted"]["data rows"] == 0
     assert "dana" in (site / "train.jsonl").read_text()
+
+
+def test_a_data_file_rewritten_before_its_folder_flush_failed_is_logged_as_rewritten(
+        tmp_path, capsys, monkeypatch):
+    """Found in review: an I/O error flushing the data folder after a file was replaced read
+    as "nothing removed": the log recorded 0 data rows and the error said the lines were still
+    there, though every reader already saw the file without them."""
+    site, state = tmp_path / "site", tmp_path / "state"
+    rows = site_rows()
+    rows[3]["customer_id"] = "dana"
+    write_site(site, rows)
+    folder_flush = durable_files.sync_folder
+
+    def failing_for_the_data_folder(folder):
+        if Path(folder) == site.resolve():
+            raise OSError(errno.EIO, "Input/output error")
+        folder_flush(folder)
+
+    monkeypatch.setattr(durable_files, "sync_folder", failing_for_the_data_folder)
+    code = fedintent(["forget", "--site", str(site), "--customer", "dana", "--state-dir",
+                      str(state), "--retention-days", "inf", "--delete-from-data"])
+    err = capsys.readouterr().err
+    assert code == 2 and "1 of their lines in the data folder" in err
+    assert "could not be flushed: Input/output error" in err and "check the disk" in err
+    done = log_entries(state)[-1]
+    assert done["delete_from_data"] == "failed" and done["deleted"]["data rows"] == 1
+    assert "dana" not in "".join(p.read_text() for p in site.glob("*.jsonl"))
 
 
 def test_an_erased_customers_text_is_not_kept_in_the_clientapps_memory(tmp_path):

@@ -131,9 +131,9 @@ def run_check_data(args: argparse.Namespace) -> int:
     policy = (None if args.retention_days is None
               else RowPolicy(*retention_window(args.retention_days)))
 
-    def keep(customer: str | None, when) -> str | None:
+    def keep(customers: tuple[str, ...], when) -> str | None:
         times.append(when)
-        return None if policy is None else policy(customer, when)
+        return None if policy is None else policy(customers, when)
 
     site = load_site(site_dir, labels, redact_pii=False, keep=keep)
     first, duplicates = one_row_per_id(site.train)  # training uses one row per id
