@@ -24,7 +24,7 @@ import hmac
 import os
 from pathlib import Path
 
-from fl_protocol.durable_files import FileExistsRefusal, create_exclusive
+from fl_protocol.durable_files import FileExistsRefusal, create_exclusive, sync_folder
 
 SECRET_FILE = "site-secret"
 KEYED_FILES = ("privacy-ledger.json", "privacy-ledger.head", "deletions.jsonl",
@@ -62,12 +62,14 @@ def site_secret(state_dir: Path) -> bytes:
 
 def create_site_secret(state_dir: Path) -> bool:
     """Set up a new site's state folder: made owner-only (0700), with a new secret (0600);
-    False when it holds a secret already (nothing changed). Refused beside files the secret
-    signed (``KEYED_FILES``): there the secret was lost, not never made. Called by
+    False when it holds a secret already (nothing changed; the folder is flushed again, as the
+    run that made the secret may have failed to: found in review). Refused beside files the
+    secret signed (``KEYED_FILES``): there the secret was lost, not never made. Called by
     ``fedintent init-site`` and for simulated sites only, never by a deployed site's ClientApp
     or its scheduled commands."""
     path = Path(state_dir) / SECRET_FILE
     if path.exists():
+        sync_folder(Path(state_dir))
         return False
     _refuse_a_lost_secret(state_dir)
     Path(state_dir).mkdir(mode=0o700, parents=True, exist_ok=True)

@@ -1,6 +1,7 @@
 """The exported model: transformers loads it and predicts what fedintent's own model predicts."""
 
 import copy
+import errno
 import hashlib
 import json
 import os
@@ -208,6 +209,25 @@ def test_a_failed_export_leaves_the_previous_one_intact(tmp_path, monkeypatch):
     monkeypatch.undo()
     export_model(tmp_path / "model", family, second, LABELS, "second\n")
     assert (out / "README.md").read_text() == "second\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]
+
+
+def test_an_export_kept_aside_by_a_failed_folder_flush_goes_at_the_next_export(tmp_path,
+                                                                              monkeypatch):
+    family = get_model_family("ngram")
+    first = family.initial_model(LABELS).state_dict()
+    export_model(tmp_path / "model", family, first, LABELS, "first\n")
+
+    def failing(folder):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(export, "sync_folder", failing)
+    with pytest.raises(OSError, match="Input/output error"):
+        export_model(tmp_path / "model", family, first, LABELS, "second\n")
+    assert (tmp_path / "model" / "README.md").read_text() == "second\n"
+    assert len(list(tmp_path.glob(".model.old.*"))) == 1  # not deleted before it is on disk
+    monkeypatch.undo()
+    export_model(tmp_path / "model", family, first, LABELS, "third\n")
     assert [p.name for p in tmp_path.iterdir()] == ["model"]
 
 

@@ -21,6 +21,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from opacus.accountants import PRVAccountant
 
 import fl_client.client_app as client_app
+import fl_client.site_secret as secret_module
 from fedintent.cli import main as fedintent
 from fl_client.egress_guard import EGRESS_LOG
 from fl_client.privacy_accounting import rdp_budget, rdp_epsilon
@@ -32,6 +33,7 @@ from fl_client.retention import forget
 from fl_client.site_data import load_site
 from fl_client.site_policy import RoundRequest, SitePolicy, site_policy
 from fl_client.site_secret import SECRET_FILE, create_site_secret, site_secret
+from fl_protocol import durable_files
 from fl_protocol.wire import (
     DECLINED,
     DEFAULT_MAX_EPSILON,
@@ -945,6 +947,24 @@ def test_a_deployed_site_whose_state_folder_is_gone_refuses_and_makes_none(site,
     else:  # the refusal, recorded in an egress log, and nothing else made
         assert refused_with(reply, Reason.LEDGER_UNREADABLE)
         assert [path.name for path in state.iterdir()] == [EGRESS_LOG]
+
+
+def test_init_site_run_again_after_a_failed_flush_flushes_the_secret(tmp_path, capsys,
+                                                                      monkeypatch):
+    """Found in review: the run again said "nothing done" and never flushed the folder, so
+    the secret's name could still be lost to a power failure."""
+    state = tmp_path / "state"
+
+    def failing(folder):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(durable_files, "sync_folder", failing)
+    assert fedintent(["init-site", "--state-dir", str(state)]) == 2
+    assert "Input/output error" in capsys.readouterr().err and (state / SECRET_FILE).exists()
+    flushed = []
+    monkeypatch.setattr(secret_module, "sync_folder", flushed.append)
+    assert fedintent(["init-site", "--state-dir", str(state)]) == 0
+    assert flushed == [state]
 
 
 def test_init_site_sets_up_a_state_folder_once(tmp_path, capsys):
