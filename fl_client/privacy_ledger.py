@@ -240,7 +240,7 @@ def _unknown_format(path: Path, document: object) -> str:
     found = document.get("format") if isinstance(document, dict) else None
     prefix, current = FORMAT.rsplit("/", 1)
     number = found.removeprefix(prefix + "/") if isinstance(found, str) else ""
-    if not (number.isascii() and number.isdigit()):
+    if not (number.isascii() and number.isdigit()) or number != str(int(number)):
         return f"{path}: not a fedintent privacy ledger (format {FORMAT!r})"
     if int(number) > int(current):
         return (f"{path}: privacy ledger format {found!r} was written by a newer fedintent "

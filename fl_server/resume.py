@@ -85,13 +85,16 @@ def resume_point(out_dir: Path, run_name: str) -> tuple[Checkpoint | None, list[
     """
     vouched = vouched_models(out_dir / "audit.jsonl", run_name)
     checkpoint, warnings = latest_checkpoint(out_dir / "checkpoints", vouched)
-    if checkpoint is None and vouched and max(vouched) > 1:
-        raise CheckpointError(f"cannot resume: the audit log records round {max(vouched)} but "
+    last = max(vouched, default=0)
+    if checkpoint is None and last > 1:
+        raise CheckpointError(f"cannot resume: the audit log records round {last} but "
                               f"{out_dir / 'checkpoints'} holds no checkpoint")
-    if checkpoint is None and vouched:
-        warnings = [f"the audit log records round 1 but {out_dir / 'checkpoints'} holds no "
-                    "checkpoint of it (the server stopped between the two); round 1 is "
-                    "trained again from the initial model"]
+    done = 0 if checkpoint is None else checkpoint.server_round
+    if last > done and not warnings:  # else the warnings say why the newer ones were skipped
+        warnings = [f"the audit log records round {last} but {out_dir / 'checkpoints'} holds "
+                    "no checkpoint of it (the server stopped between the two); " + (
+                        "round 1 is trained again from the initial model" if done == 0 else
+                        f"falling back to round {done}, the rounds after it are trained again")]
     return checkpoint, warnings
 
 

@@ -238,6 +238,16 @@ def test_round_one_audited_without_its_checkpoint_is_trained_again(tmp_path):
     assert resume_in(tmp_path, config) == 0
 
 
+def test_a_later_round_audited_without_its_checkpoint_falls_back_with_a_warning(tmp_path):
+    """Found in review: round 1 audited without its checkpoint was warned about, a later round
+    fell back to the one before without a word."""
+    stopped_run(tmp_path)
+    (tmp_path / "checkpoints" / "round-00003.safetensors").unlink()
+    checkpoint, [warning] = resume_point(tmp_path, "run-x")
+    assert checkpoint.server_round == 2 and "records round 3 but" in warning
+    assert "falling back to round 2, the rounds after it are trained again" in warning
+
+
 def test_after_a_resume_only_the_rounds_trained_since_are_vouched_for(tmp_path):
     stopped_run(tmp_path)
     log = tmp_path / "audit.jsonl"

@@ -284,6 +284,7 @@ def test_a_ledger_of_another_format_is_refused(state):
     for found, said in (("fedintent-privacy-ledger/2", "is older than this release reads"),
                         ("fedintent-privacy-ledger/6", "written by a newer fedintent release"),
                         ("fedintent-privacy-ledger/\u0666", "not a fedintent privacy ledger"),
+                        ("fedintent-privacy-ledger/05", "not a fedintent privacy ledger"),
                         ("another-ledger/9", "not a fedintent privacy ledger")):
         rewrite(state, lambda doc, found=found: doc.update(format=found))
         with pytest.raises(LedgerError, match=said):
