@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import fedintent.bench.sweep as sweep
 from fedintent.bench.baselines import Recipe, train_and_evaluate
 from fedintent.bench.cells import (
     CENTRAL,
@@ -215,6 +216,25 @@ def test_a_sweep_folder_refuses_a_different_spec(tmp_path):
     with pytest.raises(ValueError, match="different data, partition, model, settings"):
         run_bench(spec, tmp_path / "out")
     assert not (tmp_path / "out" / "data").exists()
+
+
+def test_a_sweep_without_epsilon_inf_still_runs_its_non_private_baselines(tmp_path,
+                                                                          monkeypatch):
+    """Found in review: the central baseline always runs at epsilon inf, and looked up the
+    tuned settings of inf, which exist only when --epsilons names it: KeyError after every
+    other cell had run. The federated and local-only cells are stood in for (they have their
+    own tests); the pooled ones run."""
+    def federated(*args, **kwargs):
+        return {"accuracy": 0.5, "wall_seconds": 1.0, "seconds_per_round": 1.0,
+                "upload_bytes_per_site_round": 1.0, "peak_memory_mib": 1.0}
+
+    monkeypatch.setattr(sweep, "run_federated", federated)
+    monkeypatch.setattr(sweep, "local_only_cell", lambda *args, **kwargs: {"accuracy": 0.5})
+    spec = BenchSpec(data=str(write_dataset(tmp_path / "csv")), sites=2, alpha=1.0,
+                     epsilons=[8.0], seeds=1, partition_seed=0, rounds=1)
+    results = run_bench(spec, tmp_path / "out")
+    assert {(r["method"], r["epsilon"]) for r in results} >= {(CENTRAL, "inf"), (TFIDF, "inf")}
+    assert next(r for r in results if r["method"] == CENTRAL)["accuracy"] > 0.9
 
 
 def test_bench_scales_the_tuned_learning_rates_to_the_sites_size_as_train_does(tmp_path):
