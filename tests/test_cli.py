@@ -3,8 +3,11 @@
 import json
 import subprocess
 import sys
+import time
 
 import pytest
+
+from fedintent.commands.progress import rounds_in_progress
 
 
 def fedintent(*args: str, cwd=None) -> subprocess.CompletedProcess:
@@ -273,3 +276,28 @@ def test_version_is_the_installed_package_version(capsys):
         main(["--version"])
     assert exit_.value.code == 0
     assert capsys.readouterr().out == f"fedintent {metadata.version('fedintent')}\n"
+
+
+def test_a_round_that_takes_long_says_it_is_in_progress(capsys):
+    """Found in review: round 1, which embeds every utterance at each site, ran for minutes
+    with nothing printed; a run that is working read as hung."""
+    out = ""
+
+    def read_until(text: str) -> None:
+        nonlocal out
+        deadline = time.monotonic() + 120  # a loaded machine may be slow to run the thread
+        while text not in out and time.monotonic() < deadline:
+            time.sleep(0.01)
+            out += capsys.readouterr().out
+        assert text in out
+
+    with rounds_in_progress(1, 3, every=0.01) as round_done:
+        read_until("round   1/3  in progress")
+        round_done(1)
+        read_until("round   2/3  in progress")
+        round_done(3)
+    out += capsys.readouterr().out
+    first = next(line for line in out.splitlines() if "round   1/3" in line)
+    second = next(line for line in out.splitlines() if "round   2/3" in line)
+    assert "the first round embeds every utterance" in first and "embeds" not in second
+    assert "4/3" not in out

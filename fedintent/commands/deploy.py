@@ -15,7 +15,7 @@ from fedintent.commands.options import (
     new_out_dir,
     writable_folder,
 )
-from fedintent.commands.progress import print_round, print_summary
+from fedintent.commands.progress import print_round, print_summary, rounds_in_progress
 from fl_protocol.label_file import read_labels
 from fl_protocol.wire import RUN_CONFIG_DEFAULTS
 from fl_server.run_config import (
@@ -242,10 +242,13 @@ def run_deploy_run(args: argparse.Namespace) -> int:
               f"{len(labels)} intents, {privacy_settings(run_config)}; output: {out_dir}",
               flush=True)
         try:
-            status = deployment.follow_run(
-                connection, run_id, out_dir / "metrics.json",
-                on_round=lambda entry: print_round(entry, args.rounds),
-            )
+            with rounds_in_progress(1, args.rounds) as round_done:
+                def report(entry: dict) -> None:
+                    round_done(int(entry["round"]))
+                    print_round(entry, args.rounds)
+
+                status = deployment.follow_run(
+                    connection, run_id, out_dir / "metrics.json", on_round=report)
         except KeyboardInterrupt:
             deployment.stop_run(connection, run_id)
             if deployment.wait_run_finished(connection, run_id):

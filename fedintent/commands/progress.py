@@ -1,6 +1,9 @@
 """What ``train`` and ``deploy-run`` print while a run goes, and when it ends."""
 
-from collections.abc import Mapping
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 from fl_server.progress import format_accuracy, format_epsilon, round_lines, site_label
@@ -11,6 +14,37 @@ def print_round(entry: dict, num_rounds: int, names: Mapping[str, str] | None = 
     site folder names in a simulation (``fedintent.launch.simulated_sites``)."""
     for line in round_lines(entry, num_rounds, names):
         print(line, flush=True)
+
+
+@contextmanager
+def rounds_in_progress(first_round: int, num_rounds: int,
+                       every: float = 30.0) -> Iterator[Callable[[int], None]]:
+    """Print a line every ``every`` seconds in which no round completed; yields what to call
+    with each completed round's number. Round 1 embeds every utterance once at each site and
+    can take minutes with nothing else to show (found in review: 47 s of silence under
+    ``train``, two minutes under ``deploy-run``, read as a hung run)."""
+    current, since = [first_round], [time.monotonic()]
+    stop = threading.Event()
+
+    def completed(server_round: int) -> None:
+        current[0], since[0] = server_round + 1, time.monotonic()
+
+    def beat() -> None:
+        while not stop.wait(every):
+            server_round = current[0]
+            if server_round <= num_rounds:
+                note = ("; the first round embeds every utterance once at each site"
+                        if server_round == 1 else "")
+                print(f"round {server_round:>3}/{num_rounds}  in progress "
+                      f"({time.monotonic() - since[0]:.0f} s{note})", flush=True)
+
+    ticker = threading.Thread(target=beat, name="rounds-in-progress", daemon=True)
+    ticker.start()
+    try:
+        yield completed
+    finally:
+        stop.set()
+        ticker.join()
 
 
 def print_summary(metrics: dict, seconds: float, names: Mapping[str, str] | None = None) -> None:

@@ -16,7 +16,7 @@ from fedintent.commands.options import (
     new_out_dir,
     writable_folder,
 )
-from fedintent.commands.progress import print_round, print_summary
+from fedintent.commands.progress import print_round, print_summary, rounds_in_progress
 from fl_client.site_data import SiteDataError, list_site_dirs, read_rows, record_languages
 from fl_protocol.durable_files import json_safe
 from fl_protocol.label_file import read_labels
@@ -366,20 +366,22 @@ def _simulate(run_config: dict, num_sites: int, num_rounds: int, reported_rounds
     sites = simulated_sites(run_config, num_sites)
     rounds: list[dict] = []
 
-    def report(entry: dict) -> None:
-        rounds.append(entry)
-        print_round(entry, num_rounds, site_names(sites, rounds))
-
     started = time.monotonic()
     try:
-        metrics = run_simulation(
-            run_config,
-            num_sites=num_sites,
-            metrics_path=out_dir / "metrics.json",
-            log_path=out_dir / "logs" / "flower.log",
-            on_round=report,
-            reported_rounds=reported_rounds,
-        )
+        with rounds_in_progress(reported_rounds + 1, num_rounds) as round_done:
+            def report(entry: dict) -> None:
+                rounds.append(entry)
+                round_done(int(entry["round"]))
+                print_round(entry, num_rounds, site_names(sites, rounds))
+
+            metrics = run_simulation(
+                run_config,
+                num_sites=num_sites,
+                metrics_path=out_dir / "metrics.json",
+                log_path=out_dir / "logs" / "flower.log",
+                on_round=report,
+                reported_rounds=reported_rounds,
+            )
     except SimulationError as err:
         print(f"fedintent train: error: {err}", file=sys.stderr)
         return 1
