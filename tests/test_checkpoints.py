@@ -426,6 +426,7 @@ def test_a_resumed_run_trains_its_lost_rounds_again_with_fresh_noise_charged_aga
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "round-00002.safetensors is corrupt" in result.stderr
+    assert "its epsilon for this run can end above the run's target" in result.stderr
     assert ("the code differs from the last that ran this run (numpy 0.0-older -> "
             f"{np.__version__}): rounds after 1 are trained by it") in result.stderr
     assert "resuming run resume-test after round 1 of 3" in result.stdout

@@ -544,6 +544,22 @@ def test_forget_refuses_a_state_folder_no_site_has_run_in(tmp_path, capsys):
     assert not (site / ".fedintent-state").exists()
 
 
+def test_forget_of_an_id_no_row_or_spend_holds_warns_but_records_it(tmp_path, capsys):
+    """Found in review: a mistyped id in a data-subject request printed "erasure recorded: 0
+    rows" and exited 0, like a real erasure."""
+    site, state = tmp_path / "site", tmp_path / "state"
+    write_site(site, site_rows())
+    assert fedintent(["purge", str(site), "--state-dir", str(state)]) == 0
+    capsys.readouterr()
+    assert fedintent(["forget", "--site", str(site), "--customer", "Cust-1", "--state-dir",
+                      str(state)]) == 0
+    assert "no row in" in capsys.readouterr().err
+    assert log_entries(state)[-2]["event"] == "erasure"
+    assert fedintent(["forget", "--site", str(site), "--customer", "cust-1", "--state-dir",
+                      str(state)]) == 0
+    assert "warning" not in capsys.readouterr().err
+
+
 # --- the deletion log ------------------------------------------------------------------------
 
 

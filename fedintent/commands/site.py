@@ -4,6 +4,7 @@ store) and ``forget`` (one customer's erasure). They read and write only the sit
 
 import argparse
 import math
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -171,6 +172,11 @@ def run_forget(args: argparse.Namespace) -> int:
                            "fix them by hand")
         print(f"note: lines that failed validation name this customer (never used, left as "
               f"they are): {where}")
+    elif not erasure.rows_found and not erasure.ledger_units:
+        print(f"fedintent forget: warning: no row in {args.site} has this customer_id and the "
+              "privacy ledger holds no spend under it: check the id (matched exactly, "
+              "case-sensitive); the erasure is recorded all the same, so rows that arrive "
+              "under it later are not used", file=sys.stderr)
     return 0
 
 

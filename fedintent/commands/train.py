@@ -338,6 +338,11 @@ def run_resume(args: argparse.Namespace) -> int:
         check_audited_start(out_dir, json_safe(run_config), doc["labels"])
     except (CheckpointError, ChainError, RunConfigError) as err:
         raise CliError(str(err)) from err
+    if warnings and math.isfinite(float(run_config["target-epsilon"])):
+        # found in review: the summary then showed an epsilon above the target without a word
+        warnings.append("each site charges the rounds trained again a second time (fresh noise, "
+                        "docs/FAULT_TOLERANCE.md), so its epsilon for this run can end above "
+                        "the run's target")
     list_site_dirs(Path(run_config["data-dir"]))
     labels_file = Path(run_config["labels-file"] or Path(run_config["data-dir"]) / "labels.txt")
     if read_labels(labels_file) != doc["labels"]:
