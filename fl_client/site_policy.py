@@ -8,8 +8,10 @@ what the server asks against the policy and refuses what would weaken it:
 =====================  ==========================================  ============================
 server asks (run)      site's policy (node config)                 refused when
 =====================  ==========================================  ============================
-target-epsilon         ``max-epsilon`` (default 8): each unit's    not > 0; ``inf`` (no DP)
-                       lifetime budget; ``inf`` allows no DP       unless max-epsilon is inf
+target-epsilon         ``max-epsilon`` (default 8): each unit's    outside ``EPSILON_RANGES``
+                       lifetime budget; ``inf`` allows no DP       (its noise search would not
+                                                                   end); ``inf`` (no DP) unless
+                                                                   max-epsilon is inf
 delta                  ``max-delta`` (default 1e-5), and below     above max-delta (at or above
                        1 / (10 x the site's units)                 the other, lowered to the
                                                                    site's own default instead)
@@ -20,8 +22,10 @@ num-rounds, round      the run's first round in the ledger         a round beyon
 clip-norm,             the wire contract's ``CLIP_NORM_RANGE`` and  outside them (far outside,
 learning-rate          ``LEARNING_RATE_RANGE``                     float32 loses the noise or
                                                                    overflows after the charge)
-batch-size,            (none: any positive value keeps the         not a positive whole number
-local-epochs           guarantee, since noise scales with clip)
+batch-size,            (none: any positive value keeps the         outside the wire contract's
+local-epochs,          guarantee, since noise scales with clip)    ``ROUND_WHOLE_RANGES`` (far
+num-rounds                                                         outside, the noise search
+                                                                   would not end)
 accountant             (prv or rdp: both sound)                    anything else
 privacy-model          ``privacy-models`` (default both): the      not in the list
                        models the site takes part in
@@ -92,6 +96,7 @@ from fl_protocol.wire import (
     DEFAULT_MAX_EPSILON,
     DEFAULT_MAX_EPSILON_ALONE,
     DEFAULT_RETENTION_DAYS,
+    EPSILON_RANGES,
     EVALUATION_POLICIES,
     LANGUAGES,
     LEARNING_RATE_RANGE,
@@ -100,6 +105,7 @@ from fl_protocol.wire import (
     PRIVACY_MODELS,
     PRIVACY_UNITS,
     ROUND_CONFIG_KEYS,
+    ROUND_WHOLE_RANGES,
     Reason,
     evaluation_count,
     evaluation_number,
@@ -329,10 +335,12 @@ def evaluation_request(msg: Message, context: Context, policy: SitePolicy) -> Ro
     asked = round_request(msg, context)
     try:
         every = int(context.run_config["evaluate-every"])
-    except (KeyError, TypeError, ValueError) as err:
+    except (KeyError, TypeError, ValueError, OverflowError) as err:
         raise PolicyRefusal(Reason.SETTING_REFUSED, f"malformed evaluate-every: {err}") from err
-    if every < 1:
-        raise PolicyRefusal(Reason.SETTING_REFUSED, f"evaluate-every {every} is not >= 1")
+    low, high = ROUND_WHOLE_RANGES["evaluate-every"]
+    if not low <= every <= high:
+        raise PolicyRefusal(Reason.SETTING_REFUSED, f"evaluate-every {every} is outside "
+                            f"[{low}, {high}]")
     number = evaluation_number(asked.server_round, asked.num_rounds, every)
     if number is None:
         raise PolicyRefusal(Reason.ROUND_REFUSED,
@@ -448,7 +456,7 @@ def round_request(msg: Message, context: Context) -> RoundRequest:
             cohort_size=int(config.get("cohort-size", 0)),
             plan_delta=float(cfg["delta"]) or MAX_AUTO_DELTA,
         )
-    except (KeyError, TypeError, ValueError) as err:
+    except (KeyError, TypeError, ValueError, OverflowError) as err:
         raise PolicyRefusal(Reason.SETTING_REFUSED, f"malformed privacy setting: {err}") from err
 
 
@@ -489,10 +497,13 @@ def check_request(policy: SitePolicy, request: RoundRequest) -> None:
         raise PolicyRefusal(Reason.SETTING_REFUSED,
                             f"clip-norm {request.clip_norm} is outside [{CLIP_NORM_RANGE[0]:g}, "
                             f"{CLIP_NORM_RANGE[1]:g}]")
-    if request.batch_size < 1 or request.local_epochs < 1:
-        raise PolicyRefusal(Reason.SETTING_REFUSED,
-                            f"batch-size {request.batch_size}, local-epochs "
-                            f"{request.local_epochs}")
+    for name, value in (("num-rounds", request.num_rounds), ("batch-size", request.batch_size),
+                        ("local-epochs", request.local_epochs),
+                        ("tolerated-sites", request.tolerated_sites)):
+        low, high = ROUND_WHOLE_RANGES[name]
+        if not low <= value <= high:
+            raise PolicyRefusal(Reason.SETTING_REFUSED, f"{name} {value} is outside [{low}, "
+                                f"{high}]")
     if not (request.delta == 0 or MIN_DELTA <= request.delta <= policy.max_delta):
         raise PolicyRefusal(Reason.SETTING_REFUSED,
                             f"delta {request.delta:g} is not 0 (auto) or in [{MIN_DELTA:g}, "
@@ -501,6 +512,11 @@ def check_request(policy: SitePolicy, request: RoundRequest) -> None:
         check_accountant(request.accountant)
     except ValueError as err:
         raise PolicyRefusal(Reason.SETTING_REFUSED, str(err)) from err
+    low, high = EPSILON_RANGES[request.accountant]
+    if request.private and not low <= request.target_epsilon <= high:
+        raise PolicyRefusal(Reason.SETTING_REFUSED,
+                            f"target-epsilon {request.target_epsilon:g} is outside [{low:g}, "
+                            f"{high:g}] (accountant {request.accountant})")
     if request.privacy_model not in policy.privacy_models:
         raise PolicyRefusal(Reason.MODEL_REFUSED,
                             f"the server asked for privacy-model {request.privacy_model!r}; "

@@ -160,6 +160,22 @@ ledger charging the planned epsilon); far above it, the update overflows after t
 LEARNING_RATE_RANGE = (1e-8, 10_000.0)
 """The local learning rates a run may ask for, checked by the server and before anything is
 charged by each site: above float32's range the optimizer fails after the charge."""
+EPSILON_RANGES: dict[str, tuple[float, float]] = {"prv": (0.1, 100.0), "rdp": (0.5, 100.0)}
+"""A finite ``target-epsilon`` per accountant: where its noise search plans (measured down to
+delta 1e-10, up to 1000 rounds of full-batch steps), checked by the server and by each site. The
+RDP conversion cannot reach below about 0.45 at delta 1e-10; PRV fails below 0.01 and above 100,
+and its search slows down there until it does not end (found in review: a hostile server's
+target-epsilon of 1000 kept a site searching, its state folder locked, erasures waiting)."""
+ROUND_WHOLE_RANGES: dict[str, tuple[int, int]] = {
+    "num-rounds": (1, 10_000),
+    "batch-size": (1, 1_000_000_000),
+    "local-epochs": (1, 1_000),
+    "tolerated-sites": (0, 10_000),
+    "evaluate-every": (1, 10_000),
+}
+"""The whole-number settings a round's plan depends on, with their inclusive ranges: checked by
+the server and by each site (found in review: num-rounds of a million kept a site's noise
+search running for good, its state folder locked)."""
 MAX_AUTO_DELTA = 1e-5
 """The largest delta a site picks when the run's ``delta`` is 0 (its default, at most this
 and below 1 / (10 x its units)); the server holds a site's reported delta to it."""

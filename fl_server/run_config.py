@@ -11,11 +11,13 @@ from collections.abc import Iterable
 from fl_protocol.wire import (
     ACCOUNTANTS,
     CLIP_NORM_RANGE,
+    EPSILON_RANGES,
     EVALUATION_POLICIES,
     LEARNING_RATE_RANGE,
     MIN_DELTA,
     PRIVACY_MODELS,
     PRIVACY_UNITS,
+    ROUND_WHOLE_RANGES,
     RUN_CONFIG_DEFAULTS,
 )
 from fl_server.secure_aggregation import incompatibility
@@ -57,24 +59,16 @@ MIN_SITE_SIZE_SCALE = 0.25
 """The least ``site_size_scale`` gives: the smallest sites measured averaged 467 rows (0.55)."""
 
 
-EPSILON_RANGES: dict[str, tuple[float, float]] = {"prv": (0.1, 100.0), "rdp": (0.5, 100.0)}
-"""A finite ``target-epsilon`` per accountant: where its noise search plans (measured down to
-delta 1e-10, up to 1000 rounds of full-batch steps). The RDP conversion cannot reach below about
-0.45 at delta 1e-10; PRV fails below 0.01 and above 100 (and slows down there)."""
 SITE_EPSILON_RANGE = (0.5, 10_000.0)
 """A finite ``site-max-epsilon`` (lifetime budget): below it the ledger's Rényi filter has no
 budget at any order; above it a budget no longer limits anything (use inf)."""
 DELTA_RANGE = (MIN_DELTA, 0.1)
 """A nonzero ``delta``: smaller breaks the accountants' floors above, larger is no guarantee."""
 WHOLE_RANGES: dict[str, tuple[int, int]] = {
-    "num-rounds": (1, 10_000),
+    **ROUND_WHOLE_RANGES,
     "min-sites": (1, 10_000),
-    "batch-size": (1, 1_000_000_000),
-    "local-epochs": (1, 1_000),
     "seed": (0, 2**32 - 1),
     "stop-after-round": (0, 10_000),
-    "tolerated-sites": (0, 10_000),
-    "evaluate-every": (1, 10_000),
 }
 """Whole-number keys and their inclusive ranges (``seed``: numpy's ``RandomState`` range)."""
 RETENTION_DAYS_RANGE = (0.01, 36_500.0)

@@ -332,6 +332,11 @@ def test_a_site_that_allows_no_dp_records_it_as_an_unlimited_spend(site, tmp_pat
         ({"privacy-unit": "session"}, {}, Reason.UNIT_REFUSED),
         ({}, {"server_round": 4, "num_rounds": 3}, Reason.ROUND_REFUSED),
         ({}, {"server_round": 0}, Reason.ROUND_REFUSED),
+        # found in review: the noise search never ended, the state folder locked meanwhile
+        ({"target-epsilon": 1000.0}, {}, Reason.SETTING_REFUSED),
+        ({}, {"num_rounds": 10**6}, Reason.SETTING_REFUSED),
+        ({"local-epochs": 10**6}, {}, Reason.SETTING_REFUSED),
+        ({"batch-size": math.inf}, {}, Reason.SETTING_REFUSED),  # was an internal error
     ],
 )
 def test_a_hostile_run_config_is_refused_before_anything_is_charged(site, tmp_path, run_config,

@@ -81,7 +81,7 @@ def created_folder(folder: Path) -> Iterator[Path]:
 
 def parse_epsilons(text: str) -> list[float]:
     """``--epsilons`` of bench and audit-privacy: comma-separated epsilons, each inf (no DP) or
-    in the range the default accountant plans for (``run_config.EPSILON_RANGES``)."""
+    in the range the default accountant plans for (``wire.EPSILON_RANGES``)."""
     try:
         epsilons = [float(value) for value in text.split(",") if value.strip()]
     except ValueError:
