@@ -58,6 +58,7 @@ from flwr.clientapp.typing import ClientAppCallable
 from flwr.common import (
     Code,
     FitRes,
+    MessageType,
     Status,
     bytes_to_ndarray,
     ndarray_to_bytes,
@@ -92,6 +93,10 @@ def secure_aggregation_mod(msg: Message, context: Context, call_next: ClientAppC
     """Answer a SecAgg+ stage; pass any other message straight to ``call_next``."""
     if RECORD_KEY_CONFIGS not in msg.content.config_records:
         return call_next(msg, context)
+    if msg.metadata.message_type != MessageType.TRAIN:
+        # Flower's mod masks only a message typed exactly "train" and passes any other on
+        # (found in review: a stage sent as "train.default" was trained and charged unmasked)
+        return error_reply(msg, Reason.MODEL_REFUSED)
     use_cryptographic_masks()
     use_prime_field_sharing()
     stage = str(msg.content.config_records[RECORD_KEY_CONFIGS].get(Key.STAGE))

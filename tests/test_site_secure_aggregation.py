@@ -104,6 +104,18 @@ def test_the_guarded_update_is_handed_to_masking_in_the_servers_order(context):
     assert dict(reply.content["metrics"]) == METRICS
 
 
+def test_a_secure_aggregation_stage_not_typed_train_is_refused_untrained(context):
+    """Found in review: Flower's SecAgg+ mod masks only a message typed exactly "train", and
+    passes a "train.default" one on, so the site trained (and charged) an update for a secure
+    sum that would have left unmasked but for the egress guard."""
+    stage = secagg_message()
+    retyped = Message(content=stage.content, dst_node_id=7, message_type="train.default")
+    called = []
+    reply = secure_aggregation.secure_aggregation_mod(
+        retyped, context, lambda msg, ctx: called.append(msg) or Message(trained(), reply_to=msg))
+    assert reply.error.reason == Reason.MODEL_REFUSED.value and not called
+
+
 @pytest.mark.parametrize("reason", list(Reason))
 def test_a_site_failure_keeps_its_fixed_reason(context, reason):
     error = Error(code=REASON_CODES[reason], reason=reason.value)
