@@ -61,10 +61,11 @@ def append_entry(log_path: Path, event: str, fields: dict, key: bytes | None = N
     (found in review: that read as broken for good, and no backup could hold the first entry)."""
     log_path = Path(log_path)
     seq, previous = _last_entry(log_path)
-    _refuse_a_head_past_the_log(log_path, seq)
+    recorded = _read_head(log_path).get("entries")
+    _refuse_a_head_past_the_log(log_path, seq, recorded)
     if seq == 0 and not head_path(log_path).exists():
         _write_head(log_path, 0, GENESIS, key)
-    _catch_up_head(log_path, seq, previous, key)
+    _catch_up_head(log_path, seq, recorded, previous, key)
     entry = {"seq": seq + 1, "time": datetime.now(UTC).isoformat(timespec="seconds"),
              "event": event, **json_safe(fields), "prev": previous}
     entry["hash"] = entry_hash(entry)
@@ -80,11 +81,10 @@ def append_entry(log_path: Path, event: str, fields: dict, key: bytes | None = N
     return entry
 
 
-def _refuse_a_head_past_the_log(log_path: Path, seq: int) -> None:
-    """A head recording more entries than the log holds means entries (or the whole log) were
-    deleted: a new entry and head written over that would hide it (found in review: an emptied
-    deletion log became a valid one-entry log on its next append)."""
-    recorded = _read_head(log_path).get("entries")
+def _refuse_a_head_past_the_log(log_path: Path, seq: int, recorded: object) -> None:
+    """A head recording (``recorded``) more entries than the log holds (``seq``) means entries,
+    or the whole log, were deleted: a new entry and head written over that would hide it (found
+    in review: an emptied deletion log became a valid one-entry log on its next append)."""
     if isinstance(recorded, int) and recorded > seq:
         raise ChainError(f"{log_path} holds {seq} entries but its head records {recorded}: "
                          "entries were deleted; refusing to extend it")
@@ -130,10 +130,11 @@ def _write_head(log_path: Path, entries: int, last_hash: str, key: bytes | None)
                        mode=0o600 if key is not None else 0o644)
 
 
-def _catch_up_head(log_path: Path, seq: int, last_hash: str, key: bytes | None) -> None:
-    """Point a head that records one entry fewer than the log holds at its last entry, if the
-    log verifies. Any other head is left for ``verify_log`` to report."""
-    if seq == 0 or _read_head(log_path).get("entries") != seq - 1:
+def _catch_up_head(log_path: Path, seq: int, recorded: object, last_hash: str,
+                   key: bytes | None) -> None:
+    """Point a head that records (``recorded``) one entry fewer than the log holds at its last
+    entry, if the log verifies. Any other head is left for ``verify_log`` to report."""
+    if seq == 0 or recorded != seq - 1:
         return
     result = verify_log(log_path, key)
     if not result.ok:
