@@ -15,7 +15,8 @@ The policy is the site's own (node config, set by its IT team):
   appended to), nor is a row dated more than a day ahead (*dated in the future*: it would outlive
   the policy).
 * An erasure request (``fedintent forget``) is recorded in the deletion log: the customer as a
-  keyed hash, and its cut-off: the request's time plus the day of clock skew a row may be dated
+  keyed hash of its ``canonical_customer`` form (case, width and invisible characters do not
+  tell ids apart), and its cut-off: the request's time plus the day of clock skew a row may be dated
   ahead, or the customer's newest row if that is later (a row exported in local time without
   an offset reads as UTC, so it can lie hours "ahead"; found in review: those rows survived the
   erasure). From then on every row of that customer dated up to the cut-off, or undated, is
@@ -52,6 +53,7 @@ import math
 import os
 import re
 import socket
+import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -112,9 +114,10 @@ class RowPolicy:
 
     def __call__(self, customers: tuple[str, ...], when: datetime | None) -> str | None:
         for customer in customers if self.erased else ():
-            erased_at = self._erased_at.get(customer_key(self.secret, customer))
-            if erased_at is not None and (when is None or when <= erased_at):
-                return ERASED
+            for form in {customer, canonical_customer(customer)}:
+                erased_at = self._erased_at.get(customer_key(self.secret, form))
+                if erased_at is not None and (when is None or when <= erased_at):
+                    return ERASED
         if self.not_before is None:
             return None
         if when is None:
@@ -151,6 +154,17 @@ class Deletion:
     """Why the privacy ledger could not record the deletion log's new length ("" if it did, or
     the site has none yet): the deletion is done either way, and the site does not train until
     its ledger reads again."""
+
+
+def canonical_customer(customer: str) -> str:
+    """The form an erasure is recorded under and matched in: NFKC (full-width digits typed
+    with a CJK input method read as ASCII ones), without format characters (a zero-width space
+    pasted from a web form), case-folded. Ids that differ only so are erased together:
+    over-erasure is the safe side (found in review: each such variant of an erased id was still
+    used). Rows are also matched as written, so erasures logged before this form still bind."""
+    visible = "".join(c for c in unicodedata.normalize("NFKC", customer)
+                      if unicodedata.category(c) != "Cf")
+    return unicodedata.normalize("NFKC", visible.strip().casefold())
 
 
 def customer_key(secret: bytes, customer: str) -> str:
@@ -260,7 +274,7 @@ def forget(site_dir: Path, state_dir: Path, customer: str, retention_days: float
     their rows, even if this is interrupted), then remove their rows from every derived store
     (and, if asked, the data folder), and log what was removed. The ledger keeps their spend."""
     now = now or datetime.now(UTC)
-    customer = customer.strip()  # as rows name their customer (``site_data._identity_field``)
+    written, customer = customer.strip(), canonical_customer(customer)
     if not customer:
         raise ValueError("the customer id is empty")
     secret = site_secret(state_dir)  # a site's state folder, set up: never a stray one remade
@@ -269,7 +283,7 @@ def forget(site_dir: Path, state_dir: Path, customer: str, retention_days: float
         rejected: list[RejectedRow] = []
         train, test = read_rows(site_dir, rejected)
         rows = train + test
-        theirs = [row for row in rows if row.customer == customer]
+        theirs = [row for row in rows if _is_customer(row, customer)]
         # every row present now, whatever clock or time zone dated it
         cut_off = max([now + FUTURE_SLACK, *(row.when for row in theirs if row.when is not None)])
         _append(state_dir, secret, "erasure",
@@ -281,7 +295,7 @@ def forget(site_dir: Path, state_dir: Path, customer: str, retention_days: float
         pruned = prune(Path(state_dir) / FEATURES, [redact(row.text) for row in live])
         details = {"customer": customer_key(secret, customer),
                    "delete_from_data": delete_from_data}
-        gone = [row for row in ended if row.customer == customer] if delete_from_data else []
+        gone = [row for row in ended if _is_customer(row, customer)] if delete_from_data else []
         data_rows = _delete_rows_logged(state_dir, gone, "erasure-done", actor, not_used,
                                         pruned, details)
         if data_rows:  # the lines after those removed moved up: name them as they are now
@@ -290,20 +304,26 @@ def forget(site_dir: Path, state_dir: Path, customer: str, retention_days: float
         deletion = _logged(state_dir, "erasure-done", actor, not_used, pruned.rows,
                            pruned.files, data_rows, details)
         try:
-            units, epsilon = _ledger_spend(state_dir, secret, customer, theirs)
+            units, epsilon = _ledger_spend(state_dir, secret, written, theirs)
             problem = ""
         except LedgerError as err:
             units, epsilon, problem = 0, 0.0, str(err)
         return Erasure(rows_found=len(theirs), erased_until=cut_off, deletion=deletion,
                        ledger_units=units, ledger_epsilon=epsilon, ledger_problem=problem,
-                       rejected_mentions=_mentions(site_dir, rejected, customer))
+                       rejected_mentions=_mentions(site_dir, rejected, written))
+
+
+def _is_customer(row: Row, canonical: str) -> bool:
+    return row.customer is not None and canonical_customer(row.customer) == canonical
 
 
 def _mentions(site_dir: Path, rejected: list[RejectedRow], customer: str) -> tuple[str, ...]:
-    """Each rejected line whose raw bytes hold ``customer`` as a whole token, and each file that
-    could not be read at all: where the loader could not tell whose a row is, the id decides."""
+    """Each rejected line that holds ``customer`` as a whole token (as written, \\u-escaped, or
+    in the form erasures match, ``canonical_customer``), and each file that could not be read
+    at all: where the loader could not tell whose a row is, the id decides."""
     forms = {customer.encode("utf-8"), json.dumps(customer)[1:-1].encode("ascii")}  # \u escapes
     token = re.compile(rb"(?<![\w-])(?:" + b"|".join(map(re.escape, forms)) + rb")(?![\w-])")
+    canonical = re.compile(r"(?<![\w-])" + re.escape(canonical_customer(customer)) + r"(?![\w-])")
     lines: dict[str, set[int]] = {}
     found = []
     for row in rejected:
@@ -315,7 +335,8 @@ def _mentions(site_dir: Path, rejected: list[RejectedRow], customer: str) -> tup
         try:
             with open(Path(site_dir) / file, "rb") as f:
                 for number, raw in enumerate(iter(f.readline, b""), start=1):
-                    if number in wanted and token.search(raw):
+                    if number in wanted and (token.search(raw) or canonical.search(
+                            canonical_customer(raw.decode("utf-8", "replace")))):
                         found.append(f"{file}:{number}")
         except OSError as err:
             found.append(f"{file} (unreadable: {err.strerror or err})")
@@ -480,7 +501,8 @@ def _ledger_spend(state_dir: Path, secret: bytes, customer: str,
     ledger = read_ledger(Path(state_dir), secret)
     if ledger is None:
         return 0, 0.0
-    identities = {customer} if ledger.privacy_unit == "customer" else {r.uid for r in rows}
+    identities = ({customer, *(r.unit for r in rows)} if ledger.privacy_unit == "customer"
+                  else {r.uid for r in rows})
     keys = [key for key in (unit_key(secret, f"{ledger.privacy_unit}\0{identity}")
                             for identity in sorted(identities)) if key in ledger.spend]
     return len(keys), max(unit_epsilons(ledger, keys), default=0.0)

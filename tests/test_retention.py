@@ -551,7 +551,7 @@ def test_forget_of_an_id_no_row_or_spend_holds_warns_but_records_it(tmp_path, ca
     write_site(site, site_rows())
     assert fedintent(["purge", str(site), "--state-dir", str(state)]) == 0
     capsys.readouterr()
-    assert fedintent(["forget", "--site", str(site), "--customer", "Cust-1", "--state-dir",
+    assert fedintent(["forget", "--site", str(site), "--customer", "cust-99", "--state-dir",
                       str(state)]) == 0
     assert "no row in" in capsys.readouterr().err
     assert log_entries(state)[-2]["event"] == "erasure"
@@ -733,6 +733,35 @@ def test_an_erasure_binds_the_customer_however_its_id_is_spaced(tmp_path):
     data = load_site(site, LABELS, keep=policy)
     assert data.excluded == {ERASED: 2}
     assert data.train.units + data.test.units == ["cust-3"]
+
+
+def test_an_erasure_binds_the_customer_however_its_id_is_cased_widened_or_hidden(tmp_path):
+    """Found in review: an id matched only as written, so the same customer in full-width
+    digits (a CJK input method), with a zero-width space (pasted from a web form) or in another
+    case (a second export) was still used after ``forget``. Each is erased with the request,
+    later rows too, a broken line in any form is named, the spend of each is reported, and an
+    erasure an older release logged under the id as written still binds it."""
+    site, state = tmp_path / "site", tmp_path / "state"
+    variants = ["AB-4711", "ab-4711", "\uff21\uff22-\uff14\uff17\uff11\uff11", "AB-47\u200b11"]
+    write_site(site, [row(i, 1, c) for i, c in enumerate(variants)] + [row(9, 1, "AB-4712")])
+    with open(site / "train.jsonl", "a") as f:
+        f.write('{"text": "a broken line", "customer_id": "\uff41b-4711"\n')
+    ctx = context(site, state, math.inf)
+    ctx.node_config["privacy-unit"] = ctx.run_config["privacy-unit"] = "customer"
+    assert not train(ctx).has_error()
+    erasure = forget(site, state, "Ab-4711", math.inf, "test", delete_from_data=True)
+    assert erasure.rows_found == 4 and erasure.deletion.data_rows == 4
+    assert erasure.ledger_units == 4 and erasure.ledger_epsilon > 0  # each form is a unit
+    assert erasure.rejected_mentions == ("train.jsonl:2",)  # line 6 before the 4 went
+    write_site(site, [row(i, 0.5, c) for i, c in enumerate(variants)] + [row(9, 1, "AB-4712")])
+    data = load_site(site, LABELS, keep=row_policy(state, math.inf))
+    assert data.excluded == {ERASED: 4} and data.train.units + data.test.units == ["AB-4712"]
+
+    secret, older = site_secret(state), tmp_path / "older"  # logged as written, before the fix
+    policy = RowPolicy(None, NOW + timedelta(days=1),
+                       ((customer_key(secret, "\uff21B-4711"), NOW + timedelta(days=1)),), secret)
+    write_site(older, [row(0, 1, "\uff21B-4711"), row(1, 1, "AB-4712")])
+    assert load_site(older, LABELS, keep=policy).excluded == {ERASED: 1}
 
 
 def test_a_scheduled_purge_on_a_lost_state_folder_refuses_and_makes_none(tmp_path, capsys):

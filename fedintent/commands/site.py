@@ -174,9 +174,9 @@ def run_forget(args: argparse.Namespace) -> int:
               f"they are): {where}")
     elif not erasure.rows_found and not erasure.ledger_units:
         print(f"fedintent forget: warning: no row in {args.site} has this customer_id and the "
-              "privacy ledger holds no spend under it: check the id (matched exactly, "
-              "case-sensitive); the erasure is recorded all the same, so rows that arrive "
-              "under it later are not used", file=sys.stderr)
+              "privacy ledger holds no spend under it: check the id (matched ignoring "
+              "case, character width and invisible characters); the erasure is recorded all "
+              "the same, so rows that arrive under it later are not used", file=sys.stderr)
     return 0
 
 
