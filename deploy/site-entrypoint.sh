@@ -44,7 +44,7 @@
 #                     exact (the test split's exact metrics, outside every epsilon: only for a
 #                     server this site trusts with them) or off (default: the ClientApp's, dp)
 #   EVALUATION_EPSILON  with EVALUATION=dp: what one run's evaluations may cost a test unit,
-#                     all its rounds together (default: the ClientApp's, 8)
+#                     all its rounds together, 0.1 to 100 (default: the ClientApp's, 8)
 #   LOCAL_MODELS      checkpoint folders on this machine a run may name as its model,
 #                     comma-separated (default: none; fedintent's named families only)
 #   RETENTION_DAYS    how long this site uses a conversation after its timestamp: older rows
@@ -187,9 +187,16 @@ case "${EVALUATION:-dp}" in
     *) echo "site-entrypoint: EVALUATION must be dp, exact or off" >&2; exit 2;;
 esac
 if [ -n "${EVALUATION_EPSILON:-}" ]; then
-    python -c 'import math, sys; e = float(sys.argv[1]); sys.exit(0 if math.isfinite(e) and e > 0 else 1)' \
-        "$EVALUATION_EPSILON" || {
-        echo "site-entrypoint: EVALUATION_EPSILON must be a number > 0" >&2; exit 2; }
+    python - "$EVALUATION_EPSILON" <<'PY' || exit 2
+import sys
+
+from fl_protocol.wire import EVALUATION_EPSILON_RANGE
+
+low, high = EVALUATION_EPSILON_RANGE
+if not low <= float(sys.argv[1]) <= high:
+    sys.exit(f"site-entrypoint: EVALUATION_EPSILON must be a number from {low:g} to {high:g} "
+             f"(where a DP evaluation can be planned), got {sys.argv[1]}")
+PY
 fi
 PURGE_INTERVAL_HOURS=$(number PURGE_INTERVAL_HOURS "${PURGE_INTERVAL_HOURS:-24}" int)
 [ "$PURGE_INTERVAL_HOURS" -ge 0 ] && [ "$PURGE_INTERVAL_HOURS" -le 8760 ] || {

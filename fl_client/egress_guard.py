@@ -233,6 +233,15 @@ def _check_arrays(arrays: ArrayRecord, expected: dict, integers: bool = False) -
             raise EgressViolation(f"array {name!r} holds NaN or Inf")
 
 
+def _as_sent(value: object) -> int | str:
+    """A round number as the server sent it, anything but a whole number as its ``repr``: a
+    malformed one is logged with the refusal it got, never a crash that hides it (found in
+    review: server-round inf was answered "blocked by the egress guard")."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return value if isinstance(value, int) and not isinstance(value, bool) else repr(value)
+
+
 def append_egress_log(
     state_dir: Path, msg: Message, reply: Message, verdict: str, stage: str | None = None,
     release: dict | None = None,
@@ -243,7 +252,7 @@ def append_egress_log(
     entry: dict = {
         "time": datetime.now(UTC).isoformat(timespec="seconds"),
         "run": str(config.get("run-name", "")),
-        "round": int(config.get("server-round", 0)),
+        "round": _as_sent(config.get("server-round", 0)),
         "message": msg.metadata.message_type,
         "verdict": verdict,
     }

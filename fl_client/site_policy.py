@@ -72,6 +72,8 @@ default inf) is read here with the rest of its node config and applied where its
 """
 
 import math
+from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from logging import WARNING
 from pathlib import Path
@@ -97,6 +99,7 @@ from fl_protocol.wire import (
     DEFAULT_MAX_EPSILON_ALONE,
     DEFAULT_RETENTION_DAYS,
     EPSILON_RANGES,
+    EVALUATION_EPSILON_RANGE,
     EVALUATION_POLICIES,
     LANGUAGES,
     LEARNING_RATE_RANGE,
@@ -312,14 +315,16 @@ def evaluation_policy(context: Context) -> str:
 def evaluation_epsilon(context: Context) -> float:
     """The site's ``evaluation-epsilon`` (simulation: the run config's
     ``site-evaluation-epsilon``): what one run's DP evaluations may cost a test unit, all its
-    rounds together (``DEFAULT_EVALUATION_EPSILON``). Finite and > 0."""
+    rounds together (``DEFAULT_EVALUATION_EPSILON``). Within ``EVALUATION_EPSILON_RANGE``."""
     key, value = _setting(context, "evaluation-epsilon", DEFAULT_EVALUATION_EPSILON)
     try:
         epsilon = float(value)
     except (TypeError, ValueError) as err:
         raise SiteConfigError(f"node config: {key}: {err}") from err
-    if not (math.isfinite(epsilon) and epsilon > 0):
-        raise SiteConfigError(f"{key} must be finite and > 0, got {epsilon}")
+    low, high = EVALUATION_EPSILON_RANGE
+    if not low <= epsilon <= high:
+        raise SiteConfigError(f"{key} must be in [{low:g}, {high:g}] (where the accountants "
+                              f"can plan a DP evaluation), got {epsilon:g}")
     return epsilon
 
 
@@ -333,10 +338,7 @@ def evaluation_request(msg: Message, context: Context, policy: SitePolicy) -> Ro
     training; the noise is all the site's own, so it is a local release whatever the run's
     privacy model."""
     asked = round_request(msg, context)
-    try:
-        every = int(context.run_config["evaluate-every"])
-    except (KeyError, TypeError, ValueError, OverflowError) as err:
-        raise PolicyRefusal(Reason.SETTING_REFUSED, f"malformed evaluate-every: {err}") from err
+    every = _whole(context.run_config, "evaluate-every")
     low, high = ROUND_WHOLE_RANGES["evaluate-every"]
     if not low <= every <= high:
         raise PolicyRefusal(Reason.SETTING_REFUSED, f"evaluate-every {every} is outside "
@@ -346,10 +348,16 @@ def evaluation_request(msg: Message, context: Context, policy: SitePolicy) -> Ro
         raise PolicyRefusal(Reason.ROUND_REFUSED,
                             f"round {asked.server_round} of {asked.num_rounds} is not an "
                             f"evaluation round of the run (every {every} and the last)")
+    epsilon = evaluation_epsilon(context)
+    low, high = EPSILON_RANGES.get(asked.accountant, EVALUATION_EPSILON_RANGE)
+    if not low <= epsilon <= high:
+        raise PolicyRefusal(Reason.EVALUATION_REFUSED,
+                            f"this site's evaluation-epsilon {epsilon:g} is outside [{low:g}, "
+                            f"{high:g}], where accountant {asked.accountant} can plan it")
     request = RoundRequest(
         run_name=f"{asked.run_name} (evaluation)", server_round=number,
         num_rounds=evaluation_count(asked.num_rounds, every),
-        target_epsilon=evaluation_epsilon(context),
+        target_epsilon=epsilon,
         delta=asked.delta, accountant=asked.accountant, privacy_unit=asked.privacy_unit,
         clip_norm=1.0, batch_size=1, local_epochs=1,
     )
@@ -395,7 +403,16 @@ def check_labels(context: Context, msg: Message) -> None:
     """Refuse (``PolicyRefusal``) a message whose label set is not the site's node config
     ``labels-file``, read each message, before any data is read: a subset of it would make the
     counts the site sends count chosen intents only. Without the setting any label set is
-    answered; a simulation answers any (one operator plays every site and chooses the labels)."""
+    answered; a simulation answers any (one operator plays every site and chooses the labels).
+    A label named twice is refused whatever the setting (found in review: the model got a head
+    row for each, and the site's counts an unread column)."""
+    labels = msg.content[CONFIG_KEY].get("labels")
+    if not isinstance(labels, list) or not all(isinstance(label, str) for label in labels):
+        raise PolicyRefusal(Reason.LABELS_REFUSED, "the run's labels are not a list of names")
+    twice = sorted(label for label, count in Counter(labels).items() if count > 1)
+    if twice:
+        raise PolicyRefusal(Reason.LABELS_REFUSED,
+                            f"the run's labels name {twice[:5]} more than once")
     path = context.node_config.get("labels-file")
     if path is None or is_simulated(context):
         return
@@ -403,9 +420,8 @@ def check_labels(context: Context, msg: Message) -> None:
         taxonomy = frozenset(read_labels(Path(str(path))))
     except LabelFileError as err:
         raise SiteConfigError(f"node config: labels-file: {err}") from err
-    labels = msg.content[CONFIG_KEY]["labels"]
-    asked = [str(label) for label in labels] if isinstance(labels, list) else []
-    if len(set(asked)) != len(asked) or set(asked) != taxonomy:
+    asked = labels
+    if set(asked) != taxonomy:
         missing, extra = sorted(taxonomy - set(asked)), sorted(set(asked) - taxonomy)
         raise PolicyRefusal(Reason.LABELS_REFUSED,
                             f"the run's {len(asked)} labels are not the site's labels-file "
@@ -442,22 +458,44 @@ def round_request(msg: Message, context: Context) -> RoundRequest:
     try:
         return RoundRequest(
             run_name=str(config["run-name"]),
-            server_round=int(config["server-round"]),
-            num_rounds=int(config["num-rounds"]),
-            target_epsilon=float(cfg["target-epsilon"]),
-            delta=float(cfg["delta"]),
+            server_round=_whole(config, "server-round"),
+            num_rounds=_whole(config, "num-rounds"),
+            target_epsilon=_real(cfg, "target-epsilon"),
+            delta=_real(cfg, "delta"),
             accountant=str(cfg["accountant"]),
             privacy_unit=str(cfg["privacy-unit"]),
-            clip_norm=float(cfg["clip-norm"]),
-            batch_size=int(cfg["batch-size"]),
-            local_epochs=int(cfg["local-epochs"]),
+            clip_norm=_real(cfg, "clip-norm"),
+            batch_size=_whole(cfg, "batch-size"),
+            local_epochs=_whole(cfg, "local-epochs"),
             privacy_model=str(cfg["privacy-model"]),
-            tolerated_sites=int(cfg["tolerated-sites"]),
-            cohort_size=int(config.get("cohort-size", 0)),
-            plan_delta=float(cfg["delta"]) or MAX_AUTO_DELTA,
+            tolerated_sites=_whole(cfg, "tolerated-sites"),
+            cohort_size=_whole(config, "cohort-size") if "cohort-size" in config else 0,
+            plan_delta=_real(cfg, "delta") or MAX_AUTO_DELTA,
         )
     except (KeyError, TypeError, ValueError, OverflowError) as err:
         raise PolicyRefusal(Reason.SETTING_REFUSED, f"malformed privacy setting: {err}") from err
+
+
+def _whole(settings: Mapping[str, object], key: str) -> int:
+    """A whole-number setting the server sent: an int, or a float without a fraction. A bool, a
+    string, a fraction or an infinity is refused (``PolicyRefusal``), never read as some other
+    number (found in review: batch-size 2.9 trained as 2, round 1.9 as round 1, True as 1)."""
+    if key not in settings:
+        raise PolicyRefusal(Reason.SETTING_REFUSED, f"malformed privacy setting: {key} is missing")
+    value = settings[key]
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    raise PolicyRefusal(Reason.SETTING_REFUSED, f"{key} must be a whole number, got {value!r}")
+
+
+def _real(settings: Mapping[str, object], key: str) -> float:
+    """A real-number setting: a bool is refused, not read as 1 or 0 (found in review)."""
+    value = settings[key]
+    if isinstance(value, bool):
+        raise PolicyRefusal(Reason.SETTING_REFUSED, f"{key} must be a number, got {value!r}")
+    return float(value)
 
 
 def learning_rate(context: Context) -> float:

@@ -166,6 +166,12 @@ delta 1e-10, up to 1000 rounds of full-batch steps), checked by the server and b
 RDP conversion cannot reach below about 0.45 at delta 1e-10; PRV fails below 0.01 and above 100,
 and its search slows down there until it does not end (found in review: a hostile server's
 target-epsilon of 1000 kept a site searching, its state folder locked, erasures waiting)."""
+EVALUATION_EPSILON_RANGE = (min(low for low, _ in EPSILON_RANGES.values()),
+                            max(high for _, high in EPSILON_RANGES.values()))
+"""Where a site's own ``evaluation-epsilon`` may lie: within some accountant's range, since its
+DP evaluations are planned like a run at that target; one outside every range is a site
+configuration error at start-up, and a run whose accountant cannot plan it (below 0.5 under
+``rdp``) gets that site's evaluations declined."""
 ROUND_WHOLE_RANGES: dict[str, tuple[int, int]] = {
     "num-rounds": (1, 10_000),
     "batch-size": (1, 1_000_000_000),

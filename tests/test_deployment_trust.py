@@ -190,6 +190,7 @@ def test_a_site_without_trusted_keys_refuses_to_start(tmp_path):
     ("EVALUATION", "exact' max-epsilon=inf '"), ("EVALUATION", "noisy"),
     ("EVALUATION_EPSILON", "1 max-epsilon=inf"), ("EVALUATION_EPSILON", "0"),
     ("EVALUATION_EPSILON", "inf"), ("EVALUATION_EPSILON", "nan"),
+    ("EVALUATION_EPSILON", "0.05"), ("EVALUATION_EPSILON", "101"),  # no accountant plans them
     ("LABELS_FILE", "/nonexistent/labels.txt"), ("LABELS_FILE", "x' max-epsilon=inf '"),
     ("LOCAL_MODELS", "/models/x' max-epsilon=inf '"),
     ("LANGUAGES", "en' max-epsilon=inf x='"), ("MAX_EPSILON", "4 max-delta=0.5"),

@@ -317,10 +317,22 @@ def test_an_evaluation_beyond_the_runs_rounds_or_with_a_weaker_delta_is_declined
     assert not read and not (tmp_path / "state" / LEDGER_FILE).exists()
 
 
-@pytest.mark.parametrize("value", ["0", "-1", "inf", "nan", "lots"])
+@pytest.mark.parametrize("value", ["0", "-1", "inf", "nan", "lots", "0.05", "101"])
 def test_an_unusable_evaluation_epsilon_stops_the_site(site, tmp_path, value):
+    """Found in review: one outside every accountant's range was declined run by run as if the
+    server had asked for it, not reported as the site's own setting."""
     ctx = context(site, tmp_path / "state", node=DP | {"evaluation-epsilon": value})
     assert refused_with(client_app.app(evaluate_message(), ctx), Reason.SITE_CONFIG_INVALID)
+
+
+def test_an_evaluation_epsilon_one_accountant_cannot_plan_declines_only_its_runs(site, tmp_path,
+                                                                               caplog):
+    node = DP | {"evaluation-epsilon": 0.2}  # PRV plans down to 0.1, RDP to 0.5
+    rdp = context(site, tmp_path / "rdp", node=node, accountant="rdp")
+    assert refused_with(client_app.app(evaluate_message(), rdp), Reason.EVALUATION_REFUSED)
+    assert "evaluation-epsilon 0.2 is outside [0.5, 100]" in caplog.text
+    prv = context(site, tmp_path / "prv", node=node, accountant="prv")
+    assert not client_app.app(evaluate_message(), prv).has_error()
 
 
 def test_a_customer_in_both_splits_composes_both_spends(tmp_path):

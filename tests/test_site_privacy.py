@@ -337,6 +337,14 @@ def test_a_site_that_allows_no_dp_records_it_as_an_unlimited_spend(site, tmp_pat
         ({}, {"num_rounds": 10**6}, Reason.SETTING_REFUSED),
         ({"local-epochs": 10**6}, {}, Reason.SETTING_REFUSED),
         ({"batch-size": math.inf}, {}, Reason.SETTING_REFUSED),  # was an internal error
+        # found in review: read as another number (2, 1, 64, round 1), never refused
+        ({"batch-size": 2.9}, {}, Reason.SETTING_REFUSED),
+        ({"batch-size": True}, {}, Reason.SETTING_REFUSED),
+        ({"batch-size": "64"}, {}, Reason.SETTING_REFUSED),
+        ({"target-epsilon": True}, {}, Reason.SETTING_REFUSED),
+        ({}, {"server_round": 1.9}, Reason.SETTING_REFUSED),
+        ({}, {"server_round": math.inf}, Reason.SETTING_REFUSED),  # was "egress guard"
+        ({}, {"labels": [*LABELS, LABELS[0]]}, Reason.LABELS_REFUSED),  # a head row twice
     ],
 )
 def test_a_hostile_run_config_is_refused_before_anything_is_charged(site, tmp_path, run_config,
