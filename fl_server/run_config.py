@@ -140,8 +140,10 @@ def check_run_config(cfg: dict) -> dict:
                              f"[{RETENTION_DAYS_RANGE[0]:g}, {RETENTION_DAYS_RANGE[1]:g}], got "
                              f"{full['site-retention-days']!r}")
     full["site-evaluation-epsilon"] = float(full["site-evaluation-epsilon"])
+    low, high = EPSILON_RANGES[str(full["accountant"])]  # the sites plan it like a run's target
     if not low <= full["site-evaluation-epsilon"] <= high:
-        raise RunConfigError(f"site-evaluation-epsilon must be in [{low:g}, {high:g}], got "
+        raise RunConfigError(f"site-evaluation-epsilon must be in [{low:g}, {high:g}] with "
+                             f"accountant {full['accountant']}, got "
                              f"{full['site-evaluation-epsilon']!r}")
     full["server-momentum"] = float(full["server-momentum"])
     if not 0 <= full["server-momentum"] < 1:

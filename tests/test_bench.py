@@ -316,6 +316,8 @@ def bench_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     (["--privacy-model", "local,central"], "--privacy-model: unknown 'central'"),
     (["--privacy-model", ","], "--privacy-model needs one of local, distributed"),
     (["--tolerated-sites", "-1"], "--tolerated-sites must be >= 0"),
+    (["--privacy-model", "distributed", "--sites", "3"],  # found in review: named min-sites
+     "--privacy-model distributed: --sites (3) must exceed --tolerated-sites (2)"),
 ])
 def test_bad_bench_arguments_are_named(tmp_path, args, message):
     data = write_dataset(tmp_path / "csv")

@@ -20,10 +20,10 @@ def fedintent(*args: str, cwd=None) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize(
     "args,message",
     [
-        (["--epsilon", "-1"], "target-epsilon must be > 0"),
-        (["--epsilon", "0"], "target-epsilon must be > 0"),
+        (["--epsilon", "-1"], "--epsilon must be > 0"),
+        (["--epsilon", "0"], "--epsilon must be > 0"),
         (["--sites", "0"], "--sites must be a whole number >= 1"),
-        (["--rounds", "0"], "num-rounds must be"),
+        (["--rounds", "0"], "--rounds must be"),
         (["--delta", "2"], "delta must be 0 (each site's default) or in [1e-10, 0.1], got 2.0"),
         (["--data", "/no/such/folder"], "data folder not found: /no/such/folder"),
     ],

@@ -117,6 +117,17 @@ def test_deploy_run_names_the_option_to_use_instead(signed, tmp_path, capsys,
     assert "--set target-epsilon is refused: use --epsilon" in capsys.readouterr().err
 
 
+def test_deploy_run_names_the_options_typed_in_a_refused_setting(signed, tmp_path, capsys,
+                                                                nothing_reaches_a_superlink):
+    """Found in review: the run-config key was named (num-rounds), not the option typed."""
+    assert deploy_run(signed, tmp_path, "--rounds", "0") == 2
+    assert "--rounds must be a whole number >= 1" in capsys.readouterr().err
+    assert deploy_run(signed, tmp_path, "--set", "privacy-model=distributed", "--set",
+                      "secure-aggregation=true", "--set", "tolerated-sites=1") == 2
+    assert "--min-sites (2) must exceed tolerated-sites (1)" in capsys.readouterr().err
+    assert nothing_reaches_a_superlink == []
+
+
 def test_deploy_run_prints_the_privacy_settings_it_submitted(signed, tmp_path, capsys,
                                                              nothing_reaches_a_superlink):
     assert deploy_run(signed, tmp_path, "--epsilon", "1", "--set", "privacy-unit=customer",

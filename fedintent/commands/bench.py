@@ -4,7 +4,7 @@ import argparse
 from pathlib import Path
 
 from fedintent.commands import CliError, require_operator_extra
-from fedintent.commands.options import parse_epsilons, writable_folder
+from fedintent.commands.options import as_typed, parse_epsilons, writable_folder
 from fl_protocol.wire import PRIVACY_MODELS, RUN_CONFIG_DEFAULTS
 from fl_server.run_config import WHOLE_RANGES, check_number, check_whole
 
@@ -76,7 +76,10 @@ def run_bench(args: argparse.Namespace) -> int:
         rounds=args.rounds, privacy_models=privacy_models, tolerated_sites=args.tolerated_sites,
     )
     try:
-        sweep.run_bench(spec, args.out)
+        with as_typed({"min-sites": "--sites", "num-rounds": "--rounds",
+                       "tolerated-sites": "--tolerated-sites",
+                       "privacy-model": "--privacy-model"}):
+            sweep.run_bench(spec, args.out)
     except (ValueError, SimulationError) as err:
         raise CliError(str(err)) from err
     print(f"results: {args.out / 'report.md'}, {args.out / 'results.csv'}, "

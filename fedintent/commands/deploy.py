@@ -11,6 +11,7 @@ from fedintent.commands import CliError, require_operator_extra
 from fedintent.commands.options import (
     DEFAULT_OUT_ROOT,
     TUNED_HELP,
+    as_typed,
     created_folder,
     new_out_dir,
     writable_folder,
@@ -213,13 +214,15 @@ def run_deploy_run(args: argparse.Namespace) -> int:
     labels_file = args.labels.resolve()
     labels = read_labels(labels_file)
     out_dir = new_out_dir(args.out)
-    run_config = compose_run_config(  # every key checked before the folder is made
-        settings | {"num-rounds": args.rounds, "target-epsilon": args.epsilon},
-        # data-dir is simulation-only; pointing it at the labels' folder keeps the ServerApp
-        # from generating synthetic sites that no deployed site would read.
-        data_dir=labels_file.parent, labels_file=labels_file, out_dir=out_dir,
-        min_sites=args.min_sites,
-    )
+    with as_typed({"num-rounds": "--rounds", "target-epsilon": "--epsilon",
+                   "min-sites": "--min-sites"}):  # the other keys as --set names them
+        run_config = compose_run_config(  # every key checked before the folder is made
+            settings | {"num-rounds": args.rounds, "target-epsilon": args.epsilon},
+            # data-dir is simulation-only; pointing it at the labels' folder keeps the
+            # ServerApp from generating synthetic sites that no deployed site would read.
+            data_dir=labels_file.parent, labels_file=labels_file, out_dir=out_dir,
+            min_sites=args.min_sites,
+        )
     try:
         deployment.check_superlink_certificate(args.superlink, args.ca_cert)
     except deployment.DeploymentError as err:

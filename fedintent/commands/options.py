@@ -1,8 +1,9 @@
 """Options that several commands share, with their checks and their help."""
 
 import os
+import re
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -15,6 +16,20 @@ TUNED_HELP = "tuned for the epsilon, see docs/BENCHMARKS.md"
 DEFAULT_OUT_ROOT = Path("fedintent-out")
 NO_FILES_HERE = (Path("/proc"), Path("/sys"))
 """Kernel file systems: writable-looking to root, yet no folder of results can live there."""
+
+
+@contextmanager
+def as_typed(flags: Mapping[str, str]) -> Iterator[None]:
+    """A run-config error in the words the user typed: each key of ``flags`` as its option
+    (found in review: ``--rounds 0`` was answered "num-rounds must be ...", and one about the
+    site count named ``min-sites``, which train has no option for)."""
+    try:
+        yield
+    except RunConfigError as err:
+        text = str(err)
+        for key, flag in flags.items():
+            text = re.sub(rf"(?<![\w-]){re.escape(key)}(?![\w-])", flag, text)
+        raise CliError(text) from err
 
 
 def writable_folder(option: str, requested: Path) -> Path:

@@ -12,6 +12,7 @@ from fedintent.commands.data import DATA_FORMAT_HELP, DEFAULT_SYNTHETIC_SITES
 from fedintent.commands.options import (
     DEFAULT_OUT_ROOT,
     TUNED_HELP,
+    as_typed,
     created_folder,
     new_out_dir,
     writable_folder,
@@ -194,6 +195,12 @@ def _add_train_options(train: argparse.ArgumentParser) -> None:
                        "the settings recorded in OUT/metrics.json (give no other option)")
 
 
+RENAMED_OPTIONS = {"num-rounds": "--rounds", "target-epsilon": "--epsilon",
+                   "learning-rate": "--lr", "min-sites": "--sites"}
+"""The run-config keys train sets through an option named otherwise; each other hyphenated key
+is its own option (single words, model or seed, read as the option already)."""
+
+
 def run_train(args: argparse.Namespace) -> int:
     """Check every option, then make the output folder and run; a refused option leaves no
     folder behind, and one that fails while it is being set up is removed again."""
@@ -244,7 +251,9 @@ def run_train(args: argparse.Namespace) -> int:
               "privacy-model": args.privacy_model, "tolerated-sites": args.tolerated_sites}
     if args.site_max_epsilon is not None:
         tunables["site-max-epsilon"] = args.site_max_epsilon
-    check_run_config(tunables)
+    typed = {key: f"--{key}" for key in tunables | secure if "-" in key} | RENAMED_OPTIONS
+    with as_typed(typed):
+        check_run_config(tunables)
     out_dir = new_out_dir(args.out)
     if args.state_dir is not None:
         writable_folder("--state-dir", args.state_dir)
@@ -260,11 +269,12 @@ def run_train(args: argparse.Namespace) -> int:
     labels_file = args.labels or data_dir / "labels.txt"
     if args.data is not None or args.labels is not None:
         read_labels(labels_file)
-    run_config = compose_run_config(  # every key checked, before any folder is made
-        tunables | secure,
-        data_dir=data_dir, labels_file=labels_file, out_dir=out_dir, min_sites=num_sites,
-        state_dir=args.state_dir,
-    )
+    with as_typed(typed):
+        run_config = compose_run_config(  # every key checked, before any folder is made
+            tunables | secure,
+            data_dir=data_dir, labels_file=labels_file, out_dir=out_dir, min_sites=num_sites,
+            state_dir=args.state_dir,
+        )
     with created_folder(out_dir):
         if args.data is None:
             print(f"generating {num_sites} synthetic sites into {data_dir}")
