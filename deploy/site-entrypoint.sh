@@ -82,8 +82,10 @@ TRUSTED_ENTITIES="${TRUSTED_ENTITIES:-/credentials/trusted-entities.yaml}"
 DATA_DIR="${DATA_DIR:-/data}"
 SUPERNODE_PORT="${SUPERNODE_PORT:-9094}"
 
-for file in "$CA_CERT" "$SITE_KEY" "$TRUSTED_ENTITIES"; do
-    [ -r "$file" ] || { echo "site-entrypoint: cannot read $file" >&2; exit 2; }
+for name in CA_CERT SITE_KEY TRUSTED_ENTITIES; do
+    eval "file=\$$name"
+    [ -r "$file" ] || { echo "site-entrypoint: $name $file: cannot read it (missing, or not" \
+        "readable by uid $(id -u))" >&2; exit 2; }
 done
 # Flower verifies bundles only when the file names at least one key: an empty file would let
 # every bundle run, so refuse anything but a non-empty map of Ed25519 keys. The CA certificate

@@ -168,7 +168,7 @@ def test_a_site_without_trusted_keys_refuses_to_start(tmp_path):
     empty.write_text("# nobody\n")
     site_key = tmp_path / "site-key.yaml"
     site_key.write_text(f'site: "{creds.site_public_keys[SITE].read_text().strip()}"\n')
-    for trusted, message in [(tmp_path / "missing.yaml", "cannot read"),
+    for trusted, message in [(tmp_path / "missing.yaml", "TRUSTED_ENTITIES"),
                              (empty, "names no trusted key"),
                              (site_key, "is not an ssh-ed25519 key")]:
         env = flower_env(tmp_path / "home") | {
