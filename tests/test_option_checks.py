@@ -18,6 +18,7 @@ from fedintent.cli import main
 from fedintent.commands import CliError, train
 from fedintent.commands.deploy import deploy_settings
 from fedintent.launch.processes import is_alive
+from fedintent.launch.simulated_sites import mean_training_rows
 from fl_protocol.hash_chain import append_entry
 from fl_protocol.wire import RUN_CONFIG_DEFAULTS
 from fl_server.checkpoints import save_checkpoint
@@ -354,9 +355,10 @@ def test_the_tuned_dp_learning_rate_scales_down_with_the_sites_size(tmp_path, mo
         (site / "train.csv").write_text("text,label\n" + lines, encoding="utf-8")
         (site / "test.csv").write_text("text,label\nx,a\n", encoding="utf-8")
     (tmp_path / "data" / "labels.txt").write_text("a\nb\n", encoding="utf-8")
-    assert train.mean_training_rows(tmp_path / "data", 2) == 400
-    assert train.mean_training_rows(tmp_path / "data", 1) == 100
-    assert train.mean_training_rows(tmp_path / "missing", 2) is None
+    assert mean_training_rows(tmp_path / "data", 2) == 400
+    assert mean_training_rows(tmp_path / "data", 1) == 100
+    assert mean_training_rows(tmp_path / "data") == 400  # every site
+    assert mean_training_rows(tmp_path / "missing", 2) is None
     started = []
 
     def run_simulation(run_config, **kwargs):

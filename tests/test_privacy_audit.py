@@ -33,6 +33,8 @@ from fedintent.audit.game import (
 from fedintent.audit.report import markdown, rows
 from fedintent.audit.run import AuditError, AuditSpec, run_audit, settings_for
 from fedintent.cli import main
+from fedintent.partition import read_labeled_csv
+from fl_server.run_config import site_size_rate, tuned_settings
 from models import get_model_family
 
 LABELS = 5
@@ -334,6 +336,12 @@ def test_cli_end_to_end_on_a_small_csv_dataset_then_resumes(tmp_path, capsys):
     assert main(args) == 0
     for name in ("results.json", "results.csv", "roc.png", "report.md", "audit.json"):
         assert (out / name).stat().st_size > 0
+    # found in review: small sites were audited at the full tuned rate, which train scales down
+    recorded = json.loads((out / "audit.json").read_text(encoding="utf-8"))["settings"]
+    site_rows = len(read_labeled_csv(data / "train.csv")) / 2
+    tuned = tuned_settings(1.0)["learning-rate"]
+    assert recorded["1"]["learning-rate"] == site_size_rate(tuned, site_rows, 1.0) < tuned
+    assert recorded["inf"]["learning-rate"] == tuned_settings(math.inf)["learning-rate"]
     with open(out / "results.csv", encoding="utf-8") as f:
         rows = list(csv_module.DictReader(f))
     assert {(r["epsilon"], r["kind"], r["attack"]) for r in rows} == {

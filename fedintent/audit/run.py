@@ -1,10 +1,11 @@
 """``fedintent audit-privacy``: data, the game per epsilon, the analysis and the outputs.
 
 Per epsilon, the training settings are ``fedintent train``'s tuned settings for that epsilon
-(``fl_server.run_config.tuned_settings``), so the audited model is trained the way users'
-models are, and the sites' lifetime budget is one that does not set their noise (``fedintent
-bench``'s ``cell_lifetime_budget``), so that the epsilon audited is the one asked for. The
-folder is resumable: trained models are kept in ``OUT/models``.
+(``fl_server.run_config.tuned_settings``), the learning rate scaled to the sites' size as
+``fedintent train`` scales it, so the audited model is trained the way users' models are, and
+the sites' lifetime budget is one that does not set their noise (``fedintent bench``'s
+``cell_lifetime_budget``), so that the epsilon audited is the one asked for. The folder is
+resumable: trained models are kept in ``OUT/models``.
 """
 
 import time
@@ -19,12 +20,13 @@ from fedintent.audit.bounds import DEFAULT_CONFIDENCE
 from fedintent.audit.game import Game, make_audit_set, run_models
 from fedintent.audit.report import noise_text, write_outputs
 from fedintent.bench.cells import cell_lifetime_budget
-from fedintent.partition import partition_csv_dataset
+from fedintent.launch.simulated_sites import mean_training_rows
+from fedintent.partition import partition_csv_dataset, read_labeled_csv
 from fedintent.report_files import FolderClaimed, claim_folder, epsilon_label
 from fl_client.site_data import list_site_dirs, load_site
 from fl_protocol.label_file import read_labels
 from fl_protocol.wire import RUN_CONFIG_DEFAULTS
-from fl_server.run_config import tuned_settings
+from fl_server.run_config import site_size_rate, tuned_settings
 from models import get_model_family
 
 SETTING_KEYS = ("num-rounds", "local-epochs", "batch-size", "learning-rate", "clip-norm",
@@ -56,26 +58,43 @@ class AuditSpec:
     model: str = str(RUN_CONFIG_DEFAULTS["model"])
 
 
-def settings_for(epsilon: float, rounds: int | None) -> dict:
-    """The audited sites' settings at ``epsilon``: the tuned ones, and a lifetime budget that
-    leaves the noise to the run's plan (recorded in audit.json, so that models trained under
-    another budget are never mixed in)."""
+def settings_for(epsilon: float, rounds: int | None, site_rows: float | None = None) -> dict:
+    """The audited sites' settings at ``epsilon``: the tuned ones, the learning rate scaled to
+    sites of ``site_rows`` mean training rows as ``fedintent train`` scales it (``None``: not
+    scaled), and a lifetime budget that leaves the noise to the run's plan (recorded in
+    audit.json, so that models trained under other settings are never mixed in)."""
     settings = RUN_CONFIG_DEFAULTS | tuned_settings(epsilon) | cell_lifetime_budget(epsilon)
     if rounds is not None:
         settings["num-rounds"] = rounds
+    if site_rows is not None:
+        settings["learning-rate"] = site_size_rate(settings["learning-rate"], site_rows, epsilon)
     return {key: settings[key] for key in SETTING_KEYS}
+
+
+def audited_site_rows(spec: AuditSpec) -> float | None:
+    """The audited sites' mean training rows, known before anything is partitioned or trained
+    (found in review: small sites were audited at the full tuned rate, which ``fedintent
+    train`` scales down for them); ``None`` where the data does not read (reported later)."""
+    source = Path(spec.data)
+    if (source / "labels.txt").is_file():
+        return mean_training_rows(source, spec.sites)
+    try:  # the partition gives every row of train.csv to one site
+        return len(read_labeled_csv(source / "train.csv")) / (spec.sites or 1)
+    except (OSError, ValueError):
+        return None
 
 
 def run_audit(spec: AuditSpec, out_dir: Path, workers: int = 1, progress=print) -> list[dict]:
     """Run (or finish) the audit in ``out_dir``; return one result per epsilon."""
     out_dir = Path(out_dir)
-    record = asdict(spec) | {"settings": {epsilon_label(e): settings_for(e, spec.rounds)
+    site_rows = audited_site_rows(spec)
+    record = asdict(spec) | {"settings": {epsilon_label(e): settings_for(e, spec.rounds, site_rows)
                                           for e in spec.epsilons}}
     _claim_folder(out_dir, record)
     game = prepare_game(spec, out_dir, progress)
     results = []
     for epsilon in spec.epsilons:
-        settings = settings_for(epsilon, spec.rounds)
+        settings = settings_for(epsilon, spec.rounds, site_rows)
         progress(f"requested epsilon {epsilon_label(epsilon)}: training 1 target + {spec.shadows} "
                  f"shadow models "
                  f"({settings['num-rounds']} rounds, {settings['local-epochs']} local epochs, "

@@ -18,7 +18,7 @@ from fedintent.commands.options import (
     writable_folder,
 )
 from fedintent.commands.progress import print_round, print_summary, rounds_in_progress
-from fl_client.site_data import SiteDataError, list_site_dirs, read_rows, record_languages
+from fl_client.site_data import SiteDataError, list_site_dirs, record_languages
 from fl_protocol.durable_files import json_safe
 from fl_protocol.label_file import read_labels
 from fl_protocol.wire import (
@@ -55,18 +55,6 @@ def data_languages(data: Path | None) -> set[str]:
     except SiteDataError:
         return set()
     return set().union(*(record_languages(site) for site in sites))
-
-
-def mean_training_rows(data_dir: Path, num_sites: int) -> float | None:
-    """The mean number of training rows (before any check) of the first ``num_sites`` site
-    folders, the ones a simulation plays; ``None`` for data that does not read (the sites
-    report the problem themselves)."""
-    try:
-        sites = list_site_dirs(data_dir)[:num_sites]
-        counts = [len(read_rows(site, [])[0]) for site in sites]
-    except (SiteDataError, OSError):
-        return None
-    return sum(counts) / len(counts) if counts else None
 
 
 def default_model(languages: set[str]) -> str:
@@ -207,7 +195,11 @@ def run_train(args: argparse.Namespace) -> int:
     require_operator_extra()
     from data_synth import write_run_sites
     from fedintent.launch.run_config import compose_run_config
-    from fedintent.launch.simulated_sites import budget_warnings, simulated_sites
+    from fedintent.launch.simulated_sites import (
+        budget_warnings,
+        mean_training_rows,
+        simulated_sites,
+    )
 
     if args.resume is not None:
         return run_resume(args)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from fl_client.privacy_ledger import HEAD_FILE, LEDGER_FILE, LedgerError
 from fl_client.privacy_report import SiteReport, site_privacy_report
+from fl_client.site_data import SiteDataError, list_site_dirs, read_rows
 from fl_client.site_folders import simulated_site_folders
 from fl_client.site_policy import DEFAULT_MAX_NOISE_RATIO
 from fl_client.site_secret import SecretError, site_key
@@ -115,3 +116,16 @@ def _spent_warning(report: SiteReport, target: float) -> str:
         f"synthetic or test data only, use a new --state-dir (it forgets what this data has "
         f"spent). fedintent privacy-report {report.state_dir} shows the spend"
     )
+
+
+def mean_training_rows(data_dir: Path, num_sites: int | None = None) -> float | None:
+    """The mean number of training rows (before any check) of the first ``num_sites`` site
+    folders (``None``: all), the ones a simulation plays, to which the tuned learning rate is
+    scaled (``run_config.site_size_rate``); ``None`` for data that does not read (the sites
+    report the problem themselves)."""
+    try:
+        sites = list_site_dirs(data_dir)[:num_sites]
+        counts = [len(read_rows(site, [])[0]) for site in sites]
+    except (SiteDataError, OSError):
+        return None
+    return sum(counts) / len(counts) if counts else None
