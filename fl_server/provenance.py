@@ -18,12 +18,22 @@ GIT_TIMEOUT_SECONDS = 5.0
 
 
 def software_provenance() -> dict:
-    """Package versions, and ``git_commit`` when the code runs from a git checkout."""
+    """Package versions, and ``git_commit`` when the code runs from a git checkout, with
+    ``git_dirty``: whether tracked files differ from it (found in review: numbers cited a
+    commit whose code had not made them)."""
     record: dict = {"versions": {name: _version(name) for name in PACKAGES}}
     commit = git_commit(PROJECT_ROOT)
     if commit is not None:
         record["git_commit"] = commit
+        dirty = git_dirty(PROJECT_ROOT)
+        if dirty is not None:
+            record["git_dirty"] = dirty
     return record
+
+
+def commit_text(record: dict, digits: int = 40) -> str:
+    """A record's commit as a report names it: with "+dirty" where the checkout had changes."""
+    return f"{record['git_commit'][:digits]}{'+dirty' if record.get('git_dirty') else ''}"
 
 
 def provenance_changes(recorded: dict, now: dict) -> list[str]:
@@ -34,8 +44,8 @@ def provenance_changes(recorded: dict, now: dict) -> list[str]:
                for name in sorted(versions.keys() & current.keys())
                if versions[name] != current[name]]
     if "git_commit" in recorded and "git_commit" in now \
-            and recorded["git_commit"] != now["git_commit"]:
-        changes.append(f"git commit {recorded['git_commit'][:12]} -> {now['git_commit'][:12]}")
+            and commit_text(recorded) != commit_text(now):
+        changes.append(f"git commit {commit_text(recorded, 12)} -> {commit_text(now, 12)}")
     return changes
 
 
@@ -52,6 +62,18 @@ def git_commit(root: Path) -> str | None:
     if result.returncode != 0 or len(lines) != 2 or Path(lines[0]).resolve() != root.resolve():
         return None
     return lines[1]
+
+
+def git_dirty(root: Path) -> bool | None:
+    """Whether tracked files of the checkout at ``root`` differ from its HEAD (untracked ones
+    are not code the project runs); ``None`` where git cannot tell."""
+    try:
+        result = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True, text=True, timeout=GIT_TIMEOUT_SECONDS, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return bool(result.stdout.strip()) if result.returncode == 0 else None
 
 
 def file_sha256(path: Path) -> str:

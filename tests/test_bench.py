@@ -192,6 +192,8 @@ def test_the_report_names_every_commit_a_resumed_sweep_ran():
             "still missing)") in resumed
     spec["software"] = [{"versions": versions}]
     assert "git commit not recorded" in markdown_report(spec, summarize(results), results)
+    spec["software"] = [{"versions": versions, "git_commit": "ccc", "git_dirty": True}]
+    assert "; git commit ccc+dirty\n" in markdown_report(spec, summarize(results), results)
 
 
 @pytest.mark.parametrize(("epsilon", "row"), [

@@ -4,14 +4,17 @@ never fails a run."""
 import hashlib
 import json
 import re
+import subprocess
 
 import pytest
 
 from fedintent.bench.sweep import BenchSpec, claim_sweep_folder
 from fl_server.provenance import (
     PACKAGES,
+    commit_text,
     file_sha256,
     git_commit,
+    git_dirty,
     provenance_changes,
     software_provenance,
 )
@@ -79,3 +82,26 @@ def test_provenance_changes_name_each_version_and_the_commit_that_differ():
     assert provenance_changes(before, after) == [
         "flwr None -> 1.41.0", "torch 2.13.0 -> 2.14.0", f"git commit {'a' * 12} -> {'b' * 12}"]
     assert provenance_changes(before, {"versions": {"torch": "2.13.0"}}) == []  # nothing to compare
+
+
+def test_a_checkout_with_changes_to_tracked_files_is_recorded_as_dirty(tmp_path):
+    """Found in review: a report cited a commit while tracked files differed from it, so the
+    commit named was not the code that made its numbers. Untracked files are not the code."""
+    def git(*args: str) -> None:
+        subprocess.run(["git", "-C", str(tmp_path), "-c", "user.name=t", "-c",
+                        "user.email=t@example.org", *args], check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    git("add", "code.py")
+    git("commit", "-q", "-m", "one")
+    commit = git_commit(tmp_path)
+    (tmp_path / "notes.txt").write_text("untracked\n")
+    assert git_dirty(tmp_path) is False
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert git_dirty(tmp_path) is True
+    assert git_dirty(tmp_path / "notes.txt") is None  # not a folder git can read
+    dirty = {"versions": {}, "git_commit": commit, "git_dirty": True}
+    assert commit_text(dirty) == f"{commit}+dirty"
+    assert provenance_changes({"versions": {}, "git_commit": commit}, dirty) == [
+        f"git commit {commit[:12]} -> {commit[:12]}+dirty"]

@@ -21,6 +21,7 @@ from fedintent.bench.cells import (
 from fedintent.report_files import epsilon_label, png_bytes, write_report_json
 from fl_protocol.durable_files import write_bytes_atomic
 from fl_protocol.wire import RUN_CONFIG_DEFAULTS
+from fl_server.provenance import commit_text
 
 CSV_FIELDS = (
     "method", "epsilon", "seed", "deltas", "accuracy", "macro_f1", "worst_site_accuracy",
@@ -248,7 +249,7 @@ def _provenance_lines(spec: dict) -> list[str]:
     software = invocations[-1]
     versions = ", ".join(f"{name} {version}" for name, version
                          in software.get("versions", {}).items() if version is not None)
-    commits = list(dict.fromkeys(run["git_commit"] for run in invocations if "git_commit" in run))
+    commits = list(dict.fromkeys(commit_text(run) for run in invocations if "git_commit" in run))
     if len(commits) > 1:
         commit = (f"commits {', then '.join(commits)} (a resumed sweep: each later commit ran "
                   "only the cells still missing)")
