@@ -222,6 +222,18 @@ def test_resume_checks_the_run_folder_before_anything_starts(tmp_path, capsys, n
     assert {path: path.read_bytes() for path in out.rglob("*") if path.is_file()} == before
 
 
+def test_a_run_folder_as_out_offers_a_resume_only_where_one_can_run(tmp_path, capsys,
+                                                                    nothing_starts):
+    """Found in review: a completed run's folder offered ``--resume``, which then failed."""
+    out = interrupted_run(tmp_path)
+    assert f"(or continue it: fedintent train --resume {out})" in refused(
+        capsys, "train", "--out", str(out))
+    metrics = json.loads((out / "metrics.json").read_text())
+    (out / "metrics.json").write_text(json.dumps(metrics | {"status": "completed"}))
+    err = refused(capsys, "train", "--out", str(out))
+    assert "already holds a run" in err and "--resume" not in err
+
+
 def test_an_interrupted_run_can_be_resumed(tmp_path, capsys, monkeypatch):
     out = interrupted_run(tmp_path)
     started = []

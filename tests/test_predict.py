@@ -104,6 +104,10 @@ def test_help_says_inputs_are_redacted(capsys):
      ["{model}", "--file", "{tmp}/bad.csv"], "{tmp}/bad.csv:3: no value in column 2 ('text')"),
     (lambda model, tmp: None, ["{model}", "--file", "{tmp}/none.txt"],
      "--file {tmp}/none.txt: cannot read"),
+    # found in review: a run's folder given for its export, with no hint
+    (lambda model, tmp: copied(model, tmp), ["{tmp}", "hi"],
+     "{tmp}: not a fedintent model export (no fedintent.json); did you mean {tmp}/model (a "
+     "run's export)?"),
 ])
 def test_bad_input_gives_one_clear_error(ngram_model, tmp_path, capsys, setup, args, message):
     setup(ngram_model, tmp_path)

@@ -764,6 +764,17 @@ def test_an_erasure_binds_the_customer_however_its_id_is_cased_widened_or_hidden
     assert load_site(older, LABELS, keep=policy).excluded == {ERASED: 1}
 
 
+def test_purge_and_forget_each_explain_their_own_options(capsys):
+    """Found in review: both shared one help text for --delete-from-data and --retention-days
+    ("purge: expired or erased; forget: the customer's")."""
+    for command, own, other in (("purge", "the rows expired or erased", "customer's rows"),
+                                ("forget", "customer's rows go whatever their age", "expired")):
+        with pytest.raises(SystemExit):
+            fedintent([command, "--help"])
+        text = " ".join(capsys.readouterr().out.split())
+        assert own in text and other not in text and "purge:" not in text
+
+
 def test_a_scheduled_purge_on_a_lost_state_folder_refuses_and_makes_none(tmp_path, capsys):
     """Found in review: the container's scheduled purge on a state folder not mounted would have
     made a new secret there, and the site then trained on an empty ledger."""

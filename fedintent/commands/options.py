@@ -62,13 +62,25 @@ def new_out_dir(requested: Path | None) -> Path:
         requested = DEFAULT_OUT_ROOT / f"run-{stamp}"
     out_dir = writable_folder("--out", requested)
     if held := run_files_in(out_dir):
-        raise CliError(f"{out_dir} already holds a run ({', '.join(held)}); choose another --out "
-                       f"(or continue it: fedintent train --resume {out_dir})")
+        raise CliError(f"{out_dir} already holds a run ({', '.join(held)}); choose another --out"
+                       f"{resume_hint(out_dir)}")
     for name in ("logs", "data"):
         if (out_dir / name).exists() and not (out_dir / name).is_dir():
             raise CliError(f"--out {out_dir}: {out_dir / name} is a file; the run writes a "
                            "folder there")
     return out_dir
+
+
+def resume_hint(out_dir: Path) -> str:
+    """How to continue the run in ``out_dir``, where it can be (found in review: a completed
+    run's folder offered a resume that then failed)."""
+    from fl_server.resume import read_metrics
+
+    try:
+        read_metrics(out_dir / "metrics.json")
+    except RunConfigError:
+        return ""
+    return f" (or continue it: fedintent train --resume {out_dir})"
 
 
 @contextmanager

@@ -50,7 +50,7 @@ def run_predict(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from models.export import load_exported
+    from models.export import FRAMEWORK_FILE, load_exported
 
     texts = list(args.texts) + (_read_texts_file(args.file) if args.file else [])
     if not texts:
@@ -58,7 +58,10 @@ def _predict(args: argparse.Namespace) -> int:
     try:
         model = load_exported(args.model_dir)
     except (ValueError, OSError) as err:
-        raise CliError(str(err)) from err
+        inside = Path(args.model_dir) / "model"
+        hint = f"; did you mean {inside} (a run's export)?" if (inside / FRAMEWORK_FILE).is_file() \
+            else ""
+        raise CliError(f"{err}{hint}") from err
     redacted = [redact(text) for text in texts]
     kept = [text for text in redacted if text.strip()]
     predictions = iter(model.predict(kept) if kept else [])

@@ -55,7 +55,11 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     )
     purge.set_defaults(handler=run_purge)
     purge.add_argument("site_dir", type=Path, metavar="SITE_DIR", help="the site's data folder")
-    _site_options(purge)
+    _site_options(purge, retention="inf keeps rows without limit (default: the one the "
+                  f"deletion log last recorded, else {DEFAULT_RETENTION_DAYS:g}; "
+                  "--delete-from-data needs it given)",
+                  delete="also remove from the data files the rows expired or erased, each "
+                  "file rewritten atomically; by default the data folder is only read")
 
     forget = commands.add_parser(
         "forget",
@@ -72,24 +76,23 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     forget.add_argument("--site", type=Path, required=True, metavar="SITE_DIR",
                         help="the site's data folder")
     forget.add_argument("--customer", required=True, metavar="ID",
-                        help="the customer's customer_id, exactly as in the data")
-    _site_options(forget)
+                        help="the customer's customer_id as in the data (case, character "
+                        "width and invisible characters do not tell ids apart)")
+    _site_options(forget, retention="decides only which other rows' cached features stay: "
+                  "the customer's rows go whatever their age (default: the one the deletion "
+                  f"log last recorded, else {DEFAULT_RETENTION_DAYS:g})",
+                  delete="also remove the customer's rows from the data files, each file "
+                  "rewritten atomically; by default the data folder is only read")
 
 
-def _site_options(command: argparse.ArgumentParser) -> None:
+def _site_options(command: argparse.ArgumentParser, retention: str, delete: str) -> None:
     command.add_argument("--state-dir", type=Path,
                          help="the site's state folder (its node config's state-dir; the "
                          "container's STATE_DIR; default: SITE_DIR/.fedintent-state)")
     command.add_argument("--retention-days", type=float,
                          help="the site's retention-days (node config; RETENTION_DAYS in the "
-                         "container); inf keeps rows without limit (default: the one the "
-                         "deletion log last recorded, else "
-                         f"{DEFAULT_RETENTION_DAYS:g}; purge --delete-from-data needs it "
-                         "given)")
-    command.add_argument("--delete-from-data", action="store_true",
-                         help="also remove from the data files the rows this command ends "
-                         "(purge: expired or erased; forget: the customer's), each file "
-                         "rewritten atomically; by default the data folder is only read")
+                         f"container); {retention}")
+    command.add_argument("--delete-from-data", action="store_true", help=delete)
 
 
 def run_init_site(args: argparse.Namespace) -> int:
