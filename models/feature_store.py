@@ -129,7 +129,8 @@ def _read_chunk(path: Path) -> tuple[list[bytes], np.ndarray] | None:
 
 
 def _write_chunk(folder: Path, keys: list[bytes], features: np.ndarray) -> None:
-    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for level in reversed([p for p in (folder, *folder.parents) if not p.exists()]):
+        level.mkdir(mode=0o700, exist_ok=True)  # each level: mkdir's mode is the last one's
     key_array = np.frombuffer(b"".join(keys), dtype=np.uint8).reshape(len(keys), 32)
     buffer = io.BytesIO()
     np.savez(buffer, keys=key_array, features=features)

@@ -84,6 +84,17 @@ def test_the_initial_head_is_a_zero_shot_classifier_from_label_names():
     assert head(queries).argmax(dim=1).tolist() == [0, 1, 2, 3]
 
 
+def test_every_folder_the_feature_store_makes_is_owner_only(tmp_path):
+    """Found in review: ``features/`` was made 0755 as a parent of the kind's folder, though it
+    holds vectors derived from customer text; its files were 0600, the state folder 0700."""
+    store = tmp_path / "state" / "features"
+    feature_store.cached("kind", ["refund", "card"], store,
+                         lambda texts: torch.ones((len(texts), 2)))
+    made = [store.parent, store, *(p for p in store.rglob("*") if p.is_dir())]
+    assert len(made) == 3 and all(p.stat().st_mode & 0o777 == 0o700 for p in made)
+    assert all(p.stat().st_mode & 0o777 == 0o600 for p in store.rglob("*.npz"))
+
+
 def test_a_feature_chunk_holding_nan_is_computed_again(tmp_path):
     """NaN features would reach training, where each such unit adds nothing: a store that
     holds them was damaged, and its rows are computed again."""
