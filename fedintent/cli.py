@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 from importlib import metadata
+from typing import NoReturn
 
 from fedintent.commands import CliError, audit, bench, data, deploy, predict, site, train
 from fl_client.redaction import redact
@@ -37,9 +38,17 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
 
+class OneLineErrors(argparse.ArgumentParser):
+    """A parser whose bad input is one line, naming where the help is, as every other error of
+    the command line is (found in review: a bad number printed the 20-line usage first)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def parser() -> argparse.ArgumentParser:
     """The whole command line: every command group's subcommands under one ``fedintent``."""
-    top = argparse.ArgumentParser(
+    top = OneLineErrors(
         prog="fedintent",
         description="Federated, differentially private intent classification for call centers.",
         epilog=data.DATA_FORMAT_HELP,

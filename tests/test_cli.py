@@ -26,6 +26,9 @@ def fedintent(*args: str, cwd=None) -> subprocess.CompletedProcess:
         (["--rounds", "0"], "--rounds must be"),
         (["--delta", "2"], "delta must be 0 (each site's default) or in [1e-10, 0.1], got 2.0"),
         (["--data", "/no/such/folder"], "data folder not found: /no/such/folder"),
+        # found in review: argparse's own errors came after the 20-line usage
+        (["--epsilon", "abc"], "invalid float value: 'abc' (see fedintent train --help)"),
+        (["--strategy", "best"], "argument --strategy: invalid choice: 'best'"),
     ],
 )
 def test_bad_train_options_fail_in_one_line(tmp_path, args, message):
