@@ -79,7 +79,7 @@ def test_fedavg_and_fedadam_need_only_the_sum():
 
 @pytest.mark.parametrize(
     "args,message",
-    [(["--sites", "2"], "min-sites >= 3"), (["--strategy", "fedmedian"], "every site's update")],
+    [(["--sites", "2"], "--sites >= 3"), (["--strategy", "fedmedian"], "every site's update")],
 )
 def test_the_cli_refuses_before_writing_anything(tmp_path, args, message):
     result = fedintent("train", "--secure-aggregation", "--out", str(tmp_path / "out"), *args,
