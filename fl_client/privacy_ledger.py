@@ -194,8 +194,8 @@ def read_ledger(state_dir: Path, secret: bytes) -> Ledger | None:
         raise
     except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as err:
         raise LedgerError(
-            f"{path}: privacy ledger is corrupt ({err}); refusing to train. Restore it from a "
-            "backup: deleting it would forget privacy budget already spent."
+            f"{path}: privacy ledger is corrupt ({err}); the site does not train until it is "
+            "restored from a backup: deleting it would forget privacy budget already spent."
         ) from err
     previous = ""
     for number, (release, record) in enumerate(zip(releases, records, strict=True), start=1):
@@ -203,12 +203,13 @@ def read_ledger(state_dir: Path, secret: bytes) -> Ledger | None:
         if not hmac.compare_digest(expected, str(record.get("mac", ""))):
             raise LedgerError(
                 f"{path}: release {number} does not verify (edited, reordered or inserted); "
-                "refusing to train"
+                "the site does not train until the ledger is restored from a backup"
             )
         previous = expected
     document_mac = _document_mac(secret, ledger, previous)
     if not hmac.compare_digest(document_mac, str(document.get("mac", ""))):
-        raise LedgerError(f"{path}: ledger was edited, truncated or extended; refusing to train")
+        raise LedgerError(f"{path}: ledger was edited, truncated or extended; the site does not "
+                          "train until it is restored from a backup")
     _check_head(path, head, ledger, document_mac)
     sent, paid = _egress_record(Path(state_dir))
     charged = sum(1 for release in releases if release.noise_multiplier > 0)
@@ -216,14 +217,15 @@ def read_ledger(state_dir: Path, secret: bytes) -> Ledger | None:
         raise LedgerError(
             f"{path}: the ledger holds {charged} DP releases but the site's egress log shows "
             f"{sent} DP updates sent: the ledger and its head were restored from an older copy; "
-            "refusing to train. Restore the newest copy (docs/SITE_GUIDE.md)"
+            "the site does not train until the newest copy is restored (docs/SITE_GUIDE.md)"
         )
     for number, nonce in paid:
         if not (1 <= number <= len(releases) and releases[number - 1].nonce == nonce):
             raise LedgerError(
                 f"{path}: the site's egress log records a reply paid for by release {number}, "
                 f"which this ledger does not hold: the ledger and its head were restored from an "
-                f"older copy; refusing to train. Restore the newest copy (docs/SITE_GUIDE.md)"
+                "older copy; the site does not train until the newest copy is restored "
+                "(docs/SITE_GUIDE.md)"
             )
     for release in releases:
         if not (release.noise_multiplier >= 0 and 0 < release.sample_rate <= 1
@@ -245,9 +247,10 @@ def _unknown_format(path: Path, document: object) -> str:
     if int(number) > int(current):
         return (f"{path}: privacy ledger format {found!r} was written by a newer fedintent "
                 f"release; this one reads up to {FORMAT!r}. Run that release again (an image "
-                "rolled back after it ran cannot read its ledger); refusing to train")
+                "rolled back after it ran cannot read its ledger): until then the site does "
+                "not train")
     return (f"{path}: privacy ledger format {found!r} is older than this release reads "
-            f"({', '.join(map(repr, READ_FORMATS))}); refusing to train")
+            f"({', '.join(map(repr, READ_FORMATS))}); the site does not train on it")
 
 
 def write_ledger(state_dir: Path, ledger: Ledger, secret: bytes) -> None:
@@ -317,7 +320,8 @@ def _read_head(state_dir: Path) -> dict | None:
                 and isinstance(head.get("mac"), str)):
             raise ValueError("expected releases, version and mac")
     except (OSError, ValueError, RecursionError) as err:
-        raise LedgerError(f"{path}: unreadable ledger head ({err}); refusing to train") from err
+        raise LedgerError(f"{path}: unreadable ledger head ({err}); the site does not train "
+                          "until it is restored from a backup") from err
     return head
 
 
@@ -335,11 +339,13 @@ def _check_head(path: Path, head: dict | None, ledger: Ledger, document_mac: str
         raise LedgerError(
             f"{path}: the ledger holds {count} releases (version {version}) but the site last "
             f"recorded {head['releases']} (version {head['version']}): it was rolled back to an "
-            "older copy; refusing to train. Restore the newest copy (docs/SITE_GUIDE.md)"
+            "older copy; the site does not train until the newest copy is restored "
+            "(docs/SITE_GUIDE.md)"
         )
     if version > head["version"] + 1:
         raise LedgerError(f"{path}: {HEAD_FILE} is older than the ledger by "
-                          f"{version - head['version']} writes; refusing to train")
+                          f"{version - head['version']} writes; the site does not train until "
+                          "both are restored from a backup")
 
 
 def _egress_record(state_dir: Path) -> tuple[int, list[tuple[int, str]]]:
@@ -373,7 +379,7 @@ def _read_text(path: Path) -> str:
         return path.read_text(encoding="utf-8")
     except OSError as err:
         raise LedgerError(f"{path}: privacy ledger is unreadable ({err.strerror or err}); "
-                          "refusing to train") from err
+                          "the site does not train until it can be read") from err
 
 
 def _deletion_log_from(record: object) -> dict[str, int | str]:

@@ -22,10 +22,12 @@ from fl_client.privacy_ledger import (
     read_ledger,
     unit_epsilons,
 )
-from fl_client.site_secret import SecretError, site_key, site_secret
+from fl_client.site_secret import SECRET_FILE, SecretError, site_key, site_secret
 
 EXHAUSTED_SHARE = 0.99
 """A unit within 1% of the budget is counted as exhausted: no useful release fits any more."""
+NO_UNIT_YET = "none yet (no runs)"
+"""The privacy unit of a site that has not trained: its first run fixes it."""
 
 
 @dataclass(frozen=True)
@@ -65,7 +67,10 @@ class Evaluations:
 @dataclass(frozen=True)
 class SiteReport:
     """A site's spend. ``spend_bands`` are (low, high, units) with lifetime epsilon in
-    [low, high); ``exhausted`` units are at EXHAUSTED_SHARE of ``max_epsilon`` or more."""
+    [low, high); ``exhausted`` units are at EXHAUSTED_SHARE of ``max_epsilon`` or more.
+    ``trained`` is False for a site set up (its secret made) that has released nothing yet:
+    it has no ledger, no unit has spent anything, and its first run fixes the privacy unit,
+    order and delta (until then ``NO_UNIT_YET`` and NaN)."""
 
     state_dir: Path
     site_key: int
@@ -82,6 +87,7 @@ class SiteReport:
     max_epsilon: float
     runs: list[RunSummary]
     evaluations: Evaluations
+    trained: bool = True
 
     @property
     def delta_too_large(self) -> bool:
@@ -92,11 +98,13 @@ class SiteReport:
 
 
 def site_privacy_report(state_dir: Path, max_epsilon: float, bands: int = 4) -> SiteReport:
-    """The verified report of the ledger in a site's state folder."""
+    """The verified report of the ledger in a site's state folder; an empty one for a site
+    that is set up but has released nothing yet (found in review: the site guide's own check
+    after ``init-site`` failed), never for one whose ledger was deleted."""
     state_dir = Path(state_dir)
     if not state_dir.is_dir():
         raise FileNotFoundError(f"state folder not found: {state_dir}")
-    if not any((state_dir / name).exists() for name in (LEDGER_FILE, HEAD_FILE)):
+    if not any((state_dir / name).exists() for name in (LEDGER_FILE, HEAD_FILE, SECRET_FILE)):
         raise LedgerError(f"{state_dir}: no privacy ledger ({LEDGER_FILE}): this is not a site's "
                           "state folder, or the site has never trained")
     try:
@@ -105,14 +113,10 @@ def site_privacy_report(state_dir: Path, max_epsilon: float, bands: int = 4) -> 
         raise LedgerError(f"cannot verify the ledger: {err}") from err
     ledger = read_ledger(state_dir, secret)
     if ledger is None:
-        raise LedgerError(f"{state_dir}: no privacy ledger ({LEDGER_FILE})")
+        _refuse_a_deleted_ledger(state_dir)
+        return _untrained_report(state_dir, max_epsilon, bands)
     epsilons = unit_epsilons(ledger)
     finite = [e for e in epsilons if math.isfinite(e)]
-    width = max_epsilon / bands
-    spend_bands = [(i * width, (i + 1) * width,
-                    sum(1 for e in finite if i * width <= e < (i + 1) * width
-                        and e < EXHAUSTED_SHARE * max_epsilon))
-                   for i in range(bands)]
     runs: dict[str, list[Release]] = {}
     for release in ledger.releases:
         runs.setdefault(release.run, []).append(release)
@@ -125,13 +129,55 @@ def site_privacy_report(state_dir: Path, max_epsilon: float, bands: int = 4) -> 
         units=len(epsilons),
         largest_epsilon=max(epsilons, default=0.0),
         largest_epsilon_alone=rdp_epsilon(alone_spend(ledger), ledger.order, ledger.delta),
-        spend_bands=spend_bands,
+        spend_bands=_spend_bands(finite, max_epsilon, bands),
         exhausted=sum(1 for e in finite if e >= EXHAUSTED_SHARE * max_epsilon),
         non_private=len(epsilons) - len(finite),
         max_epsilon=max_epsilon,
         runs=[_run_summary(name, run) for name, run in runs.items()],
         evaluations=evaluations_sent(state_dir),
     )
+
+
+def _untrained_report(state_dir: Path, max_epsilon: float, bands: int) -> SiteReport:
+    """The report of a site with no ledger yet: nothing spent, no runs."""
+    return SiteReport(
+        state_dir=state_dir, site_key=site_key(state_dir), privacy_unit=NO_UNIT_YET,
+        order=math.nan, delta=math.nan, units=0, largest_epsilon=0.0,
+        largest_epsilon_alone=0.0, spend_bands=_spend_bands([], max_epsilon, bands),
+        exhausted=0, non_private=0, max_epsilon=max_epsilon, runs=[],
+        evaluations=evaluations_sent(state_dir), trained=False,
+    )
+
+
+def _refuse_a_deleted_ledger(state_dir: Path) -> None:
+    """``LedgerError`` for a missing ledger that existed: beside its head (written only after
+    a ledger), or where the egress log shows a release left the site (each is charged in the
+    ledger first, a non-private one too, which ``read_ledger`` does not count). A report must
+    never show a deleted ledger as a site that has spent nothing."""
+    path = state_dir / LEDGER_FILE
+    if (state_dir / HEAD_FILE).exists():
+        raise LedgerError(f"{path} is missing but {HEAD_FILE} exists: the ledger was deleted. "
+                          "Restore the state folder from a backup (docs/SITE_GUIDE.md)")
+    if any(_sent_a_release(entry) for entry in egress_entries(state_dir)):
+        raise LedgerError(f"{path} is missing but the egress log shows releases sent, each "
+                          "charged in it first: the ledger was deleted. Restore the state "
+                          "folder from a backup (docs/SITE_GUIDE.md)")
+
+
+def _sent_a_release(entry: dict | None) -> bool:
+    """Whether an egress log entry is a reply that left with an epsilon: a training update or
+    a DP evaluation, each a release in the ledger."""
+    return (isinstance(entry, dict) and entry.get("verdict") == "sent"
+            and isinstance(entry.get("metrics"), dict) and "epsilon" in entry["metrics"])
+
+
+def _spend_bands(finite: list[float], max_epsilon: float,
+                 bands: int) -> list[tuple[float, float, int]]:
+    width = max_epsilon / bands
+    return [(i * width, (i + 1) * width,
+             sum(1 for e in finite if i * width <= e < (i + 1) * width
+                 and e < EXHAUSTED_SHARE * max_epsilon))
+            for i in range(bands)]
 
 
 def evaluations_sent(state_dir: Path) -> Evaluations:

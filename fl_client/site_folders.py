@@ -12,6 +12,7 @@ log): it is created owner-only (0700). Whatever reads and then rewrites a file i
 ``state_lock``.
 """
 
+import errno
 import fcntl
 import os
 from collections.abc import Iterator
@@ -77,10 +78,17 @@ def state_lock(state_dir: Path) -> Iterator[None]:
     """The state folder's one lock, held by whatever reads and then rewrites what is in it: a
     ledger charge (two rounds charged at once would each write the ledger they read, and one
     charge would vanish), a ClientApp's feature store, ``fedintent purge`` and ``forget``. Not
-    reentrant: a holder must not take it again."""
+    reentrant: a holder must not take it again. A read-only state folder is an ``OSError``
+    that names the folder, not the lock file the user never made (found in review)."""
     state_dir = Path(state_dir)
     state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd = os.open(state_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fd = os.open(state_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as err:
+        if err.errno != errno.EROFS:
+            raise
+        raise OSError(err.errno, f"the state folder {state_dir} is read-only "
+                      f"({err.strerror})") from err
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield

@@ -31,6 +31,11 @@ class ChainError(RuntimeError):
     """The log cannot be read or extended safely; the message names the file."""
 
 
+class NotALogError(ChainError):
+    """The file is no hash-chained log at all (another file named by mistake), rather than a
+    log that is broken; the message names the file."""
+
+
 @dataclass(frozen=True)
 class Verification:
     entries: int
@@ -145,8 +150,26 @@ def _catch_up_head(log_path: Path, seq: int, recorded: object, last_hash: str,
 
 def verify_log(log_path: Path, key: bytes | None = None) -> Verification:
     """Check the whole chain and the head, and every MAC when ``key`` is given; ``OSError``
-    when the log cannot be read at all."""
-    return _verified(Path(log_path), _log_bytes(Path(log_path)), key)
+    when the log cannot be read at all, ``NotALogError`` for a file that has no head and
+    whose first line is not a log entry (found in review: ``metrics.json`` was reported as a
+    log broken at line 1). A log always has its head, so a real one whose first line was
+    edited or torn still verifies as broken."""
+    log_path = Path(log_path)
+    data = _log_bytes(log_path)
+    first_line = data.split(b"\n", 1)[0]
+    if first_line and not head_path(log_path).exists() and not _is_entry(first_line):
+        raise NotALogError(f"{log_path} is not an audit log: its first line is not a log entry, "
+                           f"and it has no head file ({head_path(log_path).name})")
+    return _verified(log_path, data, key)
+
+
+def _is_entry(line: bytes) -> bool:
+    """Whether a line is a JSON object with the fields every log entry has."""
+    try:
+        entry = json.loads(line)
+    except (ValueError, RecursionError):
+        return False
+    return isinstance(entry, dict) and {"seq", "prev", "hash"} <= entry.keys()
 
 
 def _log_bytes(log_path: Path) -> bytes:

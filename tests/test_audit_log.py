@@ -265,3 +265,75 @@ def test_an_entry_whose_head_was_replaced_before_the_write_failed_stays(log, tmp
         with pytest.raises(OSError, match="Input/output"):
             append_entry(path, "round", {"round": 4})
         assert verify_log(path).ok and verify_log(path).entries == entries
+
+
+def verify_in_process(path, capsys, *options: str) -> tuple[int, str, str]:
+    from fedintent.cli import main
+
+    code = main(["audit", "verify", str(path), *options])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_a_site_set_up_but_never_purged_has_no_deletion_log_yet(tmp_path, capsys):
+    """What the site guide checks right after ``init-site`` (found in review: exit 2)."""
+    from fl_client.site_secret import create_site_secret
+
+    state = tmp_path / "st0"
+    create_site_secret(state)
+    code, out, _ = verify_in_process(state / "deletions.jsonl", capsys)
+    assert code == 0 and "no deletion log yet (no purge or erasure has run)" in out
+    code, _, err = verify_in_process(tmp_path / "deletions.jsonl", capsys)  # no site secret
+    assert code == 2 and "cannot read" in err
+    code, _, err = verify_in_process(state / "deletion.jsonl", capsys)  # not its deletion log
+    assert code == 2 and "cannot read" in err
+
+
+def test_a_deletion_log_the_ledger_recorded_is_broken_when_deleted(tmp_path, capsys):
+    """Deleted with its head, the log is gone without a trace but for the ledger's record of
+    its length: never a site that has not purged yet."""
+    from fl_client.privacy_ledger import Ledger, Release, now, write_ledger
+    from fl_client.site_secret import create_site_secret, site_secret
+
+    state = tmp_path / "st0"
+    create_site_secret(state)
+    ledger = Ledger(privacy_unit="utterance", order=4.0, delta=1e-5,
+                    deletion_log={"entries": 2, "hash": "ab" * 32})
+    ledger.releases.append(Release(
+        run="r", server_round=1, num_rounds=1, noise_multiplier=2.0, sample_rate=1.0, steps=1,
+        clip_norm=1.0, delta=1e-5, accountant="rdp", units=1, rdp=0.5, time=now()))
+    write_ledger(state, ledger, site_secret(state))
+    code, out, _ = verify_in_process(state / "deletions.jsonl", capsys)
+    assert code == 1 and out.startswith("BROKEN") and "recorded 2" in out
+
+
+@pytest.mark.parametrize("content", [b'{\n "accuracy": 0.5\n}\n', b'{"accuracy": 0.5}\n',
+                                     b"run,round\n1,2\n"])
+def test_a_file_that_is_no_log_at_all_exits_2(tmp_path, content, capsys):
+    """Found in review: ``audit verify run1/metrics.json`` said BROKEN at line 1, exit 1."""
+    path = tmp_path / "metrics.json"
+    path.write_bytes(content)
+    code, out, err = verify_in_process(path, capsys)
+    assert code == 2 and "not an audit log" in err and "BROKEN" not in out
+
+
+@pytest.mark.parametrize("damage", [
+    lambda data: b"{not json" + data[data.index(b"\n"):],  # the first line edited
+    lambda data: data[:30],  # a one-entry log torn
+])
+def test_a_real_log_with_a_damaged_first_line_is_still_broken(log, damage, capsys):
+    """Its head tells it from a file that is no log."""
+    log.write_bytes(damage(log.read_bytes()))
+    code, out, _ = verify_in_process(log, capsys)
+    assert code == 1 and out.startswith("BROKEN at line 1")
+
+
+def test_counts_of_one_entry_are_singular(tmp_path, capsys):
+    path = tmp_path / "audit.jsonl"
+    append_entry(path, "run-started", {"run_id": 1})
+    code, out, _ = verify_in_process(path, capsys)
+    assert code == 0 and out.startswith("OK: 1 entry, hash chain and head intact")
+    append_entry(path, "round", {"round": 1})
+    path.write_bytes(path.read_bytes().replace(b'"round":1', b'"round":2'))
+    code, out, _ = verify_in_process(path, capsys)
+    assert code == 1 and "(1 entry verifies before it;" in out

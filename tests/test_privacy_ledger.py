@@ -157,7 +157,7 @@ def edit(path, change) -> None:
 )
 def test_tampered_ledger_is_refused(state, tamper):
     edit(state / LEDGER_FILE, tamper)
-    with pytest.raises(LedgerError, match="refusing to train"):
+    with pytest.raises(LedgerError, match="the site does not train"):
         read_ledger(state, SECRET)
 
 
@@ -404,7 +404,7 @@ def test_a_distributed_release_keeps_its_likely_sensitivity_under_the_mac(tmp_pa
     [back] = read_ledger(tmp_path, SECRET).releases
     assert (back.likely_l1, back.likely_l2, back.rounding_failure) == tuple(likely.values())
     rewrite(tmp_path, lambda doc: doc["releases"][0].update(likely_l2=1.0))  # looks cheaper
-    with pytest.raises(LedgerError, match="refusing to train"):
+    with pytest.raises(LedgerError, match="the site does not train"):
         read_ledger(tmp_path, SECRET)
 
 
@@ -420,7 +420,7 @@ def test_a_distributed_release_recorded_before_likely_sensitivities_reads_its_su
     for failure in (0.5, 0.0):  # 0: the fields a release without failure is stored without
         rewrite(tmp_path, lambda doc, f=failure: doc["releases"][0].update(
             likely_l2=1.0, likely_l1=1.0, rounding_failure=f))
-        with pytest.raises(LedgerError, match="refusing to train"):
+        with pytest.raises(LedgerError, match="the site does not train"):
             read_ledger(tmp_path, SECRET)
 
 

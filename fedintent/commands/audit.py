@@ -70,20 +70,64 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
 
 
 def run_audit_verify(args: argparse.Namespace) -> int:
-    from fl_protocol.hash_chain import verify_log
+    from fl_protocol.hash_chain import NotALogError, verify_log
 
+    if _is_a_state_folders_unwritten_deletion_log(args):
+        return _verify_no_deletion_log(args)
     try:
         key = _site_key(args) if _is_site_log(args) else None
         result = verify_log(args.log, key)
+    except NotALogError as err:
+        raise CliError(str(err)) from err
     except OSError as err:
         raise CliError(f"cannot read {args.log}: {err.strerror or err}") from err
     if result.ok:
         checked = "hash chain, head and MACs" if key else "hash chain and head"
-        print(f"OK: {result.entries} entries, {checked} intact ({args.log})")
+        print(f"OK: {_entries(result.entries)}, {checked} intact ({args.log})")
         return 0
+    verify = "verifies" if result.entries == 1 else "verify"
     print(f"BROKEN at line {result.broken_line}: {result.problem} "
-          f"({result.entries} entries verify before it; {args.log})")
+          f"({_entries(result.entries)} {verify} before it; {args.log})")
     return 1
+
+
+def _entries(count: int) -> str:
+    return f"{count} {'entry' if count == 1 else 'entries'}"
+
+
+def _is_a_state_folders_unwritten_deletion_log(args: argparse.Namespace) -> bool:
+    """Whether the log is the deletion log of a site's state folder (one holding a site
+    secret) that neither it nor its head exists in yet: a site that has not purged or erased
+    anything (found in review: the site guide's own check after ``init-site`` failed)."""
+    from fl_client.retention import DELETION_LOG
+    from fl_client.site_secret import SECRET_FILE
+    from fl_protocol.hash_chain import head_path
+
+    state_dir = args.state_dir or args.log.parent
+    return (args.log.name == DELETION_LOG and args.log.parent.resolve() == state_dir.resolve()
+            and (state_dir / SECRET_FILE).exists()
+            and not args.log.exists() and not head_path(args.log).exists())
+
+
+def _verify_no_deletion_log(args: argparse.Namespace) -> int:
+    """0 for a site that has no deletion log yet; 1 when its privacy ledger recorded one, which
+    was then deleted with its head (customers erased would be used again)."""
+    from fl_client.privacy_ledger import LedgerError, read_ledger
+    from fl_client.retention import deletion_log_check
+
+    state_dir = args.state_dir or args.log.parent
+    try:
+        secret = _site_key(args)
+        ledger = read_ledger(state_dir, secret)
+        _, problem = deletion_log_check(state_dir, secret, ledger.deletion_log if ledger else {})
+    except LedgerError as err:
+        raise CliError(f"{args.log} does not exist, and the privacy ledger, which records "
+                       f"whether it should, cannot be read: {err}") from err
+    if problem:
+        print(f"BROKEN: {problem} ({args.log})")
+        return 1
+    print(f"no deletion log yet (no purge or erasure has run): {args.log}")
+    return 0
 
 
 def _is_site_log(args: argparse.Namespace) -> bool:

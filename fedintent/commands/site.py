@@ -8,11 +8,15 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fedintent.commands import CliError
 from fl_protocol.wire import DEFAULT_MAX_EPSILON, DEFAULT_RETENTION_DAYS
 from fl_server.progress import format_epsilon
 from fl_server.run_record import site_pseudonym
+
+if TYPE_CHECKING:
+    from fl_client.privacy_report import SiteReport
 
 
 def add_parsers(commands: argparse._SubParsersAction) -> None:
@@ -245,9 +249,12 @@ def _print_deletion(deletion, delete_from_data: bool, state_dir: Path) -> None:
           "with `fedintent audit verify`)")
 
 
+UNTRAINED = "no runs yet: no privacy ledger, and no unit has spent any budget"
+
+
 def run_privacy_report(args: argparse.Namespace) -> int:
     from fl_client.privacy_ledger import LedgerError
-    from fl_client.privacy_report import EXHAUSTED_SHARE, site_privacy_report
+    from fl_client.privacy_report import site_privacy_report
 
     if not args.max_epsilon > 0:
         raise CliError(f"--max-epsilon must be > 0, got {args.max_epsilon}")
@@ -256,7 +263,28 @@ def run_privacy_report(args: argparse.Namespace) -> int:
     except (FileNotFoundError, LedgerError) as err:
         raise CliError(str(err)) from err
     print(f"site key {report.site_key} ({site_pseudonym(report.site_key)} in metrics.json); "
-          "ledger verified")
+          f"{'ledger verified' if report.trained else UNTRAINED}")
+    if report.trained:
+        _print_spend(report)
+    evaluations = report.evaluations
+    print(f"evaluate replies sent: {evaluations.sent} in {evaluations.runs} runs, each with the "
+          "test split's exact metrics, which no epsilon above covers; declined: "
+          f"{evaluations.declined} (egress log)")
+    if evaluations.dp:
+        print(f"  and {evaluations.dp} with DP estimates, counted above as the runs named "
+              "'(evaluation)'")
+    if evaluations.sent:
+        print('  node config evaluation = "dp" (EVALUATION=dp in the site container) sends DP '
+              'estimates instead, "off" none')
+    if evaluations.unreadable:
+        print(f"  {evaluations.unreadable} egress log lines unreadable, not counted")
+    return 0
+
+
+def _print_spend(report: "SiteReport") -> None:
+    """What the ledger holds: the units' spend in bands, the largest, and each run."""
+    from fl_client.privacy_report import EXHAUSTED_SHARE
+
     print(f"privacy unit: {report.privacy_unit}; {report.units} units have spent budget; "
           f"lifetime epsilon at delta {report.delta:g} (Rényi order {report.order:g})")
     if report.delta_too_large:
@@ -280,16 +308,3 @@ def run_privacy_report(args: argparse.Namespace) -> int:
               f"{format_epsilon(run.epsilon)}{alone} at delta {run.delta:g}, noise multiplier "
               f"{run.noise_multiplier:.4g}, sample rate {run.sample_rate:.4g}, {run.steps} "
               f"steps/round, clip norm {run.clip_norm:g} ({run.first} .. {run.last})")
-    evaluations = report.evaluations
-    print(f"evaluate replies sent: {evaluations.sent} in {evaluations.runs} runs, each with the "
-          "test split's exact metrics, which no epsilon above covers; declined: "
-          f"{evaluations.declined} (egress log)")
-    if evaluations.dp:
-        print(f"  and {evaluations.dp} with DP estimates, counted above as the runs named "
-              "'(evaluation)'")
-    if evaluations.sent:
-        print('  node config evaluation = "dp" (EVALUATION=dp in the site container) sends DP '
-              'estimates instead, "off" none')
-    if evaluations.unreadable:
-        print(f"  {evaluations.unreadable} egress log lines unreadable, not counted")
-    return 0

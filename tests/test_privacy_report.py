@@ -1,0 +1,98 @@
+"""``privacy-report`` on a site that has not trained yet, and on one whose ledger is gone or
+damaged: a site set up with ``init-site`` has spent nothing, a deleted ledger is never taken
+for one, and the messages read right from a report command."""
+
+import json
+
+import pytest
+
+from fedintent.cli import main
+from fl_client.privacy_ledger import (
+    HEAD_FILE,
+    LEDGER_FILE,
+    Ledger,
+    Release,
+    now,
+    unit_key,
+    write_ledger,
+)
+from fl_client.privacy_report import site_privacy_report
+from fl_client.site_secret import site_secret
+
+
+@pytest.fixture
+def fresh(tmp_path):
+    """A site's state folder as ``fedintent init-site`` leaves it: a secret, nothing else."""
+    state = tmp_path / "st0"
+    assert main(["init-site", "--state-dir", str(state)]) == 0
+    return state
+
+
+def trained(state, noise_multiplier=2.0):
+    """``state`` with a ledger of one release spent by one unit."""
+    secret = site_secret(state)
+    ledger = Ledger(privacy_unit="utterance", order=4.0, delta=1e-5)
+    ledger.releases.append(Release(
+        run="r", server_round=1, num_rounds=1, noise_multiplier=noise_multiplier,
+        sample_rate=1.0, steps=1, clip_norm=1.0, delta=1e-5, accountant="rdp", units=1,
+        rdp=0.5, time=now()))
+    ledger.spend = {unit_key(secret, "u1"): 0.5}
+    write_ledger(state, ledger, secret)
+    return state
+
+
+def test_a_site_set_up_but_never_trained_reports_nothing_spent(fresh, capsys):
+    assert main(["privacy-report", str(fresh)]) == 0
+    out = capsys.readouterr().out
+    assert "no runs yet" in out and "no unit has spent any budget" in out
+    report = site_privacy_report(fresh, 8.0)
+    assert not report.trained and report.runs == [] and report.units == 0
+    assert report.largest_epsilon == 0.0 and report.exhausted == 0
+
+
+def test_a_folder_without_a_site_secret_is_still_no_state_folder(tmp_path, capsys):
+    assert main(["privacy-report", str(tmp_path)]) == 2
+    assert "no privacy ledger" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("gone", [
+    "the ledger, its head left",
+    "the ledger and its head, a non-private update in the egress log",
+    "the ledger and its head, a DP update in the egress log",
+])
+def test_a_deleted_ledger_is_never_reported_as_a_site_that_spent_nothing(fresh, gone, capsys):
+    trained(fresh, noise_multiplier=0.0 if "non-private" in gone else 2.0)
+    (fresh / LEDGER_FILE).unlink()
+    if "egress" in gone:
+        (fresh / HEAD_FILE).unlink()
+        epsilon = None if "non-private" in gone else 1.5  # JSON's null: no DP, infinite
+        (fresh / "egress.jsonl").write_text(json.dumps(
+            {"message": "train", "verdict": "sent", "metrics": {"epsilon": epsilon}}) + "\n")
+    assert main(["privacy-report", str(fresh)]) == 2
+    assert "the ledger was deleted" in capsys.readouterr().err
+
+
+def test_a_head_naming_no_releases_without_its_ledger_is_a_deleted_ledger(fresh, capsys):
+    """Training reads such a head as no ledger; a head is only ever written after a ledger."""
+    (fresh / HEAD_FILE).write_text(json.dumps({"releases": 0, "version": 1, "mac": "ab"}))
+    assert main(["privacy-report", str(fresh)]) == 2
+    assert "the ledger was deleted" in capsys.readouterr().err
+
+
+def test_only_evaluations_with_exact_metrics_sent_are_still_a_site_that_spent_nothing(fresh):
+    """Exact evaluate replies are not charged, so they leave no ledger behind."""
+    (fresh / "egress.jsonl").write_text(json.dumps(
+        {"message": "evaluate", "run": "r", "verdict": "sent", "metrics": {"accuracy": 0.5}})
+        + "\n")
+    report = site_privacy_report(fresh, 8.0)
+    assert not report.trained and report.evaluations.sent == 1
+
+
+def test_a_corrupt_ledger_reads_right_from_the_report(fresh, capsys):
+    trained(fresh)
+    (fresh / LEDGER_FILE).write_text("{not json")
+    assert main(["privacy-report", str(fresh)]) == 2
+    err = capsys.readouterr().err
+    assert "privacy ledger is corrupt" in err and "the site does not train until" in err
+    assert "refusing" not in err
+
