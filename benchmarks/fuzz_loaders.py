@@ -23,7 +23,7 @@ import unicodedata
 from collections import Counter
 from pathlib import Path
 
-from fl_client.site_data import MAX_LINE_BYTES, MAX_TEXT_CHARS, load_site
+from fl_client.site_data import MAX_LINE_BYTES, MAX_TEXT_CHARS, load_site, wide_encoding
 from fl_protocol.label_file import LabelFileError, read_labels
 
 LABELS = ["card_lost", "refund", "check_balance"]
@@ -172,7 +172,10 @@ def join(lines: list[bytes], rng: random.Random) -> bytes:
 
 def expected_rows(name: str, data: bytes) -> tuple[int, int | None]:
     """(rows the loader must account for, the line a CSV header is read from): every line that
-    is over-long, not UTF-8, or not blank; a CSV's first other line is its header."""
+    is over-long, not UTF-8, or not blank; a CSV's first other line is its header. A file that
+    is UTF-16 or UTF-32 (``wide_encoding``) is one rejection, the whole file's."""
+    if wide_encoding(data) is not None:
+        return 1, None
     pieces = data.split(b"\n")
     lines = [piece + b"\n" for piece in pieces[:-1]] + [piece for piece in pieces[-1:] if piece]
     count, first_readable = 0, None

@@ -13,6 +13,10 @@ Without a ``train.*`` file, every ``*.jsonl`` and ``*.csv`` file in the folder i
 deterministically at the site (by a hash of the customer, so one customer's conversations never
 straddle train and test).
 
+Files are UTF-8 (a leading byte-order mark dropped). A file saved as UTF-16 or UTF-32 (Excel's
+"Unicode text"), known by its byte-order mark or, for UTF-16 without one, by NUL bytes in every
+other position of its first bytes, is one rejection of the whole file, not one per line.
+
 Site data never takes a site down: whatever makes a row unusable (bytes that are not UTF-8, a
 line over ``MAX_LINE_BYTES``, malformed JSON or CSV, JSON nested past the recursion limit or
 holding an integer past Python's digit limit, a missing or mistyped field, text that is not valid
@@ -48,6 +52,7 @@ that decision as ``keep`` (``fl_client/retention.py`` makes it) and counts the r
 out by reason, without reading their text any further.
 """
 
+import codecs
 import csv
 import hashlib
 import json
@@ -57,6 +62,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from functools import partial
+from itertools import islice
 from pathlib import Path
 from typing import BinaryIO, NamedTuple, TypeVar
 
@@ -68,6 +74,12 @@ MAX_LINE_BYTES = 1 << 20
 """A longer line (line break included) is rejected unread, so one line cannot exhaust memory."""
 MAX_TEXT_CHARS = 10_000
 """A longer text is rejected: redaction takes about a second per 10,000 digit-heavy characters."""
+_WIDE_MARKS = ((codecs.BOM_UTF32_LE, "UTF-32"), (codecs.BOM_UTF32_BE, "UTF-32"),
+               (codecs.BOM_UTF16_LE, "UTF-16"), (codecs.BOM_UTF16_BE, "UTF-16"))
+"""Byte-order marks of the encodings a spreadsheet's "Unicode" export writes; UTF-32 first, since
+its little-endian mark begins with UTF-16's."""
+_SNIFFED_BYTES = 16
+"""How much of a file's start is read for NULs in alternate positions: UTF-16 without a mark."""
 
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
@@ -329,11 +341,18 @@ def _shown_name(path: Path) -> str:
 
 def _decoded_lines(path: Path, rejected: list[RejectedRow]) -> Iterator[tuple[int, str]]:
     """Yield (line number, text) for each non-blank line. A line that is not UTF-8 or is over
-    ``MAX_LINE_BYTES`` is reported; so is a file that cannot be read, from where reading stopped."""
+    ``MAX_LINE_BYTES`` is reported; so is a file that cannot be read, from where reading stopped,
+    and a file in UTF-16 or UTF-32, once (its every line would be noise)."""
     name = _shown_name(path)
     number = 0
     try:
         with open(path, "rb") as f:
+            wide = wide_encoding(f.read(_SNIFFED_BYTES))
+            if wide is not None:
+                rejected.append(RejectedRow(name, 0, f"not UTF-8 text (saved as {wide}); save it "
+                                            "as UTF-8"))
+                return
+            f.seek(0)
             while raw := f.readline(MAX_LINE_BYTES + 1):
                 number += 1
                 if len(raw) > MAX_LINE_BYTES:
@@ -356,6 +375,23 @@ def _decoded_lines(path: Path, rejected: list[RejectedRow]) -> Iterator[tuple[in
         else:
             rejected.append(RejectedRow(name, number + 1, f"read failed ({problem}); the rest "
                                         "of the file is skipped"))
+
+
+def wide_encoding(start: bytes) -> str | None:
+    """``"UTF-16"`` or ``"UTF-32"`` when a file starting with these bytes (its first 16 are
+    read) is in that encoding (``None``: it may be UTF-8), so that such a file is named once,
+    not line by line: by its byte-order mark, or, for UTF-16 without one, by NULs in every other
+    byte of an ASCII start (a data file starts with ``{"`` or its CSV header)."""
+    start = start[:_SNIFFED_BYTES]
+    for mark, encoding in _WIDE_MARKS:
+        if start.startswith(mark):
+            return encoding
+    pairs = len(start) // 2
+    even, odd = start[0:2 * pairs:2], start[1:2 * pairs:2]
+    for nuls, other in ((even, odd), (odd, even)):
+        if pairs >= 2 and nuls.count(0) == pairs and other.count(0) == 0:
+            return "UTF-16"
+    return None
 
 
 def _skip_rest_of_line(f: BinaryIO, start: bytes) -> None:
@@ -407,10 +443,11 @@ def _row_from_record(record: object) -> Row | str:
                                  or customer == ""):
         return "customer_id must be a non-empty string"
     label = record.get("intent", record.get("label"))
+    label_field = _label_field(record)
     if not isinstance(label, str) or not label:
-        return "missing or non-string intent"
+        return f"missing or non-string {label_field}"
     if _CONTROL.search(label):
-        return "intent holds a control character"
+        return f"{label_field} holds a control character"
     row_id = _identity_field(record.get("conversation_id", record.get("id")))
     if row_id is not None and (not isinstance(row_id, str | int) or isinstance(row_id, bool)
                                or row_id == ""):
@@ -431,7 +468,7 @@ def _row_from_record(record: object) -> Row | str:
     when = _timestamp(record.get("timestamp"))
     if isinstance(when, str):
         return when
-    for name, value in (("text", text), ("intent", label), ("customer_id", customer),
+    for name, value in (("text", text), (label_field, label), ("customer_id", customer),
                         ("conversation_id", row_id)):
         if isinstance(value, str) and _SURROGATE.search(value):
             return f"{name} holds a lone surrogate (not valid Unicode)"
@@ -452,6 +489,14 @@ def _row_from_record(record: object) -> Row | str:
                customer=None if customer is None else str(customer), when=when,
                aliases=aliases,
                written_customer=None if written is None else written.customer)
+
+
+def _label_field(record: dict) -> str:
+    """The name the row gives its label, so a message about it names the field the user wrote:
+    ``intent`` (conversations, and rows that use it), else ``label`` (flat rows and CSV)."""
+    if "intent" in record or ("label" not in record and "turns" in record):
+        return "intent"
+    return "label"
 
 
 def identity_aliases(conversation: str | int | None, content_digest: str) -> tuple[str, ...]:
@@ -618,7 +663,9 @@ def list_site_dirs(data_dir: Path) -> list[Path]:
         raise SiteDataError(f"data folder not found: {data_dir}")
     sites = sorted(p for p in data_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not sites:
-        raise SiteDataError(f"no site folders in {data_dir}")
+        hint = ("; it holds data files itself, so it is one site's folder: give the folder "
+                "that holds the site folders" if _files_read(data_dir) else "")
+        raise SiteDataError(f"no site folders in {data_dir}{hint}")
     return sites
 
 
@@ -656,6 +703,20 @@ def unread_customer_keys(site_dir: Path) -> list[tuple[str, str]]:
         found.update(((_shown_name(path), key), None) for key in keys(path)
                      if _looks_like_a_customer_key(key))
     return list(found)
+
+
+def empty_data_files(site_dir: Path) -> list[str]:
+    """The names of the data files the loader reads that hold no row (nothing, blank lines, or a
+    CSV header alone): they add nothing and report nothing, so ``check-data`` names them rather
+    than leave "0 rows read" unexplained."""
+    empty = []
+    for path in _files_read(Path(site_dir)):
+        problems: list[RejectedRow] = []
+        lines = sum(1 for _ in islice(_decoded_lines(path, problems), 2))
+        header_lines = 1 if path.suffix == ".csv" else 0
+        if lines <= header_lines and not problems:
+            empty.append(_shown_name(path))
+    return empty
 
 
 def _files_read(site_dir: Path) -> list[Path]:

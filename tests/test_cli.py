@@ -112,7 +112,7 @@ def test_check_data_reports_bad_rows_and_a_site_that_cannot_train(tmp_path):
     result = fedintent("check-data", str(site))
     assert result.returncode == 1
     assert "train.jsonl:2: invalid JSON" in result.stdout
-    assert "unknown label 'nope': 1 rows" in result.stdout
+    assert "unknown label 'nope': 1 row\n" in result.stdout
     assert "no valid training rows" in result.stderr
 
 
@@ -131,7 +131,7 @@ def test_check_data_never_quotes_a_customers_words_from_a_label_or_timestamp(tmp
     (tmp_path / "labels.txt").write_text("card_lost\nrefund\n")
     main(["check-data", str(site)])
     out = capsys.readouterr().out
-    assert f"unknown label <a string of length {len(words)}, not shown>: 1 rows" in out
+    assert f"unknown label <a string of length {len(words)}, not shown>: 1 row\n" in out
     assert "train.jsonl:3: timestamp is not an ISO 8601 date-time (a string of length " in out
     assert "415 555" not in out and "4111" not in out and "tail" not in out and "call" not in out
 
@@ -163,7 +163,7 @@ def test_check_data_works_on_a_bare_site_folder_and_names_unknown_labels_given_a
     assert main(["check-data", str(site), "--labels", str(taxonomy)]) == 0
     out = capsys.readouterr().out
     assert f"9 valid (9 train, 0 test), 1 rejected, 1 with a label not in {taxonomy}" in out
-    assert "unknown label 'balance': 1 rows" in out
+    assert "unknown label 'balance': 1 row\n" in out
 
 
 def test_check_data_on_a_bare_folder_without_a_usable_row_fails(tmp_path, capsys):

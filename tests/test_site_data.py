@@ -222,8 +222,12 @@ def test_missing_and_empty_folders(tmp_path):
         load_site(tmp_path / "nope", LABELS)
     with pytest.raises(SiteDataError, match="no data files"):
         load_site(tmp_path, LABELS)
-    with pytest.raises(SiteDataError, match="no site folders"):
+    with pytest.raises(SiteDataError, match=r"no site folders in \S+$"):
         list_site_dirs(tmp_path)
+    (tmp_path / "train.jsonl").write_text('{"text": "hi", "label": "a"}\n')
+    with pytest.raises(SiteDataError, match="it holds data files itself, so it is one site's "
+                       "folder: give the folder that holds the site folders"):
+        list_site_dirs(tmp_path)  # found in review: --data given one site's folder
 
 
 def test_site_folders_are_sorted_and_hidden_ones_skipped(tmp_path):
@@ -300,7 +304,7 @@ def test_control_characters_become_spaces_in_text_and_reject_a_label(tmp_path):
     assert site.train.texts == ["lost my card  now\t!"]
     assert site.test.texts == ["two\nlines\r "]
     reasons = {row.line: row.reason for row in site.rejected}
-    assert reasons == {3: "empty text", 4: "intent holds a control character"}
+    assert reasons == {3: "empty text", 4: "label holds a control character"}
 
 
 def test_overlong_lines_and_texts_are_rejected_by_stated_limits(tmp_path, monkeypatch):
@@ -493,7 +497,7 @@ def test_the_languages_a_site_names_are_read_past_whatever_the_loader_skips(tmp_
     (site / "a.jsonl").write_text('{"language": "zh-TW"}\n' + "[" * 100_000 + "\n[1]\n"
                                   '{"language": 5}\n', encoding="utf-8")
     (site / "b.jsonl").mkdir()
-    (site / "c.jsonl").write_bytes(b'\xff\xfe{"language": "fr"}\n{"language": "'
+    (site / "c.jsonl").write_bytes(b'\xe9{"language": "fr"}\n{"language": "'
                                    + b"x" * MAX_LINE_BYTES + b'"}\n{"language": " EN "}\n')
     assert record_languages(site) == {"zh", "en"}
 
@@ -546,7 +550,7 @@ def test_no_message_about_a_row_quotes_its_values(tmp_path, capsys):
     (tmp_path / "labels.txt").write_text("card_lost\nrefund\n")
     assert main(["check-data", str(site)]) == 0  # labels the taxonomy does not know
     captured = capsys.readouterr()
-    assert "unknown label <a string of length 2, not shown>: 1 rows" in captured.out
+    assert "unknown label <a string of length 2, not shown>: 1 row\n" in captured.out
     for text in [*reasons, *warnings, captured.out, captured.err]:
         for canary in CANARY_FORMS:
             assert canary not in text, (canary, text)
@@ -568,3 +572,116 @@ def test_no_message_about_a_row_quotes_its_values(tmp_path, capsys):
 )
 def test_only_label_shaped_values_are_shown(value, expected):
     assert fl_client.site_data.shown(value) == expected
+
+
+ROWS_IN_ANOTHER_ENCODING = [{"text": "lost card", "label": "card_lost"},
+                            {"text": "退款", "label": "refund", "customer_id": "c1"}]
+
+
+@pytest.mark.parametrize(("encoding", "named"), [
+    ("utf-16", "UTF-16"), ("utf-16-le", "UTF-16"), ("utf-16-be", "UTF-16"), ("utf-32", "UTF-32")])
+@pytest.mark.parametrize("name", ["train.jsonl", "train.csv"])
+def test_a_data_file_in_utf16_or_utf32_is_one_rejection_of_the_whole_file(tmp_path, capsys,
+                                                                          encoding, named, name):
+    """Found in review: Excel's "Unicode text" export (UTF-16) gave a rejection per line, each
+    saying something else ("undecodable bytes", "invalid JSON"); the file is named once, with
+    what to do, and none of its rows is used. Without a byte-order mark, UTF-16 is known by
+    its NULs."""
+    if name.endswith(".csv"):
+        body = "text,label\n" + "".join(f"{r['text']},{r['label']}\n"
+                                         for r in ROWS_IN_ANOTHER_ENCODING)
+    else:
+        body = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in ROWS_IN_ANOTHER_ENCODING)
+    (tmp_path / name).write_bytes(body.encode(encoding))
+    write_jsonl(tmp_path / "test.jsonl", [conversation()])
+    site = load_site(tmp_path, LABELS)
+    reason = f"{name}: not UTF-8 text (saved as {named}); save it as UTF-8"
+    assert [str(row) for row in site.rejected] == [reason]
+    assert len(site.train) == 0 and site.test.texts == ["I lost my card"]
+
+    main(["check-data", str(tmp_path), "--labels", str(write_labels(tmp_path))])
+    out = capsys.readouterr().out
+    assert [line for line in out.splitlines() if "rejected " in line] == [f"  rejected {reason}"]
+
+
+def write_labels(folder):
+    path = folder / "run-labels.txt"
+    path.write_text("\n".join(LABELS) + "\n")
+    return path
+
+
+@pytest.mark.parametrize("name", ["train.jsonl", "train.csv"])
+def test_a_utf8_byte_order_mark_is_dropped(tmp_path, name):
+    body = ("text,label\n退款,refund\n" if name.endswith(".csv")
+            else json.dumps({"text": "退款", "label": "refund"}, ensure_ascii=False) + "\n")
+    (tmp_path / name).write_bytes(body.encode("utf-8-sig"))
+    site = load_site(tmp_path, LABELS)
+    assert not site.rejected and len(site.train) + len(site.test) == 1
+
+
+@pytest.mark.parametrize(("line", "reason"), [
+    ({"text": "hello", "label": 5}, "missing or non-string label"),
+    ({"text": "hello"}, "missing or non-string label"),
+    ({"text": "hello", "label": "ref\u0001und"}, "label holds a control character"),
+    ({"text": "hello", "intent": 5}, "missing or non-string intent"),
+    (conversation(intent=5), "missing or non-string intent"),
+    ({k: v for k, v in conversation().items() if k != "intent"}, "missing or non-string intent"),
+    ("text,label\nhello, ", "missing or non-string label"),
+    ("text,intent\nhello, ", "missing or non-string intent"),
+])
+def test_a_bad_label_is_named_by_the_field_the_row_uses(tmp_path, line, reason):
+    """Found in review: a flat ``{"text", "label"}`` row with a bad label was said to have a bad
+    ``intent``, a field it does not have."""
+    if isinstance(line, str):
+        (tmp_path / "train.csv").write_text(line + "\n")
+    else:
+        write_jsonl(tmp_path / "train.jsonl", [line])
+    [rejected] = load_site(tmp_path, LABELS).rejected
+    assert rejected.reason == reason
+
+
+def test_check_data_counts_a_single_row_in_the_singular(tmp_path, capsys):
+    write_jsonl(tmp_path / "train.jsonl", [
+        {"text": "lost card", "label": "card_lost", "timestamp": "2020-01-01T00:00:00Z"},
+        {"text": "hello", "label": "nope"},
+    ])
+    labels = write_labels(tmp_path)
+    main(["check-data", str(tmp_path), "--labels", str(labels)])
+    out = capsys.readouterr().out
+    assert ": 2 rows read, 1 valid" in out
+    assert "  unknown label 'nope': 1 row\n" in out
+    assert "timestamps: 1 row dated (2020-01-01 to 2020-01-01), 1 undated" in out
+    assert "customer_id: 1 row without one (each its own privacy unit" in out
+    main(["check-data", str(tmp_path), "--labels", str(labels), "--retention-days", "30"])
+    assert "  not used under retention-days 30: 1 row " in capsys.readouterr().out
+
+    write_jsonl(tmp_path / "train.jsonl", [{"text": "lost card", "label": "card_lost"}])
+    main(["check-data", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert ": 1 row read, 1 valid" in out and "no taxonomy given, 1 label found" in out
+    assert "would use 0 of this 1 row;" in out
+    assert " 1 rows" not in out
+
+
+def test_check_data_names_empty_files_and_gives_no_retention_hint_without_valid_rows(
+        tmp_path, capsys):
+    """Found in review: an empty file read as "0 rows read" and nothing more, followed by "would
+    use 0 of these 0 rows"."""
+    (tmp_path / "train.jsonl").write_text("")
+    (tmp_path / "test.csv").write_text("text,label\n\n")
+    assert main(["check-data", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert "  train.jsonl is empty (no rows)\n  test.csv is empty (no rows)\n" in out
+    assert "would use" not in out
+
+    write_jsonl(tmp_path / "train.jsonl", ["{broken", {"text": "lost card", "label": "card_lost"}])
+    (tmp_path / "test.csv").write_text("text,label\nrefund please,refund\n")
+    main(["check-data", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert "is empty" not in out and "would use 0 of these 2 rows" in out
+
+    write_jsonl(tmp_path / "train.jsonl", ["{broken"])
+    (tmp_path / "test.csv").write_text("text,label\n,refund\n")
+    assert main(["check-data", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert "2 rejected" in out and "would use" not in out and "is empty" not in out

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fedintent.cli import main
-from fl_client.site_data import MAX_LINE_BYTES, MAX_TEXT_CHARS, load_site
+from fl_client.site_data import MAX_LINE_BYTES, MAX_TEXT_CHARS, load_site, wide_encoding
 from fl_protocol.label_file import LabelFileError, read_labels
 
 LABELS = ["card_lost", "refund"]
@@ -109,7 +109,10 @@ def raw_lines(data: bytes) -> list[bytes]:
 
 def expected_rows(name: str, data: bytes) -> tuple[int, int | None]:
     """(rows the loader must account for, the line a CSV header is read from): every line that
-    is over-long, not UTF-8, or not blank; a CSV's first other line is its header."""
+    is over-long, not UTF-8, or not blank; a CSV's first other line is its header. A file in
+    UTF-16 or UTF-32 is one rejection, the whole file's."""
+    if wide_encoding(data) is not None:
+        return 1, None
     count, first_readable = 0, None
     for number, raw in enumerate(raw_lines(data), start=1):
         try:

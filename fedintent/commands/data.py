@@ -112,7 +112,7 @@ def run_synth(args: argparse.Namespace) -> int:
 def run_check_data(args: argparse.Namespace) -> int:
     from fl_client.redaction import find_pii
     from fl_client.retention import RowPolicy, retention_window
-    from fl_client.site_data import load_site, one_row_per_id, shown
+    from fl_client.site_data import empty_data_files, load_site, one_row_per_id, shown
 
     site_dir = args.site_dir
     if args.retention_days is not None and not args.retention_days > 0:
@@ -140,24 +140,27 @@ def run_check_data(args: argparse.Namespace) -> int:
     train_texts = [site.train.texts[index] for index in first]
     train_labels = [site.train.labels[index] for index in first]
     valid = len(first) + len(site.test)
-    summary = (f"{site_dir}: {site.rows_read} rows read, {valid} valid "
+    summary = (f"{site_dir}: {_rows(site.rows_read)} read, {valid} valid "
                f"({len(first)} train, {len(site.test)} test), {len(site.rejected)} rejected")
     if duplicates:
         summary += f", {len(duplicates)} with a duplicated id (used once)"
     if labels_file is None:
-        print(f"{summary}; no taxonomy given, {len(labels)} labels found")
+        found = f"{len(labels)} label{'' if len(labels) == 1 else 's'} found"
+        print(f"{summary}; no taxonomy given, {found}")
         print("  to see which labels the run does not know, pass --labels with the run's "
               "labels.txt (from the operator; docs/SITE_GUIDE.md)")
     else:
         print(f"{summary}, {sum(site.unknown_labels.values())} with a label not in "
               f"{labels_file}")
+    for name in empty_data_files(site_dir):
+        print(f"  {name} is empty (no rows)")
     for row in site.rejected:
         print(f"  rejected {row}")
     for row in duplicates:
         print(f"  skipped {row}")
     for label, count in site.unknown_labels.most_common():
-        print(f"  unknown label {shown(label)}: {count} rows")
-    _print_timestamps(times, site.excluded, args.retention_days)
+        print(f"  unknown label {shown(label)}: {_rows(count)}")
+    _print_timestamps(times, site.excluded, args.retention_days, any_valid=valid > 0)
     _print_customers(site_dir, [site.train.has_customer[index] for index in first],
                      site.test.has_customer)
     pii = Counter(span.kind for text in train_texts + site.test.texts
@@ -192,7 +195,7 @@ def _print_customers(site_dir: Path, train: list[bool], test: list[bool]) -> Non
     unread = unread_customer_keys(site_dir)
     if not missing and not unread:
         return
-    print(f"customer_id: {missing} rows without one (each its own privacy unit under "
+    print(f"customer_id: {_rows(missing)} without one (each its own privacy unit under "
           "privacy-unit customer)")
     for name, key in unread:
         print(f"  {name}: {key!r} looks like a customer key but is not read: only "
@@ -204,20 +207,29 @@ def _print_customers(site_dir: Path, train: list[bool], test: list[bool]) -> Non
                   f"{split} row has a customer_id")
 
 
-def _print_timestamps(times: list, excluded: Counter, retention_days: float | None) -> None:
-    """The rows' dates, and what a retention policy leaves of them (docs/SITE_GUIDE.md)."""
+def _print_timestamps(times: list, excluded: Counter, retention_days: float | None,
+                      any_valid: bool) -> None:
+    """The rows' dates, and what a retention policy leaves of them (docs/SITE_GUIDE.md); no
+    hint about the default policy when no row is valid, since it would keep nothing anyway."""
     from fl_client.retention import RowPolicy, retention_window
 
     dated = [when for when in times if when is not None]
     span = f" ({min(dated):%Y-%m-%d} to {max(dated):%Y-%m-%d})" if dated else ""
-    print(f"timestamps: {len(dated)} rows dated{span}, {len(times) - len(dated)} undated")
-    if retention_days is None:
+    print(f"timestamps: {_rows(len(dated))} dated{span}, {len(times) - len(dated)} undated")
+    if retention_days is None and any_valid:
         default = RowPolicy(*retention_window(DEFAULT_RETENTION_DAYS))
         usable = sum(default(None, when) is None for when in times)
+        these = "this" if len(times) == 1 else "these"
         print(f"  a site at the default retention-days ({DEFAULT_RETENTION_DAYS:g}) would use "
-              f"{usable} of these {len(times)} rows; --retention-days DAYS applies your policy")
+              f"{usable} of {these} {_rows(len(times))}; --retention-days DAYS applies your "
+              "policy")
     for reason, count in sorted(excluded.items()):
-        print(f"  not used under retention-days {retention_days:g}: {count} rows {reason}")
+        print(f"  not used under retention-days {retention_days:g}: {_rows(count)} {reason}")
+
+
+def _rows(count: int) -> str:
+    """``1 row``, ``2 rows``: a count of rows as a sentence says it."""
+    return f"{count} row" if count == 1 else f"{count} rows"
 
 
 def run_partition(args: argparse.Namespace) -> int:
