@@ -43,6 +43,8 @@ class OneLineErrors(argparse.ArgumentParser):
     the command line is (found in review: a bad number printed the 20-line usage first)."""
 
     def error(self, message: str) -> NoReturn:
+        if message.endswith("expected one argument"):  # argparse took "-inf" for an option
+            message += ", or one that starts with '-' written as --option=VALUE"
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 

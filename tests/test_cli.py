@@ -29,6 +29,7 @@ def fedintent(*args: str, cwd=None) -> subprocess.CompletedProcess:
         # found in review: argparse's own errors came after the 20-line usage
         (["--epsilon", "abc"], "invalid float value: 'abc' (see fedintent train --help)"),
         (["--strategy", "best"], "argument --strategy: invalid choice: 'best'"),
+        (["--epsilon", "-inf"], "one that starts with '-' written as --option=VALUE"),
     ],
 )
 def test_bad_train_options_fail_in_one_line(tmp_path, args, message):
