@@ -764,6 +764,21 @@ def test_an_erasure_binds_the_customer_however_its_id_is_cased_widened_or_hidden
     assert load_site(older, LABELS, keep=policy).excluded == {ERASED: 1}
 
 
+def test_check_data_counts_the_customers_written_in_more_than_one_form(tmp_path, capsys):
+    """The ledger keeps each form a unit of its own (re-keying would charge every capitalised
+    id again), so the site is told, by count, never by id."""
+    site = tmp_path / "site"
+    write_site(site, [row(0, 1, "AB-4711"), row(1, 1, "ab-4711"), row(2, 1, "AB-47\u200b11"),
+                      row(3, 1, "Cd-9"), row(4, 1, "cD-9"), row(5, 1, "E-1")])
+    assert fedintent(["check-data", str(site)]) == 0
+    out = capsys.readouterr().out
+    assert "customer_id: 2 customers are written in more than one form" in out
+    assert "up to 3)" in out and "4711" not in out and "Cd-9" not in out
+    write_site(site, [row(0, 1, "AB-4711"), row(5, 1, "E-1")])
+    assert fedintent(["check-data", str(site)]) == 0
+    assert "more than one form" not in capsys.readouterr().out
+
+
 def test_purge_and_forget_each_explain_their_own_options(capsys):
     """Found in review: both shared one help text for --delete-from-data and --retention-days
     ("purge: expired or erased; forget: the customer's")."""
