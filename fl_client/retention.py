@@ -88,6 +88,13 @@ DELETION_LOG = "deletions.jsonl"
 FEATURES = "features"
 FUTURE_SLACK = timedelta(days=1)
 """How far ahead a row may be dated (clock skew between the site's systems)."""
+_DEFAULT_IGNORABLE = re.compile(
+    "[\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200b-\u200f\u202a-\u202e"
+    "\u2060-\u206f\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff0-\ufff8\U0001bca0-\U0001bca3"
+    "\U0001d173-\U0001d17a\U000e0000-\U000e0fff]")
+"""Unicode's Default_Ignorable_Code_Point (DerivedCoreProperties.txt): characters that show
+nothing, most of them format characters (Cf), some not (a combining grapheme joiner, Hangul
+fillers, variation selectors)."""
 EXPIRED, UNDATED, FUTURE, ERASED = "expired", "undated", "dated in the future", "erased"
 DELETED_FROM_DATA = (EXPIRED, ERASED)
 """The rows ``--delete-from-data`` removes from the data folder: those the policy has ended.
@@ -156,15 +163,32 @@ class Deletion:
     its ledger reads again."""
 
 
-def canonical_customer(customer: str) -> str:
-    """The form an erasure is recorded under and matched in: NFKC (full-width digits typed
-    with a CJK input method read as ASCII ones), without format characters (a zero-width space
-    pasted from a web form), case-folded. Ids that differ only so are erased together:
-    over-erasure is the safe side (found in review: each such variant of an erased id was still
-    used). Rows are also matched as written, so erasures logged before this form still bind."""
-    visible = "".join(c for c in unicodedata.normalize("NFKC", customer)
-                      if unicodedata.category(c) != "Cf")
-    return unicodedata.normalize("NFKC", visible.strip().casefold())
+def canonical_customer(customer: str, fold_case: bool = True) -> str:
+    """The form an erasure is recorded under and matched in: NFKC (full-width digits typed with
+    a CJK input method read as ASCII ones), without Unicode's default-ignorable characters (a
+    zero-width space pasted from a web form, an emoji keyboard's variation selector), every dash
+    a hyphen, every decimal digit an ASCII one, and (``fold_case``) case-folded, the Turkish
+    dotted and dotless I as i. Ids that differ only so are erased together: over-erasure is the
+    safe side (found in review: each such variant of an erased id was still used). An id of
+    invisible characters only is its own form. Rows are also matched as written, so erasures
+    logged before this form still bind. Part of the deletion log's format: a change needs the
+    forms logged before it kept (``RowPolicy`` asks each)."""
+    kept = []
+    for char in unicodedata.normalize("NFKC", customer):
+        category = unicodedata.category(char)
+        if category == "Cf" or _DEFAULT_IGNORABLE.match(char):
+            continue
+        if category == "Pd" or char == "\u2212":
+            char = "-"
+        elif category == "Nd":
+            char = str(unicodedata.decimal(char))
+        elif fold_case and char in "\u0130\u0131":
+            char = "i"
+        kept.append(char)
+    visible = "".join(kept).strip()
+    if fold_case:
+        visible = unicodedata.normalize("NFKC", visible.casefold())
+    return visible or customer.strip()
 
 
 def customer_key(secret: bytes, customer: str) -> str:
@@ -266,6 +290,12 @@ class Erasure:
     """The data lines that failed validation and name the customer (``file:line``), or a file
     that could not be read and so searched: left in the data folder, which only a person can
     settle (found in review: ``--delete-from-data`` left them and reported success)."""
+    forms: int = 1
+    """How many ways the rows found write the id (``canonical_customer`` takes them as one)."""
+    other_case_rows: int = 0
+    """Rows found whose id differs from the one given in case: no longer used, but not deleted
+    from the data folder, since a case-sensitive system may hold another customer under it
+    (found in review: ``--delete-from-data`` deleted such a customer's rows for good)."""
 
 
 def forget(site_dir: Path, state_dir: Path, customer: str, retention_days: float, actor: str,
@@ -295,7 +325,10 @@ def forget(site_dir: Path, state_dir: Path, customer: str, retention_days: float
         pruned = prune(Path(state_dir) / FEATURES, [redact(row.text) for row in live])
         details = {"customer": customer_key(secret, customer),
                    "delete_from_data": delete_from_data}
-        gone = [row for row in ended if _is_customer(row, customer)] if delete_from_data else []
+        exact = canonical_customer(written, fold_case=False)
+        same_case = [row for row in ended if _is_customer(row, customer)
+                     and canonical_customer(str(row.customer), fold_case=False) == exact]
+        gone = same_case if delete_from_data else []
         data_rows = _delete_rows_logged(state_dir, gone, "erasure-done", actor, not_used,
                                         pruned, details)
         if data_rows:  # the lines after those removed moved up: name them as they are now
@@ -310,7 +343,11 @@ def forget(site_dir: Path, state_dir: Path, customer: str, retention_days: float
             units, epsilon, problem = 0, 0.0, str(err)
         return Erasure(rows_found=len(theirs), erased_until=cut_off, deletion=deletion,
                        ledger_units=units, ledger_epsilon=epsilon, ledger_problem=problem,
-                       rejected_mentions=_mentions(site_dir, rejected, written))
+                       rejected_mentions=_mentions(site_dir, rejected, written),
+                       forms=len({row.customer for row in theirs}) or 1,
+                       other_case_rows=sum(
+                           canonical_customer(str(row.customer), fold_case=False) != exact
+                           for row in theirs))
 
 
 def _is_customer(row: Row, canonical: str) -> bool:
@@ -336,11 +373,16 @@ def _mentions(site_dir: Path, rejected: list[RejectedRow], customer: str) -> tup
             with open(Path(site_dir) / file, "rb") as f:
                 for number, raw in enumerate(iter(f.readline, b""), start=1):
                     if number in wanted and (token.search(raw) or canonical.search(
-                            canonical_customer(raw.decode("utf-8", "replace")))):
+                            canonical_customer(_unescaped(raw.decode("utf-8", "replace"))))):
                         found.append(f"{file}:{number}")
         except OSError as err:
             found.append(f"{file} (unreadable: {err.strerror or err})")
     return tuple(found)
+
+
+def _unescaped(line: str) -> str:
+    """A line with its JSON ``\\uXXXX`` escapes read, so an id spelled with them is found."""
+    return re.sub(r"\\u([0-9a-fA-F]{4})", lambda found: chr(int(found.group(1), 16)), line)
 
 
 def who_deletes(what: str) -> str:

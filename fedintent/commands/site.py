@@ -154,10 +154,17 @@ def run_forget(args: argparse.Namespace) -> int:
         args.retention_days, _ = _retention_days(args, state_dir, deletes_by_age=False)
         erasure = forget(args.site, state_dir, args.customer, args.retention_days,
                          who_deletes("fedintent forget"), delete_from_data=args.delete_from_data)
-    print(f"erasure recorded: {erasure.rows_found} rows of this customer in {args.site}; no run "
-          f"uses their rows dated up to {erasure.erased_until.isoformat(timespec='seconds')} "
-          "(now plus a day of clock skew, or their newest row) or undated")
+    forms = f" (their id written in {erasure.forms} forms)" if erasure.forms > 1 else ""
+    print(f"erasure recorded: {erasure.rows_found} rows of this customer in {args.site}{forms}; "
+          f"no run uses their rows dated up to "
+          f"{erasure.erased_until.isoformat(timespec='seconds')} (now plus a day of clock skew, "
+          "or their newest row) or undated")
     _print_deletion(erasure.deletion, args.delete_from_data, state_dir)
+    if args.delete_from_data and erasure.other_case_rows:
+        print(f"note: {erasure.other_case_rows} of those rows write the id in another case: no "
+              "run uses them, but they stay in the data files, since a case-sensitive system "
+              "may hold another customer under that id; if they are this customer's, run "
+              "forget --delete-from-data again with the id as they write it")
     if erasure.ledger_problem:
         raise CliError(f"the erasure above is recorded and done, but the privacy ledger could "
                        f"not be read to report the spend it keeps of theirs: "
