@@ -79,7 +79,7 @@ from logging import WARNING
 from pathlib import Path
 
 import numpy as np
-from flwr.app import Context, Message
+from flwr.app import ConfigRecord, Context, Message
 from flwr.common.logger import log
 
 from fl_client.privacy_accounting import (
@@ -406,7 +406,7 @@ def check_labels(context: Context, msg: Message) -> None:
     answered; a simulation answers any (one operator plays every site and chooses the labels).
     A label named twice is refused whatever the setting (found in review: the model got a head
     row for each, and the site's counts an unread column)."""
-    labels = msg.content[CONFIG_KEY].get("labels")
+    labels = round_config(msg).get("labels")
     if not isinstance(labels, list) or not all(isinstance(label, str) for label in labels):
         raise PolicyRefusal(Reason.LABELS_REFUSED, "the run's labels are not a list of names")
     twice = sorted(label for label, count in Counter(labels).items() if count > 1)
@@ -445,11 +445,20 @@ def site_languages(context: Context, site_dir: Path) -> tuple[str, ...]:
     return tuple(sorted(codes))
 
 
+def round_config(msg: Message) -> ConfigRecord:
+    """The message's round settings; a message without them is refused, not an internal error
+    (found in review)."""
+    config = msg.content.config_records.get(CONFIG_KEY)
+    if config is None:
+        raise PolicyRefusal(Reason.SETTING_REFUSED, "the message carries no round settings")
+    return config
+
+
 def round_request(msg: Message, context: Context) -> RoundRequest:
     """The server's asks for this round, typed; a malformed value is refused, not guessed, and
     so is a setting the site does not know (a server of another release may mean by it what
     this site cannot honour, and a round run as if it were absent would not be what it asked)."""
-    cfg, config = context.run_config, msg.content[CONFIG_KEY]
+    cfg, config = context.run_config, round_config(msg)
     unknown = sorted(set(config) - set(ROUND_CONFIG_KEYS))
     if unknown:
         names = ", ".join(map(repr, unknown))
@@ -491,9 +500,10 @@ def _whole(settings: Mapping[str, object], key: str) -> int:
 
 
 def _real(settings: Mapping[str, object], key: str) -> float:
-    """A real-number setting: a bool is refused, not read as 1 or 0 (found in review)."""
+    """A real-number setting: an int or a float. A bool or a string is refused, not read as
+    another number (found in review: True as 1, " 4_0 " as 40, an Arabic-Indic digit as 4)."""
     value = settings[key]
-    if isinstance(value, bool):
+    if isinstance(value, bool) or not isinstance(value, int | float):
         raise PolicyRefusal(Reason.SETTING_REFUSED, f"{key} must be a number, got {value!r}")
     return float(value)
 
@@ -503,8 +513,8 @@ def learning_rate(context: Context) -> float:
     but read with the round's asks, before anything is charged: a malformed one is refused, not
     paid for with a release the site then cannot train."""
     try:
-        rate = float(context.run_config["learning-rate"])
-    except (KeyError, TypeError, ValueError) as err:
+        rate = _real(context.run_config, "learning-rate")
+    except KeyError as err:
         raise PolicyRefusal(Reason.SETTING_REFUSED, f"malformed learning-rate: {err}") from err
     low, high = LEARNING_RATE_RANGE
     if not low <= rate <= high:

@@ -345,6 +345,9 @@ def test_a_site_that_allows_no_dp_records_it_as_an_unlimited_spend(site, tmp_pat
         ({}, {"server_round": 1.9}, Reason.SETTING_REFUSED),
         ({}, {"server_round": math.inf}, Reason.SETTING_REFUSED),  # was "egress guard"
         ({}, {"labels": [*LABELS, LABELS[0]]}, Reason.LABELS_REFUSED),  # a head row twice
+        ({"target-epsilon": " 4_0 "}, {}, Reason.SETTING_REFUSED),  # was read as 40
+        ({"target-epsilon": "\u0664"}, {}, Reason.SETTING_REFUSED),  # an Arabic-Indic 4
+        ({"learning-rate": "1e-3"}, {}, Reason.SETTING_REFUSED),
     ],
 )
 def test_a_hostile_run_config_is_refused_before_anything_is_charged(site, tmp_path, run_config,
@@ -352,6 +355,18 @@ def test_a_hostile_run_config_is_refused_before_anything_is_charged(site, tmp_pa
     state = tmp_path / "state"
     reply = client_app.app(train_message(**message), context(site, state, **run_config))
     assert refused_with(reply, reason)
+    assert not (state / LEDGER_FILE).exists()
+
+
+@pytest.mark.parametrize("kind", ["train", "evaluate"])
+def test_a_message_without_round_settings_is_refused(site, tmp_path, kind):
+    """Found in review: it was answered with an internal error."""
+    state = tmp_path / "state"
+    message = train_message()
+    del message.content["config"]
+    reply = client_app.app(Message(content=message.content, dst_node_id=7, message_type=kind),
+                           context(site, state))
+    assert refused_with(reply, Reason.SETTING_REFUSED)
     assert not (state / LEDGER_FILE).exists()
 
 
