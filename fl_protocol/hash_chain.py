@@ -158,8 +158,9 @@ def verify_log(log_path: Path, key: bytes | None = None) -> Verification:
     data = _log_bytes(log_path)
     first_line = data.split(b"\n", 1)[0]
     if first_line and not head_path(log_path).exists() and not _is_entry(first_line):
-        raise NotALogError(f"{log_path} is not an audit log: its first line is not a log entry, "
-                           f"and it has no head file ({head_path(log_path).name})")
+        raise NotALogError(f"{log_path} is not an audit log (its first line is no log entry, "
+                           f"and no head file {head_path(log_path).name} is beside it), or one "
+                           "whose first line was replaced and head deleted")
     return _verified(log_path, data, key)
 
 

@@ -275,34 +275,73 @@ def verify_in_process(path, capsys, *options: str) -> tuple[int, str, str]:
     return code, captured.out, captured.err
 
 
-def test_a_site_set_up_but_never_purged_has_no_deletion_log_yet(tmp_path, capsys):
-    """What the site guide checks right after ``init-site`` (found in review: exit 2)."""
+def trained_ledger(state, deletion_log: dict) -> None:
+    """A ledger of one release in ``state``, recording ``deletion_log`` as the log's length."""
+    from fl_client.privacy_ledger import Ledger, Release, now, write_ledger
+    from fl_client.site_secret import site_secret
+
+    ledger = Ledger(privacy_unit="utterance", order=4.0, delta=1e-5, deletion_log=deletion_log)
+    ledger.releases.append(Release(
+        run="r", server_round=1, num_rounds=1, noise_multiplier=2.0, sample_rate=1.0, steps=1,
+        clip_norm=1.0, delta=1e-5, accountant="rdp", units=1, rdp=0.5, time=now()))
+    write_ledger(state, ledger, site_secret(state))
+
+
+def test_a_missing_deletion_log_is_fine_only_where_the_ledger_shows_none_was_written(
+        tmp_path, capsys):
+    """What the site guide checks right after ``init-site`` (found in review: "cannot read").
+    Without a ledger nothing tells a site that never purged from one whose log was deleted
+    (found in review: a site that erased before its first run read as fine), so that says so,
+    exit 2; a trained site whose ledger records no log has none yet, exit 0."""
     from fl_client.site_secret import create_site_secret
 
     state = tmp_path / "st0"
     create_site_secret(state)
+    code, _, err = verify_in_process(state / "deletions.jsonl", capsys)
+    assert code == 2 and "nothing here can tell whether it should" in err
+    trained_ledger(state, {})
     code, out, _ = verify_in_process(state / "deletions.jsonl", capsys)
-    assert code == 0 and "no deletion log yet (no purge or erasure has run)" in out
+    assert code == 0 and "no deletion log yet (no purge or erasure has run" in out
     code, _, err = verify_in_process(tmp_path / "deletions.jsonl", capsys)  # no site secret
     assert code == 2 and "cannot read" in err
     code, _, err = verify_in_process(state / "deletion.jsonl", capsys)  # not its deletion log
     assert code == 2 and "cannot read" in err
 
 
+def test_a_deletion_log_restored_from_an_older_copy_is_broken(tmp_path, capsys):
+    """Found in review: the log and its head restored from a copy taken before an erasure
+    verified OK, while the site itself refuses them (its ledger recorded the newer length)."""
+    import shutil
+
+    from fedintent.cli import main
+
+    state, site = tmp_path / "st0", tmp_path / "site"
+    site.mkdir()
+    (site / "train.jsonl").write_text('{"text": "hello", "label": "a"}\n')
+    assert main(["init-site", "--state-dir", str(state)]) == 0
+    log = state / "deletions.jsonl"
+    assert main(["purge", str(site), "--state-dir", str(state), "--retention-days", "30"]) == 0
+    shutil.copy(log, tmp_path / "old.jsonl")
+    shutil.copy(head_path(log), tmp_path / "old.head")
+    assert main(["purge", str(site), "--state-dir", str(state), "--retention-days", "30"]) == 0
+    entries = [json.loads(line) for line in log.read_text().splitlines()]
+    trained_ledger(state, {"entries": 2, "hash": entries[1]["hash"]})
+    capsys.readouterr()
+    assert verify_in_process(log, capsys)[0] == 0
+    shutil.copy(tmp_path / "old.jsonl", log)
+    shutil.copy(tmp_path / "old.head", head_path(log))
+    code, out, _ = verify_in_process(log, capsys)
+    assert code == 1 and out.startswith("BROKEN") and "recorded 2" in out
+
+
 def test_a_deletion_log_the_ledger_recorded_is_broken_when_deleted(tmp_path, capsys):
     """Deleted with its head, the log is gone without a trace but for the ledger's record of
     its length: never a site that has not purged yet."""
-    from fl_client.privacy_ledger import Ledger, Release, now, write_ledger
-    from fl_client.site_secret import create_site_secret, site_secret
+    from fl_client.site_secret import create_site_secret
 
     state = tmp_path / "st0"
     create_site_secret(state)
-    ledger = Ledger(privacy_unit="utterance", order=4.0, delta=1e-5,
-                    deletion_log={"entries": 2, "hash": "ab" * 32})
-    ledger.releases.append(Release(
-        run="r", server_round=1, num_rounds=1, noise_multiplier=2.0, sample_rate=1.0, steps=1,
-        clip_norm=1.0, delta=1e-5, accountant="rdp", units=1, rdp=0.5, time=now()))
-    write_ledger(state, ledger, site_secret(state))
+    trained_ledger(state, {"entries": 2, "hash": "ab" * 32})
     code, out, _ = verify_in_process(state / "deletions.jsonl", capsys)
     assert code == 1 and out.startswith("BROKEN") and "recorded 2" in out
 

@@ -70,9 +70,10 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
 
 
 def run_audit_verify(args: argparse.Namespace) -> int:
-    from fl_protocol.hash_chain import NotALogError, verify_log
+    from fl_protocol.hash_chain import NotALogError, head_path, verify_log
 
-    if _is_a_state_folders_unwritten_deletion_log(args):
+    deletion_log = _is_a_state_folders_deletion_log(args)
+    if deletion_log and not args.log.exists() and not head_path(args.log).exists():
         return _verify_no_deletion_log(args)
     try:
         key = _site_key(args) if _is_site_log(args) else None
@@ -81,6 +82,9 @@ def run_audit_verify(args: argparse.Namespace) -> int:
         raise CliError(str(err)) from err
     except OSError as err:
         raise CliError(f"cannot read {args.log}: {err.strerror or err}") from err
+    if result.ok and deletion_log and (problem := _against_the_ledger(args)[1]):
+        print(f"BROKEN: {problem} ({args.log})")  # found in review: a rolled-back log was OK
+        return 1
     if result.ok:
         checked = "hash chain, head and MACs" if key else "hash chain and head"
         print(f"OK: {_entries(result.entries)}, {checked} intact ({args.log})")
@@ -95,23 +99,20 @@ def _entries(count: int) -> str:
     return f"{count} {'entry' if count == 1 else 'entries'}"
 
 
-def _is_a_state_folders_unwritten_deletion_log(args: argparse.Namespace) -> bool:
+def _is_a_state_folders_deletion_log(args: argparse.Namespace) -> bool:
     """Whether the log is the deletion log of a site's state folder (one holding a site
-    secret) that neither it nor its head exists in yet: a site that has not purged or erased
-    anything (found in review: the site guide's own check after ``init-site`` failed)."""
+    secret), which the site's privacy ledger records the length of once it has trained."""
     from fl_client.retention import DELETION_LOG
     from fl_client.site_secret import SECRET_FILE
-    from fl_protocol.hash_chain import head_path
 
     state_dir = args.state_dir or args.log.parent
     return (args.log.name == DELETION_LOG and args.log.parent.resolve() == state_dir.resolve()
-            and (state_dir / SECRET_FILE).exists()
-            and not args.log.exists() and not head_path(args.log).exists())
+            and (state_dir / SECRET_FILE).exists())
 
 
-def _verify_no_deletion_log(args: argparse.Namespace) -> int:
-    """0 for a site that has no deletion log yet; 1 when its privacy ledger recorded one, which
-    was then deleted with its head (customers erased would be used again)."""
+def _against_the_ledger(args: argparse.Namespace) -> tuple[bool, str | None]:
+    """(whether the site has a privacy ledger, why the deletion log is not the one it recorded
+    or a later one, or None), as the site itself checks before it uses its data."""
     from fl_client.privacy_ledger import LedgerError, read_ledger
     from fl_client.retention import deletion_log_check
 
@@ -121,12 +122,28 @@ def _verify_no_deletion_log(args: argparse.Namespace) -> int:
         ledger = read_ledger(state_dir, secret)
         _, problem = deletion_log_check(state_dir, secret, ledger.deletion_log if ledger else {})
     except LedgerError as err:
-        raise CliError(f"{args.log} does not exist, and the privacy ledger, which records "
-                       f"whether it should, cannot be read: {err}") from err
+        raise CliError(f"{args.log}: the privacy ledger, which records the deletion log's "
+                       f"length, cannot be read: {err}") from err
+    return ledger is not None, problem
+
+
+def _verify_no_deletion_log(args: argparse.Namespace) -> int:
+    """A state folder without a deletion log: 0 where the site's ledger shows none was ever
+    written, 1 where it recorded one (deleted with its head: customers erased would be used
+    again), 2 where the site has no ledger to tell (found in review: a site that erased before
+    its first run and then lost the log read as one that never deleted anything)."""
+    has_ledger, problem = _against_the_ledger(args)
     if problem:
         print(f"BROKEN: {problem} ({args.log})")
         return 1
-    print(f"no deletion log yet (no purge or erasure has run): {args.log}")
+    if not has_ledger:
+        raise CliError(f"{args.log} does not exist, and nothing here can tell whether it "
+                       "should: the privacy ledger records the deletion log only once the site "
+                       "has trained. If a purge or erasure ran here (the site container purges "
+                       "at start), restore the log and its head from the backup; if none did, "
+                       "there is nothing to verify yet")
+    print(f"no deletion log yet (no purge or erasure has run, as the privacy ledger records): "
+          f"{args.log}")
     return 0
 
 

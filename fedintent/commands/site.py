@@ -256,7 +256,8 @@ def _print_deletion(deletion, delete_from_data: bool, state_dir: Path) -> None:
           "with `fedintent audit verify`)")
 
 
-UNTRAINED = "no runs yet: no privacy ledger, and no unit has spent any budget"
+UNTRAINED = ("no runs yet: no privacy ledger, and no unit has spent any budget (if this site has "
+             "trained, its state folder was lost: restore it from the backup)")
 
 
 def run_privacy_report(args: argparse.Namespace) -> int:
