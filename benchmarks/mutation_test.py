@@ -70,6 +70,7 @@ TARGETS = [
     "fl_protocol/wire.py",
     "fl_protocol/durable_files.py",
     "fl_protocol/secret_sharing.py",
+    "fl_client/retention.py",
 ]
 # New privacy modules are picked up by name, so that a module added under fl_client/ is
 # mutated without editing this list (privacy_report.py only formats: left out).
@@ -88,6 +89,11 @@ FAST_TESTS = [
     "tests/test_wire_contract.py",
     "tests/test_durable_files.py",
     "tests/test_secret_sharing.py",
+    "tests/test_retention.py",
+    "tests/test_site_policy_edges.py",
+    "tests/test_retention_edges.py",
+    "tests/test_distributed_dp.py",
+    "tests/test_overflow_oracle.py",
 ]
 SLOW_TESTS = ["tests/test_secure_aggregation.py"]
 
