@@ -15,14 +15,14 @@ The policy is the site's own (node config, set by its IT team):
   appended to), nor is a row dated more than a day ahead (*dated in the future*: it would outlive
   the policy).
 * An erasure request (``fedintent forget``) is recorded in the deletion log: the customer as a
-  keyed hash of its ``canonical_customer`` form (case, width and invisible characters do not
-  tell ids apart), and its cut-off: the request's time plus the day of clock skew a row may be dated
-  ahead, or the customer's newest row if that is later (a row exported in local time without
-  an offset reads as UTC, so it can lie hours "ahead"; found in review: those rows survived the
-  erasure). From then on every row of that customer dated up to the cut-off, or undated, is
-  *erased*: never used again, wherever it still is. A customer who returns later brings new
-  rows, dated after it, and is the same privacy unit in the ledger: their lifetime spend did
-  not reset.
+  keyed hash of its ``canonical_customer`` form (case, width, invisible characters, dashes and
+  digit scripts do not tell ids apart), and its cut-off: the request's time plus the day of
+  clock skew a row may be dated ahead, or the customer's newest row if that is later (a row
+  exported in local time without an offset reads as UTC, so it can lie hours "ahead"; found in
+  review: those rows survived the erasure). From then on every row of that customer dated up to
+  the cut-off, or undated, is *erased*: never used again, wherever it still is. A customer who
+  returns later brings new rows, dated after it, and is the same privacy unit in the ledger:
+  their lifetime spend did not reset.
 
 What the site derives from rows, and how each copy goes:
 

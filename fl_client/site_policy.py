@@ -420,11 +420,10 @@ def check_labels(context: Context, msg: Message) -> None:
         taxonomy = frozenset(read_labels(Path(str(path))))
     except LabelFileError as err:
         raise SiteConfigError(f"node config: labels-file: {err}") from err
-    asked = labels
-    if set(asked) != taxonomy:
-        missing, extra = sorted(taxonomy - set(asked)), sorted(set(asked) - taxonomy)
+    if set(labels) != taxonomy:
+        missing, extra = sorted(taxonomy - set(labels)), sorted(set(labels) - taxonomy)
         raise PolicyRefusal(Reason.LABELS_REFUSED,
-                            f"the run's {len(asked)} labels are not the site's labels-file "
+                            f"the run's {len(labels)} labels are not the site's labels-file "
                             f"({len(taxonomy)}): missing {missing[:5]}, extra {extra[:5]}")
 
 
