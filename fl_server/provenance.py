@@ -52,14 +52,8 @@ def provenance_changes(recorded: dict, now: dict) -> list[str]:
 def git_commit(root: Path) -> str | None:
     """HEAD of the checkout whose top level is ``root``; ``None`` otherwise. A folder inside
     some other repository (an app bundle unpacked under a checkout) is not ``root``'s commit."""
-    try:
-        result = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "--show-toplevel", "HEAD"],
-            capture_output=True, text=True, timeout=GIT_TIMEOUT_SECONDS, check=False)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    lines = result.stdout.split()
-    if result.returncode != 0 or len(lines) != 2 or Path(lines[0]).resolve() != root.resolve():
+    lines = (_git(root, "rev-parse", "--show-toplevel", "HEAD") or "").split()
+    if len(lines) != 2 or Path(lines[0]).resolve() != root.resolve():
         return None
     return lines[1]
 
@@ -67,13 +61,19 @@ def git_commit(root: Path) -> str | None:
 def git_dirty(root: Path) -> bool | None:
     """Whether tracked files of the checkout at ``root`` differ from its HEAD (untracked ones
     are not code the project runs); ``None`` where git cannot tell."""
+    status = _git(root, "status", "--porcelain", "--untracked-files=no")
+    return None if status is None else bool(status.strip())
+
+
+def _git(root: Path, *args: str) -> str | None:
+    """What ``git -C root ARGS`` prints; ``None`` where it fails or cannot run (no git, not a
+    checkout): provenance never fails a run."""
     try:
-        result = subprocess.run(
-            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True, text=True, timeout=GIT_TIMEOUT_SECONDS, check=False)
+        result = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True,
+                                timeout=GIT_TIMEOUT_SECONDS, check=False)
     except (OSError, subprocess.SubprocessError):
         return None
-    return bool(result.stdout.strip()) if result.returncode == 0 else None
+    return result.stdout if result.returncode == 0 else None
 
 
 def file_sha256(path: Path) -> str:
