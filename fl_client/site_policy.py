@@ -488,9 +488,7 @@ def _whole(settings: Mapping[str, object], key: str) -> int:
     """A whole-number setting the server sent: an int, or a float without a fraction. A bool, a
     string, a fraction or an infinity is refused (``PolicyRefusal``), never read as some other
     number (found in review: batch-size 2.9 trained as 2, round 1.9 as round 1, True as 1)."""
-    if key not in settings:
-        raise PolicyRefusal(Reason.SETTING_REFUSED, f"malformed privacy setting: {key} is missing")
-    value = settings[key]
+    value = _sent(settings, key)
     if isinstance(value, int) and not isinstance(value, bool):
         return value
     if isinstance(value, float) and value.is_integer():
@@ -501,20 +499,24 @@ def _whole(settings: Mapping[str, object], key: str) -> int:
 def _real(settings: Mapping[str, object], key: str) -> float:
     """A real-number setting: an int or a float. A bool or a string is refused, not read as
     another number (found in review: True as 1, " 4_0 " as 40, an Arabic-Indic digit as 4)."""
-    value = settings[key]
+    value = _sent(settings, key)
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise PolicyRefusal(Reason.SETTING_REFUSED, f"{key} must be a number, got {value!r}")
     return float(value)
+
+
+def _sent(settings: Mapping[str, object], key: str) -> object:
+    """A setting's value; one missing is refused (``PolicyRefusal``), not a ``KeyError``."""
+    if key not in settings:
+        raise PolicyRefusal(Reason.SETTING_REFUSED, f"the setting {key} is missing")
+    return settings[key]
 
 
 def learning_rate(context: Context) -> float:
     """The run's local step size. Not a privacy setting (DP-SGD's guarantee holds at any rate),
     but read with the round's asks, before anything is charged: a malformed one is refused, not
     paid for with a release the site then cannot train."""
-    try:
-        rate = _real(context.run_config, "learning-rate")
-    except KeyError as err:
-        raise PolicyRefusal(Reason.SETTING_REFUSED, f"malformed learning-rate: {err}") from err
+    rate = _real(context.run_config, "learning-rate")
     low, high = LEARNING_RATE_RANGE
     if not low <= rate <= high:
         raise PolicyRefusal(Reason.SETTING_REFUSED, f"learning-rate {rate} is outside "
