@@ -82,7 +82,8 @@ def run_audit_verify(args: argparse.Namespace) -> int:
         raise CliError(str(err)) from err
     except OSError as err:
         raise CliError(f"cannot read {args.log}: {err.strerror or err}") from err
-    if result.ok and deletion_log and (problem := _against_the_ledger(args)[1]):
+    if result.ok and deletion_log and (problem := _against_the_ledger(
+            args, key or _site_key(args))[1]):  # key: read already, as a site log's always is
         print(f"BROKEN: {problem} ({args.log})")  # found in review: a rolled-back log was OK
         return 1
     if result.ok:
@@ -110,15 +111,15 @@ def _is_a_state_folders_deletion_log(args: argparse.Namespace) -> bool:
             and (state_dir / SECRET_FILE).exists())
 
 
-def _against_the_ledger(args: argparse.Namespace) -> tuple[bool, str | None]:
+def _against_the_ledger(args: argparse.Namespace, secret: bytes) -> tuple[bool, str | None]:
     """(whether the site has a privacy ledger, why the deletion log is not the one it recorded
-    or a later one, or None), as the site itself checks before it uses its data."""
+    or a later one, or None), as the site itself checks before it uses its data; ``secret``
+    the site's, as the log's MACs were checked with."""
     from fl_client.privacy_ledger import LedgerError, read_ledger
     from fl_client.retention import deletion_log_check
 
     state_dir = args.state_dir or args.log.parent
     try:
-        secret = _site_key(args)
         ledger = read_ledger(state_dir, secret)
         _, problem = deletion_log_check(state_dir, secret, ledger.deletion_log if ledger else {})
     except LedgerError as err:
@@ -132,7 +133,7 @@ def _verify_no_deletion_log(args: argparse.Namespace) -> int:
     written, 1 where it recorded one (deleted with its head: customers erased would be used
     again), 2 where the site has no ledger to tell (found in review: a site that erased before
     its first run and then lost the log read as one that never deleted anything)."""
-    has_ledger, problem = _against_the_ledger(args)
+    has_ledger, problem = _against_the_ledger(args, _site_key(args))
     if problem:
         print(f"BROKEN: {problem} ({args.log})")
         return 1
