@@ -154,6 +154,14 @@ def verify_log(log_path: Path, key: bytes | None = None) -> Verification:
     whose first line is not a log entry (found in review: ``metrics.json`` was reported as a
     log broken at line 1). A log always has its head, so a real one whose first line was
     edited or torn still verifies as broken."""
+    return verify_log_entries(log_path, key)[0]
+
+
+def verify_log_entries(log_path: Path,
+                       key: bytes | None = None) -> tuple[Verification, list[dict]]:
+    """``verify_log``, with the entries it verified (none when the log is broken): what a
+    caller compares with a record of the log, rather than a second read of a log that may have
+    grown in between."""
     log_path = Path(log_path)
     data = _log_bytes(log_path)
     first_line = data.split(b"\n", 1)[0]
@@ -161,7 +169,17 @@ def verify_log(log_path: Path, key: bytes | None = None) -> Verification:
         raise NotALogError(f"{log_path} is not an audit log (its first line is no log entry, "
                            f"and no head file {head_path(log_path).name} is beside it), or one "
                            "whose first line was replaced and head deleted")
-    return _verified(log_path, data, key)
+    result = _verified(log_path, data, key)
+    return result, [json.loads(line) for line in data.splitlines()] if result.ok else []
+
+
+def extends(entries: list[dict], recorded: dict) -> bool:
+    """Whether a verified log's ``entries`` begin with those a record of it named
+    (``{"entries", "hash"}`` of its last one, empty for none): the chain makes that hash stand
+    for every entry before it. A log restored from an older copy, or one rewritten and grown
+    again, does not."""
+    count = int(recorded.get("entries", 0))
+    return not count or (len(entries) >= count and entries[count - 1]["hash"] == recorded["hash"])
 
 
 def _is_entry(line: bytes) -> bool:

@@ -376,3 +376,189 @@ def test_counts_of_one_entry_are_singular(tmp_path, capsys):
     path.write_bytes(path.read_bytes().replace(b'"round":1', b'"round":2'))
     code, out, _ = verify_in_process(path, capsys)
     assert code == 1 and "(1 entry verifies before it;" in out
+
+
+def a_purged_site(tmp_path) -> tuple[Path, Path]:
+    """(site folder, state folder) of a site that has purged once and trained since (its
+    ledger records the deletion log's length from then on)."""
+    from fedintent.cli import main
+
+    state, site = tmp_path / "st0", tmp_path / "site"
+    site.mkdir()
+    (site / "train.jsonl").write_text('{"text": "hello", "label": "a"}\n')
+    assert main(["init-site", "--state-dir", str(state)]) == 0
+    assert main(["purge", str(site), "--state-dir", str(state), "--retention-days", "30"]) == 0
+    trained_ledger(state, {})
+    return site, state
+
+
+def copied(log: Path, to: Path) -> Path:
+    """A backup copy of ``log`` and its head at ``to``."""
+    to.write_bytes(log.read_bytes())
+    head_path(to).write_bytes(head_path(log).read_bytes())
+    return to
+
+
+def the_site_could_write(state: Path) -> bool:
+    """Whether the site could take its state folder's lock now (else it waits for it)."""
+    import fcntl
+    import os
+
+    from fl_client.site_folders import LOCK_FILE
+
+    fd = os.open(state / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("read", [1, 2],
+                         ids=["verify's read of the log", "the ledger comparison's read"])
+def test_a_purge_between_verifys_reads_of_a_live_deletion_log_is_no_damage(
+        tmp_path, capsys, monkeypatch, read):
+    """Found in review: the site's scheduled purge appending between verify's read of the log
+    and of its head read as deleted trailing entries (exit 1), and between the reads of the
+    ledger comparison as a log to restore from a backup (exit 2), on an intact log. The site
+    appends under its state folder's lock, which verify now holds: the purge waits until it is
+    done."""
+    from fl_client.retention import purge
+
+    site, state = a_purged_site(tmp_path)
+    log, read_bytes = state / "deletions.jsonl", Path.read_bytes
+    reads, purged, waited = [], [], []
+    capsys.readouterr()
+
+    def the_site_purges_after_a_read(self):
+        data = read_bytes(self)
+        if self == log and not purged:
+            reads.append(self)
+            if len(reads) == read:
+                if the_site_could_write(state):
+                    purged.append(purge(site, state, 30, "scheduled purge"))
+                else:
+                    waited.append(True)  # it purges once verify is done
+        return data
+
+    monkeypatch.setattr(Path, "read_bytes", the_site_purges_after_a_read)
+    code, out, err = verify_in_process(log, capsys)
+    monkeypatch.undo()
+    assert (code, out) == (0, f"OK: 1 entry, hash chain, head and MACs intact ({log})\n"), out + err
+    assert waited, "the purge ran between verify's reads"
+    purge(site, state, 30, "scheduled purge")
+    assert verify_in_process(log, capsys)[:2] == (0, f"OK: 2 entries, hash chain, head and MACs "
+                                                     f"intact ({log})\n")
+
+
+def test_verify_waits_for_the_site_a_bounded_time_and_says_to_try_again(tmp_path, capsys,
+                                                                        monkeypatch):
+    """A ClientApp holds the lock while it loads and featurizes a round's data: verify waits
+    ``LOCK_WAIT_S``, then exits 2 and asks to try again, never saying anything of the log."""
+    from fedintent.commands import audit
+    from fl_client.site_folders import state_lock
+
+    _, state = a_purged_site(tmp_path)
+    capsys.readouterr()
+    monkeypatch.setattr(audit, "LOCK_WAIT_S", 0)
+    copy = copied(state / "deletions.jsonl", tmp_path / "deletions.jsonl")
+    for log, options in ((state / "deletions.jsonl", ()), (copy, ("--state-dir", str(state)))):
+        with state_lock(state):
+            code, out, err = verify_in_process(log, capsys, *options)
+        assert code == 2 and not out and "try again" in err, out + err
+        assert verify_in_process(log, capsys, *options)[0] == 0
+
+
+def test_a_read_only_state_folder_is_verified_without_its_lock(tmp_path, capsys, monkeypatch):
+    """A copy of the state folder mounted read-only: nothing writes there, and the lock file
+    cannot be made, so verify reads it without the lock."""
+    import errno
+    import os
+
+    from fl_client.site_folders import LOCK_FILE
+
+    _, state = a_purged_site(tmp_path)
+    (state / LOCK_FILE).unlink()
+    capsys.readouterr()
+    open_file = os.open
+
+    def read_only(path, flags, *args, **kwargs):
+        if Path(path).name == LOCK_FILE:
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        return open_file(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", read_only)
+    code, out, err = verify_in_process(state / "deletions.jsonl", capsys)
+    assert code == 0 and out.startswith("OK: 1 entry"), out + err
+
+
+def test_a_backup_copy_older_than_the_ledger_recorded_is_refused_as_the_site_would(
+        tmp_path, capsys):
+    """Found in review: ``audit verify BACKUP/deletions.jsonl --state-dir STATE`` said OK for
+    a copy taken before the site's last purge or erasure, which the site refuses once restored
+    (its ledger recorded the newer length). Verify compares a copy with the ledger as the site
+    compares the log it finds, and says whether the site would accept it."""
+    from fl_client.privacy_ledger import read_ledger, write_ledger
+    from fl_client.retention import purge
+    from fl_client.site_secret import site_secret
+
+    site, state = a_purged_site(tmp_path)
+    log, copy = state / "deletions.jsonl", tmp_path / "deletions.jsonl"
+    copied(log, copy)
+    purge(site, state, 30, "scheduled purge")  # the ledger records 2 entries
+    capsys.readouterr()
+    code, out, _ = verify_in_process(copy, capsys, "--state-dir", str(state))
+    assert code == 1 and out == (
+        f"BROKEN: this copy holds 1 entry, but the privacy ledger in {state} recorded 2 when "
+        "the site's deletion log last grew: it lacks the purges and erasures made since "
+        "(customers erased since would be used again), and the site would refuse it restored; "
+        f"restore a copy that holds those 2 ({copy})\n"), out
+    copied(log, copy)
+    code, out, _ = verify_in_process(copy, capsys, "--state-dir", str(state))
+    assert code == 0 and out == ("OK: 2 entries, hash chain, head and MACs intact; the site "
+                                 "would accept it restored: it begins with the 2 entries the "
+                                 f"privacy ledger in {state} recorded ({copy})\n"), out
+    ledger = read_ledger(state, site_secret(state))
+    first = json.loads(log.read_text().splitlines()[0])
+    ledger.deletion_log = {"entries": 1, "hash": first["hash"]}
+    write_ledger(state, ledger, site_secret(state))  # a copy newer than recorded works too
+    code, out, _ = verify_in_process(copy, capsys, "--state-dir", str(state))
+    assert code == 0 and "would accept it restored: it begins with the 1 entry" in out, out
+
+
+def test_a_backup_copy_of_another_history_is_refused_as_the_site_would(tmp_path, capsys):
+    """As long as the ledger recorded, but with another entry where the ledger's record ends
+    (a log restored and grown again since): the site checks that entry, not only the count."""
+    from fl_client.privacy_ledger import read_ledger, write_ledger
+    from fl_client.retention import purge
+    from fl_client.site_secret import site_secret
+
+    site, state = a_purged_site(tmp_path)
+    purge(site, state, 30, "scheduled purge")
+    ledger = read_ledger(state, site_secret(state))
+    ledger.deletion_log = {"entries": 2, "hash": "ab" * 32}
+    write_ledger(state, ledger, site_secret(state))
+    copy = copied(state / "deletions.jsonl", tmp_path / "copy.jsonl")
+    capsys.readouterr()
+    code, out, _ = verify_in_process(copy, capsys, "--state-dir", str(state))
+    assert code == 1 and out.startswith("BROKEN: this copy holds 2 entries, but the privacy "
+                                        f"ledger in {state} recorded 2"), out
+    assert "its entry 2 is not the one recorded" in out and "would refuse it restored" in out
+
+
+def test_a_backup_copy_for_a_site_without_a_ledger_says_nothing_tells(tmp_path, capsys):
+    """Before its first training the site records no length: it accepts any copy that
+    verifies, and verify says so, and that nothing tells whether it lacks entries."""
+    from fl_client.privacy_ledger import HEAD_FILE, LEDGER_FILE
+
+    _, state = a_purged_site(tmp_path)
+    for name in (LEDGER_FILE, HEAD_FILE):
+        (state / name).unlink()
+    copy = copied(state / "deletions.jsonl", tmp_path / "copy.jsonl")
+    capsys.readouterr()
+    code, out, _ = verify_in_process(copy, capsys, "--state-dir", str(state))
+    assert code == 0 and out == ("OK: 1 entry, hash chain, head and MACs intact; the site would "
+                                 f"accept it restored: {state} has no privacy ledger yet to tell "
+                                 f"whether it lacks later entries ({copy})\n"), out

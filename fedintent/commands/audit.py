@@ -3,12 +3,21 @@ MACs it checks with the site secret) and ``audit-privacy`` (an empirical members
 audit of the federated model)."""
 
 import argparse
+import contextlib
+import errno
+import fcntl
+import os
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fedintent.commands import CliError, require_operator_extra
 from fedintent.commands.options import parse_epsilons
+
+if TYPE_CHECKING:
+    from fl_client.privacy_ledger import Ledger
 
 
 def add_parsers(commands: argparse._SubParsersAction) -> None:
@@ -25,13 +34,17 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
         help="verify the hash chain and head: exit 0 intact, 1 broken, 2 unreadable",
         description="Print OK with the entry count, or the first line where the chain breaks "
         "(edited, deleted, reordered or truncated entries, or, in a site's keyed log, a MAC "
-        "that does not match). Exit 0 intact, 1 broken, 2 unreadable.",
+        "that does not match). A site's deletion log is also checked against the length its "
+        "privacy ledger recorded, in its state folder or, as a backup copy, against "
+        "--state-dir's: BROKEN where the site would refuse it. Exit 0 intact, 1 broken, 2 "
+        "unreadable (or the site holds its state folder's lock: try again).",
     )
     verify.set_defaults(handler=run_audit_verify)
     verify.add_argument("log", type=Path, metavar="LOG")
     verify.add_argument("--state-dir", type=Path,
                         help="a site's keyed log: the state folder holding the site secret "
-                        "(default: the log's own folder)")
+                        "(default: the log's own folder), whose privacy ledger a copy of the "
+                        "deletion log is checked against")
 
     privacy = commands.add_parser(
         "audit-privacy",
@@ -69,31 +82,81 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
                          help="processes training models in parallel (default: 1)")
 
 
-def run_audit_verify(args: argparse.Namespace) -> int:
-    from fl_protocol.hash_chain import NotALogError, head_path, verify_log
+LOCK_WAIT_S = 30.0
+"""How long ``audit verify`` waits for a site's state folder's lock before it asks to try
+again: the ClientApp holds it while it loads and featurizes a round's data, a purge while it
+prunes the feature store."""
 
-    deletion_log = _is_a_state_folders_deletion_log(args)
-    if deletion_log and not args.log.exists() and not head_path(args.log).exists():
-        return _verify_no_deletion_log(args)
+
+def run_audit_verify(args: argparse.Namespace) -> int:
+    from fl_protocol.hash_chain import head_path
+
+    state_dir = _state_folder(args)
+    with _site_waits(state_dir) if state_dir else contextlib.nullcontext():
+        if (_is_a_state_folders_deletion_log(args) and not args.log.exists()
+                and not head_path(args.log).exists()):
+            return _verify_no_deletion_log(args)
+        return _verify(args, state_dir)
+
+
+def _verify(args: argparse.Namespace, state_dir: Path | None) -> int:
+    """Verify the log, then a site's against what its privacy ledger recorded: in its state
+    folder as the site checks it, elsewhere (``--state-dir``) as a copy to restore."""
+    from fl_protocol.hash_chain import NotALogError, verify_log_entries
+
     try:
         key = _site_key(args) if _is_site_log(args) else None
-        result = verify_log(args.log, key)
+        result, entries = verify_log_entries(args.log, key)
     except NotALogError as err:
         raise CliError(str(err)) from err
     except OSError as err:
         raise CliError(f"cannot read {args.log}: {err.strerror or err}") from err
-    if result.ok and deletion_log and (problem := _against_the_ledger(
-            args, key or _site_key(args))[1]):  # key: read already, as a site log's always is
+    if not result.ok:
+        verify = "verifies" if result.entries == 1 else "verify"
+        print(f"BROKEN at line {result.broken_line}: {result.problem} "
+              f"({_entries(result.entries)} {verify} before it; {args.log})")
+        return 1
+    intact = (f"OK: {_entries(result.entries)}, "
+              f"{'hash chain, head and MACs' if key else 'hash chain and head'} intact")
+    if state_dir is None or key is None:
+        print(f"{intact} ({args.log})")
+        return 0
+    if not _is_a_state_folders_deletion_log(args):
+        return _verify_a_copy(args, state_dir, key, entries, intact)
+    if problem := _against_the_ledger(args, key)[1]:
         print(f"BROKEN: {problem} ({args.log})")  # found in review: a rolled-back log was OK
         return 1
-    if result.ok:
-        checked = "hash chain, head and MACs" if key else "hash chain and head"
-        print(f"OK: {_entries(result.entries)}, {checked} intact ({args.log})")
-        return 0
-    verify = "verifies" if result.entries == 1 else "verify"
-    print(f"BROKEN at line {result.broken_line}: {result.problem} "
-          f"({_entries(result.entries)} {verify} before it; {args.log})")
-    return 1
+    print(f"{intact} ({args.log})")
+    return 0
+
+
+def _verify_a_copy(args: argparse.Namespace, state_dir: Path, key: bytes, entries: list[dict],
+                   intact: str) -> int:
+    """A site's keyed log outside its state folder (a backup to restore) against the ledger
+    there, as the site checks a restored log before it reads a row: 1 where the site would
+    refuse it (found in review: a copy older than the ledger recorded was OK, then refused)."""
+    from fl_protocol.hash_chain import extends
+
+    ledger = _ledger(args, state_dir, key)
+    recorded = ledger.deletion_log if ledger else {}
+    count = int(recorded.get("entries", 0))
+    if not extends(entries, recorded):
+        why = ("it lacks the purges and erasures made since (customers erased since would be "
+               "used again)" if len(entries) < count else
+               f"its entry {count} is not the one recorded (another history of the log)")
+        print(f"BROKEN: this copy holds {_entries(len(entries))}, but the privacy ledger in "
+              f"{state_dir} recorded {count} when the site's deletion log last grew: {why}, "
+              f"and the site would refuse it restored; restore a copy that holds those "
+              f"{count} ({args.log})")
+        return 1
+    if ledger is None:
+        why = f"{state_dir} has no privacy ledger yet to tell whether it lacks later entries"
+    elif not count:
+        why = f"the privacy ledger in {state_dir} records no deletion log yet"
+    else:
+        why = f"it begins with the {_entries(count)} the privacy ledger in {state_dir} recorded"
+    print(f"{intact}; the site would accept it restored: {why} ({args.log})")
+    return 0
 
 
 def _entries(count: int) -> str:
@@ -111,20 +174,75 @@ def _is_a_state_folders_deletion_log(args: argparse.Namespace) -> bool:
             and (state_dir / SECRET_FILE).exists())
 
 
+def _state_folder(args: argparse.Namespace) -> Path | None:
+    """The site state folder whose privacy ledger the log is checked against (``--state-dir``,
+    else the log's own folder, where it holds a site secret), or None (a run's audit log)."""
+    from fl_client.site_secret import SECRET_FILE
+
+    state_dir = args.state_dir or args.log.parent
+    return state_dir if (state_dir / SECRET_FILE).exists() else None
+
+
+@contextlib.contextmanager
+def _site_waits(state_dir: Path) -> Iterator[None]:
+    """Hold the state folder's lock (shared: verifies do not exclude one another) while the
+    deletion log, its head and the ledger are read: the site appends to the log and records
+    its length under it (found in review: a scheduled purge between verify's reads made an
+    intact log read as truncated, exit 1, or as one to restore from a backup, exit 2). Waits
+    ``LOCK_WAIT_S`` at most. A folder where the lock file neither opens nor can be made (a
+    read-only copy) is read without it: nothing writes there."""
+    from fl_client.site_folders import LOCK_FILE
+
+    try:
+        fd = os.open(state_dir / LOCK_FILE, os.O_RDONLY | os.O_CREAT, 0o600)
+    except OSError as err:
+        if err.errno not in (errno.EROFS, errno.EACCES):
+            raise CliError(f"cannot open {state_dir / LOCK_FILE}: {err.strerror or err}") from err
+        yield
+        return
+    try:
+        _lock_within(fd, state_dir, time.monotonic() + LOCK_WAIT_S)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _lock_within(fd: int, state_dir: Path, deadline: float) -> None:
+    """Take the shared lock by ``deadline`` (``time.monotonic``), or stop: a ClientApp may
+    hold it for minutes, and a monitor is better told to try again than left hanging."""
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise CliError(f"the site is using its state folder {state_dir} (a training "
+                               "round, a purge or an erasure holds its lock), and its deletion "
+                               "log cannot be read while it may change: try again later") from None
+            time.sleep(0.1)
+
+
+def _ledger(args: argparse.Namespace, state_dir: Path, secret: bytes) -> "Ledger | None":
+    """The site's privacy ledger, which records the deletion log's length; a ledger that cannot
+    be read leaves the log's state unknown (exit 2)."""
+    from fl_client.privacy_ledger import LedgerError, read_ledger
+
+    try:
+        return read_ledger(state_dir, secret)
+    except LedgerError as err:
+        raise CliError(f"{args.log}: the privacy ledger, which records the deletion log's "
+                       f"length, cannot be read: {err}") from err
+
+
 def _against_the_ledger(args: argparse.Namespace, secret: bytes) -> tuple[bool, str | None]:
     """(whether the site has a privacy ledger, why the deletion log is not the one it recorded
     or a later one, or None), as the site itself checks before it uses its data; ``secret``
     the site's, as the log's MACs were checked with."""
-    from fl_client.privacy_ledger import LedgerError, read_ledger
     from fl_client.retention import deletion_log_check
 
     state_dir = args.state_dir or args.log.parent
-    try:
-        ledger = read_ledger(state_dir, secret)
-        _, problem = deletion_log_check(state_dir, secret, ledger.deletion_log if ledger else {})
-    except LedgerError as err:
-        raise CliError(f"{args.log}: the privacy ledger, which records the deletion log's "
-                       f"length, cannot be read: {err}") from err
+    ledger = _ledger(args, state_dir, secret)
+    _, problem = deletion_log_check(state_dir, secret, ledger.deletion_log if ledger else {})
     return ledger is not None, problem
 
 
