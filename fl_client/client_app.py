@@ -48,7 +48,12 @@ from fl_client.egress_guard import PAID_RELEASE, egress_guard
 from fl_client.privacy_accounting import BudgetExhausted
 from fl_client.privacy_budget import Charge, charge_round
 from fl_client.privacy_ledger import LedgerError
-from fl_client.privacy_units import PADDING_LABEL, group_by_customer, unit_aliases
+from fl_client.privacy_units import (
+    PADDING_LABEL,
+    customer_forms,
+    group_by_customer,
+    unit_aliases,
+)
 from fl_client.retention import (
     FEATURES,
     RowPolicy,
@@ -131,6 +136,7 @@ def train(msg: Message, context: Context) -> Message:
         check_model(context)
         check_labels(context, msg)
         check_parameters(msg)
+        model = _model_from(msg, cfg)
         if request.distributed and RECORD_KEY_CONFIGS not in msg.content.config_records:
             raise PolicyRefusal(Reason.MODEL_REFUSED, "distributed DP asked outside a secure "
                                 "sum: the site's noise share alone would leave the site")
@@ -152,7 +158,6 @@ def train(msg: Message, context: Context) -> Message:
     else:
         units = [rows.ids[index] for index in first]
 
-    model = _model_from(msg, cfg)
     try:
         size = summable_dimension(model) if request.distributed else dimension(model)
         request = replace(request, delta=site_delta(policy, request, len(units)))
@@ -160,7 +165,8 @@ def train(msg: Message, context: Context) -> Message:
                               fresh_nonce=not is_simulated(context),
                               lifetime_delta=lifetime_delta(policy, len(units)),
                               aliases=unit_aliases(request.privacy_unit, rows.units, rows.ids,
-                                                   rows.aliases))
+                                                   rows.aliases),
+                              forms=customer_forms(request.privacy_unit, rows.units, rows.forms))
     except Exception as err:
         return _refuse(msg, err, CHARGE_FAILURES)
     _note_paid_release(context, charge)
@@ -231,6 +237,7 @@ def evaluate_on_site(msg: Message, context: Context) -> Message:
         check_model(context)
         check_labels(context, msg)
         check_parameters(msg)
+        model = _model_from(msg, context.run_config)
         if evaluation == "dp":  # before anything is read, as for training
             policy = site_policy(context)
             request = evaluation_request(msg, context, policy)
@@ -240,7 +247,6 @@ def evaluate_on_site(msg: Message, context: Context) -> Message:
     except Exception as err:
         return _refuse(msg, err, READ_FAILURES)
 
-    model = _model_from(msg, context.run_config)
     if evaluation == "dp":
         return _evaluate_with_dp(msg, context, state_dir, policy, request, model, rows, features,
                                  targets)
@@ -272,7 +278,8 @@ def _evaluate_with_dp(msg: Message, context: Context, state_dir: Path, policy: S
         charge = charge_round(state_dir, distinct, request, policy, empty_ok=True,
                               fresh_nonce=not is_simulated(context),
                               aliases=unit_aliases(request.privacy_unit, rows.units, rows.ids,
-                                                   rows.aliases))
+                                                   rows.aliases),
+                              forms=customer_forms(request.privacy_unit, rows.units, rows.forms))
     except Exception as err:
         return _refuse(msg, err, CHARGE_FAILURES)
     _note_paid_release(context, charge)
@@ -442,8 +449,14 @@ def _passes(cfg) -> PassShape:
 
 
 def _model_from(msg: Message, cfg) -> torch.nn.Module:
-    """The model the server sent, in this run's model family."""
+    """The model the server sent, in this run's model family; refused before any row is read
+    when its parameters are not the family's (found in review: other names or shapes were an
+    internal error, after the data was read)."""
     num_labels = len(msg.content[CONFIG_KEY]["labels"])
     model = get_model_family(str(cfg["model"])).build_model(num_labels)
-    model.load_state_dict(msg.content[ARRAYS_KEY].to_torch_state_dict())
+    try:
+        model.load_state_dict(msg.content[ARRAYS_KEY].to_torch_state_dict())
+    except (RuntimeError, ValueError, TypeError, KeyError) as err:
+        raise PolicyRefusal(Reason.PARAMETERS_REFUSED, "the model's parameters are not the "
+                            f"family's (other names or shapes): {err}") from err
     return model

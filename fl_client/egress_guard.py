@@ -88,10 +88,10 @@ def egress_guard(msg: Message, context: Context, call_next: ClientAppCallable) -
         reply = error_reply(msg, Reason.INTERNAL)
     try:
         if stage is None or reply.has_error():
-            check_reply(msg, reply, str(context.run_config["model"]))
+            check_reply(msg, reply, str(context.run_config.get("model")))
         else:
             distributed = context.run_config.get("privacy-model") == "distributed"
-            check_secagg_reply(stage, msg, reply, str(context.run_config["model"]),
+            check_secagg_reply(stage, msg, reply, str(context.run_config.get("model")),
                                weight=WEIGHT if distributed else None)
         verdict = "sent"
     except Exception as err:  # a check that cannot run blocks the reply as surely as a violation

@@ -53,18 +53,19 @@ import math
 import os
 import re
 import socket
-import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
 from pathlib import Path
 
+from fl_client.customer_ids import canonical_customer, erasure_forms
 from fl_client.privacy_ledger import (
     HEAD_FILE,
     LEDGER_FILE,
     LedgerError,
     read_ledger,
+    taken_over,
     unit_epsilons,
     unit_key,
     write_ledger,
@@ -81,20 +82,13 @@ from fl_client.site_data import (
 from fl_client.site_folders import state_lock
 from fl_client.site_secret import site_secret
 from fl_protocol.durable_files import ReplacedNotFlushed
-from fl_protocol.hash_chain import ChainError, append_entry, head_path, read_entries
+from fl_protocol.hash_chain import ChainError, append_entry, extends, head_path, read_entries
 from models.feature_store import Pruned, prune
 
 DELETION_LOG = "deletions.jsonl"
 FEATURES = "features"
 FUTURE_SLACK = timedelta(days=1)
 """How far ahead a row may be dated (clock skew between the site's systems)."""
-_DEFAULT_IGNORABLE = re.compile(
-    "[\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200b-\u200f\u202a-\u202e"
-    "\u2060-\u206f\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff0-\ufff8\U0001bca0-\U0001bca3"
-    "\U0001d173-\U0001d17a\U000e0000-\U000e0fff]")
-"""Unicode's Default_Ignorable_Code_Point (DerivedCoreProperties.txt): characters that show
-nothing, most of them format characters (Cf), some not (a combining grapheme joiner, Hangul
-fillers, variation selectors)."""
 EXPIRED, UNDATED, FUTURE, ERASED = "expired", "undated", "dated in the future", "erased"
 DELETED_FROM_DATA = (EXPIRED, ERASED)
 """The rows ``--delete-from-data`` removes from the data folder: those the policy has ended.
@@ -121,7 +115,7 @@ class RowPolicy:
 
     def __call__(self, customers: tuple[str, ...], when: datetime | None) -> str | None:
         for customer in customers if self.erased else ():
-            for form in {customer, canonical_customer(customer)}:
+            for form in erasure_forms(customer):
                 erased_at = self._erased_at.get(customer_key(self.secret, form))
                 if erased_at is not None and (when is None or when <= erased_at):
                     return ERASED
@@ -161,34 +155,6 @@ class Deletion:
     """Why the privacy ledger could not record the deletion log's new length ("" if it did, or
     the site has none yet): the deletion is done either way, and the site does not train until
     its ledger reads again."""
-
-
-def canonical_customer(customer: str, fold_case: bool = True) -> str:
-    """The form an erasure is recorded under and matched in: NFKC (full-width digits typed with
-    a CJK input method read as ASCII ones), without Unicode's default-ignorable characters (a
-    zero-width space pasted from a web form, an emoji keyboard's variation selector), every dash
-    a hyphen, every decimal digit an ASCII one, and (``fold_case``) case-folded, the Turkish
-    dotted and dotless I as i. Ids that differ only so are erased together: over-erasure is the
-    safe side (found in review: each such variant of an erased id was still used). An id of
-    invisible characters only is its own form. Rows are also matched as written, so erasures
-    logged before this form still bind. Part of the deletion log's format: a change needs the
-    forms logged before it kept (``RowPolicy`` asks each)."""
-    kept = []
-    for char in unicodedata.normalize("NFKC", customer):
-        category = unicodedata.category(char)
-        if category == "Cf" or _DEFAULT_IGNORABLE.match(char):
-            continue
-        if category == "Pd" or char == "\u2212":
-            char = "-"
-        elif category == "Nd":
-            char = str(unicodedata.decimal(char))
-        elif fold_case and char in "\u0130\u0131":
-            char = "i"
-        kept.append(char)
-    visible = "".join(kept).strip()
-    if fold_case:
-        visible = unicodedata.normalize("NFKC", visible.casefold())
-    return visible or customer.strip()
 
 
 def customer_key(secret: bytes, customer: str) -> str:
@@ -380,9 +346,21 @@ def _mentions(site_dir: Path, rejected: list[RejectedRow], customer: str) -> tup
     return tuple(found)
 
 
+_JSON_ESCAPE = re.compile(r'\\(?:u([dD][89abAB][0-9a-fA-F]{2})\\u([dD][c-fC-F][0-9a-fA-F]{2})'
+                          r'|u([0-9a-fA-F]{4})|(["\\/]))')
+
+
 def _unescaped(line: str) -> str:
-    """A line with its JSON ``\\uXXXX`` escapes read, so an id spelled with them is found."""
-    return re.sub(r"\\u([0-9a-fA-F]{4})", lambda found: chr(int(found.group(1), 16)), line)
+    """A line with its JSON escapes read, so an id spelled with them is found: ``\\uXXXX``,
+    surrogate pairs (a character beyond the BMP), and ``\\/`` (PHP writes every ``/`` so; found
+    in review: such a line was not named)."""
+    def read(found: re.Match) -> str:
+        high, low, unit, plain = found.groups()
+        if high:
+            return chr(0x10000 + (int(high, 16) - 0xD800 << 10) + int(low, 16) - 0xDC00)
+        return chr(int(unit, 16)) if unit else plain
+
+    return _JSON_ESCAPE.sub(read, line)
 
 
 def who_deletes(what: str) -> str:
@@ -499,11 +477,11 @@ def deletion_log_check(state_dir: Path, secret: bytes,
     rows would be used again."""
     entries = _log_entries(state_dir, secret) if _has_log(state_dir) else []
     now = {"entries": len(entries), "hash": entries[-1]["hash"]} if entries else {}
-    count = int(recorded.get("entries", 0))
-    if count and (len(entries) < count or entries[count - 1]["hash"] != recorded["hash"]):
-        return now, (f"the deletion log holds {len(entries)} entries, but the privacy ledger "
-                     f"recorded {count} when it last grew: it was deleted or restored from an "
-                     "older copy, and customers erased since would be used again")
+    if not extends(entries, recorded):
+        held = "1 entry" if len(entries) == 1 else f"{len(entries)} entries"
+        return now, (f"the deletion log holds {held}, but the privacy ledger recorded "
+                     f"{recorded['entries']} when it last grew: it was deleted or restored "
+                     "from an older copy, and customers erased since would be used again")
     return now, None
 
 
@@ -543,10 +521,12 @@ def _ledger_spend(state_dir: Path, secret: bytes, customer: str,
     ledger = read_ledger(Path(state_dir), secret)
     if ledger is None:
         return 0, 0.0
-    identities = ({customer, *(r.unit for r in rows)} if ledger.privacy_unit == "customer"
-                  else {r.uid for r in rows})
+    identities = ({customer, canonical_customer(customer), *(r.unit for r in rows),
+                   *(form for r in rows for form in r.customer_ids)}
+                  if ledger.privacy_unit == "customer" else {r.uid for r in rows})
     keys = [key for key in (unit_key(secret, f"{ledger.privacy_unit}\0{identity}")
-                            for identity in sorted(identities)) if key in ledger.spend]
+                            for identity in sorted(identities))
+            if key in ledger.spend and not taken_over(ledger, key)]
     return len(keys), max(unit_epsilons(ledger, keys), default=0.0)
 
 

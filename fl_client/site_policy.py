@@ -369,7 +369,7 @@ def check_model(context: Context) -> None:
     """Refuse (``PolicyRefusal``) a run whose ``model`` is a folder the site's node config
     ``local-models`` (comma-separated folders) does not list, before anything is loaded; a named
     family is always allowed, and a simulation takes any (its operator chose the model)."""
-    name = str(context.run_config["model"])
+    name = str(_sent(context.run_config, "model"))
     if name in model_family_names() or is_simulated(context):
         return
     listed = {_folder(path) for path in str(context.node_config.get("local-models", ""))
@@ -393,7 +393,11 @@ def check_parameters(msg: Message) -> None:
     if arrays is None:
         raise PolicyRefusal(Reason.PARAMETERS_REFUSED, "the message carries no model")
     for name, array in arrays.items():
-        values = array.numpy()
+        try:
+            values = array.numpy()
+        except Exception as err:  # bytes that are no array: the server's, not the site's data
+            raise PolicyRefusal(Reason.PARAMETERS_REFUSED,
+                                f"the model's {name!r} is not an array ({err})") from err
         if values.dtype.kind in "fc" and not np.isfinite(values).all():
             raise PolicyRefusal(Reason.PARAMETERS_REFUSED,
                                 f"the model's {name!r} holds NaN or infinity")

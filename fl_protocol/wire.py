@@ -370,7 +370,8 @@ class Reason(StrEnum):
     MODEL_FOLDER_REFUSED = "declined: a model folder the site's policy does not list"
     LABELS_REFUSED = "declined: the run's label set is not the site's taxonomy"
     UNMASK_REFUSED = "declined: a secure-aggregation request that could unmask one site's update"
-    PARAMETERS_REFUSED = "declined: the model sent holds NaN or infinity"
+    PARAMETERS_REFUSED = ("declined: the model sent is not the run's family's, or holds NaN or "
+                          "infinity")
     EGRESS_BLOCKED = "blocked by the site's egress guard"
 
 

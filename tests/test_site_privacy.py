@@ -15,9 +15,10 @@ import math
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from opacus.accountants import PRVAccountant
 
 import fl_client.client_app as client_app
@@ -1009,3 +1010,42 @@ def test_init_site_sets_up_a_state_folder_once(tmp_path, capsys):
     assert fedintent(["init-site", "--state-dir", str(state)]) == 2
     assert "restore the secret" in capsys.readouterr().err
     assert not (state / SECRET_FILE).exists()
+
+
+def _without_model(ctx: Context) -> Context:
+    del ctx.run_config["model"]
+    return ctx
+
+
+def _array_of_bytes(msg: Message) -> None:
+    msg.content["arrays"] = ArrayRecord({"w": Array(dtype="float32", shape=(3,),
+                                                    stype="numpy.ndarray", data=b"not numpy")})
+
+
+def _other_tensors(msg: Message) -> None:
+    msg.content["arrays"] = ArrayRecord({"w": Array(np.zeros(3, dtype=np.float32))})
+
+
+@pytest.mark.parametrize("kind", ["train", "evaluate"])
+@pytest.mark.parametrize(("edit_context", "edit_message", "reason"), [
+    (_without_model, None, Reason.SETTING_REFUSED),
+    (None, _array_of_bytes, Reason.PARAMETERS_REFUSED),
+    (None, _other_tensors, Reason.PARAMETERS_REFUSED),
+])
+def test_a_malformed_model_is_refused_as_the_servers_not_blamed_on_the_site(
+        site, tmp_path, monkeypatch, kind, edit_context, edit_message, reason):
+    """Found in review: a run config without ``model`` was sent as blocked by the egress guard
+    (to the site's operator, a leak attempt), an array of bytes as the site's data unusable, and
+    a model of other tensors as an internal error after the rows were read. Each is the server's
+    fault, refused before any row is read, and nothing is charged."""
+    read = []
+    monkeypatch.setattr(client_app, "load_site", lambda *a, **k: read.append(1) or None)
+    ctx = context(site, tmp_path / "state")
+    if edit_context:
+        ctx = edit_context(ctx)
+    msg = train_message()
+    if edit_message:
+        edit_message(msg)
+    reply = client_app.app(Message(content=msg.content, dst_node_id=7, message_type=kind), ctx)
+    assert refused_with(reply, reason)
+    assert not read and not (tmp_path / "state" / LEDGER_FILE).exists()

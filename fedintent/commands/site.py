@@ -81,7 +81,8 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
                         help="the site's data folder")
     forget.add_argument("--customer", required=True, metavar="ID",
                         help="the customer's customer_id as in the data (case, character "
-                        "width and invisible characters do not tell ids apart)")
+                        "width, invisible characters, dashes and digit scripts do not tell ids "
+                        "apart; --delete-from-data removes only the rows in this case)")
     _site_options(forget, retention="decides only which other rows' cached features stay: "
                   "the customer's rows go whatever their age (default: the one the deletion "
                   f"log last recorded, else {DEFAULT_RETENTION_DAYS:g})",
@@ -142,6 +143,12 @@ def run_forget(args: argparse.Namespace) -> int:
     state_dir = _state_dir(args, args.site)
     if not args.customer.strip():
         raise CliError("--customer: the customer id is empty")
+    try:
+        args.customer.encode("utf-8")
+    except UnicodeEncodeError as err:  # bytes the terminal's encoding could not decode
+        raise CliError("--customer: the id is not valid UTF-8 text (the terminal or script "
+                       "passed it in another encoding, such as Latin-1); data rows are read as "
+                       "UTF-8, so pass it as UTF-8") from err
     if not any((state_dir / name).exists() for name in (SECRET_FILE, *KEYED_FILES)):
         # found in review: the erasure was recorded in a stray folder, and success printed
         raise CliError(f"{state_dir} holds no site secret, so it is not the state folder of a "
@@ -189,8 +196,9 @@ def run_forget(args: argparse.Namespace) -> int:
     elif not erasure.rows_found and not erasure.ledger_units:
         print(f"fedintent forget: warning: no row in {args.site} has this customer_id and the "
               "privacy ledger holds no spend under it: check the id (matched ignoring "
-              "case, character width and invisible characters); the erasure is recorded all "
-              "the same, so rows that arrive under it later are not used", file=sys.stderr)
+              "case, character width, invisible characters, dashes and digit scripts); the "
+              "erasure is recorded all the same, so rows that arrive under it later are not "
+              "used", file=sys.stderr)
     return 0
 
 
