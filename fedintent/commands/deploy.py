@@ -188,10 +188,8 @@ def run_release(args: argparse.Namespace) -> int:
 
 def run_deploy_run(args: argparse.Namespace) -> int:
     require_operator_extra()
-    import shutil
-    import tempfile
-
     from fedintent.launch import deployment
+    from fedintent.launch.processes import make_temporary_folder, remove_temporary_folder
     from fedintent.launch.releases import read_release, serve_release, submit_release_run
     from fedintent.launch.run_config import compose_run_config
     from fedintent.launch.run_outcome import RunFailedError, completed_run_metrics
@@ -227,7 +225,7 @@ def run_deploy_run(args: argparse.Namespace) -> int:
         deployment.check_superlink_certificate(args.superlink, args.ca_cert)
     except deployment.DeploymentError as err:
         raise CliError(str(err)) from err
-    flwr_home = Path(tempfile.mkdtemp(prefix="fedintent-deploy-"))
+    flwr_home = make_temporary_folder()  # the watchdog removes it should this be killed
     try:
         connection = deployment.write_connection(
             flwr_home, "fedintent-deployment", args.superlink, args.ca_cert
@@ -262,7 +260,7 @@ def run_deploy_run(args: argparse.Namespace) -> int:
         print(f"fedintent deploy-run: error: {err}", file=sys.stderr)
         return 1
     finally:
-        shutil.rmtree(flwr_home, ignore_errors=True)
+        remove_temporary_folder(flwr_home)
     print_summary(metrics, time.monotonic() - started)
     return 0
 

@@ -4,16 +4,20 @@ Flower starts its SuperExec, ServerApp and simulation (and Ray its workers) in s
 their own, so a process group does not hold them: stopping walks the whole process tree, and
 every process that was started is gone afterwards, on success, failure or Ctrl-C. Should the
 launcher itself be killed before it can stop them, its watchdog (:mod:`fedintent.launch.watchdog`)
-does.
+does; it also removes the temporary folders made with :func:`make_temporary_folder` that the
+launcher did not get to remove itself.
 """
 
 import contextlib
+import json
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -131,9 +135,38 @@ def stop_trees(roots: list[psutil.Process], reap: Callable[[], None] = lambda: N
             time.sleep(0.1)
 
 
+TEMPORARY_FOLDER_PREFIX = "fedintent-flwr-"
+"""How the name of every folder :func:`make_temporary_folder` makes begins; the watchdog removes
+no folder whose name does not."""
+
+
+def make_temporary_folder() -> Path:
+    """A new private folder in the temporary directory (``tempfile.mkdtemp``), recorded with the
+    watchdog: should this launcher be killed before :func:`remove_temporary_folder`, the
+    watchdog removes it once it has stopped the processes."""
+    folder = Path(tempfile.mkdtemp(prefix=TEMPORARY_FOLDER_PREFIX)).absolute()
+    _watched[folder] = f"+dir {json.dumps(str(folder))}"
+    try:
+        _tell_watchdog(_watched[folder])
+    except BaseException:  # no watchdog (or Ctrl-C while it starts): nobody else removes it
+        _watched.pop(folder, None)
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    return folder
+
+
+def remove_temporary_folder(folder: Path) -> None:
+    """Remove ``folder``, made by :func:`make_temporary_folder`, and tell the watchdog so."""
+    shutil.rmtree(folder, ignore_errors=True)
+    if _watched.pop(folder, None) is not None:
+        _tell_watchdog(f"-dir {json.dumps(str(folder))}")
+
+
 _watchdog: subprocess.Popen | None = None
-_watched: dict[int, str] = {}
-"""pid -> the watchdog's line for each process started and not yet stopped."""
+_watched: dict[int | Path, str] = {}
+"""pid or folder -> the watchdog's line for each process started and not yet stopped, and each
+temporary folder made and not yet removed. A path is sent as a JSON string: it may hold spaces
+or any other character."""
 
 
 def _watch(pid: int, created: float) -> None:
@@ -150,8 +183,9 @@ def _unwatch(pid: int) -> None:
 
 def _tell_watchdog(line: str) -> None:
     """Send ``line`` to this launcher's watchdog, starting it (again) if it is not running; a
-    new one is first told every process still started. Once no started process is left, the
-    watchdog is let go: it lives exactly as long as something it may have to stop."""
+    new one is first told every process still started and folder still made. Once neither is
+    left, the watchdog is let go: it lives exactly as long as something it may have to stop or
+    remove."""
     global _watchdog
     if _watchdog is not None:
         try:

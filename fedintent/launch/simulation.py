@@ -2,14 +2,13 @@
 
 A private SuperLink is started on a free loopback port with its own throwaway ``FLWR_HOME``,
 the run is submitted with ``flwr run``, its outcome is read back from the SuperLink and the run
-record (``run_outcome``), and every process started here is stopped at the end, whatever
-happened. Runtime dependency installation is disabled, so nothing is downloaded.
+record (``run_outcome``), and every process started here is stopped and the ``FLWR_HOME`` removed
+at the end, whatever happened (by the launcher's watchdog, should the launcher be killed).
+Runtime dependency installation is disabled, so nothing is downloaded.
 """
 
 import json
-import shutil
 import subprocess
-import tempfile
 import time
 import urllib.request
 from collections.abc import Callable
@@ -18,6 +17,8 @@ from pathlib import Path
 from fedintent.launch.flower_cli import config_overrides, flower_env, write_app
 from fedintent.launch.processes import (
     free_port,
+    make_temporary_folder,
+    remove_temporary_folder,
     signals_held,
     start_process,
     stop_process_trees,
@@ -49,7 +50,7 @@ def run_simulation(
     SIGTERM (``KeyboardInterrupt``) every process is stopped, then ``metrics.json`` says
     ``interrupted`` if the ServerApp was killed before it could say so itself.
     """
-    flwr_home = Path(tempfile.mkdtemp(prefix="fedintent-flwr-"))
+    flwr_home = make_temporary_folder()
     env = flower_env(flwr_home)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     processes: list[subprocess.Popen] = []
@@ -94,7 +95,7 @@ def run_simulation(
             stop_process_trees(processes)
             if interrupted:
                 record_interrupted(metrics_path)
-            shutil.rmtree(flwr_home, ignore_errors=True)
+            remove_temporary_folder(flwr_home)
 
 
 def write_local_connection(flwr_home: Path, port: int) -> None:
