@@ -48,12 +48,7 @@ from fl_client.egress_guard import PAID_RELEASE, egress_guard
 from fl_client.privacy_accounting import BudgetExhausted
 from fl_client.privacy_budget import Charge, charge_round
 from fl_client.privacy_ledger import LedgerError
-from fl_client.privacy_units import (
-    PADDING_LABEL,
-    customer_forms,
-    group_by_customer,
-    unit_aliases,
-)
+from fl_client.privacy_units import PADDING_LABEL, group_by_customer, unit_aliases
 from fl_client.retention import (
     FEATURES,
     RowPolicy,
@@ -165,8 +160,7 @@ def train(msg: Message, context: Context) -> Message:
                               fresh_nonce=not is_simulated(context),
                               lifetime_delta=lifetime_delta(policy, len(units)),
                               aliases=unit_aliases(request.privacy_unit, rows.units, rows.ids,
-                                                   rows.aliases),
-                              forms=customer_forms(request.privacy_unit, rows.units, rows.forms))
+                                                   rows.aliases))
     except Exception as err:
         return _refuse(msg, err, CHARGE_FAILURES)
     _note_paid_release(context, charge)
@@ -278,8 +272,7 @@ def _evaluate_with_dp(msg: Message, context: Context, state_dir: Path, policy: S
         charge = charge_round(state_dir, distinct, request, policy, empty_ok=True,
                               fresh_nonce=not is_simulated(context),
                               aliases=unit_aliases(request.privacy_unit, rows.units, rows.ids,
-                                                   rows.aliases),
-                              forms=customer_forms(request.privacy_unit, rows.units, rows.forms))
+                                                   rows.aliases))
     except Exception as err:
         return _refuse(msg, err, CHARGE_FAILURES)
     _note_paid_release(context, charge)

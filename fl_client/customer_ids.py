@@ -1,13 +1,11 @@
-"""How a site reads a ``customer_id``: the one form in which two ways of writing the same id
-are one customer.
+"""How an erasure reads a ``customer_id``: the one form in which two ways of writing the same
+id are one customer.
 
 CRM exports write one customer's id in more than one way: another case, full-width digits typed
-with a CJK input method, a zero-width space pasted from a web form. Taken as written, each way
-would be a privacy unit with a budget of its own, so the customer would be protected at up to
-that many times epsilon, and an erasure of one form would leave the others in use.
-``canonical_customer`` is the form the site trains, charges and erases a customer under; the
-ways a row writes it are the ledger's *forms* of that customer (``privacy_units.unit_aliases``),
-so the spend recorded under them before is carried over (``privacy_budget.charge_round``).
+with a CJK input method, a zero-width space pasted from a web form. An erasure recorded under
+one way must bind the others, or they stay in use (``retention.RowPolicy``). The privacy ledger
+still keys a customer as written (docs/DATA_FORMAT.md, "One form per customer"): keying its
+spends by this form needs a record of which unit spent under which name, which it does not keep.
 """
 
 import re
@@ -23,18 +21,17 @@ fillers, variation selectors)."""
 
 
 def canonical_customer(customer: str, fold_case: bool = True) -> str:
-    """The form a customer is trained, charged and erased under: NFKC (full-width digits typed
+    """The form an erasure is recorded under and matched in: NFKC (full-width digits typed
     with a CJK input method read as ASCII ones), without Unicode's default-ignorable characters
     (a zero-width space pasted from a web form, an emoji keyboard's variation selector), control
     characters (NUL padding from a fixed-width export) and the blank Braille pattern, every dash
     a hyphen (a Japanese keyboard's long-vowel mark and the minus signs too), every decimal
     digit an ASCII one, and (``fold_case``) case-folded, the Turkish dotted and dotless I as i
-    (and ``str.lower``'s dotted i). Ids that differ only so are one customer: taking two people
-    for one is the safe side (more noise per person, and an erasure takes both; found in review:
+    (and ``str.lower``'s dotted i, whatever marks follow it; the result is its own form). Ids
+    that differ only so are erased together: over-erasure is the safe side (found in review:
     each such variant of an erased id was still used). An id of invisible characters only is
-    its own form. Part of the deletion log's and the ledger's formats: a change keeps the forms
-    before it in ``erasure_forms`` (the ledger carries over the spend of each form a row writes,
-    ``privacy_units.customer_forms``)."""
+    its own form. Part of the deletion log's format: a change keeps the forms before it in
+    ``erasure_forms``."""
     return _folded(customer, fold_case, FORM_VERSION)
 
 
@@ -58,8 +55,8 @@ def erasure_forms(customer: str) -> set[str]:
 
 _DASH_LIKE = "\u02d7\u2043\u2796\u30fc"
 """Signs read as a hyphen that Unicode does not class as dashes (Pd) besides the minus sign
-(U+2212, folded since form 2): the other minus signs, and the
-long-vowel mark a Japanese keyboard types for "-" (its half-width form is NFKC's to fold)."""
+(U+2212, folded since form 2): the other minus signs, and the long-vowel mark a Japanese
+keyboard types for "-" (its half-width form is NFKC's to fold)."""
 
 
 def _folded(customer: str, fold_case: bool, version: int) -> str:
@@ -79,9 +76,10 @@ def _folded(customer: str, fold_case: bool, version: int) -> str:
         kept.append(char)
     visible = "".join(kept).strip()
     if fold_case:
-        visible = unicodedata.normalize("NFKC", visible.casefold())
-        if version >= 3:
-            visible = visible.replace("i\u0307", "i")
+        folded = visible.casefold()
+        if version >= 3:  # before composing: a mark after the dot composes with the i then
+            folded = re.sub("i\u0307+", "i", folded)
+        visible = unicodedata.normalize("NFKC", folded)
     elif version >= 3:
         visible = unicodedata.normalize("NFKC", visible)
     return visible or (customer.strip() if version >= 2 else "")

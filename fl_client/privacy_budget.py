@@ -115,7 +115,7 @@ def charge_round(
     state_dir: Path, units: list[str], request: RoundRequest, policy: SitePolicy,
     dimension: int = 0, empty_ok: bool = False, fresh_nonce: bool = True,
     aliases: Mapping[str, tuple[tuple[str, ...], ...]] | None = None,
-    lifetime_delta: float | None = None, forms: Mapping[str, tuple[str, ...]] | None = None,
+    lifetime_delta: float | None = None,
 ) -> Charge:
     """Charge this round to the ledger and say who trains, or raise (nothing charged).
 
@@ -124,10 +124,7 @@ def charge_round(
     unit starts from the largest spend the ledger holds under any of them (a customer new to
     the ledger whose rows were units apart, from their spends added up, ``_carry_over``), and
     all of them record what it spends, so that the same unit written another way keeps its
-    budget; ``forms``: a customer's ids as its rows write them other than its unit's canonical
-    one (``privacy_units.customer_forms``), each a unit of its own before ids were read in
-    canonical form: the customer starts from their spends as a group's, and they record what it
-    spends, so that a form is absorbed once; ``dimension``:
+    budget; ``dimension``:
     the exchanged model's size (distributed DP: the sensitivity of its integer sum);
     ``empty_ok`` (a local release whose noise does not depend on the units taking part, as a DP
     evaluation's): when no unit may take part, the release is still made and recorded, over no
@@ -148,13 +145,13 @@ def charge_round(
     """
     with state_lock(state_dir):
         return _charge_round(state_dir, units, request, policy, dimension, empty_ok,
-                             fresh_nonce, aliases or {}, lifetime_delta, forms or {})
+                             fresh_nonce, aliases or {}, lifetime_delta)
 
 
 def _charge_round(state_dir: Path, units: list[str], request: RoundRequest, policy: SitePolicy,
                   dimension: int, empty_ok: bool, fresh_nonce: bool,
                   aliases: Mapping[str, tuple[tuple[str, ...], ...]],
-                  lifetime_delta: float | None, forms: Mapping[str, tuple[str, ...]]) -> Charge:
+                  lifetime_delta: float | None) -> Charge:
     secret = site_secret(state_dir)
     ledger = read_ledger(state_dir, secret) or Ledger(
         privacy_unit=request.privacy_unit,
@@ -171,14 +168,10 @@ def _charge_round(state_dir: Path, units: list[str], request: RoundRequest, poli
     keys = [unit_key(secret, f"{ledger.privacy_unit}\0{unit}") for unit in units]
     former = [[[unit_key(secret, f"{ledger.privacy_unit}\0{alias}") for alias in group]
                for group in aliases.get(unit, ())] for unit in units]
-    written = [[unit_key(secret, f"{ledger.privacy_unit}\0{form}") for form in forms.get(unit, ())]
-               for unit in units]
     most_lost_alone = alone_spend(ledger)  # as read: before this round's units carry over
-    _carry_over(ledger, keys, former, written,
-                rdp_budget(policy.max_epsilon, ledger.delta, ledger.order))
+    _carry_over(ledger, keys, former, rdp_budget(policy.max_epsilon, ledger.delta, ledger.order))
     others = [[alias for group in groups for alias in group if alias != key]
-              + [form for form in forms_of if form != key]
-              for key, groups, forms_of in zip(keys, former, written, strict=True)]
+              for key, groups in zip(keys, former, strict=True)]
     if request.distributed:
         release, trained = _distributed_release(ledger, keys, request, policy, dimension,
                                                 most_lost_alone)
@@ -222,47 +215,35 @@ def _charge_round(state_dir: Path, units: list[str], request: RoundRequest, poli
 
 
 def _carry_over(ledger: Ledger, keys: list[str], former: list[list[list[str]]],
-                written: list[list[str]], budget: float) -> None:
+                budget: float) -> None:
     """Start each unit from what the ledger holds for it under its other identities (``former``:
-    per unit, the names of each unit it was, the first a row's own identity for a customer;
-    ``written``: per customer, its ids as written, each a unit before ids were read in canonical
-    form): the largest spend under any of them (a spend recorded under another name, or under
-    the one a unit had before its rows got a ``customer_id``). Only in memory until the release
-    is written.
+    per unit, the names of each unit it was, the first a row's own identity for a customer): the
+    largest spend under any of them (a spend recorded under another name, or under the one a
+    unit had before its rows got a ``customer_id``). Only in memory until the release is
+    written.
 
-    A customer whose rows or forms were units of their own starts from its spend and theirs as
-    a group (found in review: the largest of them alone let a customer of 4 rows reach epsilon
-    9.2 where the ledger said 8.0). A form counts while its own spend is above what the customer
-    recorded under it (so it is absorbed once). For a customer new to the ledger, each row with
-    a spend under any of its names was such a unit, unless no more than a form spent, whose
-    charges recorded that under the names of its rows (a customer written in capitals before
-    is one unit, not one per row); for one already in it (rows of the other split, or given its
-    id later), each row whose own spend is above what any customer recorded under its name.
-    Every charge records the customer's spend under all its rows' names and forms. In a release
-    without sampling (full batch, an evaluation, a Skellam sum), ``k`` units that are one person
-    move it by up to ``k`` clip norms, so its Rényi DP is at most ``k**2`` times a unit's, and
-    over releases at most ``k`` times the sum of the ``k`` spends; a sampled release has no such
-    bound, so after one such a group starts from the whole ``budget``."""
+    A customer whose rows were units of their own starts from its spend and theirs as a group
+    (found in review: the largest of them alone let a customer of 4 rows reach epsilon 9.2 where
+    the ledger said 8.0). For a customer new to the ledger, each row with a spend under any of
+    its names was such a unit; for one already in it (rows of the other split, or given its id
+    later), each row whose own spend is above what any customer recorded under its name. Every
+    charge records the customer's spend under all its rows' names, so a row is absorbed once. In
+    a release without sampling (full batch, an evaluation, a Skellam sum), ``k`` units that are
+    one person move it by up to ``k`` clip norms, so its Rényi DP is at most ``k**2`` times a
+    unit's, and over releases at most ``k`` times the sum of the ``k`` spends; a sampled release
+    has no such bound, so after one such a group starts from the whole ``budget``."""
     full_batch = all(release.sample_rate == 1 for release in ledger.releases)
-    by_customer = ledger.privacy_unit == "customer"
-
-    def apart(name: str) -> bool:  # a unit whose own spend no other unit has recorded yet
-        return ledger.spend.get(name, 0.0) > ledger.aliases.get(name, 0.0)
-
-    for key, groups, forms in zip(keys, former, written, strict=True):
+    for key, groups in zip(keys, former, strict=True):
         spends = [max((max(ledger.spend.get(a, 0.0), ledger.aliases.get(a, 0.0)) for a in group),
                       default=0.0) for group in groups]
-        carried = max([*spends, *(max(ledger.spend.get(f, 0.0), ledger.aliases.get(f, 0.0))
-                                  for f in forms)], default=0.0)
-        parts = [ledger.spend[f] for f in forms if apart(f)]
-        if key not in ledger.spend:  # new: each row that spent beyond its forms was a unit
-            explained = max(parts, default=0.0)
-            parts += [spend for group, spend in zip(groups, spends, strict=True)
-                      if spend > explained or (by_customer and group[0] != key and apart(group[0]))]
+        carried = max(spends, default=0.0)
+        if key not in ledger.spend:  # new: each row that spent under any name was a unit
+            parts = [spend for spend in spends if spend > 0]
         else:  # rows whose own spend no charge of this customer has recorded yet
-            parts += [ledger.spend[key]] + [
+            parts = [ledger.spend[key]] + [
                 ledger.spend[group[0]] for group in groups
-                if by_customer and group[0] != key and apart(group[0])]
+                if ledger.privacy_unit == "customer" and group[0] != key
+                and ledger.spend.get(group[0], 0.0) > ledger.aliases.get(group[0], 0.0)]
         if len(parts) > 1:
             together = len(parts) * sum(parts)
             carried = max(carried, together if full_batch or not math.isfinite(budget)

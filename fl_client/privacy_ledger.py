@@ -51,16 +51,12 @@ from fl_client.privacy_accounting import SkellamRelease, rdp_epsilon
 from fl_client.site_secret import ledger_mac
 from fl_protocol.durable_files import write_bytes_atomic
 
-FORMAT = "fedintent-privacy-ledger/6"
-READ_FORMATS = ("fedintent-privacy-ledger/3", "fedintent-privacy-ledger/4",
-                "fedintent-privacy-ledger/5", FORMAT)
+FORMAT = "fedintent-privacy-ledger/5"
+READ_FORMATS = ("fedintent-privacy-ledger/3", "fedintent-privacy-ledger/4", FORMAT)
 """Version 3 had no ``aliases`` and no deletion log's length; version 4 added them (and, from
 ceb9819, the ``version`` its MAC covers); version 5 is version 4 under a name that a release
-which cannot verify a ``version`` refuses as a newer format rather than as an edited ledger;
-version 6 keys a customer by its canonical id (``customer_ids``), which a release before it,
-keying ids as written, would read as a fresh unit for every id with a capital letter, or as
-the spend it had before the upgrade. Every older version is read and written back as the
-current one."""
+which cannot verify a ``version`` refuses as a newer format rather than as an edited ledger.
+Every older version is read and written back as the current one."""
 LEDGER_FILE = "privacy-ledger.json"
 HEAD_FILE = "privacy-ledger.head"
 PRIVATE_FILE_MODE = 0o600
@@ -133,10 +129,6 @@ class Ledger:
     delta: the delta a unit's lifetime (epsilon, delta) guarantee is stated at; fixed likewise,
         except that it is lowered, never raised, when the site outgrows it
         (``privacy_budget._tighten_delta``).
-    spend: each unit's lifetime Rényi DP at ``order``, by keyed hash of its identity.
-    aliases: by keyed hash of another name a unit has (its rows' other identities, its
-        customer's ids as written), the largest spend a unit recorded under that name: the
-        same unit written another way starts from it (``privacy_budget.charge_round``).
     """
 
     privacy_unit: str
@@ -312,19 +304,9 @@ def _catch_up_head(state_dir: Path) -> None:
 
 
 def unit_epsilons(ledger: Ledger, keys: list[str] | None = None) -> list[float]:
-    """Each unit's lifetime epsilon at the ledger's delta (every unit no other has taken over,
-    or those in ``keys``)."""
-    spends = ([s for k, s in ledger.spend.items() if not taken_over(ledger, k)] if keys is None
-              else [ledger.spend.get(k, 0.0) for k in keys])
+    """Each unit's lifetime epsilon at the ledger's delta (all units, or those in ``keys``)."""
+    spends = ledger.spend.values() if keys is None else (ledger.spend.get(k, 0.0) for k in keys)
     return [rdp_epsilon(s, ledger.order, ledger.delta) for s in spends]
-
-
-def taken_over(ledger: Ledger, key: str) -> bool:
-    """Whether another unit carries this one's spend: a row that was a unit of its own before it
-    got a ``customer_id``, a customer's id as written before ids were read in canonical form.
-    That unit recorded its spend, at least this one's, under this one's name when it took it
-    over (``privacy_budget.charge_round``), so this one is no longer a unit of its own."""
-    return key in ledger.spend and ledger.aliases.get(key, 0.0) >= ledger.spend[key]
 
 
 def _read_head(state_dir: Path) -> dict | None:

@@ -55,8 +55,8 @@ def unit_aliases(
     aliases: Sequence[tuple[str, ...]],
 ) -> dict[str, tuple[tuple[str, ...], ...]]:
     """Each unit's other identities, grouped by the unit they were: from its rows'
-    (``customer_units``: the row's customer in canonical form, or the row itself without one;
-    ``ids`` and ``aliases``, per row, as ``SiteSplit`` holds them).
+    (``customer_units``: the row's customer, or the row itself without one; ``ids`` and
+    ``aliases``, per row, as ``SiteSplit`` holds them).
 
     An utterance has one group, its row's aliases (its conversation, its customer and text),
     all names of the one utterance. A customer has a group per row: first the row's own
@@ -74,19 +74,3 @@ def unit_aliases(
         names.update(dict.fromkeys(name for name in row_aliases if name != unit))
     return {unit: tuple(tuple(names) for names in groups.values() if names)
             for unit, groups in found.items()}
-
-
-def customer_forms(
-    privacy_unit: str, customer_units: Sequence[str], forms: Sequence[tuple[str, ...]],
-) -> dict[str, tuple[str, ...]]:
-    """Each customer's ids as its rows write them (``forms``, per row, as ``SiteSplit`` holds
-    them), other than its canonical one (``customer_units``); none under the utterance unit.
-    Before ids were read in canonical form (``customer_ids``) each form was a unit of its own,
-    so its spend carries over to the customer, several added up as a group
-    (``privacy_budget.charge_round``)."""
-    if privacy_unit != "customer":
-        return {}
-    found: dict[str, dict[str, None]] = {}
-    for unit, written in zip(customer_units, forms, strict=True):
-        found.setdefault(unit, {}).update(dict.fromkeys(f for f in written if f != unit))
-    return {unit: tuple(names) for unit, names in found.items() if names}

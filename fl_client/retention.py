@@ -65,7 +65,6 @@ from fl_client.privacy_ledger import (
     LEDGER_FILE,
     LedgerError,
     read_ledger,
-    taken_over,
     unit_epsilons,
     unit_key,
     write_ledger,
@@ -521,12 +520,10 @@ def _ledger_spend(state_dir: Path, secret: bytes, customer: str,
     ledger = read_ledger(Path(state_dir), secret)
     if ledger is None:
         return 0, 0.0
-    identities = ({customer, canonical_customer(customer), *(r.unit for r in rows),
-                   *(form for r in rows for form in r.customer_ids)}
-                  if ledger.privacy_unit == "customer" else {r.uid for r in rows})
+    identities = ({customer, *(r.unit for r in rows)} if ledger.privacy_unit == "customer"
+                  else {r.uid for r in rows})
     keys = [key for key in (unit_key(secret, f"{ledger.privacy_unit}\0{identity}")
-                            for identity in sorted(identities))
-            if key in ledger.spend and not taken_over(ledger, key)]
+                            for identity in sorted(identities)) if key in ledger.spend]
     return len(keys), max(unit_epsilons(ledger, keys), default=0.0)
 
 

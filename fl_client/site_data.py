@@ -66,7 +66,6 @@ from itertools import islice
 from pathlib import Path
 from typing import BinaryIO, NamedTuple, TypeVar
 
-from fl_client.customer_ids import canonical_customer
 from fl_client.redaction import redact
 from fl_protocol.durable_files import write_bytes_atomic
 
@@ -105,7 +104,7 @@ class SiteDataError(ValueError):
 @dataclass
 class SiteSplit:
     """One split of a site: redacted texts, label indices, each row's stable utterance identity
-    (``ids``) and its unit under the customer privacy unit (``units``, ``Row.unit``)."""
+    (``ids``) and its customer (``units``)."""
 
     texts: list[str] = field(default_factory=list)
     labels: list[int] = field(default_factory=list)
@@ -118,9 +117,6 @@ class SiteSplit:
     has_customer: list[bool] = field(default_factory=list)
     """Whether each row has a ``customer_id``: under the customer unit, one without is a unit of
     its own."""
-    forms: list[tuple[str, ...]] = field(default_factory=list)
-    """Each row's ``customer_id`` as written (``Row.customer_ids``; none without one): the
-    units its customer was before ids were read in canonical form, whose spend it keeps."""
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -166,9 +162,6 @@ class Row:
     text: str
     label: str
     unit: str
-    """Its privacy unit under the customer unit, which also decides its split when the site's
-    files are split at the site: its customer in ``canonical_customer`` form, or its identity
-    without one."""
     uid: str
     customer: str | None = None
     when: datetime | None = None
@@ -314,7 +307,6 @@ def _to_split(
         split.aliases.append(row.aliases)
         split.places.append((_shown_name(row.file), row.line))
         split.has_customer.append(row.customer is not None)
-        split.forms.append(row.customer_ids)
     return split
 
 
@@ -493,8 +485,7 @@ def _row_from_record(record: object) -> Row | str:
     if written is not None:  # as read before identities were stripped: the spend stays found
         aliases += tuple(a for a in identity_aliases(written.conversation, written.digest)
                          if a not in aliases)
-    return Row(text=text, label=label,
-               unit=uid if customer is None else canonical_customer(str(customer)), uid=uid,
+    return Row(text=text, label=label, unit=uid if customer is None else str(customer), uid=uid,
                customer=None if customer is None else str(customer), when=when,
                aliases=aliases,
                written_customer=None if written is None else written.customer)

@@ -13,7 +13,6 @@ import fl_client.privacy_budget as privacy_budget
 import fl_client.privacy_ledger as privacy_ledger
 from fl_client.privacy_budget import charge_round
 from fl_client.privacy_ledger import (
-    FORMAT,
     HEAD_FILE,
     LEDGER_FILE,
     Ledger,
@@ -201,7 +200,7 @@ def test_a_missing_head_is_refused(state):
 def test_a_version_3_ledger_reads_as_one_without_aliases_and_aliases_are_macd(state):
     path = state / LEDGER_FILE
     document = json.loads(path.read_text())
-    assert document["format"] == FORMAT and document["aliases"] == {}
+    assert document["format"] == "fedintent-privacy-ledger/5" and document["aliases"] == {}
     older = {k: v for k, v in document.items() if k not in ("aliases", "deletion_log")} | {
         "format": "fedintent-privacy-ledger/3"}
     path.write_text(json.dumps(older))
@@ -283,7 +282,7 @@ def rewrite(state, edit) -> None:
 
 def test_a_ledger_of_another_format_is_refused(state):
     for found, said in (("fedintent-privacy-ledger/2", "is older than this release reads"),
-                        ("fedintent-privacy-ledger/7", "written by a newer fedintent release"),
+                        ("fedintent-privacy-ledger/6", "written by a newer fedintent release"),
                         ("fedintent-privacy-ledger/\u0666", "not a fedintent privacy ledger"),
                         ("fedintent-privacy-ledger/05", "not a fedintent privacy ledger"),
                         ("another-ledger/9", "not a fedintent privacy ledger")):
@@ -292,24 +291,20 @@ def test_a_ledger_of_another_format_is_refused(state):
             read_ledger(state, SECRET)
 
 
-@pytest.mark.parametrize("older", ["fedintent-privacy-ledger/4", "fedintent-privacy-ledger/5"])
-def test_an_older_ledger_with_a_rewrite_count_reads_and_is_written_as_the_current_format(
-        state, older):
+def test_a_version_4_ledger_with_a_rewrite_count_reads_and_is_written_as_version_5(state):
     """Releases from ceb9819 wrote ``version`` (covered by the MAC) under format 4; the format
-    moved to 5 so that a release which cannot verify it names a newer format instead, and to 6
-    when customers were keyed by their canonical id, so that a release keying them as written
-    refuses the ledger instead of reading their spends as fresh or as before the upgrade."""
+    moved to 5 so that a release which cannot verify it names a newer format instead."""
     ledger = read_ledger(state, SECRET)
     ledger.deletion_log = {"entries": 1, "hash": "cd" * 32}
     write_ledger(state, ledger, SECRET)
     document = json.loads((state / LEDGER_FILE).read_text())
-    assert document["format"] == FORMAT == "fedintent-privacy-ledger/6"
+    assert document["format"] == "fedintent-privacy-ledger/5"
     assert document["version"] != len(document["releases"])
-    rewrite(state, lambda doc: doc.update(format=older))
+    rewrite(state, lambda doc: doc.update(format="fedintent-privacy-ledger/4"))
     ledger = read_ledger(state, SECRET)
     assert ledger.version == document["version"]
     write_ledger(state, charged(ledger, release("c", 1), ["u1"]), SECRET)
-    assert json.loads((state / LEDGER_FILE).read_text())["format"] == FORMAT
+    assert json.loads((state / LEDGER_FILE).read_text())["format"] == "fedintent-privacy-ledger/5"
     assert read_ledger(state, SECRET).version == document["version"] + 1
 
 

@@ -147,18 +147,6 @@ def test_unsplit_site_is_split_by_customer_deterministically(tmp_path):
     assert not set(first.train.units) & set(first.test.units)
 
 
-def test_a_customer_written_two_ways_is_on_one_side_of_the_split(tmp_path):
-    """The split is by the canonical customer id, the unit the ledger charges, so one person
-    written ``CUST-7`` and ``cust-7`` never has rows in both splits."""
-    rows = [conversation(f"text {i}", conversation_id=f"x{i}",
-                         customer=f"cust-{i // 2}" if i % 2 else f"CUST-{i // 2}")
-            for i in range(120)]
-    write_jsonl(tmp_path / "conversations.jsonl", rows)
-    site = load_site(tmp_path, LABELS)
-    assert len(set(site.train.units)) + len(set(site.test.units)) == 60
-    assert not set(site.train.units) & set(site.test.units)
-
-
 def test_rows_have_identities_that_survive_edits_reorders_and_file_changes(tmp_path):
     first = conversation("my card is lost")
     second = conversation("refund please")

@@ -163,8 +163,9 @@ def run_check_data(args: argparse.Namespace) -> int:
     _print_timestamps(times, site.excluded, args.retention_days, any_valid=valid > 0)
     _print_customers(site_dir, [site.train.has_customer[index] for index in first],
                      site.test.has_customer)
-    _print_customer_spellings([form[0] for split in (site.train, site.test)
-                               for form in split.forms if form])
+    _print_customer_spellings([unit for split in (site.train, site.test)
+                               for unit, has in zip(split.units, split.has_customer, strict=True)
+                               if has])
     pii = Counter(span.kind for text in train_texts + site.test.texts
                   for span in find_pii(text))
     if pii:
@@ -210,10 +211,10 @@ def _print_customers(site_dir: Path, train: list[bool], test: list[bool]) -> Non
 
 
 def _print_customer_spellings(customers: list[str]) -> None:
-    """How many customers are written in more than one form (``customer_ids``: case, character
-    width, invisible characters, dashes, digit scripts), each trained, charged and erased as
-    one customer. Where the site's own system tells such ids apart (a case-sensitive CRM id),
-    two people are taken for one: safe (they share one budget), but not what the site meant
+    """How many customers are written in more than one form that erasure takes for one id
+    (``customer_ids.canonical_customer``: case, character width, invisible characters, dashes,
+    digit scripts). The privacy ledger counts each form as its own unit with a budget of its
+    own, so such a customer is protected at up to that many times epsilon
     (docs/DATA_FORMAT.md). Counts only: the ids are not shown."""
     from fl_client.customer_ids import canonical_customer
 
@@ -224,9 +225,9 @@ def _print_customer_spellings(customers: list[str]) -> None:
     if spelled:
         people = "1 customer is" if len(spelled) == 1 else f"{len(spelled)} customers are"
         print(f"customer_id: {people} written in more than one form (case, character width, "
-              f"invisible characters, dashes or digits; up to {max(spelled)}), each trained, "
-              "charged and erased as one customer; if your system tells such ids apart, write "
-              "them apart (docs/DATA_FORMAT.md)")
+              f"invisible characters, dashes or digits; up to {max(spelled)}): the privacy "
+              "ledger counts each form as its own unit with a budget of its own; write one form "
+              "per customer")
 
 
 def _print_timestamps(times: list, excluded: Counter, retention_days: float | None,
