@@ -397,7 +397,9 @@ def _before_titles(text: str, blocked: set[int]) -> list[tuple[int, int]]:
     """王先生, 张伟女士, 欧阳娜娜经理, 詹国强 敬上: the title fixes where the name ends.
 
     Of the surname + 0-2 given characters that fit before the title, take the longest one
-    with a boundary before it, else the shortest ("联系张伟先生" gives 张伟, not 系张伟)."""
+    with a boundary before it, else the shortest with a given name ("联系张伟先生" gives 张伟,
+    not 系张伟; "联系张华先生" gives 张华, not 华, a surname too: found by mutation testing,
+    the surname was left readable), else the surname alone."""
     spans = []
     for title in _TITLE_PATTERN.finditer(text):
         end = title.start()
@@ -423,7 +425,8 @@ def _before_titles(text: str, blocked: set[int]) -> list[tuple[int, int]]:
         bounded = [start for start in candidates if _starts_after_boundary(text, start, blocked)]
         if title.group() == "收" and not bounded:
             continue  # "，张伟收" but not "按漫游收"
-        spans.append((min(bounded) if bounded else max(candidates), end))
+        named = [start for start in candidates if end - start > _surname_length(text, start)]
+        spans.append((min(bounded) if bounded else max(named or candidates), end))
     return spans
 
 
