@@ -476,12 +476,18 @@ def deletion_log_check(state_dir: Path, secret: bytes,
     rows would be used again."""
     entries = _log_entries(state_dir, secret) if _has_log(state_dir) else []
     now = {"entries": len(entries), "hash": entries[-1]["hash"]} if entries else {}
-    if not extends(entries, recorded):
-        held = "1 entry" if len(entries) == 1 else f"{len(entries)} entries"
-        return now, (f"the deletion log holds {held}, but the privacy ledger recorded "
-                     f"{recorded['entries']} when it last grew: it was deleted or restored "
-                     "from an older copy, and customers erased since would be used again")
-    return now, None
+    return now, deletion_log_problem(entries, recorded)
+
+
+def deletion_log_problem(entries: list[dict], recorded: dict) -> str | None:
+    """Why a deletion log of ``entries`` (verified) is not the one a ledger ``recorded`` when it
+    last grew, or a later one, or None: the site's rule, for a caller that has read the log."""
+    if extends(entries, recorded):
+        return None
+    held = "1 entry" if len(entries) == 1 else f"{len(entries)} entries"
+    return (f"the deletion log holds {held}, but the privacy ledger recorded "
+            f"{recorded['entries']} when it last grew: it was deleted or restored from an "
+            "older copy, and customers erased since would be used again")
 
 
 def recorded_retention_days(state_dir: Path) -> float | None:

@@ -123,7 +123,7 @@ def _verify(args: argparse.Namespace, state_dir: Path | None) -> int:
         return 0
     if not _is_a_state_folders_deletion_log(args):
         return _verify_a_copy(args, state_dir, key, entries, intact)
-    if problem := _against_the_ledger(args, key)[1]:
+    if problem := _against_the_ledger(args, key, entries)[1]:
         print(f"BROKEN: {problem} ({args.log})")  # found in review: a rolled-back log was OK
         return 1
     print(f"{intact} ({args.log})")
@@ -234,16 +234,16 @@ def _ledger(args: argparse.Namespace, state_dir: Path, secret: bytes) -> "Ledger
                        f"length, cannot be read: {err}") from err
 
 
-def _against_the_ledger(args: argparse.Namespace, secret: bytes) -> tuple[bool, str | None]:
-    """(whether the site has a privacy ledger, why the deletion log is not the one it recorded
-    or a later one, or None), as the site itself checks before it uses its data; ``secret``
-    the site's, as the log's MACs were checked with."""
-    from fl_client.retention import deletion_log_check
+def _against_the_ledger(args: argparse.Namespace, secret: bytes,
+                        entries: list[dict]) -> tuple[bool, str | None]:
+    """(whether the site has a privacy ledger, why the deletion log of ``entries``, as verify
+    read it, is not the one it recorded or a later one, or None), by the site's own rule;
+    ``secret`` the site's, as the log's MACs were checked with."""
+    from fl_client.retention import deletion_log_problem
 
-    state_dir = args.state_dir or args.log.parent
-    ledger = _ledger(args, state_dir, secret)
-    _, problem = deletion_log_check(state_dir, secret, ledger.deletion_log if ledger else {})
-    return ledger is not None, problem
+    ledger = _ledger(args, args.state_dir or args.log.parent, secret)
+    return ledger is not None, deletion_log_problem(entries,
+                                                    ledger.deletion_log if ledger else {})
 
 
 def _verify_no_deletion_log(args: argparse.Namespace) -> int:
@@ -251,7 +251,7 @@ def _verify_no_deletion_log(args: argparse.Namespace) -> int:
     written, 1 where it recorded one (deleted with its head: customers erased would be used
     again), 2 where the site has no ledger to tell (found in review: a site that erased before
     its first run and then lost the log read as one that never deleted anything)."""
-    has_ledger, problem = _against_the_ledger(args, _site_key(args))
+    has_ledger, problem = _against_the_ledger(args, _site_key(args), [])
     if problem:
         print(f"BROKEN: {problem} ({args.log})")
         return 1
