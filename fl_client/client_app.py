@@ -139,7 +139,7 @@ def train(msg: Message, context: Context) -> Message:
         languages = site_languages(context, site_dir)
         first = _one_row_per_utterance(rows, site_dir)
         if request.privacy_unit == "customer":
-            _check_customers(site_dir, [rows.has_customer[index] for index in first], "training")
+            _check_customers(site_dir, [rows.customers[index] for index in first], "training")
     except Exception as err:
         return _refuse(msg, err, READ_FAILURES)
 
@@ -160,7 +160,7 @@ def train(msg: Message, context: Context) -> Message:
                               fresh_nonce=not is_simulated(context),
                               lifetime_delta=lifetime_delta(policy, len(units)),
                               aliases=unit_aliases(request.privacy_unit, rows.units, rows.ids,
-                                                   rows.aliases))
+                                                   rows.aliases, rows.customers))
     except Exception as err:
         return _refuse(msg, err, CHARGE_FAILURES)
     _note_paid_release(context, charge)
@@ -237,7 +237,7 @@ def evaluate_on_site(msg: Message, context: Context) -> Message:
             request = evaluation_request(msg, context, policy)
         site_dir, state_dir, rows, features, targets = _read_split(msg, context, "test")
         if evaluation == "dp" and request.privacy_unit == "customer":
-            _check_customers(site_dir, rows.has_customer, "test")
+            _check_customers(site_dir, rows.customers, "test")
     except Exception as err:
         return _refuse(msg, err, READ_FAILURES)
 
@@ -272,7 +272,7 @@ def _evaluate_with_dp(msg: Message, context: Context, state_dir: Path, policy: S
         charge = charge_round(state_dir, distinct, request, policy, empty_ok=True,
                               fresh_nonce=not is_simulated(context),
                               aliases=unit_aliases(request.privacy_unit, rows.units, rows.ids,
-                                                   rows.aliases))
+                                                   rows.aliases, rows.customers))
     except Exception as err:
         return _refuse(msg, err, CHARGE_FAILURES)
     _note_paid_release(context, charge)
@@ -308,15 +308,15 @@ def _refuse(msg: Message, cause: Exception, failures: Failures) -> Message:
     return error_reply(msg, reason)
 
 
-def _check_customers(site_dir: Path, has_customer: list[bool], split: str) -> None:
+def _check_customers(site_dir: Path, customers: list[str | None], split: str) -> None:
     """Under the customer unit, a row without a ``customer_id`` is a unit of its own, and its
     customer is protected per utterance only: warn with their count, and refuse a split where
     no row has one (most likely a column the loader does not read, ``customer`` for
     ``customer_id``), since the site cannot give the customer-level protection it was asked
     for. Like a split without rows, that refusal tells the server one fact about the data
     outside DP: that none of its rows names a customer."""
-    missing = has_customer.count(False)
-    if missing == len(has_customer):
+    missing = customers.count(None)
+    if missing == len(customers):
         raise SiteDataError(f"{site_dir}: none of the {missing} {split} rows has a customer_id "
                             "and the privacy unit is customer, so each would be a unit of its "
                             "own; a customer column under another name is not read "
@@ -324,7 +324,7 @@ def _check_customers(site_dir: Path, has_customer: list[bool], split: str) -> No
     if missing:
         log(WARNING, "site %s: %d of the %d %s rows have no customer_id: under privacy-unit "
             "customer each is a unit of its own, its customer protected per utterance only "
-            "(docs/DATA_FORMAT.md)", site_dir, missing, len(has_customer), split)
+            "(docs/DATA_FORMAT.md)", site_dir, missing, len(customers), split)
 
 
 SHOWN_DUPLICATES = 5

@@ -1,11 +1,12 @@
-"""How an erasure reads a ``customer_id``: the one form in which two ways of writing the same
-id are one customer.
+"""How a site reads a ``customer_id``: the one form in which two ways of writing the same id
+are one customer.
 
 CRM exports write one customer's id in more than one way: another case, full-width digits typed
 with a CJK input method, a zero-width space pasted from a web form. An erasure recorded under
-one way must bind the others, or they stay in use (``retention.RowPolicy``). The privacy ledger
-still keys a customer as written (docs/DATA_FORMAT.md, "One form per customer"): keying its
-spends by this form needs a record of which unit spent under which name, which it does not keep.
+one way must bind the others, or they stay in use (``retention.RowPolicy``); and the privacy
+ledger must charge them as one customer, or that person is protected at the epsilon of each
+form (``site_data`` trains a split's forms of one id as one unit; the ledger records every
+customer's spend under ``ledger_name`` too, so a form seen later starts from it).
 """
 
 import re
@@ -41,6 +42,14 @@ characters, case-folded; 2 also without the other default-ignorables, dashes and
 folded, the Turkish I; 3 also without control characters and the blank Braille pattern, the
 long-vowel mark and minus signs as dashes, ``str.lower``'s dotted i, and an exact (not folded)
 form composed again."""
+
+
+def ledger_name(customer: str) -> str:
+    """The name every written form of a customer id records its spend under in the privacy
+    ledger (``privacy_units.unit_aliases``): its ``canonical_customer`` form, of the form
+    version recorded since (3; a later version must ask this one too, as ``erasure_forms``
+    does). The NULs keep it apart from any id a row writes."""
+    return f"\0customer-form-3\0{_folded(customer, True, 3)}"
 
 
 def erasure_forms(customer: str) -> set[str]:

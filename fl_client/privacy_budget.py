@@ -31,7 +31,7 @@ the ``mu`` planned for the target alone; the site's share scales with both alike
 """
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from logging import INFO, WARNING
 from pathlib import Path
@@ -169,9 +169,11 @@ def _charge_round(state_dir: Path, units: list[str], request: RoundRequest, poli
     former = [[[unit_key(secret, f"{ledger.privacy_unit}\0{alias}") for alias in group]
                for group in aliases.get(unit, ())] for unit in units]
     most_lost_alone = alone_spend(ledger)  # as read: before this round's units carry over
-    _carry_over(ledger, keys, former, rdp_budget(policy.max_epsilon, ledger.delta, ledger.order))
-    others = [[alias for group in groups for alias in group if alias != key]
-              for key, groups in zip(keys, former, strict=True)]
+    joined = _carry_over(ledger, keys, former,
+                         rdp_budget(policy.max_epsilon, ledger.delta, ledger.order))
+    others = [dict.fromkeys([alias for group in groups for alias in group if alias != key]
+                            + units)
+              for key, groups, units in zip(keys, former, joined, strict=True)]
     if request.distributed:
         release, trained = _distributed_release(ledger, keys, request, policy, dimension,
                                                 most_lost_alone)
@@ -186,9 +188,7 @@ def _charge_round(state_dir: Path, units: list[str], request: RoundRequest, poli
     for index in trained:
         ledger.spend[keys[index]] = ledger.spend.get(keys[index], 0.0) + release.rdp
     for key, alias_keys in zip(keys, others, strict=True):
-        if ledger.spend.get(key, 0.0) > 0:
-            for alias in alias_keys:
-                ledger.aliases[alias] = max(ledger.aliases.get(alias, 0.0), ledger.spend[key])
+        _record_aliases(ledger, key, alias_keys)
     ledger.releases.append(release)
     write_ledger(state_dir, ledger, secret)
 
@@ -215,41 +215,102 @@ def _charge_round(state_dir: Path, units: list[str], request: RoundRequest, poli
 
 
 def _carry_over(ledger: Ledger, keys: list[str], former: list[list[list[str]]],
-                budget: float) -> None:
+                budget: float) -> list[list[str]]:
     """Start each unit from what the ledger holds for it under its other identities (``former``:
-    per unit, the names of each unit it was, the first a row's own identity for a customer): the
-    largest spend under any of them (a spend recorded under another name, or under the one a
-    unit had before its rows got a ``customer_id``). Only in memory until the release is
-    written.
+    per unit, groups of names, each group's first name the identity of a unit it may have
+    been: a row's own, for a row that had no ``customer_id``; another written form of its
+    customer id; its canonical form, under which every form of the id records): the largest
+    spend under any of them. Only in memory until the release is written. Returns, per unit,
+    the units it was (``_joined_units``), whose spends its own now counts.
 
-    A customer whose rows were units of their own starts from its spend and theirs as a group
-    (found in review: the largest of them alone let a customer of 4 rows reach epsilon 9.2 where
-    the ledger said 8.0). For a customer new to the ledger, each row with a spend under any of
-    its names was such a unit; for one already in it (rows of the other split, or given its id
-    later), each row whose own spend is above what any customer recorded under its name. Every
-    charge records the customer's spend under all its rows' names, so a row is absorbed once. In
-    a release without sampling (full batch, an evaluation, a Skellam sum), ``k`` units that are
-    one person move it by up to ``k`` clip norms, so its Rényi DP is at most ``k**2`` times a
-    unit's, and over releases at most ``k`` times the sum of the ``k`` spends; a sampled release
-    has no such bound, so after one such a group starts from the whole ``budget``."""
+    A customer that was several units (rows that were units of their own, its id written in
+    another form) starts from their spends as a group (found in review: the largest of them
+    alone let a customer of 4 rows reach epsilon 9.2 where the ledger said 8.0), each unit
+    counted once: ``recorded`` says which unit recorded each spend, so the many names one unit
+    recorded under are one unit, and a unit whose spend a unit in the group has recorded (it
+    counts it) is not counted again. In a release without sampling (full batch, an
+    evaluation, a Skellam sum), ``k`` units that are one person move it by up to ``k`` clip
+    norms, so its Rényi DP is at most ``k**2`` times a unit's, and over releases at most ``k``
+    times the sum of the ``k`` spends; a sampled release has no such bound, so after one such
+    a group starts from the whole ``budget``. Under the utterance unit a unit is one utterance
+    whatever its names, and starts from the largest spend under any of them."""
     full_batch = all(release.sample_rate == 1 for release in ledger.releases)
+    joined = []
     for key, groups in zip(keys, former, strict=True):
-        spends = [max((max(ledger.spend.get(a, 0.0), ledger.aliases.get(a, 0.0)) for a in group),
-                      default=0.0) for group in groups]
-        carried = max(spends, default=0.0)
-        if key not in ledger.spend:  # new: each row that spent under any name was a unit
-            parts = [spend for spend in spends if spend > 0]
-        else:  # rows whose own spend no charge of this customer has recorded yet
-            parts = [ledger.spend[key]] + [
-                ledger.spend[group[0]] for group in groups
-                if ledger.privacy_unit == "customer" and group[0] != key
-                and ledger.spend.get(group[0], 0.0) > ledger.aliases.get(group[0], 0.0)]
-        if len(parts) > 1:
-            together = len(parts) * sum(parts)
-            carried = max(carried, together if full_batch or not math.isfinite(budget)
-                          else max(budget, together))
-        if carried > ledger.spend.get(key, 0.0):
+        units = _joined_units(ledger, key, groups) if ledger.privacy_unit == "customer" else {}
+        legacy = [max((ledger.aliases.get(name, 0.0) for name in group), default=0.0)
+                  for group in groups]
+        named = [max((_named_spend(ledger, name) for name in group if name != key), default=0.0)
+                 for group in groups]
+        own = ledger.spend.get(key, 0.0)
+        carried = max([own, *units.values(), *legacy, *named])
+        if ledger.privacy_unit == "customer":
+            known = key in ledger.spend
+            counted = [spend for unit, spend in units.items()
+                       if not _counted_by(ledger, unit, spend, [key, *units], known)]
+            if own > 0 and not _counted_by(ledger, key, own, list(units), known):
+                counted.append(own)
+            if not known:  # spends recorded before the ledger named who did
+                counted += [spend for spend, by_name in zip(legacy, named, strict=True)
+                            if spend > by_name]
+            if len(counted) > 1:
+                together = len(counted) * sum(counted)
+                carried = max(carried, together if full_batch or not math.isfinite(budget)
+                              else max(budget, together))
+        if carried > own:
             ledger.spend[key] = carried
+        joined.append(list(units))
+    return joined
+
+
+def _joined_units(ledger: Ledger, key: str, groups: list[list[str]]) -> dict[str, float]:
+    """The units (their keys) that a customer ``key`` with these names was, each with its
+    largest spend known: a name that is itself a unit's key, and every unit that recorded under
+    a name. A customer already in the ledger was only the units found under each group's first
+    name (its identities); names a customer shares with others (a conversation, a customer's
+    text) only carry spends over, as the largest. A new customer was every unit found: under
+    any name it had spent."""
+    names = [name for group in groups for name in group if name != key]
+    if key in ledger.spend:
+        names = [group[0] for group in groups if group[0] != key]
+    units: dict[str, float] = {}
+    for name in names:
+        if name in ledger.spend:
+            units[name] = max(units.get(name, 0.0), ledger.spend[name])
+        for unit, spend in ledger.recorded.get(name, {}).items():
+            if unit != key:
+                units[unit] = max(units.get(unit, 0.0), spend, ledger.spend.get(unit, 0.0))
+    return units
+
+
+def _named_spend(ledger: Ledger, name: str) -> float:
+    """The largest spend a unit recorded under ``name`` (or spent as ``name``)."""
+    return max([ledger.spend.get(name, 0.0), *ledger.recorded.get(name, {}).values()])
+
+
+def _counted_by(ledger: Ledger, unit: str, spend: float, others: list[str],
+                known: bool) -> bool:
+    """Whether another unit of ``others`` counts ``unit``'s ``spend`` in its own: it recorded
+    under ``unit``'s key a spend at least as large (it was that unit, or absorbed it). For a
+    customer already in the ledger (``known``), a format 5 alias there counts the same: such a
+    ledger recorded it when the customer absorbed a row of its own, which is the rule it was
+    charged by; for a new customer the alias's recorder is unknown, so it does not."""
+    recorded = ledger.recorded.get(unit, {})
+    return (any(recorded.get(other, 0.0) >= spend for other in others if other != unit)
+            or (known and ledger.aliases.get(unit, 0.0) >= spend))
+
+
+def _record_aliases(ledger: Ledger, key: str, names: Iterable[str]) -> None:
+    """Record ``key``'s spend under each of its names, and under the key of every unit it was,
+    as recorded by ``key``. A name's format 5 alias, no larger, is recorded by ``key`` now."""
+    spend = ledger.spend.get(key, 0.0)
+    if spend <= 0:
+        return
+    for name in names:
+        by = ledger.recorded.setdefault(name, {})
+        by[key] = max(by.get(key, 0.0), spend)
+        if name in ledger.aliases and ledger.aliases[name] <= spend:
+            del ledger.aliases[name]
 
 
 def _check_against_ledger(ledger: Ledger, request: RoundRequest) -> None:

@@ -9,10 +9,14 @@ nothing for the units already in it. It holds
 * ``spend``: for every privacy unit that ever took part, its cumulative Rényi DP at the ledger's
   fixed ``order`` (``privacy_accounting``'s lifetime filter), keyed by ``unit_key``: a keyed hash
   of the unit's stable identity (customer id, or conversation id and turn);
-* ``aliases``: the same spend under the unit's other identities (its conversation, its customer
-  and text: ``privacy_units.unit_aliases``), so that a unit whose rows come back written another
-  way (conversations exported as CSV, ids added) is found with its spend
-  (``privacy_budget.charge_round``);
+* ``recorded``: the same spend under the unit's other identities (its conversation, its customer
+  and text, its customer id's other written forms and canonical form:
+  ``privacy_units.unit_aliases``), each with the unit that recorded it, so that a unit whose rows
+  come back written another way (conversations exported as CSV, ids added, a customer id in
+  another case) is found with its spend, and the units it was are told apart from the names of
+  one unit (``privacy_budget.charge_round``);
+* ``aliases``: such spends recorded before the ledger recorded who recorded them (format 5 and
+  older), each under its name alone; a name is moved to ``recorded`` when a unit records there;
 * ``deletion_log``: how long the site's deletion log was when it last grew (its entry count and
   last hash; recorded at every charge, purge and erasure), so that a deletion log deleted or
   restored from an older copy, which would use erased customers' rows again, stops the site as
@@ -51,12 +55,14 @@ from fl_client.privacy_accounting import SkellamRelease, rdp_epsilon
 from fl_client.site_secret import ledger_mac
 from fl_protocol.durable_files import write_bytes_atomic
 
-FORMAT = "fedintent-privacy-ledger/5"
-READ_FORMATS = ("fedintent-privacy-ledger/3", "fedintent-privacy-ledger/4", FORMAT)
+FORMAT = "fedintent-privacy-ledger/6"
+READ_FORMATS = ("fedintent-privacy-ledger/3", "fedintent-privacy-ledger/4",
+                "fedintent-privacy-ledger/5", FORMAT)
 """Version 3 had no ``aliases`` and no deletion log's length; version 4 added them (and, from
 ceb9819, the ``version`` its MAC covers); version 5 is version 4 under a name that a release
-which cannot verify a ``version`` refuses as a newer format rather than as an edited ledger.
-Every older version is read and written back as the current one."""
+which cannot verify a ``version`` refuses as a newer format rather than as an edited ledger;
+version 6 adds ``recorded``. Every older version is read and written back as the current
+one."""
 LEDGER_FILE = "privacy-ledger.json"
 HEAD_FILE = "privacy-ledger.head"
 PRIVATE_FILE_MODE = 0o600
@@ -136,7 +142,10 @@ class Ledger:
     delta: float
     releases: list[Release] = field(default_factory=list)
     spend: dict[str, float] = field(default_factory=dict)
+    recorded: dict[str, dict[str, float]] = field(default_factory=dict)
+    """name -> {the key of the unit that recorded its spend there: that spend}."""
     aliases: dict[str, float] = field(default_factory=dict)
+    """name -> a spend recorded there by a unit the ledger did not name (format 5 and older)."""
     deletion_log: dict[str, int | str] = field(default_factory=dict)
     """``{"entries": n, "hash": h}`` of the deletion log when it last grew; empty before any."""
     version: int = 0
@@ -175,6 +184,9 @@ def read_ledger(state_dir: Path, secret: bytes) -> Ledger | None:
                                                       or "deletion_log" in document):
             raise LedgerError(f"{path}: a version 3 ledger cannot hold aliases or a deletion "
                               "log's length (edited)")
+        if document["format"] != FORMAT and "recorded" in document:
+            raise LedgerError(f"{path}: a ledger of format {document['format']!r} cannot hold "
+                              "who recorded its aliases (edited)")
         records = document["releases"]
         releases = [_release_from(record) for record in records]
         version = document.get("version", len(releases))
@@ -186,6 +198,8 @@ def read_ledger(state_dir: Path, secret: bytes) -> Ledger | None:
             delta=float(document["delta"]),
             releases=releases,
             spend={str(k): float(v) for k, v in dict(document["spend"]).items()},
+            recorded={str(name): {str(k): float(v) for k, v in dict(by).items()}
+                      for name, by in dict(document.get("recorded", {})).items()},
             aliases={str(k): float(v) for k, v in dict(document.get("aliases", {})).items()},
             deletion_log=_deletion_log_from(document.get("deletion_log", {})),
             version=version,
@@ -271,6 +285,7 @@ def write_ledger(state_dir: Path, ledger: Ledger, secret: bytes) -> None:
         "delta": ledger.delta,
         "releases": records,
         "spend": ledger.spend,
+        "recorded": ledger.recorded,
         "aliases": ledger.aliases,
         "deletion_log": ledger.deletion_log,
         "version": ledger.version,
@@ -437,13 +452,16 @@ def _canonical(value: object) -> str:
 def _document_mac(secret: bytes, ledger: Ledger, last_release_mac: str) -> str:
     """A MAC over the ledger's settings and a digest of its spends; with the aliases' digest
     once it has any (a version 3 ledger, which has none, verifies unchanged; deleting a version
-    4 ledger's aliases changes the MAC), and its version once that is not its release count (a
-    ledger written before versions verifies unchanged; deleting the field changes the MAC)."""
+    4 ledger's aliases changes the MAC), the recorded aliases' likewise, and its version once
+    that is not its release count (a ledger written before versions verifies unchanged;
+    deleting the field changes the MAC)."""
     spend_digest = hashlib.sha256(_canonical(ledger.spend).encode()).hexdigest()
     summary = {"count": len(ledger.releases), "privacy_unit": ledger.privacy_unit,
                "order": ledger.order, "delta": ledger.delta, "spend": spend_digest}
     if ledger.aliases:
         summary["aliases"] = hashlib.sha256(_canonical(ledger.aliases).encode()).hexdigest()
+    if ledger.recorded:
+        summary["recorded"] = hashlib.sha256(_canonical(ledger.recorded).encode()).hexdigest()
     if ledger.deletion_log:
         summary["deletion_log"] = ledger.deletion_log
     if ledger.version != len(ledger.releases):

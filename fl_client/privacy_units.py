@@ -12,13 +12,18 @@
 
 A unit is known by its identity (``site_data``), which depends on how its rows are written; its
 *aliases* are the identities it keeps however they are written (``unit_aliases``), and the ledger
-charges both, so the same unit written another way keeps the budget it spent.
+charges both, so the same unit written another way keeps the budget it spent. A customer is one
+unit however its id is written: the forms of one id in a split train as one unit, and every
+form records its spend under the id's canonical form (``customer_ids``), so a form seen later
+starts from what the others spent.
 """
 
 from collections import defaultdict
 from collections.abc import Sequence
 
 import torch
+
+from fl_client.customer_ids import ledger_name
 
 MAX_UTTERANCES_PER_CUSTOMER = 16
 PADDING_LABEL = -100
@@ -52,25 +57,37 @@ def group_by_customer(
 
 def unit_aliases(
     privacy_unit: str, customer_units: Sequence[str], ids: Sequence[str],
-    aliases: Sequence[tuple[str, ...]],
+    aliases: Sequence[tuple[str, ...]], customers: Sequence[str | None] | None = None,
 ) -> dict[str, tuple[tuple[str, ...], ...]]:
     """Each unit's other identities, grouped by the unit they were: from its rows'
-    (``customer_units``: the row's customer, or the row itself without one; ``ids`` and
-    ``aliases``, per row, as ``SiteSplit`` holds them).
+    (``customer_units``: the row's customer, or the row itself without one; ``ids``,
+    ``aliases`` and ``customers``, the id as the row writes it, per row, as ``SiteSplit``
+    holds them).
 
     An utterance has one group, its row's aliases (its conversation, its customer and text),
     all names of the one utterance. A customer has a group per row: first the row's own
     identity, which was a unit of its own while the row had no ``customer_id`` (the customer
-    itself for such a row now), then its aliases. Rows that were units apart are a group of
-    people to the releases they took part in, so their spends add up when they become one
-    customer (``privacy_budget.charge_round``)."""
-    found: dict[str, dict[str, dict[str, None]]] = {}  # unit -> group -> its names, in order
+    itself for such a row now), then its aliases; a group per other form its rows write its id
+    in, each a unit of its own until now; and a group of its ``customer_ids.ledger_name``,
+    under which every form of its id records, so that a form seen later (an export in
+    another case) starts from the spends of the forms before it. Units that were apart are a
+    group of people to the releases they took part in, so their spends add up when they
+    become one customer (``privacy_budget.charge_round``)."""
+    found: dict[str, dict[tuple[str, str], dict[str, None]]] = {}  # unit -> group -> its names
     by_customer = privacy_unit == "customer"
-    for customer, uid, row_aliases in zip(customer_units, ids, aliases, strict=True):
-        unit = customer if by_customer else uid
-        names = found.setdefault(unit, {}).setdefault(uid if by_customer else "", {})
+    customers = customers if customers is not None else [None] * len(ids)
+    for unit_of_row, uid, row_aliases, customer in zip(customer_units, ids, aliases, customers,
+                                                       strict=True):
+        unit = unit_of_row if by_customer else uid
+        groups = found.setdefault(unit, {})
+        names = groups.setdefault(("row", uid if by_customer else ""), {})
         if by_customer:
             names[uid] = None
         names.update(dict.fromkeys(name for name in row_aliases if name != unit))
+        if by_customer and customer is not None:
+            if customer != unit:
+                groups.setdefault(("form", customer), {customer: None})
+            canonical = ledger_name(customer)
+            groups.setdefault(("canonical", canonical), {canonical: None})
     return {unit: tuple(tuple(names) for names in groups.values() if names)
             for unit, groups in found.items()}

@@ -66,6 +66,7 @@ from itertools import islice
 from pathlib import Path
 from typing import BinaryIO, NamedTuple, TypeVar
 
+from fl_client.customer_ids import canonical_customer
 from fl_client.redaction import redact
 from fl_protocol.durable_files import write_bytes_atomic
 
@@ -114,9 +115,10 @@ class SiteSplit:
     """Each row's ``Row.aliases``."""
     places: list[tuple[str, int]] = field(default_factory=list)
     """Each row's file name and line, so that a row left out later can be named."""
-    has_customer: list[bool] = field(default_factory=list)
-    """Whether each row has a ``customer_id``: under the customer unit, one without is a unit of
-    its own."""
+    customers: list[str | None] = field(default_factory=list)
+    """Each row's ``customer_id`` (``None`` without one: under the customer unit, such a row is
+    a unit of its own). ``units`` holds one form for all of a customer's forms in the split
+    (``_one_unit_per_customer``); this holds the form the row writes."""
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -306,8 +308,28 @@ def _to_split(
         split.ids.append(row.uid)
         split.aliases.append(row.aliases)
         split.places.append((_shown_name(row.file), row.line))
-        split.has_customer.append(row.customer is not None)
+        split.customers.append(row.customer)
+    _one_unit_per_customer(split)
     return split
+
+
+def _one_unit_per_customer(split: SiteSplit) -> None:
+    """Make the rows of each customer written in more than one form in the split
+    (``customer_ids.canonical_customer``: case, character width, invisible characters, dashes,
+    digit scripts) one unit, under the form most of its rows write (the first in code-point
+    order among equals): as two units, one person would be sampled, clipped and charged twice
+    in one release. The privacy ledger takes the other forms as units this one was
+    (``privacy_units.unit_aliases``)."""
+    forms: dict[str, Counter] = {}
+    for customer in split.customers:
+        if customer is not None:
+            forms.setdefault(canonical_customer(customer), Counter())[customer] += 1
+    chosen = {canonical: min(counts, key=lambda form: (-counts[form], form))
+              for canonical, counts in forms.items() if len(counts) > 1}
+    if chosen:
+        split.units = [unit if customer is None
+                       else chosen.get(canonical_customer(customer), unit)
+                       for unit, customer in zip(split.units, split.customers, strict=True)]
 
 
 def one_row_per_id(split: SiteSplit) -> tuple[list[int], list[RejectedRow]]:

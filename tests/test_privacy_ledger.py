@@ -200,8 +200,9 @@ def test_a_missing_head_is_refused(state):
 def test_a_version_3_ledger_reads_as_one_without_aliases_and_aliases_are_macd(state):
     path = state / LEDGER_FILE
     document = json.loads(path.read_text())
-    assert document["format"] == "fedintent-privacy-ledger/5" and document["aliases"] == {}
-    older = {k: v for k, v in document.items() if k not in ("aliases", "deletion_log")} | {
+    assert document["format"] == "fedintent-privacy-ledger/6" and document["aliases"] == {}
+    older = {k: v for k, v in document.items()
+             if k not in ("aliases", "recorded", "deletion_log")} | {
         "format": "fedintent-privacy-ledger/3"}
     path.write_text(json.dumps(older))
     assert read_ledger(state, SECRET).aliases == {}
@@ -211,11 +212,35 @@ def test_a_version_3_ledger_reads_as_one_without_aliases_and_aliases_are_macd(st
     assert read_ledger(state, SECRET).aliases == {"k": 0.25}
     document = json.loads(path.read_text())
     for edited in ({**document, "aliases": {}}, {**document, "aliases": {"k": 0.0}},
-                   {**{k: v for k, v in document.items() if k not in ("aliases", "deletion_log")},
+                   {**{k: v for k, v in document.items()
+                       if k not in ("aliases", "recorded", "deletion_log")},
                     "format": "fedintent-privacy-ledger/3"}):
         path.write_text(json.dumps(edited))
         with pytest.raises(LedgerError, match="edited"):
             read_ledger(state, SECRET)
+
+
+def test_who_recorded_each_alias_is_macd_and_only_format_6_holds_it(state):
+    """The carry-over counts each unit that recorded under a customer's names once; a
+    recorder edited, removed or forged would merge or split units, so ``recorded`` is MACed,
+    and a ledger relabelled as format 5 (which a release before it reads without it) is
+    refused rather than read with its recorders dropped."""
+    ledger = read_ledger(state, SECRET)
+    ledger.recorded["name"] = {"unit-a": 0.5}
+    write_ledger(state, charged(ledger, release("c", 1), ["u1"]), SECRET)
+    assert read_ledger(state, SECRET).recorded == {"name": {"unit-a": 0.5}}
+    path = state / LEDGER_FILE
+    document = json.loads(path.read_text())
+    for edited in ({**document, "recorded": {}},
+                   {**document, "recorded": {"name": {"unit-b": 0.5}}},
+                   {**document, "recorded": {"name": {"unit-a": 0.25}}},
+                   {k: v for k, v in document.items() if k != "recorded"}):
+        path.write_text(json.dumps(edited))
+        with pytest.raises(LedgerError, match="edited"):
+            read_ledger(state, SECRET)
+    path.write_text(json.dumps(document | {"format": "fedintent-privacy-ledger/5"}))
+    with pytest.raises(LedgerError, match="cannot hold who recorded its aliases"):
+        read_ledger(state, SECRET)
 
 
 def test_the_recorded_deletion_log_length_is_macd(state):
@@ -282,7 +307,7 @@ def rewrite(state, edit) -> None:
 
 def test_a_ledger_of_another_format_is_refused(state):
     for found, said in (("fedintent-privacy-ledger/2", "is older than this release reads"),
-                        ("fedintent-privacy-ledger/6", "written by a newer fedintent release"),
+                        ("fedintent-privacy-ledger/7", "written by a newer fedintent release"),
                         ("fedintent-privacy-ledger/\u0666", "not a fedintent privacy ledger"),
                         ("fedintent-privacy-ledger/05", "not a fedintent privacy ledger"),
                         ("another-ledger/9", "not a fedintent privacy ledger")):
@@ -291,20 +316,21 @@ def test_a_ledger_of_another_format_is_refused(state):
             read_ledger(state, SECRET)
 
 
-def test_a_version_4_ledger_with_a_rewrite_count_reads_and_is_written_as_version_5(state):
+def test_a_version_4_ledger_with_a_rewrite_count_reads_and_is_written_as_version_6(state):
     """Releases from ceb9819 wrote ``version`` (covered by the MAC) under format 4; the format
     moved to 5 so that a release which cannot verify it names a newer format instead."""
     ledger = read_ledger(state, SECRET)
     ledger.deletion_log = {"entries": 1, "hash": "cd" * 32}
     write_ledger(state, ledger, SECRET)
     document = json.loads((state / LEDGER_FILE).read_text())
-    assert document["format"] == "fedintent-privacy-ledger/5"
+    assert document["format"] == "fedintent-privacy-ledger/6"
     assert document["version"] != len(document["releases"])
-    rewrite(state, lambda doc: doc.update(format="fedintent-privacy-ledger/4"))
+    rewrite(state, lambda doc: doc.update(format="fedintent-privacy-ledger/4")
+            or doc.pop("recorded"))  # as format 4 wrote it: no recorders
     ledger = read_ledger(state, SECRET)
     assert ledger.version == document["version"]
     write_ledger(state, charged(ledger, release("c", 1), ["u1"]), SECRET)
-    assert json.loads((state / LEDGER_FILE).read_text())["format"] == "fedintent-privacy-ledger/5"
+    assert json.loads((state / LEDGER_FILE).read_text())["format"] == "fedintent-privacy-ledger/6"
     assert read_ledger(state, SECRET).version == document["version"] + 1
 
 

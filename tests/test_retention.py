@@ -751,7 +751,7 @@ def test_an_erasure_binds_the_customer_however_its_id_is_cased_widened_or_hidden
     """Found in review, twice: an id matched only as written, then only up to format
     characters, so other spellings of an erased customer were still used after ``forget``.
     Each is erased with the request, later rows too, a broken line in any form is named (its
-    JSON escapes read), the spend of each is reported, and only the rows in the id's own case
+    JSON escapes read), the spend of the one unit they train as is reported, and only the rows in the id's own case
     leave the data files (a case-sensitive system may hold another customer in another)."""
     site, state = tmp_path / "site", tmp_path / "state"
     write_site(site, [row(i, 1, c) for i, c in enumerate(SPELLINGS)] + [row(19, 1, "AB-4712")])
@@ -764,7 +764,7 @@ def test_an_erasure_binds_the_customer_however_its_id_is_cased_widened_or_hidden
     erasure = forget(site, state, "AB-4711", math.inf, "test", delete_from_data=True)
     assert erasure.rows_found == erasure.forms == len(SPELLINGS)
     assert erasure.other_case_rows == 1 and erasure.deletion.data_rows == len(SPELLINGS) - 1
-    assert erasure.ledger_units == len(SPELLINGS) and erasure.ledger_epsilon > 0
+    assert erasure.ledger_units == 1 and erasure.ledger_epsilon > 0  # its forms: one unit
     assert erasure.rejected_mentions == ("train.jsonl:3", "train.jsonl:4")  # after the 9 went
     write_site(site, [row(i, 0.5, c) for i, c in enumerate(SPELLINGS)] + [row(19, 1, "AB-4712")])
     data = load_site(site, LABELS, keep=row_policy(state, math.inf))
@@ -906,8 +906,8 @@ def test_delete_from_data_takes_a_same_case_id_with_an_invisible_character_in_an
 
 
 def test_check_data_counts_the_customers_written_in_more_than_one_form(tmp_path, capsys):
-    """The ledger keeps each form a unit of its own (re-keying needs a record of which unit
-    spent under which name, docs/DATA_FORMAT.md), so the site is told, by count, never by id."""
+    """The site trains a customer's forms as one unit, but splits by the id as written, so
+    one customer's rows can be in both splits: the site is told, by count, never by id."""
     site = tmp_path / "site"
     write_site(site, [row(0, 1, "AB-4711"), row(1, 1, "ab-4711"), row(2, 1, "AB-47\u200b11"),
                       row(3, 1, "Cd-9"), row(4, 1, "cD-9"), row(5, 1, "E-1")])

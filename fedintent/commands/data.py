@@ -161,11 +161,10 @@ def run_check_data(args: argparse.Namespace) -> int:
     for label, count in site.unknown_labels.most_common():
         print(f"  unknown label {shown(label)}: {_rows(count)}")
     _print_timestamps(times, site.excluded, args.retention_days, any_valid=valid > 0)
-    _print_customers(site_dir, [site.train.has_customer[index] for index in first],
-                     site.test.has_customer)
-    _print_customer_spellings([unit for split in (site.train, site.test)
-                               for unit, has in zip(split.units, split.has_customer, strict=True)
-                               if has])
+    _print_customers(site_dir, [site.train.customers[index] is not None for index in first],
+                     [customer is not None for customer in site.test.customers])
+    _print_customer_spellings([customer for split in (site.train, site.test)
+                               for customer in split.customers if customer is not None])
     pii = Counter(span.kind for text in train_texts + site.test.texts
                   for span in find_pii(text))
     if pii:
@@ -211,10 +210,10 @@ def _print_customers(site_dir: Path, train: list[bool], test: list[bool]) -> Non
 
 
 def _print_customer_spellings(customers: list[str]) -> None:
-    """How many customers are written in more than one form that erasure takes for one id
+    """How many customers are written in more than one form that the site takes for one id
     (``customer_ids.canonical_customer``: case, character width, invisible characters, dashes,
-    digit scripts). The privacy ledger counts each form as its own unit with a budget of its
-    own, so such a customer is protected at up to that many times epsilon
+    digit scripts). The site trains and charges them as one customer, but splits rows into
+    train and test by the id as written, so one customer's rows can land in both
     (docs/DATA_FORMAT.md). Counts only: the ids are not shown."""
     from fl_client.customer_ids import canonical_customer
 
@@ -225,9 +224,9 @@ def _print_customer_spellings(customers: list[str]) -> None:
     if spelled:
         people = "1 customer is" if len(spelled) == 1 else f"{len(spelled)} customers are"
         print(f"customer_id: {people} written in more than one form (case, character width, "
-              f"invisible characters, dashes or digits; up to {max(spelled)}): the privacy "
-              "ledger counts each form as its own unit with a budget of its own; write one form "
-              "per customer")
+              f"invisible characters, dashes or digits; up to {max(spelled)}): trained and "
+              "charged as one customer each, but split into train and test by the id as "
+              "written, so one customer's rows can be in both; write one form per customer")
 
 
 def _print_timestamps(times: list, excluded: Counter, retention_days: float | None,

@@ -1,0 +1,194 @@
+"""One customer whose id is written in more than one form is one privacy unit.
+
+Exports write one customer's id in several forms (another case, full-width digits, a
+zero-width space). As units apart, that person was sampled, clipped and charged once per form
+in one release, and an export in another case started them on a fresh budget. The forms of one
+id in a split train as one unit (``site_data``), every form records its spend under the id's
+canonical form, and the ledger records which unit recorded each spend, so that the names one
+unit recorded under count as that one unit when a form comes back (``privacy_budget``).
+"""
+
+import json
+import math
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+
+import fl_client.client_app as client_app
+from fl_client.privacy_budget import charge_round
+from fl_client.privacy_ledger import read_ledger, unit_key, write_ledger
+from fl_client.privacy_units import unit_aliases
+from fl_client.site_policy import RoundRequest, SitePolicy
+from fl_client.site_secret import create_site_secret, site_secret
+from fl_protocol.wire import RUN_CONFIG_DEFAULTS
+from models import get_model_family
+
+pytestmark = pytest.mark.usefixtures("task_identity")
+
+LABELS = ["card_lost", "refund"]
+NOW = datetime.now(UTC)
+OTHERS = [f"cust-{i}" for i in range(5, 20)]
+
+
+def row(i: int, customer: str, conversation: str | None = None) -> dict:
+    label = LABELS[i % 2]
+    text = f"I lost my card at shop {i}" if label == "card_lost" else f"refund order {i} today"
+    return {"conversation_id": conversation or f"conv-{i}", "text": text, "label": label,
+            "customer_id": customer, "timestamp": (NOW - timedelta(days=1)).isoformat()}
+
+
+def write_site(site_dir, rows: list[dict]) -> None:
+    """All rows in ``train.jsonl``: a given split, so every row trains."""
+    site_dir.mkdir(exist_ok=True)
+    (site_dir / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def others() -> list[dict]:
+    return [row(i, customer) for i, customer in zip(range(5, 20), OTHERS, strict=True)]
+
+
+def context(site_dir, state_dir) -> Context:
+    create_site_secret(state_dir)  # as ``fedintent init-site`` does
+    node = {"data-path": str(site_dir), "state-dir": str(state_dir), "max-epsilon": 40.0,
+            "retention-days": math.inf, "privacy-unit": "customer"}
+    config = RUN_CONFIG_DEFAULTS | {"target-epsilon": 4.0, "batch-size": 4096,
+                                    "privacy-unit": "customer"}
+    return Context(run_id=1, node_id=7, node_config=node, state=RecordDict(), run_config=config)
+
+
+def train(ctx: Context, server_round: int) -> None:
+    head = get_model_family("minilm-head").build_model(len(LABELS))
+    config = ConfigRecord({"labels": LABELS, "server-round": server_round, "num-rounds": 4,
+                           "run-name": "run-a"})
+    reply = client_app.app(Message(content=RecordDict({"arrays": ArrayRecord(head.state_dict()),
+                                                       "config": config}),
+                                   dst_node_id=7, message_type="train"), ctx)
+    assert not reply.has_error(), reply.error
+
+
+def spend(state_dir, unit: str) -> float:
+    book = read_ledger(state_dir, site_secret(state_dir))
+    return book.spend.get(unit_key(site_secret(state_dir), f"customer\0{unit}"), 0.0)
+
+
+def test_a_customers_forms_in_one_split_train_and_are_charged_as_one_unit(tmp_path):
+    """Two forms as two units: the person in the release twice, clipped twice, charged once
+    each (a group of two at one unit's spend)."""
+    site, state = tmp_path / "site", tmp_path / "state"
+    write_site(site, [row(0, "AB-4711"), row(1, "AB-4711"), row(2, "ab-4711"),
+                      row(3, "\uff21\uff22-4711"), *others()])
+    ctx = context(site, state)
+    train(ctx, 1)
+    book = read_ledger(state, site_secret(state))
+    assert book.releases[-1].units == 1 + len(OTHERS)
+    assert spend(state, "AB-4711") == spend(state, OTHERS[0]) > 0  # the form most rows write
+    assert spend(state, "ab-4711") == spend(state, "\uff21\uff22-4711") == 0.0
+
+
+@pytest.mark.parametrize("ids", ["kept", "new"])
+def test_an_export_in_another_case_is_charged_from_the_spend_before_and_once(tmp_path, ids):
+    """The same customer re-exported in lower case, with its conversation ids kept or new:
+    with new ids nothing but the id's canonical form links the rows to the spend before (it
+    started afresh); with ids kept each row's name was taken for a unit of its own, and the
+    customer was charged as a group of its own rows (five times one unit's spend here)."""
+    site, state = tmp_path / "site", tmp_path / "state"
+    write_site(site, [row(i, "AB-4711") for i in range(3)] + others())
+    ctx = context(site, state)
+    train(ctx, 1)
+    write_site(site, [row(i, "ab-4711", None if ids == "kept" else f"new-{i}") for i in range(3)]
+               + others())
+    train(ctx, 2)
+    assert spend(state, "ab-4711") == pytest.approx(spend(state, OTHERS[0]), rel=1e-9)
+    assert spend(state, OTHERS[0]) > spend(state, "AB-4711") > 0
+
+
+POLICY = SitePolicy(max_epsilon=40.0, max_delta=1e-5, privacy_unit="customer")
+
+
+def charge(state_dir, server_round: int, rows: list[tuple[str, str, str | None]],
+           merge: bool = True):
+    """Charge a full-batch round over ``rows`` (unit, row id, customer id as written) and 30
+    other customers, as the ClientApp does; ``merge`` False: as releases before this change
+    did, with no canonical form and no form groups."""
+    rows = rows + [(f"other-{i}", f"id:o{i}", f"other-{i}") for i in range(30)]
+    units, ids, customers = (list(column) for column in zip(*rows, strict=True))
+    request = RoundRequest(run_name="run-a", server_round=server_round, num_rounds=8,
+                           target_epsilon=4.0, delta=1e-5, accountant="rdp",
+                           privacy_unit="customer", clip_norm=1.0, batch_size=4096,
+                           local_epochs=1)
+    aliases = unit_aliases("customer", units, ids, [()] * len(ids),
+                           customers if merge else None)
+    return charge_round(state_dir, list(dict.fromkeys(units)), request, POLICY, aliases=aliases)
+
+
+def test_forms_that_take_turns_are_charged_every_release_once(tmp_path):
+    """An export that flips between two forms, round by round, with row ids kept or not:
+    each form starts from the other's spend, never from its own older one, and no form is
+    charged as a group of the other (found while designing this: without the record of who
+    recorded under the unit's own key, a form coming back counted its own older spend next to
+    the other's, and the two grew without bound)."""
+    create_site_secret(tmp_path)
+    forms = ["AB-4711", "ab-4711", "AB-4711", "\uff41\uff42-4711", "ab-4711", "AB-4711"]
+    for server_round, form in enumerate(forms, start=1):
+        ids = [f"id:r{i}" if server_round % 2 else f"id:r{i}-{server_round}" for i in range(3)]
+        charge(tmp_path, server_round, [(form, uid, form) for uid in ids])
+        assert spend(tmp_path, form) == pytest.approx(spend(tmp_path, "other-0"),
+                                                             rel=1e-9)
+
+
+def test_forms_that_were_units_apart_before_join_as_a_group(tmp_path):
+    """A ledger from before this change charged two forms as two units in the same releases:
+    joined, the person is a group of two to those releases, and starts from the group's bound
+    (full batch: 2 x the sum of the two spends), once."""
+    create_site_secret(tmp_path)
+    for server_round in (1, 2):
+        charge(tmp_path, server_round, [("AB-4711", "id:r0", "AB-4711"),
+                                        ("ab-4711", "id:r1", "ab-4711")], merge=False)
+    apart = spend(tmp_path, "AB-4711")
+    assert apart == spend(tmp_path, "ab-4711") > 0
+    joined_rows = [("AB-4711", "id:r2", "AB-4711"), ("AB-4711", "id:r3", "ab-4711")]
+    charge(tmp_path, 3, joined_rows)  # rows of new ids: only the forms link them
+    one_round = spend(tmp_path, "other-0") / 3
+    joined = spend(tmp_path, "AB-4711")
+    assert joined == pytest.approx(2 * (apart + apart) + one_round, rel=1e-9)
+    charge(tmp_path, 4, joined_rows)
+    assert spend(tmp_path, "AB-4711") == pytest.approx(joined + one_round, rel=1e-9)
+
+
+def test_customers_sharing_a_conversation_are_not_charged_as_each_others_groups(tmp_path):
+    """Names two customers share (a conversation id a transferred call keeps) carry the larger
+    spend over, as before, but do not make either a group of the other: found while designing
+    this, counting every unit recorded under any name let two such customers double each
+    other's spend every round."""
+    create_site_secret(tmp_path)
+    request = RoundRequest(run_name="run-a", server_round=1, num_rounds=8, target_epsilon=4.0,
+                           delta=1e-5, accountant="rdp", privacy_unit="customer",
+                           clip_norm=1.0, batch_size=4096, local_epochs=1)
+    units = ["A-1", "B-2", *[f"other-{i}" for i in range(30)]]
+    ids = ["id:a", "id:b", *[f"id:o{i}" for i in range(30)]]
+    aliases = [("conversation:shared",), ("conversation:shared",), *[()] * 30]
+    for server_round in range(1, 6):
+        charge_round(tmp_path, units, RoundRequest(**{**request.__dict__,
+                                                       "server_round": server_round}),
+                     POLICY, aliases=unit_aliases("customer", units, ids, aliases, units))
+        for unit in ("A-1", "B-2"):
+            assert spend(tmp_path, unit) == pytest.approx(
+                spend(tmp_path, "other-0"), rel=1e-9)
+
+
+def test_a_format_5_alias_is_recorded_by_the_unit_that_charges_under_it(tmp_path):
+    """Spends recorded before the ledger named who recorded them stay as they were until a
+    unit records there, larger or equal: then the name's spend is that unit's."""
+    create_site_secret(tmp_path)
+    charge(tmp_path, 1, [("AB-4711", "id:r0", "AB-4711")])
+    secret = site_secret(tmp_path)
+    book = read_ledger(tmp_path, secret)
+    row_name = unit_key(secret, "customer\0id:r0")
+    book.aliases = {row_name: book.recorded.pop(row_name)[unit_key(secret, "customer\0AB-4711")]}
+    write_ledger(tmp_path, book, secret)
+    charge(tmp_path, 2, [("AB-4711", "id:r0", "AB-4711")])
+    book = read_ledger(tmp_path, secret)
+    assert row_name not in book.aliases
+    assert book.recorded[row_name] == {unit_key(secret, "customer\0AB-4711"):
+                                       spend(tmp_path, "AB-4711")}
