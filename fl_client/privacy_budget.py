@@ -189,6 +189,8 @@ def _charge_round(state_dir: Path, units: list[str], request: RoundRequest, poli
         ledger.spend[keys[index]] = ledger.spend.get(keys[index], 0.0) + release.rdp
     for key, alias_keys in zip(keys, others, strict=True):
         _record_aliases(ledger, key, alias_keys)
+    for index in trained:  # its history grew past what any unit recorded under its key
+        ledger.recorded.pop(keys[index], None)
     ledger.releases.append(release)
     write_ledger(state_dir, ledger, secret)
 
@@ -227,8 +229,10 @@ def _carry_over(ledger: Ledger, keys: list[str], former: list[list[list[str]]],
     another form) starts from their spends as a group (found in review: the largest of them
     alone let a customer of 4 rows reach epsilon 9.2 where the ledger said 8.0), each unit
     counted once: ``recorded`` says which unit recorded each spend, so the many names one unit
-    recorded under are one unit, and a unit whose spend a unit in the group has recorded (it
-    counts it) is not counted again. In a release without sampling (full batch, an
+    recorded under are one unit, and a unit whose spend a unit in the group has recorded under
+    its key (it counts it) is not counted again, until it trains again (``charge_round`` then
+    drops those records: found in review, a record larger than the unit's spend does not count
+    releases the unit took part in after it). In a release without sampling (full batch, an
     evaluation, a Skellam sum), ``k`` units that are one person move it by up to ``k`` clip
     norms, so its Rényi DP is at most ``k**2`` times a unit's, and over releases at most ``k``
     times the sum of the ``k`` spends; a sampled release has no such bound, so after one such
@@ -253,6 +257,10 @@ def _carry_over(ledger: Ledger, keys: list[str], former: list[list[list[str]]],
             if not known:  # spends recorded before the ledger named who did
                 counted += [spend for spend, by_name in zip(legacy, named, strict=True)
                             if spend > by_name]
+                # a row whose names others share was at most one unit more, its largest
+                most = max(units.values(), default=0.0)
+                counted += [spend for spend, group in zip(named, groups, strict=True)
+                            if len(group) > 1 and spend > most]
             if len(counted) > 1:
                 together = len(counted) * sum(counted)
                 carried = max(carried, together if full_batch or not math.isfinite(budget)
@@ -265,21 +273,25 @@ def _carry_over(ledger: Ledger, keys: list[str], former: list[list[list[str]]],
 
 def _joined_units(ledger: Ledger, key: str, groups: list[list[str]]) -> dict[str, float]:
     """The units (their keys) that a customer ``key`` with these names was, each with its
-    largest spend known: a name that is itself a unit's key, and every unit that recorded under
-    a name. A customer already in the ledger was only the units found under each group's first
-    name (its identities); names a customer shares with others (a conversation, a customer's
-    text) only carry spends over, as the largest. A new customer was every unit found: under
-    any name it had spent."""
-    names = [name for group in groups for name in group if name != key]
-    if key in ledger.spend:
-        names = [group[0] for group in groups if group[0] != key]
+    largest spend known: a group's first name that is itself a unit's key (a row that had no
+    ``customer_id``, another form of the id), and every unit that recorded under a group of one
+    name (another written form, the id's canonical form), which only forms of this customer
+    record under. Names a customer shares with others (a conversation, a row id reused in
+    another file, a text) make no unit of the others (found in review: counting them let
+    customers sharing a conversation be charged as each other's group, round after round);
+    they carry the largest spend over, and a new customer's row holding more there is one
+    unit more (``_carry_over``)."""
     units: dict[str, float] = {}
-    for name in names:
-        if name in ledger.spend:
-            units[name] = max(units.get(name, 0.0), ledger.spend[name])
-        for unit, spend in ledger.recorded.get(name, {}).items():
-            if unit != key:
-                units[unit] = max(units.get(unit, 0.0), spend, ledger.spend.get(unit, 0.0))
+    for group in groups:
+        first = group[0]
+        if first == key:
+            continue
+        if first in ledger.spend:
+            units[first] = max(units.get(first, 0.0), ledger.spend[first])
+        if len(group) == 1:
+            for unit, spend in ledger.recorded.get(first, {}).items():
+                if unit != key:
+                    units[unit] = max(units.get(unit, 0.0), spend, ledger.spend.get(unit, 0.0))
     return units
 
 

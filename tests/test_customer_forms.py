@@ -19,6 +19,7 @@ import fl_client.client_app as client_app
 from fl_client.privacy_budget import charge_round
 from fl_client.privacy_ledger import read_ledger, unit_key, write_ledger
 from fl_client.privacy_units import unit_aliases
+from fl_client.site_data import load_site, one_row_per_id
 from fl_client.site_policy import RoundRequest, SitePolicy
 from fl_client.site_secret import create_site_secret, site_secret
 from fl_protocol.wire import RUN_CONFIG_DEFAULTS
@@ -192,3 +193,79 @@ def test_a_format_5_alias_is_recorded_by_the_unit_that_charges_under_it(tmp_path
     assert row_name not in book.aliases
     assert book.recorded[row_name] == {unit_key(secret, "customer\0AB-4711"):
                                        spend(tmp_path, "AB-4711")}
+
+
+def charge_rows(state_dir, server_round: int,
+                rows: list[tuple[str | None, str, tuple[str, ...]]]) -> None:
+    """Charge a full-batch round over ``rows`` (customer id or None, row id, the row's other
+    names) and 30 other customers, as the ClientApp does under the customer unit."""
+    rows = rows + [(f"other-{i}", f"id:o{i}", ()) for i in range(30)]
+    customers = [customer for customer, _, _ in rows]
+    ids = [uid for _, uid, _ in rows]
+    units = [customer or uid for customer, uid, _ in rows]
+    request = RoundRequest(run_name="run-a", server_round=server_round, num_rounds=8,
+                           target_epsilon=4.0, delta=1e-5, accountant="rdp",
+                           privacy_unit="customer", clip_norm=1.0, batch_size=4096,
+                           local_epochs=1)
+    charge_round(state_dir, list(dict.fromkeys(units)), request, POLICY,
+                 aliases=unit_aliases("customer", units, ids, [a for _, _, a in rows],
+                                      customers))
+
+
+def test_a_record_made_before_a_unit_trained_again_does_not_count_it(tmp_path):
+    """Found in review: a row without a customer_id (a unit of its own) took a customer's spend
+    over through their shared conversation and recorded its own under the customer's key; the
+    customer trained on; when the row got the customer's id, that old record, still larger than
+    the customer's spend, was taken to mean the row's unit already counted the customer, and the
+    customer was charged the larger of the two instead of the group: below the four releases
+    the person took part in. A unit that trains drops the records made under its key."""
+    create_site_secret(tmp_path)
+    c0, c1, d0 = (("id:c#0", ("conversation:c",)), ("id:c#1", ("conversation:c",)),
+                  ("id:d0", ("conversation:d0",)))
+    charge_rows(tmp_path, 1, [("A-1", *c0)])
+    charge_rows(tmp_path, 2, [(None, *c1)])  # the turn without an id: a unit of its own
+    charge_rows(tmp_path, 3, [("A-1", *d0)])  # c#0 expired; the customer trains on
+    charge_rows(tmp_path, 4, [("A-1", *d0), ("A-1", *c1)])  # the turn gets its id
+    one_release = spend(tmp_path, "other-0") / 4
+    assert spend(tmp_path, "A-1") >= 4 * one_release * (1 - 1e-9)
+
+
+def charge_site(site_dir, state_dir, server_round: int, lines: list[dict]) -> None:
+    """Write ``lines`` (and 30 other customers) as the site's data, read them as the ClientApp
+    does (one row per id), and charge a full-batch training round over them."""
+    lines = lines + [{"text": f"other text {i}", "label": "refund", "customer_id": f"other-{i}",
+                      "conversation_id": f"other-{i}"} for i in range(30)]
+    write_site(site_dir, lines)
+    rows = load_site(site_dir, LABELS).train
+    first, _ = one_row_per_id(rows)
+    request = RoundRequest(run_name="run-a", server_round=server_round, num_rounds=12,
+                           target_epsilon=4.0, delta=1e-5, accountant="rdp",
+                           privacy_unit="customer", clip_norm=1.0, batch_size=4096,
+                           local_epochs=1)
+    charge_round(state_dir, list(dict.fromkeys(rows.units[i] for i in first)), request, POLICY,
+                 aliases=unit_aliases("customer", rows.units, rows.ids, rows.aliases,
+                                      rows.customers))
+
+
+def test_customers_joining_a_transferred_call_are_not_each_others_group(tmp_path):
+    """Found in review: a new customer counted every unit that had recorded under any of its
+    rows' names as a unit it was, so each customer joining a conversation others are in (a
+    transferred call) was charged as a group of all of them, and they took that spend over
+    through the shared name: spends grew without bound round after round. A shared name
+    carries the largest spend over and nothing more."""
+    site, state = tmp_path / "site", tmp_path / "state"
+    create_site_secret(state)
+    call = [{"turns": [{"speaker": "customer", "text": f"hello from {person}"}],
+             "intent_turn": 0, "intent": "refund", "conversation_id": "call",
+             "customer_id": person} for person in ("A-1", "B-2", "C-3", "D-4", "E-5")]
+    lines, server_round = call[:2], 0
+    for joined in range(2, 6):
+        lines = [{**line, "turns": [{"speaker": "agent", "text": "."}] * turn + line["turns"],
+                  "intent_turn": turn} for turn, line in enumerate(call[:joined])]
+        for _ in range(2):
+            server_round += 1
+            charge_site(site, state, server_round, lines)
+        first = spend(state, "A-1")
+        assert first == pytest.approx(spend(state, "other-0"), rel=1e-9)
+        for person in ("B-2", "C-3", "D-4", "E-5")[:joined - 1]:
+            assert spend(state, person) <= first * (1 + 1e-9), (joined, person)

@@ -751,8 +751,9 @@ def test_an_erasure_binds_the_customer_however_its_id_is_cased_widened_or_hidden
     """Found in review, twice: an id matched only as written, then only up to format
     characters, so other spellings of an erased customer were still used after ``forget``.
     Each is erased with the request, later rows too, a broken line in any form is named (its
-    JSON escapes read), the spend of the one unit they train as is reported, and only the rows in the id's own case
-    leave the data files (a case-sensitive system may hold another customer in another)."""
+    JSON escapes read), the spend of the one unit they train as is reported, and only the
+    rows in the id's own case leave the data files (a case-sensitive system may hold another
+    customer in another)."""
     site, state = tmp_path / "site", tmp_path / "state"
     write_site(site, [row(i, 1, c) for i, c in enumerate(SPELLINGS)] + [row(19, 1, "AB-4712")])
     with open(site / "train.jsonl", "a") as f:
