@@ -485,9 +485,14 @@ def deletion_log_problem(entries: list[dict], recorded: dict) -> str | None:
     if extends(entries, recorded):
         return None
     held = "1 entry" if len(entries) == 1 else f"{len(entries)} entries"
-    return (f"the deletion log holds {held}, but the privacy ledger recorded "
-            f"{recorded['entries']} when it last grew: it was deleted or restored from an "
-            "older copy, and customers erased since would be used again")
+    count = int(recorded["entries"])
+    if len(entries) < count:
+        return (f"the deletion log holds {held}, but the privacy ledger recorded {count} when "
+                "it last grew: it was deleted or restored from an older copy, and customers "
+                "erased since would be used again")
+    return (f"the deletion log's entry {count} is not the one the privacy ledger recorded when "
+            f"the log last grew (it holds {held}): it was rewritten, or restored from a copy "
+            "of another history, and customers erased in the one recorded may be used again")
 
 
 def recorded_retention_days(state_dir: Path) -> float | None:

@@ -399,98 +399,106 @@ def copied(log: Path, to: Path) -> Path:
     return to
 
 
-def the_site_could_write(state: Path) -> bool:
-    """Whether the site could take its state folder's lock now (else it waits for it)."""
-    import fcntl
-    import os
-
-    from fl_client.site_folders import LOCK_FILE
-
-    fd = os.open(state / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return True
-    except BlockingIOError:
-        return False
-    finally:
-        os.close(fd)
-
-
 def test_a_purge_between_verifys_reads_of_a_live_deletion_log_is_no_damage(
         tmp_path, capsys, monkeypatch):
     """Found in review: the site's scheduled purge appending between verify's read of the log
     and of its head read as deleted trailing entries (exit 1), and between that and a second
     read of the log for the ledger comparison as a log to restore from a backup (exit 2), on an
-    intact log. The site appends under its state folder's lock, which verify now holds: the
-    purge waits until it is done; and the comparison uses the entries verify read."""
+    intact log. Verify reads the log once per attempt and reads again when the site wrote to
+    its state folder meanwhile: it reports the log as it is after the purge."""
     from fl_client.retention import purge
 
     site, state = a_purged_site(tmp_path)
     log, read_bytes = state / "deletions.jsonl", Path.read_bytes
-    reads, purged, waited = [], [], []
+    reads, purged, purging = [], [], []
     capsys.readouterr()
 
     def the_site_purges_after_a_read(self):
         data = read_bytes(self)
-        if self == log and not purged:
+        if self == log and not purging:
             reads.append(self)
-            if len(reads) == 1:
-                if the_site_could_write(state):
-                    purged.append(purge(site, state, 30, "scheduled purge"))
-                else:
-                    waited.append(True)  # it purges once verify is done
+            if not purged:
+                purging.append(True)  # the purge reads the log too
+                purged.append(purge(site, state, 30, "scheduled purge"))
+                purging.clear()
         return data
 
     monkeypatch.setattr(Path, "read_bytes", the_site_purges_after_a_read)
     code, out, err = verify_in_process(log, capsys)
     monkeypatch.undo()
-    assert (code, out) == (0, f"OK: 1 entry, hash chain, head and MACs intact ({log})\n"), out + err
-    assert waited, "the purge ran between verify's reads"
-    assert reads == [log], "verify reads the log once"
-    purge(site, state, 30, "scheduled purge")
-    assert verify_in_process(log, capsys)[:2] == (0, f"OK: 2 entries, hash chain, head and MACs "
-                                                     f"intact ({log})\n")
+    assert purged, "the purge ran between verify's reads"
+    assert (code, out) == (0, f"OK: 2 entries, hash chain, head and MACs intact ({log})\n"), (
+        out + err)
+    assert reads == [log, log], "verify reads the log once per attempt, twice in all"
 
 
-def test_verify_waits_for_the_site_a_bounded_time_and_says_to_try_again(tmp_path, capsys,
-                                                                        monkeypatch):
-    """A ClientApp holds the lock while it loads and featurizes a round's data: verify waits
-    ``LOCK_WAIT_S``, then exits 2 and asks to try again, never saying anything of the log."""
+def test_a_site_writing_during_every_read_is_told_to_try_again(tmp_path, capsys, monkeypatch):
+    """A site that purges during each of verify's reads: verify gives up after
+    ``READ_ATTEMPTS``, exits 2 and asks to try again, never saying anything of the log."""
     from fedintent.commands import audit
-    from fl_client.site_folders import state_lock
+    from fl_client.retention import purge
 
-    _, state = a_purged_site(tmp_path)
+    site, state = a_purged_site(tmp_path)
     capsys.readouterr()
-    monkeypatch.setattr(audit, "LOCK_WAIT_S", 0)
+    monkeypatch.setattr(audit.time, "sleep", lambda seconds: None)
     copy = copied(state / "deletions.jsonl", tmp_path / "deletions.jsonl")
+    read_bytes = Path.read_bytes
     for log, options in ((state / "deletions.jsonl", ()), (copy, ("--state-dir", str(state)))):
-        with state_lock(state):
-            code, out, err = verify_in_process(log, capsys, *options)
+
+        def the_site_purges(self, log=log, purging=[]):  # noqa: B006 (one flag per log)
+            data = read_bytes(self)
+            if self == log and not purging:
+                purging.append(True)  # the purge reads the log too
+                purge(site, state, 30, "scheduled purge")
+                purging.clear()
+            return data
+
+        monkeypatch.setattr(Path, "read_bytes", the_site_purges)
+        code, out, err = verify_in_process(log, capsys, *options)
+        monkeypatch.undo()
+        monkeypatch.setattr(audit.time, "sleep", lambda seconds: None)
         assert code == 2 and not out and "try again" in err, out + err
-        assert verify_in_process(log, capsys, *options)[0] == 0
 
 
-def test_a_read_only_state_folder_is_verified_without_its_lock(tmp_path, capsys, monkeypatch):
-    """A copy of the state folder mounted read-only: nothing writes there, and the lock file
-    cannot be made, so verify reads it without the lock."""
-    import errno
-    import os
-
-    from fl_client.site_folders import LOCK_FILE
+def test_verify_never_waits_for_nor_makes_the_sites_lock(tmp_path, capsys):
+    """Found in review: verify held the state folder's lock while it read, so a verify paused
+    (Ctrl-Z, a hung disk) stalled the site's purges, erasures and rounds for good; and run as
+    root on a folder without the lock file it made one the site's user could not open. Verify
+    reads while the site holds its lock, and leaves no lock file behind."""
+    from fl_client.site_folders import LOCK_FILE, state_lock
 
     _, state = a_purged_site(tmp_path)
-    (state / LOCK_FILE).unlink()
+    (state / LOCK_FILE).unlink(missing_ok=True)
     capsys.readouterr()
-    open_file = os.open
-
-    def read_only(path, flags, *args, **kwargs):
-        if Path(path).name == LOCK_FILE:
-            raise OSError(errno.EROFS, "Read-only file system", str(path))
-        return open_file(path, flags, *args, **kwargs)
-
-    monkeypatch.setattr(os, "open", read_only)
-    code, out, err = verify_in_process(state / "deletions.jsonl", capsys)
+    log = state / "deletions.jsonl"
+    assert verify_in_process(log, capsys)[0] == 0
+    assert not (state / LOCK_FILE).exists()
+    with state_lock(state):
+        code, out, err = verify_in_process(log, capsys)
     assert code == 0 and out.startswith("OK: 1 entry"), out + err
+
+
+def test_a_state_folder_verify_cannot_read_is_an_unreadable_log_not_a_broken_one(tmp_path,
+                                                                                 capsys,
+                                                                                 monkeypatch):
+    """Found in review: a state folder the auditor's account cannot search (0700, the site's)
+    raised a traceback and exit 1, the code for a broken log; it is exit 2, naming the path."""
+    from fl_client.site_secret import SECRET_FILE
+
+    _, state = a_purged_site(tmp_path)
+    capsys.readouterr()
+    copy = copied(state / "deletions.jsonl", tmp_path / "deletions.jsonl")
+    exists = Path.exists
+
+    def unsearchable(self, *args, **kwargs):
+        if self.parent == state:
+            raise PermissionError(13, "Permission denied", str(self))
+        return exists(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "exists", unsearchable)
+    code, out, err = verify_in_process(copy, capsys, "--state-dir", str(state))
+    monkeypatch.undo()
+    assert code == 2 and not out and f"cannot read {state / SECRET_FILE}" in err, out + err
 
 
 def test_a_backup_copy_older_than_the_ledger_recorded_is_refused_as_the_site_would(
@@ -561,3 +569,43 @@ def test_a_backup_copy_for_a_site_without_a_ledger_says_nothing_tells(tmp_path, 
     assert code == 0 and out == ("OK: 1 entry, hash chain, head and MACs intact; the site would "
                                  f"accept it restored: {state} has no privacy ledger yet to tell "
                                  f"whether it lacks later entries ({copy})\n"), out
+
+
+def test_a_backup_copy_without_an_erasure_the_sites_log_holds_is_broken(tmp_path, capsys):
+    """Found in review: where the ledger recorded no deletion log yet (or was itself restored),
+    a copy taken before the site's last purge or erasure was OK to restore, and restored, it
+    un-erased that customer. The site's own log in --state-dir, verified, says what the copy
+    lacks."""
+    from fedintent.cli import main
+    from fl_client.privacy_ledger import LEDGER_FILE
+    from fl_client.retention import purge
+
+    state, site = tmp_path / "st0", tmp_path / "site"
+    site.mkdir()
+    (site / "train.jsonl").write_text('{"text": "hello", "label": "a"}\n')
+    assert main(["init-site", "--state-dir", str(state)]) == 0
+    purge(site, state, 30, "scheduled purge")  # a site that has not trained: no ledger
+    copy = copied(state / "deletions.jsonl", tmp_path / "deletions.jsonl")
+    capsys.readouterr()
+    assert verify_in_process(copy, capsys, "--state-dir", str(state))[0] == 0
+    purge(site, state, 30, "scheduled purge")
+    assert not (state / LEDGER_FILE).exists()
+    code, out, _ = verify_in_process(copy, capsys, "--state-dir", str(state))
+    assert code == 1 and out.startswith("BROKEN: this copy holds 1 entry, and it lacks the 2 "
+                                        "entries of the site's deletion log"), out
+    assert verify_in_process(copied(state / "deletions.jsonl", copy), capsys, "--state-dir",
+                             str(state))[0] == 0
+
+
+def test_a_log_of_another_history_is_not_called_shorter_than_recorded():
+    """Found in review: a log rewritten and grown back to the recorded length read "holds 2
+    entries, but the privacy ledger recorded 2 ... restored from an older copy"."""
+    from fl_client.retention import deletion_log_problem
+
+    entries = [{"hash": "a"}, {"hash": "b"}]
+    assert deletion_log_problem(entries, {"entries": 2, "hash": "b"}) is None
+    rewritten = deletion_log_problem(entries, {"entries": 2, "hash": "x"})
+    assert rewritten.startswith("the deletion log's entry 2 is not the one the privacy ledger "
+                                "recorded") and "(it holds 2 entries)" in rewritten
+    assert deletion_log_problem(entries, {"entries": 3, "hash": "c"}).startswith(
+        "the deletion log holds 2 entries, but the privacy ledger recorded 3")

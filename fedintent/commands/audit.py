@@ -4,12 +4,9 @@ audit of the federated model)."""
 
 import argparse
 import contextlib
-import errno
-import fcntl
-import os
+import io
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -36,8 +33,9 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
         "(edited, deleted, reordered or truncated entries, or, in a site's keyed log, a MAC "
         "that does not match). A site's deletion log is also checked against the length its "
         "privacy ledger recorded, in its state folder or, as a backup copy, against "
-        "--state-dir's: BROKEN where the site would refuse it. Exit 0 intact, 1 broken, 2 "
-        "unreadable (or the site holds its state folder's lock: try again).",
+        "--state-dir's ledger and deletion log: BROKEN where the site would refuse it or it "
+        "lacks erasures the site's log holds. Exit 0 intact, 1 broken, 2 unreadable (or the "
+        "site kept writing its state folder while it was read: try again).",
     )
     verify.set_defaults(handler=run_audit_verify)
     verify.add_argument("log", type=Path, metavar="LOG")
@@ -82,21 +80,67 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
                          help="processes training models in parallel (default: 1)")
 
 
-LOCK_WAIT_S = 30.0
-"""How long ``audit verify`` waits for a site's state folder's lock before it asks to try
-again: the ClientApp holds it while it loads and featurizes a round's data, a purge while it
-prunes the feature store."""
+READ_ATTEMPTS = 5
+"""How many times ``audit verify`` reads a site's state folder before it asks to try again, when
+the site wrote to it during every read."""
 
 
 def run_audit_verify(args: argparse.Namespace) -> int:
+    """Verify, printing the verdict of a read during which the site wrote nothing to its state
+    folder. The site appends to its deletion log and records the log's length in its ledger
+    while it runs (found in review: a scheduled purge between verify's reads made an intact log
+    read as truncated, exit 1, or as one to restore from a backup, exit 2); verify takes no lock
+    for that (found in review: a verify paused under the site's lock stalled every purge,
+    erasure and round, and one run as root left a lock file the site could not open), but
+    reads again when any file there changed during its read."""
+    try:
+        state_dir = _state_folder(args)
+        for _ in range(READ_ATTEMPTS):
+            before = _state_files(args, state_dir)
+            verdict = io.StringIO()
+            try:
+                with contextlib.redirect_stdout(verdict):
+                    code = _verify_or_missing(args, state_dir)
+            except CliError:
+                if _state_files(args, state_dir) == before:
+                    raise
+                continue
+            if _state_files(args, state_dir) == before:
+                sys.stdout.write(verdict.getvalue())
+                return code
+            time.sleep(0.2)
+    except OSError as err:
+        raise CliError(f"cannot read {err.filename or args.log}: {err.strerror or err}") from err
+    raise CliError(f"the site wrote to its state folder {state_dir} during each of "
+                   f"{READ_ATTEMPTS} reads (a training round, a purge or an erasure), and its "
+                   "deletion log cannot be verified while it changes: try again later")
+
+
+def _verify_or_missing(args: argparse.Namespace, state_dir: Path | None) -> int:
     from fl_protocol.hash_chain import head_path
 
-    state_dir = _state_folder(args)
-    with _site_waits(state_dir) if state_dir else contextlib.nullcontext():
-        if (_is_a_state_folders_deletion_log(args) and not args.log.exists()
-                and not head_path(args.log).exists()):
-            return _verify_no_deletion_log(args)
-        return _verify(args, state_dir)
+    if (_is_a_state_folders_deletion_log(args) and not args.log.exists()
+            and not head_path(args.log).exists()):
+        return _verify_no_deletion_log(args)
+    return _verify(args, state_dir)
+
+
+def _state_files(args: argparse.Namespace,
+                 state_dir: Path | None) -> dict[str, tuple[int, int, int]] | None:
+    """Which version of every file verify reads is there (inode, size, modification time of
+    the log, its head and each file directly in the state folder): the site replaces its
+    ledger and heads by rename and appends to its logs, so any write changes one of them."""
+    from fl_protocol.hash_chain import head_path
+
+    if state_dir is None:
+        return None
+    paths = [args.log, head_path(args.log), *sorted(state_dir.iterdir())]
+    found = {}
+    for path in paths:
+        with contextlib.suppress(FileNotFoundError):
+            info = path.stat()
+            found[str(path)] = (info.st_ino, info.st_size, info.st_mtime_ns)
+    return found
 
 
 def _verify(args: argparse.Namespace, state_dir: Path | None) -> int:
@@ -149,6 +193,10 @@ def _verify_a_copy(args: argparse.Namespace, state_dir: Path, key: bytes, entrie
               f"and the site would refuse it restored; restore a copy that holds those "
               f"{count} ({args.log})")
         return 1
+    if problem := _lacks_the_live_log(state_dir, key, entries):
+        print(f"BROKEN: {problem}, and restored, customers erased since would be used again; "
+              f"restore a copy that holds them ({args.log})")
+        return 1
     if ledger is None:
         why = f"{state_dir} has no privacy ledger yet to tell whether it lacks later entries"
     elif not count:
@@ -157,6 +205,29 @@ def _verify_a_copy(args: argparse.Namespace, state_dir: Path, key: bytes, entrie
         why = f"it begins with the {_entries(count)} the privacy ledger in {state_dir} recorded"
     print(f"{intact}; the site would accept it restored: {why} ({args.log})")
     return 0
+
+
+def _lacks_the_live_log(state_dir: Path, key: bytes, entries: list[dict]) -> str | None:
+    """Why a copy of a site's deletion log (verified ``entries``) lacks what the site's own log
+    in ``state_dir`` holds, where that one verifies (found in review: with no ledger yet, or one
+    restored too, a copy without the newest erasure was OK to restore, and un-erased it)."""
+    from fl_client.retention import DELETION_LOG
+    from fl_protocol.hash_chain import NotALogError, extends, verify_log_entries
+
+    live_log = state_dir / DELETION_LOG
+    if not live_log.exists():
+        return None
+    try:
+        result, live = verify_log_entries(live_log, key)
+    except NotALogError:
+        return None
+    if not result.ok or extends(entries, {"entries": len(live), "hash": live[-1]["hash"]}
+                                if live else {}):
+        return None
+    how = ("it lacks" if len(entries) < len(live)
+           else "this copy is another history of the log than")
+    return (f"this copy holds {_entries(len(entries))}, and {how} the "
+            f"{_entries(len(live))} of the site's deletion log in {state_dir}")
 
 
 def _entries(count: int) -> str:
@@ -181,45 +252,6 @@ def _state_folder(args: argparse.Namespace) -> Path | None:
 
     state_dir = args.state_dir or args.log.parent
     return state_dir if (state_dir / SECRET_FILE).exists() else None
-
-
-@contextlib.contextmanager
-def _site_waits(state_dir: Path) -> Iterator[None]:
-    """Hold the state folder's lock (shared: verifies do not exclude one another) while the
-    deletion log, its head and the ledger are read: the site appends to the log and records
-    its length under it (found in review: a scheduled purge between verify's reads made an
-    intact log read as truncated, exit 1, or as one to restore from a backup, exit 2). Waits
-    ``LOCK_WAIT_S`` at most. A folder where the lock file neither opens nor can be made (a
-    read-only copy) is read without it: nothing writes there."""
-    from fl_client.site_folders import LOCK_FILE
-
-    try:
-        fd = os.open(state_dir / LOCK_FILE, os.O_RDONLY | os.O_CREAT, 0o600)
-    except OSError as err:
-        if err.errno not in (errno.EROFS, errno.EACCES):
-            raise CliError(f"cannot open {state_dir / LOCK_FILE}: {err.strerror or err}") from err
-        yield
-        return
-    try:
-        _lock_within(fd, state_dir, time.monotonic() + LOCK_WAIT_S)
-        yield
-    finally:
-        os.close(fd)
-
-
-def _lock_within(fd: int, state_dir: Path, deadline: float) -> None:
-    """Take the shared lock by ``deadline`` (``time.monotonic``), or stop: a ClientApp may
-    hold it for minutes, and a monitor is better told to try again than left hanging."""
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            return
-        except BlockingIOError:
-            if time.monotonic() >= deadline:
-                raise CliError(f"the site is using its state folder {state_dir} (a training "
-                               "round, a purge or an erasure holds its lock), and its deletion "
-                               "log cannot be read while it may change: try again later") from None
-            time.sleep(0.1)
 
 
 def _ledger(args: argparse.Namespace, state_dir: Path, secret: bytes) -> "Ledger | None":
