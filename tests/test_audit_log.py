@@ -609,3 +609,51 @@ def test_a_log_of_another_history_is_not_called_shorter_than_recorded():
                                 "recorded") and "(it holds 2 entries)" in rewritten
     assert deletion_log_problem(entries, {"entries": 3, "hash": "c"}).startswith(
         "the deletion log holds 2 entries, but the privacy ledger recorded 3")
+
+
+def test_a_copy_is_not_called_safe_to_restore_where_the_sites_own_log_cannot_tell(tmp_path,
+                                                                                    capsys):
+    """Found in review: with the site's own log damaged (a torn last line) the copy was OK to
+    restore with nothing said, though the site's log could no longer tell what it lacks."""
+    from fedintent.cli import main
+    from fl_client.retention import purge
+
+    state, site = tmp_path / "st0", tmp_path / "site"
+    site.mkdir()
+    (site / "train.jsonl").write_text('{"text": "hello", "label": "a"}\n')
+    assert main(["init-site", "--state-dir", str(state)]) == 0
+    purge(site, state, 30, "scheduled purge")
+    copy = copied(state / "deletions.jsonl", tmp_path / "deletions.jsonl")
+    purge(site, state, 30, "scheduled purge")
+    with open(state / "deletions.jsonl", "ab") as log:
+        log.write(b'{"seq": 3, "pr')
+    capsys.readouterr()
+    code, out, _ = verify_in_process(copy, capsys, "--state-dir", str(state))
+    assert code == 0, out
+    assert "the site's own deletion log there does not verify, so it cannot tell either" in out
+
+
+def test_a_copy_is_compared_only_with_a_site_log_its_ledger_recorded(tmp_path, capsys):
+    """Found in review: a site log that went its own way after a rollback (not the one the
+    ledger recorded) made the backup that matches the ledger BROKEN, asking for a copy that
+    cannot exist."""
+    from fedintent.cli import main
+    from fl_client.retention import purge
+    from fl_client.site_secret import site_secret
+    from fl_protocol.hash_chain import verify_log_entries
+
+    site, state = a_purged_site(tmp_path)
+    log = state / "deletions.jsonl"
+    copy = copied(log, tmp_path / "deletions.jsonl")
+    entries = verify_log_entries(copy, site_secret(state))[1]
+    trained_ledger(state, {"entries": 1, "hash": entries[0]["hash"]})
+    other = tmp_path / "other"
+    assert main(["init-site", "--state-dir", str(other)]) == 0
+    (other / "site-secret").write_bytes((state / "site-secret").read_bytes())
+    purge(site, other, 30, "another history")
+    purge(site, other, 30, "another history")
+    log.write_bytes((other / "deletions.jsonl").read_bytes())
+    head_path(log).write_bytes(head_path(other / "deletions.jsonl").read_bytes())
+    capsys.readouterr()
+    code, out, _ = verify_in_process(copy, capsys, "--state-dir", str(state))
+    assert code == 0 and "the site's own deletion log there is not the one its ledger " in out, out

@@ -126,10 +126,11 @@ def _verify_or_missing(args: argparse.Namespace, state_dir: Path | None) -> int:
 
 
 def _state_files(args: argparse.Namespace,
-                 state_dir: Path | None) -> dict[str, tuple[int, int, int]] | None:
-    """Which version of every file verify reads is there (inode, size, modification time of
-    the log, its head and each file directly in the state folder): the site replaces its
-    ledger and heads by rename and appends to its logs, so any write changes one of them."""
+                 state_dir: Path | None) -> dict[str, tuple[int, ...]] | None:
+    """Which version of every file verify reads is there (inode, size, modification and change
+    times of the log, its head and each entry directly in the state folder, links not
+    followed): the site replaces its ledger and heads by rename and appends to its logs, so any
+    write changes one of them."""
     from fl_protocol.hash_chain import head_path
 
     if state_dir is None:
@@ -138,8 +139,8 @@ def _state_files(args: argparse.Namespace,
     found = {}
     for path in paths:
         with contextlib.suppress(FileNotFoundError):
-            info = path.stat()
-            found[str(path)] = (info.st_ino, info.st_size, info.st_mtime_ns)
+            info = path.lstat()  # found in review: a link loop or a stale mount's link failed
+            found[str(path)] = (info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
     return found
 
 
@@ -193,8 +194,9 @@ def _verify_a_copy(args: argparse.Namespace, state_dir: Path, key: bytes, entrie
               f"and the site would refuse it restored; restore a copy that holds those "
               f"{count} ({args.log})")
         return 1
-    if problem := _lacks_the_live_log(state_dir, key, entries):
-        print(f"BROKEN: {problem}, and restored, customers erased since would be used again; "
+    live, problem = _against_the_live_log(state_dir, key, entries, recorded)
+    if problem:
+        print(f"BROKEN: {problem}: restored, it would use the customers erased in them again; "
               f"restore a copy that holds them ({args.log})")
         return 1
     if ledger is None:
@@ -203,31 +205,38 @@ def _verify_a_copy(args: argparse.Namespace, state_dir: Path, key: bytes, entrie
         why = f"the privacy ledger in {state_dir} records no deletion log yet"
     else:
         why = f"it begins with the {_entries(count)} the privacy ledger in {state_dir} recorded"
-    print(f"{intact}; the site would accept it restored: {why} ({args.log})")
+    print(f"{intact}; the site would accept it restored: {why}{live} ({args.log})")
     return 0
 
 
-def _lacks_the_live_log(state_dir: Path, key: bytes, entries: list[dict]) -> str | None:
-    """Why a copy of a site's deletion log (verified ``entries``) lacks what the site's own log
-    in ``state_dir`` holds, where that one verifies (found in review: with no ledger yet, or one
-    restored too, a copy without the newest erasure was OK to restore, and un-erased it)."""
+def _against_the_live_log(state_dir: Path, key: bytes, entries: list[dict],
+                          recorded: dict) -> tuple[str, str | None]:
+    """(what the site's own deletion log in ``state_dir`` tells of a copy of it, verified
+    ``entries``, as a clause of an OK verdict; why the copy lacks entries the site's log holds,
+    or None). Found in review: with no ledger yet, or one restored too, a copy without the
+    newest erasure was OK to restore, and un-erased it. Only a site log that verifies and is the
+    one its ledger ``recorded`` (or a later one) is compared: a log that went its own way after
+    a rollback is not one a copy could hold."""
     from fl_client.retention import DELETION_LOG
-    from fl_protocol.hash_chain import NotALogError, extends, verify_log_entries
+    from fl_protocol.hash_chain import NotALogError, extends, head_path, verify_log_entries
 
     live_log = state_dir / DELETION_LOG
     if not live_log.exists():
-        return None
+        return ("; the site's own deletion log there is missing, so it cannot tell either"
+                if head_path(live_log).exists() else ""), None
     try:
         result, live = verify_log_entries(live_log, key)
-    except NotALogError:
-        return None
-    if not result.ok or extends(entries, {"entries": len(live), "hash": live[-1]["hash"]}
-                                if live else {}):
-        return None
-    how = ("it lacks" if len(entries) < len(live)
-           else "this copy is another history of the log than")
-    return (f"this copy holds {_entries(len(entries))}, and {how} the "
-            f"{_entries(len(live))} of the site's deletion log in {state_dir}")
+    except (NotALogError, OSError):
+        result, live = None, []
+    if result is None or not result.ok:
+        return "; the site's own deletion log there does not verify, so it cannot tell either", None
+    if not extends(live, recorded):
+        return "; the site's own deletion log there is not the one its ledger recorded", None
+    if extends(entries, {"entries": len(live), "hash": live[-1]["hash"]} if live else {}):
+        return "", None
+    how = "it lacks" if len(entries) < len(live) else "it is another history than"
+    return "", (f"this copy holds {_entries(len(entries))}, and {how} the "
+                f"{_entries(len(live))} of the site's deletion log in {state_dir}")
 
 
 def _entries(count: int) -> str:
