@@ -320,15 +320,14 @@ def _one_unit_per_customer(split: SiteSplit) -> None:
     order among equals): as two units, one person would be sampled, clipped and charged twice
     in one release. The privacy ledger takes the other forms as units this one was
     (``privacy_units.unit_aliases``)."""
-    forms: dict[str, Counter] = {}
-    for customer in split.customers:
-        if customer is not None:
-            forms.setdefault(canonical_customer(customer), Counter())[customer] += 1
-    chosen = {canonical: min(counts, key=lambda form: (-counts[form], form))
-              for canonical, counts in forms.items() if len(counts) > 1}
+    rows = Counter(customer for customer in split.customers if customer is not None)
+    forms: dict[str, list[str]] = {}
+    for customer in rows:  # each id as written once, not each row
+        forms.setdefault(canonical_customer(customer), []).append(customer)
+    chosen = {form: min(written, key=lambda one: (-rows[one], one))
+              for written in forms.values() if len(written) > 1 for form in written}
     if chosen:
-        split.units = [unit if customer is None
-                       else chosen.get(canonical_customer(customer), unit)
+        split.units = [chosen.get(customer, unit)
                        for unit, customer in zip(split.units, split.customers, strict=True)]
 
 
