@@ -460,6 +460,63 @@ def test_a_site_writing_during_every_read_is_told_to_try_again(tmp_path, capsys,
         assert code == 2 and not out and "try again" in err, out + err
 
 
+def test_a_round_writing_its_feature_cache_during_every_read_is_no_reason_to_retry(
+        tmp_path, capsys, monkeypatch):
+    """Found in review: a round embedding utterances writes the feature cache, a subfolder of
+    the state folder, all the time; verify, which reads nothing there, read again each time
+    and gave up within a second asking to try again. Its first read stands."""
+    from fedintent.commands import audit
+
+    _, state = a_purged_site(tmp_path)
+    log, read_bytes = state / "deletions.jsonl", Path.read_bytes
+    (state / "features").mkdir()
+    reads = []
+
+    def the_round_embeds(self):
+        if self == log:
+            reads.append(self)
+            (state / "features" / f"batch-{len(reads)}.npy").write_bytes(b"x")
+        return read_bytes(self)
+
+    capsys.readouterr()
+    monkeypatch.setattr(audit.time, "sleep", lambda seconds: None)
+    monkeypatch.setattr(Path, "read_bytes", the_round_embeds)
+    code, out, err = verify_in_process(log, capsys)
+    monkeypatch.undo()
+    assert (code, out) == (0, f"OK: 1 entry, hash chain, head and MACs intact ({log})\n"), (
+        out + err)
+    assert reads == [log], "one read, nothing verify reads changed"
+
+
+@pytest.mark.parametrize("where", ["state folder", "copy"])
+def test_a_head_file_verify_may_not_open_is_exit_2_not_a_broken_log(tmp_path, capsys,
+                                                                    monkeypatch, where):
+    """Found in review: a head file the auditor's account could not open read as BROKEN,
+    exit 1, with the advice to restore a backup; like an unreadable log, it is exit 2 naming
+    the file."""
+    _, state = a_purged_site(tmp_path)
+    log = state / "deletions.jsonl"
+    options: tuple[str, ...] = ()
+    if where == "copy":
+        log, options = copied(log, tmp_path / "deletions.jsonl"), ("--state-dir", str(state))
+    head = head_path(log)
+
+    def forbidden(method):
+        def read(self, *args, **kwargs):
+            if self == head:
+                raise PermissionError(13, "Permission denied", str(self))
+            return method(self, *args, **kwargs)
+        return read
+
+    monkeypatch.setattr(Path, "open", forbidden(Path.open))
+    monkeypatch.setattr(Path, "read_text", forbidden(Path.read_text))
+    capsys.readouterr()
+    code, out, err = verify_in_process(log, capsys, *options)
+    monkeypatch.undo()
+    assert (code, out) == (2, ""), out + err
+    assert f"cannot read {head}: Permission denied" in err, err
+
+
 def test_verify_never_waits_for_nor_makes_the_sites_lock(tmp_path, capsys):
     """Found in review: verify held the state folder's lock while it read, so a verify paused
     (Ctrl-Z, a hung disk) stalled the site's purges, erasures and rounds for good; and run as

@@ -5,6 +5,7 @@ audit of the federated model)."""
 import argparse
 import contextlib
 import io
+import stat
 import sys
 import time
 from pathlib import Path
@@ -128,18 +129,22 @@ def _verify_or_missing(args: argparse.Namespace, state_dir: Path | None) -> int:
 def _state_files(args: argparse.Namespace,
                  state_dir: Path | None) -> dict[str, tuple[int, ...]] | None:
     """Which version of every file verify reads is there (inode, size, modification and change
-    times of the log, its head and each entry directly in the state folder, links not
+    times of the log, its head and each file directly in the state folder, links not
     followed): the site replaces its ledger and heads by rename and appends to its logs, so any
-    write changes one of them."""
+    write changes one of them. Its subfolders are left out: verify reads nothing in them, and
+    a round writes the feature cache there all the time it embeds (found in review: verify
+    gave up within a second, asking to try again)."""
     from fl_protocol.hash_chain import head_path
 
     if state_dir is None:
         return None
-    paths = [args.log, head_path(args.log), *sorted(state_dir.iterdir())]
+    explicit = [args.log, head_path(args.log)]
     found = {}
-    for path in paths:
+    for path in [*explicit, *sorted(state_dir.iterdir())]:
         with contextlib.suppress(FileNotFoundError):
             info = path.lstat()  # found in review: a link loop or a stale mount's link failed
+            if stat.S_ISDIR(info.st_mode) and path not in explicit:
+                continue
             found[str(path)] = (info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
     return found
 
@@ -147,15 +152,16 @@ def _state_files(args: argparse.Namespace,
 def _verify(args: argparse.Namespace, state_dir: Path | None) -> int:
     """Verify the log, then a site's against what its privacy ledger recorded: in its state
     folder as the site checks it, elsewhere (``--state-dir``) as a copy to restore."""
-    from fl_protocol.hash_chain import NotALogError, verify_log_entries
+    from fl_protocol.hash_chain import NotALogError, head_path, verify_log_entries
 
     try:
         key = _site_key(args) if _is_site_log(args) else None
         result, entries = verify_log_entries(args.log, key)
+        _readable(head_path(args.log))
     except NotALogError as err:
         raise CliError(str(err)) from err
     except OSError as err:
-        raise CliError(f"cannot read {args.log}: {err.strerror or err}") from err
+        raise CliError(f"cannot read {err.filename or args.log}: {err.strerror or err}") from err
     if not result.ok:
         verify = "verifies" if result.entries == 1 else "verify"
         print(f"BROKEN at line {result.broken_line}: {result.problem} "
@@ -173,6 +179,14 @@ def _verify(args: argparse.Namespace, state_dir: Path | None) -> int:
         return 1
     print(f"{intact} ({args.log})")
     return 0
+
+
+def _readable(path: Path) -> None:
+    """Raise ``OSError`` where ``path`` is there but cannot be read: a head file the auditor's
+    account may not open is exit 2, not a broken log (found in review: it read as BROKEN, exit
+    1, and the advice was to restore a backup)."""
+    with contextlib.suppress(FileNotFoundError), path.open("rb"):
+        pass
 
 
 def _verify_a_copy(args: argparse.Namespace, state_dir: Path, key: bytes, entries: list[dict],
