@@ -103,6 +103,7 @@ FAST_TESTS = [
     "tests/test_distributed_dp_edges.py",
     "tests/test_skellam_gdp.py",
     "tests/test_customer_ids.py",
+    "tests/test_customer_forms.py",
 ]
 SLOW_TESTS = ["tests/test_secure_aggregation.py"]
 

@@ -230,15 +230,31 @@ setting evaluation-epsilon "${EVALUATION_EPSILON:-}"
 setting labels-file "${LABELS_FILE:-}" quoted
 setting local-models "${LOCAL_MODELS:-}" quoted
 # What Flower will read must be what was set: every variable given is a key of the node config.
+# Then the ClientApp's own checks of its policy and languages, now rather than at the first round
+# (found in review: MAX_EPSILON=-1 or LANGUAGES=xx started, reported healthy, and every round
+# was declined "site configuration invalid"). Each setting is checked alone, since each rule
+# reads one, so that the variable at fault (the key's name in upper case) is named.
 python - "$node_config" $node_keys <<'PY' || exit 2
 import sys
+from pathlib import Path
 
+from flwr.app import Context, RecordDict
 from flwr.common.config import parse_config_args
+
+from fl_client.site_policy import SiteConfigError, site_languages, site_policy
 
 read = parse_config_args([sys.argv[1]])
 if sorted(read) != sorted(sys.argv[2:]):
     sys.exit(f"site-entrypoint: the node config would hold {sorted(read)}, not the settings given "
              f"({sorted(sys.argv[2:])}); check the variables for stray characters")
+for key, value in read.items():
+    alone = Context(run_id=0, node_id=0, node_config={"data-path": read["data-path"], key: value},
+                    state=RecordDict(), run_config={})
+    try:
+        site_policy(alone)
+        site_languages(alone, Path(read["data-path"]))
+    except SiteConfigError as err:
+        sys.exit(f"site-entrypoint: {key.upper().replace('-', '_')} is invalid: {err}")
 PY
 if [ ! -e "$STATE_DIR/site-secret" ]; then
     echo "site-entrypoint: STATE_DIR $STATE_DIR holds no site secret. Either this is a new" \

@@ -14,6 +14,7 @@ from typing import NoReturn
 from fedintent.commands import CliError, audit, bench, data, deploy, predict, site, train
 from fl_client.redaction import redact
 from fl_client.site_data import SiteDataError
+from fl_protocol.file_owner import permission_denied
 from fl_protocol.label_file import LabelFileError
 from fl_server.run_config import RunConfigError
 
@@ -28,6 +29,10 @@ def main(argv: list[str] | None = None) -> int:
         return args.handler(args)
     except (CliError, LabelFileError, RunConfigError, SiteDataError) as err:
         print(f"fedintent {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except PermissionError as err:  # found in review: a traceback, for a site's own folders
+        print(f"fedintent {args.command}: error: {permission_denied(err.filename)}",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"fedintent {args.command}: interrupted", file=sys.stderr)

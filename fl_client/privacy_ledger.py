@@ -54,6 +54,7 @@ from fl_client.egress_guard import egress_entries
 from fl_client.privacy_accounting import SkellamRelease, rdp_epsilon
 from fl_client.site_secret import ledger_mac
 from fl_protocol.durable_files import write_bytes_atomic
+from fl_protocol.file_owner import permission_denied
 
 FORMAT = "fedintent-privacy-ledger/6"
 READ_FORMATS = ("fedintent-privacy-ledger/3", "fedintent-privacy-ledger/4",
@@ -334,6 +335,9 @@ def _read_head(state_dir: Path) -> dict | None:
                 and isinstance(head.setdefault("version", head["releases"]), int)
                 and isinstance(head.get("mac"), str)):
             raise ValueError("expected releases, version and mac")
+    except PermissionError as err:
+        raise LedgerError(f"{permission_denied(path)}; the site does not train until it can "
+                          "read it") from err
     except (OSError, ValueError, RecursionError) as err:
         raise LedgerError(f"{path}: unreadable ledger head ({err}); the site does not train "
                           "until it is restored from a backup") from err
@@ -392,6 +396,9 @@ def _egress_record(state_dir: Path) -> tuple[int, list[tuple[int, str]]]:
 def _read_text(path: Path) -> str:
     try:
         return path.read_text(encoding="utf-8")
+    except PermissionError as err:
+        raise LedgerError(f"{permission_denied(path)}; the site does not train until it can "
+                          "read it") from err
     except OSError as err:
         raise LedgerError(f"{path}: privacy ledger is unreadable ({err.strerror or err}); "
                           "the site does not train until it can be read") from err

@@ -8,7 +8,7 @@ counts.
 """
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from fl_client.egress_guard import egress_entries
@@ -22,6 +22,7 @@ from fl_client.privacy_ledger import (
     read_ledger,
     unit_epsilons,
 )
+from fl_client.retention import RetentionError, deletion_log_check
 from fl_client.site_secret import SECRET_FILE, SecretError, site_key, site_secret
 
 EXHAUSTED_SHARE = 0.99
@@ -88,6 +89,11 @@ class SiteReport:
     runs: list[RunSummary]
     evaluations: Evaluations
     trained: bool = True
+    deletion_log: str = ""
+    """The deletion log's state, as the site checks it before it reads a row: how many entries
+    verify, or why the site does not use its data (found in review: the report said "ledger
+    verified" while the site refused to train over a broken log)."""
+    deletion_log_ok: bool = True
 
     @property
     def delta_too_large(self) -> bool:
@@ -112,9 +118,12 @@ def site_privacy_report(state_dir: Path, max_epsilon: float, bands: int = 4) -> 
     except SecretError as err:
         raise LedgerError(f"cannot verify the ledger: {err}") from err
     ledger = read_ledger(state_dir, secret)
+    deletion_log, deletion_log_ok = _deletion_log_state(state_dir, secret,
+                                                        ledger.deletion_log if ledger else {})
     if ledger is None:
         _refuse_a_deleted_ledger(state_dir)
-        return _untrained_report(state_dir, max_epsilon, bands)
+        return replace(_untrained_report(state_dir, max_epsilon, bands),
+                       deletion_log=deletion_log, deletion_log_ok=deletion_log_ok)
     epsilons = unit_epsilons(ledger)
     finite = [e for e in epsilons if math.isfinite(e)]
     runs: dict[str, list[Release]] = {}
@@ -135,7 +144,25 @@ def site_privacy_report(state_dir: Path, max_epsilon: float, bands: int = 4) -> 
         max_epsilon=max_epsilon,
         runs=[_run_summary(name, run) for name, run in runs.items()],
         evaluations=evaluations_sent(state_dir),
+        deletion_log=deletion_log,
+        deletion_log_ok=deletion_log_ok,
     )
+
+
+def _deletion_log_state(state_dir: Path, secret: bytes, recorded: dict) -> tuple[str, bool]:
+    """(what the deletion log is, whether the site uses its data over it)."""
+    try:
+        now, problem = deletion_log_check(state_dir, secret, recorded)
+    except RetentionError as err:
+        return str(err), False
+    if problem:
+        return (f"{problem}; the site does not use its data until the log and its head are "
+                "restored from the newest copy (docs/SITE_GUIDE.md)"), False
+    if not now:
+        return "none yet (no purge or erasure recorded)", True
+    entries = now["entries"]
+    return (f"{entries} {'entry' if entries == 1 else 'entries'}, verified"
+            f"{', as the ledger recorded' if recorded else ''}"), True
 
 
 def _untrained_report(state_dir: Path, max_epsilon: float, bands: int) -> SiteReport:
@@ -173,10 +200,19 @@ def _sent_a_release(entry: dict | None) -> bool:
 
 def _spend_bands(finite: list[float], max_epsilon: float,
                  bands: int) -> list[tuple[float, float, int]]:
-    width = max_epsilon / bands
+    """Bands of the budget up to ``max_epsilon`` (exhausted units counted apart); without a
+    limit (``inf``), bands up to the largest spend, which the last one holds (found in review:
+    bands of an infinite budget read "nan to inf", every unit in none)."""
+    if math.isfinite(max_epsilon):
+        width = max_epsilon / bands
+        return [(i * width, (i + 1) * width,
+                 sum(1 for e in finite if i * width <= e < (i + 1) * width
+                     and e < EXHAUSTED_SHARE * max_epsilon))
+                for i in range(bands)]
+    width = max(finite, default=0.0) / bands or 1.0 / bands
     return [(i * width, (i + 1) * width,
              sum(1 for e in finite if i * width <= e < (i + 1) * width
-                 and e < EXHAUSTED_SHARE * max_epsilon))
+                 or (i == bands - 1 and e >= (i + 1) * width)))
             for i in range(bands)]
 
 

@@ -58,6 +58,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
 from pathlib import Path
+from typing import NoReturn
 
 from fl_client.customer_ids import canonical_customer, erasure_forms
 from fl_client.privacy_ledger import (
@@ -276,7 +277,10 @@ def forget(site_dir: Path, state_dir: Path, customer: str, retention_days: float
     with state_lock(state_dir):
         _log_entries(state_dir, secret)  # refuse to extend a broken log
         rejected: list[RejectedRow] = []
-        train, test = read_rows(site_dir, rejected)
+        try:
+            train, test = read_rows(site_dir, rejected)
+        except (OSError, SiteDataError) as err:
+            _unread_erasure(state_dir, secret, customer, actor, now, err)
         rows = train + test
         theirs = [row for row in rows if _is_customer(row, customer)]
         # every row present now, whatever clock or time zone dated it
@@ -313,6 +317,27 @@ def forget(site_dir: Path, state_dir: Path, customer: str, retention_days: float
                        other_case_rows=sum(
                            canonical_customer(str(row.customer), fold_case=False) != exact
                            for row in theirs))
+
+
+def _unread_erasure(state_dir: Path, secret: bytes, customer: str, actor: str, now: datetime,
+                    err: Exception) -> NoReturn:
+    """Record an erasure whose customer's rows could not be read (found in review: a data
+    folder this account may not read recorded nothing, while the site's account still used
+    the rows), with the cut-off that needs none: every row a load uses is dated at most
+    ``FUTURE_SLACK`` ahead, or undated. Then say what was not done."""
+    cut_off = now + FUTURE_SLACK
+    _append(state_dir, secret, "erasure",
+            {"actor": actor, "customer": customer_key(secret, customer),
+             "requested_at": now.isoformat(), "erased_at": cut_off.isoformat(),
+             "rows_found": None})
+    reason = (f"{err.filename}: {err.strerror or err}" if isinstance(err, OSError)
+              and err.filename else str(err))
+    raise RetentionError(
+        f"the erasure is recorded (no run uses this customer's rows dated up to "
+        f"{cut_off.isoformat(timespec='seconds')}, or undated), but the data folder could not be "
+        f"read ({reason}): nothing was removed from the feature store or the data files, and a "
+        "row dated later than that is not covered; run forget again once the folder can be "
+        "read") from err
 
 
 def _is_customer(row: Row, canonical: str) -> bool:
@@ -463,6 +488,9 @@ def _log_entries(state_dir: Path, secret: bytes) -> list[dict]:
     try:
         return read_entries(Path(state_dir) / DELETION_LOG, key=secret)
     except ChainError as err:
+        if isinstance(err.__cause__, PermissionError):
+            raise RetentionError(f"deletion log: {err}; the site does not use its data until "
+                                 "it can read it") from err
         raise RetentionError(f"deletion log: {err}; the site does not use its data until the "
                              "log is restored from a backup (it records which customers were "
                              "erased)") from err

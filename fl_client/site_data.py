@@ -56,6 +56,7 @@ import codecs
 import csv
 import hashlib
 import json
+import os
 import re
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -88,6 +89,8 @@ _CONTROL_IN_TEXT = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 _LABEL_SHAPED = re.compile(r"[A-Za-z][A-Za-z0-9_.:/\-]{0,39}")
 _SHOWN_INT_LIMIT = 100_000
 """Smaller integers (a round number) are shown: below the redactor's six-digit floor."""
+_SHOWN_COLUMNS = 8
+"""How many of an unusable CSV header's columns its rejection names (each as ``shown`` allows)."""
 _KEY_SHAPED = re.compile(r"[A-Za-z][A-Za-z _.\-]{0,39}")
 _CUSTOMER_LIKE = re.compile(r"(customer|cust|caller|client|user|member|subscriber|account|"
                             r"contact)(id|no|num|number|key|ref|code)?")
@@ -216,6 +219,9 @@ def read_rows(site_dir: Path, rejected: list[RejectedRow]) -> tuple[list[Row], l
     """(train rows, test rows) of a site folder, every label, unredacted; problems are added to
     ``rejected``."""
     site_dir = Path(site_dir)
+    if site_dir.is_file():
+        raise SiteDataError(f"site data folder {site_dir} is a file, not a folder: give the "
+                            f"folder that holds the site's data files ({site_dir.parent})")
     if not site_dir.is_dir():
         raise SiteDataError(f"site data folder not found: {site_dir}")
     train_files = _split_files(site_dir, "train")
@@ -238,21 +244,36 @@ def read_rows(site_dir: Path, rejected: list[RejectedRow]) -> tuple[list[Row], l
 
 def remove_lines(path: Path, lines: set[int]) -> None:
     """Rewrite a data file without the given line numbers (as ``RejectedRow`` and ``Row`` count
-    them), atomically and with its permissions kept: the file is whole, old or new, at every
-    moment. A symbolic link's target is rewritten, not the link (replacing the link would
-    leave the rows in the exporter's file); a file with other hard links is refused, since
-    they would keep the rows."""
+    them), atomically and with its permissions and owner kept: the file is whole, old or new,
+    at every moment. A symbolic link's target is rewritten, not the link (replacing the link
+    would leave the rows in the exporter's file); a file with other hard links is refused, since
+    they would keep the rows. So is a read-only file (someone made it so), and one whose owner
+    this account could not keep (found in review: a file rewritten by another account became
+    its, and the exporter could no longer append to it)."""
     path = Path(path).resolve(strict=True)
-    if path.stat().st_nlink > 1:
-        raise SiteDataError(f"{path} has {path.stat().st_nlink - 1} other hard link(s), which "
+    info = path.stat()
+    if info.st_nlink > 1:
+        raise SiteDataError(f"{path} has {info.st_nlink - 1} other hard link(s), which "
                             "would keep the rows removed from this name; remove the links, or "
                             "delete the rows in the files they name, then run this again")
+    if not info.st_mode & 0o222:
+        raise SiteDataError(f"{path} is read-only (mode {info.st_mode & 0o7777:o}): make it "
+                            "writable to let the rows be removed from it, or delete them at "
+                            "the source")
+    if os.geteuid() != 0 and (info.st_uid != os.geteuid() or info.st_gid not in
+                              {os.getegid(), *os.getgroups()}):
+        raise SiteDataError(f"{path} belongs to uid {info.st_uid} (group {info.st_gid}), and "
+                            f"this account (uid {os.geteuid()}) cannot keep that: rewritten, "
+                            "it would become this account's, and whoever writes the file could "
+                            "no longer append to it; run this as its owner, or delete the rows "
+                            "at the source")
     kept = []
     with open(path, "rb") as f:
         for number, raw in enumerate(iter(f.readline, b""), start=1):
             if number not in lines:
                 kept.append(raw)
-    write_bytes_atomic(path, b"".join(kept), mode=path.stat().st_mode & 0o7777)
+    write_bytes_atomic(path, b"".join(kept), mode=info.st_mode & 0o7777,
+                       owner=(info.st_uid, info.st_gid))
 
 
 def filter_rows(rows: list[Row], keep: RowFilter) -> tuple[list[Row], list[tuple[Row, str]]]:
@@ -368,10 +389,9 @@ def _decoded_lines(path: Path, rejected: list[RejectedRow]) -> Iterator[tuple[in
     number = 0
     try:
         with open(path, "rb") as f:
-            wide = wide_encoding(f.read(_SNIFFED_BYTES))
-            if wide is not None:
-                rejected.append(RejectedRow(name, 0, f"not UTF-8 text (saved as {wide}); save it "
-                                            "as UTF-8"))
+            problem = wide_encoding_problem(f.read(_SNIFFED_BYTES))
+            if problem is not None:
+                rejected.append(RejectedRow(name, 0, problem))
                 return
             f.seek(0)
             while raw := f.readline(MAX_LINE_BYTES + 1):
@@ -415,6 +435,14 @@ def wide_encoding(start: bytes) -> str | None:
     return None
 
 
+def wide_encoding_problem(start: bytes) -> str | None:
+    """What to tell the user about a file starting with these bytes when it is in UTF-16 or
+    UTF-32 (``wide_encoding``; ``None``: it may be UTF-8), in the words every reader of site
+    texts uses (the loader, ``fedintent predict --file``)."""
+    wide = wide_encoding(start)
+    return None if wide is None else f"not UTF-8 text (saved as {wide}); save it as UTF-8"
+
+
 def _skip_rest_of_line(f: BinaryIO, start: bytes) -> None:
     """Read past an over-long line a bounded chunk at a time, never holding all of it."""
     chunk = start
@@ -430,13 +458,24 @@ def _parsed(parse: Callable[[str], _Parsed | str], line: str) -> _Parsed | str:
     try:
         return parse(line)
     except json.JSONDecodeError as err:
-        return f"invalid JSON ({err.msg})"
+        return _json_problem(err)
     except csv.Error as err:
         return f"malformed CSV ({err})"
     except RecursionError:
         return "nested too deeply to parse"
     except ValueError as err:
         return f"unusable value ({type(err).__name__}: {str(err).split(';')[0][:120]})"
+
+
+def _json_problem(err: json.JSONDecodeError) -> str:
+    """The parser's message made whole (some end in a dangling "at", found in review): where in
+    the line parsing stopped, and, when it stopped at the line's end or inside a string that
+    never ends, that the line may be cut short, the usual cause. No part of the line is quoted."""
+    message = err.msg.removesuffix(" at")
+    if err.pos >= len(err.doc.rstrip()):
+        return f"invalid JSON ({message} at the end of the line: it may be cut short)"
+    cut = "; the line may be cut short" if message.startswith("Unterminated string") else ""
+    return f"invalid JSON ({message} at column {err.pos + 1}{cut})"
 
 
 def _read_jsonl(path: Path, rejected: list[RejectedRow]) -> list[Row]:
@@ -654,8 +693,11 @@ def _csv_header(line: str) -> list[str] | str:
     missing = [name for name, names in (("text", {"text"}), ("label", {"label", "intent"}))
                if not names & columns]
     if missing:
+        found = ", ".join(shown(name) for name in header[:_SHOWN_COLUMNS])
+        more = f", ... ({len(header)} in all)" if len(header) > _SHOWN_COLUMNS else ""
         return (f"CSV header must name 'text' and 'label' (or 'intent'); its {len(header)} "
-                f"columns lack {' and '.join(map(repr, missing))} (a file without a header "
+                f"columns ({found}{more}) lack {' and '.join(map(repr, missing))} (column "
+                "names are case-sensitive: write them in lower case; a file without a header "
                 "line has its first row read as the header)")
     return header
 

@@ -25,6 +25,7 @@ import os
 from pathlib import Path
 
 from fl_protocol.durable_files import FileExistsRefusal, create_exclusive, sync_folder
+from fl_protocol.file_owner import permission_denied
 
 SECRET_FILE = "site-secret"
 KEYED_FILES = ("privacy-ledger.json", "privacy-ledger.head", "deletions.jsonl",
@@ -53,6 +54,9 @@ def site_secret(state_dir: Path) -> bytes:
             "start again from zero")
     try:
         secret = bytes.fromhex(path.read_text().strip())
+    except PermissionError as err:
+        raise SecretError(f"{permission_denied(path)}; the site does not train until it can "
+                          "read it") from err
     except (OSError, ValueError) as err:
         raise SecretError(f"{path}: site secret is unreadable ({err})") from err
     if len(secret) < 16:

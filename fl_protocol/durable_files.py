@@ -28,11 +28,13 @@ class ReplacedNotFlushed(OSError):
     in review: a purge took this for "nothing rewritten" and logged no rows removed)."""
 
 
-def write_bytes_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Replace ``path`` with ``data`` atomically and durably, with permissions ``mode``."""
+def write_bytes_atomic(path: Path, data: bytes, mode: int = 0o644,
+                       owner: tuple[int, int] | None = None) -> None:
+    """Replace ``path`` with ``data`` atomically and durably, with permissions ``mode`` and,
+    given, ``owner`` (uid, gid; changing it needs the right to)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _durable_temporary(path, data, mode)
+    tmp = _durable_temporary(path, data, mode, owner)
     try:
         os.replace(tmp, path)
     except BaseException:
@@ -136,11 +138,15 @@ def sync_tree(folder: Path) -> None:
     sync_folder(Path(folder))
 
 
-def _durable_temporary(path: Path, data: bytes, mode: int) -> str:
-    """A temporary file next to ``path`` holding ``data`` with ``mode``, flushed to disk."""
+def _durable_temporary(path: Path, data: bytes, mode: int,
+                       owner: tuple[int, int] | None = None) -> str:
+    """A temporary file next to ``path`` holding ``data`` with ``mode`` (and ``owner``),
+    flushed to disk."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
+            if owner is not None:
+                os.fchown(f.fileno(), *owner)
             os.fchmod(f.fileno(), mode)
             f.write(data)
             f.flush()

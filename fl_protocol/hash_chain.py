@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from fl_protocol.durable_files import append_line, json_safe, sync_folder, write_bytes_atomic
+from fl_protocol.file_owner import permission_denied
 
 GENESIS = "0" * 64
 
@@ -222,6 +223,8 @@ def read_entries(log_path: Path, key: bytes | None = None) -> list[dict]:
     try:
         data = _log_bytes(log_path)
         result = _verified(log_path, data, key)
+    except PermissionError as err:
+        raise ChainError(permission_denied(err.filename)) from err
     except OSError as err:
         raise ChainError(f"{log_path} is missing or unreadable ({err.strerror or err})") from err
     if not result.ok:
@@ -314,6 +317,8 @@ def _check_head(log_path: Path, lines: list[bytes], key: bytes | None) -> Verifi
     except FileNotFoundError:
         return Verification(count, count + 1, f"head file {path} is missing, so deleted "
                             "trailing entries could not be detected")
+    except PermissionError:
+        raise  # not damage: the caller says whose the file is
     except (OSError, ValueError, KeyError, TypeError, OverflowError) as err:
         return Verification(count, count + 1, f"head file {path} is unreadable ({err})")
     if recorded > count:

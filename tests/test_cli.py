@@ -179,6 +179,18 @@ def test_check_data_on_a_bare_folder_without_a_usable_row_fails(tmp_path, capsys
     assert "no valid training rows" in captured.err
 
 
+def test_check_data_on_a_file_says_it_is_a_file_not_a_folder(tmp_path, capsys):
+    """Found in review: `check-data site/train.jsonl` said the folder was not found."""
+    from fedintent.cli import main
+
+    (tmp_path / "site").mkdir()
+    data_file = tmp_path / "site" / "train.jsonl"
+    data_file.write_text('{"text": "lost card", "label": "card_lost"}\n')
+    assert main(["check-data", str(data_file)]) == 2
+    assert (f"site data folder {data_file} is a file, not a folder: give the folder that holds "
+            f"the site's data files ({tmp_path / 'site'})") in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("command", [["partition", "csv", "--sites", "2", "--out", "out"],
                                      ["train"], ["bench", "--data", "csv", "--out", "out"],
                                      ["audit-privacy", "--data", "csv", "--out", "out"]])

@@ -269,3 +269,28 @@ def test_customers_joining_a_transferred_call_are_not_each_others_group(tmp_path
         assert first == pytest.approx(spend(state, "other-0"), rel=1e-9)
         for person in ("B-2", "C-3", "D-4", "E-5")[:joined - 1]:
             assert spend(state, person) <= first * (1 + 1e-9), (joined, person)
+
+
+@pytest.mark.parametrize("ledger_format", [6, 5])
+def test_rows_that_were_units_under_other_ids_join_a_new_customer_as_a_group(tmp_path,
+                                                                           ledger_format):
+    """Two rows trained as units of their own (no customer_id) under ids since changed: only
+    their conversation names hold their spends (recorded by them, or, in a format 5 ledger,
+    as aliases without a recorder). Given a customer_id new to the ledger, that customer was
+    those two units in the releases before: a group of two, charged 2 x (their sum), not the
+    larger spend (found by the mutation run: no test held either count)."""
+    create_site_secret(tmp_path)
+    charge_rows(tmp_path, 1, [(None, "id:x1", ("conversation:x1",)),
+                              (None, "id:x2", ("conversation:x2",))])
+    one_release = spend(tmp_path, "other-0")
+    secret = site_secret(tmp_path)
+    book = read_ledger(tmp_path, secret)
+    for uid in ("id:x1", "id:x2"):  # exported under other ids since
+        del book.spend[unit_key(secret, f"customer\0{uid}")]
+    if ledger_format == 5:
+        book.aliases = {name: max(by.values()) for name, by in book.recorded.items()}
+        book.recorded = {}
+    write_ledger(tmp_path, book, secret)
+    charge_rows(tmp_path, 2, [("A-9", "id:x1#0", ("conversation:x1",)),
+                              ("A-9", "id:x2#0", ("conversation:x2",))])
+    assert spend(tmp_path, "A-9") >= (2 * (2 * one_release) + one_release) * (1 - 1e-9)

@@ -254,13 +254,30 @@ def test_every_policy_value_reaches_the_node_config_as_the_number_set(tmp_path):
     the default budget of 8), `07` days crashed it, and dash read `010` hours as octal."""
     result, config = entrypoint(tmp_path, MAX_EPSILON=" 4", MAX_DELTA="1e-7 ",
                                 RETENTION_DAYS="07", MIN_TOLERATED_SITES="02",
-                                MAX_NOISE_RATIO=".5", EVALUATION_EPSILON="3.",
+                                MAX_EPSILON_ALONE=".5", EVALUATION_EPSILON="3.",
                                 LANGUAGES="en,zh")
     assert result.returncode == 0, result.stderr
     assert config == {"data-path": str(tmp_path / "data"), "state-dir": str(tmp_path / "state"),
                       "max-epsilon": 4.0, "max-delta": 1e-7, "retention-days": 7.0,
-                      "min-tolerated-sites": 2, "max-noise-ratio": 0.5,
+                      "min-tolerated-sites": 2, "max-epsilon-alone": 0.5,
                       "evaluation-epsilon": 3.0, "languages": "en,zh"}
+
+
+@pytest.mark.parametrize("setting, value, message", [
+    ("MAX_EPSILON", "-1", "MAX_EPSILON is invalid: max-epsilon must be > 0, got -1.0"),
+    ("MAX_DELTA", "5", "MAX_DELTA is invalid: max-delta must be in (0, 1), got 5.0"),
+    ("PRIVACY_UNIT", "foo", "PRIVACY_UNIT is invalid: privacy-unit must be one of"),
+    ("LANGUAGES", "xx", "LANGUAGES is invalid: languages: xx not among ar, de, en"),
+    ("MAX_NOISE_RATIO", "0.5", "MAX_NOISE_RATIO is invalid: max-noise-ratio must be >= 1"),
+])
+def test_a_policy_the_client_app_refuses_stops_the_site_at_start(tmp_path, setting, value,
+                                                                  message):
+    """Found in review: these started the SuperNode (its health check SERVING) and were refused
+    only at the first round, as "site configuration invalid" to the server; the entrypoint runs
+    the ClientApp's own checks (site_policy, site_languages) on the node config it composes."""
+    result, config = entrypoint(tmp_path, **{setting: value})
+    assert result.returncode == 2 and config is None, result.stdout + result.stderr
+    assert f"site-entrypoint: {message}" in result.stderr
 
 
 def test_a_budget_too_large_for_a_number_is_refused_and_inf_means_no_limit(tmp_path):

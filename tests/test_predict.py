@@ -104,6 +104,20 @@ def test_help_says_inputs_are_redacted(capsys):
      ["{model}", "--file", "{tmp}/bad.csv"], "{tmp}/bad.csv:3: no value in column 2 ('text')"),
     (lambda model, tmp: None, ["{model}", "--file", "{tmp}/none.txt"],
      "--file {tmp}/none.txt: cannot read"),
+    # found in review: a raw codec error, where the site-data loader names the encoding
+    (lambda model, tmp: (tmp / "u16.txt").write_text("i lost my card\n", encoding="utf-16"),
+     ["{model}", "--file", "{tmp}/u16.txt"],
+     "--file {tmp}/u16.txt: not UTF-8 text (saved as UTF-16); save it as UTF-8"),
+    (lambda model, tmp: (tmp / "gbk.txt").write_bytes("退款\n".encode("gbk")),
+     ["{model}", "--file", "{tmp}/gbk.txt"],
+     "--file {tmp}/gbk.txt: not UTF-8 text (undecodable bytes at byte 0: invalid continuation "
+     "byte); save it as UTF-8"),
+    # found in review: the fields past the header's were dropped without a word
+    (lambda model, tmp: (tmp / "extra.csv").write_text("text\ni lost my card\nmy sim is broken, "
+                                                       "email me\n"),
+     ["{model}", "--file", "{tmp}/extra.csv"],
+     "{tmp}/extra.csv:3: 2 fields, more than the header's 1: quote a text that holds a comma "
+     '("...")'),
     # found in review: a run's folder given for its export, with no hint
     (lambda model, tmp: copied(model, tmp), ["{tmp}", "hi"],
      "{tmp}: not a fedintent model export (no fedintent.json); did you mean {tmp}/model (a "

@@ -96,3 +96,74 @@ def test_a_corrupt_ledger_reads_right_from_the_report(fresh, capsys):
     assert "privacy ledger is corrupt" in err and "the site does not train until" in err
     assert "refusing" not in err
 
+
+
+def spent(state, epsilons: list[float]):
+    """``state`` with a ledger whose units have spent these lifetime epsilons (as Rényi DP at
+    the ledger's order: the inverse of ``unit_epsilons``' conversion, found by bisection)."""
+    from fl_client.privacy_accounting import rdp_epsilon
+
+    secret = site_secret(state)
+    ledger = Ledger(privacy_unit="utterance", order=4.0, delta=1e-5)
+    ledger.releases.append(Release(
+        run="r", server_round=1, num_rounds=1, noise_multiplier=1.0, sample_rate=1.0, steps=1,
+        clip_norm=1.0, delta=1e-5, accountant="rdp", units=len(epsilons), rdp=1.0, time=now()))
+    for index, epsilon in enumerate(epsilons):
+        low, high = 0.0, 100.0
+        for _ in range(60):
+            middle = (low + high) / 2
+            low, high = ((middle, high) if rdp_epsilon(middle, 4.0, 1e-5) < epsilon
+                         else (low, middle))
+        ledger.spend[unit_key(secret, f"u{index}")] = high
+    write_ledger(state, ledger, secret)
+    return state
+
+
+def test_an_unlimited_budget_is_banded_by_the_largest_spend(fresh, capsys):
+    """Found in review: ``--max-epsilon inf`` (a site without a limit) printed bands "nan to
+    inf" and "inf to inf", every unit in none of them."""
+    spent(fresh, [4.5, 5.0, 7.0, 12.0, 12.0])  # order 4 at delta 1e-5 reads at least 3.9
+    assert main(["privacy-report", str(fresh), "--max-epsilon", "inf"]) == 0
+    out = capsys.readouterr().out
+    assert "nan" not in out and "inf to" not in out, out
+    bands = site_privacy_report(fresh, float("inf")).spend_bands
+    assert [count for _, _, count in bands] == [0, 2, 1, 2]
+    assert bands[-1][1] == pytest.approx(12.0, rel=1e-6)
+
+
+@pytest.mark.parametrize("damage", ["torn", "deleted with its head"])
+def test_the_report_says_when_the_deletion_log_stops_the_site(fresh, capsys, damage):
+    """Found in review: the report said "ledger verified", exit 0, while the site refused to
+    use its data over a broken deletion log. It says why, as the site would, and exits 1."""
+    from fl_client.privacy_ledger import read_ledger, write_ledger
+    from fl_protocol.hash_chain import head_path
+
+    site = fresh.parent / "site"
+    site.mkdir()
+    (site / "train.jsonl").write_text('{"text": "hello", "label": "a"}\n')
+    assert main(["purge", str(site), "--state-dir", str(fresh), "--retention-days", "30"]) == 0
+    trained(fresh)
+    ledger = read_ledger(fresh, site_secret(fresh))
+    log = fresh / "deletions.jsonl"
+    first = json.loads(log.read_text().splitlines()[0])
+    ledger.deletion_log = {"entries": 1, "hash": first["hash"]}
+    write_ledger(fresh, ledger, site_secret(fresh))
+    capsys.readouterr()
+    assert main(["privacy-report", str(fresh)]) == 0
+    assert "deletion log: 1 entry, verified, as the ledger recorded" in capsys.readouterr().out
+    if damage == "torn":
+        log.write_bytes(log.read_bytes()[:-5])
+    else:
+        log.unlink()
+        head_path(log).unlink()
+    assert main(["privacy-report", str(fresh)]) == 1
+    out = capsys.readouterr().out
+    assert "ledger verified" in out and "the site does not use its data" in out, out
+    why = "is broken at line 1" if damage == "torn" else "the deletion log holds 0 entries"
+    assert why in out, out
+
+
+def test_the_report_says_why_one_run_reads_below_the_lifetime_it_leaves(fresh, capsys):
+    trained(fresh)
+    assert main(["privacy-report", str(fresh)]) == 0
+    assert "What the Rényi filter costs" in capsys.readouterr().out

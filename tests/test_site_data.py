@@ -119,12 +119,47 @@ def test_a_csv_without_a_usable_header_costs_its_rows_not_the_site(tmp_path):
     site = load_site(tmp_path, LABELS)
     assert site.train.texts == ["refund now"] and len(site.test) == 0
     assert [str(row) for row in site.rejected] == [
-        "test.csv:1: CSV header must name 'text' and 'label' (or 'intent'); its 2 columns lack "
-        "'text' and 'label' (a file without a header line has its first row read as the header)",
+        "test.csv:1: CSV header must name 'text' and 'label' (or 'intent'); its 2 columns "
+        "('utterance', 'intent_name') lack 'text' and 'label' (column names are case-sensitive: "
+        "write them in lower case; a file without a header line has its first row read as the "
+        "header)",
         "test.csv:2: skipped: the file's header (line 1) is unusable",
         "test.csv:4: skipped: the file's header (line 1) is unusable",
     ]
     assert site.rows_read == 4
+
+
+def test_a_capitalised_csv_header_is_named_with_the_columns_found_and_the_case_rule(tmp_path):
+    """Found in review: Excel's `Text,Label` was said to lack 'text' and 'label', with nothing
+    to show why; the columns found are shown, and that the names are lower case."""
+    (tmp_path / "train.csv").write_text("Text,Label\nlost card,card_lost\n")
+    [header, row] = [str(row) for row in load_site(tmp_path, LABELS).rejected]
+    assert header.startswith("train.csv:1: CSV header must name 'text' and 'label' (or "
+                             "'intent'); its 2 columns ('Text', 'Label') lack 'text' and "
+                             "'label' (column names are case-sensitive: write them in lower "
+                             "case;")
+    assert row == "train.csv:2: skipped: the file's header (line 1) is unusable"
+
+
+@pytest.mark.parametrize(("line", "reason"), [
+    ('{"text": "lost card", "label": "card', "invalid JSON (Invalid control character at the "
+     "end of the line: it may be cut short)"),
+    ('{"text": "lost card", ', "invalid JSON (Expecting property name enclosed in double quotes "
+     "at the end of the line: it may be cut short)"),
+    ('{"text": "lost card" "label": 1}', "invalid JSON (Expecting ',' delimiter at column 22)"),
+], ids=["inside a string", "between fields", "mid-line"])
+def test_invalid_json_says_where_parsing_stopped_and_when_the_line_may_be_cut_short(
+        tmp_path, line, reason):
+    """Found in review: a truncated line gave `invalid JSON (Invalid control character at)`,
+    the position cut off and nothing saying the line was cut short."""
+    write_jsonl(tmp_path / "train.jsonl", [conversation(), line])
+    with open(tmp_path / "train.jsonl", "a") as f:  # a last line cut short, with no line break
+        f.write('{"text": "lost card')
+    assert [str(row) for row in load_site(tmp_path, LABELS).rejected] == [
+        f"train.jsonl:2: {reason}",
+        "train.jsonl:3: invalid JSON (Unterminated string starting at column 10; the line may "
+        "be cut short)",
+    ]
 
 
 def test_pii_is_redacted_before_anything_else_sees_the_text(tmp_path):
@@ -537,8 +572,10 @@ def test_no_message_about_a_row_quotes_its_values(tmp_path, capsys):
         "train.jsonl:2: timestamp is not an ISO 8601 date-time (a string of length 18)",
         "train.jsonl:3: intent_turn is not an index into turns (a string of length 18)",
         "train.jsonl:4: intent_turn is not an index into turns (outside 0 to 1)",
-        "train.csv:1: CSV header must name 'text' and 'label' (or 'intent'); its 2 columns lack "
-        "'text' and 'label' (a file without a header line has its first row read as the header)",
+        "train.csv:1: CSV header must name 'text' and 'label' (or 'intent'); its 2 columns "
+        "(<a string of length 18, not shown>, 'card_lost') lack 'text' and 'label' (column names "
+        "are case-sensitive: write them in lower case; a file without a header line has its "
+        "first row read as the header)",
         "train.csv:2: skipped: the file's header (line 1) is unusable",
         "test.csv:2: timestamp is not an ISO 8601 date-time (a string of length 18)",
     ]

@@ -1,10 +1,9 @@
 """``bench``: accuracy against epsilon, federated DP training versus baselines, over seeds."""
 
 import argparse
-from pathlib import Path
 
 from fedintent.commands import CliError, require_operator_extra
-from fedintent.commands.options import as_typed, parse_epsilons, writable_folder
+from fedintent.commands.options import as_typed, parse_epsilons, path_argument, writable_folder
 from fl_protocol.wire import PRIVACY_MODELS, RUN_CONFIG_DEFAULTS
 from fl_server.run_config import WHOLE_RANGES, check_number, check_whole
 
@@ -24,9 +23,9 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
         "dataset's held-out test split. Resumable: finished cells in OUT are kept.",
     )
     bench.set_defaults(handler=run_bench)
-    bench.add_argument("--data", type=Path, required=True, metavar="CSV_DIR",
+    bench.add_argument("--data", type=path_argument, required=True, metavar="CSV_DIR",
                        help="folder with train.csv and test.csv (columns text,label)")
-    bench.add_argument("--out", type=Path, required=True, help="sweep folder (resumable)")
+    bench.add_argument("--out", type=path_argument, required=True, help="sweep folder (resumable)")
     bench.add_argument("--sites", type=int, default=10, help="number of sites (default: 10)")
     bench.add_argument("--alpha", type=float, default=0.5,
                        help="Dirichlet label-skew concentration (default: 0.5)")

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from data_synth import SYNTHETIC_SITE_SIZE
 from fedintent.commands import CliError, require_operator_extra
+from fedintent.commands.options import number_argument, path_argument
 from fl_protocol.label_file import read_labels
 from fl_protocol.wire import DEFAULT_RETENTION_DAYS
 
@@ -32,7 +33,8 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     synth.set_defaults(handler=run_synth)
     synth.add_argument("--sites", type=int, default=DEFAULT_SYNTHETIC_SITES,
                        help="number of sites (default: %(default)s)")
-    synth.add_argument("--out", type=Path, required=True, help="output folder (must be new)")
+    synth.add_argument("--out", type=path_argument, required=True,
+                       help="output folder (must be new)")
     synth.add_argument("--seed", type=int, default=0, help="seed (default: %(default)s)")
     synth.add_argument("--lang", default="en", help="languages, comma-separated: en, zh or "
                        "en,zh (default: %(default)s)")
@@ -51,12 +53,12 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     check.set_defaults(handler=run_check_data)
-    check.add_argument("site_dir", type=Path, metavar="SITE_DIR")
-    check.add_argument("--labels", type=Path,
+    check.add_argument("site_dir", type=path_argument, metavar="SITE_DIR")
+    check.add_argument("--labels", type=path_argument,
                        help="the run's taxonomy, one label per line (default: "
                        "SITE_DIR/labels.txt, else SITE_DIR/../labels.txt, else none: every "
                        "label found is counted, none is called unknown)")
-    check.add_argument("--retention-days", type=float, metavar="DAYS",
+    check.add_argument("--retention-days", type=number_argument, metavar="DAYS",
                        help="apply the site's retention policy as training does: rows dated "
                        "more than DAYS days ago, undated and future-dated rows are counted "
                        "as not used (default: none applied; the rows' dates are summarised)")
@@ -70,9 +72,10 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
         "Deterministic from --seed. See docs/PARTITIONING.md.",
     )
     partition.set_defaults(handler=run_partition)
-    partition.add_argument("csv_dir", type=Path, metavar="CSV_DIR")
+    partition.add_argument("csv_dir", type=path_argument, metavar="CSV_DIR")
     partition.add_argument("--sites", type=int, required=True, help="number of sites")
-    partition.add_argument("--out", type=Path, required=True, help="output folder (must be new)")
+    partition.add_argument("--out", type=path_argument, required=True,
+                           help="output folder (must be new)")
     partition.add_argument("--seed", type=int, default=0, help="seed (default: %(default)s)")
     skew = partition.add_mutually_exclusive_group()
     skew.add_argument("--alpha", type=float, default=0.5, help="Dirichlet concentration of the "

@@ -5,7 +5,6 @@ import argparse
 import re
 import sys
 import time
-from pathlib import Path
 
 from fedintent.commands import CliError, require_operator_extra
 from fedintent.commands.options import (
@@ -14,6 +13,7 @@ from fedintent.commands.options import (
     as_typed,
     created_folder,
     new_out_dir,
+    path_argument,
     writable_folder,
 )
 from fedintent.commands.progress import print_round, print_summary, rounds_in_progress
@@ -38,7 +38,7 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
         "see docs/DEPLOYMENT.md.",
     )
     certs.set_defaults(handler=run_certs)
-    certs.add_argument("--out", type=Path, required=True, help="credentials folder")
+    certs.add_argument("--out", type=path_argument, required=True, help="credentials folder")
     certs.add_argument("--sites", type=int, required=True,
                        help="number of site key pairs (site-00, site-01, ...)")
     certs.add_argument("--host", action="append", metavar="IP",
@@ -58,10 +58,10 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
         "release folder.",
     )
     release.set_defaults(handler=run_release)
-    release.add_argument("--signing-key", type=Path, required=True,
+    release.add_argument("--signing-key", type=path_argument, required=True,
                          help="the operator's Ed25519 private key, OpenSSH format "
                          "(release-signing.key from `fedintent certs`, or ssh-keygen -t ed25519)")
-    release.add_argument("--out", type=Path, required=True, help="release folder")
+    release.add_argument("--out", type=path_argument, required=True, help="release folder")
 
     deploy_run = commands.add_parser(
         "deploy-run",
@@ -75,14 +75,14 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     deploy_run.add_argument("--superlink", required=True, metavar="HOST:PORT",
                             help="the SuperLink's control address on this machine "
                             "(127.0.0.1:CONTROL_PORT of deploy/superlink.sh)")
-    deploy_run.add_argument("--release", type=Path, required=True, metavar="DIR",
+    deploy_run.add_argument("--release", type=path_argument, required=True, metavar="DIR",
                             help="the signed release to run (`fedintent release`)")
     deploy_run.add_argument("--release-port", type=int, default=9095,
                             help="the SuperLink's RELEASE_PORT, on 127.0.0.1, where the release "
                             "is handed over (default: %(default)s)")
-    deploy_run.add_argument("--ca-cert", type=Path, required=True,
+    deploy_run.add_argument("--ca-cert", type=path_argument, required=True,
                             help="the CA certificate that signed the SuperLink's certificate")
-    deploy_run.add_argument("--labels", type=Path, required=True,
+    deploy_run.add_argument("--labels", type=path_argument, required=True,
                             help="the intent taxonomy, one label per line")
     deploy_run.add_argument("--min-sites", type=int, required=True,
                             help="sites that must be connected before a round starts")
@@ -100,7 +100,7 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
                             help="any other run-config key (README, 'Run configuration'), "
                             "value in TOML syntax; repeatable. Keys set by the options above "
                             f"({', '.join(OWN_OPTIONS)}) are refused")
-    deploy_run.add_argument("--out", type=Path,
+    deploy_run.add_argument("--out", type=path_argument,
                             help=f"output folder (default: {DEFAULT_OUT_ROOT}/run-DATE-TIME)")
 
 

@@ -1,5 +1,7 @@
 """Options that several commands share, with their checks and their help."""
 
+import argparse
+import math
 import os
 import re
 import shutil
@@ -16,6 +18,33 @@ TUNED_HELP = "tuned for the epsilon, see docs/BENCHMARKS.md"
 DEFAULT_OUT_ROOT = Path("fedintent-out")
 NO_FILES_HERE = (Path("/proc"), Path("/sys"))
 """Kernel file systems: writable-looking to root, yet no folder of results can live there."""
+
+
+def path_argument(text: str) -> Path:
+    """A path given on the command line (``type=`` of every path option). An empty one, as an
+    unset shell variable gives, is refused rather than read as the current folder (found in
+    review: ``init-site --state-dir "$STATE_DIR"`` made the current folder a state folder,
+    owner-only, with a site secret in it)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("the path is empty (an unset variable?): give one, or "
+                                         ". for the current folder")
+    return Path(text)
+
+
+def number_argument(text: str) -> float:
+    """A number given on the command line (``type=`` of a days or epsilon option): not NaN,
+    and infinite only when written so (found in review: ``--retention-days 1e400`` overflowed
+    to no retention limit, which later purges then applied as the one last recorded)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if math.isnan(value):
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}")
+    if math.isinf(value) and text.strip().lstrip("+-").lower() not in ("inf", "infinity"):
+        raise argparse.ArgumentTypeError(f"{text.strip()!r} is too large for a number; write "
+                                         "inf for no limit")
+    return value
 
 
 @contextmanager

@@ -6,7 +6,9 @@ import json
 from pathlib import Path
 
 from fedintent.commands import CliError
+from fedintent.commands.options import path_argument
 from fl_client.redaction import redact
+from fl_client.site_data import wide_encoding_problem
 from fl_protocol.wire import RUN_CONFIG_DEFAULTS
 from models import model_family_names
 
@@ -24,9 +26,9 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
         "come before or after the texts.",
     )
     predict.set_defaults(handler=run_predict, intermixed=predict)
-    predict.add_argument("model_dir", type=Path, metavar="MODEL_DIR")
+    predict.add_argument("model_dir", type=path_argument, metavar="MODEL_DIR")
     predict.add_argument("texts", nargs="*", metavar="TEXT", help="texts to classify")
-    predict.add_argument("--file", type=Path,
+    predict.add_argument("--file", type=path_argument,
                          help="more texts: one per line (blank lines skipped), or a .csv file "
                          "whose first row is a header: its 'text' column, else its first column")
     predict.add_argument("--json", action="store_true",
@@ -99,11 +101,22 @@ def run_list_models(args: argparse.Namespace) -> int:
 
 
 def _read_texts_file(path: Path) -> list[str]:
-    """Texts of a plain text file (one per line) or a CSV file's 'text' (else first) column."""
+    """Texts of a plain text file (one per line) or a CSV file's 'text' (else first) column.
+    A file in UTF-16 or UTF-32 is named as the site-data loader names it (found in review: a
+    raw codec error), and so is a CSV row with more fields than the header: its extra fields
+    would be dropped without a word (an unquoted comma in a text, found in review)."""
     try:
-        content = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as err:
+        data = path.read_bytes()
+    except OSError as err:
         raise CliError(f"--file {path}: cannot read: {err}") from err
+    problem = wide_encoding_problem(data)
+    if problem is not None:
+        raise CliError(f"--file {path}: {problem}")
+    try:
+        content = data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise CliError(f"--file {path}: not UTF-8 text (undecodable bytes at byte {err.start}: "
+                       f"{err.reason}); save it as UTF-8") from err
     if path.suffix.lower() != ".csv":
         return [line.strip() for line in content.splitlines() if line.strip()]
     rows = csv.reader(content.splitlines(keepends=True))
@@ -116,6 +129,9 @@ def _read_texts_file(path: Path) -> list[str]:
     for row in rows:
         if not any(cell.strip() for cell in row):
             continue
+        if len(row) > len(header):
+            raise CliError(f"{path}:{rows.line_num}: {len(row)} fields, more than the header's "
+                           f"{len(header)}: quote a text that holds a comma (\"...\")")
         if column >= len(row):
             raise CliError(f"{path}:{rows.line_num}: no value in column {column + 1} "
                            f"({header[column]!r})")

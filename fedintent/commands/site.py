@@ -4,6 +4,7 @@ store) and ``forget`` (one customer's erasure). They read and write only the sit
 
 import argparse
 import math
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -11,6 +12,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fedintent.commands import CliError
+from fedintent.commands.options import number_argument, path_argument
+from fl_protocol.file_owner import permission_denied
 from fl_protocol.wire import DEFAULT_MAX_EPSILON, DEFAULT_RETENTION_DAYS
 from fl_server.progress import format_epsilon
 from fl_server.run_record import site_pseudonym
@@ -27,7 +30,7 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
         "have spent how much epsilon over all runs, how many are exhausted, and each run.",
     )
     report.set_defaults(handler=run_privacy_report)
-    report.add_argument("state_dir", type=Path, metavar="STATE_DIR")
+    report.add_argument("state_dir", type=path_argument, metavar="STATE_DIR")
     report.add_argument("--max-epsilon", type=float, default=DEFAULT_MAX_EPSILON,
                         help="the site's max-epsilon (its node config, MAX_EPSILON in the "
                         "container), to count exhausted units (default: the site default, "
@@ -44,7 +47,7 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
         "nothing. See docs/SITE_GUIDE.md.",
     )
     init.set_defaults(handler=run_init_site)
-    init.add_argument("--state-dir", type=Path, required=True,
+    init.add_argument("--state-dir", type=path_argument, required=True,
                       help="the site's state folder (its node config's state-dir; the "
                       "container's STATE_DIR)")
 
@@ -58,7 +61,8 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
         "the time between runs. See docs/SITE_GUIDE.md.",
     )
     purge.set_defaults(handler=run_purge)
-    purge.add_argument("site_dir", type=Path, metavar="SITE_DIR", help="the site's data folder")
+    purge.add_argument("site_dir", type=path_argument, metavar="SITE_DIR",
+                       help="the site's data folder")
     _site_options(purge, retention="inf keeps rows without limit (default: the one the "
                   f"deletion log last recorded, else {DEFAULT_RETENTION_DAYS:g}; "
                   "--delete-from-data needs it given)",
@@ -77,7 +81,7 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
         "privacy unit. See docs/SITE_GUIDE.md.",
     )
     forget.set_defaults(handler=run_forget)
-    forget.add_argument("--site", type=Path, required=True, metavar="SITE_DIR",
+    forget.add_argument("--site", type=path_argument, required=True, metavar="SITE_DIR",
                         help="the site's data folder")
     forget.add_argument("--customer", required=True, metavar="ID",
                         help="the customer's customer_id as in the data (case, character "
@@ -91,10 +95,10 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
 
 
 def _site_options(command: argparse.ArgumentParser, retention: str, delete: str) -> None:
-    command.add_argument("--state-dir", type=Path,
+    command.add_argument("--state-dir", type=path_argument,
                          help="the site's state folder (its node config's state-dir; the "
                          "container's STATE_DIR; default: SITE_DIR/.fedintent-state)")
-    command.add_argument("--retention-days", type=float,
+    command.add_argument("--retention-days", type=number_argument,
                          help="the site's retention-days (node config; RETENTION_DAYS in the "
                          f"container); {retention}")
     command.add_argument("--delete-from-data", action="store_true", help=delete)
@@ -103,6 +107,7 @@ def _site_options(command: argparse.ArgumentParser, retention: str, delete: str)
 def run_init_site(args: argparse.Namespace) -> int:
     from fl_client.site_secret import create_site_secret
 
+    _a_folder_of_its_own(args.state_dir)
     with _state_errors():
         try:
             made = create_site_secret(args.state_dir)
@@ -120,6 +125,7 @@ def run_purge(args: argparse.Namespace) -> int:
     from fl_client.retention import purge, who_deletes
 
     state_dir = _state_dir(args, args.site_dir)
+    _as_the_sites_account(state_dir)
     with _state_errors():
         args.retention_days, source = _retention_days(args, state_dir)
         deletion = purge(args.site_dir, state_dir, args.retention_days,
@@ -155,6 +161,7 @@ def run_forget(args: argparse.Namespace) -> int:
                        "site that has run: the erasure would bind nothing the site reads; give "
                        "--state-dir as the site's node config names it (a site that never ran "
                        "has no derived store: delete the customer's rows from its data files)")
+    _as_the_sites_account(state_dir)
     with _state_errors():
         # the customer's rows go whatever their age: the retention decides only which other
         # rows' cached features stay
@@ -202,6 +209,55 @@ def run_forget(args: argparse.Namespace) -> int:
     return 0
 
 
+def _a_folder_of_its_own(state_dir: Path) -> None:
+    """Refuse to make a state folder of one that holds other files (found in review: the data
+    folder, or the current one, was made owner-only, locking out whoever writes there, with a
+    site secret in it), or of another account's (whose site could not read the secret)."""
+    from fl_client.site_folders import LOCK_FILE
+    from fl_client.site_secret import KEYED_FILES, SECRET_FILE
+
+    if not state_dir.is_dir() or (state_dir / SECRET_FILE).exists():
+        return
+    others = sorted(entry.name for entry in state_dir.iterdir()
+                    if entry.name not in {LOCK_FILE, "lost+found", *KEYED_FILES})
+    if others:
+        shown = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5
+                                         else "")
+        raise CliError(f"{state_dir} already holds other files ({shown}) and no site secret: a "
+                       "state folder is a folder of its own, never the data folder or the "
+                       "current one; give a new or empty folder")
+    owner = state_dir.stat().st_uid
+    if owner != os.geteuid():
+        raise CliError(f"{state_dir} belongs to uid {owner}, and this command runs as uid "
+                       f"{os.geteuid()}: the site secret it makes would be this account's, which "
+                       "the site could not read; run it as the account the site runs as")
+
+
+def _as_the_sites_account(state_dir: Path) -> None:
+    """Refuse to rewrite a site's state as another account than the one that made its secret
+    (found in review: ``forget`` run through sudo left the ledger and the deletion log's head
+    root's, and the site, unable to read them, stopped training and using its data), or in a
+    folder it cannot write (found in review: a purge removed cached features, then could not
+    log it)."""
+    from fl_client.site_secret import SECRET_FILE
+
+    try:
+        owner = (state_dir / SECRET_FILE).stat().st_uid
+    except OSError:
+        return  # no secret, or a folder this account cannot search: each is its own error
+    if not os.access(state_dir, os.W_OK | os.X_OK):
+        raise CliError(f"{state_dir} is not writable by this account (mounted read-only?): "
+                       "nothing was removed or logged; run the command where the site's state "
+                       "folder is writable")
+    if owner != os.geteuid():
+        raise CliError(f"{state_dir} is the site's state folder of uid {owner} (the owner of "
+                       f"its site secret), and this command runs as uid {os.geteuid()}: the "
+                       "files it rewrites (the privacy ledger, the deletion log's head) would "
+                       "become this account's, which the site could not read, and it would "
+                       f"stop; run it as the site's account (sudo -u '#{owner}' fedintent ...; "
+                       "`docker exec` into the site container runs as it)")
+
+
 @contextmanager
 def _state_errors() -> Iterator[None]:
     """A state folder the site cannot use (its secret lost, its ledger damaged, its disk full)
@@ -213,6 +269,9 @@ def _state_errors() -> Iterator[None]:
         yield
     except (SecretError, LedgerError) as err:
         raise CliError(str(err)) from err
+    except PermissionError as err:
+        raise CliError(f"{permission_denied(err.filename)}; the deletion log shows what was "
+                       "done before it (`fedintent audit verify`)") from err
     except OSError as err:  # a full disk, a folder mounted read-only (found in review)
         where = f"{err.filename}: " if err.filename else ""
         raise CliError(f"{where}{err.strerror or err}; the deletion log shows what was done "
@@ -244,6 +303,9 @@ def _retention_days(args: argparse.Namespace, state_dir: Path,
 def _state_dir(args: argparse.Namespace, site_dir: Path) -> Path:
     if args.retention_days is not None and not args.retention_days > 0:
         raise CliError(f"--retention-days must be > 0 (inf: no limit), got {args.retention_days}")
+    if site_dir.is_file():
+        raise CliError(f"site data folder {site_dir} is a file, not a folder: give the folder "
+                       f"that holds the site's data files ({site_dir.parent})")
     if not site_dir.is_dir():
         raise CliError(f"site data folder not found: {site_dir}")
     return args.state_dir or site_dir / ".fedintent-state"
@@ -280,6 +342,7 @@ def run_privacy_report(args: argparse.Namespace) -> int:
         raise CliError(str(err)) from err
     print(f"site key {report.site_key} ({site_pseudonym(report.site_key)} in metrics.json); "
           f"{'ledger verified' if report.trained else UNTRAINED}")
+    print(f"deletion log: {report.deletion_log}")
     if report.trained:
         _print_spend(report)
     evaluations = report.evaluations
@@ -294,7 +357,7 @@ def run_privacy_report(args: argparse.Namespace) -> int:
               'estimates instead, "off" none')
     if evaluations.unreadable:
         print(f"  {evaluations.unreadable} egress log lines unreadable, not counted")
-    return 0
+    return 0 if report.deletion_log_ok else 1
 
 
 def _print_spend(report: "SiteReport") -> None:
@@ -314,6 +377,11 @@ def _print_spend(report: "SiteReport") -> None:
     if report.non_private:
         print(f"  trained without DP (no guarantee): {report.non_private} units")
     print(f"  largest: {format_epsilon(report.largest_epsilon)}")
+    if report.runs:
+        print("  (a unit's lifetime epsilon composes all its releases in the site's Rényi DP "
+              "filter, which adds a run's releases less tightly than the run's own accountant: "
+              "one run can read below the lifetime it leaves; docs/PRIVACY.md, \"What the Rényi "
+              "filter costs\")")
     if report.largest_epsilon_alone != report.largest_epsilon:
         print(f"  largest from this site's own noise alone (distributed DP, if every other "
               f"site colluded): at most {format_epsilon(report.largest_epsilon_alone)}")

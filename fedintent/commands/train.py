@@ -15,6 +15,8 @@ from fedintent.commands.options import (
     as_typed,
     created_folder,
     new_out_dir,
+    number_argument,
+    path_argument,
     writable_folder,
 )
 from fedintent.commands.progress import print_round, print_summary, rounds_in_progress
@@ -80,8 +82,9 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
 
 def _add_train_options(train: argparse.ArgumentParser) -> None:
     defaults = RUN_CONFIG_DEFAULTS
-    train.add_argument("--data", type=Path, help="folder of site folders (default: synthetic)")
-    train.add_argument("--labels", type=Path, help="label file (default: DATA/labels.txt)")
+    train.add_argument("--data", type=path_argument,
+                       help="folder of site folders (default: synthetic)")
+    train.add_argument("--labels", type=path_argument, help="label file (default: DATA/labels.txt)")
     train.add_argument("--sites", type=int, help="number of sites "
                        f"(default: {DEFAULT_SYNTHETIC_SITES} synthetic, or every site in --data)")
     train.add_argument("--rounds", type=int,
@@ -108,7 +111,7 @@ def _add_train_options(train: argparse.ArgumentParser) -> None:
                        "shares may amount to, what it keeps if every other site colluded (a "
                        "deployed site's max-epsilon-alone); the share shrinks with the cohort, "
                        "so large cohorts at a high --epsilon need more (default: %(default)g)")
-    train.add_argument("--site-retention-days", type=float,
+    train.add_argument("--site-retention-days", type=number_argument,
                        default=defaults["site-retention-days"], metavar="DAYS",
                        help="each simulated site's retention policy: rows dated more than DAYS "
                        "days ago, and undated rows, are not used (a deployed site's "
@@ -159,10 +162,10 @@ def _add_train_options(train: argparse.ArgumentParser) -> None:
                        "exceeds this; 0 = the bound the run's DP settings allow (clip norm, "
                        "learning rate, noise; none without DP), inf = no bound "
                        "(default: %(default)s)")
-    train.add_argument("--state-dir", type=Path,
+    train.add_argument("--state-dir", type=path_argument,
                        help="root of the sites' state (ledger, caches); "
                        "default: DATA/.fedintent-state")
-    train.add_argument("--out", type=Path,
+    train.add_argument("--out", type=path_argument,
                        help=f"output folder (default: {DEFAULT_OUT_ROOT}/run-DATE-TIME)")
     train.add_argument("--seed", type=int, default=defaults["seed"],
                        help="seed for data, model and sampling (default: %(default)s)")
@@ -178,7 +181,7 @@ def _add_train_options(train: argparse.ArgumentParser) -> None:
     train.add_argument("--tolerated-sites", type=int, default=defaults["tolerated-sites"],
                        help="distributed DP: sites that may drop out of or collude in a round, "
                        "together, while the sum keeps the full noise (default: %(default)s)")
-    train.add_argument("--resume", type=Path, metavar="OUT",
+    train.add_argument("--resume", type=path_argument, metavar="OUT",
                        help="continue the interrupted run in OUT after its last checkpoint, with "
                        "the settings recorded in OUT/metrics.json (give no other option)")
 

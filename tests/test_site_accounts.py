@@ -1,0 +1,276 @@
+"""A site's commands run as another account, or given a path by an unset variable.
+
+Found in review (a site administrator's walk through docs/SITE_GUIDE.md): ``forget`` or
+``purge`` run through sudo rewrote the privacy ledger and the deletion log's head as root's, so
+the site's own account could no longer read them and stopped, with a message saying to restore
+a backup (which would have lost the erasure just recorded); ``init-site`` made the data folder
+or the current one (``--state-dir ""``) a state folder, owner-only; a folder the account may
+not search was a traceback; ``--retention-days 1e400`` overflowed to no retention limit.
+"""
+
+import json
+import os
+import stat
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from fedintent.cli import main
+from fl_client.privacy_ledger import HEAD_FILE, LEDGER_FILE, Ledger, Release, now, write_ledger
+from fl_client.retention import DELETION_LOG
+from fl_client.site_secret import SECRET_FILE, site_secret
+from fl_protocol.hash_chain import head_path
+
+OTHER_UID = os.geteuid() + 4242
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    try:
+        code = main(list(argv))
+    except SystemExit as stop:  # argparse's refusals
+        code = stop.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.fixture
+def site(tmp_path, capsys) -> tuple[Path, Path]:
+    """(data folder, state folder) of a site that has purged once and holds a ledger."""
+    data, state = tmp_path / "data", tmp_path / "state"
+    data.mkdir()
+    when = (datetime.now(UTC) - timedelta(days=1)).isoformat()
+    (data / "train.jsonl").write_text("".join(
+        json.dumps({"conversation_id": f"c{i}", "customer_id": f"cust-{i % 3}",
+                    "text": f"I lost my card {i}", "label": "card_lost", "timestamp": when})
+        + "\n" for i in range(6)))
+    assert run(capsys, "init-site", "--state-dir", str(state))[0] == 0
+    assert run(capsys, "purge", str(data), "--state-dir", str(state),
+               "--retention-days", "30")[0] == 0
+    ledger = Ledger(privacy_unit="utterance", order=4.0, delta=1e-5)
+    ledger.releases.append(Release(
+        run="r", server_round=1, num_rounds=1, noise_multiplier=2.0, sample_rate=1.0, steps=1,
+        clip_norm=1.0, delta=1e-5, accountant="rdp", units=6, rdp=0.5, time=now()))
+    write_ledger(state, ledger, site_secret(state))
+    return data, state
+
+
+def snapshot(state: Path) -> dict[str, bytes]:
+    return {path.name: path.read_bytes() for path in sorted(state.iterdir()) if path.is_file()}
+
+
+@pytest.mark.parametrize("command", ["forget", "purge"])
+def test_another_account_may_not_rewrite_the_sites_state(site, capsys, monkeypatch, command):
+    """Refused before anything is read or written, naming the site's account and how to run
+    as it: the files it would rewrite by rename would become the other account's."""
+    data, state = site
+    before = snapshot(state)
+    monkeypatch.setattr(os, "geteuid", lambda: OTHER_UID)
+    argv = (["forget", "--site", str(data), "--customer", "cust-1"] if command == "forget"
+            else ["purge", str(data)])
+    code, out, err = run(capsys, *argv, "--state-dir", str(state))
+    assert (code, out) == (2, ""), out + err
+    owner = (state / SECRET_FILE).stat().st_uid
+    assert f"the site's state folder of uid {owner}" in err
+    assert f"this command runs as uid {OTHER_UID}" in err and f"sudo -u '#{owner}'" in err
+    assert snapshot(state) == before
+
+
+def test_a_purge_in_a_state_folder_it_cannot_write_removes_nothing(site, capsys, monkeypatch):
+    """Found in review: a purge in a folder mounted read-only removed the cached features,
+    then failed to log it, naming a temporary file."""
+    data, state = site
+    before = snapshot(state)
+    access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode, **kwargs: (
+        False if Path(path) == state else access(path, mode, **kwargs)))
+    code, out, err = run(capsys, "purge", str(data), "--state-dir", str(state),
+                         "--retention-days", "30")
+    assert (code, out) == (2, ""), out + err
+    assert f"{state} is not writable by this account" in err and "nothing was removed" in err
+    assert snapshot(state) == before
+
+
+@pytest.mark.parametrize("read", ["ledger head", "ledger", "site secret", "deletion log head"])
+def test_a_file_this_account_may_not_read_is_not_damage(site, capsys, monkeypatch, read):
+    """The message names the file, its owner and this account, and says to restore no backup
+    (the advice it gave was to restore one, losing what was written since)."""
+    data, state = site
+    denied = {"ledger head": state / HEAD_FILE, "ledger": state / LEDGER_FILE,
+              "site secret": state / SECRET_FILE,
+              "deletion log head": head_path(state / DELETION_LOG)}[read]
+    read_text = Path.read_text
+
+    def forbidden(self, *args, **kwargs):
+        if self == denied:
+            raise PermissionError(13, "Permission denied", str(self))
+        return read_text(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", forbidden)
+    argv = (["privacy-report", str(state)] if read != "deletion log head"
+            else ["purge", str(data), "--state-dir", str(state), "--retention-days", "30"])
+    code, out, err = run(capsys, *argv)
+    assert code == 2 and "Traceback" not in err, out + err
+    owner = denied.stat().st_uid
+    assert f"permission denied to this account (uid {os.geteuid()}) for {denied}" in err, err
+    assert f"which belongs to uid {owner}" in err and "restore no backup" in err
+    assert "restored from a backup" not in err and "restore it from" not in err
+
+
+def test_a_folder_this_account_may_not_search_is_one_line_not_a_traceback(site, capsys,
+                                                                           monkeypatch):
+    """Found in review: ``privacy-report`` on a state folder owned by the site's account
+    (0700) raised a PermissionError traceback, exit 1."""
+    _, state = site
+
+    def denied(self, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "exists", denied)
+    code, out, err = run(capsys, "privacy-report", str(state))
+    assert code == 2 and "Traceback" not in err, out + err
+    assert err.startswith("fedintent privacy-report: error: permission denied to this account")
+    assert "restore no backup" in err
+
+
+@pytest.mark.parametrize("command", [
+    ["init-site", "--state-dir", ""],
+    ["privacy-report", ""],
+    ["purge", "", "--retention-days", "30"],
+    ["forget", "--site", "", "--customer", "c1"],
+])
+def test_an_empty_path_is_refused_not_taken_for_the_current_folder(tmp_path, capsys,
+                                                                   monkeypatch, command):
+    """``--state-dir "$STATE_DIR"`` with the variable unset made the current folder a state
+    folder, owner-only, with a site secret in it."""
+    monkeypatch.chdir(tmp_path)
+    mode = tmp_path.stat().st_mode
+    code, out, err = run(capsys, *command)
+    assert (code, out) == (2, ""), out + err
+    assert "the path is empty (an unset variable?)" in err
+    assert list(tmp_path.iterdir()) == [] and tmp_path.stat().st_mode == mode
+
+
+def test_init_site_refuses_a_folder_that_holds_other_files(site, capsys):
+    """The data folder given as the state folder: not made owner-only, no secret in it."""
+    data, _ = site
+    data.chmod(0o755)
+    code, out, err = run(capsys, "init-site", "--state-dir", str(data))
+    assert (code, out) == (2, ""), out + err
+    assert f"{data} already holds other files (train.jsonl) and no site secret" in err
+    assert not (data / SECRET_FILE).exists() and stat.S_IMODE(data.stat().st_mode) == 0o755
+
+
+@pytest.mark.parametrize("inside", [[], ["lost+found"]])
+def test_init_site_takes_an_empty_folder_or_a_fresh_volume(tmp_path, capsys, inside):
+    state = tmp_path / "volume"
+    state.mkdir()
+    for name in inside:
+        (state / name).mkdir()
+    code, out, err = run(capsys, "init-site", "--state-dir", str(state))
+    assert code == 0 and out.startswith(f"made the state folder {state}"), out + err
+    assert (state / SECRET_FILE).exists()
+
+
+def test_init_site_refuses_another_accounts_folder(tmp_path, capsys, monkeypatch):
+    """Its secret would be this account's, which the site's could not read."""
+    state = tmp_path / "state"
+    state.mkdir()
+    monkeypatch.setattr(os, "geteuid", lambda: OTHER_UID)
+    code, out, err = run(capsys, "init-site", "--state-dir", str(state))
+    assert (code, out) == (2, ""), out + err
+    assert f"belongs to uid {state.stat().st_uid}, and this command runs as uid {OTHER_UID}" in err
+    assert not (state / SECRET_FILE).exists()
+
+
+@pytest.mark.parametrize(("days", "error"), [
+    ("1e400", "'1e400' is too large for a number; write inf for no limit"),
+    ("nan", "not a number: 'nan'"),
+    ("ten", "not a number: 'ten'"),
+])
+def test_retention_days_never_overflow_to_no_limit(site, capsys, days, error):
+    data, state = site
+    before = snapshot(state)
+    code, out, err = run(capsys, "purge", str(data), "--state-dir", str(state),
+                         "--retention-days", days)
+    assert (code, out) == (2, "") and error in err, out + err
+    assert snapshot(state) == before
+    code, out, err = run(capsys, "purge", str(data), "--state-dir", str(state),
+                         "--retention-days", "inf")
+    assert code == 0 and "no retention limit" in out, out + err
+
+
+@pytest.mark.parametrize("command", ["purge", "forget"])
+def test_a_data_file_given_for_the_data_folder_is_named_as_a_file(site, capsys, command):
+    data, state = site
+    argv = (["purge", str(data / "train.jsonl"), "--retention-days", "30"] if command == "purge"
+            else ["forget", "--site", str(data / "train.jsonl"), "--customer", "cust-1"])
+    code, out, err = run(capsys, *argv, "--state-dir", str(state))
+    assert (code, out) == (2, ""), out + err
+    assert f"site data folder {data / 'train.jsonl'} is a file, not a folder" in err
+    assert f"({data})" in err
+
+
+def test_forget_records_the_erasure_when_the_data_folder_cannot_be_read(site, capsys,
+                                                                        monkeypatch):
+    """Found in review: a data folder this account may not read recorded no erasure, while the
+    site's own account went on using the customer's rows. The request is recorded first, with
+    the cut-off that needs no row (every row a load uses is dated at most a day ahead), and the
+    message says what was not done."""
+    import fl_client.retention as retention
+    from fl_client.retention import row_policy
+    from fl_client.site_data import load_site, read_rows
+
+    data, state = site
+    entries = len((state / DELETION_LOG).read_text().splitlines())
+
+    def unreadable(site_dir, rejected):
+        raise PermissionError(13, "Permission denied", str(site_dir / "train.jsonl"))
+
+    monkeypatch.setattr(retention, "read_rows", unreadable)
+    code, out, err = run(capsys, "forget", "--site", str(data), "--state-dir", str(state),
+                         "--customer", "cust-1")
+    monkeypatch.setattr(retention, "read_rows", read_rows)
+    assert (code, out) == (2, ""), out + err
+    assert "the erasure is recorded (no run uses this customer's rows dated up to" in err
+    assert f"could not be read ({data / 'train.jsonl'}: Permission denied)" in err
+    assert "run forget again once the folder can be read" in err
+    log = (state / DELETION_LOG).read_text().splitlines()
+    assert len(log) == entries + 1 and json.loads(log[-1])["event"] == "erasure"
+    used = load_site(data, ["card_lost"], keep=row_policy(state, float("inf"))).train
+    assert {"cust-0", "cust-2"} == set(used.customers), "cust-1's rows are no longer used"
+
+
+def test_deleting_from_data_keeps_each_files_owner_or_refuses(site, capsys, monkeypatch):
+    """Found in review: ``--delete-from-data`` left the rewritten data file owned by the
+    account that ran it, so the exporter that owns it could no longer append. Root keeps the
+    owner; another account refuses a file it could not keep the owner of, and a read-only file
+    (someone made it so); the erasure itself is recorded either way."""
+    data, state = site
+    train = data / "train.jsonl"
+    os.chown(train, OTHER_UID, OTHER_UID)
+    code, out, err = run(capsys, "forget", "--site", str(data), "--state-dir", str(state),
+                         "--customer", "cust-1", "--delete-from-data")
+    assert code == 0 and "removed from the data folder: 2 rows" in out, out + err
+    assert (train.stat().st_uid, train.stat().st_gid) == (OTHER_UID, OTHER_UID)
+
+    owner = os.geteuid()
+    os.chown(train, owner, os.getegid())
+    train.chmod(0o444)
+    code, out, err = run(capsys, "forget", "--site", str(data), "--state-dir", str(state),
+                         "--customer", "cust-2", "--delete-from-data")
+    assert code == 2 and f"{train} is read-only (mode 444)" in err, out + err
+    assert "cust-2" in train.read_text()
+
+    train.chmod(0o644)
+    os.chown(train, OTHER_UID, OTHER_UID)
+    secret_owner = (state / SECRET_FILE).stat().st_uid
+    monkeypatch.setattr(os, "geteuid", lambda: secret_owner + 1 if secret_owner == 0
+                        else secret_owner)
+    if secret_owner == 0:  # as root (CI): play the site's account, owner of its state too
+        for path in [state, *state.iterdir()]:
+            os.chown(path, 1, 1)
+    code, out, err = run(capsys, "forget", "--site", str(data), "--state-dir", str(state),
+                         "--customer", "cust-2", "--delete-from-data")
+    assert code == 2 and f"{train} belongs to uid {OTHER_UID}" in err, out + err
+    assert "run this as its owner" in err and "cust-2" in train.read_text()
