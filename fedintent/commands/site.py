@@ -229,8 +229,9 @@ def _a_folder_of_its_own(state_dir: Path) -> None:
     owner = state_dir.stat().st_uid
     if owner != os.geteuid():
         raise CliError(f"{state_dir} belongs to uid {owner}, and this command runs as uid "
-                       f"{os.geteuid()}: the site secret it makes would be this account's, which "
-                       "the site could not read; run it as the account the site runs as")
+                       f"{os.geteuid()}: the state folder, and the site secret made in it, must "
+                       "be the account's the site runs as; run init-site as that account, on a "
+                       "folder it owns (chown the folder to it first if it is not its)")
 
 
 def _as_the_sites_account(state_dir: Path) -> None:
