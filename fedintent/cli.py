@@ -65,6 +65,8 @@ def parser() -> argparse.ArgumentParser:
     commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for group in COMMAND_GROUPS:
         group.add_parsers(commands)
+    for command in commands.choices.values():  # reports the command's leftover arguments
+        command.set_defaults(command_parser=command)
     return top
 
 
@@ -72,14 +74,16 @@ def parse_args(top: argparse.ArgumentParser, argv: list[str]) -> argparse.Namesp
     """``argv`` parsed. A command that sets ``intermixed`` (its own parser) takes its options
     before or after its positional arguments (``predict DIR --json TEXT``): argparse gives a
     ``nargs="*"`` positional nothing once an option follows it, so that command's arguments are
-    parsed again, intermixed. Arguments left over are named redacted, since they may be a
-    customer's text."""
+    parsed again, intermixed. Arguments left over are reported by the command's own parser,
+    which names its help; only the unknown options among them when there are any (a text after
+    one is no error of its own), and redacted, since they may be a customer's text."""
     args, rest = top.parse_known_args(argv)
     if rest and getattr(args, "intermixed", None):
         command = argparse.Namespace(command=args.command)
         args, rest = args.intermixed.parse_known_intermixed_args(argv[1:], command)
     if rest:
-        top.error(f"unrecognized arguments: {redact(' '.join(rest))}")
+        unknown = [arg for arg in rest if arg.startswith("-")] or rest
+        args.command_parser.error(f"unrecognized arguments: {redact(' '.join(unknown))}")
     return args
 
 

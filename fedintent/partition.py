@@ -12,6 +12,7 @@ import json
 import math
 import warnings
 from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
 from typing import NamedTuple
 
@@ -27,6 +28,10 @@ from flwr_datasets.partitioner import (
 from fl_protocol.durable_files import write_text_atomic
 
 SITE_CSV_HEADER = ("text", "label")
+PARAMETER_NAMES = {"n_sites": "n_sites", "seed": "seed", "alpha": "alpha", "iid": "alpha=None",
+                   "min_site_size": "min_site_size", "quantity_skew": "quantity_skew"}
+"""How messages name each argument (``iid``: how IID is asked for); a command line passes its
+options instead, so that its user reads what they typed."""
 
 
 class Example(NamedTuple):
@@ -37,6 +42,16 @@ class Example(NamedTuple):
     line: int
 
 
+class PlannedPartition(NamedTuple):
+    """A partition computed and checked but not yet written (``write_partition``)."""
+
+    labels: list[str]
+    sites: dict[str, tuple[list[Example], list[Example]]]
+    """Each site's (train, test) rows, by site folder name."""
+    settings: dict
+    """How it was made, for the manifest."""
+
+
 def partition_csv_dataset(
     csv_dir: Path,
     out_dir: Path,
@@ -45,17 +60,35 @@ def partition_csv_dataset(
     alpha: float | None = 0.5,
     min_site_size: int = 10,
     quantity_skew: float | None = None,
+    names: Mapping[str, str] = PARAMETER_NAMES,
 ) -> dict:
     """Write ``labels.txt``, ``site-NN/{train,test}.csv`` and ``manifest.json``; return the
-    manifest.
+    manifest. The arguments are ``plan_partition``'s."""
+    return write_partition(
+        plan_partition(csv_dir, n_sites, seed, alpha, min_site_size, quantity_skew, names),
+        Path(out_dir))
+
+
+def plan_partition(
+    csv_dir: Path,
+    n_sites: int,
+    seed: int,
+    alpha: float | None = 0.5,
+    min_site_size: int = 10,
+    quantity_skew: float | None = None,
+    names: Mapping[str, str] = PARAMETER_NAMES,
+) -> PlannedPartition:
+    """The partition of ``csv_dir``'s ``train.csv`` and ``test.csv``, every check of the input
+    made and nothing written, so that a caller can refuse bad input before it claims a folder.
 
     ``alpha`` is the Dirichlet concentration of each label's spread over the sites (smaller =
     more skewed; None = IID). ``quantity_skew`` Q makes the largest site's expected size Q times
     the smallest's, growing geometrically with the site number (None = equal sizes). Every site
-    gets at least ``min_site_size`` training rows.
+    gets at least ``min_site_size`` training rows. Errors name the arguments as ``names`` does
+    (``PARAMETER_NAMES``' keys).
     """
-    csv_dir, out_dir = Path(csv_dir), Path(out_dir)
-    check_partition_args(n_sites, seed, alpha, min_site_size, quantity_skew)
+    csv_dir = Path(csv_dir)
+    check_partition_args(n_sites, seed, alpha, min_site_size, quantity_skew, names)
     train = read_labeled_csv(csv_dir / "train.csv")
     test = read_labeled_csv(csv_dir / "test.csv")
     if not train:
@@ -70,21 +103,14 @@ def partition_csv_dataset(
 
     rng = np.random.default_rng(seed)
     train_labels = np.array([example.label for example in train], dtype=str)
-    train_sites = assign_train_rows(train_labels, n_sites, rng, alpha, min_site_size, quantity_skew)
+    train_sites = assign_train_rows(train_labels, n_sites, rng, alpha, min_site_size, quantity_skew,
+                                    names)
     test_labels = np.array([example.label for example in test], dtype=str)
     test_sites = assign_test_rows(train_labels, train_sites, test_labels, n_sites, rng)
-
-    site_names = [site_name(index, n_sites) for index in range(n_sites)]
-    check_no_stale_sites(out_dir, site_names)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out_dir / "labels.txt", "".join(f"{label}\n" for label in labels))
-    sites = {
-        name: write_site(
-            out_dir / name, site_rows(train, train_sites, index), site_rows(test, test_sites, index)
-        )
-        for index, name in enumerate(site_names)
-    }
-    manifest = {
+    sites = {site_name(index, n_sites): (site_rows(train, train_sites, index),
+                                         site_rows(test, test_sites, index))
+             for index in range(n_sites)}
+    settings = {
         "source": str(csv_dir),
         "scheme": "iid" if alpha is None else "dirichlet",
         "alpha": alpha,
@@ -92,9 +118,18 @@ def partition_csv_dataset(
         "min_site_size": min_site_size,
         "seed": seed,
         "n_sites": n_sites,
-        "labels": labels,
-        "sites": sites,
     }
+    return PlannedPartition(labels, sites, settings)
+
+
+def write_partition(partition: PlannedPartition, out_dir: Path) -> dict:
+    """Write ``partition`` into ``out_dir`` (``partition_csv_dataset``); return the manifest."""
+    check_no_stale_sites(out_dir, list(partition.sites))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out_dir / "labels.txt", "".join(f"{label}\n" for label in partition.labels))
+    sites = {name: write_site(out_dir / name, train, test)
+             for name, (train, test) in partition.sites.items()}
+    manifest = partition.settings | {"labels": partition.labels, "sites": sites}
     manifest_text = json.dumps(manifest, ensure_ascii=False, indent=2) + "\n"
     write_text_atomic(out_dir / "manifest.json", manifest_text)
     return manifest
@@ -106,20 +141,22 @@ def check_partition_args(
     alpha: float | None,
     min_site_size: int,
     quantity_skew: float | None,
+    names: Mapping[str, str] = PARAMETER_NAMES,
 ) -> None:
     """Reject arguments the partitioners would fail on later, or silently misread."""
     if n_sites < 1:
-        raise ValueError(f"n_sites must be >= 1, got {n_sites}")
+        raise ValueError(f"{names['n_sites']} must be >= 1, got {n_sites}")
     if seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed}")
+        raise ValueError(f"{names['seed']} must be a non-negative integer, got {seed}")
     if alpha is not None and not (alpha > 0 and math.isfinite(alpha)):
-        raise ValueError(f"alpha must be a finite number > 0 (or None for IID), got {alpha}")
+        raise ValueError(f"{names['alpha']} must be a finite number > 0 ({names['iid']} for IID "
+                         f"sites), got {alpha}")
     if min_site_size < 1:
-        raise ValueError(f"min_site_size must be >= 1, got {min_site_size}")
+        raise ValueError(f"{names['min_site_size']} must be >= 1, got {min_site_size}")
     if quantity_skew is not None and not (quantity_skew >= 1 and math.isfinite(quantity_skew)):
         raise ValueError(
-            f"quantity_skew must be a finite number >= 1 (largest/smallest site size), "
-            f"got {quantity_skew}"
+            f"{names['quantity_skew']} must be a finite number >= 1 (largest/smallest site "
+            f"size), got {quantity_skew}"
         )
 
 
@@ -220,6 +257,7 @@ def make_partitioner(
     alpha: float | None,
     min_site_size: int,
     quantity_skew: float | None,
+    names: Mapping[str, str] = PARAMETER_NAMES,
 ) -> Partitioner:
     """The flwr-datasets partitioner for the scheme.
 
@@ -239,17 +277,19 @@ def make_partitioner(
         )
     if quantity_skew is None:
         return IidPartitioner(num_partitions=n_sites)
-    return SizePartitioner(iid_site_sizes(sizes, n_rows, min_site_size))
+    return SizePartitioner(iid_site_sizes(sizes, n_rows, min_site_size, names))
 
 
-def iid_site_sizes(relative_sizes: np.ndarray, n_rows: int, min_site_size: int) -> list[int]:
+def iid_site_sizes(relative_sizes: np.ndarray, n_rows: int, min_site_size: int,
+                   names: Mapping[str, str] = PARAMETER_NAMES) -> list[int]:
     """Row counts for the sizes, summing to ``n_rows`` (rounding leftovers go to the largest)."""
     sizes = [int(size) for size in np.floor(relative_sizes * n_rows / len(relative_sizes))]
     sizes[-1] += n_rows - sum(sizes)
     if min(sizes) < min_site_size:
         raise ValueError(
             f"quantity skew leaves the smallest site {min(sizes)} rows, fewer than "
-            f"min_site_size={min_site_size}; lower quantity_skew or the number of sites"
+            f"{names['min_site_size']} {min_site_size}; lower {names['quantity_skew']}, "
+            f"{names['min_site_size']} or {names['n_sites']}"
         )
     return sizes
 
@@ -261,13 +301,15 @@ def assign_train_rows(
     alpha: float | None,
     min_site_size: int,
     quantity_skew: float | None,
+    names: Mapping[str, str] = PARAMETER_NAMES,
 ) -> np.ndarray:
     """The site of each training row. Rows are shuffled first, since the partitioners cut
     contiguous runs and the file order may mean something (source, date, author)."""
     order = rng.permutation(len(labels))
     dataset = Dataset.from_dict({"row": order.tolist(), "label": labels[order].tolist()})
     partitioner = make_partitioner(
-        n_sites, len(labels), int(rng.integers(2**32)), alpha, min_site_size, quantity_skew
+        n_sites, len(labels), int(rng.integers(2**32)), alpha, min_site_size, quantity_skew,
+        names,
     )
     partitioner.dataset = dataset
     sites = np.empty(len(labels), dtype=np.int64)
@@ -278,10 +320,13 @@ def assign_train_rows(
             for site in range(n_sites):
                 sites[partitioner.load_partition(site)["row"]] = site
     except ValueError as err:
+        scheme = names["iid"] if alpha is None else f"{names['alpha']} {alpha:g}"
+        if quantity_skew is not None:
+            scheme += f", {names['quantity_skew']} {quantity_skew:g}"
         raise ValueError(
             f"could not give all {n_sites} sites at least {min_site_size} training rows with "
-            f"alpha={alpha}, quantity_skew={quantity_skew} ({err}); raise alpha, or lower "
-            "n_sites, quantity_skew or min_site_size"
+            f"{scheme} ({err}); raise {names['alpha']}, or lower "
+            f"{names['n_sites']}, {names['quantity_skew']} or {names['min_site_size']}"
         ) from err
     return sites
 

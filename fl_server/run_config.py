@@ -190,7 +190,7 @@ def check_epsilon(key: str, value: object, accountant: str = "prv") -> float:
     (``EPSILON_RANGES``); ``key`` names the option or key in the message."""
     low, high = EPSILON_RANGES[accountant]
     if not _is_number(value) or not (value == math.inf or low <= value <= high):
-        raise RunConfigError(f"{key} must be > 0: inf (no DP) or in [{low:g}, {high:g}] with "
+        raise RunConfigError(f"{key} must be inf (no DP) or in [{low:g}, {high:g}] with "
                              f"accountant {accountant}, got {value!r}")
     return float(value)
 

@@ -32,6 +32,7 @@ from fl_protocol.wire import (
     NO_REPLY,
     REJECTED,
     TRAIN_METRICS,
+    Reason,
     is_site_reason,
     mask_languages,
 )
@@ -227,7 +228,14 @@ def site_pseudonym(site_key: int) -> str:
 
 
 def final_summary(doc: dict) -> dict:
-    """Final accuracy and each site's privacy guarantee, from the recorded rounds."""
+    """Final accuracy and each site's privacy guarantee, from the recorded rounds.
+
+    A site's figures are those of its last accepted reply, in ``epsilon_all_runs_round``.
+    ``declined_for_budget_round``: the first later round it declined for its budget, as far as
+    the record ties the decline's node id to the site. Its lifetime spend may then be higher
+    than its last reply said, up to its budget: a round it trained whose reply the server never
+    recorded (an interrupted run) is charged too (found in review: a resumed run reported
+    lifetime 6.801 of 8 for sites whose ledgers held 8.0 and declined every round)."""
     evaluated = [r for r in doc["rounds"] if "accuracy" in r]
     last = evaluated[-1] if evaluated else {}
     unit = doc["config"].get("privacy-unit", "utterance")
@@ -237,6 +245,8 @@ def final_summary(doc: dict) -> dict:
             sites[key] = {
                 "epsilon": site.get("epsilon"),
                 "epsilon_all_runs": site.get("epsilon_all_runs"),
+                "epsilon_all_runs_round": entry["round"],
+                "declined_for_budget_round": None,
                 "epsilon_alone": site.get("epsilon_alone", site.get("epsilon")),
                 "epsilon_alone_all_runs": site.get("epsilon_alone_all_runs",
                                                    site.get("epsilon_all_runs")),
@@ -251,6 +261,7 @@ def final_summary(doc: dict) -> dict:
                 "num_examples": site.get("num_examples"),
                 "languages": site.get("languages"),
             }
+    _note_budget_declines(doc["rounds"], sites)
     return {
         **{key: last.get(key) for key in EVALUATION_SUMMARY},
         "rounds_completed": len(doc["rounds"]),
@@ -262,6 +273,21 @@ def final_summary(doc: dict) -> dict:
         "max_epsilon_alone": _max_epsilon(list(sites.values()), "epsilon_alone"),
         "privacy_model": doc["config"].get("privacy-model", "local"),
     }
+
+
+def _note_budget_declines(rounds: list[dict], sites: dict[str, dict]) -> None:
+    """Set each site's ``declined_for_budget_round``: the first round after its last accepted
+    reply in which a node id that the record saw send that site's replies declined for its
+    budget (a restarted site's new node id is not known to be it)."""
+    nodes = {site["node_id"]: key for entry in rounds
+             for key, site in entry.get("sites", {}).items() if "node_id" in site}
+    for entry in rounds:
+        for failure in entry.get("failures", []):
+            site = sites.get(nodes.get(failure.get("node_id"), ""))
+            if (site is not None and site["declined_for_budget_round"] is None
+                    and failure.get("reason") == Reason.BUDGET_EXHAUSTED.value
+                    and entry["round"] > site["epsilon_all_runs_round"]):
+                site["declined_for_budget_round"] = entry["round"]
 
 
 def _site_evaluations(replies: list[Message], pseudonyms: dict[str, str]) -> dict:

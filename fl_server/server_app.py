@@ -161,7 +161,8 @@ def main(grid: Grid, context: Context) -> None:
                 return
         if not any(r.get("sites_trained") for r in record.doc["rounds"]):
             reasons = {f["reason"] for r in record.doc["rounds"] for f in r.get("failures", [])}
-            raise RunFailed(f"no site trained in any round; site errors: {sorted(reasons)}")
+            raise RunFailed("no site trained in any round; the sites said: "
+                            f"{'; '.join(sorted(reasons)) or 'nothing'}")
         model_dir = save_model(
             out_dir / "model",
             arrays.to_torch_state_dict(),

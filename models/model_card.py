@@ -271,6 +271,13 @@ def _privacy_section(config: dict, sites: dict, rounds: list[dict]) -> str:
     if without_dp := _sites_without_dp(sites):
         intro += ("\n\nThese sites trained without DP, so the model gives their data no "
                   "privacy guarantee: " + ", ".join(without_dp) + ".")
+    if declined := [f"{key} (round {site['declined_for_budget_round']})"
+                    for key, site in sorted(sites.items())
+                    if site.get("declined_for_budget_round") is not None]:
+        intro += ("\n\nThese sites declined a later round for their lifetime budget, so their "
+                  "epsilon over all runs below is the one their last accepted update reported: "
+                  "a round they trained whose update the run never kept (an interrupted run) "
+                  "cost them too, up to their budget: " + ", ".join(declined) + ".")
     if not sites:
         return intro + f"\n\nPer-site guarantees: {MISSING}."
     rows = []
@@ -385,7 +392,8 @@ def _usage_section(family: ModelFamily) -> str:
         "classify(redacted_texts, truncation=True)\n```\n\n"
         "`trust_remote_code=True` runs `modeling_fedintent.py` from this folder (mean pooling "
         "over a BERT encoder, which no built-in architecture does); read it first. With "
-        "fedintent installed, `import models` registers the class and the flag is not needed. "
+        "fedintent installed, run `import models.export` first: it registers the class, and the "
+        "flag is not needed. "
         "`fedintent predict THIS_FOLDER \"text\"` also redacts PII first.")
 
 

@@ -73,3 +73,25 @@ def ctx(tmp_path) -> Context:
     create_site_secret(tmp_path / "state")  # as ``fedintent init-site`` does
     return Context(run_id=1, node_id=7, node_config=node, state=RecordDict(),
                    run_config=dict(RUN_CONFIG_DEFAULTS))
+
+
+@pytest.fixture
+def sleeping_flower(monkeypatch) -> list:
+    """Flower's processes, as the launcher starts them, replaced by sleepers it starts and
+    stops the same way, and the local SuperLink taken as up: the processes started, in order
+    (each a ``subprocess.Popen``)."""
+    import sys
+
+    from fedintent.launch import simulation
+
+    started = []
+    real_start = simulation.start_process
+
+    def start_sleeper(command, env, log, processes, cwd=None):
+        started.append(real_start([sys.executable, "-c", "import time; time.sleep(120)"],
+                                  env, log, processes, cwd))
+        return started[-1]
+
+    monkeypatch.setattr(simulation, "start_process", start_sleeper)
+    monkeypatch.setattr(simulation, "wait_local_superlink", lambda port, superlink: None)
+    return started

@@ -28,8 +28,14 @@ from fedintent.bench.cells import (
     save_cell,
     sweep_cells,
 )
-from fedintent.bench.federated import site_deltas, upload_bytes_per_site_round
-from fedintent.bench.report import epsilon_axis_label, markdown_report, plot_png, summarize
+from fedintent.bench.federated import round_seconds, site_deltas, upload_bytes_per_site_round
+from fedintent.bench.report import (
+    epsilon_axis_label,
+    markdown_report,
+    plot_png,
+    summarize,
+    write_outputs,
+)
 from fedintent.bench.sweep import (
     BenchSpec,
     claim_sweep_folder,
@@ -47,6 +53,7 @@ from fl_client.privacy_accounting import (
     rdp_budget,
 )
 from fl_protocol.wire import RUN_CONFIG_DEFAULTS as DEFAULTS
+from fl_server.provenance import file_sha256
 from fl_server.run_config import TUNED_SETTINGS, tuned_settings
 
 LABELS = ["card_arrival", "lost_card", "exchange_rate", "top_up_failed"]
@@ -178,6 +185,34 @@ def test_the_report_has_a_distributed_row_and_notes_epsilon_alone():
             ) in report
 
 
+def test_a_one_round_run_has_no_time_per_round_in_any_output(tmp_path):
+    """Time per round excludes the first round (docs/BENCHMARKS.md), so a run of one round has
+    none (found in review: `--rounds 1` gave s/round 0.00 and seconds_per_round 0.0)."""
+    assert round_seconds(10.0, [19.0]) == {"seconds_per_round": None, "first_round_seconds": 9.0}
+    assert round_seconds(10.0, [19.0, 20.5, 22.0]) == {"seconds_per_round": 1.5,
+                                                        "first_round_seconds": 9.0}
+    perf = {"wall_seconds": 9.0, "first_round_seconds": 9.0, "upload_bytes_per_site_round": 1.0,
+            "peak_memory_mib": 1.0}
+    results = [
+        {"method": FEDERATED, "epsilon": 8.0, "seed": 0, "accuracy": 0.8,
+         **perf, **round_seconds(0.0, [9.0])},
+        {"method": FEDERATED, "epsilon": "inf", "seed": 0, "accuracy": 0.9,
+         **perf, **round_seconds(0.0, [9.0, 10.5])},
+    ]
+    spec = {"data": "/x/small", "sites": 2, "alpha": 0.5, "seeds": 1, "partition_seed": 0,
+            "tolerated_sites": 0, "settings": {}}
+    write_outputs(tmp_path, spec, results)
+    report = (tmp_path / "report.md").read_text()
+    assert "| local | 8 | 0 | - | 9 | - | 1 |" in report
+    assert "| local | inf | 0 | - | 9 | 1.50 | 1 |" in report
+    with (tmp_path / "results.csv").open() as rows:
+        per_round = {(row["method"], row["epsilon"]): row["seconds_per_round"]
+                     for row in csv.DictReader(rows)}
+    assert per_round == {(FEDERATED, "8.0"): "", (FEDERATED, "inf"): "1.5"}
+    cells = json.loads((tmp_path / "results.json").read_text())["cells"]
+    assert [cell["seconds_per_round"] for cell in cells] == [None, 1.5]
+
+
 def test_the_report_names_every_commit_a_resumed_sweep_ran():
     results = [{"method": CENTRAL_DP, "epsilon": 8.0, "seed": 0, "accuracy": 0.89}]
     versions = {"fedintent": "0.1.0", "flwr": "1.41.0"}
@@ -215,9 +250,27 @@ def test_a_sweep_folder_refuses_a_different_spec(tmp_path):
     (tmp_path / "out" / "bench.json").write_text(json.dumps(
         {"data": str(data), "sites": 3, "alpha": 0.5, "partition_seed": 0,
          "model": "minilm-head", "settings": {}}), encoding="utf-8")
-    with pytest.raises(ValueError, match="different data, partition, model, settings"):
+    with pytest.raises(ValueError, match=r"different sites: 3 there, 2 now; settings\.8: absent "
+                                         r"there, present now \("):
         run_bench(spec, tmp_path / "out")
     assert not (tmp_path / "out" / "data").exists()
+
+
+def test_bad_input_leaves_no_record_that_blocks_the_corrected_retry(tmp_path):
+    """Found in review: a label that only test.csv held failed the bench after bench.json was
+    written, and the retry on the corrected file was refused as a sweep of other data."""
+    data = write_dataset(tmp_path / "csv")
+    good = (data / "test.csv").read_text(encoding="utf-8")
+    (data / "test.csv").write_text(good + "where is my parcel,parcel_tracking\n",
+                                   encoding="utf-8")
+    spec = BenchSpec(data=str(data), sites=2, alpha=0.5, epsilons=[8.0], seeds=1,
+                     partition_seed=0, rounds=1)
+    with pytest.raises(ValueError, match="does not occur in train.csv"):
+        run_bench(spec, tmp_path / "out")
+    assert not (tmp_path / "out" / "bench.json").exists()
+    (data / "test.csv").write_text(good, encoding="utf-8")
+    record = claim_sweep_folder(tmp_path / "out", spec)
+    assert record["dataset_sha256"]["test.csv"] == file_sha256(data / "test.csv")
 
 
 def test_a_sweep_without_epsilon_inf_still_runs_its_non_private_baselines(tmp_path,
@@ -279,7 +332,8 @@ def test_a_sweep_folder_from_before_privacy_models_takes_a_default_sweep(tmp_pat
     recorded = json.loads((tmp_path / "bench.json").read_text(encoding="utf-8"))
     assert (recorded["privacy_models"], recorded["tolerated_sites"]) == (
         ["local", "distributed"], 2)
-    with pytest.raises(ValueError, match="tolerated sites"):
+    with pytest.raises(ValueError, match="different tolerated_sites: 2 there, 3 now; "
+                                         "distributed_settings.8.tolerated-sites: 2 there, 3 now"):
         claim_sweep_folder(tmp_path, replace(both, tolerated_sites=3))
 
 
@@ -313,7 +367,7 @@ def bench_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize(("args", "message"), [
     (["--epsilons", "8,abc"], "--epsilons must be numbers"),
-    (["--epsilons", "0,8"], "--epsilons must be > 0"),
+    (["--epsilons", "0,8"], "--epsilons must be inf (no DP) or in [0.1, 100]"),
     (["--seeds", "0"], "must be >= 1"),
     (["--privacy-model", "local,central"], "--privacy-model: unknown 'central'"),
     (["--privacy-model", ","], "--privacy-model needs one of local, distributed"),

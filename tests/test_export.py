@@ -5,6 +5,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -135,6 +136,29 @@ def test_trust_remote_code_loads_it_without_fedintent(bert_export, tmp_path):
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           cwd=tmp_path, env=env, timeout=120)
     assert done.returncode == 0, done.stderr
+    assert_same([tuple(pair) for pair in json.loads(done.stdout)], logits)
+
+
+@pytest.mark.parametrize("bert_export", ["minilm-head"], indirect=True)
+def test_the_cards_import_lets_the_pipeline_load_it_without_the_flag(bert_export, tmp_path):
+    """The card's "How to run it" names the import that makes ``trust_remote_code`` unneeded;
+    a fresh process that does just that import must load the folder without the flag."""
+    _, _, logits, out = bert_export
+    card = model_card(RUN_DOC, get_model_family("minilm-head"), LABELS)
+    usage = card.split("## How to run it", 1)[1]
+    imports = re.findall(r"`(import [\w.]+)`", usage)
+    assert len(imports) == 1, usage
+    script = (
+        f"import json\n{imports[0]}\n"
+        "from transformers import pipeline\n"
+        f"classify = pipeline('text-classification', model={str(out)!r})\n"
+        f"found = classify({QUERIES!r}, truncation=True)\n"
+        "print(json.dumps([[r['label'], r['score']] for r in found]))\n"
+    )
+    env = os.environ | {"HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          cwd=Path(__file__).parent.parent, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
     assert_same([tuple(pair) for pair in json.loads(done.stdout)], logits)
 
 
@@ -399,6 +423,19 @@ def test_the_card_says_which_updates_its_figures_do_not_cover():
     card = model_card(run_doc, get_model_family("ngram"), LABELS)
     assert "The server rejected 1 update(s) in this run" in card
     assert "`fedintent privacy-report`" in card
+
+
+def test_the_card_says_whose_lifetime_figure_predates_a_budget_decline():
+    """Found in review: a resumed run whose sites declined its last round for their budget
+    (the round was charged before the interrupt) showed their lifetime epsilon as last
+    reported, as if it were all they had spent."""
+    card = model_card(RUN_DOC, get_model_family("ngram"), LABELS)
+    assert "declined a later round for their lifetime budget" not in card
+    run_doc = copy.deepcopy(RUN_DOC)
+    run_doc["final"]["sites"]["site-bbb"]["declined_for_budget_round"] = 2
+    card = model_card(run_doc, get_model_family("ngram"), LABELS)
+    assert "These sites declined a later round for their lifetime budget" in card
+    assert "cost them too, up to their budget: site-bbb (round 2)." in card
 
 
 def test_the_card_names_the_languages_the_sites_declared(tmp_path, monkeypatch):

@@ -322,5 +322,14 @@ def test_no_error_quotes_a_text_unredacted(ngram_model, capsys):
     with pytest.raises(SystemExit):
         main(["predict", str(ngram_model), "hi", "--jsn", PHONE_TEXT])
     err = capsys.readouterr().err
-    assert "unrecognized arguments: --jsn my card is gone, call me on [PHONE]" in err
-    assert "13812345678" not in err
+    assert "unrecognized arguments: --jsn (see" in err and "13812345678" not in err
+
+
+@pytest.mark.parametrize("texts", [["--frob", "hi"], ["hi", "--frob"], ["--frob", PHONE_TEXT]])
+def test_an_unknown_option_is_named_alone_with_predicts_help(ngram_model, texts, capsys):
+    """Found in review: `predict MODEL --frob hi` named the text `hi` as unrecognized too, and
+    pointed to `fedintent --help`, which does not list predict's options."""
+    with pytest.raises(SystemExit):
+        main(["predict", str(ngram_model), *texts])
+    assert capsys.readouterr().err == ("fedintent predict: error: unrecognized arguments: --frob "
+                                       "(see fedintent predict --help)\n")

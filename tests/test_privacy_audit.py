@@ -303,7 +303,7 @@ def test_confidence_scores_are_stable_and_lira_separates_shifted_members():
 
 @pytest.mark.parametrize("args, message", [
     (["--epsilons", "1,x"], "--epsilons must be numbers"),
-    (["--epsilons", "0"], "--epsilons must be > 0"),
+    (["--epsilons", "0"], "--epsilons must be inf (no DP) or in [0.1, 100]"),
     (["--shadows", "2"], "--shadows must be >= 4"),
     (["--canaries", "1", "--natural", "0"], "--canaries and --natural"),
     (["--confidence", "1.5"], "--confidence"),

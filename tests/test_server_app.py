@@ -85,7 +85,8 @@ def test_a_run_where_no_site_trains_logs_each_round_and_fails_without_a_tracebac
         tmp_path, logged, task_identity):
     metrics = run_server(tmp_path, **{"data-dir": str(write_data(tmp_path / "data")),
                                       "num-rounds": 1})
-    assert metrics["status"] == "failed" and "no site trained in any round" in metrics["error"]
+    assert metrics["status"] == "failed" and metrics["error"] == (
+        f"no site trained in any round; the sites said: {Reason.BUDGET_EXHAUSTED.value}")
     lines = [record.getMessage() for record in logged.records]
     assert "round   1/1  sites trained 0/2  eval accuracy n/a  max epsilon n/a" in lines
     assert f"  site 1 did not train: {Reason.BUDGET_EXHAUSTED.value}" in lines

@@ -107,10 +107,12 @@ def run_federated(
 
 
 def round_seconds(started: float, round_times: list[float]) -> dict:
-    """``seconds_per_round`` (the mean after the first round, which starts the processes) and
+    """``seconds_per_round`` (the mean after the first round, which starts the processes; None
+    for a run of one round, which has no such figure: found in review, it read 0.0) and
     ``first_round_seconds`` (None without a round), from the start and each round's end."""
     per_round = [b - a for a, b in zip([started, *round_times], round_times, strict=False)]
-    return {"seconds_per_round": sum(per_round[1:]) / max(len(per_round) - 1, 1),
+    return {"seconds_per_round": (sum(per_round[1:]) / (len(per_round) - 1)
+                                  if len(per_round) > 1 else None),
             "first_round_seconds": per_round[0] if per_round else None}
 
 

@@ -206,7 +206,7 @@ def markdown_report(spec: dict, summary: list[dict], results: list[dict]) -> str
             f"| {FEDERATED_PRIVACY_MODELS[result['method']]} | {epsilon_label(_epsilon(result))} | "
             f"{result['seed']} | {_fmt(result.get('worst_site_accuracy'), '.4f')} | "
             f"{result['wall_seconds']:.0f} | "
-            f"{result['seconds_per_round']:.2f} | "
+            f"{_fmt(result.get('seconds_per_round'), '.2f')} | "
             f"{result['upload_bytes_per_site_round']:.0f} | {result['peak_memory_mib']:.0f} | "
             f"{_fmt(result.get('max_site_epsilon'), '.3f')} | "
             f"{_fmt(result.get('max_site_epsilon_alone'), '.3f')} |"

@@ -37,8 +37,8 @@ from fedintent.bench.cells import (
 )
 from fedintent.bench.federated import run_federated
 from fedintent.bench.report import write_outputs
-from fedintent.partition import partition_csv_dataset, read_labeled_csv
-from fedintent.report_files import claim_folder, epsilon_label
+from fedintent.partition import plan_partition, read_labeled_csv, write_partition
+from fedintent.report_files import FolderClaimed, claim_folder, epsilon_label
 from fl_client.site_data import list_site_dirs, load_site
 from fl_protocol.label_file import read_labels
 from fl_protocol.wire import RUN_CONFIG_DEFAULTS
@@ -98,13 +98,18 @@ SPEC_DEFAULTS = {"tolerated_sites": BenchSpec.tolerated_sites}
 def run_bench(spec: BenchSpec, out_dir: Path) -> list[dict]:
     """Run (or finish) the sweep in ``out_dir``; return every cell's result."""
     out_dir = Path(out_dir)
+    data_dir = out_dir / "data"
+    partition = None
+    if not (data_dir / "manifest.json").exists():
+        # the input checked in full before bench.json claims the folder (found in review: a
+        # label only in test.csv left a bench.json that refused the corrected data's retry)
+        print(f"partitioning {spec.data} into {spec.sites} sites (alpha {spec.alpha:g})")
+        partition = plan_partition(Path(spec.data), spec.sites, spec.partition_seed,
+                                   alpha=spec.alpha)
     record = claim_sweep_folder(out_dir, spec)
     settings = record["settings"]
-    data_dir = out_dir / "data"
-    if not (data_dir / "manifest.json").exists():
-        print(f"partitioning {spec.data} into {spec.sites} sites (alpha {spec.alpha:g})")
-        partition_csv_dataset(Path(spec.data), data_dir, spec.sites, spec.partition_seed,
-                              alpha=spec.alpha)
+    if partition is not None:
+        write_partition(partition, data_dir)
     labels = read_labels(data_dir / "labels.txt")
     cache = out_dir / "cache" / "features"
     print("embedding every site's text (cached for later runs)")
@@ -260,19 +265,21 @@ def _pooled(parts: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tenso
 
 
 def _claim_folder(out_dir: Path, record: dict) -> dict:
-    """A sweep folder holds one sweep: refuse to mix cells of different specs or settings.
-    Returns the record kept in bench.json."""
+    """A sweep folder holds one sweep: refuse to mix cells of different specs or settings,
+    naming each field that differs (found in review: a generic refusal left the user to diff
+    bench.json by hand). Returns the record kept in bench.json."""
+    path = out_dir / "bench.json"
 
     def merge(existing: dict, wanted: dict) -> dict | None:
-        existing = SPEC_DEFAULTS | existing
-        fixed = ("data", "sites", "alpha", "partition_seed", "model", "settings", "tolerated_sites")
-        if any(existing.get(k) != wanted[k] for k in fixed):
+        if not isinstance(existing, dict):
             return None
-        if existing.get("dataset_sha256", wanted["dataset_sha256"]) != wanted["dataset_sha256"]:
-            return None  # the same path, other data
+        existing = SPEC_DEFAULTS | existing
+        differences = sweep_differences(existing, wanted)
+        if differences:
+            raise FolderClaimed(f"{out_dir} holds a sweep with different "
+                                f"{'; '.join(differences)} ({path}); use a new --out, or "
+                                "delete it")
         before, now = existing.get("distributed_settings"), wanted.get("distributed_settings")
-        if before and now and any(before.get(k, v) != v for k, v in now.items()):
-            return None  # distributed cells of other settings
         free = ("epsilons", "seeds", "privacy_models")  # cells are keyed by these: none mix
         merged = existing | {k: wanted[k] for k in free}
         merged["dataset_sha256"] = wanted["dataset_sha256"]
@@ -281,6 +288,44 @@ def _claim_folder(out_dir: Path, record: dict) -> dict:
             merged["distributed_settings"] = (before or {}) | now
         return merged
 
-    return claim_folder(out_dir / "bench.json", record, merge,
-                 f"{out_dir} holds a sweep with different data, partition, model, settings or "
-                 f"tolerated sites ({out_dir / 'bench.json'}); use a new --out, or delete it")
+    return claim_folder(path, record, merge,
+                        f"{path}: not a sweep's record; use a new --out, or delete it")
+
+
+def sweep_differences(existing: dict, wanted: dict) -> list[str]:
+    """What keeps the sweep recorded in a folder (``existing``) and ``wanted`` from sharing it:
+    each differing field as its dotted path in bench.json with both values. A record from
+    before a field was kept (no ``dataset_sha256``) differs in nothing it lacks, and
+    distributed-DP settings only where both record an epsilon's."""
+    fixed = ("data", "sites", "alpha", "partition_seed", "model", "settings", "tolerated_sites")
+    differences = [d for key in fixed for d in _changed(existing.get(key), wanted[key], key)]
+    if "dataset_sha256" in existing:  # the same path, other data
+        differences += _changed(existing["dataset_sha256"], wanted["dataset_sha256"],
+                                "dataset_sha256")
+    before = existing.get("distributed_settings") or {}
+    for label, settings in (wanted.get("distributed_settings") or {}).items():
+        differences += _changed(before.get(label, settings), settings,
+                                f"distributed_settings.{label}")
+    return differences
+
+
+def _changed(before: object, after: object, name: str) -> list[str]:
+    """``name: BEFORE there, AFTER now`` for each leaf that differs, nested keys dotted."""
+    if isinstance(before, dict) and isinstance(after, dict):
+        return [d for key in sorted(before.keys() | after.keys(), key=str)
+                for d in _changed(before.get(key), after.get(key), f"{name}.{key}")]
+    if before == after:
+        return []
+    return [f"{name}: {_shown(before)} there, {_shown(after)} now"]
+
+
+def _shown(value: object) -> str:
+    """A recorded value in a message: a SHA-256 by its first 12 digits, a group of settings
+    (an epsilon's) by whether it is there."""
+    if value is None:
+        return "absent"
+    if isinstance(value, dict):
+        return "present"
+    if isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value):
+        return value[:12]
+    return str(value)

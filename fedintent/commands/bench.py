@@ -1,6 +1,7 @@
 """``bench``: accuracy against epsilon, federated DP training versus baselines, over seeds."""
 
 import argparse
+import sys
 
 from fedintent.commands import CliError, require_operator_extra
 from fedintent.commands.options import as_typed, parse_epsilons, path_argument, writable_folder
@@ -81,6 +82,11 @@ def run_bench(args: argparse.Namespace) -> int:
             sweep.run_bench(spec, args.out)
     except (ValueError, SimulationError) as err:
         raise CliError(str(err)) from err
+    except KeyboardInterrupt:  # found in review: "interrupted" said nothing of how to go on
+        print(f"fedintent bench: interrupted; every finished cell is kept in "
+              f"{args.out / 'cells'}: re-run the same command to resume (it computes only the "
+              "missing cells)", file=sys.stderr)
+        return 130
     print(f"results: {args.out / 'report.md'}, {args.out / 'results.csv'}, "
           f"{args.out / 'accuracy_vs_epsilon.png'}")
     return 0

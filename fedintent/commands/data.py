@@ -257,6 +257,12 @@ def _rows(count: int) -> str:
     return f"{count} row" if count == 1 else f"{count} rows"
 
 
+PARTITION_OPTIONS = {"n_sites": "--sites", "seed": "--seed", "alpha": "--alpha", "iid": "--iid",
+                     "min_site_size": "--min-site-size", "quantity_skew": "--quantity-skew"}
+"""partition's option for each argument of ``partition_csv_dataset``, which its errors name
+(found in review: ``n_sites must be >= 1`` for ``--sites 0``)."""
+
+
 def run_partition(args: argparse.Namespace) -> int:
     require_operator_extra()
     from fedintent.partition import partition_csv_dataset
@@ -267,7 +273,7 @@ def run_partition(args: argparse.Namespace) -> int:
         manifest = partition_csv_dataset(
             args.csv_dir, args.out, n_sites=args.sites, seed=args.seed,
             alpha=None if args.iid else args.alpha, min_site_size=args.min_site_size,
-            quantity_skew=args.quantity_skew,
+            quantity_skew=args.quantity_skew, names=PARTITION_OPTIONS,
         )
     except (ValueError, FileNotFoundError) as err:
         raise CliError(str(err)) from err

@@ -73,7 +73,8 @@ def print_summary(metrics: dict, seconds: float, names: Mapping[str, str] | None
         print(
             f"  {name}: epsilon {format_epsilon(site['epsilon'])} per {site['privacy_unit']} at "
             f"delta {site['delta']:g} (lifetime {format_epsilon(site['epsilon_all_runs'])} of "
-            f"budget {site['max_epsilon_budget']:g}){_alone(site)}; noise multiplier "
+            f"budget {site['max_epsilon_budget']:g}{_lifetime_note(site)}){_alone(site)}; "
+            f"noise multiplier "
             f"{site['noise_multiplier']:.3g}, clip norm {site['clip_norm']:g}, "
             f"{site['rounds_trained']} rounds, {site['num_examples']} training examples"
         )
@@ -84,6 +85,18 @@ def print_summary(metrics: dict, seconds: float, names: Mapping[str, str] | None
     out_dir = Path(metrics["config"]["out-dir"])
     print(f"metrics: {out_dir / 'metrics.json'}")
     print(f"model:   {final['model_dir']}")
+
+
+def _lifetime_note(site: dict) -> str:
+    """Where a site declined for its budget after its last reply, that the lifetime figure is
+    that reply's: a round it trained whose reply was never recorded (an interrupted run) was
+    charged too (found in review: "lifetime 6.801 of budget 8" beside ledgers holding 8)."""
+    declined = site.get("declined_for_budget_round")
+    if declined is None:
+        return ""
+    return (f", as last reported, in round {site['epsilon_all_runs_round']}; it declined round "
+            f"{declined} for its budget, so its units' lifetime spend may be higher, up to "
+            f"the budget")
 
 
 def _alone(site: dict) -> str:

@@ -5,7 +5,9 @@ import argparse
 import math
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fedintent.commands import CliError, require_operator_extra
 from fedintent.commands.data import DATA_FORMAT_HELP, DEFAULT_SYNTHETIC_SITES
@@ -42,6 +44,9 @@ from fl_server.run_config import (
 )
 from fl_server.strategy import STRATEGIES
 from models import model_family_names
+
+if TYPE_CHECKING:
+    from fedintent.launch.simulated_sites import SimulatedSite
 
 MULTILINGUAL_MODEL = "use-multilingual"
 
@@ -200,6 +205,7 @@ def run_train(args: argparse.Namespace) -> int:
     from fedintent.launch.run_config import compose_run_config
     from fedintent.launch.simulated_sites import (
         budget_warnings,
+        label_warnings,
         mean_training_rows,
         simulated_sites,
     )
@@ -257,6 +263,10 @@ def run_train(args: argparse.Namespace) -> int:
         data_dir = out_dir / "data"
     else:
         data_dir = args.data.resolve()
+        if out_dir.is_relative_to(data_dir):  # found in review: its folders became sites
+            raise CliError(f"--out {out_dir} is inside --data {data_dir}: the run's folders "
+                           "(model, logs, checkpoints) would read as site folders in later "
+                           "runs; choose an --out outside the data folder")
         available = len(list_site_dirs(data_dir))
         num_sites = args.sites or available
         if num_sites > available:
@@ -275,7 +285,8 @@ def run_train(args: argparse.Namespace) -> int:
             print(f"generating {num_sites} synthetic sites into {data_dir}")
             write_run_sites(data_dir, num_sites, args.seed)
         labels = read_labels(labels_file)
-        warnings = budget_warnings(simulated_sites(run_config, num_sites), run_config)
+        warnings = (label_warnings(data_dir, num_sites, labels, labels_file)
+                    + budget_warnings(simulated_sites(run_config, num_sites), run_config))
         mean_rows = mean_training_rows(data_dir, num_sites) if lr_tuned else None
     scaled = args.lr if mean_rows is None else site_size_rate(args.lr, mean_rows, args.epsilon)
     if scaled != args.lr:
@@ -312,6 +323,7 @@ def run_resume(args: argparse.Namespace) -> int:
     Everything is checked before any process starts: the record and the run configuration it
     holds, the audit log, the checkpoint it vouches for, and the data and label file.
     """
+    from fedintent.launch.simulated_sites import resume_budget_warnings, simulated_sites
     from fl_protocol.hash_chain import ChainError
     from fl_server.checkpoints import CheckpointError
     from fl_server.provenance import provenance_changes, software_provenance
@@ -347,7 +359,7 @@ def run_resume(args: argparse.Namespace) -> int:
         # found in review: the summary then showed an epsilon above the target without a word
         warnings.append("each site charges the rounds trained again a second time (fresh noise, "
                         "docs/FAULT_TOLERANCE.md), so its epsilon for this run can end above "
-                        "the run's target")
+                        "the run's target, where its lifetime budget leaves room for them")
     list_site_dirs(Path(run_config["data-dir"]))
     labels_file = Path(run_config["labels-file"] or Path(run_config["data-dir"]) / "labels.txt")
     if read_labels(labels_file) != doc["labels"]:
@@ -358,6 +370,8 @@ def run_resume(args: argparse.Namespace) -> int:
     if changed:
         warnings.append(f"the code differs from the last that ran this run ({'; '.join(changed)}): "
                         f"rounds after {done} are trained by it, and metrics.json records both")
+    warnings += resume_budget_warnings(
+        simulated_sites(run_config, int(run_config["min-sites"])), run_config, done)
     for warning in warnings:
         print(f"fedintent train: warning: {warning}", file=sys.stderr)
     num_rounds = int(run_config["num-rounds"])
@@ -368,13 +382,23 @@ def run_resume(args: argparse.Namespace) -> int:
 
 def _simulate(run_config: dict, num_sites: int, num_rounds: int, reported_rounds: int = 0) -> int:
     """Run the simulation, printing each round as it completes and the summary at the end;
-    sites are named by pseudonym and folder (``simulated_sites``)."""
-    from fedintent.launch.simulated_sites import record_site_folders, simulated_sites, site_names
+    sites are named by pseudonym and folder (``simulated_sites``). A resume's rounds are
+    printed once the ServerApp has recorded the resume (``report_new_rounds``)."""
+    from fedintent.launch.run_outcome import recorded_outcome
+    from fedintent.launch.simulated_sites import simulated_sites, site_names
     from fedintent.launch.simulation import SimulationError, run_simulation
 
     out_dir = Path(run_config["out-dir"])
+    metrics_path = out_dir / "metrics.json"
     sites = simulated_sites(run_config, num_sites)
     rounds: list[dict] = []
+    run_name, since = str(run_config["run-name"]), datetime.now(UTC)
+    resumes = 0
+    if run_config.get("resume"):
+        resumes = len((recorded_outcome(metrics_path) or {}).get("resumes", [])) + 1
+
+    def names() -> dict[str, str]:
+        return site_names(sites, rounds, run_name, since)
 
     started = time.monotonic()
     try:
@@ -382,20 +406,49 @@ def _simulate(run_config: dict, num_sites: int, num_rounds: int, reported_rounds
             def report(entry: dict) -> None:
                 rounds.append(entry)
                 round_done(int(entry["round"]))
-                print_round(entry, num_rounds, site_names(sites, rounds))
+                print_round(entry, num_rounds, names())
 
             metrics = run_simulation(
                 run_config,
                 num_sites=num_sites,
-                metrics_path=out_dir / "metrics.json",
+                metrics_path=metrics_path,
                 log_path=out_dir / "logs" / "flower.log",
                 on_round=report,
                 reported_rounds=reported_rounds,
+                resumes=resumes,
             )
     except SimulationError as err:
         print(f"fedintent train: error: {err}", file=sys.stderr)
         return 1
-    names = site_names(sites, rounds)
-    metrics = record_site_folders(out_dir / "metrics.json", metrics, names)
-    print_summary(metrics, time.monotonic() - started, names)
+    except KeyboardInterrupt:  # every process is stopped by now (``run_simulation``)
+        metrics = recorded_outcome(metrics_path)
+        if metrics is None or metrics.get("status") != "completed":
+            print(f"fedintent train: interrupted; {_how_to_continue(metrics, out_dir)}",
+                  file=sys.stderr)
+            return 130
+        # found in review: the ServerApp finished while the launcher stopped it, and the
+        # completed run was reported interrupted (exit 130, no summary)
+        print("fedintent train: interrupted, but the run had completed all its rounds "
+              "already: its summary follows", file=sys.stderr)
+    _finish(metrics, metrics_path, sites, names(), time.monotonic() - started, since)
     return 0
+
+
+def _how_to_continue(metrics: dict | None, out_dir: Path) -> str:
+    """What an engineer whose run was interrupted can do next."""
+    if metrics is None:
+        return (f"the run had not started (no {out_dir / 'metrics.json'}), so there is nothing "
+                "to resume: start it again")
+    return f"continue with: fedintent train --resume {out_dir}"
+
+
+def _finish(metrics: dict, metrics_path: Path, sites: "list[SimulatedSite]",
+            names: dict[str, str], seconds: float, since: datetime) -> None:
+    """Record the sites' folders and the budget declines only their egress logs tie to them
+    (``budget_declines``), then print the summary."""
+    from fedintent.launch.simulated_sites import budget_declines, record_site_folders
+
+    declines = budget_declines(sites, metrics["final"], str(metrics["config"]["run-name"]),
+                               since)
+    metrics = record_site_folders(metrics_path, metrics, names, declines)
+    print_summary(metrics, seconds, names)

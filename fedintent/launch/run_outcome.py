@@ -16,14 +16,23 @@ class RunFailedError(RuntimeError):
     """The run did not complete; the message says why."""
 
 
-def report_new_rounds(metrics_path: Path, seen: int, on_round: Callable[[dict], None]) -> int:
+def report_new_rounds(metrics_path: Path, seen: int, on_round: Callable[[dict], None],
+                      resumes: int = 0) -> int:
     """Call ``on_round`` for each round numbered above ``seen``; return the last one reported.
 
+    ``resumes``: report nothing until the record holds that many ``resumes`` entries, the last
+    being this resume's. Until the ServerApp has written it, the record still holds the rounds
+    the resume drops (those after its checkpoint), which it trains again (found in review: a
+    dropped round was printed as if just trained, and the round trained again never was).
     ``metrics.json`` may be missing or being replaced: then nothing is reported this time.
     """
     try:
-        rounds = json.loads(metrics_path.read_text(encoding="utf-8"))["rounds"]
-    except (OSError, ValueError, KeyError):
+        doc = json.loads(metrics_path.read_text(encoding="utf-8"))
+        rounds = doc["rounds"]
+        resumed = len(doc.get("resumes", []))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return seen
+    if resumed < resumes:
         return seen
     for entry in rounds:
         if entry["round"] > seen:
@@ -50,3 +59,13 @@ def completed_run_metrics(metrics_path: Path, status: str) -> dict:
         reason = metrics.get("error") or f"run status {status}"
         raise RunFailedError(f"the run failed: {reason}")
     return metrics
+
+
+def recorded_outcome(metrics_path: Path) -> dict | None:
+    """The run record in ``metrics_path`` as it is now; ``None`` if it is missing or unreadable
+    (a run interrupted before its ServerApp wrote it, which leaves nothing to resume)."""
+    try:
+        doc = json.loads(metrics_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None

@@ -9,17 +9,22 @@ known by its pseudonym.
 """
 
 import math
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
-from fl_client.privacy_ledger import HEAD_FILE, LEDGER_FILE, LedgerError
+from fl_client.egress_guard import egress_entries
+from fl_client.privacy_accounting import rdp_budget
+from fl_client.privacy_ledger import HEAD_FILE, LEDGER_FILE, LedgerError, read_ledger
 from fl_client.privacy_report import SiteReport, site_privacy_report
-from fl_client.site_data import SiteDataError, list_site_dirs, read_rows
+from fl_client.site_data import SiteDataError, list_site_dirs, read_rows, shown
 from fl_client.site_folders import simulated_site_folders
 from fl_client.site_policy import DEFAULT_MAX_NOISE_RATIO
-from fl_client.site_secret import SecretError, site_key
+from fl_client.site_secret import SecretError, site_key, site_secret
 from fl_protocol.durable_files import write_json_atomic
+from fl_protocol.wire import Reason
 from fl_server.progress import format_epsilon
 from fl_server.run_record import site_pseudonym
 
@@ -38,27 +43,119 @@ def simulated_sites(run_config: dict, num_sites: int) -> list[SimulatedSite]:
     return [SimulatedSite(data.name, state) for data, state in folders[:num_sites]]
 
 
-def site_names(sites: list[SimulatedSite], rounds: Iterable[dict]) -> dict[str, str]:
-    """Site folder name by pseudonym, and by node id in ``rounds`` (``metrics.json`` entries),
-    for every site that has a secret (has trained once)."""
+def site_names(sites: list[SimulatedSite], rounds: Iterable[dict], run_name: str = "",
+               since: datetime | None = None) -> dict[str, str]:
+    """Site folder name by pseudonym, and by node id in ``rounds`` (``metrics.json`` entries
+    of this simulation: node ids are new in each), for every site that has a secret (has
+    trained once).
+
+    A node id seen only failing is matched through the sites' egress logs (``run_name``, from
+    ``since``, when this simulation started): to the one site that sent a training reply in this
+    run, before or after a resume, and logged each of that node's failures since (its round and
+    reason), once the other node ids have taken theirs. Found in review: after a resume every
+    site declined, and the lines named node ids only, though each site had trained before it.
+    """
     names = {}
     for site in sites:
         try:
             names[site_pseudonym(site_key(site.state_dir))] = site.name
         except SecretError:
             continue
+    rounds = list(rounds)
+    nodes = {}
     for entry in rounds:
         for key, fields in entry.get("sites", {}).items():
             if key in names:
-                names[fields["node_id"]] = names[key]
-    return names
+                nodes[fields["node_id"]] = names[key]
+    failed: dict[str, set[tuple[int, str]]] = {}
+    for entry in rounds:
+        for failure in entry.get("failures", []):
+            if failure["node_id"] not in nodes:
+                failed.setdefault(failure["node_id"], set()).add((entry["round"],
+                                                                  failure["reason"]))
+    if failed and run_name and since is not None:
+        nodes |= _matched_by_egress(sites, failed, set(nodes.values()), run_name, since)
+    return names | nodes
 
 
-def record_site_folders(metrics_path: Path, metrics: dict, names: dict[str, str]) -> dict:
+def _matched_by_egress(sites: list[SimulatedSite], failed: dict[str, set[tuple[int, str]]],
+                       named: set[str], run_name: str,
+                       since: datetime) -> dict[str, str]:
+    """Folder name by node id, for the node ids in ``failed`` (each one's failures: round and
+    reason) that one site's egress log alone accounts for; ``named``: folders already matched."""
+    logged = {}
+    for site in sites:
+        if site.name in named:
+            continue
+        entries = [entry for entry in egress_entries(site.state_dir)
+                   if entry and entry.get("run") == run_name and entry.get("message") == "train"]
+        if any(entry.get("verdict") == "sent" and "error" not in entry for entry in entries):
+            logged[site.name] = {(entry.get("round"), entry["error"].get("reason"))
+                                 for entry in entries
+                                 if isinstance(entry.get("error"), dict)
+                                 and _logged_since(entry, since)}
+    matched: dict[str, str] = {}
+    progress = True
+    while progress:
+        progress = False
+        for node, failures in failed.items():
+            if node in matched:
+                continue
+            candidates = [name for name, seen in logged.items()
+                          if name not in matched.values() and failures <= seen]
+            if len(candidates) == 1:
+                matched[node] = candidates[0]
+                progress = True
+    return matched
+
+
+def _logged_since(entry: dict, since: datetime) -> bool:
+    """Whether an egress-log entry was written at or after ``since`` (to the second, as
+    logged)."""
+    try:
+        return datetime.fromisoformat(str(entry.get("time"))) >= since.replace(microsecond=0)
+    except ValueError:
+        return False
+
+
+def budget_declines(sites: list[SimulatedSite], final: dict, run_name: str,
+                    since: datetime) -> dict[str, int]:
+    """Each site of ``final`` (``metrics.json``'s summary, by pseudonym) whose egress log shows
+    it declined a round of ``run_name`` for its budget after the round its lifetime figure is
+    from, since ``since``: the first such round, by pseudonym. A simulation's launcher knows
+    this even where the server cannot tie the decline's node id to the site."""
+    declines = {}
+    for site in sites:
+        try:
+            key = site_pseudonym(site_key(site.state_dir))
+        except SecretError:
+            continue
+        if key not in final["sites"]:
+            continue
+        after = final["sites"][key].get("epsilon_all_runs_round", 0)
+        rounds = [entry["round"] for entry in egress_entries(site.state_dir)
+                  if entry and entry.get("run") == run_name and entry.get("message") == "train"
+                  and isinstance(entry.get("error"), dict)
+                  and entry["error"].get("reason") == Reason.BUDGET_EXHAUSTED.value
+                  and isinstance(entry.get("round"), int) and entry["round"] > after
+                  and _logged_since(entry, since)]
+        if rounds:
+            declines[key] = min(rounds)
+    return declines
+
+
+def record_site_folders(metrics_path: Path, metrics: dict, names: dict[str, str],
+                        declines: dict[str, int] | None = None) -> dict:
     """``metrics`` of a completed simulation with ``site_folders``: each site of its final
-    summary, by pseudonym, to its folder's name; written back atomically."""
+    summary, by pseudonym, to its folder's name, and with each site's
+    ``declined_for_budget_round`` that the server could not tie to it (``budget_declines``);
+    written back atomically."""
     folders = {key: names[key] for key in metrics["final"]["sites"] if key in names}
-    metrics = metrics | {"site_folders": folders}
+    sites = {key: site | {"declined_for_budget_round": declines[key]}
+             if site.get("declined_for_budget_round") is None and key in (declines or {})
+             else site for key, site in metrics["final"]["sites"].items()}
+    metrics = metrics | {"site_folders": folders,
+                         "final": metrics["final"] | {"sites": sites}}
     write_json_atomic(metrics_path, metrics)
     return metrics
 
@@ -74,6 +171,60 @@ def budget_warnings(sites: list[SimulatedSite], run_config: dict) -> list[str]:
         if shortfall := _shortfall(site.state_dir, target, run_config):
             warnings.append(f"site {site.name}: {shortfall}")
     return warnings
+
+
+def resume_budget_warnings(sites: list[SimulatedSite], run_config: dict,
+                           done: int) -> list[str]:
+    """One line for each site whose ledger has no room left, within its lifetime budget, for
+    the rounds a resume after round ``done`` trains, saying what will happen and what to do.
+
+    A round the server did not checkpoint (an interrupt mid-round, a fallback to an older
+    checkpoint) was charged when the site trained it, and is charged again when it is trained
+    again, with fresh noise; the run's noise was planned for its rounds once, so at the
+    defaults (a lifetime budget equal to the run's target) those rounds do not fit, and the
+    site declines them (found in review: every site declined, with no word before the resume).
+    """
+    if math.isinf(float(run_config["target-epsilon"])):
+        return []
+    warnings = []
+    for site in sites:
+        if shortfall := _resume_shortfall(site.state_dir, run_config, done):
+            warnings.append(f"site {site.name}: {shortfall}")
+    return warnings
+
+
+def _resume_shortfall(state_dir: Path, run_config: dict, done: int) -> str | None:
+    """Why a site will decline rounds of a resume after round ``done``, or None. The room is
+    counted at this run's last release's cost, for its least spent unit: the site trains a
+    round while any unit fits (the others sit out)."""
+    run, num_rounds = str(run_config["run-name"]), int(run_config["num-rounds"])
+    budget = float(run_config["site-max-epsilon"])
+    try:
+        ledger = read_ledger(state_dir, site_secret(state_dir))
+    except (SecretError, LedgerError):
+        return None  # never trained, or a ledger that does not verify: the site says so
+    releases = [release for release in ledger.releases if release.run == run] if ledger else []
+    if not releases or math.isinf(budget) or not ledger.spend:
+        return None
+    cost = releases[-1].rdp
+    room = rdp_budget(budget, ledger.delta, ledger.order) - min(ledger.spend.values())
+    fits = max(0, math.floor(room / cost + 1e-9)) if cost > 0 else num_rounds
+    to_train = num_rounds - done
+    if fits >= to_train:
+        return None
+    first = done + fits + 1
+    declined = f"round {first}" if first == num_rounds else f"rounds {first} to {num_rounds}"
+    return (
+        f"its ledger charged {len(releases)} rounds of this run already, planned for "
+        f"{num_rounds}, and this resume trains {to_train} more (rounds {done + 1} to "
+        f"{num_rounds}; a round trained again is charged again, with fresh noise); its units "
+        f"have room within their lifetime budget {budget:g} for {fits} of them, so it will "
+        f"decline {declined} ({Reason.BUDGET_EXHAUSTED.value}); a round no site trains "
+        "leaves the model as it was. To train them instead, start a new run: with "
+        "--site-max-epsilon raised, if the data's owners allow a larger lifetime budget, or, for "
+        f"synthetic or test data only, with a new --state-dir. fedintent privacy-report "
+        f"{state_dir} shows the spend"
+    )
 
 
 def _shortfall(state_dir: Path, target: float, run_config: dict) -> str | None:
@@ -123,9 +274,38 @@ def mean_training_rows(data_dir: Path, num_sites: int | None = None) -> float | 
     folders (``None``: all), the ones a simulation plays, to which the tuned learning rate is
     scaled (``run_config.site_size_rate``); ``None`` for data that does not read (the sites
     report the problem themselves)."""
+    sites = _training_rows(data_dir, num_sites)
+    if not sites:
+        return None
+    return sum(len(rows) for _, rows in sites) / len(sites)
+
+
+def label_warnings(data_dir: Path, num_sites: int, labels: list[str],
+                   labels_file: Path) -> list[str]:
+    """One line for each site folder whose training rows carry labels outside the run's label
+    set, with how many, an example (as ``check-data`` may name it) and what happens to them:
+    such rows are skipped, and a site left with none does not train (found in review: a site
+    whose labels were written in another case lost a third of its rows, or all of them, with
+    no word before the run, and then showed up as a node id that "did not train")."""
+    known, warnings = set(labels), []
+    for site_dir, rows in _training_rows(data_dir, num_sites) or []:
+        unknown = Counter(row.label for row in rows if row.label not in known)
+        if not unknown:
+            continue
+        count, example = sum(unknown.values()), unknown.most_common(1)[0][0]
+        outcome = ("none is left, so the site will not train" if count == len(rows)
+                   else "they are not used")
+        warnings.append(f"site {site_dir.name}: {count} of its {len(rows)} training rows have "
+                        f"a label not in {labels_file} (the most common: {shown(example)}, "
+                        f"{unknown[example]} rows): {outcome}; fedintent check-data {site_dir} "
+                        f"--labels {labels_file} lists them")
+    return warnings
+
+
+def _training_rows(data_dir: Path, num_sites: int | None) -> list[tuple[Path, list]] | None:
+    """Each of the first ``num_sites`` site folders with its training rows as read (no check),
+    or ``None`` for data that does not read (the sites report the problem themselves)."""
     try:
-        sites = list_site_dirs(data_dir)[:num_sites]
-        counts = [len(read_rows(site, [])[0]) for site in sites]
+        return [(site, read_rows(site, [])[0]) for site in list_site_dirs(data_dir)[:num_sites]]
     except (SiteDataError, OSError):
         return None
-    return sum(counts) / len(counts) if counts else None

@@ -42,11 +42,14 @@ def run_simulation(
     on_round: Callable[[dict], None],
     poll_seconds: float = 0.5,
     reported_rounds: int = 0,
+    resumes: int = 0,
 ) -> dict:
     """Run the app over ``num_sites`` simulated sites; return the final ``metrics.json``.
 
     ``on_round`` is called once for every round after ``reported_rounds`` (the rounds a
-    resumed run already completed) as soon as ``metrics.json`` records it. On Ctrl-C or
+    resumed run already completed) as soon as ``metrics.json`` records it, and for a resume
+    (``resumes``: how many the record will hold with its own) only once the ServerApp has
+    recorded the resume (``report_new_rounds``). On Ctrl-C or
     SIGTERM (``KeyboardInterrupt``) every process is stopped, then ``metrics.json`` says
     ``interrupted`` if the ServerApp was killed before it could say so itself.
     """
@@ -76,7 +79,7 @@ def run_simulation(
             seen = reported_rounds
             while True:
                 done = runner.poll() is not None
-                seen = report_new_rounds(metrics_path, seen, on_round)
+                seen = report_new_rounds(metrics_path, seen, on_round, resumes)
                 if done:
                     break
                 if superlink.poll() is not None:
