@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from fedintent.cli import main
-from fedintent.launch.simulated_sites import label_warnings
+from fedintent.launch.simulated_sites import label_warnings, training_rows
 
 
 def write_sites(data: Path, labels_by_site: dict[str, list[str]]) -> Path:
@@ -33,7 +33,7 @@ def test_rows_with_labels_outside_the_runs_are_named_per_site_before_the_run(tmp
         "site-02": ["banking_x", "banking_x"],
     })
     labels = ["banking.card_lost", "banking.refund"]
-    warnings = label_warnings(data, 3, labels, data / "labels.txt")
+    warnings = label_warnings(training_rows(data, 3), labels, data / "labels.txt")
     assert warnings == [
         f"site site-01: 2 of its 3 training rows have a label not in {data / 'labels.txt'} "
         "(the most common: 'Banking.card_lost', 2 rows): they are not used; fedintent "
@@ -42,7 +42,8 @@ def test_rows_with_labels_outside_the_runs_are_named_per_site_before_the_run(tmp
         "(the most common: 'banking_x', 2 rows): none is left, so the site will not train; "
         f"fedintent check-data {data / 'site-02'} --labels {data / 'labels.txt'} lists them",
     ]
-    assert label_warnings(data, 1, labels, data / "labels.txt") == []  # only the sites played
+    only_the_first = training_rows(data, 1)  # only the sites played
+    assert label_warnings(only_the_first, labels, data / "labels.txt") == []
 
 
 @pytest.mark.parametrize("inside", [".", "runs/today"])

@@ -206,8 +206,9 @@ def run_train(args: argparse.Namespace) -> int:
     from fedintent.launch.simulated_sites import (
         budget_warnings,
         label_warnings,
-        mean_training_rows,
+        mean_rows,
         simulated_sites,
+        training_rows,
     )
 
     if args.resume is not None:
@@ -285,13 +286,15 @@ def run_train(args: argparse.Namespace) -> int:
             print(f"generating {num_sites} synthetic sites into {data_dir}")
             write_run_sites(data_dir, num_sites, args.seed)
         labels = read_labels(labels_file)
-        warnings = (label_warnings(data_dir, num_sites, labels, labels_file)
+        sites_rows = training_rows(data_dir, num_sites)  # read once, for both
+        warnings = (label_warnings(sites_rows, labels, labels_file)
                     + budget_warnings(simulated_sites(run_config, num_sites), run_config))
-        mean_rows = mean_training_rows(data_dir, num_sites) if lr_tuned else None
-    scaled = args.lr if mean_rows is None else site_size_rate(args.lr, mean_rows, args.epsilon)
+        mean_site_rows = mean_rows(sites_rows) if lr_tuned else None
+    scaled = (args.lr if mean_site_rows is None
+              else site_size_rate(args.lr, mean_site_rows, args.epsilon))
     if scaled != args.lr:
         args.lr = run_config["learning-rate"] = scaled
-        print(site_size_message(args.lr, tuned["learning-rate"], mean_rows, "--lr"))
+        print(site_size_message(args.lr, tuned["learning-rate"], mean_site_rows, "--lr"))
     privacy = (
         f"DP-SGD, per-site target epsilon {args.epsilon:g} per {args.privacy_unit}, "
         f"delta {args.delta:g}{' (per-site default)' if args.delta == 0 else ''}, "

@@ -269,26 +269,39 @@ def _spent_warning(report: SiteReport, target: float) -> str:
     )
 
 
-def mean_training_rows(data_dir: Path, num_sites: int | None = None) -> float | None:
-    """The mean number of training rows (before any check) of the first ``num_sites`` site
-    folders (``None``: all), the ones a simulation plays, to which the tuned learning rate is
-    scaled (``run_config.site_size_rate``); ``None`` for data that does not read (the sites
-    report the problem themselves)."""
-    sites = _training_rows(data_dir, num_sites)
-    if not sites:
+def training_rows(data_dir: Path, num_sites: int | None = None) -> list[tuple[Path, list]] | None:
+    """Each of the first ``num_sites`` site folders (``None``: all), the ones a simulation
+    plays, with its training rows as read (no check), or ``None`` for data that does not read
+    (the sites report the problem themselves): read once for ``label_warnings`` and
+    ``mean_rows``."""
+    try:
+        return [(site, read_rows(site, [])[0]) for site in list_site_dirs(data_dir)[:num_sites]]
+    except (SiteDataError, OSError):
         return None
-    return sum(len(rows) for _, rows in sites) / len(sites)
 
 
-def label_warnings(data_dir: Path, num_sites: int, labels: list[str],
+def mean_rows(sites: list[tuple[Path, list]] | None) -> float | None:
+    """The mean number of training rows (before any check) of ``sites`` (``training_rows``),
+    to which the tuned learning rate is scaled (``run_config.site_size_rate``); ``None`` where
+    they did not read."""
+    return sum(len(rows) for _, rows in sites) / len(sites) if sites else None
+
+
+def mean_training_rows(data_dir: Path, num_sites: int | None = None) -> float | None:
+    """``mean_rows`` of the first ``num_sites`` site folders of ``data_dir``."""
+    return mean_rows(training_rows(data_dir, num_sites))
+
+
+def label_warnings(sites: list[tuple[Path, list]] | None, labels: list[str],
                    labels_file: Path) -> list[str]:
-    """One line for each site folder whose training rows carry labels outside the run's label
-    set, with how many, an example (as ``check-data`` may name it) and what happens to them:
-    such rows are skipped, and a site left with none does not train (found in review: a site
-    whose labels were written in another case lost a third of its rows, or all of them, with
-    no word before the run, and then showed up as a node id that "did not train")."""
+    """One line for each site folder of ``sites`` (``training_rows``) whose training rows carry
+    labels outside the run's label set, with how many, an example (as ``check-data`` may name
+    it) and what happens to them: such rows are skipped, and a site left with none does not
+    train (found in review: a site whose labels were written in another case lost a third of
+    its rows, or all of them, with no word before the run, and then showed up as a node id that
+    "did not train")."""
     known, warnings = set(labels), []
-    for site_dir, rows in _training_rows(data_dir, num_sites) or []:
+    for site_dir, rows in sites or []:
         unknown = Counter(row.label for row in rows if row.label not in known)
         if not unknown:
             continue
@@ -300,12 +313,3 @@ def label_warnings(data_dir: Path, num_sites: int, labels: list[str],
                         f"{unknown[example]} rows): {outcome}; fedintent check-data {site_dir} "
                         f"--labels {labels_file} lists them")
     return warnings
-
-
-def _training_rows(data_dir: Path, num_sites: int | None) -> list[tuple[Path, list]] | None:
-    """Each of the first ``num_sites`` site folders with its training rows as read (no check),
-    or ``None`` for data that does not read (the sites report the problem themselves)."""
-    try:
-        return [(site, read_rows(site, [])[0]) for site in list_site_dirs(data_dir)[:num_sites]]
-    except (SiteDataError, OSError):
-        return None
