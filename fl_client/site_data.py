@@ -219,11 +219,7 @@ def read_rows(site_dir: Path, rejected: list[RejectedRow]) -> tuple[list[Row], l
     """(train rows, test rows) of a site folder, every label, unredacted; problems are added to
     ``rejected``."""
     site_dir = Path(site_dir)
-    if site_dir.is_file():
-        raise SiteDataError(f"site data folder {site_dir} is a file, not a folder: give the "
-                            f"folder that holds the site's data files ({site_dir.parent})")
-    if not site_dir.is_dir():
-        raise SiteDataError(f"site data folder not found: {site_dir}")
+    check_site_folder(site_dir)
     train_files = _split_files(site_dir, "train")
     test_files = _split_files(site_dir, "test")
     if train_files:
@@ -240,6 +236,15 @@ def read_rows(site_dir: Path, rejected: list[RejectedRow]) -> tuple[list[Row], l
         train_rows = [r for r in all_rows if not _is_test_unit(r.unit)]
         test_rows = [r for r in all_rows if _is_test_unit(r.unit)]
     return train_rows, test_rows
+
+
+def check_site_folder(site_dir: Path) -> None:
+    """``SiteDataError`` unless ``site_dir`` is a folder, naming a data file given for it."""
+    if site_dir.is_file():
+        raise SiteDataError(f"site data folder {site_dir} is a file, not a folder: give the "
+                            f"folder that holds the site's data files ({site_dir.parent})")
+    if not site_dir.is_dir():
+        raise SiteDataError(f"site data folder not found: {site_dir}")
 
 
 def remove_lines(path: Path, lines: set[int]) -> None:

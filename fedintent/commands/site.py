@@ -302,13 +302,11 @@ def _retention_days(args: argparse.Namespace, state_dir: Path,
 
 
 def _state_dir(args: argparse.Namespace, site_dir: Path) -> Path:
+    from fl_client.site_data import check_site_folder
+
     if args.retention_days is not None and not args.retention_days > 0:
         raise CliError(f"--retention-days must be > 0 (inf: no limit), got {args.retention_days}")
-    if site_dir.is_file():
-        raise CliError(f"site data folder {site_dir} is a file, not a folder: give the folder "
-                       f"that holds the site's data files ({site_dir.parent})")
-    if not site_dir.is_dir():
-        raise CliError(f"site data folder not found: {site_dir}")
+    check_site_folder(site_dir)
     return args.state_dir or site_dir / ".fedintent-state"
 
 
