@@ -52,9 +52,12 @@ from fl_client.privacy_accounting import (
     plan_noise_multiplier,
     rdp_budget,
 )
+from fl_client.site_data import list_site_dirs, load_site
+from fl_protocol.label_file import read_labels
 from fl_protocol.wire import RUN_CONFIG_DEFAULTS as DEFAULTS
 from fl_server.provenance import file_sha256
 from fl_server.run_config import TUNED_SETTINGS, tuned_settings
+from models import get_model_family
 
 LABELS = ["card_arrival", "lost_card", "exchange_rate", "top_up_failed"]
 PHRASES = {
@@ -290,6 +293,45 @@ def test_a_sweep_without_epsilon_inf_still_runs_its_non_private_baselines(tmp_pa
     results = run_bench(spec, tmp_path / "out")
     assert {(r["method"], r["epsilon"]) for r in results} >= {(CENTRAL, "inf"), (TFIDF, "inf")}
     assert next(r for r in results if r["method"] == CENTRAL)["accuracy"] > 0.9
+
+
+def test_bench_embeds_a_slice_at_a_time_behind_a_progress_bar(tmp_path, monkeypatch, capsys):
+    """Found in review: BANKING77 embedded in one call printed nothing for 4 minutes, and an
+    interrupted bench kept none of it. Each slice is its own cache chunk, the bar counts every
+    row, and the features are those of one call over each split."""
+    seen = {}
+
+    def pooled(cell, model, labels, tensors, test):
+        seen["train"], seen["test"] = tensors, test
+        return {"accuracy": 0.5}
+
+    def federated(*args, **kwargs):
+        return {"accuracy": 0.5, "wall_seconds": 1.0, "seconds_per_round": None,
+                "upload_bytes_per_site_round": 1.0, "peak_memory_mib": 1.0}
+
+    monkeypatch.setattr(sweep, "EMBED_SLICE_ROWS", 7)
+    monkeypatch.setattr(sweep, "run_federated", federated)
+    monkeypatch.setattr(sweep, "local_only_cell", lambda *args, **kwargs: {"accuracy": 0.5})
+    monkeypatch.setattr(sweep, "pooled_cell", pooled)
+    spec = BenchSpec(data=str(write_dataset(tmp_path / "csv")), sites=2, alpha=1.0,
+                     epsilons=[math.inf], seeds=1, partition_seed=0, rounds=1)
+    run_bench(spec, tmp_path / "out")
+
+    family = get_model_family(DEFAULTS["model"])
+    data = tmp_path / "out" / "data"
+    labels = read_labels(data / "labels.txt")
+    sites = [load_site(folder, labels) for folder in list_site_dirs(data)]
+    splits = [site.train for site in sites] + [site.test for site in sites]
+    total = sum(len(split.texts) for split in splits)
+    assert total == 13 * 16
+    assert f"{total}/{total}" in capsys.readouterr().err
+    chunks = list((tmp_path / "out" / "cache" / "features").rglob("chunk-*.npz"))
+    assert len(chunks) == sum(math.ceil(len(split.texts) / 7) for split in splits)
+    for (x, y), split in zip(seen["train"], splits[:2], strict=True):
+        assert torch.allclose(x, family.featurize(split.texts, None), atol=1e-5)
+        assert y.tolist() == split.labels
+    test_texts = [text for split in splits[2:] for text in split.texts]
+    assert torch.allclose(seen["test"][0], family.featurize(test_texts, None), atol=1e-5)
 
 
 def test_bench_scales_the_tuned_learning_rates_to_the_sites_size_as_train_does(tmp_path):
