@@ -13,14 +13,18 @@ from fedintent.launch.simulated_sites import (
     record_site_folders,
     simulated_sites,
     site_names,
+    sites_that_cannot_train,
+    training_rows,
 )
 from fl_client.privacy_accounting import rdp_budget
-from fl_client.privacy_ledger import Ledger, Release, now, unit_key, write_ledger
+from fl_client.privacy_ledger import Ledger, Release, now, read_ledger, unit_key, write_ledger
+from fl_client.site_folders import simulated_site_folders
 from fl_client.site_secret import create_site_secret, site_key, site_secret
 from fl_protocol.wire import RUN_CONFIG_DEFAULTS
 from fl_server.run_record import site_pseudonym
 
 ORDER, DELTA = 4.0, 1e-5
+INF = float("inf")
 
 
 def sites_in(tmp_path, count: int = 3) -> dict:
@@ -114,6 +118,81 @@ def test_a_site_whose_budget_is_under_half_the_target_is_said_to_decline(tmp_pat
     [warning] = budget_warnings([site], config)
     assert warning.startswith("site site-00: will decline every round: its lifetime budget "
                               "(--site-max-epsilon 8) is under 1/2 of the target epsilon 20")
+
+
+def spent_sites(tmp_path, count: int = 2, unit: str = "utterance") -> dict:
+    """A run config over ``count`` sites of two training rows each (the second with a label the
+    run does not have), whose ledgers hold the first row's unit at its lifetime budget 8."""
+    config = sites_in(tmp_path, count) | {"privacy-unit": unit}
+    folders = simulated_site_folders(tmp_path / "data", config["state-dir"])
+    for site_dir, _ in folders:
+        (site_dir / "train.jsonl").write_text(
+            json.dumps({"text": f"lost my card at {site_dir.name}", "label": "a",
+                        "customer_id": "C-1"}) + "\n"
+            + json.dumps({"text": "what is this", "label": "other"}) + "\n")
+    rows = dict(training_rows(tmp_path / "data"))
+    for site_dir, state in folders:
+        row = rows[site_dir][0]
+        spend(state, [], privacy_unit=unit)
+        secret = site_secret(state)
+        ledger = read_ledger(state, secret)
+        identity = row.uid if unit == "utterance" else row.unit
+        ledger.spend = {unit_key(secret, f"{unit}\0{identity}"): rdp_budget(8.0, DELTA, ORDER)}
+        write_ledger(state, ledger, secret)
+    return config
+
+
+@pytest.mark.parametrize("unit", ["utterance", "customer"])
+def test_sites_whose_training_units_all_spent_their_budget_are_named(tmp_path, unit):
+    """Found in review: a second run on spent data warned, started, and failed only after
+    every site had declined every round."""
+    config = spent_sites(tmp_path, unit=unit)
+    sites = simulated_sites(config, 2)
+    rows = training_rows(tmp_path / "data")
+    blocked = sites_that_cannot_train(sites, rows, ["a", "b"], config)
+    assert list(blocked) == ["site-00", "site-01"]
+    assert blocked["site-00"] == (
+        f"every one of the 1 {unit} units of its training rows has spent its lifetime budget 8 "
+        f"in earlier runs (fedintent privacy-report {sites[0].state_dir} shows the spend)")
+    # any site that may train lets the run start
+    assert sites_that_cannot_train(sites, rows, ["a", "b", "other"], config) == {}
+    assert sites_that_cannot_train(sites, rows, ["a"], config | {"site-max-epsilon": 9.0}) == {}
+    assert sites_that_cannot_train(sites, rows, ["a"], config | {"target-epsilon": INF}) == {}
+    assert sites_that_cannot_train(sites[:1], rows, ["a"], config) == {
+        "site-00": blocked["site-00"]}
+    with open(tmp_path / "data" / "site-01" / "train.jsonl", "a") as f:
+        f.write(json.dumps({"text": "a new row", "label": "a", "customer_id": "C-2"}) + "\n")
+    assert sites_that_cannot_train(sites, training_rows(tmp_path / "data"), ["a"], config) == {}
+
+
+def test_sites_left_with_no_row_of_the_runs_labels_or_a_broken_ledger_are_named(tmp_path):
+    config = spent_sites(tmp_path)
+    sites = simulated_sites(config, 2)
+    (sites[1].state_dir / "privacy-ledger.json").write_text("{}")
+    blocked = sites_that_cannot_train(sites, training_rows(tmp_path / "data"), ["b"], config)
+    assert blocked["site-00"] == "none of its training rows has a label of the run"
+    assert blocked["site-01"].startswith("none of its training rows")
+    blocked = sites_that_cannot_train(sites, training_rows(tmp_path / "data"), ["a"], config)
+    assert blocked["site-01"].startswith(f"its ledger does not verify: {sites[1].state_dir}")
+    fresh = sites_in(tmp_path / "fresh", 1) | {"target-epsilon": 20.0}
+    (tmp_path / "fresh" / "data" / "site-00" / "train.jsonl").write_text(
+        json.dumps({"text": "hello", "label": "a"}) + "\n")
+    [site] = simulated_sites(fresh, 1)
+    blocked = sites_that_cannot_train([site], training_rows(tmp_path / "fresh" / "data"), ["a"],
+                                      fresh)
+    assert blocked["site-00"].startswith("will decline every round: its lifetime budget")
+
+
+def test_train_refuses_a_run_no_site_can_train_before_it_starts(tmp_path, monkeypatch, capsys):
+    config = spent_sites(tmp_path)
+    monkeypatch.setattr(train_command, "_simulate", lambda *args, **kwargs: pytest.fail("ran"))
+    out = tmp_path / "out"
+    assert main(["train", "--data", config["data-dir"], "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "no site can train in this run, so it would only fail: site site-00: every one" in err
+    assert "; site site-01: every one of the 1 utterance units" in err
+    assert "raise --site-max-epsilon" in err and "new --state-dir" in err
+    assert not out.exists()
 
 
 def test_train_warns_before_round_one(tmp_path, monkeypatch, capsys):

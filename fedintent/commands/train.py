@@ -208,6 +208,7 @@ def run_train(args: argparse.Namespace) -> int:
         label_warnings,
         mean_rows,
         simulated_sites,
+        sites_that_cannot_train,
         training_rows,
     )
 
@@ -286,9 +287,17 @@ def run_train(args: argparse.Namespace) -> int:
             print(f"generating {num_sites} synthetic sites into {data_dir}")
             write_run_sites(data_dir, num_sites, args.seed)
         labels = read_labels(labels_file)
-        sites_rows = training_rows(data_dir, num_sites)  # read once, for both
+        sites_rows = training_rows(data_dir, num_sites)  # read once, for each use
+        sites = simulated_sites(run_config, num_sites)
+        if blocked := sites_that_cannot_train(sites, sites_rows, labels, run_config):
+            raise CliError(
+                "no site can train in this run, so it would only fail: "
+                + "; ".join(f"site {name}: {why}" for name, why in blocked.items())
+                + ". Where a budget is spent: raise --site-max-epsilon, if the data's owners "
+                "allow a larger lifetime budget; or, for synthetic or test data only, use a new "
+                "--state-dir (it forgets what this data has spent)")
         warnings = (label_warnings(sites_rows, labels, labels_file)
-                    + budget_warnings(simulated_sites(run_config, num_sites), run_config))
+                    + budget_warnings(sites, run_config))
         mean_site_rows = mean_rows(sites_rows) if lr_tuned else None
     scaled = (args.lr if mean_site_rows is None
               else site_size_rate(args.lr, mean_site_rows, args.epsilon))

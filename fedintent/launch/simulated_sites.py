@@ -17,8 +17,15 @@ from pathlib import Path
 
 from fl_client.egress_guard import egress_entries
 from fl_client.privacy_accounting import rdp_budget
-from fl_client.privacy_ledger import HEAD_FILE, LEDGER_FILE, LedgerError, read_ledger
-from fl_client.privacy_report import SiteReport, site_privacy_report
+from fl_client.privacy_ledger import (
+    HEAD_FILE,
+    LEDGER_FILE,
+    LedgerError,
+    read_ledger,
+    unit_epsilons,
+    unit_key,
+)
+from fl_client.privacy_report import EXHAUSTED_SHARE, SiteReport, site_privacy_report
 from fl_client.site_data import SiteDataError, list_site_dirs, read_rows, shown
 from fl_client.site_folders import simulated_site_folders
 from fl_client.site_policy import DEFAULT_MAX_NOISE_RATIO
@@ -191,6 +198,60 @@ def resume_budget_warnings(sites: list[SimulatedSite], run_config: dict,
         if shortfall := _resume_shortfall(site.state_dir, run_config, done):
             warnings.append(f"site {site.name}: {shortfall}")
     return warnings
+
+
+def sites_that_cannot_train(sites: list[SimulatedSite],
+                            sites_rows: list[tuple[Path, list]] | None, labels: list[str],
+                            run_config: dict) -> dict[str, str]:
+    """Why each site of ``sites`` will train no round of a DP run, when that is so of every
+    one of them (``{}`` as soon as one may train): no training row with a label of the run, a
+    lifetime budget under the run's noise limit, a ledger that does not verify or counts
+    another unit, or every unit of its training rows exhausted in its ledger (within
+    ``EXHAUSTED_SHARE`` of the budget: no useful release fits). Found in review: a second run on
+    spent data warned, started, and failed after every round was declined. Rows the site's
+    retention or erasures will leave out count as rows that may train, so the answer is never
+    "none" where one could."""
+    if math.isinf(float(run_config["target-epsilon"])) or sites_rows is None:
+        return {}
+    rows = {site_dir.name: site_rows for site_dir, site_rows in sites_rows}
+    reasons = {}
+    for site in sites:
+        reason = _cannot_train(site.state_dir, rows.get(site.name, []), set(labels), run_config)
+        if reason is None:
+            return {}
+        reasons[site.name] = reason
+    return reasons
+
+
+def _cannot_train(state_dir: Path, rows: list, labels: set[str], run_config: dict) -> str | None:
+    """Why a site will train no round of a DP run, or None where it may."""
+    usable = [row for row in rows if row.label in labels]
+    if not usable:
+        return "none of its training rows has a label of the run"
+    budget, target = float(run_config["site-max-epsilon"]), float(run_config["target-epsilon"])
+    if not any((state_dir / name).exists() for name in (LEDGER_FILE, HEAD_FILE)):
+        return (None if target <= DEFAULT_MAX_NOISE_RATIO * budget else
+                _shortfall(state_dir, target, run_config))
+    try:
+        secret = site_secret(state_dir)
+        ledger = read_ledger(state_dir, secret)
+    except (SecretError, LedgerError) as err:
+        return f"its ledger does not verify: {err}"
+    if ledger is None or math.isinf(budget):
+        return None
+    unit = run_config["privacy-unit"]
+    if ledger.privacy_unit != unit:
+        return (f"its ledger ({state_dir}) counts {ledger.privacy_unit} units and this run asks "
+                f"for --privacy-unit {unit}")
+    keys = list({unit_key(secret, f"{unit}\0{row.uid if unit == 'utterance' else row.unit}")
+                 for row in usable})
+    if any(key not in ledger.spend for key in keys):
+        return None
+    if min(unit_epsilons(ledger, keys)) < EXHAUSTED_SHARE * budget:
+        return None
+    return (f"every one of the {len(keys)} {unit} units of its training rows has spent its "
+            f"lifetime budget {budget:g} in earlier runs (fedintent privacy-report {state_dir} "
+            "shows the spend)")
 
 
 def _resume_shortfall(state_dir: Path, run_config: dict, done: int) -> str | None:
