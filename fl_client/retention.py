@@ -72,6 +72,7 @@ from fl_client.privacy_ledger import (
 )
 from fl_client.redaction import redact
 from fl_client.site_data import (
+    FileStamp,
     RejectedRow,
     Row,
     SiteDataError,
@@ -407,14 +408,14 @@ def _delete_rows(rows: list[Row]) -> tuple[int, str]:
     """(lines removed from the data folder, why it stopped before the rest: "" when it did
     not). A file replaced whose folder could not be flushed counts as removed: every reader
     already sees it without those lines."""
-    by_file: dict[Path, set[int]] = {}
+    by_file: dict[FileStamp | None, tuple[Path, set[int]]] = {}
     for row in rows:
         if row.file is not None:  # one file under two names (a link) is rewritten once
-            by_file.setdefault(Path(row.file).resolve(), set()).add(row.line)
+            by_file.setdefault(row.stamp, (Path(row.file), set()))[1].add(row.line)
     removed = 0
-    for path, lines in sorted(by_file.items()):
+    for stamp, (path, lines) in sorted(by_file.items(), key=lambda item: item[1][0]):
         try:
-            remove_lines(path, lines)
+            remove_lines(path, lines, stamp)
         except ReplacedNotFlushed as err:
             return removed + len(lines), (f"{err.strerror}; check the disk: until the folder "
                                           "is flushed, a power loss could bring those rows back")

@@ -54,6 +54,7 @@ out by reason, without reading their text any further.
 
 import codecs
 import csv
+import errno
 import hashlib
 import json
 import os
@@ -96,6 +97,8 @@ _CUSTOMER_LIKE = re.compile(r"(customer|cust|caller|client|user|member|subscribe
                             r"contact)(id|no|num|number|key|ref|code)?")
 """A column or key name, lower-cased and without separators, that may name the customer."""
 _Parsed = TypeVar("_Parsed")
+FileStamp = tuple[int, int, int, int]
+"""A data file's ``file_stamp``: (device, inode, size, modification time in ns)."""
 RowFilter = Callable[[tuple[str, ...], datetime | None], str | None]
 """(the row's customer ids, ``Row.customer_ids``; timestamp) -> why the row may not be used
 (``None``: it may)."""
@@ -177,6 +180,8 @@ class Row:
     written_customer: str | None = None
     """``customer_id`` as written, when white space around it was stripped: an erasure recorded
     under that form still covers the row."""
+    stamp: FileStamp | None = None
+    """The data file as it was read (``file_stamp``): ``remove_lines`` rewrites that file only."""
 
     @property
     def customer_ids(self) -> tuple[str, ...]:
@@ -247,16 +252,46 @@ def check_site_folder(site_dir: Path) -> None:
         raise SiteDataError(f"site data folder not found: {site_dir}")
 
 
-def remove_lines(path: Path, lines: set[int]) -> None:
+def file_stamp(info: os.stat_result) -> FileStamp:
+    """A data file's identity and version: (device, inode, size, modification time in ns)."""
+    return info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns
+
+
+def remove_lines(path: Path, lines: set[int], stamp: FileStamp) -> None:
     """Rewrite a data file without the given line numbers (as ``RejectedRow`` and ``Row`` count
     them), atomically and with its permissions and owner kept: the file is whole, old or new,
     at every moment. A symbolic link's target is rewritten, not the link (replacing the link
     would leave the rows in the exporter's file); a file with other hard links is refused, since
     they would keep the rows. So is a read-only file (someone made it so), and one whose owner
     this account could not keep (found in review: a file rewritten by another account became
-    its, and the exporter could no longer append to it)."""
+    its, and the exporter could no longer append to it).
+
+    Only the file the rows were read from (``stamp``, the rows' ``Row.stamp``), unchanged since,
+    is rewritten, and every check and the read are of that one open file: found in review, an
+    account that may rename files in the data folder swapped a link to another file in after the
+    rows were read, and the erasure deleted those line numbers from the site's privacy ledger,
+    or, run as root, from any file on the host."""
     path = Path(path).resolve(strict=True)
-    info = path.stat()
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as err:
+        if err.errno != errno.ELOOP:
+            raise
+        raise SiteDataError(f"{path} was replaced by a link since its rows were read: nothing "
+                            "is removed from it; run this again") from None
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(f.fileno())
+        if file_stamp(info) != stamp:
+            raise SiteDataError(f"{path} is not the file the rows were read from, or it changed "
+                                "since (another program wrote, replaced or renamed it): nothing "
+                                "is removed from it; run this again")
+        kept = _kept_lines(path, info, f, lines)
+    write_bytes_atomic(path, b"".join(kept), mode=info.st_mode & 0o7777,
+                       owner=(info.st_uid, info.st_gid))
+
+
+def _kept_lines(path: Path, info: os.stat_result, f: BinaryIO, lines: set[int]) -> list[bytes]:
+    """The lines of the open data file ``f`` but ``lines``, once the file may be rewritten."""
     if info.st_nlink > 1:
         raise SiteDataError(f"{path} has {info.st_nlink - 1} other hard link(s), which "
                             "would keep the rows removed from this name; remove the links, or "
@@ -272,13 +307,8 @@ def remove_lines(path: Path, lines: set[int]) -> None:
                             "it would become this account's, and whoever writes the file could "
                             "no longer append to it; run this as its owner, or delete the rows "
                             "at the source")
-    kept = []
-    with open(path, "rb") as f:
-        for number, raw in enumerate(iter(f.readline, b""), start=1):
-            if number not in lines:
-                kept.append(raw)
-    write_bytes_atomic(path, b"".join(kept), mode=info.st_mode & 0o7777,
-                       owner=(info.st_uid, info.st_gid))
+    return [raw for number, raw in enumerate(iter(f.readline, b""), start=1)
+            if number not in lines]
 
 
 def filter_rows(rows: list[Row], keep: RowFilter) -> tuple[list[Row], list[tuple[Row, str]]]:
@@ -386,14 +416,18 @@ def _shown_name(path: Path) -> str:
     return path.name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
-def _decoded_lines(path: Path, rejected: list[RejectedRow]) -> Iterator[tuple[int, str]]:
+def _decoded_lines(path: Path, rejected: list[RejectedRow],
+                   stamps: dict[Path, FileStamp] | None = None) -> Iterator[tuple[int, str]]:
     """Yield (line number, text) for each non-blank line. A line that is not UTF-8 or is over
     ``MAX_LINE_BYTES`` is reported; so is a file that cannot be read, from where reading stopped,
-    and a file in UTF-16 or UTF-32, once (its every line would be noise)."""
+    and a file in UTF-16 or UTF-32, once (its every line would be noise). ``stamps`` gets the
+    file's ``file_stamp`` as opened."""
     name = _shown_name(path)
     number = 0
     try:
         with open(path, "rb") as f:
+            if stamps is not None:
+                stamps[path] = file_stamp(os.fstat(f.fileno()))
             problem = wide_encoding_problem(f.read(_SNIFFED_BYTES))
             if problem is not None:
                 rejected.append(RejectedRow(name, 0, problem))
@@ -486,12 +520,13 @@ def _json_problem(err: json.JSONDecodeError) -> str:
 def _read_jsonl(path: Path, rejected: list[RejectedRow]) -> list[Row]:
     rows = []
     name = _shown_name(path)
-    for number, line in _decoded_lines(path, rejected):
+    stamps: dict[Path, FileStamp] = {}
+    for number, line in _decoded_lines(path, rejected, stamps):
         row_or_reason = _parsed(_jsonl_row, line)
         if isinstance(row_or_reason, str):
             rejected.append(RejectedRow(name, number, row_or_reason))
         else:
-            rows.append(replace(row_or_reason, file=path, line=number))
+            rows.append(replace(row_or_reason, file=path, line=number, stamp=stamps[path]))
     return rows
 
 
@@ -671,7 +706,8 @@ def _read_csv(path: Path, rejected: list[RejectedRow]) -> list[Row]:
     name = _shown_name(path)
     header: list[str] | str | None = None
     header_line = 0
-    for number, line in _decoded_lines(path, rejected):
+    stamps: dict[Path, FileStamp] = {}
+    for number, line in _decoded_lines(path, rejected, stamps):
         if header is None:
             header, header_line = _parsed(_csv_header, line), number
             if isinstance(header, str):
@@ -684,7 +720,7 @@ def _read_csv(path: Path, rejected: list[RejectedRow]) -> list[Row]:
         if isinstance(row_or_reason, str):
             rejected.append(RejectedRow(name, number, row_or_reason))
         else:
-            rows.append(replace(row_or_reason, file=path, line=number))
+            rows.append(replace(row_or_reason, file=path, line=number, stamp=stamps[path]))
     return rows
 
 

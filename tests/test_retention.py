@@ -1040,7 +1040,7 @@ def test_forget_on_a_read_only_data_folder_removes_the_derived_copies_and_says_w
     texts = [r["text"] for r in rows]
     assert rows[3]["text"] in cached_texts(state, texts)
 
-    def read_only(path, lines):
+    def read_only(path, lines, stamp):
         raise OSError(30, "Read-only file system", str(path))
 
     monkeypatch.setattr(retention, "remove_lines", read_only)  # as root, chmod would not do

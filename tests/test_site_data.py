@@ -369,7 +369,7 @@ def test_a_file_that_cannot_be_read_is_reported_and_the_others_still_load(tmp_pa
     def unreadable(path, mode):
         if path.name == "train.jsonl":
             raise PermissionError(errno.EACCES, "Permission denied")
-        return FailingAfterOneLine(path.read_bytes())
+        return FailingAfterOneLine(path)
 
     monkeypatch.setattr(fl_client.site_data, "open", unreadable, raising=False)
     site = load_site(tmp_path, LABELS)
@@ -381,7 +381,18 @@ def test_a_file_that_cannot_be_read_is_reported_and_the_others_still_load(tmp_pa
 
 
 class FailingAfterOneLine(io.BytesIO):
-    """A file whose disk fails after its first line."""
+    """A file whose disk fails after its first line (its descriptor the real file's)."""
+
+    def __init__(self, path):
+        super().__init__(path.read_bytes())
+        self.real = open(path, "rb")  # noqa: SIM115 (closed with this one)
+
+    def fileno(self):
+        return self.real.fileno()
+
+    def close(self):
+        self.real.close()
+        super().close()
 
     def readline(self, size=-1):
         if self.tell():

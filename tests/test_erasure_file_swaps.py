@@ -1,0 +1,152 @@
+"""``--delete-from-data`` rewrites only the data file its rows were read from.
+
+Found in review (an account that may rename files in the data folder, such as the exporter's):
+between ``forget`` reading the customer's rows and removing their lines, a link to another file
+was renamed over ``train.jsonl``, and the erasure deleted those line numbers from the file it
+named: the site's privacy ledger, or, run as root, any file on the host. A second, narrower gap
+between the checks of the file and its opening let a root-only file's content be copied into the
+data folder. Each test here swaps the file in one of those gaps and checks that nothing outside
+the data file is touched, while the erasure itself stays recorded.
+"""
+
+import json
+import os
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+import fl_client.retention as retention
+import fl_client.site_data as site_data
+from fedintent.cli import main as fedintent
+from fl_client.site_data import SiteDataError, read_rows, remove_lines
+from fl_client.site_secret import create_site_secret
+
+pytestmark = pytest.mark.usefixtures("task_identity")
+
+VICTIM = "".join(f"line {i} of a file outside the data folder\n" for i in range(1, 9))
+
+
+def write_site(site_dir: Path) -> None:
+    """Eight rows; the customer ``dana`` writes lines 1, 4 and 7."""
+    site_dir.mkdir()
+    yesterday = (datetime.now(UTC) - timedelta(days=1)).isoformat()
+    rows = [{"conversation_id": f"conv-{i}", "text": f"please refund order {i}",
+             "label": "refund", "customer_id": "dana" if i % 3 == 0 else f"cust-{i}",
+             "timestamp": yesterday} for i in range(8)]
+    (site_dir / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+@pytest.fixture
+def site(tmp_path):
+    """(site folder, its state folder, a file outside both that the attacker aims at)."""
+    write_site(tmp_path / "site")
+    create_site_secret(tmp_path / "state")
+    victim = tmp_path / "elsewhere" / "config"
+    victim.parent.mkdir()
+    victim.write_text(VICTIM)
+    return tmp_path / "site", tmp_path / "state", victim
+
+
+def swap_in_link(data_file: Path, target: Path) -> None:
+    """What the attacker does: rename a link to ``target`` over ``data_file``."""
+    link = data_file.with_name("swap.tmp")
+    link.symlink_to(target)
+    os.replace(link, data_file)
+
+
+def forget_dana(site_dir: Path, state_dir: Path, capsys) -> tuple[int, str]:
+    capsys.readouterr()
+    code = fedintent(["forget", "--site", str(site_dir), "--customer", "dana", "--state-dir",
+                      str(state_dir), "--retention-days", "inf", "--delete-from-data"])
+    return code, capsys.readouterr().err
+
+
+def test_a_link_renamed_over_the_data_file_after_the_read_is_not_followed(site, monkeypatch,
+                                                                          capsys):
+    """The swap between the read and the rewrite (while the erasure is logged and the feature
+    store pruned), as the reviewer's inotify-driven attacker made it."""
+    site_dir, state, victim = site
+    prune = retention.prune
+
+    def prune_then_swap(*args, **kwargs):
+        pruned = prune(*args, **kwargs)
+        swap_in_link(site_dir / "train.jsonl", victim)
+        return pruned
+
+    monkeypatch.setattr(retention, "prune", prune_then_swap)
+    code, err = forget_dana(site_dir, state, capsys)
+    assert code == 2 and "is not the file the rows were read from" in err, err
+    assert victim.read_text() == VICTIM
+    entries = [json.loads(line) for line in (state / "deletions.jsonl").read_text().splitlines()]
+    assert [e["event"] for e in entries] == ["erasure", "erasure-done"]
+    assert entries[-1]["delete_from_data"] == "failed"
+
+
+def test_the_data_file_rewritten_in_place_after_the_read_is_left_alone(site, monkeypatch,
+                                                                       capsys):
+    """The exporter appending (or rewriting the file in place) after the read: the line
+    numbers read may no longer be the customer's."""
+    site_dir, state, _ = site
+    prune = retention.prune
+
+    def prune_then_append(*args, **kwargs):
+        pruned = prune(*args, **kwargs)
+        with open(site_dir / "train.jsonl", "a") as f:
+            f.write(json.dumps({"text": "a new row", "label": "refund"}) + "\n")
+        return pruned
+
+    monkeypatch.setattr(retention, "prune", prune_then_append)
+    code, err = forget_dana(site_dir, state, capsys)
+    assert code == 2 and "changed since" in err, err
+    before = (site_dir / "train.jsonl").read_text()
+    assert before.count('"dana"') == 3 and "a new row" in before
+
+
+def test_a_link_swapped_in_between_the_checks_and_the_open_is_refused(site, monkeypatch):
+    """The narrower gap inside ``remove_lines``: the name resolved, then replaced by a link
+    before it is opened; the file's content must not be copied to the data folder's name."""
+    site_dir, _, victim = site
+    data_file = site_dir / "train.jsonl"
+    [rows, _] = read_rows(site_dir, [])
+    dana = {row.line for row in rows if row.customer == "dana"}
+    opened = os.open
+
+    def swap_then_open(path, flags, *args, **kwargs):
+        if Path(path) == data_file.resolve() and not data_file.is_symlink():
+            swap_in_link(data_file, victim)
+        return opened(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(site_data.os, "open", swap_then_open)
+    with pytest.raises(SiteDataError, match="replaced by a link since its rows were read"):
+        remove_lines(data_file, dana, rows[0].stamp)
+    monkeypatch.undo()
+    assert victim.read_text() == VICTIM and data_file.is_symlink()
+
+
+def test_another_file_renamed_over_the_data_file_is_refused(site):
+    """A regular file (a hard link to another, a copy) in its place: not the file read."""
+    site_dir, _, victim = site
+    data_file = site_dir / "train.jsonl"
+    [rows, _] = read_rows(site_dir, [])
+    other = site_dir / "other.tmp"
+    other.write_text(VICTIM)
+    os.replace(other, data_file)
+    with pytest.raises(SiteDataError, match="not the file the rows were read from"):
+        remove_lines(data_file, {1, 4, 7}, rows[0].stamp)
+    assert data_file.read_text() == VICTIM
+
+
+def test_the_file_read_through_a_link_is_rewritten_and_the_link_kept(tmp_path, capsys):
+    """The supported layout the checks must not break: the data folder's file a link to the
+    exporter's; its target loses the customer's lines, the link stays."""
+    write_site(tmp_path / "export")
+    site_dir = tmp_path / "site"
+    site_dir.mkdir()
+    (site_dir / "train.jsonl").symlink_to(tmp_path / "export" / "train.jsonl")
+    create_site_secret(tmp_path / "state")
+    code, err = forget_dana(site_dir, tmp_path / "state", capsys)
+    assert code == 0, err
+    assert (site_dir / "train.jsonl").is_symlink()
+    left = (tmp_path / "export" / "train.jsonl").read_text()
+    assert '"dana"' not in left and left.count("\n") == 5
