@@ -153,7 +153,7 @@ except ValueError:
              f", not {text!r}")
 if kind == "float" and math.isnan(value):
     sys.exit(f"site-entrypoint: {name} must be a number, not {text!r}")
-if kind == "float" and math.isinf(value) and text.strip().lstrip("+").lower() not in (
+if kind == "float" and math.isinf(value) and text.strip().lstrip("+-").lower() not in (
         "inf", "infinity"):  # 1e309 overflows to inf: unlimited only when written as such
     sys.exit(f"site-entrypoint: {name} {text.strip()!r} is too large for a number; write inf "
              "for no limit")

@@ -19,6 +19,8 @@ from fl_protocol.label_file import LabelFileError
 from fl_server.run_config import RunConfigError
 
 COMMAND_GROUPS = (train, data, site, deploy, bench, audit, predict)
+SITE_COMMANDS = ("check-data", "privacy-report", "init-site", "purge", "forget", "audit")
+"""The commands a site's administrator runs on the site's own folders."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,7 +33,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fedintent {args.command}: error: {err}", file=sys.stderr)
         return 2
     except PermissionError as err:  # found in review: a traceback, for a site's own folders
-        print(f"fedintent {args.command}: error: {permission_denied(err.filename)}",
+        site = args.command in SITE_COMMANDS  # found in review: `synth` named the SuperNode
+        print(f"fedintent {args.command}: error: {permission_denied(err.filename, site)}",
               file=sys.stderr)
         return 2
     except KeyboardInterrupt:

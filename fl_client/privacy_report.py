@@ -153,8 +153,8 @@ def _deletion_log_state(state_dir: Path, secret: bytes, recorded: dict) -> tuple
     """(what the deletion log is, whether the site uses its data over it)."""
     try:
         now, problem = deletion_log_check(state_dir, secret, recorded)
-    except RetentionError as err:
-        return str(err), False
+    except RetentionError as err:  # "deletion log: ...", said once where it is printed
+        return str(err).removeprefix("deletion log: "), False
     if problem:
         return (f"{problem}; the site does not use its data until the log and its head are "
                 "restored from the newest copy (docs/SITE_GUIDE.md)"), False

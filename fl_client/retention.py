@@ -192,7 +192,10 @@ def retention_window(retention_days: float,
     now = now or datetime.now(UTC)
     not_before = None
     if math.isfinite(retention_days):
-        not_before = _next_hour(now - timedelta(days=retention_days))
+        try:
+            not_before = _next_hour(now - timedelta(days=retention_days))
+        except OverflowError:  # before the first date there is: every dated row is within it
+            not_before = datetime.min.replace(tzinfo=UTC)  # (found in review: a traceback)
     return not_before, now.replace(minute=0, second=0, microsecond=0) + FUTURE_SLACK
 
 
@@ -320,25 +323,32 @@ def forget(site_dir: Path, state_dir: Path, customer: str, retention_days: float
                            for row in theirs))
 
 
+UNBOUNDED_CUT_OFF = datetime.max.replace(tzinfo=UTC)
+"""The cut-off of an erasure whose rows could not be read: every row of the customer, whatever
+its date."""
+
+
 def _unread_erasure(state_dir: Path, secret: bytes, customer: str, actor: str, now: datetime,
                     err: Exception) -> NoReturn:
     """Record an erasure whose customer's rows could not be read (found in review: a data
     folder this account may not read recorded nothing, while the site's account still used
-    the rows), with the cut-off that needs none: every row a load uses is dated at most
-    ``FUTURE_SLACK`` ahead, or undated. Then say what was not done."""
-    cut_off = now + FUTURE_SLACK
-    _append(state_dir, secret, "erasure",
-            {"actor": actor, "customer": customer_key(secret, customer),
-             "requested_at": now.isoformat(), "erased_at": cut_off.isoformat(),
-             "rows_found": None})
+    the rows), with the cut-off that needs none: every row of theirs, whatever its date (found
+    in review: the request's time plus a day missed rows dated later, which a site without a
+    retention limit uses, as does one whose log a clock running ahead stamped). Then say what
+    was not done."""
+    _, problem = _append(state_dir, secret, "erasure",
+                         {"actor": actor, "customer": customer_key(secret, customer),
+                          "requested_at": now.isoformat(),
+                          "erased_at": UNBOUNDED_CUT_OFF.isoformat(), "rows_found": None})
     reason = (f"{err.filename}: {err.strerror or err}" if isinstance(err, OSError)
               and err.filename else str(err))
+    ledger = (f"; the privacy ledger could not record the deletion log's new length, so the site "
+              f"does not train until it reads again: {problem}" if problem else "")
     raise RetentionError(
-        f"the erasure is recorded (no run uses this customer's rows dated up to "
-        f"{cut_off.isoformat(timespec='seconds')}, or undated), but the data folder could not be "
-        f"read ({reason}): nothing was removed from the feature store or the data files, and a "
-        "row dated later than that is not covered; run forget again once the folder can be "
-        "read") from err
+        f"the erasure is recorded (no run uses any row of this customer, whatever its date, "
+        f"from now on: its rows could not be read to date it), but the data folder could not be "
+        f"read ({reason}): nothing was removed from the feature store or the data files; run "
+        f"forget again once the folder can be read{ledger}") from err
 
 
 def _is_customer(row: Row, canonical: str) -> bool:

@@ -91,6 +91,9 @@ _LABEL_SHAPED = re.compile(r"[A-Za-z][A-Za-z0-9_.:/\-]{0,39}")
 _SHOWN_INT_LIMIT = 100_000
 """Smaller integers (a round number) are shown: below the redactor's six-digit floor."""
 _SHOWN_COLUMNS = 8
+_COLUMN_WORDS = re.compile(r"text|label|intent|utterance|message|query|sentence|customer|"
+                           r"conversation|timestamp|time|date|category|class", re.IGNORECASE)
+"""Words a CSV column name holds, as ``_column_shown`` asks."""
 """How many of an unusable CSV header's columns its rejection names (each as ``shown`` allows)."""
 _KEY_SHAPED = re.compile(r"[A-Za-z][A-Za-z _.\-]{0,39}")
 _CUSTOMER_LIKE = re.compile(r"(customer|cust|caller|client|user|member|subscriber|account|"
@@ -305,8 +308,9 @@ def _kept_lines(path: Path, info: os.stat_result, f: BinaryIO, lines: set[int]) 
         raise SiteDataError(f"{path} belongs to uid {info.st_uid} (group {info.st_gid}), and "
                             f"this account (uid {os.geteuid()}) cannot keep that: rewritten, "
                             "it would become this account's, and whoever writes the file could "
-                            "no longer append to it; run this as its owner, or delete the rows "
-                            "at the source")
+                            "no longer append to it; delete the rows at the source, or make the "
+                            "site's account the file's owner (chown; the exporter can still "
+                            "append through a group both hold)")
     return [raw for number, raw in enumerate(iter(f.readline, b""), start=1)
             if number not in lines]
 
@@ -734,13 +738,24 @@ def _csv_header(line: str) -> list[str] | str:
     missing = [name for name, names in (("text", {"text"}), ("label", {"label", "intent"}))
                if not names & columns]
     if missing:
-        found = ", ".join(shown(name) for name in header[:_SHOWN_COLUMNS])
+        found = ", ".join(_column_shown(name) for name in header[:_SHOWN_COLUMNS])
         more = f", ... ({len(header)} in all)" if len(header) > _SHOWN_COLUMNS else ""
         return (f"CSV header must name 'text' and 'label' (or 'intent'); its {len(header)} "
                 f"columns ({found}{more}) lack {' and '.join(map(repr, missing))} (column "
                 "names are case-sensitive: write them in lower case; a file without a header "
                 "line has its first row read as the header)")
     return header
+
+
+def _column_shown(name: str) -> str:
+    """A column of an unusable CSV header as its message may name it: quoted when it is
+    label-shaped and names a column (holds a word such as text, intent or customer), else only
+    its shape. A file without a header line has its first row read as the header, and that row
+    is data: a customer id such as ``AB-4711`` is label-shaped (found in review: it reached
+    ``check-data``'s output and every round's site log, where no erasure reaches)."""
+    if _COLUMN_WORDS.search(name) and shown(name) == repr(name):
+        return repr(name)
+    return f"<{_described(name)}, not shown>"
 
 
 def _csv_row(header: list[str], line: str) -> Row | str:

@@ -11,26 +11,34 @@ import os
 from pathlib import Path
 
 
-def permission_denied(path: str | os.PathLike | None) -> str:
+def permission_denied(path: str | os.PathLike | None, site: bool = True) -> str:
     """Why ``path`` could not be opened, for an error message: this account's uid, the owner's
-    (of the path, or of the nearest folder above it this account can see), and that nothing is
-    damaged."""
+    (of the path, or of the folder above it that this account cannot search), and, for a
+    site's files (``site``), which account to run as and that nothing is damaged."""
     account = f"this account (uid {os.geteuid()})"
+    advice = ("run the command as the account that owns the site's folders (the one its "
+              "SuperNode runs as; `docker exec` into the site container runs as it), or give "
+              "the files back to it (chown); nothing is damaged, so restore no backup"
+              if site else "run the command as an account that may, or give this one access")
     if path is None:
-        return (f"permission denied to {account}: run the command as the account that owns "
-                "the site's folders; nothing is damaged, so restore no backup")
-    owner = _owner(Path(path))
-    whose = f", which belongs to uid {owner}" if owner is not None else ""
-    return (f"permission denied to {account} for {path}{whose}: run the command as the "
-            "account that owns the site's folders (the one its SuperNode runs as; `docker "
-            "exec` into the site container runs as it), or give the files back to it (chown); "
-            "nothing is damaged, so restore no backup")
+        return f"permission denied to {account}: {advice}"
+    path = Path(path)
+    found = _owner(path)
+    if found is None:
+        whose = ""
+    elif found[0] == path:
+        whose = f", which belongs to uid {found[1]}"
+    else:  # found in review: the folder's owner was named as the owner of a missing file
+        whose = (f": the folder {found[0]} above it, which belongs to uid {found[1]}, is closed "
+                 "to it")
+    return f"permission denied to {account} for {path}{whose}: {advice}"
 
 
-def _owner(path: Path) -> int | None:
+def _owner(path: Path) -> tuple[Path, int] | None:
+    """(the path or the nearest folder above it this account can see, its owner)."""
     for candidate in (path, *path.parents):
         try:
-            return candidate.stat().st_uid
+            return candidate, candidate.stat().st_uid
         except OSError:
             continue
     return None

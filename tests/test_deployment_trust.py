@@ -288,6 +288,9 @@ def test_a_budget_too_large_for_a_number_is_refused_and_inf_means_no_limit(tmp_p
     assert "MAX_EPSILON '1e309' is too large for a number; write inf" in result.stderr
     result, config = entrypoint(tmp_path, MAX_EPSILON=" Inf")
     assert result.returncode == 0 and config["max-epsilon"] == math.inf, result.stderr
+    result, config = entrypoint(tmp_path, MAX_EPSILON="-inf")  # refused, but not as too large
+    assert result.returncode == 2 and config is None
+    assert "too large" not in result.stderr and "MAX_EPSILON" in result.stderr, result.stderr
 
 
 def test_a_state_folder_without_its_secret_is_refused_and_only_a_one_off_run_makes_one(

@@ -21,6 +21,7 @@ from fl_client.retention import (
     DELETION_LOG,
     ERASED,
     FUTURE,
+    UNDATED,
     RetentionError,
     RowPolicy,
     check_deletion_log,
@@ -92,6 +93,17 @@ def test_a_row_dated_more_than_a_day_ahead_is_not_used(tmp_path):
     policy = row_policy(tmp_path, 30, now)
     assert policy(("c",), now + timedelta(hours=20)) is None
     assert policy(("c",), now + timedelta(hours=36)) == FUTURE
+
+
+@pytest.mark.parametrize("days", [1e6, 1e308])
+def test_a_retention_longer_than_the_calendar_keeps_every_dated_row(tmp_path, days):
+    """Found in review: a retention reaching back before the year 1 was a traceback in purge,
+    forget, check-data and every round of the site. It keeps every dated row; an undated row is
+    still not used, as under any finite retention."""
+    assert retention_window(days)[0] == datetime.min.replace(tzinfo=UTC)
+    policy = row_policy(tmp_path, days)
+    assert policy(("c",), datetime(1, 1, 1, tzinfo=UTC)) is None
+    assert policy(("c",), NOW) is None and policy(("c",), None) == UNDATED
 
 
 def test_the_row_policy_never_shows_the_site_secret():

@@ -20,6 +20,7 @@ from fedintent.cli import main
 from fl_client.privacy_ledger import HEAD_FILE, LEDGER_FILE, Ledger, Release, now, write_ledger
 from fl_client.retention import DELETION_LOG
 from fl_client.site_secret import SECRET_FILE, site_secret
+from fl_protocol.file_owner import permission_denied
 from fl_protocol.hash_chain import head_path
 
 OTHER_UID = os.geteuid() + 4242
@@ -133,6 +134,38 @@ def test_a_folder_this_account_may_not_search_is_one_line_not_a_traceback(site, 
     assert "restore no backup" in err
 
 
+def test_permission_messages_name_the_closed_folder_and_suit_the_command(tmp_path, capsys,
+                                                                         monkeypatch):
+    """Found in review: the owner of the folder above was named as the owner of a file that
+    does not exist, and an operator's ``synth`` was told about SuperNodes and backups."""
+    import data_synth
+
+    closed = tmp_path / "closed"
+    closed.mkdir()
+    path_stat = Path.stat
+
+    def search_denied(self, *args, **kwargs):
+        if self.is_relative_to(closed) and self != closed:
+            raise PermissionError(13, "Permission denied", str(self))
+        return path_stat(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "stat", search_denied)
+    message = permission_denied(closed / "data" / "labels.txt")
+    monkeypatch.undo()
+    assert message.startswith(f"permission denied to this account (uid {os.geteuid()}) for "
+                              f"{closed / 'data' / 'labels.txt'}: the folder {closed} above it, "
+                              f"which belongs to uid {closed.stat().st_uid}, is closed to it")
+
+    def refused(out, **kwargs):
+        raise PermissionError(13, "Permission denied", str(out))
+
+    monkeypatch.setattr(data_synth, "write_sites", refused)
+    code, out, err = run(capsys, "synth", "--out", str(tmp_path / "synth"))
+    assert code == 2 and "permission denied to this account" in err, out + err
+    assert "SuperNode" not in err and "backup" not in err
+    assert "run the command as an account that may, or give this one access" in err
+
+
 @pytest.mark.parametrize("command", [
     ["init-site", "--state-dir", ""],
     ["privacy-report", ""],
@@ -149,6 +182,17 @@ def test_an_empty_path_is_refused_not_taken_for_the_current_folder(tmp_path, cap
     assert (code, out) == (2, ""), out + err
     assert "the path is empty (an unset variable?)" in err
     assert list(tmp_path.iterdir()) == [] and tmp_path.stat().st_mode == mode
+
+
+@pytest.mark.parametrize("path", [" /srv/state", "state\n", "state "])
+def test_a_path_with_white_space_around_it_is_refused(tmp_path, capsys, monkeypatch, path):
+    """Found in review: ``--state-dir " /srv/state"`` (a stray space in a variable) made a new
+    state folder, with its own secret, under a folder named " " in the current one."""
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run(capsys, "init-site", "--state-dir", path)
+    assert (code, out) == (2, ""), out + err
+    assert f"the path {path!r} begins or ends with white space" in err
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_init_site_refuses_a_folder_that_holds_other_files(site, capsys):
@@ -214,15 +258,20 @@ def test_a_data_file_given_for_the_data_folder_is_named_as_a_file(site, capsys, 
 def test_forget_records_the_erasure_when_the_data_folder_cannot_be_read(site, capsys,
                                                                         monkeypatch):
     """Found in review: a data folder this account may not read recorded no erasure, while the
-    site's own account went on using the customer's rows. The request is recorded first, with
-    the cut-off that needs no row (every row a load uses is dated at most a day ahead), and the
-    message says what was not done."""
+    site's own account went on using the customer's rows. The request is recorded first, for
+    every row of theirs whatever its date (found in review: the request's time plus a day left
+    a row dated further ahead in use at a site without a retention limit), and the message
+    says what was not done."""
     import fl_client.retention as retention
     from fl_client.retention import row_policy
     from fl_client.site_data import load_site, read_rows
 
     data, state = site
     entries = len((state / DELETION_LOG).read_text().splitlines())
+    ahead = (datetime.now(UTC) + timedelta(days=30)).isoformat()
+    with open(data / "train.jsonl", "a") as f:
+        f.write(json.dumps({"conversation_id": "c9", "customer_id": "cust-1", "timestamp": ahead,
+                            "text": "I lost my card 9", "label": "card_lost"}) + "\n")
 
     def unreadable(site_dir, rejected):
         raise PermissionError(13, "Permission denied", str(site_dir / "train.jsonl"))
@@ -232,13 +281,50 @@ def test_forget_records_the_erasure_when_the_data_folder_cannot_be_read(site, ca
                          "--customer", "cust-1")
     monkeypatch.setattr(retention, "read_rows", read_rows)
     assert (code, out) == (2, ""), out + err
-    assert "the erasure is recorded (no run uses this customer's rows dated up to" in err
+    assert ("the erasure is recorded (no run uses any row of this customer, whatever its date, "
+            "from now on" in err)
     assert f"could not be read ({data / 'train.jsonl'}: Permission denied)" in err
     assert "run forget again once the folder can be read" in err
     log = (state / DELETION_LOG).read_text().splitlines()
     assert len(log) == entries + 1 and json.loads(log[-1])["event"] == "erasure"
     used = load_site(data, ["card_lost"], keep=row_policy(state, float("inf"))).train
     assert {"cust-0", "cust-2"} == set(used.customers), "cust-1's rows are no longer used"
+
+
+def test_forget_records_the_erasure_when_the_data_folders_parent_cannot_be_searched(
+        site, capsys, monkeypatch):
+    """Found in review: with a folder above the data folder closed to the site's account, the
+    check that the data folder is a folder failed before anything was recorded, and the message
+    said nothing was damaged. (Root may search every folder: the check's failure is stood in.)"""
+    import fl_client.site_data as site_data
+
+    data, state = site
+    entries = len((state / DELETION_LOG).read_text().splitlines())
+
+    def closed(site_dir):
+        raise PermissionError(13, "Permission denied", str(site_dir))
+
+    monkeypatch.setattr(site_data, "check_site_folder", closed)
+    code, out, err = run(capsys, "forget", "--site", str(data), "--state-dir", str(state),
+                         "--customer", "cust-1")
+    assert (code, out) == (2, ""), out + err
+    assert "the erasure is recorded" in err and f"({data}: Permission denied)" in err
+    log = (state / DELETION_LOG).read_text().splitlines()
+    assert len(log) == entries + 1 and json.loads(log[-1])["event"] == "erasure"
+
+
+@pytest.mark.parametrize("command", ["purge", "forget"])
+def test_a_ledger_that_cannot_record_the_deletion_is_said(site, capsys, command):
+    """Found in review: forget did not say when the privacy ledger could not record the
+    deletion log's new length (the site then does not train until it reads again)."""
+    data, state = site
+    (state / LEDGER_FILE).write_text("{}")
+    argv = (["purge", str(data), "--retention-days", "30"] if command == "purge"
+            else ["forget", "--site", str(data), "--customer", "cust-1"])
+    code, out, err = run(capsys, *argv, "--state-dir", str(state))
+    assert code == 2 and "logged: entry" in out, out + err
+    assert "could not record the deletion log's new length" in err, err
+    assert "not a fedintent privacy ledger" in err
 
 
 def test_deleting_from_data_keeps_each_files_owner_or_refuses(site, capsys, monkeypatch):
@@ -273,4 +359,5 @@ def test_deleting_from_data_keeps_each_files_owner_or_refuses(site, capsys, monk
     code, out, err = run(capsys, "forget", "--site", str(data), "--state-dir", str(state),
                          "--customer", "cust-2", "--delete-from-data")
     assert code == 2 and f"{train} belongs to uid {OTHER_UID}" in err, out + err
-    assert "run this as its owner" in err and "cust-2" in train.read_text()
+    assert "delete the rows at the source, or make the site's account the file's owner" in err
+    assert "cust-2" in train.read_text()

@@ -141,6 +141,20 @@ def test_a_capitalised_csv_header_is_named_with_the_columns_found_and_the_case_r
     assert row == "train.csv:2: skipped: the file's header (line 1) is unusable"
 
 
+def test_a_headerless_csvs_first_row_is_not_quoted_as_its_columns(tmp_path):
+    """Found in review: the first row of a CSV without a header line, read as its header, was
+    quoted in the message, and a customer id is label-shaped: it reached check-data's output
+    and the site's log. Names of columns are still quoted, whatever their case."""
+    (tmp_path / "train.csv").write_text("AB-4711,lost card,card_lost,2026-12-01\n"
+                                        "AB-4711,refund me,refund,2026-12-01\n")
+    [header, _] = [str(row) for row in load_site(tmp_path, LABELS).rejected]
+    assert "AB-4711" not in header and "card_lost" not in header
+    assert "its 4 columns (<a string of length 7, not shown>, <a string of length 9, not " in header
+    (tmp_path / "train.csv").write_text("Customer_ID,Utterance,Intent_Name,Date\nx,y,z,w\n")
+    [header, _] = [str(row) for row in load_site(tmp_path, LABELS).rejected]
+    assert "('Customer_ID', 'Utterance', 'Intent_Name', 'Date')" in header
+
+
 @pytest.mark.parametrize(("line", "reason"), [
     ('{"text": "lost card", "label": "card', "invalid JSON (Invalid control character at the "
      "end of the line: it may be cut short)"),
@@ -584,7 +598,8 @@ def test_no_message_about_a_row_quotes_its_values(tmp_path, capsys):
         "train.jsonl:3: intent_turn is not an index into turns (a string of length 18)",
         "train.jsonl:4: intent_turn is not an index into turns (outside 0 to 1)",
         "train.csv:1: CSV header must name 'text' and 'label' (or 'intent'); its 2 columns "
-        "(<a string of length 18, not shown>, 'card_lost') lack 'text' and 'label' (column names "
+        "(<a string of length 18, not shown>, <a string of length 9, not shown>) lack 'text' and "
+        "'label' (column names "
         "are case-sensitive: write them in lower case; a file without a header line has its "
         "first row read as the header)",
         "train.csv:2: skipped: the file's header (line 1) is unusable",

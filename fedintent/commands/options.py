@@ -24,10 +24,13 @@ def path_argument(text: str) -> Path:
     """A path given on the command line (``type=`` of every path option). An empty one, as an
     unset shell variable gives, is refused rather than read as the current folder (found in
     review: ``init-site --state-dir "$STATE_DIR"`` made the current folder a state folder,
-    owner-only, with a site secret in it)."""
+    owner-only, with a site secret in it); so is one with white space around it."""
     if not text.strip():
         raise argparse.ArgumentTypeError("the path is empty (an unset variable?): give one, or "
                                          ". for the current folder")
+    if text != text.strip():  # found in review: " /srv/state" made a folder named " " here
+        raise argparse.ArgumentTypeError(f"the path {text!r} begins or ends with white space (a "
+                                         "stray space or line break in a variable?): remove it")
     return Path(text)
 
 

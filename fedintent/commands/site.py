@@ -7,7 +7,7 @@ import math
 import os
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -179,6 +179,10 @@ def run_forget(args: argparse.Namespace) -> int:
               "run uses them, but they stay in the data files, since a case-sensitive system "
               "may hold another customer under that id; if they are this customer's, run "
               "forget --delete-from-data again with the id as they write it")
+    if erasure.deletion.ledger_problem:  # found in review: it was not said
+        raise CliError(f"the erasure above is recorded and done, but the privacy ledger could "
+                       f"not record the deletion log's new length, so the site does not train "
+                       f"until it reads again: {erasure.deletion.ledger_problem}")
     if erasure.ledger_problem:
         raise CliError(f"the erasure above is recorded and done, but the privacy ledger could "
                        f"not be read to report the spend it keeps of theirs: "
@@ -306,7 +310,8 @@ def _state_dir(args: argparse.Namespace, site_dir: Path) -> Path:
 
     if args.retention_days is not None and not args.retention_days > 0:
         raise CliError(f"--retention-days must be > 0 (inf: no limit), got {args.retention_days}")
-    check_site_folder(site_dir)
+    with suppress(PermissionError):  # reported where it is read; forget records the erasure
+        check_site_folder(site_dir)  # first (found in review: it recorded nothing)
     return args.state_dir or site_dir / ".fedintent-state"
 
 
