@@ -90,6 +90,9 @@ DELETION_LOG = "deletions.jsonl"
 FEATURES = "features"
 FUTURE_SLACK = timedelta(days=1)
 """How far ahead a row may be dated (clock skew between the site's systems)."""
+UNBOUNDED_CUT_OFF = datetime.max.replace(tzinfo=UTC)
+"""The cut-off of an erasure whose rows could not be read: every row of the customer, whatever
+its date."""
 EXPIRED, UNDATED, FUTURE, ERASED = "expired", "undated", "dated in the future", "erased"
 DELETED_FROM_DATA = (EXPIRED, ERASED)
 """The rows ``--delete-from-data`` removes from the data folder: those the policy has ended.
@@ -321,11 +324,6 @@ def forget(site_dir: Path, state_dir: Path, customer: str, retention_days: float
                        other_case_rows=sum(
                            canonical_customer(str(row.customer), fold_case=False) != exact
                            for row in theirs))
-
-
-UNBOUNDED_CUT_OFF = datetime.max.replace(tzinfo=UTC)
-"""The cut-off of an erasure whose rows could not be read: every row of the customer, whatever
-its date."""
 
 
 def _unread_erasure(state_dir: Path, secret: bytes, customer: str, actor: str, now: datetime,

@@ -91,10 +91,10 @@ _LABEL_SHAPED = re.compile(r"[A-Za-z][A-Za-z0-9_.:/\-]{0,39}")
 _SHOWN_INT_LIMIT = 100_000
 """Smaller integers (a round number) are shown: below the redactor's six-digit floor."""
 _SHOWN_COLUMNS = 8
+"""How many of an unusable CSV header's columns its rejection names (``_column_shown``)."""
 _COLUMN_WORDS = re.compile(r"text|label|intent|utterance|message|query|sentence|customer|"
                            r"conversation|timestamp|time|date|category|class", re.IGNORECASE)
 """Words a CSV column name holds, as ``_column_shown`` asks."""
-"""How many of an unusable CSV header's columns its rejection names (each as ``shown`` allows)."""
 _KEY_SHAPED = re.compile(r"[A-Za-z][A-Za-z _.\-]{0,39}")
 _CUSTOMER_LIKE = re.compile(r"(customer|cust|caller|client|user|member|subscriber|account|"
                             r"contact)(id|no|num|number|key|ref|code)?")
