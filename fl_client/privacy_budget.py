@@ -233,11 +233,15 @@ def _carry_over(ledger: Ledger, keys: list[str], former: list[list[list[str]]],
     its key (it counts it) is not counted again, until it trains again (``charge_round`` then
     drops those records: found in review, a record larger than the unit's spend does not count
     releases the unit took part in after it). In a release without sampling (full batch, an
-    evaluation, a Skellam sum), ``k`` units that are one person move it by up to ``k`` clip
-    norms, so its Rényi DP is at most ``k**2`` times a unit's, and over releases at most ``k``
-    times the sum of the ``k`` spends; a sampled release has no such bound, so after one such
-    a group starts from the whole ``budget``. Under the utterance unit a unit is one utterance
-    whatever its names, and starts from the largest spend under any of them."""
+    evaluation, a Skellam sum), ``n`` units that are one person move it by up to ``n`` clip
+    norms, so its Rényi DP is at most ``n**2`` times a unit's: over the releases, the square of
+    the norm of the sum of the units' vectors (``n_t`` times the square root of release ``t``'s
+    Rényi DP, per release), which the triangle inequality bounds by the square of the sum of the
+    square roots of their spends (at most ``k`` times their sum, the bound before, and far less
+    where one spend is small: a row joining its customer after one release); a sampled release
+    has no such bound, so after one such a group starts from the whole ``budget``. Under the
+    utterance unit a unit is one utterance whatever its names, and starts from the largest
+    spend under any of them."""
     full_batch = all(release.sample_rate == 1 for release in ledger.releases)
     joined = []
     for key, groups in zip(keys, former, strict=True):
@@ -262,7 +266,7 @@ def _carry_over(ledger: Ledger, keys: list[str], former: list[list[list[str]]],
                 counted += [spend for spend, group in zip(named, groups, strict=True)
                             if len(group) > 1 and spend > most]
             if len(counted) > 1:
-                together = len(counted) * sum(counted)
+                together = sum(math.sqrt(spend) for spend in counted) ** 2
                 carried = max(carried, together if full_batch or not math.isfinite(budget)
                               else max(budget, together))
         if carried > own:

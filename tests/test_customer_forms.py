@@ -214,6 +214,23 @@ def charge_rows(state_dir, server_round: int,
                                       customers))
 
 
+def test_a_row_joining_its_customer_counts_by_the_square_roots_of_the_spends(tmp_path):
+    """A customer in 3 releases and a row of theirs without a customer_id, a unit of its own in
+    the third: the person was in releases 1 and 2 once and in 3 twice, a Rényi DP of 1 + 1 + 4
+    releases' worth. The group bound is (sqrt(3) + sqrt(1))**2 = 7.46 releases, not 2 x (3 + 1)
+    = 8 (the bound before stop 55): the triangle inequality over the units' per-release
+    vectors, never below the truth."""
+    create_site_secret(tmp_path)
+    for server_round in (1, 2):
+        charge_rows(tmp_path, server_round, [("A-1", "id:a", ())])
+    charge_rows(tmp_path, 3, [("A-1", "id:a", ()), (None, "id:x", ())])
+    charge_rows(tmp_path, 4, [("A-1", "id:a", ()), ("A-1", "id:x", ())])  # the id back-filled
+    release = spend(tmp_path, "other-0") / 4
+    joined = spend(tmp_path, "A-1")
+    assert joined == pytest.approx(((3 ** 0.5 + 1) ** 2 + 1) * release, rel=1e-9)
+    assert joined >= (1 + 1 + 4 + 1) * release
+
+
 def test_a_record_made_before_a_unit_trained_again_does_not_count_it(tmp_path):
     """Found in review: a row without a customer_id (a unit of its own) took a customer's spend
     over through their shared conversation and recorded its own under the customer's key; the
