@@ -45,6 +45,7 @@ The ClientApp purges before every training round; ``fedintent purge`` (the site 
 it on a schedule) covers the time between runs.
 """
 
+import errno
 import getpass
 import hashlib
 import hmac
@@ -428,8 +429,8 @@ def _delete_rows(rows: list[Row]) -> tuple[int, str]:
             return removed + len(lines), (f"{err.strerror}; check the disk: until the folder "
                                           "is flushed, a power loss could bring those rows back")
         except OSError as err:
-            return removed, (f"cannot remove rows from {path}: {err.strerror or err} (is the "
-                             "data folder mounted read-only?)")
+            hint = " (is the data folder mounted read-only?)" if err.errno == errno.EROFS else ""
+            return removed, f"cannot remove rows from {path}: {err.strerror or err}{hint}"
         except SiteDataError as err:
             return removed, str(err)
         removed += len(lines)
@@ -446,8 +447,9 @@ def _delete_rows_logged(state_dir: Path, rows: list[Row], event: str, who: str,
     if problem:
         _logged(state_dir, event, who, not_used, pruned.rows, pruned.files, removed,
                 details | {"delete_from_data": "failed"})
+        erasure = "; the erasure stays recorded" if event == "erasure-done" else ""
         raise SiteDataError(f"the site's derived copies of the rows are removed and logged "
-                            f"({pruned.rows} feature rows; an erasure stays recorded), and "
+                            f"({pruned.rows} feature rows{erasure}), and "
                             f"{removed} of their lines in the data folder, but the data folder "
                             f"could not be brought up to date: {problem}")
     return removed

@@ -59,6 +59,7 @@ import hashlib
 import json
 import os
 import re
+import stat
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -70,7 +71,7 @@ from typing import BinaryIO, NamedTuple, TypeVar
 
 from fl_client.customer_ids import canonical_customer
 from fl_client.redaction import redact
-from fl_protocol.durable_files import write_bytes_atomic
+from fl_protocol.durable_files import replace_in_folder
 
 TEST_SHARE_WHEN_UNSPLIT = 0.2
 MAX_LINE_BYTES = 1 << 20
@@ -92,16 +93,18 @@ _SHOWN_INT_LIMIT = 100_000
 """Smaller integers (a round number) are shown: below the redactor's six-digit floor."""
 _SHOWN_COLUMNS = 8
 """How many of an unusable CSV header's columns its rejection names (``_column_shown``)."""
-_COLUMN_WORDS = re.compile(r"text|label|intent|utterance|message|query|sentence|customer|"
-                           r"conversation|timestamp|time|date|category|class", re.IGNORECASE)
-"""Words a CSV column name holds, as ``_column_shown`` asks."""
+_COLUMN_WORDS = frozenset((
+    "text", "label", "labels", "intent", "intents", "utterance", "message", "query", "sentence",
+    "customer", "conversation", "call", "id", "timestamp", "time", "date", "category", "class",
+    "name", "type", "body", "content", "user", "agent", "turn", "turns"))
+"""The words a CSV column name is made of, as ``_column_shown`` asks."""
 _KEY_SHAPED = re.compile(r"[A-Za-z][A-Za-z _.\-]{0,39}")
 _CUSTOMER_LIKE = re.compile(r"(customer|cust|caller|client|user|member|subscriber|account|"
                             r"contact)(id|no|num|number|key|ref|code)?")
 """A column or key name, lower-cased and without separators, that may name the customer."""
 _Parsed = TypeVar("_Parsed")
-FileStamp = tuple[int, int, int, int]
-"""A data file's ``file_stamp``: (device, inode, size, modification time in ns)."""
+FileStamp = tuple[int, int, int, int, int]
+"""A data file's ``file_stamp``: (device, inode, size, modification and change times in ns)."""
 RowFilter = Callable[[tuple[str, ...], datetime | None], str | None]
 """(the row's customer ids, ``Row.customer_ids``; timestamp) -> why the row may not be used
 (``None``: it may)."""
@@ -256,8 +259,9 @@ def check_site_folder(site_dir: Path) -> None:
 
 
 def file_stamp(info: os.stat_result) -> FileStamp:
-    """A data file's identity and version: (device, inode, size, modification time in ns)."""
-    return info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns
+    """A data file's identity and version: (device, inode, size, modification and change times
+    in ns; the change time also moves when the modification time is set back)."""
+    return info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns
 
 
 def remove_lines(path: Path, lines: set[int], stamp: FileStamp) -> None:
@@ -270,27 +274,56 @@ def remove_lines(path: Path, lines: set[int], stamp: FileStamp) -> None:
     its, and the exporter could no longer append to it).
 
     Only the file the rows were read from (``stamp``, the rows' ``Row.stamp``), unchanged since,
-    is rewritten, and every check and the read are of that one open file: found in review, an
-    account that may rename files in the data folder swapped a link to another file in after the
-    rows were read, and the erasure deleted those line numbers from the site's privacy ledger,
-    or, run as root, from any file on the host."""
-    path = Path(path).resolve(strict=True)
+    is rewritten: it is opened in a descriptor of its folder, without following a link, every
+    check is of that open file, and the new version is written and renamed in that folder,
+    after a last look that the name is still the file read. Found in review: an account that
+    may rename files in the data folder swapped a link to another file, or to another folder
+    above it, in after the rows were read, and the erasure deleted those line numbers from the
+    site's privacy ledger, or, run as root, replaced any file on the host."""
+    entry = Path(path)
+    real = entry.resolve(strict=True)
+    folder = os.open(real.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError as err:
-        if err.errno != errno.ELOOP:
-            raise
-        raise SiteDataError(f"{path} was replaced by a link since its rows were read: nothing "
-                            "is removed from it; run this again") from None
-    with os.fdopen(fd, "rb") as f:
-        info = os.fstat(f.fileno())
-        if file_stamp(info) != stamp:
-            raise SiteDataError(f"{path} is not the file the rows were read from, or it changed "
-                                "since (another program wrote, replaced or renamed it): nothing "
-                                "is removed from it; run this again")
-        kept = _kept_lines(path, info, f, lines)
-    write_bytes_atomic(path, b"".join(kept), mode=info.st_mode & 0o7777,
-                       owner=(info.st_uid, info.st_gid))
+        try:
+            fd = os.open(real.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY
+                         | os.O_CLOEXEC, dir_fd=folder)
+        except OSError as err:
+            if err.errno != errno.ELOOP:
+                raise
+            raise SiteDataError(_changed(real, "was replaced by a link")) from None
+        with os.fdopen(fd, "rb") as f:
+            info = os.fstat(f.fileno())
+            if not stat.S_ISREG(info.st_mode) or file_stamp(info) != stamp:
+                raise SiteDataError(_changed(real, "is not the file the rows were read from, or "
+                                                   "it changed (written, replaced or renamed)"))
+            _check_link_owner(entry, info)
+            kept = _kept_lines(real, info, f, lines)
+
+        def still_the_file_read() -> None:
+            now = os.stat(real.name, dir_fd=folder, follow_symlinks=False)
+            if file_stamp(now) != stamp:
+                raise SiteDataError(_changed(real, "changed while it was rewritten"))
+
+        replace_in_folder(folder, real.name, b"".join(kept), info.st_mode & 0o7777,
+                          (info.st_uid, info.st_gid), still_the_file_read)
+    finally:
+        os.close(folder)
+
+
+def _changed(path: Path, what: str) -> str:
+    return (f"{path} {what} since its rows were read: nothing is removed from it; run this "
+            "again, and if nothing should have changed it, check who may write the data folder")
+
+
+def _check_link_owner(entry: Path, info: os.stat_result) -> None:
+    """Refuse a file reached through a link another account planted: only a link of root's, of
+    this account's or of the file's own owner is followed to rewrite it (found in review: run
+    as root, a link the exporter made to a file of root's had it rewritten)."""
+    link = entry.lstat()
+    if stat.S_ISLNK(link.st_mode) and link.st_uid not in {0, os.geteuid(), info.st_uid}:
+        raise SiteDataError(f"{entry} is a link of uid {link.st_uid} to a file of uid "
+                            f"{info.st_uid}, which that account could not rewrite itself: "
+                            "nothing is removed from it; delete the rows at the source")
 
 
 def _kept_lines(path: Path, info: os.stat_result, f: BinaryIO, lines: set[int]) -> list[bytes]:
@@ -429,7 +462,7 @@ def _decoded_lines(path: Path, rejected: list[RejectedRow],
     name = _shown_name(path)
     number = 0
     try:
-        with open(path, "rb") as f:
+        with open(path, "rb", opener=_open_regular) as f:
             if stamps is not None:
                 stamps[path] = file_stamp(os.fstat(f.fileno()))
             problem = wide_encoding_problem(f.read(_SNIFFED_BYTES))
@@ -459,6 +492,17 @@ def _decoded_lines(path: Path, rejected: list[RejectedRow],
         else:
             rejected.append(RejectedRow(name, number + 1, f"read failed ({problem}); the rest "
                                         "of the file is skipped"))
+
+
+def _open_regular(path: str, flags: int) -> int:
+    """``os.open`` of a data file that never waits on a FIFO or a device named as one, and
+    refuses all but a regular file (found in review: a FIFO renamed over ``train.jsonl`` after
+    it was listed hung ``forget`` for good, holding the state lock, and every round with it)."""
+    fd = os.open(path, flags | os.O_NONBLOCK | os.O_NOCTTY)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(errno.EINVAL, "not a regular file (a FIFO, socket or device?)", path)
+    return fd
 
 
 def wide_encoding(start: bytes) -> str | None:
@@ -749,11 +793,13 @@ def _csv_header(line: str) -> list[str] | str:
 
 def _column_shown(name: str) -> str:
     """A column of an unusable CSV header as its message may name it: quoted when it is
-    label-shaped and names a column (holds a word such as text, intent or customer), else only
-    its shape. A file without a header line has its first row read as the header, and that row
-    is data: a customer id such as ``AB-4711`` is label-shaped (found in review: it reached
-    ``check-data``'s output and every round's site log, where no erasure reaches)."""
-    if _COLUMN_WORDS.search(name) and shown(name) == repr(name):
+    label-shaped and made of words columns are named with (``Intent_Name``, ``Customer ID``),
+    else only its shape. A file without a header line has its first row read as the header, and
+    that row is data: a customer id such as ``AB-4711`` is label-shaped, and so is
+    ``CUSTOMER-4711`` (found in review: each reached ``check-data``'s output and every round's
+    site log, where no erasure reaches)."""
+    words = re.split(r"[\s_.\-]+", name.strip().lower())
+    if words and set(words) <= _COLUMN_WORDS and shown(name) == repr(name):
         return repr(name)
     return f"<{_described(name)}, not shown>"
 

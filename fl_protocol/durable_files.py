@@ -14,7 +14,9 @@ import fcntl
 import json
 import math
 import os
+import secrets
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -28,13 +30,11 @@ class ReplacedNotFlushed(OSError):
     in review: a purge took this for "nothing rewritten" and logged no rows removed)."""
 
 
-def write_bytes_atomic(path: Path, data: bytes, mode: int = 0o644,
-                       owner: tuple[int, int] | None = None) -> None:
-    """Replace ``path`` with ``data`` atomically and durably, with permissions ``mode`` and,
-    given, ``owner`` (uid, gid; changing it needs the right to)."""
+def write_bytes_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Replace ``path`` with ``data`` atomically and durably, with permissions ``mode``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _durable_temporary(path, data, mode, owner)
+    tmp = _durable_temporary(path, data, mode)
     try:
         os.replace(tmp, path)
     except BaseException:
@@ -45,6 +45,36 @@ def write_bytes_atomic(path: Path, data: bytes, mode: int = 0o644,
     except OSError as err:
         raise ReplacedNotFlushed(err.errno, f"{path} was replaced, but its folder could not "
                                  f"be flushed: {err.strerror or err}") from err
+
+
+def replace_in_folder(folder: int, name: str, data: bytes, mode: int, owner: tuple[int, int],
+                      still: Callable[[], None]) -> None:
+    """``write_bytes_atomic`` of the entry ``name`` of the open folder ``folder``, whatever path
+    leads to it now: the temporary file, the last check (``still``, which raises to refuse) and
+    the rename are all relative to the folder, so a folder above it swapped for a link cannot
+    send the write elsewhere (found in review: a data file's rewrite, redirected so, replaced
+    /etc/passwd as root)."""
+    tmp = f".{name}.{secrets.token_hex(8)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                 dir_fd=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            os.fchown(f.fileno(), *owner)
+            os.fchmod(f.fileno(), mode)
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        still()
+        os.replace(tmp, name, src_dir_fd=folder, dst_dir_fd=folder)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp, dir_fd=folder)
+        raise
+    try:
+        _sync_open_folder(folder)
+    except OSError as err:
+        raise ReplacedNotFlushed(err.errno, f"{name} was replaced, but its folder could not be "
+                                 f"flushed: {err.strerror or err}") from err
 
 
 def write_text_atomic(path: Path, text: str, mode: int = 0o644) -> None:
@@ -138,15 +168,11 @@ def sync_tree(folder: Path) -> None:
     sync_folder(Path(folder))
 
 
-def _durable_temporary(path: Path, data: bytes, mode: int,
-                       owner: tuple[int, int] | None = None) -> str:
-    """A temporary file next to ``path`` holding ``data`` with ``mode`` (and ``owner``),
-    flushed to disk."""
+def _durable_temporary(path: Path, data: bytes, mode: int) -> str:
+    """A temporary file next to ``path`` holding ``data`` with ``mode``, flushed to disk."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            if owner is not None:
-                os.fchown(f.fileno(), *owner)
             os.fchmod(f.fileno(), mode)
             f.write(data)
             f.flush()
@@ -161,9 +187,14 @@ def sync_folder(folder: Path) -> None:
     """Flush ``folder``'s entries (a rename into it, a file created in it) to disk."""
     fd = os.open(folder, os.O_RDONLY)
     try:
+        _sync_open_folder(fd)
+    finally:
+        os.close(fd)
+
+
+def _sync_open_folder(fd: int) -> None:
+    try:
         os.fsync(fd)
     except OSError as err:
         if err.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EBADF):
             raise  # an I/O error: the rename may not be on disk
-    finally:
-        os.close(fd)

@@ -29,8 +29,8 @@ def permission_denied(path: str | os.PathLike | None, site: bool = True) -> str:
     elif found[0] == path:
         whose = f", which belongs to uid {found[1]}"
     else:  # found in review: the folder's owner was named as the owner of a missing file
-        whose = (f": the folder {found[0]} above it, which belongs to uid {found[1]}, is closed "
-                 "to it")
+        whose = (f" (the nearest folder above it this account can see, {found[0]}, is uid "
+                 f"{found[1]}'s)")
     return f"permission denied to {account} for {path}{whose}: {advice}"
 
 

@@ -11,6 +11,7 @@ the data file is touched, while the erasure itself stays recorded.
 
 import json
 import os
+import signal
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -98,7 +99,7 @@ def test_the_data_file_rewritten_in_place_after_the_read_is_left_alone(site, mon
 
     monkeypatch.setattr(retention, "prune", prune_then_append)
     code, err = forget_dana(site_dir, state, capsys)
-    assert code == 2 and "changed since" in err, err
+    assert code == 2 and "is not the file the rows were read from, or it changed" in err, err
     before = (site_dir / "train.jsonl").read_text()
     assert before.count('"dana"') == 3 and "a new row" in before
 
@@ -113,7 +114,7 @@ def test_a_link_swapped_in_between_the_checks_and_the_open_is_refused(site, monk
     opened = os.open
 
     def swap_then_open(path, flags, *args, **kwargs):
-        if Path(path) == data_file.resolve() and not data_file.is_symlink():
+        if str(path) == data_file.name and not data_file.is_symlink():
             swap_in_link(data_file, victim)
         return opened(path, flags, *args, **kwargs)
 
@@ -150,3 +151,142 @@ def test_the_file_read_through_a_link_is_rewritten_and_the_link_kept(tmp_path, c
     assert (site_dir / "train.jsonl").is_symlink()
     left = (tmp_path / "export" / "train.jsonl").read_text()
     assert '"dana"' not in left and left.count("\n") == 5
+
+
+def test_a_folder_above_swapped_for_a_link_after_the_checks_cannot_redirect_the_rewrite(
+        tmp_path, monkeypatch):
+    """Found in review: the data file a link into a folder the exporter owns, that folder
+    swapped for a link to another (as root, /etc) after the file was checked: the rewrite,
+    made through the path, replaced the other folder's file. It is made in the folder the file
+    was read in, whatever its path has become."""
+    site, sub, elsewhere = tmp_path / "site", tmp_path / "site" / "sub", tmp_path / "elsewhere"
+    sub.mkdir(parents=True)
+    elsewhere.mkdir()
+    (elsewhere / "victim.jsonl").write_text(VICTIM)
+    (sub / "victim.jsonl").write_text("".join(
+        json.dumps({"text": f"refund {i}", "label": "refund",
+                    "customer_id": "dana" if i % 2 else "x"}) + "\n" for i in range(4)))
+    (site / "train.jsonl").symlink_to("sub/victim.jsonl")
+    [rows, _] = read_rows(site, [])
+    kept_lines = site_data._kept_lines
+
+    def checked_then_swapped(*args, **kwargs):
+        kept = kept_lines(*args, **kwargs)
+        os.rename(sub, site / "sub.old")
+        (site / "sub").symlink_to(elsewhere)
+        return kept
+
+    monkeypatch.setattr(site_data, "_kept_lines", checked_then_swapped)
+    remove_lines(site / "train.jsonl", {row.line for row in rows if row.customer == "dana"},
+                 rows[0].stamp)
+    assert (elsewhere / "victim.jsonl").read_text() == VICTIM
+    assert '"dana"' not in (site / "sub.old" / "victim.jsonl").read_text()
+
+
+def test_a_file_replaced_after_the_new_version_was_written_is_left_alone(site, monkeypatch):
+    """The last look before the rename: the exporter's file renamed over the name while the
+    new version was written is kept, and no temporary file is left."""
+    site_dir, _, _ = site
+    data_file = site_dir / "train.jsonl"
+    [rows, _] = read_rows(site_dir, [])
+    replace = site_data.replace_in_folder
+
+    def replaced_meanwhile(folder, name, data, mode, owner, still):
+        newer = site_dir / "newer.tmp"
+        newer.write_text(VICTIM)
+        os.replace(newer, data_file)
+        return replace(folder, name, data, mode, owner, still)
+
+    monkeypatch.setattr(site_data, "replace_in_folder", replaced_meanwhile)
+    with pytest.raises(SiteDataError, match="changed while it was rewritten"):
+        remove_lines(data_file, {1, 4, 7}, rows[0].stamp)
+    assert data_file.read_text() == VICTIM and sorted(os.listdir(site_dir)) == ["train.jsonl"]
+
+
+def test_a_file_rewritten_in_place_with_its_time_set_back_is_refused(site):
+    """Found in review: the same size written in place, the modification time reset: the
+    change time still moves."""
+    site_dir, _, _ = site
+    data_file = site_dir / "train.jsonl"
+    [rows, _] = read_rows(site_dir, [])
+    before = data_file.stat()
+    data_file.write_text(data_file.read_text().replace("dana", "erin"))
+    os.utime(data_file, ns=(before.st_atime_ns, before.st_mtime_ns))
+    with pytest.raises(SiteDataError, match="not the file the rows were read from"):
+        remove_lines(data_file, {1, 4, 7}, rows[0].stamp)
+    assert data_file.read_text().count("erin") == 3
+
+
+def test_a_fifo_swapped_in_for_the_data_file_is_refused_without_waiting(site, monkeypatch):
+    """Found in review: a FIFO renamed over train.jsonl made forget wait for a writer for good,
+    holding the state lock; so did a loader, swapped between listing the file and opening it
+    (the listing stood in for: it already skips what is not a file)."""
+    site_dir, _, _ = site
+    [rows, _] = read_rows(site_dir, [])
+    data_file = site_dir / "train.jsonl"
+    fifo = site_dir / "fifo.tmp"
+    os.mkfifo(fifo)
+    os.replace(fifo, data_file)
+    is_file = Path.is_file
+    monkeypatch.setattr(Path, "is_file", lambda path: path == data_file or is_file(path))
+    def waited(*_):
+        raise TimeoutError("waited on the FIFO")
+
+    signal.signal(signal.SIGALRM, waited)  # a regression hangs: fail instead
+    signal.alarm(60)
+    try:
+        with pytest.raises(SiteDataError, match="not the file the rows were read from"):
+            remove_lines(data_file, {1}, rows[0].stamp)
+        rejected = []
+        assert read_rows(site_dir, rejected) == ([], [])
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)
+    assert [str(row) for row in rejected] == [
+        "train.jsonl: unreadable file (not a regular file (a FIFO, socket or device?))"]
+
+
+def test_a_link_another_account_planted_to_a_file_not_its_own_is_not_followed(tmp_path):
+    """Found in review: run as root, a link the exporter made to a file of root's (another
+    site's data) had that file rewritten. Only a link of root's, of this account's or of the
+    file's owner is followed to rewrite it."""
+    write_site(tmp_path / "export")
+    site_dir = tmp_path / "site"
+    site_dir.mkdir()
+    link = site_dir / "train.jsonl"
+    link.symlink_to(tmp_path / "export" / "train.jsonl")
+    os.lchown(link, os.geteuid() + 4242, -1)
+    [rows, _] = read_rows(site_dir, [])
+    dana = {row.line for row in rows if row.customer == "dana"}
+    with pytest.raises(SiteDataError, match=f"is a link of uid {os.geteuid() + 4242} to a file"):
+        remove_lines(link, dana, rows[0].stamp)
+    assert (tmp_path / "export" / "train.jsonl").read_text().count('"dana"') == 3
+    os.lchown(link, os.geteuid(), -1)
+    remove_lines(link, dana, rows[0].stamp)
+    assert '"dana"' not in (tmp_path / "export" / "train.jsonl").read_text()
+
+
+def test_a_purge_that_cannot_open_a_data_file_says_why_and_nothing_about_erasures(
+        site, monkeypatch, capsys):
+    """Found in review: any failure was said to be a read-only mount, and a purge's refusal
+    said that an erasure stays recorded."""
+    site_dir, state, _ = site
+    lines = (site_dir / "train.jsonl").read_text().splitlines()  # all expired: removed
+    old = (datetime.now(UTC) - timedelta(days=400)).isoformat()
+    (site_dir / "train.jsonl").write_text("".join(
+        json.dumps(json.loads(line) | {"timestamp": old}) + "\n" for line in lines))
+    opened = os.open
+
+    def denied(path, flags, *args, **kwargs):
+        if str(path) == "train.jsonl":
+            raise PermissionError(13, "Permission denied", str(path))
+        return opened(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(site_data.os, "open", denied)
+    capsys.readouterr()
+    code = fedintent(["purge", str(site_dir), "--state-dir", str(state), "--retention-days", "30",
+                      "--delete-from-data"])
+    err = capsys.readouterr().err
+    monkeypatch.undo()
+    assert code == 2 and "cannot remove rows from" in err and "Permission denied" in err, err
+    assert "read-only" not in err and "erasure" not in err

@@ -7,8 +7,8 @@ import errno
 import gc
 import json
 import math
+import os
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -1066,14 +1066,14 @@ def test_a_data_file_rewritten_before_its_folder_flush_failed_is_logged_as_rewri
     rows = site_rows()
     rows[3]["customer_id"] = "dana"
     write_site(site, rows)
-    folder_flush = durable_files.sync_folder
+    fsync = os.fsync
 
-    def failing_for_the_data_folder(folder):
-        if Path(folder) == site.resolve():
+    def failing_for_the_data_folder(fd):
+        if os.path.samestat(os.fstat(fd), site.stat()):
             raise OSError(errno.EIO, "Input/output error")
-        folder_flush(folder)
+        fsync(fd)
 
-    monkeypatch.setattr(durable_files, "sync_folder", failing_for_the_data_folder)
+    monkeypatch.setattr(durable_files.os, "fsync", failing_for_the_data_folder)
     code = fedintent(["forget", "--site", str(site), "--customer", "dana", "--state-dir",
                       str(state), "--retention-days", "inf", "--delete-from-data"])
     err = capsys.readouterr().err

@@ -153,8 +153,8 @@ def test_permission_messages_name_the_closed_folder_and_suit_the_command(tmp_pat
     message = permission_denied(closed / "data" / "labels.txt")
     monkeypatch.undo()
     assert message.startswith(f"permission denied to this account (uid {os.geteuid()}) for "
-                              f"{closed / 'data' / 'labels.txt'}: the folder {closed} above it, "
-                              f"which belongs to uid {closed.stat().st_uid}, is closed to it")
+                              f"{closed / 'data' / 'labels.txt'} (the nearest folder above it "
+                              f"this account can see, {closed}, is uid {closed.stat().st_uid}'s)")
 
     def refused(out, **kwargs):
         raise PermissionError(13, "Permission denied", str(out))

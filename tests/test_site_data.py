@@ -150,6 +150,10 @@ def test_a_headerless_csvs_first_row_is_not_quoted_as_its_columns(tmp_path):
     [header, _] = [str(row) for row in load_site(tmp_path, LABELS).rejected]
     assert "AB-4711" not in header and "card_lost" not in header
     assert "its 4 columns (<a string of length 7, not shown>, <a string of length 9, not " in header
+    for value in ("CUSTOMER-4711", "Customer_Jane_Doe", "call_me_back"):
+        (tmp_path / "train.csv").write_text(f"{value},lost card\n{value},refund me\n")
+        [header, _] = [str(row) for row in load_site(tmp_path, LABELS).rejected]
+        assert value not in header, header
     (tmp_path / "train.csv").write_text("Customer_ID,Utterance,Intent_Name,Date\nx,y,z,w\n")
     [header, _] = [str(row) for row in load_site(tmp_path, LABELS).rejected]
     assert "('Customer_ID', 'Utterance', 'Intent_Name', 'Date')" in header
@@ -380,7 +384,7 @@ def test_a_file_that_cannot_be_read_is_reported_and_the_others_still_load(tmp_pa
     write_jsonl(tmp_path / "train.jsonl", [conversation()])
     write_jsonl(tmp_path / "test.jsonl", [conversation(customer="c2")] * 3)
 
-    def unreadable(path, mode):
+    def unreadable(path, mode, **kwargs):
         if path.name == "train.jsonl":
             raise PermissionError(errno.EACCES, "Permission denied")
         return FailingAfterOneLine(path)
