@@ -11,6 +11,8 @@ from datetime import date, timedelta
 
 import numpy as np
 
+PII_TYPES = ("PHONE", "ID", "CARD", "EMAIL", "NAME", "ADDRESS", "ORDER", "ACCOUNT")
+
 _EN_FIRST = (
     "James", "Mary", "Robert", "Patricia", "Michael", "Jennifer", "David", "Linda", "Daniel",
     "Sarah", "Thomas", "Emily", "Kevin", "Jessica", "Brian", "Ashley", "Oliver", "Amelia",

@@ -252,14 +252,18 @@ def test_federated_training_end_to_end(runs, sites, prior, epsilon):
 
 
 def test_a_run_where_no_site_can_train_exits_non_zero(tmp_path):
+    """Every row older than the sites' retention: what only the sites know (rows with no label
+    of the run, or spent budgets, ``fedintent train`` refuses before it starts)."""
     data = tmp_path / "data"
     for name in ("site-00", "site-01"):
         (data / name).mkdir(parents=True)
-        (data / name / "train.csv").write_text("text,label\nhello,not_in_taxonomy\n")
+        (data / name / "train.csv").write_text("text,label,timestamp\n"
+                                               "hello,a,2020-01-01T00:00:00Z\n")
     (data / "labels.txt").write_text("a\nb\n")
     tag = uuid.uuid4().hex
     result = train("--data", str(data), "--rounds", "1", "--model", "ngram",
-                   "--out", str(tmp_path / "out"), cwd=tmp_path, tag=tag)
+                   "--site-retention-days", "30", "--out", str(tmp_path / "out"), cwd=tmp_path,
+                   tag=tag)
     assert result.returncode == 1, result.stdout + result.stderr
     assert Reason.DATA_UNUSABLE.value in result.stderr  # the server learns only the fixed reason
     assert "Traceback" not in result.stderr
