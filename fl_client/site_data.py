@@ -91,6 +91,8 @@ _CONTROL_IN_TEXT = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 _LABEL_SHAPED = re.compile(r"[A-Za-z][A-Za-z0-9_.:/\-]{0,39}")
 _SHOWN_INT_LIMIT = 100_000
 """Smaller integers (a round number) are shown: below the redactor's six-digit floor."""
+MAX_LINKS = 40
+"""Symbolic links ``resolved`` follows in one path before it gives up, as Linux does."""
 _SHOWN_COLUMNS = 8
 """How many of an unusable CSV header's columns its rejection names (``_column_shown``)."""
 _COLUMN_WORDS = frozenset((
@@ -281,7 +283,7 @@ def remove_lines(path: Path, lines: set[int], stamp: FileStamp) -> None:
     above it, in after the rows were read, and the erasure deleted those line numbers from the
     site's privacy ledger, or, run as root, replaced any file on the host."""
     entry = Path(path)
-    real = entry.resolve(strict=True)
+    real, links = resolved(entry)
     folder = os.open(real.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         try:
@@ -290,19 +292,24 @@ def remove_lines(path: Path, lines: set[int], stamp: FileStamp) -> None:
         except OSError as err:
             if err.errno != errno.ELOOP:
                 raise
-            raise SiteDataError(_changed(real, "was replaced by a link")) from None
+            raise SiteDataError(_changed(real, "was replaced by a link since its rows were "
+                                               "read")) from None
         with os.fdopen(fd, "rb") as f:
             info = os.fstat(f.fileno())
             if not stat.S_ISREG(info.st_mode) or file_stamp(info) != stamp:
                 raise SiteDataError(_changed(real, "is not the file the rows were read from, or "
-                                                   "it changed (written, replaced or renamed)"))
-            _check_link_owner(entry, info)
+                                                   "it changed (written, replaced or renamed) "
+                                                   "since"))
+            if problem := link_problem(entry, links, info):
+                raise SiteDataError(f"{problem}: nothing is removed from it; delete the rows at "
+                                    "the source")
             kept = _kept_lines(real, info, f, lines)
 
         def still_the_file_read() -> None:
             now = os.stat(real.name, dir_fd=folder, follow_symlinks=False)
             if file_stamp(now) != stamp:
-                raise SiteDataError(_changed(real, "changed while it was rewritten"))
+                raise SiteDataError(_changed(real, "changed while its new version was "
+                                               "written"))
 
         replace_in_folder(folder, real.name, b"".join(kept), info.st_mode & 0o7777,
                           (info.st_uid, info.st_gid), still_the_file_read)
@@ -311,19 +318,46 @@ def remove_lines(path: Path, lines: set[int], stamp: FileStamp) -> None:
 
 
 def _changed(path: Path, what: str) -> str:
-    return (f"{path} {what} since its rows were read: nothing is removed from it; run this "
-            "again, and if nothing should have changed it, check who may write the data folder")
+    return (f"{path} {what}: nothing is removed from it; run this again, and if nothing "
+            "should have changed it, check who may write the data folder")
 
 
-def _check_link_owner(entry: Path, info: os.stat_result) -> None:
-    """Refuse a file reached through a link another account planted: only a link of root's, of
-    this account's or of the file's own owner is followed to rewrite it (found in review: run
-    as root, a link the exporter made to a file of root's had it rewritten)."""
-    link = entry.lstat()
-    if stat.S_ISLNK(link.st_mode) and link.st_uid not in {0, os.geteuid(), info.st_uid}:
-        raise SiteDataError(f"{entry} is a link of uid {link.st_uid} to a file of uid "
-                            f"{info.st_uid}, which that account could not rewrite itself: "
-                            "nothing is removed from it; delete the rows at the source")
+def resolved(path: Path) -> tuple[Path, list[tuple[Path, int]]]:
+    """``path`` with every symbolic link in it resolved, as the kernel resolves it, and each
+    link passed on the way with its owner (the kernel's ``ELOOP`` past ``MAX_LINKS``)."""
+    links: list[tuple[Path, int]] = []
+    done, todo = Path("/"), list(Path(path).absolute().parts[1:])
+    while todo:
+        part = todo.pop(0)
+        if part == "..":
+            done = done.parent
+            continue
+        candidate = done / part
+        info = candidate.lstat()
+        if not stat.S_ISLNK(info.st_mode):
+            done = candidate
+            continue
+        links.append((candidate, info.st_uid))
+        if len(links) > MAX_LINKS:
+            raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), str(path))
+        target = Path(os.readlink(candidate))
+        todo = [p for p in target.parts if p not in ("/", ".")] + todo
+        if target.is_absolute():
+            done = Path("/")
+    return done, links
+
+
+def link_problem(path: Path, links: list[tuple[Path, int]], info: os.stat_result) -> str | None:
+    """Why a data file reached through ``links`` (``resolved``) must not be used, or None: a
+    link made by an account other than root, this one or the file's owner may point anywhere
+    that account could not read or write itself (found in review: run as root, a link the
+    exporter made, or a link in the exporter's folder that root's supported link points into,
+    had a file of root's, another site's data, rewritten)."""
+    for link, owner in links:
+        if owner not in {0, os.geteuid(), info.st_uid}:
+            return (f"{path} is reached through {link}, a link of uid {owner}, to a file of uid "
+                    f"{info.st_uid}, which that account could not use itself")
+    return None
 
 
 def _kept_lines(path: Path, info: os.stat_result, f: BinaryIO, lines: set[int]) -> list[bytes]:
@@ -462,7 +496,11 @@ def _decoded_lines(path: Path, rejected: list[RejectedRow],
     name = _shown_name(path)
     number = 0
     try:
-        with open(path, "rb", opener=_open_regular) as f:
+        real, links = resolved(path)
+        if problem := link_problem(path, links, real.stat()):
+            rejected.append(RejectedRow(name, 0, f"not read: {problem}"))
+            return
+        with open(real, "rb", opener=_open_regular) as f:
             if stamps is not None:
                 stamps[path] = file_stamp(os.fstat(f.fileno()))
             problem = wide_encoding_problem(f.read(_SNIFFED_BYTES))

@@ -20,7 +20,7 @@ import pytest
 import fl_client.retention as retention
 import fl_client.site_data as site_data
 from fedintent.cli import main as fedintent
-from fl_client.site_data import SiteDataError, read_rows, remove_lines
+from fl_client.site_data import SiteDataError, read_rows, remove_lines, resolved
 from fl_client.site_secret import create_site_secret
 
 pytestmark = pytest.mark.usefixtures("task_identity")
@@ -198,7 +198,7 @@ def test_a_file_replaced_after_the_new_version_was_written_is_left_alone(site, m
         return replace(folder, name, data, mode, owner, still)
 
     monkeypatch.setattr(site_data, "replace_in_folder", replaced_meanwhile)
-    with pytest.raises(SiteDataError, match="changed while it was rewritten"):
+    with pytest.raises(SiteDataError, match="changed while its new version was written"):
         remove_lines(data_file, {1, 4, 7}, rows[0].stamp)
     assert data_file.read_text() == VICTIM and sorted(os.listdir(site_dir)) == ["train.jsonl"]
 
@@ -246,24 +246,38 @@ def test_a_fifo_swapped_in_for_the_data_file_is_refused_without_waiting(site, mo
         "train.jsonl: unreadable file (not a regular file (a FIFO, socket or device?))"]
 
 
-def test_a_link_another_account_planted_to_a_file_not_its_own_is_not_followed(tmp_path):
+@pytest.mark.parametrize("planted", ["the data folder's link", "a link further on"])
+def test_a_link_another_account_planted_to_a_file_not_its_own_is_not_followed(tmp_path,
+                                                                             planted):
     """Found in review: run as root, a link the exporter made to a file of root's (another
-    site's data) had that file rewritten. Only a link of root's, of this account's or of the
-    file's owner is followed to rewrite it."""
-    write_site(tmp_path / "export")
+    site's data) had that file rewritten; so did a link in the exporter's own folder, which
+    root's supported link to the exporter's file points into. A file reached through a link of
+    another account than root's, this one's or the file's owner's is neither read nor
+    rewritten."""
+    other = os.geteuid() + 4242
+    write_site(tmp_path / "other-site")  # root's
+    exports = tmp_path / "exports"  # the exporter's folder
+    exports.mkdir()
+    (exports / "train.jsonl").symlink_to(tmp_path / "other-site" / "train.jsonl")
     site_dir = tmp_path / "site"
     site_dir.mkdir()
     link = site_dir / "train.jsonl"
-    link.symlink_to(tmp_path / "export" / "train.jsonl")
-    os.lchown(link, os.geteuid() + 4242, -1)
-    [rows, _] = read_rows(site_dir, [])
+    link.symlink_to(exports / "train.jsonl")
+    [rows, _] = read_rows(site_dir, [])  # read before the link was the exporter's
     dana = {row.line for row in rows if row.customer == "dana"}
-    with pytest.raises(SiteDataError, match=f"is a link of uid {os.geteuid() + 4242} to a file"):
+    os.lchown(link if planted == "the data folder's link" else exports / "train.jsonl", other, -1)
+    culprit = link if planted == "the data folder's link" else exports / "train.jsonl"
+    message = f"{link} is reached through {culprit}, a link of uid {other}, to a file of uid 0"
+    with pytest.raises(SiteDataError, match=message):
         remove_lines(link, dana, rows[0].stamp)
-    assert (tmp_path / "export" / "train.jsonl").read_text().count('"dana"') == 3
-    os.lchown(link, os.geteuid(), -1)
+    assert (tmp_path / "other-site" / "train.jsonl").read_text().count('"dana"') == 3
+    rejected = []
+    assert read_rows(site_dir, rejected) == ([], [])
+    assert [str(row) for row in rejected] == [f"train.jsonl: not read: {message}, which that "
+                                              "account could not use itself"]
+    os.lchown(culprit, os.geteuid(), -1)
     remove_lines(link, dana, rows[0].stamp)
-    assert '"dana"' not in (tmp_path / "export" / "train.jsonl").read_text()
+    assert '"dana"' not in (tmp_path / "other-site" / "train.jsonl").read_text()
 
 
 def test_a_purge_that_cannot_open_a_data_file_says_why_and_nothing_about_erasures(
@@ -290,3 +304,54 @@ def test_a_purge_that_cannot_open_a_data_file_says_why_and_nothing_about_erasure
     monkeypatch.undo()
     assert code == 2 and "cannot remove rows from" in err and "Permission denied" in err, err
     assert "read-only" not in err and "erasure" not in err
+
+
+def test_resolving_a_path_names_every_link_on_the_way_as_the_kernel_follows_them(tmp_path):
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    (tmp_path / "a" / "b" / "file.jsonl").write_text("{}\n")
+    (tmp_path / "up").symlink_to("a/b/../b")  # relative, with ..
+    (tmp_path / "a" / "link.jsonl").symlink_to("../up/file.jsonl")  # a chain through a folder
+    (tmp_path / "abs.jsonl").symlink_to(tmp_path / "a" / "link.jsonl")
+    real, links = resolved(tmp_path / "abs.jsonl")
+    assert real == (tmp_path / "abs.jsonl").resolve() == tmp_path / "a" / "b" / "file.jsonl"
+    assert [link for link, _ in links] == [tmp_path / "abs.jsonl", tmp_path / "a" / "link.jsonl",
+                                           tmp_path / "up"]
+    assert {owner for _, owner in links} == {os.geteuid()}
+    (tmp_path / "loop").symlink_to("loop")
+    with pytest.raises(OSError, match="Too many levels of symbolic links"):
+        resolved(tmp_path / "loop")
+
+
+@pytest.mark.parametrize(("owner", "mode", "refused"), [
+    ("this account's, in its group", 0o644, None),
+    ("this account's, another group", 0o644, "belongs to uid"),
+    ("another account's, in this group", 0o664, "belongs to uid"),
+    ("this account's, in its group", 0o555, r"is read-only \(mode 555\)"),
+])
+def test_an_account_other_than_root_rewrites_only_a_writable_file_it_can_keep_as_it_was(
+        site, monkeypatch, owner, mode, refused):
+    """As another account than root, a rewritten file becomes that account's and its group's:
+    only a file already so is rewritten (found by the mutation run: every test's file was
+    another account's, which passes whichever half of the check is dropped); and no read-only
+    file, whatever other bits it has."""
+    site_dir, _, _ = site
+    data_file = site_dir / "train.jsonl"
+    account = os.geteuid() + 4242
+    uid = account if owner.startswith("this") else account + 1
+    gid = account if owner.endswith("its group") or owner.endswith("this group") else account + 1
+    os.chown(data_file, uid, gid)
+    data_file.chmod(mode)
+    [rows, _] = read_rows(site_dir, [])
+    monkeypatch.setattr(os, "geteuid", lambda: account)
+    monkeypatch.setattr(os, "getegid", lambda: account)
+    monkeypatch.setattr(os, "getgroups", lambda: [account])
+    if refused is None:
+        remove_lines(data_file, {1, 4, 7}, rows[0].stamp)
+        monkeypatch.undo()
+        assert '"dana"' not in data_file.read_text()
+        assert (data_file.stat().st_uid, data_file.stat().st_gid) == (uid, gid)
+    else:
+        with pytest.raises(SiteDataError, match=refused):
+            remove_lines(data_file, {1, 4, 7}, rows[0].stamp)
+        monkeypatch.undo()
+        assert data_file.read_text().count('"dana"') == 3

@@ -120,6 +120,14 @@ def test_the_retention_window_defaults_to_now():
     assert not_before < datetime.now(UTC) < not_after
 
 
+def test_the_retention_window_is_whole_hours():
+    """A loaded copy of the data is keyed by the policy: whole hours keep it valid for up to an
+    hour (found by the mutation run: no test held the minutes, seconds or microseconds)."""
+    now = datetime(2026, 12, 1, 10, 20, 30, 456, tzinfo=UTC)
+    assert retention_window(30, now) == (datetime(2026, 11, 1, 11, tzinfo=UTC),
+                                         datetime(2026, 12, 2, 10, tzinfo=UTC))
+
+
 def test_the_clientapps_purge_entry_records_no_data_row_deleted(site):
     site_dir, state = site
     assert not train(site_dir, state, 1).has_error()

@@ -231,6 +231,7 @@ def test_init_site_refuses_another_accounts_folder(tmp_path, capsys, monkeypatch
     ("1e400", "'1e400' is too large for a number; write inf for no limit"),
     ("nan", "not a number: 'nan'"),
     ("ten", "not a number: 'ten'"),
+    ("0", "--retention-days must be > 0 (inf: no limit), got 0.0"),  # every row expired
 ])
 def test_retention_days_never_overflow_to_no_limit(site, capsys, days, error):
     data, state = site
