@@ -497,7 +497,9 @@ def _decoded_lines(path: Path, rejected: list[RejectedRow],
     number = 0
     try:
         real, links = resolved(path)
-        if problem := link_problem(path, links, real.stat()):
+        # as root, whose reads no permission bounds: as another account, a link leads only to
+        # what it may read anyway (a third account's links, an administrator's, keep working)
+        if os.geteuid() == 0 and (problem := link_problem(path, links, real.stat())):
             rejected.append(RejectedRow(name, 0, f"not read: {problem}"))
             return
         with open(real, "rb", opener=_open_regular) as f:

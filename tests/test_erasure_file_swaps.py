@@ -355,3 +355,19 @@ def test_an_account_other_than_root_rewrites_only_a_writable_file_it_can_keep_as
             remove_lines(data_file, {1, 4, 7}, rows[0].stamp)
         monkeypatch.undo()
         assert data_file.read_text().count('"dana"') == 3
+
+
+def test_a_site_run_as_another_account_than_root_reads_through_anyones_links(tmp_path,
+                                                                            monkeypatch):
+    """Only root's reads are bounded by no permission: as another account, a link made by a
+    third one (an administrator's) is read through, as before."""
+    write_site(tmp_path / "export")
+    site_dir = tmp_path / "site"
+    site_dir.mkdir()
+    link = site_dir / "train.jsonl"
+    link.symlink_to(tmp_path / "export" / "train.jsonl")
+    os.lchown(link, os.geteuid() + 4242, -1)
+    monkeypatch.setattr(os, "geteuid", lambda: os.getuid() + 4343)
+    rejected = []
+    [rows, _] = read_rows(site_dir, rejected)
+    assert len(rows) == 8 and rejected == []
