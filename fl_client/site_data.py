@@ -304,6 +304,7 @@ def remove_lines(path: Path, lines: set[int], stamp: FileStamp) -> None:
                 raise SiteDataError(f"{problem}: nothing is removed from it; delete the rows at "
                                     "the source")
             kept = _kept_lines(real, info, f, lines)
+            attributes = _kept_attributes(f.fileno())
 
         def still_the_file_read() -> None:
             now = os.stat(real.name, dir_fd=folder, follow_symlinks=False)
@@ -312,9 +313,22 @@ def remove_lines(path: Path, lines: set[int], stamp: FileStamp) -> None:
                                                "written"))
 
         replace_in_folder(folder, real.name, b"".join(kept), info.st_mode & 0o7777,
-                          (info.st_uid, info.st_gid), still_the_file_read)
+                          (info.st_uid, info.st_gid), still_the_file_read, attributes)
     finally:
         os.close(folder)
+
+
+def _kept_attributes(fd: int) -> dict[str, bytes]:
+    """The extended attributes of the open file a rewrite keeps: all but ``security.*`` labels
+    (SELinux's), which the kernel gives the new file as to any file made in its folder (found
+    in review: the rewrite dropped an ACL, through which the site read the exporter's file)."""
+    try:
+        names = os.listxattr(fd)
+    except OSError as err:
+        if err.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
+            return {}
+        raise
+    return {name: os.getxattr(fd, name) for name in names if not name.startswith("security.")}
 
 
 def _changed(path: Path, what: str) -> str:

@@ -16,7 +16,7 @@ import math
 import os
 import secrets
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 
@@ -48,12 +48,14 @@ def write_bytes_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
 
 
 def replace_in_folder(folder: int, name: str, data: bytes, mode: int, owner: tuple[int, int],
-                      still: Callable[[], None]) -> None:
+                      still: Callable[[], None],
+                      attributes: Mapping[str, bytes] | None = None) -> None:
     """``write_bytes_atomic`` of the entry ``name`` of the open folder ``folder``, whatever path
     leads to it now: the temporary file, the last check (``still``, which raises to refuse) and
     the rename are all relative to the folder, so a folder above it swapped for a link cannot
     send the write elsewhere (found in review: a data file's rewrite, redirected so, replaced
-    /etc/passwd as root)."""
+    /etc/passwd as root). The new file gets ``attributes`` (extended attributes, an ACL among
+    them) or is not written."""
     tmp = f".{name}.{secrets.token_hex(8)}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
                  dir_fd=folder)
@@ -61,6 +63,8 @@ def replace_in_folder(folder: int, name: str, data: bytes, mode: int, owner: tup
         with os.fdopen(fd, "wb") as f:
             os.fchown(f.fileno(), *owner)
             os.fchmod(f.fileno(), mode)
+            for attribute, value in (attributes or {}).items():
+                os.setxattr(f.fileno(), attribute, value)
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
