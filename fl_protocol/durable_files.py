@@ -60,14 +60,7 @@ def replace_in_folder(folder: int, name: str, data: bytes, mode: int, owner: tup
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
                  dir_fd=folder)
     try:
-        with os.fdopen(fd, "wb") as f:
-            os.fchown(f.fileno(), *owner)
-            os.fchmod(f.fileno(), mode)
-            for attribute, value in (attributes or {}).items():
-                os.setxattr(f.fileno(), attribute, value)
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        _fill(fd, data, mode, owner, attributes)
         still()
         os.replace(tmp, name, src_dir_fd=folder, dst_dir_fd=folder)
     except BaseException:
@@ -176,15 +169,26 @@ def _durable_temporary(path: Path, data: bytes, mode: int) -> str:
     """A temporary file next to ``path`` holding ``data`` with ``mode``, flushed to disk."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), mode)
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        _fill(fd, data, mode)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return tmp
+
+
+def _fill(fd: int, data: bytes, mode: int, owner: tuple[int, int] | None = None,
+          attributes: Mapping[str, bytes] | None = None) -> None:
+    """Give the new temporary file ``fd`` its ``owner``, ``mode`` and extended ``attributes``
+    before any data, then ``data``, flushed to disk; the descriptor is closed."""
+    with os.fdopen(fd, "wb") as f:
+        if owner is not None:
+            os.fchown(f.fileno(), *owner)
+        os.fchmod(f.fileno(), mode)
+        for attribute, value in (attributes or {}).items():
+            os.setxattr(f.fileno(), attribute, value)
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def sync_folder(folder: Path) -> None:
