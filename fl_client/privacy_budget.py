@@ -66,9 +66,9 @@ from fl_client.privacy_ledger import (
     LedgerError,
     Release,
     now,
+    privacy_unit_key,
     read_ledger,
     unit_epsilons,
-    unit_key,
     write_ledger,
 )
 from fl_client.retention import deletion_log_check
@@ -165,8 +165,8 @@ def _charge_round(state_dir: Path, units: list[str], request: RoundRequest, poli
     if problem:
         raise LedgerError(f"{state_dir}: {problem}; refusing to train. Restore the deletion log "
                           "and its head from the newest copy (docs/SITE_GUIDE.md)")
-    keys = [unit_key(secret, f"{ledger.privacy_unit}\0{unit}") for unit in units]
-    former = [[[unit_key(secret, f"{ledger.privacy_unit}\0{alias}") for alias in group]
+    keys = [privacy_unit_key(secret, ledger.privacy_unit, unit) for unit in units]
+    former = [[[privacy_unit_key(secret, ledger.privacy_unit, alias) for alias in group]
                for group in aliases.get(unit, ())] for unit in units]
     most_lost_alone = alone_spend(ledger)  # as read: before this round's units carry over
     joined = _carry_over(ledger, keys, former,

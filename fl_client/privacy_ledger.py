@@ -161,6 +161,12 @@ def unit_key(secret: bytes, identity: str) -> str:
     return hmac.new(secret, b"unit\0" + identity.encode(), hashlib.sha256).hexdigest()[:24]
 
 
+def privacy_unit_key(secret: bytes, privacy_unit: str, identity: str) -> str:
+    """The ledger's key of the unit ``identity`` names under ``privacy_unit`` (an utterance's
+    row identity, or a customer id): what every charge, report and check looks a unit up by."""
+    return unit_key(secret, f"{privacy_unit}\0{identity}")
+
+
 def read_ledger(state_dir: Path, secret: bytes) -> Ledger | None:
     """The site's verified ledger; ``None`` only for a site that has never released anything."""
     path = Path(state_dir) / LEDGER_FILE

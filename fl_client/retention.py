@@ -66,9 +66,9 @@ from fl_client.privacy_ledger import (
     HEAD_FILE,
     LEDGER_FILE,
     LedgerError,
+    privacy_unit_key,
     read_ledger,
     unit_epsilons,
-    unit_key,
     write_ledger,
 )
 from fl_client.redaction import redact
@@ -570,9 +570,10 @@ def _ledger_spend(state_dir: Path, secret: bytes, customer: str,
     ledger = read_ledger(Path(state_dir), secret)
     if ledger is None:
         return 0, 0.0
-    identities = ({customer, *(r.unit for r in rows)} if ledger.privacy_unit == "customer"
-                  else {r.uid for r in rows})
-    keys = [key for key in (unit_key(secret, f"{ledger.privacy_unit}\0{identity}")
+    identities = {row.unit_under(ledger.privacy_unit) for row in rows}
+    if ledger.privacy_unit == "customer":
+        identities.add(customer)
+    keys = [key for key in (privacy_unit_key(secret, ledger.privacy_unit, identity)
                             for identity in sorted(identities)) if key in ledger.spend]
     return len(keys), max(unit_epsilons(ledger, keys), default=0.0)
 

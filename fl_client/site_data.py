@@ -191,6 +191,10 @@ class Row:
     stamp: FileStamp | None = None
     """The data file as it was read (``file_stamp``): ``remove_lines`` rewrites that file only."""
 
+    def unit_under(self, privacy_unit: str) -> str:
+        """The unit this row counts as under ``privacy_unit``: its utterance, or its customer."""
+        return self.uid if privacy_unit == "utterance" else self.unit
+
     @property
     def customer_ids(self) -> tuple[str, ...]:
         """Every id an erasure of this row's customer may be recorded under, asked together so

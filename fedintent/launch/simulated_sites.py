@@ -21,9 +21,9 @@ from fl_client.privacy_ledger import (
     HEAD_FILE,
     LEDGER_FILE,
     LedgerError,
+    privacy_unit_key,
     read_ledger,
     unit_epsilons,
-    unit_key,
 )
 from fl_client.privacy_report import EXHAUSTED_SHARE, SiteReport, site_privacy_report
 from fl_client.site_data import SiteDataError, list_site_dirs, read_rows, shown
@@ -243,8 +243,7 @@ def _cannot_train(state_dir: Path, rows: list, labels: set[str], run_config: dic
     if ledger.privacy_unit != unit:
         return (f"its ledger ({state_dir}) counts {ledger.privacy_unit} units and this run asks "
                 f"for --privacy-unit {unit}")
-    keys = list({unit_key(secret, f"{unit}\0{row.uid if unit == 'utterance' else row.unit}")
-                 for row in usable})
+    keys = list({privacy_unit_key(secret, unit, row.unit_under(unit)) for row in usable})
     if any(key not in ledger.spend for key in keys):
         return None
     if min(unit_epsilons(ledger, keys)) < EXHAUSTED_SHARE * budget:
