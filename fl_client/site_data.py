@@ -272,10 +272,10 @@ def file_stamp(info: os.stat_result) -> FileStamp:
 
 def remove_lines(path: Path, lines: set[int], stamp: FileStamp) -> None:
     """Rewrite a data file without the given line numbers (as ``RejectedRow`` and ``Row`` count
-    them), atomically and with its permissions and owner kept: the file is whole, old or new,
-    at every moment. A symbolic link's target is rewritten, not the link (replacing the link
-    would leave the rows in the exporter's file); a file with other hard links is refused, since
-    they would keep the rows. So is a read-only file (someone made it so), and one whose owner
+    them), atomically and with its permissions, owner and extended attributes kept: the file is
+    whole, old or new, at every moment. A symbolic link's target is rewritten, not the link
+    (replacing the link would leave the rows in the exporter's file); a file with other hard
+    links is refused, since they would keep the rows. So is a read-only file (someone made it so), and one whose owner
     this account could not keep (found in review: a file rewritten by another account became
     its, and the exporter could no longer append to it).
 
@@ -300,7 +300,7 @@ def remove_lines(path: Path, lines: set[int], stamp: FileStamp) -> None:
                                                "read")) from None
         with os.fdopen(fd, "rb") as f:
             info = os.fstat(f.fileno())
-            if not stat.S_ISREG(info.st_mode) or file_stamp(info) != stamp:
+            if file_stamp(info) != stamp:  # the file read was a regular one (_open_regular)
                 raise SiteDataError(_changed(real, "is not the file the rows were read from, or "
                                                    "it changed (written, replaced or renamed) "
                                                    "since"))

@@ -13,8 +13,8 @@ from pathlib import Path
 
 def permission_denied(path: str | os.PathLike | None, site: bool = True) -> str:
     """Why ``path`` could not be opened, for an error message: this account's uid, the owner's
-    (of the path, or of the folder above it that this account cannot search), and, for a
-    site's files (``site``), which account to run as and that nothing is damaged."""
+    (of the path, or of the nearest folder above it this account can see), and, for a site's
+    files (``site``), which account to run as and that nothing is damaged."""
     account = f"this account (uid {os.geteuid()})"
     advice = ("run the command as the account that owns the site's folders (the one its "
               "SuperNode runs as; `docker exec` into the site container runs as it), or give "
