@@ -275,9 +275,9 @@ def remove_lines(path: Path, lines: set[int], stamp: FileStamp) -> None:
     them), atomically and with its permissions, owner and extended attributes kept: the file is
     whole, old or new, at every moment. A symbolic link's target is rewritten, not the link
     (replacing the link would leave the rows in the exporter's file); a file with other hard
-    links is refused, since they would keep the rows. So is a read-only file (someone made it so), and one whose owner
-    this account could not keep (found in review: a file rewritten by another account became
-    its, and the exporter could no longer append to it).
+    links is refused, since they would keep the rows. So is a read-only file (someone made it
+    so), and one whose owner this account could not keep (found in review: a file rewritten by
+    another account became its, and the exporter could no longer append to it).
 
     Only the file the rows were read from (``stamp``, the rows' ``Row.stamp``), unchanged since,
     is rewritten: it is opened in a descriptor of its folder, without following a link, every
