@@ -239,10 +239,17 @@ def _carry_over(ledger: Ledger, keys: list[str], former: list[list[list[str]]],
     Rényi DP, per release), which the triangle inequality bounds by the square of the sum of the
     square roots of their spends (at most ``k`` times their sum, the bound before, and far less
     where one spend is small: a row joining its customer after one release); a sampled release
-    has no such bound, so after one such a group starts from the whole ``budget``. Under the
-    utterance unit a unit is one utterance whatever its names, and starts from the largest
-    spend under any of them."""
+    has no such bound, so after one such a group starts from the whole ``budget``. What the
+    site's own noise alone cost the person (distributed DP) is bounded the same way, from each
+    unit's spend plus every distributed release's extra (``_alone_extra``) plus its own excess:
+    the part of that bound above the carried spend is the customer's ``alone_excess`` (found in
+    review: counting the extra once, as for a unit, under-stated a group's epsilon alone).
+    Under the utterance unit a unit is one utterance whatever its names, and starts from the
+    largest spend under any of them."""
     full_batch = all(release.sample_rate == 1 for release in ledger.releases)
+    extra = _alone_extra(ledger)
+    excess = ledger.alone_excess
+    unknown = max(excess.values(), default=0.0)  # a format 5 alias's unit: any unit's
     joined = []
     for key, groups in zip(keys, former, strict=True):
         units = _joined_units(ledger, key, groups) if ledger.privacy_unit == "customer" else {}
@@ -250,29 +257,50 @@ def _carry_over(ledger: Ledger, keys: list[str], former: list[list[list[str]]],
                   for group in groups]
         named = [max((_named_spend(ledger, name) for name in group if name != key), default=0.0)
                  for group in groups]
+        named_excess = [max((_named_excess(ledger, name) for name in group if name != key),
+                            default=0.0) for group in groups]
         own = ledger.spend.get(key, 0.0)
-        carried = max([own, *units.values(), *legacy, *named])
+        parts = [(own, excess.get(key, 0.0)),
+                 *((spend, excess.get(unit, 0.0)) for unit, spend in units.items()),
+                 *((spend, unknown) for spend in legacy if spend > 0),
+                 *((spend, more) for spend, more in zip(named, named_excess, strict=True)
+                   if spend > 0)]
+        carried = max(spend for spend, _ in parts)
+        alone = max(spend + more for spend, more in parts)  # beyond ``extra``
         if ledger.privacy_unit == "customer":
             known = key in ledger.spend
-            counted = [spend for unit, spend in units.items()
+            counted = [(spend, excess.get(unit, 0.0)) for unit, spend in units.items()
                        if not _counted_by(ledger, unit, spend, [key, *units], known)]
             if own > 0 and not _counted_by(ledger, key, own, list(units), known):
-                counted.append(own)
+                counted.append((own, excess.get(key, 0.0)))
             if not known:  # spends recorded before the ledger named who did
-                counted += [spend for spend, by_name in zip(legacy, named, strict=True)
+                counted += [(spend, unknown) for spend, by_name in zip(legacy, named, strict=True)
                             if spend > by_name]
                 # a row whose names others share was at most one unit more, its largest
                 most = max(units.values(), default=0.0)
-                counted += [spend for spend, group in zip(named, groups, strict=True)
+                counted += [(spend, more)
+                            for spend, more, group in zip(named, named_excess, groups, strict=True)
                             if len(group) > 1 and spend > most]
             if len(counted) > 1:
-                together = sum(math.sqrt(spend) for spend in counted) ** 2
+                together = _group_bound(spend for spend, _ in counted)
                 carried = max(carried, together if full_batch or not math.isfinite(budget)
                               else max(budget, together))
+                alone = max(alone, _group_bound(spend + extra + more for spend, more in counted)
+                            - extra)
         if carried > own:
             ledger.spend[key] = carried
+        if math.isfinite(carried) and alone > carried:
+            excess[key] = alone - carried
+        else:
+            excess.pop(key, None)
         joined.append(list(units))
     return joined
+
+
+def _group_bound(spends: Iterable[float]) -> float:
+    """The Rényi DP of one person who was the units with these spends, in releases without
+    sampling: the square of the sum of their square roots (``_carry_over``)."""
+    return sum(math.sqrt(spend) for spend in spends) ** 2
 
 
 def _joined_units(ledger: Ledger, key: str, groups: list[list[str]]) -> dict[str, float]:
@@ -302,6 +330,12 @@ def _joined_units(ledger: Ledger, key: str, groups: list[list[str]]) -> dict[str
 def _named_spend(ledger: Ledger, name: str) -> float:
     """The largest spend a unit recorded under ``name`` (or spent as ``name``)."""
     return max([ledger.spend.get(name, 0.0), *ledger.recorded.get(name, {}).values()])
+
+
+def _named_excess(ledger: Ledger, name: str) -> float:
+    """The largest ``alone_excess`` of ``name`` and of the units that recorded under it."""
+    return max(ledger.alone_excess.get(unit, 0.0)
+               for unit in [name, *ledger.recorded.get(name, {})])
 
 
 def _counted_by(ledger: Ledger, unit: str, spend: float, others: list[str],
@@ -528,13 +562,22 @@ def run_epsilons(releases: list[Release], delta: float) -> tuple[float, float]:
     return epsilon, epsilon
 
 
-def alone_spend(ledger: Ledger, keys: list[str] | None = None) -> float:
+def alone_spend(ledger: Ledger, keys: Iterable[str] | None = None) -> float:
     """An upper bound on the Rényi DP any of ``keys`` has lost counting only this site's own
-    noise: its spend, plus what every distributed release the site made adds without the
-    other sites' shares (``keys`` None: every unit in the ledger)."""
-    extra = sum(r.rdp_alone - r.rdp for r in ledger.releases if r.distributed)
-    spends = ledger.spend.values() if keys is None else [ledger.spend.get(k, 0.0) for k in keys]
-    return max(spends, default=0.0) + extra
+    noise: its spend, plus what every distributed release the site made adds without the other
+    sites' shares (``_alone_extra``), plus its ``alone_excess`` (a customer that was several
+    units, whose releases the extra counts once each where the person was in them several
+    times; found in review: without it such a customer passed max-epsilon-alone at epsilon
+    alone 13.1 where the group bound was 15.9). ``keys`` None: every unit in the ledger."""
+    units = ledger.spend if keys is None else keys
+    return max((ledger.spend.get(key, 0.0) + ledger.alone_excess.get(key, 0.0) for key in units),
+               default=0.0) + _alone_extra(ledger)
+
+
+def _alone_extra(ledger: Ledger) -> float:
+    """What every distributed release adds to a unit's Rényi DP when only this site's own noise
+    share counts: what it costs alone less what it was charged."""
+    return sum(r.rdp_alone - r.rdp for r in ledger.releases if r.distributed)
 
 
 def _release(request: RoundRequest, noise: float, rate: float, steps: int, units: int,

@@ -17,6 +17,8 @@ nothing for the units already in it. It holds
   one unit (``privacy_budget.charge_round``);
 * ``aliases``: such spends recorded before the ledger recorded who recorded them (format 5 and
   older), each under its name alone; a name is moved to ``recorded`` when a unit records there;
+* ``alone_excess``: under distributed DP, for a customer that was several units, how much more
+  its site's own noise alone has cost it than its spend says (``privacy_budget.alone_spend``);
 * ``deletion_log``: how long the site's deletion log was when it last grew (its entry count and
   last hash; recorded at every charge, purge and erasure), so that a deletion log deleted or
   restored from an older copy, which would use erased customers' rows again, stops the site as
@@ -56,14 +58,15 @@ from fl_client.site_secret import ledger_mac
 from fl_protocol.durable_files import write_bytes_atomic
 from fl_protocol.file_owner import permission_denied
 
-FORMAT = "fedintent-privacy-ledger/6"
+FORMAT = "fedintent-privacy-ledger/7"
 READ_FORMATS = ("fedintent-privacy-ledger/3", "fedintent-privacy-ledger/4",
-                "fedintent-privacy-ledger/5", FORMAT)
+                "fedintent-privacy-ledger/5", "fedintent-privacy-ledger/6", FORMAT)
 """Version 3 had no ``aliases`` and no deletion log's length; version 4 added them (and, from
 ceb9819, the ``version`` its MAC covers); version 5 is version 4 under a name that a release
 which cannot verify a ``version`` refuses as a newer format rather than as an edited ledger;
-version 6 adds ``recorded``. Every older version is read and written back as the current
-one."""
+version 6 adds ``recorded``, version 7 ``alone_excess`` (a release that would drop it, and so
+under-count a customer's epsilon alone, refuses the ledger as a newer format). Every older
+version is read and written back as the current one."""
 LEDGER_FILE = "privacy-ledger.json"
 HEAD_FILE = "privacy-ledger.head"
 PRIVATE_FILE_MODE = 0o600
@@ -147,6 +150,12 @@ class Ledger:
     """name -> {the key of the unit that recorded its spend there: that spend}."""
     aliases: dict[str, float] = field(default_factory=dict)
     """name -> a spend recorded there by a unit the ledger did not name (format 5 and older)."""
+    alone_excess: dict[str, float] = field(default_factory=dict)
+    """unit key -> how much Rényi DP the site's own noise alone has cost the unit beyond its
+    ``spend`` plus every distributed release's own-noise extra (``privacy_budget.alone_spend``):
+    set when a customer that was several units joins under distributed DP, whose own-noise loss
+    grows by the group's square-root bound like its spend (``privacy_budget._carry_over``);
+    absent for every other unit (0)."""
     deletion_log: dict[str, int | str] = field(default_factory=dict)
     """``{"entries": n, "hash": h}`` of the deletion log when it last grew; empty before any."""
     version: int = 0
@@ -191,9 +200,12 @@ def read_ledger(state_dir: Path, secret: bytes) -> Ledger | None:
                                                       or "deletion_log" in document):
             raise LedgerError(f"{path}: a version 3 ledger cannot hold aliases or a deletion "
                               "log's length (edited)")
-        if document["format"] != FORMAT and "recorded" in document:
-            raise LedgerError(f"{path}: a ledger of format {document['format']!r} cannot hold "
-                              "who recorded its aliases (edited)")
+        written = int(document["format"].rsplit("/", 1)[1])
+        for name, since, what in (("recorded", 6, "who recorded its aliases"),
+                                  ("alone_excess", 7, "its customers' excess epsilon alone")):
+            if written < since and name in document:
+                raise LedgerError(f"{path}: a ledger of format {document['format']!r} cannot "
+                                  f"hold {what} (edited)")
         records = document["releases"]
         releases = [_release_from(record) for record in records]
         version = document.get("version", len(releases))
@@ -208,6 +220,8 @@ def read_ledger(state_dir: Path, secret: bytes) -> Ledger | None:
             recorded={str(name): {str(k): float(v) for k, v in dict(by).items()}
                       for name, by in dict(document.get("recorded", {})).items()},
             aliases={str(k): float(v) for k, v in dict(document.get("aliases", {})).items()},
+            alone_excess={str(k): float(v)
+                          for k, v in dict(document.get("alone_excess", {})).items()},
             deletion_log=_deletion_log_from(document.get("deletion_log", {})),
             version=version,
         )
@@ -294,6 +308,7 @@ def write_ledger(state_dir: Path, ledger: Ledger, secret: bytes) -> None:
         "spend": ledger.spend,
         "recorded": ledger.recorded,
         "aliases": ledger.aliases,
+        "alone_excess": ledger.alone_excess,
         "deletion_log": ledger.deletion_log,
         "version": ledger.version,
         "mac": document_mac,
@@ -465,9 +480,9 @@ def _canonical(value: object) -> str:
 def _document_mac(secret: bytes, ledger: Ledger, last_release_mac: str) -> str:
     """A MAC over the ledger's settings and a digest of its spends; with the aliases' digest
     once it has any (a version 3 ledger, which has none, verifies unchanged; deleting a version
-    4 ledger's aliases changes the MAC), the recorded aliases' likewise, and its version once
-    that is not its release count (a ledger written before versions verifies unchanged;
-    deleting the field changes the MAC)."""
+    4 ledger's aliases changes the MAC), the recorded aliases' and the excesses alone likewise,
+    and its version once that is not its release count (a ledger written before versions
+    verifies unchanged; deleting the field changes the MAC)."""
     spend_digest = hashlib.sha256(_canonical(ledger.spend).encode()).hexdigest()
     summary = {"count": len(ledger.releases), "privacy_unit": ledger.privacy_unit,
                "order": ledger.order, "delta": ledger.delta, "spend": spend_digest}
@@ -475,6 +490,9 @@ def _document_mac(secret: bytes, ledger: Ledger, last_release_mac: str) -> str:
         summary["aliases"] = hashlib.sha256(_canonical(ledger.aliases).encode()).hexdigest()
     if ledger.recorded:
         summary["recorded"] = hashlib.sha256(_canonical(ledger.recorded).encode()).hexdigest()
+    if ledger.alone_excess:
+        summary["alone_excess"] = hashlib.sha256(
+            _canonical(ledger.alone_excess).encode()).hexdigest()
     if ledger.deletion_log:
         summary["deletion_log"] = ledger.deletion_log
     if ledger.version != len(ledger.releases):

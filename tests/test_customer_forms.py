@@ -16,7 +16,7 @@ import pytest
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 
 import fl_client.client_app as client_app
-from fl_client.privacy_budget import charge_round
+from fl_client.privacy_budget import alone_spend, charge_round
 from fl_client.privacy_ledger import read_ledger, unit_key, write_ledger
 from fl_client.privacy_units import unit_aliases
 from fl_client.site_data import load_site, one_row_per_id
@@ -198,9 +198,11 @@ def test_a_format_5_alias_is_recorded_by_the_unit_that_charges_under_it(tmp_path
 
 
 def charge_rows(state_dir, server_round: int,
-                rows: list[tuple[str | None, str, tuple[str, ...]]]) -> None:
+                rows: list[tuple[str | None, str, tuple[str, ...]]],
+                privacy_model: str = "local") -> None:
     """Charge a full-batch round over ``rows`` (customer id or None, row id, the row's other
-    names) and 30 other customers, as the ClientApp does under the customer unit."""
+    names) and 30 other customers, as the ClientApp does under the customer unit
+    (``privacy_model`` "distributed": a Skellam sum of 10 sites, 2 of them tolerated)."""
     rows = rows + [(f"other-{i}", f"id:o{i}", ()) for i in range(30)]
     customers = [customer for customer, _, _ in rows]
     ids = [uid for _, uid, _ in rows]
@@ -208,8 +210,9 @@ def charge_rows(state_dir, server_round: int,
     request = RoundRequest(run_name="run-a", server_round=server_round, num_rounds=8,
                            target_epsilon=4.0, delta=1e-5, accountant="rdp",
                            privacy_unit="customer", clip_norm=1.0, batch_size=4096,
-                           local_epochs=1)
-    charge_round(state_dir, list(dict.fromkeys(units)), request, POLICY,
+                           local_epochs=1, privacy_model=privacy_model, cohort_size=10,
+                           tolerated_sites=2, plan_delta=1e-5)
+    charge_round(state_dir, list(dict.fromkeys(units)), request, POLICY, dimension=1000,
                  aliases=unit_aliases("customer", units, ids, [a for _, _, a in rows],
                                       customers))
 
@@ -229,6 +232,31 @@ def test_a_row_joining_its_customer_counts_by_the_square_roots_of_the_spends(tmp
     joined = spend(tmp_path, "A-1")
     assert joined == pytest.approx(((3 ** 0.5 + 1) ** 2 + 1) * release, rel=1e-9)
     assert joined >= (1 + 1 + 4 + 1) * release
+
+
+def test_a_row_joining_its_customer_under_distributed_dp_is_a_group_in_its_epsilon_alone(
+        tmp_path):
+    """Found in review: under distributed DP a customer that was two units (a row without a
+    customer_id beside them) in 3 Skellam sums had its spend carried over as a group, but not
+    what the site's own noise share alone cost it, which is the guarantee left when the server
+    lies about the cohort: it passed max-epsilon-alone at epsilon alone 13.1 where the group
+    bound was 15.9. The person was in the sums 2, 2, 2, 1 and 1 times: a Rényi DP alone of
+    4 + 4 + 4 + 1 + 1 sums' worth, which the ledger's bound ((sqrt(3) + sqrt(3))**2 + 2) is
+    exactly."""
+    create_site_secret(tmp_path)
+    for server_round in (1, 2, 3):
+        charge_rows(tmp_path, server_round, [("A-1", "id:a", ()), (None, "id:x", ())],
+                    "distributed")
+    for server_round in (4, 5):  # the id back-filled
+        charge_rows(tmp_path, server_round, [("A-1", "id:a", ()), ("A-1", "id:x", ())],
+                    "distributed")
+    secret = site_secret(tmp_path)
+    book = read_ledger(tmp_path, secret)
+    customer, other = (unit_key(secret, f"customer\0{unit}") for unit in ("A-1", "other-0"))
+    one_sum = alone_spend(book, [other]) / 5
+    assert alone_spend(book, [customer]) == pytest.approx(14 * one_sum, rel=1e-9)
+    assert spend(tmp_path, "A-1") == pytest.approx(14 / 5 * spend(tmp_path, "other-0"), rel=1e-9)
+    assert alone_spend(book) == alone_spend(book, [customer])  # the max-epsilon-alone check's
 
 
 def test_a_record_made_before_a_unit_trained_again_does_not_count_it(tmp_path):

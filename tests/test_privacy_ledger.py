@@ -13,6 +13,7 @@ import fl_client.privacy_budget as privacy_budget
 import fl_client.privacy_ledger as privacy_ledger
 from fl_client.privacy_budget import charge_round
 from fl_client.privacy_ledger import (
+    FORMAT,
     HEAD_FILE,
     LEDGER_FILE,
     Ledger,
@@ -200,9 +201,9 @@ def test_a_missing_head_is_refused(state):
 def test_a_version_3_ledger_reads_as_one_without_aliases_and_aliases_are_macd(state):
     path = state / LEDGER_FILE
     document = json.loads(path.read_text())
-    assert document["format"] == "fedintent-privacy-ledger/6" and document["aliases"] == {}
+    assert document["format"] == FORMAT and document["aliases"] == {}
     older = {k: v for k, v in document.items()
-             if k not in ("aliases", "recorded", "deletion_log")} | {
+             if k not in ("aliases", "recorded", "alone_excess", "deletion_log")} | {
         "format": "fedintent-privacy-ledger/3"}
     path.write_text(json.dumps(older))
     assert read_ledger(state, SECRET).aliases == {}
@@ -213,7 +214,7 @@ def test_a_version_3_ledger_reads_as_one_without_aliases_and_aliases_are_macd(st
     document = json.loads(path.read_text())
     for edited in ({**document, "aliases": {}}, {**document, "aliases": {"k": 0.0}},
                    {**{k: v for k, v in document.items()
-                       if k not in ("aliases", "recorded", "deletion_log")},
+                       if k not in ("aliases", "recorded", "alone_excess", "deletion_log")},
                     "format": "fedintent-privacy-ledger/3"}):
         path.write_text(json.dumps(edited))
         with pytest.raises(LedgerError, match="edited"):
@@ -238,8 +239,31 @@ def test_who_recorded_each_alias_is_macd_and_only_format_6_holds_it(state):
         path.write_text(json.dumps(edited))
         with pytest.raises(LedgerError, match="edited"):
             read_ledger(state, SECRET)
-    path.write_text(json.dumps(document | {"format": "fedintent-privacy-ledger/5"}))
+    path.write_text(json.dumps({k: v for k, v in document.items() if k != "alone_excess"}
+                               | {"format": "fedintent-privacy-ledger/5"}))
     with pytest.raises(LedgerError, match="cannot hold who recorded its aliases"):
+        read_ledger(state, SECRET)
+
+
+def test_a_customers_excess_epsilon_alone_is_macd_and_only_format_7_holds_it(state):
+    """The excess alone is what keeps a customer that was several units under its site's
+    max-epsilon-alone; edited or removed it would let the site's own noise cost them more than
+    the bound, so it is MACed, and a ledger relabelled as format 6 (which the release before it
+    reads without it) is refused rather than read with it dropped."""
+    ledger = read_ledger(state, SECRET)
+    ledger.alone_excess["u1"] = 0.5
+    write_ledger(state, charged(ledger, release("c", 1), ["u1"]), SECRET)
+    assert read_ledger(state, SECRET).alone_excess == {"u1": 0.5}
+    path = state / LEDGER_FILE
+    document = json.loads(path.read_text())
+    for edited in ({**document, "alone_excess": {}}, {**document, "alone_excess": {"u1": 0.25}},
+                   {**document, "alone_excess": {"u2": 0.5}},
+                   {k: v for k, v in document.items() if k != "alone_excess"}):
+        path.write_text(json.dumps(edited))
+        with pytest.raises(LedgerError, match="edited"):
+            read_ledger(state, SECRET)
+    path.write_text(json.dumps(document | {"format": "fedintent-privacy-ledger/6"}))
+    with pytest.raises(LedgerError, match="cannot hold its customers' excess epsilon alone"):
         read_ledger(state, SECRET)
 
 
@@ -307,7 +331,7 @@ def rewrite(state, edit) -> None:
 
 def test_a_ledger_of_another_format_is_refused(state):
     for found, said in (("fedintent-privacy-ledger/2", "is older than this release reads"),
-                        ("fedintent-privacy-ledger/7", "written by a newer fedintent release"),
+                        ("fedintent-privacy-ledger/8", "written by a newer fedintent release"),
                         ("fedintent-privacy-ledger/\u0666", "not a fedintent privacy ledger"),
                         ("fedintent-privacy-ledger/05", "not a fedintent privacy ledger"),
                         ("another-ledger/9", "not a fedintent privacy ledger")):
@@ -316,21 +340,21 @@ def test_a_ledger_of_another_format_is_refused(state):
             read_ledger(state, SECRET)
 
 
-def test_a_version_4_ledger_with_a_rewrite_count_reads_and_is_written_as_version_6(state):
+def test_a_version_4_ledger_with_a_rewrite_count_reads_and_is_written_as_the_current_one(state):
     """Releases from ceb9819 wrote ``version`` (covered by the MAC) under format 4; the format
     moved to 5 so that a release which cannot verify it names a newer format instead."""
     ledger = read_ledger(state, SECRET)
     ledger.deletion_log = {"entries": 1, "hash": "cd" * 32}
     write_ledger(state, ledger, SECRET)
     document = json.loads((state / LEDGER_FILE).read_text())
-    assert document["format"] == "fedintent-privacy-ledger/6"
+    assert document["format"] == FORMAT
     assert document["version"] != len(document["releases"])
     rewrite(state, lambda doc: doc.update(format="fedintent-privacy-ledger/4")
-            or doc.pop("recorded"))  # as format 4 wrote it: no recorders
+            or doc.pop("recorded") or doc.pop("alone_excess"))  # as format 4 wrote it
     ledger = read_ledger(state, SECRET)
     assert ledger.version == document["version"]
     write_ledger(state, charged(ledger, release("c", 1), ["u1"]), SECRET)
-    assert json.loads((state / LEDGER_FILE).read_text())["format"] == "fedintent-privacy-ledger/6"
+    assert json.loads((state / LEDGER_FILE).read_text())["format"] == FORMAT
     assert read_ledger(state, SECRET).version == document["version"] + 1
 
 
