@@ -290,20 +290,23 @@ def remove_lines(path: Path, lines: set[int], stamp: FileStamp) -> None:
     real, links = resolved(entry)
     folder = os.open(real.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
+        probe = os.open(real.name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=folder)
         try:
-            fd = os.open(real.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY
-                         | os.O_CLOEXEC, dir_fd=folder)
-        except OSError as err:
-            if err.errno != errno.ELOOP:
-                raise
-            raise SiteDataError(_changed(real, "was replaced by a link since its rows were "
-                                               "read")) from None
-        with os.fdopen(fd, "rb") as f:
-            info = os.fstat(f.fileno())
+            info = os.fstat(probe)
+            if stat.S_ISLNK(info.st_mode):
+                raise SiteDataError(_changed(real, "was replaced by a link since its rows were "
+                                                   "read"))
             if file_stamp(info) != stamp:  # the file read was a regular one (_open_regular)
                 raise SiteDataError(_changed(real, "is not the file the rows were read from, or "
                                                    "it changed (written, replaced or renamed) "
                                                    "since"))
+            fd = _reopened(probe, os.O_RDONLY)
+        finally:
+            os.close(probe)
+        with os.fdopen(fd, "rb") as f:
+            info = os.fstat(f.fileno())
+            if file_stamp(info) != stamp:
+                raise SiteDataError(_changed(real, "changed since its rows were read"))
             if problem := link_problem(entry, links, info):
                 raise SiteDataError(f"{problem}: nothing is removed from it; delete the rows at "
                                     "the source")
@@ -553,14 +556,24 @@ def _decoded_lines(path: Path, rejected: list[RejectedRow],
 
 
 def _open_regular(path: str, flags: int) -> int:
-    """``os.open`` of a data file that never waits on a FIFO or a device named as one, and
-    refuses all but a regular file (found in review: a FIFO renamed over ``train.jsonl`` after
-    it was listed hung ``forget`` for good, holding the state lock, and every round with it)."""
-    fd = os.open(path, flags | os.O_NONBLOCK | os.O_NOCTTY)
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise OSError(errno.EINVAL, "not a regular file (a FIFO, socket or device?)", path)
-    return fd
+    """``os.open`` of a data file that refuses all but a regular file before opening it (found
+    in review: a FIFO renamed over ``train.jsonl`` after it was listed hung ``forget`` for good,
+    holding the state lock, and every round with it; and a device named as a data file had its
+    driver opened before its type was checked)."""
+    probe = os.open(path, os.O_PATH | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(probe).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file (a FIFO, socket or device?)", path)
+        return _reopened(probe, flags)
+    finally:
+        os.close(probe)
+
+
+def _reopened(probe: int, flags: int) -> int:
+    """The file an ``O_PATH`` descriptor names, opened with ``flags``: that descriptor opened
+    nothing (no driver called, no FIFO waited on), and this opens that very file, whatever its
+    name is now."""
+    return os.open(f"/proc/self/fd/{probe}", flags | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
 
 
 def wide_encoding(start: bytes) -> str | None:

@@ -246,6 +246,36 @@ def test_a_fifo_swapped_in_for_the_data_file_is_refused_without_waiting(site, mo
         "train.jsonl: unreadable file (not a regular file (a FIFO, socket or device?))"]
 
 
+def test_a_device_linked_in_for_the_data_file_is_never_opened(site, monkeypatch):
+    """Found in review: the type check came after the open, so a device named as a data file
+    (a link to it, as only root may make one the site follows) had its driver opened, which for
+    some devices acts (a tape rewinds). Only an ``O_PATH`` descriptor, which opens nothing, is
+    made of anything that is not a regular file."""
+    site_dir, _, _ = site
+    [rows, _] = read_rows(site_dir, [])
+    data_file = site_dir / "train.jsonl"
+    swap_in_link(data_file, Path("/dev/null"))
+    opened = []
+    real_open = os.open
+
+    def recording_open(path, flags, *args, **kwargs):
+        opened.append((os.fspath(path), flags))
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", recording_open)
+    is_file = Path.is_file  # the listing stood in for, as for the FIFO above
+    monkeypatch.setattr(Path, "is_file", lambda path: path == data_file or is_file(path))
+    with pytest.raises(SiteDataError, match="not the file the rows were read from"):
+        remove_lines(data_file, {1}, rows[0].stamp)
+    rejected = []
+    assert read_rows(site_dir, rejected) == ([], [])
+    monkeypatch.undo()
+    assert [str(row) for row in rejected] == [
+        "train.jsonl: unreadable file (not a regular file (a FIFO, socket or device?))"]
+    named = [flags for path, flags in opened if Path(path).name in ("train.jsonl", "null")]
+    assert named and all(flags & os.O_PATH for flags in named)
+
+
 @pytest.mark.parametrize("planted", ["the data folder's link", "a link further on"])
 def test_a_link_another_account_planted_to_a_file_not_its_own_is_not_followed(tmp_path,
                                                                              planted):
