@@ -174,6 +174,10 @@ def test_sites_left_with_no_row_of_the_runs_labels_or_a_broken_ledger_are_named(
     assert blocked["site-01"].startswith("none of its training rows")
     blocked = sites_that_cannot_train(sites, training_rows(tmp_path / "data"), ["a"], config)
     assert blocked["site-01"].startswith(f"its ledger does not verify: {sites[1].state_dir}")
+    blocked = sites_that_cannot_train(sites[:1], training_rows(tmp_path / "data"), ["a"],
+                                      config | {"privacy-unit": "customer"})
+    assert blocked["site-00"] == (f"its ledger ({sites[0].state_dir}) counts utterance units "
+                                  "and this run asks for --privacy-unit customer")
     fresh = sites_in(tmp_path / "fresh", 1) | {"target-epsilon": 20.0}
     (tmp_path / "fresh" / "data" / "site-00" / "train.jsonl").write_text(
         json.dumps({"text": "hello", "label": "a"}) + "\n")

@@ -241,8 +241,7 @@ def _cannot_train(state_dir: Path, rows: list, labels: set[str], run_config: dic
         return None
     unit = run_config["privacy-unit"]
     if ledger.privacy_unit != unit:
-        return (f"its ledger ({state_dir}) counts {ledger.privacy_unit} units and this run asks "
-                f"for --privacy-unit {unit}")
+        return _other_unit(state_dir, ledger.privacy_unit, unit)
     keys = list({privacy_unit_key(secret, unit, row.unit_under(unit)) for row in usable})
     if any(key not in ledger.spend for key in keys):
         return None
@@ -306,11 +305,18 @@ def _shortfall(state_dir: Path, target: float, run_config: dict) -> str | None:
     except LedgerError as err:
         return f"will not train: {err}"
     if report.privacy_unit != run_config["privacy-unit"]:
-        return (f"will not train: its ledger ({state_dir}) counts {report.privacy_unit} units "
-                f"and this run asks for --privacy-unit {run_config['privacy-unit']}")
+        return "will not train: " + _other_unit(state_dir, report.privacy_unit,
+                                                run_config["privacy-unit"])
     if math.isinf(budget) or budget - report.largest_epsilon >= target:
         return None
     return _spent_warning(report, target)
+
+
+def _other_unit(state_dir: Path, counted: str, asked: str) -> str:
+    """Why a site whose ledger counts ``counted`` units trains no round of a run asking for
+    ``asked`` (``privacy_budget`` refuses to mix units on one site)."""
+    return (f"its ledger ({state_dir}) counts {counted} units and this run asks for "
+            f"--privacy-unit {asked}")
 
 
 def _spent_warning(report: SiteReport, target: float) -> str:
