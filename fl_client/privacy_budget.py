@@ -25,7 +25,9 @@ Rényi DP in place of the subsampled Gaussian's: the run's total noise ``mu`` is
 run's target epsilon and the lifetime filter, every unit is charged what the sum costs it when
 ``mu`` is all the noise it carries (``epsilon``), and the site adds ``mu / (cohort -
 tolerated-sites)`` itself. What the site's own share alone would cost (``epsilon_alone``) is
-recorded in each release and held against the site's ``max-epsilon-alone`` before every round.
+recorded in each release and charged to each unit's own-noise account (``Ledger.alone``), which
+the lifetime filter holds within the site's ``max-epsilon-alone`` as it holds the spend within
+``max-epsilon``; a run whose share would take a unit new to the site past it is declined.
 The noise check compares the standard deviation of the sum's noise, ``sqrt(2 mu)``, with that of
 the ``mu`` planned for the target alone; the site's share scales with both alike.
 """
@@ -66,6 +68,7 @@ from fl_client.privacy_ledger import (
     LedgerError,
     Release,
     now,
+    own_noise_extra,
     privacy_unit_key,
     read_ledger,
     unit_epsilons,
@@ -168,15 +171,13 @@ def _charge_round(state_dir: Path, units: list[str], request: RoundRequest, poli
     keys = [privacy_unit_key(secret, ledger.privacy_unit, unit) for unit in units]
     former = [[[privacy_unit_key(secret, ledger.privacy_unit, alias) for alias in group]
                for group in aliases.get(unit, ())] for unit in units]
-    most_lost_alone = alone_spend(ledger)  # as read: before this round's units carry over
     joined = _carry_over(ledger, keys, former,
                          rdp_budget(policy.max_epsilon, ledger.delta, ledger.order))
     others = [dict.fromkeys([alias for group in groups for alias in group if alias != key]
                             + units)
               for key, groups, units in zip(keys, former, joined, strict=True)]
     if request.distributed:
-        release, trained = _distributed_release(ledger, keys, request, policy, dimension,
-                                                most_lost_alone)
+        release, trained = _distributed_release(ledger, keys, request, policy, dimension)
     elif request.private:
         release, trained = _filtered_release(ledger, keys, request, policy, empty_ok)
     else:
@@ -185,8 +186,10 @@ def _charge_round(state_dir: Path, units: list[str], request: RoundRequest, poli
                            units=len(keys), rdp=math.inf)
         trained = list(range(len(keys)))
     release = replace(release, nonce=release_nonce() if fresh_nonce else "")
+    own_noise = release.rdp_alone if release.distributed else release.rdp
     for index in trained:
         ledger.spend[keys[index]] = ledger.spend.get(keys[index], 0.0) + release.rdp
+        ledger.alone[keys[index]] = ledger.alone.get(keys[index], 0.0) + own_noise
     for key, alias_keys in zip(keys, others, strict=True):
         _record_aliases(ledger, key, alias_keys)
     for index in trained:  # its history grew past what any unit recorded under its key
@@ -239,17 +242,16 @@ def _carry_over(ledger: Ledger, keys: list[str], former: list[list[list[str]]],
     Rényi DP, per release), which the triangle inequality bounds by the square of the sum of the
     square roots of their spends (at most ``k`` times their sum, the bound before, and far less
     where one spend is small: a row joining its customer after one release); a sampled release
-    has no such bound, so after one such a group starts from the whole ``budget``. What the
-    site's own noise alone cost the person (distributed DP) is bounded the same way, from each
-    unit's spend plus every distributed release's extra (``_alone_extra``) plus its own excess:
-    the part of that bound above the carried spend is the customer's ``alone_excess`` (found in
-    review: counting the extra once, as for a unit, under-stated a group's epsilon alone).
-    Under the utterance unit a unit is one utterance whatever its names, and starts from the
-    largest spend under any of them."""
+    has no such bound, so after one such a group starts from the whole ``budget``. Each unit's
+    own-noise spend (``Ledger.alone``) is carried over by the same rule, from each part's own
+    (found in review: with every distributed release's extra over the charge added once for
+    the group, a customer that was two units read epsilon alone 13.1 where its bound was 15.9;
+    with it added once per part, squared, six rows given their customer's id read 51.3 where
+    the bound was 13.1). Under the utterance unit a unit is one utterance whatever its names,
+    and starts from the largest spend under any of them."""
     full_batch = all(release.sample_rate == 1 for release in ledger.releases)
-    extra = _alone_extra(ledger)
-    excess = ledger.alone_excess
-    unknown = max(excess.values(), default=0.0)  # a format 5 alias's unit: any unit's
+    most_alone = _own_noise_ratio(ledger)
+    extra = own_noise_extra(ledger.releases)
     joined = []
     for key, groups in zip(keys, former, strict=True):
         units = _joined_units(ledger, key, groups) if ledger.privacy_unit == "customer" else {}
@@ -257,42 +259,41 @@ def _carry_over(ledger: Ledger, keys: list[str], former: list[list[list[str]]],
                   for group in groups]
         named = [max((_named_spend(ledger, name) for name in group if name != key), default=0.0)
                  for group in groups]
-        named_excess = [max((_named_excess(ledger, name) for name in group if name != key),
-                            default=0.0) for group in groups]
+        # a unit's own alone; a recorded spend's, at most its recorder's now and the release
+        # with the most own noise per spend times it; a format 5 alias's, as format 6 bounded it
         own = ledger.spend.get(key, 0.0)
-        parts = [(own, excess.get(key, 0.0)),
-                 *((spend, excess.get(unit, 0.0)) for unit, spend in units.items()),
-                 *((spend, unknown) for spend in legacy if spend > 0),
-                 *((spend, more) for spend, more in zip(named, named_excess, strict=True)
-                   if spend > 0)]
+        own_part = (own, max(ledger.alone.get(key, 0.0), own))
+        unit_parts = {unit: (spend, max(ledger.alone.get(unit, 0.0), spend))
+                      for unit, spend in units.items()}
+        legacy_parts = [(spend, min(spend + extra, most_alone * spend)) for spend in legacy]
+        named_parts = [(spend, max(min(_named_alone(ledger, group, key), most_alone * spend),
+                                   spend))
+                       for spend, group in zip(named, groups, strict=True)]
+        parts = [own_part, *unit_parts.values(), *legacy_parts, *named_parts]
         carried = max(spend for spend, _ in parts)
-        alone = max(spend + more for spend, more in parts)  # beyond ``extra``
+        carried_alone = max(alone for _, alone in parts)
         if ledger.privacy_unit == "customer":
             known = key in ledger.spend
-            counted = [(spend, excess.get(unit, 0.0)) for unit, spend in units.items()
+            counted = [unit_parts[unit] for unit, spend in units.items()
                        if not _counted_by(ledger, unit, spend, [key, *units], known)]
             if own > 0 and not _counted_by(ledger, key, own, list(units), known):
-                counted.append((own, excess.get(key, 0.0)))
+                counted.append(own_part)
             if not known:  # spends recorded before the ledger named who did
-                counted += [(spend, unknown) for spend, by_name in zip(legacy, named, strict=True)
-                            if spend > by_name]
+                counted += [part for part, by_name in zip(legacy_parts, named, strict=True)
+                            if part[0] > by_name]
                 # a row whose names others share was at most one unit more, its largest
                 most = max(units.values(), default=0.0)
-                counted += [(spend, more)
-                            for spend, more, group in zip(named, named_excess, groups, strict=True)
-                            if len(group) > 1 and spend > most]
+                counted += [part for part, group in zip(named_parts, groups, strict=True)
+                            if len(group) > 1 and part[0] > most]
             if len(counted) > 1:
                 together = _group_bound(spend for spend, _ in counted)
                 carried = max(carried, together if full_batch or not math.isfinite(budget)
                               else max(budget, together))
-                alone = max(alone, _group_bound(spend + extra + more for spend, more in counted)
-                            - extra)
+                carried_alone = max(carried_alone, _group_bound(alone for _, alone in counted))
         if carried > own:
             ledger.spend[key] = carried
-        if math.isfinite(carried) and alone > carried:
-            excess[key] = alone - carried
-        else:
-            excess.pop(key, None)
+        if carried > 0:
+            ledger.alone[key] = max(carried_alone, carried, ledger.alone.get(key, 0.0))
         joined.append(list(units))
     return joined
 
@@ -301,6 +302,13 @@ def _group_bound(spends: Iterable[float]) -> float:
     """The Rényi DP of one person who was the units with these spends, in releases without
     sampling: the square of the sum of their square roots (``_carry_over``)."""
     return sum(math.sqrt(spend) for spend in spends) ** 2
+
+
+def _own_noise_ratio(ledger: Ledger) -> float:
+    """The most any release cost per unit of spend counting only the site's own noise (1 for a
+    local release): a unit's ``alone`` is at most this times its spend, whatever the releases
+    it was in."""
+    return max([1.0, *(r.rdp_alone / r.rdp for r in ledger.releases if r.distributed)])
 
 
 def _joined_units(ledger: Ledger, key: str, groups: list[list[str]]) -> dict[str, float]:
@@ -332,10 +340,11 @@ def _named_spend(ledger: Ledger, name: str) -> float:
     return max([ledger.spend.get(name, 0.0), *ledger.recorded.get(name, {}).values()])
 
 
-def _named_excess(ledger: Ledger, name: str) -> float:
-    """The largest ``alone_excess`` of ``name`` and of the units that recorded under it."""
-    return max(ledger.alone_excess.get(unit, 0.0)
-               for unit in [name, *ledger.recorded.get(name, {})])
+def _named_alone(ledger: Ledger, group: list[str], key: str) -> float:
+    """The largest ``alone`` now of the units that spent as, or recorded under, a name of
+    ``group`` other than ``key``."""
+    return max((ledger.alone.get(unit, 0.0) for name in group if name != key
+                for unit in [name, *ledger.recorded.get(name, {})]), default=0.0)
 
 
 def _counted_by(ledger: Ledger, unit: str, spend: float, others: list[str],
@@ -480,11 +489,11 @@ def skellam_sensitivity(dimension: int) -> tuple[float, float, tuple[float, floa
 
 def _distributed_release(
     ledger: Ledger, keys: list[str], request: RoundRequest, policy: SitePolicy, dimension: int,
-    most_lost_alone: float,
 ) -> tuple[Release, list[int]]:
-    """The round's Skellam release and the units in it (``most_lost_alone``: ``alone_spend``
-    of the ledger as read, for the max-epsilon-alone bound). Every unit is in each full-batch sum,
-    so leaving units out changes nothing in the release: one pass of the filter is exact.
+    """The round's Skellam release and the units in it: those whose spend stays within
+    max-epsilon and whose own-noise spend (``Ledger.alone``) within max-epsilon-alone, the
+    lifetime filter applied to both accounts. Every unit is in each full-batch sum, so leaving
+    units out changes nothing in the release: one pass of the filter is exact.
 
     Every site plans the same common noise from public values (the run's target, its planned
     delta, rounds and the model's size) and adds its share of it; a site whose own budget, or
@@ -505,10 +514,6 @@ def _distributed_release(
     mu = share + others
     rdp = skellam_rdp(mu, l1, l2, ledger.order)
     rdp_alone = skellam_rdp(share, l1, l2, ledger.order)
-    trained = [i for i, key in enumerate(keys) if ledger.spend.get(key, 0.0) + rdp <= budget]
-    if not trained:
-        raise BudgetExhausted(f"every one of the site's {len(keys)} units has spent its budget "
-                              f"(max-epsilon {policy.max_epsilon:g})")
     # compared at the run's planned delta, not the site's own (a function of its unit count),
     # so that the decline, charged nothing, says nothing of the count (as ``_check_useful_noise``)
     _, order, reference_budget = _reference_budget(policy, request)
@@ -518,18 +523,27 @@ def _distributed_release(
                 _budget_text(ledger, policy, budget))
     released = sum(1 for r in ledger.releases if r.run == request.run_name)
     to_come = max(request.num_rounds - released, 1)  # this release counts, even past the plan
-    # the most any unit the ledger ever charged has lost, present or not, as read before this
-    # round's units carried their spends over: the units present would let a server read from
-    # the decline, free, whether its oldest unit (or a merged customer) was still there (found
-    # in review); a customer merged this round counts from its first charge on
-    alone = rdp_epsilon(most_lost_alone + to_come * rdp_alone, ledger.order, ledger.delta)
+    # a unit new to the site, over the run's releases to come: whether the share is too small
+    # for the run at all. Units that trained before are held to the bound by the filter below,
+    # each sitting out once at it; a decline counting them would tell the server, outside DP,
+    # what the ledger holds (found in review: whether the oldest unit was still there, whether
+    # a row had been given its customer's id), and one unit would stop the site for good
+    alone = rdp_epsilon(to_come * rdp_alone, ledger.order, ledger.delta)
     if alone > policy.max_epsilon_alone:
         raise PolicyRefusal(
             Reason.MODEL_REFUSED,
             f"the run's noise share ({request.cohort_size} sites, {request.tolerated_sites} "
-            f"tolerated) would take this site's own-noise epsilon to {alone:.3g}, above its "
-            f"max-epsilon-alone {policy.max_epsilon_alone:g}",
+            f"tolerated) would take the own-noise epsilon of a unit new to this site to "
+            f"{alone:.3g} over the run, above its max-epsilon-alone "
+            f"{policy.max_epsilon_alone:g}",
         )
+    alone_budget = rdp_budget(policy.max_epsilon_alone, ledger.delta, ledger.order)
+    trained = [i for i, key in enumerate(keys) if ledger.spend.get(key, 0.0) + rdp <= budget
+               and ledger.alone.get(key, 0.0) + rdp_alone <= alone_budget]
+    if not trained:
+        raise BudgetExhausted(f"every one of the site's {len(keys)} units has spent its budget "
+                              f"(max-epsilon {policy.max_epsilon:g}, or max-epsilon-alone "
+                              f"{policy.max_epsilon_alone:g})")
     release = replace(
         _release(request, math.sqrt(2 * mu) / l2, 1.0, 1, units=len(trained), rdp=rdp),
         accountant="rdp", privacy_model="distributed", skellam_mu=mu, skellam_mu_share=share,
@@ -563,21 +577,10 @@ def run_epsilons(releases: list[Release], delta: float) -> tuple[float, float]:
 
 
 def alone_spend(ledger: Ledger, keys: Iterable[str] | None = None) -> float:
-    """An upper bound on the Rényi DP any of ``keys`` has lost counting only this site's own
-    noise: its spend, plus what every distributed release the site made adds without the other
-    sites' shares (``_alone_extra``), plus its ``alone_excess`` (a customer that was several
-    units, whose releases the extra counts once each where the person was in them several
-    times; found in review: without it such a customer passed max-epsilon-alone at epsilon
-    alone 13.1 where the group bound was 15.9). ``keys`` None: every unit in the ledger."""
-    units = ledger.spend if keys is None else keys
-    return max((ledger.spend.get(key, 0.0) + ledger.alone_excess.get(key, 0.0) for key in units),
-               default=0.0) + _alone_extra(ledger)
-
-
-def _alone_extra(ledger: Ledger) -> float:
-    """What every distributed release adds to a unit's Rényi DP when only this site's own noise
-    share counts: what it costs alone less what it was charged."""
-    return sum(r.rdp_alone - r.rdp for r in ledger.releases if r.distributed)
+    """The largest Rényi DP any of ``keys`` has lost counting only this site's own noise
+    (``Ledger.alone``; ``keys`` None: every unit in the ledger)."""
+    units = ledger.alone if keys is None else keys
+    return max((ledger.alone.get(key, 0.0) for key in units), default=0.0)
 
 
 def _release(request: RoundRequest, noise: float, rate: float, steps: int, units: int,

@@ -17,8 +17,9 @@ nothing for the units already in it. It holds
   one unit (``privacy_budget.charge_round``);
 * ``aliases``: such spends recorded before the ledger recorded who recorded them (format 5 and
   older), each under its name alone; a name is moved to ``recorded`` when a unit records there;
-* ``alone_excess``: under distributed DP, for a customer that was several units, how much more
-  its site's own noise alone has cost it than its spend says (``privacy_budget.alone_spend``);
+* ``alone``: for every unit in ``spend``, its cumulative Rényi DP counting only the site's own
+  noise (under distributed DP, what the site's noise share alone costs it; under local DP the
+  same as ``spend``): what ``max-epsilon-alone`` bounds;
 * ``deletion_log``: how long the site's deletion log was when it last grew (its entry count and
   last hash; recorded at every charge, purge and erasure), so that a deletion log deleted or
   restored from an older copy, which would use erased customers' rows again, stops the site as
@@ -64,9 +65,11 @@ READ_FORMATS = ("fedintent-privacy-ledger/3", "fedintent-privacy-ledger/4",
 """Version 3 had no ``aliases`` and no deletion log's length; version 4 added them (and, from
 ceb9819, the ``version`` its MAC covers); version 5 is version 4 under a name that a release
 which cannot verify a ``version`` refuses as a newer format rather than as an edited ledger;
-version 6 adds ``recorded``, version 7 ``alone_excess`` (a release that would drop it, and so
+version 6 adds ``recorded``, version 7 ``alone`` (a release that would drop it, and so
 under-count a customer's epsilon alone, refuses the ledger as a newer format). Every older
-version is read and written back as the current one."""
+version is read and written back as the current one: a unit it holds starts its ``alone`` from
+its spend plus what every distributed release added without the other sites' shares, the bound
+those versions used."""
 LEDGER_FILE = "privacy-ledger.json"
 HEAD_FILE = "privacy-ledger.head"
 PRIVATE_FILE_MODE = 0o600
@@ -150,12 +153,11 @@ class Ledger:
     """name -> {the key of the unit that recorded its spend there: that spend}."""
     aliases: dict[str, float] = field(default_factory=dict)
     """name -> a spend recorded there by a unit the ledger did not name (format 5 and older)."""
-    alone_excess: dict[str, float] = field(default_factory=dict)
-    """unit key -> how much Rényi DP the site's own noise alone has cost the unit beyond its
-    ``spend`` plus every distributed release's own-noise extra (``privacy_budget.alone_spend``):
-    set when a customer that was several units joins under distributed DP, whose own-noise loss
-    grows by the group's square-root bound like its spend (``privacy_budget._carry_over``);
-    absent for every other unit (0)."""
+    alone: dict[str, float] = field(default_factory=dict)
+    """unit key -> its Rényi DP from this site's own noise only, at ``order``: charged each
+    distributed release's ``rdp_alone`` (each local one's ``rdp``) and carried over like
+    ``spend`` (``privacy_budget._carry_over``), so never below it. The guarantee left when the
+    server lies about the cohort or sites collude with it, which ``max-epsilon-alone`` bounds."""
     deletion_log: dict[str, int | str] = field(default_factory=dict)
     """``{"entries": n, "hash": h}`` of the deletion log when it last grew; empty before any."""
     version: int = 0
@@ -202,7 +204,7 @@ def read_ledger(state_dir: Path, secret: bytes) -> Ledger | None:
                               "log's length (edited)")
         written = int(document["format"].rsplit("/", 1)[1])
         for name, since, what in (("recorded", 6, "who recorded its aliases"),
-                                  ("alone_excess", 7, "its customers' excess epsilon alone")):
+                                  ("alone", 7, "its units' own-noise spends")):
             if written < since and name in document:
                 raise LedgerError(f"{path}: a ledger of format {document['format']!r} cannot "
                                   f"hold {what} (edited)")
@@ -220,8 +222,7 @@ def read_ledger(state_dir: Path, secret: bytes) -> Ledger | None:
             recorded={str(name): {str(k): float(v) for k, v in dict(by).items()}
                       for name, by in dict(document.get("recorded", {})).items()},
             aliases={str(k): float(v) for k, v in dict(document.get("aliases", {})).items()},
-            alone_excess={str(k): float(v)
-                          for k, v in dict(document.get("alone_excess", {})).items()},
+            alone={str(k): float(v) for k, v in dict(document.get("alone", {})).items()},
             deletion_log=_deletion_log_from(document.get("deletion_log", {})),
             version=version,
         )
@@ -267,7 +268,21 @@ def read_ledger(state_dir: Path, secret: bytes) -> Ledger | None:
                 and release.steps > 0 and release.rdp > 0
                 and (not release.distributed or release.rdp_alone >= release.rdp > 0)):
             raise LedgerError(f"{path}: invalid release in ledger: {release}")
+    extra = own_noise_extra(releases)
+    for key, spend in ledger.spend.items():  # a unit charged before format 7 kept no ``alone``
+        ledger.alone.setdefault(key, spend + extra)
+        if not ledger.alone[key] >= spend:
+            raise LedgerError(f"{path}: a unit's own-noise spend is below its spend (edited); "
+                              "the site does not train until the ledger is restored from a "
+                              "backup")
     return ledger
+
+
+def own_noise_extra(releases: list[Release]) -> float:
+    """What the ledger's distributed releases add to a unit's Rényi DP, together, when only the
+    site's own noise share counts (each one's ``rdp_alone`` less its ``rdp``): the most a unit
+    can have lost alone beyond its spend, for a unit charged before ``alone`` was kept."""
+    return sum(r.rdp_alone - r.rdp for r in releases if r.distributed)
 
 
 def _unknown_format(path: Path, document: object) -> str:
@@ -308,7 +323,7 @@ def write_ledger(state_dir: Path, ledger: Ledger, secret: bytes) -> None:
         "spend": ledger.spend,
         "recorded": ledger.recorded,
         "aliases": ledger.aliases,
-        "alone_excess": ledger.alone_excess,
+        "alone": ledger.alone,
         "deletion_log": ledger.deletion_log,
         "version": ledger.version,
         "mac": document_mac,
@@ -480,7 +495,7 @@ def _canonical(value: object) -> str:
 def _document_mac(secret: bytes, ledger: Ledger, last_release_mac: str) -> str:
     """A MAC over the ledger's settings and a digest of its spends; with the aliases' digest
     once it has any (a version 3 ledger, which has none, verifies unchanged; deleting a version
-    4 ledger's aliases changes the MAC), the recorded aliases' and the excesses alone likewise,
+    4 ledger's aliases changes the MAC), the recorded aliases' and the own-noise spends likewise,
     and its version once that is not its release count (a ledger written before versions
     verifies unchanged; deleting the field changes the MAC)."""
     spend_digest = hashlib.sha256(_canonical(ledger.spend).encode()).hexdigest()
@@ -490,9 +505,8 @@ def _document_mac(secret: bytes, ledger: Ledger, last_release_mac: str) -> str:
         summary["aliases"] = hashlib.sha256(_canonical(ledger.aliases).encode()).hexdigest()
     if ledger.recorded:
         summary["recorded"] = hashlib.sha256(_canonical(ledger.recorded).encode()).hexdigest()
-    if ledger.alone_excess:
-        summary["alone_excess"] = hashlib.sha256(
-            _canonical(ledger.alone_excess).encode()).hexdigest()
+    if ledger.alone:
+        summary["alone"] = hashlib.sha256(_canonical(ledger.alone).encode()).hexdigest()
     if ledger.deletion_log:
         summary["deletion_log"] = ledger.deletion_log
     if ledger.version != len(ledger.releases):

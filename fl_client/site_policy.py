@@ -35,9 +35,9 @@ tolerated-sites        ``min-tolerated-sites`` (default 1): sites  below it, or 
 the secure sum's       (distributed) sum over exactly the cohort   threshold below cohort -
 setup (distributed)    the noise share was planned for             tolerated-sites, or another
                                                                    cohort (``secure_aggregation``)
-epsilon alone          ``max-epsilon-alone`` (default 50): the     above it, over the site's
-(distributed)          epsilon of the site's own noise share,      whole history
-                       if all other sites collude
+epsilon alone          ``max-epsilon-alone`` (default 50): the     above it over the run for a
+(distributed)          epsilon of the site's own noise share,      unit new to the site; a
+                       if all other sites collude, per unit        unit at it sits out
 target-epsilon vs the  ``max-noise-ratio`` (default 2): the most   the noise the budget needs
 site's budget          noise the site adds relative to the run's   is above it (the round would
                        plan for its target-epsilon                 be mostly noise)
@@ -162,8 +162,10 @@ class SitePolicy:
         missing from the sum or colluding with the server while the sum still carries the full
         planned noise; a run that tolerates fewer is refused.
     max_epsilon_alone: under distributed DP, the most epsilon the site's own noise shares may
-        amount to over its whole history: the guarantee it keeps if every other site colludes
-        with the server (or the server lies about the cohort). Checked before every round.
+        amount to for any one unit over the site's whole history: the guarantee it keeps if
+        every other site colludes with the server (or the server lies about the cohort). Each
+        unit is held to it by the lifetime filter before every release, as to ``max_epsilon``;
+        a run whose share would take a unit new to the site past it is refused.
     max_noise_ratio: the most the noise the site's budget needs may exceed the run's planned
         noise (both as standard deviations) before the site declines the round, charging nothing
         (``DEFAULT_MAX_NOISE_RATIO``).

@@ -10,12 +10,14 @@ unit recorded under count as that one unit when a form comes back (``privacy_bud
 
 import json
 import math
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 
 import fl_client.client_app as client_app
+from fl_client.privacy_accounting import rdp_epsilon
 from fl_client.privacy_budget import alone_spend, charge_round
 from fl_client.privacy_ledger import read_ledger, unit_key, write_ledger
 from fl_client.privacy_units import unit_aliases
@@ -199,7 +201,7 @@ def test_a_format_5_alias_is_recorded_by_the_unit_that_charges_under_it(tmp_path
 
 def charge_rows(state_dir, server_round: int,
                 rows: list[tuple[str | None, str, tuple[str, ...]]],
-                privacy_model: str = "local") -> None:
+                privacy_model: str = "local", policy: SitePolicy = POLICY) -> None:
     """Charge a full-batch round over ``rows`` (customer id or None, row id, the row's other
     names) and 30 other customers, as the ClientApp does under the customer unit
     (``privacy_model`` "distributed": a Skellam sum of 10 sites, 2 of them tolerated)."""
@@ -212,7 +214,7 @@ def charge_rows(state_dir, server_round: int,
                            privacy_unit="customer", clip_norm=1.0, batch_size=4096,
                            local_epochs=1, privacy_model=privacy_model, cohort_size=10,
                            tolerated_sites=2, plan_delta=1e-5)
-    charge_round(state_dir, list(dict.fromkeys(units)), request, POLICY, dimension=1000,
+    charge_round(state_dir, list(dict.fromkeys(units)), request, policy, dimension=1000,
                  aliases=unit_aliases("customer", units, ids, [a for _, _, a in rows],
                                       customers))
 
@@ -257,6 +259,33 @@ def test_a_row_joining_its_customer_under_distributed_dp_is_a_group_in_its_epsil
     assert alone_spend(book, [customer]) == pytest.approx(14 * one_sum, rel=1e-9)
     assert spend(tmp_path, "A-1") == pytest.approx(14 / 5 * spend(tmp_path, "other-0"), rel=1e-9)
     assert alone_spend(book) == alone_spend(book, [customer])  # the max-epsilon-alone check's
+
+
+def test_a_customer_its_join_takes_past_max_epsilon_alone_sits_out_and_the_site_trains_on(
+        tmp_path):
+    """Found in review: max-epsilon-alone was checked, for the whole site, against the largest
+    own-noise spend the ledger held before the round, so a customer that joined in a round
+    trained in it past the bound, and from the next round on the site declined every
+    distributed round for good, telling the server outside DP that a row had been given its
+    customer's id. Each unit is held to the bound as to max-epsilon: the customer sits out from
+    the round it joins in, and the site trains on."""
+    create_site_secret(tmp_path)
+    for server_round in (1, 2, 3):
+        charge_rows(tmp_path, server_round, [("A-1", "id:a", ()), (None, "id:x", ())],
+                    "distributed")
+    secret = site_secret(tmp_path)
+    book = read_ledger(tmp_path, secret)
+    customer, other = (unit_key(secret, f"customer\0{unit}") for unit in ("A-1", "other-0"))
+    one_sum = alone_spend(book, [other]) / 3
+    # between the others' 5 sums and the customer's 12 as a group
+    bound = replace(POLICY, max_epsilon_alone=rdp_epsilon(8 * one_sum, book.order, book.delta))
+    for server_round in (4, 5):
+        charge_rows(tmp_path, server_round, [("A-1", "id:a", ()), ("A-1", "id:x", ())],
+                    "distributed", bound)
+    book = read_ledger(tmp_path, secret)
+    assert alone_spend(book, [customer]) == pytest.approx(12 * one_sum, rel=1e-9)
+    assert alone_spend(book, [other]) == pytest.approx(5 * one_sum, rel=1e-9)
+    assert [release.units for release in book.releases[3:]] == [30, 30]
 
 
 def test_a_record_made_before_a_unit_trained_again_does_not_count_it(tmp_path):

@@ -755,24 +755,27 @@ def test_the_server_refuses_a_distributed_run_that_cannot_carry_the_guarantee(ov
 
 def test_a_round_asked_past_its_plan_still_counts_against_max_epsilon_alone(tmp_path):
     """A run's releases past its planned rounds (a replay, or rounds a resume trains again) add
-    the site's own-noise spend like any other: a bound the planned rounds just met refuses one
-    more release."""
+    the site's own-noise spend like any other: under a bound the planned rounds just met, every
+    unit sits out one more release, and a unit new to the site takes part in it."""
     small = distributed_request(1, cohort_size=3, tolerated_sites=1)
     charges = [charge_round(tmp_path, UNITS, replace(small, server_round=r), POLICY, HEAD_DIM)
                for r in (1, 2, 3)]
     met = replace(POLICY, max_epsilon_alone=charges[-1].epsilon_alone_all_runs * 1.001)
-    with pytest.raises(PolicyRefusal) as refused:
+    with pytest.raises(BudgetExhausted, match="max-epsilon-alone"):
         charge_round(tmp_path, UNITS, replace(small, server_round=3), met, HEAD_DIM)
-    assert refused.value.reason == Reason.MODEL_REFUSED
     assert len(read_ledger(tmp_path, site_secret(tmp_path)).releases) == 3
+    again = charge_round(tmp_path, [*UNITS, "new"], replace(small, server_round=3), met,
+                         HEAD_DIM)
+    assert again.trained == [len(UNITS)]
 
 
-def test_the_max_epsilon_alone_decline_does_not_tell_whether_the_oldest_unit_is_still_there(
+def test_the_max_epsilon_alone_bound_does_not_tell_whether_the_oldest_unit_is_still_there(
         tmp_path):
     """Found in review: the bound counted the spend of the units present, so a run just past it
     was declined, charged nothing, while the longest-present unit remained and charged once it
-    had been erased: a free probe, repeatable, of an erasure or an expiry. It counts the most
-    any unit the ledger charged has spent, present or not."""
+    had been erased: a free probe, repeatable, of an erasure or an expiry. The site declines
+    only a run too much for a unit new to it; a unit the run would take past the bound sits
+    out, so the oldest unit's presence changes nothing the server sees."""
     small = distributed_request(1, cohort_size=4, tolerated_sites=1)
     create_site_secret(tmp_path / "before")
     for server_round in (1, 2, 3):
@@ -789,12 +792,12 @@ def test_the_max_epsilon_alone_decline_does_not_tell_whether_the_oldest_unit_is_
     for present in (["old", *newcomers], newcomers):  # "old" still there, or erased
         state = tmp_path / f"after-{len(present)}"
         shutil.copytree(tmp_path / "before", state)
-        try:
-            charge_round(state, present, later, bound, HEAD_DIM)
-            outcomes.append("charged")
-        except PolicyRefusal as refused:
-            outcomes.append(refused.reason)
-    assert outcomes == [Reason.MODEL_REFUSED] * 2
+        charge = charge_round(state, present, later, bound, HEAD_DIM)
+        [release] = [r for r in read_ledger(state, site_secret(state)).releases
+                     if r.run == "run-later"]
+        outcomes.append((charge.noise_multiplier, release.units, len(charge.trained)))
+        assert "old" not in [present[i] for i in charge.trained]
+    assert outcomes[0] == outcomes[1]
 
 
 def test_a_bound_the_planned_rounds_just_meet_lets_each_of_them_through(tmp_path):
@@ -810,11 +813,15 @@ def test_a_bound_the_planned_rounds_just_meet_lets_each_of_them_through(tmp_path
         charge_round(tmp_path / "site", UNITS, replace(small, server_round=server_round), met,
                      HEAD_DIM)
     assert len(read_ledger(tmp_path / "site", site_secret(tmp_path / "site")).releases) == 3
-    # and a bound just short of them refuses the second round, counting the two to come
-    charge_round(tmp_path / "short", UNITS, small, POLICY, HEAD_DIM)
+    # and a bound just short of them refuses the run for a unit new to the site, and, for
+    # units that trained, lets them train until the last round, which they sit out
     short = replace(POLICY, max_epsilon_alone=probe[-1].epsilon_alone_all_runs * 0.999)
     with pytest.raises(PolicyRefusal):
-        charge_round(tmp_path / "short", UNITS, replace(small, server_round=2), short, HEAD_DIM)
+        charge_round(tmp_path / "short", UNITS, small, short, HEAD_DIM)
+    charge_round(tmp_path / "short", UNITS, small, POLICY, HEAD_DIM)
+    charge_round(tmp_path / "short", UNITS, replace(small, server_round=2), short, HEAD_DIM)
+    with pytest.raises(BudgetExhausted):
+        charge_round(tmp_path / "short", UNITS, replace(small, server_round=3), short, HEAD_DIM)
 
 
 def test_a_distributed_round_leaves_out_the_units_whose_budget_is_spent(tmp_path):

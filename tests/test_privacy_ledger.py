@@ -5,6 +5,7 @@ import logging
 import math
 import shutil
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -53,6 +54,7 @@ def charged(ledger: Ledger, rel: Release, units: list[str]) -> Ledger:
     for unit in units:
         key = unit_key(SECRET, unit)
         ledger.spend[key] = ledger.spend.get(key, 0.0) + rel.rdp
+        ledger.alone[key] = ledger.alone.get(key, 0.0) + rel.rdp
     ledger.releases.append(rel)
     return ledger
 
@@ -198,12 +200,20 @@ def test_a_missing_head_is_refused(state):
         read_ledger(state, SECRET)
 
 
+def without_own_noise_spends(state) -> None:
+    """Rewrite the ledger without ``alone``, as every format before 7 was written."""
+    ledger = read_ledger(state, SECRET)
+    ledger.alone = {}
+    write_ledger(state, ledger, SECRET)
+
+
 def test_a_version_3_ledger_reads_as_one_without_aliases_and_aliases_are_macd(state):
     path = state / LEDGER_FILE
+    without_own_noise_spends(state)
     document = json.loads(path.read_text())
     assert document["format"] == FORMAT and document["aliases"] == {}
     older = {k: v for k, v in document.items()
-             if k not in ("aliases", "recorded", "alone_excess", "deletion_log")} | {
+             if k not in ("aliases", "recorded", "alone", "deletion_log")} | {
         "format": "fedintent-privacy-ledger/3"}
     path.write_text(json.dumps(older))
     assert read_ledger(state, SECRET).aliases == {}
@@ -214,7 +224,7 @@ def test_a_version_3_ledger_reads_as_one_without_aliases_and_aliases_are_macd(st
     document = json.loads(path.read_text())
     for edited in ({**document, "aliases": {}}, {**document, "aliases": {"k": 0.0}},
                    {**{k: v for k, v in document.items()
-                       if k not in ("aliases", "recorded", "alone_excess", "deletion_log")},
+                       if k not in ("aliases", "recorded", "alone", "deletion_log")},
                     "format": "fedintent-privacy-ledger/3"}):
         path.write_text(json.dumps(edited))
         with pytest.raises(LedgerError, match="edited"):
@@ -239,32 +249,55 @@ def test_who_recorded_each_alias_is_macd_and_only_format_6_holds_it(state):
         path.write_text(json.dumps(edited))
         with pytest.raises(LedgerError, match="edited"):
             read_ledger(state, SECRET)
-    path.write_text(json.dumps({k: v for k, v in document.items() if k != "alone_excess"}
+    path.write_text(json.dumps({k: v for k, v in document.items() if k != "alone"}
                                | {"format": "fedintent-privacy-ledger/5"}))
     with pytest.raises(LedgerError, match="cannot hold who recorded its aliases"):
         read_ledger(state, SECRET)
 
 
-def test_a_customers_excess_epsilon_alone_is_macd_and_only_format_7_holds_it(state):
-    """The excess alone is what keeps a customer that was several units under its site's
-    max-epsilon-alone; edited or removed it would let the site's own noise cost them more than
-    the bound, so it is MACed, and a ledger relabelled as format 6 (which the release before it
-    reads without it) is refused rather than read with it dropped."""
+def test_own_noise_spends_are_macd_and_only_format_7_holds_them(state):
+    """A unit's own-noise spend is what max-epsilon-alone holds it to; edited or removed it
+    would let the site's own noise cost the unit more than the bound, so it is MACed, never
+    below the spend, and a ledger relabelled as format 6 (which the release before it reads
+    without it) is refused rather than read with it dropped."""
+    key = unit_key(SECRET, "u1")
     ledger = read_ledger(state, SECRET)
-    ledger.alone_excess["u1"] = 0.5
-    write_ledger(state, charged(ledger, release("c", 1), ["u1"]), SECRET)
-    assert read_ledger(state, SECRET).alone_excess == {"u1": 0.5}
+    assert ledger.alone == ledger.spend  # local releases: the site's noise is all the noise
+    ledger.alone[key] += 0.5
+    write_ledger(state, ledger, SECRET)
+    assert read_ledger(state, SECRET).alone[key] == ledger.spend[key] + 0.5
     path = state / LEDGER_FILE
     document = json.loads(path.read_text())
-    for edited in ({**document, "alone_excess": {}}, {**document, "alone_excess": {"u1": 0.25}},
-                   {**document, "alone_excess": {"u2": 0.5}},
-                   {k: v for k, v in document.items() if k != "alone_excess"}):
+    moved = {other: spend for other, spend in document["alone"].items() if other != key}
+    for edited in ({**document, "alone": {}}, {**document, "alone": moved},
+                   {**document, "alone": {**document["alone"], key: 0.75}},
+                   {k: v for k, v in document.items() if k != "alone"}):
         path.write_text(json.dumps(edited))
         with pytest.raises(LedgerError, match="edited"):
             read_ledger(state, SECRET)
     path.write_text(json.dumps(document | {"format": "fedintent-privacy-ledger/6"}))
-    with pytest.raises(LedgerError, match="cannot hold its customers' excess epsilon alone"):
+    with pytest.raises(LedgerError, match="cannot hold its units' own-noise spends"):
         read_ledger(state, SECRET)
+    path.write_text(json.dumps(document))
+    ledger = read_ledger(state, SECRET)
+    ledger.alone[key] = ledger.spend[key] / 2  # below its spend, with a MAC that verifies
+    write_ledger(state, ledger, SECRET)
+    with pytest.raises(LedgerError, match="own-noise spend is below its spend"):
+        read_ledger(state, SECRET)
+
+
+def test_a_ledger_from_before_format_7_starts_each_unit_alone_from_the_bound_it_used(state):
+    """Format 6 kept no own-noise spend: each unit starts from its spend plus what every
+    distributed release added without the other sites' shares, the bound it stated."""
+    without_own_noise_spends(state)
+    ledger = read_ledger(state, SECRET)
+    ledger.releases.append(replace(release("d", 1), privacy_model="distributed", sample_rate=1.0,
+                                   rdp=0.25, rdp_alone=2.25, skellam_mu=100.0,
+                                   skellam_mu_share=12.5, l1=1.0, l2=1.0))
+    ledger.alone = {}
+    write_ledger(state, ledger, SECRET)
+    ledger = read_ledger(state, SECRET)
+    assert ledger.alone == {key: spend + 2.0 for key, spend in ledger.spend.items()}
 
 
 def test_the_recorded_deletion_log_length_is_macd(state):
@@ -345,12 +378,13 @@ def test_a_version_4_ledger_with_a_rewrite_count_reads_and_is_written_as_the_cur
     moved to 5 so that a release which cannot verify it names a newer format instead."""
     ledger = read_ledger(state, SECRET)
     ledger.deletion_log = {"entries": 1, "hash": "cd" * 32}
+    ledger.alone = {}
     write_ledger(state, ledger, SECRET)
     document = json.loads((state / LEDGER_FILE).read_text())
     assert document["format"] == FORMAT
     assert document["version"] != len(document["releases"])
     rewrite(state, lambda doc: doc.update(format="fedintent-privacy-ledger/4")
-            or doc.pop("recorded") or doc.pop("alone_excess"))  # as format 4 wrote it
+            or doc.pop("recorded") or doc.pop("alone"))  # as format 4 wrote it
     ledger = read_ledger(state, SECRET)
     assert ledger.version == document["version"]
     write_ledger(state, charged(ledger, release("c", 1), ["u1"]), SECRET)
