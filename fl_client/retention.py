@@ -226,8 +226,9 @@ def purge(site_dir: Path, state_dir: Path, retention_days: float, actor: str,
     A row leaves the data folder only if it has expired by this clock too: "now" for use is
     never earlier than the log's newest entry, and one purge stamped while the clock ran ahead
     would otherwise delete, for good, rows still within the retention (found in review)."""
-    site_secret(state_dir)  # a site's state folder, set up: never a stray or lost one remade
+    secret = site_secret(state_dir)  # a site's state folder, set up: never a stray one remade
     with state_lock(state_dir):
+        _refuse_an_older_log(state_dir, secret)
         policy = row_policy(state_dir, retention_days, now)
         rejected: list[RejectedRow] = []
         train, test = read_rows(site_dir, rejected)
@@ -283,7 +284,7 @@ def forget(site_dir: Path, state_dir: Path, customer: str, retention_days: float
         raise ValueError("the customer id is empty")
     secret = site_secret(state_dir)  # a site's state folder, set up: never a stray one remade
     with state_lock(state_dir):
-        _log_entries(state_dir, secret)  # refuse to extend a broken log
+        _refuse_an_older_log(state_dir, secret)
         rejected: list[RejectedRow] = []
         try:
             train, test = read_rows(site_dir, rejected)
@@ -488,6 +489,27 @@ def _append(state_dir: Path, secret: bytes, event: str, fields: dict) -> tuple[d
         ledger.deletion_log = {"entries": int(entry["seq"]), "hash": str(entry["hash"])}
         write_ledger(Path(state_dir), ledger, secret)
     return entry, ""
+
+
+def _refuse_an_older_log(state_dir: Path, secret: bytes) -> None:
+    """Refuse to extend a deletion log that is broken, or older than the one the privacy ledger
+    recorded: an entry appended there would be lost when the log is repaired as the guide says,
+    by restoring the newest copy over it (found in review: an erasure recorded so, and reported
+    done, was undone by that repair, and a scheduled purge added an entry each time). The site
+    reads no row until the log is repaired, so nothing is used meanwhile. A ledger that does
+    not read leaves the log as it is: its repair restores the whole folder, and ``forget`` then
+    says to run it again."""
+    entries = _log_entries(state_dir, secret)
+    try:
+        ledger = read_ledger(Path(state_dir), secret)
+    except LedgerError:
+        return
+    problem = deletion_log_problem(entries, ledger.deletion_log) if ledger else None
+    if problem:
+        raise RetentionError(
+            f"{problem}; nothing is recorded or removed. Restore the deletion log and its head "
+            "from the newest copy (docs/SITE_GUIDE.md, \"Only the deletion log is older\"), "
+            "then run this again")
 
 
 def _has_log(state_dir: Path) -> bool:

@@ -326,6 +326,8 @@ def test_a_ledger_that_cannot_record_the_deletion_is_said(site, capsys, command)
     assert code == 2 and "logged: entry" in out, out + err
     assert "could not record the deletion log's new length" in err, err
     assert "not a fedintent privacy ledger" in err
+    # restored from a backup, the folder's log would lack this erasure (found in review)
+    assert ("run this forget again" in err) == (command == "forget")
 
 
 def test_deleting_from_data_keeps_each_files_owner_or_refuses(site, capsys, monkeypatch):

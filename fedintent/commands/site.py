@@ -182,7 +182,9 @@ def run_forget(args: argparse.Namespace) -> int:
     if erasure.deletion.ledger_problem:  # found in review: it was not said
         raise CliError(f"the erasure above is recorded and done, but the privacy ledger could "
                        f"not record the deletion log's new length, so the site does not train "
-                       f"until it reads again: {erasure.deletion.ledger_problem}")
+                       f"until it reads again: {erasure.deletion.ledger_problem}. If you "
+                       "restore the state folder from a backup, run this forget again: the "
+                       "backup's deletion log does not hold it")
     if erasure.ledger_problem:
         raise CliError(f"the erasure above is recorded and done, but the privacy ledger could "
                        f"not be read to report the spend it keeps of theirs: "
