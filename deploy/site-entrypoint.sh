@@ -276,8 +276,11 @@ export FLWR_TELEMETRY_ENABLED=0 FLWR_DISABLE_UPDATE_CHECK=1 \
 if [ "$PURGE_INTERVAL_HOURS" -gt 0 ]; then
     # The retention policy between rounds (the ClientApp also purges before each training
     # round); it lives as long as the SuperNode this shell becomes.
-    set -- "$DATA_DIR" --state-dir "$STATE_DIR"
-    [ -z "${RETENTION_DAYS:-}" ] || set -- "$@" --retention-days "$RETENTION_DAYS"
+    # unset: the ClientApp's default, not what a purge run by hand last recorded (found in
+    # review: a one-off `purge --retention-days inf` made every scheduled purge keep all rows)
+    retention=${RETENTION_DAYS:-$(python -c \
+        'from fl_protocol.wire import DEFAULT_RETENTION_DAYS; print(DEFAULT_RETENTION_DAYS)')}
+    set -- "$DATA_DIR" --state-dir "$STATE_DIR" --retention-days "$retention"
     (
         while :; do
             fedintent purge "$@" || echo "site-entrypoint: scheduled purge failed (see above);" \

@@ -338,17 +338,27 @@ def test_arguments_to_the_entrypoint_are_refused(tmp_path):
     assert "takes no arguments (got: --insecure)" in result.stderr
 
 
-def test_the_site_container_purges_on_schedule_from_the_start(tmp_path):
+@pytest.mark.parametrize("retention", ["30", "unset, after a purge by hand of no limit"])
+def test_the_site_container_purges_on_schedule_from_the_start(tmp_path, retention):
     """The entrypoint starts `fedintent purge` in the background before the SuperNode. Here a
-    stand-in `fedintent-supernode` on PATH waits for the purge's deletion-log entry, then exits."""
-    env = stand_in_site(tmp_path, 'while [ ! -s "$STATE_DIR/deletions.jsonl" ]; do sleep 0.2; '
-                                  "done\n", RETENTION_DAYS="30")
+    stand-in `fedintent-supernode` on PATH waits for the purge's deletion-log entry, then exits.
+    Unset, RETENTION_DAYS is the ClientApp's default, 30, whatever a purge run by hand last
+    recorded (found in review: after a one-off `--retention-days inf`, every scheduled purge
+    kept every row)."""
+    earlier = 0 if retention == "30" else 1
+    env = stand_in_site(tmp_path, f'while [ "$(cat "$STATE_DIR/deletions.jsonl" 2>/dev/null '
+                                  f'| wc -l)" -le {earlier} ]; do sleep 0.2; done\n',
+                        **({"RETENTION_DAYS": "30"} if retention == "30" else {}))
     data, state = tmp_path / "data", tmp_path / "state"
     now = datetime.now(UTC)
     (data / "train.jsonl").write_text("".join(json.dumps(
         {"conversation_id": f"c{age}", "text": f"lost my card {age}", "label": "card_lost",
          "timestamp": (now - timedelta(days=age)).isoformat()}) + "\n" for age in (1, 40)))
     initialise_state(env)
+    if earlier:
+        subprocess.run([sys.executable, "-m", "fedintent.cli", "purge", str(data), "--state-dir",
+                        str(state), "--retention-days", "inf"], env=env, capture_output=True,
+                       timeout=300, check=True)
     with open(tmp_path / "site.log", "wb") as log:
         site = subprocess.Popen([str(REPO / "deploy" / "site-entrypoint.sh")], env=env,
                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -357,7 +367,9 @@ def test_the_site_container_purges_on_schedule_from_the_start(tmp_path):
     finally:
         with contextlib.suppress(ProcessLookupError):  # the purge loop, asleep for 24 h
             os.killpg(site.pid, signal.SIGKILL)
-    [entry] = [json.loads(line) for line in (state / "deletions.jsonl").read_text().splitlines()]
+    *_, entry = [json.loads(line) for line in
+                 (state / "deletions.jsonl").read_text().splitlines()]
+    assert entry["seq"] == earlier + 1
     assert entry["event"] == "purge" and entry["actor"].startswith("fedintent purge")
     assert entry["retention_days"] == 30 and entry["rows_not_used"] == {"expired": 1}
 
