@@ -237,9 +237,13 @@ def read_ledger(state_dir: Path, secret: bytes) -> Ledger | None:
     for number, (release, record) in enumerate(zip(releases, records, strict=True), start=1):
         expected = ledger_mac(secret, previous, _canonical(_stored(release)))
         if not hmac.compare_digest(expected, str(record.get("mac", ""))):
+            secret_hint = (" (or site-secret is not the one that signed it: a secret restored "
+                           "from another site or from another copy than the ledger; restore "
+                           "the two from one copy)" if number == 1 else "")
             raise LedgerError(
-                f"{path}: release {number} does not verify (edited, reordered or inserted); "
-                "the site does not train until the ledger is restored from a backup"
+                f"{path}: release {number} does not verify (edited, reordered or inserted)"
+                f"{secret_hint}; the site does not train until the ledger is restored from a "
+                "backup"
             )
         previous = expected
     document_mac = _document_mac(secret, ledger, previous)

@@ -165,7 +165,10 @@ def test_tampered_ledger_is_refused(state, tamper):
 
 
 def test_a_ledger_does_not_verify_under_another_site_secret(state):
-    with pytest.raises(LedgerError):
+    """And says that the secret may be the wrong one (found in review: another site's secret,
+    restored from the wrong backup, read as an edited ledger, whose restore cannot help)."""
+    with pytest.raises(LedgerError, match="release 1 does not verify.*site-secret is not the "
+                                          "one that signed it"):
         read_ledger(state, b"t" * 32)
 
 

@@ -364,3 +364,19 @@ def test_deleting_from_data_keeps_each_files_owner_or_refuses(site, capsys, monk
     assert code == 2 and f"{train} belongs to uid {OTHER_UID}" in err, out + err
     assert "delete the rows at the source, or make the site's account the file's owner" in err
     assert "cust-2" in train.read_text()
+
+
+def test_forget_in_a_state_folder_no_site_trained_with_says_it_may_be_the_wrong_one(site,
+                                                                                    capsys):
+    """Found in review: forget into another, initialised state folder (a host with two sites,
+    a stale copy) recorded the erasure there and exited 0, while the site kept using the rows."""
+    data, state = site
+    other = state.parent / "other-state"
+    assert run(capsys, "init-site", "--state-dir", str(other))[0] == 0
+    code, out, err = run(capsys, "forget", "--site", str(data), "--customer", "cust-1",
+                         "--state-dir", str(other))
+    assert code == 0 and "erasure recorded: 2 rows" in out
+    assert f"warning: {other} holds no privacy ledger, so no site has trained with it" in err
+    code, out, err = run(capsys, "forget", "--site", str(data), "--customer", "cust-1",
+                         "--state-dir", str(state))
+    assert code == 0 and "holds no spend of theirs" in out and "warning" not in err

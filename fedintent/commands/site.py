@@ -143,6 +143,7 @@ def run_purge(args: argparse.Namespace) -> int:
 
 
 def run_forget(args: argparse.Namespace) -> int:
+    from fl_client.privacy_ledger import LEDGER_FILE
     from fl_client.retention import forget, who_deletes
     from fl_client.site_secret import KEYED_FILES, SECRET_FILE
 
@@ -193,8 +194,13 @@ def run_forget(args: argparse.Namespace) -> int:
         print(f"privacy ledger: keeps the spend of their {erasure.ledger_units} privacy unit(s) "
               f"(largest lifetime epsilon {erasure.ledger_epsilon:.3g}); a returning customer "
               "is not a fresh unit")
-    else:
+    elif (state_dir / LEDGER_FILE).exists():
         print("privacy ledger: holds no spend of theirs (never trained on)")
+    else:  # found in review: a wrong, initialised folder took the erasure, and exit 0 said done
+        print(f"warning: {state_dir} holds no privacy ledger, so no site has trained with it: "
+              "if this site has trained, its --state-dir is another folder (as its node config "
+              "names it), where this erasure is not recorded; run forget again there",
+              file=sys.stderr)
     if erasure.rejected_mentions:
         shown = ", ".join(erasure.rejected_mentions[:10])
         more = len(erasure.rejected_mentions) - 10
