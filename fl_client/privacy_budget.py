@@ -397,21 +397,22 @@ def _check_against_ledger(ledger: Ledger, request: RoundRequest) -> None:
 
 def _tighten_delta(ledger: Ledger, delta: float, policy: SitePolicy) -> None:
     """Lower the ledger's lifetime delta to ``delta`` if every unit's spend fits the budget
-    there; otherwise keep it, and say so in the site's log.
+    there, and its own-noise spend max-epsilon-alone; otherwise keep it, and say so in the
+    site's log.
 
     The delta is fixed when the ledger begins, from the units the site held then (or, when its
     first release was a DP evaluation, the evaluation's delta, 1e-5): a site that grows past
     1 / (10 x delta) units would state every guarantee at a delta its size makes too large. A
     Rényi filter stays sound when its budget shrinks, as long as no unit has spent past the new
     one: the order is kept, and from here on every unit stays within ``max-epsilon`` at the
-    lower delta. Spends without DP (infinite, no guarantee at any delta) do not count.
+    lower delta. Spends without DP (infinite, no guarantee at any delta) do not count (found in
+    review: an infinite own-noise spend kept a site at its old delta for good).
     """
     budget = rdp_budget(policy.max_epsilon, delta, ledger.order)
     finite = [spend for spend in ledger.spend.values() if math.isfinite(spend)]
-    alone = rdp_epsilon(alone_spend(ledger), ledger.order, delta)
-    if max(finite, default=0.0) <= budget and (
-            not any(r.distributed for r in ledger.releases)
-            or alone <= policy.max_epsilon_alone):
+    alone = rdp_epsilon(max(filter(math.isfinite, ledger.alone.values()), default=0.0),
+                        ledger.order, delta)
+    if max(finite, default=0.0) <= budget and alone <= policy.max_epsilon_alone:
         log(INFO, "this site's units outgrew its ledger's delta %g: lifetime guarantees are "
             "stated at delta %g from now on (every unit's spend fits max-epsilon %g there)",
             ledger.delta, delta, policy.max_epsilon)
@@ -431,6 +432,7 @@ def _filtered_release(
     are exactly those the release's sample rate was computed for (``empty_ok``: possibly
     none, planned as for one unit)."""
     budget = rdp_budget(policy.max_epsilon, ledger.delta, ledger.order)
+    alone_budget = rdp_budget(policy.max_epsilon_alone, ledger.delta, ledger.order)
     _check_useful_noise(ledger, request, policy, budget)
     trained = list(range(len(keys)))
     while True:
@@ -445,7 +447,8 @@ def _filtered_release(
         noise = plan_run_noise(request.target_epsilon, request.delta, rate, run_steps,
                                request.accountant, ledger.order, budget)
         rdp = release_rdp(noise, rate, steps, ledger.order)
-        fits = [i for i in trained if ledger.spend.get(keys[i], 0.0) + rdp <= budget]
+        fits = [i for i in trained if ledger.spend.get(keys[i], 0.0) + rdp <= budget
+                and ledger.alone.get(keys[i], 0.0) + rdp <= alone_budget]  # its noise is all
         if len(fits) == len(trained):
             return _release(request, noise, rate, steps, units=len(fits), rdp=rdp), fits
         trained = fits
@@ -516,8 +519,9 @@ def _distributed_release(
     rdp_alone = skellam_rdp(share, l1, l2, ledger.order)
     # compared at the run's planned delta, not the site's own (a function of its unit count),
     # so that the decline, charged nothing, says nothing of the count (as ``_check_useful_noise``)
-    _, order, reference_budget = _reference_budget(policy, request)
-    within_reference = skellam_mu_within_rdp(l1, l2, request.num_rounds, order, reference_budget)
+    _, reference_order, reference_budget = _reference_budget(policy, request)
+    within_reference = skellam_mu_within_rdp(l1, l2, request.num_rounds, reference_order,
+                                             reference_budget)
     reference = max(planned / counted, max(within_reference, planned) - others) + others
     check_noise(policy, request, math.sqrt(2 * reference) / l2, math.sqrt(2 * planned) / l2,
                 _budget_text(ledger, policy, budget))
@@ -528,7 +532,12 @@ def _distributed_release(
     # each sitting out once at it; a decline counting them would tell the server, outside DP,
     # what the ledger holds (found in review: whether the oldest unit was still there, whether
     # a row had been given its customer's id), and one unit would stop the site for good
-    alone = rdp_epsilon(to_come * rdp_alone, ledger.order, ledger.delta)
+    # at the run's planned delta and the share its public values set, as the noise check: the
+    # site's own delta and share follow from its unit count (found in review); at the ledger's
+    # order, which the filter below holds each unit to
+    reference_delta = _reference_budget(policy, request)[0]
+    alone = rdp_epsilon(to_come * skellam_rdp(reference - others, l1, l2, ledger.order),
+                        ledger.order, reference_delta)
     if alone > policy.max_epsilon_alone:
         raise PolicyRefusal(
             Reason.MODEL_REFUSED,

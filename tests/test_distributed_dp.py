@@ -824,6 +824,21 @@ def test_a_bound_the_planned_rounds_just_meet_lets_each_of_them_through(tmp_path
         charge_round(tmp_path / "short", UNITS, replace(small, server_round=3), short, HEAD_DIM)
 
 
+def test_local_releases_hold_each_unit_to_max_epsilon_alone_too(tmp_path):
+    """Found in review: only distributed releases checked the own-noise account, so local
+    rounds (or DP evaluations) after distributed ones took a unit past max-epsilon-alone, which
+    the site states as a per-unit bound over all its releases. A local release's noise is all
+    the site's own: the units a distributed run took to the bound sit out, a new one trains."""
+    first = charge_round(tmp_path, UNITS, distributed_request(1), POLICY, HEAD_DIM)
+    bound = replace(POLICY, max_epsilon_alone=first.epsilon_alone_all_runs * 1.001)
+    local = replace(distributed_request(1), run_name="run-l", privacy_model="local",
+                    cohort_size=0)
+    charge = charge_round(tmp_path, [*UNITS, "new"], local, bound, HEAD_DIM)
+    assert charge.trained == [len(UNITS)]
+    with pytest.raises(BudgetExhausted):
+        charge_round(tmp_path, UNITS, replace(local, run_name="run-m"), bound, HEAD_DIM)
+
+
 def test_a_distributed_round_leaves_out_the_units_whose_budget_is_spent(tmp_path):
     policy = replace(POLICY, max_epsilon=3.5)
     for server_round in (1, 2, 3):

@@ -584,6 +584,24 @@ def test_a_site_that_outgrows_its_ledgers_delta_states_its_guarantees_at_its_own
     assert read_ledger(tmp_path, site_secret(tmp_path)).delta == own
 
 
+def test_a_unit_trained_without_dp_does_not_hold_the_delta_back(tmp_path):
+    """Found in review: a unit's infinite own-noise spend (a round without DP, which only a
+    site whose max-epsilon is inf takes) kept a ledger with distributed releases at its first
+    delta for good; its infinite spend already did not count."""
+    create_site_secret(tmp_path)  # the site's state folder, set up (``fedintent init-site``)
+    policy = SitePolicy(max_epsilon=math.inf, max_delta=1e-5, privacy_unit=None,
+                        max_epsilon_alone=1e9)
+    charge_round(tmp_path, ["t0"], train_request(1e-5, math.inf, "no-dp"), policy)
+    charge_round(tmp_path, ["d0"], replace(train_request(1e-5, run="sum"),
+                                           privacy_model="distributed", cohort_size=10,
+                                           tolerated_sites=2, plan_delta=1e-5),
+                 policy, dimension=1000)
+    units = [f"u{i}" for i in range(20_000)]
+    own = lifetime_delta(policy, len(units))
+    charge_round(tmp_path, units, train_request(own), policy, lifetime_delta=own)
+    assert read_ledger(tmp_path, site_secret(tmp_path)).delta == own == 1e-6
+
+
 def test_a_ledger_whose_spends_do_not_fit_the_lower_delta_keeps_its_own_and_says_so(
         tmp_path, caplog):
     """Lowering the delta shrinks the Rényi budget; a unit already past the smaller one would
