@@ -48,6 +48,7 @@ from fl_client.distributed_dp import (
 )
 from fl_client.privacy_accounting import (
     BudgetExhausted,
+    SkellamRelease,
     delta_limit,
     epsilon_spent,
     filter_order,
@@ -532,12 +533,12 @@ def _distributed_release(
     # each sitting out once at it; a decline counting them would tell the server, outside DP,
     # what the ledger holds (found in review: whether the oldest unit was still there, whether
     # a row had been given its customer's id), and one unit would stop the site for good
-    # at the run's planned delta and the share its public values set, as the noise check: the
-    # site's own delta and share follow from its unit count (found in review); at the ledger's
-    # order, which the filter below holds each unit to
-    reference_delta = _reference_budget(policy, request)[0]
-    alone = rdp_epsilon(to_come * skellam_rdp(reference - others, l1, l2, ledger.order),
-                        ledger.order, reference_delta)
+    # from public values only, as the noise check: the run's planned delta and the share it
+    # sets, through the run's own accountant (the site's delta, share and the ledger's order
+    # follow from its unit count: found in review, a 9,999- and a 10,000-unit site differed)
+    alone = skellam_releases_epsilon(
+        [SkellamRelease(reference - others, l1, l2, *likely)] * to_come,
+        _reference_budget(policy, request)[0])
     if alone > policy.max_epsilon_alone:
         raise PolicyRefusal(
             Reason.MODEL_REFUSED,
