@@ -65,6 +65,7 @@ from fl_client.site_data import (
     load_site,
     one_row_per_id,
     shown,
+    shown_unknown_label,
 )
 from fl_client.site_folders import site_folders, state_lock
 from fl_client.site_policy import (
@@ -393,7 +394,7 @@ def _load_site_logged(site_dir: str, labels: tuple[str, ...], policy: RowPolicy)
         log(WARNING, "site data %s: skipped %s", site_dir, row)
     for label, count in site.unknown_labels.items():
         log(WARNING, "site data %s: skipped %d rows with unknown label %s", site_dir, count,
-            shown(label))
+            shown_unknown_label(label, labels))
     for reason, count in site.excluded.items():
         log(WARNING, "site data %s: %d rows not used (%s; the site's retention policy)",
             site_dir, count, reason)

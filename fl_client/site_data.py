@@ -64,6 +64,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from difflib import get_close_matches
 from functools import partial
 from itertools import islice
 from pathlib import Path
@@ -89,6 +90,7 @@ _SURROGATE = re.compile(r"[\ud800-\udfff]")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _CONTROL_IN_TEXT = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 _LABEL_SHAPED = re.compile(r"[A-Za-z][A-Za-z0-9_.:/\-]{0,39}")
+_WORDS_LABEL = re.compile(r"[a-z]+(?:[_.:/\-][a-z]+)*")
 _SHOWN_INT_LIMIT = 100_000
 """Smaller integers (a round number) are shown: below the redactor's six-digit floor."""
 MAX_LINKS = 40
@@ -807,6 +809,19 @@ def shown(value: object) -> str:
     if isinstance(value, str) and _LABEL_SHAPED.fullmatch(value) and redact(value) == value:
         return repr(value)
     return f"<{_described(value)}, not shown>"
+
+
+def shown_unknown_label(value: object, labels: Sequence[str]) -> str:
+    """A row's label that is not one of the run's ``labels``, as a log line or ``check-data``
+    may name it: ``shown``, and only when it reads as a label gone wrong, near one of
+    ``labels`` (another case, a typo) or lowercase words (``refund_later``). A mis-columned
+    file puts customer ids and names, label-shaped, where labels belong (found in review:
+    ``AB-4711`` and ``John_Smith`` reached check-data's output and every round's site log,
+    where no erasure reaches them)."""
+    if isinstance(value, str) and (_WORDS_LABEL.fullmatch(value) or get_close_matches(
+            value.lower(), [label.lower() for label in labels], n=1, cutoff=0.75)):
+        return shown(value)
+    return f"<{_described(value)}, near no label of the run, not shown>"
 
 
 def _described(value: object) -> str:

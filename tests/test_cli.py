@@ -154,9 +154,34 @@ def test_check_data_never_quotes_a_customers_words_from_a_label_or_timestamp(tmp
     (tmp_path / "labels.txt").write_text("card_lost\nrefund\n")
     main(["check-data", str(site)])
     out = capsys.readouterr().out
-    assert f"unknown label <a string of length {len(words)}, not shown>: 1 row\n" in out
+    assert (f"unknown label <a string of length {len(words)}, near no label of the run, not "
+            "shown>: 1 row\n") in out
     assert "train.jsonl:3: timestamp is not an ISO 8601 date-time (a string of length " in out
     assert "415 555" not in out and "4111" not in out and "tail" not in out and "call" not in out
+
+
+def test_check_data_quotes_an_unknown_label_only_when_it_reads_as_a_label_gone_wrong(tmp_path,
+                                                                                  capsys):
+    """Found in review: a CSV whose columns were swapped put customer ids and names where labels
+    belong, label-shaped, and check-data (and every round's site log) quoted them. An unknown
+    label is quoted when it is near a label of the run (another case, a typo) or lowercase
+    words; otherwise only its length is given."""
+    from fedintent.cli import main
+
+    site = tmp_path / "site"
+    site.mkdir()
+    found = ["AB-4711", "John_Smith", "Maria.Garcia", "Card_Lost", "card_lsot", "refund_later"]
+    (site / "train.csv").write_text("text,label\n" + "".join(
+        f"lost my card {i},{label}\n" for i, label in enumerate(["card_lost", *found])))
+    (tmp_path / "labels.txt").write_text("card_lost\nrefund\n")
+    main(["check-data", str(site)])
+    out = capsys.readouterr().out
+    for hidden in found[:3]:
+        assert hidden not in out
+        assert (f"unknown label <a string of length {len(hidden)}, near no label of the run, "
+                "not shown>: 1 row") in out
+    for quoted in found[3:]:
+        assert f"unknown label '{quoted}': 1 row" in out
 
 
 def test_check_data_works_on_a_bare_site_folder_and_names_unknown_labels_given_a_taxonomy(

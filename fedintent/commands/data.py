@@ -115,7 +115,13 @@ def run_synth(args: argparse.Namespace) -> int:
 def run_check_data(args: argparse.Namespace) -> int:
     from fl_client.redaction import find_pii
     from fl_client.retention import RowPolicy, retention_window
-    from fl_client.site_data import empty_data_files, load_site, one_row_per_id, shown
+    from fl_client.site_data import (
+        empty_data_files,
+        load_site,
+        one_row_per_id,
+        shown,
+        shown_unknown_label,
+    )
 
     site_dir = args.site_dir
     if args.retention_days is not None and not args.retention_days > 0:
@@ -162,7 +168,7 @@ def run_check_data(args: argparse.Namespace) -> int:
     for row in duplicates:
         print(f"  skipped {row}")
     for label, count in site.unknown_labels.most_common():
-        print(f"  unknown label {shown(label)}: {_rows(count)}")
+        print(f"  unknown label {shown_unknown_label(label, labels)}: {_rows(count)}")
     _print_timestamps(times, site.excluded, args.retention_days, any_valid=valid > 0)
     _print_customers(site_dir, [site.train.customers[index] is not None for index in first],
                      [customer is not None for customer in site.test.customers])
