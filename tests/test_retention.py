@@ -914,6 +914,22 @@ def test_delete_from_data_takes_a_same_case_id_with_an_invisible_character_in_an
     assert erasure.deletion.data_rows == 2
 
 
+def test_check_data_counts_the_customers_in_both_splits(tmp_path, capsys):
+    """Found in review: at the defaults a customer in both split files spent their whole
+    lifetime budget in the first run's DP evaluations and sat out training, unannounced."""
+    site = tmp_path / "site"
+    write_site(site, [row(0, 1, "AB-4711"), row(1, 1, "Cd-9"), row(2, 1, "E-1")])
+    (site / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in (
+        row(3, 1, "ab-4711"), row(4, 1, "Cd-9"), row(5, 1, "F-2"))))
+    assert fedintent(["check-data", str(site)]) == 0
+    out = capsys.readouterr().out
+    assert "customer_id: 2 customers have rows in both train and test" in out
+    assert "4711" not in out and "Cd-9" not in out
+    (site / "test.jsonl").write_text(json.dumps(row(5, 1, "F-2")) + "\n")
+    assert fedintent(["check-data", str(site)]) == 0
+    assert "in both train and test" not in capsys.readouterr().out
+
+
 def test_check_data_counts_the_customers_written_in_more_than_one_form(tmp_path, capsys):
     """The site trains a customer's forms as one unit, but splits by the id as written, so
     one customer's rows can be in both splits: the site is told, by count, never by id."""

@@ -724,10 +724,12 @@ def test_check_data_counts_a_single_row_in_the_singular(tmp_path, capsys):
 
     write_jsonl(tmp_path / "train.jsonl", [{"text": "lost card", "label": "card_lost"}])
     main(["check-data", str(tmp_path)])
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
     assert ": 1 row read, 1 valid" in out and "no taxonomy given, 1 label found" in out
     assert "would use 0 of this 1 row;" in out
     assert " 1 rows" not in out
+    # found in review: nothing but that line told that a deployed site would train on none
+    assert "warning: a deployed site at its default retention-days (30) would use none" in err
 
 
 def test_check_data_names_empty_files_and_gives_no_retention_hint_without_valid_rows(

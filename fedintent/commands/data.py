@@ -3,6 +3,7 @@
 import argparse
 import sys
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 
 from data_synth import SYNTHETIC_SITE_SIZE
@@ -174,6 +175,7 @@ def run_check_data(args: argparse.Namespace) -> int:
                      [customer is not None for customer in site.test.customers])
     _print_customer_spellings([customer for split in (site.train, site.test)
                                for customer in split.customers if customer is not None])
+    _print_customers_in_both_splits(site.train.customers, site.test.customers)
     pii = Counter(span.kind for text in train_texts + site.test.texts
                   for span in find_pii(text))
     if pii:
@@ -238,6 +240,26 @@ def _print_customer_spellings(customers: list[str]) -> None:
               "written, so one customer's rows can be in both; write one form per customer")
 
 
+def _print_customers_in_both_splits(train: Sequence[str | None],
+                                    test: Sequence[str | None]) -> None:
+    """How many customers have rows in both splits: under privacy-unit customer one lifetime
+    budget pays for their training and for the DP evaluations of their test rows, and at the
+    defaults one run's evaluations spend all of it (found in review: every such customer sat
+    out training after the first evaluation, unannounced). Counts only."""
+    from fl_client.customer_ids import canonical_customer
+
+    tested = {canonical_customer(customer) for customer in test if customer is not None}
+    both = len({canonical_customer(customer) for customer in train if customer is not None}
+               & tested)
+    if both:
+        people = "1 customer has" if both == 1 else f"{both} customers have"
+        print(f"customer_id: {people} rows in both train and test: under privacy-unit customer "
+              "one lifetime budget pays for their training and for the DP evaluations of their "
+              "test rows, and at the defaults (evaluation-epsilon and max-epsilon both 8) one "
+              "run's evaluations spend all of it, so they sit out training from then on; keep "
+              "each customer in one split, or see evaluation-epsilon in docs/SITE_GUIDE.md")
+
+
 def _print_timestamps(times: list, excluded: Counter, retention_days: float | None,
                       any_valid: bool) -> None:
     """The rows' dates, and what a retention policy leaves of them (docs/SITE_GUIDE.md); no
@@ -254,6 +276,12 @@ def _print_timestamps(times: list, excluded: Counter, retention_days: float | No
         print(f"  a site at the default retention-days ({DEFAULT_RETENTION_DAYS:g}) would use "
               f"{usable} of {these} {_rows(len(times))}; --retention-days DAYS applies your "
               "policy")
+        if not usable:  # found in review: exit 0 and "valid" for a site that would train none
+            print(f"warning: a deployed site at its default retention-days "
+                  f"({DEFAULT_RETENTION_DAYS:g}) would use none of these rows (undated rows are "
+                  "not used under a limit): give each row its conversation's timestamp, or set "
+                  "the site's retention-days (RETENTION_DAYS in the container; inf: no limit)",
+                  file=sys.stderr)
     for reason, count in sorted(excluded.items()):
         print(f"  not used under retention-days {retention_days:g}: {_rows(count)} {reason}")
 
