@@ -211,6 +211,21 @@ def test_rounds_no_site_trained_in_are_named_in_the_summary_and_the_model_card(c
             in capsys.readouterr().out)
 
 
+def test_the_summary_gives_each_sites_dp_evaluation_epsilon(capsys):
+    """Found in review: the lifetime figure is the last training reply's, and the run's DP
+    evaluations after it (charged to the same budget) were printed nowhere."""
+    site = {"epsilon": 3.0, "privacy_unit": "customer", "delta": 1e-5, "epsilon_all_runs": 11.7,
+            "max_epsilon_budget": 16.0, "noise_multiplier": 1.2, "clip_norm": 1.0,
+            "rounds_trained": 2, "num_examples": 120}
+    final = {"rounds_completed": 2, "accuracy": 0.5, "model_dir": "/out/model",
+             "sites": {"site-a": site, "site-b": site},
+             "evaluation": {"site-a": {"accuracy": 0.5, "epsilon": 7.974}}}
+    print_summary({"config": {"out-dir": "/out"}, "final": final}, 25.0)
+    a, b = [line for line in capsys.readouterr().out.splitlines() if "lifetime 11.700" in line]
+    assert "its DP evaluations: epsilon 7.974 per test unit" in a
+    assert "DP evaluations" not in b
+
+
 def test_train_resume_checks_the_audited_settings_before_anything_starts(tmp_path,
                                                                          task_identity):
     """Found in review: ``fedintent train --resume`` started the simulation on a record edited

@@ -77,6 +77,7 @@ def print_summary(metrics: dict, seconds: float, names: Mapping[str, str] | None
             f"noise multiplier "
             f"{site['noise_multiplier']:.3g}, clip norm {site['clip_norm']:g}, "
             f"{site['rounds_trained']} rounds, {site['num_examples']} training examples"
+            f"{_evaluation_note(final, key)}"
         )
     if final.get("privacy_model") == "distributed":
         print("  (distributed DP: epsilon holds against a server that sees only the secure sum, "
@@ -85,6 +86,18 @@ def print_summary(metrics: dict, seconds: float, names: Mapping[str, str] | None
     out_dir = Path(metrics["config"]["out-dir"])
     print(f"metrics: {out_dir / 'metrics.json'}")
     print(f"model:   {final['model_dir']}")
+
+
+def _evaluation_note(final: dict, key: str) -> str:
+    """A site's DP evaluations of the run, which its lifetime figure (from its last training
+    reply) leaves out where they came after it (found in review: "lifetime 11.688" beside a
+    ledger at 14.374 after the last round's evaluation, whose epsilon was printed nowhere)."""
+    epsilon = (final.get("evaluation") or {}).get(key, {}).get("epsilon")
+    if epsilon is None:
+        return ""
+    return (f"; its DP evaluations: epsilon {format_epsilon(epsilon)} per test unit, charged to "
+            "the same lifetime budget after the figure above (fedintent privacy-report on its "
+            "state folder shows the ledger)")
 
 
 def _lifetime_note(site: dict) -> str:
