@@ -248,3 +248,20 @@ def _run_summary(name: str, releases: list[Release]) -> RunSummary:
     return RunSummary(run=name, rounds=len(releases), units=max(r.units for r in releases),
                       epsilon=epsilon, epsilon_alone=alone, first=first.time,
                       last=releases[-1].time, **planned)
+
+
+def stated_max_epsilon(state_dir: Path) -> float | None:
+    """The max-epsilon the site's newest training reply sent stated (its node config then), from
+    its egress log, or None: what ``fedintent privacy-report`` counts exhausted units against
+    when not told (found in review: it counted against the default 8 a site whose replies all
+    said 16, and showed "largest 14.374" beside it unexplained)."""
+    stated = None
+    for entry in egress_entries(state_dir):
+        if entry is None or entry.get("verdict") != "sent" or entry.get("message") != "train":
+            continue
+        value = (entry.get("metrics") or {}).get("max-epsilon")
+        if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+            stated = float(value)
+        elif value is None and "max-epsilon" in (entry.get("metrics") or {}):
+            stated = math.inf  # JSON's null: no limit
+    return stated

@@ -282,6 +282,21 @@ def test_privacy_report_shows_per_unit_spend_and_verifies_the_ledger(tmp_path):
     assert "exhausted (>= 99% of max-epsilon 10): 1 units" in result.stdout
     assert "run run-a: 2 rounds" in result.stdout and "run run-b: 1 rounds" in result.stdout
     assert "warning: delta" not in result.stdout  # 1e-5 is small next to 1/3
+    # found in review: without --max-epsilon it counted against the default 8 a site whose
+    # replies all stated 16, and a largest above that went unexplained
+    result = fedintent("privacy-report", str(state))
+    assert ("exhausted (>= 99% of max-epsilon 8; the site default: no training reply in the "
+            "egress log states one): 1 units") in result.stdout
+    assert "(above max-epsilon 8:" in result.stdout
+    (state / "egress.jsonl").write_text("".join(json.dumps(
+        {"run": "run-b", "round": 1, "message": message, "verdict": verdict,
+         "metrics": {"max-epsilon": stated}}) + "\n" for message, verdict, stated in (
+        ("train", "sent", 9.0), ("train", "sent", 16.0), ("evaluate", "sent", 1.0),
+        ("train", "blocked", 2.0))))
+    result = fedintent("privacy-report", str(state))
+    assert ("exhausted (>= 99% of max-epsilon 16; as the site's newest training reply stated "
+            "it): 0 units") in result.stdout
+    assert "(above max-epsilon" not in result.stdout
 
     (state / "site-secret").unlink()
     result = fedintent("privacy-report", str(state))

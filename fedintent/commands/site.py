@@ -31,10 +31,11 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     )
     report.set_defaults(handler=run_privacy_report)
     report.add_argument("state_dir", type=path_argument, metavar="STATE_DIR")
-    report.add_argument("--max-epsilon", type=float, default=DEFAULT_MAX_EPSILON,
+    report.add_argument("--max-epsilon", type=float, default=None,
                         help="the site's max-epsilon (its node config, MAX_EPSILON in the "
-                        "container), to count exhausted units (default: the site default, "
-                        "%(default)s)")
+                        "container), to count exhausted units (default: as the site's newest "
+                        f"training reply stated it, else the site default, "
+                        f"{DEFAULT_MAX_EPSILON:g})")
 
     init = commands.add_parser(
         "init-site",
@@ -344,10 +345,17 @@ UNTRAINED = ("no runs yet: no privacy ledger, and no unit has spent any budget (
 
 def run_privacy_report(args: argparse.Namespace) -> int:
     from fl_client.privacy_ledger import LedgerError
-    from fl_client.privacy_report import site_privacy_report
+    from fl_client.privacy_report import site_privacy_report, stated_max_epsilon
 
+    source = ""
+    if args.max_epsilon is None:
+        stated = stated_max_epsilon(args.state_dir) if args.state_dir.is_dir() else None
+        args.max_epsilon = DEFAULT_MAX_EPSILON if stated is None else stated
+        source = ("the site default: no training reply in the egress log states one"
+                  if stated is None else "as the site's newest training reply stated it")
     if not args.max_epsilon > 0:
         raise CliError(f"--max-epsilon must be > 0, got {args.max_epsilon}")
+    args.max_epsilon_source = source
     try:
         report = site_privacy_report(args.state_dir, args.max_epsilon)
     except (FileNotFoundError, LedgerError) as err:
@@ -356,7 +364,7 @@ def run_privacy_report(args: argparse.Namespace) -> int:
           f"{'ledger verified' if report.trained else UNTRAINED}")
     print(f"deletion log: {report.deletion_log}")
     if report.trained:
-        _print_spend(report)
+        _print_spend(report, args.max_epsilon_source)
     evaluations = report.evaluations
     print(f"evaluate replies sent: {evaluations.sent} in {evaluations.runs} runs, each with the "
           "test split's exact metrics, which no epsilon above covers; declined: "
@@ -372,8 +380,9 @@ def run_privacy_report(args: argparse.Namespace) -> int:
     return 0 if report.deletion_log_ok else 1
 
 
-def _print_spend(report: "SiteReport") -> None:
-    """What the ledger holds: the units' spend in bands, the largest, and each run."""
+def _print_spend(report: "SiteReport", source: str = "") -> None:
+    """What the ledger holds: the units' spend in bands, the largest, and each run; ``source``:
+    where max-epsilon came from when not given."""
     from fl_client.privacy_report import EXHAUSTED_SHARE
 
     print(f"privacy unit: {report.privacy_unit}; {report.units} units have spent budget; "
@@ -384,11 +393,16 @@ def _print_spend(report: "SiteReport") -> None:
               "guarantee may fail outright with that probability (docs/PRIVACY.md)")
     for low, high, count in report.spend_bands:
         print(f"  epsilon {low:5.2f} to {high:5.2f}: {count} units")
-    print(f"  exhausted (>= {EXHAUSTED_SHARE:.0%} of max-epsilon {report.max_epsilon:g}): "
-          f"{report.exhausted} units")
+    given = f"; {source}" if source else ""
+    print(f"  exhausted (>= {EXHAUSTED_SHARE:.0%} of max-epsilon {report.max_epsilon:g}"
+          f"{given}): {report.exhausted} units")
     if report.non_private:
         print(f"  trained without DP (no guarantee): {report.non_private} units")
     print(f"  largest: {format_epsilon(report.largest_epsilon)}")
+    if report.largest_epsilon > report.max_epsilon:
+        print(f"  (above max-epsilon {report.max_epsilon:g}: the site's budget was larger when "
+              "those units trained, or a customer that was several units was counted as the "
+              "group; such units sit out: docs/PRIVACY.md)")
     if report.runs:
         print("  (a unit's lifetime epsilon composes all its releases in the site's Rényi DP "
               "filter, which adds a run's releases less tightly than the run's own accountant: "
