@@ -62,9 +62,11 @@ from pathlib import Path
 from typing import NoReturn
 
 from fl_client.customer_ids import canonical_customer, erasure_forms
+from fl_client.privacy_accounting import rdp_epsilon
 from fl_client.privacy_ledger import (
     HEAD_FILE,
     LEDGER_FILE,
+    Ledger,
     LedgerError,
     privacy_unit_key,
     read_ledger,
@@ -587,17 +589,57 @@ def check_deletion_log(state_dir: Path) -> None:
                           "deletion log and its head from the newest copy (docs/SITE_GUIDE.md)")
 
 
+@dataclass(frozen=True)
+class CustomerSpend:
+    """What the site's ledger holds of one customer (``customer_spend``)."""
+
+    rows_found: int
+    """The customer's rows in the data folder now, in any written form of the id."""
+    units: int
+    """Their privacy units the ledger holds a spend for."""
+    epsilon: float
+    """The largest lifetime epsilon among them (0 if none)."""
+    epsilon_alone: float
+    """The same from the site's own noise only (distributed DP; else equal)."""
+
+
+def customer_spend(site_dir: Path, state_dir: Path, customer: str) -> CustomerSpend:
+    """How much of the site's privacy budget one customer's data has spent, over every run, read
+    only: their privacy units are their rows' (in any form of the id; under the customer unit,
+    the id itself too, whose spend outlives rows deleted since). Found in review: only
+    ``forget``, which erases the customer, said it."""
+    written, canonical = customer.strip(), canonical_customer(customer)
+    if not canonical:
+        raise ValueError("the customer id is empty")
+    secret = site_secret(state_dir)
+    train, test = read_rows(site_dir, [])
+    theirs = [row for row in train + test if _is_customer(row, canonical)]
+    ledger = read_ledger(Path(state_dir), secret)
+    keys = _ledger_keys(ledger, secret, written, theirs) if ledger else []
+    return CustomerSpend(
+        rows_found=len(theirs), units=len(keys),
+        epsilon=max(unit_epsilons(ledger, keys), default=0.0) if ledger else 0.0,
+        epsilon_alone=(rdp_epsilon(max(ledger.alone.get(key, 0.0) for key in keys),
+                                   ledger.order, ledger.delta) if keys else 0.0))
+
+
 def _ledger_spend(state_dir: Path, secret: bytes, customer: str,
                   rows: list[Row]) -> tuple[int, float]:
     ledger = read_ledger(Path(state_dir), secret)
     if ledger is None:
         return 0, 0.0
+    keys = _ledger_keys(ledger, secret, customer, rows)
+    return len(keys), max(unit_epsilons(ledger, keys), default=0.0)
+
+
+def _ledger_keys(ledger: Ledger, secret: bytes, customer: str, rows: list[Row]) -> list[str]:
+    """The ledger keys with a spend of the customer's ``rows``' units, and under the customer
+    unit of the id itself."""
     identities = {row.unit_under(ledger.privacy_unit) for row in rows}
     if ledger.privacy_unit == "customer":
         identities.add(customer)
-    keys = [key for key in (privacy_unit_key(secret, ledger.privacy_unit, identity)
+    return [key for key in (privacy_unit_key(secret, ledger.privacy_unit, identity)
                             for identity in sorted(identities)) if key in ledger.spend]
-    return len(keys), max(unit_epsilons(ledger, keys), default=0.0)
 
 
 def _next_hour(when: datetime) -> datetime:

@@ -19,6 +19,7 @@ import fl_client.client_app as client_app
 import fl_client.retention as retention
 from fedintent.cli import main as fedintent
 from fl_client.customer_ids import canonical_customer
+from fl_client.privacy_accounting import rdp_epsilon
 from fl_client.privacy_ledger import read_ledger, unit_key
 from fl_client.redaction import redact
 from fl_client.retention import (
@@ -912,6 +913,33 @@ def test_delete_from_data_takes_a_same_case_id_with_an_invisible_character_in_an
     erasure = forget(site, state, "Caf\u00e9-1", math.inf, "test", delete_from_data=True)
     assert erasure.rows_found == 2 and erasure.other_case_rows == 0
     assert erasure.deletion.data_rows == 2
+
+
+def test_privacy_report_says_one_customers_spend_without_erasing_them(tmp_path, capsys):
+    """Found in review: a site could not answer "how much epsilon has customer X spent?" but
+    with forget, which erases them."""
+    site, state = tmp_path / "site", tmp_path / "state"
+    rows = site_rows()
+    rows[0]["customer_id"] = rows[3]["customer_id"] = "Dana-7"
+    write_site(site, rows)
+    assert not train(context(site, state, math.inf)).has_error()
+    log = (state / DELETION_LOG).read_bytes() if (state / DELETION_LOG).exists() else None
+    report = ["privacy-report", str(state), "--site", str(site), "--customer"]
+    for form in ("Dana-7", "dana-7"):
+        assert fedintent([*report, form]) == 0
+        expected = max(spend(state, "conv-0"), spend(state, "conv-3"))
+        book = read_ledger(state, site_secret(state))
+        assert (f"customer: 2 rows in {site} (any written form of the id); the ledger holds "
+                "the spend of 2 privacy unit(s) of theirs, largest lifetime epsilon "
+                f"{rdp_epsilon(expected, book.order, book.delta):.3f}\n"
+                in capsys.readouterr().out)
+    assert fedintent([*report, "erin"]) == 0
+    assert (f"customer: no row in {site} has this customer_id; the ledger holds no spend of "
+            "theirs") in capsys.readouterr().out
+    assert ((state / DELETION_LOG).read_bytes() if (state / DELETION_LOG).exists()
+            else None) == log  # nothing erased
+    assert fedintent(["privacy-report", str(state), "--customer", "erin"]) == 2
+    assert "--customer and --site go together" in capsys.readouterr().err
 
 
 def test_check_data_counts_the_customers_in_both_splits(tmp_path, capsys):

@@ -31,6 +31,11 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     )
     report.set_defaults(handler=run_privacy_report)
     report.add_argument("state_dir", type=path_argument, metavar="STATE_DIR")
+    report.add_argument("--customer", metavar="ID",
+                        help="also say how much budget this customer's data has spent, over "
+                        "every run (read only: nothing is erased; needs --site)")
+    report.add_argument("--site", type=path_argument, metavar="SITE_DIR",
+                        help="the site's data folder, where --customer's rows are found")
     report.add_argument("--max-epsilon", type=float, default=None,
                         help="the site's max-epsilon (its node config, MAX_EPSILON in the "
                         "container), to count exhausted units (default: as the site's newest "
@@ -355,6 +360,11 @@ def run_privacy_report(args: argparse.Namespace) -> int:
                   if stated is None else "as the site's newest training reply stated it")
     if not args.max_epsilon > 0:
         raise CliError(f"--max-epsilon must be > 0, got {args.max_epsilon}")
+    if (args.customer is None) != (args.site is None):
+        raise CliError("--customer and --site go together: the customer's rows are found in "
+                       "the site's data folder")
+    if args.customer is not None and not args.customer.strip():
+        raise CliError("--customer: the customer id is empty")
     args.max_epsilon_source = source
     try:
         report = site_privacy_report(args.state_dir, args.max_epsilon)
@@ -377,7 +387,30 @@ def run_privacy_report(args: argparse.Namespace) -> int:
               'estimates instead, "off" none')
     if evaluations.unreadable:
         print(f"  {evaluations.unreadable} egress log lines unreadable, not counted")
+    if args.customer is not None:
+        _print_customer_spend(args.site, args.state_dir, args.customer)
     return 0 if report.deletion_log_ok else 1
+
+
+def _print_customer_spend(site_dir: Path, state_dir: Path, customer: str) -> None:
+    """One customer's spend, as ``forget`` reports it, without erasing them."""
+    from fl_client.retention import customer_spend
+    from fl_client.site_data import SiteDataError
+
+    try:
+        spend = customer_spend(site_dir, state_dir, customer)
+    except (OSError, SiteDataError) as err:
+        raise CliError(f"--site {site_dir}: {err}") from err
+    found = (f"{spend.rows_found} rows in {site_dir} (any written form of the id)"
+             if spend.rows_found else f"no row in {site_dir} has this customer_id")
+    if not spend.units:
+        print(f"customer: {found}; the ledger holds no spend of theirs (never trained on "
+              "with this state folder)")
+        return
+    alone = (f" (from this site's own noise alone: {format_epsilon(spend.epsilon_alone)})"
+             if spend.epsilon_alone != spend.epsilon else "")
+    print(f"customer: {found}; the ledger holds the spend of {spend.units} privacy unit(s) of "
+          f"theirs, largest lifetime epsilon {format_epsilon(spend.epsilon)}{alone}")
 
 
 def _print_spend(report: "SiteReport", source: str = "") -> None:
