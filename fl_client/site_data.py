@@ -247,9 +247,13 @@ def read_rows(site_dir: Path, rejected: list[RejectedRow]) -> tuple[list[Row], l
     else:
         other = _data_files(site_dir)
         if not other:
+            folders = sorted(p.name for p in site_dir.iterdir() if _holds_data_files(p))
+            hint = (f"; it holds site folders ({', '.join(folders[:3])}"
+                    f"{', ...' if len(folders) > 3 else ''}): give one of them"
+                    if folders else "")
             raise SiteDataError(
                 f"no data files in {site_dir}: expected train.jsonl/test.jsonl, "
-                "train.csv/test.csv, or other *.jsonl / *.csv files"
+                f"train.csv/test.csv, or other *.jsonl / *.csv files{hint}"
             )
         all_rows = _read_files(other, rejected)
         train_rows = [r for r in all_rows if not _is_test_unit(r.unit)]
@@ -421,6 +425,15 @@ def _identity(text: str) -> str:
     return text
 
 
+def _holds_data_files(folder: Path) -> bool:
+    """Whether ``folder`` is a visible folder with data files: a site folder, inside a folder
+    of sites given where one site's was meant (found in review: "no data files" said no more)."""
+    try:
+        return folder.is_dir() and not folder.name.startswith(".") and bool(_data_files(folder))
+    except (OSError, SiteDataError):
+        return False
+
+
 def _data_files(site_dir: Path) -> list[Path]:
     try:
         return sorted(
@@ -544,7 +557,8 @@ def _decoded_lines(path: Path, rejected: list[RejectedRow],
                 try:
                     line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
                 except UnicodeDecodeError as err:
-                    rejected.append(RejectedRow(name, number, f"undecodable bytes ({err.reason})"))
+                    rejected.append(RejectedRow(name, number, f"undecodable bytes ({err.reason}): "
+                                                              "not UTF-8, save the file as UTF-8"))
                     continue
                 if line.strip():
                     yield number, line

@@ -81,7 +81,7 @@ def test_every_kind_of_bad_row_is_reported_with_its_line(tmp_path):
     assert "not a customer turn" in reasons[8]
     assert "not an index" in reasons[9]
     assert "turns" in reasons[10]
-    assert "undecodable" in reasons[11]
+    assert reasons[11].startswith("undecodable bytes") and "save the file as UTF-8" in reasons[11]
     assert str(site.rejected[0]).startswith("train.jsonl:2: ")
     assert site.unknown_labels == {"unknown_intent": 1}
     assert site.rows_read == 11
@@ -270,10 +270,21 @@ def test_rows_without_an_id_are_known_by_customer_and_text(tmp_path):
     assert ids[0] == ids[2] != ids[1]  # the same customer saying the same thing: one utterance
 
 
+def test_a_folder_of_sites_given_for_one_site_is_named_as_such(tmp_path):
+    """Found in review: "no data files" said no more, for the folder that holds the sites."""
+    for name in ("site-b", "site-a", ".hidden", "empty"):
+        (tmp_path / name).mkdir()
+    for name in ("site-b", "site-a", ".hidden"):
+        (tmp_path / name / "train.jsonl").write_text('{"text": "hi", "label": "a"}\n')
+    with pytest.raises(SiteDataError, match=r"it holds site folders \(site-a, site-b\): give "
+                                            "one of them$"):
+        load_site(tmp_path, LABELS)
+
+
 def test_missing_and_empty_folders(tmp_path):
     with pytest.raises(SiteDataError, match="not found"):
         load_site(tmp_path / "nope", LABELS)
-    with pytest.raises(SiteDataError, match="no data files"):
+    with pytest.raises(SiteDataError, match=r"no data files in \S+: expected [^;]*$"):
         load_site(tmp_path, LABELS)
     with pytest.raises(SiteDataError, match=r"no site folders in \S+$"):
         list_site_dirs(tmp_path)
@@ -617,7 +628,8 @@ def test_no_message_about_a_row_quotes_its_values(tmp_path, capsys):
     (tmp_path / "labels.txt").write_text("card_lost\nrefund\n")
     assert main(["check-data", str(site)]) == 0  # labels the taxonomy does not know
     captured = capsys.readouterr()
-    assert "unknown label <a string of length 2, not shown>: 1 row\n" in captured.out
+    assert ("unknown label <a string of length 2, near no label of the run, not shown>: 1 row\n"
+            in captured.out)
     for text in [*reasons, *warnings, captured.out, captured.err]:
         for canary in CANARY_FORMS:
             assert canary not in text, (canary, text)
