@@ -313,6 +313,8 @@ def test_an_erased_customer_is_removed_everywhere_and_the_ledger_keeps_their_spe
     assert code == 0
     assert "2 rows of this customer" in out and "removed from the data folder: 2 rows" in out
     assert "keeps the spend of their 2 privacy unit(s)" in out
+    # the site's counts, labelled so (found in review: read as this customer's)
+    assert "  removed, whole site: 2 cached feature rows, 0 files from the feature store" in out
     assert "alice" not in (site / "train.jsonl").read_text()
     assert len((site / "train.jsonl").read_text().splitlines()) == len(rows) - 2
     assert files_holding(state, vectors) == []
@@ -526,7 +528,7 @@ def test_forget_names_the_broken_lines_that_hold_the_customer_and_fails_if_asked
             in capsys.readouterr().out)
     assert fedintent([*base, "--delete-from-data"]) == 2
     out, err = capsys.readouterr()
-    assert "removed from the data folder: 1 rows" in out
+    assert "removed from the data folder: 1 row\n" in out
     assert (f"lines that failed validation name this customer and were left in the data folder "
             f"(the loader cannot tell whose a broken row is): train.jsonl:{total}, "
             f"train.jsonl:{total + 1}; delete or fix them by hand") in err
@@ -559,7 +561,7 @@ def test_forget_of_an_id_no_row_or_spend_holds_warns_but_records_it(tmp_path, ca
     assert log_entries(state)[-2]["event"] == "erasure"
     assert fedintent(["forget", "--site", str(site), "--customer", "cust-1", "--state-dir",
                       str(state)]) == 0
-    assert "warning" not in capsys.readouterr().err
+    assert "no row in" not in capsys.readouterr().err
 
 
 # --- the deletion log ------------------------------------------------------------------------

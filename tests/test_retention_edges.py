@@ -33,8 +33,8 @@ from fl_client.retention import (
     row_policy,
     who_deletes,
 )
-from fl_client.site_secret import create_site_secret
-from fl_protocol.hash_chain import head_path
+from fl_client.site_secret import create_site_secret, site_secret
+from fl_protocol.hash_chain import append_entry, head_path
 from fl_protocol.wire import (
     RUN_CONFIG_DEFAULTS,
     Reason,
@@ -211,8 +211,10 @@ def test_a_restored_deletion_log_grown_back_to_the_recorded_length_still_stops_t
     forget(site_dir, state, "cust-1", math.inf, "test")  # two entries, recorded by the ledger
     for path, data in older.items():
         path.write_bytes(data)
-    purge(site_dir, state, math.inf, "test")
-    purge(site_dir, state, math.inf, "test")  # the same length again, another last entry
+    with pytest.raises(RetentionError, match="nothing is recorded"):  # this release: refused
+        purge(site_dir, state, math.inf, "test")
+    for _ in range(2):  # one before it appended: the same length again, another last entry
+        append_entry(log, "purge", {"actor": "an older release"}, key=site_secret(state))
     with pytest.raises(LedgerError):
         check_deletion_log(state)
     reply = train(site_dir, state, 2)

@@ -332,16 +332,22 @@ def _state_dir(args: argparse.Namespace, site_dir: Path) -> Path:
 def _print_deletion(deletion, delete_from_data: bool, state_dir: Path) -> None:
     not_used = ", ".join(f"{count} {reason}" for reason, count in
                          sorted(deletion.not_used.items())) or "none"
-    print(f"  rows not used under the policy: {not_used}")
-    print(f"  removed: {deletion.feature_rows} cached feature rows, {deletion.files} files from "
-          f"the feature store")
+    # the whole site's, not one customer's (found in review: read as the customer's counts)
+    print(f"  rows not used under the policy, whole site: {not_used}")
+    print(f"  removed, whole site: {_count(deletion.feature_rows, 'cached feature row')}, "
+          f"{_count(deletion.files, 'file')} from the feature store")
     if delete_from_data:
-        print(f"  removed from the data folder: {deletion.data_rows} rows")
+        print(f"  removed from the data folder: {_count(deletion.data_rows, 'row')}")
     else:
         print("  data folder: only read (--delete-from-data removes expired and erased rows "
               "from it)")
     print(f"  logged: entry {deletion.log_entry} of {state_dir / 'deletions.jsonl'} (check it "
           "with `fedintent audit verify`)")
+
+
+def _count(count: int, thing: str) -> str:
+    """``1 file``, ``2 files``: a count as a sentence says it."""
+    return f"{count} {thing}" if count == 1 else f"{count} {thing}s"
 
 
 UNTRAINED = ("no runs yet: no privacy ledger, and no unit has spent any budget (if this site has "
