@@ -433,7 +433,13 @@ def _delete_rows(rows: list[Row]) -> tuple[int, str]:
                                           "is flushed, a power loss could bring those rows back")
         except OSError as err:
             hint = " (is the data folder mounted read-only?)" if err.errno == errno.EROFS else ""
-            return removed, f"cannot remove rows from {path}: {err.strerror or err}{hint}"
+            left = sum(len(rest) for _, rest in by_file.values()) - removed
+            return removed, (f"cannot remove rows from {path}: {err.strerror or err}{hint}; "
+                             f"{left} of the rows to remove are left, in it and in any file after "
+                             "it: let the "
+                             "site's account write the data folder and its files (chattr -i "
+                             "on a file made immutable), then run this again, or delete the "
+                             "rows at the source")
         except SiteDataError as err:
             return removed, str(err)
         removed += len(lines)

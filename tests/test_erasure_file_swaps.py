@@ -334,6 +334,7 @@ def test_a_purge_that_cannot_open_a_data_file_says_why_and_nothing_about_erasure
     monkeypatch.undo()
     assert code == 2 and "cannot remove rows from" in err and "Permission denied" in err, err
     assert "read-only" not in err and "erasure" not in err
+    assert "rows to remove are left" in err and "then run this again" in err  # found in review
 
 
 def test_resolving_a_path_names_every_link_on_the_way_as_the_kernel_follows_them(tmp_path):
