@@ -49,7 +49,8 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
         help="validate a site folder: rows read, rejected rows with file:line, label counts",
         description="Validate one site folder the way training reads it. Without a taxonomy "
         "(a deployed site's bare folder) it counts every label found; with one it also names "
-        "the labels the run does not know.",
+        "the labels the run does not know. Exit 0: the site has valid training rows; 1: it "
+        "has none, and would decline to train; 2: the folder cannot be read.",
         epilog=DATA_FORMAT_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -27,7 +27,9 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
         "privacy-report",
         help="a site's privacy spend: per-unit lifetime epsilon, exhausted units, every run",
         description="Verify a site's privacy ledger and summarise it: how many privacy units "
-        "have spent how much epsilon over all runs, how many are exhausted, and each run.",
+        "have spent how much epsilon over all runs, how many are exhausted, and each run. Exit "
+        "0: verified; 1: the deletion log is not the one the ledger recorded (the site uses no "
+        "data until it is restored); 2: the ledger does not verify or cannot be read.",
     )
     report.set_defaults(handler=run_privacy_report)
     report.add_argument("state_dir", type=path_argument, metavar="STATE_DIR")
