@@ -200,6 +200,7 @@ def test_check_data_works_on_a_bare_site_folder_and_names_unknown_labels_given_a
     assert main(["check-data", str(site)]) == 0
     out = capsys.readouterr().out
     assert "11 rows read, 10 valid (10 train, 0 test), 1 rejected" in out
+    assert "  no valid test rows: this site has nothing to answer evaluate requests with" in out
     assert "no taxonomy given, 3 labels found" in out and "--labels" in out
     assert "train.csv:12:" in out and "unknown label" not in out
     counts = {line.split()[0]: line.split()[1] for line in out.split("(train / test):\n")[1]

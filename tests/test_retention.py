@@ -954,6 +954,7 @@ def test_check_data_counts_the_customers_in_both_splits(tmp_path, capsys):
     assert fedintent(["check-data", str(site)]) == 0
     out = capsys.readouterr().out
     assert "customer_id: 2 customers have rows in both train and test" in out
+    assert "no valid test rows" not in out
     assert "4711" not in out and "Cd-9" not in out
     (site / "test.jsonl").write_text(json.dumps(row(5, 1, "F-2")) + "\n")
     assert fedintent(["check-data", str(site)]) == 0

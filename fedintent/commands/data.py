@@ -165,6 +165,9 @@ def run_check_data(args: argparse.Namespace) -> int:
               f"{labels_file}")
     for name in empty_data_files(site_dir):
         print(f"  {name} is empty (no rows)")
+    if first and not len(site.test):  # found in review: "0 test" said no more
+        print("  no valid test rows: this site has nothing to answer evaluate requests with "
+              "(a test.jsonl or test.csv beside the training file gives it some)")
     for row in site.rejected:
         print(f"  rejected {row}")
     for row in duplicates:
