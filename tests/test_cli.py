@@ -401,3 +401,19 @@ def test_a_round_that_takes_long_says_it_is_in_progress(capsys):
     second = next(line for line in out.splitlines() if "round   2/3" in line)
     assert "the first round embeds every utterance" in first and "embeds" not in second
     assert "4/3" not in out
+
+
+def test_check_data_keeps_the_label_table_aligned_for_long_labels(tmp_path, capsys):
+    """Found in review: a label over 40 characters pushed its counts out of line."""
+    from fedintent.cli import main
+
+    site = tmp_path / "site"
+    site.mkdir()
+    long = "balance_not_updated_after_cheque_or_cash_deposit"
+    (site / "train.csv").write_text("text,label\n" + "".join(
+        f"row {i},{label}\n" for i, label in enumerate([long, "refund", "refund"])))
+    (tmp_path / "labels.txt").write_text(f"{long}\nrefund\n")
+    main(["check-data", str(site)])
+    table = capsys.readouterr().out.split("(train / test):\n")[1].splitlines()[:2]
+    assert [line.index("/") for line in table] == [table[0].index("/")] * 2
+    assert table[1].split() == ["refund", "2", "/", "0"]

@@ -188,10 +188,11 @@ def run_check_data(args: argparse.Namespace) -> int:
     print("label distribution (train / test):")
     train_counts = Counter(labels[i] for i in train_labels)
     test_counts = Counter(labels[i] for i in site.test.labels)
-    for label in labels:
-        if train_counts[label] or test_counts[label]:
-            name = label if labels_file else shown(label)  # read from the rows
-            print(f"  {name:<40} {train_counts[label]:>6} / {test_counts[label]:<6}")
+    names = {label: label if labels_file else shown(label)  # read from the rows
+             for label in labels if train_counts[label] or test_counts[label]}
+    width = max([40, *map(len, names.values())])  # found in review: longer ones went askew
+    for label, name in names.items():
+        print(f"  {name:<{width}} {train_counts[label]:>6} / {test_counts[label]:<6}")
     if len(site.train) == 0:
         unknown = sum(site.unknown_labels.values())
         print(f"error: {site_dir} has no valid training rows ({site.rows_read} read: "
