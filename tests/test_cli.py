@@ -417,3 +417,19 @@ def test_check_data_keeps_the_label_table_aligned_for_long_labels(tmp_path, caps
     table = capsys.readouterr().out.split("(train / test):\n")[1].splitlines()[:2]
     assert [line.index("/") for line in table] == [table[0].index("/")] * 2
     assert table[1].split() == ["refund", "2", "/", "0"]
+
+
+def test_check_data_counts_the_pii_it_redacts_and_says_what_it_does_not_find(tmp_path, capsys):
+    """Found in review: "PII found (redacted before training)" read as if names were handled;
+    the redactor finds no English names or street addresses."""
+    from fedintent.cli import main
+
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "train.jsonl").write_text(json.dumps(
+        {"text": "Hi I am John Smith, card 4111 1111 1111 1111", "label": "card_lost"}) + "\n")
+    main(["check-data", str(site)])
+    out = capsys.readouterr().out
+    assert ("PII found (redacted before training): CARD 1; not found by the redactor: English "
+            "names and street addresses (docs/REDACTION.md)\n") in out
+    assert "4111" not in out and "John" not in out

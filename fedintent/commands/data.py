@@ -184,7 +184,8 @@ def run_check_data(args: argparse.Namespace) -> int:
                   for span in find_pii(text))
     if pii:
         found = ", ".join(f"{kind} {n}" for kind, n in pii.most_common())
-        print(f"PII found (redacted before training): {found}")
+        print(f"PII found (redacted before training): {found}; not found by the redactor: "
+              "English names and street addresses (docs/REDACTION.md)")
     print("label distribution (train / test):")
     train_counts = Counter(labels[i] for i in train_labels)
     test_counts = Counter(labels[i] for i in site.test.labels)
