@@ -48,7 +48,6 @@ from fl_client.distributed_dp import (
 )
 from fl_client.privacy_accounting import (
     BudgetExhausted,
-    SkellamRelease,
     delta_limit,
     epsilon_spent,
     filter_order,
@@ -413,7 +412,9 @@ def _tighten_delta(ledger: Ledger, delta: float, policy: SitePolicy) -> None:
     finite = [spend for spend in ledger.spend.values() if math.isfinite(spend)]
     alone = rdp_epsilon(max(filter(math.isfinite, ledger.alone.values()), default=0.0),
                         ledger.order, delta)
-    if max(finite, default=0.0) <= budget and alone <= policy.max_epsilon_alone:
+    if max(finite, default=0.0) <= budget and (
+            not any(r.distributed for r in ledger.releases)  # its two accounts are equal
+            or alone <= policy.max_epsilon_alone):
         log(INFO, "this site's units outgrew its ledger's delta %g: lifetime guarantees are "
             "stated at delta %g from now on (every unit's spend fits max-epsilon %g there)",
             ledger.delta, delta, policy.max_epsilon)
@@ -431,16 +432,25 @@ def _filtered_release(
 ) -> tuple[Release, list[int]]:
     """The round's release and the units in it: repeated until the units that fit the budget
     are exactly those the release's sample rate was computed for (``empty_ok``: possibly
-    none, planned as for one unit)."""
+    none, planned as for one unit). On a ledger that holds a distributed release, where a
+    unit's own-noise spend can exceed its spend, a unit must also stay within max-epsilon-alone
+    (a local release's noise is all the site's own; found in review: local rounds after
+    distributed ones took units past it); on one that holds none the two accounts are equal,
+    and max-epsilon alone binds, as it always did (found in review: held to max-epsilon-alone
+    too, a site whose max-epsilon was inf trained no unit, the bound converted at its order)."""
     budget = rdp_budget(policy.max_epsilon, ledger.delta, ledger.order)
-    alone_budget = rdp_budget(policy.max_epsilon_alone, ledger.delta, ledger.order)
+    alone_budget = (rdp_budget(policy.max_epsilon_alone, ledger.delta, ledger.order)
+                    if any(r.distributed for r in ledger.releases) else math.inf)
     _check_useful_noise(ledger, request, policy, budget)
     trained = list(range(len(keys)))
     while True:
         if not trained and not empty_ok:
+            alone = ("" if math.isinf(alone_budget) else
+                     f", or, after distributed rounds, max-epsilon-alone "
+                     f"{policy.max_epsilon_alone:g}")
             raise BudgetExhausted(
                 f"every one of the site's {len(keys)} units has spent its budget "
-                f"(max-epsilon {policy.max_epsilon:g})"
+                f"(max-epsilon {policy.max_epsilon:g}{alone})"
             )
         rate, steps = steps_per_round(max(len(trained), 1), request.batch_size,
                                       request.local_epochs)
@@ -532,13 +542,12 @@ def _distributed_release(
     # for the run at all. Units that trained before are held to the bound by the filter below,
     # each sitting out once at it; a decline counting them would tell the server, outside DP,
     # what the ledger holds (found in review: whether the oldest unit was still there, whether
-    # a row had been given its customer's id), and one unit would stop the site for good
-    # from public values only, as the noise check: the run's planned delta and the share it
-    # sets, through the run's own accountant (the site's delta, share and the ledger's order
-    # follow from its unit count: found in review, a 9,999- and a 10,000-unit site differed)
-    alone = skellam_releases_epsilon(
-        [SkellamRelease(reference - others, l1, l2, *likely)] * to_come,
-        _reference_budget(policy, request)[0])
+    # a row had been given its customer's id), and one unit would stop the site for good. By
+    # the filter's own rule, so that a new unit that passes takes part in every release to come
+    # (found in review: by the run's own accountant at the run's delta, it passed runs whose
+    # every unit then sat out); the ledger's order and delta follow from the site's size when
+    # the ledger began, and so does the decline, at a boundary of the automatic delta
+    alone = rdp_epsilon(to_come * rdp_alone, ledger.order, ledger.delta)
     if alone > policy.max_epsilon_alone:
         raise PolicyRefusal(
             Reason.MODEL_REFUSED,

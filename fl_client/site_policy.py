@@ -164,8 +164,9 @@ class SitePolicy:
     max_epsilon_alone: under distributed DP, the most epsilon the site's own noise shares may
         amount to for any one unit over the site's whole history: the guarantee it keeps if
         every other site colludes with the server (or the server lies about the cohort). Each
-        unit is held to it by the lifetime filter before every release, as to ``max_epsilon``;
-        a run whose share would take a unit new to the site past it is refused.
+        unit is held to it by the lifetime filter before every distributed release, and every
+        local one once the site has made a distributed one, as to ``max_epsilon``; a run whose
+        share would take a unit new to the site past it is refused.
     max_noise_ratio: the most the noise the site's budget needs may exceed the run's planned
         noise (both as standard deviations) before the site declines the round, charging nothing
         (``DEFAULT_MAX_NOISE_RATIO``).

@@ -813,30 +813,15 @@ def test_a_bound_the_planned_rounds_just_meet_lets_each_of_them_through(tmp_path
         charge_round(tmp_path / "site", UNITS, replace(small, server_round=server_round), met,
                      HEAD_DIM)
     assert len(read_ledger(tmp_path / "site", site_secret(tmp_path / "site")).releases) == 3
-    # and a bound just short of them lets the units train until the last round, which they
-    # sit out
+    # and a bound just short of them refuses the run for a unit new to the site, and, for
+    # units that trained, lets them train until the last round, which they sit out
     short = replace(POLICY, max_epsilon_alone=probe[-1].epsilon_alone_all_runs * 0.999)
-    for server_round in (1, 2):
-        charge_round(tmp_path / "short", UNITS, replace(small, server_round=server_round),
-                     short, HEAD_DIM)
+    with pytest.raises(PolicyRefusal):
+        charge_round(tmp_path / "short", UNITS, small, short, HEAD_DIM)
+    charge_round(tmp_path / "short", UNITS, small, POLICY, HEAD_DIM)
+    charge_round(tmp_path / "short", UNITS, replace(small, server_round=2), short, HEAD_DIM)
     with pytest.raises(BudgetExhausted):
         charge_round(tmp_path / "short", UNITS, replace(small, server_round=3), short, HEAD_DIM)
-
-
-def test_the_decline_of_a_share_too_small_does_not_depend_on_the_sites_size(tmp_path):
-    """Found in review: the decline was computed at the site's own delta and ledger order, both
-    set by its unit count, so a site of 9,999 units declined where one of 10,000 trained: a
-    free reading of the count. It is computed from the run's public values only."""
-    outcomes = []
-    for delta in (1e-5, 1e-6):  # the automatic deltas of 9,999 and 10,000 units
-        state = tmp_path / f"delta-{delta:g}"
-        create_site_secret(state)
-        strict = replace(POLICY, max_epsilon_alone=1.0)
-        with pytest.raises(PolicyRefusal) as refused:
-            charge_round(state, ["u1"], distributed_request(1, num_rounds=50, delta=delta,
-                                                            plan_delta=1e-5), strict, 1000)
-        outcomes.append(str(refused.value))
-    assert outcomes[0] == outcomes[1]
 
 
 def test_local_releases_hold_each_unit_to_max_epsilon_alone_too(tmp_path):
@@ -852,6 +837,22 @@ def test_local_releases_hold_each_unit_to_max_epsilon_alone_too(tmp_path):
     assert charge.trained == [len(UNITS)]
     with pytest.raises(BudgetExhausted):
         charge_round(tmp_path, UNITS, replace(local, run_name="run-m"), bound, HEAD_DIM)
+
+
+@pytest.mark.parametrize("max_epsilon", [math.inf, 60.0])
+def test_a_site_that_never_made_a_distributed_release_is_held_to_max_epsilon_only(tmp_path,
+                                                                                  max_epsilon):
+    """Found in review: held to max-epsilon-alone too, a site whose max-epsilon was inf (or
+    above max-epsilon-alone) trained no unit, or stopped part way: the bound converts badly at
+    the Rényi order its max-epsilon fixed, and without a distributed release both accounts are
+    the spend anyway."""
+    policy = replace(POLICY, max_epsilon=max_epsilon)
+    local = replace(distributed_request(1), run_name="run-l", privacy_model="local",
+                    cohort_size=0)
+    for server_round in (1, 2, 3):
+        charge = charge_round(tmp_path, UNITS, replace(local, server_round=server_round),
+                              policy, HEAD_DIM)
+        assert charge.trained == list(range(len(UNITS)))
 
 
 def test_a_distributed_round_leaves_out_the_units_whose_budget_is_spent(tmp_path):

@@ -602,6 +602,20 @@ def test_a_unit_trained_without_dp_does_not_hold_the_delta_back(tmp_path):
     assert read_ledger(tmp_path, site_secret(tmp_path)).delta == own == 1e-6
 
 
+def test_a_local_only_site_tightens_its_delta_whatever_its_max_epsilon_alone(tmp_path):
+    """Found in review: max-epsilon-alone, a distributed-DP bound, kept a site that never made
+    a distributed release at its first delta once a unit's spend passed it."""
+    create_site_secret(tmp_path)  # the site's state folder, set up (``fedintent init-site``)
+    policy = SitePolicy(max_epsilon=20.0, max_delta=0.5, privacy_unit=None,
+                        max_epsilon_alone=8.0)
+    units = [f"u{i}" for i in range(100)]
+    charge_round(tmp_path, units, train_request(2e-3, 12.0), policy)
+    charge_round(tmp_path, units + ["new"], train_request(1e-5, run="run-2"), policy,
+                 lifetime_delta=1e-5)
+    book = read_ledger(tmp_path, site_secret(tmp_path))
+    assert book.delta == 1e-5 and 8.0 < max(unit_epsilons(book)) <= 20.0
+
+
 def test_a_ledger_whose_spends_do_not_fit_the_lower_delta_keeps_its_own_and_says_so(
         tmp_path, caplog):
     """Lowering the delta shrinks the Rényi budget; a unit already past the smaller one would
