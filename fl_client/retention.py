@@ -66,7 +66,6 @@ from fl_client.privacy_accounting import rdp_epsilon
 from fl_client.privacy_ledger import (
     HEAD_FILE,
     LEDGER_FILE,
-    Ledger,
     LedgerError,
     privacy_unit_key,
     read_ledger,
@@ -317,7 +316,7 @@ def forget(site_dir: Path, state_dir: Path, customer: str, retention_days: float
         deletion = _logged(state_dir, "erasure-done", actor, not_used, pruned.rows,
                            pruned.files, data_rows, details)
         try:
-            units, epsilon = _ledger_spend(state_dir, secret, written, theirs)
+            units, epsilon, _ = _ledger_spend(state_dir, secret, written, theirs)
             problem = ""
         except LedgerError as err:
             units, epsilon, problem = 0, 0.0, str(err)
@@ -620,32 +619,24 @@ def customer_spend(site_dir: Path, state_dir: Path, customer: str) -> CustomerSp
     secret = site_secret(state_dir)
     train, test = read_rows(site_dir, [])
     theirs = [row for row in train + test if _is_customer(row, canonical)]
-    ledger = read_ledger(Path(state_dir), secret)
-    keys = _ledger_keys(ledger, secret, written, theirs) if ledger else []
-    return CustomerSpend(
-        rows_found=len(theirs), units=len(keys),
-        epsilon=max(unit_epsilons(ledger, keys), default=0.0) if ledger else 0.0,
-        epsilon_alone=(rdp_epsilon(max(ledger.alone.get(key, 0.0) for key in keys),
-                                   ledger.order, ledger.delta) if keys else 0.0))
+    return CustomerSpend(len(theirs), *_ledger_spend(state_dir, secret, written, theirs))
 
 
 def _ledger_spend(state_dir: Path, secret: bytes, customer: str,
-                  rows: list[Row]) -> tuple[int, float]:
+                  rows: list[Row]) -> tuple[int, float, float]:
+    """(units, largest lifetime epsilon, the same from the site's own noise) the ledger holds of
+    the customer's ``rows``' units, and under the customer unit of the id itself."""
     ledger = read_ledger(Path(state_dir), secret)
     if ledger is None:
-        return 0, 0.0
-    keys = _ledger_keys(ledger, secret, customer, rows)
-    return len(keys), max(unit_epsilons(ledger, keys), default=0.0)
-
-
-def _ledger_keys(ledger: Ledger, secret: bytes, customer: str, rows: list[Row]) -> list[str]:
-    """The ledger keys with a spend of the customer's ``rows``' units, and under the customer
-    unit of the id itself."""
+        return 0, 0.0, 0.0
     identities = {row.unit_under(ledger.privacy_unit) for row in rows}
     if ledger.privacy_unit == "customer":
         identities.add(customer)
-    return [key for key in (privacy_unit_key(secret, ledger.privacy_unit, identity)
+    keys = [key for key in (privacy_unit_key(secret, ledger.privacy_unit, identity)
                             for identity in sorted(identities)) if key in ledger.spend]
+    alone = max((ledger.alone.get(key, 0.0) for key in keys), default=0.0)
+    return (len(keys), max(unit_epsilons(ledger, keys), default=0.0),
+            rdp_epsilon(alone, ledger.order, ledger.delta))
 
 
 def _next_hour(when: datetime) -> datetime:
