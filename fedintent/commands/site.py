@@ -373,7 +373,6 @@ def run_privacy_report(args: argparse.Namespace) -> int:
                        "the site's data folder")
     if args.customer is not None and not args.customer.strip():
         raise CliError("--customer: the customer id is empty")
-    args.max_epsilon_source = source
     try:
         report = site_privacy_report(args.state_dir, args.max_epsilon)
     except (FileNotFoundError, LedgerError) as err:
@@ -382,7 +381,7 @@ def run_privacy_report(args: argparse.Namespace) -> int:
           f"{'ledger verified' if report.trained else UNTRAINED}")
     print(f"deletion log: {report.deletion_log}")
     if report.trained:
-        _print_spend(report, args.max_epsilon_source)
+        _print_spend(report, source)
     evaluations = report.evaluations
     print(f"evaluate replies sent: {evaluations.sent} in {evaluations.runs} runs, each with the "
           "test split's exact metrics, which no epsilon above covers; declined: "
