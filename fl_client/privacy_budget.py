@@ -51,7 +51,6 @@ from fl_client.privacy_accounting import (
     delta_limit,
     epsilon_spent,
     filter_order,
-    lifetime_filter,
     plan_noise_multiplier,
     plan_run_noise,
     plan_skellam_mu,
@@ -158,7 +157,7 @@ def _charge_round(state_dir: Path, units: list[str], request: RoundRequest, poli
     secret = site_secret(state_dir)
     ledger = read_ledger(state_dir, secret) or Ledger(
         privacy_unit=request.privacy_unit,
-        order=filter_order(policy.max_epsilon, request.delta),
+        order=ledger_order(policy, request.delta),
         delta=request.delta,
     )
     _check_against_ledger(ledger, request)
@@ -439,9 +438,15 @@ def _filtered_release(
     and max-epsilon alone binds, as it always did (found in review: held to max-epsilon-alone
     too, a site whose max-epsilon was inf trained no unit, the bound converted at its order)."""
     budget = rdp_budget(policy.max_epsilon, ledger.delta, ledger.order)
+    after_distributed = any(r.distributed for r in ledger.releases)
     alone_budget = (rdp_budget(policy.max_epsilon_alone, ledger.delta, ledger.order)
-                    if any(r.distributed for r in ledger.releases) else math.inf)
-    _check_useful_noise(ledger, request, policy, budget)
+                    if after_distributed else math.inf)
+    # a new unit's two accounts are equal in local releases: the noise is planned for it to
+    # finish the run within the smaller budget (found in review: planned for max-epsilon alone,
+    # a run's units sat out part way through at max-epsilon-alone)
+    binding = (min(policy.max_epsilon, policy.max_epsilon_alone) if after_distributed
+               else policy.max_epsilon)
+    _check_useful_noise(ledger, request, policy, binding)
     trained = list(range(len(keys)))
     while True:
         if not trained and not empty_ok:
@@ -456,7 +461,7 @@ def _filtered_release(
                                       request.local_epochs)
         run_steps = steps * request.num_rounds
         noise = plan_run_noise(request.target_epsilon, request.delta, rate, run_steps,
-                               request.accountant, ledger.order, budget)
+                               request.accountant, ledger.order, min(budget, alone_budget))
         rdp = release_rdp(noise, rate, steps, ledger.order)
         fits = [i for i in trained if ledger.spend.get(keys[i], 0.0) + rdp <= budget
                 and ledger.alone.get(keys[i], 0.0) + rdp <= alone_budget]  # its noise is all
@@ -465,29 +470,46 @@ def _filtered_release(
         trained = fits
 
 
-def _reference_budget(policy: SitePolicy, request: RoundRequest) -> tuple[float, float, float]:
-    """(delta, order, Rényi budget) of a fresh unit at the run's planned delta: what the noise
-    checks compare at, public values only. The ledger's own delta and order follow from the
-    site's unit count when it was made (found in review: with them, a 10,000-unit site declined
-    where a 9,999-unit one trained, and large honest sites were declined)."""
+def ledger_order(policy: SitePolicy, delta: float) -> float:
+    """The Rényi order a new ledger fixes for good (``privacy_accounting.filter_order``): the
+    best for max-epsilon, or for max-epsilon-alone where that is smaller and the site takes part
+    in distributed DP, since a unit's own-noise account, at least its spend, then reaches its
+    budget first. Found in review: fixed for max-epsilon 50 (order 1.7), max-epsilon-alone 14
+    converted there to no Rényi budget at all, and the site could make no distributed release;
+    so could no site whose max-epsilon was inf (order 1.1) under the default max-epsilon-alone."""
+    binding = policy.max_epsilon
+    if "distributed" in policy.privacy_models:
+        binding = min(binding, policy.max_epsilon_alone)
+    return filter_order(binding, delta)
+
+
+def _reference_budget(policy: SitePolicy, request: RoundRequest,
+                      max_epsilon: float) -> tuple[float, float, float]:
+    """(delta, order, Rényi budget for ``max_epsilon``) of a fresh unit at the run's planned
+    delta, in the ledger a site would begin there: what the noise checks compare at, public
+    values only. The ledger's own delta and order follow from the site's unit count when it was
+    made (found in review: with them, a 10,000-unit site declined where a 9,999-unit one
+    trained, and large honest sites were declined)."""
     delta = request.plan_delta or MAX_AUTO_DELTA
-    return delta, *lifetime_filter(policy.max_epsilon, delta)
+    order = ledger_order(policy, delta)
+    return delta, order, rdp_budget(max_epsilon, delta, order)
 
 
 def _check_useful_noise(ledger: Ledger, request: RoundRequest, policy: SitePolicy,
-                        budget: float) -> None:
-    """``check_noise`` for a local-DP round, at a reference made of public values only: full
-    batch, the run's planned delta (``_reference_budget``). At the round's own sample rate and
-    delta, both functions of how many units fit, a server that chose the batch size could read
-    from the decline, free of charge, on which side of it the count lay (found in review: a
-    60-unit site declined where a 61-unit site trained)."""
+                        max_epsilon: float) -> None:
+    """``check_noise`` for a local-DP round whose noise a fresh unit's ``max_epsilon`` may
+    force up, at a reference made of public values only: full batch, the run's planned delta
+    (``_reference_budget``). At the round's own sample rate and delta, both functions of how
+    many units fit, a server that chose the batch size could read from the decline, free of
+    charge, on which side of it the count lay (found in review: a 60-unit site declined where a
+    61-unit site trained)."""
     steps = request.local_epochs * request.num_rounds
-    delta, order, reference = _reference_budget(policy, request)
+    delta, order, reference = _reference_budget(policy, request, max_epsilon)
     noise = plan_run_noise(request.target_epsilon, delta, 1.0, steps, request.accountant,
                            order, reference)
     planned = plan_noise_multiplier(request.target_epsilon, delta, 1.0, steps,
                                     request.accountant)
-    check_noise(policy, request, noise, planned, _budget_text(ledger, policy, budget))
+    check_noise(policy, request, noise, planned, _budget_text(ledger, policy, max_epsilon))
 
 
 def skellam_sensitivity(dimension: int) -> tuple[float, float, tuple[float, float, float]]:
@@ -530,12 +552,13 @@ def _distributed_release(
     rdp_alone = skellam_rdp(share, l1, l2, ledger.order)
     # compared at the run's planned delta, not the site's own (a function of its unit count),
     # so that the decline, charged nothing, says nothing of the count (as ``_check_useful_noise``)
-    _, reference_order, reference_budget = _reference_budget(policy, request)
+    _, reference_order, reference_budget = _reference_budget(policy, request,
+                                                             policy.max_epsilon)
     within_reference = skellam_mu_within_rdp(l1, l2, request.num_rounds, reference_order,
                                              reference_budget)
     reference = max(planned / counted, max(within_reference, planned) - others) + others
     check_noise(policy, request, math.sqrt(2 * reference) / l2, math.sqrt(2 * planned) / l2,
-                _budget_text(ledger, policy, budget))
+                _budget_text(ledger, policy, policy.max_epsilon))
     released = sum(1 for r in ledger.releases if r.run == request.run_name)
     to_come = max(request.num_rounds - released, 1)  # this release counts, even past the plan
     # a unit new to the site, over the run's releases to come: whether the share is too small
@@ -572,11 +595,13 @@ def _distributed_release(
     return release, trained
 
 
-def _budget_text(ledger: Ledger, policy: SitePolicy, budget: float) -> str:
-    """The lifetime budget a fresh unit has, for the site's log."""
-    return (f"this site's lifetime budget (max-epsilon {policy.max_epsilon:g} per "
-            f"{ledger.privacy_unit} at delta {ledger.delta:g}: Rényi DP {budget:.3g} at order "
-            f"{ledger.order:g})")
+def _budget_text(ledger: Ledger, policy: SitePolicy, max_epsilon: float) -> str:
+    """The lifetime budget a fresh unit has, for the site's log: ``max_epsilon``, the site's
+    max-epsilon or its max-epsilon-alone."""
+    budget = rdp_budget(max_epsilon, ledger.delta, ledger.order)
+    setting = "max-epsilon" if max_epsilon == policy.max_epsilon else "max-epsilon-alone"
+    return (f"this site's lifetime budget ({setting} {max_epsilon:g} per {ledger.privacy_unit} "
+            f"at delta {ledger.delta:g}: Rényi DP {budget:.3g} at order {ledger.order:g})")
 
 
 def run_epsilons(releases: list[Release], delta: float) -> tuple[float, float]:

@@ -138,7 +138,8 @@ class Ledger:
 
     privacy_unit: what one unit is (``utterance`` or ``customer``); fixed for the site's life,
         since spends in one unit say nothing sound about the other.
-    order: the Rényi order the lifetime filter composes at; fixed when the ledger is created.
+    order: the Rényi order the lifetime filter composes at, both accounts; fixed when the ledger
+        is created (``privacy_budget.ledger_order``).
     delta: the delta a unit's lifetime (epsilon, delta) guarantee is stated at; fixed likewise,
         except that it is lowered, never raised, when the site outgrows it
         (``privacy_budget._tighten_delta``).

@@ -57,6 +57,7 @@ from fl_client.privacy_accounting import (
     MAX_SKELLAM_MU,
     BudgetExhausted,
     SkellamRelease,
+    filter_order,
     skellam_releases_epsilon,
 )
 from fl_client.privacy_budget import charge_round
@@ -806,19 +807,21 @@ def test_a_bound_the_planned_rounds_just_meet_lets_each_of_them_through(tmp_path
     small = distributed_request(1, cohort_size=3, tolerated_sites=1)
     for site in ("probe", "site", "short"):
         create_site_secret(tmp_path / site)
-    probe = [charge_round(tmp_path / "probe", UNITS, replace(small, server_round=r), POLICY,
+    # max-epsilon below every max-epsilon-alone here, so that each new ledger fixes one order
+    policy = replace(POLICY, max_epsilon=4.0)
+    probe = [charge_round(tmp_path / "probe", UNITS, replace(small, server_round=r), policy,
                           HEAD_DIM) for r in (1, 2, 3)]
-    met = replace(POLICY, max_epsilon_alone=probe[-1].epsilon_alone_all_runs * 1.001)
+    met = replace(policy, max_epsilon_alone=probe[-1].epsilon_alone_all_runs * 1.001)
     for server_round in (1, 2, 3):
         charge_round(tmp_path / "site", UNITS, replace(small, server_round=server_round), met,
                      HEAD_DIM)
     assert len(read_ledger(tmp_path / "site", site_secret(tmp_path / "site")).releases) == 3
     # and a bound just short of them refuses the run for a unit new to the site, and, for
     # units that trained, lets them train until the last round, which they sit out
-    short = replace(POLICY, max_epsilon_alone=probe[-1].epsilon_alone_all_runs * 0.999)
+    short = replace(policy, max_epsilon_alone=probe[-1].epsilon_alone_all_runs * 0.999)
     with pytest.raises(PolicyRefusal):
         charge_round(tmp_path / "short", UNITS, small, short, HEAD_DIM)
-    charge_round(tmp_path / "short", UNITS, small, POLICY, HEAD_DIM)
+    charge_round(tmp_path / "short", UNITS, small, policy, HEAD_DIM)
     charge_round(tmp_path / "short", UNITS, replace(small, server_round=2), short, HEAD_DIM)
     with pytest.raises(BudgetExhausted):
         charge_round(tmp_path / "short", UNITS, replace(small, server_round=3), short, HEAD_DIM)
@@ -853,6 +856,54 @@ def test_a_site_that_never_made_a_distributed_release_is_held_to_max_epsilon_onl
         charge = charge_round(tmp_path, UNITS, replace(local, server_round=server_round),
                               policy, HEAD_DIM)
         assert charge.trained == list(range(len(UNITS)))
+
+
+@pytest.mark.parametrize("max_epsilon", [math.inf, 50.0])
+def test_a_site_whose_max_epsilon_alone_binds_fixes_its_renyi_order_for_it(tmp_path,
+                                                                          max_epsilon):
+    """Found in review: the ledger's order was fixed for max-epsilon alone (1.1 for inf, 1.7
+    for 50), where max-epsilon-alone 14 (or the default 50, under inf) converts to little or no
+    Rényi budget: the site declined every distributed run, even one that costs a unit new to
+    it 7 of the 14. Fixed for the smaller bound, it trains every unit in every round."""
+    policy = replace(POLICY, max_epsilon=max_epsilon, max_epsilon_alone=14.0)
+    small = distributed_request(1, cohort_size=3, tolerated_sites=1)
+    for server_round in (1, 2, 3):
+        charge = charge_round(tmp_path, UNITS, replace(small, server_round=server_round),
+                              policy, HEAD_DIM)
+        assert charge.trained == list(range(len(UNITS)))
+    assert charge.epsilon_alone_all_runs <= 14.0
+    ledger = read_ledger(tmp_path, site_secret(tmp_path))
+    assert ledger.order == filter_order(14.0, ledger.delta)
+    # a site that takes no part in distributed DP keeps the order best for its max-epsilon
+    local_only = replace(policy, max_epsilon=50.0, privacy_models=("local",))
+    local = replace(small, privacy_model="local", cohort_size=0, tolerated_sites=0)
+    create_site_secret(tmp_path / "local")
+    charge_round(tmp_path / "local", UNITS, local, local_only, HEAD_DIM)
+    local_ledger = read_ledger(tmp_path / "local", site_secret(tmp_path / "local"))
+    assert local_ledger.order == filter_order(50.0, local_ledger.delta) < ledger.order
+
+
+def test_local_runs_after_distributed_ones_plan_their_noise_for_max_epsilon_alone(tmp_path):
+    """Found in review: a local run planned its noise for max-epsilon only, so on a site whose
+    max-epsilon-alone is the smaller bound (which holds local releases once the site has made a
+    distributed one) units new to the site sat out the run's last rounds at max-epsilon-alone.
+    Planned for the smaller budget, a new unit finishes the run within it; a run that needs
+    far more noise than its plan for that is declined up front, naming the bound."""
+    policy = replace(POLICY, max_epsilon=20.0, max_epsilon_alone=8.0)
+    charge_round(tmp_path, UNITS, distributed_request(1, cohort_size=3, tolerated_sites=1),
+                 policy, HEAD_DIM)
+    local = replace(distributed_request(1), run_name="run-l", privacy_model="local",
+                    cohort_size=0, tolerated_sites=0, target_epsilon=9.0, num_rounds=5)
+    newcomers = [f"new{i}" for i in range(20)]
+    for server_round in range(1, 6):
+        charge = charge_round(tmp_path, newcomers, replace(local, server_round=server_round),
+                              policy, HEAD_DIM)
+        assert charge.trained == list(range(len(newcomers)))
+    assert 7.9 < charge.epsilon_alone_all_runs <= 8.0
+    with pytest.raises(PolicyRefusal, match="max-epsilon-alone 8 ") as refused:
+        charge_round(tmp_path, newcomers, replace(local, run_name="run-m", target_epsilon=30.0),
+                     policy, HEAD_DIM)
+    assert refused.value.reason == Reason.NOISE_REFUSED
 
 
 def test_a_distributed_round_leaves_out_the_units_whose_budget_is_spent(tmp_path):
