@@ -550,13 +550,14 @@ def test_forget_refuses_a_state_folder_no_site_has_run_in(tmp_path, capsys):
 
 def test_forget_of_an_id_no_row_or_spend_holds_warns_but_records_it(tmp_path, capsys):
     """Found in review: a mistyped id in a data-subject request printed "erasure recorded: 0
-    rows" and exited 0, like a real erasure."""
+    rows" and exited 0, like a real erasure; then (review 89) warned, still with exit 0, which
+    an automated erasure queue cannot tell from a done erasure: it exits 3."""
     site, state = tmp_path / "site", tmp_path / "state"
     write_site(site, site_rows())
     assert fedintent(["purge", str(site), "--state-dir", str(state)]) == 0
     capsys.readouterr()
     assert fedintent(["forget", "--site", str(site), "--customer", "cust-99", "--state-dir",
-                      str(state)]) == 0
+                      str(state)]) == 3
     assert "no row in" in capsys.readouterr().err
     assert log_entries(state)[-2]["event"] == "erasure"
     assert fedintent(["forget", "--site", str(site), "--customer", "cust-1", "--state-dir",

@@ -86,7 +86,9 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
         "of clock skew, or their newest row), and remove "
         "their rows from every derived store (and, with --delete-from-data, from the data "
         "folder). The privacy ledger keeps their spend: a customer who returns is not a fresh "
-        "privacy unit. See docs/SITE_GUIDE.md.",
+        "privacy unit. Exit 0: done; 3: recorded, but no row in SITE_DIR and no spend in the "
+        "ledger carries this id (a mistyped id? an erasure queue should flag it); 2: refused, "
+        "or done only in part (the message says which). See docs/SITE_GUIDE.md.",
     )
     forget.set_defaults(handler=run_forget)
     forget.add_argument("--site", type=path_argument, required=True, metavar="SITE_DIR",
@@ -148,6 +150,10 @@ def run_purge(args: argparse.Namespace) -> int:
         raise CliError(f"the purge above is done and logged, but the privacy ledger could not "
                        f"record the deletion log's new length: {deletion.ledger_problem}")
     return 0
+
+
+UNKNOWN_CUSTOMER = 3
+"""``forget``'s exit code for an erasure recorded under an id that no row and no spend carries."""
 
 
 def run_forget(args: argparse.Namespace) -> int:
@@ -225,7 +231,8 @@ def run_forget(args: argparse.Namespace) -> int:
               "privacy ledger holds no spend under it: check the id (matched ignoring "
               "case, character width, invisible characters, dashes and digit scripts); the "
               "erasure is recorded all the same, so rows that arrive under it later are not "
-              "used", file=sys.stderr)
+              "used (exit 3)", file=sys.stderr)
+        return UNKNOWN_CUSTOMER  # found in review: exit 0 told an erasure queue all was well
     return 0
 
 
