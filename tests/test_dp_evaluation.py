@@ -186,8 +186,9 @@ def test_a_dp_site_sends_estimates_and_epsilon_only_and_charges_its_ledger(site,
     assert (evaluations.dp, evaluations.sent, evaluations.declined) == (3, 0, 0)
     assert main(["privacy-report", str(state), "--max-epsilon", "10"]) == 0
     printed = capsys.readouterr().out
-    assert "evaluate replies sent: 0 in 0 runs" in printed
-    assert "and 3 with DP estimates, counted above as the runs named '(evaluation)'" in printed
+    assert "evaluate replies (egress log):\n  3 with DP estimates, counted above as the runs " \
+        "named '(evaluation)'\n" in printed
+    assert "exact metrics" not in printed and "declined" not in printed
 
 
 def test_the_server_cannot_raise_the_evaluation_epsilon(site, tmp_path):

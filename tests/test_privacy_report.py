@@ -79,13 +79,22 @@ def test_a_head_naming_no_releases_without_its_ledger_is_a_deleted_ledger(fresh,
     assert "the ledger was deleted" in capsys.readouterr().err
 
 
-def test_only_evaluations_with_exact_metrics_sent_are_still_a_site_that_spent_nothing(fresh):
-    """Exact evaluate replies are not charged, so they leave no ledger behind."""
+def test_only_evaluations_with_exact_metrics_sent_are_still_a_site_that_spent_nothing(fresh,
+                                                                                     capsys):
+    """Exact evaluate replies are not charged, so they leave no ledger behind; the report says
+    what they sent, and only the kinds of reply there were."""
+    assert main(["privacy-report", str(fresh)]) == 0
+    assert "evaluate replies (egress log): none sent or declined\n" in capsys.readouterr().out
     (fresh / "egress.jsonl").write_text(json.dumps(
         {"message": "evaluate", "run": "r", "verdict": "sent", "metrics": {"accuracy": 0.5}})
         + "\n")
     report = site_privacy_report(fresh, 8.0)
     assert not report.trained and report.evaluations.sent == 1
+    assert main(["privacy-report", str(fresh)]) == 0
+    printed = capsys.readouterr().out
+    assert "evaluate replies (egress log):\n  1 in 1 runs with the test split's exact metrics" \
+        in printed
+    assert "DP estimates, counted" not in printed and "declined" not in printed
 
 
 def test_a_corrupt_ledger_reads_right_from_the_report(fresh, capsys):

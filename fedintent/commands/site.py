@@ -19,7 +19,7 @@ from fl_server.progress import format_epsilon
 from fl_server.run_record import site_pseudonym
 
 if TYPE_CHECKING:
-    from fl_client.privacy_report import SiteReport
+    from fl_client.privacy_report import Evaluations, SiteReport
 
 
 def add_parsers(commands: argparse._SubParsersAction) -> None:
@@ -389,21 +389,31 @@ def run_privacy_report(args: argparse.Namespace) -> int:
     print(f"deletion log: {report.deletion_log}")
     if report.trained:
         _print_spend(report, source)
-    evaluations = report.evaluations
-    print(f"evaluate replies sent: {evaluations.sent} in {evaluations.runs} runs, each with the "
-          "test split's exact metrics, which no epsilon above covers; declined: "
-          f"{evaluations.declined} (egress log)")
-    if evaluations.dp:
-        print(f"  and {evaluations.dp} with DP estimates, counted above as the runs named "
-              "'(evaluation)'")
-    if evaluations.sent:
-        print('  node config evaluation = "dp" (EVALUATION=dp in the site container) sends DP '
-              'estimates instead, "off" none')
-    if evaluations.unreadable:
-        print(f"  {evaluations.unreadable} egress log lines unreadable, not counted")
+    _print_evaluations(report.evaluations)
     if args.customer is not None:
         _print_customer_spend(args.site, args.state_dir, args.customer)
     return 0 if report.deletion_log_ok else 1
+
+
+def _print_evaluations(evaluations: "Evaluations") -> None:
+    """What the egress log shows of the site's evaluate replies, a line for each kind there
+    was (found in review: "0 in 0 runs, each with ...; declined: 0" was hard to read)."""
+    lines = []
+    if evaluations.sent:
+        lines.append(f"{evaluations.sent} in {evaluations.runs} runs with the test split's exact "
+                     "metrics, which no epsilon above covers; node config evaluation = \"dp\" "
+                     "(EVALUATION=dp in the site container) sends DP estimates instead, "
+                     "\"off\" none")
+    if evaluations.dp:
+        lines.append(f"{evaluations.dp} with DP estimates, counted above as the runs named "
+                     "'(evaluation)'")
+    if evaluations.declined:
+        lines.append(f"{evaluations.declined} declined")
+    print("evaluate replies (egress log):" + ("" if lines else " none sent or declined"))
+    for line in lines:
+        print(f"  {line}")
+    if evaluations.unreadable:
+        print(f"  {evaluations.unreadable} egress log lines unreadable, not counted")
 
 
 def _print_customer_spend(site_dir: Path, state_dir: Path, customer: str) -> None:
