@@ -41,10 +41,10 @@ def round_lines(entry: dict, num_rounds: int, names: Mapping[str, str] | None = 
         f"{_evaluation_text(entry, names)}  "
         f"max epsilon {epsilon}{alone_text}{upload_text}"
     ]
-    lines += [f"  site {site_label(failure['node_id'], names or {})} did not train: "
-              f"{failure['reason']}" for failure in entry.get("failures", [])]
+    lines += [f"  site {_failed_site(failure, names)} did not train: {failure['reason']}"
+              for failure in entry.get("failures", [])]
     not_trained = {(failure["node_id"], failure["reason"]) for failure in entry.get("failures", [])}
-    lines += [f"  site {site_label(failure['node_id'], names or {})} did not evaluate: "
+    lines += [f"  site {_failed_site(failure, names)} did not evaluate: "
               f"{failure['reason']}" for failure in entry.get("evaluation_failures", [])
               if (failure["node_id"], failure["reason"]) not in not_trained]
     secure = entry.get("secure_aggregation") or {}
@@ -52,6 +52,11 @@ def round_lines(entry: dict, num_rounds: int, names: Mapping[str, str] | None = 
         lines.append(f"  no sum released, the model stays as it was: "
                      f"{secure.get('halted') or secure.get('dropped')}")
     return lines
+
+
+def _failed_site(failure: dict, names: Mapping[str, str] | None) -> str:
+    """The site a failure came from: its pseudonym where the run knows it, else its node id."""
+    return site_label(failure.get("site", failure["node_id"]), names or {})
 
 
 def _evaluation_text(entry: dict, names: Mapping[str, str] | None) -> str:

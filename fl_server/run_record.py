@@ -147,7 +147,8 @@ class RunRecord:
             if reply.metadata.src_node_id in update_norms:
                 sites[node]["update_norm"] = update_norms[reply.metadata.src_node_id]
         entry = {"round": server_round, "sites_trained": len(sites), "sites_failed": len(failures),
-                 "failures": failures, "sites": sites}
+                 "failures": _named(failures, self._pseudonyms({"sites": sites})),
+                 "sites": sites}
         trained = [s for s in sites.values() if "num_examples" in s]
         if trained:
             entry["max_epsilon"] = _max_epsilon(trained)
@@ -164,13 +165,15 @@ class RunRecord:
         """Complete the round with the example-weighted evaluation and write it out."""
         entry = self._pending.pop(server_round, {"round": server_round})
         entry["sites_evaluated"] = sum(1 for r in replies if not r.has_error())
-        entry["evaluation_failures"] = [_failure(r) for r in replies if r.has_error()]
+        pseudonyms = self._pseudonyms(entry)
+        entry["evaluation_failures"] = _named([_failure(r) for r in replies if r.has_error()],
+                                              pseudonyms)
         if aggregated is not None:
             entry |= {name.replace("-", "_"): float(value) for name, value in aggregated.items()}
         dp = sum(1 for r in replies if not r.has_error() and "epsilon" in r.content[METRICS_KEY])
         if dp:
             entry["sites_evaluated_with_dp"] = dp
-        entry |= _site_evaluations(replies, self._pseudonyms(entry))
+        entry |= _site_evaluations(replies, pseudonyms)
         self.doc["rounds"].append(entry)
         self.write()
 
@@ -310,6 +313,14 @@ def _site_evaluations(replies: list[Message], pseudonyms: dict[str, str]) -> dic
         "worst_site": worst,
         "evaluation": sites,
     }
+
+
+def _named(failures: list[dict], pseudonyms: dict[str, str]) -> list[dict]:
+    """Each failure with the ``site`` pseudonym its node id replied under earlier in the run,
+    where one did: a decline carries no ``site-key`` (found in review: progress named a site
+    by its node id in one line and by its pseudonym in the next)."""
+    return [failure | ({"site": pseudonyms[failure["node_id"]]}
+                       if failure["node_id"] in pseudonyms else {}) for failure in failures]
 
 
 def _failure(reply: Message) -> dict:

@@ -11,7 +11,7 @@ from flwr.app import Message, MetricRecord, RecordDict
 from sklearn.metrics import f1_score
 
 from fl_client.dp_training import evaluate, macro_f1
-from fl_protocol.wire import Reason
+from fl_protocol.wire import Reason, error_reply
 from fl_server.progress import round_lines
 from fl_server.run_record import RunRecord, final_summary
 
@@ -89,6 +89,27 @@ def test_a_site_the_server_never_saw_train_is_named_by_node_id(tmp_path):
     record = RunRecord.start(tmp_path / "metrics.json", 1, {}, ["a"])
     record.record_evaluate(1, [evaluation_reply(5, 4, 0.5, 0.5)], None)
     assert record.doc["rounds"][0]["worst_site"] == "5"
+
+
+def test_a_site_that_declines_after_training_is_named_by_its_pseudonym(recorded):
+    """Found in review: a decline carries no site key, so the round line named the site by its
+    node id next to lines naming it by its pseudonym. A node id that trained earlier in the run
+    is the site it trained as; one never seen to train keeps its node id."""
+    small = f"site-{0xCD:012x}"
+    asked = {node: Message(RecordDict(), dst_node_id=node, message_type=kind)
+             for node, kind in ((7, "train"), (8, "train"), (9, "evaluate"))}
+    entry = recorded.record_train(3, [error_reply(asked[8], Reason.BUDGET_EXHAUSTED),
+                                      error_reply(asked[7], Reason.INTERNAL)], {})
+    assert [failure.get("site") for failure in entry["failures"]] == [
+        small, f"site-{0xAB:012x}"]
+    recorded.record_evaluate(3, [error_reply(asked[9], Reason.EVALUATION_REFUSED)], None)
+    entry = recorded.doc["rounds"][-1]
+    assert "site" not in entry["evaluation_failures"][0]
+    assert round_lines(entry, 3, {small: "site-03"})[1:] == [
+        f"  site {small} (site-03) did not train: {Reason.BUDGET_EXHAUSTED.value}",
+        f"  site site-{0xAB:012x} did not train: {Reason.INTERNAL.value}",
+        f"  site 9 did not evaluate: {Reason.EVALUATION_REFUSED.value}",
+    ]
 
 
 def test_the_round_line_shows_macro_f1_and_the_worst_site(recorded):
