@@ -8,6 +8,7 @@ counts.
 """
 
 import math
+from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -47,6 +48,9 @@ class RunSummary:
     privacy_model: str = "local"
     epsilon_alone: float = 0.0
     """From the site's own noise only (distributed DP); equal to ``epsilon`` under local DP."""
+    sent: int = 0
+    """How many replies paid for by the run's releases the egress log shows sent: fewer than
+    ``rounds`` where a reply was blocked, failed or cut off after its release was charged."""
 
 
 @dataclass(frozen=True)
@@ -129,6 +133,7 @@ def site_privacy_report(state_dir: Path, max_epsilon: float, bands: int = 4) -> 
     runs: dict[str, list[Release]] = {}
     for release in ledger.releases:
         runs.setdefault(release.run, []).append(release)
+    sent = replies_sent(state_dir)
     return SiteReport(
         state_dir=state_dir,
         site_key=site_key(state_dir),
@@ -142,7 +147,7 @@ def site_privacy_report(state_dir: Path, max_epsilon: float, bands: int = 4) -> 
         exhausted=sum(1 for e in finite if e >= EXHAUSTED_SHARE * max_epsilon),
         non_private=len(epsilons) - len(finite),
         max_epsilon=max_epsilon,
-        runs=[_run_summary(name, run) for name, run in runs.items()],
+        runs=[replace(_run_summary(name, run), sent=sent[name]) for name, run in runs.items()],
         evaluations=evaluations_sent(state_dir),
         deletion_log=deletion_log,
         deletion_log_ok=deletion_log_ok,
@@ -214,6 +219,19 @@ def _spend_bands(finite: list[float], max_epsilon: float,
              sum(1 for e in finite if i * width <= e < (i + 1) * width
                  or (i == bands - 1 and e >= (i + 1) * width)))
             for i in range(bands)]
+
+
+def replies_sent(state_dir: Path) -> Counter[str]:
+    """Per run, as the ledger names it, the replies the egress log shows sent that a release
+    paid for (found in review: a run whose every update the egress guard blocked was listed as
+    if it had left). One per release: a training update (with SecAgg+, the masked vector's) or
+    a DP evaluation, whose run the ledger names ``<run> (evaluation)``."""
+    sent: Counter[str] = Counter()
+    for entry in egress_entries(state_dir):
+        if _sent_a_release(entry):
+            run = str(entry.get("run", ""))
+            sent[f"{run} (evaluation)" if entry.get("message") == "evaluate" else run] += 1
+    return sent
 
 
 def evaluations_sent(state_dir: Path) -> Evaluations:

@@ -189,6 +189,7 @@ def test_a_dp_site_sends_estimates_and_epsilon_only_and_charges_its_ledger(site,
     assert "evaluate replies (egress log):\n  3 with DP estimates, counted above as the runs " \
         "named '(evaluation)'\n" in printed
     assert "exact metrics" not in printed and "declined" not in printed
+    assert "left no reply" not in printed  # each release's reply is in the egress log
 
 
 def test_the_server_cannot_raise_the_evaluation_epsilon(site, tmp_path):

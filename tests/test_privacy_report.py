@@ -92,9 +92,28 @@ def test_only_evaluations_with_exact_metrics_sent_are_still_a_site_that_spent_no
     assert not report.trained and report.evaluations.sent == 1
     assert main(["privacy-report", str(fresh)]) == 0
     printed = capsys.readouterr().out
-    assert "evaluate replies (egress log):\n  1 in 1 runs with the test split's exact metrics" \
+    assert "evaluate replies (egress log):\n  1 in 1 run with the test split's exact metrics" \
         in printed
     assert "DP estimates, counted" not in printed and "declined" not in printed
+
+
+def test_a_release_whose_reply_never_left_is_reported_charged_and_not_sent(fresh, capsys):
+    """Found in review: a run whose only update the egress guard blocked was listed like a run
+    that sent it. The egress log says which releases paid for a reply that left."""
+    trained(fresh)
+    entry = {"message": "train", "run": "r", "round": 1}
+    (fresh / "egress.jsonl").write_text(json.dumps(
+        entry | {"verdict": "blocked: an array the run does not hold",
+                 "error": {"code": 1003, "reason": "egress blocked"}}) + "\n")
+    assert main(["privacy-report", str(fresh)]) == 0
+    assert ("  1 of its 1 release left no reply the egress log shows sent (blocked, failed or "
+            "cut off after the charge): charged all the same") in capsys.readouterr().out
+    assert site_privacy_report(fresh, 8.0).runs[0].sent == 0
+    with open(fresh / "egress.jsonl", "a") as log:  # the round asked again, and sent
+        log.write(json.dumps(entry | {"verdict": "sent", "metrics": {"epsilon": 1.0}}) + "\n")
+    assert main(["privacy-report", str(fresh)]) == 0
+    assert "left no reply" not in capsys.readouterr().out
+    assert site_privacy_report(fresh, 8.0).runs[0].sent == 1
 
 
 def test_a_corrupt_ledger_reads_right_from_the_report(fresh, capsys):

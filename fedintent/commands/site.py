@@ -400,8 +400,9 @@ def _print_evaluations(evaluations: "Evaluations") -> None:
     was (found in review: "0 in 0 runs, each with ...; declined: 0" was hard to read)."""
     lines = []
     if evaluations.sent:
-        lines.append(f"{evaluations.sent} in {evaluations.runs} runs with the test split's exact "
-                     "metrics, which no epsilon above covers; node config evaluation = \"dp\" "
+        lines.append(f"{evaluations.sent} in {_count(evaluations.runs, 'run')} with the test "
+                     "split's exact metrics, which no epsilon above covers; node config "
+                     "evaluation = \"dp\" "
                      "(EVALUATION=dp in the site container) sends DP estimates instead, "
                      "\"off\" none")
     if evaluations.dp:
@@ -475,3 +476,7 @@ def _print_spend(report: "SiteReport", source: str = "") -> None:
               f"{format_epsilon(run.epsilon)}{alone} at delta {run.delta:g}, noise multiplier "
               f"{run.noise_multiplier:.4g}, sample rate {run.sample_rate:.4g}, {run.steps} "
               f"steps/round, clip norm {run.clip_norm:g} ({run.first} .. {run.last})")
+        if run.sent < run.rounds:
+            print(f"  {run.rounds - run.sent} of its {_count(run.rounds, 'release')} left no "
+                  "reply the egress log shows sent (blocked, failed or cut off after the "
+                  "charge): charged all the same")
