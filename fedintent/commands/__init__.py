@@ -13,6 +13,11 @@ class CliError(Exception):
     """A problem with the user's input: printed as one line, exit code 2."""
 
 
+def counted(count: int, thing: str) -> str:
+    """``1 row``, ``2 rows``: a count as a sentence says it (found in review: "1 files")."""
+    return f"{count} {thing}" if count == 1 else f"{count} {thing}s"
+
+
 OPERATOR_MODULES = ("ray", "flwr_datasets", "datasets", "sklearn", "matplotlib", "scipy", "psutil")
 """What ``pip install fedintent[operator]`` adds, by import name: Flower's simulation engine,
 the dataset partitioners, the benchmark's and the privacy audit's statistics and plots, and

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from data_synth import SYNTHETIC_SITE_SIZE
-from fedintent.commands import CliError, require_operator_extra
+from fedintent.commands import CliError, counted, require_operator_extra
 from fedintent.commands.options import number_argument, path_argument
 from fl_protocol.label_file import read_labels
 from fl_protocol.wire import DEFAULT_RETENTION_DAYS
@@ -151,7 +151,7 @@ def run_check_data(args: argparse.Namespace) -> int:
     train_texts = [site.train.texts[index] for index in first]
     train_labels = [site.train.labels[index] for index in first]
     valid = len(first) + len(site.test)
-    summary = (f"{site_dir}: {_rows(site.rows_read)} read, {valid} valid "
+    summary = (f"{site_dir}: {counted(site.rows_read, 'row')} read, {valid} valid "
                f"({len(first)} train, {len(site.test)} test), {len(site.rejected)} rejected")
     if duplicates:
         summary += f", {len(duplicates)} with a duplicated id (used once)"
@@ -173,7 +173,7 @@ def run_check_data(args: argparse.Namespace) -> int:
     for row in duplicates:
         print(f"  skipped {row}")
     for label, count in site.unknown_labels.most_common():
-        print(f"  unknown label {shown_unknown_label(label, labels)}: {_rows(count)}")
+        print(f"  unknown label {shown_unknown_label(label, labels)}: {counted(count, 'row')}")
     _print_timestamps(times, site.excluded, args.retention_days, any_valid=valid > 0)
     _print_customers(site_dir, [site.train.customers[index] is not None for index in first],
                      [customer is not None for customer in site.test.customers])
@@ -214,7 +214,7 @@ def _print_customers(site_dir: Path, train: list[bool], test: list[bool]) -> Non
     unread = unread_customer_keys(site_dir)
     if not missing and not unread:
         return
-    print(f"customer_id: {_rows(missing)} without one (each its own privacy unit under "
+    print(f"customer_id: {counted(missing, 'row')} without one (each its own privacy unit under "
           "privacy-unit customer)")
     for name, key in unread:
         print(f"  {name}: {key!r} looks like a customer key but is not read: only "
@@ -274,14 +274,15 @@ def _print_timestamps(times: list, excluded: Counter, retention_days: float | No
 
     dated = [when for when in times if when is not None]
     span = f" ({min(dated):%Y-%m-%d} to {max(dated):%Y-%m-%d})" if dated else ""
-    print(f"timestamps: {_rows(len(dated))} dated{span}, {len(times) - len(dated)} undated")
+    print(f"timestamps: {counted(len(dated), 'row')} dated{span}, "
+          f"{len(times) - len(dated)} undated")
     if retention_days is None and any_valid:
         default = RowPolicy(*retention_window(DEFAULT_RETENTION_DAYS))
         usable = sum(default(None, when) is None for when in times)
         these = "this" if len(times) == 1 else "these"
         print(f"  a site at the default retention-days ({DEFAULT_RETENTION_DAYS:g}) would use "
-              f"{usable} of {these} {_rows(len(times))}; --retention-days DAYS applies your "
-              "policy")
+              f"{usable} of {these} {counted(len(times), 'row')}; --retention-days DAYS applies "
+              "your policy")
         if not usable:  # found in review: exit 0 and "valid" for a site that would train none
             print(f"warning: a deployed site at its default retention-days "
                   f"({DEFAULT_RETENTION_DAYS:g}) would use none of these rows (undated rows are "
@@ -289,12 +290,8 @@ def _print_timestamps(times: list, excluded: Counter, retention_days: float | No
                   "the site's retention-days (RETENTION_DAYS in the container; inf: no limit)",
                   file=sys.stderr)
     for reason, count in sorted(excluded.items()):
-        print(f"  not used under retention-days {retention_days:g}: {_rows(count)} {reason}")
-
-
-def _rows(count: int) -> str:
-    """``1 row``, ``2 rows``: a count of rows as a sentence says it."""
-    return f"{count} row" if count == 1 else f"{count} rows"
+        print(f"  not used under retention-days {retention_days:g}: {counted(count, 'row')} "
+              f"{reason}")
 
 
 PARTITION_OPTIONS = {"n_sites": "--sites", "seed": "--seed", "alpha": "--alpha", "iid": "--iid",

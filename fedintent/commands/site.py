@@ -11,7 +11,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from fedintent.commands import CliError
+from fedintent.commands import CliError, counted
 from fedintent.commands.options import number_argument, path_argument
 from fl_protocol.file_owner import permission_denied
 from fl_protocol.wire import DEFAULT_MAX_EPSILON, DEFAULT_RETENTION_DAYS
@@ -343,20 +343,15 @@ def _print_deletion(deletion, delete_from_data: bool, state_dir: Path) -> None:
                          sorted(deletion.not_used.items())) or "none"
     # the whole site's, not one customer's (found in review: read as the customer's counts)
     print(f"  rows not used under the policy, whole site: {not_used}")
-    print(f"  removed, whole site: {_count(deletion.feature_rows, 'cached feature row')}, "
-          f"{_count(deletion.files, 'file')} from the feature store")
+    print(f"  removed, whole site: {counted(deletion.feature_rows, 'cached feature row')}, "
+          f"{counted(deletion.files, 'file')} from the feature store")
     if delete_from_data:
-        print(f"  removed from the data folder: {_count(deletion.data_rows, 'row')}")
+        print(f"  removed from the data folder: {counted(deletion.data_rows, 'row')}")
     else:
         print("  data folder: only read (--delete-from-data removes expired and erased rows "
               "from it)")
     print(f"  logged: entry {deletion.log_entry} of {state_dir / 'deletions.jsonl'} (check it "
           "with `fedintent audit verify`)")
-
-
-def _count(count: int, thing: str) -> str:
-    """``1 file``, ``2 files``: a count as a sentence says it."""
-    return f"{count} {thing}" if count == 1 else f"{count} {thing}s"
 
 
 UNTRAINED = ("no runs yet: no privacy ledger, and no unit has spent any budget (if this site has "
@@ -400,7 +395,7 @@ def _print_evaluations(evaluations: "Evaluations") -> None:
     was (found in review: "0 in 0 runs, each with ...; declined: 0" was hard to read)."""
     lines = []
     if evaluations.sent:
-        lines.append(f"{evaluations.sent} in {_count(evaluations.runs, 'run')} with the test "
+        lines.append(f"{evaluations.sent} in {counted(evaluations.runs, 'run')} with the test "
                      "split's exact metrics, which no epsilon above covers; node config "
                      "evaluation = \"dp\" "
                      "(EVALUATION=dp in the site container) sends DP estimates instead, "
@@ -477,6 +472,6 @@ def _print_spend(report: "SiteReport", source: str = "") -> None:
               f"{run.noise_multiplier:.4g}, sample rate {run.sample_rate:.4g}, {run.steps} "
               f"steps/round, clip norm {run.clip_norm:g} ({run.first} .. {run.last})")
         if run.sent < run.rounds:
-            print(f"  {run.rounds - run.sent} of its {_count(run.rounds, 'release')} left no "
+            print(f"  {run.rounds - run.sent} of its {counted(run.rounds, 'release')} left no "
                   "reply the egress log shows sent (blocked, failed or cut off after the "
                   "charge): charged all the same")
