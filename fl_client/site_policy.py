@@ -166,7 +166,9 @@ class SitePolicy:
         every other site colludes with the server (or the server lies about the cohort). Each
         unit is held to it by the lifetime filter before every distributed release, and every
         local one once the site has made a distributed one, as to ``max_epsilon``; a run whose
-        share would take a unit new to the site past it is refused.
+        share would take a unit new to the site past it is refused. Below ``max_epsilon`` it
+        is the bound a unit meets first, and a new ledger fixes its Rényi order for it
+        (``privacy_budget.ledger_order``).
     max_noise_ratio: the most the noise the site's budget needs may exceed the run's planned
         noise (both as standard deviations) before the site declines the round, charging nothing
         (``DEFAULT_MAX_NOISE_RATIO``).
