@@ -97,6 +97,17 @@ def test_only_evaluations_with_exact_metrics_sent_are_still_a_site_that_spent_no
     assert "DP estimates, counted" not in printed and "declined" not in printed
 
 
+def test_the_report_names_the_ledgers_length_and_newest_release(fresh, capsys):
+    """Found in review: a whole state folder restored from an older backup verifies, and the
+    report said only "ledger verified"; its length and newest release are what an operator
+    can hold against their own records."""
+    trained(fresh)
+    assert main(["privacy-report", str(fresh)]) == 0
+    [release] = site_privacy_report(fresh, 8.0).runs
+    assert (f"ledger verified: 1 release, the newest at {release.last} (a state folder "
+            "restored from an older backup holds fewer") in capsys.readouterr().out
+
+
 def test_a_release_whose_reply_never_left_is_reported_charged_and_not_sent(fresh, capsys):
     """Found in review: a run whose only update the egress guard blocked was listed like a run
     that sent it. The egress log says which releases paid for a reply that left."""
