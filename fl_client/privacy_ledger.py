@@ -216,7 +216,7 @@ def read_ledger(state_dir: Path, secret: bytes) -> Ledger | None:
             raise ValueError(f"version {version!r} with {len(releases)} releases")
         ledger = Ledger(
             privacy_unit=str(document["privacy_unit"]),
-            order=float(document["order"]),
+            order=_order(document["order"]),
             delta=float(document["delta"]),
             releases=releases,
             spend={str(k): float(v) for k, v in dict(document["spend"]).items()},
@@ -443,6 +443,14 @@ def _read_text(path: Path) -> str:
     except OSError as err:
         raise LedgerError(f"{path}: privacy ledger is unreadable ({err.strerror or err}); "
                           "the site does not train until it can be read") from err
+
+
+def _order(value: object) -> float:
+    """The ledger's Rényi order as it was written and MACed: a float, or the int an order from
+    11 up was fixed as before they were all floats (read as a float, its MAC never verified)."""
+    if type(value) not in (int, float) or not value > 1:
+        raise ValueError(f"order {value!r} is not a number above 1")
+    return value
 
 
 def _deletion_log_from(record: object) -> dict[str, int | str]:

@@ -559,6 +559,30 @@ def train_request(delta: float, target_epsilon: float = 4.0, run: str = "run-1")
                         batch_size=100_000, local_epochs=1)
 
 
+@pytest.mark.parametrize("policy", [
+    SitePolicy(max_epsilon=1.5, max_delta=1e-5, privacy_unit=None),
+    SitePolicy(max_epsilon=8.0, max_delta=1e-5, privacy_unit=None, max_epsilon_alone=1.5)],
+    ids=["max-epsilon", "max-epsilon-alone"])
+def test_a_ledger_whose_renyi_order_is_from_11_up_verifies_round_after_round(tmp_path, policy):
+    """Found in review: the orders from 11 up were ints, MACed as ``18`` and read back as
+    ``18.0``, so a site whose small budget fixed one (max-epsilon 1.5, or max-epsilon-alone 1.5
+    where that fixes the order) trained one round and then stopped for good."""
+    create_site_secret(tmp_path)
+    for run in ("run-1", "run-2"):
+        charge_round(tmp_path, [f"u{i}" for i in range(50)],
+                     train_request(1e-5, 0.5, run), policy)
+    ledger = read_ledger(tmp_path, site_secret(tmp_path))
+    assert ledger.order >= 11 and len(ledger.releases) == 2
+
+
+def test_a_ledger_written_with_an_int_order_still_verifies(tmp_path):
+    """Such a ledger, written before every order was a float, keeps the order as it was MACed."""
+    write_ledger(tmp_path, charged(Ledger(privacy_unit="utterance", order=13, delta=1e-5),
+                                   release(), ["u1"]), SECRET)
+    assert '"order": 13,' in (tmp_path / LEDGER_FILE).read_text()
+    assert read_ledger(tmp_path, SECRET).order == 13
+
+
 @pytest.mark.parametrize("count", [20_000, 10_000])
 def test_a_site_that_outgrows_its_ledgers_delta_states_its_guarantees_at_its_own(tmp_path,
                                                                                 count):
