@@ -56,7 +56,7 @@ from functools import lru_cache
 from typing import NamedTuple
 
 from fl_client.skellam_gdp import skellam_gdp_epsilon
-from fl_protocol.wire import ACCOUNTANTS, MAX_AUTO_DELTA
+from fl_protocol.wire import ACCOUNTANTS, DEFAULT_MAX_EPSILON_ALONE, MAX_AUTO_DELTA
 
 MAX_NOISE_MULTIPLIER = 1e4
 MAX_SKELLAM_MU = 2.0**40
@@ -164,14 +164,16 @@ def fresh_site_noise(
     run_steps: int,
     accountant: str,
     max_epsilon: float,
+    max_epsilon_alone: float = DEFAULT_MAX_EPSILON_ALONE,
 ) -> float:
-    """The noise multiplier a site with a new ledger plans for a run: ``plan_run_noise`` under
-    the lifetime filter that ledger fixes for ``max_epsilon`` (the site's lifetime budget per
-    unit) at ``delta``. What a simulation of sites must train with (the privacy audit, the
+    """The noise multiplier a site with a new ledger plans for a local-DP run: ``plan_run_noise``
+    under the lifetime filter that ledger fixes for ``max_epsilon`` (the site's lifetime budget
+    per unit) at ``delta``, at the order its ``max_epsilon_alone`` may fix
+    (``lifetime_filter``). What a simulation of sites must train with (the privacy audit, the
     tuning scripts): the run's own plan alone is up to 6% less noise than real sites add when
     the run's target is their whole budget, so it scored settings above what they deliver."""
     return plan_run_noise(target_epsilon, delta, sample_rate, run_steps, accountant,
-                          *lifetime_filter(max_epsilon, delta))
+                          *lifetime_filter(max_epsilon, delta, max_epsilon_alone))
 
 
 FILTER_ORDERS = tuple([1 + x / 10 for x in range(1, 100)] + [float(x) for x in range(11, 64)])
@@ -189,10 +191,15 @@ def filter_order(max_epsilon: float, delta: float) -> float:
     return max(FILTER_ORDERS, key=lambda order: rdp_budget(bounded, delta, order) / order)
 
 
-def lifetime_filter(max_epsilon: float, delta: float) -> tuple[float, float]:
+def lifetime_filter(max_epsilon: float, delta: float,
+                    max_epsilon_alone: float = math.inf) -> tuple[float, float]:
     """(order, Rényi budget) of the lifetime filter a new ledger fixes for ``max_epsilon`` at
-    ``delta``: what a unit new to the site may spend."""
-    order = filter_order(max_epsilon, delta)
+    ``delta``: what a unit new to the site may spend. The order is the best for the smaller of
+    ``max_epsilon`` and ``max_epsilon_alone`` (a site that takes part in distributed DP: its
+    units' own-noise accounts, never below their spends, meet that bound first; found in
+    review: at the order best for a max-epsilon of 50 or inf, a max-epsilon-alone of 14 or 50
+    converted to no Rényi budget at all, and the site declined every distributed run)."""
+    order = filter_order(min(max_epsilon, max_epsilon_alone), delta)
     return order, rdp_budget(max_epsilon, delta, order)
 
 

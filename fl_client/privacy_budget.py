@@ -50,7 +50,7 @@ from fl_client.privacy_accounting import (
     BudgetExhausted,
     delta_limit,
     epsilon_spent,
-    filter_order,
+    lifetime_filter,
     plan_noise_multiplier,
     plan_run_noise,
     plan_skellam_mu,
@@ -471,16 +471,12 @@ def _filtered_release(
 
 
 def ledger_order(policy: SitePolicy, delta: float) -> float:
-    """The Rényi order a new ledger fixes for good (``privacy_accounting.filter_order``): the
-    best for max-epsilon, or for max-epsilon-alone where that is smaller and the site takes part
-    in distributed DP, since a unit's own-noise account, at least its spend, then reaches its
-    budget first. Found in review: fixed for max-epsilon 50 (order 1.7), max-epsilon-alone 14
-    converted there to no Rényi budget at all, and the site could make no distributed release;
-    so could no site whose max-epsilon was inf (order 1.1) under the default max-epsilon-alone."""
-    binding = policy.max_epsilon
-    if "distributed" in policy.privacy_models:
-        binding = min(binding, policy.max_epsilon_alone)
-    return filter_order(binding, delta)
+    """The Rényi order a new ledger fixes for good (``privacy_accounting.lifetime_filter``):
+    the best for max-epsilon, or for max-epsilon-alone where that is smaller and the site takes
+    part in distributed DP (a site that does not never holds a unit to it before its first
+    distributed release, and the order would cost its local runs noise for nothing)."""
+    alone = policy.max_epsilon_alone if "distributed" in policy.privacy_models else math.inf
+    return lifetime_filter(policy.max_epsilon, delta, alone)[0]
 
 
 def _reference_budget(policy: SitePolicy, request: RoundRequest,
@@ -577,7 +573,9 @@ def _distributed_release(
             f"the run's noise share ({request.cohort_size} sites, {request.tolerated_sites} "
             f"tolerated) would take the own-noise epsilon of a unit new to this site to "
             f"{alone:.3g} over the run, above its max-epsilon-alone "
-            f"{policy.max_epsilon_alone:g}",
+            f"{policy.max_epsilon_alone:g} (Rényi DP at order {ledger.order:g}, which the "
+            "site's ledger fixed for good when it began: an order fixed for a far larger "
+            "max-epsilon converts max-epsilon-alone to little Rényi DP)",
         )
     alone_budget = rdp_budget(policy.max_epsilon_alone, ledger.delta, ledger.order)
     trained = [i for i, key in enumerate(keys) if ledger.spend.get(key, 0.0) + rdp <= budget

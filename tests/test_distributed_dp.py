@@ -805,17 +805,19 @@ def test_a_bound_the_planned_rounds_just_meet_lets_each_of_them_through(tmp_path
     """The other side of the test above: the bound counts this run's releases to come, not
     more (a site counting its past rounds again would refuse the last of them)."""
     small = distributed_request(1, cohort_size=3, tolerated_sites=1)
-    for site in ("probe", "site", "short"):
+    policy = replace(POLICY, max_epsilon_alone=5.0)  # below max-epsilon: it fixes the order
+    setup = replace(small, run_name="run-setup", privacy_model="local", cohort_size=0)
+    for site in ("probe", "site", "short"):  # one order for the three ledgers, fixed here
         create_site_secret(tmp_path / site)
-    # max-epsilon below every max-epsilon-alone here, so that each new ledger fixes one order
-    policy = replace(POLICY, max_epsilon=4.0)
+        charge_round(tmp_path / site, ["someone-else"], setup, policy, HEAD_DIM)
     probe = [charge_round(tmp_path / "probe", UNITS, replace(small, server_round=r), policy,
                           HEAD_DIM) for r in (1, 2, 3)]
     met = replace(policy, max_epsilon_alone=probe[-1].epsilon_alone_all_runs * 1.001)
+    assert met.max_epsilon_alone < met.max_epsilon
     for server_round in (1, 2, 3):
         charge_round(tmp_path / "site", UNITS, replace(small, server_round=server_round), met,
                      HEAD_DIM)
-    assert len(read_ledger(tmp_path / "site", site_secret(tmp_path / "site")).releases) == 3
+    assert len(read_ledger(tmp_path / "site", site_secret(tmp_path / "site")).releases) == 4
     # and a bound just short of them refuses the run for a unit new to the site, and, for
     # units that trained, lets them train until the last round, which they sit out
     short = replace(policy, max_epsilon_alone=probe[-1].epsilon_alone_all_runs * 0.999)
@@ -865,15 +867,16 @@ def test_a_site_whose_max_epsilon_alone_binds_fixes_its_renyi_order_for_it(tmp_p
     for 50), where max-epsilon-alone 14 (or the default 50, under inf) converts to little or no
     Rényi budget: the site declined every distributed run, even one that costs a unit new to
     it 7 of the 14. Fixed for the smaller bound, it trains every unit in every round."""
-    policy = replace(POLICY, max_epsilon=max_epsilon, max_epsilon_alone=14.0)
-    small = distributed_request(1, cohort_size=3, tolerated_sites=1)
+    policy = replace(POLICY, max_epsilon=max_epsilon, max_epsilon_alone=14.0, max_delta=1e-5)
+    small = distributed_request(1, cohort_size=3, tolerated_sites=1, delta=1e-6,
+                                plan_delta=1e-5)  # the site's own delta fixes the order
     for server_round in (1, 2, 3):
         charge = charge_round(tmp_path, UNITS, replace(small, server_round=server_round),
                               policy, HEAD_DIM)
         assert charge.trained == list(range(len(UNITS)))
     assert charge.epsilon_alone_all_runs <= 14.0
     ledger = read_ledger(tmp_path, site_secret(tmp_path))
-    assert ledger.order == filter_order(14.0, ledger.delta)
+    assert ledger.order == filter_order(14.0, 1e-6) != filter_order(14.0, 1e-5)
     # a site that takes no part in distributed DP keeps the order best for its max-epsilon
     local_only = replace(policy, max_epsilon=50.0, privacy_models=("local",))
     local = replace(small, privacy_model="local", cohort_size=0, tolerated_sites=0)
@@ -903,6 +906,12 @@ def test_local_runs_after_distributed_ones_plan_their_noise_for_max_epsilon_alon
     with pytest.raises(PolicyRefusal, match="max-epsilon-alone 8 ") as refused:
         charge_round(tmp_path, newcomers, replace(local, run_name="run-m", target_epsilon=30.0),
                      policy, HEAD_DIM)
+    assert refused.value.reason == Reason.NOISE_REFUSED
+    # the smaller bound, not max-epsilon-alone: where max-epsilon is the smaller, it decides
+    larger_alone = replace(policy, max_epsilon_alone=50.0)
+    with pytest.raises(PolicyRefusal, match="max-epsilon 20 ") as refused:
+        charge_round(tmp_path, newcomers, replace(local, run_name="run-n", target_epsilon=60.0),
+                     larger_alone, HEAD_DIM)
     assert refused.value.reason == Reason.NOISE_REFUSED
 
 

@@ -100,12 +100,14 @@ def test_the_default_run_trains_at_its_lifetime_noise(tmp_path):
 
 
 @pytest.mark.parametrize("target,max_epsilon,batch_size", [
-    (8.0, 8.0, 4096), (3.0, 8.0, 4096), (8.0, 8.0, 16), (4.0, 4.0, 4096)])
+    (8.0, 8.0, 4096), (3.0, 8.0, 4096), (8.0, 8.0, 16), (4.0, 4.0, 4096), (60.0, 60.0, 4096)])
 def test_simulated_sites_plan_the_noise_real_sites_add(tmp_path, target, max_epsilon,
                                                          batch_size):
     """The in-process sites that tuning and the privacy audit train (``fedintent.inprocess``)
     add what a site with a new ledger adds, lifetime filter included; planned for the run's
-    target alone they had 6% less noise at the defaults, so settings were tuned for it."""
+    target alone they had 6% less noise at the defaults, so settings were tuned for it. A
+    budget above the default max-epsilon-alone (50) fixes the order for that (found in
+    review: the simulation kept the order for max-epsilon, 12-17% less noise)."""
     charge = charge_round(tmp_path, UNITS, request(num_rounds=40, target_epsilon=target,
                                                    batch_size=batch_size),
                           policy(max_epsilon), HEAD_DIM)
