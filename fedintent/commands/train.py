@@ -126,7 +126,9 @@ def _add_train_options(train: argparse.ArgumentParser) -> None:
                        help="what each simulated site answers evaluate messages with: exact "
                        "test-split metrics (outside DP), dp (accuracy and loss estimated from "
                        "one Gaussian release per round, charged to the site's ledger), or off "
-                       "(a deployed site's evaluation; default: %(default)s)")
+                       "(a deployed site's evaluation, whose default is dp; default here: "
+                       "%(default)s, so that a simulation reports exact accuracy and its test "
+                       "units spend nothing)")
     train.add_argument("--site-evaluation-epsilon", type=float,
                        default=defaults["site-evaluation-epsilon"], metavar="E",
                        help="with --site-evaluation dp: what the run's evaluations may cost "
