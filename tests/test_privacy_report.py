@@ -3,6 +3,8 @@ damaged: a site set up with ``init-site`` has spent nothing, a deleted ledger is
 for one, and the messages read right from a report command."""
 
 import json
+import math
+from dataclasses import replace
 
 import pytest
 
@@ -13,10 +15,16 @@ from fl_client.privacy_ledger import (
     Ledger,
     Release,
     now,
+    read_ledger,
     unit_key,
     write_ledger,
 )
-from fl_client.privacy_report import site_privacy_report
+from fl_client.privacy_report import (
+    Evaluations,
+    evaluations_sent,
+    site_privacy_report,
+    stated_max_epsilon,
+)
 from fl_client.site_secret import site_secret
 
 
@@ -206,3 +214,70 @@ def test_the_report_says_why_one_run_reads_below_the_lifetime_it_leaves(fresh, c
     trained(fresh)
     assert main(["privacy-report", str(fresh)]) == 0
     assert "What the Rényi filter costs" in capsys.readouterr().out
+
+
+def test_units_fall_in_bands_of_the_budget_and_the_exhausted_are_counted_apart(fresh):
+    """Per unit, in-process (the CLI test runs a subprocess, which no mutation reaches): bands
+    of max-epsilon / 4, each from its lower edge up to below the next; a unit at 99% of
+    max-epsilon or more (above it too) is exhausted, in no band. (At ``spent``'s order and
+    delta no spend converts below epsilon 3.09.)"""
+    report = site_privacy_report(spent(fresh, [3.5, 4.0, 7.99, 15.8, 15.9, 18.0]), 16.0)
+    assert report.spend_bands == [(0.0, 4.0, 1), (4.0, 8.0, 2), (8.0, 12.0, 0),
+                                  (12.0, 16.0, 1)]
+    assert (report.units, report.exhausted, report.non_private) == (6, 2, 0)
+    assert report.largest_epsilon == pytest.approx(18.0)
+
+
+def test_without_a_limit_the_bands_reach_the_largest_spend(fresh):
+    """max-epsilon inf: four bands up to the largest spend, the last holding it; a unit
+    trained without DP (an infinite spend) is counted apart, in no band."""
+    state = spent(fresh, [4.0, 6.0, 8.0])
+    secret = site_secret(state)
+    ledger = read_ledger(state, secret)
+    ledger.spend[unit_key(secret, "no-dp")] = math.inf
+    write_ledger(state, ledger, secret)
+    report = site_privacy_report(state, math.inf)
+    assert report.spend_bands == [
+        (0.0, pytest.approx(2.0), 0), (pytest.approx(2.0), pytest.approx(4.0), 0),
+        (pytest.approx(4.0), pytest.approx(6.0), 1), (pytest.approx(6.0), pytest.approx(8.0), 2)]
+    assert (report.units, report.non_private, report.exhausted) == (4, 1, 0)
+
+
+@pytest.mark.parametrize("units,delta,too_large", [
+    (100, 1e-3, True), (100, 0.99e-3, False), (0, 1.0, False), (1, 0.1, True)])
+def test_a_delta_is_too_large_from_one_tenth_of_one_over_the_units(fresh, units, delta,
+                                                                  too_large):
+    report = replace(site_privacy_report(trained(fresh), 8.0), units=units, delta=delta)
+    assert report.delta_too_large is too_large
+
+
+def test_the_evaluate_replies_are_counted_by_kind_from_the_egress_log(fresh):
+    entries = [{"message": "evaluate", "run": "r1", "verdict": "sent", "metrics": {}},
+               {"message": "evaluate", "run": "r1", "verdict": "sent", "metrics": {}},
+               {"message": "evaluate", "run": "r2", "verdict": "sent"},
+               {"message": "evaluate", "run": "r3", "verdict": "sent",
+                "metrics": {"epsilon": 0.5}},
+               {"message": "evaluate", "run": "r3", "verdict": "blocked: x",
+                "error": {"code": 1003, "reason": "egress blocked"}},
+               {"message": "evaluate", "run": "r4", "verdict": "blocked: no log line"},
+               {"message": "train", "run": "r1", "verdict": "sent", "metrics": {}},
+               {"run": "r5"}]
+    (fresh / "egress.jsonl").write_text(
+        "".join(json.dumps(entry) + "\n" for entry in entries) + "{torn\n")
+    assert evaluations_sent(fresh) == Evaluations(sent=3, runs=2, declined=1, unreadable=2,
+                                                  dp=1)
+
+
+@pytest.mark.parametrize("stated,expected", [
+    ([], None),
+    ([("train", "sent", 9.0), ("train", "sent", 16.0)], 16.0),
+    ([("train", "sent", 9.0), ("train", "sent", None)], math.inf),  # JSON's null: no limit
+    ([("train", "sent", 9.0), ("train", "sent", True), ("train", "sent", 0),
+      ("train", "sent", -1.0), ("train", "sent", "16"), ("evaluate", "sent", 3.0),
+      ("train", "blocked: x", 2.0)], 9.0),
+], ids=["none", "the newest", "inf", "only a training reply that left, with a number > 0"])
+def test_the_max_epsilon_stated_is_the_newest_training_reply_sent(fresh, stated, expected):
+    lines = [json.dumps({"message": message, "run": "r", "verdict": verdict,
+                         "metrics": {"max-epsilon": value}}) for message, verdict, value in stated]
+    (fresh / "egress.jsonl").write_text("".join(line + "\n" for line in [*lines, "{torn"]))
+    assert stated_max_epsilon(fresh) == expected
