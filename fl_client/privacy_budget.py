@@ -155,10 +155,13 @@ def _charge_round(state_dir: Path, units: list[str], request: RoundRequest, poli
                   aliases: Mapping[str, tuple[tuple[str, ...], ...]],
                   lifetime_delta: float | None) -> Charge:
     secret = site_secret(state_dir)
+    # a training round begins the ledger at the site's own delta, never the run's: a run asking
+    # for delta 1e-10 fixed every later run's budget there, for good (found in review 92)
+    begun_at = request.delta if lifetime_delta is None else lifetime_delta
     ledger = read_ledger(state_dir, secret) or Ledger(
         privacy_unit=request.privacy_unit,
-        order=ledger_order(policy, request.delta),
-        delta=request.delta,
+        order=ledger_order(policy, begun_at),
+        delta=begun_at,
     )
     _check_against_ledger(ledger, request)
     if lifetime_delta is not None and ledger.delta >= delta_limit(len(units)):

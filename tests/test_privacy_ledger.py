@@ -608,6 +608,26 @@ def test_a_site_that_outgrows_its_ledgers_delta_states_its_guarantees_at_its_own
     assert read_ledger(tmp_path, site_secret(tmp_path)).delta == own
 
 
+def test_a_run_asking_a_tiny_delta_does_not_fix_the_ledgers(tmp_path):
+    """Found in review: a new ledger began at the first run's delta, which a server may set as
+    low as 1e-10; its lifetime budget, fixed there for good, was a sixth of the site's own, and
+    every later run needed noise far above its plan. A training round begins the ledger at the
+    site's own delta for its units; the run's guarantee is still stated at the run's."""
+    create_site_secret(tmp_path)
+    policy = SitePolicy(max_epsilon=8.0, max_delta=1e-5, privacy_unit=None)
+    units = [f"u{i}" for i in range(50)]
+    own = lifetime_delta(policy, len(units))
+    hostile = charge_round(tmp_path, units, train_request(1e-10, run="tiny"), policy,
+                           lifetime_delta=own)
+    book = read_ledger(tmp_path, site_secret(tmp_path))
+    assert (book.delta, book.order) == (own, privacy_budget.ledger_order(policy, own))
+    assert hostile.epsilon_this_run <= 4.0  # at the run's own delta, 1e-10
+    create_site_secret(tmp_path / "fresh")
+    later, fresh = (charge_round(state, units, train_request(own, run="later"), policy,
+                                 lifetime_delta=own) for state in (tmp_path, tmp_path / "fresh"))
+    assert later.noise_multiplier == fresh.noise_multiplier
+
+
 def test_a_unit_trained_without_dp_does_not_hold_the_delta_back(tmp_path):
     """Found in review: a unit's infinite own-noise spend (a round without DP, which only a
     site whose max-epsilon is inf takes) kept a ledger with distributed releases at its first
