@@ -83,6 +83,7 @@ from fl_client.site_policy import (
     is_simulated,
     learning_rate,
     lifetime_delta,
+    own_evaluation_delta,
     retention_days,
     round_request,
     site_delta,
@@ -272,6 +273,7 @@ def _evaluate_with_dp(msg: Message, context: Context, state_dir: Path, policy: S
                           delta=evaluation_delta(policy, request, len(distinct)))
         charge = charge_round(state_dir, distinct, request, policy, empty_ok=True,
                               fresh_nonce=not is_simulated(context),
+                              begin_delta=own_evaluation_delta(policy),
                               aliases=unit_aliases(request.privacy_unit, rows.units, rows.ids,
                                                    rows.aliases, rows.customers))
     except Exception as err:

@@ -117,7 +117,7 @@ def charge_round(
     state_dir: Path, units: list[str], request: RoundRequest, policy: SitePolicy,
     dimension: int = 0, empty_ok: bool = False, fresh_nonce: bool = True,
     aliases: Mapping[str, tuple[tuple[str, ...], ...]] | None = None,
-    lifetime_delta: float | None = None,
+    lifetime_delta: float | None = None, begin_delta: float | None = None,
 ) -> Charge:
     """Charge this round to the ledger and say who trains, or raise (nothing charged).
 
@@ -137,7 +137,10 @@ def charge_round(
     how tests compare two runs; ``lifetime_delta`` (training rounds: the site's own delta for
     the units it holds now, ``site_policy.lifetime_delta``): the ledger's lifetime delta is
     lowered to it when the site has outgrown the one it was fixed at, that is when it is no
-    longer below ``delta_limit`` of the units (``_tighten_delta``).
+    longer below ``delta_limit`` of the units (``_tighten_delta``); a ledger this release
+    begins is fixed at ``begin_delta`` (a DP evaluation's: ``site_policy.own_evaluation_delta``),
+    else ``lifetime_delta``, else the request's: the site's own, never the run's (found in
+    review: a first run asking for delta 1e-10 fixed every later run's budget there, for good).
     Raises
     ``BudgetExhausted`` when no unit may take part or no noise fits the budget,
     ``PolicyRefusal`` when the request contradicts the ledger (another privacy unit, a round
@@ -147,17 +150,16 @@ def charge_round(
     """
     with state_lock(state_dir):
         return _charge_round(state_dir, units, request, policy, dimension, empty_ok,
-                             fresh_nonce, aliases or {}, lifetime_delta)
+                             fresh_nonce, aliases or {}, lifetime_delta, begin_delta)
 
 
 def _charge_round(state_dir: Path, units: list[str], request: RoundRequest, policy: SitePolicy,
                   dimension: int, empty_ok: bool, fresh_nonce: bool,
                   aliases: Mapping[str, tuple[tuple[str, ...], ...]],
-                  lifetime_delta: float | None) -> Charge:
+                  lifetime_delta: float | None, begin_delta: float | None) -> Charge:
     secret = site_secret(state_dir)
-    # a training round begins the ledger at the site's own delta, never the run's: a run asking
-    # for delta 1e-10 fixed every later run's budget there, for good (found in review 92)
-    begun_at = request.delta if lifetime_delta is None else lifetime_delta
+    begun_at = next(delta for delta in (begin_delta, lifetime_delta, request.delta)
+                    if delta is not None)
     ledger = read_ledger(state_dir, secret) or Ledger(
         privacy_unit=request.privacy_unit,
         order=ledger_order(policy, begun_at),

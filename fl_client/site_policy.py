@@ -610,13 +610,20 @@ def check_noise(policy: SitePolicy, request: RoundRequest, noise: float, planned
         )
 
 
+def own_evaluation_delta(policy: SitePolicy) -> float:
+    """The delta a site evaluates at when the run names none: the largest automatic delta
+    (``MAX_AUTO_DELTA``), or its ``max-delta`` if lower; where a DP evaluation begins the
+    ledger, its lifetime delta (``privacy_budget.charge_round``)."""
+    return min(policy.max_delta, MAX_AUTO_DELTA)
+
+
 def evaluation_delta(policy: SitePolicy, request: RoundRequest, units: int) -> float:
     """A DP evaluation's delta: the run's, or (0 = auto) the largest automatic delta
     (``MAX_AUTO_DELTA``, or the site's ``max-delta`` if lower); never a function of the test
     split, whose size it would show (a refusal, or the ``epsilon`` sent, would say where the
     count lies). A split too large for it (``site_delta``'s rule) is only warned of here, at
     the site: its operator can lower ``max-delta``."""
-    delta = request.delta or min(policy.max_delta, MAX_AUTO_DELTA)
+    delta = request.delta or own_evaluation_delta(policy)
     if units and delta >= delta_limit(units):
         log(WARNING, "DP evaluation: delta %g is not below 1/(%d x %d test units); set the "
             "node config max-delta lower for a guarantee that fits this test split", delta,

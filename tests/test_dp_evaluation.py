@@ -303,6 +303,19 @@ def test_a_delta_below_the_sites_floor_is_refused_before_a_ledger_is_started(sit
     assert not client_app.app(train_message(), floor).has_error()
 
 
+@pytest.mark.parametrize("first", ["train", "evaluate"])
+def test_a_run_at_the_delta_floor_does_not_begin_the_ledger_there(site, tmp_path, first):
+    """Found in review: a new ledger began at the first run's delta, and a run may ask for the
+    floor, 1e-10: every later run's lifetime budget was fixed there, a sixth of the site's
+    own, for good. A training round begins it at the site's own delta for its units, a DP
+    evaluation at the site's evaluation delta; the run's release is still at the run's."""
+    ctx = context(site, tmp_path / "state", node=DP, delta=MIN_DELTA)
+    message = train_message() if first == "train" else evaluate_message()
+    assert not client_app.app(message, ctx).has_error()
+    book = ledger(tmp_path / "state")
+    assert book.delta == 1e-5 and [r.delta for r in book.releases] == [MIN_DELTA]
+
+
 def test_an_evaluation_beyond_the_runs_rounds_or_with_a_weaker_delta_is_declined_unread(
         site, tmp_path, monkeypatch):
     ctx = context(site, tmp_path / "state", node=DP | {"max-delta": 1e-6})

@@ -944,13 +944,15 @@ def test_an_unreadable_extra_data_file_is_skipped_and_the_site_still_trains(site
 
 def test_a_ledger_begun_by_a_dp_evaluation_takes_the_sites_own_delta_when_it_trains(
         site, tmp_path):
-    """A DP evaluation's delta is never a function of the test split, so a ledger it begins
-    holds the run's delta (here 0.002, which this site's max-delta allows), too large for the
-    60 training units that train next (1 / (10 x 60) = 0.00167). Training lowers the ledger's
-    delta to the site's own for its units, not to anything the run sent."""
+    """A DP evaluation's delta is never a function of the test split, and a ledger it begins
+    holds the site's own evaluation delta (1e-5), not the run's (here 0.002, which this site's
+    max-delta allows for the run's release, too large for the 60 training units that train
+    next: 1 / (10 x 60) = 0.00167; before, the ledger kept it until training lowered it).
+    Training keeps the site's own delta for its units, whatever the run sent."""
     ctx = context(site, tmp_path / "state", delta=0.002, node={"max-delta": 0.5})
     assert not client_app.app(evaluate_message(), ctx).has_error()
-    assert ledger(tmp_path / "state").delta == 0.002
+    book = ledger(tmp_path / "state")
+    assert book.delta == 1e-5 and book.releases[0].delta == 0.002
     reply = client_app.app(train_message(), ctx)
     assert not reply.has_error() and reply.content["metrics"]["delta"] == 1e-5
     assert ledger(tmp_path / "state").delta == 1e-5
