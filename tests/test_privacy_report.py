@@ -13,6 +13,7 @@ from fl_client.privacy_ledger import (
     HEAD_FILE,
     LEDGER_FILE,
     Ledger,
+    LedgerError,
     Release,
     now,
     read_ledger,
@@ -55,7 +56,31 @@ def test_a_site_set_up_but_never_trained_reports_nothing_spent(fresh, capsys):
     assert "no runs yet" in out and "no unit has spent any budget" in out
     report = site_privacy_report(fresh, 8.0)
     assert not report.trained and report.runs == [] and report.units == 0
-    assert report.largest_epsilon == 0.0 and report.exhausted == 0
+    assert (report.largest_epsilon, report.largest_epsilon_alone) == (0.0, 0.0)
+    assert (report.exhausted, report.non_private) == (0, 0)
+    unlimited = site_privacy_report(fresh, math.inf)  # bands of a quarter each, all empty
+    assert unlimited.spend_bands == [(0.0, 0.25, 0), (0.25, 0.5, 0), (0.5, 0.75, 0),
+                                     (0.75, 1.0, 0)]
+
+
+def test_a_missing_folder_or_secret_is_no_report(tmp_path, fresh):
+    with pytest.raises(FileNotFoundError, match="state folder not found"):
+        site_privacy_report(tmp_path / "nowhere", 8.0)
+    trained(fresh)
+    (fresh / "site-secret").unlink()
+    with pytest.raises(LedgerError, match="cannot verify the ledger"):
+        site_privacy_report(fresh, 8.0)
+
+
+def test_a_ledger_whose_releases_charged_no_unit_reads_nothing_spent(fresh):
+    """A DP evaluation made over no unit (every test unit at its budget, or none there)."""
+    trained(fresh)
+    secret = site_secret(fresh)
+    ledger = read_ledger(fresh, secret)
+    ledger.spend, ledger.alone, ledger.recorded = {}, {}, {}
+    write_ledger(fresh, ledger, secret)
+    report = site_privacy_report(fresh, 8.0)
+    assert report.trained and (report.units, report.largest_epsilon) == (0, 0.0)
 
 
 def test_a_folder_without_a_site_secret_is_still_no_state_folder(tmp_path, capsys):
@@ -271,11 +296,13 @@ def test_the_evaluate_replies_are_counted_by_kind_from_the_egress_log(fresh):
 @pytest.mark.parametrize("stated,expected", [
     ([], None),
     ([("train", "sent", 9.0), ("train", "sent", 16.0)], 16.0),
+    ([("train", "sent", 9.0), ("train", "sent", 0.5)], 0.5),
     ([("train", "sent", 9.0), ("train", "sent", None)], math.inf),  # JSON's null: no limit
     ([("train", "sent", 9.0), ("train", "sent", True), ("train", "sent", 0),
       ("train", "sent", -1.0), ("train", "sent", "16"), ("evaluate", "sent", 3.0),
       ("train", "blocked: x", 2.0)], 9.0),
-], ids=["none", "the newest", "inf", "only a training reply that left, with a number > 0"])
+], ids=["none", "the newest", "below one", "inf",
+        "only a training reply that left, with a number > 0"])
 def test_the_max_epsilon_stated_is_the_newest_training_reply_sent(fresh, stated, expected):
     lines = [json.dumps({"message": message, "run": "r", "verdict": verdict,
                          "metrics": {"max-epsilon": value}}) for message, verdict, value in stated]
