@@ -12,6 +12,7 @@ import pytest
 
 import fl_client.privacy_budget as privacy_budget
 import fl_client.privacy_ledger as privacy_ledger
+from fl_client.privacy_accounting import epsilon_spent
 from fl_client.privacy_budget import charge_round
 from fl_client.privacy_ledger import (
     FORMAT,
@@ -626,6 +627,24 @@ def test_a_run_asking_a_tiny_delta_does_not_fix_the_ledgers(tmp_path):
     later, fresh = (charge_round(state, units, train_request(own, run="later"), policy,
                                  lifetime_delta=own) for state in (tmp_path, tmp_path / "fresh"))
     assert later.noise_multiplier == fresh.noise_multiplier
+
+
+@pytest.mark.parametrize("count,max_delta,own", [(50, 1e-5, 1e-5), (10_000, 1e-5, 1e-6),
+                                                 (50, 1e-7, 1e-7)])
+def test_a_training_round_begins_the_ledger_at_the_sites_own_delta_for_its_units(
+        tmp_path, count, max_delta, own):
+    """Whatever delta the run asks for (here the floor, 1e-10), the ledger begins at the site's
+    own for its units (``lifetime_delta``: smaller for a larger site, and never above
+    max-delta), and the run's epsilon is still the run's accountant's at the run's delta."""
+    create_site_secret(tmp_path)
+    policy = SitePolicy(max_epsilon=8.0, max_delta=max_delta, privacy_unit=None)
+    units = [f"u{i}" for i in range(count)]
+    assert lifetime_delta(policy, count) == own
+    charge = charge_round(tmp_path, units, train_request(1e-10, run="tiny"), policy,
+                          lifetime_delta=own)
+    assert read_ledger(tmp_path, site_secret(tmp_path)).delta == own
+    assert charge.epsilon_this_run == pytest.approx(epsilon_spent(
+        [(charge.noise_multiplier, charge.sample_rate, charge.steps)], 1e-10, "rdp"), rel=1e-9)
 
 
 def test_a_unit_trained_without_dp_does_not_hold_the_delta_back(tmp_path):
