@@ -478,8 +478,8 @@ def _filtered_release(
 def ledger_order(policy: SitePolicy, delta: float) -> float:
     """The Rényi order a new ledger fixes for good (``privacy_accounting.lifetime_filter``):
     the best for max-epsilon, or for max-epsilon-alone where that is smaller and the site takes
-    part in distributed DP (a site that does not never holds a unit to it before its first
-    distributed release, and the order would cost its local runs noise for nothing)."""
+    part in distributed DP (a local-only site holds no unit to it, and that order would cost
+    its local runs noise for nothing)."""
     alone = policy.max_epsilon_alone if "distributed" in policy.privacy_models else math.inf
     return lifetime_filter(policy.max_epsilon, delta, alone)[0]
 
