@@ -66,6 +66,7 @@ from fl_client.privacy_ledger import (
     Ledger,
     LedgerError,
     Release,
+    alone_spend,
     now,
     own_noise_extra,
     privacy_unit_key,
@@ -621,13 +622,6 @@ def run_epsilons(releases: list[Release], delta: float) -> tuple[float, float]:
         return skellam_releases_epsilon(summed, delta), skellam_releases_epsilon(alone, delta)
     epsilon = epsilon_spent([r.mechanism for r in releases], delta, releases[0].accountant)
     return epsilon, epsilon
-
-
-def alone_spend(ledger: Ledger, keys: Iterable[str] | None = None) -> float:
-    """The largest Rényi DP any of ``keys`` has lost counting only this site's own noise
-    (``Ledger.alone``; ``keys`` None: every unit in the ledger)."""
-    units = ledger.alone if keys is None else keys
-    return max((ledger.alone.get(key, 0.0) for key in units), default=0.0)
 
 
 def _release(request: RoundRequest, noise: float, rate: float, steps: int, units: int,

@@ -49,6 +49,7 @@ import hashlib
 import hmac
 import json
 import math
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
@@ -364,6 +365,13 @@ def unit_epsilons(ledger: Ledger, keys: list[str] | None = None) -> list[float]:
     """Each unit's lifetime epsilon at the ledger's delta (all units, or those in ``keys``)."""
     spends = ledger.spend.values() if keys is None else (ledger.spend.get(k, 0.0) for k in keys)
     return [rdp_epsilon(s, ledger.order, ledger.delta) for s in spends]
+
+
+def alone_spend(ledger: Ledger, keys: Iterable[str] | None = None) -> float:
+    """The largest Rényi DP any of ``keys`` has lost counting only this site's own noise
+    (``Ledger.alone``; ``keys`` None: every unit in the ledger)."""
+    units = ledger.alone if keys is None else keys
+    return max((ledger.alone.get(key, 0.0) for key in units), default=0.0)
 
 
 def _read_head(state_dir: Path) -> dict | None:

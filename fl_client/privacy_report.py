@@ -14,12 +14,13 @@ from pathlib import Path
 
 from fl_client.egress_guard import egress_entries
 from fl_client.privacy_accounting import delta_limit, rdp_epsilon
-from fl_client.privacy_budget import alone_spend, run_epsilons
+from fl_client.privacy_budget import run_epsilons
 from fl_client.privacy_ledger import (
     HEAD_FILE,
     LEDGER_FILE,
     LedgerError,
     Release,
+    alone_spend,
     read_ledger,
     unit_epsilons,
 )

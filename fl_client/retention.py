@@ -67,6 +67,7 @@ from fl_client.privacy_ledger import (
     HEAD_FILE,
     LEDGER_FILE,
     LedgerError,
+    alone_spend,
     privacy_unit_key,
     read_ledger,
     unit_epsilons,
@@ -634,9 +635,8 @@ def _ledger_spend(state_dir: Path, secret: bytes, customer: str,
         identities.add(customer)
     keys = [key for key in (privacy_unit_key(secret, ledger.privacy_unit, identity)
                             for identity in sorted(identities)) if key in ledger.spend]
-    alone = max((ledger.alone.get(key, 0.0) for key in keys), default=0.0)
     return (len(keys), max(unit_epsilons(ledger, keys), default=0.0),
-            rdp_epsilon(alone, ledger.order, ledger.delta))
+            rdp_epsilon(alone_spend(ledger, keys), ledger.order, ledger.delta))
 
 
 def _next_hour(when: datetime) -> datetime:

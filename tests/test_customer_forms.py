@@ -18,8 +18,8 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 
 import fl_client.client_app as client_app
 from fl_client.privacy_accounting import rdp_epsilon
-from fl_client.privacy_budget import alone_spend, charge_round
-from fl_client.privacy_ledger import read_ledger, unit_key, write_ledger
+from fl_client.privacy_budget import charge_round
+from fl_client.privacy_ledger import alone_spend, read_ledger, unit_key, write_ledger
 from fl_client.privacy_units import unit_aliases
 from fl_client.site_data import load_site, one_row_per_id
 from fl_client.site_policy import RoundRequest, SitePolicy
