@@ -176,6 +176,7 @@ def train(msg: Message, context: Context) -> Message:
         "sample_rate": charge.sample_rate,
         "clip_norm": request.clip_norm,
         "privacy_units": len(charge.trained),
+        "delta_all_runs": charge.delta_all_runs,
     } if request.private else {}
 
     # never the same for two releases (``Charge.release_number``, ``nonce``), never known to

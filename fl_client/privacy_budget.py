@@ -91,6 +91,8 @@ class Charge:
     epsilon_all_runs: the largest lifetime epsilon of any unit in the site's data now.
     epsilon_alone_this_run, epsilon_alone_all_runs: the same from the site's own noise only
         (equal to the two above under local DP).
+    delta_all_runs: the ledger's lifetime delta, the one both ``-all-runs`` figures are at; the
+        ``-this-run`` ones are at the request's delta, which may be lower.
     skellam_mu_share: distributed DP: the Skellam noise this site adds (0 under local DP).
     release_number, nonce: this release's place in the site's ledger (1 for its first ever)
         and the fresh randomness recorded with it (``Release.nonce``). The ledger never holds
@@ -109,6 +111,7 @@ class Charge:
     epsilon_all_runs: float
     epsilon_alone_this_run: float
     epsilon_alone_all_runs: float
+    delta_all_runs: float
     skellam_mu_share: float = 0.0
     release_number: int = 0
     nonce: str = ""
@@ -218,6 +221,7 @@ def _charge_round(state_dir: Path, units: list[str], request: RoundRequest, poli
         epsilon_all_runs=epsilon_all_runs,
         epsilon_alone_this_run=alone_this_run,
         epsilon_alone_all_runs=alone_all_runs,
+        delta_all_runs=ledger.delta,
         skellam_mu_share=release.skellam_mu_share,
         release_number=len(ledger.releases),
         nonce=release.nonce,

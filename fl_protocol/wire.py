@@ -200,6 +200,12 @@ def _epsilon(value: float) -> bool:
     return value >= 0
 
 
+def _delta(value: float) -> bool:
+    """A probability a guarantee may fail with: above 0 (the Gaussian mechanism needs it) and
+    below 1."""
+    return 0.0 < value < 1.0
+
+
 def _fraction(value: float) -> bool:
     return 0.0 <= value <= 1.0
 
@@ -248,6 +254,7 @@ TRAIN_METRICS: tuple[Metric, ...] = (
     Metric("epsilon-alone-all-runs", _epsilon, recorded_as="epsilon_alone_all_runs",
            optional=True),
     Metric("delta", _nonnegative, recorded_as="delta", optional=True),
+    Metric("delta-all-runs", _delta, recorded_as="delta_all_runs", optional=True),
     Metric("noise-multiplier", _nonnegative, recorded_as="noise_multiplier", optional=True),
     Metric("sample-rate", _rate, recorded_as="sample_rate", optional=True),
     Metric("clip-norm", _positive, recorded_as="clip_norm", optional=True),
@@ -262,10 +269,15 @@ the record across restarts instead of its node id; it is not recorded as a value
 distributed DP, ``epsilon`` holds against a server that sees only the secure sum (with at most
 ``tolerated-sites`` sites missing or colluding) and ``epsilon-alone`` from the site's own noise
 share only, what it keeps if every other site colludes with the server; under local DP the two
-are equal. ``languages`` (optional) is what the site declares its conversations are in, as a
-``language_mask``: recorded decoded, as the codes. No training loss: the loss of the training
-rows under the model the server sent is an exact statistic of them, outside every epsilon, and
-a server choosing that model could use it as an oracle, round after round."""
+are equal. ``epsilon`` and ``epsilon-alone`` are at the run's ``delta``; the two ``-all-runs``
+figures at ``delta-all-runs``, the site's ledger's, its own, which no run chooses: a run asking
+for a delta below it can read a lifetime figure below its ``epsilon``, each true at its own
+delta (found in review: progress printed "epsilon 9.98 ... at delta 1e-10 (lifetime 7.07 of
+budget 8)", the lifetime at 1e-5). ``languages`` (optional) is what the site declares its
+conversations are in, as a ``language_mask``: recorded decoded, as the codes. No training loss:
+the loss of the training rows under the model the server sent is an exact statistic of them,
+outside every epsilon, and a server choosing that model could use it as an oracle, round after
+round."""
 EVALUATE_METRICS: tuple[Metric, ...] = (
     Metric("num-examples", _positive, recorded_as="num_examples"),
     Metric("loss", _finite, aggregated=True, recorded_as="loss"),

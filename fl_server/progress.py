@@ -17,6 +17,16 @@ def format_accuracy(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
 
+def at_ledger_delta(site: dict) -> str:
+    """The delta a site's lifetime figures are at (its ledger's), where it is not the run's
+    (found in review: "epsilon 9.98 per utterance at delta 1e-10 (lifetime 7.07 of budget 8)"
+    read as 7.07 at 1e-10, where it is at least 9.98; the 7.07 was at 1e-5)."""
+    ledger_delta = site.get("delta_all_runs")
+    if ledger_delta is None or ledger_delta == site.get("delta"):
+        return ""
+    return f" at delta {ledger_delta:g}"
+
+
 def site_label(key: str, names: Mapping[str, str]) -> str:
     """A site as the record names it (pseudonym or node id), with its folder's name where the
     operator of a simulation knows it (``names``)."""

@@ -254,6 +254,7 @@ def final_summary(doc: dict) -> dict:
                 "epsilon_alone_all_runs": site.get("epsilon_alone_all_runs",
                                                    site.get("epsilon_all_runs")),
                 "delta": site.get("delta"),
+                "delta_all_runs": site.get("delta_all_runs"),
                 "privacy_unit": unit if site.get("epsilon") is not None else None,
                 "privacy_units": site.get("privacy_units"),
                 "max_epsilon_budget": site.get("max_epsilon_budget"),

@@ -288,13 +288,13 @@ def _privacy_section(config: dict, sites: dict, rounds: list[dict]) -> str:
             f"| {_value(site.get('delta'))} | {site.get('privacy_unit') or MISSING} "
             f"| {_value(site.get('noise_multiplier'))} | {_value(site.get('clip_norm'))} "
             f"| {_value(site.get('sample_rate'))} | {_value(site.get('epsilon_all_runs'))} "
-            f"| {_value(site.get('max_epsilon_budget'))} |"
+            f"| {_value(site.get('delta_all_runs'))} | {_value(site.get('max_epsilon_budget'))} |"
             + (f" {_value(site.get('epsilon_alone'))} |" if distributed else ""))
     alone = " epsilon alone (this run) |" if distributed else ""
     return (intro + "\n\n| site | epsilon (this run) | delta | privacy unit | noise multiplier "
-            "| clip norm | sample rate | epsilon over all runs on its data | lifetime budget |"
-            + alone + "\n|---|---|---|---|---|---|---|---|---|" + ("---|" if distributed else "")
-            + "\n" + "\n".join(rows))
+            "| clip norm | sample rate | epsilon over all runs on its data | at delta "
+            "| lifetime budget |" + alone + "\n|---|---|---|---|---|---|---|---|---|---|"
+            + ("---|" if distributed else "") + "\n" + "\n".join(rows))
 
 
 def _evaluation_section(rounds: list[dict], final: dict) -> str:

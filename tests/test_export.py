@@ -329,7 +329,8 @@ RUN_DOC = {
                        "site-bbb": {"num_examples": 8, "accuracy": 0.125, "macro_f1": 0.1}},
         "sites": {
             f"site-{key}": {"epsilon": epsilon, "epsilon_all_runs": 9.125, "delta": 1e-05,
-                            "privacy_unit": "customer", "max_epsilon_budget": 10.0,
+                            "delta_all_runs": 1e-05, "privacy_unit": "customer",
+                            "max_epsilon_budget": 10.0,
                             "noise_multiplier": 0.85205, "sample_rate": 0.0625,
                             "clip_norm": 1.5, "rounds_trained": 2, "num_examples": examples}
             for key, epsilon, examples in (("aaa", 7.9741, 86), ("bbb", 6.5, 63))
@@ -342,7 +343,7 @@ def test_the_model_card_reports_the_run():
     card = model_card(RUN_DOC, get_model_family("ngram"), LABELS)
     for text in ["pilot-7", "2 sites", "149 training examples", "no site declared its languages",
                  "`prv` accountant", "| site-aaa | 7.974 | 1e-05 | customer | 0.852 | 1.5 "
-                 "| 0.0625 | 9.125 | 10 |", "| site-bbb | 6.5 |", "| site-aaa | 86 | 2 |",
+                 "| 0.0625 | 9.125 | 1e-05 | 10 |", "| site-bbb | 6.5 |", "| site-aaa | 86 | 2 |",
                  "Final accuracy 0.4107, macro-F1 0.3551, worst site accuracy 0.125, "
                  "loss 2.989", "| 2 | 2 | 0.4107 | 0.3551 | 0.125 | 2.989 | 7.974 |",
                  "| 1 | 2 | 0.3125 | not recorded | not recorded | 3.5 | 5.285 |",

@@ -226,6 +226,24 @@ def test_the_summary_gives_each_sites_dp_evaluation_epsilon(capsys):
     assert "DP evaluations" not in b
 
 
+def test_the_summary_gives_the_ledgers_delta_where_it_is_not_the_runs(capsys):
+    """Both lifetime figures, with the site's own noise and without, are at the ledger's delta;
+    a site whose reply carried none (an older site) or the run's is printed as before."""
+    site = {"epsilon": 9.98, "epsilon_alone": 20.5, "privacy_unit": "utterance",
+            "delta": 1e-10, "epsilon_all_runs": 7.07, "epsilon_alone_all_runs": 14.2,
+            "max_epsilon_budget": 8.0, "noise_multiplier": 1.2, "clip_norm": 1.0,
+            "rounds_trained": 2, "num_examples": 120}
+    final = {"rounds_completed": 2, "accuracy": 0.5, "model_dir": "/out/model",
+             "sites": {"site-a": site | {"delta_all_runs": 1e-5}, "site-b": site,
+                       "site-c": site | {"delta_all_runs": 1e-10}}}
+    print_summary({"config": {"out-dir": "/out"}, "final": final}, 25.0)
+    a, b, c = [line for line in capsys.readouterr().out.splitlines() if "lifetime 7.070" in line]
+    assert ("at delta 1e-10 (lifetime 7.070 at delta 1e-05 of budget 8), alone 20.500 (lifetime "
+            "14.200 at delta 1e-05)") in a
+    assert "(lifetime 7.070 of budget 8), alone 20.500 (lifetime 14.200);" in b
+    assert "(lifetime 7.070 of budget 8), alone 20.500 (lifetime 14.200);" in c
+
+
 def test_train_resume_checks_the_audited_settings_before_anything_starts(tmp_path,
                                                                          task_identity):
     """Found in review: ``fedintent train --resume`` started the simulation on a record edited

@@ -24,6 +24,7 @@ from opacus.accountants import PRVAccountant
 import fl_client.client_app as client_app
 import fl_client.site_secret as secret_module
 from fedintent.cli import main as fedintent
+from fedintent.commands.progress import print_summary
 from fl_client.egress_guard import EGRESS_LOG
 from fl_client.privacy_accounting import rdp_budget, rdp_epsilon
 from fl_client.privacy_budget import charge_round
@@ -39,12 +40,15 @@ from fl_protocol.wire import (
     DECLINED,
     DEFAULT_MAX_EPSILON,
     DEFAULT_MAX_EPSILON_ALONE,
+    MIN_DELTA,
     Reason,
     language_mask,
 )
 from fl_protocol.wire import RUN_CONFIG_DEFAULTS as DEFAULTS
+from fl_server.run_record import RunRecord, final_summary
 from models import get_model_family
 from models.encoder import packaged_minilm
+from models.model_card import model_card
 
 pytestmark = pytest.mark.usefixtures("task_identity")
 
@@ -958,6 +962,87 @@ def test_a_ledger_begun_by_a_dp_evaluation_takes_the_sites_own_delta_when_it_tra
     assert ledger(tmp_path / "state").delta == 1e-5
     report = site_privacy_report(tmp_path / "state", 10.0)
     assert report.delta == 1e-5 and not report.delta_too_large
+
+
+@pytest.mark.parametrize("test_units,max_delta,begun", [(10_000, 1e-5, 1e-5),
+                                                      (40, 1e-6, 1e-6)])
+def test_a_ledger_begun_by_a_dp_evaluation_is_at_a_delta_its_test_split_does_not_set(
+        tmp_path, test_units, max_delta, begun):
+    """Found in review: nothing would notice a DP evaluation beginning the ledger at the site's
+    delta for its test split (1e-6 for 10,000 test units), a count the server would learn from
+    the ledger's delta. It begins at ``own_evaluation_delta``: the policy's alone, 1e-5 or
+    max-delta where that is lower."""
+    site_dir = tmp_path / "site"
+    site_dir.mkdir()
+    write_rows(site_dir, rows(0, 60))
+    write_rows(site_dir, rows(100, 100 + test_units), name="test.csv")
+    ctx = context(site_dir, tmp_path / "state", model="ngram",
+                  node={"evaluation": "dp", "max-delta": max_delta})
+    model = get_model_family("ngram").initial_model(LABELS)
+    config = ConfigRecord({"labels": LABELS, "server-round": 1, "num-rounds": 3,
+                           "run-name": "run-a"})
+    message = Message(content=RecordDict({"arrays": ArrayRecord(model.state_dict()),
+                                          "config": config}),
+                      dst_node_id=7, message_type="evaluate")
+    reply = client_app.app(message, ctx)
+    assert not reply.has_error(), reply.error
+    book = ledger(tmp_path / "state")
+    assert book.delta == begun and len(book.releases) == 1
+    assert book.releases[0].units == test_units
+
+
+def test_a_ledger_begun_by_a_dp_evaluation_is_lowered_when_the_site_trains_10000_units(
+        tmp_path):
+    """The site's delta for 10,000 units is 1e-6: a ledger an evaluation began at 1e-5 is
+    lowered to it by the first training round (``_tighten_delta``), and the reply says so."""
+    site_dir = tmp_path / "site"
+    site_dir.mkdir()
+    write_rows(site_dir, rows(0, 10_000))
+    write_rows(site_dir, rows(20_000, 20_040), name="test.csv")
+    ctx = context(site_dir, tmp_path / "state", model="ngram", node={"evaluation": "dp"})
+    for kind in ("evaluate", "train"):
+        model = get_model_family("ngram").initial_model(LABELS)
+        config = ConfigRecord({"labels": LABELS, "server-round": 1, "num-rounds": 3,
+                               "run-name": "run-a"})
+        reply = client_app.app(Message(
+            content=RecordDict({"arrays": ArrayRecord(model.state_dict()), "config": config}),
+            dst_node_id=7, message_type=kind), ctx)
+        assert not reply.has_error(), reply.error
+        if kind == "evaluate":
+            assert ledger(tmp_path / "state").delta == 1e-5
+    assert ledger(tmp_path / "state").delta == 1e-6
+    sent = reply.content["metrics"]
+    assert sent["delta-all-runs"] == 1e-6 and sent["privacy-units"] == 10_000
+
+
+def test_a_run_below_the_sites_own_delta_is_reported_with_the_delta_each_figure_is_at(
+        site, tmp_path, capsys):
+    """Found in review: a run at delta 1e-10 and target 10 on a site of max-epsilon 8 printed
+    "epsilon 9.98 per utterance at delta 1e-10 (lifetime 7.07 of budget 8)", read as 7.07 at
+    1e-10, where it is at least 9.98: the lifetime figure is at the ledger's delta (the site's
+    own, 1e-5), which the reply did not carry. It does now, and the summary and the model card
+    say it."""
+    ctx = context(site, tmp_path / "state", max_epsilon=8.0, delta=MIN_DELTA,
+                  **{"target-epsilon": 10.0})
+    [reply] = run_rounds(ctx, "run-a", 1)
+    sent = reply.content["metrics"]
+    assert sent["delta"] == MIN_DELTA and sent["delta-all-runs"] == 1e-5
+    assert sent["epsilon"] > 8.0 >= sent["epsilon-all-runs"]
+    assert sent["epsilon-all-runs"] == pytest.approx(
+        rdp_epsilon(ledger(tmp_path / "state").releases[0].rdp, ledger(tmp_path / "state").order,
+                    1e-5))
+    record = RunRecord.start(tmp_path / "metrics.json", 1, {"out-dir": str(tmp_path)}, LABELS)
+    record.record_train(1, [reply], {})
+    record.record_unevaluated(1)
+    final = final_summary(record.doc) | {"model_dir": str(tmp_path / "model")}
+    [(key, summary)] = final["sites"].items()
+    assert summary["delta_all_runs"] == 1e-5
+    print_summary(record.doc | {"final": final}, 1.0)
+    assert (f"at delta 1e-10 (lifetime {sent['epsilon-all-runs']:.3f} at delta 1e-05 of budget 8)"
+            in capsys.readouterr().out)
+    card = model_card(record.doc | {"final": final}, get_model_family("minilm-head"), LABELS)
+    assert f"| {key} | {sent['epsilon']:.4g} | 1e-10 |" in card
+    assert f"| {sent['epsilon-all-runs']:.4g} | 1e-05 | 8 |" in card
 
 
 @pytest.mark.parametrize("lost", ["moved-aside", "not-mounted"])

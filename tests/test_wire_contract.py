@@ -37,7 +37,8 @@ pytestmark = pytest.mark.usefixtures("task_identity")
 VALID = {
     "num-examples": 10, "epsilon": 1.5, "epsilon-all-runs": 2.0,
     "epsilon-alone": 4.0, "epsilon-alone-all-runs": 5.0,
-    "delta": 1e-5, "noise-multiplier": 1.1, "sample-rate": 1.0, "clip-norm": 1.0, "steps": 1,
+    "delta": 1e-5, "delta-all-runs": 1e-6, "noise-multiplier": 1.1, "sample-rate": 1.0,
+    "clip-norm": 1.0, "steps": 1,
     "max-epsilon": 10.0, "privacy-units": 10, "site-key": 123456, "languages": 4,
     "loss": 0.7, "accuracy": 0.75, "macro-f1": 0.6,
 }
@@ -45,6 +46,7 @@ VALID = {
 INVALID = {"num-examples": 0, "epsilon": math.nan, "loss": math.inf,
            "accuracy": 1.5, "macro-f1": 1.5, "epsilon-all-runs": math.nan,
            "epsilon-alone": -1.0, "epsilon-alone-all-runs": math.nan, "delta": math.inf,
+           "delta-all-runs": 1.0,
            "noise-multiplier": -1.0, "sample-rate": 0.0, "clip-norm": 0.0, "steps": 1.5,
            "max-epsilon": math.nan, "privacy-units": math.inf, "site-key": 2.0**48}
 """A value each checked metric's check refuses."""

@@ -6,7 +6,13 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
-from fl_server.progress import format_accuracy, format_epsilon, round_lines, site_label
+from fl_server.progress import (
+    at_ledger_delta,
+    format_accuracy,
+    format_epsilon,
+    round_lines,
+    site_label,
+)
 
 
 def print_round(entry: dict, num_rounds: int, names: Mapping[str, str] | None = None) -> None:
@@ -72,9 +78,9 @@ def print_summary(metrics: dict, seconds: float, names: Mapping[str, str] | None
             continue
         print(
             f"  {name}: epsilon {format_epsilon(site['epsilon'])} per {site['privacy_unit']} at "
-            f"delta {site['delta']:g} (lifetime {format_epsilon(site['epsilon_all_runs'])} of "
-            f"budget {site['max_epsilon_budget']:g}{_lifetime_note(site)}){_alone(site)}; "
-            f"noise multiplier "
+            f"delta {site['delta']:g} (lifetime {format_epsilon(site['epsilon_all_runs'])}"
+            f"{at_ledger_delta(site)} of budget {site['max_epsilon_budget']:g}"
+            f"{_lifetime_note(site)}){_alone(site)}; noise multiplier "
             f"{site['noise_multiplier']:.3g}, clip norm {site['clip_norm']:g}, "
             f"{site['rounds_trained']} rounds, {site['num_examples']} training examples"
             f"{_evaluation_note(final, key)}"
@@ -118,4 +124,4 @@ def _alone(site: dict) -> str:
     if alone is None or alone == site.get("epsilon"):
         return ""
     return (f", alone {format_epsilon(alone)} (lifetime "
-            f"{format_epsilon(site.get('epsilon_alone_all_runs'))})")
+            f"{format_epsilon(site.get('epsilon_alone_all_runs'))}{at_ledger_delta(site)})")
