@@ -23,7 +23,7 @@ from torch import nn
 
 from fl_client.distributed_dp import noisy_integer_sum
 from fl_client.dp_training import TrainingPlan, train_locally, training_plan
-from fl_client.privacy_accounting import fresh_site_noise, steps_per_round
+from fl_client.privacy_accounting import default_delta, fresh_site_noise, steps_per_round
 from fl_client.site_data import list_site_dirs, load_site
 from fl_protocol.wire import DEFAULT_MAX_EPSILON
 from fl_server.secure_aggregation import distributed_step
@@ -58,11 +58,14 @@ def site_plans(family: ModelFamily, sites: Sequence[Site], epsilon: float, delta
                max_epsilon: float = DEFAULT_MAX_EPSILON) -> list[TrainingPlan]:
     """Each site's plan, its noise planned (PRV accountant) for ``epsilon`` at ``delta`` over all
     ``rounds`` as a site with a new ledger and lifetime budget ``max_epsilon`` (a site's
-    default) plans it; no noise where ``epsilon`` is infinite. Clip norm 1."""
+    default) plans it, that ledger at the site's own delta for its units (``default_delta``,
+    the default policy's, whatever ``delta`` is); no noise where ``epsilon`` is infinite. Clip
+    norm 1."""
     plans = []
     for _, targets in sites:
         rate, steps = steps_per_round(len(targets), batch_size, local_epochs)
-        noise = (fresh_site_noise(epsilon, delta, rate, steps * rounds, "prv", max_epsilon)
+        noise = (fresh_site_noise(epsilon, delta, rate, steps * rounds, "prv", max_epsilon,
+                                  default_delta(len(targets)))
                  if math.isfinite(epsilon) else None)
         plans.append(training_plan(family, noise, (rate, steps), clip_norm=1.0,
                                    batch_size=batch_size, local_epochs=local_epochs,

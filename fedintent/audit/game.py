@@ -141,7 +141,7 @@ def site_plans(sizes: list[int], epsilon: float, settings: dict,
         if math.isfinite(epsilon):
             rate, steps = steps_per_round(units, batch, epochs)
             noise = fresh_site_noise(epsilon, info["delta"], rate, steps * rounds, ACCOUNTANT,
-                                     float(settings["site-max-epsilon"]))
+                                     float(settings["site-max-epsilon"]), info["delta"])
             info = {"epsilon": _spent(noise, rate, steps * rounds, info["delta"]),
                     "delta": info["delta"], "noise_multiplier": noise, "sample_rate": rate}
         plans.append(training_plan(family, noise, steps_per_round(units, batch, epochs),
