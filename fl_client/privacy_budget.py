@@ -92,7 +92,8 @@ class Charge:
     epsilon_alone_this_run, epsilon_alone_all_runs: the same from the site's own noise only
         (equal to the two above under local DP).
     delta_all_runs: the ledger's lifetime delta, the one both ``-all-runs`` figures are at; the
-        ``-this-run`` ones are at the request's delta, which may be lower.
+        ``-this-run`` ones are at the request's delta, which may differ either way (lower: a
+        run asking for less; higher: a ledger lowered when the site had more units).
     skellam_mu_share: distributed DP: the Skellam noise this site adds (0 under local DP).
     release_number, nonce: this release's place in the site's ledger (1 for its first ever)
         and the fresh randomness recorded with it (``Release.nonce``). The ledger never holds

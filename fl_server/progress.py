@@ -20,11 +20,12 @@ def format_accuracy(value: float | None) -> str:
 def at_ledger_delta(site: dict) -> str:
     """The delta a site's lifetime figures are at (its ledger's), where it is not the run's
     (found in review: "epsilon 9.98 per utterance at delta 1e-10 (lifetime 7.07 of budget 8)"
-    read as 7.07 at 1e-10, where it is at least 9.98; the 7.07 was at 1e-5)."""
+    read as 7.07 at 1e-10, where it is at least 9.98; the 7.07 was at 1e-5), or that it was
+    not reported (a reply recorded before 4b919f8, in a resumed run)."""
     ledger_delta = site.get("delta_all_runs")
-    if ledger_delta is None or ledger_delta == site.get("delta"):
-        return ""
-    return f" at delta {ledger_delta:g}"
+    if ledger_delta is None:  # None as well where the lifetime figure is inf: no delta to name
+        return "" if site.get("epsilon_all_runs") is None else " at its ledger's unreported delta"
+    return "" if ledger_delta == site.get("delta") else f" at delta {ledger_delta:g}"
 
 
 def site_label(key: str, names: Mapping[str, str]) -> str:

@@ -601,12 +601,13 @@ def test_a_site_that_outgrows_its_ledgers_delta_states_its_guarantees_at_its_own
     assert own == 1e-6
     charge = charge_round(tmp_path, units, train_request(own), policy, lifetime_delta=own)
     book = read_ledger(tmp_path, site_secret(tmp_path))
-    assert book.delta == own
+    assert book.delta == own == charge.delta_all_runs
     assert charge.epsilon_all_runs == pytest.approx(max(unit_epsilons(book)))
     assert max(unit_epsilons(book)) <= 8.0
-    charge_round(tmp_path, units[:10], train_request(own, run="run-2"), policy,
-                 lifetime_delta=lifetime_delta(policy, 10))  # a smaller site: never raised
+    smaller = charge_round(tmp_path, units[:10], train_request(own, run="run-2"), policy,
+                           lifetime_delta=lifetime_delta(policy, 10))  # never raised
     assert read_ledger(tmp_path, site_secret(tmp_path)).delta == own
+    assert smaller.delta_all_runs == own  # what the reply says the -all-runs figures are at
 
 
 def test_a_run_asking_a_tiny_delta_does_not_fix_the_ledgers(tmp_path):
@@ -688,10 +689,10 @@ def test_a_ledger_whose_spends_do_not_fit_the_lower_delta_keeps_its_own_and_says
     policy = SitePolicy(max_epsilon=8.0, max_delta=0.5, privacy_unit=None)
     units = [f"u{i}" for i in range(100)]
     charge_round(tmp_path, units, train_request(2e-3, 7.9), policy)  # near the budget at 2e-3
-    charge_round(tmp_path, units + ["new"], train_request(1e-5, run="run-2"), policy,
-                 lifetime_delta=1e-5)
+    kept = charge_round(tmp_path, units + ["new"], train_request(1e-5, run="run-2"), policy,
+                        lifetime_delta=1e-5)
     book = read_ledger(tmp_path, site_secret(tmp_path))
-    assert book.delta == 2e-3
+    assert book.delta == 2e-3 == kept.delta_all_runs
     assert max(unit_epsilons(book)) <= 8.0
     assert "some unit has spent more than max-epsilon 8 allows at delta 1e-05" in caplog.text
 

@@ -228,7 +228,8 @@ def test_the_summary_gives_each_sites_dp_evaluation_epsilon(capsys):
 
 def test_the_summary_gives_the_ledgers_delta_where_it_is_not_the_runs(capsys):
     """Both lifetime figures, with the site's own noise and without, are at the ledger's delta;
-    a site whose reply carried none (an older site) or the run's is printed as before."""
+    a site whose reply carried the run's is printed as before, and one whose reply carried
+    none (recorded before the ledger's delta was sent, in a resumed run) says so."""
     site = {"epsilon": 9.98, "epsilon_alone": 20.5, "privacy_unit": "utterance",
             "delta": 1e-10, "epsilon_all_runs": 7.07, "epsilon_alone_all_runs": 14.2,
             "max_epsilon_budget": 8.0, "noise_multiplier": 1.2, "clip_norm": 1.0,
@@ -240,8 +241,26 @@ def test_the_summary_gives_the_ledgers_delta_where_it_is_not_the_runs(capsys):
     a, b, c = [line for line in capsys.readouterr().out.splitlines() if "lifetime 7.070" in line]
     assert ("at delta 1e-10 (lifetime 7.070 at delta 1e-05 of budget 8), alone 20.500 (lifetime "
             "14.200 at delta 1e-05)") in a
-    assert "(lifetime 7.070 of budget 8), alone 20.500 (lifetime 14.200);" in b
+    assert ("(lifetime 7.070 at its ledger's unreported delta of budget 8), alone 20.500 "
+            "(lifetime 14.200 at its ledger's unreported delta);") in b
     assert "(lifetime 7.070 of budget 8), alone 20.500 (lifetime 14.200);" in c
+
+
+def test_a_reply_without_the_ledgers_delta_is_not_given_the_runs():
+    """A reply recorded before sites sent their ledger's delta (a resumed run): its lifetime
+    figure is at a delta nobody recorded, which the card says, rather than the run's."""
+    reply = {"num_examples": 50, "epsilon": 9.98, "epsilon_all_runs": 7.07, "delta": 1e-10,
+             "max_epsilon_budget": 8.0, "noise_multiplier": 1.2, "clip_norm": 1.0,
+             "sample_rate": 1.0, "privacy_units": 50}
+    doc = {"config": {"out-dir": "/out"},
+           "rounds": [{"round": 1, "sites_trained": 2, "accuracy": 0.5,
+                       "sites": {"site-old": reply,
+                                 "site-new": reply | {"delta_all_runs": 1e-5}}}]}
+    final = final_summary(doc) | {"model_dir": "/out/model"}
+    assert final["sites"]["site-old"]["delta_all_runs"] is None
+    card = model_card(doc | {"final": final}, get_model_family("ngram"), ["a", "b"])
+    assert "| site-old | 9.98 | 1e-10 |" in card and "| 7.07 | not recorded | 8 |" in card
+    assert "| site-new | 9.98 | 1e-10 |" in card and "| 7.07 | 1e-05 | 8 |" in card
 
 
 def test_train_resume_checks_the_audited_settings_before_anything_starts(tmp_path,

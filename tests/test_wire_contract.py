@@ -118,6 +118,19 @@ def test_the_server_requires_exactly_the_checked_metrics_and_applies_each_check(
             check_evaluate_reply(RecordDict({"metrics": MetricRecord(bad)}))
 
 
+@pytest.mark.parametrize("value", [1e-10, 1e-5, 0.5])
+def test_a_ledger_delta_a_run_could_have_is_accepted(value):
+    server_accepts_train(train_content(every(TRAIN_METRICS) | {"delta-all-runs": value}))
+
+
+@pytest.mark.parametrize("value", [0.0, -1e-6, 5e-324, 9.9e-11, 1.0, math.inf, math.nan])
+def test_a_ledger_delta_no_run_could_have_is_refused(value):
+    """Found in review: the server took 5e-324, and the card printed the lifetime figure at it,
+    the strongest guarantee there is."""
+    with pytest.raises(InvalidReply, match="delta-all-runs"):
+        server_accepts_train(train_content(every(TRAIN_METRICS) | {"delta-all-runs": value}))
+
+
 def test_aggregation_sees_exactly_the_aggregated_metrics():
     assert set(AGGREGATED_TRAIN_METRICS) == {m.name for m in TRAIN_METRICS if m.aggregated}
     assert set(AGGREGATED_TRAIN_METRICS) == {"num-examples", "epsilon"}
