@@ -14,7 +14,7 @@ project's own code: the model family's initial model, ``fl_client.dp_training.tr
 and example-weighted FedAvg, which is what Flower's FedAvg computes. Federated candidates are
 scored on the pooled validation rows, pooled-data (central DP) candidates the same way. The best
 candidate per epsilon becomes ``fl_server.run_config.TUNED_SETTINGS`` and
-``fedintent.bench.sweep.CENTRAL_DP_RECIPES`` (``CENTRAL_RECIPE`` without DP); with
+``fedintent.bench.baselines.CENTRAL_DP_RECIPES`` (``CENTRAL_RECIPE`` without DP); with
 ``--privacy-model distributed``, ``DISTRIBUTED_SETTINGS``. At small epsilon one training run's
 noise moves validation accuracy by about a point, so ``--noise-seeds`` scores each candidate as
 the mean over several runs' noise and sampling on the same split.

@@ -1,4 +1,5 @@
-"""What produced a result: package versions and, from a checkout, the project's git commit.
+"""What produced a result: package versions, the machine and, from a checkout, the project's git
+commit.
 
 A number in ``metrics.json`` or a benchmark report is only comparable with another when both
 say which code made them. Nothing here may fail a run: a package that is not installed is
@@ -7,6 +8,8 @@ app bundle) is left out.
 """
 
 import hashlib
+import os
+import platform
 import subprocess
 from importlib import metadata
 from pathlib import Path
@@ -18,10 +21,11 @@ GIT_TIMEOUT_SECONDS = 5.0
 
 
 def software_provenance() -> dict:
-    """Package versions, and ``git_commit`` when the code runs from a git checkout, with
-    ``git_dirty``: whether tracked files differ from it (found in review: numbers cited a
-    commit whose code had not made them)."""
-    record: dict = {"versions": {name: _version(name) for name in PACKAGES}}
+    """Package versions, the machine (``machine_provenance``), and ``git_commit`` when the code
+    runs from a git checkout, with ``git_dirty``: whether tracked files differ from it (found in
+    review: numbers cited a commit whose code had not made them)."""
+    record: dict = {"versions": {name: _version(name) for name in PACKAGES},
+                    "machine": machine_provenance()}
     commit = git_commit(PROJECT_ROOT)
     if commit is not None:
         record["git_commit"] = commit
@@ -29,6 +33,19 @@ def software_provenance() -> dict:
         if dirty is not None:
             record["git_dirty"] = dirty
     return record
+
+
+def machine_provenance() -> dict:
+    """What a timing depends on besides the code: Python, the operating system, the processor
+    and how many cores and how much memory the machine has (found in review: a benchmark report
+    gave seconds per round and peak memory with nothing of the machine that measured them)."""
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    except (AttributeError, ValueError, OSError):  # not a POSIX system that says
+        memory = None
+    return {"python": platform.python_version(), "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+            "memory_gib": None if memory is None else round(memory, 1)}
 
 
 def commit_text(record: dict, digits: int = 40) -> str:

@@ -91,8 +91,9 @@ def test_an_interrupted_run_says_how_to_continue(interrupted_train, capsys, writ
     assert run(lambda path: written and record(path, written)) == 130
     err = capsys.readouterr().err
     if written:
-        assert err.endswith(f"fedintent train: interrupted; continue with: fedintent train "
-                            f"--resume {out}\n")
+        assert (f"fedintent train: interrupted; continue with: fedintent train --resume {out} "
+                "(a round the sites trained after the last checkpoint was charged to their "
+                "budget, and is charged again when the resume trains it") in err
         assert json.loads((out / "metrics.json").read_text())["status"] == "interrupted"
     else:
         assert err.endswith("fedintent train: interrupted; the run had not started (no "

@@ -64,10 +64,12 @@ def run_federated(
     for index in range(num_sites):
         site_state = state_root / f"site-{index:02d}"
         site_state.mkdir(parents=True, exist_ok=True)
-        if not (site_state / "features").exists():
+        if feature_cache.is_dir() and not (site_state / "features").exists():
             # Each site's own store, hard-linked from the shared cache: a site prunes its store
             # to its own rows (fl_client/retention.py), which must not touch the other sites'
-            # or the cache; the store never rewrites a file in place, only adds and unlinks.
+            # or the cache; the store never rewrites a file in place, only adds and unlinks. A
+            # family that computes its features as it reads (ngram) has no cache (found in
+            # review: bench --model ngram stopped with a traceback at its first cell).
             shutil.copytree(feature_cache, site_state / "features", copy_function=os.link)
     out_dir = cell_dir / "run"
     run_config = compose_run_config(

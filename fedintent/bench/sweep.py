@@ -20,7 +20,7 @@ import torch
 from tqdm import tqdm
 
 from data_synth.baseline import tfidf_accuracy
-from fedintent.bench.baselines import Recipe, baseline_delta, train_and_evaluate
+from fedintent.bench.baselines import Recipe, baseline_delta, pooled_recipe, train_and_evaluate
 from fedintent.bench.cells import (
     CENTRAL,
     CENTRAL_DP,
@@ -40,13 +40,13 @@ from fedintent.bench.report import write_outputs
 from fedintent.partition import plan_partition, read_labeled_csv, write_partition
 from fedintent.report_files import FolderClaimed, claim_folder, epsilon_label
 from fl_client.site_data import list_site_dirs, load_site
+from fl_protocol.durable_files import json_safe
 from fl_protocol.label_file import read_labels
 from fl_protocol.wire import RUN_CONFIG_DEFAULTS
 from fl_server.provenance import file_sha256, software_provenance
 from fl_server.run_config import (
     check_run_config,
     site_size_rate,
-    tuned_epsilon,
     tuned_settings,
 )
 from models import get_model_family
@@ -61,16 +61,6 @@ Rows = tuple[torch.Tensor, torch.Tensor]
 """A site's (or the pooled test split's) features and labels."""
 DATASET_FILES = ("train.csv", "test.csv")
 """The dataset's files, each hashed into bench.json (``dataset_sha256``)."""
-
-CENTRAL_DP_RECIPES = {
-    1.0: Recipe(epochs=40, batch_size=16384, learning_rate=24.0, clip_norm=1.0),
-    3.0: Recipe(epochs=40, batch_size=1024, learning_rate=8.0, clip_norm=1.0),
-    8.0: Recipe(epochs=40, batch_size=16384, learning_rate=96.0, clip_norm=1.0),
-}
-CENTRAL_RECIPE = Recipe(epochs=30, batch_size=64, learning_rate=2.0, clip_norm=1.0)
-"""Pooled-data training, chosen like the federated settings on a validation split of
-BANKING77's training rows (docs/BENCHMARKS.md); an epsilon between rows uses the row below it."""
-
 
 @dataclass(frozen=True)
 class BenchSpec:
@@ -126,10 +116,18 @@ def run_bench(spec: BenchSpec, out_dir: Path) -> list[dict]:
 
     cells = sweep_cells(spec.epsilons, spec.seeds, spec.privacy_models)
     done = {cell: load_cell(out_dir, cell) for cell in cells}
-    results = [result for result in done.values() if result is not None]
     todo = [cell for cell, result in done.items() if result is None]
-    if results:
-        print(f"resuming: {len(results)} of {len(cells)} cells already done")
+    if len(todo) < len(cells):
+        print(f"resuming: {len(cells) - len(todo)} of {len(cells)} cells already done")
+    folder_cells = sweep_cells([float(eps) for eps in record["epsilons"]], record["seeds"],
+                               tuple(record["privacy_models"]))
+    earlier = [cell for cell in folder_cells if cell not in done]
+    results = [result for result in (done | {cell: load_cell(out_dir, cell)
+                                             for cell in earlier}).values()
+               if result is not None]
+    if others := len(results) - (len(cells) - len(todo)):
+        print(f"the report also holds {others} finished cells of earlier runs in {out_dir} "
+              "(epsilons, seeds or privacy models not asked for now)")
     progress = tqdm(todo, desc="bench", unit="cell", dynamic_ncols=True)
     for cell in progress:
         progress.set_postfix_str(cell.id)
@@ -169,8 +167,7 @@ def run_bench(spec: BenchSpec, out_dir: Path) -> list[dict]:
 def pooled_cell(cell: Cell, model: str, labels: list[str], sites: list[Rows], test: Rows) -> dict:
     """Central DP or central non-private: every site's rows pooled, trained with the pooled
     recipe, DP at the sites' delta (``baseline_delta``)."""
-    recipe = (CENTRAL_DP_RECIPES[tuned_epsilon(cell.epsilon, CENTRAL_DP_RECIPES)]
-              if cell.method == CENTRAL_DP else CENTRAL_RECIPE)
+    recipe = pooled_recipe(cell.epsilon if cell.method == CENTRAL_DP else math.inf)
     delta = baseline_delta([len(y) for _, y in sites])
     scores = train_and_evaluate(model, labels, *_pooled(sites), *test, cell.epsilon, recipe,
                                 cell.seed, delta=delta)
@@ -199,10 +196,13 @@ def planned_deltas(epsilon: float, deltas: list[float]) -> list[float]:
 
 
 def claim_sweep_folder(out_dir: Path, spec: BenchSpec) -> dict:
-    """The sweep's record (its spec, each epsilon's settings, the dataset's SHA-256 and, one
-    entry per invocation, the software that ran), written to bench.json unless the folder holds
-    another sweep; distributed-DP settings are checked first, so that a bad combination is
-    refused before any cell runs rather than after the local ones."""
+    """The folder's sweep record (its spec, each epsilon's settings, the dataset's SHA-256 and,
+    one entry per invocation, the software that ran), written to bench.json unless the folder
+    holds another sweep: ``spec``'s, grown by the epsilons, seeds and privacy models earlier
+    invocations there ran (as bench.json holds it, epsilon inf as ``"inf"``, except ``spec``'s
+    own epsilons' settings, numbers to run with). Distributed-DP settings are
+    checked first, so that a bad combination is refused before any cell runs rather than after
+    the local ones."""
     site_rows = mean_site_rows(spec)
     settings = {epsilon_label(eps): _federated_settings(eps, spec, site_rows)
                 for eps in spec.epsilons}
@@ -215,8 +215,8 @@ def claim_sweep_folder(out_dir: Path, spec: BenchSpec) -> dict:
                              "software": [software_provenance()]}
     if DISTRIBUTED_DP in spec.privacy_models:
         record["distributed_settings"] = distributed
-    record["software"] = _claim_folder(out_dir, record)["software"]  # every invocation's
-    return record
+    kept = _claim_folder(out_dir, record)
+    return kept | {"settings": kept["settings"] | settings}  # this run's as numbers: inf, not "inf"
 
 
 def dataset_sha256(data: str) -> dict[str, str]:
@@ -300,13 +300,23 @@ def _claim_folder(out_dir: Path, record: dict) -> dict:
             raise FolderClaimed(f"{out_dir} holds a sweep with different "
                                 f"{'; '.join(differences)} ({path}); use a new --out, or "
                                 "delete it")
-        before, now = existing.get("distributed_settings"), wanted.get("distributed_settings")
-        free = ("epsilons", "seeds", "privacy_models")  # cells are keyed by these: none mix
-        merged = existing | {k: wanted[k] for k in free}
+        # cells are keyed by epsilon, seed and privacy model, so none mix: the folder's sweep
+        # grows to hold both (found in review: a second invocation with fewer seeds rewrote the
+        # report to them, the spread of the first gone, and one adding an epsilon was refused)
+        merged = existing | {
+            "epsilons": [json_safe(eps, infinity="inf") for eps in sorted(
+                {float(eps) for eps in existing["epsilons"] + wanted["epsilons"]})],
+            "seeds": max(existing["seeds"], wanted["seeds"]),
+            "privacy_models": [model for model in (LOCAL_DP, DISTRIBUTED_DP) if model in
+                               existing.get("privacy_models", [LOCAL_DP])
+                               + wanted["privacy_models"]],
+            "settings": existing.get("settings", {}) | wanted["settings"],
+        }
         merged["dataset_sha256"] = wanted["dataset_sha256"]
         merged["software"] = existing.get("software", []) + wanted["software"]
-        if now:
-            merged["distributed_settings"] = (before or {}) | now
+        if wanted.get("distributed_settings"):
+            merged["distributed_settings"] = (existing.get("distributed_settings") or {}) \
+                | wanted["distributed_settings"]
         return merged
 
     return claim_folder(path, record, merge,
@@ -317,16 +327,16 @@ def sweep_differences(existing: dict, wanted: dict) -> list[str]:
     """What keeps the sweep recorded in a folder (``existing``) and ``wanted`` from sharing it:
     each differing field as its dotted path in bench.json with both values. A record from
     before a field was kept (no ``dataset_sha256``) differs in nothing it lacks, and
-    distributed-DP settings only where both record an epsilon's."""
-    fixed = ("data", "sites", "alpha", "partition_seed", "model", "settings", "tolerated_sites")
+    an epsilon's settings only where both record it."""
+    fixed = ("data", "sites", "alpha", "partition_seed", "model", "tolerated_sites")
     differences = [d for key in fixed for d in _changed(existing.get(key), wanted[key], key)]
     if "dataset_sha256" in existing:  # the same path, other data
         differences += _changed(existing["dataset_sha256"], wanted["dataset_sha256"],
                                 "dataset_sha256")
-    before = existing.get("distributed_settings") or {}
-    for label, settings in (wanted.get("distributed_settings") or {}).items():
-        differences += _changed(before.get(label, settings), settings,
-                                f"distributed_settings.{label}")
+    for key in ("settings", "distributed_settings"):
+        before = existing.get(key) or {}
+        for label, settings in (wanted.get(key) or {}).items():
+            differences += _changed(before.get(label, settings), settings, f"{key}.{label}")
     return differences
 
 

@@ -449,11 +449,15 @@ def _simulate(run_config: dict, num_sites: int, num_rounds: int, reported_rounds
 
 
 def _how_to_continue(metrics: dict | None, out_dir: Path) -> str:
-    """What an engineer whose run was interrupted can do next."""
+    """What an engineer whose run was interrupted can do next, and what it costs (found in
+    review: the advice led to a run whose last round trained no site, said only on resume)."""
     if metrics is None:
         return (f"the run had not started (no {out_dir / 'metrics.json'}), so there is nothing "
                 "to resume: start it again")
-    return f"continue with: fedintent train --resume {out_dir}"
+    return (f"continue with: fedintent train --resume {out_dir} (a round the sites trained "
+            "after the last checkpoint was charged to their budget, and is charged again when "
+            "the resume trains it: at the defaults they then decline the resumed run's last "
+            "round; --resume warns per site before it starts; docs/FAULT_TOLERANCE.md)")
 
 
 def _finish(metrics: dict, metrics_path: Path, sites: "list[SimulatedSite]",
