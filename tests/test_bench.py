@@ -172,13 +172,15 @@ def test_the_report_names_the_baselines_settings_and_the_machine():
     machine = {"python": "3.11.7", "platform": "Linux-6.1-x86_64", "processor": "x86_64",
                "cpus": 2, "memory_gib": 23.5}
     spec = {"data": "/x/banking77", "sites": 3, "alpha": 0.5, "seeds": 1, "partition_seed": 0,
-            "rounds": 2, "settings": {"3": {"num-rounds": 2}, "inf": {"num-rounds": 2}},
+            "rounds": 2, "settings": {"3": {"num-rounds": 2, "delta": 0.0},
+                                      "inf": {"num-rounds": 2}},
             "software": [{"versions": {"fedintent": "0.1.0"}, "machine": machine}]}
     report = markdown_report(spec, summarize(results), results)
     assert ("- central DP at epsilon 3: 40 epochs, batch-size 1024, learning-rate 8, clip-norm 1\n"
             "- central, non-private: 30 epochs, batch-size 64, learning-rate 2, clip-norm 1\n"
             ) in report
     assert "not changed by --rounds" in report and "central DP at epsilon inf" not in report
+    assert "- epsilon 3: num-rounds=2, delta=0 (each site's default, above)\n" in report
     assert ("Machine: Linux-6.1-x86_64, x86_64, 2 CPUs, 23.5 GiB, Python 3.11.7 (the "
             "performance table's timings") in report
 
@@ -209,7 +211,7 @@ def test_the_report_has_a_distributed_row_and_notes_epsilon_alone():
     assert "at most 2 sites missing or colluding" in report
     assert "epsilon_alone, at most 31.500 in these runs" in report
     assert "| distributed | 8 | 0 | - | 95 | 1.60 | 60000 | 4000 | 7.990 | 31.500 |" in report
-    assert "| local | 8 | 0 |" in report
+    assert "| local | 8 | 0 | - | 95 | 1.60 | 60000 | 4000 | 7.980 | - |" in report
     assert ("Settings of each epsilon's distributed-DP runs (the rest as above):\n\n"
             "- epsilon 8: learning-rate=96.0, privacy-model=distributed, tolerated-sites=2"
             ) in report

@@ -210,18 +210,22 @@ def markdown_report(spec: dict, summary: list[dict], results: list[dict]) -> str
               "|---|---|---|---|---|---|---|---|---|---|"]
     for result in sorted((r for r in results if r["method"] in FEDERATED_PRIVACY_MODELS),
                          key=lambda r: (METHODS.index(r["method"]), _epsilon(r), r["seed"])):
+        # under local DP a site's noise is all its own: epsilon alone is its epsilon again
+        alone = (result.get("max_site_epsilon_alone")
+                 if result["method"] == FEDERATED_DISTRIBUTED else None)
         lines.append(
             f"| {FEDERATED_PRIVACY_MODELS[result['method']]} | {epsilon_label(_epsilon(result))} | "
             f"{result['seed']} | {_fmt(result.get('worst_site_accuracy'), '.4f')} | "
             f"{result['wall_seconds']:.0f} | "
             f"{_fmt(result.get('seconds_per_round'), '.2f')} | "
             f"{result['upload_bytes_per_site_round']:.0f} | {result['peak_memory_mib']:.0f} | "
-            f"{_fmt(result.get('max_site_epsilon'), '.3f')} | "
-            f"{_fmt(result.get('max_site_epsilon_alone'), '.3f')} |"
+            f"{_fmt(result.get('max_site_epsilon'), '.3f')} | {_fmt(alone, '.3f')} |"
         )
     lines += ["", "Settings of each epsilon's federated runs:", ""]
     for epsilon, settings in sorted(spec["settings"].items(), key=lambda item: float(item[0])):
-        lines.append(f"- epsilon {epsilon}: " + ", ".join(f"{k}={v}" for k, v in settings.items()))
+        lines.append(f"- epsilon {epsilon}: " + ", ".join(
+            f"{k}={v}" if (k, v) != ("delta", 0.0) else "delta=0 (each site's default, above)"
+            for k, v in settings.items()))
     if distributed:
         lines += ["", "Settings of each epsilon's distributed-DP runs (the rest as above):", ""]
         recorded = spec.get("distributed_settings", {})
