@@ -356,6 +356,11 @@ def test_a_second_invocation_in_a_sweep_folder_adds_to_the_first_ones_report(
     recorded = json.loads((out / "bench.json").read_text(encoding="utf-8"))
     assert (recorded["epsilons"], recorded["seeds"], sorted(recorded["settings"])) == (
         [3.0, 8.0], 2, ["3", "8"])
+    assert recorded["rounds"] == 1
+    run_bench(replace(first, epsilons=[1.0], seeds=1, rounds=2), out)
+    recorded = json.loads((out / "bench.json").read_text(encoding="utf-8"))
+    assert recorded["rounds"] is None  # two overrides: the settings name each epsilon's
+    assert [recorded["settings"][e]["num-rounds"] for e in ("1", "3", "8")] == [2, 1, 1]
 
 
 def test_bench_embeds_a_slice_at_a_time_behind_a_progress_bar(tmp_path, monkeypatch, capsys):

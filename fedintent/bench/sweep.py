@@ -311,6 +311,8 @@ def _claim_folder(out_dir: Path, record: dict) -> dict:
                                existing.get("privacy_models", [LOCAL_DP])
                                + wanted["privacy_models"]],
             "settings": existing.get("settings", {}) | wanted["settings"],
+            # one --rounds for the whole folder, or none to name (each epsilon's is in settings)
+            "rounds": wanted["rounds"] if existing.get("rounds") == wanted["rounds"] else None,
         }
         merged["dataset_sha256"] = wanted["dataset_sha256"]
         merged["software"] = existing.get("software", []) + wanted["software"]
