@@ -167,17 +167,18 @@ def read_labeled_csv(path: Path) -> list[Example]:
     rows = csv.reader(io.StringIO(read_utf8(path), newline=""), strict=True)
     examples: list[Example] = []
     header: list[str] | None = None
-    try:
+    begins = 1  # the line the record being read begins on: a quote never closed ends at the
+    try:        # file's end (found in review: "train.csv:3" for a quote opened on line 2)
         for row in rows:
-            if is_blank(row):
-                continue
-            if header is None:
+            if not is_blank(row) and header is None:
                 header = [name.strip() for name in row]
                 check_header(header, path, rows.line_num)
-                continue
-            examples.append(example_from_row(row, header, path, rows.line_num))
+            elif not is_blank(row):
+                examples.append(example_from_row(row, header, path, rows.line_num))
+            begins = rows.line_num + 1
     except csv.Error as err:
-        raise ValueError(f"{path}:{rows.line_num}: malformed CSV ({err})") from err
+        raise ValueError(f"{path}:{begins}: malformed CSV ({err}) in the record that begins "
+                         "on this line") from err
     if header is None:
         raise ValueError(f"{path}: empty file, expected a header with 'text' and 'label'")
     return examples

@@ -200,6 +200,8 @@ GOOD_TEST = "text,label\nx,l0\ny,l1\n"
         ("train.csv", "text,label\nhi,a,extra\n", "train.csv:2: expected 2 fields, got 3"),
         ("train.csv", 'text,label\n"two\nlines",a\n', "train.csv:3: text or label contains a line"),
         ("train.csv", 'text,label\n"quoted"junk,a\n', "train.csv:2: malformed CSV"),
+        ("train.csv", 'text,label\nhi,a\n"never closed,b\nlater,a\n',
+         "train.csv:3: malformed CSV .* in the record that begins on this line"),
         ("train.csv", "", "train.csv: empty file"),
         ("train.csv", "text,label\n", "train.csv: no data rows"),
         ("test.csv", "text,label\nx,l0\ny,unseen\n", r"test.csv:3: the label \(a string of"),
