@@ -1,4 +1,5 @@
-"""Split a real labeled dataset (``train.csv`` + ``test.csv``) into non-IID site folders.
+"""Split a labeled dataset (``train.csv`` + ``test.csv``, or site folders such as ``fedintent
+synth`` writes, pooled) into non-IID site folders.
 
 Training rows are divided with flwr-datasets' partitioners: Dirichlet label skew, or IID, with
 optional quantity skew. Test rows then follow each site's training label mix, so every site is
@@ -25,6 +26,7 @@ from flwr_datasets.partitioner import (
     SizePartitioner,
 )
 
+from fl_client.site_data import RejectedRow, SiteDataError, list_site_dirs, read_rows
 from fl_protocol.durable_files import write_text_atomic
 
 SITE_CSV_HEADER = ("text", "label")
@@ -35,11 +37,13 @@ options instead, so that its user reads what they typed."""
 
 
 class Example(NamedTuple):
-    """One labeled row; ``line`` is where it ends in its source file, for error messages."""
+    """One labeled row; ``line`` is where it ends in its source file, for error messages, and
+    ``file`` that file where it is not the split's ``train.csv`` or ``test.csv``."""
 
     text: str
     label: str
     line: int
+    file: Path | None = None
 
 
 class PlannedPartition(NamedTuple):
@@ -89,13 +93,13 @@ def plan_partition(
     """
     csv_dir = Path(csv_dir)
     check_partition_args(n_sites, seed, alpha, min_site_size, quantity_skew, names)
-    train = read_labeled_csv(csv_dir / "train.csv")
-    test = read_labeled_csv(csv_dir / "test.csv")
+    train, test = read_dataset(csv_dir)
+    source = csv_dir / "train.csv" if (csv_dir / "train.csv").is_file() else csv_dir
     if not train:
-        raise ValueError(f"{csv_dir / 'train.csv'}: no data rows")
+        raise ValueError(f"{source}: no data rows")
     if n_sites * min_site_size > len(train):
         raise ValueError(
-            f"{csv_dir / 'train.csv'}: {len(train)} rows cannot give {n_sites} sites "
+            f"{source}: {len(train)} rows cannot give {n_sites} sites "
             f"at least {min_site_size} rows each"
         )
     labels = sorted({example.label for example in train})
@@ -158,6 +162,37 @@ def check_partition_args(
             f"{names['quantity_skew']} must be a finite number >= 1 (largest/smallest site "
             f"size), got {quantity_skew}"
         )
+
+
+def read_dataset(folder: Path) -> tuple[list[Example], list[Example]]:
+    """(train, test) rows of ``folder``: its ``train.csv`` and ``test.csv``, or else the rows of
+    every site folder in it (``fedintent synth``'s conversations, read as a site reads them,
+    unredacted like a CSV's: each site that loads its new folder redacts them), pooled. A row a
+    site would reject stops the partition with its file and line, as a bad CSV row does."""
+    folder = Path(folder)
+    if (folder / "train.csv").exists() or not folder.is_dir():
+        return read_labeled_csv(folder / "train.csv"), read_labeled_csv(folder / "test.csv")
+    try:
+        site_dirs = list_site_dirs(folder)
+    except SiteDataError as err:
+        raise ValueError(f"{folder / 'train.csv'}: not found, and {err}") from err
+    train: list[Example] = []
+    test: list[Example] = []
+    for site_dir in site_dirs:
+        rejected: list[RejectedRow] = []
+        try:
+            rows = read_rows(site_dir, rejected)
+        except SiteDataError as err:
+            raise ValueError(str(err)) from err
+        if rejected:
+            first = rejected[0]
+            where = f"{site_dir / first.file}" + (f":{first.line}" if first.line else "")
+            more = f" (and {len(rejected) - 1} more rows)" if len(rejected) > 1 else ""
+            raise ValueError(f"{where}: {first.reason}{more}")
+        for split, found in zip((train, test), rows, strict=True):
+            split += [Example(row.text, row.label, row.line, Path(row.file or site_dir))
+                      for row in found]
+    return train, test
 
 
 def read_labeled_csv(path: Path) -> list[Example]:
@@ -237,9 +272,9 @@ def check_test_labels(test: list[Example], labels: set[str], path: Path) -> None
     for example in test:
         if example.label not in labels:
             raise ValueError(
-                f"{path}:{example.line}: the label (a string of length {len(example.label)}) "
-                "does not occur in train.csv"
-            )
+                f"{example.file or path}:{example.line}: the label (a string of length "
+                f"{len(example.label)}) does not occur in "
+                + ("train.csv" if example.file is None else "any site's training rows"))
 
 
 def relative_site_sizes(n_sites: int, quantity_skew: float | None) -> np.ndarray:

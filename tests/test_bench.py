@@ -15,6 +15,7 @@ import torch
 
 import fedintent.bench.federated as federated
 import fedintent.bench.sweep as sweep
+from data_synth import write_sites
 from fedintent.bench.baselines import Recipe, train_and_evaluate
 from fedintent.bench.cells import (
     CENTRAL,
@@ -59,6 +60,7 @@ from fl_client.privacy_accounting import (
     rdp_budget,
 )
 from fl_client.site_data import list_site_dirs, load_site
+from fl_protocol.durable_files import json_safe
 from fl_protocol.label_file import read_labels
 from fl_protocol.wire import RUN_CONFIG_DEFAULTS as DEFAULTS
 from fl_server.provenance import file_sha256
@@ -181,8 +183,12 @@ def test_the_report_names_the_baselines_settings_and_the_machine():
             ) in report
     assert "not changed by --rounds" in report and "central DP at epsilon inf" not in report
     assert "- epsilon 3: num-rounds=2, delta=0 (each site's default, above)\n" in report
-    assert ("Machine: Linux-6.1-x86_64, x86_64, 2 CPUs, 23.5 GiB, Python 3.11.7 (the "
-            "performance table's timings") in report
+    assert ("Machine: Linux-6.1-x86_64, x86_64, 2 CPUs, 23.5 GiB, Python 3.11.7 (timings "
+            "under whatever else it ran)") in report
+    spec["software"].append({"versions": {}, "machine": machine | {"cpus": 8}})
+    assert ("Machines (one per invocation that differs, each timing its own cell's): "
+            "Linux-6.1-x86_64, x86_64, 2 CPUs, 23.5 GiB, Python 3.11.7; Linux-6.1-x86_64, "
+            "x86_64, 8 CPUs") in markdown_report(spec, summarize(results), results)
 
 
 def test_the_report_has_a_distributed_row_and_notes_epsilon_alone():
@@ -280,11 +286,25 @@ def test_a_sweep_folder_refuses_a_different_spec(tmp_path):
                      partition_seed=0, rounds=1)
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "bench.json").write_text(json.dumps(
-        {"data": str(data), "sites": 3, "alpha": 0.5, "partition_seed": 0,
-         "model": "minilm-head", "settings": {}}), encoding="utf-8")
+        {"data": str(data), "sites": 3, "alpha": 0.5, "partition_seed": 0, "epsilons": [8.0],
+         "seeds": 1, "model": "minilm-head", "settings": {}}), encoding="utf-8")
     with pytest.raises(ValueError, match=r"different sites: 3 there, 2 now \("):
         run_bench(spec, tmp_path / "out")
     assert not (tmp_path / "out" / "data").exists()
+
+
+@pytest.mark.parametrize("missing", ["settings", "seeds", "epsilons"])
+def test_a_sweep_record_without_its_settings_is_refused(tmp_path, missing):
+    """Found in review: a bench.json without ``settings`` took any, its cells reported under
+    them; one without seeds or epsilons stopped with a KeyError."""
+    spec = BenchSpec(data=str(write_dataset(tmp_path / "csv")), sites=2, alpha=0.5,
+                     epsilons=[8.0], seeds=1, partition_seed=0, rounds=1)
+    record = claim_sweep_folder(tmp_path, spec)
+    del record[missing]
+    (tmp_path / "bench.json").write_text(json.dumps(json_safe(record, infinity="inf")),
+                                         encoding="utf-8")
+    with pytest.raises(ValueError, match="not a sweep's record"):
+        claim_sweep_folder(tmp_path, spec)
 
 
 def test_bad_input_leaves_no_record_that_blocks_the_corrected_retry(tmp_path):
@@ -361,6 +381,66 @@ def test_a_second_invocation_in_a_sweep_folder_adds_to_the_first_ones_report(
     recorded = json.loads((out / "bench.json").read_text(encoding="utf-8"))
     assert recorded["rounds"] is None  # two overrides: the settings name each epsilon's
     assert [recorded["settings"][e]["num-rounds"] for e in ("1", "3", "8")] == [2, 1, 1]
+
+
+@pytest.mark.parametrize("languages,words", [(("en",), True), (("zh",), False)])
+def test_bench_reads_the_site_folders_fedintent_synth_writes(tmp_path, monkeypatch, languages,
+                                                             words):
+    """Found in review: benchmarking synthetic data took a hand-written converter to train.csv.
+    Bench pools the site folders' rows and partitions them like a CSV's; its TF-IDF reads
+    Chinese by characters, as the synthetic data's own baseline does (every other method is
+    stood in: each has its own tests)."""
+    tfidf = []
+    monkeypatch.setattr(sweep, "run_federated", lambda *args: {
+        "accuracy": 0.5, "wall_seconds": 1.0, "seconds_per_round": None,
+        "upload_bytes_per_site_round": 1.0, "peak_memory_mib": 1.0})
+    monkeypatch.setattr(sweep, "local_only_cell", lambda *args, **kwargs: {"accuracy": 0.5})
+    monkeypatch.setattr(sweep, "pooled_cell", lambda *args, **kwargs: {"accuracy": 0.5})
+    monkeypatch.setattr(sweep, "tfidf_accuracy", lambda *args, **kwargs: tfidf.append(kwargs)
+                        or 0.5)
+    write_sites(tmp_path / "synth", n_sites=3, seed=5, languages=languages, size=300)
+    spec = BenchSpec(data=str(tmp_path / "synth"), sites=2, alpha=0.5, epsilons=[8.0],
+                     seeds=1, partition_seed=0, rounds=1, model="ngram")
+    run_bench(spec, tmp_path / "out")
+    assert [call["words"] for call in tfidf] == [words]
+    recorded = json.loads((tmp_path / "out" / "bench.json").read_text(encoding="utf-8"))
+    assert sorted(recorded["dataset_sha256"]) == [
+        f"site-0{i}/{split}.jsonl" for i in range(3) for split in ("test", "train")]
+    assert len(list_site_dirs(tmp_path / "out" / "data")) == 2
+
+
+def test_a_saved_cell_that_ran_with_other_settings_is_not_taken_as_this_sweeps(
+        tmp_path, monkeypatch, capsys):
+    """Found in review: bench.json rewritten without an epsilon (two invocations in one folder
+    at once, or deleted by hand) let a later run at other settings count the old cells as its
+    own, reported under the new settings. Each cell keeps what it ran with."""
+    ran = []
+
+    def federated(data_dir, cell_dir, cache, sites, settings, seed, *args):
+        ran.append(settings["num-rounds"])
+        return {"accuracy": 0.5, "wall_seconds": 1.0, "seconds_per_round": None,
+                "upload_bytes_per_site_round": 1.0, "peak_memory_mib": 1.0}
+
+    monkeypatch.setattr(sweep, "run_federated", federated)
+    monkeypatch.setattr(sweep, "local_only_cell", lambda *args, **kwargs: {"accuracy": 0.5})
+    monkeypatch.setattr(sweep, "pooled_cell", lambda *args, **kwargs: {"accuracy": 0.5})
+    monkeypatch.setattr(sweep, "tfidf_accuracy", lambda *args, **kwargs: 0.5)
+    spec = BenchSpec(data=str(write_dataset(tmp_path / "csv")), sites=2, alpha=1.0,
+                     epsilons=[8.0], seeds=2, partition_seed=0, rounds=1)
+    out = tmp_path / "out"
+    run_bench(spec, out)
+    assert json.loads((out / "cells" / "federated-eps8-seed0.json").read_text())["settings"][
+        "num-rounds"] == 1
+    (out / "bench.json").unlink()  # the record lost: the cells stay
+    ran.clear()
+    capsys.readouterr()
+    run_bench(replace(spec, seeds=1, rounds=7), out)
+    said = capsys.readouterr().out
+    assert ran == [7]  # seed 0's federated cell ran again, at the settings reported
+    assert "federated-eps8-seed0.json ran with other settings than this sweep's: run again" in said
+    assert "resuming: 3 of 5 cells already done" in said  # the baselines' recipes did not change
+    with open(out / "results.csv", encoding="utf-8") as f:
+        assert [r["seed"] for r in csv.DictReader(f) if r["method"] == FEDERATED] == ["0"]
 
 
 def test_bench_embeds_a_slice_at_a_time_behind_a_progress_bar(tmp_path, monkeypatch, capsys):

@@ -125,7 +125,8 @@ def plot_png(summary: list[dict], spec: dict) -> bytes:
     ax.set_title(f"{Path(str(spec['data'])).name}: "
                  f"{spec.get('model', RUN_CONFIG_DEFAULTS['model'])}, {spec['sites']} sites, "
                  f"Dirichlet alpha {spec['alpha']:g}, {spec['seeds']} seeds"
-                 + (f", {spec['rounds']} rounds" if spec.get("rounds") else ""))
+                 + (f", {spec['rounds']} round{'s' if spec['rounds'] > 1 else ''}"
+                    if spec.get("rounds") else ""))
     ax.grid(alpha=0.3)
     handles, _ = ax.get_legend_handles_labels()
     band = Patch(color="grey", alpha=0.2, label="shaded band / error bar: min-max over seeds")
@@ -224,7 +225,8 @@ def markdown_report(spec: dict, summary: list[dict], results: list[dict]) -> str
     lines += ["", "Settings of each epsilon's federated runs:", ""]
     for epsilon, settings in sorted(spec["settings"].items(), key=lambda item: float(item[0])):
         lines.append(f"- epsilon {epsilon}: " + ", ".join(
-            f"{k}={v}" if (k, v) != ("delta", 0.0) else "delta=0 (each site's default, above)"
+            "delta=0 (each site's default, above)"
+            if (k, v) == ("delta", 0.0) and epsilon != "inf" else f"{k}={v}"
             for k, v in settings.items()))
     if distributed:
         lines += ["", "Settings of each epsilon's distributed-DP runs (the rest as above):", ""]
@@ -248,7 +250,8 @@ def _baseline_lines(spec: dict) -> list[str]:
         f"- central, non-private: {_recipe_text(pooled_recipe(math.inf))}",
         "- local only: each epsilon's federated settings above, num-rounds x local-epochs "
         "epochs on one site's rows",
-        "- TF-IDF: word 1-2 grams (sublinear tf) + logistic regression (C = 10)"]
+        "- TF-IDF: word 1-2 grams (character 1-3 grams for site folders in a language other "
+        "than English), sublinear tf, + logistic regression (C = 10)"]
 
 
 def _recipe_text(recipe: Recipe) -> str:
@@ -290,11 +293,13 @@ def _provenance_lines(spec: dict) -> list[str]:
         commit = f"commit {commits[0] if commits else 'not recorded (not run from a checkout)'}"
     if versions:
         lines.append(f"Software: {versions}; git {commit}")
-    if machine := software.get("machine"):
-        lines.append(f"Machine: {machine['platform']}, {machine['processor']}, "
-                     f"{machine['cpus']} CPUs, {machine['memory_gib']} GiB, Python "
-                     f"{machine['python']} (the performance table's timings are this machine's, "
-                     "under whatever else it ran)")
+    machines = list(dict.fromkeys(
+        f"{m['platform']}, {m['processor']}, {m['cpus']} CPUs, {m['memory_gib']} GiB, Python "
+        f"{m['python']}" for run in invocations if (m := run.get("machine"))))
+    if machines:  # found in review: a grown folder credited every timing to its last run's
+        lines.append(("Machine: " if len(machines) == 1 else "Machines (one per invocation "
+                      "that differs, each timing its own cell's): ") + "; ".join(machines)
+                     + " (timings under whatever else it ran)")
     return [f"- {line}" for line in lines] + [""] if lines else []
 
 

@@ -10,6 +10,7 @@ below. Both DP baselines plan at the delta the federated sites plan at (``baseli
 Every method starts from the same label-name prior (``models``' ``initial_model``).
 """
 
+import json
 import math
 import statistics
 import time
@@ -29,17 +30,17 @@ from fedintent.bench.cells import (
     FEDERATED_DISTRIBUTED,
     LOCAL_DP,
     LOCAL_ONLY,
-    TFIDF,
     Cell,
+    cell_path,
     load_cell,
     save_cell,
     sweep_cells,
 )
 from fedintent.bench.federated import run_federated
 from fedintent.bench.report import write_outputs
-from fedintent.partition import plan_partition, read_labeled_csv, write_partition
+from fedintent.partition import plan_partition, read_dataset, read_labeled_csv, write_partition
 from fedintent.report_files import FolderClaimed, claim_folder, epsilon_label
-from fl_client.site_data import list_site_dirs, load_site
+from fl_client.site_data import list_site_dirs, load_site, record_languages
 from fl_protocol.durable_files import json_safe
 from fl_protocol.label_file import read_labels
 from fl_protocol.wire import RUN_CONFIG_DEFAULTS
@@ -64,7 +65,8 @@ DATASET_FILES = ("train.csv", "test.csv")
 
 @dataclass(frozen=True)
 class BenchSpec:
-    """What a sweep measures; a resumed sweep must have the same spec."""
+    """What a sweep measures. A sweep folder takes another invocation with the same data,
+    partition, model and settings for the epsilons both ask for (``sweep_differences``)."""
 
     data: str
     sites: int
@@ -102,7 +104,6 @@ def run_bench(spec: BenchSpec, out_dir: Path) -> list[dict]:
         partition = plan_partition(Path(spec.data), spec.sites, spec.partition_seed,
                                    alpha=spec.alpha)
     record = claim_sweep_folder(out_dir, spec)
-    settings = record["settings"]
     if partition is not None:
         write_partition(partition, data_dir)
     labels = read_labels(data_dir / "labels.txt")
@@ -115,53 +116,93 @@ def run_bench(spec: BenchSpec, out_dir: Path) -> list[dict]:
     test_x, test_y = _pooled(features[len(sites):])
 
     cells = sweep_cells(spec.epsilons, spec.seeds, spec.privacy_models)
-    done = {cell: load_cell(out_dir, cell) for cell in cells}
+    done = {cell: _finished(out_dir, cell, record, "run again") for cell in cells}
     todo = [cell for cell, result in done.items() if result is None]
     if len(todo) < len(cells):
         print(f"resuming: {len(cells) - len(todo)} of {len(cells)} cells already done")
     folder_cells = sweep_cells([float(eps) for eps in record["epsilons"]], record["seeds"],
                                tuple(record["privacy_models"]))
-    earlier = [cell for cell in folder_cells if cell not in done]
-    results = [result for result in (done | {cell: load_cell(out_dir, cell)
-                                             for cell in earlier}).values()
-               if result is not None]
-    if others := len(results) - (len(cells) - len(todo)):
-        print(f"the report also holds {others} finished cells of earlier runs in {out_dir} "
-              "(epsilons, seeds or privacy models not asked for now)")
+    earlier = [result for cell in folder_cells if cell not in done
+               if (result := _finished(out_dir, cell, record, "left out of the report"))
+               is not None]
+    results = [result for result in done.values() if result is not None] + earlier
+    if earlier:
+        print(f"the report also holds {len(earlier)} finished cell"
+              f"{'s' if len(earlier) > 1 else ''} of earlier runs in {out_dir} (epsilons, "
+              "seeds or privacy models not asked for now)")
     progress = tqdm(todo, desc="bench", unit="cell", dynamic_ncols=True)
     for cell in progress:
         progress.set_postfix_str(cell.id)
         started = time.monotonic()
         # the non-private pooled baselines run at epsilon inf whatever --epsilons asks for,
         # with their own recipe (found in review: a sweep without inf stopped at them)
-        settings_eps = ({} if cell.method in (TFIDF, CENTRAL)
-                        else settings[epsilon_label(cell.epsilon)])
+        ran_with = cell_settings(cell, record)
         if cell.method in (FEDERATED, FEDERATED_DISTRIBUTED):
-            extra = (record["distributed_settings"][epsilon_label(cell.epsilon)]
-                     if cell.method == FEDERATED_DISTRIBUTED else {})
             result = run_federated(
-                data_dir, out_dir / "runs" / cell.id, cache, len(sites), settings_eps | extra,
+                data_dir, out_dir / "runs" / cell.id, cache, len(sites), ran_with,
                 cell.seed, test_x, test_y,
             )
         elif cell.method in (CENTRAL, CENTRAL_DP):
             result = pooled_cell(cell, spec.model, labels, tensors, (test_x, test_y))
         elif cell.method == LOCAL_ONLY:
             result = local_only_cell(cell, spec.model, labels, tensors, (test_x, test_y),
-                                     _recipe(settings_eps))
+                                     _recipe(ran_with))
         else:
             result = {"accuracy": tfidf_accuracy(
                 [t for site in sites for t in site.train.texts],
                 [y for site in sites for y in site.train.labels],
                 [t for site in sites for t in site.test.texts],
-                [y for site in sites for y in site.test.labels], seed=cell.seed)}
+                [y for site in sites for y in site.test.labels],
+                words=tfidf_by_words(Path(spec.data)), seed=cell.seed)}
         result["seconds"] = time.monotonic() - started
-        save_cell(out_dir, cell, result)
+        save_cell(out_dir, cell, result | {"settings": _as_recorded(ran_with)})
         results.append(load_cell(out_dir, cell))
         write_outputs(out_dir, record, results)
         tqdm.write(f"{cell.id}: accuracy {result['accuracy']:.4f} "
                    f"({result['seconds']:.0f} s)")
     write_outputs(out_dir, record, results)
     return results
+
+
+def cell_settings(cell: Cell, record: dict) -> dict:
+    """What a cell runs with: its epsilon's federated settings (a local-only cell trains each
+    site with them), with the distributed-DP ones for a distributed cell; a pooled baseline's
+    recipe; nothing for TF-IDF (the data's hash fixes it)."""
+    label = epsilon_label(cell.epsilon)
+    if cell.method in (FEDERATED, LOCAL_ONLY):
+        return record["settings"][label]
+    if cell.method == FEDERATED_DISTRIBUTED:
+        return record["settings"][label] | record["distributed_settings"][label]
+    if cell.method in (CENTRAL, CENTRAL_DP):
+        return asdict(pooled_recipe(cell.epsilon))
+    return {}
+
+
+def _finished(out_dir: Path, cell: Cell, record: dict, otherwise: str) -> dict | None:
+    """A cell's saved result where it ran with the settings the folder's sweep gives it now;
+    ``None`` to run it (again). Found in review: bench.json rewritten without an epsilon (two
+    runs in one folder at once, or deleted by hand) let a later run at other settings count
+    the old cells as its own. A cell saved before cells kept their settings is taken as is."""
+    result = load_cell(out_dir, cell)
+    if result is None or result.get("settings", _as_recorded(cell_settings(cell, record))) \
+            == _as_recorded(cell_settings(cell, record)):
+        return result
+    print(f"{cell_path(out_dir, cell)} ran with other settings than this sweep's: {otherwise}")
+    return None
+
+
+def _as_recorded(settings: dict) -> dict:
+    """``settings`` as a JSON file holds them (inf as ``"inf"``), so saved and current compare."""
+    return json.loads(json.dumps(json_safe(settings, infinity="inf")))
+
+
+def tfidf_by_words(data: Path) -> bool:
+    """TF-IDF reads word n-grams, except where the data is site folders whose conversations
+    name a language other than English (Chinese is not space-separated): character n-grams, as
+    the synthetic data's own baseline reads them (``data_synth.baseline``)."""
+    if (data / "train.csv").is_file():
+        return True
+    return all(record_languages(site) <= {"en"} for site in list_site_dirs(data))
 
 
 def pooled_cell(cell: Cell, model: str, labels: list[str], sites: list[Rows], test: Rows) -> dict:
@@ -220,9 +261,14 @@ def claim_sweep_folder(out_dir: Path, spec: BenchSpec) -> dict:
 
 
 def dataset_sha256(data: str) -> dict[str, str]:
-    """SHA-256 of the dataset's splits: the same path can hold other data on another day."""
-    return {name: file_sha256(Path(data) / name) for name in DATASET_FILES
-            if (Path(data) / name).is_file()}
+    """SHA-256 of the dataset's splits, or of every file of its site folders (by its path in
+    the dataset): the same path can hold other data on another day."""
+    folder = Path(data)
+    if any((folder / name).is_file() for name in DATASET_FILES):
+        return {name: file_sha256(folder / name) for name in DATASET_FILES
+                if (folder / name).is_file()}
+    return {path.relative_to(folder).as_posix(): file_sha256(path)
+            for path in sorted(folder.glob("*/*")) if path.is_file()}
 
 
 def distributed_settings(spec: BenchSpec, epsilon: float, site_rows: float) -> dict:
@@ -238,9 +284,11 @@ def distributed_settings(spec: BenchSpec, epsilon: float, site_rows: float) -> d
 
 
 def mean_site_rows(spec: BenchSpec) -> float:
-    """The sites' mean training rows: the partition gives every row of ``train.csv`` to one
-    site."""
-    return len(read_labeled_csv(Path(spec.data) / "train.csv")) / spec.sites
+    """The sites' mean training rows: the partition gives every training row to one site."""
+    data = Path(spec.data)
+    train = (read_labeled_csv(data / "train.csv") if (data / "train.csv").is_file()
+             else read_dataset(data)[0])
+    return len(train) / spec.sites
 
 
 def _federated_settings(epsilon: float, spec: BenchSpec, site_rows: float) -> dict:
@@ -286,14 +334,15 @@ def _pooled(parts: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tenso
 
 
 def _claim_folder(out_dir: Path, record: dict) -> dict:
-    """A sweep folder holds one sweep: refuse to mix cells of different specs or settings,
-    naming each field that differs (found in review: a generic refusal left the user to diff
-    bench.json by hand). Returns the record kept in bench.json."""
+    """A sweep folder holds one sweep: refuse to mix cells of different data, partition, model
+    or an epsilon's settings, naming each field that differs (found in review: a generic
+    refusal left the user to diff bench.json by hand); other epsilons, seeds and privacy models
+    grow it. Returns the record kept in bench.json."""
     path = out_dir / "bench.json"
 
     def merge(existing: dict, wanted: dict) -> dict | None:
-        if not isinstance(existing, dict):
-            return None
+        if not isinstance(existing, dict) or not {"epsilons", "seeds", "settings"} <= set(existing):
+            return None  # found in review: one without settings took any, old cells and all
         existing = SPEC_DEFAULTS | existing
         differences = sweep_differences(existing, wanted)
         if differences:

@@ -24,8 +24,10 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
         "dataset's held-out test split. Resumable: finished cells in OUT are kept.",
     )
     bench.set_defaults(handler=run_bench)
-    bench.add_argument("--data", type=path_argument, required=True, metavar="CSV_DIR",
-                       help="folder with train.csv and test.csv (columns text,label)")
+    bench.add_argument("--data", type=path_argument, required=True, metavar="DATA_DIR",
+                       help="folder with train.csv and test.csv (columns text,label), or site "
+                       "folders such as fedintent synth writes (their rows pooled, then "
+                       "partitioned into --sites sites like a CSV's)")
     bench.add_argument("--out", type=path_argument, required=True, help="sweep folder (resumable)")
     bench.add_argument("--sites", type=int, default=10, help="number of sites (default: 10)")
     bench.add_argument("--alpha", type=float, default=0.5,
@@ -63,9 +65,12 @@ def run_bench(args: argparse.Namespace) -> int:
     check_bench_numbers(args)
     model = checked_model(args.model)
     writable_folder("--out", args.out)
+    sites = args.data.is_dir() and any(path.is_dir() and not path.name.startswith(".")
+                                       for path in args.data.iterdir())
     for name in ("train.csv", "test.csv"):
-        if not (args.data / name).is_file():
-            raise CliError(f"{args.data / name}: not found (bench needs train.csv and test.csv)")
+        if not (args.data / name).is_file() and ((args.data / "train.csv").exists() or not sites):
+            raise CliError(f"{args.data / name}: not found (bench needs train.csv and test.csv, "
+                           "or site folders as fedintent synth writes them)")
     from fedintent.bench import sweep  # torch and Flower: only once the arguments are good
     from fedintent.launch.simulation import SimulationError
 

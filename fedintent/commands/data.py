@@ -68,8 +68,9 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     partition = commands.add_parser(
         "partition",
         help="split a labeled train.csv/test.csv dataset into site folders",
-        description="Split a real labeled dataset (CSV_DIR/train.csv and test.csv with "
-        "text,label) into site folders plus labels.txt and manifest.json: Dirichlet label skew, "
+        description="Split a labeled dataset (CSV_DIR/train.csv and test.csv with text,label, "
+        "or CSV_DIR's site folders, such as fedintent synth writes, pooled) into site folders "
+        "plus labels.txt and manifest.json: Dirichlet label skew, "
         "optional quantity skew, or IID. Each site's test rows follow its own label mix. "
         "Deterministic from --seed. See docs/PARTITIONING.md.",
     )
