@@ -343,20 +343,32 @@ def test_a_sweep_without_epsilon_inf_still_runs_its_non_private_baselines(tmp_pa
     assert next(r for r in results if r["method"] == CENTRAL)["accuracy"] > 0.9
 
 
-def test_a_second_invocation_in_a_sweep_folder_adds_to_the_first_ones_report(
-        tmp_path, monkeypatch, capsys):
-    """Found in review: a second invocation with fewer seeds rewrote every report file to its
-    own cells (the first's spread gone, nothing said), and one adding an epsilon was refused as
-    another sweep. Cells are keyed by epsilon and seed, so the folder's report holds both
-    invocations' (every method stood in here; each has its own tests)."""
+@pytest.fixture
+def stood_in(monkeypatch) -> dict[str, list]:
+    """Every cell of a sweep stood in (each method has its own tests): what the federated cells
+    ran with (settings, seed), and the keyword arguments TF-IDF was called with. A federated
+    cell scores 0.5 + 0.1 x its seed."""
+    calls: dict[str, list] = {"federated": [], "tfidf": []}
+
     def federated(data_dir, cell_dir, cache, sites, settings, seed, *args):
+        calls["federated"].append((settings, seed))
         return {"accuracy": 0.5 + 0.1 * seed, "wall_seconds": 1.0, "seconds_per_round": None,
                 "upload_bytes_per_site_round": 1.0, "peak_memory_mib": 1.0}
 
     monkeypatch.setattr(sweep, "run_federated", federated)
     monkeypatch.setattr(sweep, "local_only_cell", lambda *args, **kwargs: {"accuracy": 0.5})
     monkeypatch.setattr(sweep, "pooled_cell", lambda *args, **kwargs: {"accuracy": 0.5})
-    monkeypatch.setattr(sweep, "tfidf_accuracy", lambda *args, **kwargs: 0.5)
+    monkeypatch.setattr(sweep, "tfidf_accuracy",
+                        lambda *args, **kwargs: calls["tfidf"].append(kwargs) or 0.5)
+    return calls
+
+
+def test_a_second_invocation_in_a_sweep_folder_adds_to_the_first_ones_report(
+        tmp_path, stood_in, capsys):
+    """Found in review: a second invocation with fewer seeds rewrote every report file to its
+    own cells (the first's spread gone, nothing said), and one adding an epsilon was refused as
+    another sweep. Cells are keyed by epsilon and seed, so the folder's report holds both
+    invocations'."""
     first = BenchSpec(data=str(write_dataset(tmp_path / "csv")), sites=2, alpha=1.0,
                       epsilons=[8.0], seeds=2, partition_seed=0, rounds=1)
     out = tmp_path / "out"
@@ -384,25 +396,16 @@ def test_a_second_invocation_in_a_sweep_folder_adds_to_the_first_ones_report(
 
 
 @pytest.mark.parametrize("languages,words", [(("en",), True), (("zh",), False)])
-def test_bench_reads_the_site_folders_fedintent_synth_writes(tmp_path, monkeypatch, languages,
+def test_bench_reads_the_site_folders_fedintent_synth_writes(tmp_path, stood_in, languages,
                                                              words):
     """Found in review: benchmarking synthetic data took a hand-written converter to train.csv.
     Bench pools the site folders' rows and partitions them like a CSV's; its TF-IDF reads
-    Chinese by characters, as the synthetic data's own baseline does (every other method is
-    stood in: each has its own tests)."""
-    tfidf = []
-    monkeypatch.setattr(sweep, "run_federated", lambda *args: {
-        "accuracy": 0.5, "wall_seconds": 1.0, "seconds_per_round": None,
-        "upload_bytes_per_site_round": 1.0, "peak_memory_mib": 1.0})
-    monkeypatch.setattr(sweep, "local_only_cell", lambda *args, **kwargs: {"accuracy": 0.5})
-    monkeypatch.setattr(sweep, "pooled_cell", lambda *args, **kwargs: {"accuracy": 0.5})
-    monkeypatch.setattr(sweep, "tfidf_accuracy", lambda *args, **kwargs: tfidf.append(kwargs)
-                        or 0.5)
+    Chinese by characters, as the synthetic data's own baseline does."""
     write_sites(tmp_path / "synth", n_sites=3, seed=5, languages=languages, size=300)
     spec = BenchSpec(data=str(tmp_path / "synth"), sites=2, alpha=0.5, epsilons=[8.0],
                      seeds=1, partition_seed=0, rounds=1, model="ngram")
     run_bench(spec, tmp_path / "out")
-    assert [call["words"] for call in tfidf] == [words]
+    assert [call["words"] for call in stood_in["tfidf"]] == [words]
     recorded = json.loads((tmp_path / "out" / "bench.json").read_text(encoding="utf-8"))
     assert sorted(recorded["dataset_sha256"]) == [
         f"site-0{i}/{split}.jsonl" for i in range(3) for split in ("test", "train")]
@@ -410,21 +413,10 @@ def test_bench_reads_the_site_folders_fedintent_synth_writes(tmp_path, monkeypat
 
 
 def test_a_saved_cell_that_ran_with_other_settings_is_not_taken_as_this_sweeps(
-        tmp_path, monkeypatch, capsys):
+        tmp_path, stood_in, capsys):
     """Found in review: bench.json rewritten without an epsilon (two invocations in one folder
     at once, or deleted by hand) let a later run at other settings count the old cells as its
     own, reported under the new settings. Each cell keeps what it ran with."""
-    ran = []
-
-    def federated(data_dir, cell_dir, cache, sites, settings, seed, *args):
-        ran.append(settings["num-rounds"])
-        return {"accuracy": 0.5, "wall_seconds": 1.0, "seconds_per_round": None,
-                "upload_bytes_per_site_round": 1.0, "peak_memory_mib": 1.0}
-
-    monkeypatch.setattr(sweep, "run_federated", federated)
-    monkeypatch.setattr(sweep, "local_only_cell", lambda *args, **kwargs: {"accuracy": 0.5})
-    monkeypatch.setattr(sweep, "pooled_cell", lambda *args, **kwargs: {"accuracy": 0.5})
-    monkeypatch.setattr(sweep, "tfidf_accuracy", lambda *args, **kwargs: 0.5)
     spec = BenchSpec(data=str(write_dataset(tmp_path / "csv")), sites=2, alpha=1.0,
                      epsilons=[8.0], seeds=2, partition_seed=0, rounds=1)
     out = tmp_path / "out"
@@ -432,11 +424,12 @@ def test_a_saved_cell_that_ran_with_other_settings_is_not_taken_as_this_sweeps(
     assert json.loads((out / "cells" / "federated-eps8-seed0.json").read_text())["settings"][
         "num-rounds"] == 1
     (out / "bench.json").unlink()  # the record lost: the cells stay
-    ran.clear()
+    stood_in["federated"].clear()
     capsys.readouterr()
     run_bench(replace(spec, seeds=1, rounds=7), out)
     said = capsys.readouterr().out
-    assert ran == [7]  # seed 0's federated cell ran again, at the settings reported
+    # seed 0's federated cell ran again, at the settings reported
+    assert [(settings["num-rounds"], seed) for settings, seed in stood_in["federated"]] == [(7, 0)]
     assert "federated-eps8-seed0.json ran with other settings than this sweep's: run again" in said
     assert "resuming: 3 of 5 cells already done" in said  # the baselines' recipes did not change
     with open(out / "results.csv", encoding="utf-8") as f:
