@@ -377,6 +377,8 @@ def test_a_second_invocation_in_a_sweep_folder_adds_to_the_first_ones_report(
     run_bench(replace(first, epsilons=[3.0, 8.0], seeds=1), out)
     said = capsys.readouterr().out
     assert "resuming: 5 of 8 cells already done" in said
+    assert ("up to 2 training seeds (0 to 1; each row has the number in its seeds column)"
+            in (out / "report.md").read_text(encoding="utf-8"))
     assert f"the report also holds 5 finished cells of earlier runs in {out}" in said
     with open(out / "results.csv", encoding="utf-8") as f:
         federated_rows = [(r["epsilon"], r["seed"]) for r in csv.DictReader(f)
@@ -518,6 +520,19 @@ def test_a_sweep_folder_from_before_privacy_models_takes_a_default_sweep(tmp_pat
     with pytest.raises(ValueError, match="different tolerated_sites: 2 there, 3 now; "
                                          "distributed_settings.8.tolerated-sites: 2 there, 3 now"):
         claim_sweep_folder(tmp_path, replace(both, tolerated_sites=3))
+
+
+def test_a_local_dp_folder_takes_distributed_dp_at_any_tolerated_sites(tmp_path):
+    """Found in review: a local-DP folder refused distributed DP at a --tolerated-sites other
+    than the default it recorded, though none of its cells depends on it."""
+    spec = BenchSpec(data=str(write_dataset(tmp_path / "csv")), sites=10, alpha=0.5,
+                     epsilons=[8.0], seeds=1, partition_seed=0, rounds=1)
+    claim_sweep_folder(tmp_path, spec)
+    claim_sweep_folder(tmp_path, replace(spec, privacy_models=("distributed",),
+                                         tolerated_sites=1))
+    recorded = json.loads((tmp_path / "bench.json").read_text(encoding="utf-8"))
+    assert recorded["tolerated_sites"] == 1
+    assert recorded["distributed_settings"]["8"]["tolerated-sites"] == 1
 
 
 def test_a_resumed_sweep_keeps_every_invocations_software(tmp_path, monkeypatch):

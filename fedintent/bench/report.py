@@ -176,8 +176,7 @@ def markdown_report(spec: dict, summary: list[dict], results: list[dict]) -> str
         f"Model family `{spec.get('model', RUN_CONFIG_DEFAULTS['model'])}` (every method). "
         f"{spec['sites']} sites, Dirichlet alpha {spec['alpha']:g}, partition seed "
         f"{spec['partition_seed']}, "
-        + (f"{spec['seeds']} training seeds (0 to {spec['seeds'] - 1}); " if spec["seeds"] > 1
-           else "1 training seed (0); ") +
+        + _seeds_text(spec["seeds"], summary) +
         "per-site (epsilon, delta) "
         "for one utterance, delta as each row ran at it (the federated sites' as they reported "
         "it, each site's default for its size; the DP baselines plan at the sites' delta); test "
@@ -235,6 +234,16 @@ def markdown_report(spec: dict, summary: list[dict], results: list[dict]) -> str
             lines.append(f"- epsilon {epsilon}: "
                          + ", ".join(f"{k}={v}" for k, v in settings.items()))
     return "\n".join(lines + _baseline_lines(spec)) + "\n"
+
+
+def _seeds_text(seeds: int, summary: list[dict]) -> str:
+    """The training seeds, and where rows have fewer (a folder grown by runs of fewer seeds;
+    found in review: "3 training seeds" over rows of one)."""
+    if seeds == 1:
+        return "1 training seed (0); "
+    fewer = any(row["seeds"] < seeds for row in summary)
+    return (f"{'up to ' if fewer else ''}{seeds} training seeds (0 to {seeds - 1}"
+            f"{'; each row has the number in its seeds column' if fewer else ''}); ")
 
 
 def _baseline_lines(spec: dict) -> list[str]:

@@ -368,6 +368,7 @@ def _claim_folder(out_dir: Path, record: dict) -> dict:
         if wanted.get("distributed_settings"):
             merged["distributed_settings"] = (existing.get("distributed_settings") or {}) \
                 | wanted["distributed_settings"]
+            merged["tolerated_sites"] = wanted["tolerated_sites"]
         return merged
 
     return claim_folder(path, record, merge,
@@ -379,7 +380,9 @@ def sweep_differences(existing: dict, wanted: dict) -> list[str]:
     each differing field as its dotted path in bench.json with both values. A record from
     before a field was kept (no ``dataset_sha256``) differs in nothing it lacks, and
     an epsilon's settings only where both record it."""
-    fixed = ("data", "sites", "alpha", "partition_seed", "model", "tolerated_sites")
+    fixed = ("data", "sites", "alpha", "partition_seed", "model")
+    if existing.get("distributed_settings") and wanted.get("distributed_settings"):
+        fixed += ("tolerated_sites",)  # found in review: a local-only folder refused them
     differences = [d for key in fixed for d in _changed(existing.get(key), wanted[key], key)]
     if "dataset_sha256" in existing:  # the same path, other data
         differences += _changed(existing["dataset_sha256"], wanted["dataset_sha256"],
