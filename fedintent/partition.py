@@ -202,8 +202,10 @@ def read_labeled_csv(path: Path) -> list[Example]:
     rows = csv.reader(io.StringIO(read_utf8(path), newline=""), strict=True)
     examples: list[Example] = []
     header: list[str] | None = None
-    begins = 1  # the line the record being read begins on: a quote never closed ends at the
-    try:        # file's end (found in review: "train.csv:3" for a quote opened on line 2)
+    # the line the record being read begins on: a quote never closed ends at the file's end
+    # (found in review: "train.csv:3" for a quote opened on line 2)
+    begins = 1
+    try:
         for row in rows:
             if not is_blank(row) and header is None:
                 header = [name.strip() for name in row]
