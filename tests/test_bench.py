@@ -162,7 +162,8 @@ def test_summary_is_mean_std_min_max_over_seeds():
     assert "| federated (DP-SGD per site) | 0.8500 (0.8000-0.9000) | 0.9500 (0.9500-0.9500) |" \
         in report
     assert "distributed DP" not in report
-    assert "2 training seeds (0 to 1)" in report
+    # the inf rows ran one seed of the two
+    assert "up to 2 training seeds (0 to 1; each row has the number in its seeds column)" in report
 
 
 def test_the_report_names_the_baselines_settings_and_the_machine():
