@@ -94,7 +94,7 @@ def plan_partition(
     csv_dir = Path(csv_dir)
     check_partition_args(n_sites, seed, alpha, min_site_size, quantity_skew, names)
     train, test = read_dataset(csv_dir)
-    source = csv_dir / "train.csv" if (csv_dir / "train.csv").is_file() else csv_dir
+    source = csv_dir / "train.csv" if holds_csv_splits(csv_dir) else csv_dir
     if not train:
         raise ValueError(f"{source}: no data rows")
     if n_sites * min_site_size > len(train):
@@ -164,13 +164,19 @@ def check_partition_args(
         )
 
 
+def holds_csv_splits(folder: Path) -> bool:
+    """Whether ``folder`` is a CSV dataset rather than site folders: it has a ``train.csv``, or
+    is no folder at all (the error then names the ``train.csv`` it lacks)."""
+    return (folder / "train.csv").exists() or not folder.is_dir()
+
+
 def read_dataset(folder: Path) -> tuple[list[Example], list[Example]]:
     """(train, test) rows of ``folder``: its ``train.csv`` and ``test.csv``, or else the rows of
     every site folder in it (``fedintent synth``'s conversations, read as a site reads them,
     unredacted like a CSV's: each site that loads its new folder redacts them), pooled. A row a
     site would reject stops the partition with its file and line, as a bad CSV row does."""
     folder = Path(folder)
-    if (folder / "train.csv").exists() or not folder.is_dir():
+    if holds_csv_splits(folder):
         return read_labeled_csv(folder / "train.csv"), read_labeled_csv(folder / "test.csv")
     try:
         site_dirs = list_site_dirs(folder)

@@ -38,7 +38,13 @@ from fedintent.bench.cells import (
 )
 from fedintent.bench.federated import run_federated
 from fedintent.bench.report import write_outputs
-from fedintent.partition import plan_partition, read_dataset, read_labeled_csv, write_partition
+from fedintent.partition import (
+    holds_csv_splits,
+    plan_partition,
+    read_dataset,
+    read_labeled_csv,
+    write_partition,
+)
 from fedintent.report_files import FolderClaimed, claim_folder, epsilon_label
 from fl_client.site_data import list_site_dirs, load_site, record_languages
 from fl_protocol.durable_files import json_safe
@@ -88,7 +94,7 @@ EMBED_SLICE_ROWS = 1024
 bench keeps every slice it finished."""
 
 
-SPEC_DEFAULTS = {"tolerated_sites": BenchSpec.tolerated_sites}
+SPEC_DEFAULTS = {"tolerated_sites": BenchSpec.tolerated_sites, "privacy_models": [LOCAL_DP]}
 """What a bench.json written before these fields existed measured."""
 
 
@@ -130,6 +136,7 @@ def run_bench(spec: BenchSpec, out_dir: Path) -> list[dict]:
         print(f"the report also holds {len(earlier)} finished cell"
               f"{'s' if len(earlier) > 1 else ''} of earlier runs in {out_dir} (epsilons, "
               "seeds or privacy models not asked for now)")
+    words = tfidf_by_words(Path(spec.data))
     progress = tqdm(todo, desc="bench", unit="cell", dynamic_ncols=True)
     for cell in progress:
         progress.set_postfix_str(cell.id)
@@ -153,7 +160,7 @@ def run_bench(spec: BenchSpec, out_dir: Path) -> list[dict]:
                 [y for site in sites for y in site.train.labels],
                 [t for site in sites for t in site.test.texts],
                 [y for site in sites for y in site.test.labels],
-                words=tfidf_by_words(Path(spec.data)), seed=cell.seed)}
+                words=words, seed=cell.seed)}
         result["seconds"] = time.monotonic() - started
         save_cell(out_dir, cell, result | {"settings": _as_recorded(ran_with)})
         results.append(load_cell(out_dir, cell))
@@ -184,8 +191,10 @@ def _finished(out_dir: Path, cell: Cell, record: dict, otherwise: str) -> dict |
     runs in one folder at once, or deleted by hand) let a later run at other settings count
     the old cells as its own. A cell saved before cells kept their settings is taken as is."""
     result = load_cell(out_dir, cell)
-    if result is None or result.get("settings", _as_recorded(cell_settings(cell, record))) \
-            == _as_recorded(cell_settings(cell, record)):
+    if result is None:
+        return None
+    expected = _as_recorded(cell_settings(cell, record))
+    if result.get("settings", expected) == expected:
         return result
     print(f"{cell_path(out_dir, cell)} ran with other settings than this sweep's: {otherwise}")
     return None
@@ -200,9 +209,8 @@ def tfidf_by_words(data: Path) -> bool:
     """TF-IDF reads word n-grams, except where the data is site folders whose conversations
     name a language other than English (Chinese is not space-separated): character n-grams, as
     the synthetic data's own baseline reads them (``data_synth.baseline``)."""
-    if (data / "train.csv").is_file():
-        return True
-    return all(record_languages(site) <= {"en"} for site in list_site_dirs(data))
+    return holds_csv_splits(data) or all(record_languages(site) <= {"en"}
+                                         for site in list_site_dirs(data))
 
 
 def pooled_cell(cell: Cell, model: str, labels: list[str], sites: list[Rows], test: Rows) -> dict:
@@ -264,7 +272,7 @@ def dataset_sha256(data: str) -> dict[str, str]:
     """SHA-256 of the dataset's splits, or of every file of its site folders (by its path in
     the dataset): the same path can hold other data on another day."""
     folder = Path(data)
-    if any((folder / name).is_file() for name in DATASET_FILES):
+    if holds_csv_splits(folder):
         return {name: file_sha256(folder / name) for name in DATASET_FILES
                 if (folder / name).is_file()}
     return {path.relative_to(folder).as_posix(): file_sha256(path)
@@ -286,7 +294,7 @@ def distributed_settings(spec: BenchSpec, epsilon: float, site_rows: float) -> d
 def mean_site_rows(spec: BenchSpec) -> float:
     """The sites' mean training rows: the partition gives every training row to one site."""
     data = Path(spec.data)
-    train = (read_labeled_csv(data / "train.csv") if (data / "train.csv").is_file()
+    train = (read_labeled_csv(data / "train.csv") if holds_csv_splits(data)
              else read_dataset(data)[0])
     return len(train) / spec.sites
 
@@ -357,9 +365,8 @@ def _claim_folder(out_dir: Path, record: dict) -> dict:
                 {float(eps) for eps in existing["epsilons"] + wanted["epsilons"]})],
             "seeds": max(existing["seeds"], wanted["seeds"]),
             "privacy_models": [model for model in (LOCAL_DP, DISTRIBUTED_DP) if model in
-                               existing.get("privacy_models", [LOCAL_DP])
-                               + wanted["privacy_models"]],
-            "settings": existing.get("settings", {}) | wanted["settings"],
+                               existing["privacy_models"] + wanted["privacy_models"]],
+            "settings": existing["settings"] | wanted["settings"],
             # one --rounds for the whole folder, or none to name (each epsilon's is in settings)
             "rounds": wanted["rounds"] if existing.get("rounds") == wanted["rounds"] else None,
         }

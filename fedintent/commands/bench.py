@@ -67,10 +67,11 @@ def run_bench(args: argparse.Namespace) -> int:
     writable_folder("--out", args.out)
     sites = args.data.is_dir() and any(path.is_dir() and not path.name.startswith(".")
                                        for path in args.data.iterdir())
-    for name in ("train.csv", "test.csv"):
-        if not (args.data / name).is_file() and ((args.data / "train.csv").exists() or not sites):
-            raise CliError(f"{args.data / name}: not found (bench needs train.csv and test.csv, "
-                           "or site folders as fedintent synth writes them)")
+    if (args.data / "train.csv").exists() or not sites:  # a CSV dataset: both splits
+        for name in ("train.csv", "test.csv"):
+            if not (args.data / name).is_file():
+                raise CliError(f"{args.data / name}: not found (bench needs train.csv and "
+                               "test.csv, or site folders as fedintent synth writes them)")
     from fedintent.bench import sweep  # torch and Flower: only once the arguments are good
     from fedintent.launch.simulation import SimulationError
 
