@@ -58,7 +58,7 @@ from fedintent.bench.federated import (
     run_federated,
     upload_bytes_per_site_round,
 )
-from fedintent.bench.sweep import DISTRIBUTED_DP, LOCAL_DP, RUN_SETTINGS
+from fedintent.bench.sweep import DISTRIBUTED_DP, LOCAL_DP, RUN_SETTINGS, Rows
 from fedintent.launch.certificates import write_dev_credentials
 from fedintent.launch.deployment import register_site_key, start_loopback_superlink
 from fedintent.launch.flower_cli import flower_env
@@ -115,8 +115,8 @@ def make_sites(args: argparse.Namespace, num_sites: int, data_dir: Path) -> None
 
 
 def prepare(args: argparse.Namespace, num_sites: int) -> tuple[Path, Path, tuple]:
-    """The sites' folder and the shared feature cache, filled; the pooled test split and the
-    number of training utterances."""
+    """The sites' folder and the shared feature cache, filled; each site's test rows, the
+    pooled test split and the number of training utterances."""
     data_dir = args.out / f"data-{num_sites}"
     make_sites(args, num_sites, data_dir)
     cache = args.out / "cache" / "features"
@@ -124,28 +124,31 @@ def prepare(args: argparse.Namespace, num_sites: int) -> tuple[Path, Path, tuple
     return data_dir, cache, embed_sites(data_dir, cache)
 
 
-def embed_sites(data_dir: Path, cache: Path) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Fill the shared feature cache with every site's text; return the pooled test split and
-    the number of training utterances."""
+def embed_sites(
+    data_dir: Path, cache: Path
+) -> tuple[list[Rows], torch.Tensor, torch.Tensor, int]:
+    """Fill the shared feature cache with every site's text; return each site's test rows,
+    the pooled test split and the number of training utterances."""
     labels = read_labels(data_dir / "labels.txt")
     family = get_model_family(MODEL)
-    test_x, test_y, train_rows = [], [], 0
+    site_tests, train_rows = [], 0
     for site_dir in list_site_dirs(data_dir):
         site = load_site(site_dir, labels)
         family.featurize(site.train.texts, cache)
-        test_x.append(family.featurize(site.test.texts, cache))
-        test_y.append(torch.tensor(site.test.labels, dtype=torch.long))
+        site_tests.append((family.featurize(site.test.texts, cache),
+                           torch.tensor(site.test.labels, dtype=torch.long)))
         train_rows += len(site.train.texts)
-    return concat_features(test_x), torch.cat(test_y), train_rows
+    return (site_tests, concat_features([x for x, _ in site_tests]),
+            torch.cat([y for _, y in site_tests]), train_rows)
 
 
 def measure(args: argparse.Namespace, num_sites: int, settings: dict) -> dict:
     """One run over ``num_sites`` sites; its costs and accuracy."""
-    data_dir, cache, (test_x, test_y, train_rows) = prepare(args, num_sites)
+    data_dir, cache, (site_tests, test_x, test_y, train_rows) = prepare(args, num_sites)
     print(f"{num_sites} sites: {settings['num-rounds']} rounds", flush=True)
     started = time.monotonic()
     result = run_federated(data_dir, args.out / "runs" / f"sites-{num_sites}", cache, num_sites,
-                           settings, args.seed, test_x, test_y)
+                           settings, args.seed, test_x, test_y, site_tests)
     log = args.out / "runs" / f"sites-{num_sites}" / "run" / "logs" / "flower.log"
     return result | secagg_seconds(log) | {
         "sites": num_sites, "train_utterances": train_rows,
@@ -180,7 +183,7 @@ def secagg_seconds(log: Path) -> dict:
 
 def measure_deployment(args: argparse.Namespace, num_sites: int, settings: dict) -> dict:
     """One run over ``num_sites`` SuperNode processes behind a TLS SuperLink on 127.0.0.1."""
-    data_dir, cache, (test_x, test_y, train_rows) = prepare(args, num_sites)
+    data_dir, cache, (_, test_x, test_y, train_rows) = prepare(args, num_sites)
     root = args.out / "runs" / f"deployment-{num_sites}"
     sites = list_site_dirs(data_dir)
     creds = write_dev_credentials(root / "creds", [site.name for site in sites],

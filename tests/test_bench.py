@@ -166,6 +166,68 @@ def test_summary_is_mean_std_min_max_over_seeds():
     assert "up to 2 training seeds (0 to 1; each row has the number in its seeds column)" in report
 
 
+def test_the_report_sets_each_sites_own_rows_beside_the_federated_model_on_them():
+    """A local-only model is judged on its own site's test rows beside the shared model on the
+    same rows (review 95: judged only on the pooled split, a site's own model met intents its
+    site hardly saw). Mean over sites, then over seeds; the lowest site of any seed; a cell
+    from before these figures, or a pooled baseline, has no row."""
+    results = [
+        {"method": FEDERATED, "epsilon": 8.0, "seed": 0, "accuracy": 0.8,
+         "own_site_accuracies": [0.9, 0.7], "own_accuracy": 0.8, "wall_seconds": 9.0,
+         "upload_bytes_per_site_round": 1.0, "peak_memory_mib": 1.0},
+        {"method": LOCAL_ONLY, "epsilon": 8.0, "seed": 0, "accuracy": 0.4,
+         "own_site_accuracies": [0.8, 0.6], "own_accuracy": 0.7},
+        {"method": LOCAL_ONLY, "epsilon": 8.0, "seed": 1, "accuracy": 0.5,
+         "own_site_accuracies": [1.0, 0.4, 0.7], "own_accuracy": 0.7},
+        {"method": LOCAL_ONLY, "epsilon": "inf", "seed": 0, "accuracy": 0.6},
+        {"method": CENTRAL, "epsilon": "inf", "seed": 0, "accuracy": 0.9},
+    ]
+    rows = summarize(results)
+    local = next(r for r in rows if (r["method"], r["epsilon"]) == (LOCAL_ONLY, 8.0))
+    assert local["own_mean"] == pytest.approx(0.7) and local["own_worst"] == 0.4
+    spec = {"data": "/x/b77", "sites": 2, "alpha": 0.5, "seeds": 2, "partition_seed": 0,
+            "settings": {"8": {"num-rounds": 40}, "inf": {"num-rounds": 40}}}
+    report = markdown_report(spec, rows, results)
+    assert ("| method | epsilon | mean over sites | lowest site | seeds |\n|---|---|---|---|---|\n"
+            "| federated (DP-SGD per site) | 8 | 0.8000 | 0.7000 | 1 |\n"
+            "| local only (mean over sites) | 8 | 0.7000 | 0.4000 | 2 |\n\n") in report
+    assert "| local only (mean over sites) | inf | 0." not in report.split("own test rows")[-1]
+    assert "| central, non-private | inf | 0.9000 | 0.9000 |" not in report
+    old = markdown_report(spec, summarize(results[3:]), results[3:])
+    assert "own test rows:" not in old
+
+
+class _Predicts(torch.nn.Module):
+    """A model that answers one label whatever it reads."""
+
+    def __init__(self, label: int, classes: int = len(LABELS)):
+        super().__init__()
+        self.logits = torch.nn.functional.one_hot(torch.tensor(label), classes).float()
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.logits.expand(len(features), -1)
+
+
+def test_a_local_only_site_is_scored_on_its_own_rows_by_its_own_model(monkeypatch):
+    """Site 0 trains on label 0 and is tested on label 0, site 1 on label 1: each site's own
+    model scores 1.0 on its own rows and 0.5 on the pooled split; a site without test rows is
+    left out of the mean."""
+    monkeypatch.setattr(sweep, "trained_model",
+                        lambda model, labels, x, y, *rest, delta: _Predicts(int(y[0])))
+    recipe = Recipe(epochs=1, batch_size=64, learning_rate=1.0, clip_norm=1.0)
+
+    def rows(label: int, n: int) -> tuple:
+        return torch.zeros(n, 1), torch.full((n,), label)
+
+    sites = [rows(0, 50), rows(1, 50), rows(2, 50)]
+    pooled = (torch.zeros(4, 1), torch.tensor([0, 0, 1, 1]))
+    result = local_only_cell(Cell(LOCAL_ONLY, 8.0, 0), "minilm-head", LABELS, sites, pooled,
+                             recipe, [rows(0, 3), rows(1, 5), rows(2, 0)])
+    assert result["own_site_accuracies"] == [1.0, 1.0] and result["own_accuracy"] == 1.0
+    assert result["site_accuracies"] == [0.5, 0.5, 0.0]
+    assert result["accuracy"] == pytest.approx(1 / 3)
+
+
 def test_the_report_names_the_baselines_settings_and_the_machine():
     """Found in review: a quick look's ``--rounds 2`` set its federated runs against baselines
     trained to their full recipes, which the report did not name, and its timings came with no
@@ -606,7 +668,7 @@ def test_a_family_without_a_feature_cache_starts_its_federated_cells(tmp_path, m
     with pytest.raises(Started, match="ngram"):
         run_federated(data, cell, tmp_path / "cache" / "features", 2,
                       {"model": "ngram", "target-epsilon": 8.0}, 0, torch.zeros(1, 1),
-                      torch.zeros(1, dtype=torch.long))
+                      torch.zeros(1, dtype=torch.long), [])
     assert sorted(p.name for p in (cell / "state").iterdir()) == ["site-00", "site-01"]
 
 
@@ -637,12 +699,17 @@ def test_bench_end_to_end_then_resumes_only_missing_cells(tmp_path):
         assert float(row["wall_seconds"]) > 0 and float(row["peak_memory_mib"]) > 100
         assert 0.0 <= float(row["macro_f1"]) <= 1.0
         assert 0.0 <= float(row["worst_site_accuracy"]) <= 1.0
+    for row in rows:  # the models a site ends with, on its own rows; the pooled ones have none
+        assert (row["own_accuracy"] != "") == (row["method"] in (FEDERATED, LOCAL_ONLY))
+        assert row["own_accuracy"] == "" or 0.0 <= float(row["own_accuracy"]) <= 1.0
     central = next(r for r in rows if r["method"] == CENTRAL)
     assert float(central["accuracy"]) > 0.9  # an easy task: the pooled model must learn it
     document = json.loads((out / "results.json").read_text(encoding="utf-8"))
     assert len(document["cells"]) == 7 and document["spec"]["sites"] == 2
     assert (out / "accuracy_vs_epsilon.png").read_bytes().startswith(b"\x89PNG")
-    assert "| central, non-private | inf |" in (out / "report.md").read_text(encoding="utf-8")
+    report = (out / "report.md").read_text(encoding="utf-8")
+    assert "| central, non-private | inf |" in report
+    assert report.count("| local only (mean over sites) | 8 | ") == 2  # pooled, own rows
 
     kept = {p.name: p.stat().st_mtime_ns for p in (out / "cells").iterdir()}
     (out / "cells" / "tfidf-epsinf-seed0.json").unlink()
@@ -725,7 +792,12 @@ def planned(monkeypatch):
         calls.append((len(args[3]), delta))
         return Evaluation(loss=0.0, accuracy=0.5, macro_f1=0.5)
 
+    def fake_model(*args, delta):
+        calls.append((len(args[3]), delta))
+        return _Predicts(0)
+
     monkeypatch.setattr("fedintent.bench.sweep.train_and_evaluate", fake)
+    monkeypatch.setattr("fedintent.bench.sweep.trained_model", fake_model)
     return calls
 
 
@@ -756,11 +828,11 @@ def test_central_dp_plans_at_the_delta_the_federated_sites_plan_at(planned):
 def test_a_local_only_site_plans_at_its_own_federated_delta(planned):
     recipe = Recipe(epochs=1, batch_size=64, learning_rate=1.0, clip_norm=1.0)
     result = local_only_cell(Cell(LOCAL_ONLY, 8.0, 0), "minilm-head", LABELS,
-                             _sites(500, 20000), _sites(3)[0], recipe)
+                             _sites(500, 20000), _sites(3)[0], recipe, _sites(3, 3))
     assert planned == [(500, 1e-5), (20000, 1e-6)]
     assert result["deltas"] == [1e-6, 1e-5]
     assert local_only_cell(Cell(LOCAL_ONLY, math.inf, 0), "minilm-head", LABELS, _sites(500),
-                           _sites(3)[0], recipe)["deltas"] == []
+                           _sites(3)[0], recipe, _sites(3))["deltas"] == []
 
 
 def test_a_baseline_plans_its_noise_at_the_delta_it_is_given(monkeypatch):

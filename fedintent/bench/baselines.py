@@ -6,7 +6,9 @@
   (``baseline_delta``); what privacy alone costs, without federation.
 * local-only: every site trains alone with DP-SGD on its own data, as in the federated run but
   without ever averaging; what federation buys a site. Reported as the mean over sites, each
-  site's model scored on the whole test split (as the federated model is), not its own rows.
+  site's model scored on the whole test split (as the federated model is), and on the site's
+  own test rows beside the federated model on the same rows (a site's own intent mix is what
+  it serves, and what a model trained on it alone is best at).
 * tfidf: TF-IDF word 1-2 grams + logistic regression on the pooled text, no DP; a classic
   non-neural yardstick for how hard the task is.
 
@@ -14,9 +16,11 @@ Every baseline is scored on the same held-out test split as the federated run.
 """
 
 import math
+import statistics
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 from fl_client.dp_training import Evaluation, evaluate, train_locally, training_plan
 from fl_client.privacy_accounting import default_delta, plan_noise_multiplier, steps_per_round
@@ -80,9 +84,26 @@ def train_and_evaluate(
     *,
     delta: float,
 ) -> Evaluation:
-    """Test scores of the model family's initial model trained on one pool of data with
-    DP-SGD at (``epsilon``, ``delta``) (epsilon inf: plain SGD); the noise is planned for
-    exactly this training."""
+    """Test scores of ``trained_model``."""
+    model = trained_model(model_name, label_names, features, labels, epsilon, recipe, seed,
+                          delta=delta)
+    return evaluate(model, test_features, test_labels)
+
+
+def trained_model(
+    model_name: str,
+    label_names: list[str],
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    epsilon: float,
+    recipe: Recipe,
+    seed: int,
+    *,
+    delta: float,
+) -> nn.Module:
+    """The model family's initial model trained on one pool of data with DP-SGD at
+    (``epsilon``, ``delta``) (epsilon inf: plain SGD); the noise is planned for exactly this
+    training."""
     family = get_model_family(model_name)
     charged = steps_per_round(len(labels), recipe.batch_size, recipe.epochs)
     noise = (plan_noise_multiplier(epsilon, delta, *charged, "prv") if math.isfinite(epsilon)
@@ -92,4 +113,13 @@ def train_and_evaluate(
                          learning_rate=recipe.learning_rate)
     model = family.initial_model(label_names)
     train_locally(model, features, labels, plan, seed=seed)
-    return evaluate(model, test_features, test_labels)
+    return model
+
+
+def own_rows_scores(models: list[nn.Module],
+                    site_tests: list[tuple[torch.Tensor, torch.Tensor]]) -> dict:
+    """Each site's model (the federated one: the same for all) on the site's own test rows,
+    the intent mix it serves; a site without test rows is left out."""
+    accuracies = [evaluate(site_model, x, y).accuracy
+                  for site_model, (x, y) in zip(models, site_tests, strict=True) if len(y)]
+    return {"own_site_accuracies": accuracies, "own_accuracy": statistics.fmean(accuracies)}

@@ -9,7 +9,8 @@ embeddings of the sites' own text, computed by the same code every site runs.
 Besides the test accuracy and macro-F1 of the final model on the pooled test split, each run
 records what the sites themselves measured on their own test splits: the example-weighted
 accuracy and macro-F1, and the worst site's accuracy (a model can fail a small site while the
-pooled figures look fine).
+pooled figures look fine); and the final model on each site's own test rows scored here, the
+figure a local-only site's own model is set against.
 
 Performance figures recorded for every run:
 * wall time of the whole run and time per round (from the moment each round appears in
@@ -39,6 +40,7 @@ from pathlib import Path
 import psutil
 import torch
 
+from fedintent.bench.baselines import own_rows_scores
 from fedintent.bench.cells import cell_lifetime_budget
 from fedintent.launch.run_config import compose_run_config
 from fedintent.launch.simulation import run_simulation
@@ -56,10 +58,12 @@ def run_federated(
     seed: int,
     test_features: torch.Tensor,
     test_labels: torch.Tensor,
+    site_tests: list[tuple[torch.Tensor, torch.Tensor]],
 ) -> dict:
     """Train over ``num_sites`` simulated sites with the run config ``settings``; return the
-    test accuracy and macro-F1, the sites' own evaluation (worst site) and the performance
-    figures."""
+    test accuracy and macro-F1, the final model on each site's own test rows ``site_tests``
+    (scored here, as local-only models are, and as the sites themselves evaluated it: worst
+    site) and the performance figures."""
     state_root = cell_dir / "state"
     for index in range(num_sites):
         site_state = state_root / f"site-{index:02d}"
@@ -98,6 +102,7 @@ def run_federated(
         "site_eval_accuracy": final.get("accuracy"),
         "site_eval_macro_f1": final.get("macro_f1"),
         "worst_site_accuracy": final.get("worst_site_accuracy"),
+        **own_rows_scores([model] * len(site_tests), site_tests),
         "max_site_epsilon": _max_over_rounds(metrics, "max_epsilon", settings),
         "max_site_epsilon_alone": _max_over_rounds(metrics, "max_epsilon_alone", settings),
         "deltas": site_deltas(metrics),

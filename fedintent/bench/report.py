@@ -25,7 +25,8 @@ from fl_protocol.wire import RUN_CONFIG_DEFAULTS
 from fl_server.provenance import commit_text
 
 CSV_FIELDS = (
-    "method", "epsilon", "seed", "deltas", "accuracy", "macro_f1", "worst_site_accuracy",
+    "method", "epsilon", "seed", "deltas", "accuracy", "macro_f1", "own_accuracy",
+    "worst_site_accuracy",
     "max_site_epsilon", "max_site_epsilon_alone",
     "wall_seconds", "seconds_per_round", "first_round_seconds", "upload_bytes_per_site_round",
     "peak_memory_mib", "seconds",
@@ -47,9 +48,11 @@ LABELS = {
 
 def summarize(results: list[dict]) -> list[dict]:
     """Mean, standard deviation, min and max accuracy per (method, epsilon) over seeds, the
-    mean macro-F1 (``None`` when a cell of the group has none: TF-IDF, or a cell from before)
-    and every delta its cells ran at (``None`` when a cell of the group has no record of its
-    deltas: a cell from before they were recorded)."""
+    mean macro-F1 (``None`` when a cell of the group has none: TF-IDF, or a cell from before),
+    the mean over seeds of each site's model on its own test rows (the mean over sites) and the
+    lowest site there (``None`` where a cell has none: baselines of pooled data, or a cell from
+    before) and every delta its cells ran at (``None`` when a cell of the group has no record
+    of its deltas: a cell from before they were recorded)."""
     groups: dict[tuple[str, float], list[dict]] = {}
     for result in results:
         groups.setdefault((result["method"], _epsilon(result)), []).append(result)
@@ -60,6 +63,7 @@ def summarize(results: list[dict]) -> list[dict]:
         accuracies = [cell["accuracy"] for cell in cells]
         f1s = [cell.get("macro_f1") for cell in cells]
         deltas = [cell.get("deltas") for cell in cells]
+        own = [cell.get("own_site_accuracies") for cell in cells]
         rows.append({
             "method": method,
             "epsilon": epsilon,
@@ -69,6 +73,9 @@ def summarize(results: list[dict]) -> list[dict]:
             "min": min(accuracies),
             "max": max(accuracies),
             "macro_f1": None if None in f1s else statistics.fmean(f1s),
+            "own_mean": (None if None in own
+                         else statistics.fmean(statistics.fmean(sites) for sites in own)),
+            "own_worst": None if None in own else min(min(sites) for sites in own),
             "deltas": None if None in deltas else sorted({d for ds in deltas for d in ds}),
         })
     return rows
@@ -182,7 +189,8 @@ def markdown_report(spec: dict, summary: list[dict], results: list[dict]) -> str
         "it, each site's default for its size; the DP baselines plan at the sites' delta); test "
         "accuracy and macro-F1 (the unweighted mean of per-intent F1: a rare intent counts as "
         "much as a common one) on the dataset's held-out test split, every method's (local "
-        "only: each site's model on all of it, not on its own rows).",
+        "only: each site's model on all of it; on each site's own rows in the table after "
+        "the plot).",
         "",
         *_provenance_lines(spec),
         "| method | epsilon | delta | mean accuracy | std | min | max | mean macro-F1 | seeds |",
@@ -200,7 +208,8 @@ def markdown_report(spec: dict, summary: list[dict], results: list[dict]) -> str
     if distributed:
         lines += ["", _distributed_note(spec, distributed)]
     lines += ["", "![accuracy against epsilon](accuracy_vs_epsilon.png)", "",
-              *_plot_table(summary), "", "## Federated runs: performance", "",
+              *_plot_table(summary), *_own_rows_table(summary), "",
+              "## Federated runs: performance", "",
               "Worst site accuracy: the final model on each site's own test split, as the sites "
               "reported it; the lowest of them. The pooled accuracy above is dominated by the "
               "largest sites.", "",
@@ -283,6 +292,26 @@ def _plot_table(summary: list[dict]) -> list[str]:
                  f"{points[method, e]['max']:.4f})" if (method, e) in points else "-"
                  for e in epsilons]
         lines.append(f"| {LABELS[method]} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _own_rows_table(summary: list[dict]) -> list[str]:
+    """What federation buys a site, on the rows it serves: the model each site ends with (the
+    shared one, or under local only its own) scored on that site's own test rows, whose intent
+    mix is the site's. On the pooled split a local-only model is judged on intents its site
+    hardly saw; here on its own, its best case."""
+    rows = [row for row in summary if row.get("own_mean") is not None]
+    if not rows:
+        return []
+    lines = ["", "Each site on its own test rows: the model the site ends with (federated: the "
+             "shared model; local only: the site's own) on the site's held-out rows, whose "
+             "intents are mixed as its training rows are. Mean over sites (then over seeds), "
+             "and the lowest site of any seed.", "",
+             "| method | epsilon | mean over sites | lowest site | seeds |",
+             "|---|---|---|---|---|"]
+    for row in rows:
+        lines.append(f"| {LABELS[row['method']]} | {epsilon_label(row['epsilon'])} | "
+                     f"{row['own_mean']:.4f} | {row['own_worst']:.4f} | {row['seeds']} |")
     return lines
 
 

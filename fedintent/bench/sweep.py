@@ -21,7 +21,14 @@ import torch
 from tqdm import tqdm
 
 from data_synth.baseline import tfidf_accuracy
-from fedintent.bench.baselines import Recipe, baseline_delta, pooled_recipe, train_and_evaluate
+from fedintent.bench.baselines import (
+    Recipe,
+    baseline_delta,
+    own_rows_scores,
+    pooled_recipe,
+    train_and_evaluate,
+    trained_model,
+)
 from fedintent.bench.cells import (
     CENTRAL,
     CENTRAL_DP,
@@ -46,6 +53,7 @@ from fedintent.partition import (
     write_partition,
 )
 from fedintent.report_files import FolderClaimed, claim_folder, epsilon_label
+from fl_client.dp_training import evaluate
 from fl_client.site_data import list_site_dirs, load_site, record_languages
 from fl_protocol.durable_files import json_safe
 from fl_protocol.label_file import read_labels
@@ -119,7 +127,8 @@ def run_bench(spec: BenchSpec, out_dir: Path) -> list[dict]:
     splits = [site.train for site in sites] + [site.test for site in sites]
     features = _embedded(splits, family, cache)
     tensors = features[: len(sites)]
-    test_x, test_y = _pooled(features[len(sites):])
+    site_tests = features[len(sites):]
+    test_x, test_y = _pooled(site_tests)
 
     cells = sweep_cells(spec.epsilons, spec.seeds, spec.privacy_models)
     done = {cell: _finished(out_dir, cell, record, "run again") for cell in cells}
@@ -147,13 +156,13 @@ def run_bench(spec: BenchSpec, out_dir: Path) -> list[dict]:
         if cell.method in (FEDERATED, FEDERATED_DISTRIBUTED):
             result = run_federated(
                 data_dir, out_dir / "runs" / cell.id, cache, len(sites), ran_with,
-                cell.seed, test_x, test_y,
+                cell.seed, test_x, test_y, site_tests,
             )
         elif cell.method in (CENTRAL, CENTRAL_DP):
             result = pooled_cell(cell, spec.model, labels, tensors, (test_x, test_y))
         elif cell.method == LOCAL_ONLY:
             result = local_only_cell(cell, spec.model, labels, tensors, (test_x, test_y),
-                                     _recipe(ran_with))
+                                     _recipe(ran_with), site_tests)
         else:
             result = {"accuracy": tfidf_accuracy(
                 [t for site in sites for t in site.train.texts],
@@ -225,17 +234,19 @@ def pooled_cell(cell: Cell, model: str, labels: list[str], sites: list[Rows], te
 
 
 def local_only_cell(cell: Cell, model: str, labels: list[str], sites: list[Rows], test: Rows,
-                    recipe: Recipe) -> dict:
+                    recipe: Recipe, site_tests: list[Rows]) -> dict:
     """Every site alone, at the delta it plans at in the federated run; scores are the mean
-    over sites."""
+    over sites, each site's model on the pooled ``test`` and on its own ``site_tests`` rows."""
     deltas = [baseline_delta([len(y)]) for _, y in sites]
-    per_site = [train_and_evaluate(model, labels, x, y, *test, cell.epsilon, recipe, cell.seed,
-                                   delta=delta)
-                for (x, y), delta in zip(sites, deltas, strict=True)]
+    models = [trained_model(model, labels, x, y, cell.epsilon, recipe, cell.seed, delta=delta)
+              for (x, y), delta in zip(sites, deltas, strict=True)]
+    per_site = [evaluate(site_model, *test) for site_model in models]
     return {"accuracy": statistics.fmean(s.accuracy for s in per_site),
             "macro_f1": statistics.fmean(s.macro_f1 for s in per_site),
             "site_accuracies": [s.accuracy for s in per_site],
+            **own_rows_scores(models, site_tests),
             "deltas": planned_deltas(cell.epsilon, deltas)}
+
 
 
 def planned_deltas(epsilon: float, deltas: list[float]) -> list[float]:
