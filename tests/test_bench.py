@@ -51,6 +51,7 @@ from fedintent.bench.sweep import (
     pooled_cell,
     run_bench,
 )
+from fedintent.report_files import FolderClaimed
 from fl_client.dp_training import Evaluation
 from fl_client.privacy_accounting import (
     default_delta,
@@ -499,6 +500,38 @@ def test_a_saved_cell_that_ran_with_other_settings_is_not_taken_as_this_sweeps(
     assert "resuming: 3 of 5 cells already done" in said  # the baselines' recipes did not change
     with open(out / "results.csv", encoding="utf-8") as f:
         assert [r["seed"] for r in csv.DictReader(f) if r["method"] == FEDERATED] == ["0"]
+
+
+def test_a_second_sweep_in_a_running_sweeps_folder_is_refused_at_once(tmp_path, stood_in):
+    """Found in review: two bench runs in one folder each rewrote bench.json from what it had
+    read. The folder's lock is held for the whole sweep; a second is refused, and runs once the
+    first has let go."""
+    spec = BenchSpec(data=str(write_dataset(tmp_path / "csv")), sites=2, alpha=1.0,
+                     epsilons=[8.0], seeds=1, partition_seed=0, rounds=1)
+    out = tmp_path / "out"
+    with sweep.sweep_lock(out), pytest.raises(FolderClaimed,
+                                              match="another fedintent bench is running in it"):
+        run_bench(spec, out)
+    assert not (out / "bench.json").exists()
+    run_bench(spec, out)
+    assert (out / "report.md").is_file()
+
+
+def test_a_folder_that_holds_no_sweep_is_not_written_in(tmp_path, stood_in):
+    """Found in review: an unrelated non-empty --out was taken, its report.md or results.csv
+    overwritten. A sweep's own folder is taken even without its bench.json (lost: the cells
+    keep their settings, test above)."""
+    spec = BenchSpec(data=str(write_dataset(tmp_path / "csv")), sites=2, alpha=1.0,
+                     epsilons=[8.0], seeds=1, partition_seed=0, rounds=1)
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "results.csv").write_text("mine\n", encoding="utf-8")
+    (notes / "thesis.tex").write_text("mine\n", encoding="utf-8")
+    with pytest.raises(FolderClaimed, match=r"no bench.json\) and is not empty: 1 entries a "
+                       "sweep does not write, such as thesis.tex"):
+        run_bench(spec, notes)
+    assert sorted(p.name for p in notes.iterdir()) == [".bench.lock", "results.csv", "thesis.tex"]
+    assert (notes / "results.csv").read_text(encoding="utf-8") == "mine\n"
 
 
 def test_bench_embeds_a_slice_at_a_time_behind_a_progress_bar(tmp_path, monkeypatch, capsys):

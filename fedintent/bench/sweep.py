@@ -10,10 +10,14 @@ below. Both DP baselines plan at the delta the federated sites plan at (``baseli
 Every method starts from the same label-name prior (``models``' ``initial_model``).
 """
 
+import fcntl
 import json
 import math
+import os
 import statistics
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -106,9 +110,50 @@ SPEC_DEFAULTS = {"tolerated_sites": BenchSpec.tolerated_sites, "privacy_models":
 """What a bench.json written before these fields existed measured."""
 
 
+SWEEP_LOCK = ".bench.lock"
+"""The file a running sweep holds locked in its folder (``sweep_lock``)."""
+SWEEP_ENTRIES = {SWEEP_LOCK, "bench.json", "data", "cache", "runs", "cells", "results.csv",
+                 "results.json", "report.md", "accuracy_vs_epsilon.png"}
+"""What a sweep writes in its folder: a folder holding nothing else is a sweep's, even where its
+bench.json was lost (its cells each keep the settings they ran with)."""
+
+
 def run_bench(spec: BenchSpec, out_dir: Path) -> list[dict]:
-    """Run (or finish) the sweep in ``out_dir``; return every cell's result."""
+    """Run (or finish) the sweep in ``out_dir``, the only one running there; return every
+    cell's result."""
     out_dir = Path(out_dir)
+    with sweep_lock(out_dir):
+        return _run_sweep(spec, out_dir)
+
+
+@contextmanager
+def sweep_lock(out_dir: Path) -> Iterator[None]:
+    """Hold ``out_dir`` for one ``fedintent bench`` at a time, refusing a second at once (a
+    sweep runs for an hour, not worth waiting for blind); and refuse a folder that is neither
+    new, empty nor a sweep's (``SWEEP_ENTRIES``). Found in review: two runs at once each rewrote
+    bench.json from what it had read, one's epsilons dropped; and an unrelated folder was taken,
+    its report.md or results.csv overwritten. The lock goes with the process, however it ends."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(out_dir / SWEEP_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise FolderClaimed(f"{out_dir}: another fedintent bench is running in it; wait "
+                                "for it to finish (then re-run to add what it lacks), or use "
+                                "another --out") from None
+        foreign = sorted(path.name for path in out_dir.iterdir()
+                         if path.name not in SWEEP_ENTRIES)
+        if foreign and not (out_dir / "bench.json").exists():
+            raise FolderClaimed(f"{out_dir} holds no sweep (no bench.json) and is not empty: "
+                                f"{len(foreign)} entries a sweep does not write, such as "
+                                f"{foreign[0]}; use a new or empty --out")
+        yield
+    finally:
+        os.close(fd)
+
+
+def _run_sweep(spec: BenchSpec, out_dir: Path) -> list[dict]:
     data_dir = out_dir / "data"
     partition = None
     if not (data_dir / "manifest.json").exists():
