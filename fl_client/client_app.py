@@ -448,11 +448,19 @@ def _passes(cfg) -> PassShape:
 def _model_from(msg: Message, cfg) -> torch.nn.Module:
     """The model the server sent, in this run's model family; refused before any row is read
     when its parameters are not the family's (found in review: other names or shapes were an
-    internal error, after the data was read)."""
+    internal error, after the data was read), dtype included: loading casts, and a float64
+    1e300, finite where ``check_parameters`` looked, became infinity in float32 (found in
+    review: the site read, charged and trained, and its egress guard blocked the reply)."""
     num_labels = len(msg.content[CONFIG_KEY]["labels"])
     model = get_model_family(str(cfg["model"])).build_model(num_labels)
+    sent = msg.content[ARRAYS_KEY].to_torch_state_dict()
+    own = model.state_dict()
+    for name, value in sent.items():
+        if name in own and value.dtype != own[name].dtype:
+            raise PolicyRefusal(Reason.PARAMETERS_REFUSED, f"the model's {name!r} is "
+                                f"{value.dtype}, not the family's {own[name].dtype}")
     try:
-        model.load_state_dict(msg.content[ARRAYS_KEY].to_torch_state_dict())
+        model.load_state_dict(sent)
     except (RuntimeError, ValueError, TypeError, KeyError) as err:
         raise PolicyRefusal(Reason.PARAMETERS_REFUSED, "the model's parameters are not the "
                             f"family's (other names or shapes): {err}") from err

@@ -414,10 +414,13 @@ def check_labels(context: Context, msg: Message) -> None:
     counts the site sends count chosen intents only. Without the setting any label set is
     answered; a simulation answers any (one operator plays every site and chooses the labels).
     A label named twice is refused whatever the setting (found in review: the model got a head
-    row for each, and the site's counts an unread column)."""
+    row for each, and the site's counts an unread column), as are fewer than two labels."""
     labels = round_config(msg).get("labels")
     if not isinstance(labels, list) or not all(isinstance(label, str) for label in labels):
         raise PolicyRefusal(Reason.LABELS_REFUSED, "the run's labels are not a list of names")
+    if len(labels) < 2:  # found in review: one label trained and charged, its gradient zero
+        raise PolicyRefusal(Reason.LABELS_REFUSED, f"the run names {len(labels)} labels; a "
+                            "classifier needs at least 2 (one spends budget on pure noise)")
     twice = sorted(label for label, count in Counter(labels).items() if count > 1)
     if twice:
         raise PolicyRefusal(Reason.LABELS_REFUSED,

@@ -140,9 +140,28 @@ def test_dp_evaluation_counts_an_overflowing_row_at_the_loss_cap():
     assert contributions[3, 1] * 3**0.5 == pytest.approx(1.0)  # its loss counted as the cap
 
 
+def _infinite(weight: np.ndarray) -> np.ndarray:
+    weight[0, 0] = np.inf
+    return weight
+
+
+def _beyond_float32(weight: np.ndarray) -> np.ndarray:
+    """Finite as float64, infinity once cast to the family's float32 (found in review: it
+    passed the finiteness check, and the site read, charged and trained)."""
+    weight = weight.astype(np.float64)
+    weight[0, 0] = 1e300
+    return weight
+
+
+@pytest.mark.parametrize("altered", [
+    _infinite, _beyond_float32,
+    lambda weight: weight.astype(np.complex64),  # loading dropped the imaginary part
+    lambda weight: weight.astype(np.float16),
+])
 @pytest.mark.parametrize("message_type", ["train", "evaluate"])
 def test_a_model_holding_nan_or_infinity_is_declined_before_anything_is_read(
-        tmp_path, monkeypatch, message_type):
+        tmp_path, monkeypatch, message_type, altered):
+    """NaN or infinity, or another dtype than the family's (which loading would cast)."""
     site_dir = tmp_path / "site"
     site_dir.mkdir()
     write_rows(site_dir, rows(0, 20))
@@ -150,8 +169,7 @@ def test_a_model_holding_nan_or_infinity_is_declined_before_anything_is_read(
     monkeypatch.setattr(client_app, "load_site", lambda *args, **kwargs: read.append(args))
     message = train_message()
     arrays = message.content["arrays"]
-    weight = arrays["weight"].numpy().copy()
-    weight[0, 0] = np.inf
+    weight = altered(arrays["weight"].numpy().copy())
     message.content["arrays"] = ArrayRecord({"weight": Array(weight), "bias": arrays["bias"]})
     asked = Message(content=message.content, dst_node_id=7, message_type=message_type)
     reply = client_app.app(asked, context(site_dir, tmp_path / "state"))

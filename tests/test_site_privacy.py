@@ -350,6 +350,9 @@ def test_a_site_that_allows_no_dp_records_it_as_an_unlimited_spend(site, tmp_pat
         ({}, {"server_round": 1.9}, Reason.SETTING_REFUSED),
         ({}, {"server_round": math.inf}, Reason.SETTING_REFUSED),  # was "egress guard"
         ({}, {"labels": [*LABELS, LABELS[0]]}, Reason.LABELS_REFUSED),  # a head row twice
+        # found in review: none read the whole folder first; one trained, its gradient zero
+        ({}, {"labels": []}, Reason.LABELS_REFUSED),
+        ({}, {"labels": LABELS[:1]}, Reason.LABELS_REFUSED),
         ({"target-epsilon": " 4_0 "}, {}, Reason.SETTING_REFUSED),  # was read as 40
         ({"target-epsilon": "\u0664"}, {}, Reason.SETTING_REFUSED),  # an Arabic-Indic 4
         ({"learning-rate": "1e-3"}, {}, Reason.SETTING_REFUSED),
