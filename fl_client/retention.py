@@ -259,7 +259,10 @@ class Erasure:
     ledger_units: int
     """The customer's privacy units the ledger holds a spend for (kept)."""
     ledger_epsilon: float
-    """The largest lifetime epsilon among them (0 if none)."""
+    """The largest lifetime epsilon among them (0 if none), at ``ledger_delta``."""
+    ledger_delta: float
+    """The ledger's delta, the site's own, which every lifetime epsilon of it is at (NaN with
+    no ledger); found in review: the epsilon was printed without it."""
     ledger_problem: str = ""
     """Why the ledger could not be read for the two numbers above ("" if it was): the erasure
     is recorded and done either way (found in review: it was reported as a failure)."""
@@ -317,12 +320,13 @@ def forget(site_dir: Path, state_dir: Path, customer: str, retention_days: float
         deletion = _logged(state_dir, "erasure-done", actor, not_used, pruned.rows,
                            pruned.files, data_rows, details)
         try:
-            units, epsilon, _ = _ledger_spend(state_dir, secret, written, theirs)
+            units, epsilon, _, delta = _ledger_spend(state_dir, secret, written, theirs)
             problem = ""
         except LedgerError as err:
-            units, epsilon, problem = 0, 0.0, str(err)
+            units, epsilon, delta, problem = 0, 0.0, math.nan, str(err)
         return Erasure(rows_found=len(theirs), erased_until=cut_off, deletion=deletion,
-                       ledger_units=units, ledger_epsilon=epsilon, ledger_problem=problem,
+                       ledger_units=units, ledger_epsilon=epsilon, ledger_delta=delta,
+                       ledger_problem=problem,
                        rejected_mentions=_mentions(site_dir, rejected, written),
                        forms=len({row.customer for row in theirs}) or 1,
                        other_case_rows=sum(
@@ -604,9 +608,11 @@ class CustomerSpend:
     units: int
     """Their privacy units the ledger holds a spend for."""
     epsilon: float
-    """The largest lifetime epsilon among them (0 if none)."""
+    """The largest lifetime epsilon among them (0 if none), at ``delta``."""
     epsilon_alone: float
     """The same from the site's own noise only (distributed DP; else equal)."""
+    delta: float
+    """The ledger's delta, the site's own (NaN with no ledger)."""
 
 
 def customer_spend(site_dir: Path, state_dir: Path, customer: str) -> CustomerSpend:
@@ -624,19 +630,20 @@ def customer_spend(site_dir: Path, state_dir: Path, customer: str) -> CustomerSp
 
 
 def _ledger_spend(state_dir: Path, secret: bytes, customer: str,
-                  rows: list[Row]) -> tuple[int, float, float]:
-    """(units, largest lifetime epsilon, the same from the site's own noise) the ledger holds of
-    the customer's ``rows``' units, and under the customer unit of the id itself."""
+                  rows: list[Row]) -> tuple[int, float, float, float]:
+    """(units, largest lifetime epsilon, the same from the site's own noise, the ledger's delta
+    both are at) the ledger holds of the customer's ``rows``' units, and under the customer unit
+    of the id itself."""
     ledger = read_ledger(Path(state_dir), secret)
     if ledger is None:
-        return 0, 0.0, 0.0
+        return 0, 0.0, 0.0, math.nan
     identities = {row.unit_under(ledger.privacy_unit) for row in rows}
     if ledger.privacy_unit == "customer":
         identities.add(customer)
     keys = [key for key in (privacy_unit_key(secret, ledger.privacy_unit, identity)
                             for identity in sorted(identities)) if key in ledger.spend]
     return (len(keys), max(unit_epsilons(ledger, keys), default=0.0),
-            rdp_epsilon(alone_spend(ledger, keys), ledger.order, ledger.delta))
+            rdp_epsilon(alone_spend(ledger, keys), ledger.order, ledger.delta), ledger.delta)
 
 
 def _next_hour(when: datetime) -> datetime:

@@ -312,7 +312,10 @@ def test_an_erased_customer_is_removed_everywhere_and_the_ledger_keeps_their_spe
     out = capsys.readouterr().out
     assert code == 0
     assert "2 rows of this customer" in out and "removed from the data folder: 2 rows" in out
-    assert "keeps the spend of their 2 privacy unit(s)" in out
+    book = read_ledger(state, site_secret(state))
+    assert (f"keeps the spend of their 2 privacy unit(s) (largest lifetime epsilon "
+            f"{rdp_epsilon(max(spent['conv-3'], spent['conv-5']), book.order, book.delta):.3g} "
+            f"at delta {book.delta:g}); a returning customer") in out
     # the site's counts, labelled so (found in review: read as this customer's)
     assert "  removed, whole site: 2 cached feature rows, 0 files from the feature store" in out
     assert "alice" not in (site / "train.jsonl").read_text()
@@ -934,7 +937,7 @@ def test_privacy_report_says_one_customers_spend_without_erasing_them(tmp_path, 
         book = read_ledger(state, site_secret(state))
         assert (f"customer: 2 rows in {site} (any written form of the id); the ledger holds "
                 "the spend of 2 privacy unit(s) of theirs, largest lifetime epsilon "
-                f"{rdp_epsilon(expected, book.order, book.delta):.3f}\n"
+                f"{rdp_epsilon(expected, book.order, book.delta):.3f} at delta {book.delta:g}\n"
                 in capsys.readouterr().out)
     assert fedintent([*report, "erin"]) == 0
     assert (f"customer: no row in {site} has this customer_id; the ledger holds no spend of "

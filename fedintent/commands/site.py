@@ -206,7 +206,8 @@ def run_forget(args: argparse.Namespace) -> int:
                        f"{erasure.ledger_problem}")
     if erasure.ledger_units:
         print(f"privacy ledger: keeps the spend of their {erasure.ledger_units} privacy unit(s) "
-              f"(largest lifetime epsilon {erasure.ledger_epsilon:.3g}); a returning customer "
+              f"(largest lifetime epsilon {erasure.ledger_epsilon:.3g} at delta "
+              f"{erasure.ledger_delta:g}); a returning customer "
               "is not a fresh unit")
     elif (state_dir / LEDGER_FILE).exists():
         print("privacy ledger: holds no spend of theirs (never trained on)")
@@ -441,7 +442,8 @@ def _print_customer_spend(site_dir: Path, state_dir: Path, customer: str) -> Non
     alone = (f" (from this site's own noise alone: {format_epsilon(spend.epsilon_alone)})"
              if spend.epsilon_alone != spend.epsilon else "")
     print(f"customer: {found}; the ledger holds the spend of {spend.units} privacy unit(s) of "
-          f"theirs, largest lifetime epsilon {format_epsilon(spend.epsilon)}{alone}")
+          f"theirs, largest lifetime epsilon {format_epsilon(spend.epsilon)}{alone} at delta "
+          f"{spend.delta:g}")
 
 
 def _print_spend(report: "SiteReport", source: str = "") -> None:
