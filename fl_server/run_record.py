@@ -42,12 +42,21 @@ FORMAT = "fedintent-metrics/1"
 STATUSES = ("running", "stopped", "interrupted", "failed", "completed")
 """A run's ``status``: ``interrupted`` when a signal (Ctrl-C, SIGTERM) stopped it; every status
 but ``completed`` can be resumed."""
+DEPLOYMENT_FILE = "deployment.json"
+"""Written by ``fedintent deploy-run`` beside the run's record once it has submitted the run
+(so not one of ``RUN_FILES``, which the ServerApp refuses to start beside): the run trained
+deployed sites, so ``fedintent train --resume``, which simulates its sites, must not continue
+it."""
 RUN_FILES = ("metrics.json", "audit.jsonl", "audit.jsonl.head", "checkpoints", "model")
 """What a run writes in its output folder: a new run refuses a folder holding any of them (found
 in review: a second run there replaced the first's record and model, chained onto its audit
 log, so neither could be resumed, and mixed their checkpoints)."""
 INTERRUPTED = "interrupted by a signal (Ctrl-C or SIGTERM); it can be resumed"
 """The ``error`` of an interrupted run."""
+DEPLOYED_NOT_RESUMED = ("a deployed run cannot be resumed: start a new fedintent deploy-run "
+                        "with another --out (each site's ledger keeps what it spent)")
+"""What to do with a deployed run that stopped (found in review: the way on printed for it,
+``fedintent train --resume``, simulated sites on the operator's machine with fresh ledgers)."""
 KEPT_REASON_CODES = (
     REJECTED, NO_REPLY, ErrorCode.MESSAGE_UNAVAILABLE, ErrorCode.REPLY_MESSAGE_UNAVAILABLE,
     ErrorCode.NODE_UNAVAILABLE, ErrorCode.INVALID_FAB,
@@ -206,17 +215,17 @@ class RunRecord:
         write_json_atomic(self.path, self.doc)
 
 
-def record_interrupted(path: Path) -> None:
-    """Mark the run recorded in ``path`` ``interrupted`` (atomically) if it still says
-    ``running``: the ServerApp was stopped by a signal before it could say so itself. Call it
-    only once the ServerApp is gone, or it may write ``running`` again. A missing or unreadable
-    record is left as it is."""
+def record_interrupted(path: Path, error: str = INTERRUPTED) -> None:
+    """Mark the run recorded in ``path`` ``interrupted`` (atomically) with ``error`` if it still
+    says ``running``: the ServerApp was stopped by a signal before it could say so itself. Call
+    it only once the ServerApp is gone, or it may write ``running`` again. A missing or
+    unreadable record is left as it is."""
     try:
         doc = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return
     if isinstance(doc, dict) and doc.get("status") == "running":
-        RunRecord(path, doc).finish("interrupted", error=INTERRUPTED)
+        RunRecord(path, doc).finish("interrupted", error=error)
 
 
 def run_files_in(out_dir: Path) -> list[str]:

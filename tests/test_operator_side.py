@@ -144,6 +144,33 @@ def test_deploy_run_prints_the_privacy_settings_it_submitted(signed, tmp_path, c
         "privacy-model distributed;" in capsys.readouterr().out
 
 
+def test_an_interrupted_deployed_run_is_never_resumed_as_a_simulation(
+        signed, tmp_path, capsys, monkeypatch, nothing_reaches_a_superlink):
+    """Found in review: an interrupted deploy-run said to continue with ``fedintent train
+    --resume``, which simulated sites over the labels' folder on the operator's machine, with
+    fresh ledgers, the deployed sites' never charged for what it trained."""
+    def follow(connection, run_id, metrics_path, on_round):
+        metrics_path.write_text(json.dumps({"status": "running"}), encoding="utf-8")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(deployment, "follow_run", follow)
+    monkeypatch.setattr(deployment, "stop_run", lambda *args: None)
+    monkeypatch.setattr(deployment, "wait_run_finished", lambda *args: True)
+    out = tmp_path / "run"
+    assert deploy_run(signed, tmp_path) == 130
+    said = "a deployed run cannot be resumed: start a new fedintent deploy-run with another --out"
+    assert f"fedintent deploy-run: interrupted; {said}" in capsys.readouterr().err
+    record = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    assert record["status"] == "interrupted" and said in record["error"]
+    assert json.loads((out / "deployment.json").read_text(encoding="utf-8"))[
+        "flower_run_id"] == 7
+    assert main(["train", "--resume", str(out)]) == 2
+    assert f"{out} holds a run of fedintent deploy-run" in capsys.readouterr().err
+    assert deploy_run(signed, tmp_path) == 2
+    err = capsys.readouterr().err
+    assert "already holds a run" in err and said in err and "train --resume" not in err
+
+
 # --- the release deploy-run reads -----------------------------------------------------------
 
 def rewrite_signature(folder: Path, **changes) -> None:

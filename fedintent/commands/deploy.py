@@ -5,6 +5,8 @@ import argparse
 import re
 import sys
 import time
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fedintent.commands import CliError, require_operator_extra
 from fedintent.commands.options import (
@@ -25,6 +27,9 @@ from fl_server.run_config import (
     site_size_rate,
     tuned_settings,
 )
+
+if TYPE_CHECKING:
+    from fedintent.launch.releases import Release
 
 
 def add_parsers(commands: argparse._SubParsersAction) -> None:
@@ -193,7 +198,7 @@ def run_deploy_run(args: argparse.Namespace) -> int:
     from fedintent.launch.releases import read_release, serve_release, submit_release_run
     from fedintent.launch.run_config import compose_run_config
     from fedintent.launch.run_outcome import RunFailedError, completed_run_metrics
-    from fl_server.run_record import record_interrupted
+    from fl_server.run_record import DEPLOYED_NOT_RESUMED, record_interrupted
 
     if args.min_sites < 1:
         raise CliError(f"--min-sites must be >= 1, got {args.min_sites}")
@@ -234,6 +239,7 @@ def run_deploy_run(args: argparse.Namespace) -> int:
         try:
             with created_folder(out_dir), serve_release(release, args.release_port):
                 run_id = submit_release_run(release, connection, run_config)
+                write_deployment_record(out_dir, run_id, args.superlink, release)
         except OSError as err:
             raise CliError(f"cannot hand over the release on 127.0.0.1:{args.release_port}: "
                            f"{err.strerror}") from err
@@ -253,8 +259,11 @@ def run_deploy_run(args: argparse.Namespace) -> int:
         except KeyboardInterrupt:
             deployment.stop_run(connection, run_id)
             if deployment.wait_run_finished(connection, run_id):
-                record_interrupted(out_dir / "metrics.json")
-            raise
+                record_interrupted(out_dir / "metrics.json",
+                                   f"interrupted by a signal (Ctrl-C or SIGTERM); "
+                                   f"{DEPLOYED_NOT_RESUMED}")
+            print(f"fedintent deploy-run: interrupted; {DEPLOYED_NOT_RESUMED}", file=sys.stderr)
+            return 130
         metrics = completed_run_metrics(out_dir / "metrics.json", status)
     except (deployment.DeploymentError, RunFailedError) as err:
         print(f"fedintent deploy-run: error: {err}", file=sys.stderr)
@@ -263,6 +272,18 @@ def run_deploy_run(args: argparse.Namespace) -> int:
         remove_temporary_folder(flwr_home)
     print_summary(metrics, time.monotonic() - started)
     return 0
+
+
+def write_deployment_record(out_dir: Path, run_id: int, superlink: str,
+                            release: "Release") -> None:
+    """Mark ``out_dir`` as a deployed run's (``DEPLOYMENT_FILE``): where it ran, under which
+    Flower run id, with which signed release."""
+    from fl_protocol.durable_files import write_json_atomic
+    from fl_server.run_record import DEPLOYMENT_FILE
+
+    write_json_atomic(out_dir / DEPLOYMENT_FILE, {
+        "superlink": superlink, "flower_run_id": run_id, "app": release.app_spec,
+        "release_key": release.key_id})
 
 
 def deploy_settings(epsilon: float, site_rows: float | None, overrides: dict) -> dict:

@@ -348,6 +348,7 @@ def run_resume(args: argparse.Namespace) -> int:
         resume_point,
         resumed_run_config,
     )
+    from fl_server.run_record import DEPLOYED_NOT_RESUMED, DEPLOYMENT_FILE
 
     options = argparse.ArgumentParser()
     _add_train_options(options)
@@ -358,6 +359,10 @@ def run_resume(args: argparse.Namespace) -> int:
         raise CliError(f"--resume uses the settings recorded in OUT/metrics.json; "
                        f"drop {', '.join(given)}")
     out_dir = writable_folder("--resume", args.resume)
+    if (out_dir / DEPLOYMENT_FILE).exists():  # found in review: it simulated the sites instead
+        raise CliError(f"{out_dir} holds a run of fedintent deploy-run, whose sites are "
+                       f"deployed; --resume simulates sites on this machine: "
+                       f"{DEPLOYED_NOT_RESUMED}")
     doc = read_metrics(out_dir / "metrics.json")
     run_config = check_run_config(resumed_run_config(
         recorded_run_config(doc) | {"out-dir": str(out_dir), "resume": True,
