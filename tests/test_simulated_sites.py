@@ -202,6 +202,8 @@ def test_train_refuses_a_run_no_site_can_train_before_it_starts(tmp_path, monkey
 def test_train_warns_before_round_one(tmp_path, monkeypatch, capsys):
     data = tmp_path / "data"
     config = sites_in(tmp_path, 2)
+    for site in ("site-00", "site-01"):
+        (data / site / "train.jsonl").write_text(json.dumps({"text": "hi", "label": "a"}) + "\n")
     spend(data / ".fedintent-state" / "site-01", [9.0])
     started = []
     monkeypatch.setattr(train_command, "_simulate",

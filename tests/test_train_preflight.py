@@ -54,3 +54,57 @@ def test_an_out_folder_inside_the_data_folder_is_refused(tmp_path, capsys, insid
     err = capsys.readouterr().err
     assert code == 2 and f"is inside --data {data}" in err, err
     assert sorted(path.name for path in data.rglob("*")) == before
+
+
+@pytest.fixture
+def started(monkeypatch) -> list[dict]:
+    """The run configs ``fedintent train`` would have simulated (the run itself not started)."""
+    import fedintent.commands.train as train_command
+
+    runs: list[dict] = []
+    monkeypatch.setattr(train_command, "_simulate",
+                        lambda run_config, *args, **kwargs: runs.append(run_config) or 0)
+    return runs
+
+
+def test_a_folder_that_does_not_read_is_named_and_leaves_the_other_checks_on(tmp_path, capsys,
+                                                                            started):
+    """Found in review: one folder whose data did not read (a ``notes/`` folder, a CSV without
+    a label column) switched off every check before the run for all sites, and the learning
+    rate's scaling: 48 where the readable sites' size called for 12."""
+    data = write_sites(tmp_path / "data", {
+        "site-00": ["banking.card_lost"] * 30,
+        "site-01": ["Banking.card_lost"] * 10 + ["banking.refund"] * 40,
+    })
+    (data / "notes").mkdir()
+    (data / "notes" / "readme.txt").write_text("hi\n")
+    (data / "site-02").mkdir()
+    (data / "site-02" / "train.csv").write_text("text\nlost my card\n")
+    assert main(["train", "--data", str(data), "--out", str(tmp_path / "out"),
+                 "--rounds", "1"]) == 0
+    out, err = capsys.readouterr()
+    assert "site notes: its data does not read, so it will not train (" in err
+    assert f"fedintent check-data {data / 'notes'} says more" in err
+    assert "site site-02: its data does not read, so it will not train (" in err
+    assert "site site-01: 10 of its 50 training rows have a label not in" in err
+    [run_config] = started
+    assert "scaled to sites of 40 training rows on average" in out  # (30 + 50) / 2
+    assert run_config["learning-rate"] < 48
+
+
+def test_a_run_whose_sites_all_fail_to_read_or_match_the_labels_says_what_to_fix(tmp_path,
+                                                                                 capsys, started):
+    """Found in review: the refusal ended with budget advice where the label file was wrong."""
+    data = write_sites(tmp_path / "data", {"site-00": ["banking.card_lost"] * 5})
+    (data / "site-01").mkdir()
+    (data / "site-01" / "train.csv").write_text("text\nlost my card\n")
+    other = tmp_path / "other-labels.txt"
+    other.write_text("telecom.slow_internet\ntelecom.roaming\n")
+    assert main(["train", "--data", str(data), "--labels", str(other),
+                 "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert ("no site can train in this run, so it would only fail: site site-00: none of its "
+            "training rows has a label of the run; site site-01: its data does not read (") in err
+    assert f"check that {other} is the label file of this data" in err
+    assert "fix each site's data (fedintent check-data SITE_DIR names the problem)" in err
+    assert "--site-max-epsilon" not in err and not started

@@ -209,9 +209,10 @@ def run_train(args: argparse.Namespace) -> int:
         budget_warnings,
         label_warnings,
         mean_rows,
+        read_sites,
         simulated_sites,
         sites_that_cannot_train,
-        training_rows,
+        unreadable_warnings,
     )
 
     if args.resume is not None:
@@ -289,16 +290,15 @@ def run_train(args: argparse.Namespace) -> int:
             print(f"generating {num_sites} synthetic sites into {data_dir}")
             write_run_sites(data_dir, num_sites, args.seed)
         labels = read_labels(labels_file)
-        sites_rows = training_rows(data_dir, num_sites)  # read once, for each use
+        sites_rows, unreadable = read_sites(data_dir, num_sites)  # read once, for each use
         sites = simulated_sites(run_config, num_sites)
-        if blocked := sites_that_cannot_train(sites, sites_rows, labels, run_config):
-            raise CliError(
-                "no site can train in this run, so it would only fail: "
-                + "; ".join(f"site {name}: {why}" for name, why in blocked.items())
-                + ". Where a budget is spent: raise --site-max-epsilon, if the data's owners "
-                "allow a larger lifetime budget; or, for synthetic or test data only, use a new "
-                "--state-dir (it forgets what this data has spent)")
-        warnings = (label_warnings(sites_rows, labels, labels_file)
+        if blocked := sites_that_cannot_train(sites, sites_rows, labels, run_config,
+                                              unreadable):
+            raise CliError("no site can train in this run, so it would only fail: "
+                           + "; ".join(f"site {name}: {why}" for name, why in blocked.items())
+                           + _way_out(list(blocked.values()), labels_file))
+        warnings = (unreadable_warnings(unreadable, data_dir)
+                    + label_warnings(sites_rows, labels, labels_file)
                     + budget_warnings(sites, run_config))
         mean_site_rows = mean_rows(sites_rows) if lr_tuned else None
     scaled = (args.lr if mean_site_rows is None
@@ -322,6 +322,23 @@ def run_train(args: argparse.Namespace) -> int:
     for warning in warnings:
         print(f"fedintent train: warning: {warning}", file=sys.stderr, flush=True)
     return _simulate(run_config, num_sites, int(args.rounds))
+
+
+def _way_out(reasons: list[str], labels_file: Path) -> str:
+    """What to do when no site can train: the way out of each kind of reason given (found in
+    review: budget advice where the label file was wrong)."""
+    ways = []
+    if any(why.startswith("none of its training rows") for why in reasons):
+        ways.append(f"check that {labels_file} is the label file of this data (fedintent "
+                    "check-data SITE_DIR --labels names the labels a site's rows carry)")
+    if any(why.startswith("its data does not read") for why in reasons):
+        ways.append("fix each site's data (fedintent check-data SITE_DIR names the problem)")
+    if any(not why.startswith(("none of its training rows", "its data does not read"))
+           for why in reasons):
+        ways.append("where a budget is spent: raise --site-max-epsilon, if the data's owners "
+                    "allow a larger lifetime budget; or, for synthetic or test data only, use a "
+                    "new --state-dir (it forgets what this data has spent)")
+    return ". " + "; ".join(ways)
 
 
 def _distributed_note(args: argparse.Namespace) -> str:

@@ -26,7 +26,7 @@ from fl_client.privacy_ledger import (
     unit_epsilons,
 )
 from fl_client.privacy_report import EXHAUSTED_SHARE, SiteReport, site_privacy_report
-from fl_client.site_data import SiteDataError, list_site_dirs, read_rows, shown
+from fl_client.site_data import RejectedRow, SiteDataError, list_site_dirs, read_rows, shown
 from fl_client.site_folders import simulated_site_folders
 from fl_client.site_policy import DEFAULT_MAX_NOISE_RATIO
 from fl_client.site_secret import SecretError, site_key, site_secret
@@ -200,9 +200,9 @@ def resume_budget_warnings(sites: list[SimulatedSite], run_config: dict,
     return warnings
 
 
-def sites_that_cannot_train(sites: list[SimulatedSite],
-                            sites_rows: list[tuple[Path, list]] | None, labels: list[str],
-                            run_config: dict) -> dict[str, str]:
+def sites_that_cannot_train(sites: list[SimulatedSite], sites_rows: list[tuple[Path, list]],
+                            labels: list[str], run_config: dict,
+                            unreadable: dict[str, str] | None = None) -> dict[str, str]:
     """Why each site of ``sites`` will train no round of a DP run, when that is so of every
     one of them (``{}`` as soon as one may train): no training row with a label of the run, a
     lifetime budget under the run's noise limit, a ledger that does not verify or counts
@@ -210,13 +210,17 @@ def sites_that_cannot_train(sites: list[SimulatedSite],
     ``EXHAUSTED_SHARE`` of the budget: no useful release fits). Found in review: a second run on
     spent data warned, started, and failed after every round was declined. Rows the site's
     retention or erasures will leave out count as rows that may train, so the answer is never
-    "none" where one could."""
-    if math.isinf(float(run_config["target-epsilon"])) or sites_rows is None:
+    "none" where one could. A site whose data does not read (``unreadable``, from
+    ``read_sites``) trains none."""
+    if math.isinf(float(run_config["target-epsilon"])):
         return {}
     rows = {site_dir.name: site_rows for site_dir, site_rows in sites_rows}
+    unreadable = unreadable or {}
     reasons = {}
     for site in sites:
-        reason = _cannot_train(site.state_dir, rows.get(site.name, []), set(labels), run_config)
+        reason = (f"its data does not read ({unreadable[site.name]})" if site.name in unreadable
+                  else _cannot_train(site.state_dir, rows.get(site.name, []), set(labels),
+                                     run_config))
         if reason is None:
             return {}
         reasons[site.name] = reason
@@ -335,22 +339,50 @@ def _spent_warning(report: SiteReport, target: float) -> str:
     )
 
 
-def training_rows(data_dir: Path, num_sites: int | None = None) -> list[tuple[Path, list]] | None:
+def read_sites(data_dir: Path,
+               num_sites: int | None = None) -> tuple[list[tuple[Path, list]], dict[str, str]]:
     """Each of the first ``num_sites`` site folders (``None``: all), the ones a simulation
-    plays, with its training rows as read (no check), or ``None`` for data that does not read
-    (the sites report the problem themselves): read once for ``label_warnings`` and
-    ``mean_rows``."""
+    plays, with its training rows as read (no check; none for a folder whose data does not
+    read), and why each such folder does not read, by name: read once for ``label_warnings``,
+    ``sites_that_cannot_train`` and ``mean_rows``. Found in review: one folder that did not read
+    (a ``notes/`` folder, a CSV without a label column) switched every check off for all."""
     try:
-        return [(site, read_rows(site, [])[0]) for site in list_site_dirs(data_dir)[:num_sites]]
+        site_dirs = list_site_dirs(data_dir)[:num_sites]
     except (SiteDataError, OSError):
-        return None
+        return [], {}
+    sites, unreadable = [], {}
+    for site_dir in site_dirs:
+        rejected: list[RejectedRow] = []
+        try:
+            rows = read_rows(site_dir, rejected)[0]
+        except (SiteDataError, OSError) as err:
+            rows, unreadable[site_dir.name] = [], str(err)
+        if not rows and rejected:  # a header that names no text or label column, say
+            unreadable[site_dir.name] = (f"no training row reads; {len(rejected)} rejected, "
+                                         f"the first: {rejected[0]}")
+        sites.append((site_dir, rows))
+    return sites, unreadable
 
 
-def mean_rows(sites: list[tuple[Path, list]] | None) -> float | None:
-    """The mean number of training rows (before any check) of ``sites`` (``training_rows``),
-    to which the tuned learning rate is scaled (``run_config.site_size_rate``); ``None`` where
-    they did not read."""
-    return sum(len(rows) for _, rows in sites) / len(sites) if sites else None
+def training_rows(data_dir: Path, num_sites: int | None = None) -> list[tuple[Path, list]]:
+    """``read_sites``' rows alone."""
+    return read_sites(data_dir, num_sites)[0]
+
+
+def unreadable_warnings(unreadable: dict[str, str], data_dir: Path) -> list[str]:
+    """One line for each site folder whose data does not read: it will not train."""
+    return [f"site {name}: its data does not read, so it will not train ({problem}); "
+            f"fedintent check-data {Path(data_dir) / name} says more"
+            for name, problem in unreadable.items()]
+
+
+def mean_rows(sites: list[tuple[Path, list]]) -> float | None:
+    """The mean number of training rows (before any check) of the ``sites`` (``read_sites``)
+    that hold any, to which the tuned learning rate is scaled (``run_config.site_size_rate``);
+    ``None`` where none does. A site without rows trains no round, so it does not pull the
+    rate down (found in review: two empty folders made it 20 rows where the sites had 34)."""
+    counts = [len(rows) for _, rows in sites if rows]
+    return sum(counts) / len(counts) if counts else None
 
 
 def mean_training_rows(data_dir: Path, num_sites: int | None = None) -> float | None:
@@ -358,7 +390,7 @@ def mean_training_rows(data_dir: Path, num_sites: int | None = None) -> float | 
     return mean_rows(training_rows(data_dir, num_sites))
 
 
-def label_warnings(sites: list[tuple[Path, list]] | None, labels: list[str],
+def label_warnings(sites: list[tuple[Path, list]], labels: list[str],
                    labels_file: Path) -> list[str]:
     """One line for each site folder of ``sites`` (``training_rows``) whose training rows carry
     labels outside the run's label set, with how many, an example (as ``check-data`` may name
@@ -367,7 +399,7 @@ def label_warnings(sites: list[tuple[Path, list]] | None, labels: list[str],
     its rows, or all of them, with no word before the run, and then showed up as a node id that
     "did not train")."""
     known, warnings = set(labels), []
-    for site_dir, rows in sites or []:
+    for site_dir, rows in sites:
         unknown = Counter(row.label for row in rows if row.label not in known)
         if not unknown:
             continue
