@@ -89,8 +89,12 @@ def test_an_interrupted_run_says_how_to_continue(interrupted_train, capsys, writ
     stopped before the ServerApp wrote its record cannot be resumed, and says so."""
     out, run, _ = interrupted_train
     assert run(lambda path: written and record(path, written)) == 130
-    err = capsys.readouterr().err
+    printed = capsys.readouterr()
+    err = printed.err
     if written:
+        # the round recorded since the last poll is printed first (found in review: the
+        # console's last round was behind the one the resume went on after)
+        assert "round   1/2  sites trained 1" in printed.out
         assert (f"fedintent train: interrupted; continue with: fedintent train --resume {out} "
                 "(a round the sites trained after the last checkpoint was charged to their "
                 "budget, and is charged again when the resume trains it") in err

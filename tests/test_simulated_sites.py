@@ -10,6 +10,7 @@ from fedintent.cli import main
 from fedintent.commands.progress import print_round
 from fedintent.launch.simulated_sites import (
     budget_warnings,
+    no_site_resumes,
     record_site_folders,
     simulated_sites,
     site_names,
@@ -197,6 +198,21 @@ def test_train_refuses_a_run_no_site_can_train_before_it_starts(tmp_path, monkey
     assert "; site site-01: every one of the 1 utterance units" in err
     assert "raise --site-max-epsilon" in err and "new --state-dir" in err
     assert not out.exists()
+
+
+def test_a_resume_is_refused_where_no_site_has_room_for_a_round_it_would_train(tmp_path):
+    """Found in review: a resume whose own warnings said every site would decline every round
+    left ran them all, empty, and exited 0, where a new run in that state is refused."""
+    config = sites_in(tmp_path, 2) | {"run-name": "earlier", "num-rounds": 5}
+    state = tmp_path / "data" / ".fedintent-state"
+    spend(state / "site-00", [8.0])  # at its lifetime budget 8: no round of cost 0.5 fits
+    spend(state / "site-01", [8.0, 8.0])
+    sites = simulated_sites(config, 2)
+    assert no_site_resumes(sites, config, done=3)
+    assert not no_site_resumes(sites, config | {"target-epsilon": INF}, done=3)
+    assert not no_site_resumes(sites, config | {"run-name": "another"}, done=3)  # unbounded
+    spend(state / "site-01", [1.0])
+    assert not no_site_resumes(sites, config, done=3)
 
 
 def test_train_warns_before_round_one(tmp_path, monkeypatch, capsys):

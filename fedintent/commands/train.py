@@ -354,7 +354,11 @@ def run_resume(args: argparse.Namespace) -> int:
     Everything is checked before any process starts: the record and the run configuration it
     holds, the audit log, the checkpoint it vouches for, and the data and label file.
     """
-    from fedintent.launch.simulated_sites import resume_budget_warnings, simulated_sites
+    from fedintent.launch.simulated_sites import (
+        no_site_resumes,
+        resume_budget_warnings,
+        simulated_sites,
+    )
     from fl_protocol.hash_chain import ChainError
     from fl_server.checkpoints import CheckpointError
     from fl_server.provenance import provenance_changes, software_provenance
@@ -406,10 +410,14 @@ def run_resume(args: argparse.Namespace) -> int:
     if changed:
         warnings.append(f"the code differs from the last that ran this run ({'; '.join(changed)}): "
                         f"rounds after {done} are trained by it, and metrics.json records both")
-    warnings += resume_budget_warnings(
-        simulated_sites(run_config, int(run_config["min-sites"])), run_config, done)
+    sites = simulated_sites(run_config, int(run_config["min-sites"]))
+    warnings += resume_budget_warnings(sites, run_config, done)
     for warning in warnings:
         print(f"fedintent train: warning: {warning}", file=sys.stderr)
+    if no_site_resumes(sites, run_config, done):
+        raise CliError(f"no site has room within its lifetime budget for any of rounds "
+                       f"{done + 1} to {run_config['num-rounds']}, so this resume would only run "
+                       "rounds no site trains; the warnings above say what to do instead")
     num_rounds = int(run_config["num-rounds"])
     print(f"resuming run {run_config['run-name']} after round {done} of {num_rounds}; "
           f"output: {out_dir}")
@@ -420,7 +428,7 @@ def _simulate(run_config: dict, num_sites: int, num_rounds: int, reported_rounds
     """Run the simulation, printing each round as it completes and the summary at the end;
     sites are named by pseudonym and folder (``simulated_sites``). A resume's rounds are
     printed once the ServerApp has recorded the resume (``report_new_rounds``)."""
-    from fedintent.launch.run_outcome import recorded_outcome
+    from fedintent.launch.run_outcome import recorded_outcome, report_new_rounds
     from fedintent.launch.simulated_sites import simulated_sites, site_names
     from fedintent.launch.simulation import SimulationError, run_simulation
 
@@ -457,6 +465,12 @@ def _simulate(run_config: dict, num_sites: int, num_rounds: int, reported_rounds
         print(f"fedintent train: error: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:  # every process is stopped by now (``run_simulation``)
+        # rounds recorded since the last poll, printed before the way on (found in review:
+        # the console's last round was 5 and the resume went on after round 6)
+        report_new_rounds(metrics_path, rounds[-1]["round"] if rounds else reported_rounds,
+                          lambda entry: rounds.append(entry) or print_round(entry, num_rounds,
+                                                                            names()),
+                          resumes)
         metrics = recorded_outcome(metrics_path)
         if metrics is None or metrics.get("status") != "completed":
             print(f"fedintent train: interrupted; {_how_to_continue(metrics, out_dir)}",

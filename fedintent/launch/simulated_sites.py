@@ -256,25 +256,43 @@ def _cannot_train(state_dir: Path, rows: list, labels: set[str], run_config: dic
             "shows the spend)")
 
 
-def _resume_shortfall(state_dir: Path, run_config: dict, done: int) -> str | None:
-    """Why a site will decline rounds of a resume after round ``done``, or None. The room is
-    counted at this run's last release's cost, for its least spent unit: the site trains a
-    round while any unit fits (the others sit out)."""
-    run, num_rounds = str(run_config["run-name"]), int(run_config["num-rounds"])
-    budget = float(run_config["site-max-epsilon"])
+def no_site_resumes(sites: list[SimulatedSite], run_config: dict, done: int) -> bool:
+    """Whether every site has room for none of the rounds a resume after ``done`` trains, so
+    that the resume would only run empty rounds (found in review: it ran 15 of them, exit 0,
+    where a new run in that state is refused)."""
+    if math.isinf(float(run_config["target-epsilon"])):
+        return False
+    return bool(sites) and all(_resume_rounds_that_fit(site.state_dir, run_config) == 0
+                               for site in sites)
+
+
+def _resume_rounds_that_fit(state_dir: Path, run_config: dict) -> int | None:
+    """How many more rounds of this run a site's ledger has room for, or None where it does
+    not bound them (never trained in this run, no budget, a ledger the site will report). The
+    room is counted at this run's last release's cost, for its least spent unit: the site
+    trains a round while any unit fits (the others sit out)."""
+    run, budget = str(run_config["run-name"]), float(run_config["site-max-epsilon"])
     try:
         ledger = read_ledger(state_dir, site_secret(state_dir))
     except (SecretError, LedgerError):
         return None  # never trained, or a ledger that does not verify: the site says so
     releases = [release for release in ledger.releases if release.run == run] if ledger else []
-    if not releases or math.isinf(budget) or not ledger.spend:
+    if not releases or math.isinf(budget) or not ledger.spend or releases[-1].rdp <= 0:
         return None
-    cost = releases[-1].rdp
     room = rdp_budget(budget, ledger.delta, ledger.order) - min(ledger.spend.values())
-    fits = max(0, math.floor(room / cost + 1e-9)) if cost > 0 else num_rounds
+    return max(0, math.floor(room / releases[-1].rdp + 1e-9))
+
+
+def _resume_shortfall(state_dir: Path, run_config: dict, done: int) -> str | None:
+    """Why a site will decline rounds of a resume after round ``done``, or None."""
+    run, num_rounds = str(run_config["run-name"]), int(run_config["num-rounds"])
+    budget = float(run_config["site-max-epsilon"])
+    fits = _resume_rounds_that_fit(state_dir, run_config)
     to_train = num_rounds - done
-    if fits >= to_train:
+    if fits is None or fits >= to_train:
         return None
+    releases = [release for release in read_ledger(state_dir, site_secret(state_dir)).releases
+                if release.run == run]
     first = done + fits + 1
     declined = f"round {first}" if first == num_rounds else f"rounds {first} to {num_rounds}"
     return (
