@@ -64,6 +64,7 @@ from fl_client.site_data import (
     SiteSplit,
     load_site,
     one_row_per_id,
+    rejection_lines,
     shown,
     shown_unknown_label,
 )
@@ -393,8 +394,8 @@ def _load_site_cached(site_dir: str, labels: tuple[str, ...], data_digest: str,
 def _load_site_logged(site_dir: str, labels: tuple[str, ...], policy: RowPolicy) -> SiteData:
     """The site's rows; problems are logged here, at the site, never sent."""
     site = load_site(Path(site_dir), labels, keep=policy)
-    for row in site.rejected:
-        log(WARNING, "site data %s: skipped %s", site_dir, row)
+    for line in rejection_lines(site.rejected):
+        log(WARNING, "site data %s: skipped %s", site_dir, line)
     for label, count in site.unknown_labels.items():
         log(WARNING, "site data %s: skipped %d rows with unknown label %s", site_dir, count,
             shown_unknown_label(label, labels))

@@ -887,8 +887,38 @@ def _csv_header(line: str) -> list[str] | str:
         return (f"CSV header must name 'text' and 'label' (or 'intent'); its {len(header)} "
                 f"columns ({found}{more}) lack {' and '.join(map(repr, missing))} (column "
                 "names are case-sensitive: write them in lower case; a file without a header "
-                "line has its first row read as the header)")
+                f"line has its first row read as the header){_separator_hint(line)}")
     return header
+
+
+def _separator_hint(line: str) -> str:
+    """Where a header names the columns separated by ``;`` or a tab, say so (found in review:
+    a semicolon-separated export, Excel's default in much of Europe, was told only that its one
+    column lacked 'text' and 'label')."""
+    for separator, name in ((";", "semicolons"), ("\t", "tabs")):
+        columns = {column.strip() for column in line.split(separator)}
+        if "text" in columns and columns & {"label", "intent"}:
+            return (f"; its columns are separated by {name}: export the file comma-separated "
+                    "(in Excel: CSV UTF-8, comma delimited)")
+    return ""
+
+
+def rejection_lines(rejected: list[RejectedRow]) -> list[str]:
+    """The rejections as lines to print or log, a run of consecutive ones of one file for one
+    reason as one line (found in review: a CSV whose header did not read gave a line per row,
+    thousands for a real export, twice over in the site's log)."""
+    lines: list[str] = []
+    run: list[RejectedRow] = []
+    for row in [*rejected, None]:
+        if run and (row is None or (row.file, row.reason) != (run[0].file, run[0].reason)):
+            first, last = run[0], run[-1]
+            lines.append(str(first) if len(run) == 1 else
+                         f"{first.file}:{first.line}-{last.line} ({len(run)} rows): "
+                         f"{first.reason}")
+            run = []
+        if row is not None:
+            run.append(row)
+    return lines
 
 
 def _column_shown(name: str) -> str:

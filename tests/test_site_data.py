@@ -15,6 +15,7 @@ from fl_client.site_data import (
     list_site_dirs,
     load_site,
     record_languages,
+    rejection_lines,
 )
 from fl_protocol.label_file import LabelFileError, read_labels
 
@@ -127,6 +128,29 @@ def test_a_csv_without_a_usable_header_costs_its_rows_not_the_site(tmp_path):
         "test.csv:4: skipped: the file's header (line 1) is unusable",
     ]
     assert site.rows_read == 4
+
+
+def test_a_semicolon_separated_export_is_named_so_and_its_rows_are_one_line(tmp_path, capsys):
+    """Found in review: a semicolon-separated export (Excel's default in much of Europe) was
+    told only that its one column lacked 'text' and 'label', and check-data printed a line per
+    row (thousands for a real export; the site's log as many)."""
+    (tmp_path / "train.csv").write_text("text;label\n" + "".join(
+        f"lost my card {i};card_lost\n" for i in range(30)) + "other,row\n")
+    site = load_site(tmp_path, LABELS)
+    assert site.rows_read == len(site.rejected) == 32  # each row still counted
+    assert rejection_lines(site.rejected) == [
+        "train.csv:1: CSV header must name 'text' and 'label' (or 'intent'); its 1 columns "
+        "(<a string of length 10, not shown>) lack 'text' and 'label' (column names are "
+        "case-sensitive: write them in lower case; a file without a header line has its first "
+        "row read as the header); its columns are separated by semicolons: export the file "
+        "comma-separated (in Excel: CSV UTF-8, comma delimited)",
+        "train.csv:2-32 (31 rows): skipped: the file's header (line 1) is unusable"]
+    assert main(["check-data", str(tmp_path)]) == 1  # no valid row
+    out = capsys.readouterr().out
+    assert out.count("  rejected ") == 2
+    assert "  rejected train.csv:2-32 (31 rows): skipped: the file's header (line 1)" in out
+    (tmp_path / "train.csv").write_text("when;where\nlost card;card_lost\n")
+    assert "separated by" not in str(load_site(tmp_path, LABELS).rejected[0])
 
 
 def test_a_capitalised_csv_header_is_named_with_the_columns_found_and_the_case_rule(tmp_path):

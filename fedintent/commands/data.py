@@ -122,6 +122,7 @@ def run_check_data(args: argparse.Namespace) -> int:
         empty_data_files,
         load_site,
         one_row_per_id,
+        rejection_lines,
         shown,
         shown_unknown_label,
     )
@@ -169,8 +170,8 @@ def run_check_data(args: argparse.Namespace) -> int:
     if first and not len(site.test):  # found in review: "0 test" said no more
         print("  no valid test rows: this site has nothing to answer evaluate requests with "
               "(a test.jsonl or test.csv beside the training file gives it some)")
-    for row in site.rejected:
-        print(f"  rejected {row}")
+    for line in rejection_lines(site.rejected):
+        print(f"  rejected {line}")
     for row in duplicates:
         print(f"  skipped {row}")
     for label, count in site.unknown_labels.most_common():
