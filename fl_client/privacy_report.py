@@ -113,6 +113,9 @@ def site_privacy_report(state_dir: Path, max_epsilon: float, bands: int = 4) -> 
     that is set up but has released nothing yet (found in review: the site guide's own check
     after ``init-site`` failed), never for one whose ledger was deleted."""
     state_dir = Path(state_dir)
+    if state_dir.is_file():  # found in review: it was "not found"
+        raise FileNotFoundError(f"state folder {state_dir} is a file, not a folder: give the "
+                                "site's state folder (its --state-dir)")
     if not state_dir.is_dir():
         raise FileNotFoundError(f"state folder not found: {state_dir}")
     if not any((state_dir / name).exists() for name in (LEDGER_FILE, HEAD_FILE, SECRET_FILE)):

@@ -954,6 +954,9 @@ def _csv_row(header: list[str], line: str) -> Row | str:
 def list_site_dirs(data_dir: Path) -> list[Path]:
     """The site folders of a simulation data folder, in a stable order (hidden folders skipped)."""
     data_dir = Path(data_dir)
+    if data_dir.is_file():  # found in review: it was "not found"
+        raise SiteDataError(f"data folder {data_dir} is a file, not a folder: give the folder "
+                            "that holds the site folders")
     if not data_dir.is_dir():
         raise SiteDataError(f"data folder not found: {data_dir}")
     sites = sorted(p for p in data_dir.iterdir() if p.is_dir() and not p.name.startswith("."))

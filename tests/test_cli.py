@@ -433,3 +433,24 @@ def test_check_data_counts_the_pii_it_redacts_and_says_what_it_does_not_find(tmp
     assert ("PII found (redacted before training): CARD 1; not found by the redactor: English "
             "names and street addresses (docs/REDACTION.md)\n") in out
     assert "4111" not in out and "John" not in out
+
+
+def test_a_file_given_for_a_folder_is_named_a_file(tmp_path, capsys):
+    """Found in review: ``--data labels.txt`` and ``privacy-report labels.txt`` said "not
+    found"; and ``privacy-report --site`` of a folder that is not there failed only after the
+    whole report was printed."""
+    from fedintent.cli import main
+
+    labels = tmp_path / "labels.txt"
+    labels.write_text("card_lost\nrefund\n")
+    assert main(["train", "--data", str(labels), "--out", str(tmp_path / "out")]) == 2
+    assert f"data folder {labels} is a file, not a folder" in capsys.readouterr().err
+    assert main(["privacy-report", str(labels)]) == 2
+    assert f"state folder {labels} is a file, not a folder" in capsys.readouterr().err
+    state = tmp_path / "state"
+    assert main(["init-site", "--state-dir", str(state)]) == 0
+    capsys.readouterr()
+    assert main(["privacy-report", str(state), "--customer", "C-1", "--site",
+                 str(tmp_path / "nope")]) == 2
+    captured = capsys.readouterr()
+    assert "site data folder not found" in captured.err and captured.out == ""

@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
+from fedintent.commands import counted
 from fl_server.progress import (
     at_ledger_delta,
     format_accuracy,
@@ -56,7 +57,7 @@ def rounds_in_progress(first_round: int, num_rounds: int,
 def print_summary(metrics: dict, seconds: float, names: Mapping[str, str] | None = None) -> None:
     """The run's outcome: accuracy, each site's privacy guarantee, where the results are."""
     final = metrics["final"]
-    print(f"\nfinished in {seconds:.0f}s: {final['rounds_completed']} rounds")
+    print(f"\nfinished in {seconds:.0f}s: {counted(final['rounds_completed'], 'round')}")
     if idle := final.get("rounds_without_training"):
         print(f"warning: no site trained in {len(idle)} of the {final['rounds_completed']} rounds "
               f"(round {', '.join(map(str, idle))}): the model is the last trained round's; "

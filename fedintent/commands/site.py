@@ -362,6 +362,7 @@ UNTRAINED = ("no runs yet: no privacy ledger, and no unit has spent any budget (
 def run_privacy_report(args: argparse.Namespace) -> int:
     from fl_client.privacy_ledger import LedgerError
     from fl_client.privacy_report import site_privacy_report, stated_max_epsilon
+    from fl_client.site_data import SiteDataError, check_site_folder
 
     source = ""
     if args.max_epsilon is None:
@@ -376,6 +377,11 @@ def run_privacy_report(args: argparse.Namespace) -> int:
                        "the site's data folder")
     if args.customer is not None and not args.customer.strip():
         raise CliError("--customer: the customer id is empty")
+    if args.site is not None:  # found in review: a wrong one failed after the whole report
+        try:
+            check_site_folder(args.site)
+        except SiteDataError as err:
+            raise CliError(f"--site {args.site}: {err}") from err
     try:
         report = site_privacy_report(args.state_dir, args.max_epsilon)
     except (FileNotFoundError, LedgerError) as err:

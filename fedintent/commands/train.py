@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from fedintent.commands import CliError, require_operator_extra
+from fedintent.commands import CliError, counted, require_operator_extra
 from fedintent.commands.data import DATA_FORMAT_HELP, DEFAULT_SYNTHETIC_SITES
 from fedintent.commands.options import (
     DEFAULT_OUT_ROOT,
@@ -314,7 +314,7 @@ def run_train(args: argparse.Namespace) -> int:
         else "no DP (epsilon = inf: no privacy guarantee)"
     )
     print(
-        f"training {args.model} on {num_sites} sites for {args.rounds} rounds "
+        f"training {args.model} on {num_sites} sites for {counted(int(args.rounds), 'round')} "
         f"({len(labels)} intents; {privacy}"
         f"{'; SecAgg+ secure aggregation' if args.secure_aggregation else ''}"
         f"{_distributed_note(args)}); output: {out_dir}"
