@@ -281,7 +281,7 @@ def test_privacy_report_shows_per_unit_spend_and_verifies_the_ledger(tmp_path):
     assert f"site key {site_key(state)}" in result.stdout
     assert "privacy unit: customer; 3 units" in result.stdout
     assert "exhausted (>= 99% of max-epsilon 10): 1 units" in result.stdout
-    assert "run run-a: 2 rounds" in result.stdout and "run run-b: 1 rounds" in result.stdout
+    assert "run run-a: 2 rounds" in result.stdout and "run run-b: 1 round," in result.stdout
     assert "warning: delta" not in result.stdout  # 1e-5 is small next to 1/3
     # found in review: without --max-epsilon it counted against the default 8 a site whose
     # replies all stated 16, and a largest above that went unexplained

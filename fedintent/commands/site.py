@@ -486,7 +486,7 @@ def _print_spend(report: "SiteReport", source: str = "") -> None:
     for run in report.runs:
         alone = ("" if run.privacy_model == "local" else
                  f" (distributed DP; alone {format_epsilon(run.epsilon_alone)})")
-        print(f"run {run.run}: {run.rounds} rounds, {run.units} units, epsilon "
+        print(f"run {run.run}: {counted(run.rounds, 'round')}, {run.units} units, epsilon "
               f"{format_epsilon(run.epsilon)}{alone} at delta {run.delta:g}, noise multiplier "
               f"{run.noise_multiplier:.4g}, sample rate {run.sample_rate:.4g}, {run.steps} "
               f"steps/round, clip norm {run.clip_norm:g} ({run.first} .. {run.last})")
