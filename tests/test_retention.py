@@ -1188,3 +1188,22 @@ def test_purge_without_retention_days_applies_the_last_one_and_never_deletes_dat
     assert len((site / "train.jsonl").read_text().splitlines()) == rows
     assert purge("--delete-from-data", "--retention-days", "30")[0] == 0
     assert len((site / "train.jsonl").read_text().splitlines()) == FRESH
+
+
+def test_a_simulated_sites_state_folder_is_found_where_train_keeps_it(tmp_path, capsys):
+    """Found in review: ``purge DATA/site-00`` looked in ``DATA/site-00/.fedintent-state``,
+    not where ``fedintent train`` kept the site's state (``DATA/.fedintent-state/site-00``),
+    and the error suggested making a ledger inside the data folder."""
+    site = tmp_path / "data" / "site-00"
+    site.parent.mkdir()
+    write_site(site, site_rows())
+    simulated = tmp_path / "data" / ".fedintent-state" / "site-00"
+    assert not train(context(site, simulated, math.inf)).has_error()
+    assert fedintent(["purge", str(site), "--retention-days", "inf"]) == 0
+    out = capsys.readouterr().out
+    assert f"state folder: {simulated} (where fedintent train keeps a simulated site's" in out
+    assert f"state {simulated})" in out and not (site / ".fedintent-state").exists()
+    own = site / ".fedintent-state"
+    create_site_secret(own)  # a deployed site's own, by its default, is taken first
+    assert fedintent(["purge", str(site), "--retention-days", "inf"]) == 0
+    assert f"state {own})" in capsys.readouterr().out

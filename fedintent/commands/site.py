@@ -107,7 +107,9 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
 def _site_options(command: argparse.ArgumentParser, retention: str, delete: str) -> None:
     command.add_argument("--state-dir", type=path_argument,
                          help="the site's state folder (its node config's state-dir; the "
-                         "container's STATE_DIR; default: SITE_DIR/.fedintent-state)")
+                         "container's STATE_DIR; default: SITE_DIR/.fedintent-state, or where "
+                         "fedintent train keeps a simulated site's, SITE_DIR/../.fedintent-state/"
+                         "SITE, if only that one holds a site's state)")
     command.add_argument("--retention-days", type=number_argument,
                          help="the site's retention-days (node config; RETENTION_DAYS in the "
                          f"container); {retention}")
@@ -159,7 +161,6 @@ UNKNOWN_CUSTOMER = 3
 def run_forget(args: argparse.Namespace) -> int:
     from fl_client.privacy_ledger import LEDGER_FILE
     from fl_client.retention import forget, who_deletes
-    from fl_client.site_secret import KEYED_FILES, SECRET_FILE
 
     state_dir = _state_dir(args, args.site)
     if not args.customer.strip():
@@ -170,7 +171,7 @@ def run_forget(args: argparse.Namespace) -> int:
         raise CliError("--customer: the id is not valid UTF-8 text (the terminal or script "
                        "passed it in another encoding, such as Latin-1); data rows are read as "
                        "UTF-8, so pass it as UTF-8") from err
-    if not any((state_dir / name).exists() for name in (SECRET_FILE, *KEYED_FILES)):
+    if not _holds_site_state(state_dir):
         # found in review: the erasure was recorded in a stray folder, and success printed
         raise CliError(f"{state_dir} holds no site secret, so it is not the state folder of a "
                        "site that has run: the erasure would bind nothing the site reads; give "
@@ -336,7 +337,24 @@ def _state_dir(args: argparse.Namespace, site_dir: Path) -> Path:
         raise CliError(f"--retention-days must be > 0 (inf: no limit), got {args.retention_days}")
     with suppress(PermissionError):  # reported where it is read; forget records the erasure
         check_site_folder(site_dir)  # first (found in review: it recorded nothing)
-    return args.state_dir or site_dir / ".fedintent-state"
+    if args.state_dir is not None:
+        return args.state_dir
+    own = site_dir / ".fedintent-state"  # a deployed site's default (its node config's)
+    simulated = site_dir.parent / ".fedintent-state" / site_dir.name
+    if not _holds_site_state(own) and _holds_site_state(simulated):
+        # found in review: a site fedintent train had played was looked for in the first, and
+        # the error then suggested making a ledger inside the data folder
+        print(f"state folder: {simulated} (where fedintent train keeps a simulated site's; "
+              "--state-dir names another)")
+        return simulated
+    return own
+
+
+def _holds_site_state(folder: Path) -> bool:
+    """Whether ``folder`` is a site's state folder: it holds the site secret or a keyed file."""
+    from fl_client.site_secret import KEYED_FILES, SECRET_FILE
+
+    return any((folder / name).exists() for name in (SECRET_FILE, *KEYED_FILES))
 
 
 def _print_deletion(deletion, delete_from_data: bool, state_dir: Path) -> None:
