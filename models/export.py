@@ -13,8 +13,9 @@ family and labels, so fedintent can also rebuild the exchanged module (``load_ex
 
 The folder is written next to its destination and renamed into place; an earlier export at
 the destination is only removed once the new one is complete. ``fedintent.json`` records the
-SHA-256 of each weights file, and loading refuses a weights file that does not match it, one
-with NaN or infinite values, and (BERT families) one whose tensors are not exactly the model's.
+SHA-256 of each weights file and of every other file written but the model card, and loading
+refuses a folder missing one of them or holding one that does not match, weights with NaN or
+infinite values, and (BERT families) weights whose tensors are not exactly the model's.
 """
 
 import hashlib
@@ -54,6 +55,10 @@ FRAMEWORK_FILE = "fedintent.json"
 WEIGHTS_FILE = "model.safetensors"
 WEIGHTS_DIGESTS = "weights_sha256"
 """fedintent.json's key: each weights file's name and the SHA-256 (hex) of its bytes."""
+FILE_DIGESTS = "files_sha256"
+"""fedintent.json's key: the SHA-256 (hex) of every other file the export wrote (config.json,
+the tokenizer's files, the model code), all but fedintent.json and the model card."""
+TOKENIZER_FILE = "tokenizer.json"
 MODEL_CODE_FILE = "modeling_fedintent.py"
 CARD_FILE = "README.md"
 NGRAM_MODEL_TYPE = "fedintent-ngram"
@@ -88,7 +93,7 @@ def export_model(out_dir: Path, family: ModelFamily, state_dict: dict[str, torch
             _write_bert(tmp, family, module.state_dict(), labels)
         info = {"model_family": family.name, "labels": labels,
                 "trained_layers": family.trained_layers, **(metadata or {}),
-                WEIGHTS_DIGESTS: _weights_digests(tmp)}
+                WEIGHTS_DIGESTS: _weights_digests(tmp), FILE_DIGESTS: _file_digests(tmp)}
         (tmp / FRAMEWORK_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
         (tmp / CARD_FILE).write_text(card, encoding="utf-8")
         for path in [tmp, *tmp.iterdir()]:  # mkdtemp and safetensors would make them owner-only
@@ -158,6 +163,15 @@ def _weights_digests(folder: Path) -> dict[str, str]:
     return {path.name: _sha256(path) for path in sorted(folder.glob("*.safetensors"))}
 
 
+def _file_digests(folder: Path) -> dict[str, str]:
+    """The digest of every file written so far but the weights (``_weights_digests``). Found in
+    review: a copy missing tokenizer.json loaded an empty-vocabulary tokenizer that read every
+    text as [UNK], and an edited config.json or tokenizer also predicts wrongly without an
+    error. The model card, written after, is prose that nothing loads, and may be edited."""
+    return {path.name: _sha256(path) for path in sorted(folder.iterdir())
+            if path.is_file() and path.suffix != ".safetensors"}
+
+
 def _label_config(labels: list[str]) -> dict:
     return {
         "num_labels": len(labels),
@@ -221,6 +235,7 @@ def read_export(model_dir: Path) -> tuple[dict, dict]:
         raise ValueError(f"{model_dir / FRAMEWORK_FILE}: needs 'model_family' and 'labels' (at "
                          "least two distinct label names)")
     _verify_weights(model_dir, info.get(WEIGHTS_DIGESTS))
+    _verify_files(model_dir, info.get(FILE_DIGESTS))
     return info, config
 
 
@@ -236,23 +251,54 @@ def _verify_weights(model_dir: Path, digests: object) -> None:
         raise ValueError(f"{model_dir / FRAMEWORK_FILE}: {WEIGHTS_DIGESTS} must map "
                          f"{WEIGHTS_FILE} (and any other weights file in the folder) to its "
                          "SHA-256 in lower-case hex")
+    _check_digests(model_dir, digests)
+
+
+def _verify_files(model_dir: Path, digests: object) -> None:
+    """Every other file the export wrote must be there and be the one exported (found in review:
+    a folder copied without tokenizer.json labelled every text alike, exit 0). An export from
+    before fedintent recorded them loads with a warning; ``load_exported`` checks its tokenizer
+    (``_check_unrecorded_tokenizer``)."""
+    if digests is None:
+        print(f"warning: {model_dir / FRAMEWORK_FILE} records no SHA-256 of its files other "
+              "than the weights (an export from before fedintent recorded them): damage to "
+              "config.json or the tokenizer cannot be detected", file=sys.stderr)
+        return
+    if not (isinstance(digests, dict) and all(_plain_name(name) for name in digests)
+            and all(_hex_digest(digest) for digest in digests.values())):
+        raise ValueError(f"{model_dir / FRAMEWORK_FILE}: {FILE_DIGESTS} must map the names of "
+                         "files in the folder to their SHA-256 in lower-case hex")
+    _check_digests(model_dir, digests)
+
+
+def _check_digests(model_dir: Path, digests: dict[str, str]) -> None:
+    """Each named file must be in the folder, with the recorded SHA-256."""
     for name, digest in digests.items():
         path = model_dir / name
         if not path.is_file():
-            raise ValueError(f"{model_dir}: not a fedintent model export (no {name})")
+            raise ValueError(f"{model_dir}: incomplete model export: no {name}, which "
+                             f"{FRAMEWORK_FILE} records (copy the whole folder)")
         if _sha256(path) != digest:
             raise ValueError(f"{path} does not match the SHA-256 recorded in {FRAMEWORK_FILE}: "
                              "damaged or edited")
 
 
 def _well_formed_digests(digests: object) -> bool:
-    """A map from file names in the folder (no path: an edited record must not hash files
-    elsewhere) to hex SHA-256 digests, naming the weights file."""
+    """A map from the names of weights files in the folder to hex SHA-256 digests, naming the
+    weights file."""
     return (isinstance(digests, dict) and WEIGHTS_FILE in digests
-            and all(isinstance(name, str) and name.endswith(".safetensors")
-                    and Path(name).name == name for name in digests)
-            and all(isinstance(digest, str) and re.fullmatch(r"[0-9a-f]{64}", digest)
-                    for digest in digests.values()))
+            and all(_plain_name(name) and name.endswith(".safetensors") for name in digests)
+            and all(_hex_digest(digest) for digest in digests.values()))
+
+
+def _plain_name(name: object) -> bool:
+    """A file name with no folder: an edited record must not hash files elsewhere."""
+    return isinstance(name, str) and name not in ("", ".", "..") and Path(name).name == name
+
+
+def _hex_digest(digest: object) -> bool:
+    """A SHA-256 as fedintent writes it: 64 lower-case hex digits."""
+    return isinstance(digest, str) and re.fullmatch(r"[0-9a-f]{64}", digest) is not None
 
 
 def _read_tensors(model_dir: Path, keys: list[str] | None = None) -> dict[str, torch.Tensor]:
@@ -405,6 +451,8 @@ def load_exported(model_dir: Path) -> ExportedModel:
                          f"weights cannot be loaded ({type(err).__name__}: "
                          f"{' '.join(str(err).split())})") from None
     _check_loading(model_dir, loading)
+    if FILE_DIGESTS not in info:
+        _check_unrecorded_tokenizer(model_dir, len(tokenizer), model.config.vocab_size)
     _check_finite(model_dir, model.state_dict())
     if model.config.num_labels != len(labels):
         raise ValueError(f"{model_dir / 'config.json'}: {model.config.num_labels} labels, but "
@@ -434,6 +482,19 @@ def _from_pretrained(model_dir: Path) -> tuple[FedintentBertForSequenceClassific
             ignore_mismatched_sizes=True)  # listed in the loading info, not raised without names
     finally:
         hf_logging.set_verbosity(verbosity)
+
+
+def _check_unrecorded_tokenizer(model_dir: Path, tokens: int, vocab_size: int) -> None:
+    """The tokenizer of an export that records no digest of it must be whole. Found in review:
+    without tokenizer.json, transformers builds a tokenizer with an empty vocabulary from
+    tokenizer_config.json, which reads every text as [UNK] and labels them all alike, exit 0."""
+    if not (model_dir / TOKENIZER_FILE).is_file():
+        raise ValueError(f"{model_dir}: incomplete model export: no {TOKENIZER_FILE} (copy the "
+                         "whole folder)")
+    if tokens != vocab_size:
+        raise ValueError(f"{model_dir / TOKENIZER_FILE}: {tokens} tokens, but config.json's "
+                         f"vocab_size is {vocab_size}: not the tokenizer the model was "
+                         "trained with")
 
 
 def _check_loading(model_dir: Path, loading: dict) -> None:

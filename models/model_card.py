@@ -232,17 +232,31 @@ def declared_languages(sites: dict) -> list[str]:
     return sorted({code for site in sites.values() for code in site.get("languages") or ()})
 
 
-def _privacy_section(config: dict, sites: dict, rounds: list[dict]) -> str:
-    accountant = config.get("accountant", MISSING)
-    intro = (
+def _local_dp_intro(accountant: str, sites: dict) -> str:
+    """The Privacy section's opening under local DP, naming the sites that trained with DP when
+    only some did. Found in review: a run without DP opened with "Each site trained with DP-SGD",
+    then said that its sites trained without DP."""
+    without_dp = _sites_without_dp(sites)
+    with_dp = sorted(set(sites) - set(without_dp))
+    if sites and not with_dp:
+        return ("## Privacy\n\nNo site trained with differential privacy (DP): the model gives "
+                "no site's data a privacy guarantee.")
+    who, whose = ("Each site", "its") if not without_dp else (
+        f"Of the {len(sites)} sites, only {', '.join(with_dp)}",
+        "its" if len(with_dp) == 1 else "their")
+    return (
         "## Privacy\n\n"
-        "Each site trained with DP-SGD (per-example gradient clipping plus Gaussian noise) "
-        f"and accounted its own privacy loss with the `{accountant}` accountant. A site's "
+        f"{who} trained with DP-SGD (per-example gradient clipping plus Gaussian noise) "
+        f"and accounted {whose} own privacy loss with the `{accountant}` accountant. A site's "
         "(epsilon, delta) bounds how much the model can change when one privacy unit (one "
         "utterance, or all of one customer's utterances) is added to or removed from that "
         "site's data: any outcome becomes at most e^epsilon times more likely, except with "
         "probability delta. Smaller epsilon means stronger protection; the guarantee covers "
         f"this model and every checkpoint. {COVERAGE}")
+
+
+def _privacy_section(config: dict, sites: dict, rounds: list[dict]) -> str:
+    intro = _local_dp_intro(config.get("accountant", MISSING), sites)
     distributed = config.get("privacy-model") == "distributed"
     if distributed:
         intro = (
@@ -394,7 +408,11 @@ def _usage_section(family: ModelFamily) -> str:
         "over a BERT encoder, which no built-in architecture does); read it first. With "
         "fedintent installed, run `import models.export` first: it registers the class, and the "
         "flag is not needed. "
-        "`fedintent predict THIS_FOLDER \"text\"` also redacts PII first.")
+        "`fedintent predict THIS_FOLDER \"text\"` also redacts PII first.\n\n"
+        "Copy this folder whole. `fedintent predict` and `models.export.load_exported` check "
+        "every file but this card against the SHA-256 that `fedintent.json` records; `pipeline` "
+        "checks none, and a copy without `tokenizer.json` reads every text as `[UNK]` and "
+        "gives them all the same label, without an error.")
 
 
 def _value(value: float | int | None) -> str:

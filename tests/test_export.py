@@ -81,6 +81,23 @@ def assert_same(predictions: list[tuple[str, float]], logits: torch.Tensor) -> N
     assert [c for _, c in predictions] == pytest.approx([c for _, c in wanted], abs=1e-4)
 
 
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def record_digests(folder: Path) -> None:
+    """fedintent.json made to record its other files as they are now, as if exported so: what
+    loading then finds is an edit, not a digest mismatch."""
+    info = json.loads((folder / "fedintent.json").read_text())
+    info["files_sha256"] = {name: sha256(folder / name) for name in info["files_sha256"]}
+    (folder / "fedintent.json").write_text(json.dumps(info))
+
+
+def recorded(damage):
+    """``damage``, with the digests of the files it changed recorded again."""
+    return lambda out: (damage(out), record_digests(out))
+
+
 def test_the_export_is_a_hugging_face_folder(bert_export):
     name, _, _, out = bert_export
     config = json.loads((out / "config.json").read_text())
@@ -96,7 +113,13 @@ def test_the_export_is_a_hugging_face_folder(bert_export):
     info = json.loads((out / "fedintent.json").read_text())
     assert info["model_family"] == name and info["labels"] == LABELS
     assert info["weights_sha256"] == {  # what loading checks the weights file against
-        "model.safetensors": hashlib.sha256((out / "model.safetensors").read_bytes()).hexdigest()}
+        "model.safetensors": sha256(out / "model.safetensors")}
+    # found in review: only the weights were checked, and a copy without tokenizer.json read
+    # every text as [UNK]; every other file but the card is checked now
+    assert info["files_sha256"] == {name: sha256(out / name) for name in (
+        "config.json", "modeling_fedintent.py", "tokenizer.json", "tokenizer_config.json")}
+    assert sorted(path.name for path in out.iterdir()) == sorted(
+        [*info["files_sha256"], "model.safetensors", "fedintent.json", "README.md"])
 
 
 def test_pipeline_predicts_what_the_framework_model_predicts(bert_export):
@@ -166,12 +189,13 @@ def test_the_cards_import_lets_the_pipeline_load_it_without_the_flag(bert_export
 def test_an_export_from_before_scaled_features_predicts_as_it_did(bert_export, tmp_path):
     """Exports made before features were FEATURE_SCALE long record no scale: their head reads
     unit-length embeddings, and fedintent still runs them as trained. They record no digest of
-    their weights either (fedintent.json's weights_sha256 came later)."""
+    their weights or other files either (fedintent.json's weights_sha256 and files_sha256 came
+    later)."""
     name, _, logits, out = bert_export
     old = tmp_path / "old"
     shutil.copytree(out, old)
     info = json.loads((old / "fedintent.json").read_text())
-    del info["weights_sha256"]
+    del info["weights_sha256"], info["files_sha256"]
     (old / "fedintent.json").write_text(json.dumps(info))
     config = json.loads((old / "config.json").read_text())
     scale = config.pop("feature_scale")
@@ -287,8 +311,8 @@ def test_parameters_of_another_family_are_refused_before_writing(tmp_path):
     (lambda out: (out / "model.safetensors").write_bytes(b"\x10\x00garbage"),
      "model.safetensors does not match the SHA-256 recorded in fedintent.json: damaged"),
     (lambda out: (out / "config.json").write_text("{"), "config.json: unreadable"),
-    (lambda out: (out / "config.json").write_text(json.dumps(
-        json.loads((out / "config.json").read_text()) | {"feature_scale": -3})),
+    (recorded(lambda out: (out / "config.json").write_text(json.dumps(
+        json.loads((out / "config.json").read_text()) | {"feature_scale": -3}))),
      "config.json: feature_scale must be a positive number, not -3"),
     (lambda out: (out / "fedintent.json").write_text("[" * 100_000),
      "fedintent.json: unreadable"),
@@ -299,9 +323,13 @@ def test_parameters_of_another_family_are_refused_before_writing(tmp_path):
         {"model_family": "ngram", "labels": LABELS + ["one_more"]})),
      r"model.safetensors: weights of shapes \[\(4, 8192\)\] do not map 8192 features to the "
      "5 labels"),
-    (lambda out: (out / "config.json").write_text(json.dumps(
-        json.loads((out / "config.json").read_text()) | {"featurizer": "oops"})),
+    (recorded(lambda out: (out / "config.json").write_text(json.dumps(
+        json.loads((out / "config.json").read_text()) | {"featurizer": "oops"}))),
      "config.json: its featurizer settings are not the ones fedintent.s ngram family"),
+    # found in review: only the weights were checked, and an edited config.json loaded
+    (lambda out: (out / "config.json").write_text(json.dumps(
+        json.loads((out / "config.json").read_text()) | {"feature_scale": 1})),
+     "config.json does not match the SHA-256 recorded in fedintent.json: damaged or edited"),
 ])
 def test_a_damaged_export_gives_an_error_naming_the_file(tmp_path, damage, message):
     family = get_model_family("ngram")
@@ -473,12 +501,35 @@ def test_the_card_of_a_run_without_dp_says_so(tmp_path, monkeypatch, no_dp):
     assert json.loads(json.dumps(metadata_load(tmp_path / "README.md"), allow_nan=False))
 
 
+def test_the_privacy_section_says_which_sites_trained_with_dp():
+    """Found in review: a run without DP opened its Privacy section with "Each site trained with
+    DP-SGD", then said that its sites trained without DP."""
+    all_dp = "Each site trained with DP-SGD (per-example gradient clipping plus Gaussian noise) " \
+             "and accounted its own privacy loss with the `prv` accountant."
+    assert all_dp in model_card(RUN_DOC, get_model_family("ngram"), LABELS)
+    run_doc = copy.deepcopy(RUN_DOC)
+    run_doc["final"]["sites"]["site-bbb"] |= {"epsilon": None, "epsilon_all_runs": None}
+    card = model_card(run_doc, get_model_family("ngram"), LABELS)
+    assert "Of the 2 sites, only site-aaa trained with DP-SGD (per-example gradient clipping " \
+           "plus Gaussian noise) and accounted its own privacy loss" in card
+    assert "Each site trained with DP-SGD" not in card
+    assert "trained without DP, so the model gives their data no privacy guarantee: site-bbb." \
+           in card
+    run_doc["final"]["sites"]["site-aaa"] |= {"epsilon": float("inf")}
+    card = model_card(run_doc, get_model_family("ngram"), LABELS)
+    assert "DP-SGD" not in card
+    assert "No site trained with differential privacy (DP): the model gives no site's data a " \
+           "privacy guarantee." in card
+
+
 def test_the_server_saves_the_export_with_its_card(tmp_path):
     family = get_model_family("minilm-head")
     head = family.initial_model(LABELS)
     out = save_model(tmp_path / "model", head.state_dict(), "minilm-head", LABELS, RUN_DOC)
     card = (out / "README.md").read_text()
     assert "trust_remote_code=True" in card and "| site-bbb | 6.5 |" in card
+    # found in review: pipeline checks no file, and served a copy without tokenizer.json
+    assert "Copy this folder whole." in card and "`pipeline` checks none" in card
     assert metadata_load(out / "README.md")["base_model"] == MINILM_HUB_ID
     assert json.loads((out / "fedintent.json").read_text())["run_id"] == 42
     rebuilt, labels, _ = load_model(out)

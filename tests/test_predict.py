@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from test_export import sgd_trained
+from test_export import record_digests, sgd_trained
 
 from fedintent.cli import main
 from models import get_model_family
@@ -136,10 +136,14 @@ def copied(model, tmp_path):
 
 
 def edited(document: str, edit):
+    """An edit of a JSON document, its digest recorded again (fedintent.json records the other
+    files'): what loading then finds is the edit, not a digest mismatch."""
     def apply(folder):
         data = json.loads((folder / document).read_text())
         edit(data)
         (folder / document).write_text(json.dumps(data))
+        if document != "fedintent.json":
+            record_digests(folder)
     return apply
 
 
@@ -191,6 +195,68 @@ def test_a_flipped_bit_in_the_weights_is_refused(request, tmp_path, capsys, fami
     err = capsys.readouterr().err
     assert (f"{weights} does not match the SHA-256 recorded in fedintent.json: damaged or edited"
             in err)
+
+
+def one_token_fewer(folder):
+    """tokenizer.json without its last vocabulary entry: it still loads, and reads that token as
+    [UNK]."""
+    path = folder / "tokenizer.json"
+    tokenizer = json.loads(path.read_text())
+    vocab = tokenizer["model"]["vocab"]
+    del vocab[max(vocab, key=vocab.get)]
+    path.write_text(json.dumps(tokenizer))
+
+
+def unrecorded(folder):
+    """fedintent.json as written before fedintent recorded the digests of the files other than
+    the weights."""
+    edited("fedintent.json", lambda info: info.pop("files_sha256", None))(folder)
+
+
+@pytest.mark.parametrize("damage,message", [
+    (lambda folder: (folder / "tokenizer.json").unlink(),
+     "{model}: incomplete model export: no tokenizer.json, which fedintent.json records (copy "
+     "the whole folder)"),
+    (one_token_fewer, "{model}/tokenizer.json does not match the SHA-256 recorded in "
+                      "fedintent.json: damaged or edited"),
+    (lambda folder: (folder / "config.json").write_text(json.dumps(json.loads(
+        (folder / "config.json").read_text()) | {"feature_scale": 1.0})),
+     "{model}/config.json does not match the SHA-256 recorded in fedintent.json: damaged or "
+     "edited"),
+], ids=["no tokenizer.json", "tokenizer.json edited", "config.json edited"])
+def test_a_damaged_tokenizer_or_config_is_named(minilm_model, tmp_path, capsys, damage,
+                                                message):
+    """Found in review: only the weights had a recorded digest, and a copy without
+    tokenizer.json loaded an empty-vocabulary tokenizer that read every text as [UNK]: the same
+    label for every text, exit 0."""
+    damaged = copied(minilm_model, tmp_path)
+    damage(damaged)
+    assert main(["predict", str(damaged), "reset my pin"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message.format(model=damaged) in err and len(err.splitlines()) == 1
+    with pytest.raises(ValueError, match=re.escape(message.format(model=damaged))):
+        load_exported(damaged)
+
+
+def test_an_export_from_before_file_digests_loads_but_needs_its_tokenizer(minilm_model,
+                                                                          tmp_path, capsys):
+    """An export from before fedintent recorded the other files' digests cannot be re-made
+    without training again, so it loads; its tokenizer is still checked (found in review:
+    without tokenizer.json, every text read as [UNK])."""
+    old = copied(minilm_model, tmp_path)
+    unrecorded(old)
+    assert main(["predict", str(old), "i lost my card"]) == 0
+    done = capsys.readouterr()
+    assert done.out.startswith("card_lost\t")
+    assert f"warning: {old}/fedintent.json records no SHA-256 of its files other than" in done.err
+    one_token_fewer(old)
+    assert main(["predict", str(old), "i lost my card"]) == 2
+    assert (f"{old}/tokenizer.json: 30521 tokens, but config.json's vocab_size is 30522: not the "
+            "tokenizer the model was trained with") in capsys.readouterr().err
+    (old / "tokenizer.json").unlink()
+    assert main(["predict", str(old), "i lost my card"]) == 2
+    assert (f"{old}: incomplete model export: no tokenizer.json (copy the whole folder)"
+            in capsys.readouterr().err)
 
 
 QUERY = "bert.encoder.layer.5.attention.self.query.weight"
@@ -275,9 +341,12 @@ def int_weights(folder):
     (edited("fedintent.json", lambda c: c.__setitem__("weights_sha256", {
         "../../elsewhere.safetensors": "0" * 64})),
      "fedintent.json: weights_sha256 must map model.safetensors"),
+    (edited("fedintent.json", lambda c: c.__setitem__("files_sha256", {
+        "../config.json": "0" * 64})),
+     "fedintent.json: files_sha256 must map the names of files in the folder"),
 ], ids=["a 4 TB featurizer", "a featurizer that never ends", "no model type",
         "another model type", "an encoder that is a number", "a label twice", "int weights",
-        "a digest of a file elsewhere"])
+        "a digest of a file elsewhere", "a file digest of a file elsewhere"])
 def test_a_hand_edited_export_is_refused_naming_the_problem(ngram_model, tmp_path, capsys, edit,
                                                             message):
     """Found in review: each of these tracebacked, hung, or asked for 4 TB of memory."""

