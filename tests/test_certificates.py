@@ -80,6 +80,8 @@ def test_cli_writes_credentials_and_refuses_to_overwrite_them(tmp_path, capsys):
     names = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert names.get_values_for_type(x509.DNSName) == ["superlink.example.org"]
     assert sorted(p.name for p in out.glob("site-*.pub")) == [f"{s}.pub" for s in site_names(3)]
+    listed = {line.split()[0] for line in capsys.readouterr().out.splitlines()[1:]}
+    assert listed == {p.name for p in out.iterdir()}  # review: release-signing.pub was not
     assert main(["certs", "--out", str(out), "--sites", "3"]) == 2
     assert "refusing to overwrite" in capsys.readouterr().err
 

@@ -447,6 +447,8 @@ def test_a_file_given_for_a_folder_is_named_a_file(tmp_path, capsys):
     assert f"data folder {labels} is a file, not a folder" in capsys.readouterr().err
     assert main(["privacy-report", str(labels)]) == 2
     assert f"state folder {labels} is a file, not a folder" in capsys.readouterr().err
+    assert main(["init-site", "--state-dir", str(labels)]) == 2
+    assert f"--state-dir {labels} is a file, not a folder" in capsys.readouterr().err
     state = tmp_path / "state"
     assert main(["init-site", "--state-dir", str(state)]) == 0
     capsys.readouterr()

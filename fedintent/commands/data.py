@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from data_synth import SYNTHETIC_SITE_SIZE
+from data_synth.sites import MIN_SITE_SIZE
 from fedintent.commands import CliError, counted, require_operator_extra
 from fedintent.commands.options import number_argument, path_argument
 from fl_protocol.label_file import read_labels
@@ -42,7 +43,9 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     synth.add_argument("--alpha", type=float, default=0.5, help="Dirichlet concentration of "
                        "each site's intent mix; smaller = more skewed (default: %(default)s)")
     synth.add_argument("--size", type=int, default=SYNTHETIC_SITE_SIZE,
-                       help="mean conversations per site (default: %(default)s)")
+                       help="mean conversations per site (default: %(default)s); each site's "
+                       "size is drawn around it (lognormal, so sites differ as real ones do), "
+                       f"at least {MIN_SITE_SIZE}")
 
     check = commands.add_parser(
         "check-data",

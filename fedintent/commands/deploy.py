@@ -165,6 +165,8 @@ def run_certs(args: argparse.Namespace) -> int:
     print(f"  {paths.server_key.name:<22} SuperLink TLS private key (0600)")
     print(f"  {paths.signing_key.name:<22} release-signing key (0600): the operator's only; "
           f"`fedintent release --signing-key` signs bundles with it")
+    print(f"  {paths.signing_public_key.name:<22} its public half: `ssh-keygen -lf` on it "
+          "gives the fingerprint sites check the pinned key against")
     print(f"  {paths.trusted_entities.name:<22} the release key as sites pin it: give it to "
           f"every site (TRUSTED_ENTITIES)")
     for site, key in paths.site_keys.items():

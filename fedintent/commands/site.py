@@ -119,6 +119,9 @@ def _site_options(command: argparse.ArgumentParser, retention: str, delete: str)
 def run_init_site(args: argparse.Namespace) -> int:
     from fl_client.site_secret import create_site_secret
 
+    if args.state_dir.is_file():  # found in review: "[Errno 17] File exists"
+        raise CliError(f"--state-dir {args.state_dir} is a file, not a folder: give a new or "
+                       "empty folder for the site's state")
     _a_folder_of_its_own(args.state_dir)
     with _state_errors():
         try:
