@@ -83,9 +83,13 @@ def test_a_csv_without_a_text_column_is_read_from_its_first_column(ngram_model, 
     texts = tmp_path / "calls.csv"
     texts.write_text("utterance,id\neuro exchange rate,1\n,2\ni lost my card,3\n")
     assert main(["predict", str(ngram_model), "--file", str(texts)]) == 0
-    lines = capsys.readouterr().out.splitlines()
+    captured = capsys.readouterr()
+    lines = captured.out.splitlines()
     assert [line.split("\t")[2] for line in lines] == ["euro exchange rate", "i lost my card"]
     assert [line.split("\t")[0] for line in lines] == ["exchange_rate", "card_lost"]
+    # found in review: an "id,utterance" file had its ids classified without a word
+    assert (f"warning: {texts} has no 'text' column: reading its first column, 'utterance'"
+            in captured.err)
 
 
 def test_help_says_inputs_are_redacted(capsys):
@@ -100,6 +104,12 @@ def test_help_says_inputs_are_redacted(capsys):
     (lambda model, tmp: None, ["{tmp}", "hi"],
      "{tmp}: not a fedintent model export (no fedintent.json)"),
     (lambda model, tmp: None, ["{model}"], "no texts given"),
+    # found in review: a text given with no model folder was taken for the folder
+    (lambda model, tmp: None, ["call me at 07700 900123"],
+     "MODEL_DIR call me at [NUMBER] is not a model folder, and no texts are given"),
+    # found in review: an unterminated quote on the last line was read as a text
+    (lambda model, tmp: (tmp / "quote.csv").write_text('text\nfine\n"bad,row\n'),
+     ["{model}", "--file", "{tmp}/quote.csv"], "{tmp}/quote.csv:3: unexpected end of data"),
     (lambda model, tmp: (tmp / "bad.csv").write_text("id,text\n1,fine\n2\n"),
      ["{model}", "--file", "{tmp}/bad.csv"], "{tmp}/bad.csv:3: no value in column 2 ('text')"),
     (lambda model, tmp: None, ["{model}", "--file", "{tmp}/none.txt"],

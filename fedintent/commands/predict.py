@@ -3,6 +3,7 @@
 import argparse
 import csv
 import json
+import sys
 from pathlib import Path
 
 from fedintent.commands import CliError
@@ -55,6 +56,9 @@ def _predict(args: argparse.Namespace) -> int:
     from models.export import FRAMEWORK_FILE, load_exported
 
     texts = list(args.texts) + (_read_texts_file(args.file) if args.file else [])
+    if not texts and not Path(args.model_dir).is_dir():  # found in review: the text was taken
+        raise CliError(f"MODEL_DIR {args.model_dir} is not a model folder, and no texts are "
+                       "given: pass the model folder first, then TEXT arguments or --file PATH")
     if not texts:
         raise CliError("no texts given: pass TEXT arguments or --file PATH")
     try:
@@ -119,12 +123,23 @@ def _read_texts_file(path: Path) -> list[str]:
                        f"{err.reason}); save it as UTF-8") from err
     if path.suffix.lower() != ".csv":
         return [line.strip() for line in content.splitlines() if line.strip()]
-    rows = csv.reader(content.splitlines(keepends=True))
+    rows = csv.reader(content.splitlines(keepends=True), strict=True)
+    try:
+        return _csv_texts(path, rows)
+    except csv.Error as err:  # found in review: an unterminated quote was read as text
+        raise CliError(f"{path}:{rows.line_num}: {err}") from err
+
+
+def _csv_texts(path: Path, rows) -> list[str]:
+    """The 'text' column of ``rows``, a ``csv.reader`` (else the first column, saying so)."""
     header = next(rows, None)
     if not header:
         raise CliError(f"{path}: empty CSV file (it needs a header row)")
     names = [name.strip().lower() for name in header]
     column = names.index("text") if "text" in names else 0
+    if "text" not in names:  # found in review: the ids of an "id,utterance" file were read
+        print(f"fedintent predict: warning: {path} has no 'text' column: reading its first "
+              f"column, {redact(header[0])!r}", file=sys.stderr)
     texts = []
     for row in rows:
         if not any(cell.strip() for cell in row):
