@@ -111,6 +111,15 @@ def test_deploy_run_refuses_set_for_a_key_it_sets_itself(signed, tmp_path, capsy
     assert nothing_reaches_a_superlink == []
 
 
+@pytest.mark.parametrize("superlink", ["nohost", "127.0.0.1:", ":9091", "host:99999"])
+def test_deploy_run_refuses_a_superlink_that_is_not_host_and_port(
+        signed, tmp_path, capsys, nothing_reaches_a_superlink, superlink):
+    """Found in review: no port was taken, and failed later as an unavailable SuperLink."""
+    assert deploy_run(signed, tmp_path, superlink=superlink) == 2
+    assert "--superlink must be HOST:PORT" in capsys.readouterr().err
+    assert nothing_reaches_a_superlink == [] and not (tmp_path / "run").exists()
+
+
 def test_deploy_run_names_the_option_to_use_instead(signed, tmp_path, capsys,
                                                     nothing_reaches_a_superlink):
     assert deploy_run(signed, tmp_path, "--set", " target-epsilon = 1") == 2

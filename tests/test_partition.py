@@ -332,3 +332,15 @@ def test_a_site_folder_row_a_site_would_reject_stops_the_partition_at_its_line(t
     with pytest.raises(ValueError, match=rf"{re.escape(str(broken))}:{line}: "):
         partition_csv_dataset(tmp_path / "synth", tmp_path / "out", n_sites=2, seed=0)
     assert not (tmp_path / "out").exists()
+
+
+def test_partition_names_a_missing_folder_or_a_file_given_for_it(tmp_path, capsys):
+    """Found in review: a folder that is not there was "CSV_DIR/train.csv: file not found"."""
+    assert main(["partition", str(tmp_path / "nope"), "--sites", "2", "--out",
+                 str(tmp_path / "o")]) == 2
+    assert f"{tmp_path / 'nope'}: folder not found: give the folder that holds train.csv" \
+        in capsys.readouterr().err
+    (tmp_path / "train.csv").write_text(GOOD_TRAIN, encoding="utf-8")
+    assert main(["partition", str(tmp_path / "train.csv"), "--sites", "2", "--out",
+                 str(tmp_path / "o")]) == 2
+    assert "train.csv: is a file, not a folder" in capsys.readouterr().err

@@ -311,6 +311,10 @@ def run_partition(args: argparse.Namespace) -> int:
 
     if args.out.exists() and any(args.out.iterdir()):
         raise CliError(f"--out {args.out} already exists and is not empty")
+    if not args.csv_dir.is_dir():  # found in review: "CSV_DIR/train.csv: file not found"
+        what = "is a file, not a folder" if args.csv_dir.is_file() else "folder not found"
+        raise CliError(f"{args.csv_dir}: {what}: give the folder that holds train.csv and "
+                       "test.csv (or site folders)")
     try:
         manifest = partition_csv_dataset(
             args.csv_dir, args.out, n_sites=args.sites, seed=args.seed,

@@ -208,6 +208,11 @@ def run_deploy_run(args: argparse.Namespace) -> int:
         raise CliError(f"--release-port must be a port in [1, 65535], got {args.release_port}")
     if not args.ca_cert.is_file():
         raise CliError(f"--ca-cert {args.ca_cert} is not a file")
+    host, _, port = args.superlink.rpartition(":")
+    if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        # found in review: a missing port failed later, as an unavailable SuperLink
+        raise CliError(f"--superlink must be HOST:PORT (the SuperLink's control API, "
+                       f"127.0.0.1:9091 by default), got {args.superlink!r}")
     overrides = _parse_settings(args.set)
     try:
         release = read_release(args.release)
