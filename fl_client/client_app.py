@@ -454,13 +454,13 @@ def _model_from(msg: Message, cfg) -> torch.nn.Module:
     review: the site read, charged and trained, and its egress guard blocked the reply)."""
     num_labels = len(msg.content[CONFIG_KEY]["labels"])
     model = get_model_family(str(cfg["model"])).build_model(num_labels)
-    sent = msg.content[ARRAYS_KEY].to_torch_state_dict()
     own = model.state_dict()
-    for name, value in sent.items():
-        if name in own and value.dtype != own[name].dtype:
-            raise PolicyRefusal(Reason.PARAMETERS_REFUSED, f"the model's {name!r} is "
-                                f"{value.dtype}, not the family's {own[name].dtype}")
     try:
+        sent = msg.content[ARRAYS_KEY].to_torch_state_dict()
+        for name, value in sent.items():
+            if name in own and value.dtype != own[name].dtype:
+                raise PolicyRefusal(Reason.PARAMETERS_REFUSED, f"the model's {name!r} is "
+                                    f"{value.dtype}, not the family's {own[name].dtype}")
         model.load_state_dict(sent)
     except (RuntimeError, ValueError, TypeError, KeyError) as err:
         raise PolicyRefusal(Reason.PARAMETERS_REFUSED, "the model's parameters are not the "

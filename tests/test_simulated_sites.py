@@ -208,11 +208,21 @@ def test_a_resume_is_refused_where_no_site_has_room_for_a_round_it_would_train(t
     spend(state / "site-00", [8.0])  # at its lifetime budget 8: no round of cost 0.5 fits
     spend(state / "site-01", [8.0, 8.0])
     sites = simulated_sites(config, 2)
-    assert no_site_resumes(sites, config, done=3)
-    assert not no_site_resumes(sites, config | {"target-epsilon": INF}, done=3)
-    assert not no_site_resumes(sites, config | {"run-name": "another"}, done=3)  # unbounded
+    rows = training_rows(tmp_path / "data")  # no rows: no unit new to a ledger
+    assert no_site_resumes(sites, rows, ["a", "b"], config, done=3)
+    assert not no_site_resumes(sites, rows, ["a", "b"], config | {"target-epsilon": INF}, done=3)
+    assert not no_site_resumes(sites, rows, ["a", "b"], config | {"run-name": "another"},
+                               done=3)  # a run the ledgers never charged: unbounded
+    # found in review: a resume with no round left only exports the model
+    assert not no_site_resumes(sites, rows, ["a", "b"], config, done=5)
+    # found in review: a row added since is a unit the ledger has not seen, at the full budget
+    (tmp_path / "data" / "site-01" / "train.jsonl").write_text(
+        json.dumps({"text": "a new row", "label": "a"}) + "\n")
+    assert not no_site_resumes(sites, training_rows(tmp_path / "data"), ["a", "b"], config,
+                               done=3)
+    assert no_site_resumes(sites, training_rows(tmp_path / "data"), ["b"], config, done=3)
     spend(state / "site-01", [1.0])
-    assert not no_site_resumes(sites, config, done=3)
+    assert not no_site_resumes(sites, rows, ["a", "b"], config, done=3)
 
 
 def test_train_warns_before_round_one(tmp_path, monkeypatch, capsys):

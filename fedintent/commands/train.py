@@ -356,6 +356,7 @@ def run_resume(args: argparse.Namespace) -> int:
     """
     from fedintent.launch.simulated_sites import (
         no_site_resumes,
+        read_sites,
         resume_budget_warnings,
         simulated_sites,
     )
@@ -414,7 +415,8 @@ def run_resume(args: argparse.Namespace) -> int:
     warnings += resume_budget_warnings(sites, run_config, done)
     for warning in warnings:
         print(f"fedintent train: warning: {warning}", file=sys.stderr)
-    if no_site_resumes(sites, run_config, done):
+    if no_site_resumes(sites, read_sites(Path(run_config["data-dir"]), len(sites))[0],
+                       doc["labels"], run_config, done):
         raise CliError(f"no site has room within its lifetime budget for any of rounds "
                        f"{done + 1} to {run_config['num-rounds']}, so this resume would only run "
                        "rounds no site trains; the warnings above say what to do instead")

@@ -256,14 +256,35 @@ def _cannot_train(state_dir: Path, rows: list, labels: set[str], run_config: dic
             "shows the spend)")
 
 
-def no_site_resumes(sites: list[SimulatedSite], run_config: dict, done: int) -> bool:
+def no_site_resumes(sites: list[SimulatedSite], sites_rows: list[tuple[Path, list]],
+                    labels: list[str], run_config: dict, done: int) -> bool:
     """Whether every site has room for none of the rounds a resume after ``done`` trains, so
     that the resume would only run empty rounds (found in review: it ran 15 of them, exit 0,
-    where a new run in that state is refused)."""
-    if math.isinf(float(run_config["target-epsilon"])):
+    where a new run in that state is refused). A site with a training unit its ledger has not
+    seen (a row added since) has room; a resume with no round left to train (one that only
+    exports the model) is never refused."""
+    if math.isinf(float(run_config["target-epsilon"])) or done >= int(run_config["num-rounds"]):
         return False
-    return bool(sites) and all(_resume_rounds_that_fit(site.state_dir, run_config) == 0
-                               for site in sites)
+    rows = {site_dir.name: site_rows for site_dir, site_rows in sites_rows}
+    return bool(sites) and all(
+        _resume_rounds_that_fit(site.state_dir, run_config) == 0
+        and not _has_unit_new_to_ledger(site.state_dir, rows.get(site.name, []), set(labels),
+                                        str(run_config["privacy-unit"]))
+        for site in sites)
+
+
+def _has_unit_new_to_ledger(state_dir: Path, rows: list, labels: set[str], unit: str) -> bool:
+    """Whether a training row of the run's labels belongs to a unit the site's ledger holds no
+    spend of (it trains at the full budget); true where the ledger does not read (the site
+    reports that itself)."""
+    try:
+        secret = site_secret(state_dir)
+        ledger = read_ledger(state_dir, secret)
+    except (SecretError, LedgerError):
+        return True
+    return ledger is None or any(
+        privacy_unit_key(secret, unit, row.unit_under(unit)) not in ledger.spend
+        for row in rows if row.label in labels)
 
 
 def _resume_rounds_that_fit(state_dir: Path, run_config: dict) -> int | None:
