@@ -225,6 +225,9 @@ def test_a_local_only_site_is_scored_on_its_own_rows_by_its_own_model(monkeypatc
     result = local_only_cell(Cell(LOCAL_ONLY, 8.0, 0), "minilm-head", LABELS, sites, pooled,
                              recipe, [rows(0, 3), rows(1, 5), rows(2, 0)])
     assert result["own_site_accuracies"] == [1.0, 1.0] and result["own_accuracy"] == 1.0
+    none = local_only_cell(Cell(LOCAL_ONLY, 8.0, 0), "minilm-head", LABELS, sites, pooled,
+                           recipe, [rows(0, 0), rows(1, 0), rows(2, 0)])
+    assert "own_accuracy" not in none and none["accuracy"] == pytest.approx(1 / 3)
     assert result["site_accuracies"] == [0.5, 0.5, 0.0]
     assert result["accuracy"] == pytest.approx(1 / 3)
 
@@ -530,7 +533,7 @@ def test_a_folder_that_holds_no_sweep_is_not_written_in(tmp_path, stood_in):
     with pytest.raises(FolderClaimed, match=r"no bench.json\) and is not empty: 1 entries a "
                        "sweep does not write, such as thesis.tex"):
         run_bench(spec, notes)
-    assert sorted(p.name for p in notes.iterdir()) == [".bench.lock", "results.csv", "thesis.tex"]
+    assert sorted(p.name for p in notes.iterdir()) == ["results.csv", "thesis.tex"]
     assert (notes / "results.csv").read_text(encoding="utf-8") == "mine\n"
 
 

@@ -105,6 +105,6 @@ def test_a_run_whose_sites_all_fail_to_read_or_match_the_labels_says_what_to_fix
     err = capsys.readouterr().err
     assert ("no site can train in this run, so it would only fail: site site-00: none of its "
             "training rows has a label of the run; site site-01: its data does not read (") in err
-    assert f"check that {other} is the label file of this data" in err
-    assert "fix each site's data (fedintent check-data SITE_DIR names the problem)" in err
+    assert f". Check that {other} is the label file of this data" in err
+    assert ". Fix each site's data (fedintent check-data SITE_DIR names the problem)" in err
     assert "--site-max-epsilon" not in err and not started

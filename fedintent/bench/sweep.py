@@ -134,6 +134,11 @@ def sweep_lock(out_dir: Path) -> Iterator[None]:
     bench.json from what it had read, one's epsilons dropped; and an unrelated folder was taken,
     its report.md or results.csv overwritten. The lock goes with the process, however it ends."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    foreign = sorted(path.name for path in out_dir.iterdir() if path.name not in SWEEP_ENTRIES)
+    if foreign and not (out_dir / "bench.json").exists():  # refused before the lock is made
+        raise FolderClaimed(f"{out_dir} holds no sweep (no bench.json) and is not empty: "
+                            f"{len(foreign)} entries a sweep does not write, such as "
+                            f"{foreign[0]}; use a new or empty --out")
     fd = os.open(out_dir / SWEEP_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:
@@ -142,12 +147,6 @@ def sweep_lock(out_dir: Path) -> Iterator[None]:
             raise FolderClaimed(f"{out_dir}: another fedintent bench is running in it; wait "
                                 "for it to finish (then re-run to add what it lacks), or use "
                                 "another --out") from None
-        foreign = sorted(path.name for path in out_dir.iterdir()
-                         if path.name not in SWEEP_ENTRIES)
-        if foreign and not (out_dir / "bench.json").exists():
-            raise FolderClaimed(f"{out_dir} holds no sweep (no bench.json) and is not empty: "
-                                f"{len(foreign)} entries a sweep does not write, such as "
-                                f"{foreign[0]}; use a new or empty --out")
         yield
     finally:
         os.close(fd)

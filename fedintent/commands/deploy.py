@@ -246,10 +246,15 @@ def run_deploy_run(args: argparse.Namespace) -> int:
         try:
             with created_folder(out_dir), serve_release(release, args.release_port):
                 run_id = submit_release_run(release, connection, run_config)
-                write_deployment_record(out_dir, run_id, args.superlink, release)
         except OSError as err:
             raise CliError(f"cannot hand over the release on 127.0.0.1:{args.release_port}: "
                            f"{err.strerror}") from err
+        try:
+            write_deployment_record(out_dir, run_id, args.superlink, release)
+        except OSError as err:  # found in review: the submitted run went on, reported failed
+            print(f"fedintent deploy-run: warning: cannot write {out_dir / 'deployment.json'} "
+                  f"({err.strerror}): the run goes on, but nothing in its folder says it was "
+                  "deployed; do not resume it with fedintent train --resume", file=sys.stderr)
         print(f"run {run_id} of {release.app_spec} (signature by key {release.key_id} checked "
               f"here; each site runs it only if it trusts that key) submitted to "
               f"{args.superlink}: {args.rounds} rounds, at least {args.min_sites} sites, "

@@ -333,12 +333,11 @@ def _way_out(reasons: list[str], labels_file: Path) -> str:
                     "check-data SITE_DIR --labels names the labels a site's rows carry)")
     if any(why.startswith("its data does not read") for why in reasons):
         ways.append("fix each site's data (fedintent check-data SITE_DIR names the problem)")
-    if any(not why.startswith(("none of its training rows", "its data does not read"))
-           for why in reasons):
+    if any("budget" in why for why in reasons):
         ways.append("where a budget is spent: raise --site-max-epsilon, if the data's owners "
                     "allow a larger lifetime budget; or, for synthetic or test data only, use a "
                     "new --state-dir (it forgets what this data has spent)")
-    return ". " + "; ".join(ways)
+    return "".join(f". {way[0].upper()}{way[1:]}" for way in ways)
 
 
 def _distributed_note(args: argparse.Namespace) -> str:

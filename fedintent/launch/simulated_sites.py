@@ -396,9 +396,9 @@ def read_sites(data_dir: Path,
             rows = read_rows(site_dir, rejected)[0]
         except (SiteDataError, OSError) as err:
             rows, unreadable[site_dir.name] = [], str(err)
-        if not rows and rejected:  # a header that names no text or label column, say
-            unreadable[site_dir.name] = (f"no training row reads; {len(rejected)} rejected, "
-                                         f"the first: {rejected[0]}")
+        if not rows and rejected and site_dir.name not in unreadable:  # a bad CSV header, say
+            unreadable[site_dir.name] = (f"no training row reads; {len(rejected)} rows of its "
+                                         f"files rejected, the first: {rejected[0]}")
         sites.append((site_dir, rows))
     return sites, unreadable
 
