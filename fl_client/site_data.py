@@ -896,7 +896,7 @@ def _separator_hint(line: str) -> str:
     a semicolon-separated export, Excel's default in much of Europe, was told only that its one
     column lacked 'text' and 'label')."""
     for separator, name in ((";", "semicolons"), ("\t", "tabs")):
-        columns = {column.strip() for column in line.split(separator)}
+        columns = {column.strip().strip('"') for column in line.split(separator)}
         if "text" in columns and columns & {"label", "intent"}:
             return (f"; its columns are separated by {name}: export the file comma-separated "
                     "(in Excel: CSV UTF-8, comma delimited)")

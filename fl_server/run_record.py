@@ -215,6 +215,15 @@ class RunRecord:
         write_json_atomic(self.path, self.doc)
 
 
+def way_on(out_dir: Path) -> str:
+    """How a run in ``out_dir`` that stopped goes on: ``fedintent train --resume``, except for
+    a deployed run (``DEPLOYMENT_FILE``), which is not resumed (found in review: the ServerApp
+    of a deployed run recorded and logged the resume that would simulate its sites)."""
+    if (Path(out_dir) / DEPLOYMENT_FILE).exists():
+        return DEPLOYED_NOT_RESUMED
+    return f"continue with: fedintent train --resume {out_dir}"
+
+
 def record_interrupted(path: Path, error: str = INTERRUPTED) -> None:
     """Mark the run recorded in ``path`` ``interrupted`` (atomically) with ``error`` if it still
     says ``running``: the ServerApp was stopped by a signal before it could say so itself. Call

@@ -44,7 +44,14 @@ from fl_server.resume import (
     resumed_run_config,
 )
 from fl_server.run_config import RunConfigError, check_run_config
-from fl_server.run_record import INTERRUPTED, RunRecord, final_summary, run_files_in
+from fl_server.run_record import (
+    DEPLOYMENT_FILE,
+    INTERRUPTED,
+    RunRecord,
+    final_summary,
+    run_files_in,
+    way_on,
+)
 from fl_server.secure_aggregation import secure_train_round
 from fl_server.strategy import build_strategy, restore_strategy_state, strategy_state
 from fl_server.tensor_digest import arrays_sha256
@@ -171,17 +178,18 @@ def main(grid: Grid, context: Context) -> None:
             run_doc=record.doc | {"final": final_summary(record.doc)},
         )
     except (KeyboardInterrupt, SystemExit):
-        record.finish("interrupted", error=INTERRUPTED)
-        audit("run-interrupted", reason=INTERRUPTED)
-        log(WARNING, "fedintent run interrupted; continue with: fedintent train --resume %s",
-            out_dir)
+        deployed = (out_dir / DEPLOYMENT_FILE).exists()
+        reason = (f"interrupted by a signal (Ctrl-C or SIGTERM); {way_on(out_dir)}" if deployed
+                  else INTERRUPTED)
+        record.finish("interrupted", error=reason)
+        audit("run-interrupted", reason=reason)
+        log(WARNING, "fedintent run interrupted; %s", way_on(out_dir))
         raise
     except OSError as err:  # a full disk, a file where a folder goes: the operator's to fix
         if isinstance(err, ConnectionError | TimeoutError):
             _record_failure(record, audit, _one_line(err))
             raise
-        reason = (f"cannot write the run's files: {_os_error(err)}; fix that, then continue "
-                  f"with: fedintent train --resume {out_dir}")
+        reason = f"cannot write the run's files: {_os_error(err)}; fix that; {way_on(out_dir)}"
         _record_failure(record, audit, reason)
         return
     except Exception as err:

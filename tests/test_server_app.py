@@ -177,22 +177,30 @@ def test_a_new_run_never_writes_into_a_folder_holding_another_run(tmp_path, logg
     assert not any(record.exc_info for record in logged.records)
 
 
+@pytest.mark.parametrize("deployed", [False, True])
 def test_a_write_that_fails_mid_run_names_the_file_and_how_to_continue(tmp_path, logged,
                                                                         monkeypatch,
-                                                                        task_identity):
+                                                                        task_identity, deployed):
     """Found in review: a full disk ended the run with a bare ``OSError: [Errno 28]``, logged as
-    a bug with its traceback, naming no file and not saying the run can be resumed."""
+    a bug with its traceback, naming no file and not saying the run can be resumed; and a
+    deployed run's (deploy-run's deployment.json beside it) said to resume it as a simulation."""
     def disk_full(folder, *args):
         raise OSError(28, "No space left on device", str(folder / "round-00001.safetensors"))
 
     monkeypatch.setattr(server_app, "save_checkpoint", disk_full)
+    out = tmp_path / "out"
+    if deployed:
+        out.mkdir()
+        (out / "deployment.json").write_text("{}")
     metrics = run_server(tmp_path, **{"data-dir": str(write_data(tmp_path / "data")),
                                       "num-rounds": 2})
-    out = tmp_path / "out"
     assert metrics["status"] == "failed"
+    way_on = ("a deployed run cannot be resumed: start a new fedintent deploy-run with another "
+              "--out (each site's ledger keeps what it spent)" if deployed
+              else f"continue with: fedintent train --resume {out}")
     assert metrics["error"] == (
         f"cannot write the run's files: {out}/checkpoints/round-00001.safetensors: No space "
-        f"left on device; fix that, then continue with: fedintent train --resume {out}")
+        f"left on device; fix that; {way_on}")
     assert not any(record.exc_info for record in logged.records)
 
 

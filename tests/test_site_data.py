@@ -149,6 +149,8 @@ def test_a_semicolon_separated_export_is_named_so_and_its_rows_are_one_line(tmp_
     out = capsys.readouterr().out
     assert out.count("  rejected ") == 2
     assert "  rejected train.csv:2-32 (31 rows): skipped: the file's header (line 1)" in out
+    (tmp_path / "train.csv").write_text('"text";"label"\n"lost card";card_lost\n')
+    assert "separated by semicolons" in str(load_site(tmp_path, LABELS).rejected[0])
     (tmp_path / "train.csv").write_text("when;where\nlost card;card_lost\n")
     assert "separated by" not in str(load_site(tmp_path, LABELS).rejected[0])
 
