@@ -184,12 +184,10 @@ def test_a_deployment_record_that_cannot_be_written_leaves_the_run_going(
         signed, tmp_path, capsys, monkeypatch, nothing_reaches_a_superlink):
     """Found in review: it was reported as a release handover that failed, the folder removed
     while the submitted run went on."""
-    import fedintent.commands.deploy as deploy_command
-
     def refused(*args):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(deploy_command, "write_deployment_record", refused)
+    monkeypatch.setattr(deployment, "write_deployment_record", refused)
     assert deploy_run(signed, tmp_path) == 1  # the run then fails as the fixture makes it
     err = capsys.readouterr().err
     assert "cannot write" in err and "No space left on device" in err

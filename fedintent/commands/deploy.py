@@ -5,8 +5,6 @@ import argparse
 import re
 import sys
 import time
-from pathlib import Path
-from typing import TYPE_CHECKING
 
 from fedintent.commands import CliError, require_operator_extra
 from fedintent.commands.options import (
@@ -27,9 +25,6 @@ from fl_server.run_config import (
     site_size_rate,
     tuned_settings,
 )
-
-if TYPE_CHECKING:
-    from fedintent.launch.releases import Release
 
 
 def add_parsers(commands: argparse._SubParsersAction) -> None:
@@ -250,7 +245,8 @@ def run_deploy_run(args: argparse.Namespace) -> int:
             raise CliError(f"cannot hand over the release on 127.0.0.1:{args.release_port}: "
                            f"{err.strerror}") from err
         try:
-            write_deployment_record(out_dir, run_id, args.superlink, release)
+            deployment.write_deployment_record(out_dir, run_id, args.superlink, release.app_spec,
+                                               release.key_id)
         except OSError as err:  # found in review: the submitted run went on, reported failed
             print(f"fedintent deploy-run: warning: cannot write {out_dir / 'deployment.json'} "
                   f"({err.strerror}): the run goes on, but nothing in its folder says it was "
@@ -284,18 +280,6 @@ def run_deploy_run(args: argparse.Namespace) -> int:
         remove_temporary_folder(flwr_home)
     print_summary(metrics, time.monotonic() - started)
     return 0
-
-
-def write_deployment_record(out_dir: Path, run_id: int, superlink: str,
-                            release: "Release") -> None:
-    """Mark ``out_dir`` as a deployed run's (``DEPLOYMENT_FILE``): where it ran, under which
-    Flower run id, with which signed release."""
-    from fl_protocol.durable_files import write_json_atomic
-    from fl_server.run_record import DEPLOYMENT_FILE
-
-    write_json_atomic(out_dir / DEPLOYMENT_FILE, {
-        "superlink": superlink, "flower_run_id": run_id, "app": release.app_spec,
-        "release_key": release.key_id})
 
 
 def deploy_settings(epsilon: float, site_rows: float | None, overrides: dict) -> dict:

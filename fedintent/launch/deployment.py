@@ -23,7 +23,8 @@ from typing import BinaryIO
 from fedintent.launch.flower_cli import config_overrides, flower_env, toml_value
 from fedintent.launch.processes import start_process
 from fedintent.launch.run_outcome import report_new_rounds
-from fl_protocol.durable_files import write_bytes_atomic
+from fl_protocol.durable_files import write_bytes_atomic, write_json_atomic
+from fl_server.run_record import DEPLOYMENT_FILE
 
 HEALTH_TIMEOUT_S = 60
 CERTIFICATE_CHECK_TIMEOUT_S = 10
@@ -221,3 +222,12 @@ def _flwr(args: list[str], connection: Connection) -> dict:
         raise DeploymentError(f"flwr {args[0]} {args[1] if len(args) > 1 else ''} failed: "
                               f"{detail}")
     return reply
+
+
+def write_deployment_record(out_dir: Path, run_id: int, superlink: str, app: str,
+                            release_key: str) -> None:
+    """Mark ``out_dir`` as a deployed run's (``fl_server.run_record.DEPLOYMENT_FILE``): where it
+    ran, under which Flower run id, with which signed release."""
+    write_json_atomic(out_dir / DEPLOYMENT_FILE, {
+        "superlink": superlink, "flower_run_id": run_id, "app": app,
+        "release_key": release_key})
