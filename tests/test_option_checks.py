@@ -282,17 +282,27 @@ class InterruptedGrid:
 
 
 @pytest.mark.parametrize("signal_error", [KeyboardInterrupt, SystemExit])
-def test_the_server_app_records_a_signal_as_interrupted(tmp_path, task_identity, signal_error):
+@pytest.mark.parametrize("deployed", [False, True])
+def test_the_server_app_records_a_signal_as_interrupted(tmp_path, task_identity, signal_error,
+                                                        deployed):
+    """And, for a run of deploy-run (its deployment.json beside the record), that it is not
+    resumed (found in review: it said to continue with train --resume, a simulation)."""
     data = tmp_path / "data"
     (data / "site-00").mkdir(parents=True)
     (data / "labels.txt").write_text("a\nb\n")
     out = tmp_path / "out"
+    if deployed:
+        out.mkdir()
+        (out / "deployment.json").write_text("{}")
     config = RUN_CONFIG_DEFAULTS | {"out-dir": str(out), "data-dir": str(data), "model": "ngram"}
     context = Context(run_id=3, node_id=0, node_config={}, state=RecordDict(),
                       run_config=config)
     with pytest.raises(signal_error):
         server_main(InterruptedGrid(signal_error), context)
-    assert json.loads((out / "metrics.json").read_text())["status"] == "interrupted"
+    record = json.loads((out / "metrics.json").read_text())
+    assert record["status"] == "interrupted"
+    assert ("a deployed run cannot be resumed" in record["error"]) == deployed
+    assert ("it can be resumed" in record["error"]) == (not deployed)
     events = [json.loads(line)["event"] for line in (out / "audit.jsonl").read_text().splitlines()]
     assert events == ["run-started", "run-interrupted"]
 
