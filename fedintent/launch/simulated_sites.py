@@ -246,7 +246,7 @@ def _cannot_train(state_dir: Path, rows: list, labels: set[str], run_config: dic
     unit = run_config["privacy-unit"]
     if ledger.privacy_unit != unit:
         return _other_unit(state_dir, ledger.privacy_unit, unit)
-    keys = list({privacy_unit_key(secret, unit, row.unit_under(unit)) for row in usable})
+    keys = list(_unit_keys(secret, unit, usable))
     if any(key not in ledger.spend for key in keys):
         return None
     if min(unit_epsilons(ledger, keys)) < EXHAUSTED_SHARE * budget:
@@ -267,7 +267,7 @@ def no_site_resumes(sites: list[SimulatedSite], sites_rows: list[tuple[Path, lis
         return False
     rows = {site_dir.name: site_rows for site_dir, site_rows in sites_rows}
     return bool(sites) and all(
-        _resume_rounds_that_fit(site.state_dir, run_config) == 0
+        (room := _resume_room(site.state_dir, run_config)) is not None and room[0] == 0
         and not _has_unit_new_to_ledger(site.state_dir, rows.get(site.name, []), set(labels),
                                         str(run_config["privacy-unit"]))
         for site in sites)
@@ -282,16 +282,20 @@ def _has_unit_new_to_ledger(state_dir: Path, rows: list, labels: set[str], unit:
         ledger = read_ledger(state_dir, secret)
     except (SecretError, LedgerError):
         return True
-    return ledger is None or any(
-        privacy_unit_key(secret, unit, row.unit_under(unit)) not in ledger.spend
-        for row in rows if row.label in labels)
+    return ledger is None or not _unit_keys(
+        secret, unit, [row for row in rows if row.label in labels]) <= ledger.spend.keys()
 
 
-def _resume_rounds_that_fit(state_dir: Path, run_config: dict) -> int | None:
-    """How many more rounds of this run a site's ledger has room for, or None where it does
-    not bound them (never trained in this run, no budget, a ledger the site will report). The
-    room is counted at this run's last release's cost, for its least spent unit: the site
-    trains a round while any unit fits (the others sit out)."""
+def _unit_keys(secret: bytes, unit: str, rows: list) -> set[str]:
+    """The ledger keys of ``rows``' privacy units."""
+    return {privacy_unit_key(secret, unit, row.unit_under(unit)) for row in rows}
+
+
+def _resume_room(state_dir: Path, run_config: dict) -> tuple[int, int] | None:
+    """(how many more rounds of this run a site's ledger has room for, how many it charged
+    already), or None where it does not bound them (never trained in this run, no budget, a
+    ledger the site will report). The room is counted at this run's last release's cost, for
+    its least spent unit: the site trains a round while any unit fits (the others sit out)."""
     run, budget = str(run_config["run-name"]), float(run_config["site-max-epsilon"])
     try:
         ledger = read_ledger(state_dir, site_secret(state_dir))
@@ -301,23 +305,20 @@ def _resume_rounds_that_fit(state_dir: Path, run_config: dict) -> int | None:
     if not releases or math.isinf(budget) or not ledger.spend or releases[-1].rdp <= 0:
         return None
     room = rdp_budget(budget, ledger.delta, ledger.order) - min(ledger.spend.values())
-    return max(0, math.floor(room / releases[-1].rdp + 1e-9))
+    return max(0, math.floor(room / releases[-1].rdp + 1e-9)), len(releases)
 
 
 def _resume_shortfall(state_dir: Path, run_config: dict, done: int) -> str | None:
     """Why a site will decline rounds of a resume after round ``done``, or None."""
-    run, num_rounds = str(run_config["run-name"]), int(run_config["num-rounds"])
-    budget = float(run_config["site-max-epsilon"])
-    fits = _resume_rounds_that_fit(state_dir, run_config)
+    num_rounds, budget = int(run_config["num-rounds"]), float(run_config["site-max-epsilon"])
+    fits, charged = _resume_room(state_dir, run_config) or (num_rounds, 0)
     to_train = num_rounds - done
-    if fits is None or fits >= to_train:
+    if fits >= to_train:
         return None
-    releases = [release for release in read_ledger(state_dir, site_secret(state_dir)).releases
-                if release.run == run]
     first = done + fits + 1
     declined = f"round {first}" if first == num_rounds else f"rounds {first} to {num_rounds}"
     return (
-        f"its ledger charged {len(releases)} rounds of this run already, planned for "
+        f"its ledger charged {charged} rounds of this run already, planned for "
         f"{num_rounds}, and this resume trains {to_train} more (rounds {done + 1} to "
         f"{num_rounds}; a round trained again is charged again, with fresh noise); its units "
         f"have room within their lifetime budget {budget:g} for {fits} of them, so it will "
