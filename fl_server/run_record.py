@@ -45,18 +45,20 @@ but ``completed`` can be resumed."""
 DEPLOYMENT_FILE = "deployment.json"
 """Written by ``fedintent deploy-run`` beside the run's record once it has submitted the run
 (so not one of ``RUN_FILES``, which the ServerApp refuses to start beside): the run trained
-deployed sites, so ``fedintent train --resume``, which simulates its sites, must not continue
-it."""
-RUN_FILES = ("metrics.json", "audit.jsonl", "audit.jsonl.head", "checkpoints", "model")
+deployed sites, so it goes on with ``fedintent deploy-run --resume`` on the same sites, never
+with ``fedintent train --resume``, which would simulate them."""
+STAGE_FILE = "stage.json"
+"""The round the ServerApp is in and what it waits for, rewritten as each stage starts: a
+launcher's line for a round still going says whether the sites train or evaluate (found in
+review: a deployed run's line said the first round embeds every utterance while its sites were
+already evaluating)."""
+RUN_FILES = ("metrics.json", "audit.jsonl", "audit.jsonl.head", "checkpoints", "model",
+             STAGE_FILE)
 """What a run writes in its output folder: a new run refuses a folder holding any of them (found
 in review: a second run there replaced the first's record and model, chained onto its audit
 log, so neither could be resumed, and mixed their checkpoints)."""
 INTERRUPTED = "interrupted by a signal (Ctrl-C or SIGTERM); it can be resumed"
 """The ``error`` of an interrupted run."""
-DEPLOYED_NOT_RESUMED = ("a deployed run cannot be resumed: start a new fedintent deploy-run "
-                        "with another --out (each site's ledger keeps what it spent)")
-"""What to do with a deployed run that stopped (found in review: the way on printed for it,
-``fedintent train --resume``, simulated sites on the operator's machine with fresh ledgers)."""
 KEPT_REASON_CODES = (
     REJECTED, NO_REPLY, ErrorCode.MESSAGE_UNAVAILABLE, ErrorCode.REPLY_MESSAGE_UNAVAILABLE,
     ErrorCode.NODE_UNAVAILABLE, ErrorCode.INVALID_FAB,
@@ -216,11 +218,13 @@ class RunRecord:
 
 
 def way_on(out_dir: Path) -> str:
-    """How a run in ``out_dir`` that stopped goes on: ``fedintent train --resume``, except for
-    a deployed run (``DEPLOYMENT_FILE``), which is not resumed (found in review: the ServerApp
-    of a deployed run recorded and logged the resume that would simulate its sites)."""
+    """How a run in ``out_dir`` that stopped goes on: ``fedintent train --resume``, or for a
+    deployed run (``DEPLOYMENT_FILE``) ``fedintent deploy-run --resume``, which continues it on
+    the deployed sites and charges their own ledgers (found in review: the way on printed for a
+    deployed run simulated its sites on the operator's machine, with fresh ledgers)."""
     if (Path(out_dir) / DEPLOYMENT_FILE).exists():
-        return DEPLOYED_NOT_RESUMED
+        return (f"continue with: fedintent deploy-run --resume {out_dir} and the run's "
+                "--superlink, --release and --ca-cert")
     return f"continue with: fedintent train --resume {out_dir}"
 
 
@@ -235,6 +239,27 @@ def record_interrupted(path: Path, error: str = INTERRUPTED) -> None:
         return
     if isinstance(doc, dict) and doc.get("status") == "running":
         RunRecord(path, doc).finish("interrupted", error=error)
+
+
+def write_stage(out_dir: Path, server_round: int, stage: str, sites: int) -> None:
+    """Record that round ``server_round`` now waits for ``sites`` sites to finish ``stage``
+    (``training`` or ``evaluating``)."""
+    write_json_atomic(Path(out_dir) / STAGE_FILE,
+                      {"round": server_round, "stage": stage, "sites": sites})
+
+
+def read_stage(out_dir: Path) -> dict | None:
+    """The stage ``write_stage`` recorded last; ``None`` when there is none or it does not read
+    as one (a launcher then prints its line without it)."""
+    try:
+        stage = json.loads((Path(out_dir) / STAGE_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not (isinstance(stage, dict) and type(stage.get("round")) is int
+            and stage.get("stage") in ("training", "evaluating")
+            and type(stage.get("sites")) is int):
+        return None
+    return stage
 
 
 def run_files_in(out_dir: Path) -> list[str]:

@@ -45,12 +45,12 @@ from fl_server.resume import (
 )
 from fl_server.run_config import RunConfigError, check_run_config
 from fl_server.run_record import (
-    DEPLOYMENT_FILE,
     INTERRUPTED,
     RunRecord,
     final_summary,
     run_files_in,
     way_on,
+    write_stage,
 )
 from fl_server.secure_aggregation import secure_train_round
 from fl_server.strategy import build_strategy, restore_strategy_state, strategy_state
@@ -146,8 +146,8 @@ def main(grid: Grid, context: Context) -> None:
     stop_after = int(cfg["stop-after-round"])
     try:
         for server_round in range(done + 1, num_rounds + 1):
-            arrays = _run_round(strategy, grid, context, server_round, arrays, site_config,
-                                float(cfg["reply-timeout"]),
+            arrays = _run_round(strategy, grid, context, out_dir, server_round, arrays,
+                                site_config, float(cfg["reply-timeout"]),
                                 spec if cfg["secure-aggregation"] else None,
                                 evaluate=evaluation_number(server_round, num_rounds,
                                                            int(cfg["evaluate-every"])) is not None)
@@ -161,7 +161,7 @@ def main(grid: Grid, context: Context) -> None:
                 log(INFO, "%s", line)
             if server_round == stop_after and server_round < num_rounds:
                 reason = (f"stopped after round {server_round} as asked (stop-after-round); "
-                          f"continue with: fedintent train --resume {out_dir}")
+                          f"{way_on(out_dir)}")
                 record.finish("stopped", error=reason)
                 audit("run-stopped", reason=reason)
                 log(INFO, "%s", reason)
@@ -178,9 +178,7 @@ def main(grid: Grid, context: Context) -> None:
             run_doc=record.doc | {"final": final_summary(record.doc)},
         )
     except (KeyboardInterrupt, SystemExit):
-        deployed = (out_dir / DEPLOYMENT_FILE).exists()
-        reason = (f"interrupted by a signal (Ctrl-C or SIGTERM); {way_on(out_dir)}" if deployed
-                  else INTERRUPTED)
+        reason = f"{INTERRUPTED}; {way_on(out_dir)}"
         record.finish("interrupted", error=reason)
         audit("run-interrupted", reason=reason)
         log(WARNING, "fedintent run interrupted; %s", way_on(out_dir))
@@ -228,6 +226,7 @@ def _run_round(
     strategy: Strategy,
     grid: Grid,
     context: Context,
+    out_dir: Path,
     server_round: int,
     arrays: ArrayRecord,
     site_config: ConfigRecord,
@@ -238,8 +237,10 @@ def _run_round(
     """One round as Flower's ``Strategy.start`` runs it, for any round number (a resumed run
     continues at its next round); returns the new global model. With ``secure_spec`` (the
     model's spec) training goes through SecAgg+; without ``evaluate`` (not one of the run's
-    evaluation rounds, ``evaluation_number``) no site is asked to evaluate."""
+    evaluation rounds, ``evaluation_number``) no site is asked to evaluate. Each stage is
+    recorded in ``out_dir`` as it starts (``write_stage``), for the launcher's progress line."""
     asked = list(strategy.configure_train(server_round, arrays, site_config, grid))
+    write_stage(out_dir, server_round, "training", len(asked))
     if secure_spec is not None:
         secure = secure_train_round(grid, context, server_round, asked, secure_spec,
                                     reply_timeout)
@@ -252,10 +253,9 @@ def _run_round(
     if not evaluate:
         strategy.skip_evaluate(server_round)
         return arrays
-    replies = grid.send_and_receive(
-        strategy.configure_evaluate(server_round, arrays, site_config, grid),
-        timeout=reply_timeout,
-    )
+    asked = list(strategy.configure_evaluate(server_round, arrays, site_config, grid))
+    write_stage(out_dir, server_round, "evaluating", len(asked))
+    replies = grid.send_and_receive(asked, timeout=reply_timeout)
     strategy.aggregate_evaluate(server_round, replies)
     return arrays
 

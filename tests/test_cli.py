@@ -8,6 +8,7 @@ import time
 import pytest
 
 from fedintent.commands.progress import rounds_in_progress
+from fl_server.run_record import write_stage
 
 
 def fedintent(*args: str, cwd=None) -> subprocess.CompletedProcess:
@@ -401,6 +402,36 @@ def test_a_round_that_takes_long_says_it_is_in_progress(capsys):
     second = next(line for line in out.splitlines() if "round   2/3" in line)
     assert "the first round embeds every utterance" in first and "embeds" not in second
     assert "4/3" not in out
+
+
+def test_the_line_for_a_round_still_going_says_whether_its_sites_train_or_evaluate(
+        tmp_path, capsys):
+    """Found in review: a deployed run's line said the first round embeds every utterance
+    while its sites were already evaluating. The ServerApp records each stage in the run's
+    folder (``stage.json``); a stage of another round than the one going is not shown."""
+    lines: list[str] = []
+
+    def read_until(text: str) -> str:
+        deadline = time.monotonic() + 120  # a loaded machine may be slow to run the thread
+        while time.monotonic() < deadline:
+            lines.extend(capsys.readouterr().out.splitlines())
+            if found := [line for line in lines if text in line]:
+                lines.clear()
+                return found[-1]
+            time.sleep(0.01)
+        raise AssertionError(f"{text!r} never printed")
+
+    write_stage(tmp_path, 1, "training", 4)
+    with rounds_in_progress(1, 3, tmp_path, every=0.01) as round_done:
+        training = read_until("round   1/3  in progress: 4 sites training (")
+        write_stage(tmp_path, 1, "evaluating", 1)
+        evaluating = read_until("round   1/3  in progress: 1 site evaluating (")
+        round_done(1)
+        later = read_until("round   2/3  in progress (")
+        (tmp_path / "stage.json").write_text('{"round": 2, "stage": "sleeping", "sites": 1}')
+        unread = read_until("round   2/3  in progress (")
+    assert "the first round embeds every utterance" in training
+    assert "embeds" not in evaluating and "evaluating" not in later + unread
 
 
 def test_check_data_keeps_the_label_table_aligned_for_long_labels(tmp_path, capsys):

@@ -9,6 +9,7 @@ is started and stopped here.
 """
 
 import json
+import re
 import ssl
 import subprocess
 import sys
@@ -20,7 +21,13 @@ import pytest
 
 from data_synth import write_sites
 from fedintent.launch.certificates import site_names, write_dev_credentials
-from fedintent.launch.deployment import register_site_key, start_loopback_superlink
+from fedintent.launch.deployment import (
+    deployed_run_ids,
+    register_site_key,
+    start_loopback_superlink,
+    unfinished_status,
+    write_connection,
+)
 from fedintent.launch.flower_cli import flower_env
 from fedintent.launch.processes import (
     descendants,
@@ -163,3 +170,47 @@ def test_a_dp_training_run_over_tls_completes(deployment):
         # a deployed site evaluates under DP unless its node config says otherwise
         assert "evaluate replies (egress log):\n  2 with DP estimates" in report.stdout
         assert "exact metrics" not in report.stdout and "left no reply" not in report.stdout
+
+
+def test_a_stopped_deployed_run_resumes_on_the_same_sites(deployment):
+    """``deploy-run --resume`` goes on after the checkpoint on the deployed sites, and each site
+    charges the resumed round to the same run in its own ledger: its epsilon for the run grows
+    from round 1's, within the run's target, where a new run would have started from nothing.
+    The SuperLink says it does not know a run id, which a resume reads as a run that ended."""
+    tmp, creds = deployment["tmp"], deployment["creds"]
+    out = tmp / "resumed-run"
+    env = flower_env(tmp / "engineer-home")
+    common = ["--superlink", deployment["control"], "--ca-cert", str(creds.ca_cert),
+              "--release", str(tmp / "release"), "--release-port", str(deployment["release_port"])]
+
+    def deploy_run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "fedintent.cli", "deploy-run", *common, *args],
+                              env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT_S,
+                              check=False)
+
+    stopped = deploy_run("--labels", str(tmp / "data" / "labels.txt"), "--min-sites", "3",
+                         "--rounds", "2", "--epsilon", "2", "--set", "local-epochs=1",
+                         "--set", "stop-after-round=1", "--out", str(out))
+    assert stopped.returncode == 1, stopped.stdout + stopped.stderr
+    assert "stopped after round 1 as asked (stop-after-round); continue with: fedintent " \
+        f"deploy-run --resume {out}" in stopped.stderr
+    resumed = deploy_run("--resume", str(out))
+    assert resumed.returncode == 0, (resumed.stdout + resumed.stderr
+                                     + deployment["log"].read_text()[-3000:])
+    assert re.search(r"^resuming run resumed-run-\w+ after round 1 of 2: ", resumed.stdout, re.M)
+    assert "round   2/2  sites trained 3/3" in resumed.stdout
+    assert "round   1/2" not in resumed.stdout
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["status"] == "completed" and len(metrics["resumes"]) == 1
+    assert [r["round"] for r in metrics["rounds"]] == [1, 2]
+    first, second = (r["sites"] for r in metrics["rounds"])
+    assert sorted(first) == sorted(second) and len(first) == 3
+    for site, entry in second.items():
+        assert first[site]["epsilon"] < entry["epsilon"] <= 2.0
+    record = json.loads((out / "deployment.json").read_text())
+    runs = deployed_run_ids(record)
+    assert len(runs) == 2 and runs[0] != runs[1]
+    operator = write_connection(tmp / "resume-operator-home", "fedintent", deployment["control"],
+                                creds.ca_cert)
+    assert unfinished_status(operator, runs[1]) is None
+    assert unfinished_status(operator, max(runs) + 1000) is None

@@ -29,6 +29,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_pem_private_key, load_ssh_private_key
+from flwr.app import Context, Message, RecordDict
 
 from fedintent.cli import main
 from fedintent.commands.deploy import OWN_OPTIONS
@@ -43,6 +44,9 @@ from fedintent.launch.releases import (
     sign_release,
     write_release,
 )
+from fl_protocol.wire import RUN_CONFIG_DEFAULTS, Reason, error_reply
+from fl_server.run_record import json_safe
+from fl_server.server_app import main as server_main
 
 REPO = Path(__file__).resolve().parent.parent
 MIB = 2**20
@@ -153,12 +157,13 @@ def test_deploy_run_prints_the_privacy_settings_it_submitted(signed, tmp_path, c
         "privacy-model distributed;" in capsys.readouterr().out
 
 
-def test_an_interrupted_deployed_run_is_never_resumed_as_a_simulation(
+def test_an_interrupted_deployed_run_says_how_to_resume_it_on_its_sites(
         signed, tmp_path, capsys, monkeypatch, nothing_reaches_a_superlink):
     """Found in review: an interrupted deploy-run said to continue with ``fedintent train
     --resume``, which simulated sites over the labels' folder on the operator's machine, with
-    fresh ledgers, the deployed sites' never charged for what it trained."""
-    def follow(connection, run_id, metrics_path, on_round):
+    fresh ledgers, the deployed sites' never charged for what it trained. It names the
+    ``deploy-run --resume`` that goes on with the same SuperLink, release and CA."""
+    def follow(connection, run_id, metrics_path, on_round, **kwargs):
         metrics_path.write_text(json.dumps({"status": "running"}), encoding="utf-8")
         raise KeyboardInterrupt
 
@@ -167,17 +172,21 @@ def test_an_interrupted_deployed_run_is_never_resumed_as_a_simulation(
     monkeypatch.setattr(deployment, "wait_run_finished", lambda *args: True)
     out = tmp_path / "run"
     assert deploy_run(signed, tmp_path) == 130
-    said = "a deployed run cannot be resumed: start a new fedintent deploy-run with another --out"
+    said = (f"continue with: fedintent deploy-run --resume {out} --superlink 127.0.0.1:9 "
+            f"--release {signed['release']} --release-port 9095 --ca-cert "
+            f"{signed['creds'].ca_cert}")
     assert f"fedintent deploy-run: interrupted; {said}" in capsys.readouterr().err
     record = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
     assert record["status"] == "interrupted" and said in record["error"]
     assert json.loads((out / "deployment.json").read_text(encoding="utf-8"))[
         "flower_run_id"] == 7
     assert main(["train", "--resume", str(out)]) == 2
-    assert f"{out} holds a run of fedintent deploy-run" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"{out} holds a run of fedintent deploy-run" in err
+    assert f"continue with: fedintent deploy-run --resume {out}" in err
     assert deploy_run(signed, tmp_path) == 2
     err = capsys.readouterr().err
-    assert "already holds a run" in err and said in err and "train --resume" not in err
+    assert "already holds a run" in err and "train --resume" not in err
 
 
 def test_a_deployment_record_that_cannot_be_written_leaves_the_run_going(
@@ -187,12 +196,169 @@ def test_a_deployment_record_that_cannot_be_written_leaves_the_run_going(
     def refused(*args):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(deployment, "write_deployment_record", refused)
+    monkeypatch.setattr(deployment, "record_deployed_run", refused)
     assert deploy_run(signed, tmp_path) == 1  # the run then fails as the fixture makes it
     err = capsys.readouterr().err
-    assert "cannot write" in err and "No space left on device" in err
-    assert "do not resume it with fedintent train --resume" in err
+    assert "cannot record run 7" in err and "No space left on device" in err
+    assert "never fedintent train --resume" in err
     assert "cannot hand over the release" not in err and (tmp_path / "run").is_dir()
+
+
+# --- deploy-run --resume --------------------------------------------------------------------
+
+class DecliningGrid:
+    """Sites that answer every message with a declined reply, the way a Grid delivers them."""
+
+    def get_node_ids(self) -> list[int]:
+        return [1, 2]
+
+    def send_and_receive(self, messages, timeout: float) -> list[Message]:
+        replies = []
+        for number, message in enumerate(messages):
+            message.metadata.__dict__["_message_id"] = f"m{number}"
+            replies.append(error_reply(message, Reason.BUDGET_EXHAUSTED))
+        return replies
+
+
+@pytest.fixture
+def stopped_deployed_run(signed, tmp_path, task_identity) -> Path:
+    """A deployed run's folder as its ServerApp leaves it after round 1 of 2 (stop-after-round):
+    its record, audit log, checkpoint and deployment record (Flower run 5)."""
+    taxonomy = tmp_path / "taxonomy"
+    taxonomy.mkdir()
+    (taxonomy / "labels.txt").write_text("card_lost\nrefund\n")
+    out = tmp_path / "run"
+    out.mkdir()
+    release = read_release(signed["release"])
+    deployment.record_deployed_run(out, 5, "127.0.0.1:9", release.app_spec, release.key_id)
+    config = RUN_CONFIG_DEFAULTS | {
+        "out-dir": str(out), "model": "ngram", "min-sites": 2, "num-rounds": 2,
+        "stop-after-round": 1, "data-dir": str(taxonomy),
+        "labels-file": str(taxonomy / "labels.txt"), "run-name": "deployed"}
+    server_main(DecliningGrid(), Context(run_id=5, node_id=0, node_config={}, state=RecordDict(),
+                                         run_config=config))
+    record = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    assert record["status"] == "stopped"
+    assert record["error"].endswith(f"continue with: fedintent deploy-run --resume {out} and "
+                                    "the run's --superlink, --release and --ca-cert")
+    return out
+
+
+@pytest.fixture
+def earlier_runs(monkeypatch) -> dict[int, str]:
+    """The SuperLink's status of each earlier Flower run a resume asks about (finished, unless
+    the test sets it)."""
+    statuses: dict[int, str] = {}
+    monkeypatch.setattr(deployment, "unfinished_status",
+                        lambda connection, run_id: statuses.setdefault(run_id, None))
+    return statuses
+
+
+def deploy_resume(signed, out: Path, *args: str) -> int:
+    return main(["deploy-run", "--superlink", "127.0.0.1:9", "--release", str(signed["release"]),
+                 "--ca-cert", str(signed["creds"].ca_cert), "--resume", str(out), *args])
+
+
+def test_a_stopped_deployed_run_resumes_on_its_sites_with_the_settings_it_started_with(
+        signed, stopped_deployed_run, capsys, monkeypatch, nothing_reaches_a_superlink,
+        earlier_runs):
+    """The resumed run keeps its name, rounds and privacy settings, so each site charges the
+    new rounds to the same run in its own ledger; only how long the server waits, and for how
+    many sites, may change."""
+    out = stopped_deployed_run
+    followed = {}
+
+    def follow(connection, run_id, metrics_path, on_round, **kwargs):
+        followed.update(kwargs)
+        raise deployment.DeploymentError("the test stops here")
+
+    monkeypatch.setattr(deployment, "follow_run", follow)
+    recorded = json.loads((out / "metrics.json").read_text(encoding="utf-8"))["config"]
+    assert deploy_resume(signed, out, "--min-sites", "3", "--set", "reply-timeout=60") == 1
+    submitted = nothing_reaches_a_superlink[-1]
+    kept = {key: value for key, value in recorded.items()
+            if key not in {"resume", "min-sites", "reply-timeout", "stop-after-round"}}
+    assert {key: json_safe(submitted)[key] for key in kept} == kept
+    assert submitted["run-name"] == "deployed" and submitted["num-rounds"] == 2
+    assert (submitted["resume"], submitted["min-sites"], submitted["reply-timeout"],
+            submitted["stop-after-round"]) == (True, 3, 60.0, 0)
+    assert earlier_runs == {5: None}  # the run's first Flower run was asked about
+    assert followed == {"seen": 1, "resumes": 1}
+    assert "resuming run deployed after round 1 of 2: run 7 of" in capsys.readouterr().out
+    record = json.loads((out / "deployment.json").read_text(encoding="utf-8"))
+    assert record["flower_run_id"] == 5
+    assert [entry["flower_run_id"] for entry in record["resumes"]] == [7]
+    assert deployment.deployed_run_ids(record) == [5, 7]
+
+
+@pytest.mark.parametrize("args,said", [
+    (["--rounds", "3"], "--resume uses the settings recorded in OUT/metrics.json; drop --rounds"),
+    (["--epsilon", "4", "--labels", "x.txt"], "drop --labels, --epsilon"),
+    (["--out", "elsewhere"], "drop --out"),
+    (["--site-rows", "100"], "drop --site-rows"),
+    (["--set", "learning-rate=1"], "--set learning-rate is refused with --resume: the run keeps "
+                                   "the settings it started with (only reply-timeout, "
+                                   "stop-after-round may change)"),
+    (["--set", "num-rounds=3"], "--set num-rounds is refused: use --rounds"),
+    (["--min-sites", "0"], "--min-sites must be >= 1"),
+])
+def test_a_resume_refuses_options_that_would_change_what_the_run_trains(
+        signed, stopped_deployed_run, capsys, nothing_reaches_a_superlink, earlier_runs, args,
+        said):
+    before = (stopped_deployed_run / "deployment.json").read_bytes()
+    assert deploy_resume(signed, stopped_deployed_run, *args) == 2
+    assert said in capsys.readouterr().err
+    assert nothing_reaches_a_superlink == [] and earlier_runs == {}
+    assert (stopped_deployed_run / "deployment.json").read_bytes() == before
+
+
+def test_a_resume_waits_for_no_run_still_writing_the_folder(
+        signed, stopped_deployed_run, capsys, nothing_reaches_a_superlink, earlier_runs):
+    """A deploy-run killed outright leaves its run going on the SuperLink: a resume beside it
+    would have two ServerApps write one folder."""
+    earlier_runs[5] = "running"
+    assert deploy_resume(signed, stopped_deployed_run) == 2
+    assert (f"cannot resume: run 5 of {stopped_deployed_run} is still running on 127.0.0.1:9 "
+            "and writes there; wait for it to end, or stop it (flwr stop 5), then resume"
+            ) in capsys.readouterr().err
+    assert nothing_reaches_a_superlink == []
+
+
+@pytest.mark.parametrize("damage,said", [
+    (lambda out: (out / "deployment.json").unlink(),
+     "holds no deployment.json, so it is not the folder of a run of fedintent deploy-run (a run "
+     "of fedintent train resumes with fedintent train --resume)"),
+    (lambda out: (out / "deployment.json").write_text("{"), "cannot be read as JSON"),
+    (lambda out: (out / "deployment.json").write_text('{"app": "x", "resumes": [{}]}'),
+     "is not a deployment record: it must hold the flower_run_id and app of the run and of "
+     "each of its resumes"),
+    (lambda out: (out.parent / "taxonomy" / "labels.txt").write_text("card_lost\nrefunds\n"),
+     "labels.txt changed since the run started"),
+    (lambda out: edit_record(out, lambda doc: doc["config"].update({"target-epsilon": 50})),
+     "differs from the one the audit log recorded when the run started: target-epsilon=50"),
+    (lambda out: edit_record(out, lambda doc: doc.update({"status": "completed"})),
+     "cannot resume: the run completed all its rounds already"),
+])
+def test_a_resume_refuses_a_folder_it_cannot_continue_as_it_started(
+        signed, stopped_deployed_run, capsys, nothing_reaches_a_superlink, earlier_runs, damage,
+        said):
+    damage(stopped_deployed_run)
+    assert deploy_resume(signed, stopped_deployed_run) == 2
+    assert said in capsys.readouterr().err
+    assert nothing_reaches_a_superlink == [] and earlier_runs == {}
+
+
+def edit_record(out: Path, edit) -> None:
+    doc = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    edit(doc)
+    (out / "metrics.json").write_text(json.dumps(doc), encoding="utf-8")
+
+
+def test_deploy_run_without_resume_needs_labels_and_min_sites(signed, tmp_path, capsys):
+    assert main(["deploy-run", "--superlink", "127.0.0.1:9", "--release", str(signed["release"]),
+                 "--ca-cert", str(signed["creds"].ca_cert), "--min-sites", "2"]) == 2
+    assert "deploy-run needs --labels and --min-sites (or --resume OUT, to continue a stopped " \
+        "run)" in capsys.readouterr().err
 
 
 # --- the release deploy-run reads -----------------------------------------------------------

@@ -226,7 +226,7 @@ def test_a_run_folder_as_out_offers_a_resume_only_where_one_can_run(tmp_path, ca
                                                                     nothing_starts):
     """Found in review: a completed run's folder offered ``--resume``, which then failed."""
     out = interrupted_run(tmp_path)
-    assert f"(or continue it: fedintent train --resume {out})" in refused(
+    assert f"(or continue with: fedintent train --resume {out})" in refused(
         capsys, "train", "--out", str(out))
     metrics = json.loads((out / "metrics.json").read_text())
     (out / "metrics.json").write_text(json.dumps(metrics | {"status": "completed"}))
@@ -285,8 +285,9 @@ class InterruptedGrid:
 @pytest.mark.parametrize("deployed", [False, True])
 def test_the_server_app_records_a_signal_as_interrupted(tmp_path, task_identity, signal_error,
                                                         deployed):
-    """And, for a run of deploy-run (its deployment.json beside the record), that it is not
-    resumed (found in review: it said to continue with train --resume, a simulation)."""
+    """And how it goes on: for a run of deploy-run (its deployment.json beside the record), with
+    deploy-run --resume on its sites (found in review: it said to continue with train --resume,
+    a simulation)."""
     data = tmp_path / "data"
     (data / "site-00").mkdir(parents=True)
     (data / "labels.txt").write_text("a\nb\n")
@@ -301,8 +302,9 @@ def test_the_server_app_records_a_signal_as_interrupted(tmp_path, task_identity,
         server_main(InterruptedGrid(signal_error), context)
     record = json.loads((out / "metrics.json").read_text())
     assert record["status"] == "interrupted"
-    assert ("a deployed run cannot be resumed" in record["error"]) == deployed
-    assert ("it can be resumed" in record["error"]) == (not deployed)
+    way_on = "fedintent deploy-run --resume" if deployed else "fedintent train --resume"
+    assert record["error"].startswith("interrupted by a signal (Ctrl-C or SIGTERM); it can be "
+                                      f"resumed; continue with: {way_on} {out}")
     events = [json.loads(line)["event"] for line in (out / "audit.jsonl").read_text().splitlines()]
     assert events == ["run-started", "run-interrupted"]
 

@@ -14,7 +14,7 @@ from fedintent.commands.progress import print_summary
 from fl_protocol.wire import RUN_CONFIG_DEFAULTS, Reason, error_reply
 from fl_server import server_app
 from fl_server.run_config import check_run_config
-from fl_server.run_record import RunRecord, final_summary, json_safe
+from fl_server.run_record import RunRecord, final_summary, json_safe, read_stage
 from fl_server.server_app import main
 from models import get_model_family
 from models.model_card import model_card
@@ -92,6 +92,21 @@ def test_a_run_where_no_site_trains_logs_each_round_and_fails_without_a_tracebac
     assert f"  site 1 did not train: {Reason.BUDGET_EXHAUSTED.value}" in lines
     assert any("run failed: no site trained" in line for line in lines)
     assert not any(record.exc_info for record in logged.records)
+
+
+def test_each_stage_of_a_round_is_recorded_before_its_sites_are_asked(tmp_path, task_identity):
+    """What a launcher's line for a round still going reads (``stage.json``)."""
+    seen = []
+
+    class StageReadingGrid(DecliningGrid):
+        def send_and_receive(self, messages, timeout: float) -> list[Message]:
+            seen.append(read_stage(tmp_path / "out"))
+            return super().send_and_receive(messages, timeout)
+
+    run_server(tmp_path, StageReadingGrid([1, 2]),
+               **{"data-dir": str(write_data(tmp_path / "data")), "num-rounds": 1})
+    assert seen == [{"round": 1, "stage": "training", "sites": 2},
+                    {"round": 1, "stage": "evaluating", "sites": 2}]
 
 
 def test_a_failed_resume_keeps_the_record_it_could_not_resume(tmp_path, logged):
@@ -195,8 +210,8 @@ def test_a_write_that_fails_mid_run_names_the_file_and_how_to_continue(tmp_path,
     metrics = run_server(tmp_path, **{"data-dir": str(write_data(tmp_path / "data")),
                                       "num-rounds": 2})
     assert metrics["status"] == "failed"
-    way_on = ("a deployed run cannot be resumed: start a new fedintent deploy-run with another "
-              "--out (each site's ledger keeps what it spent)" if deployed
+    way_on = (f"continue with: fedintent deploy-run --resume {out} and the run's --superlink, "
+              "--release and --ca-cert" if deployed
               else f"continue with: fedintent train --resume {out}")
     assert metrics["error"] == (
         f"cannot write the run's files: {out}/checkpoints/round-00001.safetensors: No space "

@@ -2,9 +2,13 @@
 TLS SuperLink with authenticated sites (docs/DEPLOYMENT.md)."""
 
 import argparse
+import math
 import re
+import shlex
 import sys
 import time
+from collections.abc import Callable
+from pathlib import Path
 
 from fedintent.commands import CliError, require_operator_extra
 from fedintent.commands.options import (
@@ -21,10 +25,13 @@ from fl_protocol.label_file import read_labels
 from fl_protocol.wire import RUN_CONFIG_DEFAULTS
 from fl_server.run_config import (
     TUNING_SITE_ROWS,
+    RunConfigError,
+    check_run_config,
     site_size_message,
     site_size_rate,
     tuned_settings,
 )
+from fl_server.run_record import DEPLOYMENT_FILE, json_safe
 
 
 def add_parsers(commands: argparse._SubParsersAction) -> None:
@@ -82,15 +89,17 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
                             "is handed over (default: %(default)s)")
     deploy_run.add_argument("--ca-cert", type=path_argument, required=True,
                             help="the CA certificate that signed the SuperLink's certificate")
-    deploy_run.add_argument("--labels", type=path_argument, required=True,
-                            help="the intent taxonomy, one label per line")
-    deploy_run.add_argument("--min-sites", type=int, required=True,
-                            help="sites that must be connected before a round starts")
+    deploy_run.add_argument("--labels", type=path_argument,
+                            help="the intent taxonomy, one label per line (required unless "
+                            "--resume)")
+    deploy_run.add_argument("--min-sites", type=int,
+                            help="sites that must be connected before a round starts "
+                            "(required unless --resume, which keeps the run's own by default)")
     deploy_run.add_argument("--rounds", type=int,
                             help=f"federated rounds (default: {TUNED_HELP})")
-    deploy_run.add_argument("--epsilon", type=float, default=RUN_CONFIG_DEFAULTS["target-epsilon"],
+    deploy_run.add_argument("--epsilon", type=float,
                             help="per-site epsilon for the whole run; inf = no DP "
-                            "(default: %(default)s)")
+                            f"(default: {RUN_CONFIG_DEFAULTS['target-epsilon']:g})")
     deploy_run.add_argument("--site-rows", type=float, metavar="N",
                             help="the sites' mean number of training conversations, as their "
                             "operators report it: under DP the tuned learning rate is scaled "
@@ -102,6 +111,11 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
                             f"({', '.join(OWN_OPTIONS)}) are refused")
     deploy_run.add_argument("--out", type=path_argument,
                             help=f"output folder (default: {DEFAULT_OUT_ROOT}/run-DATE-TIME)")
+    deploy_run.add_argument("--resume", type=path_argument, metavar="OUT",
+                            help="continue the stopped deployed run in OUT after its last "
+                            "checkpoint, on the same sites (each charges its own ledger), with "
+                            "the settings recorded in OUT/metrics.json; only --min-sites and "
+                            f"--set {', '.join(CHANGED_ON_RESUME)} may differ")
 
 
 OWN_OPTIONS = {
@@ -116,6 +130,12 @@ OWN_OPTIONS = {
 """Run-config keys that ``deploy-run`` sets itself, each with what to do instead of ``--set``
 (found in review: ``--set target-epsilon=1`` was replaced by ``--epsilon``'s default 8 without
 a word, so every site was asked for 8)."""
+
+CHANGED_ON_RESUME = ("reply-timeout", "stop-after-round")
+"""The ``--set`` keys a resume may change: how long the server waits, and where it stops
+(``fl_server.resume.MAY_CHANGE_ON_RESUME``, less what ``deploy-run`` sets itself)."""
+SETTINGS_OF_A_NEW_RUN = ("labels", "rounds", "epsilon", "site_rows", "out")
+"""Options a resume refuses: what they set, the run recorded when it started."""
 
 DNS_NAME = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*\.?")
 """A DNS name a certificate can carry: dot-separated labels of 1 to 63 ASCII letters, digits
@@ -191,13 +211,10 @@ def run_release(args: argparse.Namespace) -> int:
 def run_deploy_run(args: argparse.Namespace) -> int:
     require_operator_extra()
     from fedintent.launch import deployment
-    from fedintent.launch.processes import make_temporary_folder, remove_temporary_folder
-    from fedintent.launch.releases import read_release, serve_release, submit_release_run
+    from fedintent.launch.releases import read_release
     from fedintent.launch.run_config import compose_run_config
-    from fedintent.launch.run_outcome import RunFailedError, completed_run_metrics
-    from fl_server.run_record import DEPLOYED_NOT_RESUMED, record_interrupted
 
-    if args.min_sites < 1:
+    if args.min_sites is not None and args.min_sites < 1:
         raise CliError(f"--min-sites must be >= 1, got {args.min_sites}")
     if not 1 <= args.release_port <= 65535:
         raise CliError(f"--release-port must be a port in [1, 65535], got {args.release_port}")
@@ -209,10 +226,17 @@ def run_deploy_run(args: argparse.Namespace) -> int:
         raise CliError(f"--superlink must be HOST:PORT (the SuperLink's control API, "
                        f"127.0.0.1:9091 by default), got {args.superlink!r}")
     overrides = _parse_settings(args.set)
+    if args.resume is not None:
+        return _resume(args, overrides)
+    if args.labels is None or args.min_sites is None:
+        raise CliError("deploy-run needs --labels and --min-sites (or --resume OUT, to continue "
+                       "a stopped run)")
     try:
         release = read_release(args.release)
     except deployment.DeploymentError as err:
         raise CliError(str(err)) from err
+    if args.epsilon is None:
+        args.epsilon = float(RUN_CONFIG_DEFAULTS["target-epsilon"])
     settings = deploy_settings(args.epsilon, args.site_rows, overrides)
     if args.rounds is None:
         args.rounds = int(settings["num-rounds"])
@@ -232,11 +256,120 @@ def run_deploy_run(args: argparse.Namespace) -> int:
         deployment.check_superlink_certificate(args.superlink, args.ca_cert)
     except deployment.DeploymentError as err:
         raise CliError(str(err)) from err
+    return _submit_and_follow(
+        args, release, run_config,
+        lambda run_id: (f"run {run_id} of {release.app_spec} (signature by key "
+                        f"{release.key_id} checked here; each site runs it only if it trusts "
+                        f"that key) submitted to {args.superlink}: {args.rounds} rounds, at "
+                        f"least {args.min_sites} sites, {len(labels)} intents, "
+                        f"{privacy_settings(run_config)}; output: {out_dir}"))
+
+
+def _resume(args: argparse.Namespace, overrides: dict) -> int:
+    """Continue a stopped deployed run with the configuration it was started with, on the same
+    sites: the ServerApp goes on after the checkpoint its audit log vouches for, under the same
+    run name, so each site charges the new rounds to the run in its own ledger and keeps the
+    noise it planned for the run's rounds. Everything that can be checked here is checked
+    before anything is submitted: the deployment record, the run record and the audit log, the
+    checkpoint, the label file, and that none of the run's Flower runs is still going."""
+    from fedintent.launch import deployment
+    from fedintent.launch.releases import read_release
+    from fl_protocol.hash_chain import ChainError
+    from fl_server.checkpoints import CheckpointError
+    from fl_server.resume import (
+        check_audited_start,
+        read_metrics,
+        recorded_run_config,
+        resume_point,
+        resumed_run_config,
+    )
+
+    given = [f"--{name.replace('_', '-')}" for name in SETTINGS_OF_A_NEW_RUN
+             if getattr(args, name) is not None]
+    if given:
+        raise CliError(f"--resume uses the settings recorded in OUT/metrics.json; drop "
+                       f"{', '.join(given)}")
+    if refused := sorted(set(overrides) - set(CHANGED_ON_RESUME)):
+        raise CliError(f"--set {', '.join(refused)} is refused with --resume: the run keeps the "
+                       f"settings it started with (only {', '.join(CHANGED_ON_RESUME)} may "
+                       "change)")
+    out_dir = writable_folder("--resume", args.resume)
+    try:
+        record = deployment.read_deployment_record(out_dir)
+        release = read_release(args.release)
+    except deployment.DeploymentError as err:
+        raise CliError(f"cannot resume: {err}") from err
+    doc = read_metrics(out_dir / "metrics.json")
+    changes = {"out-dir": str(out_dir), "resume": True, "stop-after-round": 0} | overrides
+    if args.min_sites is not None:
+        changes["min-sites"] = args.min_sites
+    with as_typed({"min-sites": "--min-sites"}):
+        run_config = check_run_config(resumed_run_config(recorded_run_config(doc) | changes, doc))
+    try:
+        checkpoint, warnings = resume_point(out_dir, str(run_config["run-name"]))
+        check_audited_start(out_dir, json_safe(run_config), doc["labels"])
+    except (CheckpointError, ChainError, RunConfigError) as err:
+        raise CliError(str(err)) from err
+    labels_file = Path(str(run_config["labels-file"]))
+    if read_labels(labels_file) != doc["labels"]:
+        raise CliError(f"cannot resume: {labels_file} changed since the run started")
+    done = checkpoint.server_round if checkpoint else 0
+    if warnings and math.isfinite(float(run_config["target-epsilon"])):
+        warnings.append("each site charges the rounds trained again a second time (fresh noise, "
+                        "docs/FAULT_TOLERANCE.md), so its epsilon for this run can end above "
+                        "the run's target, where its lifetime budget leaves room for them")
+    last = [record, *record.get("resumes", [])][-1]
+    if last["app"] != release.app_spec:
+        warnings.append(f"the run's last submission ran {last['app']} and --release holds "
+                        f"{release.app_spec}: rounds after {done} are trained by it")
+    for warning in warnings:
+        print(f"fedintent deploy-run: warning: {warning}", file=sys.stderr)
+    try:
+        deployment.check_superlink_certificate(args.superlink, args.ca_cert)
+    except deployment.DeploymentError as err:
+        raise CliError(str(err)) from err
+    num_rounds = int(run_config["num-rounds"])
+    return _submit_and_follow(
+        args, release, run_config,
+        lambda run_id: (f"resuming run {run_config['run-name']} after round {done} of "
+                        f"{num_rounds}: run {run_id} of {release.app_spec} (signature by key "
+                        f"{release.key_id} checked here) submitted to {args.superlink}, at "
+                        f"least {run_config['min-sites']} sites; output: {out_dir}"),
+        done=done, resumes=len(doc.get("resumes", [])) + 1,
+        earlier_runs=deployment.deployed_run_ids(record))
+
+
+def _submit_and_follow(args: argparse.Namespace, release, run_config: dict,
+                       submitted: Callable[[int], str], done: int = 0, resumes: int = 0,
+                       earlier_runs: list[int] | None = None) -> int:
+    """Hand ``release`` over and submit the run, record it in the run folder's deployment
+    record, print ``submitted(run_id)`` and follow the rounds after ``done`` to the end; on
+    Ctrl-C, stop the run on the SuperLink and say how it goes on. ``earlier_runs``: a resume's
+    earlier Flower runs of the folder, refused while one is still going (it still writes
+    there)."""
+    from fedintent.launch import deployment
+    from fedintent.launch.processes import make_temporary_folder, remove_temporary_folder
+    from fedintent.launch.releases import serve_release, submit_release_run
+    from fedintent.launch.run_outcome import RunFailedError, completed_run_metrics
+    from fl_server.run_record import INTERRUPTED, record_interrupted
+
+    out_dir = Path(str(run_config["out-dir"]))
+    num_rounds = int(run_config["num-rounds"])
+    resume = shlex.join(["fedintent", "deploy-run", "--resume", str(out_dir), "--superlink",
+                         args.superlink, "--release", str(args.release), "--release-port",
+                         str(args.release_port), "--ca-cert", str(args.ca_cert)])
+    way_on = (f"continue with: {resume} (a round the sites trained after the last checkpoint "
+              "is charged to their budgets again when the resume trains it)")
     flwr_home = make_temporary_folder()  # the watchdog removes it should this be killed
     try:
         connection = deployment.write_connection(
             flwr_home, "fedintent-deployment", args.superlink, args.ca_cert
         )
+        for earlier in earlier_runs or []:
+            if status := deployment.unfinished_status(connection, earlier):
+                raise CliError(f"cannot resume: run {earlier} of {out_dir} is still {status} on "
+                               f"{args.superlink} and writes there; wait for it to end, or stop "
+                               f"it (flwr stop {earlier}), then resume")
         started = time.monotonic()
         try:
             with created_folder(out_dir), serve_release(release, args.release_port):
@@ -245,32 +378,29 @@ def run_deploy_run(args: argparse.Namespace) -> int:
             raise CliError(f"cannot hand over the release on 127.0.0.1:{args.release_port}: "
                            f"{err.strerror}") from err
         try:
-            deployment.write_deployment_record(out_dir, run_id, args.superlink, release.app_spec,
-                                               release.key_id)
-        except OSError as err:  # found in review: the submitted run went on, reported failed
-            print(f"fedintent deploy-run: warning: cannot write {out_dir / 'deployment.json'} "
-                  f"({err.strerror}): the run goes on, but nothing in its folder says it was "
-                  "deployed; do not resume it with fedintent train --resume", file=sys.stderr)
-        print(f"run {run_id} of {release.app_spec} (signature by key {release.key_id} checked "
-              f"here; each site runs it only if it trusts that key) submitted to "
-              f"{args.superlink}: {args.rounds} rounds, at least {args.min_sites} sites, "
-              f"{len(labels)} intents, {privacy_settings(run_config)}; output: {out_dir}",
-              flush=True)
+            deployment.record_deployed_run(out_dir, run_id, args.superlink, release.app_spec,
+                                           release.key_id)
+        except (OSError, deployment.DeploymentError) as err:
+            # found in review: the submitted run went on, reported failed
+            print(f"fedintent deploy-run: warning: cannot record run {run_id} in "
+                  f"{out_dir / DEPLOYMENT_FILE} ({getattr(err, 'strerror', None) or err}): the "
+                  "run goes on, but its folder may not say it was deployed; resume it only "
+                  "with fedintent deploy-run --resume, never fedintent train --resume",
+                  file=sys.stderr)
+        print(submitted(run_id), flush=True)
         try:
-            with rounds_in_progress(1, args.rounds) as round_done:
+            with rounds_in_progress(done + 1, num_rounds, out_dir) as round_done:
                 def report(entry: dict) -> None:
                     round_done(int(entry["round"]))
-                    print_round(entry, args.rounds)
+                    print_round(entry, num_rounds)
 
-                status = deployment.follow_run(
-                    connection, run_id, out_dir / "metrics.json", on_round=report)
+                status = deployment.follow_run(connection, run_id, out_dir / "metrics.json",
+                                               on_round=report, seen=done, resumes=resumes)
         except KeyboardInterrupt:
             deployment.stop_run(connection, run_id)
             if deployment.wait_run_finished(connection, run_id):
-                record_interrupted(out_dir / "metrics.json",
-                                   f"interrupted by a signal (Ctrl-C or SIGTERM); "
-                                   f"{DEPLOYED_NOT_RESUMED}")
-            print(f"fedintent deploy-run: interrupted; {DEPLOYED_NOT_RESUMED}", file=sys.stderr)
+                record_interrupted(out_dir / "metrics.json", f"{INTERRUPTED}; {way_on}")
+            print(f"fedintent deploy-run: interrupted; {way_on}", file=sys.stderr)
             return 130
         metrics = completed_run_metrics(out_dir / "metrics.json", status)
     except (deployment.DeploymentError, RunFailedError) as err:

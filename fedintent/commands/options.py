@@ -107,15 +107,13 @@ def resume_hint(out_dir: Path) -> str:
     """How to continue the run in ``out_dir``, where it can be (found in review: a completed
     run's folder offered a resume that then failed)."""
     from fl_server.resume import read_metrics
-    from fl_server.run_record import DEPLOYED_NOT_RESUMED, DEPLOYMENT_FILE
+    from fl_server.run_record import way_on
 
-    if (out_dir / DEPLOYMENT_FILE).exists():
-        return f" ({DEPLOYED_NOT_RESUMED})"
     try:
         read_metrics(out_dir / "metrics.json")
     except RunConfigError:
         return ""
-    return f" (or continue it: fedintent train --resume {out_dir})"
+    return f" (or {way_on(out_dir)})"
 
 
 @contextmanager

@@ -14,6 +14,7 @@ from fl_server.progress import (
     round_lines,
     site_label,
 )
+from fl_server.run_record import read_stage
 
 
 def print_round(entry: dict, num_rounds: int, names: Mapping[str, str] | None = None) -> None:
@@ -24,12 +25,14 @@ def print_round(entry: dict, num_rounds: int, names: Mapping[str, str] | None = 
 
 
 @contextmanager
-def rounds_in_progress(first_round: int, num_rounds: int,
+def rounds_in_progress(first_round: int, num_rounds: int, out_dir: Path | None = None,
                        every: float = 30.0) -> Iterator[Callable[[int], None]]:
     """Print a line every ``every`` seconds in which no round completed; yields what to call
     with each completed round's number. Round 1 embeds every utterance once at each site and
     can take minutes with nothing else to show (found in review: 47 s of silence under
-    ``train``, two minutes under ``deploy-run``, read as a hung run)."""
+    ``train``, two minutes under ``deploy-run``, read as a hung run). With ``out_dir`` (a run's
+    folder, where its ServerApp records each stage as it starts) the line says whether the sites
+    train or evaluate (found in review: it said round 1 embeds while the sites evaluated)."""
     current, since = [first_round], [time.monotonic()]
     stop = threading.Event()
 
@@ -40,9 +43,15 @@ def rounds_in_progress(first_round: int, num_rounds: int,
         while not stop.wait(every):
             server_round = current[0]
             if server_round <= num_rounds:
+                stage = read_stage(out_dir) if out_dir is not None else None
+                if stage is not None and stage["round"] != server_round:
+                    stage = None  # the last round's, or a round this launcher has not printed
+                doing = (f": {counted(stage['sites'], 'site')} {stage['stage']}"
+                         if stage is not None else "")
                 note = ("; the first round embeds every utterance once at each site"
-                        if server_round == 1 else "")
-                print(f"round {server_round:>3}/{num_rounds}  in progress "
+                        if server_round == 1 and (stage is None or stage["stage"] == "training")
+                        else "")
+                print(f"round {server_round:>3}/{num_rounds}  in progress{doing} "
                       f"({time.monotonic() - since[0]:.0f} s{note})", flush=True)
 
     ticker = threading.Thread(target=beat, name="rounds-in-progress", daemon=True)

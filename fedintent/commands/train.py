@@ -369,7 +369,7 @@ def run_resume(args: argparse.Namespace) -> int:
         resume_point,
         resumed_run_config,
     )
-    from fl_server.run_record import DEPLOYED_NOT_RESUMED, DEPLOYMENT_FILE
+    from fl_server.run_record import DEPLOYMENT_FILE, way_on
 
     options = argparse.ArgumentParser()
     _add_train_options(options)
@@ -383,7 +383,7 @@ def run_resume(args: argparse.Namespace) -> int:
     if (out_dir / DEPLOYMENT_FILE).exists():  # found in review: it simulated the sites instead
         raise CliError(f"{out_dir} holds a run of fedintent deploy-run, whose sites are "
                        f"deployed; --resume simulates sites on this machine: "
-                       f"{DEPLOYED_NOT_RESUMED}")
+                       f"{way_on(out_dir)}")
     doc = read_metrics(out_dir / "metrics.json")
     run_config = check_run_config(resumed_run_config(
         recorded_run_config(doc) | {"out-dir": str(out_dir), "resume": True,
@@ -447,7 +447,7 @@ def _simulate(run_config: dict, num_sites: int, num_rounds: int, reported_rounds
 
     started = time.monotonic()
     try:
-        with rounds_in_progress(reported_rounds + 1, num_rounds) as round_done:
+        with rounds_in_progress(reported_rounds + 1, num_rounds, out_dir) as round_done:
             def report(entry: dict) -> None:
                 rounds.append(entry)
                 round_done(int(entry["round"]))

@@ -10,6 +10,7 @@ sites run.
 """
 
 import json
+import re
 import socket
 import ssl
 import subprocess
@@ -30,6 +31,11 @@ HEALTH_TIMEOUT_S = 60
 CERTIFICATE_CHECK_TIMEOUT_S = 10
 CLI_TIMEOUT_S = 120
 STOP_TIMEOUT_S = 30
+
+
+RUN_NOT_FOUND = re.compile(r"\bRun (ID|\d+) not found")
+"""How ``flwr ls --run-id`` says the SuperLink does not know a run (Flower 1.41: "Run ID not
+found.")."""
 
 
 @dataclass(frozen=True)
@@ -193,15 +199,18 @@ def follow_run(
     metrics_path: Path,
     on_round: Callable[[dict], None],
     poll_seconds: float = 2.0,
+    seen: int = 0,
+    resumes: int = 0,
 ) -> str:
-    """Report each round as ``metrics.json`` records it, until the run finishes; return status.
+    """Report each round after round ``seen`` as ``metrics.json`` records it, until the run
+    finishes; return status. A resume passes the rounds done before it and its number among the
+    record's ``resumes`` (``run_outcome.report_new_rounds``).
 
     ``metrics_path`` is read where the ServerApp writes it: on the SuperLink's machine.
     """
-    seen = 0
     while True:
         status = run_status(connection, run_id)
-        seen = report_new_rounds(metrics_path, seen, on_round)
+        seen = report_new_rounds(metrics_path, seen, on_round, resumes)
         if status.startswith("finished"):
             return status
         time.sleep(poll_seconds)
@@ -224,10 +233,56 @@ def _flwr(args: list[str], connection: Connection) -> dict:
     return reply
 
 
-def write_deployment_record(out_dir: Path, run_id: int, superlink: str, app: str,
-                            release_key: str) -> None:
+def record_deployed_run(out_dir: Path, run_id: int, superlink: str, app: str,
+                        release_key: str) -> None:
     """Mark ``out_dir`` as a deployed run's (``fl_server.run_record.DEPLOYMENT_FILE``): where it
-    ran, under which Flower run id, with which signed release."""
-    write_json_atomic(out_dir / DEPLOYMENT_FILE, {
-        "superlink": superlink, "flower_run_id": run_id, "app": app,
-        "release_key": release_key})
+    ran, under which Flower run id, with which signed release. A resume of the run adds its own
+    submission to the record's ``resumes``."""
+    path = out_dir / DEPLOYMENT_FILE
+    submission = {"superlink": superlink, "flower_run_id": run_id, "app": app,
+                  "release_key": release_key}
+    if not path.exists():
+        write_json_atomic(path, submission)
+        return
+    record = read_deployment_record(out_dir)
+    write_json_atomic(path, record | {"resumes": [*record.get("resumes", []), submission]})
+
+
+def read_deployment_record(out_dir: Path) -> dict:
+    """``out_dir``'s deployment record, checked to hold a submission per start and resume of
+    the run; ``DeploymentError`` naming the file and what is wrong with it."""
+    path = out_dir / DEPLOYMENT_FILE
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DeploymentError(f"{out_dir} holds no {DEPLOYMENT_FILE}, so it is not the folder of "
+                              "a run of fedintent deploy-run (a run of fedintent train resumes "
+                              "with fedintent train --resume)") from None
+    except (OSError, ValueError) as err:
+        raise DeploymentError(f"{path} cannot be read as JSON ({err})") from None
+    submissions = [record, *record.get("resumes", [])] if isinstance(record, dict) else []
+    if not isinstance(record, dict) or not isinstance(record.get("resumes", []), list) or not all(
+            isinstance(entry, dict) and isinstance(entry.get("flower_run_id"), int)
+            and isinstance(entry.get("app"), str) for entry in submissions):
+        raise DeploymentError(f"{path} is not a deployment record: it must hold the "
+                              "flower_run_id and app of the run and of each of its resumes")
+    return record
+
+
+def deployed_run_ids(record: dict) -> list[int]:
+    """The Flower run ids a deployment record holds: the run's first submission, then each
+    resume's."""
+    return [entry["flower_run_id"] for entry in [record, *record.get("resumes", [])]]
+
+
+def unfinished_status(connection: Connection, run_id: int) -> str | None:
+    """The SuperLink's status of Flower run ``run_id`` while it has not finished; ``None`` once
+    it has, or when the SuperLink does not know it (restarted without a database, where every
+    run it held has ended)."""
+    try:
+        status = run_status(connection, run_id)
+    except DeploymentError as err:
+        if RUN_NOT_FOUND.search(str(err)):
+            return None
+        raise
+    return None if status.startswith("finished") else status

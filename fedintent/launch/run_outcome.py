@@ -9,6 +9,8 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+from fl_server.run_record import way_on
+
 COMPLETED = "finished:completed"
 
 
@@ -53,8 +55,7 @@ def completed_run_metrics(metrics_path: Path, status: str) -> dict:
     if metrics.get("status") == "running":  # the ServerApp's process ended before it could say
         raise RunFailedError(
             f"the run failed: the server process ended ({status}) without recording how the run "
-            f"ended; {metrics_path} still says running; continue with: fedintent train "
-            f"--resume {metrics_path.parent}")
+            f"ended; {metrics_path} still says running; {way_on(metrics_path.parent)}")
     if status != COMPLETED or metrics.get("status") != "completed":
         reason = metrics.get("error") or f"run status {status}"
         raise RunFailedError(f"the run failed: {reason}")
