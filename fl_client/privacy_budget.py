@@ -63,6 +63,7 @@ from fl_client.privacy_accounting import (
     steps_per_round,
 )
 from fl_client.privacy_ledger import (
+    RUN_PLAN_FIELDS,
     Ledger,
     LedgerError,
     Release,
@@ -149,7 +150,8 @@ def charge_round(
     Raises
     ``BudgetExhausted`` when no unit may take part or no noise fits the budget,
     ``PolicyRefusal`` when the request contradicts the ledger (another privacy unit, a round
-    beyond the run's plan) or the budget needs noise far above the run's plan, ``LedgerError``.
+    beyond the run's plan, other settings than the run's earlier releases were planned for,
+    ``_plan_changes``) or the budget needs noise far above the run's plan, ``LedgerError``.
     The ledger is read, charged and written under the state folder's lock: rounds charged at
     once (two runs on one site) are both recorded.
     """
@@ -170,7 +172,7 @@ def _charge_round(state_dir: Path, units: list[str], request: RoundRequest, poli
         order=ledger_order(policy, begun_at),
         delta=begun_at,
     )
-    _check_against_ledger(ledger, request)
+    _check_against_ledger(ledger, request, training=not empty_ok)
     if lifetime_delta is not None and ledger.delta >= delta_limit(len(units)):
         _tighten_delta(ledger, min(lifetime_delta, ledger.delta), policy)
     ledger.deletion_log, problem = deletion_log_check(state_dir, secret, ledger.deletion_log)
@@ -382,7 +384,7 @@ def _record_aliases(ledger: Ledger, key: str, names: Iterable[str]) -> None:
             del ledger.aliases[name]
 
 
-def _check_against_ledger(ledger: Ledger, request: RoundRequest) -> None:
+def _check_against_ledger(ledger: Ledger, request: RoundRequest, training: bool) -> None:
     if request.privacy_unit != ledger.privacy_unit:
         raise PolicyRefusal(
             Reason.UNIT_REFUSED,
@@ -403,6 +405,37 @@ def _check_against_ledger(ledger: Ledger, request: RoundRequest) -> None:
             f"run {request.run_name} was planned for {sorted(planned)} rounds and now asks for "
             f"{request.num_rounds}: its noise was planned for the rounds it first announced",
         )
+    if changed := _plan_changes(ledger, request, training):
+        # found in review: a resubmitted run at a higher target-epsilon planned less noise
+        raise PolicyRefusal(
+            Reason.PLAN_REFUSED,
+            f"run {request.run_name} released under other privacy settings than it now asks for "
+            f"({', '.join(changed)}): its noise was planned for the settings it first announced",
+        )
+
+
+def _plan_changes(ledger: Ledger, request: RoundRequest, training: bool) -> list[str]:
+    """Each setting the run's noise plan rests on that ``request`` asks otherwise than the run's
+    earlier releases recorded it, as ``name old -> new``. Training pins the run's plan
+    (``RUN_PLAN_FIELDS``), its clip norm and, under local DP, its accountant (a distributed
+    release is always accounted in Rényi DP); a DP evaluation pins the accountant, the one of
+    its settings the server asks for (its epsilon is the site's own, its batch its test split).
+    Releases recorded before the plan was (``batch_size`` 0) pin only what they hold."""
+    earlier = [r for r in ledger.releases if r.run == request.run_name]
+    recorded = {
+        "accountant": {r.accountant for r in earlier if not r.distributed},
+        **({"clip_norm": {r.clip_norm for r in earlier}} if training else {}),
+        **({name: {getattr(r, name) for r in earlier if r.batch_size}
+            for name in RUN_PLAN_FIELDS} if training else {}),
+    }
+    return [f"{name.replace('_', '-')} {_shown(next(iter(values)))} -> "
+            f"{_shown(getattr(request, name))}"
+            for name, values in recorded.items()
+            if values and values != {getattr(request, name)}]
+
+
+def _shown(value: object) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def _tighten_delta(ledger: Ledger, delta: float, policy: SitePolicy) -> None:
@@ -635,4 +668,5 @@ def _release(request: RoundRequest, noise: float, rate: float, steps: int, units
         run=request.run_name, server_round=request.server_round, num_rounds=request.num_rounds,
         noise_multiplier=noise, sample_rate=rate, steps=steps, clip_norm=request.clip_norm,
         delta=request.delta, accountant=request.accountant, units=units, rdp=rdp, time=now(),
+        **{name: getattr(request, name) for name in RUN_PLAN_FIELDS},
     )

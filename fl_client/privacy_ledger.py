@@ -117,6 +117,13 @@ class Release:
     """Fresh randomness in the release's noise seed (``site_secret.release_nonce``), so that a
     state folder restored from a backup, whose release numbers repeat, never draws the same
     noise twice. Empty in a release recorded before it existed."""
+    target_epsilon: float = 0.0
+    batch_size: int = 0
+    local_epochs: int = 0
+    tolerated_sites: int = 0
+    """The run's plan as its round asked for it (``RUN_PLAN_FIELDS``): every round of one run
+    must ask for the same, since its noise was planned for it. A release recorded before they
+    existed has none of them (read as 0, batch size 0 meaning unrecorded)."""
 
     @property
     def mechanism(self) -> tuple[float, float, int]:
@@ -479,12 +486,15 @@ def _stored(release: Release) -> dict:
     record = asdict(release)
     omitted = (_DISTRIBUTED_FIELDS if not release.distributed
                else _LIKELY_FIELDS if release.rounding_failure == 0 else ())
-    for name in (*omitted, *(() if release.nonce else ("nonce",))):
+    for name in (*omitted, *(() if release.nonce else ("nonce",)),
+                 *(() if release.batch_size else RUN_PLAN_FIELDS)):
         del record[name]
     return record
 
 
 _LIKELY_FIELDS = ("likely_l1", "likely_l2", "rounding_failure")
+RUN_PLAN_FIELDS = ("target_epsilon", "batch_size", "local_epochs", "tolerated_sites")
+"""A release's record of the run's plan; absent from a release recorded before it existed."""
 _DISTRIBUTED_FIELDS = ("privacy_model", "skellam_mu", "skellam_mu_share", "l1", "l2", "rdp_alone",
                        *_LIKELY_FIELDS)
 
@@ -497,8 +507,12 @@ def _release_from(record: dict) -> Release:
     expected = names if distributed else names - set(_DISTRIBUTED_FIELDS)
     older = expected - set(_LIKELY_FIELDS)  # a distributed release recorded before them
     forms = [form | {"mac"} for form in (expected, older)]
-    if set(record) not in forms + [form - {"nonce"} for form in forms]:
+    forms += [form - {"nonce"} for form in forms]
+    if set(record) not in forms + [form - set(RUN_PLAN_FIELDS) for form in forms]:
         raise ValueError(f"release with fields {sorted(record)}")
+    if "batch_size" in record and not (type(record["batch_size"]) is int
+                                       and record["batch_size"] > 0):
+        raise ValueError("release with a plan of no batch size")  # not MAC'd
     if distributed and "likely_l2" in record and record["rounding_failure"] == 0:
         raise ValueError("release with likely sensitivities that never fail")  # not MAC'd
     if "nonce" in record and not (isinstance(record["nonce"], str) and record["nonce"]):

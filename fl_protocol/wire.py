@@ -379,6 +379,7 @@ class Reason(StrEnum):
     NO_DP_REFUSED = "declined: the site's policy requires differential privacy"
     SETTING_REFUSED = "declined: a privacy setting weaker than the site's policy"
     ROUND_REFUSED = "declined: a round beyond the run's planned rounds"
+    PLAN_REFUSED = "declined: privacy settings other than the run's earlier rounds were planned for"
     UNIT_REFUSED = "declined: privacy unit differs from the site's"
     EVALUATION_REFUSED = "declined: the site's policy sends no evaluation of its data"
     MODEL_FOLDER_REFUSED = "declined: a model folder the site's policy does not list"

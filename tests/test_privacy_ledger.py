@@ -28,7 +28,7 @@ from fl_client.privacy_ledger import (
     write_ledger,
 )
 from fl_client.retention import DELETION_LOG
-from fl_client.site_policy import RoundRequest, SitePolicy, lifetime_delta
+from fl_client.site_policy import PolicyRefusal, RoundRequest, SitePolicy, lifetime_delta
 from fl_client.site_secret import (
     KEYED_FILES,
     SecretError,
@@ -741,3 +741,45 @@ def test_a_ledger_rewritten_without_a_release_is_still_versioned_against_its_hea
     rewrite(state, lambda doc: doc.update(version=2))  # fewer writes than releases
     with pytest.raises(LedgerError, match="corrupt"):
         read_ledger(state, SECRET)
+
+
+PLAN = {"target_epsilon": 4.0, "batch_size": 64, "local_epochs": 1, "tolerated_sites": 2}
+
+
+def test_a_release_keeps_its_runs_plan_under_the_mac(tmp_path):
+    """What a run's later rounds are held to (``privacy_budget``: a round asking for another
+    target-epsilon, batch size, local epochs or tolerated sites is declined) cannot be edited
+    to let a larger target through."""
+    ledger = Ledger(privacy_unit="utterance", order=4.0, delta=1e-5)
+    write_ledger(tmp_path, charged(ledger, replace(release(), **PLAN), ["u1"]), SECRET)
+    [record] = json.loads((tmp_path / LEDGER_FILE).read_text())["releases"]
+    assert {key: record[key] for key in PLAN} == PLAN
+    [back] = read_ledger(tmp_path, SECRET).releases
+    assert {key: getattr(back, key) for key in PLAN} == PLAN
+    for edit in ({"target_epsilon": 20.0}, {"batch_size": 0}):
+        rewrite(tmp_path, lambda doc, e=edit: doc["releases"][0].update(e))
+        with pytest.raises(LedgerError, match="the site does not train"):
+            read_ledger(tmp_path, SECRET)
+    rewrite(tmp_path, lambda doc: doc["releases"][0].pop("tolerated_sites"))
+    with pytest.raises(LedgerError, match="the site does not train"):
+        read_ledger(tmp_path, SECRET)
+
+
+def test_a_run_whose_releases_predate_its_plan_is_held_to_what_they_record(tmp_path):
+    """A release written before the plan was recorded verifies unchanged; its run's later
+    rounds are held to its clip norm and accountant, not to a plan it never recorded."""
+    create_site_secret(tmp_path)
+    secret = site_secret(tmp_path)
+    ledger = Ledger(privacy_unit="utterance", order=4.0, delta=1e-5)
+    earlier = replace(release("run-a"), accountant="rdp", num_rounds=3)
+    write_ledger(tmp_path, charged(ledger, earlier, ["u1"]), secret)
+    assert "batch_size" not in json.loads((tmp_path / LEDGER_FILE).read_text())["releases"][0]
+    policy = SitePolicy(max_epsilon=10.0, max_delta=1e-5, privacy_unit=None)
+    asked = replace(train_request(1e-5, run="run-a"), server_round=2, num_rounds=3,
+                    batch_size=64, target_epsilon=5.0)
+    with pytest.raises(PolicyRefusal, match=r"\(clip-norm 1 -> 2\)"):
+        charge_round(tmp_path, ["u1", "u2"], replace(asked, clip_norm=2.0), policy)
+    charge_round(tmp_path, ["u1", "u2"], asked, policy)
+    with pytest.raises(PolicyRefusal, match=r"\(target-epsilon 5 -> 6\)"):
+        charge_round(tmp_path, ["u1", "u2"], replace(asked, server_round=3, target_epsilon=6.0),
+                     policy)

@@ -546,6 +546,38 @@ def test_a_run_cannot_stretch_its_rounds_after_planning_its_noise(site, tmp_path
     assert len(ledger(state).releases) == 2
 
 
+@pytest.mark.parametrize("changed,said", [
+    ({"target-epsilon": 5.0}, "target-epsilon 4 -> 5"),
+    ({"clip-norm": 2.0}, "clip-norm 1 -> 2"),
+    ({"batch-size": 64}, "batch-size 4096 -> 64"),
+    ({"local-epochs": 2}, "local-epochs 1 -> 2"),
+    ({"accountant": "rdp"}, "accountant prv -> rdp"),
+    ({"tolerated-sites": 1}, "tolerated-sites 2 -> 1"),
+])
+def test_a_run_cannot_change_the_settings_its_noise_was_planned_for(site, tmp_path, caplog,
+                                                                     changed, said):
+    """Found in review: only a run's rounds, unit and privacy model were held to what its first
+    release recorded, so a server that went on with a run (a resume, or any later round) at
+    target-epsilon 20 had its rounds planned with a fraction of the noise; the run's epsilon
+    went far past the one it first announced. Nothing is charged for the refused round; the
+    run goes on as planned, and another run may ask for the new settings."""
+    caplog.set_level(logging.WARNING, logger="flwr")
+    state = tmp_path / "state"
+    ctx = context(site, state)
+    run_rounds(ctx, "run-a", 1, num_rounds=3)
+    changed_ctx = Context(run_id=1, node_id=7, node_config=ctx.node_config, state=RecordDict(),
+                          run_config=ctx.run_config | changed)
+    reply = client_app.app(train_message("run-a", 2, num_rounds=3), changed_ctx)
+    assert refused_with(reply, Reason.PLAN_REFUSED)
+    assert f"run run-a released under other privacy settings than it now asks for ({said})" \
+        in caplog.text
+    assert len(ledger(state).releases) == 1
+    assert not client_app.app(train_message("run-a", 2, num_rounds=3), ctx).has_error()
+    assert not client_app.app(train_message("run-b", 1, num_rounds=3), changed_ctx).has_error()
+    assert [r.target_epsilon for r in ledger(state).releases] == [
+        4.0, 4.0, changed.get("target-epsilon", 4.0)]
+
+
 def test_the_site_policy_unit_wins_over_the_servers(site, tmp_path):
     ctx = context(site, tmp_path / "state", node={"privacy-unit": "customer"})
     reply = client_app.app(train_message(), ctx)
