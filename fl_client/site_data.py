@@ -892,11 +892,11 @@ def _csv_header(line: str) -> list[str] | str:
 
 
 def _separator_hint(line: str) -> str:
-    """Where a header names the columns separated by ``;`` or a tab, say so (found in review:
-    a semicolon-separated export, Excel's default in much of Europe, was told only that its one
-    column lacked 'text' and 'label')."""
+    """Where a header names the columns separated by ``;`` or a tab, in any case, say so (found
+    in review: a semicolon-separated export, Excel's default in much of Europe, was told only
+    that its one column lacked 'text' and 'label')."""
     for separator, name in ((";", "semicolons"), ("\t", "tabs")):
-        columns = {column.strip().strip('"') for column in line.split(separator)}
+        columns = {column.strip().strip('"').lower() for column in line.split(separator)}
         if "text" in columns and columns & {"label", "intent"}:
             return (f"; its columns are separated by {name}: export the file comma-separated "
                     "(in Excel: CSV UTF-8, comma delimited)")
