@@ -15,7 +15,11 @@ round is only visible once it is complete on disk. A resumed run continues the s
 checkout); the data stays at the sites and is not described here.
 """
 
+import fcntl
 import json
+import shlex
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -44,9 +48,12 @@ STATUSES = ("running", "stopped", "interrupted", "failed", "completed")
 but ``completed`` can be resumed."""
 DEPLOYMENT_FILE = "deployment.json"
 """Written by ``fedintent deploy-run`` beside the run's record once it has submitted the run
-(so not one of ``RUN_FILES``, which the ServerApp refuses to start beside): the run trained
-deployed sites, so it goes on with ``fedintent deploy-run --resume`` on the same sites, never
-with ``fedintent train --resume``, which would simulate them."""
+(so not one of ``RUN_FILES``, which the ServerApp refuses to start beside), with the Flower run
+of each of its resumes added: the run trained deployed sites, so it goes on with ``fedintent
+deploy-run --resume`` on the same sites, never with ``fedintent train --resume``, which would
+simulate them."""
+RUN_LOCK = ".run.lock"
+"""Locked by a ServerApp for as long as it writes the folder (``run_folder_lock``)."""
 STAGE_FILE = "stage.json"
 """The round the ServerApp is in and what it waits for, rewritten as each stage starts: a
 launcher's line for a round still going says whether the sites train or evaluate (found in
@@ -217,22 +224,65 @@ class RunRecord:
         write_json_atomic(self.path, self.doc)
 
 
+class RunFolderRefused(RuntimeError):
+    """The run folder cannot be taken: another ServerApp holds its lock, or the folder or its
+    lock file cannot be made."""
+
+
+@contextmanager
+def run_folder_lock(out_dir: Path) -> Iterator[None]:
+    """Hold ``out_dir``'s lock (``RUN_LOCK``, made with the folder where missing) while a
+    ServerApp writes there; ``RunFolderRefused`` when another holds it. Found in review: a resume
+    started beside the ServerApp it continued (``flwr stop`` marks a run finished at once, its
+    ServerApp sees it at its next heartbeat, seconds later), or two resumes at once, had two
+    ServerApps write one record, audit log and checkpoints, and every site train each round
+    twice."""
+    path = Path(out_dir) / RUN_LOCK
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = open(path, "a", encoding="utf-8")  # noqa: SIM115 - held for the block
+    except OSError as err:
+        where = f"{err.filename}: " if err.filename else ""
+        raise RunFolderRefused(f"cannot take the run folder: {where}{err.strerror or err}; "
+                               "nothing written") from None
+    with lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunFolderRefused(f"another fedintent ServerApp is writing {out_dir} (a run "
+                                   "that was stopped or resumed and has not ended yet); nothing "
+                                   "written. Wait for it to end, then resume") from None
+        yield
+
+
+def run_folder_busy(out_dir: Path) -> bool:
+    """Whether a ServerApp holds ``out_dir``'s lock now (``run_folder_lock``)."""
+    try:
+        with open(Path(out_dir) / RUN_LOCK, "rb") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except FileNotFoundError:
+        return False  # no ServerApp of this release ever wrote there
+    except BlockingIOError:
+        return True
+    return False
+
+
 def way_on(out_dir: Path) -> str:
     """How a run in ``out_dir`` that stopped goes on: ``fedintent train --resume``, or for a
     deployed run (``DEPLOYMENT_FILE``) ``fedintent deploy-run --resume``, which continues it on
     the deployed sites and charges their own ledgers (found in review: the way on printed for a
     deployed run simulated its sites on the operator's machine, with fresh ledgers)."""
     if (Path(out_dir) / DEPLOYMENT_FILE).exists():
-        return (f"continue with: fedintent deploy-run --resume {out_dir} and the run's "
-                "--superlink, --release and --ca-cert")
-    return f"continue with: fedintent train --resume {out_dir}"
+        return (f"continue with: fedintent deploy-run --resume {shlex.quote(str(out_dir))} and "
+                "the run's --superlink, --release, --release-port and --ca-cert")
+    return f"continue with: fedintent train --resume {shlex.quote(str(out_dir))}"
 
 
 def record_interrupted(path: Path, error: str = INTERRUPTED) -> None:
     """Mark the run recorded in ``path`` ``interrupted`` (atomically) with ``error`` if it still
     says ``running``: the ServerApp was stopped by a signal before it could say so itself. Call
-    it only once the ServerApp is gone, or it may write ``running`` again. A missing or
-    unreadable record is left as it is."""
+    it only once the ServerApp is gone (its folder's lock free, ``run_folder_busy``), or it may
+    write ``running`` again. A missing or unreadable record is left as it is."""
     try:
         doc = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError):

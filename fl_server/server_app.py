@@ -46,9 +46,11 @@ from fl_server.resume import (
 from fl_server.run_config import RunConfigError, check_run_config
 from fl_server.run_record import (
     INTERRUPTED,
+    RunFolderRefused,
     RunRecord,
     final_summary,
     run_files_in,
+    run_folder_lock,
     way_on,
     write_stage,
 )
@@ -81,6 +83,15 @@ def main(grid: Grid, context: Context) -> None:
     cfg = dict(context.run_config)
     out_dir = Path(str(cfg["out-dir"]) or Path.home() / "fedintent-runs" / f"run-{context.run_id}")
     log(INFO, "fedintent run %s: output folder %s", context.run_id, out_dir)
+    try:
+        with run_folder_lock(out_dir):
+            _run(grid, context, cfg, out_dir)
+    except RunFolderRefused as err:  # nothing of this run is written
+        log(ERROR, "fedintent run failed before round 1: %s", err)
+
+
+def _run(grid: Grid, context: Context, cfg: dict, out_dir: Path) -> None:
+    """The run ``main`` starts, with its folder's lock held."""
     previous = None
     try:
         previous = read_metrics(out_dir / "metrics.json") if cfg["resume"] else None

@@ -32,6 +32,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key, l
 from flwr.app import Context, Message, RecordDict
 
 from fedintent.cli import main
+from fedintent.commands import deploy as deploy_command
 from fedintent.commands.deploy import OWN_OPTIONS
 from fedintent.launch import deployment, releases
 from fedintent.launch.certificates import signing_key_pair, site_names, write_dev_credentials
@@ -45,7 +46,7 @@ from fedintent.launch.releases import (
     write_release,
 )
 from fl_protocol.wire import RUN_CONFIG_DEFAULTS, Reason, error_reply
-from fl_server.run_record import json_safe
+from fl_server.run_record import json_safe, run_folder_lock
 from fl_server.server_app import main as server_main
 
 REPO = Path(__file__).resolve().parent.parent
@@ -157,12 +158,10 @@ def test_deploy_run_prints_the_privacy_settings_it_submitted(signed, tmp_path, c
         "privacy-model distributed;" in capsys.readouterr().out
 
 
-def test_an_interrupted_deployed_run_says_how_to_resume_it_on_its_sites(
-        signed, tmp_path, capsys, monkeypatch, nothing_reaches_a_superlink):
-    """Found in review: an interrupted deploy-run said to continue with ``fedintent train
-    --resume``, which simulated sites over the labels' folder on the operator's machine, with
-    fresh ledgers, the deployed sites' never charged for what it trained. It names the
-    ``deploy-run --resume`` that goes on with the same SuperLink, release and CA."""
+@pytest.fixture
+def interrupted_follow(monkeypatch, nothing_reaches_a_superlink):
+    """deploy-run interrupted by Ctrl-C while it follows its run, the ServerApp's record still
+    saying running; stopping the run on the SuperLink succeeds at once."""
     def follow(connection, run_id, metrics_path, on_round, **kwargs):
         metrics_path.write_text(json.dumps({"status": "running"}), encoding="utf-8")
         raise KeyboardInterrupt
@@ -170,6 +169,14 @@ def test_an_interrupted_deployed_run_says_how_to_resume_it_on_its_sites(
     monkeypatch.setattr(deployment, "follow_run", follow)
     monkeypatch.setattr(deployment, "stop_run", lambda *args: None)
     monkeypatch.setattr(deployment, "wait_run_finished", lambda *args: True)
+
+
+def test_an_interrupted_deployed_run_says_how_to_resume_it_on_its_sites(
+        signed, tmp_path, capsys, interrupted_follow):
+    """Found in review: an interrupted deploy-run said to continue with ``fedintent train
+    --resume``, which simulated sites over the labels' folder on the operator's machine, with
+    fresh ledgers, the deployed sites' never charged for what it trained. It names the
+    ``deploy-run --resume`` that goes on with the same SuperLink, release and CA."""
     out = tmp_path / "run"
     assert deploy_run(signed, tmp_path) == 130
     said = (f"continue with: fedintent deploy-run --resume {out} --superlink 127.0.0.1:9 "
@@ -239,8 +246,9 @@ def stopped_deployed_run(signed, tmp_path, task_identity) -> Path:
                                          run_config=config))
     record = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
     assert record["status"] == "stopped"
-    assert record["error"].endswith(f"continue with: fedintent deploy-run --resume {out} and "
-                                    "the run's --superlink, --release and --ca-cert")
+    assert record["error"].endswith(
+        f"continue with: fedintent deploy-run --resume {out} and the run's --superlink, "
+        "--release, --release-port and --ca-cert")
     return out
 
 
@@ -352,6 +360,74 @@ def edit_record(out: Path, edit) -> None:
     doc = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
     edit(doc)
     (out / "metrics.json").write_text(json.dumps(doc), encoding="utf-8")
+
+
+def test_a_resume_waits_for_a_server_app_still_writing_the_folder(
+        signed, stopped_deployed_run, capsys, nothing_reaches_a_superlink, earlier_runs):
+    """Found in review: ``flwr stop`` marks a run finished at once while its ServerApp goes on
+    until its next heartbeat, so a resume pasted at once ran beside it; so did two resumes at
+    once. The ServerApp holds the folder's lock while it writes there."""
+    with run_folder_lock(stopped_deployed_run):
+        assert deploy_resume(signed, stopped_deployed_run) == 2
+    assert (f"cannot resume: a fedintent ServerApp is still writing {stopped_deployed_run}"
+            in capsys.readouterr().err)
+    assert nothing_reaches_a_superlink == []
+
+
+def test_a_resume_whose_server_app_never_resumed_the_run_fails_and_says_so(
+        signed, stopped_deployed_run, capsys, monkeypatch, nothing_reaches_a_superlink,
+        earlier_runs):
+    """Found in review: a resume whose ServerApp ended before it wrote anything (another
+    ServerApp held the folder, its bundle did not install) reported the stopped run's own
+    reason as its failure."""
+    monkeypatch.setattr(deployment, "follow_run", lambda *args, **kwargs: "finished:completed")
+    before = (stopped_deployed_run / "metrics.json").read_bytes()
+    assert deploy_resume(signed, stopped_deployed_run) == 1
+    err = capsys.readouterr().err
+    assert ("run 7 ended (finished:completed) before its ServerApp resumed the run (flwr log 7 "
+            f"says why); {stopped_deployed_run} is as it was; continue with: fedintent "
+            f"deploy-run --resume {stopped_deployed_run}") in err
+    assert (stopped_deployed_run / "metrics.json").read_bytes() == before
+
+
+def test_a_resume_warns_of_another_superlink_and_refuses_a_stop_it_has_passed(
+        signed, stopped_deployed_run, capsys, nothing_reaches_a_superlink, earlier_runs):
+    assert deploy_resume(signed, stopped_deployed_run, "--set", "stop-after-round=1") == 2
+    assert ("--set stop-after-round=1: the run has done 1 rounds already; the resume goes on "
+            "from round 2") in capsys.readouterr().err
+    assert main(["deploy-run", "--superlink", "127.0.0.1:10", "--release",
+                 str(signed["release"]), "--ca-cert", str(signed["creds"].ca_cert), "--resume",
+                 str(stopped_deployed_run)]) == 1  # the fixture stops the followed run
+    assert ("the run's last submission went to 127.0.0.1:9 and this one goes to 127.0.0.1:10"
+            in capsys.readouterr().err)
+
+
+def test_a_resume_that_cannot_ask_about_an_earlier_run_submits_nothing(
+        signed, stopped_deployed_run, capsys, monkeypatch, nothing_reaches_a_superlink):
+    def unreachable(connection, run_id):
+        raise deployment.DeploymentError("flwr ls fedintent failed: connection refused")
+
+    monkeypatch.setattr(deployment, "unfinished_status", unreachable)
+    assert deploy_resume(signed, stopped_deployed_run) == 2
+    assert ("cannot resume: cannot ask 127.0.0.1:9 whether run 5 of "
+            f"{stopped_deployed_run} has ended: flwr ls fedintent failed: connection refused"
+            ) in capsys.readouterr().err
+    assert nothing_reaches_a_superlink == []
+
+
+def test_an_interrupted_run_is_marked_only_once_its_server_app_let_go(
+        signed, tmp_path, capsys, monkeypatch, interrupted_follow):
+    """Found in review: the record was marked interrupted while the stopped run's ServerApp,
+    which sees the stop only at its next heartbeat, still wrote there."""
+    out = tmp_path / "run"
+
+    monkeypatch.setattr(deploy_command, "SERVER_APP_EXIT_S", 0.2)
+    out.mkdir()
+    with run_folder_lock(out):
+        assert deploy_run(signed, tmp_path) == 130
+    assert "run 7's ServerApp has not ended within 0.2 s; it records how the run ended itself" \
+        in capsys.readouterr().err
+    assert json.loads((out / "metrics.json").read_text(encoding="utf-8"))["status"] == "running"
 
 
 def test_deploy_run_without_resume_needs_labels_and_min_sites(signed, tmp_path, capsys):

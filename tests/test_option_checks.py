@@ -23,7 +23,7 @@ from fl_protocol.hash_chain import append_entry
 from fl_protocol.wire import RUN_CONFIG_DEFAULTS
 from fl_server.checkpoints import save_checkpoint
 from fl_server.run_config import check_run_config, tuned_settings
-from fl_server.run_record import RunRecord
+from fl_server.run_record import RunRecord, run_folder_lock
 from fl_server.server_app import main as server_main
 from fl_server.tensor_digest import arrays_sha256
 
@@ -239,6 +239,10 @@ def test_an_interrupted_run_can_be_resumed(tmp_path, capsys, monkeypatch):
     started = []
     monkeypatch.setattr(train, "_simulate", lambda config, sites, rounds, reported_rounds:
                         started.append((config, reported_rounds)) or 0)
+    with run_folder_lock(out):  # found in review: a second server beside the first
+        assert main(["train", "--resume", str(out)]) == 2
+    assert f"cannot resume: a fedintent ServerApp is still writing {out}" in \
+        capsys.readouterr().err
     assert main(["train", "--resume", str(out)]) == 0
     [(config, done)] = started
     assert config["resume"] is True and config["run-name"] == "r-1" and done == 2

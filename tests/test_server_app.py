@@ -14,7 +14,14 @@ from fedintent.commands.progress import print_summary
 from fl_protocol.wire import RUN_CONFIG_DEFAULTS, Reason, error_reply
 from fl_server import server_app
 from fl_server.run_config import check_run_config
-from fl_server.run_record import RunRecord, final_summary, json_safe, read_stage
+from fl_server.run_record import (
+    RunRecord,
+    final_summary,
+    json_safe,
+    read_stage,
+    run_folder_busy,
+    run_folder_lock,
+)
 from fl_server.server_app import main
 from models import get_model_family
 from models.model_card import model_card
@@ -92,6 +99,24 @@ def test_a_run_where_no_site_trains_logs_each_round_and_fails_without_a_tracebac
     assert f"  site 1 did not train: {Reason.BUDGET_EXHAUSTED.value}" in lines
     assert any("run failed: no site trained" in line for line in lines)
     assert not any(record.exc_info for record in logged.records)
+
+
+def test_a_server_app_refuses_a_folder_another_one_writes_and_writes_nothing(tmp_path, logged):
+    """Found in review: a resume beside the ServerApp it continued (still going until its next
+    heartbeat after ``flwr stop``), or two resumes at once, had two ServerApps write one record,
+    audit log and checkpoints."""
+    data = write_data(tmp_path / "data")
+    out = tmp_path / "out"
+    with run_folder_lock(out):
+        context = Context(run_id=9, node_id=0, node_config={}, state=RecordDict(),
+                          run_config=RUN_CONFIG_DEFAULTS | {"out-dir": str(out), "model": "ngram",
+                                                            "data-dir": str(data)})
+        main(DecliningGrid([1, 2]), context)
+        assert run_folder_busy(out)
+    assert not run_folder_busy(out)
+    assert sorted(path.name for path in out.iterdir()) == [".run.lock"]
+    assert (f"fedintent run failed before round 1: another fedintent ServerApp is writing {out}"
+            in logged.text)
 
 
 def test_each_stage_of_a_round_is_recorded_before_its_sites_are_asked(tmp_path, task_identity):
@@ -211,7 +236,7 @@ def test_a_write_that_fails_mid_run_names_the_file_and_how_to_continue(tmp_path,
                                       "num-rounds": 2})
     assert metrics["status"] == "failed"
     way_on = (f"continue with: fedintent deploy-run --resume {out} and the run's --superlink, "
-              "--release and --ca-cert" if deployed
+              "--release, --release-port and --ca-cert" if deployed
               else f"continue with: fedintent train --resume {out}")
     assert metrics["error"] == (
         f"cannot write the run's files: {out}/checkpoints/round-00001.safetensors: No space "

@@ -2,6 +2,7 @@
 TLS SuperLink with authenticated sites (docs/DEPLOYMENT.md)."""
 
 import argparse
+import json
 import math
 import re
 import shlex
@@ -31,7 +32,13 @@ from fl_server.run_config import (
     site_size_rate,
     tuned_settings,
 )
-from fl_server.run_record import DEPLOYMENT_FILE, json_safe
+from fl_server.run_record import (
+    DEPLOYMENT_FILE,
+    INTERRUPTED,
+    json_safe,
+    record_interrupted,
+    run_folder_busy,
+)
 
 
 def add_parsers(commands: argparse._SubParsersAction) -> None:
@@ -134,6 +141,9 @@ a word, so every site was asked for 8)."""
 CHANGED_ON_RESUME = ("reply-timeout", "stop-after-round")
 """The ``--set`` keys a resume may change: how long the server waits, and where it stops
 (``fl_server.resume.MAY_CHANGE_ON_RESUME``, less what ``deploy-run`` sets itself)."""
+SERVER_APP_EXIT_S = 60
+"""How long a stopped run's ServerApp may take to let go of its folder (its heartbeat, about
+30 s apart, tells it of the stop)."""
 SETTINGS_OF_A_NEW_RUN = ("labels", "rounds", "epsilon", "site_rows", "out")
 """Options a resume refuses: what they set, the run recorded when it started."""
 
@@ -294,6 +304,8 @@ def _resume(args: argparse.Namespace, overrides: dict) -> int:
                        f"settings it started with (only {', '.join(CHANGED_ON_RESUME)} may "
                        "change)")
     out_dir = writable_folder("--resume", args.resume)
+    if not out_dir.is_dir():
+        raise CliError(f"--resume {out_dir}: no such folder")
     try:
         record = deployment.read_deployment_record(out_dir)
         release = read_release(args.release)
@@ -309,11 +321,16 @@ def _resume(args: argparse.Namespace, overrides: dict) -> int:
         checkpoint, warnings = resume_point(out_dir, str(run_config["run-name"]))
         check_audited_start(out_dir, json_safe(run_config), doc["labels"])
     except (CheckpointError, ChainError, RunConfigError) as err:
-        raise CliError(str(err)) from err
+        said = str(err)
+        raise CliError(said if said.startswith("cannot resume") else f"cannot resume: {said}"
+                       ) from err
     labels_file = Path(str(run_config["labels-file"]))
     if read_labels(labels_file) != doc["labels"]:
         raise CliError(f"cannot resume: {labels_file} changed since the run started")
     done = checkpoint.server_round if checkpoint else 0
+    if 0 < int(run_config["stop-after-round"]) <= done:
+        raise CliError(f"--set stop-after-round={run_config['stop-after-round']}: the run has "
+                       f"done {done} rounds already; the resume goes on from round {done + 1}")
     if warnings and math.isfinite(float(run_config["target-epsilon"])):
         warnings.append("each site charges the rounds trained again a second time (fresh noise, "
                         "docs/FAULT_TOLERANCE.md), so its epsilon for this run can end above "
@@ -322,8 +339,17 @@ def _resume(args: argparse.Namespace, overrides: dict) -> int:
     if last["app"] != release.app_spec:
         warnings.append(f"the run's last submission ran {last['app']} and --release holds "
                         f"{release.app_spec}: rounds after {done} are trained by it")
+    if last.get("superlink") != args.superlink:
+        warnings.append(f"the run's last submission went to {last.get('superlink')} and this "
+                        f"one goes to {args.superlink}: its earlier Flower runs are looked for "
+                        "there, and its rounds go to the sites connected there")
     for warning in warnings:
         print(f"fedintent deploy-run: warning: {warning}", file=sys.stderr)
+    if run_folder_busy(out_dir):
+        raise CliError(f"cannot resume: a fedintent ServerApp is still writing {out_dir} (one "
+                       "that was stopped sees it at its next heartbeat, within about 30 s, or "
+                       "one of a resume started beside this one); wait for it to end, then "
+                       "resume")
     try:
         deployment.check_superlink_certificate(args.superlink, args.ca_cert)
     except deployment.DeploymentError as err:
@@ -344,20 +370,21 @@ def _submit_and_follow(args: argparse.Namespace, release, run_config: dict,
                        earlier_runs: list[int] | None = None) -> int:
     """Hand ``release`` over and submit the run, record it in the run folder's deployment
     record, print ``submitted(run_id)`` and follow the rounds after ``done`` to the end; on
-    Ctrl-C, stop the run on the SuperLink and say how it goes on. ``earlier_runs``: a resume's
-    earlier Flower runs of the folder, refused while one is still going (it still writes
-    there)."""
+    Ctrl-C, from the moment the run is submitted, stop it on the SuperLink, wait for its
+    ServerApp to let go of the folder, and say how it goes on. A resume (``resumes``, its number
+    among the record's) is refused while one of ``earlier_runs``, the folder's earlier Flower
+    runs, is still going, and fails where its ServerApp never resumed the record."""
     from fedintent.launch import deployment
     from fedintent.launch.processes import make_temporary_folder, remove_temporary_folder
     from fedintent.launch.releases import serve_release, submit_release_run
     from fedintent.launch.run_outcome import RunFailedError, completed_run_metrics
-    from fl_server.run_record import INTERRUPTED, record_interrupted
 
     out_dir = Path(str(run_config["out-dir"]))
     num_rounds = int(run_config["num-rounds"])
     resume = shlex.join(["fedintent", "deploy-run", "--resume", str(out_dir), "--superlink",
-                         args.superlink, "--release", str(args.release), "--release-port",
-                         str(args.release_port), "--ca-cert", str(args.ca_cert)])
+                         args.superlink, "--release", str(args.release.resolve()),
+                         "--release-port", str(args.release_port), "--ca-cert",
+                         str(args.ca_cert.resolve())])
     way_on = (f"continue with: {resume} (a round the sites trained after the last checkpoint "
               "is charged to their budgets again when the resume trains it)")
     flwr_home = make_temporary_folder()  # the watchdog removes it should this be killed
@@ -366,7 +393,12 @@ def _submit_and_follow(args: argparse.Namespace, release, run_config: dict,
             flwr_home, "fedintent-deployment", args.superlink, args.ca_cert
         )
         for earlier in earlier_runs or []:
-            if status := deployment.unfinished_status(connection, earlier):
+            try:
+                status = deployment.unfinished_status(connection, earlier)
+            except deployment.DeploymentError as err:
+                raise CliError(f"cannot resume: cannot ask {args.superlink} whether run "
+                               f"{earlier} of {out_dir} has ended: {err}") from err
+            if status:
                 raise CliError(f"cannot resume: run {earlier} of {out_dir} is still {status} on "
                                f"{args.superlink} and writes there; wait for it to end, or stop "
                                f"it (flwr stop {earlier}), then resume")
@@ -378,17 +410,17 @@ def _submit_and_follow(args: argparse.Namespace, release, run_config: dict,
             raise CliError(f"cannot hand over the release on 127.0.0.1:{args.release_port}: "
                            f"{err.strerror}") from err
         try:
-            deployment.record_deployed_run(out_dir, run_id, args.superlink, release.app_spec,
-                                           release.key_id)
-        except (OSError, deployment.DeploymentError) as err:
-            # found in review: the submitted run went on, reported failed
-            print(f"fedintent deploy-run: warning: cannot record run {run_id} in "
-                  f"{out_dir / DEPLOYMENT_FILE} ({getattr(err, 'strerror', None) or err}): the "
-                  "run goes on, but its folder may not say it was deployed; resume it only "
-                  "with fedintent deploy-run --resume, never fedintent train --resume",
-                  file=sys.stderr)
-        print(submitted(run_id), flush=True)
-        try:
+            try:
+                deployment.record_deployed_run(out_dir, run_id, args.superlink,
+                                               release.app_spec, release.key_id)
+            except (OSError, deployment.DeploymentError) as err:
+                # found in review: the submitted run went on, reported failed
+                print(f"fedintent deploy-run: warning: cannot record run {run_id} in "
+                      f"{out_dir / DEPLOYMENT_FILE} ({getattr(err, 'strerror', None) or err}): "
+                      "the run goes on, but a later resume will not know to wait for it; "
+                      "resume it only with fedintent deploy-run --resume, never fedintent "
+                      "train --resume", file=sys.stderr)
+            print(submitted(run_id), flush=True)
             with rounds_in_progress(done + 1, num_rounds, out_dir) as round_done:
                 def report(entry: dict) -> None:
                     round_done(int(entry["round"]))
@@ -397,11 +429,13 @@ def _submit_and_follow(args: argparse.Namespace, release, run_config: dict,
                 status = deployment.follow_run(connection, run_id, out_dir / "metrics.json",
                                                on_round=report, seen=done, resumes=resumes)
         except KeyboardInterrupt:
-            deployment.stop_run(connection, run_id)
-            if deployment.wait_run_finished(connection, run_id):
-                record_interrupted(out_dir / "metrics.json", f"{INTERRUPTED}; {way_on}")
+            _stop(connection, run_id, out_dir, f"{INTERRUPTED}; {way_on}")
             print(f"fedintent deploy-run: interrupted; {way_on}", file=sys.stderr)
             return 130
+        if resumes and not _resumed_by(out_dir, run_id):
+            raise RunFailedError(f"run {run_id} ended ({status}) before its ServerApp resumed "
+                                 f"the run (flwr log {run_id} says why); {out_dir} is as it "
+                                 f"was; {way_on}")
         metrics = completed_run_metrics(out_dir / "metrics.json", status)
     except (deployment.DeploymentError, RunFailedError) as err:
         print(f"fedintent deploy-run: error: {err}", file=sys.stderr)
@@ -410,6 +444,36 @@ def _submit_and_follow(args: argparse.Namespace, release, run_config: dict,
         remove_temporary_folder(flwr_home)
     print_summary(metrics, time.monotonic() - started)
     return 0
+
+
+def _stop(connection, run_id: int, out_dir: Path, reason: str) -> None:
+    """Stop the run on the SuperLink and, once its ServerApp has let go of ``out_dir`` (it sees
+    the stop at its next heartbeat: found in review, the SuperLink marks the run finished at
+    once), mark its record interrupted if it could not say so itself."""
+    from fedintent.launch import deployment
+
+    deployment.stop_run(connection, run_id)
+    if not deployment.wait_run_finished(connection, run_id):
+        return
+    deadline = time.monotonic() + SERVER_APP_EXIT_S
+    while run_folder_busy(out_dir):
+        if time.monotonic() > deadline:
+            print(f"fedintent deploy-run: run {run_id}'s ServerApp has not ended within "
+                  f"{SERVER_APP_EXIT_S} s; it records how the run ended itself", file=sys.stderr)
+            return
+        time.sleep(0.5)
+    record_interrupted(out_dir / "metrics.json", reason)
+
+
+def _resumed_by(out_dir: Path, run_id: int) -> bool:
+    """Whether the record in ``out_dir`` holds a resume by Flower run ``run_id``."""
+    try:
+        doc = json.loads((out_dir / "metrics.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    resumed = doc.get("resumes") if isinstance(doc, dict) else None
+    return isinstance(resumed, list) and any(
+        isinstance(entry, dict) and entry.get("run_id") == run_id for entry in resumed)
 
 
 def deploy_settings(epsilon: float, site_rows: float | None, overrides: dict) -> dict:

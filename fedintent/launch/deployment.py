@@ -183,8 +183,9 @@ def wait_run_finished(
     connection: Connection, run_id: int, timeout_s: float = STOP_TIMEOUT_S,
     poll_seconds: float = 1.0,
 ) -> bool:
-    """Whether the run finished within ``timeout_s`` (after ``stop_run``: its ServerApp is gone
-    and writes nothing more)."""
+    """Whether the SuperLink lists the run finished within ``timeout_s``. After ``stop_run`` it
+    does at once, while the run's ServerApp goes on until its next heartbeat tells it (found in
+    review): ``fl_server.run_record.run_folder_busy`` says when it has let go of its folder."""
     deadline = time.monotonic() + timeout_s
     while not run_status(connection, run_id).startswith("finished"):
         if time.monotonic() > deadline:
