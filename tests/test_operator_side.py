@@ -11,6 +11,7 @@ import asyncio
 import base64
 import contextlib
 import datetime
+import hashlib
 import http.client
 import importlib.util
 import json
@@ -237,7 +238,8 @@ def stopped_deployed_run(signed, tmp_path, task_identity) -> Path:
     out = tmp_path / "run"
     out.mkdir()
     release = read_release(signed["release"])
-    deployment.record_deployed_run(out, 5, "127.0.0.1:9", release.app_spec, release.key_id)
+    deployment.record_deployed_run(out, 5, "127.0.0.1:9", release.app_spec, release.key_id,
+                                   hashlib.sha256(release.fab).hexdigest())
     config = RUN_CONFIG_DEFAULTS | {
         "out-dir": str(out), "model": "ngram", "min-sites": 2, "num-rounds": 2,
         "stop-after-round": 1, "data-dir": str(taxonomy),
@@ -388,6 +390,21 @@ def test_a_resume_whose_server_app_never_resumed_the_run_fails_and_says_so(
             f"says why); {stopped_deployed_run} is as it was; continue with: fedintent "
             f"deploy-run --resume {stopped_deployed_run}") in err
     assert (stopped_deployed_run / "metrics.json").read_bytes() == before
+
+
+def test_a_resume_warns_of_another_bundle_under_the_same_version(
+        signed, stopped_deployed_run, capsys, nothing_reaches_a_superlink, earlier_runs):
+    """Found in review: only the app spec was compared, so a bundle rebuilt under the same
+    version (other code) resumed without a word."""
+    record = json.loads((stopped_deployed_run / "deployment.json").read_text(encoding="utf-8"))
+    (stopped_deployed_run / "deployment.json").write_text(
+        json.dumps(record | {"fab_sha256": "0" * 64}), encoding="utf-8")
+    assert deploy_resume(signed, stopped_deployed_run) == 1  # the fixture stops the followed run
+    err = capsys.readouterr().err
+    assert f"the run's last submission ran {record['app']} (bundle sha256 0000000000000000...)" \
+        in err and "rounds after 1 are trained by it" in err
+    assert deploy_resume(signed, stopped_deployed_run) == 1
+    assert "bundle sha256" not in capsys.readouterr().err  # the resume's own is recorded last
 
 
 def test_a_resume_warns_of_another_superlink_and_refuses_a_stop_it_has_passed(

@@ -2,6 +2,7 @@
 TLS SuperLink with authenticated sites (docs/DEPLOYMENT.md)."""
 
 import argparse
+import hashlib
 import json
 import math
 import re
@@ -202,8 +203,6 @@ def run_certs(args: argparse.Namespace) -> int:
 
 
 def run_release(args: argparse.Namespace) -> int:
-    import hashlib
-
     from fedintent.launch.deployment import DeploymentError
     from fedintent.launch.releases import RELEASE_FAB, RELEASE_SIGNATURE, write_release
 
@@ -336,9 +335,13 @@ def _resume(args: argparse.Namespace, overrides: dict) -> int:
                         "docs/FAULT_TOLERANCE.md), so its epsilon for this run can end above "
                         "the run's target, where its lifetime budget leaves room for them")
     last = [record, *record.get("resumes", [])][-1]
-    if last["app"] != release.app_spec:
-        warnings.append(f"the run's last submission ran {last['app']} and --release holds "
-                        f"{release.app_spec}: rounds after {done} are trained by it")
+    fab_sha256 = hashlib.sha256(release.fab).hexdigest()
+    if last["app"] != release.app_spec or last.get("fab_sha256", fab_sha256) != fab_sha256:
+        # found in review: a bundle rebuilt under the same version went unnoticed
+        warnings.append(f"the run's last submission ran {last['app']} (bundle sha256 "
+                        f"{str(last.get('fab_sha256'))[:16]}...) and --release holds "
+                        f"{release.app_spec} (bundle sha256 {fab_sha256[:16]}...): rounds "
+                        f"after {done} are trained by it")
     if last.get("superlink") != args.superlink:
         warnings.append(f"the run's last submission went to {last.get('superlink')} and this "
                         f"one goes to {args.superlink}: its earlier Flower runs are looked for "
@@ -412,7 +415,8 @@ def _submit_and_follow(args: argparse.Namespace, release, run_config: dict,
         try:
             try:
                 deployment.record_deployed_run(out_dir, run_id, args.superlink,
-                                               release.app_spec, release.key_id)
+                                               release.app_spec, release.key_id,
+                                               hashlib.sha256(release.fab).hexdigest())
             except (OSError, deployment.DeploymentError) as err:
                 # found in review: the submitted run went on, reported failed
                 print(f"fedintent deploy-run: warning: cannot record run {run_id} in "

@@ -235,13 +235,13 @@ def _flwr(args: list[str], connection: Connection) -> dict:
 
 
 def record_deployed_run(out_dir: Path, run_id: int, superlink: str, app: str,
-                        release_key: str) -> None:
+                        release_key: str, fab_sha256: str) -> None:
     """Mark ``out_dir`` as a deployed run's (``fl_server.run_record.DEPLOYMENT_FILE``): where it
-    ran, under which Flower run id, with which signed release. A resume of the run adds its own
-    submission to the record's ``resumes``."""
+    ran, under which Flower run id, with which signed release (its app spec, signing key and
+    bundle digest). A resume of the run adds its own submission to the record's ``resumes``."""
     path = out_dir / DEPLOYMENT_FILE
     submission = {"superlink": superlink, "flower_run_id": run_id, "app": app,
-                  "release_key": release_key}
+                  "release_key": release_key, "fab_sha256": fab_sha256}
     if not path.exists():
         write_json_atomic(path, submission)
         return
