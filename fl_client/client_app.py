@@ -274,6 +274,7 @@ def _evaluate_with_dp(msg: Message, context: Context, state_dir: Path, policy: S
         request = replace(request, batch_size=len(distinct),
                           delta=evaluation_delta(policy, request, len(distinct)))
         charge = charge_round(state_dir, distinct, request, policy, empty_ok=True,
+                              evaluation=True,
                               fresh_nonce=not is_simulated(context),
                               begin_delta=own_evaluation_delta(policy),
                               aliases=unit_aliases(request.privacy_unit, rows.units, rows.ids,

@@ -124,6 +124,7 @@ def charge_round(
     dimension: int = 0, empty_ok: bool = False, fresh_nonce: bool = True,
     aliases: Mapping[str, tuple[tuple[str, ...], ...]] | None = None,
     lifetime_delta: float | None = None, begin_delta: float | None = None,
+    evaluation: bool = False,
 ) -> Charge:
     """Charge this round to the ledger and say who trains, or raise (nothing charged).
 
@@ -146,7 +147,9 @@ def charge_round(
     longer below ``delta_limit`` of the units (``_tighten_delta``); a ledger this release
     begins is fixed at ``begin_delta`` (a DP evaluation's: ``site_policy.own_evaluation_delta``),
     else ``lifetime_delta``, else the request's: the site's own, never the run's (found in
-    review: a first run asking for delta 1e-10 fixed every later run's budget there, for good).
+    review: a first run asking for delta 1e-10 fixed every later run's budget there, for good);
+    ``evaluation`` (a DP evaluation's release): the run is held to its accountant only, not to
+    the training plan (its epsilon is the site's own, its batch its test split).
     Raises
     ``BudgetExhausted`` when no unit may take part or no noise fits the budget,
     ``PolicyRefusal`` when the request contradicts the ledger (another privacy unit, a round
@@ -157,13 +160,14 @@ def charge_round(
     """
     with state_lock(state_dir):
         return _charge_round(state_dir, units, request, policy, dimension, empty_ok,
-                             fresh_nonce, aliases or {}, lifetime_delta, begin_delta)
+                             fresh_nonce, aliases or {}, lifetime_delta, begin_delta, evaluation)
 
 
 def _charge_round(state_dir: Path, units: list[str], request: RoundRequest, policy: SitePolicy,
                   dimension: int, empty_ok: bool, fresh_nonce: bool,
                   aliases: Mapping[str, tuple[tuple[str, ...], ...]],
-                  lifetime_delta: float | None, begin_delta: float | None) -> Charge:
+                  lifetime_delta: float | None, begin_delta: float | None,
+                  evaluation: bool) -> Charge:
     secret = site_secret(state_dir)
     begun_at = next(delta for delta in (begin_delta, lifetime_delta, request.delta)
                     if delta is not None)
@@ -172,7 +176,7 @@ def _charge_round(state_dir: Path, units: list[str], request: RoundRequest, poli
         order=ledger_order(policy, begun_at),
         delta=begun_at,
     )
-    _check_against_ledger(ledger, request, training=not empty_ok)
+    _check_against_ledger(ledger, request, training=not evaluation)
     if lifetime_delta is not None and ledger.delta >= delta_limit(len(units)):
         _tighten_delta(ledger, min(lifetime_delta, ledger.delta), policy)
     ledger.deletion_log, problem = deletion_log_check(state_dir, secret, ledger.deletion_log)
@@ -428,10 +432,14 @@ def _plan_changes(ledger: Ledger, request: RoundRequest, training: bool) -> list
         **({name: {getattr(r, name) for r in earlier if r.batch_size}
             for name in RUN_PLAN_FIELDS} if training else {}),
     }
-    return [f"{name.replace('_', '-')} {_shown(next(iter(values)))} -> "
-            f"{_shown(getattr(request, name))}"
+    return [f"{PLAN_SETTINGS.get(name, name.replace('_', '-'))} "
+            f"{' or '.join(map(_shown, sorted(values)))} -> {_shown(getattr(request, name))}"
             for name, values in recorded.items()
             if values and values != {getattr(request, name)}]
+
+
+PLAN_SETTINGS = {"plan_delta": "delta (as the run asked for it)"}
+"""A plan field's name in a site's log where it is not its run-config key's."""
 
 
 def _shown(value: object) -> str:

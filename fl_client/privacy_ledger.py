@@ -60,14 +60,17 @@ from fl_client.site_secret import ledger_mac
 from fl_protocol.durable_files import write_bytes_atomic
 from fl_protocol.file_owner import permission_denied
 
-FORMAT = "fedintent-privacy-ledger/7"
+FORMAT = "fedintent-privacy-ledger/8"
 READ_FORMATS = ("fedintent-privacy-ledger/3", "fedintent-privacy-ledger/4",
-                "fedintent-privacy-ledger/5", "fedintent-privacy-ledger/6", FORMAT)
+                "fedintent-privacy-ledger/5", "fedintent-privacy-ledger/6",
+                "fedintent-privacy-ledger/7", FORMAT)
 """Version 3 had no ``aliases`` and no deletion log's length; version 4 added them (and, from
 ceb9819, the ``version`` its MAC covers); version 5 is version 4 under a name that a release
 which cannot verify a ``version`` refuses as a newer format rather than as an edited ledger;
 version 6 adds ``recorded``, version 7 ``alone`` (a release that would drop it, and so
-under-count a customer's epsilon alone, refuses the ledger as a newer format). Every older
+under-count a customer's epsilon alone, refuses the ledger as a newer format), version 8 a
+release's record of its run's plan (``RUN_PLAN_FIELDS``: a release before it, reading a release
+that holds them, would call the ledger corrupt instead of newer, found in review). Every older
 version is read and written back as the current one: a unit it holds starts its ``alone`` from
 its spend plus what every distributed release added without the other sites' shares, the bound
 those versions used."""
@@ -121,9 +124,12 @@ class Release:
     batch_size: int = 0
     local_epochs: int = 0
     tolerated_sites: int = 0
-    """The run's plan as its round asked for it (``RUN_PLAN_FIELDS``): every round of one run
-    must ask for the same, since its noise was planned for it. A release recorded before they
-    existed has none of them (read as 0, batch size 0 meaning unrecorded)."""
+    plan_delta: float = 0.0
+    """The run's plan as its round asked for it (``RUN_PLAN_FIELDS``; ``plan_delta`` the delta
+    the run asked for, ``MAX_AUTO_DELTA`` where it left it to the sites, not the site's own
+    ``delta`` above, which a growing site lowers): every round of one run must ask for the same,
+    since its noise was planned for it. A release recorded before they existed has none of them
+    (read as 0, batch size 0 meaning unrecorded)."""
 
     @property
     def mechanism(self) -> tuple[float, float, int]:
@@ -493,7 +499,8 @@ def _stored(release: Release) -> dict:
 
 
 _LIKELY_FIELDS = ("likely_l1", "likely_l2", "rounding_failure")
-RUN_PLAN_FIELDS = ("target_epsilon", "batch_size", "local_epochs", "tolerated_sites")
+RUN_PLAN_FIELDS = ("target_epsilon", "batch_size", "local_epochs", "tolerated_sites",
+                   "plan_delta")
 """A release's record of the run's plan; absent from a release recorded before it existed."""
 _DISTRIBUTED_FIELDS = ("privacy_model", "skellam_mu", "skellam_mu_share", "l1", "l2", "rdp_alone",
                        *_LIKELY_FIELDS)

@@ -256,14 +256,16 @@ def run_folder_lock(out_dir: Path) -> Iterator[None]:
 
 
 def run_folder_busy(out_dir: Path) -> bool:
-    """Whether a ServerApp holds ``out_dir``'s lock now (``run_folder_lock``)."""
+    """Whether a ServerApp holds ``out_dir``'s lock now (``run_folder_lock``). Asked with a
+    shared lock, which two askers may hold at once; a lock file that cannot be opened (a
+    folder there) is not held by a ServerApp, which could not open it either."""
     try:
         with open(Path(out_dir) / RUN_LOCK, "rb") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except FileNotFoundError:
-        return False  # no ServerApp of this release ever wrote there
+            fcntl.flock(lock, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
         return True
+    except OSError:
+        return False  # missing (no ServerApp of this release wrote there) or not a file
     return False
 
 
@@ -298,11 +300,16 @@ def write_stage(out_dir: Path, server_round: int, stage: str, sites: int) -> Non
                       {"round": server_round, "stage": stage, "sites": sites})
 
 
-def read_stage(out_dir: Path) -> dict | None:
-    """The stage ``write_stage`` recorded last; ``None`` when there is none or it does not read
-    as one (a launcher then prints its line without it)."""
+def read_stage(out_dir: Path, since: float = 0.0) -> dict | None:
+    """The stage ``write_stage`` recorded last, at ``since`` (a ``time.time()``) or later;
+    ``None`` when there is none or it does not read as one (a launcher then prints its line
+    without it). Found in review: a resume's launcher read the stage its run's last server had
+    recorded before the resume began."""
+    path = Path(out_dir) / STAGE_FILE
     try:
-        stage = json.loads((Path(out_dir) / STAGE_FILE).read_text(encoding="utf-8"))
+        if path.stat().st_mtime < since:
+            return None
+        stage = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     if not (isinstance(stage, dict) and type(stage.get("round")) is int

@@ -1,6 +1,7 @@
 """The command line: bad input gives one line naming the problem and a non-zero exit."""
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -408,7 +409,9 @@ def test_the_line_for_a_round_still_going_says_whether_its_sites_train_or_evalua
         tmp_path, capsys):
     """Found in review: a deployed run's line said the first round embeds every utterance
     while its sites were already evaluating. The ServerApp records each stage in the run's
-    folder (``stage.json``); a stage of another round than the one going is not shown."""
+    folder (``stage.json``); a stage of another round than the one going, or one written
+    before the launcher began (a resumed run's last server's, found in review), is not
+    shown."""
     lines: list[str] = []
 
     def read_until(text: str) -> str:
@@ -421,8 +424,11 @@ def test_the_line_for_a_round_still_going_says_whether_its_sites_train_or_evalua
             time.sleep(0.01)
         raise AssertionError(f"{text!r} never printed")
 
-    write_stage(tmp_path, 1, "training", 4)
+    write_stage(tmp_path, 1, "evaluating", 4)  # the last server's, before this launcher began
+    os.utime(tmp_path / "stage.json", (time.time() - 60, time.time() - 60))
     with rounds_in_progress(1, 3, tmp_path, every=0.01) as round_done:
+        stale = read_until("round   1/3  in progress (")
+        write_stage(tmp_path, 1, "training", 4)
         training = read_until("round   1/3  in progress: 4 sites training (")
         write_stage(tmp_path, 1, "evaluating", 1)
         evaluating = read_until("round   1/3  in progress: 1 site evaluating (")
@@ -430,7 +436,7 @@ def test_the_line_for_a_round_still_going_says_whether_its_sites_train_or_evalua
         later = read_until("round   2/3  in progress (")
         (tmp_path / "stage.json").write_text('{"round": 2, "stage": "sleeping", "sites": 1}')
         unread = read_until("round   2/3  in progress (")
-    assert "the first round embeds every utterance" in training
+    assert "the first round embeds every utterance" in training + stale
     assert "embeds" not in evaluating and "evaluating" not in later + unread
 
 

@@ -387,7 +387,7 @@ def test_a_resume_whose_server_app_never_resumed_the_run_fails_and_says_so(
     assert deploy_resume(signed, stopped_deployed_run) == 1
     err = capsys.readouterr().err
     assert ("run 7 ended (finished:completed) before its ServerApp resumed the run (flwr log 7 "
-            f"says why); {stopped_deployed_run} is as it was; continue with: fedintent "
+            f"says why); it wrote nothing in {stopped_deployed_run}; continue with: fedintent "
             f"deploy-run --resume {stopped_deployed_run}") in err
     assert (stopped_deployed_run / "metrics.json").read_bytes() == before
 

@@ -368,7 +368,7 @@ def rewrite(state, edit) -> None:
 
 def test_a_ledger_of_another_format_is_refused(state):
     for found, said in (("fedintent-privacy-ledger/2", "is older than this release reads"),
-                        ("fedintent-privacy-ledger/8", "written by a newer fedintent release"),
+                        ("fedintent-privacy-ledger/9", "written by a newer fedintent release"),
                         ("fedintent-privacy-ledger/\u0666", "not a fedintent privacy ledger"),
                         ("fedintent-privacy-ledger/05", "not a fedintent privacy ledger"),
                         ("another-ledger/9", "not a fedintent privacy ledger")):
@@ -743,7 +743,8 @@ def test_a_ledger_rewritten_without_a_release_is_still_versioned_against_its_hea
         read_ledger(state, SECRET)
 
 
-PLAN = {"target_epsilon": 4.0, "batch_size": 64, "local_epochs": 1, "tolerated_sites": 2}
+PLAN = {"target_epsilon": 4.0, "batch_size": 64, "local_epochs": 1, "tolerated_sites": 2,
+        "plan_delta": 1e-5}
 
 
 def test_a_release_keeps_its_runs_plan_under_the_mac(tmp_path):
@@ -783,3 +784,45 @@ def test_a_run_whose_releases_predate_its_plan_is_held_to_what_they_record(tmp_p
     with pytest.raises(PolicyRefusal, match=r"\(target-epsilon 5 -> 6\)"):
         charge_round(tmp_path, ["u1", "u2"], replace(asked, server_round=3, target_epsilon=6.0),
                      policy)
+
+
+def test_the_plan_holds_a_run_to_the_delta_it_asked_for_not_to_the_sites_own(tmp_path):
+    """Found in review: the run's delta was not held, so a server that went on with a run at
+    a larger delta had its later rounds planned with less noise. What is held is the delta the
+    run asked for: the site's own may be lowered as it grows."""
+    create_site_secret(tmp_path)
+    policy = SitePolicy(max_epsilon=10.0, max_delta=1e-5, privacy_unit=None)
+    asked = replace(train_request(1e-12, run="run-a"), num_rounds=4, plan_delta=1e-12)
+    charge_round(tmp_path, ["u1", "u2"], asked, policy)
+    with pytest.raises(PolicyRefusal, match=r"\(delta \(as the run asked for it\) 1e-12 -> "
+                                            r"1e-05\)"):
+        charge_round(tmp_path, ["u1", "u2"], replace(asked, server_round=2, delta=1e-5,
+                                                     plan_delta=1e-5), policy)
+    charge_round(tmp_path, ["u1", "u2"], replace(asked, server_round=2, delta=1e-13), policy)
+    assert len(read_ledger(tmp_path, site_secret(tmp_path)).releases) == 2
+
+
+def test_neither_a_dp_evaluation_nor_a_distributed_round_is_refused_for_what_the_site_sets(
+        tmp_path):
+    """What the plan must not hold: a DP evaluation's batch (its test split, which grows) and
+    epsilon (the site's own), and a distributed round's accountant (a distributed release is
+    recorded in Rényi DP whatever the run asks). Training holds the same batch change."""
+    create_site_secret(tmp_path)
+    policy = SitePolicy(max_epsilon=10.0, max_delta=1e-5, privacy_unit=None,
+                        max_epsilon_alone=1e9)
+    evaluation = replace(train_request(1e-5, 8.0, "run-a (evaluation)"), num_rounds=4,
+                         batch_size=10)
+    charge_round(tmp_path, ["u1"], evaluation, policy, empty_ok=True, evaluation=True)
+    grown = replace(evaluation, server_round=2, batch_size=12, target_epsilon=6.0)
+    charge_round(tmp_path, ["u1", "u2"], grown, policy, empty_ok=True, evaluation=True)
+    with pytest.raises(PolicyRefusal, match="batch-size 10 or 12 -> 12"):
+        charge_round(tmp_path, ["u1", "u2"], replace(grown, server_round=3), policy,
+                     empty_ok=True)
+    summed = replace(train_request(1e-5, run="sum"), accountant="prv", num_rounds=3,
+                     privacy_model="distributed", cohort_size=10, tolerated_sites=2,
+                     plan_delta=1e-5)
+    for server_round in (1, 2):
+        charge_round(tmp_path, ["d0", "d1"], replace(summed, server_round=server_round),
+                     policy, dimension=1000)
+    assert [r.accountant for r in read_ledger(tmp_path, site_secret(tmp_path)).releases
+            if r.run == "sum"] == ["rdp", "rdp"]

@@ -553,6 +553,7 @@ def test_a_run_cannot_stretch_its_rounds_after_planning_its_noise(site, tmp_path
     ({"local-epochs": 2}, "local-epochs 1 -> 2"),
     ({"accountant": "rdp"}, "accountant prv -> rdp"),
     ({"tolerated-sites": 1}, "tolerated-sites 2 -> 1"),
+    ({"delta": 1e-6}, "delta (as the run asked for it) 1e-05 -> 1e-06"),
 ])
 def test_a_run_cannot_change_the_settings_its_noise_was_planned_for(site, tmp_path, caplog,
                                                                      changed, said):

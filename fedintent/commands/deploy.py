@@ -406,13 +406,14 @@ def _submit_and_follow(args: argparse.Namespace, release, run_config: dict,
                                f"{args.superlink} and writes there; wait for it to end, or stop "
                                f"it (flwr stop {earlier}), then resume")
         started = time.monotonic()
+        run_id = None
         try:
-            with created_folder(out_dir), serve_release(release, args.release_port):
-                run_id = submit_release_run(release, connection, run_config)
-        except OSError as err:
-            raise CliError(f"cannot hand over the release on 127.0.0.1:{args.release_port}: "
-                           f"{err.strerror}") from err
-        try:
+            try:
+                with created_folder(out_dir), serve_release(release, args.release_port):
+                    run_id = submit_release_run(release, connection, run_config)
+            except OSError as err:
+                raise CliError(f"cannot hand over the release on 127.0.0.1:{args.release_port}: "
+                               f"{err.strerror}") from err
             try:
                 deployment.record_deployed_run(out_dir, run_id, args.superlink,
                                                release.app_spec, release.key_id,
@@ -421,9 +422,9 @@ def _submit_and_follow(args: argparse.Namespace, release, run_config: dict,
                 # found in review: the submitted run went on, reported failed
                 print(f"fedintent deploy-run: warning: cannot record run {run_id} in "
                       f"{out_dir / DEPLOYMENT_FILE} ({getattr(err, 'strerror', None) or err}): "
-                      "the run goes on, but a later resume will not know to wait for it; "
-                      "resume it only with fedintent deploy-run --resume, never fedintent "
-                      "train --resume", file=sys.stderr)
+                      "the run goes on, but its folder does not record it; resume it only "
+                      "with fedintent deploy-run --resume (it waits for any server still "
+                      "writing there), never fedintent train --resume", file=sys.stderr)
             print(submitted(run_id), flush=True)
             with rounds_in_progress(done + 1, num_rounds, out_dir) as round_done:
                 def report(entry: dict) -> None:
@@ -432,14 +433,16 @@ def _submit_and_follow(args: argparse.Namespace, release, run_config: dict,
 
                 status = deployment.follow_run(connection, run_id, out_dir / "metrics.json",
                                                on_round=report, seen=done, resumes=resumes)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt:  # found in review: one right after submitting left it going
+            if run_id is None:
+                raise
             _stop(connection, run_id, out_dir, f"{INTERRUPTED}; {way_on}")
             print(f"fedintent deploy-run: interrupted; {way_on}", file=sys.stderr)
             return 130
         if resumes and not _resumed_by(out_dir, run_id):
             raise RunFailedError(f"run {run_id} ended ({status}) before its ServerApp resumed "
-                                 f"the run (flwr log {run_id} says why); {out_dir} is as it "
-                                 f"was; {way_on}")
+                                 f"the run (flwr log {run_id} says why); it wrote nothing in "
+                                 f"{out_dir}; {way_on}")
         metrics = completed_run_metrics(out_dir / "metrics.json", status)
     except (deployment.DeploymentError, RunFailedError) as err:
         print(f"fedintent deploy-run: error: {err}", file=sys.stderr)

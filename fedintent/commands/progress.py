@@ -33,7 +33,7 @@ def rounds_in_progress(first_round: int, num_rounds: int, out_dir: Path | None =
     ``train``, two minutes under ``deploy-run``, read as a hung run). With ``out_dir`` (a run's
     folder, where its ServerApp records each stage as it starts) the line says whether the sites
     train or evaluate (found in review: it said round 1 embeds while the sites evaluated)."""
-    current, since = [first_round], [time.monotonic()]
+    current, since, began = [first_round], [time.monotonic()], time.time()
     stop = threading.Event()
 
     def completed(server_round: int) -> None:
@@ -43,7 +43,7 @@ def rounds_in_progress(first_round: int, num_rounds: int, out_dir: Path | None =
         while not stop.wait(every):
             server_round = current[0]
             if server_round <= num_rounds:
-                stage = read_stage(out_dir) if out_dir is not None else None
+                stage = read_stage(out_dir, began) if out_dir is not None else None
                 if stage is not None and stage["round"] != server_round:
                     stage = None  # the last round's, or a round this launcher has not printed
                 doing = (f": {counted(stage['sites'], 'site')} {stage['stage']}"
