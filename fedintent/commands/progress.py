@@ -33,7 +33,9 @@ def rounds_in_progress(first_round: int, num_rounds: int, out_dir: Path | None =
     ``train``, two minutes under ``deploy-run``, read as a hung run). With ``out_dir`` (a run's
     folder, where its ServerApp records each stage as it starts) the line says whether the sites
     train or evaluate (found in review: it said round 1 embeds while the sites evaluated)."""
-    current, since, began = [first_round], [time.monotonic()], time.time()
+    # a file's time is the kernel's coarse clock, up to a few ms behind time.time(): a stage
+    # written just after this began must not read as one from before it
+    current, since, began = [first_round], [time.monotonic()], time.time() - 1.0
     stop = threading.Event()
 
     def completed(server_round: int) -> None:
