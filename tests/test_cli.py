@@ -405,6 +405,18 @@ def test_a_round_that_takes_long_says_it_is_in_progress(capsys):
     assert "4/3" not in out
 
 
+def test_a_round_is_said_to_be_in_progress_only_once_it_has_run_that_long(capsys):
+    """Found in review: the line came every 30 s whatever had completed, so a round that had
+    just begun was "in progress (0 s)". Each line now says at least the interval it waited."""
+    with rounds_in_progress(1, 3, every=1.5) as round_done:
+        time.sleep(1.0)
+        round_done(1)
+        time.sleep(1.0)  # the old beat, at 1.5 s, said round 2 was in progress for 0 s
+    seconds = [int(line.rsplit("(", 1)[1].split(" s")[0])
+               for line in capsys.readouterr().out.splitlines() if "in progress" in line]
+    assert all(second >= 2 for second in seconds)  # 1.5 s or more, as printed
+
+
 def test_the_line_for_a_round_still_going_says_whether_its_sites_train_or_evaluate(
         tmp_path, capsys):
     """Found in review: a deployed run's line said the first round embeds every utterance

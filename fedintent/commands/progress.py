@@ -42,7 +42,15 @@ def rounds_in_progress(first_round: int, num_rounds: int, out_dir: Path | None =
         current[0], since[0] = server_round + 1, time.monotonic()
 
     def beat() -> None:
-        while not stop.wait(every):
+        printed = time.monotonic()
+        while True:  # each line ``every`` seconds after the last round or line, whichever is
+            # later (found in review: a fixed beat printed "in progress (0 s)" just after a round)
+            quiet_since = max(since[0], printed)
+            if stop.wait(max(0.0, quiet_since + every - time.monotonic())):
+                return
+            if time.monotonic() < max(since[0], printed) + every:
+                continue  # a round completed while it waited
+            printed = time.monotonic()
             server_round = current[0]
             if server_round <= num_rounds:
                 stage = read_stage(out_dir, began) if out_dir is not None else None
