@@ -215,6 +215,11 @@ class RoundRequest:
         return self.privacy_model == "distributed"
 
 
+EVALUATION_RUN = " (evaluation)"
+"""How the ledger names a run's DP evaluations: the run's name with this after it. No run the
+server asks the site to train may be named so."""
+
+
 def is_simulated(context: Context) -> bool:
     """Whether this site is played by a simulation (Flower gives it a ``partition-id`` and no
     ``data-path``), so the run config's ``site-*`` keys stand in for its node config."""
@@ -360,7 +365,7 @@ def evaluation_request(msg: Message, context: Context, policy: SitePolicy) -> Ro
                             f"this site's evaluation-epsilon {epsilon:g} is outside [{low:g}, "
                             f"{high:g}], where accountant {asked.accountant} can plan it")
     request = RoundRequest(
-        run_name=f"{asked.run_name} (evaluation)", server_round=number,
+        run_name=f"{asked.run_name}{EVALUATION_RUN}", server_round=number,
         num_rounds=evaluation_count(asked.num_rounds, every),
         target_epsilon=epsilon,
         delta=asked.delta, accountant=asked.accountant, privacy_unit=asked.privacy_unit,
@@ -475,6 +480,14 @@ def round_request(msg: Message, context: Context) -> RoundRequest:
         names = ", ".join(map(repr, unknown))
         raise PolicyRefusal(Reason.SETTING_REFUSED, f"round settings this site does not know: "
                             f"{names[:200]}; known: {', '.join(ROUND_CONFIG_KEYS)}")
+    if str(config.get("run-name", "")).endswith(EVALUATION_RUN):
+        # found in review: a training round named as a run's evaluations was held to their
+        # releases, whose batch is the test split's count: a refusal, charging nothing, said
+        # whether a batch size was that count
+        raise PolicyRefusal(Reason.SETTING_REFUSED,
+                            f"run-name {str(config['run-name'])[:200]!r} ends in "
+                            f"{EVALUATION_RUN!r}, which names the ledger's record of a run's "
+                            "evaluations")
     try:
         return RoundRequest(
             run_name=str(config["run-name"]),

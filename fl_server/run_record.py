@@ -252,20 +252,27 @@ def run_folder_lock(out_dir: Path) -> Iterator[None]:
             raise RunFolderRefused(f"another fedintent ServerApp is writing {out_dir} (a run "
                                    "that was stopped or resumed and has not ended yet); nothing "
                                    "written. Wait for it to end, then resume") from None
+        except OSError as err:  # a file system without locks
+            raise RunFolderRefused(f"cannot lock {path}: {err.strerror or err}; nothing "
+                                   "written") from None
         yield
 
 
 def run_folder_busy(out_dir: Path) -> bool:
     """Whether a ServerApp holds ``out_dir``'s lock now (``run_folder_lock``). Asked with a
-    shared lock, which two askers may hold at once; a lock file that cannot be opened (a
-    folder there) is not held by a ServerApp, which could not open it either."""
+    shared lock, which two askers may hold at once (a ServerApp starting at that instant is
+    refused and writes nothing); a missing lock file, or a folder in its place, no ServerApp
+    holds. ``RunFolderRefused`` when it cannot be asked (no permission, no lock service)."""
+    path = Path(out_dir) / RUN_LOCK
     try:
-        with open(Path(out_dir) / RUN_LOCK, "rb") as lock:
+        with open(path, "rb") as lock:
             fcntl.flock(lock, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
         return True
-    except OSError:
-        return False  # missing (no ServerApp of this release wrote there) or not a file
+    except (FileNotFoundError, IsADirectoryError):
+        return False
+    except OSError as err:
+        raise RunFolderRefused(f"cannot check {path}: {err.strerror or err}") from None
     return False
 
 

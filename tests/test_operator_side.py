@@ -447,6 +447,26 @@ def test_an_interrupted_run_is_marked_only_once_its_server_app_let_go(
     assert json.loads((out / "metrics.json").read_text(encoding="utf-8"))["status"] == "running"
 
 
+def test_ctrl_c_while_the_handover_closes_stops_the_submitted_run_and_keeps_its_folder(
+        signed, tmp_path, capsys, monkeypatch, nothing_reaches_a_superlink):
+    """Found in review: an interrupt after the submission but before the handover had closed
+    left the run going, unstopped, and then removed the folder it was about to write."""
+    stopped = []
+
+    @contextlib.contextmanager
+    def serve(release, port):
+        yield
+        raise KeyboardInterrupt  # as the handover's server shuts down
+
+    monkeypatch.setattr(releases, "serve_release", serve)
+    monkeypatch.setattr(deployment, "stop_run", lambda connection, run_id: stopped.append(run_id))
+    monkeypatch.setattr(deployment, "wait_run_finished", lambda *args: True)
+    assert deploy_run(signed, tmp_path) == 130
+    assert stopped == [7] and (tmp_path / "run").is_dir()
+    assert f"continue with: fedintent deploy-run --resume {tmp_path / 'run'}" in \
+        capsys.readouterr().err
+
+
 def test_deploy_run_without_resume_needs_labels_and_min_sites(signed, tmp_path, capsys):
     assert main(["deploy-run", "--superlink", "127.0.0.1:9", "--release", str(signed["release"]),
                  "--ca-cert", str(signed["creds"].ca_cert), "--min-sites", "2"]) == 2

@@ -4,6 +4,7 @@ to its record, audit log and checkpoints, and a run stopped by a signal says ``i
 All in-process: ``fedintent.cli.main`` with the parts that would start Flower replaced, so that
 a check that is missing shows as a test failure, not as a simulation that runs."""
 
+import errno
 import json
 import math
 import subprocess
@@ -14,6 +15,7 @@ import pytest
 from flwr.app import Context, RecordDict
 
 import fedintent.launch.simulation as simulation
+import fl_server.run_record as run_record
 from fedintent.cli import main
 from fedintent.commands import CliError, train
 from fedintent.commands.deploy import deploy_settings
@@ -247,6 +249,21 @@ def test_an_interrupted_run_can_be_resumed(tmp_path, capsys, monkeypatch):
     [(config, done)] = started
     assert config["resume"] is True and config["run-name"] == "r-1" and done == 2
     assert "resuming run r-1 after round 2 of 40" in capsys.readouterr().out
+
+
+def test_a_run_folder_whose_lock_cannot_be_asked_is_not_resumed(tmp_path, capsys,
+                                                                 monkeypatch, nothing_starts):
+    """Found in review: any error asking the lock (no lock service on a network file system)
+    read as a folder no server writes."""
+    out = interrupted_run(tmp_path)
+    (out / ".run.lock").touch()
+
+    def no_locks(*args):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(run_record.fcntl, "flock", no_locks)
+    assert f"cannot resume: cannot check {out / '.run.lock'}: No locks available" in refused(
+        capsys, "train", "--resume", str(out))
 
 
 # --- interrupted -----------------------------------------------------------------------------

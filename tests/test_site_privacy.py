@@ -579,6 +579,19 @@ def test_a_run_cannot_change_the_settings_its_noise_was_planned_for(site, tmp_pa
         4.0, 4.0, changed.get("target-epsilon", 4.0)]
 
 
+@pytest.mark.parametrize("batch_size", [1, 4096])
+def test_a_run_named_as_a_runs_evaluations_is_refused_whatever_its_batch(site, tmp_path,
+                                                                          batch_size):
+    """Found in review: a training round named ``<run> (evaluation)`` was held to that run's DP
+    evaluations' releases, whose batch is the test split's count, so its refusal (charging
+    nothing) said whether the batch size it asked for was that count."""
+    state = tmp_path / "state"
+    ctx = context(site, state, **{"batch-size": batch_size})
+    reply = client_app.app(train_message("run-a (evaluation)", 1, num_rounds=3), ctx)
+    assert refused_with(reply, Reason.SETTING_REFUSED)
+    assert ledger(state) is None
+
+
 def test_the_site_policy_unit_wins_over_the_servers(site, tmp_path):
     ctx = context(site, tmp_path / "state", node={"privacy-unit": "customer"})
     reply = client_app.app(train_message(), ctx)

@@ -36,6 +36,7 @@ from fl_server.run_config import (
 from fl_server.run_record import (
     DEPLOYMENT_FILE,
     INTERRUPTED,
+    RunFolderRefused,
     json_safe,
     record_interrupted,
     run_folder_busy,
@@ -348,7 +349,11 @@ def _resume(args: argparse.Namespace, overrides: dict) -> int:
                         "there, and its rounds go to the sites connected there")
     for warning in warnings:
         print(f"fedintent deploy-run: warning: {warning}", file=sys.stderr)
-    if run_folder_busy(out_dir):
+    try:
+        busy = run_folder_busy(out_dir)
+    except RunFolderRefused as err:
+        raise CliError(f"cannot resume: {err}") from err
+    if busy:
         raise CliError(f"cannot resume: a fedintent ServerApp is still writing {out_dir} (one "
                        "that was stopped sees it at its next heartbeat, within about 30 s, or "
                        "one of a resume started beside this one); wait for it to end, then "
@@ -406,14 +411,22 @@ def _submit_and_follow(args: argparse.Namespace, release, run_config: dict,
                                f"{args.superlink} and writes there; wait for it to end, or stop "
                                f"it (flwr stop {earlier}), then resume")
         started = time.monotonic()
-        run_id = None
+        run_id = interrupted = None
         try:
             try:
-                with created_folder(out_dir), serve_release(release, args.release_port):
-                    run_id = submit_release_run(release, connection, run_config)
+                with created_folder(out_dir):
+                    try:
+                        with serve_release(release, args.release_port):
+                            run_id = submit_release_run(release, connection, run_config)
+                    except KeyboardInterrupt:  # found in review: while the handover closed,
+                        if run_id is None:  # after the submission, it removed the run's folder
+                            raise
+                        interrupted = KeyboardInterrupt()
             except OSError as err:
                 raise CliError(f"cannot hand over the release on 127.0.0.1:{args.release_port}: "
                                f"{err.strerror}") from err
+            if interrupted:
+                raise interrupted
             try:
                 deployment.record_deployed_run(out_dir, run_id, args.superlink,
                                                release.app_spec, release.key_id,
@@ -463,7 +476,13 @@ def _stop(connection, run_id: int, out_dir: Path, reason: str) -> None:
     if not deployment.wait_run_finished(connection, run_id):
         return
     deadline = time.monotonic() + SERVER_APP_EXIT_S
-    while run_folder_busy(out_dir):
+    while True:
+        try:
+            if not run_folder_busy(out_dir):
+                break
+        except RunFolderRefused as err:  # the record is then left to the ServerApp
+            print(f"fedintent deploy-run: {err}", file=sys.stderr)
+            return
         if time.monotonic() > deadline:
             print(f"fedintent deploy-run: run {run_id}'s ServerApp has not ended within "
                   f"{SERVER_APP_EXIT_S} s; it records how the run ended itself", file=sys.stderr)

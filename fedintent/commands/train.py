@@ -369,7 +369,7 @@ def run_resume(args: argparse.Namespace) -> int:
         resume_point,
         resumed_run_config,
     )
-    from fl_server.run_record import DEPLOYMENT_FILE, run_folder_busy, way_on
+    from fl_server.run_record import DEPLOYMENT_FILE, RunFolderRefused, run_folder_busy, way_on
 
     options = argparse.ArgumentParser()
     _add_train_options(options)
@@ -384,7 +384,11 @@ def run_resume(args: argparse.Namespace) -> int:
         raise CliError(f"{out_dir} holds a run of fedintent deploy-run, whose sites are "
                        f"deployed; --resume simulates sites on this machine: "
                        f"{way_on(out_dir)}")
-    if run_folder_busy(out_dir):  # found in review: two servers then wrote one record
+    try:
+        busy = run_folder_busy(out_dir)
+    except RunFolderRefused as err:
+        raise CliError(f"cannot resume: {err}") from err
+    if busy:  # found in review: two servers then wrote one record
         raise CliError(f"cannot resume: a fedintent ServerApp is still writing {out_dir} (the "
                        "run itself, or another resume of it); wait for it to end, then resume")
     doc = read_metrics(out_dir / "metrics.json")
