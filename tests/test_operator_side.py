@@ -30,7 +30,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_pem_private_key, load_ssh_private_key
-from flwr.app import Context, Message, RecordDict
+from flwr.app import Context, RecordDict
+from test_server_app import DecliningGrid
 
 from fedintent.cli import main
 from fedintent.commands import deploy as deploy_command
@@ -46,7 +47,7 @@ from fedintent.launch.releases import (
     sign_release,
     write_release,
 )
-from fl_protocol.wire import RUN_CONFIG_DEFAULTS, Reason, error_reply
+from fl_protocol.wire import RUN_CONFIG_DEFAULTS
 from fl_server.run_record import json_safe, run_folder_lock
 from fl_server.server_app import main as server_main
 
@@ -214,20 +215,6 @@ def test_a_deployment_record_that_cannot_be_written_leaves_the_run_going(
 
 # --- deploy-run --resume --------------------------------------------------------------------
 
-class DecliningGrid:
-    """Sites that answer every message with a declined reply, the way a Grid delivers them."""
-
-    def get_node_ids(self) -> list[int]:
-        return [1, 2]
-
-    def send_and_receive(self, messages, timeout: float) -> list[Message]:
-        replies = []
-        for number, message in enumerate(messages):
-            message.metadata.__dict__["_message_id"] = f"m{number}"
-            replies.append(error_reply(message, Reason.BUDGET_EXHAUSTED))
-        return replies
-
-
 @pytest.fixture
 def stopped_deployed_run(signed, tmp_path, task_identity) -> Path:
     """A deployed run's folder as its ServerApp leaves it after round 1 of 2 (stop-after-round):
@@ -244,8 +231,8 @@ def stopped_deployed_run(signed, tmp_path, task_identity) -> Path:
         "out-dir": str(out), "model": "ngram", "min-sites": 2, "num-rounds": 2,
         "stop-after-round": 1, "data-dir": str(taxonomy),
         "labels-file": str(taxonomy / "labels.txt"), "run-name": "deployed"}
-    server_main(DecliningGrid(), Context(run_id=5, node_id=0, node_config={}, state=RecordDict(),
-                                         run_config=config))
+    server_main(DecliningGrid([1, 2]), Context(run_id=5, node_id=0, node_config={},
+                                               state=RecordDict(), run_config=config))
     record = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
     assert record["status"] == "stopped"
     assert record["error"].endswith(

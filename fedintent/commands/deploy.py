@@ -3,8 +3,6 @@ TLS SuperLink with authenticated sites (docs/DEPLOYMENT.md)."""
 
 import argparse
 import hashlib
-import json
-import math
 import re
 import shlex
 import sys
@@ -20,6 +18,7 @@ from fedintent.commands.options import (
     created_folder,
     new_out_dir,
     path_argument,
+    resumable_run,
     writable_folder,
 )
 from fedintent.commands.progress import print_round, print_summary, rounds_in_progress
@@ -27,8 +26,6 @@ from fl_protocol.label_file import read_labels
 from fl_protocol.wire import RUN_CONFIG_DEFAULTS
 from fl_server.run_config import (
     TUNING_SITE_ROWS,
-    RunConfigError,
-    check_run_config,
     site_size_message,
     site_size_rate,
     tuned_settings,
@@ -37,7 +34,6 @@ from fl_server.run_record import (
     DEPLOYMENT_FILE,
     INTERRUPTED,
     RunFolderRefused,
-    json_safe,
     record_interrupted,
     run_folder_busy,
 )
@@ -284,15 +280,6 @@ def _resume(args: argparse.Namespace, overrides: dict) -> int:
     checkpoint, the label file, and that none of the run's Flower runs is still going."""
     from fedintent.launch import deployment
     from fedintent.launch.releases import read_release
-    from fl_protocol.hash_chain import ChainError
-    from fl_server.checkpoints import CheckpointError
-    from fl_server.resume import (
-        check_audited_start,
-        read_metrics,
-        recorded_run_config,
-        resume_point,
-        resumed_run_config,
-    )
 
     given = [f"--{name.replace('_', '-')}" for name in SETTINGS_OF_A_NEW_RUN
              if getattr(args, name) is not None]
@@ -311,30 +298,11 @@ def _resume(args: argparse.Namespace, overrides: dict) -> int:
         release = read_release(args.release)
     except deployment.DeploymentError as err:
         raise CliError(f"cannot resume: {err}") from err
-    doc = read_metrics(out_dir / "metrics.json")
-    changes = {"out-dir": str(out_dir), "resume": True, "stop-after-round": 0} | overrides
-    if args.min_sites is not None:
-        changes["min-sites"] = args.min_sites
-    with as_typed({"min-sites": "--min-sites"}):
-        run_config = check_run_config(resumed_run_config(recorded_run_config(doc) | changes, doc))
-    try:
-        checkpoint, warnings = resume_point(out_dir, str(run_config["run-name"]))
-        check_audited_start(out_dir, json_safe(run_config), doc["labels"])
-    except (CheckpointError, ChainError, RunConfigError) as err:
-        said = str(err)
-        raise CliError(said if said.startswith("cannot resume") else f"cannot resume: {said}"
-                       ) from err
+    changes = overrides | ({} if args.min_sites is None else {"min-sites": args.min_sites})
+    doc, run_config, done, warnings = resumable_run(out_dir, changes)
     labels_file = Path(str(run_config["labels-file"]))
     if read_labels(labels_file) != doc["labels"]:
         raise CliError(f"cannot resume: {labels_file} changed since the run started")
-    done = checkpoint.server_round if checkpoint else 0
-    if 0 < int(run_config["stop-after-round"]) <= done:
-        raise CliError(f"--set stop-after-round={run_config['stop-after-round']}: the run has "
-                       f"done {done} rounds already; the resume goes on from round {done + 1}")
-    if warnings and math.isfinite(float(run_config["target-epsilon"])):
-        warnings.append("each site charges the rounds trained again a second time (fresh noise, "
-                        "docs/FAULT_TOLERANCE.md), so its epsilon for this run can end above "
-                        "the run's target, where its lifetime budget leaves room for them")
     last = [record, *record.get("resumes", [])][-1]
     fab_sha256 = hashlib.sha256(release.fab).hexdigest()
     if last["app"] != release.app_spec or last.get("fab_sha256", fab_sha256) != fab_sha256:
@@ -349,15 +317,6 @@ def _resume(args: argparse.Namespace, overrides: dict) -> int:
                         "there, and its rounds go to the sites connected there")
     for warning in warnings:
         print(f"fedintent deploy-run: warning: {warning}", file=sys.stderr)
-    try:
-        busy = run_folder_busy(out_dir)
-    except RunFolderRefused as err:
-        raise CliError(f"cannot resume: {err}") from err
-    if busy:
-        raise CliError(f"cannot resume: a fedintent ServerApp is still writing {out_dir} (one "
-                       "that was stopped sees it at its next heartbeat, within about 30 s, or "
-                       "one of a resume started beside this one); wait for it to end, then "
-                       "resume")
     try:
         deployment.check_superlink_certificate(args.superlink, args.ca_cert)
     except deployment.DeploymentError as err:
@@ -493,11 +452,9 @@ def _stop(connection, run_id: int, out_dir: Path, reason: str) -> None:
 
 def _resumed_by(out_dir: Path, run_id: int) -> bool:
     """Whether the record in ``out_dir`` holds a resume by Flower run ``run_id``."""
-    try:
-        doc = json.loads((out_dir / "metrics.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    resumed = doc.get("resumes") if isinstance(doc, dict) else None
+    from fedintent.launch.run_outcome import recorded_outcome
+
+    resumed = (recorded_outcome(out_dir / "metrics.json") or {}).get("resumes")
     return isinstance(resumed, list) and any(
         isinstance(entry, dict) and entry.get("run_id") == run_id for entry in resumed)
 

@@ -19,11 +19,11 @@ from fedintent.commands.options import (
     new_out_dir,
     number_argument,
     path_argument,
+    resumable_run,
     writable_folder,
 )
 from fedintent.commands.progress import print_round, print_summary, rounds_in_progress
 from fl_client.site_data import SiteDataError, list_site_dirs, record_languages
-from fl_protocol.durable_files import json_safe
 from fl_protocol.label_file import read_labels
 from fl_protocol.wire import (
     ACCOUNTANTS,
@@ -35,7 +35,6 @@ from fl_protocol.wire import (
 from fl_server.run_config import (
     TUNING_SITE_ROWS,
     WHOLE_RANGES,
-    RunConfigError,
     check_run_config,
     check_whole,
     site_size_message,
@@ -359,17 +358,8 @@ def run_resume(args: argparse.Namespace) -> int:
         resume_budget_warnings,
         simulated_sites,
     )
-    from fl_protocol.hash_chain import ChainError
-    from fl_server.checkpoints import CheckpointError
     from fl_server.provenance import provenance_changes, software_provenance
-    from fl_server.resume import (
-        check_audited_start,
-        read_metrics,
-        recorded_run_config,
-        resume_point,
-        resumed_run_config,
-    )
-    from fl_server.run_record import DEPLOYMENT_FILE, RunFolderRefused, run_folder_busy, way_on
+    from fl_server.run_record import DEPLOYMENT_FILE, way_on
 
     options = argparse.ArgumentParser()
     _add_train_options(options)
@@ -384,34 +374,11 @@ def run_resume(args: argparse.Namespace) -> int:
         raise CliError(f"{out_dir} holds a run of fedintent deploy-run, whose sites are "
                        f"deployed; --resume simulates sites on this machine: "
                        f"{way_on(out_dir)}")
-    try:
-        busy = run_folder_busy(out_dir)
-    except RunFolderRefused as err:
-        raise CliError(f"cannot resume: {err}") from err
-    if busy:  # found in review: two servers then wrote one record
-        raise CliError(f"cannot resume: a fedintent ServerApp is still writing {out_dir} (the "
-                       "run itself, or another resume of it); wait for it to end, then resume")
-    doc = read_metrics(out_dir / "metrics.json")
-    run_config = check_run_config(resumed_run_config(
-        recorded_run_config(doc) | {"out-dir": str(out_dir), "resume": True,
-                                    "stop-after-round": 0},
-        doc,
-    ))
-    try:
-        checkpoint, warnings = resume_point(out_dir, str(run_config["run-name"]))
-        check_audited_start(out_dir, json_safe(run_config), doc["labels"])
-    except (CheckpointError, ChainError, RunConfigError) as err:
-        raise CliError(str(err)) from err
-    if warnings and math.isfinite(float(run_config["target-epsilon"])):
-        # found in review: the summary then showed an epsilon above the target without a word
-        warnings.append("each site charges the rounds trained again a second time (fresh noise, "
-                        "docs/FAULT_TOLERANCE.md), so its epsilon for this run can end above "
-                        "the run's target, where its lifetime budget leaves room for them")
+    doc, run_config, done, warnings = resumable_run(out_dir, {})
     list_site_dirs(Path(run_config["data-dir"]))
     labels_file = Path(run_config["labels-file"] or Path(run_config["data-dir"]) / "labels.txt")
     if read_labels(labels_file) != doc["labels"]:
         raise CliError(f"cannot resume: {labels_file} changed since the run started")
-    done = checkpoint.server_round if checkpoint else 0
     last = (doc.get("resumes") or [doc])[-1].get("provenance", {})
     changed = provenance_changes(last, software_provenance())
     if changed:
