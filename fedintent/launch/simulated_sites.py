@@ -20,6 +20,7 @@ from fl_client.privacy_accounting import rdp_budget
 from fl_client.privacy_ledger import (
     HEAD_FILE,
     LEDGER_FILE,
+    Ledger,
     LedgerError,
     privacy_unit_key,
     read_ledger,
@@ -267,23 +268,34 @@ def no_site_resumes(sites: list[SimulatedSite], sites_rows: list[tuple[Path, lis
         return False
     rows = {site_dir.name: site_rows for site_dir, site_rows in sites_rows}
     return bool(sites) and all(
-        (room := _resume_room(site.state_dir, run_config)) is not None and room[0] == 0
-        and not _has_unit_new_to_ledger(site.state_dir, rows.get(site.name, []), set(labels),
-                                        str(run_config["privacy-unit"]))
+        _has_no_room(site.state_dir, rows.get(site.name, []), set(labels), run_config)
         for site in sites)
 
 
-def _has_unit_new_to_ledger(state_dir: Path, rows: list, labels: set[str], unit: str) -> bool:
-    """Whether a training row of the run's labels belongs to a unit the site's ledger holds no
-    spend of (it trains at the full budget); true where the ledger does not read (the site
-    reports that itself)."""
+def _has_no_room(state_dir: Path, rows: list, labels: set[str], run_config: dict) -> bool:
+    """Whether the site's ledger bounds this run and has room for none of its rounds, and every
+    training row of the run's labels belongs to a unit it holds spend of (a unit new to it
+    trains at the full budget); false where the ledger does not read (the site reports that
+    itself). The ledger is read once."""
+    read = _site_ledger(state_dir)
+    if read is None:
+        return False
+    secret, ledger = read
+    room = _resume_room(ledger, run_config)
+    unit = str(run_config["privacy-unit"])
+    return room is not None and room[0] == 0 and _unit_keys(
+        secret, unit, [row for row in rows if row.label in labels]) <= ledger.spend.keys()
+
+
+def _site_ledger(state_dir: Path) -> tuple[bytes, Ledger] | None:
+    """The site's secret and ledger; None where it has none yet or it does not verify (the
+    site says so itself)."""
     try:
         secret = site_secret(state_dir)
         ledger = read_ledger(state_dir, secret)
     except (SecretError, LedgerError):
-        return True
-    return ledger is None or not _unit_keys(
-        secret, unit, [row for row in rows if row.label in labels]) <= ledger.spend.keys()
+        return None
+    return None if ledger is None else (secret, ledger)
 
 
 def _unit_keys(secret: bytes, unit: str, rows: list) -> set[str]:
@@ -291,17 +303,13 @@ def _unit_keys(secret: bytes, unit: str, rows: list) -> set[str]:
     return {privacy_unit_key(secret, unit, row.unit_under(unit)) for row in rows}
 
 
-def _resume_room(state_dir: Path, run_config: dict) -> tuple[int, int] | None:
+def _resume_room(ledger: Ledger, run_config: dict) -> tuple[int, int] | None:
     """(how many more rounds of this run a site's ledger has room for, how many it charged
-    already), or None where it does not bound them (never trained in this run, no budget, a
-    ledger the site will report). The room is counted at this run's last release's cost, for
-    its least spent unit: the site trains a round while any unit fits (the others sit out)."""
+    already), or None where it does not bound them (never trained in this run, no budget). The
+    room is counted at this run's last release's cost, for its least spent unit: the site
+    trains a round while any unit fits (the others sit out)."""
     run, budget = str(run_config["run-name"]), float(run_config["site-max-epsilon"])
-    try:
-        ledger = read_ledger(state_dir, site_secret(state_dir))
-    except (SecretError, LedgerError):
-        return None  # never trained, or a ledger that does not verify: the site says so
-    releases = [release for release in ledger.releases if release.run == run] if ledger else []
+    releases = [release for release in ledger.releases if release.run == run]
     if not releases or math.isinf(budget) or not ledger.spend or releases[-1].rdp <= 0:
         return None
     room = rdp_budget(budget, ledger.delta, ledger.order) - min(ledger.spend.values())
@@ -311,7 +319,8 @@ def _resume_room(state_dir: Path, run_config: dict) -> tuple[int, int] | None:
 def _resume_shortfall(state_dir: Path, run_config: dict, done: int) -> str | None:
     """Why a site will decline rounds of a resume after round ``done``, or None."""
     num_rounds, budget = int(run_config["num-rounds"]), float(run_config["site-max-epsilon"])
-    fits, charged = _resume_room(state_dir, run_config) or (num_rounds, 0)
+    read = _site_ledger(state_dir)
+    fits, charged = (read and _resume_room(read[1], run_config)) or (num_rounds, 0)
     to_train = num_rounds - done
     if fits >= to_train:
         return None
