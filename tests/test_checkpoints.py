@@ -47,7 +47,7 @@ from fl_server.resume import (
     resumed_run_config,
 )
 from fl_server.run_config import RunConfigError, check_run_config
-from fl_server.run_record import RunRecord
+from fl_server.run_record import RunRecord, run_folder_lock
 from fl_server.server_app import resume_run
 from fl_server.strategy import build_strategy, restore_strategy_state, strategy_state
 from fl_server.tensor_digest import arrays_sha256
@@ -453,3 +453,26 @@ def test_a_resumed_run_trains_its_lost_rounds_again_with_fresh_noise_charged_aga
     resumed = load_file(str(out / "model" / "model.safetensors"))
     assert whole.keys() == resumed.keys()
     assert any(not np.array_equal(resumed[key], whole[key]) for key in whole)
+
+
+def test_a_resume_whose_server_app_never_resumed_the_run_fails_and_says_so(tmp_path):
+    """Found in review: two resumes started at once both pass the launcher's check of the
+    folder's lock, and the one whose ServerApp was refused the folder (it writes nothing and
+    ends as a run that completed) reported the record of the run it meant to resume, its
+    reason or, had the other finished first, its success, as its own outcome."""
+    data, out = tmp_path / "data", tmp_path / "out"
+    write_sites(data, n_sites=2, seed=5, size=40)
+    config = check_run_config({"data-dir": str(data), "labels-file": str(data / "labels.txt"),
+                               "out-dir": str(out), "run-name": "r-1", "resume": True})
+    RunRecord.start(out / "metrics.json", 1, json_safe(config), ["a"]).finish(
+        "interrupted", error="interrupted by the test")
+    before = (out / "metrics.json").read_bytes()
+    with run_folder_lock(out), pytest.raises(SimulationError) as refused:
+        run_simulation(config, num_sites=2, metrics_path=out / "metrics.json",
+                       log_path=tmp_path / "flower.log", on_round=lambda entry: None, resumes=1)
+    assert "before its ServerApp resumed the run (the log says why: " in str(refused.value)
+    assert str(refused.value).endswith(f"it wrote nothing in {out}; continue with: fedintent "
+                                       f"train --resume {out}")
+    assert "interrupted by the test" not in str(refused.value)
+    assert (out / "metrics.json").read_bytes() == before
+    assert "another fedintent ServerApp is writing" in (tmp_path / "flower.log").read_text()

@@ -344,7 +344,7 @@ def _submit_and_follow(args: argparse.Namespace, release, run_config: dict,
     from fedintent.launch import deployment
     from fedintent.launch.processes import make_temporary_folder, remove_temporary_folder
     from fedintent.launch.releases import serve_release, submit_release_run
-    from fedintent.launch.run_outcome import RunFailedError, completed_run_metrics
+    from fedintent.launch.run_outcome import RunFailedError, completed_run_metrics, resumed_by
 
     out_dir = Path(str(run_config["out-dir"]))
     num_rounds = int(run_config["num-rounds"])
@@ -411,7 +411,7 @@ def _submit_and_follow(args: argparse.Namespace, release, run_config: dict,
             _stop(connection, run_id, out_dir, f"{INTERRUPTED}; {way_on}")
             print(f"fedintent deploy-run: interrupted; {way_on}", file=sys.stderr)
             return 130
-        if resumes and not _resumed_by(out_dir, run_id):
+        if resumes and not resumed_by(out_dir / "metrics.json", run_id):
             raise RunFailedError(f"run {run_id} ended ({status}) before its ServerApp resumed "
                                  f"the run (flwr log {run_id} says why); it wrote nothing in "
                                  f"{out_dir}; {way_on}")
@@ -448,15 +448,6 @@ def _stop(connection, run_id: int, out_dir: Path, reason: str) -> None:
             return
         time.sleep(0.5)
     record_interrupted(out_dir / "metrics.json", reason)
-
-
-def _resumed_by(out_dir: Path, run_id: int) -> bool:
-    """Whether the record in ``out_dir`` holds a resume by Flower run ``run_id``."""
-    from fedintent.launch.run_outcome import recorded_outcome
-
-    resumed = (recorded_outcome(out_dir / "metrics.json") or {}).get("resumes")
-    return isinstance(resumed, list) and any(
-        isinstance(entry, dict) and entry.get("run_id") == run_id for entry in resumed)
 
 
 def deploy_settings(epsilon: float, site_rows: float | None, overrides: dict) -> dict:

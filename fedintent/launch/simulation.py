@@ -23,8 +23,13 @@ from fedintent.launch.processes import (
     start_process,
     stop_process_trees,
 )
-from fedintent.launch.run_outcome import RunFailedError, completed_run_metrics, report_new_rounds
-from fl_server.run_record import record_interrupted
+from fedintent.launch.run_outcome import (
+    RunFailedError,
+    completed_run_metrics,
+    report_new_rounds,
+    resumed_by,
+)
+from fl_server.run_record import record_interrupted, way_on
 
 CONNECTION = "fedintent-local"
 SUPERLINK_START_TIMEOUT_S = 60
@@ -49,9 +54,10 @@ def run_simulation(
     ``on_round`` is called once for every round after ``reported_rounds`` (the rounds a
     resumed run already completed) as soon as ``metrics.json`` records it, and for a resume
     (``resumes``: how many the record will hold with its own) only once the ServerApp has
-    recorded the resume (``report_new_rounds``). On Ctrl-C or
-    SIGTERM (``KeyboardInterrupt``) every process is stopped, then ``metrics.json`` says
-    ``interrupted`` if the ServerApp was killed before it could say so itself.
+    recorded the resume (``report_new_rounds``), and a resume whose ServerApp never recorded
+    it (another held the folder) fails rather than return the record it meant to resume. On
+    Ctrl-C or SIGTERM (``KeyboardInterrupt``) every process is stopped, then ``metrics.json``
+    says ``interrupted`` if the ServerApp was killed before it could say so itself.
     """
     flwr_home = make_temporary_folder()
     env = flower_env(flwr_home)
@@ -85,7 +91,13 @@ def run_simulation(
                 if superlink.poll() is not None:
                     raise SimulationError(f"the SuperLink stopped unexpectedly; see {log_path}")
                 time.sleep(poll_seconds)
-            status = local_run_status(env, flwr_home)
+            run = last_local_run(env, flwr_home)
+        status = str(run.get("status", "unknown"))
+        if resumes and "run-id" in run and not resumed_by(metrics_path, run["run-id"]):
+            raise SimulationError(
+                f"run {run['run-id']} ended ({status}) before its ServerApp resumed the run (the "
+                f"log says why: {log_path}); it wrote nothing in {metrics_path.parent}; "
+                f"{way_on(metrics_path.parent)}")
         try:
             return completed_run_metrics(metrics_path, status)
         except RunFailedError as err:
@@ -125,8 +137,10 @@ def wait_local_superlink(port: int, superlink: subprocess.Popen) -> None:
     raise SimulationError(f"the SuperLink did not become healthy in {SUPERLINK_START_TIMEOUT_S}s")
 
 
-def local_run_status(env: dict[str, str], flwr_home: Path) -> str:
-    """``status:sub-status`` of the last run on the SuperLink of :data:`CONNECTION`."""
+def last_local_run(env: dict[str, str], flwr_home: Path) -> dict:
+    """``flwr ls``'s entry for the last run on the SuperLink of :data:`CONNECTION` (``run-id``,
+    ``status`` as ``status:sub-status``); only a ``status`` that says why where it cannot be
+    read."""
     listing = subprocess.run(
         ["flwr", "ls", CONNECTION, "--format", "json"],
         env=env, cwd=flwr_home, capture_output=True, text=True, timeout=60,
@@ -134,7 +148,13 @@ def local_run_status(env: dict[str, str], flwr_home: Path) -> str:
     try:
         runs = json.loads(listing.stdout)["runs"]
     except (ValueError, KeyError):
-        return f"unknown ({listing.stdout.strip()[:200]} {listing.stderr.strip()[:200]})"
+        return {"status": f"unknown ({listing.stdout.strip()[:200]} "
+                          f"{listing.stderr.strip()[:200]})"}
     if not runs:
-        return "not submitted"
-    return str(runs[-1].get("status", "unknown"))
+        return {"status": "not submitted"}
+    return runs[-1]
+
+
+def local_run_status(env: dict[str, str], flwr_home: Path) -> str:
+    """``status:sub-status`` of the last run on the SuperLink of :data:`CONNECTION`."""
+    return str(last_local_run(env, flwr_home).get("status", "unknown"))
