@@ -108,3 +108,18 @@ def test_a_run_whose_sites_all_fail_to_read_or_match_the_labels_says_what_to_fix
     assert f". Check that {other} is the label file of this data" in err
     assert ". Fix each site's data (fedintent check-data SITE_DIR names the problem)" in err
     assert "--site-max-epsilon" not in err and not started
+
+
+@pytest.mark.parametrize("delta,said", [
+    ([], "delta each site its own, at most 1e-05, lifetime budget 8 per unit"),
+    (["--delta", "1e-6"], "delta 1e-06, lifetime budget 8 per unit"),
+])
+def test_the_run_line_says_which_delta_the_sites_report_at(tmp_path, capsys, started, delta,
+                                                          said):
+    """Found in review: the default read 'delta 0 (per-site default)', as if the sites ran at
+    delta 0 (pure DP), while each reported its epsilon at 1e-05."""
+    data = write_sites(tmp_path / "data", {"site-00": ["banking.card_lost"] * 30})
+    assert main(["train", "--data", str(data), "--out", str(tmp_path / "out"), *delta]) == 0
+    out = capsys.readouterr().out
+    assert f"per-site target epsilon 8 per utterance, {said}" in out, out
+    assert "delta 0" not in out and len(started) == 1

@@ -28,6 +28,7 @@ from fl_protocol.label_file import read_labels
 from fl_protocol.wire import (
     ACCOUNTANTS,
     EVALUATION_POLICIES,
+    MAX_AUTO_DELTA,
     PRIVACY_MODELS,
     PRIVACY_UNITS,
     RUN_CONFIG_DEFAULTS,
@@ -305,9 +306,9 @@ def run_train(args: argparse.Namespace) -> int:
     if scaled != args.lr:
         args.lr = run_config["learning-rate"] = scaled
         print(site_size_message(args.lr, tuned["learning-rate"], mean_site_rows, "--lr"))
+    delta = f"{args.delta:g}" if args.delta else f"each site its own, at most {MAX_AUTO_DELTA:g}"
     privacy = (
-        f"DP-SGD, per-site target epsilon {args.epsilon:g} per {args.privacy_unit}, "
-        f"delta {args.delta:g}{' (per-site default)' if args.delta == 0 else ''}, "
+        f"DP-SGD, per-site target epsilon {args.epsilon:g} per {args.privacy_unit}, delta {delta}, "
         f"lifetime budget {run_config['site-max-epsilon']:g} per unit"
         if math.isfinite(args.epsilon)
         else "no DP (epsilon = inf: no privacy guarantee)"
