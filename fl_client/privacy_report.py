@@ -108,6 +108,20 @@ class SiteReport:
         return self.units > 0 and self.delta >= delta_limit(self.units)
 
 
+def _holds_state(folder: Path) -> bool:
+    return any((folder / name).exists() for name in (LEDGER_FILE, HEAD_FILE, SECRET_FILE))
+
+
+def _state_hint(folder: Path) -> str:
+    """Where the state of the site whose data folder ``folder`` may be is, when it is where a
+    site keeps it by default (found in review: a site's data folder given for its state folder
+    was only "not a site's state folder")."""
+    for state in (folder / ".fedintent-state", folder.parent / ".fedintent-state" / folder.name):
+        if _holds_state(state):
+            return f"; {folder} looks like a site's data folder, whose state folder is {state}"
+    return ""
+
+
 def site_privacy_report(state_dir: Path, max_epsilon: float, bands: int = 4) -> SiteReport:
     """The verified report of the ledger in a site's state folder; an empty one for a site
     that is set up but has released nothing yet (found in review: the site guide's own check
@@ -118,9 +132,9 @@ def site_privacy_report(state_dir: Path, max_epsilon: float, bands: int = 4) -> 
                                 "site's state folder (its --state-dir)")
     if not state_dir.is_dir():
         raise FileNotFoundError(f"state folder not found: {state_dir}")
-    if not any((state_dir / name).exists() for name in (LEDGER_FILE, HEAD_FILE, SECRET_FILE)):
+    if not _holds_state(state_dir):
         raise LedgerError(f"{state_dir}: no privacy ledger ({LEDGER_FILE}): this is not a site's "
-                          "state folder, or the site has never trained")
+                          f"state folder, or the site has never trained{_state_hint(state_dir)}")
     try:
         secret = site_secret(state_dir)
     except SecretError as err:

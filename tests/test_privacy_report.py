@@ -88,6 +88,27 @@ def test_a_folder_without_a_site_secret_is_still_no_state_folder(tmp_path, capsy
     assert "no privacy ledger" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("state", [".fedintent-state", "../.fedintent-state/site-03"])
+def test_a_sites_data_folder_given_for_its_state_folder_is_pointed_to_its_state(tmp_path, capsys,
+                                                                               state):
+    """Found in review: a site's data folder given to privacy-report (the README's run leaves
+    each simulated site's state in DATA/.fedintent-state/SITE, a deployed site's default is
+    SITE/.fedintent-state) was only "not a site's state folder"."""
+    site = tmp_path / "data" / "site-03"
+    site.mkdir(parents=True)
+    (site / "train.jsonl").write_text("")
+    assert main(["privacy-report", str(site)]) == 2
+    assert capsys.readouterr().err.rstrip().endswith("or the site has never trained")
+    trained_state = (site / state).resolve()
+    assert main(["init-site", "--state-dir", str(trained_state)]) == 0
+    capsys.readouterr()
+    assert main(["privacy-report", str(site)]) == 2
+    err = capsys.readouterr().err
+    assert (f"or the site has never trained; {site} looks like a site's data folder, whose "
+            f"state folder is {site / state if state.startswith('.f') else trained_state}"
+            in err), err
+
+
 @pytest.mark.parametrize("gone", [
     "the ledger, its head left",
     "the ledger and its head, a non-private update in the egress log",
