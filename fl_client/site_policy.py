@@ -112,6 +112,7 @@ from fl_protocol.wire import (
     Reason,
     evaluation_count,
     evaluation_number,
+    run_name_problem,
 )
 from models import model_family_names
 
@@ -480,12 +481,15 @@ def round_request(msg: Message, context: Context) -> RoundRequest:
         names = ", ".join(map(repr, unknown))
         raise PolicyRefusal(Reason.SETTING_REFUSED, f"round settings this site does not know: "
                             f"{names[:200]}; known: {', '.join(ROUND_CONFIG_KEYS)}")
-    if str(config.get("run-name", "")).endswith(EVALUATION_RUN):
+    run_name = str(config.get("run-name", ""))
+    if problem := run_name_problem(run_name):
+        raise PolicyRefusal(Reason.SETTING_REFUSED, f"run-name {run_name!r:.60} {problem}")
+    if run_name.endswith(EVALUATION_RUN):
         # found in review: a training round named as a run's evaluations was held to their
         # releases, whose batch is the test split's count: a refusal, charging nothing, said
         # whether a batch size was that count
         raise PolicyRefusal(Reason.SETTING_REFUSED,
-                            f"run-name {str(config['run-name'])[:200]!r} ends in "
+                            f"run-name {run_name!r:.200} ends in "
                             f"{EVALUATION_RUN!r}, which names the ledger's record of a run's "
                             "evaluations")
     try:

@@ -43,6 +43,22 @@ the simulation's data folder (deployed sites ignore it), Flower's round number, 
 distributed-DP round) how many sites the round's secure sum is set up for. A site declines a
 round whose record holds any other key (``fl_client/site_policy.round_request``)."""
 
+MAX_RUN_NAME = 200
+"""The longest run name either side takes, in characters, all of them printable. A site writes
+the name into every release of its ledger and every line of its egress log, both kept for good
+(MAC-chained, never trimmed): found in review, a server could grow a site's ledger without bound,
+even a site with no budget left, by asking DP evaluations under ever longer names."""
+
+
+def run_name_problem(name: str) -> str:
+    """Why ``name`` cannot name a run (``MAX_RUN_NAME``); empty where it can."""
+    if len(name) > MAX_RUN_NAME:
+        return f"is {len(name)} characters long, over the {MAX_RUN_NAME} a run name may take"
+    if not name.isprintable():
+        return "holds a control character (a line break, a tab), which a run name may not"
+    return ""
+
+
 PRIVACY_UNITS = ("utterance", "customer")
 """What one DP-SGD example is, and so what the guarantee protects (``fl_client/privacy_units``)."""
 PRIVACY_MODELS = ("local", "distributed")

@@ -19,6 +19,7 @@ from fl_protocol.wire import (
     PRIVACY_UNITS,
     ROUND_WHOLE_RANGES,
     RUN_CONFIG_DEFAULTS,
+    run_name_problem,
 )
 from fl_server.secure_aggregation import incompatibility
 from fl_server.strategy import STRATEGIES
@@ -97,6 +98,8 @@ def check_run_config(cfg: dict) -> dict:
         raise RunConfigError(f"unknown run config key(s): {', '.join(unknown)}")
     full = RUN_CONFIG_DEFAULTS | cfg
     _check_types(full)
+    if problem := run_name_problem(str(full["run-name"])):  # the sites refuse it too
+        raise RunConfigError(f"run-name {full['run-name']!r:.60} {problem}")
     choices = {
         "strategy": list(STRATEGIES),
         "accountant": list(ACCOUNTANTS),

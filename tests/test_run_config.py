@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 
 from fedintent.launch.flower_cli import toml_value
+from fedintent.launch.run_config import compose_run_config
+from fl_protocol.wire import MAX_RUN_NAME
 from fl_protocol.wire import RUN_CONFIG_DEFAULTS as DEFAULTS
 from fl_server.run_config import (
     MIN_SITE_SIZE_SCALE,
@@ -129,3 +131,24 @@ def test_epsilons_the_accountant_can_plan_for_are_accepted(epsilon):
 ])
 def test_a_dp_learning_rate_scales_with_the_sites_size_down_only(rows, epsilon, scale):
     assert site_size_scale(rows, epsilon) == pytest.approx(scale)
+
+
+@pytest.mark.parametrize("name,message", [
+    ("r" * (MAX_RUN_NAME + 1), f"is {MAX_RUN_NAME + 1} characters long, over the "
+                               f"{MAX_RUN_NAME} a run name may take"),
+    ("run-a\nround 2", "holds a control character"),
+])
+def test_a_run_name_the_sites_would_refuse_is_refused_before_anything_starts(name, message):
+    """The sites refuse it (they keep every run name in their ledgers for good), so a run
+    under it would only fail at every site."""
+    with pytest.raises(RunConfigError, match=f"^run-name .* {message}"):
+        check_run_config({"run-name": name})
+    assert check_run_config({"run-name": "r" * MAX_RUN_NAME})["run-name"] == "r" * MAX_RUN_NAME
+
+
+def test_a_run_named_after_a_long_folder_is_cut_to_fit(tmp_path):
+    out = tmp_path / ("o" * 250)
+    config = compose_run_config({}, data_dir=tmp_path, labels_file=tmp_path / "labels.txt",
+                                out_dir=out, min_sites=2)
+    name = config["run-name"]
+    assert len(name) == MAX_RUN_NAME and name.startswith("o" * (MAX_RUN_NAME - 9) + "-")

@@ -40,6 +40,7 @@ from fl_protocol.wire import (
     DECLINED,
     DEFAULT_MAX_EPSILON,
     DEFAULT_MAX_EPSILON_ALONE,
+    MAX_RUN_NAME,
     MIN_DELTA,
     Reason,
     language_mask,
@@ -590,6 +591,29 @@ def test_a_run_named_as_a_runs_evaluations_is_refused_whatever_its_batch(site, t
     reply = client_app.app(train_message("run-a (evaluation)", 1, num_rounds=3), ctx)
     assert refused_with(reply, Reason.SETTING_REFUSED)
     assert ledger(state) is None
+
+
+@pytest.mark.parametrize("message", ["train", "evaluate"])
+def test_a_run_name_too_long_or_with_a_control_character_is_refused(site, tmp_path, message):
+    """Found in review: a site writes the run name into each release of its ledger and each
+    line of its egress log, kept for good, so a server could grow both without bound, even at a
+    site whose units had no budget left (a DP evaluation over no unit still records a release),
+    by asking under ever longer names. Refused before any row is read; nothing recorded."""
+    state = tmp_path / "state"
+    ctx = context(site, state, node={"evaluation": "dp"})
+
+    def sent(run: str) -> Message:
+        train = train_message(run, 1, num_rounds=3)
+        if message == "train":
+            return train
+        return Message(content=train.content, dst_node_id=7, message_type="evaluate")
+
+    for run in ("r" * (MAX_RUN_NAME + 1), "run-a\nround 1 (evaluation)", "run\ta"):
+        assert refused_with(client_app.app(sent(run), ctx), Reason.SETTING_REFUSED), run
+    assert ledger(state) is None
+    assert not client_app.app(sent("r" * MAX_RUN_NAME), ctx).has_error()
+    assert {release.run.removesuffix(" (evaluation)") for release in ledger(state).releases} \
+        == {"r" * MAX_RUN_NAME}
 
 
 def test_the_site_policy_unit_wins_over_the_servers(site, tmp_path):

@@ -3,12 +3,14 @@
 
 Paths are made absolute, since the ServerApp runs in another working directory; the run name
 gets a random suffix, since the sites' privacy ledgers tell runs apart by name and a second run
-into a folder of the same name must not look like the first one resumed.
+into a folder of the same name must not look like the first one resumed (the folder's name cut
+to fit ``wire.MAX_RUN_NAME``).
 """
 
 import uuid
 from pathlib import Path
 
+from fl_protocol.wire import MAX_RUN_NAME
 from fl_server.run_config import check_run_config
 
 
@@ -31,7 +33,7 @@ def compose_run_config(
         "data-dir": str(Path(data_dir).resolve()),
         "labels-file": str(Path(labels_file).resolve()),
         "out-dir": str(Path(out_dir).resolve()),
-        "run-name": f"{name or Path(out_dir).name}-{uuid.uuid4().hex[:8]}",
+        "run-name": f"{(name or Path(out_dir).name)[:MAX_RUN_NAME - 9]}-{uuid.uuid4().hex[:8]}",
         "min-sites": min_sites,
     }
     if state_dir is not None:
