@@ -323,10 +323,13 @@ def evaluation_policy(context: Context) -> str:
     return policy
 
 
-def evaluation_epsilon(context: Context) -> float:
+def evaluation_epsilon(context: Context, max_epsilon: float) -> float:
     """The site's ``evaluation-epsilon`` (simulation: the run config's
     ``site-evaluation-epsilon``): what one run's DP evaluations may cost a test unit, all its
-    rounds together (``DEFAULT_EVALUATION_EPSILON``). Within ``EVALUATION_EPSILON_RANGE``."""
+    rounds together (``DEFAULT_EVALUATION_EPSILON``), set within ``EVALUATION_EPSILON_RANGE``;
+    never more than the site's lifetime ``max_epsilon``, which no unit can spend past (found in
+    review: a site that lowered max-epsilon to 2 under the default 8 declined every evaluation,
+    its lifetime budget needing 3.6 times the noise of the run's plan)."""
     key, value = _setting(context, "evaluation-epsilon", DEFAULT_EVALUATION_EPSILON)
     try:
         epsilon = float(value)
@@ -336,7 +339,7 @@ def evaluation_epsilon(context: Context) -> float:
     if not low <= epsilon <= high:
         raise SiteConfigError(f"{key} must be in [{low:g}, {high:g}] (where the accountants "
                               f"can plan a DP evaluation), got {epsilon:g}")
-    return epsilon
+    return min(epsilon, max_epsilon)
 
 
 def evaluation_request(msg: Message, context: Context, policy: SitePolicy) -> RoundRequest:
@@ -359,7 +362,7 @@ def evaluation_request(msg: Message, context: Context, policy: SitePolicy) -> Ro
         raise PolicyRefusal(Reason.ROUND_REFUSED,
                             f"round {asked.server_round} of {asked.num_rounds} is not an "
                             f"evaluation round of the run (every {every} and the last)")
-    epsilon = evaluation_epsilon(context)
+    epsilon = evaluation_epsilon(context, policy.max_epsilon)
     low, high = EPSILON_RANGES.get(asked.accountant, EVALUATION_EPSILON_RANGE)
     if not low <= epsilon <= high:
         raise PolicyRefusal(Reason.EVALUATION_REFUSED,

@@ -204,6 +204,19 @@ def test_the_server_cannot_raise_the_evaluation_epsilon(site, tmp_path):
     assert noise[0] == noise[1] > 0
 
 
+def test_a_site_with_a_small_lifetime_budget_evaluates_within_it(site, tmp_path):
+    """Found in review: a site that lowered max-epsilon to 2 and kept the default
+    evaluation-epsilon (8) declined every evaluation, its lifetime budget needing 3.6 times the
+    noise of the evaluation's plan. A run's evaluations are planned for at most max-epsilon."""
+    state = tmp_path / "state"
+    ctx = context(site, state, max_epsilon=2.0, node=DP)
+    reply = client_app.app(evaluate_message(), ctx)
+    assert not reply.has_error(), reply.error
+    [release] = evaluation_releases(state)
+    assert release.target_epsilon == 2.0
+    assert 0 < reply.content["metrics"]["epsilon"] <= 2.0
+
+
 def test_the_same_model_asked_again_gets_fresh_noise_and_is_charged_again(site, tmp_path):
     state = tmp_path / "state"
     ctx = context(site, state, node=DP | {"evaluation-epsilon": 8.0})
