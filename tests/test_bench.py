@@ -60,7 +60,9 @@ from fl_client.privacy_accounting import (
     plan_noise_multiplier,
     rdp_budget,
 )
+from fl_client.privacy_ledger import read_ledger
 from fl_client.site_data import list_site_dirs, load_site
+from fl_client.site_secret import site_secret
 from fl_protocol.durable_files import json_safe
 from fl_protocol.label_file import read_labels
 from fl_protocol.wire import RUN_CONFIG_DEFAULTS as DEFAULTS
@@ -355,7 +357,8 @@ def test_a_sweep_folder_refuses_a_different_spec(tmp_path):
     (tmp_path / "out" / "bench.json").write_text(json.dumps(
         {"data": str(data), "sites": 3, "alpha": 0.5, "partition_seed": 0, "epsilons": [8.0],
          "seeds": 1, "model": "minilm-head", "settings": {}}), encoding="utf-8")
-    with pytest.raises(ValueError, match=r"different sites: 3 there, 2 now \("):
+    with pytest.raises(ValueError,
+                       match=r"other settings than this one \(sites: 3 there, 2 now; in "):
         run_bench(spec, tmp_path / "out")
     assert not (tmp_path / "out" / "data").exists()
 
@@ -616,7 +619,7 @@ def test_a_sweep_folder_from_before_privacy_models_takes_a_default_sweep(tmp_pat
     recorded = json.loads((tmp_path / "bench.json").read_text(encoding="utf-8"))
     assert (recorded["privacy_models"], recorded["tolerated_sites"]) == (
         ["local", "distributed"], 2)
-    with pytest.raises(ValueError, match="different tolerated_sites: 2 there, 3 now; "
+    with pytest.raises(ValueError, match=r"\(tolerated_sites: 2 there, 3 now; "
                                          "distributed_settings.8.tolerated-sites: 2 there, 3 now"):
         claim_sweep_folder(tmp_path, replace(both, tolerated_sites=3))
 
@@ -749,13 +752,26 @@ def test_bench_end_to_end_then_resumes_only_missing_cells(tmp_path):
 
     kept = {p.name: p.stat().st_mtime_ns for p in (out / "cells").iterdir()}
     (out / "cells" / "tfidf-epsinf-seed0.json").unlink()
+    # a federated cell interrupted after its run wrote its folder (found in review: the re-run
+    # failed on that run's reason for good, or reported its model as the new run's)
+    run = out / "runs" / "federated-eps8-seed0"
+    earlier = json.loads((run / "run" / "metrics.json").read_text(encoding="utf-8"))["run_id"]
+    (out / "cells" / "federated-eps8-seed0.json").unlink()
     second = bench_cli(*args, cwd=tmp_path)
     assert second.returncode == 0, second.stderr[-3000:]
-    assert "resuming: 6 of 7 cells already done" in second.stdout
+    assert "resuming: 5 of 7 cells already done" in second.stdout
+    assert ("federated-eps8-seed0: removing what an unfinished run of this cell left (run, "
+            "state), then running it again") in second.stdout
+    assert json.loads((run / "run" / "metrics.json").read_text(encoding="utf-8"))["run_id"] \
+        != earlier
+    for site in ("site-00", "site-01"):  # fresh ledgers: only the new run's rounds charged
+        assert {r.run for r in read_ledger(run / "state" / site,
+                                           site_secret(run / "state" / site)).releases} \
+            == {json.loads((run / "run" / "metrics.json").read_text())["config"]["run-name"]}
     after = {p.name: p.stat().st_mtime_ns for p in (out / "cells").iterdir()}
     assert set(after) == set(kept)
     changed = {name for name in after if after[name] != kept[name]}
-    assert changed == {"tfidf-epsinf-seed0.json"}
+    assert changed == {"tfidf-epsinf-seed0.json", "federated-eps8-seed0.json"}
 
 
 @pytest.mark.parametrize("epsilon", [1.0, 3.0, 8.0])

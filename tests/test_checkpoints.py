@@ -476,3 +476,22 @@ def test_a_resume_whose_server_app_never_resumed_the_run_fails_and_says_so(tmp_p
     assert "interrupted by the test" not in str(refused.value)
     assert (out / "metrics.json").read_bytes() == before
     assert "another fedintent ServerApp is writing" in (tmp_path / "flower.log").read_text()
+
+
+def test_a_run_refused_a_folder_holding_another_run_does_not_report_that_runs_record(tmp_path):
+    """Found in review: a bench cell run again over an earlier run's folder, which the
+    ServerApp refuses to start a run in, reported that run's record, model and numbers as its
+    own (exit 0, under the new settings)."""
+    data, out = tmp_path / "data", tmp_path / "out"
+    write_sites(data, n_sites=2, seed=5, size=40)
+    config = check_run_config({"data-dir": str(data), "labels-file": str(data / "labels.txt"),
+                               "out-dir": str(out), "run-name": "r-2"})
+    RunRecord.start(out / "metrics.json", 1, json_safe(config), ["a"]).finish("completed")
+    before = (out / "metrics.json").read_bytes()
+    with pytest.raises(SimulationError) as refused:
+        run_simulation(config, num_sites=2, metrics_path=out / "metrics.json",
+                       log_path=tmp_path / "flower.log", on_round=lambda entry: None)
+    assert "before its ServerApp started the run (the log says why: " in str(refused.value)
+    assert str(refused.value).endswith(f"{out / 'metrics.json'} is another run's record")
+    assert (out / "metrics.json").read_bytes() == before
+    assert "already holds a run" in (tmp_path / "flower.log").read_text()

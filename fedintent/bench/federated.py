@@ -64,6 +64,16 @@ def run_federated(
     test accuracy and macro-F1, the final model on each site's own test rows ``site_tests``
     (scored here, as local-only models are, and as the sites themselves evaluated it: worst
     site) and the performance figures."""
+    if leftovers := [path for path in (cell_dir / "run", cell_dir / "state") if path.exists()]:
+        # a cell without its record never finished: its run folder, which a ServerApp refuses
+        # to start a run in, and the ledgers its run charged are not this cell's (found in
+        # review: a resumed sweep failed on the old run's reason for good, and a sweep re-run
+        # under other settings reported the old run's model as the new one's)
+        print(f"{cell_dir.name}: removing what an unfinished run of this cell left "
+              f"({', '.join(path.name for path in leftovers)}), then running it again",
+              flush=True)
+        for path in leftovers:
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
     state_root = cell_dir / "state"
     for index in range(num_sites):
         site_state = state_root / f"site-{index:02d}"

@@ -129,9 +129,10 @@ def plot_png(summary: list[dict], spec: dict) -> bytes:
     ax.set_xlabel(epsilon_axis_label(summary))
     ax.set_ylabel("test accuracy")
     # found in review: two families' plots of one comparison had the same title
+    seeds = f"{spec['seeds']} seed{'s' if spec['seeds'] > 1 else ''}"
     ax.set_title(f"{Path(str(spec['data'])).name}: "
                  f"{spec.get('model', RUN_CONFIG_DEFAULTS['model'])}, {spec['sites']} sites, "
-                 f"Dirichlet alpha {spec['alpha']:g}, {spec['seeds']} seeds"
+                 f"Dirichlet alpha {spec['alpha']:g}, {seeds}"
                  + (f", {spec['rounds']} round{'s' if spec['rounds'] > 1 else ''}"
                     if spec.get("rounds") else ""))
     ax.grid(alpha=0.3)

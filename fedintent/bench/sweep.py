@@ -409,9 +409,11 @@ def _claim_folder(out_dir: Path, record: dict) -> dict:
         existing = SPEC_DEFAULTS | existing
         differences = sweep_differences(existing, wanted)
         if differences:
-            raise FolderClaimed(f"{out_dir} holds a sweep with different "
-                                f"{'; '.join(differences)} ({path}); use a new --out, or "
-                                "delete it")
+            # found in review: "delete it" read as bench.json, whose cells and runs then
+            # stayed under the new settings
+            raise FolderClaimed(f"{out_dir} holds a sweep with other settings than this one "
+                                f"({'; '.join(differences)}; in {path}); use a new --out, or "
+                                f"delete the folder {out_dir} and all it holds")
         # cells are keyed by epsilon, seed and privacy model, so none mix: the folder's sweep
         # grows to hold both (found in review: a second invocation with fewer seeds rewrote the
         # report to them, the spread of the first gone, and one adding an epsilon was refused)

@@ -26,6 +26,7 @@ from fedintent.launch.processes import (
 from fedintent.launch.run_outcome import (
     RunFailedError,
     completed_run_metrics,
+    recorded_outcome,
     report_new_rounds,
     resumed_by,
 )
@@ -54,8 +55,9 @@ def run_simulation(
     ``on_round`` is called once for every round after ``reported_rounds`` (the rounds a
     resumed run already completed) as soon as ``metrics.json`` records it, and for a resume
     (``resumes``: how many the record will hold with its own) only once the ServerApp has
-    recorded the resume (``report_new_rounds``), and a resume whose ServerApp never recorded
-    it (another held the folder) fails rather than return the record it meant to resume. On
+    recorded the resume (``report_new_rounds``). A run or resume whose ServerApp never recorded
+    it (another held the folder; the folder held another run) fails rather than return a record
+    that run did not write. On
     Ctrl-C or SIGTERM (``KeyboardInterrupt``) every process is stopped, then ``metrics.json``
     says ``interrupted`` if the ServerApp was killed before it could say so itself.
     """
@@ -98,6 +100,14 @@ def run_simulation(
                 f"run {run['run-id']} ended ({status}) before its ServerApp resumed the run (the "
                 f"log says why: {log_path}); it wrote nothing in {metrics_path.parent}; "
                 f"{way_on(metrics_path.parent)}")
+        recorded = recorded_outcome(metrics_path)
+        if not resumes and "run-id" in run and recorded is not None and (
+                str(recorded.get("run_id")) != str(run["run-id"])):
+            # found in review: a bench cell re-run over an earlier run's folder, which the
+            # ServerApp refused, reported that run's model and numbers as its own
+            raise SimulationError(
+                f"run {run['run-id']} ended ({status}) before its ServerApp started the run (the "
+                f"log says why: {log_path}); {metrics_path} is another run's record")
         try:
             return completed_run_metrics(metrics_path, status)
         except RunFailedError as err:
