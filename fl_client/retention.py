@@ -272,6 +272,9 @@ class Erasure:
     settle (found in review: ``--delete-from-data`` left them and reported success)."""
     forms: int = 1
     """How many ways the rows found write the id (``canonical_customer`` takes them as one)."""
+    spend_unnamed_since: datetime | None = None
+    """When an earlier erasure of theirs was asked for, where their spend can no longer be
+    looked up (``_spend_unnamed_since``); None otherwise."""
     other_case_rows: int = 0
     """Rows found whose id differs from the one given in case: no longer used, but not deleted
     from the data folder, since a case-sensitive system may hold another customer under it
@@ -297,6 +300,8 @@ def forget(site_dir: Path, state_dir: Path, customer: str, retention_days: float
             _unread_erasure(state_dir, secret, customer, actor, now, err)
         rows = train + test
         theirs = [row for row in rows if _is_customer(row, customer)]
+        erased_before = (_first_erasure(state_dir, secret, customer) if _has_log(state_dir)
+                         else None)
         # every row present now, whatever clock or time zone dated it
         cut_off = max([now + FUTURE_SLACK, *(row.when for row in theirs if row.when is not None)])
         _append(state_dir, secret, "erasure",
@@ -320,13 +325,15 @@ def forget(site_dir: Path, state_dir: Path, customer: str, retention_days: float
         deletion = _logged(state_dir, "erasure-done", actor, not_used, pruned.rows,
                            pruned.files, data_rows, details)
         try:
-            units, epsilon, _, delta = _ledger_spend(state_dir, secret, written, theirs)
+            units, epsilon, _, delta, unit = _ledger_spend(state_dir, secret, written, theirs)
             problem = ""
         except LedgerError as err:
-            units, epsilon, delta, problem = 0, 0.0, math.nan, str(err)
+            units, epsilon, delta, unit, problem = 0, 0.0, math.nan, "", str(err)
         return Erasure(rows_found=len(theirs), erased_until=cut_off, deletion=deletion,
                        ledger_units=units, ledger_epsilon=epsilon, ledger_delta=delta,
                        ledger_problem=problem,
+                       spend_unnamed_since=_spend_unnamed_since(erased_before, theirs, units,
+                                                                unit),
                        rejected_mentions=_mentions(site_dir, rejected, written),
                        forms=len({row.customer for row in theirs}) or 1,
                        other_case_rows=sum(
@@ -613,6 +620,9 @@ class CustomerSpend:
     """The same from the site's own noise only (distributed DP; else equal)."""
     delta: float
     """The ledger's delta, the site's own (NaN with no ledger)."""
+    spend_unnamed_since: datetime | None = None
+    """When their first erasure was asked for, where it left no row of theirs to name the
+    units their spend is under (``_spend_unnamed_since``); None otherwise."""
 
 
 def customer_spend(site_dir: Path, state_dir: Path, customer: str) -> CustomerSpend:
@@ -626,24 +636,48 @@ def customer_spend(site_dir: Path, state_dir: Path, customer: str) -> CustomerSp
     secret = site_secret(state_dir)
     train, test = read_rows(site_dir, [])
     theirs = [row for row in train + test if _is_customer(row, canonical)]
-    return CustomerSpend(len(theirs), *_ledger_spend(state_dir, secret, written, theirs))
+    units, epsilon, alone, delta, unit = _ledger_spend(state_dir, secret, written, theirs)
+    erased = _first_erasure(state_dir, secret, canonical) if _has_log(state_dir) else None
+    return CustomerSpend(len(theirs), units, epsilon, alone, delta,
+                         _spend_unnamed_since(erased, theirs, units, unit))
+
+
+def _spend_unnamed_since(erased_at: datetime | None, rows: list[Row], units: int,
+                        privacy_unit: str) -> datetime | None:
+    """``erased_at`` where the customer's spend cannot be looked up because an erasure
+    removed their rows: none left, none found in the ledger, and a privacy unit other than
+    the customer, whose ledger keys only their rows name (the customer unit's key is the id
+    itself). Found in review: a customer deleted from the data was reported "never trained on",
+    which the ledger, keeping their spend, contradicts."""
+    unnamed = not rows and not units and privacy_unit not in ("", "customer")
+    return erased_at if unnamed else None
+
+
+def _first_erasure(state_dir: Path, secret: bytes, customer: str) -> datetime | None:
+    """When the deletion log's first erasure of ``customer`` (canonical) was asked for."""
+    key = customer_key(secret, customer)
+    asked = [datetime.fromisoformat(str(entry["requested_at"]))
+             for entry in _log_entries(state_dir, secret)
+             if entry.get("event") == "erasure" and entry.get("customer") == key]
+    return min(asked, default=None)
 
 
 def _ledger_spend(state_dir: Path, secret: bytes, customer: str,
-                  rows: list[Row]) -> tuple[int, float, float, float]:
+                  rows: list[Row]) -> tuple[int, float, float, float, str]:
     """(units, largest lifetime epsilon, the same from the site's own noise, the ledger's delta
-    both are at) the ledger holds of the customer's ``rows``' units, and under the customer unit
-    of the id itself."""
+    both are at, its privacy unit: "" without a ledger) the ledger holds of the customer's
+    ``rows``' units, and under the customer unit of the id itself."""
     ledger = read_ledger(Path(state_dir), secret)
     if ledger is None:
-        return 0, 0.0, 0.0, math.nan
+        return 0, 0.0, 0.0, math.nan, ""
     identities = {row.unit_under(ledger.privacy_unit) for row in rows}
     if ledger.privacy_unit == "customer":
         identities.add(customer)
     keys = [key for key in (privacy_unit_key(secret, ledger.privacy_unit, identity)
                             for identity in sorted(identities)) if key in ledger.spend]
     return (len(keys), max(unit_epsilons(ledger, keys), default=0.0),
-            rdp_epsilon(alone_spend(ledger, keys), ledger.order, ledger.delta), ledger.delta)
+            rdp_epsilon(alone_spend(ledger, keys), ledger.order, ledger.delta), ledger.delta,
+            ledger.privacy_unit)
 
 
 def _next_hour(when: datetime) -> datetime:

@@ -332,6 +332,23 @@ def test_an_erased_customer_is_removed_everywhere_and_the_ledger_keeps_their_spe
     assert spend(state, "conv-3") == spent["conv-3"] and spend(state, "conv-5") == spent["conv-5"]
     assert spend(state, "conv-4") > spent["conv-4"]
     assert audit_verify(capsys, state / DELETION_LOG)[0] == 0
+    # Found in review: asked again once their rows were gone, the site said "never trained
+    # on", and a repeated request exited 3, "check the id", while the ledger kept their spend.
+    asked = request["requested_at"][:19]
+    assert fedintent(["privacy-report", str(state), "--customer", "alice@example",
+                      "--site", str(site)]) == 0
+    out = capsys.readouterr().out
+    assert (f"customer: no row in {site} has this customer_id; an erasure of theirs was asked "
+            f"for at {asked}") in out
+    assert "the ledger keeps that spend" in out and "never trained on" not in out
+    assert fedintent(["forget", "--site", str(site), "--customer", "alice@example",
+                      "--state-dir", str(state), "--retention-days", "inf"]) == 0
+    out, err = capsys.readouterr()
+    assert f"privacy ledger: an erasure of theirs was asked for at {asked}" in out
+    assert "never trained on" not in out and "check the id" not in err
+    assert fedintent(["forget", "--site", str(site), "--customer", "bob@example",
+                      "--state-dir", str(state), "--retention-days", "inf"]) == 3
+    assert "never trained on" in capsys.readouterr().out  # an id never erased nor trained
 
 
 def test_an_erasure_binds_every_later_load_even_with_the_rows_still_in_the_data(tmp_path):

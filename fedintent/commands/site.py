@@ -8,6 +8,7 @@ import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -213,6 +214,8 @@ def run_forget(args: argparse.Namespace) -> int:
               f"(largest lifetime epsilon {erasure.ledger_epsilon:.3g} at delta "
               f"{erasure.ledger_delta:g}); a returning customer "
               "is not a fresh unit")
+    elif erasure.spend_unnamed_since:
+        print(f"privacy ledger: {_unnamed_spend(erasure.spend_unnamed_since)}")
     elif (state_dir / LEDGER_FILE).exists():
         print("privacy ledger: holds no spend of theirs (never trained on)")
     else:  # found in review: a wrong, initialised folder took the erasure, and exit 0 said done
@@ -231,7 +234,7 @@ def run_forget(args: argparse.Namespace) -> int:
                            "fix them by hand")
         print(f"note: lines that failed validation name this customer (never used, left as "
               f"they are): {where}")
-    elif not erasure.rows_found and not erasure.ledger_units:
+    elif not erasure.rows_found and not erasure.ledger_units and not erasure.spend_unnamed_since:
         print(f"fedintent forget: warning: no row in {args.site} has this customer_id and the "
               "privacy ledger holds no spend under it: check the id (matched ignoring "
               "case, character width, invisible characters, dashes and digit scripts); the "
@@ -451,6 +454,15 @@ def _print_evaluations(evaluations: "Evaluations") -> None:
         print(f"  {evaluations.unreadable} egress log lines unreadable, not counted")
 
 
+def _unnamed_spend(erased_at: datetime) -> str:
+    """What the ledger holds of a customer whose erasure removed every row of theirs (found in
+    review: "never trained on", which the ledger, keeping their spend, contradicts)."""
+    return (f"an erasure of theirs was asked for at {erased_at.isoformat(timespec='seconds')} "
+            "and no row of theirs is left, so the units their spend is under (their "
+            "utterances) cannot be named: the ledger keeps that spend, as forget reported "
+            "when it erased them (the customer privacy unit keys it by the id instead)")
+
+
 def _print_customer_spend(site_dir: Path, state_dir: Path, customer: str) -> None:
     """One customer's spend, as ``forget`` reports it, without erasing them."""
     from fl_client.retention import customer_spend
@@ -462,6 +474,9 @@ def _print_customer_spend(site_dir: Path, state_dir: Path, customer: str) -> Non
         raise CliError(f"--site {site_dir}: {err}") from err
     found = (f"{spend.rows_found} rows in {site_dir} (any written form of the id)"
              if spend.rows_found else f"no row in {site_dir} has this customer_id")
+    if spend.spend_unnamed_since:
+        print(f"customer: {found}; {_unnamed_spend(spend.spend_unnamed_since)}")
+        return
     if not spend.units:
         print(f"customer: {found}; the ledger holds no spend of theirs (never trained on "
               "with this state folder)")
