@@ -334,6 +334,28 @@ def test_a_site_folder_row_a_site_would_reject_stops_the_partition_at_its_line(t
     assert not (tmp_path / "out").exists()
 
 
+def test_a_synth_test_label_with_no_training_row_is_named_with_what_to_do(tmp_path):
+    """Found in review: a small ``fedintent synth`` folder with a test label in no training
+    row was refused as "the label (a string of length 23)", a name from its own labels.txt
+    hidden, and nothing said what to do. A label not in labels.txt stays unquoted (above)."""
+    write_sites(tmp_path / "synth", n_sites=2, seed=5, size=60)
+    labels = read_labels(tmp_path / "synth" / "labels.txt")
+    used = {json.loads(line)["intent"] for site in ("site-00", "site-01")
+            for line in (tmp_path / "synth" / site / "test.jsonl").read_text().splitlines()}
+    gone = sorted(used)[0]
+    assert gone in labels
+    for site in ("site-00", "site-01"):
+        train = tmp_path / "synth" / site / "train.jsonl"
+        train.write_text("".join(line + "\n" for line in train.read_text().splitlines()
+                                 if json.loads(line)["intent"] != gone))
+    with pytest.raises(ValueError, match=rf"the label {re.escape(repr(gone))} does not occur in "
+                       "any site's training rows: a test row's site follows its label's "
+                       "training rows, so every test label needs some; remove such test rows, "
+                       r"or, for data of fedintent synth, generate more conversations \(a "
+                       r"larger --size\)"):
+        partition_csv_dataset(tmp_path / "synth", tmp_path / "out", n_sites=2, seed=0)
+
+
 def test_partition_names_a_missing_folder_or_a_file_given_for_it(tmp_path, capsys):
     """Found in review: a folder that is not there was "CSV_DIR/train.csv: file not found"."""
     assert main(["partition", str(tmp_path / "nope"), "--sites", "2", "--out",
