@@ -44,6 +44,9 @@ def site_secret(state_dir: Path) -> bytes:
     mounted, where a new secret and an empty ledger would start every unit's spent budget
     again from zero (found in review: the ClientApp rebuilt a lost state folder silently)."""
     path = Path(state_dir) / SECRET_FILE
+    if Path(state_dir).is_file():  # found in review: it was told to init-site the file
+        raise SecretError(f"{state_dir} is a file, not a folder: give the site's state folder "
+                          "(its --state-dir, as its node config names it)")
     if not path.exists():
         _refuse_a_lost_secret(state_dir)
         raise SecretError(

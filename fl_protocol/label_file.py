@@ -21,6 +21,9 @@ class LabelFileError(ValueError):
 def read_labels(path: Path) -> list[str]:
     """The labels in file order; blank lines skipped, fewer than two or a duplicate refused."""
     path = Path(path)
+    if path.is_dir():  # found in review: it was "not found"
+        raise LabelFileError(f"{path} is a folder, not a label file (one label per line, such "
+                             "as the data folder's labels.txt)")
     if not path.is_file():
         raise LabelFileError(f"label file not found: {path}")
     labels = []

@@ -213,6 +213,9 @@ def _replace_folder(new: Path, target: Path) -> None:
 def read_export(model_dir: Path) -> tuple[dict, dict]:
     """(fedintent.json, config.json) of an export; a clear error naming what is missing."""
     model_dir = Path(model_dir)
+    if model_dir.is_file():  # found in review: it was "not found"
+        raise ValueError(f"{model_dir} is a file, not a folder: give the model folder "
+                         "(OUT/model of fedintent train)")
     if not model_dir.is_dir():
         raise ValueError(f"model folder not found: {model_dir}")
     documents = []

@@ -505,3 +505,20 @@ def test_a_file_given_for_a_folder_is_named_a_file(tmp_path, capsys):
                  str(tmp_path / "nope")]) == 2
     captured = capsys.readouterr()
     assert "site data folder not found" in captured.err and captured.out == ""
+    # found in review: predict and check-data --labels said "not found", and purge advised
+    # init-site on the file, which init-site then refused
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "train.csv").write_text("text,label\nlost my card,card_lost\n")
+    for command, said in (
+            (["predict", str(labels), "hi"], f"{labels} is a file, not a folder: give the model "
+                                             "folder"),
+            (["check-data", str(site), "--labels", str(tmp_path)],
+             f"{tmp_path} is a folder, not a label file"),
+            (["purge", str(site), "--state-dir", str(labels)],
+             f"{labels} is a file, not a folder: give the site's state folder"),
+            (["forget", "--site", str(site), "--customer", "C-1", "--state-dir", str(labels)],
+             f"--state-dir {labels} is a file, not a folder")):
+        assert main(command) == 2, command
+        err = capsys.readouterr().err
+        assert said in err and "init-site" not in err, err

@@ -175,6 +175,9 @@ def run_forget(args: argparse.Namespace) -> int:
         raise CliError("--customer: the id is not valid UTF-8 text (the terminal or script "
                        "passed it in another encoding, such as Latin-1); data rows are read as "
                        "UTF-8, so pass it as UTF-8") from err
+    if state_dir.is_file():
+        raise CliError(f"--state-dir {state_dir} is a file, not a folder: give the site's state "
+                       "folder, as its node config names it")
     if not _holds_site_state(state_dir):
         # found in review: the erasure was recorded in a stray folder, and success printed
         raise CliError(f"{state_dir} holds no site secret, so it is not the state folder of a "
