@@ -158,6 +158,9 @@ def test_summary_is_mean_std_min_max_over_seeds():
     assert ("| federated (DP-SGD per site) | 8 | not recorded | 0.8500 | 0.0707 | 0.8000 | 0.9000 "
             "| 0.7500 | 2 |" in report)
     assert "| TF-IDF + logistic regression, non-private | inf | - | 0.8500 |" in report
+    # found in review: the row without DP read "DP-SGD per site"
+    assert "| federated (per site, no DP) | inf | - | 0.9500 |" in report
+    assert "| federated (DP-SGD per site) | inf |" not in report
     assert "epsilon 8: num-rounds=40" in report
     assert "| local | 8 | 1 | 0.5000 | 90 | 1.50 | 118836 | 3900 | 7.970 | - |" in report
     assert "samples/s" not in report

@@ -114,7 +114,7 @@ def markdown(spec: dict, flat: list[dict]) -> str:
     ]
     for row in flat:
         lines.append(
-            f"| {_eps(row['accountant_epsilon'])} ({row['delta']:.0e}) | {_eps(row['epsilon'])} "
+            f"| {_eps(row['accountant_epsilon'])}{_delta(row)} | {_eps(row['epsilon'])} "
             f"| {noise_text(row['noise_multiplier_min'], row['noise_multiplier_max'])} | "
             f"{row['kind']} | {row['attack']} | {row['auc']:.3f} | "
             f"{row['tpr_at_0.001_fpr']:.3f} | {row['tpr_at_0.01_fpr']:.3f} | "
@@ -123,6 +123,12 @@ def markdown(spec: dict, flat: list[dict]) -> str:
         )
     lines += ["", "![ROC curves](roc.png)", ""]
     return "\n".join(lines)
+
+
+def _delta(row: dict) -> str:
+    """`` (delta)`` beside an epsilon, none beside a run without DP, where no delta means
+    anything (found in review: ``inf (1e-05)``)."""
+    return "" if math.isinf(row["accountant_epsilon"]) else f" ({row['delta']:.0e})"
 
 
 def noise_text(low: float | None, high: float | None) -> str:

@@ -8,6 +8,7 @@ the sites' lifetime budget is one that does not set their noise (``fedintent ben
 resumable: trained models are kept in ``OUT/models``.
 """
 
+import math
 import time
 from dataclasses import asdict, dataclass
 from functools import partial
@@ -98,8 +99,9 @@ def run_audit(spec: AuditSpec, out_dir: Path, workers: int = 1, progress=print) 
         progress(f"requested epsilon {epsilon_label(epsilon)}: training 1 target + {spec.shadows} "
                  f"shadow models "
                  f"({settings['num-rounds']} rounds, {settings['local-epochs']} local epochs, "
-                 f"batch {settings['batch-size']}, lr {settings['learning-rate']:g}, site "
-                 f"lifetime budget {settings['site-max-epsilon']:g})")
+                 f"batch {settings['batch-size']}, lr {settings['learning-rate']:g}, "
+                 + (f"site lifetime budget {settings['site-max-epsilon']:g})"
+                    if math.isfinite(epsilon) else "no DP)"))
         started = time.monotonic()
         models = run_models(game, epsilon, settings, spec.shadows + 1,
                             out_dir / "models" / f"eps-{epsilon_label(epsilon)}", workers, progress)
@@ -122,7 +124,8 @@ def run_audit(spec: AuditSpec, out_dir: Path, workers: int = 1, progress=print) 
                          f"{metrics['tpr_at_0.01_fpr']:.3f}  epsilon >= "
                          f"{metrics['bound']['epsilon_lb']:.2f} "
                          f"({spec.confidence:.0%}; accountant {epsilon_label(target['epsilon'])})")
-        write_outputs(out_dir, record, results)
+        # the sites counted where --sites left it to the folder (found in review: "None sites")
+        write_outputs(out_dir, record | {"sites": record["sites"] or len(game.sites)}, results)
     violations = [
         f"epsilon {epsilon_label(r['epsilon'])}: {kind} {attack} lower bound "
         f"{m['bound']['epsilon_lb']:.3f} > accountant {r['accountant_epsilon']:.3f}"

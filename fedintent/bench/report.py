@@ -46,6 +46,14 @@ LABELS = {
 }
 
 
+def row_label(method: str, epsilon: float) -> str:
+    """A table row's method: the federated one without DP at epsilon inf (found in review: the
+    row read "DP-SGD per site")."""
+    if method == FEDERATED and math.isinf(epsilon):
+        return "federated (per site, no DP)"
+    return LABELS[method]
+
+
 def summarize(results: list[dict]) -> list[dict]:
     """Mean, standard deviation, min and max accuracy per (method, epsilon) over seeds, the
     mean macro-F1 (``None`` when a cell of the group has none: TF-IDF, or a cell from before),
@@ -199,7 +207,7 @@ def markdown_report(spec: dict, summary: list[dict], results: list[dict]) -> str
     ]
     for row in summary:
         lines.append(
-            f"| {LABELS[row['method']]} | {epsilon_label(row['epsilon'])} | "
+            f"| {row_label(row['method'], row['epsilon'])} | {epsilon_label(row['epsilon'])} | "
             f"{_deltas_text(row.get('deltas')) if math.isfinite(row['epsilon']) else '-'} | "
             f"{row['mean']:.4f} | "
             f"{row['std']:.4f} | {row['min']:.4f} | {row['max']:.4f} | "
@@ -311,8 +319,9 @@ def _own_rows_table(summary: list[dict]) -> list[str]:
              "| method | epsilon | mean over sites | lowest site | seeds |",
              "|---|---|---|---|---|"]
     for row in rows:
-        lines.append(f"| {LABELS[row['method']]} | {epsilon_label(row['epsilon'])} | "
-                     f"{row['own_mean']:.4f} | {row['own_worst']:.4f} | {row['seeds']} |")
+        lines.append(f"| {row_label(row['method'], row['epsilon'])} | "
+                     f"{epsilon_label(row['epsilon'])} | {row['own_mean']:.4f} | "
+                     f"{row['own_worst']:.4f} | {row['seeds']} |")
     return lines
 
 
