@@ -70,7 +70,10 @@ which cannot verify a ``version`` refuses as a newer format rather than as an ed
 version 6 adds ``recorded``, version 7 ``alone`` (a release that would drop it, and so
 under-count a customer's epsilon alone, refuses the ledger as a newer format), version 8 a
 release's record of its run's plan (``RUN_PLAN_FIELDS``: a release before it, reading a release
-that holds them, would call the ledger corrupt instead of newer, found in review). Every older
+that holds them, would call the ledger corrupt instead of newer, found in review; a version 7
+ledger whose releases hold four of its five plan fields, no ``plan_delta``, was written only
+by commits between 1b0e7ea and 933161c, which never left development, and reads as corrupt:
+review 105). Every older
 version is read and written back as the current one: a unit it holds starts its ``alone`` from
 its spend plus what every distributed release added without the other sites' shares, the bound
 those versions used."""
