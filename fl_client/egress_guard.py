@@ -53,6 +53,7 @@ from fl_protocol.wire import (
     CONFIG_KEY,
     EVALUATE_METRICS,
     LEGACY_HEADER,
+    MAX_RUN_NAME,
     METRICS_KEY,
     SECAGG_REPLIES,
     TRAIN_METRICS,
@@ -239,7 +240,16 @@ def _as_sent(value: object) -> int | str:
     review: server-round inf was answered "blocked by the egress guard")."""
     if isinstance(value, float) and value.is_integer():
         value = int(value)
-    return value if isinstance(value, int) and not isinstance(value, bool) else repr(value)
+    return value if isinstance(value, int) and not isinstance(value, bool) else _cut(repr(value))
+
+
+def _cut(text: str) -> str:
+    """What the server sent, at most ``MAX_RUN_NAME`` characters of it, marked where cut: the
+    log is kept for good (found in review: a refused 1 MB run name was written whole, so a
+    server grew the log by a megabyte a message)."""
+    if len(text) <= MAX_RUN_NAME:
+        return text
+    return f"{text[:MAX_RUN_NAME]}... (cut: {len(text)} characters sent)"
 
 
 def append_egress_log(
@@ -251,7 +261,7 @@ def append_egress_log(
     config = msg.content.get(CONFIG_KEY, {})
     entry: dict = {
         "time": datetime.now(UTC).isoformat(timespec="seconds"),
-        "run": str(config.get("run-name", "")),
+        "run": _cut(str(config.get("run-name", ""))),
         "round": _as_sent(config.get("server-round", 0)),
         "message": msg.metadata.message_type,
         "verdict": verdict,

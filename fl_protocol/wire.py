@@ -47,7 +47,9 @@ MAX_RUN_NAME = 200
 """The longest run name either side takes, in characters, all of them printable. A site writes
 the name into every release of its ledger and every line of its egress log, both kept for good
 (MAC-chained, never trimmed): found in review, a server could grow a site's ledger without bound,
-even a site with no budget left, by asking DP evaluations under ever longer names."""
+even a site with no budget left, by asking DP evaluations under ever longer names. The egress
+log keeps at most this much of a refused name. This bounds each line and release, not their
+number: every message a server sends still adds one of each at most."""
 
 
 def run_name_problem(name: str) -> str:

@@ -608,9 +608,18 @@ def test_a_run_name_too_long_or_with_a_control_character_is_refused(site, tmp_pa
             return train
         return Message(content=train.content, dst_node_id=7, message_type="evaluate")
 
-    for run in ("r" * (MAX_RUN_NAME + 1), "run-a\nround 1 (evaluation)", "run\ta"):
+    for run in ("r" * (MAX_RUN_NAME + 1), "run-a\nround 1 (evaluation)", "run\ta",
+                "r" * 1_000_000):
         assert refused_with(client_app.app(sent(run), ctx), Reason.SETTING_REFUSED), run
     assert ledger(state) is None
+    # found in review: the egress log, kept for good too, took a refused name whole
+    logged = [json.loads(line) for line in (state / EGRESS_LOG).read_text().splitlines()]
+    assert len(logged) == 4
+    assert logged[-1]["run"] == "r" * MAX_RUN_NAME + "... (cut: 1000000 characters sent)"
+    long_round = sent("run-a")
+    long_round.content["config"]["server-round"] = "9" * 1_000_000
+    assert refused_with(client_app.app(long_round, ctx), Reason.SETTING_REFUSED)
+    assert (state / EGRESS_LOG).stat().st_size < 5 * 1000
     assert not client_app.app(sent("r" * MAX_RUN_NAME), ctx).has_error()
     assert {release.run.removesuffix(" (evaluation)") for release in ledger(state).releases} \
         == {"r" * MAX_RUN_NAME}
