@@ -78,7 +78,6 @@ from fl_client.privacy_ledger import (
 from fl_client.retention import deletion_log_check
 from fl_client.site_folders import state_lock
 from fl_client.site_policy import PolicyRefusal, RoundRequest, SitePolicy, check_noise
-from fl_client.site_policy import lifetime_delta as site_lifetime_delta
 from fl_client.site_secret import release_nonce, site_secret
 from fl_protocol.distributed_sum import integer_norm
 from fl_protocol.wire import MAX_AUTO_DELTA, Reason
@@ -144,9 +143,8 @@ def charge_round(
     records no nonce, so twin sites (one secret, fresh ledgers) draw the same noise, which is
     how tests compare two runs; ``lifetime_delta`` (training rounds: the site's own delta for
     the units it holds now, ``site_policy.lifetime_delta``): the ledger's lifetime delta is
-    lowered to it, or to the site's own for every unit the ledger has charged where those are
-    more, when the site has outgrown the one it was fixed at, that is when it is no longer
-    below ``delta_limit`` of those units (``_tighten_delta``); a ledger this release
+    lowered to it when the site has outgrown the one it was fixed at, that is when it is no
+    longer below ``delta_limit`` of the units (``_tighten_delta``); a ledger this release
     begins is fixed at ``begin_delta`` (a DP evaluation's: ``site_policy.own_evaluation_delta``),
     else ``lifetime_delta``, else the request's: the site's own, never the run's (found in
     review: a first run asking for delta 1e-10 fixed every later run's budget there, for good);
@@ -179,17 +177,17 @@ def _charge_round(state_dir: Path, units: list[str], request: RoundRequest, poli
         delta=begun_at,
     )
     _check_against_ledger(ledger, request, training=not evaluation)
+    # the units in the data now, not every unit the ledger has charged: those include the test
+    # units of DP evaluations, and the delta goes to the server in every reply, which would
+    # then read the test split's size from it (found in review; privacy-report warns where the
+    # ledger's units have outgrown its delta)
+    if lifetime_delta is not None and ledger.delta >= delta_limit(len(units)):
+        _tighten_delta(ledger, min(lifetime_delta, ledger.delta), policy)
     ledger.deletion_log, problem = deletion_log_check(state_dir, secret, ledger.deletion_log)
     if problem:
         raise LedgerError(f"{state_dir}: {problem}; refusing to train. Restore the deletion log "
                           "and its head from the newest copy (docs/SITE_GUIDE.md)")
     keys = [privacy_unit_key(secret, ledger.privacy_unit, unit) for unit in units]
-    # the lifetime guarantee covers every unit the ledger has charged, not only those in the
-    # data now (found in review: a site whose data rolled over kept 1e-5 for 120,000 units)
-    covered = len(ledger.spend.keys() | set(keys))
-    if lifetime_delta is not None and ledger.delta >= delta_limit(covered):
-        own = min(lifetime_delta, site_lifetime_delta(policy, covered), ledger.delta)
-        _tighten_delta(ledger, own, policy)
     former = [[[privacy_unit_key(secret, ledger.privacy_unit, alias) for alias in group]
                for group in aliases.get(unit, ())] for unit in units]
     joined = _carry_over(ledger, keys, former,

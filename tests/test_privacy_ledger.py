@@ -610,27 +610,24 @@ def test_a_site_that_outgrows_its_ledgers_delta_states_its_guarantees_at_its_own
     assert smaller.delta_all_runs == own  # what the reply says the -all-runs figures are at
 
 
-def test_a_site_whose_data_rolled_over_states_its_guarantees_at_a_delta_for_every_unit(
-        tmp_path):
-    """Found in review: the lifetime delta followed the units in the data now, so a site
-    whose data rolled over (retention, a month's new conversations at a time) kept 1e-5 while
-    its ledger came to cover 120,000 units, each guarantee failing outright with a probability
-    not small next to 1 / 120,000. The units the ledger has charged count too."""
+@pytest.mark.parametrize("test_units", [300, 600])
+def test_the_lifetime_delta_a_site_reports_does_not_depend_on_its_test_split(tmp_path,
+                                                                           test_units):
+    """Found in review: sized to every unit the ledger had charged (for a site whose data
+    rolls over), the lifetime delta counted the test units of DP evaluations too, and each
+    training reply's delta-all-runs told the server on which side of a power of ten the test
+    split's size lay: 1e-5 beside 300 test units, 1e-6 beside 600, for 9,500 training units.
+    It follows the training units in the data now."""
     create_site_secret(tmp_path)  # the site's state folder, set up (``fedintent init-site``)
     policy = SitePolicy(max_epsilon=8.0, max_delta=1e-5, privacy_unit=None)
-    month = [f"jan{i}" for i in range(9_000)]
-    own = lifetime_delta(policy, len(month))
-    assert own == 1e-5
-    charge_round(tmp_path, month, train_request(own, 2.0, "january"), policy,
-                 lifetime_delta=own)
-    assert read_ledger(tmp_path, site_secret(tmp_path)).delta == 1e-5
-    rolled = [f"feb{i}" for i in range(2_000)]  # january's rows purged
-    assert lifetime_delta(policy, len(rolled)) == 1e-5
-    charge = charge_round(tmp_path, rolled, train_request(1e-5, 2.0, "february"), policy,
-                          lifetime_delta=lifetime_delta(policy, len(rolled)))
-    book = read_ledger(tmp_path, site_secret(tmp_path))
-    assert len(book.spend) == 11_000 and book.delta == 1e-6 == charge.delta_all_runs
-    assert max(unit_epsilons(book)) <= 8.0
+    evaluation = replace(train_request(1e-5, 1.0, "run-a (evaluation)"),
+                         batch_size=test_units)
+    charge_round(tmp_path, [f"e{i}" for i in range(test_units)], evaluation, policy,
+                 empty_ok=True, evaluation=True, begin_delta=1e-5)
+    units = [f"t{i}" for i in range(9_500)]
+    charge = charge_round(tmp_path, units, train_request(1e-5, 2.0, "run-a"), policy,
+                          lifetime_delta=lifetime_delta(policy, len(units)))
+    assert charge.delta_all_runs == 1e-5
 
 
 def test_a_run_asking_a_tiny_delta_does_not_fix_the_ledgers(tmp_path):
