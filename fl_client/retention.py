@@ -59,7 +59,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
 from pathlib import Path
-from typing import NoReturn
+from typing import NamedTuple, NoReturn
 
 from fl_client.customer_ids import canonical_customer, erasure_forms
 from fl_client.privacy_accounting import rdp_epsilon
@@ -248,6 +248,14 @@ def purge(site_dir: Path, state_dir: Path, retention_days: float, actor: str,
                        data_rows, details)
 
 
+class EarlierErasure(NamedTuple):
+    """An erasure the deletion log records, with the spend it found."""
+
+    asked_at: datetime
+    ledger_units: int
+    """Their privacy units the ledger held a spend for when it was asked for."""
+
+
 @dataclass(frozen=True)
 class Erasure:
     """What ``forget`` found and did for one customer."""
@@ -272,9 +280,9 @@ class Erasure:
     settle (found in review: ``--delete-from-data`` left them and reported success)."""
     forms: int = 1
     """How many ways the rows found write the id (``canonical_customer`` takes them as one)."""
-    spend_unnamed_since: datetime | None = None
-    """When an earlier erasure of theirs was asked for, where their spend can no longer be
-    looked up (``_spend_unnamed_since``); None otherwise."""
+    earlier_erasure: EarlierErasure | None = None
+    """Where their spend can no longer be looked up, the earlier erasure that found it
+    (``_unnamed_spend``); None otherwise."""
     other_case_rows: int = 0
     """Rows found whose id differs from the one given in case: no longer used, but not deleted
     from the data folder, since a case-sensitive system may hold another customer under it
@@ -300,14 +308,18 @@ def forget(site_dir: Path, state_dir: Path, customer: str, retention_days: float
             _unread_erasure(state_dir, secret, customer, actor, now, err)
         rows = train + test
         theirs = [row for row in rows if _is_customer(row, customer)]
-        erased_before = (_first_erasure(state_dir, secret, customer) if _has_log(state_dir)
-                         else None)
+        earlier = _earlier_erasure(state_dir, secret, customer)
+        try:
+            units, epsilon, _, delta, unit = _ledger_spend(state_dir, secret, written, theirs)
+            problem = ""
+        except LedgerError as err:
+            units, epsilon, delta, unit, problem = 0, 0.0, math.nan, "", str(err)
         # every row present now, whatever clock or time zone dated it
         cut_off = max([now + FUTURE_SLACK, *(row.when for row in theirs if row.when is not None)])
         _append(state_dir, secret, "erasure",
                 {"actor": actor, "customer": customer_key(secret, customer),
                  "requested_at": now.isoformat(), "erased_at": cut_off.isoformat(),
-                 "rows_found": len(theirs)})
+                 "rows_found": len(theirs), "ledger_units": None if problem else units})
         policy = row_policy(state_dir, retention_days, now)
         live, ended, not_used = _partition(rows, policy)
         pruned = prune(Path(state_dir) / FEATURES, [redact(row.text) for row in live])
@@ -324,16 +336,10 @@ def forget(site_dir: Path, state_dir: Path, customer: str, retention_days: float
             read_rows(site_dir, rejected)
         deletion = _logged(state_dir, "erasure-done", actor, not_used, pruned.rows,
                            pruned.files, data_rows, details)
-        try:
-            units, epsilon, _, delta, unit = _ledger_spend(state_dir, secret, written, theirs)
-            problem = ""
-        except LedgerError as err:
-            units, epsilon, delta, unit, problem = 0, 0.0, math.nan, "", str(err)
         return Erasure(rows_found=len(theirs), erased_until=cut_off, deletion=deletion,
                        ledger_units=units, ledger_epsilon=epsilon, ledger_delta=delta,
                        ledger_problem=problem,
-                       spend_unnamed_since=_spend_unnamed_since(erased_before, theirs, units,
-                                                                unit),
+                       earlier_erasure=_unnamed_spend(earlier, theirs, units, unit),
                        rejected_mentions=_mentions(site_dir, rejected, written),
                        forms=len({row.customer for row in theirs}) or 1,
                        other_case_rows=sum(
@@ -620,9 +626,9 @@ class CustomerSpend:
     """The same from the site's own noise only (distributed DP; else equal)."""
     delta: float
     """The ledger's delta, the site's own (NaN with no ledger)."""
-    spend_unnamed_since: datetime | None = None
-    """When their first erasure was asked for, where it left no row of theirs to name the
-    units their spend is under (``_spend_unnamed_since``); None otherwise."""
+    earlier_erasure: EarlierErasure | None = None
+    """Where an erasure left no row of theirs to name the units their spend is under, that
+    erasure (``_unnamed_spend``); None otherwise."""
 
 
 def customer_spend(site_dir: Path, state_dir: Path, customer: str) -> CustomerSpend:
@@ -637,29 +643,36 @@ def customer_spend(site_dir: Path, state_dir: Path, customer: str) -> CustomerSp
     train, test = read_rows(site_dir, [])
     theirs = [row for row in train + test if _is_customer(row, canonical)]
     units, epsilon, alone, delta, unit = _ledger_spend(state_dir, secret, written, theirs)
-    erased = _first_erasure(state_dir, secret, canonical) if _has_log(state_dir) else None
+    earlier = _earlier_erasure(state_dir, secret, canonical)
     return CustomerSpend(len(theirs), units, epsilon, alone, delta,
-                         _spend_unnamed_since(erased, theirs, units, unit))
+                         _unnamed_spend(earlier, theirs, units, unit))
 
 
-def _spend_unnamed_since(erased_at: datetime | None, rows: list[Row], units: int,
-                        privacy_unit: str) -> datetime | None:
-    """``erased_at`` where the customer's spend cannot be looked up because an erasure
-    removed their rows: none left, none found in the ledger, and a privacy unit other than
-    the customer, whose ledger keys only their rows name (the customer unit's key is the id
-    itself). Found in review: a customer deleted from the data was reported "never trained on",
-    which the ledger, keeping their spend, contradicts."""
+def _unnamed_spend(earlier: EarlierErasure | None, rows: list[Row], units: int,
+                   privacy_unit: str) -> EarlierErasure | None:
+    """``earlier`` where the customer's spend cannot be looked up because an erasure removed
+    their rows: none left, none found in the ledger, under a privacy unit other than the
+    customer (whose ledger key is the id itself, not their rows). Found in review: a customer
+    deleted from the data was reported "never trained on", which the ledger, keeping their
+    spend, contradicts."""
     unnamed = not rows and not units and privacy_unit not in ("", "customer")
-    return erased_at if unnamed else None
+    return earlier if unnamed else None
 
 
-def _first_erasure(state_dir: Path, secret: bytes, customer: str) -> datetime | None:
-    """When the deletion log's first erasure of ``customer`` (canonical) was asked for."""
+def _earlier_erasure(state_dir: Path, secret: bytes, customer: str) -> EarlierErasure | None:
+    """The newest erasure of ``customer`` (canonical) the deletion log records as having found
+    spend of theirs in the ledger; an erasure that found none, or one recorded before erasures
+    counted it, is not one (found in review: a mistyped id forgotten twice read as erased with
+    spend kept, and an erasure made before any training as spend the ledger keeps)."""
+    if not _has_log(state_dir):
+        return None
     key = customer_key(secret, customer)
-    asked = [datetime.fromisoformat(str(entry["requested_at"]))
+    found = [EarlierErasure(datetime.fromisoformat(str(entry["requested_at"])),
+                            entry["ledger_units"])
              for entry in _log_entries(state_dir, secret)
-             if entry.get("event") == "erasure" and entry.get("customer") == key]
-    return min(asked, default=None)
+             if entry.get("event") == "erasure" and entry.get("customer") == key
+             and isinstance(entry.get("ledger_units"), int) and entry["ledger_units"] > 0]
+    return found[-1] if found else None
 
 
 def _ledger_spend(state_dir: Path, secret: bytes, customer: str,

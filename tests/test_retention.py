@@ -31,6 +31,7 @@ from fl_client.retention import (
     RetentionError,
     RowPolicy,
     customer_key,
+    customer_spend,
     forget,
     purge,
     row_policy,
@@ -335,20 +336,39 @@ def test_an_erased_customer_is_removed_everywhere_and_the_ledger_keeps_their_spe
     # Found in review: asked again once their rows were gone, the site said "never trained
     # on", and a repeated request exited 3, "check the id", while the ledger kept their spend.
     asked = request["requested_at"][:19]
+    assert request["ledger_units"] == 2
     assert fedintent(["privacy-report", str(state), "--customer", "alice@example",
                       "--site", str(site)]) == 0
     out = capsys.readouterr().out
-    assert (f"customer: no row in {site} has this customer_id; an erasure of theirs was asked "
-            f"for at {asked}") in out
-    assert "the ledger keeps that spend" in out and "never trained on" not in out
+    assert (f"customer: no row in {site} has this customer_id; an erasure of theirs asked for "
+            f"at {asked}") in out
+    assert "found the spend of 2 privacy unit(s) of theirs in the ledger, which keeps it" in out
+    assert "never trained on" not in out
     assert fedintent(["forget", "--site", str(site), "--customer", "alice@example",
                       "--state-dir", str(state), "--retention-days", "inf"]) == 0
     out, err = capsys.readouterr()
-    assert f"privacy ledger: an erasure of theirs was asked for at {asked}" in out
+    assert f"privacy ledger: an erasure of theirs asked for at {asked}+00:00 found the spend" in out
     assert "never trained on" not in out and "check the id" not in err
-    assert fedintent(["forget", "--site", str(site), "--customer", "bob@example",
-                      "--state-dir", str(state), "--retention-days", "inf"]) == 3
-    assert "never trained on" in capsys.readouterr().out  # an id never erased nor trained
+    # an id no erasure found spend of stays one to check, however often it is asked (review)
+    for _ in range(2):
+        assert fedintent(["forget", "--site", str(site), "--customer", "alise@example",
+                          "--state-dir", str(state), "--retention-days", "inf"]) == 3
+        out, err = capsys.readouterr()
+        assert "never trained on" in out and "check the id" in err
+
+
+def test_a_customer_erased_before_any_training_is_never_said_to_have_spend_kept(tmp_path):
+    """Found in review: a customer whose rows were deleted before the site ever trained was
+    reported as spend the ledger keeps, from the erasure alone."""
+    site, state = tmp_path / "site", tmp_path / "state"
+    rows = site_rows()
+    rows[2]["customer_id"] = "carol"
+    write_site(site, rows)
+    erasure = forget(site, state, "carol", math.inf, "test", delete_from_data=True)
+    assert erasure.rows_found == 1 and erasure.ledger_units == 0
+    assert log_entries(state)[0]["ledger_units"] == 0
+    spend = customer_spend(site, state, "carol")
+    assert (spend.rows_found, spend.units, spend.earlier_erasure) == (0, 0, None)
 
 
 def test_an_erasure_binds_every_later_load_even_with_the_rows_still_in_the_data(tmp_path):

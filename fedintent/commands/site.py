@@ -8,7 +8,6 @@ import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,6 +20,7 @@ from fl_server.run_record import site_pseudonym
 
 if TYPE_CHECKING:
     from fl_client.privacy_report import Evaluations, SiteReport
+    from fl_client.retention import EarlierErasure
 
 
 def add_parsers(commands: argparse._SubParsersAction) -> None:
@@ -217,8 +217,8 @@ def run_forget(args: argparse.Namespace) -> int:
               f"(largest lifetime epsilon {erasure.ledger_epsilon:.3g} at delta "
               f"{erasure.ledger_delta:g}); a returning customer "
               "is not a fresh unit")
-    elif erasure.spend_unnamed_since:
-        print(f"privacy ledger: {_unnamed_spend(erasure.spend_unnamed_since)}")
+    elif erasure.earlier_erasure:
+        print(f"privacy ledger: {_unnamed_spend(erasure.earlier_erasure)}")
     elif (state_dir / LEDGER_FILE).exists():
         print("privacy ledger: holds no spend of theirs (never trained on)")
     else:  # found in review: a wrong, initialised folder took the erasure, and exit 0 said done
@@ -237,7 +237,7 @@ def run_forget(args: argparse.Namespace) -> int:
                            "fix them by hand")
         print(f"note: lines that failed validation name this customer (never used, left as "
               f"they are): {where}")
-    elif not erasure.rows_found and not erasure.ledger_units and not erasure.spend_unnamed_since:
+    elif not erasure.rows_found and not erasure.ledger_units and not erasure.earlier_erasure:
         print(f"fedintent forget: warning: no row in {args.site} has this customer_id and the "
               "privacy ledger holds no spend under it: check the id (matched ignoring "
               "case, character width, invisible characters, dashes and digit scripts); the "
@@ -457,13 +457,13 @@ def _print_evaluations(evaluations: "Evaluations") -> None:
         print(f"  {evaluations.unreadable} egress log lines unreadable, not counted")
 
 
-def _unnamed_spend(erased_at: datetime) -> str:
+def _unnamed_spend(earlier: "EarlierErasure") -> str:
     """What the ledger holds of a customer whose erasure removed every row of theirs (found in
     review: "never trained on", which the ledger, keeping their spend, contradicts)."""
-    return (f"an erasure of theirs was asked for at {erased_at.isoformat(timespec='seconds')} "
-            "and no row of theirs is left, so the units their spend is under (their "
-            "utterances) cannot be named: the ledger keeps that spend, as forget reported "
-            "when it erased them (the customer privacy unit keys it by the id instead)")
+    return (f"an erasure of theirs asked for at {earlier.asked_at.isoformat(timespec='seconds')} "
+            f"found the spend of {earlier.ledger_units} privacy unit(s) of theirs in the ledger, "
+            "which keeps it; no row of theirs is left to name those units (their utterances), "
+            "so it cannot be looked up again (the customer privacy unit keys it by the id)")
 
 
 def _print_customer_spend(site_dir: Path, state_dir: Path, customer: str) -> None:
@@ -477,8 +477,8 @@ def _print_customer_spend(site_dir: Path, state_dir: Path, customer: str) -> Non
         raise CliError(f"--site {site_dir}: {err}") from err
     found = (f"{spend.rows_found} rows in {site_dir} (any written form of the id)"
              if spend.rows_found else f"no row in {site_dir} has this customer_id")
-    if spend.spend_unnamed_since:
-        print(f"customer: {found}; {_unnamed_spend(spend.spend_unnamed_since)}")
+    if spend.earlier_erasure:
+        print(f"customer: {found}; {_unnamed_spend(spend.earlier_erasure)}")
         return
     if not spend.units:
         print(f"customer: {found}; the ledger holds no spend of theirs (never trained on "
