@@ -476,6 +476,12 @@ def test_a_resume_whose_server_app_never_resumed_the_run_fails_and_says_so(tmp_p
     assert "interrupted by the test" not in str(refused.value)
     assert (out / "metrics.json").read_bytes() == before
     assert "another fedintent ServerApp is writing" in (tmp_path / "flower.log").read_text()
+    # found in review: a resume whose ServerApp failed at start (here: the record's labels are
+    # not the label file's) marked the record failed with why, and was said to write nothing
+    with pytest.raises(SimulationError, match="^the run failed: cannot resume: the label file "
+                       "changed since the run started"):
+        run_simulation(config, num_sites=2, metrics_path=out / "metrics.json",
+                       log_path=tmp_path / "flower.log", on_round=lambda entry: None, resumes=1)
 
 
 def test_a_run_refused_a_folder_holding_another_run_does_not_report_that_runs_record(tmp_path):

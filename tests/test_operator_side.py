@@ -379,6 +379,25 @@ def test_a_resume_whose_server_app_never_resumed_the_run_fails_and_says_so(
     assert (stopped_deployed_run / "metrics.json").read_bytes() == before
 
 
+def test_a_resume_whose_server_app_failed_at_start_says_why(
+        signed, stopped_deployed_run, capsys, monkeypatch, nothing_reaches_a_superlink,
+        earlier_runs):
+    """Found in review: a resume whose ServerApp failed before round 1 marked the record failed
+    with why (a label file changed), and was reported as one that wrote nothing."""
+    def failed_at_start(*args, **kwargs):
+        edit_record(stopped_deployed_run, lambda doc: doc.update(
+            status="failed", error="cannot resume: the label file changed since the run "
+            "started"))
+        return "finished:completed"
+
+    monkeypatch.setattr(deployment, "follow_run", failed_at_start)
+    assert deploy_resume(signed, stopped_deployed_run) == 1
+    err = capsys.readouterr().err
+    assert ("error: the run failed: cannot resume: the label file changed since the run "
+            "started") in err
+    assert "it wrote nothing" not in err
+
+
 def test_a_resume_warns_of_another_bundle_under_the_same_version(
         signed, stopped_deployed_run, capsys, nothing_reaches_a_superlink, earlier_runs):
     """Found in review: only the app spec was compared, so a bundle rebuilt under the same

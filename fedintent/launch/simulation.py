@@ -61,6 +61,7 @@ def run_simulation(
     Ctrl-C or SIGTERM (``KeyboardInterrupt``) every process is stopped, then ``metrics.json``
     says ``interrupted`` if the ServerApp was killed before it could say so itself.
     """
+    before = recorded_outcome(metrics_path)  # a resume that fails at start changes it
     flwr_home = make_temporary_folder()
     env = flower_env(flwr_home)
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -95,7 +96,8 @@ def run_simulation(
                 time.sleep(poll_seconds)
             run = last_local_run(env, flwr_home)
         status = str(run.get("status", "unknown"))
-        if resumes and "run-id" in run and not resumed_by(metrics_path, run["run-id"]):
+        if (resumes and "run-id" in run and not resumed_by(metrics_path, run["run-id"])
+                and recorded_outcome(metrics_path) == before):
             raise SimulationError(
                 f"run {run['run-id']} ended ({status}) before its ServerApp resumed the run (the "
                 f"log says why: {log_path}); it wrote nothing in {metrics_path.parent}; "
