@@ -327,9 +327,11 @@ def evaluation_epsilon(context: Context, max_epsilon: float) -> float:
     """The site's ``evaluation-epsilon`` (simulation: the run config's
     ``site-evaluation-epsilon``): what one run's DP evaluations may cost a test unit, all its
     rounds together (``DEFAULT_EVALUATION_EPSILON``), set within ``EVALUATION_EPSILON_RANGE``;
-    never more than the site's lifetime ``max_epsilon``, which no unit can spend past (found in
-    review: a site that lowered max-epsilon to 2 under the default 8 declined every evaluation,
-    its lifetime budget needing 3.6 times the noise of the run's plan)."""
+    never more than the site's lifetime ``max_epsilon`` (max-epsilon, or max-epsilon-alone
+    where that is smaller and the site takes part in distributed DP), which no unit can spend
+    past (found in review: a site that lowered
+    max-epsilon to 2 under the default 8 declined every evaluation, its lifetime budget needing
+    3.6 times the noise of the run's plan)."""
     key, value = _setting(context, "evaluation-epsilon", DEFAULT_EVALUATION_EPSILON)
     try:
         epsilon = float(value)
@@ -362,12 +364,15 @@ def evaluation_request(msg: Message, context: Context, policy: SitePolicy) -> Ro
         raise PolicyRefusal(Reason.ROUND_REFUSED,
                             f"round {asked.server_round} of {asked.num_rounds} is not an "
                             f"evaluation round of the run (every {every} and the last)")
-    epsilon = evaluation_epsilon(context, policy.max_epsilon)
+    alone = policy.max_epsilon_alone if "distributed" in policy.privacy_models else math.inf
+    epsilon = evaluation_epsilon(context, min(policy.max_epsilon, alone))
     low, high = EPSILON_RANGES.get(asked.accountant, EVALUATION_EPSILON_RANGE)
     if not low <= epsilon <= high:
         raise PolicyRefusal(Reason.EVALUATION_REFUSED,
-                            f"this site's evaluation-epsilon {epsilon:g} is outside [{low:g}, "
-                            f"{high:g}], where accountant {asked.accountant} can plan it")
+                            f"the epsilon this site's evaluations may spend, {epsilon:g} (its "
+                            "evaluation-epsilon, at most its max-epsilon and max-epsilon-alone), "
+                            f"is outside [{low:g}, {high:g}], where accountant "
+                            f"{asked.accountant} can plan it")
     request = RoundRequest(
         run_name=f"{asked.run_name}{EVALUATION_RUN}", server_round=number,
         num_rounds=evaluation_count(asked.num_rounds, every),

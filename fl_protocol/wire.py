@@ -57,7 +57,8 @@ def run_name_problem(name: str) -> str:
     if len(name) > MAX_RUN_NAME:
         return f"is {len(name)} characters long, over the {MAX_RUN_NAME} a run name may take"
     if not name.isprintable():
-        return "holds a control character (a line break, a tab), which a run name may not"
+        return ("holds a character that is not printable (a control character, a line break, "
+                "a tab, a space other than ' '), which a run name may not")
     return ""
 
 

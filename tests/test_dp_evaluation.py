@@ -358,9 +358,21 @@ def test_an_evaluation_epsilon_one_accountant_cannot_plan_declines_only_its_runs
     node = DP | {"evaluation-epsilon": 0.2}  # PRV plans down to 0.1, RDP to 0.5
     rdp = context(site, tmp_path / "rdp", node=node, accountant="rdp")
     assert refused_with(client_app.app(evaluate_message(), rdp), Reason.EVALUATION_REFUSED)
-    assert "evaluation-epsilon 0.2 is outside [0.5, 100]" in caplog.text
+    assert ("the epsilon this site's evaluations may spend, 0.2 (its evaluation-epsilon, at "
+            "most its max-epsilon and max-epsilon-alone), is outside [0.5, 100]") in caplog.text
     prv = context(site, tmp_path / "prv", node=node, accountant="prv")
     assert not client_app.app(evaluate_message(), prv).has_error()
+
+
+def test_a_site_with_a_small_own_noise_budget_evaluates_within_it(site, tmp_path):
+    """Found in review: the evaluations' cap followed max-epsilon only, so a site whose
+    max-epsilon-alone was the smaller still declined every evaluation. A DP evaluation's noise
+    is all the site's own."""
+    state = tmp_path / "state"
+    ctx = context(site, state, node=DP | {"max-epsilon-alone": 2.0})
+    reply = client_app.app(evaluate_message(), ctx)
+    assert not reply.has_error(), reply.error
+    assert evaluation_releases(state)[0].target_epsilon == 2.0
 
 
 def test_a_customer_in_both_splits_composes_both_spends(tmp_path):

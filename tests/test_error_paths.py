@@ -62,7 +62,7 @@ from fedintent.launch.flower_cli import flower_env, toml_value, write_app
 from fedintent.launch.processes import free_port, stop_process_trees
 from fedintent.launch.simulation import (
     CONNECTION,
-    local_run_status,
+    last_local_run,
     wait_local_superlink,
     write_local_connection,
 )
@@ -321,8 +321,8 @@ def run_deployment(
             if read_metrics(out / "metrics.json")["status"] not in ("running", "not started"):
                 return True
             polls += 1  # now and then ask the SuperLink, in case the ServerApp died early
-            return polls % 60 == 0 and local_run_status(server_env, server_home).startswith(
-                "finished")
+            return polls % 60 == 0 and str(last_local_run(server_env, server_home).get(
+                "status")).startswith("finished")
 
         wait_for(run_ended, RUN_TIMEOUT_S, "the run to end")
         wait_for(also_wait_for, RUN_TIMEOUT_S, "the sites")

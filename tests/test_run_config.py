@@ -136,7 +136,7 @@ def test_a_dp_learning_rate_scales_with_the_sites_size_down_only(rows, epsilon, 
 @pytest.mark.parametrize("name,message", [
     ("r" * (MAX_RUN_NAME + 1), f"is {MAX_RUN_NAME + 1} characters long, over the "
                                f"{MAX_RUN_NAME} a run name may take"),
-    ("run-a\nround 2", "holds a control character"),
+    ("run-a\nround 2", "holds a character that is not printable"),
 ])
 def test_a_run_name_the_sites_would_refuse_is_refused_before_anything_starts(name, message):
     """The sites refuse it (they keep every run name in their ledgers for good), so a run
@@ -152,3 +152,7 @@ def test_a_run_named_after_a_long_folder_is_cut_to_fit(tmp_path):
                                 out_dir=out, min_sites=2)
     name = config["run-name"]
     assert len(name) == MAX_RUN_NAME and name.startswith("o" * (MAX_RUN_NAME - 9) + "-")
+    # found in review: a folder named with an ideographic space gave a run name refused
+    spaced = compose_run_config({}, data_dir=tmp_path, labels_file=tmp_path / "labels.txt",
+                                out_dir=tmp_path / "実験\u3000一", min_sites=2)
+    assert spaced["run-name"].startswith("実験_一-")

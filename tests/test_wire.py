@@ -24,7 +24,7 @@ from fedintent.launch.flower_cli import flower_env, write_app
 from fedintent.launch.processes import free_port, stop_process_trees
 from fedintent.launch.simulation import (
     CONNECTION,
-    local_run_status,
+    last_local_run,
     wait_local_superlink,
     write_local_connection,
 )
@@ -173,7 +173,8 @@ def run_deployed(deployment, out: Path, **overrides) -> dict:
     subprocess.run(command, env=deployment["env"], cwd=deployment["flwr_home"],
                    capture_output=True, timeout=RUN_TIMEOUT_S, check=False)
     deadline = time.monotonic() + 60
-    while not local_run_status(deployment["env"], deployment["flwr_home"]).startswith("finished"):
+    while not str(last_local_run(deployment["env"], deployment["flwr_home"]).get(
+            "status")).startswith("finished"):
         assert time.monotonic() < deadline, "the run did not finish"
         time.sleep(1)
     metrics = json.loads((out / "metrics.json").read_text())

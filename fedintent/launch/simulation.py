@@ -165,8 +165,3 @@ def last_local_run(env: dict[str, str], flwr_home: Path) -> dict:
     if not runs:
         return {"status": "not submitted"}
     return runs[-1]
-
-
-def local_run_status(env: dict[str, str], flwr_home: Path) -> str:
-    """``status:sub-status`` of the last run on the SuperLink of :data:`CONNECTION`."""
-    return str(last_local_run(env, flwr_home).get("status", "unknown"))
