@@ -243,13 +243,18 @@ def _as_sent(value: object) -> int | str:
     return value if isinstance(value, int) and not isinstance(value, bool) else _cut(repr(value))
 
 
-def _cut(text: str) -> str:
-    """What the server sent, at most ``MAX_RUN_NAME`` characters of it, marked where cut: the
-    log is kept for good (found in review: a refused 1 MB run name was written whole, so a
-    server grew the log by a megabyte a message)."""
-    if len(text) <= MAX_RUN_NAME:
+VERDICT_LIMIT = 2_000
+"""The most of a blocked reply's verdict the egress log keeps, in characters: the guard's own
+text, which may quote a value the server sent (a SecAgg+ stage it does not know)."""
+
+
+def _cut(text: str, limit: int = MAX_RUN_NAME) -> str:
+    """What the server sent, at most ``limit`` characters of it, marked where cut: the
+    log is kept for good (found in review: a refused 1 MB run name, and then a SecAgg+ stage,
+    were written whole, so a server grew the log by a megabyte a message)."""
+    if len(text) <= limit:
         return text
-    return f"{text[:MAX_RUN_NAME]}... (cut: {len(text)} characters sent)"
+    return f"{text[:limit]}... (cut: {len(text)} characters)"
 
 
 def append_egress_log(
@@ -263,11 +268,11 @@ def append_egress_log(
         "time": datetime.now(UTC).isoformat(timespec="seconds"),
         "run": _cut(str(config.get("run-name", ""))),
         "round": _as_sent(config.get("server-round", 0)),
-        "message": msg.metadata.message_type,
-        "verdict": verdict,
+        "message": _cut(msg.metadata.message_type),
+        "verdict": _cut(verdict, VERDICT_LIMIT),  # a violation may quote what was sent
     }
     if stage is not None:
-        entry["secure_aggregation_stage"] = stage
+        entry["secure_aggregation_stage"] = _cut(stage)
     if release is not None:
         entry["release"] = release
     if reply.has_error():

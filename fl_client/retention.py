@@ -252,8 +252,10 @@ class EarlierErasure(NamedTuple):
     """An erasure the deletion log records, with the spend it found."""
 
     asked_at: datetime
-    ledger_units: int
-    """Their privacy units the ledger held a spend for when it was asked for."""
+    ledger_units: int | None
+    """Their privacy units the ledger held a spend for when it was asked for; None where the
+    erasure did not count them (an earlier release's, or the ledger unreadable then) but found
+    rows of theirs."""
 
 
 @dataclass(frozen=True)
@@ -661,18 +663,24 @@ def _unnamed_spend(earlier: EarlierErasure | None, rows: list[Row], units: int,
 
 def _earlier_erasure(state_dir: Path, secret: bytes, customer: str) -> EarlierErasure | None:
     """The newest erasure of ``customer`` (canonical) the deletion log records as having found
-    spend of theirs in the ledger; an erasure that found none, or one recorded before erasures
-    counted it, is not one (found in review: a mistyped id forgotten twice read as erased with
-    spend kept, and an erasure made before any training as spend the ledger keeps)."""
+    spend of theirs in the ledger, else the newest that found rows of theirs without counting
+    the spend (recorded by an earlier release, or with the ledger unreadable). One that found
+    neither is none (found in review: a mistyped id forgotten twice read as erased with spend
+    kept, and an erasure made before any training as spend the ledger keeps)."""
     if not _has_log(state_dir):
         return None
     key = customer_key(secret, customer)
-    found = [EarlierErasure(datetime.fromisoformat(str(entry["requested_at"])),
-                            entry["ledger_units"])
-             for entry in _log_entries(state_dir, secret)
-             if entry.get("event") == "erasure" and entry.get("customer") == key
-             and isinstance(entry.get("ledger_units"), int) and entry["ledger_units"] > 0]
-    return found[-1] if found else None
+    counted, uncounted = [], []
+    for entry in _log_entries(state_dir, secret):
+        if entry.get("event") != "erasure" or entry.get("customer") != key:
+            continue
+        asked, units = datetime.fromisoformat(str(entry["requested_at"])), entry.get("ledger_units")
+        if isinstance(units, int) and units > 0:
+            counted.append(EarlierErasure(asked, units))
+        elif not isinstance(units, int) and isinstance(entry.get("rows_found"), int) and (
+                entry["rows_found"] > 0):
+            uncounted.append(EarlierErasure(asked, None))
+    return (counted or uncounted or [None])[-1]
 
 
 def _ledger_spend(state_dir: Path, secret: bytes, customer: str,

@@ -346,7 +346,9 @@ def _record_failed_start(
     if previous is None and run_files_in(path.parent):
         log(ERROR, "fedintent: %s left as it was", path.parent)
     elif previous is not None and previous.get("status") != "completed":
-        RunRecord(path, previous).finish("failed", error=reason)
+        # which run failed, so that its launcher tells this failure from another's record
+        RunRecord(path, previous | {"failed_start_run_id": run_id}).finish("failed",
+                                                                           error=reason)
     elif previous is None and not path.exists():
         RunRecord.start(path, run_id, json_safe(cfg), labels=[]).finish("failed", error=reason)
     else:

@@ -379,23 +379,31 @@ def test_a_resume_whose_server_app_never_resumed_the_run_fails_and_says_so(
     assert (stopped_deployed_run / "metrics.json").read_bytes() == before
 
 
-def test_a_resume_whose_server_app_failed_at_start_says_why(
+@pytest.mark.parametrize("written_by", ["this resume, failing at start", "another resume"])
+def test_a_resume_reports_only_what_its_own_server_app_recorded(
         signed, stopped_deployed_run, capsys, monkeypatch, nothing_reaches_a_superlink,
-        earlier_runs):
+        earlier_runs, written_by):
     """Found in review: a resume whose ServerApp failed before round 1 marked the record failed
-    with why (a label file changed), and was reported as one that wrote nothing."""
-    def failed_at_start(*args, **kwargs):
-        edit_record(stopped_deployed_run, lambda doc: doc.update(
-            status="failed", error="cannot resume: the label file changed since the run "
-            "started"))
+    with why (a label file changed), and was reported as one that wrote nothing; and a resume
+    refused the folder while another resume wrote the record reported that one's outcome."""
+    def ended(*args, **kwargs):
+        if written_by == "another resume":
+            edit_record(stopped_deployed_run, lambda doc: doc.update(
+                status="completed", resumes=[{"run_id": 8, "after_round": 1}]))
+        else:
+            edit_record(stopped_deployed_run, lambda doc: doc.update(
+                status="failed", failed_start_run_id=7,
+                error="cannot resume: the label file changed since the run started"))
         return "finished:completed"
 
-    monkeypatch.setattr(deployment, "follow_run", failed_at_start)
+    monkeypatch.setattr(deployment, "follow_run", ended)
     assert deploy_resume(signed, stopped_deployed_run) == 1
     err = capsys.readouterr().err
-    assert ("error: the run failed: cannot resume: the label file changed since the run "
-            "started") in err
-    assert "it wrote nothing" not in err
+    if written_by == "another resume":
+        assert "run 7 ended (finished:completed) before its ServerApp resumed the run" in err
+    else:
+        assert ("error: the run failed: cannot resume: the label file changed since the run "
+                "started") in err and "it wrote nothing" not in err
 
 
 def test_a_resume_warns_of_another_bundle_under_the_same_version(

@@ -71,8 +71,8 @@ def test_a_sweep_folder_refuses_the_same_path_with_other_data(tmp_path):
     (data / "train.csv").write_text("text,label\nbye,farewell\n", encoding="utf-8")
     before = hashlib.sha256(b"text,label\nhi,greet\n").hexdigest()[:12]
     now = file_sha256(data / "train.csv")[:12]
-    with pytest.raises(ValueError, match=rf"different dataset_sha256\.train\.csv: {before} there, "
-                                         rf"{now} now \("):
+    with pytest.raises(ValueError, match=rf"other settings than this one \(dataset_sha256\."
+                                         rf"train\.csv: {before} there, {now} now; in "):
         claim_sweep_folder(tmp_path, spec)
 
 

@@ -357,6 +357,33 @@ def test_an_erased_customer_is_removed_everywhere_and_the_ledger_keeps_their_spe
         assert "never trained on" in out and "check the id" in err
 
 
+def test_an_erasure_an_earlier_release_recorded_is_still_taken_for_one(tmp_path, capsys):
+    """Found in review: erasures logged before they counted the spend they found (no
+    ``ledger_units``) were skipped, so a customer they deleted was "never trained on" again and
+    a repeated forget exited 3. One that found rows is taken for an erasure, its spend hedged."""
+    site, state = tmp_path / "site", tmp_path / "state"
+    rows = site_rows()
+    rows[3]["customer_id"] = "dave"
+    write_site(site, rows)
+    assert not train(context(site, state, math.inf), "run-a").has_error()
+    secret = site_secret(state)
+    asked = datetime.now(UTC)
+    hash_chain.append_entry(state / DELETION_LOG, "erasure", {
+        "actor": "an earlier release", "customer": customer_key(secret, "dave"),
+        "requested_at": asked.isoformat(), "erased_at": asked.isoformat(), "rows_found": 1},
+        key=secret)
+    write_site(site, rows[:3] + rows[4:])  # its rows deleted, as --delete-from-data did
+    assert fedintent(["privacy-report", str(state), "--customer", "dave", "--site",
+                      str(site)]) == 0
+    out = capsys.readouterr().out
+    assert (f"an erasure of theirs asked for at {asked.isoformat(timespec='seconds')} found rows "
+            "of theirs (it did not count their spend") in out
+    assert "if they were trained on, the ledger keeps that spend" in out
+    assert fedintent(["forget", "--site", str(site), "--customer", "dave", "--state-dir",
+                      str(state), "--retention-days", "inf"]) == 0
+    assert "check the id" not in capsys.readouterr().err
+
+
 def test_a_customer_erased_before_any_training_is_never_said_to_have_spend_kept(tmp_path):
     """Found in review: a customer whose rows were deleted before the site ever trained was
     reported as spend the ledger keeps, from the erasure alone."""

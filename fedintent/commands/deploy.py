@@ -347,8 +347,7 @@ def _submit_and_follow(args: argparse.Namespace, release, run_config: dict,
     from fedintent.launch.run_outcome import (
         RunFailedError,
         completed_run_metrics,
-        recorded_outcome,
-        resumed_by,
+        resume_recorded,
     )
 
     out_dir = Path(str(run_config["out-dir"]))
@@ -380,7 +379,6 @@ def _submit_and_follow(args: argparse.Namespace, release, run_config: dict,
             try:
                 with created_folder(out_dir):
                     try:
-                        before = recorded_outcome(out_dir / "metrics.json")
                         with serve_release(release, args.release_port):
                             run_id = submit_release_run(release, connection, run_config)
                     except KeyboardInterrupt:  # found in review: while the handover closed,
@@ -417,9 +415,7 @@ def _submit_and_follow(args: argparse.Namespace, release, run_config: dict,
             _stop(connection, run_id, out_dir, f"{INTERRUPTED}; {way_on}")
             print(f"fedintent deploy-run: interrupted; {way_on}", file=sys.stderr)
             return 130
-        # a ServerApp that failed at start marked the record failed with why: that is said
-        if (resumes and not resumed_by(out_dir / "metrics.json", run_id)
-                and recorded_outcome(out_dir / "metrics.json") == before):
+        if resumes and not resume_recorded(out_dir / "metrics.json", run_id):
             raise RunFailedError(f"run {run_id} ended ({status}) before its ServerApp resumed "
                                  f"the run (flwr log {run_id} says why); it wrote nothing in "
                                  f"{out_dir}; {way_on}")

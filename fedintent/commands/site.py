@@ -460,10 +460,14 @@ def _print_evaluations(evaluations: "Evaluations") -> None:
 def _unnamed_spend(earlier: "EarlierErasure") -> str:
     """What the ledger holds of a customer whose erasure removed every row of theirs (found in
     review: "never trained on", which the ledger, keeping their spend, contradicts)."""
-    return (f"an erasure of theirs asked for at {earlier.asked_at.isoformat(timespec='seconds')} "
-            f"found the spend of {earlier.ledger_units} privacy unit(s) of theirs in the ledger, "
-            "which keeps it; no row of theirs is left to name those units (their utterances), "
-            "so it cannot be looked up again (the customer privacy unit keys it by the id)")
+    asked = earlier.asked_at.isoformat(timespec="seconds")
+    found = (f"found the spend of {earlier.ledger_units} privacy unit(s) of theirs in the "
+             "ledger, which keeps it" if earlier.ledger_units is not None else
+             "found rows of theirs (it did not count their spend: an earlier release's, or the "
+             "ledger unreadable then); if they were trained on, the ledger keeps that spend")
+    return (f"an erasure of theirs asked for at {asked} {found}; no row of theirs is left to "
+            "name those units (their utterances), so it cannot be looked up again (the "
+            "customer privacy unit keys it by the id)")
 
 
 def _print_customer_spend(site_dir: Path, state_dir: Path, customer: str) -> None:

@@ -72,10 +72,15 @@ def recorded_outcome(metrics_path: Path) -> dict | None:
     return doc if isinstance(doc, dict) else None
 
 
-def resumed_by(metrics_path: Path, run_id: int | str) -> bool:
-    """Whether the record in ``metrics_path`` holds a resume by Flower run ``run_id``. Found in
-    review: a resume whose ServerApp ended before it wrote anything (another ServerApp held the
-    folder, its bundle did not install) reported the record of the run it meant to resume."""
-    resumed = (recorded_outcome(metrics_path) or {}).get("resumes")
-    return isinstance(resumed, list) and any(
-        isinstance(entry, dict) and str(entry.get("run_id")) == str(run_id) for entry in resumed)
+def resume_recorded(metrics_path: Path, run_id: int | str) -> bool:
+    """Whether Flower run ``run_id`` wrote the record in ``metrics_path`` as a resume: an entry
+    of its own in ``resumes``, or the failure before round 1 it marked there
+    (``failed_start_run_id``). Found in review: a resume whose ServerApp ended before it wrote
+    anything (another ServerApp held the folder, its bundle did not install) reported the record
+    of the run it meant to resume, or of the resume that held the folder, as its own."""
+    doc = recorded_outcome(metrics_path) or {}
+    resumed = doc.get("resumes")
+    return str(doc.get("failed_start_run_id")) == str(run_id) or (
+        isinstance(resumed, list) and any(
+            isinstance(entry, dict) and str(entry.get("run_id")) == str(run_id)
+            for entry in resumed))

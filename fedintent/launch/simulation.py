@@ -28,7 +28,7 @@ from fedintent.launch.run_outcome import (
     completed_run_metrics,
     recorded_outcome,
     report_new_rounds,
-    resumed_by,
+    resume_recorded,
 )
 from fl_server.run_record import record_interrupted, way_on
 
@@ -61,7 +61,6 @@ def run_simulation(
     Ctrl-C or SIGTERM (``KeyboardInterrupt``) every process is stopped, then ``metrics.json``
     says ``interrupted`` if the ServerApp was killed before it could say so itself.
     """
-    before = recorded_outcome(metrics_path)  # a resume that fails at start changes it
     flwr_home = make_temporary_folder()
     env = flower_env(flwr_home)
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -96,14 +95,14 @@ def run_simulation(
                 time.sleep(poll_seconds)
             run = last_local_run(env, flwr_home)
         status = str(run.get("status", "unknown"))
-        if (resumes and "run-id" in run and not resumed_by(metrics_path, run["run-id"])
-                and recorded_outcome(metrics_path) == before):
+        resuming = bool(run_config.get("resume"))  # whatever the caller's ``resumes`` says
+        if resuming and "run-id" in run and not resume_recorded(metrics_path, run["run-id"]):
             raise SimulationError(
                 f"run {run['run-id']} ended ({status}) before its ServerApp resumed the run (the "
                 f"log says why: {log_path}); it wrote nothing in {metrics_path.parent}; "
                 f"{way_on(metrics_path.parent)}")
         recorded = recorded_outcome(metrics_path)
-        if not resumes and "run-id" in run and recorded is not None and (
+        if not resuming and "run-id" in run and recorded is not None and (
                 str(recorded.get("run_id")) != str(run["run-id"])):
             # found in review: a bench cell re-run over an earlier run's folder, which the
             # ServerApp refused, reported that run's model and numbers as its own
