@@ -531,8 +531,7 @@ def ledger_order(policy: SitePolicy, delta: float) -> float:
     the best for max-epsilon, or for max-epsilon-alone where that is smaller and the site takes
     part in distributed DP (a local-only site holds no unit to it, and that order would cost
     its local runs noise for nothing)."""
-    alone = policy.max_epsilon_alone if "distributed" in policy.privacy_models else math.inf
-    return lifetime_filter(policy.max_epsilon, delta, alone)[0]
+    return lifetime_filter(policy.max_epsilon, delta, policy.alone_bound)[0]
 
 
 def _reference_budget(policy: SitePolicy, request: RoundRequest,

@@ -310,7 +310,6 @@ def forget(site_dir: Path, state_dir: Path, customer: str, retention_days: float
             _unread_erasure(state_dir, secret, customer, actor, now, err)
         rows = train + test
         theirs = [row for row in rows if _is_customer(row, customer)]
-        earlier = _earlier_erasure(state_dir, secret, customer)
         try:
             units, epsilon, _, delta, unit = _ledger_spend(state_dir, secret, written, theirs)
             problem = ""
@@ -341,7 +340,8 @@ def forget(site_dir: Path, state_dir: Path, customer: str, retention_days: float
         return Erasure(rows_found=len(theirs), erased_until=cut_off, deletion=deletion,
                        ledger_units=units, ledger_epsilon=epsilon, ledger_delta=delta,
                        ledger_problem=problem,
-                       earlier_erasure=_unnamed_spend(earlier, theirs, units, unit),
+                       earlier_erasure=_unnamed_spend(state_dir, secret, customer, theirs,
+                                                      units, unit),
                        rejected_mentions=_mentions(site_dir, rejected, written),
                        forms=len({row.customer for row in theirs}) or 1,
                        other_case_rows=sum(
@@ -645,20 +645,22 @@ def customer_spend(site_dir: Path, state_dir: Path, customer: str) -> CustomerSp
     train, test = read_rows(site_dir, [])
     theirs = [row for row in train + test if _is_customer(row, canonical)]
     units, epsilon, alone, delta, unit = _ledger_spend(state_dir, secret, written, theirs)
-    earlier = _earlier_erasure(state_dir, secret, canonical)
     return CustomerSpend(len(theirs), units, epsilon, alone, delta,
-                         _unnamed_spend(earlier, theirs, units, unit))
+                         _unnamed_spend(state_dir, secret, canonical, theirs, units, unit))
 
 
-def _unnamed_spend(earlier: EarlierErasure | None, rows: list[Row], units: int,
+def _unnamed_spend(state_dir: Path, secret: bytes, customer: str, rows: list[Row], units: int,
                    privacy_unit: str) -> EarlierErasure | None:
-    """``earlier`` where the customer's spend cannot be looked up because an erasure removed
-    their rows: none left, none found in the ledger, under a privacy unit other than the
-    customer (whose ledger key is the id itself, not their rows). Found in review: a customer
-    deleted from the data was reported "never trained on", which the ledger, keeping their
-    spend, contradicts."""
-    unnamed = not rows and not units and privacy_unit not in ("", "customer")
-    return earlier if unnamed else None
+    """The earlier erasure of ``customer`` (canonical) that found their spend
+    (``_earlier_erasure``), where it cannot be looked up now because an erasure removed their
+    rows: none left, none found in the ledger, under a privacy unit other than the customer
+    (whose ledger key is the id itself, not their rows); the deletion log is read only then.
+    Found in review: a customer deleted from the data was reported "never trained on", which
+    the ledger, keeping their spend, contradicts. An erasure recorded by this ``forget`` found
+    no rows, so it never counts for itself."""
+    if rows or units or privacy_unit in ("", "customer"):
+        return None
+    return _earlier_erasure(state_dir, secret, customer)
 
 
 def _earlier_erasure(state_dir: Path, secret: bytes, customer: str) -> EarlierErasure | None:

@@ -183,6 +183,12 @@ class SitePolicy:
     max_epsilon_alone: float = DEFAULT_MAX_EPSILON_ALONE
     max_noise_ratio: float = DEFAULT_MAX_NOISE_RATIO
 
+    @property
+    def alone_bound(self) -> float:
+        """max-epsilon-alone where the site takes part in distributed DP, else ``inf``: a
+        local-only site holds no unit to it."""
+        return self.max_epsilon_alone if "distributed" in self.privacy_models else math.inf
+
 
 @dataclass(frozen=True)
 class RoundRequest:
@@ -329,9 +335,8 @@ def evaluation_epsilon(context: Context, max_epsilon: float) -> float:
     rounds together (``DEFAULT_EVALUATION_EPSILON``), set within ``EVALUATION_EPSILON_RANGE``;
     never more than the site's lifetime ``max_epsilon`` (max-epsilon, or max-epsilon-alone
     where that is smaller and the site takes part in distributed DP), which no unit can spend
-    past (found in review: a site that lowered
-    max-epsilon to 2 under the default 8 declined every evaluation, its lifetime budget needing
-    3.6 times the noise of the run's plan)."""
+    past (found in review: a site that lowered max-epsilon to 2 under the default 8 declined
+    every evaluation, its lifetime budget needing 3.6 times the noise of the run's plan)."""
     key, value = _setting(context, "evaluation-epsilon", DEFAULT_EVALUATION_EPSILON)
     try:
         epsilon = float(value)
@@ -364,8 +369,7 @@ def evaluation_request(msg: Message, context: Context, policy: SitePolicy) -> Ro
         raise PolicyRefusal(Reason.ROUND_REFUSED,
                             f"round {asked.server_round} of {asked.num_rounds} is not an "
                             f"evaluation round of the run (every {every} and the last)")
-    alone = policy.max_epsilon_alone if "distributed" in policy.privacy_models else math.inf
-    epsilon = evaluation_epsilon(context, min(policy.max_epsilon, alone))
+    epsilon = evaluation_epsilon(context, min(policy.max_epsilon, policy.alone_bound))
     low, high = EPSILON_RANGES.get(asked.accountant, EVALUATION_EPSILON_RANGE)
     if not low <= epsilon <= high:
         raise PolicyRefusal(Reason.EVALUATION_REFUSED,

@@ -57,9 +57,9 @@ def run_simulation(
     (``resumes``: how many the record will hold with its own) only once the ServerApp has
     recorded the resume (``report_new_rounds``). A run or resume whose ServerApp never recorded
     it (another held the folder; the folder held another run) fails rather than return a record
-    that run did not write. On
-    Ctrl-C or SIGTERM (``KeyboardInterrupt``) every process is stopped, then ``metrics.json``
-    says ``interrupted`` if the ServerApp was killed before it could say so itself.
+    that run did not write. On Ctrl-C or SIGTERM (``KeyboardInterrupt``) every process is
+    stopped, then ``metrics.json`` says ``interrupted`` if the ServerApp was killed before it
+    could say so itself.
     """
     flwr_home = make_temporary_folder()
     env = flower_env(flwr_home)
