@@ -326,8 +326,10 @@ def test_privacy_report_warns_when_the_site_outgrew_its_ledgers_delta(tmp_path, 
     ledger.spend = {unit_key(secret, f"u{i}"): 0.5 for i in range(200)}
     write_ledger(state, ledger, secret)
     assert main(["privacy-report", str(state)]) == 0
+    out = capsys.readouterr().out
     assert ("warning: delta 0.001 was fixed when this ledger began; with 200 units it is not "
-            "small next to 1/200") in capsys.readouterr().out
+            "small next to 1/200") in out
+    assert "a site whose data rolls over sets max-delta" in out
 
 
 def test_partition_command_writes_sites_that_load(tmp_path):

@@ -406,6 +406,27 @@ def test_a_resume_reports_only_what_its_own_server_app_recorded(
                 "started") in err and "it wrote nothing" not in err
 
 
+def test_two_resumes_recording_at_once_each_keep_the_others_submission(tmp_path):
+    """The deployment record is read and written back under the folder's lock: a resume that
+    records while another holds it waits, and then adds its run beside the other's."""
+    import threading
+
+    out = tmp_path / "run"
+    out.mkdir()
+    deployment.record_deployed_run(out, 5, "127.0.0.1:9", "app", "key", "digest")
+    with deployment.deployment_record_lock(out):
+        second = threading.Thread(target=deployment.record_deployed_run,
+                                  args=(out, 7, "127.0.0.1:9", "app", "key", "digest"))
+        second.start()
+        second.join(timeout=1)
+        assert second.is_alive()  # waits for the lock
+        record = deployment.read_deployment_record(out)  # the other resume, holding the lock,
+        record["resumes"] = [record | {"flower_run_id": 6}]  # records its run 6
+        (out / "deployment.json").write_text(json.dumps(record), encoding="utf-8")
+    second.join()
+    assert deployment.deployed_run_ids(deployment.read_deployment_record(out)) == [5, 6, 7]
+
+
 def test_a_resume_warns_of_another_bundle_under_the_same_version(
         signed, stopped_deployed_run, capsys, nothing_reaches_a_superlink, earlier_runs):
     """Found in review: only the app spec was compared, so a bundle rebuilt under the same

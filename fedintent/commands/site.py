@@ -505,7 +505,9 @@ def _print_spend(report: "SiteReport", source: str = "") -> None:
     if report.delta_too_large:
         print(f"  warning: delta {report.delta:g} was fixed when this ledger began; with "
               f"{report.units} units it is not small next to 1/{report.units}, so each unit's "
-              "guarantee may fail outright with that probability (docs/PRIVACY.md)")
+              "guarantee may fail outright with that probability; a site whose data rolls over "
+              "sets max-delta for its lifetime's units (docs/PRIVACY.md, \"The lifetime "
+              "delta\")")
     for low, high, count in report.spend_bands:
         print(f"  epsilon {low:5.2f} to {high:5.2f}: {count} units")
     given = f"; {source}" if source else ""

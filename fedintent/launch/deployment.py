@@ -9,14 +9,17 @@ docs/DEPLOYMENT.md shows the same steps as commands; ``releases`` holds the sign
 sites run.
 """
 
+import fcntl
 import json
+import os
 import re
 import socket
 import ssl
 import subprocess
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -242,11 +245,27 @@ def record_deployed_run(out_dir: Path, run_id: int, superlink: str, app: str,
     path = out_dir / DEPLOYMENT_FILE
     submission = {"superlink": superlink, "flower_run_id": run_id, "app": app,
                   "release_key": release_key, "fab_sha256": fab_sha256}
-    if not path.exists():
-        write_json_atomic(path, submission)
-        return
-    record = read_deployment_record(out_dir)
-    write_json_atomic(path, record | {"resumes": [*record.get("resumes", []), submission]})
+    with deployment_record_lock(out_dir):
+        if not path.exists():
+            write_json_atomic(path, submission)
+            return
+        record = read_deployment_record(out_dir)
+        write_json_atomic(path, record | {"resumes": [*record.get("resumes", []), submission]})
+
+
+@contextmanager
+def deployment_record_lock(out_dir: Path) -> Iterator[None]:
+    """Hold ``out_dir`` locked while its deployment record is read and written back, so that
+    two resumes recording at once each keep the other's submission (found in review: the
+    one written second dropped the first, whose run a later resume then did not wait for).
+    The folder itself is locked: the record is replaced on every write, so a lock on it would
+    not hold across writers."""
+    folder = os.open(out_dir, os.O_RDONLY)
+    try:
+        fcntl.flock(folder, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(folder)
 
 
 def read_deployment_record(out_dir: Path) -> dict:

@@ -95,14 +95,18 @@ def run_simulation(
                 time.sleep(poll_seconds)
             run = last_local_run(env, flwr_home)
         status = str(run.get("status", "unknown"))
+        if "run-id" not in run:  # found in review: then no check below could tell whose
+            raise SimulationError(  # record metrics.json is, and another run's passed
+                f"the SuperLink's run cannot be told ({status}), so neither can whether "
+                f"{metrics_path} is its record; the log says what happened: {log_path}")
         resuming = bool(run_config.get("resume"))  # whatever the caller's ``resumes`` says
-        if resuming and "run-id" in run and not resume_recorded(metrics_path, run["run-id"]):
+        if resuming and not resume_recorded(metrics_path, run["run-id"]):
             raise SimulationError(
                 f"run {run['run-id']} ended ({status}) before its ServerApp resumed the run (the "
                 f"log says why: {log_path}); it wrote nothing in {metrics_path.parent}; "
                 f"{way_on(metrics_path.parent)}")
         recorded = recorded_outcome(metrics_path)
-        if not resuming and "run-id" in run and recorded is not None and (
+        if not resuming and recorded is not None and (
                 str(recorded.get("run_id")) != str(run["run-id"])):
             # found in review: a bench cell re-run over an earlier run's folder, which the
             # ServerApp refused, reported that run's model and numbers as its own
