@@ -25,7 +25,8 @@ from fl_client.privacy_ledger import (
     unit_epsilons,
 )
 from fl_client.retention import RetentionError, deletion_log_check
-from fl_client.site_secret import SECRET_FILE, SecretError, site_key, site_secret
+from fl_client.site_folders import default_state_folders
+from fl_client.site_secret import SecretError, holds_site_state, site_key, site_secret
 
 EXHAUSTED_SHARE = 0.99
 """A unit within 1% of the budget is counted as exhausted: no useful release fits any more."""
@@ -108,16 +109,12 @@ class SiteReport:
         return self.units > 0 and self.delta >= delta_limit(self.units)
 
 
-def _holds_state(folder: Path) -> bool:
-    return any((folder / name).exists() for name in (LEDGER_FILE, HEAD_FILE, SECRET_FILE))
-
-
 def _state_hint(folder: Path) -> str:
     """Where the state of the site whose data folder ``folder`` may be is, when it is where a
     site keeps it by default (found in review: a site's data folder given for its state folder
     was only "not a site's state folder")."""
-    for state in (folder / ".fedintent-state", folder.parent / ".fedintent-state" / folder.name):
-        if _holds_state(state):
+    for state in default_state_folders(folder):
+        if holds_site_state(state):
             return f"; {folder} looks like a site's data folder, whose state folder is {state}"
     return ""
 
@@ -132,7 +129,7 @@ def site_privacy_report(state_dir: Path, max_epsilon: float, bands: int = 4) -> 
                                 "site's state folder (its --state-dir)")
     if not state_dir.is_dir():
         raise FileNotFoundError(f"state folder not found: {state_dir}")
-    if not _holds_state(state_dir):
+    if not holds_site_state(state_dir):
         raise LedgerError(f"{state_dir}: no privacy ledger ({LEDGER_FILE}): this is not a site's "
                           f"state folder, or the site has never trained{_state_hint(state_dir)}")
     try:

@@ -25,6 +25,8 @@ from fl_client.site_data import SiteDataError, list_site_dirs
 from fl_client.site_secret import create_site_secret, site_secret
 from fl_protocol.wire import CONFIG_KEY
 
+STATE_FOLDER = ".fedintent-state"
+"""A site's state folder's name where the site names none (``default_state_folders``)."""
 LOCK_FILE = "state.lock"
 
 
@@ -50,7 +52,7 @@ def _locate(msg: Message, context: Context) -> tuple[Path, Path]:
     node = context.node_config
     if "data-path" in node:
         site_dir = Path(str(node["data-path"]))
-        state_dir = Path(str(node.get("state-dir", site_dir / ".fedintent-state")))
+        state_dir = Path(str(node.get("state-dir", default_state_folders(site_dir)[0])))
         return site_dir, state_dir
     if "partition-id" not in node:
         raise SiteDataError("node config has neither 'data-path' (deployment) nor 'partition-id'")
@@ -64,12 +66,20 @@ def _locate(msg: Message, context: Context) -> tuple[Path, Path]:
     return sites[partition]
 
 
+def default_state_folders(site_dir: Path) -> tuple[Path, Path]:
+    """Where a site's state is when nothing names it: a deployed site's (its node config's
+    default, inside its data folder), then a simulated site's (``simulated_site_folders``'s,
+    beside the data folders), so that a site's commands find either from its data folder."""
+    site_dir = Path(site_dir)
+    return site_dir / STATE_FOLDER, site_dir.parent / STATE_FOLDER / site_dir.name
+
+
 def simulated_site_folders(data_dir: Path, state_root: str = "") -> list[tuple[Path, Path]]:
     """(data folder, state folder) of each simulated site, in partition-id order: the site
     folders of ``data_dir``, each with its state under ``state_root`` (empty:
     ``data_dir/.fedintent-state``) in a folder of its own name. The launcher of a simulation
     reads them too (``fedintent.launch.simulated_sites``)."""
-    root = Path(state_root or Path(data_dir) / ".fedintent-state")
+    root = Path(state_root or Path(data_dir) / STATE_FOLDER)
     return [(site_dir, root / site_dir.name) for site_dir in list_site_dirs(Path(data_dir))]
 
 

@@ -34,6 +34,12 @@ KEYED_FILES = ("privacy-ledger.json", "privacy-ledger.head", "deletions.jsonl",
 missing secret was lost, not never made, and a new one would only make them fail to verify."""
 
 
+def holds_site_state(folder: Path) -> bool:
+    """Whether ``folder`` is a site's state folder: it holds the site secret or a file the
+    secret signs."""
+    return any((Path(folder) / name).exists() for name in (SECRET_FILE, *KEYED_FILES))
+
+
 class SecretError(RuntimeError):
     """The site secret is unreadable; the site must not train until it is restored."""
 

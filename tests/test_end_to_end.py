@@ -180,7 +180,7 @@ def test_federated_training_end_to_end(runs, sites, prior, epsilon):
     warnings = [line for line in result.stderr.splitlines() if "warning" in line]
     if epsilon == "inf":  # the unusable site's label is named before the run, the site too
         [warning] = warnings
-        assert (f"warning: site {UNUSABLE_SITE}: 1 of its 1 training rows have a label not in "
+        assert (f"warning: site {UNUSABLE_SITE}: 1 of its 1 training rows has a label not in "
                 in warning and "'no_such_intent'" in warning and "will not train" in warning)
     else:
         assert warnings == []  # fresh ledgers: every site can spend the target

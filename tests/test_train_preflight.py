@@ -31,9 +31,10 @@ def test_rows_with_labels_outside_the_runs_are_named_per_site_before_the_run(tmp
         "site-00": ["banking.card_lost", "banking.refund"],
         "site-01": ["Banking.card_lost", "Banking.card_lost", "banking.refund"],
         "site-02": ["banking_x", "banking_x"],
+        "site-03": ["AB-4711", "banking.refund"],  # a customer id where the label belongs
     })
     labels = ["banking.card_lost", "banking.refund"]
-    warnings = label_warnings(training_rows(data, 3), labels, data / "labels.txt")
+    warnings = label_warnings(training_rows(data, 4), labels, data / "labels.txt")
     assert warnings == [
         f"site site-01: 2 of its 3 training rows have a label not in {data / 'labels.txt'} "
         "(the most common: 'Banking.card_lost', 2 rows): they are not used; fedintent "
@@ -41,6 +42,10 @@ def test_rows_with_labels_outside_the_runs_are_named_per_site_before_the_run(tmp
         f"site site-02: 2 of its 2 training rows have a label not in {data / 'labels.txt'} "
         "(the most common: 'banking_x', 2 rows): none is left, so the site will not train; "
         f"fedintent check-data {data / 'site-02'} --labels {data / 'labels.txt'} lists them",
+        f"site site-03: 1 of its 2 training rows has a label not in {data / 'labels.txt'} "
+        "(the most common: <a string of length 7, near no label of the run, not shown>, 1 "
+        f"row): they are not used; fedintent check-data {data / 'site-03'} --labels "
+        f"{data / 'labels.txt'} lists them",
     ]
     only_the_first = training_rows(data, 1)  # only the sites played
     assert label_warnings(only_the_first, labels, data / "labels.txt") == []

@@ -165,6 +165,7 @@ UNKNOWN_CUSTOMER = 3
 def run_forget(args: argparse.Namespace) -> int:
     from fl_client.privacy_ledger import LEDGER_FILE
     from fl_client.retention import forget, who_deletes
+    from fl_client.site_secret import holds_site_state
 
     state_dir = _state_dir(args, args.site)
     if not args.customer.strip():
@@ -178,7 +179,7 @@ def run_forget(args: argparse.Namespace) -> int:
     if state_dir.is_file():
         raise CliError(f"--state-dir {state_dir} is a file, not a folder: give the site's state "
                        "folder, as its node config names it")
-    if not _holds_site_state(state_dir):
+    if not holds_site_state(state_dir):
         # found in review: the erasure was recorded in a stray folder, and success printed
         raise CliError(f"{state_dir} holds no site secret, so it is not the state folder of a "
                        "site that has run: the erasure would bind nothing the site reads; give "
@@ -341,6 +342,8 @@ def _retention_days(args: argparse.Namespace, state_dir: Path,
 
 def _state_dir(args: argparse.Namespace, site_dir: Path) -> Path:
     from fl_client.site_data import check_site_folder
+    from fl_client.site_folders import default_state_folders
+    from fl_client.site_secret import holds_site_state
 
     if args.retention_days is not None and not args.retention_days > 0:
         raise CliError(f"--retention-days must be > 0 (inf: no limit), got {args.retention_days}")
@@ -348,22 +351,14 @@ def _state_dir(args: argparse.Namespace, site_dir: Path) -> Path:
         check_site_folder(site_dir)  # first (found in review: it recorded nothing)
     if args.state_dir is not None:
         return args.state_dir
-    own = site_dir / ".fedintent-state"  # a deployed site's default (its node config's)
-    simulated = site_dir.parent / ".fedintent-state" / site_dir.name
-    if not _holds_site_state(own) and _holds_site_state(simulated):
+    own, simulated = default_state_folders(site_dir)
+    if not holds_site_state(own) and holds_site_state(simulated):
         # found in review: a site fedintent train had played was looked for in the first, and
         # the error then suggested making a ledger inside the data folder
         print(f"state folder: {simulated} (where fedintent train keeps a simulated site's; "
               "--state-dir names another)")
         return simulated
     return own
-
-
-def _holds_site_state(folder: Path) -> bool:
-    """Whether ``folder`` is a site's state folder: it holds the site secret or a keyed file."""
-    from fl_client.site_secret import KEYED_FILES, SECRET_FILE
-
-    return any((folder / name).exists() for name in (SECRET_FILE, *KEYED_FILES))
 
 
 def _print_deletion(deletion, delete_from_data: bool, state_dir: Path) -> None:

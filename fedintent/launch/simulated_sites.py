@@ -27,7 +27,13 @@ from fl_client.privacy_ledger import (
     unit_epsilons,
 )
 from fl_client.privacy_report import EXHAUSTED_SHARE, SiteReport, site_privacy_report
-from fl_client.site_data import RejectedRow, SiteDataError, list_site_dirs, read_rows, shown
+from fl_client.site_data import (
+    RejectedRow,
+    SiteDataError,
+    list_site_dirs,
+    read_rows,
+    shown_unknown_label,
+)
 from fl_client.site_folders import simulated_site_folders
 from fl_client.site_policy import DEFAULT_MAX_NOISE_RATIO
 from fl_client.site_secret import SecretError, site_key, site_secret
@@ -455,8 +461,10 @@ def label_warnings(sites: list[tuple[Path, list]], labels: list[str],
         count, example = sum(unknown.values()), unknown.most_common(1)[0][0]
         outcome = ("none is left, so the site will not train" if count == len(rows)
                    else "they are not used")
-        warnings.append(f"site {site_dir.name}: {count} of its {len(rows)} training rows have "
-                        f"a label not in {labels_file} (the most common: {shown(example)}, "
-                        f"{unknown[example]} rows): {outcome}; fedintent check-data {site_dir} "
-                        f"--labels {labels_file} lists them")
+        most = unknown[example]
+        warnings.append(f"site {site_dir.name}: {count} of its {len(rows)} training rows "
+                        f"{'has' if count == 1 else 'have'} a label not in {labels_file} (the "
+                        f"most common: {shown_unknown_label(example, labels)}, {most} "
+                        f"row{'' if most == 1 else 's'}): {outcome}; fedintent check-data "
+                        f"{site_dir} --labels {labels_file} lists them")
     return warnings
