@@ -31,6 +31,9 @@ from fl_protocol.durable_files import write_text_atomic
 from fl_protocol.label_file import LabelFileError, read_labels
 
 SITE_CSV_HEADER = ("text", "label")
+OWNER_ONLY = 0o600
+"""Every file a partition writes: the sites' files hold the source's utterances, real
+customers' text where the source is a company's export."""
 PARAMETER_NAMES = {"n_sites": "n_sites", "seed": "seed", "alpha": "alpha", "iid": "alpha=None",
                    "min_site_size": "min_site_size", "quantity_skew": "quantity_skew"}
 """How messages name each argument (``iid``: how IID is asked for); a command line passes its
@@ -131,12 +134,13 @@ def write_partition(partition: PlannedPartition, out_dir: Path) -> dict:
     """Write ``partition`` into ``out_dir`` (``partition_csv_dataset``); return the manifest."""
     check_no_stale_sites(out_dir, list(partition.sites))
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out_dir / "labels.txt", "".join(f"{label}\n" for label in partition.labels))
+    write_text_atomic(out_dir / "labels.txt",
+                      "".join(f"{label}\n" for label in partition.labels), OWNER_ONLY)
     sites = {name: write_site(out_dir / name, train, test)
              for name, (train, test) in partition.sites.items()}
     manifest = partition.settings | {"labels": partition.labels, "sites": sites}
     manifest_text = json.dumps(manifest, ensure_ascii=False, indent=2) + "\n"
-    write_text_atomic(out_dir / "manifest.json", manifest_text)
+    write_text_atomic(out_dir / "manifest.json", manifest_text, OWNER_ONLY)
     return manifest
 
 
@@ -451,8 +455,8 @@ def write_site(site_dir: Path, train: list[Example], test: list[Example]) -> dic
     """Write one site folder; return its manifest entry (label counts are train + test, as in
     the synthetic manifest)."""
     site_dir.mkdir(exist_ok=True)
-    write_text_atomic(site_dir / "train.csv", site_csv(train))
-    write_text_atomic(site_dir / "test.csv", site_csv(test))
+    write_text_atomic(site_dir / "train.csv", site_csv(train), OWNER_ONLY)
+    write_text_atomic(site_dir / "test.csv", site_csv(test), OWNER_ONLY)
     label_counts = Counter(example.label for example in train + test)
     return {
         "train": len(train),

@@ -1,8 +1,10 @@
-"""Checkpoints and resume: an interrupted run continues to the same model.
+"""Checkpoints and resume: an interrupted run continues from its last sound checkpoint.
 
-The unit tests cover the checkpoint files; the last test runs real Flower simulations on
+The unit tests cover the checkpoint files; the simulation tests run real Flower simulations on
 127.0.0.1: one uninterrupted run, and one stopped after round 2 whose newest checkpoint is then
-damaged, resumed with ``fedintent train --resume``. Both end with the same model, bit for bit.
+damaged, resumed with ``fedintent train --resume``. The resumed run trains its lost round again
+with fresh noise, charged again, so the two end apart; and a resume or run that its ServerApp
+never started reports no other run's record.
 """
 
 import json

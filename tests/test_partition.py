@@ -102,6 +102,8 @@ def test_manifest_and_labels_describe_the_written_files(dataset, tmp_path):
         entry = manifest["sites"][site.name]
         assert (entry["train"], entry["test"]) == (len(train), len(test))
         assert entry["label_counts"] == dict(sorted(label_counts(train + test).items()))
+    written = [tmp_path / "manifest.json", tmp_path / "labels.txt", *tmp_path.glob("*/*.csv")]
+    assert {oct(path.stat().st_mode & 0o777) for path in written} == {"0o600"}  # the owner's
 
 
 @pytest.mark.parametrize(
