@@ -5,7 +5,6 @@ The values are shaped like the real thing (check digits, issuer prefixes, region
 PII redactor measured on them faces the same patterns it will meet in production transcripts.
 """
 
-import re
 from collections.abc import Sequence
 from datetime import date, timedelta
 
@@ -51,11 +50,6 @@ RESIDENT_ID_REGIONS = (
     "360102", "370202", "410105", "420111", "430104", "440103", "440106", "440305", "450103",
     "500103", "510107", "520102", "530102", "610113", "620102", "650102",
 )
-_PROVINCE_CODES = frozenset((
-    "11", "12", "13", "14", "15", "21", "22", "23", "31", "32", "33", "34", "35", "36", "37",
-    "41", "42", "43", "44", "45", "46", "50", "51", "52", "53", "54", "61", "62", "63", "64",
-    "65", "71", "81", "82",
-))
 _ID_WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
 _ID_CHECK_CHARS = "10X98765432"
 
@@ -164,19 +158,6 @@ def resident_id(rng: np.random.Generator) -> str:
     return first17 + resident_id_check_digit(first17)
 
 
-def is_valid_resident_id(value: str) -> bool:
-    """True for an 18-character ID with a known province, a real birth date and a good check."""
-    if not re.fullmatch(r"\d{17}[\dXx]", value) or value[:2] not in _PROVINCE_CODES:
-        return False
-    try:
-        birth = date(int(value[6:10]), int(value[10:12]), int(value[12:14]))
-    except ValueError:
-        return False
-    if not date(1900, 1, 1) <= birth <= date(2030, 12, 31):
-        return False
-    return resident_id_check_digit(value[:17]) == value[17].upper()
-
-
 def _luhn_check_digit(payload: str) -> str:
     total = 0
     for i, ch in enumerate(reversed(payload)):
@@ -187,14 +168,6 @@ def _luhn_check_digit(payload: str) -> str:
                 d -= 9
         total += d
     return str((10 - total % 10) % 10)
-
-
-def luhn_valid(value: str) -> bool:
-    """True when ``value`` (spaces and dashes allowed) is 12-19 digits with a good Luhn check."""
-    digits = re.sub(r"[ -]", "", value)
-    if not re.fullmatch(r"\d{12,19}", digits):
-        return False
-    return _luhn_check_digit(digits[:-1]) == digits[-1]
 
 
 def bank_card(rng: np.random.Generator) -> str:

@@ -147,6 +147,11 @@ def noisy_integer_sum(
     clipped, scaled gradients at ``model``, summed exactly, rounded at random, plus
     Skellam(``mu_share``). The scale is ``integer_norm`` of the model's size, the one the
     accountant's sensitivity (``privacy_budget``) and the server's decoding assume.
+
+    ``mu_share`` is this site's share of the sum's noise: the run's guarantee counts on the
+    shares of at least cohort - tolerated sites reaching the sum, and the site's own share
+    alone gives ``epsilon-alone``, which ``max-epsilon-alone`` bounds
+    (``privacy_budget._distributed_release`` plans both before this runs).
     ``passes``: the family's pass shape (``clipped_grid_sum``)."""
     state = model.state_dict()
     names = list(state)

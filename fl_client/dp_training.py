@@ -82,7 +82,6 @@ class TrainingPlan:
     local_epochs: int
     learning_rate: float
     charged: tuple[float, int] | None = None
-    momentum: float = 0.0
     grad_sample_mode: str = "hooks"
     passes: PassShape = FIXED_WIDTH
 
@@ -125,7 +124,7 @@ def train_locally(
     # A family may step its parts at different rates (``minilm-finetune``'s param_groups).
     params = (model.param_groups(plan.learning_rate) if hasattr(model, "param_groups")
               else model.parameters())
-    optimizer = torch.optim.SGD(params, lr=plan.learning_rate, momentum=plan.momentum)
+    optimizer = torch.optim.SGD(params, lr=plan.learning_rate)
     model.train()
     criterion = UnitLoss()
     if plan.noise_multiplier is not None:

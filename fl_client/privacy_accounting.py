@@ -59,6 +59,9 @@ from fl_client.skellam_gdp import skellam_gdp_epsilon
 from fl_protocol.wire import ACCOUNTANTS, DEFAULT_MAX_EPSILON_ALONE, MAX_AUTO_DELTA
 
 MAX_NOISE_MULTIPLIER = 1e4
+"""The most noise a site plans (standard deviation over clip norm): a budget that needs more is
+spent for all practical purposes, and the round is declined with ``BudgetExhausted`` rather
+than sent as an update that is all noise (``noise_within_rdp``)."""
 MAX_SKELLAM_MU = 2.0**40
 """The most Skellam noise a site plans: numpy's Poisson sampler is exact to its precision up to
 about there (variance within 0.1% at 1e12); from about 5e13 its double-precision acceptance test

@@ -86,6 +86,7 @@ from fl_client.site_data import (
 from fl_client.site_folders import state_lock
 from fl_client.site_secret import site_secret
 from fl_protocol.durable_files import ReplacedNotFlushed
+from fl_protocol.file_owner import os_error_line
 from fl_protocol.hash_chain import ChainError, append_entry, extends, head_path, read_entries
 from models.feature_store import Pruned, prune
 
@@ -361,8 +362,7 @@ def _unread_erasure(state_dir: Path, secret: bytes, customer: str, actor: str, n
                          {"actor": actor, "customer": customer_key(secret, customer),
                           "requested_at": now.isoformat(),
                           "erased_at": UNBOUNDED_CUT_OFF.isoformat(), "rows_found": None})
-    reason = (f"{err.filename}: {err.strerror or err}" if isinstance(err, OSError)
-              and err.filename else str(err))
+    reason = os_error_line(err) if isinstance(err, OSError) else str(err)
     ledger = (f"; the privacy ledger could not record the deletion log's new length, so the site "
               f"does not train until it reads again: {problem}" if problem else "")
     raise RetentionError(

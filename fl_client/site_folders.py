@@ -1,4 +1,4 @@
-"""Where a site's data and state live, and the site's own settings.
+"""Where a site's data and state live, and the lock that guards the state.
 
 Deployment: the SuperNode's node config (set by the site, never by the server) holds
 ``data-path`` (the site's data folder) and ``state-dir`` (ledger, caches, egress log); its

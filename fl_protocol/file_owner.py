@@ -1,4 +1,5 @@
-"""Whose a file is, for the message when an account may not read or write it.
+"""Whose a file is, for the message when an account may not read or write it; and any other
+file error, in one line.
 
 A site's state folder belongs to the account its SuperNode runs as. A command run as another
 account (root, through sudo) cannot read what the site wrote, and what it rewrites by rename
@@ -42,3 +43,9 @@ def _owner(path: Path) -> tuple[Path, int] | None:
         except OSError:
             continue
     return None
+
+
+def os_error_line(err: OSError) -> str:
+    """An ``OSError`` in one line, with the file it concerns when it names one."""
+    where = f"{err.filename}: " if err.filename else ""
+    return f"{where}{err.strerror or err}"

@@ -23,10 +23,10 @@ MAY_CHANGE_ON_RESUME = frozenset(
 )
 """How long to wait, for how many sites, and where the (possibly moved) run folder is."""
 FILLED_FROM_RECORD = ("run-name", "data-dir")
+"""Keys whose empty value means "as recorded" on resume (they default to per-run values)."""
 MOVED_WITH_THE_RUN = ("data-dir", "labels-file", "state-dir")
 """Paths a run may keep inside its ``out-dir`` (the synthetic sites it wrote, their labels,
 their state)."""
-"""Keys whose empty value means "as recorded" on resume (they default to per-run values)."""
 RECORDED_BEFORE_THEY_EXISTED = {"evaluate-every": 1}
 """Keys newer than some run records, with the value a run recorded without them ran with: a
 resume must keep it (a DP-evaluating site planned its evaluations for it)."""

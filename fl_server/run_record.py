@@ -28,6 +28,7 @@ from flwr.common.constant import ErrorCode
 from flwr.common.serde import recorddict_to_proto
 
 from fl_protocol.durable_files import json_safe, write_json_atomic
+from fl_protocol.file_owner import os_error_line
 from fl_protocol.wire import (
     ARRAYS_KEY,
     EVALUATE_METRICS,
@@ -242,9 +243,8 @@ def run_folder_lock(out_dir: Path) -> Iterator[None]:
         path.parent.mkdir(parents=True, exist_ok=True)
         lock = open(path, "a", encoding="utf-8")  # noqa: SIM115 - held for the block
     except OSError as err:
-        where = f"{err.filename}: " if err.filename else ""
-        raise RunFolderRefused(f"cannot take the run folder: {where}{err.strerror or err}; "
-                               "nothing written") from None
+        raise RunFolderRefused(f"cannot take the run folder: {os_error_line(err)}; nothing "
+                               "written") from None
     with lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)

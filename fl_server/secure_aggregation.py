@@ -83,8 +83,8 @@ from fl_protocol.wire import (
 )
 from fl_server.update_validation import ArraySpec
 
-STRATEGIES = ("fedavg", "fedadam")
-"""Strategies that need only the mean of the updates."""
+SECURE_STRATEGIES = ("fedavg", "fedadam")
+"""The strategies SecAgg+ can serve: those that need only the sum of the updates."""
 CLIPPING_RANGE = 64.0
 MAX_WEIGHT = 10_000.0
 """A site sends each parameter times its weight, ``num-examples / MAX_WEIGHT``, clipped to
@@ -117,10 +117,10 @@ def incompatibility(cfg: dict) -> str | None:
             return "privacy-model distributed needs a finite target-epsilon"
     if not cfg["secure-aggregation"]:
         return None
-    if cfg["strategy"] not in STRATEGIES:
+    if cfg["strategy"] not in SECURE_STRATEGIES:
         return (f"secure-aggregation: strategy {cfg['strategy']!r} needs every site's update, "
                 f"which the server never sees with secure aggregation; use "
-                f"{' or '.join(STRATEGIES)}")
+                f"{' or '.join(SECURE_STRATEGIES)}")
     if 0 < float(cfg["max-update-norm"]) < math.inf:
         return ("secure-aggregation: max-update-norm bounds each site's update, which the "
                 "server never sees with secure aggregation; set it to 0 or inf")

@@ -31,6 +31,7 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Strategy
 
 from fl_protocol.durable_files import json_safe
+from fl_protocol.file_owner import os_error_line
 from fl_protocol.hash_chain import ChainError, append_entry
 from fl_protocol.label_file import LabelFileError, read_labels
 from fl_protocol.wire import evaluation_number
@@ -198,7 +199,7 @@ def _run(grid: Grid, context: Context, cfg: dict, out_dir: Path) -> None:
         if isinstance(err, ConnectionError | TimeoutError):
             _record_failure(record, audit, _one_line(err))
             raise
-        reason = f"cannot write the run's files: {_os_error(err)}; fix that; {way_on(out_dir)}"
+        reason = f"cannot write the run's files: {os_error_line(err)}; fix that; {way_on(out_dir)}"
         _record_failure(record, audit, reason)
         return
     except Exception as err:
@@ -224,13 +225,7 @@ def _record_failure(record: RunRecord, audit: Callable[..., None], reason: str) 
         record.finish("failed", error=reason)
         audit("run-failed", error=reason)
     except OSError as err:
-        log(ERROR, "fedintent: the failure could not be recorded: %s", _os_error(err))
-
-
-def _os_error(err: OSError) -> str:
-    """An ``OSError`` in one line, with the file it concerns when it names one."""
-    where = f"{err.filename}: " if err.filename else ""
-    return f"{where}{err.strerror or err}"
+        log(ERROR, "fedintent: the failure could not be recorded: %s", os_error_line(err))
 
 
 def _run_round(

@@ -51,13 +51,14 @@ from fl_server.update_validation import (
     oversized_claims,
 )
 
-STRATEGIES = ("fedavg", "fedadam", "fedtrimmedavg", "fedmedian")
 BASES: dict[str, type[FedAvg]] = {
     "fedavg": FedAvg,
     "fedadam": FedAdam,
     "fedtrimmedavg": FedTrimmedAvg,
     "fedmedian": FedMedian,
 }
+STRATEGIES = tuple(BASES)
+"""The aggregation rules a run may name (``strategy``)."""
 STATE_ATTRIBUTES = ("m_t", "v_t", "momentum_vector")
 """Strategy attributes that carry state from round to round: FedAdam's moments (by array name)
 and FedAvgM's momentum (a list, in the model's array order)."""

@@ -12,6 +12,7 @@ import pytest
 
 from data_synth import pii, write_sites
 from data_synth.taxonomy import LABELS, TEMPLATES
+from fl_client.redaction import luhn_valid, resident_id_valid
 
 REQUIRED_FIELDS = {
     "conversation_id": str,
@@ -120,9 +121,9 @@ def test_planted_pii_is_valid_and_appears_verbatim(mixed):
             seen[item["type"]] += 1
             value = item["value"]
             if item["type"] == "ID":
-                assert pii.is_valid_resident_id(value), value
+                assert resident_id_valid(value), value
             elif item["type"] == "CARD":
-                assert pii.luhn_valid(value), value
+                assert luhn_valid(re.sub(r"[ -]", "", value)), value
                 assert 16 <= len(re.sub(r"[ -]", "", value)) <= 19
             elif item["type"] == "PHONE" and _is_chinese_format(value):
                 assert re.fullmatch(r"1[3-9]\d{9}", re.sub(r"^\+86|[ -]", "", value)), value
@@ -139,39 +140,11 @@ def test_generators_produce_valid_values_in_several_formats():
     assert all(re.fullmatch(r"1[3-9]\d{9}", re.sub(r"^\+86|[ -]", "", m)) for m in mobiles)
     assert any(" " in m for m in mobiles) and any(m.startswith("+86") for m in mobiles)
     cards = [pii.bank_card(rng) for _ in range(200)]
-    assert all(pii.luhn_valid(c) for c in cards)
+    assert all(luhn_valid(re.sub(r"[ -]", "", c)) for c in cards)
     assert any(re.fullmatch(r"\d{4}( \d{4}){3,4}( \d{1,3})?", c) for c in cards)
     ids = [pii.resident_id(rng) for _ in range(200)]
-    assert all(len(i) == 18 and pii.is_valid_resident_id(i) for i in ids)
+    assert all(resident_id_valid(i) for i in ids)  # the redactor's checks: it finds them
     assert all(i[:6] in pii.RESIDENT_ID_REGIONS for i in ids)
-
-
-def test_validators_accept_published_examples():
-    assert pii.is_valid_resident_id("11010519491231002X")  # the GB 11643 sample ID
-    assert pii.is_valid_resident_id("11010519491231002x")
-    assert pii.luhn_valid("4111111111111111")
-    assert pii.luhn_valid("4111 1111 1111 1111")
-
-
-def _flip_digit(value: str, rng: np.random.Generator) -> str:
-    positions = [i for i, ch in enumerate(value) if ch.isdigit()]
-    i = positions[int(rng.integers(len(positions)))]
-    new = str((int(value[i]) + int(rng.integers(1, 10))) % 10)
-    return value[:i] + new + value[i + 1 :]
-
-
-def test_validators_reject_a_single_flipped_digit():
-    rng = np.random.default_rng(8)
-    for _ in range(300):
-        card = pii.bank_card(rng)
-        assert not pii.luhn_valid(_flip_digit(card, rng)), card
-        resident_id = pii.resident_id(rng)
-        assert not pii.is_valid_resident_id(_flip_digit(resident_id, rng)), resident_id
-    assert not pii.is_valid_resident_id("99010519491231002X")  # no such province
-    assert not pii.is_valid_resident_id("110105194913310027")  # month 13
-    assert not pii.is_valid_resident_id("11010519491231002")  # 17 characters
-    assert not pii.luhn_valid("4111111111111112")
-    assert not pii.luhn_valid("4111-1111-abcd-1111")
 
 
 def _mean_label_entropy(manifest: dict) -> float:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from fedintent.commands import CliError, counted
 from fedintent.commands.options import number_argument, path_argument
-from fl_protocol.file_owner import permission_denied
+from fl_protocol.file_owner import os_error_line, permission_denied
 from fl_protocol.wire import DEFAULT_MAX_EPSILON, DEFAULT_RETENTION_DAYS
 from fl_server.progress import format_epsilon
 from fl_server.run_record import site_pseudonym
@@ -313,8 +313,7 @@ def _state_errors() -> Iterator[None]:
         raise CliError(f"{permission_denied(err.filename)}; the deletion log shows what was "
                        "done before it (`fedintent audit verify`)") from err
     except OSError as err:  # a full disk, a folder mounted read-only (found in review)
-        where = f"{err.filename}: " if err.filename else ""
-        raise CliError(f"{where}{err.strerror or err}; the deletion log shows what was done "
+        raise CliError(f"{os_error_line(err)}; the deletion log shows what was done "
                        "before it (`fedintent audit verify`); run the command again once this "
                        "is fixed") from err
 
