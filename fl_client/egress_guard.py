@@ -309,6 +309,13 @@ def egress_entries(state_dir: Path) -> Iterator[dict | None]:
             yield entry if isinstance(entry, dict) else None
 
 
+def sent_with_epsilon(entry: dict | None) -> bool:
+    """Whether an egress log entry is a reply that left with an epsilon, DP or not: a training
+    update or a DP evaluation, each a release the ledger charged before it left."""
+    return (isinstance(entry, dict) and entry.get("verdict") == "sent"
+            and isinstance(entry.get("metrics"), dict) and "epsilon" in entry["metrics"])
+
+
 def _update_norm(received: ArrayRecord, sent: ArrayRecord) -> float:
     squares = sum(
         float(np.sum((sent[name].numpy().astype(np.float64)

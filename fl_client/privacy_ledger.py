@@ -54,7 +54,7 @@ from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
 
-from fl_client.egress_guard import egress_entries
+from fl_client.egress_guard import egress_entries, sent_with_epsilon
 from fl_client.privacy_accounting import SkellamRelease, rdp_epsilon
 from fl_client.site_secret import ledger_mac
 from fl_protocol.durable_files import write_bytes_atomic
@@ -201,16 +201,7 @@ def read_ledger(state_dir: Path, secret: bytes) -> Ledger | None:
     path = Path(state_dir) / LEDGER_FILE
     head = _read_head(Path(state_dir))
     if not path.exists():
-        if head is not None and head["releases"] > 0:
-            raise LedgerError(
-                f"{path} is missing but {HEAD_FILE} records {head['releases']} releases: the "
-                "ledger was deleted. Restore the state folder from a backup (docs/SITE_GUIDE.md)"
-            )
-        if _egress_record(Path(state_dir))[0]:
-            raise LedgerError(
-                f"{path} is missing but the egress log shows DP updates sent: the ledger was "
-                "deleted. Restore the state folder from a backup (docs/SITE_GUIDE.md)"
-            )
+        _refuse_a_deleted_ledger(Path(state_dir))
         return None
     try:
         document = json.loads(_read_text(path))
@@ -430,6 +421,27 @@ def _check_head(path: Path, head: dict | None, ledger: Ledger, document_mac: str
         raise LedgerError(f"{path}: {HEAD_FILE} is older than the ledger by "
                           f"{version - head['version']} writes; the site does not train until "
                           "both are restored from a backup")
+
+
+def _refuse_a_deleted_ledger(state_dir: Path) -> None:
+    """``LedgerError`` for a missing ledger that existed: beside its head (written only after a
+    ledger, even one with no release, which still records the deletion log's length), or where
+    the egress log shows a reply left with an epsilon (each charged in the ledger first, one
+    without DP too). Otherwise the site would start a new ledger, every unit's spend at zero,
+    and a report would show a site that has spent nothing."""
+    path = state_dir / LEDGER_FILE
+    if (state_dir / HEAD_FILE).exists():
+        raise LedgerError(f"{path} is missing but {HEAD_FILE} exists: the ledger was deleted. "
+                          "Restore the state folder from a backup (docs/SITE_GUIDE.md)")
+    try:
+        sent = any(sent_with_epsilon(entry) for entry in egress_entries(state_dir))
+    except OSError as err:
+        raise LedgerError(f"{state_dir}: the egress log is unreadable ({err}); it shows whether "
+                          "the ledger was deleted, so the site does not train") from err
+    if sent:
+        raise LedgerError(f"{path} is missing but the egress log shows releases sent, each "
+                          "charged in it first: the ledger was deleted. Restore the state "
+                          "folder from a backup (docs/SITE_GUIDE.md)")
 
 
 def _egress_record(state_dir: Path) -> tuple[int, list[tuple[int, str]]]:

@@ -12,11 +12,10 @@ from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from fl_client.egress_guard import egress_entries
+from fl_client.egress_guard import egress_entries, sent_with_epsilon
 from fl_client.privacy_accounting import delta_limit, rdp_epsilon
 from fl_client.privacy_budget import run_epsilons
 from fl_client.privacy_ledger import (
-    HEAD_FILE,
     LEDGER_FILE,
     LedgerError,
     Release,
@@ -139,8 +138,7 @@ def site_privacy_report(state_dir: Path, max_epsilon: float, bands: int = 4) -> 
     ledger = read_ledger(state_dir, secret)
     deletion_log, deletion_log_ok = _deletion_log_state(state_dir, secret,
                                                         ledger.deletion_log if ledger else {})
-    if ledger is None:
-        _refuse_a_deleted_ledger(state_dir)
+    if ledger is None:  # read_ledger has refused a deleted one
         return replace(_untrained_report(state_dir, max_epsilon, bands),
                        deletion_log=deletion_log, deletion_log_ok=deletion_log_ok)
     epsilons = unit_epsilons(ledger)
@@ -196,28 +194,6 @@ def _untrained_report(state_dir: Path, max_epsilon: float, bands: int) -> SiteRe
     )
 
 
-def _refuse_a_deleted_ledger(state_dir: Path) -> None:
-    """``LedgerError`` for a missing ledger that existed: beside its head (written only after
-    a ledger), or where the egress log shows a release left the site (each is charged in the
-    ledger first, a non-private one too, which ``read_ledger`` does not count). A report must
-    never show a deleted ledger as a site that has spent nothing."""
-    path = state_dir / LEDGER_FILE
-    if (state_dir / HEAD_FILE).exists():
-        raise LedgerError(f"{path} is missing but {HEAD_FILE} exists: the ledger was deleted. "
-                          "Restore the state folder from a backup (docs/SITE_GUIDE.md)")
-    if any(_sent_a_release(entry) for entry in egress_entries(state_dir)):
-        raise LedgerError(f"{path} is missing but the egress log shows releases sent, each "
-                          "charged in it first: the ledger was deleted. Restore the state "
-                          "folder from a backup (docs/SITE_GUIDE.md)")
-
-
-def _sent_a_release(entry: dict | None) -> bool:
-    """Whether an egress log entry is a reply that left with an epsilon: a training update or
-    a DP evaluation, each a release in the ledger."""
-    return (isinstance(entry, dict) and entry.get("verdict") == "sent"
-            and isinstance(entry.get("metrics"), dict) and "epsilon" in entry["metrics"])
-
-
 def _spend_bands(finite: list[float], max_epsilon: float,
                  bands: int) -> list[tuple[float, float, int]]:
     """Bands of the budget up to ``max_epsilon`` (exhausted units counted apart); without a
@@ -243,7 +219,7 @@ def replies_sent(state_dir: Path) -> Counter[str]:
     a DP evaluation, whose run the ledger names ``<run> (evaluation)``."""
     sent: Counter[str] = Counter()
     for entry in egress_entries(state_dir):
-        if _sent_a_release(entry):
+        if sent_with_epsilon(entry):
             run = str(entry.get("run", ""))
             sent[f"{run} (evaluation)" if entry.get("message") == "evaluate" else run] += 1
     return sent
@@ -262,7 +238,7 @@ def evaluations_sent(state_dir: Path) -> Evaluations:
             declined += 1
         elif entry.get("verdict") != "sent":
             continue
-        elif isinstance(entry.get("metrics"), dict) and "epsilon" in entry["metrics"]:
+        elif sent_with_epsilon(entry):
             dp += 1
         else:
             sent += 1

@@ -189,13 +189,25 @@ def test_a_deleted_ledger_is_refused(state):
         read_ledger(state, SECRET)
 
 
-def test_a_deleted_ledger_and_head_are_refused_when_the_egress_log_shows_dp_updates(state):
+@pytest.mark.parametrize("epsilon", [1.5, None], ids=["dp", "no-dp"])  # null: infinite
+def test_a_deleted_ledger_and_head_are_refused_when_the_egress_log_shows_releases(state,
+                                                                                  epsilon):
+    """A reply without DP was charged in the ledger too (found in review: training took such a
+    site for one that had never released anything, and started every unit's spend again)."""
     (state / LEDGER_FILE).unlink()
     (state / HEAD_FILE).unlink()
     (state / "egress.jsonl").write_text(
-        json.dumps({"verdict": "sent", "metrics": {"epsilon": 1.5}}) + "\n")
+        json.dumps({"verdict": "sent", "metrics": {"epsilon": epsilon}}) + "\n")
     with pytest.raises(LedgerError, match="deleted"):
         read_ledger(state, SECRET)
+
+
+def test_a_head_naming_no_release_without_its_ledger_is_a_deleted_ledger(tmp_path):
+    """A head is written only after a ledger, and a ledger with no release still records the
+    deletion log's length (found in review: training read such a head as no ledger)."""
+    (tmp_path / HEAD_FILE).write_text(json.dumps({"releases": 0, "version": 1, "mac": "ab"}))
+    with pytest.raises(LedgerError, match="deleted"):
+        read_ledger(tmp_path, SECRET)
 
 
 def test_a_missing_head_is_refused(state):

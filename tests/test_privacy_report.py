@@ -127,7 +127,7 @@ def test_a_deleted_ledger_is_never_reported_as_a_site_that_spent_nothing(fresh, 
 
 
 def test_a_head_naming_no_releases_without_its_ledger_is_a_deleted_ledger(fresh, capsys):
-    """Training reads such a head as no ledger; a head is only ever written after a ledger."""
+    """A head is only ever written after a ledger (training refuses it too)."""
     (fresh / HEAD_FILE).write_text(json.dumps({"releases": 0, "version": 1, "mac": "ab"}))
     assert main(["privacy-report", str(fresh)]) == 2
     assert "the ledger was deleted" in capsys.readouterr().err
