@@ -72,7 +72,6 @@ default inf) is read here with the rest of its node config and applied where its
 """
 
 import math
-from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from logging import WARNING
@@ -89,7 +88,7 @@ from fl_client.privacy_accounting import (
     delta_limit,
 )
 from fl_client.site_data import record_languages
-from fl_protocol.label_file import LabelFileError, read_labels
+from fl_protocol.label_file import LabelFileError, label_list_problem, read_labels
 from fl_protocol.wire import (
     ARRAYS_KEY,
     CLIP_NORM_RANGE,
@@ -436,13 +435,9 @@ def check_labels(context: Context, msg: Message) -> None:
     labels = round_config(msg).get("labels")
     if not isinstance(labels, list) or not all(isinstance(label, str) for label in labels):
         raise PolicyRefusal(Reason.LABELS_REFUSED, "the run's labels are not a list of names")
-    if len(labels) < 2:  # found in review: one label trained and charged, its gradient zero
-        raise PolicyRefusal(Reason.LABELS_REFUSED, f"the run names {len(labels)} labels; a "
-                            "classifier needs at least 2 (one spends budget on pure noise)")
-    twice = sorted(label for label, count in Counter(labels).items() if count > 1)
-    if twice:
-        raise PolicyRefusal(Reason.LABELS_REFUSED,
-                            f"the run's labels name {twice[:5]} more than once")
+    problem = label_list_problem(labels)
+    if problem:
+        raise PolicyRefusal(Reason.LABELS_REFUSED, f"the run's labels: {problem}")
     path = context.node_config.get("labels-file")
     if path is None or is_simulated(context):
         return

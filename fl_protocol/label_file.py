@@ -9,9 +9,39 @@ names the file and the problem, never a traceback.
 """
 
 import re
+from collections import Counter
 from pathlib import Path
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+MAX_LABELS = 1_000
+"""The most labels a run may name. A site builds the model's head, a row per label, before it
+can compare the parameters it was sent (ngram's: 8,192 floats a label), so an unbounded label
+list, a few bytes a label, made a 0.8 MB message cost a site 3 GB of memory (found in review).
+Intent taxonomies run to a few hundred; the server refuses a larger label file at start."""
+MAX_LABEL_LENGTH = 200
+"""The longest label, in characters; a site quotes labels in its log and refusals."""
+
+
+def label_list_problem(labels: list[str]) -> str:
+    """Why ``labels`` cannot be a run's label list (empty if it can): fewer than two, more than
+    ``MAX_LABELS``, a label over ``MAX_LABEL_LENGTH`` characters or holding a control character,
+    or one named twice. The server checks its label file and every site the list it is sent."""
+    if len(labels) < 2:  # found in review: one label trained and charged, its gradient zero
+        return (f"{len(labels)} labels; a classifier needs at least 2 (one spends budget on "
+                "pure noise)")
+    if len(labels) > MAX_LABELS:
+        return f"{len(labels)} labels, more than the {MAX_LABELS} a run may name"
+    for label in labels:
+        if len(label) > MAX_LABEL_LENGTH:
+            return (f"a label of {len(label)} characters, longer than the {MAX_LABEL_LENGTH} a "
+                    f"label may be ({label[:40]!r}...)")
+        control = _CONTROL.search(label)
+        if control:
+            return f"control character {control.group()!r} in a label; is this a binary file?"
+    twice = sorted(label for label, count in Counter(labels).items() if count > 1)
+    if twice:
+        return f"duplicate labels {twice[:5]}"
+    return ""
 
 
 class LabelFileError(ValueError):
@@ -35,11 +65,9 @@ def read_labels(path: Path) -> list[str]:
                                  "label; is this a binary file?")
         if label:
             labels.append(label)
-    if len(labels) < 2:
-        raise LabelFileError(f"{path}: need at least 2 labels, found {len(labels)}")
-    duplicates = sorted({label for label in labels if labels.count(label) > 1})
-    if duplicates:
-        raise LabelFileError(f"{path}: duplicate labels {duplicates}")
+    problem = label_list_problem(labels)
+    if problem:
+        raise LabelFileError(f"{path}: {problem}")
     return labels
 
 

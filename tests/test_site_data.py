@@ -17,7 +17,7 @@ from fl_client.site_data import (
     record_languages,
     rejection_lines,
 )
-from fl_protocol.label_file import LabelFileError, read_labels
+from fl_protocol.label_file import MAX_LABEL_LENGTH, MAX_LABELS, LabelFileError, read_labels
 
 LABELS = ["card_lost", "refund"]
 
@@ -335,6 +335,15 @@ def test_label_file_checks(tmp_path):
         read_labels(path)
     path.write_text("only\n")
     with pytest.raises(LabelFileError, match="at least 2"):
+        read_labels(path)
+    # found in review: a site builds a head row per label before it checks what it was sent
+    path.write_text("".join(f"intent_{i}\n" for i in range(MAX_LABELS + 1)))
+    with pytest.raises(LabelFileError, match=f"{MAX_LABELS + 1} labels, more than the "):
+        read_labels(path)
+    path.write_text("".join(f"intent_{i}\n" for i in range(MAX_LABELS)))
+    assert len(read_labels(path)) == MAX_LABELS
+    path.write_text("a\n" + "b" * (MAX_LABEL_LENGTH + 1) + "\n")
+    with pytest.raises(LabelFileError, match=f"a label of {MAX_LABEL_LENGTH + 1} characters"):
         read_labels(path)
 
 

@@ -37,6 +37,7 @@ from fl_client.site_data import load_site
 from fl_client.site_policy import RoundRequest, SitePolicy, site_policy
 from fl_client.site_secret import SECRET_FILE, create_site_secret, site_secret
 from fl_protocol import durable_files
+from fl_protocol.label_file import MAX_LABEL_LENGTH, MAX_LABELS
 from fl_protocol.wire import (
     DECLINED,
     DEFAULT_MAX_EPSILON,
@@ -355,6 +356,9 @@ def test_a_site_that_allows_no_dp_records_it_as_an_unlimited_spend(site, tmp_pat
         # found in review: none read the whole folder first; one trained, its gradient zero
         ({}, {"labels": []}, Reason.LABELS_REFUSED),
         ({}, {"labels": LABELS[:1]}, Reason.LABELS_REFUSED),
+        # found in review: 100,000 labels in a 0.8 MB message made a 3 GB head before any check
+        ({}, {"labels": [f"l{i}" for i in range(MAX_LABELS + 1)]}, Reason.LABELS_REFUSED),
+        ({}, {"labels": [*LABELS, "x" * (MAX_LABEL_LENGTH + 1)]}, Reason.LABELS_REFUSED),
         ({"target-epsilon": " 4_0 "}, {}, Reason.SETTING_REFUSED),  # was read as 40
         ({"target-epsilon": "\u0664"}, {}, Reason.SETTING_REFUSED),  # an Arabic-Indic 4
         ({"learning-rate": "1e-3"}, {}, Reason.SETTING_REFUSED),
