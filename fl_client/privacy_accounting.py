@@ -11,7 +11,7 @@ A round's release is recorded as ``(noise_multiplier, sample_rate, steps)``. Two
 
 * **This run** (``plan_noise_multiplier``, ``epsilon_spent``): the run's noise is planned so that
   all its planned rounds together stay within the run's target epsilon, composed with the run's
-  accountant (PRV by default, the tightest; or RDP).
+  accountant (PRV by default, the tightest; or RDP; RDP too past ``PRV_MAX_STEPS`` steps).
 * **A unit's lifetime** (``rdp_budget``, ``release_rdp``, ``rdp_epsilon``): every privacy unit
   carries its own spend across all runs and data versions, as Rényi DP at one order fixed when
   the site's ledger is created. This is the individual Rényi filter of Feldman and Zrnic
@@ -85,6 +85,20 @@ def check_accountant(name: str) -> str:
     return name
 
 
+PRV_MAX_STEPS = 100_000
+"""The most DP-SGD steps the PRV accountant composes for a plan or a run's epsilon; beyond it
+they are composed with RDP, a looser bound, still sound, computed in under a second. Found in
+review: a plan inside the wire contract's ranges (batch-size 1, 100 local epochs, 100 rounds)
+made one PRV search take 170 s and 5 GB at 10**6 steps, the state folder locked meanwhile, and
+larger ones tried to allocate 30 to 48 GiB. At 10**5 steps (Poisson rate 0.01) a search took
+about 30 s and 2 GB here; the runs fedintent plans take a few hundred steps."""
+
+
+def feasible_accountant(accountant: str, steps: int) -> str:
+    """``accountant``, or RDP where it is PRV and ``steps`` exceed ``PRV_MAX_STEPS``."""
+    return "rdp" if check_accountant(accountant) == "prv" and steps > PRV_MAX_STEPS else accountant
+
+
 def steps_per_round(num_units: int, batch_size: int, local_epochs: int) -> tuple[float, int]:
     """Poisson sample rate and DP-SGD steps for one round of local training.
 
@@ -135,7 +149,7 @@ def plan_noise_multiplier(
             target_delta=delta,
             sample_rate=sample_rate,
             steps=total_steps,
-            accountant=check_accountant(accountant),
+            accountant=feasible_accountant(accountant, total_steps),
             epsilon_tolerance=0.005 * target_epsilon,
         )
     return float(sigma)
@@ -275,8 +289,10 @@ def epsilon_spent(releases: list[Release], delta: float, accountant: str) -> flo
         return 0.0
     from opacus.accountants import create_accountant
 
-    acc = create_accountant(mechanism=check_accountant(accountant))
-    acc.history = coalesce(releases)
+    history = coalesce(releases)
+    acc = create_accountant(
+        mechanism=feasible_accountant(accountant, sum(steps for _, _, steps in history)))
+    acc.history = history
     with warnings.catch_warnings():
         _ignore_accountant_warnings()
         return float(acc.get_epsilon(delta=delta))

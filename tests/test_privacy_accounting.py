@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from fl_client.privacy_accounting import (
     DELTA_UNITS_FACTOR,
+    PRV_MAX_STEPS,
     BudgetExhausted,
     coalesce,
     default_delta,
@@ -151,3 +152,17 @@ def test_the_default_delta_stays_below_one_over_ten_times_the_units(units, delta
     (found in review: at a power of ten of units it was the limit itself)."""
     assert default_delta(units) == pytest.approx(delta, rel=1e-12)
     assert default_delta(units) < 1 / (DELTA_UNITS_FACTOR * units)
+
+
+def test_a_plan_of_more_steps_than_prv_composes_quickly_is_accounted_with_rdp():
+    """Found in review: batch-size 1 and many epochs, inside the contract's ranges, made a PRV
+    search take minutes and gigabytes under the state lock; past PRV_MAX_STEPS the plan and
+    the run's epsilon are RDP's, sound and a little looser."""
+    steps = PRV_MAX_STEPS + 1
+    noise = plan_noise_multiplier(8.0, 1e-5, 0.01, steps, "prv")
+    assert noise == plan_noise_multiplier(8.0, 1e-5, 0.01, steps, "rdp")
+    assert epsilon_spent([(noise, 0.01, steps)], 1e-5, "prv") == epsilon_spent(
+        [(noise, 0.01, steps)], 1e-5, "rdp") <= 8.0
+    # within the limit PRV plans, with less noise for the same target
+    assert plan_noise_multiplier(8.0, 1e-5, 0.5, 40, "prv") < plan_noise_multiplier(
+        8.0, 1e-5, 0.5, 40, "rdp")
