@@ -101,6 +101,7 @@ from fl_protocol.wire import (
     Reason,
     error_reply,
     language_mask,
+    loggable,
     metric_record,
 )
 from models import get_model_family
@@ -310,7 +311,7 @@ def _refuse(msg: Message, cause: Exception, failures: Failures) -> Message:
         (reason for kinds, reason in failures if isinstance(cause, kinds)), None)
     if reason is None:
         raise cause
-    log(WARNING, "site not training: %s (%s)", reason.value, cause)
+    log(WARNING, "site not training: %s (%s)", reason.value, loggable(str(cause)))
     return error_reply(msg, reason)
 
 

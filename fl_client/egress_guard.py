@@ -60,6 +60,7 @@ from fl_protocol.wire import (
     Reason,
     error_reply,
     is_site_reason,
+    loggable,
     metric_names,
 )
 from models import get_model_family
@@ -83,9 +84,9 @@ def egress_guard(msg: Message, context: Context, call_next: ClientAppCallable) -
         reply = call_next(msg, context)
     except (KeyboardInterrupt, SystemExit, GeneratorExit):
         raise
-    except BaseException:  # also a Rust extension's panic, which is no Exception (found in
-        # review): left to Flower, its text (which may quote the row) had no guard but Flower's
-        log(ERROR, "site error, not sent to the server:\n%s", traceback.format_exc())
+    except BaseException as err:  # also a Rust extension's panic, which is no Exception (found
+        # in review): left to Flower, its text (which may quote the row) had no guard but Flower's
+        log(ERROR, "site error, not sent to the server:\n%s", site_error_text(err))
         reply = error_reply(msg, Reason.INTERNAL)
     try:
         if stage is None or reply.has_error():
@@ -97,7 +98,7 @@ def egress_guard(msg: Message, context: Context, call_next: ClientAppCallable) -
         verdict = "sent"
     except Exception as err:  # a check that cannot run blocks the reply as surely as a violation
         verdict = f"blocked: {err}"
-        log(ERROR, "egress guard blocked a reply: %s", err)
+        log(ERROR, "egress guard blocked a reply: %s", loggable(str(err)))
         reply = error_reply(msg, Reason.EGRESS_BLOCKED)
     paid = context.state.config_records.pop(PAID_RELEASE, None)
     try:
@@ -238,7 +239,7 @@ def _as_sent(value: object) -> int | str:
     """A round number as the server sent it, anything but a whole number as its ``repr``: a
     malformed one is logged with the refusal it got, never a crash that hides it (found in
     review: server-round inf was answered "blocked by the egress guard")."""
-    if isinstance(value, float) and value.is_integer():
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**63:
         value = int(value)
     return value if isinstance(value, int) and not isinstance(value, bool) else _cut(repr(value))
 
@@ -246,6 +247,19 @@ def _as_sent(value: object) -> int | str:
 VERDICT_LIMIT = 2_000
 """The most of a blocked reply's verdict the egress log keeps, in characters: the guard's own
 text, which may quote a value the server sent (a SecAgg+ stage it does not know)."""
+
+
+def site_error_text(err: BaseException) -> str:
+    """An unexpected exception for the site's log: each frame of its traceback (the site's own
+    code), and its message and those of the exceptions it came from, ``loggable``."""
+    parts = []
+    seen: BaseException | None = err
+    while seen is not None and len(parts) < 5:
+        frames = "".join(traceback.format_tb(seen.__traceback__))
+        parts.append(f"Traceback (most recent call last):\n{frames}{type(seen).__name__}: "
+                     f"{loggable(str(seen))}")
+        seen = seen.__cause__ or seen.__context__
+    return "\n(while handling)\n".join(reversed(parts))
 
 
 def _cut(text: str, limit: int = MAX_RUN_NAME) -> str:

@@ -78,7 +78,16 @@ from fl_client.site_policy import PolicyRefusal, RoundRequest, round_request
 from fl_protocol.distributed_sum import MODULUS, WEIGHT, compact, hide_wraps, sum_range, wrap
 from fl_protocol.secagg_masks import masks_bound_to, plan_binding, use_cryptographic_masks
 from fl_protocol.secret_sharing import use_prime_field_sharing
-from fl_protocol.wire import ARRAYS_KEY, METRICS_KEY, MIN_SECURE_SITES, Reason, error_reply
+from fl_protocol.wire import (
+    ARRAYS_KEY,
+    MAX_RUN_NAME,
+    MAX_SECURE_SITES,
+    METRICS_KEY,
+    MIN_SECURE_SITES,
+    Reason,
+    error_reply,
+    loggable,
+)
 
 
 class _Refused(Exception):
@@ -161,7 +170,7 @@ def _distributed_request(msg: Message, context: Context) -> RoundRequest | None:
     try:
         return round_request(msg, context)
     except PolicyRefusal as refusal:
-        log(WARNING, "secure aggregation: %s", refusal)
+        log(WARNING, "secure aggregation: %s", loggable(str(refusal)))
         raise _Refused(refusal.reason) from refusal
 
 
@@ -187,12 +196,16 @@ def _check_secure_sum(msg: Message, context: Context, settings) -> None:
         raise _Refused(Reason.OUT_OF_RANGE if request is None else Reason.MODEL_REFUSED)
 
 
-def threshold_problem(threshold: int, share_num: int) -> str | None:
+def threshold_problem(threshold: int, share_num: int, sample_num: int) -> str | None:
     """Why a round whose secrets are split ``share_num`` ways, ``threshold`` shares rebuilding
-    one, may not be joined, or None: at most half, and a server could ask half the sites for
-    one site's self-mask shares and the other half for its key shares, and rebuild both; below
-    ``MIN_SECURE_SITES``, and a sum of two sites could be unmasked, from which each learns the
-    other's update."""
+    one, among ``sample_num`` sites, may not be joined, or None: at most half, and a server
+    could ask half the sites for one site's self-mask shares and the other half for its key
+    shares, and rebuild both; below ``MIN_SECURE_SITES``, and a sum of two sites could be
+    unmasked, from which each learns the other's update; over ``MAX_SECURE_SITES`` sites, whose
+    shares would cost this site hours of CPU."""
+    if max(share_num, sample_num) > MAX_SECURE_SITES:
+        return (f"{max(share_num, sample_num)} sites sharing keys, more than the "
+                f"{MAX_SECURE_SITES} a site joins")
     if 2 * threshold <= share_num:
         return f"threshold {threshold} of {share_num}: at most half the sites sharing keys"
     if threshold < MIN_SECURE_SITES:
@@ -262,7 +275,8 @@ def _check_shares_asked(stage: str, msg: Message, context: Context) -> None:
     state = context.state.config_records.get(RECORD_KEY_STATE)
     configs = msg.content.config_records[RECORD_KEY_CONFIGS]
     if stage == Stage.SETUP:
-        problem = threshold_problem(int(configs[Key.THRESHOLD]), int(configs[Key.SHARE_NUMBER]))
+        problem = threshold_problem(int(configs[Key.THRESHOLD]), int(configs[Key.SHARE_NUMBER]),
+                                    int(configs[Key.SAMPLE_NUMBER]))
     elif state is None:
         problem = "no secure-aggregation round set up"
     elif stage == Stage.SHARE_KEYS:
@@ -276,7 +290,7 @@ def _check_shares_asked(stage: str, msg: Message, context: Context) -> None:
                                  list(configs.get(Key.DEAD_NODE_ID_LIST, [])),
                                  list(state.get("public_keys_dict:K", [])), int(state["nid"]))
     if problem:
-        log(WARNING, "secure aggregation: %s refused: %s", stage, problem)
+        log(WARNING, "secure aggregation: %s refused: %s", loggable(stage, MAX_RUN_NAME), problem)
         raise _Refused(Reason.UNMASK_REFUSED)
 
 
@@ -297,7 +311,7 @@ def _update_to_mask(msg: Message, context: Context, call_next: ClientAppCallable
     try:
         check_reply(msg, reply, str(context.run_config["model"]), integers=distributed)
     except EgressViolation as err:
-        log(WARNING, "egress guard blocked an update before masking: %s", err)
+        log(WARNING, "egress guard blocked an update before masking: %s", loggable(str(err)))
         raise _Refused(Reason.EGRESS_BLOCKED) from err
     names = list(msg.content[ARRAYS_KEY].keys())  # the server's order, which it unmasks in
     arrays = [reply.content[ARRAYS_KEY][name].numpy() for name in names]

@@ -103,6 +103,7 @@ from fl_protocol.wire import (
     LANGUAGES,
     LEARNING_RATE_RANGE,
     MAX_AUTO_DELTA,
+    MAX_SECURE_SITES,
     MIN_DELTA,
     PRIVACY_MODELS,
     PRIVACY_UNITS,
@@ -614,6 +615,10 @@ def check_request(policy: SitePolicy, request: RoundRequest) -> None:
                                 f"the run tolerates {request.tolerated_sites} missing or "
                                 f"colluding sites; this site requires at least "
                                 f"{policy.min_tolerated_sites}")
+        if request.cohort_size > MAX_SECURE_SITES:
+            raise PolicyRefusal(Reason.MODEL_REFUSED,
+                                f"a secure sum over {request.cohort_size} sites, more than the "
+                                f"{MAX_SECURE_SITES} a site joins")
         if request.cohort_size - request.tolerated_sites < 1:
             raise PolicyRefusal(Reason.MODEL_REFUSED,
                                 f"a secure sum over {request.cohort_size} sites tolerating "

@@ -40,6 +40,8 @@ from flwr.supercore.protobuf import client as protobuf_client
 from flwr.supernode import start_client_internal
 from flwr.supernode.cli import flower_supernode
 
+from fl_protocol.wire import loggable
+
 SITE_CLIENTAPP = "fl_client.client_app:app"
 """The only ClientApp a site runs: the one installed in its image."""
 
@@ -158,7 +160,7 @@ def refuse_foreign_bundles() -> None:
         problem = bundle_problem(fab.content)
         if problem:
             log(ERROR, "This site runs only the ClientApp installed in its image; refusing the "
-                "run's app bundle: %s", problem)
+                "run's app bundle: %s", loggable(problem))
             return False
         return original(fab, trusted_entities)
 
@@ -190,7 +192,7 @@ def bind_runs_to_their_bundles() -> None:
                        run_problem(run.fab_id, run.fab_version, run.fab_hash, fab.content))
             if problem:
                 log(ERROR, "This site runs only the ClientApp installed in its image; refusing "
-                    "run %s: %s", run_id, problem)
+                    "run %s: %s", run_id, loggable(problem))
                 return Fab(fab.hash_str, fab.content, {})
             return fab
 

@@ -76,6 +76,7 @@ from fl_protocol.secret_sharing import use_prime_field_sharing
 from fl_protocol.wire import (
     ARRAYS_KEY,
     CONFIG_KEY,
+    MAX_SECURE_SITES,
     METRICS_KEY,
     MIN_SECURE_SITES,
     NO_REPLY,
@@ -124,6 +125,10 @@ def incompatibility(cfg: dict) -> str | None:
     if 0 < float(cfg["max-update-norm"]) < math.inf:
         return ("secure-aggregation: max-update-norm bounds each site's update, which the "
                 "server never sees with secure aggregation; set it to 0 or inf")
+    if int(cfg["min-sites"]) > MAX_SECURE_SITES:
+        return (f"secure-aggregation: a site joins a secure sum of at most {MAX_SECURE_SITES} "
+                f"sites (their key shares cost each site CPU with the square of the count); got "
+                f"min-sites {cfg['min-sites']}")
     if int(cfg["min-sites"]) < MIN_SECURE_SITES:
         return (f"secure-aggregation needs at least {MIN_SECURE_SITES} sites (min-sites >= "
                 f"{MIN_SECURE_SITES}): with two, each site learns the other's update from the "

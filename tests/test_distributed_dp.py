@@ -80,7 +80,7 @@ from fl_protocol.distributed_sum import (
     sum_range,
     wrap,
 )
-from fl_protocol.wire import MAX_AUTO_DELTA, REJECTED, RUN_CONFIG_DEFAULTS, Reason
+from fl_protocol.wire import MAX_AUTO_DELTA, MAX_SECURE_SITES, REJECTED, RUN_CONFIG_DEFAULTS, Reason
 from fl_server.run_config import RunConfigError, check_run_config
 from fl_server.secure_aggregation import distributed_threshold
 from fl_server.update_validation import array_spec
@@ -721,6 +721,12 @@ def test_a_noise_share_whose_epsilon_alone_exceeds_the_sites_bound_is_refused(tm
     assert charge.epsilon_alone_this_run <= 5.0
 
 
+def test_a_site_refuses_a_cohort_larger_than_a_secure_sum_it_joins():
+    check_request(POLICY, distributed_request(1, cohort_size=MAX_SECURE_SITES))
+    with pytest.raises(PolicyRefusal, match=f"more than the {MAX_SECURE_SITES} a site joins"):
+        check_request(POLICY, distributed_request(1, cohort_size=MAX_SECURE_SITES + 1))
+
+
 def test_a_run_cannot_switch_privacy_model_after_its_first_release(tmp_path):
     charge_round(tmp_path, UNITS, distributed_request(1), POLICY, HEAD_DIM)
     with pytest.raises(PolicyRefusal) as refused:
@@ -1051,6 +1057,24 @@ def test_a_site_refuses_a_threshold_that_could_unmask_a_sum_of_two():
         Reason.UNMASK_REFUSED.value
     three = setup_message(3, 3, 3, target, target / 2, cohort=3)
     assert not secure_aggregation_mod(three, context, lambda m, c: None).has_error()
+
+
+
+@pytest.mark.parametrize("sample,share", [(MAX_SECURE_SITES + 1, 3),
+                                          (MAX_SECURE_SITES + 1, MAX_SECURE_SITES + 1)])
+def test_a_site_joins_no_secure_sum_of_more_sites_than_it_can_share_keys_with(sample, share):
+    """Found in review: the secret shares cost a site the square of the peer count, before it
+    can check one peer's key (2,000 peers: 30 s of CPU); a round set up with more than
+    MAX_SECURE_SITES is refused at setup, and so its key sharing never starts."""
+    target = sum_range(3)
+    context = Context(run_id=1, node_id=7, node_config={}, state=RecordDict(),
+                      run_config=RUN_CONFIG_DEFAULTS | {"secure-aggregation": True})
+    many = setup_message(sample, share, share, target, target / 2, cohort=3)
+    assert secure_aggregation_mod(many, context, lambda m, c: None).error.reason == \
+        Reason.UNMASK_REFUSED.value
+    at_most = setup_message(MAX_SECURE_SITES, MAX_SECURE_SITES, MAX_SECURE_SITES, target,
+                            target / 2, cohort=3)
+    assert not secure_aggregation_mod(at_most, context, lambda m, c: None).has_error()
 
 
 VICTIM, PARTNERS = 101, (102, 103)

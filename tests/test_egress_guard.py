@@ -21,15 +21,17 @@ from flwr.common import Code, FitRes, Parameters, Status, ndarray_to_bytes
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
 from flwr.compat.common.recorddict_compat import fitres_to_recorddict
 
-from fl_client.egress_guard import egress_guard
+from fl_client.egress_guard import egress_guard, site_error_text
 from fl_client.site_secret import create_site_secret
 from fl_protocol.wire import (
     DECLINED,
     EGRESS_BLOCKED,
+    LOG_LIMIT,
     REASON_CODES,
     SITE_ERROR,
     Reason,
     error_reply,
+    loggable,
 )
 from fl_protocol.wire import RUN_CONFIG_DEFAULTS as DEFAULTS
 from models import get_model_family
@@ -405,3 +407,22 @@ def test_a_reply_whose_log_entry_cannot_be_written_is_not_sent(ctx):
     assert reply.has_error() and reply.error.code == EGRESS_BLOCKED
     assert reply.error.reason == Reason.EGRESS_BLOCKED.value
     assert not reply.has_content()
+
+
+def test_an_unexpected_error_is_logged_with_its_frames_and_its_server_text_escaped():
+    """Found in review: an unknown SecAgg+ stage, quoted by Flower's error, reached the site's
+    log raw through the traceback (a megabyte, with terminal escapes)."""
+    stage = "\x1b[2J" + "s" * 1_000_000
+    try:
+        try:
+            raise KeyError("first")
+        except KeyError as first:
+            raise ValueError(f"expected stage setup, but receive {stage} stage") from first
+    except ValueError as err:
+        text = site_error_text(err)
+    assert "\x1b" not in text and "\\x1b[2J" in text
+    assert text.index("KeyError: 'first'") < text.index("(while handling)") < text.index(
+        "ValueError: expected stage setup, but receive \\x1b[2J")
+    assert "test_an_unexpected_error_is_logged" in text  # the site's own frames are kept
+    assert len(text) < 2 * LOG_LIMIT + 1_000
+    assert loggable("银行卡\t丢了") == "银行卡\\t丢了"  # printable text of any script stays

@@ -65,6 +65,7 @@ def processes_left_behind(tag: str, grace: float = 10.0) -> list[str]:
         ({"strategy": "fedtrimmedavg"}, "needs every site's update"),
         ({"max-update-norm": 5.0}, "max-update-norm bounds each site's update"),
         ({"min-sites": 2}, "min-sites >= 3"),
+        ({"min-sites": 1001}, "a site joins a secure sum of at most 1000 sites"),
     ],
 )
 def test_what_needs_one_sites_update_is_refused(override, message):

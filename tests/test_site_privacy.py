@@ -42,6 +42,7 @@ from fl_protocol.wire import (
     DECLINED,
     DEFAULT_MAX_EPSILON,
     DEFAULT_MAX_EPSILON_ALONE,
+    LOG_LIMIT,
     MAX_RUN_NAME,
     MIN_DELTA,
     Reason,
@@ -370,6 +371,29 @@ def test_a_hostile_run_config_is_refused_before_anything_is_charged(site, tmp_pa
     reply = client_app.app(train_message(**message), context(site, state, **run_config))
     assert refused_with(reply, reason)
     assert not (state / LEDGER_FILE).exists()
+
+
+FORGED = "\x1b[2J\x1b[H INFO : privacy ledger verified\n\u202e" + "x" * 100_000
+"""Server text that would clear an operator's terminal, print a forged line and reverse the
+rest, a hundred kilobytes long."""
+
+
+@pytest.mark.parametrize("where", ["array name", "model name"])
+def test_server_text_reaches_the_sites_log_escaped_and_cut(site, tmp_path, caplog, where):
+    """Found in review: an extra array's name reached the site's log raw, through the error
+    text that quoted it (100 kB, with its escapes), and a model name whole."""
+    message, run_config = train_message(), {}
+    if where == "array name":
+        message.content["arrays"][FORGED] = Array(np.zeros(1, dtype=np.float32))
+    else:
+        run_config["model"] = FORGED
+    with caplog.at_level(logging.WARNING):
+        reply = client_app.app(message, context(site, tmp_path / "state", **run_config))
+    assert reply.has_error()
+    assert "\\x1b[2J" in caplog.text and "\\u202e" in caplog.text
+    assert not any(char in caplog.text for char in "\x1b\u202e")
+    assert "characters)" in caplog.text.partition("(cut: ")[2]  # the whole length, named
+    assert max(len(record.getMessage()) for record in caplog.records) < 3 * LOG_LIMIT
 
 
 @pytest.mark.parametrize("kind", ["train", "evaluate"])
