@@ -246,14 +246,17 @@ def test_a_format_7_ledger_reads_with_its_own_noise_spends_and_is_written_as_the
     assert book.alone["k"] == 0.25 and len(book.releases) == 2
 
 
-@pytest.fixture
-def site(tmp_path):
+def write_evaluating_site(site_dir: Path) -> Path:
     """A site of 60 training rows and two test rows, its evaluation under DP."""
-    site_dir = tmp_path / "site"
     site_dir.mkdir()
     write_rows(site_dir, rows(0, 60))
     write_rows(site_dir, rows(100, 102), name="test.csv")
     return site_dir
+
+
+@pytest.fixture
+def site(tmp_path):
+    return write_evaluating_site(tmp_path / "site")
 
 
 def evaluate(ctx, server_round: int, num_rounds: int) -> Message:
@@ -359,10 +362,12 @@ def test_a_sites_evaluation_epsilon_is_held_to_the_runs_accountants_range(
         site, tmp_path, accountant, epsilon, accepted):
     """The site's evaluation-epsilon is planned by the run's accountant: accepted anywhere in
     that accountant's target-epsilon range (PRV from 0.1, RDP from 0.5, both up to 100), ends
-    included, and declined below it, before anything is charged."""
+    included, and declined below it, before anything is charged. The site takes no part in
+    distributed DP, whose max-epsilon-alone (50) would cap the evaluations below the top."""
     state = tmp_path / "state"
     ctx = context(site, state, max_epsilon=1000.0, model="ngram",
-                  node={"evaluation": "dp", "evaluation-epsilon": epsilon},
+                  node={"evaluation": "dp", "evaluation-epsilon": epsilon,
+                        "privacy-models": "local"},
                   accountant=accountant)
     reply = evaluate(ctx, 1, 3)
     if accepted:
