@@ -25,9 +25,10 @@ from pathlib import Path
 import torch
 
 from fedintent.inprocess import site_plans, train_fedavg
+from fl_client.data_files import list_site_dirs
 from fl_client.dp_evaluation import COMPONENTS, noisy_scores, unit_contributions
 from fl_client.privacy_accounting import default_delta, plan_noise_multiplier
-from fl_client.site_data import list_site_dirs, load_site
+from fl_client.site_data import load_site
 from fl_protocol.label_file import read_labels
 from fl_server.run_config import site_size_rate, tuned_settings
 from models import get_model_family

@@ -23,7 +23,9 @@ import unicodedata
 from collections import Counter
 from pathlib import Path
 
-from fl_client.site_data import MAX_LINE_BYTES, MAX_TEXT_CHARS, load_site, wide_encoding
+from fl_client.data_files import MAX_LINE_BYTES, wide_encoding
+from fl_client.row_parsing import MAX_TEXT_CHARS
+from fl_client.site_data import load_site
 from fl_protocol.label_file import LabelFileError, read_labels
 
 LABELS = ["card_lost", "refund", "check_balance"]

@@ -217,7 +217,8 @@ def pooled_scores(data: Path, model: str, cache: Path) -> tuple[float, float]:
     import torch
     from sklearn.linear_model import LogisticRegression
 
-    from fl_client.site_data import list_site_dirs, load_site
+    from fl_client.data_files import list_site_dirs
+    from fl_client.site_data import load_site
     from fl_protocol.label_file import read_labels
 
     family, labels = get_model_family(model), read_labels(data / "labels.txt")
@@ -271,7 +272,8 @@ def one_language(data: Path, lang: str, out: Path) -> Path:
 
 def embed_all(data: Path, model: str, cache: Path) -> None:
     """Every site's redacted training and test utterances, embedded once into ``cache``."""
-    from fl_client.site_data import list_site_dirs, load_site
+    from fl_client.data_files import list_site_dirs
+    from fl_client.site_data import load_site
     from fl_protocol.label_file import read_labels
 
     labels = read_labels(data / "labels.txt")
@@ -282,7 +284,8 @@ def embed_all(data: Path, model: str, cache: Path) -> None:
 
 def test_rows(data: Path) -> tuple[list[str], list[int]]:
     """All sites' test utterances, redacted as a site redacts them, and their label indices."""
-    from fl_client.site_data import list_site_dirs, load_site
+    from fl_client.data_files import list_site_dirs
+    from fl_client.site_data import load_site
     from fl_protocol.label_file import read_labels
 
     labels = read_labels(data / "labels.txt")
@@ -305,7 +308,8 @@ def score(model_dir: Path, model: str, texts: list[str], labels: list[int], cach
 
 def speed(args: argparse.Namespace) -> list[str]:
     """Featurization throughput: what a site spends once per new utterance."""
-    from fl_client.site_data import list_site_dirs, load_site
+    from fl_client.data_files import list_site_dirs
+    from fl_client.site_data import load_site
     from fl_protocol.label_file import read_labels
 
     texts = {}

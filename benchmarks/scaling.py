@@ -65,8 +65,9 @@ from fedintent.launch.flower_cli import flower_env
 from fedintent.launch.processes import free_port, start_process, stop_process_trees
 from fedintent.launch.releases import write_release
 from fedintent.partition import partition_csv_dataset
+from fl_client.data_files import list_site_dirs
 from fl_client.dp_training import evaluate
-from fl_client.site_data import list_site_dirs, load_site
+from fl_client.site_data import load_site
 from fl_client.site_secret import create_site_secret
 from fl_protocol.durable_files import write_bytes_atomic
 from fl_protocol.label_file import read_labels

@@ -13,7 +13,7 @@ from typing import NoReturn
 
 from fedintent.commands import CliError, audit, bench, data, deploy, predict, site, train
 from fl_client.redaction import redact
-from fl_client.site_data import SiteDataError
+from fl_client.rows import SiteDataError
 from fl_protocol.file_owner import permission_denied
 from fl_protocol.label_file import LabelFileError
 from fl_server.run_config import RunConfigError

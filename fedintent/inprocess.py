@@ -21,10 +21,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from fl_client.data_files import list_site_dirs
 from fl_client.distributed_dp import noisy_integer_sum
 from fl_client.dp_training import TrainingPlan, train_locally, training_plan
 from fl_client.privacy_accounting import default_delta, fresh_site_noise, steps_per_round
-from fl_client.site_data import list_site_dirs, load_site
+from fl_client.site_data import load_site
 from fl_protocol.wire import DEFAULT_MAX_EPSILON
 from fl_server.secure_aggregation import distributed_step
 from models.family import ModelFamily, concat_features

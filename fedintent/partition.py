@@ -26,7 +26,9 @@ from flwr_datasets.partitioner import (
     SizePartitioner,
 )
 
-from fl_client.site_data import RejectedRow, SiteDataError, list_site_dirs, read_rows
+from fl_client.data_files import list_site_dirs
+from fl_client.rows import RejectedRow, SiteDataError
+from fl_client.site_data import read_rows
 from fl_protocol.durable_files import write_text_atomic
 from fl_protocol.label_file import LabelFileError, read_labels
 

@@ -57,17 +57,10 @@ from fl_client.retention import (
     row_policy,
     who_deletes,
 )
+from fl_client.rows import SiteDataError
 from fl_client.secure_aggregation import secure_aggregation_mod
-from fl_client.site_data import (
-    SiteData,
-    SiteDataError,
-    SiteSplit,
-    load_site,
-    one_row_per_id,
-    rejection_lines,
-    shown,
-    shown_unknown_label,
-)
+from fl_client.shown import rejection_lines, shown, shown_unknown_label
+from fl_client.site_data import SiteData, SiteSplit, load_site, one_row_per_id
 from fl_client.site_folders import site_folders, state_lock
 from fl_client.site_policy import (
     PolicyRefusal,

@@ -62,6 +62,7 @@ from pathlib import Path
 from typing import NamedTuple, NoReturn
 
 from fl_client.customer_ids import canonical_customer, erasure_forms
+from fl_client.erase_lines import remove_lines
 from fl_client.privacy_accounting import rdp_epsilon
 from fl_client.privacy_ledger import (
     HEAD_FILE,
@@ -74,15 +75,8 @@ from fl_client.privacy_ledger import (
     write_ledger,
 )
 from fl_client.redaction import redact
-from fl_client.site_data import (
-    FileStamp,
-    RejectedRow,
-    Row,
-    SiteDataError,
-    filter_rows,
-    read_rows,
-    remove_lines,
-)
+from fl_client.rows import FileStamp, RejectedRow, Row, SiteDataError
+from fl_client.site_data import filter_rows, read_rows
 from fl_client.site_folders import state_lock
 from fl_client.site_secret import site_secret
 from fl_protocol.durable_files import ReplacedNotFlushed

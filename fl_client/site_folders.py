@@ -21,7 +21,8 @@ from pathlib import Path
 
 from flwr.app import Context, Message
 
-from fl_client.site_data import SiteDataError, list_site_dirs
+from fl_client.data_files import list_site_dirs
+from fl_client.rows import SiteDataError
 from fl_client.site_secret import create_site_secret, site_secret
 from fl_protocol.wire import CONFIG_KEY
 

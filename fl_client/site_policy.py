@@ -81,13 +81,13 @@ import numpy as np
 from flwr.app import ConfigRecord, Context, Message
 from flwr.common.logger import log
 
+from fl_client.data_checks import record_languages
 from fl_client.privacy_accounting import (
     DELTA_UNITS_FACTOR,
     check_accountant,
     default_delta,
     delta_limit,
 )
-from fl_client.site_data import record_languages
 from fl_protocol.label_file import LabelFileError, label_list_problem, read_labels
 from fl_protocol.wire import (
     ARRAYS_KEY,

@@ -52,6 +52,7 @@ from fedintent.bench.sweep import (
     run_bench,
 )
 from fedintent.report_files import FolderClaimed
+from fl_client.data_files import list_site_dirs
 from fl_client.dp_training import Evaluation
 from fl_client.privacy_accounting import (
     default_delta,
@@ -61,7 +62,7 @@ from fl_client.privacy_accounting import (
     rdp_budget,
 )
 from fl_client.privacy_ledger import read_ledger
-from fl_client.site_data import list_site_dirs, load_site
+from fl_client.site_data import load_site
 from fl_client.site_secret import site_secret
 from fl_protocol.durable_files import json_safe
 from fl_protocol.label_file import read_labels

@@ -21,8 +21,9 @@ import pytest
 import torch
 
 from data_synth import write_sites
+from fl_client.data_files import list_site_dirs
 from fl_client.privacy_report import site_privacy_report
-from fl_client.site_data import list_site_dirs, load_site
+from fl_client.site_data import load_site
 from fl_protocol.label_file import read_labels
 from fl_protocol.wire import RUN_CONFIG_DEFAULTS as DEFAULTS
 from fl_protocol.wire import Reason

@@ -17,10 +17,13 @@ from pathlib import Path
 
 import pytest
 
+import fl_client.erase_lines as erase_lines
 import fl_client.retention as retention
-import fl_client.site_data as site_data
 from fedintent.cli import main as fedintent
-from fl_client.site_data import SiteDataError, read_rows, remove_lines, resolved
+from fl_client.data_files import resolved
+from fl_client.erase_lines import remove_lines
+from fl_client.rows import SiteDataError
+from fl_client.site_data import read_rows
 from fl_client.site_secret import create_site_secret
 
 pytestmark = pytest.mark.usefixtures("task_identity")
@@ -118,7 +121,7 @@ def test_a_link_swapped_in_between_the_checks_and_the_open_is_refused(site, monk
             swap_in_link(data_file, victim)
         return opened(path, flags, *args, **kwargs)
 
-    monkeypatch.setattr(site_data.os, "open", swap_then_open)
+    monkeypatch.setattr(erase_lines.os, "open", swap_then_open)
     with pytest.raises(SiteDataError, match="replaced by a link since its rows were read"):
         remove_lines(data_file, dana, rows[0].stamp)
     monkeypatch.undo()
@@ -168,7 +171,7 @@ def test_a_folder_above_swapped_for_a_link_after_the_checks_cannot_redirect_the_
                     "customer_id": "dana" if i % 2 else "x"}) + "\n" for i in range(4)))
     (site / "train.jsonl").symlink_to("sub/victim.jsonl")
     [rows, _] = read_rows(site, [])
-    kept_lines = site_data._kept_lines
+    kept_lines = erase_lines._kept_lines
 
     def checked_then_swapped(*args, **kwargs):
         kept = kept_lines(*args, **kwargs)
@@ -176,7 +179,7 @@ def test_a_folder_above_swapped_for_a_link_after_the_checks_cannot_redirect_the_
         (site / "sub").symlink_to(elsewhere)
         return kept
 
-    monkeypatch.setattr(site_data, "_kept_lines", checked_then_swapped)
+    monkeypatch.setattr(erase_lines, "_kept_lines", checked_then_swapped)
     remove_lines(site / "train.jsonl", {row.line for row in rows if row.customer == "dana"},
                  rows[0].stamp)
     assert (elsewhere / "victim.jsonl").read_text() == VICTIM
@@ -189,7 +192,7 @@ def test_a_file_replaced_after_the_new_version_was_written_is_left_alone(site, m
     site_dir, _, _ = site
     data_file = site_dir / "train.jsonl"
     [rows, _] = read_rows(site_dir, [])
-    replace = site_data.replace_in_folder
+    replace = erase_lines.replace_in_folder
 
     def replaced_meanwhile(folder, name, data, mode, owner, still, attributes):
         newer = site_dir / "newer.tmp"
@@ -197,7 +200,7 @@ def test_a_file_replaced_after_the_new_version_was_written_is_left_alone(site, m
         os.replace(newer, data_file)
         return replace(folder, name, data, mode, owner, still, attributes)
 
-    monkeypatch.setattr(site_data, "replace_in_folder", replaced_meanwhile)
+    monkeypatch.setattr(erase_lines, "replace_in_folder", replaced_meanwhile)
     with pytest.raises(SiteDataError, match="changed while its new version was written"):
         remove_lines(data_file, {1, 4, 7}, rows[0].stamp)
     assert data_file.read_text() == VICTIM and sorted(os.listdir(site_dir)) == ["train.jsonl"]
@@ -326,7 +329,7 @@ def test_a_purge_that_cannot_open_a_data_file_says_why_and_nothing_about_erasure
             raise PermissionError(13, "Permission denied", str(path))
         return opened(path, flags, *args, **kwargs)
 
-    monkeypatch.setattr(site_data.os, "open", denied)
+    monkeypatch.setattr(erase_lines.os, "open", denied)
     capsys.readouterr()
     code = fedintent(["purge", str(site_dir), "--state-dir", str(state), "--retention-days", "30",
                       "--delete-from-data"])

@@ -36,7 +36,8 @@ from fl_client.retention import (
     purge,
     row_policy,
 )
-from fl_client.site_data import SiteData, SiteDataError, load_site
+from fl_client.rows import SiteDataError
+from fl_client.site_data import SiteData, load_site
 from fl_client.site_secret import create_site_secret, site_secret
 from fl_protocol import durable_files, hash_chain
 from fl_protocol.hash_chain import canonical_json, entry_hash, head_path

@@ -19,6 +19,7 @@ import pytest
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 
 import fl_client.client_app as client_app
+from fl_client.data_files import list_site_dirs
 from fl_client.privacy_accounting import rdp_epsilon
 from fl_client.privacy_ledger import (
     LEDGER_FILE,
@@ -30,7 +31,8 @@ from fl_client.privacy_ledger import (
 )
 from fl_client.privacy_report import EXHAUSTED_SHARE, site_privacy_report
 from fl_client.retention import RetentionError, customer_spend, forget, row_policy
-from fl_client.site_data import SiteDataError, list_site_dirs, load_site
+from fl_client.rows import SiteDataError
+from fl_client.site_data import load_site
 from fl_client.site_secret import create_site_secret, site_secret
 from fl_protocol.wire import RUN_CONFIG_DEFAULTS as DEFAULTS
 from fl_protocol.wire import Reason
@@ -82,7 +84,7 @@ def reads(monkeypatch) -> list:
     return read
 
 
-# --- fl_client/site_data.py ------------------------------------------------------------------
+# --- fl_client/data_files.py, fl_client/row_parsing.py (through load_site) -------------------
 
 
 def test_a_missing_data_folder_is_named_not_found(tmp_path):

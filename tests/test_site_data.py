@@ -6,17 +6,14 @@ import json
 
 import pytest
 
-import fl_client.site_data
+import fl_client.data_files
 from fedintent.cli import main
-from fl_client.site_data import (
-    MAX_LINE_BYTES,
-    MAX_TEXT_CHARS,
-    SiteDataError,
-    list_site_dirs,
-    load_site,
-    record_languages,
-    rejection_lines,
-)
+from fl_client.data_checks import record_languages
+from fl_client.data_files import MAX_LINE_BYTES, list_site_dirs
+from fl_client.row_parsing import MAX_TEXT_CHARS
+from fl_client.rows import SiteDataError
+from fl_client.shown import rejection_lines, shown
+from fl_client.site_data import load_site
 from fl_protocol.label_file import MAX_LABEL_LENGTH, MAX_LABELS, LabelFileError, read_labels
 
 LABELS = ["card_lost", "refund"]
@@ -407,7 +404,7 @@ def test_control_characters_become_spaces_in_text_and_reject_a_label(tmp_path):
 
 
 def test_overlong_lines_and_texts_are_rejected_by_stated_limits(tmp_path, monkeypatch):
-    monkeypatch.setattr(fl_client.site_data, "MAX_LINE_BYTES", 100)
+    monkeypatch.setattr(fl_client.data_files, "MAX_LINE_BYTES", 100)
     long_line = json.dumps({"text": "x" * 300, "label": "refund"})
     write_jsonl(tmp_path / "train.jsonl", [long_line, {"text": "refund", "label": "refund"},
                                            "y" * 250])
@@ -435,7 +432,7 @@ def test_a_file_that_cannot_be_read_is_reported_and_the_others_still_load(tmp_pa
             raise PermissionError(errno.EACCES, "Permission denied")
         return FailingAfterOneLine(path)
 
-    monkeypatch.setattr(fl_client.site_data, "open", unreadable, raising=False)
+    monkeypatch.setattr(fl_client.data_files, "open", unreadable, raising=False)
     site = load_site(tmp_path, LABELS)
     assert len(site.train) == 0 and len(site.test) == 1
     assert [str(row) for row in site.rejected] == [
@@ -655,7 +652,7 @@ def test_no_message_about_a_row_quotes_its_values(tmp_path, capsys):
         "train.csv:2: skipped: the file's header (line 1) is unusable",
         "test.csv:2: timestamp is not an ISO 8601 date-time (a string of length 18)",
     ]
-    warnings = [fl_client.site_data.shown(label) for label in data.unknown_labels]
+    warnings = [shown(label) for label in data.unknown_labels]
     assert warnings == ["<a string of length 18, not shown>", "<a string of length 2, not shown>",
                         "<a string of length 11, not shown>"]
 
@@ -685,7 +682,7 @@ def test_no_message_about_a_row_quotes_its_values(tmp_path, capsys):
     ],
 )
 def test_only_label_shaped_values_are_shown(value, expected):
-    assert fl_client.site_data.shown(value) == expected
+    assert shown(value) == expected
 
 
 ROWS_IN_ANOTHER_ENCODING = [{"text": "lost card", "label": "card_lost"},

@@ -16,7 +16,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fedintent.cli import main
-from fl_client.site_data import MAX_LINE_BYTES, MAX_TEXT_CHARS, load_site, wide_encoding
+from fl_client.data_files import MAX_LINE_BYTES, wide_encoding
+from fl_client.row_parsing import MAX_TEXT_CHARS
+from fl_client.site_data import load_site
 from fl_protocol.label_file import LabelFileError, read_labels
 
 LABELS = ["card_lost", "refund"]

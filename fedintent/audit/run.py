@@ -24,7 +24,8 @@ from fedintent.bench.cells import cell_lifetime_budget
 from fedintent.launch.simulated_sites import mean_training_rows
 from fedintent.partition import partition_csv_dataset, read_labeled_csv
 from fedintent.report_files import FolderClaimed, claim_folder, epsilon_label
-from fl_client.site_data import list_site_dirs, load_site
+from fl_client.data_files import list_site_dirs
+from fl_client.site_data import load_site
 from fl_protocol.label_file import read_labels
 from fl_protocol.wire import RUN_CONFIG_DEFAULTS
 from fl_server.run_config import site_size_rate, tuned_settings

@@ -57,8 +57,10 @@ from fedintent.partition import (
     write_partition,
 )
 from fedintent.report_files import FolderClaimed, claim_folder, epsilon_label
+from fl_client.data_checks import record_languages
+from fl_client.data_files import list_site_dirs
 from fl_client.dp_training import evaluate
-from fl_client.site_data import list_site_dirs, load_site, record_languages
+from fl_client.site_data import load_site
 from fl_protocol.durable_files import json_safe
 from fl_protocol.label_file import read_labels
 from fl_protocol.wire import RUN_CONFIG_DEFAULTS

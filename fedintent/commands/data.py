@@ -119,16 +119,11 @@ def run_synth(args: argparse.Namespace) -> int:
 
 
 def run_check_data(args: argparse.Namespace) -> int:
+    from fl_client.data_checks import empty_data_files
     from fl_client.redaction import find_pii
     from fl_client.retention import RowPolicy, retention_window
-    from fl_client.site_data import (
-        empty_data_files,
-        load_site,
-        one_row_per_id,
-        rejection_lines,
-        shown,
-        shown_unknown_label,
-    )
+    from fl_client.shown import rejection_lines, shown, shown_unknown_label
+    from fl_client.site_data import load_site, one_row_per_id
 
     site_dir = args.site_dir
     if args.retention_days is not None and not args.retention_days > 0:
@@ -213,7 +208,7 @@ def _print_customers(site_dir: Path, train: list[bool], test: list[bool]) -> Non
     """The rows without a ``customer_id`` and the columns that look like one but are not read:
     under privacy-unit customer each such row is a unit of its own, protected per utterance
     only, and a site with no customer_id at all declines (docs/DATA_FORMAT.md)."""
-    from fl_client.site_data import unread_customer_keys
+    from fl_client.data_checks import unread_customer_keys
 
     missing = train.count(False) + test.count(False)
     unread = unread_customer_keys(site_dir)

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from fedintent.commands import CliError
 from fedintent.commands.options import path_argument
+from fl_client.data_files import wide_encoding_problem
 from fl_client.redaction import redact
-from fl_client.site_data import wide_encoding_problem
 from fl_protocol.wire import RUN_CONFIG_DEFAULTS
 from models import model_family_names
 

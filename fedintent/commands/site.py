@@ -340,7 +340,7 @@ def _retention_days(args: argparse.Namespace, state_dir: Path,
 
 
 def _state_dir(args: argparse.Namespace, site_dir: Path) -> Path:
-    from fl_client.site_data import check_site_folder
+    from fl_client.data_files import check_site_folder
     from fl_client.site_folders import default_state_folders
     from fl_client.site_secret import holds_site_state
 
@@ -381,9 +381,10 @@ UNTRAINED = ("no runs yet: no privacy ledger, and no unit has spent any budget (
 
 
 def run_privacy_report(args: argparse.Namespace) -> int:
+    from fl_client.data_files import check_site_folder
     from fl_client.privacy_ledger import LedgerError
     from fl_client.privacy_report import site_privacy_report, stated_max_epsilon
-    from fl_client.site_data import SiteDataError, check_site_folder
+    from fl_client.rows import SiteDataError
 
     source = ""
     if args.max_epsilon is None:
@@ -467,7 +468,7 @@ def _unnamed_spend(earlier: "EarlierErasure") -> str:
 def _print_customer_spend(site_dir: Path, state_dir: Path, customer: str) -> None:
     """One customer's spend, as ``forget`` reports it, without erasing them."""
     from fl_client.retention import customer_spend
-    from fl_client.site_data import SiteDataError
+    from fl_client.rows import SiteDataError
 
     try:
         spend = customer_spend(site_dir, state_dir, customer)

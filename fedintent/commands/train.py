@@ -23,7 +23,9 @@ from fedintent.commands.options import (
     writable_folder,
 )
 from fedintent.commands.progress import print_round, print_summary, rounds_in_progress
-from fl_client.site_data import SiteDataError, list_site_dirs, record_languages
+from fl_client.data_checks import record_languages
+from fl_client.data_files import list_site_dirs
+from fl_client.rows import SiteDataError
 from fl_protocol.label_file import read_labels
 from fl_protocol.wire import (
     ACCOUNTANTS,

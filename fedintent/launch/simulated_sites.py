@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+from fl_client.data_files import list_site_dirs
 from fl_client.egress_guard import egress_entries
 from fl_client.privacy_accounting import rdp_budget
 from fl_client.privacy_ledger import (
@@ -27,13 +28,9 @@ from fl_client.privacy_ledger import (
     unit_epsilons,
 )
 from fl_client.privacy_report import EXHAUSTED_SHARE, SiteReport, site_privacy_report
-from fl_client.site_data import (
-    RejectedRow,
-    SiteDataError,
-    list_site_dirs,
-    read_rows,
-    shown_unknown_label,
-)
+from fl_client.rows import RejectedRow, SiteDataError
+from fl_client.shown import shown_unknown_label
+from fl_client.site_data import read_rows
 from fl_client.site_folders import simulated_site_folders
 from fl_client.site_policy import DEFAULT_MAX_NOISE_RATIO
 from fl_client.site_secret import SecretError, site_key, site_secret
