@@ -31,7 +31,6 @@ Where the site's data and state live: ``site_folders.py``.
 import hashlib
 import threading
 from collections import OrderedDict
-from dataclasses import replace
 from logging import WARNING
 from pathlib import Path
 
@@ -46,9 +45,9 @@ from fl_client.dp_evaluation import noisy_scores, unit_contributions
 from fl_client.dp_training import evaluate, train_locally, training_plan
 from fl_client.egress_guard import PAID_RELEASE, egress_guard
 from fl_client.privacy_accounting import BudgetExhausted
-from fl_client.privacy_budget import Charge, charge_round
+from fl_client.privacy_budget import Charge, charge_evaluation, charge_training
 from fl_client.privacy_ledger import LedgerError
-from fl_client.privacy_units import PADDING_LABEL, group_by_customer, unit_aliases
+from fl_client.privacy_units import PADDING_LABEL, group_by_customer, split_units
 from fl_client.retention import (
     FEATURES,
     RowPolicy,
@@ -71,16 +70,12 @@ from fl_client.site_policy import (
     check_model,
     check_parameters,
     check_request,
-    evaluation_delta,
     evaluation_policy,
     evaluation_request,
     is_simulated,
     learning_rate,
-    lifetime_delta,
-    own_evaluation_delta,
     retention_days,
     round_request,
-    site_delta,
     site_languages,
     site_policy,
 )
@@ -141,23 +136,18 @@ def train(msg: Message, context: Context) -> Message:
         return _refuse(msg, err, READ_FAILURES)
 
     features, targets = features[first], targets[first]
+    row_units = split_units(request.privacy_unit, rows)
+    units = [row_units[index] for index in first]
     if request.privacy_unit == "customer":
-        features, targets, units, dropped = group_by_customer(
-            features, targets, [rows.units[index] for index in first])
+        features, targets, units, dropped = group_by_customer(features, targets, units)
         if dropped:
             log(WARNING, "site %s: %d utterances over the per-customer cap not used", site_dir,
                 dropped)
-    else:
-        units = [rows.ids[index] for index in first]
 
     try:
         size = summable_dimension(model) if request.distributed else dimension(model)
-        request = replace(request, delta=site_delta(policy, request, len(units)))
-        charge = charge_round(state_dir, units, request, policy, size,
-                              fresh_nonce=not is_simulated(context),
-                              lifetime_delta=lifetime_delta(policy, len(units)),
-                              aliases=unit_aliases(request.privacy_unit, rows.units, rows.ids,
-                                                   rows.aliases, rows.customers))
+        charge = charge_training(state_dir, units, rows, request, policy, size,
+                                 fresh_nonce=not is_simulated(context))
     except Exception as err:
         return _refuse(msg, err, CHARGE_FAILURES)
     _note_paid_release(context, charge)
@@ -194,7 +184,7 @@ def train(msg: Message, context: Context) -> Message:
         epsilon_all_runs=charge.epsilon_all_runs,
         epsilon_alone=charge.epsilon_alone_this_run,
         epsilon_alone_all_runs=charge.epsilon_alone_all_runs,
-        delta=request.delta if request.private else 0.0,
+        delta=charge.delta_this_run if request.private else 0.0,
         **privacy,
         **({"languages": language_mask(languages)} if languages else {}),
     )
@@ -255,24 +245,18 @@ def _evaluate_with_dp(msg: Message, context: Context, state_dir: Path, policy: S
     anything is computed from the rows, over the units the lifetime filter lets take part.
 
     Which test units are there never decides whether the site answers: its delta is the site's
-    own (``evaluation_delta``), and when every unit is at its budget the same release is made
+    own (``charge_evaluation``), and when every unit is at its budget the same release is made
     over no unit, noise alone, charging nobody; a decline would tell the server, outside DP,
     when a new test unit arrived. Two facts about the split do decide it, as for training: a
     split with no row at all for the run's labels is declined (with a ``labels-file``, the one
     fact that the site has no test rows), and under the customer unit so is one where no row
     names a customer (``_check_customers``): the first such row to arrive turns the decline
     into an answer."""
-    units = rows.units if request.privacy_unit == "customer" else rows.ids
+    units = split_units(request.privacy_unit, rows)
     distinct = list(dict.fromkeys(units))
     try:  # one release of the whole split: sample rate 1, one step
-        request = replace(request, batch_size=len(distinct),
-                          delta=evaluation_delta(policy, request, len(distinct)))
-        charge = charge_round(state_dir, distinct, request, policy, empty_ok=True,
-                              evaluation=True,
-                              fresh_nonce=not is_simulated(context),
-                              begin_delta=own_evaluation_delta(policy),
-                              aliases=unit_aliases(request.privacy_unit, rows.units, rows.ids,
-                                                   rows.aliases, rows.customers))
+        charge = charge_evaluation(state_dir, distinct, rows, request, policy,
+                                   fresh_nonce=not is_simulated(context))
     except Exception as err:
         return _refuse(msg, err, CHARGE_FAILURES)
     _note_paid_release(context, charge)

@@ -188,7 +188,7 @@ def fresh_site_noise(
     ``plan_run_noise`` under the lifetime filter that ledger fixes for ``max_epsilon`` (the
     site's lifetime budget per unit) at ``ledger_delta``, at the order its
     ``max_epsilon_alone`` may fix (``lifetime_filter``). ``ledger_delta``: where the site's
-    ledger begins, its own delta for its units (``site_policy.lifetime_delta``; the default
+    ledger begins, its own delta for its units (``privacy_budget.lifetime_delta``; the default
     policy's is ``default_delta``), never the run's (found in review: planned at the run's
     1e-10, a simulated site added 0.87 where a real one adds 0.71). What a simulation of sites
     must train with (the privacy audit, the tuning scripts): the run's own plan alone is up to

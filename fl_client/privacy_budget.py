@@ -47,7 +47,9 @@ from fl_client.distributed_dp import (
     rounding_bound,
 )
 from fl_client.privacy_accounting import (
+    DELTA_UNITS_FACTOR,
     BudgetExhausted,
+    default_delta,
     delta_limit,
     epsilon_spent,
     lifetime_filter,
@@ -75,7 +77,9 @@ from fl_client.privacy_ledger import (
     unit_epsilons,
     write_ledger,
 )
+from fl_client.privacy_units import split_aliases
 from fl_client.retention import deletion_log_check
+from fl_client.site_data import SiteSplit
 from fl_client.site_folders import state_lock
 from fl_client.site_policy import PolicyRefusal, RoundRequest, SitePolicy, check_noise
 from fl_client.site_secret import release_nonce, site_secret
@@ -87,14 +91,19 @@ from fl_protocol.wire import MAX_AUTO_DELTA, Reason
 class Charge:
     """The release this round makes, who is in it, and the spend including it.
 
+    noise_multiplier, sample_rate, steps: the planned noise, Poisson sample rate and step count
+        charged: training runs with this noise and refuses any other rate or step count
+        (``TrainingPlan.charged``).
     trained: positions (in the ``units`` given to ``charge_round``) of the units that take part.
     epsilon_this_run: this run's releases composed with the run's accountant.
     epsilon_all_runs: the largest lifetime epsilon of any unit in the site's data now.
     epsilon_alone_this_run, epsilon_alone_all_runs: the same from the site's own noise only
         (equal to the two above under local DP).
-    delta_all_runs: the ledger's lifetime delta, the one both ``-all-runs`` figures are at; the
-        ``-this-run`` ones are at the request's delta, which may differ either way (lower: a
-        run asking for less; higher: a ledger lowered when the site had more units).
+    delta_this_run: the delta both ``-this-run`` figures are at: the request's (the site's
+        own, where ``charge_training`` or ``charge_evaluation`` replaced it).
+    delta_all_runs: the ledger's lifetime delta, the one both ``-all-runs`` figures are at; it
+        may differ from ``delta_this_run`` either way (lower: a run asking for less; higher: a
+        ledger lowered when the site had more units).
     skellam_mu_share: distributed DP: the Skellam noise this site adds (0 under local DP).
     release_number, nonce: this release's place in the site's ledger (1 for its first ever)
         and the fresh randomness recorded with it (``Release.nonce``). The ledger never holds
@@ -113,10 +122,79 @@ class Charge:
     epsilon_all_runs: float
     epsilon_alone_this_run: float
     epsilon_alone_all_runs: float
+    delta_this_run: float
     delta_all_runs: float
     skellam_mu_share: float = 0.0
     release_number: int = 0
     nonce: str = ""
+
+
+def charge_training(state_dir: Path, units: list[str], split: SiteSplit, request: RoundRequest,
+                    policy: SitePolicy, dimension: int, *, fresh_nonce: bool) -> Charge:
+    """Charge a training round before it trains, and say which units train (``charge_round``).
+
+    The guarantee protects one privacy unit (``request.privacy_unit``: one utterance, or all of
+    one customer's utterances at the site). ``epsilon_this_run`` is stated at the round's delta
+    (``site_delta``: the run's, or the site's own where the run leaves it to the site or asks
+    one too large for the site's units), ``Charge.delta_this_run``; the ``-all-runs`` figures at
+    the ledger's lifetime delta, begun at the site's own (``lifetime_delta``) and lowered to it
+    when the site outgrows it, ``Charge.delta_all_runs``. Each unit's budget (max-epsilon at
+    that delta) is enforced here, by the lifetime filter; the noise, sample rate and steps
+    charged are the ones Opacus' ``PrivacyEngine`` runs with in ``dp_training.train_locally``,
+    which refuses any other rate or step count (``TrainingPlan.charged``); under distributed DP
+    ``distributed_dp.noisy_integer_sum`` adds ``Charge.skellam_mu_share``.
+
+    Args:
+        state_dir: the site's state folder, whose ledger is charged.
+        units: the training units, one per privacy unit, in the order of the examples trained;
+            ``Charge.trained`` holds positions in it.
+        split: the training split the units come from: each unit is also charged under its
+            other identities (``privacy_units.split_aliases``).
+        request: the server's asks, as ``site_policy.check_request`` accepted them; its delta
+            is replaced by the site's (``site_delta``).
+        policy: the site's own limits (``site_policy.SitePolicy``).
+        dimension: the exchanged model's size (distributed DP: the sensitivity of its sum).
+        fresh_nonce: False at a simulated site (``charge_round``).
+    """
+    request = replace(request, delta=site_delta(policy, request, len(units)))
+    return charge_round(state_dir, units, request, policy, dimension, fresh_nonce=fresh_nonce,
+                        lifetime_delta=lifetime_delta(policy, len(units)),
+                        aliases=split_aliases(request.privacy_unit, split))
+
+
+def charge_evaluation(state_dir: Path, units: list[str], split: SiteSplit,
+                      request: RoundRequest, policy: SitePolicy, *,
+                      fresh_nonce: bool) -> Charge:
+    """Charge a DP evaluation's one release of the test split before anything is computed from
+    it, and say which units are in it (``charge_round``).
+
+    The guarantee protects one privacy unit of the test split (``request.privacy_unit``), whose
+    rows move the release's sums by at most one (``dp_evaluation.py``). ``epsilon_this_run`` is
+    stated at the evaluation's delta (``evaluation_delta``: the run's, or the site's own
+    automatic one, never a function of the test split's size), ``Charge.delta_this_run``; a
+    ledger this release begins is fixed at ``own_evaluation_delta``. Each unit's budget is
+    enforced here, by the lifetime filter; when no unit may take part the release is still made,
+    over no unit, charging nobody (a decline would tell the server whether any unit with budget
+    left is there). The noise is added by ``dp_evaluation.noisy_scores`` at
+    ``Charge.noise_multiplier``, in one full-batch step: Opacus takes no part.
+
+    Args:
+        state_dir: the site's state folder, whose ledger is charged.
+        units: the test split's distinct units, in order; ``Charge.trained`` holds positions
+            in it.
+        split: the test split: each unit is also charged under its other identities
+            (``privacy_units.split_aliases``).
+        request: the run's evaluation asks (``site_policy.evaluation_request``); its batch size
+            is replaced by the count of units (one release of the whole split, sample rate 1)
+            and its delta by the site's (``evaluation_delta``).
+        policy: the site's own limits (``site_policy.SitePolicy``).
+        fresh_nonce: False at a simulated site (``charge_round``).
+    """
+    request = replace(request, batch_size=len(units),
+                      delta=evaluation_delta(policy, request, len(units)))
+    return charge_round(state_dir, units, request, policy, empty_ok=True, evaluation=True,
+                        fresh_nonce=fresh_nonce, begin_delta=own_evaluation_delta(policy),
+                        aliases=split_aliases(request.privacy_unit, split))
 
 
 def charge_round(
@@ -128,35 +206,45 @@ def charge_round(
 ) -> Charge:
     """Charge this round to the ledger and say who trains, or raise (nothing charged).
 
-    ``units``: the stable identity of each training unit at the site (unique); ``aliases``: a
-    unit's other identities, grouped by the unit they were (``privacy_units.unit_aliases``): a
-    unit starts from the largest spend the ledger holds under any of them (a customer new to
-    the ledger whose rows were units apart, from their spends added up, ``_carry_over``), and
-    all of them record what it spends, so that the same unit written another way keeps its
-    budget; ``dimension``:
-    the exchanged model's size (distributed DP: the sensitivity of its integer sum);
-    ``empty_ok`` (a local release whose noise does not depend on the units taking part, as a DP
-    evaluation's): when no unit may take part, the release is still made and recorded, over no
-    unit, charging nobody, instead of raising ``BudgetExhausted``: a decline would tell the
-    server, outside DP, whether any unit with budget left is there; ``fresh_nonce`` False (a
-    simulated site, whose state folder only its own operator could restore): the release
-    records no nonce, so twin sites (one secret, fresh ledgers) draw the same noise, which is
-    how tests compare two runs; ``lifetime_delta`` (training rounds: the site's own delta for
-    the units it holds now, ``site_policy.lifetime_delta``): the ledger's lifetime delta is
-    lowered to it when the site has outgrown the one it was fixed at, that is when it is no
-    longer below ``delta_limit`` of the units (``_tighten_delta``); a ledger this release
-    begins is fixed at ``begin_delta`` (a DP evaluation's: ``site_policy.own_evaluation_delta``),
-    else ``lifetime_delta``, else the request's: the site's own, never the run's (found in
-    review: a first run asking for delta 1e-10 fixed every later run's budget there, for good);
-    ``evaluation`` (a DP evaluation's release): the run is held to its accountant only, not to
-    the training plan (its epsilon is the site's own, its batch its test split).
-    Raises
-    ``BudgetExhausted`` when no unit may take part or no noise fits the budget,
-    ``PolicyRefusal`` when the request contradicts the ledger (another privacy unit, a round
-    beyond the run's plan, other settings than the run's earlier releases were planned for,
-    ``_plan_changes``) or the budget needs noise far above the run's plan, ``LedgerError``.
-    The ledger is read, charged and written under the state folder's lock: rounds charged at
-    once (two runs on one site) are both recorded.
+    The general form of ``charge_training`` and ``charge_evaluation``, which the ClientApp calls:
+    here the delta and the kind of release are the caller's to give. The ledger is read, charged
+    and written under the state folder's lock: rounds charged at once (two runs on one site) are
+    both recorded.
+
+    Args:
+        units: the stable identity of each training unit at the site (unique).
+        aliases: a unit's other identities, grouped by the unit they were
+            (``privacy_units.unit_aliases``): a unit starts from the largest spend the ledger
+            holds under any of them (a customer new to the ledger whose rows were units apart,
+            from their spends added up, ``_carry_over``), and all of them record what it
+            spends, so that the same unit written another way keeps its budget.
+        dimension: the exchanged model's size (distributed DP: the sensitivity of its integer
+            sum).
+        empty_ok: a local release whose noise does not depend on the units taking part, as a
+            DP evaluation's: when no unit may take part, the release is still made and
+            recorded, over no unit, charging nobody, instead of raising ``BudgetExhausted``: a
+            decline would tell the server, outside DP, whether any unit with budget left is
+            there.
+        fresh_nonce: False at a simulated site, whose state folder only its own operator could
+            restore: the release records no nonce, so twin sites (one secret, fresh ledgers)
+            draw the same noise, which is how tests compare two runs.
+        lifetime_delta: training rounds: the site's own delta for the units it holds now (the
+            function ``lifetime_delta``): the ledger's lifetime delta is lowered to it when the
+            site has outgrown the one it was fixed at, that is when it is no longer below
+            ``delta_limit`` of the units (``_tighten_delta``).
+        begin_delta: a ledger this release begins is fixed at it (a DP evaluation's:
+            ``own_evaluation_delta``), else at ``lifetime_delta``, else at the request's: the
+            site's own, never the run's (found in review: a first run asking for delta 1e-10
+            fixed every later run's budget there, for good).
+        evaluation: a DP evaluation's release: the run is held to its accountant only, not to
+            the training plan (its epsilon is the site's own, its batch its test split).
+
+    Raises:
+        BudgetExhausted: no unit may take part, or no noise fits the budget.
+        PolicyRefusal: the request contradicts the ledger (another privacy unit, a round beyond
+            the run's plan, other settings than the run's earlier releases were planned for,
+            ``_plan_changes``), or the budget needs noise far above the run's plan.
+        LedgerError: the ledger (or the deletion log) cannot be read or verified.
     """
     with state_lock(state_dir):
         return _charge_round(state_dir, units, request, policy, dimension, empty_ok,
@@ -232,6 +320,7 @@ def _charge_round(state_dir: Path, units: list[str], request: RoundRequest, poli
         epsilon_all_runs=epsilon_all_runs,
         epsilon_alone_this_run=alone_this_run,
         epsilon_alone_all_runs=alone_all_runs,
+        delta_this_run=request.delta,
         delta_all_runs=ledger.delta,
         skellam_mu_share=release.skellam_mu_share,
         release_number=len(ledger.releases),
@@ -448,6 +537,56 @@ PLAN_SETTINGS = {"plan_delta": "delta (as the run asked for it)"}
 
 def _shown(value: object) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def own_evaluation_delta(policy: SitePolicy) -> float:
+    """The delta a site evaluates at when the run names none: the largest automatic delta
+    (``MAX_AUTO_DELTA``), or its ``max-delta`` if lower; where a DP evaluation begins the
+    ledger, its lifetime delta (``charge_evaluation``)."""
+    return min(policy.max_delta, MAX_AUTO_DELTA)
+
+
+def evaluation_delta(policy: SitePolicy, request: RoundRequest, units: int) -> float:
+    """A DP evaluation's delta: the run's, or (0 = auto) the largest automatic delta
+    (``MAX_AUTO_DELTA``, or the site's ``max-delta`` if lower); never a function of the test
+    split, whose size it would show (a refusal, or the ``epsilon`` sent, would say where the
+    count lies). A split too large for it (``site_delta``'s rule) is only warned of here, at
+    the site: its operator can lower ``max-delta``."""
+    delta = request.delta or own_evaluation_delta(policy)
+    if units and delta >= delta_limit(units):
+        log(WARNING, "DP evaluation: delta %g is not below 1/(%d x %d test units); set the "
+            "node config max-delta lower for a guarantee that fits this test split", delta,
+            DELTA_UNITS_FACTOR, units)
+    return delta
+
+
+def lifetime_delta(policy: SitePolicy, units: int) -> float:
+    """The site's own delta for ``units`` training units: its default for that many
+    (``default_delta``), or its ``max-delta`` if lower. Never the request's: the ledger states
+    every unit's lifetime guarantee at it (``_tighten_delta``)."""
+    return min(policy.max_delta, default_delta(units))
+
+
+def site_delta(policy: SitePolicy, request: RoundRequest, units: int) -> float:
+    """The round's delta: the run's, or (0 = auto) the site's default; a delta too large for
+    the site's size is lowered to that default, never refused.
+
+    delta is the probability that the epsilon guarantee fails outright; it must be small next to
+    1 / (number of units), or releasing one unit's data verbatim would fit inside it. A refusal
+    would tell the server, for nothing charged, on which side of ``1 / (10 x delta)`` the count
+    of the site's units lies (found in review: a search over delta read the count exactly, even
+    after every unit's budget was spent); the lowered delta appears only in a reply that
+    carries the count anyway (``num-examples``).
+    """
+    own = lifetime_delta(policy, units)
+    if request.delta == 0:
+        return own
+    if request.delta >= delta_limit(units):
+        log(WARNING, "delta %g is too large for this site's %d %s units (it must be below "
+            "1/(%d x %d)); using %g instead", request.delta, units, request.privacy_unit,
+            DELTA_UNITS_FACTOR, units, own)
+        return own
+    return request.delta
 
 
 def _tighten_delta(ledger: Ledger, delta: float, policy: SitePolicy) -> None:

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 import torch
 
 from fl_client.customer_ids import ledger_name
+from fl_client.site_data import SiteSplit
 
 MAX_UTTERANCES_PER_CUSTOMER = 16
 PADDING_LABEL = -100
@@ -91,3 +92,16 @@ def unit_aliases(
             groups.setdefault(("canonical", canonical), {canonical: None})
     return {unit: tuple(tuple(names) for names in groups.values() if names)
             for unit, groups in found.items()}
+
+
+def split_units(privacy_unit: str, split: SiteSplit) -> list[str]:
+    """Each row's unit under ``privacy_unit``: its customer (``SiteSplit.units``), or under the
+    utterance unit its own identity (``SiteSplit.ids``); ``Row.unit_under`` for a split."""
+    return split.units if privacy_unit == "customer" else split.ids
+
+
+def split_aliases(privacy_unit: str,
+                  split: SiteSplit) -> dict[str, tuple[tuple[str, ...], ...]]:
+    """``unit_aliases`` of the units of ``split``'s rows: what the ledger charges besides each
+    unit's own identity (``privacy_budget.charge_training``, ``charge_evaluation``)."""
+    return unit_aliases(privacy_unit, split.units, split.ids, split.aliases, split.customers)

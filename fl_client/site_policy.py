@@ -74,20 +74,13 @@ default inf) is read here with the rest of its node config and applied where its
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from logging import WARNING
 from pathlib import Path
 
 import numpy as np
 from flwr.app import ConfigRecord, Context, Message
-from flwr.common.logger import log
 
 from fl_client.data_checks import record_languages
-from fl_client.privacy_accounting import (
-    DELTA_UNITS_FACTOR,
-    check_accountant,
-    default_delta,
-    delta_limit,
-)
+from fl_client.privacy_accounting import check_accountant
 from fl_protocol.label_file import LabelFileError, label_list_problem, read_labels
 from fl_protocol.wire import (
     ARRAYS_KEY,
@@ -640,53 +633,3 @@ def check_noise(policy: SitePolicy, request: RoundRequest, noise: float, planned
             f"rounds; above this site's max-noise-ratio {policy.max_noise_ratio:g} the update "
             f"would be mostly noise, so the round is declined and nothing charged",
         )
-
-
-def own_evaluation_delta(policy: SitePolicy) -> float:
-    """The delta a site evaluates at when the run names none: the largest automatic delta
-    (``MAX_AUTO_DELTA``), or its ``max-delta`` if lower; where a DP evaluation begins the
-    ledger, its lifetime delta (``privacy_budget.charge_round``)."""
-    return min(policy.max_delta, MAX_AUTO_DELTA)
-
-
-def evaluation_delta(policy: SitePolicy, request: RoundRequest, units: int) -> float:
-    """A DP evaluation's delta: the run's, or (0 = auto) the largest automatic delta
-    (``MAX_AUTO_DELTA``, or the site's ``max-delta`` if lower); never a function of the test
-    split, whose size it would show (a refusal, or the ``epsilon`` sent, would say where the
-    count lies). A split too large for it (``site_delta``'s rule) is only warned of here, at
-    the site: its operator can lower ``max-delta``."""
-    delta = request.delta or own_evaluation_delta(policy)
-    if units and delta >= delta_limit(units):
-        log(WARNING, "DP evaluation: delta %g is not below 1/(%d x %d test units); set the "
-            "node config max-delta lower for a guarantee that fits this test split", delta,
-            DELTA_UNITS_FACTOR, units)
-    return delta
-
-
-def lifetime_delta(policy: SitePolicy, units: int) -> float:
-    """The site's own delta for ``units`` training units: its default for that many
-    (``default_delta``), or its ``max-delta`` if lower. Never the request's: the ledger states
-    every unit's lifetime guarantee at it (``privacy_budget._tighten_delta``)."""
-    return min(policy.max_delta, default_delta(units))
-
-
-def site_delta(policy: SitePolicy, request: RoundRequest, units: int) -> float:
-    """The round's delta: the run's, or (0 = auto) the site's default; a delta too large for
-    the site's size is lowered to that default, never refused.
-
-    delta is the probability that the epsilon guarantee fails outright; it must be small next to
-    1 / (number of units), or releasing one unit's data verbatim would fit inside it. A refusal
-    would tell the server, for nothing charged, on which side of ``1 / (10 x delta)`` the count
-    of the site's units lies (found in review: a search over delta read the count exactly, even
-    after every unit's budget was spent); the lowered delta appears only in a reply that
-    carries the count anyway (``num-examples``).
-    """
-    own = lifetime_delta(policy, units)
-    if request.delta == 0:
-        return own
-    if request.delta >= delta_limit(units):
-        log(WARNING, "delta %g is too large for this site's %d %s units (it must be below "
-            "1/(%d x %d)); using %g instead", request.delta, units, request.privacy_unit,
-            DELTA_UNITS_FACTOR, units, own)
-        return own
-    return request.delta

@@ -10,6 +10,7 @@ import pytest
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 
 from fl_client.privacy_accounting import default_delta, delta_limit
+from fl_client.privacy_budget import site_delta
 from fl_client.site_policy import (
     PolicyRefusal,
     RoundRequest,
@@ -21,7 +22,6 @@ from fl_client.site_policy import (
     is_simulated,
     learning_rate,
     retention_days,
-    site_delta,
     site_policy,
 )
 from fl_protocol.wire import (

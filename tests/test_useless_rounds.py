@@ -24,7 +24,12 @@ from fl_client.privacy_accounting import (
     plan_skellam_mu,
     rdp_budget,
 )
-from fl_client.privacy_budget import charge_round, skellam_sensitivity
+from fl_client.privacy_budget import (
+    charge_round,
+    lifetime_delta,
+    site_delta,
+    skellam_sensitivity,
+)
 from fl_client.privacy_ledger import HEAD_FILE, LEDGER_FILE, read_ledger
 from fl_client.site_policy import (
     DEFAULT_MAX_NOISE_RATIO,
@@ -32,8 +37,6 @@ from fl_client.site_policy import (
     RoundRequest,
     SiteConfigError,
     SitePolicy,
-    lifetime_delta,
-    site_delta,
     site_policy,
 )
 from fl_client.site_secret import create_site_secret, site_secret
