@@ -35,7 +35,15 @@ from logging import WARNING
 from pathlib import Path
 
 import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Message,
+    MessageType,
+    RecordDict,
+)
 from flwr.clientapp import ClientApp
 from flwr.common.logger import log
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
@@ -92,8 +100,7 @@ from fl_protocol.wire import (
     loggable,
     metric_record,
 )
-from models import get_model_family
-from models.fixed_shape import PassShape
+from models import ModelFamily, get_model_family
 
 Failures = tuple[tuple[type[Exception] | tuple[type[Exception], ...], Reason], ...]
 READ_FAILURES: Failures = (
@@ -101,7 +108,10 @@ READ_FAILURES: Failures = (
     ((SecretError, LedgerError), Reason.LEDGER_UNREADABLE),  # checked before the data is read
     ((SiteDataError, ValueError, OSError), Reason.DATA_UNUSABLE),
 )
-"""Failures before anything is charged, and the fixed reason each is sent as (first match)."""
+"""Failures before anything is charged, and the fixed reason each is sent as (first match). A
+plain ``ValueError`` is data unusable too: the read path raises it for the site's own files
+beside ``SiteDataError`` (a local model folder that is no checkpoint,
+``models.encoder.check_encoder_folder``), so a bug that raises one is sent as that as well."""
 CHARGE_FAILURES: Failures = (
     (BudgetExhausted, Reason.BUDGET_EXHAUSTED),
     ((LedgerError, SecretError, OSError), Reason.LEDGER_UNREADABLE),
@@ -114,7 +124,6 @@ app = ClientApp()
 
 @app.train(mods=[egress_guard, secure_aggregation_mod])
 def train(msg: Message, context: Context) -> Message:
-    cfg = context.run_config
     try:
         policy = site_policy(context)
         request = round_request(msg, context)
@@ -123,11 +132,12 @@ def train(msg: Message, context: Context) -> Message:
         check_model(context)
         check_labels(context, msg)
         check_parameters(msg)
-        model = _model_from(msg, cfg)
+        family = _model_family(context)
+        model = _model_from(msg, family)
         if request.distributed and RECORD_KEY_CONFIGS not in msg.content.config_records:
             raise PolicyRefusal(Reason.MODEL_REFUSED, "distributed DP asked outside a secure "
                                 "sum: the site's noise share alone would leave the site")
-        site_dir, state_dir, rows, features, targets = _read_split(msg, context, "train")
+        site_dir, state_dir, rows, features, targets = _read_split(msg, context, "train", family)
         languages = site_languages(context, site_dir)
         first = _one_row_per_utterance(rows, site_dir)
         if request.privacy_unit == "customer":
@@ -170,10 +180,10 @@ def train(msg: Message, context: Context) -> Message:
                         charge.release_number, charge.nonce)
     if request.distributed:
         update = noisy_integer_sum(model, features, targets, request.clip_norm,
-                                   charge.skellam_mu_share, seed, _passes(cfg))
+                                   charge.skellam_mu_share, seed, family.passes)
         arrays, steps_taken = ArrayRecord({k: Array(v) for k, v in update.items()}), 1
     else:
-        steps_taken = _train(model, features, targets, request, charge, cfg, rate, seed)
+        steps_taken = _train(model, features, targets, request, charge, family, rate, seed)
         arrays = ArrayRecord(model.state_dict())
     metrics = metric_record(
         TRAIN_METRICS,
@@ -193,12 +203,13 @@ def train(msg: Message, context: Context) -> Message:
 
 
 def _train(model: torch.nn.Module, features: torch.Tensor, targets: torch.Tensor,
-           request, charge, cfg, rate: float, seed: int) -> int:
+           request: RoundRequest, charge: Charge, family: ModelFamily, rate: float,
+           seed: int) -> int:
     """Local DP-SGD (or plain SGD) on exactly the units and release charged; the optimizer
     steps taken. Its training loss stays here: an exact statistic of the training rows under a
     model the server chose, which no DP covers (``wire.TRAIN_METRICS``)."""
     plan = training_plan(
-        get_model_family(str(cfg["model"])),
+        family,
         noise_multiplier=charge.noise_multiplier if request.private else None,
         charged=(charge.sample_rate, charge.steps),
         clip_norm=request.clip_norm,
@@ -219,19 +230,20 @@ def evaluate_on_site(msg: Message, context: Context) -> Message:
         check_model(context)
         check_labels(context, msg)
         check_parameters(msg)
-        model = _model_from(msg, context.run_config)
+        family = _model_family(context)
+        model = _model_from(msg, family)
         if evaluation == "dp":  # before anything is read, as for training
             policy = site_policy(context)
             request = evaluation_request(msg, context, policy)
-        site_dir, state_dir, rows, features, targets = _read_split(msg, context, "test")
+        site_dir, state_dir, rows, features, targets = _read_split(msg, context, "test", family)
         if evaluation == "dp" and request.privacy_unit == "customer":
             _check_customers(site_dir, rows.customers, "test")
     except Exception as err:
         return _refuse(msg, err, READ_FAILURES)
 
     if evaluation == "dp":
-        return _evaluate_with_dp(msg, context, state_dir, policy, request, model, rows, features,
-                                 targets)
+        return _evaluate_with_dp(msg, context, state_dir, policy, request, family, model, rows,
+                                 features, targets)
     scores = evaluate(model, features, targets)
     metrics = metric_record(EVALUATE_METRICS, num_examples=len(rows), loss=scores.loss,
                             accuracy=scores.accuracy, macro_f1=scores.macro_f1)
@@ -239,8 +251,8 @@ def evaluate_on_site(msg: Message, context: Context) -> Message:
 
 
 def _evaluate_with_dp(msg: Message, context: Context, state_dir: Path, policy: SitePolicy,
-                      request: RoundRequest, model: torch.nn.Module, rows: SiteSplit,
-                      features: torch.Tensor, targets: torch.Tensor) -> Message:
+                      request: RoundRequest, family: ModelFamily, model: torch.nn.Module,
+                      rows: SiteSplit, features: torch.Tensor, targets: torch.Tensor) -> Message:
     """The test split's scores as one Gaussian release (``dp_evaluation.py``), charged before
     anything is computed from the rows, over the units the lifetime filter lets take part.
 
@@ -263,8 +275,7 @@ def _evaluate_with_dp(msg: Message, context: Context, state_dir: Path, policy: S
     kept = {distinct[index] for index in charge.trained}
     in_release = [row for row, unit in enumerate(units) if unit in kept]
     contributions = unit_contributions(model, features[in_release], targets[in_release],
-                                       [units[row] for row in in_release],
-                                       _passes(context.run_config))
+                                       [units[row] for row in in_release], family.passes)
     seed = private_seed(state_dir, request.run_name, request.server_round,
                         charge.release_number, charge.nonce)
     scores = noisy_scores(contributions, charge.noise_multiplier, seed)
@@ -288,8 +299,15 @@ def _refuse(msg: Message, cause: Exception, failures: Failures) -> Message:
         (reason for kinds, reason in failures if isinstance(cause, kinds)), None)
     if reason is None:
         raise cause
-    log(WARNING, "site not training: %s (%s)", reason.value, loggable(str(cause)))
+    log(WARNING, "site not %s: %s (%s)", _declined(msg), reason.value, loggable(str(cause)))
     return error_reply(msg, reason)
+
+
+def _declined(msg: Message) -> str:
+    """What the site declines, for its log: training, or evaluating (a message type is
+    ``train`` or ``evaluate``, or either with ``.<action>`` after it)."""
+    category = msg.metadata.message_type.partition(".")[0]
+    return "training" if category == MessageType.TRAIN else "evaluating"
 
 
 def _check_customers(site_dir: Path, customers: list[str | None], split: str) -> None:
@@ -385,7 +403,7 @@ def _load_site_logged(site_dir: str, labels: tuple[str, ...], policy: RowPolicy)
 
 
 def _read_split(
-    msg: Message, context: Context, split: str
+    msg: Message, context: Context, split: str, family: ModelFamily
 ) -> tuple[Path, Path, SiteSplit, torch.Tensor, torch.Tensor]:
     """(site folder, state folder, rows, features, labels) of this site's ``split``: read,
     validated and redacted (``load_site``), without the rows the site's retention policy and
@@ -414,25 +432,24 @@ def _read_split(
             use = {"train": "training rows; this site cannot train",
                    "test": "test rows; this site cannot evaluate"}[split]
             raise SiteDataError(f"{site_dir}: no valid {use}")
-        family = get_model_family(str(context.run_config["model"]))
         features = family.featurize(rows.texts, state_dir / FEATURES)
     return site_dir, state_dir, rows, features, torch.tensor(rows.labels, dtype=torch.long)
 
 
-def _passes(cfg) -> PassShape:
-    """The run's family's pass shape: every DP pass holds exactly that many rows
-    (``models.fixed_shape``), so that no unit's result depends on another."""
-    return get_model_family(str(cfg["model"])).passes
+def _model_family(context: Context) -> ModelFamily:
+    """The run's model family, resolved once per message (``site_policy.check_model`` has
+    allowed it): every step of the message uses this one."""
+    return get_model_family(str(context.run_config["model"]))
 
 
-def _model_from(msg: Message, cfg) -> torch.nn.Module:
+def _model_from(msg: Message, family: ModelFamily) -> torch.nn.Module:
     """The model the server sent, in this run's model family; refused before any row is read
     when its parameters are not the family's (found in review: other names or shapes were an
     internal error, after the data was read), dtype included: loading casts, and a float64
     1e300, finite where ``check_parameters`` looked, became infinity in float32 (found in
     review: the site read, charged and trained, and its egress guard blocked the reply)."""
     num_labels = len(msg.content[CONFIG_KEY]["labels"])
-    model = get_model_family(str(cfg["model"])).build_model(num_labels)
+    model = family.build_model(num_labels)
     own = model.state_dict()
     try:
         sent = msg.content[ARRAYS_KEY].to_torch_state_dict()
