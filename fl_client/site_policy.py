@@ -110,7 +110,16 @@ from fl_protocol.wire import (
 from models import model_family_names
 
 DEFAULT_MAX_DELTA = 1e-5
+"""A site's ``max-delta`` when its node config sets none: the largest delta it accepts, for a
+run's ask (``check_request``) and for its own (``privacy_budget.lifetime_delta``). The same value
+as ``wire.MAX_AUTO_DELTA`` but another role: that one is the most a site picks itself when the
+run leaves delta to the sites, and then the most the server accepts in a reply; this one is
+what a site agrees to, which its operator may lower or raise."""
 DEFAULT_MIN_TOLERATED_SITES = 1
+"""A site's ``min-tolerated-sites`` when its node config sets none: under distributed DP, the
+fewest sites a run must let be missing from the secure sum or collude with the server while the
+sum still carries its full planned noise (``check_request``); with 1, one site missing or
+colluding leaves the planned guarantee whole."""
 DEFAULT_MAX_NOISE_RATIO = 2.0
 """The most a site's noise (its standard deviation, the noise multiplier) may exceed the noise the
 run planned for its target-epsilon before the site declines the round. The lifetime filter
@@ -185,7 +194,44 @@ class SitePolicy:
 
 @dataclass(frozen=True)
 class RoundRequest:
-    """What the server asks of the site this round; every field comes from the server."""
+    """What the server asks of the site this round, held to the site's policy by
+    ``check_request``. Every field is the server's ask, except ``delta``, which the site replaces
+    with its own before the charge, and the fields of a DP evaluation that
+    ``evaluation_request`` sets itself (its run of the site's own: name, round and rounds,
+    epsilon, clip norm, batch, epochs). Enforced where each line says; ``charge_round`` plans
+    and charges the release from all of them.
+
+    num_rounds: the run's planned rounds, over which its noise is planned; ``check_request``
+        and the ledger refuse a round beyond them.
+    target_epsilon: the most the run may spend per privacy unit over all its rounds, at
+        ``delta`` (inf: no DP, no guarantee). Server asks (a DP evaluation: the site's
+        ``evaluation-epsilon``); ``check_request`` holds it to the accountant's range; the noise
+        is planned for it (``privacy_accounting.plan_run_noise``).
+    delta: the probability that the epsilon bound fails. Server asks (0: the site's own), within
+        the site's max-delta (``check_request``); the site replaces it with its own before the
+        charge (``privacy_budget.site_delta``, ``evaluation_delta``); the run's epsilons are
+        stated at it (``Charge.delta_this_run``).
+    accountant: how the run's releases compose into its epsilon. Server asks; ``check_request``
+        refuses one it does not know.
+    privacy_unit: what one unit is, so what the guarantee protects (``privacy_units.py``).
+        Server asks; ``check_request`` refuses one other than the site's policy names, and the
+        ledger one other than it began with.
+    clip_norm: the bound on each unit's gradient, its sensitivity. Server asks (a DP evaluation:
+        1); ``check_request`` holds it to ``CLIP_NORM_RANGE``; Opacus clips to it in
+        ``dp_training.train_locally`` (distributed DP: ``distributed_dp.noisy_integer_sum``).
+    batch_size: the expected Poisson batch, so the sample rate charged. Server asks (a DP
+        evaluation: the site's count of test units, ``privacy_budget.charge_evaluation``);
+        training refuses any rate other than the one charged (``TrainingPlan.charged``).
+    local_epochs: passes over the units per round, so the steps charged. Server asks (a DP
+        evaluation: 1); training refuses any step count other than the one charged.
+    privacy_model: ``local`` (the site adds all the noise) or ``distributed`` (a share, inside a
+        secure sum). Server asks; ``check_request`` holds it to the site's privacy-models, and
+        the ClientApp refuses distributed DP outside a SecAgg+ round.
+    tolerated_sites: distributed DP: how many sites may be missing from the sum or collude with
+        the server while it still carries the full planned noise (each site adds ``mu /
+        (cohort_size - tolerated_sites)``). Server asks; ``check_request`` holds it to the
+        site's min-tolerated-sites.
+    """
 
     run_name: str
     server_round: int
