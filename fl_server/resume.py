@@ -16,7 +16,7 @@ from fl_protocol.wire import RUN_CONFIG_DEFAULTS
 from fl_server.audit_log import started_run, vouched_models
 from fl_server.checkpoints import Checkpoint, CheckpointError, latest_checkpoint
 from fl_server.run_config import RunConfigError, check_run_config
-from fl_server.run_record import FORMAT, STATUSES
+from fl_server.run_record import AUDIT_LOG, FORMAT, STATUSES
 
 MAY_CHANGE_ON_RESUME = frozenset(
     {"resume", "stop-after-round", "reply-timeout", "min-sites", "out-dir"}
@@ -83,7 +83,7 @@ def resume_point(out_dir: Path, run_name: str) -> tuple[Checkpoint | None, list[
     between the two writes) is trained again from the initial model (found in review: the run
     could never be resumed); a later round falls back to the one before, kept beside it.
     """
-    vouched = vouched_models(out_dir / "audit.jsonl", run_name)
+    vouched = vouched_models(out_dir / AUDIT_LOG, run_name)
     checkpoint, warnings = latest_checkpoint(out_dir / "checkpoints", vouched)
     last = max(vouched, default=0)
     if checkpoint is None and last > 1:
@@ -104,7 +104,7 @@ def check_audited_start(out_dir: Path, config: dict, labels: list[str]) -> None:
     may change on resume. ``metrics.json``, which the resume reads its settings from, is not
     protected; the audit log is (found in review: a record edited to target-epsilon 50 and 9
     rounds was resumed without a word)."""
-    started = started_run(out_dir / "audit.jsonl", str(config["run-name"]))
+    started = started_run(out_dir / AUDIT_LOG, str(config["run-name"]))
     audited = started.get("config")
     if not isinstance(audited, dict):
         raise RunConfigError(f"cannot resume: the audit log's run-started entry in {out_dir} "

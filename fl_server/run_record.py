@@ -47,6 +47,10 @@ FORMAT = "fedintent-metrics/1"
 STATUSES = ("running", "stopped", "interrupted", "failed", "completed")
 """A run's ``status``: ``interrupted`` when a signal (Ctrl-C, SIGTERM) stopped it; every status
 but ``completed`` can be resumed."""
+METRICS_FILE = "metrics.json"
+"""The run's record (``RunRecord``): its status, settings, rounds and final summary."""
+AUDIT_LOG = "audit.jsonl"
+"""The run's hash-chained audit log (``fl_protocol/hash_chain.py``), with its head beside it."""
 DEPLOYMENT_FILE = "deployment.json"
 """Written by ``fedintent deploy-run`` beside the run's record once it has submitted the run
 (so not one of ``RUN_FILES``, which the ServerApp refuses to start beside), with the Flower run
@@ -60,7 +64,7 @@ STAGE_FILE = "stage.json"
 launcher's line for a round still going says whether the sites train or evaluate (found in
 review: a deployed run's line said the first round embeds every utterance while its sites were
 already evaluating)."""
-RUN_FILES = ("metrics.json", "audit.jsonl", "audit.jsonl.head", "checkpoints", "model",
+RUN_FILES = (METRICS_FILE, AUDIT_LOG, f"{AUDIT_LOG}.head", "checkpoints", "model",
              STAGE_FILE)
 """What a run writes in its output folder: a new run refuses a folder holding any of them (found
 in review: a second run there replaced the first's record and model, chained onto its audit

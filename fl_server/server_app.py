@@ -46,7 +46,9 @@ from fl_server.resume import (
 )
 from fl_server.run_config import RunConfigError, check_run_config
 from fl_server.run_record import (
+    AUDIT_LOG,
     INTERRUPTED,
+    METRICS_FILE,
     RunFolderRefused,
     RunRecord,
     final_summary,
@@ -95,7 +97,7 @@ def _run(grid: Grid, context: Context, cfg: dict, out_dir: Path) -> None:
     """The run ``main`` starts, with its folder's lock held."""
     previous = None
     try:
-        previous = read_metrics(out_dir / "metrics.json") if cfg["resume"] else None
+        previous = read_metrics(out_dir / METRICS_FILE) if cfg["resume"] else None
         cfg = check_run_config(resumed_run_config(cfg, previous) if previous else cfg)
         num_rounds = int(cfg["num-rounds"])
         if not previous and (held := run_files_in(out_dir)):  # before any file is written
@@ -114,7 +116,7 @@ def _run(grid: Grid, context: Context, cfg: dict, out_dir: Path) -> None:
         run_name = str(cfg["run-name"]) or f"flwr-{context.run_id}"
         config = json_safe(cfg | {"data-dir": data_dir, "out-dir": str(out_dir),
                                   "run-name": run_name})
-        audit_path = out_dir / "audit.jsonl"
+        audit_path = out_dir / AUDIT_LOG
 
         def audit(event: str, **fields) -> None:
             append_entry(audit_path, event,
@@ -127,10 +129,10 @@ def _run(grid: Grid, context: Context, cfg: dict, out_dir: Path) -> None:
             )
         else:  # audited first: a log that cannot be extended fails the run before its record
             audit("run-started", config=config, labels=labels, model_sha256=_sha256(initial))
-            record = RunRecord.start(out_dir / "metrics.json", context.run_id, config, labels)
+            record = RunRecord.start(out_dir / METRICS_FILE, context.run_id, config, labels)
             arrays, state, done = initial, {}, 0
     except Exception as err:
-        _record_failed_start(out_dir / "metrics.json", context.run_id, cfg, previous,
+        _record_failed_start(out_dir / METRICS_FILE, context.run_id, cfg, previous,
                              _one_line(err))
         if isinstance(err, OPERATOR_ERRORS):
             return
@@ -307,7 +309,7 @@ def resume_run(
                            for key, value in config.items()
                            if recorded_config.get(key) != value},
     }
-    record = RunRecord.resume(out_dir / "metrics.json", run_id, done, config, details)
+    record = RunRecord.resume(out_dir / METRICS_FILE, run_id, done, config, details)
     audit("run-resumed", after_round=done, **details)
     return record, arrays, state, done
 

@@ -307,3 +307,11 @@ def test_a_server_that_died_mid_run_is_reported_with_the_way_to_continue(tmp_pat
         "the run failed: the server process ended (finished:failed) without recording how the "
         f"run ended; {path} still says running; continue with: fedintent train --resume "
         f"{tmp_path}")
+
+
+@pytest.mark.parametrize("damaged", ["{not json", "[1, 2]"])
+def test_a_damaged_run_record_is_a_failure_that_says_so_not_a_traceback(tmp_path, damaged):
+    path = tmp_path / "metrics.json"
+    path.write_text(damaged)
+    with pytest.raises(RunFailedError, match="cannot be read as a run record"):
+        completed_run_metrics(path, "finished:completed")

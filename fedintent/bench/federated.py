@@ -47,6 +47,7 @@ from fedintent.launch.simulation import run_simulation
 from fl_client.dp_training import evaluate
 from fl_client.egress_guard import EGRESS_LOG, egress_entries
 from fl_server.model_store import load_model
+from fl_server.run_record import METRICS_FILE
 
 
 def run_federated(
@@ -98,7 +99,7 @@ def run_federated(
         metrics = run_simulation(
             run_config,
             num_sites=num_sites,
-            metrics_path=out_dir / "metrics.json",
+            metrics_path=out_dir / METRICS_FILE,
             log_path=out_dir / "logs" / "flower.log",
             on_round=lambda entry: round_times.append(time.monotonic()),
         )

@@ -33,6 +33,7 @@ from fl_server.run_config import (
 from fl_server.run_record import (
     DEPLOYMENT_FILE,
     INTERRUPTED,
+    METRICS_FILE,
     RunFolderRefused,
     record_interrupted,
     run_folder_busy,
@@ -407,7 +408,7 @@ def _submit_and_follow(args: argparse.Namespace, release, run_config: dict,
                     round_done(int(entry["round"]))
                     print_round(entry, num_rounds)
 
-                status = deployment.follow_run(connection, run_id, out_dir / "metrics.json",
+                status = deployment.follow_run(connection, run_id, out_dir / METRICS_FILE,
                                                on_round=report, seen=done, resumes=resumes)
         except KeyboardInterrupt:  # found in review: one right after submitting left it going
             if run_id is None:
@@ -415,11 +416,11 @@ def _submit_and_follow(args: argparse.Namespace, release, run_config: dict,
             _stop(connection, run_id, out_dir, f"{INTERRUPTED}; {way_on}")
             print(f"fedintent deploy-run: interrupted; {way_on}", file=sys.stderr)
             return 130
-        if resumes and not resume_recorded(out_dir / "metrics.json", run_id):
+        if resumes and not resume_recorded(out_dir / METRICS_FILE, run_id):
             raise RunFailedError(f"run {run_id} ended ({status}) before its ServerApp resumed "
                                  f"the run (flwr log {run_id} says why); it wrote nothing in "
                                  f"{out_dir}; {way_on}")
-        metrics = completed_run_metrics(out_dir / "metrics.json", status)
+        metrics = completed_run_metrics(out_dir / METRICS_FILE, status)
     except (deployment.DeploymentError, RunFailedError) as err:
         print(f"fedintent deploy-run: error: {err}", file=sys.stderr)
         return 1
@@ -451,7 +452,7 @@ def _stop(connection, run_id: int, out_dir: Path, reason: str) -> None:
                   f"{SERVER_APP_EXIT_S} s; it records how the run ended itself", file=sys.stderr)
             return
         time.sleep(0.5)
-    record_interrupted(out_dir / "metrics.json", reason)
+    record_interrupted(out_dir / METRICS_FILE, reason)
 
 
 def deploy_settings(epsilon: float, site_rows: float | None, overrides: dict) -> dict:

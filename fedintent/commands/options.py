@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 from fedintent.commands import CliError
 from fl_server.run_config import RunConfigError, check_epsilon, check_run_config
-from fl_server.run_record import run_files_in
+from fl_server.run_record import METRICS_FILE, run_files_in
 
 TUNED_HELP = "tuned for the epsilon, see docs/BENCHMARKS.md"
 DEFAULT_OUT_ROOT = Path("fedintent-out")
@@ -111,7 +111,7 @@ def resume_hint(out_dir: Path) -> str:
     from fl_server.run_record import way_on
 
     try:
-        read_metrics(out_dir / "metrics.json")
+        read_metrics(out_dir / METRICS_FILE)
     except RunConfigError:
         return ""
     return f" (or {way_on(out_dir)})"
@@ -151,7 +151,7 @@ def resumable_run(out_dir: Path, changes: Mapping[str, object]) -> Resumption:
         raise CliError(f"cannot resume: a fedintent ServerApp is still writing {out_dir} (the "
                        "run itself, one stopped that has not seen its stop yet, within about "
                        "30 s, or another resume of it); wait for it to end, then resume")
-    doc = read_metrics(out_dir / "metrics.json")
+    doc = read_metrics(out_dir / METRICS_FILE)
     resumed = {"out-dir": str(out_dir), "resume": True, "stop-after-round": 0} | dict(changes)
     with as_typed({"min-sites": "--min-sites"}):
         run_config = check_run_config(resumed_run_config(recorded_run_config(doc) | resumed,

@@ -409,9 +409,10 @@ def _simulate(run_config: dict, num_sites: int, num_rounds: int, reported_rounds
     from fedintent.launch.run_outcome import recorded_outcome, report_new_rounds
     from fedintent.launch.simulated_sites import simulated_sites, site_names
     from fedintent.launch.simulation import SimulationError, run_simulation
+    from fl_server.run_record import METRICS_FILE
 
     out_dir = Path(run_config["out-dir"])
-    metrics_path = out_dir / "metrics.json"
+    metrics_path = out_dir / METRICS_FILE
     sites = simulated_sites(run_config, num_sites)
     rounds: list[dict] = []
     run_name, since = str(run_config["run-name"]), datetime.now(UTC)

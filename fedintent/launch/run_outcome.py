@@ -28,11 +28,11 @@ def report_new_rounds(metrics_path: Path, seen: int, on_round: Callable[[dict], 
     dropped round was printed as if just trained, and the round trained again never was).
     ``metrics.json`` may be missing or being replaced: then nothing is reported this time.
     """
+    doc = recorded_outcome(metrics_path)
     try:
-        doc = json.loads(metrics_path.read_text(encoding="utf-8"))
         rounds = doc["rounds"]
         resumed = len(doc.get("resumes", []))
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+    except (KeyError, TypeError, AttributeError):
         return seen
     if resumed < resumes:
         return seen
@@ -51,7 +51,10 @@ def completed_run_metrics(metrics_path: Path, status: str) -> dict:
     if not metrics_path.exists():
         raise RunFailedError(f"the run ended {status} and wrote no {metrics_path} (the "
                              f"ServerApp writes it on the SuperLink's machine)")
-    metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
+    metrics = recorded_outcome(metrics_path)
+    if metrics is None:  # found in review: a damaged record was a traceback
+        raise RunFailedError(f"the run ended {status}, and {metrics_path} cannot be read as a "
+                             "run record")
     if metrics.get("status") == "running":  # the ServerApp's process ended before it could say
         raise RunFailedError(
             f"the run failed: the server process ended ({status}) without recording how the run "
