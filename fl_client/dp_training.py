@@ -176,7 +176,8 @@ def train_locally(
     return total_loss, steps
 
 
-def _run_epochs(model, loader, optimizer, criterion, plan: TrainingPlan) -> tuple[float, int]:
+def _run_epochs(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
+                criterion: nn.Module, plan: TrainingPlan) -> tuple[float, int]:
     total_loss, total_seen, steps = 0.0, 0, 0
     private = plan.noise_multiplier is not None
     for _ in range(plan.local_epochs):
@@ -260,7 +261,7 @@ def _without_dropout(model: nn.Module) -> None:
             module.eval()
 
 
-def _clipped_sum_of_finite_units(model: nn.Module, criterion, x: torch.Tensor,
+def _clipped_sum_of_finite_units(model: nn.Module, criterion: nn.Module, x: torch.Tensor,
                                  y: torch.Tensor, real: int) -> float:
     """Ghost clipping: leave in the gradients the sum of the pass's clipped unit gradients, a
     unit whose clipped gradient is not finite adding zero; return the pass's mean loss.

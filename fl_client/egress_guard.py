@@ -38,7 +38,7 @@ from logging import ERROR
 from pathlib import Path
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp.typing import ClientAppCallable
 from flwr.common import bytes_to_ndarray
 from flwr.common.logger import log
@@ -176,7 +176,8 @@ def check_secagg_reply(stage: str, msg: Message, reply: Message, model: str,
         _check_masked_update(msg, content, model, weight)
 
 
-def _check_masked_update(msg: Message, content, model: str, weight: float | None) -> None:
+def _check_masked_update(msg: Message, content: RecordDict, model: str,
+                         weight: float | None) -> None:
     """The masked update: one integer array per model parameter plus the weight, nothing else;
     the site's metrics, as in a plain reply; a legacy header that repeats the example count."""
     metrics = content[METRICS_KEY]

@@ -49,6 +49,7 @@ sites than that site shared keys with (docs/PRIVACY.md). What no site can check 
 public keys it is sent are the other sites' and not the server's own (docs/PRIVACY.md).
 """
 
+from collections.abc import Mapping
 from logging import WARNING
 
 import numpy as np
@@ -128,7 +129,7 @@ def secure_aggregation_mod(msg: Message, context: Context, call_next: ClientAppC
     return reply
 
 
-def secure_sum_problem(settings, request: RoundRequest | None) -> str | None:
+def secure_sum_problem(settings: Mapping[str, object], request: RoundRequest | None) -> str | None:
     """Why the secure sum set up with ``settings`` (SecAgg+'s setup values) may not carry this
     site's update, or None. Every secure round: a modulus whose values fit the 32-bit words the
     site sends. Distributed DP (``request`` given): a sum over exactly the cohort the noise share
@@ -187,7 +188,7 @@ def _plan(msg: Message, context: Context, stage: str) -> bytes:
                         request.tolerated_sites)
 
 
-def _check_secure_sum(msg: Message, context: Context, settings) -> None:
+def _check_secure_sum(msg: Message, context: Context, settings: Mapping[str, object]) -> None:
     """Refuse (``_Refused``) a secure sum this site's update may not go into."""
     request = _distributed_request(msg, context)
     problem = secure_sum_problem(settings, request)

@@ -29,6 +29,7 @@ import io
 import sys
 import tomllib
 import zipfile
+from collections.abc import Callable
 from logging import ERROR
 from pathlib import Path
 
@@ -129,7 +130,7 @@ def refuse_redirects() -> None:
     if getattr(original, "refuses_redirects", False):
         return
 
-    def init(self, *args, **kwargs) -> None:
+    def init(self, *args, **kwargs) -> None:  # noqa: ANN001 - Flower's client, wrapped
         original(self, *args, **kwargs)
         self._client.follow_redirects = False
 
@@ -156,7 +157,7 @@ def refuse_foreign_bundles() -> None:
     if getattr(original, "refuses_foreign_bundles", False):
         return
 
-    def verify(fab, trusted_entities: dict[str, str]) -> bool:
+    def verify(fab: Fab, trusted_entities: dict[str, str]) -> bool:
         problem = bundle_problem(fab.content)
         if problem:
             log(ERROR, "This site runs only the ClientApp installed in its image; refusing the "
@@ -178,7 +179,7 @@ def bind_runs_to_their_bundles() -> None:
     if getattr(original, "binds_runs", False):
         return
 
-    def pull(*, get_run, get_fab, **rest):
+    def pull(*, get_run: Callable, get_fab: Callable, **rest):  # noqa: ANN202 - Flower's
         runs = {}
 
         def remembered(run_id: int):

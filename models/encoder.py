@@ -9,13 +9,18 @@ states, mean-pooled over the attention mask, then L2-normalised.
 import hashlib
 import json
 import os
+from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from models.fixed_shape import fixed_shape_chunks
+from models.fixed_shape import Chunk, fixed_shape_chunks
+
+if TYPE_CHECKING:  # transformers is imported where a model is loaded: it takes seconds
+    from transformers import PreTrainedTokenizerBase
 
 MAX_TOKENS = 128
 ENCODE_ROWS = 8
@@ -86,7 +91,8 @@ def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return nn.functional.normalize(pooled, dim=-1)
 
 
-def token_passes(texts: list[str], tokenizer, rows: int = ENCODE_ROWS):
+def token_passes(texts: list[str], tokenizer: "PreTrainedTokenizerBase", rows: int = ENCODE_ROWS
+                 ) -> Iterator[tuple[Chunk, dict[str, torch.Tensor]]]:
     """(``Chunk``, the encoder's inputs) per encoder pass: exactly ``rows`` texts of one token
     count (``models.fixed_shape``), so that no text is padded and each text's features are a
     function of that text alone, never of the texts encoded beside it (a site's features feed
