@@ -30,7 +30,7 @@ from fl_client.data_files import list_site_dirs
 from fl_client.rows import RejectedRow, SiteDataError
 from fl_client.site_data import read_rows
 from fl_protocol.durable_files import write_text_atomic
-from fl_protocol.label_file import LabelFileError, read_labels
+from fl_protocol.label_file import LabelFileError, label_list_problem, read_labels
 
 SITE_CSV_HEADER = ("text", "label")
 OWNER_ONLY = 0o600
@@ -109,6 +109,9 @@ def plan_partition(
             f"at least {min_site_size} rows each"
         )
     labels = sorted({example.label for example in train})
+    problem = label_list_problem(labels)
+    if problem:  # found in review: written, then refused by every command that trains
+        raise ValueError(f"{source}: its labels cannot be a run's: {problem}")
     check_test_labels(test, set(labels), csv_dir / "test.csv", taxonomy(csv_dir))
 
     rng = np.random.default_rng(seed)

@@ -52,7 +52,7 @@ from fl_client.distributed_dp import dimension, noisy_integer_sum, summable_dime
 from fl_client.dp_evaluation import noisy_scores, unit_contributions
 from fl_client.dp_training import evaluate, train_locally, training_plan
 from fl_client.egress_guard import PAID_RELEASE, egress_guard
-from fl_client.privacy_accounting import BudgetExhausted
+from fl_client.privacy_accounting import BudgetExhausted, UnplannableRun
 from fl_client.privacy_budget import Charge, charge_evaluation, charge_training
 from fl_client.privacy_ledger import LedgerError
 from fl_client.privacy_units import PADDING_LABEL, group_by_customer, split_units
@@ -114,6 +114,7 @@ beside ``SiteDataError`` (a local model folder that is no checkpoint,
 ``models.encoder.check_encoder_folder``), so a bug that raises one is sent as that as well."""
 CHARGE_FAILURES: Failures = (
     (BudgetExhausted, Reason.BUDGET_EXHAUSTED),
+    (UnplannableRun, Reason.SETTING_REFUSED),
     ((LedgerError, SecretError, OSError), Reason.LEDGER_UNREADABLE),
 )
 """Failures while charging the ledger, and their reasons: a ledger that cannot be read or

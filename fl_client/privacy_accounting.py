@@ -86,17 +86,27 @@ def check_accountant(name: str) -> str:
 
 
 PRV_MAX_STEPS = 100_000
-"""The most DP-SGD steps the PRV accountant composes for a plan or a run's epsilon; beyond it
-they are composed with RDP, a looser bound, still sound, computed in under a second. Found in
+"""The most DP-SGD steps the PRV accountant plans a run for; a run planned for more is planned,
+and its epsilon reported (``privacy_budget.run_epsilons``), with RDP, a looser bound, still
+sound, computed in under a second; a target RDP cannot reach there (below about 0.2 to 0.45,
+by delta) is declined (``UnplannableRun``). Found in
 review: a plan inside the wire contract's ranges (batch-size 1, 100 local epochs, 100 rounds)
 made one PRV search take 170 s and 5 GB at 10**6 steps, the state folder locked meanwhile, and
 larger ones tried to allocate 30 to 48 GiB. At 10**5 steps (Poisson rate 0.01) a search took
 about 30 s and 2 GB here; the runs fedintent plans take a few hundred steps."""
 
 
-def feasible_accountant(accountant: str, steps: int) -> str:
-    """``accountant``, or RDP where it is PRV and ``steps`` exceed ``PRV_MAX_STEPS``."""
-    return "rdp" if check_accountant(accountant) == "prv" and steps > PRV_MAX_STEPS else accountant
+def feasible_accountant(accountant: str, planned_steps: int) -> str:
+    """``accountant``, or RDP where it is PRV and a run is planned for more than
+    ``PRV_MAX_STEPS`` steps."""
+    if check_accountant(accountant) == "prv" and planned_steps > PRV_MAX_STEPS:
+        return "rdp"
+    return accountant
+
+
+class UnplannableRun(ValueError):
+    """The run's target cannot be planned over its steps with an accountant the site affords
+    (``PRV_MAX_STEPS``); the site declines the round, nothing charged."""
 
 
 def steps_per_round(num_units: int, batch_size: int, local_epochs: int) -> tuple[float, int]:
@@ -142,16 +152,25 @@ def plan_noise_multiplier(
     """
     from opacus.accountants.utils import get_noise_multiplier
 
+    planner = feasible_accountant(accountant, total_steps)
     with warnings.catch_warnings():
         _ignore_accountant_warnings()
-        sigma = get_noise_multiplier(
-            target_epsilon=target_epsilon,
-            target_delta=delta,
-            sample_rate=sample_rate,
-            steps=total_steps,
-            accountant=feasible_accountant(accountant, total_steps),
-            epsilon_tolerance=0.005 * target_epsilon,
-        )
+        try:
+            sigma = get_noise_multiplier(
+                target_epsilon=target_epsilon,
+                target_delta=delta,
+                sample_rate=sample_rate,
+                steps=total_steps,
+                accountant=planner,
+                epsilon_tolerance=0.005 * target_epsilon,
+            )
+        except ValueError as err:
+            if planner == accountant:
+                raise
+            raise UnplannableRun(
+                f"target-epsilon {target_epsilon:g} over {total_steps} steps: past "
+                f"{PRV_MAX_STEPS} steps the site plans with RDP, which cannot reach it at delta "
+                f"{delta:g}") from err
     return float(sigma)
 
 
@@ -289,10 +308,8 @@ def epsilon_spent(releases: list[Release], delta: float, accountant: str) -> flo
         return 0.0
     from opacus.accountants import create_accountant
 
-    history = coalesce(releases)
-    acc = create_accountant(
-        mechanism=feasible_accountant(accountant, sum(steps for _, _, steps in history)))
-    acc.history = history
+    acc = create_accountant(mechanism=check_accountant(accountant))
+    acc.history = coalesce(releases)
     with warnings.catch_warnings():
         _ignore_accountant_warnings()
         return float(acc.get_epsilon(delta=delta))

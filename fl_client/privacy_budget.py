@@ -52,6 +52,7 @@ from fl_client.privacy_accounting import (
     default_delta,
     delta_limit,
     epsilon_spent,
+    feasible_accountant,
     lifetime_filter,
     plan_noise_multiplier,
     plan_run_noise,
@@ -808,7 +809,9 @@ def run_epsilons(releases: list[Release], delta: float) -> tuple[float, float]:
         summed = [r.skellam for r in releases]
         alone = [r.skellam._replace(mu=r.skellam_mu_share) for r in releases]
         return skellam_releases_epsilon(summed, delta), skellam_releases_epsilon(alone, delta)
-    epsilon = epsilon_spent([r.mechanism for r in releases], delta, releases[0].accountant)
+    planned = max(r.steps * r.num_rounds for r in releases)  # as the plan chose its accountant
+    epsilon = epsilon_spent([r.mechanism for r in releases], delta,
+                            feasible_accountant(releases[0].accountant, planned))
     return epsilon, epsilon
 
 

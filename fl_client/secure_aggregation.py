@@ -193,7 +193,7 @@ def _check_secure_sum(msg: Message, context: Context, settings: Mapping[str, obj
     request = _distributed_request(msg, context)
     problem = secure_sum_problem(settings, request)
     if problem:
-        log(WARNING, "secure aggregation refused: %s", problem)
+        log(WARNING, "secure aggregation refused: %s", loggable(problem))
         raise _Refused(Reason.OUT_OF_RANGE if request is None else Reason.MODEL_REFUSED)
 
 

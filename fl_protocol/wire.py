@@ -203,7 +203,9 @@ LEARNING_RATE_RANGE = (1e-8, 10_000.0)
 charged by each site: above float32's range the optimizer fails after the charge."""
 EPSILON_RANGES: dict[str, tuple[float, float]] = {"prv": (0.1, 100.0), "rdp": (0.5, 100.0)}
 """A finite ``target-epsilon`` per accountant: where its noise search plans (measured down to
-delta 1e-10, up to 1000 rounds of full-batch steps), checked by the server and by each site. The
+delta 1e-10, up to 1000 rounds of full-batch steps), checked by the server and by each site. A
+PRV run planned past ``privacy_accounting.PRV_MAX_STEPS`` steps is planned with RDP, and below
+RDP's range declined. The
 RDP conversion cannot reach below about 0.45 at delta 1e-10; PRV fails below 0.01 and above 100,
 and its search slows down there until it does not end (found in review: a hostile server's
 target-epsilon of 1000 kept a site searching, its state folder locked, erasures waiting)."""

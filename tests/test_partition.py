@@ -208,6 +208,9 @@ GOOD_TEST = "text,label\nx,l0\ny,l1\n"
         ("train.csv", "", "train.csv: empty file"),
         ("train.csv", "text,label\n", "train.csv: no data rows"),
         ("test.csv", "text,label\nx,l0\ny,unseen\n", r"test.csv:3: the label \(a string of"),
+        # found in review: written, then refused by every command that trains
+        ("train.csv", "text,label\n" + "".join(f"hi,l{i}\n" for i in range(1001)),
+         "train.csv: its labels cannot be a run's: 1001 labels, more than the 1000"),
     ],
 )
 def test_malformed_csv_names_file_line_and_problem(tmp_path, name, content, message):

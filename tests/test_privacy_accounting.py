@@ -1,18 +1,22 @@
 """Accounting: the epsilon a site reports is the composition of everything it released."""
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
 from opacus.accountants import PRVAccountant, RDPAccountant
 from opacus.accountants.analysis.rdp import get_privacy_spent
 from opacus.data_loader import DPDataLoader
+from test_privacy_ledger import release
 from torch.utils.data import DataLoader, TensorDataset
 
+from fl_client import privacy_accounting
 from fl_client.privacy_accounting import (
     DELTA_UNITS_FACTOR,
     PRV_MAX_STEPS,
     BudgetExhausted,
+    UnplannableRun,
     coalesce,
     default_delta,
     epsilon_spent,
@@ -24,6 +28,10 @@ from fl_client.privacy_accounting import (
     release_rdp,
     steps_per_round,
 )
+from fl_client.privacy_budget import charge_round, run_epsilons
+from fl_client.privacy_ledger import LEDGER_FILE
+from fl_client.site_policy import RoundRequest, SitePolicy
+from fl_client.site_secret import create_site_secret
 
 
 @pytest.mark.parametrize("n,batch,epochs", [(100, 32, 1), (64, 32, 2), (7, 32, 1), (1000, 10, 3)])
@@ -154,15 +162,42 @@ def test_the_default_delta_stays_below_one_over_ten_times_the_units(units, delta
     assert default_delta(units) < 1 / (DELTA_UNITS_FACTOR * units)
 
 
+def test_a_run_reports_its_epsilon_with_the_accountant_its_plan_used(monkeypatch):
+    """Found in review: the plan chose by its planned steps and the report by the steps
+    released, so a resumed run (its lost rounds charged again) planned with PRV was reported
+    with RDP, above the target the server holds it to. A run planned past the limit reports
+    with RDP; one planned within it with PRV, however many steps it released."""
+    monkeypatch.setattr(privacy_accounting, "PRV_MAX_STEPS", 100)
+    within = [replace(release(server_round=r), steps=40, num_rounds=2) for r in (1, 2, 2)]
+    past = [replace(release(server_round=r), steps=60, num_rounds=2) for r in (1, 2)]
+    for releases, accountant in ((within, "prv"), (past, "rdp")):
+        assert run_epsilons(releases, 1e-5)[0] == epsilon_spent(
+            [r.mechanism for r in releases], 1e-5, accountant)
+    assert epsilon_spent([r.mechanism for r in within], 1e-5, "prv") != epsilon_spent(
+        [r.mechanism for r in within], 1e-5, "rdp")
+
+
+def test_a_target_rdp_cannot_reach_past_the_prv_limit_is_declined_with_nothing_charged(tmp_path):
+    """Found in review: a PRV target below RDP's reach (0.1) on a run planned past
+    PRV_MAX_STEPS made every site fail with an internal error; it is a declined setting."""
+    create_site_secret(tmp_path)
+    request = RoundRequest(run_name="r", server_round=1, num_rounds=1, target_epsilon=0.1,
+                           delta=1e-6, accountant="prv", privacy_unit="utterance",
+                           clip_norm=1.0, batch_size=1, local_epochs=PRV_MAX_STEPS // 1000 + 1)
+    policy = SitePolicy(max_epsilon=10.0, max_delta=1e-5, privacy_unit=None)
+    with pytest.raises(UnplannableRun, match="past 100000 steps the site plans with RDP"):
+        charge_round(tmp_path, [f"u{i}" for i in range(1000)], request, policy, 10)
+    assert not (tmp_path / LEDGER_FILE).exists()
+
+
 def test_a_plan_of_more_steps_than_prv_composes_quickly_is_accounted_with_rdp():
     """Found in review: batch-size 1 and many epochs, inside the contract's ranges, made a PRV
-    search take minutes and gigabytes under the state lock; past PRV_MAX_STEPS the plan and
-    the run's epsilon are RDP's, sound and a little looser."""
+    search take minutes and gigabytes under the state lock; past PRV_MAX_STEPS the plan is
+    RDP's, sound and a little looser."""
     steps = PRV_MAX_STEPS + 1
     noise = plan_noise_multiplier(8.0, 1e-5, 0.01, steps, "prv")
     assert noise == plan_noise_multiplier(8.0, 1e-5, 0.01, steps, "rdp")
-    assert epsilon_spent([(noise, 0.01, steps)], 1e-5, "prv") == epsilon_spent(
-        [(noise, 0.01, steps)], 1e-5, "rdp") <= 8.0
+    assert epsilon_spent([(noise, 0.01, steps)], 1e-5, "rdp") <= 8.0
     # within the limit PRV plans, with less noise for the same target
     assert plan_noise_multiplier(8.0, 1e-5, 0.5, 40, "prv") < plan_noise_multiplier(
         8.0, 1e-5, 0.5, 40, "rdp")

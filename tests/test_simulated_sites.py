@@ -175,6 +175,15 @@ def test_sites_left_with_no_row_of_the_runs_labels_or_a_broken_ledger_are_named(
     assert blocked["site-01"].startswith("none of its training rows")
     blocked = sites_that_cannot_train(sites, training_rows(tmp_path / "data"), ["a"], config)
     assert blocked["site-01"].startswith(f"its ledger does not verify: {sites[1].state_dir}")
+    # found in review: with the ledger and its head deleted, the egress log still shows the
+    # releases sent, and the site refuses to train; the launcher says so before the run
+    for name in ("privacy-ledger.json", "privacy-ledger.head"):
+        (sites[1].state_dir / name).unlink()
+    (sites[1].state_dir / "egress.jsonl").write_text(json.dumps(
+        {"message": "train", "verdict": "sent", "metrics": {"epsilon": 1.5}}) + "\n")
+    blocked = sites_that_cannot_train(sites, training_rows(tmp_path / "data"), ["a"], config)
+    assert blocked["site-01"].startswith("its ledger does not verify: ")
+    assert "the ledger was deleted" in blocked["site-01"]
     blocked = sites_that_cannot_train(sites[:1], training_rows(tmp_path / "data"), ["a"],
                                       config | {"privacy-unit": "customer"})
     assert blocked["site-00"] == (f"its ledger ({sites[0].state_dir}) counts utterance units "

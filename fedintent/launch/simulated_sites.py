@@ -16,7 +16,7 @@ from datetime import datetime
 from pathlib import Path
 
 from fl_client.data_files import list_site_dirs
-from fl_client.egress_guard import egress_entries
+from fl_client.egress_guard import EGRESS_LOG, egress_entries
 from fl_client.privacy_accounting import rdp_budget
 from fl_client.privacy_ledger import (
     HEAD_FILE,
@@ -237,7 +237,9 @@ def _cannot_train(state_dir: Path, rows: list, labels: set[str], run_config: dic
     if not usable:
         return "none of its training rows has a label of the run"
     budget, target = float(run_config["site-max-epsilon"]), float(run_config["target-epsilon"])
-    if not any((state_dir / name).exists() for name in (LEDGER_FILE, HEAD_FILE)):
+    # the egress log too: beside one that shows a release, a missing ledger was deleted, and
+    # the site refuses to train (found in review: this said nothing of it)
+    if not any((state_dir / name).exists() for name in (LEDGER_FILE, HEAD_FILE, EGRESS_LOG)):
         return (None if target <= DEFAULT_MAX_NOISE_RATIO * budget else
                 _shortfall(state_dir, target, run_config))
     try:
