@@ -204,8 +204,9 @@ def secure_train_round(
 ) -> SecureRound:
     """Train on the sites ``asked`` (as fedintent's strategy configured them) through SecAgg+."""
     by_node = {msg.metadata.dst_node_id: msg for msg in asked}
-    if len(by_node) > MAX_SITES:
-        raise RuntimeError(f"secure aggregation sums at most {MAX_SITES} sites in a round; "
+    most = min(MAX_SITES, MAX_SECURE_SITES)  # the sum's range; what a site joins
+    if len(by_node) > most:  # found in review: past the sites' own cap each refused at setup
+        raise RuntimeError(f"secure aggregation sums at most {most} sites in a round; "
                            f"{len(by_node)} are connected")
     distributed = context.run_config["privacy-model"] == "distributed"
     threshold = reconstruction_threshold(len(by_node))

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from flwr.app import ConfigRecord, Context, RecordDict
+from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_STATE
 from safetensors.numpy import load_file
 from test_checkpoints import copy_site_secrets
@@ -29,8 +29,8 @@ from data_synth import write_sites
 from fedintent.launch.simulation import run_simulation
 from fl_client.secure_aggregation import out_of_range
 from fl_protocol.hash_chain import verify_log
+from fl_protocol.wire import MAX_SECURE_SITES, Reason
 from fl_protocol.wire import RUN_CONFIG_DEFAULTS as DEFAULTS
-from fl_protocol.wire import Reason
 from fl_server.checkpoints import MODEL_PREFIX
 from fl_server.resume import recorded_run_config
 from fl_server.run_config import RunConfigError, check_run_config
@@ -39,6 +39,7 @@ from fl_server.secure_aggregation import (
     MAX_WEIGHT,
     QUANTIZATION_RANGE,
     reconstruction_threshold,
+    secure_train_round,
 )
 
 SITES = 3
@@ -71,6 +72,19 @@ def processes_left_behind(tag: str, grace: float = 10.0) -> list[str]:
 def test_what_needs_one_sites_update_is_refused(override, message):
     with pytest.raises(RunConfigError, match=message):
         check_run_config({"secure-aggregation": True, "min-sites": 3} | override)
+
+
+@pytest.mark.usefixtures("task_identity")
+def test_a_round_with_more_sites_connected_than_a_site_joins_fails_before_asking_any():
+    """Found in review: the server asked every connected site, and past MAX_SECURE_SITES each
+    refused at setup, mid-run; it now fails the round, nothing sent (the grid is never used)."""
+    asked = [Message(RecordDict(), dst_node_id=node, message_type="train")
+             for node in range(1, MAX_SECURE_SITES + 2)]
+    context = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(),
+                      run_config=DEFAULTS | {"secure-aggregation": True})
+    with pytest.raises(RuntimeError, match=f"sums at most {MAX_SECURE_SITES} sites in a round; "
+                       f"{MAX_SECURE_SITES + 1} are connected"):
+        secure_train_round(None, context, 1, asked, {}, 10.0)
 
 
 def test_fedavg_and_fedadam_need_only_the_sum():
