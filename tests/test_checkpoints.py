@@ -23,8 +23,7 @@ from safetensors.numpy import load_file
 from safetensors.numpy import save as safetensors_save
 
 from data_synth import write_sites
-from fedintent.launch import simulation
-from fedintent.launch.simulation import SimulationError, run_simulation
+from fedintent.launch.simulation import SimulationError, run_simulation, simulated_run_record
 from fl_client.privacy_ledger import read_ledger
 from fl_client.site_secret import site_secret
 from fl_protocol.durable_files import json_safe
@@ -487,8 +486,30 @@ def test_a_resume_whose_server_app_never_resumed_the_run_fails_and_says_so(tmp_p
                        log_path=tmp_path / "flower.log", on_round=lambda entry: None, resumes=1)
 
 
-def test_a_run_refused_a_folder_holding_another_run_does_not_report_that_runs_record(
-        tmp_path, monkeypatch):
+@pytest.mark.parametrize("run,resuming,message", [
+    # found in review: a SuperLink whose run could not be read skipped every check below
+    ({"status": "unknown (not JSON)"}, False,
+     r"^the SuperLink's run cannot be told \(unknown \(not JSON\)\), so neither can whether "),
+    ({"run-id": 8, "status": "finished:completed"}, False,
+     r"^run 8 ended \(finished:completed\) before its ServerApp started the run .* is another "
+     r"run's record$"),
+    ({"run-id": 8, "status": "finished:completed"}, True,
+     r"^run 8 ended \(finished:completed\) before its ServerApp resumed the run .* it wrote "
+     r"nothing in "),
+])
+def test_a_record_the_simulated_run_did_not_write_is_never_its_outcome(tmp_path, run, resuming,
+                                                                       message):
+    """The record in the run folder is run 7's, completed: the SuperLink's run 8, or a run it
+    cannot name, did not write it."""
+    metrics = tmp_path / "metrics.json"
+    RunRecord.start(metrics, 7, json_safe(check_run_config({})), ["a"]).finish("completed")
+    with pytest.raises(SimulationError, match=message):
+        simulated_run_record(run, resuming, metrics, tmp_path / "flower.log")
+    assert simulated_run_record({"run-id": 7, "status": "finished:completed"}, False, metrics,
+                                tmp_path / "flower.log")["status"] == "completed"
+
+
+def test_a_run_refused_a_folder_holding_another_run_does_not_report_that_runs_record(tmp_path):
     """Found in review: a bench cell run again over an earlier run's folder, which the
     ServerApp refuses to start a run in, reported that run's record, model and numbers as its
     own (exit 0, under the new settings)."""
@@ -505,12 +526,3 @@ def test_a_run_refused_a_folder_holding_another_run_does_not_report_that_runs_re
     assert str(refused.value).endswith(f"{out / 'metrics.json'} is another run's record")
     assert (out / "metrics.json").read_bytes() == before
     assert "already holds a run" in (tmp_path / "flower.log").read_text()
-    # found in review: a SuperLink whose run could not be read skipped that check (only the
-    # unknown status then failed the run, saying nothing of whose record it was)
-    monkeypatch.setattr(simulation, "last_local_run",
-                        lambda env, home: {"status": "unknown (not JSON)"})
-    with pytest.raises(SimulationError, match=r"^the SuperLink's run cannot be told \(unknown "
-                       r"\(not JSON\)\), so neither can whether .* is its record"):
-        run_simulation(config, num_sites=2, metrics_path=out / "metrics.json",
-                       log_path=tmp_path / "flower.log", on_round=lambda entry: None)
-    assert (out / "metrics.json").read_bytes() == before

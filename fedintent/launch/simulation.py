@@ -94,29 +94,7 @@ def run_simulation(
                     raise SimulationError(f"the SuperLink stopped unexpectedly; see {log_path}")
                 time.sleep(poll_seconds)
             run = last_local_run(env, flwr_home)
-        status = str(run.get("status", "unknown"))
-        if "run-id" not in run:  # found in review: then no check below could tell whose
-            raise SimulationError(  # record metrics.json is, and another run's passed
-                f"the SuperLink's run cannot be told ({status}), so neither can whether "
-                f"{metrics_path} is its record; the log says what happened: {log_path}")
-        resuming = bool(run_config.get("resume"))  # whatever the caller's ``resumes`` says
-        if resuming and not resume_recorded(metrics_path, run["run-id"]):
-            raise SimulationError(
-                f"run {run['run-id']} ended ({status}) before its ServerApp resumed the run (the "
-                f"log says why: {log_path}); it wrote nothing in {metrics_path.parent}; "
-                f"{way_on(metrics_path.parent)}")
-        recorded = recorded_outcome(metrics_path)
-        if not resuming and recorded is not None and (
-                str(recorded.get("run_id")) != str(run["run-id"])):
-            # found in review: a bench cell re-run over an earlier run's folder, which the
-            # ServerApp refused, reported that run's model and numbers as its own
-            raise SimulationError(
-                f"run {run['run-id']} ended ({status}) before its ServerApp started the run (the "
-                f"log says why: {log_path}); {metrics_path} is another run's record")
-        try:
-            return completed_run_metrics(metrics_path, status)
-        except RunFailedError as err:
-            raise SimulationError(f"{err} (log: {log_path})") from err
+        return simulated_run_record(run, bool(run_config.get("resume")), metrics_path, log_path)
     except KeyboardInterrupt:
         interrupted = True
         raise
@@ -126,6 +104,36 @@ def run_simulation(
             if interrupted:
                 record_interrupted(metrics_path)
             remove_temporary_folder(flwr_home)
+
+
+def simulated_run_record(run: dict, resuming: bool, metrics_path: Path,
+                         log_path: Path) -> dict:
+    """The record of the SuperLink's ``run`` (``last_local_run``: its ``run-id`` and
+    ``status``) if it completed and wrote it; ``SimulationError`` otherwise, and for a record
+    that run did not write. ``resuming``: the run config's ``resume``, whatever a caller's
+    count of resumes says."""
+    status = str(run.get("status", "unknown"))
+    if "run-id" not in run:  # found in review: then no check below could tell whose record
+        raise SimulationError(  # metrics.json is, and another run's passed
+            f"the SuperLink's run cannot be told ({status}), so neither can whether "
+            f"{metrics_path} is its record; the log says what happened: {log_path}")
+    if resuming and not resume_recorded(metrics_path, run["run-id"]):
+        raise SimulationError(
+            f"run {run['run-id']} ended ({status}) before its ServerApp resumed the run (the "
+            f"log says why: {log_path}); it wrote nothing in {metrics_path.parent}; "
+            f"{way_on(metrics_path.parent)}")
+    recorded = recorded_outcome(metrics_path)
+    if not resuming and recorded is not None and (
+            str(recorded.get("run_id")) != str(run["run-id"])):
+        # found in review: a bench cell re-run over an earlier run's folder, which the
+        # ServerApp refused, reported that run's model and numbers as its own
+        raise SimulationError(
+            f"run {run['run-id']} ended ({status}) before its ServerApp started the run (the "
+            f"log says why: {log_path}); {metrics_path} is another run's record")
+    try:
+        return completed_run_metrics(metrics_path, status)
+    except RunFailedError as err:
+        raise SimulationError(f"{err} (log: {log_path})") from err
 
 
 def write_local_connection(flwr_home: Path, port: int) -> None:
