@@ -89,11 +89,11 @@ PRV_MAX_STEPS = 100_000
 """The most DP-SGD steps the PRV accountant plans a run for; a run planned for more is planned,
 and its epsilon reported (``privacy_budget.run_epsilons``), with RDP, a looser bound, still
 sound, computed in under a second; a target RDP cannot reach there (below about 0.2 to 0.45,
-by delta) is declined (``UnplannableRun``). Found in
-review: a plan inside the wire contract's ranges (batch-size 1, 100 local epochs, 100 rounds)
-made one PRV search take 170 s and 5 GB at 10**6 steps, the state folder locked meanwhile, and
-larger ones tried to allocate 30 to 48 GiB. At 10**5 steps (Poisson rate 0.01) a search took
-about 30 s and 2 GB here; the runs fedintent plans take a few hundred steps."""
+by delta) is declined (``UnplannableRun``). Found in review: a plan inside the wire
+contract's ranges (batch-size 1, 100 local epochs, 100 rounds) made one PRV search take 170 s
+and 5 GB at 10**6 steps, the state folder locked meanwhile, and larger ones tried to allocate
+30 to 48 GiB. At 10**5 steps (Poisson rate 0.01) a search took about 30 s and 2 GB here; the
+runs fedintent plans take a few hundred steps."""
 
 
 def feasible_accountant(accountant: str, planned_steps: int) -> str:
