@@ -195,6 +195,13 @@ def test_sites_left_with_no_row_of_the_runs_labels_or_a_broken_ledger_are_named(
     blocked = sites_that_cannot_train([site], training_rows(tmp_path / "fresh" / "data"), ["a"],
                                       fresh)
     assert blocked["site-00"].startswith("will decline every round: its lifetime budget")
+    # a site whose egress log holds only exact evaluations has charged nothing: still new
+    site.state_dir.mkdir(parents=True, exist_ok=True)
+    create_site_secret(site.state_dir)
+    (site.state_dir / "egress.jsonl").write_text(json.dumps(
+        {"message": "evaluate", "verdict": "sent", "metrics": {"accuracy": 0.5}}) + "\n")
+    assert sites_that_cannot_train([site], training_rows(tmp_path / "fresh" / "data"), ["a"],
+                                   fresh) == blocked
 
 
 def test_train_refuses_a_run_no_site_can_train_before_it_starts(tmp_path, monkeypatch, capsys):

@@ -237,17 +237,19 @@ def _cannot_train(state_dir: Path, rows: list, labels: set[str], run_config: dic
     if not usable:
         return "none of its training rows has a label of the run"
     budget, target = float(run_config["site-max-epsilon"]), float(run_config["target-epsilon"])
+    ledger = None
     # the egress log too: beside one that shows a release, a missing ledger was deleted, and
     # the site refuses to train (found in review: this said nothing of it)
-    if not any((state_dir / name).exists() for name in (LEDGER_FILE, HEAD_FILE, EGRESS_LOG)):
+    if any((state_dir / name).exists() for name in (LEDGER_FILE, HEAD_FILE, EGRESS_LOG)):
+        try:
+            secret = site_secret(state_dir)
+            ledger = read_ledger(state_dir, secret)
+        except (SecretError, LedgerError) as err:
+            return f"its ledger does not verify: {err}"
+    if ledger is None:  # a new site's, or one whose egress log holds only exact evaluations
         return (None if target <= DEFAULT_MAX_NOISE_RATIO * budget else
                 _shortfall(state_dir, target, run_config))
-    try:
-        secret = site_secret(state_dir)
-        ledger = read_ledger(state_dir, secret)
-    except (SecretError, LedgerError) as err:
-        return f"its ledger does not verify: {err}"
-    if ledger is None or math.isinf(budget):
+    if math.isinf(budget):
         return None
     unit = run_config["privacy-unit"]
     if ledger.privacy_unit != unit:
