@@ -37,15 +37,11 @@ def _game(seed: int = 0) -> Game:
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    game, threads = _game(), torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: one thread is several times faster on shared cores
-    try:
-        before = run_models(game, math.inf, OVERFIT, MODELS, tmp_path_factory.mktemp("before"),
-                            progress=lambda _: None)
-        after = run_models(replace(game, after_erasure=True), math.inf, OVERFIT, MODELS,
-                           tmp_path_factory.mktemp("after"), progress=lambda _: None)
-    finally:
-        torch.set_num_threads(threads)
+    game = _game()  # one torch thread (conftest): tiny models, several times faster
+    before = run_models(game, math.inf, OVERFIT, MODELS, tmp_path_factory.mktemp("before"),
+                        progress=lambda _: None)
+    after = run_models(replace(game, after_erasure=True), math.inf, OVERFIT, MODELS,
+                       tmp_path_factory.mktemp("after"), progress=lambda _: None)
     return game, before, after
 
 
