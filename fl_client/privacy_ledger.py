@@ -50,7 +50,7 @@ import hmac
 import json
 import math
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -503,8 +503,9 @@ def _stored(release: Release) -> dict:
     """A release as the ledger stores (and MACs) it: a local release without the distributed-DP
     fields, a distributed release without a rounding failure (one recorded before the likely
     sensitivities existed) without those, and one without a nonce without it, so older ledgers
-    verify unchanged."""
-    record = asdict(release)
+    verify unchanged. A shallow copy (every field is a number or a string): ``asdict``'s deep
+    copy was two thirds of a 20,000-release ledger's read and write, which every message pays."""
+    record = {name: getattr(release, name) for name in _RELEASE_FIELDS}
     omitted = (_DISTRIBUTED_FIELDS if not release.distributed
                else _LIKELY_FIELDS if release.rounding_failure == 0 else ())
     for name in (*omitted, *(() if release.nonce else ("nonce",)),
@@ -513,6 +514,7 @@ def _stored(release: Release) -> dict:
     return record
 
 
+_RELEASE_FIELDS = tuple(f.name for f in fields(Release))
 _LIKELY_FIELDS = ("likely_l1", "likely_l2", "rounding_failure")
 RUN_PLAN_FIELDS = ("target_epsilon", "batch_size", "local_epochs", "tolerated_sites",
                    "plan_delta")
