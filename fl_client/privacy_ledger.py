@@ -341,9 +341,22 @@ def write_ledger(state_dir: Path, ledger: Ledger, secret: bytes) -> None:
         "version": ledger.version,
         "mac": document_mac,
     }
-    write_bytes_atomic(state_dir / LEDGER_FILE, json.dumps(document, indent=1).encode("utf-8"),
+    write_bytes_atomic(state_dir / LEDGER_FILE, _ledger_text(document).encode("utf-8"),
                        mode=PRIVATE_FILE_MODE)
     _write_head(state_dir, len(ledger.releases), ledger.version, document_mac)
+
+
+def _ledger_text(document: dict) -> str:
+    """The ledger as JSON, a field a line and a release a line: ``json.dumps``' ``indent`` runs
+    Python's pure-Python encoder, most of a long ledger's write (benchmarks/ledger_size.py)."""
+    fields_text = []
+    for name, value in document.items():
+        if name == "releases" and value:
+            text = "[\n" + ",\n".join(f"  {json.dumps(record)}" for record in value) + "\n ]"
+        else:
+            text = json.dumps(value)
+        fields_text.append(f" {json.dumps(name)}: {text}")
+    return "{\n" + ",\n".join(fields_text) + "\n}\n"
 
 
 def _write_head(state_dir: Path, releases: int, version: int, document_mac: str) -> None:
@@ -523,16 +536,26 @@ _DISTRIBUTED_FIELDS = ("privacy_model", "skellam_mu", "skellam_mu_share", "l1", 
                        *_LIKELY_FIELDS)
 
 
+def _record_forms(distributed: bool) -> tuple[frozenset[str], ...]:
+    """The field sets a stored release of either privacy model may have: with or without the
+    likely sensitivities (a distributed release recorded before them), the nonce and the run's
+    plan, each with its MAC."""
+    expected = set(_RELEASE_FIELDS) - (set() if distributed else set(_DISTRIBUTED_FIELDS))
+    older = expected - set(_LIKELY_FIELDS)
+    forms = [form | {"mac"} for form in (expected, older)]
+    forms += [form - {"nonce"} for form in forms]
+    return tuple(frozenset(form) for form in forms + [form - set(RUN_PLAN_FIELDS)
+                                                      for form in forms])
+
+
+_RECORD_FORMS = {distributed: _record_forms(distributed) for distributed in (False, True)}
+
+
 def _release_from(record: dict) -> Release:
-    names = {f.name for f in fields(Release)}
     if not isinstance(record, dict):
         raise ValueError(f"release is a {type(record).__name__}, not an object")
     distributed = record.get("privacy_model") == "distributed"
-    expected = names if distributed else names - set(_DISTRIBUTED_FIELDS)
-    older = expected - set(_LIKELY_FIELDS)  # a distributed release recorded before them
-    forms = [form | {"mac"} for form in (expected, older)]
-    forms += [form - {"nonce"} for form in forms]
-    if set(record) not in forms + [form - set(RUN_PLAN_FIELDS) for form in forms]:
+    if frozenset(record) not in _RECORD_FORMS[distributed]:
         raise ValueError(f"release with fields {sorted(record)}")
     if "batch_size" in record and not (type(record["batch_size"]) is int
                                        and record["batch_size"] > 0):
@@ -544,7 +567,7 @@ def _release_from(record: dict) -> Release:
     if distributed and "likely_l2" not in record:
         record = {**record, "likely_l1": record["l1"], "likely_l2": record["l2"],
                   "rounding_failure": 0.0}
-    return Release(**{k: v for k, v in record.items() if k in names})
+    return Release(**{k: v for k, v in record.items() if k != "mac"})
 
 
 def _canonical(value: object) -> str:
