@@ -240,7 +240,7 @@ def _run_round(
     site_config: ConfigRecord,
     reply_timeout: float,
     secure_spec: ArraySpec | None,
-    evaluate: bool = True,
+    evaluate: bool,
 ) -> ArrayRecord:
     """One round as Flower's ``Strategy.start`` runs it, for any round number (a resumed run
     continues at its next round); returns the new global model. With ``secure_spec`` (the
