@@ -21,11 +21,13 @@
   ``pyproject.toml`` (``cached_app_problem``).
 
 Everything else is ``flower-supernode``, with the same arguments (deploy/site-entrypoint.sh
-passes them).
+passes them), started with torch's threads held to the container's CPU quota
+(``fl_client.cpu_threads``).
 """
 
 import hashlib
 import io
+import os
 import sys
 import tomllib
 import zipfile
@@ -41,6 +43,7 @@ from flwr.supercore.protobuf import client as protobuf_client
 from flwr.supernode import start_client_internal
 from flwr.supernode.cli import flower_supernode
 
+from fl_client.cpu_threads import limit_threads_to_quota
 from fl_protocol.wire import loggable
 
 SITE_CLIENTAPP = "fl_client.client_app:app"
@@ -204,6 +207,7 @@ def bind_runs_to_their_bundles() -> None:
 
 
 def main() -> None:
+    limit_threads_to_quota(os.environ)  # before Flower starts: its ClientApps inherit it
     problem = cached_app_problem(get_flwr_home() / APP_DIR)
     if problem:
         raise SystemExit(f"fedintent-supernode: {problem}")
