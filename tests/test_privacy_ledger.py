@@ -858,3 +858,20 @@ def test_neither_a_dp_evaluation_nor_a_distributed_round_is_refused_for_what_the
                      policy, dimension=1000)
     assert [r.accountant for r in read_ledger(tmp_path, site_secret(tmp_path)).releases
             if r.run == "sum"] == ["rdp", "rdp"]
+
+
+@pytest.mark.parametrize("edit,problem", [
+    (lambda record: "a release", "release is a str, not an object"),
+    (lambda record: record | {"note": "added"}, r"release with fields \[.*'note'"),
+    (lambda record: {k: v for k, v in record.items() if k != "units"}, "release with fields"),
+], ids=["not an object", "a field too many", "a field missing"])
+def test_a_release_record_of_no_known_form_is_named_so(tmp_path, edit, problem):
+    """Found by mutation (stop 63): without the form check such a record still failed, but as
+    the dataclass's own error, which names no release and no field set."""
+    write_ledger(tmp_path, charged(Ledger(privacy_unit="utterance", order=8.0, delta=1e-5),
+                                   release(), ["u1"]), SECRET)
+    document = json.loads((tmp_path / LEDGER_FILE).read_text())
+    document["releases"][0] = edit(document["releases"][0])
+    (tmp_path / LEDGER_FILE).write_text(json.dumps(document))
+    with pytest.raises(LedgerError, match=problem):
+        read_ledger(tmp_path, SECRET)
