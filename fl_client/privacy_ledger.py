@@ -536,7 +536,7 @@ _DISTRIBUTED_FIELDS = ("privacy_model", "skellam_mu", "skellam_mu_share", "l1", 
                        *_LIKELY_FIELDS)
 
 
-def _record_forms(distributed: bool) -> tuple[frozenset[str], ...]:
+def _record_forms(distributed: bool) -> frozenset[frozenset[str]]:
     """The field sets a stored release of either privacy model may have: with or without the
     likely sensitivities (a distributed release recorded before them), the nonce and the run's
     plan, each with its MAC."""
@@ -544,8 +544,8 @@ def _record_forms(distributed: bool) -> tuple[frozenset[str], ...]:
     older = expected - set(_LIKELY_FIELDS)
     forms = [form | {"mac"} for form in (expected, older)]
     forms += [form - {"nonce"} for form in forms]
-    return tuple(frozenset(form) for form in forms + [form - set(RUN_PLAN_FIELDS)
-                                                      for form in forms])
+    return frozenset(frozenset(form) for form in forms + [form - set(RUN_PLAN_FIELDS)
+                                                          for form in forms])
 
 
 _RECORD_FORMS = {distributed: _record_forms(distributed) for distributed in (False, True)}

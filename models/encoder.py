@@ -144,7 +144,6 @@ def embed(texts: list[str], folder: Path) -> torch.Tensor:
     return out
 
 
-@lru_cache(maxsize=2)
 def hidden_size(folder: Path) -> int:
     """Width of the encoder's token states and sentence embeddings, read from its config.json:
     a site builds its head for every message, and loading transformers and the weights only to

@@ -30,12 +30,14 @@ def pytest_configure(config: pytest.Config) -> None:
     width = (HIGH_PORT - LOW_PORT + 1) // workers
     low = LOW_PORT + index * width
     os.environ[PORT_RANGE_VARIABLE] = f"{low}-{low + width - 1}"
-    # Each worker, and every site, ServerApp and command it starts (they inherit the variable),
-    # computes with one thread: torch's default of a thread per core oversubscribes CI's two
-    # cores as soon as two processes compute at once. Two processes embedding the same 245 texts
-    # side by side took 14 to 58 s each with two threads, 7 s with one (4 s alone).
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+    # Each worker's torch, and that of every site, ServerApp and command it starts (they inherit
+    # the variable), computes with one thread: torch's default of a thread per core
+    # oversubscribes CI's two cores as soon as two processes compute at once. Two processes
+    # embedding the same 245 texts side by side took 14 to 58 s each with two threads, 7 s with
+    # one (4 s alone).
+    if "OMP_NUM_THREADS" not in os.environ:  # a developer's own setting is kept
+        os.environ["OMP_NUM_THREADS"] = "1"
+        torch.set_num_threads(1)
 
 
 @pytest.fixture

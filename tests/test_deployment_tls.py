@@ -160,6 +160,7 @@ def test_a_dp_run_over_tls_stops_resumes_on_the_same_sites_and_completes(deploym
                          "--rounds", "2", "--epsilon", "2", "--set", "local-epochs=1",
                          "--set", "stop-after-round=1", "--out", str(out))
     assert stopped.returncode == 1, stopped.stdout + stopped.stderr
+    assert "round   1/2  sites trained 3/3" in stopped.stdout
     assert "stopped after round 1 as asked (stop-after-round); continue with: fedintent " \
         f"deploy-run --resume {out}" in stopped.stderr
     resumed = deploy_run("--resume", str(out))
@@ -176,7 +177,8 @@ def test_a_dp_run_over_tls_stops_resumes_on_the_same_sites_and_completes(deploym
     assert sorted(first) == sorted(second) == sorted(metrics["final"]["sites"])
     assert len(first) == 3
     for site, entry in second.items():
-        assert first[site]["epsilon"] < entry["epsilon"] <= 2.0
+        assert 0 < first[site]["epsilon"] < entry["epsilon"] <= 2.0
+    assert all(0 < site["epsilon"] <= 2.0 for site in metrics["final"]["sites"].values())
     assert (out / "model" / "model.safetensors").stat().st_size > 0
     assert json.loads((out / "model" / "config.json").read_text())
     for site in REGISTERED:

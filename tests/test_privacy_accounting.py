@@ -177,6 +177,18 @@ def test_a_run_reports_its_epsilon_with_the_accountant_its_plan_used(monkeypatch
         [r.mechanism for r in within], 1e-5, "rdp")
 
 
+def test_one_history_composed_at_two_deltas_or_by_two_accountants_gives_each_its_own_epsilon():
+    """``epsilon_spent`` caches a history's composition (stop 63): the delta and the accountant
+    are part of what it is cached by, in whatever order they are asked."""
+    history = [(1.1, 0.1, 30), (1.1, 0.1, 10)]  # coalesced to one mechanism of 40 steps
+    at = {(delta, accountant): epsilon_spent(history, delta, accountant)
+          for delta in (1e-5, 1e-3) for accountant in ("rdp", "prv")}
+    assert at[(1e-5, "rdp")] > at[(1e-3, "rdp")] and at[(1e-5, "prv")] > at[(1e-3, "prv")]
+    assert at[(1e-5, "rdp")] != at[(1e-5, "prv")]
+    assert epsilon_spent([(1.1, 0.1, 40)], 1e-3, "rdp") == at[(1e-3, "rdp")]
+    assert epsilon_spent([(1.1, 0.1, 41)], 1e-3, "rdp") > at[(1e-3, "rdp")]
+
+
 def test_a_target_rdp_cannot_reach_past_the_prv_limit_is_declined_with_nothing_charged(tmp_path):
     """Found in review: a PRV target below RDP's reach (0.1) on a run planned past
     PRV_MAX_STEPS made every site fail with an internal error; it is a declined setting."""

@@ -142,7 +142,8 @@ def site_plans(sizes: list[int], epsilon: float, settings: dict,
             rate, steps = steps_per_round(units, batch, epochs)
             noise = fresh_site_noise(epsilon, info["delta"], rate, steps * rounds, ACCOUNTANT,
                                      float(settings["site-max-epsilon"]), info["delta"])
-            info = {"epsilon": _spent(noise, rate, steps * rounds, info["delta"]),
+            spent = epsilon_spent([(noise, rate, steps * rounds)], info["delta"], ACCOUNTANT)
+            info = {"epsilon": spent,
                     "delta": info["delta"], "noise_multiplier": noise, "sample_rate": rate}
         plans.append(training_plan(family, noise, steps_per_round(units, batch, epochs),
                                    clip_norm=float(settings["clip-norm"]), batch_size=batch,
@@ -150,16 +151,6 @@ def site_plans(sizes: list[int], epsilon: float, settings: dict,
                                    learning_rate=float(settings["learning-rate"])))
         privacy.append(info)
     return plans, privacy
-
-
-_SPENT: dict[tuple, float] = {}
-
-
-def _spent(noise: float, rate: float, steps: int, delta: float) -> float:
-    key = (noise, rate, steps, delta)
-    if key not in _SPENT:
-        _SPENT[key] = epsilon_spent([(noise, rate, steps)], delta, ACCOUNTANT)
-    return _SPENT[key]
 
 
 def train_model(game: Game, model_index: int, epsilon: float, settings: dict) -> dict:
