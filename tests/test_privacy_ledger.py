@@ -875,3 +875,23 @@ def test_a_release_record_of_no_known_form_is_named_so(tmp_path, edit, problem):
     (tmp_path / LEDGER_FILE).write_text(json.dumps(document))
     with pytest.raises(LedgerError, match=problem):
         read_ledger(tmp_path, SECRET)
+
+
+@pytest.mark.parametrize("batch_size", [0, -64, True, 64.0, "64"])
+def test_a_release_whose_plan_has_no_batch_size_is_named_so(tmp_path, batch_size):
+    """Found by mutation (stop 63): a recorded plan's batch size is a whole number above 0, or
+    the release is refused as having none (it failed its MAC without the check, unnamed); a
+    batch of 1 is a plan."""
+    planned = replace(release(), batch_size=64, target_epsilon=8.0, local_epochs=1,
+                      plan_delta=1e-5)
+    write_ledger(tmp_path, charged(Ledger(privacy_unit="utterance", order=8.0, delta=1e-5),
+                                   planned, ["u1"]), SECRET)
+    document = json.loads((tmp_path / LEDGER_FILE).read_text())
+    document["releases"][0]["batch_size"] = batch_size
+    (tmp_path / LEDGER_FILE).write_text(json.dumps(document))
+    with pytest.raises(LedgerError, match="release with a plan of no batch size"):
+        read_ledger(tmp_path, SECRET)
+    write_ledger(tmp_path / "one", charged(Ledger(privacy_unit="utterance", order=8.0,
+                                                  delta=1e-5), replace(planned, batch_size=1),
+                                           ["u1"]), SECRET)
+    assert read_ledger(tmp_path / "one", SECRET).releases[0].batch_size == 1
