@@ -71,6 +71,7 @@ TARGETS = [
     "fl_protocol/durable_files.py",
     "fl_protocol/secret_sharing.py",
     "fl_client/retention.py",
+    "fl_client/deletion_log.py",
     "fl_client/customer_ids.py",
     "fl_client/distributed_dp.py",
     "fl_client/skellam_gdp.py",

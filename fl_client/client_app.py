@@ -48,6 +48,7 @@ from flwr.clientapp import ClientApp
 from flwr.common.logger import log
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
 
+from fl_client.deletion_log import check_deletion_log
 from fl_client.distributed_dp import dimension, noisy_integer_sum, summable_dimension
 from fl_client.dp_evaluation import noisy_scores, unit_contributions
 from fl_client.dp_training import evaluate, train_locally, training_plan
@@ -59,7 +60,6 @@ from fl_client.privacy_units import PADDING_LABEL, group_by_customer, split_unit
 from fl_client.retention import (
     FEATURES,
     RowPolicy,
-    check_deletion_log,
     prune_features,
     row_policy,
     who_deletes,

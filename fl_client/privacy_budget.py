@@ -40,6 +40,7 @@ from pathlib import Path
 
 from flwr.common.logger import log
 
+from fl_client.deletion_log import deletion_log_check, older_log_refusal
 from fl_client.distributed_dp import (
     ROUNDING_FAILURE,
     l1_bound,
@@ -68,7 +69,6 @@ from fl_client.privacy_accounting import (
 from fl_client.privacy_ledger import (
     RUN_PLAN_FIELDS,
     Ledger,
-    LedgerError,
     Release,
     alone_spend,
     now,
@@ -79,7 +79,6 @@ from fl_client.privacy_ledger import (
     write_ledger,
 )
 from fl_client.privacy_units import split_aliases
-from fl_client.retention import deletion_log_check
 from fl_client.site_data import SiteSplit
 from fl_client.site_folders import state_lock
 from fl_client.site_policy import PolicyRefusal, RoundRequest, SitePolicy, check_noise
@@ -274,8 +273,7 @@ def _charge_round(state_dir: Path, units: list[str], request: RoundRequest, poli
         _tighten_delta(ledger, min(lifetime_delta, ledger.delta), policy)
     ledger.deletion_log, problem = deletion_log_check(state_dir, secret, ledger.deletion_log)
     if problem:
-        raise LedgerError(f"{state_dir}: {problem}; refusing to train. Restore the deletion log "
-                          "and its head from the newest copy (docs/SITE_GUIDE.md)")
+        raise older_log_refusal(state_dir, problem, "refusing to train")
     keys = [privacy_unit_key(secret, ledger.privacy_unit, unit) for unit in units]
     former = [[[privacy_unit_key(secret, ledger.privacy_unit, alias) for alias in group]
                for group in aliases.get(unit, ())] for unit in units]

@@ -12,6 +12,7 @@ from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from fl_client.deletion_log import RetentionError, deletion_log_check
 from fl_client.egress_guard import egress_entries, sent_with_epsilon
 from fl_client.privacy_accounting import delta_limit, rdp_epsilon
 from fl_client.privacy_budget import run_epsilons
@@ -23,7 +24,6 @@ from fl_client.privacy_ledger import (
     read_ledger,
     unit_epsilons,
 )
-from fl_client.retention import RetentionError, deletion_log_check
 from fl_client.site_folders import default_state_folders
 from fl_client.site_secret import SecretError, holds_site_state, site_key, site_secret
 

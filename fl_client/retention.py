@@ -32,15 +32,16 @@ What the site derives from rows, and how each copy goes:
   expires or a customer is erased, and the copy from before is dropped;
 * the privacy ledger: per unit a keyed hash and its spend, no text; it is kept, since the spend
   is the guarantee. It records the deletion log's length after every entry, so a log restored
-  from an older copy stops the site (``check_deletion_log``);
+  from an older copy stops the site (``deletion_log.check_deletion_log``);
 * the egress log: sizes, norms and epsilons; nothing per row;
 * the data folder: the site's own records. fedintent reads them and removes rows from them only
   when the site asks (``--delete-from-data``).
 
-Every purge and erasure appends to the deletion log (``STATE/deletions.jsonl``): the run audit
-log's hash chain, with each entry and the head MACed with the site secret
-(``fl_protocol/hash_chain.py``). An entry records the actor, the time, each record kind and its
-count; never text, and a customer only as a keyed hash. ``fedintent audit verify`` checks it.
+Every purge and erasure appends to the deletion log (``STATE/deletions.jsonl``,
+``deletion_log.py``): the run audit log's hash chain, with each entry and the head MACed with the
+site secret (``fl_protocol/hash_chain.py``). An entry records the actor, the time, each record
+kind and its count; never text, and a customer only as a keyed hash. ``fedintent audit verify``
+checks it.
 The ClientApp purges before every training round; ``fedintent purge`` (the site container runs
 it on a schedule) covers the time between runs.
 """
@@ -62,17 +63,21 @@ from pathlib import Path
 from typing import NamedTuple, NoReturn
 
 from fl_client.customer_ids import canonical_customer, erasure_forms
+from fl_client.deletion_log import (
+    RetentionError,
+    append_deletion_entry,
+    deletion_log_entries,
+    has_deletion_log,
+    refuse_an_older_log,
+)
 from fl_client.erase_lines import remove_lines
 from fl_client.privacy_accounting import rdp_epsilon
 from fl_client.privacy_ledger import (
-    HEAD_FILE,
-    LEDGER_FILE,
     LedgerError,
     alone_spend,
     privacy_unit_key,
     read_ledger,
     unit_epsilons,
-    write_ledger,
 )
 from fl_client.redaction import redact
 from fl_client.rows import FileStamp, RejectedRow, Row, SiteDataError
@@ -81,10 +86,8 @@ from fl_client.site_folders import state_lock
 from fl_client.site_secret import site_secret
 from fl_protocol.durable_files import ReplacedNotFlushed
 from fl_protocol.file_owner import os_error_line
-from fl_protocol.hash_chain import ChainError, append_entry, extends, head_path, read_entries
 from models.feature_store import Pruned, prune
 
-DELETION_LOG = "deletions.jsonl"
 FEATURES = "features"
 FUTURE_SLACK = timedelta(days=1)
 """How far ahead a row may be dated (clock skew between the site's systems)."""
@@ -95,11 +98,6 @@ EXPIRED, UNDATED, FUTURE, ERASED = "expired", "undated", "dated in the future", 
 DELETED_FROM_DATA = (EXPIRED, ERASED)
 """The rows ``--delete-from-data`` removes from the data folder: those the policy has ended.
 Undated and future-dated rows stay there for the site to fix."""
-
-
-class RetentionError(SiteDataError):
-    """The site's deletion records are unusable (a broken deletion log): it must not use its
-    data until they are restored, or it could use rows it promised to forget."""
 
 
 @dataclass(frozen=True)
@@ -174,9 +172,9 @@ def row_policy(state_dir: Path, retention_days: float, now: datetime | None = No
     erased: tuple[tuple[str, datetime], ...] = ()
     secret = b""
     now = now or datetime.now(UTC)
-    if _has_log(state_dir):  # a site that never deleted anything needs no secret to read
+    if has_deletion_log(state_dir):  # a site that never deleted anything needs no secret to read
         secret = site_secret(state_dir)
-        entries = _log_entries(state_dir, secret)
+        entries = deletion_log_entries(state_dir, secret)
         erased = tuple(sorted(
             (str(entry["customer"]), datetime.fromisoformat(str(entry["erased_at"])))
             for entry in entries if entry.get("event") == "erasure"
@@ -225,7 +223,7 @@ def purge(site_dir: Path, state_dir: Path, retention_days: float, actor: str,
     would otherwise delete, for good, rows still within the retention (found in review)."""
     secret = site_secret(state_dir)  # a site's state folder, set up: never a stray one remade
     with state_lock(state_dir):
-        _refuse_an_older_log(state_dir, secret)
+        refuse_an_older_log(state_dir, secret)
         policy = row_policy(state_dir, retention_days, now)
         rejected: list[RejectedRow] = []
         train, test = read_rows(site_dir, rejected)
@@ -297,7 +295,7 @@ def forget(site_dir: Path, state_dir: Path, customer: str, retention_days: float
         raise ValueError("the customer id is empty")
     secret = site_secret(state_dir)  # a site's state folder, set up: never a stray one remade
     with state_lock(state_dir):
-        _refuse_an_older_log(state_dir, secret)
+        refuse_an_older_log(state_dir, secret)
         rejected: list[RejectedRow] = []
         try:
             train, test = read_rows(site_dir, rejected)
@@ -312,10 +310,11 @@ def forget(site_dir: Path, state_dir: Path, customer: str, retention_days: float
             units, epsilon, delta, unit, problem = 0, 0.0, math.nan, "", str(err)
         # every row present now, whatever clock or time zone dated it
         cut_off = max([now + FUTURE_SLACK, *(row.when for row in theirs if row.when is not None)])
-        _append(state_dir, secret, "erasure",
-                {"actor": actor, "customer": customer_key(secret, customer),
-                 "requested_at": now.isoformat(), "erased_at": cut_off.isoformat(),
-                 "rows_found": len(theirs), "ledger_units": None if problem else units})
+        append_deletion_entry(
+            state_dir, secret, "erasure",
+            {"actor": actor, "customer": customer_key(secret, customer),
+             "requested_at": now.isoformat(), "erased_at": cut_off.isoformat(),
+             "rows_found": len(theirs), "ledger_units": None if problem else units})
         policy = row_policy(state_dir, retention_days, now)
         live, ended, not_used = _partition(rows, policy)
         pruned = prune(Path(state_dir) / FEATURES, [redact(row.text) for row in live])
@@ -352,10 +351,11 @@ def _unread_erasure(state_dir: Path, secret: bytes, customer: str, actor: str, n
     in review: the request's time plus a day missed rows dated later, which a site without a
     retention limit uses, as does one whose log a clock running ahead stamped). Then say what
     was not done."""
-    _, problem = _append(state_dir, secret, "erasure",
-                         {"actor": actor, "customer": customer_key(secret, customer),
-                          "requested_at": now.isoformat(),
-                          "erased_at": UNBOUNDED_CUT_OFF.isoformat(), "rows_found": None})
+    _, problem = append_deletion_entry(
+        state_dir, secret, "erasure",
+        {"actor": actor, "customer": customer_key(secret, customer),
+         "requested_at": now.isoformat(), "erased_at": UNBOUNDED_CUT_OFF.isoformat(),
+         "rows_found": None})
     reason = os_error_line(err) if isinstance(err, OSError) else str(err)
     ledger = (f"; the privacy ledger could not record the deletion log's new length, so the site "
               f"does not train until it reads again: {problem}" if problem else "")
@@ -479,133 +479,13 @@ def _delete_rows_logged(state_dir: Path, rows: list[Row], event: str, who: str,
 
 def _logged(state_dir: Path, event: str, who: str, not_used: Counter, feature_rows: int,
             files: int, data_rows: int, details: dict) -> Deletion:
-    entry, problem = _append(
+    entry, problem = append_deletion_entry(
         state_dir, site_secret(state_dir), event,
         {"actor": who, **details, "rows_not_used": dict(sorted(not_used.items())),
          "deleted": {"feature rows": feature_rows, "feature files": files,
                      "data rows": data_rows}})
     return Deletion(not_used=not_used, feature_rows=feature_rows, files=files,
                     data_rows=data_rows, log_entry=int(entry["seq"]), ledger_problem=problem)
-
-
-def _append(state_dir: Path, secret: bytes, event: str, fields: dict) -> tuple[dict, str]:
-    """Append one entry to the deletion log, then record the log's new length in the privacy
-    ledger, if the site has one: a log later restored from a copy older than this entry stops
-    the site before any row is read (found in review: the ledger recorded it only at charges,
-    so erasures made after the last charge were lost, unnoticed, when the log was restored as
-    the guide said). Returns (the entry, why the ledger could not record it, or "")."""
-    try:
-        entry = append_entry(Path(state_dir) / DELETION_LOG, event, fields, key=secret)
-    except ChainError as err:
-        raise RetentionError(f"deletion log: {err}") from err
-    try:
-        ledger = read_ledger(Path(state_dir), secret)
-    except LedgerError as err:  # the site does not train until it reads; the entry stands
-        return entry, str(err)
-    if ledger is not None:
-        # never over a log older than the one recorded: that would bless it (found in review)
-        _, problem = deletion_log_check(state_dir, secret, ledger.deletion_log)
-        if problem:
-            return entry, problem
-        ledger.deletion_log = {"entries": int(entry["seq"]), "hash": str(entry["hash"])}
-        write_ledger(Path(state_dir), ledger, secret)
-    return entry, ""
-
-
-def _refuse_an_older_log(state_dir: Path, secret: bytes) -> None:
-    """Refuse to extend a deletion log that is broken, or older than the one the privacy ledger
-    recorded: an entry appended there would be lost when the log is repaired as the guide says,
-    by restoring the newest copy over it (found in review: an erasure recorded so, and reported
-    done, was undone by that repair, and a scheduled purge added an entry each time). The site
-    reads no row until the log is repaired, so nothing is used meanwhile. A ledger that does
-    not read leaves the log as it is: its repair restores the whole folder, and ``forget`` then
-    says to run it again."""
-    entries = _log_entries(state_dir, secret)
-    try:
-        ledger = read_ledger(Path(state_dir), secret)
-    except LedgerError:
-        return
-    problem = deletion_log_problem(entries, ledger.deletion_log) if ledger else None
-    if problem:
-        raise RetentionError(
-            f"{problem}; nothing is recorded or removed. Restore the deletion log and its head "
-            "from the newest copy (docs/SITE_GUIDE.md, \"Only the deletion log is older\"), "
-            "then run this again")
-
-
-def _has_log(state_dir: Path) -> bool:
-    log = Path(state_dir) / DELETION_LOG
-    return log.exists() or head_path(log).exists()
-
-
-def _log_entries(state_dir: Path, secret: bytes) -> list[dict]:
-    try:
-        return read_entries(Path(state_dir) / DELETION_LOG, key=secret)
-    except ChainError as err:
-        if isinstance(err.__cause__, PermissionError):
-            raise RetentionError(f"deletion log: {err}; the site does not use its data until "
-                                 "it can read it") from err
-        raise RetentionError(f"deletion log: {err}; the site does not use its data until the "
-                             "log is restored from a backup (it records which customers were "
-                             "erased)") from err
-
-
-def deletion_log_check(state_dir: Path, secret: bytes,
-                       recorded: dict) -> tuple[dict, str | None]:
-    """(``{"entries", "hash"}`` of the site's deletion log now, empty without one; why it is not
-    the log a ledger ``recorded`` when it last grew, or a later one, or None), from one read:
-    deleted, or restored from an older copy, it no longer names every erased customer, whose
-    rows would be used again."""
-    entries = _log_entries(state_dir, secret) if _has_log(state_dir) else []
-    now = {"entries": len(entries), "hash": entries[-1]["hash"]} if entries else {}
-    return now, deletion_log_problem(entries, recorded)
-
-
-def deletion_log_problem(entries: list[dict], recorded: dict) -> str | None:
-    """Why a deletion log of ``entries`` (verified) is not the one a ledger ``recorded`` when it
-    last grew, or a later one, or None: the site's rule, for a caller that has read the log."""
-    if extends(entries, recorded):
-        return None
-    held = "1 entry" if len(entries) == 1 else f"{len(entries)} entries"
-    count = int(recorded["entries"])
-    if len(entries) < count:
-        return (f"the deletion log holds {held}, but the privacy ledger recorded {count} when "
-                "it last grew: it was deleted or restored from an older copy, and customers "
-                "erased since would be used again")
-    return (f"the deletion log's entry {count} is not the one the privacy ledger recorded when "
-            f"the log last grew (it holds {held}): it was rewritten, or restored from a copy "
-            "of another history, and customers erased in the one recorded may be used again")
-
-
-def recorded_retention_days(state_dir: Path) -> float | None:
-    """The retention the site's deletion log last recorded (every purge records the one it
-    applied; so does a ClientApp's, from the node config), or None without one: what a purge
-    run by hand should apply when it is not told (found in review: it applied a default of 30
-    days, and with ``--delete-from-data`` deleted rows a 365-day site still keeps)."""
-    if not _has_log(state_dir):
-        return None
-    recorded = [entry["retention_days"] for entry in _log_entries(state_dir,
-                                                                  site_secret(state_dir))
-                if "retention_days" in entry and not entry.get("retention_default")]
-    if not recorded:
-        return None
-    return math.inf if recorded[-1] is None else float(recorded[-1])  # JSON's null: no limit
-
-
-def check_deletion_log(state_dir: Path) -> None:
-    """Raise ``LedgerError`` when the deletion log is not the one the privacy ledger recorded
-    when it last grew (or a later one), before any row is read: under a log deleted or restored
-    from an older copy, customers erased since would be read, featurized into the feature store
-    and scored by an exact evaluation, none of which is charged (found in review: the check ran
-    only at the charge)."""
-    if not any((Path(state_dir) / name).exists() for name in (LEDGER_FILE, HEAD_FILE)):
-        return  # nothing charged yet, so nothing recorded
-    secret = site_secret(state_dir)
-    ledger = read_ledger(Path(state_dir), secret)
-    _, problem = deletion_log_check(state_dir, secret, ledger.deletion_log if ledger else {})
-    if problem:
-        raise LedgerError(f"{state_dir}: {problem}; the site does not use its data. Restore the "
-                          "deletion log and its head from the newest copy (docs/SITE_GUIDE.md)")
 
 
 @dataclass(frozen=True)
@@ -663,11 +543,11 @@ def _earlier_erasure(state_dir: Path, secret: bytes, customer: str) -> EarlierEr
     the spend (recorded by an earlier release, or with the ledger unreadable). One that found
     neither is none (found in review: a mistyped id forgotten twice read as erased with spend
     kept, and an erasure made before any training as spend the ledger keeps)."""
-    if not _has_log(state_dir):
+    if not has_deletion_log(state_dir):
         return None
     key = customer_key(secret, customer)
     counted, uncounted = [], []
-    for entry in _log_entries(state_dir, secret):
+    for entry in deletion_log_entries(state_dir, secret):
         if entry.get("event") != "erasure" or entry.get("customer") != key:
             continue
         asked, units = datetime.fromisoformat(str(entry["requested_at"])), entry.get("ledger_units")

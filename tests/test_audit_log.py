@@ -657,7 +657,7 @@ def test_a_backup_copy_without_an_erasure_the_sites_log_holds_is_broken(tmp_path
 def test_a_log_of_another_history_is_not_called_shorter_than_recorded():
     """Found in review: a log rewritten and grown back to the recorded length read "holds 2
     entries, but the privacy ledger recorded 2 ... restored from an older copy"."""
-    from fl_client.retention import deletion_log_problem
+    from fl_client.deletion_log import deletion_log_problem
 
     entries = [{"hash": "a"}, {"hash": "b"}]
     assert deletion_log_problem(entries, {"entries": 2, "hash": "b"}) is None

@@ -27,9 +27,10 @@ from test_plan_checks_mutants import evaluate, evaluations, write_evaluating_sit
 from test_retention import NOW, log_entries, site_rows, write_site
 from test_site_privacy import context
 
+from fl_client.deletion_log import DELETION_LOG
 from fl_client.egress_guard import egress_guard
 from fl_client.privacy_ledger import LEDGER_FILE, Ledger, write_ledger
-from fl_client.retention import DELETION_LOG, customer_key, customer_spend, forget
+from fl_client.retention import customer_key, customer_spend, forget
 from fl_client.site_secret import create_site_secret, site_secret
 from fl_protocol import hash_chain
 from fl_protocol.wire import MAX_RUN_NAME, Reason, error_reply, run_name_problem

@@ -12,6 +12,7 @@ import pytest
 
 import fl_client.privacy_budget as privacy_budget
 import fl_client.privacy_ledger as privacy_ledger
+from fl_client.deletion_log import DELETION_LOG
 from fl_client.privacy_accounting import epsilon_spent
 from fl_client.privacy_budget import charge_round, lifetime_delta
 from fl_client.privacy_ledger import (
@@ -27,7 +28,6 @@ from fl_client.privacy_ledger import (
     unit_key,
     write_ledger,
 )
-from fl_client.retention import DELETION_LOG
 from fl_client.site_policy import PolicyRefusal, RoundRequest, SitePolicy
 from fl_client.site_secret import (
     KEYED_FILES,

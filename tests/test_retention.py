@@ -19,16 +19,15 @@ import fl_client.client_app as client_app
 import fl_client.retention as retention
 from fedintent.cli import main as fedintent
 from fl_client.customer_ids import canonical_customer
+from fl_client.deletion_log import DELETION_LOG, RetentionError
 from fl_client.privacy_accounting import rdp_epsilon
 from fl_client.privacy_ledger import read_ledger, unit_key
 from fl_client.redaction import redact
 from fl_client.retention import (
-    DELETION_LOG,
     ERASED,
     EXPIRED,
     FUTURE,
     UNDATED,
-    RetentionError,
     RowPolicy,
     customer_key,
     customer_spend,

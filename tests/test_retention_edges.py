@@ -16,19 +16,21 @@ import pytest
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 
 import fl_client.client_app as client_app
+from fl_client.deletion_log import (
+    DELETION_LOG,
+    RetentionError,
+    check_deletion_log,
+    recorded_retention_days,
+)
 from fl_client.privacy_ledger import LEDGER_FILE, LedgerError
 from fl_client.retention import (
-    DELETION_LOG,
     ERASED,
     FUTURE,
     UNDATED,
-    RetentionError,
     RowPolicy,
-    check_deletion_log,
     customer_key,
     forget,
     purge,
-    recorded_retention_days,
     retention_window,
     row_policy,
     who_deletes,

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from fedintent.cli import main
+from fl_client.deletion_log import DELETION_LOG
 from fl_client.privacy_ledger import HEAD_FILE, LEDGER_FILE, Ledger, Release, now, write_ledger
-from fl_client.retention import DELETION_LOG
 from fl_client.site_secret import SECRET_FILE, site_secret
 from fl_protocol.file_owner import permission_denied
 from fl_protocol.hash_chain import head_path

@@ -20,6 +20,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 
 import fl_client.client_app as client_app
 from fl_client.data_files import list_site_dirs
+from fl_client.deletion_log import RetentionError
 from fl_client.privacy_accounting import rdp_epsilon
 from fl_client.privacy_ledger import (
     LEDGER_FILE,
@@ -30,7 +31,7 @@ from fl_client.privacy_ledger import (
     write_ledger,
 )
 from fl_client.privacy_report import EXHAUSTED_SHARE, site_privacy_report
-from fl_client.retention import RetentionError, customer_spend, forget, row_policy
+from fl_client.retention import customer_spend, forget, row_policy
 from fl_client.rows import SiteDataError
 from fl_client.site_data import load_site
 from fl_client.site_secret import create_site_secret, site_secret

@@ -223,7 +223,7 @@ def _against_the_live_log(state_dir: Path, key: bytes, entries: list[dict],
     newest erasure was OK to restore, and un-erased it. Only a site log that verifies and is the
     one its ledger ``recorded`` (or a later one) is compared: a log that went its own way after
     a rollback is not one a copy could hold."""
-    from fl_client.retention import DELETION_LOG
+    from fl_client.deletion_log import DELETION_LOG
     from fl_protocol.hash_chain import NotALogError, extends, head_path, verify_log_entries
 
     live_log = state_dir / DELETION_LOG
@@ -252,7 +252,7 @@ def _entries(count: int) -> str:
 def _is_a_state_folders_deletion_log(args: argparse.Namespace) -> bool:
     """Whether the log is the deletion log of a site's state folder (one holding a site
     secret), which the site's privacy ledger records the length of once it has trained."""
-    from fl_client.retention import DELETION_LOG
+    from fl_client.deletion_log import DELETION_LOG
     from fl_client.site_secret import SECRET_FILE
 
     state_dir = args.state_dir or args.log.parent
@@ -286,7 +286,7 @@ def _against_the_ledger(args: argparse.Namespace, secret: bytes,
     """(whether the site has a privacy ledger, why the deletion log of ``entries``, as verify
     read it, is not the one it recorded or a later one, or None), by the site's own rule;
     ``secret`` the site's, as the log's MACs were checked with."""
-    from fl_client.retention import deletion_log_problem
+    from fl_client.deletion_log import deletion_log_problem
 
     ledger = _ledger(args, args.state_dir or args.log.parent, secret)
     return ledger is not None, deletion_log_problem(entries,

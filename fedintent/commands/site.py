@@ -324,7 +324,7 @@ def _retention_days(args: argparse.Namespace, state_dir: Path,
     came from when not given): only a retention given on this command line decides which rows
     are deleted from the data folder (found in review: a one-off ``--retention-days 1``,
     recorded, then deleted every row of a 365-day site on the next run without the flag)."""
-    from fl_client.retention import recorded_retention_days
+    from fl_client.deletion_log import recorded_retention_days
 
     if args.retention_days is not None:
         return args.retention_days, ""
