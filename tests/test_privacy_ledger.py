@@ -895,3 +895,16 @@ def test_a_release_whose_plan_has_no_batch_size_is_named_so(tmp_path, batch_size
                                                   delta=1e-5), replace(planned, batch_size=1),
                                            ["u1"]), SECRET)
     assert read_ledger(tmp_path / "one", SECRET).releases[0].batch_size == 1
+
+
+@pytest.mark.parametrize("nonce", ["", 7, None])
+def test_a_release_whose_nonce_is_empty_or_not_text_is_named_so(tmp_path, nonce):
+    """Found by mutation (stop 63): a recorded nonce is non-empty text, or the release is
+    refused as having an empty one (it failed its MAC without the check, unnamed)."""
+    write_ledger(tmp_path, charged(Ledger(privacy_unit="utterance", order=8.0, delta=1e-5),
+                                   replace(release(), nonce="a1b2"), ["u1"]), SECRET)
+    document = json.loads((tmp_path / LEDGER_FILE).read_text())
+    document["releases"][0]["nonce"] = nonce
+    (tmp_path / LEDGER_FILE).write_text(json.dumps(document))
+    with pytest.raises(LedgerError, match="release with an empty nonce"):
+        read_ledger(tmp_path, SECRET)
