@@ -147,5 +147,6 @@ def embed(texts: list[str], folder: Path) -> torch.Tensor:
 def hidden_size(folder: Path) -> int:
     """Width of the encoder's token states and sentence embeddings, read from its config.json:
     a site builds its head for every message, and loading transformers and the weights only to
-    learn this width cost each message about 3 CPU-seconds where its features were cached."""
+    learn this width cost each message 1.4 of its 6.3 CPU-seconds where its features were
+    cached (benchmarks/site_resources.py, a later round at 300 utterances, idle machine)."""
     return int(json.loads((folder / "config.json").read_text(encoding="utf-8"))["hidden_size"])

@@ -134,7 +134,7 @@ def test_a_bad_checkpoint_folder_is_refused_with_its_path(tmp_path, make, proble
 def test_a_site_builds_its_head_without_loading_the_encoder():
     """A message whose features the site has cached builds the head from the checkpoint's
     config.json: loading transformers and the weights for its width cost every message to a
-    deployed site about 3 CPU-seconds."""
+    deployed site 1.4 CPU-seconds (of 6.3 for a later round at 300 utterances)."""
     probe = ("import sys; from models import get_model_family; "
              "head = get_model_family('minilm-head').build_model(7); "
              "print(tuple(head.weight.shape), 'transformers' in sys.modules)")
