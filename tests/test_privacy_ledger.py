@@ -137,12 +137,6 @@ def test_an_unreadable_egress_log_stops_the_site(state):
         read_ledger(state, SECRET)
 
 
-def edit(path, change) -> None:
-    document = json.loads(path.read_text())
-    change(document)
-    path.write_text(json.dumps(document))
-
-
 @pytest.mark.parametrize(
     "tamper",
     [
@@ -160,7 +154,7 @@ def edit(path, change) -> None:
     ],
 )
 def test_tampered_ledger_is_refused(state, tamper):
-    edit(state / LEDGER_FILE, tamper)
+    rewrite(state, tamper)
     with pytest.raises(LedgerError, match="the site does not train"):
         read_ledger(state, SECRET)
 
@@ -860,21 +854,17 @@ def test_neither_a_dp_evaluation_nor_a_distributed_round_is_refused_for_what_the
             if r.run == "sum"] == ["rdp", "rdp"]
 
 
-@pytest.mark.parametrize("edit,problem", [
-    (lambda record: "a release", "release is a str, not an object"),
-    (lambda record: record | {"note": "added"}, r"release with fields \[.*'note'"),
-    (lambda record: {k: v for k, v in record.items() if k != "units"}, "release with fields"),
+@pytest.mark.parametrize("change,problem", [
+    (lambda doc: doc.update(releases=["a release"]), "release is a str, not an object"),
+    (lambda doc: doc["releases"][0].update(note="added"), r"release with fields \[.*'note'"),
+    (lambda doc: doc["releases"][0].pop("units"), "release with fields"),
 ], ids=["not an object", "a field too many", "a field missing"])
-def test_a_release_record_of_no_known_form_is_named_so(tmp_path, edit, problem):
+def test_a_release_record_of_no_known_form_is_named_so(state, change, problem):
     """Found by mutation (stop 63): without the form check such a record still failed, but as
     the dataclass's own error, which names no release and no field set."""
-    write_ledger(tmp_path, charged(Ledger(privacy_unit="utterance", order=8.0, delta=1e-5),
-                                   release(), ["u1"]), SECRET)
-    document = json.loads((tmp_path / LEDGER_FILE).read_text())
-    document["releases"][0] = edit(document["releases"][0])
-    (tmp_path / LEDGER_FILE).write_text(json.dumps(document))
+    rewrite(state, change)
     with pytest.raises(LedgerError, match=problem):
-        read_ledger(tmp_path, SECRET)
+        read_ledger(state, SECRET)
 
 
 @pytest.mark.parametrize("batch_size", [0, -64, True, 64.0, "64"])
@@ -882,13 +872,10 @@ def test_a_release_whose_plan_has_no_batch_size_is_named_so(tmp_path, batch_size
     """Found by mutation (stop 63): a recorded plan's batch size is a whole number above 0, or
     the release is refused as having none (it failed its MAC without the check, unnamed); a
     batch of 1 is a plan."""
-    planned = replace(release(), batch_size=64, target_epsilon=8.0, local_epochs=1,
-                      plan_delta=1e-5)
+    planned = replace(release(), **PLAN)
     write_ledger(tmp_path, charged(Ledger(privacy_unit="utterance", order=8.0, delta=1e-5),
                                    planned, ["u1"]), SECRET)
-    document = json.loads((tmp_path / LEDGER_FILE).read_text())
-    document["releases"][0]["batch_size"] = batch_size
-    (tmp_path / LEDGER_FILE).write_text(json.dumps(document))
+    rewrite(tmp_path, lambda doc: doc["releases"][0].update(batch_size=batch_size))
     with pytest.raises(LedgerError, match="release with a plan of no batch size"):
         read_ledger(tmp_path, SECRET)
     write_ledger(tmp_path / "one", charged(Ledger(privacy_unit="utterance", order=8.0,
@@ -903,8 +890,6 @@ def test_a_release_whose_nonce_is_empty_or_not_text_is_named_so(tmp_path, nonce)
     refused as having an empty one (it failed its MAC without the check, unnamed)."""
     write_ledger(tmp_path, charged(Ledger(privacy_unit="utterance", order=8.0, delta=1e-5),
                                    replace(release(), nonce="a1b2"), ["u1"]), SECRET)
-    document = json.loads((tmp_path / LEDGER_FILE).read_text())
-    document["releases"][0]["nonce"] = nonce
-    (tmp_path / LEDGER_FILE).write_text(json.dumps(document))
+    rewrite(tmp_path, lambda doc: doc["releases"][0].update(nonce=nonce))
     with pytest.raises(LedgerError, match="release with an empty nonce"):
         read_ledger(tmp_path, SECRET)
