@@ -36,7 +36,9 @@ def quota_cpus(cpu_max: Path) -> int | None:
 def limit_threads_to_quota(environ: MutableMapping[str, str]) -> None:
     """Set ``OMP_NUM_THREADS`` in ``environ`` to the container's CPU quota, unless it is set or
     there is no quota; never above the cores the process may run on."""
+    if "OMP_NUM_THREADS" in environ:
+        return
     cpus = quota_cpus(CGROUP_CPU_MAX)
-    if cpus is None or "OMP_NUM_THREADS" in environ:
+    if cpus is None:
         return
     environ["OMP_NUM_THREADS"] = str(min(cpus, len(os.sched_getaffinity(0))))
