@@ -83,7 +83,10 @@ ALPHA = 0.5
 TOLERATED_SITES = 2
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY_RUN_TIMEOUT_S = 4 * 3600
-ROUND_LINE = re.compile(r"round\s+(\d+)/(\d+)")
+ROUND_LINE = re.compile(r"round\s+(\d+)/(\d+)\s+sites trained")
+"""The line ``deploy-run`` prints when a round has ended (``fl_server.progress.round_lines``),
+not its ``in progress`` lines (``fedintent.commands.progress``), which print while the round
+runs and, taken for its end, timed the first round at its first 30 s."""
 SERVER_LOG_LINE = re.compile(r"^\d\d/\d\d/\d{4} (\d\d):(\d\d):(\d\d):\w+:(.*)$")
 SECAGG_EVENTS = {"begin": "Secure aggregation commencing",
                  "shares": "[Stage 3] Received key shares", "end": "Secure aggregation completed"}
@@ -212,7 +215,11 @@ def measure_deployment(args: argparse.Namespace, num_sites: int, settings: dict)
                     "DATA_DIR": str(site), "STATE_DIR": str(state),
                     "MAX_EPSILON": str(cell_lifetime_budget(epsilon)["site-max-epsilon"]),
                     "SUPERNODE_PORT": str(free_port()), "RETENTION_DAYS": "inf",
-                    "PURGE_INTERVAL_HOURS": "0"}
+                    "PURGE_INTERVAL_HOURS": "0",
+                    # 20 sites share this machine's cores: one thread each, as the quota
+                    # rule gives a site container run with ``--cpus 1``, not a thread per
+                    # core each, which oversubscribes the cores (docs/TESTING.md).
+                    "OMP_NUM_THREADS": "1"}
                 site_processes.append(start_process(
                     [str(REPO / "deploy" / "site-entrypoint.sh")], site_env, log, processes))
             write_release(root / "release", creds.signing_key)
@@ -230,7 +237,7 @@ def measure_deployment(args: argparse.Namespace, num_sites: int, settings: dict)
                 f"site{i}": [process.pid] for i, process in enumerate(site_processes)}
             with PeakMemory(trees) as memory:
                 started = time.monotonic()
-                round_times = _follow(command, flower_env(root / "engineer-home"), root)
+                round_times = follow_rounds(command, flower_env(root / "engineer-home"), root)
                 wall = time.monotonic() - started
         finally:
             stop_process_trees(processes)
@@ -248,7 +255,7 @@ def measure_deployment(args: argparse.Namespace, num_sites: int, settings: dict)
     }
 
 
-def _follow(command: list[str], env: dict[str, str], root: Path) -> list[float]:
+def follow_rounds(command: list[str], env: dict[str, str], root: Path) -> list[float]:
     """Run ``fedintent deploy-run``, echoing its output; the time each round was reported."""
     times: list[float] = []
     with open(root / "deploy-run.log", "w", encoding="utf-8") as log:

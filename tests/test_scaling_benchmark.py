@@ -3,6 +3,7 @@ count is kept and never mixed with runs of other settings, and the report lists 
 measured. The runs themselves are the end-to-end tests' simulation; not repeated here."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from fedintent.bench.federated import PeakMemory
+from fl_server.progress import round_lines
 from fl_server.run_config import check_run_config, tuned_settings
 
 
@@ -132,6 +134,21 @@ def test_peak_memory_counts_each_named_process_tree() -> None:
         child.wait()
     assert memory.peaks["child"] >= 200 * 2**20
     assert memory.peak_bytes == memory.peaks["child"] < 1024 * 2**20
+
+
+def test_a_deployed_round_is_timed_at_its_end_not_at_its_in_progress_lines(
+        scaling, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """``deploy-run`` prints ``in progress`` lines while a round runs; taken for the round's
+    end, they timed the first round at its first 30 seconds."""
+    finished = [round_lines({"round": n, "sites_trained": 2, "max_epsilon": 1.5}, 2)[0]
+                for n in (1, 2)]
+    output = ["round   1/2  in progress: 2 sites training (30 s; the first round embeds every "
+              "utterance once at each site)", "round   1/2  in progress (60 s)", finished[0],
+              "round   2/2  in progress: 2 sites evaluating (30 s)", finished[1]]
+    command = [sys.executable, "-c", f"print({chr(10).join(output)!r})"]
+    times = scaling.follow_rounds(command, dict(os.environ), tmp_path)
+    assert len(times) == 2
+    assert [line.strip() for line in capsys.readouterr().out.splitlines()] == finished
 
 
 def test_secagg_times_come_from_the_server_log_after_the_first_round(
