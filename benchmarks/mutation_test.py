@@ -59,6 +59,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # and naming them here would silently drop mutants when they are renamed.
 TARGETS = [
     "fl_client/dp_training.py",
+    "fl_client/dp_evaluation.py",
     "fl_client/privacy_accounting.py",
     "fl_client/privacy_budget.py",
     "fl_client/privacy_ledger.py",
@@ -82,7 +83,7 @@ TARGETS = [
 # added under fl_client/ is mutated without editing this list (privacy_report.py only formats:
 # left out).
 DISCOVER = ["fl_client/site_policy*.py", "fl_client/*ledger*.py", "fl_client/privacy_*.py",
-            "fl_client/*guarantee*.py"]
+            "fl_client/*guarantee*.py", "fl_client/dp_*.py"]
 NOT_DISCOVERED = {"fl_client/privacy_report.py"}
 
 FAST_TESTS = [

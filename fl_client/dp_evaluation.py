@@ -14,9 +14,10 @@ answers instead with this release, charged to its ledger like a training round
 * **The noise.** The site adds Gaussian noise of standard deviation ``noise_multiplier`` to each
   of the three sums: the Gaussian mechanism, which is a DP-SGD step with sample rate 1, one step
   and clip norm 1. So it is charged as exactly that release, planned for the site's own
-  ``evaluation-epsilon`` over the run's planned rounds, as the run ``<run> (evaluation)``, in the
-  same ledger and under the same unit keys as training (a customer with rows in both splits
-  composes both spends), through the same lifetime filter.
+  ``evaluation-epsilon`` over the run's planned evaluations (every ``evaluate-every``-th round
+  and the last), as the run ``<run> (evaluation)``, in the same ledger and under the same unit
+  keys as training (a customer with rows in both splits composes both spends), through the same
+  lifetime filter.
 * **What leaves.** Accuracy (first sum / third), loss (``LOSS_CAP`` x second / third) and the
   unit count (sqrt(3) x third, rounded, at least 1), each clipped into its range: functions of
   the noisy sums only, so post-processing, which costs no privacy. No macro-F1: per-class counts

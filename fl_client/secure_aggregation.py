@@ -49,6 +49,7 @@ sites than that site shared keys with (docs/PRIVACY.md). What no site can check 
 public keys it is sent are the other sites' and not the server's own (docs/PRIVACY.md).
 """
 
+import math
 from collections.abc import Mapping
 from logging import WARNING
 
@@ -132,14 +133,23 @@ def secure_aggregation_mod(msg: Message, context: Context, call_next: ClientAppC
 def secure_sum_problem(settings: Mapping[str, object], request: RoundRequest | None) -> str | None:
     """Why the secure sum set up with ``settings`` (SecAgg+'s setup values) may not carry this
     site's update, or None. Every secure round: a modulus whose values fit the 32-bit words the
-    site sends. Distributed DP (``request`` given): a sum over exactly the cohort the noise share
-    is planned for, that fewer than ``cohort - tolerated-sites`` sites cannot unmask, whose
+    site sends, a positive finite weight and clipping range and a quantization range from 1 to
+    the modulus, which Flower does not check (found in review: a negative weight negated the
+    update, an infinite one zeroed it, and a zero one failed after the round was charged).
+    Distributed DP (``request`` given): a sum over exactly the cohort the noise share is
+    planned for, that fewer than ``cohort - tolerated-sites`` sites cannot unmask, whose
     threshold is above half of ``cohort + tolerated-sites`` (a colluding site gives up both its
     shares of a site's two secrets, an honest one only the one its survivor list asks for, so
     k colluders rebuild both when ``2 x threshold <= cohort + k``; found in review), and that
     carries the site's integers exactly."""
     if int(settings[Key.MOD_RANGE]) != MODULUS:
         return f"modulus {settings[Key.MOD_RANGE]}, expected {MODULUS}"
+    weight, clipping = settings.get(Key.MAX_WEIGHT), settings.get(Key.CLIPPING_RANGE)
+    levels = settings.get(Key.TARGET_RANGE)
+    if not (_positive_number(weight) and _positive_number(clipping) and type(levels) is int
+            and 1 <= levels <= MODULUS):
+        return (f"quantization (range {levels}, clipping {clipping}, weight {weight}): a "
+                f"range from 1 to {MODULUS} and a positive finite clipping range and weight")
     if request is None:
         return None
     cohort, needed = request.cohort_size, request.cohort_size - request.tolerated_sites
@@ -162,6 +172,10 @@ def secure_sum_problem(settings: Mapping[str, object], request: RoundRequest | N
                 f"{settings[Key.CLIPPING_RANGE]}, weight {settings[Key.MAX_WEIGHT]}) would not "
                 f"carry integers exactly; expected {target}, {target / 2:g}, {WEIGHT:g}")
     return None
+
+
+def _positive_number(value: object) -> bool:
+    return type(value) in (int, float) and 0 < value < math.inf
 
 
 def _distributed_request(msg: Message, context: Context) -> RoundRequest | None:
@@ -286,6 +300,10 @@ def _check_shares_asked(stage: str, msg: Message, context: Context) -> None:
     elif stage == Stage.COLLECT_MASKED_VECTORS:
         problem = partners_problem(list(configs.get(Key.SOURCE_LIST, [])),
                                    list(state.get("public_keys_dict:K", [])), int(state["nid"]))
+        if not problem and (len(configs.get(Key.CIPHERTEXT_LIST, []))
+                            != len(configs.get(Key.SOURCE_LIST, []))):
+            # Flower pairs them only after the handler has trained and charged the round
+            problem = "key shares forwarded without their sources, or sources without shares"
     else:
         problem = unmask_problem(list(configs.get(Key.ACTIVE_NODE_ID_LIST, [])),
                                  list(configs.get(Key.DEAD_NODE_ID_LIST, [])),

@@ -112,6 +112,20 @@ def test_without_noise_the_scores_are_exact_and_a_loss_above_the_cap_counts_as_t
     assert scores.loss == pytest.approx((0.0 + LOSS_CAP + third) / 3, abs=1e-6)
 
 
+def test_rows_are_scored_with_the_model_in_evaluation_mode():
+    """A model with dropout (``minilm-finetune``'s encoder has it) scores each row the same every
+    time: in training mode dropout would draw from torch's global generator, not the release's
+    seed, and the sum would no longer be a function of the rows alone."""
+    generator = torch.Generator().manual_seed(3)
+    features, labels = torch.randn(20, 8, generator=generator), torch.randint(0, 4, (20,))
+    model = torch.nn.Sequential(torch.nn.Dropout(0.5), torch.nn.Linear(8, 4)).train()
+    units = [f"u{i}" for i in range(20)]
+    torch.manual_seed(0)
+    first = unit_contributions(model, features, labels, units)
+    torch.manual_seed(1)
+    assert torch.equal(unit_contributions(model, features, labels, units), first)
+
+
 def test_one_confident_right_unit_reads_back_exactly():
     """The smallest split: one unit, a loss far below 1, no noise; each reading is its own."""
     logits = torch.tensor([[8.0, 0.0]])
@@ -146,6 +160,24 @@ def test_the_noise_is_the_planned_gaussian_and_fresh_for_every_seed():
     assert counts.mean().item() == pytest.approx(300, abs=1)
     assert noisy_scores(contributions, 4.0, 1) != noisy_scores(contributions, 4.0, 2)
     assert noisy_scores(contributions, 4.0, 1) == noisy_scores(contributions, 4.0, 1)
+
+
+def test_the_release_is_the_sums_plus_the_seeds_gaussian_on_every_component():
+    """Known answer: each of the three sums gets its own draw of the planned Gaussian from the
+    seed, the scores are the noisy sums' ratios (no clamp is reached at these values). The
+    spread test above reads only the count's noise (found in review: the loss sum sent without
+    noise, the exact-loss oracle this release closes, passed every test)."""
+    contributions = torch.rand(50, 3, generator=torch.Generator().manual_seed(5),
+                               dtype=torch.float64) / math.sqrt(3)
+    contributions[:, 2] = 1 / math.sqrt(3)
+    for seed in range(20):
+        noise = torch.normal(0.0, 2.0, size=(3,), generator=torch.Generator().manual_seed(seed),
+                             dtype=torch.float64)
+        correct, loss, count = (contributions.sum(dim=0) + noise).tolist()
+        assert 0 < correct / count < 1 and 0 < loss / count < 1
+        assert noisy_scores(contributions, 2.0, seed) == NoisyScores(
+            accuracy=correct / count, loss=LOSS_CAP * loss / count,
+            units=round(math.sqrt(3) * count))
 
 
 def test_scores_from_noise_that_swamps_the_count_stay_in_range():
@@ -238,12 +270,27 @@ def probe(ctx, attempt: int, labels=LABELS) -> Message:
     return client_app.app(message, ctx)
 
 
-def test_a_server_averaging_the_noise_away_runs_into_the_lifetime_budget(site, tmp_path):
+def test_a_server_averaging_the_noise_away_runs_into_the_lifetime_budget(site, tmp_path,
+                                                                        monkeypatch):
     """Asking again and again under new run names, each with a fresh evaluation epsilon, is the
     oracle attack: every answer is charged to the same test units, so once their lifetime budget
     is spent they are left out of the release, and no unit's lifetime epsilon ever passes
     max-epsilon. The site still answers (noise alone, charging nobody): a decline would say
-    that no unit with budget is there."""
+    that no unit with budget is there. What each release sums and the noise it adds are the
+    units and the noise its ledger entry was charged for (found in review: a release of every
+    test unit, or at half the charged noise, passed, since only the ledger was read)."""
+    summed, noised = [], []
+
+    def contributions(model, features, labels, units, passes):
+        summed.append(len(set(units)))
+        return unit_contributions(model, features, labels, units, passes)
+
+    def scores(contributions, noise_multiplier, seed):
+        noised.append(noise_multiplier)
+        return noisy_scores(contributions, noise_multiplier, seed)
+
+    monkeypatch.setattr(client_app, "unit_contributions", contributions)
+    monkeypatch.setattr(client_app, "noisy_scores", scores)
     state = tmp_path / "state"
     ctx = context(site, state, max_epsilon=3.0, node=DP | {"evaluation-epsilon": 1.0,
                                                          "max-noise-ratio": math.inf})
@@ -251,6 +298,8 @@ def test_a_server_averaging_the_noise_away_runs_into_the_lifetime_budget(site, t
     assert not any(reply.has_error() for reply in replies)
     released = [r.units for r in ledger(state).releases]
     assert released[0] == TEST_ROWS and released[-1] == 0  # spent, then left out
+    assert summed == released
+    assert noised == [r.noise_multiplier for r in ledger(state).releases]
     book = ledger(state)
     budget = rdp_budget(3.0, book.delta, book.order)
     assert book.spend and max(book.spend.values()) <= budget

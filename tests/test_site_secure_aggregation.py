@@ -149,3 +149,42 @@ def test_an_update_secure_aggregation_would_clip_is_refused(context):
     clipped = secure_aggregation.secure_aggregation_mod(secagg_message(), context,
                                                         handler(trained(300.0)))
     assert clipped.error.reason == Reason.OUT_OF_RANGE.value
+
+
+@pytest.mark.parametrize("setting", [
+    {"max_weight": -1.0}, {"max_weight": 0.0}, {"max_weight": float("inf")},
+    {"max_weight": float("nan")}, {"max_weight": True}, {"clipping_range": 0.0},
+    {"clipping_range": -8.0}, {"target_range": 0}, {"target_range": 2**32 + 1},
+    {"target_range": 65536.0},
+], ids=lambda setting: f"{next(iter(setting))}={next(iter(setting.values()))}")
+def test_a_quantization_that_would_distort_the_update_is_refused_untrained(context, setting):
+    """Found in review: Flower checks none of these, so a negative weight negated the site's
+    update, an infinite one zeroed it, and a zero one or a zero range failed after the round
+    was trained and charged. Refused before the handler runs, at the collect stage (the values
+    the setup kept) and at the setup itself."""
+    context.state[RECORD_KEY_STATE] = ConfigRecord(
+        dict(context.state[RECORD_KEY_STATE]) | setting)
+    called = []
+    reply = secure_aggregation.secure_aggregation_mod(
+        secagg_message(), context,
+        lambda msg, ctx: called.append(msg) or Message(trained(), reply_to=msg))
+    assert reply.error.reason == Reason.OUT_OF_RANGE.value and not called
+    kept = context.state[RECORD_KEY_STATE]
+    settings = {Key.MOD_RANGE: kept["mod_range"], Key.TARGET_RANGE: kept["target_range"],
+                Key.CLIPPING_RANGE: kept["clipping_range"], Key.MAX_WEIGHT: kept["max_weight"]}
+    assert secure_aggregation.secure_sum_problem(settings, None)
+    assert secure_aggregation.secure_sum_problem(
+        settings | {Key.TARGET_RANGE: 1 << 16, Key.CLIPPING_RANGE: 8.0,
+                    Key.MAX_WEIGHT: 1000.0}, None) is None
+
+
+def test_key_shares_forwarded_without_their_sources_are_refused_untrained(context):
+    """Flower pairs the collect stage's key shares with their sources only after the handler
+    has trained and charged the round: a list of the wrong length cost a release for
+    nothing."""
+    stage = secagg_message()
+    stage.content[RECORD_KEY_CONFIGS][Key.CIPHERTEXT_LIST] = [b""]
+    called = []
+    reply = secure_aggregation.secure_aggregation_mod(
+        stage, context, lambda msg, ctx: called.append(msg) or Message(trained(), reply_to=msg))
+    assert reply.error.reason == Reason.UNMASK_REFUSED.value and not called
