@@ -18,7 +18,14 @@ anchor it.
 
 from pathlib import Path
 
-from fl_protocol.hash_chain import ChainError, read_entries
+from fl_protocol.hash_chain import ChainError, append_entry, read_entries
+from fl_server.run_record import AUDIT_LOG
+
+
+def append_audit(out_dir: Path, run_id: int, run_name: str, event: str, **fields) -> None:
+    """One ``event`` of the run in ``out_dir`` appended to its audit log, named by the Flower
+    run that wrote it (``run_id``) and the run it belongs to (``run_name``, kept on resume)."""
+    append_entry(out_dir / AUDIT_LOG, event, {"run_id": run_id, "run_name": run_name} | fields)
 
 
 def started_run(log_path: Path, run_name: str) -> dict:

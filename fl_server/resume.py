@@ -6,17 +6,25 @@ rounds to the same run and keeps planning its noise for ``num-rounds`` rounds in
 keys that change how the server waits, not what is trained, may differ (and ``out-dir``: a run
 folder may have been moved; a ``data-dir`` or ``labels-file`` inside it, the synthetic sites a
 run wrote there, moves with it).
+
+A resumed run continues from the newest checkpoint its audit log vouches for (``resume_run``).
 """
 
 import json
 import math
+from collections.abc import Callable
+from logging import WARNING
 from pathlib import Path
+
+from flwr.app import Array, ArrayRecord
+from flwr.common.logger import log
 
 from fl_protocol.wire import RUN_CONFIG_DEFAULTS
 from fl_server.audit_log import started_run, vouched_models
 from fl_server.checkpoints import Checkpoint, CheckpointError, latest_checkpoint
 from fl_server.run_config import RunConfigError, check_run_config
-from fl_server.run_record import AUDIT_LOG, FORMAT, STATUSES
+from fl_server.run_record import AUDIT_LOG, FORMAT, METRICS_FILE, STATUSES, RunRecord
+from fl_server.update_validation import array_spec
 
 MAY_CHANGE_ON_RESUME = frozenset(
     {"resume", "stop-after-round", "reply-timeout", "min-sites", "out-dir"}
@@ -121,6 +129,52 @@ def check_audited_start(out_dir: Path, config: dict, labels: list[str]) -> None:
     if started.get("labels") != labels:
         raise RunConfigError("cannot resume: the labels differ from those the audit log "
                              "recorded when the run started")
+
+
+def resume_run(
+    out_dir: Path,
+    run_id: int,
+    config: dict,
+    recorded_config: dict,
+    initial: ArrayRecord,
+    audit: Callable[..., None],
+) -> tuple[RunRecord, ArrayRecord, dict, int]:
+    """(record, global model, strategy state, rounds done) of the interrupted run in out_dir.
+
+    Without any checkpoint (the run stopped during round 1) it starts again from the initial
+    model, under the same run name. Only a checkpoint the audit log vouches for is loaded
+    (``resume_point``), and nothing is written before it is chosen.
+    """
+    checkpoint, warnings = resume_point(out_dir, str(config["run-name"]))
+    for warning in warnings:
+        log(WARNING, "resume: %s", warning)
+    arrays, state, done = initial, {}, 0
+    if checkpoint is not None:
+        arrays = ArrayRecord({key: Array(value) for key, value in checkpoint.arrays.items()})
+        problems = [
+            f"{name} {found!r}, this run {expected!r}"
+            for name, found, expected in (
+                ("strategy", checkpoint.strategy, config["strategy"]),
+                ("run-name", checkpoint.run_name, config["run-name"]),
+            )
+            if found != expected
+        ]
+        if array_spec(arrays) != array_spec(initial):
+            problems.append("its model's parameters do not match this run's model")
+        if problems:
+            raise CheckpointError(f"checkpoint {checkpoint.path} is not from this run: "
+                                  + "; ".join(problems))
+        state, done = checkpoint.state, checkpoint.server_round
+    details = {
+        "checkpoint": str(checkpoint.path) if checkpoint else None,
+        "warnings": warnings,
+        "config_changes": {key: [recorded_config.get(key), value]
+                           for key, value in config.items()
+                           if recorded_config.get(key) != value},
+    }
+    record = RunRecord.resume(out_dir / METRICS_FILE, run_id, done, config, details)
+    audit("run-resumed", after_round=done, **details)
+    return record, arrays, state, done
 
 
 def _shown(value: object) -> str:

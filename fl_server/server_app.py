@@ -21,32 +21,34 @@ failed`` and the reason in ``metrics.json``, and one log line, not a traceback.
 """
 
 from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
 from logging import ERROR, INFO, WARNING
 from pathlib import Path
 
 import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context
+from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Strategy
 
 from fl_protocol.durable_files import json_safe
 from fl_protocol.file_owner import os_error_line
-from fl_protocol.hash_chain import ChainError, append_entry
+from fl_protocol.hash_chain import ChainError
 from fl_protocol.label_file import LabelFileError, read_labels
 from fl_protocol.wire import evaluation_number
+from fl_server.audit_log import append_audit
 from fl_server.checkpoints import CheckpointError, save_checkpoint, state_sha256
 from fl_server.model_store import save_model
 from fl_server.progress import format_accuracy, round_lines
 from fl_server.resume import (
     check_audited_start,
     read_metrics,
-    resume_point,
+    resume_run,
     resumed_run_config,
 )
 from fl_server.run_config import RunConfigError, check_run_config
 from fl_server.run_record import (
-    AUDIT_LOG,
     INTERRUPTED,
     METRICS_FILE,
     RunFolderRefused,
@@ -58,10 +60,15 @@ from fl_server.run_record import (
     write_stage,
 )
 from fl_server.secure_aggregation import secure_train_round
-from fl_server.strategy import build_strategy, restore_strategy_state, strategy_state
+from fl_server.strategy import (
+    CheckedRounds,
+    build_strategy,
+    restore_strategy_state,
+    strategy_state,
+)
 from fl_server.tensor_digest import arrays_sha256
 from fl_server.update_validation import ArraySpec, RunPlan, array_spec
-from models import get_model_family
+from models import ModelFamily, get_model_family
 
 app = ServerApp()
 
@@ -93,141 +100,156 @@ def main(grid: Grid, context: Context) -> None:
         log(ERROR, "fedintent run failed before round 1: %s", err)
 
 
+@dataclass
+class Run:
+    """A run started or resumed in its folder: what its rounds and its ending work with."""
+
+    cfg: dict
+    """The checked run configuration (``check_run_config``)."""
+    out_dir: Path
+    run_name: str
+    data_dir: str
+    labels: list[str]
+    family: ModelFamily
+    spec: ArraySpec
+    """The model's array names, shapes and dtypes, that every site's update is held to."""
+    record: RunRecord
+    audit: Callable[..., None]
+    """Appends an event of this run to its audit log (``audit_log.append_audit``)."""
+    arrays: ArrayRecord
+    """The global model: the initial or resumed one, then each round's."""
+    state: dict
+    """The strategy state the rounds continue from (``strategy_state``); empty for a new run."""
+    done: int
+    """Rounds done before this run started: 0 but for a resumed run."""
+
+    @property
+    def num_rounds(self) -> int:
+        return int(self.cfg["num-rounds"])
+
+
 def _run(grid: Grid, context: Context, cfg: dict, out_dir: Path) -> None:
-    """The run ``main`` starts, with its folder's lock held."""
+    """The run ``main`` starts, with its folder's lock held: started or resumed, its rounds,
+    its model saved. A failure before round 1 is recorded by ``_record_failed_start``, one
+    after it by ``_record_failure`` (a signal as interrupted). An operator's failure
+    (``OPERATOR_ERRORS``; after round 1, a file that cannot be written too) ends the run
+    here; anything else is raised on."""
     previous = None
     try:
         previous = read_metrics(out_dir / METRICS_FILE) if cfg["resume"] else None
         cfg = check_run_config(resumed_run_config(cfg, previous) if previous else cfg)
-        num_rounds = int(cfg["num-rounds"])
-        if not previous and (held := run_files_in(out_dir)):  # before any file is written
-            raise OutDirHoldsRun(f"{out_dir} already holds a run ({', '.join(held)}); "
-                                 "resume it (resume=true) or choose another out-dir")
-        data_dir = _simulation_data_dir(cfg, grid, out_dir)
-        labels = read_labels(Path(str(cfg["labels-file"]) or Path(data_dir) / "labels.txt"))
-        if previous and previous["labels"] != labels:
-            raise RunConfigError("cannot resume: the label file changed since the run started")
-
-        family = get_model_family(str(cfg["model"]))
-        torch.manual_seed(int(cfg["seed"]))
-        initial = ArrayRecord(family.initial_model(labels).state_dict())
-        spec = array_spec(initial)
-
-        run_name = str(cfg["run-name"]) or f"flwr-{context.run_id}"
-        config = json_safe(cfg | {"data-dir": data_dir, "out-dir": str(out_dir),
-                                  "run-name": run_name})
-        audit_path = out_dir / AUDIT_LOG
-
-        def audit(event: str, **fields) -> None:
-            append_entry(audit_path, event,
-                         {"run_id": context.run_id, "run_name": run_name} | fields)
-
-        if previous:
-            check_audited_start(out_dir, config, labels)
-            record, arrays, state, done = resume_run(
-                out_dir, context.run_id, config, previous["config"], initial, audit
-            )
-        else:  # audited first: a log that cannot be extended fails the run before its record
-            audit("run-started", config=config, labels=labels, model_sha256=_sha256(initial))
-            record = RunRecord.start(out_dir / METRICS_FILE, context.run_id, config, labels)
-            arrays, state, done = initial, {}, 0
+        run = _start(grid, context.run_id, cfg, out_dir, previous)
     except Exception as err:
         _record_failed_start(out_dir / METRICS_FILE, context.run_id, cfg, previous,
                              _one_line(err))
         if isinstance(err, OPERATOR_ERRORS):
             return
         raise
+    strategy = _strategy(run)
+    try:
+        if not _run_rounds(run, strategy, grid, context):
+            return
+        model_dir = _save_final_model(run)
+    except (KeyboardInterrupt, SystemExit):
+        _record_interrupted(run)
+        raise
+    except OSError as err:  # a full disk, a file where a folder goes: the operator's to fix
+        if isinstance(err, ConnectionError | TimeoutError):
+            _record_failure(run, _one_line(err))
+            raise
+        _record_failure(run, f"cannot write the run's files: {os_error_line(err)}; fix that; "
+                             f"{way_on(out_dir)}")
+        return
+    except Exception as err:
+        _record_failure(run, _one_line(err))
+        if isinstance(err, OPERATOR_ERRORS):
+            return
+        raise
+    _record_completed(run, model_dir)
+
+
+def _start(grid: Grid, run_id: int, cfg: dict, out_dir: Path, previous: dict | None) -> Run:
+    """The run of ``cfg`` (checked) in ``out_dir``, new or, with ``previous`` (its
+    ``metrics.json``), resumed; its start is in the audit log and its record."""
+    if not previous and (held := run_files_in(out_dir)):  # before any file is written
+        raise OutDirHoldsRun(f"{out_dir} already holds a run ({', '.join(held)}); "
+                             "resume it (resume=true) or choose another out-dir")
+    data_dir = _simulation_data_dir(cfg, grid, out_dir)
+    labels = read_labels(Path(str(cfg["labels-file"]) or Path(data_dir) / "labels.txt"))
+    if previous and previous["labels"] != labels:
+        raise RunConfigError("cannot resume: the label file changed since the run started")
+
+    family = get_model_family(str(cfg["model"]))
+    torch.manual_seed(int(cfg["seed"]))
+    initial = ArrayRecord(family.initial_model(labels).state_dict())
+    spec = array_spec(initial)
+
+    run_name = str(cfg["run-name"]) or f"flwr-{run_id}"
+    config = json_safe(cfg | {"data-dir": data_dir, "out-dir": str(out_dir), "run-name": run_name})
+    audit = partial(append_audit, out_dir, run_id, run_name)
+    if previous:
+        check_audited_start(out_dir, config, labels)
+        record, arrays, state, done = resume_run(
+            out_dir, run_id, config, previous["config"], initial, audit
+        )
+    else:  # audited first: a log that cannot be extended fails the run before its record
+        audit("run-started", config=config, labels=labels, model_sha256=_sha256(initial))
+        record = RunRecord.start(out_dir / METRICS_FILE, run_id, config, labels)
+        arrays, state, done = initial, {}, 0
+    return Run(cfg, out_dir, run_name, data_dir, labels, family, spec, record, audit, arrays,
+               state, done)
+
+
+def _strategy(run: Run) -> CheckedRounds:
+    """The run's strategy, holding the sites to its settings, with the state it continues
+    from."""
+    cfg = run.cfg
     strategy = build_strategy(
         str(cfg["strategy"]),
-        record,
-        spec=spec,
+        run.record,
+        spec=run.spec,
         min_sites=int(cfg["min-sites"]),
         server_learning_rate=float(cfg["server-learning-rate"]),
         max_update_norm=float(cfg["max-update-norm"]),
         reply_timeout=float(cfg["reply-timeout"]),
         server_momentum=float(cfg["server-momentum"]),
-        plan=RunPlan.from_run_config(cfg, record.retrained_rounds()),
+        plan=RunPlan.from_run_config(cfg, run.record.retrained_rounds()),
     )
-    restore_strategy_state(strategy, state)
+    restore_strategy_state(strategy, run.state)
+    return strategy
+
+
+def _run_rounds(run: Run, strategy: CheckedRounds, grid: Grid, context: Context) -> bool:
+    """The rounds after ``run.done``, each audited, checkpointed and logged once it is
+    recorded; False when the run stopped after one as asked (``stop-after-round``)."""
+    cfg, num_rounds = run.cfg, run.num_rounds
     site_config = ConfigRecord(
         {
-            "labels": labels,
+            "labels": run.labels,
             "num-rounds": num_rounds,
-            "run-name": run_name,
-            "sim-data-dir": str(data_dir),
+            "run-name": run.run_name,
+            "sim-data-dir": run.data_dir,
         }
     )
     stop_after = int(cfg["stop-after-round"])
-    try:
-        for server_round in range(done + 1, num_rounds + 1):
-            arrays = _run_round(strategy, grid, context, out_dir, server_round, arrays,
+    for server_round in range(run.done + 1, num_rounds + 1):
+        run.arrays = _run_round(strategy, grid, context, run.out_dir, server_round, run.arrays,
                                 site_config, float(cfg["reply-timeout"]),
-                                spec if cfg["secure-aggregation"] else None,
+                                run.spec if cfg["secure-aggregation"] else None,
                                 evaluate=evaluation_number(server_round, num_rounds,
                                                            int(cfg["evaluate-every"])) is not None)
-            model = {key: array.numpy() for key, array in arrays.items()}
-            state = strategy_state(strategy)
-            audit("round", **record.doc["rounds"][-1], model_sha256=arrays_sha256(model),
+        model = {key: array.numpy() for key, array in run.arrays.items()}
+        state = strategy_state(strategy)
+        run.audit("round", **run.record.doc["rounds"][-1], model_sha256=arrays_sha256(model),
                   state_sha256=state_sha256(state))
-            save_checkpoint(out_dir / "checkpoints", server_round, str(cfg["strategy"]),
-                            run_name, model, state)
-            for line in round_lines(record.doc["rounds"][-1], num_rounds):
-                log(INFO, "%s", line)
-            if server_round == stop_after and server_round < num_rounds:
-                reason = (f"stopped after round {server_round} as asked (stop-after-round); "
-                          f"{way_on(out_dir)}")
-                record.finish("stopped", error=reason)
-                audit("run-stopped", reason=reason)
-                log(INFO, "%s", reason)
-                return
-        if not any(r.get("sites_trained") for r in record.doc["rounds"]):
-            reasons = {f["reason"] for r in record.doc["rounds"] for f in r.get("failures", [])}
-            raise RunFailed("no site trained in any round; the sites said: "
-                            f"{'; '.join(sorted(reasons)) or 'nothing'}")
-        model_dir = save_model(
-            out_dir / "model",
-            arrays.to_torch_state_dict(),
-            family=family.name,
-            labels=labels,
-            run_doc=record.doc | {"final": final_summary(record.doc)},
-        )
-    except (KeyboardInterrupt, SystemExit):
-        reason = f"{INTERRUPTED}; {way_on(out_dir)}"
-        record.finish("interrupted", error=reason)
-        audit("run-interrupted", reason=reason)
-        log(WARNING, "fedintent run interrupted; %s", way_on(out_dir))
-        raise
-    except OSError as err:  # a full disk, a file where a folder goes: the operator's to fix
-        if isinstance(err, ConnectionError | TimeoutError):
-            _record_failure(record, audit, _one_line(err))
-            raise
-        reason = f"cannot write the run's files: {os_error_line(err)}; fix that; {way_on(out_dir)}"
-        _record_failure(record, audit, reason)
-        return
-    except Exception as err:
-        _record_failure(record, audit, _one_line(err))
-        if isinstance(err, OPERATOR_ERRORS):
-            return
-        raise
-    final = final_summary(record.doc) | {"model_dir": str(model_dir)}
-    record.finish("completed", final=final)
-    audit("run-completed", final=final, model_sha256=_sha256(arrays))
-    log(INFO, "fedintent run completed: final accuracy %s; metrics %s, model %s",
-        format_accuracy(final["accuracy"]), record.path, model_dir)
-    if idle := final["rounds_without_training"]:
-        log(WARNING, "no site trained in %d of the %d rounds (%s): the model is the last "
-            "trained round's", len(idle), num_rounds, ", ".join(map(str, idle)))
-
-
-def _record_failure(record: RunRecord, audit: Callable[..., None], reason: str) -> None:
-    """The run's failure in its record and audit log, as far as they can still be written (a
-    full disk may refuse them too), and in the log in any case."""
-    log(ERROR, "fedintent run failed: %s (recorded in %s)", reason, record.path)
-    try:
-        record.finish("failed", error=reason)
-        audit("run-failed", error=reason)
-    except OSError as err:
-        log(ERROR, "fedintent: the failure could not be recorded: %s", os_error_line(err))
+        save_checkpoint(run.out_dir / "checkpoints", server_round, str(cfg["strategy"]),
+                        run.run_name, model, state)
+        for line in round_lines(run.record.doc["rounds"][-1], num_rounds):
+            log(INFO, "%s", line)
+        if server_round == stop_after and server_round < num_rounds:
+            _record_stopped(run, server_round)
+            return False
+    return True
 
 
 def _run_round(
@@ -268,50 +290,62 @@ def _run_round(
     return arrays
 
 
-def resume_run(
-    out_dir: Path,
-    run_id: int,
-    config: dict,
-    recorded_config: dict,
-    initial: ArrayRecord,
-    audit: Callable[..., None],
-) -> tuple[RunRecord, ArrayRecord, dict, int]:
-    """(record, global model, strategy state, rounds done) of the interrupted run in out_dir.
+def _save_final_model(run: Run) -> Path:
+    """The trained model, saved in ``OUT/model`` with its card; ``RunFailed`` when no site
+    trained in any round, since there is no trained model to save."""
+    rounds = run.record.doc["rounds"]
+    if not any(r.get("sites_trained") for r in rounds):
+        reasons = {f["reason"] for r in rounds for f in r.get("failures", [])}
+        raise RunFailed("no site trained in any round; the sites said: "
+                        f"{'; '.join(sorted(reasons)) or 'nothing'}")
+    return save_model(
+        run.out_dir / "model",
+        run.arrays.to_torch_state_dict(),
+        family=run.family.name,
+        labels=run.labels,
+        run_doc=run.record.doc | {"final": final_summary(run.record.doc)},
+    )
 
-    Without any checkpoint (the run stopped during round 1) it starts again from the initial
-    model, under the same run name. Only a checkpoint the audit log vouches for is loaded
-    (``resume_point``), and nothing is written before it is chosen.
-    """
-    checkpoint, warnings = resume_point(out_dir, str(config["run-name"]))
-    for warning in warnings:
-        log(WARNING, "resume: %s", warning)
-    arrays, state, done = initial, {}, 0
-    if checkpoint is not None:
-        arrays = ArrayRecord({key: Array(value) for key, value in checkpoint.arrays.items()})
-        problems = [
-            f"{name} {found!r}, this run {expected!r}"
-            for name, found, expected in (
-                ("strategy", checkpoint.strategy, config["strategy"]),
-                ("run-name", checkpoint.run_name, config["run-name"]),
-            )
-            if found != expected
-        ]
-        if array_spec(arrays) != array_spec(initial):
-            problems.append("its model's parameters do not match this run's model")
-        if problems:
-            raise CheckpointError(f"checkpoint {checkpoint.path} is not from this run: "
-                                  + "; ".join(problems))
-        state, done = checkpoint.state, checkpoint.server_round
-    details = {
-        "checkpoint": str(checkpoint.path) if checkpoint else None,
-        "warnings": warnings,
-        "config_changes": {key: [recorded_config.get(key), value]
-                           for key, value in config.items()
-                           if recorded_config.get(key) != value},
-    }
-    record = RunRecord.resume(out_dir / METRICS_FILE, run_id, done, config, details)
-    audit("run-resumed", after_round=done, **details)
-    return record, arrays, state, done
+
+def _record_stopped(run: Run, server_round: int) -> None:
+    """The run stopped after ``server_round`` as asked, in its record, audit log and log."""
+    reason = (f"stopped after round {server_round} as asked (stop-after-round); "
+              f"{way_on(run.out_dir)}")
+    run.record.finish("stopped", error=reason)
+    run.audit("run-stopped", reason=reason)
+    log(INFO, "%s", reason)
+
+
+def _record_interrupted(run: Run) -> None:
+    """A signal (Ctrl-C, SIGTERM) stopped the run: recorded so that it can be resumed."""
+    reason = f"{INTERRUPTED}; {way_on(run.out_dir)}"
+    run.record.finish("interrupted", error=reason)
+    run.audit("run-interrupted", reason=reason)
+    log(WARNING, "fedintent run interrupted; %s", way_on(run.out_dir))
+
+
+def _record_failure(run: Run, reason: str) -> None:
+    """The run's failure in its record and audit log, as far as they can still be written (a
+    full disk may refuse them too), and in the log in any case."""
+    log(ERROR, "fedintent run failed: %s (recorded in %s)", reason, run.record.path)
+    try:
+        run.record.finish("failed", error=reason)
+        run.audit("run-failed", error=reason)
+    except OSError as err:
+        log(ERROR, "fedintent: the failure could not be recorded: %s", os_error_line(err))
+
+
+def _record_completed(run: Run, model_dir: Path) -> None:
+    """The completed run's summary in its record, audit log and log, naming the rounds in
+    which no site trained (the model is the last trained round's)."""
+    final = final_summary(run.record.doc) | {"model_dir": str(model_dir)}
+    run.record.finish("completed", final=final)
+    run.audit("run-completed", final=final, model_sha256=_sha256(run.arrays))
+    log(INFO, "fedintent run completed: final accuracy %s; metrics %s, model %s",
+        format_accuracy(final["accuracy"]), run.record.path, model_dir)
+    if idle := final["rounds_without_training"]:
+        log(WARNING, "no site trained in %d of the %d rounds (%s): the model is the last "
+            "trained round's", len(idle), run.num_rounds, ", ".join(map(str, idle)))
 
 
 def _simulation_data_dir(cfg: dict, grid: Grid, out_dir: Path) -> str:

@@ -46,11 +46,11 @@ from fl_server.resume import (
     moved_with_the_run,
     read_metrics,
     resume_point,
+    resume_run,
     resumed_run_config,
 )
 from fl_server.run_config import RunConfigError, check_run_config
 from fl_server.run_record import RunRecord, run_folder_lock
-from fl_server.server_app import resume_run
 from fl_server.strategy import build_strategy, restore_strategy_state, strategy_state
 from fl_server.tensor_digest import arrays_sha256
 
