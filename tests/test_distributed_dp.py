@@ -389,6 +389,17 @@ def test_a_site_refuses_a_secure_sum_weaker_than_its_noise_share_needs(setup):
     assert not secure_aggregation_mod(good, context, lambda m, c: None).has_error()
 
 
+def test_a_distributed_round_the_site_cannot_read_is_refused_at_its_setup():
+    """Read as a local-DP round instead, its secure sum would go unchecked against the cohort
+    and thresholds the noise share needs."""
+    msg = setup_message(4, 4, 3, sum_range(4), sum_range(4) / 2)
+    msg.content["config"]["a-setting-of-a-later-release"] = 1
+    context = Context(run_id=1, node_id=7, node_config={}, state=RecordDict(),
+                      run_config=dict(DISTRIBUTED))
+    reply = secure_aggregation_mod(msg, context, lambda m, c: None)
+    assert reply.error.reason == Reason.SETTING_REFUSED.value
+
+
 def test_a_site_configured_local_refuses_a_distributed_round(ctx):
     ctx.node_config["privacy-models"] = "local"
     ctx.run_config.update(DISTRIBUTED)

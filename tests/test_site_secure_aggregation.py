@@ -7,6 +7,8 @@ here, so these tests see exactly what it would be given; tests/test_secure_aggre
 the real protocol end to end.
 """
 
+import importlib
+
 import numpy as np
 import pytest
 from flwr.app import (
@@ -30,6 +32,8 @@ from flwr.compat.common.recorddict_compat import recorddict_to_fitres
 from test_egress_guard import LABELS, head_state
 
 import fl_client.secure_aggregation as secure_aggregation
+from fl_protocol.secagg_masks import mask_arrays
+from fl_protocol.secret_sharing import split_secret
 from fl_protocol.wire import REASON_CODES, RUN_CONFIG_DEFAULTS, Reason
 
 pytestmark = pytest.mark.usefixtures("task_identity")
@@ -155,7 +159,7 @@ def test_an_update_secure_aggregation_would_clip_is_refused(context):
     {"max_weight": -1.0}, {"max_weight": 0.0}, {"max_weight": float("inf")},
     {"max_weight": float("nan")}, {"max_weight": True}, {"clipping_range": 0.0},
     {"clipping_range": -8.0}, {"target_range": 0}, {"target_range": 2**32 + 1},
-    {"target_range": 65536.0},
+    {"target_range": 65536.0}, {"mod_range": 2**16},
 ], ids=lambda setting: f"{next(iter(setting))}={next(iter(setting.values()))}")
 def test_a_quantization_that_would_distort_the_update_is_refused_untrained(context, setting):
     """Found in review: Flower checks none of these, so a negative weight negated the site's
@@ -173,9 +177,10 @@ def test_a_quantization_that_would_distort_the_update_is_refused_untrained(conte
     settings = {Key.MOD_RANGE: kept["mod_range"], Key.TARGET_RANGE: kept["target_range"],
                 Key.CLIPPING_RANGE: kept["clipping_range"], Key.MAX_WEIGHT: kept["max_weight"]}
     assert secure_aggregation.secure_sum_problem(settings, None)
-    assert secure_aggregation.secure_sum_problem(
-        settings | {Key.TARGET_RANGE: 1 << 16, Key.CLIPPING_RANGE: 8.0,
-                    Key.MAX_WEIGHT: 1000.0}, None) is None
+    for levels, clipping in ((1, 0.5), (1 << 16, 8.0), (2**32, 64.0)):  # the edges allowed
+        assert secure_aggregation.secure_sum_problem(
+            {Key.MOD_RANGE: 2**32, Key.TARGET_RANGE: levels, Key.CLIPPING_RANGE: clipping,
+             Key.MAX_WEIGHT: 0.5}, None) is None
 
 
 def test_key_shares_forwarded_without_their_sources_are_refused_untrained(context):
@@ -188,3 +193,31 @@ def test_key_shares_forwarded_without_their_sources_are_refused_untrained(contex
     reply = secure_aggregation.secure_aggregation_mod(
         stage, context, lambda msg, ctx: called.append(msg) or Message(trained(), reply_to=msg))
     assert reply.error.reason == Reason.UNMASK_REFUSED.value and not called
+
+
+def test_every_stage_masks_and_shares_with_the_sites_own_primitives(context, monkeypatch):
+    """Flower's SecAgg+ draws masks from a Mersenne Twister seeded with 32 bits and shares
+    secrets over GF(2^128); the site's mod swaps its own into Flower's module before it answers
+    any stage, since a fresh ClientApp process may answer a stage before anything else ran."""
+    flower = importlib.import_module("flwr.client.mod.secure_aggregation.secaggplus_mod")
+    monkeypatch.setattr(flower, "pseudo_rand_gen", "Flower's generator")
+    monkeypatch.setattr(flower, "create_shares", "Flower's sharing")
+    secure_aggregation.secure_aggregation_mod(secagg_message(), context, handler(trained()))
+    assert flower.pseudo_rand_gen is mask_arrays and flower.create_shares is split_secret
+
+
+def test_a_stage_of_a_round_never_set_up_is_refused_untrained(context):
+    context.state = RecordDict()
+    called = []
+    reply = secure_aggregation.secure_aggregation_mod(
+        secagg_message(), context,
+        lambda msg, ctx: called.append(msg) or Message(trained(), reply_to=msg))
+    assert reply.error.reason == Reason.UNMASK_REFUSED.value and not called
+
+
+@pytest.mark.parametrize("peers", [["7", "08", "9"], ["8", "9"], ["7", "8", "9", "10"]],
+                         ids=["a peer written with a leading zero", "without this site",
+                              "more peers than set up"])
+def test_a_peer_list_the_site_cannot_hold_the_round_to_is_refused(peers):
+    assert secure_aggregation.share_problem(peers, 7, 3)
+    assert secure_aggregation.share_problem(["7", "8", "9"], 7, 3) is None
