@@ -98,15 +98,34 @@ def holds_data_files(folder: Path) -> bool:
 
 def _data_files(site_dir: Path) -> list[Path]:
     try:
-        return sorted(
-            p for p in site_dir.iterdir() if p.suffix in (".jsonl", ".csv") and p.is_file()
-        )
+        return _regular_files(sorted(p for p in site_dir.iterdir()
+                                     if p.suffix in (".jsonl", ".csv")))
     except OSError as err:
         raise SiteDataError(f"cannot list {site_dir}: {err.strerror or err}") from err
 
 
 def _split_files(site_dir: Path, split: str) -> list[Path]:
-    return [p for p in (site_dir / f"{split}.jsonl", site_dir / f"{split}.csv") if p.is_file()]
+    return _regular_files([site_dir / f"{split}.jsonl", site_dir / f"{split}.csv"])
+
+
+def _regular_files(paths: list[Path]) -> list[Path]:
+    """The files among ``paths`` that are there; a name that is there but is no regular file is
+    an error, never skipped (found in review: a ``train.jsonl`` linked into a volume that was
+    not mounted was passed over, and the site split its test file and trained on it)."""
+    for path in paths:
+        if not path.is_file() and (path.is_symlink() or path.exists()):
+            raise SiteDataError(f"{path}: {_not_regular(path)}, not a data file; a data file "
+                                "must be a regular file (is the data volume mounted?)")
+    return [path for path in paths if path.is_file()]
+
+
+def _not_regular(path: Path) -> str:
+    if path.is_symlink() and not path.exists():
+        try:
+            return f"a link to {os.readlink(path)}, which is not there"
+        except OSError:
+            return "a link that does not resolve"
+    return "a folder" if path.is_dir() else "not a regular file (a FIFO, socket or device?)"
 
 
 def file_stamp(info: os.stat_result) -> FileStamp:

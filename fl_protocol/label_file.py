@@ -31,10 +31,10 @@ def label_list_problem(labels: list[str]) -> str:
                 "pure noise)")
     if len(labels) > MAX_LABELS:
         return f"{len(labels)} labels, more than the {MAX_LABELS} a run may name"
-    for label in labels:
-        if len(label) > MAX_LABEL_LENGTH:
-            return (f"a label of {len(label)} characters, longer than the {MAX_LABEL_LENGTH} a "
-                    f"label may be ({label[:40]!r}...)")
+    for number, label in enumerate(labels, start=1):
+        if len(label) > MAX_LABEL_LENGTH:  # not quoted: a data file given for labels is rows
+            return (f"label {number} is {len(label)} characters, longer than the "
+                    f"{MAX_LABEL_LENGTH} a label may be; is this a data file, not the taxonomy?")
         control = _CONTROL.search(label)
         if control:
             return f"control character {control.group()!r} in a label; is this a binary file?"
@@ -56,15 +56,23 @@ def read_labels(path: Path) -> list[str]:
                              "as the data folder's labels.txt)")
     if not path.is_file():
         raise LabelFileError(f"label file not found: {path}")
-    labels = []
+    labels, lines = [], {}
     for number, line in enumerate(_text(path).splitlines(), start=1):
         label = line.strip()
         control = _CONTROL.search(label)
         if control:
             raise LabelFileError(f"{path}:{number}: control character {control.group()!r} in a "
                                  "label; is this a binary file?")
+        if len(label) > MAX_LABEL_LENGTH:  # not quoted: a data file given for labels is rows
+            raise LabelFileError(f"{path}:{number}: a label of {len(label)} characters, longer "
+                                 f"than the {MAX_LABEL_LENGTH} a label may be; is this a data "
+                                 "file, not the taxonomy?")
+        if label in lines:
+            raise LabelFileError(f"{path}:{number}: the label of line {lines[label]} again "
+                                 "(duplicate labels)")
         if label:
             labels.append(label)
+            lines[label] = number
     problem = label_list_problem(labels)
     if problem:
         raise LabelFileError(f"{path}: {problem}")

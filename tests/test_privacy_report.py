@@ -212,6 +212,16 @@ def spent(state, epsilons: list[float]):
     return state
 
 
+@pytest.mark.parametrize("value", ["1e400", "nan"])
+def test_a_max_epsilon_that_is_no_number_is_refused_not_read_as_unlimited(fresh, capsys, value):
+    """Found in review: ``--max-epsilon 1e400`` overflowed to inf, a site without a limit,
+    where every other epsilon option refuses it."""
+    with pytest.raises(SystemExit) as stopped:
+        main(["privacy-report", str(fresh), "--max-epsilon", value])
+    assert stopped.value.code == 2
+    assert "--max-epsilon" in capsys.readouterr().err
+
+
 def test_an_unlimited_budget_is_banded_by_the_largest_spend(fresh, capsys):
     """Found in review: ``--max-epsilon inf`` (a site without a limit) printed bands "nan to
     inf" and "inf to inf", every unit in none of them."""

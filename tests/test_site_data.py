@@ -14,7 +14,13 @@ from fl_client.row_parsing import MAX_TEXT_CHARS
 from fl_client.rows import SiteDataError
 from fl_client.shown import rejection_lines, shown
 from fl_client.site_data import load_site
-from fl_protocol.label_file import MAX_LABEL_LENGTH, MAX_LABELS, LabelFileError, read_labels
+from fl_protocol.label_file import (
+    MAX_LABEL_LENGTH,
+    MAX_LABELS,
+    LabelFileError,
+    label_list_problem,
+    read_labels,
+)
 
 LABELS = ["card_lost", "refund"]
 
@@ -327,8 +333,8 @@ def test_label_file_checks(tmp_path):
     path = tmp_path / "labels.txt"
     path.write_text("a\nb\n\nc\n")
     assert read_labels(path) == ["a", "b", "c"]
-    path.write_text("a\nb\na\n")
-    with pytest.raises(LabelFileError, match="duplicate"):
+    path.write_text("a\nb\n\na\n")
+    with pytest.raises(LabelFileError, match=r"labels.txt:4: the label of line 1 again \(dup"):
         read_labels(path)
     path.write_text("only\n")
     with pytest.raises(LabelFileError, match="at least 2"):
@@ -340,8 +346,30 @@ def test_label_file_checks(tmp_path):
     path.write_text("".join(f"intent_{i}\n" for i in range(MAX_LABELS)))
     assert len(read_labels(path)) == MAX_LABELS
     path.write_text("a\n" + "b" * (MAX_LABEL_LENGTH + 1) + "\n")
-    with pytest.raises(LabelFileError, match=f"a label of {MAX_LABEL_LENGTH + 1} characters"):
+    with pytest.raises(LabelFileError,
+                       match=f"labels.txt:2: a label of {MAX_LABEL_LENGTH + 1} characters"):
         read_labels(path)
+
+
+def test_a_data_file_given_as_the_label_file_is_refused_without_quoting_its_rows(tmp_path):
+    """Found in review: the over-long-label refusal quoted the label's first 40 characters,
+    which for a data file given as --labels (at a site's check-data, or the server's train) was
+    a customer's words; nor does a label the server sends get quoted back."""
+    row = ("Hi this is Johnathan Q Customer, SSN 123-45-6789, my card was stolen yesterday "
+           "at the station and I need a new one sent to 12 Baker Street, " * 3)
+    path = tmp_path / "train.csv"
+    path.write_text(f"text,label\n{row},card_lost\n{row},card_lost\n")
+    with pytest.raises(LabelFileError) as refused:
+        read_labels(path)
+    assert "train.csv:2:" in str(refused.value) and "Johnathan" not in str(refused.value)
+    short = "Hi this is Johnathan Q Customer, SSN 123-45-6789"
+    path.write_text(f"text,label\n{short},card_lost\n{short},card_lost\n")
+    with pytest.raises(LabelFileError) as refused:
+        read_labels(path)
+    assert "train.csv:3: the label of line 2 again" in str(refused.value)
+    assert "Johnathan" not in str(refused.value)
+    problem = label_list_problem(["refund", row])
+    assert "label 2 is" in problem and "Johnathan" not in problem
 
 
 DEEP_ARRAY = "[" * 100_000 + "]" * 100_000
@@ -459,6 +487,29 @@ class FailingAfterOneLine(io.BytesIO):
         if self.tell():
             raise OSError(errno.EIO, "Input/output error")
         return super().readline(size)
+
+
+@pytest.mark.parametrize("kind", ["dangling link", "folder"])
+@pytest.mark.parametrize("name", ["train.jsonl", "test.csv", "extra.jsonl"])
+def test_a_data_file_that_is_no_regular_file_stops_the_site_instead_of_being_skipped(
+        tmp_path, capsys, kind, name):
+    """Found in review: a train.jsonl linked into a data volume that was not mounted was passed
+    over, so the site read its test file as unsplit data and trained on four fifths of it,
+    exit 0 and no word; a folder named like a data file was passed over the same way."""
+    site = tmp_path / "site"
+    site.mkdir()
+    readable = {"train.jsonl": "test.jsonl", "test.csv": "train.jsonl",
+                "extra.jsonl": "data.jsonl"}[name]  # the last: no split, every file is read
+    write_jsonl(site / readable, [conversation(customer=f"c{i}") for i in range(10)])
+    if kind == "folder":
+        (site / name).mkdir()
+    else:
+        (site / name).symlink_to(tmp_path / "not-mounted" / name)
+    with pytest.raises(SiteDataError, match=f"{name}: a (folder|link to .*not-mounted.*, which "
+                                            "is not there), not a data file"):
+        load_site(site, LABELS)
+    assert main(["check-data", str(site)]) == 2
+    assert "is the data volume mounted?" in capsys.readouterr().err
 
 
 def test_a_bug_in_the_loader_is_not_taken_for_bad_data(tmp_path, monkeypatch):

@@ -39,7 +39,7 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
                         "every run (read only: nothing is erased; needs --site)")
     report.add_argument("--site", type=path_argument, metavar="SITE_DIR",
                         help="the site's data folder, where --customer's rows are found")
-    report.add_argument("--max-epsilon", type=float, default=None,
+    report.add_argument("--max-epsilon", type=number_argument, default=None,
                         help="the site's max-epsilon (its node config, MAX_EPSILON in the "
                         "container), to count exhausted units (default: as the site's newest "
                         f"training reply stated it, else the site default, "
