@@ -55,7 +55,8 @@ def read_labels(path: Path) -> list[str]:
         raise LabelFileError(f"{path} is a folder, not a label file (one label per line, such "
                              "as the data folder's labels.txt)")
     if not path.is_file():
-        raise LabelFileError(f"label file not found: {path}")
+        raise LabelFileError(f"{path} is not a regular file, not a label file" if path.exists()
+                             else f"label file not found: {path}")
     labels, lines = [], {}
     for number, line in enumerate(_text(path).splitlines(), start=1):
         label = line.strip()

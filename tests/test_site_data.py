@@ -3,6 +3,7 @@
 import errno
 import io
 import json
+from pathlib import Path
 
 import pytest
 
@@ -333,6 +334,10 @@ def test_label_file_checks(tmp_path):
     path = tmp_path / "labels.txt"
     path.write_text("a\nb\n\nc\n")
     assert read_labels(path) == ["a", "b", "c"]
+    with pytest.raises(LabelFileError, match="label file not found: .*missing.txt"):
+        read_labels(tmp_path / "missing.txt")
+    with pytest.raises(LabelFileError, match="/dev/null is not a regular file"):
+        read_labels(Path("/dev/null"))  # found in review: it was "not found"
     path.write_text("a\nb\n\na\n")
     with pytest.raises(LabelFileError, match=r"labels.txt:4: the label of line 1 again \(dup"):
         read_labels(path)
