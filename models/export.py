@@ -225,6 +225,8 @@ def read_export(model_dir: Path) -> tuple[dict, dict]:
             raise ValueError(f"{model_dir}: not a fedintent model export (no {name})")
         try:
             documents.append(json.loads(path.read_text(encoding="utf-8")))
+        except PermissionError:
+            raise  # not damage: the caller says whose the file is (fl_protocol/file_owner.py)
         except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
             raise ValueError(f"{path}: unreadable: {err}") from None
         if not isinstance(documents[-1], dict):
@@ -309,6 +311,8 @@ def _read_tensors(model_dir: Path, keys: list[str] | None = None) -> dict[str, t
     path = Path(model_dir) / WEIGHTS_FILE
     if not path.is_file():
         raise ValueError(f"{Path(model_dir)}: not a fedintent model export (no {WEIGHTS_FILE})")
+    with path.open("rb"):  # found in review: safetensors says "No such file" of one it may not read
+        pass
     try:
         with safe_open(str(path), framework="pt") as f:
             missing = sorted(set(keys or []) - set(f.keys()))
@@ -326,6 +330,7 @@ def load_exchanged(model_dir: Path) -> tuple[nn.Module, list[str], dict]:
     the family (for a local checkpoint: its folder) must exist on this machine.
     """
     info, config = read_export(model_dir)
+    _check_label_names(model_dir, info["labels"], config)
     module = get_model_family(info["model_family"]).build_model(len(info["labels"]))
     first_trained = config.get("num_hidden_layers", 0) - info.get("trained_layers", 0)
     keys = {k: k if config["model_type"] in LINEAR_MODEL_TYPES else _export_key(k, first_trained)
@@ -439,6 +444,7 @@ def load_exported(model_dir: Path) -> ExportedModel:
         _check_finite(model_dir, tensors)
         featurize = _exported_featurizer(model_dir, config)
         _check_linear(model_dir, tensors, len(labels), featurize)
+        _check_label_names(model_dir, labels, config)
         scale = feature_scale(model_dir, config)
         return ExportedModel(labels, lambda texts: nn.functional.linear(
             scale * featurize(texts), tensors["weight"], tensors.get("bias")))
@@ -460,6 +466,7 @@ def load_exported(model_dir: Path) -> ExportedModel:
     if model.config.num_labels != len(labels):
         raise ValueError(f"{model_dir / 'config.json'}: {model.config.num_labels} labels, but "
                          f"{FRAMEWORK_FILE} names {len(labels)}")
+    _check_label_names(model_dir, labels, config)
     model.eval()
 
     def logits(texts: list[str]) -> torch.Tensor:
@@ -468,6 +475,23 @@ def load_exported(model_dir: Path) -> ExportedModel:
         return model(**batch).logits
 
     return ExportedModel(labels, logits)
+
+
+def _check_label_names(model_dir: Path, labels: list[str], config: dict) -> None:
+    """fedintent.json's label names must be config.json's ``id2label``, in order. fedintent.json
+    holds the digests, so nothing pins it; config.json is pinned by them, and is what
+    ``transformers.pipeline`` labels with. Found in review: two labels swapped in fedintent.json
+    mislabelled every prediction, exit 0."""
+    id2label = config.get("id2label")
+    named = [id2label.get(str(i)) if isinstance(id2label, dict) else None
+             for i in range(len(labels))]
+    differing = [i for i, label in enumerate(labels) if named[i] != label]
+    if differing:
+        i = differing[0]
+        raise ValueError(f"{model_dir / FRAMEWORK_FILE} names label {i} {labels[i]!r}, but the "
+                         f"id2label of {model_dir / 'config.json'} names it {named[i]!r}: one "
+                         "of the two was edited, and predictions would be mislabelled; copy the "
+                         "export again from where it was written")
 
 
 def _from_pretrained(model_dir: Path) -> tuple[FedintentBertForSequenceClassification, dict]:

@@ -1,5 +1,6 @@
 """`fedintent predict`: texts from arguments, text files and CSV files, redacted like training."""
 
+import errno
 import hashlib
 import json
 import os
@@ -7,6 +8,7 @@ import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -365,6 +367,68 @@ def test_a_hand_edited_export_is_refused_naming_the_problem(ngram_model, tmp_pat
     assert main(["predict", str(damaged), "hi"]) == 2
     err = capsys.readouterr().err
     assert message in err and str(damaged) in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("family", ["ngram", "minilm"])
+def test_label_names_swapped_in_fedintent_json_are_refused(request, tmp_path, capsys, family):
+    """Found in review: fedintent.json, the one file of the export no digest pins, had two
+    labels swapped, and every prediction of either was mislabelled, exit 0. config.json's
+    id2label, which its digest pins, must agree."""
+    swapped = copied(request.getfixturevalue(f"{family}_model"), tmp_path)
+    edited("fedintent.json", lambda info: info.__setitem__(
+        "labels", [LABELS[1], LABELS[0], LABELS[2]]))(swapped)
+    assert main(["predict", str(swapped), "i lost my card"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    message = (f"{swapped}/fedintent.json names label 0 'callback', but the id2label of "
+               f"{swapped}/config.json names it 'card_lost': one of the two was edited")
+    assert message in captured.err
+    with pytest.raises(ValueError, match=re.escape(message)):
+        load_exchanged(swapped)  # the module the benchmarks evaluate
+
+
+def denied_to_this_account(monkeypatch, method: str, denied) -> None:
+    """``Path.<method>`` raises PermissionError for the paths ``denied`` says, as for an account
+    that may not read them (the tests run as root, whom chmod does not stop)."""
+    allowed = getattr(Path, method)
+
+    def forbidden(self, *args, **kwargs):
+        if denied(self):
+            raise PermissionError(errno.EACCES, "Permission denied", str(self))
+        return allowed(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, method, forbidden)
+
+
+def test_a_model_folder_this_account_may_not_search_is_named_as_given(ngram_model, tmp_path,
+                                                                       capsys, monkeypatch):
+    """Found in review: the "did you mean OUT/model" probe raised its own PermissionError, and
+    the message named MODEL_DIR/model/fedintent.json, a path never given."""
+    folder = copied(ngram_model, tmp_path)
+    denied_to_this_account(monkeypatch, "is_file", lambda path: folder in path.parents)
+    assert main(["predict", str(folder), "i lost my card"]) == 2
+    err = capsys.readouterr().err
+    assert (f"error: permission denied to this account (uid {os.geteuid()}) for "
+            f"{folder}/fedintent.json" in err)
+    assert f"{folder}/model" not in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("digest", [True, False], ids=["recorded", "from before digests"])
+def test_a_weights_file_this_account_may_not_read_is_named_with_its_owner(
+        ngram_model, tmp_path, capsys, monkeypatch, digest):
+    """Found in review: "[Errno 13] Permission denied: '...'"; and safetensors, which reads the
+    file of an export recording no digest, says "No such file" of one it may not read."""
+    folder = copied(ngram_model, tmp_path)
+    if not digest:
+        edited("fedintent.json", lambda info: info.pop("weights_sha256"))(folder)
+    weights = folder / "model.safetensors"
+    denied_to_this_account(monkeypatch, "open", lambda path: path == weights)
+    assert main(["predict", str(folder), "i lost my card"]) == 2
+    err = capsys.readouterr().err
+    assert (f"error: permission denied to this account (uid {os.geteuid()}) for {weights}, "
+            f"which belongs to uid {weights.stat().st_uid}: run the command as an account that "
+            "may, or give this one access" in err)
+    assert "Errno" not in err and "No such file" not in err
 
 
 @pytest.mark.parametrize("order", [

@@ -10,6 +10,7 @@ from fedintent.commands import CliError
 from fedintent.commands.options import path_argument
 from fl_client.data_files import wide_encoding_problem
 from fl_client.redaction import redact
+from fl_protocol.file_owner import os_error_line, permission_denied
 from fl_protocol.wire import RUN_CONFIG_DEFAULTS
 from models import model_family_names
 
@@ -53,7 +54,7 @@ def run_predict(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from models.export import FRAMEWORK_FILE, load_exported
+    from models.export import load_exported
 
     texts = list(args.texts) + (_read_texts_file(args.file) if args.file else [])
     if not texts and not Path(args.model_dir).is_dir():  # found in review: the text was taken
@@ -64,16 +65,36 @@ def _predict(args: argparse.Namespace) -> int:
     try:
         model = load_exported(args.model_dir)
     except (ValueError, OSError) as err:
-        inside = Path(args.model_dir) / "model"
-        hint = f"; did you mean {inside} (a run's export)?" if (inside / FRAMEWORK_FILE).is_file() \
-            else ""
-        raise CliError(f"{err}{hint}") from err
+        raise CliError(f"{_load_error(err)}{_run_folder_hint(Path(args.model_dir))}") from err
     redacted = [redact(text) for text in texts]
     kept = [text for text in redacted if text.strip()]
     predictions = iter(model.predict(kept) if kept else [])
     for text in redacted:
         print(_output_line(text, next(predictions) if text.strip() else None, args.json))
     return 0
+
+
+def _load_error(err: ValueError | OSError) -> str:
+    """Why the export could not be loaded, in one line: a file this account may not read is
+    named with its owner, any other file error without Python's errno text (found in review:
+    "[Errno 13] Permission denied: '...'")."""
+    if isinstance(err, PermissionError):
+        return permission_denied(err.filename, site=False)
+    return os_error_line(err) if isinstance(err, OSError) else str(err)
+
+
+def _run_folder_hint(model_dir: Path) -> str:
+    """The "did you mean OUT/model" hint, when ``model_dir`` is a run's folder. It never raises
+    (found in review: its own PermissionError named MODEL_DIR/model/fedintent.json, a path never
+    given): a folder it cannot look into gets no hint."""
+    from models.export import FRAMEWORK_FILE
+
+    inside = model_dir / "model"
+    try:
+        found = (inside / FRAMEWORK_FILE).is_file()
+    except OSError:
+        return ""
+    return f"; did you mean {inside} (a run's export)?" if found else ""
 
 
 def _output_line(text: str, prediction: tuple[str, float] | None, as_json: bool) -> str:
