@@ -1,10 +1,13 @@
 """Development credentials: what Flower needs, private keys private, nothing overwritten."""
 
 import contextlib
+import errno
 import hashlib
+import io
 import ipaddress
 import json
 import stat
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -20,13 +23,15 @@ from flwr.supercore.fab import Fab
 from flwr.supernode.start_client_internal import _verify_fab
 
 from fedintent.cli import main
+from fedintent.launch import releases
 from fedintent.launch.certificates import (
     CredentialsExistError,
     signing_key_id,
+    signing_key_pair,
     site_names,
     write_dev_credentials,
 )
-from fedintent.launch.releases import read_release
+from fedintent.launch.releases import RELEASE_FAB, RELEASE_SIGNATURE, read_release
 
 SITES = site_names(2)
 
@@ -142,6 +147,97 @@ def test_release_names_a_bad_signing_key(credentials, tmp_path, capsys):
                  "--out", str(tmp_path / "release")]) == 2
     assert f"cannot read the signing key {tmp_path / 'nope.key'}" in capsys.readouterr().err
     assert not (tmp_path / "release").exists()
+
+
+def other_signing_key(tmp_path) -> Path:
+    """An Ed25519 release-signing key other than the credentials' (ssh-keygen's format)."""
+    path = tmp_path / "other.key"
+    path.write_bytes(signing_key_pair("other")[0])
+    return path
+
+
+def release_files(folder: Path) -> dict[str, bytes]:
+    return {path.name: path.read_bytes() for path in sorted(folder.iterdir())}
+
+
+def test_release_refuses_to_overwrite_a_release_unless_forced(credentials, tmp_path, capsys):
+    """Found in review: a release signed with the operator's key was replaced, without a word,
+    by one signed with another key, which the sites pinned to the first then refuse."""
+    out = tmp_path / "release"
+    assert main(["release", "--signing-key", str(credentials.signing_key), "--out", str(out)]) == 0
+    signed = release_files(out)
+    other = other_signing_key(tmp_path)
+    assert main(["release", "--signing-key", str(other), "--out", str(out)]) == 2
+    assert (f"refusing to overwrite {out / RELEASE_FAB}, {out / RELEASE_SIGNATURE}: give --force "
+            "to replace that release") in capsys.readouterr().err
+    (out / RELEASE_FAB).unlink()  # half a release is not overwritten either
+    assert main(["release", "--signing-key", str(other), "--out", str(out)]) == 2
+    assert f"refusing to overwrite {out / RELEASE_SIGNATURE}: give --force" in \
+        capsys.readouterr().err
+    assert release_files(out) == {RELEASE_SIGNATURE: signed[RELEASE_SIGNATURE]}
+    assert main(["release", "--signing-key", str(other), "--out", str(out), "--force"]) == 0
+    assert read_release(out).key_id == signing_key_id(
+        load_ssh_private_key(other.read_bytes(), None).public_key())
+    assert sorted(release_files(out)) == [RELEASE_FAB, RELEASE_SIGNATURE]
+
+
+def test_release_help_says_it_overwrites_nothing_without_force(capsys):
+    with pytest.raises(SystemExit):
+        main(["release", "--help"])
+    assert "An existing release in --out is never overwritten unless --force is given." in \
+        " ".join(capsys.readouterr().out.split())
+
+
+def no_space_for_the_signature(monkeypatch, stage: str) -> None:
+    """Writing (``stage`` "write") or renaming into place ("rename") the signature file fails,
+    as on a full disk."""
+    def full(path: Path, *args, **kwargs):
+        if Path(path).name == RELEASE_SIGNATURE:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return allowed(path, *args, **kwargs)
+
+    if stage == "write":
+        allowed = releases.write_bytes_atomic
+        monkeypatch.setattr(releases, "write_bytes_atomic", full)
+    else:
+        allowed = Path.replace
+        monkeypatch.setattr(Path, "replace", lambda self, target: full(self, target))
+
+
+def another_bundle(monkeypatch) -> None:
+    """The next release builds another bundle, as a new fedintent version would (the same code
+    builds the same bytes)."""
+    build = releases.build_fab_from_disk
+
+    def changed(app: Path) -> bytes:
+        fab = io.BytesIO(build(app))
+        with zipfile.ZipFile(fab, "a") as archive:
+            archive.writestr("CHANGES", "a new version\n")
+        return fab.getvalue()
+
+    monkeypatch.setattr(releases, "build_fab_from_disk", changed)
+
+
+@pytest.mark.parametrize("stage", ["write", "rename"])
+def test_a_release_that_fails_part_way_leaves_no_new_bundle_beside_the_old_signature(
+        credentials, tmp_path, capsys, monkeypatch, stage):
+    """Found in review: the bundle was replaced, then the signature could not be, leaving the
+    new bundle with the old signature, and a traceback."""
+    out = tmp_path / "release"
+    assert main(["release", "--signing-key", str(credentials.signing_key), "--out", str(out)]) == 0
+    signed = release_files(out)
+    another_bundle(monkeypatch)
+    no_space_for_the_signature(monkeypatch, stage)
+    assert main(["release", "--signing-key", str(other_signing_key(tmp_path)), "--out", str(out),
+                 "--force"]) == 2
+    err = capsys.readouterr().err
+    assert f"error: cannot write the release to {out}: " in err
+    assert "No space left on device" in err and "Traceback" not in err
+    if stage == "write":  # before anything in --out changed
+        assert release_files(out) == signed
+    else:  # the old signature went first: the new bundle alone, which deploy-run refuses
+        assert sorted(release_files(out)) == [RELEASE_FAB]
+        assert (out / RELEASE_FAB).read_bytes() != signed[RELEASE_FAB]
 
 
 def tls_server(cert: Path, key: Path):

@@ -68,13 +68,17 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
         "fedintent.fab.sig.json (its Ed25519 signature, with the key's public half) to --out. "
         "Sites run a bundle only if a key in their trusted-entities.yaml signed it. Keep the "
         "key off the SuperLink's machine; `fedintent deploy-run --release` needs only the "
-        "release folder.",
+        "release folder. An existing release in --out is never overwritten unless --force is "
+        "given.",
     )
     release.set_defaults(handler=run_release)
     release.add_argument("--signing-key", type=path_argument, required=True,
                          help="the operator's Ed25519 private key, OpenSSH format "
                          "(release-signing.key from `fedintent certs`, or ssh-keygen -t ed25519)")
     release.add_argument("--out", type=path_argument, required=True, help="release folder")
+    release.add_argument("--force", action="store_true",
+                         help="replace the release already in --out (sites that trust only "
+                         "the key that signed it refuse a release signed with another)")
 
     deploy_run = commands.add_parser(
         "deploy-run",
@@ -206,7 +210,7 @@ def run_release(args: argparse.Namespace) -> int:
 
     args.out = writable_folder("--out", args.out)
     try:
-        release = write_release(args.out, args.signing_key)
+        release = write_release(args.out, args.signing_key, replace=args.force)
     except DeploymentError as err:
         raise CliError(str(err)) from err
     print(f"wrote {release.app_spec} to {args.out}: {RELEASE_FAB} (sha256 "

@@ -39,7 +39,8 @@ from flwr.supercore.primitives.asymmetric_ed25519 import (
 from fedintent.launch.certificates import signing_key_id
 from fedintent.launch.deployment import Connection, DeploymentError, submit_run
 from fedintent.launch.flower_cli import write_app
-from fl_protocol.durable_files import write_bytes_atomic
+from fl_protocol.durable_files import sync_folder, write_bytes_atomic
+from fl_protocol.file_owner import os_error_line
 
 RELEASE_FAB = "fedintent.fab"
 RELEASE_SIGNATURE = "fedintent.fab.sig.json"
@@ -88,8 +89,18 @@ def sign_release(fab: bytes, key: ed25519.Ed25519PrivateKey) -> Release:
                    _base64url(signature), signed_at, public_key.decode("ascii"))
 
 
-def write_release(out_dir: Path, signing_key: Path) -> Release:
-    """Build the fedintent app bundle, sign it, and write bundle and signature to ``out_dir``."""
+def write_release(out_dir: Path, signing_key: Path, replace: bool = False) -> Release:
+    """Build the fedintent app bundle, sign it, and write bundle and signature to ``out_dir``.
+
+    An existing release there is replaced only with ``replace`` (found in review: one signed
+    with another key was replaced without a word, and sites pinned to that key then refuse it).
+    """
+    out_dir = Path(out_dir)
+    existing = [str(path) for path in (out_dir / RELEASE_FAB, out_dir / RELEASE_SIGNATURE)
+                if path.exists() or path.is_symlink()]
+    if existing and not replace:
+        raise DeploymentError(f"refusing to overwrite {', '.join(existing)}: give --force to "
+                              "replace that release")
     key = load_signing_key(signing_key)
     build_dir = Path(tempfile.mkdtemp(prefix="fedintent-release-"))
     try:
@@ -97,14 +108,36 @@ def write_release(out_dir: Path, signing_key: Path) -> Release:
     finally:
         shutil.rmtree(build_dir, ignore_errors=True)
     release = sign_release(fab, key)
-    write_bytes_atomic(Path(out_dir) / RELEASE_FAB, release.fab)
-    write_bytes_atomic(
-        Path(out_dir) / RELEASE_SIGNATURE,
-        json.dumps({"public_key_id": release.key_id, "public_key": release.public_key,
-                    "signature": release.signature, "signed_at": release.signed_at,
-                    "fab_sha256": hashlib.sha256(release.fab).hexdigest()}, indent=2).encode(),
-    )
+    signature = json.dumps({"public_key_id": release.key_id, "public_key": release.public_key,
+                            "signature": release.signature, "signed_at": release.signed_at,
+                            "fab_sha256": hashlib.sha256(release.fab).hexdigest()}, indent=2)
+    try:
+        _write_pair(out_dir, release.fab, signature.encode())
+    except OSError as err:
+        raise DeploymentError(f"cannot write the release to {out_dir}: {os_error_line(err)}") \
+            from err
     return release
+
+
+def _write_pair(out_dir: Path, fab: bytes, signature: bytes) -> None:
+    """Put bundle and signature in ``out_dir`` so that no failure leaves a new bundle beside an
+    old signature (found in review: a signature that could not be written left the new bundle
+    with the old one). Both are written in a folder inside ``out_dir`` first, so a full disk
+    fails with the old release untouched; then the old signature goes, and the new files are
+    renamed into place, the signature last. A failure after that leaves a bundle with no
+    signature, which ``read_release`` refuses."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=out_dir, prefix=".release."))
+    try:
+        write_bytes_atomic(staging / RELEASE_FAB, fab)
+        write_bytes_atomic(staging / RELEASE_SIGNATURE, signature)
+        (out_dir / RELEASE_SIGNATURE).unlink(missing_ok=True)
+        sync_folder(out_dir)
+        for name in (RELEASE_FAB, RELEASE_SIGNATURE):
+            (staging / name).replace(out_dir / name)
+        sync_folder(out_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def read_release(release_dir: Path) -> Release:
