@@ -1,5 +1,6 @@
 """The command line: bad input gives one line naming the problem and a non-zero exit."""
 
+import importlib
 import json
 import os
 import subprocess
@@ -127,6 +128,90 @@ def test_synth_then_check_data(tmp_path):
 
     again = fedintent("synth", "--sites", "2", "--out", str(out))
     assert again.returncode == 2 and "not empty" in again.stderr
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--alpha", "inf"], "--alpha must be a finite number > 0, got inf"),
+    (["--seed", "-5"], "--seed must be a non-negative integer, got -5"),
+])
+def test_synth_refuses_an_infinite_alpha_and_a_negative_seed(tmp_path, capsys, args, message):
+    """Found in review: each gave a traceback, the second after writing labels.txt."""
+    from fedintent.cli import main
+
+    out = tmp_path / "sites"
+    assert main(["synth", "--sites", "1", "--size", "40", "--out", str(out), *args]) == 2
+    assert capsys.readouterr().err == f"fedintent synth: error: {message}\n"
+    assert not out.exists()
+
+
+def _two_label_csv_dataset(folder):
+    folder.mkdir()
+    rows = "\n".join(f"text number {i},label_{i % 2}" for i in range(40))
+    for name in ("train.csv", "test.csv"):
+        (folder / name).write_text("text,label\n" + rows + "\n")
+    return folder
+
+
+@pytest.mark.parametrize("command", [["synth", "--sites", "1", "--size", "40"],
+                                     ["partition", "csv", "--sites", "2"]])
+@pytest.mark.parametrize("out", ["afile", "afile/x"])
+def test_synth_and_partition_refuse_an_out_that_is_or_is_under_a_file(
+        tmp_path, monkeypatch, capsys, command, out):
+    """Found in review: a traceback (NotADirectoryError)."""
+    from fedintent.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    _two_label_csv_dataset(tmp_path / "csv")
+    (tmp_path / "afile").write_text("kept\n")
+    assert main([*command, "--out", out]) == 2
+    assert capsys.readouterr().err == (f"fedintent {command[0]}: error: --out {tmp_path / out}: "
+                                       f"{tmp_path / 'afile'} is a file, not a folder\n")
+    assert (tmp_path / "afile").read_text() == "kept\n"
+
+
+@pytest.mark.parametrize("command,writer", [
+    (["synth", "--sites", "3", "--size", "40"], "data_synth.sites.write_text_atomic"),
+    (["partition", "csv", "--sites", "2"], "fedintent.partition.write_text_atomic"),
+])
+@pytest.mark.parametrize("out", ["new/sites", "empty"])
+def test_synth_and_partition_stopped_midway_leave_no_data_folder(
+        tmp_path, monkeypatch, command, writer, out):
+    """Found in review: Ctrl-C (or a crash) during synth left labels.txt and some site folders
+    without a manifest, which a rerun refused and train --data would read. The folder now
+    appears whole or not at all; an empty one given as --out stays as it was."""
+    from fedintent.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    _two_label_csv_dataset(tmp_path / "csv")
+    (tmp_path / "empty").mkdir(mode=0o700)
+    before = sorted(os.listdir(tmp_path))
+    written = []
+
+    def interrupted_after_two_files(path, *args):
+        if len(written) == 2:
+            raise KeyboardInterrupt
+        written.append(path)
+        original(path, *args)
+
+    module, name = writer.rsplit(".", 1)
+    module = importlib.import_module(module)
+    original = getattr(module, name)
+    monkeypatch.setattr(module, name, interrupted_after_two_files)
+    assert main([*command, "--out", out]) == 130
+    assert len(written) == 2
+    assert sorted(os.listdir(tmp_path)) == before
+    assert out == "new/sites" or (not os.listdir(out) and os.stat(out).st_mode & 0o777 == 0o700)
+
+    monkeypatch.setattr(module, name, original)
+    assert main([*command, "--out", out]) == 0
+    assert (tmp_path / out / "manifest.json").is_file()
+    assert os.stat(out).st_mode & 0o777 == (0o700 if out == "empty" else 0o777 & ~_umask())
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def test_check_data_reports_bad_rows_and_a_site_that_cannot_train(tmp_path):

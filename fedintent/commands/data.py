@@ -1,6 +1,7 @@
 """``synth``, ``check-data`` and ``partition``: making and checking site data folders."""
 
 import argparse
+import math
 import sys
 from collections import Counter
 from collections.abc import Sequence
@@ -9,7 +10,12 @@ from pathlib import Path
 from data_synth import SYNTHETIC_SITE_SIZE
 from data_synth.sites import MIN_SITE_SIZE
 from fedintent.commands import CliError, counted, require_operator_extra
-from fedintent.commands.options import number_argument, path_argument
+from fedintent.commands.options import (
+    folder_made_whole,
+    number_argument,
+    path_argument,
+    writable_folder,
+)
 from fl_protocol.label_file import read_labels
 from fl_protocol.wire import DEFAULT_RETENTION_DAYS
 
@@ -102,20 +108,31 @@ def run_synth(args: argparse.Namespace) -> int:
         raise CliError(f"--lang must be en, zh or en,zh; got {args.lang!r}")
     if args.sites < 1:
         raise CliError(f"--sites must be >= 1, got {args.sites}")
-    if not args.alpha > 0:
-        raise CliError(f"--alpha must be > 0, got {args.alpha}")
+    if not (args.alpha > 0 and math.isfinite(args.alpha)):  # found in review: inf crashed
+        raise CliError(f"--alpha must be a finite number > 0, got {args.alpha}")
+    if args.seed < 0:
+        raise CliError(f"--seed must be a non-negative integer, got {args.seed}")
     if args.size < 1:
         raise CliError(f"--size must be >= 1, got {args.size}")
-    if args.out.exists() and any(args.out.iterdir()):
-        raise CliError(f"--out {args.out} already exists and is not empty")
-    manifest = write_sites(args.out, n_sites=args.sites, seed=args.seed, languages=languages,
-                           alpha=args.alpha, size=args.size)
+    out = new_data_folder(args.out)
+    with folder_made_whole(out) as folder:
+        manifest = write_sites(folder, n_sites=args.sites, seed=args.seed, languages=languages,
+                               alpha=args.alpha, size=args.size)
     print(f"wrote {len(manifest['sites'])} sites, {len(manifest['labels'])} intents "
           f"to {args.out}")
     for name, site in manifest["sites"].items():
         langs = ", ".join(f"{k} {v}" for k, v in sorted(site["languages"].items()))
         print(f"  {name}: {site['train']} train, {site['test']} test conversations ({langs})")
     return 0
+
+
+def new_data_folder(requested: Path) -> Path:
+    """``--out`` of synth and partition, absolute: a folder that is new or empty, where this
+    process may write (found in review: a file, or a path under one, gave a traceback)."""
+    out = writable_folder("--out", requested)
+    if out.is_dir() and any(out.iterdir()):
+        raise CliError(f"--out {requested} already exists and is not empty")
+    return out
 
 
 def run_check_data(args: argparse.Namespace) -> int:
@@ -296,28 +313,29 @@ def _print_timestamps(times: list, excluded: Counter, retention_days: float | No
 
 PARTITION_OPTIONS = {"n_sites": "--sites", "seed": "--seed", "alpha": "--alpha", "iid": "--iid",
                      "min_site_size": "--min-site-size", "quantity_skew": "--quantity-skew"}
-"""partition's option for each argument of ``partition_csv_dataset``, which its errors name
+"""partition's option for each argument of ``plan_partition``, which its errors name
 (found in review: ``n_sites must be >= 1`` for ``--sites 0``)."""
 
 
 def run_partition(args: argparse.Namespace) -> int:
     require_operator_extra()
-    from fedintent.partition import partition_csv_dataset
+    from fedintent.partition import plan_partition, write_partition
 
-    if args.out.exists() and any(args.out.iterdir()):
-        raise CliError(f"--out {args.out} already exists and is not empty")
+    out = new_data_folder(args.out)
     if not args.csv_dir.is_dir():  # found in review: "CSV_DIR/train.csv: file not found"
         what = "is a file, not a folder" if args.csv_dir.is_file() else "folder not found"
         raise CliError(f"{args.csv_dir}: {what}: give the folder that holds train.csv and "
                        "test.csv (or site folders)")
     try:
-        manifest = partition_csv_dataset(
-            args.csv_dir, args.out, n_sites=args.sites, seed=args.seed,
+        partition = plan_partition(
+            args.csv_dir, n_sites=args.sites, seed=args.seed,
             alpha=None if args.iid else args.alpha, min_site_size=args.min_site_size,
             quantity_skew=args.quantity_skew, names=PARTITION_OPTIONS,
         )
     except (ValueError, FileNotFoundError) as err:
         raise CliError(str(err)) from err
+    with folder_made_whole(out) as folder:
+        manifest = write_partition(partition, folder)
     scheme = "IID" if args.iid else f"Dirichlet alpha {args.alpha:g}"
     print(f"wrote {len(manifest['sites'])} sites ({scheme}), {len(manifest['labels'])} labels "
           f"to {args.out}")

@@ -4,7 +4,9 @@ import argparse
 import math
 import os
 import re
+import secrets
 import shutil
+import stat
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime
@@ -12,6 +14,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from fedintent.commands import CliError
+from fl_protocol.durable_files import sync_folder, sync_tree
 from fl_server.run_config import RunConfigError, check_epsilon, check_run_config
 from fl_server.run_record import METRICS_FILE, run_files_in
 
@@ -179,9 +182,7 @@ def resumable_run(out_dir: Path, changes: Mapping[str, object]) -> Resumption:
 def created_folder(folder: Path) -> Iterator[Path]:
     """Create ``folder`` (and missing parents) for the block; if the block raises, remove what
     was created here, so a refused or failed start leaves the folder as it was, or none."""
-    first_new = folder
-    while not first_new.parent.exists():
-        first_new = first_new.parent
+    first_new = _first_missing(folder)
     before = set(folder.iterdir()) if folder.is_dir() else None
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -196,6 +197,54 @@ def created_folder(folder: Path) -> Iterator[Path]:
             else:
                 new.unlink(missing_ok=True)
         raise
+
+
+@contextmanager
+def folder_made_whole(folder: Path) -> Iterator[Path]:
+    """A new folder beside ``folder`` (absent or empty) for the block to fill, renamed to
+    ``folder`` when the block ends, so that it appears whole or not at all (found in review:
+    an interrupted synth left site folders and no manifest, which a rerun refused and train
+    --data would read). If the block raises, Ctrl-C included, the new folder goes, with any
+    parent created for it. The result has the mode ``folder`` has, or a new folder would."""
+    first_new = _first_missing(folder.parent)
+    temporary = folder.parent / f".{folder.name}.{secrets.token_hex(8)}"
+    try:
+        temporary.mkdir(parents=True)  # as ``mkdir`` makes ``folder``: the umask applies
+        if folder.is_dir():
+            temporary.chmod(stat.S_IMODE(folder.stat().st_mode))
+    except OSError as err:
+        raise CliError(f"cannot create {folder}: {err.strerror}") from None
+    try:
+        yield temporary
+        sync_tree(temporary)  # on disk before it takes the folder's name
+    except BaseException:
+        _remove_new(temporary, first_new)
+        raise
+    try:
+        temporary.rename(folder)  # replaces an empty folder, refuses any other
+    except OSError as err:
+        _remove_new(temporary, first_new)
+        raise CliError(f"cannot write {folder}: {err.strerror} (it must be new or an empty "
+                       "folder)") from None
+    sync_folder(folder.parent)
+
+
+def _remove_new(temporary: Path, first_new: Path | None) -> None:
+    """Remove ``folder_made_whole``'s temporary folder and the parent it created, if any."""
+    shutil.rmtree(temporary, ignore_errors=True)
+    if first_new is not None:
+        shutil.rmtree(first_new, ignore_errors=True)
+
+
+def _first_missing(folder: Path) -> Path | None:
+    """The outermost folder of ``folder``'s path that does not exist yet (``folder`` itself
+    where only it is missing), or None where ``folder`` exists."""
+    if folder.exists():
+        return None
+    first_new = folder
+    while not first_new.parent.exists():
+        first_new = first_new.parent
+    return first_new
 
 
 def parse_epsilons(text: str) -> list[float]:
