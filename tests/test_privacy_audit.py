@@ -323,6 +323,39 @@ def test_cli_rejects_missing_or_wrong_data(tmp_path, capsys):
     assert "expected train.csv and test.csv" in capsys.readouterr().err
 
 
+def test_cli_refuses_an_out_that_is_a_file(tmp_path, capsys):
+    """Found in review: a traceback (FileExistsError)."""
+    from test_bench import write_dataset
+
+    data = write_dataset(tmp_path / "csv")
+    afile = tmp_path / "afile"
+    afile.write_text("kept\n")
+    assert main(["audit-privacy", "--data", str(data), "--out", str(afile)]) == 2
+    assert capsys.readouterr().err == (f"fedintent audit-privacy: error: --out {afile}: {afile} "
+                                       "is a file, not a folder\n")
+    assert afile.read_text() == "kept\n"
+
+
+def test_a_failed_start_leaves_no_claim_to_refuse_the_corrected_rerun(tmp_path, capsys):
+    """Found in review: data that did not read left an audit.json, and the rerun with the
+    corrected data was refused as "an audit with other data or options"."""
+    from test_bench import write_dataset
+
+    utf16 = write_dataset(tmp_path / "utf16")
+    (utf16 / "train.csv").write_bytes((utf16 / "train.csv").read_text().encode("utf-16"))
+    data = write_dataset(tmp_path / "csv")
+    out = tmp_path / "audit"
+    args = ["--out", str(out), "--sites", "2", "--epsilons", "inf", "--shadows", "4",
+            "--natural", "8"]
+    assert main(["audit-privacy", "--data", str(utf16), *args, "--canaries", "8"]) == 2
+    assert "train.csv:1: not valid UTF-8" in capsys.readouterr().err
+    assert not (out / "audit.json").exists()
+    # the corrected data gets past the claim, and is partitioned before the canaries stop it
+    assert main(["audit-privacy", "--data", str(data), *args, "--canaries", "100000"]) == 2
+    assert "100000 canaries + 8 natural audit examples need" in capsys.readouterr().err
+    assert not (out / "audit.json").exists() and not (out / "data").exists()
+
+
 def test_cli_end_to_end_on_a_small_csv_dataset_then_resumes(tmp_path, capsys):
     import csv as csv_module
 

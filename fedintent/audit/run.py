@@ -9,6 +9,7 @@ resumable: trained models are kept in ``OUT/models``.
 """
 
 import math
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from functools import partial
@@ -92,8 +93,13 @@ def run_audit(spec: AuditSpec, out_dir: Path, workers: int = 1, progress=print) 
     site_rows = audited_site_rows(spec)
     record = asdict(spec) | {"settings": {epsilon_label(e): settings_for(e, spec.rounds, site_rows)
                                           for e in spec.epsilons}}
+    created = [out_dir / name for name in ("audit.json", "data") if not (out_dir / name).exists()]
     _claim_folder(out_dir, record)
-    game = prepare_game(spec, out_dir, progress)
+    try:
+        game = prepare_game(spec, out_dir, progress)
+    except BaseException:  # found in review: its audit.json refused the corrected data's rerun
+        _remove(created)
+        raise
     results = []
     for epsilon in spec.epsilons:
         settings = settings_for(epsilon, spec.rounds, site_rows)
@@ -181,6 +187,15 @@ def prepare_game(spec: AuditSpec, out_dir: Path, progress=print) -> Game:
     initial = family.initial_model(labels).state_dict()
     return Game(train, audit, holdout, {k: v.clone() for k, v in initial.items()},
                 partial(family.build_model, len(labels)), spec.seed, family.name)
+
+
+def _remove(paths: list[Path]) -> None:
+    """Remove what a failed start wrote: the claim, and the partition made under it."""
+    for path in paths:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
 
 
 def _claim_folder(out_dir: Path, record: dict) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fedintent.commands import CliError, require_operator_extra
-from fedintent.commands.options import parse_epsilons, path_argument
+from fedintent.commands.options import parse_epsilons, path_argument, writable_folder
 
 if TYPE_CHECKING:
     from fl_client.privacy_ledger import Ledger
@@ -354,6 +354,7 @@ def run_audit_privacy(args: argparse.Namespace) -> int:
         raise CliError(f"--alpha must be > 0, got {args.alpha}")
     if not args.data.is_dir():
         raise CliError(f"--data {args.data}: not a folder")
+    args.out = writable_folder("--out", args.out)
     is_csv = (args.data / "train.csv").is_file()
     spec = AuditSpec(
         data=str(args.data.resolve()), sites=args.sites or (10 if is_csv else None),
