@@ -830,6 +830,18 @@ def test_check_data_counts_a_single_row_in_the_singular(tmp_path, capsys):
     assert " 1 rows" not in out
     # found in review: nothing but that line told that a deployed site would train on none
     assert "warning: a deployed site at its default retention-days (30) would use none" in err
+    assert "(undated rows are not used under a limit): give each row its conversation's " in err
+
+    # found in review: the same undated clause for a site whose every row is dated
+    write_jsonl(tmp_path / "train.jsonl", [
+        {"text": "lost card", "label": "card_lost", "timestamp": "2020-01-01T00:00:00Z"}])
+    main(["check-data", str(tmp_path)])
+    out, err = capsys.readouterr()
+    assert "1 row dated (2020-01-01 to 2020-01-01), 0 undated" in out
+    assert err == ("warning: a deployed site at its default retention-days (30) would use none "
+                   "of these rows (each is dated more than 30 days ago, or in the future): set "
+                   "the site's retention-days (RETENTION_DAYS in the container; inf: no "
+                   "limit)\n")
 
 
 def test_check_data_names_empty_files_and_gives_no_retention_hint_without_valid_rows(

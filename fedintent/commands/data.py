@@ -301,10 +301,14 @@ def _print_timestamps(times: list, excluded: Counter, retention_days: float | No
               f"{usable} of {these} {counted(len(times), 'row')}; --retention-days DAYS applies "
               "your policy")
         if not usable:  # found in review: exit 0 and "valid" for a site that would train none
+            # found in review: the undated clause was said of sites with every row dated
+            why = ("undated rows are not used under a limit): give each row its conversation's "
+                   "timestamp, or set" if len(dated) < len(times) else
+                   f"each is dated more than {DEFAULT_RETENTION_DAYS:g} days ago, or in the "
+                   "future): set")
             print(f"warning: a deployed site at its default retention-days "
-                  f"({DEFAULT_RETENTION_DAYS:g}) would use none of these rows (undated rows are "
-                  "not used under a limit): give each row its conversation's timestamp, or set "
-                  "the site's retention-days (RETENTION_DAYS in the container; inf: no limit)",
+                  f"({DEFAULT_RETENTION_DAYS:g}) would use none of these rows ({why} the site's "
+                  "retention-days (RETENTION_DAYS in the container; inf: no limit)",
                   file=sys.stderr)
     for reason, count in sorted(excluded.items()):
         print(f"  not used under retention-days {retention_days:g}: {counted(count, 'row')} "
