@@ -392,7 +392,8 @@ def test_bad_input_leaves_no_record_that_blocks_the_corrected_retry(tmp_path):
                      partition_seed=0, rounds=1)
     with pytest.raises(ValueError, match="does not occur in train.csv"):
         run_bench(spec, tmp_path / "out")
-    assert not (tmp_path / "out" / "bench.json").exists()
+    # found in review: the new folder was left holding the sweep's lock file
+    assert not (tmp_path / "out").exists()
     (data / "test.csv").write_text(good, encoding="utf-8")
     record = claim_sweep_folder(tmp_path / "out", spec)
     assert record["dataset_sha256"]["test.csv"] == file_sha256(data / "test.csv")

@@ -50,6 +50,7 @@ from fedintent.bench.cells import (
 from fedintent.bench.federated import run_federated
 from fedintent.bench.report import write_outputs
 from fedintent.partition import (
+    PlannedPartition,
     holds_csv_splits,
     plan_partition,
     read_dataset,
@@ -124,8 +125,16 @@ def run_bench(spec: BenchSpec, out_dir: Path) -> list[dict]:
     """Run (or finish) the sweep in ``out_dir``, the only one running there; return every
     cell's result."""
     out_dir = Path(out_dir)
+    partition = None
+    if not (out_dir / "data" / "manifest.json").exists():
+        # the input checked in full before the lock or bench.json claims the folder (found in
+        # review: a label only in test.csv left a bench.json that refused the corrected data's
+        # retry; data that did not read left a new folder holding the lock file)
+        print(f"partitioning {spec.data} into {spec.sites} sites (alpha {spec.alpha:g})")
+        partition = plan_partition(Path(spec.data), spec.sites, spec.partition_seed,
+                                   alpha=spec.alpha)
     with sweep_lock(out_dir):
-        return _run_sweep(spec, out_dir)
+        return _run_sweep(spec, out_dir, partition)
 
 
 @contextmanager
@@ -154,18 +163,12 @@ def sweep_lock(out_dir: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def _run_sweep(spec: BenchSpec, out_dir: Path) -> list[dict]:
+def _run_sweep(spec: BenchSpec, out_dir: Path, partition: PlannedPartition | None
+               ) -> list[dict]:
     data_dir = out_dir / "data"
-    partition = None
-    if not (data_dir / "manifest.json").exists():
-        # the input checked in full before bench.json claims the folder (found in review: a
-        # label only in test.csv left a bench.json that refused the corrected data's retry)
-        print(f"partitioning {spec.data} into {spec.sites} sites (alpha {spec.alpha:g})")
-        partition = plan_partition(Path(spec.data), spec.sites, spec.partition_seed,
-                                   alpha=spec.alpha)
     record = claim_sweep_folder(out_dir, spec)
-    if partition is not None:
-        write_partition(partition, data_dir)
+    if partition is not None and not (data_dir / "manifest.json").exists():
+        write_partition(partition, data_dir)  # unless a sweep that held the lock wrote it
     labels = read_labels(data_dir / "labels.txt")
     cache = out_dir / "cache" / "features"
     sites = [load_site(site_dir, labels) for site_dir in list_site_dirs(data_dir)]
