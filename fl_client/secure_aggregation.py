@@ -133,9 +133,10 @@ def secure_aggregation_mod(msg: Message, context: Context, call_next: ClientAppC
 def secure_sum_problem(settings: Mapping[str, object], request: RoundRequest | None) -> str | None:
     """Why the secure sum set up with ``settings`` (SecAgg+'s setup values) may not carry this
     site's update, or None. Every secure round: a modulus whose values fit the 32-bit words the
-    site sends, a positive finite weight and clipping range and a quantization range from 1 to
-    the modulus, which Flower does not check (found in review: a negative weight negated the
-    update, an infinite one zeroed it, and a zero one failed after the round was charged).
+    site sends, a finite weight of at least 1, a positive finite clipping range and a
+    quantization range from 1 to the modulus, which Flower does not check (found in review: a
+    negative weight negated the update, an infinite one zeroed it, and a zero or tiny one failed
+    after the round was charged).
     Distributed DP (``request`` given): a sum over exactly the cohort the noise share is
     planned for, that fewer than ``cohort - tolerated-sites`` sites cannot unmask, whose
     threshold is above half of ``cohort + tolerated-sites`` (a colluding site gives up both its
@@ -146,10 +147,11 @@ def secure_sum_problem(settings: Mapping[str, object], request: RoundRequest | N
         return f"modulus {settings[Key.MOD_RANGE]}, expected {MODULUS}"
     weight, clipping = settings.get(Key.MAX_WEIGHT), settings.get(Key.CLIPPING_RANGE)
     levels = settings.get(Key.TARGET_RANGE)
-    if not (_positive_number(weight) and _positive_number(clipping) and type(levels) is int
-            and 1 <= levels <= MODULUS):
+    if not (_positive_number(weight) and weight >= 1 and _positive_number(clipping)
+            and type(levels) is int and 1 <= levels <= MODULUS):
         return (f"quantization (range {levels}, clipping {clipping}, weight {weight}): a "
-                f"range from 1 to {MODULUS} and a positive finite clipping range and weight")
+                f"range from 1 to {MODULUS}, a positive finite clipping range and a finite "
+                "weight of at least 1")
     if request is None:
         return None
     cohort, needed = request.cohort_size, request.cohort_size - request.tolerated_sites

@@ -9,7 +9,6 @@ names the file and the problem, never a traceback.
 """
 
 import re
-from collections import Counter
 from pathlib import Path
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
@@ -38,9 +37,11 @@ def label_list_problem(labels: list[str]) -> str:
         control = _CONTROL.search(label)
         if control:
             return f"control character {control.group()!r} in a label; is this a binary file?"
-    twice = sorted(label for label, count in Counter(labels).items() if count > 1)
-    if twice:
-        return f"duplicate labels {twice[:5]}"
+    first: dict[str, int] = {}
+    for number, label in enumerate(labels, start=1):
+        if label in first:  # by position, not quoted (as above)
+            return f"duplicate labels: label {number} is label {first[label]} again"
+        first[label] = number
     return ""
 
 

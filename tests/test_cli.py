@@ -203,9 +203,22 @@ def test_synth_and_partition_stopped_midway_leave_no_data_folder(
     assert out == "new/sites" or (not os.listdir(out) and os.stat(out).st_mode & 0o777 == 0o700)
 
     monkeypatch.setattr(module, name, original)
+    kept = os.stat(out).st_ino if out == "empty" else None
     assert main([*command, "--out", out]) == 0
     assert (tmp_path / out / "manifest.json").is_file()
     assert os.stat(out).st_mode & 0o777 == (0o700 if out == "empty" else 0o777 & ~_umask())
+    assert kept is None or os.stat(out).st_ino == kept  # the folder given, not a new one
+
+
+def test_synth_into_the_empty_current_folder_writes_there(tmp_path, monkeypatch):
+    """Found in review: an empty --out was replaced by a new folder of its name, so ``--out .``
+    left the shell in a deleted folder, and a mount point could not be replaced at all."""
+    from fedintent.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["synth", "--sites", "2", "--size", "40", "--out", "."]) == 0
+    assert {"labels.txt", "manifest.json", "site-00", "site-01"} <= set(os.listdir("."))
+    assert not [name for name in os.listdir(".") if name.startswith(".")]
 
 
 def _umask() -> int:

@@ -354,6 +354,11 @@ def test_a_failed_start_leaves_no_claim_to_refuse_the_corrected_rerun(tmp_path, 
     assert main(["audit-privacy", "--data", str(data), *args, "--canaries", "100000"]) == 2
     assert "100000 canaries + 8 natural audit examples need" in capsys.readouterr().err
     assert not (out / "audit.json").exists() and not (out / "data").exists()
+    # a link of the operator's is not what the failed start made, even one that resolves to
+    # nothing (found in review: exists() follows links, so it was taken for the start's own)
+    (out / "data").symlink_to(tmp_path / "not-mounted")
+    assert main(["audit-privacy", "--data", str(utf16), *args, "--canaries", "8"]) == 2
+    assert (out / "data").is_symlink()
 
 
 def test_cli_end_to_end_on_a_small_csv_dataset_then_resumes(tmp_path, capsys):

@@ -375,6 +375,8 @@ def test_a_data_file_given_as_the_label_file_is_refused_without_quoting_its_rows
     assert "Johnathan" not in str(refused.value)
     problem = label_list_problem(["refund", row])
     assert "label 2 is" in problem and "Johnathan" not in problem
+    problem = label_list_problem(["refund", short, "card_lost", short])
+    assert problem == "duplicate labels: label 4 is label 2 again"
 
 
 DEEP_ARRAY = "[" * 100_000 + "]" * 100_000

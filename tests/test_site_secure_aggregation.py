@@ -156,16 +156,16 @@ def test_an_update_secure_aggregation_would_clip_is_refused(context):
 
 
 @pytest.mark.parametrize("setting", [
-    {"max_weight": -1.0}, {"max_weight": 0.0}, {"max_weight": float("inf")},
+    {"max_weight": -1.0}, {"max_weight": 0.0}, {"max_weight": 1e-300}, {"max_weight": float("inf")},
     {"max_weight": float("nan")}, {"max_weight": True}, {"clipping_range": 0.0},
     {"clipping_range": -8.0}, {"target_range": 0}, {"target_range": 2**32 + 1},
     {"target_range": 65536.0}, {"mod_range": 2**16},
 ], ids=lambda setting: f"{next(iter(setting))}={next(iter(setting.values()))}")
 def test_a_quantization_that_would_distort_the_update_is_refused_untrained(context, setting):
     """Found in review: Flower checks none of these, so a negative weight negated the site's
-    update, an infinite one zeroed it, and a zero one or a zero range failed after the round
-    was trained and charged. Refused before the handler runs, at the collect stage (the values
-    the setup kept) and at the setup itself."""
+    update, an infinite one zeroed it, and a zero or tiny one or a zero range failed after the
+    round was trained and charged. Refused before the handler runs, at the collect stage (the
+    values the setup kept), by the check the setup stage runs too (``secure_sum_problem``)."""
     context.state[RECORD_KEY_STATE] = ConfigRecord(
         dict(context.state[RECORD_KEY_STATE]) | setting)
     called = []
@@ -180,7 +180,7 @@ def test_a_quantization_that_would_distort_the_update_is_refused_untrained(conte
     for levels, clipping in ((1, 0.5), (1 << 16, 8.0), (2**32, 64.0)):  # the edges allowed
         assert secure_aggregation.secure_sum_problem(
             {Key.MOD_RANGE: 2**32, Key.TARGET_RANGE: levels, Key.CLIPPING_RANGE: clipping,
-             Key.MAX_WEIGHT: 0.5}, None) is None
+             Key.MAX_WEIGHT: 1}, None) is None
 
 
 def test_key_shares_forwarded_without_their_sources_are_refused_untrained(context):

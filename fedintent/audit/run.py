@@ -93,7 +93,8 @@ def run_audit(spec: AuditSpec, out_dir: Path, workers: int = 1, progress=print) 
     site_rows = audited_site_rows(spec)
     record = asdict(spec) | {"settings": {epsilon_label(e): settings_for(e, spec.rounds, site_rows)
                                           for e in spec.epsilons}}
-    created = [out_dir / name for name in ("audit.json", "data") if not (out_dir / name).exists()]
+    created = [out_dir / name for name in ("audit.json", "data")
+               if not ((out_dir / name).exists() or (out_dir / name).is_symlink())]
     _claim_folder(out_dir, record)
     try:
         game = prepare_game(spec, out_dir, progress)

@@ -6,7 +6,6 @@ import os
 import re
 import secrets
 import shutil
-import stat
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime
@@ -15,6 +14,7 @@ from typing import NamedTuple
 
 from fedintent.commands import CliError
 from fl_protocol.durable_files import sync_folder, sync_tree
+from fl_protocol.file_owner import os_error_line
 from fl_server.run_config import RunConfigError, check_epsilon, check_run_config
 from fl_server.run_record import METRICS_FILE, run_files_in
 
@@ -200,33 +200,39 @@ def created_folder(folder: Path) -> Iterator[Path]:
 
 
 @contextmanager
-def folder_made_whole(folder: Path) -> Iterator[Path]:
-    """A new folder beside ``folder`` (absent or empty) for the block to fill, renamed to
-    ``folder`` when the block ends, so that it appears whole or not at all (found in review:
-    an interrupted synth left site folders and no manifest, which a rerun refused and train
-    --data would read). If the block raises, Ctrl-C included, the new folder goes, with any
-    parent created for it. The result has the mode ``folder`` has, or a new folder would."""
-    first_new = _first_missing(folder.parent)
-    temporary = folder.parent / f".{folder.name}.{secrets.token_hex(8)}"
+def folder_made_whole(folder: Path, last: str = "manifest.json") -> Iterator[Path]:
+    """A hidden folder for the block to fill, whose contents become ``folder`` (absent or
+    empty) when the block ends, so that ``folder`` holds the whole output or nothing of it
+    (found in review: an interrupted synth left site folders and no manifest, which a rerun
+    refused and train --data would read). A new ``folder`` is the hidden sibling renamed into
+    place; an existing empty one (a mount point, the current folder, one made with its owner,
+    group and ACLs) is kept, its entries moved up into it from a hidden folder inside it,
+    ``last`` (the manifest) last. If the block raises, Ctrl-C included, the hidden folder goes,
+    with any parent created for it."""
+    exists = folder.is_dir()
+    first_new = None if exists else _first_missing(folder.parent)
+    parent = folder if exists else folder.parent
+    temporary = parent / f".{folder.name if not exists else 'partial'}.{secrets.token_hex(8)}"
     try:
         temporary.mkdir(parents=True)  # as ``mkdir`` makes ``folder``: the umask applies
-        if folder.is_dir():
-            temporary.chmod(stat.S_IMODE(folder.stat().st_mode))
     except OSError as err:
         raise CliError(f"cannot create {folder}: {err.strerror}") from None
     try:
         yield temporary
         sync_tree(temporary)  # on disk before it takes the folder's name
+        if exists:
+            for entry in sorted(temporary.iterdir(), key=lambda entry: entry.name == last):
+                entry.rename(folder / entry.name)
+            temporary.rmdir()
+        else:
+            temporary.rename(folder)
+        sync_folder(folder if exists else folder.parent)
+    except OSError as err:
+        _remove_new(temporary, first_new)
+        raise CliError(f"cannot write {folder}: {os_error_line(err)}") from None
     except BaseException:
         _remove_new(temporary, first_new)
         raise
-    try:
-        temporary.rename(folder)  # replaces an empty folder, refuses any other
-    except OSError as err:
-        _remove_new(temporary, first_new)
-        raise CliError(f"cannot write {folder}: {err.strerror} (it must be new or an empty "
-                       "folder)") from None
-    sync_folder(folder.parent)
 
 
 def _remove_new(temporary: Path, first_new: Path | None) -> None:
