@@ -219,6 +219,10 @@ def folder_made_whole(folder: Path, last: str = "manifest.json") -> Iterator[Pat
         raise CliError(f"cannot create {folder}: {err.strerror}") from None
     try:
         yield temporary
+    except BaseException:  # the block's own error (a permission, a bad input) is raised as is
+        _remove_new(temporary, first_new)
+        raise
+    try:
         sync_tree(temporary)  # on disk before it takes the folder's name
         if exists:
             for entry in sorted(temporary.iterdir(), key=lambda entry: entry.name == last):
@@ -227,11 +231,10 @@ def folder_made_whole(folder: Path, last: str = "manifest.json") -> Iterator[Pat
         else:
             temporary.rename(folder)
         sync_folder(folder if exists else folder.parent)
-    except OSError as err:
+    except BaseException as err:
         _remove_new(temporary, first_new)
-        raise CliError(f"cannot write {folder}: {os_error_line(err)}") from None
-    except BaseException:
-        _remove_new(temporary, first_new)
+        if isinstance(err, OSError):
+            raise CliError(f"cannot write {folder}: {os_error_line(err)}") from None
         raise
 
 
