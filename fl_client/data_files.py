@@ -112,11 +112,14 @@ def _regular_files(paths: list[Path]) -> list[Path]:
     """The files among ``paths`` that are there; a name that is there but is no regular file is
     an error, never skipped (found in review: a ``train.jsonl`` linked into a volume that was
     not mounted was passed over, and the site split its test file and trained on it)."""
+    found = []
     for path in paths:
-        if not path.is_file() and (path.is_symlink() or path.exists()):
+        if path.is_file():
+            found.append(path)
+        elif path.is_symlink() or path.exists():
             raise SiteDataError(f"{path}: {_not_regular(path)}, not a data file; a data file "
                                 "must be a regular file (is the data volume mounted?)")
-    return [path for path in paths if path.is_file()]
+    return found
 
 
 def _not_regular(path: Path) -> str:
