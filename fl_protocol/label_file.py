@@ -21,25 +21,34 @@ MAX_LABEL_LENGTH = 200
 """The longest label, in characters; a site quotes labels in its log and refusals."""
 
 
+def _label_problem(label: str) -> str:
+    """Why ``label`` cannot be one (empty if it can): over ``MAX_LABEL_LENGTH`` characters, or
+    holding a control character. Never quotes the label: a data file given for labels is
+    customers' rows."""
+    if len(label) > MAX_LABEL_LENGTH:
+        return (f"{len(label)} characters, longer than the {MAX_LABEL_LENGTH} a label may be; "
+                "is this a data file, not the taxonomy?")
+    control = _CONTROL.search(label)
+    if control:
+        return f"control character {control.group()!r}; is this a binary file?"
+    return ""
+
+
 def label_list_problem(labels: list[str]) -> str:
     """Why ``labels`` cannot be a run's label list (empty if it can): fewer than two, more than
-    ``MAX_LABELS``, a label over ``MAX_LABEL_LENGTH`` characters or holding a control character,
-    or one named twice. The server checks its label file and every site the list it is sent."""
+    ``MAX_LABELS``, a label ``_label_problem`` refuses, or one named twice. The server checks its
+    label file and every site the list it is sent; labels are named by position."""
     if len(labels) < 2:  # found in review: one label trained and charged, its gradient zero
         return (f"{len(labels)} labels; a classifier needs at least 2 (one spends budget on "
                 "pure noise)")
     if len(labels) > MAX_LABELS:
         return f"{len(labels)} labels, more than the {MAX_LABELS} a run may name"
-    for number, label in enumerate(labels, start=1):
-        if len(label) > MAX_LABEL_LENGTH:  # not quoted: a data file given for labels is rows
-            return (f"label {number} is {len(label)} characters, longer than the "
-                    f"{MAX_LABEL_LENGTH} a label may be; is this a data file, not the taxonomy?")
-        control = _CONTROL.search(label)
-        if control:
-            return f"control character {control.group()!r} in a label; is this a binary file?"
     first: dict[str, int] = {}
     for number, label in enumerate(labels, start=1):
-        if label in first:  # by position, not quoted (as above)
+        problem = _label_problem(label)
+        if problem:
+            return f"label {number}: {problem}"
+        if label in first:
             return f"duplicate labels: label {number} is label {first[label]} again"
         first[label] = number
     return ""
@@ -61,14 +70,9 @@ def read_labels(path: Path) -> list[str]:
     labels, lines = [], {}
     for number, line in enumerate(_text(path).splitlines(), start=1):
         label = line.strip()
-        control = _CONTROL.search(label)
-        if control:
-            raise LabelFileError(f"{path}:{number}: control character {control.group()!r} in a "
-                                 "label; is this a binary file?")
-        if len(label) > MAX_LABEL_LENGTH:  # not quoted: a data file given for labels is rows
-            raise LabelFileError(f"{path}:{number}: a label of {len(label)} characters, longer "
-                                 f"than the {MAX_LABEL_LENGTH} a label may be; is this a data "
-                                 "file, not the taxonomy?")
+        problem = _label_problem(label)
+        if problem:
+            raise LabelFileError(f"{path}:{number}: {problem}")
         if label in lines:
             raise LabelFileError(f"{path}:{number}: the label of line {lines[label]} again "
                                  "(duplicate labels)")

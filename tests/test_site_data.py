@@ -352,7 +352,7 @@ def test_label_file_checks(tmp_path):
     assert len(read_labels(path)) == MAX_LABELS
     path.write_text("a\n" + "b" * (MAX_LABEL_LENGTH + 1) + "\n")
     with pytest.raises(LabelFileError,
-                       match=f"labels.txt:2: a label of {MAX_LABEL_LENGTH + 1} characters"):
+                       match=f"labels.txt:2: {MAX_LABEL_LENGTH + 1} characters, longer than"):
         read_labels(path)
 
 
@@ -374,9 +374,11 @@ def test_a_data_file_given_as_the_label_file_is_refused_without_quoting_its_rows
     assert "train.csv:3: the label of line 2 again" in str(refused.value)
     assert "Johnathan" not in str(refused.value)
     problem = label_list_problem(["refund", row])
-    assert "label 2 is" in problem and "Johnathan" not in problem
+    assert problem.startswith("label 2: ") and "Johnathan" not in problem
     problem = label_list_problem(["refund", short, "card_lost", short])
     assert problem == "duplicate labels: label 4 is label 2 again"
+    assert (label_list_problem(["refund", "card\x00lost"])
+            == "label 2: control character '\\x00'; is this a binary file?")
 
 
 DEEP_ARRAY = "[" * 100_000 + "]" * 100_000
@@ -541,7 +543,7 @@ def test_label_file_with_a_byte_order_mark_keeps_its_first_label(tmp_path):
     ("退款\n挂失\n".encode("gbk"), "not UTF-8 text (byte 0xcd at offset 0)"),
     ("card_lost\nrefund\n".encode("utf-16"), "not UTF-8 text (byte 0xff at offset 0)"),
     (bytes(range(256)), "not UTF-8 text (byte 0x80 at offset 128)"),
-    (b"card_lost\nref\x00und\n", "2: control character '\\x00' in a label"),
+    (b"card_lost\nref\x00und\n", "2: control character '\\x00'; is this a binary file?"),
 ])
 def test_label_file_that_is_not_utf8_text_is_one_clear_error(tmp_path, data, problem):
     path = tmp_path / "labels.txt"
