@@ -5,7 +5,8 @@ file in the same folder, fsync, ``os.replace``, fsync of the folder); ``create_e
 creates one that must not exist yet (a site secret, a private key: never overwritten, even by a
 concurrent process); ``append_line`` appends one durable line (egress log, audit log). Each
 takes the file's ``mode``: 0644 for run outputs, 0600 for what a site derives from customer data
-or keeps secret. ``json_safe`` is the one rule for JSON's missing infinity.
+or keeps secret. ``json_safe`` is the one rule for JSON's missing infinity, ``remove_entry`` the
+one way to take back what a failed command wrote.
 """
 
 import contextlib
@@ -15,6 +16,7 @@ import json
 import math
 import os
 import secrets
+import shutil
 import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -163,6 +165,20 @@ def sync_tree(folder: Path) -> None:
         elif path.is_dir():
             sync_folder(path)
     sync_folder(Path(folder))
+
+
+def remove_entry(path: Path, ignore_errors: bool = False) -> None:
+    """Remove ``path``: a file, a link (never what it points to) or a folder with everything in
+    it; one already gone is no error. With ``ignore_errors`` (a failed start cleaning up after
+    itself, its own error to report), a failed removal is passed over."""
+    try:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+    except OSError:
+        if not ignore_errors:
+            raise
 
 
 def _durable_temporary(path: Path, data: bytes, mode: int) -> str:

@@ -5,6 +5,7 @@ import errno
 import json
 import math
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from fl_protocol.durable_files import (
     append_line,
     create_exclusive,
     json_safe,
+    remove_entry,
     sync_folder,
     write_bytes_atomic,
     write_json_atomic,
@@ -121,3 +123,35 @@ def test_json_has_no_infinity_and_no_nan(tmp_path):
     assert json_safe(value, infinity="inf")["1"][0] == "inf"
     write_json_atomic(tmp_path / "r.json", {"epsilon": math.inf}, infinity="inf")
     assert json.loads((tmp_path / "r.json").read_text()) == {"epsilon": "inf"}
+
+
+def test_remove_entry_takes_a_link_never_what_it_points_to(tmp_path):
+    """A failed start removes what it made; a link it finds there (a data volume, an output
+    folder given as a link) goes as a link, and what it points to stays whole."""
+    kept = tmp_path / "kept"
+    (kept / "inside").mkdir(parents=True)
+    (kept / "inside" / "rows.jsonl").write_text("{}\n")
+    made = tmp_path / "made"
+    (made / "sub").mkdir(parents=True)
+    (made / "sub" / "file").write_text("x")
+    (tmp_path / "link").symlink_to(kept)
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    (tmp_path / "file").write_text("x")
+    for name in ("made", "link", "dangling", "file", "never-there"):
+        remove_entry(tmp_path / name)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kept"]
+    assert (kept / "inside" / "rows.jsonl").read_text() == "{}\n"
+
+
+def test_remove_entry_reports_a_failed_removal_unless_told_to_pass_it_over(tmp_path,
+                                                                           monkeypatch):
+    (tmp_path / "made" / "sub").mkdir(parents=True)
+
+    def refused(path, *args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied", str(path))
+
+    monkeypatch.setattr(shutil, "rmtree", refused)
+    with pytest.raises(PermissionError):
+        remove_entry(tmp_path / "made")
+    remove_entry(tmp_path / "made", ignore_errors=True)
+    assert (tmp_path / "made" / "sub").is_dir()

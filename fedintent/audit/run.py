@@ -9,7 +9,6 @@ resumable: trained models are kept in ``OUT/models``.
 """
 
 import math
-import shutil
 import time
 from dataclasses import asdict, dataclass
 from functools import partial
@@ -27,6 +26,7 @@ from fedintent.partition import partition_csv_dataset, read_labeled_csv
 from fedintent.report_files import FolderClaimed, claim_folder, epsilon_label
 from fl_client.data_files import list_site_dirs
 from fl_client.site_data import load_site
+from fl_protocol.durable_files import remove_entry
 from fl_protocol.label_file import read_labels
 from fl_protocol.wire import RUN_CONFIG_DEFAULTS
 from fl_server.run_config import site_size_rate, tuned_settings
@@ -99,7 +99,8 @@ def run_audit(spec: AuditSpec, out_dir: Path, workers: int = 1, progress=print) 
     try:
         game = prepare_game(spec, out_dir, progress)
     except BaseException:  # found in review: its audit.json refused the corrected data's rerun
-        _remove(created)
+        for path in created:  # the claim, and the partition made under it
+            remove_entry(path, ignore_errors=True)
         raise
     results = []
     for epsilon in spec.epsilons:
@@ -188,15 +189,6 @@ def prepare_game(spec: AuditSpec, out_dir: Path, progress=print) -> Game:
     initial = family.initial_model(labels).state_dict()
     return Game(train, audit, holdout, {k: v.clone() for k, v in initial.items()},
                 partial(family.build_model, len(labels)), spec.seed, family.name)
-
-
-def _remove(paths: list[Path]) -> None:
-    """Remove what a failed start wrote: the claim, and the partition made under it."""
-    for path in paths:
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            path.unlink(missing_ok=True)
 
 
 def _claim_folder(out_dir: Path, record: dict) -> None:

@@ -46,6 +46,7 @@ from fedintent.launch.run_config import compose_run_config
 from fedintent.launch.simulation import run_simulation
 from fl_client.dp_training import evaluate
 from fl_client.egress_guard import EGRESS_LOG, egress_entries
+from fl_protocol.durable_files import remove_entry
 from fl_server.model_store import load_model
 from fl_server.run_record import METRICS_FILE
 
@@ -74,7 +75,7 @@ def run_federated(
               f"({', '.join(path.name for path in leftovers)}), then running it again",
               flush=True)
         for path in leftovers:
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
+            remove_entry(path)
     state_root = cell_dir / "state"
     for index in range(num_sites):
         site_state = state_root / f"site-{index:02d}"

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from fedintent.commands import CliError
-from fl_protocol.durable_files import sync_folder, sync_tree
+from fl_protocol.durable_files import remove_entry, sync_folder, sync_tree
 from fl_protocol.file_owner import os_error_line
 from fl_server.run_config import RunConfigError, check_epsilon, check_run_config
 from fl_server.run_record import METRICS_FILE, run_files_in
@@ -192,10 +192,7 @@ def created_folder(folder: Path) -> Iterator[Path]:
         yield folder
     except BaseException:
         for new in [first_new] if before is None else set(folder.iterdir()) - before:
-            if new.is_dir() and not new.is_symlink():
-                shutil.rmtree(new, ignore_errors=True)
-            else:
-                new.unlink(missing_ok=True)
+            remove_entry(new, ignore_errors=True)
         raise
 
 
