@@ -239,8 +239,11 @@ def read_labeled_csv(path: Path) -> list[Example]:
 
 def read_utf8(path: Path) -> str:
     """The file's text (a leading BOM dropped), or an error naming the undecodable line."""
+    if path.is_dir():  # found in review: it was "file not found"
+        raise ValueError(f"{path} is a folder, not a CSV file (columns text,label)")
     if not path.is_file():
-        raise ValueError(f"{path}: file not found")
+        raise ValueError(f"{path} is not a regular file, not a CSV file" if path.exists()
+                         else f"{path}: file not found")
     data = path.read_bytes()
     try:
         return data.decode("utf-8-sig")

@@ -371,3 +371,17 @@ def test_partition_names_a_missing_folder_or_a_file_given_for_it(tmp_path, capsy
     assert main(["partition", str(tmp_path / "train.csv"), "--sites", "2", "--out",
                  str(tmp_path / "o")]) == 2
     assert "train.csv: is a file, not a folder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["train.csv", "test.csv"])
+def test_partition_names_a_split_that_is_a_folder(tmp_path, capsys, name):
+    """Found in review: a test.csv that is a folder was "CSV_DIR/test.csv: file not found"."""
+    (tmp_path / "train.csv").write_text(GOOD_TRAIN, encoding="utf-8")
+    (tmp_path / "test.csv").write_text(GOOD_TEST, encoding="utf-8")
+    (tmp_path / name).unlink()
+    (tmp_path / name).mkdir()
+    assert main(["partition", str(tmp_path), "--sites", "2", "--out",
+                 str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / name} is a folder, not a CSV file (columns text,label)" in err
+    assert "not found" not in err and not (tmp_path / "o").exists()
