@@ -222,6 +222,7 @@ def read_export(model_dir: Path) -> tuple[dict, dict]:
     for name in (FRAMEWORK_FILE, "config.json"):
         path = model_dir / name
         if not path.is_file():
+            _refuse_other_kind(path, "a JSON file")
             raise ValueError(f"{model_dir}: not a fedintent model export (no {name})")
         try:
             documents.append(json.loads(path.read_text(encoding="utf-8")))
@@ -281,11 +282,22 @@ def _check_digests(model_dir: Path, digests: dict[str, str]) -> None:
     for name, digest in digests.items():
         path = model_dir / name
         if not path.is_file():
+            _refuse_other_kind(path, "the weights file" if name.endswith(".safetensors")
+                               else "a file")
             raise ValueError(f"{model_dir}: incomplete model export: no {name}, which "
                              f"{FRAMEWORK_FILE} records (copy the whole folder)")
         if _sha256(path) != digest:
             raise ValueError(f"{path} does not match the SHA-256 recorded in {FRAMEWORK_FILE}: "
                              "damaged or edited")
+
+
+def _refuse_other_kind(path: Path, what: str) -> None:
+    """Raise for a ``path`` that is there but is no regular file, which is not missing (found
+    in review: a folder named model.safetensors was "no model.safetensors")."""
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder, not {what}")
+    if path.exists():
+        raise ValueError(f"{path} is not a regular file, not {what}")
 
 
 def _well_formed_digests(digests: object) -> bool:
@@ -310,6 +322,7 @@ def _read_tensors(model_dir: Path, keys: list[str] | None = None) -> dict[str, t
     """The named tensors (all when ``keys`` is None) of the export's weights file."""
     path = Path(model_dir) / WEIGHTS_FILE
     if not path.is_file():
+        _refuse_other_kind(path, "the weights file")
         raise ValueError(f"{Path(model_dir)}: not a fedintent model export (no {WEIGHTS_FILE})")
     with path.open("rb"):  # found in review: safetensors says "No such file" of one it may not read
         pass

@@ -194,6 +194,36 @@ def test_a_damaged_weights_file_is_named(ngram_model, tmp_path, capsys, digest, 
     assert message.format(weights=weights) in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("name,digest,message", [
+    ("model.safetensors", True, "{path} is a folder, not the weights file"),
+    ("model.safetensors", False, "{path} is a folder, not the weights file"),
+    ("fedintent.json", True, "{path} is a folder, not a JSON file"),
+    ("config.json", True, "{path} is a folder, not a JSON file"),
+], ids=["weights", "weights from before digests", "fedintent.json", "config.json"])
+def test_a_folder_in_place_of_an_export_file_is_named_as_one(ngram_model, tmp_path, capsys,
+                                                            name, digest, message):
+    """Found in review: a folder named model.safetensors was "no model.safetensors"."""
+    folder = copied(ngram_model, tmp_path)
+    if not digest:
+        edited("fedintent.json", lambda info: info.pop("weights_sha256"))(folder)
+    path = folder / name
+    path.unlink()
+    path.mkdir()
+    assert main(["predict", str(folder), "hi"]) == 2
+    err = capsys.readouterr().err
+    assert message.format(path=path) in err
+    assert f"no {name}" not in err
+
+
+def test_a_weights_file_that_is_no_regular_file_is_named_as_such(ngram_model, tmp_path, capsys):
+    folder = copied(ngram_model, tmp_path)
+    weights = folder / "model.safetensors"
+    weights.unlink()
+    os.mkfifo(weights)  # read, it would block
+    assert main(["predict", str(folder), "hi"]) == 2
+    assert f"{weights} is not a regular file, not the weights file" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("family", ["ngram", "minilm"])
 def test_a_flipped_bit_in_the_weights_is_refused(request, tmp_path, capsys, family):
     """Found in review: bit rot loaded silently, and an exponent bit flipped in some ngram weights
