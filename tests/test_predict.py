@@ -115,7 +115,10 @@ def test_help_says_inputs_are_redacted(capsys):
     (lambda model, tmp: (tmp / "bad.csv").write_text("id,text\n1,fine\n2\n"),
      ["{model}", "--file", "{tmp}/bad.csv"], "{tmp}/bad.csv:3: no value in column 2 ('text')"),
     (lambda model, tmp: None, ["{model}", "--file", "{tmp}/none.txt"],
-     "--file {tmp}/none.txt: cannot read"),
+     "--file {tmp}/none.txt: cannot read: No such file or directory"),
+    # found in review: "cannot read: [Errno 21] Is a directory: '...'"
+    (lambda model, tmp: (tmp / "texts").mkdir(), ["{model}", "--file", "{tmp}/texts"],
+     "--file {tmp}/texts is a folder, not a text or CSV file"),
     # found in review: a raw codec error, where the site-data loader names the encoding
     (lambda model, tmp: (tmp / "u16.txt").write_text("i lost my card\n", encoding="utf-16"),
      ["{model}", "--file", "{tmp}/u16.txt"],
@@ -139,7 +142,9 @@ def test_bad_input_gives_one_clear_error(ngram_model, tmp_path, capsys, setup, a
     setup(ngram_model, tmp_path)
     argv = [arg.format(tmp=tmp_path, model=ngram_model) for arg in args]
     assert main(["predict", *argv]) == 2
-    assert message.format(tmp=tmp_path) in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert message.format(tmp=tmp_path) in err
+    assert "Errno" not in err
 
 
 def copied(model, tmp_path):
@@ -459,6 +464,32 @@ def test_a_weights_file_this_account_may_not_read_is_named_with_its_owner(
             f"which belongs to uid {weights.stat().st_uid}: run the command as an account that "
             "may, or give this one access" in err)
     assert "Errno" not in err and "No such file" not in err
+
+
+def test_texts_may_come_from_a_pipe(ngram_model, capsys):
+    """``--file <(command)``: a pipe is no regular file, and is read."""
+    read_end, write_end = os.pipe()
+    os.write(write_end, b"i lost my card\n")
+    os.close(write_end)
+    try:
+        assert main(["predict", str(ngram_model), "--file", f"/dev/fd/{read_end}"]) == 0
+    finally:
+        os.close(read_end)
+    assert capsys.readouterr().out.startswith("card_lost\t")
+
+
+def test_a_texts_file_this_account_may_not_read_is_named_with_its_owner(ngram_model, tmp_path,
+                                                                         capsys, monkeypatch):
+    """Found in review: "cannot read: [Errno 13] Permission denied: '...'"."""
+    texts = tmp_path / "texts.txt"
+    texts.write_text("i lost my card\n")
+    denied_to_this_account(monkeypatch, "open", lambda path: path == texts)
+    assert main(["predict", str(ngram_model), "--file", str(texts)]) == 2
+    err = capsys.readouterr().err
+    assert (f"error: --file: permission denied to this account (uid {os.geteuid()}) for "
+            f"{texts}, which belongs to uid {texts.stat().st_uid}: run the command as an "
+            "account that may, or give this one access" in err)
+    assert "Errno" not in err
 
 
 @pytest.mark.parametrize("order", [

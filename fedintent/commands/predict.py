@@ -129,11 +129,17 @@ def _read_texts_file(path: Path) -> list[str]:
     """Texts of a plain text file (one per line) or a CSV file's 'text' (else first) column.
     A file in UTF-16 or UTF-32 is named as the site-data loader names it (found in review: a
     raw codec error), and so is a CSV row with more fields than the header: its extra fields
-    would be dropped without a word (an unquoted comma in a text, found in review)."""
+    would be dropped without a word (an unquoted comma in a text, found in review). A pipe is
+    read (``--file <(command)``); a folder or an unreadable file is named without Python's errno
+    text (found in review: "cannot read: [Errno 21] Is a directory: '...'")."""
+    if path.is_dir():
+        raise CliError(f"--file {path} is a folder, not a text or CSV file")
     try:
         data = path.read_bytes()
+    except PermissionError as err:
+        raise CliError(f"--file: {permission_denied(path, site=False)}") from err
     except OSError as err:
-        raise CliError(f"--file {path}: cannot read: {err}") from err
+        raise CliError(f"--file {path}: cannot read: {err.strerror or err}") from err
     problem = wide_encoding_problem(data)
     if problem is not None:
         raise CliError(f"--file {path}: {problem}")
