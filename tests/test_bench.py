@@ -51,6 +51,7 @@ from fedintent.bench.sweep import (
     pooled_cell,
     run_bench,
 )
+from fedintent.cli import main
 from fedintent.report_files import FolderClaimed
 from fl_client.data_files import list_site_dirs
 from fl_client.dp_training import Evaluation
@@ -693,6 +694,30 @@ def test_bench_without_a_test_split_says_which_file_is_missing(tmp_path):
     result = bench_cli("--data", str(data), "--out", str(tmp_path / "out"), cwd=tmp_path)
     assert result.returncode == 2
     assert "test.csv: not found" in result.stderr
+
+
+def folder_test_csv(data: Path) -> None:
+    (data / "test.csv").unlink()
+    (data / "test.csv").mkdir()
+
+
+@pytest.mark.parametrize(("given", "change", "message"), [
+    # found in review: "{data}/train.csv/train.csv: not found"
+    ("{data}/train.csv", None, "--data {data}/train.csv: is a file, not a folder: give the "
+     "folder that holds train.csv and test.csv (or site folders as fedintent synth writes them)"),
+    ("{data}/nope", None, "--data {data}/nope: folder not found: give the folder"),
+    ("{data}", folder_test_csv, "{data}/test.csv is a folder, not a CSV file (columns "
+     "text,label)"),
+], ids=["a file", "missing", "test.csv a folder"])
+def test_a_data_path_of_the_wrong_kind_is_named(tmp_path, capsys, given, change, message):
+    data = write_dataset(tmp_path / "csv")
+    if change:
+        change(data)
+    assert main(["bench", "--data", given.format(data=data), "--out",
+                 str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert message.format(data=data) in err
+    assert "train.csv/train.csv" not in err and not (tmp_path / "out").exists()
 
 
 def test_a_family_without_a_feature_cache_starts_its_federated_cells(tmp_path, monkeypatch):

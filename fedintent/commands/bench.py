@@ -65,13 +65,18 @@ def run_bench(args: argparse.Namespace) -> int:
     check_bench_numbers(args)
     model = checked_model(args.model)
     writable_folder("--out", args.out)
-    sites = args.data.is_dir() and any(path.is_dir() and not path.name.startswith(".")
-                                       for path in args.data.iterdir())
+    if not args.data.is_dir():  # found in review: "DATA/train.csv/train.csv: not found"
+        what = "is a file, not a folder" if args.data.is_file() else "folder not found"
+        raise CliError(f"--data {args.data}: {what}: give the folder that holds train.csv and "
+                       "test.csv (or site folders as fedintent synth writes them)")
+    sites = any(path.is_dir() and not path.name.startswith(".") for path in args.data.iterdir())
     if (args.data / "train.csv").exists() or not sites:  # a CSV dataset: both splits
-        for name in ("train.csv", "test.csv"):
-            if not (args.data / name).is_file():
-                raise CliError(f"{args.data / name}: not found (bench needs train.csv and "
-                               "test.csv, or site folders as fedintent synth writes them)")
+        for path in (args.data / "train.csv", args.data / "test.csv"):
+            if path.is_dir():
+                raise CliError(f"{path} is a folder, not a CSV file (columns text,label)")
+            if not path.is_file():
+                raise CliError(f"{path}: not found (bench needs train.csv and test.csv, or "
+                               "site folders as fedintent synth writes them)")
     from fedintent.bench import sweep  # torch and Flower: only once the arguments are good
     from fedintent.launch.simulation import SimulationError
 
