@@ -19,6 +19,7 @@ from pathlib import Path
 from flwr.app import Array, ArrayRecord
 from flwr.common.logger import log
 
+from fl_protocol.file_owner import permission_denied
 from fl_protocol.wire import RUN_CONFIG_DEFAULTS
 from fl_server.audit_log import started_run, vouched_models
 from fl_server.checkpoints import Checkpoint, CheckpointError, latest_checkpoint
@@ -42,11 +43,28 @@ resume must keep it (a DP-evaluating site planned its evaluations for it)."""
 
 def read_metrics(path: Path) -> dict:
     """The ``metrics.json`` of an earlier run, checked down to the run configuration it records
-    (``check_run_config``), or ``RunConfigError`` saying why it cannot be resumed."""
+    (``check_run_config``), or ``RunConfigError`` saying why it cannot be resumed. A folder
+    that is not there is named as such, and no file error quotes Python's errno text (found in
+    review: "metrics.json is missing or unreadable ([Errno 2] ...)" of a folder never made)."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise RunConfigError(f"cannot resume: {path.parent} is a file, not a run folder"
+                             if path.parent.exists()
+                             else f"cannot resume: run folder not found: {path.parent}")
     try:
-        doc = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        raise RunConfigError(f"cannot resume: {path} is missing or unreadable ({err})") from err
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise RunConfigError(f"cannot resume: {path.parent} holds no run record (no "
+                             f"{path.name})") from None
+    except IsADirectoryError:
+        raise RunConfigError(f"cannot resume: {path} is a folder, not a run record") from None
+    except PermissionError:
+        raise RunConfigError(f"cannot resume: {permission_denied(path, site=False)}") from None
+    except OSError as err:
+        raise RunConfigError(f"cannot resume: {path} is unreadable ({err.strerror or err})"
+                             ) from None
+    except ValueError as err:
+        raise RunConfigError(f"cannot resume: {path} is unreadable ({err})") from err
     if isinstance(doc, dict) and doc.get("status") == "completed":
         raise RunConfigError("cannot resume: the run completed all its rounds already")
     if problem := _record_problem(doc):

@@ -7,8 +7,10 @@ a check that is missing shows as a test failure, not as a simulation that runs."
 import errno
 import json
 import math
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -222,6 +224,39 @@ def test_resume_checks_the_run_folder_before_anything_starts(tmp_path, capsys, n
     before = {path: path.read_bytes() for path in out.rglob("*") if path.is_file()}
     assert message in refused(capsys, "train", "--resume", str(out))
     assert {path: path.read_bytes() for path in out.rglob("*") if path.is_file()} == before
+
+
+@pytest.mark.parametrize("make,message", [
+    # found in review: "metrics.json is missing or unreadable ([Errno 2] No such file ...)"
+    (lambda out: None, "cannot resume: run folder not found: {out}"),
+    (lambda out: out.mkdir(), "cannot resume: {out} holds no run record (no metrics.json)"),
+    (lambda out: (out / "metrics.json").mkdir(parents=True),
+     "cannot resume: {out}/metrics.json is a folder, not a run record"),
+], ids=["no folder", "no record", "record a folder"])
+def test_resume_names_a_folder_that_holds_no_run(tmp_path, capsys, nothing_starts, make,
+                                                message):
+    out = tmp_path / "run"
+    make(out)
+    err = refused(capsys, "train", "--resume", str(out))
+    assert message.format(out=out) in err and "Errno" not in err
+
+
+def test_resume_names_a_run_record_this_account_may_not_read(tmp_path, capsys, nothing_starts,
+                                                              monkeypatch):
+    out = interrupted_run(tmp_path)
+    record = out / "metrics.json"
+    allowed = Path.read_text
+
+    def denied(self, *args, **kwargs):
+        if self == record:
+            raise PermissionError(errno.EACCES, "Permission denied", str(self))
+        return allowed(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", denied)
+    err = refused(capsys, "train", "--resume", str(out))
+    assert (f"cannot resume: permission denied to this account (uid {os.geteuid()}) for "
+            f"{record}, which belongs to uid {record.stat().st_uid}" in err)
+    assert "Errno" not in err
 
 
 def test_a_run_folder_as_out_offers_a_resume_only_where_one_can_run(tmp_path, capsys,
