@@ -4,7 +4,10 @@
 # TRUSTED_ENTITIES run here. The site container's entrypoint; also runs as is outside a
 # container. Every connection it makes is outbound, to SUPERLINK: the SuperNode is Flower's,
 # started as fedintent-supernode, which refuses redirects (fl_client/supernode.py). Configured by
-# the environment only; it takes no arguments.
+# the environment only; it takes no arguments. A variable that looks like a setting below but is
+# none (MAX_EPSILION), a setting set but empty, or one holding a control character is refused:
+# each would leave the site at a default it was not meant to have. fedintent-supernode prints
+# the settings the site holds every run to, defaults named (fl_client/start_checks.py).
 #
 #   SUPERLINK         host:port of the SuperLink (required)
 #   CA_CERT           CA certificate that signed the SuperLink's certificate
@@ -17,7 +20,8 @@
 #   STATE_DIR         privacy ledger, caches, egress log (default /state). It must persist:
 #                     a state folder without a site secret is refused
 #   INIT_STATE        1: make a new site's state folder and its site secret, then exit (a
-#                     one-off run before the site's first start). The site itself refuses an
+#                     one-off run before the site's first start; any other value is refused,
+#                     so that "true" never starts the site instead). The site itself refuses an
 #                     empty STATE_DIR, taking it for a lost or unmounted one (the ledger and
 #                     every unit's spent budget would start again from zero)
 #   MAX_EPSILON       this site's lifetime privacy budget per unit (default: the ClientApp's,
@@ -63,6 +67,39 @@ umask 077
 [ $# -eq 0 ] || {
     echo "site-entrypoint: takes no arguments (got: $*); configure it with environment variables" >&2
     exit 2; }
+# The environment, before anything is read from it (found in review): a misspelled setting
+# (MAX_EPSILION=2) or one set but empty (MAX_EPSILON= from an unset compose variable) left the
+# site at the default, a looser budget or policy than meant, without a word; INIT_STATE=true
+# started the long-running site; a line break in a value crashed Flower's parser.
+python - <<'PY' || exit 2
+import difflib
+import os
+import sys
+
+POLICY = ("MAX_EPSILON", "MAX_DELTA", "PRIVACY_UNIT", "PRIVACY_MODELS", "MIN_TOLERATED_SITES",
+          "MAX_EPSILON_ALONE", "MAX_NOISE_RATIO", "LANGUAGES", "LABELS_FILE", "EVALUATION",
+          "EVALUATION_EPSILON", "LOCAL_MODELS", "RETENTION_DAYS", "PURGE_INTERVAL_HOURS")
+OTHERS = ("SUPERLINK", "CA_CERT", "SITE_KEY", "TRUSTED_ENTITIES", "DATA_DIR", "STATE_DIR",
+          "INIT_STATE", "SUPERNODE_PORT", "HEALTH_PORT")
+OURS = ("MAX_", "PRIVACY_", "EVALUATION", "RETENTION", "LABEL", "LOCAL_MODEL", "MIN_TOLERATED",
+        "PURGE_")
+for name in sorted(set(os.environ) - set(POLICY) - set(OTHERS) - {"LANGUAGE"}):  # gettext's
+    close = difflib.get_close_matches(name, POLICY, n=1, cutoff=0.8)
+    if close or name.startswith(OURS):
+        sys.exit(f"site-entrypoint: {name} is not a setting of the site"
+                 + (f" (did you mean {close[0]}?)" if close else "")
+                 + "; the settings are listed at the top of deploy/site-entrypoint.sh")
+for name in POLICY:
+    if name in os.environ and not os.environ[name].strip():
+        sys.exit(f"site-entrypoint: {name} is set but empty; give it a value, or unset it for "
+                 "the default")
+for name in POLICY + OTHERS:
+    if any(ord(c) < 32 or 127 <= ord(c) < 160 for c in os.environ.get(name, "")):
+        sys.exit(f"site-entrypoint: {name} holds a line break or another control character")
+if os.environ.get("INIT_STATE", "") not in ("", "1"):
+    sys.exit("site-entrypoint: INIT_STATE must be 1 (make a new site's state folder, then exit) "
+             f"or unset, not {os.environ['INIT_STATE']!r}")
+PY
 STATE_DIR="${STATE_DIR:-/state}"
 if [ "${INIT_STATE:-}" = 1 ]; then
     # A new site's state folder, made by a one-off run that exits: INIT_STATE is never set on
@@ -95,9 +132,12 @@ import ssl
 import sys
 
 import yaml
+from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.serialization import load_ssh_private_key, load_ssh_public_key
+
+from fedintent.launch.certificates import signing_key_id
 
 path, ca_cert, site_key = sys.argv[1:]
 try:
@@ -117,10 +157,19 @@ for name, value in keys.items():
         sys.exit(f"site-entrypoint: {path}: {name} is not a readable ssh-ed25519 key ({err})")
     if not isinstance(key, ed25519.Ed25519PublicKey):
         sys.exit(f"site-entrypoint: {path}: {name} is not an ssh-ed25519 key")
+    if name != signing_key_id(key):  # found in review: the site started, and refused every run
+        sys.exit(f"site-entrypoint: {path}: the key named {name!r} must be named by its "
+                 f"fingerprint, {signing_key_id(key)}: Flower looks a release's key up by it")
 try:
     ssl.create_default_context(cafile=ca_cert)
-except (OSError, ssl.SSLError) as err:
+    with open(ca_cert, "rb") as f:
+        authorities = [cert for cert in x509.load_pem_x509_certificates(f.read())
+                       if cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca]
+except (OSError, ssl.SSLError, ValueError, x509.ExtensionNotFound) as err:
     sys.exit(f"site-entrypoint: CA_CERT {ca_cert} is not a PEM CA certificate ({err})")
+if not authorities:  # found in review: the SuperLink's own certificate passed
+    sys.exit(f"site-entrypoint: CA_CERT {ca_cert} is a certificate but no CA's (the SuperLink's "
+             "own?): give the certificate authority's, ca.crt")
 try:
     with open(site_key, "rb") as f:
         own = load_ssh_private_key(f.read(), None)
@@ -131,33 +180,31 @@ if not isinstance(own, ec.EllipticCurvePrivateKey):
     sys.exit(f"site-entrypoint: SITE_KEY {site_key} is not an EC key (fedintent certs writes one)")
 print(f"site-entrypoint: running only app bundles signed by {', '.join(map(str, keys))}")
 PY
-[ -d "$DATA_DIR" ] || { echo "site-entrypoint: data folder $DATA_DIR does not exist" >&2; exit 2; }
-case "$DATA_DIR$STATE_DIR${PRIVACY_UNIT:-}${PRIVACY_MODELS:-}${LOCAL_MODELS:-}${LABELS_FILE:-}${LANGUAGES:-}" in
-    *"'"*) echo "site-entrypoint: DATA_DIR, STATE_DIR, PRIVACY_UNIT, PRIVACY_MODELS, LOCAL_MODELS, LABELS_FILE and LANGUAGES cannot contain a single quote" >&2
+case "$DATA_DIR$STATE_DIR${PRIVACY_UNIT:-}${PRIVACY_MODELS:-}${LOCAL_MODELS:-}${LABELS_FILE:-}${LANGUAGES:-}${EVALUATION:-}" in
+    *"'"*) echo "site-entrypoint: DATA_DIR, STATE_DIR, PRIVACY_UNIT, PRIVACY_MODELS, LOCAL_MODELS, LABELS_FILE, LANGUAGES and EVALUATION cannot contain a single quote" >&2
            exit 2;;
 esac
 # A number as Flower's node-config parser reads it back exactly (found in review: " 4" was
 # dropped without a word, so the site ran at the default budget; "07" and ".5" crashed Flower
-# with a traceback naming no variable; dash read "010" hours as octal 8). Prints the canonical
-# form, or exits 2 naming the variable.
-number() {  # number NAME VALUE int|float
-    python - "$1" "$2" "$3" <<'PY' || exit 2
+# with a traceback naming no variable; dash read "010" hours as octal 8), in ASCII digits only
+# (Python's own parser reads "1_5" as 15). Prints the canonical form, or exits 2 naming the
+# variable. A whole number may be held to a range: number NAME VALUE int LOW HIGH.
+number() {  # number NAME VALUE int|float [LOW HIGH]
+    python - "$@" <<'PY' || exit 2
 import math
 import sys
 
-name, text, kind = sys.argv[1:]
+from fl_protocol.written_numbers import written_number, written_whole_number
+
+name, text, kind, *bounds = sys.argv[1:]
 try:
-    value = int(text.strip(), 10) if kind == "int" else float(text.strip())
-except ValueError:
-    sys.exit(f"site-entrypoint: {name} must be {'a whole number' if kind == 'int' else 'a number'}"
-             f", not {text!r}")
-if kind == "float" and math.isnan(value):
-    sys.exit(f"site-entrypoint: {name} must be a number, not {text!r}")
-if kind == "float" and math.isinf(value) and text.strip().lstrip("+-").lower() not in (
-        "inf", "infinity"):  # 1e309 overflows to inf: unlimited only when written as such
-    sys.exit(f"site-entrypoint: {name} {text.strip()!r} is too large for a number; write inf "
-             "for no limit")
-print(value if kind == "int" else ("inf" if value == math.inf else repr(value)))
+    value = written_whole_number(name, text) if kind == "int" else written_number(name, text)
+except ValueError as err:
+    sys.exit(f"site-entrypoint: {err}")
+if bounds and not int(bounds[0]) <= value <= int(bounds[1]):
+    sys.exit(f"site-entrypoint: {name} must be a whole number from {bounds[0]} to {bounds[1]}, "
+             f"not {text!r}")
+print(value if kind == "int" else "inf" if value == math.inf else repr(value))
 PY
 }
 for name in MAX_EPSILON MAX_DELTA MAX_EPSILON_ALONE MAX_NOISE_RATIO RETENTION_DAYS \
@@ -167,43 +214,28 @@ for name in MAX_EPSILON MAX_DELTA MAX_EPSILON_ALONE MAX_NOISE_RATIO RETENTION_DA
 done
 [ -z "${MIN_TOLERATED_SITES:-}" ] || \
     MIN_TOLERATED_SITES=$(number MIN_TOLERATED_SITES "$MIN_TOLERATED_SITES" int)
-if [ -n "${RETENTION_DAYS:-}" ]; then
-    python -c 'import sys; sys.exit(0 if float(sys.argv[1]) > 0 else 1)' "$RETENTION_DAYS" || {
-        echo "site-entrypoint: RETENTION_DAYS must be a number of days > 0, or inf" >&2; exit 2; }
-fi
-if [ -n "${LABELS_FILE:-}" ]; then
-    python - "$LABELS_FILE" <<'PY' || exit 2
+PURGE_INTERVAL_HOURS=$(number PURGE_INTERVAL_HOURS "${PURGE_INTERVAL_HOURS:-24}" int 0 8760)
+SUPERNODE_PORT=$(number SUPERNODE_PORT "$SUPERNODE_PORT" int 1 65535)
+[ -z "${HEALTH_PORT:-}" ] || HEALTH_PORT=$(number HEALTH_PORT "$HEALTH_PORT" int 1 65535)
+# Both ports free on 127.0.0.1, where the SuperNode listens (found in review: one in use gave a
+# traceback, or a SuperNode that never exited, its health check answered by another node).
+python - "$SUPERNODE_PORT" "${HEALTH_PORT:-}" <<'PY' || exit 2
+import socket
 import sys
 
-from fl_protocol.label_file import LabelFileError, read_labels
-
-try:
-    read_labels(sys.argv[1])
-except (OSError, LabelFileError) as err:
-    sys.exit(f"site-entrypoint: LABELS_FILE is not a usable label file (one label per line, at "
-             f"least two): {err}")
+supernode, health = sys.argv[1:]
+if supernode == health:
+    sys.exit(f"site-entrypoint: SUPERNODE_PORT and HEALTH_PORT must differ (both {health})")
+for name, port in (("SUPERNODE_PORT", supernode), ("HEALTH_PORT", health)):
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            if port:
+                probe.bind(("127.0.0.1", int(port)))
+        except OSError as err:
+            sys.exit(f"site-entrypoint: {name} {port}: 127.0.0.1:{port} cannot be used "
+                     f"({err.strerror}); each SuperNode on a host needs ports of its own")
 PY
-fi
-case "${EVALUATION:-dp}" in
-    dp|exact|off) ;;
-    *) echo "site-entrypoint: EVALUATION must be dp, exact or off" >&2; exit 2;;
-esac
-if [ -n "${EVALUATION_EPSILON:-}" ]; then
-    python - "$EVALUATION_EPSILON" <<'PY' || exit 2
-import sys
-
-from fl_protocol.wire import EVALUATION_EPSILON_RANGE
-
-low, high = EVALUATION_EPSILON_RANGE
-if not low <= float(sys.argv[1]) <= high:
-    sys.exit(f"site-entrypoint: EVALUATION_EPSILON must be a number from {low:g} to {high:g} "
-             f"(where a DP evaluation can be planned), got {sys.argv[1]}")
-PY
-fi
-PURGE_INTERVAL_HOURS=$(number PURGE_INTERVAL_HOURS "${PURGE_INTERVAL_HOURS:-24}" int)
-[ "$PURGE_INTERVAL_HOURS" -ge 0 ] && [ "$PURGE_INTERVAL_HOURS" -le 8760 ] || {
-    echo "site-entrypoint: PURGE_INTERVAL_HOURS must be a whole number of hours from 0 to 8760" >&2
-    exit 2; }
 node_config="" node_keys=""
 setting() {  # setting KEY VALUE [quoted]: KEY=VALUE into the node config, when VALUE is set
     [ -n "$2" ] || return 0
@@ -230,31 +262,27 @@ setting evaluation-epsilon "${EVALUATION_EPSILON:-}"
 setting labels-file "${LABELS_FILE:-}" quoted
 setting local-models "${LOCAL_MODELS:-}" quoted
 # What Flower will read must be what was set: every variable given is a key of the node config.
-# Then the ClientApp's own checks of its policy and languages, now rather than at the first round
-# (found in review: MAX_EPSILON=-1 or LANGUAGES=xx started, reported healthy, and every round
-# was declined "site configuration invalid"). Each setting is checked alone, since each rule
-# reads one, so that the variable at fault (the key's name in upper case) is named.
+# Then the checks fedintent-supernode makes of its node config (fl_client/start_checks.py), each
+# setting beside the data folder alone, so that the variable at fault is named.
 python - "$node_config" $node_keys <<'PY' || exit 2
 import sys
-from pathlib import Path
 
-from flwr.app import Context, RecordDict
 from flwr.common.config import parse_config_args
 
-from fl_client.site_policy import SiteConfigError, site_languages, site_policy
+from fl_client.site_policy import SiteConfigError
+from fl_client.start_checks import check_node_config
 
 read = parse_config_args([sys.argv[1]])
 if sorted(read) != sorted(sys.argv[2:]):
     sys.exit(f"site-entrypoint: the node config would hold {sorted(read)}, not the settings given "
              f"({sorted(sys.argv[2:])}); check the variables for stray characters")
-for key, value in read.items():
-    alone = Context(run_id=0, node_id=0, node_config={"data-path": read["data-path"], key: value},
-                    state=RecordDict(), run_config={})
+variables = {"data-path": "DATA_DIR", "state-dir": "STATE_DIR"}
+for key, value in read.items():  # data-path first
     try:
-        site_policy(alone)
-        site_languages(alone, Path(read["data-path"]))
+        check_node_config({"data-path": read["data-path"], key: value})
     except SiteConfigError as err:
-        sys.exit(f"site-entrypoint: {key.upper().replace('-', '_')} is invalid: {err}")
+        sys.exit(f"site-entrypoint: {variables.get(key, key.upper().replace('-', '_'))} is "
+                 f"invalid: {err}")
 PY
 if [ ! -e "$STATE_DIR/site-secret" ]; then
     echo "site-entrypoint: STATE_DIR $STATE_DIR holds no site secret. Either this is a new" \
@@ -275,17 +303,24 @@ export FLWR_TELEMETRY_ENABLED=0 FLWR_DISABLE_UPDATE_CHECK=1 \
 
 if [ "$PURGE_INTERVAL_HOURS" -gt 0 ]; then
     # The retention policy between rounds (the ClientApp also purges before each training
-    # round); it lives as long as the SuperNode this shell becomes.
+    # round); it lives as long as the SuperNode this shell becomes, looking every 10 s (found
+    # in review: outside a container, each loop outlived its SuperNode, asleep for a day).
     # unset: the ClientApp's default, not what a purge run by hand last recorded (found in
     # review: a one-off `purge --retention-days inf` made every scheduled purge keep all rows)
     retention=${RETENTION_DAYS:-$(python -c \
         'from fl_protocol.wire import DEFAULT_RETENTION_DAYS; print(DEFAULT_RETENTION_DAYS)')}
     set -- "$DATA_DIR" --state-dir "$STATE_DIR" --retention-days "$retention"
+    site=$$
     (
-        while :; do
+        while kill -0 "$site" 2>/dev/null; do
             fedintent purge "$@" || echo "site-entrypoint: scheduled purge failed (see above);" \
                 "next try in $PURGE_INTERVAL_HOURS h" >&2
-            sleep $((PURGE_INTERVAL_HOURS * 3600))
+            slept=0
+            while [ "$slept" -lt $((PURGE_INTERVAL_HOURS * 3600)) ] && kill -0 "$site" 2>/dev/null
+            do
+                sleep 10
+                slept=$((slept + 10))
+            done
         done
     ) &
 fi

@@ -71,6 +71,7 @@ default inf) is read here with the rest of its node config and applied where its
 (``retention.py``): the server never asks for it, and nothing about it is sent.
 """
 
+import difflib
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -107,6 +108,7 @@ from fl_protocol.wire import (
     evaluation_number,
     run_name_problem,
 )
+from fl_protocol.written_numbers import written_number
 from models import model_family_names
 
 DEFAULT_MAX_DELTA = 1e-5
@@ -146,6 +148,16 @@ class PolicyRefusal(Exception):
 
 class SiteConfigError(ValueError):
     """The site's own node config is invalid; the site must be fixed by its operator."""
+
+
+NODE_CONFIG_KEYS = ("data-path", "state-dir", "max-epsilon", "max-delta", "privacy-unit",
+                    "privacy-models", "min-tolerated-sites", "max-epsilon-alone",
+                    "max-noise-ratio", "languages", "retention-days", "evaluation",
+                    "evaluation-epsilon", "labels-file", "local-models")
+"""Every setting a deployed site's node config may hold (docs/SITE_GUIDE.md). Any other key is
+refused, at start (``fl_client.start_checks``) and with every message: a misspelled one
+(``max-epsilion=2``, ``privacy_unit``) would leave its setting at the default, a looser budget
+or policy than the site chose, without a word (found in review)."""
 
 
 @dataclass(frozen=True)
@@ -288,17 +300,18 @@ def _setting(context: Context, name: str, default: object,
 def site_policy(context: Context) -> SitePolicy:
     """The site's policy: its node config, or (simulation only) the run config's stand-in."""
     node = context.node_config
+    if not is_simulated(context):
+        problem = unknown_setting_problem(node)
+        if problem:
+            raise SiteConfigError(f"node config: {problem}")
     source = context.run_config if is_simulated(context) else node  # privacy-unit's stand-in
     epsilon_key, epsilon = _setting(context, "max-epsilon", DEFAULT_MAX_EPSILON)
-    try:
-        max_epsilon = float(epsilon)
-        max_delta = float(node.get("max-delta", DEFAULT_MAX_DELTA))
-    except (TypeError, ValueError) as err:
-        raise SiteConfigError(f"node config: {err}") from err
+    max_epsilon = own_number(epsilon_key, epsilon)
+    max_delta = own_number("max-delta", node.get("max-delta", DEFAULT_MAX_DELTA))
     if not max_epsilon > 0:
         raise SiteConfigError(f"{epsilon_key} must be > 0, got {max_epsilon}")
-    if not 0 < max_delta < 1:
-        raise SiteConfigError(f"max-delta must be in (0, 1), got {max_delta}")
+    if not MIN_DELTA <= max_delta < 1:  # a smaller one would fix the ledger's order for good
+        raise SiteConfigError(f"max-delta must be in [{MIN_DELTA:g}, 1), got {max_delta:g}")
     unit = source.get("privacy-unit")
     if unit is not None and str(unit) not in PRIVACY_UNITS:
         raise SiteConfigError(f"privacy-unit must be one of {PRIVACY_UNITS}, got {unit!r}")
@@ -307,15 +320,15 @@ def site_policy(context: Context) -> SitePolicy:
     if not models or set(models) - set(PRIVACY_MODELS):
         raise SiteConfigError(f"privacy-models must be a comma-separated list of "
                               f"{PRIVACY_MODELS}, got {node.get('privacy-models')!r}")
-    try:
-        tolerated = node.get("min-tolerated-sites", DEFAULT_MIN_TOLERATED_SITES)
-        alone_key, alone = _setting(context, "max-epsilon-alone", DEFAULT_MAX_EPSILON_ALONE)
-        max_alone = float(alone)
-        max_noise_ratio = float(node.get("max-noise-ratio", DEFAULT_MAX_NOISE_RATIO))
-        if isinstance(tolerated, bool) or int(tolerated) != float(tolerated):
-            raise ValueError(f"min-tolerated-sites must be a whole number, got {tolerated!r}")
-    except (TypeError, ValueError) as err:
-        raise SiteConfigError(f"node config: {err}") from err
+    tolerated = node.get("min-tolerated-sites", DEFAULT_MIN_TOLERATED_SITES)
+    alone_key, alone = _setting(context, "max-epsilon-alone", DEFAULT_MAX_EPSILON_ALONE)
+    max_alone = own_number(alone_key, alone)
+    max_noise_ratio = own_number("max-noise-ratio",
+                                 node.get("max-noise-ratio", DEFAULT_MAX_NOISE_RATIO))
+    if isinstance(tolerated, bool) or not (isinstance(tolerated, int) or isinstance(
+            tolerated, float) and tolerated.is_integer()):
+        raise SiteConfigError(f"node config: min-tolerated-sites must be a whole number, got "
+                              f"{tolerated!r}")
     if int(tolerated) < 0:
         raise SiteConfigError(f"min-tolerated-sites must be >= 0, got {tolerated}")
     if not max_alone > 0:
@@ -328,6 +341,33 @@ def site_policy(context: Context) -> SitePolicy:
                       max_epsilon_alone=max_alone, max_noise_ratio=max_noise_ratio)
 
 
+def unknown_setting_problem(node_config: Mapping[str, object]) -> str:
+    """Why ``node_config`` is not a deployed site's (empty if it is): a key outside
+    ``NODE_CONFIG_KEYS``, named with the setting it is likely a misspelling of."""
+    unknown = sorted(set(node_config) - set(NODE_CONFIG_KEYS))
+    if not unknown:
+        return ""
+    close = difflib.get_close_matches(unknown[0].lower().replace("_", "-"), NODE_CONFIG_KEYS, n=1)
+    return (f"{unknown[0]!r} is not a setting of the site"
+            + (f" (did you mean {close[0]}?)" if close else "")
+            + f"; its settings are {', '.join(NODE_CONFIG_KEYS)}")
+
+
+def own_number(key: str, value: object) -> float:
+    """A number the site's operator set: an int, a float, or a number's text as
+    ``written_number`` reads it (ASCII only; ``inf``, no limit, only when written so). A bool
+    is refused (``SiteConfigError``), not read as 1 (found in review)."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise SiteConfigError(f"{key} must be a number, not {value!r}")
+    try:
+        return written_number(key, value) if isinstance(value, str) else float(value)
+    except OverflowError:  # an int of hundreds of digits
+        raise SiteConfigError(f"{key} is too large for a number; write inf for no limit") \
+            from None
+    except ValueError as err:
+        raise SiteConfigError(str(err)) from None
+
+
 def retention_days(context: Context) -> float:
     """How long the site may use a conversation after its timestamp: its ``retention-days``
     (simulation: the run config's ``site-retention-days``; ``inf``: without limit). Older rows
@@ -335,10 +375,7 @@ def retention_days(context: Context) -> float:
     (``retention.py``). Not a DP parameter: it bounds how long data is kept, not what a release
     reveals; so it is read apart from ``site_policy``, and evaluation needs only it."""
     key, value = _setting(context, "retention-days", DEFAULT_RETENTION_DAYS, math.inf)
-    try:
-        days = float(value)
-    except (TypeError, ValueError) as err:
-        raise SiteConfigError(f"node config: {key}: {err}") from err
+    days = own_number(key, value)
     if not days > 0:
         raise SiteConfigError(f"{key} must be > 0 (inf: keep without limit), got {days}")
     return days
@@ -377,10 +414,7 @@ def evaluation_epsilon(context: Context, max_epsilon: float) -> float:
     past (found in review: a site that lowered max-epsilon to 2 under the default 8 declined
     every evaluation, its lifetime budget needing 3.6 times the noise of the run's plan)."""
     key, value = _setting(context, "evaluation-epsilon", DEFAULT_EVALUATION_EPSILON)
-    try:
-        epsilon = float(value)
-    except (TypeError, ValueError) as err:
-        raise SiteConfigError(f"node config: {key}: {err}") from err
+    epsilon = own_number(key, value)
     low, high = EVALUATION_EPSILON_RANGE
     if not low <= epsilon <= high:
         raise SiteConfigError(f"{key} must be in [{low:g}, {high:g}] (where the accountants "
@@ -485,11 +519,12 @@ def check_labels(context: Context, msg: Message) -> None:
         taxonomy = frozenset(read_labels(Path(str(path))))
     except LabelFileError as err:
         raise SiteConfigError(f"node config: labels-file: {err}") from err
-    if set(labels) != taxonomy:
-        missing, extra = sorted(taxonomy - set(labels)), sorted(set(labels) - taxonomy)
+    if set(labels) != taxonomy:  # the file's labels not quoted: a file given for it may be
+        extra = sorted(set(labels) - taxonomy)  # a key or data rows (found in review)
         raise PolicyRefusal(Reason.LABELS_REFUSED,
-                            f"the run's {len(labels)} labels are not the site's labels-file "
-                            f"({len(taxonomy)}): missing {missing[:5]}, extra {extra[:5]}")
+                            f"the run's {len(labels)} labels are not the {len(taxonomy)} of the "
+                            f"site's labels-file: it leaves out {len(taxonomy - set(labels))} "
+                            f"of them, and names {len(extra)} others {extra[:5]}")
 
 
 def site_languages(context: Context, site_dir: Path) -> tuple[str, ...]:

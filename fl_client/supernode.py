@@ -22,12 +22,16 @@
 
 Everything else is ``flower-supernode``, with the same arguments (deploy/site-entrypoint.sh
 passes them), started with torch's threads held to the container's CPU quota
-(``fl_client.cpu_threads``).
+(``fl_client.cpu_threads``), and only on a ``--node-config`` its ClientApp would answer rounds
+with (``fl_client.start_checks``; found in review: a budget of -1 or a misspelled setting
+started a site that reported healthy), whose policy it prints.
 """
 
+import argparse
 import hashlib
 import io
 import os
+import re
 import sys
 import tomllib
 import zipfile
@@ -35,7 +39,8 @@ from collections.abc import Callable
 from logging import ERROR
 from pathlib import Path
 
-from flwr.common.config import get_flwr_home
+from click import ClickException
+from flwr.common.config import get_flwr_home, parse_config_args
 from flwr.common.constant import APP_DIR
 from flwr.common.logger import log
 from flwr.supercore.fab import Fab
@@ -44,6 +49,8 @@ from flwr.supernode import start_client_internal
 from flwr.supernode.cli import flower_supernode
 
 from fl_client.cpu_threads import limit_threads_to_quota
+from fl_client.site_policy import SiteConfigError
+from fl_client.start_checks import check_node_config, policy_lines
 from fl_protocol.wire import loggable
 
 SITE_CLIENTAPP = "fl_client.client_app:app"
@@ -51,6 +58,10 @@ SITE_CLIENTAPP = "fl_client.client_app:app"
 
 BUNDLE_FILES = frozenset({"pyproject.toml", ".info/CONTENT"})
 """What ``flwr build`` puts in a bundle of only a ``pyproject.toml``: its file list."""
+
+SETTING = re.compile(r"(\S+?)=('[^']*'|\"[^\"]*\"|\S+)")
+"""A ``key=value`` of ``--node-config`` as Flower's parser finds them (``parse_config_args``),
+which skips any other text without a word."""
 
 REFUSED = ("fedintent-supernode: Flower's SuperNode is not the one this site was built for "
            "(flwr.supercore.protobuf.client.ProtobufClient, "
@@ -116,7 +127,8 @@ def cached_app_problem(apps: Path) -> str:
     """Why the SuperNode must not start with this apps folder ("" if it may): an installed app
     holding more than its ``pyproject.toml`` would be loaded by a run naming it."""
     for app in sorted(apps.iterdir()) if apps.is_dir() else []:
-        files = {f.relative_to(app).as_posix() for f in app.rglob("*") if not f.is_dir()}
+        files = {f.relative_to(app).as_posix() for f in app.rglob("*")
+                 if not f.is_dir() or f.is_symlink()}  # a link to a folder too (found in review)
         if not app.is_dir() or files - BUNDLE_FILES:
             return (f"{app} holds files besides its pyproject.toml (an app bundle installed "
                     "before this site refused code in bundles); remove it: an app is installed "
@@ -206,11 +218,40 @@ def bind_runs_to_their_bundles() -> None:
     start_client_internal._pull_and_store_message = pull
 
 
+def checked_node_config(arguments: list[str]) -> dict:
+    """The ``--node-config`` among Flower's ``arguments``, as its ClientApp will read it, checked
+    (``SystemExit`` naming the setting otherwise)."""
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    parser.add_argument("--node-config")
+    given = parser.parse_known_args(arguments)[0].node_config or ""
+    skipped = [] if given.endswith(".toml") else SETTING.sub(" ", given).split()
+    if skipped:
+        raise SystemExit(f"fedintent-supernode: --node-config: {' '.join(skipped)!r} is not "
+                         "key=value (no space around '='), and Flower would skip it")
+    try:
+        node_config = parse_config_args([given])
+    except (OSError, ValueError, ClickException) as err:
+        raise SystemExit(f"fedintent-supernode: --node-config cannot be read: "
+                         f"{' '.join(str(err).split())}") from None
+    try:
+        check_node_config(node_config)
+    except SiteConfigError as err:
+        raise SystemExit(f"fedintent-supernode: the site would decline every round: {err}") \
+            from None
+    return node_config
+
+
 def main() -> None:
     limit_threads_to_quota(os.environ)  # before Flower starts: its ClientApps inherit it
     problem = cached_app_problem(get_flwr_home() / APP_DIR)
     if problem:
         raise SystemExit(f"fedintent-supernode: {problem}")
+    if not {"-h", "--help", "-V", "--version"} & set(sys.argv[1:]):
+        node_config = checked_node_config(sys.argv[1:])
+        print("fedintent-supernode: this site's settings (its node config), every run held to "
+              "them:", flush=True)
+        for line in policy_lines(node_config):
+            print(f"  {line}", flush=True)
     refuse_redirects()
     refuse_foreign_bundles()
     bind_runs_to_their_bundles()

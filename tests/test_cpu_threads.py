@@ -64,6 +64,10 @@ def test_the_site_supernode_sets_the_threads_before_flower_starts(quota, monkeyp
     quota("100000 100000\n")
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setenv("FLWR_HOME", str(tmp_path / "flwr-home"))  # no app installed there
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "train.jsonl").write_text('{"text": "lost my card", "label": "a"}\n')
+    monkeypatch.setattr("sys.argv", ["fedintent-supernode", "--node-config",
+                                     f"data-path='{tmp_path / 'data'}'"])
     seen = []
     monkeypatch.setattr(supernode, "flower_supernode",
                         lambda: seen.append(os.environ.get("OMP_NUM_THREADS")) or 0)

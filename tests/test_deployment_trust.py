@@ -15,6 +15,7 @@ import json
 import math
 import os
 import signal
+import socket
 import ssl
 import stat
 import subprocess
@@ -200,6 +201,7 @@ def test_a_site_without_trusted_keys_refuses_to_start(tmp_path):
 def test_a_site_with_a_malformed_policy_setting_refuses_to_start(tmp_path, setting, value):
     creds = write_dev_credentials(tmp_path / "creds", [SITE], ["127.0.0.1"], [])
     (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "train.jsonl").write_text('{"text": "lost my card", "label": "a"}\n')
     env = flower_env(tmp_path / "home") | {
         "SUPERLINK": "127.0.0.1:9", "CA_CERT": str(creds.ca_cert),
         "SITE_KEY": str(creds.site_keys[SITE]), "TRUSTED_ENTITIES": str(creds.trusted_entities),
@@ -220,6 +222,7 @@ def stand_in_site(tmp_path: Path, supernode: str, **settings: str) -> dict:
     creds = credential_paths(tmp_path / "creds", [SITE])
     stand_ins = tmp_path / "bin"
     (tmp_path / "data").mkdir(exist_ok=True)
+    (tmp_path / "data" / "train.jsonl").write_text('{"text": "lost my card", "label": "a"}\n')
     stand_ins.mkdir(exist_ok=True)
     (stand_ins / "fedintent-supernode").write_text(f"#!/bin/sh\n{supernode}")
     (stand_ins / "fedintent-supernode").chmod(0o755)
@@ -265,7 +268,11 @@ def test_every_policy_value_reaches_the_node_config_as_the_number_set(tmp_path):
 
 @pytest.mark.parametrize("setting, value, message", [
     ("MAX_EPSILON", "-1", "MAX_EPSILON is invalid: max-epsilon must be > 0, got -1.0"),
-    ("MAX_DELTA", "5", "MAX_DELTA is invalid: max-delta must be in (0, 1), got 5.0"),
+    ("MAX_DELTA", "5", "MAX_DELTA is invalid: max-delta must be in [1e-10, 1), got 5"),
+    ("MAX_DELTA", "1e-12", "MAX_DELTA is invalid: max-delta must be in [1e-10, 1), got 1e-12"),
+    ("EVALUATION", "noisy", "EVALUATION is invalid: node config: evaluation: 'noisy' is not one"),
+    ("LABELS_FILE", "/nonexistent/labels.txt", "LABELS_FILE is invalid: labels-file: label file "
+                                               "not found: /nonexistent/labels.txt"),
     ("PRIVACY_UNIT", "foo", "PRIVACY_UNIT is invalid: privacy-unit must be one of"),
     ("LANGUAGES", "xx", "LANGUAGES is invalid: languages: xx not among ar, de, en"),
     ("MAX_NOISE_RATIO", "0.5", "MAX_NOISE_RATIO is invalid: max-noise-ratio must be >= 1"),
@@ -278,6 +285,98 @@ def test_a_policy_the_client_app_refuses_stops_the_site_at_start(tmp_path, setti
     result, config = entrypoint(tmp_path, **{setting: value})
     assert result.returncode == 2 and config is None, result.stdout + result.stderr
     assert f"site-entrypoint: {message}" in result.stderr
+
+
+@pytest.mark.parametrize("setting, value, message", [
+    ("MAX_EPSILION", "2", "MAX_EPSILION is not a setting of the site (did you mean MAX_EPSILON?)"),
+    ("PRIVACY_MODEL", "local", "PRIVACY_MODEL is not a setting of the site (did you mean "
+                               "PRIVACY_MODELS?)"),
+    ("EVALUATON", "off", "EVALUATON is not a setting of the site (did you mean EVALUATION?)"),
+    ("LABEL_FILE", "/x", "LABEL_FILE is not a setting of the site (did you mean LABELS_FILE?)"),
+    ("RETENTION", "7", "RETENTION is not a setting of the site;"),
+    ("MAX_EPSILON", "", "MAX_EPSILON is set but empty; give it a value, or unset it"),
+    ("PRIVACY_UNIT", " ", "PRIVACY_UNIT is set but empty"),
+    ("LANGUAGES", "en\nzh", "LANGUAGES holds a line break or another control character"),
+    ("INIT_STATE", "true", "INIT_STATE must be 1 (make a new site's state folder, then exit) or "
+                           "unset, not 'true'"),
+    ("MAX_EPSILON", "1_5", "MAX_EPSILON must be a number, not '1_5'"),
+    ("MIN_TOLERATED_SITES", "\u0661", "MIN_TOLERATED_SITES must be a whole number, not"),
+    ("SUPERNODE_PORT", "x", "SUPERNODE_PORT must be a whole number, not 'x'"),
+    ("HEALTH_PORT", "65536", "HEALTH_PORT must be a whole number from 1 to 65535, not '65536'"),
+    ("HEALTH_PORT", "9094", "SUPERNODE_PORT and HEALTH_PORT must differ (both 9094)"),
+])
+def test_a_setting_that_would_not_take_as_meant_stops_the_site(tmp_path, setting, value,
+                                                                message):
+    """Found in review: a misspelled or empty setting left the site at a looser default without
+    a word, INIT_STATE=true started the long-running site, a line break crashed Flower's parser
+    with a traceback naming no variable, 1_5 was read as 15, and a bad port gave a traceback or
+    a SuperNode that never exited."""
+    result, config = entrypoint(tmp_path, initialised=False, **{setting: value})
+    assert result.returncode == 2 and config is None, result.stdout + result.stderr
+    assert f"site-entrypoint: {message}" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_gettexts_language_variable_is_no_misspelled_setting(tmp_path):
+    result, config = entrypoint(tmp_path, LANGUAGE="de_DE:en")
+    assert result.returncode == 0 and "languages" not in config, result.stderr
+
+
+def test_a_port_in_use_is_named_before_flower_starts(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result, config = entrypoint(tmp_path, HEALTH_PORT=str(port))
+    assert result.returncode == 2 and config is None
+    assert f"site-entrypoint: HEALTH_PORT {port}: 127.0.0.1:{port} cannot be used" in result.stderr
+
+
+@pytest.mark.parametrize("layout", ["empty", "the folder above"])
+def test_a_data_folder_with_nothing_to_read_stops_the_site(tmp_path, layout):
+    """Found in review: the site started, reported healthy, and declined every round."""
+    folder = tmp_path / "empty" if layout == "empty" else tmp_path
+    (tmp_path / "empty").mkdir()
+    result, config = entrypoint(tmp_path, DATA_DIR=str(folder))
+    assert result.returncode == 2 and config is None
+    assert f"DATA_DIR is invalid: data-path: site data folder {folder} holds no data file" in \
+        result.stderr
+
+
+def test_trusted_keys_must_be_named_by_their_fingerprint_and_the_ca_be_a_ca(tmp_path):
+    """Found in review: a key named otherwise (operator:, or YAML's yes read as True) started a
+    site that refused every release, as Flower looks a release's key up by its fingerprint; the
+    SuperLink's own certificate passed for the CA's."""
+    creds = write_dev_credentials(tmp_path / "creds", [SITE], ["127.0.0.1"], [])
+    key = creds.signing_public_key.read_text().strip()
+    renamed = tmp_path / "renamed.yaml"
+    renamed.write_text(f'operator: "{key}"\n')
+    result, config = entrypoint(tmp_path, TRUSTED_ENTITIES=str(renamed))
+    assert result.returncode == 2 and config is None
+    assert "the key named 'operator' must be named by its fingerprint, SHA256:" in result.stderr
+    result, config = entrypoint(tmp_path, CA_CERT=str(creds.server_cert))
+    assert result.returncode == 2 and config is None
+    assert f"CA_CERT {creds.server_cert} is a certificate but no CA's" in result.stderr
+
+
+def test_the_purge_loop_ends_with_the_site(tmp_path):
+    """Found in review: outside a container, the scheduled purge outlived a SuperNode that
+    exited (asleep for a day, one more loop at each restart)."""
+    env = stand_in_site(tmp_path, "exit 3\n", PURGE_INTERVAL_HOURS="1")
+    initialise_state(env)
+    site = subprocess.Popen([str(REPO / "deploy" / "site-entrypoint.sh")], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    assert site.wait(timeout=300) == 3
+    try:
+        for _ in range(600):  # the loop looks every 10 s; this allows 5 minutes
+            os.killpg(site.pid, 0)
+            time.sleep(0.5)
+        pytest.fail("the purge loop still runs 5 minutes after its SuperNode exited")
+    except ProcessLookupError:
+        pass
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(site.pid, signal.SIGKILL)
 
 
 def test_a_budget_too_large_for_a_number_is_refused_and_inf_means_no_limit(tmp_path):

@@ -812,6 +812,23 @@ def test_a_site_with_a_labels_file_answers_only_runs_with_exactly_that_label_set
     assert refused_with(client_app.app(train_message(), ctx), Reason.SITE_CONFIG_INVALID)
 
 
+def test_a_refused_label_set_never_puts_the_sites_labels_file_in_its_log(site, tmp_path, caplog):
+    """Found in review: the refusal quoted five of the labels-file's lines the run left out,
+    so a labels-file set to the site's key, or to a data file, wrote its lines into the site's
+    log at every round. Only the run's own labels (the server's) are named."""
+    caplog.set_level(logging.WARNING, logger="flwr")
+    taxonomy = tmp_path / "taxonomy.txt"
+    taxonomy.write_text("-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA\n"
+                        "c1,cust-991,my card ending 4411 was stolen,card_lost\n")
+    ctx = context(site, tmp_path / "state", node={"labels-file": str(taxonomy)})
+    reply = client_app.app(train_message(labels=["card_lost", "refund"]), ctx)
+    assert refused_with(reply, Reason.LABELS_REFUSED)
+    assert ("the run's 2 labels are not the 3 of the site's labels-file: it leaves out 3 of them, "
+            "and names 2 others ['card_lost', 'refund']") in caplog.text
+    for line in taxonomy.read_text().splitlines():
+        assert line not in caplog.text
+
+
 def test_a_run_model_that_is_a_folder_runs_only_where_the_site_lists_it(site, tmp_path,
                                                                           monkeypatch):
     """A run's ``model`` may name a checkpoint folder: the site would load whatever that path

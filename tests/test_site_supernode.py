@@ -7,6 +7,7 @@ refused even when the trusted key signed it."""
 import hashlib
 import http.server
 import json
+import shutil
 import ssl
 import threading
 from types import SimpleNamespace
@@ -196,6 +197,10 @@ def test_the_supernode_does_not_start_beside_an_installed_app_with_code(tmp_path
     (code / "client_app.py").write_text("")
     assert "evil.pkg.9.9.9.f649a055 holds files besides its pyproject.toml" in \
         cached_app_problem(apps)
+    shutil.rmtree(code.parent)
+    (own / "fl_client").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    (tmp_path / "elsewhere").mkdir()  # found in review: a link to a folder was passed over
+    assert "fedintent.fedintent.0.1.0.f649a055 holds files besides" in cached_app_problem(apps)
 
 
 def test_the_supernode_withholds_the_signatures_of_a_bundle_its_run_does_not_name(

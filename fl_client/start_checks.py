@@ -1,0 +1,86 @@
+"""What a deployed site checks before its SuperNode starts: its node config, whole.
+
+The ClientApp reads its node config with every message and declines a round when it is invalid
+("site configuration invalid"); a site started on such a config would report healthy and then
+decline every round (found in review). So ``fedintent-supernode`` (and the site container's
+entrypoint before it, which names the variable at fault) runs here every check the ClientApp
+would make of each setting, and prints the policy the site will hold every run to, defaults
+named as such, so that a setting that did not take is seen at start.
+"""
+
+from collections.abc import Mapping
+from pathlib import Path
+
+from flwr.app import Context, RecordDict
+
+from fl_client.data_files import check_site_folder, files_read
+from fl_client.rows import SiteDataError
+from fl_client.site_folders import default_state_folders
+from fl_client.site_policy import (
+    DEFAULT_MAX_DELTA,
+    DEFAULT_MAX_NOISE_RATIO,
+    DEFAULT_MIN_TOLERATED_SITES,
+    NODE_CONFIG_KEYS,
+    SiteConfigError,
+    evaluation_epsilon,
+    evaluation_policy,
+    retention_days,
+    site_languages,
+    site_policy,
+)
+from fl_protocol.label_file import LabelFileError, read_labels
+from fl_protocol.wire import (
+    DEFAULT_EVALUATION_EPSILON,
+    DEFAULT_MAX_EPSILON,
+    DEFAULT_MAX_EPSILON_ALONE,
+    DEFAULT_RETENTION_DAYS,
+    PRIVACY_MODELS,
+)
+
+
+def check_node_config(node_config: Mapping[str, object]) -> None:
+    """Raise ``SiteConfigError`` naming the setting at fault unless ``node_config`` is one the
+    ClientApp would answer rounds with: only known settings, each valid, and a data folder that
+    holds data files (found in review: an empty folder, or the folder above the site's, started
+    and declined every round "data unusable")."""
+    if "data-path" not in node_config:
+        raise SiteConfigError("node config: data-path (the site's data folder) is not set")
+    site_dir = Path(str(node_config["data-path"]))
+    try:
+        check_site_folder(site_dir)
+        if not files_read(site_dir).in_order():
+            raise SiteDataError(f"site data folder {site_dir} holds no data file (train.jsonl, "
+                                "test.jsonl, *.jsonl or *.csv, docs/DATA_FORMAT.md); is the "
+                                "data volume mounted?")
+    except (OSError, SiteDataError) as err:
+        raise SiteConfigError(f"data-path: {err}") from err
+    context = Context(run_id=0, node_id=0, node_config=dict(node_config), state=RecordDict(),
+                      run_config={})
+    policy = site_policy(context)
+    retention_days(context)
+    evaluation_policy(context)
+    evaluation_epsilon(context, policy.max_epsilon)
+    site_languages(context, site_dir)
+    if "labels-file" in node_config:
+        try:
+            read_labels(Path(str(node_config["labels-file"])))
+        except LabelFileError as err:
+            raise SiteConfigError(f"labels-file: {err}") from err
+
+
+def policy_lines(node_config: Mapping[str, object]) -> list[str]:
+    """Each setting as the site will hold runs to it, one line each, a default named so."""
+    defaults = {
+        "state-dir": default_state_folders(Path(str(node_config.get("data-path", "."))))[0],
+        "max-epsilon": DEFAULT_MAX_EPSILON, "max-delta": DEFAULT_MAX_DELTA,
+        "privacy-unit": "any: the first run's, then pinned by the ledger",
+        "privacy-models": ",".join(PRIVACY_MODELS),
+        "min-tolerated-sites": DEFAULT_MIN_TOLERATED_SITES,
+        "max-epsilon-alone": DEFAULT_MAX_EPSILON_ALONE,
+        "max-noise-ratio": DEFAULT_MAX_NOISE_RATIO, "languages": "none declared",
+        "retention-days": DEFAULT_RETENTION_DAYS, "evaluation": "dp",
+        "evaluation-epsilon": DEFAULT_EVALUATION_EPSILON,
+        "labels-file": "none: any run's label set", "local-models": "none",
+    }
+    return [f"{key}: {node_config[key]}" if key in node_config
+            else f"{key}: {defaults[key]} (default)" for key in NODE_CONFIG_KEYS]

@@ -1,0 +1,175 @@
+"""A deployed site checks its node config whole before its SuperNode starts, and its ClientApp
+refuses with every message a node config that names a setting it does not know: a misspelled
+setting, a number read as another or a data folder with nothing to read would otherwise start a
+site that runs on a looser default or declines every round (review 118)."""
+
+import logging
+import math
+from pathlib import Path
+
+import pytest
+from flwr.app import Context, RecordDict
+from test_site_privacy import context, refused_with, train_message
+
+import fl_client.supernode as supernode
+from fl_client import client_app
+from fl_client.site_policy import NODE_CONFIG_KEYS, SiteConfigError, own_number, site_policy
+from fl_client.start_checks import check_node_config, policy_lines
+from fl_client.supernode import checked_node_config
+from fl_protocol.wire import Reason
+from fl_protocol.written_numbers import written_number, written_whole_number
+
+
+@pytest.fixture
+def data(tmp_path) -> Path:
+    folder = tmp_path / "data"
+    folder.mkdir()
+    (folder / "train.jsonl").write_text('{"text": "lost my card", "label": "card_lost"}\n')
+    return folder
+
+
+@pytest.mark.parametrize(("key", "suggested"), [
+    ("max-epsilion", "max-epsilon"), ("privacy_unit", "privacy-unit"),
+    ("privacy-model", "privacy-models"), ("EVALUATION", "evaluation"),
+    ("retention_days", "retention-days"), ("label-file", "labels-file"),
+])
+def test_a_misspelled_setting_is_refused_naming_the_one_meant(data, key, suggested):
+    """Found in review: each was ignored, its setting left at the default (a budget of 8, any
+    unit, both privacy models, DP evaluation charged), and the site reported healthy."""
+    with pytest.raises(SiteConfigError, match=f"'{key}' is not a setting of the site "
+                                              rf"\(did you mean {suggested}\?\)"):
+        check_node_config({"data-path": str(data), key: "2"})
+
+
+def test_every_documented_setting_is_known_and_nothing_else(data):
+    assert set(NODE_CONFIG_KEYS) >= {"max-epsilon", "privacy-unit", "labels-file"}
+    check_node_config({"data-path": str(data), "max-epsilon": 2.0, "privacy-unit": "customer",
+                       "evaluation": "off", "languages": "en"})
+    with pytest.raises(SiteConfigError, match="'colour' is not a setting of the site;"):
+        check_node_config({"data-path": str(data), "colour": "blue"})
+
+
+@pytest.mark.usefixtures("task_identity")
+def test_the_client_app_declines_every_round_under_a_misspelled_setting(data, tmp_path, caplog):
+    """A SuperNode started without fedintent-supernode's check (Flower's own, by hand) still
+    never trains on the default its operator did not mean."""
+    caplog.set_level(logging.WARNING, logger="flwr")
+    ctx = context(data, tmp_path / "state", node={"max-epsilion": 2.0})
+    assert refused_with(client_app.app(train_message(), ctx), Reason.SITE_CONFIG_INVALID)
+    assert "'max-epsilion' is not a setting of the site (did you mean max-epsilon?)" \
+        in caplog.text
+
+
+def test_a_simulated_site_keeps_flowers_own_keys():
+    simulated = Context(run_id=1, node_id=1, node_config={"partition-id": 0, "num-partitions": 2},
+                        state=RecordDict(), run_config={})
+    assert site_policy(simulated).max_epsilon == 8.0
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    (True, "max-epsilon must be a number, not True"),
+    ("1_5", "max-epsilon must be a number, not '1_5'"),
+    ("\u0668", "max-epsilon must be a number, not '\u0668'"),  # an Arabic-Indic eight
+    ("1e400", "max-epsilon '1e400' is too large for a number; write inf"),
+    (10 ** 400, "max-epsilon is too large for a number; write inf"),
+    ("nan", "max-epsilon must be a number, not 'nan'"),
+])
+def test_a_setting_is_read_as_the_number_written_or_refused(value, message):
+    """Found in review: true was read as 1, 1_5 as 15 (a looser budget than 1.5), an
+    Arabic-Indic digit as the digit."""
+    with pytest.raises(SiteConfigError) as refused:
+        own_number("max-epsilon", value)
+    assert message in str(refused.value)
+
+
+@pytest.mark.parametrize(("value", "number"), [
+    (4, 4.0), (0.5, 0.5), (" 4 ", 4.0), ("inf", math.inf), ("+Infinity", math.inf),
+    (".5", 0.5), ("1e-7", 1e-7), ("07", 7.0),
+])
+def test_numbers_written_in_ascii_are_read_as_written(value, number):
+    assert own_number("max-epsilon", value) == number
+
+
+def test_whole_numbers_are_ascii_digits_only():
+    assert written_whole_number("PURGE_INTERVAL_HOURS", " 010 ") == 10
+    for text in ("1_0", "\u0661", "1.0", "0x10", ""):
+        with pytest.raises(ValueError, match="PURGE_INTERVAL_HOURS must be a whole number"):
+            written_whole_number("PURGE_INTERVAL_HOURS", text)
+    with pytest.raises(ValueError, match="MAX_EPSILON must be a number, not ' '"):
+        written_number("MAX_EPSILON", " ")
+
+
+def test_a_delta_below_what_the_server_accepts_is_refused_at_start(data):
+    """Found in review: max-delta 5e-324 fixed the ledger's delta, and so its order, for good,
+    and every reply's delta was refused by the server after the round was charged."""
+    with pytest.raises(SiteConfigError, match=r"max-delta must be in \[1e-10, 1\), got 1e-12"):
+        check_node_config({"data-path": str(data), "max-delta": 1e-12})
+    check_node_config({"data-path": str(data), "max-delta": 1e-10})
+
+
+def test_a_huge_whole_number_of_tolerated_sites_is_no_fraction(data):
+    check_node_config({"data-path": str(data), "min-tolerated-sites": 10 ** 23})
+    with pytest.raises(SiteConfigError, match="min-tolerated-sites must be a whole number, got "
+                                              "1.5"):
+        check_node_config({"data-path": str(data), "min-tolerated-sites": 1.5})
+
+
+@pytest.mark.parametrize("layout", ["empty", "the folder above", "a file", "missing", "unset"])
+def test_a_data_folder_with_nothing_to_read_is_refused_at_start(tmp_path, data, layout):
+    """Found in review: an empty data folder, or the one above the site's, started a site that
+    declined every round "data unusable"."""
+    given = {"empty": tmp_path / "empty", "the folder above": tmp_path,
+             "a file": data / "train.jsonl", "missing": tmp_path / "nowhere"}.get(layout)
+    (tmp_path / "empty").mkdir()
+    message = {"unset": r"data-path \(the site's data folder\) is not set",
+               "a file": "is a file, not a folder", "missing": "site data folder not found"}
+    with pytest.raises(SiteConfigError, match=message.get(layout, "holds no data file")):
+        check_node_config({} if given is None else {"data-path": str(given)})
+
+
+def test_a_labels_file_the_site_cannot_use_is_refused_at_start(data, tmp_path):
+    labels = tmp_path / "labels.txt"
+    labels.write_text("only_one\n")
+    with pytest.raises(SiteConfigError, match="labels-file: .*labels.txt: 1 labels"):
+        check_node_config({"data-path": str(data), "labels-file": str(labels)})
+
+
+def test_the_supernode_reads_its_node_config_as_flower_will_and_refuses_what_flower_skips(data):
+    """Flower's parser skips text that is not key=value without a word (found in review:
+    ``max-epsilon = 2`` ran at the default budget)."""
+    given = f"data-path='{data}' max-epsilon=2"
+    assert checked_node_config(["--superlink", "x:1", "--node-config", given]) == \
+        {"data-path": str(data), "max-epsilon": 2}
+    for config, message in [
+        (f"data-path='{data}' max-epsilon = 2", "'max-epsilon = 2' is not key=value"),
+        (f"data-path='{data}' max-epsilion=2", "did you mean max-epsilon?"),
+        (f"data-path='{data}' max-epsilon=\"8\n\"", "--node-config cannot be read"),
+        ("max-epsilon=2", "data-path (the site's data folder) is not set"),
+    ]:
+        with pytest.raises(SystemExit) as refused:
+            checked_node_config(["--node-config", config, "--superlink", "x:1"])
+        assert message in str(refused.value.code)
+    with pytest.raises(SystemExit, match="data-path"):
+        checked_node_config(["--superlink", "x:1"])
+
+
+def test_the_supernode_prints_the_policy_it_holds_runs_to_defaults_named(data, monkeypatch,
+                                                                         tmp_path, capsys):
+    monkeypatch.setenv("FLWR_HOME", str(tmp_path / "flwr-home"))
+    monkeypatch.setattr("sys.argv", ["fedintent-supernode", "--node-config",
+                                     f"data-path='{data}' max-epsilon=2"])
+    monkeypatch.setattr(supernode, "flower_supernode", lambda: 0)
+    for name in ("refuse_redirects", "refuse_foreign_bundles", "bind_runs_to_their_bundles"):
+        monkeypatch.setattr(supernode, name, lambda: None)
+    with pytest.raises(SystemExit) as exited:
+        supernode.main()
+    assert exited.value.code == 0
+    printed = capsys.readouterr().out
+    assert "  max-epsilon: 2\n" in printed and "  max-delta: 1e-05 (default)\n" in printed
+    assert "  evaluation: dp (default)\n" in printed
+    assert len(policy_lines({"data-path": str(data)})) == len(NODE_CONFIG_KEYS)
+    monkeypatch.setattr("sys.argv", ["fedintent-supernode", "--node-config",
+                                     f"data-path='{data}' max-epsilon=-1"])
+    with pytest.raises(SystemExit) as refused:
+        supernode.main()
+    assert "the site would decline every round: max-epsilon must be > 0" in refused.value.code
