@@ -77,6 +77,10 @@ TARGETS = [
     "fl_client/distributed_dp.py",
     "fl_client/skellam_gdp.py",
     "fl_protocol/distributed_sum.py",
+    "fl_protocol/hash_chain.py",
+    "fl_protocol/secagg_masks.py",
+    "fl_client/erase_lines.py",
+    "fl_client/supernode.py",
 ]
 # Redaction (fl_client/redaction*.py, 1000 mutants and 800 tests) is run by itself with
 # --targets (docs/TESTING.md). New privacy modules are picked up by name, so that a module
@@ -106,6 +110,11 @@ FAST_TESTS = [
     "tests/test_skellam_gdp.py",
     "tests/test_customer_ids.py",
     "tests/test_customer_forms.py",
+    "tests/test_audit_log.py",
+    "tests/test_secagg_masks.py",
+    "tests/test_erasure_file_swaps.py",
+    "tests/test_site_supernode.py",
+    "tests/test_cpu_threads.py",
 ]
 SLOW_TESTS = ["tests/test_secure_aggregation.py"]
 
