@@ -9,6 +9,7 @@ data folder. Each test here swaps the file in one of those gaps and checks that 
 the data file is touched, while the erasure itself stays recorded.
 """
 
+import errno
 import json
 import os
 import signal
@@ -420,3 +421,43 @@ def test_the_rewrite_keeps_the_files_extended_attributes(site):
     remove_lines(data_file, {1, 4, 7}, rows[0].stamp)
     assert '"dana"' not in data_file.read_text()
     assert os.getxattr(data_file, "user.exported-by") == b"crm-nightly"
+
+
+def test_a_file_system_without_extended_attributes_still_has_the_rows_removed(site,
+                                                                            monkeypatch):
+    """Some data folders sit on file systems that keep no extended attributes (``ENOTSUP``
+    from listing them): the erasure still removes the rows there, with none to keep. Found by
+    stop 65's mutation pass: no test listed attributes that could not be listed."""
+    site_dir, _, _ = site
+    data_file = site_dir / "train.jsonl"
+    [rows, _] = read_rows(site_dir, [])
+
+    def not_supported(*args: object) -> list[str]:
+        raise OSError(errno.ENOTSUP, "Operation not supported")
+
+    monkeypatch.setattr(os, "listxattr", not_supported)
+    remove_lines(data_file, {1, 4, 7}, rows[0].stamp)
+    monkeypatch.undo()
+    kept = data_file.read_text()
+    assert '"dana"' not in kept and len(kept.splitlines()) == 5
+
+
+def test_attributes_that_cannot_be_read_stop_the_rewrite_with_the_file_as_it_was(site,
+                                                                                monkeypatch):
+    """Any other error listing the attributes (an I/O error) is raised as itself before the
+    file is touched: rewriting it then would silently drop an ACL the site reads it through.
+    (Mutants: the error kinds check reversed, its ``raise`` removed.)"""
+    site_dir, _, _ = site
+    data_file = site_dir / "train.jsonl"
+    before = data_file.read_bytes()
+    [rows, _] = read_rows(site_dir, [])
+
+    def io_error(*args: object) -> list[str]:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "listxattr", io_error)
+    with pytest.raises(OSError) as raised:
+        remove_lines(data_file, {1, 4, 7}, rows[0].stamp)
+    monkeypatch.undo()
+    assert raised.value.errno == errno.EIO
+    assert data_file.read_bytes() == before and sorted(os.listdir(site_dir)) == ["train.jsonl"]

@@ -9,7 +9,13 @@ import pytest
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 from flwr.common.secure_aggregation.secaggplus_utils import pseudo_rand_gen
 
-from fl_protocol.secagg_masks import DOMAIN, mask_arrays, use_cryptographic_masks
+from fl_protocol.secagg_masks import (
+    DOMAIN,
+    mask_arrays,
+    masks_bound_to,
+    plan_binding,
+    use_cryptographic_masks,
+)
 
 SEED = bytes(range(32))
 SHAPES = [(3,), (2, 2), ()]
@@ -122,3 +128,49 @@ def test_values_are_roughly_uniform():
     counts = np.bincount(values >> 12, minlength=16)  # 16 equal buckets of the range
     assert counts.min() > 0.9 * 100_000 / 16
     assert counts.max() < 1.1 * 100_000 / 16
+
+
+PLAN = {"run_name": "run-1", "server_round": 3, "num_rounds": 40, "cohort_size": 5,
+        "target_epsilon": 2.0, "delta": 1e-5, "tolerated_sites": 1}
+
+
+@pytest.mark.parametrize(("field", "other"), [
+    ("run_name", "run-2"), ("server_round", 4), ("num_rounds", 1), ("cohort_size", 6),
+    ("target_epsilon", 2.0000000000000004), ("delta", 1.1e-5), ("tolerated_sites", 0),
+])
+def test_masks_bound_to_a_plan_cancel_only_between_sites_told_the_same_plan(field, other):
+    """Under distributed DP a server that tells one site another plan (40 rounds to one, 1 to
+    the rest; an epsilon off by one ulp) must get pairwise masks that do not cancel, while
+    every site and the server told the same plan draw the same masks from a seed, and they
+    differ from the unbound ones. Found by stop 65's mutation pass: no fast test drew a bound
+    mask (``BOUND_DOMAIN + plan`` as ``-`` survived, ``plan_binding`` ran in no fast test)."""
+    shapes = [(64,)]
+    bound = plan_binding(**PLAN)
+    told_otherwise = plan_binding(**{**PLAN, field: other})
+    assert plan_binding(**PLAN) == bound != told_otherwise
+    with masks_bound_to(bound):
+        site = mask_arrays(SEED, 2**32, shapes)[0]
+        server = mask_arrays(SEED, 2**32, shapes)[0]
+    with masks_bound_to(told_otherwise):
+        other_site = mask_arrays(SEED, 2**32, shapes)[0]
+    unbound = mask_arrays(SEED, 2**32, shapes)[0]
+    assert np.array_equal(site, server)
+    assert not np.array_equal(site, other_site)
+    assert not np.array_equal(site, unbound)
+    assert not np.array_equal(other_site, unbound)
+
+
+def test_masks_are_unbound_again_after_the_block_and_a_nested_block_restores_the_outer_plan():
+    """A plan's binding holds only inside ``masks_bound_to``: the next round without
+    distributed DP (or another run in the process) must draw the unbound masks its server
+    regenerates, or its sum is garbage. (Mutant: ``_PLAN.reset`` removed.)"""
+    shapes = [(16,)]
+    unbound = mask_arrays(SEED, 2**32, shapes)[0]
+    outer, inner = plan_binding(**PLAN), plan_binding(**{**PLAN, "server_round": 4})
+    with masks_bound_to(outer):
+        in_outer = mask_arrays(SEED, 2**32, shapes)[0]
+        with masks_bound_to(inner):
+            in_inner = mask_arrays(SEED, 2**32, shapes)[0]
+        assert np.array_equal(mask_arrays(SEED, 2**32, shapes)[0], in_outer)
+    assert not np.array_equal(in_outer, in_inner)
+    assert np.array_equal(mask_arrays(SEED, 2**32, shapes)[0], unbound)

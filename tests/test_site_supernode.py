@@ -226,3 +226,136 @@ def test_the_supernode_withholds_the_signatures_of_a_bundle_its_run_does_not_nam
             get_run=runs.__getitem__, get_fab=lambda h, r: Fab(h, content, dict(verifications)),
             run_id=run_id)
         assert fab.content == content and fab.verifications == kept
+
+
+class StubbornTransport:
+    """An HTTP client whose ``follow_redirects`` cannot be turned off."""
+
+    follow_redirects = property(lambda self: True, lambda self, value: None)
+
+    def close(self) -> None:
+        pass
+
+
+class ClientWithoutTransport:
+    """A Flower client built another way: no ``_client`` to make refuse redirects."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+
+
+class ClientThatKeepsFollowing:
+    """A Flower client whose transport keeps following redirects whatever it is told."""
+
+    def __init__(self, address: str) -> None:
+        self._client = StubbornTransport()
+
+    def close(self) -> None:
+        self._client.close()
+
+
+@pytest.mark.parametrize("client", [ClientWithoutTransport, ClientThatKeepsFollowing])
+def test_a_flower_whose_client_cannot_be_made_to_refuse_redirects_does_not_start(client,
+                                                                                 monkeypatch):
+    """A Flower upgrade that builds its SuperLink client another way must stop the site's
+    SuperNode, not let it start following redirects again. Found by stop 65's mutation pass:
+    no test reached either refusal (each ``raise SystemExit`` removed survived)."""
+    from flwr.supercore.protobuf import client as protobuf_client
+
+    monkeypatch.setattr(protobuf_client, "ProtobufClient", client)
+    with pytest.raises(SystemExit, match="refusing to start"):
+        refuse_redirects()
+
+
+@pytest.mark.parametrize("name", ["_verify_fab", "_pull_and_store_message"])
+def test_a_flower_without_the_checks_the_site_wraps_does_not_start(name, monkeypatch):
+    """A Flower whose SuperNode no longer has the bundle check or the message pull the site
+    wraps cannot be made to refuse foreign bundles: it does not start. (Mutants: the missing
+    check read as present, its ``raise`` removed.)"""
+    monkeypatch.delattr(start_client_internal, name)
+    wrap = {"_verify_fab": refuse_foreign_bundles,
+            "_pull_and_store_message": bind_runs_to_their_bundles}[name]
+    with pytest.raises(SystemExit, match="refusing to start"):
+        wrap()
+
+
+def test_a_bundle_fetched_for_a_run_never_read_goes_on_without_its_signatures(tmp_path,
+                                                                              monkeypatch):
+    """A pull that asks for a bundle before reading its run cannot be checked against the
+    run, so the bundle goes on unsigned and Flower refuses it, rather than the pull failing.
+    (Mutant: ``run is None`` as ``run is True``.)"""
+    content = bundle(tmp_path)
+
+    def flower_pull(*, get_run, get_fab, **rest):  # noqa: ANN001, ANN202 - Flower's
+        return get_fab(hashlib.sha256(content).hexdigest(), rest["run_id"])
+
+    monkeypatch.setattr(start_client_internal, "_pull_and_store_message", flower_pull)
+    bind_runs_to_their_bundles()
+    fab = start_client_internal._pull_and_store_message(
+        get_run=lambda run_id: None,
+        get_fab=lambda h, r: Fab(h, content, {"key": "signature", "valid_license": "yes"}),
+        run_id=1)
+    assert fab.content == content and fab.verifications == {}
+
+
+def test_the_site_supernode_starts_flower_only_with_its_refusals_in_place(
+        tmp_path, monkeypatch, redirecting_superlink):
+    """``fedintent-supernode`` itself: by the time Flower's SuperNode starts, a redirect is
+    refused, a signed bundle with code is refused and a run naming another bundle gets it
+    unsigned. Found by stop 65's mutation pass: the one test of ``main`` stubbed the three
+    refusals, so removing any of their calls passed."""
+    import fl_client.supernode as supernode
+
+    address, ca, received = redirecting_superlink
+    monkeypatch.setenv("FLWR_HOME", str(tmp_path / "flwr-home"))  # no app installed there
+    monkeypatch.setattr(ProtobufClient, "__init__", ProtobufClient.__init__)  # restored after
+    monkeypatch.setattr(start_client_internal, "_verify_fab", start_client_internal._verify_fab)
+    private, public = signing_key_pair("operator")
+    key = load_ssh_private_key(private, None)
+    trusted = {signing_key_id(key.public_key()): public.decode().strip()}
+    foreign = signed(bundle(tmp_path, extra={"fl_client/egress_guard.py": ""}), key)
+    content = bundle(tmp_path)
+    renamed = SimpleNamespace(run_id=2, fab_id="evil/pkg", fab_version="0.1.0",
+                              fab_hash=hashlib.sha256(content).hexdigest())
+
+    def flower_pull(*, get_run, get_fab, **rest):  # noqa: ANN001, ANN202 - Flower's
+        run = get_run(rest["run_id"])
+        return get_fab(run.fab_hash, run.run_id)
+
+    monkeypatch.setattr(start_client_internal, "_pull_and_store_message", flower_pull)
+    seen = {}
+
+    def flower_supernode() -> int:
+        seen["redirect"] = push(address, ca)
+        seen["foreign bundle"] = start_client_internal._verify_fab(foreign, trusted)
+        seen["renamed run"] = start_client_internal._pull_and_store_message(
+            get_run=lambda run_id: renamed,
+            get_fab=lambda h, r: Fab(h, content, {"key": "signature"}), run_id=2).verifications
+        return 0
+
+    monkeypatch.setattr(supernode, "flower_supernode", flower_supernode)
+    with pytest.raises(SystemExit) as exited:
+        supernode.main()
+    assert exited.value.code == 0
+    assert seen["redirect"] is not None and "307" in str(seen["redirect"]) and received == []
+    assert seen["foreign bundle"] is False and seen["renamed run"] == {}
+
+
+def test_the_site_supernode_does_not_start_beside_an_installed_app_with_code(tmp_path,
+                                                                              monkeypatch):
+    """``fedintent-supernode`` refuses to start, naming the app, while Flower's apps folder
+    holds an app with code; Flower never starts. (Mutant: ``main``'s ``raise`` removed.)"""
+    import fl_client.supernode as supernode
+
+    home = tmp_path / "flwr-home"
+    code = home / "apps" / "evil.pkg.9.9.9.f649a055" / "fl_client"
+    code.mkdir(parents=True)
+    (code / "client_app.py").write_text("")
+    monkeypatch.setenv("FLWR_HOME", str(home))
+    started = []
+    monkeypatch.setattr(supernode, "flower_supernode", lambda: started.append(1) or 0)
+    for name in ("refuse_redirects", "refuse_foreign_bundles", "bind_runs_to_their_bundles"):
+        monkeypatch.setattr(supernode, name, lambda: None)
+    with pytest.raises(SystemExit, match="evil.pkg.9.9.9.f649a055 holds files besides"):
+        supernode.main()
+    assert started == []
