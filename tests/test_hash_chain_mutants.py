@@ -16,6 +16,7 @@ import pytest
 
 from fl_protocol import hash_chain
 from fl_protocol.hash_chain import (
+    ChainError,
     append_entry,
     head_path,
     read_entries,
@@ -77,3 +78,95 @@ def test_a_new_logs_first_entry_whose_head_cannot_be_written_is_taken_back(tmp_p
     assert [e["n"] for e in read_entries(path, key=key)] == [2]
     assert json.loads(head_path(path).read_text())["entries"] == 1
 
+
+
+def test_a_torn_last_line_is_reported_with_the_entries_before_it(tmp_path, capsys):
+    """``audit verify`` tells the operator how many entries stand before a torn last line (the
+    ones a restore would keep). (Mutants: that count one off or two off.)"""
+    from fedintent.cli import main
+
+    path = tmp_path / "audit.jsonl"
+    for server_round in (1, 2, 3):
+        append_entry(path, "round", {"round": server_round})
+    path.write_bytes(path.read_bytes()[:-10])
+    result = verify_log(path)
+    assert (result.ok, result.broken_line, result.entries) == (False, 3, 2)
+    capsys.readouterr()
+    assert main(["audit", "verify", str(path)]) == 1
+    assert "BROKEN at line 3: last line is incomplete (torn or edited) (2 entries verify" in \
+        capsys.readouterr().out
+
+
+@pytest.mark.parametrize("damage", ["none", "head MAC removed", "emptied"])
+def test_a_copy_of_a_sites_keyed_log_is_never_verified_without_the_sites_secret(tmp_path,
+                                                                                capsys, damage):
+    """A deletion log copied away from its state folder (no secret beside it) is a site's log
+    as long as its first entry or its head carries a MAC: ``audit verify`` asks for the
+    secret rather than call it intact by its hashes alone, which anyone can recompute. Found by
+    stop 65's mutation pass: a head stripped of its MAC beside entries that keep theirs was
+    verified as an unkeyed log (``or`` as ``and``), and so would every keyed log be if it were
+    never called keyed."""
+    from fedintent.cli import main
+
+    path = tmp_path / "copy" / "deletions.jsonl"
+    for n in (1, 2):
+        append_entry(path, "erasure", {"n": n}, key=KEY)
+    head = json.loads(head_path(path).read_text())
+    if damage == "head MAC removed":
+        head_path(path).write_text(json.dumps({"entries": head["entries"], "hash": head["hash"]}))
+    elif damage == "emptied":
+        path.write_bytes(b"")
+    capsys.readouterr()
+    code = main(["audit", "verify", str(path)])
+    captured = capsys.readouterr()
+    assert code == 2 and not captured.out.startswith("OK"), captured.out
+    assert "MACs need the site secret" in captured.err
+
+
+def test_a_log_that_cannot_be_read_is_a_chain_error_naming_it(tmp_path, monkeypatch):
+    """The site's purge and erasures and the server's resume read their log with
+    ``read_entries``: a log that is a folder, or one this account may not open, is a
+    ``ChainError`` naming the file (and, when not permitted, whose it is), which the commands
+    report, not an ``OSError`` traceback. (Mutants: either conversion's ``raise`` removed.)"""
+    folder = tmp_path / "deletions.jsonl"
+    folder.mkdir()
+    with pytest.raises(ChainError, match=f"{folder} is missing or unreadable"):
+        read_entries(folder)
+    path = tmp_path / "audit.jsonl"
+    append_entry(path, "run-started", {})
+    read_bytes = Path.read_bytes
+
+    def forbidden(self: Path) -> bytes:
+        if self == path:
+            raise PermissionError(13, "Permission denied", str(self))
+        return read_bytes(self)
+
+    monkeypatch.setattr(Path, "read_bytes", forbidden)
+    with pytest.raises(ChainError, match=r"this account \(uid"):
+        read_entries(path)
+
+
+def test_an_auditor_recomputes_every_line_and_hash_from_the_documented_format(tmp_path):
+    """The format is documented for auditors with their own tools: each line is the entry's
+    JSON with sorted keys, no spaces, UTF-8 (not ``\\u`` escapes), and ``hash`` the SHA-256 of
+    that JSON without ``hash`` and ``mac``, ``prev`` the hash before. A log whose lines or
+    hashes follow another order or escaping verifies only with this code. Found by stop 65's
+    mutation pass: ``sort_keys`` and ``ensure_ascii`` flipped both survived, since the code
+    checks its own output against itself."""
+    import hashlib
+
+    path = tmp_path / "deletions.jsonl"
+    append_entry(path, "erasure", {"zeta": 1, "alpha": "José", "middle": {"b": 2, "a": 1}},
+                 key=KEY)
+    append_entry(path, "purge", {"expired": 3}, key=KEY)
+    previous = "0" * 64
+    for line in path.read_bytes().splitlines():
+        entry = json.loads(line)
+        assert line == json.dumps(entry, sort_keys=True, separators=(",", ":"),
+                                  ensure_ascii=False).encode("utf-8")
+        body = {k: v for k, v in entry.items() if k not in ("hash", "mac")}
+        digest = hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":"),
+                                           ensure_ascii=False).encode("utf-8")).hexdigest()
+        assert entry["prev"] == previous and entry["hash"] == digest
+        previous = digest
+    assert "José".encode() in path.read_bytes()
