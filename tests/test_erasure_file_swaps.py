@@ -461,3 +461,23 @@ def test_attributes_that_cannot_be_read_stop_the_rewrite_with_the_file_as_it_was
     monkeypatch.undo()
     assert raised.value.errno == errno.EIO
     assert data_file.read_bytes() == before and sorted(os.listdir(site_dir)) == ["train.jsonl"]
+
+
+def test_a_site_run_as_root_rewrites_the_exporters_file_and_keeps_it_the_exporters(site):
+    """Root keeps any owner, so a site run as root (the container's default) removes the rows
+    from a data file another account exports and gives the file back to that account, which
+    can append to it again. Found by stop 65's mutation pass: every test of a file owned by
+    someone else pretended to be another account than root (``geteuid() != 0`` as ``!= 1``
+    survived, refusing root)."""
+    if os.geteuid() != 0:
+        pytest.skip("only root can give the data file to another account")
+    site_dir, _, _ = site
+    data_file = site_dir / "train.jsonl"
+    exporter = 4242
+    os.chown(data_file, exporter, exporter)
+    data_file.chmod(0o640)
+    [rows, _] = read_rows(site_dir, [])
+    remove_lines(data_file, {1, 4, 7}, rows[0].stamp)
+    assert '"dana"' not in data_file.read_text() and len(data_file.read_text().splitlines()) == 5
+    info = data_file.stat()
+    assert (info.st_uid, info.st_gid, info.st_mode & 0o7777) == (exporter, exporter, 0o640)

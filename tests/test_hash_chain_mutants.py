@@ -170,3 +170,88 @@ def test_an_auditor_recomputes_every_line_and_hash_from_the_documented_format(tm
         assert entry["prev"] == previous and entry["hash"] == digest
         previous = digest
     assert "José".encode() in path.read_bytes()
+
+
+def five_entries(path: Path, key: bytes | None = None) -> list[bytes]:
+    """A log of five entries at ``path``; its lines."""
+    append_entry(path, "run-started", {"run_id": 7}, key=key)
+    for server_round in (1, 2, 3):
+        append_entry(path, "round", {"round": server_round, "epsilon": 0.5}, key=key)
+    append_entry(path, "run-completed", {"model_sha256": "ab" * 32}, key=key)
+    return path.read_bytes().splitlines(keepends=True)
+
+
+def replace_line(path: Path, number: int, line: bytes) -> None:
+    lines = path.read_bytes().splitlines(keepends=True)
+    lines[number - 1] = line
+    path.write_bytes(b"".join(lines))
+
+
+@pytest.mark.parametrize(("edit", "problem"), [
+    (lambda line: line.replace(b'"epsilon":0.5', b'"epsilon":NaN'), "not in canonical form"),
+    (lambda line: line.replace(b'"epsilon":0.5', b'"epsilon": 0.9'), "not in canonical form"),
+    (lambda line: line.replace(b'"epsilon":0.5', b'"epsilon":0.50'), "not in canonical form"),
+    (lambda line: b'["a list", "not an entry"]\n', "not a JSON object"),
+], ids=["NaN", "a space and a new value", "the same value spelled otherwise", "a list"])
+def test_an_edited_line_the_hash_alone_might_miss_is_found_in_process(tmp_path, edit, problem):
+    """Edits that leave the stored hash in place but change the line outside its canonical form
+    are found at their line, by every reader in the process (the site's purge and erasures, a
+    resume), not only by ``audit verify``. Found by stop 65's mutation pass: these were tested
+    only through a subprocess, and with those checks' refusals made empty an epsilon of 0.5
+    edited to 0.9 (with a space) or NaN verified as intact."""
+    path = tmp_path / "audit.jsonl"
+    lines = five_entries(path)
+    replace_line(path, 3, edit(lines[2]))
+    result = verify_log(path)
+    assert (result.ok, result.broken_line, result.entries) == (False, 3, 2)
+    assert problem in result.problem
+    with pytest.raises(ChainError, match=f"broken at line 3: {problem}"):
+        read_entries(path)
+
+
+def test_a_line_from_another_log_at_the_same_place_is_found(tmp_path):
+    """An entry spliced in from another log (its own sequence number and a correct hash, but
+    chained to that log's history) does not chain to the entry before it. (Mutant: that
+    refusal made empty.)"""
+    path, other = tmp_path / "audit.jsonl", tmp_path / "other.jsonl"
+    five_entries(path)
+    append_entry(other, "run-started", {"run_id": 8})
+    append_entry(other, "round", {"round": 1, "epsilon": 0.1})
+    append_entry(other, "round", {"round": 2, "epsilon": 0.1})
+    replace_line(path, 3, other.read_bytes().splitlines(keepends=True)[2])
+    result = verify_log(path)
+    assert (result.ok, result.broken_line) == (False, 3)
+    assert "does not chain to the entry before it" in result.problem
+
+
+@pytest.mark.parametrize("last", [b"not json at all\n", b'{"seq": 5}\n', b'["a list"]\n'],
+                         ids=["junk", "no hash", "a list"])
+def test_a_log_whose_last_line_is_no_entry_is_never_extended(tmp_path, last):
+    """A log whose last complete line was replaced by something that is no entry is refused by
+    the writer itself, with a ``ChainError`` naming it, before anything is appended. (Mutant:
+    that refusal's ``raise`` removed.)"""
+    path = tmp_path / "audit.jsonl"
+    five_entries(path)
+    replace_line(path, 5, last)
+    before = path.read_bytes()
+    with pytest.raises(ChainError, match="last entry is unreadable"):
+        append_entry(path, "round", {"round": 4})
+    assert path.read_bytes() == before
+
+
+@pytest.mark.parametrize("head", [None, b"not json\n", b'{"entries": 5}\n', b"[5]\n"],
+                         ids=["missing", "junk", "no hash", "a list"])
+def test_a_head_that_is_missing_or_unreadable_is_reported_after_the_last_entry(tmp_path, head):
+    """A head that is gone or unreadable makes deleted trailing entries undetectable: the log
+    is broken, reported one line after its last entry, with every entry verified before it.
+    (Mutants: that line or count moved, the unreadable head's verdict made empty.)"""
+    path = tmp_path / "audit.jsonl"
+    five_entries(path)
+    if head is None:
+        head_path(path).unlink()
+    else:
+        head_path(path).write_bytes(head)
+    result = verify_log(path)
+    assert (result.ok, result.broken_line, result.entries) == (False, 6, 5)
+    assert "head file" in result.problem
+    assert ("is missing" if head is None else "is unreadable") in result.problem
