@@ -255,3 +255,93 @@ def test_a_head_that_is_missing_or_unreadable_is_reported_after_the_last_entry(t
     assert (result.ok, result.broken_line, result.entries) == (False, 6, 5)
     assert "head file" in result.problem
     assert ("is missing" if head is None else "is unreadable") in result.problem
+
+
+def test_a_log_more_than_one_entry_past_its_head_is_broken(tmp_path):
+    """One entry past the head is an append interrupted before its head; two or more are not
+    something the writer leaves (it brings a head one behind up to date first), so the log is
+    broken at its last line. (Mutants: ``or`` as ``and`` in that check, its verdict made
+    empty: a head two behind then verified.)"""
+    path = tmp_path / "audit.jsonl"
+    append_entry(path, "run-started", {})
+    append_entry(path, "round", {"round": 1})
+    append_entry(path, "round", {"round": 2})
+    head = head_path(path).read_bytes()  # names 3 entries
+    append_entry(path, "round", {"round": 3})
+    append_entry(path, "round", {"round": 4})
+    head_path(path).write_bytes(head)
+    result = verify_log(path)
+    assert (result.ok, result.broken_line, result.entries) == (False, 5, 5)
+    assert "5 entries but the head records 3" in result.problem
+
+
+def test_a_head_recording_a_negative_count_is_broken_not_a_crash(tmp_path):
+    """A head edited to a negative count, beside an empty log, is reported as broken, not
+    raised as an error from inside the check (``-1`` is "one past" a log of none)."""
+    path = tmp_path / "audit.jsonl"
+    path.write_bytes(b"")
+    head_path(path).write_text(json.dumps({"entries": -1, "hash": "0" * 64}))
+    result = verify_log(path)
+    assert not result.ok and "the head records -1" in result.problem
+
+
+def test_a_keyed_head_whose_mac_does_not_match_is_reported_after_the_last_entry(tmp_path):
+    """A site's head rewritten without its secret (a MAC made up) breaks the log one line
+    after its last entry, every entry verified before it. (Mutants: that line moved.)"""
+    path = tmp_path / "deletions.jsonl"
+    five_entries(path, key=KEY)
+    head = json.loads(head_path(path).read_text())
+    head_path(path).write_text(json.dumps({**head, "mac": "ab" * 32}))
+    result = verify_log(path, KEY)
+    assert (result.ok, result.broken_line, result.entries) == (False, 6, 5)
+    assert "MAC does not match" in result.problem
+
+
+def test_a_log_left_one_past_its_first_head_is_caught_up_before_the_next_entry(tmp_path,
+                                                                               monkeypatch):
+    """A process killed between a new log's first line and its head leaves a head of no
+    entries; the next append first brings that head up to the first entry, so that a failure
+    of its own head cuts its entry off again and leaves a log that verifies, not one two past
+    its head, which reads as deleted entries for good. (Mutant: the catch-up skipped for a
+    log of one entry, ``seq == 0`` as ``seq == 1``.)"""
+    path = tmp_path / "deletions.jsonl"
+    append = hash_chain.append_line
+
+    def killed_after(*args: object, **kwargs: object) -> int:
+        append(*args, **kwargs)
+        raise KeyboardInterrupt  # nothing after the line runs, as under SIGKILL
+
+    monkeypatch.setattr(hash_chain, "append_line", killed_after)
+    with pytest.raises(KeyboardInterrupt):
+        append_entry(path, "purge", {"n": 1}, key=KEY)
+    monkeypatch.setattr(hash_chain, "append_line", append)
+    write = hash_chain.write_bytes_atomic
+
+    def second_entrys_head_fails(target: Path, data: bytes, mode: int = 0o644) -> None:
+        if json.loads(data)["entries"] == 2:
+            raise OSError(28, "No space left on device", str(target))
+        write(target, data, mode)
+
+    monkeypatch.setattr(hash_chain, "write_bytes_atomic", second_entrys_head_fails)
+    with pytest.raises(OSError, match="No space"):
+        append_entry(path, "purge", {"n": 2}, key=KEY)
+    monkeypatch.undo()
+    assert verify_log(path, KEY).ok
+    assert [e["n"] for e in read_entries(path, key=KEY)] == [1]
+
+
+def test_a_broken_log_one_past_its_head_is_not_caught_up_nor_extended(tmp_path):
+    """The head is brought up to the last entry only if the log verifies: a log edited and
+    left one past its head is refused by the writer, head and log unchanged, rather than
+    given a head that makes the edit look written by the site. (Mutant: that refusal's
+    ``raise`` removed.)"""
+    path = tmp_path / "audit.jsonl"
+    lines = five_entries(path)
+    head = head_path(path).read_bytes()
+    append_entry(path, "round", {"round": 4})
+    head_path(path).write_bytes(head)  # one behind, as after a crash
+    replace_line(path, 3, lines[2].replace(b'"epsilon":0.5', b'"epsilon":0.1'))
+    before = path.read_bytes()
+    with pytest.raises(ChainError, match="is broken at line 3: hash does not match"):
+        append_entry(path, "round", {"round": 5})
+    assert path.read_bytes() == before and head_path(path).read_bytes() == head
