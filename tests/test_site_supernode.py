@@ -338,7 +338,7 @@ def test_the_site_supernode_starts_flower_only_with_its_refusals_in_place(
         supernode.main()
     assert exited.value.code == 0
     assert seen["redirect"] is not None and "307" in str(seen["redirect"]) and received == []
-    assert seen["foreign bundle"] is False and seen["renamed run"] == {}
+    assert not seen["foreign bundle"] and seen["renamed run"] == {}
 
 
 def test_the_site_supernode_does_not_start_beside_an_installed_app_with_code(tmp_path,
