@@ -90,7 +90,9 @@ def bundle_problem(content: bytes) -> str:
     if "pyproject.toml" not in names or not names <= BUNDLE_FILES:
         extra = sorted(names - BUNDLE_FILES)
         return f"it carries files besides its pyproject.toml: {', '.join(extra[:5])}"
-    components = project.get("tool", {}).get("flwr", {}).get("app", {}).get("components", {})
+    components = project
+    for table in ("tool", "flwr", "app", "components"):  # a level that is no table names none
+        components = components.get(table, {}) if isinstance(components, dict) else {}
     clientapp = components.get("clientapp") if isinstance(components, dict) else None
     if clientapp != SITE_CLIENTAPP:
         return f"its ClientApp is {clientapp!r}, not this site's {SITE_CLIENTAPP!r}"

@@ -359,3 +359,20 @@ def test_the_site_supernode_does_not_start_beside_an_installed_app_with_code(tmp
     with pytest.raises(SystemExit, match="evil.pkg.9.9.9.f649a055 holds files besides"):
         supernode.main()
     assert started == []
+
+
+@pytest.mark.parametrize("project", ['tool = 1\n', '[tool]\nflwr = "x"\n',
+                                     '[tool.flwr]\napp = 3\n', '[tool.flwr.app]\ncomponents = 3\n'])
+def test_a_bundle_whose_app_tables_are_not_tables_is_refused_not_raised(project):
+    """The check runs before the signature's, on whatever a SuperLink sends: a bundle whose
+    ``tool``, ``tool.flwr`` or ``tool.flwr.app`` is a value rather than a table names no
+    ClientApp and is refused like one (found by stop 65's mutation pass: it raised
+    ``AttributeError`` out of Flower's message pull, which ends the SuperNode)."""
+    import io
+    import zipfile
+
+    content = io.BytesIO()
+    with zipfile.ZipFile(content, "w") as fab:
+        fab.writestr("pyproject.toml", project)
+    assert bundle_problem(content.getvalue()) == (
+        "its ClientApp is None, not this site's 'fl_client.client_app:app'")
