@@ -308,6 +308,10 @@ def test_the_site_supernode_starts_flower_only_with_its_refusals_in_place(
 
     address, ca, received = redirecting_superlink
     monkeypatch.setenv("FLWR_HOME", str(tmp_path / "flwr-home"))  # no app installed there
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "train.jsonl").write_text('{"text": "lost my card", "label": "a"}\n')
+    monkeypatch.setattr("sys.argv", ["fedintent-supernode", "--node-config",
+                                     f"data-path='{tmp_path / 'data'}'"])
     monkeypatch.setattr(ProtobufClient, "__init__", ProtobufClient.__init__)  # restored after
     monkeypatch.setattr(start_client_internal, "_verify_fab", start_client_internal._verify_fab)
     private, public = signing_key_pair("operator")
