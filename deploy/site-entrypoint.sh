@@ -284,6 +284,11 @@ for key, value in read.items():  # data-path first
         sys.exit(f"site-entrypoint: {variables.get(key, key.upper().replace('-', '_'))} is "
                  f"invalid: {err}")
 PY
+if [ -e "$STATE_DIR" ] && [ ! -d "$STATE_DIR" ]; then  # found in review: "holds no site secret"
+    echo "site-entrypoint: STATE_DIR $STATE_DIR is not a folder: give the site's state folder," \
+        "the one that holds its site-secret" >&2
+    exit 2
+fi
 if [ ! -e "$STATE_DIR/site-secret" ]; then
     echo "site-entrypoint: STATE_DIR $STATE_DIR holds no site secret. Either this is a new" \
         "site (make its state folder once with INIT_STATE=1, a run that makes it and exits)," \

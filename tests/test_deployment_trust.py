@@ -316,6 +316,14 @@ def test_a_setting_that_would_not_take_as_meant_stops_the_site(tmp_path, setting
     assert f"site-entrypoint: {message}" in result.stderr and "Traceback" not in result.stderr
 
 
+def test_a_state_folder_given_as_a_file_is_named_so(tmp_path):
+    state = tmp_path / "site-secret"
+    state.write_text("x")
+    result, config = entrypoint(tmp_path, initialised=False, STATE_DIR=str(state))
+    assert result.returncode == 2 and config is None
+    assert f"STATE_DIR {state} is not a folder" in result.stderr
+
+
 def test_gettexts_language_variable_is_no_misspelled_setting(tmp_path):
     result, config = entrypoint(tmp_path, LANGUAGE="de_DE:en")
     assert result.returncode == 0 and "languages" not in config, result.stderr
