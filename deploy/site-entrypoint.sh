@@ -81,16 +81,17 @@ POLICY = ("MAX_EPSILON", "MAX_DELTA", "PRIVACY_UNIT", "PRIVACY_MODELS", "MIN_TOL
           "EVALUATION_EPSILON", "LOCAL_MODELS", "RETENTION_DAYS", "PURGE_INTERVAL_HOURS")
 OTHERS = ("SUPERLINK", "CA_CERT", "SITE_KEY", "TRUSTED_ENTITIES", "DATA_DIR", "STATE_DIR",
           "INIT_STATE", "SUPERNODE_PORT", "HEALTH_PORT")
-OURS = ("MAX_", "PRIVACY_", "EVALUATION", "RETENTION", "LABEL", "LOCAL_MODEL", "MIN_TOLERATED",
-        "PURGE_")
 for name in sorted(set(os.environ) - set(POLICY) - set(OTHERS) - {"LANGUAGE"}):  # gettext's
-    close = difflib.get_close_matches(name, POLICY, n=1, cutoff=0.8)
-    if close or name.startswith(OURS):
-        sys.exit(f"site-entrypoint: {name} is not a setting of the site"
-                 + (f" (did you mean {close[0]}?)" if close else "")
-                 + "; the settings are listed at the top of deploy/site-entrypoint.sh")
-for name in POLICY:
-    if name in os.environ and not os.environ[name].strip():
+    # a near miss in any case (max_epsilon, MAX_EPSILION), or a setting's name after a prefix
+    # (FEDINTENT_MAX_EPSILON); not every MAX_* or *_PORT: Kubernetes, compose and build tools
+    # set their own (EVALUATION_PORT for a Service named evaluation, MAX_JOBS)
+    meant = difflib.get_close_matches(name.upper(), POLICY, n=1, cutoff=0.85) or [
+        setting for setting in POLICY if name.upper().endswith(f"_{setting}")]
+    if meant:
+        sys.exit(f"site-entrypoint: {name} is not a setting of the site (did you mean "
+                 f"{meant[0]}?); the settings are listed at the top of deploy/site-entrypoint.sh")
+for name in POLICY + OTHERS:
+    if name in os.environ and not os.environ[name].strip() and name != "INIT_STATE":
         sys.exit(f"site-entrypoint: {name} is set but empty; give it a value, or unset it for "
                  "the default")
 for name in POLICY + OTHERS:
@@ -163,10 +164,16 @@ for name, value in keys.items():
 try:
     ssl.create_default_context(cafile=ca_cert)
     with open(ca_cert, "rb") as f:
-        authorities = [cert for cert in x509.load_pem_x509_certificates(f.read())
-                       if cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca]
-except (OSError, ssl.SSLError, ValueError, x509.ExtensionNotFound) as err:
+        certificates = x509.load_pem_x509_certificates(f.read())
+except (OSError, ssl.SSLError, ValueError) as err:
     sys.exit(f"site-entrypoint: CA_CERT {ca_cert} is not a PEM CA certificate ({err})")
+authorities = []
+for certificate in certificates:
+    try:
+        if certificate.extensions.get_extension_for_class(x509.BasicConstraints).value.ca:
+            authorities.append(certificate)
+    except x509.ExtensionNotFound:  # no CA's, as RFC 5280 reads it
+        pass
 if not authorities:  # found in review: the SuperLink's own certificate passed
     sys.exit(f"site-entrypoint: CA_CERT {ca_cert} is a certificate but no CA's (the SuperLink's "
              "own?): give the certificate authority's, ca.crt")

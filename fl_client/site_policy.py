@@ -108,7 +108,7 @@ from fl_protocol.wire import (
     evaluation_number,
     run_name_problem,
 )
-from fl_protocol.written_numbers import written_number
+from fl_protocol.written_numbers import written_number, written_whole_number
 from models import model_family_names
 
 DEFAULT_MAX_DELTA = 1e-5
@@ -300,10 +300,7 @@ def _setting(context: Context, name: str, default: object,
 def site_policy(context: Context) -> SitePolicy:
     """The site's policy: its node config, or (simulation only) the run config's stand-in."""
     node = context.node_config
-    if not is_simulated(context):
-        problem = unknown_setting_problem(node)
-        if problem:
-            raise SiteConfigError(f"node config: {problem}")
+    check_known_settings(context)
     source = context.run_config if is_simulated(context) else node  # privacy-unit's stand-in
     epsilon_key, epsilon = _setting(context, "max-epsilon", DEFAULT_MAX_EPSILON)
     max_epsilon = own_number(epsilon_key, epsilon)
@@ -325,6 +322,11 @@ def site_policy(context: Context) -> SitePolicy:
     max_alone = own_number(alone_key, alone)
     max_noise_ratio = own_number("max-noise-ratio",
                                  node.get("max-noise-ratio", DEFAULT_MAX_NOISE_RATIO))
+    if isinstance(tolerated, str):
+        try:
+            tolerated = written_whole_number("min-tolerated-sites", tolerated)
+        except ValueError as err:
+            raise SiteConfigError(f"node config: {err}") from None
     if isinstance(tolerated, bool) or not (isinstance(tolerated, int) or isinstance(
             tolerated, float) and tolerated.is_integer()):
         raise SiteConfigError(f"node config: min-tolerated-sites must be a whole number, got "
@@ -339,6 +341,17 @@ def site_policy(context: Context) -> SitePolicy:
                       privacy_unit=None if unit is None else str(unit),
                       privacy_models=models, min_tolerated_sites=int(tolerated),
                       max_epsilon_alone=max_alone, max_noise_ratio=max_noise_ratio)
+
+
+def check_known_settings(context: Context) -> None:
+    """Refuse (``SiteConfigError``) a deployed site's node config holding a key outside
+    ``NODE_CONFIG_KEYS``: read first by every message's handler (``site_policy`` for training,
+    ``evaluation_policy`` for evaluation), so that no reply is computed under a default its
+    operator misspelled."""
+    if not is_simulated(context):
+        problem = unknown_setting_problem(context.node_config)
+        if problem:
+            raise SiteConfigError(f"node config: {problem}")
 
 
 def unknown_setting_problem(node_config: Mapping[str, object]) -> str:
@@ -397,6 +410,7 @@ def evaluation_policy(context: Context) -> str:
     * ``off`` declines every evaluate message before any data is read: only DP-protected
       training updates leave the site.
     """
+    check_known_settings(context)
     key, value = _setting(context, "evaluation", "dp", "exact")
     policy = str(value).strip().lower()
     if policy not in EVALUATION_POLICIES:

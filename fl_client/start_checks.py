@@ -8,6 +8,7 @@ would make of each setting, and prints the policy the site will hold every run t
 named as such, so that a setting that did not take is seen at start.
 """
 
+import math
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from fl_client.site_policy import (
     site_languages,
     site_policy,
 )
+from fl_client.site_secret import SecretError, site_secret
 from fl_protocol.label_file import LabelFileError, read_labels
 from fl_protocol.wire import (
     DEFAULT_EVALUATION_EPSILON,
@@ -68,6 +70,19 @@ def check_node_config(node_config: Mapping[str, object]) -> None:
             raise SiteConfigError(f"labels-file: {err}") from err
 
 
+def check_state_folder(node_config: Mapping[str, object]) -> None:
+    """Raise ``SiteConfigError`` unless the site's state folder (``state-dir``, or its default
+    inside the data folder) holds its site secret: the ClientApp would decline every round
+    (found in review), and never makes one itself, as a lost or unmounted folder made anew
+    would start every unit's spent budget again from zero."""
+    site_dir = Path(str(node_config["data-path"]))
+    state_dir = Path(str(node_config.get("state-dir", default_state_folders(site_dir)[0])))
+    try:
+        site_secret(state_dir)
+    except SecretError as err:
+        raise SiteConfigError(f"state-dir: {err}") from err
+
+
 def policy_lines(node_config: Mapping[str, object]) -> list[str]:
     """Each setting as the site will hold runs to it, one line each, a default named so."""
     defaults = {
@@ -82,5 +97,13 @@ def policy_lines(node_config: Mapping[str, object]) -> list[str]:
         "evaluation-epsilon": DEFAULT_EVALUATION_EPSILON,
         "labels-file": "none: any run's label set", "local-models": "none",
     }
-    return [f"{key}: {node_config[key]}" if key in node_config
-            else f"{key}: {defaults[key]} (default)" for key in NODE_CONFIG_KEYS]
+    lines = [f"{key}: {node_config[key]}" if key in node_config
+             else f"{key}: {defaults[key]} (default)" for key in NODE_CONFIG_KEYS]
+    context = Context(run_id=0, node_id=0, node_config=dict(node_config), state=RecordDict(),
+                      run_config={})
+    policy = site_policy(context)
+    cap = min(policy.max_epsilon, policy.alone_bound)
+    if evaluation_epsilon(context, cap) < evaluation_epsilon(context, math.inf):
+        at = NODE_CONFIG_KEYS.index("evaluation-epsilon")
+        lines[at] += f", held to {cap:g} by max-epsilon and max-epsilon-alone"
+    return lines

@@ -27,7 +27,6 @@ with (``fl_client.start_checks``; found in review: a budget of -1 or a misspelle
 started a site that reported healthy), whose policy it prints.
 """
 
-import argparse
 import hashlib
 import io
 import os
@@ -47,11 +46,13 @@ from flwr.supercore.fab import Fab
 from flwr.supercore.protobuf import client as protobuf_client
 from flwr.supernode import start_client_internal
 from flwr.supernode.cli import flower_supernode
+from flwr.supernode.cli.flower_supernode import _parse_args_run_supernode
 
 from fl_client.cpu_threads import limit_threads_to_quota
 from fl_client.site_policy import SiteConfigError
-from fl_client.start_checks import check_node_config, policy_lines
+from fl_client.start_checks import check_node_config, check_state_folder, policy_lines
 from fl_protocol.wire import loggable
+from fl_protocol.written_numbers import written_number
 
 SITE_CLIENTAPP = "fl_client.client_app:app"
 """The only ClientApp a site runs: the one installed in its image."""
@@ -221,22 +222,26 @@ def bind_runs_to_their_bundles() -> None:
 
 
 def checked_node_config(arguments: list[str]) -> dict:
-    """The ``--node-config`` among Flower's ``arguments``, as its ClientApp will read it, checked
-    (``SystemExit`` naming the setting otherwise)."""
-    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-    parser.add_argument("--node-config")
-    given = parser.parse_known_args(arguments)[0].node_config or ""
+    """The ``--node-config`` among Flower's ``arguments``, read by Flower's own parsers as its
+    ClientApp will have it, checked (``SystemExit`` naming the setting otherwise)."""
+    given = _parse_args_run_supernode().parse_known_args(arguments)[0].node_config or ""
+    settings = [] if given.endswith(".toml") else SETTING.findall(given)
     skipped = [] if given.endswith(".toml") else SETTING.sub(" ", given).split()
     if skipped:
         raise SystemExit(f"fedintent-supernode: --node-config: {' '.join(skipped)!r} is not "
                          "key=value (no space around '='), and Flower would skip it")
     try:
         node_config = parse_config_args([given])
+        for key, text in settings:  # TOML reads 1_5 as 15, 0x10 as 16 and 1e400 as inf
+            if isinstance(node_config.get(key), int | float) and not isinstance(
+                    node_config[key], bool):
+                written_number(key, text)
     except (OSError, ValueError, ClickException) as err:
         raise SystemExit(f"fedintent-supernode: --node-config cannot be read: "
                          f"{' '.join(str(err).split())}") from None
     try:
         check_node_config(node_config)
+        check_state_folder(node_config)
     except SiteConfigError as err:
         raise SystemExit(f"fedintent-supernode: the site would decline every round: {err}") \
             from None

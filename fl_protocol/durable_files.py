@@ -170,12 +170,15 @@ def sync_tree(folder: Path) -> None:
 def remove_entry(path: Path, ignore_errors: bool = False) -> None:
     """Remove ``path``: a file, a link (never what it points to) or a folder with everything in
     it; one already gone is no error. With ``ignore_errors`` (a failed start cleaning up after
-    itself, its own error to report), a failed removal is passed over."""
+    itself, its own error to report), whatever cannot be removed is passed over, the rest
+    removed."""
     try:
         if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
+            shutil.rmtree(path, ignore_errors=ignore_errors)
         else:
             path.unlink(missing_ok=True)
+    except FileNotFoundError:
+        pass
     except OSError:
         if not ignore_errors:
             raise

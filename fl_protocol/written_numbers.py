@@ -10,8 +10,8 @@ import math
 import re
 
 _NUMBER = re.compile(r"[+-]?(?:(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?"
-                     r"|inf|infinity)", re.IGNORECASE)
-_WHOLE = re.compile(r"[+-]?[0-9]+")
+                     r"|inf|infinity)", re.IGNORECASE | re.ASCII)
+_WHOLE = re.compile(r"[+-]?[0-9]+", re.ASCII)
 
 
 def written_number(name: str, text: str) -> float:

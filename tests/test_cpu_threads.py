@@ -8,6 +8,7 @@ import pytest
 import fl_client.cpu_threads as cpu_threads
 import fl_client.supernode as supernode
 from fl_client.cpu_threads import limit_threads_to_quota, quota_cpus
+from fl_client.site_secret import create_site_secret
 
 
 @pytest.mark.parametrize("line,cpus", [
@@ -66,6 +67,7 @@ def test_the_site_supernode_sets_the_threads_before_flower_starts(quota, monkeyp
     monkeypatch.setenv("FLWR_HOME", str(tmp_path / "flwr-home"))  # no app installed there
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "train.jsonl").write_text('{"text": "lost my card", "label": "a"}\n')
+    create_site_secret(tmp_path / "data" / ".fedintent-state")
     monkeypatch.setattr("sys.argv", ["fedintent-supernode", "--node-config",
                                      f"data-path='{tmp_path / 'data'}'"])
     seen = []

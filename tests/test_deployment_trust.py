@@ -230,6 +230,7 @@ def stand_in_site(tmp_path: Path, supernode: str, **settings: str) -> dict:
         "SUPERLINK": "127.0.0.1:9", "CA_CERT": str(creds.ca_cert),
         "SITE_KEY": str(creds.site_keys[SITE]), "TRUSTED_ENTITIES": str(creds.trusted_entities),
         "DATA_DIR": str(tmp_path / "data"), "STATE_DIR": str(tmp_path / "state"),
+        "SUPERNODE_PORT": str(free_port()),  # never the default: a site on this host may hold it
     } | settings
     env["PATH"] = f"{stand_ins}{os.pathsep}{env['PATH']}"
     return env
@@ -293,7 +294,12 @@ def test_a_policy_the_client_app_refuses_stops_the_site_at_start(tmp_path, setti
                                "PRIVACY_MODELS?)"),
     ("EVALUATON", "off", "EVALUATON is not a setting of the site (did you mean EVALUATION?)"),
     ("LABEL_FILE", "/x", "LABEL_FILE is not a setting of the site (did you mean LABELS_FILE?)"),
-    ("RETENTION", "7", "RETENTION is not a setting of the site;"),
+    ("RETENTION_DAY", "7", "RETENTION_DAY is not a setting of the site (did you mean "
+                           "RETENTION_DAYS?)"),
+    ("max_epsilon", "2", "max_epsilon is not a setting of the site (did you mean MAX_EPSILON?)"),
+    ("FEDINTENT_MAX_EPSILON", "1", "FEDINTENT_MAX_EPSILON is not a setting of the site (did you "
+                                   "mean MAX_EPSILON?)"),
+    ("HEALTH_PORT", "", "HEALTH_PORT is set but empty"),
     ("MAX_EPSILON", "", "MAX_EPSILON is set but empty; give it a value, or unset it"),
     ("PRIVACY_UNIT", " ", "PRIVACY_UNIT is set but empty"),
     ("LANGUAGES", "en\nzh", "LANGUAGES holds a line break or another control character"),
@@ -303,7 +309,6 @@ def test_a_policy_the_client_app_refuses_stops_the_site_at_start(tmp_path, setti
     ("MIN_TOLERATED_SITES", "\u0661", "MIN_TOLERATED_SITES must be a whole number, not"),
     ("SUPERNODE_PORT", "x", "SUPERNODE_PORT must be a whole number, not 'x'"),
     ("HEALTH_PORT", "65536", "HEALTH_PORT must be a whole number from 1 to 65535, not '65536'"),
-    ("HEALTH_PORT", "9094", "SUPERNODE_PORT and HEALTH_PORT must differ (both 9094)"),
 ])
 def test_a_setting_that_would_not_take_as_meant_stops_the_site(tmp_path, setting, value,
                                                                 message):
@@ -324,9 +329,20 @@ def test_a_state_folder_given_as_a_file_is_named_so(tmp_path):
     assert f"STATE_DIR {state} is not a folder" in result.stderr
 
 
-def test_gettexts_language_variable_is_no_misspelled_setting(tmp_path):
-    result, config = entrypoint(tmp_path, LANGUAGE="de_DE:en")
+def test_other_softwares_variables_are_no_misspelled_settings(tmp_path):
+    """Found in review: refusing every MAX_* or EVALUATION* name stopped a site beside a
+    Kubernetes Service named evaluation (EVALUATION_PORT) or a shell with MAX_JOBS."""
+    result, config = entrypoint(tmp_path, LANGUAGE="de_DE:en", MAX_JOBS="4", MAX_WORKERS="2",
+                                EVALUATION_PORT="tcp://10.0.0.7:8080",
+                                EVALUATION_SERVICE_HOST="10.0.0.7", LABEL_STUDIO_PORT="8080",
+                                LANGUAGES_DIR="/x", RETENTION_POLICY="x", INIT_STATE="")
     assert result.returncode == 0 and "languages" not in config, result.stderr
+
+
+def test_the_two_ports_must_differ(tmp_path):
+    result, config = entrypoint(tmp_path, SUPERNODE_PORT="39411", HEALTH_PORT="39411")
+    assert result.returncode == 2 and config is None
+    assert "SUPERNODE_PORT and HEALTH_PORT must differ (both 39411)" in result.stderr
 
 
 def test_a_port_in_use_is_named_before_flower_starts(tmp_path):

@@ -27,6 +27,7 @@ from flwr.supernode.node_auth_http_interceptor import NodeAuthHttpInterceptor
 from fedintent.launch.certificates import signing_key_id, signing_key_pair, write_dev_credentials
 from fedintent.launch.flower_cli import write_app
 from fedintent.launch.releases import sign_release
+from fl_client.site_secret import create_site_secret
 from fl_client.supernode import (
     bind_runs_to_their_bundles,
     bundle_problem,
@@ -308,8 +309,10 @@ def test_the_site_supernode_starts_flower_only_with_its_refusals_in_place(
 
     address, ca, received = redirecting_superlink
     monkeypatch.setenv("FLWR_HOME", str(tmp_path / "flwr-home"))  # no app installed there
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # main sets it from the CPU quota
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "train.jsonl").write_text('{"text": "lost my card", "label": "a"}\n')
+    create_site_secret(tmp_path / "data" / ".fedintent-state")
     monkeypatch.setattr("sys.argv", ["fedintent-supernode", "--node-config",
                                      f"data-path='{tmp_path / 'data'}'"])
     monkeypatch.setattr(ProtobufClient, "__init__", ProtobufClient.__init__)  # restored after

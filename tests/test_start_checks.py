@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 from flwr.app import Context, RecordDict
-from test_site_privacy import context, refused_with, train_message
+from test_site_privacy import context, evaluate_message, refused_with, train_message
 
 import fl_client.supernode as supernode
 from fl_client import client_app
 from fl_client.site_policy import NODE_CONFIG_KEYS, SiteConfigError, own_number, site_policy
+from fl_client.site_secret import create_site_secret
 from fl_client.start_checks import check_node_config, policy_lines
 from fl_client.supernode import checked_node_config
 from fl_protocol.wire import Reason
@@ -22,9 +23,11 @@ from fl_protocol.written_numbers import written_number, written_whole_number
 
 @pytest.fixture
 def data(tmp_path) -> Path:
+    """A site's data folder, its state folder (the default, inside it) set up by init-site."""
     folder = tmp_path / "data"
     folder.mkdir()
     (folder / "train.jsonl").write_text('{"text": "lost my card", "label": "card_lost"}\n')
+    create_site_secret(folder / ".fedintent-state")
     return folder
 
 
@@ -50,12 +53,18 @@ def test_every_documented_setting_is_known_and_nothing_else(data):
 
 
 @pytest.mark.usefixtures("task_identity")
-def test_the_client_app_declines_every_round_under_a_misspelled_setting(data, tmp_path, caplog):
+@pytest.mark.parametrize("evaluation", ["dp", "exact"])
+def test_the_client_app_declines_every_round_under_a_misspelled_setting(data, tmp_path, caplog,
+                                                                        evaluation):
     """A SuperNode started without fedintent-supernode's check (Flower's own, by hand) still
-    never trains on the default its operator did not mean."""
+    never answers under the default its operator did not mean: training, and evaluation under
+    either policy (found in review: exact evaluation answered under a misspelled
+    retention_days, at the default 30 days)."""
     caplog.set_level(logging.WARNING, logger="flwr")
-    ctx = context(data, tmp_path / "state", node={"max-epsilion": 2.0})
+    ctx = context(data, tmp_path / "state",
+                  node={"max-epsilion": 2.0, "retention_days": 7, "evaluation": evaluation})
     assert refused_with(client_app.app(train_message(), ctx), Reason.SITE_CONFIG_INVALID)
+    assert refused_with(client_app.app(evaluate_message(), ctx), Reason.SITE_CONFIG_INVALID)
     assert "'max-epsilion' is not a setting of the site (did you mean max-epsilon?)" \
         in caplog.text
 
@@ -109,6 +118,7 @@ def test_a_delta_below_what_the_server_accepts_is_refused_at_start(data):
 
 def test_a_huge_whole_number_of_tolerated_sites_is_no_fraction(data):
     check_node_config({"data-path": str(data), "min-tolerated-sites": 10 ** 23})
+    check_node_config({"data-path": str(data), "min-tolerated-sites": " 2"})  # as for numbers
     with pytest.raises(SiteConfigError, match="min-tolerated-sites must be a whole number, got "
                                               "1.5"):
         check_node_config({"data-path": str(data), "min-tolerated-sites": 1.5})
@@ -144,6 +154,11 @@ def test_the_supernode_reads_its_node_config_as_flower_will_and_refuses_what_flo
         (f"data-path='{data}' max-epsilon = 2", "'max-epsilon = 2' is not key=value"),
         (f"data-path='{data}' max-epsilion=2", "did you mean max-epsilon?"),
         (f"data-path='{data}' max-epsilon=\"8\n\"", "--node-config cannot be read"),
+        # TOML's own numbers (found in review: 1e400 was no limit, 1_5 was 15, 0x10 was 16)
+        (f"data-path='{data}' max-epsilon=1e400", "max-epsilon '1e400' is too large"),
+        (f"data-path='{data}' max-epsilon=1_5", "max-epsilon must be a number, not '1_5'"),
+        (f"data-path='{data}' min-tolerated-sites=0x10", "must be a number, not '0x10'"),
+        (f"data-path='{data}' state-dir='{data.parent}'", "holds no site secret"),
         ("max-epsilon=2", "data-path (the site's data folder) is not set"),
     ]:
         with pytest.raises(SystemExit) as refused:
@@ -156,6 +171,7 @@ def test_the_supernode_reads_its_node_config_as_flower_will_and_refuses_what_flo
 def test_the_supernode_prints_the_policy_it_holds_runs_to_defaults_named(data, monkeypatch,
                                                                          tmp_path, capsys):
     monkeypatch.setenv("FLWR_HOME", str(tmp_path / "flwr-home"))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # main sets it from the CPU quota
     monkeypatch.setattr("sys.argv", ["fedintent-supernode", "--node-config",
                                      f"data-path='{data}' max-epsilon=2"])
     monkeypatch.setattr(supernode, "flower_supernode", lambda: 0)
@@ -167,6 +183,8 @@ def test_the_supernode_prints_the_policy_it_holds_runs_to_defaults_named(data, m
     printed = capsys.readouterr().out
     assert "  max-epsilon: 2\n" in printed and "  max-delta: 1e-05 (default)\n" in printed
     assert "  evaluation: dp (default)\n" in printed
+    assert ("  evaluation-epsilon: 8.0 (default), held to 2 by max-epsilon and "
+            "max-epsilon-alone\n") in printed  # what its evaluations may spend
     assert len(policy_lines({"data-path": str(data)})) == len(NODE_CONFIG_KEYS)
     monkeypatch.setattr("sys.argv", ["fedintent-supernode", "--node-config",
                                      f"data-path='{data}' max-epsilon=-1"])
