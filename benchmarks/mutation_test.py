@@ -81,6 +81,8 @@ TARGETS = [
     "fl_protocol/secagg_masks.py",
     "fl_client/erase_lines.py",
     "fl_client/supernode.py",
+    "fl_client/start_checks.py",
+    "fl_protocol/written_numbers.py",
 ]
 # Redaction (fl_client/redaction*.py, 1000 mutants and 800 tests) is run by itself with
 # --targets (docs/TESTING.md). New privacy modules are picked up by name, so that a module

@@ -191,3 +191,68 @@ def test_the_supernode_prints_the_policy_it_holds_runs_to_defaults_named(data, m
     with pytest.raises(SystemExit) as refused:
         supernode.main()
     assert "the site would decline every round: max-epsilon must be > 0" in refused.value.code
+
+
+@pytest.mark.parametrize(("setting", "value", "message"), [
+    ("retention-days", 0, "retention-days must be > 0"),
+    ("retention-days", "-30", "retention-days must be > 0"),
+    ("evaluation", "exactly", "evaluation: 'exactly' is not one of"),
+    ("evaluation-epsilon", 0.01, r"evaluation-epsilon must be in \[0.1, 100\]"),
+    ("evaluation-epsilon", "1_0", "evaluation-epsilon must be a number, not '1_0'"),
+    ("languages", "en,xx", "languages: xx not among"),
+])
+def test_each_setting_the_client_app_reads_apart_is_checked_at_start(data, setting, value,
+                                                                     message):
+    """Mutation pass (stop 65, start checks): retention, evaluation, its epsilon and the
+    languages are read apart from the policy; leaving any out of the start check started a site
+    that declined every round "site configuration invalid"."""
+    with pytest.raises(SiteConfigError, match=message):
+        check_node_config({"data-path": str(data), setting: value})
+
+
+@pytest.mark.parametrize(("setting", "value", "refused"), [
+    ("max-epsilon", 0, "max-epsilon must be > 0, got 0"),
+    ("max-epsilon", 0.5, None),
+    ("max-delta", 1, r"max-delta must be in \[1e-10, 1\), got 1"),
+    ("max-delta", 1.5, r"max-delta must be in \[1e-10, 1\), got 1.5"),
+    ("max-delta", 0.5, None),
+    ("max-noise-ratio", 1, None),
+    ("max-noise-ratio", "1.5", None),
+    ("max-noise-ratio", 0.99, "max-noise-ratio must be >= 1, got 0.99"),
+])
+def test_the_budgets_bounds_are_where_they_are_documented(data, setting, value, refused):
+    """A budget of 0 (no release at all) or a delta of 1 (no guarantee) is refused; a budget
+    under 1, and a noise ratio of exactly 1 (the plan's noise, no more), are a site's to set."""
+    node_config = {"data-path": str(data), setting: value}
+    if refused is None:
+        check_node_config(node_config)
+    else:
+        with pytest.raises(SiteConfigError, match=refused):
+            check_node_config(node_config)
+
+
+def test_the_printed_default_state_folder_is_the_one_the_site_uses(data, tmp_path):
+    """The state folder printed at start is inside the data folder, where the ClientApp keeps
+    the ledger when state-dir is unset (not the simulation's, beside it)."""
+    assert f"state-dir: {data / '.fedintent-state'} (default)" in \
+        policy_lines({"data-path": str(data)})
+    assert f"state-dir: {tmp_path / 'state'}" in \
+        policy_lines({"data-path": str(data), "state-dir": str(tmp_path / "state")})
+
+
+def test_the_supernode_passes_a_help_request_to_flower_without_a_node_config(monkeypatch,
+                                                                             tmp_path):
+    """``fedintent-supernode --help`` shows Flower's options: it is no start, so no node config
+    is asked for."""
+    monkeypatch.setenv("FLWR_HOME", str(tmp_path / "flwr-home"))
+    started = []
+    monkeypatch.setattr(supernode, "flower_supernode", lambda: started.append(True) or 0)
+    for name in ("refuse_redirects", "refuse_foreign_bundles", "bind_runs_to_their_bundles"):
+        monkeypatch.setattr(supernode, name, lambda: None)
+    for flag in ("--help", "-h", "--version", "-V"):
+        monkeypatch.setattr("sys.argv", ["fedintent-supernode", flag])
+        with pytest.raises(SystemExit) as exited:
+            supernode.main()
+        assert exited.value.code == 0
+    assert len(started) == 4
+
