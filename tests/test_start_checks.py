@@ -256,3 +256,15 @@ def test_the_supernode_passes_a_help_request_to_flower_without_a_node_config(mon
         assert exited.value.code == 0
     assert len(started) == 4
 
+
+def test_an_abbreviated_node_config_option_is_read_as_flower_reads_it(data, tmp_path):
+    """Flower's parser takes ``--node-conf`` for ``--node-config``, the last one given winning:
+    a second, abbreviated one must be checked too, not started unchecked."""
+    good = f"data-path='{data}' max-epsilon=2"
+    assert checked_node_config(["--node-conf", good]) == {"data-path": str(data),
+                                                          "max-epsilon": 2}
+    (tmp_path / "empty").mkdir()
+    for bad in (f"data-path='{data}' evaluation='exactly'",
+                f"data-path='{tmp_path / 'empty'}'"):
+        with pytest.raises(SystemExit, match="the site would decline every round"):
+            checked_node_config(["--node-config", good, "--node-conf", bad])
