@@ -2,10 +2,11 @@
 
 The ClientApp reads its node config with every message and declines a round when it is invalid
 ("site configuration invalid"); a site started on such a config would report healthy and then
-decline every round (found in review). So ``fedintent-supernode`` (and the site container's
-entrypoint before it, which names the variable at fault) runs here every check the ClientApp
-would make of each setting, and prints the policy the site will hold every run to, defaults
-named as such, so that a setting that did not take is seen at start.
+decline every round (found in review). So ``fedintent-supernode`` runs here every check the
+ClientApp would make of each setting (``check_node_config``; the site container's entrypoint
+runs it first, a setting at a time, to name the variable at fault) and of its state folder
+(``check_state_folder``), and prints the policy the site will hold every run to, defaults named
+as such (``policy_lines``), so that a setting that did not take is seen at start.
 """
 
 import math
@@ -56,8 +57,7 @@ def check_node_config(node_config: Mapping[str, object]) -> None:
                                 "data volume mounted?")
     except (OSError, SiteDataError) as err:
         raise SiteConfigError(f"data-path: {err}") from err
-    context = Context(run_id=0, node_id=0, node_config=dict(node_config), state=RecordDict(),
-                      run_config={})
+    context = _deployed(node_config)
     policy = site_policy(context)
     retention_days(context)
     evaluation_policy(context)
@@ -68,6 +68,12 @@ def check_node_config(node_config: Mapping[str, object]) -> None:
             read_labels(Path(str(node_config["labels-file"])))
         except LabelFileError as err:
             raise SiteConfigError(f"labels-file: {err}") from err
+
+
+def _deployed(node_config: Mapping[str, object]) -> Context:
+    """The context a deployed site's ClientApp reads ``node_config`` through."""
+    return Context(run_id=0, node_id=0, node_config=dict(node_config), state=RecordDict(),
+                   run_config={})
 
 
 def check_state_folder(node_config: Mapping[str, object]) -> None:
@@ -99,8 +105,7 @@ def policy_lines(node_config: Mapping[str, object]) -> list[str]:
     }
     lines = [f"{key}: {node_config[key]}" if key in node_config
              else f"{key}: {defaults[key]} (default)" for key in NODE_CONFIG_KEYS]
-    context = Context(run_id=0, node_id=0, node_config=dict(node_config), state=RecordDict(),
-                      run_config={})
+    context = _deployed(node_config)
     policy = site_policy(context)
     cap = min(policy.max_epsilon, policy.alone_bound)
     if evaluation_epsilon(context, cap) < evaluation_epsilon(context, math.inf):
