@@ -30,6 +30,7 @@ from fl_client.data_files import list_site_dirs
 from fl_client.rows import RejectedRow, SiteDataError
 from fl_client.site_data import read_rows
 from fl_protocol.durable_files import write_text_atomic
+from fl_protocol.file_owner import not_a_file
 from fl_protocol.label_file import LabelFileError, label_list_problem, read_labels
 
 SITE_CSV_HEADER = ("text", "label")
@@ -239,11 +240,9 @@ def read_labeled_csv(path: Path) -> list[Example]:
 
 def read_utf8(path: Path) -> str:
     """The file's text (a leading BOM dropped), or an error naming the undecodable line."""
-    if path.is_dir():  # found in review: it was "file not found"
-        raise ValueError(f"{path} is a folder, not a CSV file (columns text,label)")
     if not path.is_file():
-        raise ValueError(f"{path} is not a regular file, not a CSV file" if path.exists()
-                         else f"{path}: file not found")
+        raise ValueError(not_a_file(path, "a CSV file (columns text,label)")
+                         or f"{path}: file not found")
     data = path.read_bytes()
     try:
         return data.decode("utf-8-sig")

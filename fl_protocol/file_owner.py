@@ -1,5 +1,5 @@
-"""Whose a file is, for the message when an account may not read or write it; and any other
-file error, in one line.
+"""Whose a file is, for the message when an account may not read or write it; what a path that
+is no file is instead; and any other file error, in one line.
 
 A site's state folder belongs to the account its SuperNode runs as. A command run as another
 account (root, through sudo) cannot read what the site wrote, and what it rewrites by rename
@@ -43,6 +43,17 @@ def _owner(path: Path) -> tuple[Path, int] | None:
         except OSError:
             continue
     return None
+
+
+def not_a_file(path: Path, what: str) -> str:
+    """Why ``path``, there but no regular file (a folder, a FIFO, a device), cannot be read as
+    ``what`` ("" for a regular file, or for nothing there, which the caller names as missing).
+    Found in review: a folder named test.csv or model.safetensors was "file not found"."""
+    if path.is_dir():
+        return f"{path} is a folder, not {what}"
+    if path.exists() and not path.is_file():
+        return f"{path} is not a regular file, not {what}"
+    return ""
 
 
 def os_error_line(err: OSError) -> str:

@@ -11,6 +11,8 @@ names the file and the problem, never a traceback.
 import re
 from pathlib import Path
 
+from fl_protocol.file_owner import not_a_file
+
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 MAX_LABELS = 1_000
 """The most labels a run may name. A site builds the model's head, a row per label, before it
@@ -61,12 +63,10 @@ class LabelFileError(ValueError):
 def read_labels(path: Path) -> list[str]:
     """The labels in file order; blank lines skipped, fewer than two or a duplicate refused."""
     path = Path(path)
-    if path.is_dir():  # found in review: it was "not found"
-        raise LabelFileError(f"{path} is a folder, not a label file (one label per line, such "
-                             "as the data folder's labels.txt)")
     if not path.is_file():
-        raise LabelFileError(f"{path} is not a regular file, not a label file" if path.exists()
-                             else f"label file not found: {path}")
+        raise LabelFileError(not_a_file(path, "a label file (one label per line, such as the "
+                                              "data folder's labels.txt)")
+                             or f"label file not found: {path}")
     labels, lines = [], {}
     for number, line in enumerate(_text(path).splitlines(), start=1):
         label = line.strip()

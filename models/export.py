@@ -37,6 +37,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForSequenceClassification
 
 from fl_protocol.durable_files import sync_folder, sync_tree
+from fl_protocol.file_owner import not_a_file
 from models.encoder import MAX_TOKENS, load_encoder
 from models.family import ModelFamily, get_model_family
 from models.feature_scale import FEATURE_SCALE
@@ -292,12 +293,10 @@ def _check_digests(model_dir: Path, digests: dict[str, str]) -> None:
 
 
 def _refuse_other_kind(path: Path, what: str) -> None:
-    """Raise for a ``path`` that is there but is no regular file, which is not missing (found
-    in review: a folder named model.safetensors was "no model.safetensors")."""
-    if path.is_dir():
-        raise ValueError(f"{path} is a folder, not {what}")
-    if path.exists():
-        raise ValueError(f"{path} is not a regular file, not {what}")
+    """Raise for a ``path`` that is there but is no regular file, which is not missing."""
+    problem = not_a_file(path, what)
+    if problem:
+        raise ValueError(problem)
 
 
 def _well_formed_digests(digests: object) -> bool:

@@ -5,6 +5,7 @@ import sys
 
 from fedintent.commands import CliError, require_operator_extra
 from fedintent.commands.options import as_typed, parse_epsilons, path_argument, writable_folder
+from fl_protocol.file_owner import not_a_file
 from fl_protocol.wire import PRIVACY_MODELS, RUN_CONFIG_DEFAULTS
 from fl_server.run_config import WHOLE_RANGES, check_number, check_whole
 
@@ -72,10 +73,9 @@ def run_bench(args: argparse.Namespace) -> int:
     sites = any(path.is_dir() and not path.name.startswith(".") for path in args.data.iterdir())
     if (args.data / "train.csv").exists() or not sites:  # a CSV dataset: both splits
         for path in (args.data / "train.csv", args.data / "test.csv"):
-            if path.is_dir():
-                raise CliError(f"{path} is a folder, not a CSV file (columns text,label)")
             if not path.is_file():
-                raise CliError(f"{path}: not found (bench needs train.csv and test.csv, or "
+                raise CliError(not_a_file(path, "a CSV file (columns text,label)") or
+                               f"{path}: not found (bench needs train.csv and test.csv, or "
                                "site folders as fedintent synth writes them)")
     from fedintent.bench import sweep  # torch and Flower: only once the arguments are good
     from fedintent.launch.simulation import SimulationError
