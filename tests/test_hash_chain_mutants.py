@@ -40,6 +40,19 @@ def mode_of(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
 
+def full_disk_at_the_head_of(monkeypatch: pytest.MonkeyPatch, entries: int) -> None:
+    """The head written for ``entries`` entries fails as on a full disk; every other head is
+    written."""
+    write = hash_chain.write_bytes_atomic
+
+    def write_or_fail(target: Path, data: bytes, mode: int = 0o644) -> None:
+        if json.loads(data)["entries"] == entries:
+            raise OSError(28, "No space left on device", str(target))
+        write(target, data, mode)
+
+    monkeypatch.setattr(hash_chain, "write_bytes_atomic", write_or_fail)
+
+
 @pytest.mark.usefixtures("umask_022")
 def test_a_sites_keyed_log_is_its_own_and_the_servers_audit_log_is_readable(tmp_path):
     """A deletion log (keyed) and its head are the site account's alone, 0600: they record
@@ -60,16 +73,7 @@ def test_a_new_logs_first_entry_whose_head_cannot_be_written_is_taken_back(tmp_p
     log one past its head reads as an interrupted append, which would keep it). The log is
     started again by the next append. (Mutants: ``_cut_back``'s unlink of the new log removed.)"""
     path = tmp_path / "deletions.jsonl"
-    write = hash_chain.write_bytes_atomic
-    writes: list[Path] = []
-
-    def second_head_write_fails(target: Path, data: bytes, mode: int = 0o644) -> None:
-        writes.append(target)
-        if len(writes) == 2:
-            raise OSError(28, "No space left on device", str(target))
-        write(target, data, mode)
-
-    monkeypatch.setattr(hash_chain, "write_bytes_atomic", second_head_write_fails)
+    full_disk_at_the_head_of(monkeypatch, entries=1)  # the second head: of no entries, then one
     with pytest.raises(OSError, match="No space"):
         append_entry(path, "erasure", {"n": 1}, key=key)
     monkeypatch.undo()
@@ -315,14 +319,7 @@ def test_a_log_left_one_past_its_first_head_is_caught_up_before_the_next_entry(t
     with pytest.raises(KeyboardInterrupt):
         append_entry(path, "purge", {"n": 1}, key=KEY)
     monkeypatch.setattr(hash_chain, "append_line", append)
-    write = hash_chain.write_bytes_atomic
-
-    def second_entrys_head_fails(target: Path, data: bytes, mode: int = 0o644) -> None:
-        if json.loads(data)["entries"] == 2:
-            raise OSError(28, "No space left on device", str(target))
-        write(target, data, mode)
-
-    monkeypatch.setattr(hash_chain, "write_bytes_atomic", second_entrys_head_fails)
+    full_disk_at_the_head_of(monkeypatch, entries=2)
     with pytest.raises(OSError, match="No space"):
         append_entry(path, "purge", {"n": 2}, key=KEY)
     monkeypatch.undo()
