@@ -4,8 +4,9 @@ Deployment: the SuperNode's node config (set by the site, never by the server) h
 ``data-path`` (the site's data folder) and ``state-dir`` (ledger, caches, egress log); its
 privacy policy (``max-epsilon`` and the rest) is read in ``site_policy.py``.
 
-Simulation: node config holds only ``partition-id``; the site folder is that entry of the run's
-data folder (in a simulation one engineer plays every site).
+Simulation (``site_policy.is_simulated``: Flower's simulation engine runs the ClientApp, its
+node config holds only ``partition-id``): the site folder is that entry of the run's data
+folder (in a simulation one engineer plays every site).
 
 The state folder holds what the site derives from customer data (ledger, feature cache, egress
 log): it is created owner-only (0700). Whatever reads and then rewrites a file in it holds
@@ -23,6 +24,7 @@ from flwr.app import Context, Message
 
 from fl_client.data_files import list_site_dirs
 from fl_client.rows import SiteDataError
+from fl_client.site_policy import is_simulated
 from fl_client.site_secret import create_site_secret, site_secret
 from fl_protocol.wire import CONFIG_KEY
 
@@ -41,7 +43,7 @@ def site_folders(msg: Message, context: Context,
     deployed site's folder as it is, never made. A simulated site's is made on first use: one
     engineer plays every site."""
     site_dir, state_dir = _locate(msg, context)
-    if "data-path" not in context.node_config:
+    if is_simulated(context):
         create_site_secret(state_dir)
     elif secret_required:
         site_secret(state_dir)
@@ -51,12 +53,12 @@ def site_folders(msg: Message, context: Context,
 
 def _locate(msg: Message, context: Context) -> tuple[Path, Path]:
     node = context.node_config
-    if "data-path" in node:
+    if not is_simulated(context):
+        if "data-path" not in node:
+            raise SiteDataError("the site's node config has no 'data-path' (its data folder)")
         site_dir = Path(str(node["data-path"]))
         state_dir = Path(str(node.get("state-dir", default_state_folders(site_dir)[0])))
         return site_dir, state_dir
-    if "partition-id" not in node:
-        raise SiteDataError("node config has neither 'data-path' (deployment) nor 'partition-id'")
     data_dir = Path(str(msg.content[CONFIG_KEY]["sim-data-dir"]))
     sites = simulated_site_folders(data_dir, str(context.run_config.get("state-dir", "")))
     partition = int(node["partition-id"])

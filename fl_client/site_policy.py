@@ -73,6 +73,7 @@ default inf) is read here with the rest of its node config and applied where its
 
 import difflib
 import math
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -158,6 +159,9 @@ NODE_CONFIG_KEYS = ("data-path", "state-dir", "max-epsilon", "max-delta", "priva
 refused, at start (``fl_client.start_checks``) and with every message: a misspelled one
 (``max-epsilion=2``, ``privacy_unit``) would leave its setting at the default, a looser budget
 or policy than the site chose, without a word (found in review)."""
+
+SIMULATION_NODE_KEYS = ("num-partitions", "partition-id")
+"""What Flower's simulation engine puts in a simulated site's node config (``is_simulated``)."""
 
 
 @dataclass(frozen=True)
@@ -279,10 +283,24 @@ server asks the site to train may be named so."""
 
 
 def is_simulated(context: Context) -> bool:
-    """Whether this site is played by a simulation (Flower gives it a ``partition-id`` and no
-    ``data-path``), so the run config's ``site-*`` keys stand in for its node config."""
+    """Whether this site is played by a simulation, so that the run config's ``site-*`` keys
+    stand in for its node config and the message names its data folder: Flower's simulation
+    engine gives it a ``partition-id`` and no ``data-path``, and runs it in one of its Ray
+    actors (``in_simulation_engine``). A SuperNode given the same node config (Flower's own
+    example's ``partition-id=0 num-partitions=N``) is a deployed site whose node config names
+    no data folder, refused (found in review: the run's server set its policy and data)."""
     node = context.node_config
-    return "partition-id" in node and "data-path" not in node
+    return "partition-id" in node and "data-path" not in node and in_simulation_engine()
+
+
+def in_simulation_engine() -> bool:
+    """Whether this process is an actor of a Ray cluster: Flower's simulation engine runs each
+    simulated site's ClientApp in one, a SuperNode never (its ClientApp runs in its own
+    process, or in the SuperNode's, and a site's install holds no Ray at all). Read from the
+    process, which no node config and no message can set."""
+    ray = sys.modules.get("ray")
+    return (ray is not None and ray.is_initialized()
+            and ray.get_runtime_context().get_actor_id() is not None)
 
 
 def _setting(context: Context, name: str, default: object,
@@ -360,6 +378,9 @@ def unknown_setting_problem(node_config: Mapping[str, object]) -> str:
     unknown = sorted(set(node_config) - set(NODE_CONFIG_KEYS))
     if not unknown:
         return ""
+    if unknown[0] in SIMULATION_NODE_KEYS and "data-path" not in node_config:
+        return (f"{unknown[0]!r} is a key Flower's simulation engine sets, and no simulation "
+                "runs this site: name its data folder with data-path")
     close = difflib.get_close_matches(unknown[0].lower().replace("_", "-"), NODE_CONFIG_KEYS, n=1)
     return (f"{unknown[0]!r} is not a setting of the site"
             + (f" (did you mean {close[0]}?)" if close else "")

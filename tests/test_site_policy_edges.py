@@ -91,6 +91,18 @@ def test_a_deployed_site_without_a_data_path_never_takes_its_budget_from_the_run
     assert site_policy(ctx).max_epsilon == 2.0
 
 
+def test_flowers_example_node_config_outside_its_simulation_engine_is_a_deployed_site():
+    """What the ClientApp reads from a SuperNode given Flower's example node config: no
+    simulated site, so no policy taken from the run config (found in review)."""
+    node = {"partition-id": 0, "num-partitions": 2}
+    ctx = Context(run_id=1, node_id=7, node_config=node, state=RecordDict(),
+                  run_config=dict(RUN_CONFIG_DEFAULTS) | {"site-max-epsilon": 100.0})
+    assert not is_simulated(ctx)
+    with pytest.raises(SiteConfigError, match="'num-partitions' is a key Flower's simulation "
+                                              "engine sets, and no simulation runs this site"):
+        site_policy(ctx)
+
+
 def test_by_default_a_site_requires_one_tolerated_site(ctx):
     policy = site_policy(ctx)
     distributed = request(privacy_model="distributed", tolerated_sites=1, cohort_size=3)

@@ -23,6 +23,7 @@ from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFI
 from opacus.accountants import PRVAccountant
 
 import fl_client.client_app as client_app
+import fl_client.site_policy as site_policy_module
 import fl_client.site_secret as secret_module
 from fedintent.cli import main as fedintent
 from fedintent.commands.progress import print_summary
@@ -121,6 +122,14 @@ def spend(state_dir, unit: str) -> float:
 
 def refused_with(reply: Message, reason: Reason) -> bool:
     return reply.has_error() and reply.error.reason == reason.value
+
+
+@pytest.fixture
+def simulation_engine(monkeypatch):
+    """This process taken for one of the Ray actors Flower's simulation engine runs a simulated
+    site's ClientApp in (``site_policy.in_simulation_engine``), so that a test can play a
+    simulated site in-process."""
+    monkeypatch.setattr(site_policy_module, "in_simulation_engine", lambda: True)
 
 
 @pytest.fixture
@@ -705,7 +714,7 @@ def test_without_a_budget_in_its_node_config_a_site_uses_the_default_not_the_ser
 
 
 def test_the_bound_on_epsilon_alone_is_the_node_configs_and_in_simulation_the_run_configs(
-        site, tmp_path):
+        site, tmp_path, simulation_engine):
     """A server cannot raise what a deployed site keeps if every other site colludes; only a
     simulation's operator, playing every site, sets it through the run config."""
     hostile = {"site-max-epsilon-alone": 10_000.0}
@@ -728,7 +737,7 @@ def test_an_invalid_policy_in_the_node_config_stops_the_site(site, tmp_path, bad
     assert not (tmp_path / "state" / LEDGER_FILE).exists()
 
 
-def test_simulated_sites_take_the_run_configs_stand_in(site, tmp_path):
+def test_simulated_sites_take_the_run_configs_stand_in(site, tmp_path, simulation_engine):
     data_dir = tmp_path / "sim"
     shutil.copytree(site, data_dir / "site-0")
     node = {"partition-id": 0, "num-partitions": 1}
@@ -740,6 +749,32 @@ def test_simulated_sites_take_the_run_configs_stand_in(site, tmp_path):
     message.content["config"]["sim-data-dir"] = str(data_dir)
     reply = client_app.app(message, ctx)
     assert reply.content["metrics"]["max-epsilon"] == 2.5
+
+
+@pytest.mark.parametrize("handle", ["train", "evaluate"])
+def test_flowers_example_node_config_at_a_supernode_is_no_simulation(site, tmp_path, caplog,
+                                                                        handle):
+    """Found in review: a SuperNode started with Flower's example node config
+    (``partition-id=0 num-partitions=1``, no ``data-path``) was taken for a simulated site,
+    whose budget and data folder the run's server sets. Outside Flower's simulation engine
+    it is a deployed site whose node config names no data folder: every message declined
+    (the egress guard, with no state folder to log it in, sends not even the refusal),
+    nothing read from the folder the server names, no state made there."""
+    caplog.set_level(logging.WARNING, logger="flwr")
+    data_dir = tmp_path / "sim"
+    shutil.copytree(site, data_dir / "site-0")
+    ctx = Context(run_id=1, node_id=7, node_config={"partition-id": 0, "num-partitions": 1},
+                  state=RecordDict(),
+                  run_config=DEFAULTS | {"site-max-epsilon": 1000.0, "evaluation": "exact",
+                                         "state-dir": str(tmp_path / "sim-state")})
+    message = train_message() if handle == "train" else evaluate_message()
+    message.content["config"]["sim-data-dir"] = str(data_dir)
+    reply = client_app.app(message, ctx)
+    assert reply.has_error() and not reply.has_content()
+    assert "'num-partitions' is a key Flower's simulation engine sets, and no simulation " \
+        "runs this site: name its data folder with data-path" in caplog.text
+    assert not (tmp_path / "sim-state").exists()
+    assert not (data_dir / ".fedintent-state").exists()
 
 
 def evaluate_message(labels=LABELS) -> Message:
@@ -860,7 +895,7 @@ def test_a_site_sends_the_languages_it_declares_and_nothing_when_it_declares_non
     assert not silent.has_error() and "languages" not in silent.content["metrics"]
 
 
-def test_a_simulated_site_declares_the_languages_its_records_name(tmp_path):
+def test_a_simulated_site_declares_the_languages_its_records_name(tmp_path, simulation_engine):
     from data_synth import write_sites
 
     write_sites(tmp_path / "sim", n_sites=1, seed=4, languages=("zh",), size=20)

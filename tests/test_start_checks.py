@@ -9,7 +9,13 @@ from pathlib import Path
 
 import pytest
 from flwr.app import Context, RecordDict
-from test_site_privacy import context, evaluate_message, refused_with, train_message
+from test_site_privacy import (  # noqa: F401 (simulation_engine: a fixture)
+    context,
+    evaluate_message,
+    refused_with,
+    simulation_engine,
+    train_message,
+)
 
 import fl_client.supernode as supernode
 from fl_client import client_app
@@ -69,6 +75,7 @@ def test_the_client_app_declines_every_round_under_a_misspelled_setting(data, tm
         in caplog.text
 
 
+@pytest.mark.usefixtures("simulation_engine")
 def test_a_simulated_site_keeps_flowers_own_keys():
     simulated = Context(run_id=1, node_id=1, node_config={"partition-id": 0, "num-partitions": 2},
                         state=RecordDict(), run_config={})
