@@ -12,8 +12,10 @@ record, and the egress guard checks every protocol reply (``egress_guard.py``).
 
 Before masking, the site refuses to send an update that SecAgg+ would silently clip: Flower
 clips each weighted parameter, ``num-examples / max_weight * value``, to ``clipping_range``
-before quantizing it, which would corrupt the sum without anyone noticing. A refusing site
-drops out of the round like any other failed site.
+before quantizing it, which would corrupt the sum without anyone noticing. Nor does it train
+for a round whose forwarded key shares or peers' keys Flower's mod would fail on only after
+training (``key_shares_problem``): that round would be charged with nothing sent. A refusing
+site drops out of the round like any other failed site.
 
 Every mask comes from a cryptographic generator keyed with the whole secret
 (``fl_protocol/secagg_masks.py``), not Flower's 32-bit-seeded Mersenne Twister, the site's
@@ -54,8 +56,11 @@ from collections.abc import Mapping
 from logging import WARNING
 
 import numpy as np
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.fernet import InvalidToken
 from flwr.app import Context, Message
 from flwr.client.mod import secaggplus_mod
+from flwr.client.mod.secure_aggregation.secaggplus_mod import SecAggPlusState
 from flwr.clientapp.typing import ClientAppCallable
 from flwr.common import (
     Code,
@@ -67,13 +72,19 @@ from flwr.common import (
     ndarrays_to_parameters,
 )
 from flwr.common.logger import log
+from flwr.common.secure_aggregation.crypto.symmetric_encryption import (
+    decrypt,
+    generate_shared_key,
+)
 from flwr.common.secure_aggregation.secaggplus_constants import (
     RECORD_KEY_CONFIGS,
     RECORD_KEY_STATE,
     Key,
     Stage,
 )
+from flwr.common.secure_aggregation.secaggplus_utils import share_keys_plaintext_separate
 from flwr.compat.common.recorddict_compat import fitres_to_recorddict
+from flwr.supercore.primitives.asymmetric import bytes_to_private_key, bytes_to_public_key
 
 from fl_client.egress_guard import EgressViolation, check_reply
 from fl_client.site_policy import PolicyRefusal, RoundRequest, round_request
@@ -286,6 +297,33 @@ def unmask_problem(active: list[int], dead: list[int], peers: list[int],
     return None
 
 
+def key_shares_problem(state: Mapping[str, object], sources: list[int],
+                       ciphertexts: list[object]) -> str | None:
+    """Why the collect stage's key shares (each peer's shares of its secrets, encrypted to this
+    site) could not be taken, or None. Flower's mod reads them, and the peers' public keys it
+    masks with, only after the handler has trained and charged the round, so a list of the
+    wrong length, a share that does not decrypt or names another pair of sites, or a key that
+    is none cost a release that never left (found in review). Checked here, before training,
+    exactly as Flower's mod will read them."""
+    if len(ciphertexts) != len(sources):
+        return "key shares forwarded without their sources, or sources without shares"
+    round_state = SecAggPlusState(**state)
+    if len(ciphertexts) + 1 < round_state.threshold:
+        return (f"{len(ciphertexts)} peers' key shares, where threshold "
+                f"{round_state.threshold} needs {round_state.threshold - 1}")
+    for source, ciphertext in zip(sources, ciphertexts, strict=True):
+        try:
+            sender, receiver, _, _ = share_keys_plaintext_separate(
+                decrypt(round_state.ss2_dict[source], ciphertext))
+            generate_shared_key(bytes_to_private_key(round_state.sk1),
+                                bytes_to_public_key(round_state.public_keys_dict[source][0]))
+        except (InvalidToken, KeyError, TypeError, UnsupportedAlgorithm, ValueError):
+            return f"the key share of peer {source}, or its public key, cannot be read"
+        if (sender, receiver) != (source, round_state.nid):
+            return f"the key share of peer {source} is one from {sender} to {receiver}"
+    return None
+
+
 def _check_shares_asked(stage: str, msg: Message, context: Context) -> None:
     """Refuse (``_Refused``) a request of any stage that could reveal one site's update (module
     docstring), before Flower's mod answers it (at the collect stage: before training)."""
@@ -300,12 +338,11 @@ def _check_shares_asked(stage: str, msg: Message, context: Context) -> None:
         problem = share_problem([k for k in configs if k != Key.STAGE], int(state["nid"]),
                                 int(state["share_num"]))
     elif stage == Stage.COLLECT_MASKED_VECTORS:
-        problem = partners_problem(list(configs.get(Key.SOURCE_LIST, [])),
-                                   list(state.get("public_keys_dict:K", [])), int(state["nid"]))
-        if not problem and (len(configs.get(Key.CIPHERTEXT_LIST, []))
-                            != len(configs.get(Key.SOURCE_LIST, []))):
-            # Flower pairs them only after the handler has trained and charged the round
-            problem = "key shares forwarded without their sources, or sources without shares"
+        sources = list(configs.get(Key.SOURCE_LIST, []))
+        problem = (partners_problem(sources, list(state.get("public_keys_dict:K", [])),
+                                    int(state["nid"]))
+                   or key_shares_problem(state, sources,
+                                         list(configs.get(Key.CIPHERTEXT_LIST, []))))
     else:
         problem = unmask_problem(list(configs.get(Key.ACTIVE_NODE_ID_LIST, [])),
                                  list(configs.get(Key.DEAD_NODE_ID_LIST, [])),

@@ -11,6 +11,8 @@ import importlib
 
 import numpy as np
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 from flwr.app import (
     Array,
     ArrayRecord,
@@ -22,13 +24,23 @@ from flwr.app import (
     RecordDict,
 )
 from flwr.common import parameters_to_ndarrays
+from flwr.common.secure_aggregation.crypto.symmetric_encryption import (
+    encrypt,
+    generate_shared_key,
+)
 from flwr.common.secure_aggregation.secaggplus_constants import (
     RECORD_KEY_CONFIGS,
     RECORD_KEY_STATE,
     Key,
     Stage,
 )
+from flwr.common.secure_aggregation.secaggplus_utils import share_keys_plaintext_concat
 from flwr.compat.common.recorddict_compat import recorddict_to_fitres
+from flwr.supercore.primitives.asymmetric import (
+    generate_key_pairs,
+    private_key_to_bytes,
+    public_key_to_bytes,
+)
 from test_egress_guard import LABELS, head_state
 
 import fl_client.secure_aggregation as secure_aggregation
@@ -39,6 +51,8 @@ from fl_protocol.wire import REASON_CODES, RUN_CONFIG_DEFAULTS, Reason
 pytestmark = pytest.mark.usefixtures("task_identity")
 
 METRICS = {"num-examples": 40, "epsilon": 1.0, "delta": 1e-5}
+RSA_PUBLIC_KEY = rsa.generate_private_key(public_exponent=65537, key_size=1024).public_key() \
+    .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
 def model_state(value: float = 0.0) -> dict[str, np.ndarray]:
@@ -50,13 +64,39 @@ def arrays(value: float = 0.0, order: tuple[str, ...] = ("weight", "bias")) -> A
     return ArrayRecord({name: Array(state[name]) for name in order})
 
 
-@pytest.fixture
-def context() -> Context:
-    state = RecordDict({RECORD_KEY_STATE: ConfigRecord({
+SITES = (7, 8, 9)
+"""This site (7) and its two peers, each with the two key pairs SecAgg+ gives it."""
+KEYS = {site: (generate_key_pairs(), generate_key_pairs()) for site in SITES}
+
+
+def public(site: int, pair: int) -> bytes:
+    return public_key_to_bytes(KEYS[site][pair][1])
+
+
+def key_share(source: int, receiver: int = 7) -> bytes:
+    """What peer ``source`` sends ``receiver`` at the share-keys stage, as SecAgg+ encrypts it."""
+    shared = generate_shared_key(KEYS[source][1][0], KEYS[receiver][1][1])
+    return encrypt(shared, share_keys_plaintext_concat(source, receiver, b"seed", b"key"))
+
+
+def round_state() -> ConfigRecord:
+    """Site 7's SecAgg+ state after the share-keys stage, as Flower's mod stores it."""
+    peers = [site for site in SITES if site != 7]
+    return ConfigRecord({
         "clipping_range": 8.0, "max_weight": 1000.0, "target_range": 1 << 16,
         "mod_range": 2**32, "sample_num": 3, "share_num": 3, "threshold": 3, "nid": 7,
-        "public_keys_dict:K": [7, 8, 9]})})
-    return Context(run_id=1, node_id=7, node_config={}, state=state,
+        "sk1": private_key_to_bytes(KEYS[7][0][0]),
+        "public_keys_dict:K": list(SITES),
+        "public_keys_dict:V": [public(site, pair) for site in SITES for pair in (0, 1)],
+        "ss2_dict:K": peers,
+        "ss2_dict:V": [generate_shared_key(KEYS[7][1][0], KEYS[peer][1][1]) for peer in peers],
+    })
+
+
+@pytest.fixture
+def context() -> Context:
+    return Context(run_id=1, node_id=7, node_config={},
+                   state=RecordDict({RECORD_KEY_STATE: round_state()}),
                    run_config=dict(RUN_CONFIG_DEFAULTS))
 
 
@@ -74,7 +114,7 @@ def secagg_message() -> Message:
         "config": config,
         RECORD_KEY_CONFIGS: ConfigRecord({Key.STAGE: Stage.COLLECT_MASKED_VECTORS,
                                           Key.SOURCE_LIST: [8, 9],  # both peers' key shares
-                                          Key.CIPHERTEXT_LIST: [b"", b""]}),
+                                          Key.CIPHERTEXT_LIST: [key_share(8), key_share(9)]}),
     })
     return Message(content=content, dst_node_id=7, message_type="train")
 
@@ -193,6 +233,50 @@ def test_key_shares_forwarded_without_their_sources_are_refused_untrained(contex
     reply = secure_aggregation.secure_aggregation_mod(
         stage, context, lambda msg, ctx: called.append(msg) or Message(trained(), reply_to=msg))
     assert reply.error.reason == Reason.UNMASK_REFUSED.value and not called
+
+
+@pytest.mark.parametrize("shares", [
+    lambda: [key_share(8), b"not a share"],
+    lambda: [key_share(8), key_share(8)],
+    lambda: [key_share(8), key_share(9, receiver=8)],
+    lambda: [8, 9],
+], ids=["a share that does not decrypt", "peer 8's share given as peer 9's",
+        "a share for another site", "numbers"])
+def test_key_shares_flower_would_fail_on_after_training_are_refused_untrained(context, shares):
+    """Found in review: Flower's mod decrypts the peers' key shares only after the handler has
+    trained and charged the round, so a share it cannot take cost a release that never left."""
+    stage = secagg_message()
+    stage.content[RECORD_KEY_CONFIGS][Key.CIPHERTEXT_LIST] = shares()
+    called = []
+    reply = secure_aggregation.secure_aggregation_mod(
+        stage, context, lambda msg, ctx: called.append(msg) or Message(trained(), reply_to=msg))
+    assert reply.error.reason == Reason.UNMASK_REFUSED.value and not called
+
+
+@pytest.mark.parametrize("public_key", [b"not a key", RSA_PUBLIC_KEY],
+                         ids=["no key", "a key of another kind"])
+def test_a_peer_public_key_flower_would_fail_on_after_training_is_refused_untrained(
+        context, public_key):
+    """The peers' first public keys (their pairwise masks') are read by Flower's mod only
+    after training too."""
+    state = context.state.config_records[RECORD_KEY_STATE]
+    keys = list(state["public_keys_dict:V"])
+    keys[4] = public_key  # peer 9's first key
+    state["public_keys_dict:V"] = keys
+    called = []
+    reply = secure_aggregation.secure_aggregation_mod(
+        secagg_message(), context,
+        lambda msg, ctx: called.append(msg) or Message(trained(), reply_to=msg))
+    assert reply.error.reason == Reason.UNMASK_REFUSED.value and not called
+
+
+def test_fewer_key_shares_than_the_threshold_needs_are_refused(context):
+    state = context.state.config_records[RECORD_KEY_STATE]
+    assert secure_aggregation.key_shares_problem(state, [8, 9], [key_share(8), key_share(9)]) \
+        is None
+    state["threshold"] = 4
+    assert secure_aggregation.key_shares_problem(state, [8, 9], [key_share(8), key_share(9)]) \
+        == "2 peers' key shares, where threshold 4 needs 3"
 
 
 def test_every_stage_masks_and_shares_with_the_sites_own_primitives(context, monkeypatch):
