@@ -773,6 +773,7 @@ def test_flowers_example_node_config_at_a_supernode_is_no_simulation(site, tmp_p
     assert reply.has_error() and not reply.has_content()
     assert "'num-partitions' is a key Flower's simulation engine sets, and no simulation " \
         "runs this site: name its data folder with data-path" in caplog.text
+    assert "the site's node config has no 'data-path' (its data folder)" in caplog.text
     assert not (tmp_path / "sim-state").exists()
     assert not (data_dir / ".fedintent-state").exists()
 
