@@ -304,9 +304,14 @@ def record_interrupted(path: Path, error: str = INTERRUPTED) -> None:
         RunRecord(path, doc).finish("interrupted", error=error)
 
 
+STAGES = ("waiting", "training", "evaluating")
+"""What a round may be doing (``write_stage``): waiting for sites to connect, then waiting for
+its sites to train, then to evaluate."""
+
+
 def write_stage(out_dir: Path, server_round: int, stage: str, sites: int) -> None:
-    """Record that round ``server_round`` now waits for ``sites`` sites to finish ``stage``
-    (``training`` or ``evaluating``)."""
+    """Record that round ``server_round`` now waits for ``sites`` sites: to connect
+    (``waiting``, the run's ``min-sites``), or to finish ``training`` or ``evaluating``."""
     write_json_atomic(Path(out_dir) / STAGE_FILE,
                       {"round": server_round, "stage": stage, "sites": sites})
 
@@ -324,7 +329,7 @@ def read_stage(out_dir: Path, since: float = 0.0) -> dict | None:
     except (OSError, ValueError):
         return None
     if not (isinstance(stage, dict) and type(stage.get("round")) is int
-            and stage.get("stage") in ("training", "evaluating")
+            and stage.get("stage") in STAGES
             and type(stage.get("sites")) is int):
         return None
     return stage

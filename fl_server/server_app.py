@@ -268,7 +268,12 @@ def _run_round(
     continues at its next round); returns the new global model. With ``secure_spec`` (the
     model's spec) training goes through SecAgg+; without ``evaluate`` (not one of the run's
     evaluation rounds, ``evaluation_number``) no site is asked to evaluate. Each stage is
-    recorded in ``out_dir`` as it starts (``write_stage``), for the launcher's progress line."""
+    recorded in ``out_dir`` as it starts (``write_stage``), for the launcher's progress line:
+    first, while fewer than ``min-sites`` sites are connected, that the round waits for them
+    (found in review: a run no site had joined said for 13 minutes that round 1 embeds)."""
+    min_sites = int(context.run_config["min-sites"])
+    if len(list(grid.get_node_ids())) < min_sites:
+        write_stage(out_dir, server_round, "waiting", min_sites)
     asked = list(strategy.configure_train(server_round, arrays, site_config, grid))
     write_stage(out_dir, server_round, "training", len(asked))
     if secure_spec is not None:

@@ -33,7 +33,8 @@ def fedintent(*args: str, cwd=None) -> subprocess.CompletedProcess:
         (["--delta", "2"], "delta must be 0 (each site's default) or in [1e-10, 0.1], got 2.0"),
         (["--data", "/no/such/folder"], "data folder not found: /no/such/folder"),
         # found in review: argparse's own errors came after the 20-line usage
-        (["--epsilon", "abc"], "invalid float value: 'abc' (see fedintent train --help)"),
+        (["--epsilon", "abc"],
+         "argument --epsilon: not a number: 'abc' (see fedintent train --help)"),
         (["--strategy", "best"], "argument --strategy: invalid choice: 'best'"),
         (["--epsilon", "-inf"], "one that starts with '-' written as --option=VALUE"),
     ],
@@ -64,6 +65,25 @@ def test_an_unknown_argument_is_reported_by_its_command(argv, command, named, ca
     assert exit_.value.code == 2
     assert capsys.readouterr().err == (f"fedintent {command}: error: unrecognized arguments: "
                                        f"{named} (see fedintent {command} --help)\n")
+
+
+@pytest.mark.parametrize(("option", "given", "error"), [
+    ("--epsilon", "1e400", "'1e400' is too large for a number; write inf if no limit is meant"),
+    ("--delta", "1e-400", "'1e-400' is too small for a number: it would read as 0"),
+    ("--site-max-epsilon", "2e308", "'2e308' is too large for a number"),
+    ("--max-update-norm", "1e999", "'1e999' is too large for a number"),
+])
+def test_train_refuses_a_number_that_would_read_as_another(tmp_path, capsys, option, given,
+                                                           error):
+    """Found in review (deploy-run, train alike): --epsilon 1e400 ran as inf, no DP; --delta
+    1e-400 as 0, each site's default delta, looser than the one asked."""
+    from fedintent.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", option, given, "--out", str(tmp_path / "out")])
+    assert exit_.value.code == 2
+    assert f"argument {option}: {error}" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
 
 
 def test_an_unknown_model_is_refused_with_the_known_ones(tmp_path):
@@ -540,6 +560,9 @@ def test_the_line_for_a_round_still_going_says_whether_its_sites_train_or_evalua
     os.utime(tmp_path / "stage.json", (time.time() - 60, time.time() - 60))
     with rounds_in_progress(1, 3, tmp_path, every=0.01) as round_done:
         stale = read_until("round   1/3  in progress (")
+        write_stage(tmp_path, 1, "waiting", 2)
+        waiting = read_until("round   1/3  in progress: waiting for at least 2 sites to "
+                             "connect (")
         write_stage(tmp_path, 1, "training", 4)
         training = read_until("round   1/3  in progress: 4 sites training (")
         write_stage(tmp_path, 1, "evaluating", 1)
@@ -549,7 +572,7 @@ def test_the_line_for_a_round_still_going_says_whether_its_sites_train_or_evalua
         (tmp_path / "stage.json").write_text('{"round": 2, "stage": "sleeping", "sites": 1}')
         unread = read_until("round   2/3  in progress (")
     assert "the first round embeds every utterance" in training + stale
-    assert "embeds" not in evaluating and "evaluating" not in later + unread
+    assert "embeds" not in evaluating + waiting and "evaluating" not in later + unread
 
 
 def test_check_data_keeps_the_label_table_aligned_for_long_labels(tmp_path, capsys):

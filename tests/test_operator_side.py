@@ -35,7 +35,7 @@ from test_server_app import DecliningGrid
 
 from fedintent.cli import main
 from fedintent.commands import deploy as deploy_command
-from fedintent.commands.deploy import OWN_OPTIONS
+from fedintent.commands.deploy import OWN_OPTIONS, SIMULATION_ONLY
 from fedintent.launch import deployment, releases
 from fedintent.launch.certificates import signing_key_pair, site_names, write_dev_credentials
 from fedintent.launch.flower_cli import flower_env
@@ -118,7 +118,43 @@ def test_deploy_run_refuses_set_for_a_key_it_sets_itself(signed, tmp_path, capsy
     assert nothing_reaches_a_superlink == []
 
 
-@pytest.mark.parametrize("superlink", ["nohost", "127.0.0.1:", ":9091", "host:99999"])
+@pytest.mark.parametrize("key", sorted(SIMULATION_ONLY))
+def test_deploy_run_refuses_set_for_a_simulated_sites_policy(signed, tmp_path, capsys, key,
+                                                             nothing_reaches_a_superlink):
+    """Found in review: --set site-max-epsilon=1 was taken, and every deployed site kept its
+    own budget (8 by default), the operator told nothing."""
+    assert deploy_run(signed, tmp_path, "--set", f"{key}=1") == 2
+    err = capsys.readouterr().err
+    assert f"--set {key} is refused: it stands in for simulated sites' policy, and no " \
+        f"deployed site reads it; each site sets {SIMULATION_ONLY[key]}" in err
+    assert nothing_reaches_a_superlink == [] and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(("given", "error"), [
+    (["--epsilon", "1e400"], "argument --epsilon: '1e400' is too large for a number; write inf "
+                             "if no limit is meant"),
+    (["--site-rows", "1e999"], "argument --site-rows: '1e999' is too large for a number"),
+    (["--set", "delta=1e-400"], "--set delta: '1e-400' is too small for a number: it would "
+                                "read as 0"),
+    (["--set", "max-update-norm=1e400"], "--set max-update-norm: '1e400' is too large for a "
+                                         "number"),
+    (["--set", "=5"], "--set takes KEY=VALUE, got '=5'"),
+])
+def test_deploy_run_refuses_a_number_that_would_read_as_another(
+        signed, tmp_path, capsys, nothing_reaches_a_superlink, given, error):
+    """Found in review: --epsilon 1e400 was submitted as inf, no DP; --set delta=1e-400 as 0,
+    each site's default delta, looser than the one asked; max-update-norm=1e400 as no bound."""
+    try:
+        code = deploy_run(signed, tmp_path, *given)
+    except SystemExit as refused:  # argparse's, for an option's type
+        code = refused.code
+    assert code == 2
+    assert error in capsys.readouterr().err
+    assert nothing_reaches_a_superlink == [] and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("superlink", ["nohost", "127.0.0.1:", ":9091", "host:99999",
+                                       "http://127.0.0.1:9091"])
 def test_deploy_run_refuses_a_superlink_that_is_not_host_and_port(
         signed, tmp_path, capsys, nothing_reaches_a_superlink, superlink):
     """Found in review: no port was taken, and failed later as an unavailable SuperLink."""

@@ -134,6 +134,23 @@ def test_each_stage_of_a_round_is_recorded_before_its_sites_are_asked(tmp_path, 
                     {"round": 1, "stage": "evaluating", "sites": 2}]
 
 
+def test_a_round_records_that_it_waits_for_sites_to_connect(tmp_path, task_identity):
+    """Found in review: a deployed run no site had joined said for 13 minutes that round 1
+    embeds every utterance, so a wrong federation looked like slow training."""
+    seen = []
+
+    class FillingGrid(DecliningGrid):
+        def get_node_ids(self):
+            nodes = list(super().get_node_ids())
+            seen.append(read_stage(tmp_path / "out"))
+            return nodes[:1] if len(seen) <= 2 else nodes  # the second site joins later
+
+    run_server(tmp_path, FillingGrid([1, 2]),
+               **{"data-dir": str(write_data(tmp_path / "data")), "num-rounds": 1,
+                  "min-sites": 2})
+    assert {"round": 1, "stage": "waiting", "sites": 2} in seen
+
+
 def test_a_failed_resume_keeps_the_record_it_could_not_resume(tmp_path, logged):
     data = write_data(tmp_path / "data")
     out = tmp_path / "out"

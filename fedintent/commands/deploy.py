@@ -17,6 +17,8 @@ from fedintent.commands.options import (
     as_typed,
     created_folder,
     new_out_dir,
+    number_argument,
+    number_read_otherwise,
     path_argument,
     resumable_run,
     writable_folder,
@@ -107,10 +109,10 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
                             "(required unless --resume, which keeps the run's own by default)")
     deploy_run.add_argument("--rounds", type=int,
                             help=f"federated rounds (default: {TUNED_HELP})")
-    deploy_run.add_argument("--epsilon", type=float,
+    deploy_run.add_argument("--epsilon", type=number_argument,
                             help="per-site epsilon for the whole run; inf = no DP "
                             f"(default: {RUN_CONFIG_DEFAULTS['target-epsilon']:g})")
-    deploy_run.add_argument("--site-rows", type=float, metavar="N",
+    deploy_run.add_argument("--site-rows", type=number_argument, metavar="N",
                             help="the sites' mean number of training conversations, as their "
                             "operators report it: under DP the tuned learning rate is scaled "
                             f"down for sites under {TUNING_SITE_ROWS}, as `fedintent train` "
@@ -136,10 +138,23 @@ OWN_OPTIONS = {
     "out-dir": "use --out",
     "run-name": "use --out: the run is named after its folder",
     "data-dir": "deploy-run sets it to --labels' folder; deployed sites read their own data",
+    "resume": "use --resume OUT",
 }
 """Run-config keys that ``deploy-run`` sets itself, each with what to do instead of ``--set``
 (found in review: ``--set target-epsilon=1`` was replaced by ``--epsilon``'s default 8 without
 a word, so every site was asked for 8)."""
+
+SIMULATION_ONLY = {
+    "state-dir": "state-dir in its node config (STATE_DIR)",
+    "site-max-epsilon": "max-epsilon in its node config (MAX_EPSILON)",
+    "site-max-epsilon-alone": "max-epsilon-alone in its node config (MAX_EPSILON_ALONE)",
+    "site-retention-days": "retention-days in its node config (RETENTION_DAYS)",
+    "site-evaluation": "evaluation in its node config (EVALUATION)",
+    "site-evaluation-epsilon": "evaluation-epsilon in its node config (EVALUATION_EPSILON)",
+}
+"""Run-config keys that stand in for the simulated sites' own policy, with the setting a
+deployed site holds instead: ``--set`` refuses them, since no deployed site reads them (found in
+review: ``--set site-max-epsilon=1`` was taken, and every site kept its own budget of 8)."""
 
 CHANGED_ON_RESUME = ("reply-timeout", "stop-after-round")
 """The ``--set`` keys a resume may change: how long the server waits, and where it stops
@@ -232,10 +247,10 @@ def run_deploy_run(args: argparse.Namespace) -> int:
     if not args.ca_cert.is_file():
         raise CliError(f"--ca-cert {args.ca_cert} is not a file")
     host, _, port = args.superlink.rpartition(":")
-    if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+    if not host or "/" in host or not port.isdigit() or not 1 <= int(port) <= 65535:
         # found in review: a missing port failed later, as an unavailable SuperLink
-        raise CliError(f"--superlink must be HOST:PORT (the SuperLink's control API, "
-                       f"127.0.0.1:9091 by default), got {args.superlink!r}")
+        raise CliError(f"--superlink must be HOST:PORT, without a scheme (the SuperLink's "
+                       f"control API, 127.0.0.1:9091 by default), got {args.superlink!r}")
     overrides = _parse_settings(args.set)
     if args.resume is not None:
         return _resume(args, overrides)
@@ -495,19 +510,27 @@ def privacy_settings(run_config: dict) -> str:
 
 def _parse_settings(items: list[str]) -> dict:
     """``--set KEY=VALUE`` options as run-config values (TOML syntax, else the text); a key in
-    :data:`OWN_OPTIONS` is refused."""
+    :data:`OWN_OPTIONS` or :data:`SIMULATION_ONLY`, or a number TOML reads as another
+    (``number_read_otherwise``), is refused."""
     import tomllib
 
     settings = {}
     for item in items:
         key, sep, text = item.partition("=")
         key = key.strip()
-        if not sep:
+        if not sep or not key:
             raise CliError(f"--set takes KEY=VALUE, got {item!r}")
         if key in OWN_OPTIONS:
             raise CliError(f"--set {key} is refused: {OWN_OPTIONS[key]}")
+        if key in SIMULATION_ONLY:
+            raise CliError(f"--set {key} is refused: it stands in for simulated sites' policy, "
+                           f"and no deployed site reads it; each site sets "
+                           f"{SIMULATION_ONLY[key]} (docs/SITE_GUIDE.md)")
         try:
             settings[key] = tomllib.loads(f"v = {text}")["v"]
         except tomllib.TOMLDecodeError:
             settings[key] = text
+        if isinstance(settings[key], float) and (problem := number_read_otherwise(
+                text, settings[key])):
+            raise CliError(f"--set {key}: {problem}")
     return settings

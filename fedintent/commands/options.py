@@ -39,19 +39,31 @@ def path_argument(text: str) -> Path:
 
 
 def number_argument(text: str) -> float:
-    """A number given on the command line (``type=`` of a days or epsilon option): not NaN,
-    and infinite only when written so (found in review: ``--retention-days 1e400`` overflowed
-    to no retention limit, which later purges then applied as the one last recorded)."""
+    """A number given on the command line (``type=`` of every number option): not NaN, and
+    the number written (``number_read_otherwise``)."""
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
     if math.isnan(value):
         raise argparse.ArgumentTypeError(f"not a number: {text!r}")
-    if math.isinf(value) and text.strip().lstrip("+-").lower() not in ("inf", "infinity"):
-        raise argparse.ArgumentTypeError(f"{text.strip()!r} is too large for a number; write "
-                                         "inf for no limit")
+    problem = number_read_otherwise(text, value)
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
     return value
+
+
+def number_read_otherwise(text: str, value: float) -> str:
+    """Why ``value``, read from ``text``, is not the number written (empty if it is): beyond a
+    float's range ``1e400`` reads as infinity and ``1e-400`` as 0, and either can mean another
+    thing (found in review: ``--retention-days 1e400`` was no retention limit, ``--epsilon
+    1e400`` no DP, ``--set delta=1e-400`` each site's default delta)."""
+    written = text.strip()
+    if math.isinf(value) and written.lstrip("+-").lower() not in ("inf", "infinity"):
+        return f"{written!r} is too large for a number; write inf if no limit is meant"
+    if value == 0 and re.search(r"[1-9]", re.split(r"[eE]", written)[0]):
+        return f"{written!r} is too small for a number: it would read as 0"
+    return ""
 
 
 @contextmanager

@@ -31,8 +31,9 @@ def rounds_in_progress(first_round: int, num_rounds: int, out_dir: Path | None =
     with each completed round's number. Round 1 embeds every utterance once at each site and
     can take minutes with nothing else to show (found in review: 47 s of silence under
     ``train``, two minutes under ``deploy-run``, read as a hung run). With ``out_dir`` (a run's
-    folder, where its ServerApp records each stage as it starts) the line says whether the sites
-    train or evaluate (found in review: it said round 1 embeds while the sites evaluated)."""
+    folder, where its ServerApp records each stage as it starts) the line says whether the round
+    waits for sites to connect, or its sites train or evaluate (found in review: it said round
+    1 embeds while the sites evaluated, and while no site had connected)."""
     # a file's time is the kernel's coarse clock, up to a few ms behind time.time(): a stage
     # written just after this began must not read as one from before it
     current, since, began = [first_round], [time.monotonic()], time.time() - 1.0
@@ -56,8 +57,10 @@ def rounds_in_progress(first_round: int, num_rounds: int, out_dir: Path | None =
                 stage = read_stage(out_dir, began) if out_dir is not None else None
                 if stage is not None and stage["round"] != server_round:
                     stage = None  # the last round's, or a round this launcher has not printed
-                doing = (f": {counted(stage['sites'], 'site')} {stage['stage']}"
-                         if stage is not None else "")
+                doing = ("" if stage is None
+                         else f": waiting for at least {counted(stage['sites'], 'site')} to "
+                              "connect" if stage["stage"] == "waiting"
+                         else f": {counted(stage['sites'], 'site')} {stage['stage']}")
                 note = ("; the first round embeds every utterance once at each site"
                         if server_round == 1 and (stage is None or stage["stage"] == "training")
                         else "")

@@ -96,10 +96,10 @@ def _add_train_options(train: argparse.ArgumentParser) -> None:
                        f"(default: {DEFAULT_SYNTHETIC_SITES} synthetic, or every site in --data)")
     train.add_argument("--rounds", type=int,
                        help=f"federated rounds (default: {TUNED_HELP})")
-    train.add_argument("--epsilon", type=float, default=defaults["target-epsilon"],
+    train.add_argument("--epsilon", type=number_argument, default=defaults["target-epsilon"],
                        help="per-site epsilon for the whole run; inf = no DP "
                        "(default: %(default)s)")
-    train.add_argument("--delta", type=float, default=defaults["delta"],
+    train.add_argument("--delta", type=number_argument, default=defaults["delta"],
                        help="per-site delta; 0 = each site's default, the largest power of "
                        "ten below 1/(10 x its units), at most 1e-5; a site refuses one above its "
                        "max-delta and lowers one at or above 1/(10 x its units) to its default "
@@ -108,11 +108,11 @@ def _add_train_options(train: argparse.ArgumentParser) -> None:
                        choices=PRIVACY_UNITS,
                        help="what one DP unit is: one utterance, or all of one customer's "
                        "utterances at a site (default: %(default)s)")
-    train.add_argument("--site-max-epsilon", type=float, default=None,
+    train.add_argument("--site-max-epsilon", type=number_argument, default=None,
                        help="each simulated site's lifetime epsilon budget per privacy unit, over "
                        "all runs on its data; units at it sit out, sites with none left decline "
                        f"(default: {defaults['site-max-epsilon']:g}, inf with --epsilon inf)")
-    train.add_argument("--site-max-epsilon-alone", type=float,
+    train.add_argument("--site-max-epsilon-alone", type=number_argument,
                        default=defaults["site-max-epsilon-alone"], metavar="E",
                        help="distributed DP: the most epsilon each simulated site's own noise "
                        "shares may amount to, what it keeps if every other site colluded (a "
@@ -131,7 +131,7 @@ def _add_train_options(train: argparse.ArgumentParser) -> None:
                        "(a deployed site's evaluation, whose default is dp; default here: "
                        "%(default)s, so that a simulation reports exact accuracy and its test "
                        "units spend nothing)")
-    train.add_argument("--site-evaluation-epsilon", type=float,
+    train.add_argument("--site-evaluation-epsilon", type=number_argument,
                        default=defaults["site-evaluation-epsilon"], metavar="E",
                        help="with --site-evaluation dp: what the run's evaluations may cost "
                        "each test unit, all rounds together (a deployed site's "
@@ -157,16 +157,17 @@ def _add_train_options(train: argparse.ArgumentParser) -> None:
     train.add_argument("--batch-size", type=int,
                        help="expected DP-SGD batch size; above a site's size, every step uses "
                        f"all its data (default: {TUNED_HELP})")
-    train.add_argument("--lr", type=float,
+    train.add_argument("--lr", type=number_argument,
                        help=f"local learning rate (default: {TUNED_HELP}; with DP, scaled "
                        f"down for sites of fewer than {TUNING_SITE_ROWS} training rows on "
                        "average)")
-    train.add_argument("--server-momentum", type=float,
+    train.add_argument("--server-momentum", type=number_argument,
                        help="heavy-ball momentum of the server's step, fedavg only (FedAvgM; "
                        f"default: {TUNED_HELP}, 0 = plain FedAvg)")
-    train.add_argument("--clip-norm", type=float, default=defaults["clip-norm"],
+    train.add_argument("--clip-norm", type=number_argument, default=defaults["clip-norm"],
                        help="per-example gradient clipping norm (default: %(default)s)")
-    train.add_argument("--max-update-norm", type=float, default=defaults["max-update-norm"],
+    train.add_argument("--max-update-norm", type=number_argument,
+                       default=defaults["max-update-norm"],
                        help="reject a site update whose L2 distance from the global model "
                        "exceeds this; 0 = the bound the run's DP settings allow (clip norm, "
                        "learning rate, noise; none without DP), inf = no bound "
