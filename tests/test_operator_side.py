@@ -153,6 +153,22 @@ def test_deploy_run_refuses_a_number_that_would_read_as_another(
     assert nothing_reaches_a_superlink == [] and not (tmp_path / "run").exists()
 
 
+def test_deploy_run_names_the_release_port_when_the_superlink_cannot_fetch_the_release(
+        signed, tmp_path, capsys, monkeypatch, nothing_reaches_a_superlink):
+    """Found in review: a --release-port other than the SuperLink's RELEASE_PORT failed with
+    Flower's words alone, which do not say which port to change."""
+    def unfetched(release, connection, run_config):
+        raise deployment.DeploymentError(
+            "[code: 34] Failed to request FAB download link: url: "
+            "http://127.0.0.1:19095/hub/fetch-fab")
+
+    monkeypatch.setattr(releases, "submit_release_run", unfetched)
+    assert deploy_run(signed, tmp_path, "--release-port", "19096") == 1
+    assert "the release was handed over on 127.0.0.1:19096: --release-port must be the " \
+        "SuperLink's RELEASE_PORT" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize("superlink", ["nohost", "127.0.0.1:", ":9091", "host:99999",
                                        "http://127.0.0.1:9091"])
 def test_deploy_run_refuses_a_superlink_that_is_not_host_and_port(

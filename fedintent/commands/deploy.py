@@ -363,7 +363,7 @@ def _submit_and_follow(args: argparse.Namespace, release, run_config: dict,
     runs, is still going, and fails where its ServerApp never resumed the record."""
     from fedintent.launch import deployment
     from fedintent.launch.processes import make_temporary_folder, remove_temporary_folder
-    from fedintent.launch.releases import serve_release, submit_release_run
+    from fedintent.launch.releases import serve_release
     from fedintent.launch.run_outcome import (
         RunFailedError,
         completed_run_metrics,
@@ -400,7 +400,8 @@ def _submit_and_follow(args: argparse.Namespace, release, run_config: dict,
                 with created_folder(out_dir):
                     try:
                         with serve_release(release, args.release_port):
-                            run_id = submit_release_run(release, connection, run_config)
+                            run_id = _submitted(release, connection, run_config,
+                                                args.release_port)
                     except KeyboardInterrupt:  # found in review: while the handover closed,
                         if run_id is None:  # after the submission, it removed the run's folder
                             raise
@@ -447,6 +448,23 @@ def _submit_and_follow(args: argparse.Namespace, release, run_config: dict,
         remove_temporary_folder(flwr_home)
     print_summary(metrics, time.monotonic() - started)
     return 0
+
+
+def _submitted(release, connection, run_config: dict, release_port: int) -> int:
+    """The run of ``release`` submitted; a SuperLink that could not fetch the release named
+    with the port it was handed over on (found in review: Flower's "Failed to request FAB
+    download link" did not say that --release-port was not the SuperLink's RELEASE_PORT)."""
+    from fedintent.launch import deployment
+    from fedintent.launch.releases import submit_release_run
+
+    try:
+        return submit_release_run(release, connection, run_config)
+    except deployment.DeploymentError as err:
+        if "fetch-fab" not in str(err):
+            raise
+        raise deployment.DeploymentError(
+            f"{err}; the release was handed over on 127.0.0.1:{release_port}: --release-port "
+            "must be the SuperLink's RELEASE_PORT (docs/DEPLOYMENT.md)") from err
 
 
 def _stop(connection, run_id: int, out_dir: Path, reason: str) -> None:
