@@ -92,9 +92,9 @@ def state_lock(state_dir: Path) -> Iterator[None]:
     ledger charge (two rounds charged at once would each write the ledger they read, and one
     charge would vanish), a ClientApp's feature store, ``fedintent purge`` and ``forget``. Not
     reentrant: a holder must not take it again. A read-only state folder is an ``OSError``
-    that names the folder, not the lock file the user never made (found in review)."""
+    that names the folder, not the lock file the user never made (found in review). The
+    folder is never made here: a state folder lost or not mounted must not come back empty."""
     state_dir = Path(state_dir)
-    state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     try:
         fd = os.open(state_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
     except OSError as err:

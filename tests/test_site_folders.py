@@ -40,6 +40,23 @@ def test_a_read_only_state_folder_is_named_not_its_lock_file(tmp_path, read_only
     assert LOCK_FILE not in str(raised.value)
 
 
+def test_a_state_folder_this_account_may_not_write_is_no_read_only_one(tmp_path, monkeypatch):
+    def refused(path, flags, *args, **kwargs):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.fspath(path))
+
+    monkeypatch.setattr(os, "open", refused)
+    with pytest.raises(PermissionError) as raised, state_lock(tmp_path):
+        pass
+    assert "read-only" not in str(raised.value)
+
+
+def test_the_state_lock_never_makes_a_state_folder(tmp_path):
+    """One lost or not mounted would come back empty, every unit's budget unspent."""
+    with pytest.raises(FileNotFoundError), state_lock(tmp_path / "not-mounted"):
+        pass
+    assert not (tmp_path / "not-mounted").exists()
+
+
 def test_a_purge_on_a_read_only_state_folder_says_so(tmp_path, read_only, capsys):
     state, site = tmp_path / "st0", tmp_path / "site"
     create_site_secret(state)
