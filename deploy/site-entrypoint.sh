@@ -205,7 +205,12 @@ from fl_protocol.written_numbers import written_number, written_whole_number
 
 name, text, kind, *bounds = sys.argv[1:]
 try:
-    value = written_whole_number(name, text) if kind == "int" else written_number(name, text)
+    if kind == "int":
+        value = written_whole_number(name, text)
+    else:  # its node-config span, to name in the message for a number too large to read
+        # (imported here: Flower's import, a second at each whole number, is not needed there)
+        from fl_protocol.wire import SITE_NUMBER_SPANS
+        value = written_number(name, text, SITE_NUMBER_SPANS[name.lower().replace("_", "-")])
 except ValueError as err:
     sys.exit(f"site-entrypoint: {err}")
 if bounds and not int(bounds[0]) <= value <= int(bounds[1]):

@@ -104,12 +104,13 @@ from fl_protocol.wire import (
     PRIVACY_UNITS,
     ROUND_CONFIG_KEYS,
     ROUND_WHOLE_RANGES,
+    SITE_NUMBER_SPANS,
     Reason,
     evaluation_count,
     evaluation_number,
     run_name_problem,
 )
-from fl_protocol.written_numbers import written_number, written_whole_number
+from fl_protocol.written_numbers import too_large, written_number, written_whole_number
 from models import model_family_names
 
 DEFAULT_MAX_DELTA = 1e-5
@@ -322,11 +323,8 @@ def site_policy(context: Context) -> SitePolicy:
     source = context.run_config if is_simulated(context) else node  # privacy-unit's stand-in
     epsilon_key, epsilon = _setting(context, "max-epsilon", DEFAULT_MAX_EPSILON)
     max_epsilon = own_number(epsilon_key, epsilon)
+    # below max-delta's span, a delta would fix the ledger's order for good
     max_delta = own_number("max-delta", node.get("max-delta", DEFAULT_MAX_DELTA))
-    if not max_epsilon > 0:
-        raise SiteConfigError(f"{epsilon_key} must be > 0, got {max_epsilon}")
-    if not MIN_DELTA <= max_delta < 1:  # a smaller one would fix the ledger's order for good
-        raise SiteConfigError(f"max-delta must be in [{MIN_DELTA:g}, 1), got {max_delta:g}")
     unit = source.get("privacy-unit")
     if unit is not None and str(unit) not in PRIVACY_UNITS:
         raise SiteConfigError(f"privacy-unit must be one of {PRIVACY_UNITS}, got {unit!r}")
@@ -351,10 +349,6 @@ def site_policy(context: Context) -> SitePolicy:
                               f"{tolerated!r}")
     if int(tolerated) < 0:
         raise SiteConfigError(f"min-tolerated-sites must be >= 0, got {tolerated}")
-    if not max_alone > 0:
-        raise SiteConfigError(f"{alone_key} must be > 0, got {max_alone}")
-    if not max_noise_ratio >= 1:
-        raise SiteConfigError(f"max-noise-ratio must be >= 1, got {max_noise_ratio}")
     return SitePolicy(max_epsilon=max_epsilon, max_delta=max_delta,
                       privacy_unit=None if unit is None else str(unit),
                       privacy_models=models, min_tolerated_sites=int(tolerated),
@@ -387,19 +381,26 @@ def unknown_setting_problem(node_config: Mapping[str, object]) -> str:
             + f"; its settings are {', '.join(NODE_CONFIG_KEYS)}")
 
 
-def own_number(key: str, value: object) -> float:
+def own_number(key: str, value: object, why: str = "") -> float:
     """A number the site's operator set: an int, a float, or a number's text as
     ``written_number`` reads it (ASCII only; ``inf``, no limit, only when written so). A bool
-    is refused (``SiteConfigError``), not read as 1 (found in review)."""
+    is refused (``SiteConfigError``), not read as 1 (found in review), and so is one outside the
+    setting's span (``SITE_NUMBER_SPANS``, a simulation's ``site-`` stand-in as the node
+    config's own; ``why`` says why, where the span alone does not). Both messages come from
+    the span, so that a number too large to read is told to write inf only where the setting
+    takes it (found in review: max-delta 1e400 was, and then refused inf)."""
     if isinstance(value, bool) or not isinstance(value, int | float | str):
         raise SiteConfigError(f"{key} must be a number, not {value!r}")
+    span = SITE_NUMBER_SPANS[key.removeprefix("site-")]
     try:
-        return written_number(key, value) if isinstance(value, str) else float(value)
+        number = written_number(key, value, span) if isinstance(value, str) else float(value)
     except OverflowError:  # an int of hundreds of digits
-        raise SiteConfigError(f"{key} is too large for a number; write inf for no limit") \
-            from None
+        raise SiteConfigError(too_large(key, "", span)) from None
     except ValueError as err:
         raise SiteConfigError(str(err)) from None
+    if number not in span:
+        raise SiteConfigError(f"{key} must be {span}{why}, got {number}")
+    return number
 
 
 def retention_days(context: Context) -> float:
@@ -409,10 +410,7 @@ def retention_days(context: Context) -> float:
     (``retention.py``). Not a DP parameter: it bounds how long data is kept, not what a release
     reveals; so it is read apart from ``site_policy``, and evaluation needs only it."""
     key, value = _setting(context, "retention-days", DEFAULT_RETENTION_DAYS, math.inf)
-    days = own_number(key, value)
-    if not days > 0:
-        raise SiteConfigError(f"{key} must be > 0 (inf: keep without limit), got {days}")
-    return days
+    return own_number(key, value, " (inf: keep without limit)")
 
 
 def evaluation_policy(context: Context) -> str:
@@ -449,11 +447,7 @@ def evaluation_epsilon(context: Context, max_epsilon: float) -> float:
     past (found in review: a site that lowered max-epsilon to 2 under the default 8 declined
     every evaluation, its lifetime budget needing 3.6 times the noise of the run's plan)."""
     key, value = _setting(context, "evaluation-epsilon", DEFAULT_EVALUATION_EPSILON)
-    epsilon = own_number(key, value)
-    low, high = EVALUATION_EPSILON_RANGE
-    if not low <= epsilon <= high:
-        raise SiteConfigError(f"{key} must be in [{low:g}, {high:g}] (where the accountants "
-                              f"can plan a DP evaluation), got {epsilon:g}")
+    epsilon = own_number(key, value, " (where the accountants can plan a DP evaluation)")
     return min(epsilon, max_epsilon)
 
 

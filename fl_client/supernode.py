@@ -51,7 +51,7 @@ from flwr.supernode.cli.flower_supernode import _parse_args_run_supernode
 from fl_client.cpu_threads import limit_threads_to_quota
 from fl_client.site_policy import SiteConfigError
 from fl_client.start_checks import check_node_config, check_state_folder, policy_lines
-from fl_protocol.wire import loggable
+from fl_protocol.wire import SITE_NUMBER_SPANS, loggable
 from fl_protocol.written_numbers import written_number
 
 SITE_CLIENTAPP = "fl_client.client_app:app"
@@ -235,7 +235,7 @@ def checked_node_config(arguments: list[str]) -> dict:
         for key, text in settings:  # TOML reads 1_5 as 15, 0x10 as 16 and 1e400 as inf
             if isinstance(node_config.get(key), int | float) and not isinstance(
                     node_config[key], bool):
-                written_number(key, text)
+                written_number(key, text, SITE_NUMBER_SPANS.get(key))
     except (OSError, ValueError, ClickException) as err:
         raise SystemExit(f"fedintent-supernode: --node-config cannot be read: "
                          f"{' '.join(str(err).split())}") from None

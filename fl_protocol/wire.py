@@ -29,6 +29,8 @@ from enum import StrEnum
 from flwr.app import Error, Message, MetricRecord
 from flwr.common.secure_aggregation.secaggplus_constants import Key, Stage
 
+from fl_protocol.written_numbers import Span
+
 ARRAYS_KEY = "arrays"
 """The model parameters (``ArrayRecord``): server to site, and site to server after training."""
 METRICS_KEY = "metrics"
@@ -215,6 +217,14 @@ EVALUATION_EPSILON_RANGE = (min(low for low, _ in EPSILON_RANGES.values()),
 DP evaluations are planned like a run at that target; one outside every range is a site
 configuration error at start-up, and a run whose accountant cannot plan it (below 0.5 under
 ``rdp``) gets that site's evaluations declined."""
+SITE_NUMBER_SPANS: dict[str, Span] = {
+    "max-epsilon": Span(0, low_open=True), "max-delta": Span(MIN_DELTA, 1, high_open=True),
+    "max-epsilon-alone": Span(0, low_open=True), "max-noise-ratio": Span(1),
+    "retention-days": Span(0, low_open=True), "evaluation-epsilon": Span(*EVALUATION_EPSILON_RANGE),
+    "min-tolerated-sites": Span(0, high_open=True),
+}
+"""Where each number setting of a site's node config may lie (``inf`` only where a span takes
+it: no limit), checked by ``site_policy`` and named for a number too large to read."""
 ROUND_WHOLE_RANGES: dict[str, tuple[int, int]] = {
     "num-rounds": (1, 10_000),
     "batch-size": (1, 1_000_000_000),

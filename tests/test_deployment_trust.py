@@ -416,6 +416,19 @@ def test_a_budget_too_large_for_a_number_is_refused_and_inf_means_no_limit(tmp_p
     assert "too large" not in result.stderr and "MAX_EPSILON" in result.stderr, result.stderr
 
 
+@pytest.mark.parametrize(("setting", "allowed"), [
+    ("MAX_DELTA", "MAX_DELTA must be in [1e-10, 1)"),
+    ("EVALUATION_EPSILON", "EVALUATION_EPSILON must be in [0.1, 100]"),
+])
+def test_a_number_too_large_for_a_setting_without_inf_names_its_range(tmp_path, setting,
+                                                                      allowed):
+    """Found in review: MAX_DELTA=1e400 was told to write inf, which the site then refused."""
+    result, config = entrypoint(tmp_path, initialised=False, **{setting: "1e400"})
+    assert result.returncode == 2 and config is None
+    assert f"{setting} '1e400' is too large for a number; {allowed}" in result.stderr
+    assert "inf" not in result.stderr.replace("'1e400'", "")
+
+
 def test_a_state_folder_without_its_secret_is_refused_and_only_a_one_off_run_makes_one(
         tmp_path):
     """A missing or mistyped /state mount gives an empty state folder: starting on it would

@@ -23,7 +23,7 @@ from fl_client.site_policy import NODE_CONFIG_KEYS, SiteConfigError, own_number,
 from fl_client.site_secret import create_site_secret
 from fl_client.start_checks import check_node_config, policy_lines
 from fl_client.supernode import checked_node_config
-from fl_protocol.wire import Reason
+from fl_protocol.wire import SITE_NUMBER_SPANS, Reason
 from fl_protocol.written_numbers import written_number, written_whole_number
 
 
@@ -96,6 +96,37 @@ def test_a_setting_is_read_as_the_number_written_or_refused(value, message):
     with pytest.raises(SiteConfigError) as refused:
         own_number("max-epsilon", value)
     assert message in str(refused.value)
+
+
+@pytest.mark.parametrize("setting", sorted(SITE_NUMBER_SPANS))
+@pytest.mark.parametrize("value", ["1e400", 10 ** 400], ids=["1e400", "10**400"])
+def test_a_number_too_large_suggests_inf_only_where_inf_is_taken(data, setting, value):
+    """Found in review: max-delta 1e400 and evaluation-epsilon 1e400 were told to write inf,
+    which each then refused. Where the answer suggests inf, inf starts the site; elsewhere it
+    names the setting's range."""
+    with pytest.raises(SiteConfigError) as refused:
+        own_number(setting, value)
+    assert "is too large for a number" in str(refused.value)
+    try:
+        check_node_config({"data-path": str(data), setting: "inf"})
+    except SiteConfigError:
+        assert f"{setting} must be {SITE_NUMBER_SPANS[setting]}" in str(refused.value)
+        assert "inf for no limit" not in str(refused.value)
+    else:
+        assert "write inf for no limit" in str(refused.value)
+
+
+@pytest.mark.parametrize(("setting", "message"), [
+    ("max-delta", r"max-delta must be in [1e-10, 1)"),
+    ("evaluation-epsilon", r"evaluation-epsilon must be in [0.1, 100]"),
+    ("min-tolerated-sites", r"min-tolerated-sites must be >= 0, not inf"),
+    ("max-epsilon", "write inf for no limit"), ("retention-days", "write inf for no limit"),
+    ("max-epsilon-alone", "write inf for no limit"),
+])
+def test_the_supernode_names_the_range_of_a_node_config_number_too_large(data, setting, message):
+    with pytest.raises(SystemExit) as refused:
+        checked_node_config(["--node-config", f"data-path='{data}' {setting}=1e400"])
+    assert f"{setting} '1e400' is too large for a number; {message}" in str(refused.value.code)
 
 
 @pytest.mark.parametrize(("value", "number"), [
