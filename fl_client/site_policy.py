@@ -497,12 +497,18 @@ def check_model(context: Context) -> None:
     name = str(_sent(context.run_config, "model"))
     if name in model_family_names() or is_simulated(context):
         return
-    listed = {_folder(path) for path in str(context.node_config.get("local-models", ""))
-              .split(",") if path.strip()}
+    listed = {str(folder.resolve()) for folder in local_model_folders(context.node_config)}
     if _folder(name) not in listed:
         raise PolicyRefusal(Reason.MODEL_FOLDER_REFUSED,
                             f"the run's model {name!r} is not a fedintent model family and not "
                             f"a folder this site's local-models lists ({sorted(listed)})")
+
+
+def local_model_folders(node_config: Mapping[str, object]) -> list[Path]:
+    """The checkpoint folders the node config's ``local-models`` lists (comma-separated), as
+    given: read by ``check_model`` each run, and checked to be folders at start."""
+    return [Path(path.strip()).expanduser()
+            for path in str(node_config.get("local-models", "")).split(",") if path.strip()]
 
 
 def _folder(path: str) -> str:

@@ -26,6 +26,7 @@ from fl_client.site_policy import (
     SiteConfigError,
     evaluation_epsilon,
     evaluation_policy,
+    local_model_folders,
     retention_days,
     site_languages,
     site_policy,
@@ -63,11 +64,25 @@ def check_node_config(node_config: Mapping[str, object]) -> None:
     evaluation_policy(context)
     evaluation_epsilon(context, policy.max_epsilon)
     site_languages(context, site_dir)
+    check_local_models(node_config)
     if "labels-file" in node_config:
         try:
             read_labels(Path(str(node_config["labels-file"])))
         except LabelFileError as err:
             raise SiteConfigError(f"labels-file: {err}") from err
+
+
+def check_local_models(node_config: Mapping[str, object]) -> None:
+    """Raise ``SiteConfigError`` naming ``local-models`` and the path unless each folder it
+    lists is a folder: a run naming one would be answered with an error at every round (found
+    in review: a mistyped or unmounted folder started without a word). Nothing in the folder is
+    read or quoted: the path given may be any file of the machine's."""
+    for folder in local_model_folders(node_config):
+        if not folder.exists():
+            raise SiteConfigError(f"local-models: {folder} not found (is its volume mounted?)")
+        if not folder.is_dir():
+            raise SiteConfigError(f"local-models: {folder} is not a folder: list the "
+                                  "checkpoint's folder")
 
 
 def _deployed(node_config: Mapping[str, object]) -> Context:

@@ -277,6 +277,8 @@ def test_every_policy_value_reaches_the_node_config_as_the_number_set(tmp_path):
     ("PRIVACY_UNIT", "foo", "PRIVACY_UNIT is invalid: privacy-unit must be one of"),
     ("LANGUAGES", "xx", "LANGUAGES is invalid: languages: xx not among ar, de, en"),
     ("MAX_NOISE_RATIO", "0.5", "MAX_NOISE_RATIO is invalid: max-noise-ratio must be >= 1"),
+    ("LOCAL_MODELS", "/nonexistent/model", "LOCAL_MODELS is invalid: local-models: "
+                                           "/nonexistent/model not found"),
 ])
 def test_a_policy_the_client_app_refuses_stops_the_site_at_start(tmp_path, setting, value,
                                                                   message):

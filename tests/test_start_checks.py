@@ -182,6 +182,23 @@ def test_a_labels_file_the_site_cannot_use_is_refused_at_start(data, tmp_path):
         check_node_config({"data-path": str(data), "labels-file": str(labels)})
 
 
+@pytest.mark.parametrize("layout", ["missing", "a file"])
+def test_a_local_model_folder_that_is_no_folder_is_refused_at_start(data, tmp_path, layout):
+    """Found in review: a mistyped or unmounted local-models folder started a site that failed
+    every round of a run naming it. The path is named; a file given for it is not quoted."""
+    model = tmp_path / "model"
+    good = tmp_path / "good"
+    good.mkdir()
+    if layout == "a file":
+        model.write_text("secret-row-text\n")
+    message = "not found" if layout == "missing" else "is not a folder"
+    with pytest.raises(SiteConfigError) as refused:
+        check_node_config({"data-path": str(data), "local-models": f"{good}, {model}"})
+    assert f"local-models: {model} {message}" in str(refused.value)
+    assert "secret-row-text" not in str(refused.value)
+    check_node_config({"data-path": str(data), "local-models": f"{good}, "})
+
+
 def test_the_supernode_reads_its_node_config_as_flower_will_and_refuses_what_flower_skips(data):
     """Flower's parser skips text that is not key=value without a word (found in review:
     ``max-epsilon = 2`` ran at the default budget)."""
