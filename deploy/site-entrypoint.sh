@@ -7,7 +7,8 @@
 # the environment only; it takes no arguments. A variable that looks like a setting below but is
 # none (MAX_EPSILION), a setting set but empty, or one holding a control character is refused:
 # each would leave the site at a default it was not meant to have. fedintent-supernode prints
-# the settings the site holds every run to, defaults named (fl_client/start_checks.py).
+# the settings the site holds every run to, defaults named, and warns of a setting that has no
+# effect under another or of DP evaluations it will decline (fl_client/start_checks.py).
 #
 #   SUPERLINK         host:port of the SuperLink (required)
 #   CA_CERT           CA certificate that signed the SuperLink's certificate

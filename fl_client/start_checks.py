@@ -24,6 +24,7 @@ from fl_client.site_policy import (
     DEFAULT_MIN_TOLERATED_SITES,
     NODE_CONFIG_KEYS,
     SiteConfigError,
+    SitePolicy,
     evaluation_epsilon,
     evaluation_policy,
     local_model_folders,
@@ -38,6 +39,7 @@ from fl_protocol.wire import (
     DEFAULT_MAX_EPSILON,
     DEFAULT_MAX_EPSILON_ALONE,
     DEFAULT_RETENTION_DAYS,
+    EPSILON_RANGES,
     PRIVACY_MODELS,
 )
 
@@ -127,3 +129,47 @@ def policy_lines(node_config: Mapping[str, object]) -> list[str]:
         at = NODE_CONFIG_KEYS.index("evaluation-epsilon")
         lines[at] += f", held to {cap:g} by max-epsilon and max-epsilon-alone"
     return lines
+
+
+def policy_warnings(node_config: Mapping[str, object]) -> list[str]:
+    """What the printed settings do not say on their face, one line each: a setting that has no
+    effect under another (evaluation-epsilon but no DP evaluation; max-epsilon-alone or
+    min-tolerated-sites but no distributed DP), and DP evaluations the site will decline or
+    that spend each test unit's whole budget. Said, not refused: each is a policy a site may
+    hold, but one its operator may not have meant (found in review: accepted without a word)."""
+    context = _deployed(node_config)
+    policy = site_policy(context)
+    evaluation = evaluation_policy(context)
+    warnings = [f"{key} has no effect: privacy-models is {','.join(policy.privacy_models)}, "
+                "and it applies to distributed DP only"
+                for key in ("min-tolerated-sites", "max-epsilon-alone")
+                if key in node_config and "distributed" not in policy.privacy_models]
+    if evaluation != "dp":
+        return warnings + ([f"evaluation-epsilon has no effect: evaluation is {evaluation}, "
+                            "and only DP evaluations (evaluation dp) spend it"]
+                           if "evaluation-epsilon" in node_config else [])
+    return warnings + _evaluation_warnings(context, policy)
+
+
+def _evaluation_warnings(context: Context, policy: SitePolicy) -> list[str]:
+    """Under DP evaluation: which runs' evaluations the site will decline, as the epsilon they
+    may spend is below what their accountant plans (``evaluation_request``), or that one run's
+    evaluations spend each test unit's whole lifetime budget (held to max-epsilon)."""
+    asked = evaluation_epsilon(context, math.inf)
+    held = evaluation_epsilon(context, min(policy.max_epsilon, policy.alone_bound))
+    spend = f"{held:g}, its evaluation-epsilon" + (
+        f" {asked:g} held to max-epsilon and max-epsilon-alone" if held < asked else "")
+    declined = {name: low for name, (low, high) in EPSILON_RANGES.items()
+                if not low <= held <= high}
+    if declined:
+        every = len(declined) == len(EPSILON_RANGES)
+        named = f"accountant {', '.join(declined)}"
+        which = "every DP evaluation" if every else f"the DP evaluations of runs under {named}"
+        return [f"{which} will be declined: the epsilon they may spend, {spend}, is below "
+                f"{min(declined.values()):g}, the least {'any accountant' if every else named} "
+                "can plan"]
+    if held < asked and held == policy.max_epsilon:
+        return [f"DP evaluations will be planned at max-epsilon {held:g}, below "
+                f"evaluation-epsilon {asked:g}: one run's evaluations spend each test unit's "
+                "whole lifetime budget, and later runs get noise alone from those units"]
+    return []

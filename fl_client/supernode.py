@@ -50,7 +50,12 @@ from flwr.supernode.cli.flower_supernode import _parse_args_run_supernode
 
 from fl_client.cpu_threads import limit_threads_to_quota
 from fl_client.site_policy import SiteConfigError
-from fl_client.start_checks import check_node_config, check_state_folder, policy_lines
+from fl_client.start_checks import (
+    check_node_config,
+    check_state_folder,
+    policy_lines,
+    policy_warnings,
+)
 from fl_protocol.wire import SITE_NUMBER_SPANS, loggable
 from fl_protocol.written_numbers import written_number
 
@@ -259,6 +264,8 @@ def main() -> None:
               "them:", flush=True)
         for line in policy_lines(node_config):
             print(f"  {line}", flush=True)
+        for line in policy_warnings(node_config):
+            print(f"fedintent-supernode: warning: {line}", flush=True)
     refuse_redirects()
     refuse_foreign_bundles()
     bind_runs_to_their_bundles()

@@ -21,7 +21,7 @@ import fl_client.supernode as supernode
 from fl_client import client_app
 from fl_client.site_policy import NODE_CONFIG_KEYS, SiteConfigError, own_number, site_policy
 from fl_client.site_secret import create_site_secret
-from fl_client.start_checks import check_node_config, policy_lines
+from fl_client.start_checks import check_node_config, policy_lines, policy_warnings
 from fl_client.supernode import checked_node_config
 from fl_protocol.wire import SITE_NUMBER_SPANS, Reason
 from fl_protocol.written_numbers import written_number, written_whole_number
@@ -240,6 +240,8 @@ def test_the_supernode_prints_the_policy_it_holds_runs_to_defaults_named(data, m
     assert "  evaluation: dp (default)\n" in printed
     assert ("  evaluation-epsilon: 8.0 (default), held to 2 by max-epsilon and "
             "max-epsilon-alone\n") in printed  # what its evaluations may spend
+    assert ("fedintent-supernode: warning: DP evaluations will be planned at max-epsilon 2, "
+            "below evaluation-epsilon 8") in printed
     assert len(policy_lines({"data-path": str(data)})) == len(NODE_CONFIG_KEYS)
     monkeypatch.setattr("sys.argv", ["fedintent-supernode", "--node-config",
                                      f"data-path='{data}' max-epsilon=-1"])
@@ -284,6 +286,57 @@ def test_the_budgets_bounds_are_where_they_are_documented(data, setting, value, 
     else:
         with pytest.raises(SiteConfigError, match=refused):
             check_node_config(node_config)
+
+
+@pytest.mark.parametrize(("settings", "warning"), [
+    ({"evaluation": "off", "evaluation-epsilon": 2}, "evaluation-epsilon has no effect: "
+                                                     "evaluation is off"),
+    ({"evaluation": "exact", "evaluation-epsilon": 2}, "evaluation-epsilon has no effect: "
+                                                       "evaluation is exact"),
+    ({"privacy-models": "local", "max-epsilon-alone": 3}, "max-epsilon-alone has no effect: "
+                                                          "privacy-models is local"),
+    ({"privacy-models": "local", "min-tolerated-sites": 2}, "min-tolerated-sites has no effect: "
+                                                            "privacy-models is local"),
+    ({"max-epsilon": 0.05}, "every DP evaluation will be declined: the epsilon they may spend, "
+                            "0.05, its evaluation-epsilon 8 held to max-epsilon"),
+    ({"max-epsilon": 0.3}, "the DP evaluations of runs under accountant rdp will be declined"),
+    ({"max-epsilon": 2}, "DP evaluations will be planned at max-epsilon 2, below "
+                         "evaluation-epsilon 8: one run's evaluations spend each test unit's "
+                         "whole lifetime budget"),
+])
+def test_a_setting_without_effect_or_evaluations_declined_are_warned_of_at_start(
+        data, settings, warning):
+    """Found in review: each was accepted without a word. A warning, not a refusal: each is a
+    policy a site may hold."""
+    node_config = {"data-path": str(data)} | settings
+    check_node_config(node_config)
+    [said] = policy_warnings(node_config)
+    assert warning in said
+
+
+@pytest.mark.parametrize("settings", [
+    {}, {"evaluation": "dp", "evaluation-epsilon": 2}, {"max-epsilon": 8}, {"max-epsilon": "inf"},
+    {"privacy-models": "distributed", "max-epsilon-alone": 3, "min-tolerated-sites": 2},
+    {"privacy-models": "local", "evaluation": "off"},
+])
+def test_settings_that_take_effect_are_not_warned_of(data, settings):
+    assert policy_warnings({"data-path": str(data)} | settings) == []
+
+
+@pytest.mark.usefixtures("task_identity")
+@pytest.mark.parametrize(("max_epsilon", "accountant"), [(0.05, "prv"), (0.3, "rdp"),
+                                                          (0.3, "prv")])
+def test_the_warning_of_declined_evaluations_is_what_the_client_app_does(data, tmp_path,
+                                                                        max_epsilon, accountant):
+    """The start warning says an evaluation will be declined exactly where the ClientApp
+    declines it."""
+    ctx = context(data, tmp_path / "state", max_epsilon=max_epsilon, accountant=accountant,
+                  node={"evaluation": "dp"})
+    declined = refused_with(client_app.app(evaluate_message(), ctx), Reason.EVALUATION_REFUSED)
+    warned = [line for line in policy_warnings({"data-path": str(data),
+                                                "max-epsilon": max_epsilon})
+              if "will be declined" in line and ("every" in line or accountant in line)]
+    assert declined == bool(warned)
 
 
 def test_the_printed_default_state_folder_is_the_one_the_site_uses(data, tmp_path):
