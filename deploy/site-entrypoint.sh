@@ -319,6 +319,22 @@ export FLWR_TELEMETRY_ENABLED=0 FLWR_DISABLE_UPDATE_CHECK=1 \
     FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 \
     TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
 
+# The start time of process $1, field 22 of /proc/PID/stat (counted after its name, in
+# parentheses, which may hold spaces); nothing where there is no /proc (not Linux).
+start_time() {
+    stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 0
+    set -- ${stat##*") "}
+    echo "${20}"
+}
+# Whether process $1, started at $2, still runs: not ended, not ended but unreaped (a zombie)
+# and not another process that took its PID, all of which kill -0 takes for it (found in
+# review: the purge loop outlived its site so). Without /proc, kill -0 is all there is.
+running() {
+    [ -n "$2" ] || { kill -0 "$1" 2>/dev/null; return; }
+    stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+    set -- "$2" ${stat##*") "}
+    [ "$2" != Z ] && [ "$2" != X ] && [ "${21}" = "$1" ]
+}
 if [ "$PURGE_INTERVAL_HOURS" -gt 0 ]; then
     # The retention policy between rounds (the ClientApp also purges before each training
     # round); it lives as long as the SuperNode this shell becomes, looking every 10 s (found
@@ -328,13 +344,14 @@ if [ "$PURGE_INTERVAL_HOURS" -gt 0 ]; then
     retention=${RETENTION_DAYS:-$(python -c \
         'from fl_protocol.wire import DEFAULT_RETENTION_DAYS; print(DEFAULT_RETENTION_DAYS)')}
     set -- "$DATA_DIR" --state-dir "$STATE_DIR" --retention-days "$retention"
-    site=$$
+    site=$$ site_start=$(start_time $$)
     (
-        while kill -0 "$site" 2>/dev/null; do
+        while running "$site" "$site_start"; do
             fedintent purge "$@" || echo "site-entrypoint: scheduled purge failed (see above);" \
                 "next try in $PURGE_INTERVAL_HOURS h" >&2
             slept=0
-            while [ "$slept" -lt $((PURGE_INTERVAL_HOURS * 3600)) ] && kill -0 "$site" 2>/dev/null
+            while [ "$slept" -lt $((PURGE_INTERVAL_HOURS * 3600)) ] &&
+                running "$site" "$site_start"
             do
                 sleep 10
                 slept=$((slept + 10))

@@ -405,6 +405,39 @@ def test_the_purge_loop_ends_with_the_site(tmp_path):
             os.killpg(site.pid, signal.SIGKILL)
 
 
+def test_the_purge_loop_ends_with_a_site_that_ended_unreaped(tmp_path):
+    """Found in review: the loop looked with `kill -0`, which holds for a site that ended but
+    was not yet reaped by its parent (a zombie), and for another process that took its PID:
+    the loop ran on. Here the site's parent, this test, reaps it only once the loop is gone."""
+    env = stand_in_site(tmp_path, "exit 3\n", PURGE_INTERVAL_HOURS="1")
+    initialise_state(env)
+    site = subprocess.Popen([str(REPO / "deploy" / "site-entrypoint.sh")], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        os.waitid(os.P_PID, site.pid, os.WEXITED | os.WNOWAIT)  # ended, left a zombie
+        deadline = time.monotonic() + 300  # the loop looks every 10 s
+        while running_in_session(site.pid):
+            if time.monotonic() > deadline:
+                pytest.fail("the purge loop still runs 5 minutes after its site ended")
+            time.sleep(0.5)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(site.pid, signal.SIGKILL)
+        site.wait(timeout=60)
+
+
+def running_in_session(session: int) -> list[int]:
+    """The processes of ``session`` that have not ended (zombies left out), from /proc."""
+    found = []
+    for entry in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            state, _, _, sid = entry.read_text().rpartition(")")[2].split()[:4]
+            if int(sid) == session and state not in "ZX":
+                found.append(int(entry.parent.name))
+    return found
+
+
 def test_a_budget_too_large_for_a_number_is_refused_and_inf_means_no_limit(tmp_path):
     """1e309 overflows to infinity, which for max-epsilon means no limit at all (rounds without
     DP accepted): only a budget written as inf may mean that (found in review)."""
