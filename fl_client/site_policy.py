@@ -372,9 +372,10 @@ def unknown_setting_problem(node_config: Mapping[str, object]) -> str:
     unknown = sorted(set(node_config) - set(NODE_CONFIG_KEYS))
     if not unknown:
         return ""
-    if unknown[0] in SIMULATION_NODE_KEYS and "data-path" not in node_config:
+    if unknown[0] in SIMULATION_NODE_KEYS:
         return (f"{unknown[0]!r} is a key Flower's simulation engine sets, and no simulation "
-                "runs this site: name its data folder with data-path")
+                "runs this site" + ("" if "data-path" in node_config
+                                    else ": name its data folder with data-path"))
     close = difflib.get_close_matches(unknown[0].lower().replace("_", "-"), NODE_CONFIG_KEYS, n=1)
     return (f"{unknown[0]!r} is not a setting of the site"
             + (f" (did you mean {close[0]}?)" if close else "")

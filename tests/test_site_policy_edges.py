@@ -23,6 +23,7 @@ from fl_client.site_policy import (
     learning_rate,
     retention_days,
     site_policy,
+    unknown_setting_problem,
 )
 from fl_protocol.wire import (
     CLIP_NORM_RANGE,
@@ -89,6 +90,17 @@ def test_a_deployed_site_without_a_data_path_never_takes_its_budget_from_the_run
                   run_config=dict(RUN_CONFIG_DEFAULTS) | {"site-max-epsilon": 100.0})
     assert not is_simulated(ctx)
     assert site_policy(ctx).max_epsilon == 2.0
+
+
+def test_only_flowers_own_keys_without_a_data_path_are_named_as_a_simulations():
+    assert unknown_setting_problem({"colour": "blue"}).startswith(
+        "'colour' is not a setting of the site;")
+    assert unknown_setting_problem({"data-path": "/srv/data", "partition-id": 0}) == (
+        "'partition-id' is a key Flower's simulation engine sets, and no simulation runs this "
+        "site")
+    assert unknown_setting_problem({"partition-id": 0}) == (
+        "'partition-id' is a key Flower's simulation engine sets, and no simulation runs this "
+        "site: name its data folder with data-path")
 
 
 def test_flowers_example_node_config_outside_its_simulation_engine_is_a_deployed_site():

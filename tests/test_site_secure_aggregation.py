@@ -73,10 +73,12 @@ def public(site: int, pair: int) -> bytes:
     return public_key_to_bytes(KEYS[site][pair][1])
 
 
-def key_share(source: int, receiver: int = 7) -> bytes:
-    """What peer ``source`` sends ``receiver`` at the share-keys stage, as SecAgg+ encrypts it."""
+def key_share(source: int, receiver: int = 7, named: tuple[int, int] | None = None) -> bytes:
+    """What peer ``source`` sends ``receiver`` at the share-keys stage, as SecAgg+ encrypts it
+    (``named``: the pair of sites its plaintext names, if not those two)."""
     shared = generate_shared_key(KEYS[source][1][0], KEYS[receiver][1][1])
-    return encrypt(shared, share_keys_plaintext_concat(source, receiver, b"seed", b"key"))
+    sender, to = named or (source, receiver)
+    return encrypt(shared, share_keys_plaintext_concat(sender, to, b"seed", b"key"))
 
 
 def round_state() -> ConfigRecord:
@@ -240,8 +242,11 @@ def test_key_shares_forwarded_without_their_sources_are_refused_untrained(contex
     lambda: [key_share(8), key_share(8)],
     lambda: [key_share(8), key_share(9, receiver=8)],
     lambda: [8, 9],
+    lambda: [key_share(8), key_share(9, named=(8, 7))],
+    lambda: [key_share(8), key_share(9, named=(9, 8))],
 ], ids=["a share that does not decrypt", "peer 8's share given as peer 9's",
-        "a share for another site", "numbers"])
+        "a share for another site", "numbers", "peer 9's share naming peer 8 its sender",
+        "peer 9's share naming another receiver"])
 def test_key_shares_flower_would_fail_on_after_training_are_refused_untrained(context, shares):
     """Found in review: Flower's mod decrypts the peers' key shares only after the handler has
     trained and charged the round, so a share it cannot take cost a release that never left."""
