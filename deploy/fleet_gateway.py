@@ -14,25 +14,33 @@ answers 503 while the bodies it holds together would pass ``BUFFERED_BODIES`` ti
 one address's ``PEER_BODIES`` times; a body that stalls for ``BODY_IDLE_S`` gets 408.
 
 Before serving, it refuses a certificate and key it cannot serve, or would serve in vain
-(unreadable, not PEM, not one pair, expired), with one line naming both files; with
-``--check-certificate`` it does only that, so ``deploy/superlink.sh`` refuses before starting
-anything. It warns when the certificate expires within ``EXPIRY_WARNING_DAYS``.
+(unreadable, not PEM, not one pair, expired or not yet valid, a CA's own), and a CA certificate
+that does not verify them, with one line naming the files; with ``--check-certificate`` it does
+only that, so ``deploy/superlink.sh`` refuses before starting anything. It warns when the
+certificate expires within ``EXPIRY_WARNING_DAYS``.
+
+With ``--check-settings`` alone it checks ``deploy/superlink.sh``'s environment instead
+(:func:`check_settings`), so that a misspelled, empty or out-of-range setting is refused before
+anything starts, naming the variable.
 
     usage: python deploy/fleet_gateway.py --listen HOST:PORT --upstream 127.0.0.1:PORT \
         --ca-cert ca.crt --certfile superlink.crt --keyfile superlink.key [--max-body-mib N] \
         [--check-certificate]
+    usage: python deploy/fleet_gateway.py --check-settings
 """
 
 import argparse
 import asyncio
 import contextlib
 import datetime
+import os
 import re
 import ssl
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
 import uvicorn
@@ -45,14 +53,18 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from fl_protocol.settings import SettingRefused, check_names, port_setting
+
 FLEET_CALL = re.compile(r"[a-z][a-z-]{0,63}")
 # Headers that describe one hop, not the request; httpx sets its own.
 HOP_HEADERS = {"host", "connection", "content-length", "transfer-encoding", "keep-alive",
                "accept-encoding", "content-encoding", "upgrade", "te", "trailer"}
 UPSTREAM_TIMEOUT_S = 120.0
 MIB = 2**20
+Checked = TypeVar("Checked")
 
 MAX_BODY_MIB = 64
+MAX_BODY_LIMIT_MIB = 2**20
 """The largest request body forwarded (``--max-body-mib``). A site's largest request pushes one
 object of its model update: Flower cuts arrays into chunks of at most 5 MiB
 (``FLWR_PRIVATE_MAX_ARRAY_CHUNK_SIZE``), but a secure-aggregation round sends the whole masked
@@ -74,6 +86,19 @@ BUFFERED_BODIES = 8
 that it answers 503, which Flower's SuperNodes retry with backoff. Without it, many connections,
 each within the limit, would add up to any amount of memory (found in review: one 1.5 GB upload
 took the gateway from 42 MB to 2.8 GB, and the SuperLink stops when the gateway does)."""
+
+SETTINGS = ("CERT_DIR", "SUPERLINK_HOST", "SUPERLINK_PORT", "CONTROL_PORT", "RELEASE_PORT",
+            "SUPERLINK_DATABASE", "FLEET_MAX_BODY_MIB")
+"""deploy/superlink.sh's environment settings."""
+
+PREFIXED_SETTINGS = ("SUPERLINK_HOST", "SUPERLINK_PORT", "SUPERLINK_DATABASE",
+                     "FLEET_MAX_BODY_MIB")
+"""The settings whose name after a prefix (``FEDINTENT_SUPERLINK_HOST``) is refused too; not
+CERT_DIR (OpenSSL's ``SSL_CERT_DIR``) or the generic ``*_PORT`` names other tools set."""
+
+PORT_SETTINGS = ("SUPERLINK_PORT", "CONTROL_PORT", "RELEASE_PORT")
+
+SQLITE_HEADER = b"SQLite format 3\0"
 
 EXPIRY_WARNING_DAYS = 30
 """Warn at start when the SuperLink's certificate expires within this many days: past that date
@@ -111,10 +136,7 @@ class BodyBudget:
 def make_app(upstream: str, ca_cert: str, max_body_mib: float = MAX_BODY_MIB,
              body_idle_s: float = BODY_IDLE_S) -> Starlette:
     """The gateway: Fleet calls and the health check go to ``upstream``; all else gets 404."""
-    # The SuperLink on loopback is verified against the CA, not by name: its certificate names
-    # the public address, which need not include 127.0.0.1.
-    context = ssl.create_default_context(cafile=ca_cert)
-    context.check_hostname = False
+    context = _client_context(ca_cert)
     client = httpx.AsyncClient(base_url=f"https://{upstream}", verify=context,
                                timeout=UPSTREAM_TIMEOUT_S)
     limit = int(max_body_mib * MIB)
@@ -210,13 +232,15 @@ def _not_here() -> Response:
                          "operator submits runs on the SuperLink's machine"}, status_code=404)
 
 
-def check_server_certificate(certfile: str, keyfile: str,
+def check_server_certificate(certfile: str, keyfile: str, ca_cert: str,
                              now: datetime.datetime | None = None) -> str | None:
     """Refuse (:class:`CertificateRefused`) a certificate and key that are unreadable, not PEM,
-    not one pair, or expired at ``now``; return a warning when the certificate expires within
+    not one pair, a CA's own, expired or not yet valid at ``now``, and a ``ca_cert`` that does
+    not verify them; return a warning when the certificate expires within
     ``EXPIRY_WARNING_DAYS``. uvicorn had refused the first with a traceback naming neither file
-    (``PEM lib``, ``KEY_VALUES_MISMATCH``), and served an expired one without a word (found in
-    review)."""
+    (``PEM lib``, ``KEY_VALUES_MISMATCH``), and served an expired one, one from another CA, or
+    the CA's own pair (its key then on the SuperLink, against the guide) without a word: every
+    site then reported a network problem (found in review)."""
     pair = f"cannot use {certfile} and {keyfile}"
     try:
         cert = _leaf_certificate(Path(certfile))
@@ -226,15 +250,96 @@ def check_server_certificate(certfile: str, keyfile: str,
     if _spki(cert.public_key()) != public_key:
         raise CertificateRefused(f"{pair}: the key is not the certificate's (their public keys "
                                  "differ)")
+    if _is_ca(cert):
+        raise CertificateRefused(f"cannot use {certfile}: it is a CA certificate "
+                                 "(basicConstraints CA:TRUE); the SuperLink needs its own "
+                                 "certificate, issued by the CA, and the CA's key kept away")
     now = now or datetime.datetime.now(datetime.UTC)
-    expires = cert.not_valid_after_utc
+    starts, expires = cert.not_valid_before_utc, cert.not_valid_after_utc
+    if starts > now:
+        raise CertificateRefused(f"cannot use {certfile}: it is not valid before "
+                                 f"{starts:%Y-%m-%d %H:%M} UTC; check this machine's clock, or "
+                                 "issue one valid now")
     if expires <= now:
         raise CertificateRefused(f"cannot use {certfile}: it expired on {expires:%Y-%m-%d %H:%M} "
                                  "UTC; renew it and start the SuperLink again")
+    _check_ca_certificate(Path(ca_cert), certfile, keyfile)
     if expires - now <= datetime.timedelta(days=EXPIRY_WARNING_DAYS):
         return (f"warning: {certfile} expires on {expires:%Y-%m-%d %H:%M} UTC, in "
                 f"{(expires - now).days} days: renew it and restart the SuperLink before then")
     return None
+
+
+def _check_ca_certificate(path: Path, certfile: str, keyfile: str) -> None:
+    """Refuse a ``ca.crt`` that is unreadable, holds no PEM certificate or one that is not a
+    CA's, or does not verify ``certfile`` as a site would: the SuperLink verifies the gateway
+    against it, so with the wrong file every forwarded request got 502, and the sites reported
+    a network problem (found in review)."""
+    refused = f"cannot use {path}"
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise CertificateRefused(f"{refused}: cannot read it: {err.strerror}") from None
+    if not data.strip():
+        raise CertificateRefused(f"{refused}: it is empty")
+    try:
+        authorities = x509.load_pem_x509_certificates(data)
+    except ValueError:
+        raise CertificateRefused(f"{refused}: it is not a PEM certificate") from None
+    if not all(_is_ca(authority) for authority in authorities):
+        raise CertificateRefused(f"{refused}: it is not a CA certificate (basicConstraints "
+                                 "CA:FALSE or missing)")
+    reason = _verify_message(str(path), certfile, keyfile)
+    if reason:
+        raise CertificateRefused(f"{refused}: it does not verify {certfile} ({reason})")
+
+
+def _is_ca(cert: x509.Certificate) -> bool:
+    try:
+        return cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    except x509.ExtensionNotFound:
+        return False
+
+
+def _verify_message(ca_cert: str, certfile: str, keyfile: str) -> str | None:
+    """OpenSSL's reason ("unable to get local issuer certificate", ...) for refusing the server
+    ``certfile`` when trusting ``ca_cert`` alone, as the sites and the gateway do, or None: one
+    TLS handshake in memory, so a chain in either file counts as it does on the wire."""
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(certfile, keyfile)
+    client_in, client_out, server_in, server_out = (ssl.MemoryBIO() for _ in range(4))
+    client = _client_context(ca_cert).wrap_bio(client_in, client_out)
+    served = server.wrap_bio(server_in, server_out, server_side=True)
+    for _ in range(8):  # a TLS 1.3 handshake takes two round trips
+        try:
+            client.do_handshake()
+            return None
+        except ssl.SSLWantReadError:
+            pass
+        except ssl.SSLCertVerificationError as err:
+            return err.verify_message
+        server_in.write(client_out.read())
+        with contextlib.suppress(ssl.SSLWantReadError):
+            served.do_handshake()
+        client_in.write(server_out.read())
+    return "the TLS handshake did not finish"
+
+
+def _client_context(ca_cert: str) -> ssl.SSLContext:
+    """A client context trusting ``ca_cert`` alone; the SuperLink on loopback is verified
+    against the CA, not by name: its certificate names the public address, which need not
+    include 127.0.0.1. A file it cannot use is refused naming it (it had been a traceback)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    try:
+        context.load_verify_locations(cafile=ca_cert)
+    except ssl.SSLError as err:
+        raise CertificateRefused(f"cannot use {ca_cert}: it is not a PEM CA certificate "
+                                 f"({err.reason or err})") from None
+    except OSError as err:
+        raise CertificateRefused(f"cannot use {ca_cert}: cannot read it: {err.strerror}"
+                                 ) from None
+    return context
 
 
 def _leaf_certificate(path: Path) -> x509.Certificate:
@@ -264,39 +369,112 @@ def _spki(public_key: PublicKeyTypes) -> bytes:
                                    serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
-def _checked_certificate(certfile: str, keyfile: str) -> str | None:
-    """:func:`check_server_certificate`'s warning; a refusal is one line and exit status 2."""
+def check_settings(environ: Mapping[str, str]) -> None:
+    """Refuse (:class:`~fl_protocol.settings.SettingRefused`, naming the variable) what
+    deploy/superlink.sh would otherwise start with in vain or against the operator's intent: a
+    misspelled or empty setting, a port outside [1, 65535] or shared by two settings, a body
+    limit that is not a number of MiB, and a ``SUPERLINK_DATABASE`` Flower cannot open (each
+    had been a traceback after start, or a silent fallback; found in review)."""
+    check_names(environ, SETTINGS, PREFIXED_SETTINGS, "deploy/superlink.sh")
+    ports: dict[int, str] = {}
+    for name in (name for name in PORT_SETTINGS if name in environ):
+        port = port_setting(environ, name)
+        if port in ports:
+            raise SettingRefused(f"{ports[port]} and {name} are both {port}; each needs its own "
+                                 "port")
+        ports[port] = name
+    if "FLEET_MAX_BODY_MIB" in environ:
+        _max_body_mib(environ["FLEET_MAX_BODY_MIB"], "FLEET_MAX_BODY_MIB")
+    if "SUPERLINK_DATABASE" in environ:
+        _check_database(environ["SUPERLINK_DATABASE"])
+
+
+def _max_body_mib(text: str, name: str) -> float:
+    """``text`` as a body limit in MiB, in (0, ``MAX_BODY_LIMIT_MIB``]; the error names
+    ``name``, the setting or option the operator wrote."""
     try:
-        return check_server_certificate(certfile, keyfile)
-    except CertificateRefused as err:
+        mib = float(text)
+    except ValueError:
+        mib = float("nan")
+    if not 0 < mib <= MAX_BODY_LIMIT_MIB:
+        raise SettingRefused(f"{name} must be a number of MiB in (0, {MAX_BODY_LIMIT_MIB}], "
+                             f"got {text}")
+    return mib
+
+
+def _check_database(value: str) -> None:
+    """Refuse a ``SUPERLINK_DATABASE`` file path that is a folder, lies in a folder that does
+    not exist, or is a file other than an SQLite database (read, never changed); Flower's own
+    names (``:memory:``, ``sqlite://...``) are left to it."""
+    if value.startswith(":") or "://" in value:
+        return
+    path, refused = Path(value), f"SUPERLINK_DATABASE {value}"
+    if path.is_dir():
+        raise SettingRefused(f"{refused} is a folder; give the state file's path, e.g. "
+                             f"{path / 'superlink.db'}")
+    if not path.parent.is_dir():
+        raise SettingRefused(f"{refused}: its folder {path.parent} does not exist")
+    if not path.exists():
+        return
+    try:
+        with path.open("rb") as file:
+            header = file.read(len(SQLITE_HEADER))
+    except OSError as err:
+        raise SettingRefused(f"{refused}: cannot read it: {err.strerror}") from None
+    if header and header != SQLITE_HEADER:
+        raise SettingRefused(f"{refused} is not an SQLite database (left as it is); give the "
+                             "SuperLink's state file, or a new path")
+
+
+def listen_address(text: str) -> tuple[str, int]:
+    """``--listen HOST:PORT`` as (host, port), with the port in [1, 65535]: a larger one had
+    bound the port modulo 65536."""
+    host, _, port = text.rpartition(":")
+    if not host or not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
+        raise argparse.ArgumentTypeError(f"must be HOST:PORT with a port in [1, 65535], got "
+                                         f"{text!r}")
+    return host.strip("[]"), int(port)
+
+
+def _refused_exits(check: Callable[[], Checked]) -> Checked:
+    """``check()``'s result; a refusal is one line and exit status 2."""
+    try:
+        return check()
+    except (CertificateRefused, SettingRefused) as err:
         print(f"superlink: {err}", file=sys.stderr)
         sys.exit(2)
 
 
 def main() -> None:
+    if sys.argv[1:] == ["--check-settings"]:
+        _refused_exits(lambda: check_settings(os.environ))
+        return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--listen", required=True, metavar="HOST:PORT")
+    parser.add_argument("--listen", required=True, metavar="HOST:PORT", type=listen_address)
     parser.add_argument("--upstream", required=True, metavar="127.0.0.1:PORT")
     parser.add_argument("--ca-cert", required=True)
     parser.add_argument("--certfile", required=True)
     parser.add_argument("--keyfile", required=True)
-    parser.add_argument("--max-body-mib", type=float, default=MAX_BODY_MIB,
+    parser.add_argument("--max-body-mib", default=str(MAX_BODY_MIB),
                         help="largest request body forwarded, in MiB (default: %(default)s)")
     parser.add_argument("--check-certificate", action="store_true",
-                        help="only check --certfile and --keyfile, as before serving, and exit")
+                        help="only check --ca-cert, --certfile and --keyfile, as before "
+                             "serving, and exit")
     args = parser.parse_args()
-    if not 0 < args.max_body_mib <= 2**20:
-        parser.error(f"--max-body-mib must be a number of MiB in (0, {2**20}], got "
-                     f"{args.max_body_mib:g}")
-    warning = _checked_certificate(args.certfile, args.keyfile)
+    try:
+        max_body_mib = _max_body_mib(args.max_body_mib, "--max-body-mib")
+    except SettingRefused as err:
+        parser.error(str(err))
+    warning = _refused_exits(lambda: check_server_certificate(args.certfile, args.keyfile,
+                                                              args.ca_cert))
     if args.check_certificate:
         return  # the warning comes once, when the gateway starts
     if warning:
         print(f"superlink: {warning}", file=sys.stderr)
-    host, _, port = args.listen.rpartition(":")
-    uvicorn.run(make_app(args.upstream, args.ca_cert, args.max_body_mib), host=host.strip("[]"),
-                port=int(port), ssl_certfile=args.certfile, ssl_keyfile=args.keyfile,
-                log_level="warning")
+    app = _refused_exits(lambda: make_app(args.upstream, args.ca_cert, max_body_mib))
+    host, port = args.listen
+    uvicorn.run(app, host=host, port=port, ssl_certfile=args.certfile,
+                ssl_keyfile=args.keyfile, log_level="warning")
 
 
 if __name__ == "__main__":

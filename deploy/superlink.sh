@@ -10,8 +10,9 @@
 # Signed releases reach the SuperLink from `fedintent deploy-run` on 127.0.0.1:RELEASE_PORT.
 #
 #   CERT_DIR            folder with ca.crt, superlink.crt, superlink.key (required)
-#                       (refused, exit 2, if superlink.crt is not superlink.key's or has
-#                       expired; a warning within 30 days of its expiry)
+#                       (refused, exit 2, if superlink.crt is not superlink.key's, is a CA's,
+#                       has expired or is not valid yet, or ca.crt is not a CA certificate
+#                       that verifies it; a warning within 30 days of its expiry)
 #   SUPERLINK_HOST      public address for the sites (default 0.0.0.0)
 #   SUPERLINK_PORT      public port for the sites, Fleet API only (default 9093)
 #   CONTROL_PORT        port on 127.0.0.1 for flwr, fedintent deploy-run and the ServerApp
@@ -21,35 +22,50 @@
 #   SUPERLINK_DATABASE  state file, so registered sites survive a restart (default: in memory)
 #   FLEET_MAX_BODY_MIB  largest request body the gateway forwards, in MiB (default 64: see
 #                       MAX_BODY_MIB in deploy/fleet_gateway.py)
+#
+# Before anything starts, a variable that looks like a setting but is none (SUPERLINK_HOTS,
+# superlink_database, FEDINTENT_SUPERLINK_HOST), a setting set but empty, a port outside
+# [1, 65535] or used twice, and a SUPERLINK_DATABASE that is a folder, lies in a missing folder
+# or is not an SQLite file are refused (exit 2, naming the variable): each had fallen back to a
+# default without a word, or failed after start (fleet_gateway.py --check-settings).
 set -eu
 
+for command in python flower-superlink; do
+    command -v "$command" > /dev/null || {
+        echo "superlink: $command is not on PATH; activate the virtual environment fedintent" \
+            "is installed in (. .venv/bin/activate) and start again" >&2
+        exit 2; }
+done
 : "${CERT_DIR:?set CERT_DIR to the folder holding ca.crt, superlink.crt and superlink.key}"
+# Defaults for unset settings only: one set but empty is refused by the check below.
+export SUPERLINK_HOST="${SUPERLINK_HOST-0.0.0.0}" SUPERLINK_PORT="${SUPERLINK_PORT-9093}" \
+    CONTROL_PORT="${CONTROL_PORT-9091}" RELEASE_PORT="${RELEASE_PORT-9095}"
+here="$(cd "$(dirname "$0")" && pwd)"
+python "$here/fleet_gateway.py" --check-settings || exit 2
 for file in ca.crt superlink.crt superlink.key; do
     [ -r "$CERT_DIR/$file" ] || { echo "superlink: cannot read $CERT_DIR/$file" >&2; exit 2; }
 done
-here="$(cd "$(dirname "$0")" && pwd)"
-CONTROL_PORT="${CONTROL_PORT:-9091}"
 
 # The Fleet gateway on the public address, with these arguments added; it replaces the shell
 # that calls it, so its process id is the one to stop.
 fleet_gateway() {
     exec python "$here/fleet_gateway.py" \
-        --listen "${SUPERLINK_HOST:-0.0.0.0}:${SUPERLINK_PORT:-9093}" \
+        --listen "$SUPERLINK_HOST:$SUPERLINK_PORT" \
         --upstream "127.0.0.1:$CONTROL_PORT" \
         --ca-cert "$CERT_DIR/ca.crt" \
         --certfile "$CERT_DIR/superlink.crt" \
         --keyfile "$CERT_DIR/superlink.key" \
         ${FLEET_MAX_BODY_MIB:+--max-body-mib "$FLEET_MAX_BODY_MIB"} "$@"
 }
-# Before anything starts: a certificate and key that are garbage, not one pair or expired are
-# refused in one line naming the files (Flower would serve an expired one, and the sites report
-# it as a network problem).
+# Before anything starts: a certificate and key that are garbage, not one pair, a CA's, expired
+# or not yet valid, and a ca.crt that does not verify them, are refused in one line naming the
+# files (Flower would serve them, and the sites report it as a network problem).
 (fleet_gateway --check-certificate) || exit 2
 
 export FLWR_TELEMETRY_ENABLED=0 FLWR_DISABLE_UPDATE_CHECK=1 \
     FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 \
     TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1 \
-    FLWR_SUPERGRID_API_URL="http://127.0.0.1:${RELEASE_PORT:-9095}"
+    FLWR_SUPERGRID_API_URL="http://127.0.0.1:$RELEASE_PORT"
 
 set -- \
     --ssl-ca-certfile "$CERT_DIR/ca.crt" \

@@ -870,14 +870,20 @@ def superlink_sh(env: dict) -> tuple[int, str, str]:
 def expired_certificate(creds) -> bytes:
     """The SuperLink's certificate re-issued by its CA for the same key and names, valid in
     2020 only."""
+    return reissued(creds, datetime.datetime(2020, 1, 1, tzinfo=datetime.UTC),
+                    datetime.datetime(2021, 1, 1, tzinfo=datetime.UTC))
+
+
+def reissued(creds, not_before: datetime.datetime, not_after: datetime.datetime) -> bytes:
+    """The SuperLink's certificate re-issued by its CA for the same key and names, valid from
+    ``not_before`` to ``not_after``."""
     ca_key = load_pem_private_key(creds.ca_key.read_bytes(), None)
     ca_cert = x509.load_pem_x509_certificate(creds.ca_cert.read_bytes())
     current = x509.load_pem_x509_certificate(creds.server_cert.read_bytes())
     builder = (x509.CertificateBuilder().subject_name(current.subject)
                .issuer_name(ca_cert.subject).public_key(current.public_key())
                .serial_number(x509.random_serial_number())
-               .not_valid_before(datetime.datetime(2020, 1, 1, tzinfo=datetime.UTC))
-               .not_valid_after(datetime.datetime(2021, 1, 1, tzinfo=datetime.UTC)))
+               .not_valid_before(not_before).not_valid_after(not_after))
     for extension in current.extensions:
         builder = builder.add_extension(extension.value, extension.critical)
     return builder.sign(ca_key, hashes.SHA384()).public_bytes(serialization.Encoding.PEM)
@@ -977,7 +983,7 @@ def test_the_gateway_warns_within_30_days_of_the_certificate_expiring(gateway, s
 
     def check(days_left: float) -> str | None:
         return gateway.check_server_certificate(
-            str(creds.server_cert), str(creds.server_key),
+            str(creds.server_cert), str(creds.server_key), str(creds.ca_cert),
             now=expires - datetime.timedelta(days=days_left))
 
     assert check(31) is None

@@ -1,0 +1,235 @@
+"""What ``deploy/superlink.sh`` refuses before it starts anything (review 120): a ``ca.crt`` that
+does not verify ``superlink.crt``, a server certificate not valid yet or a CA's own, and a
+misspelled, empty or out-of-range setting; each in one line naming the file or the variable,
+exit 2. The checks run as ``deploy/fleet_gateway.py --check-settings`` and
+``--check-certificate``; nothing here listens on a port.
+"""
+
+import datetime
+import hashlib
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from test_operator_side import cert_dir, reissued, run_superlink_sh, superlink_sh
+
+from fedintent.launch.certificates import site_names, write_dev_credentials
+from fedintent.launch.flower_cli import flower_env
+from fedintent.launch.processes import free_port
+from fl_protocol.settings import SettingRefused
+
+REPO = Path(__file__).resolve().parents[1]
+GATEWAY = REPO / "deploy" / "fleet_gateway.py"
+
+
+@pytest.fixture(scope="module")
+def gateway():
+    """``deploy/fleet_gateway.py`` as a module (the folder is scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location("fleet_gateway", GATEWAY)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def creds(tmp_path_factory):
+    """Development credentials, and a second CA's, for 127.0.0.1."""
+    tmp = tmp_path_factory.mktemp("superlink-checks")
+    return {name: write_dev_credentials(tmp / name, site_names(1), ["127.0.0.1"], ["localhost"])
+            for name in ("ours", "other")}
+
+
+# --- ca.crt (H1) ------------------------------------------------------------------------------
+
+def replace_ca(certs: Path, case: str, creds: dict) -> str:
+    """Make ``certs/ca.crt`` the ``case`` of a wrong CA file; the reason superlink.sh gives."""
+    ca = certs / "ca.crt"
+    ca.unlink()
+    if case == "another CA's":
+        ca.write_bytes(creds["other"].ca_cert.read_bytes())
+        return f"it does not verify {certs / 'superlink.crt'} (unable to get local issuer " \
+               "certificate)"
+    if case == "a leaf":
+        ca.write_bytes(creds["ours"].server_cert.read_bytes())
+        return "it is not a CA certificate (basicConstraints CA:FALSE or missing)"
+    if case == "a directory":
+        ca.mkdir()
+        return "cannot read it: Is a directory"
+    if case == "a key":
+        ca.write_bytes(creds["ours"].server_key.read_bytes())
+        return "it is not a PEM certificate"
+    ca.write_bytes(b"")
+    return "it is empty"
+
+
+@pytest.mark.parametrize("case", ["another CA's", "a leaf", "a directory", "a key", "empty"])
+def test_superlink_sh_refuses_a_ca_cert_that_does_not_verify_its_certificate(creds, tmp_path,
+                                                                             case):
+    """Found in review: with another CA's or a leaf as ca.crt it started, and every site got
+    502; with a directory, a key or an empty file the gateway died with a traceback after
+    flower-superlink had started."""
+    certs = cert_dir(creds["ours"], tmp_path / "certs")
+    reason = replace_ca(certs, case, creds)
+    assert run_superlink_sh(certs, tmp_path / "home") == (
+        2, f"superlink: cannot use {certs / 'ca.crt'}: {reason}\n")
+
+
+def test_the_gateway_names_a_ca_cert_it_cannot_load(gateway, tmp_path):
+    """make_app had died in ssl.create_default_context with a traceback."""
+    with pytest.raises(gateway.CertificateRefused, match=f"cannot use {tmp_path}: cannot read "
+                       "it: Is a directory"):
+        gateway.make_app("127.0.0.1:9", str(tmp_path))
+
+
+def test_the_right_ca_passes(gateway, creds):
+    ours = creds["ours"]
+    assert gateway.check_server_certificate(str(ours.server_cert), str(ours.server_key),
+                                            str(ours.ca_cert)) is None
+
+
+# --- the server certificate (L1) --------------------------------------------------------------
+
+def test_a_certificate_not_valid_yet_is_refused(gateway, creds, tmp_path):
+    now = datetime.datetime.now(datetime.UTC)
+    future = tmp_path / "superlink.crt"
+    future.write_bytes(reissued(creds["ours"], now + datetime.timedelta(days=3),
+                                now + datetime.timedelta(days=300)))
+    with pytest.raises(gateway.CertificateRefused, match=f"cannot use {future}: it is not valid "
+                       "before .* UTC; check this machine's clock"):
+        gateway.check_server_certificate(str(future), str(creds["ours"].server_key),
+                                         str(creds["ours"].ca_cert))
+
+
+def test_the_cas_own_pair_is_refused_as_the_server_pair(gateway, creds):
+    """Found in review: accepted, so ca.key would sit on the SuperLink (the guide forbids it)."""
+    ours = creds["ours"]
+    with pytest.raises(gateway.CertificateRefused, match=f"cannot use {ours.ca_cert}: it is a "
+                       r"CA certificate \(basicConstraints CA:TRUE\)"):
+        gateway.check_server_certificate(str(ours.ca_cert), str(ours.ca_key), str(ours.ca_cert))
+
+
+# --- the settings (M1, M2, L4) ----------------------------------------------------------------
+
+@pytest.mark.parametrize("environ, refusal", [
+    ({"SUPERLINK_HOTS": "10.0.0.5"}, "SUPERLINK_HOTS is not a setting of deploy/superlink.sh "
+     "(did you mean SUPERLINK_HOST?)"),
+    ({"SUPERLINK_DATABSE": "/srv/state.db"}, "did you mean SUPERLINK_DATABASE?"),
+    ({"superlink_host": "10.0.0.5"}, "did you mean SUPERLINK_HOST?"),
+    ({"FEDINTENT_SUPERLINK_DATABASE": "x"}, "did you mean SUPERLINK_DATABASE?"),
+    ({"CONTROL_PROT": "9091"}, "did you mean CONTROL_PORT?"),
+    ({"SUPERLINK_HOST": ""}, "SUPERLINK_HOST is set but empty; give it a value, or unset it"),
+    ({"SUPERLINK_DATABASE": " "}, "SUPERLINK_DATABASE is set but empty"),
+    ({"SUPERLINK_PORT": "70000"}, "SUPERLINK_PORT must be a port in [1, 65535], got '70000'"),
+    ({"CONTROL_PORT": "abc"}, "CONTROL_PORT must be a port in [1, 65535], got 'abc'"),
+    ({"RELEASE_PORT": "0"}, "RELEASE_PORT must be a port in [1, 65535], got '0'"),
+    ({"RELEASE_PORT": "9O95"}, "RELEASE_PORT must be a port"),
+    ({"SUPERLINK_PORT": "tcp://10.0.0.7:9093"}, "a Kubernetes service link"),
+    ({"SUPERLINK_PORT": "9091", "CONTROL_PORT": "9091"},
+     "SUPERLINK_PORT and CONTROL_PORT are both 9091; each needs its own port"),
+    ({"CONTROL_PORT": "9095", "RELEASE_PORT": "9095"}, "CONTROL_PORT and RELEASE_PORT are both"),
+    ({"FLEET_MAX_BODY_MIB": "abc"},
+     "FLEET_MAX_BODY_MIB must be a number of MiB in (0, 1048576], got abc"),
+    ({"FLEET_MAX_BODY_MIB": "nan"}, "FLEET_MAX_BODY_MIB must be a number of MiB"),
+])
+def test_settings_that_would_start_in_vain_are_refused_naming_the_variable(gateway, environ,
+                                                                           refusal):
+    """Found in review: a misspelled or empty setting fell back to its default (the gateway on
+    every interface, the state in memory), 70000 bound port 4464, and a word was a traceback
+    after start."""
+    with pytest.raises(SettingRefused) as refused:
+        gateway.check_settings({"PATH": "/usr/bin"} | environ)
+    assert refusal in str(refused.value)
+
+
+@pytest.mark.parametrize("environ", [
+    {"PATH": "/usr/bin", "HOME": "/root", "LANG": "C.UTF-8", "SSL_CERT_DIR": "/etc/ssl/certs"},
+    # Kubernetes, for Services named superlink, control and fedintent-superlink
+    {"SUPERLINK_SERVICE_HOST": "10.0.0.7", "SUPERLINK_SERVICE_PORT": "9093",
+     "SUPERLINK_PORT_9093_TCP": "tcp://10.0.0.7:9093", "SUPERLINK_PORT_9093_TCP_PORT": "9093",
+     "SUPERLINK_PORT_9093_TCP_ADDR": "10.0.0.7", "CONTROL_SERVICE_PORT": "80",
+     "FEDINTENT_SUPERLINK_PORT": "tcp://10.0.0.8:9093"},
+    # the site's settings, and other tools' ports
+    {"SUPERLINK": "10.0.0.5:9093", "SUPERNODE_PORT": "9094", "HEALTH_PORT": "9096",
+     "GRAFANA_CONTROL_PORT": "3000", "MAX_JOBS": "2"},
+    {"CERT_DIR": "/etc/fedintent", "SUPERLINK_HOST": "10.0.0.5", "SUPERLINK_PORT": "9093",
+     "CONTROL_PORT": "9091", "RELEASE_PORT": "9095", "FLEET_MAX_BODY_MIB": "128",
+     "SUPERLINK_DATABASE": ":flwr-in-memory:"},
+])
+def test_other_variables_and_good_settings_pass(gateway, environ):
+    gateway.check_settings(environ)
+
+
+def test_a_database_path_flower_cannot_open_is_refused_and_left_alone(gateway, tmp_path):
+    """Found in review: a folder, a path in a missing folder, or a file that is not SQLite was a
+    sqlalchemy traceback after start that did not name SUPERLINK_DATABASE."""
+    garbage = tmp_path / "garbage.db"
+    garbage.write_bytes(b"not a database\n")
+    refusals = {}
+    for path in (tmp_path, tmp_path / "nope" / "state.db", garbage):
+        with pytest.raises(SettingRefused) as refused:
+            gateway.check_settings({"SUPERLINK_DATABASE": str(path)})
+        refusals[path] = str(refused.value)
+    assert refusals == {
+        tmp_path: f"SUPERLINK_DATABASE {tmp_path} is a folder; give the state file's path, e.g. "
+                  f"{tmp_path / 'superlink.db'}",
+        tmp_path / "nope" / "state.db": f"SUPERLINK_DATABASE {tmp_path / 'nope' / 'state.db'}: "
+                                        f"its folder {tmp_path / 'nope'} does not exist",
+        garbage: f"SUPERLINK_DATABASE {garbage} is not an SQLite database (left as it is); give "
+                 "the SuperLink's state file, or a new path"}
+    assert garbage.read_bytes() == b"not a database\n"
+    gateway.check_settings({"SUPERLINK_DATABASE": str(tmp_path / "new.db")})
+
+
+def superlink_sh_with(creds, tmp_path: Path, **settings: str) -> tuple[int, str]:
+    """deploy/superlink.sh with ``settings`` over settings that would start it on free loopback
+    ports: (status, output)."""
+    env = flower_env(tmp_path / "home") | {
+        "CERT_DIR": str(creds["ours"].ca_cert.parent), "SUPERLINK_HOST": "127.0.0.1",
+        "SUPERLINK_PORT": str(free_port()), "CONTROL_PORT": str(free_port()),
+        "RELEASE_PORT": str(free_port())} | settings
+    code, out, err = superlink_sh(env)
+    return code, out + err
+
+
+@pytest.mark.parametrize("settings, refusal", [
+    ({"SUPERLINK_HOTS": "127.0.0.1"}, "SUPERLINK_HOTS is not a setting of deploy/superlink.sh "
+     "(did you mean SUPERLINK_HOST?)"),
+    # not SUPERLINK_HOST: without the check, the test would listen on every interface
+    ({"SUPERLINK_DATABASE": ""}, "SUPERLINK_DATABASE is set but empty; give it a value, or "
+     "unset it for the default"),
+    ({"SUPERLINK_PORT": "70000"}, "SUPERLINK_PORT must be a port in [1, 65535], got '70000'"),
+    ({"FLEET_MAX_BODY_MIB": "abc"},
+     "FLEET_MAX_BODY_MIB must be a number of MiB in (0, 1048576], got abc"),
+])
+def test_superlink_sh_refuses_a_setting_before_starting(creds, tmp_path, settings, refusal):
+    assert superlink_sh_with(creds, tmp_path, **settings) == (2, f"superlink: {refusal}\n")
+
+
+def test_superlink_sh_without_python_on_path_says_what_to_do(creds, tmp_path):
+    """Found in review: ``superlink.sh: 36: exec: python: not found``."""
+    (tmp_path / "bin").mkdir()
+    code, output = superlink_sh_with(creds, tmp_path, PATH=str(tmp_path / "bin"))
+    assert (code, output) == (2, "superlink: python is not on PATH; activate the virtual "
+                              "environment fedintent is installed in (. .venv/bin/activate) and "
+                              "start again\n")
+
+
+def test_the_gateway_refuses_a_listen_port_out_of_range():
+    result = subprocess.run(
+        [sys.executable, str(GATEWAY), "--listen", "127.0.0.1:70000", "--upstream",
+         "127.0.0.1:9", "--ca-cert", "x", "--certfile", "x", "--keyfile", "x",
+         "--check-certificate"], capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 2
+    assert ("argument --listen: must be HOST:PORT with a port in [1, 65535], got "
+            "'127.0.0.1:70000'") in result.stderr
+
+
+def test_superlink_sh_leaves_a_database_it_refuses_unchanged(creds, tmp_path):
+    garbage = tmp_path / "state.db"
+    garbage.write_bytes(b"garbage\n" * 100)
+    digest = hashlib.sha256(garbage.read_bytes()).hexdigest()
+    code, output = superlink_sh_with(creds, tmp_path, SUPERLINK_DATABASE=str(garbage))
+    assert code == 2 and "is not an SQLite database" in output
+    assert hashlib.sha256(garbage.read_bytes()).hexdigest() == digest
