@@ -64,13 +64,16 @@ MIB = 2**20
 Checked = TypeVar("Checked")
 
 MAX_BODY_MIB = 64
-MAX_BODY_LIMIT_MIB = 2**20
 """The largest request body forwarded (``--max-body-mib``). A site's largest request pushes one
 object of its model update: Flower cuts arrays into chunks of at most 5 MiB
 (``FLWR_PRIVATE_MAX_ARRAY_CHUNK_SIZE``), but a secure-aggregation round sends the whole masked
 update as one record of 32-bit words: 6.9 MiB for ``minilm-finetune`` on BANKING77's 77 intents
 (1.8 M weights), the largest family. 64 MiB is nine times that, enough for ``ngram`` (8192
 weights per intent) with 2,000 intents; a larger taxonomy needs a larger limit."""
+
+MAX_BODY_LIMIT_MIB = 2**20
+"""The largest ``--max-body-mib`` (``FLEET_MAX_BODY_MIB``) accepted: 1 TiB, a limit in name only,
+but a number."""
 
 BODY_IDLE_S = 30.0
 """The longest a request body may go without a new byte (408 after it): a stalled sender lets
@@ -272,7 +275,7 @@ def check_server_certificate(certfile: str, keyfile: str, ca_cert: str,
 
 def _check_ca_certificate(path: Path, certfile: str, keyfile: str) -> None:
     """Refuse a ``ca.crt`` that is unreadable, holds no PEM certificate or one that is not a
-    CA's, or does not verify ``certfile`` as a site would: the SuperLink verifies the gateway
+    CA's, or does not verify ``certfile`` as a site would: the gateway verifies the SuperLink
     against it, so with the wrong file every forwarded request got 502, and the sites reported
     a network problem (found in review)."""
     refused = f"cannot use {path}"
@@ -304,25 +307,29 @@ def _is_ca(cert: x509.Certificate) -> bool:
 def _verify_message(ca_cert: str, certfile: str, keyfile: str) -> str | None:
     """OpenSSL's reason ("unable to get local issuer certificate", ...) for refusing the server
     ``certfile`` when trusting ``ca_cert`` alone, as the sites and the gateway do, or None: one
-    TLS handshake in memory, so a chain in either file counts as it does on the wire."""
+    TLS handshake in memory, so a chain in either file counts as it does on the wire. A pair no
+    client can connect to at all (a DSA key: no shared cipher) is refused naming the pair."""
     server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     server.load_cert_chain(certfile, keyfile)
     client_in, client_out, server_in, server_out = (ssl.MemoryBIO() for _ in range(4))
     client = _client_context(ca_cert).wrap_bio(client_in, client_out)
     served = server.wrap_bio(server_in, server_out, server_side=True)
-    for _ in range(8):  # a TLS 1.3 handshake takes two round trips
-        try:
-            client.do_handshake()
-            return None
-        except ssl.SSLWantReadError:
-            pass
-        except ssl.SSLCertVerificationError as err:
-            return err.verify_message
-        server_in.write(client_out.read())
-        with contextlib.suppress(ssl.SSLWantReadError):
-            served.do_handshake()
-        client_in.write(server_out.read())
-    return "the TLS handshake did not finish"
+    try:
+        for _ in range(8):  # a TLS 1.3 handshake takes two round trips
+            with contextlib.suppress(ssl.SSLWantReadError):
+                client.do_handshake()
+                return None
+            server_in.write(client_out.read())
+            with contextlib.suppress(ssl.SSLWantReadError):
+                served.do_handshake()
+            client_in.write(server_out.read())
+    except ssl.SSLCertVerificationError as err:
+        return err.verify_message
+    except ssl.SSLError as err:
+        raise CertificateRefused(f"cannot use {certfile} and {keyfile}: a TLS client cannot "
+                                 f"connect with them ({err.reason or err})") from None
+    raise CertificateRefused(f"cannot use {certfile} and {keyfile}: a TLS handshake with them "
+                             "did not finish")
 
 
 def _client_context(ca_cert: str) -> ssl.SSLContext:

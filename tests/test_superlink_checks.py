@@ -8,11 +8,16 @@ exit 2. The checks run as ``deploy/fleet_gateway.py --check-settings`` and
 import datetime
 import hashlib
 import importlib.util
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import dsa
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from test_operator_side import cert_dir, reissued, run_superlink_sh, superlink_sh
 
 from fedintent.launch.certificates import site_names, write_dev_credentials
@@ -108,6 +113,31 @@ def test_the_cas_own_pair_is_refused_as_the_server_pair(gateway, creds):
     with pytest.raises(gateway.CertificateRefused, match=f"cannot use {ours.ca_cert}: it is a "
                        r"CA certificate \(basicConstraints CA:TRUE\)"):
         gateway.check_server_certificate(str(ours.ca_cert), str(ours.ca_key), str(ours.ca_cert))
+
+
+def test_a_pair_no_tls_client_can_connect_to_is_refused(gateway, creds, tmp_path):
+    """A DSA key from the right CA: no cipher suite both sides share, so every site would fail
+    its handshake; it is named as the pair's fault, not the CA's."""
+    ours = creds["ours"]
+    key = dsa.generate_private_key(2048)
+    ca = x509.load_pem_x509_certificate(ours.ca_cert.read_bytes())
+    current = x509.load_pem_x509_certificate(ours.server_cert.read_bytes())
+    builder = (x509.CertificateBuilder().subject_name(current.subject).issuer_name(ca.subject)
+               .public_key(key.public_key()).serial_number(x509.random_serial_number())
+               .not_valid_before(current.not_valid_before_utc)
+               .not_valid_after(current.not_valid_after_utc))
+    for extension in current.extensions:
+        builder = builder.add_extension(extension.value, extension.critical)
+    certificate, private = tmp_path / "dsa.crt", tmp_path / "dsa.key"
+    certificate.write_bytes(builder.sign(load_pem_private_key(ours.ca_key.read_bytes(), None),
+                                         hashes.SHA384()).public_bytes(serialization.Encoding.PEM))
+    private.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                          serialization.PrivateFormat.PKCS8,
+                                          serialization.NoEncryption()))
+    with pytest.raises(gateway.CertificateRefused, match=re.escape(
+            f"cannot use {certificate} and {private}: a TLS client cannot connect with them "
+            "(NO_SHARED_CIPHER)")):
+        gateway.check_server_certificate(str(certificate), str(private), str(ours.ca_cert))
 
 
 # --- the settings (M1, M2, L4) ----------------------------------------------------------------
