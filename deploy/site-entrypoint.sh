@@ -73,9 +73,10 @@ umask 077
 # site at the default, a looser budget or policy than meant, without a word; INIT_STATE=true
 # started the long-running site; a line break in a value crashed Flower's parser.
 python - <<'PY' || exit 2
-import difflib
 import os
 import sys
+
+from fl_protocol.settings import near_miss
 
 POLICY = ("MAX_EPSILON", "MAX_DELTA", "PRIVACY_UNIT", "PRIVACY_MODELS", "MIN_TOLERATED_SITES",
           "MAX_EPSILON_ALONE", "MAX_NOISE_RATIO", "LANGUAGES", "LABELS_FILE", "EVALUATION",
@@ -86,11 +87,10 @@ for name in sorted(set(os.environ) - set(POLICY) - set(OTHERS) - {"LANGUAGE"}): 
     # a near miss in any case (max_epsilon, MAX_EPSILION), or a setting's name after a prefix
     # (FEDINTENT_MAX_EPSILON); not every MAX_* or *_PORT: Kubernetes, compose and build tools
     # set their own (EVALUATION_PORT for a Service named evaluation, MAX_JOBS)
-    meant = difflib.get_close_matches(name.upper(), POLICY, n=1, cutoff=0.85) or [
-        setting for setting in POLICY if name.upper().endswith(f"_{setting}")]
+    meant = near_miss(name, POLICY, POLICY)
     if meant:
         sys.exit(f"site-entrypoint: {name} is not a setting of the site (did you mean "
-                 f"{meant[0]}?); the settings are listed at the top of deploy/site-entrypoint.sh")
+                 f"{meant}?); the settings are listed at the top of deploy/site-entrypoint.sh")
 for name in POLICY + OTHERS:
     if name in os.environ and not os.environ[name].strip() and name != "INIT_STATE":
         sys.exit(f"site-entrypoint: {name} is set but empty; give it a value, or unset it for "

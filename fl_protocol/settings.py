@@ -4,7 +4,8 @@ A misspelled setting (``SUPERLINK_HOTS``) or one set but empty (``SUPERLINK_HOST
 unset variable in a unit or compose file) had fallen back to the default without a word: a
 SuperLink listening on every interface, or keeping its state in memory (found in review).
 ``deploy/fleet_gateway.py --check-settings`` (for ``deploy/superlink.sh``) uses these;
-``deploy/site-entrypoint.sh`` applies the same rules in its own heredoc.
+``deploy/site-entrypoint.sh`` takes ``near_miss`` for the site's policy settings (its empty
+settings and control characters it checks itself: ``INIT_STATE`` may be empty there).
 """
 
 import difflib
