@@ -61,7 +61,21 @@ def written_number(name: str, text: str, span: Span | None = None) -> float:
     value = float(stripped)
     if math.isinf(value) and stripped.lstrip("+-").lower() not in ("inf", "infinity"):
         raise ValueError(too_large(name, repr(stripped), span))
+    if reads_as_zero(stripped, value):
+        raise ValueError(f"{name} {stripped!r} is too small for a number: it would read as 0")
     return value
+
+
+def is_written_number(text: str) -> bool:
+    """Whether ``text`` is a number as ``written_number`` takes one (ASCII, ``inf`` spelled)."""
+    return _NUMBER.fullmatch(text.strip()) is not None
+
+
+def reads_as_zero(text: str, value: float) -> bool:
+    """Whether ``value``, read from ``text``, is 0 where the number written is not: below a
+    float's range ``1e-400`` reads as 0, which for a delta or a tolerated-sites count is a
+    looser setting than written (found in review)."""
+    return value == 0 and re.search(r"[1-9]", re.split(r"[eE]", text)[0]) is not None
 
 
 def written_whole_number(name: str, text: str) -> int:

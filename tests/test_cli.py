@@ -68,10 +68,12 @@ def test_an_unknown_argument_is_reported_by_its_command(argv, command, named, ca
 
 
 @pytest.mark.parametrize(("option", "given", "error"), [
-    ("--epsilon", "1e400", "'1e400' is too large for a number; write inf if no limit is meant"),
+    ("--epsilon", "1e400", "'1e400' is too large for a number; write inf for no limit"),
     ("--delta", "1e-400", "'1e-400' is too small for a number: it would read as 0"),
     ("--site-max-epsilon", "2e308", "'2e308' is too large for a number"),
-    ("--max-update-norm", "1e999", "'1e999' is too large for a number"),
+    ("--max-update-norm", "1e999", "'1e999' is too large for a number; write inf for no limit"),
+    ("--clip-norm", "1e400", "'1e400' is too large for a number (see"),  # inf is refused there
+    ("--delta", "\u0661e-400", "not a number: '\u0661e-400'"),  # an Arabic-Indic one, read as 0
 ])
 def test_train_refuses_a_number_that_would_read_as_another(tmp_path, capsys, option, given,
                                                            error):
@@ -561,8 +563,8 @@ def test_the_line_for_a_round_still_going_says_whether_its_sites_train_or_evalua
     with rounds_in_progress(1, 3, tmp_path, every=0.01) as round_done:
         stale = read_until("round   1/3  in progress (")
         write_stage(tmp_path, 1, "waiting", 2)
-        waiting = read_until("round   1/3  in progress: waiting for at least 2 sites to "
-                             "connect (")
+        waiting = read_until("round   1/3  in progress: waiting for sites to connect (at "
+                             "least 2 needed) (")
         write_stage(tmp_path, 1, "training", 4)
         training = read_until("round   1/3  in progress: 4 sites training (")
         write_stage(tmp_path, 1, "evaluating", 1)

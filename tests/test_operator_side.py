@@ -132,7 +132,7 @@ def test_deploy_run_refuses_set_for_a_simulated_sites_policy(signed, tmp_path, c
 
 @pytest.mark.parametrize(("given", "error"), [
     (["--epsilon", "1e400"], "argument --epsilon: '1e400' is too large for a number; write inf "
-                             "if no limit is meant"),
+                             "for no limit"),
     (["--site-rows", "1e999"], "argument --site-rows: '1e999' is too large for a number"),
     (["--set", "delta=1e-400"], "--set delta: '1e-400' is too small for a number: it would "
                                 "read as 0"),

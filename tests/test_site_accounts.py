@@ -228,7 +228,7 @@ def test_init_site_refuses_another_accounts_folder(tmp_path, capsys, monkeypatch
 
 
 @pytest.mark.parametrize(("days", "error"), [
-    ("1e400", "'1e400' is too large for a number; write inf if no limit is meant"),
+    ("1e400", "'1e400' is too large for a number; write inf for no limit"),
     ("1e-400", "'1e-400' is too small for a number: it would read as 0"),
     ("nan", "not a number: 'nan'"),
     ("ten", "not a number: 'ten'"),

@@ -129,6 +129,16 @@ def test_the_supernode_names_the_range_of_a_node_config_number_too_large(data, s
     assert f"{setting} '1e400' is too large for a number; {message}" in str(refused.value.code)
 
 
+@pytest.mark.parametrize("setting", ["min-tolerated-sites", "max-delta"])
+def test_the_supernode_refuses_a_node_config_number_too_small_to_read(data, setting):
+    """Found in review: min-tolerated-sites=1e-400 was read as 0, a looser setting than the
+    default of 1."""
+    with pytest.raises(SystemExit) as refused:
+        checked_node_config(["--node-config", f"data-path='{data}' {setting}=1e-400"])
+    assert f"{setting} '1e-400' is too small for a number: it would read as 0" in \
+        str(refused.value.code)
+
+
 @pytest.mark.parametrize(("value", "number"), [
     (4, 4.0), (0.5, 0.5), (" 4 ", 4.0), ("inf", math.inf), ("+Infinity", math.inf),
     (".5", 0.5), ("1e-7", 1e-7), ("07", 7.0),

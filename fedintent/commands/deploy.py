@@ -16,6 +16,7 @@ from fedintent.commands.options import (
     TUNED_HELP,
     as_typed,
     created_folder,
+    finite_number_argument,
     new_out_dir,
     number_argument,
     number_read_otherwise,
@@ -112,7 +113,7 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     deploy_run.add_argument("--epsilon", type=number_argument,
                             help="per-site epsilon for the whole run; inf = no DP "
                             f"(default: {RUN_CONFIG_DEFAULTS['target-epsilon']:g})")
-    deploy_run.add_argument("--site-rows", type=number_argument, metavar="N",
+    deploy_run.add_argument("--site-rows", type=finite_number_argument, metavar="N",
                             help="the sites' mean number of training conversations, as their "
                             "operators report it: under DP the tuned learning rate is scaled "
                             f"down for sites under {TUNING_SITE_ROWS}, as `fedintent train` "

@@ -15,6 +15,7 @@ from typing import NamedTuple
 from fedintent.commands import CliError
 from fl_protocol.durable_files import remove_entry, sync_folder, sync_tree
 from fl_protocol.file_owner import os_error_line
+from fl_protocol.written_numbers import is_written_number, reads_as_zero
 from fl_server.run_config import RunConfigError, check_epsilon, check_run_config
 from fl_server.run_record import METRICS_FILE, run_files_in
 
@@ -39,29 +40,39 @@ def path_argument(text: str) -> Path:
 
 
 def number_argument(text: str) -> float:
-    """A number given on the command line (``type=`` of every number option): not NaN, and
-    the number written (``number_read_otherwise``)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if math.isnan(value):
+    """A number given on the command line where ``inf`` (no limit) is one of its values
+    (``type=`` of an epsilon, budget, retention or bound): not NaN, and the number written
+    (``number_read_otherwise``)."""
+    return _number(text, suggest_inf=True)
+
+
+def finite_number_argument(text: str) -> float:
+    """A number given on the command line where ``inf`` is none of its values (a delta, a
+    rate, a norm): as ``number_argument``, without suggesting ``inf``."""
+    return _number(text, suggest_inf=False)
+
+
+def _number(text: str, suggest_inf: bool) -> float:
+    if not is_written_number(text):  # ASCII digits: float() reads other scripts' too
         raise argparse.ArgumentTypeError(f"not a number: {text!r}")
-    problem = number_read_otherwise(text, value)
+    value = float(text)
+    problem = number_read_otherwise(text, value, suggest_inf)
     if problem:
         raise argparse.ArgumentTypeError(problem)
     return value
 
 
-def number_read_otherwise(text: str, value: float) -> str:
+def number_read_otherwise(text: str, value: float, suggest_inf: bool = False) -> str:
     """Why ``value``, read from ``text``, is not the number written (empty if it is): beyond a
     float's range ``1e400`` reads as infinity and ``1e-400`` as 0, and either can mean another
     thing (found in review: ``--retention-days 1e400`` was no retention limit, ``--epsilon
-    1e400`` no DP, ``--set delta=1e-400`` each site's default delta)."""
+    1e400`` no DP, ``--set delta=1e-400`` each site's default delta). ``suggest_inf``: the
+    option takes ``inf``, so the message says to write it."""
     written = text.strip()
     if math.isinf(value) and written.lstrip("+-").lower() not in ("inf", "infinity"):
-        return f"{written!r} is too large for a number; write inf if no limit is meant"
-    if value == 0 and re.search(r"[1-9]", re.split(r"[eE]", written)[0]):
+        return (f"{written!r} is too large for a number"
+                + ("; write inf for no limit" if suggest_inf else ""))
+    if reads_as_zero(written, value):
         return f"{written!r} is too small for a number: it would read as 0"
     return ""
 

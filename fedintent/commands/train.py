@@ -16,6 +16,7 @@ from fedintent.commands.options import (
     TUNED_HELP,
     as_typed,
     created_folder,
+    finite_number_argument,
     new_out_dir,
     number_argument,
     path_argument,
@@ -99,7 +100,7 @@ def _add_train_options(train: argparse.ArgumentParser) -> None:
     train.add_argument("--epsilon", type=number_argument, default=defaults["target-epsilon"],
                        help="per-site epsilon for the whole run; inf = no DP "
                        "(default: %(default)s)")
-    train.add_argument("--delta", type=number_argument, default=defaults["delta"],
+    train.add_argument("--delta", type=finite_number_argument, default=defaults["delta"],
                        help="per-site delta; 0 = each site's default, the largest power of "
                        "ten below 1/(10 x its units), at most 1e-5; a site refuses one above its "
                        "max-delta and lowers one at or above 1/(10 x its units) to its default "
@@ -131,7 +132,7 @@ def _add_train_options(train: argparse.ArgumentParser) -> None:
                        "(a deployed site's evaluation, whose default is dp; default here: "
                        "%(default)s, so that a simulation reports exact accuracy and its test "
                        "units spend nothing)")
-    train.add_argument("--site-evaluation-epsilon", type=number_argument,
+    train.add_argument("--site-evaluation-epsilon", type=finite_number_argument,
                        default=defaults["site-evaluation-epsilon"], metavar="E",
                        help="with --site-evaluation dp: what the run's evaluations may cost "
                        "each test unit, all rounds together (a deployed site's "
@@ -157,14 +158,14 @@ def _add_train_options(train: argparse.ArgumentParser) -> None:
     train.add_argument("--batch-size", type=int,
                        help="expected DP-SGD batch size; above a site's size, every step uses "
                        f"all its data (default: {TUNED_HELP})")
-    train.add_argument("--lr", type=number_argument,
+    train.add_argument("--lr", type=finite_number_argument,
                        help=f"local learning rate (default: {TUNED_HELP}; with DP, scaled "
                        f"down for sites of fewer than {TUNING_SITE_ROWS} training rows on "
                        "average)")
-    train.add_argument("--server-momentum", type=number_argument,
+    train.add_argument("--server-momentum", type=finite_number_argument,
                        help="heavy-ball momentum of the server's step, fedavg only (FedAvgM; "
                        f"default: {TUNED_HELP}, 0 = plain FedAvg)")
-    train.add_argument("--clip-norm", type=number_argument, default=defaults["clip-norm"],
+    train.add_argument("--clip-norm", type=finite_number_argument, default=defaults["clip-norm"],
                        help="per-example gradient clipping norm (default: %(default)s)")
     train.add_argument("--max-update-norm", type=number_argument,
                        default=defaults["max-update-norm"],
