@@ -268,12 +268,10 @@ def _run_round(
     continues at its next round); returns the new global model. With ``secure_spec`` (the
     model's spec) training goes through SecAgg+; without ``evaluate`` (not one of the run's
     evaluation rounds, ``evaluation_number``) no site is asked to evaluate. Each stage is
-    recorded in ``out_dir`` as it starts (``write_stage``), for the launcher's progress line:
-    first, while fewer than ``min-sites`` sites are connected, that the round waits for them
-    (found in review: a run no site had joined said for 13 minutes that round 1 embeds)."""
-    min_sites = int(context.run_config["min-sites"])
-    if len(list(grid.get_node_ids())) < min_sites:
-        write_stage(out_dir, server_round, "waiting", min_sites)
+    recorded in ``out_dir`` as it starts (``write_stage``), for the launcher's progress line,
+    and before each, while fewer than ``min-sites`` sites are connected, that the round waits
+    for them (``_record_a_wait``)."""
+    _record_a_wait(grid, context, out_dir, server_round)
     asked = list(strategy.configure_train(server_round, arrays, site_config, grid))
     write_stage(out_dir, server_round, "training", len(asked))
     if secure_spec is not None:
@@ -288,11 +286,21 @@ def _run_round(
     if not evaluate:
         strategy.skip_evaluate(server_round)
         return arrays
+    _record_a_wait(grid, context, out_dir, server_round)
     asked = list(strategy.configure_evaluate(server_round, arrays, site_config, grid))
     write_stage(out_dir, server_round, "evaluating", len(asked))
     replies = grid.send_and_receive(asked, timeout=reply_timeout)
     strategy.aggregate_evaluate(server_round, replies)
     return arrays
+
+
+def _record_a_wait(grid: Grid, context: Context, out_dir: Path, server_round: int) -> None:
+    """Record that the round waits for sites to connect, where fewer than ``min-sites`` are:
+    Flower's strategy waits for them before it asks any (found in review: a run no site had
+    joined said for 13 minutes that round 1 embeds every utterance)."""
+    min_sites = int(context.run_config["min-sites"])
+    if len(list(grid.get_node_ids())) < min_sites:
+        write_stage(out_dir, server_round, "waiting", min_sites)
 
 
 def _save_final_model(run: Run) -> Path:

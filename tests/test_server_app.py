@@ -151,6 +151,26 @@ def test_a_round_records_that_it_waits_for_sites_to_connect(tmp_path, task_ident
     assert {"round": 1, "stage": "waiting", "sites": 2} in seen
 
 
+def test_a_round_records_that_it_waits_for_a_site_gone_before_evaluating(tmp_path,
+                                                                           task_identity):
+    """Flower's strategy waits for min-sites before it asks for evaluation too (found in
+    review: the line still said the sites trained)."""
+    seen = []
+
+    class DroppingGrid(DecliningGrid):
+        def get_node_ids(self):
+            nodes = list(super().get_node_ids())
+            stage = read_stage(tmp_path / "out")
+            seen.append(stage)
+            gone = stage is not None and stage["stage"] == "training" and len(seen) < 20
+            return nodes[:1] if gone else nodes  # one site away once the sites trained
+
+    run_server(tmp_path, DroppingGrid([1, 2]),
+               **{"data-dir": str(write_data(tmp_path / "data")), "num-rounds": 1,
+                  "min-sites": 2})
+    assert {"round": 1, "stage": "waiting", "sites": 2} in seen
+
+
 def test_a_failed_resume_keeps_the_record_it_could_not_resume(tmp_path, logged):
     data = write_data(tmp_path / "data")
     out = tmp_path / "out"

@@ -58,8 +58,8 @@ def rounds_in_progress(first_round: int, num_rounds: int, out_dir: Path | None =
                 if stage is not None and stage["round"] != server_round:
                     stage = None  # the last round's, or a round this launcher has not printed
                 doing = ("" if stage is None
-                         else f": waiting for at least {counted(stage['sites'], 'site')} to "
-                              "connect" if stage["stage"] == "waiting"
+                         else f": waiting for sites to connect (at least {stage['sites']} "
+                              "needed)" if stage["stage"] == "waiting"
                          else f": {counted(stage['sites'], 'site')} {stage['stage']}")
                 note = ("; the first round embeds every utterance once at each site"
                         if server_round == 1 and (stage is None or stage["stage"] == "training")
