@@ -208,10 +208,14 @@ name, text, kind, *bounds = sys.argv[1:]
 try:
     if kind == "int":
         value = written_whole_number(name, text)
-    else:  # its node-config span, to name in the message for a number too large to read
-        # (imported here: Flower's import, a second at each whole number, is not needed there)
-        from fl_protocol.wire import SITE_NUMBER_SPANS
-        value = written_number(name, text, SITE_NUMBER_SPANS[name.lower().replace("_", "-")])
+    else:
+        try:
+            value = written_number(name, text)
+        except ValueError:  # again, to name its node-config span in the message (imported
+            # only here: Flower's import takes about a second, at each setting)
+            from fl_protocol.wire import SITE_NUMBER_SPANS
+            written_number(name, text, SITE_NUMBER_SPANS[name.lower().replace("_", "-")])
+            raise
 except ValueError as err:
     sys.exit(f"site-entrypoint: {err}")
 if bounds and not int(bounds[0]) <= value <= int(bounds[1]):

@@ -303,9 +303,9 @@ def append_egress_log(
                 for name, a in sent.items()
             ]
             entry["update_norm"] = _update_norm(msg.content[ARRAYS_KEY], sent)
-    path = Path(state_dir) / EGRESS_LOG
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    append_line(path, json.dumps(entry), mode=0o600)  # site-private
+    # into the state folder as it is (``site_folders``), never made here: one lost or not
+    # mounted must not come back holding a log alone; the reply then does not leave
+    append_line(Path(state_dir) / EGRESS_LOG, json.dumps(entry), mode=0o600)  # site-private
 
 
 def egress_entries(state_dir: Path) -> Iterator[dict | None]:

@@ -415,7 +415,8 @@ def test_the_purge_loop_ends_with_a_site_that_ended_unreaped(tmp_path):
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     try:
-        os.waitid(os.P_PID, site.pid, os.WEXITED | os.WNOWAIT)  # ended, left a zombie
+        ended = os.waitid(os.P_PID, site.pid, os.WEXITED | os.WNOWAIT)  # a zombie now
+        assert ended.si_status == 3  # the stand-in SuperNode's: the loop had been started
         deadline = time.monotonic() + 300  # the loop looks every 10 s
         while running_in_session(site.pid):
             if time.monotonic() > deadline:

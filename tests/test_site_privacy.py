@@ -752,6 +752,18 @@ def test_simulated_sites_take_the_run_configs_stand_in(site, tmp_path, simulatio
 
 
 @pytest.mark.parametrize("handle", ["train", "evaluate"])
+def test_a_state_folder_lost_or_not_mounted_is_never_made_again(site, tmp_path, handle):
+    """Not by the egress guard either, which logs even a refusal: the folder would come back
+    holding its log alone, and the reply, which the log cannot show, does not leave."""
+    ctx = context(site, tmp_path / "state")
+    shutil.rmtree(tmp_path / "state")
+    message = train_message() if handle == "train" else evaluate_message()
+    reply = client_app.app(message, ctx)
+    assert reply.has_error() and not reply.has_content()
+    assert not (tmp_path / "state").exists()
+
+
+@pytest.mark.parametrize("handle", ["train", "evaluate"])
 def test_flowers_example_node_config_at_a_supernode_is_no_simulation(site, tmp_path, caplog,
                                                                         handle):
     """Found in review: a SuperNode started with Flower's example node config
