@@ -83,11 +83,19 @@ POLICY = ("MAX_EPSILON", "MAX_DELTA", "PRIVACY_UNIT", "PRIVACY_MODELS", "MIN_TOL
           "EVALUATION_EPSILON", "LOCAL_MODELS", "RETENTION_DAYS", "PURGE_INTERVAL_HOURS")
 OTHERS = ("SUPERLINK", "CA_CERT", "SITE_KEY", "TRUSTED_ENTITIES", "DATA_DIR", "STATE_DIR",
           "INIT_STATE", "SUPERNODE_PORT", "HEALTH_PORT")
+# Names only the site's policy has, refused after any prefix (SITE_MAX_EPSILON); the others
+# only after FEDINTENT_, since other software has its own (LOG_RETENTION_DAYS,
+# SUPPORTED_LANGUAGES, HF_LOCAL_MODELS, ENABLE_EVALUATION: found in review)
+DISTINCTIVE = ("MAX_EPSILON", "MAX_DELTA", "PRIVACY_UNIT", "PRIVACY_MODELS",
+               "MIN_TOLERATED_SITES", "MAX_EPSILON_ALONE", "MAX_NOISE_RATIO",
+               "EVALUATION_EPSILON", "PURGE_INTERVAL_HOURS")
 for name in sorted(set(os.environ) - set(POLICY) - set(OTHERS) - {"LANGUAGE"}):  # gettext's
     # a near miss in any case (max_epsilon, MAX_EPSILION), or a setting's name after a prefix
-    # (FEDINTENT_MAX_EPSILON); not every MAX_* or *_PORT: Kubernetes, compose and build tools
-    # set their own (EVALUATION_PORT for a Service named evaluation, MAX_JOBS)
-    meant = near_miss(name, POLICY, POLICY)
+    # (FEDINTENT_RETENTION_DAYS, SITE_MAX_EPSILON); not every MAX_* or *_PORT: Kubernetes,
+    # compose and build tools set their own (EVALUATION_PORT for a Service named evaluation)
+    ours = name.upper().removeprefix("FEDINTENT_") if name.upper().startswith("FEDINTENT_") \
+        else None
+    meant = near_miss(name, POLICY, DISTINCTIVE) or (ours if ours in POLICY else None)
     if meant:
         sys.exit(f"site-entrypoint: {name} is not a setting of the site (did you mean "
                  f"{meant}?); the settings are listed at the top of deploy/site-entrypoint.sh")

@@ -10,6 +10,7 @@ as such (``policy_lines``), so that a setting that did not take is seen at start
 """
 
 import math
+import os
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -80,9 +81,15 @@ def check_local_models(node_config: Mapping[str, object]) -> None:
     in review: a mistyped or unmounted folder started without a word). Nothing in the folder is
     read or quoted: the path given may be any file of the machine's."""
     for folder in local_model_folders(node_config):
-        if not folder.exists():
+        try:
+            found, is_folder = folder.exists(), folder.is_dir()
+        except OSError as err:  # a folder above it this account may not search (found in
+            # review: a traceback that named no setting)
+            raise SiteConfigError(f"local-models: {folder} cannot be looked at by this account "
+                                  f"(uid {os.geteuid()}): {err.strerror}") from None
+        if not found:
             raise SiteConfigError(f"local-models: {folder} not found (is its volume mounted?)")
-        if not folder.is_dir():
+        if not is_folder:
             raise SiteConfigError(f"local-models: {folder} is not a folder: list the "
                                   "checkpoint's folder")
 

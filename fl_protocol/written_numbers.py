@@ -40,11 +40,15 @@ class Span:
                 f"{')' if self.high_open else ']'}")
 
 
-def too_large(name: str, shown: str, span: Span | None) -> str:
+def too_large(name: str, shown: str, span: Span | None, negative: bool = False) -> str:
     """The message for a number ``shown`` (as written, or "" for a value too long to show) too
     large to read for the setting ``name``: write inf where its ``span`` takes it, else the
-    span (none known: a key that is no number setting, refused as such later)."""
+    span (none known: a key that is no number setting, refused as such later). ``negative``:
+    one too far below zero, for which inf would be no fix (found in review)."""
     what = f"{name} {shown}" if shown else name
+    if negative:
+        return (f"{what} is too far below zero for a number"
+                + (f"; {name} must be {span}" if span is not None else ""))
     if span is None:
         return f"{what} is too large for a number"
     if math.inf in span:
@@ -60,7 +64,7 @@ def written_number(name: str, text: str, span: Span | None = None) -> float:
         raise ValueError(f"{name} must be a number, not {text!r}")
     value = float(stripped)
     if math.isinf(value) and stripped.lstrip("+-").lower() not in ("inf", "infinity"):
-        raise ValueError(too_large(name, repr(stripped), span))
+        raise ValueError(too_large(name, repr(stripped), span, negative=value < 0))
     if reads_as_zero(stripped, value):
         raise ValueError(f"{name} {stripped!r} is too small for a number: it would read as 0")
     return value

@@ -73,6 +73,7 @@ def test_an_unknown_argument_is_reported_by_its_command(argv, command, named, ca
     ("--site-max-epsilon", "2e308", "'2e308' is too large for a number"),
     ("--max-update-norm", "1e999", "'1e999' is too large for a number; write inf for no limit"),
     ("--clip-norm", "1e400", "'1e400' is too large for a number (see"),  # inf is refused there
+    ("--epsilon=-1e400", None, "'-1e400' is too far below zero for a number (see"),
     ("--delta", "\u0661e-400", "not a number: '\u0661e-400'"),  # an Arabic-Indic one, read as 0
 ])
 def test_train_refuses_a_number_that_would_read_as_another(tmp_path, capsys, option, given,
@@ -82,9 +83,9 @@ def test_train_refuses_a_number_that_would_read_as_another(tmp_path, capsys, opt
     from fedintent.cli import main
 
     with pytest.raises(SystemExit) as exit_:
-        main(["train", option, given, "--out", str(tmp_path / "out")])
+        main(["train", option, *([given] if given else []), "--out", str(tmp_path / "out")])
     assert exit_.value.code == 2
-    assert f"argument {option}: {error}" in capsys.readouterr().err
+    assert f"argument {option.partition('=')[0]}: {error}" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
 

@@ -301,6 +301,10 @@ def test_a_policy_the_client_app_refuses_stops_the_site_at_start(tmp_path, setti
     ("max_epsilon", "2", "max_epsilon is not a setting of the site (did you mean MAX_EPSILON?)"),
     ("FEDINTENT_MAX_EPSILON", "1", "FEDINTENT_MAX_EPSILON is not a setting of the site (did you "
                                    "mean MAX_EPSILON?)"),
+    ("FEDINTENT_RETENTION_DAYS", "7", "FEDINTENT_RETENTION_DAYS is not a setting of the site "
+                                      "(did you mean RETENTION_DAYS?)"),
+    ("SITE_MAX_EPSILON", "1", "SITE_MAX_EPSILON is not a setting of the site (did you mean "
+                              "MAX_EPSILON?)"),
     ("HEALTH_PORT", "", "HEALTH_PORT is set but empty"),
     ("MAX_EPSILON", "", "MAX_EPSILON is set but empty; give it a value, or unset it"),
     ("PRIVACY_UNIT", " ", "PRIVACY_UNIT is set but empty"),
@@ -333,11 +337,14 @@ def test_a_state_folder_given_as_a_file_is_named_so(tmp_path):
 
 def test_other_softwares_variables_are_no_misspelled_settings(tmp_path):
     """Found in review: refusing every MAX_* or EVALUATION* name stopped a site beside a
-    Kubernetes Service named evaluation (EVALUATION_PORT) or a shell with MAX_JOBS."""
+    Kubernetes Service named evaluation (EVALUATION_PORT) or a shell with MAX_JOBS, and
+    refusing every setting's name after a prefix one with SUPPORTED_LANGUAGES."""
     result, config = entrypoint(tmp_path, LANGUAGE="de_DE:en", MAX_JOBS="4", MAX_WORKERS="2",
                                 EVALUATION_PORT="tcp://10.0.0.7:8080",
                                 EVALUATION_SERVICE_HOST="10.0.0.7", LABEL_STUDIO_PORT="8080",
-                                LANGUAGES_DIR="/x", RETENTION_POLICY="x", INIT_STATE="")
+                                LANGUAGES_DIR="/x", RETENTION_POLICY="x", INIT_STATE="",
+                                SUPPORTED_LANGUAGES="en,de", ENABLE_EVALUATION="1",
+                                BACKUP_LABELS_FILE="/x")
     assert result.returncode == 0 and "languages" not in config, result.stderr
 
 

@@ -129,6 +129,14 @@ def test_the_supernode_names_the_range_of_a_node_config_number_too_large(data, s
     assert f"{setting} '1e400' is too large for a number; {message}" in str(refused.value.code)
 
 
+def test_a_number_too_far_below_zero_is_not_told_to_write_inf():
+    """Found in review: -1e400 was told to write inf, which flips its sign."""
+    with pytest.raises(SiteConfigError) as refused:
+        own_number("max-epsilon", "-1e400")
+    assert str(refused.value) == ("max-epsilon '-1e400' is too far below zero for a number; "
+                                  "max-epsilon must be > 0")
+
+
 @pytest.mark.parametrize("setting", ["min-tolerated-sites", "max-delta"])
 def test_the_supernode_refuses_a_node_config_number_too_small_to_read(data, setting):
     """Found in review: min-tolerated-sites=1e-400 was read as 0, a looser setting than the
@@ -207,6 +215,25 @@ def test_a_local_model_folder_that_is_no_folder_is_refused_at_start(data, tmp_pa
     assert f"local-models: {model} {message}" in str(refused.value)
     assert "secret-row-text" not in str(refused.value)
     check_node_config({"data-path": str(data), "local-models": f"{good}, "})
+
+
+def test_a_local_model_folder_this_account_may_not_look_at_is_refused_naming_it(
+        data, tmp_path, monkeypatch):
+    """Found in review: below a folder the site's account may not search, a traceback that
+    named no setting stopped the site (tests run as root: the refusal is made here)."""
+    model = tmp_path / "closed" / "model"
+    real_stat = Path.stat
+
+    def stat(path, *args, **kwargs):
+        if path == model:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_stat(path, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "stat", stat)
+    with pytest.raises(SiteConfigError) as refused:
+        check_node_config({"data-path": str(data), "local-models": str(model)})
+    assert f"local-models: {model} cannot be looked at by this account" in str(refused.value)
+    assert "Permission denied" in str(refused.value)
 
 
 def test_the_supernode_reads_its_node_config_as_flower_will_and_refuses_what_flower_skips(data):

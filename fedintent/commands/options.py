@@ -70,6 +70,8 @@ def number_read_otherwise(text: str, value: float, suggest_inf: bool = False) ->
     option takes ``inf``, so the message says to write it."""
     written = text.strip()
     if math.isinf(value) and written.lstrip("+-").lower() not in ("inf", "infinity"):
+        if value < 0:
+            return f"{written!r} is too far below zero for a number"
         return (f"{written!r} is too large for a number"
                 + ("; write inf for no limit" if suggest_inf else ""))
     if reads_as_zero(written, value):
