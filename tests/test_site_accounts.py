@@ -92,6 +92,19 @@ def test_a_purge_in_a_state_folder_it_cannot_write_removes_nothing(site, capsys,
     assert snapshot(state) == before
 
 
+def denied_to_this_account(monkeypatch, method: str, denied: Path) -> None:
+    """``Path.<method>`` of ``denied`` fails as for an account without the right to it (tests
+    run as root, which a chmod does not stop)."""
+    real = getattr(Path, method)
+
+    def forbidden(self, *args, **kwargs):
+        if self == denied:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, method, forbidden)
+
+
 @pytest.mark.parametrize("read", ["ledger head", "ledger", "site secret", "deletion log head"])
 def test_a_file_this_account_may_not_read_is_not_damage(site, capsys, monkeypatch, read):
     """The message names the file, its owner and this account, and says to restore no backup
@@ -100,14 +113,7 @@ def test_a_file_this_account_may_not_read_is_not_damage(site, capsys, monkeypatc
     denied = {"ledger head": state / HEAD_FILE, "ledger": state / LEDGER_FILE,
               "site secret": state / SECRET_FILE,
               "deletion log head": head_path(state / DELETION_LOG)}[read]
-    read_text = Path.read_text
-
-    def forbidden(self, *args, **kwargs):
-        if self == denied:
-            raise PermissionError(13, "Permission denied", str(self))
-        return read_text(self, *args, **kwargs)
-
-    monkeypatch.setattr(Path, "read_text", forbidden)
+    denied_to_this_account(monkeypatch, "read_text", denied)
     argv = (["privacy-report", str(state)] if read != "deletion log head"
             else ["purge", str(data), "--state-dir", str(state), "--retention-days", "30"])
     code, out, err = run(capsys, *argv)

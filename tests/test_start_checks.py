@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from flwr.app import Context, RecordDict
+from test_site_accounts import denied_to_this_account
 from test_site_privacy import (  # noqa: F401 (simulation_engine: a fixture)
     context,
     evaluate_message,
@@ -222,14 +223,7 @@ def test_a_local_model_folder_this_account_may_not_look_at_is_refused_naming_it(
     """Found in review: below a folder the site's account may not search, a traceback that
     named no setting stopped the site (tests run as root: the refusal is made here)."""
     model = tmp_path / "closed" / "model"
-    real_stat = Path.stat
-
-    def stat(path, *args, **kwargs):
-        if path == model:
-            raise PermissionError(13, "Permission denied", str(path))
-        return real_stat(path, *args, **kwargs)
-
-    monkeypatch.setattr(Path, "stat", stat)
+    denied_to_this_account(monkeypatch, "stat", model)
     with pytest.raises(SiteConfigError) as refused:
         check_node_config({"data-path": str(data), "local-models": str(model)})
     assert f"local-models: {model} cannot be looked at by this account" in str(refused.value)
