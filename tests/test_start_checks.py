@@ -25,7 +25,11 @@ from fl_client.site_secret import create_site_secret
 from fl_client.start_checks import check_node_config, policy_lines, policy_warnings
 from fl_client.supernode import checked_node_config
 from fl_protocol.wire import SITE_NUMBER_SPANS, Reason
-from fl_protocol.written_numbers import written_number, written_whole_number
+from fl_protocol.written_numbers import (
+    is_written_number,
+    written_number,
+    written_whole_number,
+)
 
 
 @pytest.fixture
@@ -165,6 +169,19 @@ def test_whole_numbers_are_ascii_digits_only():
         written_number("MAX_EPSILON", " ")
 
 
+def test_a_number_written_as_zero_is_read_as_zero_and_an_unnamed_span_suggests_nothing():
+    """The entrypoint reads a setting with no span (``MAX_EPSILON``) through ``written_number``
+    alone: 0 written (with or without an exponent) is 0, not "too small"; a number too large
+    names no range and suggests no inf it may not take; the CLI's check reads as it does."""
+    assert written_number("MIN_TOLERATED_SITES", "0") == 0
+    assert written_number("MIN_TOLERATED_SITES", "0e5") == 0
+    with pytest.raises(ValueError) as refused:
+        written_number("MAX_EPSILON", "1e400")
+    assert str(refused.value) == "MAX_EPSILON '1e400' is too large for a number"
+    assert is_written_number(" 1e-3 ") and is_written_number("inf")
+    assert not is_written_number("1_5") and not is_written_number("\u0668")
+
+
 def test_a_delta_below_what_the_server_accepts_is_refused_at_start(data):
     """Found in review: max-delta 5e-324 fixed the ledger's delta, and so its order, for good,
     and every reply's delta was refused by the server after the round was charged."""
@@ -281,6 +298,13 @@ def test_the_supernode_prints_the_policy_it_holds_runs_to_defaults_named(data, m
     assert "the site would decline every round: max-epsilon must be > 0" in refused.value.code
 
 
+def test_an_evaluation_epsilon_no_bound_lowers_is_printed_without_a_bound(data):
+    """The default 8 under the default max-epsilon 8 is not "held to 8": only a lower epsilon
+    than the one set is said to be held."""
+    lines = policy_lines({"data-path": str(data)})
+    assert "evaluation-epsilon: 8.0 (default)" in lines
+
+
 @pytest.mark.parametrize(("setting", "value", "message"), [
     ("retention-days", 0, "retention-days must be > 0"),
     ("retention-days", "-30", "retention-days must be > 0"),
@@ -331,6 +355,8 @@ def test_the_budgets_bounds_are_where_they_are_documented(data, setting, value, 
     ({"max-epsilon": 0.05}, "every DP evaluation will be declined: the epsilon they may spend, "
                             "0.05, its evaluation-epsilon 8 held to max-epsilon"),
     ({"max-epsilon": 0.3}, "the DP evaluations of runs under accountant rdp will be declined"),
+    ({"evaluation-epsilon": 0.3}, "the epsilon they may spend, 0.3, its evaluation-epsilon, is "
+                                  "below 0.5, the least accountant rdp can plan"),
     ({"max-epsilon": 2}, "DP evaluations will be planned at max-epsilon 2, below "
                          "evaluation-epsilon 8: one run's evaluations spend each test unit's "
                          "whole lifetime budget"),
@@ -349,6 +375,9 @@ def test_a_setting_without_effect_or_evaluations_declined_are_warned_of_at_start
     {}, {"evaluation": "dp", "evaluation-epsilon": 2}, {"max-epsilon": 8}, {"max-epsilon": "inf"},
     {"privacy-models": "distributed", "max-epsilon-alone": 3, "min-tolerated-sites": 2},
     {"privacy-models": "local", "evaluation": "off"},
+    {"evaluation-epsilon": 0.5},  # the least RDP plans for: no accountant declines it
+    # the most either accountant plans for, held to neither bound
+    {"max-epsilon": "inf", "max-epsilon-alone": "inf", "evaluation-epsilon": 100},
 ])
 def test_settings_that_take_effect_are_not_warned_of(data, settings):
     assert policy_warnings({"data-path": str(data)} | settings) == []

@@ -191,6 +191,15 @@ def test_other_variables_and_good_settings_pass(gateway, environ):
     gateway.check_settings(environ)
 
 
+def test_the_ports_ends_are_taken_and_one_past_them_refused(gateway):
+    """The range is [1, 65535], each end included (a port of 65536 had bound port 0)."""
+    gateway.check_settings({"SUPERLINK_PORT": "1", "CONTROL_PORT": "65535"})
+    for port in ("0", "65536"):
+        with pytest.raises(SettingRefused, match=f"SUPERLINK_PORT must be a port in "
+                                                 rf"\[1, 65535\], got '{port}'"):
+            gateway.check_settings({"SUPERLINK_PORT": port})
+
+
 def test_a_database_path_flower_cannot_open_is_refused_and_left_alone(gateway, tmp_path):
     """Found in review: a folder, a path in a missing folder, or a file that is not SQLite was a
     sqlalchemy traceback after start that did not name SUPERLINK_DATABASE."""
