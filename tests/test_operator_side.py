@@ -169,6 +169,19 @@ def test_deploy_run_names_the_release_port_when_the_superlink_cannot_fetch_the_r
     assert not (tmp_path / "run").exists()
 
 
+def test_deploy_run_names_no_release_port_for_another_submit_failure(
+        signed, tmp_path, capsys, monkeypatch, nothing_reaches_a_superlink):
+    """Only a SuperLink that could not fetch the release is told about --release-port; another
+    refusal is said in Flower's words alone."""
+    def refused(release, connection, run_config):
+        raise deployment.DeploymentError("[code: 3] the run config is refused")
+
+    monkeypatch.setattr(releases, "submit_release_run", refused)
+    assert deploy_run(signed, tmp_path) == 1
+    err = capsys.readouterr().err
+    assert "the run config is refused" in err and "--release-port" not in err
+
+
 @pytest.mark.parametrize("superlink", ["nohost", "127.0.0.1:", ":9091", "host:99999",
                                        "http://127.0.0.1:9091"])
 def test_deploy_run_refuses_a_superlink_that_is_not_host_and_port(
