@@ -692,7 +692,7 @@ def tree_hash(copy: Path, tests: list[str], targets: list[str]) -> str:
 
 
 def baseline(copy: Path, tests: list[str], files: list[str], cache_dir: Path,
-             key: str) -> dict:
+             key: str, untraced: bool = False) -> dict:
     """Run the tests once with the line tracer: lines per test, durations, start-up time."""
     cached = cache_dir / f"baseline-{key}.json"
     if cached.is_file():
@@ -719,7 +719,8 @@ def baseline(copy: Path, tests: list[str], files: list[str], cache_dir: Path,
     prefix = str(copy) + os.sep
     trace["lines"] = {ctx: {f.removeprefix(prefix): ls for f, ls in per_file.items()}
                       for ctx, per_file in trace["lines"].items()}
-    if not any(f in files for per_file in trace["lines"].values() for f in per_file):
+    if not untraced and not any(f in files for per_file in trace["lines"].values()
+                                for f in per_file):  # --all-tests: tests that run a script
         raise SystemExit("baseline: no target line ran from the copy; is it imported?")
     trace["seconds"] = seconds
     trace["startup"] = max(0.0, seconds - sum(trace["durations"].values()))
@@ -1020,7 +1021,7 @@ def main() -> int:
         files = sorted({m.file for m in mutants})
         check_copy_is_imported(copies[0], files[0], tests[0].split("::")[0])
         trace = baseline(copies[0], tests, files, args.cache_dir,
-                         tree_hash(copies[0], tests, files))
+                         tree_hash(copies[0], tests, files), args.all_tests)
         if args.estimate:
             estimate(selected, trace, args)
             return 0

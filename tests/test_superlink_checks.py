@@ -140,6 +140,22 @@ def test_a_pair_no_tls_client_can_connect_to_is_refused(gateway, creds, tmp_path
         gateway.check_server_certificate(str(certificate), str(private), str(ours.ca_cert))
 
 
+def test_a_certificate_serves_from_its_first_moment_and_is_warned_of_30_days_ahead(gateway,
+                                                                                   creds):
+    """Each end of the window is the documented one: not valid *before* ``notBefore``, and
+    the warning from ``EXPIRY_WARNING_DAYS`` (30) days left, that day included."""
+    ours = creds["ours"]
+    cert = x509.load_pem_x509_certificate(ours.server_cert.read_bytes())
+
+    def check(now: datetime.datetime) -> str | None:
+        return gateway.check_server_certificate(str(ours.server_cert), str(ours.server_key),
+                                                str(ours.ca_cert), now=now)
+
+    check(cert.not_valid_before_utc)
+    warning = check(cert.not_valid_after_utc - datetime.timedelta(days=30))
+    assert warning is not None and "in 30 days" in warning
+
+
 # --- the settings (M1, M2, L4) ----------------------------------------------------------------
 
 @pytest.mark.parametrize("environ, refusal", [
