@@ -3,11 +3,13 @@ operator's ``FLWR_HOME/config.toml`` without losing the others, and refuses inpu
 write a connection Flower cannot use, in one line, exit 2, before writing anything.
 """
 
+import stat
 import subprocess
 import tomllib
 from pathlib import Path
 
 import pytest
+from test_operator_side import deploy_script
 
 from fedintent.launch.certificates import site_names, write_dev_credentials
 from fedintent.launch.flower_cli import flower_env
@@ -119,3 +121,64 @@ def test_a_ca_path_with_quotes_and_backslashes_is_written_quoted(creds, tmp_path
     assert code == 0
     assert config(tmp_path / "home")["superlink"]["fedintent"] == {
         "address": "[::1]:9091", "root-certificates": str(folder / "ca.crt")}
+
+
+# --- each check at its edges, in process (the script's functions) ----------------------------
+
+@pytest.fixture(scope="module")
+def connection():
+    return deploy_script("flwr_connection")
+
+
+def test_an_address_is_taken_up_to_its_ends_and_no_control_character(connection):
+    for address in ("127.0.0.1:1", "127.0.0.1:65535"):
+        assert connection.superlink_address(address) == address
+    for address in ("127.0.0.1:65536", "host\x1b:9091", "host\x00:9091"):
+        with pytest.raises(connection.ConnectionRefused, match="must be HOST:PORT"):
+            connection.superlink_address(address)
+
+
+def test_a_config_that_cannot_be_read_or_has_no_superlink_table_is_refused(connection,
+                                                                           tmp_path):
+    with pytest.raises(connection.ConnectionRefused, match="Is a directory; nothing written"):
+        connection.read_config(tmp_path)
+    (tmp_path / "config.toml").write_text("superlink = 3\n")
+    with pytest.raises(connection.ConnectionRefused, match="'superlink' is not a table"):
+        connection.read_config(tmp_path / "config.toml")
+
+
+def test_an_unreadable_ca_cert_is_refused(connection, creds, monkeypatch):
+    def unreadable(path):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(Path, "read_bytes", unreadable)
+    with pytest.raises(connection.ConnectionRefused,
+                       match=f"cannot read {creds.ca_cert}: Permission denied"):
+        connection.ca_certificate(str(creds.ca_cert))
+
+
+def test_a_written_config_keeps_the_old_files_mode_and_a_new_one_is_owner_only(connection,
+                                                                              tmp_path):
+    new, old = tmp_path / "new.toml", tmp_path / "old.toml"
+    old.write_text("")
+    old.chmod(0o644)
+    for path in (new, old):
+        connection.write_config(path, {"superlink": {}})
+    assert stat.S_IMODE(new.stat().st_mode) == 0o600
+    assert stat.S_IMODE(old.stat().st_mode) == 0o644
+
+
+def test_a_failed_write_raises_and_leaves_no_temporary_file(connection, tmp_path):
+    (tmp_path / "config.toml").mkdir()  # os.replace cannot put a file there
+    with pytest.raises(OSError):
+        connection.write_config(tmp_path / "config.toml", {"superlink": {}})
+    assert [path.name for path in tmp_path.iterdir()] == ["config.toml"]
+
+
+def test_flwr_home_is_made_with_its_parents_and_one_that_is_a_file_is_refused(creds, tmp_path):
+    code, _, _ = connect(tmp_path / "a" / "b", "127.0.0.1:9091", str(creds.ca_cert))
+    assert code == 0 and config(tmp_path / "a" / "b")["superlink"]["default"] == "fedintent"
+    (tmp_path / "file").write_text("")
+    code, _, err = connect(tmp_path / "file", "127.0.0.1:9091", str(creds.ca_cert))
+    assert (code, err) == (2, f"flwr-connection: cannot write {tmp_path / 'file' / 'config.toml'}"
+                              ": File exists\n")

@@ -24,6 +24,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 from cryptography import x509
@@ -649,14 +650,17 @@ def test_a_signature_file_naming_an_unknown_key_type_is_refused_by_name(signed, 
 
 # --- the Fleet gateway's body limit ---------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def gateway():
-    """``deploy/fleet_gateway.py`` as a module (the folder is scripts, not a package)."""
-    spec = importlib.util.spec_from_file_location("fleet_gateway",
-                                                  REPO / "deploy" / "fleet_gateway.py")
+def deploy_script(name: str) -> ModuleType:
+    """``deploy/<name>.py`` as a module (the folder is scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "deploy" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="module")
+def gateway():
+    return deploy_script("fleet_gateway")
 
 
 class Upload:

@@ -7,7 +7,6 @@ exit 2. The checks run as ``deploy/fleet_gateway.py --check-settings`` and
 
 import datetime
 import hashlib
-import importlib.util
 import re
 import subprocess
 import sys
@@ -18,7 +17,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import dsa
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
-from test_operator_side import cert_dir, reissued, run_superlink_sh, superlink_sh
+from test_operator_side import cert_dir, deploy_script, reissued, run_superlink_sh, superlink_sh
 
 from fedintent.launch.certificates import site_names, write_dev_credentials
 from fedintent.launch.flower_cli import flower_env
@@ -31,11 +30,7 @@ GATEWAY = REPO / "deploy" / "fleet_gateway.py"
 
 @pytest.fixture(scope="module")
 def gateway():
-    """``deploy/fleet_gateway.py`` as a module (the folder is scripts, not a package)."""
-    spec = importlib.util.spec_from_file_location("fleet_gateway", GATEWAY)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return deploy_script("fleet_gateway")
 
 
 @pytest.fixture(scope="module")
