@@ -3,8 +3,13 @@ operator's ``FLWR_HOME/config.toml`` without losing the others, and refuses inpu
 write a connection Flower cannot use, in one line, exit 2, before writing anything.
 """
 
+import fcntl
+import math
+import os
 import stat
 import subprocess
+import sys
+import time
 import tomllib
 from pathlib import Path
 
@@ -86,7 +91,7 @@ def test_a_config_that_is_not_toml_is_left_alone(creds, tmp_path):
     assert code == 2
     assert err.startswith(f"flwr-connection: cannot read {home / 'config.toml'}: it is not TOML")
     assert (home / "config.toml").read_text() == "[superlink\n"
-    assert [path.name for path in home.iterdir()] == ["config.toml"]
+    assert sorted(path.name for path in home.iterdir()) == [".config.lock", "config.toml"]
 
 
 @pytest.mark.parametrize("address", ["127.0.0.1", "127.0.0.1:70000", "127.0.0.1:0", "host:abc",
@@ -182,3 +187,160 @@ def test_flwr_home_is_made_with_its_parents_and_one_that_is_a_file_is_refused(cr
     code, _, err = connect(tmp_path / "file", "127.0.0.1:9091", str(creds.ca_cert))
     assert (code, err) == (2, f"flwr-connection: cannot write {tmp_path / 'file' / 'config.toml'}"
                               ": File exists\n")
+# --- review 122 -------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def module():
+    return deploy_script("flwr_connection")
+
+
+def test_a_linked_config_is_written_at_its_target_and_stays_a_link(creds, tmp_path):
+    """M1: the link had been replaced by a regular file, and its target left stale."""
+    (tmp_path / "real").mkdir()
+    (tmp_path / "real" / "config.toml").write_text(OPERATORS)
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "config.toml").symlink_to("../real/config.toml")
+    code, out, _ = connect(home, "127.0.0.1:9091", str(creds.ca_cert))
+    assert code == 0
+    assert out.startswith(f"wrote {tmp_path / 'real' / 'config.toml'} (linked from "
+                          f"{home / 'config.toml'})")
+    assert (home / "config.toml").is_symlink()
+    assert config(tmp_path / "real")["superlink"]["fedintent"]["address"] == "127.0.0.1:9091"
+    assert [path.name for path in (tmp_path / "real").iterdir()] == ["config.toml"]
+
+
+@pytest.mark.parametrize("case", ["the server's", "with the CA's key"])
+def test_a_ca_cert_that_is_no_ca_or_holds_a_key_is_refused(creds, tmp_path, case):
+    """L1: the SuperLink's own certificate was written as the CA, and a ca.crt with the CA's
+    key appended passed."""
+    given = tmp_path / "ca.crt"
+    if case == "the server's":
+        given.write_bytes(creds.server_cert.read_bytes())
+        reason = ("is not a CA certificate (basicConstraints CA:FALSE or missing); give the "
+                  "CA's, e.g. ca.crt, not the SuperLink's")
+    else:
+        given.write_bytes(creds.ca_cert.read_bytes() + creds.ca_key.read_bytes())
+        reason = "holds a private key; give the CA's certificate alone and keep its key away"
+    code, _, err = connect(tmp_path / "home", "127.0.0.1:9091", str(given))
+    assert (code, err) == (2, f"flwr-connection: {given} {reason}\n")
+    assert not (tmp_path / "home" / "config.toml").exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root can give a file to another owner")
+def test_a_rewrite_as_root_keeps_the_owner(creds, tmp_path):
+    """L2: rewritten as root, the operator's file became root's, unreadable to them (0600)."""
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "config.toml").write_text(OPERATORS)
+    os.chown(home / "config.toml", 65534, 65534)
+    (home / "config.toml").chmod(0o600)
+    assert connect(home, "127.0.0.1:9091", str(creds.ca_cert))[0] == 0
+    written = (home / "config.toml").stat()
+    assert (written.st_uid, written.st_gid, stat.S_IMODE(written.st_mode)) == (65534, 65534,
+                                                                               0o600)
+
+
+@pytest.mark.parametrize("case", ["a FIFO", "a device", "too large"])
+def test_a_config_that_is_no_regular_file_or_too_large_is_refused(creds, tmp_path, case):
+    """L3: a FIFO hung the script, and a link to /dev/zero grew it until it was killed."""
+    home = tmp_path / "home"
+    home.mkdir()
+    path = home / "config.toml"
+    if case == "a FIFO":
+        os.mkfifo(path)
+    elif case == "a device":
+        path.symlink_to("/dev/zero")
+    else:
+        path.write_text("# padding\n" * 110_000)
+    reason = ("over 1048576 bytes, it is not a config file" if case == "too large" else
+              "it is not a regular file")
+    target = path.resolve()
+    code, _, err = connect(home, "127.0.0.1:9091", str(creds.ca_cert))
+    assert (code, err) == (2, f"flwr-connection: cannot read {target}: {reason}; nothing "
+                              "written, move it first\n")
+
+
+def test_the_dropped_keys_of_the_old_connection_are_named(creds, tmp_path):
+    """L4: ``insecure`` and ``federation`` vanished without a word."""
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "config.toml").write_text('[superlink.fedintent]\naddress = "h:1"\ninsecure = true\n'
+                                      'federation = "mine"\n')
+    code, out, _ = connect(home, "127.0.0.1:9091", str(creds.ca_cert))
+    assert code == 0
+    assert out.endswith("the default connection is 'fedintent'; dropped from "
+                        "[superlink.fedintent]: federation, insecure)\n")
+    assert set(config(home)["superlink"]["fedintent"]) == {"address", "root-certificates"}
+
+
+def test_a_flwr_home_that_is_a_file_is_named(creds, tmp_path):
+    """L5a: it was "cannot write notdir/config.toml: File exists"."""
+    (tmp_path / "notdir").write_text("")
+    code, _, err = connect(tmp_path / "notdir", "127.0.0.1:9091", str(creds.ca_cert))
+    assert (code, err) == (2, f"flwr-connection: FLWR_HOME {tmp_path / 'notdir'} is not a "
+                              "folder\n")
+
+
+@pytest.mark.parametrize("home", [None, "", " "])
+def test_the_python_entry_refuses_an_unset_or_blank_flwr_home(creds, tmp_path, home):
+    """L5b: unset, it was a KeyError traceback; blank, it wrote ./config.toml."""
+    env = {key: value for key, value in flower_env(tmp_path).items() if key != "FLWR_HOME"}
+    if home is not None:
+        env["FLWR_HOME"] = home
+    result = subprocess.run([sys.executable, str(REPO / "deploy" / "flwr_connection.py"),
+                             "127.0.0.1:9091", str(creds.ca_cert)], env=env, cwd=tmp_path,
+                            capture_output=True, text=True, timeout=120, check=False)
+    assert (result.returncode, result.stderr) == (
+        2, "flwr-connection: set FLWR_HOME to the folder for this connection\n")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_config_with_nan_is_written(creds, tmp_path):
+    """L5c: a valid ``f = nan`` was refused as "would not read back as written"."""
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "config.toml").write_text("[tool]\nf = nan\nxs = [nan, 1.5]\n")
+    code, _, err = connect(home, "127.0.0.1:9091", str(creds.ca_cert))
+    assert (code, err) == (0, "")
+    assert math.isnan(config(home)["tool"]["f"])
+
+
+def test_a_default_that_names_no_connection_is_refused_unless_replaced(creds, tmp_path):
+    """L5d: ``default = 3`` was kept, and printed as "the default connection is '3'"."""
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "config.toml").write_text("[superlink]\ndefault = 3\n")
+    code, _, err = connect(home, "127.0.0.1:9091", str(creds.ca_cert))
+    assert (code, err) == (2, "flwr-connection: its superlink.default is 3, not the name of a "
+                              "connection; nothing written, fix it or pass --default\n")
+    code, out, _ = connect(home, "--default", "127.0.0.1:9091", str(creds.ca_cert))
+    assert code == 0 and "the default connection is 'fedintent'" in out
+
+
+def test_an_empty_config_is_read_again_before_it_counts_as_empty(module, tmp_path,
+                                                                 monkeypatch):
+    """L6: Flower writes config.toml in place, so an empty one may be half-written; taken for
+    an empty file, the rename dropped every other connection."""
+    path = tmp_path / "config.toml"
+    path.write_text("")
+    monkeypatch.setattr(time, "sleep", lambda _: path.write_text(OPERATORS))
+    assert module.read_config(path) == tomllib.loads(OPERATORS)
+
+
+def test_the_read_modify_write_holds_the_lock(module, creds, tmp_path, monkeypatch):
+    """L6: another run of the script waits on FLWR_HOME/.config.lock until this one wrote."""
+    home = tmp_path / "home"
+    home.mkdir()
+    held = []
+
+    def write_config(path, written):
+        with open(home / ".config.lock", "w") as other:
+            try:
+                fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                held.append(path)
+
+    monkeypatch.setattr(module, "write_config", write_config)
+    module.connect(home, "127.0.0.1:9091", creds.ca_cert, make_default=False)
+    assert held == [(home / "config.toml").resolve()]
