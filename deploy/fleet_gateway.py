@@ -33,8 +33,11 @@ import argparse
 import asyncio
 import contextlib
 import datetime
+import ipaddress
+import math
 import os
 import re
+import socket
 import ssl
 import sys
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -54,6 +57,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from fl_protocol.settings import SettingRefused, check_names, port_setting
+from fl_protocol.written_numbers import written_number
 
 FLEET_CALL = re.compile(r"[a-z][a-z-]{0,63}")
 # Headers that describe one hop, not the request; httpx sets its own.
@@ -96,8 +100,23 @@ SETTINGS = ("CERT_DIR", "SUPERLINK_HOST", "SUPERLINK_PORT", "CONTROL_PORT", "REL
 
 PREFIXED_SETTINGS = ("SUPERLINK_HOST", "SUPERLINK_PORT", "SUPERLINK_DATABASE",
                      "FLEET_MAX_BODY_MIB")
-"""The settings whose name after a prefix (``FEDINTENT_SUPERLINK_HOST``) is refused too; not
-CERT_DIR (OpenSSL's ``SSL_CERT_DIR``) or the generic ``*_PORT`` names other tools set."""
+"""The settings whose name after ``OWN_PREFIX`` (``FEDINTENT_SUPERLINK_HOST``) is refused too;
+not CERT_DIR (OpenSSL's ``SSL_CERT_DIR``) or the generic ``*_PORT`` names other tools set."""
+
+OWN_PREFIX = "FEDINTENT_"
+"""The one prefix taken for a misspelling: a setting after any other prefix is another
+program's variable (``MY_APP_SUPERLINK_PORT``, Docker links' ``SUPERLINK_ENV_SUPERLINK_HOST``)."""
+
+LOOPBACK = "127.0.0.1"
+"""Where the SuperLink (CONTROL_PORT, its Fleet, Control and Runtime APIs on one port) and
+deploy-run's release hand-over (RELEASE_PORT) listen; SUPERLINK_PORT is on SUPERLINK_HOST."""
+
+WILDCARD_HOSTS = ("0.0.0.0", "::")
+"""SUPERLINK_HOST values meaning every interface: no one name for the certificate to cover."""
+
+MIN_BODY_MIB = 1
+"""The smallest ``--max-body-mib`` (``FLEET_MAX_BODY_MIB``): 1e-9 had made a 0-byte limit, and
+every request got 413 (found in review)."""
 
 PORT_SETTINGS = ("SUPERLINK_PORT", "CONTROL_PORT", "RELEASE_PORT")
 
@@ -236,14 +255,16 @@ def _not_here() -> Response:
 
 
 def check_server_certificate(certfile: str, keyfile: str, ca_cert: str,
-                             now: datetime.datetime | None = None) -> str | None:
+                             now: datetime.datetime | None = None,
+                             host: str | None = None) -> str | None:
     """Refuse (:class:`CertificateRefused`) a certificate and key that are unreadable, not PEM,
-    not one pair, a CA's own, expired or not yet valid at ``now``, and a ``ca_cert`` that does
-    not verify them; return a warning when the certificate expires within
+    not one pair, a CA's own, expired or not yet valid at ``now``, not valid for ``host`` (the
+    address the sites connect to, unless every interface), and a ``ca_cert`` that does not
+    verify them; return a warning when the certificate expires within
     ``EXPIRY_WARNING_DAYS``. uvicorn had refused the first with a traceback naming neither file
-    (``PEM lib``, ``KEY_VALUES_MISMATCH``), and served an expired one, one from another CA, or
-    the CA's own pair (its key then on the SuperLink, against the guide) without a word: every
-    site then reported a network problem (found in review)."""
+    (``PEM lib``, ``KEY_VALUES_MISMATCH``), and served an expired one, one from another CA, for
+    another name, or the CA's own pair (its key then on the SuperLink, against the guide)
+    without a word: every site then reported a network problem (found in review)."""
     pair = f"cannot use {certfile} and {keyfile}"
     try:
         cert = _leaf_certificate(Path(certfile))
@@ -267,17 +288,54 @@ def check_server_certificate(certfile: str, keyfile: str, ca_cert: str,
         raise CertificateRefused(f"cannot use {certfile}: it expired on {expires:%Y-%m-%d %H:%M} "
                                  "UTC; renew it and start the SuperLink again")
     _check_ca_certificate(Path(ca_cert), certfile, keyfile)
+    if host and host not in WILDCARD_HOSTS:
+        _check_host(host, ca_cert, certfile, keyfile)
     if expires - now <= datetime.timedelta(days=EXPIRY_WARNING_DAYS):
         return (f"warning: {certfile} expires on {expires:%Y-%m-%d %H:%M} UTC, in "
                 f"{(expires - now).days} days: renew it and restart the SuperLink before then")
     return None
 
 
+def certificate_names(cert: x509.Certificate) -> list[str]:
+    """The DNS names and IP addresses in ``cert``'s subjectAltName, the names a site may
+    connect to (none where it has no subjectAltName)."""
+    try:
+        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return []
+    return [*names.get_values_for_type(x509.DNSName),
+            *map(str, names.get_values_for_type(x509.IPAddress))]
+
+
+def names_line(certfile: str) -> str:
+    """The line that says which names ``certfile`` covers, so the operator sees what the sites
+    must connect to; a warning where it has no subjectAltName (Python falls back to the common
+    name, and the check passed; not every TLS client does)."""
+    names = certificate_names(_leaf_certificate(Path(certfile)))
+    return (f"{certfile} covers {', '.join(names)}" if names else
+            f"warning: {certfile} has no subjectAltName: Python takes its common name instead, "
+            "other TLS clients refuse it; reissue it with the SuperLink's address as a "
+            "subjectAltName")
+
+
+def _check_host(host: str, ca_cert: str, certfile: str, keyfile: str) -> None:
+    """Refuse a certificate not valid for ``host``, checked as a site's TLS client checks it
+    (OpenSSL's name matching: IP addresses, DNS names, wildcards): a site then failed with
+    "Hostname mismatch", which it reports as a network problem (found in review)."""
+    reason = _verify_message(ca_cert, certfile, keyfile, host)
+    if reason:
+        names = certificate_names(_leaf_certificate(Path(certfile))) or ["no subjectAltName"]
+        raise CertificateRefused(f"cannot use {certfile}: it is not valid for {host}, the "
+                                 f"address the sites connect to (SUPERLINK_HOST); it covers "
+                                 f"{', '.join(names)}")
+
+
 def _check_ca_certificate(path: Path, certfile: str, keyfile: str) -> None:
-    """Refuse a ``ca.crt`` that is unreadable, holds no PEM certificate or one that is not a
-    CA's, or does not verify ``certfile`` as a site would: the gateway verifies the SuperLink
-    against it, so with the wrong file every forwarded request got 502, and the sites reported
-    a network problem (found in review)."""
+    """Refuse a ``ca.crt`` that is unreadable, holds no PEM certificate, one that is not a CA's
+    or a private key (the CA's would then sit on the SuperLink), or does not verify
+    ``certfile`` as a site would: the gateway verifies the SuperLink against it, so with the
+    wrong file every forwarded request got 502, and the sites reported a network problem
+    (found in review)."""
     refused = f"cannot use {path}"
     try:
         data = path.read_bytes()
@@ -289,6 +347,9 @@ def _check_ca_certificate(path: Path, certfile: str, keyfile: str) -> None:
         authorities = x509.load_pem_x509_certificates(data)
     except ValueError:
         raise CertificateRefused(f"{refused}: it is not a PEM certificate") from None
+    if b"PRIVATE KEY" in data:
+        raise CertificateRefused(f"{refused}: it holds a private key; give the CA's certificate "
+                                 "alone and keep its key away from the SuperLink")
     if not all(_is_ca(authority) for authority in authorities):
         raise CertificateRefused(f"{refused}: it is not a CA certificate (basicConstraints "
                                  "CA:FALSE or missing)")
@@ -304,15 +365,19 @@ def _is_ca(cert: x509.Certificate) -> bool:
         return False
 
 
-def _verify_message(ca_cert: str, certfile: str, keyfile: str) -> str | None:
-    """OpenSSL's reason ("unable to get local issuer certificate", ...) for refusing the server
-    ``certfile`` when trusting ``ca_cert`` alone, as the sites and the gateway do, or None: one
-    TLS handshake in memory, so a chain in either file counts as it does on the wire. A pair no
-    client can connect to at all (a DSA key: no shared cipher) is refused naming the pair."""
+def _verify_message(ca_cert: str, certfile: str, keyfile: str,
+                    host: str | None = None) -> str | None:
+    """OpenSSL's reason ("unable to get local issuer certificate", "Hostname mismatch", ...)
+    for refusing the server ``certfile`` when trusting ``ca_cert`` alone, and connecting to
+    ``host`` where given, as the sites and the gateway do, or None: one TLS handshake in
+    memory, so a chain in either file counts as it does on the wire. A pair no client can
+    connect to at all (a DSA key: no shared cipher) is refused naming the pair."""
     server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     server.load_cert_chain(certfile, keyfile)
     client_in, client_out, server_in, server_out = (ssl.MemoryBIO() for _ in range(4))
-    client = _client_context(ca_cert).wrap_bio(client_in, client_out)
+    context = _client_context(ca_cert)
+    context.check_hostname = host is not None
+    client = context.wrap_bio(client_in, client_out, server_hostname=host)
     served = server.wrap_bio(server_in, server_out, server_side=True)
     try:
         for _ in range(8):  # a TLS 1.3 handshake takes two round trips
@@ -379,33 +444,138 @@ def _spki(public_key: PublicKeyTypes) -> bytes:
 def check_settings(environ: Mapping[str, str]) -> None:
     """Refuse (:class:`~fl_protocol.settings.SettingRefused`, naming the variable) what
     deploy/superlink.sh would otherwise start with in vain or against the operator's intent: a
-    misspelled or empty setting, a port outside [1, 65535] or shared by two settings, a body
-    limit that is not a number of MiB, and a ``SUPERLINK_DATABASE`` Flower cannot open (each
-    had been a traceback after start, or a silent fallback; found in review)."""
-    check_names(environ, SETTINGS, PREFIXED_SETTINGS, "deploy/superlink.sh")
-    ports: dict[int, str] = {}
-    for name in (name for name in PORT_SETTINGS if name in environ):
-        port = port_setting(environ, name)
-        if port in ports:
-            raise SettingRefused(f"{ports[port]} and {name} are both {port}; each needs its own "
-                                 "port")
-        ports[port] = name
+    misspelled or empty setting, a ``SUPERLINK_HOST`` that is no host name or address of this
+    machine, a port outside [1, 65535], shared by two settings on one address, or in use now, a
+    body limit that is not a number of MiB, and a ``SUPERLINK_DATABASE`` Flower cannot open
+    (each had been a traceback after start, or a silent fallback; found in review)."""
+    check_names({name: value for name, value in environ.items() if not _other_program(name)},
+                SETTINGS, PREFIXED_SETTINGS, "deploy/superlink.sh")
+    if "SUPERLINK_HOST" in environ:
+        _check_host_setting(environ["SUPERLINK_HOST"])
+    addresses = _port_addresses(environ)
+    _check_distinct_ports(addresses)
+    for name, (host, port) in addresses.items():
+        _check_bindable(name, host, port)
     if "FLEET_MAX_BODY_MIB" in environ:
         _max_body_mib(environ["FLEET_MAX_BODY_MIB"], "FLEET_MAX_BODY_MIB")
     if "SUPERLINK_DATABASE" in environ:
         _check_database(environ["SUPERLINK_DATABASE"])
 
 
+def _other_program(name: str) -> bool:
+    """Whether ``name`` is another program's variable that only contains a setting's name: it
+    extends one (``SUPERLINK_HOSTNAME``, ``SUPERLINK_HOST_IP``, ``SUPERLINK_PORTS``) or ends with
+    one after a prefix other than ``OWN_PREFIX`` (``MY_APP_SUPERLINK_PORT``, Docker links'
+    ``SUPERLINK_ENV_SUPERLINK_HOST``); each had been refused as a misspelling (found in
+    review)."""
+    upper = name.upper()
+    return any(upper.startswith(setting) and upper != setting
+               or upper.endswith(f"_{setting}") and not upper.startswith(OWN_PREFIX)
+               for setting in SETTINGS)
+
+
+def _check_host_setting(value: str) -> None:
+    """Refuse a ``SUPERLINK_HOST`` with a scheme, a ``:PORT`` (outside an IPv6 address),
+    whitespace or control characters, or that getaddrinfo cannot resolve: the gateway had
+    failed with "Name or service not known" after the SuperLink had started, naming nothing."""
+    refused = f"SUPERLINK_HOST must be a host name or an address of this machine, got {value!r}"
+    host = _bare_host(value)
+    if "://" in value or any(c.isspace() or not c.isprintable() for c in value):
+        raise SettingRefused(refused)
+    if ":" in host and not _is_ipv6(host):
+        raise SettingRefused(f"{refused} (set the port in SUPERLINK_PORT)")
+    try:
+        socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except socket.gaierror as err:
+        raise SettingRefused(f"SUPERLINK_HOST {value} cannot be resolved ({err.strerror})"
+                             ) from None
+    except UnicodeError:  # idna: a label too long, or empty
+        raise SettingRefused(f"{refused} (not a valid host name)") from None
+
+
+def _bare_host(value: str) -> str:
+    """``value`` without the brackets of an IPv6 address (``[::1]``), as ``--listen`` takes it."""
+    return value[1:-1] if value.startswith("[") and value.endswith("]") else value
+
+
+def _is_ipv6(host: str) -> bool:
+    """Whether ``host`` is an IPv6 address, whose colons are no ``:PORT``."""
+    try:
+        ipaddress.IPv6Address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _port_addresses(environ: Mapping[str, str]) -> dict[str, tuple[str, int]]:
+    """Each port setting in ``environ`` with the address it is bound on: SUPERLINK_PORT on
+    SUPERLINK_HOST (0.0.0.0 where unset, as superlink.sh defaults it), the others on
+    ``LOOPBACK``."""
+    host = _bare_host(environ.get("SUPERLINK_HOST", "0.0.0.0"))
+    return {name: (host if name == "SUPERLINK_PORT" else LOOPBACK, port_setting(environ, name))
+            for name in PORT_SETTINGS if name in environ}
+
+
+def _check_distinct_ports(addresses: Mapping[str, tuple[str, int]]) -> None:
+    """Refuse two settings with one port on overlapping addresses: CONTROL_PORT and RELEASE_PORT
+    always (both on ``LOOPBACK``), SUPERLINK_PORT with them only where SUPERLINK_HOST takes in
+    ``LOOPBACK`` (every interface, or loopback itself): on another address the same number is
+    another socket (found in review: 10.0.0.5 with 9091 and CONTROL_PORT 9091 was refused)."""
+    seen: dict[int, tuple[str, str]] = {}
+    for name, (host, port) in addresses.items():
+        if port in seen and _overlap(seen[port][1], host):
+            raise SettingRefused(f"{seen[port][0]} and {name} are both {port}; each needs its "
+                                 "own port")
+        seen[port] = (name, host)
+
+
+def _overlap(first: str, second: str) -> bool:
+    """Whether sockets bound on hosts ``first`` and ``second`` would take the same address:
+    equal, or one is ``LOOPBACK`` and the other takes it in too."""
+    return first == second or any(one == LOOPBACK and _takes_loopback(other)
+                                  for one, other in ((first, second), (second, first)))
+
+
+def _takes_loopback(host: str) -> bool:
+    """Whether a socket bound on ``host`` takes ``LOOPBACK`` in: every interface, or a name
+    for it (``localhost``)."""
+    return host in WILDCARD_HOSTS or LOOPBACK in _resolved(host)
+
+
+def _resolved(host: str) -> set[str]:
+    """The addresses ``host`` resolves to (checked resolvable already)."""
+    return {info[4][0] for info in socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)}
+
+
+def _check_bindable(name: str, host: str, port: int) -> None:
+    """Refuse a port that cannot be bound on ``host`` now (in use, or ``host`` not an address of
+    this machine): the gateway or the SuperLink had failed with "address already in use" or
+    "Cannot assign requested address" after the other had started (found in review). The
+    socket is bound and closed, never listened on; SO_REUSEADDR as the servers set it, so a
+    closed connection's TIME_WAIT does not count."""
+    family, kind, proto, _, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as err:
+            where = f"{host} (SUPERLINK_HOST)" if name == "SUPERLINK_PORT" else host
+            raise SettingRefused(f"{name} {port} cannot be bound on {where} now: "
+                                 f"{err.strerror}") from None
+
+
 def _max_body_mib(text: str, name: str) -> float:
-    """``text`` as a body limit in MiB, in (0, ``MAX_BODY_LIMIT_MIB``]; the error names
+    """``text`` as a body limit in MiB, in [``MIN_BODY_MIB``, ``MAX_BODY_LIMIT_MIB``], written
+    in ASCII digits (``float`` had read full-width digits and ``1_0``); the error names
     ``name``, the setting or option the operator wrote."""
     try:
-        mib = float(text)
+        mib = written_number(name, text)
     except ValueError:
-        mib = float("nan")
-    if not 0 < mib <= MAX_BODY_LIMIT_MIB:
-        raise SettingRefused(f"{name} must be a number of MiB in (0, {MAX_BODY_LIMIT_MIB}], "
-                             f"got {text}")
+        mib = math.nan
+    if not MIN_BODY_MIB <= mib <= MAX_BODY_LIMIT_MIB:
+        raise SettingRefused(f"{name} must be a number of MiB in [{MIN_BODY_MIB}, "
+                             f"{MAX_BODY_LIMIT_MIB}], got {text}")
     return mib
 
 
@@ -472,14 +642,15 @@ def main() -> None:
         max_body_mib = _max_body_mib(args.max_body_mib, "--max-body-mib")
     except SettingRefused as err:
         parser.error(str(err))
-    warning = _refused_exits(lambda: check_server_certificate(args.certfile, args.keyfile,
-                                                              args.ca_cert))
+    host, port = args.listen
+    warning = _refused_exits(lambda: check_server_certificate(
+        args.certfile, args.keyfile, args.ca_cert, host=host))
     if args.check_certificate:
-        return  # the warning comes once, when the gateway starts
+        print(f"superlink: {names_line(args.certfile)}")
+        return  # the expiry warning comes once, when the gateway starts
     if warning:
         print(f"superlink: {warning}", file=sys.stderr)
     app = _refused_exits(lambda: make_app(args.upstream, args.ca_cert, max_body_mib))
-    host, port = args.listen
     uvicorn.run(app, host=host, port=port, ssl_certfile=args.certfile,
                 ssl_keyfile=args.keyfile, log_level="warning")
 

@@ -11,8 +11,10 @@
 #
 #   CERT_DIR            folder with ca.crt, superlink.crt, superlink.key (required)
 #                       (refused, exit 2, if superlink.crt is not superlink.key's, is a CA's,
-#                       has expired or is not valid yet, or ca.crt is not a CA certificate
-#                       that verifies it; a warning within 30 days of its expiry)
+#                       has expired or is not valid yet, is not valid for SUPERLINK_HOST
+#                       (unless 0.0.0.0 or ::), or ca.crt is not a CA certificate that
+#                       verifies it or holds a key; a warning within 30 days of its expiry,
+#                       or where it has no subjectAltName)
 #   SUPERLINK_HOST      public address for the sites (default 0.0.0.0)
 #   SUPERLINK_PORT      public port for the sites, Fleet API only (default 9093)
 #   CONTROL_PORT        port on 127.0.0.1 for flwr, fedintent deploy-run and the ServerApp
@@ -24,10 +26,12 @@
 #                       MAX_BODY_MIB in deploy/fleet_gateway.py)
 #
 # Before anything starts, a variable that looks like a setting but is none (SUPERLINK_HOTS,
-# superlink_database, FEDINTENT_SUPERLINK_HOST), a setting set but empty, a port outside
-# [1, 65535] or used twice, and a SUPERLINK_DATABASE that is a folder, lies in a missing folder
-# or is not an SQLite file are refused (exit 2, naming the variable): each had fallen back to a
-# default without a word, or failed after start (fleet_gateway.py --check-settings).
+# superlink_database, FEDINTENT_SUPERLINK_HOST), a setting set but empty, a SUPERLINK_HOST with
+# a scheme or a :PORT or that does not resolve, a port outside [1, 65535], used twice on one
+# address or that cannot be bound now, and a SUPERLINK_DATABASE that is a folder, lies in a
+# missing folder or is not an SQLite file are refused (exit 2, naming the variable): each had
+# fallen back to a default without a word, or failed after start (fleet_gateway.py
+# --check-settings).
 set -eu
 
 for command in python flower-superlink; do
@@ -57,9 +61,10 @@ fleet_gateway() {
         --keyfile "$CERT_DIR/superlink.key" \
         ${FLEET_MAX_BODY_MIB:+--max-body-mib "$FLEET_MAX_BODY_MIB"} "$@"
 }
-# Before anything starts: a certificate and key that are garbage, not one pair, a CA's, expired
-# or not yet valid, and a ca.crt that does not verify them, are refused in one line naming the
-# files (Flower would serve them, and the sites report it as a network problem).
+# Before anything starts: a certificate and key that are garbage, not one pair, a CA's, expired,
+# not yet valid or not valid for SUPERLINK_HOST (passed as --listen), and a ca.crt that does
+# not verify them, are refused in one line naming the files (Flower would serve them, and the
+# sites report it as a network problem); else it prints the names the certificate covers.
 (fleet_gateway --check-certificate) || exit 2
 
 export FLWR_TELEMETRY_ENABLED=0 FLWR_DISABLE_UPDATE_CHECK=1 \

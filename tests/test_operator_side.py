@@ -817,7 +817,7 @@ def test_the_gateway_process_refuses_a_body_over_max_body_mib(signed, tmp_path):
             [sys.executable, str(REPO / "deploy" / "fleet_gateway.py"),
              "--listen", f"127.0.0.1:{port}", "--upstream", f"127.0.0.1:{free_port()}",
              "--ca-cert", str(creds.ca_cert), "--certfile", str(creds.server_cert),
-             "--keyfile", str(creds.server_key), "--max-body-mib", "0.5"],
+             "--keyfile", str(creds.server_key), "--max-body-mib", "1"],
             stdout=out, stderr=subprocess.STDOUT)
     try:
         wait_until_listening(port, process, log)
@@ -825,11 +825,11 @@ def test_the_gateway_process_refuses_a_body_over_max_body_mib(signed, tmp_path):
         connection = http.client.HTTPSConnection("127.0.0.1", port, context=context,
                                                  timeout=60)
         connection.putrequest("POST", "/v1/fleet/push-object")
-        connection.putheader("Content-Length", str(MIB))
+        connection.putheader("Content-Length", str(2 * MIB))
         connection.endheaders()  # the body is never sent: the answer comes without it
         reply = connection.getresponse()
         assert reply.status == 413
-        assert f"limit of {MIB // 2} bytes" in json.loads(reply.read())["detail"]
+        assert f"limit of {MIB} bytes" in json.loads(reply.read())["detail"]
         connection.close()
     finally:
         process.terminate()
@@ -842,7 +842,7 @@ def test_the_gateway_refuses_a_body_limit_that_is_not_positive(tmp_path):
          "--upstream", "127.0.0.1:9", "--ca-cert", "x", "--certfile", "x", "--keyfile", "x",
          "--max-body-mib", "0"], capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 2
-    assert "--max-body-mib must be a number of MiB in (0, 1048576], got 0" in result.stderr
+    assert "--max-body-mib must be a number of MiB in [1, 1048576], got 0" in result.stderr
 
 
 @pytest.mark.parametrize("setting, passed", [(None, []), ("16", ["--max-body-mib", "16"])])

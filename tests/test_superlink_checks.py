@@ -7,7 +7,9 @@ exit 2. The checks run as ``deploy/fleet_gateway.py --check-settings`` and
 
 import datetime
 import hashlib
+import ipaddress
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -171,8 +173,25 @@ def test_a_certificate_serves_from_its_first_moment_and_is_warned_of_30_days_ahe
      "SUPERLINK_PORT and CONTROL_PORT are both 9091; each needs its own port"),
     ({"CONTROL_PORT": "9095", "RELEASE_PORT": "9095"}, "CONTROL_PORT and RELEASE_PORT are both"),
     ({"FLEET_MAX_BODY_MIB": "abc"},
-     "FLEET_MAX_BODY_MIB must be a number of MiB in (0, 1048576], got abc"),
+     "FLEET_MAX_BODY_MIB must be a number of MiB in [1, 1048576], got abc"),
     ({"FLEET_MAX_BODY_MIB": "nan"}, "FLEET_MAX_BODY_MIB must be a number of MiB"),
+    # review 122 L7: other scripts' digits, underscores, and a limit that is 0 bytes
+    ({"FLEET_MAX_BODY_MIB": "\uff11\uff10"}, "FLEET_MAX_BODY_MIB must be a number of MiB"),
+    ({"FLEET_MAX_BODY_MIB": "1_0"}, "FLEET_MAX_BODY_MIB must be a number of MiB"),
+    ({"FLEET_MAX_BODY_MIB": "1e-9"}, "FLEET_MAX_BODY_MIB must be a number of MiB in [1, "),
+    ({"FLEET_MAX_BODY_MIB": "0.5"}, "FLEET_MAX_BODY_MIB must be a number of MiB in [1, "),
+    ({"FEDINTENT_SUPERLINK_HOST": "x"}, "did you mean SUPERLINK_HOST?"),
+    # review 122 M3: a host the gateway cannot listen on, refused before anything starts
+    ({"SUPERLINK_HOST": "127.0.0.1:9093"}, "SUPERLINK_HOST must be a host name or an address of "
+     "this machine, got '127.0.0.1:9093' (set the port in SUPERLINK_PORT)"),
+    ({"SUPERLINK_HOST": "a..b"}, "(not a valid host name)"),
+    ({"SUPERLINK_HOST": "no-such-host.invalid"},
+     "SUPERLINK_HOST no-such-host.invalid cannot be resolved"),
+    ({"SUPERLINK_HOST": "192.0.2.1", "SUPERLINK_PORT": "9093"},
+     "SUPERLINK_PORT 9093 cannot be bound on 192.0.2.1 (SUPERLINK_HOST) now: Cannot assign "
+     "requested address"),
+    ({"SUPERLINK_HOST": "localhost", "SUPERLINK_PORT": "9091", "CONTROL_PORT": "9091"},
+     "SUPERLINK_PORT and CONTROL_PORT are both 9091; each needs its own port"),
 ])
 def test_settings_that_would_start_in_vain_are_refused_naming_the_variable(gateway, environ,
                                                                            refusal):
@@ -182,6 +201,16 @@ def test_settings_that_would_start_in_vain_are_refused_naming_the_variable(gatew
     with pytest.raises(SettingRefused) as refused:
         gateway.check_settings({"PATH": "/usr/bin"} | environ)
     assert refusal in str(refused.value)
+
+
+@pytest.mark.parametrize("host", ["http://x", "a b", "a\x01b", "x\n"])
+def test_a_superlink_host_with_a_scheme_or_spaces_is_refused(gateway, host):
+    """Review 122 M3: the gateway failed with "Name or service not known" after the SuperLink
+    had started."""
+    with pytest.raises(SettingRefused) as refused:
+        gateway.check_settings({"SUPERLINK_HOST": host})
+    assert str(refused.value) == ("SUPERLINK_HOST must be a host name or an address of this "
+                                  f"machine, got {host!r}")
 
 
 @pytest.mark.parametrize("environ", [
@@ -194,12 +223,41 @@ def test_settings_that_would_start_in_vain_are_refused_naming_the_variable(gatew
     # the site's settings, and other tools' ports
     {"SUPERLINK": "10.0.0.5:9093", "SUPERNODE_PORT": "9094", "HEALTH_PORT": "9096",
      "GRAFANA_CONTROL_PORT": "3000", "MAX_JOBS": "2"},
-    {"CERT_DIR": "/etc/fedintent", "SUPERLINK_HOST": "10.0.0.5", "SUPERLINK_PORT": "9093",
-     "CONTROL_PORT": "9091", "RELEASE_PORT": "9095", "FLEET_MAX_BODY_MIB": "128",
+    {"CERT_DIR": "/etc/fedintent", "SUPERLINK_HOST": "127.0.0.1", "SUPERLINK_PORT": "FREE",
+     "CONTROL_PORT": "FREE", "RELEASE_PORT": "FREE", "FLEET_MAX_BODY_MIB": "128",
      "SUPERLINK_DATABASE": ":flwr-in-memory:"},
+    {"SUPERLINK_HOST": "[::1]", "FLEET_MAX_BODY_MIB": "1"},
+    # review 122 L8: other programs' variables that contain a setting's name
+    {"SUPERLINK_HOSTNAME": "link.example", "SUPERLINK_HOST_IP": "10.0.0.5",
+     "SUPERLINK_PORTS": "9093,9094", "MY_APP_SUPERLINK_PORT": "9093", "X_SUPERLINK_PORT": "1",
+     "SUPERLINK_ENV_SUPERLINK_HOST": "10.0.0.5"},
 ])
 def test_other_variables_and_good_settings_pass(gateway, environ):
-    gateway.check_settings(environ)
+    gateway.check_settings({name: str(free_port()) if value == "FREE" else value
+                            for name, value in environ.items()})
+
+
+def test_one_port_number_on_two_addresses_passes(gateway):
+    """Review 122 L8: SUPERLINK_PORT on SUPERLINK_HOST and CONTROL_PORT on 127.0.0.1 are two
+    sockets when SUPERLINK_HOST is another address (127.0.0.2 is loopback too, on Linux)."""
+    port = str(free_port())
+    gateway.check_settings({"SUPERLINK_HOST": "127.0.0.2", "SUPERLINK_PORT": port,
+                            "CONTROL_PORT": port})
+
+
+@pytest.mark.parametrize("name", ["SUPERLINK_PORT", "CONTROL_PORT", "RELEASE_PORT"])
+def test_a_port_in_use_is_refused_naming_it(gateway, name):
+    """Review 122 M3: the gateway or the SuperLink failed with "address already in use" after
+    the other had started, naming no variable."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        with pytest.raises(SettingRefused) as refused:
+            gateway.check_settings({"SUPERLINK_HOST": "127.0.0.1", name: str(port)})
+    where = " (SUPERLINK_HOST)" if name == "SUPERLINK_PORT" else ""
+    assert str(refused.value) == (f"{name} {port} cannot be bound on 127.0.0.1{where} now: "
+                                  "Address already in use")
 
 
 def test_the_ports_ends_are_taken_and_one_past_them_refused(gateway):
@@ -251,7 +309,7 @@ def superlink_sh_with(creds, tmp_path: Path, **settings: str) -> tuple[int, str]
      "unset it for the default"),
     ({"SUPERLINK_PORT": "70000"}, "SUPERLINK_PORT must be a port in [1, 65535], got '70000'"),
     ({"FLEET_MAX_BODY_MIB": "abc"},
-     "FLEET_MAX_BODY_MIB must be a number of MiB in (0, 1048576], got abc"),
+     "FLEET_MAX_BODY_MIB must be a number of MiB in [1, 1048576], got abc"),
 ])
 def test_superlink_sh_refuses_a_setting_before_starting(creds, tmp_path, settings, refusal):
     assert superlink_sh_with(creds, tmp_path, **settings) == (2, f"superlink: {refusal}\n")
@@ -283,3 +341,100 @@ def test_superlink_sh_leaves_a_database_it_refuses_unchanged(creds, tmp_path):
     code, output = superlink_sh_with(creds, tmp_path, SUPERLINK_DATABASE=str(garbage))
     assert code == 2 and "is not an SQLite database" in output
     assert hashlib.sha256(garbage.read_bytes()).hexdigest() == digest
+
+
+# --- the names the certificate covers (review 122 M2, L1) -------------------------------------
+
+def issued_for(creds, folder: Path, names: list[x509.GeneralName] | None,
+               subject: x509.Name | None = None) -> Path:
+    """The SuperLink's key certified by its CA for ``names`` (no subjectAltName for None), and
+    ``subject`` where given, as ``folder/superlink.crt``."""
+    ca_key = load_pem_private_key(creds.ca_key.read_bytes(), None)
+    ca = x509.load_pem_x509_certificate(creds.ca_cert.read_bytes())
+    current = x509.load_pem_x509_certificate(creds.server_cert.read_bytes())
+    builder = (x509.CertificateBuilder().subject_name(subject or current.subject)
+               .issuer_name(ca.subject).public_key(current.public_key()).serial_number(x509.random_serial_number())
+               .not_valid_before(current.not_valid_before_utc)
+               .not_valid_after(current.not_valid_after_utc)
+               .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True))
+    if names is not None:
+        builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+    folder.mkdir(exist_ok=True)
+    path = folder / "superlink.crt"
+    path.write_bytes(builder.sign(ca_key, hashes.SHA384()).public_bytes(
+        serialization.Encoding.PEM))
+    return path
+
+
+@pytest.mark.parametrize("host, covered", [
+    ("127.0.0.1", True), ("localhost", True), ("0.0.0.0", True), ("::", True),
+    ("10.0.0.5", False), ("other.example", False), ("a.example.org", True),
+    ("b.a.example.org", False), ("example.org", False)])
+def test_a_certificate_not_valid_for_superlink_host_is_refused(gateway, creds, tmp_path, host,
+                                                               covered):
+    """Review 122 M2: a certificate for other.example passed, and every site connecting to
+    SUPERLINK_HOST then failed with "Hostname mismatch" (reported as a network problem);
+    0.0.0.0 and :: name no one address, so any certificate passes there."""
+    ours = creds["ours"]
+    certificate = issued_for(ours, tmp_path, [
+        x509.DNSName("localhost"), x509.DNSName("*.example.org"),
+        x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
+    files = (str(certificate), str(ours.server_key), str(ours.ca_cert))
+    if covered:
+        assert gateway.check_server_certificate(*files, host=host) is None
+        return
+    with pytest.raises(gateway.CertificateRefused) as refused:
+        gateway.check_server_certificate(*files, host=host)
+    assert str(refused.value) == (f"cannot use {certificate}: it is not valid for {host}, the "
+                                  "address the sites connect to (SUPERLINK_HOST); it covers "
+                                  "localhost, *.example.org, 127.0.0.1")
+
+
+def check_certificate(ours, certificate: Path, host: str = "127.0.0.1") -> tuple[int, str]:
+    """``fleet_gateway.py --check-certificate`` for ``certificate`` with ``ours``' key and CA,
+    for sites connecting to ``host`` (nothing listens): (status, stdout)."""
+    result = subprocess.run(
+        [sys.executable, str(GATEWAY), "--listen", f"{host}:9093", "--upstream",
+         "127.0.0.1:9", "--ca-cert", str(ours.ca_cert), "--certfile", str(certificate),
+         "--keyfile", str(ours.server_key), "--check-certificate"], capture_output=True,
+        text=True, timeout=120, check=False)
+    return result.returncode, result.stdout
+
+
+def test_check_certificate_prints_the_names_it_covers(creds):
+    ours = creds["ours"]
+    assert check_certificate(ours, ours.server_cert) == (
+        0, f"superlink: {ours.server_cert} covers localhost, 127.0.0.1\n")
+
+
+def test_a_certificate_without_subject_alt_name_gets_a_warning(creds, tmp_path):
+    """Review 122 M2: Python falls back to the common name; not every TLS client does."""
+    ours = creds["ours"]
+    certificate = issued_for(ours, tmp_path, None, x509.Name(
+        [x509.NameAttribute(x509.NameOID.COMMON_NAME, "localhost")]))
+    assert check_certificate(ours, certificate, "localhost") == (
+        0, f"superlink: warning: {certificate} has no subjectAltName: Python takes its common "
+        "name instead, other TLS clients refuse it; reissue it with the SuperLink's address as "
+        "a subjectAltName\n")
+
+
+def test_superlink_sh_refuses_a_certificate_for_another_host(creds, tmp_path):
+    """Review 122 M2: superlink.sh passes SUPERLINK_HOST to the check (as --listen)."""
+    certs = cert_dir(creds["ours"], tmp_path / "certs")
+    issued_for(creds["ours"], certs, [x509.DNSName("other.example")])
+    code, output = superlink_sh_with(creds, tmp_path, CERT_DIR=str(certs))
+    assert (code, output) == (2, f"superlink: cannot use {certs / 'superlink.crt'}: it is not "
+                                 "valid for 127.0.0.1, the address the sites connect to "
+                                 "(SUPERLINK_HOST); it covers other.example\n")
+
+
+def test_a_ca_cert_holding_a_private_key_is_refused(gateway, creds, tmp_path):
+    """Review 122 L1: ca.crt with the CA's key appended passed, so the key sat on the
+    SuperLink, against the guide."""
+    ours = creds["ours"]
+    ca = tmp_path / "ca.crt"
+    ca.write_bytes(ours.ca_cert.read_bytes() + ours.ca_key.read_bytes())
+    with pytest.raises(gateway.CertificateRefused) as refused:
+        gateway.check_server_certificate(str(ours.server_cert), str(ours.server_key), str(ca))
+    assert str(refused.value) == (f"cannot use {ca}: it holds a private key; give the CA's "
+                                  "certificate alone and keep its key away from the SuperLink")
