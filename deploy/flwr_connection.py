@@ -240,7 +240,7 @@ def connect(home: Path, address: str, ca_cert: Path, make_default: bool) -> str:
     """Write the connection into ``home/config.toml``, at a link's target, holding the lock;
     the line that says what was written."""
     link = home / "config.toml"
-    path = link.resolve()
+    path = Path(os.path.realpath(link))
     try:
         with locked(home):
             old = read_config(path)

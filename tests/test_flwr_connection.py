@@ -344,3 +344,13 @@ def test_the_read_modify_write_holds_the_lock(module, creds, tmp_path, monkeypat
     monkeypatch.setattr(module, "write_config", write_config)
     module.connect(home, "127.0.0.1:9091", creds.ca_cert, make_default=False)
     assert held == [(home / "config.toml").resolve()]
+
+
+def test_a_config_link_in_a_loop_is_refused_naming_it(creds, tmp_path):
+    """M1: a link that loops is named (Path.resolve raised RuntimeError, a traceback)."""
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "config.toml").symlink_to("config.toml")
+    code, _, err = connect(home, "127.0.0.1:9091", str(creds.ca_cert))
+    assert (code, err) == (2, f"flwr-connection: cannot read {home / 'config.toml'}: Too many "
+                              "levels of symbolic links; nothing written\n")
