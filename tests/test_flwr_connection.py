@@ -180,13 +180,9 @@ def test_a_failed_write_raises_and_leaves_no_temporary_file(connection, tmp_path
     assert [path.name for path in tmp_path.iterdir()] == ["config.toml"]
 
 
-def test_flwr_home_is_made_with_its_parents_and_one_that_is_a_file_is_refused(creds, tmp_path):
+def test_flwr_home_is_made_with_its_parents(creds, tmp_path):
     code, _, _ = connect(tmp_path / "a" / "b", "127.0.0.1:9091", str(creds.ca_cert))
     assert code == 0 and config(tmp_path / "a" / "b")["superlink"]["default"] == "fedintent"
-    (tmp_path / "file").write_text("")
-    code, _, err = connect(tmp_path / "file", "127.0.0.1:9091", str(creds.ca_cert))
-    assert (code, err) == (2, f"flwr-connection: cannot write {tmp_path / 'file' / 'config.toml'}"
-                              ": File exists\n")
 # --- review 122 -------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
