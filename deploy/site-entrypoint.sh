@@ -93,8 +93,12 @@ for name in sorted(set(os.environ) - set(POLICY) - set(OTHERS) - {"LANGUAGE"}): 
     # a near miss in any case (max_epsilon, MAX_EPSILION), or a setting's name after a prefix
     # (FEDINTENT_RETENTION_DAYS, SITE_MAX_EPSILON); not every MAX_* or *_PORT: Kubernetes,
     # compose and build tools set their own (EVALUATION_PORT for a Service named evaluation)
-    ours = name.upper().removeprefix("FEDINTENT_") if name.upper().startswith("FEDINTENT_") \
-        else None
+    upper = name.upper()
+    ours = upper.removeprefix("FEDINTENT_") if upper.startswith("FEDINTENT_") else None
+    if ours is None and any(upper.endswith(f"_{setting}") for setting in POLICY
+                            if setting not in DISTINCTIVE):
+        continue  # another program's setting of that name (LOG_RETENTION_DAYS), which
+        # difflib would take for a near miss
     meant = near_miss(name, POLICY, DISTINCTIVE) or (ours if ours in POLICY else None)
     if meant:
         sys.exit(f"site-entrypoint: {name} is not a setting of the site (did you mean "

@@ -338,13 +338,15 @@ def test_a_state_folder_given_as_a_file_is_named_so(tmp_path):
 def test_other_softwares_variables_are_no_misspelled_settings(tmp_path):
     """Found in review: refusing every MAX_* or EVALUATION* name stopped a site beside a
     Kubernetes Service named evaluation (EVALUATION_PORT) or a shell with MAX_JOBS, and
-    refusing every setting's name after a prefix one with SUPPORTED_LANGUAGES."""
+    refusing every setting's name after a prefix, or taking it for a near miss, one with
+    SUPPORTED_LANGUAGES or LOG_RETENTION_DAYS."""
     result, config = entrypoint(tmp_path, LANGUAGE="de_DE:en", MAX_JOBS="4", MAX_WORKERS="2",
                                 EVALUATION_PORT="tcp://10.0.0.7:8080",
                                 EVALUATION_SERVICE_HOST="10.0.0.7", LABEL_STUDIO_PORT="8080",
                                 LANGUAGES_DIR="/x", RETENTION_POLICY="x", INIT_STATE="",
                                 SUPPORTED_LANGUAGES="en,de", ENABLE_EVALUATION="1",
-                                BACKUP_LABELS_FILE="/x")
+                                BACKUP_LABELS_FILE="/x", LOG_RETENTION_DAYS="14",
+                                HF_LOCAL_MODELS="/models")
     assert result.returncode == 0 and "languages" not in config, result.stderr
 
 
