@@ -56,6 +56,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from fedintent.launch.certificates import is_ca_certificate
 from fl_protocol.settings import SettingRefused, check_names, port_setting
 from fl_protocol.written_numbers import written_number
 
@@ -274,7 +275,7 @@ def check_server_certificate(certfile: str, keyfile: str, ca_cert: str,
     if _spki(cert.public_key()) != public_key:
         raise CertificateRefused(f"{pair}: the key is not the certificate's (their public keys "
                                  "differ)")
-    if _is_ca(cert):
+    if is_ca_certificate(cert):
         raise CertificateRefused(f"cannot use {certfile}: it is a CA certificate "
                                  "(basicConstraints CA:TRUE); the SuperLink needs its own "
                                  "certificate, issued by the CA, and the CA's key kept away")
@@ -350,19 +351,12 @@ def _check_ca_certificate(path: Path, certfile: str, keyfile: str) -> None:
     if b"PRIVATE KEY" in data:
         raise CertificateRefused(f"{refused}: it holds a private key; give the CA's certificate "
                                  "alone and keep its key away from the SuperLink")
-    if not all(_is_ca(authority) for authority in authorities):
+    if not all(is_ca_certificate(authority) for authority in authorities):
         raise CertificateRefused(f"{refused}: it is not a CA certificate (basicConstraints "
                                  "CA:FALSE or missing)")
     reason = _verify_message(str(path), certfile, keyfile)
     if reason:
         raise CertificateRefused(f"{refused}: it does not verify {certfile} ({reason})")
-
-
-def _is_ca(cert: x509.Certificate) -> bool:
-    try:
-        return cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
-    except x509.ExtensionNotFound:
-        return False
 
 
 def _verify_message(ca_cert: str, certfile: str, keyfile: str,

@@ -27,7 +27,8 @@ from typing import Any, NoReturn
 
 import tomli_w
 from cryptography import x509
-from cryptography.x509.oid import ExtensionOID
+
+from fedintent.launch.certificates import is_ca_certificate
 
 NAME = "fedintent"
 WRITTEN_KEYS = ("address", "root-certificates")
@@ -88,19 +89,10 @@ def not_a_ca(data: bytes, certificates: list[x509.Certificate]) -> str | None:
     it also holds a private key, or a certificate that is not a CA's."""
     if b"PRIVATE KEY" in data:
         return "holds a private key; give the CA's certificate alone and keep its key away"
-    if not all(map(is_ca, certificates)):
+    if not all(map(is_ca_certificate, certificates)):
         return ("is not a CA certificate (basicConstraints CA:FALSE or missing); give the CA's, "
                 "e.g. ca.crt, not the SuperLink's")
     return None
-
-
-def is_ca(certificate: x509.Certificate) -> bool:
-    """Whether ``certificate`` says it is a CA's (basicConstraints CA:TRUE), as TLS requires of
-    a certificate it trusts to issue others (fleet_gateway.py checks its ca.crt alike; the
-    deploy scripts are not a package to share it)."""
-    constraints = {extension.oid: extension.value for extension in certificate.extensions}.get(
-        ExtensionOID.BASIC_CONSTRAINTS)
-    return isinstance(constraints, x509.BasicConstraints) and constraints.ca
 
 
 def merged(config: dict[str, Any], address: str, ca_cert: Path,

@@ -151,7 +151,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.serialization import load_ssh_private_key, load_ssh_public_key
 
-from fedintent.launch.certificates import signing_key_id
+from fedintent.launch.certificates import is_ca_certificate, signing_key_id
 
 path, ca_cert, site_key = sys.argv[1:]
 try:
@@ -180,14 +180,8 @@ try:
         certificates = x509.load_pem_x509_certificates(f.read())
 except (OSError, ssl.SSLError, ValueError) as err:
     sys.exit(f"site-entrypoint: CA_CERT {ca_cert} is not a PEM CA certificate ({err})")
-authorities = []
-for certificate in certificates:
-    try:
-        if certificate.extensions.get_extension_for_class(x509.BasicConstraints).value.ca:
-            authorities.append(certificate)
-    except x509.ExtensionNotFound:  # no CA's, as RFC 5280 reads it
-        pass
-if not authorities:  # found in review: the SuperLink's own certificate passed
+if not any(map(is_ca_certificate, certificates)):  # found in review: the SuperLink's own
+    # certificate passed
     sys.exit(f"site-entrypoint: CA_CERT {ca_cert} is a certificate but no CA's (the SuperLink's "
              "own?): give the certificate authority's, ca.crt")
 try:

@@ -153,6 +153,17 @@ def signing_key_id(public_key: ed25519.Ed25519PublicKey) -> str:
     return "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
 
 
+def is_ca_certificate(certificate: x509.Certificate) -> bool:
+    """Whether ``certificate`` says it is a CA's (basicConstraints CA:TRUE), as TLS requires of
+    a certificate it trusts to issue others: what the SuperLink's ``ca.crt``, the operator's
+    connection and a site's ``CA_CERT`` are each held to (a server's own certificate given for
+    the CA had passed; found in review)."""
+    try:
+        return certificate.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    except x509.ExtensionNotFound:  # no CA's, as RFC 5280 reads it
+        return False
+
+
 def trusted_entities_yaml(public_keys: list[bytes]) -> bytes:
     """``flower-supernode --trusted-entities`` content: key id -> ``ssh-ed25519 ...`` line."""
     lines = ["# Keys whose signature on an app bundle this site accepts (docs/SITE_GUIDE.md)."]
