@@ -76,8 +76,8 @@ def build_strategy(
     server_learning_rate: float,
     max_update_norm: float,
     reply_timeout: float,
+    plan: RunPlan,
     server_momentum: float = 0.0,
-    plan: RunPlan | None = None,
 ) -> "CheckedRounds":
     """A Flower strategy that trains and evaluates on every connected site each round, wrapped
     in ``CheckedRounds``. ``fedavg`` with ``server_momentum`` is Flower's FedAvgM: heavy-ball
@@ -120,7 +120,7 @@ class CheckedRounds(Strategy):
         spec: ArraySpec,
         max_update_norm: float,
         reply_timeout: float,
-        plan: RunPlan | None = None,
+        plan: RunPlan,
     ) -> None:
         super().__init__()
         self.strategy = strategy

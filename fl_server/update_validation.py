@@ -105,12 +105,12 @@ def check_train_reply(
     spec: ArraySpec,
     global_arrays: dict[str, np.ndarray],
     max_update_norm: float,
-    plan: RunPlan | None = None,
+    plan: RunPlan,
 ) -> float:
     """The reply's update norm ||reply - global||_2, or raise ``InvalidReply``.
 
-    ``max_update_norm``: the run's ``max-update-norm``; without a ``plan`` (no run to hold the
-    claims against) only a fixed bound applies."""
+    ``max_update_norm``: the run's ``max-update-norm``; ``plan``: what the run asked every site
+    for, which the reply's privacy claims, and so its derived bound, are held to."""
     if set(content) != {ARRAYS_KEY, METRICS_KEY}:
         raise InvalidReply(f"expected records {ARRAYS_KEY!r} and {METRICS_KEY!r}, "
                            f"got {sorted(content)}")
@@ -118,8 +118,7 @@ def check_train_reply(
     if arrays is None:
         raise InvalidReply(f"{ARRAYS_KEY!r} is not an ArrayRecord")
     metrics = _check_metrics(content, TRAIN_METRICS)
-    if plan is not None:
-        check_privacy_claims(metrics, plan)
+    check_privacy_claims(metrics, plan)
     missing, unexpected = sorted(set(spec) - set(arrays)), sorted(set(arrays) - set(spec))
     if missing or unexpected:
         raise InvalidReply(f"wrong parameter names: missing {missing}, unexpected {unexpected}")
@@ -141,7 +140,7 @@ def check_train_reply(
     bound = max_update_norm
     if bound == 0:
         dimension = sum(math.prod(shape) for shape, _ in spec.values())
-        bound = math.inf if plan is None else derived_update_bound(metrics, plan, dimension)
+        bound = derived_update_bound(metrics, plan, dimension)
     if norm > bound:
         source = "derived from the run's DP settings" if max_update_norm == 0 else "set"
         raise InvalidReply(f"update norm {norm:.4g} exceeds max-update-norm {bound:.4g} "
@@ -283,13 +282,12 @@ def _claims_and_medians(claims: dict[int, float]) -> dict[int, tuple[float, floa
     return out
 
 
-def check_secure_train_reply(content: RecordDict, plan: RunPlan | None = None) -> None:
-    """Raise ``InvalidReply`` unless a SecAgg+ site's reply holds exactly its usable metrics."""
+def check_secure_train_reply(content: RecordDict, plan: RunPlan) -> None:
+    """Raise ``InvalidReply`` unless a SecAgg+ site's reply holds exactly its usable metrics,
+    its privacy claims within the run's ``plan``."""
     if set(content) != {METRICS_KEY}:
         raise InvalidReply(f"expected only the record {METRICS_KEY!r}, got {sorted(content)}")
-    metrics = _check_metrics(content, TRAIN_METRICS)
-    if plan is not None:
-        check_privacy_claims(metrics, plan)
+    check_privacy_claims(_check_metrics(content, TRAIN_METRICS), plan)
 
 
 def check_evaluate_reply(content: RecordDict) -> None:

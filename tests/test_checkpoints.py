@@ -21,6 +21,7 @@ from flwr.app import Array, ArrayRecord
 from flwr.serverapp.strategy import FedAvgM
 from safetensors.numpy import load_file
 from safetensors.numpy import save as safetensors_save
+from test_update_validation import NO_DP
 
 from data_synth import write_sites
 from fedintent.launch.simulation import SimulationError, run_simulation, simulated_run_record
@@ -268,7 +269,7 @@ def test_fedadam_moments_survive_a_checkpoint(tmp_path):
     def strategy(name: str):
         record = RunRecord.start(tmp_path / f"{name}.json", 1, {}, ["a"])
         return build_strategy(name, record, spec={}, min_sites=1, server_learning_rate=0.1,
-                              max_update_norm=0.0, reply_timeout=1.0)
+                              max_update_norm=0.0, reply_timeout=1.0, plan=NO_DP)
 
     before = strategy("fedadam")
     before.strategy.m_t, before.strategy.v_t = MOMENTS["m_t"], MOMENTS["v_t"]
@@ -289,7 +290,8 @@ def test_fedavgm_momentum_survives_a_checkpoint(tmp_path):
     def strategy():
         record = RunRecord.start(tmp_path / "m.json", 1, {}, ["a"])
         return build_strategy("fedavg", record, spec={}, min_sites=1, server_learning_rate=0.1,
-                              max_update_norm=0.0, reply_timeout=1.0, server_momentum=0.8)
+                              max_update_norm=0.0, reply_timeout=1.0, plan=NO_DP,
+                              server_momentum=0.8)
 
     before = strategy()
     assert isinstance(before.strategy, FedAvgM) and before.strategy.server_momentum == 0.8

@@ -130,6 +130,16 @@ def test_privacy_claims_inconsistent_with_the_plan_are_rejected(claims, reason):
         check(start, update, metrics | claims)
 
 
+@pytest.mark.parametrize("name", ["noise-multiplier", "sample-rate", "clip-norm", "steps",
+                                  "privacy-units"])
+def test_a_dp_claim_without_its_release_is_rejected(name):
+    """A finite epsilon is only believed with the release it was computed for: without one, the
+    claim could not be held to the plan, nor the update bound derived."""
+    start, update, metrics = dp_reply()
+    with pytest.raises(InvalidReply, match=rf"a DP claim \(epsilon .*\) without \['{name}'\]"):
+        check(start, update, {key: value for key, value in metrics.items() if key != name})
+
+
 def test_a_resumed_run_allows_the_epsilon_of_the_rounds_it_trains_again():
     """Rounds a resume trains again are charged twice by the sites: 4 charges of a 3-round plan
     at target 8 may reach 8 x 4 / 3, and no more."""

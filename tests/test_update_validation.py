@@ -8,11 +8,12 @@ import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
-from fl_protocol.wire import Reason
+from fl_protocol.wire import RUN_CONFIG_DEFAULTS, Reason
 from fl_server.run_record import RunRecord
 from fl_server.strategy import STRATEGIES, build_strategy
 from fl_server.update_validation import (
     InvalidReply,
+    RunPlan,
     array_spec,
     check_evaluate_reply,
     check_train_reply,
@@ -20,7 +21,10 @@ from fl_server.update_validation import (
 
 GLOBAL = {"weight": np.zeros((3, 4), dtype=np.float32), "bias": np.zeros(3, dtype=np.float32)}
 SPEC = array_spec(ArrayRecord({k: Array(v) for k, v in GLOBAL.items()}))
-METRICS = {"num-examples": 10, "epsilon": 1.0, "delta": 1e-5}
+METRICS = {"num-examples": 10, "epsilon": math.inf, "delta": 0.0}
+"""A site's reply in a run without DP: its privacy claims are ``test_claimed_numbers``'."""
+NO_DP = RunPlan.from_run_config(RUN_CONFIG_DEFAULTS | {"target-epsilon": math.inf})
+"""A run without DP, in which nothing derives an update bound from a site's DP settings."""
 
 
 def train_content(arrays: dict | None = None, **metrics) -> RecordDict:
@@ -32,12 +36,8 @@ def train_content(arrays: dict | None = None, **metrics) -> RecordDict:
 
 
 def test_a_good_update_passes_with_its_norm():
-    norm = check_train_reply(train_content(), SPEC, GLOBAL, max_update_norm=0.0)
+    norm = check_train_reply(train_content(), SPEC, GLOBAL, max_update_norm=0.0, plan=NO_DP)
     assert norm == pytest.approx(math.sqrt(15 * 0.1**2), rel=1e-6)
-
-
-def test_infinite_epsilon_is_a_run_without_dp_and_passes():
-    check_train_reply(train_content(epsilon=math.inf), SPEC, GLOBAL, max_update_norm=0.0)
 
 
 @pytest.mark.parametrize(
@@ -60,20 +60,21 @@ def test_infinite_epsilon_is_a_run_without_dp_and_passes():
 )
 def test_bad_updates_are_rejected_with_a_reason(content, reason):
     with pytest.raises(InvalidReply) as err:
-        check_train_reply(content, SPEC, GLOBAL, max_update_norm=0.0)
+        check_train_reply(content, SPEC, GLOBAL, max_update_norm=0.0, plan=NO_DP)
     assert reason in str(err.value)
 
 
 def test_an_update_beyond_max_update_norm_is_rejected():
     big = {k: v + 10.0 for k, v in GLOBAL.items()}
-    check_train_reply(train_content(big), SPEC, GLOBAL, max_update_norm=0.0)  # 0 = no bound
+    check_train_reply(train_content(big), SPEC, GLOBAL, max_update_norm=0.0, plan=NO_DP)  # none
     with pytest.raises(InvalidReply, match="update norm 38.73 exceeds max-update-norm 5"):
-        check_train_reply(train_content(big), SPEC, GLOBAL, max_update_norm=5.0)
+        check_train_reply(train_content(big), SPEC, GLOBAL, max_update_norm=5.0, plan=NO_DP)
 
 
 def test_the_norm_is_measured_from_the_global_model_sent():
     moved = {k: v + 1.0 for k, v in GLOBAL.items()}
-    assert check_train_reply(train_content(moved), SPEC, moved, max_update_norm=0.1) == 0.0
+    assert check_train_reply(train_content(moved), SPEC, moved, max_update_norm=0.1,
+                             plan=NO_DP) == 0.0
 
 
 @pytest.mark.parametrize(
@@ -128,7 +129,7 @@ def evaluate(strategy, grid: FakeGrid, arrays: ArrayRecord) -> None:
 def test_strategy_aggregates_only_valid_replies_and_records_the_rest(tmp_path, server_identity):
     record = RunRecord.start(tmp_path / "metrics.json", 1, {}, ["a", "b", "c"])
     strategy = build_strategy("fedavg", record, SPEC, min_sites=1, server_learning_rate=0.1,
-                              max_update_norm=20.0, reply_timeout=7.0)
+                              max_update_norm=20.0, reply_timeout=7.0, plan=NO_DP)
     grid = FakeGrid([1, 2, 3, 4, 5, 6, 7])
     start = ArrayRecord({k: Array(v) for k, v in GLOBAL.items()})
     replies_by_node = {
@@ -151,7 +152,7 @@ def test_strategy_aggregates_only_valid_replies_and_records_the_rest(tmp_path, s
     # (1.0 * 10 + 3.0 * 30) / 40 = 2.5: only nodes 1 and 2 are averaged
     np.testing.assert_allclose(arrays["weight"].numpy(), np.full((3, 4), 2.5, np.float32))
     assert arrays["weight"].numpy().dtype == np.float32
-    assert dict(metrics) == {"max-epsilon": 1.0}
+    assert dict(metrics) == {"max-epsilon": math.inf}
     evaluate(strategy, grid, arrays)
     entry = json.loads((tmp_path / "metrics.json").read_text())["rounds"][0]
     assert entry["sites_trained"] == 2 and entry["sites_failed"] == 5
@@ -170,7 +171,7 @@ def test_strategy_aggregates_only_valid_replies_and_records_the_rest(tmp_path, s
 def test_superlink_errors_are_attributed_to_the_node_asked(tmp_path, server_identity, name):
     record = RunRecord.start(tmp_path / "metrics.json", 1, {}, ["a"])
     strategy = build_strategy(name, record, SPEC, min_sites=1, server_learning_rate=0.1,
-                              max_update_norm=0.0, reply_timeout=60.0)
+                              max_update_norm=0.0, reply_timeout=60.0, plan=NO_DP)
     grid = FakeGrid([11, 12])
     start = ArrayRecord({k: Array(v) for k, v in GLOBAL.items()})
 
