@@ -21,6 +21,13 @@ value from which a site plans its noise share and counts on the others' (run, ro
 cohort, target epsilon, delta, tolerated sites). A server that told sites different plans (one
 site 40 rounds, the others 1, so that they add a fortieth of the noise it counts on; found in
 review) gets pairwise masks that do not cancel, and a sum that is uniform noise.
+
+Every mask is also keyed with the shapes it is drawn for. A site plans its noise share by the
+model's size (its sensitivity grows with it), so a server that sent one site a 77-label model
+and the others a 2-label one had the others add a sixtieth of the noise that site counts on;
+and one keystream cut by shape gave both the same pairwise masks on the positions they share,
+which then cancelled there, exposing that site's first rows under the others' small noise
+(found in review). Keyed with the shapes, masks of different models share no value.
 """
 
 import hashlib
@@ -34,10 +41,10 @@ from contextvars import ContextVar
 import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 
-DOMAIN = b"fedintent/secagg+-mask/v1\x00"
+DOMAIN = b"fedintent/secagg+-mask/v2\x00"
 """Prefix of the seed before hashing: these keys derive from no other use of the same seed."""
 
-BOUND_DOMAIN = b"fedintent/secagg+-mask/plan-bound/v1\x00"
+BOUND_DOMAIN = b"fedintent/secagg+-mask/plan-bound/v2\x00"
 """The prefix instead, followed by the plan's digest, for masks bound to a plan."""
 
 _PLAN: ContextVar[bytes] = ContextVar("fedintent_secagg_plan", default=b"")
@@ -56,10 +63,11 @@ _FLOWER_MODULES = (
 def mask_arrays(
     seed: bytes, num_range: int, dimensions_list: list[tuple[int, ...]]
 ) -> list[np.ndarray]:
-    """One int64 array per shape, uniform over [0, num_range), from one ChaCha20 keystream.
+    """One int64 array per shape, uniform over [0, num_range), from one ChaCha20 keystream
+    keyed with the seed and the shapes (and a bound plan).
 
     Same signature and output as Flower's ``pseudo_rand_gen``, so the two are interchangeable;
-    the same seed always gives the same masks, which is what lets the server unmask.
+    the same seed and shapes always give the same masks, which is what lets the server unmask.
     """
     if (
         isinstance(num_range, bool)
@@ -73,7 +81,9 @@ def mask_arrays(
         )
     sizes = [math.prod(shape) for shape in dimensions_list]
     plan = _PLAN.get()
-    key = hashlib.sha256((BOUND_DOMAIN + plan if plan else DOMAIN) + seed).digest()
+    shapes = json.dumps([[int(length) for length in shape] for shape in dimensions_list])
+    key = hashlib.sha256((BOUND_DOMAIN + plan if plan else DOMAIN)
+                         + hashlib.sha256(shapes.encode("ascii")).digest() + seed).digest()
     encryptor = Cipher(algorithms.ChaCha20(key, _NONCE), mode=None).encryptor()
     keystream = encryptor.update(bytes(4 * sum(sizes)))
     words = np.frombuffer(keystream, dtype="<u4") & np.uint32(num_range - 1)

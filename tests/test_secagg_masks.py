@@ -25,9 +25,11 @@ FLOWER_MODULES = (
 )
 
 
-def chacha20_words(seed: bytes, count: int) -> list[int]:
-    """The first ``count`` little-endian 32-bit keystream words, computed without the module."""
-    key = hashlib.sha256(b"fedintent/secagg+-mask/v1\x00" + seed).digest()
+def chacha20_words(seed: bytes, count: int, shapes: str = "[[3], [2, 2], []]") -> list[int]:
+    """The first ``count`` little-endian 32-bit keystream words of masks drawn for ``shapes``
+    (as JSON), computed without the module."""
+    shapes_digest = hashlib.sha256(shapes.encode()).digest()
+    key = hashlib.sha256(b"fedintent/secagg+-mask/v2\x00" + shapes_digest + seed).digest()
     encryptor = Cipher(algorithms.ChaCha20(key, bytes(16)), mode=None).encryptor()
     return list(struct.unpack(f"<{count}I", encryptor.update(bytes(4 * count))))
 
@@ -35,14 +37,14 @@ def chacha20_words(seed: bytes, count: int) -> list[int]:
 def test_known_answer_pinned_and_matching_an_independent_chacha20():
     masks = mask_arrays(SEED, 2**32, SHAPES)
     pinned = [
-        [4011116735, 369672628, 2187921335],
-        [[3644569044, 2958636664], [972384759, 2923043432]],
-        1360898704,
+        [2584226791, 3211961808, 2576040978],
+        [[3507915298, 4066361344], [1949782690, 1076371323]],
+        3544017192,
     ]
     assert [m.tolist() for m in masks] == pinned
     independent = chacha20_words(SEED, 8)
     assert independent == [*pinned[0], *pinned[1][0], *pinned[1][1], pinned[2]]
-    assert DOMAIN == b"fedintent/secagg+-mask/v1\x00"
+    assert DOMAIN == b"fedintent/secagg+-mask/v2\x00"
 
 
 def test_known_answer_for_a_small_range_keeps_the_low_bits():
@@ -114,10 +116,21 @@ def test_same_seed_same_masks_and_different_seeds_different_masks():
     assert not any(np.array_equal(a, b) for a, b in zip(first, other, strict=True))
 
 
-def test_one_continuous_keystream_across_the_shapes():
+def test_masks_drawn_for_other_shapes_share_no_value():
+    """A site sent a 77-label model and its peers a 2-label one plan different noise; one
+    keystream cut by shape gave them equal pairwise masks on the positions they share, which
+    cancelled there, exposing that site's first rows under the peers' smaller noise (review
+    123 M1)."""
     split = mask_arrays(SEED, 2**32, [(10,), (5, 2), ()])
     whole = mask_arrays(SEED, 2**32, [(21,)])[0]
-    assert np.array_equal(np.concatenate([m.ravel() for m in split]), whole)
+    assert not np.any(np.concatenate([m.ravel() for m in split]) == whole)
+    assert np.concatenate([m.ravel() for m in split]).tolist() == chacha20_words(
+        SEED, 21, "[[10], [5, 2], []]")
+    with masks_bound_to(plan_binding("r", 1, 30, 10, 8.0, 1e-5, 1)):
+        victim = mask_arrays(SEED, 2**32, [(1,), (77, 16), (77,)])
+        peer = mask_arrays(SEED, 2**32, [(1,), (2, 16), (2,)])
+    flat_victim, flat_peer = (np.concatenate([m.ravel() for m in one]) for one in (victim, peer))
+    assert not np.any(flat_victim[:flat_peer.size] == flat_peer)
 
 
 def test_values_are_roughly_uniform():
