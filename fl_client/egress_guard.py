@@ -196,8 +196,12 @@ def _check_masked_update(msg: Message, content: RecordDict, model: str,
         raise EgressViolation("masked update: the legacy reply header carries more than the "
                               "example count")
     labels = list(msg.content[CONFIG_KEY]["labels"])
-    shapes = [(1,)] + [tuple(t.shape) for t in
-                       get_model_family(model).build_model(len(labels)).state_dict().values()]
+    own = get_model_family(model).build_model(len(labels)).state_dict()
+    # In the order the server sent the model: the site masks in it and the server unmasks in it
+    # (review 123 L1: the family's order here blocked every update sent in another, after the
+    # round was charged).
+    shapes = [(1,)] + [tuple(own[name].shape) if name in own else None
+                       for name in msg.content[ARRAYS_KEY]]
     try:
         sent = [bytes_to_ndarray(b) for b in content[RECORD_KEY_CONFIGS][Key.MASKED_PARAMETERS]]
     except ValueError as err:

@@ -23,7 +23,7 @@ from flwr.app import (
     MetricRecord,
     RecordDict,
 )
-from flwr.common import parameters_to_ndarrays
+from flwr.common import bytes_to_ndarray, parameters_to_ndarrays
 from flwr.common.secure_aggregation.crypto.symmetric_encryption import (
     encrypt,
     generate_shared_key,
@@ -44,6 +44,7 @@ from flwr.supercore.primitives.asymmetric import (
 from test_egress_guard import LABELS, head_state
 
 import fl_client.secure_aggregation as secure_aggregation
+from fl_client.egress_guard import check_secagg_reply
 from fl_protocol.secagg_masks import mask_arrays
 from fl_protocol.secret_sharing import split_secret
 from fl_protocol.wire import REASON_CODES, RUN_CONFIG_DEFAULTS, Reason
@@ -293,6 +294,28 @@ def test_every_stage_masks_and_shares_with_the_sites_own_primitives(context, mon
     monkeypatch.setattr(flower, "create_shares", "Flower's sharing")
     secure_aggregation.secure_aggregation_mod(secagg_message(), context, handler(trained()))
     assert flower.pseudo_rand_gen is mask_arrays and flower.create_shares is split_secret
+
+
+@pytest.mark.parametrize("order", [("weight", "bias"), ("bias", "weight")])
+def test_an_update_masked_by_flowers_mod_in_the_servers_order_leaves(context, monkeypatch,
+                                                                      order):
+    """The site masks in the order the server sent the model, which the server unmasks in; the
+    egress guard expected the family's, and blocked a model sent in another after the round
+    was charged (review 123 L1)."""
+    monkeypatch.setattr(secure_aggregation, "secaggplus_mod",
+                        importlib.import_module("flwr.client.mod").secaggplus_mod)
+    state = context.state[RECORD_KEY_STATE]
+    state["current_stage"], state["rd_seed"] = Stage.SHARE_KEYS, b"\x01" * 32
+    for name in ("rd_seed_share_dict", "sk1_share_dict"):
+        state[f"{name}:K"], state[f"{name}:V"] = [], []
+    msg = secagg_message()
+    msg.content["arrays"] = arrays(order=order)
+    reply = secure_aggregation.secure_aggregation_mod(msg, context, handler(trained()))
+    assert not reply.has_error()
+    check_secagg_reply(Stage.COLLECT_MASKED_VECTORS, msg, reply, str(RUN_CONFIG_DEFAULTS["model"]))
+    masked = reply.content[RECORD_KEY_CONFIGS][Key.MASKED_PARAMETERS]
+    assert [bytes_to_ndarray(b).shape for b in masked] == [(1,)] + [
+        model_state()[name].shape for name in order]
 
 
 def test_a_stage_of_a_round_never_set_up_is_refused_untrained(context):
