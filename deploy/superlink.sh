@@ -30,8 +30,7 @@
 # a scheme or a :PORT or that does not resolve, a port outside [1, 65535], used twice on one
 # address or that cannot be bound now, and a SUPERLINK_DATABASE that is a folder, lies in a
 # missing folder or is not an SQLite file are refused (exit 2, naming the variable): each had
-# fallen back to a default without a word, or failed after start (fleet_gateway.py
-# --check-settings).
+# fallen back to a default without a word, or failed after start (deploy/superlink_checks.py).
 set -eu
 
 for command in python flower-superlink; do
@@ -45,7 +44,7 @@ done
 export SUPERLINK_HOST="${SUPERLINK_HOST-0.0.0.0}" SUPERLINK_PORT="${SUPERLINK_PORT-9093}" \
     CONTROL_PORT="${CONTROL_PORT-9091}" RELEASE_PORT="${RELEASE_PORT-9095}"
 here="$(cd "$(dirname "$0")" && pwd)"
-python "$here/fleet_gateway.py" --check-settings || exit 2
+python "$here/superlink_checks.py" || exit 2
 for file in ca.crt superlink.crt superlink.key; do
     [ -r "$CERT_DIR/$file" ] || { echo "superlink: cannot read $CERT_DIR/$file" >&2; exit 2; }
 done

@@ -13,7 +13,7 @@ import contextlib
 import datetime
 import hashlib
 import http.client
-import importlib.util
+import importlib
 import json
 import os
 import re
@@ -25,6 +25,7 @@ import sys
 import time
 from pathlib import Path
 from types import ModuleType
+from unittest import mock
 
 import pytest
 from cryptography import x509
@@ -651,16 +652,21 @@ def test_a_signature_file_naming_an_unknown_key_type_is_refused_by_name(signed, 
 # --- the Fleet gateway's body limit ---------------------------------------------------------
 
 def deploy_script(name: str) -> ModuleType:
-    """``deploy/<name>.py`` as a module (the folder is scripts, not a package)."""
-    spec = importlib.util.spec_from_file_location(name, REPO / "deploy" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """``deploy/<name>.py`` as a module, imported as the scripts import each other (the folder
+    is scripts, not a package: run as ``python deploy/<name>.py``, deploy/ is their
+    ``sys.path[0]``), so one script's import of another is the module the tests load."""
+    with mock.patch.object(sys, "path", [str(REPO / "deploy"), *sys.path]):
+        return importlib.import_module(name)
 
 
 @pytest.fixture(scope="module")
 def gateway():
     return deploy_script("fleet_gateway")
+
+
+@pytest.fixture(scope="module")
+def checks():
+    return deploy_script("superlink_checks")
 
 
 class Upload:
@@ -864,7 +870,8 @@ def test_superlink_sh_passes_fleet_max_body_mib_to_the_gateway(signed, tmp_path,
     code, out, err = superlink_sh(env)
     assert code == 1 and "the Fleet gateway stopped" in err, err
     args = [line.removeprefix("ARG:") for line in out.splitlines() if line.startswith("ARG:")]
-    assert args[0].endswith("fleet_gateway.py")
+    assert [Path(arg).name for arg in args if arg.endswith(".py")] == [
+        "superlink_checks.py", "fleet_gateway.py", "fleet_gateway.py"]
     assert args[-len(passed) - 1:] == [str(signed["creds"].server_key), *passed]
 
 
@@ -994,18 +1001,18 @@ def test_superlink_sh_refuses_a_certificate_it_cannot_serve_before_starting(sign
     assert run_superlink_sh(certs, tmp_path / "home") == (2, f"superlink: {refusal}\n")
 
 
-def test_the_gateway_warns_within_30_days_of_the_certificate_expiring(gateway, signed):
+def test_the_gateway_warns_within_30_days_of_the_certificate_expiring(checks, signed):
     creds = signed["creds"]
     expires = x509.load_pem_x509_certificate(creds.server_cert.read_bytes()).not_valid_after_utc
 
     def check(days_left: float) -> str | None:
-        return gateway.check_server_certificate(
+        return checks.check_server_certificate(
             str(creds.server_cert), str(creds.server_key), str(creds.ca_cert),
             now=expires - datetime.timedelta(days=days_left))
 
     assert check(31) is None
     assert check(10) == (f"warning: {creds.server_cert} expires on {expires:%Y-%m-%d %H:%M} UTC, "
                          "in 10 days: renew it and restart the SuperLink before then")
-    with pytest.raises(gateway.CertificateRefused, match=re.escape(
+    with pytest.raises(checks.CertificateRefused, match=re.escape(
             f"cannot use {creds.server_cert}: it expired on {expires:%Y-%m-%d %H:%M} UTC")):
         check(0)

@@ -1,8 +1,8 @@
 """What ``deploy/superlink.sh`` refuses before it starts anything (review 120): a ``ca.crt`` that
 does not verify ``superlink.crt``, a server certificate not valid yet or a CA's own, and a
 misspelled, empty or out-of-range setting; each in one line naming the file or the variable,
-exit 2. The checks run as ``deploy/fleet_gateway.py --check-settings`` and
-``--check-certificate``; nothing here listens on a port.
+exit 2. The checks run as ``deploy/superlink_checks.py`` and ``deploy/fleet_gateway.py
+--check-certificate``; nothing here listens on a port.
 """
 
 import datetime
@@ -28,6 +28,11 @@ from fl_protocol.settings import SettingRefused
 
 REPO = Path(__file__).resolve().parents[1]
 GATEWAY = REPO / "deploy" / "fleet_gateway.py"
+
+
+@pytest.fixture(scope="module")
+def checks():
+    return deploy_script("superlink_checks")
 
 
 @pytest.fixture(scope="module")
@@ -78,41 +83,41 @@ def test_superlink_sh_refuses_a_ca_cert_that_does_not_verify_its_certificate(cre
         2, f"superlink: cannot use {certs / 'ca.crt'}: {reason}\n")
 
 
-def test_the_gateway_names_a_ca_cert_it_cannot_load(gateway, tmp_path):
+def test_the_gateway_names_a_ca_cert_it_cannot_load(gateway, checks, tmp_path):
     """make_app had died in ssl.create_default_context with a traceback."""
-    with pytest.raises(gateway.CertificateRefused, match=f"cannot use {tmp_path}: cannot read "
+    with pytest.raises(checks.CertificateRefused, match=f"cannot use {tmp_path}: cannot read "
                        "it: Is a directory"):
         gateway.make_app("127.0.0.1:9", str(tmp_path))
 
 
-def test_the_right_ca_passes(gateway, creds):
+def test_the_right_ca_passes(checks, creds):
     ours = creds["ours"]
-    assert gateway.check_server_certificate(str(ours.server_cert), str(ours.server_key),
+    assert checks.check_server_certificate(str(ours.server_cert), str(ours.server_key),
                                             str(ours.ca_cert)) is None
 
 
 # --- the server certificate (L1) --------------------------------------------------------------
 
-def test_a_certificate_not_valid_yet_is_refused(gateway, creds, tmp_path):
+def test_a_certificate_not_valid_yet_is_refused(checks, creds, tmp_path):
     now = datetime.datetime.now(datetime.UTC)
     future = tmp_path / "superlink.crt"
     future.write_bytes(reissued(creds["ours"], now + datetime.timedelta(days=3),
                                 now + datetime.timedelta(days=300)))
-    with pytest.raises(gateway.CertificateRefused, match=f"cannot use {future}: it is not valid "
+    with pytest.raises(checks.CertificateRefused, match=f"cannot use {future}: it is not valid "
                        "before .* UTC; check this machine's clock"):
-        gateway.check_server_certificate(str(future), str(creds["ours"].server_key),
+        checks.check_server_certificate(str(future), str(creds["ours"].server_key),
                                          str(creds["ours"].ca_cert))
 
 
-def test_the_cas_own_pair_is_refused_as_the_server_pair(gateway, creds):
+def test_the_cas_own_pair_is_refused_as_the_server_pair(checks, creds):
     """Found in review: accepted, so ca.key would sit on the SuperLink (the guide forbids it)."""
     ours = creds["ours"]
-    with pytest.raises(gateway.CertificateRefused, match=f"cannot use {ours.ca_cert}: it is a "
+    with pytest.raises(checks.CertificateRefused, match=f"cannot use {ours.ca_cert}: it is a "
                        r"CA certificate \(basicConstraints CA:TRUE\)"):
-        gateway.check_server_certificate(str(ours.ca_cert), str(ours.ca_key), str(ours.ca_cert))
+        checks.check_server_certificate(str(ours.ca_cert), str(ours.ca_key), str(ours.ca_cert))
 
 
-def test_a_pair_no_tls_client_can_connect_to_is_refused(gateway, creds, tmp_path):
+def test_a_pair_no_tls_client_can_connect_to_is_refused(checks, creds, tmp_path):
     """A DSA key from the right CA: no cipher suite both sides share, so every site would fail
     its handshake; it is named as the pair's fault, not the CA's."""
     ours = creds["ours"]
@@ -131,13 +136,13 @@ def test_a_pair_no_tls_client_can_connect_to_is_refused(gateway, creds, tmp_path
     private.write_bytes(key.private_bytes(serialization.Encoding.PEM,
                                           serialization.PrivateFormat.PKCS8,
                                           serialization.NoEncryption()))
-    with pytest.raises(gateway.CertificateRefused, match=re.escape(
+    with pytest.raises(checks.CertificateRefused, match=re.escape(
             f"cannot use {certificate} and {private}: a TLS client cannot connect with them "
             "(NO_SHARED_CIPHER)")):
-        gateway.check_server_certificate(str(certificate), str(private), str(ours.ca_cert))
+        checks.check_server_certificate(str(certificate), str(private), str(ours.ca_cert))
 
 
-def test_a_certificate_serves_from_its_first_moment_and_is_warned_of_30_days_ahead(gateway,
+def test_a_certificate_serves_from_its_first_moment_and_is_warned_of_30_days_ahead(checks,
                                                                                    creds):
     """Each end of the window is the documented one: not valid *before* ``notBefore``, and
     the warning from ``EXPIRY_WARNING_DAYS`` (30) days left, that day included."""
@@ -145,7 +150,7 @@ def test_a_certificate_serves_from_its_first_moment_and_is_warned_of_30_days_ahe
     cert = x509.load_pem_x509_certificate(ours.server_cert.read_bytes())
 
     def check(now: datetime.datetime) -> str | None:
-        return gateway.check_server_certificate(str(ours.server_cert), str(ours.server_key),
+        return checks.check_server_certificate(str(ours.server_cert), str(ours.server_key),
                                                 str(ours.ca_cert), now=now)
 
     check(cert.not_valid_before_utc)
@@ -193,22 +198,22 @@ def test_a_certificate_serves_from_its_first_moment_and_is_warned_of_30_days_ahe
     ({"SUPERLINK_HOST": "localhost", "SUPERLINK_PORT": "9091", "CONTROL_PORT": "9091"},
      "SUPERLINK_PORT and CONTROL_PORT are both 9091; each needs its own port"),
 ])
-def test_settings_that_would_start_in_vain_are_refused_naming_the_variable(gateway, environ,
+def test_settings_that_would_start_in_vain_are_refused_naming_the_variable(checks, environ,
                                                                            refusal):
     """Found in review: a misspelled or empty setting fell back to its default (the gateway on
     every interface, the state in memory), 70000 bound port 4464, and a word was a traceback
     after start."""
     with pytest.raises(SettingRefused) as refused:
-        gateway.check_settings({"PATH": "/usr/bin"} | environ)
+        checks.check_settings({"PATH": "/usr/bin"} | environ)
     assert refusal in str(refused.value)
 
 
 @pytest.mark.parametrize("host", ["http://x", "a b", "a\x01b", "x\n"])
-def test_a_superlink_host_with_a_scheme_or_spaces_is_refused(gateway, host):
+def test_a_superlink_host_with_a_scheme_or_spaces_is_refused(checks, host):
     """Review 122 M3: the gateway failed with "Name or service not known" after the SuperLink
     had started."""
     with pytest.raises(SettingRefused) as refused:
-        gateway.check_settings({"SUPERLINK_HOST": host})
+        checks.check_settings({"SUPERLINK_HOST": host})
     assert str(refused.value) == ("SUPERLINK_HOST must be a host name or an address of this "
                                   f"machine, got {host!r}")
 
@@ -232,21 +237,21 @@ def test_a_superlink_host_with_a_scheme_or_spaces_is_refused(gateway, host):
      "SUPERLINK_PORTS": "9093,9094", "MY_APP_SUPERLINK_PORT": "9093", "X_SUPERLINK_PORT": "1",
      "SUPERLINK_ENV_SUPERLINK_HOST": "10.0.0.5"},
 ])
-def test_other_variables_and_good_settings_pass(gateway, environ):
-    gateway.check_settings({name: str(free_port()) if value == "FREE" else value
+def test_other_variables_and_good_settings_pass(checks, environ):
+    checks.check_settings({name: str(free_port()) if value == "FREE" else value
                             for name, value in environ.items()})
 
 
-def test_one_port_number_on_two_addresses_passes(gateway):
+def test_one_port_number_on_two_addresses_passes(checks):
     """Review 122 L8: SUPERLINK_PORT on SUPERLINK_HOST and CONTROL_PORT on 127.0.0.1 are two
     sockets when SUPERLINK_HOST is another address (127.0.0.2 is loopback too, on Linux)."""
     port = str(free_port())
-    gateway.check_settings({"SUPERLINK_HOST": "127.0.0.2", "SUPERLINK_PORT": port,
+    checks.check_settings({"SUPERLINK_HOST": "127.0.0.2", "SUPERLINK_PORT": port,
                             "CONTROL_PORT": port})
 
 
 @pytest.mark.parametrize("name", ["SUPERLINK_PORT", "CONTROL_PORT", "RELEASE_PORT"])
-def test_a_port_in_use_is_refused_naming_it(gateway, name):
+def test_a_port_in_use_is_refused_naming_it(checks, name):
     """Review 122 M3: the gateway or the SuperLink failed with "address already in use" after
     the other had started, naming no variable."""
     with socket.socket() as holder:
@@ -254,22 +259,22 @@ def test_a_port_in_use_is_refused_naming_it(gateway, name):
         holder.listen()
         port = holder.getsockname()[1]
         with pytest.raises(SettingRefused) as refused:
-            gateway.check_settings({"SUPERLINK_HOST": "127.0.0.1", name: str(port)})
+            checks.check_settings({"SUPERLINK_HOST": "127.0.0.1", name: str(port)})
     where = " (SUPERLINK_HOST)" if name == "SUPERLINK_PORT" else ""
     assert str(refused.value) == (f"{name} {port} cannot be bound on 127.0.0.1{where} now: "
                                   "Address already in use")
 
 
-def test_the_ports_ends_are_taken_and_one_past_them_refused(gateway):
+def test_the_ports_ends_are_taken_and_one_past_them_refused(checks):
     """The range is [1, 65535], each end included (a port of 65536 had bound port 0)."""
-    gateway.check_settings({"SUPERLINK_PORT": "1", "CONTROL_PORT": "65535"})
+    checks.check_settings({"SUPERLINK_PORT": "1", "CONTROL_PORT": "65535"})
     for port in ("0", "65536"):
         with pytest.raises(SettingRefused, match=f"SUPERLINK_PORT must be a port in "
                                                  rf"\[1, 65535\], got '{port}'"):
-            gateway.check_settings({"SUPERLINK_PORT": port})
+            checks.check_settings({"SUPERLINK_PORT": port})
 
 
-def test_a_database_path_flower_cannot_open_is_refused_and_left_alone(gateway, tmp_path):
+def test_a_database_path_flower_cannot_open_is_refused_and_left_alone(checks, tmp_path):
     """Found in review: a folder, a path in a missing folder, or a file that is not SQLite was a
     sqlalchemy traceback after start that did not name SUPERLINK_DATABASE."""
     garbage = tmp_path / "garbage.db"
@@ -277,7 +282,7 @@ def test_a_database_path_flower_cannot_open_is_refused_and_left_alone(gateway, t
     refusals = {}
     for path in (tmp_path, tmp_path / "nope" / "state.db", garbage):
         with pytest.raises(SettingRefused) as refused:
-            gateway.check_settings({"SUPERLINK_DATABASE": str(path)})
+            checks.check_settings({"SUPERLINK_DATABASE": str(path)})
         refusals[path] = str(refused.value)
     assert refusals == {
         tmp_path: f"SUPERLINK_DATABASE {tmp_path} is a folder; give the state file's path, e.g. "
@@ -287,7 +292,7 @@ def test_a_database_path_flower_cannot_open_is_refused_and_left_alone(gateway, t
         garbage: f"SUPERLINK_DATABASE {garbage} is not an SQLite database (left as it is); give "
                  "the SuperLink's state file, or a new path"}
     assert garbage.read_bytes() == b"not a database\n"
-    gateway.check_settings({"SUPERLINK_DATABASE": str(tmp_path / "new.db")})
+    checks.check_settings({"SUPERLINK_DATABASE": str(tmp_path / "new.db")})
 
 
 def superlink_sh_with(creds, tmp_path: Path, **settings: str) -> tuple[int, str]:
@@ -370,7 +375,7 @@ def issued_for(creds, folder: Path, names: list[x509.GeneralName] | None,
     ("127.0.0.1", True), ("localhost", True), ("0.0.0.0", True), ("::", True),
     ("10.0.0.5", False), ("other.example", False), ("a.example.org", True),
     ("b.a.example.org", False), ("example.org", False)])
-def test_a_certificate_not_valid_for_superlink_host_is_refused(gateway, creds, tmp_path, host,
+def test_a_certificate_not_valid_for_superlink_host_is_refused(checks, creds, tmp_path, host,
                                                                covered):
     """Review 122 M2: a certificate for other.example passed, and every site connecting to
     SUPERLINK_HOST then failed with "Hostname mismatch" (reported as a network problem);
@@ -381,10 +386,10 @@ def test_a_certificate_not_valid_for_superlink_host_is_refused(gateway, creds, t
         x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
     files = (str(certificate), str(ours.server_key), str(ours.ca_cert))
     if covered:
-        assert gateway.check_server_certificate(*files, host=host) is None
+        assert checks.check_server_certificate(*files, host=host) is None
         return
-    with pytest.raises(gateway.CertificateRefused) as refused:
-        gateway.check_server_certificate(*files, host=host)
+    with pytest.raises(checks.CertificateRefused) as refused:
+        checks.check_server_certificate(*files, host=host)
     assert str(refused.value) == (f"cannot use {certificate}: it is not valid for {host}, the "
                                   "address the sites connect to (SUPERLINK_HOST); it covers "
                                   "localhost, *.example.org, 127.0.0.1")
@@ -428,13 +433,13 @@ def test_superlink_sh_refuses_a_certificate_for_another_host(creds, tmp_path):
                                  "(SUPERLINK_HOST); it covers other.example\n")
 
 
-def test_a_ca_cert_holding_a_private_key_is_refused(gateway, creds, tmp_path):
+def test_a_ca_cert_holding_a_private_key_is_refused(checks, creds, tmp_path):
     """Review 122 L1: ca.crt with the CA's key appended passed, so the key sat on the
     SuperLink, against the guide."""
     ours = creds["ours"]
     ca = tmp_path / "ca.crt"
     ca.write_bytes(ours.ca_cert.read_bytes() + ours.ca_key.read_bytes())
-    with pytest.raises(gateway.CertificateRefused) as refused:
-        gateway.check_server_certificate(str(ours.server_cert), str(ours.server_key), str(ca))
+    with pytest.raises(checks.CertificateRefused) as refused:
+        checks.check_server_certificate(str(ours.server_cert), str(ours.server_key), str(ca))
     assert str(refused.value) == (f"cannot use {ca}: it holds a private key; give the CA's "
                                   "certificate alone and keep its key away from the SuperLink")
