@@ -20,8 +20,8 @@ anything. It warns when the certificate expires within
 ``superlink_checks.EXPIRY_WARNING_DAYS``.
 
     usage: python deploy/fleet_gateway.py --listen HOST:PORT --upstream 127.0.0.1:PORT \
-        --ca-cert ca.crt --certfile superlink.crt --keyfile superlink.key [--max-body-mib N] \
-        [--check-certificate]
+        --ca-cert ca.crt --certfile superlink.crt --keyfile superlink.key [--public-name NAME] \
+        [--max-body-mib N] [--check-certificate]
 """
 
 import argparse
@@ -218,6 +218,10 @@ def main() -> None:
     parser.add_argument("--ca-cert", required=True)
     parser.add_argument("--certfile", required=True)
     parser.add_argument("--keyfile", required=True)
+    parser.add_argument("--public-name", metavar="NAME",
+                        help="the DNS name or IP address the sites connect to, where it is not "
+                             "--listen's host (behind NAT): the certificate is checked against "
+                             "it (default: --listen's host)")
     parser.add_argument("--max-body-mib", default=str(MAX_BODY_MIB),
                         help="largest request body forwarded, in MiB (default: %(default)s)")
     parser.add_argument("--check-certificate", action="store_true",
@@ -229,8 +233,10 @@ def main() -> None:
     except SettingRefused as err:
         parser.error(str(err))
     host, port = args.listen
+    name, setting = ((args.public_name.strip("[]"), "SUPERLINK_PUBLIC_NAME") if args.public_name
+                     else (host, "SUPERLINK_HOST"))
     warning = refused_exits(lambda: check_server_certificate(
-        args.certfile, args.keyfile, args.ca_cert, host=host))
+        args.certfile, args.keyfile, args.ca_cert, host=name, host_setting=setting))
     if args.check_certificate:
         print(f"superlink: {names_line(args.certfile)}")
         return  # the expiry warning comes once, when the gateway starts

@@ -11,11 +11,19 @@
 #
 #   CERT_DIR            folder with ca.crt, superlink.crt, superlink.key (required)
 #                       (refused, exit 2, if superlink.crt is not superlink.key's, is a CA's,
-#                       has expired or is not valid yet, is not valid for SUPERLINK_HOST
-#                       (unless 0.0.0.0 or ::), or ca.crt is not a CA certificate that
-#                       verifies it or holds a key; a warning within 30 days of its expiry,
-#                       or where it has no subjectAltName)
-#   SUPERLINK_HOST      public address for the sites (default 0.0.0.0)
+#                       has expired or is not valid yet, is not valid for
+#                       SUPERLINK_PUBLIC_NAME, or else SUPERLINK_HOST (unless 0.0.0.0 or ::),
+#                       or ca.crt is not a CA certificate that verifies it or holds a key; a
+#                       warning within 30 days of its expiry, or where it has no
+#                       subjectAltName)
+#   SUPERLINK_HOST      address of this machine the gateway listens on for the sites
+#                       (default 0.0.0.0, every interface)
+#   SUPERLINK_PUBLIC_NAME
+#                       the DNS name or IP address the sites connect to, where that is no
+#                       address of this machine (behind NAT): the certificate is checked
+#                       against it instead of SUPERLINK_HOST, and it is neither resolved nor
+#                       bound here, so SUPERLINK_HOST may be the local address the forwarded
+#                       port arrives at (default: unset, the sites connect to SUPERLINK_HOST)
 #   SUPERLINK_PORT      public port for the sites, Fleet API only (default 9093)
 #   CONTROL_PORT        port on 127.0.0.1 for flwr, fedintent deploy-run and the ServerApp
 #                       (default 9091)
@@ -27,10 +35,11 @@
 #
 # Before anything starts, a variable that looks like a setting but is none (SUPERLINK_HOTS,
 # superlink_database, FEDINTENT_SUPERLINK_HOST), a setting set but empty, a SUPERLINK_HOST with
-# a scheme or a :PORT or that does not resolve, a port outside [1, 65535], used twice on one
-# address or that cannot be bound now, and a SUPERLINK_DATABASE that is a folder, lies in a
-# missing folder or is not an SQLite file are refused (exit 2, naming the variable): each had
-# fallen back to a default without a word, or failed after start (deploy/superlink_checks.py).
+# a scheme or a :PORT or that does not resolve, a SUPERLINK_PUBLIC_NAME with a scheme or a
+# :PORT, a port outside [1, 65535], used twice on one address or that cannot be bound now, and
+# a SUPERLINK_DATABASE that is a folder, lies in a missing folder or is not an SQLite file are
+# refused (exit 2, naming the variable): each had fallen back to a default without a word, or
+# failed after start (deploy/superlink_checks.py).
 set -eu
 
 for command in python flower-superlink; do
@@ -58,12 +67,14 @@ fleet_gateway() {
         --ca-cert "$CERT_DIR/ca.crt" \
         --certfile "$CERT_DIR/superlink.crt" \
         --keyfile "$CERT_DIR/superlink.key" \
+        ${SUPERLINK_PUBLIC_NAME:+--public-name "$SUPERLINK_PUBLIC_NAME"} \
         ${FLEET_MAX_BODY_MIB:+--max-body-mib "$FLEET_MAX_BODY_MIB"} "$@"
 }
 # Before anything starts: a certificate and key that are garbage, not one pair, a CA's, expired,
-# not yet valid or not valid for SUPERLINK_HOST (passed as --listen), and a ca.crt that does
-# not verify them, are refused in one line naming the files (Flower would serve them, and the
-# sites report it as a network problem); else it prints the names the certificate covers.
+# not yet valid or not valid for SUPERLINK_PUBLIC_NAME (as --public-name), or else
+# SUPERLINK_HOST (as --listen), and a ca.crt that does not verify them, are refused in one line
+# naming the files (Flower would serve them, and the sites report it as a network problem);
+# else it prints the names the certificate covers.
 (fleet_gateway --check-certificate) || exit 2
 
 export FLWR_TELEMETRY_ENABLED=0 FLWR_DISABLE_UPDATE_CHECK=1 \

@@ -36,12 +36,12 @@ from fl_protocol.written_numbers import written_number
 
 Checked = TypeVar("Checked")
 
-SETTINGS = ("CERT_DIR", "SUPERLINK_HOST", "SUPERLINK_PORT", "CONTROL_PORT", "RELEASE_PORT",
-            "SUPERLINK_DATABASE", "FLEET_MAX_BODY_MIB")
+SETTINGS = ("CERT_DIR", "SUPERLINK_HOST", "SUPERLINK_PUBLIC_NAME", "SUPERLINK_PORT",
+            "CONTROL_PORT", "RELEASE_PORT", "SUPERLINK_DATABASE", "FLEET_MAX_BODY_MIB")
 """deploy/superlink.sh's environment settings."""
 
-PREFIXED_SETTINGS = ("SUPERLINK_HOST", "SUPERLINK_PORT", "SUPERLINK_DATABASE",
-                     "FLEET_MAX_BODY_MIB")
+PREFIXED_SETTINGS = ("SUPERLINK_HOST", "SUPERLINK_PUBLIC_NAME", "SUPERLINK_PORT",
+                     "SUPERLINK_DATABASE", "FLEET_MAX_BODY_MIB")
 """The settings whose name after ``OWN_PREFIX`` (``FEDINTENT_SUPERLINK_HOST``) is refused too;
 not CERT_DIR (OpenSSL's ``SSL_CERT_DIR``) or the generic ``*_PORT`` names other tools set."""
 
@@ -80,11 +80,12 @@ class CertificateRefused(Exception):
 
 def check_server_certificate(certfile: str, keyfile: str, ca_cert: str,
                              now: datetime.datetime | None = None,
-                             host: str | None = None) -> str | None:
+                             host: str | None = None,
+                             host_setting: str = "SUPERLINK_HOST") -> str | None:
     """Refuse (:class:`CertificateRefused`) a certificate and key that are unreadable, not PEM,
     not one pair, a CA's own, expired or not yet valid at ``now``, not valid for ``host`` (the
-    address the sites connect to, unless every interface), and a ``ca_cert`` that does not
-    verify them; return a warning when the certificate expires within
+    address the sites connect to, given as ``host_setting``, unless every interface), and a
+    ``ca_cert`` that does not verify them; return a warning when the certificate expires within
     ``EXPIRY_WARNING_DAYS``. uvicorn had refused the first with a traceback naming neither file
     (``PEM lib``, ``KEY_VALUES_MISMATCH``), and served an expired one, one from another CA, for
     another name, or the CA's own pair (its key then on the SuperLink, against the guide)
@@ -113,7 +114,7 @@ def check_server_certificate(certfile: str, keyfile: str, ca_cert: str,
                                  "UTC; renew it and start the SuperLink again")
     _check_ca_certificate(Path(ca_cert), certfile, keyfile)
     if host and host not in WILDCARD_HOSTS:
-        _check_host(host, ca_cert, certfile, keyfile)
+        _check_host(host, host_setting, ca_cert, certfile, keyfile)
     if expires - now <= datetime.timedelta(days=EXPIRY_WARNING_DAYS):
         return (f"warning: {certfile} expires on {expires:%Y-%m-%d %H:%M} UTC, in "
                 f"{(expires - now).days} days: renew it and restart the SuperLink before then")
@@ -142,7 +143,7 @@ def names_line(certfile: str) -> str:
             "subjectAltName")
 
 
-def _check_host(host: str, ca_cert: str, certfile: str, keyfile: str) -> None:
+def _check_host(host: str, host_setting: str, ca_cert: str, certfile: str, keyfile: str) -> None:
     """Refuse a certificate not valid for ``host``, checked as a site's TLS client checks it
     (OpenSSL's name matching: IP addresses, DNS names, wildcards): a site then failed with
     "Hostname mismatch", which it reports as a network problem (found in review)."""
@@ -150,7 +151,7 @@ def _check_host(host: str, ca_cert: str, certfile: str, keyfile: str) -> None:
     if reason:
         names = certificate_names(_leaf_certificate(Path(certfile))) or ["no subjectAltName"]
         raise CertificateRefused(f"cannot use {certfile}: it is not valid for {host}, the "
-                                 f"address the sites connect to (SUPERLINK_HOST); it covers "
+                                 f"address the sites connect to ({host_setting}); it covers "
                                  f"{', '.join(names)}")
 
 
@@ -262,13 +263,16 @@ def check_settings(environ: Mapping[str, str]) -> None:
     """Refuse (:class:`~fl_protocol.settings.SettingRefused`, naming the variable) what
     deploy/superlink.sh would otherwise start with in vain or against the operator's intent: a
     misspelled or empty setting, a ``SUPERLINK_HOST`` that is no host name or address of this
-    machine, a port outside [1, 65535], shared by two settings on one address, or in use now, a
-    body limit that is not a number of MiB, and a ``SUPERLINK_DATABASE`` Flower cannot open
-    (each had been a traceback after start, or a silent fallback; found in review)."""
+    machine, a ``SUPERLINK_PUBLIC_NAME`` that is no name to connect to, a port outside
+    [1, 65535], shared by two settings on one address, or in use now, a body limit that is not
+    a number of MiB, and a ``SUPERLINK_DATABASE`` Flower cannot open (each had been a traceback
+    after start, or a silent fallback; found in review)."""
     check_names({name: value for name, value in environ.items() if not _other_program(name)},
                 SETTINGS, PREFIXED_SETTINGS, "deploy/superlink.sh")
     if "SUPERLINK_HOST" in environ:
         _check_host_setting(environ["SUPERLINK_HOST"])
+    if "SUPERLINK_PUBLIC_NAME" in environ:
+        _check_public_name(environ["SUPERLINK_PUBLIC_NAME"])
     addresses = _port_addresses(environ)
     _check_distinct_ports(addresses)
     for name, (host, port) in addresses.items():
@@ -296,11 +300,7 @@ def _check_host_setting(value: str) -> None:
     whitespace or control characters, or that getaddrinfo cannot resolve: the gateway had
     failed with "Name or service not known" after the SuperLink had started, naming nothing."""
     refused = f"SUPERLINK_HOST must be a host name or an address of this machine, got {value!r}"
-    host = _bare_host(value)
-    if "://" in value or any(c.isspace() or not c.isprintable() for c in value):
-        raise SettingRefused(refused)
-    if ":" in host and not _is_ipv6(host):
-        raise SettingRefused(f"{refused} (set the port in SUPERLINK_PORT)")
+    host = _host_form(value, refused, "set the port in SUPERLINK_PORT")
     try:
         socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
     except socket.gaierror as err:
@@ -308,6 +308,34 @@ def _check_host_setting(value: str) -> None:
                              ) from None
     except UnicodeError:  # idna: a label too long, or empty
         raise SettingRefused(f"{refused} (not a valid host name)") from None
+
+
+def _check_public_name(value: str) -> None:
+    """Refuse a ``SUPERLINK_PUBLIC_NAME`` with a scheme, a ``:PORT`` (outside an IPv6 address),
+    whitespace or control characters, every interface's address, or that is no valid host
+    name: the certificate would be checked against a name no site dials. It is never resolved
+    or bound here: behind NAT it names the router, and may resolve only outside."""
+    refused = ("SUPERLINK_PUBLIC_NAME must be the DNS name or IP address the sites connect to, "
+               f"got {value!r}")
+    host = _host_form(value, refused, "give the name alone: a certificate covers no port")
+    if host in WILDCARD_HOSTS:
+        raise SettingRefused(refused)
+    try:
+        host.encode("idna")
+    except UnicodeError:  # a label too long, or empty
+        raise SettingRefused(f"{refused} (not a valid host name)") from None
+
+
+def _host_form(value: str, refused: str, port_hint: str) -> str:
+    """``value`` without an IPv6 address's brackets; refused (``refused``) with a scheme,
+    whitespace or control characters, or a ``:PORT`` outside an IPv6 address (``port_hint``
+    added)."""
+    host = _bare_host(value)
+    if "://" in value or any(c.isspace() or not c.isprintable() for c in value):
+        raise SettingRefused(refused)
+    if ":" in host and not _is_ipv6(host):
+        raise SettingRefused(f"{refused} ({port_hint})")
+    return host
 
 
 def _bare_host(value: str) -> str:

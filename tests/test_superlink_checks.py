@@ -8,6 +8,7 @@ exit 2. The checks run as ``deploy/superlink_checks.py`` and ``deploy/fleet_gate
 import datetime
 import hashlib
 import ipaddress
+import os
 import re
 import socket
 import subprocess
@@ -232,6 +233,9 @@ def test_a_superlink_host_with_a_scheme_or_spaces_is_refused(checks, host):
      "CONTROL_PORT": "FREE", "RELEASE_PORT": "FREE", "FLEET_MAX_BODY_MIB": "128",
      "SUPERLINK_DATABASE": ":flwr-in-memory:"},
     {"SUPERLINK_HOST": "[::1]", "FLEET_MAX_BODY_MIB": "1"},
+    # the name the sites dial behind NAT: not resolved here (.example resolves nowhere)
+    {"SUPERLINK_HOST": "127.0.0.1", "SUPERLINK_PUBLIC_NAME": "link.example"},
+    {"SUPERLINK_PUBLIC_NAME": "[2001:db8::1]"}, {"SUPERLINK_PUBLIC_NAME": "203.0.113.7"},
     # review 122 L8: other programs' variables that contain a setting's name
     {"SUPERLINK_HOSTNAME": "link.example", "SUPERLINK_HOST_IP": "10.0.0.5",
      "SUPERLINK_PORTS": "9093,9094", "MY_APP_SUPERLINK_PORT": "9093", "X_SUPERLINK_PORT": "1",
@@ -443,3 +447,61 @@ def test_a_ca_cert_holding_a_private_key_is_refused(checks, creds, tmp_path):
         checks.check_server_certificate(str(ours.server_cert), str(ours.server_key), str(ca))
     assert str(refused.value) == (f"cannot use {ca}: it holds a private key; give the CA's "
                                   "certificate alone and keep its key away from the SuperLink")
+
+
+# --- SUPERLINK_PUBLIC_NAME: the name the sites dial, behind NAT -------------------------------
+
+@pytest.mark.parametrize("environ, refusal", [
+    ({"SUPERLINK_PUBLIC_NAME": "https://link.example"}, "SUPERLINK_PUBLIC_NAME must be the DNS "
+     "name or IP address the sites connect to, got 'https://link.example'"),
+    ({"SUPERLINK_PUBLIC_NAME": "link.example:9093"}, "SUPERLINK_PUBLIC_NAME must be the DNS name "
+     "or IP address the sites connect to, got 'link.example:9093' (give the name alone: a "
+     "certificate covers no port)"),
+    ({"SUPERLINK_PUBLIC_NAME": "link example"}, "got 'link example'"),
+    ({"SUPERLINK_PUBLIC_NAME": "0.0.0.0"}, "got '0.0.0.0'"),
+    ({"SUPERLINK_PUBLIC_NAME": "a..b"}, "got 'a..b' (not a valid host name)"),
+    ({"SUPERLINK_PUBLIC_NAME": ""}, "SUPERLINK_PUBLIC_NAME is set but empty"),
+    ({"SUPERLINK_PUBLC_NAME": "link.example"}, "SUPERLINK_PUBLC_NAME is not a setting of "
+     "deploy/superlink.sh (did you mean SUPERLINK_PUBLIC_NAME?)"),
+    ({"FEDINTENT_SUPERLINK_PUBLIC_NAME": "x"}, "did you mean SUPERLINK_PUBLIC_NAME?"),
+])
+def test_a_public_name_no_site_can_dial_is_refused(checks, environ, refusal):
+    """The certificate would be checked against it, so a scheme, a port or no name at all
+    would refuse a good certificate, or pass one for a name no site dials."""
+    with pytest.raises(SettingRefused) as refused:
+        checks.check_settings({"PATH": "/usr/bin"} | environ)
+    assert refusal in str(refused.value)
+
+
+def superlink_sh_without_superlink(creds, tmp_path: Path, **settings: str) -> tuple[int, str]:
+    """``superlink_sh_with`` and a stand-in ``flower-superlink`` that exits at once: past its
+    checks the script stops the gateway and exits 1; no SuperLink starts."""
+    stand_ins = tmp_path / "bin"
+    stand_ins.mkdir()
+    (stand_ins / "flower-superlink").write_text("#!/bin/sh\nexit 0\n")
+    (stand_ins / "flower-superlink").chmod(0o755)
+    path = flower_env(tmp_path / "home")["PATH"]
+    return superlink_sh_with(creds, tmp_path, PATH=f"{stand_ins}{os.pathsep}{path}", **settings)
+
+
+def test_a_certificate_for_the_public_name_passes_with_a_local_superlink_host(creds, tmp_path):
+    """Behind NAT the sites dial a name that is no address of this machine: the certificate
+    is checked against SUPERLINK_PUBLIC_NAME (not resolved: .example resolves nowhere), and the
+    gateway listens on SUPERLINK_HOST, which the certificate need not cover."""
+    certs = cert_dir(creds["ours"], tmp_path / "certs")
+    issued_for(creds["ours"], certs, [x509.DNSName("link.example")])
+    code, output = superlink_sh_without_superlink(creds, tmp_path, CERT_DIR=str(certs),
+                                                  SUPERLINK_PUBLIC_NAME="link.example")
+    assert code == 1 and "flower-superlink stopped" in output, output
+    assert f"superlink: {certs / 'superlink.crt'} covers link.example\n" in output
+
+
+def test_superlink_sh_refuses_a_certificate_not_valid_for_the_public_name(creds, tmp_path):
+    """A certificate for SUPERLINK_HOST (127.0.0.1) but not for the name the sites dial: every
+    site would fail with "Hostname mismatch"."""
+    certs = cert_dir(creds["ours"], tmp_path / "certs")
+    code, output = superlink_sh_without_superlink(creds, tmp_path, CERT_DIR=str(certs),
+                                                  SUPERLINK_PUBLIC_NAME="link.example")
+    assert (code, output) == (2, f"superlink: cannot use {certs / 'superlink.crt'}: it is not "
+                                 "valid for link.example, the address the sites connect to "
+                                 "(SUPERLINK_PUBLIC_NAME); it covers localhost, 127.0.0.1\n")
