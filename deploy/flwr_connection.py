@@ -28,7 +28,8 @@ from typing import Any, NoReturn
 import tomli_w
 from cryptography import x509
 
-from fedintent.launch.certificates import is_ca_certificate
+from fedintent.launch.certificates import ca_file_problem
+from fl_protocol.settings import host_and_port
 
 NAME = "fedintent"
 WRITTEN_KEYS = ("address", "root-certificates")
@@ -54,9 +55,7 @@ class ConnectionRefused(Exception):
 def superlink_address(text: str) -> str:
     """``HOST:PORT`` with a port in [1, 65535] and no scheme or spaces: a bare host, or a word
     as the port, had been written, and Flower refused the connection only when used."""
-    host, _, port = text.rpartition(":")
-    if (not host or "://" in text or any(c.isspace() or ord(c) < 32 for c in text)
-            or not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535)):
+    if host_and_port(text) is None:
         raise ConnectionRefused(f"the SuperLink's address must be HOST:PORT with a port in "
                                 f"[1, 65535], got {text!r}")
     return text
@@ -78,21 +77,10 @@ def ca_certificate(text: str) -> Path:
     except ValueError:
         raise ConnectionRefused(f"{text} is not a PEM certificate (the CA certificate, e.g. "
                                 "ca.crt)") from None
-    problem = not_a_ca(data, certificates)
+    problem = ca_file_problem(data, certificates)
     if problem:
         raise ConnectionRefused(f"{text} {problem}")
     return path
-
-
-def not_a_ca(data: bytes, certificates: list[x509.Certificate]) -> str | None:
-    """Why the PEM file ``data``, holding ``certificates``, is no CA file to trust, or None:
-    it also holds a private key, or a certificate that is not a CA's."""
-    if b"PRIVATE KEY" in data:
-        return "holds a private key; give the CA's certificate alone and keep its key away"
-    if not all(map(is_ca_certificate, certificates)):
-        return ("is not a CA certificate (basicConstraints CA:FALSE or missing); give the CA's, "
-                "e.g. ca.crt, not the SuperLink's")
-    return None
 
 
 def merged(config: dict[str, Any], address: str, ca_cert: Path,

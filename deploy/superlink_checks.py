@@ -30,7 +30,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 
-from fedintent.launch.certificates import is_ca_certificate
+from fedintent.launch.certificates import ca_file_problem, is_ca_certificate
 from fl_protocol.settings import SettingRefused, check_names, port_setting
 from fl_protocol.written_numbers import written_number
 
@@ -172,12 +172,9 @@ def _check_ca_certificate(path: Path, certfile: str, keyfile: str) -> None:
         authorities = x509.load_pem_x509_certificates(data)
     except ValueError:
         raise CertificateRefused(f"{refused}: it is not a PEM certificate") from None
-    if b"PRIVATE KEY" in data:
-        raise CertificateRefused(f"{refused}: it holds a private key; give the CA's certificate "
-                                 "alone and keep its key away from the SuperLink")
-    if not all(is_ca_certificate(authority) for authority in authorities):
-        raise CertificateRefused(f"{refused}: it is not a CA certificate (basicConstraints "
-                                 "CA:FALSE or missing)")
+    problem = ca_file_problem(data, authorities)
+    if problem:
+        raise CertificateRefused(f"{refused}: it {problem}")
     reason = _verify_message(str(path), certfile, keyfile)
     if reason:
         raise CertificateRefused(f"{refused}: it does not verify {certfile} ({reason})")

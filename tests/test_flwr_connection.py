@@ -138,7 +138,8 @@ def connection():
 def test_an_address_is_taken_up_to_its_ends_and_no_control_character(connection):
     for address in ("127.0.0.1:1", "127.0.0.1:65535"):
         assert connection.superlink_address(address) == address
-    for address in ("127.0.0.1:65536", "host\x1b:9091", "host\x00:9091"):
+    for address in ("127.0.0.1:65536", "host\x1b:9091", "host\x00:9091", "host/path:9091",
+                    "127.0.0.1:\u00b2"):
         with pytest.raises(connection.ConnectionRefused, match="must be HOST:PORT"):
             connection.superlink_address(address)
 
@@ -217,7 +218,7 @@ def test_a_ca_cert_that_is_no_ca_or_holds_a_key_is_refused(creds, tmp_path, case
                   "CA's, e.g. ca.crt, not the SuperLink's")
     else:
         given.write_bytes(creds.ca_cert.read_bytes() + creds.ca_key.read_bytes())
-        reason = "holds a private key; give the CA's certificate alone and keep its key away"
+        reason = "holds a private key; give the CA's certificate alone and keep its key elsewhere"
     code, _, err = connect(tmp_path / "home", "127.0.0.1:9091", str(given))
     assert (code, err) == (2, f"flwr-connection: {given} {reason}\n")
     assert not (tmp_path / "home" / "config.toml").exists()

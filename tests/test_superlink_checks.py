@@ -61,7 +61,8 @@ def replace_ca(certs: Path, case: str, creds: dict) -> str:
                "certificate)"
     if case == "a leaf":
         ca.write_bytes(creds["ours"].server_cert.read_bytes())
-        return "it is not a CA certificate (basicConstraints CA:FALSE or missing)"
+        return ("it is not a CA certificate (basicConstraints CA:FALSE or missing); give the "
+                "CA's, e.g. ca.crt, not the SuperLink's")
     if case == "a directory":
         ca.mkdir()
         return "cannot read it: Is a directory"
@@ -446,7 +447,7 @@ def test_a_ca_cert_holding_a_private_key_is_refused(checks, creds, tmp_path):
     with pytest.raises(checks.CertificateRefused) as refused:
         checks.check_server_certificate(str(ours.server_cert), str(ours.server_key), str(ca))
     assert str(refused.value) == (f"cannot use {ca}: it holds a private key; give the CA's "
-                                  "certificate alone and keep its key away from the SuperLink")
+                                  "certificate alone and keep its key elsewhere")
 
 
 # --- SUPERLINK_PUBLIC_NAME: the name the sites dial, behind NAT -------------------------------

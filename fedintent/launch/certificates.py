@@ -164,6 +164,19 @@ def is_ca_certificate(certificate: x509.Certificate) -> bool:
         return False
 
 
+def ca_file_problem(data: bytes, certificates: list[x509.Certificate]) -> str | None:
+    """Why the PEM file ``data``, holding ``certificates``, is no CA file to trust, or None: it
+    also holds a private key (the CA's would then sit where only its certificate belongs), or a
+    certificate that is not a CA's. The SuperLink's ``ca.crt`` and the operator's connection
+    are held to it; a site's ``CA_CERT`` needs only one CA among its certificates."""
+    if b"PRIVATE KEY" in data:
+        return "holds a private key; give the CA's certificate alone and keep its key elsewhere"
+    if not all(map(is_ca_certificate, certificates)):
+        return ("is not a CA certificate (basicConstraints CA:FALSE or missing); give the CA's, "
+                "e.g. ca.crt, not the SuperLink's")
+    return None
+
+
 def trusted_entities_yaml(public_keys: list[bytes]) -> bytes:
     """``flower-supernode --trusted-entities`` content: key id -> ``ssh-ed25519 ...`` line."""
     lines = ["# Keys whose signature on an app bundle this site accepts (docs/SITE_GUIDE.md)."]
