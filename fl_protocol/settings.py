@@ -3,7 +3,7 @@
 A misspelled setting (``SUPERLINK_HOTS``) or one set but empty (``SUPERLINK_HOST=`` from an
 unset variable in a unit or compose file) had fallen back to the default without a word: a
 SuperLink listening on every interface, or keeping its state in memory (found in review).
-``deploy/fleet_gateway.py --check-settings`` (for ``deploy/superlink.sh``) uses these;
+``deploy/superlink_checks.py`` (for ``deploy/superlink.sh``) uses these;
 ``deploy/site-entrypoint.sh`` takes ``near_miss`` for the site's policy settings (its empty
 settings and control characters it checks itself: ``INIT_STATE`` may be empty there).
 """
@@ -51,6 +51,18 @@ def check_names(environ: Mapping[str, str], settings: Collection[str],
         if name in environ and not environ[name].strip():
             raise SettingRefused(f"{name} is set but empty; give it a value, or unset it for "
                                  "the default")
+
+
+def host_and_port(text: str) -> tuple[str, int] | None:
+    """``(host, port)`` of a ``HOST:PORT`` address, or None: a bare host, a scheme or path, a
+    space or control character, or a port that is not a whole number in [1, 65535] in ASCII
+    digits (``"²".isdigit()`` is true, and ``int`` then raised) had each passed one check or
+    another, and Flower refused the connection only when used (found in review)."""
+    host, _, port = text.rpartition(":")
+    if (not host or "/" in host or any(c.isspace() or not c.isprintable() for c in text)
+            or not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535)):
+        return None
+    return host, int(port)
 
 
 def port_setting(environ: Mapping[str, str], name: str) -> int:

@@ -185,10 +185,14 @@ def test_deploy_run_names_no_release_port_for_another_submit_failure(
 
 
 @pytest.mark.parametrize("superlink", ["nohost", "127.0.0.1:", ":9091", "host:99999",
-                                       "http://127.0.0.1:9091"])
+                                       "http://127.0.0.1:9091", "127.0.0.1:\u00b2",
+                                       "127.0.0.1:\uff19\uff10\uff19\uff11", "127.0.0.1 :9091",
+                                       "127.0.0.1:9091\n"])
 def test_deploy_run_refuses_a_superlink_that_is_not_host_and_port(
         signed, tmp_path, capsys, nothing_reaches_a_superlink, superlink):
-    """Found in review: no port was taken, and failed later as an unavailable SuperLink."""
+    """Found in review: no port was taken, and failed later as an unavailable SuperLink; a
+    superscript digit as the port ended in a traceback, and full-width digits were read as
+    9091 (found in review)."""
     assert deploy_run(signed, tmp_path, superlink=superlink) == 2
     assert "--superlink must be HOST:PORT" in capsys.readouterr().err
     assert nothing_reaches_a_superlink == [] and not (tmp_path / "run").exists()

@@ -26,6 +26,7 @@ from fedintent.commands.options import (
 )
 from fedintent.commands.progress import print_round, print_summary, rounds_in_progress
 from fl_protocol.label_file import read_labels
+from fl_protocol.settings import host_and_port
 from fl_protocol.wire import RUN_CONFIG_DEFAULTS
 from fl_server.run_config import (
     TUNING_SITE_ROWS,
@@ -247,8 +248,7 @@ def run_deploy_run(args: argparse.Namespace) -> int:
         raise CliError(f"--release-port must be a port in [1, 65535], got {args.release_port}")
     if not args.ca_cert.is_file():
         raise CliError(f"--ca-cert {args.ca_cert} is not a file")
-    host, _, port = args.superlink.rpartition(":")
-    if not host or "/" in host or not port.isdigit() or not 1 <= int(port) <= 65535:
+    if host_and_port(args.superlink) is None:
         # found in review: a missing port failed later, as an unavailable SuperLink
         raise CliError(f"--superlink must be HOST:PORT, without a scheme (the SuperLink's "
                        f"control API, 127.0.0.1:9091 by default), got {args.superlink!r}")
