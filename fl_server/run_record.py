@@ -81,7 +81,7 @@ SITE_METRICS = {m.name: m.recorded_as for m in TRAIN_METRICS if m.recorded_as is
 SITE_EVALUATION = {m.name: m.recorded_as for m in EVALUATE_METRICS if m.recorded_as is not None}
 """An evaluation reply's metric -> its field in the round's per-site ``evaluation`` entry."""
 EVALUATION_SUMMARY = ("accuracy", "loss", "macro_f1", "worst_site_accuracy", "worst_site",
-                      "evaluation")
+                      "evaluation", "sites_evaluated_with_dp")
 """The fields of a round's evaluation that the final summary repeats from the last round."""
 
 

@@ -311,6 +311,32 @@ def test_the_summary_gives_each_sites_dp_evaluation_epsilon(capsys):
     assert "DP evaluations" not in b
 
 
+def test_the_summary_says_which_figures_are_dp_estimates(capsys):
+    """Found in review: the round lines said "(DP estimates from 3 sites)", and the summary
+    below them, the line a report quotes, gave the same accuracy and a worst site's one noisy
+    release as plain figures."""
+    site = {"epsilon": 3.0, "privacy_unit": "utterance", "delta": 1e-5, "epsilon_all_runs": 3.0,
+            "max_epsilon_budget": 8.0, "noise_multiplier": 1.2, "clip_norm": 1.0,
+            "rounds_trained": 2, "num_examples": 120}
+    rounds = [{"round": 1, "sites_trained": 2, "accuracy": 0.7, "macro_f1": None,
+               "sites_evaluated_with_dp": 1, "worst_site_accuracy": 0.6, "worst_site": "site-a",
+               "evaluation": {"site-a": {"accuracy": 0.6, "epsilon": 2.0},
+                              "site-b": {"accuracy": 0.8, "macro_f1": 0.7}}}]
+    doc = {"config": {"out-dir": "/out"}, "rounds": rounds}
+    final = final_summary(doc) | {"model_dir": "/out/model", "sites": {"site-a": site}}
+    print_summary(doc | {"final": final}, 25.0)
+    out = capsys.readouterr().out
+    assert ("final accuracy (DP estimates from 1 site, example-weighted over the sites' test "
+            "splits): 0.7000") in out
+    assert "worst site accuracy 0.6000 (a DP estimate) (site-a)" in out
+    rounds[0] |= {"worst_site": "site-b", "worst_site_accuracy": 0.8}
+    del rounds[0]["sites_evaluated_with_dp"], rounds[0]["evaluation"]["site-a"]["epsilon"]
+    print_summary(doc | {"final": final_summary(doc) | {"model_dir": "/m", "sites": {}}}, 1.0)
+    out = capsys.readouterr().out
+    assert "final accuracy (example-weighted over the sites' test splits): 0.7000" in out
+    assert "worst site accuracy 0.8000 (site-b)" in out
+
+
 def test_the_summary_gives_the_ledgers_delta_where_it_is_not_the_runs(capsys):
     """Both lifetime figures, with the site's own noise and without, are at the ledger's delta;
     a site whose reply carried the run's is printed as before, and one whose reply carried

@@ -84,13 +84,21 @@ def print_summary(metrics: dict, seconds: float, names: Mapping[str, str] | None
         print(f"warning: no site trained in {len(idle)} of the {final['rounds_completed']} rounds "
               f"(round {', '.join(map(str, idle))}): the model is the last trained round's; "
               "each round's line above says why its sites did not train")
-    print(f"final accuracy (example-weighted over the sites' test splits): "
+    # A DP-evaluating site's figures are noisy estimates (one release over its test units):
+    # said here as on the round lines, since this is the line copied into a report (found in
+    # review).
+    dp = final.get("sites_evaluated_with_dp")
+    estimates = f"DP estimates from {counted(dp, 'site')}, " if dp else ""
+    print(f"final accuracy ({estimates}example-weighted over the sites' test splits): "
           f"{format_accuracy(final.get('accuracy'))}")
     if final.get("worst_site") is not None:
+        worst = final["worst_site"]
+        noisy = " (a DP estimate)" if "epsilon" in final.get("evaluation", {}).get(worst, {}) \
+            else ""
         print(f"macro-F1 (example-weighted mean of the sites'): "
               f"{format_accuracy(final['macro_f1'])}; worst site accuracy "
-              f"{format_accuracy(final['worst_site_accuracy'])} "
-              f"({site_label(final['worst_site'], names or {})})")
+              f"{format_accuracy(final['worst_site_accuracy'])}{noisy} "
+              f"({site_label(worst, names or {})})")
     print("privacy per site (epsilon: this run, all its rounds; lifetime: every run on the "
           "site's data):")
     for key, site in sorted(final["sites"].items()):
