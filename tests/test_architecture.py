@@ -75,7 +75,7 @@ def test_the_flower_app_bundle_carries_every_package_a_site_or_the_server_runs()
 
 OPERATOR_ONLY = ("ray", "flwr.simulation", "datasets", "flwr_datasets", "sklearn", "matplotlib",
                  "scipy", "psutil", "sentence_transformers")
-"""What the lean site install (``pip install fedintent``, the site image) leaves out: the
+"""What the lean site install (``pip install .``, the site image) leaves out: the
 ``[operator]`` extra (``fedintent.commands.OPERATOR_MODULES``) and Flower's simulation engine,
 and sentence-transformers, which only the encoder wheel declares."""
 SITE_PACKAGES = ("fl_client", "fl_protocol", "models")
@@ -144,7 +144,7 @@ def site_reachable_imports() -> list[str]:
 
 
 def test_the_site_never_imports_what_the_lean_site_install_leaves_out():
-    """`pip install fedintent` (the site image) has no Ray, datasets, scikit-learn, matplotlib,
+    """`pip install .` (the site image) has no Ray, datasets, scikit-learn, matplotlib,
     scipy of its own or psutil: the ClientApp and the site's commands must not need them."""
     reached = site_reachable_imports()
     assert any(m.startswith("torch ") for m in reached)  # the walk does reach the site's code

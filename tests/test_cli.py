@@ -376,7 +376,8 @@ def test_an_operator_command_on_a_site_install_names_the_extra_it_needs(
     err = capsys.readouterr().err
     assert err == (f"fedintent {command[0]}: error: this command needs the operator's packages, "
                    "which a site install leaves out (missing: no_such_package_x): "
-                   "pip install 'fedintent[operator]'\n")
+                   "install fedintent's operator extra, pip install '.[operator]' in its "
+                   "checkout\n")
     assert not (tmp_path / "out").exists()
 
 

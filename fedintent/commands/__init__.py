@@ -19,9 +19,9 @@ def counted(count: int, thing: str) -> str:
 
 
 OPERATOR_MODULES = ("ray", "flwr_datasets", "datasets", "sklearn", "matplotlib", "scipy", "psutil")
-"""What ``pip install fedintent[operator]`` adds, by import name: Flower's simulation engine,
+"""What ``pip install '.[operator]'`` adds, by import name: Flower's simulation engine,
 the dataset partitioners, the benchmark's and the privacy audit's statistics and plots, and
-process control. A site's install (``pip install fedintent``) leaves them out."""
+process control. A site's install (``pip install .``) leaves them out."""
 
 
 def require_operator_extra() -> None:
@@ -30,4 +30,5 @@ def require_operator_extra() -> None:
     missing = [name for name in OPERATOR_MODULES if importlib.util.find_spec(name) is None]
     if missing:
         raise CliError(f"this command needs the operator's packages, which a site install leaves "
-                       f"out (missing: {', '.join(missing)}): pip install 'fedintent[operator]'")
+                       f"out (missing: {', '.join(missing)}): install fedintent's operator "
+                       f"extra, pip install '.[operator]' in its checkout")
