@@ -132,9 +132,9 @@ def _evaluation_note(final: dict, key: str) -> str:
     epsilon = (final.get("evaluation") or {}).get(key, {}).get("epsilon")
     if epsilon is None:
         return ""
-    return (f"; its DP evaluations: epsilon {format_epsilon(epsilon)} per test unit, charged to "
-            "the same lifetime budget after the figure above (fedintent privacy-report on its "
-            "state folder shows the ledger)")
+    return (f"; its DP evaluations: epsilon {format_epsilon(epsilon)} per test unit that took "
+            "part, charged to the same lifetime budget after the figure above (fedintent "
+            "privacy-report on its state folder shows the ledger and how many took part)")
 
 
 def _lifetime_note(site: dict) -> str:
