@@ -536,6 +536,19 @@ class _Maker:
                          *lines[last + 1:]]).decode()
 
 
+def _definitions(body: list[ast.stmt], prefix: str = "") -> set[str]:
+    """The functions and classes a body defines, by bare and by qualified name (``Cls.meth``)."""
+    names: set[str] = set()
+    for node in body:
+        for child in ast.walk(node):
+            if isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+                names.add(child.name)
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            names.add(prefix + node.name)
+            names |= _definitions(node.body, f"{prefix}{node.name}.")
+    return names
+
+
 def make_mutants(root: Path, target: str) -> tuple[list[Mutant], Counter[str]]:
     """Every mutant of one target (``FILE`` or ``FILE::FUNC,FUNC``) and the skipped counts."""
     path, _, functions = target.partition("::")
@@ -550,8 +563,7 @@ def make_mutants(root: Path, target: str) -> tuple[list[Mutant], Counter[str]]:
             loads.setdefault(node.id, set()).add(node.lineno)
     mutants: list[Mutant] = []
     skipped = maker.skipped
-    defined = {n.name for n in ast.walk(maker.tree)
-               if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)}
+    defined = _definitions(maker.tree.body)
     for name in sorted(wanted - defined):
         print(f"warning: {path} defines no function {name!r}", flush=True)
     per_line: Counter[int] = Counter()
