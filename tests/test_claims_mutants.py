@@ -6,20 +6,24 @@ test noticing; the numbers are worked out by hand from the documented formulas."
 import math
 
 import pytest
-from flwr.app import Array, MetricRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 from test_claimed_numbers import CONFIG, PLAN, check, dp_reply
 from test_update_validation import GLOBAL, NO_DP, SPEC, train_content
 
 from fl_server.update_validation import (
     BOUND_SAFETY,
     EPSILON_SLACK,
+    EXAMPLES_RATIO,
     MAX_NOISE_RATIO,
     NOISE_TAIL,
     InvalidReply,
     RunPlan,
+    check_evaluate_reply,
     check_privacy_claims,
+    check_secure_train_reply,
     check_train_reply,
     derived_update_bound,
+    oversized_claims,
     sufficient_noise,
 )
 
@@ -210,3 +214,43 @@ def test_the_noise_ceiling_grows_with_the_rounds_a_resume_trains_again():
     check_privacy_claims(claims, resumed)
     with pytest.raises(InvalidReply, match="allows at most epsilon"):
         check_privacy_claims(claims, TWO_EPOCHS)
+
+
+def test_a_claim_of_exactly_twenty_times_the_median_is_not_oversized():
+    """``EXAMPLES_RATIO`` x the other sites' median is the largest claim accepted."""
+    assert EXAMPLES_RATIO == 20.0
+    assert oversized_claims({1: 200.0, 2: 10.0, 3: 10.0}) == {}
+    assert set(oversized_claims({1: 201.0, 2: 10.0, 3: 10.0})) == {1}
+    assert oversized_claims({1: 1e9}) == {}  # a site alone
+
+
+def test_a_secure_reply_is_held_to_the_plan_and_carries_only_its_metrics():
+    """With secure aggregation the server sees only the metrics: their privacy claims are held
+    to the plan as in a plain reply, and any other record is refused."""
+    _, update, metrics = dp_reply()
+    check_secure_train_reply(RecordDict({"metrics": MetricRecord(metrics)}), PLAN)
+    for claims in ({"epsilon": 9.0}, {"clip-norm": 5.0}, {"steps": 3}):
+        with pytest.raises(InvalidReply):
+            check_secure_train_reply(RecordDict({"metrics": MetricRecord(metrics | claims)}), PLAN)
+    with pytest.raises(InvalidReply, match="expected only the record 'metrics'"):
+        check_secure_train_reply(RecordDict({
+            "metrics": MetricRecord(metrics),
+            "arrays": ArrayRecord({k: Array(v) for k, v in update.items()})}), PLAN)
+
+
+def test_metrics_that_are_not_a_metric_record_are_rejected():
+    as_config = RecordDict({"metrics": ConfigRecord({"num-examples": 10, "epsilon": 1.0})})
+    with pytest.raises(InvalidReply, match="'metrics' is not a MetricRecord"):
+        check_secure_train_reply(as_config, NO_DP)
+    with pytest.raises(InvalidReply, match="'metrics' is not a MetricRecord"):
+        check_evaluate_reply(as_config)
+
+
+def test_sufficient_noise_meets_the_zcdp_bound_exactly():
+    """``sufficient_noise`` solves ``rho + 2 sqrt(rho ln(1/delta)) = target`` with ``rho =
+    steps / (2 sigma^2)``: 8 at delta 1e-5 over 3 steps is sigma 1.1957 by hand."""
+    assert sufficient_noise(8.0, 1e-5, 3) == pytest.approx(1.1957, abs=1e-4)
+    for target, delta, steps in ((8.0, 1e-5, 3), (1.0, 1e-3, 100), (0.5, 1e-7, 12)):
+        sigma = sufficient_noise(target, delta, steps)
+        rho = steps / (2 * sigma**2)
+        assert rho + 2 * math.sqrt(rho * math.log(1 / delta)) == pytest.approx(target, rel=1e-9)
