@@ -5,9 +5,13 @@ test noticing; the numbers are worked out by hand from the documented formulas."
 
 import math
 
+import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+from flwr.common import ndarray_to_bytes
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
 from test_claimed_numbers import CONFIG, PLAN, check, dp_reply
+from test_egress_guard import egress_log, head_state, masked_reply, secagg_incoming, send
 from test_update_validation import GLOBAL, NO_DP, SPEC, train_content
 
 from fl_server.update_validation import (
@@ -254,3 +258,65 @@ def test_sufficient_noise_meets_the_zcdp_bound_exactly():
         sigma = sufficient_noise(target, delta, steps)
         rho = steps / (2 * sigma**2)
         assert rho + 2 * math.sqrt(rho * math.log(1 / delta)) == pytest.approx(target, rel=1e-9)
+
+
+# --- the site's egress guard on a masked update (SecAgg+) ----------------------------------------
+
+
+def masked_sent(ctx, content) -> tuple[bool, str]:
+    """(whether the collect-masked-vectors reply left, the egress log's verdict for it)."""
+    reply = send(secagg_incoming(Stage.COLLECT_MASKED_VECTORS), ctx, content)
+    return not reply.has_error(), egress_log(ctx)[-1]["verdict"]
+
+
+def test_masked_metrics_that_are_not_a_metric_record_are_blocked(ctx):
+    """Numbers in a ConfigRecord pass the metric checks and carry the example count, but the
+    metrics travel as a MetricRecord or not at all."""
+    content = masked_reply(metrics=ConfigRecord({"num-examples": 10, "epsilon": 1.5}))
+    assert masked_sent(ctx, content) == (False, "blocked: 'metrics' is not a MetricRecord")
+
+
+def test_an_unreadable_masked_array_is_blocked_as_such(ctx):
+    content = masked_reply()
+    content[RECORD_KEY_CONFIGS][Key.MASKED_PARAMETERS] = [b"garbage", b"more", b"bytes"]
+    sent, verdict = masked_sent(ctx, content)
+    assert not sent and verdict.startswith("blocked: masked update is unreadable")
+
+
+def test_masked_arrays_of_the_right_shapes_but_not_integers_are_blocked(ctx):
+    """Masking works on integers: a float array of the right shape is a plaintext update."""
+    shapes = [(1,)] + [tuple(t.shape) for t in head_state().values()]
+    content = masked_reply()
+    content[RECORD_KEY_CONFIGS][Key.MASKED_PARAMETERS] = [
+        ndarray_to_bytes(np.full(s, 0.25, np.float64)) for s in shapes]
+    sent, verdict = masked_sent(ctx, content)
+    assert not sent and "expected integer arrays" in verdict
+
+
+@pytest.mark.parametrize("name,record", [
+    ("fitres.parameters", ArrayRecord({"w": Array(np.zeros(2, np.float32))})),
+    ("fitres.parameters", ConfigRecord({})),
+    ("fitres.num_examples", ConfigRecord({"num_examples": 11})),
+    ("fitres.status", ConfigRecord({"code": 1, "message": ""})),
+    ("fitres.status", ConfigRecord({"code": 0, "message": "I lost my card"})),
+], ids=["parameters", "parameters-not-arrays", "count", "status-code", "status-text"])
+def test_a_legacy_header_carrying_more_than_the_count_is_blocked(ctx, name, record):
+    sent, verdict = masked_sent(ctx, masked_reply(**{name: record}))
+    assert not sent and "legacy reply header" in verdict
+
+
+def test_a_distributed_dp_masked_update_carries_the_fixed_weight_not_its_count(ctx):
+    """Under distributed DP every site sends with the fixed weight (10,000), so the legacy
+    header's count is that weight and the site's own example count there is blocked; under local
+    DP the other way round."""
+    def header(count):
+        return masked_reply(**{"fitres.num_examples": ConfigRecord({"num_examples": count})})
+
+    ctx.run_config["privacy-model"] = "distributed"
+    assert masked_sent(ctx, header(10_000)) == (True, "sent")
+    sent, verdict = masked_sent(ctx, header(10))
+    assert not sent and "legacy reply header" in verdict
+    ctx.run_config["privacy-model"] = "local"
+    assert masked_sent(ctx, header(10)) == (True, "sent")
+    sent, verdict = masked_sent(ctx, header(10_000))
+    assert not sent and "legacy reply header" in verdict
