@@ -261,6 +261,10 @@ def test_sufficient_noise_meets_the_zcdp_bound_exactly():
 
 
 # --- the site's egress guard on a masked update (SecAgg+) ----------------------------------------
+# The first two kill mutants no test ran (egress_guard.py:185 and :208). The others pin the
+# other direction of mutants the first pass killed only because a good masked update was then
+# blocked: nothing checked that a float array, a legacy header whose parameters, count or status
+# differ, or the wrong weight under distributed DP is blocked.
 
 
 def masked_sent(ctx, content) -> tuple[bool, str]:
