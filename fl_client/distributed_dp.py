@@ -47,7 +47,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fl_client.dp_training import UnitLoss
+from fl_client.dp_training import UnitLoss, seeded_generator
 from fl_client.site_policy import PolicyRefusal
 from fl_protocol.distributed_sum import integer_norm
 from fl_protocol.wire import Reason
@@ -159,7 +159,7 @@ def noisy_integer_sum(
     norm = integer_norm(dim)
     steps = GRID_RANGE // norm  # grid steps per integer
     grid_sums = clipped_grid_sum(model, features, labels, clip_norm, passes)
-    rounding = torch.Generator().manual_seed(seed)
+    rounding = seeded_generator(seed)
     noise = np.random.default_rng([seed, 1])  # a stream of its own, apart from the rounding's
     skellam = noise.poisson(mu_share, dim) - noise.poisson(mu_share, dim)
     out, offset = {}, 0

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from fl_client.dp_training import seeded_generator
 from models.fixed_shape import FIXED_WIDTH, PassShape, feature_chunks
 
 LOSS_CAP = 10.0
@@ -92,7 +93,7 @@ def unit_contributions(
 def noisy_scores(contributions: torch.Tensor, noise_multiplier: float, seed: int) -> NoisyScores:
     """The release: the contributions' sum plus Gaussian noise of standard deviation
     ``noise_multiplier`` per component (sensitivity 1), read back as scores."""
-    generator = torch.Generator().manual_seed(seed)
+    generator = seeded_generator(seed)
     noise = sum(torch.normal(0.0, noise_multiplier, size=(COMPONENTS,), generator=generator,
                              dtype=torch.float64) for _ in range(NOISE_DRAWS))
     noise = noise / math.sqrt(NOISE_DRAWS)

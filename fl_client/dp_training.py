@@ -43,6 +43,7 @@ import warnings
 from dataclasses import dataclass
 from typing import NamedTuple
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -117,8 +118,9 @@ def train_locally(
     seed: int,
 ) -> tuple[float, int]:
     """Train ``model`` in place; return (mean training loss, optimizer steps taken)."""
-    generator = torch.Generator().manual_seed(seed)
-    torch.manual_seed(stream_seed(seed, "model"))  # apart from the sampling's stream
+    generator = seeded_generator(seed)
+    # torch's global stream: the model's own randomness (dropout; off under DP), not the noise's
+    torch.manual_seed(stream_seed(seed, "model") % 2**63)
     dataset = TensorDataset(features, labels)
     loader = DataLoader(dataset, batch_size=plan.batch_size, shuffle=True, generator=generator)
     # A family may step its parts at different rates (``minilm-finetune``'s param_groups).
@@ -142,7 +144,7 @@ def train_locally(
                 noise_multiplier=plan.noise_multiplier,
                 max_grad_norm=plan.clip_norm,
                 poisson_sampling=True,
-                noise_generator=torch.Generator().manual_seed(stream_seed(seed, "noise")),
+                noise_generator=seeded_generator(stream_seed(seed, "noise")),
                 criterion=criterion,
                 grad_sample_mode=plan.grad_sample_mode,
             )
@@ -216,11 +218,34 @@ def _run_epochs(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Opt
 
 
 def stream_seed(seed: int, stream: str) -> int:
-    """A seed of its own for one random stream drawn from ``seed`` (a 63-bit hash of both): the
+    """A seed of its own for one random stream drawn from ``seed`` (a 256-bit hash of both): the
     noise must be independent of the Poisson sampling that ``seed`` itself drives, which the
     accounting assumes, and no offset of ``seed`` can make the two streams meet."""
-    digest = hashlib.sha256(f"{seed}\0{stream}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") >> 1
+    return int.from_bytes(hashlib.sha256(f"{seed}\0{stream}".encode()).digest(), "big")
+
+
+MT_WORDS = 624
+"""The Mersenne Twister's state: 624 32-bit words, kept by torch as 64-bit slots."""
+_MT_OFFSET = 24
+"""Where torch's CPU generator state (``get_state``) keeps them: after the initial seed, the
+``left`` and ``seeded`` counters and ``next`` (checked in ``seeded_generator``)."""
+
+
+def seeded_generator(seed: int) -> torch.Generator:
+    """A torch generator whose whole Mersenne Twister state comes from ``seed`` (any size),
+    through numpy's ``SeedSequence``. ``manual_seed`` keeps only a seed's low 32 bits, so the
+    noise of a release was one of 2^32 streams: a server that tried them all found the one
+    whose removal left a DP evaluation's sums whole numbers, and with it the exact counts (found
+    in review). Not a cryptographic generator still (site_secret.py), but no seed to search."""
+    generator = torch.Generator().manual_seed(1)
+    state = generator.get_state().numpy().copy()
+    words = state[_MT_OFFSET:_MT_OFFSET + 8 * MT_WORDS].view("<u8")
+    if words[0] != 1 or words[1] != 1812433254:  # the state manual_seed(1) writes
+        raise RuntimeError("this torch keeps its generator state in another layout than "
+                           "fedintent reads (torch 2.13.0, pyproject.toml)")
+    words[:] = np.random.SeedSequence(seed).generate_state(MT_WORDS, dtype=np.uint32)
+    generator.set_state(torch.from_numpy(state))
+    return generator
 
 
 def _zero_gradients(model: nn.Module, x: torch.Tensor, plan: TrainingPlan) -> None:

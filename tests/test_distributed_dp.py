@@ -52,6 +52,7 @@ from fl_client.distributed_dp import (
     unit_bound,
     unit_norms,
 )
+from fl_client.dp_training import seeded_generator
 from fl_client.egress_guard import egress_guard
 from fl_client.privacy_accounting import (
     MAX_SKELLAM_MU,
@@ -542,7 +543,7 @@ def rounded(total: torch.Tensor, seed: int) -> np.ndarray:
     """The site's rounding of a sum on the 1/32 grid, as ``noisy_integer_sum`` draws it."""
     steps = 32
     grid = torch.round(total * steps).to(torch.int64)
-    up = torch.randint(0, steps, (len(grid),), generator=torch.Generator().manual_seed(seed))
+    up = torch.randint(0, steps, (len(grid),), generator=seeded_generator(seed))
     return torch.div(grid + up, steps, rounding_mode="floor").numpy().astype(float)
 
 

@@ -26,6 +26,7 @@ from test_site_privacy import (
 import fl_client.client_app as client_app
 from fedintent.cli import main
 from fl_client.dp_evaluation import LOSS_CAP, NoisyScores, noisy_scores, unit_contributions
+from fl_client.dp_training import seeded_generator
 from fl_client.privacy_accounting import rdp_budget, rdp_epsilon
 from fl_client.privacy_ledger import LEDGER_FILE
 from fl_client.privacy_report import site_privacy_report
@@ -140,7 +141,7 @@ def test_one_confident_right_unit_reads_back_exactly():
 def evaluation_noise(std: float, seed: int) -> torch.Tensor:
     """The release's noise, drawn independently of the module: four normals from the seed,
     summed and halved (floating-point robust, as Opacus' ``secure_mode``)."""
-    generator = torch.Generator().manual_seed(seed)
+    generator = seeded_generator(seed)
     draws = [torch.normal(0.0, std, size=(3,), generator=generator, dtype=torch.float64)
              for _ in range(4)]
     return (draws[0] + draws[1] + draws[2] + draws[3]) / 2
@@ -185,6 +186,20 @@ def test_the_release_is_the_sums_plus_the_seeds_gaussian_on_every_component():
         assert noisy_scores(contributions, 2.0, seed) == NoisyScores(
             accuracy=correct / count, loss=LOSS_CAP * loss / count,
             units=round(math.sqrt(3) * count))
+
+
+def test_the_noise_depends_on_every_bit_of_the_seed():
+    """Found in review: torch's ``manual_seed`` kept a seed's low 32 bits, so a release's noise
+    was one of 2^32 streams, and a server that tried them all found the one whose removal left
+    the sums whole numbers: the exact counts. Seeds alike in their low 32 or 64 bits, or in
+    all but the top one of 256, now draw noise of their own."""
+    contributions = torch.full((100, 3), 1 / math.sqrt(3), dtype=torch.float64)
+    contributions[:, 0] /= 2  # half right: no clamp
+    seed = 2**255 + 12345
+    scores = {noisy_scores(contributions, 4.0, other).accuracy
+              for other in (seed, seed % 2**32, seed + 2**32, seed + 2**64, seed ^ 2**200)}
+    assert len(scores) == 5
+    assert noisy_scores(contributions, 4.0, seed) == noisy_scores(contributions, 4.0, seed)
 
 
 def test_scores_from_noise_that_swamps_the_count_stay_in_range():

@@ -11,6 +11,7 @@ from fl_client.dp_training import (
     TrainingPlan,
     UnitLoss,
     evaluate,
+    seeded_generator,
     stream_seed,
     train_locally,
     training_plan,
@@ -229,10 +230,24 @@ def test_the_noise_is_the_sum_of_four_draws_not_one():
     nn.init.zeros_(model.weight)
     train_locally(model, x, y, plan(2.0, n=4, batch_size=4, local_epochs=1, learning_rate=1.0),
                   seed=11)
-    noise = torch.Generator().manual_seed(stream_seed(11, "noise"))
+    noise = seeded_generator(stream_seed(11, "noise"))
     torch.normal(0, 2.0, (1, 1), generator=noise)  # Opacus discards a first draw
     four = sum(torch.normal(0, 2.0, (3, 8), generator=noise) for _ in range(4)) / 2
     assert torch.allclose(model.weight.detach(), -four / 4)  # averaged over the 4 units
+
+
+def test_a_generator_is_drawn_from_the_whole_seed():
+    """``manual_seed`` keeps a seed's low 32 bits (found in review: 2^32 noise streams to
+    search); ``seeded_generator`` fills the whole Mersenne Twister state from the seed."""
+    def draws(seed: int) -> list[float]:
+        return torch.normal(0, 1, (4,), generator=seeded_generator(seed)).tolist()
+
+    assert torch.equal(torch.normal(0, 1, (4,), generator=torch.Generator().manual_seed(5)),
+                       torch.normal(0, 1, (4,), generator=torch.Generator().manual_seed(5 + 2**32)))
+    seeds = [5, 5 + 2**32, 5 + 2**64, 5 + 2**255]
+    assert len({tuple(draws(seed)) for seed in seeds}) == len(seeds)
+    assert draws(2**200 + 7) == draws(2**200 + 7)
+    assert stream_seed(5, "noise") >= 2**200  # a whole SHA-256, not 63 bits of it
 
 
 def test_the_noise_stream_never_shares_the_sampling_streams_seed():

@@ -472,7 +472,8 @@ def test_private_seeds_are_fresh_per_run_round_and_release_and_replayable(tmp_pa
     create_site_secret(other)
     seeds = {private_seed(site, run, rnd, release) for run in ("r", "s") for rnd in (1, 2, 3)
              for release in (1, 2)}
-    assert len(seeds) == 12 and all(0 <= seed < 2**63 for seed in seeds)
+    assert len(seeds) == 12 and all(0 <= seed < 2**256 for seed in seeds)
+    assert max(seeds) >= 2**200  # the whole digest: no seed space small enough to search
     assert private_seed(site, "r", 2, 1) == private_seed(site, "r", 2, 1)
     assert private_seed(other, "r", 2, 1) != private_seed(site, "r", 2, 1)
 
