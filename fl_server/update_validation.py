@@ -193,6 +193,8 @@ def check_privacy_claims(metrics: MetricRecord, plan: RunPlan) -> None:
     # A resumed run's retrained rounds are charged twice. Epsilon grows sublinearly in the
     # rounds composed (Gaussian and Skellam releases), so target x charged / planned bounds it.
     most_epsilon = plan.target_epsilon * plan.charged_rounds / plan.num_rounds
+    if not epsilon >= 0:  # the reply contract refuses it too: this check stands on its own
+        raise InvalidReply(f"epsilon {epsilon:g} is below 0")
     if not epsilon <= most_epsilon * EPSILON_SLACK:
         raise InvalidReply(f"epsilon {epsilon:g} is above the run's target-epsilon "
                            f"{plan.target_epsilon:g}"

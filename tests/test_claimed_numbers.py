@@ -140,6 +140,16 @@ def test_a_dp_claim_without_its_release_is_rejected(name):
         check(start, update, {key: value for key, value in metrics.items() if key != name})
 
 
+@pytest.mark.parametrize("epsilon", [-1.0, -math.inf, math.nan])
+def test_privacy_claims_held_alone_refuse_an_epsilon_no_release_has(epsilon):
+    """``check_privacy_claims`` is a public check: it refuses a negative or NaN epsilon itself,
+    not only behind the reply contract's (found by the stop-67 mutation pass)."""
+    _, _, metrics = dp_reply()
+    check_privacy_claims(MetricRecord(metrics), PLAN)
+    with pytest.raises(InvalidReply, match="epsilon"):
+        check_privacy_claims(MetricRecord(metrics | {"epsilon": epsilon}), PLAN)
+
+
 def test_a_resumed_run_allows_the_epsilon_of_the_rounds_it_trains_again():
     """Rounds a resume trains again are charged twice by the sites: 4 charges of a 3-round plan
     at target 8 may reach 8 x 4 / 3, and no more."""
