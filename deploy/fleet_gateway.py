@@ -46,7 +46,7 @@ from superlink_checks import (
     refused_exits,
 )
 
-from fl_protocol.settings import SettingRefused
+from fl_protocol.settings import SettingRefused, host_and_port
 
 FLEET_CALL = re.compile(r"[a-z][a-z-]{0,63}")
 # Headers that describe one hop, not the request; httpx sets its own.
@@ -202,13 +202,13 @@ def _not_here() -> Response:
 
 
 def listen_address(text: str) -> tuple[str, int]:
-    """``--listen HOST:PORT`` as (host, port), with the port in [1, 65535]: a larger one had
-    bound the port modulo 65536."""
-    host, _, port = text.rpartition(":")
-    if not host or not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
+    """``--listen HOST:PORT`` as (host, port), with the port in [1, 65535] (a larger one had
+    bound the port modulo 65536) and an IPv6 host's brackets taken off."""
+    address = host_and_port(text)
+    if address is None:
         raise argparse.ArgumentTypeError(f"must be HOST:PORT with a port in [1, 65535], got "
                                          f"{text!r}")
-    return host.strip("[]"), int(port)
+    return address[0].strip("[]"), address[1]
 
 
 def main() -> None:
