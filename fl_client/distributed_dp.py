@@ -33,7 +33,8 @@ Only the secure sum leaves (``secure_aggregation.py`` refuses to send these inte
 way). The server divides it by ``integer_norm / clip-norm`` and by the number of examples and
 takes the step. The noise share is planned so that the sites that are neither missing nor
 colluding, at least ``cohort - tolerated-sites`` of them, together add the full noise
-(``privacy_budget.charge_round``). Every draw comes from the site's secret seed for the release.
+(``privacy_budget.charge_round``). Every draw, the rounding's and the noise's, comes from a
+ChaCha20 stream keyed by the site's secret seed for the release (``private_random``).
 
 Opacus is imported inside ``clipped_grid_sum``: the import takes about 2 s, and Flower starts
 a fresh ClientApp process for every message, most of which never train.
@@ -47,7 +48,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from fl_client.dp_training import UnitLoss, seeded_generator
+from fl_client.dp_training import UnitLoss
+from fl_client.private_random import private_stream, stream_seed
 from fl_client.site_policy import PolicyRefusal
 from fl_protocol.distributed_sum import integer_norm
 from fl_protocol.wire import Reason
@@ -159,13 +161,13 @@ def noisy_integer_sum(
     norm = integer_norm(dim)
     steps = GRID_RANGE // norm  # grid steps per integer
     grid_sums = clipped_grid_sum(model, features, labels, clip_norm, passes)
-    rounding = seeded_generator(seed)
-    noise = np.random.default_rng([seed, 1])  # a stream of its own, apart from the rounding's
+    rounding = private_stream(stream_seed(seed, "rounding"))
+    noise = private_stream(stream_seed(seed, "skellam"))
     skellam = noise.poisson(mu_share, dim) - noise.poisson(mu_share, dim)
     out, offset = {}, 0
     for name in names:
         total = grid_sums[name].flatten()
-        up = torch.randint(0, steps, (len(total),), generator=rounding)
+        up = torch.from_numpy(rounding.integers(0, steps, len(total)))
         rounded = torch.div(total + up, steps, rounding_mode="floor").numpy()
         noisy = rounded + skellam[offset:offset + len(total)]
         out[name] = noisy.reshape(tuple(state[name].shape))

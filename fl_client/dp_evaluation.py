@@ -12,13 +12,13 @@ answers instead with this release, charged to its ledger like a training round
   in [0, 1], so the vector's L2 norm is at most 1, and adding or removing one unit moves the sum
   of all vectors by at most 1: the L2 sensitivity is 1 whatever the model.
 * **The noise.** The site adds Gaussian noise of standard deviation ``noise_multiplier`` to each
-  of the three sums, drawn as the sum of four normals halved (``NOISE_DRAWS``): the Gaussian
-  mechanism, which is a DP-SGD step with sample rate 1, one step
-  and clip norm 1. So it is charged as exactly that release, planned for the site's own
-  ``evaluation-epsilon`` over the run's planned evaluations (every ``evaluate-every``-th round
-  and the last), as the run ``<run> (evaluation)``, in the same ledger and under the same unit
-  keys as training (a customer with rows in both splits composes both spends), through the same
-  lifetime filter.
+  of the three sums, drawn from a ChaCha20 stream keyed by the release's secret seed as the sum
+  of four normals halved (``private_random.gaussian_noise``): the Gaussian mechanism, which is
+  a DP-SGD step with sample rate 1, one step and clip norm 1. So it is charged as exactly that
+  release, planned for the site's own ``evaluation-epsilon`` over the run's planned evaluations
+  (every ``evaluate-every``-th round and the last), as the run ``<run> (evaluation)``, in the
+  same ledger and under the same unit keys as training (a customer with rows in both splits
+  composes both spends), through the same lifetime filter.
 * **What leaves.** Accuracy (first sum / third), loss (``LOSS_CAP`` x second / third) and the
   unit count (sqrt(3) x third, rounded, at least 1), each clipped into its range: functions of
   the noisy sums only, so post-processing, which costs no privacy. No macro-F1: per-class counts
@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from fl_client.dp_training import seeded_generator
+from fl_client.private_random import gaussian_noise, private_stream
 from models.fixed_shape import FIXED_WIDTH, PassShape, feature_chunks
 
 LOSS_CAP = 10.0
@@ -44,11 +44,6 @@ BANKING77's intents); a larger cap would widen the loss estimate's noise in prop
 COMPONENTS = 3
 """Correct, capped loss and count: each in [0, 1], so a unit's vector scaled by 1 / sqrt(3) has
 norm at most 1."""
-NOISE_DRAWS = 4
-"""Normals summed (and halved) for each component's noise: the same Gaussian, but not the few
-floating-point values one draw can take, from which the exact sum could be told (the attacks of
-Jin et al. 2022; Opacus' ``secure_mode``, which DP-SGD here trains with, draws the same way,
-after Holohan and Braghin 2021, section 5.1)."""
 
 
 @dataclass(frozen=True)
@@ -93,10 +88,7 @@ def unit_contributions(
 def noisy_scores(contributions: torch.Tensor, noise_multiplier: float, seed: int) -> NoisyScores:
     """The release: the contributions' sum plus Gaussian noise of standard deviation
     ``noise_multiplier`` per component (sensitivity 1), read back as scores."""
-    generator = seeded_generator(seed)
-    noise = sum(torch.normal(0.0, noise_multiplier, size=(COMPONENTS,), generator=generator,
-                             dtype=torch.float64) for _ in range(NOISE_DRAWS))
-    noise = noise / math.sqrt(NOISE_DRAWS)
+    noise = torch.from_numpy(gaussian_noise(private_stream(seed), (COMPONENTS,), noise_multiplier))
     correct, loss, count = (contributions.sum(dim=0) + noise).tolist()
     if count <= 0:  # noise larger than the count: nothing can be read from the sums
         return NoisyScores(accuracy=0.0, loss=LOSS_CAP, units=1)

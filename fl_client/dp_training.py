@@ -1,12 +1,11 @@
 """Local training at a site: DP-SGD with Opacus, or plain SGD when DP is off.
 
-DP-SGD here is where the privacy guarantee is *enforced*: Opacus' Poisson-sampling data loader
-draws each training example independently with the planned sample rate, every per-example
-gradient is clipped to ``clip_norm``, and Gaussian noise of standard deviation
-``noise_multiplier * clip_norm`` is added to the summed gradients of every step. The number of
-steps and the sample rate must be exactly those charged to the ledger: the plan carries them
-(``TrainingPlan.charged``, built by ``training_plan``) and ``train_locally`` checks that Opacus
-uses exactly these.
+DP-SGD here is where the privacy guarantee is *enforced*: each step's batch is a Poisson sample
+that takes every training unit independently at the sample rate charged to the ledger, for
+exactly the steps charged (``TrainingPlan.charged``, built by ``training_plan``; ``poisson_batches``
+draws them from exactly these), Opacus clips every unit's gradient to ``clip_norm``, and
+Gaussian noise of standard deviation ``noise_multiplier * clip_norm`` is added to the summed
+gradients of every step.
 
 A unit whose gradient is not finite contributes the zero vector. The server chooses the model,
 and a model can be made to overflow on some inputs only (weights that reach float32's limit
@@ -25,21 +24,22 @@ unit adds depends on that unit alone. DP-SGD trains with dropout off (``_without
 with it, the pass and the unit's own pass drew different masks, so a model crafted to overflow
 only when a dropout element is kept made what a unit added depend on the pass it was in.
 
-The noise is Opacus' floating-point-robust draw (``secure_mode`` on the optimizer: the sum of
-four float32 normals, halved). One float32 normal comes from 24-bit uniforms and never exceeds
-5.77 standard deviations; an output beyond that could only come from a unit being there, an
-unbounded privacy loss with probability up to 2e4 x delta at the smallest deltas (found in
-review). The four-draw sum reaches 11.5. (Its generator is this module's seeded one, not a
-cryptographic one: see ``site_secret``.)
+The sampling and the noise are drawn from ChaCha20 streams keyed by the release's secret seed
+(``private_random``), not from PyTorch's Mersenne Twister: Opacus' own noise draw is replaced
+(``_draw_noise_from``) by ``private_random.gaussian_noise``, four float64 normals summed and
+halved, so it keeps the floating-point robustness of Opacus' ``secure_mode``: one float32
+normal never exceeds 5.77 standard deviations, and an output beyond that could only come from a
+unit being there, an unbounded privacy loss with probability up to 2e4 x delta at the smallest
+deltas (found in review).
 
 Opacus is imported inside the functions that use it: the import takes about 2 s, and Flower
 starts a fresh ClientApp process for every message, most of which never train (evaluation,
 three of SecAgg+'s four stages).
 """
 
-import hashlib
 import math
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -49,6 +49,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from fl_client.privacy_units import PADDING_LABEL
+from fl_client.private_random import gaussian_noise, poisson_sample, private_stream, stream_seed
 from models.family import ModelFamily
 from models.fixed_shape import FIXED_WIDTH, PassShape, feature_chunks
 
@@ -65,8 +66,8 @@ class TrainingPlan:
     local_epochs: passes over the site's data per round; more epochs cost more epsilon.
     learning_rate: local SGD step size.
     charged: (Poisson sample rate, DP-SGD steps) the noise was planned and charged for; required
-        under DP: training refuses to run unless Opacus samples at exactly this rate for exactly
-        these steps, so the epsilon charged is the epsilon spent.
+        under DP: training samples at exactly this rate for exactly these steps
+        (``poisson_batches``), so the epsilon charged is the epsilon spent.
     grad_sample_mode: how Opacus gets each example's gradient norm for clipping ("hooks" or
         "ghost", the model family's choice); the same clipping and noise either way, so the
         guarantee does not depend on it.
@@ -118,134 +119,140 @@ def train_locally(
     seed: int,
 ) -> tuple[float, int]:
     """Train ``model`` in place; return (mean training loss, optimizer steps taken)."""
-    generator = seeded_generator(seed)
     # torch's global stream: the model's own randomness (dropout; off under DP), not the noise's
     torch.manual_seed(stream_seed(seed, "model") % 2**63)
-    dataset = TensorDataset(features, labels)
-    loader = DataLoader(dataset, batch_size=plan.batch_size, shuffle=True, generator=generator)
     # A family may step its parts at different rates (``minilm-finetune``'s param_groups).
     params = (model.param_groups(plan.learning_rate) if hasattr(model, "param_groups")
               else model.parameters())
     optimizer = torch.optim.SGD(params, lr=plan.learning_rate)
     model.train()
     criterion = UnitLoss()
-    if plan.noise_multiplier is not None:
+    if plan.noise_multiplier is None:
+        batches = shuffled_batches(features, labels, plan, seed)
+        dp_model = model
+    else:
         from opacus import PrivacyEngine
 
         if plan.charged is None:
             raise ValueError("a DP plan needs the sample rate and steps it was charged for")
+        sample_rate, _ = plan.charged
+        batches = poisson_batches(features, labels, plan, seed)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Secure RNG turned off")
             engine = PrivacyEngine(accountant="prv")
             private = engine.make_private(
                 module=model,
                 optimizer=optimizer,
-                data_loader=loader,
+                # read for the dataset's size only: the batches are ``poisson_batches``
+                data_loader=DataLoader(TensorDataset(features, labels),
+                                       batch_size=plan.batch_size),
                 noise_multiplier=plan.noise_multiplier,
                 max_grad_norm=plan.clip_norm,
-                poisson_sampling=True,
-                noise_generator=seeded_generator(stream_seed(seed, "noise")),
+                poisson_sampling=False,
                 criterion=criterion,
                 grad_sample_mode=plan.grad_sample_mode,
             )
         if plan.grad_sample_mode == "ghost":
-            dp_model, optimizer, criterion, loader = private
+            dp_model, optimizer, criterion, _ = private
         else:
-            dp_model, optimizer, loader = private
+            dp_model, optimizer, _ = private
+        dp_model.forbid_grad_accumulation()  # one step's per-unit gradients never reach the next
         _without_dropout(dp_model)
-        # Opacus' sampler runs int(1 / rate) steps, one short for some step counts
-        # (int(1 / (1/93)) = 92): each such round failed after its charge (found in review)
-        loader.batch_sampler.steps = round(1 / loader.sample_rate)
-        sample_rate, planned_steps = plan.charged
-        if abs(loader.sample_rate - sample_rate) > 1e-12:
-            raise RuntimeError("Opacus sample rate differs from the rate charged to the ledger")
-        if len(loader) * plan.local_epochs != planned_steps:
-            raise RuntimeError("Opacus step count differs from the steps charged to the ledger")
-        # Opacus averages by int(units x rate), which floating point can leave one short
-        # (49 x (1/49) < 1): at a batch of one, a division by zero after the charge (found in
-        # review). A scale of the noisy sum only: the guarantee is the same.
-        optimizer.expected_batch_size = max(1, int(len(dataset) * sample_rate + 1e-9))
-        optimizer.secure_mode = True  # the four-draw noise (module docstring)
-    else:
-        dp_model = model
+        # Opacus averages the noisy sum by the expected batch size, units x rate, which
+        # floating point can leave one short (49 x (1/49) < 1): at a batch of one, a division
+        # by zero after the charge (found in review). A scale of the noisy sum only.
+        optimizer.expected_batch_size = max(1, int(len(labels) * sample_rate + 1e-9))
+        _draw_noise_from(optimizer, private_stream(stream_seed(seed, "noise")))
 
     with warnings.catch_warnings():
         # Opacus' hooks on a head over frozen features: the warning is expected and harmless.
         warnings.filterwarnings("ignore", message="Full backward hook is firing")
-        total_loss, steps = _run_epochs(dp_model, loader, optimizer, criterion, plan)
+        total_loss, steps = _run_steps(dp_model, batches, optimizer, criterion, plan)
     if plan.noise_multiplier is not None:
         dp_model.remove_hooks()
     return total_loss, steps
 
 
-def _run_epochs(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
-                criterion: nn.Module, plan: TrainingPlan) -> tuple[float, int]:
+def poisson_batches(features: torch.Tensor, labels: torch.Tensor, plan: TrainingPlan,
+                    seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """DP-SGD's batches: ``plan.charged``'s steps, each a Poisson sample of the units at its
+    sample rate (``private_random.poisson_sample``), drawn from the ``"sampling"`` stream of
+    ``seed``. Exactly the sampling the ledger was charged for, whatever the site holds."""
+    sample_rate, steps = plan.charged
+    stream = private_stream(stream_seed(seed, "sampling"))
+    for _ in range(steps):
+        chosen = torch.from_numpy(poisson_sample(stream, len(labels), sample_rate))
+        yield features[chosen], labels[chosen]
+
+
+def shuffled_batches(features: torch.Tensor, labels: torch.Tensor, plan: TrainingPlan,
+                     seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Training without DP: ``plan.local_epochs`` passes over the units in a fresh order each,
+    in batches of ``plan.batch_size``."""
+    stream = private_stream(stream_seed(seed, "shuffle"))
+    for _ in range(plan.local_epochs):
+        order = torch.from_numpy(stream.permutation(len(labels)))
+        for start in range(0, len(labels), plan.batch_size):
+            chosen = order[start:start + plan.batch_size]
+            yield features[chosen], labels[chosen]
+
+
+def _draw_noise_from(optimizer: torch.optim.Optimizer, stream: np.random.Generator) -> None:
+    """Opacus' noise step (``DPOptimizer.add_noise``, the same in its ghost-clipping optimizer)
+    with the noise drawn from ``stream``: N(0, (noise_multiplier x clip_norm)^2) on every
+    parameter's clipped sum, from ``private_random.gaussian_noise`` instead of a torch generator
+    (module docstring)."""
+    from opacus.optimizers.optimizer import _check_processed_flag, _mark_as_processed
+
+    def add_noise() -> None:
+        std = optimizer.noise_multiplier * optimizer.max_grad_norm
+        for param in optimizer.params:
+            _check_processed_flag(param.summed_grad)
+            noise = gaussian_noise(stream, tuple(param.summed_grad.shape), std)
+            param.grad = (param.summed_grad + torch.from_numpy(noise).to(
+                param.summed_grad.dtype)).view_as(param)
+            _mark_as_processed(param.summed_grad)
+
+    optimizer.add_noise = add_noise
+
+
+def _run_steps(model: nn.Module, batches: Iterator[tuple[torch.Tensor, torch.Tensor]],
+               optimizer: torch.optim.Optimizer, criterion: nn.Module,
+               plan: TrainingPlan) -> tuple[float, int]:
     total_loss, total_seen, steps = 0.0, 0, 0
     private = plan.noise_multiplier is not None
-    for _ in range(plan.local_epochs):
-        for x, y in loader:
-            optimizer.zero_grad(set_to_none=True)
-            if len(y) == 0:
-                # An empty Poisson batch is still a DP step: zero gradients, then pure noise.
-                _zero_gradients(model, x, plan)
-                optimizer.step()
-                steps += 1
-                continue
-            chunks = _physical_batches(x, y, plan.passes)
-            for index, (xc, yc, real) in enumerate(chunks):
-                last = index == len(chunks) - 1
-                if private and plan.grad_sample_mode == "ghost":
-                    loss = _clipped_sum_of_finite_units(model, criterion, xc, yc, real)
-                else:
-                    loss = criterion(model(xc), yc)  # the mean over the pass, padding adding 0
-                    if private:
-                        loss.backward()  # this pass's per-example gradients
-                        _zero_left_out_units(model, real)
-                    else:
-                        (loss * (len(yc) / len(y))).backward()  # gradients add up over passes
-                    loss = loss.item()
-                if math.isfinite(loss):
-                    total_loss += loss * len(yc)
-                    total_seen += real
-                if private:
-                    optimizer.signal_skip_step(do_skip=not last)
-                    optimizer.step()  # clipped and summed; noise and the update after the last
-                    optimizer.zero_grad(set_to_none=True)  # keeps the sum of skipped steps
-                elif last:
-                    optimizer.step()
+    for x, y in batches:
+        optimizer.zero_grad(set_to_none=True)
+        if len(y) == 0:
+            # An empty Poisson batch is still a DP step: zero gradients, then pure noise.
+            _zero_gradients(model, x, plan)
+            optimizer.step()
             steps += 1
+            continue
+        chunks = _physical_batches(x, y, plan.passes)
+        for index, (xc, yc, real) in enumerate(chunks):
+            last = index == len(chunks) - 1
+            if private and plan.grad_sample_mode == "ghost":
+                loss = _clipped_sum_of_finite_units(model, criterion, xc, yc, real)
+            else:
+                loss = criterion(model(xc), yc)  # the mean over the pass, padding adding 0
+                if private:
+                    loss.backward()  # this pass's per-example gradients
+                    _zero_left_out_units(model, real)
+                else:
+                    (loss * (len(yc) / len(y))).backward()  # gradients add up over passes
+                loss = loss.item()
+            if math.isfinite(loss):
+                total_loss += loss * len(yc)
+                total_seen += real
+            if private:
+                optimizer.signal_skip_step(do_skip=not last)
+                optimizer.step()  # clipped and summed; noise and the update after the last
+                optimizer.zero_grad(set_to_none=True)  # keeps the sum of skipped steps
+            elif last:
+                optimizer.step()
+        steps += 1
     return total_loss / max(total_seen, 1), steps
-
-
-def stream_seed(seed: int, stream: str) -> int:
-    """A seed of its own for one random stream drawn from ``seed`` (a 256-bit hash of both): the
-    noise must be independent of the Poisson sampling that ``seed`` itself drives, which the
-    accounting assumes, and no offset of ``seed`` can make the two streams meet."""
-    return int.from_bytes(hashlib.sha256(f"{seed}\0{stream}".encode()).digest(), "big")
-
-
-MT_WORDS = 624
-"""The Mersenne Twister's state: 624 32-bit words, kept by torch as 64-bit slots."""
-_MT_OFFSET = 24
-"""Where torch's CPU generator state (``get_state``) keeps them: after the initial seed, the
-``left`` and ``seeded`` counters and ``next`` (checked in ``seeded_generator``)."""
-
-
-def seeded_generator(seed: int) -> torch.Generator:
-    """A torch generator whose whole Mersenne Twister state comes from ``seed`` (any size),
-    through numpy's ``SeedSequence``. ``manual_seed`` keeps only a seed's low 32 bits, so the
-    noise of a release was one of 2^32 streams: a server that tried them all found the one
-    whose removal left a DP evaluation's sums whole numbers, and with it the exact counts (found
-    in review). Not a cryptographic generator still (site_secret.py), but no seed to search."""
-    generator = torch.Generator().manual_seed(1)
-    state = generator.get_state().numpy().copy()
-    words = state[_MT_OFFSET:_MT_OFFSET + 8 * MT_WORDS].view("<u8")
-    if words[0] != 1 or words[1] != 1812433254:  # the state manual_seed(1) writes
-        raise RuntimeError("this torch keeps its generator state in another layout than "
-                           "fedintent reads (torch 2.13.0, pyproject.toml)")
-    words[:] = np.random.SeedSequence(seed).generate_state(MT_WORDS, dtype=np.uint32)
-    generator.set_state(torch.from_numpy(state))
-    return generator
 
 
 def _zero_gradients(model: nn.Module, x: torch.Tensor, plan: TrainingPlan) -> None:

@@ -13,11 +13,10 @@ Two privacy mechanisms depend on something the server cannot know:
 * The privacy ledger's MAC chain (``ledger_mac``), which makes an edited, reordered or
   truncated ledger detectable by anyone without the secret.
 
-Limits: the generators are PyTorch's (Mersenne Twister, its whole state drawn from the 256-bit
-seed) and numpy's (PCG64), not a cryptographically secure RNG
-(Opacus' ``secure_mode`` needs torchcsprng, which is not available here); and whoever can read
-the state folder holds the secret, so the MAC chain detects accidents and casual edits, not an
-administrator determined to rewrite history.
+The draws themselves come from ChaCha20 keyed by the seed (``private_random``), a
+cryptographically secure generator. Limit: whoever can read the state folder holds the secret,
+so the MAC chain detects accidents and casual edits, not an administrator determined to rewrite
+history.
 """
 
 import hashlib
@@ -108,7 +107,8 @@ def _refuse_a_lost_secret(state_dir: Path) -> None:
 
 def private_seed(state_dir: Path, *parts: str | int) -> int:
     """A 256-bit seed derived from the site secret and ``parts`` (run name, round, release):
-    whole, so that no one can search the seeds (``dp_training.seeded_generator``)."""
+    whole, the key of the release's ChaCha20 streams (``private_random``), so that no one can
+    search the seeds."""
     digest = hashlib.sha256(site_secret(state_dir))
     for part in parts:
         digest.update(b"\0" + str(part).encode())

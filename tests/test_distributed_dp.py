@@ -52,7 +52,6 @@ from fl_client.distributed_dp import (
     unit_bound,
     unit_norms,
 )
-from fl_client.dp_training import seeded_generator
 from fl_client.egress_guard import egress_guard
 from fl_client.privacy_accounting import (
     MAX_SKELLAM_MU,
@@ -63,6 +62,7 @@ from fl_client.privacy_accounting import (
 )
 from fl_client.privacy_budget import charge_round
 from fl_client.privacy_ledger import read_ledger, unit_epsilons
+from fl_client.private_random import private_stream, stream_seed
 from fl_client.secure_aggregation import secure_aggregation_mod
 from fl_client.site_policy import (
     PolicyRefusal,
@@ -543,7 +543,8 @@ def rounded(total: torch.Tensor, seed: int) -> np.ndarray:
     """The site's rounding of a sum on the 1/32 grid, as ``noisy_integer_sum`` draws it."""
     steps = 32
     grid = torch.round(total * steps).to(torch.int64)
-    up = torch.randint(0, steps, (len(grid),), generator=seeded_generator(seed))
+    up = torch.from_numpy(private_stream(stream_seed(seed, "rounding")).integers(0, steps,
+                                                                                len(grid)))
     return torch.div(grid + up, steps, rounding_mode="floor").numpy().astype(float)
 
 

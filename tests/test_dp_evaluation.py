@@ -6,9 +6,11 @@ aggregation, record, round line, model card) of a round where some sites answer 
 import copy
 import math
 
+import numpy as np
 import pytest
 import torch
 from flwr.app import Message, MetricRecord, RecordDict
+from randomgen import ChaCha
 from test_export import LABELS as EXPORTED_LABELS
 from test_export import RUN_DOC
 from test_site_privacy import (
@@ -26,7 +28,6 @@ from test_site_privacy import (
 import fl_client.client_app as client_app
 from fedintent.cli import main
 from fl_client.dp_evaluation import LOSS_CAP, NoisyScores, noisy_scores, unit_contributions
-from fl_client.dp_training import seeded_generator
 from fl_client.privacy_accounting import rdp_budget, rdp_epsilon
 from fl_client.privacy_ledger import LEDGER_FILE
 from fl_client.privacy_report import site_privacy_report
@@ -139,12 +140,12 @@ def test_one_confident_right_unit_reads_back_exactly():
 
 
 def evaluation_noise(std: float, seed: int) -> torch.Tensor:
-    """The release's noise, drawn independently of the module: four normals from the seed,
-    summed and halved (floating-point robust, as Opacus' ``secure_mode``)."""
-    generator = seeded_generator(seed)
-    draws = [torch.normal(0.0, std, size=(3,), generator=generator, dtype=torch.float64)
-             for _ in range(4)]
-    return (draws[0] + draws[1] + draws[2] + draws[3]) / 2
+    """The release's noise, drawn independently of the module: four standard normals from the
+    ChaCha20 stream keyed by the seed, summed and halved, then scaled (floating-point robust, as
+    Opacus' ``secure_mode``)."""
+    stream = np.random.Generator(ChaCha(key=seed, rounds=20))
+    draws = [stream.standard_normal(3) for _ in range(4)]
+    return torch.from_numpy((draws[0] + draws[1] + draws[2] + draws[3]) * (std / 2))
 
 
 def test_a_count_the_noise_drove_to_zero_or_below_reads_as_nothing_learned():
