@@ -71,6 +71,7 @@ from fl_client.privacy_ledger import (
     Ledger,
     Release,
     alone_spend,
+    group_rdp,
     now,
     own_noise_extra,
     privacy_unit_key,
@@ -394,22 +395,16 @@ def _carry_over(ledger: Ledger, keys: list[str], former: list[list[list[str]]],
                 counted += [part for part, group in zip(named_parts, groups, strict=True)
                             if len(group) > 1 and part[0] > most]
             if len(counted) > 1:
-                together = _group_bound(spend for spend, _ in counted)
+                together = group_rdp(spend for spend, _ in counted)
                 carried = max(carried, together if full_batch or not math.isfinite(budget)
                               else max(budget, together))
-                carried_alone = max(carried_alone, _group_bound(alone for _, alone in counted))
+                carried_alone = max(carried_alone, group_rdp(alone for _, alone in counted))
         if carried > own:
             ledger.spend[key] = carried
         if carried > 0:
             ledger.alone[key] = max(carried_alone, carried, ledger.alone.get(key, 0.0))
         joined.append(list(units))
     return joined
-
-
-def _group_bound(spends: Iterable[float]) -> float:
-    """The Rényi DP of one person who was the units with these spends, in releases without
-    sampling: the square of the sum of their square roots (``_carry_over``)."""
-    return sum(math.sqrt(spend) for spend in spends) ** 2
 
 
 def _own_noise_ratio(ledger: Ledger) -> float:

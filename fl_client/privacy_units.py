@@ -2,7 +2,8 @@
 
 * ``utterance`` (default): each training utterance is sampled and clipped on its own. The
   guarantee covers adding or removing one utterance. A customer with k utterances at the site is
-  protected only at group-privacy strength (roughly k times epsilon).
+  protected only at group-privacy strength, whose loss grows like k squared, not k times
+  epsilon (``privacy_ledger.group_rdp``; at the defaults 17.7 for 2 utterances, 46 for 4).
 * ``customer``: all of one ``customer_id``'s utterances at the site form one unit, sampled
   together and clipped together (the gradient of the customer's mean loss is clipped to
   ``clip-norm``). The guarantee covers adding or removing one customer's entire history at that

@@ -75,6 +75,7 @@ from fl_client.privacy_accounting import rdp_epsilon
 from fl_client.privacy_ledger import (
     LedgerError,
     alone_spend,
+    group_epsilon,
     privacy_unit_key,
     read_ledger,
     unit_epsilons,
@@ -263,6 +264,9 @@ class Erasure:
     """The customer's privacy units the ledger holds a spend for (kept)."""
     ledger_epsilon: float
     """The largest lifetime epsilon among them (0 if none), at ``ledger_delta``."""
+    ledger_group_epsilon: float | None
+    """Under the utterance unit, with more than one: all of them together, the customer's
+    (``privacy_ledger.group_epsilon``; ``inf``: no bound); None otherwise."""
     ledger_delta: float
     """The ledger's delta, the site's own, which every lifetime epsilon of it is at (NaN with
     no ledger); found in review: the epsilon was printed without it."""
@@ -304,10 +308,10 @@ def forget(site_dir: Path, state_dir: Path, customer: str, retention_days: float
         rows = train + test
         theirs = [row for row in rows if _is_customer(row, customer)]
         try:
-            units, epsilon, _, delta, unit = _ledger_spend(state_dir, secret, written, theirs)
-            problem = ""
+            spend, problem = _ledger_spend(state_dir, secret, written, theirs), ""
         except LedgerError as err:
-            units, epsilon, delta, unit, problem = 0, 0.0, math.nan, "", str(err)
+            spend, problem = LedgerSpend(0, 0.0, 0.0, None, math.nan, ""), str(err)
+        units, unit = spend.units, spend.privacy_unit
         # every row present now, whatever clock or time zone dated it
         cut_off = max([now + FUTURE_SLACK, *(row.when for row in theirs if row.when is not None)])
         append_deletion_entry(
@@ -332,7 +336,8 @@ def forget(site_dir: Path, state_dir: Path, customer: str, retention_days: float
         deletion = _logged(state_dir, "erasure-done", actor, not_used, pruned.rows,
                            pruned.files, data_rows, details)
         return Erasure(rows_found=len(theirs), erased_until=cut_off, deletion=deletion,
-                       ledger_units=units, ledger_epsilon=epsilon, ledger_delta=delta,
+                       ledger_units=units, ledger_epsilon=spend.epsilon,
+                       ledger_group_epsilon=spend.group_epsilon, ledger_delta=spend.delta,
                        ledger_problem=problem,
                        earlier_erasure=_unnamed_spend(state_dir, secret, customer, theirs,
                                                       units, unit),
@@ -500,6 +505,9 @@ class CustomerSpend:
     """The largest lifetime epsilon among them (0 if none), at ``delta``."""
     epsilon_alone: float
     """The same from the site's own noise only (distributed DP; else equal)."""
+    group_epsilon: float | None
+    """Under the utterance unit, with more than one: all of them together, the customer's
+    (``privacy_ledger.group_epsilon``; ``inf``: no bound); None otherwise."""
     delta: float
     """The ledger's delta, the site's own (NaN with no ledger)."""
     earlier_erasure: EarlierErasure | None = None
@@ -518,9 +526,11 @@ def customer_spend(site_dir: Path, state_dir: Path, customer: str) -> CustomerSp
     secret = site_secret(state_dir)
     train, test = read_rows(site_dir, [])
     theirs = [row for row in train + test if _is_customer(row, canonical)]
-    units, epsilon, alone, delta, unit = _ledger_spend(state_dir, secret, written, theirs)
-    return CustomerSpend(len(theirs), units, epsilon, alone, delta,
-                         _unnamed_spend(state_dir, secret, canonical, theirs, units, unit))
+    spend = _ledger_spend(state_dir, secret, written, theirs)
+    return CustomerSpend(len(theirs), spend.units, spend.epsilon, spend.epsilon_alone,
+                         spend.group_epsilon, spend.delta,
+                         _unnamed_spend(state_dir, secret, canonical, theirs, spend.units,
+                                        spend.privacy_unit))
 
 
 def _unnamed_spend(state_dir: Path, secret: bytes, customer: str, rows: list[Row], units: int,
@@ -559,22 +569,37 @@ def _earlier_erasure(state_dir: Path, secret: bytes, customer: str) -> EarlierEr
     return (counted or uncounted or [None])[-1]
 
 
-def _ledger_spend(state_dir: Path, secret: bytes, customer: str,
-                  rows: list[Row]) -> tuple[int, float, float, float, str]:
-    """(units, largest lifetime epsilon, the same from the site's own noise, the ledger's delta
-    both are at, its privacy unit: "" without a ledger) the ledger holds of the customer's
-    ``rows``' units, and under the customer unit of the id itself."""
+class LedgerSpend(NamedTuple):
+    """What the ledger holds of one customer's units (``_ledger_spend``)."""
+
+    units: int
+    epsilon: float
+    """The largest lifetime epsilon among them, at ``delta``."""
+    epsilon_alone: float
+    """The same from the site's own noise only."""
+    group_epsilon: float | None
+    """Under the utterance unit, with more than one unit: all of them together."""
+    delta: float
+    privacy_unit: str
+    """The ledger's privacy unit; "" without a ledger."""
+
+
+def _ledger_spend(state_dir: Path, secret: bytes, customer: str, rows: list[Row]) -> LedgerSpend:
+    """What the ledger holds of the customer's ``rows``' units, and under the customer unit of
+    the id itself."""
     ledger = read_ledger(Path(state_dir), secret)
     if ledger is None:
-        return 0, 0.0, 0.0, math.nan, ""
+        return LedgerSpend(0, 0.0, 0.0, None, math.nan, "")
     identities = {row.unit_under(ledger.privacy_unit) for row in rows}
     if ledger.privacy_unit == "customer":
         identities.add(customer)
     keys = [key for key in (privacy_unit_key(secret, ledger.privacy_unit, identity)
                             for identity in sorted(identities)) if key in ledger.spend]
-    return (len(keys), max(unit_epsilons(ledger, keys), default=0.0),
-            rdp_epsilon(alone_spend(ledger, keys), ledger.order, ledger.delta), ledger.delta,
-            ledger.privacy_unit)
+    together = (group_epsilon(ledger, keys)
+                if ledger.privacy_unit == "utterance" and len(keys) > 1 else None)
+    return LedgerSpend(len(keys), max(unit_epsilons(ledger, keys), default=0.0),
+                       rdp_epsilon(alone_spend(ledger, keys), ledger.order, ledger.delta),
+                       together, ledger.delta, ledger.privacy_unit)
 
 
 def _next_hour(when: datetime) -> datetime:

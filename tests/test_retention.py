@@ -41,6 +41,7 @@ from fl_client.site_secret import create_site_secret, site_secret
 from fl_protocol import durable_files, hash_chain
 from fl_protocol.hash_chain import canonical_json, entry_hash, head_path
 from fl_protocol.wire import RUN_CONFIG_DEFAULTS, Reason
+from fl_server.progress import format_epsilon
 from models import feature_store, get_model_family
 
 pytestmark = pytest.mark.usefixtures("task_identity")
@@ -314,9 +315,14 @@ def test_an_erased_customer_is_removed_everywhere_and_the_ledger_keeps_their_spe
     assert code == 0
     assert "2 rows of this customer" in out and "removed from the data folder: 2 rows" in out
     book = read_ledger(state, site_secret(state))
+    assert all(release.sample_rate == 1 for release in book.releases)  # full batch: a bound
+    together = rdp_epsilon((math.sqrt(spent["conv-3"]) + math.sqrt(spent["conv-5"])) ** 2,
+                           book.order, book.delta)
     assert (f"keeps the spend of their 2 privacy unit(s) (largest lifetime epsilon "
             f"{rdp_epsilon(max(spent['conv-3'], spent['conv-5']), book.order, book.delta):.3g} "
-            f"at delta {book.delta:g}); a returning customer") in out
+            f"at delta {book.delta:g}; under privacy-unit utterance that is one utterance's: "
+            f"all of theirs together at most {format_epsilon(together)}); a returning "
+            "customer") in out
     # the site's counts, labelled so (found in review: read as this customer's)
     assert "  removed, whole site: 2 cached feature rows, 0 files from the feature store" in out
     assert "alice" not in (site / "train.jsonl").read_text()
@@ -999,10 +1005,13 @@ def test_privacy_report_says_one_customers_spend_without_erasing_them(tmp_path, 
         assert fedintent([*report, form]) == 0
         expected = max(spend(state, "conv-0"), spend(state, "conv-3"))
         book = read_ledger(state, site_secret(state))
+        together = rdp_epsilon((math.sqrt(spend(state, "conv-0"))
+                                + math.sqrt(spend(state, "conv-3"))) ** 2, book.order, book.delta)
         assert (f"customer: 2 rows in {site} (any written form of the id); the ledger holds "
                 "the spend of 2 privacy unit(s) of theirs, largest lifetime epsilon "
-                f"{rdp_epsilon(expected, book.order, book.delta):.3f} at delta {book.delta:g}\n"
-                in capsys.readouterr().out)
+                f"{rdp_epsilon(expected, book.order, book.delta):.3f} at delta {book.delta:g}; "
+                "under privacy-unit utterance that is one utterance's: all of theirs together "
+                f"at most {format_epsilon(together)}\n" in capsys.readouterr().out)
     assert fedintent([*report, "erin"]) == 0
     assert (f"customer: no row in {site} has this customer_id; the ledger holds no spend of "
             "theirs") in capsys.readouterr().out
@@ -1010,6 +1019,28 @@ def test_privacy_report_says_one_customers_spend_without_erasing_them(tmp_path, 
             else None) == log  # nothing erased
     assert fedintent(["privacy-report", str(state), "--customer", "erin"]) == 2
     assert "--customer and --site go together" in capsys.readouterr().err
+
+
+def test_a_customers_utterances_after_a_sampled_release_are_not_read_as_bounded(tmp_path,
+                                                                               capsys):
+    """Review 126 H1: under the utterance unit the largest unit's epsilon is one utterance's, and
+    a customer's several utterances together lose about their number squared times as much
+    Rényi DP; after a Poisson-sampled release the ledger holds no proven bound for them
+    together, and the report says so rather than a number."""
+    site, state = tmp_path / "site", tmp_path / "state"
+    rows = site_rows()
+    rows[0]["customer_id"] = rows[3]["customer_id"] = "Dana-7"
+    write_site(site, rows)
+    ctx = context(site, state, math.inf)
+    ctx.run_config["batch-size"] = 4  # sampled: rate 4 / rows
+    assert not train(ctx).has_error()
+    assert any(release.sample_rate < 1
+               for release in read_ledger(state, site_secret(state)).releases)
+    assert fedintent(["privacy-report", str(state), "--site", str(site), "--customer",
+                      "Dana-7"]) == 0
+    assert ("under privacy-unit utterance that is one utterance's, and after a sampled release "
+            "the ledger bounds none of their utterances together: only privacy-unit customer "
+            "protects a customer as one\n") in capsys.readouterr().out
 
 
 def test_check_data_counts_the_customers_in_both_splits(tmp_path, capsys):

@@ -267,8 +267,8 @@ def test_a_site_without_any_customer_id_declines_the_customer_unit_and_says_why(
                                                                                caplog):
     """Found in review: a customer column under another name (``customer``) is not read, and
     under the customer unit every row became a unit of its own, without a word: a customer of k
-    rows protected at about k x epsilon while the report says per customer. The site declines,
-    its log says why, and the server gets the fixed reason only."""
+    rows protected only as a group of k units while the report says per customer. The site
+    declines, its log says why, and the server gets the fixed reason only."""
     caplog.set_level(logging.WARNING, logger="flwr")
     train = site / "train.csv"
     train.write_text(train.read_text().replace("customer_id", "customer", 1))

@@ -216,8 +216,8 @@ def run_forget(args: argparse.Namespace) -> int:
     if erasure.ledger_units:
         print(f"privacy ledger: keeps the spend of their {erasure.ledger_units} privacy unit(s) "
               f"(largest lifetime epsilon {erasure.ledger_epsilon:.3g} at delta "
-              f"{erasure.ledger_delta:g}); a returning customer "
-              "is not a fresh unit")
+              f"{erasure.ledger_delta:g}{_together(erasure.ledger_group_epsilon)}); a "
+              "returning customer is not a fresh unit")
     elif erasure.earlier_erasure:
         print(f"privacy ledger: {_unnamed_spend(erasure.earlier_erasure)}")
     elif (state_dir / LEDGER_FILE).exists():
@@ -487,7 +487,22 @@ def _print_customer_spend(site_dir: Path, state_dir: Path, customer: str) -> Non
              if spend.epsilon_alone != spend.epsilon else "")
     print(f"customer: {found}; the ledger holds the spend of {spend.units} privacy unit(s) of "
           f"theirs, largest lifetime epsilon {format_epsilon(spend.epsilon)}{alone} at delta "
-          f"{spend.delta:g}")
+          f"{spend.delta:g}{_together(spend.group_epsilon)}")
+
+
+def _together(group_epsilon: float | None) -> str:
+    """Under the utterance unit, what a customer's several units are together: a unit's epsilon
+    is one utterance's, and a customer's k utterances lose about k**2 times as much Rényi DP,
+    not k times the epsilon (review 126: read as the customer's, the largest unit's figure
+    understated them)."""
+    if group_epsilon is None:
+        return ""
+    if math.isinf(group_epsilon):
+        return ("; under privacy-unit utterance that is one utterance's, and after a sampled "
+                "release the ledger bounds none of their utterances together: only "
+                "privacy-unit customer protects a customer as one")
+    return ("; under privacy-unit utterance that is one utterance's: all of theirs together at "
+            f"most {format_epsilon(group_epsilon)}")
 
 
 def _print_spend(report: "SiteReport", source: str = "") -> None:
