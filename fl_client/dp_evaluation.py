@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from fl_client.private_random import gaussian_noise, private_stream
+from fl_client.private_random import gaussian_noise, private_stream, stream_seed
 from models.fixed_shape import FIXED_WIDTH, PassShape, feature_chunks
 
 LOSS_CAP = 10.0
@@ -88,7 +88,8 @@ def unit_contributions(
 def noisy_scores(contributions: torch.Tensor, noise_multiplier: float, seed: int) -> NoisyScores:
     """The release: the contributions' sum plus Gaussian noise of standard deviation
     ``noise_multiplier`` per component (sensitivity 1), read back as scores."""
-    noise = torch.from_numpy(gaussian_noise(private_stream(seed), (COMPONENTS,), noise_multiplier))
+    stream = private_stream(stream_seed(seed, "evaluation"))
+    noise = torch.from_numpy(gaussian_noise(stream, (COMPONENTS,), noise_multiplier))
     correct, loss, count = (contributions.sum(dim=0) + noise).tolist()
     if count <= 0:  # noise larger than the count: nothing can be read from the sums
         return NoisyScores(accuracy=0.0, loss=LOSS_CAP, units=1)

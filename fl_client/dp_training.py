@@ -62,7 +62,9 @@ class TrainingPlan:
         DP (no clipping, no noise, no privacy guarantee).
     clip_norm: the largest L2 norm any one example's gradient can have; bounds each example's
         influence on the update.
-    batch_size: expected Poisson batch size; sets the sample rate ``1 / ceil(n / batch_size)``.
+    batch_size: without DP, the batch size; under DP, the expected Poisson batch size the charge
+        was planned for (``privacy_accounting.steps_per_round``: rate ``1 / ceil(n /
+        batch_size)``), while training samples at ``charged``'s rate.
     local_epochs: passes over the site's data per round; more epochs cost more epsilon.
     learning_rate: local SGD step size.
     charged: (Poisson sample rate, DP-SGD steps) the noise was planned and charged for; required
@@ -139,6 +141,7 @@ def train_locally(
         batches = poisson_batches(features, labels, plan, seed)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Secure RNG turned off")
+            # its accountant is never read: the site's ledger accounts (``privacy_budget``)
             engine = PrivacyEngine(accountant="prv")
             private = engine.make_private(
                 module=model,

@@ -10,10 +10,11 @@ numpy bit generator, the draws are numpy's own algorithms (normals, Poisson, bou
 fed by the ChaCha20 keystream of RFC 7539 (``tests/test_private_random.py`` checks it word for
 word against the ``cryptography`` package's ChaCha20).
 
-It replaced PyTorch's and numpy's Mersenne Twister, which is not a cryptographic generator (624
-of its outputs give away its state, and with it every later draw), for the DP-SGD noise and
-Poisson sampling (``dp_training``), the DP evaluation's noise (``dp_evaluation``) and
-distributed DP's rounding and Skellam noise (``distributed_dp``).
+It replaced PyTorch's Mersenne Twister, which is not a cryptographic generator (624 of its
+outputs give away its state, and with it every later draw), for the DP-SGD noise and Poisson
+sampling (``dp_training``), the DP evaluation's noise (``dp_evaluation``) and distributed DP's
+rounding, and numpy's PCG64 (not a cryptographic generator either) for distributed DP's Skellam
+noise (``distributed_dp``). Every use draws from a stream of its own (``stream_seed``).
 """
 
 import hashlib

@@ -2,14 +2,15 @@
 
 Two privacy mechanisms depend on something the server cannot know:
 
-* DP noise and Poisson sampling (``private_seed``). If the server could predict the Gaussian
-  noise a site adds, it could subtract it and the guarantee would be void; if it knew which
-  examples each batch drew, the amplification by subsampling the accountant relies on would not
-  hold. Both generators are seeded from the secret mixed with the run name, the round and the
-  release's place in the site's ledger and with a fresh random nonce the ledger records
-  (``release_nonce``): nothing the server knows determines the randomness, and no two releases
-  share it, not a round asked twice, nor a round asked again after the state folder was
-  restored from a backup (its ledger is shorter, so release numbers repeat; the nonces do not).
+* DP noise, Poisson sampling and randomized rounding (``private_seed``): DP-SGD's, the DP
+  evaluation's and distributed DP's. If the server could predict the noise a site adds, it
+  could subtract it and the guarantee would be void; if it knew which examples each batch drew,
+  the amplification by subsampling the accountant relies on would not hold. Every draw is
+  seeded from the secret mixed with the run name, the round and the release's place in the
+  site's ledger and with a fresh random nonce the ledger records (``release_nonce``): nothing
+  the server knows determines the randomness, and no two releases share it, not a round asked
+  twice, nor a round asked again after the state folder was restored from a backup (its ledger
+  is shorter, so release numbers repeat; the nonces do not).
 * The privacy ledger's MAC chain (``ledger_mac``), which makes an edited, reordered or
   truncated ledger detectable by anyone without the secret.
 

@@ -31,6 +31,7 @@ from fl_client.dp_evaluation import LOSS_CAP, NoisyScores, noisy_scores, unit_co
 from fl_client.privacy_accounting import rdp_budget, rdp_epsilon
 from fl_client.privacy_ledger import LEDGER_FILE
 from fl_client.privacy_report import site_privacy_report
+from fl_client.private_random import stream_seed
 from fl_protocol.wire import EVALUATE_METRICS, MIN_DELTA, Reason
 from fl_server.progress import round_lines
 from fl_server.run_record import RunRecord
@@ -141,9 +142,9 @@ def test_one_confident_right_unit_reads_back_exactly():
 
 def evaluation_noise(std: float, seed: int) -> torch.Tensor:
     """The release's noise, drawn independently of the module: four standard normals from the
-    ChaCha20 stream keyed by the seed, summed and halved, then scaled (floating-point robust, as
-    Opacus' ``secure_mode``)."""
-    stream = np.random.Generator(ChaCha(key=seed, rounds=20))
+    ChaCha20 stream keyed by the seed's ``"evaluation"`` stream seed, summed and halved, then
+    scaled (floating-point robust, as Opacus' ``secure_mode``)."""
+    stream = np.random.Generator(ChaCha(key=stream_seed(seed, "evaluation"), rounds=20))
     draws = [stream.standard_normal(3) for _ in range(4)]
     return torch.from_numpy((draws[0] + draws[1] + draws[2] + draws[3]) * (std / 2))
 

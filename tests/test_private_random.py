@@ -83,6 +83,8 @@ def test_no_draw_of_a_dp_evaluation_or_a_distributed_dp_sum_comes_from_another_g
     """The DP evaluation's noise and distributed DP's rounding and Skellam noise draw from the
     ChaCha20 streams alone: torch's generators and numpy's other bit generators fail here, and
     both releases still come out noisy."""
+    import opacus  # noqa: F401  (its import, scipy's, reads numpy's generators: before the patch)
+
     features, labels = torch.randn(6, 4), torch.tensor([0, 1, 0, 1, 0, 1])
     model = nn.Linear(4, 2)
 
