@@ -629,6 +629,39 @@ def test_the_integers_are_the_clipped_scaled_gradient_sum_and_the_noise_has_the_
     assert abs(noise.mean()) < 6 * math.sqrt(planned / n)
 
 
+def test_the_integers_are_the_grid_sum_rounded_with_the_seeds_offsets_plus_its_skellam_draws():
+    """Known answer (stop 68): per array, in the model's order, the exact grid sum plus offsets
+    drawn from ``[0, steps)`` of the ``"rounding"`` stream, floor-divided by the grid steps per
+    integer, plus the array's own slice of one Skellam vector from the ``"skellam"`` stream (a
+    Poisson draw minus a second); int64 throughout. Each coordinate gets a noise draw of its own:
+    an array that reused another's draws (the variance test above cannot tell) would let the
+    server subtract the noise out of their difference."""
+    model = head()
+    features, labels = units(64, 4)
+    dim = dimension(model)
+    steps = GRID_RANGE // integer_norm(dim)
+    grid = clipped_grid_sum(model, features, labels, 1.0)
+    mu_share, seed = 40.0, 7
+    rounding = private_stream(stream_seed(seed, "rounding"))
+    noise = private_stream(stream_seed(seed, "skellam"))
+    skellam = noise.poisson(mu_share, dim) - noise.poisson(mu_share, dim)
+    out = noisy_integer_sum(model, features, labels, 1.0, mu_share, seed)
+    assert list(out) == list(model.state_dict()) == list(grid)
+    offset = 0
+    for name, total in grid.items():
+        total = total.flatten().numpy()
+        up = rounding.integers(0, steps, len(total))
+        expected = np.floor_divide(total + up, steps) + skellam[offset:offset + len(total)]
+        assert out[name].dtype == np.int64
+        assert np.array_equal(out[name].ravel(), expected)
+        offset += len(total)
+    assert offset == dim
+    # the noise alone (the same seed rounds the same): every coordinate its own draw
+    clean = noisy_integer_sum(model, features, labels, 1.0, 0.0, seed)
+    drawn = flat(out) - flat(clean)
+    assert np.array_equal(drawn, skellam)
+
+
 def distributed_request(server_round: int, **changes) -> RoundRequest:
     return RoundRequest(
         run_name="run-d", server_round=server_round, num_rounds=3, target_epsilon=3.0,

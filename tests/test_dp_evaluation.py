@@ -211,6 +211,26 @@ def test_scores_from_noise_that_swamps_the_count_stay_in_range():
         assert 0 <= scores.accuracy <= 1 and 0 <= scores.loss <= LOSS_CAP and scores.units >= 1
 
 
+def test_a_count_of_exactly_zero_reads_as_nothing_learned():
+    """The boundary of the rule above (stop 68): no units and no noise give a count of exactly
+    0, which is no more a count to divide by than a negative one."""
+    assert noisy_scores(torch.zeros((0, 3), dtype=torch.float64), 0.0, seed=0) == NoisyScores(
+        0.0, LOSS_CAP, 1)
+    assert noisy_scores(torch.zeros((2, 3), dtype=torch.float64), 0.0, seed=0) == NoisyScores(
+        0.0, LOSS_CAP, 1)
+
+
+def test_a_positive_count_below_half_a_unit_still_reads_as_one_unit():
+    """A noisy count above 0 but below half a unit (sqrt(3) x count rounds to 0) is sent as one
+    unit, never zero (stop 68): found among seeded draws of the release's own noise."""
+    contributions = torch.full((2, 3), 1 / math.sqrt(3), dtype=torch.float64)
+    tiny = [seed for seed in range(3000)
+            if 0 < math.sqrt(3) * (evaluation_noise(50.0, seed)[2] + 2 / math.sqrt(3)) < 0.5]
+    assert tiny
+    for seed in tiny[:3]:
+        assert noisy_scores(contributions, 50.0, seed).units == 1
+
+
 # --- the site, attacked ----------------------------------------------------------------------
 
 

@@ -2,6 +2,7 @@
 customer's utterances form one example."""
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from fl_client.dp_training import (
     UnitLoss,
     evaluate,
     poisson_batches,
+    shuffled_batches,
     train_locally,
     training_plan,
 )
@@ -266,3 +268,103 @@ def test_no_dp_draw_comes_from_torchs_generators(monkeypatch, grad_sample_mode):
     _, steps = train_locally(model, x, y, dp_plan, seed=3)
     assert steps == dp_plan.charged[1]
     assert not torch.equal(model.weight.detach(), before)
+
+
+# --- stop 68's mutation pass: what the ChaCha20 draws' tests had left open -------------------
+
+
+@pytest.mark.parametrize(("units", "rate", "divisor"), [
+    (98, steps_per_round(98, 2, 1)[0], 2),  # 98 x (1/49) = 1.9999999999999998 in floating point
+    (6, 0.5, 3),  # the charged rate's expected batch, not the batch size's (6)
+    (4, 0.1, 1),  # an expected batch below one unit: the sum is not divided by zero
+])
+def test_the_noise_is_sigma_times_the_clip_norm_over_the_charged_expected_batch(units, rate,
+                                                                                 divisor):
+    """Read back exactly (zero features, one step, so the weights are -lr x noise / divisor):
+    the noise's standard deviation is noise multiplier x clip norm (2 x 2.5; a clip norm of 1
+    would not tell it from noise multiplier / clip norm), and the noisy sum is averaged over
+    ``units x rate`` rounded to the nearest integer below it, at least 1."""
+    x, y = torch.zeros(units, 8), torch.zeros(units, dtype=torch.long)
+    model = nn.Linear(8, 3, bias=False)
+    nn.init.zeros_(model.weight)
+    dp_plan = TrainingPlan(noise_multiplier=2.0, clip_norm=2.5, batch_size=units,
+                           local_epochs=1, learning_rate=1.0, charged=(rate, 1))
+    assert train_locally(model, x, y, dp_plan, seed=13)[1] == 1
+    stream = np.random.Generator(ChaCha(key=stream_seed(13, "noise"), rounds=20))
+    draws = [stream.standard_normal((3, 8)) for _ in range(4)]
+    noise = torch.from_numpy((draws[0] + draws[1] + draws[2] + draws[3]) * (2.0 * 2.5 / 2))
+    assert torch.equal(model.weight.detach(), -(noise.float() / divisor))
+
+
+def test_training_without_dp_takes_every_unit_once_an_epoch_in_a_fresh_order():
+    """Without DP each of ``local_epochs`` passes is a permutation of all the units, in batches
+    of ``batch_size`` (the last one shorter), features and labels kept together; the order is
+    the seed's."""
+    no_dp = plan(None, n=10, batch_size=4)
+    batches = list(shuffled_batches(torch.arange(10), torch.arange(10), no_dp, seed=4))
+    assert [len(labels) for _, labels in batches] == [4, 4, 2] * 3
+    assert all(torch.equal(features, labels) for features, labels in batches)
+    epochs = [torch.cat([labels for _, labels in batches[i:i + 3]]) for i in (0, 3, 6)]
+    assert all(sorted(epoch.tolist()) == list(range(10)) for epoch in epochs)
+    assert len({tuple(epoch.tolist()) for epoch in epochs}) == 3
+    again = list(shuffled_batches(torch.arange(10), torch.arange(10), no_dp, seed=4))
+    assert all(torch.equal(a, b) for (a, _), (b, _) in zip(batches, again, strict=True))
+    other = list(shuffled_batches(torch.arange(10), torch.arange(10), no_dp, seed=5))
+    assert not all(torch.equal(a, b) for (a, _), (b, _) in zip(batches, other, strict=True))
+
+
+def test_training_without_dp_draws_its_dropout_from_the_seed():
+    """The model's own randomness (dropout, on only without DP) comes from the seed: the same
+    seed draws the same masks, another seed others. The rows are alike, so a mask does not
+    depend on the order the rows come in."""
+    def masks(seed: int) -> torch.Tensor:
+        model = nn.Sequential(nn.Dropout(0.5), nn.Linear(16, 4))
+        seen = []
+        model[0].register_forward_hook(lambda module, args, out: seen.append(out == 0))
+        train_locally(model, torch.ones(20, 16), torch.zeros(20, dtype=torch.long),
+                      plan(None, n=20, batch_size=20, local_epochs=2), seed=seed)
+        return torch.stack(seen)
+
+    assert torch.equal(masks(1), masks(1))
+    assert not torch.equal(masks(1), masks(2))
+
+
+def test_dp_training_leaves_no_opacus_hooks_on_the_model():
+    """After DP training the model is a plain module again: a backward pass leaves no
+    per-unit gradients on it, and it can be trained under DP again (Opacus refuses to hook a
+    model twice)."""
+    x, y = separable_data(n=32)
+    model = nn.Linear(16, 4)
+    dp_plan = plan(1.0, n=32, batch_size=8, local_epochs=1)
+    train_locally(model, x, y, dp_plan, seed=1)
+    nn.functional.cross_entropy(model(x), y).backward()
+    assert all(getattr(p, "grad_sample", None) is None for p in model.parameters())
+    assert train_locally(model, x, y, dp_plan, seed=2)[1] == dp_plan.charged[1]
+
+
+def test_dp_training_shows_the_operator_neither_opacus_rng_warning_nor_its_hook_warning():
+    """Opacus warns that its secure RNG is off (the draws are ChaCha20's, not its generator's)
+    and that a head over fixed features fires a full backward hook (expected): neither reaches
+    the site's operator."""
+    x, y = separable_data(n=32)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train_locally(nn.Linear(16, 4), x, y, plan(1.0, n=32, batch_size=8, local_epochs=1),
+                      seed=1)
+    messages = [str(warning.message) for warning in caught]
+    assert not any("Secure RNG" in m or "Full backward hook" in m for m in messages), messages
+
+
+def test_the_poisson_batches_are_the_sampling_streams_own_draws():
+    """Known answer: step by step, the units whose 53-bit uniform from the ChaCha20 stream of
+    ``stream_seed(seed, "sampling")`` falls below the charged rate; a stream apart from the
+    noise's (the accounting takes the sampling and the noise to be independent). The tool
+    mutates no stream's name; this pins it."""
+    dp_plan = plan(1.0, n=40, batch_size=8, local_epochs=2)
+    rate, steps = dp_plan.charged
+    stream = np.random.Generator(ChaCha(key=stream_seed(21, "sampling"), rounds=20))
+    batches = list(poisson_batches(torch.arange(40), torch.arange(40), dp_plan, seed=21))
+    assert len(batches) == steps
+    for features, labels in batches:
+        expected = np.flatnonzero(stream.random(40) < rate)
+        assert features.tolist() == labels.tolist() == expected.tolist()
