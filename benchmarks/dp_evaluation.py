@@ -117,8 +117,9 @@ def main(argv: list[str] | None = None) -> int:
           "(predicted) | error of the example-weighted estimate |")
     print("| --- | --- | --- | --- | --- |")
     for epsilon in (float(e) for e in args.evaluation_epsilons.split(",")):
+        # every site plans the same noise: public values and the default policy only
         noise = [fresh_site_noise(epsilon, MAX_AUTO_DELTA, 1.0, args.rounds, "prv",
-                                  DEFAULT_MAX_EPSILON, MAX_AUTO_DELTA) for _ in sites]
+                                  DEFAULT_MAX_EPSILON, MAX_AUTO_DELTA)] * len(sites)
         errors = estimate_errors(sites, noise, args.draws)
         print(f"| {epsilon:g} | {min(noise):.3g} to {max(noise):.3g} | "
               f"{errors['exact_accuracy']:.4f} | {errors['site_error']:.3f} "

@@ -71,6 +71,7 @@ from fl_client.privacy_ledger import (
     Ledger,
     Release,
     alone_spend,
+    full_batch_only,
     group_rdp,
     now,
     own_noise_extra,
@@ -358,7 +359,7 @@ def _carry_over(ledger: Ledger, keys: list[str], former: list[list[list[str]]],
     with it added once per part, squared, six rows given their customer's id read 51.3 where
     the bound was 13.1). Under the utterance unit a unit is one utterance whatever its names,
     and starts from the largest spend under any of them."""
-    full_batch = all(release.sample_rate == 1 for release in ledger.releases)
+    full_batch = full_batch_only(ledger)
     most_alone = _own_noise_ratio(ledger)
     extra = own_noise_extra(ledger.releases)
     joined = []

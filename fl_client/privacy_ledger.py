@@ -397,11 +397,16 @@ def group_rdp(spends: Iterable[float]) -> float:
     return sum(math.sqrt(spend) for spend in spends) ** 2
 
 
+def full_batch_only(ledger: Ledger) -> bool:
+    """Whether every release in ``ledger`` was unsampled, where ``group_rdp`` bounds a group."""
+    return all(release.sample_rate == 1 for release in ledger.releases)
+
+
 def group_epsilon(ledger: Ledger, keys: list[str]) -> float:
     """The lifetime epsilon at the ledger's delta of one person who is all the units ``keys``
     (a customer's utterances under the utterance unit): ``group_rdp`` of their spends, and
     ``inf`` once the ledger holds a sampled release, for which that bound is not proven."""
-    if any(release.sample_rate < 1 for release in ledger.releases):
+    if not full_batch_only(ledger):
         return math.inf
     return rdp_epsilon(group_rdp(ledger.spend.get(key, 0.0) for key in keys), ledger.order,
                        ledger.delta)
